@@ -1,0 +1,161 @@
+//! Request and response messages of the Cloud KMS v1 methods Keyhold serves.
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::{CryptoKey, CryptoKeyVersion, KeyRing, Location, ProtectionLevel};
+use crate::wire::{Bytes, Crc32c, SecretBytes, is_false};
+
+/// `EncryptRequest` (the `name` comes from the URL; a copy in the body is accepted).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EncryptRequest {
+    /// Key or version name (ignored: the URL names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The data to encrypt.
+    #[serde(default)]
+    pub plaintext: SecretBytes,
+    /// Optional additional authenticated data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_authenticated_data: Option<Bytes>,
+    /// Optional CRC32C of `plaintext`, checked by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_crc32c: Option<Crc32c>,
+    /// Optional CRC32C of the AAD, checked by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_authenticated_data_crc32c: Option<Crc32c>,
+}
+
+/// `EncryptResponse`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptResponse {
+    /// The version used.
+    pub name: String,
+    /// The ciphertext.
+    pub ciphertext: Bytes,
+    /// CRC32C of `ciphertext`.
+    pub ciphertext_crc32c: Crc32c,
+    /// Whether `plaintextCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_plaintext_crc32c: bool,
+    /// Whether `additionalAuthenticatedDataCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_additional_authenticated_data_crc32c: bool,
+    /// Protection level of the version used.
+    pub protection_level: ProtectionLevel,
+}
+
+/// `DecryptRequest`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DecryptRequest {
+    /// Key name (ignored: the URL names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The ciphertext from `:encrypt`.
+    #[serde(default)]
+    pub ciphertext: Bytes,
+    /// The AAD given to `:encrypt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_authenticated_data: Option<Bytes>,
+    /// Optional CRC32C of `ciphertext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciphertext_crc32c: Option<Crc32c>,
+    /// Optional CRC32C of the AAD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_authenticated_data_crc32c: Option<Crc32c>,
+}
+
+/// `DecryptResponse`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecryptResponse {
+    /// The decrypted data.
+    pub plaintext: SecretBytes,
+    /// CRC32C of `plaintext`.
+    pub plaintext_crc32c: Crc32c,
+    /// Whether the version that decrypted is the key's primary.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub used_primary: bool,
+    /// Protection level of that version.
+    pub protection_level: ProtectionLevel,
+}
+
+/// `UpdateCryptoKeyPrimaryVersionRequest`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdatePrimaryVersionRequest {
+    /// Key name (ignored: the URL names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The version ID to make primary.
+    #[serde(default)]
+    pub crypto_key_version_id: String,
+}
+
+/// Body of `:destroy` / `:restore` (empty; a `name` copy is accepted).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NameOnlyRequest {
+    /// Ignored: the URL names the resource.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+}
+
+/// `ListKeyRingsResponse`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListKeyRingsResponse {
+    /// This page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_rings: Vec<KeyRing>,
+    /// Token of the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+    /// Number of matching resources across all pages.
+    #[serde(default)]
+    pub total_size: i32,
+}
+
+/// `ListCryptoKeysResponse`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListCryptoKeysResponse {
+    /// This page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crypto_keys: Vec<CryptoKey>,
+    /// Token of the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+    /// Number of matching resources across all pages.
+    #[serde(default)]
+    pub total_size: i32,
+}
+
+/// `ListCryptoKeyVersionsResponse`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListCryptoKeyVersionsResponse {
+    /// This page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crypto_key_versions: Vec<CryptoKeyVersion>,
+    /// Token of the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+    /// Number of matching resources across all pages.
+    #[serde(default)]
+    pub total_size: i32,
+}
+
+/// `ListLocationsResponse`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListLocationsResponse {
+    /// This page.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locations: Vec<Location>,
+    /// Token of the next page; absent on the last.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}

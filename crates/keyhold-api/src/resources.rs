@@ -1,0 +1,364 @@
+//! Cloud KMS v1 resources, field for field as Google's REST reference spells them.
+//!
+//! These structs are both the request bodies and the responses, so what a client set is echoed
+//! back exactly (infrastructure-as-code tools see no drift). Unknown fields are rejected, as
+//! Google's servers reject them, so a typo in a request is an error rather than silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::{Bytes, ProtoDuration, Timestamp, is_false, wire_enum};
+
+wire_enum! {
+    /// `CryptoKey.CryptoKeyPurpose`.
+    pub enum Purpose {
+        /// Unspecified.
+        Unspecified = "CRYPTO_KEY_PURPOSE_UNSPECIFIED" => 0,
+        /// Symmetric `:encrypt` / `:decrypt`.
+        EncryptDecrypt = "ENCRYPT_DECRYPT" => 1,
+        /// Asymmetric signing.
+        AsymmetricSign = "ASYMMETRIC_SIGN" => 5,
+        /// Asymmetric decryption.
+        AsymmetricDecrypt = "ASYMMETRIC_DECRYPT" => 6,
+        /// Raw symmetric encryption.
+        RawEncryptDecrypt = "RAW_ENCRYPT_DECRYPT" => 7,
+        /// MAC signing.
+        Mac = "MAC" => 9,
+        /// Key encapsulation.
+        KeyEncapsulation = "KEY_ENCAPSULATION" => 10,
+        /// AES key wrapping.
+        AesWrapping = "AES_WRAPPING" => 11,
+    }
+}
+
+wire_enum! {
+    /// `ProtectionLevel`: where a key version's material lives ([K4]).
+    pub enum ProtectionLevel {
+        /// Unspecified.
+        Unspecified = "PROTECTION_LEVEL_UNSPECIFIED" => 0,
+        /// Software, sealed by the KMS root key.
+        Software = "SOFTWARE" => 1,
+        /// Inside a PKCS#11 token.
+        Hsm = "HSM" => 2,
+        /// In an external key manager reached over HTTP.
+        External = "EXTERNAL" => 3,
+        /// In an external key manager reached over a VPC.
+        ExternalVpc = "EXTERNAL_VPC" => 4,
+        /// Single-tenant HSM.
+        HsmSingleTenant = "HSM_SINGLE_TENANT" => 5,
+    }
+}
+
+wire_enum! {
+    /// `CryptoKeyVersion.CryptoKeyVersionState` ([K7]).
+    pub enum VersionState {
+        /// Unspecified.
+        Unspecified = "CRYPTO_KEY_VERSION_STATE_UNSPECIFIED" => 0,
+        /// Material is being generated.
+        PendingGeneration = "PENDING_GENERATION" => 5,
+        /// Usable.
+        Enabled = "ENABLED" => 1,
+        /// Not usable; may be enabled again.
+        Disabled = "DISABLED" => 2,
+        /// Material destroyed, irreversibly.
+        Destroyed = "DESTROYED" => 3,
+        /// Will be destroyed at `destroyTime` unless restored.
+        DestroyScheduled = "DESTROY_SCHEDULED" => 4,
+        /// Awaiting import.
+        PendingImport = "PENDING_IMPORT" => 6,
+        /// Import failed.
+        ImportFailed = "IMPORT_FAILED" => 7,
+        /// Generation failed.
+        GenerationFailed = "GENERATION_FAILED" => 8,
+        /// External destruction pending.
+        PendingExternalDestruction = "PENDING_EXTERNAL_DESTRUCTION" => 9,
+        /// External destruction failed.
+        ExternalDestructionFailed = "EXTERNAL_DESTRUCTION_FAILED" => 10,
+    }
+}
+
+wire_enum! {
+    /// `CryptoKeyVersion.CryptoKeyVersionAlgorithm`. Keyhold implements the symmetric ones it
+    /// lists in `docs/api.md`; the rest parse so that requests naming them get a clear
+    /// `UNIMPLEMENTED` rather than a JSON error.
+    pub enum Algorithm {
+        /// Unspecified.
+        Unspecified = "CRYPTO_KEY_VERSION_ALGORITHM_UNSPECIFIED" => 0,
+        /// AES-256-GCM in Cloud KMS's own ciphertext format.
+        GoogleSymmetricEncryption = "GOOGLE_SYMMETRIC_ENCRYPTION" => 1,
+        /// Raw AES-128-GCM.
+        Aes128Gcm = "AES_128_GCM" => 41,
+        /// Raw AES-256-GCM.
+        Aes256Gcm = "AES_256_GCM" => 19,
+        /// Raw AES-128-CBC.
+        Aes128Cbc = "AES_128_CBC" => 42,
+        /// Raw AES-256-CBC.
+        Aes256Cbc = "AES_256_CBC" => 43,
+        /// Raw AES-128-CTR.
+        Aes128Ctr = "AES_128_CTR" => 44,
+        /// Raw AES-256-CTR.
+        Aes256Ctr = "AES_256_CTR" => 45,
+        /// RSA-PSS 2048 SHA-256.
+        RsaSignPss2048Sha256 = "RSA_SIGN_PSS_2048_SHA256" => 2,
+        /// RSA-PSS 3072 SHA-256.
+        RsaSignPss3072Sha256 = "RSA_SIGN_PSS_3072_SHA256" => 3,
+        /// RSA-PSS 4096 SHA-256.
+        RsaSignPss4096Sha256 = "RSA_SIGN_PSS_4096_SHA256" => 4,
+        /// RSA-PSS 4096 SHA-512.
+        RsaSignPss4096Sha512 = "RSA_SIGN_PSS_4096_SHA512" => 15,
+        /// RSA PKCS#1 2048 SHA-256.
+        RsaSignPkcs12048Sha256 = "RSA_SIGN_PKCS1_2048_SHA256" => 5,
+        /// RSA PKCS#1 3072 SHA-256.
+        RsaSignPkcs13072Sha256 = "RSA_SIGN_PKCS1_3072_SHA256" => 6,
+        /// RSA PKCS#1 4096 SHA-256.
+        RsaSignPkcs14096Sha256 = "RSA_SIGN_PKCS1_4096_SHA256" => 7,
+        /// RSA PKCS#1 4096 SHA-512.
+        RsaSignPkcs14096Sha512 = "RSA_SIGN_PKCS1_4096_SHA512" => 16,
+        /// RSA-OAEP 2048 SHA-256.
+        RsaDecryptOaep2048Sha256 = "RSA_DECRYPT_OAEP_2048_SHA256" => 8,
+        /// RSA-OAEP 3072 SHA-256.
+        RsaDecryptOaep3072Sha256 = "RSA_DECRYPT_OAEP_3072_SHA256" => 9,
+        /// RSA-OAEP 4096 SHA-256.
+        RsaDecryptOaep4096Sha256 = "RSA_DECRYPT_OAEP_4096_SHA256" => 10,
+        /// RSA-OAEP 4096 SHA-512.
+        RsaDecryptOaep4096Sha512 = "RSA_DECRYPT_OAEP_4096_SHA512" => 17,
+        /// ECDSA P-256 SHA-256.
+        EcSignP256Sha256 = "EC_SIGN_P256_SHA256" => 12,
+        /// ECDSA P-384 SHA-384.
+        EcSignP384Sha384 = "EC_SIGN_P384_SHA384" => 13,
+        /// Ed25519.
+        EcSignEd25519 = "EC_SIGN_ED25519" => 40,
+        /// HMAC-SHA256.
+        HmacSha256 = "HMAC_SHA256" => 32,
+        /// Symmetric encryption by an external key manager.
+        ExternalSymmetricEncryption = "EXTERNAL_SYMMETRIC_ENCRYPTION" => 18,
+        /// AES-256 key wrap with padding.
+        Aes256Kwp = "AES_256_KWP" => 73,
+    }
+}
+
+wire_enum! {
+    /// `AccessReason`: why a cryptographic request is made (Key Access Justifications, [K11]).
+    pub enum AccessReason {
+        /// Unspecified.
+        Unspecified = "REASON_UNSPECIFIED" => 0,
+        /// Customer-initiated support.
+        CustomerInitiatedSupport = "CUSTOMER_INITIATED_SUPPORT" => 1,
+        /// Service-initiated access.
+        GoogleInitiatedService = "GOOGLE_INITIATED_SERVICE" => 2,
+        /// Third-party data request.
+        ThirdPartyDataRequest = "THIRD_PARTY_DATA_REQUEST" => 3,
+        /// Provider-initiated review.
+        GoogleInitiatedReview = "GOOGLE_INITIATED_REVIEW" => 4,
+        /// Customer-initiated access.
+        CustomerInitiatedAccess = "CUSTOMER_INITIATED_ACCESS" => 5,
+        /// Provider system operation.
+        GoogleInitiatedSystemOperation = "GOOGLE_INITIATED_SYSTEM_OPERATION" => 6,
+        /// No reason expected.
+        ReasonNotExpected = "REASON_NOT_EXPECTED" => 7,
+        /// Deprecated.
+        ModifiedCustomerInitiatedAccess = "MODIFIED_CUSTOMER_INITIATED_ACCESS" => 8,
+        /// Deprecated.
+        ModifiedGoogleInitiatedSystemOperation = "MODIFIED_GOOGLE_INITIATED_SYSTEM_OPERATION" => 9,
+        /// Response to a production alert.
+        GoogleResponseToProductionAlert = "GOOGLE_RESPONSE_TO_PRODUCTION_ALERT" => 10,
+        /// Customer-authorized workflow servicing.
+        CustomerAuthorizedWorkflowServicing = "CUSTOMER_AUTHORIZED_WORKFLOW_SERVICING" => 11,
+    }
+}
+
+/// `KeyRing`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRing {
+    /// Output only. Resource name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<Timestamp>,
+}
+
+/// `CryptoKeyVersionTemplate`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VersionTemplate {
+    /// Protection level of new versions (default `SOFTWARE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection_level: Option<ProtectionLevel>,
+    /// Algorithm of new versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
+}
+
+/// `KeyAccessJustificationsPolicy`. Absent on a key: every reason allowed. Present with an
+/// empty list: every reason denied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyAccessJustificationsPolicy {
+    /// The reasons allowed.
+    #[serde(default)]
+    pub allowed_access_reasons: Vec<AccessReason>,
+}
+
+/// `CryptoKey`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CryptoKey {
+    /// Output only. Resource name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Output only. The primary version (ENCRYPT_DECRYPT keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<Box<CryptoKeyVersion>>,
+    /// Immutable. What the key is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<Purpose>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<Timestamp>,
+    /// When the key is next rotated automatically.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_rotation_time: Option<Timestamp>,
+    /// Automatic rotation period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_period: Option<ProtoDuration>,
+    /// Template for new versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_template: Option<VersionTemplate>,
+    /// User labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Immutable. Whether only imported versions are allowed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub import_only: bool,
+    /// Immutable. How long versions stay `DESTROY_SCHEDULED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_scheduled_duration: Option<ProtoDuration>,
+    /// Immutable. EKM connection for `EXTERNAL_VPC` keys.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub crypto_key_backend: String,
+    /// Key Access Justifications policy ([K11]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_access_justifications_policy: Option<KeyAccessJustificationsPolicy>,
+}
+
+/// `KeyOperationAttestation`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyOperationAttestation {
+    /// Attestation format.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub format: String,
+    /// Attestation content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Bytes>,
+}
+
+/// `ExternalProtectionLevelOptions`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalProtectionLevelOptions {
+    /// URI of the key in the external key manager.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub external_key_uri: String,
+    /// Path of the key in an EKM connection.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ekm_connection_key_path: String,
+}
+
+/// `CryptoKeyVersion`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CryptoKeyVersion {
+    /// Output only. Resource name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// State.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<VersionState>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection_level: Option<ProtectionLevel>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<Algorithm>,
+    /// Output only. HSM attestation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<KeyOperationAttestation>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<Timestamp>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_time: Option<Timestamp>,
+    /// Output only. When a `DESTROY_SCHEDULED` version will be destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_time: Option<Timestamp>,
+    /// Output only. When the version was destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_event_time: Option<Timestamp>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub import_job: String,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_time: Option<Timestamp>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub import_failure_reason: String,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub generation_failure_reason: String,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub external_destruction_failure_reason: String,
+    /// For EXTERNAL keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_protection_level_options: Option<ExternalProtectionLevelOptions>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reimport_eligible: bool,
+}
+
+/// `Location` (google.cloud.location).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Location {
+    /// `projects/{p}/locations/{l}`.
+    pub name: String,
+    /// The location ID.
+    pub location_id: String,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub display_name: String,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `LocationMetadata` with its `@type`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_client_create_body_parses() {
+        let k: CryptoKey =
+            serde_json::from_str(r#"{"purpose": 1, "versionTemplate": {"protectionLevel": 2, "algorithm": 1}}"#).unwrap();
+        assert_eq!(k.purpose, Some(Purpose::EncryptDecrypt));
+        let t = k.version_template.unwrap();
+        assert_eq!(t.protection_level, Some(ProtectionLevel::Hsm));
+        assert_eq!(t.algorithm, Some(Algorithm::GoogleSymmetricEncryption));
+    }
+
+    #[test]
+    fn unknown_fields_rejected_and_defaults_omitted() {
+        assert!(serde_json::from_str::<CryptoKey>(r#"{"purpose": "ENCRYPT_DECRYPT", "purpsoe": 1}"#).is_err());
+        let k = CryptoKey { name: "n".into(), ..Default::default() };
+        assert_eq!(serde_json::to_string(&k).unwrap(), r#"{"name":"n"}"#);
+    }
+}

@@ -1,0 +1,34 @@
+//! Keyhold's cryptographic primitives and byte formats.
+//!
+//! Everything here is synchronous and does no I/O, so it can be used from any context and tested
+//! byte for byte. The AEAD itself is `ring`'s AES-256-GCM: this crate only decides *what* is
+//! sealed, with *which* associated data, and how the result is framed — never how a block is
+//! encrypted.
+//!
+//! * [`secret`]: types for key material and plaintext that zeroize on drop and never print.
+//! * [`aead`]: AES-256-GCM with a fresh random nonce per seal.
+//! * [`ciphertext`]: the versioned ciphertext format of `:encrypt` (it names the key version).
+//! * [`sealed`]: the format in which the root key seals SOFTWARE key material at rest.
+//! * [`crc32c()`]: the integrity checksum Cloud KMS uses on every byte field.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod aead;
+pub mod ciphertext;
+pub mod sealed;
+pub mod secret;
+
+pub use aead::{AeadKey, CryptoError};
+pub use secret::{KeyBytes, Secret};
+
+/// CRC32C (Castagnoli) of `data`, as Cloud KMS computes it for its `*Crc32c` fields.
+pub fn crc32c(data: &[u8]) -> u32 {
+    crc32c::crc32c(data)
+}
+
+/// Fills `out` from the operating system's CSPRNG.
+pub fn random_bytes(out: &mut [u8]) -> Result<(), CryptoError> {
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new().fill(out).map_err(|_| CryptoError::Rng)
+}

@@ -1,0 +1,127 @@
+//! Secret-holding types. They zeroize their bytes on drop, have no `PartialEq` (compare with
+//! [`Secret::ct_eq`]), and their `Debug` prints `[redacted]`, so a secret cannot reach a log line
+//! through `{:?}` by accident.
+
+use std::fmt;
+
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A variable-length secret: plaintext handed to or returned by the KMS, an unwrapped key, a
+/// token. The bytes are wiped when the value is dropped.
+#[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// Takes ownership of `bytes`; they are wiped when the `Secret` is dropped.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The secret bytes. Callers must not copy them into types that outlive the request.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length in bytes (not secret).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the secret is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Constant-time equality, for tokens and tags.
+    pub fn ct_eq(&self, other: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == other.len() && bool::from(self.0.as_slice().ct_eq(other))
+    }
+}
+
+impl From<Vec<u8>> for Secret {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A 256-bit symmetric key (AES-256). Wiped on drop; prints as `[redacted]`.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct KeyBytes([u8; 32]);
+
+impl KeyBytes {
+    /// Key length in bytes.
+    pub const LEN: usize = 32;
+
+    /// A fresh key from the operating system's CSPRNG.
+    pub fn generate() -> Result<Self, crate::CryptoError> {
+        let mut k = [0u8; 32];
+        crate::random_bytes(&mut k)?;
+        Ok(Self(k))
+    }
+
+    /// Wraps existing key bytes; `None` unless exactly 32 bytes are given.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(bytes).ok().map(Self)
+    }
+
+    /// The raw key bytes.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_bytes() {
+        let s = Secret::new(b"attack at dawn".to_vec());
+        let k = KeyBytes::from_slice(&[0x41; 32]).unwrap();
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{k:?}"), "[redacted]");
+        assert!(!format!("{s:?} {k:?}").contains("attack"));
+        assert!(!format!("{k:?}").contains("AAAA"));
+    }
+
+    #[test]
+    fn key_from_slice_checks_length() {
+        assert!(KeyBytes::from_slice(&[0; 31]).is_none());
+        assert!(KeyBytes::from_slice(&[0; 33]).is_none());
+        assert!(KeyBytes::from_slice(&[0; 32]).is_some());
+    }
+
+    #[test]
+    fn ct_eq_compares() {
+        let s = Secret::new(b"token".to_vec());
+        assert!(s.ct_eq(b"token"));
+        assert!(!s.ct_eq(b"tokem"));
+        assert!(!s.ct_eq(b"toke"));
+    }
+}
+
+/// Mutable access for in-place decryption inside this crate only.
+pub(crate) fn as_mut_slice(s: &mut Secret) -> &mut [u8] {
+    &mut s.0
+}
+
+/// Shortens a secret in place, wiping the cut-off tail first.
+pub(crate) fn truncate(s: &mut Secret, len: usize) {
+    if len < s.0.len() {
+        s.0[len..].zeroize();
+        s.0.truncate(len);
+    }
+}

@@ -1,0 +1,60 @@
+//! Settings of the KMS domain. Defaults are the SPEC's.
+
+use std::time::Duration;
+
+use keyhold_api::wire::ProtoDuration;
+
+/// The eight regions of the AML AI page plus `global` ([K1]).
+pub const DEFAULT_LOCATIONS: [&str; 9] = [
+    "global",
+    "us-central1",
+    "us-east1",
+    "asia-south1",
+    "europe-west1",
+    "europe-west2",
+    "europe-west4",
+    "northamerica-northeast1",
+    "southamerica-east1",
+];
+
+const HOUR: i64 = 3600;
+const DAY: i64 = 24 * HOUR;
+
+/// KMS settings.
+#[derive(Debug, Clone)]
+pub struct KmsConfig {
+    /// Locations key rings may be created in.
+    pub locations: Vec<String>,
+    /// `destroyScheduledDuration` of keys that do not set one. The AML AI page shows `86400s`;
+    /// Cloud KMS today defaults to 30 days.
+    pub default_destroy_scheduled_duration: ProtoDuration,
+    /// Shortest `destroyScheduledDuration` accepted (Cloud KMS: 24 h). Lower it only for tests
+    /// and emulation, never in production.
+    pub min_destroy_scheduled_duration: ProtoDuration,
+    /// Longest `destroyScheduledDuration` accepted (Cloud KMS: 120 days).
+    pub max_destroy_scheduled_duration: ProtoDuration,
+    /// Shortest `rotationPeriod` accepted (Cloud KMS: 24 h). Lower it only for tests.
+    pub min_rotation_period: ProtoDuration,
+    /// Longest `rotationPeriod` accepted (Cloud KMS: 876,000 h).
+    pub max_rotation_period: ProtoDuration,
+    /// How often due destructions and rotations are looked for.
+    pub scheduler_interval: Duration,
+    /// How often the store's change counter is polled so that changes made by other nodes
+    /// reach this node's cache (bounded staleness across nodes).
+    pub change_poll_interval: Duration,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        Self {
+            locations: DEFAULT_LOCATIONS.iter().map(|s| s.to_string()).collect(),
+            default_destroy_scheduled_duration: ProtoDuration::from_secs(DAY),
+            min_destroy_scheduled_duration: ProtoDuration::from_secs(DAY),
+            max_destroy_scheduled_duration: ProtoDuration::from_secs(120 * DAY),
+            min_rotation_period: ProtoDuration::from_secs(DAY),
+            max_rotation_period: ProtoDuration::from_secs(876_000 * HOUR),
+            scheduler_interval: Duration::from_secs(1),
+            change_poll_interval: Duration::from_millis(250),
+        }
+    }
+}

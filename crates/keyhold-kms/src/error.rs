@@ -1,0 +1,182 @@
+//! Errors of the KMS domain, each mapped to a `google.rpc.Code` in exactly one place
+//! ([`KmsError::code`]) and rendered with Cloud KMS's own messages where Cloud KMS has one.
+
+use keyhold_api::resources::{Purpose, VersionState};
+use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, KeyRingName, NameError, Status};
+
+use crate::store::StoreError;
+
+/// What can go wrong in a KMS call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KmsError {
+    /// A request field is invalid; the message says which and why.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A resource name or ID is invalid.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The location is not one this server offers.
+    #[error("Location {location} is not supported by this server. Supported locations: {supported}.")]
+    UnsupportedLocation {
+        /// The full location name.
+        location: String,
+        /// The configured list, comma-separated.
+        supported: String,
+    },
+    /// No such key ring.
+    #[error("KeyRing {0} not found.")]
+    KeyRingNotFound(KeyRingName),
+    /// No such crypto key.
+    #[error("CryptoKey {0} not found.")]
+    CryptoKeyNotFound(CryptoKeyName),
+    /// No such crypto key version.
+    #[error("CryptoKeyVersion {0} not found.")]
+    VersionNotFound(CryptoKeyVersionName),
+    /// The key ring ID is taken.
+    #[error("KeyRing {0} already exists.")]
+    KeyRingExists(KeyRingName),
+    /// The crypto key ID is taken.
+    #[error("CryptoKey {0} already exists.")]
+    CryptoKeyExists(CryptoKeyName),
+    /// The version exists but is not `ENABLED` ([K7]).
+    #[error("{version} is not enabled, current state is: {state}.")]
+    VersionNotEnabled {
+        /// The version.
+        version: CryptoKeyVersionName,
+        /// Its state.
+        state: VersionState,
+    },
+    /// The key has no primary version to encrypt with.
+    #[error("CryptoKey {0} has no primary CryptoKeyVersion; create a version or set one as primary with :updatePrimaryVersion.")]
+    NoPrimaryVersion(CryptoKeyName),
+    /// The operation needs another key purpose.
+    #[error("CryptoKey {key} has purpose {purpose}; this operation requires purpose {required}.")]
+    WrongPurpose {
+        /// The key.
+        key: CryptoKeyName,
+        /// Its purpose.
+        purpose: Purpose,
+        /// The purpose required.
+        required: Purpose,
+    },
+    /// A state change the state machine does not allow.
+    #[error("CryptoKeyVersion {version} is in state {state}; {action} requires {allowed}.")]
+    IllegalTransition {
+        /// The version.
+        version: CryptoKeyVersionName,
+        /// Its state.
+        state: VersionState,
+        /// What was attempted.
+        action: &'static str,
+        /// The states it is allowed from.
+        allowed: &'static str,
+    },
+    /// Decryption failed: wrong key, wrong AAD, tampered or foreign ciphertext. One message for
+    /// all, Cloud KMS's, so the caller learns nothing about which.
+    #[error("Decryption failed: verify that 'name' refers to the correct CryptoKey.")]
+    DecryptFailed,
+    /// A client-supplied CRC32C did not match the data it covers.
+    #[error("The checksum in field {field}_crc32c did not match the data in field {field}.")]
+    ChecksumMismatch {
+        /// The field (`plaintext`, `ciphertext`, `additional_authenticated_data`).
+        field: &'static str,
+    },
+    /// An input exceeds Cloud KMS's size limits.
+    #[error("The {field} is {actual} bytes; the maximum is {max} bytes.")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// The limit.
+        max: usize,
+        /// The size given.
+        actual: usize,
+    },
+    /// A part of Cloud KMS this server does not implement (yet).
+    #[error("{0}")]
+    Unimplemented(String),
+    /// Optimistic concurrency kept losing; the caller may retry.
+    #[error("The resource {0} was modified concurrently too many times; retry the request.")]
+    Contention(String),
+    /// The database (or another dependency) is unreachable: retryable.
+    #[error("The service is temporarily unavailable; retry the request.")]
+    Unavailable(#[source] StoreError),
+    /// Stored state cannot be read (corruption, or a root key that does not fit the data).
+    #[error("Internal error.")]
+    Internal(String),
+}
+
+impl KmsError {
+    /// The canonical code. Exhaustive on purpose: a new variant does not compile until someone
+    /// decides what clients see.
+    pub fn code(&self) -> Code {
+        match self {
+            KmsError::InvalidArgument(_)
+            | KmsError::InvalidName(_)
+            | KmsError::DecryptFailed
+            | KmsError::ChecksumMismatch { .. }
+            | KmsError::TooLarge { .. } => Code::InvalidArgument,
+            KmsError::UnsupportedLocation { .. } => Code::InvalidArgument,
+            KmsError::KeyRingNotFound(_) | KmsError::CryptoKeyNotFound(_) | KmsError::VersionNotFound(_) => {
+                Code::NotFound
+            }
+            KmsError::KeyRingExists(_) | KmsError::CryptoKeyExists(_) => Code::AlreadyExists,
+            KmsError::VersionNotEnabled { .. }
+            | KmsError::NoPrimaryVersion(_)
+            | KmsError::WrongPurpose { .. }
+            | KmsError::IllegalTransition { .. } => Code::FailedPrecondition,
+            KmsError::Unimplemented(_) => Code::Unimplemented,
+            KmsError::Contention(_) => Code::Aborted,
+            KmsError::Unavailable(_) => Code::Unavailable,
+            KmsError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The `google.rpc.Status` clients see. Internal details stay in the log, not the body.
+    pub fn to_status(&self) -> Status {
+        let status = Status::new(self.code(), self.to_string());
+        match self {
+            KmsError::VersionNotEnabled { version, state } => {
+                status.with_precondition_failure(&format!("KEY_{}", state.as_str()), &version.to_string(), "")
+            }
+            _ => status,
+        }
+    }
+}
+
+impl From<StoreError> for KmsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => KmsError::Unavailable(e),
+            StoreError::Corrupt(msg) => KmsError::Internal(msg),
+            // AlreadyExists and Conflict are handled where they can happen; reaching here means
+            // an invariant broke.
+            other => KmsError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_codes_match_cloud_kms() {
+        let v: CryptoKeyVersionName =
+            "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1".parse().unwrap();
+        let e = KmsError::VersionNotEnabled { version: v.clone(), state: VersionState::Disabled };
+        let s = e.to_status();
+        assert_eq!(s.code, Code::FailedPrecondition);
+        assert_eq!(s.message, format!("{v} is not enabled, current state is: DISABLED."));
+        assert_eq!(s.details[0]["violations"][0]["type"], "KEY_DISABLED");
+        assert_eq!(s.details[0]["violations"][0]["subject"], v.to_string());
+        assert_eq!(KmsError::DecryptFailed.to_string(), "Decryption failed: verify that 'name' refers to the correct CryptoKey.");
+        let r: KeyRingName = "projects/p/locations/global/keyRings/r".parse().unwrap();
+        assert_eq!(KmsError::KeyRingNotFound(r.clone()).to_string(), format!("KeyRing {r} not found."));
+        assert_eq!(KmsError::KeyRingExists(r).code().http_status(), 409);
+        let u = KmsError::Unavailable(StoreError::Unavailable("db down".into()));
+        assert_eq!(u.code().http_status(), 503);
+        assert!(!u.to_status().message.contains("db down"), "causes stay out of the body");
+        assert_eq!(KmsError::Internal("secret detail".into()).to_status().message, "Internal error.");
+    }
+}

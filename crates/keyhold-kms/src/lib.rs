@@ -1,0 +1,30 @@
+//! The KMS domain: key rings, crypto keys, crypto key versions, their state machine, rotation
+//! and scheduled destruction, and the symmetric `:encrypt` / `:decrypt` of Cloud KMS v1.
+//!
+//! This crate knows nothing of HTTP or SQL. It speaks the Cloud KMS resource model of
+//! `keyhold-api` and reaches its database through the [`store::KmsStore`] trait, which the
+//! `keyhold-storage` crate implements for SQLite and PostgreSQL (dependencies point *toward*
+//! this crate). SOFTWARE key material is sealed by a [`root_key::RootKey`] before it reaches the
+//! store, so the database never holds a usable key.
+//!
+//! The cryptographic hot path does not touch the database: [`cache`] keeps each crypto key's
+//! versions and unsealed material in memory, invalidated on every local change and, when several
+//! nodes share one database, by polling the store's change counter (see [`service::Kms::run_background`]).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod cache;
+pub mod clock;
+pub mod config;
+mod crypto_ops;
+pub mod error;
+pub mod root_key;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+mod validate;
+
+pub use config::KmsConfig;
+pub use error::KmsError;
+pub use service::{EncryptTarget, Kms, ListQuery};

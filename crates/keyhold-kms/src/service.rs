@@ -1,0 +1,626 @@
+//! The KMS service: administrative methods of Cloud KMS v1 on key rings, crypto keys and
+//! versions. Cryptographic methods are in `crypto_ops.rs`, scheduled work in [`crate::scheduler`].
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use keyhold_api::filter::{Filter, OrderBy};
+use keyhold_api::page::{Page, PageError, PageRequest};
+use keyhold_api::resources::{
+    CryptoKey, CryptoKeyVersion, KeyRing, Location, ProtectionLevel, Purpose, VersionState, VersionTemplate,
+};
+use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
+use keyhold_crypto::KeyBytes;
+use serde::Serialize;
+
+use crate::cache::{CachedKey, CachedVersion, KeyCache};
+use crate::clock::Clock;
+use crate::config::KmsConfig;
+use crate::error::KmsError;
+use crate::root_key::RootKey;
+use crate::store::{CryptoKeyRecord, KmsStore, StoreError, VersionRecord};
+use crate::validate;
+
+/// How many times a compare-and-set update is retried before answering `ABORTED`.
+const CAS_ATTEMPTS: usize = 16;
+
+/// Paging, filtering and ordering of a list call.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// `pageSize` and `pageToken`.
+    pub page: PageRequest,
+    /// `filter`, Cloud KMS syntax.
+    pub filter: String,
+    /// `orderBy`.
+    pub order_by: String,
+}
+
+/// What `:encrypt` was called on: a key (its primary version is used) or one version.
+#[derive(Debug, Clone)]
+pub enum EncryptTarget {
+    /// The key's primary version.
+    Key(CryptoKeyName),
+    /// A specific version.
+    Version(CryptoKeyVersionName),
+}
+
+/// The KMS.
+#[derive(Debug)]
+pub struct Kms {
+    pub(crate) store: Arc<dyn KmsStore>,
+    pub(crate) root: Arc<dyn RootKey>,
+    pub(crate) config: KmsConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) cache: KeyCache,
+    pub(crate) last_change: AtomicI64,
+}
+
+impl Kms {
+    /// Opens the KMS on `store`. Refuses to start if the store was sealed under another root key
+    /// (every SOFTWARE key would fail to unseal).
+    pub async fn new(
+        store: Arc<dyn KmsStore>,
+        root: Arc<dyn RootKey>,
+        config: KmsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
+        let given = root.fingerprint();
+        let stored = store.meta_set_if_absent("root_key_fingerprint", &given).await.map_err(StartupError::Store)?;
+        if stored != given {
+            return Err(StartupError::RootKeyMismatch { stored, given });
+        }
+        let last_change = store.change_counter().await.map_err(StartupError::Store)?;
+        Ok(Self { store, root, config, clock, cache: KeyCache::default(), last_change: AtomicI64::new(last_change) })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &KmsConfig {
+        &self.config
+    }
+
+    // ---- locations ------------------------------------------------------------------------
+
+    fn check_location(&self, loc: &LocationName) -> Result<(), KmsError> {
+        if self.config.locations.iter().any(|l| *l == loc.location) {
+            Ok(())
+        } else {
+            Err(KmsError::UnsupportedLocation { location: loc.to_string(), supported: self.config.locations.join(", ") })
+        }
+    }
+
+    fn location_resource(&self, project: &str, id: &str) -> Location {
+        Location {
+            name: format!("projects/{project}/locations/{id}"),
+            location_id: id.to_string(),
+            display_name: String::new(),
+            labels: Default::default(),
+            metadata: Some(serde_json::json!({
+                "@type": "type.googleapis.com/google.cloud.kms.v1.LocationMetadata",
+                "hsmAvailable": false,
+                "ekmAvailable": false,
+            })),
+        }
+    }
+
+    /// `locations.list`.
+    pub fn list_locations(&self, project: &str, q: &ListQuery) -> Result<Page<Location>, KmsError> {
+        let all = self.config.locations.iter().map(|l| self.location_resource(project, l)).collect();
+        list_page(all, q, &format!("projects/{project}/locations"))
+    }
+
+    /// `locations.get`.
+    pub fn location(&self, name: &LocationName) -> Result<Location, KmsError> {
+        self.check_location(name)?;
+        Ok(self.location_resource(&name.project, &name.location))
+    }
+
+    // ---- key rings ------------------------------------------------------------------------
+
+    /// `keyRings.create` ([K2]).
+    pub async fn create_key_ring(&self, parent: &LocationName, key_ring_id: &str) -> Result<KeyRing, KmsError> {
+        self.check_location(parent)?;
+        let name = KeyRingName::new(parent, key_ring_id)?;
+        let ring = KeyRing { name: name.to_string(), create_time: Some(self.clock.now()) };
+        match self.store.insert_key_ring(&name, &ring).await {
+            Ok(()) => Ok(ring),
+            Err(StoreError::AlreadyExists) => Err(KmsError::KeyRingExists(name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `keyRings.get`.
+    pub async fn key_ring(&self, name: &KeyRingName) -> Result<KeyRing, KmsError> {
+        self.store.key_ring(name).await?.ok_or_else(|| KmsError::KeyRingNotFound(name.clone()))
+    }
+
+    /// `keyRings.list`.
+    pub async fn list_key_rings(&self, parent: &LocationName, q: &ListQuery) -> Result<Page<KeyRing>, KmsError> {
+        self.check_location(parent)?;
+        let all = self.store.list_key_rings(parent).await?;
+        list_page(all, q, &parent.to_string())
+    }
+
+    // ---- crypto keys ----------------------------------------------------------------------
+
+    /// `cryptoKeys.create` ([K3]).
+    pub async fn create_crypto_key(
+        &self,
+        parent: &KeyRingName,
+        crypto_key_id: &str,
+        request: CryptoKey,
+        skip_initial_version_creation: bool,
+    ) -> Result<CryptoKey, KmsError> {
+        let name = CryptoKeyName::new(parent, crypto_key_id)?;
+        self.key_ring(parent).await?;
+        let purpose = match request.purpose {
+            None | Some(Purpose::Unspecified) => {
+                return Err(KmsError::InvalidArgument(
+                    "purpose is required; use ENCRYPT_DECRYPT for symmetric encryption.".into(),
+                ));
+            }
+            Some(p) => p,
+        };
+        let template = validate::template(purpose, request.version_template.clone())?;
+        self.check_protection_level(&template)?;
+        validate::labels(&request.labels)?;
+        if request.import_only {
+            return Err(KmsError::Unimplemented("importOnly keys are not supported: Keyhold has no import jobs yet.".into()));
+        }
+        if !request.crypto_key_backend.is_empty() {
+            return Err(KmsError::Unimplemented("cryptoKeyBackend (EKM connections) is not supported.".into()));
+        }
+        let destroy = request.destroy_scheduled_duration.unwrap_or(self.config.default_destroy_scheduled_duration);
+        validate::duration_in(
+            "destroy_scheduled_duration",
+            destroy,
+            self.config.min_destroy_scheduled_duration,
+            self.config.max_destroy_scheduled_duration,
+        )?;
+        let now = self.clock.now();
+        let key = CryptoKey {
+            name: name.to_string(),
+            primary: None,
+            purpose: Some(purpose),
+            create_time: Some(now),
+            next_rotation_time: request.next_rotation_time,
+            rotation_period: request.rotation_period,
+            version_template: Some(template.clone()),
+            labels: request.labels,
+            import_only: false,
+            destroy_scheduled_duration: Some(destroy),
+            crypto_key_backend: String::new(),
+            key_access_justifications_policy: request.key_access_justifications_policy,
+        };
+        self.check_rotation(&key)?;
+        let first = if skip_initial_version_creation {
+            None
+        } else {
+            Some(self.new_version_record(&name.version(1), &template, VersionState::Enabled)?)
+        };
+        let record = CryptoKeyRecord { name: name.clone(), key, primary_version: first.as_ref().map(|_| 1), revision: 0 };
+        match self.store.insert_crypto_key(&record, first.as_ref()).await {
+            Ok(()) => Ok(render_key(&record, first.as_ref())),
+            Err(StoreError::AlreadyExists) => Err(KmsError::CryptoKeyExists(name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn check_protection_level(&self, t: &VersionTemplate) -> Result<(), KmsError> {
+        match t.protection_level {
+            Some(ProtectionLevel::Software) => Ok(()),
+            Some(l) => Err(KmsError::Unimplemented(format!(
+                "Protection level {l} is not available on this server; start it with an HSM or external key manager configured (see docs/operations.md)."
+            ))),
+            None => Err(KmsError::Internal("template without protection level".into())),
+        }
+    }
+
+    fn check_rotation(&self, key: &CryptoKey) -> Result<(), KmsError> {
+        if let Some(p) = key.rotation_period {
+            if key.purpose != Some(Purpose::EncryptDecrypt) {
+                return Err(KmsError::InvalidArgument("Only ENCRYPT_DECRYPT keys support automatic rotation.".into()));
+            }
+            validate::duration_in("rotation_period", p, self.config.min_rotation_period, self.config.max_rotation_period)?;
+            if key.next_rotation_time.is_none() {
+                return Err(KmsError::InvalidArgument(
+                    "next_rotation_time must be set when rotation_period is set.".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Generates and seals fresh material for a new version.
+    pub(crate) fn new_version_record(
+        &self,
+        name: &CryptoKeyVersionName,
+        template: &VersionTemplate,
+        state: VersionState,
+    ) -> Result<VersionRecord, KmsError> {
+        let material = KeyBytes::generate().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let sealed = self.root.seal(&material, &name.to_string()).map_err(|e| KmsError::Internal(e.to_string()))?;
+        let now = self.clock.now();
+        Ok(VersionRecord {
+            name: name.clone(),
+            version: CryptoKeyVersion {
+                name: name.to_string(),
+                state: Some(state),
+                protection_level: template.protection_level,
+                algorithm: template.algorithm,
+                create_time: Some(now),
+                generate_time: Some(now),
+                ..Default::default()
+            },
+            material: Some(sealed),
+            revision: 0,
+        })
+    }
+
+    /// `cryptoKeys.get`.
+    pub async fn crypto_key(&self, name: &CryptoKeyName) -> Result<CryptoKey, KmsError> {
+        let entry = self.cached(name).await?;
+        let primary = entry.record.primary_version.and_then(|id| entry.versions.get(&id)).map(|v| &v.record);
+        Ok(render_key(&entry.record, primary))
+    }
+
+    /// `cryptoKeys.list`.
+    pub async fn list_crypto_keys(&self, parent: &KeyRingName, q: &ListQuery) -> Result<Page<CryptoKey>, KmsError> {
+        self.key_ring(parent).await?;
+        let mut all = Vec::new();
+        for record in self.store.list_crypto_keys(parent).await? {
+            let primary = match record.primary_version {
+                Some(id) => self.store.version(&record.name.version(id)).await?,
+                None => None,
+            };
+            all.push(render_key(&record, primary.as_ref()));
+        }
+        list_page(all, q, &parent.to_string())
+    }
+
+    /// `cryptoKeys.patch` with an `updateMask`.
+    pub async fn update_crypto_key(&self, name: &CryptoKeyName, patch: CryptoKey, update_mask: &str) -> Result<CryptoKey, KmsError> {
+        let mask = validate::update_mask(update_mask);
+        if mask.is_empty() {
+            return Err(KmsError::InvalidArgument(
+                "update_mask is required: name the fields to change, e.g. updateMask=labels,rotationPeriod.".into(),
+            ));
+        }
+        let updated = self
+            .modify_key(name, |record| {
+                let key = &mut record.key;
+                for path in &mask {
+                    match path.as_str() {
+                        "labels" => {
+                            validate::labels(&patch.labels)?;
+                            key.labels = patch.labels.clone();
+                        }
+                        "rotationPeriod" => key.rotation_period = patch.rotation_period,
+                        "nextRotationTime" => key.next_rotation_time = patch.next_rotation_time,
+                        "versionTemplate.algorithm" | "versionTemplate" => {
+                            let current = key.version_template.clone().unwrap_or_default();
+                            let asked = patch.version_template.clone().unwrap_or_default();
+                            if path == "versionTemplate"
+                                && asked.protection_level.is_some()
+                                && asked.protection_level != current.protection_level
+                            {
+                                return Err(KmsError::InvalidArgument(
+                                    "versionTemplate.protectionLevel cannot be changed after creation.".into(),
+                                ));
+                            }
+                            let t = VersionTemplate { protection_level: current.protection_level, algorithm: asked.algorithm };
+                            key.version_template =
+                                Some(validate::template(key.purpose.unwrap_or(Purpose::EncryptDecrypt), Some(t))?);
+                        }
+                        "keyAccessJustificationsPolicy" => {
+                            key.key_access_justifications_policy = patch.key_access_justifications_policy.clone()
+                        }
+                        other => {
+                            return Err(KmsError::InvalidArgument(format!(
+                                "update_mask path \"{other}\" cannot be updated; updatable fields are labels, rotationPeriod, nextRotationTime, versionTemplate.algorithm and keyAccessJustificationsPolicy."
+                            )));
+                        }
+                    }
+                }
+                self.check_rotation(key)
+            })
+            .await?;
+        self.render_key_from_store(&updated).await
+    }
+
+    /// `cryptoKeys.updatePrimaryVersion` ([K6]).
+    pub async fn update_primary_version(&self, name: &CryptoKeyName, version_id: &str) -> Result<CryptoKey, KmsError> {
+        let id = keyhold_api::name::parse_version_id(version_id).ok_or_else(|| {
+            KmsError::InvalidArgument(format!("crypto_key_version_id \"{version_id}\" is not a valid version ID (1, 2, ...)."))
+        })?;
+        let version_name = name.version(id);
+        let key = self.store.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
+        require_encrypt_decrypt(&key)?;
+        let version = self.store.version(&version_name).await?.ok_or_else(|| KmsError::VersionNotFound(version_name.clone()))?;
+        let state = version.version.state.unwrap_or(VersionState::Unspecified);
+        if state != VersionState::Enabled {
+            return Err(KmsError::VersionNotEnabled { version: version_name, state });
+        }
+        let updated = self
+            .modify_key(name, |record| {
+                require_encrypt_decrypt(record)?;
+                record.primary_version = Some(id);
+                Ok(())
+            })
+            .await?;
+        self.render_key_from_store(&updated).await
+    }
+
+    async fn render_key_from_store(&self, record: &CryptoKeyRecord) -> Result<CryptoKey, KmsError> {
+        let primary = match record.primary_version {
+            Some(id) => self.store.version(&record.name.version(id)).await?,
+            None => None,
+        };
+        Ok(render_key(record, primary.as_ref()))
+    }
+
+    /// Load-modify-compare-and-set on a crypto key, retried on conflict; invalidates the cache.
+    pub(crate) async fn modify_key(
+        &self,
+        name: &CryptoKeyName,
+        mut change: impl FnMut(&mut CryptoKeyRecord) -> Result<(), KmsError>,
+    ) -> Result<CryptoKeyRecord, KmsError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let mut record = self.store.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
+            change(&mut record)?;
+            match self.store.update_crypto_key(&record).await {
+                Ok(rev) => {
+                    record.revision = rev;
+                    self.cache.invalidate(name);
+                    return Ok(record);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KmsError::Contention(name.to_string()))
+    }
+
+    // ---- versions -------------------------------------------------------------------------
+
+    /// `cryptoKeyVersions.create` ([K6]): a new version with the next ID, not primary.
+    pub async fn create_version(&self, parent: &CryptoKeyName, request: CryptoKeyVersion) -> Result<CryptoKeyVersion, KmsError> {
+        let key = self.store.crypto_key(parent).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(parent.clone()))?;
+        let state = match request.state {
+            None | Some(VersionState::Unspecified) | Some(VersionState::Enabled) => VersionState::Enabled,
+            Some(VersionState::Disabled) => VersionState::Disabled,
+            Some(s) => {
+                return Err(KmsError::InvalidArgument(format!(
+                    "A new CryptoKeyVersion may be created ENABLED or DISABLED, not {s}."
+                )));
+            }
+        };
+        let template = key.key.version_template.clone().unwrap_or_default();
+        self.check_protection_level(&template)?;
+        let id = self.store.allocate_version_id(parent).await?;
+        let record = self.new_version_record(&parent.version(id), &template, state)?;
+        self.store.insert_version(&record, false).await?;
+        self.cache.invalidate(parent);
+        Ok(record.version)
+    }
+
+    /// `cryptoKeyVersions.get`.
+    pub async fn version(&self, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+        match self.store.version(name).await? {
+            Some(v) => Ok(v.version),
+            None => {
+                // Say which level is missing, as Cloud KMS does.
+                self.store.crypto_key(&name.crypto_key).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.crypto_key.clone()))?;
+                Err(KmsError::VersionNotFound(name.clone()))
+            }
+        }
+    }
+
+    /// `cryptoKeyVersions.list`.
+    pub async fn list_versions(&self, parent: &CryptoKeyName, q: &ListQuery) -> Result<Page<CryptoKeyVersion>, KmsError> {
+        self.store.crypto_key(parent).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(parent.clone()))?;
+        let all = self.store.list_versions(parent).await?.into_iter().map(|v| v.version).collect();
+        list_page(all, q, &parent.to_string())
+    }
+
+    /// `cryptoKeyVersions.patch`: only `state`, between ENABLED and DISABLED ([K7]).
+    pub async fn update_version(
+        &self,
+        name: &CryptoKeyVersionName,
+        patch: CryptoKeyVersion,
+        update_mask: &str,
+    ) -> Result<CryptoKeyVersion, KmsError> {
+        let mask = validate::update_mask(update_mask);
+        if mask != ["state"] {
+            return Err(KmsError::InvalidArgument(
+                "update_mask must be \"state\": only a version's state can be updated (ENABLED or DISABLED).".into(),
+            ));
+        }
+        let target = match patch.state {
+            Some(s @ (VersionState::Enabled | VersionState::Disabled)) => s,
+            other => {
+                return Err(KmsError::InvalidArgument(format!(
+                    "state may only be set to ENABLED or DISABLED{}; use :destroy and :restore for destruction.",
+                    other.map(|s| format!(", not {s}")).unwrap_or_default()
+                )));
+            }
+        };
+        self.modify_version(name, |v, _| {
+            let state = v.version.state.unwrap_or(VersionState::Unspecified);
+            if !matches!(state, VersionState::Enabled | VersionState::Disabled) {
+                return Err(KmsError::IllegalTransition {
+                    version: name.clone(),
+                    state,
+                    action: "changing the state",
+                    allowed: "ENABLED or DISABLED",
+                });
+            }
+            v.version.state = Some(target);
+            Ok(())
+        })
+        .await
+        .map(|v| v.version)
+    }
+
+    /// `cryptoKeyVersions.destroy`: schedules destruction after the key's
+    /// `destroyScheduledDuration` ([K7]).
+    pub async fn destroy_version(&self, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+        let now = self.clock.now();
+        self.modify_version(name, |v, key| {
+            let state = v.version.state.unwrap_or(VersionState::Unspecified);
+            if !matches!(state, VersionState::Enabled | VersionState::Disabled) {
+                return Err(KmsError::IllegalTransition {
+                    version: name.clone(),
+                    state,
+                    action: "destroy",
+                    allowed: "ENABLED or DISABLED",
+                });
+            }
+            let delay = key.key.destroy_scheduled_duration.unwrap_or(self.config.default_destroy_scheduled_duration);
+            v.version.state = Some(VersionState::DestroyScheduled);
+            v.version.destroy_time = Some(now.add(delay));
+            Ok(())
+        })
+        .await
+        .map(|v| v.version)
+    }
+
+    /// `cryptoKeyVersions.restore`: `DESTROY_SCHEDULED` back to `DISABLED` ([K7]).
+    pub async fn restore_version(&self, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+        self.modify_version(name, |v, _| {
+            let state = v.version.state.unwrap_or(VersionState::Unspecified);
+            if state != VersionState::DestroyScheduled {
+                return Err(KmsError::IllegalTransition {
+                    version: name.clone(),
+                    state,
+                    action: "restore",
+                    allowed: "DESTROY_SCHEDULED",
+                });
+            }
+            v.version.state = Some(VersionState::Disabled);
+            v.version.destroy_time = None;
+            Ok(())
+        })
+        .await
+        .map(|v| v.version)
+    }
+
+    /// Load-modify-compare-and-set on a version, retried on conflict; invalidates the cache.
+    pub(crate) async fn modify_version(
+        &self,
+        name: &CryptoKeyVersionName,
+        mut change: impl FnMut(&mut VersionRecord, &CryptoKeyRecord) -> Result<(), KmsError>,
+    ) -> Result<VersionRecord, KmsError> {
+        let key_name = &name.crypto_key;
+        for _ in 0..CAS_ATTEMPTS {
+            let key = self.store.crypto_key(key_name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(key_name.clone()))?;
+            let mut v = self.store.version(name).await?.ok_or_else(|| KmsError::VersionNotFound(name.clone()))?;
+            change(&mut v, &key)?;
+            match self.store.update_version(&v).await {
+                Ok(rev) => {
+                    v.revision = rev;
+                    self.cache.invalidate(key_name);
+                    return Ok(v);
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(KmsError::Contention(name.to_string()))
+    }
+
+    // ---- cache ----------------------------------------------------------------------------
+
+    /// The cached view of a key, loading it if needed.
+    pub(crate) async fn cached(&self, name: &CryptoKeyName) -> Result<Arc<CachedKey>, KmsError> {
+        match self.cache.get(name) {
+            Some(entry) => Ok(entry),
+            None => self.load_cached(name).await,
+        }
+    }
+
+    /// Loads a key and its versions from the store into the cache.
+    pub(crate) async fn load_cached(&self, name: &CryptoKeyName) -> Result<Arc<CachedKey>, KmsError> {
+        let generation = self.cache.generation();
+        let record = self.store.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
+        let versions = self
+            .store
+            .list_versions(name)
+            .await?
+            .into_iter()
+            .map(|v| (v.name.version, CachedVersion { record: v, aead: OnceLock::new() }))
+            .collect();
+        let entry = Arc::new(CachedKey { record, versions });
+        self.cache.insert(name.clone(), entry.clone(), generation);
+        Ok(entry)
+    }
+
+    /// Drops cached state if another node changed the store. Returns whether it did.
+    pub async fn sync_with_store(&self) -> Result<bool, KmsError> {
+        let now = self.store.change_counter().await?;
+        if self.last_change.swap(now, Ordering::AcqRel) != now {
+            self.cache.clear();
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Why the KMS cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartupError {
+    /// The database refused.
+    #[error("cannot open the KMS store: {0}")]
+    Store(#[source] StoreError),
+    /// The store's keys were sealed by a different root key.
+    #[error(
+        "this database was sealed with the root key whose fingerprint is {stored}, but the root key given has fingerprint {given}; start with the root key the data was created with (see docs/operations.md)"
+    )]
+    RootKeyMismatch {
+        /// Fingerprint recorded in the store.
+        stored: String,
+        /// Fingerprint of the key given.
+        given: String,
+    },
+}
+
+fn require_encrypt_decrypt(record: &CryptoKeyRecord) -> Result<(), KmsError> {
+    match record.key.purpose {
+        Some(Purpose::EncryptDecrypt) => Ok(()),
+        other => Err(KmsError::WrongPurpose {
+            key: record.name.clone(),
+            purpose: other.unwrap_or(Purpose::Unspecified),
+            required: Purpose::EncryptDecrypt,
+        }),
+    }
+}
+
+/// The CryptoKey resource clients see: the stored record plus its primary version.
+pub(crate) fn render_key(record: &CryptoKeyRecord, primary: Option<&VersionRecord>) -> CryptoKey {
+    let mut key = record.key.clone();
+    if key.purpose == Some(Purpose::EncryptDecrypt) {
+        key.primary = primary.map(|v| Box::new(v.version.clone()));
+    }
+    key
+}
+
+/// Filters, orders and pages a complete list.
+fn list_page<T: Serialize>(all: Vec<T>, q: &ListQuery, parent: &str) -> Result<Page<T>, KmsError> {
+    let filter = Filter::parse(&q.filter).map_err(|e| KmsError::InvalidArgument(format!("Invalid filter: {e}")))?;
+    let order = OrderBy::parse(&q.order_by).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
+    let mut rows: Vec<(serde_json::Value, T)> = Vec::with_capacity(all.len());
+    for item in all {
+        let json = serde_json::to_value(&item).map_err(|e| KmsError::Internal(e.to_string()))?;
+        if filter.matches(&json) {
+            rows.push((json, item));
+        }
+    }
+    if let Some(order) = order {
+        order.sort(&mut rows);
+    }
+    let query = format!("{parent}\n{}\n{}", q.filter, q.order_by);
+    q.page.apply(rows.into_iter().map(|(_, t)| t).collect(), &query).map_err(|e| match e {
+        PageError::NegativeSize => KmsError::InvalidArgument("page_size must not be negative.".into()),
+        other => KmsError::InvalidArgument(other.to_string()),
+    })
+}

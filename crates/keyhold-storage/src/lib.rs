@@ -1,0 +1,59 @@
+//! Storage backends for the KMS: the [`keyhold_kms::store::KmsStore`] trait implemented once, in
+//! [`SqlStore`], over a minimal SQL connection interface that two drivers provide:
+//!
+//! * [`sqlite`]: an embedded SQLite file (the default) or an in-memory database (`--in-memory`);
+//! * [`postgres`]: a PostgreSQL server shared by any number of Keyhold nodes.
+//!
+//! Both run the same statements (written with `$1`-style placeholders, which SQLite also
+//! accepts) against the same tables, so behaviour cannot drift between them; only the DDL's
+//! column types differ. Concurrency control is compare-and-set on a `revision` column, which
+//! works the same on both.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod postgres;
+mod schema;
+#[doc(hidden)]
+pub mod sql;
+pub mod sqlite;
+mod store;
+
+pub use store::SqlStore;
+pub use sqlite::Sqlite;
+pub use postgres::Postgres;
+
+use std::sync::Arc;
+
+use keyhold_kms::store::{KmsStore, StoreError};
+
+/// Where the KMS keeps its state.
+#[derive(Clone)]
+pub enum Database {
+    /// A SQLite file at this path.
+    SqliteFile(std::path::PathBuf),
+    /// A private in-memory SQLite database (gone when the process exits).
+    InMemory,
+    /// A PostgreSQL connection URL (`postgres://user@host:port/db`).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::SqliteFile(p) => write!(f, "SqliteFile({})", p.display()),
+            Database::InMemory => f.write_str("InMemory"),
+            // The URL may carry a password.
+            Database::Postgres(_) => f.write_str("Postgres([redacted url])"),
+        }
+    }
+}
+
+/// Opens (and migrates) the database.
+pub async fn open(db: &Database) -> Result<Arc<dyn KmsStore>, StoreError> {
+    Ok(match db {
+        Database::SqliteFile(path) => Arc::new(SqlStore::new(sqlite::Sqlite::open_file(path).await?)),
+        Database::InMemory => Arc::new(SqlStore::new(sqlite::Sqlite::open_in_memory().await?)),
+        Database::Postgres(url) => Arc::new(SqlStore::new(postgres::Postgres::connect(url).await?)),
+    })
+}

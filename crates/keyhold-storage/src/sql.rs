@@ -1,0 +1,91 @@
+//! The minimal SQL interface the generic store is written against.
+
+use async_trait::async_trait;
+use keyhold_kms::store::StoreError;
+
+/// A parameter or a column value.
+#[derive(Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL (only ever read; write `OptInt(None)` / `OptBlob(None)` so PostgreSQL knows the
+    /// type).
+    Null,
+    /// BIGINT.
+    Int(i64),
+    /// Nullable BIGINT.
+    OptInt(Option<i64>),
+    /// TEXT.
+    Text(String),
+    /// Nullable BLOB / BYTEA.
+    OptBlob(Option<Vec<u8>>),
+}
+
+impl std::fmt::Debug for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => f.write_str("NULL"),
+            Value::Int(i) => write!(f, "{i}"),
+            Value::OptInt(i) => write!(f, "{i:?}"),
+            Value::Text(t) => write!(f, "{t:?}"),
+            // Blobs hold sealed key material: never printed.
+            Value::OptBlob(b) => write!(f, "blob({:?} bytes)", b.as_ref().map(Vec::len)),
+        }
+    }
+}
+
+/// A result row.
+pub type Row = Vec<Value>;
+
+impl Value {
+    pub(crate) fn int(&self) -> Result<i64, StoreError> {
+        match self {
+            Value::Int(i) | Value::OptInt(Some(i)) => Ok(*i),
+            other => Err(StoreError::Corrupt(format!("expected an integer, found {other:?}"))),
+        }
+    }
+    pub(crate) fn opt_int(&self) -> Result<Option<i64>, StoreError> {
+        match self {
+            Value::Null | Value::OptInt(None) => Ok(None),
+            other => other.int().map(Some),
+        }
+    }
+    pub(crate) fn text(&self) -> Result<&str, StoreError> {
+        match self {
+            Value::Text(t) => Ok(t),
+            other => Err(StoreError::Corrupt(format!("expected text, found {other:?}"))),
+        }
+    }
+    pub(crate) fn opt_blob(&self) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Value::Null | Value::OptBlob(None) => Ok(None),
+            Value::OptBlob(Some(b)) => Ok(Some(b.clone())),
+            other => Err(StoreError::Corrupt(format!("expected a blob, found {other:?}"))),
+        }
+    }
+}
+
+/// A connection, inside a transaction when obtained from [`SqlBackend::begin`]. Dropping it
+/// without [`SqlConn::commit`] rolls the transaction back.
+#[async_trait]
+pub trait SqlConn: Send {
+    /// Runs a statement that returns rows.
+    async fn query(&mut self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, StoreError>;
+    /// Runs a statement; returns the number of rows affected.
+    async fn execute(&mut self, sql: &'static str, params: Vec<Value>) -> Result<u64, StoreError>;
+    /// Commits the transaction.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
+/// A database driver.
+#[async_trait]
+pub trait SqlBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// A connection with a transaction open.
+    async fn begin(&self) -> Result<Box<dyn SqlConn>, StoreError>;
+    /// A connection in autocommit mode, for single-statement reads.
+    async fn read(&self) -> Result<Box<dyn SqlConn>, StoreError>;
+    /// Called after key material was erased, so the driver can also purge old copies of the
+    /// bytes it keeps elsewhere (SQLite: the write-ahead log).
+    async fn after_erase(&self);
+}
+
+/// A boxed, sendable future (what transaction bodies return).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -1,0 +1,220 @@
+//! The SQLite driver (rusqlite, SQLite bundled).
+//!
+//! One connection, used by one transaction at a time (an async mutex serializes them); each
+//! statement runs on tokio's blocking pool. The file is opened in WAL mode with
+//! `synchronous=FULL` (a key acknowledged as created survives a power cut) and
+//! `secure_delete=ON` (deleted or overwritten content — destroyed key material — is zeroed in
+//! the file, and the WAL is checkpointed and truncated after each erasure).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use keyhold_kms::store::StoreError;
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ErrorCode};
+
+use crate::schema;
+use crate::sql::{Row, SqlBackend, SqlConn, Value};
+
+/// A SQLite database.
+#[derive(Clone)]
+pub struct Sqlite {
+    conn: Arc<Mutex<Connection>>,
+    turn: Arc<tokio::sync::Mutex<()>>,
+    label: String,
+}
+
+impl std::fmt::Debug for Sqlite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sqlite({})", self.label)
+    }
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::ConstraintViolation => StoreError::AlreadyExists,
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::OutOfMemory
+            | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
+            _ => StoreError::Corrupt(e.to_string()),
+        },
+        _ => StoreError::Corrupt(e.to_string()),
+    }
+}
+
+impl Sqlite {
+    /// Opens (creating if needed) the database file at `path` and migrates it.
+    pub async fn open_file(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let p = path.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let c = Connection::open(&p).map_err(map_err)?;
+            c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;").map_err(map_err)?;
+            Ok(c)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        Self::init(conn, path.display().to_string()).await
+    }
+
+    /// A private in-memory database: same schema, same statements, nothing on disk.
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory().map_err(map_err)?;
+        Self::init(conn, ":memory:".into()).await
+    }
+
+    async fn init(conn: Connection, label: String) -> Result<Self, StoreError> {
+        conn.execute_batch("PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+            .map_err(map_err)?;
+        let db = Self { conn: Arc::new(Mutex::new(conn)), turn: Arc::new(tokio::sync::Mutex::new(())), label };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let tx = c.transaction().map_err(map_err)?;
+            tx.execute_batch(&schema::ddl("BLOB")).map_err(map_err)?;
+            tx.execute(schema::META_INSERT, ("schema_version", schema::SCHEMA_VERSION.to_string())).map_err(map_err)?;
+            let v: String =
+                tx.query_row(schema::META_GET, ["schema_version"], |r| r.get(0)).map_err(map_err)?;
+            if v.parse::<i64>().unwrap_or(i64::MAX) > schema::SCHEMA_VERSION {
+                return Err(StoreError::Corrupt(format!(
+                    "the database has schema version {v}, newer than this build knows ({}); upgrade Keyhold",
+                    schema::SCHEMA_VERSION
+                )));
+            }
+            tx.commit().map_err(map_err)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+
+    async fn conn(&self, transaction: bool) -> Result<Box<dyn SqlConn>, StoreError> {
+        let guard = self.turn.clone().lock_owned().await;
+        let mut c = SqliteConn { conn: self.conn.clone(), _turn: guard, open_tx: false };
+        if transaction {
+            c.execute("BEGIN IMMEDIATE", vec![]).await?;
+            c.open_tx = true;
+        }
+        Ok(Box::new(c))
+    }
+}
+
+struct SqliteConn {
+    conn: Arc<Mutex<Connection>>,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    open_tx: bool,
+}
+
+fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> rusqlite::Result<()> {
+    for (i, p) in params.iter().enumerate() {
+        let idx = i + 1;
+        match p {
+            Value::Null | Value::OptInt(None) | Value::OptBlob(None) => stmt.raw_bind_parameter(idx, rusqlite::types::Null)?,
+            Value::Int(v) | Value::OptInt(Some(v)) => stmt.raw_bind_parameter(idx, v)?,
+            Value::Text(t) => stmt.raw_bind_parameter(idx, t.as_str())?,
+            Value::OptBlob(Some(b)) => stmt.raw_bind_parameter(idx, b.as_slice())?,
+        }
+    }
+    Ok(())
+}
+
+fn run(conn: &Connection, sql: &str, params: &[Value], want_rows: bool) -> rusqlite::Result<(Vec<Row>, u64)> {
+    let mut stmt = conn.prepare_cached(sql)?;
+    bind(&mut stmt, params)?;
+    if !want_rows {
+        let n = stmt.raw_execute()?;
+        return Ok((Vec::new(), n as u64));
+    }
+    let cols = stmt.column_count();
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut row = Vec::with_capacity(cols);
+        for i in 0..cols {
+            row.push(match r.get_ref(i)? {
+                ValueRef::Null => Value::Null,
+                ValueRef::Integer(v) => Value::Int(v),
+                ValueRef::Real(v) => Value::Int(v as i64),
+                ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                ValueRef::Blob(b) => Value::OptBlob(Some(b.to_vec())),
+            });
+        }
+        out.push(row);
+    }
+    Ok((out, 0))
+}
+
+impl SqliteConn {
+    async fn call(&mut self, sql: &'static str, params: Vec<Value>, want_rows: bool) -> Result<(Vec<Row>, u64), StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            run(&c, sql, &params, want_rows).map_err(map_err)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
+}
+
+#[async_trait]
+impl SqlConn for SqliteConn {
+    async fn query(&mut self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+        Ok(self.call(sql, params, true).await?.0)
+    }
+    async fn execute(&mut self, sql: &'static str, params: Vec<Value>) -> Result<u64, StoreError> {
+        Ok(self.call(sql, params, false).await?.1)
+    }
+    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.execute("COMMIT", vec![]).await?;
+        self.open_tx = false;
+        Ok(())
+    }
+}
+
+impl Drop for SqliteConn {
+    fn drop(&mut self) {
+        if self.open_tx {
+            // Not committed (an error, or the request was cancelled): roll back before the next
+            // transaction gets the connection. Rollback does no fsync, so blocking here is brief.
+            let c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+            if !c.is_autocommit() {
+                let _ = c.execute_batch("ROLLBACK");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SqlBackend for Sqlite {
+    async fn begin(&self) -> Result<Box<dyn SqlConn>, StoreError> {
+        self.conn(true).await
+    }
+    async fn read(&self) -> Result<Box<dyn SqlConn>, StoreError> {
+        self.conn(false).await
+    }
+    async fn after_erase(&self) {
+        // With secure_delete the main file no longer holds the old bytes once the page is
+        // written back; copy the WAL back and truncate it so no older frame survives either.
+        let _turn = self.turn.lock().await;
+        let conn = self.conn.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            if let Err(e) = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+                tracing::warn!(error = %e, "WAL checkpoint after key erasure failed");
+            }
+        })
+        .await;
+    }
+}
