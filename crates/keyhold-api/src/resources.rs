@@ -280,6 +280,9 @@ pub struct CryptoKeyVersion {
     pub state: Option<VersionState>,
     /// Output only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<Timestamp>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection_level: Option<ProtectionLevel>,
     /// Output only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,9 +290,6 @@ pub struct CryptoKeyVersion {
     /// Output only. HSM attestation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<KeyOperationAttestation>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub create_time: Option<Timestamp>,
     /// Output only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generate_time: Option<Timestamp>,

@@ -1,1 +1,66 @@
-//! placeholder
+//! The HTTP face of Keyhold: the Cloud KMS v1 REST surface on axum.
+//!
+//! Cloud KMS puts custom verbs after a colon in the last path segment
+//! (`.../cryptoKeys/k:encrypt`), which axum's router cannot match, so everything under `/v1/`
+//! goes to one handler that parses the resource path itself ([`route`]) and dispatches. Errors
+//! from every crate become Google's error JSON in one place ([`error::ApiError`]).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod error;
+mod kms_routes;
+pub mod route;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Request};
+use axum::routing::{any, get};
+use keyhold_kms::Kms;
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+
+/// Shared state of the handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The KMS.
+    pub kms: Arc<Kms>,
+}
+
+/// Header carrying the request ID (taken from the client if it sent one).
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+#[derive(Clone, Default)]
+struct RequestIds {
+    prefix: u32,
+    next: Arc<AtomicU64>,
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{:08x}-{n:x}", self.prefix)).ok().map(RequestId::new)
+    }
+}
+
+/// The application router.
+pub fn app(state: AppState) -> Router {
+    let mut prefix = [0u8; 4];
+    let _ = keyhold_crypto::random_bytes(&mut prefix);
+    let ids = RequestIds { prefix: u32::from_be_bytes(prefix), next: Arc::default() };
+    let header = HeaderName::from_static(REQUEST_ID_HEADER);
+    Router::new()
+        .route("/healthz", get(health))
+        .route("/v1/{*path}", any(kms_routes::dispatch))
+        .fallback(kms_routes::not_found)
+        .with_state(state)
+        .layer(PropagateRequestIdLayer::new(header.clone()))
+        .layer(axum::middleware::from_fn(kms_routes::log_request))
+        .layer(SetRequestIdLayer::new(header, ids))
+}
+
+/// The cheapest endpoint: the baseline of the benchmarks, and what readiness probes call.
+async fn health() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], "{\"status\":\"SERVING\"}")
+}

@@ -1,1 +1,58 @@
-fn main() {}
+//! `keyhold`: the server (`keyhold serve`) and a command-line client whose commands mirror
+//! `gcloud kms ...`.
+
+#![forbid(unsafe_code)]
+
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Keyhold: customer-managed encryption keys anyone can run.
+#[derive(Parser, Debug)]
+#[command(name = "keyhold", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server: the Cloud KMS v1 REST API on 127.0.0.1:8080, state in ./keyhold-data.
+    Serve(serve::ServeArgs),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("KEYHOLD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("KEYHOLD_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ERROR: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            match rt.block_on(serve::run(args)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("ERROR: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

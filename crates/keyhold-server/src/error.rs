@@ -1,0 +1,60 @@
+//! Every error becomes Google's error JSON here, and only here.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keyhold_api::{Code, Status};
+use keyhold_kms::KmsError;
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    status: Status,
+    /// What the log gets for 5xx answers (never sent to the client).
+    cause: Option<String>,
+}
+
+impl ApiError {
+    /// An error with a code and message.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self { status: Status::new(code, message), cause: None }
+    }
+
+    /// `INVALID_ARGUMENT`.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(Code::InvalidArgument, message)
+    }
+
+    /// The status this error carries.
+    pub fn status(&self) -> &Status {
+        &self.status
+    }
+}
+
+impl From<KmsError> for ApiError {
+    fn from(e: KmsError) -> Self {
+        let cause = matches!(e.code(), Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown).then(|| {
+            let mut s = format!("{e:?}");
+            if let Some(src) = std::error::Error::source(&e) {
+                s.push_str(&format!(": {src}"));
+            }
+            s
+        });
+        Self { status: e.to_status(), cause }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.status.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if let Some(cause) = &self.cause {
+            tracing::error!(status = self.status.code.as_str(), cause = %cause, "request failed");
+        }
+        let body = serde_json::to_vec_pretty(&self.status.to_body()).unwrap_or_default();
+        let mut resp = (code, body).into_response();
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json; charset=UTF-8"),
+        );
+        resp
+    }
+}
