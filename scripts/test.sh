@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# Keyhold's one command for "run all the tests". Runnable from any directory; CI runs it
+# through .ci/run in a fresh clone.
+#
+#   scripts/test.sh                      everything: Rust (SQLite + PostgreSQL) and Python
+#   scripts/test.sh rust                 only the Rust workspace tests (with PostgreSQL)
+#   scripts/test.sh python               only the official-client tests in tests/python
+#   scripts/test.sh with-postgres CMD..  run CMD with a throwaway PostgreSQL and
+#                                        KEYHOLD_TEST_POSTGRES_URL set, e.g.
+#                                        scripts/test.sh with-postgres cargo test -p keyhold-storage
+#
+# What it does:
+#   1. installs missing Debian packages (PostgreSQL server, SoftHSM2, Python venv support);
+#   2. starts a throwaway PostgreSQL cluster on a free loopback port in a temp dir and exports
+#      KEYHOLD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/keyhold_test (tests create
+#      their own fresh databases from it); it is stopped and deleted on exit. If
+#      KEYHOLD_TEST_POSTGRES_URL is already set, that server is used instead;
+#   3. runs the Rust tests: cargo nextest (plus doc tests) when installed, else cargo test;
+#   4. builds target/debug/keyhold, prepares .venv with google-cloud-kms and pytest, and runs
+#      tests/python against a real `keyhold serve` process.
+# Every section runs even when an earlier one failed; the exit code is non-zero if any failed.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+section() { printf '\n========== %s ==========\n' "$*"; }
+note() { printf -- '--- %s\n' "$*"; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
+
+PYTHON_PACKAGES=(google-cloud-kms google-crc32c pytest)
+
+# ------------------------------------------------------------------------------------------
+# 1. System packages
+# ------------------------------------------------------------------------------------------
+
+# The newest PostgreSQL server's bin directory (/usr/lib/postgresql/<major>/bin), or nothing.
+pg_bindir() {
+    local dir
+    dir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)"
+    if [ -n "$dir" ] && [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
+        printf '%s\n' "$dir"
+    fi
+}
+
+install_packages() {
+    local missing=()
+    [ -n "$(pg_bindir)" ] || missing+=(postgresql)
+    if ! command -v softhsm2-util >/dev/null 2>&1; then missing+=(softhsm2); fi
+    if ! command -v python3 >/dev/null 2>&1; then
+        missing+=(python3 python3-venv)
+    elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+        missing+=(python3-venv)
+    fi
+    if [ "${#missing[@]}" -eq 0 ]; then
+        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, python3)"
+        return
+    fi
+    note "installing: ${missing[*]}"
+    "${SUDO[@]}" apt-get update -qq
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    [ -n "$(pg_bindir)" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin after install"
+}
+
+# ------------------------------------------------------------------------------------------
+# 2. Throwaway PostgreSQL
+# ------------------------------------------------------------------------------------------
+
+PG_TMP=""
+PG_DATA=""
+PG_BIN=""
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Runs a PostgreSQL program as the cluster's owner: user postgres when we are root
+# (PostgreSQL refuses to run as root), else ourselves.
+as_pg() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+stop_postgres() {
+    if [ -n "$PG_DATA" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w stop >/dev/null 2>&1 || true
+    fi
+    if [ -n "$PG_TMP" ]; then
+        rm -rf "$PG_TMP"
+    fi
+    PG_TMP=""
+    PG_DATA=""
+}
+
+start_postgres() {
+    if [ -n "${KEYHOLD_TEST_POSTGRES_URL:-}" ]; then
+        note "using the PostgreSQL already given in KEYHOLD_TEST_POSTGRES_URL"
+        return
+    fi
+    PG_BIN="$(pg_bindir)"
+    [ -n "$PG_BIN" ] || die "no PostgreSQL server under /usr/lib/postgresql/*/bin"
+    if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+        die "user postgres does not exist (the postgresql package creates it)"
+    fi
+
+    PG_TMP="$(mktemp -d "${TMPDIR:-/tmp}/keyhold-pg.XXXXXX")"
+    PG_DATA="$PG_TMP/data"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$PG_TMP"; fi
+    chmod 700 "$PG_TMP"
+
+    note "initdb ($PG_BIN) in $PG_DATA"
+    if ! as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 --locale=C --no-sync \
+        >"$PG_TMP/initdb.log" 2>&1; then
+        cat "$PG_TMP/initdb.log" >&2
+        die "initdb failed"
+    fi
+
+    local attempt port=""
+    for attempt in 1 2 3; do
+        port="$(free_port)"
+        if as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_TMP/postgres.log" -w -t 60 \
+            -o "-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories=$PG_DATA -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \
+            start >/dev/null; then
+            break
+        fi
+        note "PostgreSQL did not start on port $port (attempt $attempt)"
+        port=""
+    done
+    if [ -z "$port" ]; then
+        cat "$PG_TMP/postgres.log" >&2 || true
+        die "could not start PostgreSQL"
+    fi
+
+    as_pg "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt \
+        -c 'CREATE DATABASE keyhold_test' >/dev/null
+    export KEYHOLD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/keyhold_test"
+    note "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port; KEYHOLD_TEST_POSTGRES_URL=$KEYHOLD_TEST_POSTGRES_URL"
+}
+
+on_exit() {
+    local rc=$?
+    stop_postgres
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------------------------------
+# 3. Rust
+# ------------------------------------------------------------------------------------------
+
+run_rust_tests() {
+    if cargo nextest --version >/dev/null 2>&1; then
+        note "cargo nextest run --workspace --no-fail-fast"
+        local rc=0
+        cargo nextest run --workspace --no-fail-fast || rc=$?
+        # nextest does not run doc tests.
+        note "cargo test --workspace --doc"
+        cargo test --workspace --doc || rc=$?
+        return "$rc"
+    else
+        note "cargo test --workspace --no-fail-fast (cargo-nextest not installed)"
+        cargo test --workspace --no-fail-fast
+    fi
+}
+
+# ------------------------------------------------------------------------------------------
+# 4. Python: the official client against a real server
+# ------------------------------------------------------------------------------------------
+
+VENV="$ROOT/.venv"
+
+prepare_venv() {
+    if [ ! -x "$VENV/bin/python" ]; then
+        note "creating $VENV"
+        python3 -m venv "$VENV"
+    fi
+    if "$VENV/bin/python" -c 'import google.cloud.kms_v1, google_crc32c, pytest' >/dev/null 2>&1; then
+        note "python packages already installed in .venv"
+    else
+        note "pip install ${PYTHON_PACKAGES[*]}"
+        "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${PYTHON_PACKAGES[@]}"
+    fi
+}
+
+run_python_tests() {
+    note "cargo build -p keyhold"
+    cargo build -p keyhold || return 1
+    prepare_venv || return 1
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyhold"
+    case "$bin" in /*) ;; *) bin="$ROOT/$bin" ;; esac
+    note "pytest tests/python (KEYHOLD_BIN=$bin)"
+    KEYHOLD_BIN="$bin" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
+}
+
+# ------------------------------------------------------------------------------------------
+# Main
+# ------------------------------------------------------------------------------------------
+
+mode="${1:-all}"
+case "$mode" in
+    all | rust | python) ;;
+    with-postgres)
+        shift
+        [ "$#" -gt 0 ] || die "usage: scripts/test.sh with-postgres COMMAND [ARGS...]"
+        section "Setup: system packages"
+        install_packages
+        section "Setup: PostgreSQL"
+        start_postgres
+        section "Running: $*"
+        rc=0
+        "$@" || rc=$?
+        exit "$rc"
+        ;;
+    -h | --help)
+        sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *) die "unknown mode '$mode' (expected: all, rust, python, with-postgres CMD...)" ;;
+esac
+
+failed=()
+
+section "Setup: system packages"
+install_packages
+
+if [ "$mode" != python ]; then
+    section "Setup: PostgreSQL"
+    start_postgres
+
+    section "Rust tests"
+    if run_rust_tests; then note "Rust tests passed"; else failed+=("Rust tests"); fi
+
+    section "Teardown: PostgreSQL"
+    stop_postgres
+    note "stopped"
+fi
+
+if [ "$mode" != rust ]; then
+    section "Python tests: official google-cloud-kms client"
+    if run_python_tests; then note "Python tests passed"; else failed+=("Python tests"); fi
+fi
+
+section "Summary"
+if [ "${#failed[@]}" -gt 0 ]; then
+    printf 'FAILED: %s\n' "${failed[@]}"
+    exit 1
+fi
+echo "All test suites passed."
