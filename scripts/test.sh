@@ -61,8 +61,16 @@ install_packages() {
         return
     fi
     note "installing: ${missing[*]}"
-    "${SUDO[@]}" apt-get update -qq
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    local log
+    log="$(mktemp "${TMPDIR:-/tmp}/keyhold-apt.XXXXXX")"
+    if ! { "${SUDO[@]}" apt-get update -qq &&
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
+        >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        die "apt-get install ${missing[*]} failed"
+    fi
+    rm -f "$log"
     [ -n "$(pg_bindir)" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin after install"
 }
 
@@ -141,7 +149,7 @@ start_postgres() {
     as_pg "$PG_BIN/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt \
         -c 'CREATE DATABASE keyhold_test' >/dev/null
     export KEYHOLD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/keyhold_test"
-    note "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port; KEYHOLD_TEST_POSTGRES_URL=$KEYHOLD_TEST_POSTGRES_URL"
+    note "PostgreSQL $("$PG_BIN/postgres" --version | sed -n 's/.*(PostgreSQL) \([^ ]*\).*/\1/p') on 127.0.0.1:$port; KEYHOLD_TEST_POSTGRES_URL=$KEYHOLD_TEST_POSTGRES_URL"
 }
 
 on_exit() {

@@ -1,0 +1,134 @@
+//! `keyhold serve` as a real process: durability across restarts, scheduled destruction and
+//! automatic rotation that survive a restart, graceful shutdown, and logs without secrets.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Proc {
+    child: Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos() ^ port as u128));
+    let child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.join("data"))
+        .args(extra)
+        .env("KEYHOLD_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc { child, port, log }
+}
+
+async fn wait_ready(p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("http://127.0.0.1:{}/healthz", p.port)).await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not start: {}", std::fs::read_to_string(&p.log).unwrap_or_default());
+}
+
+fn terminate(mut p: Proc) -> String {
+    let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = p.child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    std::fs::read_to_string(&p.log).unwrap()
+}
+
+async fn call(port: u16, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .request(method, format!("http://127.0.0.1:{port}/v1/{path}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{path}: {}", resp.text().await.unwrap());
+    resp.json().await.unwrap()
+}
+
+const RING: &str = "projects/p/locations/global/keyRings/r";
+const KEY: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/k";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_restart_and_schedules_catch_up() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--min-destroy-scheduled-duration", "1s", "--min-rotation-period", "1s"];
+    let port = free_port();
+    let p = spawn(dir.path(), port, &flags);
+    wait_ready(&p).await;
+    call(port, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
+    call(port, Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "2s"})).await;
+    let secret = "c2VjcmV0LXBsYWludGV4dC1mb3ItbG9ncw=="; // "secret-plaintext-for-logs"
+    let enc = call(port, Method::POST, &format!("{KEY}:encrypt"), json!({"plaintext": secret})).await;
+    call(port, Method::POST, &format!("{KEY}/cryptoKeyVersions"), json!({})).await;
+    call(port, Method::POST, &format!("{KEY}/cryptoKeyVersions/2:destroy"), json!({})).await;
+    // Rotation due in one second, every two seconds after that.
+    let next = keyhold_api::wire::Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(1));
+    call(port, Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=rot"), json!({"purpose": 1, "rotationPeriod": "2s", "nextRotationTime": next.to_string()})).await;
+    let log1 = terminate(p);
+
+    // Down for longer than the destroy delay and the rotation time.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let p = spawn(dir.path(), port, &flags);
+    wait_ready(&p).await;
+    let dec = call(port, Method::POST, &format!("{KEY}:decrypt"), json!({"ciphertext": enc["ciphertext"]})).await;
+    assert_eq!(dec["plaintext"], secret, "keys survive a restart (same root key file)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v2 = call(port, Method::GET, &format!("{KEY}/cryptoKeyVersions/2"), json!({})).await;
+        let rot = call(port, Method::GET, &format!("{RING}/cryptoKeys/rot"), json!({})).await;
+        let rotated = rot["primary"]["name"].as_str().unwrap_or_default().ends_with("/cryptoKeyVersions/2");
+        if v2["state"] == "DESTROYED" && rotated {
+            assert!(rot["nextRotationTime"].as_str().unwrap() > keyhold_api::wire::Timestamp::now().to_string().as_str());
+            break;
+        }
+        assert!(Instant::now() < deadline, "after restart: version 2 is {v2}, rotating key is {rot}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log2 = terminate(p);
+    for log in [&log1, &log2] {
+        assert!(log.contains("Keyhold is serving"), "{log}");
+        assert!(!log.contains(secret) && !log.contains("secret-plaintext"), "plaintext in the log");
+    }
+    assert!(log1.contains("CREATED A NEW ROOT KEY"));
+    assert!(!log2.contains("CREATED A NEW ROOT KEY"));
+    let root = std::fs::read_to_string(dir.path().join("data/root.key")).unwrap();
+    assert!(!log1.contains(root.trim()) && !log2.contains(root.trim()), "root key in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_root_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = spawn(dir.path(), port, &[]);
+    wait_ready(&p).await;
+    terminate(p);
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, keyhold_api::wire::encode_base64(&[9u8; 32])).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--root-key-file")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sealed with the root key whose fingerprint is"), "{err}");
+}
