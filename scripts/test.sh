@@ -187,9 +187,10 @@ run_rust_tests() {
 VENV="$ROOT/.venv"
 
 prepare_venv() {
-    if [ ! -x "$VENV/bin/python" ]; then
+    if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        # Missing, or left broken by a Python that is gone: (re)create it.
         note "creating $VENV"
-        python3 -m venv "$VENV"
+        python3 -m venv --clear "$VENV"
     fi
     if "$VENV/bin/python" -c 'import google.cloud.kms_v1, google_crc32c, pytest' >/dev/null 2>&1; then
         note "python packages already installed in .venv"

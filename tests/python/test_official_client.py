@@ -82,8 +82,12 @@ class KeyholdServer:
             "--min-destroy-scheduled-duration",
             "1s",
         ]
+        env = dict(os.environ)
+        env.setdefault("NO_COLOR", "1")
+        # One line per request (method, path, status), shown when a test fails.
+        env.setdefault("KEYHOLD_LOG", "info,keyhold_server=debug")
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

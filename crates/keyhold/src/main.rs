@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cli;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -11,6 +12,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(name = "keyhold", version, about)]
 struct Cli {
+    #[command(flatten)]
+    client: cli::ClientOptions,
     #[command(subcommand)]
     command: Command,
 }
@@ -19,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the server: the Cloud KMS v1 REST API on 127.0.0.1:8080, state in ./keyhold-data.
     Serve(serve::ServeArgs),
+    #[command(flatten)]
+    Client(cli::CliCommand),
 }
 
 fn init_logging() {
@@ -54,5 +59,6 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Client(cmd) => rt.block_on(cli::run(cmd, cli.client)),
     }
 }

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Load benchmark of the KMS over loopback HTTP: :encrypt (32-byte plaintext) next to the
+# server's cheapest endpoint (GET /healthz), at 1 and 64 keep-alive connections, in one run.
+# Figures are reported as ratios against that baseline because shared machines drift.
+#
+#   bash bench/load.sh            # 10 s per scenario
+#   DURATION=3s bash bench/load.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+if ! command -v wrk >/dev/null; then
+  echo "== installing wrk (Debian package)"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release -p keyhold -q
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+KEYHOLD_LOG=warn target/release/keyhold serve --in-memory --listen 127.0.0.1:$PORT 2>/tmp/keyhold-bench.log &
+PID=$!
+trap 'kill $PID 2>/dev/null || true' EXIT
+for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
+BASE=http://127.0.0.1:$PORT/v1/projects/bench/locations/global/keyRings
+curl -sf -X POST "$BASE?keyRingId=r" -d '' >/dev/null
+curl -sf -X POST "$BASE/r/cryptoKeys?cryptoKeyId=k" -d '{"purpose":"ENCRYPT_DECRYPT"}' >/dev/null
+ENC="$BASE/r/cryptoKeys/k:encrypt"
+
+# wrk prints "Requests/sec: N" and, with --latency, the 50% and 99% percentiles.
+run() { # name threads conns url [script]
+  local out
+  if [ -n "${5:-}" ]; then out=$(wrk -t"$2" -c"$3" -d"$DURATION" --latency -s "$5" "$4"); else out=$(wrk -t"$2" -c"$3" -d"$DURATION" --latency "$4"); fi
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  printf '%s %s %s %s\n' "$1" "$rps" "$p50" "$p99"
+}
+echo "== machine: $(nproc) cores, $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); duration $DURATION per scenario"
+RESULTS=$(
+  run health-c1 1 1 "http://127.0.0.1:$PORT/healthz"
+  run encrypt-c1 1 1 "$ENC" bench/encrypt.lua
+  run health-c64 2 64 "http://127.0.0.1:$PORT/healthz"
+  run encrypt-c64 2 64 "$ENC" bench/encrypt.lua
+)
+echo
+printf '| scenario | requests/s | p50 | p99 | ratio to health check |\n|---|---|---|---|---|\n'
+awk '{rps[$1]=$2; p50[$1]=$3; p99[$1]=$4; order[NR]=$1}
+     END {for (i=1;i<=NR;i++) {n=order[i]; split(n,a,"-"); b=rps["health-" a[2]];
+          printf "| %s | %.0f | %s | %s | %.2f |\n", n, rps[n], p50[n], p99[n], rps[n]/b}}' <<<"$RESULTS"

@@ -1,0 +1,297 @@
+//! A thin HTTP client for the Cloud KMS v1 REST API a Keyhold server serves.
+//!
+//! Responses are read whole and, because a `:decrypt` answer carries plaintext, kept in a
+//! [`Secret`] (wiped when dropped) until they are parsed. Nothing from a successful response
+//! body ever appears in an error message.
+
+use std::time::Duration;
+
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use keyhold_api::status::ErrorBody;
+use keyhold_crypto::Secret;
+
+use super::CliError;
+
+/// What a list request asks for, beyond its parent.
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    /// `pageSize` sent with each request (the server's default if unset).
+    pub page_size: Option<u32>,
+    /// Cloud KMS `filter`.
+    pub filter: Option<String>,
+    /// Cloud KMS `orderBy`.
+    pub order_by: Option<String>,
+    /// Stop after this many resources.
+    pub limit: Option<usize>,
+}
+
+/// The client: an endpoint and a connection pool.
+#[derive(Clone, Debug)]
+pub struct KmsClient {
+    http: reqwest::Client,
+    /// The endpoint as given, without a trailing `/`.
+    endpoint: String,
+}
+
+impl KmsClient {
+    /// A client for the server at `endpoint` (`http://127.0.0.1:8080`).
+    pub fn new(endpoint: &str) -> Result<Self, CliError> {
+        let endpoint = endpoint.trim().trim_end_matches('/').to_string();
+        let url = Url::parse(&endpoint).map_err(|e| {
+            CliError::Usage(format!(
+                "invalid --endpoint \"{endpoint}\": {e}; expected e.g. http://127.0.0.1:8080"
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(CliError::Usage(format!(
+                "invalid --endpoint \"{endpoint}\": expected an http:// URL such as http://127.0.0.1:8080"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("keyhold-cli/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| CliError::Other(format!("cannot set up the HTTP client: {e}")))?;
+        Ok(Self { http, endpoint })
+    }
+
+    /// The URL of `/v1/{path}`: what `--uri` prints.
+    pub fn resource_url(&self, path: &str) -> String {
+        format!("{}/v1/{}", self.endpoint, path)
+    }
+
+    fn url(&self, path: &str, query: &[(&str, String)]) -> Result<Url, CliError> {
+        let mut url = Url::parse(&self.resource_url(path))
+            .map_err(|e| CliError::Usage(format!("invalid request URL for {path}: {e}")))?;
+        if !query.is_empty() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, v);
+            }
+        }
+        Ok(url)
+    }
+
+    /// Sends one request and parses the JSON answer as `T`; non-2xx answers become
+    /// [`CliError::Api`].
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<T, CliError> {
+        let mut req = self
+            .http
+            .request(method, self.url(path, query)?)
+            .header(ACCEPT, "application/json");
+        if let Some(body) = body {
+            req = req.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
+        let bytes = Secret::new(Vec::from(bytes));
+        if !status.is_success() {
+            return Err(api_error(status, bytes.expose()));
+        }
+        serde_json::from_slice(bytes.expose()).map_err(|e| {
+            // The serde message could quote the body, which may hold plaintext: report only
+            // where parsing failed.
+            CliError::Other(format!(
+                "the server at {} sent a response that could not be parsed ({:?} error at line {}, column {})",
+                self.endpoint,
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })
+    }
+
+    /// `GET /v1/{path}`.
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.call(Method::GET, path, &[], None).await
+    }
+
+    /// `POST /v1/{path}` with a JSON body.
+    pub async fn post(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: &Value,
+    ) -> Result<Value, CliError> {
+        self.call(
+            Method::POST,
+            path,
+            query,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// `PATCH /v1/{path}` with a JSON body.
+    pub async fn patch(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        body: &Value,
+    ) -> Result<Value, CliError> {
+        self.call(
+            Method::PATCH,
+            path,
+            query,
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    /// Lists a collection (`projects/p/locations/l/keyRings`), following `nextPageToken` until
+    /// the last page or `limit`; `field` names the array in each page (`keyRings`).
+    pub async fn list(
+        &self,
+        collection: &str,
+        field: &str,
+        opts: &ListOptions,
+    ) -> Result<Vec<Value>, CliError> {
+        let mut items = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            if let Some(n) = opts.page_size {
+                query.push(("pageSize", n.to_string()));
+            }
+            if let Some(f) = opts.filter.as_deref().filter(|f| !f.is_empty()) {
+                query.push(("filter", f.to_string()));
+            }
+            if let Some(o) = &opts.order_by {
+                query.push(("orderBy", o.clone()));
+            }
+            if !token.is_empty() {
+                query.push(("pageToken", token.clone()));
+            }
+            let page: Value = self.call(Method::GET, collection, &query, None).await?;
+            if let Some(Value::Array(a)) = page.get(field) {
+                items.extend(a.iter().cloned());
+            }
+            if let Some(limit) = opts.limit
+                && items.len() >= limit
+            {
+                items.truncate(limit);
+                break;
+            }
+            let next = page
+                .get("nextPageToken")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if next.is_empty() || next == token {
+                break;
+            }
+            token = next.to_string();
+        }
+        Ok(items)
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> CliError {
+        // The innermost cause is the useful part ("Connection refused (os error 111)").
+        let mut source: &dyn std::error::Error = e;
+        while let Some(next) = source.source() {
+            source = next;
+        }
+        let detail = if e.is_timeout() {
+            "the request timed out".to_string()
+        } else {
+            source.to_string()
+        };
+        CliError::Connect {
+            endpoint: self.endpoint.clone(),
+            detail,
+        }
+    }
+}
+
+/// The error for a non-2xx answer: the `google.rpc.Status` in the body, or the HTTP status
+/// and the start of the body when it is not one.
+fn api_error(status: StatusCode, body: &[u8]) -> CliError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) if !b.error.status.is_empty() => CliError::Api {
+            status: b.error.status,
+            message: b.error.message,
+        },
+        Ok(b) => CliError::Api {
+            status: format!("HTTP {}", status.as_u16()),
+            message: b.error.message,
+        },
+        Err(_) => {
+            let text = String::from_utf8_lossy(body);
+            let mut snippet: String = text
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .take(200)
+                .collect();
+            if snippet.is_empty() {
+                snippet = status
+                    .canonical_reason()
+                    .unwrap_or("no response body")
+                    .to_string();
+            }
+            CliError::Api {
+                status: format!("HTTP {}", status.as_u16()),
+                message: snippet,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn google_errors_are_parsed() {
+        let body = br#"{"error":{"code":409,"message":"KeyRing r already exists.","status":"ALREADY_EXISTS"}}"#;
+        assert_eq!(
+            api_error(StatusCode::CONFLICT, body).to_string(),
+            "ALREADY_EXISTS: KeyRing r already exists."
+        );
+        assert_eq!(
+            api_error(StatusCode::BAD_GATEWAY, b"<html>\n bad   gateway</html>").to_string(),
+            "HTTP 502: <html> bad gateway</html>"
+        );
+        assert_eq!(
+            api_error(StatusCode::NOT_FOUND, b"").to_string(),
+            "HTTP 404: Not Found"
+        );
+    }
+
+    #[test]
+    fn endpoints_are_checked() {
+        assert!(KmsClient::new("http://127.0.0.1:8080/").is_ok());
+        assert_eq!(
+            KmsClient::new("http://h:1/")
+                .map(|c| c.resource_url("projects/p"))
+                .ok()
+                .as_deref(),
+            Some("http://h:1/v1/projects/p")
+        );
+        assert!(KmsClient::new("127.0.0.1:8080").is_err());
+        assert!(KmsClient::new("ftp://x").is_err());
+        let c = KmsClient::new("http://h:1").unwrap();
+        let u = c
+            .url(
+                "projects/p/locations/l/keyRings",
+                &[("keyRingId", "r".into()), ("filter", "a = b".into())],
+            )
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://h:1/v1/projects/p/locations/l/keyRings?keyRingId=r&filter=a+%3D+b"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! The command-line client: `keyhold kms ...`, whose commands, flags and output mirror
+//! `gcloud kms ...`, talking to a Keyhold server over its Cloud KMS v1 REST API.
+//!
+//! * [`kms`]: the command tree and what each command sends;
+//! * [`client`]: HTTP, errors and paging;
+//! * [`output`]: YAML, JSON, table and `value()` printing;
+//! * [`parse`]: gcloud's spellings of durations, times, labels and enums;
+//! * [`resource`]: resource names from IDs and flags, or full names;
+//! * [`files`]: `encrypt` / `decrypt` input and output files (`-` for stdin / stdout).
+//!
+//! Plaintext only ever goes to the file the user named: it is never printed, logged or put in
+//! an error message.
+
+mod client;
+mod files;
+mod kms;
+mod output;
+mod parse;
+mod resource;
+
+use std::fmt;
+use std::io::Write;
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+pub use kms::KmsArgs;
+pub use output::OutputFormat;
+
+use client::KmsClient;
+use output::Kind;
+use resource::ResourceArgs;
+
+/// The endpoint used when neither `--endpoint` nor `KEYHOLD_ENDPOINT` is set.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
+
+/// The client commands: everything except `serve`.
+#[derive(clap::Subcommand, Debug)]
+pub enum CliCommand {
+    /// Manage keys and use them to encrypt and decrypt, as `gcloud kms` does.
+    Kms(KmsArgs),
+}
+
+impl CliCommand {
+    /// The command's path as gcloud shows it in errors: `keyhold.kms.keys.create`.
+    pub fn command_path(&self) -> String {
+        match self {
+            CliCommand::Kms(k) => format!("keyhold.{}", k.command.path()),
+        }
+    }
+}
+
+/// Options shared by the client commands; accepted anywhere on the command line.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClientOptions {
+    /// URL of the Keyhold server.
+    #[arg(long, global = true, env = "KEYHOLD_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_name = "URL")]
+    pub endpoint: String,
+    /// Project of the resources (also read from CLOUDSDK_CORE_PROJECT). Not needed when full
+    /// resource names are given.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYHOLD_PROJECT",
+        value_name = "PROJECT_ID"
+    )]
+    pub project: Option<String>,
+    /// Output format: yaml (default for one resource), table (default for lists), json, none,
+    /// or value(FIELD,...).
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = OutputFormat::parse)]
+    pub format: Option<OutputFormat>,
+}
+
+/// Why a client command failed.
+#[derive(Debug)]
+pub enum CliError {
+    /// The server answered with an error status.
+    Api {
+        /// The canonical code name (`NOT_FOUND`), or `HTTP 502` for a non-Google answer.
+        status: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server could not be reached.
+    Connect {
+        /// The endpoint tried.
+        endpoint: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The command line is incomplete or inconsistent in a way clap cannot check.
+    Usage(String),
+    /// A file could not be read or written.
+    Io(String),
+    /// A CRC32C check failed.
+    Integrity(String),
+    /// Anything else.
+    Other(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Api { status, message } => write!(f, "{status}: {message}"),
+            CliError::Connect { endpoint, detail } => write!(
+                f,
+                "could not connect to the Keyhold server at {endpoint}: {detail}\nIs it running? Start one with \
+                 `keyhold serve`, or point --endpoint (or KEYHOLD_ENDPOINT) at a running server."
+            ),
+            CliError::Usage(m) | CliError::Io(m) | CliError::Integrity(m) | CliError::Other(m) => {
+                f.write_str(m)
+            }
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// The project: `--project` / `KEYHOLD_PROJECT`, else `CLOUDSDK_CORE_PROJECT`; blank values
+/// count as unset.
+fn resolve_project(flag: Option<String>, gcloud_env: Option<String>) -> Option<String> {
+    [flag, gcloud_env]
+        .into_iter()
+        .flatten()
+        .map(|p| p.trim().to_string())
+        .find(|p| !p.is_empty())
+}
+
+/// What every command needs: the client, the project and the requested format.
+pub(crate) struct Ctx {
+    client: KmsClient,
+    project: Option<String>,
+    format: Option<OutputFormat>,
+}
+
+impl Ctx {
+    /// The project, or the error explaining how to set it.
+    fn project(&self) -> Result<&str, CliError> {
+        self.project
+            .as_deref()
+            .ok_or_else(resource::missing_project)
+    }
+
+    /// The resource arguments of a command, with the project filled in.
+    fn resources<'a>(
+        &'a self,
+        location: Option<&'a str>,
+        keyring: Option<&'a str>,
+        key: Option<&'a str>,
+    ) -> ResourceArgs<'a> {
+        ResourceArgs {
+            project: self.project.as_deref(),
+            location,
+            keyring,
+            key,
+        }
+    }
+
+    /// Prints one resource (YAML unless `--format` says otherwise).
+    fn show(&self, kind: Kind, resource: &Value) -> Result<(), CliError> {
+        print_stdout(&output::render_one(
+            self.format.as_ref().unwrap_or(&OutputFormat::Yaml),
+            kind,
+            resource,
+        ))
+    }
+
+    /// Prints a created resource only if `--format` was given: gcloud's create commands are
+    /// silent otherwise.
+    fn show_created(&self, kind: Kind, resource: &Value) -> Result<(), CliError> {
+        match &self.format {
+            Some(f) => print_stdout(&output::render_one(f, kind, resource)),
+            None => Ok(()),
+        }
+    }
+
+    /// Prints the result of a list command (a table unless `--format` says otherwise), or
+    /// the resources' URIs with `--uri`.
+    fn show_list(&self, kind: Kind, items: &[Value], uri: bool) -> Result<(), CliError> {
+        let format = self.format.clone().unwrap_or(OutputFormat::Table);
+        if items.is_empty() && !matches!(format, OutputFormat::Json | OutputFormat::None) {
+            print_stderr("Listed 0 items.");
+            return Ok(());
+        }
+        if uri {
+            let text: String = items
+                .iter()
+                .filter_map(|i| i.get("name").and_then(Value::as_str))
+                .map(|n| format!("{}\n", self.client.resource_url(n)))
+                .collect();
+            return print_stdout(&text);
+        }
+        print_stdout(&output::render_list(&format, kind, items))
+    }
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn print_stdout(text: &str) -> Result<(), CliError> {
+    if text.is_empty() {
+        return Ok(());
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::Io(format!(
+            "Unable to write to standard output: {e}"
+        ))),
+    }
+}
+
+/// Writes a line to stderr, ignoring failures (there is nowhere left to report them).
+fn print_stderr(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Runs a client command; errors are printed as gcloud prints them
+/// (`ERROR: (keyhold.kms.keys.create) ALREADY_EXISTS: ...`) and exit with status 1.
+pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
+    let path = cmd.command_path();
+    let result = async {
+        let client = KmsClient::new(&opts.endpoint)?;
+        let project = resolve_project(opts.project, std::env::var("CLOUDSDK_CORE_PROJECT").ok());
+        let ctx = Ctx {
+            client,
+            project,
+            format: opts.format,
+        };
+        match cmd {
+            CliCommand::Kms(k) => k.command.run(&ctx).await,
+        }
+    }
+    .await;
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_stderr(&format!("ERROR: ({path}) {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_resolution() {
+        assert_eq!(
+            resolve_project(Some("a".into()), Some("b".into())).as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            resolve_project(None, Some("b".into())).as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            resolve_project(Some(" ".into()), Some("b".into())).as_deref(),
+            Some("b")
+        );
+        assert_eq!(resolve_project(None, None), None);
+    }
+
+    #[test]
+    fn error_messages() {
+        let e = CliError::Api {
+            status: "NOT_FOUND".into(),
+            message: "KeyRing r not found.".into(),
+        };
+        assert_eq!(e.to_string(), "NOT_FOUND: KeyRing r not found.");
+        let e = CliError::Connect {
+            endpoint: "http://127.0.0.1:8080".into(),
+            detail: "Connection refused".into(),
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains("http://127.0.0.1:8080") && msg.contains("keyhold serve"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreachable_server_is_reported() {
+        // Port 9 (discard) on loopback: nothing listens there on a test machine.
+        let client = KmsClient::new("http://127.0.0.1:9").unwrap();
+        let err = client
+            .get("projects/p/locations/global/keyRings")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CliError::Connect { .. }), "{err}");
+        assert!(err.to_string().contains("keyhold serve"));
+    }
+}
