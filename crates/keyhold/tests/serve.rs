@@ -132,3 +132,92 @@ async fn wrong_root_key_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("sealed with the root key whose fingerprint is"), "{err}");
 }
+
+/// Runs `keyhold ARGS` as the CLI against `port`; returns (success, stdout, stderr).
+fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(args)
+        .env("KEYHOLD_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("KEYHOLD_PROJECT", "my-project")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_workflow_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let p = spawn(dir.path(), port, &[]);
+    wait_ready(&p).await;
+    let ok = |args: &[&str]| {
+        let (success, out, err) = cli(port, args);
+        assert!(success, "keyhold {args:?} failed: {err}");
+        out
+    };
+    // The AML AI page's gcloud commands, word for word.
+    assert_eq!(ok(&["kms", "keyrings", "create", "KEY_RING_ID", "--location", "us-central1"]), "");
+    assert_eq!(
+        ok(&["kms", "keys", "create", "KEY_ID", "--keyring", "KEY_RING_ID", "--location", "us-central1", "--purpose", "encryption"]),
+        ""
+    );
+    let (success, _, err) = cli(port, &["kms", "keyrings", "create", "KEY_RING_ID", "--location", "us-central1"]);
+    assert!(!success);
+    assert!(err.contains("ALREADY_EXISTS: KeyRing projects/my-project/locations/us-central1/keyRings/KEY_RING_ID already exists."), "{err}");
+    let yaml = ok(&["kms", "keys", "describe", "KEY_ID", "--keyring", "KEY_RING_ID", "--location", "us-central1"]);
+    assert!(yaml.contains("destroyScheduledDuration: 86400s"), "{yaml}");
+    assert!(yaml.contains("  state: ENABLED"), "{yaml}");
+    let json: Value = serde_json::from_str(&ok(&[
+        "kms", "keys", "describe", "KEY_ID", "--keyring", "KEY_RING_ID", "--location", "us-central1", "--format", "json",
+    ]))
+    .unwrap();
+    assert_eq!(json["primary"]["algorithm"], "GOOGLE_SYMMETRIC_ENCRYPTION");
+
+    let plain = dir.path().join("plain.txt");
+    let enc = dir.path().join("secret.enc");
+    let aad = dir.path().join("aad.txt");
+    let back = dir.path().join("back.txt");
+    std::fs::write(&plain, b"attack at dawn").unwrap();
+    std::fs::write(&aad, b"context").unwrap();
+    let (p_, e_, a_, b_) = (plain.to_str().unwrap(), enc.to_str().unwrap(), aad.to_str().unwrap(), back.to_str().unwrap());
+    let key = ["--key", "KEY_ID", "--keyring", "KEY_RING_ID", "--location", "us-central1"];
+    ok(&[&["kms", "encrypt"], &key[..], &["--plaintext-file", p_, "--ciphertext-file", e_, "--additional-authenticated-data-file", a_]].concat());
+    assert!(!std::fs::read(&enc).unwrap().windows(6).any(|w| w == b"attack"));
+    ok(&[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_]].concat());
+    assert_eq!(std::fs::read(&back).unwrap(), b"attack at dawn");
+    let (success, _, err) = cli(port, &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_]].concat());
+    assert!(!success);
+    assert!(err.contains("Decryption failed: verify that 'name' refers to the correct CryptoKey."), "{err}");
+
+    // Rotate, disable the old version, see its ciphertext refused, enable it again.
+    ok(&[&["kms", "keys", "versions", "create"], &key[..], &["--primary"]].concat());
+    let listed = ok(&[&["kms", "keys", "versions", "list"], &key[..]].concat());
+    assert!(listed.contains("cryptoKeyVersions/2") && listed.contains("ENABLED"), "{listed}");
+    let disabled = ok(&[&["kms", "keys", "versions", "disable", "1"], &key[..]].concat());
+    assert!(disabled.contains("state: DISABLED"), "{disabled}");
+    let (success, _, err) = cli(port, &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_]].concat());
+    assert!(!success);
+    assert!(err.contains("FAILED_PRECONDITION") && err.contains("is not enabled, current state is: DISABLED."), "{err}");
+    ok(&[&["kms", "keys", "versions", "enable", "1"], &key[..]].concat());
+    let destroyed = ok(&[&["kms", "keys", "versions", "destroy", "1"], &key[..]].concat());
+    assert!(destroyed.contains("state: DESTROY_SCHEDULED"), "{destroyed}");
+    let restored = ok(&[&["kms", "keys", "versions", "restore", "1"], &key[..]].concat());
+    assert!(restored.contains("state: DISABLED"), "{restored}");
+    ok(&[&["kms", "keys", "versions", "enable", "1"], &key[..]].concat());
+    let keys = ok(&["kms", "keys", "list", "--keyring", "KEY_RING_ID", "--location", "us-central1"]);
+    assert!(keys.contains("NAME") && keys.contains("cryptoKeys/KEY_ID"), "{keys}");
+    terminate(p);
+
+    // Restart: everything is still there.
+    let p = spawn(dir.path(), port, &[]);
+    wait_ready(&p).await;
+    let rings = ok(&["kms", "keyrings", "list", "--location", "us-central1"]);
+    assert!(rings.contains("keyRings/KEY_RING_ID"), "{rings}");
+    ok(&[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_]].concat())
+        .is_empty()
+        .then_some(())
+        .expect("decrypt to a file prints nothing");
+    let (success, _, err) = cli(port, &["kms", "keyrings", "describe", "nope", "--location", "us-central1"]);
+    assert!(!success && err.contains("NOT_FOUND"), "{err}");
+    terminate(p);
+}
