@@ -27,6 +27,8 @@ pub struct CachedVersion {
 /// One crypto key in the cache.
 #[derive(Debug)]
 pub struct CachedKey {
+    /// The key's full resource name, formatted once (it is bound into every ciphertext).
+    pub name: String,
     /// The stored record.
     pub record: CryptoKeyRecord,
     /// Versions by ID.

@@ -58,10 +58,10 @@ impl Kms {
         let version = entry.versions.get(&id).ok_or_else(|| KmsError::VersionNotFound(version_name.clone()))?;
         require_enabled(&version_name, version)?;
         let aead = self.aead_for(version)?;
-        let ct = ciphertext::encrypt(&aead, &key_name.to_string(), id, plaintext, aad)
+        let ct = ciphertext::encrypt(&aead, &entry.name, id, plaintext, aad)
             .map_err(|e| KmsError::Internal(e.to_string()))?;
         Ok(EncryptResponse {
-            name: version_name.to_string(),
+            name: version.record.version.name.clone(),
             ciphertext_crc32c: Crc32c(crc32c(&ct)),
             ciphertext: Bytes(ct),
             verified_plaintext_crc32c: verified_plaintext,
@@ -91,7 +91,7 @@ impl Kms {
         require_enabled(&key_name.version(id), version)?;
         let aead = self.aead_for(version)?;
         let plaintext =
-            ciphertext::decrypt(&aead, &key_name.to_string(), ct, aad).map_err(|_| KmsError::DecryptFailed)?;
+            ciphertext::decrypt(&aead, &entry.name, ct, aad).map_err(|_| KmsError::DecryptFailed)?;
         Ok(DecryptResponse {
             plaintext_crc32c: Crc32c(crc32c(plaintext.expose())),
             plaintext: SecretBytes(plaintext),

@@ -549,7 +549,7 @@ impl Kms {
             .into_iter()
             .map(|v| (v.name.version, CachedVersion { record: v, aead: OnceLock::new() }))
             .collect();
-        let entry = Arc::new(CachedKey { record, versions });
+        let entry = Arc::new(CachedKey { name: name.to_string(), record, versions });
         self.cache.insert(name.clone(), entry.clone(), generation);
         Ok(entry)
     }

@@ -216,6 +216,9 @@ pub(crate) async fn not_found(method: Method, uri: axum::http::Uri) -> Response 
 /// request ID. At `debug` so that a busy server does not spend its time logging; 5xx answers
 /// are also logged at `error` by [`ApiError`].
 pub(crate) async fn log_request(req: Request, next: Next) -> Response {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return next.run(req).await;
+    }
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();

@@ -17,6 +17,14 @@ struct Proc {
     log: std::path::PathBuf,
 }
 
+impl Drop for Proc {
+    // A failing test must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos() ^ port as u128));
     let child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
@@ -42,7 +50,8 @@ async fn wait_ready(p: &Proc) {
     panic!("server did not start: {}", std::fs::read_to_string(&p.log).unwrap_or_default());
 }
 
-fn terminate(mut p: Proc) -> String {
+fn terminate(p: Proc) -> String {
+    let mut p = p;
     let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exit = p.child.wait().unwrap();
