@@ -104,6 +104,7 @@ pub(crate) async fn dispatch(
 async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes: &Bytes) -> Result<Response, ApiError> {
     let (target, verb) = match route::parse(path) {
         Ok(t) => t,
+        Err(RouteError::Unknown) if is_unimplemented_cloud_kms_path(path) => return Err(unimplemented(path)),
         Err(RouteError::Unknown) => return Err(no_method(method, path)),
         Err(RouteError::BadName(e)) => return Err(name_error(e)),
     };
@@ -119,7 +120,7 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
 
         (Target::KeyRings(parent), None, Method::POST) => {
             let _: KeyRing = body(bytes)?;
-            let id = q.get("keyRingId", "key_ring_id").unwrap_or_default();
+            let id = required_id(q.get("keyRingId", "key_ring_id"), "keyRingId")?;
             json(&kms.create_key_ring(&parent, id).await?, pretty)
         }
         (Target::KeyRings(parent), None, Method::GET) => {
@@ -133,7 +134,7 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
 
         (Target::CryptoKeys(parent), None, Method::POST) => {
             let key: CryptoKey = body(bytes)?;
-            let id = q.get("cryptoKeyId", "crypto_key_id").unwrap_or_default();
+            let id = required_id(q.get("cryptoKeyId", "crypto_key_id"), "cryptoKeyId")?;
             let skip = q.flag("skipInitialVersionCreation", "skip_initial_version_creation")?;
             json(&kms.create_crypto_key(&parent, id, key, skip).await?, pretty)
         }
@@ -196,11 +197,48 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
             let _: NameOnlyRequest = body(bytes)?;
             json(&kms.restore_version(&name).await?, pretty)
         }
-        (_, Some(v @ ("getIamPolicy" | "setIamPolicy" | "testIamPermissions")), _) => {
-            return Err(ApiError::new(Code::Unimplemented, format!("{v} is not implemented yet.")));
-        }
+        (_, Some(v), _) if UNIMPLEMENTED_VERBS.contains(&v) => return Err(unimplemented(path)),
         _ => return Err(no_method(method, path)),
     })
+}
+
+/// Cloud KMS v1 methods Keyhold does not implement yet: they answer `501 UNIMPLEMENTED` (which
+/// Google's clients surface as "not implemented"), not `404`.
+const UNIMPLEMENTED_VERBS: &[&str] = &[
+    "getIamPolicy",
+    "setIamPolicy",
+    "testIamPermissions",
+    "rawEncrypt",
+    "rawDecrypt",
+    "asymmetricSign",
+    "asymmetricDecrypt",
+    "macSign",
+    "macVerify",
+    "decapsulate",
+    "generateRandomBytes",
+    "import",
+    "importTrustedKeyWrappedCryptoKeyVersion",
+    "exportTrustedKeyWrappedCryptoKeyVersion",
+    "verifyConnectivity",
+];
+
+fn is_unimplemented_cloud_kms_path(path: &str) -> bool {
+    let path = path.split(':').next().unwrap_or(path);
+    path.starts_with("projects/")
+        && ["/publicKey", "/importJobs", "/ekmConnections", "/ekmConfig", "/keyHandles", "/retiredResources", "/operations"]
+            .iter()
+            .any(|p| path.contains(p))
+}
+
+fn unimplemented(path: &str) -> ApiError {
+    ApiError::new(Code::Unimplemented, format!("The Cloud KMS method addressed by /v1/{path} is not implemented by Keyhold yet; see docs/api.md."))
+}
+
+fn required_id<'a>(value: Option<&'a str>, param: &str) -> Result<&'a str, ApiError> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(ApiError::invalid(format!("The {param} query parameter is required."))),
+    }
 }
 
 fn name_error(e: NameError) -> ApiError {

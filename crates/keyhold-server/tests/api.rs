@@ -189,6 +189,11 @@ async fn key_rings_and_keys(backend: Backend) {
     assert_eq!(locs["locations"].as_array().unwrap().len(), 9);
     assert_eq!(s.ok(Method::GET, LOC, None).await["locationId"], "us-central1");
     s.err(Method::GET, "projects/p/nothing", None, 404, "NOT_FOUND").await;
+    let m = s.err(Method::POST, &format!("{LOC}/keyRings"), None, 400, "INVALID_ARGUMENT").await;
+    assert_eq!(m, "The keyRingId query parameter is required.");
+    s.err(Method::GET, &format!("{RING}/cryptoKeys/k2/cryptoKeyVersions/1/publicKey"), None, 501, "UNIMPLEMENTED").await;
+    s.err(Method::POST, &format!("{LOC}:generateRandomBytes"), Some(json!({})), 501, "UNIMPLEMENTED").await;
+    s.err(Method::GET, &format!("{RING}:getIamPolicy"), None, 501, "UNIMPLEMENTED").await;
 }
 
 async fn crypto_and_versions(backend: Backend) {
