@@ -67,11 +67,8 @@ impl PageRequest {
             0 => MAX_PAGE_SIZE,
             n => (n as usize).min(MAX_PAGE_SIZE),
         };
-        let offset = if self.page_token.is_empty() {
-            0
-        } else {
-            decode(&self.page_token, query).ok_or(PageError::BadToken)?
-        };
+        let offset =
+            if self.page_token.is_empty() { 0 } else { decode(&self.page_token, query).ok_or(PageError::BadToken)? };
         let total = all.len();
         if offset > total {
             return Err(PageError::BadToken);

@@ -348,7 +348,8 @@ mod tests {
     #[test]
     fn python_client_create_body_parses() {
         let k: CryptoKey =
-            serde_json::from_str(r#"{"purpose": 1, "versionTemplate": {"protectionLevel": 2, "algorithm": 1}}"#).unwrap();
+            serde_json::from_str(r#"{"purpose": 1, "versionTemplate": {"protectionLevel": 2, "algorithm": 1}}"#)
+                .unwrap();
         assert_eq!(k.purpose, Some(Purpose::EncryptDecrypt));
         let t = k.version_template.unwrap();
         assert_eq!(t.protection_level, Some(ProtectionLevel::Hsm));

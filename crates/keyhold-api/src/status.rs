@@ -231,6 +231,9 @@ mod tests {
     fn body_shape() {
         let s = Status::new(Code::NotFound, "KeyRing x not found.");
         let v = serde_json::to_value(s.to_body()).unwrap();
-        assert_eq!(v, serde_json::json!({"error": {"code": 404, "message": "KeyRing x not found.", "status": "NOT_FOUND"}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"code": 404, "message": "KeyRing x not found.", "status": "NOT_FOUND"}})
+        );
     }
 }

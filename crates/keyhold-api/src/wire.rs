@@ -229,7 +229,8 @@ impl Serialize for ProtoDuration {
 impl<'de> Deserialize<'de> for ProtoDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        ProtoDuration::parse(&s).ok_or_else(|| de::Error::custom(format!("invalid duration \"{s}\"; expected e.g. \"86400s\"")))
+        ProtoDuration::parse(&s)
+            .ok_or_else(|| de::Error::custom(format!("invalid duration \"{s}\"; expected e.g. \"86400s\"")))
     }
 }
 
@@ -275,9 +276,10 @@ impl<'de> Deserialize<'de> for Crc32c {
 
 /// Decodes base64 as protobuf JSON accepts it: standard or URL-safe alphabet, padded or not.
 pub fn decode_base64(s: &str) -> Result<Vec<u8>, base64::DecodeError> {
-    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
     use base64::engine::DecodePaddingMode;
-    const CFG: GeneralPurposeConfig = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    const CFG: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     const STD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CFG);
     const URL: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CFG);
     if s.contains(['-', '_']) { URL.decode(s) } else { STD.decode(s) }

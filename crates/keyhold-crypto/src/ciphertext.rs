@@ -17,8 +17,8 @@
 //! A ciphertext moved to another key, relabelled with another version, or opened with other AAD
 //! fails to authenticate.
 
-use crate::aead::{AeadKey, CryptoError, OVERHEAD};
 use crate::Secret;
+use crate::aead::{AeadKey, CryptoError, OVERHEAD};
 
 /// Format version byte of ciphertexts written by this build.
 pub const FORMAT_V1: u8 = 1;
@@ -42,7 +42,13 @@ fn associated_data(crypto_key: &str, version: u64, aad: &[u8]) -> Vec<u8> {
 
 /// Encrypts `plaintext` under `key`, the material of version `version` of `crypto_key` (the
 /// crypto key's full resource name).
-pub fn encrypt(key: &AeadKey, crypto_key: &str, version: u64, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn encrypt(
+    key: &AeadKey,
+    crypto_key: &str,
+    version: u64,
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     let mut out = Vec::with_capacity(CIPHERTEXT_OVERHEAD + plaintext.len());
     out.push(FORMAT_V1);
     out.extend_from_slice(&version.to_be_bytes());

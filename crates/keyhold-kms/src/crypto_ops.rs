@@ -47,7 +47,9 @@ impl Kms {
         let mut entry = self.cached(key_name).await?;
         require_purpose(&entry)?;
         let id = match target {
-            EncryptTarget::Key(k) => entry.record.primary_version.ok_or_else(|| KmsError::NoPrimaryVersion(k.clone()))?,
+            EncryptTarget::Key(k) => {
+                entry.record.primary_version.ok_or_else(|| KmsError::NoPrimaryVersion(k.clone()))?
+            }
             EncryptTarget::Version(v) => v.version,
         };
         if !entry.versions.contains_key(&id) {
@@ -90,8 +92,7 @@ impl Kms {
         let version = entry.versions.get(&id).ok_or(KmsError::DecryptFailed)?;
         require_enabled(&key_name.version(id), version)?;
         let aead = self.aead_for(version)?;
-        let plaintext =
-            ciphertext::decrypt(&aead, &entry.name, ct, aad).map_err(|_| KmsError::DecryptFailed)?;
+        let plaintext = ciphertext::decrypt(&aead, &entry.name, ct, aad).map_err(|_| KmsError::DecryptFailed)?;
         Ok(DecryptResponse {
             plaintext_crc32c: Crc32c(crc32c(plaintext.expose())),
             plaintext: SecretBytes(plaintext),
@@ -105,14 +106,14 @@ impl Kms {
         if let Some(a) = version.aead.get() {
             return Ok(a.clone());
         }
-        let sealed = version
-            .record
-            .material
-            .as_ref()
-            .ok_or_else(|| KmsError::Internal(format!("{} is enabled but has no key material", version.record.name)))?;
-        let key = self.root.unseal(sealed, &version.record.name.to_string()).map_err(|e| {
-            KmsError::Internal(format!("cannot unseal key material of {}: {e}", version.record.name))
-        })?;
+        let sealed =
+            version.record.material.as_ref().ok_or_else(|| {
+                KmsError::Internal(format!("{} is enabled but has no key material", version.record.name))
+            })?;
+        let key = self
+            .root
+            .unseal(sealed, &version.record.name.to_string())
+            .map_err(|e| KmsError::Internal(format!("cannot unseal key material of {}: {e}", version.record.name)))?;
         let aead = Arc::new(AeadKey::new(&key));
         Ok(version.aead.get_or_init(|| aead).clone())
     }
@@ -132,6 +133,9 @@ fn require_purpose(entry: &CachedKey) -> Result<(), KmsError> {
 fn require_enabled(name: &CryptoKeyVersionName, v: &CachedVersion) -> Result<(), KmsError> {
     match v.record.version.state {
         Some(VersionState::Enabled) => Ok(()),
-        other => Err(KmsError::VersionNotEnabled { version: name.clone(), state: other.unwrap_or(VersionState::Unspecified) }),
+        other => Err(KmsError::VersionNotEnabled {
+            version: name.clone(),
+            state: other.unwrap_or(VersionState::Unspecified),
+        }),
     }
 }

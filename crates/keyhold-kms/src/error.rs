@@ -48,7 +48,9 @@ pub enum KmsError {
         state: VersionState,
     },
     /// The key has no primary version to encrypt with.
-    #[error("CryptoKey {0} has no primary CryptoKeyVersion; create a version or set one as primary with :updatePrimaryVersion.")]
+    #[error(
+        "CryptoKey {0} has no primary CryptoKeyVersion; create a version or set one as primary with :updatePrimaryVersion."
+    )]
     NoPrimaryVersion(CryptoKeyName),
     /// The operation needs another key purpose.
     #[error("CryptoKey {key} has purpose {purpose}; this operation requires purpose {required}.")]
@@ -170,7 +172,10 @@ mod tests {
         assert_eq!(s.message, format!("{v} is not enabled, current state is: DISABLED."));
         assert_eq!(s.details[0]["violations"][0]["type"], "KEY_DISABLED");
         assert_eq!(s.details[0]["violations"][0]["subject"], v.to_string());
-        assert_eq!(KmsError::DecryptFailed.to_string(), "Decryption failed: verify that 'name' refers to the correct CryptoKey.");
+        assert_eq!(
+            KmsError::DecryptFailed.to_string(),
+            "Decryption failed: verify that 'name' refers to the correct CryptoKey."
+        );
         let r: KeyRingName = "projects/p/locations/global/keyRings/r".parse().unwrap();
         assert_eq!(KmsError::KeyRingNotFound(r.clone()).to_string(), format!("KeyRing {r} not found."));
         assert_eq!(KmsError::KeyRingExists(r).code().http_status(), 409);

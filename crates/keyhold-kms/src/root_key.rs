@@ -68,11 +68,13 @@ impl LocalRootKey {
     pub fn load(path: &Path) -> Result<Self, RootKeyError> {
         let io = |source| RootKeyError::Io { path: path.display().to_string(), source };
         let text = keyhold_crypto::Secret::new(std::fs::read(path).map_err(io)?);
-        let trimmed = std::str::from_utf8(text.expose()).map_err(|_| RootKeyError::Format(path.display().to_string()))?.trim();
+        let trimmed =
+            std::str::from_utf8(text.expose()).map_err(|_| RootKeyError::Format(path.display().to_string()))?.trim();
         let bytes = keyhold_crypto::Secret::new(
             keyhold_api::wire::decode_base64(trimmed).map_err(|_| RootKeyError::Format(path.display().to_string()))?,
         );
-        let key = KeyBytes::from_slice(bytes.expose()).ok_or_else(|| RootKeyError::Format(path.display().to_string()))?;
+        let key =
+            KeyBytes::from_slice(bytes.expose()).ok_or_else(|| RootKeyError::Format(path.display().to_string()))?;
         Ok(Self::from_key(key))
     }
 

@@ -84,7 +84,10 @@ impl Kms {
         if self.config.locations.iter().any(|l| *l == loc.location) {
             Ok(())
         } else {
-            Err(KmsError::UnsupportedLocation { location: loc.to_string(), supported: self.config.locations.join(", ") })
+            Err(KmsError::UnsupportedLocation {
+                location: loc.to_string(),
+                supported: self.config.locations.join(", "),
+            })
         }
     }
 
@@ -164,7 +167,9 @@ impl Kms {
         self.check_protection_level(&template)?;
         validate::labels(&request.labels)?;
         if request.import_only {
-            return Err(KmsError::Unimplemented("importOnly keys are not supported: Keyhold has no import jobs yet.".into()));
+            return Err(KmsError::Unimplemented(
+                "importOnly keys are not supported: Keyhold has no import jobs yet.".into(),
+            ));
         }
         if !request.crypto_key_backend.is_empty() {
             return Err(KmsError::Unimplemented("cryptoKeyBackend (EKM connections) is not supported.".into()));
@@ -197,7 +202,8 @@ impl Kms {
         } else {
             Some(self.new_version_record(&name.version(1), &template, VersionState::Enabled)?)
         };
-        let record = CryptoKeyRecord { name: name.clone(), key, primary_version: first.as_ref().map(|_| 1), revision: 0 };
+        let record =
+            CryptoKeyRecord { name: name.clone(), key, primary_version: first.as_ref().map(|_| 1), revision: 0 };
         match self.store.insert_crypto_key(&record, first.as_ref()).await {
             Ok(()) => Ok(render_key(&record, first.as_ref())),
             Err(StoreError::AlreadyExists) => Err(KmsError::CryptoKeyExists(name)),
@@ -220,7 +226,12 @@ impl Kms {
             if key.purpose != Some(Purpose::EncryptDecrypt) {
                 return Err(KmsError::InvalidArgument("Only ENCRYPT_DECRYPT keys support automatic rotation.".into()));
             }
-            validate::duration_in("rotation_period", p, self.config.min_rotation_period, self.config.max_rotation_period)?;
+            validate::duration_in(
+                "rotation_period",
+                p,
+                self.config.min_rotation_period,
+                self.config.max_rotation_period,
+            )?;
             if key.next_rotation_time.is_none() {
                 return Err(KmsError::InvalidArgument(
                     "next_rotation_time must be set when rotation_period is set.".into(),
@@ -278,7 +289,12 @@ impl Kms {
     }
 
     /// `cryptoKeys.patch` with an `updateMask`.
-    pub async fn update_crypto_key(&self, name: &CryptoKeyName, patch: CryptoKey, update_mask: &str) -> Result<CryptoKey, KmsError> {
+    pub async fn update_crypto_key(
+        &self,
+        name: &CryptoKeyName,
+        patch: CryptoKey,
+        update_mask: &str,
+    ) -> Result<CryptoKey, KmsError> {
         let mask = validate::update_mask(update_mask);
         if mask.is_empty() {
             return Err(KmsError::InvalidArgument(
@@ -330,12 +346,15 @@ impl Kms {
     /// `cryptoKeys.updatePrimaryVersion` ([K6]).
     pub async fn update_primary_version(&self, name: &CryptoKeyName, version_id: &str) -> Result<CryptoKey, KmsError> {
         let id = keyhold_api::name::parse_version_id(version_id).ok_or_else(|| {
-            KmsError::InvalidArgument(format!("crypto_key_version_id \"{version_id}\" is not a valid version ID (1, 2, ...)."))
+            KmsError::InvalidArgument(format!(
+                "crypto_key_version_id \"{version_id}\" is not a valid version ID (1, 2, ...)."
+            ))
         })?;
         let version_name = name.version(id);
         let key = self.store.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
         require_encrypt_decrypt(&key)?;
-        let version = self.store.version(&version_name).await?.ok_or_else(|| KmsError::VersionNotFound(version_name.clone()))?;
+        let version =
+            self.store.version(&version_name).await?.ok_or_else(|| KmsError::VersionNotFound(version_name.clone()))?;
         let state = version.version.state.unwrap_or(VersionState::Unspecified);
         if state != VersionState::Enabled {
             return Err(KmsError::VersionNotEnabled { version: version_name, state });
@@ -365,7 +384,8 @@ impl Kms {
         mut change: impl FnMut(&mut CryptoKeyRecord) -> Result<(), KmsError>,
     ) -> Result<CryptoKeyRecord, KmsError> {
         for _ in 0..CAS_ATTEMPTS {
-            let mut record = self.store.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
+            let mut record =
+                self.store.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
             change(&mut record)?;
             match self.store.update_crypto_key(&record).await {
                 Ok(rev) => {
@@ -383,7 +403,11 @@ impl Kms {
     // ---- versions -------------------------------------------------------------------------
 
     /// `cryptoKeyVersions.create` ([K6]): a new version with the next ID, not primary.
-    pub async fn create_version(&self, parent: &CryptoKeyName, request: CryptoKeyVersion) -> Result<CryptoKeyVersion, KmsError> {
+    pub async fn create_version(
+        &self,
+        parent: &CryptoKeyName,
+        request: CryptoKeyVersion,
+    ) -> Result<CryptoKeyVersion, KmsError> {
         let key = self.store.crypto_key(parent).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(parent.clone()))?;
         let state = match request.state {
             None | Some(VersionState::Unspecified) | Some(VersionState::Enabled) => VersionState::Enabled,
@@ -409,14 +433,21 @@ impl Kms {
             Some(v) => Ok(v.version),
             None => {
                 // Say which level is missing, as Cloud KMS does.
-                self.store.crypto_key(&name.crypto_key).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.crypto_key.clone()))?;
+                self.store
+                    .crypto_key(&name.crypto_key)
+                    .await?
+                    .ok_or_else(|| KmsError::CryptoKeyNotFound(name.crypto_key.clone()))?;
                 Err(KmsError::VersionNotFound(name.clone()))
             }
         }
     }
 
     /// `cryptoKeyVersions.list`.
-    pub async fn list_versions(&self, parent: &CryptoKeyName, q: &ListQuery) -> Result<Page<CryptoKeyVersion>, KmsError> {
+    pub async fn list_versions(
+        &self,
+        parent: &CryptoKeyName,
+        q: &ListQuery,
+    ) -> Result<Page<CryptoKeyVersion>, KmsError> {
         self.store.crypto_key(parent).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(parent.clone()))?;
         let all = self.store.list_versions(parent).await?.into_iter().map(|v| v.version).collect();
         list_page(all, q, &parent.to_string())
@@ -512,7 +543,8 @@ impl Kms {
     ) -> Result<VersionRecord, KmsError> {
         let key_name = &name.crypto_key;
         for _ in 0..CAS_ATTEMPTS {
-            let key = self.store.crypto_key(key_name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(key_name.clone()))?;
+            let key =
+                self.store.crypto_key(key_name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(key_name.clone()))?;
             let mut v = self.store.version(name).await?.ok_or_else(|| KmsError::VersionNotFound(name.clone()))?;
             change(&mut v, &key)?;
             match self.store.update_version(&v).await {

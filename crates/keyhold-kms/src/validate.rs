@@ -11,7 +11,10 @@ use crate::KmsError;
 /// values at most 63 characters of lowercase letters, digits, `_` and `-`.
 pub(crate) fn labels(labels: &BTreeMap<String, String>) -> Result<(), KmsError> {
     if labels.len() > 64 {
-        return Err(KmsError::InvalidArgument(format!("A resource may have at most 64 labels; {} were given.", labels.len())));
+        return Err(KmsError::InvalidArgument(format!(
+            "A resource may have at most 64 labels; {} were given.",
+            labels.len()
+        )));
     }
     let ok_chars = |s: &str| s.chars().all(|c| c.is_lowercase() || c.is_numeric() || c == '_' || c == '-');
     for (k, v) in labels {
@@ -31,7 +34,12 @@ pub(crate) fn labels(labels: &BTreeMap<String, String>) -> Result<(), KmsError> 
 }
 
 /// Checks `d` lies in `[min, max]`.
-pub(crate) fn duration_in(field: &str, d: ProtoDuration, min: ProtoDuration, max: ProtoDuration) -> Result<(), KmsError> {
+pub(crate) fn duration_in(
+    field: &str,
+    d: ProtoDuration,
+    min: ProtoDuration,
+    max: ProtoDuration,
+) -> Result<(), KmsError> {
     if d < min || d > max {
         return Err(KmsError::InvalidArgument(format!("{field} must be between {min} and {max}; got {d}.")));
     }
@@ -105,11 +113,10 @@ mod tests {
 
     #[test]
     fn masks_normalise() {
-        assert_eq!(update_mask("labels, rotation_period,version_template.algorithm"), vec![
-            "labels",
-            "rotationPeriod",
-            "versionTemplate.algorithm"
-        ]);
+        assert_eq!(
+            update_mask("labels, rotation_period,version_template.algorithm"),
+            vec!["labels", "rotationPeriod", "versionTemplate.algorithm"]
+        );
         assert!(update_mask("").is_empty());
     }
 

@@ -32,13 +32,14 @@ impl ApiError {
 
 impl From<KmsError> for ApiError {
     fn from(e: KmsError) -> Self {
-        let cause = matches!(e.code(), Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown).then(|| {
-            let mut s = format!("{e:?}");
-            if let Some(src) = std::error::Error::source(&e) {
-                s.push_str(&format!(": {src}"));
-            }
-            s
-        });
+        let cause =
+            matches!(e.code(), Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown).then(|| {
+                let mut s = format!("{e:?}");
+                if let Some(src) = std::error::Error::source(&e) {
+                    s.push_str(&format!(": {src}"));
+                }
+                s
+            });
         Self { status: e.to_status(), cause }
     }
 }

@@ -37,16 +37,23 @@ impl Query {
         match self.get(camel, snake) {
             None | Some("false") | Some("0") => Ok(false),
             Some("true") | Some("1") | Some("") => Ok(true),
-            Some(other) => Err(ApiError::invalid(format!("Invalid value for {camel}: \"{other}\" (expected true or false)."))),
+            Some(other) => {
+                Err(ApiError::invalid(format!("Invalid value for {camel}: \"{other}\" (expected true or false).")))
+            }
         }
     }
     fn list(&self) -> Result<ListQuery, ApiError> {
         let page_size = match self.get("pageSize", "page_size") {
             None | Some("") => 0,
-            Some(s) => s.parse::<i64>().map_err(|_| ApiError::invalid(format!("Invalid value for pageSize: \"{s}\".")))?,
+            Some(s) => {
+                s.parse::<i64>().map_err(|_| ApiError::invalid(format!("Invalid value for pageSize: \"{s}\".")))?
+            }
         };
         Ok(ListQuery {
-            page: PageRequest { page_size, page_token: self.get("pageToken", "page_token").unwrap_or_default().to_string() },
+            page: PageRequest {
+                page_size,
+                page_token: self.get("pageToken", "page_token").unwrap_or_default().to_string(),
+            },
             filter: self.get("filter", "filter").unwrap_or_default().to_string(),
             order_by: self.get("orderBy", "order_by").unwrap_or_default().to_string(),
         })
@@ -126,7 +133,11 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
         (Target::KeyRings(parent), None, Method::GET) => {
             let page = kms.list_key_rings(&parent, &q.list()?).await?;
             json(
-                &ListKeyRingsResponse { key_rings: page.items, next_page_token: page.next_page_token, total_size: page.total_size },
+                &ListKeyRingsResponse {
+                    key_rings: page.items,
+                    next_page_token: page.next_page_token,
+                    total_size: page.total_size,
+                },
                 pretty,
             )
         }
@@ -141,7 +152,11 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
         (Target::CryptoKeys(parent), None, Method::GET) => {
             let page = kms.list_crypto_keys(&parent, &q.list()?).await?;
             json(
-                &ListCryptoKeysResponse { crypto_keys: page.items, next_page_token: page.next_page_token, total_size: page.total_size },
+                &ListCryptoKeysResponse {
+                    crypto_keys: page.items,
+                    next_page_token: page.next_page_token,
+                    total_size: page.total_size,
+                },
                 pretty,
             )
         }
@@ -225,13 +240,24 @@ const UNIMPLEMENTED_VERBS: &[&str] = &[
 fn is_unimplemented_cloud_kms_path(path: &str) -> bool {
     let path = path.split(':').next().unwrap_or(path);
     path.starts_with("projects/")
-        && ["/publicKey", "/importJobs", "/ekmConnections", "/ekmConfig", "/keyHandles", "/retiredResources", "/operations"]
-            .iter()
-            .any(|p| path.contains(p))
+        && [
+            "/publicKey",
+            "/importJobs",
+            "/ekmConnections",
+            "/ekmConfig",
+            "/keyHandles",
+            "/retiredResources",
+            "/operations",
+        ]
+        .iter()
+        .any(|p| path.contains(p))
 }
 
 fn unimplemented(path: &str) -> ApiError {
-    ApiError::new(Code::Unimplemented, format!("The Cloud KMS method addressed by /v1/{path} is not implemented by Keyhold yet; see docs/api.md."))
+    ApiError::new(
+        Code::Unimplemented,
+        format!("The Cloud KMS method addressed by /v1/{path} is not implemented by Keyhold yet; see docs/api.md."),
+    )
 }
 
 fn required_id<'a>(value: Option<&'a str>, param: &str) -> Result<&'a str, ApiError> {

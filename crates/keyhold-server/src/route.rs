@@ -108,6 +108,9 @@ mod tests {
         assert_eq!(parse("foo/bar"), Err(RouteError::Unknown));
         assert_eq!(parse("projects/p/locations/l/keyRings/r/other"), Err(RouteError::Unknown));
         assert!(matches!(parse("projects/p/locations/l/keyRings/bad.id"), Err(RouteError::BadName(_))));
-        assert!(matches!(parse("projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/0"), Err(RouteError::BadName(_))));
+        assert!(matches!(
+            parse("projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/0"),
+            Err(RouteError::BadName(_))
+        ));
     }
 }

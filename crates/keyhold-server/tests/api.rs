@@ -28,7 +28,8 @@ enum Backend {
 async fn fresh_postgres() -> String {
     let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
         .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to test PostgreSQL");
+    let (client, conn) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to test PostgreSQL");
     tokio::spawn(conn);
     let mut id = [0u8; 6];
     keyhold_crypto::random_bytes(&mut id).unwrap();
@@ -109,29 +110,72 @@ async fn key_rings_and_keys(backend: Backend) {
     assert_eq!(s.ok(Method::GET, RING, None).await, ring);
 
     // [K3]: field for field the seed's response.
-    let key = s.ok(Method::POST, &format!("{RING}/cryptoKeys?crypto_key_id=k"), Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
+    let key = s
+        .ok(Method::POST, &format!("{RING}/cryptoKeys?crypto_key_id=k"), Some(json!({"purpose": "ENCRYPT_DECRYPT"})))
+        .await;
     assert_eq!(key["name"], KEY);
     assert_eq!(key["purpose"], "ENCRYPT_DECRYPT");
     assert_eq!(key["destroyScheduledDuration"], "86400s");
-    assert_eq!(key["versionTemplate"], json!({"protectionLevel": "SOFTWARE", "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION"}));
+    assert_eq!(
+        key["versionTemplate"],
+        json!({"protectionLevel": "SOFTWARE", "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION"})
+    );
     let p = &key["primary"];
     assert_eq!(p["name"], format!("{KEY}/cryptoKeyVersions/1"));
     assert_eq!(p["state"], "ENABLED");
     assert_eq!(p["protectionLevel"], "SOFTWARE");
     assert_eq!(p["algorithm"], "GOOGLE_SYMMETRIC_ENCRYPTION");
     assert!(p["generateTime"].is_string() && p["createTime"].is_string());
-    let m = s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), Some(json!({"purpose": 1})), 409, "ALREADY_EXISTS").await;
+    let m = s
+        .err(
+            Method::POST,
+            &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
+            Some(json!({"purpose": 1})),
+            409,
+            "ALREADY_EXISTS",
+        )
+        .await;
     assert_eq!(m, format!("CryptoKey {KEY} already exists."));
     s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k2"), Some(json!({})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k2"), Some(json!({"purpose": "ENCRYPT_DECRYPT", "bogus": 1})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k2"), Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "3600s"})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{LOC}/keyRings/nope/cryptoKeys?cryptoKeyId=k2"), Some(json!({"purpose": 1})), 404, "NOT_FOUND").await;
-    s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=h"), Some(json!({"purpose": 1, "versionTemplate": {"protectionLevel": "HSM"}})), 501, "UNIMPLEMENTED").await;
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k2"),
+        Some(json!({"purpose": "ENCRYPT_DECRYPT", "bogus": 1})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k2"),
+        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "3600s"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(
+        Method::POST,
+        &format!("{LOC}/keyRings/nope/cryptoKeys?cryptoKeyId=k2"),
+        Some(json!({"purpose": 1})),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=h"),
+        Some(json!({"purpose": 1, "versionTemplate": {"protectionLevel": "HSM"}})),
+        501,
+        "UNIMPLEMENTED",
+    )
+    .await;
     // Integer enums (newer Google clients) and echo of labels, rotation, skipInitialVersionCreation.
     let k2 = s
         .ok(
             Method::POST,
-            &format!("{RING}/cryptoKeys?cryptoKeyId=k2&skipInitialVersionCreation=true&%24alt=json%3Benum-encoding%3Dint"),
+            &format!(
+                "{RING}/cryptoKeys?cryptoKeyId=k2&skipInitialVersionCreation=true&%24alt=json%3Benum-encoding%3Dint"
+            ),
             Some(json!({"purpose": 1, "labels": {"team": "payments"}, "rotationPeriod": "2592000s",
                         "nextRotationTime": "2030-01-01T00:00:00Z", "destroyScheduledDuration": "172800s"})),
         )
@@ -141,23 +185,76 @@ async fn key_rings_and_keys(backend: Backend) {
     assert_eq!(k2["rotationPeriod"], "2592000s");
     assert_eq!(k2["nextRotationTime"], "2030-01-01T00:00:00.000000000Z");
     assert_eq!(k2["destroyScheduledDuration"], "172800s");
-    s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k3"), Some(json!({"purpose": 1, "rotationPeriod": "3600s", "nextRotationTime": "2030-01-01T00:00:00Z"})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k3"), Some(json!({"purpose": 1, "rotationPeriod": "86400s"})), 400, "INVALID_ARGUMENT").await;
-    let m = s.err(Method::POST, &format!("{RING}/cryptoKeys/k2:encrypt"), Some(json!({"plaintext": "aGk="})), 400, "FAILED_PRECONDITION").await;
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k3"),
+        Some(json!({"purpose": 1, "rotationPeriod": "3600s", "nextRotationTime": "2030-01-01T00:00:00Z"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k3"),
+        Some(json!({"purpose": 1, "rotationPeriod": "86400s"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    let m = s
+        .err(
+            Method::POST,
+            &format!("{RING}/cryptoKeys/k2:encrypt"),
+            Some(json!({"plaintext": "aGk="})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
     assert!(m.contains("no primary"), "{m}");
 
     // Patch with updateMask.
-    let patched = s.ok(Method::PATCH, &format!("{RING}/cryptoKeys/k2?updateMask=labels"), Some(json!({"labels": {"team": "billing", "env": "prod"}}))).await;
+    let patched = s
+        .ok(
+            Method::PATCH,
+            &format!("{RING}/cryptoKeys/k2?updateMask=labels"),
+            Some(json!({"labels": {"team": "billing", "env": "prod"}})),
+        )
+        .await;
     assert_eq!(patched["labels"], json!({"env": "prod", "team": "billing"}));
     s.err(Method::PATCH, &format!("{RING}/cryptoKeys/k2"), Some(json!({"labels": {}})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::PATCH, &format!("{RING}/cryptoKeys/k2?updateMask=purpose"), Some(json!({"purpose": 6})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::PATCH, &format!("{RING}/cryptoKeys/k2?updateMask=labels"), Some(json!({"labels": {"Bad": "x"}})), 400, "INVALID_ARGUMENT").await;
-    let cleared = s.ok(Method::PATCH, &format!("{RING}/cryptoKeys/k2?update_mask=rotation_period,next_rotation_time"), Some(json!({}))).await;
+    s.err(
+        Method::PATCH,
+        &format!("{RING}/cryptoKeys/k2?updateMask=purpose"),
+        Some(json!({"purpose": 6})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(
+        Method::PATCH,
+        &format!("{RING}/cryptoKeys/k2?updateMask=labels"),
+        Some(json!({"labels": {"Bad": "x"}})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    let cleared = s
+        .ok(
+            Method::PATCH,
+            &format!("{RING}/cryptoKeys/k2?update_mask=rotation_period,next_rotation_time"),
+            Some(json!({})),
+        )
+        .await;
     assert!(cleared.get("rotationPeriod").is_none() && cleared.get("nextRotationTime").is_none());
 
     // Lists: paging, totalSize, filter, orderBy.
     for i in 0..5 {
-        s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=p{i}"), Some(json!({"purpose": 1, "labels": {"n": format!("v{i}")}}))).await;
+        s.ok(
+            Method::POST,
+            &format!("{RING}/cryptoKeys?cryptoKeyId=p{i}"),
+            Some(json!({"purpose": 1, "labels": {"n": format!("v{i}")}})),
+        )
+        .await;
     }
     let mut names = Vec::new();
     let mut token = String::new();
@@ -175,7 +272,13 @@ async fn key_rings_and_keys(backend: Backend) {
     sorted.dedup();
     assert_eq!(names.len(), 7);
     assert_eq!(sorted.len(), 7);
-    let f = s.ok(Method::GET, &format!("{RING}/cryptoKeys?filter=labels.n%3Dv3%20OR%20labels.team%3Dbilling&orderBy=name%20desc"), None).await;
+    let f = s
+        .ok(
+            Method::GET,
+            &format!("{RING}/cryptoKeys?filter=labels.n%3Dv3%20OR%20labels.team%3Dbilling&orderBy=name%20desc"),
+            None,
+        )
+        .await;
     let got: Vec<&str> = f["cryptoKeys"].as_array().unwrap().iter().map(|k| k["name"].as_str().unwrap()).collect();
     assert_eq!(got, vec![format!("{RING}/cryptoKeys/p3"), format!("{RING}/cryptoKeys/k2")]);
     let f = s.ok(Method::GET, &format!("{RING}/cryptoKeys?filter=primary.state%3DENABLED"), None).await;
@@ -191,16 +294,25 @@ async fn key_rings_and_keys(backend: Backend) {
     s.err(Method::GET, "projects/p/nothing", None, 404, "NOT_FOUND").await;
     let m = s.err(Method::POST, &format!("{LOC}/keyRings"), None, 400, "INVALID_ARGUMENT").await;
     assert_eq!(m, "The keyRingId query parameter is required.");
-    s.err(Method::GET, &format!("{RING}/cryptoKeys/k2/cryptoKeyVersions/1/publicKey"), None, 501, "UNIMPLEMENTED").await;
+    s.err(Method::GET, &format!("{RING}/cryptoKeys/k2/cryptoKeyVersions/1/publicKey"), None, 501, "UNIMPLEMENTED")
+        .await;
     s.err(Method::POST, &format!("{LOC}:generateRandomBytes"), Some(json!({})), 501, "UNIMPLEMENTED").await;
     s.err(Method::GET, &format!("{RING}:getIamPolicy"), None, 501, "UNIMPLEMENTED").await;
 }
 
 async fn crypto_and_versions(backend: Backend) {
-    let config = KmsConfig { min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1), ..Default::default() };
+    let config = KmsConfig {
+        min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1),
+        ..Default::default()
+    };
     let s = start(backend, config).await;
     s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
-    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"}))).await;
+    s.ok(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
+        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"})),
+    )
+    .await;
     let pt = b"the quick brown fox";
     let crc = keyhold_crypto::crc32c(pt).to_string();
     let enc = s
@@ -214,62 +326,190 @@ async fn crypto_and_versions(backend: Backend) {
     let ct_bytes = keyhold_api::wire::decode_base64(&ct).unwrap();
     assert_eq!(enc["ciphertextCrc32c"], keyhold_crypto::crc32c(&ct_bytes).to_string());
     assert!(!ct_bytes.windows(pt.len()).any(|w| w == pt));
-    let dec = s.ok(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")}))).await;
+    let dec = s
+        .ok(
+            Method::POST,
+            &format!("{KEY}:decrypt"),
+            Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})),
+        )
+        .await;
     assert_eq!(dec["plaintext"], b64(pt));
     assert_eq!(dec["plaintextCrc32c"], crc);
     assert_eq!(dec["usedPrimary"], true);
 
     // [K5] failures: wrong AAD, tampering, foreign ciphertext, bad CRC, oversize.
     let msg = "Decryption failed: verify that 'name' refers to the correct CryptoKey.";
-    assert_eq!(s.err(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"other")})), 400, "INVALID_ARGUMENT").await, msg);
-    assert_eq!(s.err(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct})), 400, "INVALID_ARGUMENT").await, msg);
+    assert_eq!(
+        s.err(
+            Method::POST,
+            &format!("{KEY}:decrypt"),
+            Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"other")})),
+            400,
+            "INVALID_ARGUMENT"
+        )
+        .await,
+        msg
+    );
+    assert_eq!(
+        s.err(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct})), 400, "INVALID_ARGUMENT").await,
+        msg
+    );
     let mut tampered = ct_bytes.clone();
     *tampered.last_mut().unwrap() ^= 1;
-    assert_eq!(s.err(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": b64(&tampered), "additionalAuthenticatedData": b64(b"ctx")})), 400, "INVALID_ARGUMENT").await, msg);
-    assert_eq!(s.err(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": b64(b"short")})), 400, "INVALID_ARGUMENT").await, msg);
+    assert_eq!(
+        s.err(
+            Method::POST,
+            &format!("{KEY}:decrypt"),
+            Some(json!({"ciphertext": b64(&tampered), "additionalAuthenticatedData": b64(b"ctx")})),
+            400,
+            "INVALID_ARGUMENT"
+        )
+        .await,
+        msg
+    );
+    assert_eq!(
+        s.err(
+            Method::POST,
+            &format!("{KEY}:decrypt"),
+            Some(json!({"ciphertext": b64(b"short")})),
+            400,
+            "INVALID_ARGUMENT"
+        )
+        .await,
+        msg
+    );
     s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=other"), Some(json!({"purpose": 1}))).await;
-    assert_eq!(s.err(Method::POST, &format!("{RING}/cryptoKeys/other:decrypt"), Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})), 400, "INVALID_ARGUMENT").await, msg);
-    let m = s.err(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(pt), "plaintextCrc32c": "12345"})), 400, "INVALID_ARGUMENT").await;
+    assert_eq!(
+        s.err(
+            Method::POST,
+            &format!("{RING}/cryptoKeys/other:decrypt"),
+            Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})),
+            400,
+            "INVALID_ARGUMENT"
+        )
+        .await,
+        msg
+    );
+    let m = s
+        .err(
+            Method::POST,
+            &format!("{KEY}:encrypt"),
+            Some(json!({"plaintext": b64(pt), "plaintextCrc32c": "12345"})),
+            400,
+            "INVALID_ARGUMENT",
+        )
+        .await;
     assert!(m.contains("plaintext_crc32c"), "{m}");
-    s.err(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct, "ciphertextCrc32c": "1"})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(&vec![0u8; 64 * 1024 + 1])})), 400, "INVALID_ARGUMENT").await;
+    s.err(
+        Method::POST,
+        &format!("{KEY}:decrypt"),
+        Some(json!({"ciphertext": ct, "ciphertextCrc32c": "1"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(
+        Method::POST,
+        &format!("{KEY}:encrypt"),
+        Some(json!({"plaintext": b64(&vec![0u8; 64 * 1024 + 1])})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
     s.ok(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(&vec![7u8; 64 * 1024])}))).await;
-    s.err(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": "not base64!!"})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(pt), "plaintextCrc32c": "99999999999"})), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{RING}/cryptoKeys/nope:encrypt"), Some(json!({"plaintext": "aGk="})), 404, "NOT_FOUND").await;
+    s.err(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": "not base64!!"})), 400, "INVALID_ARGUMENT")
+        .await;
+    s.err(
+        Method::POST,
+        &format!("{KEY}:encrypt"),
+        Some(json!({"plaintext": b64(pt), "plaintextCrc32c": "99999999999"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys/nope:encrypt"),
+        Some(json!({"plaintext": "aGk="})),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
 
     // [K6] rotation: a new version becomes primary; old ciphertexts still decrypt.
     let v2 = s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
     assert_eq!(v2["name"], format!("{KEY}/cryptoKeyVersions/2"));
     assert_eq!(v2["state"], "ENABLED");
-    let key = s.ok(Method::POST, &format!("{KEY}:updatePrimaryVersion"), Some(json!({"cryptoKeyVersionId": "2"}))).await;
+    let key =
+        s.ok(Method::POST, &format!("{KEY}:updatePrimaryVersion"), Some(json!({"cryptoKeyVersionId": "2"}))).await;
     assert_eq!(key["primary"]["name"], format!("{KEY}/cryptoKeyVersions/2"));
     let enc2 = s.ok(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(pt)}))).await;
     assert_eq!(enc2["name"], format!("{KEY}/cryptoKeyVersions/2"));
-    let dec = s.ok(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")}))).await;
+    let dec = s
+        .ok(
+            Method::POST,
+            &format!("{KEY}:decrypt"),
+            Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})),
+        )
+        .await;
     assert!(dec.get("usedPrimary").is_none(), "usedPrimary is omitted when false: {dec}");
-    let enc1 = s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions/1:encrypt"), Some(json!({"plaintext": b64(pt)}))).await;
+    let enc1 =
+        s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions/1:encrypt"), Some(json!({"plaintext": b64(pt)}))).await;
     assert_eq!(enc1["name"], format!("{KEY}/cryptoKeyVersions/1"));
-    s.err(Method::POST, &format!("{KEY}:updatePrimaryVersion"), Some(json!({"cryptoKeyVersionId": "9"})), 404, "NOT_FOUND").await;
+    s.err(
+        Method::POST,
+        &format!("{KEY}:updatePrimaryVersion"),
+        Some(json!({"cryptoKeyVersionId": "9"})),
+        404,
+        "NOT_FOUND",
+    )
+    .await;
 
     // [K7] state machine.
     let v1 = format!("{KEY}/cryptoKeyVersions/1");
     let d = s.ok(Method::PATCH, &format!("{v1}?updateMask=state"), Some(json!({"state": "DISABLED"}))).await;
     assert_eq!(d["state"], "DISABLED");
-    let m = s.err(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})), 400, "FAILED_PRECONDITION").await;
+    let m = s
+        .err(
+            Method::POST,
+            &format!("{KEY}:decrypt"),
+            Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
     assert_eq!(m, format!("{v1} is not enabled, current state is: DISABLED."));
     let (_, body) = s.call(Method::POST, &format!("{v1}:encrypt"), Some(json!({"plaintext": "aGk="}))).await;
     assert_eq!(body["error"]["details"][0]["violations"][0]["type"], "KEY_DISABLED");
-    s.err(Method::PATCH, &format!("{v1}?updateMask=state"), Some(json!({"state": "DESTROYED"})), 400, "INVALID_ARGUMENT").await;
+    s.err(
+        Method::PATCH,
+        &format!("{v1}?updateMask=state"),
+        Some(json!({"state": "DESTROYED"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
     s.err(Method::PATCH, &v1, Some(json!({"state": "ENABLED"})), 400, "INVALID_ARGUMENT").await;
     s.err(Method::POST, &format!("{v1}:restore"), None, 400, "FAILED_PRECONDITION").await;
     s.ok(Method::PATCH, &format!("{v1}?updateMask=state"), Some(json!({"state": 1}))).await;
-    s.ok(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")}))).await;
+    s.ok(
+        Method::POST,
+        &format!("{KEY}:decrypt"),
+        Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})),
+    )
+    .await;
     let sched = s.ok(Method::POST, &format!("{v1}:destroy"), Some(json!({}))).await;
     assert_eq!(sched["state"], "DESTROY_SCHEDULED");
     assert!(sched["destroyTime"].is_string());
     s.err(Method::POST, &format!("{v1}:destroy"), None, 400, "FAILED_PRECONDITION").await;
-    s.err(Method::PATCH, &format!("{v1}?updateMask=state"), Some(json!({"state": "ENABLED"})), 400, "FAILED_PRECONDITION").await;
+    s.err(
+        Method::PATCH,
+        &format!("{v1}?updateMask=state"),
+        Some(json!({"state": "ENABLED"})),
+        400,
+        "FAILED_PRECONDITION",
+    )
+    .await;
     let restored = s.ok(Method::POST, &format!("{v1}:restore"), None).await;
     assert_eq!(restored["state"], "DISABLED");
     assert!(restored.get("destroyTime").is_none());
@@ -281,7 +521,15 @@ async fn crypto_and_versions(backend: Backend) {
     assert_eq!(gone["state"], "DESTROYED");
     assert!(gone["destroyEventTime"].is_string() && gone.get("destroyTime").is_none());
     s.err(Method::POST, &format!("{v1}:restore"), None, 400, "FAILED_PRECONDITION").await;
-    let m = s.err(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})), 400, "FAILED_PRECONDITION").await;
+    let m = s
+        .err(
+            Method::POST,
+            &format!("{KEY}:decrypt"),
+            Some(json!({"ciphertext": ct, "additionalAuthenticatedData": b64(b"ctx")})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
     assert!(m.ends_with("current state is: DESTROYED."), "{m}");
     let versions = s.ok(Method::GET, &format!("{KEY}/cryptoKeyVersions?filter=state%3DDESTROYED"), None).await;
     assert_eq!(versions["totalSize"], 1);
@@ -292,9 +540,11 @@ async fn crypto_and_versions(backend: Backend) {
     if let Backend::Sqlite = backend {
         // The destroyed version's sealed material is overwritten in the file, not flagged.
         let conn = rusqlite::Connection::open(&s.db_file).unwrap();
-        let m: Option<Vec<u8>> = conn.query_row("SELECT material FROM crypto_key_versions WHERE version_id = 1", [], |r| r.get(0)).unwrap();
+        let m: Option<Vec<u8>> =
+            conn.query_row("SELECT material FROM crypto_key_versions WHERE version_id = 1", [], |r| r.get(0)).unwrap();
         assert!(m.is_none());
-        let live: Vec<u8> = conn.query_row("SELECT material FROM crypto_key_versions WHERE version_id = 2", [], |r| r.get(0)).unwrap();
+        let live: Vec<u8> =
+            conn.query_row("SELECT material FROM crypto_key_versions WHERE version_id = 2", [], |r| r.get(0)).unwrap();
         assert!(live.len() > 32);
     }
 }
@@ -305,7 +555,12 @@ async fn concurrency(backend: Backend) {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let s = s.clone();
-        tasks.push(tokio::spawn(async move { s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await["name"].as_str().unwrap().to_string() }));
+        tasks.push(tokio::spawn(async move {
+            s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }));
     }
     let mut names = Vec::new();
     for t in tasks {
@@ -322,7 +577,9 @@ async fn concurrency(backend: Backend) {
         let s = s.clone();
         let state = if i % 2 == 0 { "DISABLED" } else { "ENABLED" };
         tasks.push(tokio::spawn(async move {
-            s.call(Method::PATCH, &format!("{KEY}/cryptoKeyVersions/2?updateMask=state"), Some(json!({"state": state}))).await.0
+            s.call(Method::PATCH, &format!("{KEY}/cryptoKeyVersions/2?updateMask=state"), Some(json!({"state": state})))
+                .await
+                .0
         }));
     }
     for t in tasks {

@@ -19,9 +19,9 @@ pub mod sql;
 pub mod sqlite;
 mod store;
 
-pub use store::SqlStore;
-pub use sqlite::Sqlite;
 pub use postgres::Postgres;
+pub use sqlite::Sqlite;
+pub use store::SqlStore;
 
 use std::sync::Arc;
 

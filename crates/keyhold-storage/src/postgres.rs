@@ -14,8 +14,8 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use keyhold_kms::store::StoreError;
-use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::schema;
 use crate::sql::{Row, SqlBackend, SqlConn, Value};
@@ -41,11 +41,15 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
     use tokio_postgres::error::SqlState;
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => StoreError::AlreadyExists,
-        Some(c) if c.code().starts_with("08") // connection exception
+        Some(c)
+            if c.code().starts_with("08") // connection exception
             || c.code().starts_with("53") // insufficient resources
             || c.code().starts_with("57") // operator intervention (shutdown)
             || *c == SqlState::T_R_SERIALIZATION_FAILURE
-            || *c == SqlState::T_R_DEADLOCK_DETECTED => StoreError::Unavailable(e.to_string()),
+            || *c == SqlState::T_R_DEADLOCK_DETECTED =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
         Some(_) => StoreError::Corrupt(e.to_string()),
         // No SQLSTATE: the connection itself failed.
         None => StoreError::Unavailable(e.to_string()),
@@ -73,7 +77,9 @@ impl Postgres {
         let tx = client.transaction().await.map_err(map_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(map_err)?;
         tx.batch_execute(&schema::ddl("BYTEA")).await.map_err(map_err)?;
-        tx.execute(schema::META_INSERT, &[&"schema_version", &schema::SCHEMA_VERSION.to_string()]).await.map_err(map_err)?;
+        tx.execute(schema::META_INSERT, &[&"schema_version", &schema::SCHEMA_VERSION.to_string()])
+            .await
+            .map_err(map_err)?;
         let v: String = tx.query_one(schema::META_GET, &[&"schema_version"]).await.map_err(map_err)?.get(0);
         if v.parse::<i64>().unwrap_or(i64::MAX) > schema::SCHEMA_VERSION {
             return Err(StoreError::Corrupt(format!(

@@ -64,7 +64,8 @@ pub(crate) const LIST_KEY_RINGS: &str = "SELECT resource FROM key_rings WHERE lo
 pub(crate) const INSERT_CRYPTO_KEY: &str = "INSERT INTO crypto_keys \
     (name, key_ring, resource, primary_version, next_version_id, next_rotation_nanos, revision) \
     VALUES ($1, $2, $3, $4, $5, $6, 1)";
-pub(crate) const GET_CRYPTO_KEY: &str = "SELECT name, resource, primary_version, revision FROM crypto_keys WHERE name = $1";
+pub(crate) const GET_CRYPTO_KEY: &str =
+    "SELECT name, resource, primary_version, revision FROM crypto_keys WHERE name = $1";
 pub(crate) const LIST_CRYPTO_KEYS: &str =
     "SELECT name, resource, primary_version, revision FROM crypto_keys WHERE key_ring = $1 ORDER BY name";
 pub(crate) const UPDATE_CRYPTO_KEY: &str = "UPDATE crypto_keys \
@@ -89,4 +90,3 @@ pub(crate) const UPDATE_VERSION: &str = "UPDATE crypto_key_versions \
     WHERE name = $4 AND revision = $5 RETURNING revision";
 pub(crate) const VERSIONS_DUE_FOR_DESTRUCTION: &str = "SELECT name FROM crypto_key_versions \
     WHERE destroy_nanos IS NOT NULL AND destroy_nanos <= $1 ORDER BY name";
-

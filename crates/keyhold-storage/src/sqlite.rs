@@ -86,8 +86,7 @@ impl Sqlite {
             let tx = c.transaction().map_err(map_err)?;
             tx.execute_batch(&schema::ddl("BLOB")).map_err(map_err)?;
             tx.execute(schema::META_INSERT, ("schema_version", schema::SCHEMA_VERSION.to_string())).map_err(map_err)?;
-            let v: String =
-                tx.query_row(schema::META_GET, ["schema_version"], |r| r.get(0)).map_err(map_err)?;
+            let v: String = tx.query_row(schema::META_GET, ["schema_version"], |r| r.get(0)).map_err(map_err)?;
             if v.parse::<i64>().unwrap_or(i64::MAX) > schema::SCHEMA_VERSION {
                 return Err(StoreError::Corrupt(format!(
                     "the database has schema version {v}, newer than this build knows ({}); upgrade Keyhold",
@@ -121,7 +120,9 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> rusqlite::Resul
     for (i, p) in params.iter().enumerate() {
         let idx = i + 1;
         match p {
-            Value::Null | Value::OptInt(None) | Value::OptBlob(None) => stmt.raw_bind_parameter(idx, rusqlite::types::Null)?,
+            Value::Null | Value::OptInt(None) | Value::OptBlob(None) => {
+                stmt.raw_bind_parameter(idx, rusqlite::types::Null)?
+            }
             Value::Int(v) | Value::OptInt(Some(v)) => stmt.raw_bind_parameter(idx, v)?,
             Value::Text(t) => stmt.raw_bind_parameter(idx, t.as_str())?,
             Value::OptBlob(Some(b)) => stmt.raw_bind_parameter(idx, b.as_slice())?,
@@ -157,7 +158,12 @@ fn run(conn: &Connection, sql: &str, params: &[Value], want_rows: bool) -> rusql
 }
 
 impl SqliteConn {
-    async fn call(&mut self, sql: &'static str, params: Vec<Value>, want_rows: bool) -> Result<(Vec<Row>, u64), StoreError> {
+    async fn call(
+        &mut self,
+        sql: &'static str,
+        params: Vec<Value>,
+        want_rows: bool,
+    ) -> Result<(Vec<Row>, u64), StoreError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|e| e.into_inner());

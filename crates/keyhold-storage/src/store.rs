@@ -165,8 +165,9 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
 
     async fn insert_version(&self, version: &VersionRecord, make_primary: bool) -> Result<(), StoreError> {
         let params = version_params(version)?;
-        let primary = make_primary
-            .then(|| vec![Value::OptInt(Some(version.name.version as i64)), Value::Text(version.name.crypto_key.to_string())]);
+        let primary = make_primary.then(|| {
+            vec![Value::OptInt(Some(version.name.version as i64)), Value::Text(version.name.crypto_key.to_string())]
+        });
         self.write(|tx| {
             Box::pin(async move {
                 tx.execute(INSERT_VERSION, params).await?;

@@ -82,14 +82,26 @@ async fn state_survives_restart_and_schedules_catch_up() {
     let p = spawn(dir.path(), port, &flags);
     wait_ready(&p).await;
     call(port, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
-    call(port, Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "2s"})).await;
+    call(
+        port,
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
+        json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "2s"}),
+    )
+    .await;
     let secret = "c2VjcmV0LXBsYWludGV4dC1mb3ItbG9ncw=="; // "secret-plaintext-for-logs"
     let enc = call(port, Method::POST, &format!("{KEY}:encrypt"), json!({"plaintext": secret})).await;
     call(port, Method::POST, &format!("{KEY}/cryptoKeyVersions"), json!({})).await;
     call(port, Method::POST, &format!("{KEY}/cryptoKeyVersions/2:destroy"), json!({})).await;
     // Rotation due in one second, every two seconds after that.
     let next = keyhold_api::wire::Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(1));
-    call(port, Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=rot"), json!({"purpose": 1, "rotationPeriod": "2s", "nextRotationTime": next.to_string()})).await;
+    call(
+        port,
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=rot"),
+        json!({"purpose": 1, "rotationPeriod": "2s", "nextRotationTime": next.to_string()}),
+    )
+    .await;
     let log1 = terminate(p);
 
     // Down for longer than the destroy delay and the rotation time.
@@ -104,7 +116,9 @@ async fn state_survives_restart_and_schedules_catch_up() {
         let rot = call(port, Method::GET, &format!("{RING}/cryptoKeys/rot"), json!({})).await;
         let rotated = rot["primary"]["name"].as_str().unwrap_or_default().ends_with("/cryptoKeyVersions/2");
         if v2["state"] == "DESTROYED" && rotated {
-            assert!(rot["nextRotationTime"].as_str().unwrap() > keyhold_api::wire::Timestamp::now().to_string().as_str());
+            assert!(
+                rot["nextRotationTime"].as_str().unwrap() > keyhold_api::wire::Timestamp::now().to_string().as_str()
+            );
             break;
         }
         assert!(Instant::now() < deadline, "after restart: version 2 is {v2}, rotating key is {rot}");
@@ -150,7 +164,11 @@ fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
         .env("KEYHOLD_PROJECT", "my-project")
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,17 +185,42 @@ async fn seed_workflow_through_the_cli() {
     // The AML AI page's gcloud commands, word for word.
     assert_eq!(ok(&["kms", "keyrings", "create", "KEY_RING_ID", "--location", "us-central1"]), "");
     assert_eq!(
-        ok(&["kms", "keys", "create", "KEY_ID", "--keyring", "KEY_RING_ID", "--location", "us-central1", "--purpose", "encryption"]),
+        ok(&[
+            "kms",
+            "keys",
+            "create",
+            "KEY_ID",
+            "--keyring",
+            "KEY_RING_ID",
+            "--location",
+            "us-central1",
+            "--purpose",
+            "encryption"
+        ]),
         ""
     );
     let (success, _, err) = cli(port, &["kms", "keyrings", "create", "KEY_RING_ID", "--location", "us-central1"]);
     assert!(!success);
-    assert!(err.contains("ALREADY_EXISTS: KeyRing projects/my-project/locations/us-central1/keyRings/KEY_RING_ID already exists."), "{err}");
+    assert!(
+        err.contains(
+            "ALREADY_EXISTS: KeyRing projects/my-project/locations/us-central1/keyRings/KEY_RING_ID already exists."
+        ),
+        "{err}"
+    );
     let yaml = ok(&["kms", "keys", "describe", "KEY_ID", "--keyring", "KEY_RING_ID", "--location", "us-central1"]);
     assert!(yaml.contains("destroyScheduledDuration: 86400s"), "{yaml}");
     assert!(yaml.contains("  state: ENABLED"), "{yaml}");
     let json: Value = serde_json::from_str(&ok(&[
-        "kms", "keys", "describe", "KEY_ID", "--keyring", "KEY_RING_ID", "--location", "us-central1", "--format", "json",
+        "kms",
+        "keys",
+        "describe",
+        "KEY_ID",
+        "--keyring",
+        "KEY_RING_ID",
+        "--location",
+        "us-central1",
+        "--format",
+        "json",
     ]))
     .unwrap();
     assert_eq!(json["primary"]["algorithm"], "GOOGLE_SYMMETRIC_ENCRYPTION");
@@ -188,13 +231,25 @@ async fn seed_workflow_through_the_cli() {
     let back = dir.path().join("back.txt");
     std::fs::write(&plain, b"attack at dawn").unwrap();
     std::fs::write(&aad, b"context").unwrap();
-    let (p_, e_, a_, b_) = (plain.to_str().unwrap(), enc.to_str().unwrap(), aad.to_str().unwrap(), back.to_str().unwrap());
+    let (p_, e_, a_, b_) =
+        (plain.to_str().unwrap(), enc.to_str().unwrap(), aad.to_str().unwrap(), back.to_str().unwrap());
     let key = ["--key", "KEY_ID", "--keyring", "KEY_RING_ID", "--location", "us-central1"];
-    ok(&[&["kms", "encrypt"], &key[..], &["--plaintext-file", p_, "--ciphertext-file", e_, "--additional-authenticated-data-file", a_]].concat());
+    ok(&[
+        &["kms", "encrypt"],
+        &key[..],
+        &["--plaintext-file", p_, "--ciphertext-file", e_, "--additional-authenticated-data-file", a_],
+    ]
+    .concat());
     assert!(!std::fs::read(&enc).unwrap().windows(6).any(|w| w == b"attack"));
-    ok(&[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_]].concat());
+    ok(&[
+        &["kms", "decrypt"],
+        &key[..],
+        &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_],
+    ]
+    .concat());
     assert_eq!(std::fs::read(&back).unwrap(), b"attack at dawn");
-    let (success, _, err) = cli(port, &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_]].concat());
+    let (success, _, err) =
+        cli(port, &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_]].concat());
     assert!(!success);
     assert!(err.contains("Decryption failed: verify that 'name' refers to the correct CryptoKey."), "{err}");
 
@@ -204,9 +259,20 @@ async fn seed_workflow_through_the_cli() {
     assert!(listed.contains("cryptoKeyVersions/2") && listed.contains("ENABLED"), "{listed}");
     let disabled = ok(&[&["kms", "keys", "versions", "disable", "1"], &key[..]].concat());
     assert!(disabled.contains("state: DISABLED"), "{disabled}");
-    let (success, _, err) = cli(port, &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_]].concat());
+    let (success, _, err) = cli(
+        port,
+        &[
+            &["kms", "decrypt"],
+            &key[..],
+            &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_],
+        ]
+        .concat(),
+    );
     assert!(!success);
-    assert!(err.contains("FAILED_PRECONDITION") && err.contains("is not enabled, current state is: DISABLED."), "{err}");
+    assert!(
+        err.contains("FAILED_PRECONDITION") && err.contains("is not enabled, current state is: DISABLED."),
+        "{err}"
+    );
     ok(&[&["kms", "keys", "versions", "enable", "1"], &key[..]].concat());
     let destroyed = ok(&[&["kms", "keys", "versions", "destroy", "1"], &key[..]].concat());
     assert!(destroyed.contains("state: DESTROY_SCHEDULED"), "{destroyed}");
@@ -222,10 +288,15 @@ async fn seed_workflow_through_the_cli() {
     wait_ready(&p).await;
     let rings = ok(&["kms", "keyrings", "list", "--location", "us-central1"]);
     assert!(rings.contains("keyRings/KEY_RING_ID"), "{rings}");
-    ok(&[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_]].concat())
-        .is_empty()
-        .then_some(())
-        .expect("decrypt to a file prints nothing");
+    ok(&[
+        &["kms", "decrypt"],
+        &key[..],
+        &["--ciphertext-file", e_, "--plaintext-file", b_, "--additional-authenticated-data-file", a_],
+    ]
+    .concat())
+    .is_empty()
+    .then_some(())
+    .expect("decrypt to a file prints nothing");
     let (success, _, err) = cli(port, &["kms", "keyrings", "describe", "nope", "--location", "us-central1"]);
     assert!(!success && err.contains("NOT_FOUND"), "{err}");
     terminate(p);

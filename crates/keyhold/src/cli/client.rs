@@ -42,9 +42,7 @@ impl KmsClient {
     pub fn new(endpoint: &str) -> Result<Self, CliError> {
         let endpoint = endpoint.trim().trim_end_matches('/').to_string();
         let url = Url::parse(&endpoint).map_err(|e| {
-            CliError::Usage(format!(
-                "invalid --endpoint \"{endpoint}\": {e}; expected e.g. http://127.0.0.1:8080"
-            ))
+            CliError::Usage(format!("invalid --endpoint \"{endpoint}\": {e}; expected e.g. http://127.0.0.1:8080"))
         })?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(CliError::Usage(format!(
@@ -86,10 +84,7 @@ impl KmsClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<T, CliError> {
-        let mut req = self
-            .http
-            .request(method, self.url(path, query)?)
-            .header(ACCEPT, "application/json");
+        let mut req = self.http.request(method, self.url(path, query)?).header(ACCEPT, "application/json");
         if let Some(body) = body {
             req = req.header(CONTENT_TYPE, "application/json").body(body);
         }
@@ -119,45 +114,18 @@ impl KmsClient {
     }
 
     /// `POST /v1/{path}` with a JSON body.
-    pub async fn post(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        body: &Value,
-    ) -> Result<Value, CliError> {
-        self.call(
-            Method::POST,
-            path,
-            query,
-            Some(body.to_string().into_bytes()),
-        )
-        .await
+    pub async fn post(&self, path: &str, query: &[(&str, String)], body: &Value) -> Result<Value, CliError> {
+        self.call(Method::POST, path, query, Some(body.to_string().into_bytes())).await
     }
 
     /// `PATCH /v1/{path}` with a JSON body.
-    pub async fn patch(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        body: &Value,
-    ) -> Result<Value, CliError> {
-        self.call(
-            Method::PATCH,
-            path,
-            query,
-            Some(body.to_string().into_bytes()),
-        )
-        .await
+    pub async fn patch(&self, path: &str, query: &[(&str, String)], body: &Value) -> Result<Value, CliError> {
+        self.call(Method::PATCH, path, query, Some(body.to_string().into_bytes())).await
     }
 
     /// Lists a collection (`projects/p/locations/l/keyRings`), following `nextPageToken` until
     /// the last page or `limit`; `field` names the array in each page (`keyRings`).
-    pub async fn list(
-        &self,
-        collection: &str,
-        field: &str,
-        opts: &ListOptions,
-    ) -> Result<Vec<Value>, CliError> {
+    pub async fn list(&self, collection: &str, field: &str, opts: &ListOptions) -> Result<Vec<Value>, CliError> {
         let mut items = Vec::new();
         let mut token = String::new();
         loop {
@@ -184,10 +152,7 @@ impl KmsClient {
                 items.truncate(limit);
                 break;
             }
-            let next = page
-                .get("nextPageToken")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+            let next = page.get("nextPageToken").and_then(Value::as_str).unwrap_or_default();
             if next.is_empty() || next == token {
                 break;
             }
@@ -202,15 +167,8 @@ impl KmsClient {
         while let Some(next) = source.source() {
             source = next;
         }
-        let detail = if e.is_timeout() {
-            "the request timed out".to_string()
-        } else {
-            source.to_string()
-        };
-        CliError::Connect {
-            endpoint: self.endpoint.clone(),
-            detail,
-        }
+        let detail = if e.is_timeout() { "the request timed out".to_string() } else { source.to_string() };
+        CliError::Connect { endpoint: self.endpoint.clone(), detail }
     }
 }
 
@@ -218,33 +176,15 @@ impl KmsClient {
 /// and the start of the body when it is not one.
 fn api_error(status: StatusCode, body: &[u8]) -> CliError {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) if !b.error.status.is_empty() => CliError::Api {
-            status: b.error.status,
-            message: b.error.message,
-        },
-        Ok(b) => CliError::Api {
-            status: format!("HTTP {}", status.as_u16()),
-            message: b.error.message,
-        },
+        Ok(b) if !b.error.status.is_empty() => CliError::Api { status: b.error.status, message: b.error.message },
+        Ok(b) => CliError::Api { status: format!("HTTP {}", status.as_u16()), message: b.error.message },
         Err(_) => {
             let text = String::from_utf8_lossy(body);
-            let mut snippet: String = text
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .chars()
-                .take(200)
-                .collect();
+            let mut snippet: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect();
             if snippet.is_empty() {
-                snippet = status
-                    .canonical_reason()
-                    .unwrap_or("no response body")
-                    .to_string();
+                snippet = status.canonical_reason().unwrap_or("no response body").to_string();
             }
-            CliError::Api {
-                status: format!("HTTP {}", status.as_u16()),
-                message: snippet,
-            }
+            CliError::Api { status: format!("HTTP {}", status.as_u16()), message: snippet }
         }
     }
 }
@@ -256,42 +196,26 @@ mod tests {
     #[test]
     fn google_errors_are_parsed() {
         let body = br#"{"error":{"code":409,"message":"KeyRing r already exists.","status":"ALREADY_EXISTS"}}"#;
-        assert_eq!(
-            api_error(StatusCode::CONFLICT, body).to_string(),
-            "ALREADY_EXISTS: KeyRing r already exists."
-        );
+        assert_eq!(api_error(StatusCode::CONFLICT, body).to_string(), "ALREADY_EXISTS: KeyRing r already exists.");
         assert_eq!(
             api_error(StatusCode::BAD_GATEWAY, b"<html>\n bad   gateway</html>").to_string(),
             "HTTP 502: <html> bad gateway</html>"
         );
-        assert_eq!(
-            api_error(StatusCode::NOT_FOUND, b"").to_string(),
-            "HTTP 404: Not Found"
-        );
+        assert_eq!(api_error(StatusCode::NOT_FOUND, b"").to_string(), "HTTP 404: Not Found");
     }
 
     #[test]
     fn endpoints_are_checked() {
         assert!(KmsClient::new("http://127.0.0.1:8080/").is_ok());
         assert_eq!(
-            KmsClient::new("http://h:1/")
-                .map(|c| c.resource_url("projects/p"))
-                .ok()
-                .as_deref(),
+            KmsClient::new("http://h:1/").map(|c| c.resource_url("projects/p")).ok().as_deref(),
             Some("http://h:1/v1/projects/p")
         );
         assert!(KmsClient::new("127.0.0.1:8080").is_err());
         assert!(KmsClient::new("ftp://x").is_err());
         let c = KmsClient::new("http://h:1").unwrap();
-        let u = c
-            .url(
-                "projects/p/locations/l/keyRings",
-                &[("keyRingId", "r".into()), ("filter", "a = b".into())],
-            )
-            .unwrap();
-        assert_eq!(
-            u.as_str(),
-            "http://h:1/v1/projects/p/locations/l/keyRings?keyRingId=r&filter=a+%3D+b"
-        );
+        let u =
+            c.url("projects/p/locations/l/keyRings", &[("keyRingId", "r".into()), ("filter", "a = b".into())]).unwrap();
+        assert_eq!(u.as_str(), "http://h:1/v1/projects/p/locations/l/keyRings?keyRingId=r&filter=a+%3D+b");
     }
 }

@@ -20,11 +20,7 @@ pub fn is_stdio(path: &Path) -> bool {
 }
 
 fn shown(path: &Path) -> String {
-    if is_stdio(path) {
-        "-".to_string()
-    } else {
-        path.display().to_string()
-    }
+    if is_stdio(path) { "-".to_string() } else { path.display().to_string() }
 }
 
 /// Reads at most `max` bytes from `path` (or stdin) into a [`Secret`]; a larger input is an
@@ -51,8 +47,7 @@ pub fn read_input(path: &Path, max: usize) -> Result<Secret, CliError> {
 /// Writes `data` to `path` (or stdout), replacing the file. A `private` file (decrypted
 /// plaintext) is created readable by its owner only.
 pub fn write_output(path: &Path, data: &[u8], private: bool) -> Result<(), CliError> {
-    let err =
-        |e: std::io::Error| CliError::Io(format!("Unable to write file [{}]: {e}", shown(path)));
+    let err = |e: std::io::Error| CliError::Io(format!("Unable to write file [{}]: {e}", shown(path)));
     if is_stdio(path) {
         let mut out = std::io::stdout().lock();
         return out.write_all(data).and_then(|()| out.flush()).map_err(err);
@@ -67,9 +62,7 @@ pub fn write_output(path: &Path, data: &[u8], private: bool) -> Result<(), CliEr
     #[cfg(not(unix))]
     let _ = private;
     let mut file = options.open(path).map_err(err)?;
-    file.write_all(data)
-        .and_then(|()| file.flush())
-        .map_err(err)
+    file.write_all(data).and_then(|()| file.flush()).map_err(err)
 }
 
 #[cfg(test)]
@@ -88,19 +81,11 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         }
         write_output(&p, b"hi", false).unwrap();
         assert_eq!(read_input(&p, 5).unwrap().expose(), b"hi");
-        assert!(
-            read_input(&dir.join("missing"), 5)
-                .unwrap_err()
-                .to_string()
-                .starts_with("Unable to read file [")
-        );
+        assert!(read_input(&dir.join("missing"), 5).unwrap_err().to_string().starts_with("Unable to read file ["));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

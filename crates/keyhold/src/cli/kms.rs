@@ -19,9 +19,9 @@ use super::client::ListOptions;
 use super::files::{self, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 use super::output::Kind;
 use super::parse::{
-    Labels, ProtectionLevelArg, PurposeArg, algorithm_fits_purpose, algorithms_for,
-    apply_label_changes, kebab, merge_labels, order_by, parse_access_reason, parse_algorithm,
-    parse_duration, parse_labels, parse_time, parse_version_id,
+    Labels, ProtectionLevelArg, PurposeArg, algorithm_fits_purpose, algorithms_for, apply_label_changes, kebab,
+    merge_labels, order_by, parse_access_reason, parse_algorithm, parse_duration, parse_labels, parse_time,
+    parse_version_id,
 };
 use super::{CliError, Ctx};
 
@@ -512,21 +512,12 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, CliError> {
 
 async fn locations_list(ctx: &Ctx, c: &LocationsList) -> Result<(), CliError> {
     let project = ctx.project()?;
-    let items = ctx
-        .client
-        .list(
-            &format!("projects/{project}/locations"),
-            "locations",
-            &c.list.options(),
-        )
-        .await?;
+    let items = ctx.client.list(&format!("projects/{project}/locations"), "locations", &c.list.options()).await?;
     ctx.show_list(Kind::Location, &items, c.list.uri)
 }
 
 async fn locations_describe(ctx: &Ctx, c: &LocationsDescribe) -> Result<(), CliError> {
-    let name = ctx
-        .resources(Some(&c.location_id), None, None)
-        .location_name("location")?;
+    let name = ctx.resources(Some(&c.location_id), None, None).location_name("location")?;
     let loc = ctx.client.get(&name.to_string()).await?;
     ctx.show(Kind::Location, &loc)
 }
@@ -534,32 +525,20 @@ async fn locations_describe(ctx: &Ctx, c: &LocationsDescribe) -> Result<(), CliE
 // ---- key rings ------------------------------------------------------------------------------
 
 async fn keyrings_create(ctx: &Ctx, c: &KeyRingTarget) -> Result<(), CliError> {
-    let name = ctx
-        .resources(c.location.location.as_deref(), Some(&c.key_ring_id), None)
-        .key_ring_name("keyring")?;
+    let name = ctx.resources(c.location.location.as_deref(), Some(&c.key_ring_id), None).key_ring_name("keyring")?;
     let query = [("keyRingId", name.key_ring.clone())];
-    let ring = ctx
-        .client
-        .post(&format!("{}/keyRings", name.location), &query, &json!({}))
-        .await?;
+    let ring = ctx.client.post(&format!("{}/keyRings", name.location), &query, &json!({})).await?;
     ctx.show_created(Kind::KeyRing, &ring)
 }
 
 async fn keyrings_list(ctx: &Ctx, c: &KeyRingList) -> Result<(), CliError> {
-    let loc = ctx
-        .resources(c.location.location.as_deref(), None, None)
-        .location_name("location")?;
-    let items = ctx
-        .client
-        .list(&format!("{loc}/keyRings"), "keyRings", &c.list.options())
-        .await?;
+    let loc = ctx.resources(c.location.location.as_deref(), None, None).location_name("location")?;
+    let items = ctx.client.list(&format!("{loc}/keyRings"), "keyRings", &c.list.options()).await?;
     ctx.show_list(Kind::KeyRing, &items, c.list.uri)
 }
 
 async fn keyrings_describe(ctx: &Ctx, c: &KeyRingTarget) -> Result<(), CliError> {
-    let name = ctx
-        .resources(c.location.location.as_deref(), Some(&c.key_ring_id), None)
-        .key_ring_name("keyring")?;
+    let name = ctx.resources(c.location.location.as_deref(), Some(&c.key_ring_id), None).key_ring_name("keyring")?;
     let ring = ctx.client.get(&name.to_string()).await?;
     ctx.show(Kind::KeyRing, &ring)
 }
@@ -591,11 +570,8 @@ fn check_algorithm(purpose: PurposeArg, algorithm: Option<Algorithm>) -> Result<
 fn create_body(c: &KeyCreate) -> Result<CryptoKey, CliError> {
     check_algorithm(c.purpose, c.default_algorithm)?;
     let protection_level = c.protection_level.map(ProtectionLevelArg::to_api);
-    let version_template =
-        (protection_level.is_some() || c.default_algorithm.is_some()).then_some(VersionTemplate {
-            protection_level,
-            algorithm: c.default_algorithm,
-        });
+    let version_template = (protection_level.is_some() || c.default_algorithm.is_some())
+        .then_some(VersionTemplate { protection_level, algorithm: c.default_algorithm });
     Ok(CryptoKey {
         purpose: Some(c.purpose.to_api()),
         version_template,
@@ -605,59 +581,34 @@ fn create_body(c: &KeyCreate) -> Result<CryptoKey, CliError> {
         destroy_scheduled_duration: c.destroy_scheduled_duration,
         import_only: c.import_only,
         crypto_key_backend: c.crypto_key_backend.clone().unwrap_or_default(),
-        key_access_justifications_policy: (!c.allowed_access_reasons.is_empty()).then(|| {
-            KeyAccessJustificationsPolicy {
-                allowed_access_reasons: c.allowed_access_reasons.clone(),
-            }
-        }),
+        key_access_justifications_policy: (!c.allowed_access_reasons.is_empty())
+            .then(|| KeyAccessJustificationsPolicy { allowed_access_reasons: c.allowed_access_reasons.clone() }),
         ..CryptoKey::default()
     })
 }
 
 async fn keys_create(ctx: &Ctx, c: &KeyCreate) -> Result<(), CliError> {
     let t = &c.target;
-    let name = ctx
-        .resources(
-            t.ring.location.as_deref(),
-            t.ring.keyring.as_deref(),
-            Some(&t.key_id),
-        )
-        .crypto_key_name("key")?;
+    let name =
+        ctx.resources(t.ring.location.as_deref(), t.ring.keyring.as_deref(), Some(&t.key_id)).crypto_key_name("key")?;
     let body = to_json(&create_body(c)?)?;
     let mut query = vec![("cryptoKeyId", name.crypto_key.clone())];
     if c.skip_initial_version_creation {
         query.push(("skipInitialVersionCreation", "true".to_string()));
     }
-    let key = ctx
-        .client
-        .post(&format!("{}/cryptoKeys", name.key_ring), &query, &body)
-        .await?;
+    let key = ctx.client.post(&format!("{}/cryptoKeys", name.key_ring), &query, &body).await?;
     ctx.show_created(Kind::CryptoKey, &key)
 }
 
 async fn keys_list(ctx: &Ctx, c: &KeyList) -> Result<(), CliError> {
-    let ring = ctx
-        .resources(c.ring.location.as_deref(), c.ring.keyring.as_deref(), None)
-        .key_ring_name("keyring")?;
-    let items = ctx
-        .client
-        .list(
-            &format!("{ring}/cryptoKeys"),
-            "cryptoKeys",
-            &c.list.options(),
-        )
-        .await?;
+    let ring = ctx.resources(c.ring.location.as_deref(), c.ring.keyring.as_deref(), None).key_ring_name("keyring")?;
+    let items = ctx.client.list(&format!("{ring}/cryptoKeys"), "cryptoKeys", &c.list.options()).await?;
     ctx.show_list(Kind::CryptoKey, &items, c.list.uri)
 }
 
 async fn keys_describe(ctx: &Ctx, c: &KeyTarget) -> Result<(), CliError> {
-    let name = ctx
-        .resources(
-            c.ring.location.as_deref(),
-            c.ring.keyring.as_deref(),
-            Some(&c.key_id),
-        )
-        .crypto_key_name("key")?;
+    let name =
+        ctx.resources(c.ring.location.as_deref(), c.ring.keyring.as_deref(), Some(&c.key_id)).crypto_key_name("key")?;
     let key = ctx.client.get(&name.to_string()).await?;
     ctx.show(Kind::CryptoKey, &key)
 }
@@ -667,11 +618,7 @@ fn labels_of(resource: &Value) -> BTreeMap<String, String> {
     resource
         .get("labels")
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                .collect()
-        })
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
         .unwrap_or_default()
 }
 
@@ -691,16 +638,12 @@ fn update_patch(c: &KeyUpdate) -> (CryptoKey, Vec<&'static str>) {
         mask.extend(["rotationPeriod", "nextRotationTime"]);
     }
     if let Some(a) = c.default_algorithm {
-        patch.version_template = Some(VersionTemplate {
-            protection_level: None,
-            algorithm: Some(a),
-        });
+        patch.version_template = Some(VersionTemplate { protection_level: None, algorithm: Some(a) });
         mask.push("versionTemplate.algorithm");
     }
     if !c.allowed_access_reasons.is_empty() {
-        patch.key_access_justifications_policy = Some(KeyAccessJustificationsPolicy {
-            allowed_access_reasons: c.allowed_access_reasons.clone(),
-        });
+        patch.key_access_justifications_policy =
+            Some(KeyAccessJustificationsPolicy { allowed_access_reasons: c.allowed_access_reasons.clone() });
         mask.push("keyAccessJustificationsPolicy");
     }
     if c.remove_key_access_justifications_policy {
@@ -711,13 +654,8 @@ fn update_patch(c: &KeyUpdate) -> (CryptoKey, Vec<&'static str>) {
 
 async fn keys_update(ctx: &Ctx, c: &KeyUpdate) -> Result<(), CliError> {
     let t = &c.target;
-    let name = ctx
-        .resources(
-            t.ring.location.as_deref(),
-            t.ring.keyring.as_deref(),
-            Some(&t.key_id),
-        )
-        .crypto_key_name("key")?;
+    let name =
+        ctx.resources(t.ring.location.as_deref(), t.ring.keyring.as_deref(), Some(&t.key_id)).crypto_key_name("key")?;
     let (mut patch, mut mask) = update_patch(c);
     let label_flags = !c.update_labels.is_empty() || !c.remove_labels.is_empty() || c.clear_labels;
     if mask.is_empty() && !label_flags && c.primary_version.is_none() {
@@ -732,12 +670,7 @@ async fn keys_update(ctx: &Ctx, c: &KeyUpdate) -> Result<(), CliError> {
     let mut key = ctx.client.get(&name.to_string()).await?;
     if label_flags {
         let current = labels_of(&key);
-        let wanted = apply_label_changes(
-            &current,
-            c.clear_labels,
-            &c.remove_labels,
-            &merge_labels(&c.update_labels),
-        );
+        let wanted = apply_label_changes(&current, c.clear_labels, &c.remove_labels, &merge_labels(&c.update_labels));
         if wanted != current {
             patch.labels = wanted;
             mask.push("labels");
@@ -748,30 +681,20 @@ async fn keys_update(ctx: &Ctx, c: &KeyUpdate) -> Result<(), CliError> {
     }
     if !mask.is_empty() {
         let query = [("updateMask", mask.join(","))];
-        key = ctx
-            .client
-            .patch(&name.to_string(), &query, &to_json(&patch)?)
-            .await?;
+        key = ctx.client.patch(&name.to_string(), &query, &to_json(&patch)?).await?;
     }
     ctx.show(Kind::CryptoKey, &key)
 }
 
 async fn set_primary(ctx: &Ctx, key: &str, version: u64) -> Result<Value, CliError> {
     let body = json!({ "cryptoKeyVersionId": version.to_string() });
-    ctx.client
-        .post(&format!("{key}:updatePrimaryVersion"), &[], &body)
-        .await
+    ctx.client.post(&format!("{key}:updatePrimaryVersion"), &[], &body).await
 }
 
 async fn keys_set_primary_version(ctx: &Ctx, c: &KeySetPrimaryVersion) -> Result<(), CliError> {
     let t = &c.target;
-    let name = ctx
-        .resources(
-            t.ring.location.as_deref(),
-            t.ring.keyring.as_deref(),
-            Some(&t.key_id),
-        )
-        .crypto_key_name("key")?;
+    let name =
+        ctx.resources(t.ring.location.as_deref(), t.ring.keyring.as_deref(), Some(&t.key_id)).crypto_key_name("key")?;
     let key = set_primary(ctx, &name.to_string(), c.version).await?;
     ctx.show(Kind::CryptoKey, &key)
 }
@@ -779,31 +702,17 @@ async fn keys_set_primary_version(ctx: &Ctx, c: &KeySetPrimaryVersion) -> Result
 // ---- versions -------------------------------------------------------------------------------
 
 fn key_of<'a>(ctx: &'a Ctx, k: &'a KeyFlags) -> super::resource::ResourceArgs<'a> {
-    ctx.resources(
-        k.ring.location.as_deref(),
-        k.ring.keyring.as_deref(),
-        k.key.as_deref(),
-    )
+    ctx.resources(k.ring.location.as_deref(), k.ring.keyring.as_deref(), k.key.as_deref())
 }
 
 async fn versions_create(ctx: &Ctx, c: &VersionCreate) -> Result<(), CliError> {
     let key = key_of(ctx, &c.parent).crypto_key_name("key")?;
-    let version = ctx
-        .client
-        .post(&format!("{key}/cryptoKeyVersions"), &[], &json!({}))
-        .await?;
+    let version = ctx.client.post(&format!("{key}/cryptoKeyVersions"), &[], &json!({})).await?;
     if c.primary {
-        let created = version
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let created = version.get("name").and_then(Value::as_str).unwrap_or_default();
         let id = created
             .parse::<keyhold_api::CryptoKeyVersionName>()
-            .map_err(|_| {
-                CliError::Other(format!(
-                    "the server returned a version without a valid name: \"{created}\""
-                ))
-            })?
+            .map_err(|_| CliError::Other(format!("the server returned a version without a valid name: \"{created}\"")))?
             .version;
         set_primary(ctx, &key.to_string(), id).await?;
     }
@@ -812,14 +721,7 @@ async fn versions_create(ctx: &Ctx, c: &VersionCreate) -> Result<(), CliError> {
 
 async fn versions_list(ctx: &Ctx, c: &VersionList) -> Result<(), CliError> {
     let key = key_of(ctx, &c.parent).crypto_key_name("key")?;
-    let items = ctx
-        .client
-        .list(
-            &format!("{key}/cryptoKeyVersions"),
-            "cryptoKeyVersions",
-            &c.list.options(),
-        )
-        .await?;
+    let items = ctx.client.list(&format!("{key}/cryptoKeyVersions"), "cryptoKeyVersions", &c.list.options()).await?;
     ctx.show_list(Kind::CryptoKeyVersion, &items, c.list.uri)
 }
 
@@ -832,33 +734,25 @@ async fn versions_describe(ctx: &Ctx, c: &VersionTarget) -> Result<(), CliError>
 async fn versions_set_state(ctx: &Ctx, c: &VersionTarget, state: &str) -> Result<(), CliError> {
     let name = key_of(ctx, &c.parent).version_name(&c.version_id, "version")?;
     let query = [("updateMask", "state".to_string())];
-    let version = ctx
-        .client
-        .patch(&name.to_string(), &query, &json!({ "state": state }))
-        .await?;
+    let version = ctx.client.patch(&name.to_string(), &query, &json!({ "state": state })).await?;
     ctx.show(Kind::CryptoKeyVersion, &version)
 }
 
 async fn versions_action(ctx: &Ctx, c: &VersionTarget, verb: &str) -> Result<(), CliError> {
     let name = key_of(ctx, &c.parent).version_name(&c.version_id, "version")?;
-    let version = ctx
-        .client
-        .post(&format!("{name}:{verb}"), &[], &json!({}))
-        .await?;
+    let version = ctx.client.post(&format!("{name}:{verb}"), &[], &json!({})).await?;
     ctx.show(Kind::CryptoKeyVersion, &version)
 }
 
 // ---- encrypt / decrypt ----------------------------------------------------------------------
 
-const REQUEST_CORRUPTED: &str = "An error occurred in-transit: the request sent to the KMS was corrupted. Please retry this operation.";
-const RESPONSE_CORRUPTED: &str = "An error occurred in-transit: the response received from the KMS was corrupted. Please retry this operation.";
+const REQUEST_CORRUPTED: &str =
+    "An error occurred in-transit: the request sent to the KMS was corrupted. Please retry this operation.";
+const RESPONSE_CORRUPTED: &str =
+    "An error occurred in-transit: the response received from the KMS was corrupted. Please retry this operation.";
 
 /// Refuses to read two inputs from standard input.
-fn one_stdin(
-    data: &std::path::Path,
-    data_flag: &str,
-    aad: Option<&PathBuf>,
-) -> Result<(), CliError> {
+fn one_stdin(data: &std::path::Path, data_flag: &str, aad: Option<&PathBuf>) -> Result<(), CliError> {
     if files::is_stdio(data) && aad.is_some_and(|a| files::is_stdio(a)) {
         return Err(CliError::Usage(format!(
             "{data_flag} and --additional-authenticated-data-file cannot both read from stdin."
@@ -879,16 +773,8 @@ fn read_aad(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>, CliError> {
 }
 
 async fn encrypt(ctx: &Ctx, c: &EncryptArgs) -> Result<(), CliError> {
-    one_stdin(
-        &c.plaintext_file,
-        "--plaintext-file",
-        c.additional_authenticated_data_file.as_ref(),
-    )?;
-    let args = ctx.resources(
-        c.ring.location.as_deref(),
-        c.ring.keyring.as_deref(),
-        Some(&c.key),
-    );
+    one_stdin(&c.plaintext_file, "--plaintext-file", c.additional_authenticated_data_file.as_ref())?;
+    let args = ctx.resources(c.ring.location.as_deref(), c.ring.keyring.as_deref(), Some(&c.key));
     let target = match &c.version {
         Some(v) => args.version_name(v, "key")?.to_string(),
         None => args.crypto_key_name("key")?.to_string(),
@@ -899,24 +785,15 @@ async fn encrypt(ctx: &Ctx, c: &EncryptArgs) -> Result<(), CliError> {
     let req = EncryptRequest {
         name: String::new(),
         plaintext_crc32c: check.then(|| Crc32c(crc32c(plaintext.expose()))),
-        additional_authenticated_data_crc32c: aad
-            .as_deref()
-            .filter(|_| check)
-            .map(|a| Crc32c(crc32c(a))),
+        additional_authenticated_data_crc32c: aad.as_deref().filter(|_| check).map(|a| Crc32c(crc32c(a))),
         additional_authenticated_data: aad.clone().map(Bytes),
         plaintext: SecretBytes(plaintext),
     };
-    let body = serde_json::to_vec(&req)
-        .map_err(|e| CliError::Other(format!("cannot encode the request: {e}")))?;
+    let body = serde_json::to_vec(&req).map_err(|e| CliError::Other(format!("cannot encode the request: {e}")))?;
     drop(req);
-    let resp: EncryptResponse = ctx
-        .client
-        .call(Method::POST, &format!("{target}:encrypt"), &[], Some(body))
-        .await?;
+    let resp: EncryptResponse = ctx.client.call(Method::POST, &format!("{target}:encrypt"), &[], Some(body)).await?;
     if check {
-        if !resp.verified_plaintext_crc32c
-            || (aad.is_some() && !resp.verified_additional_authenticated_data_crc32c)
-        {
+        if !resp.verified_plaintext_crc32c || (aad.is_some() && !resp.verified_additional_authenticated_data_crc32c) {
             return Err(CliError::Integrity(REQUEST_CORRUPTED.to_string()));
         }
         if crc32c(&resp.ciphertext.0) != resp.ciphertext_crc32c.0 {
@@ -927,18 +804,9 @@ async fn encrypt(ctx: &Ctx, c: &EncryptArgs) -> Result<(), CliError> {
 }
 
 async fn decrypt(ctx: &Ctx, c: &DecryptArgs) -> Result<(), CliError> {
-    one_stdin(
-        &c.ciphertext_file,
-        "--ciphertext-file",
-        c.additional_authenticated_data_file.as_ref(),
-    )?;
-    let key = ctx
-        .resources(
-            c.ring.location.as_deref(),
-            c.ring.keyring.as_deref(),
-            Some(&c.key),
-        )
-        .crypto_key_name("key")?;
+    one_stdin(&c.ciphertext_file, "--ciphertext-file", c.additional_authenticated_data_file.as_ref())?;
+    let key =
+        ctx.resources(c.ring.location.as_deref(), c.ring.keyring.as_deref(), Some(&c.key)).crypto_key_name("key")?;
     let ciphertext = files::read_input(&c.ciphertext_file, MAX_CIPHERTEXT)?;
     let aad = read_aad(c.additional_authenticated_data_file.as_ref())?;
     let check = !c.skip_integrity_verification;
@@ -946,18 +814,11 @@ async fn decrypt(ctx: &Ctx, c: &DecryptArgs) -> Result<(), CliError> {
         name: String::new(),
         ciphertext_crc32c: check.then(|| Crc32c(crc32c(ciphertext.expose()))),
         ciphertext: Bytes(ciphertext.expose().to_vec()),
-        additional_authenticated_data_crc32c: aad
-            .as_deref()
-            .filter(|_| check)
-            .map(|a| Crc32c(crc32c(a))),
+        additional_authenticated_data_crc32c: aad.as_deref().filter(|_| check).map(|a| Crc32c(crc32c(a))),
         additional_authenticated_data: aad.map(Bytes),
     };
-    let body = serde_json::to_vec(&req)
-        .map_err(|e| CliError::Other(format!("cannot encode the request: {e}")))?;
-    let resp: DecryptResponse = ctx
-        .client
-        .call(Method::POST, &format!("{key}:decrypt"), &[], Some(body))
-        .await?;
+    let body = serde_json::to_vec(&req).map_err(|e| CliError::Other(format!("cannot encode the request: {e}")))?;
+    let resp: DecryptResponse = ctx.client.call(Method::POST, &format!("{key}:decrypt"), &[], Some(body)).await?;
     let plaintext = resp.plaintext.0.expose();
     if check && crc32c(plaintext) != resp.plaintext_crc32c.0 {
         return Err(CliError::Integrity(RESPONSE_CORRUPTED.to_string()));
@@ -1002,18 +863,9 @@ mod tests {
     fn gcloud_command_lines_parse() {
         let lines = [
             ("kms locations list", "kms.locations.list"),
-            (
-                "kms keyrings create ring --location global",
-                "kms.keyrings.create",
-            ),
-            (
-                "kms keyrings list --location global --format json",
-                "kms.keyrings.list",
-            ),
-            (
-                "kms keyrings describe ring --location global",
-                "kms.keyrings.describe",
-            ),
+            ("kms keyrings create ring --location global", "kms.keyrings.create"),
+            ("kms keyrings list --location global --format json", "kms.keyrings.list"),
+            ("kms keyrings describe ring --location global", "kms.keyrings.describe"),
             (
                 "kms keys create k --keyring r --location global --purpose encryption --protection-level hsm --rotation-period 30d --next-rotation-time 2026-12-01T00:00:00Z --labels a=1,b=2 --destroy-scheduled-duration 1d --skip-initial-version-creation",
                 "kms.keys.create",
@@ -1022,10 +874,7 @@ mod tests {
                 "kms keys list --keyring r --location global --filter labels.a=1 --sort-by ~name --page-size 2",
                 "kms.keys.list",
             ),
-            (
-                "kms keys describe k --keyring r --location global",
-                "kms.keys.describe",
-            ),
+            ("kms keys describe k --keyring r --location global", "kms.keys.describe"),
             (
                 "kms keys update k --keyring r --location global --update-labels a=2 --remove-labels b --primary-version 2",
                 "kms.keys.update",
@@ -1034,34 +883,13 @@ mod tests {
                 "kms keys set-primary-version k --version 2 --keyring r --location global",
                 "kms.keys.set-primary-version",
             ),
-            (
-                "kms keys versions create --key k --keyring r --location global --primary",
-                "kms.keys.versions.create",
-            ),
-            (
-                "kms keys versions list --key k --keyring r --location global",
-                "kms.keys.versions.list",
-            ),
-            (
-                "kms keys versions describe 1 --key k --keyring r --location global",
-                "kms.keys.versions.describe",
-            ),
-            (
-                "kms keys versions enable 1 --key k --keyring r --location global",
-                "kms.keys.versions.enable",
-            ),
-            (
-                "kms keys versions disable 1 --key k --keyring r --location global",
-                "kms.keys.versions.disable",
-            ),
-            (
-                "kms keys versions destroy 1 --key k --keyring r --location global",
-                "kms.keys.versions.destroy",
-            ),
-            (
-                "kms keys versions restore 1 --key k --keyring r --location global",
-                "kms.keys.versions.restore",
-            ),
+            ("kms keys versions create --key k --keyring r --location global --primary", "kms.keys.versions.create"),
+            ("kms keys versions list --key k --keyring r --location global", "kms.keys.versions.list"),
+            ("kms keys versions describe 1 --key k --keyring r --location global", "kms.keys.versions.describe"),
+            ("kms keys versions enable 1 --key k --keyring r --location global", "kms.keys.versions.enable"),
+            ("kms keys versions disable 1 --key k --keyring r --location global", "kms.keys.versions.disable"),
+            ("kms keys versions destroy 1 --key k --keyring r --location global", "kms.keys.versions.destroy"),
+            ("kms keys versions restore 1 --key k --keyring r --location global", "kms.keys.versions.restore"),
             (
                 "kms encrypt --key k --keyring r --location global --plaintext-file - --ciphertext-file c --version 1",
                 "kms.encrypt",
@@ -1078,27 +906,19 @@ mod tests {
 
     #[test]
     fn global_options_anywhere() {
-        let c = parse(
-            "kms keys list --keyring r --location l --project p --format=json --endpoint http://h:1",
-        );
+        let c = parse("kms keys list --keyring r --location l --project p --format=json --endpoint http://h:1");
         assert_eq!(c.client.project.as_deref(), Some("p"));
         assert_eq!(c.client.endpoint, "http://h:1");
         assert_eq!(c.client.format, Some(crate::cli::OutputFormat::Json));
-        assert!(
-            TestCli::try_parse_from(["keyhold", "kms", "locations", "list", "--format", "xml"])
-                .is_err()
-        );
+        assert!(TestCli::try_parse_from(["keyhold", "kms", "locations", "list", "--format", "xml"]).is_err());
     }
 
     #[test]
     fn create_body_matches_cloud_kms_json() {
-        let KmsCommand::Keys(KeysArgs {
-            command: KeysCommand::Create(c),
-        }) = kms(
-            "kms keys create k --keyring r --location global --purpose encryption --protection-level hsm \
+        let KmsCommand::Keys(KeysArgs { command: KeysCommand::Create(c) }) =
+            kms("kms keys create k --keyring r --location global --purpose encryption --protection-level hsm \
              --rotation-period 30d --next-rotation-time 2026-12-01T00:00:00Z --labels a=1,b=2 --labels c=3 \
-             --destroy-scheduled-duration 1d --allowed-access-reasons customer-initiated-access,reason-not-expected",
-        )
+             --destroy-scheduled-duration 1d --allowed-access-reasons customer-initiated-access,reason-not-expected")
         else {
             panic!("not keys create")
         };
@@ -1119,23 +939,16 @@ mod tests {
 
     #[test]
     fn algorithm_required_for_other_purposes() {
-        let KmsCommand::Keys(KeysArgs {
-            command: KeysCommand::Create(c),
-        }) = kms("kms keys create k --keyring r --location global --purpose mac")
+        let KmsCommand::Keys(KeysArgs { command: KeysCommand::Create(c) }) =
+            kms("kms keys create k --keyring r --location global --purpose mac")
         else {
             panic!("not keys create")
         };
         let e = create_body(&c).unwrap_err().to_string();
-        assert!(
-            e.contains("--default-algorithm") && e.contains("hmac-sha256"),
-            "{e}"
-        );
-        let KmsCommand::Keys(KeysArgs {
-            command: KeysCommand::Create(c),
-        }) = kms(
+        assert!(e.contains("--default-algorithm") && e.contains("hmac-sha256"), "{e}");
+        let KmsCommand::Keys(KeysArgs { command: KeysCommand::Create(c) }) = kms(
             "kms keys create k --keyring r --location global --purpose raw-encryption --default-algorithm aes-256-gcm",
-        )
-        else {
+        ) else {
             panic!("not keys create")
         };
         assert_eq!(
@@ -1147,11 +960,8 @@ mod tests {
 
     #[test]
     fn update_masks() {
-        let KmsCommand::Keys(KeysArgs {
-            command: KeysCommand::Update(c),
-        }) = kms(
-            "kms keys update k --keyring r --location global --rotation-period 7d --next-rotation-time 2027-01-01",
-        )
+        let KmsCommand::Keys(KeysArgs { command: KeysCommand::Update(c) }) =
+            kms("kms keys update k --keyring r --location global --rotation-period 7d --next-rotation-time 2027-01-01")
         else {
             panic!("not keys update")
         };
@@ -1161,27 +971,14 @@ mod tests {
             to_json(&patch).unwrap(),
             json!({"rotationPeriod": "604800s", "nextRotationTime": "2027-01-01T00:00:00.000000000Z"})
         );
-        let KmsCommand::Keys(KeysArgs {
-            command: KeysCommand::Update(c),
-        }) = kms(
+        let KmsCommand::Keys(KeysArgs { command: KeysCommand::Update(c) }) = kms(
             "kms keys update k --keyring r --location global --remove-rotation-schedule --default-algorithm google-symmetric-encryption",
-        )
-        else {
+        ) else {
             panic!("not keys update")
         };
         let (patch, mask) = update_patch(&c);
-        assert_eq!(
-            mask,
-            [
-                "rotationPeriod",
-                "nextRotationTime",
-                "versionTemplate.algorithm"
-            ]
-        );
-        assert_eq!(
-            to_json(&patch).unwrap(),
-            json!({"versionTemplate": {"algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION"}})
-        );
+        assert_eq!(mask, ["rotationPeriod", "nextRotationTime", "versionTemplate.algorithm"]);
+        assert_eq!(to_json(&patch).unwrap(), json!({"versionTemplate": {"algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION"}}));
         assert!(
             TestCli::try_parse_from([
                 "keyhold",
@@ -1219,9 +1016,7 @@ mod tests {
             "kms keys set-primary-version k --version 0",
             "kms keys list --page-size 0",
         ] {
-            let args: Vec<&str> = std::iter::once("keyhold")
-                .chain(line.split_whitespace())
-                .collect();
+            let args: Vec<&str> = std::iter::once("keyhold").chain(line.split_whitespace()).collect();
             assert!(TestCli::try_parse_from(args).is_err(), "{line}");
         }
     }

@@ -58,12 +58,7 @@ pub struct ClientOptions {
     pub endpoint: String,
     /// Project of the resources (also read from CLOUDSDK_CORE_PROJECT). Not needed when full
     /// resource names are given.
-    #[arg(
-        long,
-        global = true,
-        env = "KEYHOLD_PROJECT",
-        value_name = "PROJECT_ID"
-    )]
+    #[arg(long, global = true, env = "KEYHOLD_PROJECT", value_name = "PROJECT_ID")]
     pub project: Option<String>,
     /// Output format: yaml (default for one resource), table (default for lists), json, none,
     /// or value(FIELD,...).
@@ -107,9 +102,7 @@ impl fmt::Display for CliError {
                 "could not connect to the Keyhold server at {endpoint}: {detail}\nIs it running? Start one with \
                  `keyhold serve`, or point --endpoint (or KEYHOLD_ENDPOINT) at a running server."
             ),
-            CliError::Usage(m) | CliError::Io(m) | CliError::Integrity(m) | CliError::Other(m) => {
-                f.write_str(m)
-            }
+            CliError::Usage(m) | CliError::Io(m) | CliError::Integrity(m) | CliError::Other(m) => f.write_str(m),
         }
     }
 }
@@ -119,11 +112,7 @@ impl std::error::Error for CliError {}
 /// The project: `--project` / `KEYHOLD_PROJECT`, else `CLOUDSDK_CORE_PROJECT`; blank values
 /// count as unset.
 fn resolve_project(flag: Option<String>, gcloud_env: Option<String>) -> Option<String> {
-    [flag, gcloud_env]
-        .into_iter()
-        .flatten()
-        .map(|p| p.trim().to_string())
-        .find(|p| !p.is_empty())
+    [flag, gcloud_env].into_iter().flatten().map(|p| p.trim().to_string()).find(|p| !p.is_empty())
 }
 
 /// What every command needs: the client, the project and the requested format.
@@ -136,9 +125,7 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// The project, or the error explaining how to set it.
     fn project(&self) -> Result<&str, CliError> {
-        self.project
-            .as_deref()
-            .ok_or_else(resource::missing_project)
+        self.project.as_deref().ok_or_else(resource::missing_project)
     }
 
     /// The resource arguments of a command, with the project filled in.
@@ -148,21 +135,12 @@ impl Ctx {
         keyring: Option<&'a str>,
         key: Option<&'a str>,
     ) -> ResourceArgs<'a> {
-        ResourceArgs {
-            project: self.project.as_deref(),
-            location,
-            keyring,
-            key,
-        }
+        ResourceArgs { project: self.project.as_deref(), location, keyring, key }
     }
 
     /// Prints one resource (YAML unless `--format` says otherwise).
     fn show(&self, kind: Kind, resource: &Value) -> Result<(), CliError> {
-        print_stdout(&output::render_one(
-            self.format.as_ref().unwrap_or(&OutputFormat::Yaml),
-            kind,
-            resource,
-        ))
+        print_stdout(&output::render_one(self.format.as_ref().unwrap_or(&OutputFormat::Yaml), kind, resource))
     }
 
     /// Prints a created resource only if `--format` was given: gcloud's create commands are
@@ -203,9 +181,7 @@ fn print_stdout(text: &str) -> Result<(), CliError> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(CliError::Io(format!(
-            "Unable to write to standard output: {e}"
-        ))),
+        Err(e) => Err(CliError::Io(format!("Unable to write to standard output: {e}"))),
     }
 }
 
@@ -221,11 +197,7 @@ pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
     let result = async {
         let client = KmsClient::new(&opts.endpoint)?;
         let project = resolve_project(opts.project, std::env::var("CLOUDSDK_CORE_PROJECT").ok());
-        let ctx = Ctx {
-            client,
-            project,
-            format: opts.format,
-        };
+        let ctx = Ctx { client, project, format: opts.format };
         match cmd {
             CliCommand::Kms(k) => k.command.run(&ctx).await,
         }
@@ -246,47 +218,26 @@ mod tests {
 
     #[test]
     fn project_resolution() {
-        assert_eq!(
-            resolve_project(Some("a".into()), Some("b".into())).as_deref(),
-            Some("a")
-        );
-        assert_eq!(
-            resolve_project(None, Some("b".into())).as_deref(),
-            Some("b")
-        );
-        assert_eq!(
-            resolve_project(Some(" ".into()), Some("b".into())).as_deref(),
-            Some("b")
-        );
+        assert_eq!(resolve_project(Some("a".into()), Some("b".into())).as_deref(), Some("a"));
+        assert_eq!(resolve_project(None, Some("b".into())).as_deref(), Some("b"));
+        assert_eq!(resolve_project(Some(" ".into()), Some("b".into())).as_deref(), Some("b"));
         assert_eq!(resolve_project(None, None), None);
     }
 
     #[test]
     fn error_messages() {
-        let e = CliError::Api {
-            status: "NOT_FOUND".into(),
-            message: "KeyRing r not found.".into(),
-        };
+        let e = CliError::Api { status: "NOT_FOUND".into(), message: "KeyRing r not found.".into() };
         assert_eq!(e.to_string(), "NOT_FOUND: KeyRing r not found.");
-        let e = CliError::Connect {
-            endpoint: "http://127.0.0.1:8080".into(),
-            detail: "Connection refused".into(),
-        };
+        let e = CliError::Connect { endpoint: "http://127.0.0.1:8080".into(), detail: "Connection refused".into() };
         let msg = e.to_string();
-        assert!(
-            msg.contains("http://127.0.0.1:8080") && msg.contains("keyhold serve"),
-            "{msg}"
-        );
+        assert!(msg.contains("http://127.0.0.1:8080") && msg.contains("keyhold serve"), "{msg}");
     }
 
     #[tokio::test]
     async fn unreachable_server_is_reported() {
         // Port 9 (discard) on loopback: nothing listens there on a test machine.
         let client = KmsClient::new("http://127.0.0.1:9").unwrap();
-        let err = client
-            .get("projects/p/locations/global/keyRings")
-            .await
-            .unwrap_err();
+        let err = client.get("projects/p/locations/global/keyRings").await.unwrap_err();
         assert!(matches!(err, CliError::Connect { .. }), "{err}");
         assert!(err.to_string().contains("keyhold serve"));
     }

@@ -36,22 +36,14 @@ impl OutputFormat {
             _ => {}
         }
         if let Some(inner) = t.strip_prefix("value(").and_then(|r| r.strip_suffix(')')) {
-            let fields: Vec<String> = inner
-                .split(',')
-                .map(str::trim)
-                .filter(|f| !f.is_empty())
-                .map(str::to_string)
-                .collect();
+            let fields: Vec<String> =
+                inner.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_string).collect();
             if fields.is_empty() {
-                return Err(
-                    "value() needs at least one field, e.g. --format='value(name)'".to_string(),
-                );
+                return Err("value() needs at least one field, e.g. --format='value(name)'".to_string());
             }
             return Ok(OutputFormat::Value(fields));
         }
-        Err(format!(
-            "unknown format \"{s}\"; expected yaml, json, table, none or value(FIELD,...)"
-        ))
+        Err(format!("unknown format \"{s}\"; expected yaml, json, table, none or value(FIELD,...)"))
     }
 }
 
@@ -91,17 +83,12 @@ impl Kind {
                 ("NAME", Cell::Path("name")),
                 ("PURPOSE", Cell::Path("purpose")),
                 ("ALGORITHM", Cell::Path("versionTemplate.algorithm")),
-                (
-                    "PROTECTION_LEVEL",
-                    Cell::Path("versionTemplate.protectionLevel"),
-                ),
+                ("PROTECTION_LEVEL", Cell::Path("versionTemplate.protectionLevel")),
                 ("LABELS", Cell::Path("labels")),
                 ("PRIMARY_ID", Cell::Basename("primary.name")),
                 ("PRIMARY_STATE", Cell::Path("primary.state")),
             ],
-            Kind::CryptoKeyVersion => {
-                &[("NAME", Cell::Path("name")), ("STATE", Cell::Path("state"))]
-            }
+            Kind::CryptoKeyVersion => &[("NAME", Cell::Path("name")), ("STATE", Cell::Path("state"))],
         }
     }
 }
@@ -120,10 +107,7 @@ pub fn render_one(format: &OutputFormat, kind: Kind, resource: &Value) -> String
 /// Renders the result of a `list` command.
 pub fn render_list(format: &OutputFormat, kind: Kind, items: &[Value]) -> String {
     match format {
-        OutputFormat::Yaml => items
-            .iter()
-            .map(|i| format!("---\n{}", to_yaml(i)))
-            .collect(),
+        OutputFormat::Yaml => items.iter().map(|i| format!("---\n{}", to_yaml(i))).collect(),
         OutputFormat::Json => to_json(&Value::Array(items.to_vec())),
         OutputFormat::Table if items.is_empty() => String::new(),
         OutputFormat::Table => render_kind_table(kind, items),
@@ -183,18 +167,11 @@ fn field_text(v: Option<&Value>, sep: &str) -> String {
         Some(Value::Bool(true)) => "True".to_string(),
         Some(Value::Bool(false)) => "False".to_string(),
         Some(Value::Number(n)) => n.to_string(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|i| field_text(Some(i), sep))
-            .collect::<Vec<_>>()
-            .join(sep),
+        Some(Value::Array(a)) => a.iter().map(|i| field_text(Some(i), sep)).collect::<Vec<_>>().join(sep),
         Some(Value::Object(m)) => {
             let mut keys: Vec<&String> = m.keys().collect();
             keys.sort();
-            keys.iter()
-                .map(|k| format!("{k}={}", field_text(m.get(*k), sep)))
-                .collect::<Vec<_>>()
-                .join(sep)
+            keys.iter().map(|k| format!("{k}={}", field_text(m.get(*k), sep))).collect::<Vec<_>>().join(sep)
         }
     }
 }
@@ -219,10 +196,7 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
             }
             text.push_str(cell);
             let width = widths.get(i).copied().unwrap_or(0);
-            text.extend(std::iter::repeat_n(
-                ' ',
-                width.saturating_sub(cell.chars().count()),
-            ));
+            text.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
         }
         out.push_str(text.trim_end());
         out.push('\n');
@@ -352,9 +326,7 @@ pub fn yaml_string(s: &str) -> String {
                 '\n' => out.push_str("\\n"),
                 '\t' => out.push_str("\\t"),
                 '\r' => out.push_str("\\r"),
-                c if needs_escape(c) && (c as u32) <= 0xff => {
-                    out.push_str(&format!("\\x{:02X}", c as u32))
-                }
+                c if needs_escape(c) && (c as u32) <= 0xff => out.push_str(&format!("\\x{:02X}", c as u32)),
                 c if needs_escape(c) => out.push_str(&format!("\\u{:04X}", c as u32)),
                 c => out.push(c),
             }
@@ -445,9 +417,7 @@ fn looks_numeric(s: &str) -> bool {
     if let Some(r) = t.strip_prefix("0o") {
         return all_of(r, |c| ('0'..='7').contains(&c) || c == '_');
     }
-    let digits = |p: &str| {
-        all_of(p, |c| c.is_ascii_digit() || c == '_') && p.starts_with(|c: char| c.is_ascii_digit())
-    };
+    let digits = |p: &str| all_of(p, |c| c.is_ascii_digit() || c == '_') && p.starts_with(|c: char| c.is_ascii_digit());
     if t.contains(':') {
         // Sexagesimal: 1:30, 190:20:30, 1:30.5.
         let mut parts = t.split(':');
@@ -455,11 +425,7 @@ fn looks_numeric(s: &str) -> bool {
         let rest: Vec<&str> = parts.collect();
         return head_ok
             && rest.iter().enumerate().all(|(i, p)| {
-                let p = if i + 1 == rest.len() {
-                    p.split_once('.').map_or(*p, |(a, _)| a)
-                } else {
-                    p
-                };
+                let p = if i + 1 == rest.len() { p.split_once('.').map_or(*p, |(a, _)| a) } else { p };
                 all_of(p, |c| c.is_ascii_digit()) && p.len() <= 2
             });
     }
@@ -481,8 +447,7 @@ fn looks_numeric(s: &str) -> bool {
         None => digits(int),
         Some(f) => {
             let frac_ok = f.is_empty() || all_of(f, |c| c.is_ascii_digit() || c == '_');
-            frac_ok
-                && (digits(int) || (int.is_empty() && f.starts_with(|c: char| c.is_ascii_digit())))
+            frac_ok && (digits(int) || (int.is_empty() && f.starts_with(|c: char| c.is_ascii_digit())))
         }
     }
 }
@@ -490,8 +455,7 @@ fn looks_numeric(s: &str) -> bool {
 /// Whether `s` starts like a YAML timestamp (`2024-05-01`, `2024-05-01T10:00:00Z`).
 fn looks_like_timestamp(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits =
-        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
     if !(digits(0..4) && b.get(4) == Some(&b'-')) {
         return false;
     }
@@ -499,15 +463,8 @@ fn looks_like_timestamp(s: &str) -> bool {
     let rest = &s[5..];
     let mut parts = rest.splitn(3, '-');
     let month = parts.next().unwrap_or("");
-    let day: String = parts
-        .next()
-        .unwrap_or("")
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    (1..=2).contains(&month.len())
-        && month.bytes().all(|c| c.is_ascii_digit())
-        && (1..=2).contains(&day.len())
+    let day: String = parts.next().unwrap_or("").chars().take_while(char::is_ascii_digit).collect();
+    (1..=2).contains(&month.len()) && month.bytes().all(|c| c.is_ascii_digit()) && (1..=2).contains(&day.len())
 }
 
 #[cfg(test)]
@@ -517,7 +474,8 @@ mod tests {
 
     #[test]
     fn key_ring_as_gcloud_prints_it() {
-        let v = json!({"name": "projects/p/locations/global/keyRings/r", "createTime": "2024-05-01T10:00:00.123456789Z"});
+        let v =
+            json!({"name": "projects/p/locations/global/keyRings/r", "createTime": "2024-05-01T10:00:00.123456789Z"});
         assert_eq!(
             to_yaml(&v),
             "createTime: '2024-05-01T10:00:00.123456789Z'\nname: projects/p/locations/global/keyRings/r\n"
@@ -571,10 +529,7 @@ items:
 - s
 ";
         assert_eq!(to_yaml(&v), expected);
-        assert_eq!(
-            to_yaml(&json!(["a", {"k": "v", "l": "w"}])),
-            "- a\n- k: v\n  l: w\n"
-        );
+        assert_eq!(to_yaml(&json!(["a", {"k": "v", "l": "w"}])), "- a\n- k: v\n  l: w\n");
     }
 
     #[test]
@@ -638,13 +593,8 @@ items:
 
     #[test]
     fn tables() {
-        let t = render_table(
-            &["NAME", "STATE"],
-            &[
-                vec!["a/1".into(), "ENABLED".into()],
-                vec!["a/10".into(), "".into()],
-            ],
-        );
+        let t =
+            render_table(&["NAME", "STATE"], &[vec!["a/1".into(), "ENABLED".into()], vec!["a/10".into(), "".into()]]);
         assert_eq!(t, "NAME  STATE\na/1   ENABLED\na/10\n");
         let key = json!({
             "name": "projects/p/locations/global/keyRings/r/cryptoKeys/k",
@@ -653,11 +603,7 @@ items:
             "labels": {"team": "x", "env": "prod"},
             "primary": {"name": "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/2", "state": "ENABLED"},
         });
-        let out = render_list(
-            &OutputFormat::Table,
-            Kind::CryptoKey,
-            std::slice::from_ref(&key),
-        );
+        let out = render_list(&OutputFormat::Table, Kind::CryptoKey, std::slice::from_ref(&key));
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines.len(), 2);
         let cols: Vec<&str> = lines[1].split_whitespace().collect();
@@ -685,10 +631,7 @@ items:
 
     #[test]
     fn list_formats() {
-        let items = [
-            json!({"name": "a", "state": "ENABLED"}),
-            json!({"name": "b"}),
-        ];
+        let items = [json!({"name": "a", "state": "ENABLED"}), json!({"name": "b"})];
         assert_eq!(
             render_list(&OutputFormat::Yaml, Kind::CryptoKeyVersion, &items),
             "---\nname: a\nstate: ENABLED\n---\nname: b\n"
@@ -700,17 +643,10 @@ items:
         assert_eq!(render_list(&OutputFormat::Json, Kind::KeyRing, &[]), "[]\n");
         let fmt = OutputFormat::parse("value(name.basename(), state)").unwrap();
         assert_eq!(
-            render_list(
-                &fmt,
-                Kind::CryptoKeyVersion,
-                &[json!({"name": "k/cryptoKeyVersions/3", "state": "ENABLED"})]
-            ),
+            render_list(&fmt, Kind::CryptoKeyVersion, &[json!({"name": "k/cryptoKeyVersions/3", "state": "ENABLED"})]),
             "3\tENABLED\n"
         );
-        assert_eq!(
-            render_one(&OutputFormat::None, Kind::KeyRing, &items[0]),
-            ""
-        );
+        assert_eq!(render_one(&OutputFormat::None, Kind::KeyRing, &items[0]), "");
     }
 
     #[test]
@@ -727,10 +663,7 @@ items:
         assert_eq!(OutputFormat::parse("yaml"), Ok(OutputFormat::Yaml));
         assert_eq!(
             OutputFormat::parse("value(name,labels.env)"),
-            Ok(OutputFormat::Value(vec![
-                "name".into(),
-                "labels.env".into()
-            ]))
+            Ok(OutputFormat::Value(vec!["name".into(), "labels.env".into()]))
         );
         assert!(OutputFormat::parse("value()").is_err());
         assert!(OutputFormat::parse("xml").is_err());

@@ -95,15 +95,9 @@ pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     match Algorithm::from_name(&wire_name(s)) {
         Some(a) if a != Algorithm::Unspecified => Ok(a),
         _ => {
-            let valid: Vec<String> = Algorithm::ALL
-                .iter()
-                .filter(|a| **a != Algorithm::Unspecified)
-                .map(|a| kebab(a.as_str()))
-                .collect();
-            Err(format!(
-                "unknown algorithm \"{s}\"; valid algorithms are: {}",
-                valid.join(", ")
-            ))
+            let valid: Vec<String> =
+                Algorithm::ALL.iter().filter(|a| **a != Algorithm::Unspecified).map(|a| kebab(a.as_str())).collect();
+            Err(format!("unknown algorithm \"{s}\"; valid algorithms are: {}", valid.join(", ")))
         }
     }
 }
@@ -114,10 +108,7 @@ pub fn algorithm_fits_purpose(purpose: Purpose, algorithm: Algorithm) -> bool {
     let name = algorithm.as_str();
     match purpose {
         Purpose::EncryptDecrypt => {
-            matches!(
-                algorithm,
-                Algorithm::GoogleSymmetricEncryption | Algorithm::ExternalSymmetricEncryption
-            )
+            matches!(algorithm, Algorithm::GoogleSymmetricEncryption | Algorithm::ExternalSymmetricEncryption)
         }
         Purpose::RawEncryptDecrypt => matches!(
             algorithm,
@@ -138,11 +129,7 @@ pub fn algorithm_fits_purpose(purpose: Purpose, algorithm: Algorithm) -> bool {
 
 /// The algorithms gcloud offers for `purpose`, in gcloud spelling.
 pub fn algorithms_for(purpose: Purpose) -> Vec<String> {
-    Algorithm::ALL
-        .iter()
-        .filter(|a| algorithm_fits_purpose(purpose, **a))
-        .map(|a| kebab(a.as_str()))
-        .collect()
+    Algorithm::ALL.iter().filter(|a| algorithm_fits_purpose(purpose, **a)).map(|a| kebab(a.as_str())).collect()
 }
 
 /// Parses one `--allowed-access-reasons` value (`customer-initiated-access`, ...).
@@ -155,10 +142,7 @@ pub fn parse_access_reason(s: &str) -> Result<AccessReason, String> {
                 .filter(|r| **r != AccessReason::Unspecified)
                 .map(|r| kebab(r.as_str()))
                 .collect();
-            Err(format!(
-                "unknown access reason \"{s}\"; valid reasons are: {}",
-                valid.join(", ")
-            ))
+            Err(format!("unknown access reason \"{s}\"; valid reasons are: {}", valid.join(", ")))
         }
     }
 }
@@ -166,31 +150,19 @@ pub fn parse_access_reason(s: &str) -> Result<AccessReason, String> {
 /// Parses a positive decimal number of `unit`-long intervals, with an optional fraction of up
 /// to nine digits, into nanoseconds.
 fn number_to_nanos(number: &str, unit_secs: i128, whole: &str) -> Result<i128, String> {
-    let bad =
-        || format!("invalid duration \"{whole}\"; expected e.g. 30d, 12h, 90m, 86400s or P30D");
+    let bad = || format!("invalid duration \"{whole}\"; expected e.g. 30d, 12h, 90m, 86400s or P30D");
     let (int, frac) = number.split_once('.').unwrap_or((number, ""));
     if int.is_empty() && frac.is_empty() {
         return Err(bad());
     }
-    if !int.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-        || frac.len() > 9
-    {
+    if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) || frac.len() > 9 {
         return Err(bad());
     }
-    let int: i128 = if int.is_empty() {
-        0
-    } else {
-        int.parse().map_err(|_| bad())?
-    };
+    let int: i128 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
     if int > MAX_DURATION_SECS {
         return Err(format!("duration \"{whole}\" is too long"));
     }
-    let frac_nanos: i128 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<9}").parse().map_err(|_| bad())?
-    };
+    let frac_nanos: i128 = if frac.is_empty() { 0 } else { format!("{frac:0<9}").parse().map_err(|_| bad())? };
     // `frac_nanos * unit_secs` is a fraction of a unit expressed in nanoseconds.
     Ok(int * unit_secs * NANOS_PER_SEC + frac_nanos * unit_secs)
 }
@@ -244,11 +216,7 @@ fn parse_iso_duration(s: &str, whole: &str) -> Result<i128, String> {
             components += 1;
             number.clear();
         }
-        if number.is_empty() {
-            Ok(())
-        } else {
-            Err(bad())
-        }
+        if number.is_empty() { Ok(()) } else { Err(bad()) }
     };
     walk(date, false)?;
     if let Some(t) = time {
@@ -315,18 +283,8 @@ pub fn parse_time_at(s: &str, now: Timestamp) -> Result<Timestamp, String> {
     }
     let b = t.as_bytes();
     let is_date = b.len() == 10
-        && b.iter().enumerate().all(|(i, c)| {
-            if i == 4 || i == 7 {
-                *c == b'-'
-            } else {
-                c.is_ascii_digit()
-            }
-        });
-    let candidate = if is_date {
-        format!("{t}T00:00:00Z")
-    } else {
-        format!("{t}Z")
-    };
+        && b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() });
+    let candidate = if is_date { format!("{t}T00:00:00Z") } else { format!("{t}Z") };
     Timestamp::parse(&candidate).ok_or_else(|| {
         format!(
             "invalid time \"{s}\"; expected an RFC 3339 time such as 2026-12-01T00:00:00Z, a date such as 2026-12-01, \
@@ -350,10 +308,7 @@ fn label_char(c: char) -> bool {
 
 /// Checks a label key against Google's rules.
 pub fn check_label_key(k: &str) -> Result<(), String> {
-    let starts_lower = k
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_alphabetic() && !c.is_uppercase());
+    let starts_lower = k.chars().next().is_some_and(|c| c.is_alphabetic() && !c.is_uppercase());
     if !starts_lower || k.chars().count() > 63 || !k.chars().all(label_char) {
         return Err(format!(
             "invalid label key \"{k}\": keys must start with a lowercase letter, be at most 63 characters long, \
@@ -382,9 +337,7 @@ pub struct Labels(pub BTreeMap<String, String>);
 pub fn parse_labels(s: &str) -> Result<Labels, String> {
     let mut out = BTreeMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| format!("invalid label \"{item}\": expected KEY=VALUE"))?;
+        let (k, v) = item.split_once('=').ok_or_else(|| format!("invalid label \"{item}\": expected KEY=VALUE"))?;
         check_label_key(k)?;
         check_label_value(k, v)?;
         out.insert(k.to_string(), v.to_string());
@@ -394,9 +347,7 @@ pub fn parse_labels(s: &str) -> Result<Labels, String> {
 
 /// Merges every occurrence of a repeatable labels flag; later ones win.
 pub fn merge_labels(all: &[Labels]) -> BTreeMap<String, String> {
-    all.iter()
-        .flat_map(|l| l.0.iter().map(|(k, v)| (k.clone(), v.clone())))
-        .collect()
+    all.iter().flat_map(|l| l.0.iter().map(|(k, v)| (k.clone(), v.clone()))).collect()
 }
 
 /// The labels a key ends up with after `keys update`: gcloud clears first, then removes, then
@@ -407,11 +358,7 @@ pub fn apply_label_changes(
     remove: &[String],
     update: &BTreeMap<String, String>,
 ) -> BTreeMap<String, String> {
-    let mut labels = if clear {
-        BTreeMap::new()
-    } else {
-        current.clone()
-    };
+    let mut labels = if clear { BTreeMap::new() } else { current.clone() };
     for k in remove {
         labels.remove(k);
     }
@@ -430,11 +377,7 @@ pub fn order_by(fields: &[String]) -> Option<String> {
             None => f.to_string(),
         })
         .collect();
-    if parts.is_empty() {
-        None
-    } else {
-        Some(parts.join(", "))
-    }
+    if parts.is_empty() { None } else { Some(parts.join(", ")) }
 }
 
 /// Parses a version ID: a positive integer (`1`, `2`, ...).
@@ -483,22 +426,9 @@ mod tests {
 
     #[test]
     fn bad_durations() {
-        for bad in [
-            "",
-            "d",
-            "30x",
-            "1d2",
-            "-1d",
-            "P",
-            "PT",
-            "P1M",
-            "P1Y",
-            "P1H",
-            "1.2.3s",
-            "1.0000000001s",
-            "s30",
-            "abc",
-        ] {
+        for bad in
+            ["", "d", "30x", "1d2", "-1d", "P", "PT", "P1M", "P1Y", "P1H", "1.2.3s", "1.0000000001s", "s30", "abc"]
+        {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(parse_duration("400000000000s").is_err());
@@ -509,48 +439,17 @@ mod tests {
     #[test]
     fn times() {
         let now = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
+        assert_eq!(parse_time_at("2026-12-01T00:00:00Z", now).unwrap().to_string(), "2026-12-01T00:00:00.000000000Z");
         assert_eq!(
-            parse_time_at("2026-12-01T00:00:00Z", now)
-                .unwrap()
-                .to_string(),
+            parse_time_at("2026-12-01T02:00:00+02:00", now).unwrap().to_string(),
             "2026-12-01T00:00:00.000000000Z"
         );
-        assert_eq!(
-            parse_time_at("2026-12-01T02:00:00+02:00", now)
-                .unwrap()
-                .to_string(),
-            "2026-12-01T00:00:00.000000000Z"
-        );
-        assert_eq!(
-            parse_time_at("2026-12-01", now).unwrap().to_string(),
-            "2026-12-01T00:00:00.000000000Z"
-        );
-        assert_eq!(
-            parse_time_at("2026-12-01T10:30:00", now)
-                .unwrap()
-                .to_string(),
-            "2026-12-01T10:30:00.000000000Z"
-        );
-        assert_eq!(
-            parse_time_at("+1d", now).unwrap().to_string(),
-            "2026-01-02T00:00:00.000000000Z"
-        );
-        assert_eq!(
-            parse_time_at("+PT1H", now).unwrap().to_string(),
-            "2026-01-01T01:00:00.000000000Z"
-        );
-        for bad in [
-            "tomorrow",
-            "2026-13-01",
-            "2026-12-01T25:00:00Z",
-            "+",
-            "+x",
-            "",
-        ] {
-            assert!(
-                parse_time_at(bad, now).is_err(),
-                "{bad:?} should be rejected"
-            );
+        assert_eq!(parse_time_at("2026-12-01", now).unwrap().to_string(), "2026-12-01T00:00:00.000000000Z");
+        assert_eq!(parse_time_at("2026-12-01T10:30:00", now).unwrap().to_string(), "2026-12-01T10:30:00.000000000Z");
+        assert_eq!(parse_time_at("+1d", now).unwrap().to_string(), "2026-01-02T00:00:00.000000000Z");
+        assert_eq!(parse_time_at("+PT1H", now).unwrap().to_string(), "2026-01-01T01:00:00.000000000Z");
+        for bad in ["tomorrow", "2026-13-01", "2026-12-01T25:00:00Z", "+", "+x", ""] {
+            assert!(parse_time_at(bad, now).is_err(), "{bad:?} should be rejected");
         }
     }
 
@@ -575,87 +474,32 @@ mod tests {
 
     #[test]
     fn protection_levels_map() {
-        assert_eq!(
-            ProtectionLevelArg::from_str("software", false)
-                .unwrap()
-                .to_api(),
-            ProtectionLevel::Software
-        );
-        assert_eq!(
-            ProtectionLevelArg::from_str("hsm", false).unwrap().to_api(),
-            ProtectionLevel::Hsm
-        );
-        assert_eq!(
-            ProtectionLevelArg::from_str("external", false)
-                .unwrap()
-                .to_api(),
-            ProtectionLevel::External
-        );
-        assert_eq!(
-            ProtectionLevelArg::from_str("external-vpc", false)
-                .unwrap()
-                .to_api(),
-            ProtectionLevel::ExternalVpc
-        );
+        assert_eq!(ProtectionLevelArg::from_str("software", false).unwrap().to_api(), ProtectionLevel::Software);
+        assert_eq!(ProtectionLevelArg::from_str("hsm", false).unwrap().to_api(), ProtectionLevel::Hsm);
+        assert_eq!(ProtectionLevelArg::from_str("external", false).unwrap().to_api(), ProtectionLevel::External);
+        assert_eq!(ProtectionLevelArg::from_str("external-vpc", false).unwrap().to_api(), ProtectionLevel::ExternalVpc);
     }
 
     #[test]
     fn algorithms_and_purposes() {
-        assert_eq!(
-            parse_algorithm("google-symmetric-encryption").unwrap(),
-            Algorithm::GoogleSymmetricEncryption
-        );
-        assert_eq!(
-            parse_algorithm("AES_256_GCM").unwrap(),
-            Algorithm::Aes256Gcm
-        );
-        assert_eq!(
-            parse_algorithm("hmac-sha256").unwrap(),
-            Algorithm::HmacSha256
-        );
-        assert!(
-            parse_algorithm("aes-512")
-                .unwrap_err()
-                .contains("google-symmetric-encryption")
-        );
+        assert_eq!(parse_algorithm("google-symmetric-encryption").unwrap(), Algorithm::GoogleSymmetricEncryption);
+        assert_eq!(parse_algorithm("AES_256_GCM").unwrap(), Algorithm::Aes256Gcm);
+        assert_eq!(parse_algorithm("hmac-sha256").unwrap(), Algorithm::HmacSha256);
+        assert!(parse_algorithm("aes-512").unwrap_err().contains("google-symmetric-encryption"));
         assert!(parse_algorithm("crypto-key-version-algorithm-unspecified").is_err());
-        assert!(algorithm_fits_purpose(
-            Purpose::EncryptDecrypt,
-            Algorithm::GoogleSymmetricEncryption
-        ));
-        assert!(!algorithm_fits_purpose(
-            Purpose::EncryptDecrypt,
-            Algorithm::Aes256Gcm
-        ));
-        assert!(algorithm_fits_purpose(
-            Purpose::RawEncryptDecrypt,
-            Algorithm::Aes128Cbc
-        ));
-        assert!(algorithm_fits_purpose(
-            Purpose::AsymmetricSign,
-            Algorithm::EcSignEd25519
-        ));
-        assert!(algorithm_fits_purpose(
-            Purpose::AsymmetricDecrypt,
-            Algorithm::RsaDecryptOaep2048Sha256
-        ));
-        assert!(!algorithm_fits_purpose(
-            Purpose::AsymmetricDecrypt,
-            Algorithm::RsaSignPss2048Sha256
-        ));
+        assert!(algorithm_fits_purpose(Purpose::EncryptDecrypt, Algorithm::GoogleSymmetricEncryption));
+        assert!(!algorithm_fits_purpose(Purpose::EncryptDecrypt, Algorithm::Aes256Gcm));
+        assert!(algorithm_fits_purpose(Purpose::RawEncryptDecrypt, Algorithm::Aes128Cbc));
+        assert!(algorithm_fits_purpose(Purpose::AsymmetricSign, Algorithm::EcSignEd25519));
+        assert!(algorithm_fits_purpose(Purpose::AsymmetricDecrypt, Algorithm::RsaDecryptOaep2048Sha256));
+        assert!(!algorithm_fits_purpose(Purpose::AsymmetricDecrypt, Algorithm::RsaSignPss2048Sha256));
         assert_eq!(algorithms_for(Purpose::Mac), vec!["hmac-sha256"]);
     }
 
     #[test]
     fn access_reasons() {
-        assert_eq!(
-            parse_access_reason("customer-initiated-access").unwrap(),
-            AccessReason::CustomerInitiatedAccess
-        );
-        assert_eq!(
-            parse_access_reason("REASON_NOT_EXPECTED").unwrap(),
-            AccessReason::ReasonNotExpected
-        );
+        assert_eq!(parse_access_reason("customer-initiated-access").unwrap(), AccessReason::CustomerInitiatedAccess);
+        assert_eq!(parse_access_reason("REASON_NOT_EXPECTED").unwrap(), AccessReason::ReasonNotExpected);
         assert!(parse_access_reason("because").is_err());
         assert!(parse_access_reason("reason-unspecified").is_err());
     }
@@ -671,23 +515,12 @@ mod tests {
         assert_eq!(parse_labels("a=1,a=2").unwrap().0["a"], "2");
         assert_eq!(parse_labels("é_t=ünï").unwrap().0["é_t"], "ünï");
         assert!(parse_labels("").unwrap().0.is_empty());
-        for bad in [
-            "env",
-            "Env=prod",
-            "1env=x",
-            "env=Prod",
-            "env=a b",
-            "=x",
-            "k=v=w",
-            &format!("{}=x", "a".repeat(64)),
-        ] {
+        for bad in ["env", "Env=prod", "1env=x", "env=Prod", "env=a b", "=x", "k=v=w", &format!("{}=x", "a".repeat(64))]
+        {
             assert!(parse_labels(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(parse_labels(&format!("k={}", "a".repeat(63))).is_ok());
-        let merged = merge_labels(&[
-            parse_labels("a=1,b=2").unwrap(),
-            parse_labels("b=3").unwrap(),
-        ]);
+        let merged = merge_labels(&[parse_labels("a=1,b=2").unwrap(), parse_labels("b=3").unwrap()]);
         assert_eq!(merged.get("b").map(String::as_str), Some("3"));
         assert_eq!(merged.len(), 2);
     }
@@ -700,10 +533,7 @@ mod tests {
         assert_eq!(got, parse_labels("b=2,c=30,d=4").unwrap().0);
         let got = apply_label_changes(&current, true, &[], &update);
         assert_eq!(got, update);
-        assert_eq!(
-            apply_label_changes(&current, false, &[], &BTreeMap::new()),
-            current
-        );
+        assert_eq!(apply_label_changes(&current, false, &[], &BTreeMap::new()), current);
     }
 
     #[test]
@@ -711,10 +541,7 @@ mod tests {
         assert_eq!(order_by(&[]), None);
         assert_eq!(order_by(&["name".into()]).as_deref(), Some("name"));
         assert_eq!(order_by(&["~name".into()]).as_deref(), Some("name desc"));
-        assert_eq!(
-            order_by(&["~createTime".into(), "name".into()]).as_deref(),
-            Some("createTime desc, name")
-        );
+        assert_eq!(order_by(&["~createTime".into(), "name".into()]).as_deref(), Some("createTime desc, name"));
     }
 
     #[test]

@@ -1,9 +1,7 @@
 //! Turning what the user typed (`KEY --keyring R --location L`, or a full resource name in any
 //! of those places) into a validated resource name, as gcloud's resource arguments do.
 
-use keyhold_api::name::{
-    CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName, NameError,
-};
+use keyhold_api::name::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName, NameError};
 
 use super::CliError;
 use super::parse::parse_version_id;
@@ -12,7 +10,8 @@ use super::parse::parse_version_id;
 const LOCATION_PATTERN: &str = "projects/PROJECT/locations/LOCATION";
 const KEY_RING_PATTERN: &str = "projects/PROJECT/locations/LOCATION/keyRings/KEY_RING";
 const KEY_PATTERN: &str = "projects/PROJECT/locations/LOCATION/keyRings/KEY_RING/cryptoKeys/KEY";
-const VERSION_PATTERN: &str = "projects/PROJECT/locations/LOCATION/keyRings/KEY_RING/cryptoKeys/KEY/cryptoKeyVersions/VERSION";
+const VERSION_PATTERN: &str =
+    "projects/PROJECT/locations/LOCATION/keyRings/KEY_RING/cryptoKeys/KEY/cryptoKeyVersions/VERSION";
 
 /// The resource arguments of one command: each is an ID or a full resource name.
 #[derive(Clone, Copy, Debug, Default)]
@@ -89,11 +88,7 @@ impl ResourceArgs<'_> {
     }
 
     /// A version of the crypto key: `version` is an ID (`3`) or a full version name.
-    pub fn version_name(
-        &self,
-        version: &str,
-        subject: &str,
-    ) -> Result<CryptoKeyVersionName, CliError> {
+    pub fn version_name(&self, version: &str, subject: &str) -> Result<CryptoKeyVersionName, CliError> {
         if is_full_name(version) {
             return version.parse().map_err(invalid);
         }
@@ -117,12 +112,7 @@ mod tests {
 
     #[test]
     fn ids_and_flags() {
-        let a = ResourceArgs {
-            project: Some("p"),
-            location: Some("global"),
-            keyring: Some("r"),
-            key: Some("k"),
-        };
+        let a = ResourceArgs { project: Some("p"), location: Some("global"), keyring: Some("r"), key: Some("k") };
         assert_eq!(
             a.crypto_key_name("key").unwrap().to_string(),
             "projects/p/locations/global/keyRings/r/cryptoKeys/k"
@@ -136,70 +126,30 @@ mod tests {
     #[test]
     fn full_names_need_no_flags() {
         let full = "projects/q/locations/us-east1/keyRings/ring/cryptoKeys/key";
-        let a = ResourceArgs {
-            key: Some(full),
-            ..Default::default()
-        };
+        let a = ResourceArgs { key: Some(full), ..Default::default() };
         assert_eq!(a.crypto_key_name("key").unwrap().to_string(), full);
-        let ring = ResourceArgs {
-            keyring: Some("projects/q/locations/l/keyRings/r"),
-            key: Some("k"),
-            ..Default::default()
-        };
-        assert_eq!(
-            ring.crypto_key_name("key").unwrap().to_string(),
-            "projects/q/locations/l/keyRings/r/cryptoKeys/k"
-        );
-        let v = ResourceArgs::default()
-            .version_name(&format!("{full}/cryptoKeyVersions/7"), "version")
-            .unwrap();
+        let ring =
+            ResourceArgs { keyring: Some("projects/q/locations/l/keyRings/r"), key: Some("k"), ..Default::default() };
+        assert_eq!(ring.crypto_key_name("key").unwrap().to_string(), "projects/q/locations/l/keyRings/r/cryptoKeys/k");
+        let v = ResourceArgs::default().version_name(&format!("{full}/cryptoKeyVersions/7"), "version").unwrap();
         assert_eq!(v.version, 7);
     }
 
     #[test]
     fn missing_parts_are_explained() {
-        let no_loc = ResourceArgs {
-            project: Some("p"),
-            keyring: Some("r"),
-            key: Some("k"),
-            ..Default::default()
-        };
+        let no_loc = ResourceArgs { project: Some("p"), keyring: Some("r"), key: Some("k"), ..Default::default() };
         let msg = no_loc.crypto_key_name("key").unwrap_err().to_string();
-        assert!(
-            msg.contains("[--location]") && msg.contains(KEY_PATTERN),
-            "{msg}"
-        );
-        let no_project = ResourceArgs {
-            location: Some("global"),
-            keyring: Some("r"),
-            ..Default::default()
-        };
-        assert!(
-            no_project
-                .key_ring_name("keyring")
-                .unwrap_err()
-                .to_string()
-                .contains("[project]")
-        );
+        assert!(msg.contains("[--location]") && msg.contains(KEY_PATTERN), "{msg}");
+        let no_project = ResourceArgs { location: Some("global"), keyring: Some("r"), ..Default::default() };
+        assert!(no_project.key_ring_name("keyring").unwrap_err().to_string().contains("[project]"));
         let bad_id = ResourceArgs {
             project: Some("p"),
             location: Some("global"),
             keyring: Some("bad id"),
             ..Default::default()
         };
-        assert!(
-            bad_id
-                .key_ring_name("keyring")
-                .unwrap_err()
-                .to_string()
-                .contains("bad id")
-        );
-        let a = ResourceArgs {
-            project: Some("p"),
-            location: Some("global"),
-            keyring: Some("r"),
-            key: Some("k"),
-        };
+        assert!(bad_id.key_ring_name("keyring").unwrap_err().to_string().contains("bad id"));
+        let a = ResourceArgs { project: Some("p"), location: Some("global"), keyring: Some("r"), key: Some("k") };
         assert!(a.version_name("0", "version").is_err());
     }
 }
