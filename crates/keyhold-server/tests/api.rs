@@ -16,6 +16,8 @@ struct Server {
     kms: Arc<Kms>,
     _dir: tempfile::TempDir,
     db_file: std::path::PathBuf,
+    /// The PostgreSQL database's name, for the PostgreSQL backend.
+    pg_database: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -24,10 +26,19 @@ enum Backend {
     Postgres,
 }
 
-/// A fresh PostgreSQL database on the test cluster.
-async fn fresh_postgres() -> String {
+/// A connection to the test cluster's admin database.
+async fn admin() -> tokio_postgres::Client {
     let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
         .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
+    let (client, conn) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to test PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh PostgreSQL database on the test cluster.
+async fn fresh_postgres() -> (String, String) {
+    let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL").unwrap_or_default();
     let (client, conn) =
         tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to test PostgreSQL");
     tokio::spawn(conn);
@@ -36,24 +47,31 @@ async fn fresh_postgres() -> String {
     let db = format!("t_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
     client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
     let (base, _) = url.rsplit_once('/').unwrap();
-    format!("{base}/{db}")
+    (format!("{base}/{db}"), db)
 }
 
 async fn start(backend: Backend, config: KmsConfig) -> Server {
+    start_with_root(backend, config, keyhold_crypto::KeyBytes::generate().unwrap()).await
+}
+
+async fn start_with_root(backend: Backend, config: KmsConfig, root: keyhold_crypto::KeyBytes) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db_file = dir.path().join("keyhold.db");
-    let db = match backend {
-        Backend::Sqlite => Database::SqliteFile(db_file.clone()),
-        Backend::Postgres => Database::Postgres(fresh_postgres().await),
+    let (db, pg_database) = match backend {
+        Backend::Sqlite => (Database::SqliteFile(db_file.clone()), None),
+        Backend::Postgres => {
+            let (url, name) = fresh_postgres().await;
+            (Database::Postgres(url), Some(name))
+        }
     };
     let store = keyhold_storage::open(&db).await.unwrap();
-    let root = Arc::new(LocalRootKey::ephemeral().unwrap());
+    let root = Arc::new(LocalRootKey::from_key(root));
     let kms = Arc::new(Kms::new(store, root, config, Arc::new(SystemClock)).await.unwrap());
     let app = keyhold_server::app(keyhold_server::AppState { kms: kms.clone() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server { base: format!("http://{addr}/v1"), http: reqwest::Client::new(), kms, _dir: dir, db_file }
+    Server { base: format!("http://{addr}/v1"), http: reqwest::Client::new(), kms, _dir: dir, db_file, pg_database }
 }
 
 impl Server {
@@ -614,7 +632,8 @@ async fn concurrency_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_key_material_in_the_sqlite_file() {
-    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let s = start_with_root(Backend::Sqlite, KmsConfig::default(), root.clone()).await;
     with_key(&s).await;
     // Plaintext that went through :encrypt never reaches the file, and key material is stored
     // only sealed (the sealing format itself is checked against the raw key in keyhold-crypto).
@@ -629,4 +648,48 @@ async fn no_key_material_in_the_sqlite_file() {
     let sealed: Vec<u8> = conn.query_row("SELECT material FROM crypto_key_versions", [], |r| r.get(0)).unwrap();
     assert_eq!(sealed.len(), 1 + 12 + 32 + 16, "material is stored sealed (format v1), not raw");
     assert_eq!(sealed[0], 1);
+    // Unseal it with the root key (as the server does) and look for the raw key in the files.
+    let raw = keyhold_crypto::sealed::unseal(
+        &keyhold_crypto::AeadKey::new(&root),
+        &sealed,
+        &format!("{KEY}/cryptoKeyVersions/1"),
+    )
+    .unwrap();
+    assert!(!bytes.windows(32).any(|w| w == raw.expose()), "raw key material in the database file");
+    assert!(!bytes.windows(32).any(|w| w == root.expose()), "root key in the database file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_returned_and_propagated() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let r = s.http.get(format!("{}/projects/p/locations", s.base)).send().await.unwrap();
+    assert!(!r.headers()["x-request-id"].is_empty());
+    let r =
+        s.http.get(format!("{}/projects/p/locations", s.base)).header("x-request-id", "abc-123").send().await.unwrap();
+    assert_eq!(r.headers()["x-request-id"], "abc-123");
+}
+
+/// [K7]: a database that goes away is 503 UNAVAILABLE (which Google's clients retry), never a
+/// 500, and the server recovers by itself when it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_is_unavailable_then_recovers() {
+    let s = start(Backend::Postgres, KmsConfig::default()).await;
+    with_key(&s).await;
+    let admin = admin().await;
+    let db = s.pg_database.clone().unwrap();
+    admin.batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false")).await.unwrap();
+    admin.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", &[&db]).await.unwrap();
+    s.err(Method::GET, RING, None, 503, "UNAVAILABLE").await;
+    s.err(Method::POST, &format!("{LOC}/keyRings?keyRingId=r2"), None, 503, "UNAVAILABLE").await;
+    admin.batch_execute(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, _) = s.call(Method::GET, RING, None).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(std::time::Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
