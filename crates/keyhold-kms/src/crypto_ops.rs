@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
+use keyhold_api::CryptoKeyName;
 use keyhold_api::messages::{DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse};
 use keyhold_api::resources::{ProtectionLevel, Purpose, VersionState};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
-use keyhold_api::{CryptoKeyName, CryptoKeyVersionName};
 use keyhold_crypto::{AeadKey, ciphertext, crc32c};
 
 use crate::cache::{CachedKey, CachedVersion};
@@ -56,9 +56,8 @@ impl Kms {
             // Perhaps created on another node since we cached the key.
             entry = self.load_cached(key_name).await?;
         }
-        let version_name = key_name.version(id);
-        let version = entry.versions.get(&id).ok_or_else(|| KmsError::VersionNotFound(version_name.clone()))?;
-        require_enabled(&version_name, version)?;
+        let version = entry.versions.get(&id).ok_or_else(|| KmsError::VersionNotFound(key_name.version(id)))?;
+        require_enabled(version)?;
         let aead = self.aead_for(version)?;
         let ct = ciphertext::encrypt(&aead, &entry.name, id, plaintext, aad)
             .map_err(|e| KmsError::Internal(e.to_string()))?;
@@ -90,7 +89,7 @@ impl Kms {
         // A ciphertext naming a version this key does not have is foreign: same answer as any
         // other failure, so nothing is learned about the key's versions.
         let version = entry.versions.get(&id).ok_or(KmsError::DecryptFailed)?;
-        require_enabled(&key_name.version(id), version)?;
+        require_enabled(version)?;
         let aead = self.aead_for(version)?;
         let plaintext = ciphertext::decrypt(&aead, &entry.name, ct, aad).map_err(|_| KmsError::DecryptFailed)?;
         Ok(DecryptResponse {
@@ -130,11 +129,11 @@ fn require_purpose(entry: &CachedKey) -> Result<(), KmsError> {
     }
 }
 
-fn require_enabled(name: &CryptoKeyVersionName, v: &CachedVersion) -> Result<(), KmsError> {
+fn require_enabled(v: &CachedVersion) -> Result<(), KmsError> {
     match v.record.version.state {
         Some(VersionState::Enabled) => Ok(()),
         other => Err(KmsError::VersionNotEnabled {
-            version: name.clone(),
+            version: v.record.name.clone(),
             state: other.unwrap_or(VersionState::Unspecified),
         }),
     }

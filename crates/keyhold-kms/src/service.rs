@@ -542,9 +542,11 @@ impl Kms {
         mut change: impl FnMut(&mut VersionRecord, &CryptoKeyRecord) -> Result<(), KmsError>,
     ) -> Result<VersionRecord, KmsError> {
         let key_name = &name.crypto_key;
+        // Read once: the changes made here only read the key's immutable fields
+        // (destroyScheduledDuration); the compare-and-set is on the version alone.
+        let key =
+            self.store.crypto_key(key_name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(key_name.clone()))?;
         for _ in 0..CAS_ATTEMPTS {
-            let key =
-                self.store.crypto_key(key_name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(key_name.clone()))?;
             let mut v = self.store.version(name).await?.ok_or_else(|| KmsError::VersionNotFound(name.clone()))?;
             change(&mut v, &key)?;
             match self.store.update_version(&v).await {
