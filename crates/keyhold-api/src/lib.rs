@@ -11,6 +11,7 @@
 #![deny(missing_docs)]
 
 pub mod filter;
+pub mod iam;
 pub mod messages;
 pub mod name;
 pub mod page;

@@ -20,7 +20,7 @@ pub mod sealed;
 pub mod secret;
 
 pub use aead::{AeadKey, CryptoError};
-pub use secret::{KeyBytes, Secret};
+pub use secret::{KeyBytes, Secret, SecretString};
 
 /// CRC32C (Castagnoli) of `data`, as Cloud KMS computes it for its `*Crc32c` fields.
 pub fn crc32c(data: &[u8]) -> u32 {

@@ -51,6 +51,28 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// A secret text: a bearer token, a PIN. Wiped on drop; prints as `[redacted]`.
+#[derive(Clone, Default, Zeroize, ZeroizeOnDrop)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Takes ownership of `s`; it is wiped when the value is dropped.
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+
+    /// The secret text.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// A 256-bit symmetric key (AES-256). Wiped on drop; prints as `[redacted]`.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct KeyBytes([u8; 32]);

@@ -42,6 +42,12 @@ pub struct KmsConfig {
     /// How often the store's change counter is polled so that changes made by other nodes
     /// reach this node's cache (bounded staleness across nodes).
     pub change_poll_interval: Duration,
+    /// Emulator mode (`--allow-anonymous`): requests without a valid token act as this
+    /// principal, which is treated as owner of every project. `None` (the default): such
+    /// requests are refused with `401 UNAUTHENTICATED`.
+    pub anonymous_principal: Option<keyhold_iam::Principal>,
+    /// Lifetime of a token created without one.
+    pub default_token_ttl: ProtoDuration,
 }
 
 impl Default for KmsConfig {
@@ -55,6 +61,8 @@ impl Default for KmsConfig {
             max_rotation_period: ProtoDuration::from_secs(876_000 * HOUR),
             scheduler_interval: Duration::from_secs(1),
             change_poll_interval: Duration::from_millis(250),
+            anonymous_principal: None,
+            default_token_ttl: ProtoDuration::from_secs(90 * DAY),
         }
     }
 }

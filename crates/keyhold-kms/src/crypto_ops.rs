@@ -8,7 +8,11 @@ use keyhold_api::resources::{ProtectionLevel, Purpose, VersionState};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
 use keyhold_crypto::{AeadKey, ciphertext, crc32c};
 
+use keyhold_iam::role;
+
+use crate::audit::AuditKind;
 use crate::cache::{CachedKey, CachedVersion};
+use crate::caller::{Call, Caller};
 use crate::error::KmsError;
 use crate::service::{EncryptTarget, Kms};
 
@@ -32,7 +36,32 @@ fn check_crc(field: &'static str, data: &[u8], given: Option<Crc32c>) -> Result<
 
 impl Kms {
     /// `cryptoKeys.encrypt`.
-    pub async fn encrypt(&self, target: &EncryptTarget, req: &EncryptRequest) -> Result<EncryptResponse, KmsError> {
+    pub async fn encrypt(
+        &self,
+        caller: &Caller,
+        target: &EncryptTarget,
+        req: &EncryptRequest,
+    ) -> Result<EncryptResponse, KmsError> {
+        let key_name = match target {
+            EncryptTarget::Key(k) => k,
+            EncryptTarget::Version(v) => &v.crypto_key,
+        };
+        let resource = key_name.to_string();
+        let call = Call::new(caller, "Encrypt", resource.clone(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::VERSIONS_USE_TO_ENCRYPT, &resource).await?;
+            self.encrypt_authorized(&call, target, req).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn encrypt_authorized(
+        &self,
+        call: &Call<'_>,
+        target: &EncryptTarget,
+        req: &EncryptRequest,
+    ) -> Result<EncryptResponse, KmsError> {
         let plaintext = req.plaintext.0.expose();
         let aad = req.additional_authenticated_data.as_ref().map(|b| b.0.as_slice()).unwrap_or_default();
         check_size("plaintext", plaintext.len(), MAX_PLAINTEXT)?;
@@ -57,6 +86,7 @@ impl Kms {
             entry = self.load_cached(key_name).await?;
         }
         let version = entry.versions.get(&id).ok_or_else(|| KmsError::VersionNotFound(key_name.version(id)))?;
+        call.set_key_version(version.record.version.name.clone());
         require_enabled(version)?;
         let aead = self.aead_for(version)?;
         let ct = ciphertext::encrypt(&aead, &entry.name, id, plaintext, aad)
@@ -72,7 +102,28 @@ impl Kms {
     }
 
     /// `cryptoKeys.decrypt`: the version is read from the ciphertext.
-    pub async fn decrypt(&self, key_name: &CryptoKeyName, req: &DecryptRequest) -> Result<DecryptResponse, KmsError> {
+    pub async fn decrypt(
+        &self,
+        caller: &Caller,
+        key_name: &CryptoKeyName,
+        req: &DecryptRequest,
+    ) -> Result<DecryptResponse, KmsError> {
+        let resource = key_name.to_string();
+        let call = Call::new(caller, "Decrypt", resource.clone(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::VERSIONS_USE_TO_DECRYPT, &resource).await?;
+            self.decrypt_authorized(&call, key_name, req).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn decrypt_authorized(
+        &self,
+        call: &Call<'_>,
+        key_name: &CryptoKeyName,
+        req: &DecryptRequest,
+    ) -> Result<DecryptResponse, KmsError> {
         let ct = req.ciphertext.0.as_slice();
         let aad = req.additional_authenticated_data.as_ref().map(|b| b.0.as_slice()).unwrap_or_default();
         check_size("ciphertext", ct.len(), MAX_CIPHERTEXT)?;
@@ -89,6 +140,7 @@ impl Kms {
         // A ciphertext naming a version this key does not have is foreign: same answer as any
         // other failure, so nothing is learned about the key's versions.
         let version = entry.versions.get(&id).ok_or(KmsError::DecryptFailed)?;
+        call.set_key_version(version.record.version.name.clone());
         require_enabled(version)?;
         let aead = self.aead_for(version)?;
         let plaintext = ciphertext::decrypt(&aead, &entry.name, ct, aad).map_err(|_| KmsError::DecryptFailed)?;

@@ -94,6 +94,40 @@ pub enum KmsError {
         /// The size given.
         actual: usize,
     },
+    /// No credentials, or credentials that are not (or no longer) valid.
+    #[error(
+        "Request {} Expected OAuth 2 access token, login cookie or other valid authentication credential: send 'Authorization: Bearer TOKEN' with a Keyhold token (see docs/operations.md).",
+        if *.missing { "is missing required authentication credential." } else { "had invalid authentication credentials." }
+    )]
+    Unauthenticated {
+        /// No credential at all (rather than an invalid one).
+        missing: bool,
+    },
+    /// The caller lacks a permission on a resource (or the resource does not exist and the
+    /// caller may not know that).
+    #[error("Permission '{permission}' denied on resource '{resource}' (or it may not exist).")]
+    PermissionDenied {
+        /// The permission checked.
+        permission: keyhold_iam::Permission,
+        /// The resource it was checked on.
+        resource: String,
+    },
+    /// `:setIamPolicy` with an etag that is no longer current ([K8]).
+    #[error(
+        "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff. The request's ETag '{given}' did not match the current policy's ETag '{current}'."
+    )]
+    StaleEtag {
+        /// The etag sent.
+        given: String,
+        /// The current etag.
+        current: String,
+    },
+    /// A policy `:setIamPolicy` refuses.
+    #[error(transparent)]
+    InvalidPolicy(#[from] keyhold_iam::PolicyError),
+    /// No such bearer token.
+    #[error("Token {0} not found.")]
+    TokenNotFound(String),
     /// A part of Cloud KMS this server does not implement (yet).
     #[error("{0}")]
     Unimplemented(String),
@@ -127,6 +161,11 @@ impl KmsError {
             | KmsError::NoPrimaryVersion(_)
             | KmsError::WrongPurpose { .. }
             | KmsError::IllegalTransition { .. } => Code::FailedPrecondition,
+            KmsError::InvalidPolicy(_) => Code::InvalidArgument,
+            KmsError::TokenNotFound(_) => Code::NotFound,
+            KmsError::Unauthenticated { .. } => Code::Unauthenticated,
+            KmsError::PermissionDenied { .. } => Code::PermissionDenied,
+            KmsError::StaleEtag { .. } => Code::Aborted,
             KmsError::Unimplemented(_) => Code::Unimplemented,
             KmsError::Contention(_) => Code::Aborted,
             KmsError::Unavailable(_) => Code::Unavailable,
@@ -183,5 +222,20 @@ mod tests {
         assert_eq!(u.code().http_status(), 503);
         assert!(!u.to_status().message.contains("db down"), "causes stay out of the body");
         assert_eq!(KmsError::Internal("secret detail".into()).to_status().message, "Internal error.");
+        let denied = KmsError::PermissionDenied {
+            permission: keyhold_iam::role::VERSIONS_USE_TO_DECRYPT,
+            resource: "projects/p/locations/l/keyRings/r/cryptoKeys/k".into(),
+        };
+        assert_eq!(denied.code().http_status(), 403);
+        assert_eq!(
+            denied.to_string(),
+            "Permission 'cloudkms.cryptoKeyVersions.useToDecrypt' denied on resource 'projects/p/locations/l/keyRings/r/cryptoKeys/k' (or it may not exist)."
+        );
+        let stale = KmsError::StaleEtag { given: "a".into(), current: "b".into() };
+        assert_eq!((stale.code(), stale.code().http_status()), (Code::Aborted, 409));
+        assert!(stale.to_string().starts_with("There were concurrent policy changes."));
+        let unauth = KmsError::Unauthenticated { missing: true };
+        assert_eq!(unauth.code().http_status(), 401);
+        assert!(unauth.to_string().starts_with("Request is missing required authentication credential."));
     }
 }

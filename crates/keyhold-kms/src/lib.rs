@@ -14,11 +14,15 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod cache;
+pub mod caller;
 pub mod clock;
 pub mod config;
 mod crypto_ops;
 pub mod error;
+pub mod iam;
+pub mod identity;
 pub mod root_key;
 pub mod scheduler;
 pub mod service;
@@ -27,4 +31,6 @@ mod validate;
 
 pub use config::KmsConfig;
 pub use error::KmsError;
+pub use caller::Caller;
+pub use iam::IamResource;
 pub use service::{EncryptTarget, Kms, ListQuery};

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use keyhold_api::resources::VersionState;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName};
 
+use crate::audit::AuditKind;
+use crate::caller::{Call, Caller};
 use crate::error::KmsError;
 use crate::service::Kms;
 
@@ -46,8 +48,10 @@ impl Kms {
     async fn complete_destruction(&self, name: &CryptoKeyVersionName) -> Result<bool, KmsError> {
         let now = self.clock.now();
         let mut did = false;
+        let system = Caller::system("scheduler");
+        let call = Call::new(&system, "ScheduledDestruction", name.to_string(), AuditKind::Activity);
         let result = self
-            .modify_version(name, |v, _| {
+            .modify_version(&call, name, |v, _| {
                 did = false;
                 let due = v.version.destroy_time.is_some_and(|t| t <= now);
                 if v.version.state == Some(VersionState::DestroyScheduled) && due {
@@ -78,8 +82,10 @@ impl Kms {
     async fn rotate_if_due(&self, name: &CryptoKeyName) -> Result<bool, KmsError> {
         let now = self.clock.now();
         let mut claimed = false;
+        let system = Caller::system("scheduler");
+        let call = Call::new(&system, "AutomaticRotation", name.to_string(), AuditKind::Activity);
         let record = self
-            .modify_key(name, |record| {
+            .modify_key(&call, name, |record| {
                 claimed = false;
                 let key = &mut record.key;
                 let Some(next) = key.next_rotation_time.filter(|t| *t <= now) else { return Ok(()) };
@@ -103,7 +109,9 @@ impl Kms {
         let template = record.key.version_template.clone().unwrap_or_default();
         let id = self.store.allocate_version_id(name).await?;
         let version = self.new_version_record(&name.version(id), &template, VersionState::Enabled)?;
-        self.store.insert_version(&version, true).await?;
+        let call = Call::new(&system, "CreateCryptoKeyVersion", name.to_string(), AuditKind::Activity);
+        call.set_key_version(version.name.to_string());
+        self.store.insert_version(&version, true, &call.success_entry()).await?;
         self.cache.invalidate(name);
         tracing::info!(key = %name, version = id, "key rotated automatically");
         Ok(true)

@@ -13,7 +13,13 @@ use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName
 use keyhold_crypto::KeyBytes;
 use serde::Serialize;
 
+use keyhold_iam::role;
+
+use crate::audit::{AuditKind, AuditWriter};
 use crate::cache::{CachedKey, CachedVersion, KeyCache};
+use crate::caller::{Call, Caller};
+use crate::iam::IamCache;
+use crate::identity::TokenCache;
 use crate::clock::Clock;
 use crate::config::KmsConfig;
 use crate::error::KmsError;
@@ -52,6 +58,9 @@ pub struct Kms {
     pub(crate) config: KmsConfig,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) cache: KeyCache,
+    pub(crate) iam: IamCache,
+    pub(crate) tokens: TokenCache,
+    pub(crate) audit: AuditWriter,
     pub(crate) last_change: AtomicI64,
 }
 
@@ -70,7 +79,18 @@ impl Kms {
             return Err(StartupError::RootKeyMismatch { stored, given });
         }
         let last_change = store.change_counter().await.map_err(StartupError::Store)?;
-        Ok(Self { store, root, config, clock, cache: KeyCache::default(), last_change: AtomicI64::new(last_change) })
+        let audit = AuditWriter::start(store.clone());
+        Ok(Self {
+            store,
+            root,
+            config,
+            clock,
+            cache: KeyCache::default(),
+            iam: IamCache::default(),
+            tokens: TokenCache::default(),
+            audit,
+            last_change: AtomicI64::new(last_change),
+        })
     }
 
     /// The settings in force.
@@ -106,41 +126,86 @@ impl Kms {
     }
 
     /// `locations.list`.
-    pub fn list_locations(&self, project: &str, q: &ListQuery) -> Result<Page<Location>, KmsError> {
-        let all = self.config.locations.iter().map(|l| self.location_resource(project, l)).collect();
-        list_page(all, q, &format!("projects/{project}/locations"))
+    pub async fn list_locations(&self, caller: &Caller, project: &str, q: &ListQuery) -> Result<Page<Location>, KmsError> {
+        let resource = format!("projects/{project}");
+        let call = Call::new(caller, "ListLocations", resource.clone(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::LOCATIONS_LIST, &resource).await?;
+            let all = self.config.locations.iter().map(|l| self.location_resource(project, l)).collect();
+            list_page(all, q, &format!("projects/{project}/locations"))
+        }
+        .await;
+        self.finish(call, r).await
     }
 
     /// `locations.get`.
-    pub fn location(&self, name: &LocationName) -> Result<Location, KmsError> {
-        self.check_location(name)?;
-        Ok(self.location_resource(&name.project, &name.location))
+    pub async fn location(&self, caller: &Caller, name: &LocationName) -> Result<Location, KmsError> {
+        let call = Call::new(caller, "GetLocation", name.to_string(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::LOCATIONS_GET, &name.to_string()).await?;
+            self.check_location(name)?;
+            Ok(self.location_resource(&name.project, &name.location))
+        }
+        .await;
+        self.finish(call, r).await
     }
 
     // ---- key rings ------------------------------------------------------------------------
 
     /// `keyRings.create` ([K2]).
-    pub async fn create_key_ring(&self, parent: &LocationName, key_ring_id: &str) -> Result<KeyRing, KmsError> {
-        self.check_location(parent)?;
-        let name = KeyRingName::new(parent, key_ring_id)?;
-        let ring = KeyRing { name: name.to_string(), create_time: Some(self.clock.now()) };
-        match self.store.insert_key_ring(&name, &ring).await {
-            Ok(()) => Ok(ring),
-            Err(StoreError::AlreadyExists) => Err(KmsError::KeyRingExists(name)),
-            Err(e) => Err(e.into()),
+    pub async fn create_key_ring(
+        &self,
+        caller: &Caller,
+        parent: &LocationName,
+        key_ring_id: &str,
+    ) -> Result<KeyRing, KmsError> {
+        let call = Call::new(caller, "CreateKeyRing", format!("{parent}/keyRings/{key_ring_id}"), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::KEY_RINGS_CREATE, &parent.to_string()).await?;
+            self.check_location(parent)?;
+            let name = KeyRingName::new(parent, key_ring_id)?;
+            let ring = KeyRing { name: name.to_string(), create_time: Some(self.clock.now()) };
+            match self.store.insert_key_ring(&name, &ring, &call.success_entry()).await {
+                Ok(()) => Ok(ring),
+                Err(StoreError::AlreadyExists) => Err(KmsError::KeyRingExists(name)),
+                Err(e) => Err(e.into()),
+            }
         }
+        .await;
+        self.finish(call, r).await
     }
 
-    /// `keyRings.get`.
-    pub async fn key_ring(&self, name: &KeyRingName) -> Result<KeyRing, KmsError> {
+    async fn require_key_ring(&self, name: &KeyRingName) -> Result<KeyRing, KmsError> {
         self.store.key_ring(name).await?.ok_or_else(|| KmsError::KeyRingNotFound(name.clone()))
     }
 
+    /// `keyRings.get`.
+    pub async fn key_ring(&self, caller: &Caller, name: &KeyRingName) -> Result<KeyRing, KmsError> {
+        let call = Call::new(caller, "GetKeyRing", name.to_string(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::KEY_RINGS_GET, &name.to_string()).await?;
+            self.require_key_ring(name).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
     /// `keyRings.list`.
-    pub async fn list_key_rings(&self, parent: &LocationName, q: &ListQuery) -> Result<Page<KeyRing>, KmsError> {
-        self.check_location(parent)?;
-        let all = self.store.list_key_rings(parent).await?;
-        list_page(all, q, &parent.to_string())
+    pub async fn list_key_rings(
+        &self,
+        caller: &Caller,
+        parent: &LocationName,
+        q: &ListQuery,
+    ) -> Result<Page<KeyRing>, KmsError> {
+        let call = Call::new(caller, "ListKeyRings", parent.to_string(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::KEY_RINGS_LIST, &parent.to_string()).await?;
+            self.check_location(parent)?;
+            let all = self.store.list_key_rings(parent).await?;
+            list_page(all, q, &parent.to_string())
+        }
+        .await;
+        self.finish(call, r).await
     }
 
     // ---- crypto keys ----------------------------------------------------------------------
@@ -148,13 +213,31 @@ impl Kms {
     /// `cryptoKeys.create` ([K3]).
     pub async fn create_crypto_key(
         &self,
+        caller: &Caller,
+        parent: &KeyRingName,
+        crypto_key_id: &str,
+        request: CryptoKey,
+        skip_initial_version_creation: bool,
+    ) -> Result<CryptoKey, KmsError> {
+        let call = Call::new(caller, "CreateCryptoKey", format!("{parent}/cryptoKeys/{crypto_key_id}"), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::CRYPTO_KEYS_CREATE, &parent.to_string()).await?;
+            self.create_crypto_key_authorized(&call, parent, crypto_key_id, request, skip_initial_version_creation).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn create_crypto_key_authorized(
+        &self,
+        call: &Call<'_>,
         parent: &KeyRingName,
         crypto_key_id: &str,
         request: CryptoKey,
         skip_initial_version_creation: bool,
     ) -> Result<CryptoKey, KmsError> {
         let name = CryptoKeyName::new(parent, crypto_key_id)?;
-        self.key_ring(parent).await?;
+        self.require_key_ring(parent).await?;
         let purpose = match request.purpose {
             None | Some(Purpose::Unspecified) => {
                 return Err(KmsError::InvalidArgument(
@@ -204,7 +287,7 @@ impl Kms {
         };
         let record =
             CryptoKeyRecord { name: name.clone(), key, primary_version: first.as_ref().map(|_| 1), revision: 0 };
-        match self.store.insert_crypto_key(&record, first.as_ref()).await {
+        match self.store.insert_crypto_key(&record, first.as_ref(), &call.success_entry()).await {
             Ok(()) => Ok(render_key(&record, first.as_ref())),
             Err(StoreError::AlreadyExists) => Err(KmsError::CryptoKeyExists(name)),
             Err(e) => Err(e.into()),
@@ -268,29 +351,63 @@ impl Kms {
     }
 
     /// `cryptoKeys.get`.
-    pub async fn crypto_key(&self, name: &CryptoKeyName) -> Result<CryptoKey, KmsError> {
-        let entry = self.cached(name).await?;
-        let primary = entry.record.primary_version.and_then(|id| entry.versions.get(&id)).map(|v| &v.record);
-        Ok(render_key(&entry.record, primary))
+    pub async fn crypto_key(&self, caller: &Caller, name: &CryptoKeyName) -> Result<CryptoKey, KmsError> {
+        let call = Call::new(caller, "GetCryptoKey", name.to_string(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::CRYPTO_KEYS_GET, &name.to_string()).await?;
+            let entry = self.cached(name).await?;
+            let primary = entry.record.primary_version.and_then(|id| entry.versions.get(&id)).map(|v| &v.record);
+            Ok(render_key(&entry.record, primary))
+        }
+        .await;
+        self.finish(call, r).await
     }
 
     /// `cryptoKeys.list`.
-    pub async fn list_crypto_keys(&self, parent: &KeyRingName, q: &ListQuery) -> Result<Page<CryptoKey>, KmsError> {
-        self.key_ring(parent).await?;
-        let mut all = Vec::new();
-        for record in self.store.list_crypto_keys(parent).await? {
-            let primary = match record.primary_version {
-                Some(id) => self.store.version(&record.name.version(id)).await?,
-                None => None,
-            };
-            all.push(render_key(&record, primary.as_ref()));
+    pub async fn list_crypto_keys(
+        &self,
+        caller: &Caller,
+        parent: &KeyRingName,
+        q: &ListQuery,
+    ) -> Result<Page<CryptoKey>, KmsError> {
+        let call = Call::new(caller, "ListCryptoKeys", parent.to_string(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::CRYPTO_KEYS_LIST, &parent.to_string()).await?;
+            self.require_key_ring(parent).await?;
+            let mut all = Vec::new();
+            for record in self.store.list_crypto_keys(parent).await? {
+                let primary = match record.primary_version {
+                    Some(id) => self.store.version(&record.name.version(id)).await?,
+                    None => None,
+                };
+                all.push(render_key(&record, primary.as_ref()));
+            }
+            list_page(all, q, &parent.to_string())
         }
-        list_page(all, q, &parent.to_string())
+        .await;
+        self.finish(call, r).await
     }
 
     /// `cryptoKeys.patch` with an `updateMask`.
     pub async fn update_crypto_key(
         &self,
+        caller: &Caller,
+        name: &CryptoKeyName,
+        patch: CryptoKey,
+        update_mask: &str,
+    ) -> Result<CryptoKey, KmsError> {
+        let call = Call::new(caller, "UpdateCryptoKey", name.to_string(), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::CRYPTO_KEYS_UPDATE, &name.to_string()).await?;
+            self.update_crypto_key_authorized(&call, name, patch, update_mask).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn update_crypto_key_authorized(
+        &self,
+        call: &Call<'_>,
         name: &CryptoKeyName,
         patch: CryptoKey,
         update_mask: &str,
@@ -302,7 +419,7 @@ impl Kms {
             ));
         }
         let updated = self
-            .modify_key(name, |record| {
+            .modify_key(call, name, |record| {
                 let key = &mut record.key;
                 for path in &mask {
                     match path.as_str() {
@@ -344,7 +461,27 @@ impl Kms {
     }
 
     /// `cryptoKeys.updatePrimaryVersion` ([K6]).
-    pub async fn update_primary_version(&self, name: &CryptoKeyName, version_id: &str) -> Result<CryptoKey, KmsError> {
+    pub async fn update_primary_version(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyName,
+        version_id: &str,
+    ) -> Result<CryptoKey, KmsError> {
+        let call = Call::new(caller, "UpdateCryptoKeyPrimaryVersion", name.to_string(), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::CRYPTO_KEYS_UPDATE, &name.to_string()).await?;
+            self.update_primary_version_authorized(&call, name, version_id).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn update_primary_version_authorized(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyName,
+        version_id: &str,
+    ) -> Result<CryptoKey, KmsError> {
         let id = keyhold_api::name::parse_version_id(version_id).ok_or_else(|| {
             KmsError::InvalidArgument(format!(
                 "crypto_key_version_id \"{version_id}\" is not a valid version ID (1, 2, ...)."
@@ -360,7 +497,7 @@ impl Kms {
             return Err(KmsError::VersionNotEnabled { version: version_name, state });
         }
         let updated = self
-            .modify_key(name, |record| {
+            .modify_key(call, name, |record| {
                 require_encrypt_decrypt(record)?;
                 record.primary_version = Some(id);
                 Ok(())
@@ -380,6 +517,7 @@ impl Kms {
     /// Load-modify-compare-and-set on a crypto key, retried on conflict; invalidates the cache.
     pub(crate) async fn modify_key(
         &self,
+        call: &Call<'_>,
         name: &CryptoKeyName,
         mut change: impl FnMut(&mut CryptoKeyRecord) -> Result<(), KmsError>,
     ) -> Result<CryptoKeyRecord, KmsError> {
@@ -387,7 +525,7 @@ impl Kms {
             let mut record =
                 self.store.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
             change(&mut record)?;
-            match self.store.update_crypto_key(&record).await {
+            match self.store.update_crypto_key(&record, &call.success_entry()).await {
                 Ok(rev) => {
                     record.revision = rev;
                     self.cache.invalidate(name);
@@ -405,6 +543,22 @@ impl Kms {
     /// `cryptoKeyVersions.create` ([K6]): a new version with the next ID, not primary.
     pub async fn create_version(
         &self,
+        caller: &Caller,
+        parent: &CryptoKeyName,
+        request: CryptoKeyVersion,
+    ) -> Result<CryptoKeyVersion, KmsError> {
+        let call = Call::new(caller, "CreateCryptoKeyVersion", parent.to_string(), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::VERSIONS_CREATE, &parent.to_string()).await?;
+            self.create_version_authorized(&call, parent, request).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn create_version_authorized(
+        &self,
+        call: &Call<'_>,
         parent: &CryptoKeyName,
         request: CryptoKeyVersion,
     ) -> Result<CryptoKeyVersion, KmsError> {
@@ -422,13 +576,24 @@ impl Kms {
         self.check_protection_level(&template)?;
         let id = self.store.allocate_version_id(parent).await?;
         let record = self.new_version_record(&parent.version(id), &template, state)?;
-        self.store.insert_version(&record, false).await?;
+        call.set_key_version(record.name.to_string());
+        self.store.insert_version(&record, false, &call.success_entry()).await?;
         self.cache.invalidate(parent);
         Ok(record.version)
     }
 
     /// `cryptoKeyVersions.get`.
-    pub async fn version(&self, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+    pub async fn version(&self, caller: &Caller, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+        let call = Call::new(caller, "GetCryptoKeyVersion", name.to_string(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::VERSIONS_GET, &name.to_string()).await?;
+            self.version_authorized(name).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn version_authorized(&self, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
         match self.store.version(name).await? {
             Some(v) => Ok(v.version),
             None => {
@@ -445,17 +610,41 @@ impl Kms {
     /// `cryptoKeyVersions.list`.
     pub async fn list_versions(
         &self,
+        caller: &Caller,
         parent: &CryptoKeyName,
         q: &ListQuery,
     ) -> Result<Page<CryptoKeyVersion>, KmsError> {
-        self.store.crypto_key(parent).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(parent.clone()))?;
-        let all = self.store.list_versions(parent).await?.into_iter().map(|v| v.version).collect();
-        list_page(all, q, &parent.to_string())
+        let call = Call::new(caller, "ListCryptoKeyVersions", parent.to_string(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::VERSIONS_LIST, &parent.to_string()).await?;
+            self.store.crypto_key(parent).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(parent.clone()))?;
+            let all = self.store.list_versions(parent).await?.into_iter().map(|v| v.version).collect();
+            list_page(all, q, &parent.to_string())
+        }
+        .await;
+        self.finish(call, r).await
     }
 
     /// `cryptoKeyVersions.patch`: only `state`, between ENABLED and DISABLED ([K7]).
     pub async fn update_version(
         &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        patch: CryptoKeyVersion,
+        update_mask: &str,
+    ) -> Result<CryptoKeyVersion, KmsError> {
+        let call = Call::new(caller, "UpdateCryptoKeyVersion", name.to_string(), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::VERSIONS_UPDATE, &name.to_string()).await?;
+            self.update_version_authorized(&call, name, patch, update_mask).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn update_version_authorized(
+        &self,
+        call: &Call<'_>,
         name: &CryptoKeyVersionName,
         patch: CryptoKeyVersion,
         update_mask: &str,
@@ -475,7 +664,7 @@ impl Kms {
                 )));
             }
         };
-        self.modify_version(name, |v, _| {
+        self.modify_version(call, name, |v, _| {
             let state = v.version.state.unwrap_or(VersionState::Unspecified);
             if !matches!(state, VersionState::Enabled | VersionState::Disabled) {
                 return Err(KmsError::IllegalTransition {
@@ -494,9 +683,19 @@ impl Kms {
 
     /// `cryptoKeyVersions.destroy`: schedules destruction after the key's
     /// `destroyScheduledDuration` ([K7]).
-    pub async fn destroy_version(&self, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+    pub async fn destroy_version(&self, caller: &Caller, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+        let call = Call::new(caller, "DestroyCryptoKeyVersion", name.to_string(), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::VERSIONS_DESTROY, &name.to_string()).await?;
+            self.destroy_version_authorized(&call, name).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn destroy_version_authorized(&self, call: &Call<'_>, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
         let now = self.clock.now();
-        self.modify_version(name, |v, key| {
+        self.modify_version(call, name, |v, key| {
             let state = v.version.state.unwrap_or(VersionState::Unspecified);
             if !matches!(state, VersionState::Enabled | VersionState::Disabled) {
                 return Err(KmsError::IllegalTransition {
@@ -516,8 +715,18 @@ impl Kms {
     }
 
     /// `cryptoKeyVersions.restore`: `DESTROY_SCHEDULED` back to `DISABLED` ([K7]).
-    pub async fn restore_version(&self, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
-        self.modify_version(name, |v, _| {
+    pub async fn restore_version(&self, caller: &Caller, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+        let call = Call::new(caller, "RestoreCryptoKeyVersion", name.to_string(), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::VERSIONS_RESTORE, &name.to_string()).await?;
+            self.restore_version_authorized(&call, name).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    async fn restore_version_authorized(&self, call: &Call<'_>, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+        self.modify_version(call, name, |v, _| {
             let state = v.version.state.unwrap_or(VersionState::Unspecified);
             if state != VersionState::DestroyScheduled {
                 return Err(KmsError::IllegalTransition {
@@ -538,6 +747,7 @@ impl Kms {
     /// Load-modify-compare-and-set on a version, retried on conflict; invalidates the cache.
     pub(crate) async fn modify_version(
         &self,
+        call: &Call<'_>,
         name: &CryptoKeyVersionName,
         mut change: impl FnMut(&mut VersionRecord, &CryptoKeyRecord) -> Result<(), KmsError>,
     ) -> Result<VersionRecord, KmsError> {
@@ -549,7 +759,7 @@ impl Kms {
         for _ in 0..CAS_ATTEMPTS {
             let mut v = self.store.version(name).await?.ok_or_else(|| KmsError::VersionNotFound(name.clone()))?;
             change(&mut v, &key)?;
-            match self.store.update_version(&v).await {
+            match self.store.update_version(&v, &call.success_entry()).await {
                 Ok(rev) => {
                     v.revision = rev;
                     self.cache.invalidate(key_name);
@@ -593,6 +803,8 @@ impl Kms {
         let now = self.store.change_counter().await?;
         if self.last_change.swap(now, Ordering::AcqRel) != now {
             self.cache.clear();
+            self.iam.clear();
+            self.tokens.clear();
             return Ok(true);
         }
         Ok(false)

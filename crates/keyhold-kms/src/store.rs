@@ -5,9 +5,12 @@
 //! nodes (or two requests) changing the same key serialize instead of losing an update.
 
 use async_trait::async_trait;
+use keyhold_api::iam::Policy;
 use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
+
+use crate::audit::{AuditRecord, StoredAuditEntry};
 
 /// Store failures, classified by kind (never by message).
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +74,11 @@ impl std::fmt::Debug for VersionRecord {
 #[async_trait]
 pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
     /// Inserts a key ring; [`StoreError::AlreadyExists`] if the name is taken.
-    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing) -> Result<(), StoreError>;
+    ///
+    /// Every method that changes something takes the audit entry of that change and appends it
+    /// in the same transaction ([K10]).
+    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord)
+    -> Result<(), StoreError>;
     /// A key ring by name.
     async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, StoreError>;
     /// All key rings of a location, by name.
@@ -79,26 +86,36 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Inserts a crypto key and, atomically with it, its first version (which then is its
     /// primary). [`StoreError::AlreadyExists`] if the name is taken.
-    async fn insert_crypto_key(&self, key: &CryptoKeyRecord, first: Option<&VersionRecord>) -> Result<(), StoreError>;
+    async fn insert_crypto_key(
+        &self,
+        key: &CryptoKeyRecord,
+        first: Option<&VersionRecord>,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
     /// A crypto key by name.
     async fn crypto_key(&self, name: &CryptoKeyName) -> Result<Option<CryptoKeyRecord>, StoreError>;
     /// All crypto keys of a key ring, by name.
     async fn list_crypto_keys(&self, parent: &KeyRingName) -> Result<Vec<CryptoKeyRecord>, StoreError>;
     /// Replaces a crypto key if its revision is still `key.revision`; returns the new revision.
-    async fn update_crypto_key(&self, key: &CryptoKeyRecord) -> Result<i64, StoreError>;
+    async fn update_crypto_key(&self, key: &CryptoKeyRecord, audit: &AuditRecord) -> Result<i64, StoreError>;
 
     /// Reserves the next version ID of a key (1, 2, ...; never handed out twice).
     async fn allocate_version_id(&self, key: &CryptoKeyName) -> Result<u64, StoreError>;
     /// Inserts a version; with `make_primary`, also makes it the key's primary in the same
     /// transaction.
-    async fn insert_version(&self, version: &VersionRecord, make_primary: bool) -> Result<(), StoreError>;
+    async fn insert_version(
+        &self,
+        version: &VersionRecord,
+        make_primary: bool,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
     /// A version by name.
     async fn version(&self, name: &CryptoKeyVersionName) -> Result<Option<VersionRecord>, StoreError>;
     /// All versions of a key, by version ID.
     async fn list_versions(&self, key: &CryptoKeyName) -> Result<Vec<VersionRecord>, StoreError>;
     /// Replaces a version if its revision is still `version.revision`; returns the new revision.
     /// When `material` becomes `None` the old bytes are overwritten, not merely unlinked.
-    async fn update_version(&self, version: &VersionRecord) -> Result<i64, StoreError>;
+    async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, StoreError>;
 
     /// `DESTROY_SCHEDULED` versions whose `destroyTime` is at or before `now`.
     async fn versions_due_for_destruction(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, StoreError>;
@@ -110,4 +127,145 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
     async fn change_counter(&self) -> Result<i64, StoreError>;
     /// Sets a metadata value unless one is set; returns the value now stored.
     async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String, StoreError>;
+
+    // ---- IAM ([K8]) --------------------------------------------------------------------------
+
+    /// The IAM policy set on `resource`, if one was ever set.
+    async fn policy(&self, resource: &str) -> Result<Option<PolicyRecord>, StoreError>;
+    /// Stores a policy. With `expected_revision` `Some(r)` only if the stored revision is still
+    /// `r` (0: no policy yet), else [`StoreError::Conflict`]; with `None` unconditionally.
+    /// Returns the new revision.
+    async fn set_policy(
+        &self,
+        resource: &str,
+        policy: &Policy,
+        expected_revision: Option<i64>,
+        audit: &AuditRecord,
+    ) -> Result<i64, StoreError>;
+
+    // ---- projects, tokens, service identities ---------------------------------------------------
+
+    /// A project by ID.
+    async fn project(&self, project_id: &str) -> Result<Option<ProjectRecord>, StoreError>;
+    /// Inserts a project; [`StoreError::AlreadyExists`] if the ID or the number is taken.
+    async fn insert_project(&self, project: &ProjectRecord) -> Result<(), StoreError>;
+    /// Inserts a bearer token (its hash; the token itself is never stored).
+    async fn insert_token(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), StoreError>;
+    /// A token by the hash of its secret.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    /// All tokens, newest first.
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Marks a token revoked at `when`; returns whether a live token with that ID existed.
+    async fn revoke_token(&self, id: &str, when: Timestamp, audit: &AuditRecord) -> Result<bool, StoreError>;
+    /// Inserts a service identity; [`StoreError::AlreadyExists`] if the project already has one
+    /// for that service.
+    async fn insert_service_identity(
+        &self,
+        identity: &ServiceIdentityRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError>;
+    /// The identity of `service` in `project`.
+    async fn service_identity(&self, project_id: &str, service: &str)
+    -> Result<Option<ServiceIdentityRecord>, StoreError>;
+    /// A service identity by its email.
+    async fn service_identity_by_email(&self, email: &str) -> Result<Option<ServiceIdentityRecord>, StoreError>;
+
+    // ---- audit log ([K10]) -----------------------------------------------------------------------
+
+    /// Appends entries to the chain, in order, in one transaction.
+    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError>;
+    /// Entries matching `query`, in `seq` order (descending if `query.descending`).
+    async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<StoredAuditEntry>, StoreError>;
+    /// Up to `limit` entries with `seq > after`, ascending, for chain verification.
+    async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError>;
+}
+
+/// A stored IAM policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyRecord {
+    /// The policy (normalised, without etag).
+    pub policy: Policy,
+    /// Revision, from which the etag is derived.
+    pub revision: i64,
+}
+
+/// A project: its ID and the stable number service agents are named after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectRecord {
+    /// `my-project`.
+    pub project_id: String,
+    /// Twelve digits, fixed at creation.
+    pub project_number: i64,
+    /// When it was first used.
+    pub create_time: Timestamp,
+}
+
+/// A bearer token, as stored: never the token, only its hash.
+#[derive(Clone, PartialEq)]
+pub struct TokenRecord {
+    /// Public identifier (used to list and revoke).
+    pub id: String,
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    /// Who the token authenticates.
+    pub principal: String,
+    /// Free text from the creator.
+    pub description: String,
+    /// Created at.
+    pub create_time: Timestamp,
+    /// Not valid from then on.
+    pub expire_time: Timestamp,
+    /// Revoked at, if revoked.
+    pub revoke_time: Option<Timestamp>,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("id", &self.id)
+            .field("principal", &self.principal)
+            .field("expire_time", &self.expire_time)
+            .field("revoke_time", &self.revoke_time)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A service agent of a project ([K9]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceIdentityRecord {
+    /// The project.
+    pub project_id: String,
+    /// The service, e.g. `store.keyhold.dev`.
+    pub service: String,
+    /// `service-PROJECT_NUMBER@gcp-sa-NAME.iam.gserviceaccount.com`.
+    pub email: String,
+    /// A 21-digit ID, as Google gives service accounts.
+    pub unique_id: String,
+    /// Created at.
+    pub create_time: Timestamp,
+}
+
+/// Which audit entries to read. Empty strings match everything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Project ID; "-" for every project and server-wide entries.
+    pub project: String,
+    /// Inclusive lower bound, Unix nanoseconds.
+    pub start_nanos: i64,
+    /// Exclusive upper bound, Unix nanoseconds.
+    pub end_nanos: i64,
+    /// Exact method name.
+    pub method: String,
+    /// Exact principal (`user:...`).
+    pub principal: String,
+    /// Resource-name prefix.
+    pub resource_prefix: String,
+    /// `activity` or `data_access`; "" for both.
+    pub kind: String,
+    /// Entries after this `seq` (ascending) or before it (descending); 0 for no bound.
+    pub cursor: i64,
+    /// Newest first.
+    pub descending: bool,
+    /// Most entries returned.
+    pub limit: i64,
 }

@@ -11,17 +11,24 @@ pub struct ApiError {
     status: Status,
     /// What the log gets for 5xx answers (never sent to the client).
     cause: Option<String>,
+    /// Whether the KMS already wrote the audit entry of this outcome.
+    pub(crate) audited: bool,
 }
 
 impl ApiError {
     /// An error with a code and message.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { status: Status::new(code, message), cause: None }
+        Self { status: Status::new(code, message), cause: None, audited: false }
     }
 
     /// `INVALID_ARGUMENT`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, message)
+    }
+
+    /// A KMS error that the KMS did not audit (raised by the server itself).
+    pub(crate) fn unaudited(e: KmsError) -> Self {
+        Self { audited: false, ..Self::from(e) }
     }
 
     /// The status this error carries.
@@ -40,7 +47,7 @@ impl From<KmsError> for ApiError {
                 }
                 s
             });
-        Self { status: e.to_status(), cause }
+        Self { status: e.to_status(), cause, audited: true }
     }
 }
 
@@ -52,6 +59,10 @@ impl IntoResponse for ApiError {
         }
         let body = serde_json::to_vec_pretty(&self.status.to_body()).unwrap_or_default();
         let mut resp = (code, body).into_response();
+        if self.status.code == Code::Unauthenticated {
+            resp.headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer realm=\"keyhold\""));
+        }
         resp.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json; charset=UTF-8"),

@@ -14,8 +14,12 @@ use keyhold_api::messages::{
 };
 use keyhold_api::page::PageRequest;
 use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
+use keyhold_api::iam::{GetIamPolicyRequest, SetIamPolicyRequest, TestIamPermissionsRequest, TestIamPermissionsResponse};
+use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{Code, NameError};
-use keyhold_kms::{EncryptTarget, ListQuery};
+use keyhold_kms::audit::AuditLogQuery;
+use keyhold_kms::{Caller, EncryptTarget, IamResource, KmsError, ListQuery};
+use axum::http::HeaderMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -90,25 +94,111 @@ fn no_method(method: &Method, path: &str) -> ApiError {
     )
 }
 
+/// Which API surface a request came in on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Api {
+    /// `/v1/...`: Cloud KMS, Resource Manager, IAM Credentials, audit logs, tokens.
+    V1,
+    /// `/v1beta1/...`: Service Usage's `generateServiceIdentity`.
+    V1Beta1,
+}
+
 /// Everything under `/v1/`.
 pub(crate) async fn dispatch(
+    state: State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    path: Path<String>,
+    query: Result<axum::extract::Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    bytes: Bytes,
+) -> Response {
+    dispatch_api(Api::V1, state, method, headers, path, query, bytes).await
+}
+
+/// Everything under `/v1beta1/`.
+pub(crate) async fn dispatch_v1beta1(
+    state: State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    path: Path<String>,
+    query: Result<axum::extract::Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
+    bytes: Bytes,
+) -> Response {
+    dispatch_api(Api::V1Beta1, state, method, headers, path, query, bytes).await
+}
+
+/// Longest `X-Goog-Request-Reason` recorded.
+const MAX_REASON: usize = 512;
+
+/// Authenticates the request: a valid bearer token, else the anonymous principal of emulator
+/// mode, else an unauthenticated caller (whose every call is refused and audited).
+async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let request_id = header(crate::REQUEST_ID_HEADER).unwrap_or_default().to_string();
+    let token = header("authorization").and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    let mut caller = match token {
+        Some(t) => match state.kms.authenticate(t).await {
+            Ok(p) => Caller::new(p, request_id),
+            Err(e @ KmsError::Unavailable(_)) => return Err(e.into()),
+            Err(_) => Caller::unauthenticated(false, request_id),
+        },
+        None => Caller::unauthenticated(true, request_id),
+    };
+    if caller.principal.is_none()
+        && let Some(anon) = &state.kms.config().anonymous_principal
+    {
+        caller.principal = Some(anon.clone());
+        caller.anonymous = true;
+    }
+    caller.justification = header("x-goog-request-reason").map(|r| r.chars().take(MAX_REASON).collect());
+    Ok(caller)
+}
+
+async fn dispatch_api(
+    api: Api,
     State(state): State<AppState>,
     method: Method,
+    headers: HeaderMap,
     Path(path): Path<String>,
     query: Result<axum::extract::Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
     bytes: Bytes,
 ) -> Response {
-    let q = match query {
-        Ok(axum::extract::Query(pairs)) => Query::new(pairs),
-        Err(e) => return ApiError::invalid(format!("Malformed query string: {e}")).into_response(),
+    let caller = match caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
     };
-    match handle(&state, &method, &path, &q, &bytes).await {
+    let result = match (&caller.principal, query) {
+        // Authentication comes first, as at Google: no credential, no parsing.
+        (None, _) => Err(ApiError::unaudited(KmsError::Unauthenticated { missing: caller.credential_missing })),
+        (_, Err(e)) => Err(ApiError::invalid(format!("Malformed query string: {e}"))),
+        (_, Ok(axum::extract::Query(pairs))) => handle(api, &state, &caller, &method, &path, &Query::new(pairs), &bytes).await,
+    };
+    match result {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) if e.audited => e.into_response(),
+        Err(e) => {
+            // Refused before any method ran: still one audit entry per request.
+            if let Err(audit) = state.kms.record_refused_request(&caller, &path, e.status()).await {
+                tracing::error!(error = %audit, "cannot write the audit log; refusing the request");
+                return ApiError::from(KmsError::Unavailable(audit)).into_response();
+            }
+            e.into_response()
+        }
     }
 }
 
-async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes: &Bytes) -> Result<Response, ApiError> {
+async fn handle(
+    api: Api,
+    state: &AppState,
+    caller: &Caller,
+    method: &Method,
+    path: &str,
+    q: &Query,
+    bytes: &Bytes,
+) -> Result<Response, ApiError> {
     let (target, verb) = match route::parse(path) {
         Ok(t) => t,
         Err(RouteError::Unknown) if is_unimplemented_cloud_kms_path(path) => return Err(unimplemented(path)),
@@ -118,20 +208,27 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
     let pretty = q.pretty();
     let kms = &state.kms;
     let m = method.clone();
+    let beta = matches!(target, Target::Service { .. });
+    if beta != (api == Api::V1Beta1) {
+        return Err(no_method(method, path));
+    }
+    if let Some(r) = iam_method(state, caller, &target, verb, method, q, bytes).await? {
+        return Ok(r);
+    }
     Ok(match (target, verb, m) {
         (Target::Locations(project), None, Method::GET) => {
-            let page = kms.list_locations(&project, &q.list()?)?;
+            let page = kms.list_locations(caller, &project, &q.list()?).await?;
             json(&ListLocationsResponse { locations: page.items, next_page_token: page.next_page_token }, pretty)
         }
-        (Target::Location(name), None, Method::GET) => json(&kms.location(&name)?, pretty),
+        (Target::Location(name), None, Method::GET) => json(&kms.location(caller, &name).await?, pretty),
 
         (Target::KeyRings(parent), None, Method::POST) => {
             let _: KeyRing = body(bytes)?;
             let id = required_id(q.get("keyRingId", "key_ring_id"), "keyRingId")?;
-            json(&kms.create_key_ring(&parent, id).await?, pretty)
+            json(&kms.create_key_ring(caller, &parent, id).await?, pretty)
         }
         (Target::KeyRings(parent), None, Method::GET) => {
-            let page = kms.list_key_rings(&parent, &q.list()?).await?;
+            let page = kms.list_key_rings(caller, &parent, &q.list()?).await?;
             json(
                 &ListKeyRingsResponse {
                     key_rings: page.items,
@@ -141,16 +238,16 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
                 pretty,
             )
         }
-        (Target::KeyRing(name), None, Method::GET) => json(&kms.key_ring(&name).await?, pretty),
+        (Target::KeyRing(name), None, Method::GET) => json(&kms.key_ring(caller, &name).await?, pretty),
 
         (Target::CryptoKeys(parent), None, Method::POST) => {
             let key: CryptoKey = body(bytes)?;
             let id = required_id(q.get("cryptoKeyId", "crypto_key_id"), "cryptoKeyId")?;
             let skip = q.flag("skipInitialVersionCreation", "skip_initial_version_creation")?;
-            json(&kms.create_crypto_key(&parent, id, key, skip).await?, pretty)
+            json(&kms.create_crypto_key(caller, &parent, id, key, skip).await?, pretty)
         }
         (Target::CryptoKeys(parent), None, Method::GET) => {
-            let page = kms.list_crypto_keys(&parent, &q.list()?).await?;
+            let page = kms.list_crypto_keys(caller, &parent, &q.list()?).await?;
             json(
                 &ListCryptoKeysResponse {
                     crypto_keys: page.items,
@@ -160,35 +257,35 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
                 pretty,
             )
         }
-        (Target::CryptoKey(name), None, Method::GET) => json(&kms.crypto_key(&name).await?, pretty),
+        (Target::CryptoKey(name), None, Method::GET) => json(&kms.crypto_key(caller, &name).await?, pretty),
         (Target::CryptoKey(name), None, Method::PATCH) => {
             let patch: CryptoKey = body(bytes)?;
             let mask = q.get("updateMask", "update_mask").unwrap_or_default();
-            json(&kms.update_crypto_key(&name, patch, mask).await?, pretty)
+            json(&kms.update_crypto_key(caller, &name, patch, mask).await?, pretty)
         }
         (Target::CryptoKey(name), Some("encrypt"), Method::POST) => {
             let req: EncryptRequest = body(bytes)?;
-            json(&kms.encrypt(&EncryptTarget::Key(name), &req).await?, pretty)
+            json(&kms.encrypt(caller, &EncryptTarget::Key(name), &req).await?, pretty)
         }
         (Target::Version(name), Some("encrypt"), Method::POST) => {
             let req: EncryptRequest = body(bytes)?;
-            json(&kms.encrypt(&EncryptTarget::Version(name), &req).await?, pretty)
+            json(&kms.encrypt(caller, &EncryptTarget::Version(name), &req).await?, pretty)
         }
         (Target::CryptoKey(name), Some("decrypt"), Method::POST) => {
             let req: DecryptRequest = body(bytes)?;
-            json(&kms.decrypt(&name, &req).await?, pretty)
+            json(&kms.decrypt(caller, &name, &req).await?, pretty)
         }
         (Target::CryptoKey(name), Some("updatePrimaryVersion"), Method::POST) => {
             let req: UpdatePrimaryVersionRequest = body(bytes)?;
-            json(&kms.update_primary_version(&name, &req.crypto_key_version_id).await?, pretty)
+            json(&kms.update_primary_version(caller, &name, &req.crypto_key_version_id).await?, pretty)
         }
 
         (Target::Versions(parent), None, Method::POST) => {
             let v: CryptoKeyVersion = body(bytes)?;
-            json(&kms.create_version(&parent, v).await?, pretty)
+            json(&kms.create_version(caller, &parent, v).await?, pretty)
         }
         (Target::Versions(parent), None, Method::GET) => {
-            let page = kms.list_versions(&parent, &q.list()?).await?;
+            let page = kms.list_versions(caller, &parent, &q.list()?).await?;
             json(
                 &ListCryptoKeyVersionsResponse {
                     crypto_key_versions: page.items,
@@ -198,19 +295,19 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
                 pretty,
             )
         }
-        (Target::Version(name), None, Method::GET) => json(&kms.version(&name).await?, pretty),
+        (Target::Version(name), None, Method::GET) => json(&kms.version(caller, &name).await?, pretty),
         (Target::Version(name), None, Method::PATCH) => {
             let patch: CryptoKeyVersion = body(bytes)?;
             let mask = q.get("updateMask", "update_mask").unwrap_or_default();
-            json(&kms.update_version(&name, patch, mask).await?, pretty)
+            json(&kms.update_version(caller, &name, patch, mask).await?, pretty)
         }
         (Target::Version(name), Some("destroy"), Method::POST) => {
             let _: NameOnlyRequest = body(bytes)?;
-            json(&kms.destroy_version(&name).await?, pretty)
+            json(&kms.destroy_version(caller, &name).await?, pretty)
         }
         (Target::Version(name), Some("restore"), Method::POST) => {
             let _: NameOnlyRequest = body(bytes)?;
-            json(&kms.restore_version(&name).await?, pretty)
+            json(&kms.restore_version(caller, &name).await?, pretty)
         }
         (_, Some(v), _) if UNIMPLEMENTED_VERBS.contains(&v) => return Err(unimplemented(path)),
         _ => return Err(no_method(method, path)),
@@ -220,9 +317,6 @@ async fn handle(state: &AppState, method: &Method, path: &str, q: &Query, bytes:
 /// Cloud KMS v1 methods Keyhold does not implement yet: they answer `501 UNIMPLEMENTED` (which
 /// Google's clients surface as "not implemented"), not `404`.
 const UNIMPLEMENTED_VERBS: &[&str] = &[
-    "getIamPolicy",
-    "setIamPolicy",
-    "testIamPermissions",
     "rawEncrypt",
     "rawDecrypt",
     "asymmetricSign",
@@ -258,6 +352,192 @@ fn unimplemented(path: &str) -> ApiError {
         Code::Unimplemented,
         format!("The Cloud KMS method addressed by /v1/{path} is not implemented by Keyhold yet; see docs/api.md."),
     )
+}
+
+/// IAM, projects, service identities, agent tokens, bearer tokens and the audit log.
+/// `Ok(None)`: not one of these; the KMS methods handle the request.
+async fn iam_method(
+    state: &AppState,
+    caller: &Caller,
+    target: &Target,
+    verb: Option<&str>,
+    method: &Method,
+    q: &Query,
+    bytes: &Bytes,
+) -> Result<Option<Response>, ApiError> {
+    let kms = &state.kms;
+    let pretty = q.pretty();
+    let iam_resource = match target {
+        Target::Organization => Some(IamResource::Root),
+        Target::Project(p) => Some(IamResource::Project(p.clone())),
+        Target::KeyRing(r) => Some(IamResource::KeyRing(r.clone())),
+        Target::CryptoKey(k) => Some(IamResource::CryptoKey(k.clone())),
+        _ => None,
+    };
+    if let (Some(resource), Some(v)) = (&iam_resource, verb) {
+        let r = match (v, method) {
+            ("getIamPolicy", &Method::GET) => json(&kms.get_iam_policy(caller, resource).await?, pretty),
+            ("getIamPolicy", &Method::POST) => {
+                let _: GetIamPolicyRequest = body(bytes)?;
+                json(&kms.get_iam_policy(caller, resource).await?, pretty)
+            }
+            ("setIamPolicy", &Method::POST) => {
+                let req: SetIamPolicyRequest = body(bytes)?;
+                json(&kms.set_iam_policy(caller, resource, &req).await?, pretty)
+            }
+            ("testIamPermissions", &Method::POST) => {
+                let req: TestIamPermissionsRequest = body(bytes)?;
+                let permissions = kms.test_iam_permissions(caller, resource, &req.permissions).await?;
+                json(&TestIamPermissionsResponse { permissions }, pretty)
+            }
+            _ => return Ok(None),
+        };
+        return Ok(Some(r));
+    }
+    Ok(Some(match (target, verb, method) {
+        (Target::Project(p), None, &Method::GET) => {
+            let project = kms.project(caller, p).await?;
+            json(
+                &serde_json::json!({
+                    "projectNumber": project.project_number.to_string(),
+                    "projectId": project.project_id,
+                    "lifecycleState": "ACTIVE",
+                    "name": project.project_id,
+                    "createTime": project.create_time,
+                }),
+                pretty,
+            )
+        }
+        (Target::AuditLogs(project), None, &Method::GET) => {
+            let parse_time = |camel: &str, snake: &str| -> Result<Option<Timestamp>, ApiError> {
+                match q.get(camel, snake) {
+                    None | Some("") => Ok(None),
+                    Some(t) => Timestamp::parse(t).map(Some).ok_or_else(|| {
+                        ApiError::invalid(format!("Invalid value for {camel}: \"{t}\" (expected RFC 3339, e.g. 2026-01-02T03:04:05Z)."))
+                    }),
+                }
+            };
+            let descending = match q.get("orderBy", "order_by").unwrap_or("timestamp asc").trim() {
+                "timestamp asc" | "timestamp" | "" => false,
+                "timestamp desc" => true,
+                other => {
+                    return Err(ApiError::invalid(format!(
+                        "Invalid orderBy \"{other}\": use \"timestamp asc\" or \"timestamp desc\"."
+                    )));
+                }
+            };
+            let list = q.list()?;
+            let query = AuditLogQuery {
+                start_time: parse_time("startTime", "start_time")?,
+                end_time: parse_time("endTime", "end_time")?,
+                method: q.get("methodName", "method_name").unwrap_or_default().to_string(),
+                resource_prefix: q.get("resourcePrefix", "resource_prefix").unwrap_or_default().to_string(),
+                principal: q.get("principal", "principal").unwrap_or_default().to_string(),
+                log: q.get("logName", "log_name").unwrap_or_default().to_string(),
+                descending,
+                page_size: list.page.page_size,
+                page_token: list.page.page_token,
+            };
+            json(&kms.read_audit_log(caller, project, &query).await?, pretty)
+        }
+        (Target::Service { project, service }, Some("generateServiceIdentity"), &Method::POST) => {
+            let _: serde_json::Map<String, serde_json::Value> = body(bytes)?;
+            let identity = kms.generate_service_identity(caller, project, service).await?;
+            json(
+                &serde_json::json!({
+                    "name": "operations/finished.DONE_OPERATION",
+                    "done": true,
+                    "response": {
+                        "@type": "type.googleapis.com/google.api.serviceusage.v1beta1.ServiceIdentity",
+                        "email": identity.email,
+                        "uniqueId": identity.unique_id,
+                    }
+                }),
+                pretty,
+            )
+        }
+        (Target::ServiceAccount(email), Some("generateAccessToken"), &Method::POST) => {
+            let req: GenerateAccessTokenRequest = body(bytes)?;
+            if !req.delegates.is_empty() {
+                return Err(ApiError::invalid("delegates are not supported: call generateAccessToken as the service itself."));
+            }
+            let lifetime = match req.lifetime.as_deref() {
+                None | Some("") => None,
+                Some(l) => Some(ProtoDuration::parse(l).ok_or_else(|| {
+                    ApiError::invalid(format!("Invalid lifetime \"{l}\": use seconds, e.g. \"3600s\"."))
+                })?),
+            };
+            let minted = kms.generate_agent_token(caller, email, lifetime).await?;
+            json(
+                &serde_json::json!({"accessToken": minted.token.expose(), "expireTime": minted.record.expire_time}),
+                pretty,
+            )
+        }
+        (Target::Tokens, None, &Method::POST) => {
+            let req: CreateTokenRequest = body(bytes)?;
+            let ttl = match req.ttl.as_deref() {
+                None | Some("") => None,
+                Some(t) => Some(ProtoDuration::parse(t).ok_or_else(|| {
+                    ApiError::invalid(format!("Invalid ttl \"{t}\": use seconds, e.g. \"86400s\"."))
+                })?),
+            };
+            let minted = kms.create_token(caller, &req.principal, ttl, &req.description).await?;
+            let mut v = token_json(&minted.record);
+            v["token"] = minted.token.expose().into();
+            json(&v, pretty)
+        }
+        (Target::Tokens, None, &Method::GET) => {
+            let tokens: Vec<_> = kms.list_tokens(caller).await?.iter().map(token_json).collect();
+            json(&serde_json::json!({ "tokens": tokens }), pretty)
+        }
+        (Target::Token(id), None, &Method::DELETE) | (Target::Token(id), Some("revoke"), &Method::POST) => {
+            kms.revoke_token(caller, id).await?;
+            json(&serde_json::json!({}), pretty)
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Body of IAM Credentials' `generateAccessToken`.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GenerateAccessTokenRequest {
+    #[serde(default)]
+    lifetime: Option<String>,
+    /// Accepted and ignored: Keyhold tokens are not scoped.
+    #[serde(default)]
+    #[allow(dead_code)]
+    scope: Vec<String>,
+    /// Delegation chains are not supported; accepted only when empty.
+    #[serde(default)]
+    delegates: Vec<String>,
+}
+
+/// Body of `POST /v1/tokens`.
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct CreateTokenRequest {
+    principal: String,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default)]
+    description: String,
+}
+
+fn token_json(t: &keyhold_kms::store::TokenRecord) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "name": format!("tokens/{}", t.id),
+        "principal": t.principal,
+        "createTime": t.create_time,
+        "expireTime": t.expire_time,
+    });
+    if !t.description.is_empty() {
+        v["description"] = t.description.clone().into();
+    }
+    if let Some(r) = t.revoke_time {
+        v["revokeTime"] = serde_json::to_value(r).unwrap_or_default();
+    }
+    v
 }
 
 fn required_id<'a>(value: Option<&'a str>, param: &str) -> Result<&'a str, ApiError> {

@@ -53,6 +53,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/{*path}", any(kms_routes::dispatch))
+        .route("/v1beta1/{*path}", any(kms_routes::dispatch_v1beta1))
         .fallback(kms_routes::not_found)
         .with_state(state)
         .layer(PropagateRequestIdLayer::new(header.clone()))

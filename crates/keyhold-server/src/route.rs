@@ -23,6 +23,25 @@ pub enum Target {
     Versions(CryptoKeyName),
     /// `.../cryptoKeyVersions/{v}`.
     Version(CryptoKeyVersionName),
+    /// `projects/{p}` (Resource Manager: describe, IAM).
+    Project(String),
+    /// `projects/{p}/auditLogs` (`p` may be `-`: every project).
+    AuditLogs(String),
+    /// `projects/{p}/services/{s}` (Service Usage, under `/v1beta1/`).
+    Service {
+        /// Project ID.
+        project: String,
+        /// Service name, e.g. `store.keyhold.dev`.
+        service: String,
+    },
+    /// `projects/-/serviceAccounts/{email}` (IAM Credentials).
+    ServiceAccount(String),
+    /// `organizations/keyhold`: the whole server.
+    Organization,
+    /// `tokens` (Keyhold's token admin API).
+    Tokens,
+    /// `tokens/{id}`.
+    Token(String),
 }
 
 /// Why a path is not served.
@@ -50,6 +69,16 @@ pub fn parse(path: &str) -> Result<(Target, Option<&str>), RouteError> {
         None => (path, None),
     };
     let seg: Vec<&str> = path.split('/').collect();
+    match seg.as_slice() {
+        ["organizations", "keyhold"] => return with_verb(Target::Organization, verb),
+        ["tokens"] => return with_verb(Target::Tokens, verb),
+        ["tokens", id] if check_id("token", id).is_ok() => return with_verb(Target::Token(id.to_string()), verb),
+        ["projects", "-", "auditLogs"] => return with_verb(Target::AuditLogs("-".into()), verb),
+        ["projects", "-", "serviceAccounts", email] if email.contains('@') && !email.is_empty() => {
+            return with_verb(Target::ServiceAccount(email.to_string()), verb);
+        }
+        _ => {}
+    }
     if seg.len() < 2 || seg[0] != "projects" {
         return Err(RouteError::Unknown);
     }
@@ -58,6 +87,18 @@ pub fn parse(path: &str) -> Result<(Target, Option<&str>), RouteError> {
     let ring = || -> Result<KeyRingName, NameError> { KeyRingName::new(&location()?, seg[5]) };
     let key = || -> Result<CryptoKeyName, NameError> { CryptoKeyName::new(&ring()?, seg[7]) };
     let target = match seg.as_slice() {
+        [_, _] => {
+            LocationName::new(project, "global")?;
+            Target::Project(project.to_string())
+        }
+        [_, _, "auditLogs"] => {
+            LocationName::new(project, "global")?;
+            Target::AuditLogs(project.to_string())
+        }
+        [_, _, "services", service] if !service.is_empty() => {
+            LocationName::new(project, "global")?;
+            Target::Service { project: project.to_string(), service: service.to_string() }
+        }
         [_, _, "locations"] => {
             LocationName::new(project, "global")?;
             Target::Locations(project.to_string())
@@ -79,6 +120,10 @@ pub fn parse(path: &str) -> Result<(Target, Option<&str>), RouteError> {
         }
         _ => return Err(RouteError::Unknown),
     };
+    with_verb(target, verb)
+}
+
+fn with_verb(target: Target, verb: Option<&str>) -> Result<(Target, Option<&str>), RouteError> {
     if let Some(v) = verb {
         check_id("verb", v).map_err(|_| RouteError::Unknown)?;
     }
@@ -101,6 +146,23 @@ mod tests {
         assert!(matches!(t, Target::KeyRings(_)));
         assert_eq!(v, None);
         assert!(matches!(parse("projects/p/locations").unwrap().0, Target::Locations(_)));
+        assert_eq!(parse("projects/p:getIamPolicy").unwrap(), (Target::Project("p".into()), Some("getIamPolicy")));
+        assert_eq!(parse("projects/-/auditLogs").unwrap().0, Target::AuditLogs("-".into()));
+        assert_eq!(
+            parse("projects/p/services/store.keyhold.dev:generateServiceIdentity").unwrap(),
+            (
+                Target::Service { project: "p".into(), service: "store.keyhold.dev".into() },
+                Some("generateServiceIdentity")
+            )
+        );
+        assert_eq!(
+            parse("projects/-/serviceAccounts/service-1@gcp-sa-store.iam.gserviceaccount.com:generateAccessToken")
+                .unwrap()
+                .0,
+            Target::ServiceAccount("service-1@gcp-sa-store.iam.gserviceaccount.com".into())
+        );
+        assert_eq!(parse("organizations/keyhold:setIamPolicy").unwrap().0, Target::Organization);
+        assert_eq!(parse("tokens/abc").unwrap().0, Target::Token("abc".into()));
     }
 
     #[test]

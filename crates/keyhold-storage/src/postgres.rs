@@ -77,6 +77,7 @@ impl Postgres {
         let tx = client.transaction().await.map_err(map_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(map_err)?;
         tx.batch_execute(&schema::ddl("BYTEA")).await.map_err(map_err)?;
+        tx.batch_execute(schema::POSTGRES_TRIGGERS).await.map_err(map_err)?;
         tx.execute(schema::META_INSERT, &[&"schema_version", &schema::SCHEMA_VERSION.to_string()])
             .await
             .map_err(map_err)?;
@@ -87,6 +88,7 @@ impl Postgres {
                 schema::SCHEMA_VERSION
             )));
         }
+        tx.execute(schema::SCHEMA_VERSION_UPDATE, &[&schema::SCHEMA_VERSION.to_string()]).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
 

@@ -4,7 +4,7 @@
 //! returned exactly; the columns beside it exist for lookups, scheduling and compare-and-set.
 
 /// Schema version written by this build. A database with a newer version is refused.
-pub(crate) const SCHEMA_VERSION: i64 = 1;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// `{blob}` is replaced by the dialect's binary type.
 const DDL_V1: &str = "
@@ -47,10 +47,84 @@ CREATE INDEX IF NOT EXISTS versions_by_key ON crypto_key_versions (crypto_key, v
 CREATE INDEX IF NOT EXISTS versions_by_destroy_time ON crypto_key_versions (destroy_nanos);
 ";
 
+/// Version 2: IAM policies, projects, tokens, service identities, the audit log ([K8]-[K10]).
+const DDL_V2: &str = "
+CREATE TABLE IF NOT EXISTS iam_policies (
+    resource TEXT PRIMARY KEY,
+    policy   TEXT NOT NULL,
+    revision BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projects (
+    project_id     TEXT PRIMARY KEY,
+    project_number BIGINT NOT NULL UNIQUE,
+    create_nanos   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tokens (
+    id           TEXT PRIMARY KEY,
+    hash         TEXT NOT NULL UNIQUE,
+    principal    TEXT NOT NULL,
+    description  TEXT NOT NULL,
+    create_nanos BIGINT NOT NULL,
+    expire_nanos BIGINT NOT NULL,
+    revoke_nanos BIGINT
+);
+CREATE TABLE IF NOT EXISTS service_identities (
+    project_id   TEXT NOT NULL,
+    service      TEXT NOT NULL,
+    email        TEXT NOT NULL UNIQUE,
+    unique_id    TEXT NOT NULL,
+    create_nanos BIGINT NOT NULL,
+    PRIMARY KEY (project_id, service)
+);
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq        BIGINT PRIMARY KEY,
+    time_nanos BIGINT NOT NULL,
+    project    TEXT NOT NULL,
+    principal  TEXT NOT NULL,
+    method     TEXT NOT NULL,
+    resource   TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    entry      TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    hash       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_by_project ON audit_log (project, seq);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id   BIGINT PRIMARY KEY,
+    seq  BIGINT NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash)
+    VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000')
+    ON CONFLICT (id) DO NOTHING;
+";
+
+/// The audit log refuses updates and deletes (tampering then needs a deliberate `DROP TRIGGER`,
+/// and still breaks the hash chain).
+pub(crate) const SQLITE_TRIGGERS: &str = "
+CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+";
+
+/// PostgreSQL spelling of [`SQLITE_TRIGGERS`].
+pub(crate) const POSTGRES_TRIGGERS: &str = "
+CREATE OR REPLACE FUNCTION keyhold_audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$;
+DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION keyhold_audit_log_append_only();
+";
+
 /// The DDL with the dialect's binary column type.
 pub(crate) fn ddl(blob_type: &str) -> String {
-    DDL_V1.replace("{blob}", blob_type)
+    format!("{}{}", DDL_V1.replace("{blob}", blob_type), DDL_V2)
 }
+
+/// Records the schema version after migrating an older database.
+pub(crate) const SCHEMA_VERSION_UPDATE: &str =
+    "UPDATE meta SET value = $1 WHERE key = 'schema_version' AND CAST(value AS BIGINT) < CAST($1 AS BIGINT)";
 
 pub(crate) const BUMP_CHANGES: &str = "UPDATE changes SET counter = counter + 1 WHERE id = 1";
 pub(crate) const CHANGE_COUNTER: &str = "SELECT counter FROM changes WHERE id = 1";
@@ -90,3 +164,67 @@ pub(crate) const UPDATE_VERSION: &str = "UPDATE crypto_key_versions \
     WHERE name = $4 AND revision = $5 RETURNING revision";
 pub(crate) const VERSIONS_DUE_FOR_DESTRUCTION: &str = "SELECT name FROM crypto_key_versions \
     WHERE destroy_nanos IS NOT NULL AND destroy_nanos <= $1 ORDER BY name";
+
+pub(crate) const GET_POLICY: &str = "SELECT policy, revision FROM iam_policies WHERE resource = $1";
+pub(crate) const INSERT_POLICY: &str = "INSERT INTO iam_policies (resource, policy, revision) VALUES ($1, $2, 1)";
+pub(crate) const UPSERT_POLICY: &str = "INSERT INTO iam_policies (resource, policy, revision) VALUES ($1, $2, 1) \
+    ON CONFLICT (resource) DO UPDATE SET policy = excluded.policy, revision = iam_policies.revision + 1 \
+    RETURNING revision";
+pub(crate) const UPDATE_POLICY: &str = "UPDATE iam_policies SET policy = $1, revision = revision + 1 \
+    WHERE resource = $2 AND revision = $3 RETURNING revision";
+
+pub(crate) const GET_PROJECT: &str =
+    "SELECT project_id, project_number, create_nanos FROM projects WHERE project_id = $1";
+pub(crate) const INSERT_PROJECT: &str =
+    "INSERT INTO projects (project_id, project_number, create_nanos) VALUES ($1, $2, $3)";
+
+pub(crate) const TOKEN_COLUMNS_INSERT: &str = "INSERT INTO tokens \
+    (id, hash, principal, description, create_nanos, expire_nanos, revoke_nanos) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+pub(crate) const TOKEN_BY_HASH: &str = "SELECT id, hash, principal, description, create_nanos, expire_nanos, revoke_nanos \
+    FROM tokens WHERE hash = $1";
+pub(crate) const LIST_TOKENS: &str = "SELECT id, hash, principal, description, create_nanos, expire_nanos, revoke_nanos \
+    FROM tokens ORDER BY create_nanos DESC, id";
+pub(crate) const REVOKE_TOKEN: &str =
+    "UPDATE tokens SET revoke_nanos = $1 WHERE id = $2 AND revoke_nanos IS NULL";
+
+pub(crate) const INSERT_SERVICE_IDENTITY: &str = "INSERT INTO service_identities \
+    (project_id, service, email, unique_id, create_nanos) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const GET_SERVICE_IDENTITY: &str = "SELECT project_id, service, email, unique_id, create_nanos \
+    FROM service_identities WHERE project_id = $1 AND service = $2";
+pub(crate) const SERVICE_IDENTITY_BY_EMAIL: &str = "SELECT project_id, service, email, unique_id, create_nanos \
+    FROM service_identities WHERE email = $1";
+
+/// Takes the chain's row lock (PostgreSQL: other appenders wait here until commit), then reads.
+pub(crate) const LOCK_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1";
+pub(crate) const GET_AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
+pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
+    (seq, time_nanos, project, principal, method, resource, kind, entry, prev_hash, hash) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// Filters of the audit read. Parameters are cast so PostgreSQL infers their types.
+#[cfg(test)]
+const AUDIT_FILTER: &str = "(CAST($1 AS TEXT) = '-' OR project = $1) AND time_nanos >= $2 AND time_nanos < $3 \
+    AND (CAST($4 AS TEXT) = '' OR method = $4) AND (CAST($5 AS TEXT) = '' OR principal = $5) \
+    AND substr(resource, 1, length(CAST($6 AS TEXT))) = CAST($6 AS TEXT) AND (CAST($7 AS TEXT) = '' OR kind = $7)";
+pub(crate) const READ_AUDIT_ASC: &str = "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE \
+    (CAST($1 AS TEXT) = '-' OR project = $1) AND time_nanos >= $2 AND time_nanos < $3 \
+    AND (CAST($4 AS TEXT) = '' OR method = $4) AND (CAST($5 AS TEXT) = '' OR principal = $5) \
+    AND substr(resource, 1, length(CAST($6 AS TEXT))) = CAST($6 AS TEXT) AND (CAST($7 AS TEXT) = '' OR kind = $7) \
+    AND seq > $8 ORDER BY seq LIMIT $9";
+pub(crate) const READ_AUDIT_DESC: &str = "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE \
+    (CAST($1 AS TEXT) = '-' OR project = $1) AND time_nanos >= $2 AND time_nanos < $3 \
+    AND (CAST($4 AS TEXT) = '' OR method = $4) AND (CAST($5 AS TEXT) = '' OR principal = $5) \
+    AND substr(resource, 1, length(CAST($6 AS TEXT))) = CAST($6 AS TEXT) AND (CAST($7 AS TEXT) = '' OR kind = $7) \
+    AND (CAST($8 AS BIGINT) = 0 OR seq < $8) ORDER BY seq DESC LIMIT $9";
+pub(crate) const AUDIT_CHAIN: &str =
+    "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn audit_reads_share_one_filter() {
+        let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(norm(super::READ_AUDIT_ASC).contains(&norm(super::AUDIT_FILTER)));
+        assert!(norm(super::READ_AUDIT_DESC).contains(&norm(super::AUDIT_FILTER)));
+    }
+}

@@ -85,6 +85,7 @@ impl Sqlite {
             let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
             let tx = c.transaction().map_err(map_err)?;
             tx.execute_batch(&schema::ddl("BLOB")).map_err(map_err)?;
+            tx.execute_batch(schema::SQLITE_TRIGGERS).map_err(map_err)?;
             tx.execute(schema::META_INSERT, ("schema_version", schema::SCHEMA_VERSION.to_string())).map_err(map_err)?;
             let v: String = tx.query_row(schema::META_GET, ["schema_version"], |r| r.get(0)).map_err(map_err)?;
             if v.parse::<i64>().unwrap_or(i64::MAX) > schema::SCHEMA_VERSION {
@@ -93,6 +94,7 @@ impl Sqlite {
                     schema::SCHEMA_VERSION
                 )));
             }
+            tx.execute(schema::SCHEMA_VERSION_UPDATE, [schema::SCHEMA_VERSION.to_string()]).map_err(map_err)?;
             tx.commit().map_err(map_err)
         })
         .await

@@ -4,7 +4,12 @@ use async_trait::async_trait;
 use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
-use keyhold_kms::store::{CryptoKeyRecord, KmsStore, StoreError, VersionRecord};
+use keyhold_api::iam::Policy;
+use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
+use keyhold_kms::store::{
+    AuditQuery, CryptoKeyRecord, KmsStore, PolicyRecord, ProjectRecord, ServiceIdentityRecord, StoreError,
+    TokenRecord, VersionRecord,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -68,6 +73,85 @@ fn version_params(v: &VersionRecord) -> Result<Vec<Value>, StoreError> {
     ])
 }
 
+/// An audit record with the exact JSON text that is hashed and stored.
+struct AuditRow<'a> {
+    record: &'a AuditRecord,
+    json: String,
+}
+
+fn audit_json(record: &AuditRecord) -> Result<AuditRow<'_>, StoreError> {
+    Ok(AuditRow { record, json: serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))? })
+}
+
+/// Appends entries to the chain inside an open transaction. The head row is locked first, so
+/// appenders on every node (and admin changes carrying their entry) serialize on it.
+async fn append_entries(tx: &mut Box<dyn SqlConn>, entries: &[AuditRow<'_>]) -> Result<(), StoreError> {
+    tx.execute(LOCK_AUDIT_HEAD, vec![]).await?;
+    let head = tx.query(GET_AUDIT_HEAD, vec![]).await?;
+    let head = head.first().ok_or_else(|| StoreError::Corrupt("audit head row missing".into()))?;
+    let mut seq = head[0].int()?;
+    let mut prev = head[1].text()?.to_string();
+    for e in entries {
+        seq += 1;
+        let hash = chain_hash(&prev, seq, &e.json);
+        let r = e.record;
+        tx.execute(
+            INSERT_AUDIT,
+            vec![
+                Value::Int(seq),
+                Value::Int(r.time.unix_nanos_i64()),
+                Value::Text(r.project.clone()),
+                Value::Text(r.principal.clone()),
+                Value::Text(r.method.clone()),
+                Value::Text(r.resource.clone()),
+                Value::Text(r.kind.as_str().to_string()),
+                Value::Text(e.json.clone()),
+                Value::Text(prev),
+                Value::Text(hash.clone()),
+            ],
+        )
+        .await?;
+        prev = hash;
+    }
+    tx.execute(SET_AUDIT_HEAD, vec![Value::Int(seq), Value::Text(prev)]).await?;
+    Ok(())
+}
+
+fn audit_entry(row: &Row) -> Result<StoredAuditEntry, StoreError> {
+    Ok(StoredAuditEntry {
+        seq: row[0].int()?,
+        entry_json: row[1].text()?.to_string(),
+        prev_hash: row[2].text()?.to_string(),
+        hash: row[3].text()?.to_string(),
+    })
+}
+
+fn ts(nanos: i64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_unix_nanos(nanos.into()).ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {nanos}")))
+}
+
+fn token_record(row: &Row) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: row[0].text()?.to_string(),
+        hash: row[1].text()?.to_string(),
+        principal: row[2].text()?.to_string(),
+        description: row[3].text()?.to_string(),
+        create_time: ts(row[4].int()?)?,
+        expire_time: ts(row[5].int()?)?,
+        revoke_time: row[6].opt_int()?.map(ts).transpose()?,
+    })
+}
+
+fn identity_record(row: &Row) -> Result<ServiceIdentityRecord, StoreError> {
+    Ok(ServiceIdentityRecord {
+        project_id: row[0].text()?.to_string(),
+        service: row[1].text()?.to_string(),
+        email: row[2].text()?.to_string(),
+        unique_id: row[3].text()?.to_string(),
+        create_time: ts(row[4].int()?)?,
+    })
+}
+
 impl<B: SqlBackend> SqlStore<B> {
     /// Runs `f` in a transaction that also advances the change counter; commits on success.
     async fn write<R>(
@@ -81,6 +165,21 @@ impl<B: SqlBackend> SqlStore<B> {
         Ok(r)
     }
 
+    /// [`Self::write`], appending `audit` to the audit chain in the same transaction.
+    async fn write_audited<R>(
+        &self,
+        audit: &AuditRecord,
+        f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, StoreError>>,
+    ) -> Result<R, StoreError> {
+        let entry = [audit_json(audit)?];
+        let mut tx = self.backend.begin().await?;
+        let r = f(&mut tx).await?;
+        append_entries(&mut tx, &entry).await?;
+        tx.execute(BUMP_CHANGES, vec![]).await?;
+        tx.commit().await?;
+        Ok(r)
+    }
+
     async fn read_rows(&self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
         self.backend.read().await?.query(sql, params).await
     }
@@ -88,9 +187,9 @@ impl<B: SqlBackend> SqlStore<B> {
 
 #[async_trait]
 impl<B: SqlBackend> KmsStore for SqlStore<B> {
-    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing) -> Result<(), StoreError> {
+    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), StoreError> {
         let params = vec![Value::Text(name.to_string()), Value::Text(name.location.to_string()), to_json(ring)?];
-        self.write(|tx| Box::pin(async move { tx.execute(INSERT_KEY_RING, params).await.map(|_| ()) })).await
+        self.write_audited(audit, |tx| Box::pin(async move { tx.execute(INSERT_KEY_RING, params).await.map(|_| ()) })).await
     }
 
     async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, StoreError> {
@@ -103,7 +202,12 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         rows.iter().map(|r| from_json(&r[0])).collect()
     }
 
-    async fn insert_crypto_key(&self, key: &CryptoKeyRecord, first: Option<&VersionRecord>) -> Result<(), StoreError> {
+    async fn insert_crypto_key(
+        &self,
+        key: &CryptoKeyRecord,
+        first: Option<&VersionRecord>,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
         let key_params = vec![
             Value::Text(key.name.to_string()),
             Value::Text(key.name.key_ring.to_string()),
@@ -113,7 +217,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             nanos(key.key.next_rotation_time),
         ];
         let version_params = first.map(version_params).transpose()?;
-        self.write(|tx| {
+        self.write_audited(audit, |tx| {
             Box::pin(async move {
                 tx.execute(INSERT_CRYPTO_KEY, key_params).await?;
                 if let Some(p) = version_params {
@@ -135,7 +239,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         rows.iter().map(key_record).collect()
     }
 
-    async fn update_crypto_key(&self, key: &CryptoKeyRecord) -> Result<i64, StoreError> {
+    async fn update_crypto_key(&self, key: &CryptoKeyRecord, audit: &AuditRecord) -> Result<i64, StoreError> {
         let params = vec![
             to_json(&key.key)?,
             Value::OptInt(key.primary_version.map(|v| v as i64)),
@@ -143,7 +247,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             Value::Text(key.name.to_string()),
             Value::Int(key.revision),
         ];
-        self.write(|tx| {
+        self.write_audited(audit, |tx| {
             Box::pin(async move {
                 let rows = tx.query(UPDATE_CRYPTO_KEY, params).await?;
                 rows.first().ok_or(StoreError::Conflict)?[0].int()
@@ -163,12 +267,17 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         .await
     }
 
-    async fn insert_version(&self, version: &VersionRecord, make_primary: bool) -> Result<(), StoreError> {
+    async fn insert_version(
+        &self,
+        version: &VersionRecord,
+        make_primary: bool,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
         let params = version_params(version)?;
         let primary = make_primary.then(|| {
             vec![Value::OptInt(Some(version.name.version as i64)), Value::Text(version.name.crypto_key.to_string())]
         });
-        self.write(|tx| {
+        self.write_audited(audit, |tx| {
             Box::pin(async move {
                 tx.execute(INSERT_VERSION, params).await?;
                 if let Some(p) = primary {
@@ -190,7 +299,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         rows.iter().map(version_record).collect()
     }
 
-    async fn update_version(&self, version: &VersionRecord) -> Result<i64, StoreError> {
+    async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, StoreError> {
         let erased = version.material.is_none();
         let params = vec![
             to_json(&version.version)?,
@@ -200,7 +309,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             Value::Int(version.revision),
         ];
         let rev = self
-            .write(|tx| {
+            .write_audited(audit, |tx| {
                 Box::pin(async move {
                     let rows = tx.query(UPDATE_VERSION, params).await?;
                     rows.first().ok_or(StoreError::Conflict)?[0].int()
@@ -239,5 +348,157 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             })
         })
         .await
+    }
+
+    async fn policy(&self, resource: &str) -> Result<Option<PolicyRecord>, StoreError> {
+        let rows = self.read_rows(GET_POLICY, vec![Value::Text(resource.to_string())]).await?;
+        rows.first()
+            .map(|r| Ok(PolicyRecord { policy: from_json::<Policy>(&r[0])?, revision: r[1].int()? }))
+            .transpose()
+    }
+
+    async fn set_policy(
+        &self,
+        resource: &str,
+        policy: &Policy,
+        expected_revision: Option<i64>,
+        audit: &AuditRecord,
+    ) -> Result<i64, StoreError> {
+        let json = to_json(policy)?;
+        let resource = Value::Text(resource.to_string());
+        self.write_audited(audit, |tx| {
+            Box::pin(async move {
+                match expected_revision {
+                    None => {
+                        let rows = tx.query(UPSERT_POLICY, vec![resource, json]).await?;
+                        rows.first().ok_or(StoreError::Conflict)?[0].int()
+                    }
+                    Some(0) => match tx.execute(INSERT_POLICY, vec![resource, json]).await {
+                        Ok(_) => Ok(1),
+                        Err(StoreError::AlreadyExists) => Err(StoreError::Conflict),
+                        Err(e) => Err(e),
+                    },
+                    Some(rev) => {
+                        let rows = tx.query(UPDATE_POLICY, vec![json, resource, Value::Int(rev)]).await?;
+                        rows.first().ok_or(StoreError::Conflict)?[0].int()
+                    }
+                }
+            })
+        })
+        .await
+    }
+
+    async fn project(&self, project_id: &str) -> Result<Option<ProjectRecord>, StoreError> {
+        let rows = self.read_rows(GET_PROJECT, vec![Value::Text(project_id.to_string())]).await?;
+        rows.first()
+            .map(|r| {
+                Ok(ProjectRecord {
+                    project_id: r[0].text()?.to_string(),
+                    project_number: r[1].int()?,
+                    create_time: ts(r[2].int()?)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn insert_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
+        let params = vec![
+            Value::Text(project.project_id.clone()),
+            Value::Int(project.project_number),
+            Value::Int(project.create_time.unix_nanos_i64()),
+        ];
+        self.write(|tx| Box::pin(async move { tx.execute(INSERT_PROJECT, params).await.map(|_| ()) })).await
+    }
+
+    async fn insert_token(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), StoreError> {
+        let params = vec![
+            Value::Text(token.id.clone()),
+            Value::Text(token.hash.clone()),
+            Value::Text(token.principal.clone()),
+            Value::Text(token.description.clone()),
+            Value::Int(token.create_time.unix_nanos_i64()),
+            Value::Int(token.expire_time.unix_nanos_i64()),
+            nanos(token.revoke_time),
+        ];
+        self.write_audited(audit, |tx| Box::pin(async move { tx.execute(TOKEN_COLUMNS_INSERT, params).await.map(|_| ()) }))
+            .await
+    }
+
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let rows = self.read_rows(TOKEN_BY_HASH, vec![Value::Text(hash.to_string())]).await?;
+        rows.first().map(token_record).transpose()
+    }
+
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.read_rows(LIST_TOKENS, vec![]).await?.iter().map(token_record).collect()
+    }
+
+    async fn revoke_token(&self, id: &str, when: Timestamp, audit: &AuditRecord) -> Result<bool, StoreError> {
+        let params = vec![Value::Int(when.unix_nanos_i64()), Value::Text(id.to_string())];
+        let n = self
+            .write_audited(audit, |tx| Box::pin(async move { tx.execute(REVOKE_TOKEN, params).await }))
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn insert_service_identity(
+        &self,
+        identity: &ServiceIdentityRecord,
+        audit: &AuditRecord,
+    ) -> Result<(), StoreError> {
+        let params = vec![
+            Value::Text(identity.project_id.clone()),
+            Value::Text(identity.service.clone()),
+            Value::Text(identity.email.clone()),
+            Value::Text(identity.unique_id.clone()),
+            Value::Int(identity.create_time.unix_nanos_i64()),
+        ];
+        self.write_audited(audit, |tx| {
+            Box::pin(async move { tx.execute(INSERT_SERVICE_IDENTITY, params).await.map(|_| ()) })
+        })
+        .await
+    }
+
+    async fn service_identity(
+        &self,
+        project_id: &str,
+        service: &str,
+    ) -> Result<Option<ServiceIdentityRecord>, StoreError> {
+        let rows = self
+            .read_rows(GET_SERVICE_IDENTITY, vec![Value::Text(project_id.to_string()), Value::Text(service.to_string())])
+            .await?;
+        rows.first().map(identity_record).transpose()
+    }
+
+    async fn service_identity_by_email(&self, email: &str) -> Result<Option<ServiceIdentityRecord>, StoreError> {
+        let rows = self.read_rows(SERVICE_IDENTITY_BY_EMAIL, vec![Value::Text(email.to_string())]).await?;
+        rows.first().map(identity_record).transpose()
+    }
+
+    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError> {
+        let rows = entries.iter().map(audit_json).collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.backend.begin().await?;
+        append_entries(&mut tx, &rows).await?;
+        tx.commit().await
+    }
+
+    async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        let params = vec![
+            Value::Text(q.project.clone()),
+            Value::Int(q.start_nanos),
+            Value::Int(q.end_nanos),
+            Value::Text(q.method.clone()),
+            Value::Text(q.principal.clone()),
+            Value::Text(q.resource_prefix.clone()),
+            Value::Text(q.kind.clone()),
+            Value::Int(q.cursor),
+            Value::Int(q.limit),
+        ];
+        let sql = if q.descending { READ_AUDIT_DESC } else { READ_AUDIT_ASC };
+        self.read_rows(sql, params).await?.iter().map(audit_entry).collect()
+    }
+
+    async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
+        self.read_rows(AUDIT_CHAIN, vec![Value::Int(after), Value::Int(limit)]).await?.iter().map(audit_entry).collect()
     }
 }

@@ -44,6 +44,18 @@ pub struct ServeArgs {
     /// Shortest rotationPeriod accepted (Cloud KMS: 24 h). Lower only for tests.
     #[arg(long, default_value = "86400s", value_parser = parse_duration)]
     pub min_rotation_period: ProtoDuration,
+    /// Emulator mode for client libraries that send no token or a fake one: such requests act
+    /// as PRINCIPAL (default user:anonymous@keyhold.local), owner of every project. Off by
+    /// default; never use it on a server that holds real keys.
+    #[arg(long, value_name = "PRINCIPAL", num_args = 0..=1, default_missing_value = "user:anonymous@keyhold.local")]
+    pub allow_anonymous: Option<String>,
+    /// The server's owner, made owner of every project and token admin on first start.
+    #[arg(long, default_value = "user:owner@keyhold.local", env = "KEYHOLD_OWNER")]
+    pub owner: String,
+    /// Where the owner's bearer token is written (mode 0600) on first start, and re-minted if
+    /// it is missing, expired or revoked. Default: DATA_DIR/owner.token, where the CLI looks.
+    #[arg(long, env = "KEYHOLD_OWNER_TOKEN_FILE")]
+    pub owner_token_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<ProtoDuration, String> {
@@ -84,7 +96,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         (db, Arc::new(root))
     };
     let store = keyhold_storage::open(&db).await?;
+    let anonymous_principal = match &args.allow_anonymous {
+        Some(p) => Some(
+            keyhold_iam::Principal::parse(p).map_err(|e| format!("--allow-anonymous: {e}"))?,
+        ),
+        None => None,
+    };
+    let owner = keyhold_iam::Principal::parse(&args.owner).map_err(|e| format!("--owner: {e}"))?;
     let config = KmsConfig {
+        anonymous_principal: anonymous_principal.clone(),
         locations: args.locations,
         default_destroy_scheduled_duration: args.default_destroy_scheduled_duration,
         min_destroy_scheduled_duration: args.min_destroy_scheduled_duration,
@@ -92,6 +112,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         ..KmsConfig::default()
     };
     let kms = Arc::new(Kms::new(store, root, config, Arc::new(SystemClock)).await?);
+    let token_file = args.owner_token_file.clone().unwrap_or_else(|| args.data_dir.join("owner.token"));
+    bootstrap_owner(&kms, &owner, &token_file).await?;
+    if let Some(anon) = &anonymous_principal {
+        tracing::warn!(
+            principal = %anon,
+            "--allow-anonymous: REQUESTS WITHOUT A VALID TOKEN ARE ACCEPTED and act as {anon}, owner of every project. \
+             This is emulator mode for tests; never use it on a server holding real keys."
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(kms.clone().run_background(wait_for(stop_rx.clone())));
 
@@ -108,6 +137,46 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _ = stop_tx.send(true);
     let _ = background.await;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Makes `owner` the server's owner on first start and keeps a valid owner token in
+/// `token_file` (written atomically, mode 0600). The token is never logged.
+async fn bootstrap_owner(
+    kms: &Kms,
+    owner: &keyhold_iam::Principal,
+    token_file: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let existing = match std::fs::read_to_string(token_file) {
+        Ok(t) => Some(keyhold_crypto::SecretString::new(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot read the owner token file {}: {e}", token_file.display()).into()),
+    };
+    let Some(minted) = kms.bootstrap_owner(owner, existing.as_ref().map(|t| t.expose())).await? else {
+        return Ok(());
+    };
+    if let Some(dir) = token_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = token_file.with_extension("token.tmp");
+    {
+        use std::io::Write;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        f.write_all(minted.token.expose().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, token_file)?;
+    tracing::info!(
+        principal = %owner,
+        path = %token_file.display(),
+        expires = %minted.record.expire_time,
+        "wrote a bearer token for the server owner; the keyhold CLI on this machine uses it by default"
+    );
     Ok(())
 }
 

@@ -1,0 +1,107 @@
+//! The IAM messages of Google APIs (`google.iam.v1`): `Policy`, `Binding`, and the request
+//! bodies of `:getIamPolicy`, `:setIamPolicy` and `:testIamPermissions`, as JSON.
+//!
+//! Keyhold accepts the same policy documents gcloud writes (`gcloud ... get-iam-policy
+//! --format=json` output can be fed back to `set-iam-policy`).
+
+use serde::{Deserialize, Serialize};
+
+/// The etag of a resource that never had a policy, as Google answers it.
+pub const EMPTY_POLICY_ETAG: &str = "ACAB";
+
+/// `google.iam.v1.Policy`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Policy {
+    /// Policy format version: 1 (no conditions). 0 in a request means "not given".
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: i32,
+    /// Who has which role.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<Binding>,
+    /// Audit configuration (accepted and returned; Keyhold always audits everything).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_configs: Vec<serde_json::Value>,
+    /// Optimistic-concurrency token (base64). A `:setIamPolicy` carrying a stale etag fails
+    /// with `ABORTED`; one without an etag overwrites unconditionally.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub etag: String,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
+}
+
+/// `google.iam.v1.Binding`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Binding {
+    /// `roles/...`.
+    pub role: String,
+    /// `user:...`, `serviceAccount:...`, `group:...`, `domain:...`, `allUsers`,
+    /// `allAuthenticatedUsers`.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// IAM conditions are not supported; present only so a request naming one gets a clear
+    /// error instead of a JSON error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<serde_json::Value>,
+}
+
+/// Body of `:setIamPolicy`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetIamPolicyRequest {
+    /// The complete new policy.
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// Fields of `policy` to apply (`bindings`, `etag`, `auditConfigs`); empty means
+    /// `bindings,etag`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub update_mask: String,
+}
+
+/// Body of `:getIamPolicy` when sent as a POST (Resource Manager style).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GetIamPolicyRequest {
+    /// `{"requestedPolicyVersion": 3}`; accepted, versions above 1 change nothing because
+    /// Keyhold policies never carry conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Value>,
+}
+
+/// Body of `:testIamPermissions`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TestIamPermissionsRequest {
+    /// Permissions to test, e.g. `cloudkms.cryptoKeyVersions.useToEncrypt`.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+/// Answer of `:testIamPermissions`: the subset the caller holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TestIamPermissionsResponse {
+    /// Permissions held (omitted when none, as proto3 JSON does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcloud_policy_round_trips() {
+        let text = r#"{"bindings":[{"members":["serviceAccount:a@b.iam.gserviceaccount.com"],"role":"roles/cloudkms.cryptoKeyEncrypterDecrypter"}],"etag":"BwYCq0Sq4Ho=","version":1}"#;
+        let p: Policy = serde_json::from_str(text).unwrap();
+        assert_eq!(p.bindings[0].role, "roles/cloudkms.cryptoKeyEncrypterDecrypter");
+        assert_eq!(p.etag, "BwYCq0Sq4Ho=");
+        let back = serde_json::to_value(&p).unwrap();
+        assert_eq!(back["version"], 1);
+        assert!(back.get("auditConfigs").is_none());
+        assert!(serde_json::from_str::<Policy>(r#"{"bindngs":[]}"#).is_err());
+    }
+}

@@ -1,0 +1,304 @@
+//! Permissions and predefined roles, spelled as Google spells them.
+//!
+//! The tables follow Google's IAM roles reference for Cloud KMS, Resource Manager, Cloud
+//! Logging and Service Usage, restricted to the permissions Keyhold checks. Keyhold adds one
+//! role of its own, `roles/keyhold.tokenAdmin`, for the server-wide bearer-token admin API
+//! (Google has no equivalent: its tokens come from Google accounts).
+
+/// One permission, e.g. `cloudkms.cryptoKeyVersions.useToEncrypt`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Permission(&'static str);
+
+impl Permission {
+    /// The permission's name.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+
+    /// A known permission by name; `None` for anything Keyhold does not know.
+    pub fn parse(name: &str) -> Option<Permission> {
+        ALL_PERMISSIONS.iter().copied().find(|p| p.0 == name)
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+macro_rules! permissions {
+    ($($konst:ident = $name:literal;)*) => {
+        $(
+            #[doc = concat!("`", $name, "`")]
+            pub const $konst: Permission = Permission($name);
+        )*
+        /// Every permission Keyhold knows.
+        pub const ALL_PERMISSIONS: &[Permission] = &[$($konst),*];
+    };
+}
+
+permissions! {
+    LOCATIONS_GET = "cloudkms.locations.get";
+    LOCATIONS_LIST = "cloudkms.locations.list";
+    KEY_RINGS_CREATE = "cloudkms.keyRings.create";
+    KEY_RINGS_GET = "cloudkms.keyRings.get";
+    KEY_RINGS_LIST = "cloudkms.keyRings.list";
+    KEY_RINGS_GET_IAM_POLICY = "cloudkms.keyRings.getIamPolicy";
+    KEY_RINGS_SET_IAM_POLICY = "cloudkms.keyRings.setIamPolicy";
+    CRYPTO_KEYS_CREATE = "cloudkms.cryptoKeys.create";
+    CRYPTO_KEYS_GET = "cloudkms.cryptoKeys.get";
+    CRYPTO_KEYS_LIST = "cloudkms.cryptoKeys.list";
+    CRYPTO_KEYS_UPDATE = "cloudkms.cryptoKeys.update";
+    CRYPTO_KEYS_GET_IAM_POLICY = "cloudkms.cryptoKeys.getIamPolicy";
+    CRYPTO_KEYS_SET_IAM_POLICY = "cloudkms.cryptoKeys.setIamPolicy";
+    VERSIONS_CREATE = "cloudkms.cryptoKeyVersions.create";
+    VERSIONS_GET = "cloudkms.cryptoKeyVersions.get";
+    VERSIONS_LIST = "cloudkms.cryptoKeyVersions.list";
+    VERSIONS_UPDATE = "cloudkms.cryptoKeyVersions.update";
+    VERSIONS_DESTROY = "cloudkms.cryptoKeyVersions.destroy";
+    VERSIONS_RESTORE = "cloudkms.cryptoKeyVersions.restore";
+    VERSIONS_USE_TO_ENCRYPT = "cloudkms.cryptoKeyVersions.useToEncrypt";
+    VERSIONS_USE_TO_DECRYPT = "cloudkms.cryptoKeyVersions.useToDecrypt";
+    VERSIONS_VIEW_PUBLIC_KEY = "cloudkms.cryptoKeyVersions.viewPublicKey";
+    PROJECTS_GET = "resourcemanager.projects.get";
+    PROJECTS_GET_IAM_POLICY = "resourcemanager.projects.getIamPolicy";
+    PROJECTS_SET_IAM_POLICY = "resourcemanager.projects.setIamPolicy";
+    ORGANIZATIONS_GET_IAM_POLICY = "resourcemanager.organizations.getIamPolicy";
+    ORGANIZATIONS_SET_IAM_POLICY = "resourcemanager.organizations.setIamPolicy";
+    LOG_ENTRIES_LIST = "logging.logEntries.list";
+    PRIVATE_LOG_ENTRIES_LIST = "logging.privateLogEntries.list";
+    SERVICE_ACCOUNTS_GET_ACCESS_TOKEN = "iam.serviceAccounts.getAccessToken";
+    TOKENS_CREATE = "keyhold.tokens.create";
+    TOKENS_LIST = "keyhold.tokens.list";
+    TOKENS_REVOKE = "keyhold.tokens.revoke";
+}
+
+/// A predefined role.
+#[derive(Debug)]
+pub struct Role {
+    /// `roles/...`.
+    pub name: &'static str,
+    /// What the role is for, as Google's reference titles it.
+    pub title: &'static str,
+    /// The permissions it grants.
+    pub permissions: &'static [Permission],
+}
+
+impl Role {
+    /// Whether the role grants `p`.
+    pub fn grants(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+}
+
+/// A predefined role by name.
+pub fn role(name: &str) -> Option<&'static Role> {
+    ROLES.iter().find(|r| r.name == name)
+}
+
+const KMS_READ: &[Permission] = &[
+    LOCATIONS_GET,
+    LOCATIONS_LIST,
+    KEY_RINGS_GET,
+    KEY_RINGS_LIST,
+    CRYPTO_KEYS_GET,
+    CRYPTO_KEYS_LIST,
+    VERSIONS_GET,
+    VERSIONS_LIST,
+    PROJECTS_GET,
+];
+
+/// Every predefined role Keyhold knows.
+pub static ROLES: &[Role] = &[
+    Role {
+        name: "roles/owner",
+        title: "Owner",
+        permissions: &[
+            LOCATIONS_GET,
+            LOCATIONS_LIST,
+            KEY_RINGS_CREATE,
+            KEY_RINGS_GET,
+            KEY_RINGS_LIST,
+            KEY_RINGS_GET_IAM_POLICY,
+            KEY_RINGS_SET_IAM_POLICY,
+            CRYPTO_KEYS_CREATE,
+            CRYPTO_KEYS_GET,
+            CRYPTO_KEYS_LIST,
+            CRYPTO_KEYS_UPDATE,
+            CRYPTO_KEYS_GET_IAM_POLICY,
+            CRYPTO_KEYS_SET_IAM_POLICY,
+            VERSIONS_CREATE,
+            VERSIONS_GET,
+            VERSIONS_LIST,
+            VERSIONS_UPDATE,
+            VERSIONS_DESTROY,
+            VERSIONS_RESTORE,
+            VERSIONS_USE_TO_ENCRYPT,
+            VERSIONS_USE_TO_DECRYPT,
+            VERSIONS_VIEW_PUBLIC_KEY,
+            PROJECTS_GET,
+            PROJECTS_GET_IAM_POLICY,
+            PROJECTS_SET_IAM_POLICY,
+            ORGANIZATIONS_GET_IAM_POLICY,
+            ORGANIZATIONS_SET_IAM_POLICY,
+            LOG_ENTRIES_LIST,
+            PRIVATE_LOG_ENTRIES_LIST,
+        ],
+    },
+    Role {
+        name: "roles/editor",
+        title: "Editor",
+        permissions: &[
+            LOCATIONS_GET,
+            LOCATIONS_LIST,
+            KEY_RINGS_CREATE,
+            KEY_RINGS_GET,
+            KEY_RINGS_LIST,
+            KEY_RINGS_GET_IAM_POLICY,
+            CRYPTO_KEYS_CREATE,
+            CRYPTO_KEYS_GET,
+            CRYPTO_KEYS_LIST,
+            CRYPTO_KEYS_UPDATE,
+            CRYPTO_KEYS_GET_IAM_POLICY,
+            VERSIONS_CREATE,
+            VERSIONS_GET,
+            VERSIONS_LIST,
+            VERSIONS_UPDATE,
+            VERSIONS_VIEW_PUBLIC_KEY,
+            PROJECTS_GET,
+            PROJECTS_GET_IAM_POLICY,
+            LOG_ENTRIES_LIST,
+        ],
+    },
+    Role {
+        name: "roles/viewer",
+        title: "Viewer",
+        permissions: &[
+            LOCATIONS_GET,
+            LOCATIONS_LIST,
+            KEY_RINGS_GET,
+            KEY_RINGS_LIST,
+            KEY_RINGS_GET_IAM_POLICY,
+            CRYPTO_KEYS_GET,
+            CRYPTO_KEYS_LIST,
+            CRYPTO_KEYS_GET_IAM_POLICY,
+            VERSIONS_GET,
+            VERSIONS_LIST,
+            VERSIONS_VIEW_PUBLIC_KEY,
+            PROJECTS_GET,
+            PROJECTS_GET_IAM_POLICY,
+            LOG_ENTRIES_LIST,
+        ],
+    },
+    Role {
+        name: "roles/cloudkms.admin",
+        title: "Cloud KMS Admin",
+        permissions: &[
+            LOCATIONS_GET,
+            LOCATIONS_LIST,
+            KEY_RINGS_CREATE,
+            KEY_RINGS_GET,
+            KEY_RINGS_LIST,
+            KEY_RINGS_GET_IAM_POLICY,
+            KEY_RINGS_SET_IAM_POLICY,
+            CRYPTO_KEYS_CREATE,
+            CRYPTO_KEYS_GET,
+            CRYPTO_KEYS_LIST,
+            CRYPTO_KEYS_UPDATE,
+            CRYPTO_KEYS_GET_IAM_POLICY,
+            CRYPTO_KEYS_SET_IAM_POLICY,
+            VERSIONS_CREATE,
+            VERSIONS_GET,
+            VERSIONS_LIST,
+            VERSIONS_UPDATE,
+            VERSIONS_DESTROY,
+            VERSIONS_RESTORE,
+            VERSIONS_VIEW_PUBLIC_KEY,
+            PROJECTS_GET,
+        ],
+    },
+    Role { name: "roles/cloudkms.viewer", title: "Cloud KMS Viewer", permissions: KMS_READ },
+    Role {
+        name: "roles/cloudkms.cryptoKeyEncrypterDecrypter",
+        title: "Cloud KMS CryptoKey Encrypter/Decrypter",
+        permissions: &[VERSIONS_USE_TO_ENCRYPT, VERSIONS_USE_TO_DECRYPT, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.cryptoKeyEncrypter",
+        title: "Cloud KMS CryptoKey Encrypter",
+        permissions: &[VERSIONS_USE_TO_ENCRYPT, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.cryptoKeyDecrypter",
+        title: "Cloud KMS CryptoKey Decrypter",
+        permissions: &[VERSIONS_USE_TO_DECRYPT, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.cryptoOperator",
+        title: "Cloud KMS Crypto Operator",
+        permissions: &[
+            VERSIONS_USE_TO_ENCRYPT,
+            VERSIONS_USE_TO_DECRYPT,
+            VERSIONS_VIEW_PUBLIC_KEY,
+            LOCATIONS_GET,
+            LOCATIONS_LIST,
+            PROJECTS_GET,
+        ],
+    },
+    Role { name: "roles/logging.viewer", title: "Logs Viewer", permissions: &[LOG_ENTRIES_LIST] },
+    Role {
+        name: "roles/logging.privateLogViewer",
+        title: "Private Logs Viewer",
+        permissions: &[LOG_ENTRIES_LIST, PRIVATE_LOG_ENTRIES_LIST],
+    },
+    Role {
+        name: "roles/serviceusage.serviceUsageAdmin",
+        title: "Service Usage Admin",
+        permissions: &[PROJECTS_GET],
+    },
+    Role {
+        name: "roles/keyhold.tokenAdmin",
+        title: "Keyhold Token Admin (server-wide; only meaningful on organizations/keyhold)",
+        permissions: &[TOKENS_CREATE, TOKENS_LIST, TOKENS_REVOKE],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_permission_is_known_and_names_are_unique() {
+        let mut names = std::collections::HashSet::new();
+        for r in ROLES {
+            assert!(names.insert(r.name), "duplicate role {}", r.name);
+            assert!(r.name.starts_with("roles/"));
+            for p in r.permissions {
+                assert_eq!(Permission::parse(p.as_str()), Some(*p));
+            }
+        }
+    }
+
+    #[test]
+    fn separation_of_duties() {
+        // Cloud KMS Admin manages keys but cannot use them (Google's separation of duties).
+        let admin = role("roles/cloudkms.admin").unwrap();
+        assert!(admin.grants(CRYPTO_KEYS_SET_IAM_POLICY));
+        assert!(!admin.grants(VERSIONS_USE_TO_ENCRYPT));
+        let ed = role("roles/cloudkms.cryptoKeyEncrypterDecrypter").unwrap();
+        assert!(ed.grants(VERSIONS_USE_TO_DECRYPT) && !ed.grants(CRYPTO_KEYS_GET));
+        assert!(!role("roles/cloudkms.cryptoKeyEncrypter").unwrap().grants(VERSIONS_USE_TO_DECRYPT));
+        // Basic roles as Google defines them: owner may use keys, editor may not.
+        assert!(role("roles/owner").unwrap().grants(VERSIONS_USE_TO_ENCRYPT));
+        assert!(!role("roles/editor").unwrap().grants(VERSIONS_USE_TO_ENCRYPT));
+        assert!(!role("roles/editor").unwrap().grants(VERSIONS_DESTROY));
+        assert!(!role("roles/cloudkms.viewer").unwrap().grants(CRYPTO_KEYS_GET_IAM_POLICY));
+        assert!(role("roles/viewer").unwrap().grants(CRYPTO_KEYS_GET_IAM_POLICY));
+        assert!(role("roles/nope").is_none());
+        // Token administration is never part of a project role.
+        for r in ROLES.iter().filter(|r| r.name != "roles/keyhold.tokenAdmin") {
+            assert!(!r.grants(TOKENS_CREATE), "{}", r.name);
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Who is calling, and the bookkeeping of one call: its authorization and its audit entry.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use keyhold_iam::{Permission, Principal};
+
+use crate::audit::{AuditKind, AuditRecord};
+use crate::error::KmsError;
+use crate::service::Kms;
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// Who, or `None` when the request carried no valid credential (it is then refused, and
+    /// the refusal is audited).
+    pub principal: Option<Principal>,
+    /// Whether `--allow-anonymous` supplied the principal.
+    pub anonymous: bool,
+    /// Request ID, for the audit log.
+    pub request_id: String,
+    /// The caller's stated reason for the request, if any.
+    pub justification: Option<String>,
+    /// When `principal` is `None`: whether no credential was sent at all (rather than an
+    /// invalid one).
+    pub credential_missing: bool,
+}
+
+impl Caller {
+    /// A caller authenticated as `principal`.
+    pub fn new(principal: Principal, request_id: impl Into<String>) -> Self {
+        Self {
+            principal: Some(principal),
+            anonymous: false,
+            request_id: request_id.into(),
+            justification: None,
+            credential_missing: false,
+        }
+    }
+
+    /// A caller that could not be authenticated; every call it makes fails with
+    /// `UNAUTHENTICATED` (and is audited).
+    pub fn unauthenticated(credential_missing: bool, request_id: impl Into<String>) -> Self {
+        Self { principal: None, anonymous: false, request_id: request_id.into(), justification: None, credential_missing }
+    }
+
+    /// Keyhold itself (the scheduler, the bootstrap), for audit entries of what it does on its own.
+    pub fn system(what: &str) -> Self {
+        Self::new(Principal::parse(&format!("service:{what}.keyhold.local")).expect("valid system principal"), "")
+    }
+
+    /// The principal, as recorded in audit entries.
+    pub fn principal_str(&self) -> &str {
+        self.principal.as_ref().map_or("", Principal::as_str)
+    }
+}
+
+/// One call in progress: builds its audit entry and makes sure exactly one outcome is recorded.
+#[derive(Debug)]
+pub(crate) struct Call<'a> {
+    pub(crate) caller: &'a Caller,
+    service: &'static str,
+    method: &'static str,
+    resource: String,
+    kind: AuditKind,
+    permission: Mutex<Option<(Permission, bool)>>,
+    key_version: Mutex<Option<String>>,
+    committed: AtomicBool,
+}
+
+impl<'a> Call<'a> {
+    pub(crate) fn new(caller: &'a Caller, method: &'static str, resource: String, kind: AuditKind) -> Self {
+        Self::for_service(caller, "cloudkms.googleapis.com", method, resource, kind)
+    }
+
+    pub(crate) fn for_service(
+        caller: &'a Caller,
+        service: &'static str,
+        method: &'static str,
+        resource: String,
+        kind: AuditKind,
+    ) -> Self {
+        Self {
+            caller,
+            service,
+            method,
+            resource,
+            kind,
+            permission: Mutex::new(None),
+            key_version: Mutex::new(None),
+            committed: AtomicBool::new(false),
+        }
+    }
+
+    /// Notes the permission checked and whether it was granted.
+    pub(crate) fn set_permission(&self, p: Permission, granted: bool) {
+        *self.permission.lock().unwrap_or_else(|e| e.into_inner()) = Some((p, granted));
+    }
+
+    /// Notes the key version a cryptographic call used.
+    pub(crate) fn set_key_version(&self, v: String) {
+        *self.key_version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
+
+    fn record(&self, outcome: Result<(), &KmsError>) -> AuditRecord {
+        let permission = *self.permission.lock().unwrap_or_else(|e| e.into_inner());
+        let (code, message) = match outcome {
+            Ok(()) => (0, String::new()),
+            Err(e) => (e.code().number(), e.to_status().message),
+        };
+        AuditRecord {
+            time: keyhold_api::wire::Timestamp::now(),
+            project: keyhold_iam::project_of(&self.resource).unwrap_or_default().to_string(),
+            principal: self.caller.principal_str().to_string(),
+            service: self.service.to_string(),
+            method: self.method.to_string(),
+            resource: self.resource.clone(),
+            kind: self.kind,
+            permission: permission.map(|(p, _)| p.as_str().to_string()),
+            granted: permission.is_some_and(|(_, g)| g),
+            key_version: self.key_version.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            justification: self.caller.justification.clone(),
+            request_id: self.caller.request_id.clone(),
+            code,
+            message,
+            anonymous: self.caller.anonymous,
+        }
+    }
+
+    /// The entry to commit together with the call's change. Once the change commits, the call
+    /// is recorded; if the transaction fails, [`Kms::finish`] records the failure instead.
+    pub(crate) fn success_entry(&self) -> AuditRecord {
+        self.committed.store(true, Ordering::Release);
+        self.record(Ok(()))
+    }
+}
+
+impl Kms {
+    /// Records the call's outcome unless its success entry was committed with its change, and
+    /// passes the result on. If the entry cannot be written the call fails: an unaudited
+    /// answer is never given.
+    pub(crate) async fn finish<T>(&self, call: Call<'_>, result: Result<T, KmsError>) -> Result<T, KmsError> {
+        let committed = call.committed.load(Ordering::Acquire) && result.is_ok();
+        if !committed {
+            let entry = call.record(result.as_ref().map(|_| ()));
+            if let Err(e) = self.audit.record(entry).await {
+                tracing::error!(error = %e, "cannot write the audit log; refusing the request");
+                return Err(KmsError::Unavailable(e));
+            }
+        }
+        result
+    }
+
+    /// Checks that the caller holds `permission` on `resource` (through the policies of the
+    /// resource and its ancestors), before anything is looked up, so that a refusal reveals
+    /// nothing about whether the resource exists.
+    pub(crate) async fn authorize(&self, call: &Call<'_>, permission: Permission, resource: &str) -> Result<(), KmsError> {
+        let granted = match &call.caller.principal {
+            None => return Err(KmsError::Unauthenticated { missing: call.caller.credential_missing }),
+            Some(p) => self.iam.has_permission(self, p, call.caller.anonymous, permission, resource).await?,
+        };
+        call.set_permission(permission, granted);
+        if !granted {
+            return Err(KmsError::PermissionDenied { permission, resource: resource.to_string() });
+        }
+        if let Some(project) = keyhold_iam::project_of(resource) {
+            self.iam.ensure_project(self, project).await?;
+        }
+        Ok(())
+    }
+
+    /// Fails unless the caller authenticated (for calls that need no permission).
+    pub(crate) fn authenticated<'c>(&self, call: &Call<'c>) -> Result<&'c Principal, KmsError> {
+        call.caller.principal.as_ref().ok_or(KmsError::Unauthenticated { missing: call.caller.credential_missing })
+    }
+}

@@ -1,0 +1,288 @@
+//! Authentication: bearer tokens (random, shown once, stored as SHA-256 hashes, expiring,
+//! revocable), the server owner's bootstrap, service identities ([K9]) and the short-lived
+//! tokens a service mints for its own agent.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use keyhold_api::iam::{Binding, Policy};
+use keyhold_api::wire::ProtoDuration;
+use keyhold_crypto::SecretString;
+use keyhold_iam::{Principal, ROOT_RESOURCE, role};
+
+use crate::audit::AuditKind;
+use crate::caller::{Call, Caller};
+use crate::error::KmsError;
+use crate::service::Kms;
+use crate::store::{ServiceIdentityRecord, StoreError, TokenRecord};
+
+/// Token text prefix, so a leaked token is recognisable (secret scanners, logs).
+const TOKEN_PREFIX: &str = "kh1.";
+/// Longest lifetime of a service agent's access token (Google's default maximum: one hour).
+const MAX_AGENT_TOKEN_SECS: i64 = 3600;
+/// Lifetime of the owner's bootstrap token.
+const OWNER_TOKEN_SECS: i64 = 365 * 24 * 3600;
+
+/// Tokens looked up recently, by hash (`None`: unknown). Cleared with every store change, so a
+/// revocation on any node takes effect within the change-poll interval.
+#[derive(Debug, Default)]
+pub(crate) struct TokenCache {
+    by_hash: RwLock<HashMap<String, Option<TokenRecord>>>,
+}
+
+impl TokenCache {
+    pub(crate) fn clear(&self) {
+        self.by_hash.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+fn token_hash(token: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_hex(n: usize) -> Result<String, KmsError> {
+    let mut b = vec![0u8; n];
+    keyhold_crypto::random_bytes(&mut b).map_err(|e| KmsError::Internal(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// A freshly created token: the secret (shown once) and its record.
+#[derive(Debug)]
+pub struct NewToken {
+    /// The bearer token. Not stored anywhere by Keyhold.
+    pub token: SecretString,
+    /// What is stored.
+    pub record: TokenRecord,
+}
+
+/// The service-agent email of `service` in project number `number`:
+/// `service-NUMBER@gcp-sa-NAME.iam.gserviceaccount.com`, NAME being the service's first DNS
+/// label (`financialservices.googleapis.com` -> `gcp-sa-financialservices`).
+pub fn service_agent_email(service: &str, project_number: i64) -> String {
+    let name = match service {
+        "sqladmin.googleapis.com" => "cloud-sql",
+        s => s.split('.').next().unwrap_or(s),
+    };
+    format!("service-{project_number}@gcp-sa-{name}.iam.gserviceaccount.com")
+}
+
+impl Kms {
+    /// Maps a bearer token to its principal. Fails with `UNAUTHENTICATED` for unknown, expired
+    /// or revoked tokens.
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, KmsError> {
+        let invalid = || KmsError::Unauthenticated { missing: false };
+        if !token.starts_with(TOKEN_PREFIX) || token.len() > 256 {
+            return Err(invalid());
+        }
+        let hash = token_hash(token);
+        let cached = self.tokens.by_hash.read().unwrap_or_else(|e| e.into_inner()).get(&hash).cloned();
+        let record = match cached {
+            Some(r) => r,
+            None => {
+                let r = self.store.token_by_hash(&hash).await?;
+                self.tokens.by_hash.write().unwrap_or_else(|e| e.into_inner()).insert(hash, r.clone());
+                r
+            }
+        };
+        let record = record.ok_or_else(invalid)?;
+        if record.revoke_time.is_some() || record.expire_time <= self.clock.now() {
+            return Err(invalid());
+        }
+        Principal::parse(&record.principal).map_err(|_| invalid())
+    }
+
+    async fn mint_token(
+        &self,
+        call: &Call<'_>,
+        principal: &Principal,
+        ttl: ProtoDuration,
+        description: &str,
+    ) -> Result<NewToken, KmsError> {
+        let id = random_hex(8)?;
+        let mut secret = [0u8; 32];
+        keyhold_crypto::random_bytes(&mut secret).map_err(|e| KmsError::Internal(e.to_string()))?;
+        use base64::Engine;
+        let token = SecretString::new(format!(
+            "{TOKEN_PREFIX}{id}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
+        ));
+        zeroize::Zeroize::zeroize(&mut secret);
+        let now = self.clock.now();
+        let record = TokenRecord {
+            id,
+            hash: token_hash(token.expose()),
+            principal: principal.to_string(),
+            description: description.to_string(),
+            create_time: now,
+            expire_time: now.add(ttl),
+            revoke_time: None,
+        };
+        self.store.insert_token(&record, &call.success_entry()).await?;
+        Ok(NewToken { token, record })
+    }
+
+    /// Creates a token for `principal` (needs `keyhold.tokens.create` on the server).
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        principal: &str,
+        ttl: Option<ProtoDuration>,
+        description: &str,
+    ) -> Result<NewToken, KmsError> {
+        let call = Call::for_service(caller, "keyhold.dev", "CreateToken", ROOT_RESOURCE.to_string(), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::TOKENS_CREATE, ROOT_RESOURCE).await?;
+            let principal = Principal::parse(principal).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
+            let ttl = ttl.unwrap_or(self.config.default_token_ttl);
+            if ttl.as_nanos() <= 0 {
+                return Err(KmsError::InvalidArgument("ttl must be positive, e.g. 86400s.".into()));
+            }
+            if description.len() > 256 {
+                return Err(KmsError::InvalidArgument("description is limited to 256 bytes.".into()));
+            }
+            self.mint_token(&call, &principal, ttl, description).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    /// All tokens (never their secrets).
+    pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<TokenRecord>, KmsError> {
+        let call = Call::for_service(caller, "keyhold.dev", "ListTokens", ROOT_RESOURCE.to_string(), AuditKind::DataAccess);
+        let r = async {
+            self.authorize(&call, role::TOKENS_LIST, ROOT_RESOURCE).await?;
+            Ok(self.store.list_tokens().await?)
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    /// Revokes a token; effective on the next request on this node, within the change-poll
+    /// interval on the others.
+    pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), KmsError> {
+        let call = Call::for_service(caller, "keyhold.dev", "RevokeToken", format!("tokens/{id}"), AuditKind::Activity);
+        let r = async {
+            self.authorize(&call, role::TOKENS_REVOKE, ROOT_RESOURCE).await?;
+            if !self.store.revoke_token(id, self.clock.now(), &call.success_entry()).await? {
+                return Err(KmsError::TokenNotFound(id.to_string()));
+            }
+            self.tokens.clear();
+            Ok(())
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    /// First start: makes `owner` owner and token admin of the whole server (if nobody is yet)
+    /// and, unless `existing` is a valid token of the owner, mints a token for it.
+    pub async fn bootstrap_owner(&self, owner: &Principal, existing: Option<&str>) -> Result<Option<NewToken>, KmsError> {
+        let system = Caller::system("bootstrap");
+        if self.store.policy(ROOT_RESOURCE).await?.is_none() {
+            let policy = Policy {
+                version: 1,
+                bindings: ["roles/keyhold.tokenAdmin", "roles/owner"]
+                    .into_iter()
+                    .map(|r| Binding { role: r.into(), members: vec![owner.to_string()], condition: None })
+                    .collect(),
+                ..Default::default()
+            };
+            let call = Call::for_service(&system, "cloudresourcemanager.googleapis.com", "SetIamPolicy", ROOT_RESOURCE.into(), AuditKind::Activity);
+            match self.store.set_policy(ROOT_RESOURCE, &policy, Some(0), &call.success_entry()).await {
+                Ok(_) | Err(StoreError::Conflict) | Err(StoreError::AlreadyExists) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.iam.clear();
+        }
+        if let Some(t) = existing
+            && self.authenticate(t.trim()).await.is_ok_and(|p| p == *owner)
+        {
+            return Ok(None);
+        }
+        let call = Call::for_service(&system, "keyhold.dev", "CreateToken", ROOT_RESOURCE.into(), AuditKind::Activity);
+        let r = self.mint_token(&call, owner, ProtoDuration::from_secs(OWNER_TOKEN_SECS), "owner token (bootstrap)").await;
+        self.finish(call, r).await.map(Some)
+    }
+
+    /// `services.generateServiceIdentity` ([K9]): the agent through which `service` acts for
+    /// `project`, created on first call, the same one afterwards.
+    pub async fn generate_service_identity(
+        &self,
+        caller: &Caller,
+        project_id: &str,
+        service: &str,
+    ) -> Result<ServiceIdentityRecord, KmsError> {
+        let resource = format!("projects/{project_id}/services/{service}");
+        let call = Call::for_service(caller, "serviceusage.googleapis.com", "GenerateServiceIdentity", resource, AuditKind::Activity);
+        let r = async {
+            keyhold_api::name::check_id("project", project_id)?;
+            if service.is_empty()
+                || service.len() > 253
+                || !service.contains('.')
+                || !service.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            {
+                return Err(KmsError::InvalidArgument(format!(
+                    "Service name \"{service}\" is not valid; use a service's DNS name, e.g. store.keyhold.dev."
+                )));
+            }
+            // Google requires no permission beyond being able to see the project.
+            self.authorize(&call, role::PROJECTS_GET, &format!("projects/{project_id}")).await?;
+            if let Some(existing) = self.store.service_identity(project_id, service).await? {
+                return Ok(existing);
+            }
+            let project = self.project_record(project_id).await?;
+            let mut uid = [0u8; 8];
+            keyhold_crypto::random_bytes(&mut uid).map_err(|e| KmsError::Internal(e.to_string()))?;
+            let identity = ServiceIdentityRecord {
+                project_id: project_id.to_string(),
+                service: service.to_string(),
+                email: service_agent_email(service, project.project_number),
+                unique_id: format!("1{:020}", u64::from_be_bytes(uid)),
+                create_time: self.clock.now(),
+            };
+            match self.store.insert_service_identity(&identity, &call.success_entry()).await {
+                Ok(()) => Ok(identity),
+                Err(StoreError::AlreadyExists) => self
+                    .store
+                    .service_identity(project_id, service)
+                    .await?
+                    .ok_or_else(|| KmsError::Internal("service identity vanished".into())),
+                Err(e) => Err(e.into()),
+            }
+        }
+        .await;
+        self.finish(call, r).await
+    }
+
+    /// IAM Credentials `generateAccessToken` for a service agent: only the service the agent
+    /// belongs to (authenticated as `service:NAME`) may mint its tokens; lifetime at most 1 h.
+    pub async fn generate_agent_token(
+        &self,
+        caller: &Caller,
+        agent_email: &str,
+        lifetime: Option<ProtoDuration>,
+    ) -> Result<NewToken, KmsError> {
+        let resource = format!("projects/-/serviceAccounts/{agent_email}");
+        let call = Call::for_service(caller, "iamcredentials.googleapis.com", "GenerateAccessToken", resource.clone(), AuditKind::DataAccess);
+        let r = async {
+            let principal = self.authenticated(&call)?;
+            let denied = || KmsError::PermissionDenied { permission: role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN, resource: resource.clone() };
+            let identity = self.store.service_identity_by_email(agent_email).await?.ok_or_else(denied)?;
+            let allowed = principal.service() == Some(identity.service.as_str());
+            call.set_permission(role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN, allowed);
+            if !allowed {
+                return Err(denied());
+            }
+            let lifetime = lifetime.unwrap_or(ProtoDuration::from_secs(MAX_AGENT_TOKEN_SECS));
+            if lifetime.as_nanos() <= 0 || lifetime.as_nanos() > i128::from(MAX_AGENT_TOKEN_SECS) * 1_000_000_000 {
+                return Err(KmsError::InvalidArgument(
+                    "lifetime must be between 1s and 3600s.".into(),
+                ));
+            }
+            let agent = Principal::parse(&format!("serviceAccount:{agent_email}"))
+                .map_err(|e| KmsError::Internal(e.to_string()))?;
+            self.mint_token(&call, &agent, lifetime, &format!("access token minted by {principal}")).await
+        }
+        .await;
+        self.finish(call, r).await
+    }
+}
