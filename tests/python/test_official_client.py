@@ -1,8 +1,18 @@
 """Keyhold against Google's official Python client (google-cloud-kms), over REST.
 
 Each test session starts a real `keyhold serve --in-memory` process on a free loopback port and
-points `kms_v1.KeyManagementServiceClient` at it with anonymous credentials, exactly as a user
-of Keyhold would. Nothing is mocked.
+points `kms_v1.KeyManagementServiceClient` at it, exactly as a user of Keyhold would. Nothing is
+mocked.
+
+Authentication: the server requires `Authorization: Bearer TOKEN` on every request. It is started
+with `--owner-token-file` pointing into a temporary directory (never the repository's
+./keyhold-data), writes the owner's token (user:owner@keyhold.local, owner of every project) there
+before it starts listening, and the client sends that token through
+`google.oauth2.credentials.Credentials(token=...)`, a static bearer token that is never refreshed.
+Tokens for other principals are minted with `POST /v1/tokens` as the owner. A second server,
+started with `--allow-anonymous` (emulator mode), checks that a client with
+`AnonymousCredentials` (no Authorization header) works there, and the main server checks that
+the same client is refused with 401 UNAUTHENTICATED.
 
 Environment:
     KEYHOLD_BIN  path of the keyhold binary (default: <repo>/target/debug/keyhold)
@@ -18,6 +28,7 @@ sends and what gRPC clients map to InvalidArgument / FailedPrecondition / Alread
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import subprocess
@@ -34,6 +45,7 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import kms_v1
+from google.oauth2.credentials import Credentials
 from google.cloud.kms_v1.services.key_management_service.transports.rest import (
     KeyManagementServiceRestTransport,
 )
@@ -62,15 +74,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class KeyholdServer:
-    """A `keyhold serve --in-memory` child process and its stderr log."""
+# Every server started by this module, so that a failing test can show what each one logged.
+_SERVERS: list[KeyholdServer] = []
 
-    def __init__(self, binary: Path):
+
+class KeyholdServer:
+    """A `keyhold serve --in-memory` child process, its output log and its owner token.
+
+    Everything it writes (log, owner token) lives in a private temporary directory.
+    """
+
+    def __init__(self, binary: Path, extra_args: tuple[str, ...] = ()):
         self.binary = binary
+        self.extra_args = tuple(extra_args)
         self.port = _free_port()
         self.host = f"127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="keyhold-py-", suffix=".log", delete=False)
+        self.url = f"http://{self.host}"
+        self.dir = tempfile.TemporaryDirectory(prefix="keyhold-py-")
+        self.token_file = Path(self.dir.name) / "owner.token"
+        self.log = open(Path(self.dir.name) / "keyhold.log", "w+b")
         self.proc: subprocess.Popen | None = None
+        self.owner_token: str | None = None
 
     def start(self, timeout: float = 30.0) -> None:
         cmd = [
@@ -81,14 +105,21 @@ class KeyholdServer:
             self.host,
             "--min-destroy-scheduled-duration",
             "1s",
+            # Without this the token would go to DATA_DIR/owner.token, i.e. ./keyhold-data in the repo.
+            "--owner-token-file",
+            str(self.token_file),
+            *self.extra_args,
         ]
         env = dict(os.environ)
         env.setdefault("NO_COLOR", "1")
         # One line per request (method, path, status), shown when a test fails.
         env.setdefault("KEYHOLD_LOG", "info,keyhold_server=debug")
+        # The token file must come from this server, not from a variable of the caller's shell.
+        env.pop("KEYHOLD_OWNER_TOKEN_FILE", None)
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env
         )
+        _SERVERS.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -97,11 +128,25 @@ class KeyholdServer:
                     f"command: {' '.join(cmd)}\n--- keyhold output ---\n{self.output()}"
                 )
             try:
-                with urllib.request.urlopen(f"http://{self.host}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                    healthy = r.status == 200
             except (urllib.error.URLError, ConnectionError, OSError):
-                pass
+                healthy = False
+            if healthy:
+                # The token is written before the server listens, so it is there once healthy.
+                try:
+                    token = self.token_file.read_text().strip()
+                except OSError as e:
+                    self.stop()
+                    raise RuntimeError(
+                        f"keyhold is healthy but its owner token {self.token_file} is unreadable: {e}\n"
+                        f"--- keyhold output ---\n{self.output()}"
+                    ) from e
+                if not token:
+                    self.stop()
+                    raise RuntimeError(f"keyhold wrote an empty owner token to {self.token_file}")
+                self.owner_token = token
+                return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(
@@ -129,19 +174,57 @@ class KeyholdServer:
 
     def cleanup(self) -> None:
         self.log.close()
-        try:
-            os.unlink(self.log.name)
-        except OSError:
-            pass
+        if self in _SERVERS:
+            _SERVERS.remove(self)
+        self.dir.cleanup()
+
+    def mint_token(self, principal: str) -> str:
+        """A bearer token for `principal`, minted by the owner through `POST /v1/tokens`."""
+        req = urllib.request.Request(
+            f"{self.url}/v1/tokens",
+            data=json.dumps({"principal": principal}).encode(),
+            headers={"Authorization": f"Bearer {self.owner_token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200, r.status
+            body = json.loads(r.read())
+        assert body["principal"] == principal, body
+        assert body["token"], body
+        return body["token"]
+
+
+def _keyhold_binary() -> Path:
+    binary = Path(os.environ.get("KEYHOLD_BIN", REPO_ROOT / "target" / "debug" / "keyhold"))
+    if not binary.is_file():
+        pytest.fail(f"keyhold binary not found at {binary}; run `cargo build -p keyhold` or set KEYHOLD_BIN")
+    return binary
+
+
+def _start_server(extra_args: tuple[str, ...] = ()):
+    srv = KeyholdServer(_keyhold_binary(), extra_args)
+    try:
+        srv.start()
+    except BaseException:
+        srv.cleanup()
+        raise
+    return srv
 
 
 @pytest.fixture(scope="session")
 def server():
-    binary = Path(os.environ.get("KEYHOLD_BIN", REPO_ROOT / "target" / "debug" / "keyhold"))
-    if not binary.is_file():
-        pytest.fail(f"keyhold binary not found at {binary}; run `cargo build -p keyhold` or set KEYHOLD_BIN")
-    srv = KeyholdServer(binary)
-    srv.start()
+    """The normal server: every request needs a bearer token."""
+    srv = _start_server()
+    yield srv
+    srv.stop()
+    srv.cleanup()
+
+
+@pytest.fixture(scope="session")
+def anonymous_server():
+    """A second server in emulator mode: requests without a valid token act as
+    user:anonymous@keyhold.local, owner of every project."""
+    srv = _start_server(("--allow-anonymous",))
     yield srv
     srv.stop()
     srv.cleanup()
@@ -149,29 +232,41 @@ def server():
 
 @pytest.fixture(autouse=True)
 def _dump_server_output_on_failure(request, server):
-    """When a test fails, print what the server logged during it (bypassing pytest's capture)."""
+    """When a test fails, print what each server logged during it (bypassing pytest's capture)."""
     failed_before = request.session.testsfailed
-    start = server.log_size()
+    starts = {id(srv): srv.log_size() for srv in _SERVERS}
     yield
-    crashed = server.proc is not None and server.proc.poll() is not None
-    if request.session.testsfailed > failed_before or crashed:
-        text = server.output(start)
+    failed = request.session.testsfailed > failed_before
+    for srv in list(_SERVERS):
+        crashed = srv.proc is not None and srv.proc.poll() is not None
+        if not (failed or crashed):
+            continue
+        # A server started during the test (a fixture) shows everything it logged.
+        text = srv.output(starts.get(id(srv), 0))
         lines = text.splitlines()[-200:]
-        state = f"exited with {server.proc.returncode}" if crashed else "still running"
+        state = f"exited with {srv.proc.returncode}" if crashed else "still running"
+        flags = " ".join(srv.extra_args)
         sys.__stderr__.write(
-            f"\n--- keyhold output during {request.node.nodeid} (server {state}) ---\n"
-            + "\n".join(lines)
-            + "\n--- end of keyhold output ---\n"
+            f"\n--- keyhold {srv.host}{' ' + flags if flags else ''} output during {request.node.nodeid} "
+            f"(server {state}) ---\n" + "\n".join(lines) + "\n--- end of keyhold output ---\n"
         )
         sys.__stderr__.flush()
 
 
+def make_client(srv: KeyholdServer, credentials) -> kms_v1.KeyManagementServiceClient:
+    transport = KeyManagementServiceRestTransport(host=srv.host, credentials=credentials, url_scheme="http")
+    return kms_v1.KeyManagementServiceClient(transport=transport)
+
+
+def bearer(token: str) -> Credentials:
+    """Static bearer-token credentials: no refresh token, so google-auth never tries to refresh."""
+    return Credentials(token=token)
+
+
 @pytest.fixture(scope="session")
 def client(server):
-    transport = KeyManagementServiceRestTransport(
-        host=server.host, credentials=AnonymousCredentials(), url_scheme="http"
-    )
-    return kms_v1.KeyManagementServiceClient(transport=transport)
+    """The official client acting as the server's owner."""
+    return make_client(server, bearer(server.owner_token))
 
 
 # --------------------------------------------------------------------------------------------

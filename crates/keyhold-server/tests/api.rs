@@ -1,103 +1,13 @@
 //! The Cloud KMS v1 REST surface over real HTTP on loopback, against a real SQLite file and a
 //! real PostgreSQL server (started by `scripts/test.sh`, URL in `KEYHOLD_TEST_POSTGRES_URL`).
 
-use std::sync::Arc;
+mod common;
 
-use keyhold_kms::clock::SystemClock;
-use keyhold_kms::root_key::LocalRootKey;
-use keyhold_kms::{Kms, KmsConfig};
-use keyhold_storage::Database;
+use common::*;
+use keyhold_kms::KmsConfig;
 use reqwest::Method;
-use serde_json::{Value, json};
-
-struct Server {
-    base: String,
-    http: reqwest::Client,
-    kms: Arc<Kms>,
-    _dir: tempfile::TempDir,
-    db_file: std::path::PathBuf,
-    /// The PostgreSQL database's name, for the PostgreSQL backend.
-    pg_database: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A connection to the test cluster's admin database.
-async fn admin() -> tokio_postgres::Client {
-    let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
-        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
-    let (client, conn) =
-        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to test PostgreSQL");
-    tokio::spawn(conn);
-    client
-}
-
-/// A fresh PostgreSQL database on the test cluster.
-async fn fresh_postgres() -> (String, String) {
-    let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL").unwrap_or_default();
-    let (client, conn) =
-        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to test PostgreSQL");
-    tokio::spawn(conn);
-    let mut id = [0u8; 6];
-    keyhold_crypto::random_bytes(&mut id).unwrap();
-    let db = format!("t_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    (format!("{base}/{db}"), db)
-}
-
-async fn start(backend: Backend, config: KmsConfig) -> Server {
-    start_with_root(backend, config, keyhold_crypto::KeyBytes::generate().unwrap()).await
-}
-
-async fn start_with_root(backend: Backend, config: KmsConfig, root: keyhold_crypto::KeyBytes) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let db_file = dir.path().join("keyhold.db");
-    let (db, pg_database) = match backend {
-        Backend::Sqlite => (Database::SqliteFile(db_file.clone()), None),
-        Backend::Postgres => {
-            let (url, name) = fresh_postgres().await;
-            (Database::Postgres(url), Some(name))
-        }
-    };
-    let store = keyhold_storage::open(&db).await.unwrap();
-    let root = Arc::new(LocalRootKey::from_key(root));
-    let kms = Arc::new(Kms::new(store, root, config, Arc::new(SystemClock)).await.unwrap());
-    let app = keyhold_server::app(keyhold_server::AppState { kms: kms.clone() });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server { base: format!("http://{addr}/v1"), http: reqwest::Client::new(), kms, _dir: dir, db_file, pg_database }
-}
-
-impl Server {
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{}/{path}", self.base));
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
-    }
-    async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (s, v) = self.call(method, path, body).await;
-        assert_eq!(s, 200, "{path}: {v}");
-        v
-    }
-    async fn err(&self, method: Method, path: &str, body: Option<Value>, status: u16, code: &str) -> String {
-        let (s, v) = self.call(method, path, body).await;
-        assert_eq!(s, status, "{path}: {v}");
-        assert_eq!(v["error"]["status"], code, "{v}");
-        assert_eq!(v["error"]["code"], status);
-        v["error"]["message"].as_str().unwrap().to_string()
-    }
-}
+use serde_json::json;
+use std::sync::Arc;
 
 const LOC: &str = "projects/p/locations/us-central1";
 const RING: &str = "projects/p/locations/us-central1/keyRings/r";
@@ -315,7 +225,6 @@ async fn key_rings_and_keys(backend: Backend) {
     s.err(Method::GET, &format!("{RING}/cryptoKeys/k2/cryptoKeyVersions/1/publicKey"), None, 501, "UNIMPLEMENTED")
         .await;
     s.err(Method::POST, &format!("{LOC}:generateRandomBytes"), Some(json!({})), 501, "UNIMPLEMENTED").await;
-    s.err(Method::GET, &format!("{RING}:getIamPolicy"), None, 501, "UNIMPLEMENTED").await;
 }
 
 async fn crypto_and_versions(backend: Backend) {

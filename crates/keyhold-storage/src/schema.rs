@@ -124,7 +124,7 @@ pub(crate) fn ddl(blob_type: &str) -> String {
 
 /// Records the schema version after migrating an older database.
 pub(crate) const SCHEMA_VERSION_UPDATE: &str =
-    "UPDATE meta SET value = $1 WHERE key = 'schema_version' AND CAST(value AS BIGINT) < CAST($1 AS BIGINT)";
+    "UPDATE meta SET value = $1 WHERE key = 'schema_version' AND CAST(value AS BIGINT) < $2";
 
 pub(crate) const BUMP_CHANGES: &str = "UPDATE changes SET counter = counter + 1 WHERE id = 1";
 pub(crate) const CHANGE_COUNTER: &str = "SELECT counter FROM changes WHERE id = 1";

@@ -94,7 +94,7 @@ impl Sqlite {
                     schema::SCHEMA_VERSION
                 )));
             }
-            tx.execute(schema::SCHEMA_VERSION_UPDATE, [schema::SCHEMA_VERSION.to_string()]).map_err(map_err)?;
+            tx.execute(schema::SCHEMA_VERSION_UPDATE, (schema::SCHEMA_VERSION.to_string(), schema::SCHEMA_VERSION)).map_err(map_err)?;
             tx.commit().map_err(map_err)
         })
         .await

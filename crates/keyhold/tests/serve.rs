@@ -59,9 +59,15 @@ fn terminate(p: Proc) -> String {
     std::fs::read_to_string(&p.log).unwrap()
 }
 
-async fn call(port: u16, method: reqwest::Method, path: &str, body: Value) -> Value {
+/// The owner token `keyhold serve` wrote into the data directory.
+fn owner_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("data").join("owner.token")).unwrap().trim().to_string()
+}
+
+async fn call(dir: &Path, port: u16, method: reqwest::Method, path: &str, body: Value) -> Value {
     let resp = reqwest::Client::new()
         .request(method, format!("http://127.0.0.1:{port}/v1/{path}"))
+        .bearer_auth(owner_token(dir))
         .body(body.to_string())
         .send()
         .await
@@ -81,22 +87,20 @@ async fn state_survives_restart_and_schedules_catch_up() {
     let port = free_port();
     let p = spawn(dir.path(), port, &flags);
     wait_ready(&p).await;
-    call(port, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
-    call(
-        port,
+    call(dir.path(), port, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
+    call(dir.path(), port,
         Method::POST,
         &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
         json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "2s"}),
     )
     .await;
     let secret = "c2VjcmV0LXBsYWludGV4dC1mb3ItbG9ncw=="; // "secret-plaintext-for-logs"
-    let enc = call(port, Method::POST, &format!("{KEY}:encrypt"), json!({"plaintext": secret})).await;
-    call(port, Method::POST, &format!("{KEY}/cryptoKeyVersions"), json!({})).await;
-    call(port, Method::POST, &format!("{KEY}/cryptoKeyVersions/2:destroy"), json!({})).await;
+    let enc = call(dir.path(), port, Method::POST, &format!("{KEY}:encrypt"), json!({"plaintext": secret})).await;
+    call(dir.path(), port, Method::POST, &format!("{KEY}/cryptoKeyVersions"), json!({})).await;
+    call(dir.path(), port, Method::POST, &format!("{KEY}/cryptoKeyVersions/2:destroy"), json!({})).await;
     // Rotation due in one second, every two seconds after that.
     let next = keyhold_api::wire::Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(1));
-    call(
-        port,
+    call(dir.path(), port,
         Method::POST,
         &format!("{RING}/cryptoKeys?cryptoKeyId=rot"),
         json!({"purpose": 1, "rotationPeriod": "2s", "nextRotationTime": next.to_string()}),
@@ -108,12 +112,12 @@ async fn state_survives_restart_and_schedules_catch_up() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let p = spawn(dir.path(), port, &flags);
     wait_ready(&p).await;
-    let dec = call(port, Method::POST, &format!("{KEY}:decrypt"), json!({"ciphertext": enc["ciphertext"]})).await;
+    let dec = call(dir.path(), port, Method::POST, &format!("{KEY}:decrypt"), json!({"ciphertext": enc["ciphertext"]})).await;
     assert_eq!(dec["plaintext"], secret, "keys survive a restart (same root key file)");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let v2 = call(port, Method::GET, &format!("{KEY}/cryptoKeyVersions/2"), json!({})).await;
-        let rot = call(port, Method::GET, &format!("{RING}/cryptoKeys/rot"), json!({})).await;
+        let v2 = call(dir.path(), port, Method::GET, &format!("{KEY}/cryptoKeyVersions/2"), json!({})).await;
+        let rot = call(dir.path(), port, Method::GET, &format!("{RING}/cryptoKeys/rot"), json!({})).await;
         let rotated = rot["primary"]["name"].as_str().unwrap_or_default().ends_with("/cryptoKeyVersions/2");
         if v2["state"] == "DESTROYED" && rotated {
             assert!(
@@ -133,6 +137,25 @@ async fn state_survives_restart_and_schedules_catch_up() {
     assert!(!log2.contains("CREATED A NEW ROOT KEY"));
     let root = std::fs::read_to_string(dir.path().join("data/root.key")).unwrap();
     assert!(!log1.contains(root.trim()) && !log2.contains(root.trim()), "root key in the log");
+    // The owner token was written once (0600), kept across the restart, and never logged.
+    let token = owner_token(dir.path());
+    assert!(log1.contains("wrote a bearer token for the server owner"));
+    assert!(!log2.contains("wrote a bearer token for the server owner"), "a valid token is kept");
+    assert!(!log1.contains(&token) && !log2.contains(&token), "owner token in the log");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("data/owner.token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A lost token file is replaced on the next start.
+    std::fs::remove_file(dir.path().join("data/owner.token")).unwrap();
+    let p = spawn(dir.path(), port, &flags);
+    wait_ready(&p).await;
+    let fresh = owner_token(dir.path());
+    assert_ne!(fresh, token);
+    call(dir.path(), port, Method::GET, RING, json!({})).await;
+    terminate(p);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,9 +180,10 @@ async fn wrong_root_key_is_refused() {
 }
 
 /// Runs `keyhold ARGS` as the CLI against `port`; returns (success, stdout, stderr).
-fn cli(port: u16, args: &[&str]) -> (bool, String, String) {
+fn cli(dir: &Path, port: u16, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_keyhold"))
         .args(args)
+        .env("KEYHOLD_TOKEN_FILE", dir.join("data").join("owner.token"))
         .env("KEYHOLD_ENDPOINT", format!("http://127.0.0.1:{port}"))
         .env("KEYHOLD_PROJECT", "my-project")
         .output()
@@ -178,7 +202,7 @@ async fn seed_workflow_through_the_cli() {
     let p = spawn(dir.path(), port, &[]);
     wait_ready(&p).await;
     let ok = |args: &[&str]| {
-        let (success, out, err) = cli(port, args);
+        let (success, out, err) = cli(dir.path(), port, args);
         assert!(success, "keyhold {args:?} failed: {err}");
         out
     };
@@ -199,7 +223,7 @@ async fn seed_workflow_through_the_cli() {
         ]),
         ""
     );
-    let (success, _, err) = cli(port, &["kms", "keyrings", "create", "KEY_RING_ID", "--location", "us-central1"]);
+    let (success, _, err) = cli(dir.path(), port, &["kms", "keyrings", "create", "KEY_RING_ID", "--location", "us-central1"]);
     assert!(!success);
     assert!(
         err.contains(
@@ -249,7 +273,7 @@ async fn seed_workflow_through_the_cli() {
     .concat());
     assert_eq!(std::fs::read(&back).unwrap(), b"attack at dawn");
     let (success, _, err) =
-        cli(port, &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_]].concat());
+        cli(dir.path(), port, &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_]].concat());
     assert!(!success);
     assert!(err.contains("Decryption failed: verify that 'name' refers to the correct CryptoKey."), "{err}");
 
@@ -297,7 +321,7 @@ async fn seed_workflow_through_the_cli() {
     .is_empty()
     .then_some(())
     .expect("decrypt to a file prints nothing");
-    let (success, _, err) = cli(port, &["kms", "keyrings", "describe", "nope", "--location", "us-central1"]);
+    let (success, _, err) = cli(dir.path(), port, &["kms", "keyrings", "describe", "nope", "--location", "us-central1"]);
     assert!(!success && err.contains("NOT_FOUND"), "{err}");
     terminate(p);
 }

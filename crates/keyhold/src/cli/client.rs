@@ -15,6 +15,7 @@ use keyhold_api::status::ErrorBody;
 use keyhold_crypto::Secret;
 
 use super::CliError;
+use super::credentials::Credentials;
 
 /// What a list request asks for, beyond its parent.
 #[derive(Clone, Debug, Default)]
@@ -29,33 +30,48 @@ pub struct ListOptions {
     pub limit: Option<usize>,
 }
 
-/// The client: an endpoint and a connection pool.
+/// The client: an endpoint, a connection pool and the bearer token, if one was found.
 #[derive(Clone, Debug)]
 pub struct KmsClient {
     http: reqwest::Client,
     /// The endpoint as given, without a trailing `/`.
     endpoint: String,
+    /// The token sent with every request and where it came from (its `Debug` is redacted).
+    credentials: Credentials,
+}
+
+/// Parses and checks `--endpoint`.
+pub fn endpoint_url(endpoint: &str) -> Result<Url, CliError> {
+    let endpoint = endpoint.trim().trim_end_matches('/');
+    let url = Url::parse(endpoint).map_err(|e| {
+        CliError::Usage(format!("invalid --endpoint \"{endpoint}\": {e}; expected e.g. http://127.0.0.1:8080"))
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(CliError::Usage(format!(
+            "invalid --endpoint \"{endpoint}\": expected an http:// URL such as http://127.0.0.1:8080"
+        )));
+    }
+    Ok(url)
 }
 
 impl KmsClient {
-    /// A client for the server at `endpoint` (`http://127.0.0.1:8080`).
+    /// A client for the server at `endpoint` (`http://127.0.0.1:8080`) that sends no token.
+    #[cfg(test)]
     pub fn new(endpoint: &str) -> Result<Self, CliError> {
+        Self::with_credentials(endpoint, Credentials::none())
+    }
+
+    /// A client for the server at `endpoint` that authenticates with `credentials`.
+    pub fn with_credentials(endpoint: &str, credentials: Credentials) -> Result<Self, CliError> {
+        endpoint_url(endpoint)?;
         let endpoint = endpoint.trim().trim_end_matches('/').to_string();
-        let url = Url::parse(&endpoint).map_err(|e| {
-            CliError::Usage(format!("invalid --endpoint \"{endpoint}\": {e}; expected e.g. http://127.0.0.1:8080"))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(CliError::Usage(format!(
-                "invalid --endpoint \"{endpoint}\": expected an http:// URL such as http://127.0.0.1:8080"
-            )));
-        }
         let http = reqwest::Client::builder()
             .user_agent(concat!("keyhold-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| CliError::Other(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Self { http, endpoint })
+        Ok(Self { http, endpoint, credentials })
     }
 
     /// The URL of `/v1/{path}`: what `--uri` prints.
@@ -63,8 +79,13 @@ impl KmsClient {
         format!("{}/v1/{}", self.endpoint, path)
     }
 
+    #[cfg(test)]
     fn url(&self, path: &str, query: &[(&str, String)]) -> Result<Url, CliError> {
-        let mut url = Url::parse(&self.resource_url(path))
+        self.versioned_url("v1", path, query)
+    }
+
+    fn versioned_url(&self, version: &str, path: &str, query: &[(&str, String)]) -> Result<Url, CliError> {
+        let mut url = Url::parse(&format!("{}/{version}/{path}", self.endpoint))
             .map_err(|e| CliError::Usage(format!("invalid request URL for {path}: {e}")))?;
         if !query.is_empty() {
             let mut pairs = url.query_pairs_mut();
@@ -75,8 +96,8 @@ impl KmsClient {
         Ok(url)
     }
 
-    /// Sends one request and parses the JSON answer as `T`; non-2xx answers become
-    /// [`CliError::Api`].
+    /// Sends one request to `/v1/{path}` and parses the JSON answer as `T`; non-2xx answers
+    /// become [`CliError::Api`].
     pub async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -84,7 +105,24 @@ impl KmsClient {
         query: &[(&str, String)],
         body: Option<Vec<u8>>,
     ) -> Result<T, CliError> {
-        let mut req = self.http.request(method, self.url(path, query)?).header(ACCEPT, "application/json");
+        self.call_versioned("v1", method, path, query, body).await
+    }
+
+    /// Sends one request to `/{version}/{path}` (`v1beta1` for Service Usage).
+    pub async fn call_versioned<T: DeserializeOwned>(
+        &self,
+        version: &str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<T, CliError> {
+        let mut req =
+            self.http.request(method, self.versioned_url(version, path, query)?).header(ACCEPT, "application/json");
+        if let Some(token) = self.credentials.token() {
+            // reqwest marks the header sensitive: it is left out of its debug output.
+            req = req.bearer_auth(token.expose());
+        }
         if let Some(body) = body {
             req = req.header(CONTENT_TYPE, "application/json").body(body);
         }
@@ -93,7 +131,14 @@ impl KmsClient {
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
         let bytes = Secret::new(Vec::from(bytes));
         if !status.is_success() {
-            return Err(api_error(status, bytes.expose()));
+            let mut err = api_error(status, bytes.expose());
+            if status == StatusCode::UNAUTHORIZED
+                && let CliError::Api { message, .. } = &mut err
+            {
+                message.push('\n');
+                message.push_str(&self.credentials.unauthenticated_hint());
+            }
+            return Err(err);
         }
         serde_json::from_slice(bytes.expose()).map_err(|e| {
             // The serde message could quote the body, which may hold plaintext: report only
@@ -116,6 +161,11 @@ impl KmsClient {
     /// `POST /v1/{path}` with a JSON body.
     pub async fn post(&self, path: &str, query: &[(&str, String)], body: &Value) -> Result<Value, CliError> {
         self.call(Method::POST, path, query, Some(body.to_string().into_bytes())).await
+    }
+
+    /// `DELETE /v1/{path}`.
+    pub async fn delete(&self, path: &str) -> Result<Value, CliError> {
+        self.call(Method::DELETE, path, &[], None).await
     }
 
     /// `PATCH /v1/{path}` with a JSON body.

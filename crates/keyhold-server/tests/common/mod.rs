@@ -1,0 +1,142 @@
+//! A real server on loopback for the integration tests: axum on a random port, over a real
+//! SQLite file or a fresh database on the PostgreSQL started by `scripts/test.sh`
+//! (`KEYHOLD_TEST_POSTGRES_URL`). Requests carry the owner's bearer token unless a test asks
+//! for another one.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use keyhold_kms::clock::SystemClock;
+use keyhold_kms::root_key::LocalRootKey;
+use keyhold_kms::{Kms, KmsConfig};
+use keyhold_storage::Database;
+use reqwest::Method;
+use serde_json::Value;
+
+pub struct Server {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub kms: Arc<Kms>,
+    pub _dir: tempfile::TempDir,
+    pub db_file: std::path::PathBuf,
+    /// The PostgreSQL database's name, for the PostgreSQL backend.
+    pub pg_database: Option<String>,
+    /// The PostgreSQL URL, for the PostgreSQL backend.
+    pub pg_url: Option<String>,
+    /// The server owner's bearer token.
+    pub token: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection to the test cluster's admin database.
+pub async fn admin() -> tokio_postgres::Client {
+    let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
+        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
+    let (client, conn) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to test PostgreSQL");
+    tokio::spawn(conn);
+    client
+}
+
+/// A fresh PostgreSQL database on the test cluster.
+pub async fn fresh_postgres() -> (String, String) {
+    let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL").unwrap_or_default();
+    let (client, conn) =
+        tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to test PostgreSQL");
+    tokio::spawn(conn);
+    let mut id = [0u8; 6];
+    keyhold_crypto::random_bytes(&mut id).unwrap();
+    let db = format!("t_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    (format!("{base}/{db}"), db)
+}
+
+pub async fn start(backend: Backend, config: KmsConfig) -> Server {
+    start_with_root(backend, config, keyhold_crypto::KeyBytes::generate().unwrap()).await
+}
+
+pub async fn start_with_root(backend: Backend, config: KmsConfig, root: keyhold_crypto::KeyBytes) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let db_file = dir.path().join("keyhold.db");
+    let (db, pg_database, pg_url) = match backend {
+        Backend::Sqlite => (Database::SqliteFile(db_file.clone()), None, None),
+        Backend::Postgres => {
+            let (url, name) = fresh_postgres().await;
+            (Database::Postgres(url.clone()), Some(name), Some(url))
+        }
+    };
+    start_on(db, pg_database, pg_url, dir, db_file, config, root).await
+}
+
+/// A server on an existing database (a second node on the same PostgreSQL, for instance).
+pub async fn start_on(
+    db: Database,
+    pg_database: Option<String>,
+    pg_url: Option<String>,
+    dir: tempfile::TempDir,
+    db_file: std::path::PathBuf,
+    config: KmsConfig,
+    root: keyhold_crypto::KeyBytes,
+) -> Server {
+    let store = keyhold_storage::open(&db).await.unwrap();
+    let root = Arc::new(LocalRootKey::from_key(root));
+    let kms = Arc::new(Kms::new(store, root, config, Arc::new(SystemClock)).await.unwrap());
+    let owner = keyhold_iam::Principal::parse(OWNER).unwrap();
+    let token = kms.bootstrap_owner(&owner, None).await.unwrap().unwrap().token.expose().to_string();
+    let app = keyhold_server::app(keyhold_server::AppState { kms: kms.clone() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server {
+        base: format!("http://{addr}/v1"),
+        http: reqwest::Client::new(),
+        kms,
+        _dir: dir,
+        db_file,
+        pg_database,
+        pg_url,
+        token,
+    }
+}
+
+/// The principal the servers are bootstrapped with.
+pub const OWNER: &str = "user:owner@keyhold.local";
+
+impl Server {
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(Some(&self.token.clone()), method, path, body).await
+    }
+    /// A request with `token` (or none).
+    pub async fn call_as(&self, token: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}/{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    }
+    pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (s, v) = self.call(method, path, body).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        v
+    }
+    pub async fn err(&self, method: Method, path: &str, body: Option<Value>, status: u16, code: &str) -> String {
+        let (s, v) = self.call(method, path, body).await;
+        assert_eq!(s, status, "{path}: {v}");
+        assert_eq!(v["error"]["status"], code, "{v}");
+        assert_eq!(v["error"]["code"], status);
+        v["error"]["message"].as_str().unwrap().to_string()
+    }
+}
+

@@ -1,0 +1,597 @@
+//! Who may do what ([K8]), service identities ([K9]) and the audit log ([K10]), over real HTTP
+//! against real SQLite files and a real PostgreSQL (two nodes sharing it).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use keyhold_kms::KmsConfig;
+use keyhold_kms::audit::ChainVerdict;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const P: &str = "projects/p";
+const LOC: &str = "projects/p/locations/global";
+const RING: &str = "projects/p/locations/global/keyRings/r";
+const KEY: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/k";
+
+fn b64(b: &[u8]) -> String {
+    keyhold_api::wire::encode_base64(b)
+}
+
+impl Server {
+    /// A token for `principal`, minted by the owner.
+    async fn token_for(&self, principal: &str) -> String {
+        let v = self.ok(Method::POST, "tokens", Some(json!({"principal": principal}))).await;
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Adds `member` to `role` on `resource` (read-modify-write with the etag).
+    async fn grant(&self, resource: &str, role: &str, member: &str) -> Value {
+        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
+        let bindings = policy.as_object_mut().unwrap().entry("bindings").or_insert(json!([]));
+        bindings.as_array_mut().unwrap().push(json!({"role": role, "members": [member]}));
+        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await
+    }
+
+    /// Removes every binding of `member` on `resource`.
+    async fn revoke(&self, resource: &str, member: &str) {
+        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
+        if let Some(bs) = policy.get_mut("bindings").and_then(Value::as_array_mut) {
+            for b in bs.iter_mut() {
+                b["members"].as_array_mut().unwrap().retain(|m| m != member);
+            }
+        }
+        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
+    }
+
+    async fn status_as(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_as(Some(token), method, path, body).await
+    }
+
+    async fn audit(&self, project: &str, query: &str) -> Vec<Value> {
+        let v = self.ok(Method::GET, &format!("projects/{project}/auditLogs?pageSize=1000&{query}"), None).await;
+        v["entries"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+async fn with_key(s: &Server) {
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
+    s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
+}
+
+/// One row of `authz_matrix.tsv`: what to call for a method.
+fn request(method: &str, n: usize, ciphertext: &str, key_policy: &Value, ring_policy: &Value, project_policy: &Value)
+-> (Method, String, Option<Value>) {
+    let v2 = format!("{KEY}/cryptoKeyVersions/2");
+    match method {
+        "ListLocations" => (Method::GET, format!("{P}/locations"), None),
+        "GetLocation" => (Method::GET, LOC.into(), None),
+        "GetProject" => (Method::GET, P.into(), None),
+        "CreateKeyRing" => (Method::POST, format!("{LOC}/keyRings?keyRingId=m{n}"), None),
+        "GetKeyRing" => (Method::GET, RING.into(), None),
+        "ListKeyRings" => (Method::GET, format!("{LOC}/keyRings"), None),
+        "CreateCryptoKey" => {
+            (Method::POST, format!("{RING}/cryptoKeys?cryptoKeyId=m{n}"), Some(json!({"purpose": "ENCRYPT_DECRYPT"})))
+        }
+        "GetCryptoKey" => (Method::GET, KEY.into(), None),
+        "ListCryptoKeys" => (Method::GET, format!("{RING}/cryptoKeys"), None),
+        "UpdateCryptoKey" => {
+            (Method::PATCH, format!("{KEY}?updateMask=labels"), Some(json!({"labels": {"by": format!("m{n}")}})))
+        }
+        "UpdateCryptoKeyPrimaryVersion" => {
+            (Method::POST, format!("{KEY}:updatePrimaryVersion"), Some(json!({"cryptoKeyVersionId": "1"})))
+        }
+        "Encrypt" => (Method::POST, format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(b"hi")}))),
+        "Decrypt" => (Method::POST, format!("{KEY}:decrypt"), Some(json!({ "ciphertext": ciphertext }))),
+        "CreateCryptoKeyVersion" => (Method::POST, format!("{KEY}/cryptoKeyVersions"), Some(json!({}))),
+        "GetCryptoKeyVersion" => (Method::GET, v2, None),
+        "ListCryptoKeyVersions" => (Method::GET, format!("{KEY}/cryptoKeyVersions"), None),
+        "UpdateCryptoKeyVersion" => (Method::PATCH, format!("{v2}?updateMask=state"), Some(json!({"state": "ENABLED"}))),
+        "DestroyCryptoKeyVersion" => (Method::POST, format!("{v2}:destroy"), Some(json!({}))),
+        "RestoreCryptoKeyVersion" => (Method::POST, format!("{v2}:restore"), Some(json!({}))),
+        "GetIamPolicy(cryptoKey)" => (Method::GET, format!("{KEY}:getIamPolicy"), None),
+        "SetIamPolicy(cryptoKey)" => (Method::POST, format!("{KEY}:setIamPolicy"), Some(json!({"policy": key_policy}))),
+        "GetIamPolicy(keyRing)" => (Method::GET, format!("{RING}:getIamPolicy"), None),
+        "SetIamPolicy(keyRing)" => (Method::POST, format!("{RING}:setIamPolicy"), Some(json!({"policy": ring_policy}))),
+        "GetIamPolicy(project)" => (Method::POST, format!("{P}:getIamPolicy"), Some(json!({}))),
+        "SetIamPolicy(project)" => (Method::POST, format!("{P}:setIamPolicy"), Some(json!({"policy": project_policy}))),
+        other => panic!("authz_matrix.tsv names an unknown method {other}"),
+    }
+}
+
+fn without_etag(mut v: Value) -> Value {
+    v.as_object_mut().unwrap().remove("etag");
+    v
+}
+
+/// The authorization matrix: every method, as a principal holding exactly one role on the
+/// project, allowed or denied as the table in the repository says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_matrix() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    let table = include_str!("authz_matrix.tsv");
+    let mut lines = table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    assert!(rows.len() >= 20, "the table covers every method");
+    let mut checked = 0;
+    for (col, role) in header.iter().enumerate().skip(1) {
+        let member = format!("user:{}@example.com", role.replace('.', "-"));
+        if *role != "none" {
+            s.grant(P, &format!("roles/{role}"), &member).await;
+        }
+        let token = s.token_for(&member).await;
+        // State the calls need, prepared by the owner.
+        // (Version 2 may have been left scheduled for destruction by the previous role.)
+        let _ = s.call(Method::POST, &format!("{KEY}/cryptoKeyVersions/2:restore"), Some(json!({}))).await;
+        let ct = s.ok(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(b"hi")}))).await;
+        let ciphertext = ct["ciphertext"].as_str().unwrap().to_string();
+        let key_policy = without_etag(s.ok(Method::GET, &format!("{KEY}:getIamPolicy"), None).await);
+        let ring_policy = without_etag(s.ok(Method::GET, &format!("{RING}:getIamPolicy"), None).await);
+        let project_policy = without_etag(s.ok(Method::GET, &format!("{P}:getIamPolicy"), None).await);
+        for (n, row) in rows.iter().enumerate() {
+            let method = row[0];
+            let expected = row[col];
+            let (verb, path, body) =
+                request(method, col * 100 + n, &ciphertext, &key_policy, &ring_policy, &project_policy);
+            if method == "RestoreCryptoKeyVersion" {
+                // Restoring needs a version scheduled for destruction.
+                let _ = s.call(Method::POST, &format!("{KEY}/cryptoKeyVersions/2:destroy"), Some(json!({}))).await;
+            }
+            let (status, v) = s.status_as(&token, verb, &path, body).await;
+            match expected {
+                "Y" => assert_eq!(status, 200, "{role} {method} should be allowed: {v}"),
+                "N" => {
+                    assert_eq!(status, 403, "{role} {method} should be denied: {v}");
+                    assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+                    let msg = v["error"]["message"].as_str().unwrap();
+                    assert!(
+                        msg.starts_with("Permission '") && msg.ends_with("' (or it may not exist)."),
+                        "Google's message shape: {msg}"
+                    );
+                }
+                other => panic!("bad cell {other:?} for {method}/{role}"),
+            }
+            checked += 1;
+        }
+        if *role != "none" {
+            s.revoke(P, &member).await;
+        }
+    }
+    assert_eq!(checked, rows.len() * (header.len() - 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_tokens_expiry_and_revocation() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    // No token, a malformed one, an unknown one: 401 with Google's wording and a challenge.
+    let r = s.http.get(format!("{}/{RING}", s.base)).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"keyhold\"");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
+    assert!(v["error"]["message"].as_str().unwrap().starts_with("Request is missing required authentication credential."));
+    for bad in ["nonsense", "kh1.0000000000000000.AAAA"] {
+        let (st, v) = s.call_as(Some(bad), Method::GET, RING, None).await;
+        assert_eq!(st, 401);
+        assert!(v["error"]["message"].as_str().unwrap().starts_with("Request had invalid authentication credentials."));
+    }
+    // Tokens are shown once and stored only as hashes.
+    s.grant(P, "roles/cloudkms.viewer", "user:bob@example.com").await;
+    let created =
+        s.ok(Method::POST, "tokens", Some(json!({"principal": "user:bob@example.com", "ttl": "2s", "description": "ci"})))
+            .await;
+    let bob = created["token"].as_str().unwrap().to_string();
+    assert!(bob.starts_with("kh1."));
+    let listed = s.ok(Method::GET, "tokens", None).await;
+    assert!(!listed.to_string().contains(&bob), "a listing never shows the token");
+    let conn = rusqlite::Connection::open(&s.db_file).unwrap();
+    let stored: Vec<String> = conn
+        .prepare("SELECT hash || principal || description FROM tokens")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(stored.iter().all(|row| !row.contains(&bob[4..])), "the token itself is not stored");
+    // Works, then expires.
+    assert_eq!(s.status_as(&bob, Method::GET, RING, None).await.0, 200);
+    // Only token admins manage tokens.
+    let (st, _) = s.status_as(&bob, Method::POST, "tokens", Some(json!({"principal": "user:eve@example.com"}))).await;
+    assert_eq!(st, 403);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(s.status_as(&bob, Method::GET, RING, None).await.0, 401, "expired");
+    // Revocation takes effect on the next request.
+    let bob2 = s.token_for("user:bob@example.com").await;
+    assert_eq!(s.status_as(&bob2, Method::GET, RING, None).await.0, 200);
+    let id = s.ok(Method::GET, "tokens", None).await["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["principal"] == "user:bob@example.com" && t.get("revokeTime").is_none() && t.get("description").is_none())
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.ok(Method::DELETE, &id, None).await;
+    assert_eq!(s.status_as(&bob2, Method::GET, RING, None).await.0, 401, "revoked");
+    s.err(Method::DELETE, &id, None, 404, "NOT_FOUND").await;
+    // Malformed principals are refused clearly.
+    let m = s.err(Method::POST, "tokens", Some(json!({"principal": "bob"})), 400, "INVALID_ARGUMENT").await;
+    assert!(m.contains("<type>:<value>"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inheritance_isolation_and_existence_hiding() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=other"), Some(json!({"purpose": "ENCRYPT_DECRYPT"})))
+        .await;
+    s.ok(Method::POST, "projects/q/locations/global/keyRings?keyRingId=r", None).await;
+    let alice = s.token_for("user:alice@example.com").await;
+    let enc = |key: &str| (Method::POST, format!("{key}:encrypt"), Some(json!({"plaintext": b64(b"x")})));
+
+    // A grant on the key ring reaches its keys...
+    s.grant(RING, "roles/cloudkms.cryptoKeyEncrypter", "user:alice@example.com").await;
+    let (m, p, b) = enc(KEY);
+    assert_eq!(s.status_as(&alice, m, &p, b).await.0, 200);
+    let (m, p, b) = enc(&format!("{RING}/cryptoKeys/other"));
+    assert_eq!(s.status_as(&alice, m, &p, b).await.0, 200);
+    s.revoke(RING, "user:alice@example.com").await;
+    // ...a grant on one key reaches only that key...
+    s.grant(KEY, "roles/cloudkms.cryptoKeyEncrypter", "user:alice@example.com").await;
+    let (m, p, b) = enc(KEY);
+    assert_eq!(s.status_as(&alice, m, &p, b).await.0, 200);
+    let (m, p, b) = enc(&format!("{RING}/cryptoKeys/other"));
+    assert_eq!(s.status_as(&alice, m, &p, b).await.0, 403);
+    // ...and a project grant reaches only that project.
+    s.grant(P, "roles/cloudkms.viewer", "user:alice@example.com").await;
+    assert_eq!(s.status_as(&alice, Method::GET, RING, None).await.0, 200);
+    let (st, v) = s.status_as(&alice, Method::GET, "projects/q/locations/global/keyRings/r", None).await;
+    assert_eq!(st, 403, "{v}");
+    assert_eq!(s.status_as(&alice, Method::GET, "projects/q/locations/global/keyRings", None).await.0, 403);
+
+    // Denial does not reveal existence: the same answer for a real and a missing key ring.
+    let (_, real) = s.status_as(&alice, Method::GET, "projects/q/locations/global/keyRings/r", None).await;
+    let (_, missing) = s.status_as(&alice, Method::GET, "projects/q/locations/global/keyRings/nope", None).await;
+    assert_eq!(
+        real["error"]["message"].as_str().unwrap().replace("/r'", "/X'"),
+        missing["error"]["message"].as_str().unwrap().replace("/nope'", "/X'")
+    );
+    // With permission, a missing resource is 404.
+    assert_eq!(s.status_as(&alice, Method::GET, &format!("{LOC}/keyRings/nope"), None).await.0, 404);
+
+    // testIamPermissions: the subset held; nothing for a missing resource; bad names refused.
+    let perms = json!({"permissions": ["cloudkms.cryptoKeyVersions.useToEncrypt", "cloudkms.cryptoKeyVersions.useToDecrypt", "cloudkms.cryptoKeys.get"]});
+    let (_, held) = s.status_as(&alice, Method::POST, &format!("{KEY}:testIamPermissions"), Some(perms.clone())).await;
+    assert_eq!(held["permissions"], json!(["cloudkms.cryptoKeyVersions.useToEncrypt", "cloudkms.cryptoKeys.get"]));
+    let (_, none) =
+        s.status_as(&alice, Method::POST, &format!("{RING}/cryptoKeys/nope:testIamPermissions"), Some(perms)).await;
+    assert_eq!(none, json!({}));
+    let (st, _) = s
+        .status_as(&alice, Method::POST, &format!("{KEY}:testIamPermissions"), Some(json!({"permissions": ["x.y"]})))
+        .await;
+    assert_eq!(st, 400);
+
+    // Policies are validated with Google's messages.
+    let bad = |b: Value| json!({"policy": {"bindings": [b]}});
+    let m = s
+        .err(Method::POST, &format!("{KEY}:setIamPolicy"), Some(bad(json!({"role": "roles/nope", "members": ["user:a@b.co"]}))), 400, "INVALID_ARGUMENT")
+        .await;
+    assert_eq!(m, "Role roles/nope is not supported for this resource.");
+    s.err(Method::POST, &format!("{KEY}:setIamPolicy"), Some(bad(json!({"role": "roles/owner", "members": ["user:a@b.co"]}))), 400, "INVALID_ARGUMENT").await;
+    s.err(Method::POST, &format!("{KEY}:setIamPolicy"), Some(bad(json!({"role": "roles/cloudkms.admin", "members": ["alice"]}))), 400, "INVALID_ARGUMENT").await;
+    s.err(Method::POST, &format!("{RING}/cryptoKeys/nope:setIamPolicy"), Some(json!({"policy": {}})), 404, "NOT_FOUND").await;
+
+    // Project numbers are stable and twelve digits.
+    let p1 = s.ok(Method::GET, P, None).await;
+    let p2 = s.ok(Method::GET, P, None).await;
+    assert_eq!(p1["projectNumber"], p2["projectNumber"]);
+    assert_eq!(p1["projectNumber"].as_str().unwrap().len(), 12);
+    assert_ne!(p1["projectNumber"], s.ok(Method::GET, "projects/q", None).await["projectNumber"]);
+}
+
+/// Concurrent `setIamPolicy` calls with the same etag: exactly one wins, the others are
+/// `409 ABORTED` with Google's message.
+async fn etag_race(backend: Backend) {
+    let s = std::sync::Arc::new(start(backend, KmsConfig::default()).await);
+    with_key(&s).await;
+    let policy = s.ok(Method::GET, &format!("{KEY}:getIamPolicy"), None).await;
+    assert_eq!(policy, json!({"etag": "ACAB"}), "a key without a policy, as Cloud KMS shows it");
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = s.clone();
+        let etag = policy["etag"].clone();
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"policy": {"etag": etag, "bindings": [{"role": "roles/cloudkms.viewer", "members": [format!("user:u{i}@example.com")]}]}});
+            s.call(Method::POST, &format!("{KEY}:setIamPolicy"), Some(body)).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        match status {
+            200 => won += 1,
+            409 => {
+                assert_eq!(v["error"]["status"], "ABORTED");
+                assert!(v["error"]["message"].as_str().unwrap().starts_with("There were concurrent policy changes."));
+            }
+            other => panic!("unexpected {other}: {v}"),
+        }
+    }
+    assert_eq!(won, 1);
+    // The stale etag stays stale.
+    let stale = json!({"policy": {"etag": "ACAB", "bindings": []}});
+    s.err(Method::POST, &format!("{KEY}:setIamPolicy"), Some(stale), 409, "ABORTED").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etag_race_sqlite() {
+    etag_race(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etag_race_postgres() {
+    etag_race(Backend::Postgres).await;
+}
+
+/// [K8]: a grant or revoke on one node takes effect on another node sharing the database
+/// within a second. Prints the measured propagation times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_and_revokes_reach_other_nodes_within_a_second() {
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let a = start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
+    let url = a.pg_url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unused.db");
+    let b = start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    // Node B runs its background loop (the change poll); node A is the one changing things.
+    let kms_b = b.kms.clone();
+    tokio::spawn(kms_b.run_background(std::future::pending()));
+    with_key(&a).await;
+    let alice = a.token_for("user:alice@example.com").await;
+    let enc = json!({"plaintext": b64(b"x")});
+    // Warm B's caches with a denial.
+    assert_eq!(b.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await.0, 403);
+
+    let wait_for = |want: u16| {
+        let b = &b;
+        let alice = alice.clone();
+        let enc = enc.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                let (st, _) = b.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await;
+                if st == want {
+                    return start.elapsed();
+                }
+                assert!(start.elapsed() < Duration::from_secs(1), "node B still answers {st} after 1 s");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    a.grant(KEY, "roles/cloudkms.cryptoKeyEncrypterDecrypter", "user:alice@example.com").await;
+    let granted = wait_for(200).await;
+    a.revoke(KEY, "user:alice@example.com").await;
+    let revoked = wait_for(403).await;
+    // Token revocation propagates the same way.
+    let id = a.ok(Method::GET, "tokens", None).await["tokens"].as_array().unwrap().iter()
+        .find(|t| t["principal"] == "user:alice@example.com").unwrap()["name"].as_str().unwrap().to_string();
+    a.grant(KEY, "roles/cloudkms.cryptoKeyEncrypterDecrypter", "user:alice@example.com").await;
+    wait_for(200).await;
+    a.ok(Method::DELETE, &id, None).await;
+    let token_revoked = wait_for(401).await;
+    println!(
+        "cross-node propagation: grant {} ms, revoke {} ms, token revocation {} ms",
+        granted.as_millis(),
+        revoked.as_millis(),
+        token_revoked.as_millis()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_identities_and_agent_tokens() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let url = |svc: &str| format!("{}/projects/p/services/{svc}:generateServiceIdentity", s.base.replace("/v1", "/v1beta1"));
+    let gen_ = |svc: String| {
+        let s = &s;
+        let url = url(&svc);
+        async move {
+            let r = s.http.post(url).bearer_auth(&s.token).json(&json!({})).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let first = gen_("store.keyhold.dev".into()).await;
+    let again = gen_("store.keyhold.dev".into()).await;
+    assert_eq!(first, again, "idempotent");
+    assert_eq!(first["done"], true);
+    assert_eq!(first["response"]["@type"], "type.googleapis.com/google.api.serviceusage.v1beta1.ServiceIdentity");
+    let number = s.ok(Method::GET, P, None).await["projectNumber"].as_str().unwrap().to_string();
+    let email = first["response"]["email"].as_str().unwrap().to_string();
+    assert_eq!(email, format!("service-{number}@gcp-sa-store.iam.gserviceaccount.com"));
+    let aml = gen_("financialservices.googleapis.com".into()).await;
+    assert_eq!(aml["response"]["email"], format!("service-{number}@gcp-sa-financialservices.iam.gserviceaccount.com"));
+    // The v1beta1 method is not on /v1, and /v1beta1 serves nothing else.
+    assert_eq!(s.call(Method::POST, "projects/p/services/x.y:generateServiceIdentity", Some(json!({}))).await.0, 404);
+
+    // Only the service itself can mint tokens for its agent.
+    with_key(&s).await;
+    let store_service = s.token_for("service:store.keyhold.dev").await;
+    let other_service = s.token_for("service:other.keyhold.dev").await;
+    let path = format!("projects/-/serviceAccounts/{email}:generateAccessToken");
+    let body = json!({"scope": ["https://www.googleapis.com/auth/cloud-platform"], "lifetime": "600s"});
+    for denied in [&s.token, &other_service] {
+        let (st, v) = s.status_as(denied, Method::POST, &path, Some(body.clone())).await;
+        assert_eq!(st, 403, "{v}");
+    }
+    let (st, minted) = s.status_as(&store_service, Method::POST, &path, Some(body)).await;
+    assert_eq!(st, 200, "{minted}");
+    let agent = minted["accessToken"].as_str().unwrap().to_string();
+    // The service holds no role of its own; its agent acts once granted.
+    let enc = json!({"plaintext": b64(b"customer data key")});
+    assert_eq!(s.status_as(&store_service, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await.0, 403);
+    assert_eq!(s.status_as(&agent, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await.0, 403);
+    s.grant(KEY, "roles/cloudkms.cryptoKeyEncrypterDecrypter", &format!("serviceAccount:{email}")).await;
+    assert_eq!(s.status_as(&agent, Method::POST, &format!("{KEY}:encrypt"), Some(enc)).await.0, 200);
+    // The agent's calls are audited under its own name.
+    let entries = s.audit("p", &format!("methodName=Encrypt&principal=serviceAccount:{email}")).await;
+    assert!(entries.iter().any(|e| e["protoPayload"]["status"] == json!({})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_log_records_allowed_and_denied_calls_and_detects_tampering() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    let plaintext = b"the customer's secret";
+    let enc = s.ok(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(plaintext)}))).await;
+    let ciphertext = enc["ciphertext"].as_str().unwrap().to_string();
+    let mallory = s.token_for("user:mallory@example.com").await;
+    let (st, _) = s
+        .call_as(Some(&mallory), Method::POST, &format!("{KEY}:decrypt"), Some(json!({ "ciphertext": ciphertext })))
+        .await;
+    assert_eq!(st, 403);
+    let (st, _) = s.call_as(None, Method::GET, RING, None).await;
+    assert_eq!(st, 401);
+    let r = s
+        .http
+        .post(format!("{}/{KEY}:encrypt", s.base))
+        .bearer_auth(&s.token)
+        .header("x-goog-request-reason", "ticket 42")
+        .header("x-request-id", "req-audit-1")
+        .json(&json!({"plaintext": b64(b"x")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Allowed encrypt: principal, method, resource, version, outcome, in Cloud Logging's shape.
+    let entries = s.audit("p", "methodName=Encrypt").await;
+    let first = &entries[0];
+    assert_eq!(first["logName"], "projects/p/logs/cloudaudit.googleapis.com%2Fdata_access");
+    assert_eq!(first["protoPayload"]["authenticationInfo"]["principalEmail"], "owner@keyhold.local");
+    assert_eq!(first["protoPayload"]["resourceName"], KEY);
+    assert_eq!(first["protoPayload"]["serviceName"], "cloudkms.googleapis.com");
+    assert_eq!(first["protoPayload"]["metadata"]["keyVersion"], format!("{KEY}/cryptoKeyVersions/1"));
+    assert_eq!(first["protoPayload"]["authorizationInfo"][0]["permission"], "cloudkms.cryptoKeyVersions.useToEncrypt");
+    assert_eq!(first["protoPayload"]["authorizationInfo"][0]["granted"], true);
+    let justified = entries.iter().find(|e| e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"] == "req-audit-1").unwrap();
+    assert_eq!(justified["protoPayload"]["metadata"]["justification"], "ticket 42");
+    // Denied decrypt: recorded with its status.
+    let denied = s.audit("p", "methodName=Decrypt&principal=user:mallory@example.com").await;
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0]["protoPayload"]["status"]["code"], 7);
+    assert_eq!(denied[0]["protoPayload"]["authorizationInfo"][0]["granted"], false);
+    // Admin changes go to the activity log, written with the change.
+    let activity = s.audit("p", "logName=activity").await;
+    let methods: Vec<&str> = activity.iter().map(|e| e["protoPayload"]["methodName"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["CreateKeyRing", "CreateCryptoKey", "CreateCryptoKeyVersion"]);
+    // The unauthenticated request too, server-wide view.
+    let all = s.audit("-", "methodName=Unknown").await;
+    assert!(all.iter().any(|e| e["protoPayload"]["status"]["code"] == 16), "{all:?}");
+    // Paging, ordering, time range and prefix filters.
+    let page = s.ok(Method::GET, "projects/p/auditLogs?pageSize=2&orderBy=timestamp%20desc", None).await;
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2);
+    let next = page["nextPageToken"].as_str().unwrap();
+    let page2 = s.ok(Method::GET, &format!("projects/p/auditLogs?pageSize=2&orderBy=timestamp%20desc&pageToken={next}"), None).await;
+    let a: u64 = page["entries"][1]["insertId"].as_str().unwrap().parse().unwrap();
+    let b: u64 = page2["entries"][0]["insertId"].as_str().unwrap().parse().unwrap();
+    assert!(b < a);
+    assert!(s.audit("p", "startTime=2999-01-01T00:00:00Z").await.is_empty());
+    assert!(!s.audit("p", &format!("resourcePrefix={RING}")).await.is_empty());
+    assert!(s.audit("p", "resourcePrefix=projects/p/locations/global/keyRings/zzz").await.is_empty());
+    // Reading data-access logs needs the private-logs permission; a viewer sees activity only.
+    s.grant(P, "roles/viewer", "user:vera@example.com").await;
+    let vera = s.token_for("user:vera@example.com").await;
+    let (st, v) = s.call_as(Some(&vera), Method::GET, "projects/p/auditLogs?pageSize=1000", None).await;
+    assert_eq!(st, 200);
+    assert!(v["entries"].as_array().unwrap().iter().all(|e| e["logName"].as_str().unwrap().ends_with("%2Factivity")));
+    assert_eq!(s.call_as(Some(&vera), Method::GET, "projects/p/auditLogs?logName=data_access", None).await.0, 403);
+    assert_eq!(s.call_as(Some(&vera), Method::GET, "projects/-/auditLogs", None).await.0, 403);
+
+    // Never plaintext, ciphertext or key material in the log.
+    let conn = rusqlite::Connection::open(&s.db_file).unwrap();
+    let text: String = conn.query_row("SELECT group_concat(entry, '') FROM audit_log", [], |r| r.get(0)).unwrap();
+    assert!(!text.contains(&b64(plaintext)) && !text.contains(&ciphertext) && !text.contains("customer's secret"));
+    assert!(!text.contains(&s.token), "no bearer token in the audit log");
+
+    // The chain verifies; the table refuses edits; a forced edit is detected where it happened.
+    match s.kms.verify_audit_chain().await.unwrap() {
+        ChainVerdict::Intact { entries, head } => {
+            assert!(entries > 10);
+            assert_eq!(head.len(), 64);
+        }
+        broken => panic!("fresh chain reported {broken:?}"),
+    }
+    let refused = conn.execute("UPDATE audit_log SET entry = entry WHERE seq = 3", []);
+    assert!(refused.is_err(), "append-only");
+    assert!(conn.execute("DELETE FROM audit_log WHERE seq = 3", []).is_err(), "append-only");
+    conn.execute_batch("DROP TRIGGER audit_log_no_update").unwrap();
+    conn.execute("UPDATE audit_log SET entry = replace(entry, 'owner@keyhold.local', 'someone@else.example') WHERE seq = 3", [])
+        .unwrap();
+    match s.kms.verify_audit_chain().await.unwrap() {
+        ChainVerdict::Broken { seq, reason } => {
+            assert_eq!(seq, 3);
+            assert!(reason.contains("modified"), "{reason}");
+        }
+        intact => panic!("tampering not detected: {intact:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_chain_holds_across_two_nodes() {
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let a = std::sync::Arc::new(start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await);
+    let url = a.pg_url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unused.db");
+    let b = std::sync::Arc::new(
+        start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await,
+    );
+    with_key(&a).await;
+    // Both nodes append concurrently: the chain stays one unbroken line.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let token = a.token.clone();
+        tasks.push(tokio::spawn(async move {
+            node.call_as(Some(&token), Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(b"x")}))).await.0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    match b.kms.verify_audit_chain().await.unwrap() {
+        ChainVerdict::Intact { entries, .. } => assert!(entries >= 44, "{entries}"),
+        broken => panic!("{broken:?}"),
+    }
+    assert_eq!(a.audit("p", "methodName=Encrypt").await.len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_emulator_mode() {
+    let config = KmsConfig {
+        anonymous_principal: Some(keyhold_iam::Principal::parse("user:anonymous@keyhold.local").unwrap()),
+        ..KmsConfig::default()
+    };
+    let s = start(Backend::Sqlite, config).await;
+    // No token, or a fake one (Google's clients with anonymous credentials): owner of projects.
+    let (st, v) = s.call_as(None, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, _) = s.call_as(Some("fake-token"), Method::GET, RING, None).await;
+    assert_eq!(st, 200);
+    // Not a server admin.
+    assert_eq!(s.call_as(None, Method::GET, "tokens", None).await.0, 403);
+    // Audited as anonymous.
+    let entries = s.audit("p", "methodName=CreateKeyRing").await;
+    assert_eq!(entries[0]["protoPayload"]["authenticationInfo"]["principalEmail"], "anonymous@keyhold.local");
+    assert_eq!(entries[0]["protoPayload"]["metadata"]["anonymous"], true);
+    // A real token still acts as its own principal.
+    let (st, v) = s.call(Method::GET, RING, None).await;
+    assert_eq!(st, 200, "{v}");
+}
