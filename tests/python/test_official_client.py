@@ -12,7 +12,10 @@ before it starts listening, and the client sends that token through
 Tokens for other principals are minted with `POST /v1/tokens` as the owner. A second server,
 started with `--allow-anonymous` (emulator mode), checks that a client with
 `AnonymousCredentials` (no Authorization header) works there, and the main server checks that
-the same client is refused with 401 UNAUTHENTICATED.
+the same client is refused with 401 UNAUTHENTICATED. (google-auth answers a 401 by trying to
+refresh the credentials, which AnonymousCredentials and a bare static token cannot do, so the
+client raises google.auth's InvalidOperation / RefreshError, as it would against Cloud KMS; the
+tests that look at the 401 itself use credentials whose refresh is a no-op.)
 
 Environment:
     KEYHOLD_BIN  path of the keyhold binary (default: <repo>/target/debug/keyhold)
@@ -43,12 +46,14 @@ from pathlib import Path
 import google_crc32c
 import pytest
 from google.api_core import exceptions as gexc
+from google.auth import exceptions as auth_exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import kms_v1
-from google.oauth2.credentials import Credentials
 from google.cloud.kms_v1.services.key_management_service.transports.rest import (
     KeyManagementServiceRestTransport,
 )
+from google.iam.v1 import policy_pb2
+from google.oauth2.credentials import Credentials
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "keyhold-py"
@@ -317,17 +322,22 @@ def set_state(client, version_name: str, state) -> kms_v1.CryptoKeyVersion:
     )
 
 
-def assert_google_error(excinfo, http_class, status: str, message: str) -> None:
-    """The client raised `http_class`; the body is a Google error with `status` and `message`."""
+def assert_google_error(excinfo, http_class, status: str, message: str, *, prefix: bool = False) -> None:
+    """The client raised `http_class`; the body is a Google error with `status` and `message`
+    (with `prefix=True`, a message that starts with `message`)."""
     err = excinfo.value
     assert isinstance(err, http_class), f"expected {http_class.__name__}, got {type(err).__name__}: {err}"
     assert err.response is not None, "the client kept no HTTP response"
     body = err.response.json()
     assert body["error"]["status"] == status, body
-    assert body["error"]["code"] == err.code, body
-    assert body["error"]["message"] == message, body
-    # The client prefixes the method and URL: "POST http://...: <message>".
-    assert err.message.endswith(": " + message), err.message
+    assert body["error"]["code"] == err.code == err.response.status_code, body
+    if prefix:
+        assert body["error"]["message"].startswith(message), body
+        assert ": " + message in err.message, err.message
+    else:
+        assert body["error"]["message"] == message, body
+        # The client prefixes the method and URL: "POST http://...: <message>".
+        assert err.message.endswith(": " + message), err.message
 
 
 def utcnow() -> datetime.datetime:
@@ -778,3 +788,243 @@ def test_list_crypto_key_versions_paging_and_state_filter(client, key_ring):
 
     disabled = list(client.list_crypto_key_versions(request={"parent": key.name, "filter": "state=DISABLED"}))
     assert [v.name for v in disabled] == [v2]
+
+
+# --------------------------------------------------------------------------------------------
+# Authentication
+# --------------------------------------------------------------------------------------------
+
+
+class NeverRefreshingAnonymousCredentials(AnonymousCredentials):
+    """AnonymousCredentials (no Authorization header) that let a 401 reach google-api-core.
+
+    google-auth's AuthorizedSession answers a 401 by refreshing the credentials and retrying, and
+    `AnonymousCredentials.refresh` raises InvalidOperation, so with plain AnonymousCredentials
+    the caller never sees the HTTP error (the same happens against Cloud KMS). With a no-op
+    refresh, the session retries twice more, still without a header, then hands the 401 to
+    google-api-core, which raises Unauthorized with the response attached.
+    """
+
+    def refresh(self, request):
+        pass
+
+
+class NeverRefreshingCredentials(Credentials):
+    """A static bearer token that, like the one above, lets a 401 through instead of
+    failing with RefreshError."""
+
+    def refresh(self, request):
+        pass
+
+
+MISSING_CREDENTIAL = "Request is missing required authentication credential."
+INVALID_CREDENTIAL = "Request had invalid authentication credentials."
+
+
+def test_without_credentials_is_unauthenticated(server):
+    # Exactly what a user gets with AnonymousCredentials: google-auth sees the 401, tries to
+    # refresh the credentials, and cannot.
+    anonymous = make_client(server, AnonymousCredentials())
+    with pytest.raises(auth_exceptions.InvalidOperation, match="cannot be refreshed"):
+        anonymous.list_key_rings(request={"parent": LOCATION_NAME})
+
+    # The HTTP answer behind it: 401 UNAUTHENTICATED, the client's Unauthorized.
+    anonymous = make_client(server, NeverRefreshingAnonymousCredentials())
+    with pytest.raises(gexc.Unauthorized) as excinfo:
+        anonymous.list_key_rings(request={"parent": LOCATION_NAME})
+    assert_google_error(excinfo, gexc.Unauthorized, "UNAUTHENTICATED", MISSING_CREDENTIAL, prefix=True)
+    assert excinfo.value.code == 401
+    assert excinfo.value.response.headers["WWW-Authenticate"].startswith("Bearer")
+
+    # Nothing is readable or writable without a token.
+    with pytest.raises(gexc.Unauthorized) as excinfo:
+        anonymous.create_key_ring(
+            request={"parent": LOCATION_NAME, "key_ring_id": unique("ring"), "key_ring": {}}
+        )
+    assert_google_error(excinfo, gexc.Unauthorized, "UNAUTHENTICATED", MISSING_CREDENTIAL, prefix=True)
+
+
+def test_invalid_token_is_unauthenticated(server, client, key_ring):
+    # A static token the server never issued: google-auth tries to refresh it and cannot.
+    with pytest.raises(auth_exceptions.RefreshError):
+        make_client(server, bearer("kh1.0000000000000000.not-a-real-secret")).get_key_ring(name=key_ring.name)
+
+    for token in ("kh1.0000000000000000.not-a-real-secret", "garbage", server.owner_token + "x"):
+        forged = make_client(server, NeverRefreshingCredentials(token=token))
+        with pytest.raises(gexc.Unauthorized) as excinfo:
+            forged.get_key_ring(name=key_ring.name)
+        assert_google_error(excinfo, gexc.Unauthorized, "UNAUTHENTICATED", INVALID_CREDENTIAL, prefix=True)
+
+    # The real token still works.
+    assert client.get_key_ring(name=key_ring.name).name == key_ring.name
+
+
+def test_allow_anonymous_emulator_mode(anonymous_server):
+    # --allow-anonymous: no Authorization header at all, and the caller owns every project.
+    anonymous = make_client(anonymous_server, AnonymousCredentials())
+    ring = anonymous.create_key_ring(
+        request={"parent": LOCATION_NAME, "key_ring_id": unique("ring"), "key_ring": {}}
+    )
+    assert ring.name.startswith(LOCATION_NAME + "/keyRings/")
+    key = create_key(anonymous, ring.name)
+    assert key.primary.state == State.ENABLED
+
+    aad = b"emulator"
+    enc = encrypt(anonymous, key.name, b"no token needed", aad)
+    assert enc.name == f"{key.name}/cryptoKeyVersions/1"
+    assert decrypt(anonymous, key.name, enc.ciphertext, aad).plaintext == b"no token needed"
+
+    assert anonymous.get_crypto_key(name=key.name).name == key.name
+    assert ring.name in [r.name for r in anonymous.list_key_rings(request={"parent": LOCATION_NAME})]
+
+    # A token the server never issued is not an error there either: it acts as anonymous.
+    forged = make_client(anonymous_server, bearer("kh1.0000000000000000.not-a-real-secret"))
+    assert decrypt(forged, key.name, enc.ciphertext, aad).plaintext == b"no token needed"
+
+    # The owner's token works there too, and sees the same data.
+    owner = make_client(anonymous_server, bearer(anonymous_server.owner_token))
+    assert decrypt(owner, key.name, enc.ciphertext, aad).plaintext == b"no token needed"
+
+
+# --------------------------------------------------------------------------------------------
+# IAM
+# --------------------------------------------------------------------------------------------
+
+ENCRYPTER_DECRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+USE_PERMISSIONS = {"cloudkms.cryptoKeyVersions.useToEncrypt", "cloudkms.cryptoKeyVersions.useToDecrypt"}
+ASKED_PERMISSIONS = [
+    "cloudkms.cryptoKeyVersions.useToEncrypt",
+    "cloudkms.cryptoKeyVersions.useToDecrypt",
+    "cloudkms.cryptoKeys.get",
+    "cloudkms.cryptoKeys.update",
+    "cloudkms.cryptoKeys.getIamPolicy",
+    "cloudkms.cryptoKeys.setIamPolicy",
+]
+
+
+def denied(permission: str, resource: str) -> str:
+    return f"Permission '{permission}' denied on resource '{resource}' (or it may not exist)."
+
+
+def granted(c, resource: str) -> list[str]:
+    resp = c.test_iam_permissions(request={"resource": resource, "permissions": ASKED_PERMISSIONS})
+    return list(resp.permissions)
+
+
+def test_iam_policy_grants_and_revokes_use_of_a_key(server, client, key_ring):
+    key = create_key(client, key_ring.name)
+    bob = make_client(server, bearer(server.mint_token("user:bob@example.com")))
+    ct_by_owner = encrypt(client, key.name, b"owner's secret").ciphertext
+
+    # A new key has an empty policy, with an etag.
+    policy = client.get_iam_policy(request={"resource": key.name})
+    assert isinstance(policy, policy_pb2.Policy)
+    assert isinstance(policy.etag, bytes) and policy.etag
+    assert list(policy.bindings) == []
+
+    # The owner holds every permission asked for; bob none, and he cannot use the key.
+    assert sorted(granted(client, key.name)) == sorted(ASKED_PERMISSIONS)
+    assert granted(bob, key.name) == []
+    with pytest.raises(gexc.Forbidden) as excinfo:
+        encrypt(bob, key.name, b"not yet")
+    assert_google_error(
+        excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.cryptoKeyVersions.useToEncrypt", key.name)
+    )
+
+    # Grant bob encrypt/decrypt.
+    bob_binding = {"role": ENCRYPTER_DECRYPTER, "members": ["user:bob@example.com"]}
+    updated = client.set_iam_policy(
+        request={"resource": key.name, "policy": {"bindings": [bob_binding], "etag": policy.etag}}
+    )
+    assert isinstance(updated, policy_pb2.Policy)
+    assert updated.etag and updated.etag != policy.etag
+    assert [(b.role, list(b.members)) for b in updated.bindings] == [(ENCRYPTER_DECRYPTER, ["user:bob@example.com"])]
+    got = client.get_iam_policy(request={"resource": key.name})
+    assert got.etag == updated.etag
+    assert [(b.role, list(b.members)) for b in got.bindings] == [(ENCRYPTER_DECRYPTER, ["user:bob@example.com"])]
+
+    # A read-modify-write based on the old etag loses: 409 ABORTED, and nothing changes.
+    with pytest.raises(gexc.Conflict) as excinfo:
+        client.set_iam_policy(request={"resource": key.name, "policy": {"bindings": [], "etag": policy.etag}})
+    assert_google_error(excinfo, gexc.Conflict, "ABORTED", "There were concurrent policy changes.", prefix=True)
+    assert client.get_iam_policy(request={"resource": key.name}) == got
+
+    # Bob now holds exactly the use permissions, and uses the key through the official client.
+    bob_perms = granted(bob, key.name)
+    assert len(bob_perms) == len(set(bob_perms))
+    assert set(bob_perms) == USE_PERMISSIONS
+    enc = encrypt(bob, key.name, b"bob's secret", b"aad")
+    assert enc.name == f"{key.name}/cryptoKeyVersions/1"
+    assert decrypt(bob, key.name, enc.ciphertext, b"aad").plaintext == b"bob's secret"
+    assert decrypt(client, key.name, enc.ciphertext, b"aad").plaintext == b"bob's secret"
+    assert decrypt(bob, key.name, ct_by_owner).plaintext == b"owner's secret"
+
+    # ...but nothing else: the role does not let him read the key or its policy.
+    with pytest.raises(gexc.Forbidden) as excinfo:
+        bob.get_crypto_key(name=key.name)
+    assert_google_error(excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.cryptoKeys.get", key.name))
+    with pytest.raises(gexc.Forbidden) as excinfo:
+        bob.get_iam_policy(request={"resource": key.name})
+    assert_google_error(
+        excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.cryptoKeys.getIamPolicy", key.name)
+    )
+    with pytest.raises(gexc.Forbidden) as excinfo:
+        bob.set_iam_policy(request={"resource": key.name, "policy": {"bindings": [], "etag": got.etag}})
+    assert_google_error(
+        excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.cryptoKeys.setIamPolicy", key.name)
+    )
+    # The grant is on this key only: another key in the same ring stays closed to him.
+    other = create_key(client, key_ring.name)
+    with pytest.raises(gexc.Forbidden) as excinfo:
+        encrypt(bob, other.name, b"x")
+    assert_google_error(
+        excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.cryptoKeyVersions.useToEncrypt", other.name)
+    )
+
+    # The owner removes the binding: bob is locked out again.
+    revoked = client.set_iam_policy(
+        request={"resource": key.name, "policy": {"bindings": [], "etag": got.etag}}
+    )
+    assert list(revoked.bindings) == []
+    assert revoked.etag not in (policy.etag, got.etag)
+    assert list(client.get_iam_policy(request={"resource": key.name}).bindings) == []
+    assert granted(bob, key.name) == []
+    with pytest.raises(gexc.Forbidden) as excinfo:
+        encrypt(bob, key.name, b"again")
+    assert_google_error(
+        excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.cryptoKeyVersions.useToEncrypt", key.name)
+    )
+    with pytest.raises(gexc.Forbidden) as excinfo:
+        decrypt(bob, key.name, enc.ciphertext, b"aad")
+    assert_google_error(
+        excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.cryptoKeyVersions.useToDecrypt", key.name)
+    )
+    # The owner is unaffected.
+    assert decrypt(client, key.name, enc.ciphertext, b"aad").plaintext == b"bob's secret"
+
+
+def test_key_ring_policy_is_inherited_by_its_keys(server, client, key_ring):
+    key = create_key(client, key_ring.name)
+    carol = make_client(server, bearer(server.mint_token("user:carol@example.com")))
+
+    policy = client.get_iam_policy(request={"resource": key_ring.name})
+    assert policy.etag and list(policy.bindings) == []
+    client.set_iam_policy(
+        request={
+            "resource": key_ring.name,
+            "policy": {
+                "bindings": [{"role": ENCRYPTER_DECRYPTER, "members": ["user:carol@example.com"]}],
+                "etag": policy.etag,
+            },
+        }
+    )
+    # The key's own policy stays empty; carol's access comes from the ring.
+    assert list(client.get_iam_policy(request={"resource": key.name}).bindings) == []
+    assert set(granted(carol, key.name)) == USE_PERMISSIONS
+    ct = encrypt(carol, key.name, b"via the ring").ciphertext
+    assert decrypt(client, key.name, ct).plaintext == b"via the ring"
+    with pytest.raises(gexc.Forbidden) as excinfo:
+        carol.get_key_ring(name=key_ring.name)
+    assert_google_error(
+        excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.keyRings.get", key_ring.name)
+    )

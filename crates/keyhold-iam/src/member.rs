@@ -19,9 +19,7 @@ pub enum MemberError {
     )]
     UnknownType(String),
     /// `group:` members need a directory, which Keyhold does not have.
-    #[error(
-        "Member '{0}' is a group; Keyhold has no group directory, so bind the users or service accounts directly."
-    )]
+    #[error("Member '{0}' is a group; Keyhold has no group directory, so bind the users or service accounts directly.")]
     Group(String),
     /// The email or domain part is malformed.
     #[error("Member '{0}' does not contain a valid email address or domain.")]
@@ -133,7 +131,8 @@ mod tests {
 
     #[test]
     fn members() {
-        for ok in ["user:a@b.co", "serviceAccount:service-1@gcp-sa-x.iam.gserviceaccount.com", "domain:b.co", "allUsers"]
+        for ok in
+            ["user:a@b.co", "serviceAccount:service-1@gcp-sa-x.iam.gserviceaccount.com", "domain:b.co", "allUsers"]
         {
             validate_member(ok).unwrap();
         }

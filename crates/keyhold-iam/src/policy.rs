@@ -19,9 +19,7 @@ pub enum PolicyError {
     #[error(transparent)]
     Member(#[from] MemberError),
     /// IAM conditions are not implemented.
-    #[error(
-        "IAM conditions are not supported by Keyhold; remove the condition from the binding for role {role}."
-    )]
+    #[error("IAM conditions are not supported by Keyhold; remove the condition from the binding for role {role}.")]
     Conditions {
         /// The binding's role.
         role: String,
@@ -90,7 +88,11 @@ pub fn etag_for_revision(revision: i64) -> String {
 
 /// Whether any of `policies` (a resource's own and its ancestors') grants `permission` to
 /// `principal`.
-pub fn allows<'a>(policies: impl IntoIterator<Item = &'a Policy>, principal: &Principal, permission: Permission) -> bool {
+pub fn allows<'a>(
+    policies: impl IntoIterator<Item = &'a Policy>,
+    principal: &Principal,
+    permission: Permission,
+) -> bool {
     policies.into_iter().any(|p| {
         p.bindings.iter().any(|b| {
             b.condition.is_none()
@@ -135,20 +137,35 @@ mod tests {
             "Role roles/nope is not supported for this resource."
         );
         assert!(matches!(bad(binding("roles/owner", &["user:a@x.io"])), PolicyError::RoleNotSupported { .. }));
-        assert!(normalize("projects/p", &Policy { bindings: vec![binding("roles/owner", &["user:a@x.io"])], ..Default::default() }).is_ok());
+        assert!(
+            normalize(
+                "projects/p",
+                &Policy { bindings: vec![binding("roles/owner", &["user:a@x.io"])], ..Default::default() }
+            )
+            .is_ok()
+        );
         assert!(matches!(bad(binding("roles/cloudkms.admin", &["alice"])), PolicyError::Member(_)));
         let mut c = binding("roles/cloudkms.admin", &["user:a@x.io"]);
         c.condition = Some(serde_json::json!({"expression": "true"}));
         assert!(matches!(bad(c), PolicyError::Conditions { .. }));
-        assert!(normalize("projects/p", &Policy { bindings: vec![binding("roles/keyhold.tokenAdmin", &["user:a@x.io"])], ..Default::default() }).is_err());
+        assert!(
+            normalize(
+                "projects/p",
+                &Policy { bindings: vec![binding("roles/keyhold.tokenAdmin", &["user:a@x.io"])], ..Default::default() }
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn evaluates() {
         let alice = Principal::parse("user:alice@x.io").unwrap();
-        let project = Policy { bindings: vec![binding("roles/cloudkms.viewer", &["user:alice@x.io"])], ..Default::default() };
-        let key =
-            Policy { bindings: vec![binding("roles/cloudkms.cryptoKeyEncrypter", &["domain:x.io"])], ..Default::default() };
+        let project =
+            Policy { bindings: vec![binding("roles/cloudkms.viewer", &["user:alice@x.io"])], ..Default::default() };
+        let key = Policy {
+            bindings: vec![binding("roles/cloudkms.cryptoKeyEncrypter", &["domain:x.io"])],
+            ..Default::default()
+        };
         assert!(allows([&project], &alice, CRYPTO_KEYS_GET));
         assert!(!allows([&project], &alice, VERSIONS_USE_TO_ENCRYPT));
         assert!(allows([&project, &key], &alice, VERSIONS_USE_TO_ENCRYPT));

@@ -252,11 +252,7 @@ pub static ROLES: &[Role] = &[
         title: "Private Logs Viewer",
         permissions: &[LOG_ENTRIES_LIST, PRIVATE_LOG_ENTRIES_LIST],
     },
-    Role {
-        name: "roles/serviceusage.serviceUsageAdmin",
-        title: "Service Usage Admin",
-        permissions: &[PROJECTS_GET],
-    },
+    Role { name: "roles/serviceusage.serviceUsageAdmin", title: "Service Usage Admin", permissions: &[PROJECTS_GET] },
     Role {
         name: "roles/keyhold.tokenAdmin",
         title: "Keyhold Token Admin (server-wide; only meaningful on organizations/keyhold)",

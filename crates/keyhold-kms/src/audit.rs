@@ -203,7 +203,8 @@ impl AuditRecord {
         });
         if !self.principal.is_empty() {
             let email = self.principal.split_once(':').map_or(self.principal.as_str(), |(_, e)| e);
-            payload["authenticationInfo"] = serde_json::json!({"principalEmail": email, "principalSubject": self.principal});
+            payload["authenticationInfo"] =
+                serde_json::json!({"principalEmail": email, "principalSubject": self.principal});
         }
         if let Some(p) = &self.permission {
             payload["authorizationInfo"] =
@@ -356,15 +357,25 @@ impl crate::service::Kms {
     ) -> Result<AuditLogPage, crate::error::KmsError> {
         use crate::error::KmsError;
         use keyhold_iam::role;
-        let resource = if project == "-" { keyhold_iam::ROOT_RESOURCE.to_string() } else { format!("projects/{project}") };
-        let call = crate::caller::Call::for_service(caller, "logging.googleapis.com", "ListLogEntries", resource.clone(), AuditKind::DataAccess);
+        let resource =
+            if project == "-" { keyhold_iam::ROOT_RESOURCE.to_string() } else { format!("projects/{project}") };
+        let call = crate::caller::Call::for_service(
+            caller,
+            "logging.googleapis.com",
+            "ListLogEntries",
+            resource.clone(),
+            AuditKind::DataAccess,
+        );
         let r = async {
             if project != "-" {
                 keyhold_api::name::check_id("project", project)?;
             }
             self.authorize(&call, role::LOG_ENTRIES_LIST, &resource).await?;
             let principal = self.authenticated(&call)?.clone();
-            let private = self.iam.has_permission(self, &principal, caller.anonymous, role::PRIVATE_LOG_ENTRIES_LIST, &resource).await?;
+            let private = self
+                .iam
+                .has_permission(self, &principal, caller.anonymous, role::PRIVATE_LOG_ENTRIES_LIST, &resource)
+                .await?;
             let wanted = match q.log.rsplit(['/', '.']).next().unwrap_or_default() {
                 "" => "",
                 "activity" | "2Factivity" => "activity",
@@ -377,7 +388,10 @@ impl crate::service::Kms {
             };
             let kind = match (wanted, private) {
                 ("data_access", false) => {
-                    return Err(KmsError::PermissionDenied { permission: role::PRIVATE_LOG_ENTRIES_LIST, resource: resource.clone() });
+                    return Err(KmsError::PermissionDenied {
+                        permission: role::PRIVATE_LOG_ENTRIES_LIST,
+                        resource: resource.clone(),
+                    });
                 }
                 ("", false) => "activity",
                 (w, _) => w,
@@ -391,7 +405,9 @@ impl crate::service::Kms {
                 0
             } else {
                 q.page_token.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
-                    KmsError::InvalidArgument("page_token is not valid; pass nextPageToken from the previous page.".into())
+                    KmsError::InvalidArgument(
+                        "page_token is not valid; pass nextPageToken from the previous page.".into(),
+                    )
                 })?
             };
             let principal_filter = match q.principal.as_str() {

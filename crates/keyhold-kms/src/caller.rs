@@ -41,7 +41,13 @@ impl Caller {
     /// A caller that could not be authenticated; every call it makes fails with
     /// `UNAUTHENTICATED` (and is audited).
     pub fn unauthenticated(credential_missing: bool, request_id: impl Into<String>) -> Self {
-        Self { principal: None, anonymous: false, request_id: request_id.into(), justification: None, credential_missing }
+        Self {
+            principal: None,
+            anonymous: false,
+            request_id: request_id.into(),
+            justification: None,
+            credential_missing,
+        }
     }
 
     /// Keyhold itself (the scheduler, the bootstrap), for audit entries of what it does on its own.
@@ -154,7 +160,12 @@ impl Kms {
     /// Checks that the caller holds `permission` on `resource` (through the policies of the
     /// resource and its ancestors), before anything is looked up, so that a refusal reveals
     /// nothing about whether the resource exists.
-    pub(crate) async fn authorize(&self, call: &Call<'_>, permission: Permission, resource: &str) -> Result<(), KmsError> {
+    pub(crate) async fn authorize(
+        &self,
+        call: &Call<'_>,
+        permission: Permission,
+        resource: &str,
+    ) -> Result<(), KmsError> {
         let granted = match &call.caller.principal {
             None => return Err(KmsError::Unauthenticated { missing: call.caller.credential_missing }),
             Some(p) => self.iam.has_permission(self, p, call.caller.anonymous, permission, resource).await?,

@@ -3,8 +3,8 @@
 //! `:getIamPolicy` / `:setIamPolicy` / `:testIamPermissions` methods; project numbers.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use keyhold_api::iam::{Policy, SetIamPolicyRequest};
 use keyhold_api::{CryptoKeyName, KeyRingName};
@@ -129,7 +129,11 @@ impl IamCache {
     pub(crate) async fn ensure_project(&self, kms: &Kms, project_id: &str) -> Result<ProjectRecord, KmsError> {
         if self.projects.read().unwrap_or_else(|e| e.into_inner()).contains(project_id) {
             // Known: the caller of this fast path does not need the record.
-            return Ok(ProjectRecord { project_id: project_id.to_string(), project_number: 0, create_time: kms.clock.now() });
+            return Ok(ProjectRecord {
+                project_id: project_id.to_string(),
+                project_number: 0,
+                create_time: kms.clock.now(),
+            });
         }
         let record = kms.project_record(project_id).await?;
         self.projects.write().unwrap_or_else(|e| e.into_inner()).insert(project_id.to_string());
@@ -169,8 +173,13 @@ impl Kms {
     /// `projects.get` (Resource Manager): the project's ID and number.
     pub async fn project(&self, caller: &Caller, project_id: &str) -> Result<ProjectRecord, KmsError> {
         let resource = format!("projects/{project_id}");
-        let call =
-            Call::for_service(caller, "cloudresourcemanager.googleapis.com", "GetProject", resource.clone(), AuditKind::DataAccess);
+        let call = Call::for_service(
+            caller,
+            "cloudresourcemanager.googleapis.com",
+            "GetProject",
+            resource.clone(),
+            AuditKind::DataAccess,
+        );
         let r = async {
             keyhold_api::name::check_id("project", project_id)?;
             self.authorize(&call, role::PROJECTS_GET, &resource).await?;
@@ -184,7 +193,9 @@ impl Kms {
     async fn require_exists(&self, resource: &IamResource) -> Result<(), KmsError> {
         match resource {
             IamResource::Root | IamResource::Project(_) => Ok(()),
-            IamResource::KeyRing(r) => self.store.key_ring(r).await?.map(|_| ()).ok_or_else(|| KmsError::KeyRingNotFound(r.clone())),
+            IamResource::KeyRing(r) => {
+                self.store.key_ring(r).await?.map(|_| ()).ok_or_else(|| KmsError::KeyRingNotFound(r.clone()))
+            }
             IamResource::CryptoKey(k) => {
                 self.store.crypto_key(k).await?.map(|_| ()).ok_or_else(|| KmsError::CryptoKeyNotFound(k.clone()))
             }
@@ -228,8 +239,7 @@ impl Kms {
                 .policy
                 .as_ref()
                 .ok_or_else(|| KmsError::InvalidArgument("policy is required: send {\"policy\": {...}}.".into()))?;
-            let mask: Vec<&str> =
-                request.update_mask.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let mask: Vec<&str> = request.update_mask.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             for m in &mask {
                 if !matches!(*m, "bindings" | "etag" | "auditConfigs" | "audit_configs" | "version") {
                     return Err(KmsError::InvalidArgument(format!(
@@ -261,10 +271,7 @@ impl Kms {
                 }
                 Err(StoreError::Conflict) => {
                     let now = self.store.policy(&name).await?.map_or(0, |c| c.revision);
-                    Err(KmsError::StaleEtag {
-                        given: asked.etag.clone(),
-                        current: keyhold_iam::etag_for_revision(now),
-                    })
+                    Err(KmsError::StaleEtag { given: asked.etag.clone(), current: keyhold_iam::etag_for_revision(now) })
                 }
                 Err(e) => Err(e.into()),
             }

@@ -129,7 +129,8 @@ impl Kms {
         ttl: Option<ProtoDuration>,
         description: &str,
     ) -> Result<NewToken, KmsError> {
-        let call = Call::for_service(caller, "keyhold.dev", "CreateToken", ROOT_RESOURCE.to_string(), AuditKind::Activity);
+        let call =
+            Call::for_service(caller, "keyhold.dev", "CreateToken", ROOT_RESOURCE.to_string(), AuditKind::Activity);
         let r = async {
             self.authorize(&call, role::TOKENS_CREATE, ROOT_RESOURCE).await?;
             let principal = Principal::parse(principal).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
@@ -148,7 +149,8 @@ impl Kms {
 
     /// All tokens (never their secrets).
     pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<TokenRecord>, KmsError> {
-        let call = Call::for_service(caller, "keyhold.dev", "ListTokens", ROOT_RESOURCE.to_string(), AuditKind::DataAccess);
+        let call =
+            Call::for_service(caller, "keyhold.dev", "ListTokens", ROOT_RESOURCE.to_string(), AuditKind::DataAccess);
         let r = async {
             self.authorize(&call, role::TOKENS_LIST, ROOT_RESOURCE).await?;
             Ok(self.store.list_tokens().await?)
@@ -175,7 +177,11 @@ impl Kms {
 
     /// First start: makes `owner` owner and token admin of the whole server (if nobody is yet)
     /// and, unless `existing` is a valid token of the owner, mints a token for it.
-    pub async fn bootstrap_owner(&self, owner: &Principal, existing: Option<&str>) -> Result<Option<NewToken>, KmsError> {
+    pub async fn bootstrap_owner(
+        &self,
+        owner: &Principal,
+        existing: Option<&str>,
+    ) -> Result<Option<NewToken>, KmsError> {
         let system = Caller::system("bootstrap");
         if self.store.policy(ROOT_RESOURCE).await?.is_none() {
             let policy = Policy {
@@ -186,7 +192,13 @@ impl Kms {
                     .collect(),
                 ..Default::default()
             };
-            let call = Call::for_service(&system, "cloudresourcemanager.googleapis.com", "SetIamPolicy", ROOT_RESOURCE.into(), AuditKind::Activity);
+            let call = Call::for_service(
+                &system,
+                "cloudresourcemanager.googleapis.com",
+                "SetIamPolicy",
+                ROOT_RESOURCE.into(),
+                AuditKind::Activity,
+            );
             match self.store.set_policy(ROOT_RESOURCE, &policy, Some(0), &call.success_entry()).await {
                 Ok(_) | Err(StoreError::Conflict) | Err(StoreError::AlreadyExists) => {}
                 Err(e) => return Err(e.into()),
@@ -199,7 +211,8 @@ impl Kms {
             return Ok(None);
         }
         let call = Call::for_service(&system, "keyhold.dev", "CreateToken", ROOT_RESOURCE.into(), AuditKind::Activity);
-        let r = self.mint_token(&call, owner, ProtoDuration::from_secs(OWNER_TOKEN_SECS), "owner token (bootstrap)").await;
+        let r =
+            self.mint_token(&call, owner, ProtoDuration::from_secs(OWNER_TOKEN_SECS), "owner token (bootstrap)").await;
         self.finish(call, r).await.map(Some)
     }
 
@@ -212,13 +225,21 @@ impl Kms {
         service: &str,
     ) -> Result<ServiceIdentityRecord, KmsError> {
         let resource = format!("projects/{project_id}/services/{service}");
-        let call = Call::for_service(caller, "serviceusage.googleapis.com", "GenerateServiceIdentity", resource, AuditKind::Activity);
+        let call = Call::for_service(
+            caller,
+            "serviceusage.googleapis.com",
+            "GenerateServiceIdentity",
+            resource,
+            AuditKind::Activity,
+        );
         let r = async {
             keyhold_api::name::check_id("project", project_id)?;
             if service.is_empty()
                 || service.len() > 253
                 || !service.contains('.')
-                || !service.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+                || !service
+                    .split('.')
+                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
             {
                 return Err(KmsError::InvalidArgument(format!(
                     "Service name \"{service}\" is not valid; use a service's DNS name, e.g. store.keyhold.dev."
@@ -262,10 +283,19 @@ impl Kms {
         lifetime: Option<ProtoDuration>,
     ) -> Result<NewToken, KmsError> {
         let resource = format!("projects/-/serviceAccounts/{agent_email}");
-        let call = Call::for_service(caller, "iamcredentials.googleapis.com", "GenerateAccessToken", resource.clone(), AuditKind::DataAccess);
+        let call = Call::for_service(
+            caller,
+            "iamcredentials.googleapis.com",
+            "GenerateAccessToken",
+            resource.clone(),
+            AuditKind::DataAccess,
+        );
         let r = async {
             let principal = self.authenticated(&call)?;
-            let denied = || KmsError::PermissionDenied { permission: role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN, resource: resource.clone() };
+            let denied = || KmsError::PermissionDenied {
+                permission: role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN,
+                resource: resource.clone(),
+            };
             let identity = self.store.service_identity_by_email(agent_email).await?.ok_or_else(denied)?;
             let allowed = principal.service() == Some(identity.service.as_str());
             call.set_permission(role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN, allowed);
@@ -274,9 +304,7 @@ impl Kms {
             }
             let lifetime = lifetime.unwrap_or(ProtoDuration::from_secs(MAX_AGENT_TOKEN_SECS));
             if lifetime.as_nanos() <= 0 || lifetime.as_nanos() > i128::from(MAX_AGENT_TOKEN_SECS) * 1_000_000_000 {
-                return Err(KmsError::InvalidArgument(
-                    "lifetime must be between 1s and 3600s.".into(),
-                ));
+                return Err(KmsError::InvalidArgument("lifetime must be between 1s and 3600s.".into()));
             }
             let agent = Principal::parse(&format!("serviceAccount:{agent_email}"))
                 .map_err(|e| KmsError::Internal(e.to_string()))?;

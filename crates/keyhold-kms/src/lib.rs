@@ -29,8 +29,8 @@ pub mod service;
 pub mod store;
 mod validate;
 
+pub use caller::Caller;
 pub use config::KmsConfig;
 pub use error::KmsError;
-pub use caller::Caller;
 pub use iam::IamResource;
 pub use service::{EncryptTarget, Kms, ListQuery};

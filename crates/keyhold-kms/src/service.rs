@@ -18,11 +18,11 @@ use keyhold_iam::role;
 use crate::audit::{AuditKind, AuditWriter};
 use crate::cache::{CachedKey, CachedVersion, KeyCache};
 use crate::caller::{Call, Caller};
-use crate::iam::IamCache;
-use crate::identity::TokenCache;
 use crate::clock::Clock;
 use crate::config::KmsConfig;
 use crate::error::KmsError;
+use crate::iam::IamCache;
+use crate::identity::TokenCache;
 use crate::root_key::RootKey;
 use crate::store::{CryptoKeyRecord, KmsStore, StoreError, VersionRecord};
 use crate::validate;
@@ -126,7 +126,12 @@ impl Kms {
     }
 
     /// `locations.list`.
-    pub async fn list_locations(&self, caller: &Caller, project: &str, q: &ListQuery) -> Result<Page<Location>, KmsError> {
+    pub async fn list_locations(
+        &self,
+        caller: &Caller,
+        project: &str,
+        q: &ListQuery,
+    ) -> Result<Page<Location>, KmsError> {
         let resource = format!("projects/{project}");
         let call = Call::new(caller, "ListLocations", resource.clone(), AuditKind::DataAccess);
         let r = async {
@@ -219,10 +224,12 @@ impl Kms {
         request: CryptoKey,
         skip_initial_version_creation: bool,
     ) -> Result<CryptoKey, KmsError> {
-        let call = Call::new(caller, "CreateCryptoKey", format!("{parent}/cryptoKeys/{crypto_key_id}"), AuditKind::Activity);
+        let call =
+            Call::new(caller, "CreateCryptoKey", format!("{parent}/cryptoKeys/{crypto_key_id}"), AuditKind::Activity);
         let r = async {
             self.authorize(&call, role::CRYPTO_KEYS_CREATE, &parent.to_string()).await?;
-            self.create_crypto_key_authorized(&call, parent, crypto_key_id, request, skip_initial_version_creation).await
+            self.create_crypto_key_authorized(&call, parent, crypto_key_id, request, skip_initial_version_creation)
+                .await
         }
         .await;
         self.finish(call, r).await
@@ -683,7 +690,11 @@ impl Kms {
 
     /// `cryptoKeyVersions.destroy`: schedules destruction after the key's
     /// `destroyScheduledDuration` ([K7]).
-    pub async fn destroy_version(&self, caller: &Caller, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+    pub async fn destroy_version(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+    ) -> Result<CryptoKeyVersion, KmsError> {
         let call = Call::new(caller, "DestroyCryptoKeyVersion", name.to_string(), AuditKind::Activity);
         let r = async {
             self.authorize(&call, role::VERSIONS_DESTROY, &name.to_string()).await?;
@@ -693,7 +704,11 @@ impl Kms {
         self.finish(call, r).await
     }
 
-    async fn destroy_version_authorized(&self, call: &Call<'_>, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+    async fn destroy_version_authorized(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+    ) -> Result<CryptoKeyVersion, KmsError> {
         let now = self.clock.now();
         self.modify_version(call, name, |v, key| {
             let state = v.version.state.unwrap_or(VersionState::Unspecified);
@@ -715,7 +730,11 @@ impl Kms {
     }
 
     /// `cryptoKeyVersions.restore`: `DESTROY_SCHEDULED` back to `DISABLED` ([K7]).
-    pub async fn restore_version(&self, caller: &Caller, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+    pub async fn restore_version(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+    ) -> Result<CryptoKeyVersion, KmsError> {
         let call = Call::new(caller, "RestoreCryptoKeyVersion", name.to_string(), AuditKind::Activity);
         let r = async {
             self.authorize(&call, role::VERSIONS_RESTORE, &name.to_string()).await?;
@@ -725,7 +744,11 @@ impl Kms {
         self.finish(call, r).await
     }
 
-    async fn restore_version_authorized(&self, call: &Call<'_>, name: &CryptoKeyVersionName) -> Result<CryptoKeyVersion, KmsError> {
+    async fn restore_version_authorized(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+    ) -> Result<CryptoKeyVersion, KmsError> {
         self.modify_version(call, name, |v, _| {
             let state = v.version.state.unwrap_or(VersionState::Unspecified);
             if state != VersionState::DestroyScheduled {

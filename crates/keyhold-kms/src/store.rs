@@ -77,8 +77,7 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// Every method that changes something takes the audit entry of that change and appends it
     /// in the same transaction ([K10]).
-    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord)
-    -> Result<(), StoreError>;
+    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), StoreError>;
     /// A key ring by name.
     async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, StoreError>;
     /// All key rings of a location, by name.
@@ -165,8 +164,11 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
         audit: &AuditRecord,
     ) -> Result<(), StoreError>;
     /// The identity of `service` in `project`.
-    async fn service_identity(&self, project_id: &str, service: &str)
-    -> Result<Option<ServiceIdentityRecord>, StoreError>;
+    async fn service_identity(
+        &self,
+        project_id: &str,
+        service: &str,
+    ) -> Result<Option<ServiceIdentityRecord>, StoreError>;
     /// A service identity by its email.
     async fn service_identity_by_email(&self, email: &str) -> Result<Option<ServiceIdentityRecord>, StoreError>;
 

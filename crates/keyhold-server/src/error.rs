@@ -60,8 +60,10 @@ impl IntoResponse for ApiError {
         let body = serde_json::to_vec_pretty(&self.status.to_body()).unwrap_or_default();
         let mut resp = (code, body).into_response();
         if self.status.code == Code::Unauthenticated {
-            resp.headers_mut()
-                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer realm=\"keyhold\""));
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"keyhold\""),
+            );
         }
         resp.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,

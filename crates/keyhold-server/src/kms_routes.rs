@@ -5,21 +5,23 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
+use axum::http::HeaderMap;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use keyhold_api::iam::{
+    GetIamPolicyRequest, SetIamPolicyRequest, TestIamPermissionsRequest, TestIamPermissionsResponse,
+};
 use keyhold_api::messages::{
     DecryptRequest, EncryptRequest, ListCryptoKeyVersionsResponse, ListCryptoKeysResponse, ListKeyRingsResponse,
     ListLocationsResponse, NameOnlyRequest, UpdatePrimaryVersionRequest,
 };
 use keyhold_api::page::PageRequest;
 use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
-use keyhold_api::iam::{GetIamPolicyRequest, SetIamPolicyRequest, TestIamPermissionsRequest, TestIamPermissionsResponse};
 use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{Code, NameError};
 use keyhold_kms::audit::AuditLogQuery;
 use keyhold_kms::{Caller, EncryptTarget, IamResource, KmsError, ListQuery};
-use axum::http::HeaderMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -174,7 +176,9 @@ async fn dispatch_api(
         // Authentication comes first, as at Google: no credential, no parsing.
         (None, _) => Err(ApiError::unaudited(KmsError::Unauthenticated { missing: caller.credential_missing })),
         (_, Err(e)) => Err(ApiError::invalid(format!("Malformed query string: {e}"))),
-        (_, Ok(axum::extract::Query(pairs))) => handle(api, &state, &caller, &method, &path, &Query::new(pairs), &bytes).await,
+        (_, Ok(axum::extract::Query(pairs))) => {
+            handle(api, &state, &caller, &method, &path, &Query::new(pairs), &bytes).await
+        }
     };
     match result {
         Ok(r) => r,
@@ -413,7 +417,9 @@ async fn iam_method(
                 match q.get(camel, snake) {
                     None | Some("") => Ok(None),
                     Some(t) => Timestamp::parse(t).map(Some).ok_or_else(|| {
-                        ApiError::invalid(format!("Invalid value for {camel}: \"{t}\" (expected RFC 3339, e.g. 2026-01-02T03:04:05Z)."))
+                        ApiError::invalid(format!(
+                            "Invalid value for {camel}: \"{t}\" (expected RFC 3339, e.g. 2026-01-02T03:04:05Z)."
+                        ))
                     }),
                 }
             };
@@ -459,7 +465,9 @@ async fn iam_method(
         (Target::ServiceAccount(email), Some("generateAccessToken"), &Method::POST) => {
             let req: GenerateAccessTokenRequest = body(bytes)?;
             if !req.delegates.is_empty() {
-                return Err(ApiError::invalid("delegates are not supported: call generateAccessToken as the service itself."));
+                return Err(ApiError::invalid(
+                    "delegates are not supported: call generateAccessToken as the service itself.",
+                ));
             }
             let lifetime = match req.lifetime.as_deref() {
                 None | Some("") => None,
@@ -475,12 +483,13 @@ async fn iam_method(
         }
         (Target::Tokens, None, &Method::POST) => {
             let req: CreateTokenRequest = body(bytes)?;
-            let ttl = match req.ttl.as_deref() {
-                None | Some("") => None,
-                Some(t) => Some(ProtoDuration::parse(t).ok_or_else(|| {
-                    ApiError::invalid(format!("Invalid ttl \"{t}\": use seconds, e.g. \"86400s\"."))
-                })?),
-            };
+            let ttl =
+                match req.ttl.as_deref() {
+                    None | Some("") => None,
+                    Some(t) => Some(ProtoDuration::parse(t).ok_or_else(|| {
+                        ApiError::invalid(format!("Invalid ttl \"{t}\": use seconds, e.g. \"86400s\"."))
+                    })?),
+                };
             let minted = kms.create_token(caller, &req.principal, ttl, &req.description).await?;
             let mut v = token_json(&minted.record);
             v["token"] = minted.token.expose().into();

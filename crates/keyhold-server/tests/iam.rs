@@ -63,8 +63,14 @@ async fn with_key(s: &Server) {
 }
 
 /// One row of `authz_matrix.tsv`: what to call for a method.
-fn request(method: &str, n: usize, ciphertext: &str, key_policy: &Value, ring_policy: &Value, project_policy: &Value)
--> (Method, String, Option<Value>) {
+fn request(
+    method: &str,
+    n: usize,
+    ciphertext: &str,
+    key_policy: &Value,
+    ring_policy: &Value,
+    project_policy: &Value,
+) -> (Method, String, Option<Value>) {
     let v2 = format!("{KEY}/cryptoKeyVersions/2");
     match method {
         "ListLocations" => (Method::GET, format!("{P}/locations"), None),
@@ -89,7 +95,9 @@ fn request(method: &str, n: usize, ciphertext: &str, key_policy: &Value, ring_po
         "CreateCryptoKeyVersion" => (Method::POST, format!("{KEY}/cryptoKeyVersions"), Some(json!({}))),
         "GetCryptoKeyVersion" => (Method::GET, v2, None),
         "ListCryptoKeyVersions" => (Method::GET, format!("{KEY}/cryptoKeyVersions"), None),
-        "UpdateCryptoKeyVersion" => (Method::PATCH, format!("{v2}?updateMask=state"), Some(json!({"state": "ENABLED"}))),
+        "UpdateCryptoKeyVersion" => {
+            (Method::PATCH, format!("{v2}?updateMask=state"), Some(json!({"state": "ENABLED"})))
+        }
         "DestroyCryptoKeyVersion" => (Method::POST, format!("{v2}:destroy"), Some(json!({}))),
         "RestoreCryptoKeyVersion" => (Method::POST, format!("{v2}:restore"), Some(json!({}))),
         "GetIamPolicy(cryptoKey)" => (Method::GET, format!("{KEY}:getIamPolicy"), None),
@@ -175,7 +183,9 @@ async fn authentication_tokens_expiry_and_revocation() {
     assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"keyhold\"");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["status"], "UNAUTHENTICATED");
-    assert!(v["error"]["message"].as_str().unwrap().starts_with("Request is missing required authentication credential."));
+    assert!(
+        v["error"]["message"].as_str().unwrap().starts_with("Request is missing required authentication credential.")
+    );
     for bad in ["nonsense", "kh1.0000000000000000.AAAA"] {
         let (st, v) = s.call_as(Some(bad), Method::GET, RING, None).await;
         assert_eq!(st, 401);
@@ -183,9 +193,13 @@ async fn authentication_tokens_expiry_and_revocation() {
     }
     // Tokens are shown once and stored only as hashes.
     s.grant(P, "roles/cloudkms.viewer", "user:bob@example.com").await;
-    let created =
-        s.ok(Method::POST, "tokens", Some(json!({"principal": "user:bob@example.com", "ttl": "2s", "description": "ci"})))
-            .await;
+    let created = s
+        .ok(
+            Method::POST,
+            "tokens",
+            Some(json!({"principal": "user:bob@example.com", "ttl": "2s", "description": "ci"})),
+        )
+        .await;
     let bob = created["token"].as_str().unwrap().to_string();
     assert!(bob.starts_with("kh1."));
     let listed = s.ok(Method::GET, "tokens", None).await;
@@ -213,7 +227,9 @@ async fn authentication_tokens_expiry_and_revocation() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["principal"] == "user:bob@example.com" && t.get("revokeTime").is_none() && t.get("description").is_none())
+        .find(|t| {
+            t["principal"] == "user:bob@example.com" && t.get("revokeTime").is_none() && t.get("description").is_none()
+        })
         .unwrap()["name"]
         .as_str()
         .unwrap()
@@ -281,12 +297,33 @@ async fn inheritance_isolation_and_existence_hiding() {
     // Policies are validated with Google's messages.
     let bad = |b: Value| json!({"policy": {"bindings": [b]}});
     let m = s
-        .err(Method::POST, &format!("{KEY}:setIamPolicy"), Some(bad(json!({"role": "roles/nope", "members": ["user:a@b.co"]}))), 400, "INVALID_ARGUMENT")
+        .err(
+            Method::POST,
+            &format!("{KEY}:setIamPolicy"),
+            Some(bad(json!({"role": "roles/nope", "members": ["user:a@b.co"]}))),
+            400,
+            "INVALID_ARGUMENT",
+        )
         .await;
     assert_eq!(m, "Role roles/nope is not supported for this resource.");
-    s.err(Method::POST, &format!("{KEY}:setIamPolicy"), Some(bad(json!({"role": "roles/owner", "members": ["user:a@b.co"]}))), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{KEY}:setIamPolicy"), Some(bad(json!({"role": "roles/cloudkms.admin", "members": ["alice"]}))), 400, "INVALID_ARGUMENT").await;
-    s.err(Method::POST, &format!("{RING}/cryptoKeys/nope:setIamPolicy"), Some(json!({"policy": {}})), 404, "NOT_FOUND").await;
+    s.err(
+        Method::POST,
+        &format!("{KEY}:setIamPolicy"),
+        Some(bad(json!({"role": "roles/owner", "members": ["user:a@b.co"]}))),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(
+        Method::POST,
+        &format!("{KEY}:setIamPolicy"),
+        Some(bad(json!({"role": "roles/cloudkms.admin", "members": ["alice"]}))),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(Method::POST, &format!("{RING}/cryptoKeys/nope:setIamPolicy"), Some(json!({"policy": {}})), 404, "NOT_FOUND")
+        .await;
 
     // Project numbers are stable and twelve digits.
     let p1 = s.ok(Method::GET, P, None).await;
@@ -380,8 +417,15 @@ async fn grants_and_revokes_reach_other_nodes_within_a_second() {
     a.revoke(KEY, "user:alice@example.com").await;
     let revoked = wait_for(403).await;
     // Token revocation propagates the same way.
-    let id = a.ok(Method::GET, "tokens", None).await["tokens"].as_array().unwrap().iter()
-        .find(|t| t["principal"] == "user:alice@example.com").unwrap()["name"].as_str().unwrap().to_string();
+    let id = a.ok(Method::GET, "tokens", None).await["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["principal"] == "user:alice@example.com")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     a.grant(KEY, "roles/cloudkms.cryptoKeyEncrypterDecrypter", "user:alice@example.com").await;
     wait_for(200).await;
     a.ok(Method::DELETE, &id, None).await;
@@ -397,7 +441,8 @@ async fn grants_and_revokes_reach_other_nodes_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_identities_and_agent_tokens() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;
-    let url = |svc: &str| format!("{}/projects/p/services/{svc}:generateServiceIdentity", s.base.replace("/v1", "/v1beta1"));
+    let url =
+        |svc: &str| format!("{}/projects/p/services/{svc}:generateServiceIdentity", s.base.replace("/v1", "/v1beta1"));
     let gen_ = |svc: String| {
         let s = &s;
         let url = url(&svc);
@@ -480,7 +525,10 @@ async fn audit_log_records_allowed_and_denied_calls_and_detects_tampering() {
     assert_eq!(first["protoPayload"]["metadata"]["keyVersion"], format!("{KEY}/cryptoKeyVersions/1"));
     assert_eq!(first["protoPayload"]["authorizationInfo"][0]["permission"], "cloudkms.cryptoKeyVersions.useToEncrypt");
     assert_eq!(first["protoPayload"]["authorizationInfo"][0]["granted"], true);
-    let justified = entries.iter().find(|e| e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"] == "req-audit-1").unwrap();
+    let justified = entries
+        .iter()
+        .find(|e| e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"] == "req-audit-1")
+        .unwrap();
     assert_eq!(justified["protoPayload"]["metadata"]["justification"], "ticket 42");
     // Denied decrypt: recorded with its status.
     let denied = s.audit("p", "methodName=Decrypt&principal=user:mallory@example.com").await;
@@ -498,7 +546,9 @@ async fn audit_log_records_allowed_and_denied_calls_and_detects_tampering() {
     let page = s.ok(Method::GET, "projects/p/auditLogs?pageSize=2&orderBy=timestamp%20desc", None).await;
     assert_eq!(page["entries"].as_array().unwrap().len(), 2);
     let next = page["nextPageToken"].as_str().unwrap();
-    let page2 = s.ok(Method::GET, &format!("projects/p/auditLogs?pageSize=2&orderBy=timestamp%20desc&pageToken={next}"), None).await;
+    let page2 = s
+        .ok(Method::GET, &format!("projects/p/auditLogs?pageSize=2&orderBy=timestamp%20desc&pageToken={next}"), None)
+        .await;
     let a: u64 = page["entries"][1]["insertId"].as_str().unwrap().parse().unwrap();
     let b: u64 = page2["entries"][0]["insertId"].as_str().unwrap().parse().unwrap();
     assert!(b < a);
@@ -532,8 +582,11 @@ async fn audit_log_records_allowed_and_denied_calls_and_detects_tampering() {
     assert!(refused.is_err(), "append-only");
     assert!(conn.execute("DELETE FROM audit_log WHERE seq = 3", []).is_err(), "append-only");
     conn.execute_batch("DROP TRIGGER audit_log_no_update").unwrap();
-    conn.execute("UPDATE audit_log SET entry = replace(entry, 'owner@keyhold.local', 'someone@else.example') WHERE seq = 3", [])
-        .unwrap();
+    conn.execute(
+        "UPDATE audit_log SET entry = replace(entry, 'owner@keyhold.local', 'someone@else.example') WHERE seq = 3",
+        [],
+    )
+    .unwrap();
     match s.kms.verify_audit_chain().await.unwrap() {
         ChainVerdict::Broken { seq, reason } => {
             assert_eq!(seq, 3);
@@ -560,7 +613,9 @@ async fn audit_chain_holds_across_two_nodes() {
         let node = if i % 2 == 0 { a.clone() } else { b.clone() };
         let token = a.token.clone();
         tasks.push(tokio::spawn(async move {
-            node.call_as(Some(&token), Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(b"x")}))).await.0
+            node.call_as(Some(&token), Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(b"x")})))
+                .await
+                .0
         }));
     }
     for t in tasks {

@@ -88,7 +88,9 @@ impl Postgres {
                 schema::SCHEMA_VERSION
             )));
         }
-        tx.execute(schema::SCHEMA_VERSION_UPDATE, &[&schema::SCHEMA_VERSION.to_string(), &schema::SCHEMA_VERSION]).await.map_err(map_err)?;
+        tx.execute(schema::SCHEMA_VERSION_UPDATE, &[&schema::SCHEMA_VERSION.to_string(), &schema::SCHEMA_VERSION])
+            .await
+            .map_err(map_err)?;
         tx.commit().await.map_err(map_err)
     }
 

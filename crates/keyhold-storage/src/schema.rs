@@ -184,8 +184,7 @@ pub(crate) const TOKEN_BY_HASH: &str = "SELECT id, hash, principal, description,
     FROM tokens WHERE hash = $1";
 pub(crate) const LIST_TOKENS: &str = "SELECT id, hash, principal, description, create_nanos, expire_nanos, revoke_nanos \
     FROM tokens ORDER BY create_nanos DESC, id";
-pub(crate) const REVOKE_TOKEN: &str =
-    "UPDATE tokens SET revoke_nanos = $1 WHERE id = $2 AND revoke_nanos IS NULL";
+pub(crate) const REVOKE_TOKEN: &str = "UPDATE tokens SET revoke_nanos = $1 WHERE id = $2 AND revoke_nanos IS NULL";
 
 pub(crate) const INSERT_SERVICE_IDENTITY: &str = "INSERT INTO service_identities \
     (project_id, service, email, unique_id, create_nanos) VALUES ($1, $2, $3, $4, $5)";
@@ -194,9 +193,9 @@ pub(crate) const GET_SERVICE_IDENTITY: &str = "SELECT project_id, service, email
 pub(crate) const SERVICE_IDENTITY_BY_EMAIL: &str = "SELECT project_id, service, email, unique_id, create_nanos \
     FROM service_identities WHERE email = $1";
 
-/// Takes the chain's row lock (PostgreSQL: other appenders wait here until commit), then reads.
-pub(crate) const LOCK_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1";
-pub(crate) const GET_AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
+/// Takes the chain's row lock and reads the head in one statement (PostgreSQL: other appenders
+/// wait here until commit, then see the head as they left it).
+pub(crate) const LOCK_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
 pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
     (seq, time_nanos, project, principal, method, resource, kind, entry, prev_hash, hash) \

@@ -71,6 +71,14 @@ pub trait SqlConn: Send {
     async fn query(&mut self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, StoreError>;
     /// Runs a statement; returns the number of rows affected.
     async fn execute(&mut self, sql: &'static str, params: Vec<Value>) -> Result<u64, StoreError>;
+    /// Runs several statements in order, stopping at the first error. Drivers that pay a
+    /// thread hop per call (SQLite) run them in one.
+    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), StoreError> {
+        for (sql, params) in statements {
+            self.execute(sql, params).await?;
+        }
+        Ok(())
+    }
     /// Commits the transaction.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
 }

@@ -94,7 +94,8 @@ impl Sqlite {
                     schema::SCHEMA_VERSION
                 )));
             }
-            tx.execute(schema::SCHEMA_VERSION_UPDATE, (schema::SCHEMA_VERSION.to_string(), schema::SCHEMA_VERSION)).map_err(map_err)?;
+            tx.execute(schema::SCHEMA_VERSION_UPDATE, (schema::SCHEMA_VERSION.to_string(), schema::SCHEMA_VERSION))
+                .map_err(map_err)?;
             tx.commit().map_err(map_err)
         })
         .await
@@ -103,11 +104,8 @@ impl Sqlite {
 
     async fn conn(&self, transaction: bool) -> Result<Box<dyn SqlConn>, StoreError> {
         let guard = self.turn.clone().lock_owned().await;
-        let mut c = SqliteConn { conn: self.conn.clone(), _turn: guard, open_tx: false };
-        if transaction {
-            c.execute("BEGIN IMMEDIATE", vec![]).await?;
-            c.open_tx = true;
-        }
+        // BEGIN is sent with the first statement, saving a thread hop per transaction.
+        let c = SqliteConn { conn: self.conn.clone(), _turn: guard, open_tx: transaction, begin_pending: transaction };
         Ok(Box::new(c))
     }
 }
@@ -116,6 +114,7 @@ struct SqliteConn {
     conn: Arc<Mutex<Connection>>,
     _turn: tokio::sync::OwnedMutexGuard<()>,
     open_tx: bool,
+    begin_pending: bool,
 }
 
 fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> rusqlite::Result<()> {
@@ -167,8 +166,12 @@ impl SqliteConn {
         want_rows: bool,
     ) -> Result<(Vec<Row>, u64), StoreError> {
         let conn = self.conn.clone();
+        let begin = std::mem::take(&mut self.begin_pending);
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            if begin {
+                c.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
+            }
             run(&c, sql, &params, want_rows).map_err(map_err)
         })
         .await
@@ -184,7 +187,29 @@ impl SqlConn for SqliteConn {
     async fn execute(&mut self, sql: &'static str, params: Vec<Value>) -> Result<u64, StoreError> {
         Ok(self.call(sql, params, false).await?.1)
     }
+    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), StoreError> {
+        let conn = self.conn.clone();
+        let begin = std::mem::take(&mut self.begin_pending);
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            if begin {
+                c.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
+            }
+            for (sql, params) in &statements {
+                run(&c, sql, params, false).map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+    }
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        if self.begin_pending {
+            // Nothing was run: nothing to commit.
+            self.begin_pending = false;
+            self.open_tx = false;
+            return Ok(());
+        }
         self.execute("COMMIT", vec![]).await?;
         self.open_tx = false;
         Ok(())

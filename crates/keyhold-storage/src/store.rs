@@ -1,14 +1,14 @@
 //! [`KmsStore`] implemented once for every SQL driver.
 
 use async_trait::async_trait;
+use keyhold_api::iam::Policy;
 use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
-use keyhold_api::iam::Policy;
 use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
 use keyhold_kms::store::{
-    AuditQuery, CryptoKeyRecord, KmsStore, PolicyRecord, ProjectRecord, ServiceIdentityRecord, StoreError,
-    TokenRecord, VersionRecord,
+    AuditQuery, CryptoKeyRecord, KmsStore, PolicyRecord, ProjectRecord, ServiceIdentityRecord, StoreError, TokenRecord,
+    VersionRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -86,16 +86,16 @@ fn audit_json(record: &AuditRecord) -> Result<AuditRow<'_>, StoreError> {
 /// Appends entries to the chain inside an open transaction. The head row is locked first, so
 /// appenders on every node (and admin changes carrying their entry) serialize on it.
 async fn append_entries(tx: &mut Box<dyn SqlConn>, entries: &[AuditRow<'_>]) -> Result<(), StoreError> {
-    tx.execute(LOCK_AUDIT_HEAD, vec![]).await?;
-    let head = tx.query(GET_AUDIT_HEAD, vec![]).await?;
+    let head = tx.query(LOCK_AUDIT_HEAD, vec![]).await?;
     let head = head.first().ok_or_else(|| StoreError::Corrupt("audit head row missing".into()))?;
     let mut seq = head[0].int()?;
     let mut prev = head[1].text()?.to_string();
+    let mut statements = Vec::with_capacity(entries.len() + 1);
     for e in entries {
         seq += 1;
         let hash = chain_hash(&prev, seq, &e.json);
         let r = e.record;
-        tx.execute(
+        statements.push((
             INSERT_AUDIT,
             vec![
                 Value::Int(seq),
@@ -109,12 +109,11 @@ async fn append_entries(tx: &mut Box<dyn SqlConn>, entries: &[AuditRow<'_>]) -> 
                 Value::Text(prev),
                 Value::Text(hash.clone()),
             ],
-        )
-        .await?;
+        ));
         prev = hash;
     }
-    tx.execute(SET_AUDIT_HEAD, vec![Value::Int(seq), Value::Text(prev)]).await?;
-    Ok(())
+    statements.push((SET_AUDIT_HEAD, vec![Value::Int(seq), Value::Text(prev)]));
+    tx.execute_many(statements).await
 }
 
 fn audit_entry(row: &Row) -> Result<StoredAuditEntry, StoreError> {
@@ -189,7 +188,8 @@ impl<B: SqlBackend> SqlStore<B> {
 impl<B: SqlBackend> KmsStore for SqlStore<B> {
     async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), StoreError> {
         let params = vec![Value::Text(name.to_string()), Value::Text(name.location.to_string()), to_json(ring)?];
-        self.write_audited(audit, |tx| Box::pin(async move { tx.execute(INSERT_KEY_RING, params).await.map(|_| ()) })).await
+        self.write_audited(audit, |tx| Box::pin(async move { tx.execute(INSERT_KEY_RING, params).await.map(|_| ()) }))
+            .await
     }
 
     async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, StoreError> {
@@ -420,8 +420,10 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             Value::Int(token.expire_time.unix_nanos_i64()),
             nanos(token.revoke_time),
         ];
-        self.write_audited(audit, |tx| Box::pin(async move { tx.execute(TOKEN_COLUMNS_INSERT, params).await.map(|_| ()) }))
-            .await
+        self.write_audited(audit, |tx| {
+            Box::pin(async move { tx.execute(TOKEN_COLUMNS_INSERT, params).await.map(|_| ()) })
+        })
+        .await
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
@@ -435,9 +437,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
 
     async fn revoke_token(&self, id: &str, when: Timestamp, audit: &AuditRecord) -> Result<bool, StoreError> {
         let params = vec![Value::Int(when.unix_nanos_i64()), Value::Text(id.to_string())];
-        let n = self
-            .write_audited(audit, |tx| Box::pin(async move { tx.execute(REVOKE_TOKEN, params).await }))
-            .await?;
+        let n = self.write_audited(audit, |tx| Box::pin(async move { tx.execute(REVOKE_TOKEN, params).await })).await?;
         Ok(n > 0)
     }
 
@@ -465,7 +465,10 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         service: &str,
     ) -> Result<Option<ServiceIdentityRecord>, StoreError> {
         let rows = self
-            .read_rows(GET_SERVICE_IDENTITY, vec![Value::Text(project_id.to_string()), Value::Text(service.to_string())])
+            .read_rows(
+                GET_SERVICE_IDENTITY,
+                vec![Value::Text(project_id.to_string()), Value::Text(service.to_string())],
+            )
             .await?;
         rows.first().map(identity_record).transpose()
     }

@@ -97,9 +97,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let store = keyhold_storage::open(&db).await?;
     let anonymous_principal = match &args.allow_anonymous {
-        Some(p) => Some(
-            keyhold_iam::Principal::parse(p).map_err(|e| format!("--allow-anonymous: {e}"))?,
-        ),
+        Some(p) => Some(keyhold_iam::Principal::parse(p).map_err(|e| format!("--allow-anonymous: {e}"))?),
         None => None,
     };
     let owner = keyhold_iam::Principal::parse(&args.owner).map_err(|e| format!("--owner: {e}"))?;

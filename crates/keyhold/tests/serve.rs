@@ -88,7 +88,9 @@ async fn state_survives_restart_and_schedules_catch_up() {
     let p = spawn(dir.path(), port, &flags);
     wait_ready(&p).await;
     call(dir.path(), port, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
-    call(dir.path(), port,
+    call(
+        dir.path(),
+        port,
         Method::POST,
         &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
         json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "2s"}),
@@ -100,7 +102,9 @@ async fn state_survives_restart_and_schedules_catch_up() {
     call(dir.path(), port, Method::POST, &format!("{KEY}/cryptoKeyVersions/2:destroy"), json!({})).await;
     // Rotation due in one second, every two seconds after that.
     let next = keyhold_api::wire::Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(1));
-    call(dir.path(), port,
+    call(
+        dir.path(),
+        port,
         Method::POST,
         &format!("{RING}/cryptoKeys?cryptoKeyId=rot"),
         json!({"purpose": 1, "rotationPeriod": "2s", "nextRotationTime": next.to_string()}),
@@ -112,7 +116,8 @@ async fn state_survives_restart_and_schedules_catch_up() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let p = spawn(dir.path(), port, &flags);
     wait_ready(&p).await;
-    let dec = call(dir.path(), port, Method::POST, &format!("{KEY}:decrypt"), json!({"ciphertext": enc["ciphertext"]})).await;
+    let dec =
+        call(dir.path(), port, Method::POST, &format!("{KEY}:decrypt"), json!({"ciphertext": enc["ciphertext"]})).await;
     assert_eq!(dec["plaintext"], secret, "keys survive a restart (same root key file)");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -223,7 +228,8 @@ async fn seed_workflow_through_the_cli() {
         ]),
         ""
     );
-    let (success, _, err) = cli(dir.path(), port, &["kms", "keyrings", "create", "KEY_RING_ID", "--location", "us-central1"]);
+    let (success, _, err) =
+        cli(dir.path(), port, &["kms", "keyrings", "create", "KEY_RING_ID", "--location", "us-central1"]);
     assert!(!success);
     assert!(
         err.contains(
@@ -272,8 +278,11 @@ async fn seed_workflow_through_the_cli() {
     ]
     .concat());
     assert_eq!(std::fs::read(&back).unwrap(), b"attack at dawn");
-    let (success, _, err) =
-        cli(dir.path(), port, &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_]].concat());
+    let (success, _, err) = cli(
+        dir.path(),
+        port,
+        &[&["kms", "decrypt"], &key[..], &["--ciphertext-file", e_, "--plaintext-file", b_]].concat(),
+    );
     assert!(!success);
     assert!(err.contains("Decryption failed: verify that 'name' refers to the correct CryptoKey."), "{err}");
 
@@ -284,6 +293,7 @@ async fn seed_workflow_through_the_cli() {
     let disabled = ok(&[&["kms", "keys", "versions", "disable", "1"], &key[..]].concat());
     assert!(disabled.contains("state: DISABLED"), "{disabled}");
     let (success, _, err) = cli(
+        dir.path(),
         port,
         &[
             &["kms", "decrypt"],
@@ -321,7 +331,8 @@ async fn seed_workflow_through_the_cli() {
     .is_empty()
     .then_some(())
     .expect("decrypt to a file prints nothing");
-    let (success, _, err) = cli(dir.path(), port, &["kms", "keyrings", "describe", "nope", "--location", "us-central1"]);
+    let (success, _, err) =
+        cli(dir.path(), port, &["kms", "keyrings", "describe", "nope", "--location", "us-central1"]);
     assert!(!success && err.contains("NOT_FOUND"), "{err}");
     terminate(p);
 }

@@ -139,4 +139,3 @@ impl Server {
         v["error"]["message"].as_str().unwrap().to_string()
     }
 }
-

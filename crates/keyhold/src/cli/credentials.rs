@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn loopback_hosts() {
-        for u in ["http://127.0.0.1:8080", "http://[::1]:1", "http://localhost:8080", "http://LOCALHOST", "http://127.0.0.2"]
+        for u in
+            ["http://127.0.0.1:8080", "http://[::1]:1", "http://localhost:8080", "http://LOCALHOST", "http://127.0.0.2"]
         {
             assert!(is_loopback(&url(u)), "{u}");
         }

@@ -17,6 +17,7 @@ use keyhold_crypto::crc32c;
 
 use super::client::ListOptions;
 use super::files::{self, MAX_CIPHERTEXT, MAX_PLAINTEXT};
+use super::iam::{self, BindingFlags, IamSubject, PolicyFileArg};
 use super::output::Kind;
 use super::parse::{
     Labels, ProtectionLevelArg, PurposeArg, algorithm_fits_purpose, algorithms_for, apply_label_changes, kebab,
@@ -166,6 +167,14 @@ pub enum KeyRingsCommand {
     List(KeyRingList),
     /// Show a key ring.
     Describe(KeyRingTarget),
+    /// Grant a role to a principal on a key ring.
+    AddIamPolicyBinding(KeyRingBinding),
+    /// Revoke a role from a principal on a key ring.
+    RemoveIamPolicyBinding(KeyRingBinding),
+    /// Show the IAM policy of a key ring.
+    GetIamPolicy(KeyRingTarget),
+    /// Replace the IAM policy of a key ring with one read from a JSON or YAML file.
+    SetIamPolicy(KeyRingSetPolicy),
 }
 
 /// A command on one key ring.
@@ -176,6 +185,24 @@ pub struct KeyRingTarget {
     pub key_ring_id: String,
     #[command(flatten)]
     pub location: LocationFlag,
+}
+
+/// `keyhold kms keyrings add-iam-policy-binding` / `remove-iam-policy-binding`.
+#[derive(Args, Debug)]
+pub struct KeyRingBinding {
+    #[command(flatten)]
+    pub target: KeyRingTarget,
+    #[command(flatten)]
+    pub binding: BindingFlags,
+}
+
+/// `keyhold kms keyrings set-iam-policy`.
+#[derive(Args, Debug)]
+pub struct KeyRingSetPolicy {
+    #[command(flatten)]
+    pub target: KeyRingTarget,
+    #[command(flatten)]
+    pub file: PolicyFileArg,
 }
 
 /// `keyhold kms keyrings list`.
@@ -213,6 +240,14 @@ pub enum KeysCommand {
     SetPrimaryVersion(KeySetPrimaryVersion),
     /// Create and manage the versions of a key.
     Versions(VersionsArgs),
+    /// Grant a role to a principal on a key.
+    AddIamPolicyBinding(KeyBinding),
+    /// Revoke a role from a principal on a key.
+    RemoveIamPolicyBinding(KeyBinding),
+    /// Show the IAM policy of a key.
+    GetIamPolicy(KeyTarget),
+    /// Replace the IAM policy of a key with one read from a JSON or YAML file.
+    SetIamPolicy(KeySetPolicy),
 }
 
 /// A command on one key.
@@ -223,6 +258,24 @@ pub struct KeyTarget {
     pub key_id: String,
     #[command(flatten)]
     pub ring: KeyRingFlags,
+}
+
+/// `keyhold kms keys add-iam-policy-binding` / `remove-iam-policy-binding`.
+#[derive(Args, Debug)]
+pub struct KeyBinding {
+    #[command(flatten)]
+    pub target: KeyTarget,
+    #[command(flatten)]
+    pub binding: BindingFlags,
+}
+
+/// `keyhold kms keys set-iam-policy`.
+#[derive(Args, Debug)]
+pub struct KeySetPolicy {
+    #[command(flatten)]
+    pub target: KeyTarget,
+    #[command(flatten)]
+    pub file: PolicyFileArg,
 }
 
 /// `keyhold kms keys create`.
@@ -447,6 +500,10 @@ impl KmsCommand {
                 KeyRingsCommand::Create(_) => "keyrings.create",
                 KeyRingsCommand::List(_) => "keyrings.list",
                 KeyRingsCommand::Describe(_) => "keyrings.describe",
+                KeyRingsCommand::AddIamPolicyBinding(_) => "keyrings.add-iam-policy-binding",
+                KeyRingsCommand::RemoveIamPolicyBinding(_) => "keyrings.remove-iam-policy-binding",
+                KeyRingsCommand::GetIamPolicy(_) => "keyrings.get-iam-policy",
+                KeyRingsCommand::SetIamPolicy(_) => "keyrings.set-iam-policy",
             },
             KmsCommand::Keys(a) => match &a.command {
                 KeysCommand::Create(_) => "keys.create",
@@ -454,6 +511,10 @@ impl KmsCommand {
                 KeysCommand::Describe(_) => "keys.describe",
                 KeysCommand::Update(_) => "keys.update",
                 KeysCommand::SetPrimaryVersion(_) => "keys.set-primary-version",
+                KeysCommand::AddIamPolicyBinding(_) => "keys.add-iam-policy-binding",
+                KeysCommand::RemoveIamPolicyBinding(_) => "keys.remove-iam-policy-binding",
+                KeysCommand::GetIamPolicy(_) => "keys.get-iam-policy",
+                KeysCommand::SetIamPolicy(_) => "keys.set-iam-policy",
                 KeysCommand::Versions(v) => match v.command {
                     VersionsCommand::Create(_) => "keys.versions.create",
                     VersionsCommand::List(_) => "keys.versions.list",
@@ -481,6 +542,16 @@ impl KmsCommand {
                 KeyRingsCommand::Create(c) => keyrings_create(ctx, &c).await,
                 KeyRingsCommand::List(c) => keyrings_list(ctx, &c).await,
                 KeyRingsCommand::Describe(c) => keyrings_describe(ctx, &c).await,
+                KeyRingsCommand::AddIamPolicyBinding(c) => {
+                    iam::add_binding(ctx, &key_ring_subject(ctx, &c.target)?, &c.binding).await
+                }
+                KeyRingsCommand::RemoveIamPolicyBinding(c) => {
+                    iam::remove_binding(ctx, &key_ring_subject(ctx, &c.target)?, &c.binding).await
+                }
+                KeyRingsCommand::GetIamPolicy(c) => iam::get_policy(ctx, &key_ring_subject(ctx, &c)?).await,
+                KeyRingsCommand::SetIamPolicy(c) => {
+                    iam::set_policy(ctx, &key_ring_subject(ctx, &c.target)?, &c.file.policy_file).await
+                }
             },
             KmsCommand::Keys(a) => match a.command {
                 KeysCommand::Create(c) => keys_create(ctx, &c).await,
@@ -488,6 +559,16 @@ impl KmsCommand {
                 KeysCommand::Describe(c) => keys_describe(ctx, &c).await,
                 KeysCommand::Update(c) => keys_update(ctx, &c).await,
                 KeysCommand::SetPrimaryVersion(c) => keys_set_primary_version(ctx, &c).await,
+                KeysCommand::AddIamPolicyBinding(c) => {
+                    iam::add_binding(ctx, &key_subject(ctx, &c.target)?, &c.binding).await
+                }
+                KeysCommand::RemoveIamPolicyBinding(c) => {
+                    iam::remove_binding(ctx, &key_subject(ctx, &c.target)?, &c.binding).await
+                }
+                KeysCommand::GetIamPolicy(c) => iam::get_policy(ctx, &key_subject(ctx, &c)?).await,
+                KeysCommand::SetIamPolicy(c) => {
+                    iam::set_policy(ctx, &key_subject(ctx, &c.target)?, &c.file.policy_file).await
+                }
                 KeysCommand::Versions(v) => match v.command {
                     VersionsCommand::Create(c) => versions_create(ctx, &c).await,
                     VersionsCommand::List(c) => versions_list(ctx, &c).await,
@@ -543,7 +624,20 @@ async fn keyrings_describe(ctx: &Ctx, c: &KeyRingTarget) -> Result<(), CliError>
     ctx.show(Kind::KeyRing, &ring)
 }
 
+/// The key ring of a key-ring command, as an IAM resource.
+fn key_ring_subject(ctx: &Ctx, c: &KeyRingTarget) -> Result<IamSubject, CliError> {
+    let name = ctx.resources(c.location.location.as_deref(), Some(&c.key_ring_id), None).key_ring_name("keyring")?;
+    Ok(IamSubject { id: name.key_ring.clone(), resource: name.to_string(), kind: "keyring" })
+}
+
 // ---- keys -----------------------------------------------------------------------------------
+
+/// The key of a key command, as an IAM resource.
+fn key_subject(ctx: &Ctx, c: &KeyTarget) -> Result<IamSubject, CliError> {
+    let name =
+        ctx.resources(c.ring.location.as_deref(), c.ring.keyring.as_deref(), Some(&c.key_id)).crypto_key_name("key")?;
+    Ok(IamSubject { id: name.crypto_key.clone(), resource: name.to_string(), kind: "key" })
+}
 
 /// Checks `--default-algorithm` against `--purpose` as gcloud does before sending anything.
 fn check_algorithm(purpose: PurposeArg, algorithm: Option<Algorithm>) -> Result<(), CliError> {
@@ -850,7 +944,7 @@ mod tests {
     }
 
     fn kms(args: &str) -> KmsCommand {
-        let CliCommand::Kms(k) = parse(args).command;
+        let CliCommand::Kms(k) = parse(args).command else { panic!("{args}: not a kms command") };
         k.command
     }
 
@@ -898,6 +992,26 @@ mod tests {
                 "kms decrypt --key k --keyring r --location global --ciphertext-file c --plaintext-file - --additional-authenticated-data-file a",
                 "kms.decrypt",
             ),
+            (
+                "kms keys add-iam-policy-binding k --keyring r --location global --member user:a@b.com --role roles/cloudkms.viewer",
+                "kms.keys.add-iam-policy-binding",
+            ),
+            (
+                "kms keys remove-iam-policy-binding projects/p/locations/l/keyRings/r/cryptoKeys/k --member user:a@b.com --role roles/cloudkms.viewer",
+                "kms.keys.remove-iam-policy-binding",
+            ),
+            ("kms keys get-iam-policy k --keyring r --location global", "kms.keys.get-iam-policy"),
+            ("kms keys set-iam-policy k policy.yaml --keyring r --location global", "kms.keys.set-iam-policy"),
+            (
+                "kms keyrings add-iam-policy-binding r --location global --member user:a@b.com --role roles/cloudkms.viewer",
+                "kms.keyrings.add-iam-policy-binding",
+            ),
+            (
+                "kms keyrings remove-iam-policy-binding r --location global --member user:a@b.com --role roles/cloudkms.viewer",
+                "kms.keyrings.remove-iam-policy-binding",
+            ),
+            ("kms keyrings get-iam-policy r --location global", "kms.keyrings.get-iam-policy"),
+            ("kms keyrings set-iam-policy r policy.json --location global", "kms.keyrings.set-iam-policy"),
         ];
         for (line, path) in lines {
             assert_eq!(kms(line).path(), path, "{line}");

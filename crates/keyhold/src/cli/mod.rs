@@ -1,25 +1,41 @@
 //! The command-line client: `keyhold kms ...`, whose commands, flags and output mirror
-//! `gcloud kms ...`, talking to a Keyhold server over its Cloud KMS v1 REST API.
+//! `gcloud kms ...`, talking to a Keyhold server over its Cloud KMS v1 REST API; and the
+//! gcloud commands around it that Keyhold serves too (`projects`, `organizations`,
+//! `beta services identity`, `logging read`), plus Keyhold's own `auth tokens` and
+//! `audit verify`.
 //!
 //! * [`kms`]: the command tree and what each command sends;
-//! * [`client`]: HTTP, errors and paging;
+//! * [`iam`]: `get-` / `set-iam-policy` and `add-` / `remove-iam-policy-binding`, for key
+//!   rings, keys ([`kms`]), projects and the organization ([`projects`]);
+//! * [`services`], [`tokens`], [`logging`], [`audit`]: the other command groups;
+//! * [`client`]: HTTP, errors and paging; [`credentials`]: which bearer token is sent;
 //! * [`output`]: YAML, JSON, table and `value()` printing;
 //! * [`parse`]: gcloud's spellings of durations, times, labels and enums;
 //! * [`resource`]: resource names from IDs and flags, or full names;
-//! * [`files`]: `encrypt` / `decrypt` input and output files (`-` for stdin / stdout).
+//! * [`files`]: `encrypt` / `decrypt` input and output files (`-` for stdin / stdout);
+//! * [`yaml`]: reading the YAML policy files of `set-iam-policy`.
 //!
 //! Plaintext only ever goes to the file the user named: it is never printed, logged or put in
 //! an error message.
 
+mod audit;
 mod client;
+mod credentials;
 mod files;
+mod iam;
 mod kms;
+mod logging;
 mod output;
 mod parse;
+mod projects;
 mod resource;
+mod services;
+mod tokens;
+mod yaml;
 
 use std::fmt;
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use serde_json::Value;
@@ -28,6 +44,7 @@ pub use kms::KmsArgs;
 pub use output::OutputFormat;
 
 use client::KmsClient;
+use credentials::Credentials;
 use output::Kind;
 use resource::ResourceArgs;
 
@@ -39,14 +56,33 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:8080";
 pub enum CliCommand {
     /// Manage keys and use them to encrypt and decrypt, as `gcloud kms` does.
     Kms(KmsArgs),
+    /// Describe projects and manage their IAM policies, as `gcloud projects` does.
+    Projects(projects::ProjectsArgs),
+    /// Manage the IAM policy of the whole server (the organization `keyhold`).
+    Organizations(projects::OrganizationsArgs),
+    /// Commands in beta, as `gcloud beta`: service identities.
+    Beta(services::BetaArgs),
+    /// Manage the server's bearer tokens (server admins).
+    Auth(tokens::AuthArgs),
+    /// Read the audit log, as `gcloud logging read` does.
+    Logging(logging::LoggingArgs),
+    /// Verify the audit log's hash chain, reading the database directly.
+    Audit(audit::AuditArgs),
 }
 
 impl CliCommand {
     /// The command's path as gcloud shows it in errors: `keyhold.kms.keys.create`.
     pub fn command_path(&self) -> String {
-        match self {
-            CliCommand::Kms(k) => format!("keyhold.{}", k.command.path()),
-        }
+        let tail = match self {
+            CliCommand::Kms(k) => k.command.path(),
+            CliCommand::Projects(p) => p.command.path(),
+            CliCommand::Organizations(o) => o.command.path(),
+            CliCommand::Beta(b) => b.command.path(),
+            CliCommand::Auth(a) => a.command.path(),
+            CliCommand::Logging(l) => l.command.path(),
+            CliCommand::Audit(a) => a.command.path(),
+        };
+        format!("keyhold.{tail}")
     }
 }
 
@@ -64,6 +100,11 @@ pub struct ClientOptions {
     /// or value(FIELD,...).
     #[arg(long, global = true, value_name = "FORMAT", value_parser = OutputFormat::parse)]
     pub format: Option<OutputFormat>,
+    /// File holding the bearer token to send (one line). The environment variable
+    /// KEYHOLD_TOKEN takes precedence; with neither, a server on this machine is sent the
+    /// owner token from KEYHOLD_DATA_DIR/owner.token (default ./keyhold-data/owner.token).
+    #[arg(long, global = true, env = "KEYHOLD_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Why a client command failed.
@@ -194,12 +235,30 @@ fn print_stderr(line: &str) {
 /// (`ERROR: (keyhold.kms.keys.create) ALREADY_EXISTS: ...`) and exit with status 1.
 pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
     let path = cmd.command_path();
+    let cmd = match cmd {
+        // Reads the database, not the server: no endpoint or token involved.
+        CliCommand::Audit(a) => return a.command.run(&path).await,
+        other => other,
+    };
     let result = async {
-        let client = KmsClient::new(&opts.endpoint)?;
+        let url = client::endpoint_url(&opts.endpoint)?;
+        let credentials = Credentials::discover(
+            &url,
+            std::env::var(credentials::TOKEN_ENV).ok(),
+            opts.token_file.as_deref(),
+            std::env::var_os("KEYHOLD_DATA_DIR").map(PathBuf::from),
+        )?;
+        let client = KmsClient::with_credentials(&opts.endpoint, credentials)?;
         let project = resolve_project(opts.project, std::env::var("CLOUDSDK_CORE_PROJECT").ok());
         let ctx = Ctx { client, project, format: opts.format };
         match cmd {
             CliCommand::Kms(k) => k.command.run(&ctx).await,
+            CliCommand::Projects(p) => p.command.run(&ctx).await,
+            CliCommand::Organizations(o) => o.command.run(&ctx).await,
+            CliCommand::Beta(b) => b.command.run(&ctx).await,
+            CliCommand::Auth(a) => a.command.run(&ctx).await,
+            CliCommand::Logging(l) => l.command.run(&ctx).await,
+            CliCommand::Audit(_) => unreachable!("handled above"),
         }
     }
     .await;

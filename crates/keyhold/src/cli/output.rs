@@ -58,6 +58,16 @@ pub enum Kind {
     CryptoKey,
     /// A crypto key version.
     CryptoKeyVersion,
+    /// An IAM policy.
+    Policy,
+    /// A project (Resource Manager).
+    Project,
+    /// A Keyhold bearer token's record.
+    Token,
+    /// An audit log entry (Cloud Logging `LogEntry`).
+    LogEntry,
+    /// Anything else (a table shows its `name`).
+    Other,
 }
 
 /// How a table cell is taken from a resource.
@@ -67,6 +77,8 @@ enum Cell {
     Path(&'static str),
     /// The last `/` segment of the string at a dotted path (`primary.name` -> version ID).
     Basename(&'static str),
+    /// `True` when the dotted path is present, else `False`.
+    Present(&'static str),
 }
 
 impl Kind {
@@ -89,6 +101,30 @@ impl Kind {
                 ("PRIMARY_STATE", Cell::Path("primary.state")),
             ],
             Kind::CryptoKeyVersion => &[("NAME", Cell::Path("name")), ("STATE", Cell::Path("state"))],
+            Kind::Policy => &[
+                ("BINDINGS", Cell::Path("bindings")),
+                ("ETAG", Cell::Path("etag")),
+                ("VERSION", Cell::Path("version")),
+            ],
+            Kind::Project => &[
+                ("PROJECT_ID", Cell::Path("projectId")),
+                ("NAME", Cell::Path("name")),
+                ("PROJECT_NUMBER", Cell::Path("projectNumber")),
+            ],
+            Kind::Token => &[
+                ("NAME", Cell::Basename("name")),
+                ("PRINCIPAL", Cell::Path("principal")),
+                ("EXPIRE_TIME", Cell::Path("expireTime")),
+                ("REVOKED", Cell::Present("revokeTime")),
+            ],
+            Kind::LogEntry => &[
+                ("TIMESTAMP", Cell::Path("timestamp")),
+                ("SEVERITY", Cell::Path("severity")),
+                ("PRINCIPAL", Cell::Path("protoPayload.authenticationInfo.principalEmail")),
+                ("METHOD", Cell::Path("protoPayload.methodName")),
+                ("RESOURCE", Cell::Path("protoPayload.resourceName")),
+            ],
+            Kind::Other => &[("NAME", Cell::Path("name"))],
         }
     }
 }
@@ -126,6 +162,10 @@ fn render_kind_table(kind: Kind, items: &[Value]) -> String {
                 .map(|(_, cell)| match cell {
                     Cell::Path(p) => field_text(lookup(item, p), ","),
                     Cell::Basename(p) => basename(&field_text(lookup(item, p), ",")).to_string(),
+                    Cell::Present(p) => {
+                        let present = lookup(item, p).is_some_and(|v| !v.is_null());
+                        (if present { "True" } else { "False" }).to_string()
+                    }
                 })
                 .collect()
         })
@@ -473,6 +513,21 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn policy_as_gcloud_prints_it() {
+        let v = json!({
+            "version": 1,
+            "etag": "BwYCq0Sq4Ho=",
+            "bindings": [{"role": "roles/cloudkms.cryptoKeyEncrypterDecrypter",
+                          "members": ["serviceAccount:service-123456789012@gcp-sa-financialservices.iam.gserviceaccount.com"]}],
+        });
+        assert_eq!(
+            to_yaml(&v),
+            "bindings:\n- members:\n  - serviceAccount:service-123456789012@gcp-sa-financialservices.iam.gserviceaccount.com\n  \
+             role: roles/cloudkms.cryptoKeyEncrypterDecrypter\netag: BwYCq0Sq4Ho=\nversion: 1\n"
+        );
+    }
+
+    #[test]
     fn key_ring_as_gcloud_prints_it() {
         let v =
             json!({"name": "projects/p/locations/global/keyRings/r", "createTime": "2024-05-01T10:00:00.123456789Z"});
@@ -627,6 +682,16 @@ items:
             "LOCATION_ID  HSM_AVAILABLE  EKM_AVAILABLE\nglobal       False          True\n"
         );
         assert_eq!(render_list(&OutputFormat::Table, Kind::KeyRing, &[]), "");
+        let tokens = [
+            json!({"name": "tokens/ab12", "principal": "user:bob@example.com", "expireTime": "2026-01-01T00:00:00Z"}),
+            json!({"name": "tokens/cd34", "principal": "user:eve@example.com", "expireTime": "2026-01-02T00:00:00Z", "revokeTime": "2025-01-01T00:00:00Z"}),
+        ];
+        assert_eq!(
+            render_list(&OutputFormat::Table, Kind::Token, &tokens),
+            "NAME  PRINCIPAL             EXPIRE_TIME           REVOKED\n\
+             ab12  user:bob@example.com  2026-01-01T00:00:00Z  False\n\
+             cd34  user:eve@example.com  2026-01-02T00:00:00Z  True\n"
+        );
     }
 
     #[test]
