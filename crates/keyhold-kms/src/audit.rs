@@ -495,6 +495,8 @@ impl crate::service::Kms {
 /// Verifies the audit chain of a store (used by `keyhold audit verify`, which opens the
 /// database directly rather than asking a server that might be the one tampered with).
 pub async fn verify_store_chain(store: &dyn KmsStore) -> Result<ChainVerdict, StoreError> {
+    // Read the head first: entries appended while verifying come after it.
+    let (head_seq, head_hash) = store.audit_head().await?;
     let mut verifier = ChainVerifier::default();
     let mut after = 0;
     loop {
@@ -507,7 +509,21 @@ pub async fn verify_store_chain(store: &dyn KmsStore) -> Result<ChainVerdict, St
             }
         }
     }
-    Ok(verifier.finish())
+    match verifier.finish() {
+        ChainVerdict::Intact { entries, .. } if entries < head_seq => Ok(ChainVerdict::Broken {
+            seq: entries + 1,
+            reason: format!(
+                "the chain head records {head_seq} entries but only {entries} are stored (entries were removed)"
+            ),
+        }),
+        ChainVerdict::Intact { entries, head } if entries == head_seq && head != head_hash => {
+            Ok(ChainVerdict::Broken {
+                seq: entries,
+                reason: "the newest entry does not match the recorded chain head".into(),
+            })
+        }
+        verdict => Ok(verdict),
+    }
 }
 
 #[cfg(test)]

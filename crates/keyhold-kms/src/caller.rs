@@ -135,6 +135,12 @@ impl<'a> Call<'a> {
 
     /// The entry to commit together with the call's change. Once the change commits, the call
     /// is recorded; if the transaction fails, [`Kms::finish`] records the failure instead.
+    /// Undoes [`Call::success_entry`] when the transaction that carried the entry was rolled
+    /// back but the call goes on to succeed another way.
+    pub(crate) fn entry_rolled_back(&self) {
+        self.committed.store(false, Ordering::Release);
+    }
+
     pub(crate) fn success_entry(&self) -> AuditRecord {
         self.committed.store(true, Ordering::Release);
         self.record(Ok(()))

@@ -125,6 +125,9 @@ pub enum KmsError {
     /// A policy `:setIamPolicy` refuses.
     #[error(transparent)]
     InvalidPolicy(#[from] keyhold_iam::PolicyError),
+    /// A precondition other than a key's state is not met; the message says which.
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// No such bearer token.
     #[error("Token {0} not found.")]
     TokenNotFound(String),
@@ -163,6 +166,7 @@ impl KmsError {
             | KmsError::IllegalTransition { .. } => Code::FailedPrecondition,
             KmsError::InvalidPolicy(_) => Code::InvalidArgument,
             KmsError::TokenNotFound(_) => Code::NotFound,
+            KmsError::FailedPrecondition(_) => Code::FailedPrecondition,
             KmsError::Unauthenticated { .. } => Code::Unauthenticated,
             KmsError::PermissionDenied { .. } => Code::PermissionDenied,
             KmsError::StaleEtag { .. } => Code::Aborted,

@@ -117,9 +117,11 @@ impl IamCache {
         permission: Permission,
         resource: &str,
     ) -> Result<bool, KmsError> {
-        // Emulator mode: the anonymous principal owns every project (but is not a server admin).
-        if anonymous && keyhold_iam::project_of(resource).is_some() {
-            return Ok(role::role("roles/owner").is_some_and(|r| r.grants(permission)));
+        // Emulator mode: the anonymous principal owns every project, and nothing outside them
+        // (whatever the server-wide policy says).
+        if anonymous {
+            return Ok(keyhold_iam::project_of(resource).is_some()
+                && role::role("roles/owner").is_some_and(|r| r.grants(permission)));
         }
         let chain = self.chain(kms, resource).await?;
         Ok(keyhold_iam::allows(chain.iter().map(|p| &p.policy), principal, permission))

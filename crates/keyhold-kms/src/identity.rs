@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyhold_api::iam::{Binding, Policy};
 use keyhold_api::wire::ProtoDuration;
@@ -23,16 +24,19 @@ const MAX_AGENT_TOKEN_SECS: i64 = 3600;
 /// Lifetime of the owner's bootstrap token.
 const OWNER_TOKEN_SECS: i64 = 365 * 24 * 3600;
 
-/// Tokens looked up recently, by hash (`None`: unknown). Cleared with every store change, so a
+/// Valid tokens looked up recently, by hash. Cleared with every store change, so a
 /// revocation on any node takes effect within the change-poll interval.
 #[derive(Debug, Default)]
 pub(crate) struct TokenCache {
-    by_hash: RwLock<HashMap<String, Option<TokenRecord>>>,
+    by_hash: RwLock<HashMap<String, TokenRecord>>,
+    generation: AtomicU64,
 }
 
 impl TokenCache {
     pub(crate) fn clear(&self) {
-        self.by_hash.write().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.clear();
     }
 }
 
@@ -79,12 +83,17 @@ impl Kms {
         let record = match cached {
             Some(r) => r,
             None => {
-                let r = self.store.token_by_hash(&hash).await?;
-                self.tokens.by_hash.write().unwrap_or_else(|e| e.into_inner()).insert(hash, r.clone());
+                // Unknown tokens are not cached (anyone can send random ones); a load that
+                // raced with a revocation is used once but not cached.
+                let generation = self.tokens.generation.load(Ordering::Acquire);
+                let r = self.store.token_by_hash(&hash).await?.ok_or_else(invalid)?;
+                let mut map = self.tokens.by_hash.write().unwrap_or_else(|e| e.into_inner());
+                if self.tokens.generation.load(Ordering::Acquire) == generation {
+                    map.insert(hash, r.clone());
+                }
                 r
             }
         };
-        let record = record.ok_or_else(invalid)?;
         if record.revoke_time.is_some() || record.expire_time <= self.clock.now() {
             return Err(invalid());
         }
@@ -262,11 +271,18 @@ impl Kms {
             };
             match self.store.insert_service_identity(&identity, &call.success_entry()).await {
                 Ok(()) => Ok(identity),
-                Err(StoreError::AlreadyExists) => self
-                    .store
-                    .service_identity(project_id, service)
-                    .await?
-                    .ok_or_else(|| KmsError::Internal("service identity vanished".into())),
+                Err(StoreError::AlreadyExists) => {
+                    call.entry_rolled_back();
+                    if let Some(existing) = self.store.service_identity(project_id, service).await? {
+                        // Created by a concurrent request.
+                        return Ok(existing);
+                    }
+                    // The agent name (first DNS label) is taken by another service.
+                    Err(KmsError::FailedPrecondition(format!(
+                        "The service agent name gcp-sa-{} in project {project_id} is already used by another service; Keyhold names agents after the first label of the service name.",
+                        service.split('.').next().unwrap_or(service)
+                    )))
+                }
                 Err(e) => Err(e.into()),
             }
         }
@@ -292,6 +308,9 @@ impl Kms {
         );
         let r = async {
             let principal = self.authenticated(&call)?;
+            if caller.anonymous {
+                return Err(KmsError::Unauthenticated { missing: true });
+            }
             let denied = || KmsError::PermissionDenied {
                 permission: role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN,
                 resource: resource.clone(),

@@ -178,6 +178,8 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
     async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError>;
     /// Entries matching `query`, in `seq` order (descending if `query.descending`).
     async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<StoredAuditEntry>, StoreError>;
+    /// The chain head as recorded beside the log: the newest entry's `seq` and hash.
+    async fn audit_head(&self) -> Result<(i64, String), StoreError>;
     /// Up to `limit` entries with `seq > after`, ascending, for chain verification.
     async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError>;
 }

@@ -237,6 +237,10 @@ async fn authentication_tokens_expiry_and_revocation() {
     s.ok(Method::DELETE, &id, None).await;
     assert_eq!(s.status_as(&bob2, Method::GET, RING, None).await.0, 401, "revoked");
     s.err(Method::DELETE, &id, None, 404, "NOT_FOUND").await;
+    // One entry per revocation attempt: the failed one is not also recorded as a success.
+    let revokes = s.audit("-", &format!("methodName=RevokeToken&resourcePrefix={id}")).await;
+    let codes: Vec<i64> = revokes.iter().map(|e| e["protoPayload"]["status"]["code"].as_i64().unwrap_or(0)).collect();
+    assert_eq!(codes, [0, 5], "{revokes:?}");
     // Malformed principals are refused clearly.
     let m = s.err(Method::POST, "tokens", Some(json!({"principal": "bob"})), 400, "INVALID_ARGUMENT").await;
     assert!(m.contains("<type>:<value>"), "{m}");
@@ -649,4 +653,52 @@ async fn anonymous_emulator_mode() {
     // A real token still acts as its own principal.
     let (st, v) = s.call(Method::GET, RING, None).await;
     assert_eq!(st, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_newest_audit_entries_is_detected() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    assert!(matches!(s.kms.verify_audit_chain().await.unwrap(), ChainVerdict::Intact { .. }));
+    let conn = rusqlite::Connection::open(&s.db_file).unwrap();
+    conn.execute_batch("DROP TRIGGER audit_log_no_delete").unwrap();
+    let last: i64 = conn.query_row("SELECT max(seq) FROM audit_log", [], |r| r.get(0)).unwrap();
+    conn.execute("DELETE FROM audit_log WHERE seq = ?1", [last]).unwrap();
+    match s.kms.verify_audit_chain().await.unwrap() {
+        ChainVerdict::Broken { seq, reason } => {
+            assert_eq!(seq, last);
+            assert!(reason.contains("removed"), "{reason}");
+        }
+        intact => panic!("truncation not detected: {intact:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_mode_never_reaches_server_wide_rights() {
+    let config = KmsConfig {
+        anonymous_principal: Some(keyhold_iam::Principal::parse("user:anonymous@keyhold.local").unwrap()),
+        ..KmsConfig::default()
+    };
+    let s = start(Backend::Sqlite, config).await;
+    // Even when the server-wide policy grants every authenticated user token administration.
+    s.grant("organizations/keyhold", "roles/keyhold.tokenAdmin", "allAuthenticatedUsers").await;
+    let (st, _) = s.call_as(None, Method::POST, "tokens", Some(json!({"principal": "user:x@example.com"}))).await;
+    assert_eq!(st, 403);
+    let (st, _) = s.call_as(None, Method::GET, "projects/-/auditLogs", None).await;
+    assert_eq!(st, 403);
+    // Anonymous callers cannot mint service-agent tokens either.
+    let r = s
+        .http
+        .post(format!(
+            "{}/projects/p/services/store.keyhold.dev:generateServiceIdentity",
+            s.base.replace("/v1", "/v1beta1")
+        ))
+        .bearer_auth(&s.token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let email = r.json::<Value>().await.unwrap()["response"]["email"].as_str().unwrap().to_string();
+    let path = format!("projects/-/serviceAccounts/{email}:generateAccessToken");
+    assert_eq!(s.call_as(None, Method::POST, &path, Some(json!({}))).await.0, 401);
 }

@@ -98,7 +98,9 @@ impl Postgres {
         let client = self.pool.get().await.map_err(pool_err)?;
         let mut c = PgConn { client: Some(client), open_tx: false };
         if transaction {
-            c.client()?.batch_execute("BEGIN").await.map_err(map_err)?;
+            // READ COMMITTED whatever the database default: the audit chain's head lock relies
+            // on seeing the newest committed head after waiting for it.
+            c.client()?.batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED").await.map_err(map_err)?;
             c.open_tx = true;
         }
         Ok(Box::new(c))

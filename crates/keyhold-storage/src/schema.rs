@@ -115,6 +115,9 @@ CREATE OR REPLACE FUNCTION keyhold_audit_log_append_only() RETURNS trigger LANGU
 DROP TRIGGER IF EXISTS audit_log_append_only ON audit_log;
 CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION keyhold_audit_log_append_only();
+DROP TRIGGER IF EXISTS audit_log_no_truncate ON audit_log;
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION keyhold_audit_log_append_only();
 ";
 
 /// The DDL with the dialect's binary column type.
@@ -196,6 +199,7 @@ pub(crate) const SERVICE_IDENTITY_BY_EMAIL: &str = "SELECT project_id, service, 
 /// Takes the chain's row lock and reads the head in one statement (PostgreSQL: other appenders
 /// wait here until commit, then see the head as they left it).
 pub(crate) const LOCK_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
+pub(crate) const GET_AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
     (seq, time_nanos, project, principal, method, resource, kind, entry, prev_hash, hash) \

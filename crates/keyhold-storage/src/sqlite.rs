@@ -7,6 +7,7 @@
 //! the file, and the WAL is checkpointed and truncated after each erasure).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -105,7 +106,13 @@ impl Sqlite {
     async fn conn(&self, transaction: bool) -> Result<Box<dyn SqlConn>, StoreError> {
         let guard = self.turn.clone().lock_owned().await;
         // BEGIN is sent with the first statement, saving a thread hop per transaction.
-        let c = SqliteConn { conn: self.conn.clone(), _turn: guard, open_tx: transaction, begin_pending: transaction };
+        let c = SqliteConn {
+            conn: self.conn.clone(),
+            _turn: guard,
+            open_tx: transaction,
+            begin_pending: transaction,
+            dropped: Arc::new(AtomicBool::new(false)),
+        };
         Ok(Box::new(c))
     }
 }
@@ -115,6 +122,9 @@ struct SqliteConn {
     _turn: tokio::sync::OwnedMutexGuard<()>,
     open_tx: bool,
     begin_pending: bool,
+    /// Set when the connection is dropped. Blocking work still queued then (its request was
+    /// cancelled) must not run: it would act outside the transaction that was rolled back.
+    dropped: Arc<AtomicBool>,
 }
 
 fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> rusqlite::Result<()> {
@@ -165,14 +175,27 @@ impl SqliteConn {
         params: Vec<Value>,
         want_rows: bool,
     ) -> Result<(Vec<Row>, u64), StoreError> {
+        self.blocking(move |c| run(c, sql, &params, want_rows).map_err(map_err)).await
+    }
+
+    /// Runs `f` on the connection on the blocking pool, sending a pending BEGIN first; refuses
+    /// to run if the connection was dropped (request cancelled) before `f` got its turn.
+    async fn blocking<R: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
         let conn = self.conn.clone();
+        let dropped = self.dropped.clone();
         let begin = std::mem::take(&mut self.begin_pending);
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|e| e.into_inner());
+            if dropped.load(Ordering::Acquire) {
+                return Err(StoreError::Unavailable("request cancelled".into()));
+            }
             if begin {
                 c.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
             }
-            run(&c, sql, &params, want_rows).map_err(map_err)
+            f(&c)
         })
         .await
         .map_err(|e| StoreError::Unavailable(e.to_string()))?
@@ -188,20 +211,13 @@ impl SqlConn for SqliteConn {
         Ok(self.call(sql, params, false).await?.1)
     }
     async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), StoreError> {
-        let conn = self.conn.clone();
-        let begin = std::mem::take(&mut self.begin_pending);
-        tokio::task::spawn_blocking(move || {
-            let c = conn.lock().unwrap_or_else(|e| e.into_inner());
-            if begin {
-                c.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
-            }
+        self.blocking(move |c| {
             for (sql, params) in &statements {
-                run(&c, sql, params, false).map_err(map_err)?;
+                run(c, sql, params, false).map_err(map_err)?;
             }
             Ok(())
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         if self.begin_pending {
@@ -218,6 +234,9 @@ impl SqlConn for SqliteConn {
 
 impl Drop for SqliteConn {
     fn drop(&mut self) {
+        // Work still queued must not run (see `dropped`). Set before taking the lock: a task
+        // that already holds it finishes first, and is then rolled back below.
+        self.dropped.store(true, Ordering::Release);
         if self.open_tx {
             // Not committed (an error, or the request was cancelled): roll back before the next
             // transaction gets the connection. Rollback does no fsync, so blocking here is brief.

@@ -437,8 +437,22 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
 
     async fn revoke_token(&self, id: &str, when: Timestamp, audit: &AuditRecord) -> Result<bool, StoreError> {
         let params = vec![Value::Int(when.unix_nanos_i64()), Value::Text(id.to_string())];
-        let n = self.write_audited(audit, |tx| Box::pin(async move { tx.execute(REVOKE_TOKEN, params).await })).await?;
-        Ok(n > 0)
+        // Nothing revoked: roll back, so the success entry is not committed.
+        let result = self
+            .write_audited(audit, |tx| {
+                Box::pin(async move {
+                    match tx.execute(REVOKE_TOKEN, params).await? {
+                        0 => Err(StoreError::Conflict),
+                        n => Ok(n),
+                    }
+                })
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn insert_service_identity(
@@ -499,6 +513,12 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         ];
         let sql = if q.descending { READ_AUDIT_DESC } else { READ_AUDIT_ASC };
         self.read_rows(sql, params).await?.iter().map(audit_entry).collect()
+    }
+
+    async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+        let rows = self.read_rows(GET_AUDIT_HEAD, vec![]).await?;
+        let row = rows.first().ok_or_else(|| StoreError::Corrupt("audit head row missing".into()))?;
+        Ok((row[0].int()?, row[1].text()?.to_string()))
     }
 
     async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {

@@ -101,6 +101,14 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let owner = keyhold_iam::Principal::parse(&args.owner).map_err(|e| format!("--owner: {e}"))?;
+    if let Some(anon) = &anonymous_principal
+        && (anon.service().is_some() || *anon == owner)
+    {
+        return Err(format!(
+            "--allow-anonymous={anon}: the anonymous principal must be a user or service account other than the owner"
+        )
+        .into());
+    }
     let config = KmsConfig {
         anonymous_principal: anonymous_principal.clone(),
         locations: args.locations,
@@ -157,10 +165,16 @@ async fn bootstrap_owner(
         std::fs::create_dir_all(dir)?;
     }
     let tmp = token_file.with_extension("token.tmp");
+    // A fresh file (never one left behind, whose mode or symlink target could be anyone's).
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("cannot remove {}: {e}", tmp.display()).into()),
+    }
     {
         use std::io::Write;
         let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
+        opts.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut f = opts.open(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
