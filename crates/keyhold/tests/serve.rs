@@ -336,3 +336,84 @@ async fn seed_workflow_through_the_cli() {
     assert!(!success && err.contains("NOT_FOUND"), "{err}");
     terminate(p);
 }
+
+/// A fresh database on the PostgreSQL that `scripts/test.sh` started.
+async fn fresh_postgres() -> String {
+    let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
+        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut id = [0u8; 6];
+    keyhold_crypto::random_bytes(&mut id).unwrap();
+    let db = format!("s_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    format!("{base}/{db}")
+}
+
+/// [K8] with real processes: two `keyhold serve` nodes on one PostgreSQL. A grant, a revoke and
+/// a token revocation made through node A are enforced by node B within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_server_processes_on_postgres_agree_on_iam_within_a_second() {
+    use reqwest::Method;
+    let url = fresh_postgres().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let root = dir_a.path().join("root.key");
+    std::fs::write(&root, keyhold_api::wire::encode_base64(&[7u8; 32])).unwrap();
+    let flags = ["--database", url.as_str(), "--root-key-file", root.to_str().unwrap()];
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = spawn(dir_a.path(), port_a, &flags);
+    wait_ready(&a).await;
+    let b = spawn(dir_b.path(), port_b, &flags);
+    wait_ready(&b).await;
+    call(dir_a.path(), port_a, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
+    call(
+        dir_a.path(),
+        port_a,
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
+        json!({"purpose": "ENCRYPT_DECRYPT"}),
+    )
+    .await;
+    let bob = call(dir_a.path(), port_a, Method::POST, "tokens", json!({"principal": "user:bob@example.com"})).await;
+    let bob_token = bob["token"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    let encrypt_on_b = || {
+        http.post(format!("http://127.0.0.1:{port_b}/v1/{KEY}:encrypt"))
+            .bearer_auth(&bob_token)
+            .body(json!({"plaintext": "aGk="}).to_string())
+            .send()
+    };
+    assert_eq!(encrypt_on_b().await.unwrap().status(), 403);
+    let wait_for = |want: u16| async move {
+        let start = Instant::now();
+        loop {
+            let status = encrypt_on_b().await.unwrap().status().as_u16();
+            if status == want {
+                return start.elapsed();
+            }
+            assert!(start.elapsed() < Duration::from_secs(1), "node B still answers {status} after 1 s");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let policy = |members: Value| json!({"policy": {"bindings": [{"role": "roles/cloudkms.cryptoKeyEncrypterDecrypter", "members": members}]}});
+    call(dir_a.path(), port_a, Method::POST, &format!("{KEY}:setIamPolicy"), policy(json!(["user:bob@example.com"])))
+        .await;
+    let granted = wait_for(200).await;
+    call(dir_a.path(), port_a, Method::POST, &format!("{KEY}:setIamPolicy"), policy(json!([]))).await;
+    let revoked = wait_for(403).await;
+    call(dir_a.path(), port_a, Method::POST, &format!("{KEY}:setIamPolicy"), policy(json!(["user:bob@example.com"])))
+        .await;
+    wait_for(200).await;
+    call(dir_a.path(), port_a, Method::DELETE, bob["name"].as_str().unwrap(), json!({})).await;
+    let token_revoked = wait_for(401).await;
+    println!(
+        "two processes on PostgreSQL: grant seen by node B after {} ms, revoke after {} ms, token revocation after {} ms",
+        granted.as_millis(),
+        revoked.as_millis(),
+        token_revoked.as_millis()
+    );
+    terminate(a);
+    terminate(b);
+}
