@@ -49,6 +49,18 @@ impl std::fmt::Debug for Database {
     }
 }
 
+/// Opens an existing database for reading only: no migration, no writes (what `keyhold audit
+/// verify` uses, so it works on copies and with read-only credentials).
+pub async fn open_read_only(db: &Database) -> Result<Arc<dyn KmsStore>, StoreError> {
+    Ok(match db {
+        Database::SqliteFile(path) => Arc::new(SqlStore::new(sqlite::Sqlite::open_file_read_only(path).await?)),
+        Database::InMemory => {
+            return Err(StoreError::Unavailable("an in-memory database cannot be opened from outside".into()));
+        }
+        Database::Postgres(url) => Arc::new(SqlStore::new(postgres::Postgres::connect_without_migration(url).await?)),
+    })
+}
+
 /// Opens (and migrates) the database.
 pub async fn open(db: &Database) -> Result<Arc<dyn KmsStore>, StoreError> {
     Ok(match db {

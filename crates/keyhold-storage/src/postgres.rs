@@ -72,6 +72,15 @@ impl Postgres {
         Ok(db)
     }
 
+    /// Connects without migrating (read-only use: `keyhold audit verify`).
+    pub async fn connect_without_migration(url: &str) -> Result<Self, StoreError> {
+        let config = tokio_postgres::Config::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager).max_size(2).build().map_err(pool_err)?;
+        Ok(Self { pool })
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(map_err)?;
@@ -166,6 +175,22 @@ impl SqlConn for PgConn {
         let p = params(&values);
         let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
         client.execute(&stmt, &refs).await.map_err(map_err)
+    }
+    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), StoreError> {
+        // Sent together: tokio-postgres pipelines concurrent queries on one connection, so a
+        // batch of audit entries costs one round trip, not one per entry, while the chain's
+        // head lock is held.
+        let client = self.client()?;
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (sql, values) in &statements {
+            prepared.push((client.prepare_cached(sql).await.map_err(map_err)?, params(values)));
+        }
+        let runs = prepared.iter().map(|(stmt, p)| {
+            let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
+            async move { client.execute(stmt, &refs).await }
+        });
+        futures_util::future::try_join_all(runs).await.map_err(map_err)?;
+        Ok(())
     }
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.client()?.batch_execute("COMMIT").await.map_err(map_err)?;

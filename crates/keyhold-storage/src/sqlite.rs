@@ -66,6 +66,25 @@ impl Sqlite {
         Self::init(conn, path.display().to_string()).await
     }
 
+    /// Opens an existing database file read-only, without migrating it (for `keyhold audit
+    /// verify`, which must work on a copy, with a read-only role, and change nothing).
+    pub async fn open_file_read_only(path: &Path) -> Result<Self, StoreError> {
+        let p = path.to_path_buf();
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let c = Connection::open_with_flags(&p, flags).map_err(map_err)?;
+            c.execute_batch("PRAGMA busy_timeout = 5000;").map_err(map_err)?;
+            Ok(c)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            turn: Arc::new(tokio::sync::Mutex::new(())),
+            label: path.display().to_string(),
+        })
+    }
+
     /// A private in-memory database: same schema, same statements, nothing on disk.
     pub async fn open_in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory().map_err(map_err)?;

@@ -102,7 +102,7 @@ fn database(v: &AuditVerify) -> Result<Database, CliError> {
 
 async fn verify(v: &AuditVerify) -> Result<ChainVerdict, CliError> {
     let db = database(v)?;
-    let store = keyhold_storage::open(&db)
+    let store = keyhold_storage::open_read_only(&db)
         .await
         .map_err(|e| CliError::Other(format!("Unable to open the database {db:?}: {e}")))?;
     verify_store_chain(store.as_ref())
