@@ -81,6 +81,14 @@ pub trait SqlConn: Send {
     }
     /// Commits the transaction.
     async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    /// [`SqlConn::execute_many`] then [`SqlConn::commit`]; SQLite does both in one thread hop.
+    async fn execute_many_and_commit(
+        mut self: Box<Self>,
+        statements: Vec<(&'static str, Vec<Value>)>,
+    ) -> Result<(), StoreError> {
+        self.execute_many(statements).await?;
+        self.commit().await
+    }
 }
 
 /// A database driver.

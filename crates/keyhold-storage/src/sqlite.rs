@@ -238,6 +238,15 @@ impl SqlConn for SqliteConn {
         })
         .await
     }
+    async fn execute_many_and_commit(
+        mut self: Box<Self>,
+        mut statements: Vec<(&'static str, Vec<Value>)>,
+    ) -> Result<(), StoreError> {
+        statements.push(("COMMIT", vec![]));
+        self.execute_many(statements).await?;
+        self.open_tx = false;
+        Ok(())
+    }
     async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         if self.begin_pending {
             // Nothing was run: nothing to commit.

@@ -85,7 +85,12 @@ fn audit_json(record: &AuditRecord) -> Result<AuditRow<'_>, StoreError> {
 
 /// Appends entries to the chain inside an open transaction. The head row is locked first, so
 /// appenders on every node (and admin changes carrying their entry) serialize on it.
-async fn append_entries(tx: &mut Box<dyn SqlConn>, entries: &[AuditRow<'_>]) -> Result<(), StoreError> {
+/// Returns the statements that insert the entries and move the head; the caller runs them with
+/// whatever else ends its transaction, in one go.
+async fn append_entries(
+    tx: &mut Box<dyn SqlConn>,
+    entries: &[AuditRow<'_>],
+) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> {
     let head = tx.query(LOCK_AUDIT_HEAD, vec![]).await?;
     let head = head.first().ok_or_else(|| StoreError::Corrupt("audit head row missing".into()))?;
     let mut seq = head[0].int()?;
@@ -113,7 +118,7 @@ async fn append_entries(tx: &mut Box<dyn SqlConn>, entries: &[AuditRow<'_>]) -> 
         prev = hash;
     }
     statements.push((SET_AUDIT_HEAD, vec![Value::Int(seq), Value::Text(prev)]));
-    tx.execute_many(statements).await
+    Ok(statements)
 }
 
 fn audit_entry(row: &Row) -> Result<StoredAuditEntry, StoreError> {
@@ -173,9 +178,9 @@ impl<B: SqlBackend> SqlStore<B> {
         let entry = [audit_json(audit)?];
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
-        append_entries(&mut tx, &entry).await?;
-        tx.execute(BUMP_CHANGES, vec![]).await?;
-        tx.commit().await?;
+        let mut statements = append_entries(&mut tx, &entry).await?;
+        statements.push((BUMP_CHANGES, vec![]));
+        tx.execute_many_and_commit(statements).await?;
         Ok(r)
     }
 
@@ -495,8 +500,8 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
     async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError> {
         let rows = entries.iter().map(audit_json).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.backend.begin().await?;
-        append_entries(&mut tx, &rows).await?;
-        tx.commit().await
+        let statements = append_entries(&mut tx, &rows).await?;
+        tx.execute_many_and_commit(statements).await
     }
 
     async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<StoredAuditEntry>, StoreError> {
