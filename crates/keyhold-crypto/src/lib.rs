@@ -27,6 +27,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
 }
 
+/// Lower-case hex of `bytes` (fingerprints, hashes, IDs: never secrets).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Fills `out` from the operating system's CSPRNG.
 pub fn random_bytes(out: &mut [u8]) -> Result<(), CryptoError> {
     use ring::rand::SecureRandom;

@@ -47,7 +47,7 @@ pub fn unseal(root: &AeadKey, sealed: &[u8], context: &str) -> Result<KeyBytes, 
 pub fn fingerprint(root: &KeyBytes) -> String {
     let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, root.expose());
     let tag = ring::hmac::sign(&k, FINGERPRINT_LABEL);
-    tag.as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&tag.as_ref()[..16])
 }
 
 #[cfg(test)]

@@ -103,7 +103,7 @@ pub fn chain_hash(prev_hash: &str, seq: i64, entry_json: &str) -> String {
     ctx.update(prev_hash.as_bytes());
     ctx.update(format!("\n{seq}\n").as_bytes());
     ctx.update(entry_json.as_bytes());
-    ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    keyhold_crypto::hex(ctx.finish().as_ref())
 }
 
 /// What [`verify_chain`] found.
@@ -284,10 +284,7 @@ impl AuditWriter {
                 let records: Vec<AuditRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
                 let result = store.append_audit(&records).await;
                 for (_, done) in batch.drain(..) {
-                    let _ = done.send(match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(clone_err(e)),
-                    });
+                    let _ = done.send(result.clone());
                 }
             }
         });
@@ -299,15 +296,6 @@ impl AuditWriter {
         let (done, wait) = oneshot::channel();
         self.tx.send((entry, done)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
         wait.await.map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?
-    }
-}
-
-fn clone_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::AlreadyExists => StoreError::AlreadyExists,
-        StoreError::Conflict => StoreError::Conflict,
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
     }
 }
 

@@ -128,18 +128,13 @@ impl IamCache {
     }
 
     /// Creates the project record (and its number) on first use.
-    pub(crate) async fn ensure_project(&self, kms: &Kms, project_id: &str) -> Result<ProjectRecord, KmsError> {
+    pub(crate) async fn ensure_project(&self, kms: &Kms, project_id: &str) -> Result<(), KmsError> {
         if self.projects.read().unwrap_or_else(|e| e.into_inner()).contains(project_id) {
-            // Known: the caller of this fast path does not need the record.
-            return Ok(ProjectRecord {
-                project_id: project_id.to_string(),
-                project_number: 0,
-                create_time: kms.clock.now(),
-            });
+            return Ok(());
         }
-        let record = kms.project_record(project_id).await?;
+        kms.project_record(project_id).await?;
         self.projects.write().unwrap_or_else(|e| e.into_inner()).insert(project_id.to_string());
-        Ok(record)
+        Ok(())
     }
 }
 

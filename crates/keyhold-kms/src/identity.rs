@@ -41,13 +41,13 @@ impl TokenCache {
 }
 
 fn token_hash(token: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    keyhold_crypto::hex(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 fn random_hex(n: usize) -> Result<String, KmsError> {
     let mut b = vec![0u8; n];
     keyhold_crypto::random_bytes(&mut b).map_err(|e| KmsError::Internal(e.to_string()))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    Ok(keyhold_crypto::hex(&b))
 }
 
 /// A freshly created token: the secret (shown once) and its record.

@@ -13,7 +13,7 @@ use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName
 use crate::audit::{AuditRecord, StoredAuditEntry};
 
 /// Store failures, classified by kind (never by message).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// A row with this primary key exists.

@@ -469,12 +469,7 @@ async fn iam_method(
                     "delegates are not supported: call generateAccessToken as the service itself.",
                 ));
             }
-            let lifetime = match req.lifetime.as_deref() {
-                None | Some("") => None,
-                Some(l) => Some(ProtoDuration::parse(l).ok_or_else(|| {
-                    ApiError::invalid(format!("Invalid lifetime \"{l}\": use seconds, e.g. \"3600s\"."))
-                })?),
-            };
+            let lifetime = duration_field("lifetime", req.lifetime.as_deref(), "3600s")?;
             let minted = kms.generate_agent_token(caller, email, lifetime).await?;
             json(
                 &serde_json::json!({"accessToken": minted.token.expose(), "expireTime": minted.record.expire_time}),
@@ -483,13 +478,7 @@ async fn iam_method(
         }
         (Target::Tokens, None, &Method::POST) => {
             let req: CreateTokenRequest = body(bytes)?;
-            let ttl =
-                match req.ttl.as_deref() {
-                    None | Some("") => None,
-                    Some(t) => Some(ProtoDuration::parse(t).ok_or_else(|| {
-                        ApiError::invalid(format!("Invalid ttl \"{t}\": use seconds, e.g. \"86400s\"."))
-                    })?),
-                };
+            let ttl = duration_field("ttl", req.ttl.as_deref(), "86400s")?;
             let minted = kms.create_token(caller, &req.principal, ttl, &req.description).await?;
             let mut v = token_json(&minted.record);
             v["token"] = minted.token.expose().into();
@@ -505,6 +494,16 @@ async fn iam_method(
         }
         _ => return Ok(None),
     }))
+}
+
+/// An optional duration field of a request body (`"3600s"`); absent or empty is `None`.
+fn duration_field(field: &str, value: Option<&str>, example: &str) -> Result<Option<ProtoDuration>, ApiError> {
+    match value {
+        None | Some("") => Ok(None),
+        Some(v) => ProtoDuration::parse(v)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(format!("Invalid {field} \"{v}\": use seconds, e.g. \"{example}\"."))),
+    }
 }
 
 /// Body of IAM Credentials' `generateAccessToken`.
