@@ -14,6 +14,7 @@ pub mod filter;
 pub mod iam;
 pub mod messages;
 pub mod name;
+pub mod orgpolicy;
 pub mod page;
 pub mod resources;
 pub mod status;

@@ -72,6 +72,20 @@ permissions! {
     TOKENS_CREATE = "keyhold.tokens.create";
     TOKENS_LIST = "keyhold.tokens.list";
     TOKENS_REVOKE = "keyhold.tokens.revoke";
+    INSTANCES_CREATE = "keyhold.instances.create";
+    INSTANCES_GET = "keyhold.instances.get";
+    INSTANCES_LIST = "keyhold.instances.list";
+    INSTANCES_UPDATE = "keyhold.instances.update";
+    INSTANCES_DELETE = "keyhold.instances.delete";
+    OBJECTS_CREATE = "keyhold.objects.create";
+    OBJECTS_GET = "keyhold.objects.get";
+    OBJECTS_LIST = "keyhold.objects.list";
+    OBJECTS_DELETE = "keyhold.objects.delete";
+    ORG_POLICY_GET = "orgpolicy.policy.get";
+    ORG_POLICIES_LIST = "orgpolicy.policies.list";
+    ORG_POLICIES_CREATE = "orgpolicy.policies.create";
+    ORG_POLICIES_UPDATE = "orgpolicy.policies.update";
+    ORG_POLICIES_DELETE = "orgpolicy.policies.delete";
 }
 
 /// A predefined role.
@@ -96,6 +110,20 @@ impl Role {
 pub fn role(name: &str) -> Option<&'static Role> {
     ROLES.iter().find(|r| r.name == name)
 }
+
+/// Everything on the store's instances and objects.
+const STORE_ALL: &[Permission] = &[
+    INSTANCES_CREATE,
+    INSTANCES_GET,
+    INSTANCES_LIST,
+    INSTANCES_UPDATE,
+    INSTANCES_DELETE,
+    OBJECTS_CREATE,
+    OBJECTS_GET,
+    OBJECTS_LIST,
+    OBJECTS_DELETE,
+    PROJECTS_GET,
+];
 
 const KMS_READ: &[Permission] = &[
     LOCATIONS_GET,
@@ -144,6 +172,17 @@ pub static ROLES: &[Role] = &[
             ORGANIZATIONS_SET_IAM_POLICY,
             LOG_ENTRIES_LIST,
             PRIVATE_LOG_ENTRIES_LIST,
+            INSTANCES_CREATE,
+            INSTANCES_GET,
+            INSTANCES_LIST,
+            INSTANCES_UPDATE,
+            INSTANCES_DELETE,
+            OBJECTS_CREATE,
+            OBJECTS_GET,
+            OBJECTS_LIST,
+            OBJECTS_DELETE,
+            ORG_POLICY_GET,
+            ORG_POLICIES_LIST,
         ],
     },
     Role {
@@ -169,6 +208,17 @@ pub static ROLES: &[Role] = &[
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             LOG_ENTRIES_LIST,
+            INSTANCES_CREATE,
+            INSTANCES_GET,
+            INSTANCES_LIST,
+            INSTANCES_UPDATE,
+            INSTANCES_DELETE,
+            OBJECTS_CREATE,
+            OBJECTS_GET,
+            OBJECTS_LIST,
+            OBJECTS_DELETE,
+            ORG_POLICY_GET,
+            ORG_POLICIES_LIST,
         ],
     },
     Role {
@@ -189,6 +239,12 @@ pub static ROLES: &[Role] = &[
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             LOG_ENTRIES_LIST,
+            INSTANCES_GET,
+            INSTANCES_LIST,
+            OBJECTS_GET,
+            OBJECTS_LIST,
+            ORG_POLICY_GET,
+            ORG_POLICIES_LIST,
         ],
     },
     Role {
@@ -257,6 +313,36 @@ pub static ROLES: &[Role] = &[
         name: "roles/keyhold.tokenAdmin",
         title: "Keyhold Token Admin (server-wide; only meaningful on organizations/keyhold)",
         permissions: &[TOKENS_CREATE, TOKENS_LIST, TOKENS_REVOKE],
+    },
+    Role { name: "roles/keyhold.storeAdmin", title: "Keyhold Store Admin", permissions: STORE_ALL },
+    Role {
+        name: "roles/keyhold.objectAdmin",
+        title: "Keyhold Store Object Admin",
+        permissions: &[
+            OBJECTS_CREATE,
+            OBJECTS_GET,
+            OBJECTS_LIST,
+            OBJECTS_DELETE,
+            INSTANCES_GET,
+            INSTANCES_LIST,
+            PROJECTS_GET,
+        ],
+    },
+    Role {
+        name: "roles/keyhold.objectViewer",
+        title: "Keyhold Store Object Viewer",
+        permissions: &[OBJECTS_GET, OBJECTS_LIST, INSTANCES_GET, INSTANCES_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/orgpolicy.policyAdmin",
+        title: "Organization Policy Administrator",
+        permissions: &[
+            ORG_POLICY_GET,
+            ORG_POLICIES_LIST,
+            ORG_POLICIES_CREATE,
+            ORG_POLICIES_UPDATE,
+            ORG_POLICIES_DELETE,
+        ],
     },
 ];
 

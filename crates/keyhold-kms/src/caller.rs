@@ -109,11 +109,15 @@ impl<'a> Call<'a> {
     }
 
     fn record(&self, outcome: Result<(), &KmsError>) -> AuditRecord {
-        let permission = *self.permission.lock().unwrap_or_else(|e| e.into_inner());
         let (code, message) = match outcome {
             Ok(()) => (0, String::new()),
             Err(e) => (e.code().number(), e.to_status().message),
         };
+        self.record_status(code, message)
+    }
+
+    fn record_status(&self, code: i32, message: String) -> AuditRecord {
+        let permission = *self.permission.lock().unwrap_or_else(|e| e.into_inner());
         AuditRecord {
             time: keyhold_api::wire::Timestamp::now(),
             project: keyhold_iam::project_of(&self.resource).unwrap_or_default().to_string(),
@@ -189,5 +193,50 @@ impl Kms {
     /// Fails unless the caller authenticated (for calls that need no permission).
     pub(crate) fn authenticated<'c>(&self, call: &Call<'c>) -> Result<&'c Principal, KmsError> {
         call.caller.principal.as_ref().ok_or(KmsError::Unauthenticated { missing: call.caller.credential_missing })
+    }
+}
+
+/// A call to another service built on the KMS's identities, IAM and audit log (the store):
+/// authorized by [`Kms::begin_service_call`], recorded by [`Kms::finish_service_call`].
+#[derive(Debug)]
+pub struct ServiceCall<'a>(Call<'a>);
+
+impl ServiceCall<'_> {
+    /// Notes the key version the call used (for the audit entry).
+    pub fn set_key_version(&self, version: String) {
+        self.0.set_key_version(version);
+    }
+}
+
+impl Kms {
+    /// Starts a call to `service`: checks that the caller holds `permission` on `resource`.
+    /// A refusal is recorded at once and returned; on success the caller must hand the call
+    /// to [`Kms::finish_service_call`] with its outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn begin_service_call<'a>(
+        &self,
+        caller: &'a Caller,
+        service: &'static str,
+        method: &'static str,
+        resource: String,
+        kind: AuditKind,
+        permission: Permission,
+    ) -> Result<ServiceCall<'a>, KmsError> {
+        let call = Call::for_service(caller, service, method, resource.clone(), kind);
+        match self.authorize(&call, permission, &resource).await {
+            Ok(()) => Ok(ServiceCall(call)),
+            Err(e) => self.finish(call, Err(e)).await,
+        }
+    }
+
+    /// Records the outcome of a service call (`code` 0 for success, else a `google.rpc.Code`
+    /// number and the message the caller was given). Fails if the entry cannot be written:
+    /// the service must then not answer as if the call had succeeded.
+    pub async fn finish_service_call(&self, call: ServiceCall<'_>, code: i32, message: String) -> Result<(), KmsError> {
+        let entry = call.0.record_status(code, message);
+        self.audit.record(entry).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log; refusing the request");
+            KmsError::Unavailable(e)
+        })
     }
 }

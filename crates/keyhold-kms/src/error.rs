@@ -128,6 +128,9 @@ pub enum KmsError {
     /// A precondition other than a key's state is not met; the message says which.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Some other resource does not exist; the message names it.
+    #[error("{0}")]
+    NotFound(String),
     /// No such bearer token.
     #[error("Token {0} not found.")]
     TokenNotFound(String),
@@ -165,7 +168,7 @@ impl KmsError {
             | KmsError::WrongPurpose { .. }
             | KmsError::IllegalTransition { .. } => Code::FailedPrecondition,
             KmsError::InvalidPolicy(_) => Code::InvalidArgument,
-            KmsError::TokenNotFound(_) => Code::NotFound,
+            KmsError::TokenNotFound(_) | KmsError::NotFound(_) => Code::NotFound,
             KmsError::FailedPrecondition(_) => Code::FailedPrecondition,
             KmsError::Unauthenticated { .. } => Code::Unauthenticated,
             KmsError::PermissionDenied { .. } => Code::PermissionDenied,

@@ -264,6 +264,7 @@ impl Kms {
             match self.store.set_policy(&name, &normalized, expected, &call.success_entry()).await {
                 Ok(revision) => {
                     self.iam.clear();
+                    self.events.send(crate::events::KmsEvent::PolicyChanged(name.clone()));
                     Ok(Self::render_policy(Some(&PolicyRecord { policy: normalized, revision })))
                 }
                 Err(StoreError::Conflict) => {

@@ -195,7 +195,7 @@ impl Kms {
         if self.store.policy(ROOT_RESOURCE).await?.is_none() {
             let policy = Policy {
                 version: 1,
-                bindings: ["roles/keyhold.tokenAdmin", "roles/owner"]
+                bindings: ["roles/keyhold.tokenAdmin", "roles/orgpolicy.policyAdmin", "roles/owner"]
                     .into_iter()
                     .map(|r| Binding { role: r.into(), members: vec![owner.to_string()], condition: None })
                     .collect(),
@@ -254,8 +254,16 @@ impl Kms {
                     "Service name \"{service}\" is not valid; use a service's DNS name, e.g. store.keyhold.dev."
                 )));
             }
-            // Google requires no permission beyond being able to see the project.
-            self.authorize(&call, role::PROJECTS_GET, &format!("projects/{project_id}")).await?;
+            // Google requires no permission beyond being able to see the project. A service
+            // may always look up (and so create) its own agent: that is how a service running
+            // apart from the KMS learns which identity to act as.
+            let is_the_service =
+                call.caller.principal.as_ref().is_some_and(|p| p.as_str() == format!("service:{service}"));
+            if is_the_service {
+                self.iam.ensure_project(self, project_id).await?;
+            } else {
+                self.authorize(&call, role::PROJECTS_GET, &format!("projects/{project_id}")).await?;
+            }
             if let Some(existing) = self.store.service_identity(project_id, service).await? {
                 return Ok(existing);
             }

@@ -112,7 +112,7 @@ impl Kms {
         let call = Call::new(&system, "CreateCryptoKeyVersion", name.to_string(), AuditKind::Activity);
         call.set_key_version(version.name.to_string());
         self.store.insert_version(&version, true, &call.success_entry()).await?;
-        self.cache.invalidate(name);
+        self.key_changed(name);
         tracing::info!(key = %name, version = id, "key rotated automatically");
         Ok(true)
     }

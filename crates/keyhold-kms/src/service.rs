@@ -21,6 +21,7 @@ use crate::caller::{Call, Caller};
 use crate::clock::Clock;
 use crate::config::KmsConfig;
 use crate::error::KmsError;
+use crate::events::{EventBus, KmsEvent};
 use crate::iam::IamCache;
 use crate::identity::TokenCache;
 use crate::root_key::RootKey;
@@ -62,6 +63,7 @@ pub struct Kms {
     pub(crate) tokens: TokenCache,
     pub(crate) audit: AuditWriter,
     pub(crate) last_change: AtomicI64,
+    pub(crate) events: EventBus,
 }
 
 impl Kms {
@@ -90,12 +92,24 @@ impl Kms {
             tokens: TokenCache::default(),
             audit,
             last_change: AtomicI64::new(last_change),
+            events: EventBus::default(),
         })
     }
 
     /// The settings in force.
     pub fn config(&self) -> &KmsConfig {
         &self.config
+    }
+
+    /// Notices of changes that can make a key usable or unusable (see [`crate::events`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<KmsEvent> {
+        self.events.subscribe()
+    }
+
+    /// Drops a key from the cache and tells listeners it changed.
+    pub(crate) fn key_changed(&self, name: &CryptoKeyName) {
+        self.cache.invalidate(name);
+        self.events.send(KmsEvent::KeyChanged(name.clone()));
     }
 
     // ---- locations ------------------------------------------------------------------------
@@ -535,7 +549,7 @@ impl Kms {
             match self.store.update_crypto_key(&record, &call.success_entry()).await {
                 Ok(rev) => {
                     record.revision = rev;
-                    self.cache.invalidate(name);
+                    self.key_changed(name);
                     return Ok(record);
                 }
                 Err(StoreError::Conflict) => continue,
@@ -585,7 +599,7 @@ impl Kms {
         let record = self.new_version_record(&parent.version(id), &template, state)?;
         call.set_key_version(record.name.to_string());
         self.store.insert_version(&record, false, &call.success_entry()).await?;
-        self.cache.invalidate(parent);
+        self.key_changed(parent);
         Ok(record.version)
     }
 
@@ -785,7 +799,7 @@ impl Kms {
             match self.store.update_version(&v, &call.success_entry()).await {
                 Ok(rev) => {
                     v.revision = rev;
-                    self.cache.invalidate(key_name);
+                    self.key_changed(key_name);
                     return Ok(v);
                 }
                 Err(StoreError::Conflict) => continue,
@@ -821,6 +835,35 @@ impl Kms {
         Ok(entry)
     }
 
+    /// Seals a key of an in-process service (service-managed encryption) with the KMS's root
+    /// key, bound to `context`. The service stores the result; only this KMS can unseal it.
+    pub fn seal_service_key(&self, key: &KeyBytes, context: &str) -> Result<Vec<u8>, KmsError> {
+        self.root.seal(key, &format!("service-key/{context}")).map_err(|e| KmsError::Internal(e.to_string()))
+    }
+
+    /// Unseals what [`Kms::seal_service_key`] sealed with the same `context`.
+    pub fn unseal_service_key(&self, sealed: &[u8], context: &str) -> Result<KeyBytes, KmsError> {
+        self.root
+            .unseal(sealed, &format!("service-key/{context}"))
+            .map_err(|e| KmsError::Internal(format!("cannot unseal a service key: {e}")))
+    }
+
+    /// What an in-process service protecting data with `name` (the store) learns of the key
+    /// without a read permission: its purpose and its versions' states. Not served over HTTP:
+    /// a remote service learns the same from the answers of `:encrypt` / `:decrypt`.
+    pub async fn key_facts(&self, name: &CryptoKeyName) -> Result<KeyFacts, KmsError> {
+        let entry = self.cached(name).await?;
+        Ok(KeyFacts {
+            purpose: entry.record.key.purpose.unwrap_or(Purpose::Unspecified),
+            primary: entry.record.primary_version.map(|id| name.version(id)),
+            versions: entry
+                .versions
+                .values()
+                .map(|v| (v.record.name.clone(), v.record.version.state.unwrap_or(VersionState::Unspecified)))
+                .collect(),
+        })
+    }
+
     /// Drops cached state if another node changed the store. Returns whether it did.
     pub async fn sync_with_store(&self) -> Result<bool, KmsError> {
         let now = self.store.change_counter().await?;
@@ -828,10 +871,22 @@ impl Kms {
             self.cache.clear();
             self.iam.clear();
             self.tokens.clear();
+            self.events.send(KmsEvent::StoreChanged);
             return Ok(true);
         }
         Ok(false)
     }
+}
+
+/// See [`Kms::key_facts`].
+#[derive(Debug, Clone)]
+pub struct KeyFacts {
+    /// The key's purpose.
+    pub purpose: Purpose,
+    /// Its primary version, if any.
+    pub primary: Option<CryptoKeyVersionName>,
+    /// Every version and its state.
+    pub versions: Vec<(CryptoKeyVersionName, VersionState)>,
 }
 
 /// Why the KMS cannot start.

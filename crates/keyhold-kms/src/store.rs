@@ -182,6 +182,32 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
     async fn audit_head(&self) -> Result<(i64, String), StoreError>;
     /// Up to `limit` entries with `seq > after`, ascending, for chain verification.
     async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError>;
+
+    // ---- organization policies ([C12]) ----------------------------------------------------------
+
+    /// An organization policy by name (`projects/P/policies/C`).
+    async fn org_policy(&self, name: &str) -> Result<Option<OrgPolicyRecord>, StoreError>;
+    /// A project's organization policies, by name.
+    async fn list_org_policies(&self, project: &str) -> Result<Vec<OrgPolicyRecord>, StoreError>;
+    /// Creates or replaces a policy; returns the new revision.
+    async fn put_org_policy(&self, record: &OrgPolicyRecord, audit: &AuditRecord) -> Result<i64, StoreError>;
+    /// Deletes a policy; returns whether it existed.
+    async fn delete_org_policy(&self, name: &str, audit: &AuditRecord) -> Result<bool, StoreError>;
+}
+
+/// A stored organization policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgPolicyRecord {
+    /// `projects/P/policies/C`.
+    pub name: String,
+    /// The project ID.
+    pub project: String,
+    /// The policy as set (`etag` and the spec's output fields filled on read).
+    pub policy: keyhold_api::orgpolicy::OrgPolicy,
+    /// Last change.
+    pub update_time: Timestamp,
+    /// Bumped by every change (the etag).
+    pub revision: i64,
 }
 
 /// A stored IAM policy.

@@ -26,6 +26,11 @@ impl ApiError {
         Self::new(Code::InvalidArgument, message)
     }
 
+    /// An error with a status, a cause for the log, and whether it was audited.
+    pub(crate) fn from_status(status: Status, cause: Option<String>, audited: bool) -> Self {
+        Self { status, cause, audited }
+    }
+
     /// A KMS error that the KMS did not audit (raised by the server itself).
     pub(crate) fn unaudited(e: KmsError) -> Self {
         Self { audited: false, ..Self::from(e) }

@@ -134,7 +134,7 @@ const MAX_REASON: usize = 512;
 
 /// Authenticates the request: a valid bearer token, else the anonymous principal of emulator
 /// mode, else an unauthenticated caller (whose every call is refused and audited).
-async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let request_id = header(crate::REQUEST_ID_HEADER).unwrap_or_default().to_string();
     let token = header("authorization").and_then(|v| {

@@ -11,6 +11,7 @@
 pub mod error;
 mod kms_routes;
 pub mod route;
+mod store_routes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,8 @@ use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, 
 pub struct AppState {
     /// The KMS.
     pub kms: Arc<Kms>,
+    /// The store, when this server runs it.
+    pub store: Option<Arc<keyhold_store::Store>>,
 }
 
 /// Header carrying the request ID (taken from the client if it sent one).
@@ -52,6 +55,15 @@ pub fn app(state: AppState) -> Router {
     let header = HeaderName::from_static(REQUEST_ID_HEADER);
     Router::new()
         .route("/healthz", get(health))
+        .route("/v1/projects/{project}/locations/{location}/instances", any(store_routes::instances))
+        .route("/v1/projects/{project}/locations/{location}/instances/{instance}", any(store_routes::instance))
+        .route("/v1/projects/{project}/locations/{location}/instances/{instance}/objects", any(store_routes::objects))
+        .route(
+            "/v1/projects/{project}/locations/{location}/instances/{instance}/objects/{*object}",
+            any(store_routes::object),
+        )
+        .route("/v2/projects/{project}/policies", any(store_routes::org_policies))
+        .route("/v2/projects/{project}/policies/{constraint}", any(store_routes::org_policy))
         .route("/v1/{*path}", any(kms_routes::dispatch))
         .route("/v1beta1/{*path}", any(kms_routes::dispatch_v1beta1))
         .fallback(kms_routes::not_found)

@@ -18,6 +18,7 @@ mod schema;
 pub mod sql;
 pub mod sqlite;
 mod store;
+mod store_repo;
 
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
@@ -63,9 +64,28 @@ pub async fn open_read_only(db: &Database) -> Result<Arc<dyn KmsStore>, StoreErr
 
 /// Opens (and migrates) the database.
 pub async fn open(db: &Database) -> Result<Arc<dyn KmsStore>, StoreError> {
+    Ok(open_all(db).await?.kms)
+}
+
+/// The KMS's store and the object store's repository, over one database.
+#[derive(Clone)]
+pub struct Opened {
+    /// The KMS's state.
+    pub kms: Arc<dyn KmsStore>,
+    /// The store's instances, objects and chunks.
+    pub objects: Arc<dyn keyhold_store::StoreRepository>,
+}
+
+fn both<B: sql::SqlBackend>(backend: B) -> Opened {
+    let store = Arc::new(SqlStore::new(backend));
+    Opened { kms: store.clone(), objects: store }
+}
+
+/// Opens (and migrates) the database, for the KMS and the store.
+pub async fn open_all(db: &Database) -> Result<Opened, StoreError> {
     Ok(match db {
-        Database::SqliteFile(path) => Arc::new(SqlStore::new(sqlite::Sqlite::open_file(path).await?)),
-        Database::InMemory => Arc::new(SqlStore::new(sqlite::Sqlite::open_in_memory().await?)),
-        Database::Postgres(url) => Arc::new(SqlStore::new(postgres::Postgres::connect(url).await?)),
+        Database::SqliteFile(path) => both(sqlite::Sqlite::open_file(path).await?),
+        Database::InMemory => both(sqlite::Sqlite::open_in_memory().await?),
+        Database::Postgres(url) => both(postgres::Postgres::connect(url).await?),
     })
 }

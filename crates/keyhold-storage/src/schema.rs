@@ -4,7 +4,7 @@
 //! returned exactly; the columns beside it exist for lookups, scheduling and compare-and-set.
 
 /// Schema version written by this build. A database with a newer version is refused.
-pub(crate) const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 3;
 
 /// `{blob}` is replaced by the dialect's binary type.
 const DDL_V1: &str = "
@@ -99,6 +99,63 @@ INSERT INTO audit_head (id, seq, hash)
     ON CONFLICT (id) DO NOTHING;
 ";
 
+/// Version 3: organization policies ([C12]) and the store ([C1]-[C7]). Nullable texts are
+/// stored as '' (the generic driver binds no typed NULL for text).
+const DDL_V3: &str = "
+CREATE TABLE IF NOT EXISTS org_policies (
+    name         TEXT PRIMARY KEY,
+    project      TEXT NOT NULL,
+    policy       TEXT NOT NULL,
+    update_nanos BIGINT NOT NULL,
+    revision     BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS org_policies_by_project ON org_policies (project, name);
+CREATE TABLE IF NOT EXISTS store_instances (
+    name         TEXT PRIMARY KEY,
+    parent       TEXT NOT NULL,
+    kms_key      TEXT NOT NULL,
+    labels       TEXT NOT NULL,
+    create_nanos BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS store_instances_by_parent ON store_instances (parent, name);
+CREATE TABLE IF NOT EXISTS store_keks (
+    instance     TEXT NOT NULL,
+    id           BIGINT NOT NULL,
+    wrapped      {blob} NOT NULL,
+    key_version  TEXT NOT NULL,
+    create_nanos BIGINT NOT NULL,
+    PRIMARY KEY (instance, id)
+);
+CREATE TABLE IF NOT EXISTS store_objects (
+    instance     TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    generation   BIGINT NOT NULL,
+    size         BIGINT NOT NULL,
+    chunk_count  BIGINT NOT NULL,
+    kek_id       BIGINT NOT NULL,
+    content_type TEXT NOT NULL,
+    create_nanos BIGINT NOT NULL,
+    update_nanos BIGINT NOT NULL,
+    PRIMARY KEY (instance, name)
+);
+CREATE TABLE IF NOT EXISTS store_chunks (
+    instance    TEXT NOT NULL,
+    object      TEXT NOT NULL,
+    generation  BIGINT NOT NULL,
+    idx         BIGINT NOT NULL,
+    wrapped_dek {blob} NOT NULL,
+    data        {blob} NOT NULL,
+    PRIMARY KEY (instance, object, generation, idx)
+);
+CREATE TABLE IF NOT EXISTS store_uploads (
+    instance    TEXT NOT NULL,
+    object      TEXT NOT NULL,
+    generation  BIGINT NOT NULL,
+    start_nanos BIGINT NOT NULL,
+    PRIMARY KEY (instance, object, generation)
+);
+";
+
 /// The audit log refuses updates and deletes (tampering then needs a deliberate `DROP TRIGGER`,
 /// and still breaks the hash chain).
 pub(crate) const SQLITE_TRIGGERS: &str = "
@@ -122,7 +179,7 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 
 /// The DDL with the dialect's binary column type.
 pub(crate) fn ddl(blob_type: &str) -> String {
-    format!("{}{}", DDL_V1.replace("{blob}", blob_type), DDL_V2)
+    format!("{}{}{}", DDL_V1.replace("{blob}", blob_type), DDL_V2, DDL_V3.replace("{blob}", blob_type))
 }
 
 /// Records the schema version after migrating an older database.
@@ -231,3 +288,62 @@ mod tests {
         assert!(norm(super::READ_AUDIT_DESC).contains(&norm(super::AUDIT_FILTER)));
     }
 }
+
+pub(crate) const GET_ORG_POLICY: &str =
+    "SELECT name, project, policy, update_nanos, revision FROM org_policies WHERE name = $1";
+pub(crate) const LIST_ORG_POLICIES: &str =
+    "SELECT name, project, policy, update_nanos, revision FROM org_policies WHERE project = $1 ORDER BY name";
+pub(crate) const UPSERT_ORG_POLICY: &str = "INSERT INTO org_policies (name, project, policy, update_nanos, revision) \
+     VALUES ($1, $2, $3, $4, 1) ON CONFLICT (name) DO UPDATE SET policy = excluded.policy, \
+     update_nanos = excluded.update_nanos, revision = org_policies.revision + 1 RETURNING revision";
+pub(crate) const DELETE_ORG_POLICY: &str = "DELETE FROM org_policies WHERE name = $1";
+
+pub(crate) const INSERT_INSTANCE: &str =
+    "INSERT INTO store_instances (name, parent, kms_key, labels, create_nanos) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const GET_INSTANCE: &str = "SELECT name, kms_key, labels, create_nanos FROM store_instances WHERE name = $1";
+pub(crate) const LIST_INSTANCES: &str =
+    "SELECT name, kms_key, labels, create_nanos FROM store_instances WHERE parent = $1 ORDER BY name";
+pub(crate) const DELETE_INSTANCE_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1";
+pub(crate) const DELETE_INSTANCE_OBJECTS: &str = "DELETE FROM store_objects WHERE instance = $1";
+pub(crate) const DELETE_INSTANCE_UPLOADS: &str = "DELETE FROM store_uploads WHERE instance = $1";
+pub(crate) const DELETE_INSTANCE_KEKS: &str = "DELETE FROM store_keks WHERE instance = $1";
+pub(crate) const DELETE_INSTANCE: &str = "DELETE FROM store_instances WHERE name = $1";
+pub(crate) const LIST_KEKS: &str =
+    "SELECT id, wrapped, key_version, create_nanos FROM store_keks WHERE instance = $1 ORDER BY id";
+pub(crate) const INSERT_KEK: &str =
+    "INSERT INTO store_keks (instance, id, wrapped, key_version, create_nanos) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const UPDATE_KEK: &str =
+    "UPDATE store_keks SET wrapped = $3, key_version = $4 WHERE instance = $1 AND id = $2";
+pub(crate) const DELETE_KEK_IF_UNUSED: &str = "DELETE FROM store_keks WHERE instance = $1 AND id = $2 \
+     AND NOT EXISTS (SELECT 1 FROM store_objects WHERE instance = $1 AND kek_id = $2)";
+pub(crate) const BEGIN_UPLOAD: &str =
+    "INSERT INTO store_uploads (instance, object, generation, start_nanos) VALUES ($1, $2, $3, $4)";
+pub(crate) const INSERT_CHUNK: &str = "INSERT INTO store_chunks (instance, object, generation, idx, wrapped_dek, data) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
+pub(crate) const UPSERT_OBJECT: &str = "INSERT INTO store_objects \
+     (instance, name, generation, size, chunk_count, kek_id, content_type, create_nanos, update_nanos) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (instance, name) DO UPDATE SET \
+     generation = excluded.generation, size = excluded.size, chunk_count = excluded.chunk_count, \
+     kek_id = excluded.kek_id, content_type = excluded.content_type, update_nanos = excluded.update_nanos";
+pub(crate) const REPLACE_OBJECT_IF_GENERATION: &str = "UPDATE store_objects SET generation = $3, size = $4, \
+     chunk_count = $5, kek_id = $6, content_type = $7, update_nanos = $9 \
+     WHERE instance = $1 AND name = $2 AND generation = $10 AND create_nanos = $8";
+pub(crate) const END_UPLOAD: &str = "DELETE FROM store_uploads WHERE instance = $1 AND object = $2 AND generation = $3";
+/// Every chunk of the object except the live generation's and those of uploads in progress.
+pub(crate) const DELETE_DEAD_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1 AND object = $2 \
+     AND generation <> $3 \
+     AND generation NOT IN (SELECT generation FROM store_uploads WHERE instance = $1 AND object = $2)";
+pub(crate) const DELETE_UPLOAD_CHUNKS: &str =
+    "DELETE FROM store_chunks WHERE instance = $1 AND object = $2 AND generation = $3";
+pub(crate) const STALE_UPLOADS: &str =
+    "SELECT instance, object, generation FROM store_uploads WHERE start_nanos < $1 ORDER BY start_nanos";
+pub(crate) const GET_OBJECT: &str = "SELECT name, generation, size, chunk_count, kek_id, content_type, create_nanos, \
+     update_nanos FROM store_objects WHERE instance = $1 AND name = $2";
+pub(crate) const LIST_OBJECTS: &str = "SELECT name, generation, size, chunk_count, kek_id, content_type, create_nanos, \
+     update_nanos FROM store_objects WHERE instance = $1 AND substr(name, 1, length(CAST($2 AS TEXT))) = CAST($2 AS TEXT) AND name > CAST($3 AS TEXT) \
+     ORDER BY name LIMIT $4";
+pub(crate) const DELETE_OBJECT_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1 AND object = $2 \
+     AND generation = (SELECT generation FROM store_objects WHERE instance = $1 AND name = $2)";
+pub(crate) const DELETE_OBJECT: &str = "DELETE FROM store_objects WHERE instance = $1 AND name = $2";
+pub(crate) const GET_CHUNK: &str = "SELECT wrapped_dek, data FROM store_chunks \
+     WHERE instance = $1 AND object = $2 AND generation = $3 AND idx = $4";

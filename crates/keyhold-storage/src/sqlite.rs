@@ -148,7 +148,9 @@ struct SqliteConn {
 
 fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> rusqlite::Result<()> {
     for (i, p) in params.iter().enumerate() {
-        let idx = i + 1;
+        // Statements are written with PostgreSQL's `$N`. SQLite treats `$N` as a *named*
+        // parameter, numbered in order of first appearance, so look each one up by name.
+        let Some(idx) = stmt.parameter_index(&format!("${}", i + 1))? else { continue };
         match p {
             Value::Null | Value::OptInt(None) | Value::OptBlob(None) => {
                 stmt.raw_bind_parameter(idx, rusqlite::types::Null)?

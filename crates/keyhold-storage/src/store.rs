@@ -7,8 +7,8 @@ use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
 use keyhold_kms::store::{
-    AuditQuery, CryptoKeyRecord, KmsStore, PolicyRecord, ProjectRecord, ServiceIdentityRecord, StoreError, TokenRecord,
-    VersionRecord,
+    AuditQuery, CryptoKeyRecord, KmsStore, OrgPolicyRecord, PolicyRecord, ProjectRecord, ServiceIdentityRecord,
+    StoreError, TokenRecord, VersionRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,6 +25,10 @@ pub struct SqlStore<B> {
 impl<B> SqlStore<B> {
     pub(crate) fn new(backend: B) -> Self {
         Self { backend }
+    }
+
+    pub(crate) fn backend(&self) -> &B {
+        &self.backend
     }
 }
 
@@ -529,4 +533,66 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
     async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
         self.read_rows(AUDIT_CHAIN, vec![Value::Int(after), Value::Int(limit)]).await?.iter().map(audit_entry).collect()
     }
+
+    async fn org_policy(&self, name: &str) -> Result<Option<OrgPolicyRecord>, StoreError> {
+        self.read_rows(GET_ORG_POLICY, vec![Value::Text(name.to_string())])
+            .await?
+            .first()
+            .map(org_policy_record)
+            .transpose()
+    }
+
+    async fn list_org_policies(&self, project: &str) -> Result<Vec<OrgPolicyRecord>, StoreError> {
+        self.read_rows(LIST_ORG_POLICIES, vec![Value::Text(project.to_string())])
+            .await?
+            .iter()
+            .map(org_policy_record)
+            .collect()
+    }
+
+    async fn put_org_policy(&self, record: &OrgPolicyRecord, audit: &AuditRecord) -> Result<i64, StoreError> {
+        let params = vec![
+            Value::Text(record.name.clone()),
+            Value::Text(record.project.clone()),
+            to_json(&record.policy)?,
+            Value::Int(record.update_time.unix_nanos_i64()),
+        ];
+        self.write_audited(audit, |tx| {
+            Box::pin(async move {
+                let rows = tx.query(UPSERT_ORG_POLICY, params).await?;
+                rows.first().ok_or_else(|| StoreError::Corrupt("upsert returned no revision".into()))?[0].int()
+            })
+        })
+        .await
+    }
+
+    async fn delete_org_policy(&self, name: &str, audit: &AuditRecord) -> Result<bool, StoreError> {
+        let params = vec![Value::Text(name.to_string())];
+        // Nothing deleted: roll back, so the call's success entry is not committed either.
+        let r = self
+            .write_audited(audit, |tx| {
+                Box::pin(async move {
+                    match tx.execute(DELETE_ORG_POLICY, params).await? {
+                        0 => Err(StoreError::Conflict),
+                        _ => Ok(()),
+                    }
+                })
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err(StoreError::Conflict) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn org_policy_record(row: &Row) -> Result<OrgPolicyRecord, StoreError> {
+    Ok(OrgPolicyRecord {
+        name: row[0].text()?.to_string(),
+        project: row[1].text()?.to_string(),
+        policy: from_json(&row[2])?,
+        update_time: ts(row[3].int()?)?,
+        revision: row[4].int()?,
+    })
 }

@@ -56,6 +56,25 @@ pub struct ServeArgs {
     /// it is missing, expired or revoked. Default: DATA_DIR/owner.token, where the CLI looks.
     #[arg(long, env = "KEYHOLD_OWNER_TOKEN_FILE")]
     pub owner_token_file: Option<PathBuf>,
+    /// Store: refuse instances without a kmsKey (service-managed encryption), as AML AI does.
+    #[arg(long, env = "KEYHOLD_STORE_REQUIRE_CMEK")]
+    pub store_require_cmek: bool,
+    /// Store: how often each instance's key is re-checked (besides the immediate re-checks on
+    /// key and IAM changes of an in-process KMS). At least 1s.
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KEYHOLD_STORE_KEY_CHECK_PERIOD")]
+    pub store_key_check_period: ProtoDuration,
+    /// Store: how long instances keep serving from their cached keys while the KMS cannot be
+    /// reached (if the key was usable when it was last reached).
+    #[arg(long, default_value = "3600s", value_parser = parse_duration, env = "KEYHOLD_STORE_KMS_GRACE")]
+    pub store_kms_grace: ProtoDuration,
+    /// Store: use the KMS at this URL for instance keys instead of the one in this process.
+    /// The store then authenticates there as service:store.keyhold.dev (--kms-token-file) and
+    /// acts through its service agents' short-lived tokens.
+    #[arg(long, env = "KEYHOLD_KMS_ENDPOINT", requires = "kms_token_file")]
+    pub kms_endpoint: Option<String>,
+    /// Bearer token of service:store.keyhold.dev at --kms-endpoint.
+    #[arg(long, env = "KEYHOLD_KMS_TOKEN_FILE")]
+    pub kms_token_file: Option<PathBuf>,
 }
 
 fn parse_duration(s: &str) -> Result<ProtoDuration, String> {
@@ -95,7 +114,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         };
         (db, Arc::new(root))
     };
-    let store = keyhold_storage::open(&db).await?;
+    let opened = keyhold_storage::open_all(&db).await?;
     let anonymous_principal = match &args.allow_anonymous {
         Some(p) => Some(keyhold_iam::Principal::parse(p).map_err(|e| format!("--allow-anonymous: {e}"))?),
         None => None,
@@ -117,7 +136,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         min_rotation_period: args.min_rotation_period,
         ..KmsConfig::default()
     };
-    let kms = Arc::new(Kms::new(store, root, config, Arc::new(SystemClock)).await?);
+    let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, Arc::new(SystemClock)).await?);
     let token_file = args.owner_token_file.clone().unwrap_or_else(|| args.data_dir.join("owner.token"));
     bootstrap_owner(&kms, &owner, &token_file).await?;
     if let Some(anon) = &anonymous_principal {
@@ -133,7 +152,31 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = ?db, "Keyhold is serving the Cloud KMS v1 API on http://{addr}");
-    let app = keyhold_server::app(keyhold_server::AppState { kms });
+    let agents: Arc<dyn keyhold_store::AgentProvider> = match (&args.kms_endpoint, &args.kms_token_file) {
+        (Some(endpoint), Some(file)) => {
+            let token = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read --kms-token-file {}: {e}", file.display()))?;
+            let token = keyhold_cmek::StaticToken(keyhold_crypto::SecretString::new(token.trim().to_string()));
+            tracing::info!(%endpoint, "store: instance keys are used through the KMS at {endpoint}");
+            Arc::new(keyhold_store::RemoteAgents::new(endpoint, Arc::new(token)))
+        }
+        _ => Arc::new(keyhold_store::LocalAgents::new(kms.clone())),
+    };
+    let store_config = keyhold_store::StoreConfig {
+        require_cmek: args.store_require_cmek,
+        guard: keyhold_cmek::GuardConfig {
+            check_period: args.store_key_check_period.to_std(),
+            grace: args.store_kms_grace.to_std(),
+        },
+        locations: kms.config().locations.clone(),
+    };
+    let store = keyhold_store::Store::new(kms.clone(), opened.objects.clone(), agents, store_config);
+    match store.clean_interrupted_uploads(std::time::Duration::from_secs(3600)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(uploads = n, "store: removed the chunks of uploads interrupted over an hour ago"),
+        Err(e) => tracing::warn!(error = %e, "store: cannot clean up interrupted uploads"),
+    }
+    let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;

@@ -84,12 +84,23 @@ pub async fn start_on(
     config: KmsConfig,
     root: keyhold_crypto::KeyBytes,
 ) -> Server {
-    let store = keyhold_storage::open(&db).await.unwrap();
+    let opened = keyhold_storage::open_all(&db).await.unwrap();
     let root = Arc::new(LocalRootKey::from_key(root));
-    let kms = Arc::new(Kms::new(store, root, config, Arc::new(SystemClock)).await.unwrap());
+    let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, Arc::new(SystemClock)).await.unwrap());
+    let store_config = keyhold_store::StoreConfig {
+        require_cmek: false,
+        guard: keyhold_cmek::GuardConfig::default(),
+        locations: kms.config().locations.clone(),
+    };
+    let store = keyhold_store::Store::new(
+        kms.clone(),
+        opened.objects.clone(),
+        Arc::new(keyhold_store::LocalAgents::new(kms.clone())),
+        store_config,
+    );
     let owner = keyhold_iam::Principal::parse(OWNER).unwrap();
     let token = kms.bootstrap_owner(&owner, None).await.unwrap().unwrap().token.expose().to_string();
-    let app = keyhold_server::app(keyhold_server::AppState { kms: kms.clone() });
+    let app = keyhold_server::app(keyhold_server::AppState { kms: kms.clone(), store: Some(store) });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -1,13 +1,18 @@
 //! The command-line client: `keyhold kms ...`, whose commands, flags and output mirror
 //! `gcloud kms ...`, talking to a Keyhold server over its Cloud KMS v1 REST API; and the
 //! gcloud commands around it that Keyhold serves too (`projects`, `organizations`,
-//! `beta services identity`, `logging read`), plus Keyhold's own `auth tokens` and
-//! `audit verify`.
+//! `beta services identity`, `logging read`, `org-policies`), plus Keyhold's own `auth
+//! tokens`, `audit verify` and the encrypted object store, `store`.
 //!
 //! * [`kms`]: the command tree and what each command sends;
 //! * [`iam`]: `get-` / `set-iam-policy` and `add-` / `remove-iam-policy-binding`, for key
 //!   rings, keys ([`kms`]), projects and the organization ([`projects`]);
 //! * [`services`], [`tokens`], [`logging`], [`audit`]: the other command groups;
+//! * [`store`]: `store instances create|describe|list|delete|rewrap|reencrypt` and
+//!   `store objects put|get|describe|list|delete`, the object store of service
+//!   `store.keyhold.dev` (object data streamed both ways, downloads written atomically);
+//! * [`org_policies`]: `org-policies set-policy|describe|delete|list` (Org Policy API v2), e.g.
+//!   `gcp.restrictNonCmekServices` to require a customer-managed key for `store.keyhold.dev`;
 //! * [`client`]: HTTP, errors and paging; [`credentials`]: which bearer token is sent;
 //! * [`output`]: YAML, JSON, table and `value()` printing;
 //! * [`parse`]: gcloud's spellings of durations, times, labels and enums;
@@ -25,11 +30,13 @@ mod files;
 mod iam;
 mod kms;
 mod logging;
+mod org_policies;
 mod output;
 mod parse;
 mod projects;
 mod resource;
 mod services;
+mod store;
 mod tokens;
 mod yaml;
 
@@ -68,6 +75,10 @@ pub enum CliCommand {
     Logging(logging::LoggingArgs),
     /// Verify the audit log's hash chain, reading the database directly.
     Audit(audit::AuditArgs),
+    /// Manage the encrypted object store (service store.keyhold.dev): instances and objects.
+    Store(store::StoreArgs),
+    /// Manage organization policies on projects, as `gcloud org-policies` does.
+    OrgPolicies(org_policies::OrgPoliciesArgs),
 }
 
 impl CliCommand {
@@ -81,6 +92,8 @@ impl CliCommand {
             CliCommand::Auth(a) => a.command.path(),
             CliCommand::Logging(l) => l.command.path(),
             CliCommand::Audit(a) => a.command.path(),
+            CliCommand::Store(s) => s.command.path(),
+            CliCommand::OrgPolicies(o) => o.command.path(),
         };
         format!("keyhold.{tail}")
     }
@@ -248,7 +261,7 @@ pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
             opts.token_file.as_deref(),
             std::env::var_os("KEYHOLD_DATA_DIR").map(PathBuf::from),
         )?;
-        let client = KmsClient::with_credentials(&opts.endpoint, credentials)?;
+        let client = KmsClient::with_credentials(&opts.endpoint, credentials.clone())?;
         let project = resolve_project(opts.project, std::env::var("CLOUDSDK_CORE_PROJECT").ok());
         let ctx = Ctx { client, project, format: opts.format };
         match cmd {
@@ -258,6 +271,8 @@ pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
             CliCommand::Beta(b) => b.command.run(&ctx).await,
             CliCommand::Auth(a) => a.command.run(&ctx).await,
             CliCommand::Logging(l) => l.command.run(&ctx).await,
+            CliCommand::Store(s) => s.command.run(&ctx, &opts.endpoint, &credentials).await,
+            CliCommand::OrgPolicies(o) => o.command.run(&ctx).await,
             CliCommand::Audit(_) => unreachable!("handled above"),
         }
     }

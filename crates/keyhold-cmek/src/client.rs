@@ -1,0 +1,42 @@
+//! The KMS as a service sees it: encrypt and decrypt under a key, and (when visible) the state
+//! of a key version.
+
+use async_trait::async_trait;
+use keyhold_crypto::Secret;
+
+use crate::error::KmsClientError;
+
+/// The answer of `:encrypt`.
+#[derive(Debug, Clone)]
+pub struct Encrypted {
+    /// The ciphertext, opaque.
+    pub ciphertext: Vec<u8>,
+    /// The key version that encrypted it (`.../cryptoKeyVersions/N`).
+    pub key_version: String,
+}
+
+/// A Cloud KMS v1 compatible KMS, reached with one identity (a service agent).
+#[async_trait]
+pub trait KmsClient: Send + Sync + std::fmt::Debug {
+    /// `cryptoKeys.encrypt` with the key's primary version.
+    async fn encrypt(&self, key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Encrypted, KmsClientError>;
+
+    /// `cryptoKeys.decrypt`.
+    async fn decrypt(&self, key: &str, ciphertext: &[u8], aad: &[u8]) -> Result<Secret, KmsClientError>;
+
+    /// Which of `permissions` the identity holds on `resource` (`:testIamPermissions`).
+    async fn test_permissions(&self, resource: &str, permissions: &[&str]) -> Result<Vec<String>, KmsClientError>;
+
+    /// The key's purpose and primary version's state, if this identity may see them; `None`
+    /// when it may not (a service agent usually holds only the encrypter/decrypter role).
+    async fn describe_key(&self, key: &str) -> Result<Option<KeyDescription>, KmsClientError>;
+}
+
+/// What [`KmsClient::describe_key`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDescription {
+    /// `ENCRYPT_DECRYPT`, `ASYMMETRIC_SIGN`, ...
+    pub purpose: String,
+    /// The primary version's name and state (`ENABLED`, `DISABLED`, ...), if the key has one.
+    pub primary: Option<(String, String)>,
+}

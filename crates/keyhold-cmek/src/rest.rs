@@ -1,0 +1,235 @@
+//! [`KmsClient`] over Cloud KMS v1 REST: Keyhold's own server or any compatible endpoint.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyhold_api::Code;
+use keyhold_api::messages::{DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse};
+use keyhold_api::wire::{Bytes, Crc32c, SecretBytes, Timestamp};
+use keyhold_crypto::{Secret, SecretString, crc32c};
+use serde::de::DeserializeOwned;
+use tokio::sync::Mutex;
+
+use crate::client::{Encrypted, KeyDescription, KmsClient};
+use crate::error::KmsClientError;
+
+/// How long one KMS request may take before the KMS counts as unreachable.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where bearer tokens come from.
+#[async_trait]
+pub trait TokenSource: Send + Sync + std::fmt::Debug {
+    /// A token valid now.
+    async fn token(&self) -> Result<SecretString, KmsClientError>;
+}
+
+/// A fixed token (from a file or the environment).
+#[derive(Debug, Clone)]
+pub struct StaticToken(pub SecretString);
+
+#[async_trait]
+impl TokenSource for StaticToken {
+    async fn token(&self) -> Result<SecretString, KmsClientError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Short-lived tokens of a service account (a service agent), minted with IAM Credentials
+/// `generateAccessToken` by a caller allowed to (the service the agent belongs to), cached
+/// until five minutes before they expire.
+#[derive(Debug)]
+pub struct ImpersonatedToken {
+    http: reqwest::Client,
+    endpoint: String,
+    base: Arc<dyn TokenSource>,
+    service_account: String,
+    cached: Mutex<Option<(SecretString, Timestamp)>>,
+}
+
+impl ImpersonatedToken {
+    /// Tokens of `service_account` (an email), minted at `endpoint` with `base`'s token.
+    pub fn new(endpoint: &str, base: Arc<dyn TokenSource>, service_account: &str) -> Self {
+        Self {
+            http: http_client(),
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            base,
+            service_account: service_account.to_string(),
+            cached: Mutex::new(None),
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AccessToken {
+    access_token: String,
+    expire_time: Timestamp,
+}
+
+#[async_trait]
+impl TokenSource for ImpersonatedToken {
+    async fn token(&self) -> Result<SecretString, KmsClientError> {
+        let mut cached = self.cached.lock().await;
+        let margin = keyhold_api::wire::ProtoDuration::from_secs(300);
+        if let Some((token, expires)) = cached.as_ref()
+            && Timestamp::now().add(margin) < *expires
+        {
+            return Ok(token.clone());
+        }
+        let url =
+            format!("{}/v1/projects/-/serviceAccounts/{}:generateAccessToken", self.endpoint, self.service_account);
+        let base = self.base.token().await?;
+        let req = self.http.post(url).bearer_auth(base.expose()).json(&serde_json::json!({"lifetime": "3600s"}));
+        let t: AccessToken = send(req).await?;
+        let token = SecretString::new(t.access_token);
+        *cached = Some((token.clone(), t.expire_time));
+        Ok(token)
+    }
+}
+
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(Duration::from_secs(3))
+        .build()
+        .expect("an HTTP client with default TLS-less settings always builds")
+}
+
+/// Sends a request and decodes a JSON answer or a Google error body.
+async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, KmsClientError> {
+    let resp = req.send().await.map_err(|e| KmsClientError::unreachable(format!("the KMS cannot be reached: {e}")))?;
+    let status = resp.status();
+    let body =
+        resp.bytes().await.map_err(|e| KmsClientError::unreachable(format!("the KMS's answer was cut off: {e}")))?;
+    if status.is_success() {
+        return serde_json::from_slice(&body)
+            .map_err(|e| KmsClientError::new(Code::Internal, format!("the KMS's answer does not decode: {e}")));
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorBody {
+        error: ErrorDetail,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorDetail {
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        status: String,
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(b) => (Code::from_name(&b.error.status).unwrap_or_else(|| code_of_http(status.as_u16())), b.error.message),
+        Err(_) => (code_of_http(status.as_u16()), format!("the KMS answered HTTP {status}")),
+    };
+    Err(KmsClientError::new(code, message))
+}
+
+/// Google's HTTP → code mapping, for answers without a Google error body (proxies).
+fn code_of_http(status: u16) -> Code {
+    match status {
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::Aborted,
+        429 => Code::ResourceExhausted,
+        501 => Code::Unimplemented,
+        503 | 502 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        _ => Code::Internal,
+    }
+}
+
+/// A Cloud KMS v1 REST client bound to one identity.
+#[derive(Debug, Clone)]
+pub struct RestKmsClient {
+    http: reqwest::Client,
+    endpoint: String,
+    tokens: Arc<dyn TokenSource>,
+}
+
+impl RestKmsClient {
+    /// A client of the KMS at `endpoint` (e.g. `http://127.0.0.1:8080`), authenticating with
+    /// `tokens`.
+    pub fn new(endpoint: &str, tokens: Arc<dyn TokenSource>) -> Self {
+        Self { http: http_client(), endpoint: endpoint.trim_end_matches('/').to_string(), tokens }
+    }
+
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T, KmsClientError> {
+        let token = self.tokens.token().await?;
+        send(self.http.post(format!("{}/v1/{path}", self.endpoint)).bearer_auth(token.expose()).json(body)).await
+    }
+}
+
+#[async_trait]
+impl KmsClient for RestKmsClient {
+    async fn encrypt(&self, key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Encrypted, KmsClientError> {
+        let req = EncryptRequest {
+            name: String::new(),
+            plaintext: SecretBytes(Secret::new(plaintext.to_vec())),
+            additional_authenticated_data: Some(Bytes(aad.to_vec())),
+            plaintext_crc32c: Some(Crc32c(crc32c(plaintext))),
+            additional_authenticated_data_crc32c: Some(Crc32c(crc32c(aad))),
+        };
+        let resp: EncryptResponse = self.post(&format!("{key}:encrypt"), &req).await?;
+        // End-to-end integrity, as Google asks of its clients: the KMS saw what we sent, and we
+        // got what it sent.
+        if !resp.verified_plaintext_crc32c
+            || !resp.verified_additional_authenticated_data_crc32c
+            || resp.ciphertext_crc32c.0 != crc32c(&resp.ciphertext.0)
+        {
+            return Err(KmsClientError::new(Code::DataLoss, "the KMS's encrypt answer failed its CRC32C checks"));
+        }
+        Ok(Encrypted { ciphertext: resp.ciphertext.0, key_version: resp.name })
+    }
+
+    async fn decrypt(&self, key: &str, ciphertext: &[u8], aad: &[u8]) -> Result<Secret, KmsClientError> {
+        let req = DecryptRequest {
+            name: String::new(),
+            ciphertext: Bytes(ciphertext.to_vec()),
+            additional_authenticated_data: Some(Bytes(aad.to_vec())),
+            ciphertext_crc32c: Some(Crc32c(crc32c(ciphertext))),
+            additional_authenticated_data_crc32c: Some(Crc32c(crc32c(aad))),
+        };
+        let resp: DecryptResponse = self.post(&format!("{key}:decrypt"), &req).await?;
+        if resp.plaintext_crc32c.0 != crc32c(resp.plaintext.0.expose()) {
+            return Err(KmsClientError::new(Code::DataLoss, "the KMS's decrypt answer failed its CRC32C check"));
+        }
+        Ok(resp.plaintext.0)
+    }
+
+    async fn test_permissions(&self, resource: &str, permissions: &[&str]) -> Result<Vec<String>, KmsClientError> {
+        #[derive(serde::Deserialize)]
+        struct Resp {
+            #[serde(default)]
+            permissions: Vec<String>,
+        }
+        let r: Resp = self
+            .post(&format!("{resource}:testIamPermissions"), &serde_json::json!({ "permissions": permissions }))
+            .await?;
+        Ok(r.permissions)
+    }
+
+    async fn describe_key(&self, key: &str) -> Result<Option<KeyDescription>, KmsClientError> {
+        #[derive(serde::Deserialize)]
+        struct Version {
+            name: String,
+            #[serde(default)]
+            state: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Key {
+            #[serde(default)]
+            purpose: String,
+            #[serde(default)]
+            primary: Option<Version>,
+        }
+        let token = self.tokens.token().await?;
+        let req = self.http.get(format!("{}/v1/{key}", self.endpoint)).bearer_auth(token.expose());
+        match send::<Key>(req).await {
+            Ok(k) => Ok(Some(KeyDescription { purpose: k.purpose, primary: k.primary.map(|v| (v.name, v.state)) })),
+            Err(e) if e.code == Code::PermissionDenied => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

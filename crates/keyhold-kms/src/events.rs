@@ -1,0 +1,78 @@
+//! Change notices for services that enforce key state (the CMEK key guards [C5]).
+//!
+//! The KMS announces, in process, every change that can make a key usable or unusable: a key
+//! or version update (enable, disable, destroy, restore, rotation), an IAM policy change, and
+//! any change another node made to the shared database (noticed by the change-counter poll, so
+//! across nodes a notice follows a change within the poll period, 250 ms). Notices carry no
+//! secrets and say only *what* may have changed; listeners re-check the key themselves.
+
+use keyhold_api::CryptoKeyName;
+use tokio::sync::broadcast;
+
+/// What may have changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KmsEvent {
+    /// A crypto key or one of its versions changed state.
+    KeyChanged(CryptoKeyName),
+    /// An IAM policy changed on this resource (and so on everything below it).
+    PolicyChanged(String),
+    /// Another node changed the shared store; anything may have changed.
+    StoreChanged,
+}
+
+impl KmsEvent {
+    /// Whether a listener guarding `key` (a crypto key name) should re-check it.
+    pub fn concerns(&self, key: &str) -> bool {
+        match self {
+            KmsEvent::KeyChanged(k) => k.to_string() == key,
+            KmsEvent::PolicyChanged(resource) => {
+                key == resource || keyhold_iam::policy_ancestors(key).iter().any(|a| a == resource)
+            }
+            KmsEvent::StoreChanged => true,
+        }
+    }
+}
+
+/// Room for notices a slow listener has not read yet; a listener that falls further behind
+/// gets `Lagged` and must re-check everything (which key guards do).
+const CAPACITY: usize = 1024;
+
+/// The sending side, owned by the KMS.
+#[derive(Debug)]
+pub(crate) struct EventBus(broadcast::Sender<KmsEvent>);
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self(broadcast::channel(CAPACITY).0)
+    }
+}
+
+impl EventBus {
+    pub(crate) fn send(&self, event: KmsEvent) {
+        // No listener is fine: nobody is guarding anything.
+        let _ = self.0.send(event);
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<KmsEvent> {
+        self.0.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concerns_the_key_and_its_ancestors() {
+        let key = "projects/p/locations/global/keyRings/r/cryptoKeys/k";
+        let name: CryptoKeyName = key.parse().unwrap();
+        assert!(KmsEvent::KeyChanged(name).concerns(key));
+        let other: CryptoKeyName = "projects/p/locations/global/keyRings/r/cryptoKeys/other".parse().unwrap();
+        assert!(!KmsEvent::KeyChanged(other).concerns(key));
+        assert!(KmsEvent::PolicyChanged("projects/p".into()).concerns(key));
+        assert!(KmsEvent::PolicyChanged("projects/p/locations/global/keyRings/r".into()).concerns(key));
+        assert!(KmsEvent::PolicyChanged(keyhold_iam::ROOT_RESOURCE.into()).concerns(key));
+        assert!(!KmsEvent::PolicyChanged("projects/q".into()).concerns(key));
+        assert!(KmsEvent::StoreChanged.concerns(key));
+    }
+}

@@ -1,0 +1,342 @@
+//! The store's REST surface (`/v1/projects/P/locations/L/instances/...`) and the Org Policy
+//! API v2 (`/v2/projects/P/policies/...`). Object contents stream in both directions.
+
+use std::collections::HashMap;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use keyhold_api::orgpolicy::{ListOrgPoliciesResponse, OrgPolicy};
+use keyhold_kms::{Caller, KmsError};
+use keyhold_store::model::CreateInstanceRequest;
+use keyhold_store::{ListRequest, Store, StoreError};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::kms_routes::caller;
+
+type QueryResult = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Kms(k) => ApiError::from(k),
+            other => {
+                let status = other.to_status();
+                let cause =
+                    matches!(other, StoreError::Internal(_) | StoreError::Unavailable(_) | StoreError::DataLoss(_))
+                        .then(|| format!("{other:?}"));
+                ApiError::from_status(status, cause, true)
+            }
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json; charset=UTF-8")], body).into_response()
+}
+
+/// The caller, or the 401 answer (audited) if it has no valid credential.
+async fn authenticated(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Caller, Response> {
+    let caller = caller(state, headers).await.map_err(IntoResponse::into_response)?;
+    if caller.principal.is_none() {
+        let e = ApiError::unaudited(KmsError::Unauthenticated { missing: caller.credential_missing });
+        return Err(refuse(state, &caller, path, e).await);
+    }
+    Ok(caller)
+}
+
+/// Answers an error raised before any method ran, with its audit entry.
+async fn refuse(state: &AppState, caller: &Caller, path: &str, e: ApiError) -> Response {
+    if !e.audited
+        && let Err(audit) = state.kms.record_refused_request(caller, path, e.status()).await
+    {
+        tracing::error!(error = %audit, "cannot write the audit log; refusing the request");
+        return ApiError::from(KmsError::Unavailable(audit)).into_response();
+    }
+    e.into_response()
+}
+
+fn store(state: &AppState) -> Result<&std::sync::Arc<Store>, ApiError> {
+    state
+        .store
+        .as_ref()
+        .ok_or_else(|| ApiError::new(keyhold_api::Code::Unimplemented, "This server does not run the store."))
+}
+
+fn list_request(q: &HashMap<String, String>) -> Result<ListRequest, ApiError> {
+    let page_size = match q.get("pageSize").or_else(|| q.get("page_size")) {
+        None => None,
+        Some(s) => {
+            Some(s.parse::<i64>().map_err(|_| ApiError::invalid(format!("pageSize \"{s}\" is not an integer.")))?)
+        }
+    };
+    Ok(ListRequest {
+        page_size,
+        page_token: q.get("pageToken").or_else(|| q.get("page_token")).cloned().unwrap_or_default(),
+        prefix: q.get("prefix").cloned().unwrap_or_default(),
+    })
+}
+
+fn parse_body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))
+}
+
+fn query(q: QueryResult) -> Result<HashMap<String, String>, ApiError> {
+    q.map(|Query(m)| m).map_err(|e| ApiError::invalid(format!("Malformed query string: {e}")))
+}
+
+/// `/v1/projects/{project}/locations/{location}/instances`: list, create.
+pub(crate) async fn instances(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location)): Path<(String, String)>,
+    q: QueryResult,
+    bytes: Bytes,
+) -> Response {
+    let parent = format!("projects/{project}/locations/{location}");
+    let path = format!("{parent}/instances");
+    let caller = match authenticated(&state, &headers, &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let store = store(&state)?;
+        let q = query(q)?;
+        match method {
+            Method::GET => Ok(json(&store.list_instances(&caller, &parent, &list_request(&q)?).await?)),
+            Method::POST => {
+                let req: CreateInstanceRequest = parse_body(&bytes)?;
+                let id = q.get("instanceId").or_else(|| q.get("instance_id")).cloned().unwrap_or_default();
+                Ok(json(&store.create_instance(&caller, &parent, &id, req).await?))
+            }
+            _ => Err(ApiError::new(
+                keyhold_api::Code::Unimplemented,
+                format!("{method} {path} is not a method of the store."),
+            )),
+        }
+    }
+    .await;
+    match r {
+        Ok(resp) => resp,
+        Err(e) => refuse(&state, &caller, &path, e).await,
+    }
+}
+
+/// `/v1/projects/{project}/locations/{location}/instances/{instance}[:verb]`.
+pub(crate) async fn instance(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location, instance)): Path<(String, String, String)>,
+    q: QueryResult,
+) -> Response {
+    let (id, verb) = match instance.split_once(':') {
+        Some((i, v)) => (i.to_string(), Some(v.to_string())),
+        None => (instance.clone(), None),
+    };
+    let name = format!("projects/{project}/locations/{location}/instances/{id}");
+    let caller = match authenticated(&state, &headers, &name).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let store = store(&state)?;
+        query(q)?;
+        match (verb.as_deref(), method) {
+            (None, Method::GET) => Ok(json(&store.get_instance(&caller, &name).await?)),
+            (None, Method::DELETE) => {
+                store.delete_instance(&caller, &name).await?;
+                Ok(json(&serde_json::json!({})))
+            }
+            (Some("rewrap"), Method::POST) => Ok(json(&store.rewrap(&caller, &name).await?)),
+            (Some("reencrypt"), Method::POST) => Ok(json(&store.reencrypt(&caller, &name).await?)),
+            (v, m) => Err(ApiError::new(
+                keyhold_api::Code::Unimplemented,
+                format!("{m} {name}{} is not a method of the store.", v.map(|v| format!(":{v}")).unwrap_or_default()),
+            )),
+        }
+    }
+    .await;
+    match r {
+        Ok(resp) => resp,
+        Err(e) => refuse(&state, &caller, &name, e).await,
+    }
+}
+
+/// `/v1/projects/{project}/locations/{location}/instances/{instance}/objects`: list.
+pub(crate) async fn objects(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location, instance)): Path<(String, String, String)>,
+    q: QueryResult,
+) -> Response {
+    let name = format!("projects/{project}/locations/{location}/instances/{instance}");
+    let path = format!("{name}/objects");
+    let caller = match authenticated(&state, &headers, &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let store = store(&state)?;
+        let q = query(q)?;
+        match method {
+            Method::GET => Ok(json(&store.list_objects(&caller, &name, &list_request(&q)?).await?)),
+            _ => Err(ApiError::new(
+                keyhold_api::Code::Unimplemented,
+                format!("{method} {path} is not a method of the store."),
+            )),
+        }
+    }
+    .await;
+    match r {
+        Ok(resp) => resp,
+        Err(e) => refuse(&state, &caller, &path, e).await,
+    }
+}
+
+/// `/v1/projects/{project}/locations/{location}/instances/{instance}/objects/{*object}`:
+/// `PUT` (upload, streamed), `GET` (metadata, or contents with `?alt=media`, streamed),
+/// `DELETE`.
+pub(crate) async fn object(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location, instance, object)): Path<(String, String, String, String)>,
+    q: QueryResult,
+    body: Body,
+) -> Response {
+    let name = format!("projects/{project}/locations/{location}/instances/{instance}");
+    let path = format!("{name}/objects/{object}");
+    let caller = match authenticated(&state, &headers, &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let store = store(&state)?;
+        let q = query(q)?;
+        match method {
+            Method::PUT | Method::POST => {
+                let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let stream = body.into_data_stream().map(|r| r.map(|b| b.to_vec()));
+                Ok(json(&store.put_object(&caller, &name, &object, content_type, Box::pin(stream)).await?))
+            }
+            Method::GET if q.get("alt").map(String::as_str) == Some("media") => {
+                let (meta, contents) = store.read_object(&caller, &name, &object).await?;
+                let stream = contents.map(|r| {
+                    r.map(Bytes::from).map_err(|e| {
+                        tracing::error!(error = %e, "object download stopped");
+                        std::io::Error::other(e.to_string())
+                    })
+                });
+                let mut resp = Response::new(Body::from_stream(stream));
+                *resp.status_mut() = StatusCode::OK;
+                let h = resp.headers_mut();
+                if let Ok(v) = meta.content_type.parse() {
+                    h.insert(header::CONTENT_TYPE, v);
+                }
+                if let Ok(v) = meta.size.parse() {
+                    h.insert(header::CONTENT_LENGTH, v);
+                }
+                Ok(resp)
+            }
+            Method::GET => Ok(json(&store.get_object(&caller, &name, &object).await?)),
+            Method::DELETE => {
+                store.delete_object(&caller, &name, &object).await?;
+                Ok(json(&serde_json::json!({})))
+            }
+            _ => Err(ApiError::new(
+                keyhold_api::Code::Unimplemented,
+                format!("{method} {path} is not a method of the store."),
+            )),
+        }
+    }
+    .await;
+    match r {
+        Ok(resp) => resp,
+        Err(e) => refuse(&state, &caller, &path, e).await,
+    }
+}
+
+/// `/v2/projects/{project}/policies`: list, create.
+pub(crate) async fn org_policies(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    let path = format!("projects/{project}/policies");
+    let caller = match authenticated(&state, &headers, &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r: Result<Response, ApiError> = async {
+        match method {
+            Method::GET => Ok(json(&ListOrgPoliciesResponse {
+                policies: state.kms.list_org_policies(&caller, &project).await?,
+                next_page_token: String::new(),
+            })),
+            Method::POST => {
+                let policy: OrgPolicy = parse_body(&bytes)?;
+                Ok(json(&state.kms.set_org_policy(&caller, &policy).await?))
+            }
+            _ => Err(ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {path} is not a method."))),
+        }
+    }
+    .await;
+    match r {
+        Ok(resp) => resp,
+        Err(e) => refuse(&state, &caller, &path, e).await,
+    }
+}
+
+/// `/v2/projects/{project}/policies/{constraint}`: get, set (PUT or PATCH), delete.
+pub(crate) async fn org_policy(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, constraint)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Response {
+    let name = format!("projects/{project}/policies/{constraint}");
+    let caller = match authenticated(&state, &headers, &name).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r: Result<Response, ApiError> = async {
+        match method {
+            Method::GET => Ok(json(&state.kms.get_org_policy(&caller, &name).await?)),
+            Method::PUT | Method::PATCH => {
+                let mut policy: OrgPolicy = parse_body(&bytes)?;
+                if policy.name.is_empty() {
+                    policy.name = name.clone();
+                } else if policy.name != name {
+                    return Err(ApiError::invalid(format!(
+                        "The policy's name {} differs from the URL's {name}.",
+                        policy.name
+                    )));
+                }
+                Ok(json(&state.kms.set_org_policy(&caller, &policy).await?))
+            }
+            Method::DELETE => {
+                state.kms.delete_org_policy(&caller, &name).await?;
+                Ok(json(&serde_json::json!({})))
+            }
+            _ => Err(ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {name} is not a method."))),
+        }
+    }
+    .await;
+    match r {
+        Ok(resp) => resp,
+        Err(e) => refuse(&state, &caller, &name, e).await,
+    }
+}

@@ -1,0 +1,433 @@
+//! The store over HTTP against a real server ([C1]-[C7], [C12]): key checks at creation,
+//! streamed objects, suspension within a second of a disable or a revoke, resumption,
+//! rotation + rewrap, re-encryption, tampering, and no plaintext at rest.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Backend, Server, start};
+use keyhold_kms::KmsConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const LOC: &str = "projects/p/locations/global";
+const RING: &str = "projects/p/locations/global/keyRings/r";
+const KEY: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/k";
+const INSTANCE: &str = "projects/p/locations/global/instances/db1";
+const ENCRYPTER: &str = "roles/cloudkms.cryptoKeyEncrypterDecrypter";
+const INACCESSIBLE: &str = "KMS key required by the Keyhold resource is not accessible";
+
+fn random(len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    keyhold_crypto::random_bytes(&mut v).unwrap();
+    v
+}
+
+async fn key(s: &Server) {
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), Some(json!({}))).await;
+    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
+}
+
+async fn agent(s: &Server) -> String {
+    let base = s.base.trim_end_matches("/v1");
+    let resp = s
+        .http
+        .post(format!("{base}/v1beta1/projects/p/services/store.keyhold.dev:generateServiceIdentity"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    v["response"]["email"].as_str().unwrap().to_string()
+}
+
+async fn set_key_policy(s: &Server, members: &[String]) {
+    let policy = if members.is_empty() {
+        json!({"bindings": []})
+    } else {
+        json!({"bindings": [{"role": ENCRYPTER, "members": members}]})
+    };
+    s.ok(Method::POST, &format!("{KEY}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
+}
+
+async fn put(s: &Server, instance: &str, object: &str, data: Vec<u8>) -> (u16, Value) {
+    let resp = s
+        .http
+        .put(format!("{}/{instance}/objects/{object}", s.base))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/x-test")
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+/// The contents, or the error status and body (or a cut-off stream, as `Err((0, ..))`).
+async fn get_media(s: &Server, instance: &str, object: &str) -> Result<Vec<u8>, (u16, String)> {
+    let resp = s
+        .http
+        .get(format!("{}/{instance}/objects/{object}?alt=media", s.base))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    match resp.bytes().await {
+        Ok(b) if status == 200 => Ok(b.to_vec()),
+        Ok(b) => Err((status, String::from_utf8_lossy(&b).into_owned())),
+        Err(e) => Err((0, e.to_string())),
+    }
+}
+
+async fn set_version_state(s: &Server, version: u32, state: &str) {
+    s.ok(
+        Method::PATCH,
+        &format!("{KEY}/cryptoKeyVersions/{version}?updateMask=state"),
+        Some(json!({ "state": state })),
+    )
+    .await;
+}
+
+/// Polls until `f` is true; returns how long it took (panics after 10 s).
+async fn until<F: std::future::Future<Output = bool>>(mut f: impl FnMut() -> F) -> Duration {
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < Duration::from_secs(10), "condition not reached in 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+async fn refused(s: &Server, object: &str) -> bool {
+    matches!(get_media(s, INSTANCE, object).await, Err((400, body)) if body.contains(INACCESSIBLE))
+}
+
+async fn cmek_instance(s: &Server) -> String {
+    key(s).await;
+    let email = agent(s).await;
+    set_key_policy(s, &[format!("serviceAccount:{email}")]).await;
+    let inst = s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
+    assert_eq!(inst["state"], "READY", "{inst}");
+    email
+}
+
+async fn lifecycle(backend: Backend) {
+    let s = start(backend, KmsConfig::default()).await;
+    key(&s).await;
+
+    // [C1] Without the grant, creation says exactly what to run.
+    let msg = s
+        .err(
+            Method::POST,
+            &format!("{LOC}/instances?instanceId=db1"),
+            Some(json!({"kmsKey": KEY})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
+    let email = agent(&s).await;
+    assert!(
+        msg.contains(&format!(
+            "keyhold kms keys add-iam-policy-binding k --keyring=r --location=global --project=p --member=serviceAccount:{email} --role={ENCRYPTER}"
+        )),
+        "{msg}"
+    );
+    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+    let inst = s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
+    assert_eq!(inst["state"], "READY");
+    assert_eq!(inst["kmsKey"], KEY);
+    assert_eq!(inst["encryptionInfo"]["encryptionType"], "CUSTOMER_MANAGED_ENCRYPTION");
+    assert_eq!(inst["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY}/cryptoKeyVersions/1")]));
+    s.err(
+        Method::POST,
+        &format!("{LOC}/instances?instanceId=db1"),
+        Some(json!({"kmsKey": KEY})),
+        409,
+        "ALREADY_EXISTS",
+    )
+    .await;
+
+    // Objects of several chunks, streamed both ways; names with slashes.
+    let big = random(3 * 1024 * 1024 + 12345);
+    let (st, meta) = put(&s, INSTANCE, "dir/big.bin", big.clone()).await;
+    assert_eq!(st, 200, "{meta}");
+    assert_eq!(meta["size"], big.len().to_string());
+    assert_eq!(meta["contentType"], "application/x-test");
+    assert_eq!(meta["kmsKeyVersion"], format!("{KEY}/cryptoKeyVersions/1"));
+    assert_eq!(get_media(&s, INSTANCE, "dir/big.bin").await.unwrap(), big);
+    let (st, _) = put(&s, INSTANCE, "empty", Vec::new()).await;
+    assert_eq!(st, 200);
+    assert_eq!(get_media(&s, INSTANCE, "empty").await.unwrap(), Vec::<u8>::new());
+    let (st, _) = put(&s, INSTANCE, "small", b"hello".to_vec()).await;
+    assert_eq!(st, 200);
+    // Overwrite keeps one version, whole.
+    let (st, _) = put(&s, INSTANCE, "small", b"hello again".to_vec()).await;
+    assert_eq!(st, 200);
+    assert_eq!(get_media(&s, INSTANCE, "small").await.unwrap(), b"hello again");
+
+    // [C5] Disable: refused within a second, with Spanner's wording; metadata still served.
+    set_version_state(&s, 1, "DISABLED").await;
+    let took = until(|| refused(&s, "small")).await;
+    eprintln!("enforcement after disable ({backend:?}): {took:?}");
+    assert!(took < Duration::from_secs(1), "disable enforced after {took:?}");
+    let inst = s.ok(Method::GET, INSTANCE, None).await;
+    assert_eq!(inst["state"], "SUSPENDED", "{inst}");
+    assert_eq!(inst["suspensionReason"], "KMS_KEY_ISSUE");
+    assert_eq!(inst["keyStatus"]["observedKeyState"], "DISABLED", "{inst}");
+    assert!(inst["encryptionInfo"]["encryptionStatus"]["message"].as_str().unwrap().contains(INACCESSIBLE));
+    let list = s.ok(Method::GET, &format!("{INSTANCE}/objects"), None).await;
+    assert_eq!(list["objects"].as_array().unwrap().len(), 3, "{list}");
+    let meta = s.ok(Method::GET, &format!("{INSTANCE}/objects/dir/big.bin"), None).await;
+    assert_eq!(meta["size"], big.len().to_string());
+    let (st, body) = put(&s, INSTANCE, "new", b"x".to_vec()).await;
+    assert_eq!(st, 400, "{body}");
+    assert_eq!(body["error"]["status"], "FAILED_PRECONDITION");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with(INACCESSIBLE), "{body}");
+    let list = s.ok(Method::GET, &format!("{LOC}/instances"), None).await;
+    assert_eq!(list["instances"][0]["state"], "SUSPENDED");
+
+    // [C6] Enable: resumes by itself.
+    set_version_state(&s, 1, "ENABLED").await;
+    let took = until(|| async { get_media(&s, INSTANCE, "small").await.is_ok() }).await;
+    eprintln!("resumption after enable ({backend:?}): {took:?}");
+    assert!(took < Duration::from_secs(1));
+    assert_eq!(s.ok(Method::GET, INSTANCE, None).await["state"], "READY");
+
+    // [C5] Revoke the agent's grant: refused; re-grant: back.
+    set_key_policy(&s, &[]).await;
+    let took = until(|| refused(&s, "small")).await;
+    eprintln!("enforcement after revoke ({backend:?}): {took:?}");
+    assert!(took < Duration::from_secs(1));
+    assert_eq!(s.ok(Method::GET, INSTANCE, None).await["keyStatus"]["observedKeyState"], "PERMISSION_DENIED");
+    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+    until(|| async { get_media(&s, INSTANCE, "small").await.is_ok() }).await;
+
+    // [C4] Rotation re-encrypts nothing; :rewrap moves the KEK to the new primary.
+    s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
+    s.ok(Method::POST, &format!("{KEY}:updatePrimaryVersion"), Some(json!({"cryptoKeyVersionId": "2"}))).await;
+    let inst = s.ok(Method::GET, INSTANCE, None).await;
+    assert_eq!(inst["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY}/cryptoKeyVersions/1")]));
+    let inst = s.ok(Method::POST, &format!("{INSTANCE}:rewrap"), Some(json!({}))).await;
+    assert_eq!(inst["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY}/cryptoKeyVersions/2")]), "{inst}");
+    // Version 1 protects nothing now: disabling it changes nothing.
+    set_version_state(&s, 1, "DISABLED").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get_media(&s, INSTANCE, "dir/big.bin").await.unwrap(), big);
+
+    // :reencrypt: fresh DEKs and KEK; the data reads the same.
+    let before = s.ok(Method::GET, &format!("{INSTANCE}/objects/dir/big.bin"), None).await;
+    let inst = s.ok(Method::POST, &format!("{INSTANCE}:reencrypt"), Some(json!({}))).await;
+    assert_eq!(inst["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY}/cryptoKeyVersions/2")]));
+    let after = s.ok(Method::GET, &format!("{INSTANCE}/objects/dir/big.bin"), None).await;
+    assert_ne!(before["generation"], after["generation"]);
+    assert_eq!(get_media(&s, INSTANCE, "dir/big.bin").await.unwrap(), big);
+    assert_eq!(get_media(&s, INSTANCE, "small").await.unwrap(), b"hello again");
+
+    // An admin can delete a suspended instance.
+    set_version_state(&s, 2, "DISABLED").await;
+    until(|| refused(&s, "small")).await;
+    s.ok(Method::DELETE, INSTANCE, None).await;
+    s.err(Method::GET, INSTANCE, None, 404, "NOT_FOUND").await;
+}
+
+#[tokio::test]
+async fn cmek_lifecycle_sqlite() {
+    lifecycle(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn cmek_lifecycle_postgres() {
+    lifecycle(Backend::Postgres).await;
+}
+
+#[tokio::test]
+async fn creation_checks_and_org_policies() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    key(&s).await;
+    let email = agent(&s).await;
+    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+
+    let msg = s
+        .err(
+            Method::POST,
+            "projects/p/locations/us-east1/instances?instanceId=x",
+            Some(json!({"kmsKey": KEY})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
+    assert!(msg.contains("is in location global, but the instance is in us-east1"), "{msg}");
+    let missing = format!("{RING}/cryptoKeys/nope");
+    let msg = s
+        .err(
+            Method::POST,
+            &format!("{LOC}/instances?instanceId=x"),
+            Some(json!({"kmsKey": missing})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
+    assert!(msg.contains("does not exist"), "{msg}");
+    s.err(Method::POST, &format!("{LOC}/instances?instanceId=Bad_Id"), Some(json!({})), 400, "INVALID_ARGUMENT").await;
+    s.err(
+        Method::POST,
+        &format!("{LOC}/instances?instanceId=x"),
+        Some(json!({"kmsKey": "nonsense"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+
+    // Service-managed encryption by default.
+    let inst = s.ok(Method::POST, &format!("{LOC}/instances?instanceId=plain"), Some(json!({}))).await;
+    assert_eq!(inst["encryptionInfo"]["encryptionType"], "GOOGLE_DEFAULT_ENCRYPTION");
+    assert!(inst.get("kmsKey").is_none());
+    let (st, _) = put(&s, "projects/p/locations/global/instances/plain", "o", b"data".to_vec()).await;
+    assert_eq!(st, 200);
+    assert_eq!(get_media(&s, "projects/p/locations/global/instances/plain", "o").await.unwrap(), b"data");
+
+    // [C12] restrictNonCmekServices.
+    let v2 = s.base.trim_end_matches("/v1").to_string() + "/v2";
+    let put_policy = |name: &'static str, spec: Value| {
+        let s = &s;
+        let v2 = v2.clone();
+        async move {
+            let resp = s
+                .http
+                .put(format!("{v2}/projects/p/policies/{name}"))
+                .bearer_auth(&s.token)
+                .json(&json!({"name": format!("projects/p/policies/{name}"), "spec": spec}))
+                .send()
+                .await
+                .unwrap();
+            let st = resp.status().as_u16();
+            let v: Value = resp.json().await.unwrap();
+            assert_eq!(st, 200, "{v}");
+            v
+        }
+    };
+    let p = put_policy(
+        "gcp.restrictNonCmekServices",
+        json!({"rules": [{"values": {"deniedValues": ["store.keyhold.dev"]}}]}),
+    )
+    .await;
+    assert!(!p["etag"].as_str().unwrap().is_empty());
+    let msg = s
+        .err(Method::POST, &format!("{LOC}/instances?instanceId=plain2"), Some(json!({})), 400, "FAILED_PRECONDITION")
+        .await;
+    assert_eq!(
+        msg,
+        "Constraint constraints/gcp.restrictNonCmekServices violated for projects/p attempting to create a resource without specifying a KMS CryptoKey."
+    );
+    // Existing resources are untouched; CMEK creation still works.
+    assert_eq!(get_media(&s, "projects/p/locations/global/instances/plain", "o").await.unwrap(), b"data");
+    s.ok(Method::POST, &format!("{LOC}/instances?instanceId=c1"), Some(json!({"kmsKey": KEY}))).await;
+
+    // [C12] restrictCmekCryptoKeyProjects.
+    put_policy(
+        "gcp.restrictCmekCryptoKeyProjects",
+        json!({"rules": [{"values": {"allowedValues": ["under:projects/keys"]}}]}),
+    )
+    .await;
+    let msg = s
+        .err(
+            Method::POST,
+            &format!("{LOC}/instances?instanceId=c2"),
+            Some(json!({"kmsKey": KEY})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
+    assert!(
+        msg.starts_with("Constraint constraints/gcp.restrictCmekCryptoKeyProjects violated for projects/p"),
+        "{msg}"
+    );
+    let listed: Value = s
+        .http
+        .get(format!("{v2}/projects/p/policies"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["policies"].as_array().unwrap().len(), 2, "{listed}");
+}
+
+#[tokio::test]
+async fn tampering_is_detected() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    cmek_instance(&s).await;
+    let data = random(3 * 1024 * 1024 + 5);
+    for name in ["flip", "swap", "truncate", "replay"] {
+        let (st, _) = put(&s, INSTANCE, name, data.clone()).await;
+        assert_eq!(st, 200);
+    }
+    let db = rusqlite::Connection::open(&s.db_file).unwrap();
+    let exec = |sql: &str| db.execute_batch(sql).unwrap();
+    let mut chunk: Vec<u8> =
+        db.query_row("SELECT data FROM store_chunks WHERE object = 'flip' AND idx = 1", [], |r| r.get(0)).unwrap();
+    chunk[100] ^= 1;
+    db.execute("UPDATE store_chunks SET data = ?1 WHERE object = 'flip' AND idx = 1", [&chunk]).unwrap();
+    exec(
+        "UPDATE store_chunks SET idx = 99 WHERE object = 'swap' AND idx = 0; UPDATE store_chunks SET idx = 0 WHERE object = 'swap' AND idx = 1; UPDATE store_chunks SET idx = 1 WHERE object = 'swap' AND idx = 99;",
+    );
+    exec("DELETE FROM store_chunks WHERE object = 'truncate' AND idx = 3");
+    for name in ["flip", "swap", "truncate"] {
+        let r = get_media(&s, INSTANCE, name).await;
+        assert!(r.is_err(), "{name}: tampered data was served");
+        if let Err((status, body)) = r
+            && status != 0
+        {
+            assert_eq!(status, 500, "{name}: {body}");
+            assert!(body.contains("DATA_LOSS"), "{name}: {body}");
+        }
+    }
+    // A chunk moved from another object is refused too.
+    exec(
+        "DELETE FROM store_chunks WHERE object = 'replay' AND idx = 0; UPDATE store_chunks SET object = 'replay', generation = (SELECT generation FROM store_objects WHERE name = 'replay') WHERE object = 'truncate' AND idx = 0;",
+    );
+    assert!(get_media(&s, INSTANCE, "replay").await.is_err());
+}
+
+#[tokio::test]
+async fn no_plaintext_at_rest() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    cmek_instance(&s).await;
+    let marker = b"KEYHOLD-KNOWN-PLAINTEXT-".repeat(20_000);
+    let (st, _) = put(&s, INSTANCE, "known", marker.clone()).await;
+    assert_eq!(st, 200);
+    assert_eq!(get_media(&s, INSTANCE, "known").await.unwrap(), marker);
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(s.db_file.parent().unwrap()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        scanned += bytes.len();
+        assert!(!bytes.windows(24).any(|w| w == b"KEYHOLD-KNOWN-PLAINTEXT-"), "plaintext found at rest");
+    }
+    assert!(scanned > marker.len(), "the scan read the database ({scanned} bytes)");
+}
+
+#[tokio::test]
+async fn unauthenticated_and_unauthorized_callers_are_refused() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    cmek_instance(&s).await;
+    let (st, body) = s.call_as(None, Method::GET, INSTANCE, None).await;
+    assert_eq!(st, 401, "{body}");
+    let v = s.ok(Method::POST, "tokens", Some(json!({"principal": "user:viewer@example.com"}))).await;
+    let viewer = v["token"].as_str().unwrap().to_string();
+    s.ok(
+        Method::POST,
+        "projects/p:setIamPolicy",
+        Some(json!({"policy": {"bindings": [{"role": "roles/viewer", "members": ["user:viewer@example.com"]}]}})),
+    )
+    .await;
+    let (st, body) = s.call_as(Some(&viewer), Method::GET, INSTANCE, None).await;
+    assert_eq!(st, 200, "{body}");
+    let (st, body) = s.call_as(Some(&viewer), Method::DELETE, INSTANCE, None).await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("keyhold.instances.delete"), "{body}");
+}

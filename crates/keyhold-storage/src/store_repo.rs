@@ -1,0 +1,313 @@
+//! [`StoreRepository`] (the store's instances, KEKs, objects and chunks) over every SQL driver.
+
+use async_trait::async_trait;
+use keyhold_api::wire::Timestamp;
+use keyhold_cmek::{SealedChunk, WrappedKek};
+use keyhold_kms::store::StoreError;
+use keyhold_store::model::{InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
+use keyhold_store::repo::StoreRepository;
+
+use crate::schema::*;
+use crate::sql::{Row, SqlBackend, Value};
+use crate::store::SqlStore;
+
+fn text(s: &str) -> Value {
+    Value::Text(s.to_string())
+}
+
+fn int(v: u64) -> Value {
+    Value::Int(v as i64)
+}
+
+fn ts(nanos: i64) -> Result<Timestamp, StoreError> {
+    Timestamp::from_unix_nanos(nanos.into()).ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {nanos}")))
+}
+
+fn blob(v: &Value) -> Result<Vec<u8>, StoreError> {
+    v.opt_blob()?.ok_or_else(|| StoreError::Corrupt("a required blob is NULL".into()))
+}
+
+fn instance_record(row: &Row) -> Result<InstanceRecord, StoreError> {
+    let key = row[1].text()?;
+    Ok(InstanceRecord {
+        name: row[0].text()?.parse().map_err(|_| StoreError::Corrupt("stored instance name does not parse".into()))?,
+        kms_key: (!key.is_empty()).then(|| key.to_string()),
+        labels: serde_json::from_str(row[2].text()?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        create_time: ts(row[3].int()?)?,
+    })
+}
+
+fn kek_record(row: &Row) -> Result<KekRecord, StoreError> {
+    let version = row[2].text()?;
+    Ok(KekRecord {
+        id: row[0].int()? as u64,
+        wrapped: WrappedKek {
+            ciphertext: blob(&row[1])?,
+            key_version: (!version.is_empty()).then(|| version.to_string()),
+        },
+        create_time: ts(row[3].int()?)?,
+    })
+}
+
+fn object_record(row: &Row) -> Result<ObjectRecord, StoreError> {
+    Ok(ObjectRecord {
+        name: row[0].text()?.to_string(),
+        generation: row[1].int()? as u64,
+        size: row[2].int()? as u64,
+        chunk_count: row[3].int()? as u64,
+        kek_id: row[4].int()? as u64,
+        content_type: row[5].text()?.to_string(),
+        create_time: ts(row[6].int()?)?,
+        update_time: ts(row[7].int()?)?,
+    })
+}
+
+fn chunk_params(instance: &str, object: &str, generation: u64, index: u64, c: &SealedChunk) -> Vec<Value> {
+    vec![
+        text(instance),
+        text(object),
+        int(generation),
+        int(index),
+        Value::OptBlob(Some(c.wrapped_dek.clone())),
+        Value::OptBlob(Some(c.ciphertext.clone())),
+    ]
+}
+
+fn object_params(instance: &str, o: &ObjectRecord) -> Vec<Value> {
+    vec![
+        text(instance),
+        text(&o.name),
+        int(o.generation),
+        int(o.size),
+        int(o.chunk_count),
+        int(o.kek_id),
+        text(&o.content_type),
+        Value::Int(o.create_time.unix_nanos_i64()),
+        Value::Int(o.update_time.unix_nanos_i64()),
+    ]
+}
+
+#[async_trait]
+impl<B: SqlBackend> StoreRepository for SqlStore<B> {
+    async fn insert_instance(&self, instance: &InstanceRecord, kek: &KekRecord) -> Result<(), StoreError> {
+        let name = instance.name.to_string();
+        let labels = serde_json::to_string(&instance.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let tx = self.backend().begin().await?;
+        tx.execute_many_and_commit(vec![
+            (
+                INSERT_INSTANCE,
+                vec![
+                    text(&name),
+                    text(&instance.name.parent()),
+                    text(instance.kms_key.as_deref().unwrap_or_default()),
+                    Value::Text(labels),
+                    Value::Int(instance.create_time.unix_nanos_i64()),
+                ],
+            ),
+            (INSERT_KEK, kek_params(&name, kek)),
+        ])
+        .await
+    }
+
+    async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, StoreError> {
+        self.backend()
+            .read()
+            .await?
+            .query(GET_INSTANCE, vec![text(name)])
+            .await?
+            .first()
+            .map(instance_record)
+            .transpose()
+    }
+
+    async fn list_instances(&self, parent: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.backend()
+            .read()
+            .await?
+            .query(LIST_INSTANCES, vec![text(parent)])
+            .await?
+            .iter()
+            .map(instance_record)
+            .collect()
+    }
+
+    async fn delete_instance(&self, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.backend().begin().await?;
+        for sql in [DELETE_INSTANCE_CHUNKS, DELETE_INSTANCE_OBJECTS, DELETE_INSTANCE_UPLOADS, DELETE_INSTANCE_KEKS] {
+            tx.execute(sql, vec![text(name)]).await?;
+        }
+        let n = tx.execute(DELETE_INSTANCE, vec![text(name)]).await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, StoreError> {
+        self.backend().read().await?.query(LIST_KEKS, vec![text(instance)]).await?.iter().map(kek_record).collect()
+    }
+
+    async fn insert_kek(&self, instance: &str, kek: &KekRecord) -> Result<(), StoreError> {
+        let tx = self.backend().begin().await?;
+        tx.execute_many_and_commit(vec![(INSERT_KEK, kek_params(instance, kek))]).await
+    }
+
+    async fn update_kek(&self, instance: &str, id: u64, wrapped: &WrappedKek) -> Result<(), StoreError> {
+        let tx = self.backend().begin().await?;
+        tx.execute_many_and_commit(vec![(
+            UPDATE_KEK,
+            vec![
+                text(instance),
+                int(id),
+                Value::OptBlob(Some(wrapped.ciphertext.clone())),
+                text(wrapped.key_version.as_deref().unwrap_or_default()),
+            ],
+        )])
+        .await
+    }
+
+    async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, StoreError> {
+        let mut tx = self.backend().begin().await?;
+        let n = tx.execute(DELETE_KEK_IF_UNUSED, vec![text(instance), int(id)]).await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn begin_upload(
+        &self,
+        instance: &str,
+        object: &str,
+        generation: u64,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let tx = self.backend().begin().await?;
+        tx.execute_many_and_commit(vec![(
+            BEGIN_UPLOAD,
+            vec![text(instance), text(object), int(generation), Value::Int(now.unix_nanos_i64())],
+        )])
+        .await
+    }
+
+    async fn put_chunks(
+        &self,
+        instance: &str,
+        object: &str,
+        generation: u64,
+        first_index: u64,
+        chunks: &[StoredChunk],
+    ) -> Result<(), StoreError> {
+        let statements = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (INSERT_CHUNK, chunk_params(instance, object, generation, first_index + i as u64, c)))
+            .collect();
+        self.backend().begin().await?.execute_many_and_commit(statements).await
+    }
+
+    async fn commit_upload(
+        &self,
+        instance: &str,
+        object: &ObjectRecord,
+        first_index: u64,
+        last_chunks: &[StoredChunk],
+        expected_generation: Option<u64>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.backend().begin().await?;
+        let chunks: Vec<_> = last_chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                (INSERT_CHUNK, chunk_params(instance, &object.name, object.generation, first_index + i as u64, c))
+            })
+            .collect();
+        tx.execute_many(chunks).await?;
+        let mut params = object_params(instance, object);
+        match expected_generation {
+            Some(expected) => {
+                params.push(int(expected));
+                if tx.execute(REPLACE_OBJECT_IF_GENERATION, params).await? == 0 {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            None => {
+                tx.execute(UPSERT_OBJECT, params).await?;
+            }
+        }
+        let key = || vec![text(instance), text(&object.name), int(object.generation)];
+        tx.execute_many_and_commit(vec![(END_UPLOAD, key()), (DELETE_DEAD_CHUNKS, key())]).await
+    }
+
+    async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), StoreError> {
+        let key = || vec![text(instance), text(object), int(generation)];
+        self.backend()
+            .begin()
+            .await?
+            .execute_many_and_commit(vec![(DELETE_UPLOAD_CHUNKS, key()), (END_UPLOAD, key())])
+            .await
+    }
+
+    async fn stale_uploads(&self, before: Timestamp) -> Result<Vec<(String, String, u64)>, StoreError> {
+        let rows = self.backend().read().await?.query(STALE_UPLOADS, vec![Value::Int(before.unix_nanos_i64())]).await?;
+        rows.iter().map(|r| Ok((r[0].text()?.to_string(), r[1].text()?.to_string(), r[2].int()? as u64))).collect()
+    }
+
+    async fn object(&self, instance: &str, name: &str) -> Result<Option<ObjectRecord>, StoreError> {
+        self.backend()
+            .read()
+            .await?
+            .query(GET_OBJECT, vec![text(instance), text(name)])
+            .await?
+            .first()
+            .map(object_record)
+            .transpose()
+    }
+
+    async fn list_objects(
+        &self,
+        instance: &str,
+        prefix: &str,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<ObjectRecord>, StoreError> {
+        self.backend()
+            .read()
+            .await?
+            .query(LIST_OBJECTS, vec![text(instance), text(prefix), text(after), int(limit)])
+            .await?
+            .iter()
+            .map(object_record)
+            .collect()
+    }
+
+    async fn delete_object(&self, instance: &str, name: &str) -> Result<bool, StoreError> {
+        let mut tx = self.backend().begin().await?;
+        tx.execute(DELETE_OBJECT_CHUNKS, vec![text(instance), text(name)]).await?;
+        let n = tx.execute(DELETE_OBJECT, vec![text(instance), text(name)]).await?;
+        tx.commit().await?;
+        Ok(n > 0)
+    }
+
+    async fn chunk(
+        &self,
+        instance: &str,
+        object: &str,
+        generation: u64,
+        index: u64,
+    ) -> Result<Option<StoredChunk>, StoreError> {
+        let rows = self
+            .backend()
+            .read()
+            .await?
+            .query(GET_CHUNK, vec![text(instance), text(object), int(generation), int(index)])
+            .await?;
+        rows.first().map(|r| Ok(SealedChunk { wrapped_dek: blob(&r[0])?, ciphertext: blob(&r[1])? })).transpose()
+    }
+}
+
+fn kek_params(instance: &str, kek: &KekRecord) -> Vec<Value> {
+    vec![
+        text(instance),
+        int(kek.id),
+        Value::OptBlob(Some(kek.wrapped.ciphertext.clone())),
+        text(kek.wrapped.key_version.as_deref().unwrap_or_default()),
+        Value::Int(kek.create_time.unix_nanos_i64()),
+    ]
+}

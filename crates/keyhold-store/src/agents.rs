@@ -1,0 +1,130 @@
+//! How the store reaches the KMS: always as its service agent in the resource's project
+//! ([K9]), never as itself and never as the caller.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use keyhold_api::Code;
+use keyhold_cmek::{ImpersonatedToken, KmsClient, KmsClientError, LocalKmsClient, RestKmsClient, TokenSource};
+use keyhold_iam::Principal;
+use keyhold_kms::{Caller, Kms};
+
+use crate::model::SERVICE;
+
+/// A project's service agent and a KMS client acting as it.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// `service-N@gcp-sa-store.iam.gserviceaccount.com`.
+    pub email: String,
+    /// Calls the KMS as the agent.
+    pub client: Arc<dyn KmsClient>,
+}
+
+/// Gives the store its agent in a project.
+#[async_trait]
+pub trait AgentProvider: Send + Sync + std::fmt::Debug {
+    /// The agent of `project` (created in the KMS if it does not exist yet).
+    async fn agent(&self, project: &str) -> Result<Agent, KmsClientError>;
+}
+
+fn service_principal() -> Principal {
+    Principal::parse(&format!("service:{SERVICE}")).expect("valid service principal")
+}
+
+/// Agents in the KMS of this process.
+#[derive(Debug)]
+pub struct LocalAgents {
+    kms: Arc<Kms>,
+    cache: Mutex<HashMap<String, Agent>>,
+}
+
+impl LocalAgents {
+    /// Agents in `kms`.
+    pub fn new(kms: Arc<Kms>) -> Self {
+        Self { kms, cache: Mutex::default() }
+    }
+}
+
+#[async_trait]
+impl AgentProvider for LocalAgents {
+    async fn agent(&self, project: &str) -> Result<Agent, KmsClientError> {
+        if let Some(a) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(project) {
+            return Ok(a.clone());
+        }
+        let me = Caller::new(service_principal(), "");
+        let identity = self.kms.generate_service_identity(&me, project, SERVICE).await.map_err(|e| {
+            let s = e.to_status();
+            KmsClientError::new(s.code, s.message)
+        })?;
+        let principal = Principal::parse(&format!("serviceAccount:{}", identity.email))
+            .map_err(|e| KmsClientError::new(Code::Internal, e.to_string()))?;
+        let agent = Agent {
+            email: identity.email,
+            client: Arc::new(LocalKmsClient::new(self.kms.clone(), Caller::new(principal, ""))),
+        };
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(project.to_string(), agent.clone());
+        Ok(agent)
+    }
+}
+
+/// Agents in a KMS reached over HTTP: the store authenticates as `service:store.keyhold.dev`
+/// with `token`, looks up its agent (`generateServiceIdentity`) and acts through the agent's
+/// short-lived tokens (`generateAccessToken`).
+#[derive(Debug)]
+pub struct RemoteAgents {
+    endpoint: String,
+    token: Arc<dyn TokenSource>,
+    http: reqwest::Client,
+    cache: Mutex<HashMap<String, Agent>>,
+}
+
+impl RemoteAgents {
+    /// Agents at the KMS `endpoint`, found with the service's `token`.
+    pub fn new(endpoint: &str, token: Arc<dyn TokenSource>) -> Self {
+        Self {
+            endpoint: endpoint.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(keyhold_cmek::rest::REQUEST_TIMEOUT)
+                .build()
+                .expect("a plain HTTP client always builds"),
+            cache: Mutex::default(),
+        }
+    }
+}
+
+#[async_trait]
+impl AgentProvider for RemoteAgents {
+    async fn agent(&self, project: &str) -> Result<Agent, KmsClientError> {
+        if let Some(a) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(project) {
+            return Ok(a.clone());
+        }
+        let url = format!("{}/v1beta1/projects/{project}/services/{SERVICE}:generateServiceIdentity", self.endpoint);
+        let token = self.token.token().await?;
+        let resp = self
+            .http
+            .post(url)
+            .bearer_auth(token.expose())
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .map_err(|e| KmsClientError::unreachable(format!("the KMS cannot be reached: {e}")))?;
+        let status = resp.status();
+        let body: serde_json::Value =
+            resp.json().await.map_err(|e| KmsClientError::unreachable(format!("the KMS's answer was cut off: {e}")))?;
+        if !status.is_success() {
+            let message = body["error"]["message"].as_str().unwrap_or("generateServiceIdentity failed").to_string();
+            let code = body["error"]["status"].as_str().and_then(Code::from_name).unwrap_or(Code::Internal);
+            return Err(KmsClientError::new(code, message));
+        }
+        let email = body["response"]["email"]
+            .as_str()
+            .ok_or_else(|| KmsClientError::new(Code::Internal, "generateServiceIdentity answered without an email"))?
+            .to_string();
+        let tokens = Arc::new(ImpersonatedToken::new(&self.endpoint, self.token.clone(), &email));
+        let agent = Agent { email, client: Arc::new(RestKmsClient::new(&self.endpoint, tokens)) };
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(project.to_string(), agent.clone());
+        Ok(agent)
+    }
+}

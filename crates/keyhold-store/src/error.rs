@@ -1,0 +1,80 @@
+//! The store's errors, and the one place they become `google.rpc.Status`.
+
+use keyhold_api::{Code, Status};
+use keyhold_kms::KmsError;
+
+/// What the store answers when a call fails.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The request is malformed; the message says how.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No such instance or object.
+    #[error("{0}")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// The request cannot be carried out as things are (a key check at creation, an org policy);
+    /// the message says what to fix.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The instance's key cannot be used now ([C5], [C7]): Spanner's wording, plus the key and why.
+    #[error("KMS key required by the Keyhold resource is not accessible: {key} ({detail})")]
+    KeyInaccessible {
+        /// The customer's key.
+        key: String,
+        /// What the last key check saw.
+        detail: String,
+    },
+    /// Stored data failed authentication: tampered with, moved or truncated.
+    #[error("{0}")]
+    DataLoss(String),
+    /// From the KMS side: authentication, permission, org policy, audit log.
+    #[error(transparent)]
+    Kms(#[from] KmsError),
+    /// The database is unreachable; retry.
+    #[error("The service is temporarily unavailable; retry the request.")]
+    Unavailable(String),
+    /// A bug or corrupt state; details in the server log.
+    #[error("Internal error.")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// The canonical code.
+    pub fn code(&self) -> Code {
+        match self {
+            StoreError::InvalidArgument(_) => Code::InvalidArgument,
+            StoreError::NotFound(_) => Code::NotFound,
+            StoreError::AlreadyExists(_) => Code::AlreadyExists,
+            StoreError::FailedPrecondition(_) | StoreError::KeyInaccessible { .. } => Code::FailedPrecondition,
+            StoreError::DataLoss(_) => Code::DataLoss,
+            StoreError::Kms(e) => e.code(),
+            StoreError::Unavailable(_) => Code::Unavailable,
+            StoreError::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// The status clients see.
+    pub fn to_status(&self) -> Status {
+        match self {
+            StoreError::Kms(e) => e.to_status(),
+            StoreError::KeyInaccessible { key, .. } => {
+                Status::new(self.code(), self.to_string()).with_precondition_failure("KMS_KEY_ISSUE", key, "")
+            }
+            _ => Status::new(self.code(), self.to_string()),
+        }
+    }
+}
+
+impl From<keyhold_kms::store::StoreError> for StoreError {
+    fn from(e: keyhold_kms::store::StoreError) -> Self {
+        use keyhold_kms::store::StoreError as R;
+        match e {
+            R::Unavailable(m) => StoreError::Unavailable(m),
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}

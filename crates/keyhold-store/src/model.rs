@@ -1,0 +1,244 @@
+//! The store's resources: names, stored records, and their JSON.
+
+use std::collections::BTreeMap;
+
+use keyhold_api::wire::Timestamp;
+use keyhold_cmek::{SealedChunk, WrappedKek};
+use serde::{Deserialize, Serialize};
+
+use crate::error::StoreError;
+
+/// The service name, as org policies and service agents spell it.
+pub const SERVICE: &str = "store.keyhold.dev";
+
+/// `projects/P/locations/L/instances/I`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceName {
+    /// Project ID.
+    pub project: String,
+    /// Location ID.
+    pub location: String,
+    /// Instance ID.
+    pub instance: String,
+}
+
+impl InstanceName {
+    /// The parent, `projects/P/locations/L`.
+    pub fn parent(&self) -> String {
+        format!("projects/{}/locations/{}", self.project, self.location)
+    }
+}
+
+impl std::fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "projects/{}/locations/{}/instances/{}", self.project, self.location, self.instance)
+    }
+}
+
+impl std::str::FromStr for InstanceName {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, StoreError> {
+        let seg: Vec<&str> = s.split('/').collect();
+        match seg.as_slice() {
+            ["projects", p, "locations", l, "instances", i] if !p.is_empty() && !l.is_empty() && !i.is_empty() => {
+                Ok(Self { project: p.to_string(), location: l.to_string(), instance: i.to_string() })
+            }
+            _ => Err(StoreError::InvalidArgument(format!(
+                "\"{s}\" is not an instance name (projects/PROJECT/locations/LOCATION/instances/INSTANCE)."
+            ))),
+        }
+    }
+}
+
+/// Checks an instance ID: 1-63 characters, lowercase letters, digits and hyphens, starting with
+/// a letter (Cloud SQL and Spanner rules).
+pub fn check_instance_id(id: &str) -> Result<(), StoreError> {
+    let ok = (1..=63).contains(&id.len())
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && !id.ends_with('-')
+        && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidArgument(format!(
+            "Instance ID \"{id}\" is not valid: use 1 to 63 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen."
+        )))
+    }
+}
+
+/// Checks an object name: 1-1024 bytes of UTF-8 without control characters, as Cloud Storage.
+pub fn check_object_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > 1024 || name.chars().any(char::is_control) || name == "." || name == ".." {
+        return Err(StoreError::InvalidArgument(format!(
+            "Object name {name:?} is not valid: use 1 to 1024 bytes of UTF-8 without control characters."
+        )));
+    }
+    Ok(())
+}
+
+/// An instance as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRecord {
+    /// Its name.
+    pub name: InstanceName,
+    /// The customer's key; `None` for service-managed encryption. Never changes.
+    pub kms_key: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Creation time.
+    pub create_time: Timestamp,
+}
+
+/// One KEK of an instance, wrapped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KekRecord {
+    /// ID within the instance, from 1.
+    pub id: u64,
+    /// The wrapped KEK.
+    pub wrapped: WrappedKek,
+    /// When it was made.
+    pub create_time: Timestamp,
+}
+
+/// An object's metadata as stored (its contents are in chunks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectRecord {
+    /// The object's name within the instance.
+    pub name: String,
+    /// The upload that wrote the current contents (bound into every chunk).
+    pub generation: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Number of chunks (at least 1: an empty object has one empty chunk, so that truncation to
+    /// nothing is detected too).
+    pub chunk_count: u64,
+    /// The KEK that sealed the chunks' DEKs.
+    pub kek_id: u64,
+    /// `Content-Type` given at upload.
+    pub content_type: String,
+    /// First upload of this name.
+    pub create_time: Timestamp,
+    /// This upload.
+    pub update_time: Timestamp,
+}
+
+/// A chunk as stored.
+pub type StoredChunk = SealedChunk;
+
+/// Body of `instances.create`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateInstanceRequest {
+    /// Output-only fields a client may echo back are accepted and ignored.
+    #[serde(default)]
+    pub name: String,
+    /// The customer's key, `projects/P/locations/L/keyRings/R/cryptoKeys/K`.
+    #[serde(default)]
+    pub kms_key: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `encryptionInfo`, as Spanner and Cloud SQL show it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EncryptionInfo {
+    /// `CUSTOMER_MANAGED_ENCRYPTION` or `GOOGLE_DEFAULT_ENCRYPTION`.
+    pub encryption_type: &'static str,
+    /// Every key version whose wrapping protects some data of the instance right now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kms_key_versions: Vec<String>,
+    /// Set when the key cannot be used: `google.rpc.Status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encryption_status: Option<serde_json::Value>,
+}
+
+/// `keyStatus`: what the last key check saw.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyStatus {
+    /// `ENABLED`, `DISABLED`, `DESTROYED`, `PERMISSION_DENIED`, ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_key_state: Option<String>,
+    /// When the key was last checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<Timestamp>,
+    /// When a check last found the key usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_usable_time: Option<Timestamp>,
+    /// While the KMS is unreachable: when cached keys stop serving.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grace_expire_time: Option<Timestamp>,
+}
+
+/// The instance resource.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Instance {
+    /// Its name.
+    pub name: String,
+    /// The customer's key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// `READY` or `SUSPENDED`.
+    pub state: &'static str,
+    /// `KMS_KEY_ISSUE` or `KMS_UNREACHABLE` when suspended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspension_reason: Option<&'static str>,
+    /// Why, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    /// Encryption.
+    pub encryption_info: EncryptionInfo,
+    /// The last key check (CMEK only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_status: Option<KeyStatus>,
+    /// Creation time.
+    pub create_time: Timestamp,
+}
+
+/// The object resource (metadata only; contents with `?alt=media`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Object {
+    /// `projects/P/locations/L/instances/I/objects/NAME`.
+    pub name: String,
+    /// Size in bytes (int64 as a string).
+    pub size: String,
+    /// `Content-Type` given at upload.
+    pub content_type: String,
+    /// Changes with every upload (int64 as a string).
+    pub generation: String,
+    /// First upload.
+    pub create_time: Timestamp,
+    /// Latest upload.
+    pub update_time: Timestamp,
+    /// The key version protecting the contents (CMEK only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key_version: Option<String>,
+}
+
+/// `instances.list` answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListInstancesResponse {
+    /// This page.
+    pub instances: Vec<Instance>,
+    /// Next page, if any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+/// `objects.list` answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListObjectsResponse {
+    /// This page.
+    pub objects: Vec<Object>,
+    /// Next page, if any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}

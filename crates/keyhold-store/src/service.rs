@@ -1,0 +1,959 @@
+//! The store service: instances of objects encrypted under the instance's key ([C1]–[C7],
+//! [C12]). Authorization and audit go through the KMS's IAM and audit log; keys are reached
+//! only through the project's service agent.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{Stream, StreamExt};
+use keyhold_api::wire::Timestamp;
+use keyhold_api::{CryptoKeyName, LocationName};
+use keyhold_cmek::{
+    Access, ChunkId, CmekWrapper, Failure, GuardConfig, GuardError, GuardRegistry, GuardStatus, Kek, KekWrapper,
+    KeyGuard, KmsClientError, SealedChunk, WrappedKek, open_chunk, seal_chunk,
+};
+use keyhold_crypto::KeyBytes;
+use keyhold_iam::{Permission, role};
+use keyhold_kms::audit::AuditKind;
+use keyhold_kms::{Caller, Kms, KmsError};
+
+use crate::agents::AgentProvider;
+use crate::error::StoreError;
+use crate::model::*;
+use crate::repo::{RepoError, StoreRepository};
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Refuse instances without a `kmsKey` (`--store-require-cmek`), as AML AI always does.
+    pub require_cmek: bool,
+    /// Key check period and KMS-unreachable grace.
+    pub guard: GuardConfig,
+    /// Locations instances may be created in.
+    pub locations: Vec<String>,
+}
+
+/// A stream of object contents.
+pub type ContentStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>, StoreError>> + Send>>;
+
+/// Page of a list call.
+#[derive(Debug, Clone, Default)]
+pub struct ListRequest {
+    /// At most this many (default 100, at most 1000).
+    pub page_size: Option<i64>,
+    /// From a previous answer.
+    pub page_token: String,
+    /// Objects only: name prefix.
+    pub prefix: String,
+}
+
+/// Service-managed encryption: KEKs sealed by the KMS's root key (never leaving this
+/// process's KMS), bound to the resource. Always usable.
+#[derive(Debug)]
+struct ServiceManaged {
+    kms: Arc<Kms>,
+}
+
+#[async_trait]
+impl KekWrapper for ServiceManaged {
+    fn key_name(&self) -> Option<&str> {
+        None
+    }
+    async fn wrap(&self, resource: &str, kek: &Kek) -> Result<WrappedKek, KmsClientError> {
+        let bytes = KeyBytes::from_slice(kek.expose()).expect("a KEK is 32 bytes");
+        let sealed = self.kms.seal_service_key(&bytes, &format!("{SERVICE}/{resource}")).map_err(kms_client_error)?;
+        Ok(WrappedKek { ciphertext: sealed, key_version: None })
+    }
+    async fn unwrap(&self, resource: &str, wrapped: &WrappedKek) -> Result<Kek, KmsClientError> {
+        let bytes = self
+            .kms
+            .unseal_service_key(&wrapped.ciphertext, &format!("{SERVICE}/{resource}"))
+            .map_err(kms_client_error)?;
+        Ok(Kek::from_bytes(bytes))
+    }
+}
+
+fn kms_client_error(e: KmsError) -> KmsClientError {
+    let s = e.to_status();
+    KmsClientError::new(s.code, s.message)
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    kms: Arc<Kms>,
+    repo: Arc<dyn StoreRepository>,
+    agents: Arc<dyn AgentProvider>,
+    guards: GuardRegistry,
+    config: StoreConfig,
+    service_managed: Arc<ServiceManaged>,
+}
+
+/// What a call was, for its authorization and audit entry.
+struct Op {
+    method: &'static str,
+    resource: String,
+    permission: Permission,
+    kind: AuditKind,
+}
+
+fn random_generation() -> Result<u64, StoreError> {
+    let mut b = [0u8; 8];
+    keyhold_crypto::random_bytes(&mut b).map_err(|e| StoreError::Internal(e.to_string()))?;
+    // Positive as an int64 (stored in BIGINT columns); never 0.
+    Ok((u64::from_be_bytes(b) >> 1).max(1))
+}
+
+fn page_size(req: &ListRequest) -> Result<u64, StoreError> {
+    match req.page_size {
+        None | Some(0) => Ok(100),
+        Some(n) if n < 0 => Err(StoreError::InvalidArgument("pageSize must not be negative.".into())),
+        Some(n) => Ok(n.min(1000) as u64),
+    }
+}
+
+fn decode_token(token: &str) -> Result<String, StoreError> {
+    use base64::Engine;
+    if token.is_empty() {
+        return Ok(String::new());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| StoreError::InvalidArgument("pageToken is not valid: pass nextPageToken as returned.".into()))
+}
+
+fn encode_token(last: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last.as_bytes())
+}
+
+impl Store {
+    /// The store over `repo`, authorizing through `kms`, reaching keys through `agents`.
+    /// Starts the task that turns the KMS's change notices into immediate key checks.
+    pub fn new(
+        kms: Arc<Kms>,
+        repo: Arc<dyn StoreRepository>,
+        agents: Arc<dyn AgentProvider>,
+        config: StoreConfig,
+    ) -> Arc<Self> {
+        let store = Arc::new(Self {
+            service_managed: Arc::new(ServiceManaged { kms: kms.clone() }),
+            kms,
+            repo,
+            agents,
+            guards: GuardRegistry::default(),
+            config,
+        });
+        let weak = Arc::downgrade(&store);
+        let mut notices = store.kms.subscribe();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let event = notices.recv().await;
+                let Some(store) = weak.upgrade() else { return };
+                match event {
+                    Ok(e) => store.guards.key_may_have_changed(|key| e.concerns(key)),
+                    Err(RecvError::Lagged(_)) => store.guards.wake_all(),
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        store
+    }
+
+    /// Deletes uploads interrupted more than `age` ago (a crash mid-upload leaves its chunks).
+    pub async fn clean_interrupted_uploads(&self, age: Duration) -> Result<usize, StoreError> {
+        let before = Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_nanos(-(age.as_nanos() as i128)));
+        let stale = self.repo.stale_uploads(before).await?;
+        for (instance, object, generation) in &stale {
+            self.repo.abort_upload(instance, object, *generation).await?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Runs `f` as `op` for `caller`: authorized first, audited after.
+    async fn call<T>(
+        &self,
+        caller: &Caller,
+        op: Op,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let call = self.kms.begin_service_call(caller, SERVICE, op.method, op.resource, op.kind, op.permission).await?;
+        let r = f.await;
+        let (code, message) = match &r {
+            Ok(_) => (0, String::new()),
+            Err(e) => {
+                let s = e.to_status();
+                (s.code.number(), s.message)
+            }
+        };
+        self.kms.finish_service_call(call, code, message).await?;
+        r
+    }
+
+    // ---- instances ----------------------------------------------------------------------------
+
+    /// `instances.create` ([C1], [C12]).
+    pub async fn create_instance(
+        &self,
+        caller: &Caller,
+        parent: &str,
+        instance_id: &str,
+        req: CreateInstanceRequest,
+    ) -> Result<Instance, StoreError> {
+        let op = Op {
+            method: "CreateInstance",
+            resource: parent.to_string(),
+            permission: role::INSTANCES_CREATE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, self.create_instance_authorized(parent, instance_id, req)).await
+    }
+
+    async fn create_instance_authorized(
+        &self,
+        parent: &str,
+        instance_id: &str,
+        req: CreateInstanceRequest,
+    ) -> Result<Instance, StoreError> {
+        let parent: LocationName = parent.parse().map_err(|_| {
+            StoreError::InvalidArgument(format!("\"{parent}\" is not projects/PROJECT/locations/LOCATION."))
+        })?;
+        if instance_id.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "instanceId is required: POST .../instances?instanceId=ID.".into(),
+            ));
+        }
+        check_instance_id(instance_id)?;
+        if !self.config.locations.iter().any(|l| *l == parent.location) {
+            return Err(StoreError::InvalidArgument(format!(
+                "Location {} is not offered; use one of: {}.",
+                parent.location,
+                self.config.locations.join(", ")
+            )));
+        }
+        let name = InstanceName {
+            project: parent.project.clone(),
+            location: parent.location.clone(),
+            instance: instance_id.to_string(),
+        };
+        let resource = name.to_string();
+        if self.repo.instance(&resource).await?.is_some() {
+            return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
+        }
+        let kms_key = req.kms_key.filter(|k| !k.is_empty());
+        if kms_key.is_none() && self.config.require_cmek {
+            return Err(StoreError::FailedPrecondition(
+                "This store requires customer-managed encryption (--store-require-cmek): give kmsKey, a key in the instance's location that the store's service agent may use.".into(),
+            ));
+        }
+        self.kms.check_cmek_org_policies(&name.project, SERVICE, kms_key.as_deref()).await?;
+        let wrapper: Arc<dyn KekWrapper> = match &kms_key {
+            None => self.service_managed.clone(),
+            Some(key) => self.check_key_for_instance(&name, key).await?,
+        };
+        let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);
+        let (kek, wrapped) = guard.new_kek().await.map_err(|e| creation_key_error(kms_key.as_deref(), e))?;
+        let record = InstanceRecord {
+            name: name.clone(),
+            kms_key: kms_key.clone(),
+            labels: req.labels,
+            create_time: Timestamp::now(),
+        };
+        let kek_record = KekRecord { id: 1, wrapped: wrapped.clone(), create_time: record.create_time };
+        match self.repo.insert_instance(&record, &kek_record).await {
+            Ok(()) => {}
+            Err(RepoError::AlreadyExists) => {
+                return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        guard.insert(1, kek, wrapped);
+        let guard = self.guards.insert(guard);
+        guard.spawn_monitor();
+        tracing::info!(instance = %resource, key = ?kms_key, "instance created");
+        Ok(self.render_instance(&record, &guard))
+    }
+
+    /// The [C1] checks of a key, each failing with what to fix.
+    async fn check_key_for_instance(&self, name: &InstanceName, key: &str) -> Result<Arc<dyn KekWrapper>, StoreError> {
+        let key_name: CryptoKeyName = key.parse().map_err(|_| {
+            StoreError::InvalidArgument(format!(
+                "kmsKey \"{key}\" is not a crypto key name: projects/PROJECT/locations/LOCATION/keyRings/RING/cryptoKeys/KEY."
+            ))
+        })?;
+        let key_location = &key_name.key_ring.location.location;
+        if *key_location != name.location {
+            return Err(StoreError::FailedPrecondition(format!(
+                "The KMS key {key} is in location {key_location}, but the instance is in {}: use a key in {}.",
+                name.location, name.location
+            )));
+        }
+        let agent = self.agents.agent(&name.project).await.map_err(|e| match e.failure() {
+            Failure::Unreachable => StoreError::Unavailable(format!("the KMS cannot be reached: {}", e.message)),
+            _ => StoreError::FailedPrecondition(format!("The store's service agent cannot be set up: {}", e.message)),
+        })?;
+        match agent.client.describe_key(key).await {
+            Ok(Some(d)) => {
+                if d.purpose != "ENCRYPT_DECRYPT" {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "The KMS key {key} has purpose {}; CMEK needs a key with purpose ENCRYPT_DECRYPT.",
+                        d.purpose
+                    )));
+                }
+                match &d.primary {
+                    None => {
+                        return Err(StoreError::FailedPrecondition(format!(
+                            "The KMS key {key} has no primary version; create one or set one as primary."
+                        )));
+                    }
+                    Some((v, state)) if state != "ENABLED" => {
+                        return Err(StoreError::FailedPrecondition(format!(
+                            "The primary version {v} of the KMS key is {state}; enable it (keyhold kms keys versions enable) or make an enabled version primary."
+                        )));
+                    }
+                    Some(_) => {}
+                }
+            }
+            Ok(None) => {}
+            Err(e) if e.code == keyhold_api::Code::NotFound => {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "The KMS key {key} does not exist; create it first (keyhold kms keys create) or check the name."
+                )));
+            }
+            Err(e) if e.failure() == Failure::Unreachable => {
+                return Err(StoreError::Unavailable(format!("the KMS cannot be reached: {}", e.message)));
+            }
+            Err(_) => {}
+        }
+        let wanted = [role::VERSIONS_USE_TO_ENCRYPT.as_str(), role::VERSIONS_USE_TO_DECRYPT.as_str()];
+        let held = agent.client.test_permissions(key, &wanted).await.map_err(|e| match e.failure() {
+            Failure::Unreachable => StoreError::Unavailable(format!("the KMS cannot be reached: {}", e.message)),
+            _ => StoreError::FailedPrecondition(format!(
+                "Cannot check the service agent's access to {key}: {}",
+                e.message
+            )),
+        })?;
+        if wanted.iter().any(|w| !held.iter().any(|h| h == w)) {
+            return Err(StoreError::FailedPrecondition(format!(
+                "The store's service agent {email} cannot use the KMS key {key} (or the key does not exist). Grant it roles/cloudkms.cryptoKeyEncrypterDecrypter:\n  keyhold kms keys add-iam-policy-binding {k} --keyring={r} --location={l} --project={p} --member=serviceAccount:{email} --role=roles/cloudkms.cryptoKeyEncrypterDecrypter",
+                email = agent.email,
+                k = key_name.crypto_key,
+                r = key_name.key_ring.key_ring,
+                l = key_name.key_ring.location.location,
+                p = key_name.key_ring.location.project,
+            )));
+        }
+        Ok(Arc::new(CmekWrapper::new(agent.client, key)))
+    }
+
+    async fn wrapper_for(&self, record: &InstanceRecord) -> Result<Arc<dyn KekWrapper>, StoreError> {
+        Ok(match &record.kms_key {
+            None => self.service_managed.clone(),
+            Some(key) => {
+                let agent = self.agents.agent(&record.name.project).await.map_err(|e| StoreError::KeyInaccessible {
+                    key: key.clone(),
+                    detail: format!("the store's service agent is not available: {}", e.message),
+                })?;
+                Arc::new(CmekWrapper::new(agent.client, key.clone()))
+            }
+        })
+    }
+
+    /// The guard of an instance, loaded and checked once if it is not in memory yet.
+    async fn guard(&self, record: &InstanceRecord) -> Result<Arc<KeyGuard>, StoreError> {
+        let resource = record.name.to_string();
+        if let Some(g) = self.guards.get(&resource) {
+            return Ok(g);
+        }
+        let keks = self.repo.keks(&resource).await?;
+        let wrapper = self.wrapper_for(record).await?;
+        let guard = KeyGuard::new(resource, wrapper, self.config.guard, keks.into_iter().map(|k| (k.id, k.wrapped)));
+        guard.check().await;
+        let registered = self.guards.insert(guard.clone());
+        if Arc::ptr_eq(&registered, &guard) {
+            guard.spawn_monitor();
+        }
+        Ok(registered)
+    }
+
+    async fn instance_record(&self, name: &str) -> Result<InstanceRecord, StoreError> {
+        let parsed: InstanceName = name.parse()?;
+        self.repo
+            .instance(&parsed.to_string())
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("Instance {parsed} not found.")))
+    }
+
+    fn render_instance(&self, record: &InstanceRecord, guard: &KeyGuard) -> Instance {
+        let status = guard.status();
+        let cmek = record.kms_key.is_some();
+        let (state, reason, state_reason) = match status.access {
+            Access::Usable | Access::Grace { .. } => ("READY", None, None),
+            Access::Unknown => ("READY", None, Some("The key has not been checked yet.".to_string())),
+            Access::Suspended(r) => ("SUSPENDED", Some(r.as_str()), Some(inaccessible_detail(&status))),
+        };
+        let encryption_status = match status.access {
+            Access::Suspended(_) => Some(serde_json::json!({
+                "code": keyhold_api::Code::FailedPrecondition.number(),
+                "message": format!("KMS key required by the Keyhold resource is not accessible: {}", inaccessible_detail(&status)),
+            })),
+            Access::Grace { until } => Some(serde_json::json!({
+                "code": keyhold_api::Code::Unavailable.number(),
+                "message": format!("The KMS cannot be reached ({}); serving from the cached key until {until}.", status.message),
+            })),
+            _ => None,
+        };
+        Instance {
+            name: record.name.to_string(),
+            kms_key: record.kms_key.clone(),
+            labels: record.labels.clone(),
+            state,
+            suspension_reason: reason,
+            state_reason,
+            encryption_info: EncryptionInfo {
+                encryption_type: if cmek { "CUSTOMER_MANAGED_ENCRYPTION" } else { "GOOGLE_DEFAULT_ENCRYPTION" },
+                kms_key_versions: guard.key_versions(),
+                encryption_status,
+            },
+            key_status: cmek.then(|| KeyStatus {
+                observed_key_state: status.observed_key_state.clone(),
+                last_check_time: status.last_check,
+                last_usable_time: status.last_usable,
+                grace_expire_time: match status.access {
+                    Access::Grace { until } => Some(until),
+                    _ => None,
+                },
+            }),
+            create_time: record.create_time,
+        }
+    }
+
+    /// `instances.get`.
+    pub async fn get_instance(&self, caller: &Caller, name: &str) -> Result<Instance, StoreError> {
+        let op = Op {
+            method: "GetInstance",
+            resource: name.to_string(),
+            permission: role::INSTANCES_GET,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            let record = self.instance_record(name).await?;
+            let guard = self.guard(&record).await?;
+            Ok(self.render_instance(&record, &guard))
+        })
+        .await
+    }
+
+    /// `instances.list`.
+    pub async fn list_instances(
+        &self,
+        caller: &Caller,
+        parent: &str,
+        req: &ListRequest,
+    ) -> Result<ListInstancesResponse, StoreError> {
+        let op = Op {
+            method: "ListInstances",
+            resource: parent.to_string(),
+            permission: role::INSTANCES_LIST,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            let _: LocationName = parent.parse().map_err(|_| {
+                StoreError::InvalidArgument(format!("\"{parent}\" is not projects/PROJECT/locations/LOCATION."))
+            })?;
+            let size = page_size(req)? as usize;
+            let after = decode_token(&req.page_token)?;
+            let all = self.repo.list_instances(parent).await?;
+            let rest: Vec<InstanceRecord> = all.into_iter().filter(|r| r.name.to_string() > after).collect();
+            let more = rest.len() > size;
+            let mut instances = Vec::new();
+            for r in rest.iter().take(size) {
+                let guard = self.guard(r).await?;
+                instances.push(self.render_instance(r, &guard));
+            }
+            let next_page_token =
+                if more { instances.last().map(|i| encode_token(&i.name)).unwrap_or_default() } else { String::new() };
+            Ok(ListInstancesResponse { instances, next_page_token })
+        })
+        .await
+    }
+
+    /// `instances.delete`: works whatever the key's state (an admin can always delete).
+    pub async fn delete_instance(&self, caller: &Caller, name: &str) -> Result<(), StoreError> {
+        let op = Op {
+            method: "DeleteInstance",
+            resource: name.to_string(),
+            permission: role::INSTANCES_DELETE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            let parsed: InstanceName = name.parse()?;
+            let resource = parsed.to_string();
+            if !self.repo.delete_instance(&resource).await? {
+                return Err(StoreError::NotFound(format!("Instance {resource} not found.")));
+            }
+            self.guards.remove(&resource);
+            Ok(())
+        })
+        .await
+    }
+
+    /// `:rewrap` ([C4]): every KEK wrapped again with the key's current primary version. One
+    /// KMS call per KEK, whatever the amount of data.
+    pub async fn rewrap(&self, caller: &Caller, name: &str) -> Result<Instance, StoreError> {
+        let op = Op {
+            method: "RewrapInstance",
+            resource: name.to_string(),
+            permission: role::INSTANCES_UPDATE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            let record = self.instance_record(name).await?;
+            let guard = self.guard(&record).await?;
+            let resource = record.name.to_string();
+            let rewrapped = guard.rewrap().await.map_err(|e| self.guard_error(&record, e))?;
+            for (id, wrapped) in &rewrapped {
+                self.repo.update_kek(&resource, *id, wrapped).await?;
+            }
+            Ok(self.render_instance(&record, &guard))
+        })
+        .await
+    }
+
+    /// `:reencrypt` ([C4]): a new KEK under the current primary version, every object's data
+    /// sealed again under fresh DEKs, the old KEKs deleted. Cost grows with the data.
+    pub async fn reencrypt(&self, caller: &Caller, name: &str) -> Result<Instance, StoreError> {
+        let op = Op {
+            method: "ReencryptInstance",
+            resource: name.to_string(),
+            permission: role::INSTANCES_UPDATE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            let record = self.instance_record(name).await?;
+            let guard = self.guard(&record).await?;
+            let resource = record.name.to_string();
+            let (kek, wrapped) = guard.new_kek().await.map_err(|e| self.guard_error(&record, e))?;
+            let new_id = self.repo.keks(&resource).await?.iter().map(|k| k.id).max().unwrap_or(0) + 1;
+            self.repo
+                .insert_kek(
+                    &resource,
+                    &KekRecord { id: new_id, wrapped: wrapped.clone(), create_time: Timestamp::now() },
+                )
+                .await?;
+            guard.insert(new_id, kek, wrapped);
+            let mut after = String::new();
+            loop {
+                let batch = self.repo.list_objects(&resource, "", &after, 100).await?;
+                let Some(last) = batch.last() else { break };
+                after = last.name.clone();
+                for obj in batch {
+                    if obj.kek_id != new_id {
+                        self.reencrypt_object(&record, &guard, &obj, new_id).await?;
+                    }
+                }
+            }
+            for old in guard.wrapped().keys().copied().filter(|id| *id != new_id) {
+                if self.repo.delete_kek_if_unused(&resource, old).await? {
+                    guard.remove(old);
+                }
+            }
+            Ok(self.render_instance(&record, &guard))
+        })
+        .await
+    }
+
+    async fn reencrypt_object(
+        &self,
+        record: &InstanceRecord,
+        guard: &KeyGuard,
+        obj: &ObjectRecord,
+        new_kek: u64,
+    ) -> Result<(), StoreError> {
+        let resource = record.name.to_string();
+        let generation = random_generation()?;
+        let new = ObjectRecord { generation, kek_id: new_kek, ..obj.clone() };
+        let mut pending = false;
+        let result = async {
+            for index in 0..obj.chunk_count {
+                let data = self.open_stored_chunk(record, guard, obj, index).await?;
+                let last = index + 1 == obj.chunk_count;
+                let kek = self.kek(record, guard, new_kek).await?;
+                let id = ChunkId { resource: &resource, object: &obj.name, generation, index, last };
+                let sealed = seal_chunk(&kek, &id, data.expose()).map_err(|e| StoreError::Internal(e.to_string()))?;
+                if last {
+                    return match self.repo.commit_upload(&resource, &new, index, &[sealed], Some(obj.generation)).await
+                    {
+                        // Overwritten meanwhile: the newer upload wins, and it used a live KEK.
+                        Ok(()) | Err(RepoError::Conflict) => Ok(()),
+                        Err(e) => Err(e.into()),
+                    };
+                }
+                if !pending {
+                    self.repo.begin_upload(&resource, &obj.name, generation, Timestamp::now()).await?;
+                    pending = true;
+                }
+                self.repo.put_chunks(&resource, &obj.name, generation, index, &[sealed]).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() && pending {
+            let _ = self.repo.abort_upload(&resource, &obj.name, generation).await;
+        }
+        result
+    }
+
+    fn guard_error(&self, record: &InstanceRecord, e: GuardError) -> StoreError {
+        match e {
+            GuardError::Inaccessible { status, .. } => StoreError::KeyInaccessible {
+                key: record.kms_key.clone().unwrap_or_else(|| "(service-managed)".into()),
+                detail: inaccessible_detail(&status),
+            },
+            GuardError::Kms(e) => StoreError::KeyInaccessible {
+                key: record.kms_key.clone().unwrap_or_else(|| "(service-managed)".into()),
+                detail: e.message,
+            },
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+
+    /// The KEK `id` of an instance, loading it if it was made on another node.
+    async fn kek(&self, record: &InstanceRecord, guard: &KeyGuard, id: u64) -> Result<Arc<Kek>, StoreError> {
+        match guard.kek(id) {
+            Ok(k) => Ok(k),
+            Err(GuardError::UnknownKek(_)) => {
+                let resource = record.name.to_string();
+                let kek = self
+                    .repo
+                    .keks(&resource)
+                    .await?
+                    .into_iter()
+                    .find(|k| k.id == id)
+                    .ok_or_else(|| StoreError::DataLoss(format!("KEK {id} of {resource} is missing")))?;
+                guard.add_wrapped(id, kek.wrapped).await.map_err(|e| self.guard_error(record, e))
+            }
+            Err(e) => Err(self.guard_error(record, e)),
+        }
+    }
+
+    // ---- objects ------------------------------------------------------------------------------
+
+    fn object_resource(instance: &str, object: &str) -> String {
+        format!("{instance}/objects/{object}")
+    }
+
+    fn render_object(record: &InstanceRecord, guard: &KeyGuard, obj: &ObjectRecord) -> Object {
+        let kms_key_version = guard.wrapped().get(&obj.kek_id).and_then(|w| w.key_version.clone());
+        Object {
+            name: Self::object_resource(&record.name.to_string(), &obj.name),
+            size: obj.size.to_string(),
+            content_type: obj.content_type.clone(),
+            generation: obj.generation.to_string(),
+            create_time: obj.create_time,
+            update_time: obj.update_time,
+            kms_key_version,
+        }
+    }
+
+    /// `objects.insert` (`PUT .../objects/NAME`): streams `body` into chunks; the object appears
+    /// whole when the last chunk is stored, or not at all.
+    pub async fn put_object<S, E>(
+        &self,
+        caller: &Caller,
+        instance: &str,
+        object: &str,
+        content_type: &str,
+        body: S,
+    ) -> Result<Object, StoreError>
+    where
+        S: Stream<Item = Result<Vec<u8>, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let op = Op {
+            method: "InsertObject",
+            resource: Self::object_resource(instance, object),
+            permission: role::OBJECTS_CREATE,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            check_object_name(object)?;
+            let record = self.instance_record(instance).await?;
+            let guard = self.guard(&record).await?;
+            guard.require_access().map_err(|e| self.guard_error(&record, e))?;
+            let kek_id = guard.wrapped().keys().copied().max().ok_or_else(|| StoreError::Internal("instance has no KEK".into()))?;
+            let generation = random_generation()?;
+            let resource = record.name.to_string();
+            let mut pending = false;
+            let r = self.upload(&record, &guard, object, content_type, kek_id, generation, body, &mut pending).await;
+            if r.is_err() && pending {
+                if let Err(e) = self.repo.abort_upload(&resource, object, generation).await {
+                    tracing::warn!(instance = %resource, error = %e, "cannot clean up a failed upload; it is retried at the next start");
+                }
+            }
+            r
+        })
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload<S, E>(
+        &self,
+        record: &InstanceRecord,
+        guard: &KeyGuard,
+        object: &str,
+        content_type: &str,
+        kek_id: u64,
+        generation: u64,
+        mut body: S,
+        pending: &mut bool,
+    ) -> Result<Object, StoreError>
+    where
+        S: Stream<Item = Result<Vec<u8>, E>> + Send + Unpin,
+        E: std::fmt::Display,
+    {
+        let resource = record.name.to_string();
+        let mut buf: Vec<u8> = Vec::with_capacity(keyhold_cmek::CHUNK_SIZE);
+        let mut index = 0u64;
+        let mut size = 0u64;
+        // A full chunk is held back until more data (or the end) says whether it is the last.
+        let mut full: Option<Vec<u8>> = None;
+        while let Some(part) = body.next().await {
+            let part = part.map_err(|e| StoreError::InvalidArgument(format!("the upload was interrupted: {e}")))?;
+            let mut part = part.as_slice();
+            size += part.len() as u64;
+            while !part.is_empty() {
+                if let Some(prev) = full.take() {
+                    let kek = self.kek(record, guard, kek_id).await?;
+                    let id = ChunkId { resource: &resource, object, generation, index, last: false };
+                    let sealed = seal_chunk(&kek, &id, &prev).map_err(|e| StoreError::Internal(e.to_string()))?;
+                    if !*pending {
+                        self.repo.begin_upload(&resource, object, generation, Timestamp::now()).await?;
+                        *pending = true;
+                    }
+                    self.repo.put_chunks(&resource, object, generation, index, &[sealed]).await?;
+                    index += 1;
+                }
+                let room = keyhold_cmek::CHUNK_SIZE - buf.len();
+                let take = room.min(part.len());
+                buf.extend_from_slice(&part[..take]);
+                part = &part[take..];
+                if buf.len() == keyhold_cmek::CHUNK_SIZE {
+                    full = Some(std::mem::replace(&mut buf, Vec::with_capacity(keyhold_cmek::CHUNK_SIZE)));
+                }
+            }
+        }
+        // The last chunk: a held-back full one, or what is in the buffer (possibly empty).
+        let last_data = full.unwrap_or(buf);
+        let kek = self.kek(record, guard, kek_id).await?;
+        let id = ChunkId { resource: &resource, object, generation, index, last: true };
+        let sealed = seal_chunk(&kek, &id, &last_data).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let now = Timestamp::now();
+        let create_time = self.repo.object(&resource, object).await?.map_or(now, |o| o.create_time);
+        let obj = ObjectRecord {
+            name: object.to_string(),
+            generation,
+            size,
+            chunk_count: index + 1,
+            kek_id,
+            content_type: if content_type.is_empty() { "application/octet-stream".into() } else { content_type.into() },
+            create_time,
+            update_time: now,
+        };
+        self.repo.commit_upload(&resource, &obj, index, &[sealed], None).await?;
+        *pending = false;
+        Ok(Self::render_object(record, guard, &obj))
+    }
+
+    async fn object_record(&self, record: &InstanceRecord, object: &str) -> Result<ObjectRecord, StoreError> {
+        let resource = record.name.to_string();
+        self.repo
+            .object(&resource, object)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("Object {object} not found in {resource}.")))
+    }
+
+    /// `objects.get` (metadata): works while the key is unusable.
+    pub async fn get_object(&self, caller: &Caller, instance: &str, object: &str) -> Result<Object, StoreError> {
+        let op = Op {
+            method: "GetObject",
+            resource: Self::object_resource(instance, object),
+            permission: role::OBJECTS_GET,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            let record = self.instance_record(instance).await?;
+            let obj = self.object_record(&record, object).await?;
+            let guard = self.guard(&record).await?;
+            Ok(Self::render_object(&record, &guard, &obj))
+        })
+        .await
+    }
+
+    async fn open_stored_chunk(
+        &self,
+        record: &InstanceRecord,
+        guard: &KeyGuard,
+        obj: &ObjectRecord,
+        index: u64,
+    ) -> Result<keyhold_crypto::Secret, StoreError> {
+        let resource = record.name.to_string();
+        let kek = self.kek(record, guard, obj.kek_id).await?;
+        let sealed: SealedChunk =
+            self.repo.chunk(&resource, &obj.name, obj.generation, index).await?.ok_or_else(|| {
+                StoreError::DataLoss(format!(
+                    "Object {} of {resource} is missing chunk {index}: the stored data was truncated.",
+                    obj.name
+                ))
+            })?;
+        let id = ChunkId {
+            resource: &resource,
+            object: &obj.name,
+            generation: obj.generation,
+            index,
+            last: index + 1 == obj.chunk_count,
+        };
+        open_chunk(&kek, &id, &sealed).map_err(|_| {
+            tracing::error!(instance = %resource, object = %obj.name, index, "a stored chunk failed authentication");
+            StoreError::DataLoss(format!(
+                "Object {} of {resource}: stored chunk {index} failed authentication (tampered with, moved or truncated).",
+                obj.name
+            ))
+        })
+    }
+
+    /// `objects.get?alt=media`: the contents, streamed chunk by chunk. The key is checked
+    /// before the first byte and before every chunk, so a disable stops a download under way.
+    pub async fn read_object(
+        self: &Arc<Self>,
+        caller: &Caller,
+        instance: &str,
+        object: &str,
+    ) -> Result<(Object, ContentStream), StoreError> {
+        let op = Op {
+            method: "ReadObject",
+            resource: Self::object_resource(instance, object),
+            permission: role::OBJECTS_GET,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            let record = self.instance_record(instance).await?;
+            let obj = self.object_record(&record, object).await?;
+            let guard = self.guard(&record).await?;
+            guard.require_access().map_err(|e| self.guard_error(&record, e))?;
+            // The first chunk is opened before answering, so that tampering or a key problem is
+            // an error status, not a cut-off download.
+            let first = self.open_stored_chunk(&record, &guard, &obj, 0).await?;
+            let meta = Self::render_object(&record, &guard, &obj);
+            let store = self.clone();
+            let count = obj.chunk_count;
+            let state = (store, record, guard, obj, 1u64, Some(first));
+            let stream =
+                futures_util::stream::unfold(state, move |(store, record, guard, obj, next, first)| async move {
+                    if let Some(first) = first {
+                        let data = first.expose().to_vec();
+                        return Some((Ok(data), (store, record, guard, obj, next, None)));
+                    }
+                    if next >= count {
+                        return None;
+                    }
+                    match store.open_stored_chunk(&record, &guard, &obj, next).await {
+                        Ok(data) => Some((Ok(data.expose().to_vec()), (store, record, guard, obj, next + 1, None))),
+                        // After an error the stream ends.
+                        Err(e) => Some((Err(e), (store, record, guard, obj, count, None))),
+                    }
+                });
+            Ok((meta, Box::pin(stream) as ContentStream))
+        })
+        .await
+    }
+
+    /// `objects.list`: works while the key is unusable.
+    pub async fn list_objects(
+        &self,
+        caller: &Caller,
+        instance: &str,
+        req: &ListRequest,
+    ) -> Result<ListObjectsResponse, StoreError> {
+        let op = Op {
+            method: "ListObjects",
+            resource: instance.to_string(),
+            permission: role::OBJECTS_LIST,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            let record = self.instance_record(instance).await?;
+            let size = page_size(req)?;
+            let after = decode_token(&req.page_token)?;
+            let mut rows = self.repo.list_objects(&record.name.to_string(), &req.prefix, &after, size + 1).await?;
+            let more = rows.len() as u64 > size;
+            rows.truncate(size as usize);
+            let guard = self.guard(&record).await?;
+            let next_page_token =
+                if more { rows.last().map(|o| encode_token(&o.name)).unwrap_or_default() } else { String::new() };
+            Ok(ListObjectsResponse {
+                objects: rows.iter().map(|o| Self::render_object(&record, &guard, o)).collect(),
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    /// `objects.delete`: works while the key is unusable (it reads no contents).
+    pub async fn delete_object(&self, caller: &Caller, instance: &str, object: &str) -> Result<(), StoreError> {
+        let op = Op {
+            method: "DeleteObject",
+            resource: Self::object_resource(instance, object),
+            permission: role::OBJECTS_DELETE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            let record = self.instance_record(instance).await?;
+            if !self.repo.delete_object(&record.name.to_string(), object).await? {
+                return Err(StoreError::NotFound(format!("Object {object} not found in {}.", record.name)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Labels of an instance (helper for tests and the CLI's table output).
+    pub fn labels_of(instance: &Instance) -> &BTreeMap<String, String> {
+        &instance.labels
+    }
+}
+
+fn inaccessible_detail(status: &GuardStatus) -> String {
+    let state = status.observed_key_state.as_deref().unwrap_or("UNKNOWN");
+    let when = status.last_check.map(|t| t.to_string()).unwrap_or_else(|| "never".into());
+    match status.access {
+        Access::Suspended(keyhold_cmek::SuspensionReason::KmsUnreachable) => {
+            format!(
+                "the KMS has not answered since {} and the grace period is over: {}",
+                status.last_usable.map(|t| t.to_string()).unwrap_or_else(|| "start".into()),
+                status.message
+            )
+        }
+        _ => format!("key state {state} at the key check of {when}: {}", status.message),
+    }
+}
+
+fn creation_key_error(key: Option<&str>, e: GuardError) -> StoreError {
+    match e {
+        GuardError::Kms(e) if e.failure() == Failure::Unreachable => {
+            StoreError::Unavailable(format!("the KMS cannot be reached: {}", e.message))
+        }
+        GuardError::Kms(e) => StoreError::FailedPrecondition(format!(
+            "The KMS refused to wrap the instance's key with {}: {}",
+            key.unwrap_or("the service key"),
+            e.message
+        )),
+        other => StoreError::Internal(other.to_string()),
+    }
+}
