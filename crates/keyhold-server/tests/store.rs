@@ -431,3 +431,42 @@ async fn unauthenticated_and_unauthorized_callers_are_refused() {
     assert_eq!(st, 403, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("keyhold.instances.delete"), "{body}");
 }
+
+/// [C5] across nodes: two servers on one PostgreSQL database; a disable made on one is enforced
+/// by the other within a second (its change poll runs every 250 ms, as `keyhold serve` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_on_one_node_is_enforced_on_the_other() {
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let a = common::start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
+    let url = a.pg_url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unused.db");
+    let b =
+        common::start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root)
+            .await;
+    let kms_b = b.kms.clone();
+    tokio::spawn(async move {
+        loop {
+            let _ = kms_b.sync_with_store().await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    cmek_instance(&a).await;
+    let (st, _) = put(&a, INSTANCE, "o", b"shared".to_vec()).await;
+    assert_eq!(st, 200);
+    assert_eq!(get_media(&b, INSTANCE, "o").await.unwrap(), b"shared");
+
+    set_version_state(&a, 1, "DISABLED").await;
+    let took = until(|| async {
+        matches!(get_media(&b, INSTANCE, "o").await, Err((400, body)) if body.contains(INACCESSIBLE))
+    })
+    .await;
+    eprintln!("enforcement on the other node after disable: {took:?}");
+    assert!(took < Duration::from_secs(1), "enforced on node b after {took:?}");
+    assert_eq!(b.ok(Method::GET, INSTANCE, None).await["state"], "SUSPENDED");
+
+    set_version_state(&a, 1, "ENABLED").await;
+    let took = until(|| async { get_media(&b, INSTANCE, "o").await.is_ok() }).await;
+    eprintln!("resumption on the other node after enable: {took:?}");
+    assert!(took < Duration::from_secs(1));
+}
