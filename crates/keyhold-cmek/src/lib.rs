@@ -19,7 +19,7 @@
 //! ```no_run
 //! use std::sync::Arc;
 //! use keyhold_cmek::{
-//!     ChunkId, CmekWrapper, GuardConfig, KeyGuard, RestKmsClient, StaticToken, open_chunk, seal_chunk,
+//!     ChunkId, CmekWrapper, GuardConfig, KekWrapper, KeyGuard, RestKmsClient, StaticToken, open_chunk, seal_chunk,
 //! };
 //! use keyhold_crypto::SecretString;
 //!
@@ -32,7 +32,8 @@
 //!
 //! // Creating the resource: a KEK, wrapped by the customer's key. Store `wrapped` (and
 //! // `wrapped.key_version`, for encryption info) with the resource's metadata.
-//! let guard = KeyGuard::new(resource, Arc::new(CmekWrapper::new(kms, key)), GuardConfig::default(), []);
+//! let wrapper: Arc<dyn KekWrapper> = Arc::new(CmekWrapper::new(kms, key));
+//! let guard = KeyGuard::new(resource, wrapper.clone(), GuardConfig::default(), []);
 //! let (kek, wrapped) = guard.new_kek().await?;
 //! guard.insert(1, kek, wrapped.clone());
 //! guard.spawn_monitor();
@@ -42,11 +43,10 @@
 //! let sealed = seal_chunk(&*guard.kek(1)?, &id, b"customer data")?;
 //!
 //! // Reading, after a restart: a guard over the stored wrapped KEKs, checked once.
-//! let guard = KeyGuard::new(resource, guard_wrapper(), GuardConfig::default(), [(1, wrapped)]);
+//! let guard = KeyGuard::new(resource, wrapper, GuardConfig::default(), [(1, wrapped)]);
 //! guard.check().await;
 //! let plaintext = open_chunk(&*guard.kek(1)?, &id, &sealed)?;
 //! # let _ = plaintext; Ok(()) }
-//! # fn guard_wrapper() -> Arc<dyn keyhold_cmek::KekWrapper> { unimplemented!() }
 //! ```
 //!
 //! Keyhold's own store (`keyhold-store`) is the complete example: instances, objects streamed in

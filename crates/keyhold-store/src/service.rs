@@ -2,7 +2,6 @@
 //! [C12]). Authorization and audit go through the KMS's IAM and audit log; keys are reached
 //! only through the project's service agent.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -921,11 +920,6 @@ impl Store {
             Ok(())
         })
         .await
-    }
-
-    /// Labels of an instance (helper for tests and the CLI's table output).
-    pub fn labels_of(instance: &Instance) -> &BTreeMap<String, String> {
-        &instance.labels
     }
 }
 
