@@ -149,6 +149,16 @@ impl GuardStatus {
     }
 }
 
+/// A grace period that has run out counts as suspended.
+fn expire_grace(mut s: GuardStatus) -> GuardStatus {
+    if let Access::Grace { until } = s.access
+        && Timestamp::now() >= until
+    {
+        s.access = Access::Suspended(SuspensionReason::KmsUnreachable);
+    }
+    s
+}
+
 /// Access refused.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum GuardError {
@@ -245,13 +255,7 @@ impl KeyGuard {
 
     /// What the guard knows now. A grace period that has run out shows as suspended.
     pub fn status(&self) -> GuardStatus {
-        let mut s = self.read().status.clone();
-        if let Access::Grace { until } = s.access
-            && Timestamp::now() >= until
-        {
-            s.access = Access::Suspended(SuspensionReason::KmsUnreachable);
-        }
-        s
+        expire_grace(self.read().status.clone())
     }
 
     fn inaccessible(&self, status: GuardStatus) -> GuardError {
@@ -273,7 +277,7 @@ impl KeyGuard {
         if !inner.status.serving() {
             let status = inner.status.clone();
             drop(inner);
-            return Err(self.inaccessible(self.status_from(status)));
+            return Err(self.inaccessible(expire_grace(status)));
         }
         match inner.keks.get(&id) {
             Some(k) => Ok(k.clone()),
@@ -281,13 +285,9 @@ impl KeyGuard {
         }
     }
 
-    fn status_from(&self, mut s: GuardStatus) -> GuardStatus {
-        if let Access::Grace { until } = s.access
-            && Timestamp::now() >= until
-        {
-            s.access = Access::Suspended(SuspensionReason::KmsUnreachable);
-        }
-        s
+    /// The key version that wrapped KEK `id`, if it is wrapped by a customer key.
+    pub fn key_version(&self, id: u64) -> Option<String> {
+        self.read().wrapped.get(&id).and_then(|w| w.key_version.clone())
     }
 
     /// The wrapped KEKs, by ID.

@@ -60,6 +60,14 @@ async fn refuse(state: &AppState, caller: &Caller, path: &str, e: ApiError) -> R
     e.into_response()
 }
 
+/// The response, or the error's (with its audit entry if the store did not write one).
+async fn answer(state: &AppState, caller: &Caller, path: &str, r: Result<Response, ApiError>) -> Response {
+    match r {
+        Ok(resp) => resp,
+        Err(e) => refuse(state, caller, path, e).await,
+    }
+}
+
 fn store(state: &AppState) -> Result<&std::sync::Arc<Store>, ApiError> {
     state
         .store
@@ -124,10 +132,7 @@ pub(crate) async fn instances(
         }
     }
     .await;
-    match r {
-        Ok(resp) => resp,
-        Err(e) => refuse(&state, &caller, &path, e).await,
-    }
+    answer(&state, &caller, &path, r).await
 }
 
 /// `/v1/projects/{project}/locations/{location}/instances/{instance}[:verb]`.
@@ -165,10 +170,7 @@ pub(crate) async fn instance(
         }
     }
     .await;
-    match r {
-        Ok(resp) => resp,
-        Err(e) => refuse(&state, &caller, &name, e).await,
-    }
+    answer(&state, &caller, &name, r).await
 }
 
 /// `/v1/projects/{project}/locations/{location}/instances/{instance}/objects`: list.
@@ -197,10 +199,7 @@ pub(crate) async fn objects(
         }
     }
     .await;
-    match r {
-        Ok(resp) => resp,
-        Err(e) => refuse(&state, &caller, &path, e).await,
-    }
+    answer(&state, &caller, &path, r).await
 }
 
 /// `/v1/projects/{project}/locations/{location}/instances/{instance}/objects/{*object}`:
@@ -260,10 +259,7 @@ pub(crate) async fn object(
         }
     }
     .await;
-    match r {
-        Ok(resp) => resp,
-        Err(e) => refuse(&state, &caller, &path, e).await,
-    }
+    answer(&state, &caller, &path, r).await
 }
 
 /// `/v2/projects/{project}/policies`: list, create.
@@ -293,10 +289,7 @@ pub(crate) async fn org_policies(
         }
     }
     .await;
-    match r {
-        Ok(resp) => resp,
-        Err(e) => refuse(&state, &caller, &path, e).await,
-    }
+    answer(&state, &caller, &path, r).await
 }
 
 /// `/v2/projects/{project}/policies/{constraint}`: get, set (PUT or PATCH), delete.
@@ -335,8 +328,5 @@ pub(crate) async fn org_policy(
         }
     }
     .await;
-    match r {
-        Ok(resp) => resp,
-        Err(e) => refuse(&state, &caller, &name, e).await,
-    }
+    answer(&state, &caller, &name, r).await
 }

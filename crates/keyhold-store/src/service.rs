@@ -583,9 +583,8 @@ impl Store {
             for index in 0..obj.chunk_count {
                 let data = self.open_stored_chunk(record, guard, obj, index).await?;
                 let last = index + 1 == obj.chunk_count;
-                let kek = self.kek(record, guard, new_kek).await?;
                 let id = ChunkId { resource: &resource, object: &obj.name, generation, index, last };
-                let sealed = seal_chunk(&kek, &id, data.expose()).map_err(|e| StoreError::Internal(e.to_string()))?;
+                let sealed = self.seal(record, guard, new_kek, &id, data.expose()).await?;
                 if last {
                     return match self.repo.commit_upload(&resource, &new, index, &[sealed], Some(obj.generation)).await
                     {
@@ -594,11 +593,7 @@ impl Store {
                         Err(e) => Err(e.into()),
                     };
                 }
-                if !pending {
-                    self.repo.begin_upload(&resource, &obj.name, generation, Timestamp::now()).await?;
-                    pending = true;
-                }
-                self.repo.put_chunks(&resource, &obj.name, generation, index, &[sealed]).await?;
+                self.store_chunk(&id, sealed, &mut pending).await?;
             }
             Ok(())
         }
@@ -607,6 +602,29 @@ impl Store {
             let _ = self.repo.abort_upload(&resource, &obj.name, generation).await;
         }
         result
+    }
+
+    /// Seals one chunk under KEK `kek_id` (loaded if it was made on another node).
+    async fn seal(
+        &self,
+        record: &InstanceRecord,
+        guard: &KeyGuard,
+        kek_id: u64,
+        id: &ChunkId<'_>,
+        data: &[u8],
+    ) -> Result<SealedChunk, StoreError> {
+        let kek = self.kek(record, guard, kek_id).await?;
+        seal_chunk(&kek, id, data).map_err(|e| StoreError::Internal(e.to_string()))
+    }
+
+    /// Stores a chunk that is not the last of its upload, recording the upload first (so that
+    /// an interrupted one can be cleaned up) if this is its first chunk.
+    async fn store_chunk(&self, id: &ChunkId<'_>, sealed: SealedChunk, pending: &mut bool) -> Result<(), StoreError> {
+        if !*pending {
+            self.repo.begin_upload(id.resource, id.object, id.generation, Timestamp::now()).await?;
+            *pending = true;
+        }
+        Ok(self.repo.put_chunks(id.resource, id.object, id.generation, id.index, &[sealed]).await?)
     }
 
     fn guard_error(&self, record: &InstanceRecord, e: GuardError) -> StoreError {
@@ -649,7 +667,7 @@ impl Store {
     }
 
     fn render_object(record: &InstanceRecord, guard: &KeyGuard, obj: &ObjectRecord) -> Object {
-        let kms_key_version = guard.wrapped().get(&obj.kek_id).and_then(|w| w.key_version.clone());
+        let kms_key_version = guard.key_version(obj.kek_id);
         Object {
             name: Self::object_resource(&record.name.to_string(), &obj.name),
             size: obj.size.to_string(),
@@ -729,14 +747,9 @@ impl Store {
             size += part.len() as u64;
             while !part.is_empty() {
                 if let Some(prev) = full.take() {
-                    let kek = self.kek(record, guard, kek_id).await?;
                     let id = ChunkId { resource: &resource, object, generation, index, last: false };
-                    let sealed = seal_chunk(&kek, &id, &prev).map_err(|e| StoreError::Internal(e.to_string()))?;
-                    if !*pending {
-                        self.repo.begin_upload(&resource, object, generation, Timestamp::now()).await?;
-                        *pending = true;
-                    }
-                    self.repo.put_chunks(&resource, object, generation, index, &[sealed]).await?;
+                    let sealed = self.seal(record, guard, kek_id, &id, &prev).await?;
+                    self.store_chunk(&id, sealed, pending).await?;
                     index += 1;
                 }
                 let room = keyhold_cmek::CHUNK_SIZE - buf.len();
@@ -750,9 +763,8 @@ impl Store {
         }
         // The last chunk: a held-back full one, or what is in the buffer (possibly empty).
         let last_data = full.unwrap_or(buf);
-        let kek = self.kek(record, guard, kek_id).await?;
         let id = ChunkId { resource: &resource, object, generation, index, last: true };
-        let sealed = seal_chunk(&kek, &id, &last_data).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let sealed = self.seal(record, guard, kek_id, &id, &last_data).await?;
         let now = Timestamp::now();
         let create_time = self.repo.object(&resource, object).await?.map_or(now, |o| o.create_time);
         let obj = ObjectRecord {
