@@ -176,10 +176,22 @@ impl KmsClient {
     /// Lists a collection (`projects/p/locations/l/keyRings`), following `nextPageToken` until
     /// the last page or `limit`; `field` names the array in each page (`keyRings`).
     pub async fn list(&self, collection: &str, field: &str, opts: &ListOptions) -> Result<Vec<Value>, CliError> {
+        self.list_versioned("v1", collection, field, &[], opts).await
+    }
+
+    /// [`KmsClient::list`] below `/{version}/`, sending `extra` with every page.
+    pub async fn list_versioned(
+        &self,
+        version: &str,
+        collection: &str,
+        field: &str,
+        extra: &[(&'static str, String)],
+        opts: &ListOptions,
+    ) -> Result<Vec<Value>, CliError> {
         let mut items = Vec::new();
         let mut token = String::new();
         loop {
-            let mut query: Vec<(&str, String)> = Vec::new();
+            let mut query: Vec<(&str, String)> = extra.to_vec();
             if let Some(n) = opts.page_size {
                 query.push(("pageSize", n.to_string()));
             }
@@ -192,7 +204,7 @@ impl KmsClient {
             if !token.is_empty() {
                 query.push(("pageToken", token.clone()));
             }
-            let page: Value = self.call(Method::GET, collection, &query, None).await?;
+            let page: Value = self.call_versioned(version, Method::GET, collection, &query, None).await?;
             if let Some(Value::Array(a)) = page.get(field) {
                 items.extend(a.iter().cloned());
             }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use reqwest::{Method, Response, StatusCode, Url};
+use reqwest::{Response, StatusCode, Url};
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -442,33 +442,8 @@ pub(super) async fn list_all(
     query: &[(&'static str, String)],
     paging: &PagingFlags,
 ) -> Result<Vec<Value>, CliError> {
-    let mut items = Vec::new();
-    let mut token = String::new();
-    loop {
-        let mut q = query.to_vec();
-        if let Some(n) = paging.page_size {
-            q.push(("pageSize", n.to_string()));
-        }
-        if !token.is_empty() {
-            q.push(("pageToken", token.clone()));
-        }
-        let page: Value = ctx.client.call_versioned(version, Method::GET, collection, &q, None).await?;
-        if let Some(Value::Array(a)) = page.get(field) {
-            items.extend(a.iter().cloned());
-        }
-        if let Some(limit) = paging.limit
-            && items.len() >= limit
-        {
-            items.truncate(limit);
-            break;
-        }
-        let next = page.get("nextPageToken").and_then(Value::as_str).unwrap_or_default();
-        if next.is_empty() || next == token {
-            break;
-        }
-        token = next.to_string();
-    }
-    Ok(items)
+    let opts = super::client::ListOptions { page_size: paging.page_size, limit: paging.limit, ..Default::default() };
+    ctx.client.list_versioned(version, collection, field, query, &opts).await
 }
 
 /// One table column: its header and how a cell is taken from a resource.
