@@ -1,0 +1,1 @@
+//! External key manager (EKM) protocol, client and server.
