@@ -1,0 +1,109 @@
+//! Helpers for tests that run `keyhold` as a real process: free ports, spawning `keyhold serve`
+//! with its log in the test's directory, waiting for readiness, the CLI, and PostgreSQL.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+    pub log: std::path::PathBuf,
+}
+
+impl Drop for Proc {
+    // A failing test must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Proc {
+    let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos() ^ port as u128));
+    let child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.join("data"))
+        .args(extra)
+        .env("KEYHOLD_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Proc { child, port, log }
+}
+
+pub async fn wait_ready(p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("http://127.0.0.1:{}/healthz", p.port)).await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not start: {}", std::fs::read_to_string(&p.log).unwrap_or_default());
+}
+
+pub fn terminate(p: Proc) -> String {
+    let mut p = p;
+    let status = Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = p.child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0, got {exit:?}");
+    std::fs::read_to_string(&p.log).unwrap()
+}
+
+/// The owner token `keyhold serve` wrote into the data directory.
+pub fn owner_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("data").join("owner.token")).unwrap().trim().to_string()
+}
+
+pub async fn call(dir: &Path, port: u16, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let resp = reqwest::Client::new()
+        .request(method, format!("http://127.0.0.1:{port}/v1/{path}"))
+        .bearer_auth(owner_token(dir))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{path}: {}", resp.text().await.unwrap());
+    resp.json().await.unwrap()
+}
+
+/// Runs `keyhold ARGS` as the CLI against `port`; returns (success, stdout, stderr).
+pub fn cli(dir: &Path, port: u16, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(args)
+        .env("KEYHOLD_TOKEN_FILE", dir.join("data").join("owner.token"))
+        .env("KEYHOLD_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("KEYHOLD_PROJECT", "my-project")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A fresh database on the PostgreSQL that `scripts/test.sh` started.
+pub async fn fresh_postgres() -> String {
+    let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL")
+        .expect("KEYHOLD_TEST_POSTGRES_URL is not set: run the tests with scripts/test.sh, which starts PostgreSQL");
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut id = [0u8; 6];
+    keyhold_crypto::random_bytes(&mut id).unwrap();
+    let db = format!("s_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    format!("{base}/{db}")
+}
+
