@@ -486,25 +486,38 @@ impl Drop for KeyGuard {
 }
 
 /// The guards of one service, by resource, so that change notices reach the right ones.
+///
+/// A resource name can be deleted and created again (on another node, even), and the new
+/// resource has other KEKs, maybe under another key. So each guard is registered with the
+/// *incarnation* of its resource (for example its creation time), and a guard of an earlier
+/// incarnation is never handed out for a later one.
 #[derive(Debug, Default)]
 pub struct GuardRegistry {
-    guards: Mutex<HashMap<String, Arc<KeyGuard>>>,
+    guards: Mutex<HashMap<String, (String, Arc<KeyGuard>)>>,
 }
 
 impl GuardRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<KeyGuard>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Arc<KeyGuard>)>> {
         self.guards.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The guard of `resource`, if loaded.
-    pub fn get(&self, resource: &str) -> Option<Arc<KeyGuard>> {
-        self.lock().get(resource).cloned()
+    /// The guard of `resource` in its `incarnation`, if loaded.
+    pub fn get(&self, resource: &str, incarnation: &str) -> Option<Arc<KeyGuard>> {
+        self.lock().get(resource).filter(|(i, _)| i == incarnation).map(|(_, g)| g.clone())
     }
 
-    /// Registers a guard (replacing any earlier one for its resource) and returns the one in
-    /// force: if another task registered one first, that one.
-    pub fn insert(&self, guard: Arc<KeyGuard>) -> Arc<KeyGuard> {
-        self.lock().entry(guard.resource().to_string()).or_insert(guard).clone()
+    /// Registers a guard for `incarnation` of its resource and returns the one in force: if
+    /// another task registered one for the same incarnation first, that one. A guard of another
+    /// incarnation is replaced.
+    pub fn insert(&self, guard: Arc<KeyGuard>, incarnation: &str) -> Arc<KeyGuard> {
+        let mut guards = self.lock();
+        match guards.get(guard.resource()) {
+            Some((i, existing)) if i == incarnation => existing.clone(),
+            _ => {
+                guards.insert(guard.resource().to_string(), (incarnation.to_string(), guard.clone()));
+                guard
+            }
+        }
     }
 
     /// Forgets `resource`'s guard (its KEKs are wiped when the last user lets go).
@@ -514,7 +527,7 @@ impl GuardRegistry {
 
     /// Wakes the guards whose key `concerned` says may have changed.
     pub fn key_may_have_changed(&self, concerned: impl Fn(&str) -> bool) {
-        for g in self.lock().values() {
+        for (_, g) in self.lock().values() {
             if g.key_name().is_some_and(&concerned) {
                 g.wake();
             }
@@ -523,7 +536,7 @@ impl GuardRegistry {
 
     /// Wakes every guard.
     pub fn wake_all(&self) {
-        for g in self.lock().values() {
+        for (_, g) in self.lock().values() {
             g.wake();
         }
     }

@@ -469,4 +469,14 @@ async fn disable_on_one_node_is_enforced_on_the_other() {
     let took = until(|| async { get_media(&b, INSTANCE, "o").await.is_ok() }).await;
     eprintln!("resumption on the other node after enable: {took:?}");
     assert!(took < Duration::from_secs(1));
+
+    // The instance is deleted and created again under the same name through node a. Node b
+    // still holds the old instance's guard, whose KEK 1 is not the new instance's KEK 1: it
+    // must not be used for the new instance.
+    a.ok(Method::DELETE, INSTANCE, None).await;
+    let inst = a.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
+    assert_eq!(inst["state"], "READY", "{inst}");
+    let (st, _) = put(&a, INSTANCE, "o", b"second life".to_vec()).await;
+    assert_eq!(st, 200);
+    assert_eq!(get_media(&b, INSTANCE, "o").await.unwrap(), b"second life");
 }

@@ -273,7 +273,7 @@ impl Store {
             Err(e) => return Err(e.into()),
         }
         guard.insert(1, kek, wrapped);
-        let guard = self.guards.insert(guard);
+        let guard = self.guards.insert(guard, &incarnation(&record));
         guard.spawn_monitor();
         tracing::info!(instance = %resource, key = ?kms_key, "instance created");
         Ok(self.render_instance(&record, &guard))
@@ -364,17 +364,19 @@ impl Store {
         })
     }
 
-    /// The guard of an instance, loaded and checked once if it is not in memory yet.
+    /// The guard of an instance, loaded and checked once if it is not in memory yet (or if the
+    /// one in memory belongs to an earlier instance of the same name, deleted since, maybe by
+    /// another node).
     async fn guard(&self, record: &InstanceRecord) -> Result<Arc<KeyGuard>, StoreError> {
         let resource = record.name.to_string();
-        if let Some(g) = self.guards.get(&resource) {
+        if let Some(g) = self.guards.get(&resource, &incarnation(record)) {
             return Ok(g);
         }
         let keks = self.repo.keks(&resource).await?;
         let wrapper = self.wrapper_for(record).await?;
         let guard = KeyGuard::new(resource, wrapper, self.config.guard, keks.into_iter().map(|k| (k.id, k.wrapped)));
         guard.check().await;
-        let registered = self.guards.insert(guard.clone());
+        let registered = self.guards.insert(guard.clone(), &incarnation(record));
         if Arc::ptr_eq(&registered, &guard) {
             guard.spawn_monitor();
         }
@@ -962,4 +964,9 @@ fn creation_key_error(key: Option<&str>, e: GuardError) -> StoreError {
         )),
         other => StoreError::Internal(other.to_string()),
     }
+}
+
+/// Which instance of a name a guard belongs to: names can be reused after a delete.
+fn incarnation(record: &InstanceRecord) -> String {
+    record.create_time.to_string()
 }
