@@ -151,7 +151,7 @@ async fn lifecycle(backend: Backend) {
     .await;
 
     // Objects of several chunks, streamed both ways; names with slashes.
-    let big = random(3 * 1024 * 1024 + 12345);
+    let big = random(9 * 1024 * 1024 + 12345);
     let (st, meta) = put(&s, INSTANCE, "dir/big.bin", big.clone()).await;
     assert_eq!(st, 200, "{meta}");
     assert_eq!(meta["size"], big.len().to_string());
@@ -392,6 +392,34 @@ async fn tampering_is_detected() {
         "DELETE FROM store_chunks WHERE object = 'replay' AND idx = 0; UPDATE store_chunks SET object = 'replay', generation = (SELECT generation FROM store_objects WHERE name = 'replay') WHERE object = 'truncate' AND idx = 0;",
     );
     assert!(get_media(&s, INSTANCE, "replay").await.is_err());
+}
+
+/// An upload cut off half-way leaves no chunk behind and the previous version whole.
+#[tokio::test]
+async fn interrupted_upload_leaves_nothing_and_keeps_the_previous_version() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    cmek_instance(&s).await;
+    let v1 = random(2 * 1024 * 1024 + 7);
+    let (st, _) = put(&s, INSTANCE, "o", v1.clone()).await;
+    assert_eq!(st, 200);
+    let db = rusqlite::Connection::open(&s.db_file).unwrap();
+    let rows =
+        |table: &str| -> i64 { db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0)).unwrap() };
+    assert_eq!(rows("store_chunks"), 3);
+
+    // Nine full chunks (two batches written before the end), then the client fails.
+    let parts = (0..9)
+        .map(|_| Ok::<_, std::io::Error>(random(1024 * 1024)))
+        .chain(std::iter::once(Err(std::io::Error::other("client gave up"))));
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(parts));
+    let sent = s.http.put(format!("{}/{INSTANCE}/objects/o", s.base)).bearer_auth(&s.token).body(body).send().await;
+    assert!(sent.is_err(), "the client's own stream failed, so must its request");
+
+    // The server cleans up after the failed request; nothing of the new generation stays.
+    until(|| async { rows("store_uploads") == 0 && rows("store_chunks") == 3 }).await;
+    assert_eq!(get_media(&s, INSTANCE, "o").await.unwrap(), v1);
+    let meta = s.ok(Method::GET, &format!("{INSTANCE}/objects/o"), None).await;
+    assert_eq!(meta["size"], v1.len().to_string());
 }
 
 #[tokio::test]

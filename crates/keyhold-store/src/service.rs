@@ -580,7 +580,7 @@ impl Store {
         let resource = record.name.to_string();
         let generation = random_generation()?;
         let new = ObjectRecord { generation, kek_id: new_kek, ..obj.clone() };
-        let mut pending = false;
+        let mut batch = ChunkBatch::default();
         let result = async {
             for index in 0..obj.chunk_count {
                 let data = self.open_stored_chunk(record, guard, obj, index).await?;
@@ -588,19 +588,24 @@ impl Store {
                 let id = ChunkId { resource: &resource, object: &obj.name, generation, index, last };
                 let sealed = self.seal(record, guard, new_kek, &id, data.expose()).await?;
                 if last {
-                    return match self.repo.commit_upload(&resource, &new, index, &[sealed], Some(obj.generation)).await
+                    let first = if batch.chunks.is_empty() { index } else { batch.first_index };
+                    batch.chunks.push(sealed);
+                    return match self
+                        .repo
+                        .commit_upload(&resource, &new, first, &batch.chunks, Some(obj.generation))
+                        .await
                     {
                         // Overwritten meanwhile: the newer upload wins, and it used a live KEK.
                         Ok(()) | Err(RepoError::Conflict) => Ok(()),
                         Err(e) => Err(e.into()),
                     };
                 }
-                self.store_chunk(&id, sealed, &mut pending).await?;
+                self.store_chunk(&id, sealed, &mut batch).await?;
             }
             Ok(())
         }
         .await;
-        if result.is_err() && pending {
+        if result.is_err() && batch.upload_recorded {
             let _ = self.repo.abort_upload(&resource, &obj.name, generation).await;
         }
         result
@@ -619,14 +624,29 @@ impl Store {
         seal_chunk(&kek, id, data).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
-    /// Stores a chunk that is not the last of its upload, recording the upload first (so that
-    /// an interrupted one can be cleaned up) if this is its first chunk.
-    async fn store_chunk(&self, id: &ChunkId<'_>, sealed: SealedChunk, pending: &mut bool) -> Result<(), StoreError> {
-        if !*pending {
-            self.repo.begin_upload(id.resource, id.object, id.generation, Timestamp::now()).await?;
-            *pending = true;
+    /// Queues a chunk that is not the last of its upload. Chunks are written
+    /// [`CHUNKS_PER_WRITE`] at a time, recording the upload first (so that an interrupted one can
+    /// be cleaned up) before its first write.
+    async fn store_chunk(
+        &self,
+        id: &ChunkId<'_>,
+        sealed: SealedChunk,
+        batch: &mut ChunkBatch,
+    ) -> Result<(), StoreError> {
+        if batch.chunks.is_empty() {
+            batch.first_index = id.index;
         }
-        Ok(self.repo.put_chunks(id.resource, id.object, id.generation, id.index, &[sealed]).await?)
+        batch.chunks.push(sealed);
+        if batch.chunks.len() < CHUNKS_PER_WRITE {
+            return Ok(());
+        }
+        if !batch.upload_recorded {
+            self.repo.begin_upload(id.resource, id.object, id.generation, Timestamp::now()).await?;
+            batch.upload_recorded = true;
+        }
+        self.repo.put_chunks(id.resource, id.object, id.generation, batch.first_index, &batch.chunks).await?;
+        batch.chunks.clear();
+        Ok(())
     }
 
     fn guard_error(&self, record: &InstanceRecord, e: GuardError) -> StoreError {
@@ -709,9 +729,9 @@ impl Store {
             let kek_id = guard.wrapped().keys().copied().max().ok_or_else(|| StoreError::Internal("instance has no KEK".into()))?;
             let generation = random_generation()?;
             let resource = record.name.to_string();
-            let mut pending = false;
-            let r = self.upload(&record, &guard, object, content_type, kek_id, generation, body, &mut pending).await;
-            if r.is_err() && pending {
+            let mut batch = ChunkBatch::default();
+            let r = self.upload(&record, &guard, object, content_type, kek_id, generation, body, &mut batch).await;
+            if r.is_err() && batch.upload_recorded {
                 if let Err(e) = self.repo.abort_upload(&resource, object, generation).await {
                     tracing::warn!(instance = %resource, error = %e, "cannot clean up a failed upload; it is retried at the next start");
                 }
@@ -731,7 +751,7 @@ impl Store {
         kek_id: u64,
         generation: u64,
         mut body: S,
-        pending: &mut bool,
+        batch: &mut ChunkBatch,
     ) -> Result<Object, StoreError>
     where
         S: Stream<Item = Result<Vec<u8>, E>> + Send + Unpin,
@@ -751,7 +771,7 @@ impl Store {
                 if let Some(prev) = full.take() {
                     let id = ChunkId { resource: &resource, object, generation, index, last: false };
                     let sealed = self.seal(record, guard, kek_id, &id, &prev).await?;
-                    self.store_chunk(&id, sealed, pending).await?;
+                    self.store_chunk(&id, sealed, batch).await?;
                     index += 1;
                 }
                 let room = keyhold_cmek::CHUNK_SIZE - buf.len();
@@ -779,8 +799,10 @@ impl Store {
             create_time,
             update_time: now,
         };
-        self.repo.commit_upload(&resource, &obj, index, &[sealed], None).await?;
-        *pending = false;
+        let first = if batch.chunks.is_empty() { index } else { batch.first_index };
+        batch.chunks.push(sealed);
+        self.repo.commit_upload(&resource, &obj, first, &batch.chunks, None).await?;
+        batch.upload_recorded = false;
         Ok(Self::render_object(record, guard, &obj))
     }
 
@@ -964,6 +986,19 @@ fn creation_key_error(key: Option<&str>, e: GuardError) -> StoreError {
         )),
         other => StoreError::Internal(other.to_string()),
     }
+}
+
+/// How many sealed chunks an upload writes per transaction: fewer commits (each an fsync on
+/// SQLite) for a bounded amount of memory (4 MiB per upload).
+const CHUNKS_PER_WRITE: usize = 4;
+
+/// The sealed chunks of an upload not written yet, and whether the upload is recorded (so that
+/// its chunks can be cleaned up if it fails).
+#[derive(Default)]
+struct ChunkBatch {
+    first_index: u64,
+    chunks: Vec<SealedChunk>,
+    upload_recorded: bool,
 }
 
 /// Which instance of a name a guard belongs to: names can be reused after a delete.
