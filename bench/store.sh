@@ -5,14 +5,15 @@
 # the ratio CMEK / service-managed of the same scenario, run back to back.
 #
 #   bash bench/store.sh                 # everything, 10 s per wrk scenario, 5 GiB streaming
-#   DURATION=3s BIG=1G bash bench/store.sh
+#   DURATION=3s BIG=1G ROUNDS=1 bash bench/store.sh
 #   PARTS=load bash bench/store.sh      # only the PUT/GET table (also: rewrap, stream)
 #
 # Parts:
 #   load    PUT and GET of 4 KiB objects (1 and 16 connections) and 16 MiB objects (1 and 4),
 #           wrk with bench/store-put.lua / bench/store-get.lua, on two instances: one without
 #           a key, one under a Keyhold KMS key. Every request is authenticated, authorized and
-#           audited the same way on both.
+#           audited the same way on both. Each scenario runs ROUNDS times (default 2) per
+#           instance, alternating which goes first; the table shows the mean.
 #   rewrap  time of :rewrap after a key rotation for an instance holding 10 MB and one holding
 #           1 GB (one KEK per instance: both should take the same time), and of :reencrypt
 #           (which rewrites every chunk, so grows with the data) for comparison.
@@ -23,6 +24,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 BIG=${BIG:-5G}
 PARTS=${PARTS:-load rewrap stream}
+ROUNDS=${ROUNDS:-2}
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 if ! command -v wrk >/dev/null; then
   echo "== installing wrk (Debian package)"
@@ -89,16 +91,21 @@ if [[ " $PARTS " == *" load "* ]]; then
     IFS=- read -r op size conns <<<"$scenario"
     bytes=$([ "$size" = 4k ] && echo 4096 || echo 16777216)
     conns=${conns#c}; threads=$([ "$conns" = 1 ] && echo 1 || echo 2)
-    declare -A rps=()
-    for enc in plain cmek; do
-      base="$V1/$LOC/instances/$enc/objects/"
-      if [ "$op" = put ]; then
-        naming=$([ "$size" = 4k ] && echo unique || echo overwrite)
-        rps[$enc]=$(OBJECT_SIZE=$bytes OBJECT_BASE="$base" OBJECT_NAMING=$naming wrk_rps "$threads" "$conns" bench/store-put.lua "$base")
-      else
-        head -c "$bytes" /dev/urandom | curl -sf -o /dev/null -H "$AUTH" -T - "${base}read-$size"
-        rps[$enc]=$(wrk_rps "$threads" "$conns" bench/store-get.lua "${base}read-$size?alt=media")
-      fi
+    declare -A rps=([plain]=0 [cmek]=0)
+    # Rounds alternate the order (plain, cmek, cmek, plain, ...) so drift cancels out.
+    for round in $(seq "$ROUNDS"); do
+      order=$([ $((round % 2)) = 1 ] && echo "plain cmek" || echo "cmek plain")
+      for enc in $order; do
+        base="$V1/$LOC/instances/$enc/objects/"
+        if [ "$op" = put ]; then
+          naming=$([ "$size" = 4k ] && echo unique || echo overwrite)
+          r=$(OBJECT_SIZE=$bytes OBJECT_BASE="$base" OBJECT_NAMING=$naming wrk_rps "$threads" "$conns" bench/store-put.lua "$base")
+        else
+          [ "$round" = 1 ] && head -c "$bytes" /dev/urandom | curl -sf -o /dev/null -H "$AUTH" -T - "${base}read-$size"
+          r=$(wrk_rps "$threads" "$conns" bench/store-get.lua "${base}read-$size?alt=media")
+        fi
+        rps[$enc]=$(awk -v a="${rps[$enc]}" -v b="$r" -v n="$ROUNDS" 'BEGIN {print a + b / n}')
+      done
     done
     awk -v s="$scenario" -v b="$bytes" -v p="${rps[plain]}" -v c="${rps[cmek]}" \
       'BEGIN {printf "| %s | %.1f | %.1f | %.1f | %.1f | %.3f |\n", s, p, p*b/1e6, c, c*b/1e6, c/p}'
