@@ -82,6 +82,31 @@ pub struct DecryptResponse {
     pub protection_level: ProtectionLevel,
 }
 
+/// `GenerateRandomBytesRequest` (`POST /v1/projects/P/locations/L:generateRandomBytes`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GenerateRandomBytesRequest {
+    /// Location (ignored: the URL names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub location: String,
+    /// How many bytes, 8 to 1024.
+    #[serde(default)]
+    pub length_bytes: i32,
+    /// Where they come from; Cloud KMS supports only `HSM`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection_level: Option<ProtectionLevel>,
+}
+
+/// `GenerateRandomBytesResponse`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateRandomBytesResponse {
+    /// The random bytes.
+    pub data: SecretBytes,
+    /// CRC32C of `data`.
+    pub data_crc32c: Crc32c,
+}
+
 /// `UpdateCryptoKeyPrimaryVersionRequest`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

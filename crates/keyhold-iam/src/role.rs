@@ -41,6 +41,7 @@ macro_rules! permissions {
 permissions! {
     LOCATIONS_GET = "cloudkms.locations.get";
     LOCATIONS_LIST = "cloudkms.locations.list";
+    LOCATIONS_GENERATE_RANDOM_BYTES = "cloudkms.locations.generateRandomBytes";
     KEY_RINGS_CREATE = "cloudkms.keyRings.create";
     KEY_RINGS_GET = "cloudkms.keyRings.get";
     KEY_RINGS_LIST = "cloudkms.keyRings.list";
@@ -144,6 +145,7 @@ pub static ROLES: &[Role] = &[
         title: "Owner",
         permissions: &[
             LOCATIONS_GET,
+            LOCATIONS_GENERATE_RANDOM_BYTES,
             LOCATIONS_LIST,
             KEY_RINGS_CREATE,
             KEY_RINGS_GET,
@@ -190,6 +192,7 @@ pub static ROLES: &[Role] = &[
         title: "Editor",
         permissions: &[
             LOCATIONS_GET,
+            LOCATIONS_GENERATE_RANDOM_BYTES,
             LOCATIONS_LIST,
             KEY_RINGS_CREATE,
             KEY_RINGS_GET,
@@ -252,6 +255,7 @@ pub static ROLES: &[Role] = &[
         title: "Cloud KMS Admin",
         permissions: &[
             LOCATIONS_GET,
+            LOCATIONS_GENERATE_RANDOM_BYTES,
             LOCATIONS_LIST,
             KEY_RINGS_CREATE,
             KEY_RINGS_GET,
@@ -298,6 +302,7 @@ pub static ROLES: &[Role] = &[
             VERSIONS_USE_TO_DECRYPT,
             VERSIONS_VIEW_PUBLIC_KEY,
             LOCATIONS_GET,
+            LOCATIONS_GENERATE_RANDOM_BYTES,
             LOCATIONS_LIST,
             PROJECTS_GET,
         ],

@@ -82,6 +82,22 @@ pub struct AuditRecord {
     /// Whether the caller acted through `--allow-anonymous`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub anonymous: bool,
+    /// The Key Access Justification decision of a cryptographic call ([K11]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_justification: Option<AccessDecision>,
+}
+
+/// The access reason a cryptographic call carried, and what the key's
+/// `keyAccessJustificationsPolicy` made of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessDecision {
+    /// `CUSTOMER_INITIATED_ACCESS`, ...
+    pub reason: String,
+    /// Whether the key has a policy (absent: every reason allowed).
+    pub policy_enforced: bool,
+    /// Whether the reason was allowed.
+    pub allowed: bool,
 }
 
 /// An entry as stored, with its place in the chain.
@@ -219,6 +235,15 @@ impl AuditRecord {
         }
         if self.anonymous {
             metadata.insert("anonymous".into(), true.into());
+        }
+        if let Some(d) = &self.access_justification {
+            // The shape of Cloud KMS's entries (`key_access_justification`,
+            // `key_access_justification_policy_metadata`), plus whether the policy allowed it.
+            metadata.insert("keyAccessJustification".into(), serde_json::json!({"reason": d.reason}));
+            metadata.insert(
+                "keyAccessJustificationPolicyMetadata".into(),
+                serde_json::json!({"customerConfiguredPolicyEnforced": d.policy_enforced, "allowed": d.allowed}),
+            );
         }
         if !metadata.is_empty() {
             payload["metadata"] = metadata.into();
@@ -475,6 +500,7 @@ impl crate::service::Kms {
                 code: status.code.number(),
                 message: status.message.clone(),
                 anonymous: caller.anonymous,
+                access_justification: None,
             })
             .await
     }
@@ -535,6 +561,7 @@ mod tests {
             code: 0,
             message: String::new(),
             anonymous: false,
+            access_justification: None,
         }
     }
 

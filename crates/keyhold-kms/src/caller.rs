@@ -3,9 +3,10 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use keyhold_api::resources::AccessReason;
 use keyhold_iam::{Permission, Principal};
 
-use crate::audit::{AuditKind, AuditRecord};
+use crate::audit::{AccessDecision, AuditKind, AuditRecord};
 use crate::error::KmsError;
 use crate::service::Kms;
 
@@ -19,8 +20,11 @@ pub struct Caller {
     pub anonymous: bool,
     /// Request ID, for the audit log.
     pub request_id: String,
-    /// The caller's stated reason for the request, if any.
+    /// The caller's stated reason for the request, if any (`X-Goog-Request-Reason`).
     pub justification: Option<String>,
+    /// The Key Access Justification reason of a cryptographic request ([K11]); `None` means
+    /// `CUSTOMER_INITIATED_ACCESS`, a customer using their own key.
+    pub access_reason: Option<AccessReason>,
     /// When `principal` is `None`: whether no credential was sent at all (rather than an
     /// invalid one).
     pub credential_missing: bool,
@@ -34,6 +38,7 @@ impl Caller {
             anonymous: false,
             request_id: request_id.into(),
             justification: None,
+            access_reason: None,
             credential_missing: false,
         }
     }
@@ -46,6 +51,7 @@ impl Caller {
             anonymous: false,
             request_id: request_id.into(),
             justification: None,
+            access_reason: None,
             credential_missing,
         }
     }
@@ -71,6 +77,7 @@ pub(crate) struct Call<'a> {
     kind: AuditKind,
     permission: Mutex<Option<(Permission, bool)>>,
     key_version: Mutex<Option<String>>,
+    access_decision: Mutex<Option<AccessDecision>>,
     committed: AtomicBool,
 }
 
@@ -94,6 +101,7 @@ impl<'a> Call<'a> {
             kind,
             permission: Mutex::new(None),
             key_version: Mutex::new(None),
+            access_decision: Mutex::new(None),
             committed: AtomicBool::new(false),
         }
     }
@@ -106,6 +114,11 @@ impl<'a> Call<'a> {
     /// Notes the key version a cryptographic call used.
     pub(crate) fn set_key_version(&self, v: String) {
         *self.key_version.lock().unwrap_or_else(|e| e.into_inner()) = Some(v);
+    }
+
+    /// Notes the Key Access Justification decision of a cryptographic call.
+    pub(crate) fn set_access_decision(&self, d: AccessDecision) {
+        *self.access_decision.lock().unwrap_or_else(|e| e.into_inner()) = Some(d);
     }
 
     fn record(&self, outcome: Result<(), &KmsError>) -> AuditRecord {
@@ -134,6 +147,7 @@ impl<'a> Call<'a> {
             code,
             message,
             anonymous: self.caller.anonymous,
+            access_justification: self.access_decision.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 

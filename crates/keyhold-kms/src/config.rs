@@ -1,5 +1,6 @@
 //! Settings of the KMS domain. Defaults are the SPEC's.
 
+use crate::backends::KeyBackends;
 use std::time::Duration;
 
 use keyhold_api::wire::ProtoDuration;
@@ -48,6 +49,9 @@ pub struct KmsConfig {
     pub anonymous_principal: Option<keyhold_iam::Principal>,
     /// Lifetime of a token created without one.
     pub default_token_ttl: ProtoDuration,
+    /// Where HSM and EXTERNAL key versions live; without one, that protection level answers
+    /// `501 UNIMPLEMENTED`.
+    pub backends: KeyBackends,
 }
 
 impl Default for KmsConfig {
@@ -63,6 +67,7 @@ impl Default for KmsConfig {
             change_poll_interval: Duration::from_millis(250),
             anonymous_principal: None,
             default_token_ttl: ProtoDuration::from_secs(90 * DAY),
+            backends: KeyBackends::default(),
         }
     }
 }

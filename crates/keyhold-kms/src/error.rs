@@ -1,9 +1,10 @@
 //! Errors of the KMS domain, each mapped to a `google.rpc.Code` in exactly one place
 //! ([`KmsError::code`]) and rendered with Cloud KMS's own messages where Cloud KMS has one.
 
-use keyhold_api::resources::{Purpose, VersionState};
+use keyhold_api::resources::{AccessReason, Purpose, VersionState};
 use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, KeyRingName, NameError, Status};
 
+use crate::backends::BackendError;
 use crate::store::StoreError;
 
 /// What can go wrong in a KMS call.
@@ -143,6 +144,34 @@ pub enum KmsError {
     /// The database (or another dependency) is unreachable: retryable.
     #[error("The service is temporarily unavailable; retry the request.")]
     Unavailable(#[source] StoreError),
+    /// The HSM or external key manager holding the key cannot be reached or is failing.
+    #[error("{what} is not available: {detail}. Retry the request.")]
+    KeyBackendUnavailable {
+        /// "The HSM", "The external key manager at URI".
+        what: String,
+        /// What failed (never key material).
+        detail: String,
+    },
+    /// The external key manager refused to wrap or unwrap.
+    #[error("The external key manager refused the request for {version}: {detail}")]
+    ExternalKeyRefused {
+        /// The key version.
+        version: String,
+        /// The manager's words.
+        detail: String,
+    },
+    /// The request's access reason is not allowed by the key's `keyAccessJustificationsPolicy`.
+    #[error(
+        "The access reason {reason} is not allowed by the keyAccessJustificationsPolicy of CryptoKey {key} (allowed: {allowed})."
+    )]
+    JustificationDenied {
+        /// The key.
+        key: CryptoKeyName,
+        /// The reason the request carried.
+        reason: AccessReason,
+        /// The policy's reasons, comma-separated ("none" when empty).
+        allowed: String,
+    },
     /// Stored state cannot be read (corruption, or a root key that does not fit the data).
     #[error("Internal error.")]
     Internal(String),
@@ -175,7 +204,11 @@ impl KmsError {
             KmsError::StaleEtag { .. } => Code::Aborted,
             KmsError::Unimplemented(_) => Code::Unimplemented,
             KmsError::Contention(_) => Code::Aborted,
-            KmsError::Unavailable(_) => Code::Unavailable,
+            KmsError::Unavailable(_) | KmsError::KeyBackendUnavailable { .. } => Code::Unavailable,
+            // The caller is authorized (IAM passed) but a policy on the key, or the external
+            // manager's own, precludes the use: a precondition, not an IAM denial. CMEK
+            // services treat it like a disabled key (KMS_KEY_ISSUE).
+            KmsError::ExternalKeyRefused { .. } | KmsError::JustificationDenied { .. } => Code::FailedPrecondition,
             KmsError::Internal(_) => Code::Internal,
         }
     }
@@ -188,6 +221,22 @@ impl KmsError {
                 status.with_precondition_failure(&format!("KEY_{}", state.as_str()), &version.to_string(), "")
             }
             _ => status,
+        }
+    }
+}
+
+impl KmsError {
+    /// A backend's failure while using `version`, where `what` names the backend for the
+    /// message ("The HSM", "The external key manager at URI").
+    pub fn from_backend(what: &str, version: &str, e: BackendError) -> Self {
+        match e {
+            BackendError::Unavailable(detail) => KmsError::KeyBackendUnavailable { what: what.to_string(), detail },
+            BackendError::Refused(detail) => KmsError::ExternalKeyRefused { version: version.to_string(), detail },
+            BackendError::KeyNotFound(detail) => KmsError::FailedPrecondition(format!(
+                "The key material of {version} is gone from its backend: {detail}"
+            )),
+            BackendError::DecryptFailed => KmsError::DecryptFailed,
+            BackendError::InvalidInput(detail) => KmsError::InvalidArgument(detail),
         }
     }
 }
@@ -225,6 +274,22 @@ mod tests {
         let r: KeyRingName = "projects/p/locations/global/keyRings/r".parse().unwrap();
         assert_eq!(KmsError::KeyRingNotFound(r.clone()).to_string(), format!("KeyRing {r} not found."));
         assert_eq!(KmsError::KeyRingExists(r).code().http_status(), 409);
+        let v1 = v.to_string();
+        assert_eq!(
+            KmsError::from_backend("The HSM", &v1, BackendError::Unavailable("token removed".into())).code(),
+            Code::Unavailable
+        );
+        let refused = KmsError::from_backend("x", &v1, BackendError::Refused("reason not allowed".into()));
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(refused.to_string().contains("reason not allowed"));
+        assert_eq!(KmsError::from_backend("x", &v1, BackendError::DecryptFailed).code(), Code::InvalidArgument);
+        let denied = KmsError::JustificationDenied {
+            key: v.crypto_key.clone(),
+            reason: AccessReason::GoogleInitiatedReview,
+            allowed: "CUSTOMER_INITIATED_ACCESS".into(),
+        };
+        assert_eq!(denied.code().http_status(), 400);
+        assert!(denied.to_string().contains("GOOGLE_INITIATED_REVIEW"), "{denied}");
         let u = KmsError::Unavailable(StoreError::Unavailable("db down".into()));
         assert_eq!(u.code().http_status(), 503);
         assert!(!u.to_status().message.contains("db down"), "causes stay out of the body");

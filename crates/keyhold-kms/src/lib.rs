@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod backends;
 pub mod cache;
 pub mod caller;
 pub mod clock;
@@ -31,6 +32,7 @@ pub mod service;
 pub mod store;
 mod validate;
 
+pub use backends::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};
 pub use caller::{Caller, ServiceCall};
 pub use config::KmsConfig;
 pub use error::KmsError;

@@ -10,12 +10,16 @@ use std::path::Path;
 
 use keyhold_crypto::{AeadKey, CryptoError, KeyBytes, sealed};
 
-/// Seals and unseals key material for storage.
+use crate::backends::BackendError;
+
+/// Seals and unseals key material for storage. Async because the root key may live in an HSM
+/// (`--root-key pkcs11:...`), whose calls block and may fail with the token.
+#[async_trait::async_trait]
 pub trait RootKey: Send + Sync + fmt::Debug + 'static {
     /// Seals `material` for the key version named `context`.
-    fn seal(&self, material: &KeyBytes, context: &str) -> Result<Vec<u8>, CryptoError>;
+    async fn seal(&self, material: &KeyBytes, context: &str) -> Result<Vec<u8>, BackendError>;
     /// Unseals what [`RootKey::seal`] made for the same `context`.
-    fn unseal(&self, sealed: &[u8], context: &str) -> Result<KeyBytes, CryptoError>;
+    async fn unseal(&self, sealed: &[u8], context: &str) -> Result<KeyBytes, BackendError>;
     /// A public identifier of this root key, stored beside the data to detect a mismatch.
     fn fingerprint(&self) -> String;
 }
@@ -105,12 +109,13 @@ impl LocalRootKey {
     }
 }
 
+#[async_trait::async_trait]
 impl RootKey for LocalRootKey {
-    fn seal(&self, material: &KeyBytes, context: &str) -> Result<Vec<u8>, CryptoError> {
-        sealed::seal(&self.aead, material, context)
+    async fn seal(&self, material: &KeyBytes, context: &str) -> Result<Vec<u8>, BackendError> {
+        sealed::seal(&self.aead, material, context).map_err(|e| BackendError::InvalidInput(e.to_string()))
     }
-    fn unseal(&self, sealed_bytes: &[u8], context: &str) -> Result<KeyBytes, CryptoError> {
-        sealed::unseal(&self.aead, sealed_bytes, context)
+    async fn unseal(&self, sealed_bytes: &[u8], context: &str) -> Result<KeyBytes, BackendError> {
+        sealed::unseal(&self.aead, sealed_bytes, context).map_err(|_| BackendError::DecryptFailed)
     }
     fn fingerprint(&self) -> String {
         self.fingerprint.clone()
@@ -121,8 +126,8 @@ impl RootKey for LocalRootKey {
 mod tests {
     use super::*;
 
-    #[test]
-    fn create_then_load_same_key() {
+    #[tokio::test]
+    async fn create_then_load_same_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/root.key");
         let (a, created) = LocalRootKey::load_or_create(&path).unwrap();
@@ -131,8 +136,8 @@ mod tests {
         assert!(!created);
         assert_eq!(a.fingerprint(), b.fingerprint());
         let m = KeyBytes::generate().unwrap();
-        let s = a.seal(&m, "ctx").unwrap();
-        assert_eq!(b.unseal(&s, "ctx").unwrap().expose(), m.expose());
+        let s = a.seal(&m, "ctx").await.unwrap();
+        assert_eq!(b.unseal(&s, "ctx").await.unwrap().expose(), m.expose());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

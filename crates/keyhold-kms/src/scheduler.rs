@@ -8,10 +8,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use keyhold_api::resources::VersionState;
+use keyhold_api::resources::{ProtectionLevel, VersionState};
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName};
 
 use crate::audit::AuditKind;
+use crate::backends::BackendError;
 use crate::caller::{Call, Caller};
 use crate::error::KmsError;
 use crate::service::Kms;
@@ -48,16 +49,21 @@ impl Kms {
     async fn complete_destruction(&self, name: &CryptoKeyVersionName) -> Result<bool, KmsError> {
         let now = self.clock.now();
         let mut did = false;
+        let mut hsm_object = None;
         let system = Caller::system("scheduler");
         let call = Call::new(&system, "ScheduledDestruction", name.to_string(), AuditKind::Activity);
         let result = self
             .modify_version(&call, name, |v, _| {
                 did = false;
+                hsm_object = None;
                 let due = v.version.destroy_time.is_some_and(|t| t <= now);
                 if v.version.state == Some(VersionState::DestroyScheduled) && due {
                     v.version.state = Some(VersionState::Destroyed);
                     v.version.destroy_time = None;
                     v.version.destroy_event_time = Some(now);
+                    if v.version.protection_level == Some(ProtectionLevel::Hsm) {
+                        hsm_object = v.material.clone().and_then(|m| String::from_utf8(m).ok());
+                    }
                     v.material = None;
                     did = true;
                 }
@@ -69,11 +75,33 @@ impl Kms {
                 if did {
                     tracing::info!(version = %name, "key version destroyed; its material is erased");
                 }
+                if let Some(object) = hsm_object {
+                    self.destroy_hsm_object(name, &object).await;
+                }
                 Ok(did)
             }
             // Restored or already handled elsewhere in the meantime.
             Err(KmsError::VersionNotFound(_)) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a destroyed HSM version's key object from the token. The version is already
+    /// DESTROYED in the database, so Keyhold can never use the object again; if the token is
+    /// unavailable now the object stays behind, and the log line names it for the operator.
+    async fn destroy_hsm_object(&self, name: &CryptoKeyVersionName, object: &str) {
+        let Some(hsm) = self.config.backends.hsm.as_ref() else {
+            tracing::error!(version = %name, object, "no HSM configured: the destroyed version's token object remains");
+            return;
+        };
+        match hsm.destroy_key(object).await {
+            Ok(()) | Err(BackendError::KeyNotFound(_)) => {
+                tracing::info!(version = %name, object, "HSM key object destroyed");
+            }
+            Err(e) => tracing::error!(
+                version = %name, object, error = %e,
+                "cannot remove the destroyed version's key object from the HSM; remove it by hand (docs/operations.md)"
+            ),
         }
     }
 
@@ -108,7 +136,7 @@ impl Kms {
         }
         let template = record.key.version_template.clone().unwrap_or_default();
         let id = self.store.allocate_version_id(name).await?;
-        let version = self.new_version_record(&name.version(id), &template, VersionState::Enabled)?;
+        let version = self.new_version_record(&name.version(id), &template, VersionState::Enabled, None).await?;
         let call = Call::new(&system, "CreateCryptoKeyVersion", name.to_string(), AuditKind::Activity);
         call.set_key_version(version.name.to_string());
         self.store.insert_version(&version, true, &call.success_entry()).await?;

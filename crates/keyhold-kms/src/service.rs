@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 use keyhold_api::filter::{Filter, OrderBy};
 use keyhold_api::page::{Page, PageError, PageRequest};
 use keyhold_api::resources::{
-    CryptoKey, CryptoKeyVersion, KeyRing, Location, ProtectionLevel, Purpose, VersionState, VersionTemplate,
+    CryptoKey, CryptoKeyVersion, ExternalProtectionLevelOptions, KeyOperationAttestation, KeyRing, Location,
+    ProtectionLevel, Purpose, VersionState, VersionTemplate,
 };
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 use keyhold_crypto::KeyBytes;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use keyhold_iam::role;
 
 use crate::audit::{AuditKind, AuditWriter};
+use crate::backends::{BackendError, ExternalKeyManager, HsmBackend};
 use crate::cache::{CachedKey, CachedVersion, KeyCache};
 use crate::caller::{Call, Caller};
 use crate::clock::Clock;
@@ -114,7 +116,7 @@ impl Kms {
 
     // ---- locations ------------------------------------------------------------------------
 
-    fn check_location(&self, loc: &LocationName) -> Result<(), KmsError> {
+    pub(crate) fn check_location(&self, loc: &LocationName) -> Result<(), KmsError> {
         if self.config.locations.iter().any(|l| *l == loc.location) {
             Ok(())
         } else {
@@ -269,6 +271,20 @@ impl Kms {
         };
         let template = validate::template(purpose, request.version_template.clone())?;
         self.check_protection_level(&template)?;
+        if template.protection_level == Some(ProtectionLevel::External) {
+            // As Cloud KMS: the manager's key URI comes with each version, so the key starts
+            // without one, and EXTERNAL keys do not rotate by themselves.
+            if !skip_initial_version_creation {
+                return Err(KmsError::InvalidArgument(
+                    "CryptoKeys with protection level EXTERNAL must be created with skipInitialVersionCreation=true; then create each version with externalProtectionLevelOptions.externalKeyUri.".into(),
+                ));
+            }
+            if request.rotation_period.is_some() || request.next_rotation_time.is_some() {
+                return Err(KmsError::InvalidArgument(
+                    "CryptoKeys with protection level EXTERNAL cannot rotate automatically: rotate by creating a version with a new externalKeyUri.".into(),
+                ));
+            }
+        }
         validate::labels(&request.labels)?;
         if request.import_only {
             return Err(KmsError::Unimplemented(
@@ -304,7 +320,7 @@ impl Kms {
         let first = if skip_initial_version_creation {
             None
         } else {
-            Some(self.new_version_record(&name.version(1), &template, VersionState::Enabled)?)
+            Some(self.new_version_record(&name.version(1), &template, VersionState::Enabled, None).await?)
         };
         let record =
             CryptoKeyRecord { name: name.clone(), key, primary_version: first.as_ref().map(|_| 1), revision: 0 };
@@ -318,9 +334,9 @@ impl Kms {
     fn check_protection_level(&self, t: &VersionTemplate) -> Result<(), KmsError> {
         match t.protection_level {
             Some(ProtectionLevel::Software) => Ok(()),
-            Some(l) => Err(KmsError::Unimplemented(format!(
-                "Protection level {l} is not available on this server; start it with an HSM or external key manager configured (see docs/operations.md)."
-            ))),
+            Some(ProtectionLevel::Hsm) => self.hsm().map(|_| ()),
+            Some(ProtectionLevel::External) => self.external().map(|_| ()),
+            Some(l) => Err(KmsError::Unimplemented(format!("Protection level {l} is not available on this server."))),
             None => Err(KmsError::Internal("template without protection level".into())),
         }
     }
@@ -345,15 +361,68 @@ impl Kms {
         Ok(())
     }
 
-    /// Generates and seals fresh material for a new version.
-    pub(crate) fn new_version_record(
+    /// Makes the material of a new version where its protection level keeps it: SOFTWARE
+    /// material is generated here and sealed by the root key; HSM material is generated inside
+    /// the token (the record keeps only the token object's reference); EXTERNAL versions have
+    /// no material here, only the manager's key URI.
+    pub(crate) async fn new_version_record(
         &self,
         name: &CryptoKeyVersionName,
         template: &VersionTemplate,
         state: VersionState,
+        external: Option<ExternalProtectionLevelOptions>,
     ) -> Result<VersionRecord, KmsError> {
-        let material = KeyBytes::generate().map_err(|e| KmsError::Internal(e.to_string()))?;
-        let sealed = self.root.seal(&material, &name.to_string()).map_err(|e| KmsError::Internal(e.to_string()))?;
+        let level = template.protection_level.unwrap_or(ProtectionLevel::Software);
+        let mut attestation = None;
+        let mut external_protection_level_options = None;
+        let material = match level {
+            ProtectionLevel::Software => {
+                let material = KeyBytes::generate().map_err(|e| KmsError::Internal(e.to_string()))?;
+                let sealed = self
+                    .root
+                    .seal(&material, &name.to_string())
+                    .await
+                    .map_err(|e| KmsError::from_backend("The root key", &name.to_string(), e))?;
+                Some(sealed)
+            }
+            ProtectionLevel::Hsm => {
+                let hsm = self.hsm()?;
+                let label = format!("keyhold:{name}:{}", random_suffix()?);
+                let handle = hsm
+                    .generate_key(&label)
+                    .await
+                    .map_err(|e| KmsError::from_backend("The HSM", &name.to_string(), e))?;
+                let statement = hsm
+                    .attestation(&handle)
+                    .await
+                    .map_err(|e| KmsError::from_backend("The HSM", &name.to_string(), e))?;
+                attestation = Some(KeyOperationAttestation {
+                    format: "ATTESTATION_FORMAT_UNSPECIFIED".into(),
+                    content: Some(keyhold_api::wire::Bytes(statement.into_bytes())),
+                });
+                Some(handle.into_bytes())
+            }
+            ProtectionLevel::External => {
+                self.external()?;
+                let options = external.filter(|o| !o.external_key_uri.is_empty()).ok_or_else(|| {
+                    KmsError::InvalidArgument(
+                        "An EXTERNAL CryptoKeyVersion needs external_protection_level_options.external_key_uri: the URI of the key in the external key manager."
+                            .into(),
+                    )
+                })?;
+                validate::external_key_uri(&options.external_key_uri)?;
+                external_protection_level_options = Some(ExternalProtectionLevelOptions {
+                    external_key_uri: options.external_key_uri,
+                    ekm_connection_key_path: String::new(),
+                });
+                None
+            }
+            other => {
+                return Err(KmsError::Unimplemented(format!(
+                    "Protection level {other} is not available on this server."
+                )));
+            }
+        };
         let now = self.clock.now();
         Ok(VersionRecord {
             name: name.clone(),
@@ -364,10 +433,32 @@ impl Kms {
                 algorithm: template.algorithm,
                 create_time: Some(now),
                 generate_time: Some(now),
+                attestation,
+                external_protection_level_options,
                 ..Default::default()
             },
-            material: Some(sealed),
+            material,
             revision: 0,
+        })
+    }
+
+    /// The HSM, or why HSM keys cannot be used on this server.
+    pub(crate) fn hsm(&self) -> Result<&Arc<dyn HsmBackend>, KmsError> {
+        self.config.backends.hsm.as_ref().ok_or_else(|| {
+            KmsError::Unimplemented(
+                "Protection level HSM is not available on this server; start it with --pkcs11-module (see docs/operations.md)."
+                    .into(),
+            )
+        })
+    }
+
+    /// The external key manager client, or why EXTERNAL keys cannot be used on this server.
+    pub(crate) fn external(&self) -> Result<&Arc<dyn ExternalKeyManager>, KmsError> {
+        self.config.backends.external.as_ref().ok_or_else(|| {
+            KmsError::Unimplemented(
+                "Protection level EXTERNAL is not available on this server; start it with --ekm-token-file (see docs/operations.md)."
+                    .into(),
+            )
         })
     }
 
@@ -596,7 +687,9 @@ impl Kms {
         let template = key.key.version_template.clone().unwrap_or_default();
         self.check_protection_level(&template)?;
         let id = self.store.allocate_version_id(parent).await?;
-        let record = self.new_version_record(&parent.version(id), &template, state)?;
+        let record = self
+            .new_version_record(&parent.version(id), &template, state, request.external_protection_level_options)
+            .await?;
         call.set_key_version(record.name.to_string());
         self.store.insert_version(&record, false, &call.success_entry()).await?;
         self.key_changed(parent);
@@ -837,15 +930,19 @@ impl Kms {
 
     /// Seals a key of an in-process service (service-managed encryption) with the KMS's root
     /// key, bound to `context`. The service stores the result; only this KMS can unseal it.
-    pub fn seal_service_key(&self, key: &KeyBytes, context: &str) -> Result<Vec<u8>, KmsError> {
-        self.root.seal(key, &format!("service-key/{context}")).map_err(|e| KmsError::Internal(e.to_string()))
+    pub async fn seal_service_key(&self, key: &KeyBytes, context: &str) -> Result<Vec<u8>, KmsError> {
+        self.root
+            .seal(key, &format!("service-key/{context}"))
+            .await
+            .map_err(|e| KmsError::from_backend("The root key", context, e))
     }
 
     /// Unseals what [`Kms::seal_service_key`] sealed with the same `context`.
-    pub fn unseal_service_key(&self, sealed: &[u8], context: &str) -> Result<KeyBytes, KmsError> {
-        self.root
-            .unseal(sealed, &format!("service-key/{context}"))
-            .map_err(|e| KmsError::Internal(format!("cannot unseal a service key: {e}")))
+    pub async fn unseal_service_key(&self, sealed: &[u8], context: &str) -> Result<KeyBytes, KmsError> {
+        self.root.unseal(sealed, &format!("service-key/{context}")).await.map_err(|e| match e {
+            BackendError::Unavailable(_) => KmsError::from_backend("The root key", context, e),
+            other => KmsError::Internal(format!("cannot unseal a service key: {other}")),
+        })
     }
 
     /// What an in-process service protecting data with `name` (the store) learns of the key
@@ -947,4 +1044,12 @@ fn list_page<T: Serialize>(all: Vec<T>, q: &ListQuery, parent: &str) -> Result<P
         PageError::NegativeSize => KmsError::InvalidArgument("page_size must not be negative.".into()),
         other => KmsError::InvalidArgument(other.to_string()),
     })
+}
+
+/// A random suffix that keeps HSM object labels unique even if a version name is reused
+/// (a key deleted and created again is not possible in Cloud KMS, but a database restore is).
+fn random_suffix() -> Result<String, KmsError> {
+    let mut b = [0u8; 8];
+    keyhold_crypto::random_bytes(&mut b).map_err(|e| KmsError::Internal(e.to_string()))?;
+    Ok(keyhold_crypto::hex(&b))
 }

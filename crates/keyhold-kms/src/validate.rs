@@ -7,6 +7,19 @@ use keyhold_api::wire::ProtoDuration;
 
 use crate::KmsError;
 
+/// An EXTERNAL version's key URI: an absolute http(s) URL of at most 2048 characters. The
+/// manager is reached there for every wrap and unwrap (`docs/ekm-protocol.md`).
+pub(crate) fn external_key_uri(uri: &str) -> Result<(), KmsError> {
+    let rest = uri.strip_prefix("https://").or_else(|| uri.strip_prefix("http://"));
+    let host_ok = rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/'));
+    if !host_ok || uri.len() > 2048 || uri.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(KmsError::InvalidArgument(format!(
+            "external_key_uri must be an absolute http:// or https:// URL of at most 2048 characters, not {uri:?}."
+        )));
+    }
+    Ok(())
+}
+
 /// Labels as Google Cloud allows them: at most 64; keys start with a lowercase letter; keys and
 /// values at most 63 characters of lowercase letters, digits, `_` and `-`.
 pub(crate) fn labels(labels: &BTreeMap<String, String>) -> Result<(), KmsError> {

@@ -156,7 +156,27 @@ pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Call
         caller.anonymous = true;
     }
     caller.justification = header("x-goog-request-reason").map(|r| r.chars().take(MAX_REASON).collect());
+    if let Some(reason) = header(ACCESS_REASON_HEADER) {
+        caller.access_reason = Some(parse_access_reason(&reason)?);
+    }
     Ok(caller)
+}
+
+/// The header carrying a request's Key Access Justification reason ([K11]): an `AccessReason`
+/// name (`CUSTOMER_INITIATED_ACCESS`) or number. Absent: `CUSTOMER_INITIATED_ACCESS`.
+pub const ACCESS_REASON_HEADER: &str = "x-keyhold-access-reason";
+
+fn parse_access_reason(value: &str) -> Result<keyhold_api::resources::AccessReason, KmsError> {
+    let v = match value.trim().parse::<i64>() {
+        Ok(n) => serde_json::Value::from(n),
+        Err(_) => serde_json::Value::from(value.trim()),
+    };
+    match serde_json::from_value::<keyhold_api::resources::AccessReason>(v) {
+        Ok(r) if r != keyhold_api::resources::AccessReason::Unspecified => Ok(r),
+        _ => Err(KmsError::InvalidArgument(format!(
+            "X-Keyhold-Access-Reason: {value:?} is not an AccessReason (for example CUSTOMER_INITIATED_ACCESS)."
+        ))),
+    }
 }
 
 async fn dispatch_api(
@@ -225,6 +245,10 @@ async fn handle(
             json(&ListLocationsResponse { locations: page.items, next_page_token: page.next_page_token }, pretty)
         }
         (Target::Location(name), None, Method::GET) => json(&kms.location(caller, &name).await?, pretty),
+        (Target::Location(name), Some("generateRandomBytes"), Method::POST) => {
+            let req: keyhold_api::messages::GenerateRandomBytesRequest = body(&bytes)?;
+            json(&kms.generate_random_bytes(caller, &name, &req).await?, pretty)
+        }
 
         (Target::KeyRings(parent), None, Method::POST) => {
             let _: KeyRing = body(bytes)?;
@@ -328,7 +352,6 @@ const UNIMPLEMENTED_VERBS: &[&str] = &[
     "macSign",
     "macVerify",
     "decapsulate",
-    "generateRandomBytes",
     "import",
     "importTrustedKeyWrappedCryptoKeyVersion",
     "exportTrustedKeyWrappedCryptoKeyVersion",

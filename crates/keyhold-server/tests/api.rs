@@ -224,7 +224,15 @@ async fn key_rings_and_keys(backend: Backend) {
     assert_eq!(m, "The keyRingId query parameter is required.");
     s.err(Method::GET, &format!("{RING}/cryptoKeys/k2/cryptoKeyVersions/1/publicKey"), None, 501, "UNIMPLEMENTED")
         .await;
-    s.err(Method::POST, &format!("{LOC}:generateRandomBytes"), Some(json!({})), 501, "UNIMPLEMENTED").await;
+    // generateRandomBytes exists, checks its input, and needs an HSM (none configured here).
+    let m = s.err(Method::POST, &format!("{LOC}:generateRandomBytes"), Some(json!({})), 400, "INVALID_ARGUMENT").await;
+    assert!(m.contains("between 8 and 1024"), "{m}");
+    let body = json!({"lengthBytes": 32, "protectionLevel": "SOFTWARE"});
+    let m = s.err(Method::POST, &format!("{LOC}:generateRandomBytes"), Some(body), 400, "INVALID_ARGUMENT").await;
+    assert_eq!(m, "protection_level must be HSM.");
+    let body = json!({"lengthBytes": 32, "protectionLevel": "HSM"});
+    let m = s.err(Method::POST, &format!("{LOC}:generateRandomBytes"), Some(body), 501, "UNIMPLEMENTED").await;
+    assert!(m.contains("--pkcs11-module"), "{m}");
 }
 
 async fn crypto_and_versions(backend: Backend) {

@@ -63,13 +63,15 @@ impl KekWrapper for ServiceManaged {
     }
     async fn wrap(&self, resource: &str, kek: &Kek) -> Result<WrappedKek, KmsClientError> {
         let bytes = KeyBytes::from_slice(kek.expose()).expect("a KEK is 32 bytes");
-        let sealed = self.kms.seal_service_key(&bytes, &format!("{SERVICE}/{resource}")).map_err(kms_client_error)?;
+        let sealed =
+            self.kms.seal_service_key(&bytes, &format!("{SERVICE}/{resource}")).await.map_err(kms_client_error)?;
         Ok(WrappedKek { ciphertext: sealed, key_version: None })
     }
     async fn unwrap(&self, resource: &str, wrapped: &WrappedKek) -> Result<Kek, KmsClientError> {
         let bytes = self
             .kms
             .unseal_service_key(&wrapped.ciphertext, &format!("{SERVICE}/{resource}"))
+            .await
             .map_err(kms_client_error)?;
         Ok(Kek::from_bytes(bytes))
     }

@@ -1,0 +1,96 @@
+//! Where key material lives for the protection levels other than SOFTWARE ([K4], [K11]).
+//!
+//! * `HSM`: the material is generated inside a PKCS#11 token and never leaves it; the database
+//!   holds only the token object's reference ([`HsmBackend`]).
+//! * `EXTERNAL`: Keyhold holds no material at all; every encrypt and decrypt is a wrap or unwrap
+//!   call to the external key manager named by the version's `externalKeyUri`
+//!   ([`ExternalKeyManager`]), which sees the access reason and may refuse.
+//!
+//! The traits live here, in the domain, so the KMS does not depend on PKCS#11 or HTTP; the
+//! `keyhold-hsm` and `keyhold-ekm` crates implement them and the binary plugs them in.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keyhold_api::resources::AccessReason;
+use keyhold_crypto::Secret;
+
+/// Why a backend could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The HSM or the external key manager cannot be reached or is failing (module, token,
+    /// network, timeout): `503 UNAVAILABLE`, and CMEK services start their grace period.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The external key manager (or its policy) said no: `400 FAILED_PRECONDITION`.
+    #[error("{0}")]
+    Refused(String),
+    /// The key object is gone from the token or the manager.
+    #[error("{0}")]
+    KeyNotFound(String),
+    /// The ciphertext does not authenticate under the key.
+    #[error("decryption failed")]
+    DecryptFailed,
+    /// The request cannot be served as asked (for example a size out of range).
+    #[error("{0}")]
+    InvalidInput(String),
+}
+
+/// A PKCS#11 token holding HSM key versions (and possibly the root key).
+#[async_trait]
+pub trait HsmBackend: Send + Sync + fmt::Debug + 'static {
+    /// Generates a new non-extractable AES-256 key labelled `label` inside the token; returns
+    /// the reference the database keeps (no material).
+    async fn generate_key(&self, label: &str) -> Result<String, BackendError>;
+    /// AES-256-GCM inside the token; the output is the token's own blob.
+    async fn encrypt(&self, key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, BackendError>;
+    /// Opens what [`HsmBackend::encrypt`] made with the same key and `aad`.
+    async fn decrypt(&self, key: &str, blob: &[u8], aad: &[u8]) -> Result<Secret, BackendError>;
+    /// Removes the key object from the token. A key already gone is [`BackendError::KeyNotFound`].
+    async fn destroy_key(&self, key: &str) -> Result<(), BackendError>;
+    /// `n` bytes from the token's random number generator.
+    async fn random_bytes(&self, n: usize) -> Result<Secret, BackendError>;
+    /// An honest statement of what the token is and how the key is held, for a version's
+    /// `attestation` section.
+    async fn attestation(&self, key: &str) -> Result<String, BackendError>;
+}
+
+/// What the external key manager is told about a wrap or unwrap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalRequest {
+    /// Why the key is used (Key Access Justifications).
+    pub reason: AccessReason,
+    /// The key version used (`projects/.../cryptoKeyVersions/N`).
+    pub key_version: String,
+    /// The principal that called the KMS.
+    pub caller: String,
+    /// Unique per request, for matching the manager's log to Keyhold's audit log.
+    pub request_id: String,
+}
+
+/// An external key manager reached over its wrap/unwrap protocol (`docs/ekm-protocol.md`).
+#[async_trait]
+pub trait ExternalKeyManager: Send + Sync + fmt::Debug + 'static {
+    /// Wraps `plaintext` with the external key at `uri`, binding `aad`.
+    async fn wrap(
+        &self,
+        uri: &str,
+        plaintext: &[u8],
+        aad: &[u8],
+        req: &ExternalRequest,
+    ) -> Result<Vec<u8>, BackendError>;
+    /// Unwraps what [`ExternalKeyManager::wrap`] made.
+    async fn unwrap(&self, uri: &str, blob: &[u8], aad: &[u8], req: &ExternalRequest) -> Result<Secret, BackendError>;
+}
+
+/// The backends a KMS was started with; a protection level without one answers
+/// `501 UNIMPLEMENTED` when a key asks for it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyBackends {
+    /// The PKCS#11 token for `HSM` keys.
+    pub hsm: Option<Arc<dyn HsmBackend>>,
+    /// The client for `EXTERNAL` keys.
+    pub external: Option<Arc<dyn ExternalKeyManager>>,
+}
