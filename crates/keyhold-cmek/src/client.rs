@@ -2,6 +2,7 @@
 //! of a key version.
 
 use async_trait::async_trait;
+pub use keyhold_api::resources::AccessReason;
 use keyhold_crypto::Secret;
 
 use crate::error::KmsClientError;
@@ -18,11 +19,25 @@ pub struct Encrypted {
 /// A Cloud KMS v1 compatible KMS, reached with one identity (a service agent).
 #[async_trait]
 pub trait KmsClient: Send + Sync + std::fmt::Debug {
-    /// `cryptoKeys.encrypt` with the key's primary version.
-    async fn encrypt(&self, key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Encrypted, KmsClientError>;
+    /// `cryptoKeys.encrypt` with the key's primary version, stating why the key is used
+    /// (Key Access Justifications: the KMS checks it against the key's policy, and an external
+    /// key manager sees it).
+    async fn encrypt(
+        &self,
+        key: &str,
+        plaintext: &[u8],
+        aad: &[u8],
+        reason: AccessReason,
+    ) -> Result<Encrypted, KmsClientError>;
 
-    /// `cryptoKeys.decrypt`.
-    async fn decrypt(&self, key: &str, ciphertext: &[u8], aad: &[u8]) -> Result<Secret, KmsClientError>;
+    /// `cryptoKeys.decrypt`, stating why.
+    async fn decrypt(
+        &self,
+        key: &str,
+        ciphertext: &[u8],
+        aad: &[u8],
+        reason: AccessReason,
+    ) -> Result<Secret, KmsClientError>;
 
     /// Which of `permissions` the identity holds on `resource` (`:testIamPermissions`).
     async fn test_permissions(&self, resource: &str, permissions: &[&str]) -> Result<Vec<String>, KmsClientError>;

@@ -21,7 +21,7 @@ use keyhold_api::wire::Timestamp;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::client::KmsClient;
+use crate::client::{AccessReason, KmsClient};
 use crate::envelope::{Kek, WrappedKek, kek_aad};
 use crate::error::{Failure, KmsClientError};
 
@@ -49,10 +49,10 @@ const UNREACHABLE_RETRY: Duration = Duration::from_secs(2);
 pub trait KekWrapper: Send + Sync + std::fmt::Debug {
     /// The customer's key, or `None` for service-managed encryption.
     fn key_name(&self) -> Option<&str>;
-    /// Wraps `kek` for `resource` (with the key's primary version).
-    async fn wrap(&self, resource: &str, kek: &Kek) -> Result<WrappedKek, KmsClientError>;
-    /// Unwraps a KEK of `resource`.
-    async fn unwrap(&self, resource: &str, wrapped: &WrappedKek) -> Result<Kek, KmsClientError>;
+    /// Wraps `kek` for `resource` (with the key's primary version), for `reason`.
+    async fn wrap(&self, resource: &str, kek: &Kek, reason: AccessReason) -> Result<WrappedKek, KmsClientError>;
+    /// Unwraps a KEK of `resource`, for `reason`.
+    async fn unwrap(&self, resource: &str, wrapped: &WrappedKek, reason: AccessReason) -> Result<Kek, KmsClientError>;
 }
 
 /// [`KekWrapper`] with a customer-managed key through a [`KmsClient`].
@@ -75,13 +75,13 @@ impl KekWrapper for CmekWrapper {
         Some(&self.key)
     }
 
-    async fn wrap(&self, resource: &str, kek: &Kek) -> Result<WrappedKek, KmsClientError> {
-        let e = self.client.encrypt(&self.key, kek.expose(), &kek_aad(resource)).await?;
+    async fn wrap(&self, resource: &str, kek: &Kek, reason: AccessReason) -> Result<WrappedKek, KmsClientError> {
+        let e = self.client.encrypt(&self.key, kek.expose(), &kek_aad(resource), reason).await?;
         Ok(WrappedKek { ciphertext: e.ciphertext, key_version: Some(e.key_version) })
     }
 
-    async fn unwrap(&self, resource: &str, wrapped: &WrappedKek) -> Result<Kek, KmsClientError> {
-        let secret = self.client.decrypt(&self.key, &wrapped.ciphertext, &kek_aad(resource)).await?;
+    async fn unwrap(&self, resource: &str, wrapped: &WrappedKek, reason: AccessReason) -> Result<Kek, KmsClientError> {
+        let secret = self.client.decrypt(&self.key, &wrapped.ciphertext, &kek_aad(resource), reason).await?;
         Kek::from_secret(&secret).map_err(|_| {
             KmsClientError::new(keyhold_api::Code::DataLoss, "the KMS unwrapped a KEK of the wrong length")
         })
@@ -306,7 +306,7 @@ impl KeyGuard {
     /// Tells the guard about a KEK it has not seen (made on another node), then unwraps it.
     pub async fn add_wrapped(&self, id: u64, wrapped: WrappedKek) -> Result<Arc<Kek>, GuardError> {
         self.require_access()?;
-        match self.wrapper.unwrap(&self.resource, &wrapped).await {
+        match self.wrapper.unwrap(&self.resource, &wrapped, AccessReason::CustomerInitiatedAccess).await {
             Ok(kek) => {
                 let kek = Arc::new(kek);
                 let mut inner = self.write();
@@ -325,7 +325,7 @@ impl KeyGuard {
     /// it, then [`KeyGuard::insert`] it.
     pub async fn new_kek(&self) -> Result<(Kek, WrappedKek), GuardError> {
         let kek = Kek::generate().map_err(|_| GuardError::Rng)?;
-        let wrapped = self.wrapper.wrap(&self.resource, &kek).await?;
+        let wrapped = self.wrapper.wrap(&self.resource, &kek, AccessReason::CustomerInitiatedAccess).await?;
         Ok((kek, wrapped))
     }
 
@@ -362,7 +362,11 @@ impl KeyGuard {
         let keks: Vec<(u64, Arc<Kek>)> = self.read().keks.iter().map(|(id, k)| (*id, k.clone())).collect();
         let mut out = Vec::with_capacity(keks.len());
         for (id, kek) in keks {
-            let wrapped = self.wrapper.wrap(&self.resource, &kek).await.inspect_err(|e| self.record_failure(e))?;
+            let wrapped = self
+                .wrapper
+                .wrap(&self.resource, &kek, AccessReason::CustomerInitiatedAccess)
+                .await
+                .inspect_err(|e| self.record_failure(e))?;
             out.push((id, wrapped));
         }
         let mut inner = self.write();
@@ -409,7 +413,8 @@ impl KeyGuard {
         let wrapped = self.wrapped();
         let mut keks = HashMap::with_capacity(wrapped.len());
         for (id, w) in &wrapped {
-            match self.wrapper.unwrap(&self.resource, w).await {
+            // The periodic check is the service's own doing, not a customer request.
+            match self.wrapper.unwrap(&self.resource, w, AccessReason::GoogleInitiatedSystemOperation).await {
                 Ok(k) => {
                     keks.insert(*id, Arc::new(k));
                 }

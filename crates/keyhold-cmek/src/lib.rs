@@ -63,7 +63,7 @@ pub mod guard;
 pub mod local;
 pub mod rest;
 
-pub use client::{Encrypted, KeyDescription, KmsClient};
+pub use client::{AccessReason, Encrypted, KeyDescription, KmsClient};
 pub use envelope::{
     CHUNK_OVERHEAD, CHUNK_SIZE, ChunkId, EnvelopeError, Kek, SealedChunk, WrappedKek, open_chunk, seal_chunk,
 };
@@ -73,4 +73,4 @@ pub use guard::{
 };
 #[cfg(feature = "in-process")]
 pub use local::LocalKmsClient;
-pub use rest::{ImpersonatedToken, RestKmsClient, StaticToken, TokenSource};
+pub use rest::{ACCESS_REASON_HEADER, ImpersonatedToken, RestKmsClient, StaticToken, TokenSource};

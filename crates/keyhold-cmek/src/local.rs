@@ -10,7 +10,7 @@ use keyhold_api::{Code, CryptoKeyName};
 use keyhold_crypto::Secret;
 use keyhold_kms::{Caller, EncryptTarget, IamResource, Kms, KmsError};
 
-use crate::client::{Encrypted, KeyDescription, KmsClient};
+use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient};
 use crate::error::KmsClientError;
 
 /// The in-process client, acting as `caller` (a service agent).
@@ -36,9 +36,21 @@ fn key_name(key: &str) -> Result<CryptoKeyName, KmsClientError> {
     key.parse().map_err(|_| KmsClientError::new(Code::InvalidArgument, format!("\"{key}\" is not a crypto key name")))
 }
 
+impl LocalKmsClient {
+    fn caller_for(&self, reason: AccessReason) -> Caller {
+        Caller { access_reason: Some(reason), ..self.caller.clone() }
+    }
+}
+
 #[async_trait]
 impl KmsClient for LocalKmsClient {
-    async fn encrypt(&self, key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Encrypted, KmsClientError> {
+    async fn encrypt(
+        &self,
+        key: &str,
+        plaintext: &[u8],
+        aad: &[u8],
+        reason: AccessReason,
+    ) -> Result<Encrypted, KmsClientError> {
         let req = EncryptRequest {
             name: String::new(),
             plaintext: SecretBytes(Secret::new(plaintext.to_vec())),
@@ -46,12 +58,18 @@ impl KmsClient for LocalKmsClient {
             plaintext_crc32c: None,
             additional_authenticated_data_crc32c: None,
         };
-        let r =
-            self.kms.encrypt(&self.caller, &EncryptTarget::Key(key_name(key)?), &req).await.map_err(to_client_error)?;
+        let caller = self.caller_for(reason);
+        let r = self.kms.encrypt(&caller, &EncryptTarget::Key(key_name(key)?), &req).await.map_err(to_client_error)?;
         Ok(Encrypted { ciphertext: r.ciphertext.0, key_version: r.name })
     }
 
-    async fn decrypt(&self, key: &str, ciphertext: &[u8], aad: &[u8]) -> Result<Secret, KmsClientError> {
+    async fn decrypt(
+        &self,
+        key: &str,
+        ciphertext: &[u8],
+        aad: &[u8],
+        reason: AccessReason,
+    ) -> Result<Secret, KmsClientError> {
         let req = DecryptRequest {
             name: String::new(),
             ciphertext: Bytes(ciphertext.to_vec()),
@@ -59,7 +77,7 @@ impl KmsClient for LocalKmsClient {
             ciphertext_crc32c: None,
             additional_authenticated_data_crc32c: None,
         };
-        let r = self.kms.decrypt(&self.caller, &key_name(key)?, &req).await.map_err(to_client_error)?;
+        let r = self.kms.decrypt(&self.caller_for(reason), &key_name(key)?, &req).await.map_err(to_client_error)?;
         Ok(r.plaintext.0)
     }
 

@@ -11,7 +11,7 @@ use keyhold_crypto::{Secret, SecretString, crc32c};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
-use crate::client::{Encrypted, KeyDescription, KmsClient};
+use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient};
 use crate::error::KmsClientError;
 
 /// How long one KMS request may take before the KMS counts as unreachable.
@@ -140,6 +140,9 @@ fn code_of_http(status: u16) -> Code {
     }
 }
 
+/// Keyhold's header for the Key Access Justification reason of a request.
+pub const ACCESS_REASON_HEADER: &str = "x-keyhold-access-reason";
+
 /// A Cloud KMS v1 REST client bound to one identity.
 #[derive(Debug, Clone)]
 pub struct RestKmsClient {
@@ -155,15 +158,30 @@ impl RestKmsClient {
         Self { http: http_client(), endpoint: endpoint.trim_end_matches('/').to_string(), tokens }
     }
 
-    async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl serde::Serialize) -> Result<T, KmsClientError> {
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        reason: Option<AccessReason>,
+    ) -> Result<T, KmsClientError> {
         let token = self.tokens.token().await?;
-        send(self.http.post(format!("{}/v1/{path}", self.endpoint)).bearer_auth(token.expose()).json(body)).await
+        let mut request = self.http.post(format!("{}/v1/{path}", self.endpoint)).bearer_auth(token.expose()).json(body);
+        if let Some(reason) = reason {
+            request = request.header(ACCESS_REASON_HEADER, reason.as_str());
+        }
+        send(request).await
     }
 }
 
 #[async_trait]
 impl KmsClient for RestKmsClient {
-    async fn encrypt(&self, key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Encrypted, KmsClientError> {
+    async fn encrypt(
+        &self,
+        key: &str,
+        plaintext: &[u8],
+        aad: &[u8],
+        reason: AccessReason,
+    ) -> Result<Encrypted, KmsClientError> {
         let req = EncryptRequest {
             name: String::new(),
             plaintext: SecretBytes(Secret::new(plaintext.to_vec())),
@@ -171,7 +189,7 @@ impl KmsClient for RestKmsClient {
             plaintext_crc32c: Some(Crc32c(crc32c(plaintext))),
             additional_authenticated_data_crc32c: Some(Crc32c(crc32c(aad))),
         };
-        let resp: EncryptResponse = self.post(&format!("{key}:encrypt"), &req).await?;
+        let resp: EncryptResponse = self.post(&format!("{key}:encrypt"), &req, Some(reason)).await?;
         // End-to-end integrity, as Google asks of its clients: the KMS saw what we sent, and we
         // got what it sent.
         if !resp.verified_plaintext_crc32c
@@ -183,7 +201,13 @@ impl KmsClient for RestKmsClient {
         Ok(Encrypted { ciphertext: resp.ciphertext.0, key_version: resp.name })
     }
 
-    async fn decrypt(&self, key: &str, ciphertext: &[u8], aad: &[u8]) -> Result<Secret, KmsClientError> {
+    async fn decrypt(
+        &self,
+        key: &str,
+        ciphertext: &[u8],
+        aad: &[u8],
+        reason: AccessReason,
+    ) -> Result<Secret, KmsClientError> {
         let req = DecryptRequest {
             name: String::new(),
             ciphertext: Bytes(ciphertext.to_vec()),
@@ -191,7 +215,7 @@ impl KmsClient for RestKmsClient {
             ciphertext_crc32c: Some(Crc32c(crc32c(ciphertext))),
             additional_authenticated_data_crc32c: Some(Crc32c(crc32c(aad))),
         };
-        let resp: DecryptResponse = self.post(&format!("{key}:decrypt"), &req).await?;
+        let resp: DecryptResponse = self.post(&format!("{key}:decrypt"), &req, Some(reason)).await?;
         if resp.plaintext_crc32c.0 != crc32c(resp.plaintext.0.expose()) {
             return Err(KmsClientError::new(Code::DataLoss, "the KMS's decrypt answer failed its CRC32C check"));
         }
@@ -205,7 +229,7 @@ impl KmsClient for RestKmsClient {
             permissions: Vec<String>,
         }
         let r: Resp = self
-            .post(&format!("{resource}:testIamPermissions"), &serde_json::json!({ "permissions": permissions }))
+            .post(&format!("{resource}:testIamPermissions"), &serde_json::json!({ "permissions": permissions }), None)
             .await?;
         Ok(r.permissions)
     }

@@ -73,6 +73,11 @@ pub struct ExternalRequest {
 /// An external key manager reached over its wrap/unwrap protocol (`docs/ekm-protocol.md`).
 #[async_trait]
 pub trait ExternalKeyManager: Send + Sync + fmt::Debug + 'static {
+    /// Whether `uri` is a key URI this client can call; checked when a version is created.
+    fn check_uri(&self, uri: &str) -> Result<(), String> {
+        let _ = uri;
+        Ok(())
+    }
     /// Wraps `plaintext` with the external key at `uri`, binding `aad`.
     async fn wrap(
         &self,

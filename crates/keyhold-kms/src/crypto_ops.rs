@@ -254,7 +254,7 @@ impl Kms {
         });
         match policy {
             Some(p) if !allowed => Err(KmsError::JustificationDenied {
-                key: entry.record.name.clone(),
+                key: entry.name.clone(),
                 reason,
                 allowed: if p.allowed_access_reasons.is_empty() {
                     "none".into()

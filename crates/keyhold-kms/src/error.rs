@@ -165,8 +165,8 @@ pub enum KmsError {
         "The access reason {reason} is not allowed by the keyAccessJustificationsPolicy of CryptoKey {key} (allowed: {allowed})."
     )]
     JustificationDenied {
-        /// The key.
-        key: CryptoKeyName,
+        /// The key's resource name.
+        key: String,
         /// The reason the request carried.
         reason: AccessReason,
         /// The policy's reasons, comma-separated ("none" when empty).
@@ -284,7 +284,7 @@ mod tests {
         assert!(refused.to_string().contains("reason not allowed"));
         assert_eq!(KmsError::from_backend("x", &v1, BackendError::DecryptFailed).code(), Code::InvalidArgument);
         let denied = KmsError::JustificationDenied {
-            key: v.crypto_key.clone(),
+            key: v.crypto_key.to_string(),
             reason: AccessReason::GoogleInitiatedReview,
             allowed: "CUSTOMER_INITIATED_ACCESS".into(),
         };

@@ -403,16 +403,9 @@ impl Kms {
                 Some(handle.into_bytes())
             }
             ProtectionLevel::External => {
-                self.external()?;
-                let options = external.filter(|o| !o.external_key_uri.is_empty()).ok_or_else(|| {
-                    KmsError::InvalidArgument(
-                        "An EXTERNAL CryptoKeyVersion needs external_protection_level_options.external_key_uri: the URI of the key in the external key manager."
-                            .into(),
-                    )
-                })?;
-                validate::external_key_uri(&options.external_key_uri)?;
+                let uri = self.check_external_options(level, external.as_ref())?.unwrap_or_default();
                 external_protection_level_options = Some(ExternalProtectionLevelOptions {
-                    external_key_uri: options.external_key_uri,
+                    external_key_uri: uri,
                     ekm_connection_key_path: String::new(),
                 });
                 None
@@ -440,6 +433,28 @@ impl Kms {
             material,
             revision: 0,
         })
+    }
+
+    /// For an EXTERNAL version, its key URI, checked; `None` for other protection levels (which
+    /// take no external options).
+    fn check_external_options(
+        &self,
+        level: ProtectionLevel,
+        options: Option<&ExternalProtectionLevelOptions>,
+    ) -> Result<Option<String>, KmsError> {
+        if level != ProtectionLevel::External {
+            return Ok(None);
+        }
+        let manager = self.external()?;
+        let uri = options.map(|o| o.external_key_uri.as_str()).filter(|u| !u.is_empty()).ok_or_else(|| {
+            KmsError::InvalidArgument(
+                "An EXTERNAL CryptoKeyVersion needs external_protection_level_options.external_key_uri: the URI of the key in the external key manager."
+                    .into(),
+            )
+        })?;
+        validate::external_key_uri(uri)?;
+        manager.check_uri(uri).map_err(KmsError::InvalidArgument)?;
+        Ok(Some(uri.to_string()))
     }
 
     /// The HSM, or why HSM keys cannot be used on this server.
@@ -686,6 +701,11 @@ impl Kms {
         };
         let template = key.key.version_template.clone().unwrap_or_default();
         self.check_protection_level(&template)?;
+        // Checked before an ID is used up, so a refused request leaves no gap.
+        self.check_external_options(
+            template.protection_level.unwrap_or(ProtectionLevel::Software),
+            request.external_protection_level_options.as_ref(),
+        )?;
         let id = self.store.allocate_version_id(parent).await?;
         let record = self
             .new_version_record(&parent.version(id), &template, state, request.external_protection_level_options)

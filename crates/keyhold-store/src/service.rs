@@ -11,8 +11,8 @@ use futures_util::{Stream, StreamExt};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, LocationName};
 use keyhold_cmek::{
-    Access, ChunkId, CmekWrapper, Failure, GuardConfig, GuardError, GuardRegistry, GuardStatus, Kek, KekWrapper,
-    KeyGuard, KmsClientError, SealedChunk, WrappedKek, open_chunk, seal_chunk,
+    Access, AccessReason, ChunkId, CmekWrapper, Failure, GuardConfig, GuardError, GuardRegistry, GuardStatus, Kek,
+    KekWrapper, KeyGuard, KmsClientError, SealedChunk, WrappedKek, open_chunk, seal_chunk,
 };
 use keyhold_crypto::KeyBytes;
 use keyhold_iam::{Permission, role};
@@ -61,13 +61,13 @@ impl KekWrapper for ServiceManaged {
     fn key_name(&self) -> Option<&str> {
         None
     }
-    async fn wrap(&self, resource: &str, kek: &Kek) -> Result<WrappedKek, KmsClientError> {
+    async fn wrap(&self, resource: &str, kek: &Kek, _: AccessReason) -> Result<WrappedKek, KmsClientError> {
         let bytes = KeyBytes::from_slice(kek.expose()).expect("a KEK is 32 bytes");
         let sealed =
             self.kms.seal_service_key(&bytes, &format!("{SERVICE}/{resource}")).await.map_err(kms_client_error)?;
         Ok(WrappedKek { ciphertext: sealed, key_version: None })
     }
-    async fn unwrap(&self, resource: &str, wrapped: &WrappedKek) -> Result<Kek, KmsClientError> {
+    async fn unwrap(&self, resource: &str, wrapped: &WrappedKek, _: AccessReason) -> Result<Kek, KmsClientError> {
         let bytes = self
             .kms
             .unseal_service_key(&wrapped.ciphertext, &format!("{SERVICE}/{resource}"))

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod ekm;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the server: the Cloud KMS v1 REST API on 127.0.0.1:8080, state in ./keyhold-data.
     Serve(serve::ServeArgs),
+    /// Run an external key manager for EXTERNAL keys (`ekm serve`), or manage its keys.
+    Ekm(ekm::EkmArgs),
     #[command(flatten)]
     Client(cli::CliCommand),
 }
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Ekm(args) => rt.block_on(ekm::run(args)),
         Command::Client(cmd) => rt.block_on(cli::run(cmd, cli.client)),
     }
 }

@@ -75,7 +75,20 @@ pub struct ServeArgs {
     /// Bearer token of service:store.keyhold.dev at --kms-endpoint.
     #[arg(long, env = "KEYHOLD_KMS_TOKEN_FILE")]
     pub kms_token_file: Option<PathBuf>,
+    /// EXTERNAL keys: the tokens this server presents to external key managers, one per line,
+    /// `TOKEN` (any manager) or `http://host:port TOKEN` (that manager). Without it, EXTERNAL
+    /// keys answer 501 UNIMPLEMENTED. See docs/ekm-protocol.md.
+    #[arg(long, env = "KEYHOLD_EKM_CREDENTIALS_FILE")]
+    pub ekm_credentials_file: Option<PathBuf>,
+    /// EXTERNAL keys: how long a wrap or unwrap may take before the request fails with 503
+    /// UNAVAILABLE (and CMEK services start their grace period).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "KEYHOLD_EKM_TIMEOUT")]
+    pub ekm_timeout: ProtoDuration,
 }
+
+/// The longest an unwrapped EXTERNAL result is reused, whatever `allowedCacheDuration` the
+/// manager allows: a key disabled at the manager takes effect within this bound.
+const EKM_CACHE_MAX: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn parse_duration(s: &str) -> Result<ProtoDuration, String> {
     ProtoDuration::parse(s).ok_or_else(|| format!("\"{s}\" is not a duration like \"86400s\""))
@@ -128,7 +141,20 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
+    let mut backends = keyhold_kms::KeyBackends::default();
+    if let Some(file) = &args.ekm_credentials_file {
+        let text = keyhold_crypto::Secret::new(
+            std::fs::read(file).map_err(|e| format!("cannot read --ekm-credentials-file {}: {e}", file.display()))?,
+        );
+        let credentials = keyhold_ekm::client::EkmCredentials::parse(text.expose())
+            .map_err(|e| format!("--ekm-credentials-file {}: {e}", file.display()))?;
+        let client = keyhold_ekm::client::EkmClient::with_timeout(credentials, args.ekm_timeout.to_std())
+            .with_unwrap_cache(Arc::new(keyhold_ekm::client::UnwrapCache::new(10_000, EKM_CACHE_MAX)));
+        backends.external = Some(Arc::new(client));
+        tracing::info!(timeout = ?args.ekm_timeout.to_std(), "EXTERNAL keys enabled");
+    }
     let config = KmsConfig {
+        backends,
         anonymous_principal: anonymous_principal.clone(),
         locations: args.locations,
         default_destroy_scheduled_duration: args.default_destroy_scheduled_duration,

@@ -1,0 +1,292 @@
+//! `keyhold ekm ...`: a small external key manager for EXTERNAL keys (`keyhold ekm serve`) and
+//! the commands that manage its keys (`keyhold ekm keys create|list|enable|disable|destroy`).
+//!
+//! The manager is meant to run on a machine its operator controls, apart from the KMS: it keeps
+//! its own keys under its own root key, decides every request with its own policy file and
+//! records every decision in its own audit file. The key commands work on its data directory
+//! directly (run them on the manager's machine); a running manager sees their changes on its
+//! next request. See `docs/ekm-protocol.md`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use keyhold_ekm::protocol::KeyState;
+use keyhold_ekm::{EkmServerConfig, KeyRecord, KeyStore};
+
+/// `keyhold ekm`.
+#[derive(clap::Args, Debug)]
+pub struct EkmArgs {
+    #[command(subcommand)]
+    command: EkmCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum EkmCommand {
+    /// Run the external key manager: wrap/unwrap for a KMS's EXTERNAL keys, decided by a
+    /// policy file, recorded in an audit file.
+    Serve(ServeArgs),
+    /// Create, list, enable, disable and destroy the manager's keys.
+    Keys(KeysArgs),
+}
+
+/// Where the manager's keys live.
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// The manager's data directory: its keys, and by default its root key, tokens, policy and
+    /// audit files.
+    #[arg(long, default_value = "./keyhold-ekm-data", env = "KEYHOLD_EKM_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The manager's root key file (32 random bytes, base64), which seals its keys. Default:
+    /// DATA_DIR/root.key, created on first use.
+    #[arg(long, env = "KEYHOLD_EKM_ROOT_KEY_FILE")]
+    root_key_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn open(&self) -> Result<KeyStore, String> {
+        let store = KeyStore::open(&self.data_dir, self.root_key_file.as_deref()).map_err(|e| e.to_string())?;
+        if store.root_key_created() {
+            eprintln!(
+                "Created a new root key for the external key manager at {}. Keep a backup of it: without it the \
+                 manager's keys are lost.",
+                store.root_key_file().display()
+            );
+        }
+        Ok(store)
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct ServeArgs {
+    /// Address to listen on. Anything but loopback should be a private link or sit behind a TLS
+    /// proxy: tokens travel in plain HTTP (docs/ekm-protocol.md).
+    #[arg(long, default_value = "127.0.0.1:9090", env = "KEYHOLD_EKM_LISTEN")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The policy file (JSON): per key, the allowed callers, reasons, resources and clients,
+    /// and the allowed cache duration. Re-read when it changes. Default: DATA_DIR/policy.json.
+    #[arg(long, env = "KEYHOLD_EKM_POLICY")]
+    policy: Option<PathBuf>,
+    /// The bearer tokens the manager accepts, one "LABEL TOKEN" a line. Re-read when it
+    /// changes. Default: DATA_DIR/tokens, created with one fresh token if missing.
+    #[arg(long, env = "KEYHOLD_EKM_TOKENS_FILE")]
+    tokens_file: Option<PathBuf>,
+    /// The audit file: one JSON line per decision. Default: DATA_DIR/audit.jsonl.
+    #[arg(long, env = "KEYHOLD_EKM_AUDIT_FILE")]
+    audit_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(clap::Args, Debug)]
+struct BaseUrlArg {
+    /// The manager's URL as the KMS reaches it, to print external key URIs.
+    #[arg(long, default_value = "http://127.0.0.1:9090", env = "KEYHOLD_EKM_BASE_URL")]
+    base_url: String,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum KeysCommand {
+    /// Create an AES-256 key (random ID if none is given) and print its external key URI.
+    Create {
+        /// The key ID: 1 to 128 characters from A-Z a-z 0-9 . _ -
+        key_id: Option<String>,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        base: BaseUrlArg,
+    },
+    /// List the keys, destroyed ones included.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        base: BaseUrlArg,
+    },
+    /// Enable a disabled key.
+    Enable {
+        /// The key ID.
+        key_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Disable a key: every wrap and unwrap with it is refused until it is enabled again.
+    Disable {
+        /// The key ID.
+        key_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Destroy a key, irreversibly: everything it wrapped becomes unreadable.
+    Destroy {
+        /// The key ID.
+        key_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+/// Runs `keyhold ekm ...`.
+pub async fn run(args: EkmArgs) -> ExitCode {
+    let result = match args.command {
+        EkmCommand::Serve(a) => {
+            crate::init_logging();
+            serve(a).await.inspect_err(|e| tracing::error!("{e}"))
+        }
+        EkmCommand::Keys(k) => keys(k.command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn key_uri(base_url: &str, key_id: &str) -> String {
+    format!("{}/v1/keys/{key_id}", base_url.trim_end_matches('/'))
+}
+
+fn keys(cmd: KeysCommand) -> Result<(), String> {
+    match cmd {
+        KeysCommand::Create { key_id, store, base } => {
+            let record = store.open()?.create(key_id.as_deref()).map_err(|e| e.to_string())?;
+            eprintln!("Created key {}. Its external key URI:", record.key_id);
+            println!("{}", key_uri(&base.base_url, &record.key_id));
+        }
+        KeysCommand::List { store, base } => {
+            print_table(&store.open()?.list().map_err(|e| e.to_string())?, &base.base_url);
+        }
+        KeysCommand::Enable { key_id, store } => {
+            let r = store.open()?.set_enabled(&key_id, true).map_err(|e| e.to_string())?;
+            println!("Key {} is {}.", r.key_id, r.state);
+        }
+        KeysCommand::Disable { key_id, store } => {
+            let r = store.open()?.set_enabled(&key_id, false).map_err(|e| e.to_string())?;
+            println!("Key {} is {}.", r.key_id, r.state);
+        }
+        KeysCommand::Destroy { key_id, store } => {
+            let r = store.open()?.destroy(&key_id).map_err(|e| e.to_string())?;
+            println!("Key {} is {}: what it wrapped can no longer be unwrapped.", r.key_id, r.state);
+        }
+    }
+    Ok(())
+}
+
+fn print_table(keys: &[KeyRecord], base_url: &str) {
+    let rows: Vec<[String; 4]> = keys
+        .iter()
+        .map(|k| {
+            let uri = if k.state == KeyState::Destroyed { "-".to_string() } else { key_uri(base_url, &k.key_id) };
+            [k.key_id.clone(), k.state.to_string(), k.create_time.to_string(), uri]
+        })
+        .collect();
+    let header = ["KEY_ID", "STATE", "CREATE_TIME", "EXTERNAL_KEY_URI"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for r in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+const EXAMPLE_POLICY: &str = r#"{
+  "keys": {
+    "KEY_ID": {
+      "allowedCallers": ["user:alice@example.com", "serviceAccount:*@gcp-sa-store.iam.gserviceaccount.com"],
+      "allowedReasons": ["CUSTOMER_INITIATED_ACCESS", "GOOGLE_INITIATED_SYSTEM_OPERATION"],
+      "allowedCacheDuration": "300s"
+    }
+  }
+}"#;
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let data_dir = &args.store.data_dir;
+    let mut config = EkmServerConfig::new(data_dir);
+    config.root_key_file = args.store.root_key_file.clone();
+    config.audit_file = args.audit_file.clone();
+    if let Some(p) = &args.policy {
+        config.policy_file = p.clone();
+    }
+    if let Some(t) = &args.tokens_file {
+        config.tokens_file = t.clone();
+    }
+    if !config.policy_file.exists() {
+        return Err(format!(
+            "the policy file {} does not exist. Without it nothing is allowed; write one (docs/ekm-protocol.md), e.g.:\n{}",
+            config.policy_file.display(),
+            EXAMPLE_POLICY
+        ));
+    }
+    ensure_tokens_file(&config.tokens_file)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "listening beyond loopback over plain HTTP: bearer tokens and key material cross the network in clear \
+             unless this address is on a private link (WireGuard, SSH tunnel) or behind a TLS proxy"
+        );
+    }
+    let server = tokio::task::spawn_blocking(move || keyhold_ekm::EkmServer::open(&config))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    tracing::info!(%addr, data_dir = %data_dir.display(), "Keyhold EKM is serving on http://{addr}");
+    server
+        .serve(listener, async {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates the tokens file with one fresh token if it does not exist. The token is never
+/// logged: the operator reads it from the file.
+fn ensure_tokens_file(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    keyhold_ekm::tokens::create_tokens_file(path, "keyhold-kms")
+        .map_err(|e| format!("cannot create the tokens file {}: {e}", path.display()))?;
+    tracing::info!(
+        path = %path.display(),
+        "wrote a new tokens file with one client token (label keyhold-kms); give that token to the KMS that uses \
+         this manager"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

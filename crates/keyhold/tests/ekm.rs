@@ -1,0 +1,205 @@
+//! `keyhold ekm serve` as a real, separate process, used through `EkmClient`: keys created with
+//! `keyhold ekm keys create`, a manager that stops answering (SIGSTOP) or dies (SIGKILL), and a
+//! restart that still unwraps what was wrapped before (keys persisted).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use keyhold_api::Code;
+use keyhold_api::resources::AccessReason;
+use keyhold_crypto::SecretString;
+use keyhold_ekm::{EkmClient, EkmCredentials, EkmError, RequestContext};
+
+const PLAINTEXT: &[u8] = b"payroll-data-key-0001";
+const PLAINTEXT_B64: &str = "cGF5cm9sbC1kYXRhLWtleS0wMDAx";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn keyhold(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyhold")).args(args).output().unwrap()
+}
+
+fn keyhold_ok(args: &[&str]) -> String {
+    let out = keyhold(args);
+    assert!(out.status.success(), "keyhold {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+struct Manager {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for Manager {
+    // A failing test must not leave a manager running, or stopped.
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).stderr(Stdio::null()).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(data: &Path, port: u16, n: u32) -> Manager {
+    let log = data.parent().unwrap().join(format!("ekm-{n}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(["ekm", "serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data)
+        .env("KEYHOLD_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    Manager { child, log }
+}
+
+async fn wait_ready(m: &Manager, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if reqwest::get(format!("http://127.0.0.1:{port}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the manager did not start: {}", std::fs::read_to_string(&m.log).unwrap_or_default());
+}
+
+fn signal(m: &Manager, sig: &str) {
+    let status = Command::new("kill").args([sig, &m.child.id().to_string()]).status().unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
+/// The token `keyhold ekm serve` wrote into its new tokens file.
+fn written_token(data: &Path) -> String {
+    let text = std::fs::read_to_string(data.join("tokens")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("keyhold-kms ")).expect("a token labelled keyhold-kms");
+    line.split_whitespace().nth(1).unwrap().to_string()
+}
+
+fn ctx() -> RequestContext {
+    RequestContext {
+        key_version_name: "projects/p/locations/global/keyRings/r/cryptoKeys/ext/cryptoKeyVersions/1".into(),
+        caller_principal: "serviceAccount:service-1@gcp-sa-store.iam.gserviceaccount.com".into(),
+        reason: AccessReason::GoogleInitiatedSystemOperation,
+        request_id: "process-test-1".into(),
+        operation: "Decrypt".into(),
+        via_service: "store.keyhold.dev".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_separate_manager_process_stops_dies_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ekm-data");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let data_s = data.to_str().unwrap();
+
+    // Keys are created by the CLI on the manager's data directory, before or while it runs.
+    let uri = keyhold_ok(&["ekm", "keys", "create", "payroll", "--data-dir", data_s, "--base-url", &base]);
+    let uri = uri.trim().to_string();
+    assert_eq!(uri, format!("{base}/v1/keys/payroll"));
+    let random = keyhold_ok(&["ekm", "keys", "create", "--data-dir", data_s, "--base-url", &base]);
+    assert!(random.trim().starts_with(&format!("{base}/v1/keys/")) && random.trim().len() > base.len() + 30);
+    let dup = keyhold(&["ekm", "keys", "create", "payroll", "--data-dir", data_s]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+
+    // No policy file: the manager refuses to start and says what to write.
+    let no_policy = keyhold(&["ekm", "serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", data_s]);
+    assert!(!no_policy.status.success());
+    assert!(String::from_utf8_lossy(&no_policy.stderr).contains("allowedCallers"));
+
+    std::fs::write(
+        data.join("policy.json"),
+        serde_json::json!({"keys": {"payroll": {
+            "allowedCallers": ["serviceAccount:*@gcp-sa-store.iam.gserviceaccount.com"],
+            "allowedReasons": ["GOOGLE_INITIATED_SYSTEM_OPERATION", "CUSTOMER_INITIATED_ACCESS"],
+            "allowedResources": ["projects/p/locations/*/keyRings/r/cryptoKeys/ext/cryptoKeyVersions/*"]
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+
+    let m = spawn(&data, port, 1);
+    wait_ready(&m, port).await;
+    let token = written_token(&data);
+    let client =
+        EkmClient::with_timeout(EkmCredentials::single(SecretString::new(token.clone())), Duration::from_secs(1));
+
+    let blob = client.wrap(&uri, PLAINTEXT, b"instance db1", &ctx()).await.unwrap();
+    assert_eq!(client.unwrap(&uri, &blob, b"instance db1", &ctx()).await.unwrap().plaintext.expose(), PLAINTEXT);
+    let mut other_resource = ctx();
+    other_resource.key_version_name =
+        "projects/q/locations/global/keyRings/r/cryptoKeys/ext/cryptoKeyVersions/1".into();
+    match client.unwrap(&uri, &blob, b"instance db1", &other_resource).await {
+        Err(EkmError::Refused { code: Code::PermissionDenied, message }) => {
+            assert!(message.contains("allowedResources"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The CLI changes keys under the running manager; it sees them on the next request.
+    let list = keyhold_ok(&["ekm", "keys", "list", "--data-dir", data_s, "--base-url", &base]);
+    assert!(list.lines().next().unwrap().starts_with("KEY_ID"), "{list}");
+    assert!(list.lines().any(|l| l.starts_with("payroll") && l.contains("ENABLED") && l.contains(&uri)), "{list}");
+    keyhold_ok(&["ekm", "keys", "disable", "payroll", "--data-dir", data_s]);
+    match client.unwrap(&uri, &blob, b"instance db1", &ctx()).await {
+        Err(EkmError::Refused { code: Code::FailedPrecondition, .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    keyhold_ok(&["ekm", "keys", "enable", "payroll", "--data-dir", data_s]);
+    client.unwrap(&uri, &blob, b"instance db1", &ctx()).await.unwrap();
+
+    // A manager that stops answering: the client gives up within its timeout.
+    signal(&m, "-STOP");
+    let started = Instant::now();
+    let err = client.unwrap(&uri, &blob, b"instance db1", &ctx()).await.unwrap_err();
+    let elapsed = started.elapsed();
+    assert!(matches!(err, EkmError::Unavailable { .. }), "{err:?}");
+    assert!(elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(3), "{elapsed:?}");
+    signal(&m, "-CONT");
+    assert_eq!(client.unwrap(&uri, &blob, b"instance db1", &ctx()).await.unwrap().plaintext.expose(), PLAINTEXT);
+
+    // A manager that is gone.
+    let mut m = m;
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    let started = Instant::now();
+    let err = client.unwrap(&uri, &blob, b"instance db1", &ctx()).await.unwrap_err();
+    assert!(matches!(err, EkmError::Unavailable { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let log1 = std::fs::read_to_string(&m.log).unwrap();
+    drop(m);
+
+    // Back again on the same port and data: the same blob unwraps (keys persisted, same root key).
+    let m = spawn(&data, port, 2);
+    wait_ready(&m, port).await;
+    assert_eq!(written_token(&data), token, "the tokens file is kept");
+    assert_eq!(client.unwrap(&uri, &blob, b"instance db1", &ctx()).await.unwrap().plaintext.expose(), PLAINTEXT);
+
+    signal(&m, "-TERM");
+    let mut m = m;
+    let exit = m.child.wait().unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0: {exit:?}");
+    let log2 = std::fs::read_to_string(&m.log).unwrap();
+
+    assert!(log1.contains("Keyhold EKM is serving"), "{log1}");
+    assert!(log1.contains("wrote a new tokens file"), "{log1}");
+    for log in [&log1, &log2] {
+        assert!(log.contains("ekm decision"), "decisions are logged: {log}");
+        assert!(!log.contains(&token), "no token in the log");
+        assert!(!log.contains(PLAINTEXT_B64) && !log.contains("payroll-data-key"), "no plaintext in the log");
+    }
+    let audit = std::fs::read_to_string(data.join("audit.jsonl")).unwrap();
+    let entries: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(entries.iter().any(|e| e["decision"] == "DENIED" && e["code"] == "FAILED_PRECONDITION"));
+    assert!(entries.iter().any(|e| e["decision"] == "DENIED" && e["code"] == "PERMISSION_DENIED"));
+    assert!(entries.iter().all(|e| e["keyId"] == "payroll"));
+    assert!(entries.iter().filter(|e| e["decision"] == "ALLOWED").all(|e| e["requestId"] == "process-test-1"
+        && e["viaService"] == "store.keyhold.dev"
+        && e["reason"] == "GOOGLE_INITIATED_SYSTEM_OPERATION"));
+    assert!(!audit.contains(&token) && !audit.contains(PLAINTEXT_B64));
+}
