@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{call, cli, fresh_postgres, free_port, owner_token, spawn, terminate, wait_ready};
+use common::{call, cli, free_port, fresh_postgres, owner_token, spawn, terminate, wait_ready};
 use serde_json::{Value, json};
 
 const RING: &str = "projects/p/locations/global/keyRings/r";

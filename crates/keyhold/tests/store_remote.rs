@@ -94,8 +94,14 @@ async fn store_process_follows_a_remote_kms_and_its_outage() {
     wait_ready(&kms).await;
     let (k, kp) = (kms_dir.path(), kms_port);
     call(k, kp, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
-    call(k, kp, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=k"), json!({"purpose": "ENCRYPT_DECRYPT"}))
-        .await;
+    call(
+        k,
+        kp,
+        Method::POST,
+        &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=k"),
+        json!({"purpose": "ENCRYPT_DECRYPT"}),
+    )
+    .await;
     let (ok, store_token, err) = cli(k, kp, &["auth", "tokens", "create", "--principal", "service:store.keyhold.dev"]);
     assert!(ok, "{err}");
     let store_token = store_token.trim().to_string();

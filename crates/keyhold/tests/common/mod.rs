@@ -106,4 +106,3 @@ pub async fn fresh_postgres() -> String {
     let (base, _) = url.rsplit_once('/').unwrap();
     format!("{base}/{db}")
 }
-
