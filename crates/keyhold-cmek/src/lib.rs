@@ -65,7 +65,7 @@ pub mod rest;
 
 pub use client::{AccessReason, Encrypted, KeyDescription, KmsClient};
 pub use envelope::{
-    CHUNK_OVERHEAD, CHUNK_SIZE, ChunkId, EnvelopeError, Kek, SealedChunk, WrappedKek, open_chunk, seal_chunk,
+    CHUNK_OVERHEAD, CHUNK_SIZE, ChunkId, EnvelopeError, Kek, SealedChunk, WrappedKek, kek_aad, open_chunk, seal_chunk,
 };
 pub use error::{Failure, KmsClientError};
 pub use guard::{

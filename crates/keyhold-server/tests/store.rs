@@ -430,11 +430,29 @@ async fn no_plaintext_at_rest() {
     let (st, _) = put(&s, INSTANCE, "known", marker.clone()).await;
     assert_eq!(st, 200);
     assert_eq!(get_media(&s, INSTANCE, "known").await.unwrap(), marker);
+    // The instance's KEK, unwrapped through the KMS (the owner may decrypt with the key): it
+    // must not be anywhere at rest either.
+    let wrapped: Vec<u8> = rusqlite::Connection::open(&s.db_file)
+        .unwrap()
+        .query_row("SELECT wrapped FROM store_keks WHERE instance = ?1", [INSTANCE], |r| r.get(0))
+        .unwrap();
+    let aad = keyhold_cmek::kek_aad(INSTANCE);
+    let b64 = |b: &[u8]| keyhold_api::wire::encode_base64(b);
+    let kek = s
+        .ok(
+            Method::POST,
+            &format!("{KEY}:decrypt"),
+            Some(json!({"ciphertext": b64(&wrapped), "additionalAuthenticatedData": b64(&aad)})),
+        )
+        .await;
+    let kek = keyhold_api::wire::decode_base64(kek["plaintext"].as_str().unwrap()).unwrap();
+    assert_eq!(kek.len(), 32);
     let mut scanned = 0;
     for entry in std::fs::read_dir(s.db_file.parent().unwrap()).unwrap() {
         let bytes = std::fs::read(entry.unwrap().path()).unwrap();
         scanned += bytes.len();
         assert!(!bytes.windows(24).any(|w| w == b"KEYHOLD-KNOWN-PLAINTEXT-"), "plaintext found at rest");
+        assert!(!bytes.windows(32).any(|w| w == kek.as_slice()), "an unwrapped KEK found at rest");
     }
     assert!(scanned > marker.len(), "the scan read the database ({scanned} bytes)");
 }
