@@ -51,13 +51,15 @@ install_packages() {
     local missing=()
     [ -n "$(pg_bindir)" ] || missing+=(postgresql)
     if ! command -v softhsm2-util >/dev/null 2>&1; then missing+=(softhsm2); fi
+    # pkcs11-tool: the HSM tests look into the token with it, as an operator would.
+    if ! command -v pkcs11-tool >/dev/null 2>&1; then missing+=(opensc); fi
     if ! command -v python3 >/dev/null 2>&1; then
         missing+=(python3 python3-venv)
     elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
         missing+=(python3-venv)
     fi
     if [ "${#missing[@]}" -eq 0 ]; then
-        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, python3)"
+        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3)"
         return
     fi
     note "installing: ${missing[*]}"

@@ -248,7 +248,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     tracing::info!(%addr, data_dir = %data_dir.display(), "Keyhold EKM is serving on http://{addr}");
     server
         .serve(listener, async {
-            shutdown_signal().await;
+            crate::serve::shutdown_signal().await;
             tracing::info!("shutting down: finishing in-flight requests");
         })
         .await
@@ -271,22 +271,4 @@ fn ensure_tokens_file(path: &Path) -> Result<(), String> {
          this manager"
     );
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }

@@ -5,6 +5,7 @@
 
 mod cli;
 mod ekm;
+mod hsm;
 mod serve;
 
 use clap::{Parser, Subcommand};

@@ -75,6 +75,22 @@ pub struct ServeArgs {
     /// Bearer token of service:store.keyhold.dev at --kms-endpoint.
     #[arg(long, env = "KEYHOLD_KMS_TOKEN_FILE")]
     pub kms_token_file: Option<PathBuf>,
+    /// HSM keys: the PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    /// Without it, HSM keys answer 501 UNIMPLEMENTED.
+    #[arg(long, env = "KEYHOLD_PKCS11_MODULE", requires = "pkcs11_token_label")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// HSM keys: the label of the token to use (as `softhsm2-util --show-slots` prints it).
+    #[arg(long, env = "KEYHOLD_PKCS11_TOKEN_LABEL")]
+    pub pkcs11_token_label: Option<String>,
+    /// HSM keys: a file holding the token's user PIN. Without it, the PIN is read from the
+    /// environment variable KEYHOLD_PKCS11_PIN. Never on the command line.
+    #[arg(long, env = "KEYHOLD_PKCS11_PIN_FILE")]
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// The root key in the HSM instead of a file: `pkcs11:object=LABEL` names an AES key object
+    /// in the --pkcs11-token-label token, generated there on first start. SOFTWARE key material
+    /// is then sealed inside the token, by a key that never leaves it.
+    #[arg(long, env = "KEYHOLD_ROOT_KEY", conflicts_with_all = ["root_key_file", "in_memory"], requires = "pkcs11_module")]
+    pub root_key: Option<String>,
     /// EXTERNAL keys: the tokens this server presents to external key managers, one per line,
     /// `TOKEN` (any manager) or `http://host:port TOKEN` (that manager). Without it, EXTERNAL
     /// keys answer 501 UNIMPLEMENTED. See docs/ekm-protocol.md.
@@ -96,6 +112,24 @@ fn parse_duration(s: &str) -> Result<ProtoDuration, String> {
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let hsm = match &args.pkcs11_module {
+        Some(module) => {
+            let pin = match &args.pkcs11_pin_file {
+                Some(file) => keyhold_hsm::PinSource::File(file.clone()),
+                None => keyhold_hsm::PinSource::Env("KEYHOLD_PKCS11_PIN".into()),
+            }
+            .read()?;
+            let label = args.pkcs11_token_label.clone().unwrap_or_default();
+            let token = keyhold_hsm::HsmToken::new(keyhold_hsm::Pkcs11Config::new(module, &label, pin));
+            // Reached now to report a misconfiguration at start; an outage later is a 503.
+            match token.info().await {
+                Ok(info) => tracing::info!(token = %info.description(), "HSM keys enabled"),
+                Err(e) => tracing::warn!(error = %e, "HSM keys enabled, but the token cannot be reached yet"),
+            }
+            Some(token)
+        }
+        None => None,
+    };
     let (db, root): (Database, Arc<dyn RootKey>) = if args.in_memory {
         tracing::warn!("--in-memory: all keys live only in this process and vanish when it exits");
         (Database::InMemory, Arc::new(LocalRootKey::ephemeral()?))
@@ -104,14 +138,23 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             Some(url) => Database::Postgres(url.clone()),
             None => Database::SqliteFile(args.data_dir.join("keyhold.db")),
         };
-        let root = match &args.root_key_file {
-            Some(path) => LocalRootKey::load(path)?,
-            None if args.database.is_some() => {
-                return Err("--database needs --root-key-file: every node must use the same root key, and it must not be created \
-                            implicitly (see docs/operations.md)"
+        let root: Arc<dyn RootKey> = match (&args.root_key, &args.root_key_file) {
+            (Some(uri), _) => {
+                let label = crate::hsm::parse_root_key_uri(uri)?;
+                let token = hsm.clone().ok_or("--root-key pkcs11:... needs --pkcs11-module")?;
+                let root = crate::hsm::TokenRootKey::open(token, &label)
+                    .await
+                    .map_err(|e| format!("--root-key {uri}: {e}"))?;
+                tracing::info!(object = %label, "root key: in the HSM");
+                root
+            }
+            (None, Some(path)) => Arc::new(LocalRootKey::load(path)?),
+            (None, None) if args.database.is_some() => {
+                return Err("--database needs --root-key-file or --root-key pkcs11:...: every node must use the same root key, \
+                            and it must not be created implicitly (see docs/operations.md)"
                     .into());
             }
-            None => {
+            (None, None) => {
                 let path = args.data_dir.join("root.key");
                 let (key, created) = LocalRootKey::load_or_create(&path)?;
                 if created {
@@ -122,10 +165,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                          --root-key-file (see docs/operations.md)."
                     );
                 }
-                key
+                Arc::new(key)
             }
         };
-        (db, Arc::new(root))
+        (db, root)
     };
     let opened = keyhold_storage::open_all(&db).await?;
     let anonymous_principal = match &args.allow_anonymous {
@@ -142,6 +185,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let mut backends = keyhold_kms::KeyBackends::default();
+    if let Some(token) = hsm {
+        backends.hsm = Some(Arc::new(crate::hsm::TokenBackend(token)));
+    }
     if let Some(file) = &args.ekm_credentials_file {
         let text = keyhold_crypto::Secret::new(
             std::fs::read(file).map_err(|e| format!("cannot read --ekm-credentials-file {}: {e}", file.display()))?,
@@ -265,7 +311,8 @@ async fn wait_for(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C (also used by `keyhold ekm serve`).
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{call, free_port, owner_token, spawn, wait_ready};
+use common::{call, free_port, grant_encrypter, owner_token, spawn, store_agent, wait_ready};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -213,24 +213,8 @@ async fn external_key_through_a_manager_process() {
     assert_eq!(allowed["protoPayload"]["metadata"]["keyAccessJustificationPolicyMetadata"]["allowed"], true);
 
     // A store instance under the external key.
-    let identity: Value = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/v1beta1/projects/p/services/store.keyhold.dev:generateServiceIdentity"))
-        .bearer_auth(owner_token(d))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent = format!("serviceAccount:{}", identity["response"]["email"].as_str().unwrap());
-    call(
-        d,
-        port,
-        Method::POST,
-        &format!("{KEY}:setIamPolicy"),
-        json!({"policy": {"bindings": [{"role": "roles/cloudkms.cryptoKeyEncrypterDecrypter", "members": [agent]}]}}),
-    )
-    .await;
+    let agent = store_agent(port, &owner_token(d)).await;
+    grant_encrypter(d, port, KEY, &[&agent]).await;
     call(d, port, Method::POST, &format!("{LOC}/instances?instanceId=db1"), json!({"kmsKey": KEY})).await;
     let resp = reqwest::Client::new()
         .put(format!("http://127.0.0.1:{port}/v1/{INSTANCE}/objects/o"))

@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{call, cli, free_port, owner_token, spawn, wait_ready};
+use common::{call, cli, free_port, grant_encrypter, owner_token, spawn, store_agent, wait_ready};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -26,7 +26,7 @@ enum Read {
     Refused(u16, String),
     /// The key became unusable while the contents were being streamed: the server cut the
     /// response short rather than go on serving.
-    CutOff(String),
+    CutOff(#[allow(dead_code)] String),
 }
 
 async fn read(dir: &Path, port: u16, object: &str) -> Read {
@@ -65,15 +65,6 @@ fn refused(r: &Read) -> bool {
     matches!(r, Read::Refused(400, body) if body.contains(INACCESSIBLE) && body.contains(KEY))
 }
 
-async fn set_key_policy(dir: &Path, port: u16, members: &[&str]) {
-    let bindings = if members.is_empty() {
-        json!([])
-    } else {
-        json!([{"role": "roles/cloudkms.cryptoKeyEncrypterDecrypter", "members": members}])
-    };
-    call(dir, port, Method::POST, &format!("{KEY}:setIamPolicy"), json!({"policy": {"bindings": bindings}})).await;
-}
-
 async fn instance(dir: &Path, port: u16) -> Value {
     let resp = reqwest::Client::new()
         .get(format!("http://127.0.0.1:{port}/v1/{INSTANCE}"))
@@ -105,16 +96,7 @@ async fn store_process_follows_a_remote_kms_and_its_outage() {
     let (ok, store_token, err) = cli(k, kp, &["auth", "tokens", "create", "--principal", "service:store.keyhold.dev"]);
     assert!(ok, "{err}");
     let store_token = store_token.trim().to_string();
-    let identity: Value = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{kp}/v1beta1/projects/p/services/store.keyhold.dev:generateServiceIdentity"))
-        .bearer_auth(&store_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent = format!("serviceAccount:{}", identity["response"]["email"].as_str().unwrap());
+    let agent = store_agent(kp, &store_token).await;
     assert!(agent.contains("@gcp-sa-store.iam.gserviceaccount.com"), "{agent}");
 
     // The store process, its own database, pointed at the KMS with a short grace.
@@ -151,7 +133,7 @@ async fn store_process_follows_a_remote_kms_and_its_outage() {
     assert_eq!(resp.status().as_u16(), 400);
     let body = resp.text().await.unwrap();
     assert!(body.contains("keyhold kms keys add-iam-policy-binding k"), "{body}");
-    set_key_policy(k, kp, &[&agent]).await;
+    grant_encrypter(k, kp, KEY, &[&agent]).await;
     let inst = call(s, sp, Method::POST, &format!("{LOC}/instances?instanceId=db1"), json!({"kmsKey": KEY})).await;
     assert_eq!(inst["state"], "READY", "{inst}");
     assert_eq!(inst["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY}/cryptoKeyVersions/1")]));
@@ -184,9 +166,9 @@ async fn store_process_follows_a_remote_kms_and_its_outage() {
     let (enable_latency, _) = until_read(s, sp, "a.bin", served(&data)).await;
 
     // Revoke and re-grant the agent's role.
-    set_key_policy(k, kp, &[]).await;
+    grant_encrypter(k, kp, KEY, &[]).await;
     let (revoke_latency, _) = until_read(s, sp, "a.bin", refused).await;
-    set_key_policy(k, kp, &[&agent]).await;
+    grant_encrypter(k, kp, KEY, &[&agent]).await;
     let (regrant_latency, _) = until_read(s, sp, "a.bin", served(&data)).await;
 
     // The KMS process dies. Reads go on from the cached KEK during the grace period...

@@ -27,11 +27,19 @@ impl Drop for Proc {
 }
 
 pub fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Proc {
-    let log = dir.join(format!("serve-{}.log", Instant::now().elapsed().as_nanos() ^ port as u128));
+    spawn_with_env(dir, port, extra, &[])
+}
+
+/// [`spawn`] with extra environment variables (SoftHSM's configuration, a PIN variable, ...).
+pub fn spawn_with_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+    static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = dir.join(format!("serve-{port}-{n}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir.join("data"))
         .args(extra)
+        .envs(env.iter().copied())
         .env("KEYHOLD_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -105,4 +113,30 @@ pub async fn fresh_postgres() -> String {
     client.batch_execute(&format!("CREATE DATABASE {db}")).await.unwrap();
     let (base, _) = url.rsplit_once('/').unwrap();
     format!("{base}/{db}")
+}
+
+/// The store's service agent in project `p` (`serviceAccount:service-N@gcp-sa-store...`), looked
+/// up with `token` (the owner's, or the store service's own).
+pub async fn store_agent(port: u16, token: &str) -> String {
+    let identity: Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1beta1/projects/p/services/store.keyhold.dev:generateServiceIdentity"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    format!("serviceAccount:{}", identity["response"]["email"].as_str().expect("an agent email"))
+}
+
+/// Sets `key`'s IAM policy to grant `members` the encrypter/decrypter role (none: no bindings).
+pub async fn grant_encrypter(dir: &Path, port: u16, key: &str, members: &[&str]) {
+    let bindings = if members.is_empty() {
+        serde_json::json!([])
+    } else {
+        serde_json::json!([{"role": "roles/cloudkms.cryptoKeyEncrypterDecrypter", "members": members}])
+    };
+    let policy = serde_json::json!({"policy": {"bindings": bindings}});
+    call(dir, port, reqwest::Method::POST, &format!("{key}:setIamPolicy"), policy).await;
 }
