@@ -610,3 +610,56 @@ async fn database_outage_is_unavailable_then_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// [K11] Key Access Justifications on a SOFTWARE key: no policy allows every reason, a policy
+/// allows only its reasons, an empty policy denies all, the reason comes from
+/// `X-Keyhold-Access-Reason` (default CUSTOMER_INITIATED_ACCESS), and a bad reason is refused.
+#[tokio::test]
+async fn key_access_justifications() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    let encrypt = async |reason: Option<&str>| -> (u16, serde_json::Value) {
+        let mut req = s
+            .http
+            .post(format!("{}/{KEY}:encrypt", s.base))
+            .bearer_auth(&s.token)
+            .body(json!({"plaintext": b64(b"x")}).to_string());
+        if let Some(r) = reason {
+            req = req.header("X-Keyhold-Access-Reason", r);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    };
+    assert_eq!(encrypt(None).await.0, 200);
+    assert_eq!(encrypt(Some("THIRD_PARTY_DATA_REQUEST")).await.0, 200, "no policy: every reason");
+
+    let set_policy = async |reasons: serde_json::Value| {
+        s.ok(
+            Method::PATCH,
+            &format!("{KEY}?updateMask=keyAccessJustificationsPolicy"),
+            Some(json!({"keyAccessJustificationsPolicy": {"allowedAccessReasons": reasons}})),
+        )
+        .await;
+    };
+    set_policy(json!(["CUSTOMER_INITIATED_ACCESS"])).await;
+    assert_eq!(encrypt(None).await.0, 200, "the default reason is CUSTOMER_INITIATED_ACCESS");
+    assert_eq!(encrypt(Some("5")).await.0, 200, "reasons by number too");
+    let (status, body) = encrypt(Some("GOOGLE_INITIATED_REVIEW")).await;
+    assert_eq!((status, body["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        format!(
+            "The access reason GOOGLE_INITIATED_REVIEW is not allowed by the keyAccessJustificationsPolicy of CryptoKey {KEY} (allowed: CUSTOMER_INITIATED_ACCESS)."
+        )
+    );
+
+    set_policy(json!([])).await;
+    let (status, body) = encrypt(None).await;
+    assert_eq!(status, 400, "an empty policy denies every reason: {body}");
+    assert!(body["error"]["message"].as_str().unwrap().ends_with("(allowed: none)."), "{body}");
+
+    let (status, body) = encrypt(Some("NOT_A_REASON")).await;
+    assert_eq!((status, body["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{body}");
+    let (status, _) = encrypt(Some("REASON_UNSPECIFIED")).await;
+    assert_eq!(status, 400, "the unspecified reason is not a reason");
+}
