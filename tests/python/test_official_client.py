@@ -89,9 +89,10 @@ class KeyholdServer:
     Everything it writes (log, owner token) lives in a private temporary directory.
     """
 
-    def __init__(self, binary: Path, extra_args: tuple[str, ...] = ()):
+    def __init__(self, binary: Path, extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None):
         self.binary = binary
         self.extra_args = tuple(extra_args)
+        self.extra_env = dict(extra_env or {})
         self.port = _free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
@@ -116,6 +117,7 @@ class KeyholdServer:
             *self.extra_args,
         ]
         env = dict(os.environ)
+        env.update(self.extra_env)
         env.setdefault("NO_COLOR", "1")
         # One line per request (method, path, status), shown when a test fails.
         env.setdefault("KEYHOLD_LOG", "info,keyhold_server=debug")
@@ -206,8 +208,8 @@ def _keyhold_binary() -> Path:
     return binary
 
 
-def _start_server(extra_args: tuple[str, ...] = ()):
-    srv = KeyholdServer(_keyhold_binary(), extra_args)
+def _start_server(extra_args: tuple[str, ...] = (), extra_env: dict[str, str] | None = None):
+    srv = KeyholdServer(_keyhold_binary(), extra_args, extra_env)
     try:
         srv.start()
     except BaseException:
@@ -1028,3 +1030,67 @@ def test_key_ring_policy_is_inherited_by_its_keys(server, client, key_ring):
     assert_google_error(
         excinfo, gexc.Forbidden, "PERMISSION_DENIED", denied("cloudkms.keyRings.get", key_ring.name)
     )
+
+
+# --------------------------------------------------------------------------------------------
+# HSM keys (SoftHSM2) through the official client [K4]
+# --------------------------------------------------------------------------------------------
+
+SOFTHSM_MODULES = ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+
+
+@pytest.fixture
+def hsm_server(tmp_path):
+    """A server with a throwaway SoftHSM2 token (scripts/test.sh installs softhsm2)."""
+    module = next((m for m in SOFTHSM_MODULES if os.path.exists(m)), None)
+    assert module, "SoftHSM2 is not installed: scripts/test.sh installs the softhsm2 package"
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = {"SOFTHSM2_CONF": str(conf)}
+    subprocess.run(
+        ["softhsm2-util", "--init-token", "--free", "--label", "py", "--so-pin", "5678", "--pin", "py-pin-1234"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    pin = tmp_path / "pin"
+    pin.write_text("py-pin-1234\n")
+    srv = _start_server(
+        ("--pkcs11-module", module, "--pkcs11-token-label", "py", "--pkcs11-pin-file", str(pin)), env
+    )
+    yield srv
+    srv.stop()
+    srv.cleanup()
+
+
+def test_hsm_key_and_random_bytes(hsm_server):
+    c = make_client(hsm_server, bearer(hsm_server.owner_token))
+    ring = c.create_key_ring(request={"parent": LOCATION_NAME, "key_ring_id": unique("ring"), "key_ring": {}})
+    key = create_key(c, ring.name, version_template={"protection_level": ProtectionLevel.HSM})
+    assert key.primary.protection_level == ProtectionLevel.HSM
+    assert key.version_template.protection_level == ProtectionLevel.HSM
+    statement = json.loads(key.primary.attestation.content)
+    assert statement["softwareToken"] is True, statement
+
+    enc = encrypt(c, key.name, b"in the token", b"aad")
+    assert enc.protection_level == ProtectionLevel.HSM
+    assert enc.ciphertext_crc32c == crc32c(enc.ciphertext)
+    dec = decrypt(c, key.name, enc.ciphertext, b"aad")
+    assert dec.plaintext == b"in the token"
+    assert dec.protection_level == ProtectionLevel.HSM
+
+    with pytest.raises(gexc.BadRequest) as excinfo:
+        encrypt(c, key.name, b"x" * (8 * 1024 + 1))
+    assert "8192" in str(excinfo.value)
+
+    random = c.generate_random_bytes(
+        request={"location": LOCATION_NAME, "length_bytes": 64, "protection_level": ProtectionLevel.HSM}
+    )
+    assert len(random.data) == 64
+    assert random.data_crc32c == crc32c(random.data)
+    with pytest.raises(gexc.BadRequest):
+        c.generate_random_bytes(
+            request={"location": LOCATION_NAME, "length_bytes": 4, "protection_level": ProtectionLevel.HSM}
+        )
