@@ -167,6 +167,12 @@ impl Kms {
         Err(KmsError::Contention(format!("projects/{project_id}")))
     }
 
+    /// A project's number, for services naming it (`projects/NUMBER`); no permission needed:
+    /// callers have already been authorized for something in the project.
+    pub async fn project_number(&self, project_id: &str) -> Result<i64, KmsError> {
+        Ok(self.project_record(project_id).await?.project_number)
+    }
+
     /// `projects.get` (Resource Manager): the project's ID and number.
     pub async fn project(&self, caller: &Caller, project_id: &str) -> Result<ProjectRecord, KmsError> {
         let resource = format!("projects/{project_id}");

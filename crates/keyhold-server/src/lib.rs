@@ -62,6 +62,11 @@ pub fn app(state: AppState) -> Router {
             "/v1/projects/{project}/locations/{location}/instances/{instance}/objects/{*object}",
             any(store_routes::object),
         )
+        .route(
+            "/v1/projects/{project}/locations/{location}/keyRings/{ring}/cryptoKeys/{key}/protectedResourcesSummary",
+            get(store_routes::protected_resources_summary),
+        )
+        .route("/v1/projects/{project}/protectedResources:search", get(store_routes::search_protected_resources))
         .route("/v2/projects/{project}/policies", any(store_routes::org_policies))
         .route("/v2/projects/{project}/policies/{constraint}", any(store_routes::org_policy))
         .route("/v1/{*path}", any(kms_routes::dispatch))

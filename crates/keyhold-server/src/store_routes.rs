@@ -330,3 +330,53 @@ pub(crate) async fn org_policy(
     .await;
     answer(&state, &caller, &name, r).await
 }
+
+/// `GET /v1/projects/P/locations/L/keyRings/R/cryptoKeys/K/protectedResourcesSummary` ([K12],
+/// the Cloud KMS Inventory API's shape).
+pub(crate) async fn protected_resources_summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((project, location, ring, key)): Path<(String, String, String, String)>,
+) -> Response {
+    let key = format!("projects/{project}/locations/{location}/keyRings/{ring}/cryptoKeys/{key}");
+    let caller = match authenticated(&state, &headers, &key).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let found = store(&state)?.protected_resources(&caller, &key, None).await?;
+        Ok(json(&keyhold_store::model::ProtectedResourcesSummary::of(&key, &found)))
+    }
+    .await;
+    answer(&state, &caller, &key, r).await
+}
+
+/// `GET /v1/projects/P/protectedResources:search?cryptoKey=KEY` ([K12]): the resources of
+/// project P protected by KEY (`pageSize`, `pageToken`).
+pub(crate) async fn search_protected_resources(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+    q: QueryResult,
+) -> Response {
+    let scope = format!("projects/{project}");
+    let caller = match authenticated(&state, &headers, &scope).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let q = query(q)?;
+        let key = q.get("cryptoKey").or_else(|| q.get("crypto_key")).ok_or_else(|| {
+            ApiError::new(keyhold_api::Code::InvalidArgument, "The cryptoKey query parameter is required.")
+        })?;
+        let page = list_request(&q)?;
+        let found = store(&state)?.protected_resources(&caller, key, Some(&project)).await?;
+        let size = page.page_size.unwrap_or(1000).clamp(1, 1000) as usize;
+        let rest: Vec<_> = found.into_iter().filter(|r| r.name > page.page_token).collect();
+        let next_page_token = if rest.len() > size { rest[size - 1].name.clone() } else { String::new() };
+        let protected_resources = rest.into_iter().take(size).collect();
+        Ok(json(&keyhold_store::model::SearchProtectedResourcesResponse { protected_resources, next_page_token }))
+    }
+    .await;
+    answer(&state, &caller, &scope, r).await
+}

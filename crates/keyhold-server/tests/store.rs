@@ -526,3 +526,72 @@ async fn disable_on_one_node_is_enforced_on_the_other() {
     assert_eq!(st, 200);
     assert_eq!(get_media(&b, INSTANCE, "o").await.unwrap(), b"second life");
 }
+
+/// [K12] Key usage tracking: which instances a key protects, with which versions, in the shape
+/// of the Cloud KMS Inventory API; after a rotation and `:rewrap` the old version protects
+/// nothing, which is what its owner must know before destroying it.
+#[tokio::test]
+async fn protected_resources_of_a_key() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    cmek_instance(&s).await;
+    s.ok(
+        Method::POST,
+        &format!("{LOC}/instances?instanceId=db2"),
+        Some(json!({"kmsKey": KEY, "labels": {"team": "a"}})),
+    )
+    .await;
+    s.ok(Method::POST, &format!("{LOC}/instances?instanceId=plain"), Some(json!({}))).await;
+
+    let summary = s.ok(Method::GET, &format!("{KEY}/protectedResourcesSummary"), None).await;
+    assert_eq!(summary["name"], format!("{KEY}/protectedResourcesSummary"));
+    assert_eq!(summary["resourceCount"], "2", "{summary}");
+    assert_eq!(summary["projectCount"], 1);
+    assert_eq!(summary["resourceTypes"], json!({"store.keyhold.dev/Instance": "2"}));
+    assert_eq!(summary["cloudProducts"], json!({"keyhold-store": "2"}));
+    assert_eq!(summary["locations"], json!({"global": "2"}));
+
+    let search = |project: &'static str| {
+        let s = &s;
+        async move {
+            s.ok(Method::GET, &format!("projects/{project}/protectedResources:search?cryptoKey={KEY}"), None).await
+        }
+    };
+    let v1 = format!("{KEY}/cryptoKeyVersions/1");
+    let v2 = format!("{KEY}/cryptoKeyVersions/2");
+    let found = search("p").await;
+    let resources = found["protectedResources"].as_array().unwrap();
+    assert_eq!(resources.len(), 2, "{found}");
+    assert_eq!(resources[0]["name"], format!("//store.keyhold.dev/{INSTANCE}"));
+    assert_eq!(resources[0]["projectId"], "p");
+    assert!(resources[0]["project"].as_str().unwrap().starts_with("projects/"));
+    assert_eq!(resources[0]["cryptoKeyVersions"], json!([v1]));
+    assert_eq!(resources[1]["labels"], json!({"team": "a"}));
+    assert_eq!(search("q").await["protectedResources"].as_array().map(Vec::len), Some(0), "another project");
+
+    // Rotate and rewrap one instance: version 1 still protects the other, then nothing.
+    s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
+    s.ok(Method::POST, &format!("{KEY}:updatePrimaryVersion"), Some(json!({"cryptoKeyVersionId": "2"}))).await;
+    s.ok(Method::POST, &format!("{INSTANCE}:rewrap"), Some(json!({}))).await;
+    let still_v1 = |found: &Value| -> Vec<String> {
+        found["protectedResources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["cryptoKeyVersions"].as_array().unwrap().contains(&json!(v1)))
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let found = search("p").await;
+    assert_eq!(found["protectedResources"][0]["cryptoKeyVersions"], json!([v2]), "{found}");
+    assert_eq!(found["protectedResources"][0]["cryptoKeyVersion"], v2);
+    assert_eq!(still_v1(&found), [format!("//store.keyhold.dev/{LOC}/instances/db2")]);
+    s.ok(Method::POST, &format!("{LOC}/instances/db2:rewrap"), Some(json!({}))).await;
+    assert!(still_v1(&search("p").await).is_empty(), "version 1 protects nothing now");
+
+    // Bad requests and callers.
+    s.err(Method::GET, "projects/p/protectedResources:search", None, 400, "INVALID_ARGUMENT").await;
+    let minted = s.ok(Method::POST, "tokens", Some(json!({"principal": "user:mallory@example.com"}))).await;
+    let stranger = minted["token"].as_str().unwrap().to_string();
+    let (status, _) = s.call_as(Some(&stranger), Method::GET, &format!("{KEY}/protectedResourcesSummary"), None).await;
+    assert_eq!(status, 403);
+}

@@ -303,6 +303,8 @@ pub(crate) const INSERT_INSTANCE: &str =
 pub(crate) const GET_INSTANCE: &str = "SELECT name, kms_key, labels, create_nanos FROM store_instances WHERE name = $1";
 pub(crate) const LIST_INSTANCES: &str =
     "SELECT name, kms_key, labels, create_nanos FROM store_instances WHERE parent = $1 ORDER BY name";
+pub(crate) const INSTANCES_BY_KEY: &str =
+    "SELECT name, kms_key, labels, create_nanos FROM store_instances WHERE kms_key = $1 ORDER BY name";
 pub(crate) const DELETE_INSTANCE_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_OBJECTS: &str = "DELETE FROM store_objects WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_UPLOADS: &str = "DELETE FROM store_uploads WHERE instance = $1";

@@ -131,6 +131,17 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             .collect()
     }
 
+    async fn instances_by_key(&self, key: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.backend()
+            .read()
+            .await?
+            .query(INSTANCES_BY_KEY, vec![text(key)])
+            .await?
+            .iter()
+            .map(instance_record)
+            .collect()
+    }
+
     async fn delete_instance(&self, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.backend().begin().await?;
         for sql in [DELETE_INSTANCE_CHUNKS, DELETE_INSTANCE_OBJECTS, DELETE_INSTANCE_UPLOADS, DELETE_INSTANCE_KEKS] {

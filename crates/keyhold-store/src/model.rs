@@ -242,3 +242,82 @@ pub struct ListObjectsResponse {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub next_page_token: String,
 }
+
+/// What a key protects ([K12]), in the shape of the Cloud KMS Inventory API's
+/// `ProtectedResource`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectedResource {
+    /// `//store.keyhold.dev/projects/P/locations/L/instances/ID`.
+    pub name: String,
+    /// `projects/NUMBER`.
+    pub project: String,
+    /// The project ID.
+    pub project_id: String,
+    /// `keyhold-store`.
+    pub cloud_product: String,
+    /// `store.keyhold.dev/Instance`.
+    pub resource_type: String,
+    /// The resource's location.
+    pub location: String,
+    /// Its labels.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// The newest version protecting it.
+    pub crypto_key_version: String,
+    /// Every version whose wrapping protects some of its data now.
+    pub crypto_key_versions: Vec<String>,
+    /// When it was created.
+    pub create_time: Timestamp,
+}
+
+/// `protectedResources:search` answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SearchProtectedResourcesResponse {
+    /// The resources.
+    pub protected_resources: Vec<ProtectedResource>,
+    /// Next page, if any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+/// `protectedResourcesSummary` of a key, in the shape of the Cloud KMS Inventory API.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectedResourcesSummary {
+    /// `KEY/protectedResourcesSummary`.
+    pub name: String,
+    /// How many resources (int64, as a string).
+    pub resource_count: String,
+    /// How many projects they are in.
+    pub project_count: i32,
+    /// Resources by type.
+    pub resource_types: BTreeMap<String, String>,
+    /// Resources by product.
+    pub cloud_products: BTreeMap<String, String>,
+    /// Resources by location.
+    pub locations: BTreeMap<String, String>,
+}
+
+impl ProtectedResourcesSummary {
+    /// The summary of `resources`, all protected by `key`.
+    pub fn of(key: &str, resources: &[ProtectedResource]) -> Self {
+        fn count<'a>(items: impl Iterator<Item = &'a String>) -> BTreeMap<String, String> {
+            let mut m: BTreeMap<String, u64> = BTreeMap::new();
+            for i in items {
+                *m.entry(i.clone()).or_default() += 1;
+            }
+            m.into_iter().map(|(k, v)| (k, v.to_string())).collect()
+        }
+        let projects: std::collections::BTreeSet<&str> = resources.iter().map(|r| r.project_id.as_str()).collect();
+        Self {
+            name: format!("{key}/protectedResourcesSummary"),
+            resource_count: resources.len().to_string(),
+            project_count: projects.len() as i32,
+            resource_types: count(resources.iter().map(|r| &r.resource_type)),
+            cloud_products: count(resources.iter().map(|r| &r.cloud_product)),
+            locations: count(resources.iter().map(|r| &r.location)),
+        }
+    }
+}

@@ -17,6 +17,8 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, RepoError>;
     /// Instances under `projects/P/locations/L`, by name.
     async fn list_instances(&self, parent: &str) -> Result<Vec<InstanceRecord>, RepoError>;
+    /// Every instance under the customer key `key`, by name ([K12]).
+    async fn instances_by_key(&self, key: &str) -> Result<Vec<InstanceRecord>, RepoError>;
     /// Deletes an instance with its KEKs, objects and chunks; returns whether it existed.
     async fn delete_instance(&self, name: &str) -> Result<bool, RepoError>;
 

@@ -453,6 +453,58 @@ impl Store {
         .await
     }
 
+    /// [K12] What `key` protects in this store: every instance under it (optionally only those
+    /// in project `project`), with the key versions whose wrapping protects its data now.
+    /// Anyone who may read the key (`cloudkms.cryptoKeys.get`) may ask: the answer is about the
+    /// key, and it is what its owner needs before disabling or destroying a version.
+    pub async fn protected_resources(
+        &self,
+        caller: &Caller,
+        key: &str,
+        project: Option<&str>,
+    ) -> Result<Vec<ProtectedResource>, StoreError> {
+        let op = Op {
+            method: "SearchProtectedResources",
+            resource: key.to_string(),
+            permission: role::CRYPTO_KEYS_GET,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            let _: keyhold_api::CryptoKeyName =
+                key.parse().map_err(|_| StoreError::InvalidArgument(format!("\"{key}\" is not a crypto key name.")))?;
+            let mut found = Vec::new();
+            for r in self.repo.instances_by_key(key).await? {
+                if project.is_some_and(|p| p != r.name.project) {
+                    continue;
+                }
+                let mut versions: Vec<String> = self
+                    .repo
+                    .keks(&r.name.to_string())
+                    .await?
+                    .into_iter()
+                    .filter_map(|k| k.wrapped.key_version)
+                    .collect();
+                versions.sort_by_key(|v| version_number(v));
+                versions.dedup();
+                let number = self.kms.project_number(&r.name.project).await?;
+                found.push(ProtectedResource {
+                    name: format!("//{SERVICE}/{}", r.name),
+                    project: format!("projects/{number}"),
+                    project_id: r.name.project.clone(),
+                    cloud_product: "keyhold-store".into(),
+                    resource_type: format!("{SERVICE}/Instance"),
+                    location: r.name.location.clone(),
+                    labels: r.labels.clone(),
+                    crypto_key_version: versions.last().cloned().unwrap_or_default(),
+                    crypto_key_versions: versions,
+                    create_time: r.create_time,
+                });
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     /// `instances.list`.
     pub async fn list_instances(
         &self,
@@ -1006,4 +1058,9 @@ struct ChunkBatch {
 /// Which instance of a name a guard belongs to: names can be reused after a delete.
 fn incarnation(record: &InstanceRecord) -> String {
     record.create_time.to_string()
+}
+
+/// The ID at the end of a key version name (for ordering versions 2 before 10).
+fn version_number(version: &str) -> u64 {
+    version.rsplit('/').next().and_then(|v| v.parse().ok()).unwrap_or(0)
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{call, free_port, grant_encrypter, owner_token, spawn_with_env, store_agent, terminate, wait_ready};
+use common::{call, cli, free_port, grant_encrypter, owner_token, spawn_with_env, store_agent, terminate, wait_ready};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -227,6 +227,23 @@ async fn hsm_keys_in_a_softhsm_token() {
     let put =
         http.put(&object).bearer_auth(owner_token(d)).body(b"kept under an HSM key".to_vec()).send().await.unwrap();
     assert!(put.status().is_success());
+
+    // [K12] through the CLI: version 2 protects the instance, version 1 (destroyed) nothing.
+    let inventory = |args: &[&str]| {
+        let mut all = vec!["kms", "inventory"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--keyname", HSM_KEY, "--format", "json"]);
+        let (ok, out, err) = cli(d, port, &all);
+        assert!(ok, "{err}");
+        (serde_json::from_str::<Value>(&out).unwrap(), err)
+    };
+    let (summary, _) = inventory(&["get-protected-resources-summary"]);
+    assert_eq!(summary["resourceCount"], "1", "{summary}");
+    let (found, _) = inventory(&["search-protected-resources", "--version", "2"]);
+    assert_eq!(found[0]["name"], format!("//store.keyhold.dev/{LOC}/instances/db1"), "{found}");
+    let (found, said) = inventory(&["search-protected-resources", "--version", "1"]);
+    assert_eq!(found, json!([]));
+    assert!(said.contains("cryptoKeyVersions/1 protects no resource in projects/p"), "{said}");
 
     // A restart: the same token, the same root key, the same keys.
     terminate(server);

@@ -47,6 +47,48 @@ pub enum KmsCommand {
     Encrypt(EncryptArgs),
     /// Decrypt a ciphertext file using a key.
     Decrypt(DecryptArgs),
+    /// What keys protect: resources and the key versions protecting them (Cloud KMS Inventory).
+    Inventory(InventoryArgs),
+}
+
+/// `keyhold kms inventory`.
+#[derive(Args, Debug)]
+pub struct InventoryArgs {
+    #[command(subcommand)]
+    pub command: InventoryCommand,
+}
+
+/// `keyhold kms inventory ...`.
+#[derive(Subcommand, Debug)]
+pub enum InventoryCommand {
+    /// How many resources a key protects, by type, product and location.
+    GetProtectedResourcesSummary(InventoryKey),
+    /// The resources a key protects in a project and the versions protecting each; with
+    /// --version N only those version N still protects (safe to destroy when there are none).
+    SearchProtectedResources(InventorySearch),
+}
+
+/// `--keyname`.
+#[derive(Args, Debug)]
+pub struct InventoryKey {
+    /// The key: an ID (with --keyring and --location), or projects/P/locations/L/keyRings/R/cryptoKeys/K.
+    #[arg(long, value_name = "KEY")]
+    pub keyname: String,
+    #[command(flatten)]
+    pub ring: KeyRingFlags,
+}
+
+/// `keyhold kms inventory search-protected-resources`.
+#[derive(Args, Debug)]
+pub struct InventorySearch {
+    #[command(flatten)]
+    pub key: InventoryKey,
+    /// Where to look: projects/P (default: the key's project).
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
+    /// Only resources this version (an ID or a full version name) still protects.
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
 }
 
 // ---- shared flags ---------------------------------------------------------------------------
@@ -527,6 +569,10 @@ impl KmsCommand {
             },
             KmsCommand::Encrypt(_) => "encrypt",
             KmsCommand::Decrypt(_) => "decrypt",
+            KmsCommand::Inventory(a) => match a.command {
+                InventoryCommand::GetProtectedResourcesSummary(_) => "inventory.get-protected-resources-summary",
+                InventoryCommand::SearchProtectedResources(_) => "inventory.search-protected-resources",
+            },
         };
         format!("kms.{tail}")
     }
@@ -581,12 +627,67 @@ impl KmsCommand {
             },
             KmsCommand::Encrypt(c) => encrypt(ctx, &c).await,
             KmsCommand::Decrypt(c) => decrypt(ctx, &c).await,
+            KmsCommand::Inventory(a) => match a.command {
+                InventoryCommand::GetProtectedResourcesSummary(c) => inventory_summary(ctx, &c).await,
+                InventoryCommand::SearchProtectedResources(c) => inventory_search(ctx, &c).await,
+            },
         }
     }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value, CliError> {
     serde_json::to_value(v).map_err(|e| CliError::Other(format!("cannot encode the request: {e}")))
+}
+
+// ---- inventory ([K12]) ----------------------------------------------------------------------
+
+fn inventory_key(ctx: &Ctx, c: &InventoryKey) -> Result<keyhold_api::CryptoKeyName, CliError> {
+    ctx.resources(c.ring.location.as_deref(), c.ring.keyring.as_deref(), Some(&c.keyname)).crypto_key_name("keyname")
+}
+
+async fn inventory_summary(ctx: &Ctx, c: &InventoryKey) -> Result<(), CliError> {
+    let key = inventory_key(ctx, c)?;
+    let summary = ctx.client.get(&format!("{key}/protectedResourcesSummary")).await?;
+    ctx.show(Kind::Other, &summary)
+}
+
+async fn inventory_search(ctx: &Ctx, c: &InventorySearch) -> Result<(), CliError> {
+    let key = inventory_key(ctx, &c.key)?;
+    let scope = c.scope.clone().unwrap_or_else(|| format!("projects/{}", key.key_ring.location.project));
+    if !scope.starts_with("projects/") || scope.matches('/').count() != 1 {
+        return Err(CliError::Usage(format!("--scope must be projects/PROJECT, not {scope:?}")));
+    }
+    let version = match &c.version {
+        Some(v) if v.contains('/') => Some(v.clone()),
+        Some(v) => Some(
+            key.version(v.parse().map_err(|_| CliError::Usage(format!("--version {v:?} is not a version ID")))?)
+                .to_string(),
+        ),
+        None => None,
+    };
+    let mut found = Vec::new();
+    let mut token = String::new();
+    loop {
+        let mut query = vec![("cryptoKey", key.to_string())];
+        if !token.is_empty() {
+            query.push(("pageToken", token.clone()));
+        }
+        let page: Value =
+            ctx.client.call(Method::GET, &format!("{scope}/protectedResources:search"), &query, None).await?;
+        found.extend(page["protectedResources"].as_array().cloned().unwrap_or_default());
+        match page["nextPageToken"].as_str() {
+            Some(t) if !t.is_empty() => token = t.to_string(),
+            _ => break,
+        }
+    }
+    if let Some(v) = &version {
+        found.retain(|r| r["cryptoKeyVersions"].as_array().is_some_and(|vs| vs.iter().any(|x| x == v.as_str())));
+        if found.is_empty() {
+            // The answer to "is version N still protecting anything?", said plainly.
+            eprintln!("{v} protects no resource in {scope}.");
+        }
+    }
+    ctx.show_list(Kind::Other, &found, false)
 }
 
 // ---- locations ------------------------------------------------------------------------------
