@@ -2,8 +2,10 @@
 //! of a key version.
 
 use async_trait::async_trait;
+use keyhold_api::messages::{DecryptRequest, EncryptRequest};
 pub use keyhold_api::resources::AccessReason;
-use keyhold_crypto::Secret;
+use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
+use keyhold_crypto::{Secret, crc32c};
 
 use crate::error::KmsClientError;
 
@@ -54,4 +56,27 @@ pub struct KeyDescription {
     pub purpose: String,
     /// The primary version's name and state (`ENABLED`, `DISABLED`, ...), if the key has one.
     pub primary: Option<(String, String)>,
+}
+
+/// The body of `:encrypt` for `plaintext` and `aad`, with CRC32C values when `checked` (over
+/// the network; in process there is no wire to corrupt them).
+pub(crate) fn encrypt_request(plaintext: &[u8], aad: &[u8], checked: bool) -> EncryptRequest {
+    EncryptRequest {
+        name: String::new(),
+        plaintext: SecretBytes(Secret::new(plaintext.to_vec())),
+        additional_authenticated_data: Some(Bytes(aad.to_vec())),
+        plaintext_crc32c: checked.then(|| Crc32c(crc32c(plaintext))),
+        additional_authenticated_data_crc32c: checked.then(|| Crc32c(crc32c(aad))),
+    }
+}
+
+/// The body of `:decrypt`, as [`encrypt_request`].
+pub(crate) fn decrypt_request(ciphertext: &[u8], aad: &[u8], checked: bool) -> DecryptRequest {
+    DecryptRequest {
+        name: String::new(),
+        ciphertext: Bytes(ciphertext.to_vec()),
+        additional_authenticated_data: Some(Bytes(aad.to_vec())),
+        ciphertext_crc32c: checked.then(|| Crc32c(crc32c(ciphertext))),
+        additional_authenticated_data_crc32c: checked.then(|| Crc32c(crc32c(aad))),
+    }
 }

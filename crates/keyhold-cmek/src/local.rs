@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keyhold_api::messages::{DecryptRequest, EncryptRequest};
-use keyhold_api::wire::{Bytes, SecretBytes};
+
 use keyhold_api::{Code, CryptoKeyName};
 use keyhold_crypto::Secret;
 use keyhold_kms::{Caller, EncryptTarget, IamResource, Kms, KmsError};
 
-use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient};
+use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient, decrypt_request, encrypt_request};
 use crate::error::KmsClientError;
 
 /// The in-process client, acting as `caller` (a service agent).
@@ -51,13 +50,7 @@ impl KmsClient for LocalKmsClient {
         aad: &[u8],
         reason: AccessReason,
     ) -> Result<Encrypted, KmsClientError> {
-        let req = EncryptRequest {
-            name: String::new(),
-            plaintext: SecretBytes(Secret::new(plaintext.to_vec())),
-            additional_authenticated_data: Some(Bytes(aad.to_vec())),
-            plaintext_crc32c: None,
-            additional_authenticated_data_crc32c: None,
-        };
+        let req = encrypt_request(plaintext, aad, false);
         let caller = self.caller_for(reason);
         let r = self.kms.encrypt(&caller, &EncryptTarget::Key(key_name(key)?), &req).await.map_err(to_client_error)?;
         Ok(Encrypted { ciphertext: r.ciphertext.0, key_version: r.name })
@@ -70,13 +63,7 @@ impl KmsClient for LocalKmsClient {
         aad: &[u8],
         reason: AccessReason,
     ) -> Result<Secret, KmsClientError> {
-        let req = DecryptRequest {
-            name: String::new(),
-            ciphertext: Bytes(ciphertext.to_vec()),
-            additional_authenticated_data: Some(Bytes(aad.to_vec())),
-            ciphertext_crc32c: None,
-            additional_authenticated_data_crc32c: None,
-        };
+        let req = decrypt_request(ciphertext, aad, false);
         let r = self.kms.decrypt(&self.caller_for(reason), &key_name(key)?, &req).await.map_err(to_client_error)?;
         Ok(r.plaintext.0)
     }

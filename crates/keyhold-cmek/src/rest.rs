@@ -5,13 +5,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyhold_api::Code;
-use keyhold_api::messages::{DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse};
-use keyhold_api::wire::{Bytes, Crc32c, SecretBytes, Timestamp};
+use keyhold_api::messages::{DecryptResponse, EncryptResponse};
+use keyhold_api::wire::Timestamp;
 use keyhold_crypto::{Secret, SecretString, crc32c};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
-use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient};
+use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient, decrypt_request, encrypt_request};
 use crate::error::KmsClientError;
 
 /// How long one KMS request may take before the KMS counts as unreachable.
@@ -182,13 +182,7 @@ impl KmsClient for RestKmsClient {
         aad: &[u8],
         reason: AccessReason,
     ) -> Result<Encrypted, KmsClientError> {
-        let req = EncryptRequest {
-            name: String::new(),
-            plaintext: SecretBytes(Secret::new(plaintext.to_vec())),
-            additional_authenticated_data: Some(Bytes(aad.to_vec())),
-            plaintext_crc32c: Some(Crc32c(crc32c(plaintext))),
-            additional_authenticated_data_crc32c: Some(Crc32c(crc32c(aad))),
-        };
+        let req = encrypt_request(plaintext, aad, true);
         let resp: EncryptResponse = self.post(&format!("{key}:encrypt"), &req, Some(reason)).await?;
         // End-to-end integrity, as Google asks of its clients: the KMS saw what we sent, and we
         // got what it sent.
@@ -208,13 +202,7 @@ impl KmsClient for RestKmsClient {
         aad: &[u8],
         reason: AccessReason,
     ) -> Result<Secret, KmsClientError> {
-        let req = DecryptRequest {
-            name: String::new(),
-            ciphertext: Bytes(ciphertext.to_vec()),
-            additional_authenticated_data: Some(Bytes(aad.to_vec())),
-            ciphertext_crc32c: Some(Crc32c(crc32c(ciphertext))),
-            additional_authenticated_data_crc32c: Some(Crc32c(crc32c(aad))),
-        };
+        let req = decrypt_request(ciphertext, aad, true);
         let resp: DecryptResponse = self.post(&format!("{key}:decrypt"), &req, Some(reason)).await?;
         if resp.plaintext_crc32c.0 != crc32c(resp.plaintext.0.expose()) {
             return Err(KmsClientError::new(Code::DataLoss, "the KMS's decrypt answer failed its CRC32C check"));
