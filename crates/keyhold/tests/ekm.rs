@@ -2,10 +2,13 @@
 //! `keyhold ekm keys create`, a manager that stops answering (SIGSTOP) or dies (SIGKILL), and a
 //! restart that still unwraps what was wrapped before (keys persisted).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use keyhold_api::Code;
 use keyhold_api::resources::AccessReason;
 use keyhold_crypto::SecretString;
@@ -13,10 +16,6 @@ use keyhold_ekm::{EkmClient, EkmCredentials, EkmError, RequestContext};
 
 const PLAINTEXT: &[u8] = b"payroll-data-key-0001";
 const PLAINTEXT_B64: &str = "cGF5cm9sbC1kYXRhLWtleS0wMDAx";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn keyhold(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_keyhold")).args(args).output().unwrap()
