@@ -595,3 +595,68 @@ async fn protected_resources_of_a_key() {
     let (status, _) = s.call_as(Some(&stranger), Method::GET, &format!("{KEY}/protectedResourcesSummary"), None).await;
     assert_eq!(status, 403);
 }
+
+/// [C11] Crypto-shredding of an instance: once the only version protecting it is destroyed
+/// (after its scheduled time), nothing of its data can be read again. The object, the KEK, the
+/// version's raw and sealed material are all absent from every file of the database, and the
+/// wrapped KEK that remains cannot be unwrapped by anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_the_key_shreds_the_instance() {
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let config = KmsConfig {
+        min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1),
+        ..KmsConfig::default()
+    };
+    let s = common::start_with_root(Backend::Sqlite, config, root.clone()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), Some(json!({}))).await;
+    s.ok(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
+        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"})),
+    )
+    .await;
+    let email = agent(&s).await;
+    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+    s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
+    let marker = b"SHRED-ME-KNOWN-PLAINTEXT-".repeat(50_000);
+    assert_eq!(put(&s, INSTANCE, "secret", marker.clone()).await.0, 200);
+
+    // What could decrypt it today: the instance's KEK and the version's material.
+    let db = rusqlite::Connection::open(&s.db_file).unwrap();
+    let wrapped: Vec<u8> =
+        db.query_row("SELECT wrapped FROM store_keks WHERE instance = ?1", [INSTANCE], |r| r.get(0)).unwrap();
+    let b64 = keyhold_api::wire::encode_base64;
+    let unwrap_kek =
+        json!({"ciphertext": b64(&wrapped), "additionalAuthenticatedData": b64(&keyhold_cmek::kek_aad(INSTANCE))});
+    let kek = s.ok(Method::POST, &format!("{KEY}:decrypt"), Some(unwrap_kek.clone())).await;
+    let kek = keyhold_api::wire::decode_base64(kek["plaintext"].as_str().unwrap()).unwrap();
+    let sealed: Vec<u8> = db.query_row("SELECT material FROM crypto_key_versions", [], |r| r.get(0)).unwrap();
+    let raw = keyhold_crypto::sealed::unseal(
+        &keyhold_crypto::AeadKey::new(&root),
+        &sealed,
+        &format!("{KEY}/cryptoKeyVersions/1"),
+    )
+    .unwrap();
+
+    // Destroy the version and let its scheduled destruction happen.
+    s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions/1:destroy"), None).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 1);
+    until(|| refused(&s, "secret")).await;
+    let inst = s.ok(Method::GET, INSTANCE, None).await;
+    assert_eq!(inst["keyStatus"]["observedKeyState"], "DESTROYED", "{inst}");
+
+    // Nothing left that decrypts: the wrapped KEK is refused for good ...
+    s.err(Method::POST, &format!("{KEY}:decrypt"), Some(unwrap_kek), 400, "FAILED_PRECONDITION").await;
+    // ... and no file holds the plaintext, the KEK or the version's material, raw or sealed.
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(s.db_file.parent().unwrap()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        scanned += bytes.len();
+        assert!(!bytes.windows(25).any(|w| w == &marker[..25]), "plaintext at rest");
+        assert!(!bytes.windows(32).any(|w| w == kek.as_slice()), "the KEK at rest");
+        assert!(!bytes.windows(32).any(|w| w == raw.expose()), "raw version material at rest");
+        assert!(!bytes.windows(sealed.len()).any(|w| w == sealed.as_slice()), "sealed version material at rest");
+    }
+    assert!(scanned > marker.len(), "the scan read the database ({scanned} bytes)");
+}
