@@ -180,22 +180,22 @@ impl Kms {
                 let aead = self.aead_for(version).await?;
                 ciphertext::decrypt(&aead, &entry.name, ct, aad).map_err(|_| KmsError::DecryptFailed)?
             }
-            ProtectionLevel::Hsm | ProtectionLevel::External => {
+            ProtectionLevel::Hsm => {
+                check_hsm_size(0, aad.len())?;
                 let (_, blob) = ciphertext::backend_blob(ct).map_err(|_| KmsError::DecryptFailed)?;
+                self.hsm()?
+                    .decrypt(hsm_handle(version)?, blob, &ciphertext::associated_data(&entry.name, id, aad))
+                    .await
+                    .map_err(|e| KmsError::from_backend("The HSM", &version.record.version.name, e))?
+            }
+            ProtectionLevel::External => {
+                let (_, blob) = ciphertext::backend_blob(ct).map_err(|_| KmsError::DecryptFailed)?;
+                let uri = external_uri(version)?;
                 let ad = ciphertext::associated_data(&entry.name, id, aad);
-                if level == ProtectionLevel::Hsm {
-                    check_hsm_size(0, aad.len())?;
-                    self.hsm()?
-                        .decrypt(hsm_handle(version)?, blob, &ad)
-                        .await
-                        .map_err(|e| KmsError::from_backend("The HSM", &version.record.version.name, e))?
-                } else {
-                    let uri = external_uri(version)?;
-                    self.external()?
-                        .unwrap(uri, blob, &ad, &external_request(call, version, reason))
-                        .await
-                        .map_err(|e| external_error(uri, version, e))?
-                }
+                self.external()?
+                    .unwrap(uri, blob, &ad, &external_request(call, version, reason))
+                    .await
+                    .map_err(|e| external_error(uri, version, e))?
             }
             other => return Err(KmsError::Unimplemented(format!("Protection level {other} is not available."))),
         };

@@ -473,6 +473,7 @@ impl Store {
             let _: keyhold_api::CryptoKeyName =
                 key.parse().map_err(|_| StoreError::InvalidArgument(format!("\"{key}\" is not a crypto key name.")))?;
             let mut found = Vec::new();
+            let mut numbers = std::collections::HashMap::new();
             for r in self.repo.instances_by_key(key).await? {
                 if project.is_some_and(|p| p != r.name.project) {
                     continue;
@@ -486,7 +487,14 @@ impl Store {
                     .collect();
                 versions.sort_by_key(|v| version_number(v));
                 versions.dedup();
-                let number = self.kms.project_number(&r.name.project).await?;
+                let number = match numbers.get(&r.name.project) {
+                    Some(n) => *n,
+                    None => {
+                        let n = self.kms.project_number(&r.name.project).await?;
+                        numbers.insert(r.name.project.clone(), n);
+                        n
+                    }
+                };
                 found.push(ProtectedResource {
                     name: format!("//{SERVICE}/{}", r.name),
                     project: format!("projects/{number}"),
