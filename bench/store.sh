@@ -19,11 +19,15 @@
 #           (which rewrites every chunk, so grows with the data) for comparison.
 #   stream  a fresh server; one object of $BIG (default 5G) PUT and GET through curl, streamed;
 #           the server's peak resident memory (VmHWM) before and after.
+#   copies  a CMEK instance holding $COPY_SIZE (default 1G, in 16 objects of random bytes):
+#           backup, restore, clone, export and import times and MB/s, next to a plain copy of
+#           the same bytes in a file with `dd conv=fsync`, measured in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 BIG=${BIG:-5G}
-PARTS=${PARTS:-load rewrap stream}
+PARTS=${PARTS:-load rewrap stream copies}
+COPY_SIZE=${COPY_SIZE:-1G}
 ROUNDS=${ROUNDS:-2}
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 if ! command -v wrk >/dev/null; then
@@ -33,7 +37,7 @@ fi
 cargo build --release -p keyhold -q
 
 PID=""; DATA=""
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$DATA" ] && rm -rf "$DATA"; true; }
+cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$DATA" ] && rm -rf "$DATA"; rm -f "${COPY_SRC:-}" "${COPY_DST:-}"; true; }
 trap cleanup EXIT
 
 start_server() {
@@ -151,4 +155,48 @@ if [[ " $PARTS " == *" stream "* ]]; then
   echo "| after start-up | | | $((before / 1024)) MiB |"
   awk -v t="$up" -v b="$bytes" -v r="$after_put" 'BEGIN {printf "| PUT | %.1f | %.0f | %d MiB |\n", t, b/t/1e6, r/1024}'
   awk -v t="$down" -v b="$bytes" -v r="$after_get" 'BEGIN {printf "| GET | %.1f | %.0f | %d MiB |\n", t, b/t/1e6, r/1024}'
+fi
+
+if [[ " $PARTS " == *" copies "* ]]; then
+  start_server
+  instance src "$KEY"
+  bytes=$(numfmt --from=iec "$COPY_SIZE")
+  part=$((bytes / 16))
+  COPY_SRC=$(mktemp); COPY_DST=$(mktemp)
+  head -c "$bytes" /dev/urandom >"$COPY_SRC"
+  for i in $(seq 0 15); do
+    dd if="$COPY_SRC" bs=1M iflag=skip_bytes,count_bytes skip=$((i * part)) count="$part" status=none |
+      curl -sf -o /dev/null -H "$AUTH" -T - "$V1/$LOC/instances/src/objects/part-$i"
+  done
+  timed() { # method path body -> seconds
+    curl -sf -o /dev/null -w '%{time_total}' -H "$AUTH" -H 'Content-Type: application/json' -X "$1" "$V1/$2" -d "$3" ||
+      { echo "bench/store.sh: $1 $2 failed" >&2; exit 1; }
+  }
+  copy_s() { # a plain copy of the same bytes, synced to disk like the database's commits
+    local t0 t1
+    t0=$(date +%s.%N)
+    dd if="$COPY_SRC" of="$COPY_DST" bs=1M conv=fsync status=none
+    t1=$(date +%s.%N)
+    awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}'
+  }
+  file1=$(copy_s)
+  backup=$(timed POST "$LOC/instances/src/backups?backupId=b1" '{}')
+  restore=$(timed POST "$LOC/instances:restore" "{\"instanceId\":\"restored\",\"backup\":\"$LOC/instances/src/backups/b1\"}")
+  clone=$(timed POST "$LOC/instances/src:clone" '{"destinationInstanceId":"cloned"}')
+  export_s=$(timed POST "$LOC/instances/src:export" '{"destination":"bench.archive"}')
+  import_s=$(timed POST "$LOC/instances:import" '{"instanceId":"imported","source":"bench.archive","kmsKey":"'"$KEY"'"}')
+  file2=$(copy_s)
+  file=$(awk -v a="$file1" -v b="$file2" 'BEGIN {print (a + b) / 2}')
+  echo
+  echo "### Copies of a $COPY_SIZE CMEK instance (16 objects), next to a file copy of the same bytes"
+  echo
+  echo "| operation | seconds | MB/s | MB/s relative to the file copy |"
+  echo "|---|---|---|---|"
+  row() { awk -v n="$1" -v t="$2" -v b="$bytes" -v f="$file" 'BEGIN {printf "| %s | %.2f | %.0f | %.2f |\n", n, t, b/t/1e6, f/t}'; }
+  row "file copy (dd conv=fsync; mean of one before, one after)" "$file"
+  row "backup" "$backup"
+  row "restore (into a new instance)" "$restore"
+  row "clone" "$clone"
+  row "export (archive file)" "$export_s"
+  row "import (into a new instance)" "$import_s"
 fi

@@ -82,6 +82,14 @@ permissions! {
     OBJECTS_GET = "keyhold.objects.get";
     OBJECTS_LIST = "keyhold.objects.list";
     OBJECTS_DELETE = "keyhold.objects.delete";
+    INSTANCES_CLONE = "keyhold.instances.clone";
+    INSTANCES_EXPORT = "keyhold.instances.export";
+    INSTANCES_IMPORT = "keyhold.instances.import";
+    BACKUPS_CREATE = "keyhold.backups.create";
+    BACKUPS_GET = "keyhold.backups.get";
+    BACKUPS_LIST = "keyhold.backups.list";
+    BACKUPS_DELETE = "keyhold.backups.delete";
+    BACKUPS_RESTORE = "keyhold.backups.restore";
     ORG_POLICY_GET = "orgpolicy.policy.get";
     ORG_POLICIES_LIST = "orgpolicy.policies.list";
     ORG_POLICIES_CREATE = "orgpolicy.policies.create";
@@ -123,6 +131,14 @@ const STORE_ALL: &[Permission] = &[
     OBJECTS_GET,
     OBJECTS_LIST,
     OBJECTS_DELETE,
+    INSTANCES_CLONE,
+    INSTANCES_EXPORT,
+    INSTANCES_IMPORT,
+    BACKUPS_CREATE,
+    BACKUPS_GET,
+    BACKUPS_LIST,
+    BACKUPS_DELETE,
+    BACKUPS_RESTORE,
     PROJECTS_GET,
 ];
 
@@ -183,6 +199,14 @@ pub static ROLES: &[Role] = &[
             OBJECTS_GET,
             OBJECTS_LIST,
             OBJECTS_DELETE,
+            INSTANCES_CLONE,
+            INSTANCES_EXPORT,
+            INSTANCES_IMPORT,
+            BACKUPS_CREATE,
+            BACKUPS_GET,
+            BACKUPS_LIST,
+            BACKUPS_DELETE,
+            BACKUPS_RESTORE,
             ORG_POLICY_GET,
             ORG_POLICIES_LIST,
         ],
@@ -220,6 +244,14 @@ pub static ROLES: &[Role] = &[
             OBJECTS_GET,
             OBJECTS_LIST,
             OBJECTS_DELETE,
+            INSTANCES_CLONE,
+            INSTANCES_EXPORT,
+            INSTANCES_IMPORT,
+            BACKUPS_CREATE,
+            BACKUPS_GET,
+            BACKUPS_LIST,
+            BACKUPS_DELETE,
+            BACKUPS_RESTORE,
             ORG_POLICY_GET,
             ORG_POLICIES_LIST,
         ],
@@ -246,6 +278,8 @@ pub static ROLES: &[Role] = &[
             INSTANCES_LIST,
             OBJECTS_GET,
             OBJECTS_LIST,
+            BACKUPS_GET,
+            BACKUPS_LIST,
             ORG_POLICY_GET,
             ORG_POLICIES_LIST,
         ],

@@ -85,6 +85,10 @@ pub struct AuditRecord {
     /// The Key Access Justification decision of a cryptographic call ([K11]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_justification: Option<AccessDecision>,
+    /// Something the auditor should look at even though the call succeeded (a plaintext
+    /// export, for one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// The access reason a cryptographic call carried, and what the key's
@@ -245,10 +249,14 @@ impl AuditRecord {
                 serde_json::json!({"customerConfiguredPolicyEnforced": d.policy_enforced, "allowed": d.allowed}),
             );
         }
+        if let Some(w) = &self.warning {
+            metadata.insert("warning".into(), w.clone().into());
+        }
         if !metadata.is_empty() {
             payload["metadata"] = metadata.into();
         }
         let severity = match self.code {
+            0 if self.warning.is_some() => "WARNING",
             0 => "NOTICE",
             7 | 16 => "WARNING",
             _ => "ERROR",
@@ -501,6 +509,7 @@ impl crate::service::Kms {
                 message: status.message.clone(),
                 anonymous: caller.anonymous,
                 access_justification: None,
+                warning: None,
             })
             .await
     }
@@ -562,6 +571,7 @@ mod tests {
             message: String::new(),
             anonymous: false,
             access_justification: None,
+            warning: None,
         }
     }
 

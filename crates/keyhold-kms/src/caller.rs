@@ -78,6 +78,7 @@ pub(crate) struct Call<'a> {
     permission: Mutex<Option<(Permission, bool)>>,
     key_version: Mutex<Option<String>>,
     access_decision: Mutex<Option<AccessDecision>>,
+    warning: Mutex<Option<String>>,
     committed: AtomicBool,
 }
 
@@ -102,6 +103,7 @@ impl<'a> Call<'a> {
             permission: Mutex::new(None),
             key_version: Mutex::new(None),
             access_decision: Mutex::new(None),
+            warning: Mutex::new(None),
             committed: AtomicBool::new(false),
         }
     }
@@ -148,6 +150,7 @@ impl<'a> Call<'a> {
             message,
             anonymous: self.caller.anonymous,
             access_justification: self.access_decision.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            warning: self.warning.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 
@@ -219,6 +222,11 @@ impl ServiceCall<'_> {
     /// Notes the key version the call used (for the audit entry).
     pub fn set_key_version(&self, version: String) {
         self.0.set_key_version(version);
+    }
+
+    /// Attaches a warning to the call's audit entry (which is then logged at `WARNING`).
+    pub fn warn(&self, warning: String) {
+        *self.0.warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(warning);
     }
 }
 

@@ -56,7 +56,14 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health))
         .route("/v1/projects/{project}/locations/{location}/instances", any(store_routes::instances))
+        .route("/v1/projects/{project}/locations/{location}/instances:restore", any(store_routes::restore))
+        .route("/v1/projects/{project}/locations/{location}/instances:import", any(store_routes::import))
         .route("/v1/projects/{project}/locations/{location}/instances/{instance}", any(store_routes::instance))
+        .route("/v1/projects/{project}/locations/{location}/instances/{instance}/backups", any(store_routes::backups))
+        .route(
+            "/v1/projects/{project}/locations/{location}/instances/{instance}/backups/{backup}",
+            any(store_routes::backup),
+        )
         .route("/v1/projects/{project}/locations/{location}/instances/{instance}/objects", any(store_routes::objects))
         .route(
             "/v1/projects/{project}/locations/{location}/instances/{instance}/objects/{*object}",

@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use keyhold_api::orgpolicy::{ListOrgPoliciesResponse, OrgPolicy};
 use keyhold_kms::{Caller, KmsError};
-use keyhold_store::model::CreateInstanceRequest;
+use keyhold_store::model::{
+    CloneInstanceRequest, CreateBackupRequest, CreateInstanceRequest, EncryptionConfig, ExportInstanceRequest,
+    ImportInstanceRequest, RestoreInstanceRequest,
+};
 use keyhold_store::{ListRequest, Store, StoreError};
 
 use crate::AppState;
@@ -142,6 +145,7 @@ pub(crate) async fn instance(
     headers: HeaderMap,
     Path((project, location, instance)): Path<(String, String, String)>,
     q: QueryResult,
+    bytes: Bytes,
 ) -> Response {
     let (id, verb) = match instance.split_once(':') {
         Some((i, v)) => (i.to_string(), Some(v.to_string())),
@@ -163,6 +167,14 @@ pub(crate) async fn instance(
             }
             (Some("rewrap"), Method::POST) => Ok(json(&store.rewrap(&caller, &name).await?)),
             (Some("reencrypt"), Method::POST) => Ok(json(&store.reencrypt(&caller, &name).await?)),
+            (Some("clone"), Method::POST) => {
+                let req: CloneInstanceRequest = parse_body(&bytes)?;
+                Ok(json(&store.clone_instance(&caller, &name, req).await?))
+            }
+            (Some("export"), Method::POST) => {
+                let req: ExportInstanceRequest = parse_body(&bytes)?;
+                Ok(json(&store.export_instance(&caller, &name, req).await?))
+            }
             (v, m) => Err(ApiError::new(
                 keyhold_api::Code::Unimplemented,
                 format!("{m} {name}{} is not a method of the store.", v.map(|v| format!(":{v}")).unwrap_or_default()),
@@ -379,4 +391,134 @@ pub(crate) async fn search_protected_resources(
     }
     .await;
     answer(&state, &caller, &scope, r).await
+}
+
+/// `POST /v1/projects/P/locations/L/instances:restore` ([C8]).
+pub(crate) async fn restore(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Response {
+    let parent = format!("projects/{project}/locations/{location}");
+    let path = format!("{parent}/instances:restore");
+    let caller = match authenticated(&state, &headers, &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let store = store(&state)?;
+        if method != Method::POST {
+            return Err(not_a_method(&method, &path));
+        }
+        let req: RestoreInstanceRequest = parse_body(&bytes)?;
+        Ok(json(&store.restore_instance(&caller, &parent, req).await?))
+    }
+    .await;
+    answer(&state, &caller, &path, r).await
+}
+
+/// `POST /v1/projects/P/locations/L/instances:import` ([C9]).
+pub(crate) async fn import(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location)): Path<(String, String)>,
+    bytes: Bytes,
+) -> Response {
+    let parent = format!("projects/{project}/locations/{location}");
+    let path = format!("{parent}/instances:import");
+    let caller = match authenticated(&state, &headers, &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let store = store(&state)?;
+        if method != Method::POST {
+            return Err(not_a_method(&method, &path));
+        }
+        let req: ImportInstanceRequest = parse_body(&bytes)?;
+        Ok(json(&store.import_instance(&caller, &parent, req).await?))
+    }
+    .await;
+    answer(&state, &caller, &path, r).await
+}
+
+fn not_a_method(method: &Method, path: &str) -> ApiError {
+    ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {path} is not a method of the store."))
+}
+
+/// `/v1/projects/P/locations/L/instances/I/backups`: list, create ([C8]). The encryption
+/// config is the body's `encryptionConfig`, or Spanner's query parameters
+/// `encryptionConfig.encryptionType` and `encryptionConfig.kmsKeyName`.
+pub(crate) async fn backups(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location, instance)): Path<(String, String, String)>,
+    q: QueryResult,
+    bytes: Bytes,
+) -> Response {
+    let name = format!("projects/{project}/locations/{location}/instances/{instance}");
+    let path = format!("{name}/backups");
+    let caller = match authenticated(&state, &headers, &path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let store = store(&state)?;
+        let q = query(q)?;
+        match method {
+            Method::GET => Ok(json(&store.list_backups(&caller, &name, &list_request(&q)?).await?)),
+            Method::POST => {
+                let mut req: CreateBackupRequest = parse_body(&bytes)?;
+                let t = q.get("encryptionConfig.encryptionType");
+                let k = q.get("encryptionConfig.kmsKeyName");
+                if t.is_some() || k.is_some() {
+                    if req.encryption_config.is_some() {
+                        return Err(ApiError::invalid(
+                            "Give encryptionConfig in the body or in the query string, not both.",
+                        ));
+                    }
+                    req.encryption_config = Some(EncryptionConfig {
+                        encryption_type: t.cloned().unwrap_or_default(),
+                        kms_key_name: k.cloned().unwrap_or_default(),
+                    });
+                }
+                let id = q.get("backupId").or_else(|| q.get("backup_id")).cloned().unwrap_or_default();
+                Ok(json(&store.create_backup(&caller, &name, &id, req).await?))
+            }
+            _ => Err(not_a_method(&method, &path)),
+        }
+    }
+    .await;
+    answer(&state, &caller, &path, r).await
+}
+
+/// `/v1/projects/P/locations/L/instances/I/backups/B`: get, delete.
+pub(crate) async fn backup(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location, instance, backup)): Path<(String, String, String, String)>,
+) -> Response {
+    let name = format!("projects/{project}/locations/{location}/instances/{instance}/backups/{backup}");
+    let caller = match authenticated(&state, &headers, &name).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = async {
+        let store = store(&state)?;
+        match method {
+            Method::GET => Ok(json(&store.get_backup(&caller, &name).await?)),
+            Method::DELETE => {
+                store.delete_backup(&caller, &name).await?;
+                Ok(json(&serde_json::json!({})))
+            }
+            _ => Err(not_a_method(&method, &name)),
+        }
+    }
+    .await;
+    answer(&state, &caller, &name, r).await
 }

@@ -660,3 +660,522 @@ async fn destroying_the_key_shreds_the_instance() {
     }
     assert!(scanned > marker.len(), "the scan read the database ({scanned} bytes)");
 }
+
+// ---- copies that keep their keys ([C8]-[C11]) ----------------------------------------------
+
+const KEY2: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/k2";
+
+/// A second key in the same ring, usable by the store's agent `email`.
+async fn second_key(s: &Server, email: &str) {
+    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k2"), Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
+    let policy = json!({"bindings": [{"role": ENCRYPTER, "members": [format!("serviceAccount:{email}")]}]});
+    s.ok(Method::POST, &format!("{KEY2}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+/// [C8] Backups keep the key version they were taken under: rotation and `:reencrypt` of the
+/// source change nothing in them; restores use the backup's key or another one; a disabled or
+/// destroyed backup version makes restoring fail with FAILED_PRECONDITION while the source,
+/// re-encrypted under the new version, keeps working.
+async fn backups_and_restores(backend: Backend) {
+    let config = KmsConfig {
+        min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1),
+        ..KmsConfig::default()
+    };
+    let s = start(backend, config).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), Some(json!({}))).await;
+    s.ok(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
+        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"})),
+    )
+    .await;
+    let email = agent(&s).await;
+    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+    second_key(&s, &email).await;
+    s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
+    let big = random(2 * 1024 * 1024 + 17);
+    assert_eq!(put(&s, INSTANCE, "big", big.clone()).await.0, 200);
+    assert_eq!(put(&s, INSTANCE, "dir/small", b"small".to_vec()).await.0, 200);
+    let v1 = format!("{KEY}/cryptoKeyVersions/1");
+
+    // Take it; it shows v1, its size and its objects.
+    let b1 = format!("{INSTANCE}/backups/b1");
+    let backup = s.ok(Method::POST, &format!("{INSTANCE}/backups?backupId=b1"), Some(json!({}))).await;
+    assert_eq!(backup["name"], b1);
+    assert_eq!(backup["state"], "READY");
+    assert_eq!(backup["instance"], INSTANCE);
+    assert_eq!(backup["encryptionInfo"]["encryptionType"], "CUSTOMER_MANAGED_ENCRYPTION");
+    assert_eq!(backup["encryptionInfo"]["kmsKeyVersions"], json!([v1]), "{backup}");
+    assert_eq!(backup["objectCount"], "2");
+    assert_eq!(backup["sizeBytes"], (big.len() + 5).to_string());
+    s.err(Method::POST, &format!("{INSTANCE}/backups?backupId=b1"), None, 409, "ALREADY_EXISTS").await;
+    s.err(Method::POST, &format!("{INSTANCE}/backups"), None, 400, "INVALID_ARGUMENT").await;
+    // Under another key, and service-managed (query-parameter spelling, as Spanner's).
+    let other = s
+        .ok(
+            Method::POST,
+            &format!("{INSTANCE}/backups?backupId=b2"),
+            Some(json!({"encryptionConfig": {"kmsKeyName": KEY2}})),
+        )
+        .await;
+    assert_eq!(other["kmsKey"], KEY2);
+    assert_eq!(other["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY2}/cryptoKeyVersions/1")]));
+    let plain = s
+        .ok(
+            Method::POST,
+            &format!("{INSTANCE}/backups?backupId=b3&encryptionConfig.encryptionType=GOOGLE_DEFAULT_ENCRYPTION"),
+            None,
+        )
+        .await;
+    assert_eq!(plain["encryptionInfo"]["encryptionType"], "GOOGLE_DEFAULT_ENCRYPTION");
+    assert!(plain.get("kmsKey").is_none(), "{plain}");
+    let msg = s
+        .err(
+            Method::POST,
+            &format!("{INSTANCE}/backups?backupId=b4"),
+            Some(json!({"encryptionConfig": {"encryptionType": "CUSTOMER_MANAGED_ENCRYPTION"}})),
+            400,
+            "INVALID_ARGUMENT",
+        )
+        .await;
+    assert!(msg.contains("kmsKeyName is required"), "{msg}");
+
+    // Rotate, re-encrypt the source: the backup still shows (and is protected by) v1 only.
+    s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
+    s.ok(Method::POST, &format!("{KEY}:updatePrimaryVersion"), Some(json!({"cryptoKeyVersionId": "2"}))).await;
+    let inst = s.ok(Method::POST, &format!("{INSTANCE}:reencrypt"), Some(json!({}))).await;
+    assert_eq!(inst["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY}/cryptoKeyVersions/2")]));
+    assert_eq!(s.ok(Method::GET, &b1, None).await["encryptionInfo"]["kmsKeyVersions"], json!([v1]));
+    let listed = s.ok(Method::GET, &format!("{INSTANCE}/backups"), None).await;
+    let names: Vec<&str> = listed["backups"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [b1.as_str(), &format!("{INSTANCE}/backups/b2"), &format!("{INSTANCE}/backups/b3")]);
+
+    // Restore with the backup's key (the key's primary now, v2, wraps the new KEK) ...
+    let restored =
+        s.ok(Method::POST, &format!("{LOC}/instances:restore"), Some(json!({"instanceId": "r1", "backup": b1}))).await;
+    assert_eq!(restored["kmsKey"], KEY, "{restored}");
+    let r1 = format!("{LOC}/instances/r1");
+    assert_eq!(get_media(&s, &r1, "big").await.unwrap(), big);
+    assert_eq!(get_media(&s, &r1, "dir/small").await.unwrap(), b"small");
+    let meta = s.ok(Method::GET, &format!("{r1}/objects/big"), None).await;
+    assert_eq!(meta["contentType"], "application/x-test");
+    // ... or with another key; restoring onto an existing name is refused.
+    let restored = s
+        .ok(
+            Method::POST,
+            &format!("{LOC}/instances:restore"),
+            Some(json!({"instanceId": "r2", "backup": b1, "encryptionConfig": {"encryptionType": "CUSTOMER_MANAGED_ENCRYPTION", "kmsKeyName": KEY2}})),
+        )
+        .await;
+    assert_eq!(restored["kmsKey"], KEY2);
+    assert_eq!(get_media(&s, &format!("{LOC}/instances/r2"), "big").await.unwrap(), big);
+    let body = json!({"instanceId": "r1", "backup": b1});
+    s.err(Method::POST, &format!("{LOC}/instances:restore"), Some(body), 409, "ALREADY_EXISTS").await;
+    let body = json!({"instanceId": "r9", "backup": format!("{INSTANCE}/backups/nope")});
+    s.err(Method::POST, &format!("{LOC}/instances:restore"), Some(body), 404, "NOT_FOUND").await;
+
+    // [K12] Backups count among what the key protects.
+    let summary = s.ok(Method::GET, &format!("{KEY}/protectedResourcesSummary"), None).await;
+    assert_eq!(summary["resourceTypes"]["store.keyhold.dev/Backup"], "1", "{summary}");
+
+    // v1 disabled: the backup cannot be restored, and says why; enabled again: it can.
+    set_version_state(&s, 1, "DISABLED").await;
+    let body = json!({"instanceId": "r3", "backup": b1});
+    let msg =
+        s.err(Method::POST, &format!("{LOC}/instances:restore"), Some(body.clone()), 400, "FAILED_PRECONDITION").await;
+    assert!(msg.contains("cannot be restored") && msg.contains(&v1), "{msg}");
+    s.err(Method::GET, &format!("{LOC}/instances/r3"), None, 404, "NOT_FOUND").await;
+    set_version_state(&s, 1, "ENABLED").await;
+    s.ok(Method::POST, &format!("{LOC}/instances:restore"), Some(body)).await;
+
+    // v1 destroyed (after its schedule): the backup is gone for good; the source still works.
+    s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions/1:destroy"), None).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 1);
+    let body = json!({"instanceId": "r4", "backup": b1});
+    let msg = s.err(Method::POST, &format!("{LOC}/instances:restore"), Some(body), 400, "FAILED_PRECONDITION").await;
+    assert!(msg.contains("cannot be restored"), "{msg}");
+    assert_eq!(get_media(&s, INSTANCE, "big").await.unwrap(), big, "the re-encrypted source");
+    // The backup under the other key is unaffected.
+    let body = json!({"instanceId": "r5", "backup": format!("{INSTANCE}/backups/b2")});
+    s.ok(Method::POST, &format!("{LOC}/instances:restore"), Some(body)).await;
+    assert_eq!(get_media(&s, &format!("{LOC}/instances/r5"), "dir/small").await.unwrap(), b"small");
+
+    // Deleting a backup works whatever its key's state; it is gone after.
+    s.ok(Method::DELETE, &b1, None).await;
+    s.err(Method::GET, &b1, None, 404, "NOT_FOUND").await;
+    let summary = s.ok(Method::GET, &format!("{KEY}/protectedResourcesSummary"), None).await;
+    assert!(summary["resourceTypes"].get("store.keyhold.dev/Backup").is_none(), "{summary}");
+}
+
+#[tokio::test]
+async fn backups_and_restores_sqlite() {
+    backups_and_restores(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn backups_and_restores_postgres() {
+    backups_and_restores(Backend::Postgres).await;
+}
+
+/// [C8] A backup taken while writers keep overwriting objects shows one instant: no object is
+/// torn (every chunk of it from the same write), and across objects the rounds are those of a
+/// single moment of the writer's sequence.
+async fn backups_under_concurrent_writes(backend: Backend) {
+    const OBJECTS: usize = 5;
+    let s = std::sync::Arc::new(start(backend, KmsConfig::default()).await);
+    cmek_instance(&s).await;
+    // Object i in round r: 1.5 MiB (two chunks) of the byte (r * 7 + i).
+    let content = |round: usize, i: usize| vec![(round * 7 + i) as u8; 1536 * 1024];
+    for i in 0..OBJECTS {
+        assert_eq!(put(&s, INSTANCE, &format!("o{i}"), content(0, i)).await.0, 200);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (s, stop) = (s.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut round = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in 0..OBJECTS {
+                    assert_eq!(put(&s, INSTANCE, &format!("o{i}"), content(round, i)).await.0, 200);
+                }
+                round += 1;
+            }
+            round
+        })
+    };
+    for b in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.ok(Method::POST, &format!("{INSTANCE}/backups?backupId=c{b}"), None).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds_written = writer.await.unwrap();
+    assert!(rounds_written > 2, "the writer ran during the backups ({rounds_written} rounds)");
+    for b in 0..4 {
+        let body = json!({"instanceId": format!("c{b}"), "backup": format!("{INSTANCE}/backups/c{b}")});
+        s.ok(Method::POST, &format!("{LOC}/instances:restore"), Some(body)).await;
+        let mut rounds = Vec::new();
+        for i in 0..OBJECTS {
+            let data = get_media(&s, &format!("{LOC}/instances/c{b}"), &format!("o{i}")).await.unwrap();
+            assert_eq!(data.len(), 1536 * 1024);
+            let first = data[0];
+            assert!(data.iter().all(|x| *x == first), "backup c{b}: object o{i} is torn");
+            rounds.push((first as usize - i) / 7);
+        }
+        // The writer goes o0..o4 in each round: a snapshot sees a prefix at round r, the rest at r-1.
+        assert!(
+            rounds.windows(2).all(|w| w[0] >= w[1]) && rounds[0] - rounds[OBJECTS - 1] <= 1,
+            "backup c{b}: {rounds:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_under_concurrent_writes_sqlite() {
+    backups_under_concurrent_writes(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_under_concurrent_writes_postgres() {
+    backups_under_concurrent_writes(Backend::Postgres).await;
+}
+
+/// [C9] Clones keep their source's key; [C10] replicas inherit the key in the primary's
+/// location, need their own elsewhere, follow the primary, are read-only, and are suspended
+/// alone when their own key is disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clones_and_replicas() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let email = cmek_instance(&s).await;
+    second_key(&s, &email).await;
+    assert_eq!(put(&s, INSTANCE, "a", b"first".to_vec()).await.0, 200);
+
+    // Clone: same key; another key is refused with the way to get one.
+    let clone =
+        s.ok(Method::POST, &format!("{INSTANCE}:clone"), Some(json!({"destinationInstanceId": "db1-copy"}))).await;
+    assert_eq!(clone["kmsKey"], KEY);
+    assert_eq!(get_media(&s, &format!("{LOC}/instances/db1-copy"), "a").await.unwrap(), b"first");
+    let body = json!({"destinationInstanceId": "db1-other", "kmsKey": KEY2});
+    let msg = s.err(Method::POST, &format!("{INSTANCE}:clone"), Some(body), 400, "FAILED_PRECONDITION").await;
+    assert!(msg.contains("A clone keeps its source's encryption") && msg.contains("restore"), "{msg}");
+    s.err(Method::GET, &format!("{LOC}/instances/db1-other"), None, 404, "NOT_FOUND").await;
+
+    // A replica in the same location inherits the key; another key is refused.
+    let body = json!({"replicaOf": INSTANCE, "kmsKey": KEY2});
+    let msg =
+        s.err(Method::POST, &format!("{LOC}/instances?instanceId=rep"), Some(body), 400, "FAILED_PRECONDITION").await;
+    assert!(msg.contains("primary's key"), "{msg}");
+    let rep =
+        s.ok(Method::POST, &format!("{LOC}/instances?instanceId=rep"), Some(json!({"replicaOf": INSTANCE}))).await;
+    assert_eq!(rep["kmsKey"], KEY);
+    assert_eq!(rep["replicaOf"], INSTANCE);
+    let rep_name = format!("{LOC}/instances/rep");
+    until(|| async { get_media(&s, &rep_name, "a").await.is_ok_and(|d| d == b"first") }).await;
+    assert_eq!(s.ok(Method::GET, INSTANCE, None).await["replicaNames"], json!([rep_name]));
+
+    // It follows writes and deletes, and refuses its own.
+    assert_eq!(put(&s, INSTANCE, "a", b"second".to_vec()).await.0, 200);
+    assert_eq!(put(&s, INSTANCE, "b", random(1_500_000)).await.0, 200);
+    until(|| async { get_media(&s, &rep_name, "a").await.is_ok_and(|d| d == b"second") }).await;
+    until(|| async { get_media(&s, &rep_name, "b").await.is_ok() }).await;
+    s.ok(Method::DELETE, &format!("{INSTANCE}/objects/b"), None).await;
+    until(|| async { matches!(get_media(&s, &rep_name, "b").await, Err((404, _))) }).await;
+    let (status, body) = put(&s, &rep_name, "x", b"no".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("read replica"), "{body}");
+    s.err(Method::DELETE, &format!("{rep_name}/objects/a"), None, 400, "FAILED_PRECONDITION").await;
+    let msg = s.err(Method::DELETE, INSTANCE, None, 400, "FAILED_PRECONDITION").await;
+    assert!(msg.contains("read replicas"), "{msg}");
+
+    // In another location: a key there is required.
+    let east = "projects/p/locations/us-east1";
+    let msg = s
+        .err(
+            Method::POST,
+            &format!("{east}/instances?instanceId=far"),
+            Some(json!({"replicaOf": INSTANCE})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
+    assert!(msg.contains("us-east1") && msg.contains("kmsKey"), "{msg}");
+    let east_key = format!("{east}/keyRings/re/cryptoKeys/ke");
+    s.ok(Method::POST, &format!("{east}/keyRings?keyRingId=re"), Some(json!({}))).await;
+    s.ok(
+        Method::POST,
+        &format!("{east}/keyRings/re/cryptoKeys?cryptoKeyId=ke"),
+        Some(json!({"purpose": "ENCRYPT_DECRYPT"})),
+    )
+    .await;
+    let policy = json!({"bindings": [{"role": ENCRYPTER, "members": [format!("serviceAccount:{email}")]}]});
+    s.ok(Method::POST, &format!("{east_key}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
+    let far = s
+        .ok(
+            Method::POST,
+            &format!("{east}/instances?instanceId=far"),
+            Some(json!({"replicaOf": INSTANCE, "kmsKey": east_key})),
+        )
+        .await;
+    assert_eq!(far["kmsKey"], east_key.as_str());
+    let far_name = format!("{east}/instances/far");
+    until(|| async { get_media(&s, &far_name, "a").await.is_ok_and(|d| d == b"second") }).await;
+    let found = s.ok(Method::GET, &format!("projects/p/protectedResources:search?cryptoKey={east_key}"), None).await;
+    assert_eq!(found["protectedResources"][0]["resourceType"], "store.keyhold.dev/Replica", "{found}");
+
+    // Its own key disabled: the far replica alone is suspended; the primary and the other
+    // replica serve on.
+    s.ok(
+        Method::PATCH,
+        &format!("{east_key}/cryptoKeyVersions/1?updateMask=state"),
+        Some(json!({"state": "DISABLED"})),
+    )
+    .await;
+    until(|| async { matches!(get_media(&s, &far_name, "a").await, Err((400, b)) if b.contains(INACCESSIBLE)) }).await;
+    assert_eq!(s.ok(Method::GET, &far_name, None).await["state"], "SUSPENDED");
+    assert_eq!(get_media(&s, INSTANCE, "a").await.unwrap(), b"second");
+    assert_eq!(get_media(&s, &rep_name, "a").await.unwrap(), b"second");
+    assert_eq!(s.ok(Method::GET, INSTANCE, None).await["state"], "READY");
+    // Re-enabled, it catches up with what it missed.
+    assert_eq!(put(&s, INSTANCE, "c", b"later".to_vec()).await.0, 200);
+    s.ok(Method::PATCH, &format!("{east_key}/cryptoKeyVersions/1?updateMask=state"), Some(json!({"state": "ENABLED"})))
+        .await;
+    until(|| async { get_media(&s, &far_name, "c").await.is_ok_and(|d| d == b"later") }).await;
+    // Replicas deleted, the primary can go.
+    s.ok(Method::DELETE, &far_name, None).await;
+    s.ok(Method::DELETE, &rep_name, None).await;
+    s.ok(Method::DELETE, INSTANCE, None).await;
+}
+
+/// [C9] Export under key A, import under key B; a plaintext export only when asked, flagged in
+/// the audit log; archives only inside the export directory, never overwritten.
+#[tokio::test]
+async fn export_and_import() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let email = cmek_instance(&s).await;
+    second_key(&s, &email).await;
+    let marker = b"EXPORT-KNOWN-PLAINTEXT-".repeat(60_000);
+    assert_eq!(put(&s, INSTANCE, "m", marker.clone()).await.0, 200);
+    assert_eq!(put(&s, INSTANCE, "empty", Vec::new()).await.0, 200);
+
+    let export = s.ok(Method::POST, &format!("{INSTANCE}:export"), Some(json!({"destination": "a.archive"}))).await;
+    assert_eq!(export["objectCount"], "2", "{export}");
+    assert_eq!(export["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY}/cryptoKeyVersions/1")]));
+    let file = std::path::PathBuf::from(export["destination"].as_str().unwrap());
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(bytes.starts_with(b"keyhold-archive/v1\n"));
+    assert!(!bytes.windows(23).any(|w| w == &marker[..23]), "plaintext in an encrypted archive");
+    s.err(
+        Method::POST,
+        &format!("{INSTANCE}:export"),
+        Some(json!({"destination": "a.archive"})),
+        409,
+        "ALREADY_EXISTS",
+    )
+    .await;
+    for bad in ["../escape.archive", "/etc/keyhold.archive", ""] {
+        s.err(Method::POST, &format!("{INSTANCE}:export"), Some(json!({"destination": bad})), 400, "INVALID_ARGUMENT")
+            .await;
+    }
+
+    // Import under key B.
+    let imported = s
+        .ok(
+            Method::POST,
+            &format!("{LOC}/instances:import"),
+            Some(json!({"instanceId": "imp", "source": "a.archive", "kmsKey": KEY2})),
+        )
+        .await;
+    assert_eq!(imported["kmsKey"], KEY2);
+    let imp = format!("{LOC}/instances/imp");
+    assert_eq!(get_media(&s, &imp, "m").await.unwrap(), marker);
+    assert_eq!(get_media(&s, &imp, "empty").await.unwrap(), b"");
+    // A tampered archive is refused, and leaves no instance behind.
+    let mut tampered = bytes.clone();
+    let n = tampered.len();
+    tampered[n / 2] ^= 1;
+    std::fs::write(file.with_file_name("t.archive"), &tampered).unwrap();
+    let body = json!({"instanceId": "bad", "source": "t.archive"});
+    let (status, _) = s.call(Method::POST, &format!("{LOC}/instances:import"), Some(body)).await;
+    assert!(status == 400 || status == 500, "tampered archive: {status}");
+    s.err(Method::GET, &format!("{LOC}/instances/bad"), None, 404, "NOT_FOUND").await;
+
+    // [K12] The export is a protected resource of key A.
+    let found = s.ok(Method::GET, &format!("projects/p/protectedResources:search?cryptoKey={KEY}"), None).await;
+    let types: Vec<&str> =
+        found["protectedResources"].as_array().unwrap().iter().map(|r| r["resourceType"].as_str().unwrap()).collect();
+    assert!(types.contains(&"store.keyhold.dev/Export"), "{found}");
+
+    // Plaintext: refused unless asked; when asked, the audit entry says so.
+    s.ok(Method::POST, &format!("{LOC}/instances?instanceId=plain"), Some(json!({}))).await;
+    let plain = format!("{LOC}/instances/plain");
+    let msg = s
+        .err(
+            Method::POST,
+            &format!("{plain}:export"),
+            Some(json!({"destination": "p.archive"})),
+            400,
+            "FAILED_PRECONDITION",
+        )
+        .await;
+    assert!(msg.contains("allowPlaintext"), "{msg}");
+    let export = s
+        .ok(
+            Method::POST,
+            &format!("{INSTANCE}:export"),
+            Some(json!({"destination": "sub/p.archive", "allowPlaintext": true})),
+        )
+        .await;
+    assert_eq!(export["encryptionInfo"]["encryptionType"], "NO_ENCRYPTION");
+    let bytes = std::fs::read(export["destination"].as_str().unwrap()).unwrap();
+    assert!(bytes.windows(23).any(|w| w == &marker[..23]), "a plaintext archive holds the plaintext");
+    let entries = s.ok(Method::GET, "projects/p/auditLogs?pageSize=100&methodName=ExportInstance", None).await;
+    let warned: Vec<&Value> = entries["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["protoPayload"]["metadata"]["warning"].as_str().is_some_and(|w| w.contains("Plaintext export")))
+        .collect();
+    assert_eq!(warned.len(), 1, "{entries}");
+    assert_eq!(warned[0]["severity"], "WARNING");
+    s.ok(
+        Method::POST,
+        &format!("{LOC}/instances:import"),
+        Some(json!({"instanceId": "fromplain", "source": "sub/p.archive"})),
+    )
+    .await;
+    assert_eq!(get_media(&s, &format!("{LOC}/instances/fromplain"), "m").await.unwrap(), marker);
+}
+
+/// [C11] Crypto-shredding of copies: once every version protecting an instance, its backup and
+/// its export is destroyed, none can be read again: restore and import fail, and no file holds
+/// the plaintext or any KEK that could open it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_the_key_shreds_backups_and_exports() {
+    let config = KmsConfig {
+        min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1),
+        ..KmsConfig::default()
+    };
+    let s = start(Backend::Sqlite, config).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), Some(json!({}))).await;
+    s.ok(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
+        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"})),
+    )
+    .await;
+    let email = agent(&s).await;
+    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+    s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
+    let marker = b"SHRED-COPIES-KNOWN-PLAINTEXT-".repeat(40_000);
+    assert_eq!(put(&s, INSTANCE, "secret", marker.clone()).await.0, 200);
+    let b1 = format!("{INSTANCE}/backups/b1");
+    s.ok(Method::POST, &format!("{INSTANCE}/backups?backupId=b1"), None).await;
+    let export = s.ok(Method::POST, &format!("{INSTANCE}:export"), Some(json!({"destination": "s.archive"}))).await;
+    // A second version, so that versions 1 and 2 both protect something.
+    s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
+    s.ok(Method::POST, &format!("{KEY}:updatePrimaryVersion"), Some(json!({"cryptoKeyVersionId": "2"}))).await;
+    s.ok(Method::POST, &format!("{INSTANCE}:clone"), Some(json!({"destinationInstanceId": "cl"}))).await;
+
+    // The KEKs that could open the copies today.
+    let db = rusqlite::Connection::open(&s.db_file).unwrap();
+    let b64 = keyhold_api::wire::encode_base64;
+    let mut keks = Vec::new();
+    for resource in [INSTANCE.to_string(), b1.clone(), format!("{LOC}/instances/cl")] {
+        let wrapped: Vec<u8> =
+            db.query_row("SELECT wrapped FROM store_keks WHERE instance = ?1", [&resource], |r| r.get(0)).unwrap();
+        let req =
+            json!({"ciphertext": b64(&wrapped), "additionalAuthenticatedData": b64(&keyhold_cmek::kek_aad(&resource))});
+        let kek = s.ok(Method::POST, &format!("{KEY}:decrypt"), Some(req)).await;
+        keks.push(keyhold_api::wire::decode_base64(kek["plaintext"].as_str().unwrap()).unwrap());
+    }
+    let archive = std::fs::read(export["destination"].as_str().unwrap()).unwrap();
+    let header_end = archive[19..].iter().position(|b| *b == b'\n').unwrap() + 19;
+    let header: Value = serde_json::from_slice(&archive[19..header_end]).unwrap();
+    let req = json!({
+        "ciphertext": header["wrappedKek"],
+        "additionalAuthenticatedData": b64(&keyhold_cmek::kek_aad(&format!("{INSTANCE}/exports/{}", header["id"].as_str().unwrap()))),
+    });
+    let kek = s.ok(Method::POST, &format!("{KEY}:decrypt"), Some(req)).await;
+    keks.push(keyhold_api::wire::decode_base64(kek["plaintext"].as_str().unwrap()).unwrap());
+    drop(db);
+
+    // Destroy both versions; let the destruction happen.
+    for v in [1, 2] {
+        s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions/{v}:destroy"), None).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 2);
+
+    // No copy can be read again.
+    let body = json!({"instanceId": "back", "backup": b1});
+    s.err(Method::POST, &format!("{LOC}/instances:restore"), Some(body), 400, "FAILED_PRECONDITION").await;
+    let body = json!({"instanceId": "imp", "source": "s.archive"});
+    s.err(Method::POST, &format!("{LOC}/instances:import"), Some(body), 400, "FAILED_PRECONDITION").await;
+    until(|| refused(&s, "secret")).await;
+    until(|| async {
+        matches!(get_media(&s, &format!("{LOC}/instances/cl"), "secret").await, Err((400, b)) if b.contains(INACCESSIBLE))
+    })
+    .await;
+
+    // No file (database, WAL, exports) holds the plaintext or a KEK.
+    let mut scanned = 0;
+    for path in files_under(s.db_file.parent().unwrap()) {
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        assert!(!bytes.windows(29).any(|w| w == &marker[..29]), "plaintext in {}", path.display());
+        for kek in &keks {
+            assert!(!bytes.windows(32).any(|w| w == kek.as_slice()), "a KEK in {}", path.display());
+        }
+    }
+    assert!(scanned > 3 * marker.len(), "the scan read the database and the archive ({scanned} bytes)");
+}

@@ -4,7 +4,7 @@
 //! returned exactly; the columns beside it exist for lookups, scheduling and compare-and-set.
 
 /// Schema version written by this build. A database with a newer version is refused.
-pub(crate) const SCHEMA_VERSION: i64 = 3;
+pub(crate) const SCHEMA_VERSION: i64 = 4;
 
 /// `{blob}` is replaced by the dialect's binary type.
 const DDL_V1: &str = "
@@ -156,6 +156,68 @@ CREATE TABLE IF NOT EXISTS store_uploads (
 );
 ";
 
+/// Version 4: copies that keep their keys ([C8]-[C11]): backups, snapshots (pins) held while a
+/// copy is taken, replicas, the exports written, and the names of instances and backups
+/// (`BUILDING` while a restore, clone, import, replica or backup fills one; `LIVE` after), so
+/// that a name is claimed by one resource at a time and an interrupted build can be found.
+const DDL_V4: &str = "
+CREATE TABLE IF NOT EXISTS store_backups (
+    name          TEXT PRIMARY KEY,
+    instance      TEXT NOT NULL,
+    kms_key       TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    size_bytes    BIGINT NOT NULL,
+    object_count  BIGINT NOT NULL,
+    version_nanos BIGINT NOT NULL,
+    create_nanos  BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS store_backups_by_instance ON store_backups (instance, name);
+CREATE INDEX IF NOT EXISTS store_backups_by_key ON store_backups (kms_key);
+CREATE TABLE IF NOT EXISTS store_pins (
+    pin          TEXT NOT NULL,
+    instance     TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    generation   BIGINT NOT NULL,
+    size         BIGINT NOT NULL,
+    chunk_count  BIGINT NOT NULL,
+    kek_id       BIGINT NOT NULL,
+    content_type TEXT NOT NULL,
+    create_nanos BIGINT NOT NULL,
+    update_nanos BIGINT NOT NULL,
+    PRIMARY KEY (pin, name)
+);
+CREATE INDEX IF NOT EXISTS store_pins_by_object ON store_pins (instance, name, generation);
+CREATE TABLE IF NOT EXISTS store_names (
+    resource    TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    start_nanos BIGINT NOT NULL
+);
+INSERT INTO store_names (resource, state, start_nanos)
+    SELECT name, 'LIVE', create_nanos FROM store_instances WHERE true ON CONFLICT (resource) DO NOTHING;
+CREATE TABLE IF NOT EXISTS store_replicas (
+    replica          TEXT PRIMARY KEY,
+    primary_instance TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS store_replicas_by_primary ON store_replicas (primary_instance, replica);
+CREATE TABLE IF NOT EXISTS store_replica_sources (
+    instance          TEXT NOT NULL,
+    object            TEXT NOT NULL,
+    source_generation BIGINT NOT NULL,
+    PRIMARY KEY (instance, object)
+);
+CREATE TABLE IF NOT EXISTS store_exports (
+    name         TEXT PRIMARY KEY,
+    instance     TEXT NOT NULL,
+    kms_key      TEXT NOT NULL,
+    key_version  TEXT NOT NULL,
+    destination  TEXT NOT NULL,
+    size_bytes   BIGINT NOT NULL,
+    object_count BIGINT NOT NULL,
+    create_nanos BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS store_exports_by_key ON store_exports (kms_key);
+";
+
 /// The audit log refuses updates and deletes (tampering then needs a deliberate `DROP TRIGGER`,
 /// and still breaks the hash chain).
 pub(crate) const SQLITE_TRIGGERS: &str = "
@@ -179,7 +241,7 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 
 /// The DDL with the dialect's binary column type.
 pub(crate) fn ddl(blob_type: &str) -> String {
-    format!("{}{}{}", DDL_V1.replace("{blob}", blob_type), DDL_V2, DDL_V3.replace("{blob}", blob_type))
+    format!("{}{}{}{}", DDL_V1.replace("{blob}", blob_type), DDL_V2, DDL_V3.replace("{blob}", blob_type), DDL_V4)
 }
 
 /// Records the schema version after migrating an older database.
@@ -300,11 +362,85 @@ pub(crate) const DELETE_ORG_POLICY: &str = "DELETE FROM org_policies WHERE name 
 
 pub(crate) const INSERT_INSTANCE: &str =
     "INSERT INTO store_instances (name, parent, kms_key, labels, create_nanos) VALUES ($1, $2, $3, $4, $5)";
-pub(crate) const GET_INSTANCE: &str = "SELECT name, kms_key, labels, create_nanos FROM store_instances WHERE name = $1";
-pub(crate) const LIST_INSTANCES: &str =
-    "SELECT name, kms_key, labels, create_nanos FROM store_instances WHERE parent = $1 ORDER BY name";
-pub(crate) const INSTANCES_BY_KEY: &str =
-    "SELECT name, kms_key, labels, create_nanos FROM store_instances WHERE kms_key = $1 ORDER BY name";
+/// An instance's columns, with the primary it replicates ('' if none).
+macro_rules! instance_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT i.name, i.kms_key, i.labels, i.create_nanos, COALESCE(r.primary_instance, '') \
+             FROM store_instances i LEFT JOIN store_replicas r ON r.replica = i.name WHERE ",
+            $where
+        )
+    };
+}
+pub(crate) const GET_INSTANCE: &str = instance_select!("i.name = $1");
+pub(crate) const LIST_INSTANCES: &str = instance_select!("i.parent = $1 ORDER BY i.name");
+pub(crate) const INSTANCES_BY_KEY: &str = instance_select!("i.kms_key = $1 ORDER BY i.name");
+pub(crate) const INSERT_REPLICA: &str = "INSERT INTO store_replicas (replica, primary_instance) VALUES ($1, $2)";
+pub(crate) const REPLICAS_OF: &str = "SELECT replica FROM store_replicas WHERE primary_instance = $1 ORDER BY replica";
+pub(crate) const ALL_REPLICAS: &str =
+    "SELECT r.replica FROM store_replicas r JOIN store_instances i ON i.name = r.replica ORDER BY r.replica";
+pub(crate) const DELETE_REPLICA: &str = "DELETE FROM store_replicas WHERE replica = $1";
+pub(crate) const REPLICA_SOURCES: &str =
+    "SELECT object, source_generation FROM store_replica_sources WHERE instance = $1";
+pub(crate) const SET_REPLICA_SOURCE: &str = "INSERT INTO store_replica_sources (instance, object, source_generation) \
+     VALUES ($1, $2, $3) ON CONFLICT (instance, object) DO UPDATE SET source_generation = excluded.source_generation";
+pub(crate) const DELETE_REPLICA_SOURCE: &str = "DELETE FROM store_replica_sources WHERE instance = $1 AND object = $2";
+pub(crate) const DELETE_INSTANCE_REPLICA_SOURCES: &str = "DELETE FROM store_replica_sources WHERE instance = $1";
+pub(crate) const DELETE_INSTANCE_PINS: &str = "DELETE FROM store_pins WHERE pin = $1 OR instance = $1";
+pub(crate) const DELETE_NAME: &str = "DELETE FROM store_names WHERE resource = $1";
+pub(crate) const CLAIM_NAME: &str = "INSERT INTO store_names (resource, state, start_nanos) VALUES ($1, $2, $3)";
+pub(crate) const NAME_BUILT: &str = "UPDATE store_names SET state = 'LIVE' WHERE resource = $1 AND state = 'BUILDING'";
+pub(crate) const STALE_BUILDS: &str =
+    "SELECT resource FROM store_names WHERE state = 'BUILDING' AND start_nanos < $1 ORDER BY start_nanos";
+
+/// Takes the lock that orders a snapshot (pin) against the commits that delete chunks of an
+/// instance (PostgreSQL; SQLite runs one transaction at a time). Writers share it.
+pub(crate) const PG_LOCK_OBJECTS_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(hashtext($1))";
+/// The snapshot's side of [`PG_LOCK_OBJECTS_SHARED`].
+pub(crate) const PG_LOCK_OBJECTS_EXCLUSIVE: &str = "SELECT pg_advisory_xact_lock(hashtext($1))";
+/// Snapshots an instance's objects for the copy `pin` (`$2`): their chunks and KEKs stay until
+/// the copy is done, whatever is written meanwhile.
+pub(crate) const PIN_OBJECTS: &str = "INSERT INTO store_pins \
+     (pin, instance, name, generation, size, chunk_count, kek_id, content_type, create_nanos, update_nanos) \
+     SELECT $2, instance, name, generation, size, chunk_count, kek_id, content_type, create_nanos, update_nanos \
+     FROM store_objects WHERE instance = $1";
+pub(crate) const LIST_PINNED: &str = "SELECT name, generation, size, chunk_count, kek_id, content_type, create_nanos, \
+     update_nanos FROM store_pins WHERE pin = $1 AND name > CAST($2 AS TEXT) ORDER BY name LIMIT $3";
+/// The chunks only a finished copy's snapshot still kept.
+pub(crate) const DELETE_UNPINNED_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1 \
+     AND EXISTS (SELECT 1 FROM store_pins p WHERE p.pin = $2 AND p.instance = $1 \
+         AND p.name = store_chunks.object AND p.generation = store_chunks.generation) \
+     AND NOT EXISTS (SELECT 1 FROM store_objects o WHERE o.instance = $1 \
+         AND o.name = store_chunks.object AND o.generation = store_chunks.generation) \
+     AND NOT EXISTS (SELECT 1 FROM store_pins q WHERE q.pin <> $2 AND q.instance = $1 \
+         AND q.name = store_chunks.object AND q.generation = store_chunks.generation)";
+pub(crate) const DELETE_PINS: &str = "DELETE FROM store_pins WHERE pin = $1";
+pub(crate) const PINNED_INSTANCES: &str = "SELECT DISTINCT instance FROM store_pins WHERE pin = $1";
+
+pub(crate) const INSERT_BACKUP: &str = "INSERT INTO store_backups \
+     (name, instance, kms_key, state, size_bytes, object_count, version_nanos, create_nanos) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+macro_rules! backup_select {
+    ($where:literal) => {
+        concat!(
+            "SELECT name, instance, kms_key, state, size_bytes, object_count, version_nanos, create_nanos \
+             FROM store_backups WHERE ",
+            $where
+        )
+    };
+}
+pub(crate) const GET_BACKUP: &str = backup_select!("name = $1");
+pub(crate) const LIST_BACKUPS: &str = backup_select!("instance = $1 ORDER BY name");
+pub(crate) const BACKUPS_BY_KEY: &str = backup_select!("kms_key = $1 ORDER BY name");
+pub(crate) const FINISH_BACKUP: &str =
+    "UPDATE store_backups SET state = 'READY', size_bytes = $2, object_count = $3 WHERE name = $1";
+pub(crate) const DELETE_BACKUP: &str = "DELETE FROM store_backups WHERE name = $1";
+
+pub(crate) const INSERT_EXPORT: &str = "INSERT INTO store_exports \
+     (name, instance, kms_key, key_version, destination, size_bytes, object_count, create_nanos) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const EXPORTS_BY_KEY: &str = "SELECT name, instance, kms_key, key_version, destination, size_bytes, \
+     object_count, create_nanos FROM store_exports WHERE kms_key = $1 ORDER BY name";
 pub(crate) const DELETE_INSTANCE_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_OBJECTS: &str = "DELETE FROM store_objects WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_UPLOADS: &str = "DELETE FROM store_uploads WHERE instance = $1";
@@ -317,7 +453,8 @@ pub(crate) const INSERT_KEK: &str =
 pub(crate) const UPDATE_KEK: &str =
     "UPDATE store_keks SET wrapped = $3, key_version = $4 WHERE instance = $1 AND id = $2";
 pub(crate) const DELETE_KEK_IF_UNUSED: &str = "DELETE FROM store_keks WHERE instance = $1 AND id = $2 \
-     AND NOT EXISTS (SELECT 1 FROM store_objects WHERE instance = $1 AND kek_id = $2)";
+     AND NOT EXISTS (SELECT 1 FROM store_objects WHERE instance = $1 AND kek_id = $2) \
+     AND NOT EXISTS (SELECT 1 FROM store_pins WHERE instance = $1 AND kek_id = $2)";
 pub(crate) const BEGIN_UPLOAD: &str =
     "INSERT INTO store_uploads (instance, object, generation, start_nanos) VALUES ($1, $2, $3, $4)";
 pub(crate) const INSERT_CHUNK: &str = "INSERT INTO store_chunks (instance, object, generation, idx, wrapped_dek, data) \
@@ -331,10 +468,12 @@ pub(crate) const REPLACE_OBJECT_IF_GENERATION: &str = "UPDATE store_objects SET 
      chunk_count = $5, kek_id = $6, content_type = $7, update_nanos = $9 \
      WHERE instance = $1 AND name = $2 AND generation = $10 AND create_nanos = $8";
 pub(crate) const END_UPLOAD: &str = "DELETE FROM store_uploads WHERE instance = $1 AND object = $2 AND generation = $3";
-/// Every chunk of the object except the live generation's and those of uploads in progress.
+/// Every chunk of the object except the live generation's, those of uploads in progress, and
+/// those a copy in progress has pinned.
 pub(crate) const DELETE_DEAD_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1 AND object = $2 \
      AND generation <> $3 \
-     AND generation NOT IN (SELECT generation FROM store_uploads WHERE instance = $1 AND object = $2)";
+     AND generation NOT IN (SELECT generation FROM store_uploads WHERE instance = $1 AND object = $2) \
+     AND generation NOT IN (SELECT generation FROM store_pins WHERE instance = $1 AND name = $2)";
 pub(crate) const DELETE_UPLOAD_CHUNKS: &str =
     "DELETE FROM store_chunks WHERE instance = $1 AND object = $2 AND generation = $3";
 pub(crate) const STALE_UPLOADS: &str =
@@ -345,7 +484,8 @@ pub(crate) const LIST_OBJECTS: &str = "SELECT name, generation, size, chunk_coun
      update_nanos FROM store_objects WHERE instance = $1 AND substr(name, 1, length(CAST($2 AS TEXT))) = CAST($2 AS TEXT) AND name > CAST($3 AS TEXT) \
      ORDER BY name LIMIT $4";
 pub(crate) const DELETE_OBJECT_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1 AND object = $2 \
-     AND generation = (SELECT generation FROM store_objects WHERE instance = $1 AND name = $2)";
+     AND generation = (SELECT generation FROM store_objects WHERE instance = $1 AND name = $2) \
+     AND generation NOT IN (SELECT generation FROM store_pins WHERE instance = $1 AND name = $2)";
 pub(crate) const DELETE_OBJECT: &str = "DELETE FROM store_objects WHERE instance = $1 AND name = $2";
 pub(crate) const GET_CHUNK: &str = "SELECT wrapped_dek, data FROM store_chunks \
      WHERE instance = $1 AND object = $2 AND generation = $3 AND idx = $4";

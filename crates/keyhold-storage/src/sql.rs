@@ -98,6 +98,11 @@ pub trait SqlBackend: Send + Sync + std::fmt::Debug + 'static {
     async fn begin(&self) -> Result<Box<dyn SqlConn>, StoreError>;
     /// A connection in autocommit mode, for single-statement reads.
     async fn read(&self) -> Result<Box<dyn SqlConn>, StoreError>;
+    /// Whether transactions never overlap (SQLite's one connection), so that no lock is needed
+    /// to order them.
+    fn serializes_transactions(&self) -> bool {
+        false
+    }
     /// Called after key material was erased, so the driver can also purge old copies of the
     /// bytes it keeps elsewhere (SQLite: the write-ahead log).
     async fn after_erase(&self);

@@ -286,6 +286,9 @@ impl SqlBackend for Sqlite {
     async fn read(&self) -> Result<Box<dyn SqlConn>, StoreError> {
         self.conn(false).await
     }
+    fn serializes_transactions(&self) -> bool {
+        true
+    }
     async fn after_erase(&self) {
         // With secure_delete the main file no longer holds the old bytes once the page is
         // written back; copy the WAL back and truncate it so no older frame survives either.

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use keyhold_api::wire::Timestamp;
 use keyhold_cmek::{SealedChunk, WrappedKek};
 use keyhold_kms::store::StoreError;
-use keyhold_store::model::{InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
+use keyhold_store::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
 use keyhold_store::repo::StoreRepository;
 
 use crate::schema::*;
@@ -34,7 +34,50 @@ fn instance_record(row: &Row) -> Result<InstanceRecord, StoreError> {
         kms_key: (!key.is_empty()).then(|| key.to_string()),
         labels: serde_json::from_str(row[2].text()?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         create_time: ts(row[3].int()?)?,
+        replica_of: Some(row[4].text()?).filter(|p| !p.is_empty()).map(str::to_string),
     })
+}
+
+fn backup_record(row: &Row) -> Result<BackupRecord, StoreError> {
+    let key = row[2].text()?;
+    Ok(BackupRecord {
+        name: row[0].text()?.to_string(),
+        instance: row[1].text()?.to_string(),
+        kms_key: (!key.is_empty()).then(|| key.to_string()),
+        state: row[3].text()?.to_string(),
+        size_bytes: row[4].int()? as u64,
+        object_count: row[5].int()? as u64,
+        version_time: ts(row[6].int()?)?,
+        create_time: ts(row[7].int()?)?,
+    })
+}
+
+fn export_record(row: &Row) -> Result<ExportRecord, StoreError> {
+    let opt = |v: &Value| -> Result<Option<String>, StoreError> {
+        let t = v.text()?;
+        Ok((!t.is_empty()).then(|| t.to_string()))
+    };
+    Ok(ExportRecord {
+        name: row[0].text()?.to_string(),
+        instance: row[1].text()?.to_string(),
+        kms_key: opt(&row[2])?,
+        key_version: opt(&row[3])?,
+        destination: row[4].text()?.to_string(),
+        size_bytes: row[5].int()? as u64,
+        object_count: row[6].int()? as u64,
+        create_time: ts(row[7].int()?)?,
+    })
+}
+
+fn instance_params(instance: &InstanceRecord) -> Result<Vec<Value>, StoreError> {
+    let labels = serde_json::to_string(&instance.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(vec![
+        text(&instance.name.to_string()),
+        text(&instance.name.parent()),
+        text(instance.kms_key.as_deref().unwrap_or_default()),
+        Value::Text(labels),
+        Value::Int(instance.create_time.unix_nanos_i64()),
+    ])
 }
 
 fn kek_record(row: &Row) -> Result<KekRecord, StoreError> {
@@ -91,19 +134,11 @@ fn object_params(instance: &str, o: &ObjectRecord) -> Vec<Value> {
 impl<B: SqlBackend> StoreRepository for SqlStore<B> {
     async fn insert_instance(&self, instance: &InstanceRecord, kek: &KekRecord) -> Result<(), StoreError> {
         let name = instance.name.to_string();
-        let labels = serde_json::to_string(&instance.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let claim = vec![text(&name), text("LIVE"), Value::Int(instance.create_time.unix_nanos_i64())];
         let tx = self.backend().begin().await?;
         tx.execute_many_and_commit(vec![
-            (
-                INSERT_INSTANCE,
-                vec![
-                    text(&name),
-                    text(&instance.name.parent()),
-                    text(instance.kms_key.as_deref().unwrap_or_default()),
-                    Value::Text(labels),
-                    Value::Int(instance.create_time.unix_nanos_i64()),
-                ],
-            ),
+            (CLAIM_NAME, claim),
+            (INSERT_INSTANCE, instance_params(instance)?),
             (INSERT_KEK, kek_params(&name, kek)),
         ])
         .await
@@ -144,12 +179,182 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
 
     async fn delete_instance(&self, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.backend().begin().await?;
-        for sql in [DELETE_INSTANCE_CHUNKS, DELETE_INSTANCE_OBJECTS, DELETE_INSTANCE_UPLOADS, DELETE_INSTANCE_KEKS] {
+        for sql in RESOURCE_DATA {
             tx.execute(sql, vec![text(name)]).await?;
         }
+        tx.execute(DELETE_REPLICA, vec![text(name)]).await?;
         let n = tx.execute(DELETE_INSTANCE, vec![text(name)]).await?;
+        if n > 0 {
+            tx.execute(DELETE_NAME, vec![text(name)]).await?;
+        }
         tx.commit().await?;
         Ok(n > 0)
+    }
+
+    async fn begin_pending(&self, name: &str, now: Timestamp) -> Result<(), StoreError> {
+        let tx = self.backend().begin().await?;
+        tx.execute_many_and_commit(vec![(
+            CLAIM_NAME,
+            vec![text(name), text("BUILDING"), Value::Int(now.unix_nanos_i64())],
+        )])
+        .await
+    }
+
+    async fn finish_pending_instance(&self, instance: &InstanceRecord) -> Result<(), StoreError> {
+        let name = instance.name.to_string();
+        let mut tx = self.backend().begin().await?;
+        if tx.execute(NAME_BUILT, vec![text(&name)]).await? != 1 {
+            return Err(StoreError::Conflict);
+        }
+        let mut statements = vec![(INSERT_INSTANCE, instance_params(instance)?)];
+        if let Some(primary) = &instance.replica_of {
+            statements.push((INSERT_REPLICA, vec![text(&name), text(primary)]));
+        }
+        tx.execute_many_and_commit(statements).await
+    }
+
+    async fn discard(&self, name: &str) -> Result<(), StoreError> {
+        // A copy's snapshot is released first, so that what only it kept goes too.
+        let pinned = self.backend().read().await?.query(PINNED_INSTANCES, vec![text(name)]).await?;
+        for row in pinned {
+            self.unpin(row[0].text()?, name).await?;
+        }
+        let mut statements: Vec<_> = RESOURCE_DATA.iter().map(|sql| (*sql, vec![text(name)])).collect();
+        statements.push((DELETE_BACKUP, vec![text(name)]));
+        statements.push((DELETE_NAME, vec![text(name)]));
+        self.backend().begin().await?.execute_many_and_commit(statements).await
+    }
+
+    async fn stale_pending(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
+        let rows = self.backend().read().await?.query(STALE_BUILDS, vec![Value::Int(before.unix_nanos_i64())]).await?;
+        rows.iter().map(|r| Ok(r[0].text()?.to_string())).collect()
+    }
+
+    async fn pin_objects(&self, instance: &str, pin: &str) -> Result<(), StoreError> {
+        let mut tx = self.backend().begin().await?;
+        if !self.backend().serializes_transactions() {
+            tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(instance)]).await?;
+        }
+        tx.execute_many_and_commit(vec![(PIN_OBJECTS, vec![text(instance), text(pin)])]).await
+    }
+
+    async fn pinned_objects(&self, pin: &str, after: &str, limit: u64) -> Result<Vec<ObjectRecord>, StoreError> {
+        self.backend()
+            .read()
+            .await?
+            .query(LIST_PINNED, vec![text(pin), text(after), int(limit)])
+            .await?
+            .iter()
+            .map(object_record)
+            .collect()
+    }
+
+    async fn unpin(&self, instance: &str, pin: &str) -> Result<(), StoreError> {
+        let mut tx = self.backend().begin().await?;
+        if !self.backend().serializes_transactions() {
+            tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(instance)]).await?;
+        }
+        tx.execute_many_and_commit(vec![
+            (DELETE_UNPINNED_CHUNKS, vec![text(instance), text(pin)]),
+            (DELETE_PINS, vec![text(pin)]),
+        ])
+        .await
+    }
+
+    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord) -> Result<(), StoreError> {
+        let params = vec![
+            text(&backup.name),
+            text(&backup.instance),
+            text(backup.kms_key.as_deref().unwrap_or_default()),
+            text(&backup.state),
+            int(backup.size_bytes),
+            int(backup.object_count),
+            Value::Int(backup.version_time.unix_nanos_i64()),
+            Value::Int(backup.create_time.unix_nanos_i64()),
+        ];
+        self.backend()
+            .begin()
+            .await?
+            .execute_many_and_commit(vec![
+                (
+                    CLAIM_NAME,
+                    vec![text(&backup.name), text("BUILDING"), Value::Int(backup.create_time.unix_nanos_i64())],
+                ),
+                (INSERT_BACKUP, params),
+                (INSERT_KEK, kek_params(&backup.name, kek)),
+            ])
+            .await
+    }
+
+    async fn finish_backup(&self, name: &str, size_bytes: u64, object_count: u64) -> Result<(), StoreError> {
+        self.backend()
+            .begin()
+            .await?
+            .execute_many_and_commit(vec![
+                (FINISH_BACKUP, vec![text(name), int(size_bytes), int(object_count)]),
+                (NAME_BUILT, vec![text(name)]),
+            ])
+            .await
+    }
+
+    async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, StoreError> {
+        self.backend().read().await?.query(GET_BACKUP, vec![text(name)]).await?.first().map(backup_record).transpose()
+    }
+
+    async fn list_backups(&self, instance: &str) -> Result<Vec<BackupRecord>, StoreError> {
+        self.backend()
+            .read()
+            .await?
+            .query(LIST_BACKUPS, vec![text(instance)])
+            .await?
+            .iter()
+            .map(backup_record)
+            .collect()
+    }
+
+    async fn backups_by_key(&self, key: &str) -> Result<Vec<BackupRecord>, StoreError> {
+        self.backend().read().await?.query(BACKUPS_BY_KEY, vec![text(key)]).await?.iter().map(backup_record).collect()
+    }
+
+    async fn replicas_of(&self, primary: &str) -> Result<Vec<String>, StoreError> {
+        let rows = self.backend().read().await?.query(REPLICAS_OF, vec![text(primary)]).await?;
+        rows.iter().map(|r| Ok(r[0].text()?.to_string())).collect()
+    }
+
+    async fn all_replicas(&self) -> Result<Vec<String>, StoreError> {
+        let rows = self.backend().read().await?.query(ALL_REPLICAS, vec![]).await?;
+        rows.iter().map(|r| Ok(r[0].text()?.to_string())).collect()
+    }
+
+    async fn replica_sources(&self, replica: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = self.backend().read().await?.query(REPLICA_SOURCES, vec![text(replica)]).await?;
+        rows.iter().map(|r| Ok((r[0].text()?.to_string(), r[1].int()? as u64))).collect()
+    }
+
+    async fn set_replica_source(&self, replica: &str, object: &str, generation: u64) -> Result<(), StoreError> {
+        self.backend()
+            .begin()
+            .await?
+            .execute_many_and_commit(vec![(SET_REPLICA_SOURCE, vec![text(replica), text(object), int(generation)])])
+            .await
+    }
+
+    async fn insert_export(&self, export: &ExportRecord) -> Result<(), StoreError> {
+        let params = vec![
+            text(&export.name),
+            text(&export.instance),
+            text(export.kms_key.as_deref().unwrap_or_default()),
+            text(export.key_version.as_deref().unwrap_or_default()),
+            text(&export.destination),
+            int(export.size_bytes),
+            int(export.object_count),
+            Value::Int(export.create_time.unix_nanos_i64()),
+        ];
+        self.backend().begin().await?.execute_many_and_commit(vec![(INSERT_EXPORT, params)]).await
+    }
+
+    async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, StoreError> {
+        self.backend().read().await?.query(EXPORTS_BY_KEY, vec![text(key)]).await?.iter().map(export_record).collect()
     }
 
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, StoreError> {
@@ -222,6 +427,9 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         expected_generation: Option<u64>,
     ) -> Result<(), StoreError> {
         let mut tx = self.backend().begin().await?;
+        if !self.backend().serializes_transactions() {
+            tx.execute(PG_LOCK_OBJECTS_SHARED, vec![text(instance)]).await?;
+        }
         let chunks: Vec<_> = last_chunks
             .iter()
             .enumerate()
@@ -290,6 +498,10 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
 
     async fn delete_object(&self, instance: &str, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.backend().begin().await?;
+        if !self.backend().serializes_transactions() {
+            tx.execute(PG_LOCK_OBJECTS_SHARED, vec![text(instance)]).await?;
+        }
+        tx.execute(DELETE_REPLICA_SOURCE, vec![text(instance), text(name)]).await?;
         tx.execute(DELETE_OBJECT_CHUNKS, vec![text(instance), text(name)]).await?;
         let n = tx.execute(DELETE_OBJECT, vec![text(instance), text(name)]).await?;
         tx.commit().await?;
@@ -312,6 +524,17 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         rows.first().map(|r| Ok(SealedChunk { wrapped_dek: blob(&r[0])?, ciphertext: blob(&r[1])? })).transpose()
     }
 }
+
+/// Everything stored under a resource's name: what deleting an instance or discarding a build
+/// or backup removes.
+const RESOURCE_DATA: [&str; 6] = [
+    DELETE_INSTANCE_CHUNKS,
+    DELETE_INSTANCE_OBJECTS,
+    DELETE_INSTANCE_UPLOADS,
+    DELETE_INSTANCE_KEKS,
+    DELETE_INSTANCE_PINS,
+    DELETE_INSTANCE_REPLICA_SOURCES,
+];
 
 fn kek_params(instance: &str, kek: &KekRecord) -> Vec<Value> {
     vec![

@@ -8,6 +8,8 @@
 #![deny(missing_docs)]
 
 pub mod agents;
+pub mod archive;
+mod copies;
 pub mod error;
 pub mod model;
 pub mod repo;

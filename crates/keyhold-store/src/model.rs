@@ -87,6 +87,8 @@ pub struct InstanceRecord {
     pub labels: BTreeMap<String, String>,
     /// Creation time.
     pub create_time: Timestamp,
+    /// The primary this instance is a read replica of ([C10]).
+    pub replica_of: Option<String>,
 }
 
 /// One KEK of an instance, wrapped.
@@ -138,6 +140,219 @@ pub struct CreateInstanceRequest {
     /// Labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Makes the instance a read replica of this one ([C10]).
+    #[serde(default)]
+    pub replica_of: Option<String>,
+}
+
+/// `encryptionConfig` of a backup or a restore: Spanner's `CreateBackupEncryptionConfig` and
+/// `RestoreDatabaseEncryptionConfig`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// `USE_DATABASE_ENCRYPTION` (backups) / `USE_CONFIG_DEFAULT_OR_BACKUP_ENCRYPTION`
+    /// (restores), `CUSTOMER_MANAGED_ENCRYPTION` or `GOOGLE_DEFAULT_ENCRYPTION`.
+    #[serde(default)]
+    pub encryption_type: String,
+    /// The key, with `CUSTOMER_MANAGED_ENCRYPTION` (implied when only the key is given).
+    #[serde(default)]
+    pub kms_key_name: String,
+}
+
+/// Body of `backups.create`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBackupRequest {
+    /// Output-only, accepted and ignored.
+    #[serde(default)]
+    pub name: String,
+    /// How the backup is encrypted (default: as its instance).
+    #[serde(default)]
+    pub encryption_config: Option<EncryptionConfig>,
+}
+
+/// Body of `instances:restore`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreInstanceRequest {
+    /// The new instance's ID.
+    #[serde(default)]
+    pub instance_id: String,
+    /// The backup's name.
+    #[serde(default)]
+    pub backup: String,
+    /// How the new instance is encrypted (default: the backup's key).
+    #[serde(default)]
+    pub encryption_config: Option<EncryptionConfig>,
+    /// Labels of the new instance.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Body of `instances/ID:clone`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CloneInstanceRequest {
+    /// The new instance's ID, in the source's location.
+    #[serde(default)]
+    pub destination_instance_id: String,
+    /// Must be absent or the source's key: a clone keeps its source's key.
+    #[serde(default)]
+    pub kms_key: Option<String>,
+    /// Labels of the new instance.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Body of `instances/ID:export`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportInstanceRequest {
+    /// A file under the server's export directory (a relative path, or an absolute path or
+    /// `file://` URI inside it).
+    #[serde(default)]
+    pub destination: String,
+    /// The key the archive is encrypted under (default: the instance's).
+    #[serde(default)]
+    pub kms_key: Option<String>,
+    /// Write the contents unencrypted (only when asked; the audit entry carries a warning).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+/// Body of `instances:import`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImportInstanceRequest {
+    /// The new instance's ID.
+    #[serde(default)]
+    pub instance_id: String,
+    /// The archive, as `destination` of the export.
+    #[serde(default)]
+    pub source: String,
+    /// The new instance's key (absent: service-managed encryption).
+    #[serde(default)]
+    pub kms_key: Option<String>,
+    /// Labels of the new instance.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A backup as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupRecord {
+    /// `INSTANCE/backups/ID`.
+    pub name: String,
+    /// The instance it was taken from.
+    pub instance: String,
+    /// Its key (`None`: service-managed).
+    pub kms_key: Option<String>,
+    /// `CREATING` until the copy is complete, then `READY`.
+    pub state: String,
+    /// Bytes of object contents.
+    pub size_bytes: u64,
+    /// Number of objects.
+    pub object_count: u64,
+    /// The point in time the backup shows.
+    pub version_time: Timestamp,
+    /// When it was asked for.
+    pub create_time: Timestamp,
+}
+
+/// The backup resource.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backup {
+    /// `projects/P/locations/L/instances/I/backups/B`.
+    pub name: String,
+    /// The instance it was taken from.
+    pub instance: String,
+    /// `CREATING` or `READY`.
+    pub state: String,
+    /// Its key, if customer-managed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kms_key: Option<String>,
+    /// The key version(s) protecting it: fixed when it is taken.
+    pub encryption_info: EncryptionInfo,
+    /// Bytes of object contents (int64 as a string).
+    pub size_bytes: String,
+    /// Number of objects (int64 as a string).
+    pub object_count: String,
+    /// The consistent point in time it shows.
+    pub version_time: Timestamp,
+    /// When it was asked for.
+    pub create_time: Timestamp,
+}
+
+/// `backups.list` answer.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListBackupsResponse {
+    /// This page.
+    pub backups: Vec<Backup>,
+    /// Next page, if any.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+/// An export as recorded (the archive itself is a file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportRecord {
+    /// `INSTANCE/exports/ID`.
+    pub name: String,
+    /// The exported instance.
+    pub instance: String,
+    /// The archive's key (`None`: plaintext).
+    pub kms_key: Option<String>,
+    /// The version that wrapped the archive's KEK.
+    pub key_version: Option<String>,
+    /// The file written.
+    pub destination: String,
+    /// Bytes of object contents.
+    pub size_bytes: u64,
+    /// Number of objects.
+    pub object_count: u64,
+    /// When it was written.
+    pub create_time: Timestamp,
+}
+
+/// Answer of `instances/ID:export`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Export {
+    /// `INSTANCE/exports/ID`.
+    pub name: String,
+    /// The exported instance.
+    pub instance: String,
+    /// The file written.
+    pub destination: String,
+    /// The archive's encryption.
+    pub encryption_info: EncryptionInfo,
+    /// Bytes of object contents (int64 as a string).
+    pub size_bytes: String,
+    /// Number of objects (int64 as a string).
+    pub object_count: String,
+    /// When it was written.
+    pub create_time: Timestamp,
+}
+
+impl Export {
+    /// The resource of a record.
+    pub fn of(r: &ExportRecord) -> Self {
+        Self {
+            name: r.name.clone(),
+            instance: r.instance.clone(),
+            destination: r.destination.clone(),
+            encryption_info: EncryptionInfo {
+                encryption_type: if r.kms_key.is_some() { "CUSTOMER_MANAGED_ENCRYPTION" } else { "NO_ENCRYPTION" },
+                kms_key_versions: r.key_version.iter().cloned().collect(),
+                encryption_status: None,
+            },
+            size_bytes: r.size_bytes.to_string(),
+            object_count: r.object_count.to_string(),
+            create_time: r.create_time,
+        }
+    }
 }
 
 /// `encryptionInfo`, as Spanner and Cloud SQL show it.
@@ -196,6 +411,15 @@ pub struct Instance {
     /// The last key check (CMEK only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_status: Option<KeyStatus>,
+    /// The primary this read replica follows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_of: Option<String>,
+    /// This primary's read replicas.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replica_names: Vec<String>,
+    /// A replica's last complete catch-up with its primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Timestamp>,
     /// Creation time.
     pub create_time: Timestamp,
 }

@@ -6,7 +6,7 @@ use keyhold_api::wire::Timestamp;
 use keyhold_cmek::WrappedKek;
 pub use keyhold_kms::store::StoreError as RepoError;
 
-use crate::model::{InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
+use crate::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
 
 /// Where the store keeps instances, KEKs, object metadata and sealed chunks.
 #[async_trait]
@@ -21,6 +21,54 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     async fn instances_by_key(&self, key: &str) -> Result<Vec<InstanceRecord>, RepoError>;
     /// Deletes an instance with its KEKs, objects and chunks; returns whether it existed.
     async fn delete_instance(&self, name: &str) -> Result<bool, RepoError>;
+
+    /// Reserves `name` for a resource being built (a restore, clone, import or replica target,
+    /// or a backup): its KEKs and objects are written under the name before the resource
+    /// appears. `AlreadyExists` if another build holds the name.
+    async fn begin_pending(&self, name: &str, now: Timestamp) -> Result<(), RepoError>;
+    /// Makes a built instance appear (and, for a replica, records its primary), ending its
+    /// reservation.
+    async fn finish_pending_instance(&self, instance: &InstanceRecord) -> Result<(), RepoError>;
+    /// Deletes everything stored under `name` (a failed build, or a backup): KEKs, objects,
+    /// chunks, uploads, snapshot pins, the backup row and the name's claim. Only for a name
+    /// the caller holds (a build's reservation, or a backup).
+    async fn discard(&self, name: &str) -> Result<(), RepoError>;
+    /// Builds reserved before `before` and never finished (their process died).
+    async fn stale_pending(&self, before: Timestamp) -> Result<Vec<String>, RepoError>;
+
+    /// Snapshots `instance`'s objects for the copy `pin`: their current generations (chunks
+    /// and KEKs) are kept until [`StoreRepository::unpin`], whatever is written meanwhile.
+    /// Ordered against concurrent commits, so the snapshot is one point in time.
+    async fn pin_objects(&self, instance: &str, pin: &str) -> Result<(), RepoError>;
+    /// Up to `limit` objects of the snapshot `pin`, sorting after `after`.
+    async fn pinned_objects(&self, pin: &str, after: &str, limit: u64) -> Result<Vec<ObjectRecord>, RepoError>;
+    /// Releases the snapshot `pin` of `instance`, deleting the chunks only it still kept.
+    async fn unpin(&self, instance: &str, pin: &str) -> Result<(), RepoError>;
+
+    /// Records a backup (state `CREATING`) with its KEK, and reserves its name.
+    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord) -> Result<(), RepoError>;
+    /// Marks a backup `READY`, ending its reservation.
+    async fn finish_backup(&self, name: &str, size_bytes: u64, object_count: u64) -> Result<(), RepoError>;
+    /// A backup by name.
+    async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, RepoError>;
+    /// An instance's backups (also after the instance is deleted), by name.
+    async fn list_backups(&self, instance: &str) -> Result<Vec<BackupRecord>, RepoError>;
+    /// Every backup under the customer key `key` ([K12]).
+    async fn backups_by_key(&self, key: &str) -> Result<Vec<BackupRecord>, RepoError>;
+
+    /// The replicas of a primary, by name.
+    async fn replicas_of(&self, primary: &str) -> Result<Vec<String>, RepoError>;
+    /// Every replica, by name.
+    async fn all_replicas(&self) -> Result<Vec<String>, RepoError>;
+    /// For each object of a replica, the primary's generation it is a copy of.
+    async fn replica_sources(&self, replica: &str) -> Result<Vec<(String, u64)>, RepoError>;
+    /// Records which generation of the primary a replica's object copies.
+    async fn set_replica_source(&self, replica: &str, object: &str, generation: u64) -> Result<(), RepoError>;
+
+    /// Records an export written.
+    async fn insert_export(&self, export: &ExportRecord) -> Result<(), RepoError>;
+    /// Every export under the customer key `key` ([K12]).
+    async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, RepoError>;
 
     /// An instance's KEKs.
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, RepoError>;

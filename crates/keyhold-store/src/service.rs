@@ -2,6 +2,7 @@
 //! [C12]). Authorization and audit go through the KMS's IAM and audit log; keys are reached
 //! only through the project's service agent.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,12 @@ pub struct StoreConfig {
     pub guard: GuardConfig,
     /// Locations instances may be created in.
     pub locations: Vec<String>,
+    /// The directory exports are written to and imports read from (`--store-export-dir`);
+    /// `None` turns export and import off.
+    pub export_dir: Option<std::path::PathBuf>,
+    /// How often replicas catch up with their primaries besides right after a write on this
+    /// node (writes made on other nodes are seen at the next round).
+    pub replication_period: Duration,
 }
 
 /// A stream of object contents.
@@ -85,20 +92,24 @@ fn kms_client_error(e: KmsError) -> KmsClientError {
 /// The store.
 #[derive(Debug)]
 pub struct Store {
-    kms: Arc<Kms>,
-    repo: Arc<dyn StoreRepository>,
-    agents: Arc<dyn AgentProvider>,
-    guards: GuardRegistry,
-    config: StoreConfig,
+    pub(crate) kms: Arc<Kms>,
+    pub(crate) repo: Arc<dyn StoreRepository>,
+    pub(crate) agents: Arc<dyn AgentProvider>,
+    pub(crate) guards: GuardRegistry,
+    pub(crate) config: StoreConfig,
     service_managed: Arc<ServiceManaged>,
+    /// Wakes the replication task (a primary was written on this node).
+    pub(crate) replication: Arc<tokio::sync::Notify>,
+    /// When each replica last caught up completely (on this node).
+    pub(crate) sync_times: std::sync::Mutex<std::collections::HashMap<String, Timestamp>>,
 }
 
 /// What a call was, for its authorization and audit entry.
-struct Op {
-    method: &'static str,
-    resource: String,
-    permission: Permission,
-    kind: AuditKind,
+pub(crate) struct Op {
+    pub method: &'static str,
+    pub resource: String,
+    pub permission: Permission,
+    pub kind: AuditKind,
 }
 
 fn random_generation() -> Result<u64, StoreError> {
@@ -149,7 +160,10 @@ impl Store {
             agents,
             guards: GuardRegistry::default(),
             config,
+            replication: Arc::new(tokio::sync::Notify::new()),
+            sync_times: Default::default(),
         });
+        store.spawn_replication();
         let weak = Arc::downgrade(&store);
         let mut notices = store.kms.subscribe();
         tokio::spawn(async move {
@@ -167,24 +181,54 @@ impl Store {
         store
     }
 
-    /// Deletes uploads interrupted more than `age` ago (a crash mid-upload leaves its chunks).
+    /// Deletes uploads, backups and restores (clones, imports, replicas) interrupted more than
+    /// `age` ago: a crash in the middle leaves what they had written so far.
     pub async fn clean_interrupted_uploads(&self, age: Duration) -> Result<usize, StoreError> {
         let before = Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_nanos(-(age.as_nanos() as i128)));
         let stale = self.repo.stale_uploads(before).await?;
         for (instance, object, generation) in &stale {
             self.repo.abort_upload(instance, object, *generation).await?;
         }
-        Ok(stale.len())
+        let builds = self.repo.stale_pending(before).await?;
+        for name in &builds {
+            tracing::warn!(resource = %name, "deleting what an interrupted backup, restore, clone or import left");
+            self.repo.discard(name).await?;
+        }
+        Ok(stale.len() + builds.len())
+    }
+
+    /// What wraps KEKs under service-managed encryption.
+    pub(crate) fn service_managed(&self) -> Arc<dyn KekWrapper> {
+        self.service_managed.clone()
+    }
+
+    /// When `replica` last caught up with its primary (on this node).
+    pub(crate) fn last_sync(&self, replica: &str) -> Option<Timestamp> {
+        self.sync_times.lock().unwrap_or_else(|e| e.into_inner()).get(replica).copied()
     }
 
     /// Runs `f` as `op` for `caller`: authorized first, audited after.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         caller: &Caller,
         op: Op,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.call_warned(caller, op, None, f).await
+    }
+
+    /// [`Store::call`], with a warning in the audit entry.
+    pub(crate) async fn call_warned<T>(
+        &self,
+        caller: &Caller,
+        op: Op,
+        warning: Option<String>,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let call = self.kms.begin_service_call(caller, SERVICE, op.method, op.resource, op.kind, op.permission).await?;
+        if let Some(w) = warning {
+            call.warn(w);
+        }
         let r = f.await;
         let (code, message) = match &r {
             Ok(_) => (0, String::new()),
@@ -222,6 +266,42 @@ impl Store {
         instance_id: &str,
         req: CreateInstanceRequest,
     ) -> Result<Instance, StoreError> {
+        let name = self.new_instance_name(parent, instance_id)?;
+        let resource = name.to_string();
+        if self.repo.instance(&resource).await?.is_some() {
+            return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
+        }
+        let kms_key = req.kms_key.filter(|k| !k.is_empty());
+        if let Some(primary) = req.replica_of.filter(|p| !p.is_empty()) {
+            return self.create_replica(name, &primary, kms_key, req.labels).await;
+        }
+        let wrapper = self.new_instance_wrapper(&name, kms_key.as_deref()).await?;
+        let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);
+        let (kek, wrapped) = guard.new_kek().await.map_err(|e| creation_key_error(kms_key.as_deref(), e))?;
+        let record = InstanceRecord {
+            name: name.clone(),
+            kms_key: kms_key.clone(),
+            labels: req.labels,
+            create_time: Timestamp::now(),
+            replica_of: None,
+        };
+        let kek_record = KekRecord { id: 1, wrapped: wrapped.clone(), create_time: record.create_time };
+        match self.repo.insert_instance(&record, &kek_record).await {
+            Ok(()) => {}
+            Err(RepoError::AlreadyExists) => {
+                return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        guard.insert(1, kek, wrapped);
+        let guard = self.guards.insert(guard, &incarnation(&record));
+        guard.spawn_monitor();
+        tracing::info!(instance = %resource, key = ?kms_key, "instance created");
+        self.render_instance(&record, &guard).await
+    }
+
+    /// The name of a new instance, checked: parent, ID, offered location.
+    pub(crate) fn new_instance_name(&self, parent: &str, instance_id: &str) -> Result<InstanceName, StoreError> {
         let parent: LocationName = parent.parse().map_err(|_| {
             StoreError::InvalidArgument(format!("\"{parent}\" is not projects/PROJECT/locations/LOCATION."))
         })?;
@@ -238,47 +318,26 @@ impl Store {
                 self.config.locations.join(", ")
             )));
         }
-        let name = InstanceName {
-            project: parent.project.clone(),
-            location: parent.location.clone(),
-            instance: instance_id.to_string(),
-        };
-        let resource = name.to_string();
-        if self.repo.instance(&resource).await?.is_some() {
-            return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
-        }
-        let kms_key = req.kms_key.filter(|k| !k.is_empty());
+        Ok(InstanceName { project: parent.project, location: parent.location, instance: instance_id.to_string() })
+    }
+
+    /// The checks of a new resource's encryption ([C1], [C12]) and, if they pass, what wraps
+    /// its KEKs.
+    pub(crate) async fn new_instance_wrapper(
+        &self,
+        name: &InstanceName,
+        kms_key: Option<&str>,
+    ) -> Result<Arc<dyn KekWrapper>, StoreError> {
         if kms_key.is_none() && self.config.require_cmek {
             return Err(StoreError::FailedPrecondition(
                 "This store requires customer-managed encryption (--store-require-cmek): give kmsKey, a key in the instance's location that the store's service agent may use.".into(),
             ));
         }
-        self.kms.check_cmek_org_policies(&name.project, SERVICE, kms_key.as_deref()).await?;
-        let wrapper: Arc<dyn KekWrapper> = match &kms_key {
-            None => self.service_managed.clone(),
-            Some(key) => self.check_key_for_instance(&name, key).await?,
-        };
-        let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);
-        let (kek, wrapped) = guard.new_kek().await.map_err(|e| creation_key_error(kms_key.as_deref(), e))?;
-        let record = InstanceRecord {
-            name: name.clone(),
-            kms_key: kms_key.clone(),
-            labels: req.labels,
-            create_time: Timestamp::now(),
-        };
-        let kek_record = KekRecord { id: 1, wrapped: wrapped.clone(), create_time: record.create_time };
-        match self.repo.insert_instance(&record, &kek_record).await {
-            Ok(()) => {}
-            Err(RepoError::AlreadyExists) => {
-                return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
-            }
-            Err(e) => return Err(e.into()),
+        self.kms.check_cmek_org_policies(&name.project, SERVICE, kms_key).await?;
+        match kms_key {
+            None => Ok(self.service_managed.clone()),
+            Some(key) => self.check_key_for_instance(name, key).await,
         }
-        guard.insert(1, kek, wrapped);
-        let guard = self.guards.insert(guard, &incarnation(&record));
-        guard.spawn_monitor();
-        tracing::info!(instance = %resource, key = ?kms_key, "instance created");
-        Ok(self.render_instance(&record, &guard))
     }
 
     /// The [C1] checks of a key, each failing with what to fix.
@@ -385,7 +444,16 @@ impl Store {
         Ok(registered)
     }
 
-    async fn instance_record(&self, name: &str) -> Result<InstanceRecord, StoreError> {
+    /// An instance's objects with its guard.
+    pub(crate) async fn vault(&self, record: &InstanceRecord) -> Result<Vault, StoreError> {
+        Ok(Vault {
+            resource: record.name.to_string(),
+            kms_key: record.kms_key.clone(),
+            guard: self.guard(record).await?,
+        })
+    }
+
+    pub(crate) async fn instance_record(&self, name: &str) -> Result<InstanceRecord, StoreError> {
         let parsed: InstanceName = name.parse()?;
         self.repo
             .instance(&parsed.to_string())
@@ -393,7 +461,11 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("Instance {parsed} not found.")))
     }
 
-    fn render_instance(&self, record: &InstanceRecord, guard: &KeyGuard) -> Instance {
+    pub(crate) async fn render_instance(
+        &self,
+        record: &InstanceRecord,
+        guard: &KeyGuard,
+    ) -> Result<Instance, StoreError> {
         let status = guard.status();
         let cmek = record.kms_key.is_some();
         let (state, reason, state_reason) = match status.access {
@@ -412,7 +484,7 @@ impl Store {
             })),
             _ => None,
         };
-        Instance {
+        Ok(Instance {
             name: record.name.to_string(),
             kms_key: record.kms_key.clone(),
             labels: record.labels.clone(),
@@ -433,8 +505,14 @@ impl Store {
                     _ => None,
                 },
             }),
+            replica_of: record.replica_of.clone(),
+            replica_names: self.repo.replicas_of(&record.name.to_string()).await?,
+            last_sync_time: match record.replica_of {
+                Some(_) => self.last_sync(&record.name.to_string()),
+                None => None,
+            },
             create_time: record.create_time,
-        }
+        })
     }
 
     /// `instances.get`.
@@ -448,7 +526,7 @@ impl Store {
         self.call(caller, op, async {
             let record = self.instance_record(name).await?;
             let guard = self.guard(&record).await?;
-            Ok(self.render_instance(&record, &guard))
+            self.render_instance(&record, &guard).await
         })
         .await
     }
@@ -500,7 +578,7 @@ impl Store {
                     project: format!("projects/{number}"),
                     project_id: r.name.project.clone(),
                     cloud_product: "keyhold-store".into(),
-                    resource_type: format!("{SERVICE}/Instance"),
+                    resource_type: format!("{SERVICE}/{}", if r.replica_of.is_some() { "Replica" } else { "Instance" }),
                     location: r.name.location.clone(),
                     labels: r.labels.clone(),
                     crypto_key_version: versions.last().cloned().unwrap_or_default(),
@@ -508,6 +586,46 @@ impl Store {
                     create_time: r.create_time,
                 });
             }
+            // Backups and exports: copies under the key, each with the version(s) that wrapped
+            // its KEK (fixed when it was taken).
+            let mut copies: Vec<(String, String, &'static str, Vec<String>, Timestamp)> = Vec::new();
+            for b in self.repo.backups_by_key(key).await? {
+                let mut versions: Vec<String> =
+                    self.repo.keks(&b.name).await?.into_iter().filter_map(|k| k.wrapped.key_version).collect();
+                versions.sort_by_key(|v| version_number(v));
+                versions.dedup();
+                copies.push((b.name, b.instance, "Backup", versions, b.create_time));
+            }
+            for e in self.repo.exports_by_key(key).await? {
+                copies.push((e.name, e.instance, "Export", e.key_version.into_iter().collect(), e.create_time));
+            }
+            for (name, instance, kind, versions, create_time) in copies {
+                let Ok(instance) = instance.parse::<InstanceName>() else { continue };
+                if project.is_some_and(|p| p != instance.project) {
+                    continue;
+                }
+                let number = match numbers.get(&instance.project) {
+                    Some(n) => *n,
+                    None => {
+                        let n = self.kms.project_number(&instance.project).await?;
+                        numbers.insert(instance.project.clone(), n);
+                        n
+                    }
+                };
+                found.push(ProtectedResource {
+                    name: format!("//{SERVICE}/{name}"),
+                    project: format!("projects/{number}"),
+                    project_id: instance.project.clone(),
+                    cloud_product: "keyhold-store".into(),
+                    resource_type: format!("{SERVICE}/{kind}"),
+                    location: instance.location.clone(),
+                    labels: BTreeMap::new(),
+                    crypto_key_version: versions.last().cloned().unwrap_or_default(),
+                    crypto_key_versions: versions,
+                    create_time,
+                });
+            }
+            found.sort_by(|a, b| a.name.cmp(&b.name));
             Ok(found)
         })
         .await
@@ -538,7 +656,7 @@ impl Store {
             let mut instances = Vec::new();
             for r in rest.iter().take(size) {
                 let guard = self.guard(r).await?;
-                instances.push(self.render_instance(r, &guard));
+                instances.push(self.render_instance(r, &guard).await?);
             }
             let next_page_token =
                 if more { instances.last().map(|i| encode_token(&i.name)).unwrap_or_default() } else { String::new() };
@@ -558,6 +676,13 @@ impl Store {
         self.call(caller, op, async {
             let parsed: InstanceName = name.parse()?;
             let resource = parsed.to_string();
+            let replicas = self.repo.replicas_of(&resource).await?;
+            if !replicas.is_empty() {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "Instance {resource} has read replicas ({}); delete them first.",
+                    replicas.join(", ")
+                )));
+            }
             if !self.repo.delete_instance(&resource).await? {
                 return Err(StoreError::NotFound(format!("Instance {resource} not found.")));
             }
@@ -580,11 +705,11 @@ impl Store {
             let record = self.instance_record(name).await?;
             let guard = self.guard(&record).await?;
             let resource = record.name.to_string();
-            let rewrapped = guard.rewrap().await.map_err(|e| self.guard_error(&record, e))?;
+            let rewrapped = guard.rewrap().await.map_err(|e| guard_error(record.kms_key.as_deref(), e))?;
             for (id, wrapped) in &rewrapped {
                 self.repo.update_kek(&resource, *id, wrapped).await?;
             }
-            Ok(self.render_instance(&record, &guard))
+            self.render_instance(&record, &guard).await
         })
         .await
     }
@@ -600,9 +725,10 @@ impl Store {
         };
         self.call(caller, op, async {
             let record = self.instance_record(name).await?;
-            let guard = self.guard(&record).await?;
+            let vault = self.vault(&record).await?;
+            let guard = vault.guard.clone();
             let resource = record.name.to_string();
-            let (kek, wrapped) = guard.new_kek().await.map_err(|e| self.guard_error(&record, e))?;
+            let (kek, wrapped) = guard.new_kek().await.map_err(|e| guard_error(record.kms_key.as_deref(), e))?;
             let new_id = self.repo.keks(&resource).await?.iter().map(|k| k.id).max().unwrap_or(0) + 1;
             self.repo
                 .insert_kek(
@@ -618,7 +744,7 @@ impl Store {
                 after = last.name.clone();
                 for obj in batch {
                     if obj.kek_id != new_id {
-                        self.reencrypt_object(&record, &guard, &obj, new_id).await?;
+                        self.reencrypt_object(&vault, &obj, new_id).await?;
                     }
                 }
             }
@@ -627,34 +753,27 @@ impl Store {
                     guard.remove(old);
                 }
             }
-            Ok(self.render_instance(&record, &guard))
+            self.render_instance(&record, &guard).await
         })
         .await
     }
 
-    async fn reencrypt_object(
-        &self,
-        record: &InstanceRecord,
-        guard: &KeyGuard,
-        obj: &ObjectRecord,
-        new_kek: u64,
-    ) -> Result<(), StoreError> {
-        let resource = record.name.to_string();
+    async fn reencrypt_object(&self, vault: &Vault, obj: &ObjectRecord, new_kek: u64) -> Result<(), StoreError> {
         let generation = random_generation()?;
         let new = ObjectRecord { generation, kek_id: new_kek, ..obj.clone() };
         let mut batch = ChunkBatch::default();
         let result = async {
             for index in 0..obj.chunk_count {
-                let data = self.open_stored_chunk(record, guard, obj, index).await?;
+                let data = self.open_stored_chunk(vault, obj, index).await?;
                 let last = index + 1 == obj.chunk_count;
-                let id = ChunkId { resource: &resource, object: &obj.name, generation, index, last };
-                let sealed = self.seal(record, guard, new_kek, &id, data.expose()).await?;
+                let id = ChunkId { resource: &vault.resource, object: &obj.name, generation, index, last };
+                let sealed = self.seal(vault, new_kek, &id, data.expose()).await?;
                 if last {
                     let first = if batch.chunks.is_empty() { index } else { batch.first_index };
                     batch.chunks.push(sealed);
                     return match self
                         .repo
-                        .commit_upload(&resource, &new, first, &batch.chunks, Some(obj.generation))
+                        .commit_upload(&vault.resource, &new, first, &batch.chunks, Some(obj.generation))
                         .await
                     {
                         // Overwritten meanwhile: the newer upload wins, and it used a live KEK.
@@ -668,21 +787,14 @@ impl Store {
         }
         .await;
         if result.is_err() && batch.upload_recorded {
-            let _ = self.repo.abort_upload(&resource, &obj.name, generation).await;
+            let _ = self.repo.abort_upload(&vault.resource, &obj.name, generation).await;
         }
         result
     }
 
     /// Seals one chunk under KEK `kek_id` (loaded if it was made on another node).
-    async fn seal(
-        &self,
-        record: &InstanceRecord,
-        guard: &KeyGuard,
-        kek_id: u64,
-        id: &ChunkId<'_>,
-        data: &[u8],
-    ) -> Result<SealedChunk, StoreError> {
-        let kek = self.kek(record, guard, kek_id).await?;
+    async fn seal(&self, vault: &Vault, kek_id: u64, id: &ChunkId<'_>, data: &[u8]) -> Result<SealedChunk, StoreError> {
+        let kek = self.kek(vault, kek_id).await?;
         seal_chunk(&kek, id, data).map_err(|e| StoreError::Internal(e.to_string()))
     }
 
@@ -711,36 +823,21 @@ impl Store {
         Ok(())
     }
 
-    fn guard_error(&self, record: &InstanceRecord, e: GuardError) -> StoreError {
-        match e {
-            GuardError::Inaccessible { status, .. } => StoreError::KeyInaccessible {
-                key: record.kms_key.clone().unwrap_or_else(|| "(service-managed)".into()),
-                detail: inaccessible_detail(&status),
-            },
-            GuardError::Kms(e) => StoreError::KeyInaccessible {
-                key: record.kms_key.clone().unwrap_or_else(|| "(service-managed)".into()),
-                detail: e.message,
-            },
-            other => StoreError::Internal(other.to_string()),
-        }
-    }
-
-    /// The KEK `id` of an instance, loading it if it was made on another node.
-    async fn kek(&self, record: &InstanceRecord, guard: &KeyGuard, id: u64) -> Result<Arc<Kek>, StoreError> {
-        match guard.kek(id) {
+    /// The KEK `id` of a vault, loading it if it was made on another node.
+    async fn kek(&self, vault: &Vault, id: u64) -> Result<Arc<Kek>, StoreError> {
+        match vault.guard.kek(id) {
             Ok(k) => Ok(k),
             Err(GuardError::UnknownKek(_)) => {
-                let resource = record.name.to_string();
                 let kek = self
                     .repo
-                    .keks(&resource)
+                    .keks(&vault.resource)
                     .await?
                     .into_iter()
                     .find(|k| k.id == id)
-                    .ok_or_else(|| StoreError::DataLoss(format!("KEK {id} of {resource} is missing")))?;
-                guard.add_wrapped(id, kek.wrapped).await.map_err(|e| self.guard_error(record, e))
+                    .ok_or_else(|| StoreError::DataLoss(format!("KEK {id} of {} is missing", vault.resource)))?;
+                vault.guard.add_wrapped(id, kek.wrapped).await.map_err(|e| guard_error(vault.kms_key.as_deref(), e))
             }
-            Err(e) => Err(self.guard_error(record, e)),
+            Err(e) => Err(guard_error(vault.kms_key.as_deref(), e)),
         }
     }
 
@@ -750,16 +847,15 @@ impl Store {
         format!("{instance}/objects/{object}")
     }
 
-    fn render_object(record: &InstanceRecord, guard: &KeyGuard, obj: &ObjectRecord) -> Object {
-        let kms_key_version = guard.key_version(obj.kek_id);
+    fn render_object(vault: &Vault, obj: &ObjectRecord) -> Object {
         Object {
-            name: Self::object_resource(&record.name.to_string(), &obj.name),
+            name: Self::object_resource(&vault.resource, &obj.name),
             size: obj.size.to_string(),
             content_type: obj.content_type.clone(),
             generation: obj.generation.to_string(),
             create_time: obj.create_time,
             update_time: obj.update_time,
-            kms_key_version,
+            kms_key_version: vault.guard.key_version(obj.kek_id),
         }
     }
 
@@ -786,53 +882,73 @@ impl Store {
         self.call(caller, op, async {
             check_object_name(object)?;
             let record = self.instance_record(instance).await?;
-            let guard = self.guard(&record).await?;
-            guard.require_access().map_err(|e| self.guard_error(&record, e))?;
-            let kek_id = guard.wrapped().keys().copied().max().ok_or_else(|| StoreError::Internal("instance has no KEK".into()))?;
-            let generation = random_generation()?;
-            let resource = record.name.to_string();
-            let mut batch = ChunkBatch::default();
-            let r = self.upload(&record, &guard, object, content_type, kek_id, generation, body, &mut batch).await;
-            if r.is_err() && batch.upload_recorded {
-                if let Err(e) = self.repo.abort_upload(&resource, object, generation).await {
-                    tracing::warn!(instance = %resource, error = %e, "cannot clean up a failed upload; it is retried at the next start");
-                }
-            }
-            r
+            refuse_replica_write(&record)?;
+            let vault = self.vault(&record).await?;
+            let now = Timestamp::now();
+            let create_time = self.repo.object(&vault.resource, object).await?.map_or(now, |o| o.create_time);
+            let meta = ObjectMeta { name: object, content_type, create_time, update_time: now };
+            let body = body
+                .map(|part| part.map_err(|e| StoreError::InvalidArgument(format!("the upload was interrupted: {e}"))));
+            let obj = self.write_object(&vault, &meta, body).await?;
+            self.replication.notify_one();
+            Ok(Self::render_object(&vault, &obj))
         })
         .await
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn upload<S, E>(
+    /// Writes an object into `vault` under its newest KEK, from a stream of plaintext: the
+    /// object appears whole when the last chunk is stored, or not at all (an interrupted write
+    /// leaves nothing behind).
+    pub(crate) async fn write_object<S>(
         &self,
-        record: &InstanceRecord,
-        guard: &KeyGuard,
-        object: &str,
-        content_type: &str,
+        vault: &Vault,
+        meta: &ObjectMeta<'_>,
+        body: S,
+    ) -> Result<ObjectRecord, StoreError>
+    where
+        S: Stream<Item = Result<Vec<u8>, StoreError>> + Send + Unpin,
+    {
+        vault.guard.require_access().map_err(|e| guard_error(vault.kms_key.as_deref(), e))?;
+        let kek_id =
+            vault.guard.wrapped().keys().copied().max().ok_or_else(|| StoreError::Internal("no KEK".into()))?;
+        let generation = random_generation()?;
+        let mut batch = ChunkBatch::default();
+        let r = self.upload(vault, meta, kek_id, generation, body, &mut batch).await;
+        if r.is_err() && batch.upload_recorded {
+            if let Err(e) = self.repo.abort_upload(&vault.resource, meta.name, generation).await {
+                tracing::warn!(resource = %vault.resource, error = %e, "cannot clean up a failed upload; it is retried at the next start");
+            }
+        }
+        r
+    }
+
+    async fn upload<S>(
+        &self,
+        vault: &Vault,
+        meta: &ObjectMeta<'_>,
         kek_id: u64,
         generation: u64,
         mut body: S,
         batch: &mut ChunkBatch,
-    ) -> Result<Object, StoreError>
+    ) -> Result<ObjectRecord, StoreError>
     where
-        S: Stream<Item = Result<Vec<u8>, E>> + Send + Unpin,
-        E: std::fmt::Display,
+        S: Stream<Item = Result<Vec<u8>, StoreError>> + Send + Unpin,
     {
-        let resource = record.name.to_string();
+        let resource = vault.resource.as_str();
+        let object = meta.name;
         let mut buf: Vec<u8> = Vec::with_capacity(keyhold_cmek::CHUNK_SIZE);
         let mut index = 0u64;
         let mut size = 0u64;
         // A full chunk is held back until more data (or the end) says whether it is the last.
         let mut full: Option<Vec<u8>> = None;
         while let Some(part) = body.next().await {
-            let part = part.map_err(|e| StoreError::InvalidArgument(format!("the upload was interrupted: {e}")))?;
+            let part = part?;
             let mut part = part.as_slice();
             size += part.len() as u64;
             while !part.is_empty() {
                 if let Some(prev) = full.take() {
-                    let id = ChunkId { resource: &resource, object, generation, index, last: false };
-                    let sealed = self.seal(record, guard, kek_id, &id, &prev).await?;
+                    let id = ChunkId { resource, object, generation, index, last: false };
+                    let sealed = self.seal(vault, kek_id, &id, &prev).await?;
                     self.store_chunk(&id, sealed, batch).await?;
                     index += 1;
                 }
@@ -847,25 +963,27 @@ impl Store {
         }
         // The last chunk: a held-back full one, or what is in the buffer (possibly empty).
         let last_data = full.unwrap_or(buf);
-        let id = ChunkId { resource: &resource, object, generation, index, last: true };
-        let sealed = self.seal(record, guard, kek_id, &id, &last_data).await?;
-        let now = Timestamp::now();
-        let create_time = self.repo.object(&resource, object).await?.map_or(now, |o| o.create_time);
+        let id = ChunkId { resource, object, generation, index, last: true };
+        let sealed = self.seal(vault, kek_id, &id, &last_data).await?;
         let obj = ObjectRecord {
             name: object.to_string(),
             generation,
             size,
             chunk_count: index + 1,
             kek_id,
-            content_type: if content_type.is_empty() { "application/octet-stream".into() } else { content_type.into() },
-            create_time,
-            update_time: now,
+            content_type: if meta.content_type.is_empty() {
+                "application/octet-stream".into()
+            } else {
+                meta.content_type.into()
+            },
+            create_time: meta.create_time,
+            update_time: meta.update_time,
         };
         let first = if batch.chunks.is_empty() { index } else { batch.first_index };
         batch.chunks.push(sealed);
-        self.repo.commit_upload(&resource, &obj, first, &batch.chunks, None).await?;
+        self.repo.commit_upload(resource, &obj, first, &batch.chunks, None).await?;
         batch.upload_recorded = false;
-        Ok(Self::render_object(record, guard, &obj))
+        Ok(obj)
     }
 
     async fn object_record(&self, record: &InstanceRecord, object: &str) -> Result<ObjectRecord, StoreError> {
@@ -887,42 +1005,69 @@ impl Store {
         self.call(caller, op, async {
             let record = self.instance_record(instance).await?;
             let obj = self.object_record(&record, object).await?;
-            let guard = self.guard(&record).await?;
-            Ok(Self::render_object(&record, &guard, &obj))
+            let vault = self.vault(&record).await?;
+            Ok(Self::render_object(&vault, &obj))
         })
         .await
     }
 
-    async fn open_stored_chunk(
+    pub(crate) async fn open_stored_chunk(
         &self,
-        record: &InstanceRecord,
-        guard: &KeyGuard,
+        vault: &Vault,
         obj: &ObjectRecord,
         index: u64,
     ) -> Result<keyhold_crypto::Secret, StoreError> {
-        let resource = record.name.to_string();
-        let kek = self.kek(record, guard, obj.kek_id).await?;
+        let resource = &vault.resource;
+        let kek = self.kek(vault, obj.kek_id).await?;
         let sealed: SealedChunk =
-            self.repo.chunk(&resource, &obj.name, obj.generation, index).await?.ok_or_else(|| {
+            self.repo.chunk(resource, &obj.name, obj.generation, index).await?.ok_or_else(|| {
                 StoreError::DataLoss(format!(
                     "Object {} of {resource} is missing chunk {index}: the stored data was truncated.",
                     obj.name
                 ))
             })?;
         let id = ChunkId {
-            resource: &resource,
+            resource,
             object: &obj.name,
             generation: obj.generation,
             index,
             last: index + 1 == obj.chunk_count,
         };
         open_chunk(&kek, &id, &sealed).map_err(|_| {
-            tracing::error!(instance = %resource, object = %obj.name, index, "a stored chunk failed authentication");
+            tracing::error!(resource = %resource, object = %obj.name, index, "a stored chunk failed authentication");
             StoreError::DataLoss(format!(
                 "Object {} of {resource}: stored chunk {index} failed authentication (tampered with, moved or truncated).",
                 obj.name
             ))
         })
+    }
+
+    /// The plaintext of an object, chunk by chunk, starting with `first` (chunk 0, already
+    /// opened) if given. The key is checked before every chunk, so a disable stops a stream
+    /// under way; after an error the stream ends.
+    pub(crate) fn object_stream(
+        self: &Arc<Self>,
+        vault: Vault,
+        obj: ObjectRecord,
+        first: Option<keyhold_crypto::Secret>,
+    ) -> ContentStream {
+        let next = if first.is_some() { 1 } else { 0 };
+        let count = obj.chunk_count;
+        let state = (self.clone(), vault, obj, next, first);
+        let stream = futures_util::stream::unfold(state, move |(store, vault, obj, next, first)| async move {
+            if let Some(first) = first {
+                let data = first.expose().to_vec();
+                return Some((Ok(data), (store, vault, obj, next, None)));
+            }
+            if next >= count {
+                return None;
+            }
+            match store.open_stored_chunk(&vault, &obj, next).await {
+                Ok(data) => Some((Ok(data.expose().to_vec()), (store, vault, obj, next + 1, None))),
+                Err(e) => Some((Err(e), (store, vault, obj, count, None))),
+            }
+        });
+        Box::pin(stream)
     }
 
     /// `objects.get?alt=media`: the contents, streamed chunk by chunk. The key is checked
@@ -942,31 +1087,13 @@ impl Store {
         self.call(caller, op, async {
             let record = self.instance_record(instance).await?;
             let obj = self.object_record(&record, object).await?;
-            let guard = self.guard(&record).await?;
-            guard.require_access().map_err(|e| self.guard_error(&record, e))?;
+            let vault = self.vault(&record).await?;
+            vault.guard.require_access().map_err(|e| guard_error(vault.kms_key.as_deref(), e))?;
             // The first chunk is opened before answering, so that tampering or a key problem is
             // an error status, not a cut-off download.
-            let first = self.open_stored_chunk(&record, &guard, &obj, 0).await?;
-            let meta = Self::render_object(&record, &guard, &obj);
-            let store = self.clone();
-            let count = obj.chunk_count;
-            let state = (store, record, guard, obj, 1u64, Some(first));
-            let stream =
-                futures_util::stream::unfold(state, move |(store, record, guard, obj, next, first)| async move {
-                    if let Some(first) = first {
-                        let data = first.expose().to_vec();
-                        return Some((Ok(data), (store, record, guard, obj, next, None)));
-                    }
-                    if next >= count {
-                        return None;
-                    }
-                    match store.open_stored_chunk(&record, &guard, &obj, next).await {
-                        Ok(data) => Some((Ok(data.expose().to_vec()), (store, record, guard, obj, next + 1, None))),
-                        // After an error the stream ends.
-                        Err(e) => Some((Err(e), (store, record, guard, obj, count, None))),
-                    }
-                });
-            Ok((meta, Box::pin(stream) as ContentStream))
+            let first = self.open_stored_chunk(&vault, &obj, 0).await?;
+            let meta = Self::render_object(&vault, &obj);
+            Ok((meta, self.object_stream(vault, obj, Some(first))))
         })
         .await
     }
@@ -991,11 +1118,11 @@ impl Store {
             let mut rows = self.repo.list_objects(&record.name.to_string(), &req.prefix, &after, size + 1).await?;
             let more = rows.len() as u64 > size;
             rows.truncate(size as usize);
-            let guard = self.guard(&record).await?;
+            let vault = self.vault(&record).await?;
             let next_page_token =
                 if more { rows.last().map(|o| encode_token(&o.name)).unwrap_or_default() } else { String::new() };
             Ok(ListObjectsResponse {
-                objects: rows.iter().map(|o| Self::render_object(&record, &guard, o)).collect(),
+                objects: rows.iter().map(|o| Self::render_object(&vault, o)).collect(),
                 next_page_token,
             })
         })
@@ -1012,9 +1139,11 @@ impl Store {
         };
         self.call(caller, op, async {
             let record = self.instance_record(instance).await?;
+            refuse_replica_write(&record)?;
             if !self.repo.delete_object(&record.name.to_string(), object).await? {
                 return Err(StoreError::NotFound(format!("Object {object} not found in {}.", record.name)));
             }
+            self.replication.notify_one();
             Ok(())
         })
         .await
@@ -1034,6 +1163,49 @@ fn inaccessible_detail(status: &GuardStatus) -> String {
         }
         _ => format!("key state {state} at the key check of {when}: {}", status.message),
     }
+}
+
+/// The store's error for a guard's.
+pub(crate) fn guard_error(key: Option<&str>, e: GuardError) -> StoreError {
+    let key = key.unwrap_or("(service-managed)").to_string();
+    match e {
+        GuardError::Inaccessible { status, .. } => {
+            StoreError::KeyInaccessible { key, detail: inaccessible_detail(&status) }
+        }
+        GuardError::Kms(e) => StoreError::KeyInaccessible { key, detail: e.message },
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+/// Replicas change only by following their primary.
+fn refuse_replica_write(record: &InstanceRecord) -> Result<(), StoreError> {
+    match &record.replica_of {
+        Some(primary) => Err(StoreError::FailedPrecondition(format!(
+            "Instance {} is a read replica of {primary}: it is read-only; write to the primary.",
+            record.name
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Objects sealed under one resource's KEKs (an instance, a backup, or an instance being
+/// built), with the guard that holds those KEKs.
+#[derive(Debug, Clone)]
+pub(crate) struct Vault {
+    /// The resource name the chunks and KEKs are bound to.
+    pub resource: String,
+    /// Its customer key (`None`: service-managed).
+    pub kms_key: Option<String>,
+    /// Its KEKs and key checks.
+    pub guard: Arc<KeyGuard>,
+}
+
+/// What a written object is, besides its contents.
+pub(crate) struct ObjectMeta<'a> {
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub create_time: Timestamp,
+    pub update_time: Timestamp,
 }
 
 fn creation_key_error(key: Option<&str>, e: GuardError) -> StoreError {

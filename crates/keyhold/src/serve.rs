@@ -67,6 +67,14 @@ pub struct ServeArgs {
     /// reached (if the key was usable when it was last reached).
     #[arg(long, default_value = "3600s", value_parser = parse_duration, env = "KEYHOLD_STORE_KMS_GRACE")]
     pub store_kms_grace: ProtoDuration,
+    /// Store: the directory instance exports are written to and imports read from; requests
+    /// name files inside it, never elsewhere. Default: DATA_DIR/exports.
+    #[arg(long, env = "KEYHOLD_STORE_EXPORT_DIR")]
+    pub store_export_dir: Option<PathBuf>,
+    /// Store: how often read replicas catch up with their primaries (they also do right after
+    /// every write made through this node).
+    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "KEYHOLD_STORE_REPLICATION_PERIOD")]
+    pub store_replication_period: ProtoDuration,
     /// Store: use the KMS at this URL for instance keys instead of the one in this process.
     /// The store then authenticates there as service:store.keyhold.dev (--kms-token-file) and
     /// acts through its service agents' short-lived tokens.
@@ -241,11 +249,16 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             grace: args.store_kms_grace.to_std(),
         },
         locations: kms.config().locations.clone(),
+        export_dir: Some(args.store_export_dir.clone().unwrap_or_else(|| args.data_dir.join("exports"))),
+        replication_period: args.store_replication_period.to_std().max(std::time::Duration::from_millis(100)),
     };
     let store = keyhold_store::Store::new(kms.clone(), opened.objects.clone(), agents, store_config);
     match store.clean_interrupted_uploads(std::time::Duration::from_secs(3600)).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(uploads = n, "store: removed the chunks of uploads interrupted over an hour ago"),
+        Ok(n) => tracing::info!(
+            count = n,
+            "store: removed what uploads, backups and restores interrupted over an hour ago left"
+        ),
         Err(e) => tracing::warn!(error = %e, "store: cannot clean up interrupted uploads"),
     }
     let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });

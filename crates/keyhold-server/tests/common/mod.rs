@@ -91,6 +91,8 @@ pub async fn start_on(
         require_cmek: false,
         guard: keyhold_cmek::GuardConfig::default(),
         locations: kms.config().locations.clone(),
+        export_dir: Some(dir.path().join("exports")),
+        replication_period: std::time::Duration::from_millis(200),
     };
     let store = keyhold_store::Store::new(
         kms.clone(),

@@ -8,9 +8,11 @@
 //! * [`iam`]: `get-` / `set-iam-policy` and `add-` / `remove-iam-policy-binding`, for key
 //!   rings, keys ([`kms`]), projects and the organization ([`projects`]);
 //! * [`services`], [`tokens`], [`logging`], [`audit`]: the other command groups;
-//! * [`store`]: `store instances create|describe|list|delete|rewrap|reencrypt` and
-//!   `store objects put|get|describe|list|delete`, the object store of service
-//!   `store.keyhold.dev` (object data streamed both ways, downloads written atomically);
+//! * [`store`]: `store instances create|describe|list|delete|rewrap|reencrypt|restore|clone|
+//!   export|import` (`create --replica-of` for read replicas), `store backups
+//!   create|describe|list|delete` and `store objects put|get|describe|list|delete`, the object
+//!   store of service `store.keyhold.dev` (object data streamed both ways, downloads written
+//!   atomically);
 //! * [`org_policies`]: `org-policies set-policy|describe|delete|list` (Org Policy API v2), e.g.
 //!   `gcp.restrictNonCmekServices` to require a customer-managed key for `store.keyhold.dev`;
 //! * [`client`]: HTTP, errors and paging; [`credentials`]: which bearer token is sent;

@@ -3,7 +3,12 @@
 //! Keyhold key given by `--kms-key`, or a Keyhold-managed one); objects are uploaded and
 //! downloaded as raw bytes.
 //!
-//! * instances: `POST|GET|DELETE /v1/projects/P/locations/L/instances[/ID][:rewrap|:reencrypt]`;
+//! * instances: `POST|GET|DELETE /v1/projects/P/locations/L/instances[/ID][:rewrap|:reencrypt]`
+//!   (`replicaOf` in the body of a create makes a read replica);
+//! * copies of instances: `POST .../instances/ID:clone`, `POST .../instances/ID:export` and
+//!   `POST /v1/projects/P/locations/L/instances:import` (archive files in the server's export
+//!   directory), `POST /v1/projects/P/locations/L/instances:restore` (from a backup);
+//! * backups: `POST|GET|DELETE /v1/.../instances/ID/backups[/BACKUP]`;
 //! * objects: `PUT|GET|DELETE /v1/.../instances/ID/objects/NAME` (`?alt=media` for the data),
 //!   `GET .../objects?prefix=`.
 //!
@@ -32,6 +37,10 @@ use super::{CliError, Ctx, print_stderr, print_stdout};
 
 /// The pattern of a full instance name, for messages.
 const INSTANCE_PATTERN: &str = "projects/PROJECT/locations/LOCATION/instances/INSTANCE";
+/// The pattern of a full backup name, for messages.
+const BACKUP_PATTERN: &str = "projects/PROJECT/locations/LOCATION/instances/INSTANCE/backups/BACKUP";
+/// The wire name of customer-managed encryption in an `encryptionConfig`.
+const CUSTOMER_MANAGED: &str = "CUSTOMER_MANAGED_ENCRYPTION";
 /// The pattern of a full key name, for messages.
 const KEY_PATTERN: &str = "projects/PROJECT/locations/LOCATION/keyRings/KEY_RING/cryptoKeys/KEY";
 /// The content type of an upload without `--content-type`.
@@ -56,6 +65,9 @@ pub struct StoreArgs {
 pub enum StoreCommand {
     /// Create and manage store instances: containers of encrypted objects.
     Instances(InstancesArgs),
+    /// Take, list, describe and delete the backups of an instance (restore one with
+    /// `store instances restore`).
+    Backups(BackupsArgs),
     /// Upload, download, list and delete the objects of an instance.
     Objects(ObjectsArgs),
 }
@@ -83,6 +95,20 @@ pub enum InstancesCommand {
     Rewrap(InstanceTarget),
     /// Re-encrypt every object of the instance under new data keys.
     Reencrypt(InstanceTarget),
+    /// Create an instance from a backup, under the backup's key unless --encryption-type or
+    /// --kms-key says otherwise.
+    Restore(InstanceRestore),
+    /// Create an instance with a point-in-time copy of another's objects, in the same location
+    /// and under the same key (another key is refused: use a backup and restore, or export and
+    /// import, to change keys).
+    Clone(InstanceClone),
+    /// Write a point-in-time copy of an instance's objects to an archive file in the server's
+    /// export directory, encrypted under the instance's key unless --kms-key or
+    /// --allow-plaintext says otherwise.
+    Export(InstanceExport),
+    /// Create an instance from an archive file in the server's export directory, under
+    /// --kms-key (without it, a Keyhold-managed key).
+    Import(InstanceImport),
 }
 
 /// `--location`.
@@ -104,12 +130,13 @@ pub struct InstanceTarget {
     pub location: StoreLocationFlag,
 }
 
-/// The key flags of `instances create`, as gcloud's `--kms-key` resource argument.
+/// The key flags of `instances create` and the commands that copy data, as gcloud's
+/// `--kms-key` resource argument.
 #[derive(Args, Debug, Clone, Default)]
 pub struct KmsKeyFlags {
-    /// The Keyhold key that encrypts the instance's data: a full name
-    /// projects/P/locations/L/keyRings/R/cryptoKeys/K, or a key ID with --kms-keyring.
-    /// Without it, the instance uses a Keyhold-managed key.
+    /// The Keyhold key that encrypts the data (of the new instance, the backup or the archive):
+    /// a full name projects/P/locations/L/keyRings/R/cryptoKeys/K, or a key ID with
+    /// --kms-keyring. Without it, `instances create` uses a Keyhold-managed key.
     #[arg(long, value_name = "KMS_KEY")]
     pub kms_key: Option<String>,
     /// The key ring of --kms-key (an ID, or a full key ring name).
@@ -133,6 +160,220 @@ pub struct InstanceCreate {
     /// Labels, as KEY=VALUE pairs separated by commas.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_labels)]
     pub labels: Vec<Labels>,
+    /// Make the new instance a read replica of this instance, which it follows in the
+    /// background: an instance ID (in the new instance's project and location), or a full name
+    /// projects/P/locations/L/instances/I. In its primary's location a replica uses the
+    /// primary's key; elsewhere give --kms-key, a key in the replica's location.
+    #[arg(long, value_name = "INSTANCE")]
+    pub replica_of: Option<String>,
+}
+
+/// The new instance of a restore or an import.
+#[derive(Args, Debug)]
+pub struct NewInstanceTarget {
+    /// The new instance's ID, or its full name projects/P/locations/L/instances/I.
+    #[arg(value_name = "NEW_INSTANCE")]
+    pub instance: String,
+    #[command(flatten)]
+    pub location: StoreLocationFlag,
+}
+
+/// `--encryption-type` of `backups create`, with gcloud's names.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupEncryptionType {
+    /// As the instance: its key, or a Keyhold-managed one (`USE_DATABASE_ENCRYPTION`).
+    #[value(name = "use-database-encryption")]
+    UseDatabase,
+    /// The key given by --kms-key (`CUSTOMER_MANAGED_ENCRYPTION`).
+    #[value(name = "customer-managed-encryption")]
+    CustomerManaged,
+    /// A Keyhold-managed key (`GOOGLE_DEFAULT_ENCRYPTION`).
+    #[value(name = "google-default-encryption")]
+    GoogleDefault,
+}
+
+impl BackupEncryptionType {
+    /// The `encryptionConfig.encryptionType` this stands for.
+    fn wire_name(self) -> &'static str {
+        match self {
+            BackupEncryptionType::UseDatabase => "USE_DATABASE_ENCRYPTION",
+            BackupEncryptionType::CustomerManaged => CUSTOMER_MANAGED,
+            BackupEncryptionType::GoogleDefault => "GOOGLE_DEFAULT_ENCRYPTION",
+        }
+    }
+}
+
+/// `--encryption-type` of `instances restore`, with gcloud's names.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreEncryptionType {
+    /// As the backup: its key, or a Keyhold-managed one (`USE_CONFIG_DEFAULT_OR_BACKUP_ENCRYPTION`).
+    #[value(name = "use-config-default-or-backup-encryption")]
+    UseConfigDefaultOrBackup,
+    /// The key given by --kms-key (`CUSTOMER_MANAGED_ENCRYPTION`).
+    #[value(name = "customer-managed-encryption")]
+    CustomerManaged,
+    /// A Keyhold-managed key (`GOOGLE_DEFAULT_ENCRYPTION`).
+    #[value(name = "google-default-encryption")]
+    GoogleDefault,
+}
+
+impl RestoreEncryptionType {
+    /// The `encryptionConfig.encryptionType` this stands for.
+    fn wire_name(self) -> &'static str {
+        match self {
+            RestoreEncryptionType::UseConfigDefaultOrBackup => "USE_CONFIG_DEFAULT_OR_BACKUP_ENCRYPTION",
+            RestoreEncryptionType::CustomerManaged => CUSTOMER_MANAGED,
+            RestoreEncryptionType::GoogleDefault => "GOOGLE_DEFAULT_ENCRYPTION",
+        }
+    }
+}
+
+/// `keyhold store instances restore`.
+#[derive(Args, Debug)]
+pub struct InstanceRestore {
+    #[command(flatten)]
+    pub target: NewInstanceTarget,
+    /// The backup to restore: its full name projects/P/locations/L/instances/I/backups/B, or a
+    /// backup ID with --backup-instance.
+    #[arg(long, value_name = "BACKUP")]
+    pub backup: String,
+    /// The instance the backup was taken from, when --backup is an ID: an instance ID (in the
+    /// new instance's project and location), or a full name projects/P/locations/L/instances/I.
+    #[arg(long, value_name = "INSTANCE")]
+    pub backup_instance: Option<String>,
+    /// How the new instance is encrypted: use-config-default-or-backup-encryption (the
+    /// default: as the backup), customer-managed-encryption (with --kms-key) or
+    /// google-default-encryption. --kms-key alone implies customer-managed-encryption.
+    #[arg(long, value_enum, value_name = "ENCRYPTION_TYPE")]
+    pub encryption_type: Option<RestoreEncryptionType>,
+    #[command(flatten)]
+    pub kms: KmsKeyFlags,
+    /// Labels of the new instance, as KEY=VALUE pairs separated by commas.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_labels)]
+    pub labels: Vec<Labels>,
+}
+
+/// `keyhold store instances clone`.
+#[derive(Args, Debug)]
+pub struct InstanceClone {
+    /// The instance to copy: its ID, or its full name projects/P/locations/L/instances/I.
+    #[arg(value_name = "SOURCE")]
+    pub source: String,
+    /// The new instance's ID; it is created in the source's project and location.
+    #[arg(value_name = "DESTINATION_ID")]
+    pub destination: String,
+    #[command(flatten)]
+    pub location: StoreLocationFlag,
+    // A clone keeps its source's key: --kms-key, if given, must name that key.
+    #[command(flatten)]
+    pub kms: KmsKeyFlags,
+    /// Labels of the new instance, as KEY=VALUE pairs separated by commas.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_labels)]
+    pub labels: Vec<Labels>,
+}
+
+/// `keyhold store instances export`.
+#[derive(Args, Debug)]
+pub struct InstanceExport {
+    #[command(flatten)]
+    pub target: InstanceTarget,
+    /// The archive file to write, relative to the server's export directory
+    /// (`keyhold serve --store-export-dir`); an existing file is never overwritten.
+    #[arg(long, value_name = "FILE")]
+    pub destination: String,
+    // The key the archive is encrypted under (default: the instance's own key).
+    #[command(flatten)]
+    pub kms: KmsKeyFlags,
+    /// Write the archive unencrypted: anyone who can read the file can read the objects. The
+    /// export's audit entry carries a warning.
+    #[arg(long, conflicts_with = "kms_key")]
+    pub allow_plaintext: bool,
+}
+
+/// `keyhold store instances import`.
+#[derive(Args, Debug)]
+pub struct InstanceImport {
+    #[command(flatten)]
+    pub target: NewInstanceTarget,
+    /// The archive file to read, relative to the server's export directory (as given to
+    /// `instances export --destination`).
+    #[arg(long, value_name = "FILE")]
+    pub source: String,
+    #[command(flatten)]
+    pub kms: KmsKeyFlags,
+    /// Labels of the new instance, as KEY=VALUE pairs separated by commas.
+    #[arg(long, value_name = "KEY=VALUE", value_parser = parse_labels)]
+    pub labels: Vec<Labels>,
+}
+
+/// `keyhold store backups`.
+#[derive(Args, Debug)]
+pub struct BackupsArgs {
+    /// The command.
+    #[command(subcommand)]
+    pub command: BackupsCommand,
+}
+
+/// Commands under `keyhold store backups`.
+#[derive(Subcommand, Debug)]
+pub enum BackupsCommand {
+    /// Take a backup: a point-in-time copy of an instance's objects, under the instance's key
+    /// unless --encryption-type or --kms-key says otherwise. Writes go on meanwhile.
+    Create(BackupCreate),
+    /// Show a backup: its state, key versions, size and point in time.
+    Describe(BackupTarget),
+    /// List the backups of an instance.
+    List(BackupList),
+    /// Delete a backup.
+    Delete(BackupTarget),
+}
+
+/// `--instance` and `--location`, which complete a backup ID.
+#[derive(Args, Debug, Clone)]
+pub struct BackupInstanceFlags {
+    /// The instance of the backup: an instance ID, or a full name
+    /// projects/P/locations/L/instances/I. Not needed when the backup is given as a full name.
+    #[arg(long, value_name = "INSTANCE")]
+    pub instance: Option<String>,
+    #[command(flatten)]
+    pub location: StoreLocationFlag,
+}
+
+/// A command on one backup.
+#[derive(Args, Debug)]
+pub struct BackupTarget {
+    /// The backup ID, or its full name projects/P/locations/L/instances/I/backups/B.
+    #[arg(value_name = "BACKUP")]
+    pub backup: String,
+    #[command(flatten)]
+    pub instance: BackupInstanceFlags,
+}
+
+/// `keyhold store backups create`.
+#[derive(Args, Debug)]
+pub struct BackupCreate {
+    #[command(flatten)]
+    pub target: BackupTarget,
+    /// How the backup is encrypted: use-database-encryption (the default: as its instance),
+    /// customer-managed-encryption (with --kms-key) or google-default-encryption. --kms-key
+    /// alone implies customer-managed-encryption.
+    #[arg(long, value_enum, value_name = "ENCRYPTION_TYPE")]
+    pub encryption_type: Option<BackupEncryptionType>,
+    #[command(flatten)]
+    pub kms: KmsKeyFlags,
+}
+
+/// `keyhold store backups list`.
+#[derive(Args, Debug)]
+pub struct BackupList {
+    /// The instance to list the backups of: an instance ID, or a full name
+    /// projects/P/locations/L/instances/I.
+    #[arg(long, value_name = "INSTANCE")]
+    pub instance: String,
+    #[command(flatten)]
+    pub location: StoreLocationFlag,
+    #[command(flatten)]
+    pub paging: PagingFlags,
 }
 
 /// `--page-size` and `--limit`.
@@ -244,6 +485,16 @@ impl StoreCommand {
                 InstancesCommand::Delete(_) => "instances.delete",
                 InstancesCommand::Rewrap(_) => "instances.rewrap",
                 InstancesCommand::Reencrypt(_) => "instances.reencrypt",
+                InstancesCommand::Restore(_) => "instances.restore",
+                InstancesCommand::Clone(_) => "instances.clone",
+                InstancesCommand::Export(_) => "instances.export",
+                InstancesCommand::Import(_) => "instances.import",
+            },
+            StoreCommand::Backups(a) => match a.command {
+                BackupsCommand::Create(_) => "backups.create",
+                BackupsCommand::Describe(_) => "backups.describe",
+                BackupsCommand::List(_) => "backups.list",
+                BackupsCommand::Delete(_) => "backups.delete",
             },
             StoreCommand::Objects(a) => match a.command {
                 ObjectsCommand::Put(_) => "objects.put",
@@ -268,6 +519,16 @@ impl StoreCommand {
                 InstancesCommand::Delete(c) => instances_delete(ctx, &c).await,
                 InstancesCommand::Rewrap(c) => instances_action(ctx, &c, "rewrap").await,
                 InstancesCommand::Reencrypt(c) => instances_action(ctx, &c, "reencrypt").await,
+                InstancesCommand::Restore(c) => instances_restore(ctx, &c).await,
+                InstancesCommand::Clone(c) => instances_clone(ctx, &c).await,
+                InstancesCommand::Export(c) => instances_export(ctx, &c).await,
+                InstancesCommand::Import(c) => instances_import(ctx, &c).await,
+            },
+            StoreCommand::Backups(a) => match a.command {
+                BackupsCommand::Create(c) => backups_create(ctx, &c).await,
+                BackupsCommand::Describe(c) => backups_describe(ctx, &c).await,
+                BackupsCommand::List(c) => backups_list(ctx, &c).await,
+                BackupsCommand::Delete(c) => backups_delete(ctx, &c).await,
             },
             StoreCommand::Objects(a) => match a.command {
                 ObjectsCommand::Put(c) => objects_put(ctx, &media, &c).await,
@@ -380,6 +641,73 @@ impl InstanceName {
     pub fn object_path(&self, object: &str) -> Result<String, CliError> {
         Ok(format!("{}/objects/{}", self.path(), encode_object_name(object)?))
     }
+
+    /// The full name as the server spells it, for request bodies (`replicaOf`).
+    pub fn full_name(&self) -> String {
+        format!("{}/{}", self.collection(), self.instance)
+    }
+}
+
+/// A backup: `projects/{project}/locations/{location}/instances/{instance}/backups/{backup}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupName {
+    /// The instance it was taken from.
+    pub instance: InstanceName,
+    /// The backup ID.
+    pub backup: String,
+}
+
+impl BackupName {
+    /// The backup named by a `BACKUP` argument: a full name, or an ID completed with
+    /// `--instance` (itself an ID completed with `--location` and the project, or a full name).
+    pub fn resolve(
+        arg: &str,
+        instance: Option<&str>,
+        location: Option<&str>,
+        project: Option<&str>,
+    ) -> Result<Self, CliError> {
+        let arg = arg.trim();
+        if arg.starts_with("projects/") {
+            let segments: Vec<&str> = arg.split('/').collect();
+            return match segments.as_slice() {
+                ["projects", p, "locations", l, "instances", i, "backups", b] => {
+                    Self::new(InstanceName::new(p, l, i)?, b)
+                }
+                _ => Err(CliError::Usage(format!("\"{arg}\" is not a valid backup name; expected {BACKUP_PATTERN}."))),
+            };
+        }
+        let Some(instance) = instance else {
+            return Err(CliError::Usage(format!(
+                "Error parsing [backup]. The [backup] resource is not properly specified: failed to find attribute \
+                 [instance]. Provide the argument [--instance] on the command line, or give [backup] as a full \
+                 resource name ({BACKUP_PATTERN})."
+            )));
+        };
+        Self::new(InstanceName::resolve(instance, location, project)?, arg)
+    }
+
+    /// Checks the backup ID only for what would change the URL's shape (the server checks the
+    /// rest).
+    fn new(instance: InstanceName, backup: &str) -> Result<Self, CliError> {
+        if backup.is_empty() || backup.contains('/') {
+            return Err(CliError::Usage(format!(
+                "Invalid backup ID \"{backup}\": give an ID (no `/`), or a full name {BACKUP_PATTERN}."
+            )));
+        }
+        Ok(Self { instance, backup: backup.to_string() })
+    }
+
+    /// The path of the backup below `/v1/`, its IDs percent-encoded.
+    pub fn path(&self) -> String {
+        let mut out = format!("{}/backups/", self.instance.path());
+        encode_segment(&self.backup, &mut out);
+        out
+    }
+
+    /// The full name as the server spells it, for request bodies (`backup` of a restore).
+    pub fn full_name(&self) -> String {
+        format!("{}/backups/{}", self.instance.full_name(), self.backup)
+    }
 }
 
 /// The key of `instances create`: `--kms-key` as a full name, or completed from `--kms-keyring`,
@@ -417,8 +745,8 @@ pub fn resolve_kms_key(flags: &KmsKeyFlags, instance: &InstanceName) -> Result<O
     Ok(Some(CryptoKeyName::new(&ring, key).map_err(invalid)?.to_string()))
 }
 
-/// The body of `instances create`.
-fn create_body(kms_key: Option<String>, labels: &[Labels]) -> Value {
+/// The body of `instances create` (`replicaOf`: the primary's full name, for a replica).
+fn create_body(kms_key: Option<String>, labels: &[Labels], replica_of: Option<String>) -> Value {
     let mut body = Map::new();
     if let Some(k) = kms_key {
         body.insert("kmsKey".into(), Value::String(k));
@@ -426,6 +754,86 @@ fn create_body(kms_key: Option<String>, labels: &[Labels]) -> Value {
     let labels = merge_labels(labels);
     if !labels.is_empty() {
         body.insert("labels".into(), json!(labels));
+    }
+    if let Some(p) = replica_of {
+        body.insert("replicaOf".into(), Value::String(p));
+    }
+    Value::Object(body)
+}
+
+/// The `encryptionConfig` of a backup or a restore from `--encryption-type` (its wire name)
+/// and the resolved `--kms-key`: a key alone implies customer-managed encryption, which needs
+/// one; the other types take none. `None` without either: the server's default (as the
+/// instance, or as the backup).
+fn encryption_config(
+    encryption_type: Option<&'static str>,
+    kms_key: Option<String>,
+) -> Result<Option<Value>, CliError> {
+    match (encryption_type, kms_key) {
+        (None, None) => Ok(None),
+        (None | Some(CUSTOMER_MANAGED), Some(key)) => {
+            Ok(Some(json!({"encryptionType": CUSTOMER_MANAGED, "kmsKeyName": key})))
+        }
+        (Some(CUSTOMER_MANAGED), None) => Err(CliError::Usage(
+            "--encryption-type=customer-managed-encryption needs --kms-key: the key to encrypt with.".to_string(),
+        )),
+        (Some(t), None) => Ok(Some(json!({"encryptionType": t}))),
+        (Some(t), Some(_)) => Err(CliError::Usage(format!(
+            "--kms-key is only used with --encryption-type=customer-managed-encryption, not {}.",
+            super::parse::kebab(t)
+        ))),
+    }
+}
+
+/// The body of `instances:restore`.
+fn restore_body(instance: &InstanceName, backup: &BackupName, encryption: Option<Value>, labels: &[Labels]) -> Value {
+    let mut body = Map::new();
+    body.insert("instanceId".into(), Value::String(instance.instance.clone()));
+    body.insert("backup".into(), Value::String(backup.full_name()));
+    if let Some(e) = encryption {
+        body.insert("encryptionConfig".into(), e);
+    }
+    let labels = merge_labels(labels);
+    if !labels.is_empty() {
+        body.insert("labels".into(), json!(labels));
+    }
+    Value::Object(body)
+}
+
+/// The body of the commands that create an instance from something (`instances:clone`,
+/// `instances:import`): `id_field` names the new instance, `source` (if any) what it is built
+/// from.
+fn copy_body(
+    id_field: &str,
+    id: &str,
+    source: Option<(&str, &str)>,
+    kms_key: Option<String>,
+    labels: &[Labels],
+) -> Value {
+    let mut body = Map::new();
+    body.insert(id_field.into(), Value::String(id.to_string()));
+    if let Some((field, value)) = source {
+        body.insert(field.into(), Value::String(value.to_string()));
+    }
+    if let Some(k) = kms_key {
+        body.insert("kmsKey".into(), Value::String(k));
+    }
+    let labels = merge_labels(labels);
+    if !labels.is_empty() {
+        body.insert("labels".into(), json!(labels));
+    }
+    Value::Object(body)
+}
+
+/// The body of `instances/ID:export`.
+fn export_body(destination: &str, kms_key: Option<String>, allow_plaintext: bool) -> Value {
+    let mut body = Map::new();
+    body.insert("destination".into(), Value::String(destination.to_string()));
+    if let Some(k) = kms_key {
+        body.insert("kmsKey".into(), Value::String(k));
+    }
+    if allow_plaintext {
+        body.insert("allowPlaintext".into(), Value::Bool(true));
     }
     Value::Object(body)
 }
@@ -500,6 +908,16 @@ const INSTANCE_COLUMNS: &[Column] = &[
     ("KMS_KEY", |v| text_at(v, "kmsKey")),
 ];
 
+const BACKUP_COLUMNS: &[Column] = &[
+    ("NAME", |v| basename(&text_at(v, "name")).to_string()),
+    ("STATE", |v| text_at(v, "state")),
+    ("ENCRYPTION", |v| text_at(v, "encryptionInfo.encryptionType")),
+    ("OBJECTS", |v| text_at(v, "objectCount")),
+    ("SIZE", |v| text_at(v, "sizeBytes")),
+    ("VERSION_TIME", |v| text_at(v, "versionTime")),
+    ("KMS_KEY", |v| text_at(v, "kmsKey")),
+];
+
 const OBJECT_COLUMNS: &[Column] = &[
     ("NAME", |v| object_short_name(&text_at(v, "name")).to_string()),
     ("SIZE", |v| text_at(v, "size")),
@@ -515,10 +933,22 @@ fn instance_of(ctx: &Ctx, arg: &str, location: &StoreLocationFlag) -> Result<Ins
 
 async fn instances_create(ctx: &Ctx, c: &InstanceCreate) -> Result<(), CliError> {
     let name = instance_of(ctx, &c.target.instance, &c.target.location)?;
-    let body = create_body(resolve_kms_key(&c.kms, &name)?, &c.labels);
+    // A primary given by ID is in the replica's project and location.
+    let primary = match c.replica_of.as_deref() {
+        Some(p) => Some(InstanceName::resolve(p, Some(&name.location), Some(&name.project))?),
+        None => None,
+    };
+    let body = create_body(resolve_kms_key(&c.kms, &name)?, &c.labels, primary.as_ref().map(InstanceName::full_name));
     let query = [("instanceId", name.instance.clone())];
     let instance = ctx.client.post(&name.collection(), &query, &body).await?;
-    print_stderr(&format!("Created instance [{}].", name.instance));
+    match primary {
+        Some(p) => print_stderr(&format!(
+            "Created instance [{}], a read replica of [{}]; it catches up in the background (see lastSyncTime).",
+            name.instance,
+            p.full_name()
+        )),
+        None => print_stderr(&format!("Created instance [{}].", name.instance)),
+    }
     ctx.show(Kind::Other, &instance)
 }
 
@@ -551,6 +981,128 @@ async fn instances_action(ctx: &Ctx, c: &InstanceTarget, verb: &str) -> Result<(
     let name = instance_of(ctx, &c.instance, &c.location)?;
     let instance = ctx.client.post(&format!("{}:{verb}", name.path()), &[], &json!({})).await?;
     ctx.show(Kind::Other, &instance)
+}
+
+async fn instances_restore(ctx: &Ctx, c: &InstanceRestore) -> Result<(), CliError> {
+    let name = instance_of(ctx, &c.target.instance, &c.target.location)?;
+    // A backup instance given by ID is in the new instance's project and location.
+    let backup = BackupName::resolve(
+        &c.backup,
+        c.backup_instance.as_deref(),
+        Some(&name.location),
+        Some(&name.project),
+    )
+    .map_err(|e| match e {
+        CliError::Usage(m) if m.contains("[--instance]") => CliError::Usage(format!(
+            "--backup \"{}\" is a backup ID: give the instance it was taken from with --backup-instance, or give \
+                 --backup as a full name ({BACKUP_PATTERN}).",
+            c.backup.trim()
+        )),
+        other => other,
+    })?;
+    let encryption = encryption_config(c.encryption_type.map(|t| t.wire_name()), resolve_kms_key(&c.kms, &name)?)?;
+    let body = restore_body(&name, &backup, encryption, &c.labels);
+    let instance = ctx.client.post(&format!("{}:restore", name.collection()), &[], &body).await?;
+    print_stderr(&format!("Created instance [{}] from backup [{}].", name.instance, backup.full_name()));
+    ctx.show(Kind::Other, &instance)
+}
+
+async fn instances_clone(ctx: &Ctx, c: &InstanceClone) -> Result<(), CliError> {
+    let source = instance_of(ctx, &c.source, &c.location)?;
+    let destination = c.destination.trim();
+    if destination.is_empty() || destination.contains('/') {
+        return Err(CliError::Usage(format!(
+            "Invalid DESTINATION_ID \"{destination}\": give the new instance's ID (no `/`); it is created in {}.",
+            source.collection()
+        )));
+    }
+    let body = copy_body("destinationInstanceId", destination, None, resolve_kms_key(&c.kms, &source)?, &c.labels);
+    let instance = ctx.client.post(&format!("{}:clone", source.path()), &[], &body).await?;
+    print_stderr(&format!("Created instance [{destination}], a clone of [{}].", source.instance));
+    ctx.show(Kind::Other, &instance)
+}
+
+async fn instances_export(ctx: &Ctx, c: &InstanceExport) -> Result<(), CliError> {
+    let name = instance_of(ctx, &c.target.instance, &c.target.location)?;
+    let destination = c.destination.trim();
+    if destination.is_empty() {
+        return Err(CliError::Usage(
+            "--destination is empty: give the archive's file name, relative to the server's export directory."
+                .to_string(),
+        ));
+    }
+    let body = export_body(destination, resolve_kms_key(&c.kms, &name)?, c.allow_plaintext);
+    let export = ctx.client.post(&format!("{}:export", name.path()), &[], &body).await?;
+    let written = text_at(&export, "destination");
+    print_stderr(&format!(
+        "Exported instance [{}] to [{}].",
+        name.instance,
+        if written.is_empty() { destination } else { &written }
+    ));
+    if c.allow_plaintext {
+        print_stderr("WARNING: The archive is not encrypted: anyone who can read the file can read its objects.");
+    }
+    ctx.show(Kind::Other, &export)
+}
+
+async fn instances_import(ctx: &Ctx, c: &InstanceImport) -> Result<(), CliError> {
+    let name = instance_of(ctx, &c.target.instance, &c.target.location)?;
+    let source = c.source.trim();
+    if source.is_empty() {
+        return Err(CliError::Usage(
+            "--source is empty: give the archive's file name, relative to the server's export directory.".to_string(),
+        ));
+    }
+    let body =
+        copy_body("instanceId", &name.instance, Some(("source", source)), resolve_kms_key(&c.kms, &name)?, &c.labels);
+    let instance = ctx.client.post(&format!("{}:import", name.collection()), &[], &body).await?;
+    print_stderr(&format!("Created instance [{}] from archive [{source}].", name.instance));
+    ctx.show(Kind::Other, &instance)
+}
+
+// ---- backups --------------------------------------------------------------------------------
+
+fn backup_of(ctx: &Ctx, c: &BackupTarget) -> Result<BackupName, CliError> {
+    let flags = &c.instance;
+    BackupName::resolve(
+        &c.backup,
+        flags.instance.as_deref(),
+        flags.location.location.as_deref(),
+        ctx.project.as_deref(),
+    )
+}
+
+async fn backups_create(ctx: &Ctx, c: &BackupCreate) -> Result<(), CliError> {
+    let name = backup_of(ctx, &c.target)?;
+    let encryption =
+        encryption_config(c.encryption_type.map(|t| t.wire_name()), resolve_kms_key(&c.kms, &name.instance)?)?;
+    let body = match encryption {
+        Some(e) => json!({"encryptionConfig": e}),
+        None => json!({}),
+    };
+    let query = [("backupId", name.backup.clone())];
+    let backup = ctx.client.post(&format!("{}/backups", name.instance.path()), &query, &body).await?;
+    print_stderr(&format!("Created backup [{}].", name.backup));
+    ctx.show(Kind::Other, &backup)
+}
+
+async fn backups_describe(ctx: &Ctx, c: &BackupTarget) -> Result<(), CliError> {
+    let name = backup_of(ctx, c)?;
+    let backup = ctx.client.get(&name.path()).await?;
+    ctx.show(Kind::Other, &backup)
+}
+
+async fn backups_list(ctx: &Ctx, c: &BackupList) -> Result<(), CliError> {
+    let instance = instance_of(ctx, &c.instance, &c.location)?;
+    let items = list_all(ctx, "v1", &format!("{}/backups", instance.path()), "backups", &[], &c.paging).await?;
+    show_list(ctx, &items, BACKUP_COLUMNS)
+}
+
+async fn backups_delete(ctx: &Ctx, c: &BackupTarget) -> Result<(), CliError> {
+    let name = backup_of(ctx, c)?;
+    ctx.client.delete(&name.path()).await?;
+    print_stderr(&format!("Deleted backup [{}].", name.backup));
+    Ok(())
 }
 
 // ---- objects: metadata ----------------------------------------------------------------------
@@ -914,6 +1466,31 @@ mod tests {
             ("store objects describe i a/b.txt --location l", "store.objects.describe"),
             ("store objects list i --prefix a/ --page-size 2 --location l", "store.objects.list"),
             ("store objects delete i a/b.txt --location l", "store.objects.delete"),
+            (
+                "store instances create r --location l --replica-of i --kms-key k --kms-keyring kr",
+                "store.instances.create",
+            ),
+            (
+                "store instances restore n --location l --backup b --backup-instance i \
+                 --encryption-type customer-managed-encryption --kms-key k --kms-keyring r --labels a=1",
+                "store.instances.restore",
+            ),
+            ("store instances clone i j --location l --kms-key k --kms-keyring r", "store.instances.clone"),
+            (
+                "store instances export i --location l --destination a.archive --allow-plaintext",
+                "store.instances.export",
+            ),
+            (
+                "store instances import n --location l --source a.archive --kms-key k --kms-keyring r",
+                "store.instances.import",
+            ),
+            (
+                "store backups create b --instance i --location l --encryption-type google-default-encryption",
+                "store.backups.create",
+            ),
+            ("store backups describe projects/p/locations/l/instances/i/backups/b", "store.backups.describe"),
+            ("store backups list --instance i --location l --limit 3", "store.backups.list"),
+            ("store backups delete b --instance projects/p/locations/l/instances/i", "store.backups.delete"),
         ];
         for (line, path) in lines {
             assert_eq!(store(line).path(), path, "{line}");
@@ -928,6 +1505,96 @@ mod tests {
             panic!("not objects get")
         };
         assert!(is_stdio(&g.output_file));
+        // An archive is encrypted under a key or explicitly not at all, never both.
+        let parsed = TestCli::try_parse_from(
+            "keyhold store instances export i --destination a --allow-plaintext --kms-key k".split_whitespace(),
+        );
+        assert!(parsed.is_err());
+        let StoreCommand::Instances(InstancesArgs { command: InstancesCommand::Restore(r) }) =
+            store("store instances restore n --backup b --encryption-type use-config-default-or-backup-encryption")
+        else {
+            panic!("not instances restore")
+        };
+        assert_eq!(
+            r.encryption_type.map(RestoreEncryptionType::wire_name),
+            Some("USE_CONFIG_DEFAULT_OR_BACKUP_ENCRYPTION")
+        );
+        let StoreCommand::Backups(BackupsArgs { command: BackupsCommand::Create(b) }) =
+            store("store backups create b --instance i --encryption-type use-database-encryption")
+        else {
+            panic!("not backups create")
+        };
+        assert_eq!(b.encryption_type.map(BackupEncryptionType::wire_name), Some("USE_DATABASE_ENCRYPTION"));
+    }
+
+    #[test]
+    fn backup_names() {
+        let b = BackupName::resolve("b1", Some("inst"), Some("us-east1"), Some("p")).unwrap();
+        assert_eq!(b, BackupName { instance: instance("p", "us-east1", "inst"), backup: "b1".into() });
+        assert_eq!(b.path(), "projects/p/locations/us-east1/instances/inst/backups/b1");
+        assert_eq!(b.full_name(), "projects/p/locations/us-east1/instances/inst/backups/b1");
+        // A full name needs nothing else; a full instance name needs no --location.
+        let full = BackupName::resolve("projects/q/locations/l/instances/x/backups/y", None, None, None).unwrap();
+        assert_eq!(full, BackupName { instance: instance("q", "l", "x"), backup: "y".into() });
+        let b = BackupName::resolve("y", Some("projects/q/locations/l/instances/x"), None, None).unwrap();
+        assert_eq!(b, full);
+
+        let e = BackupName::resolve("b1", None, Some("l"), Some("p")).unwrap_err().to_string();
+        assert!(e.contains("[--instance]") && e.contains(BACKUP_PATTERN), "{e}");
+        let e = BackupName::resolve("b1", Some("i"), None, Some("p")).unwrap_err().to_string();
+        assert!(e.contains("[--location]"), "{e}");
+        assert!(BackupName::resolve("projects/q/locations/l/instances/x/backups", None, None, None).is_err());
+        assert!(BackupName::resolve("projects/q/locations/l/instances/x/objects/y", None, None, None).is_err());
+        assert!(BackupName::resolve("a/b", Some("i"), Some("l"), Some("p")).is_err());
+        // IDs are the server's to judge, but reach it intact.
+        let odd = BackupName { instance: instance("p", "l", "i"), backup: "a b:c".into() };
+        assert_eq!(odd.path(), "projects/p/locations/l/instances/i/backups/a%20b%3Ac");
+        assert_eq!(odd.full_name(), "projects/p/locations/l/instances/i/backups/a b:c");
+    }
+
+    #[test]
+    fn encryption_configs() {
+        let key = || Some("projects/p/locations/l/keyRings/r/cryptoKeys/k".to_string());
+        assert_eq!(encryption_config(None, None).unwrap(), None);
+        let cmek = json!({"encryptionType": "CUSTOMER_MANAGED_ENCRYPTION", "kmsKeyName": key()});
+        assert_eq!(encryption_config(None, key()).unwrap(), Some(cmek.clone()));
+        assert_eq!(encryption_config(Some(CUSTOMER_MANAGED), key()).unwrap(), Some(cmek));
+        assert_eq!(
+            encryption_config(Some("GOOGLE_DEFAULT_ENCRYPTION"), None).unwrap(),
+            Some(json!({"encryptionType": "GOOGLE_DEFAULT_ENCRYPTION"}))
+        );
+        let e = encryption_config(Some(CUSTOMER_MANAGED), None).unwrap_err().to_string();
+        assert!(e.contains("needs --kms-key"), "{e}");
+        let e = encryption_config(Some("USE_DATABASE_ENCRYPTION"), key()).unwrap_err().to_string();
+        assert!(e.contains("not use-database-encryption"), "{e}");
+    }
+
+    #[test]
+    fn copy_bodies() {
+        let inst = instance("p", "l", "new");
+        let backup = BackupName { instance: instance("p", "l", "old"), backup: "b".into() };
+        let labels = [parse_labels("a=1").unwrap()];
+        assert_eq!(
+            restore_body(&inst, &backup, None, &[]),
+            json!({"instanceId": "new", "backup": "projects/p/locations/l/instances/old/backups/b"})
+        );
+        assert_eq!(
+            restore_body(&inst, &backup, Some(json!({"encryptionType": "GOOGLE_DEFAULT_ENCRYPTION"})), &labels),
+            json!({
+                "instanceId": "new",
+                "backup": "projects/p/locations/l/instances/old/backups/b",
+                "encryptionConfig": {"encryptionType": "GOOGLE_DEFAULT_ENCRYPTION"},
+                "labels": {"a": "1"},
+            })
+        );
+        assert_eq!(copy_body("destinationInstanceId", "c", None, None, &[]), json!({"destinationInstanceId": "c"}));
+        assert_eq!(
+            copy_body("instanceId", "n", Some(("source", "a.archive")), Some("K".into()), &labels),
+            json!({"instanceId": "n", "source": "a.archive", "kmsKey": "K", "labels": {"a": "1"}})
+        );
+        assert_eq!(export_body("a.archive", None, false), json!({"destination": "a.archive"}));
+        assert_eq!(export_body("a.archive", None, true), json!({"destination": "a.archive", "allowPlaintext": true}));
+        assert_eq!(export_body("x", Some("K".into()), false), json!({"destination": "x", "kmsKey": "K"}));
     }
 
     #[test]
@@ -1022,11 +1689,15 @@ mod tests {
 
     #[test]
     fn create_bodies() {
-        assert_eq!(create_body(None, &[]), json!({}));
+        assert_eq!(create_body(None, &[], None), json!({}));
         let labels = [parse_labels("a=1,b=2").unwrap(), parse_labels("b=3").unwrap()];
         assert_eq!(
-            create_body(Some("projects/p/locations/l/keyRings/r/cryptoKeys/k".into()), &labels),
+            create_body(Some("projects/p/locations/l/keyRings/r/cryptoKeys/k".into()), &labels, None),
             json!({"kmsKey": "projects/p/locations/l/keyRings/r/cryptoKeys/k", "labels": {"a": "1", "b": "3"}})
+        );
+        assert_eq!(
+            create_body(None, &[], Some("projects/p/locations/l/instances/i".into())),
+            json!({"replicaOf": "projects/p/locations/l/instances/i"})
         );
     }
 
@@ -1052,6 +1723,20 @@ mod tests {
         assert_eq!(
             table(&objects, OBJECT_COLUMNS),
             "NAME       SIZE     CONTENT_TYPE  UPDATED\na/b c.txt  1048576  text/plain    2025-01-01T00:00:00Z\n"
+        );
+        let backups = [json!({
+            "name": "projects/p/locations/l/instances/i1/backups/b1",
+            "instance": "projects/p/locations/l/instances/i1",
+            "state": "READY",
+            "encryptionInfo": {"encryptionType": "GOOGLE_DEFAULT_ENCRYPTION", "kmsKeyVersions": []},
+            "sizeBytes": "11",
+            "objectCount": "1",
+            "versionTime": "2025-01-01T00:00:00Z",
+        })];
+        assert_eq!(
+            table(&backups, BACKUP_COLUMNS),
+            "NAME  STATE  ENCRYPTION                 OBJECTS  SIZE  VERSION_TIME          KMS_KEY\n\
+             b1    READY  GOOGLE_DEFAULT_ENCRYPTION  1        11    2025-01-01T00:00:00Z\n"
         );
         assert_eq!(object_short_name("not/an/object"), "not/an/object");
         assert_eq!(object_short_name("projects/p/locations/l/instances/i/objects/x"), "x");

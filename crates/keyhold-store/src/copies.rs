@@ -1,0 +1,922 @@
+//! Copies that keep their keys ([C8]-[C11]): backups, restores, clones, read replicas, and
+//! export and import.
+//!
+//! Every copy is a re-encryption, never a byte copy: the data is opened with the source's KEKs
+//! and sealed again under the copy's own KEK, which the copy's key wraps. So each copy answers
+//! to its own key: disabling or destroying it makes that copy (and only it) unreadable, and
+//! destroying every version protecting a copy shreds it ([C11]).
+//!
+//! A copy of a live instance (backup, clone, export) reads a snapshot: the instance's objects
+//! are pinned in one transaction ordered against concurrent commits, and pinned generations'
+//! chunks and KEKs stay until the copy is done. Writes go on meanwhile; the copy shows the
+//! instance as it was at one instant, with no torn object.
+//!
+//! A new instance (restore, clone, import, replica) is built under its name first and appears
+//! only when complete; a failure (or a crash, cleaned up at the next start) leaves nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keyhold_api::wire::Timestamp;
+use keyhold_cmek::{AccessReason, CmekWrapper, KekWrapper, KeyGuard, WrappedKek};
+use keyhold_iam::role;
+use keyhold_kms::Caller;
+use keyhold_kms::audit::AuditKind;
+
+use crate::archive::{ArchiveHeader, ArchiveItem, ArchiveReader, ArchiveWriter, ArchivedObject, read_header};
+use crate::error::StoreError;
+use crate::model::*;
+use crate::repo::RepoError;
+use crate::service::{ListRequest, ObjectMeta, Op, Store, Vault, guard_error};
+
+/// Objects read per page while copying.
+const PAGE: u64 = 100;
+
+fn random_hex(bytes: usize) -> Result<String, StoreError> {
+    let mut b = vec![0u8; bytes];
+    keyhold_crypto::random_bytes(&mut b).map_err(|e| StoreError::Internal(e.to_string()))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Which key a new backup or restored instance uses.
+enum Encryption {
+    /// The source's (the instance's for a backup, the backup's for a restore).
+    Inherit,
+    /// Service-managed.
+    GoogleDefault,
+    /// This customer key.
+    Customer(String),
+}
+
+fn encryption_choice(config: Option<EncryptionConfig>, inherit: &[&str]) -> Result<Encryption, StoreError> {
+    let c = config.unwrap_or_default();
+    let key = c.kms_key_name.trim().to_string();
+    let t = c.encryption_type.as_str();
+    match t {
+        "" | "ENCRYPTION_TYPE_UNSPECIFIED" if key.is_empty() => Ok(Encryption::Inherit),
+        "" | "ENCRYPTION_TYPE_UNSPECIFIED" | "CUSTOMER_MANAGED_ENCRYPTION" if !key.is_empty() => {
+            Ok(Encryption::Customer(key))
+        }
+        "CUSTOMER_MANAGED_ENCRYPTION" => Err(StoreError::InvalidArgument(
+            "encryptionConfig.kmsKeyName is required with CUSTOMER_MANAGED_ENCRYPTION.".into(),
+        )),
+        "GOOGLE_DEFAULT_ENCRYPTION" if key.is_empty() => Ok(Encryption::GoogleDefault),
+        t if inherit.contains(&t) && key.is_empty() => Ok(Encryption::Inherit),
+        t if inherit.contains(&t) || t == "GOOGLE_DEFAULT_ENCRYPTION" => Err(StoreError::InvalidArgument(format!(
+            "encryptionConfig.kmsKeyName must be empty with {t}; give CUSTOMER_MANAGED_ENCRYPTION to name a key."
+        ))),
+        other => Err(StoreError::InvalidArgument(format!(
+            "encryptionConfig.encryptionType {other:?} is not one of {}, CUSTOMER_MANAGED_ENCRYPTION, GOOGLE_DEFAULT_ENCRYPTION.",
+            inherit.join(", ")
+        ))),
+    }
+}
+
+fn backup_name(instance: &InstanceName, id: &str) -> String {
+    format!("{instance}/backups/{id}")
+}
+
+/// `projects/P/locations/L/instances/I/backups/B`, checked; returns the instance and the name.
+fn parse_backup_name(name: &str) -> Result<(InstanceName, String), StoreError> {
+    let (instance, id) = name.rsplit_once("/backups/").ok_or_else(|| {
+        StoreError::InvalidArgument(format!(
+            "\"{name}\" is not a backup name (projects/PROJECT/locations/LOCATION/instances/INSTANCE/backups/BACKUP)."
+        ))
+    })?;
+    let instance: InstanceName = instance.parse()?;
+    check_instance_id(id).map_err(|_| StoreError::InvalidArgument(format!("\"{id}\" is not a valid backup ID.")))?;
+    Ok((instance.clone(), backup_name(&instance, id)))
+}
+
+fn render_backup(b: &BackupRecord, versions: Vec<String>) -> Backup {
+    Backup {
+        name: b.name.clone(),
+        instance: b.instance.clone(),
+        state: b.state.clone(),
+        kms_key: b.kms_key.clone(),
+        encryption_info: EncryptionInfo {
+            encryption_type: if b.kms_key.is_some() {
+                "CUSTOMER_MANAGED_ENCRYPTION"
+            } else {
+                "GOOGLE_DEFAULT_ENCRYPTION"
+            },
+            kms_key_versions: versions,
+            encryption_status: None,
+        },
+        size_bytes: b.size_bytes.to_string(),
+        object_count: b.object_count.to_string(),
+        version_time: b.version_time,
+        create_time: b.create_time,
+    }
+}
+
+impl Store {
+    // ---- backups ------------------------------------------------------------------------------
+
+    /// `backups.create` ([C8]): a point-in-time copy of the instance under its own KEK, wrapped
+    /// by the chosen key's primary version now. Writes to the instance go on meanwhile.
+    pub async fn create_backup(
+        self: &Arc<Self>,
+        caller: &Caller,
+        instance: &str,
+        backup_id: &str,
+        req: CreateBackupRequest,
+    ) -> Result<Backup, StoreError> {
+        let op = Op {
+            method: "CreateBackup",
+            resource: format!("{instance}/backups/{backup_id}"),
+            permission: role::BACKUPS_CREATE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            if backup_id.is_empty() {
+                return Err(StoreError::InvalidArgument("backupId is required: POST .../backups?backupId=ID.".into()));
+            }
+            check_instance_id(backup_id)
+                .map_err(|_| StoreError::InvalidArgument(format!("Backup ID \"{backup_id}\" is not valid: use 1 to 63 lowercase letters, digits and hyphens, starting with a letter.")))?;
+            let record = self.instance_record(instance).await?;
+            let name = backup_name(&record.name, backup_id);
+            if self.repo.backup(&name).await?.is_some() {
+                return Err(StoreError::AlreadyExists(format!("Backup {name} already exists.")));
+            }
+            let kms_key = match encryption_choice(req.encryption_config, &["USE_DATABASE_ENCRYPTION"])? {
+                Encryption::Inherit => record.kms_key.clone(),
+                Encryption::GoogleDefault => None,
+                Encryption::Customer(k) => Some(k),
+            };
+            let source = self.vault(&record).await?;
+            source.guard.require_access().map_err(|e| guard_error(source.kms_key.as_deref(), e))?;
+            let wrapper = self.new_instance_wrapper(&record.name, kms_key.as_deref()).await?;
+            let guard = KeyGuard::new(name.clone(), wrapper, self.config.guard, []);
+            let (kek, wrapped) = guard.new_kek().await.map_err(|e| guard_error(kms_key.as_deref(), e))?;
+            let now = Timestamp::now();
+            let backup = BackupRecord {
+                name: name.clone(),
+                instance: record.name.to_string(),
+                kms_key: kms_key.clone(),
+                state: "CREATING".into(),
+                size_bytes: 0,
+                object_count: 0,
+                version_time: now,
+                create_time: now,
+            };
+            match self.repo.insert_backup(&backup, &KekRecord { id: 1, wrapped: wrapped.clone(), create_time: now }).await
+            {
+                Err(RepoError::AlreadyExists) => {
+                    return Err(StoreError::AlreadyExists(format!("Backup {name} already exists.")));
+                }
+                r => r?,
+            }
+            guard.insert(1, kek, wrapped);
+            let dest = Vault { resource: name.clone(), kms_key, guard };
+            let copied = self.copy_snapshot(&source, &dest).await;
+            let (size, count) = match copied {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Err(d) = self.repo.discard(&name).await {
+                        tracing::warn!(backup = %name, error = %d, "cannot delete a failed backup; it is retried at the next start");
+                    }
+                    return Err(e);
+                }
+            };
+            self.repo.finish_backup(&name, size, count).await?;
+            tracing::info!(backup = %name, objects = count, bytes = size, "backup taken");
+            let versions = dest.guard.key_versions();
+            Ok(render_backup(&BackupRecord { state: "READY".into(), size_bytes: size, object_count: count, ..backup }, versions))
+        })
+        .await
+    }
+
+    /// Copies a snapshot of `source`'s objects into `dest`; returns (bytes, objects).
+    async fn copy_snapshot(self: &Arc<Self>, source: &Vault, dest: &Vault) -> Result<(u64, u64), StoreError> {
+        self.repo.pin_objects(&source.resource, &dest.resource).await?;
+        let copied = self.copy_pinned(source, dest).await;
+        let released = self.repo.unpin(&source.resource, &dest.resource).await;
+        let copied = copied?;
+        released?;
+        Ok(copied)
+    }
+
+    async fn copy_pinned(self: &Arc<Self>, source: &Vault, dest: &Vault) -> Result<(u64, u64), StoreError> {
+        let (mut size, mut count) = (0, 0);
+        let mut after = String::new();
+        loop {
+            let page = self.repo.pinned_objects(&dest.resource, &after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.name.clone();
+            for obj in page {
+                self.copy_object(source, &obj, dest).await?;
+                size += obj.size;
+                count += 1;
+            }
+        }
+        Ok((size, count))
+    }
+
+    /// Copies every object of `source` (a backup: it does not change) into `dest`.
+    async fn copy_all(self: &Arc<Self>, source: &Vault, dest: &Vault) -> Result<(), StoreError> {
+        let mut after = String::new();
+        loop {
+            let page = self.repo.list_objects(&source.resource, "", &after, PAGE).await?;
+            let Some(last) = page.last() else { return Ok(()) };
+            after = last.name.clone();
+            for obj in page {
+                self.copy_object(source, &obj, dest).await?;
+            }
+        }
+    }
+
+    /// One object, opened with the source's KEK and sealed under the destination's.
+    async fn copy_object(
+        self: &Arc<Self>,
+        source: &Vault,
+        obj: &ObjectRecord,
+        dest: &Vault,
+    ) -> Result<ObjectRecord, StoreError> {
+        let stream = self.object_stream(source.clone(), obj.clone(), None);
+        let meta = ObjectMeta {
+            name: &obj.name,
+            content_type: &obj.content_type,
+            create_time: obj.create_time,
+            update_time: obj.update_time,
+        };
+        self.write_object(dest, &meta, stream).await
+    }
+
+    async fn backup_record(&self, name: &str) -> Result<BackupRecord, StoreError> {
+        let (_, name) = parse_backup_name(name)?;
+        self.repo.backup(&name).await?.ok_or_else(|| StoreError::NotFound(format!("Backup {name} not found.")))
+    }
+
+    async fn backup_versions(&self, name: &str) -> Result<Vec<String>, StoreError> {
+        let mut v: Vec<String> =
+            self.repo.keks(name).await?.into_iter().filter_map(|k| k.wrapped.key_version).collect();
+        v.sort();
+        v.dedup();
+        Ok(v)
+    }
+
+    /// `backups.get`: what it shows never changes after it is taken.
+    pub async fn get_backup(&self, caller: &Caller, name: &str) -> Result<Backup, StoreError> {
+        let op = Op {
+            method: "GetBackup",
+            resource: name.to_string(),
+            permission: role::BACKUPS_GET,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            let b = self.backup_record(name).await?;
+            Ok(render_backup(&b, self.backup_versions(&b.name).await?))
+        })
+        .await
+    }
+
+    /// `backups.list`: an instance's backups (also after the instance is deleted).
+    pub async fn list_backups(
+        &self,
+        caller: &Caller,
+        instance: &str,
+        req: &ListRequest,
+    ) -> Result<ListBackupsResponse, StoreError> {
+        let op = Op {
+            method: "ListBackups",
+            resource: format!("{instance}/backups"),
+            permission: role::BACKUPS_LIST,
+            kind: AuditKind::DataAccess,
+        };
+        self.call(caller, op, async {
+            let parsed: InstanceName = instance.parse()?;
+            let size = match req.page_size {
+                None | Some(0) => 100,
+                Some(n) if n < 0 => return Err(StoreError::InvalidArgument("pageSize must not be negative.".into())),
+                Some(n) => n.min(1000) as usize,
+            };
+            let all = self.repo.list_backups(&parsed.to_string()).await?;
+            let rest: Vec<_> = all.into_iter().filter(|b| b.name > req.page_token).collect();
+            let next_page_token = if rest.len() > size { rest[size - 1].name.clone() } else { String::new() };
+            let mut backups = Vec::new();
+            for b in rest.into_iter().take(size) {
+                let versions = self.backup_versions(&b.name).await?;
+                backups.push(render_backup(&b, versions));
+            }
+            Ok(ListBackupsResponse { backups, next_page_token })
+        })
+        .await
+    }
+
+    /// `backups.delete`: the backup's data, KEK and record, whatever its key's state.
+    pub async fn delete_backup(&self, caller: &Caller, name: &str) -> Result<(), StoreError> {
+        let op = Op {
+            method: "DeleteBackup",
+            resource: name.to_string(),
+            permission: role::BACKUPS_DELETE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            let b = self.backup_record(name).await?;
+            if b.state != "READY" {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "Backup {} is still being created; delete it when it is READY.",
+                    b.name
+                )));
+            }
+            self.repo.discard(&b.name).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A backup's objects, with a guard checked once against the backup's key.
+    async fn backup_vault(&self, b: &BackupRecord) -> Result<Vault, StoreError> {
+        let instance: InstanceName = b.instance.parse()?;
+        let wrapper = self.wrapper_for_key(&instance.project, b.kms_key.as_deref()).await?;
+        let keks = self.repo.keks(&b.name).await?;
+        let guard =
+            KeyGuard::new(b.name.clone(), wrapper, self.config.guard, keks.into_iter().map(|k| (k.id, k.wrapped)));
+        guard.check().await;
+        Ok(Vault { resource: b.name.clone(), kms_key: b.kms_key.clone(), guard })
+    }
+
+    /// `instances:restore` ([C8]): a new instance with a backup's data, under the backup's key
+    /// or the one the request names. Refused with `FAILED_PRECONDITION` when the backup's key
+    /// version cannot be used (disabled, destroyed, access revoked).
+    pub async fn restore_instance(
+        self: &Arc<Self>,
+        caller: &Caller,
+        parent: &str,
+        req: RestoreInstanceRequest,
+    ) -> Result<Instance, StoreError> {
+        let op = Op {
+            method: "RestoreInstance",
+            resource: format!("{parent}/instances/{}", req.instance_id),
+            permission: role::BACKUPS_RESTORE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            let name = self.new_instance_name(parent, &req.instance_id)?;
+            if req.backup.is_empty() {
+                return Err(StoreError::InvalidArgument("backup is required: the backup's full name.".into()));
+            }
+            let backup = self.backup_record(&req.backup).await?;
+            if backup.state != "READY" {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "Backup {} is still being created; restore it when it is READY.",
+                    backup.name
+                )));
+            }
+            let kms_key =
+                match encryption_choice(req.encryption_config, &["USE_CONFIG_DEFAULT_OR_BACKUP_ENCRYPTION"])? {
+                    Encryption::Inherit => backup.kms_key.clone(),
+                    Encryption::GoogleDefault => None,
+                    Encryption::Customer(k) => Some(k),
+                };
+            let source = self.backup_vault(&backup).await?;
+            if let Err(e) = source.guard.require_access() {
+                let versions = self.backup_versions(&backup.name).await?.join(", ");
+                let detail = match guard_error(backup.kms_key.as_deref(), e) {
+                    StoreError::KeyInaccessible { detail, .. } => detail,
+                    other => other.to_string(),
+                };
+                return Err(StoreError::FailedPrecondition(format!(
+                    "Backup {} cannot be restored: the key version protecting it ({versions}) cannot be used: {detail}. \
+                     Enable the version (or restore it, if it is scheduled for destruction) and retry; once it is destroyed, the backup cannot be read by anyone.",
+                    backup.name
+                )));
+            }
+            let store = self.clone();
+            self.build_instance(name, kms_key, req.labels, None, move |dest| async move {
+                store.copy_all(&source, &dest).await
+            })
+            .await
+        })
+        .await
+    }
+
+    /// `instances/ID:clone` ([C9]): a new instance in the same location with a point-in-time
+    /// copy of the data, under the same key (another key is refused).
+    pub async fn clone_instance(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        req: CloneInstanceRequest,
+    ) -> Result<Instance, StoreError> {
+        let op = Op {
+            method: "CloneInstance",
+            resource: name.to_string(),
+            permission: role::INSTANCES_CLONE,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            let record = self.instance_record(name).await?;
+            if let Some(k) = req.kms_key.as_deref().filter(|k| !k.is_empty())
+                && Some(k) != record.kms_key.as_deref()
+            {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "A clone keeps its source's encryption: {} is protected by {}, and so is any clone of it, so kmsKey {k} cannot be used. \
+                     To copy the data under another key, take a backup and restore it with encryptionConfig {{encryptionType: CUSTOMER_MANAGED_ENCRYPTION, kmsKeyName: {k}}}, or export and import it.",
+                    record.name,
+                    record.kms_key.as_deref().unwrap_or("service-managed encryption")
+                )));
+            }
+            if req.destination_instance_id.is_empty() {
+                return Err(StoreError::InvalidArgument("destinationInstanceId is required.".into()));
+            }
+            let dest_name = self.new_instance_name(&record.name.parent(), &req.destination_instance_id)?;
+            let source = self.vault(&record).await?;
+            source.guard.require_access().map_err(|e| guard_error(source.kms_key.as_deref(), e))?;
+            let store = self.clone();
+            self.build_instance(dest_name, record.kms_key.clone(), req.labels, None, move |dest| async move {
+                store.copy_snapshot(&source, &dest).await.map(|_| ())
+            })
+            .await
+        })
+        .await
+    }
+
+    /// What wraps KEKs under `key` (or the service's key) for `project`'s service agent.
+    async fn wrapper_for_key(&self, project: &str, key: Option<&str>) -> Result<Arc<dyn KekWrapper>, StoreError> {
+        Ok(match key {
+            None => self.service_managed(),
+            Some(key) => {
+                let agent = self.agents.agent(project).await.map_err(|e| StoreError::KeyInaccessible {
+                    key: key.to_string(),
+                    detail: format!("the store's service agent is not available: {}", e.message),
+                })?;
+                Arc::new(CmekWrapper::new(agent.client, key.to_string()))
+            }
+        })
+    }
+
+    /// Builds a new instance: checks its key ([C1], [C12]), reserves its name, gives it a KEK,
+    /// lets `fill` write its objects, and only then makes it appear. On failure everything
+    /// written is deleted.
+    async fn build_instance<F, Fut>(
+        &self,
+        name: InstanceName,
+        kms_key: Option<String>,
+        labels: BTreeMap<String, String>,
+        replica_of: Option<String>,
+        fill: F,
+    ) -> Result<Instance, StoreError>
+    where
+        F: FnOnce(Vault) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let resource = name.to_string();
+        if self.repo.instance(&resource).await?.is_some() {
+            return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
+        }
+        let wrapper = self.new_instance_wrapper(&name, kms_key.as_deref()).await?;
+        let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);
+        let (kek, wrapped) = guard.new_kek().await.map_err(|e| guard_error(kms_key.as_deref(), e))?;
+        let now = Timestamp::now();
+        match self.repo.begin_pending(&resource, now).await {
+            Err(RepoError::AlreadyExists) => {
+                return Err(StoreError::AlreadyExists(format!(
+                    "Instance {resource} already exists or is being created."
+                )));
+            }
+            r => r?,
+        }
+        let vault = Vault { resource: resource.clone(), kms_key: kms_key.clone(), guard: guard.clone() };
+        let record = InstanceRecord { name, kms_key, labels, create_time: now, replica_of };
+        let built = async {
+            self.repo.insert_kek(&resource, &KekRecord { id: 1, wrapped: wrapped.clone(), create_time: now }).await?;
+            guard.insert(1, kek, wrapped);
+            fill(vault).await?;
+            self.repo.finish_pending_instance(&record).await?;
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        if let Err(e) = built {
+            if let Err(d) = self.repo.discard(&resource).await {
+                tracing::warn!(instance = %resource, error = %d, "cannot delete a failed build; it is retried at the next start");
+            }
+            return Err(e);
+        }
+        let guard = self.guards.insert(guard, &record.create_time.to_string());
+        guard.spawn_monitor();
+        tracing::info!(instance = %resource, key = ?record.kms_key, "instance built");
+        self.render_instance(&record, &guard).await
+    }
+
+    // ---- replicas -----------------------------------------------------------------------------
+
+    /// `instances.create` with `replicaOf` ([C10]): a read-only copy that follows its primary.
+    /// In the primary's location it uses the primary's key; elsewhere, a key in its own
+    /// location. It starts empty and catches up in the background (`lastSyncTime`).
+    pub(crate) async fn create_replica(
+        &self,
+        name: InstanceName,
+        primary: &str,
+        kms_key: Option<String>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Instance, StoreError> {
+        let primary = self.instance_record(primary).await.map_err(|e| match e {
+            StoreError::NotFound(m) => StoreError::FailedPrecondition(format!("replicaOf: {m}")),
+            other => other,
+        })?;
+        if primary.replica_of.is_some() {
+            return Err(StoreError::FailedPrecondition(format!(
+                "{} is itself a replica; replicate its primary {} instead.",
+                primary.name,
+                primary.replica_of.as_deref().unwrap_or_default()
+            )));
+        }
+        if primary.name.project != name.project {
+            return Err(StoreError::FailedPrecondition("A replica must be in its primary's project.".into()));
+        }
+        let kms_key = if primary.name.location == name.location {
+            match (&kms_key, &primary.kms_key) {
+                (Some(k), p) if Some(k) != p.as_ref() => {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "A replica in its primary's location uses the primary's key ({}); omit kmsKey or give that key, not {k}.",
+                        p.as_deref().unwrap_or("service-managed encryption")
+                    )));
+                }
+                _ => primary.kms_key.clone(),
+            }
+        } else {
+            match (&kms_key, &primary.kms_key) {
+                (None, Some(p)) => {
+                    return Err(StoreError::FailedPrecondition(format!(
+                        "The primary {} is protected by {p}, in location {}. A replica in {} needs a key of its own in {}: give kmsKey projects/PROJECT/locations/{}/keyRings/RING/cryptoKeys/KEY.",
+                        primary.name, primary.name.location, name.location, name.location, name.location
+                    )));
+                }
+                _ => kms_key,
+            }
+        };
+        let primary_name = primary.name.to_string();
+        let instance = self.build_instance(name, kms_key, labels, Some(primary_name), |_| async { Ok(()) }).await?;
+        self.replication.notify_one();
+        Ok(instance)
+    }
+
+    /// Starts the task that keeps replicas in step with their primaries.
+    pub(crate) fn spawn_replication(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let wake = self.replication.clone();
+        let period = self.config.replication_period;
+        tokio::spawn(async move {
+            loop {
+                {
+                    let Some(store) = weak.upgrade() else { return };
+                    store.sync_replicas().await;
+                }
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(period) => {}
+                }
+            }
+        });
+    }
+
+    async fn sync_replicas(self: &Arc<Self>) {
+        let replicas = match self.repo.all_replicas().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list replicas");
+                return;
+            }
+        };
+        for replica in replicas {
+            if let Err(e) = self.sync_replica(&replica).await {
+                tracing::debug!(replica = %replica, error = %e, "replica not caught up this round");
+            }
+        }
+    }
+
+    /// One catch-up round of a replica: copies what changed on the primary, deletes what was
+    /// deleted there. Skipped while either side's key is unusable (the replica then stays as
+    /// it was, and says so in its own state).
+    async fn sync_replica(self: &Arc<Self>, replica: &str) -> Result<(), StoreError> {
+        let started = Timestamp::now();
+        let Some(record) = self.repo.instance(replica).await? else { return Ok(()) };
+        let Some(primary) = record.replica_of.as_deref() else { return Ok(()) };
+        let Some(primary) = self.repo.instance(primary).await? else { return Ok(()) };
+        let source = self.vault(&primary).await?;
+        let dest = self.vault(&record).await?;
+        source.guard.require_access().map_err(|e| guard_error(source.kms_key.as_deref(), e))?;
+        dest.guard.require_access().map_err(|e| guard_error(dest.kms_key.as_deref(), e))?;
+        let copied: HashMap<String, u64> = self.repo.replica_sources(replica).await?.into_iter().collect();
+        let mut live = HashSet::new();
+        let mut after = String::new();
+        let mut complete = true;
+        loop {
+            let page = self.repo.list_objects(&source.resource, "", &after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.name.clone();
+            for obj in page {
+                live.insert(obj.name.clone());
+                if copied.get(&obj.name) == Some(&obj.generation) {
+                    continue;
+                }
+                match self.copy_object(&source, &obj, &dest).await {
+                    Ok(_) => self.repo.set_replica_source(replica, &obj.name, obj.generation).await?,
+                    // Overwritten or deleted on the primary while being copied: the next
+                    // round copies what replaced it.
+                    Err(StoreError::DataLoss(m)) if m.contains("is missing chunk") => complete = false,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut after = String::new();
+        loop {
+            let page = self.repo.list_objects(replica, "", &after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.name.clone();
+            for obj in page.into_iter().filter(|o| !live.contains(&o.name)) {
+                self.repo.delete_object(replica, &obj.name).await?;
+            }
+        }
+        if complete {
+            self.sync_times.lock().unwrap_or_else(|e| e.into_inner()).insert(replica.to_string(), started);
+        }
+        Ok(())
+    }
+
+    // ---- export / import ----------------------------------------------------------------------
+
+    /// The file an export writes or an import reads: inside the export directory, whatever the
+    /// request says.
+    fn archive_path(&self, given: &str) -> Result<PathBuf, StoreError> {
+        let dir = self.config.export_dir.as_deref().ok_or_else(|| {
+            StoreError::FailedPrecondition(
+                "Export and import are off: start the server with --store-export-dir DIR (archives are written and read only inside DIR).".into(),
+            )
+        })?;
+        // Absolute, so that answers and the export registry name the file unambiguously.
+        let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let given = given.strip_prefix("file://").unwrap_or(given);
+        if given.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "A file name is required (relative to the export directory).".into(),
+            ));
+        }
+        let path = Path::new(given);
+        let relative = if path.is_absolute() {
+            path.strip_prefix(dir).map_err(|_| {
+                StoreError::InvalidArgument(format!(
+                    "{given} is outside the export directory {}; give a path inside it (or relative to it).",
+                    dir.display()
+                ))
+            })?
+        } else {
+            path
+        };
+        if relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+            return Err(StoreError::InvalidArgument(format!(
+                "{given}: use a plain relative path inside the export directory (no \"..\")."
+            )));
+        }
+        Ok(dir.join(relative))
+    }
+
+    /// `instances/ID:export` ([C9]): a snapshot of the instance in a `keyhold-archive/v1` file,
+    /// sealed under a KEK that `kmsKey` (default: the instance's key) wraps; plaintext only with
+    /// `allowPlaintext`, which the audit entry flags.
+    pub async fn export_instance(
+        self: &Arc<Self>,
+        caller: &Caller,
+        name: &str,
+        req: ExportInstanceRequest,
+    ) -> Result<Export, StoreError> {
+        let op = Op {
+            method: "ExportInstance",
+            resource: name.to_string(),
+            permission: role::INSTANCES_EXPORT,
+            kind: AuditKind::Activity,
+        };
+        let warning = req.allow_plaintext.then(|| {
+            format!(
+                "Plaintext export of {name} to {} requested (allowPlaintext): the archive is not encrypted.",
+                req.destination
+            )
+        });
+        self.call_warned(caller, op, warning, async {
+            let record = self.instance_record(name).await?;
+            let key = req.kms_key.clone().filter(|k| !k.is_empty());
+            let kms_key = match (key, req.allow_plaintext) {
+                (Some(_), true) => {
+                    return Err(StoreError::InvalidArgument("Give kmsKey or allowPlaintext, not both.".into()));
+                }
+                (Some(k), false) => Some(k),
+                (None, true) => None,
+                (None, false) => Some(record.kms_key.clone().ok_or_else(|| {
+                    StoreError::FailedPrecondition(format!(
+                        "{} uses service-managed encryption: name the key to encrypt the archive with (kmsKey), or ask for a plaintext archive with allowPlaintext: true.",
+                        record.name
+                    ))
+                })?),
+            };
+            let path = self.archive_path(&req.destination)?;
+            if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+                return Err(StoreError::AlreadyExists(format!("{} exists; exports never overwrite a file.", path.display())));
+            }
+            let source = self.vault(&record).await?;
+            source.guard.require_access().map_err(|e| guard_error(source.kms_key.as_deref(), e))?;
+            let id = random_hex(8)?;
+            let mut header = ArchiveHeader {
+                id,
+                source: record.name.to_string(),
+                create_time: Timestamp::now(),
+                kms_key: kms_key.clone(),
+                kms_key_version: None,
+                wrapped_kek: None,
+            };
+            let resource = header.resource();
+            let kek = match &kms_key {
+                None => None,
+                Some(key) => {
+                    let wrapper = self.new_instance_wrapper(&record.name, Some(key)).await?;
+                    let kek = keyhold_cmek::Kek::generate().map_err(|e| StoreError::Internal(e.to_string()))?;
+                    let wrapped = wrapper
+                        .wrap(&resource, &kek, AccessReason::CustomerInitiatedAccess)
+                        .await
+                        .map_err(|e| StoreError::FailedPrecondition(format!("The KMS refused to wrap the archive's key with {key}: {}", e.message)))?;
+                    use base64::Engine;
+                    header.wrapped_kek = Some(base64::engine::general_purpose::STANDARD.encode(&wrapped.ciphertext));
+                    header.kms_key_version = wrapped.key_version.clone();
+                    Some(Arc::new(kek))
+                }
+            };
+            let written = self.write_archive(&source, &header, kek, &path).await?;
+            let export = ExportRecord {
+                name: resource,
+                instance: record.name.to_string(),
+                kms_key,
+                key_version: header.kms_key_version.clone(),
+                destination: path.display().to_string(),
+                size_bytes: written.size_bytes,
+                object_count: written.object_count,
+                create_time: header.create_time,
+            };
+            self.repo.insert_export(&export).await?;
+            tracing::info!(export = %export.name, file = %export.destination, objects = export.object_count, "instance exported");
+            Ok(Export::of(&export))
+        })
+        .await
+    }
+
+    /// Writes the archive to a temporary file beside `path`, syncs it, and links it into place
+    /// (never over an existing file): a failure leaves no partial archive.
+    async fn write_archive(
+        self: &Arc<Self>,
+        source: &Vault,
+        header: &ArchiveHeader,
+        kek: Option<Arc<keyhold_cmek::Kek>>,
+        path: &Path,
+    ) -> Result<crate::archive::ArchiveSummary, StoreError> {
+        let io = |e: std::io::Error| StoreError::FailedPrecondition(format!("Cannot write {}: {e}", path.display()));
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+        }
+        let tmp = path.with_file_name(format!(
+            ".{}.{}.partial",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("export"),
+            header.id
+        ));
+        let result = async {
+            let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).await.map_err(io)?;
+            let out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+            let mut writer = ArchiveWriter::start(out, header, kek).await?;
+            let pin = header.resource();
+            self.repo.pin_objects(&source.resource, &pin).await?;
+            let copied = async {
+                let mut after = String::new();
+                loop {
+                    let page = self.repo.pinned_objects(&pin, &after, PAGE).await?;
+                    let Some(last) = page.last() else { break };
+                    after = last.name.clone();
+                    for obj in page {
+                        writer
+                            .object(ArchivedObject {
+                                name: obj.name.clone(),
+                                content_type: obj.content_type.clone(),
+                                size: obj.size,
+                                chunk_count: obj.chunk_count,
+                                create_time: obj.create_time,
+                                update_time: obj.update_time,
+                            })
+                            .await?;
+                        for index in 0..obj.chunk_count {
+                            let data = self.open_stored_chunk(source, &obj, index).await?;
+                            writer.chunk(index, data.expose()).await?;
+                        }
+                    }
+                }
+                Ok::<_, StoreError>(())
+            }
+            .await;
+            let released = self.repo.unpin(&source.resource, &pin).await;
+            copied?;
+            released?;
+            let (summary, out) = writer.finish().await?;
+            let file = out.into_inner();
+            file.sync_all().await.map_err(io)?;
+            drop(file);
+            tokio::fs::hard_link(&tmp, path).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    StoreError::AlreadyExists(format!("{} exists; exports never overwrite a file.", path.display()))
+                } else {
+                    io(e)
+                }
+            })?;
+            Ok(summary)
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        result
+    }
+
+    /// `instances:import` ([C9]): a new instance from an archive, under `kmsKey` (absent:
+    /// service-managed). The store's service agent must be able to use the archive's key.
+    pub async fn import_instance(
+        &self,
+        caller: &Caller,
+        parent: &str,
+        req: ImportInstanceRequest,
+    ) -> Result<Instance, StoreError> {
+        let op = Op {
+            method: "ImportInstance",
+            resource: format!("{parent}/instances/{}", req.instance_id),
+            permission: role::INSTANCES_IMPORT,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, async {
+            let name = self.new_instance_name(parent, &req.instance_id)?;
+            let path = self.archive_path(&req.source)?;
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(|e| StoreError::FailedPrecondition(format!("Cannot read {}: {e}", path.display())))?;
+            let mut input = tokio::io::BufReader::with_capacity(1 << 20, file);
+            let header = read_header(&mut input).await?;
+            let kek = match (&header.kms_key, &header.wrapped_kek) {
+                (None, _) => None,
+                (Some(_), None) => return Err(StoreError::FailedPrecondition("The archive names a key but holds no wrapped key.".into())),
+                (Some(key), Some(wrapped)) => {
+                    use base64::Engine;
+                    let ciphertext = base64::engine::general_purpose::STANDARD
+                        .decode(wrapped)
+                        .map_err(|_| StoreError::FailedPrecondition("The archive's wrapped key is not base64.".into()))?;
+                    let wrapper = self.wrapper_for_key(&name.project, Some(key)).await?;
+                    let wrapped = WrappedKek { ciphertext, key_version: header.kms_key_version.clone() };
+                    let kek = wrapper
+                        .unwrap(&header.resource(), &wrapped, AccessReason::CustomerInitiatedAccess)
+                        .await
+                        .map_err(|e| StoreError::FailedPrecondition(format!(
+                            "The archive is encrypted under {key} (version {}), which cannot be used to open it: {}. The store's service agent needs roles/cloudkms.cryptoKeyDecrypter on it, and the version must be enabled.",
+                            header.kms_key_version.as_deref().unwrap_or("unknown"),
+                            e.message
+                        )))?;
+                    Some(Arc::new(kek))
+                }
+            };
+            let kms_key = req.kms_key.clone().filter(|k| !k.is_empty());
+            let mut reader = ArchiveReader::new(input, &header, kek);
+            self.build_instance(name, kms_key, req.labels, None, |dest| async move {
+                let mut pending = match reader.next().await? {
+                    ArchiveItem::Object(o) => Some(o),
+                    ArchiveItem::End(_) => None,
+                    ArchiveItem::Chunk(_) => return Err(StoreError::DataLoss("archive chunk before any object".into())),
+                };
+                while let Some(object) = pending.take() {
+                    let count = object.chunk_count;
+                    let chunks = futures_util::stream::unfold((&mut reader, 0u64), move |(reader, read)| async move {
+                        if read == count {
+                            return None;
+                        }
+                        match reader.next().await {
+                            Ok(ArchiveItem::Chunk(c)) => Some((Ok(c.expose().to_vec()), (reader, read + 1))),
+                            Ok(_) => Some((Err(StoreError::DataLoss("archive object cut short".into())), (reader, count))),
+                            Err(e) => Some((Err(e), (reader, count))),
+                        }
+                    });
+                    let meta = ObjectMeta {
+                        name: &object.name,
+                        content_type: &object.content_type,
+                        create_time: object.create_time,
+                        update_time: object.update_time,
+                    };
+                    let written = self.write_object(&dest, &meta, Box::pin(chunks)).await?;
+                    if written.size != object.size {
+                        return Err(StoreError::DataLoss(format!(
+                            "Object {} of the archive holds {} bytes, not the {} it lists.",
+                            object.name, written.size, object.size
+                        )));
+                    }
+                    pending = match reader.next().await? {
+                        ArchiveItem::Object(o) => Some(o),
+                        ArchiveItem::End(_) => None,
+                        ArchiveItem::Chunk(_) => return Err(StoreError::DataLoss("archive object has extra chunks".into())),
+                    };
+                }
+                Ok(())
+            })
+            .await
+        })
+        .await
+    }
+}
