@@ -28,7 +28,7 @@ use crate::archive::{ArchiveHeader, ArchiveItem, ArchiveReader, ArchiveWriter, A
 use crate::error::StoreError;
 use crate::model::*;
 use crate::repo::RepoError;
-use crate::service::{ListRequest, ObjectMeta, Op, Store, Vault, guard_error};
+use crate::service::{COPY_CHUNKS_PER_WRITE, ListRequest, ObjectMeta, Op, Store, Vault, guard_error};
 
 /// Objects read per page while copying.
 const PAGE: u64 = 100;
@@ -241,7 +241,7 @@ impl Store {
             create_time: obj.create_time,
             update_time: obj.update_time,
         };
-        self.write_object(dest, &meta, stream).await
+        self.write_object(dest, &meta, stream, COPY_CHUNKS_PER_WRITE).await
     }
 
     async fn backup_record(&self, name: &str) -> Result<BackupRecord, StoreError> {
@@ -900,7 +900,7 @@ impl Store {
                         create_time: object.create_time,
                         update_time: object.update_time,
                     };
-                    let written = self.write_object(&dest, &meta, Box::pin(chunks)).await?;
+                    let written = self.write_object(&dest, &meta, Box::pin(chunks), COPY_CHUNKS_PER_WRITE).await?;
                     if written.size != object.size {
                         return Err(StoreError::DataLoss(format!(
                             "Object {} of the archive holds {} bytes, not the {} it lists.",

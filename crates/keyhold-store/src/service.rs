@@ -761,7 +761,7 @@ impl Store {
     async fn reencrypt_object(&self, vault: &Vault, obj: &ObjectRecord, new_kek: u64) -> Result<(), StoreError> {
         let generation = random_generation()?;
         let new = ObjectRecord { generation, kek_id: new_kek, ..obj.clone() };
-        let mut batch = ChunkBatch::default();
+        let mut batch = ChunkBatch::new(COPY_CHUNKS_PER_WRITE);
         let result = async {
             for index in 0..obj.chunk_count {
                 let data = self.open_stored_chunk(vault, obj, index).await?;
@@ -799,7 +799,7 @@ impl Store {
     }
 
     /// Queues a chunk that is not the last of its upload. Chunks are written
-    /// [`CHUNKS_PER_WRITE`] at a time, recording the upload first (so that an interrupted one can
+    /// `batch.per_write` at a time, recording the upload first (so that an interrupted one can
     /// be cleaned up) before its first write.
     async fn store_chunk(
         &self,
@@ -811,7 +811,7 @@ impl Store {
             batch.first_index = id.index;
         }
         batch.chunks.push(sealed);
-        if batch.chunks.len() < CHUNKS_PER_WRITE {
+        if batch.chunks.len() < batch.per_write {
             return Ok(());
         }
         if !batch.upload_recorded {
@@ -889,7 +889,7 @@ impl Store {
             let meta = ObjectMeta { name: object, content_type, create_time, update_time: now };
             let body = body
                 .map(|part| part.map_err(|e| StoreError::InvalidArgument(format!("the upload was interrupted: {e}"))));
-            let obj = self.write_object(&vault, &meta, body).await?;
+            let obj = self.write_object(&vault, &meta, body, CHUNKS_PER_WRITE).await?;
             self.replication.notify_one();
             Ok(Self::render_object(&vault, &obj))
         })
@@ -904,6 +904,7 @@ impl Store {
         vault: &Vault,
         meta: &ObjectMeta<'_>,
         body: S,
+        chunks_per_write: usize,
     ) -> Result<ObjectRecord, StoreError>
     where
         S: Stream<Item = Result<Vec<u8>, StoreError>> + Send + Unpin,
@@ -912,7 +913,7 @@ impl Store {
         let kek_id =
             vault.guard.wrapped().keys().copied().max().ok_or_else(|| StoreError::Internal("no KEK".into()))?;
         let generation = random_generation()?;
-        let mut batch = ChunkBatch::default();
+        let mut batch = ChunkBatch::new(chunks_per_write);
         let r = self.upload(vault, meta, kek_id, generation, body, &mut batch).await;
         if r.is_err() && batch.upload_recorded {
             if let Err(e) = self.repo.abort_upload(&vault.resource, meta.name, generation).await {
@@ -1224,15 +1225,25 @@ fn creation_key_error(key: Option<&str>, e: GuardError) -> StoreError {
 
 /// How many sealed chunks an upload writes per transaction: fewer commits (each an fsync on
 /// SQLite) for a bounded amount of memory (4 MiB per upload).
-const CHUNKS_PER_WRITE: usize = 4;
+pub(crate) const CHUNKS_PER_WRITE: usize = 4;
+/// The same for bulk copies (backup, restore, clone, import, replica catch-up, `:reencrypt`):
+/// there are few of them at once, so they hold more (16 MiB) and commit less often.
+pub(crate) const COPY_CHUNKS_PER_WRITE: usize = 16;
 
 /// The sealed chunks of an upload not written yet, and whether the upload is recorded (so that
 /// its chunks can be cleaned up if it fails).
-#[derive(Default)]
 struct ChunkBatch {
     first_index: u64,
     chunks: Vec<SealedChunk>,
     upload_recorded: bool,
+    /// Chunks per transaction.
+    per_write: usize,
+}
+
+impl ChunkBatch {
+    fn new(per_write: usize) -> Self {
+        Self { first_index: 0, chunks: Vec::with_capacity(per_write), upload_recorded: false, per_write }
+    }
 }
 
 /// Which instance of a name a guard belongs to: names can be reused after a delete.
