@@ -402,21 +402,11 @@ pub(crate) async fn restore(
     bytes: Bytes,
 ) -> Response {
     let parent = format!("projects/{project}/locations/{location}");
-    let path = format!("{parent}/instances:restore");
-    let caller = match authenticated(&state, &headers, &path).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
-        let store = store(&state)?;
-        if method != Method::POST {
-            return Err(not_a_method(&method, &path));
-        }
+    collection_verb(&state, &method, &headers, &parent, "restore", |store, caller, parent| async move {
         let req: RestoreInstanceRequest = parse_body(&bytes)?;
         Ok(json(&store.restore_instance(&caller, &parent, req).await?))
-    }
-    .await;
-    answer(&state, &caller, &path, r).await
+    })
+    .await
 }
 
 /// `POST /v1/projects/P/locations/L/instances:import` ([C9]).
@@ -428,21 +418,41 @@ pub(crate) async fn import(
     bytes: Bytes,
 ) -> Response {
     let parent = format!("projects/{project}/locations/{location}");
-    let path = format!("{parent}/instances:import");
-    let caller = match authenticated(&state, &headers, &path).await {
+    collection_verb(&state, &method, &headers, &parent, "import", |store, caller, parent| async move {
+        let req: ImportInstanceRequest = parse_body(&bytes)?;
+        Ok(json(&store.import_instance(&caller, &parent, req).await?))
+    })
+    .await
+}
+
+/// `POST PARENT/instances:VERB`: authenticated, run by `f(store, caller, parent)`, answered
+/// (and audited if refused).
+async fn collection_verb<F, Fut>(
+    state: &AppState,
+    method: &Method,
+    headers: &HeaderMap,
+    parent: &str,
+    verb: &str,
+    f: F,
+) -> Response
+where
+    F: FnOnce(std::sync::Arc<Store>, Caller, String) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let path = format!("{parent}/instances:{verb}");
+    let caller = match authenticated(state, headers, &path).await {
         Ok(c) => c,
         Err(r) => return r,
     };
     let r = async {
-        let store = store(&state)?;
-        if method != Method::POST {
-            return Err(not_a_method(&method, &path));
+        let store = store(state)?.clone();
+        if *method != Method::POST {
+            return Err(not_a_method(method, &path));
         }
-        let req: ImportInstanceRequest = parse_body(&bytes)?;
-        Ok(json(&store.import_instance(&caller, &parent, req).await?))
+        f(store, caller.clone(), parent.to_string()).await
     }
     .await;
-    answer(&state, &caller, &path, r).await
+    answer(state, &caller, &path, r).await
 }
 
 fn not_a_method(method: &Method, path: &str) -> ApiError {

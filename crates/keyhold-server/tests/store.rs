@@ -105,6 +105,25 @@ async fn refused(s: &Server, object: &str) -> bool {
     matches!(get_media(s, INSTANCE, object).await, Err((400, body)) if body.contains(INACCESSIBLE))
 }
 
+/// A KMS configuration whose versions may be destroyed 1 s after being scheduled.
+fn quick_destroy() -> KmsConfig {
+    KmsConfig { min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1), ..KmsConfig::default() }
+}
+
+/// The key KEY, destroyed 1 s after a destroy request, usable by the store's agent (returned).
+async fn shreddable_key(s: &Server) -> String {
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), Some(json!({}))).await;
+    s.ok(
+        Method::POST,
+        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
+        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"})),
+    )
+    .await;
+    let email = agent(s).await;
+    set_key_policy(s, &[format!("serviceAccount:{email}")]).await;
+    email
+}
+
 async fn cmek_instance(s: &Server) -> String {
     key(s).await;
     let email = agent(s).await;
@@ -603,20 +622,9 @@ async fn protected_resources_of_a_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroying_the_key_shreds_the_instance() {
     let root = keyhold_crypto::KeyBytes::generate().unwrap();
-    let config = KmsConfig {
-        min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1),
-        ..KmsConfig::default()
-    };
+    let config = quick_destroy();
     let s = common::start_with_root(Backend::Sqlite, config, root.clone()).await;
-    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), Some(json!({}))).await;
-    s.ok(
-        Method::POST,
-        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
-        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"})),
-    )
-    .await;
-    let email = agent(&s).await;
-    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+    shreddable_key(&s).await;
     s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
     let marker = b"SHRED-ME-KNOWN-PLAINTEXT-".repeat(50_000);
     assert_eq!(put(&s, INSTANCE, "secret", marker.clone()).await.0, 200);
@@ -687,20 +695,9 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// destroyed backup version makes restoring fail with FAILED_PRECONDITION while the source,
 /// re-encrypted under the new version, keeps working.
 async fn backups_and_restores(backend: Backend) {
-    let config = KmsConfig {
-        min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1),
-        ..KmsConfig::default()
-    };
+    let config = quick_destroy();
     let s = start(backend, config).await;
-    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), Some(json!({}))).await;
-    s.ok(
-        Method::POST,
-        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
-        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"})),
-    )
-    .await;
-    let email = agent(&s).await;
-    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+    let email = shreddable_key(&s).await;
     second_key(&s, &email).await;
     s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
     let big = random(2 * 1024 * 1024 + 17);
@@ -1101,20 +1098,9 @@ async fn export_and_import() {
 /// the plaintext or any KEK that could open it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroying_the_key_shreds_backups_and_exports() {
-    let config = KmsConfig {
-        min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1),
-        ..KmsConfig::default()
-    };
+    let config = quick_destroy();
     let s = start(Backend::Sqlite, config).await;
-    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), Some(json!({}))).await;
-    s.ok(
-        Method::POST,
-        &format!("{RING}/cryptoKeys?cryptoKeyId=k"),
-        Some(json!({"purpose": "ENCRYPT_DECRYPT", "destroyScheduledDuration": "1s"})),
-    )
-    .await;
-    let email = agent(&s).await;
-    set_key_policy(&s, &[format!("serviceAccount:{email}")]).await;
+    shreddable_key(&s).await;
     s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
     let marker = b"SHRED-COPIES-KNOWN-PLAINTEXT-".repeat(40_000);
     assert_eq!(put(&s, INSTANCE, "secret", marker.clone()).await.0, 200);

@@ -28,7 +28,10 @@ use crate::archive::{ArchiveHeader, ArchiveItem, ArchiveReader, ArchiveWriter, A
 use crate::error::StoreError;
 use crate::model::*;
 use crate::repo::RepoError;
-use crate::service::{COPY_CHUNKS_PER_WRITE, ListRequest, ObjectMeta, Op, Store, Vault, guard_error};
+use crate::service::{
+    COPY_CHUNKS_PER_WRITE, ListRequest, ObjectMeta, Op, Store, Vault, decode_token, encode_token, guard_error,
+    page_size,
+};
 
 /// Objects read per page while copying.
 const PAGE: u64 = 100;
@@ -287,14 +290,11 @@ impl Store {
         };
         self.call(caller, op, async {
             let parsed: InstanceName = instance.parse()?;
-            let size = match req.page_size {
-                None | Some(0) => 100,
-                Some(n) if n < 0 => return Err(StoreError::InvalidArgument("pageSize must not be negative.".into())),
-                Some(n) => n.min(1000) as usize,
-            };
+            let size = page_size(req)? as usize;
+            let after = decode_token(&req.page_token)?;
             let all = self.repo.list_backups(&parsed.to_string()).await?;
-            let rest: Vec<_> = all.into_iter().filter(|b| b.name > req.page_token).collect();
-            let next_page_token = if rest.len() > size { rest[size - 1].name.clone() } else { String::new() };
+            let rest: Vec<_> = all.into_iter().filter(|b| b.name > after).collect();
+            let next_page_token = if rest.len() > size { encode_token(&rest[size - 1].name) } else { String::new() };
             let mut backups = Vec::new();
             for b in rest.into_iter().take(size) {
                 let versions = self.backup_versions(&b.name).await?;

@@ -119,7 +119,7 @@ fn random_generation() -> Result<u64, StoreError> {
     Ok((u64::from_be_bytes(b) >> 1).max(1))
 }
 
-fn page_size(req: &ListRequest) -> Result<u64, StoreError> {
+pub(crate) fn page_size(req: &ListRequest) -> Result<u64, StoreError> {
     match req.page_size {
         None | Some(0) => Ok(100),
         Some(n) if n < 0 => Err(StoreError::InvalidArgument("pageSize must not be negative.".into())),
@@ -127,7 +127,7 @@ fn page_size(req: &ListRequest) -> Result<u64, StoreError> {
     }
 }
 
-fn decode_token(token: &str) -> Result<String, StoreError> {
+pub(crate) fn decode_token(token: &str) -> Result<String, StoreError> {
     use base64::Engine;
     if token.is_empty() {
         return Ok(String::new());
@@ -139,7 +139,7 @@ fn decode_token(token: &str) -> Result<String, StoreError> {
         .ok_or_else(|| StoreError::InvalidArgument("pageToken is not valid: pass nextPageToken as returned.".into()))
 }
 
-fn encode_token(last: &str) -> String {
+pub(crate) fn encode_token(last: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(last.as_bytes())
 }
