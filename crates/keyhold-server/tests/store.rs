@@ -441,6 +441,41 @@ async fn interrupted_upload_leaves_nothing_and_keeps_the_previous_version() {
     assert_eq!(meta["size"], v1.len().to_string());
 }
 
+/// An instance deleted while an upload into it is under way: the upload fails, and nothing of
+/// it is left under the deleted name (a new instance of that name would otherwise inherit it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_into_an_instance_deleted_meanwhile_leaves_nothing() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    cmek_instance(&s).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(tokio_stream_from(rx));
+    let upload = {
+        let request = s.http.put(format!("{}/{INSTANCE}/objects/o", s.base)).bearer_auth(&s.token).body(body);
+        tokio::spawn(async move { request.send().await })
+    };
+    for _ in 0..6 {
+        tx.send(Ok(random(1024 * 1024))).await.unwrap();
+    }
+    let db = rusqlite::Connection::open(&s.db_file).unwrap();
+    let rows = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    until(|| async { rows("SELECT count(*) FROM store_uploads") == 1 }).await;
+    s.ok(Method::DELETE, INSTANCE, None).await;
+    tx.send(Ok(random(1000))).await.unwrap();
+    drop(tx);
+    let resp = upload.await.unwrap().unwrap();
+    assert_eq!(resp.status().as_u16(), 404, "{:?}", resp.text().await);
+    until(|| async { rows("SELECT count(*) FROM store_chunks") + rows("SELECT count(*) FROM store_uploads") == 0 })
+        .await;
+    assert_eq!(rows("SELECT count(*) FROM store_objects"), 0);
+}
+
+/// A receiver as a stream (reqwest bodies take streams).
+fn tokio_stream_from<T: Send + 'static>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|v| (v, rx)) })
+}
+
 #[tokio::test]
 async fn no_plaintext_at_rest() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;

@@ -387,6 +387,7 @@ pub(crate) const SET_REPLICA_SOURCE: &str = "INSERT INTO store_replica_sources (
 pub(crate) const DELETE_REPLICA_SOURCE: &str = "DELETE FROM store_replica_sources WHERE instance = $1 AND object = $2";
 pub(crate) const DELETE_INSTANCE_REPLICA_SOURCES: &str = "DELETE FROM store_replica_sources WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_PINS: &str = "DELETE FROM store_pins WHERE pin = $1 OR instance = $1";
+pub(crate) const NAME_CLAIMED: &str = "SELECT 1 FROM store_names WHERE resource = $1";
 pub(crate) const DELETE_NAME: &str = "DELETE FROM store_names WHERE resource = $1";
 pub(crate) const CLAIM_NAME: &str = "INSERT INTO store_names (resource, state, start_nanos) VALUES ($1, $2, $3)";
 pub(crate) const NAME_BUILT: &str = "UPDATE store_names SET state = 'LIVE' WHERE resource = $1 AND state = 'BUILDING'";

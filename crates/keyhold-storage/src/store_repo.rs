@@ -179,6 +179,9 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
 
     async fn delete_instance(&self, name: &str) -> Result<bool, StoreError> {
         let mut tx = self.backend().begin().await?;
+        if !self.backend().serializes_transactions() {
+            tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(name)]).await?;
+        }
         for sql in RESOURCE_DATA {
             tx.execute(sql, vec![text(name)]).await?;
         }
@@ -429,6 +432,10 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_SHARED, vec![text(instance)]).await?;
+        }
+        // Deleted meanwhile (the lock orders this against the delete): write nothing.
+        if tx.query(NAME_CLAIMED, vec![text(instance)]).await?.is_empty() {
+            return Err(StoreError::Conflict);
         }
         let chunks: Vec<_> = last_chunks
             .iter()

@@ -615,10 +615,16 @@ impl Store {
                 }
                 match self.copy_object(&source, &obj, &dest).await {
                     Ok(_) => self.repo.set_replica_source(replica, &obj.name, obj.generation).await?,
-                    // Overwritten or deleted on the primary while being copied: the next
-                    // round copies what replaced it.
-                    Err(StoreError::DataLoss(m)) if m.contains("is missing chunk") => complete = false,
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // Overwritten or deleted on the primary while being copied (its chunks
+                        // went): the next round copies what replaced it. Anything else is an
+                        // error of this round.
+                        let now = self.repo.object(&source.resource, &obj.name).await?;
+                        if now.is_some_and(|o| o.generation == obj.generation) {
+                            return Err(e);
+                        }
+                        complete = false;
+                    }
                 }
             }
         }

@@ -99,6 +99,7 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// Makes an upload the object's contents, atomically: stores `last_chunks`, replaces the
     /// object's metadata, deletes the previous generation's chunks and the upload record. With
     /// `expected_generation`, only if the object is still at that generation (else `Conflict`).
+    /// `Conflict` too if the instance (or backup, or build) was deleted meanwhile.
     async fn commit_upload(
         &self,
         instance: &str,

@@ -982,7 +982,12 @@ impl Store {
         };
         let first = if batch.chunks.is_empty() { index } else { batch.first_index };
         batch.chunks.push(sealed);
-        self.repo.commit_upload(resource, &obj, first, &batch.chunks, None).await?;
+        match self.repo.commit_upload(resource, &obj, first, &batch.chunks, None).await {
+            Err(RepoError::Conflict) => {
+                return Err(StoreError::NotFound(format!("{resource} was deleted while {object} was being written.")));
+            }
+            r => r?,
+        }
         batch.upload_recorded = false;
         Ok(obj)
     }
