@@ -66,8 +66,27 @@ async fn wait_ready(m: &Manager, port: u16) {
 }
 
 fn signal(m: &Manager, sig: &str) {
-    let status = Command::new("kill").args([sig, &m.child.id().to_string()]).status().unwrap();
+    let pid = m.child.id();
+    let status = Command::new("kill").args([sig, &pid.to_string()]).status().unwrap();
     assert!(status.success(), "kill {sig}");
+    // `kill` returns once the signal is sent; a busy machine may deliver it later. Wait until
+    // the process is really stopped (or running again), so the next request meets that state.
+    let want_stopped = match sig {
+        "-STOP" => true,
+        "-CONT" => false,
+        _ => return,
+    };
+    let started = Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // The state is the field after the parenthesised command name.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("");
+        if (state == "T") == want_stopped {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "process {pid} still in state {state} after kill {sig}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// The token `keyhold ekm serve` wrote into its new tokens file.
