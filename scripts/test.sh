@@ -10,13 +10,16 @@
 #                                        scripts/test.sh with-postgres cargo test -p keyhold-storage
 #
 # What it does:
-#   1. installs missing Debian packages (PostgreSQL server, SoftHSM2, Python venv support);
+#   1. installs missing Debian packages (PostgreSQL server, SoftHSM2, OpenSC, Python venv
+#      support, wrk, openssl);
 #   2. starts a throwaway PostgreSQL cluster on a free loopback port in a temp dir and exports
 #      KEYHOLD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/keyhold_test (tests create
 #      their own fresh databases from it); it is stopped and deleted on exit. If
 #      KEYHOLD_TEST_POSTGRES_URL is already set, that server is used instead;
 #   3. runs the Rust tests: cargo nextest (plus doc tests) when installed, else cargo test;
-#   4. builds target/debug/keyhold, prepares .venv with google-cloud-kms and pytest, and runs
+#   4. runs the benchmark suite in smoke mode (bench/suite.py --smoke: every scenario for about
+#      a second on the debug build, checking that each yields numbers; never a speed);
+#   5. builds target/debug/keyhold, prepares .venv with google-cloud-kms and pytest, and runs
 #      tests/python against a real `keyhold serve` process.
 # Every section runs even when an earlier one failed; the exit code is non-zero if any failed.
 
@@ -53,13 +56,16 @@ install_packages() {
     if ! command -v softhsm2-util >/dev/null 2>&1; then missing+=(softhsm2); fi
     # pkcs11-tool: the HSM tests look into the token with it, as an operator would.
     if ! command -v pkcs11-tool >/dev/null 2>&1; then missing+=(opensc); fi
+    # The benchmark suite's smoke run: wrk for HTTP load, openssl for the AES-GCM baseline.
+    if ! command -v wrk >/dev/null 2>&1; then missing+=(wrk); fi
+    if ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
     if ! command -v python3 >/dev/null 2>&1; then
         missing+=(python3 python3-venv)
     elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
         missing+=(python3-venv)
     fi
     if [ "${#missing[@]}" -eq 0 ]; then
-        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3)"
+        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3, wrk, openssl)"
         return
     fi
     note "installing: ${missing[*]}"
@@ -249,6 +255,13 @@ if [ "$mode" != python ]; then
 
     section "Rust tests"
     if run_rust_tests; then note "Rust tests passed"; else failed+=("Rust tests"); fi
+
+    section "Benchmark suite, smoke mode (every scenario runs and yields numbers; no speed is asserted)"
+    if cargo build -q -p keyhold && python3 bench/suite.py --smoke; then
+        note "benchmark smoke run passed"
+    else
+        failed+=("Benchmark smoke run")
+    fi
 
     section "Teardown: PostgreSQL"
     stop_postgres

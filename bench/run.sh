@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The benchmark suite (issue 7): every scenario next to its same-run baseline, written to
+# docs/benchmarks.md (between the suite markers) and docs/benchmarks/*.svg.
+#
+#   bash bench/run.sh                    # everything, release build (about 10 minutes on 2 cores)
+#   bash bench/run.sh --only kms,iam     # some scenarios: kms iam aead store rewrap enforcement startup stream
+#   bash bench/run.sh --smoke            # seconds per scenario on the debug build; checks that every
+#                                        # scenario runs and yields numbers (CI runs this); writes nothing
+#
+# It installs wrk and openssl (Debian packages) when missing, and runs bench/suite.py under
+# `scripts/test.sh with-postgres` for the two-node PostgreSQL scenario.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SUDO=(); [ "$(id -u)" = 0 ] || SUDO=(sudo)
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v openssl >/dev/null || missing+=(openssl)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "== installing ${missing[*]} (Debian packages)"
+  "${SUDO[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if [[ " $* " == *" --smoke "* ]]; then
+  cargo build -q -p keyhold
+else
+  cargo build -q --release -p keyhold
+fi
+if [ -n "${KEYHOLD_TEST_POSTGRES_URL:-}" ]; then
+  exec python3 bench/suite.py "$@"
+fi
+exec bash scripts/test.sh with-postgres python3 bench/suite.py "$@"

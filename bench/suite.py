@@ -1,0 +1,735 @@
+#!/usr/bin/env python3
+"""Keyhold's benchmark suite: every scenario of issue 7, each next to a baseline measured in
+the same run, written to docs/benchmarks.md (between the `suite` markers) with SVG plots in
+docs/benchmarks/.
+
+    bash bench/run.sh                  # the whole suite (release build), about 10 minutes
+    bash bench/run.sh --only kms,store # some scenarios
+    bash bench/run.sh --smoke          # seconds per scenario, debug build, nothing written
+                                       # to docs/: what CI runs, so the suite cannot rot
+
+`bench/run.sh` runs this under `scripts/test.sh with-postgres` (a throwaway PostgreSQL for the
+two-node scenario) after building the release binary. Load comes from wrk (Debian package),
+the AES-GCM baseline from `openssl speed`, the chunk sealing figures from criterion
+(`cargo bench -p keyhold-cmek --bench envelope`). Shared machines drift: every figure is given
+as a ratio against its baseline, and the smoke mode asserts only that every scenario produced
+numbers, never a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import plot  # noqa: E402  (bench/plot.py, stdlib only)
+
+SCENARIOS = ["kms", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream"]
+ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
+
+
+# ---- small helpers -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sh(*args: str, env: dict | None = None, check: bool = True) -> str:
+    r = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr.strip()[-2000:]}")
+    return r.stdout
+
+
+def commit() -> str:
+    try:
+        rev = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD").strip()
+        dirty = sh("git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no").strip()
+        return rev + ("+changes" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def machine() -> str:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores{', ' + model if model else ''}, Linux {platform.release()}"
+
+
+def parse_duration(text: str) -> float:
+    """wrk's latency figures: '52.00us', '1.06ms', '2.1s' -> seconds."""
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[m.group(2)]
+
+
+class Server:
+    """A `keyhold serve` process with its own data directory and owner token."""
+
+    def __init__(self, binary: Path, extra: list[str] | None = None, data: Path | None = None, env=None):
+        self.port = free_port()
+        self.own_dir = data is None
+        self.data = Path(tempfile.mkdtemp(prefix="keyhold-bench-")) if data is None else data
+        self.log = open(self.data / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [str(binary), "serve", "--data-dir", str(self.data), "--listen", f"127.0.0.1:{self.port}", *(extra or [])],
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+            env={**os.environ, "KEYHOLD_LOG": "warn", **(env or {})},
+        )
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=1):
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"keyhold serve did not start; see {self.data / 'server.log'}")
+                time.sleep(0.02)
+        self.token = (self.data / "owner.token").read_text().strip()
+
+    def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None):
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(f"{self.base}/v1/{path}", data=data, method=method)
+        req.add_header("Authorization", f"Bearer {token or self.token}")
+        if raw is None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=600) as r:
+                payload = r.read()
+                return r.status, (json.loads(payload) if payload[:1] in (b"{", b"[") else payload)
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode(errors="replace")
+
+    def ok(self, method: str, path: str, body=None, **kw):
+        status, value = self.call(method, path, body, **kw)
+        if status != 200:
+            raise RuntimeError(f"{method} {path}: {status} {value}")
+        return value
+
+    def rss_peak_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.log.close()
+        if self.own_dir:
+            shutil.rmtree(self.data, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def agent_email(s: Server, project: str) -> str:
+    req = urllib.request.Request(
+        f"{s.base}/v1beta1/projects/{project}/services/store.keyhold.dev:generateServiceIdentity", data=b"", method="POST"
+    )
+    req.add_header("Authorization", f"Bearer {s.token}")
+    with urllib.request.urlopen(req) as r:
+        return json.loads(r.read())["response"]["email"]
+
+
+def key_for_store(s: Server, project: str = "bench", key: str = "k") -> str:
+    """A key ring `r` and key in `project`/global usable by the store's service agent."""
+    loc = f"projects/{project}/locations/global"
+    s.call("POST", f"{loc}/keyRings?keyRingId=r", {})
+    s.ok("POST", f"{loc}/keyRings/r/cryptoKeys?cryptoKeyId={key}", {"purpose": "ENCRYPT_DECRYPT"})
+    name = f"{loc}/keyRings/r/cryptoKeys/{key}"
+    email = agent_email(s, project)
+    policy = {"bindings": [{"role": ENCRYPTER, "members": [f"serviceAccount:{email}"]}]}
+    s.ok("POST", f"{name}:setIamPolicy", {"policy": policy})
+    return name
+
+
+class Wrk:
+    """wrk runs: requests/s and latency percentiles."""
+
+    def __init__(self, duration: str, workdir: Path):
+        self.duration = duration
+        self.workdir = workdir
+
+    def script(self, name: str, method: str, body: str | None, content_type: str = "application/json") -> Path:
+        lines = [f'wrk.method = "{method}"', 'wrk.headers["Authorization"] = "Bearer " .. os.getenv("KEYHOLD_TOKEN")']
+        if body is not None:
+            lines.append(f"wrk.body = {json.dumps(body)}")
+            lines.append(f'wrk.headers["Content-Type"] = "{content_type}"')
+        path = self.workdir / f"{name}.lua"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def run(self, url: str, conns: int, script: Path | None = None, token: str = "", env=None) -> dict:
+        threads = 1 if conns == 1 else 2
+        args = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{self.duration}", "--latency"]
+        if script is not None:
+            args += ["-s", str(script)]
+        out = sh(*args, url, env={"KEYHOLD_TOKEN": token, **(env or {})})
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        pct = {m.group(1): parse_duration(m.group(2)) for m in re.finditer(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M)}
+        non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+        if non2xx and int(non2xx.group(1)) > 0:
+            raise RuntimeError(f"wrk {url}: {non2xx.group(1)} error responses")
+        return {"rps": rps, "p50": pct.get("50"), "p90": pct.get("90"), "p99": pct.get("99")}
+
+
+def fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+# ---- scenarios -------------------------------------------------------------------------------
+
+
+def scenario_kms(ctx) -> dict:
+    """:encrypt / :decrypt (32 B and 4 KiB) at 1..64 connections against GET /healthz."""
+    with Server(ctx.binary) as s:
+        loc = "projects/bench/locations/global"
+        s.ok("POST", f"{loc}/keyRings?keyRingId=r", {})
+        s.ok("POST", f"{loc}/keyRings/r/cryptoKeys?cryptoKeyId=k", {"purpose": "ENCRYPT_DECRYPT"})
+        key = f"{s.base}/v1/{loc}/keyRings/r/cryptoKeys/k"
+        import base64
+
+        bodies = {}
+        for size, label in ((32, "32B"), (4096, "4KiB")):
+            pt = base64.b64encode(os.urandom(size)).decode()
+            ct = s.ok("POST", f"{loc}/keyRings/r/cryptoKeys/k:encrypt", {"plaintext": pt})["ciphertext"]
+            bodies[f"encrypt-{label}"] = ctx.wrk.script(f"encrypt-{label}", "POST", json.dumps({"plaintext": pt}))
+            bodies[f"decrypt-{label}"] = ctx.wrk.script(f"decrypt-{label}", "POST", json.dumps({"ciphertext": ct}))
+        rows = {}
+        for conns in ctx.connections:
+            rows[f"health-c{conns}"] = ctx.wrk.run(f"{s.base}/healthz", conns)
+            for op in ("encrypt", "decrypt"):
+                for label in ("32B", "4KiB"):
+                    if label == "4KiB" and conns not in (1, max(ctx.connections)):
+                        continue
+                    url = f"{key}:{op}"
+                    rows[f"{op}-{label}-c{conns}"] = ctx.wrk.run(url, conns, bodies[f"{op}-{label}"], s.token)
+        return {"rows": rows, "connections": ctx.connections}
+
+
+def scenario_iam(ctx) -> dict:
+    """:encrypt with a realistic IAM set-up (the grant found among many bindings, at the key)
+    against the same call by the owner (one binding at the project): both authenticate,
+    authorize and write a durable audit entry."""
+    with Server(ctx.binary) as s:
+        loc = "projects/bench/locations/global"
+        ring = f"{loc}/keyRings/r"
+        s.ok("POST", f"{loc}/keyRings?keyRingId=r", {})
+        s.ok("POST", f"{ring}/cryptoKeys?cryptoKeyId=k", {"purpose": "ENCRYPT_DECRYPT"})
+        key = f"{ring}/cryptoKeys/k"
+        user = "user:app@example.com"
+        token = s.ok("POST", "tokens", {"principal": user})["token"]
+        # Many bindings on the project, the ring and the key; the caller's grant is the last.
+        crowd = [f"user:other{i}@example.com" for i in range(50)]
+        roles = ["roles/cloudkms.viewer", "roles/cloudkms.cryptoKeyEncrypter", "roles/cloudkms.cryptoKeyDecrypter"]
+        for resource in ("projects/bench", ring):
+            if resource == "projects/bench":
+                policy = s.ok("POST", f"{resource}:getIamPolicy", {})
+                bindings = policy.get("bindings", []) + [{"role": r, "members": crowd} for r in roles]
+                s.ok("POST", f"{resource}:setIamPolicy", {"policy": {"bindings": bindings, "etag": policy.get("etag")}})
+            else:
+                s.ok("POST", f"{resource}:setIamPolicy", {"policy": {"bindings": [{"role": r, "members": crowd} for r in roles]}})
+        bindings = [{"role": r, "members": crowd} for r in roles] + [{"role": ENCRYPTER, "members": crowd + [user]}]
+        s.ok("POST", f"{key}:setIamPolicy", {"policy": {"bindings": bindings}})
+        script = ctx.wrk.script("iam-encrypt", "POST", json.dumps({"plaintext": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}))
+        url = f"{s.base}/v1/{key}:encrypt"
+        rows = {}
+        for conns in (1, max(ctx.connections)):
+            # Alternate which goes first, so drift does not favour one.
+            order = [("cheap", s.token), ("full", token)] if conns == 1 else [("full", token), ("cheap", s.token)]
+            for name, t in order:
+                rows[f"{name}-c{conns}"] = ctx.wrk.run(url, conns, script, t)
+        return {"rows": rows}
+
+
+def scenario_aead(ctx) -> dict:
+    """Chunk sealing and opening (criterion) against `openssl speed -evp aes-256-gcm`."""
+    out = ctx.tmp / "aead.json"
+    env = {"RESULTS_JSON": str(out)}
+    if ctx.smoke:
+        env |= {"KEYHOLD_BENCH_SECONDS": "0.2", "SECONDS_PER": "1"}
+    print(sh("bash", str(ROOT / "bench/aead.sh"), env=env), file=sys.stderr)
+    return json.loads(out.read_text())
+
+
+def put_object(s: Server, instance: str, name: str, size: int) -> float:
+    """Uploads `size` bytes (streamed through curl from /dev/urandom); returns seconds."""
+    url = f"{s.base}/v1/projects/bench/locations/global/instances/{instance}/objects/{name}"
+    script = f'head -c {size} /dev/urandom | curl -sf -o /dev/null -w "%{{time_total}}" -H "Authorization: Bearer $KEYHOLD_TOKEN" -T - "{url}"'
+    return float(sh("bash", "-o", "pipefail", "-c", script, env={"KEYHOLD_TOKEN": s.token}))
+
+
+def scenario_store(ctx) -> dict:
+    """Store PUT / GET at 16 connections by object size, CMEK against service-managed."""
+    sizes = ctx.object_sizes
+    with Server(ctx.binary) as s:
+        key = key_for_store(s)
+        loc = "projects/bench/locations/global"
+        s.ok("POST", f"{loc}/instances?instanceId=plain", {})
+        s.ok("POST", f"{loc}/instances?instanceId=cmek", {"kmsKey": key})
+        rows = {}
+        for size in sizes:
+            for op in ("put", "get"):
+                rps = {"plain": [], "cmek": []}
+                for rnd in range(ctx.rounds):
+                    order = ("plain", "cmek") if rnd % 2 == 0 else ("cmek", "plain")
+                    for enc in order:
+                        base = f"{s.base}/v1/{loc}/instances/{enc}/objects/"
+                        if op == "put":
+                            naming = "unique" if size <= 65536 else "overwrite"
+                            env = {"OBJECT_SIZE": str(size), "OBJECT_BASE": base, "OBJECT_NAMING": naming}
+                            r = ctx.wrk.run(base, 16, ROOT / "bench/store-put.lua", s.token, env)
+                        else:
+                            if rnd == 0:
+                                put_object(s, enc, f"read-{size}", size)
+                            r = ctx.wrk.run(f"{base}read-{size}?alt=media", 16, ROOT / "bench/store-get.lua", s.token)
+                        rps[enc].append(r["rps"])
+                plain, cmek = statistics.mean(rps["plain"]), statistics.mean(rps["cmek"])
+                rows[f"{op}-{size}"] = {"size": size, "op": op, "plain_rps": plain, "cmek_rps": cmek, "ratio": cmek / plain}
+        return {"rows": rows}
+
+
+def scenario_rewrap(ctx) -> dict:
+    """:rewrap (one KMS call per KEK) and :reencrypt (every chunk) against the data size."""
+    with Server(ctx.binary) as s:
+        key = key_for_store(s)
+        loc = "projects/bench/locations/global"
+        rows = []
+        version = 1
+        for size in ctx.rewrap_sizes:
+            inst = f"rw-{size}"
+            s.ok("POST", f"{loc}/instances?instanceId={inst}", {"kmsKey": key})
+            # Objects of at most 64 MiB each, as a real instance would hold.
+            left, n = size, 0
+            while left > 0:
+                part = min(left, 64 * 1024 * 1024)
+                put_object(s, inst, f"o{n}", part)
+                left -= part
+                n += 1
+            version += 1
+            s.ok("POST", f"{key}/cryptoKeyVersions", {})
+            s.ok("POST", f"{key}:updatePrimaryVersion", {"cryptoKeyVersionId": str(version)})
+            times = []
+            for _ in range(ctx.rewrap_repeats):
+                t0 = time.perf_counter()
+                s.ok("POST", f"{loc}/instances/{inst}:rewrap", {})
+                times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            s.ok("POST", f"{loc}/instances/{inst}:reencrypt", {})
+            reencrypt = time.perf_counter() - t0
+            rows.append({"bytes": size, "rewrap_s": statistics.median(times), "reencrypt_s": reencrypt})
+        return {"rows": rows}
+
+
+def time_until_refused(s: Server, instance: str, change) -> float:
+    """Seconds from the end of `change()` to the first refused read of `instance`'s object."""
+    path = f"projects/bench/locations/global/instances/{instance}/objects/probe?alt=media"
+    status, _ = s.call("GET", path)
+    assert status == 200, f"probe not readable before the change: {status}"
+    change()
+    t0 = time.perf_counter()
+    while True:
+        status, body = s.call("GET", path)
+        if status != 200:
+            assert "not accessible" in str(body), body
+            return time.perf_counter() - t0
+        if time.perf_counter() - t0 > 30:
+            raise RuntimeError("no refusal within 30 s")
+
+
+def enforcement_on(nodes: list[Server], label: str) -> dict:
+    """Disable / revoke on nodes[0]; the first refused read on nodes[-1]."""
+    a, b = nodes[0], nodes[-1]
+    key = key_for_store(a)
+    loc = "projects/bench/locations/global"
+    a.ok("POST", f"{loc}/instances?instanceId=enf", {"kmsKey": key})
+    a.call("PUT", f"{loc}/instances/enf/objects/probe", raw=b"probe")
+    # Let the other node see the instance and its key as usable.
+    deadline = time.monotonic() + 10
+    while b.call("GET", f"{loc}/instances/enf/objects/probe?alt=media")[0] != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{label}: the second node never served the probe")
+        time.sleep(0.05)
+    disable = time_until_refused(
+        b, "enf", lambda: a.ok("PATCH", f"{key}/cryptoKeyVersions/1?updateMask=state", {"state": "DISABLED"})
+    )
+    a.ok("PATCH", f"{key}/cryptoKeyVersions/1?updateMask=state", {"state": "ENABLED"})
+    deadline = time.monotonic() + 30
+    while b.call("GET", f"{loc}/instances/enf/objects/probe?alt=media")[0] != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{label}: not served again after enabling")
+        time.sleep(0.05)
+    revoke = time_until_refused(b, "enf", lambda: a.ok("POST", f"{key}:setIamPolicy", {"policy": {"bindings": []}}))
+    return {"disable_s": disable, "revoke_s": revoke}
+
+
+def scenario_enforcement(ctx) -> dict:
+    """Key disable / role revoke to the first refused read: one process, and two nodes on
+    PostgreSQL (change made on one, read refused on the other)."""
+    out = {}
+    with Server(ctx.binary) as s:
+        out["one-process"] = enforcement_on([s], "one process")
+    url = os.environ.get("KEYHOLD_TEST_POSTGRES_URL")
+    if not url:
+        raise RuntimeError("KEYHOLD_TEST_POSTGRES_URL is not set: run the suite through bench/run.sh")
+    db = f"bench_{os.getpid()}_{int(time.time())}"
+    sh("psql", url, "-qc", f"CREATE DATABASE {db}")
+    db_url = url.rsplit("/", 1)[0] + "/" + db
+    shared = Path(tempfile.mkdtemp(prefix="keyhold-bench-root-"))
+    root = shared / "root.key"
+    import base64
+
+    root.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    root.chmod(0o600)
+    try:
+        flags = ["--database", db_url, "--root-key-file", str(root)]
+        d1, d2 = Path(tempfile.mkdtemp()), Path(tempfile.mkdtemp())
+        with Server(ctx.binary, flags, data=d1) as a:
+            with Server(ctx.binary, flags, data=d2) as b:
+                b.token = a.token
+                out["two-nodes-postgres"] = enforcement_on([a, b], "two nodes")
+        shutil.rmtree(d1, ignore_errors=True)
+        shutil.rmtree(d2, ignore_errors=True)
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+        sh("psql", url, "-qc", f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", check=False)
+    return out
+
+
+def scenario_startup(ctx) -> dict:
+    """`keyhold serve --in-memory`: process start to the first answered request."""
+    times = []
+    for _ in range(ctx.startup_repeats):
+        port = free_port()
+        data = Path(tempfile.mkdtemp(prefix="keyhold-bench-start-"))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(
+            [str(ctx.binary), "serve", "--in-memory", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "KEYHOLD_LOG": "warn"},
+        )
+        try:
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        if c.recv(64).startswith(b"HTTP/1.1 200"):
+                            times.append(time.perf_counter() - t0)
+                            break
+                except OSError:
+                    pass
+                if time.perf_counter() - t0 > 30 or proc.poll() is not None:
+                    raise RuntimeError("the in-memory server did not answer")
+                time.sleep(0.001)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            shutil.rmtree(data, ignore_errors=True)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": len(times)}
+
+
+def scenario_stream(ctx) -> dict:
+    """One large object streamed in and out of a CMEK instance; the server's peak RSS."""
+    with Server(ctx.binary) as s:
+        key = key_for_store(s)
+        loc = "projects/bench/locations/global"
+        s.ok("POST", f"{loc}/instances?instanceId=big", {"kmsKey": key})
+        before = s.rss_peak_kib()
+        script = (
+            f'head -c {ctx.stream_bytes} /dev/zero | curl -sf -o /dev/null -w "%{{time_total}}" '
+            f'-H "Authorization: Bearer $KEYHOLD_TOKEN" -T - "{s.base}/v1/{loc}/instances/big/objects/huge"'
+        )
+        put_s = float(sh("bash", "-o", "pipefail", "-c", script, env={"KEYHOLD_TOKEN": s.token}))
+        after_put = s.rss_peak_kib()
+        get = sh(
+            "curl", "-sf", "-o", "/dev/null", "-w", "%{time_total} %{size_download}",
+            "-H", f"Authorization: Bearer {s.token}", f"{s.base}/v1/{loc}/instances/big/objects/huge?alt=media",
+        ).split()
+        if int(get[1]) != ctx.stream_bytes:
+            raise RuntimeError(f"downloaded {get[1]} bytes of {ctx.stream_bytes}")
+        return {
+            "bytes": ctx.stream_bytes,
+            "put_s": put_s,
+            "get_s": float(get[0]),
+            "rss_start_kib": before,
+            "rss_after_put_kib": after_put,
+            "rss_after_get_kib": s.rss_peak_kib(),
+        }
+
+
+# ---- report --------------------------------------------------------------------------------
+
+
+def report(results: dict, ctx, plots_dir: Path) -> str:
+    """The markdown section, and the SVG plots written into `plots_dir`."""
+    note = f"{ctx.machine}; commit {ctx.commit}; {ctx.command}"
+    out = [
+        "## The benchmark suite (issue 7)",
+        "",
+        f"Generated by `{ctx.command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {ctx.machine}, commit "
+        f"{ctx.commit}, {ctx.duration} per load scenario. Every figure is next to a baseline from the same run.",
+        "",
+    ]
+    rel = os.path.relpath(plots_dir, ROOT / "docs")
+
+    if "kms" in results:
+        rows = results["kms"]["rows"]
+        out += ["### KMS `:encrypt` / `:decrypt` against the health check", "",
+                "| scenario | requests/s | p50 | p99 | ratio to health check (same connections) |", "|---|---|---|---|---|"]
+        for name, r in rows.items():
+            conns = name.rsplit("-c", 1)[1]
+            base = rows[f"health-c{conns}"]["rps"]
+            out.append(f"| {name} | {r['rps']:.0f} | {fmt_s(r['p50'])} | {fmt_s(r['p99'])} | {r['rps'] / base:.2f} |")
+        top = max(results["kms"]["connections"])
+        enc = rows[f"encrypt-32B-c{top}"]["rps"] / rows[f"health-c{top}"]["rps"]
+        p99 = rows["encrypt-32B-c1"]["p99"]
+        out += ["", f"Goals: `:encrypt` at {top} connections ≥ 0.60 of the health check: {enc:.2f}, {verdict(enc >= 0.6)}; "
+                f"p99 at one connection < 1 ms: {fmt_s(p99)}, {verdict(p99 < 1e-3)}.", "",
+                f"![throughput against connections]({rel}/throughput-vs-connections.svg)",
+                f"![latency percentiles at one connection]({rel}/latency-c1.svg)", ""]
+        series = {}
+        for op in ("health", "encrypt-32B", "decrypt-32B"):
+            series[op] = [(c, rows[f"{op}-c{c}"]["rps"]) for c in results["kms"]["connections"]]
+        plot.line_chart(plots_dir / "throughput-vs-connections.svg", "Requests/s against keep-alive connections",
+                        "connections", "requests/s", series, log_x=True, note=note)
+        cats = [n for n in rows if n.endswith("-c1")]
+        plot.bar_chart(plots_dir / "latency-c1.svg", "Latency at one connection (ms)", "ms", cats,
+                       {p: [rows[c][p] * 1e3 for c in cats] for p in ("p50", "p90", "p99")}, note=note,
+                       reference=(1.0, "goal: p99 < 1 ms"))
+
+    if "iam" in results:
+        r = results["iam"]["rows"]
+        out += ["### Full IAM path against a trivially evaluated grant", "",
+                "Both authenticate, authorize and write a durable audit entry; the full path finds its grant "
+                "among 50 members x 4 roles on the key, with crowded policies on the project and the key ring; "
+                "the cheap path is the owner's single binding on the project.", "",
+                "| connections | cheap path req/s | full path req/s | full / cheap |", "|---|---|---|---|"]
+        ratios = []
+        for c in sorted({int(k.rsplit("-c", 1)[1]) for k in r}):
+            ratio = r[f"full-c{c}"]["rps"] / r[f"cheap-c{c}"]["rps"]
+            ratios.append(ratio)
+            out.append(f"| {c} | {r[f'cheap-c{c}']['rps']:.0f} | {r[f'full-c{c}']['rps']:.0f} | {ratio:.2f} |")
+        out += ["", f"Goal: the full path ≥ 0.80 of the cheap path: {', '.join(f'{x:.2f}' for x in ratios)}, "
+                f"{verdict(min(ratios) >= 0.8)}.", ""]
+
+    if "aead" in results:
+        a = results["aead"]
+        seal, opn = a["seal_mbps"] / a["openssl_mbps"], a["open_mbps"] / a["openssl_mbps"]
+        out += ["### Chunk sealing and opening (1 MiB, one core) against OpenSSL", "",
+                "| operation | MB/s | relative to `openssl speed -evp aes-256-gcm` (16 KiB) |", "|---|---|---|",
+                f"| openssl AES-256-GCM, 16 KiB blocks | {a['openssl_mbps']:.0f} | 1.00 |",
+                f"| `seal_chunk` (criterion) | {a['seal_mbps']:.0f} | {seal:.2f} |",
+                f"| `open_chunk` (criterion) | {a['open_mbps']:.0f} | {opn:.2f} |", "",
+                f"Goal ≥ 0.80: seal {seal:.2f}, open {opn:.2f}, {verdict(min(seal, opn) >= 0.8)}.", ""]
+
+    if "store" in results:
+        rows = results["store"]["rows"]
+        out += ["### Store PUT / GET at 16 connections: CMEK against service-managed", "",
+                "| scenario | service-managed req/s | CMEK req/s | CMEK / service-managed |", "|---|---|---|---|"]
+        for name, r in rows.items():
+            out.append(f"| {r['op'].upper()} {human(r['size'])} | {r['plain_rps']:.1f} | {r['cmek_rps']:.1f} | {r['ratio']:.3f} |")
+        worst = min(r["ratio"] for r in rows.values())
+        out += ["", f"Goal: CMEK within 5% (ratio ≥ 0.95): lowest {worst:.3f}, {verdict(worst >= 0.95)}.", "",
+                f"![store overhead by object size]({rel}/store-overhead.svg)", ""]
+        sizes = sorted({r["size"] for r in rows.values()})
+        plot.bar_chart(plots_dir / "store-overhead.svg", "CMEK / service-managed throughput by object size",
+                       "ratio", [human(x) for x in sizes],
+                       {op.upper(): [rows[f"{op}-{x}"]["ratio"] for x in sizes] for op in ("put", "get")},
+                       note=note, reference=(0.95, "goal ≥ 0.95"))
+
+    if "rewrap" in results:
+        rows = results["rewrap"]["rows"]
+        out += ["### `:rewrap` and `:reencrypt` against the data size", "",
+                "| data | :rewrap | :reencrypt |", "|---|---|---|"]
+        for r in rows:
+            out.append(f"| {human(r['bytes'])} | {fmt_s(r['rewrap_s'])} | {fmt_s(r['reencrypt_s'])} |")
+        flat = rows[-1]["rewrap_s"] / rows[0]["rewrap_s"]
+        out += ["", f"Goal: `:rewrap` flat: largest / smallest = {flat:.2f} (noise at these durations is about "
+                f"±50%), {verdict(flat < 2.0)}.", "", f"![rewrap time against data size]({rel}/rewrap.svg)", ""]
+        plot.line_chart(plots_dir / "rewrap.svg", "Seconds against data in the instance", "MB", "seconds",
+                        {":rewrap": [(r["bytes"] / 1e6, r["rewrap_s"]) for r in rows],
+                         ":reencrypt": [(r["bytes"] / 1e6, r["reencrypt_s"]) for r in rows]}, log_x=True, note=note)
+
+    if "enforcement" in results:
+        e = results["enforcement"]
+        out += ["### Enforcement: key disabled or role revoked to the first refused read", "",
+                "| where | disable | revoke |", "|---|---|---|"]
+        worst = 0.0
+        for where, r in e.items():
+            worst = max(worst, r["disable_s"], r["revoke_s"])
+            out.append(f"| {where} | {fmt_s(r['disable_s'])} | {fmt_s(r['revoke_s'])} |")
+        out += ["", f"Goal < 1 s: slowest {fmt_s(worst)}, {verdict(worst < 1.0)}.", ""]
+
+    if "startup" in results:
+        s = results["startup"]
+        out += ["### Start-up", "",
+                f"`keyhold serve --in-memory`, process start to the first answered request, {s['runs']} runs: "
+                f"median {fmt_s(s['median_s'])} (min {fmt_s(s['min_s'])}, max {fmt_s(s['max_s'])}). "
+                f"Goal < 200 ms: {verdict(s['median_s'] < 0.2)}.", ""]
+
+    if "stream" in results:
+        s = results["stream"]
+        peak = max(s["rss_after_put_kib"], s["rss_after_get_kib"]) / 1024
+        out += ["### One large object streamed", "",
+                "| | seconds | MB/s | server peak RSS |", "|---|---|---|---|",
+                f"| start | | | {s['rss_start_kib'] / 1024:.0f} MiB |",
+                f"| PUT {human(s['bytes'])} | {s['put_s']:.1f} | {s['bytes'] / s['put_s'] / 1e6:.0f} | {s['rss_after_put_kib'] / 1024:.0f} MiB |",
+                f"| GET {human(s['bytes'])} | {s['get_s']:.1f} | {s['bytes'] / s['get_s'] / 1e6:.0f} | {s['rss_after_get_kib'] / 1024:.0f} MiB |",
+                "", f"Goal: peak RSS < 150 MB: {peak:.0f} MiB, {verdict(peak * 1.048576 < 150)}.", ""]
+    return "\n".join(out)
+
+
+def human(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    if n >= 1_000_000:
+        return f"{n / 1e6:g} MB"
+    return f"{n} B"
+
+
+def check_numbers(value, path="results"):
+    """Smoke mode: every leaf is a finite, non-negative number (or a string / list of them)."""
+    if isinstance(value, dict):
+        if not value:
+            raise AssertionError(f"{path} is empty")
+        for k, v in value.items():
+            check_numbers(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        if not value:
+            raise AssertionError(f"{path} is empty")
+        for i, v in enumerate(value):
+            check_numbers(v, f"{path}[{i}]")
+    elif isinstance(value, (int, float)):
+        if not math.isfinite(value) or value < 0:
+            raise AssertionError(f"{path} = {value}")
+    elif value is None:
+        raise AssertionError(f"{path} has no value")
+
+
+MARK_BEGIN = "<!-- suite:begin (generated by bench/run.sh; edits here are overwritten) -->"
+MARK_END = "<!-- suite:end -->"
+
+
+def write_doc(section: str):
+    doc = ROOT / "docs/benchmarks.md"
+    text = doc.read_text()
+    block = f"{MARK_BEGIN}\n{section}\n{MARK_END}"
+    if MARK_BEGIN in text:
+        text = re.sub(re.escape(MARK_BEGIN) + r".*?" + re.escape(MARK_END), lambda _: block, text, flags=re.S)
+    else:
+        head, _, rest = text.partition("\n## ")
+        text = f"{head}\n{block}\n\n## {rest}"
+    doc.write_text(text)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="seconds per scenario; check numbers; write nothing to docs/")
+    ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    ap.add_argument("--binary", help="keyhold binary (default: target/release/keyhold, target/debug in --smoke)")
+    ap.add_argument("--duration", default=None, help="per wrk scenario (default 5s; 1s with --smoke)")
+    ap.add_argument("--out", help="where results.json and the plots go (default docs/benchmarks)")
+    args = ap.parse_args()
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.smoke = args.smoke
+    ctx.binary = Path(args.binary or ROOT / ("target/debug/keyhold" if args.smoke else "target/release/keyhold"))
+    ctx.duration = args.duration or ("1s" if args.smoke else "5s")
+    ctx.tmp = Path(tempfile.mkdtemp(prefix="keyhold-suite-"))
+    ctx.wrk = Wrk(ctx.duration, ctx.tmp)
+    ctx.connections = [1, 64] if args.smoke else [1, 4, 16, 64]
+    ctx.rounds = 1 if args.smoke else 2
+    ctx.object_sizes = [4096, 1 << 20] if args.smoke else [4096, 65536, 1 << 20, 16 << 20]
+    ctx.rewrap_sizes = [1_000_000, 4_000_000] if args.smoke else [10_000_000, 100_000_000, 1_000_000_000]
+    ctx.rewrap_repeats = 1 if args.smoke else 5
+    ctx.startup_repeats = 2 if args.smoke else 7
+    ctx.stream_bytes = (64 << 20) if args.smoke else (5 << 30)
+    ctx.machine = machine()
+    ctx.commit = commit()
+    ctx.command = "bash bench/run.sh --smoke" if args.smoke else "bash bench/run.sh"
+    out_dir = Path(args.out) if args.out else (ctx.tmp / "out" if args.smoke else ROOT / "docs/benchmarks")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    chosen = [s for s in args.only.split(",") if s]
+    unknown = [s for s in chosen if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenarios {unknown}; choose from {SCENARIOS}")
+    print(f"== {ctx.machine}; commit {ctx.commit}; binary {ctx.binary}; {ctx.duration} per load scenario", file=sys.stderr)
+    results, failed = {}, []
+    for name in chosen:
+        t0 = time.monotonic()
+        print(f"== {name}", file=sys.stderr)
+        try:
+            results[name] = globals()[f"scenario_{name}"](ctx)
+            if ctx.smoke:
+                check_numbers(results[name], name)
+        except Exception as e:  # a failed scenario is reported; the others still run
+            failed.append(name)
+            print(f"!! {name} failed: {e}", file=sys.stderr)
+        print(f"   {name}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    (out_dir / "results.json").write_text(json.dumps({"machine": ctx.machine, "commit": ctx.commit, "results": results}, indent=2))
+    section = report(results, ctx, out_dir)
+    print(section)
+    if not ctx.smoke and not args.out and not failed and set(chosen) == set(SCENARIOS):
+        write_doc(section)
+        print(f"== wrote docs/benchmarks.md and {out_dir}", file=sys.stderr)
+    shutil.rmtree(ctx.tmp, ignore_errors=True)
+    if failed:
+        print(f"!! failed scenarios: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
