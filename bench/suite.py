@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import plot  # noqa: E402  (bench/plot.py, stdlib only)
 
-SCENARIOS = ["kms", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream"]
+SCENARIOS = ["kms", "durability", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream"]
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 
 
@@ -251,6 +251,25 @@ def scenario_kms(ctx) -> dict:
                     url = f"{key}:{op}"
                     rows[f"{op}-{label}-c{conns}"] = ctx.wrk.run(url, conns, bodies[f"{op}-{label}"], s.token)
         return {"rows": rows, "connections": ctx.connections}
+
+
+def scenario_durability(ctx) -> dict:
+    """What the durable audit entry costs: `:encrypt` (32 B) against the health check on the
+    default SQLite file (every entry committed with fsync before the answer) and with
+    `--in-memory` (the same entry, the same commit, no fsync). Not a way to run: an answer
+    whose audit entry could be lost is what Keyhold never gives on a real deployment."""
+    rows = {}
+    for storage, extra in (("file", []), ("memory", ["--in-memory"])):
+        with Server(ctx.binary, extra) as s:
+            loc = "projects/bench/locations/global"
+            s.ok("POST", f"{loc}/keyRings?keyRingId=r", {})
+            s.ok("POST", f"{loc}/keyRings/r/cryptoKeys?cryptoKeyId=k", {"purpose": "ENCRYPT_DECRYPT"})
+            script = ctx.wrk.script("durability", "POST", json.dumps({"plaintext": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}))
+            for conns in (1, max(ctx.connections)):
+                rows[f"{storage}-health-c{conns}"] = ctx.wrk.run(f"{s.base}/healthz", conns)
+                url = f"{s.base}/v1/{loc}/keyRings/r/cryptoKeys/k:encrypt"
+                rows[f"{storage}-encrypt-c{conns}"] = ctx.wrk.run(url, conns, script, s.token)
+    return {"rows": rows}
 
 
 def scenario_iam(ctx) -> dict:
@@ -543,6 +562,19 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
         plot.bar_chart(plots_dir / "latency-c1.svg", "Latency at one connection (ms)", "ms", cats,
                        {p: [rows[c][p] * 1e3 for c in cats] for p in ("p50", "p90", "p99")}, note=note,
                        reference=(1.0, "goal: p99 < 1 ms"))
+
+    if "durability" in results:
+        r = results["durability"]["rows"]
+        out += ["### What the durable audit entry costs", "",
+                "`:encrypt` (32 B) on the default SQLite file (each audit entry committed with fsync before the "
+                "answer) and with `--in-memory` (the same entry and commit, no fsync), each against its own "
+                "health check.", "",
+                "| storage | connections | requests/s | p50 | p99 | ratio to health check |", "|---|---|---|---|---|---|"]
+        for storage in ("file", "memory"):
+            for c in sorted({int(k.rsplit("-c", 1)[1]) for k in r}):
+                e, h = r[f"{storage}-encrypt-c{c}"], r[f"{storage}-health-c{c}"]
+                out.append(f"| {storage} | {c} | {e['rps']:.0f} | {fmt_s(e['p50'])} | {fmt_s(e['p99'])} | {e['rps'] / h['rps']:.2f} |")
+        out.append("")
 
     if "iam" in results:
         r = results["iam"]["rows"]

@@ -29,11 +29,30 @@ pub fn crc32c(data: &[u8]) -> u32 {
 
 /// Lower-case hex of `bytes` (fingerprints, hashes, IDs: never secrets).
 pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // On the hot path (every audit entry's chain hash): one allocation, no formatting machinery.
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
 }
 
 /// Fills `out` from the operating system's CSPRNG.
 pub fn random_bytes(out: &mut [u8]) -> Result<(), CryptoError> {
     use ring::rand::SecureRandom;
     ring::rand::SystemRandom::new().fill(out).map_err(|_| CryptoError::Rng)
+}
+
+#[cfg(test)]
+mod hex_tests {
+    #[test]
+    fn hex_is_lower_case_two_digits_per_byte() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(super::hex(&[]), "");
+        let all: Vec<u8> = (0..=255).collect();
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(super::hex(&all), expected);
+    }
 }
