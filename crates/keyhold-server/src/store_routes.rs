@@ -63,6 +63,21 @@ async fn refuse(state: &AppState, caller: &Caller, path: &str, e: ApiError) -> R
     e.into_response()
 }
 
+/// Authenticates the caller of `path` (a 401 is answered and audited here), runs `f` for it,
+/// and answers with its response or its error (audited if the store did not audit it).
+async fn with_caller<F, Fut>(state: &AppState, headers: &HeaderMap, path: &str, f: F) -> Response
+where
+    F: FnOnce(Caller) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, ApiError>>,
+{
+    let caller = match authenticated(state, headers, path).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let r = f(caller.clone()).await;
+    answer(state, &caller, path, r).await
+}
+
 /// The response, or the error's (with its audit entry if the store did not write one).
 async fn answer(state: &AppState, caller: &Caller, path: &str, r: Result<Response, ApiError>) -> Response {
     match r {
@@ -114,11 +129,8 @@ pub(crate) async fn instances(
 ) -> Response {
     let parent = format!("projects/{project}/locations/{location}");
     let path = format!("{parent}/instances");
-    let caller = match authenticated(&state, &headers, &path).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let (path, state, headers) = (&path, &state, &headers);
+    with_caller(state, headers, path, |caller| async move {
         let store = store(&state)?;
         let q = query(q)?;
         match method {
@@ -133,9 +145,8 @@ pub(crate) async fn instances(
                 format!("{method} {path} is not a method of the store."),
             )),
         }
-    }
-    .await;
-    answer(&state, &caller, &path, r).await
+    })
+    .await
 }
 
 /// `/v1/projects/{project}/locations/{location}/instances/{instance}[:verb]`.
@@ -152,11 +163,8 @@ pub(crate) async fn instance(
         None => (instance.clone(), None),
     };
     let name = format!("projects/{project}/locations/{location}/instances/{id}");
-    let caller = match authenticated(&state, &headers, &name).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let (name, state, headers) = (&name, &state, &headers);
+    with_caller(state, headers, name, |caller| async move {
         let store = store(&state)?;
         query(q)?;
         match (verb.as_deref(), method) {
@@ -180,9 +188,8 @@ pub(crate) async fn instance(
                 format!("{m} {name}{} is not a method of the store.", v.map(|v| format!(":{v}")).unwrap_or_default()),
             )),
         }
-    }
-    .await;
-    answer(&state, &caller, &name, r).await
+    })
+    .await
 }
 
 /// `/v1/projects/{project}/locations/{location}/instances/{instance}/objects`: list.
@@ -195,11 +202,8 @@ pub(crate) async fn objects(
 ) -> Response {
     let name = format!("projects/{project}/locations/{location}/instances/{instance}");
     let path = format!("{name}/objects");
-    let caller = match authenticated(&state, &headers, &path).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let (path, state, headers) = (&path, &state, &headers);
+    with_caller(state, headers, path, |caller| async move {
         let store = store(&state)?;
         let q = query(q)?;
         match method {
@@ -209,9 +213,8 @@ pub(crate) async fn objects(
                 format!("{method} {path} is not a method of the store."),
             )),
         }
-    }
-    .await;
-    answer(&state, &caller, &path, r).await
+    })
+    .await
 }
 
 /// `/v1/projects/{project}/locations/{location}/instances/{instance}/objects/{*object}`:
@@ -227,11 +230,8 @@ pub(crate) async fn object(
 ) -> Response {
     let name = format!("projects/{project}/locations/{location}/instances/{instance}");
     let path = format!("{name}/objects/{object}");
-    let caller = match authenticated(&state, &headers, &path).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let (path, state, headers) = (&path, &state, &headers);
+    with_caller(state, headers, path, |caller| async move {
         let store = store(&state)?;
         let q = query(q)?;
         match method {
@@ -269,9 +269,8 @@ pub(crate) async fn object(
                 format!("{method} {path} is not a method of the store."),
             )),
         }
-    }
-    .await;
-    answer(&state, &caller, &path, r).await
+    })
+    .await
 }
 
 /// `/v2/projects/{project}/policies`: list, create.
@@ -283,11 +282,8 @@ pub(crate) async fn org_policies(
     bytes: Bytes,
 ) -> Response {
     let path = format!("projects/{project}/policies");
-    let caller = match authenticated(&state, &headers, &path).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r: Result<Response, ApiError> = async {
+    let (path, state, headers) = (&path, &state, &headers);
+    with_caller(state, headers, path, |caller| async move {
         match method {
             Method::GET => Ok(json(&ListOrgPoliciesResponse {
                 policies: state.kms.list_org_policies(&caller, &project).await?,
@@ -299,9 +295,8 @@ pub(crate) async fn org_policies(
             }
             _ => Err(ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {path} is not a method."))),
         }
-    }
-    .await;
-    answer(&state, &caller, &path, r).await
+    })
+    .await
 }
 
 /// `/v2/projects/{project}/policies/{constraint}`: get, set (PUT or PATCH), delete.
@@ -313,18 +308,15 @@ pub(crate) async fn org_policy(
     bytes: Bytes,
 ) -> Response {
     let name = format!("projects/{project}/policies/{constraint}");
-    let caller = match authenticated(&state, &headers, &name).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r: Result<Response, ApiError> = async {
+    let (name, state, headers) = (&name, &state, &headers);
+    with_caller(state, headers, name, |caller| async move {
         match method {
             Method::GET => Ok(json(&state.kms.get_org_policy(&caller, &name).await?)),
             Method::PUT | Method::PATCH => {
                 let mut policy: OrgPolicy = parse_body(&bytes)?;
                 if policy.name.is_empty() {
                     policy.name = name.clone();
-                } else if policy.name != name {
+                } else if policy.name != *name {
                     return Err(ApiError::invalid(format!(
                         "The policy's name {} differs from the URL's {name}.",
                         policy.name
@@ -338,9 +330,8 @@ pub(crate) async fn org_policy(
             }
             _ => Err(ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {name} is not a method."))),
         }
-    }
-    .await;
-    answer(&state, &caller, &name, r).await
+    })
+    .await
 }
 
 /// `GET /v1/projects/P/locations/L/keyRings/R/cryptoKeys/K/protectedResourcesSummary` ([K12],
@@ -351,16 +342,12 @@ pub(crate) async fn protected_resources_summary(
     Path((project, location, ring, key)): Path<(String, String, String, String)>,
 ) -> Response {
     let key = format!("projects/{project}/locations/{location}/keyRings/{ring}/cryptoKeys/{key}");
-    let caller = match authenticated(&state, &headers, &key).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let (key, state, headers) = (&key, &state, &headers);
+    with_caller(state, headers, key, |caller| async move {
         let found = store(&state)?.protected_resources(&caller, &key, None).await?;
         Ok(json(&keyhold_store::model::ProtectedResourcesSummary::of(&key, &found)))
-    }
-    .await;
-    answer(&state, &caller, &key, r).await
+    })
+    .await
 }
 
 /// `GET /v1/projects/P/protectedResources:search?cryptoKey=KEY` ([K12]): the resources of
@@ -372,11 +359,8 @@ pub(crate) async fn search_protected_resources(
     q: QueryResult,
 ) -> Response {
     let scope = format!("projects/{project}");
-    let caller = match authenticated(&state, &headers, &scope).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let (scope, state, headers) = (&scope, &state, &headers);
+    with_caller(state, headers, scope, |caller| async move {
         let q = query(q)?;
         let key = q.get("cryptoKey").or_else(|| q.get("crypto_key")).ok_or_else(|| {
             ApiError::new(keyhold_api::Code::InvalidArgument, "The cryptoKey query parameter is required.")
@@ -388,9 +372,8 @@ pub(crate) async fn search_protected_resources(
         let next_page_token = if rest.len() > size { rest[size - 1].name.clone() } else { String::new() };
         let protected_resources = rest.into_iter().take(size).collect();
         Ok(json(&keyhold_store::model::SearchProtectedResourcesResponse { protected_resources, next_page_token }))
-    }
-    .await;
-    answer(&state, &caller, &scope, r).await
+    })
+    .await
 }
 
 /// `POST /v1/projects/P/locations/L/instances:restore` ([C8]).
@@ -439,20 +422,15 @@ where
     F: FnOnce(std::sync::Arc<Store>, Caller, String) -> Fut,
     Fut: std::future::Future<Output = Result<Response, ApiError>>,
 {
-    let path = format!("{parent}/instances:{verb}");
-    let caller = match authenticated(state, headers, &path).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let path = &format!("{parent}/instances:{verb}");
+    with_caller(state, headers, path, |caller| async move {
         let store = store(state)?.clone();
         if *method != Method::POST {
-            return Err(not_a_method(method, &path));
+            return Err(not_a_method(method, path));
         }
-        f(store, caller.clone(), parent.to_string()).await
-    }
-    .await;
-    answer(state, &caller, &path, r).await
+        f(store, caller, parent.to_string()).await
+    })
+    .await
 }
 
 fn not_a_method(method: &Method, path: &str) -> ApiError {
@@ -472,11 +450,8 @@ pub(crate) async fn backups(
 ) -> Response {
     let name = format!("projects/{project}/locations/{location}/instances/{instance}");
     let path = format!("{name}/backups");
-    let caller = match authenticated(&state, &headers, &path).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let (path, state, headers) = (&path, &state, &headers);
+    with_caller(state, headers, path, |caller| async move {
         let store = store(&state)?;
         let q = query(q)?;
         match method {
@@ -501,9 +476,8 @@ pub(crate) async fn backups(
             }
             _ => Err(not_a_method(&method, &path)),
         }
-    }
-    .await;
-    answer(&state, &caller, &path, r).await
+    })
+    .await
 }
 
 /// `/v1/projects/P/locations/L/instances/I/backups/B`: get, delete.
@@ -514,11 +488,8 @@ pub(crate) async fn backup(
     Path((project, location, instance, backup)): Path<(String, String, String, String)>,
 ) -> Response {
     let name = format!("projects/{project}/locations/{location}/instances/{instance}/backups/{backup}");
-    let caller = match authenticated(&state, &headers, &name).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
-    let r = async {
+    let (name, state, headers) = (&name, &state, &headers);
+    with_caller(state, headers, name, |caller| async move {
         let store = store(&state)?;
         match method {
             Method::GET => Ok(json(&store.get_backup(&caller, &name).await?)),
@@ -528,7 +499,6 @@ pub(crate) async fn backup(
             }
             _ => Err(not_a_method(&method, &name)),
         }
-    }
-    .await;
-    answer(&state, &caller, &name, r).await
+    })
+    .await
 }
