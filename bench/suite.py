@@ -167,12 +167,21 @@ def agent_email(s: Server, project: str) -> str:
         return json.loads(r.read())["response"]["email"]
 
 
-def key_for_store(s: Server, project: str = "bench", key: str = "k") -> str:
-    """A key ring `r` and key in `project`/global usable by the store's service agent."""
+# The body of a 32-byte `:encrypt` (as bench/encrypt.lua).
+ENCRYPT_32B = json.dumps({"plaintext": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="})
+
+
+def encryption_key(s: Server, project: str = "bench", key: str = "k") -> str:
+    """The key `key` (ENCRYPT_DECRYPT) in key ring `r` of `project`/global; returns its name."""
     loc = f"projects/{project}/locations/global"
     s.call("POST", f"{loc}/keyRings?keyRingId=r", {})
     s.ok("POST", f"{loc}/keyRings/r/cryptoKeys?cryptoKeyId={key}", {"purpose": "ENCRYPT_DECRYPT"})
-    name = f"{loc}/keyRings/r/cryptoKeys/{key}"
+    return f"{loc}/keyRings/r/cryptoKeys/{key}"
+
+
+def key_for_store(s: Server, project: str = "bench", key: str = "k") -> str:
+    """[`encryption_key`], usable by the store's service agent."""
+    name = encryption_key(s, project, key)
     email = agent_email(s, project)
     policy = {"bindings": [{"role": ENCRYPTER, "members": [f"serviceAccount:{email}"]}]}
     s.ok("POST", f"{name}:setIamPolicy", {"policy": policy})
@@ -231,16 +240,14 @@ def verdict(ok: bool) -> str:
 def scenario_kms(ctx) -> dict:
     """:encrypt / :decrypt (32 B and 4 KiB) at 1..64 connections against GET /healthz."""
     with Server(ctx.binary) as s:
-        loc = "projects/bench/locations/global"
-        s.ok("POST", f"{loc}/keyRings?keyRingId=r", {})
-        s.ok("POST", f"{loc}/keyRings/r/cryptoKeys?cryptoKeyId=k", {"purpose": "ENCRYPT_DECRYPT"})
-        key = f"{s.base}/v1/{loc}/keyRings/r/cryptoKeys/k"
+        name = encryption_key(s)
+        key = f"{s.base}/v1/{name}"
         import base64
 
         bodies = {}
         for size, label in ((32, "32B"), (4096, "4KiB")):
             pt = base64.b64encode(os.urandom(size)).decode()
-            ct = s.ok("POST", f"{loc}/keyRings/r/cryptoKeys/k:encrypt", {"plaintext": pt})["ciphertext"]
+            ct = s.ok("POST", f"{name}:encrypt", {"plaintext": pt})["ciphertext"]
             bodies[f"encrypt-{label}"] = ctx.wrk.script(f"encrypt-{label}", "POST", json.dumps({"plaintext": pt}))
             bodies[f"decrypt-{label}"] = ctx.wrk.script(f"decrypt-{label}", "POST", json.dumps({"ciphertext": ct}))
         rows = {}
@@ -263,13 +270,11 @@ def scenario_durability(ctx) -> dict:
     rows = {}
     for storage, extra in (("file", []), ("memory", ["--in-memory"])):
         with Server(ctx.binary, extra) as s:
-            loc = "projects/bench/locations/global"
-            s.ok("POST", f"{loc}/keyRings?keyRingId=r", {})
-            s.ok("POST", f"{loc}/keyRings/r/cryptoKeys?cryptoKeyId=k", {"purpose": "ENCRYPT_DECRYPT"})
-            script = ctx.wrk.script("durability", "POST", json.dumps({"plaintext": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}))
+            key = encryption_key(s)
+            script = ctx.wrk.script("durability", "POST", ENCRYPT_32B)
             for conns in (1, max(ctx.connections)):
                 rows[f"{storage}-health-c{conns}"] = ctx.wrk.run(f"{s.base}/healthz", conns)
-                url = f"{s.base}/v1/{loc}/keyRings/r/cryptoKeys/k:encrypt"
+                url = f"{s.base}/v1/{key}:encrypt"
                 rows[f"{storage}-encrypt-c{conns}"] = ctx.wrk.run(url, conns, script, s.token)
     return {"rows": rows}
 
@@ -279,11 +284,8 @@ def scenario_iam(ctx) -> dict:
     against the same call by the owner (one binding at the project): both authenticate,
     authorize and write a durable audit entry."""
     with Server(ctx.binary) as s:
-        loc = "projects/bench/locations/global"
-        ring = f"{loc}/keyRings/r"
-        s.ok("POST", f"{loc}/keyRings?keyRingId=r", {})
-        s.ok("POST", f"{ring}/cryptoKeys?cryptoKeyId=k", {"purpose": "ENCRYPT_DECRYPT"})
-        key = f"{ring}/cryptoKeys/k"
+        key = encryption_key(s)
+        ring = key.rsplit("/cryptoKeys/", 1)[0]
         user = "user:app@example.com"
         token = s.ok("POST", "tokens", {"principal": user})["token"]
         # Many bindings on the project, the ring and the key; the caller's grant is the last.
@@ -298,7 +300,7 @@ def scenario_iam(ctx) -> dict:
                 s.ok("POST", f"{resource}:setIamPolicy", {"policy": {"bindings": [{"role": r, "members": crowd} for r in roles]}})
         bindings = [{"role": r, "members": crowd} for r in roles] + [{"role": ENCRYPTER, "members": crowd + [user]}]
         s.ok("POST", f"{key}:setIamPolicy", {"policy": {"bindings": bindings}})
-        script = ctx.wrk.script("iam-encrypt", "POST", json.dumps({"plaintext": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}))
+        script = ctx.wrk.script("iam-encrypt", "POST", ENCRYPT_32B)
         url = f"{s.base}/v1/{key}:encrypt"
         rows = {}
         for conns in (1, max(ctx.connections)):

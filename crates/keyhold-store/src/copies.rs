@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keyhold_api::wire::Timestamp;
-use keyhold_cmek::{AccessReason, CmekWrapper, KekWrapper, KeyGuard, WrappedKek};
+use keyhold_cmek::{AccessReason, KeyGuard, WrappedKek};
 use keyhold_iam::role;
 use keyhold_kms::Caller;
 use keyhold_kms::audit::AuditKind;
@@ -149,7 +149,7 @@ impl Store {
                 Encryption::Customer(k) => Some(k),
             };
             let source = self.vault(&record).await?;
-            source.guard.require_access().map_err(|e| guard_error(source.kms_key.as_deref(), e))?;
+            source.require_access()?;
             let wrapper = self.new_instance_wrapper(&record.name, kms_key.as_deref()).await?;
             let guard = KeyGuard::new(name.clone(), wrapper, self.config.guard, []);
             let (kek, wrapped) = guard.new_kek().await.map_err(|e| guard_error(kms_key.as_deref(), e))?;
@@ -252,14 +252,6 @@ impl Store {
         self.repo.backup(&name).await?.ok_or_else(|| StoreError::NotFound(format!("Backup {name} not found.")))
     }
 
-    async fn backup_versions(&self, name: &str) -> Result<Vec<String>, StoreError> {
-        let mut v: Vec<String> =
-            self.repo.keks(name).await?.into_iter().filter_map(|k| k.wrapped.key_version).collect();
-        v.sort();
-        v.dedup();
-        Ok(v)
-    }
-
     /// `backups.get`: what it shows never changes after it is taken.
     pub async fn get_backup(&self, caller: &Caller, name: &str) -> Result<Backup, StoreError> {
         let op = Op {
@@ -270,7 +262,7 @@ impl Store {
         };
         self.call(caller, op, async {
             let b = self.backup_record(name).await?;
-            Ok(render_backup(&b, self.backup_versions(&b.name).await?))
+            Ok(render_backup(&b, self.kek_versions(&b.name).await?))
         })
         .await
     }
@@ -297,7 +289,7 @@ impl Store {
             let next_page_token = if rest.len() > size { encode_token(&rest[size - 1].name) } else { String::new() };
             let mut backups = Vec::new();
             for b in rest.into_iter().take(size) {
-                let versions = self.backup_versions(&b.name).await?;
+                let versions = self.kek_versions(&b.name).await?;
                 backups.push(render_backup(&b, versions));
             }
             Ok(ListBackupsResponse { backups, next_page_token })
@@ -330,7 +322,7 @@ impl Store {
     /// A backup's objects, with a guard checked once against the backup's key.
     async fn backup_vault(&self, b: &BackupRecord) -> Result<Vault, StoreError> {
         let instance: InstanceName = b.instance.parse()?;
-        let wrapper = self.wrapper_for_key(&instance.project, b.kms_key.as_deref()).await?;
+        let wrapper = self.wrapper_for(&instance.project, b.kms_key.as_deref()).await?;
         let keks = self.repo.keks(&b.name).await?;
         let guard =
             KeyGuard::new(b.name.clone(), wrapper, self.config.guard, keks.into_iter().map(|k| (k.id, k.wrapped)));
@@ -373,7 +365,7 @@ impl Store {
                 };
             let source = self.backup_vault(&backup).await?;
             if let Err(e) = source.guard.require_access() {
-                let versions = self.backup_versions(&backup.name).await?.join(", ");
+                let versions = self.kek_versions(&backup.name).await?.join(", ");
                 let detail = match guard_error(backup.kms_key.as_deref(), e) {
                     StoreError::KeyInaccessible { detail, .. } => detail,
                     other => other.to_string(),
@@ -424,7 +416,7 @@ impl Store {
             }
             let dest_name = self.new_instance_name(&record.name.parent(), &req.destination_instance_id)?;
             let source = self.vault(&record).await?;
-            source.guard.require_access().map_err(|e| guard_error(source.kms_key.as_deref(), e))?;
+            source.require_access()?;
             let store = self.clone();
             self.build_instance(dest_name, record.kms_key.clone(), req.labels, None, move |dest| async move {
                 store.copy_snapshot(&source, &dest).await.map(|_| ())
@@ -432,20 +424,6 @@ impl Store {
             .await
         })
         .await
-    }
-
-    /// What wraps KEKs under `key` (or the service's key) for `project`'s service agent.
-    async fn wrapper_for_key(&self, project: &str, key: Option<&str>) -> Result<Arc<dyn KekWrapper>, StoreError> {
-        Ok(match key {
-            None => self.service_managed(),
-            Some(key) => {
-                let agent = self.agents.agent(project).await.map_err(|e| StoreError::KeyInaccessible {
-                    key: key.to_string(),
-                    detail: format!("the store's service agent is not available: {}", e.message),
-                })?;
-                Arc::new(CmekWrapper::new(agent.client, key.to_string()))
-            }
-        })
     }
 
     /// Builds a new instance: checks its key ([C1], [C12]), reserves its name, gives it a KEK,
@@ -598,8 +576,8 @@ impl Store {
         let Some(primary) = self.repo.instance(primary).await? else { return Ok(()) };
         let source = self.vault(&primary).await?;
         let dest = self.vault(&record).await?;
-        source.guard.require_access().map_err(|e| guard_error(source.kms_key.as_deref(), e))?;
-        dest.guard.require_access().map_err(|e| guard_error(dest.kms_key.as_deref(), e))?;
+        source.require_access()?;
+        dest.require_access()?;
         let copied: HashMap<String, u64> = self.repo.replica_sources(replica).await?.into_iter().collect();
         let mut live = HashSet::new();
         let mut after = String::new();
@@ -722,7 +700,7 @@ impl Store {
                 return Err(StoreError::AlreadyExists(format!("{} exists; exports never overwrite a file.", path.display())));
             }
             let source = self.vault(&record).await?;
-            source.guard.require_access().map_err(|e| guard_error(source.kms_key.as_deref(), e))?;
+            source.require_access()?;
             let id = random_hex(8)?;
             let mut header = ArchiveHeader {
                 id,
@@ -867,7 +845,7 @@ impl Store {
                     let ciphertext = base64::engine::general_purpose::STANDARD
                         .decode(wrapped)
                         .map_err(|_| StoreError::FailedPrecondition("The archive's wrapped key is not base64.".into()))?;
-                    let wrapper = self.wrapper_for_key(&name.project, Some(key)).await?;
+                    let wrapper = self.wrapper_for(&name.project, Some(key)).await?;
                     let wrapped = WrappedKek { ciphertext, key_version: header.kms_key_version.clone() };
                     let kek = wrapper
                         .unwrap(&header.resource(), &wrapped, AccessReason::CustomerInitiatedAccess)

@@ -197,11 +197,6 @@ impl Store {
         Ok(stale.len() + builds.len())
     }
 
-    /// What wraps KEKs under service-managed encryption.
-    pub(crate) fn service_managed(&self) -> Arc<dyn KekWrapper> {
-        self.service_managed.clone()
-    }
-
     /// When `replica` last caught up with its primary (on this node).
     pub(crate) fn last_sync(&self, replica: &str) -> Option<Timestamp> {
         self.sync_times.lock().unwrap_or_else(|e| e.into_inner()).get(replica).copied()
@@ -412,17 +407,31 @@ impl Store {
         Ok(Arc::new(CmekWrapper::new(agent.client, key)))
     }
 
-    async fn wrapper_for(&self, record: &InstanceRecord) -> Result<Arc<dyn KekWrapper>, StoreError> {
-        Ok(match &record.kms_key {
+    /// What wraps KEKs under `key` (`None`: the service's own key) for `project`'s service agent.
+    pub(crate) async fn wrapper_for(
+        &self,
+        project: &str,
+        key: Option<&str>,
+    ) -> Result<Arc<dyn KekWrapper>, StoreError> {
+        Ok(match key {
             None => self.service_managed.clone(),
             Some(key) => {
-                let agent = self.agents.agent(&record.name.project).await.map_err(|e| StoreError::KeyInaccessible {
-                    key: key.clone(),
+                let agent = self.agents.agent(project).await.map_err(|e| StoreError::KeyInaccessible {
+                    key: key.to_string(),
                     detail: format!("the store's service agent is not available: {}", e.message),
                 })?;
-                Arc::new(CmekWrapper::new(agent.client, key.clone()))
+                Arc::new(CmekWrapper::new(agent.client, key.to_string()))
             }
         })
+    }
+
+    /// Every key version that wrapped one of `resource`'s KEKs, oldest version first.
+    pub(crate) async fn kek_versions(&self, resource: &str) -> Result<Vec<String>, StoreError> {
+        let mut versions: Vec<String> =
+            self.repo.keks(resource).await?.into_iter().filter_map(|k| k.wrapped.key_version).collect();
+        versions.sort_by_key(|v| version_number(v));
+        versions.dedup();
+        Ok(versions)
     }
 
     /// The guard of an instance, loaded and checked once if it is not in memory yet (or if the
@@ -434,7 +443,7 @@ impl Store {
             return Ok(g);
         }
         let keks = self.repo.keks(&resource).await?;
-        let wrapper = self.wrapper_for(record).await?;
+        let wrapper = self.wrapper_for(&record.name.project, record.kms_key.as_deref()).await?;
         let guard = KeyGuard::new(resource, wrapper, self.config.guard, keks.into_iter().map(|k| (k.id, k.wrapped)));
         guard.check().await;
         let registered = self.guards.insert(guard.clone(), &incarnation(record));
@@ -550,60 +559,38 @@ impl Store {
         self.call(caller, op, async {
             let _: keyhold_api::CryptoKeyName =
                 key.parse().map_err(|_| StoreError::InvalidArgument(format!("\"{key}\" is not a crypto key name.")))?;
-            let mut found = Vec::new();
-            let mut numbers = std::collections::HashMap::new();
+            // Everything under the key: instances and replicas with the versions protecting
+            // them now; backups and exports with the version(s) that wrapped their KEK when
+            // they were taken.
+            let wanted = |i: &InstanceName| project.is_none_or(|p| p == i.project);
+            let mut entries = Vec::new();
             for r in self.repo.instances_by_key(key).await? {
-                if project.is_some_and(|p| p != r.name.project) {
-                    continue;
+                if wanted(&r.name) {
+                    let resource = r.name.to_string();
+                    let versions = self.kek_versions(&resource).await?;
+                    let kind = if r.replica_of.is_some() { "Replica" } else { "Instance" };
+                    entries.push((resource, r.name, kind, r.labels, versions, r.create_time));
                 }
-                let mut versions: Vec<String> = self
-                    .repo
-                    .keks(&r.name.to_string())
-                    .await?
-                    .into_iter()
-                    .filter_map(|k| k.wrapped.key_version)
-                    .collect();
-                versions.sort_by_key(|v| version_number(v));
-                versions.dedup();
-                let number = match numbers.get(&r.name.project) {
-                    Some(n) => *n,
-                    None => {
-                        let n = self.kms.project_number(&r.name.project).await?;
-                        numbers.insert(r.name.project.clone(), n);
-                        n
-                    }
-                };
-                found.push(ProtectedResource {
-                    name: format!("//{SERVICE}/{}", r.name),
-                    project: format!("projects/{number}"),
-                    project_id: r.name.project.clone(),
-                    cloud_product: "keyhold-store".into(),
-                    resource_type: format!("{SERVICE}/{}", if r.replica_of.is_some() { "Replica" } else { "Instance" }),
-                    location: r.name.location.clone(),
-                    labels: r.labels.clone(),
-                    crypto_key_version: versions.last().cloned().unwrap_or_default(),
-                    crypto_key_versions: versions,
-                    create_time: r.create_time,
-                });
             }
-            // Backups and exports: copies under the key, each with the version(s) that wrapped
-            // its KEK (fixed when it was taken).
-            let mut copies: Vec<(String, String, &'static str, Vec<String>, Timestamp)> = Vec::new();
             for b in self.repo.backups_by_key(key).await? {
-                let mut versions: Vec<String> =
-                    self.repo.keks(&b.name).await?.into_iter().filter_map(|k| k.wrapped.key_version).collect();
-                versions.sort_by_key(|v| version_number(v));
-                versions.dedup();
-                copies.push((b.name, b.instance, "Backup", versions, b.create_time));
+                if let Ok(instance) = b.instance.parse::<InstanceName>()
+                    && wanted(&instance)
+                {
+                    let versions = self.kek_versions(&b.name).await?;
+                    entries.push((b.name, instance, "Backup", BTreeMap::new(), versions, b.create_time));
+                }
             }
             for e in self.repo.exports_by_key(key).await? {
-                copies.push((e.name, e.instance, "Export", e.key_version.into_iter().collect(), e.create_time));
-            }
-            for (name, instance, kind, versions, create_time) in copies {
-                let Ok(instance) = instance.parse::<InstanceName>() else { continue };
-                if project.is_some_and(|p| p != instance.project) {
-                    continue;
+                if let Ok(instance) = e.instance.parse::<InstanceName>()
+                    && wanted(&instance)
+                {
+                    let versions = e.key_version.into_iter().collect();
+                    entries.push((e.name, instance, "Export", BTreeMap::new(), versions, e.create_time));
                 }
+            }
+            let mut numbers = std::collections::HashMap::new();
+            let mut found = Vec::with_capacity(entries.len());
+            for (resource, instance, kind, labels, versions, create_time) in entries {
                 let number = match numbers.get(&instance.project) {
                     Some(n) => *n,
                     None => {
@@ -613,13 +600,13 @@ impl Store {
                     }
                 };
                 found.push(ProtectedResource {
-                    name: format!("//{SERVICE}/{name}"),
+                    name: format!("//{SERVICE}/{resource}"),
                     project: format!("projects/{number}"),
-                    project_id: instance.project.clone(),
+                    project_id: instance.project,
                     cloud_product: "keyhold-store".into(),
                     resource_type: format!("{SERVICE}/{kind}"),
-                    location: instance.location.clone(),
-                    labels: BTreeMap::new(),
+                    location: instance.location,
+                    labels,
                     crypto_key_version: versions.last().cloned().unwrap_or_default(),
                     crypto_key_versions: versions,
                     create_time,
@@ -909,7 +896,7 @@ impl Store {
     where
         S: Stream<Item = Result<Vec<u8>, StoreError>> + Send + Unpin,
     {
-        vault.guard.require_access().map_err(|e| guard_error(vault.kms_key.as_deref(), e))?;
+        vault.require_access()?;
         let kek_id =
             vault.guard.wrapped().keys().copied().max().ok_or_else(|| StoreError::Internal("no KEK".into()))?;
         let generation = random_generation()?;
@@ -1094,7 +1081,7 @@ impl Store {
             let record = self.instance_record(instance).await?;
             let obj = self.object_record(&record, object).await?;
             let vault = self.vault(&record).await?;
-            vault.guard.require_access().map_err(|e| guard_error(vault.kms_key.as_deref(), e))?;
+            vault.require_access()?;
             // The first chunk is opened before answering, so that tampering or a key problem is
             // an error status, not a cut-off download.
             let first = self.open_stored_chunk(&vault, &obj, 0).await?;
@@ -1204,6 +1191,13 @@ pub(crate) struct Vault {
     pub kms_key: Option<String>,
     /// Its KEKs and key checks.
     pub guard: Arc<KeyGuard>,
+}
+
+impl Vault {
+    /// Whether its data may be read or written now (the store's error if not).
+    pub(crate) fn require_access(&self) -> Result<(), StoreError> {
+        self.guard.require_access().map_err(|e| guard_error(self.kms_key.as_deref(), e))
+    }
 }
 
 /// What a written object is, besides its contents.
