@@ -305,18 +305,23 @@ impl AuditWriter {
     pub fn start(store: Arc<dyn KmsStore>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
         tokio::spawn(async move {
-            let mut batch: Vec<Pending> = Vec::new();
-            while let Some(first) = rx.recv().await {
-                batch.push(first);
-                while batch.len() < MAX_BATCH {
+            let mut records: Vec<AuditRecord> = Vec::new();
+            let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
+            while let Some((first, done)) = rx.recv().await {
+                records.push(first);
+                waiting.push(done);
+                while records.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(p) => batch.push(p),
+                        Ok((r, done)) => {
+                            records.push(r);
+                            waiting.push(done);
+                        }
                         Err(_) => break,
                     }
                 }
-                let records: Vec<AuditRecord> = batch.iter().map(|(r, _)| r.clone()).collect();
                 let result = store.append_audit(&records).await;
-                for (_, done) in batch.drain(..) {
+                records.clear();
+                for done in waiting.drain(..) {
                     let _ = done.send(result.clone());
                 }
             }

@@ -63,6 +63,10 @@ impl Value {
     }
 }
 
+/// Builds, from the rows of a query, the statements to run after it (see
+/// [`SqlConn::query_then_commit`]).
+pub type ThenStatements = Box<dyn FnOnce(Vec<Row>) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> + Send>;
+
 /// A connection, inside a transaction when obtained from [`SqlBackend::begin`]. Dropping it
 /// without [`SqlConn::commit`] rolls the transaction back.
 #[async_trait]
@@ -88,6 +92,18 @@ pub trait SqlConn: Send {
     ) -> Result<(), StoreError> {
         self.execute_many(statements).await?;
         self.commit().await
+    }
+    /// Runs a query, the statements `then` builds from its rows, and commits. SQLite does it
+    /// all in one thread hop, which is what keeps the audit writer's group commit cheap.
+    async fn query_then_commit(
+        mut self: Box<Self>,
+        sql: &'static str,
+        params: Vec<Value>,
+        then: ThenStatements,
+    ) -> Result<(), StoreError> {
+        let rows = self.query(sql, params).await?;
+        let statements = then(rows)?;
+        self.execute_many_and_commit(statements).await
     }
 }
 

@@ -16,7 +16,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode};
 
 use crate::schema;
-use crate::sql::{Row, SqlBackend, SqlConn, Value};
+use crate::sql::{Row, SqlBackend, SqlConn, ThenStatements, Value};
 
 /// A SQLite database.
 #[derive(Clone)]
@@ -146,11 +146,19 @@ struct SqliteConn {
     dropped: Arc<AtomicBool>,
 }
 
+/// `$1` to `$16`, so that binding the usual statement allocates no names.
+const PARAM_NAMES: [&str; 16] =
+    ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10", "$11", "$12", "$13", "$14", "$15", "$16"];
+
 fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[Value]) -> rusqlite::Result<()> {
     for (i, p) in params.iter().enumerate() {
         // Statements are written with PostgreSQL's `$N`. SQLite treats `$N` as a *named*
         // parameter, numbered in order of first appearance, so look each one up by name.
-        let Some(idx) = stmt.parameter_index(&format!("${}", i + 1))? else { continue };
+        let idx = match PARAM_NAMES.get(i) {
+            Some(name) => stmt.parameter_index(name)?,
+            None => stmt.parameter_index(&format!("${}", i + 1))?,
+        };
+        let Some(idx) = idx else { continue };
         match p {
             Value::Null | Value::OptInt(None) | Value::OptBlob(None) => {
                 stmt.raw_bind_parameter(idx, rusqlite::types::Null)?
@@ -246,6 +254,24 @@ impl SqlConn for SqliteConn {
     ) -> Result<(), StoreError> {
         statements.push(("COMMIT", vec![]));
         self.execute_many(statements).await?;
+        self.open_tx = false;
+        Ok(())
+    }
+    async fn query_then_commit(
+        mut self: Box<Self>,
+        sql: &'static str,
+        params: Vec<Value>,
+        then: ThenStatements,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |c| {
+            let (rows, _) = run(c, sql, &params, true).map_err(map_err)?;
+            for (sql, params) in then(rows)? {
+                run(c, sql, &params, false).map_err(map_err)?;
+            }
+            run(c, "COMMIT", &[], false).map_err(map_err).map(|_| ())
+        })
+        .await?;
+        // Until here a failure leaves `open_tx` set, and dropping the connection rolls back.
         self.open_tx = false;
         Ok(())
     }

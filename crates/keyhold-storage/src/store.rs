@@ -77,44 +77,52 @@ fn version_params(v: &VersionRecord) -> Result<Vec<Value>, StoreError> {
     ])
 }
 
-/// An audit record with the exact JSON text that is hashed and stored.
-struct AuditRow<'a> {
-    record: &'a AuditRecord,
+/// An audit record as it is stored: its indexed columns and the exact JSON text that is hashed.
+/// Owned, so that a driver can build the insert statements wherever it runs them (SQLite: on
+/// its thread, in the same hop as the query of the chain's head).
+struct AuditRow {
+    time: i64,
+    project: String,
+    principal: String,
+    method: String,
+    resource: String,
+    kind: &'static str,
     json: String,
 }
 
-fn audit_json(record: &AuditRecord) -> Result<AuditRow<'_>, StoreError> {
-    Ok(AuditRow { record, json: serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))? })
+fn audit_row(record: &AuditRecord) -> Result<AuditRow, StoreError> {
+    Ok(AuditRow {
+        time: record.time.unix_nanos_i64(),
+        project: record.project.clone(),
+        principal: record.principal.clone(),
+        method: record.method.clone(),
+        resource: record.resource.clone(),
+        kind: record.kind.as_str(),
+        json: serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+    })
 }
 
-/// Appends entries to the chain inside an open transaction. The head row is locked first, so
-/// appenders on every node (and admin changes carrying their entry) serialize on it.
-/// Returns the statements that insert the entries and move the head; the caller runs them with
-/// whatever else ends its transaction, in one go.
-async fn append_entries(
-    tx: &mut Box<dyn SqlConn>,
-    entries: &[AuditRow<'_>],
-) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> {
-    let head = tx.query(LOCK_AUDIT_HEAD, vec![]).await?;
+/// The statements that append `entries` to the chain whose head is `head` (the row of
+/// [`LOCK_AUDIT_HEAD`]) and move the head.
+fn chain_statements(head: &[Row], entries: Vec<AuditRow>) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> {
     let head = head.first().ok_or_else(|| StoreError::Corrupt("audit head row missing".into()))?;
     let mut seq = head[0].int()?;
     let mut prev = head[1].text()?.to_string();
-    let mut statements = Vec::with_capacity(entries.len() + 1);
+    let mut statements = Vec::with_capacity(entries.len() + 2);
     for e in entries {
         seq += 1;
         let hash = chain_hash(&prev, seq, &e.json);
-        let r = e.record;
         statements.push((
             INSERT_AUDIT,
             vec![
                 Value::Int(seq),
-                Value::Int(r.time.unix_nanos_i64()),
-                Value::Text(r.project.clone()),
-                Value::Text(r.principal.clone()),
-                Value::Text(r.method.clone()),
-                Value::Text(r.resource.clone()),
-                Value::Text(r.kind.as_str().to_string()),
-                Value::Text(e.json.clone()),
+                Value::Int(e.time),
+                Value::Text(e.project),
+                Value::Text(e.principal),
+                Value::Text(e.method),
+                Value::Text(e.resource),
+                Value::Text(e.kind.to_string()),
+                Value::Text(e.json),
                 Value::Text(prev),
                 Value::Text(hash.clone()),
             ],
@@ -123,6 +131,18 @@ async fn append_entries(
     }
     statements.push((SET_AUDIT_HEAD, vec![Value::Int(seq), Value::Text(prev)]));
     Ok(statements)
+}
+
+/// Appends entries to the chain inside an open transaction. The head row is locked first, so
+/// appenders on every node (and admin changes carrying their entry) serialize on it.
+/// Returns the statements that insert the entries and move the head; the caller runs them with
+/// whatever else ends its transaction, in one go.
+async fn append_entries(
+    tx: &mut Box<dyn SqlConn>,
+    entries: Vec<AuditRow>,
+) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> {
+    let head = tx.query(LOCK_AUDIT_HEAD, vec![]).await?;
+    chain_statements(&head, entries)
 }
 
 fn audit_entry(row: &Row) -> Result<StoredAuditEntry, StoreError> {
@@ -179,10 +199,10 @@ impl<B: SqlBackend> SqlStore<B> {
         audit: &AuditRecord,
         f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, StoreError>>,
     ) -> Result<R, StoreError> {
-        let entry = [audit_json(audit)?];
+        let entry = vec![audit_row(audit)?];
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
-        let mut statements = append_entries(&mut tx, &entry).await?;
+        let mut statements = append_entries(&mut tx, entry).await?;
         statements.push((BUMP_CHANGES, vec![]));
         tx.execute_many_and_commit(statements).await?;
         Ok(r)
@@ -502,10 +522,11 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
     }
 
     async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError> {
-        let rows = entries.iter().map(audit_json).collect::<Result<Vec<_>, _>>()?;
-        let mut tx = self.backend.begin().await?;
-        let statements = append_entries(&mut tx, &rows).await?;
-        tx.execute_many_and_commit(statements).await
+        let rows = entries.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
+        // One round trip to the driver: the head is read, the entries chained to it and the
+        // transaction committed together (for SQLite, one hop to its thread per group commit).
+        let tx = self.backend.begin().await?;
+        tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows))).await
     }
 
     async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<StoredAuditEntry>, StoreError> {

@@ -10,6 +10,11 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc rather than glibc's malloc: under load the server's small, short-lived allocations
+/// (requests, audit entries, SQLite's pages) spent an eighth of the CPU in glibc's arenas.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keyhold: customer-managed encryption keys anyone can run.
 #[derive(Parser, Debug)]
 #[command(name = "keyhold", version, about)]
