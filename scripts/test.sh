@@ -17,8 +17,9 @@
 #      their own fresh databases from it); it is stopped and deleted on exit. If
 #      KEYHOLD_TEST_POSTGRES_URL is already set, that server is used instead;
 #   3. runs the Rust tests: cargo nextest (plus doc tests) when installed, else cargo test;
-#   4. runs the benchmark suite in smoke mode (bench/suite.py --smoke: every scenario for about
-#      a second on the debug build, checking that each yields numbers; never a speed);
+#   4. runs the benchmark scripts' unit tests (bench/test_*.py), then the suite in smoke mode
+#      (bench/suite.py --smoke: every scenario for about a second on the debug build, checking
+#      that each yields numbers; never a speed);
 #   5. builds target/debug/keyhold, prepares .venv with google-cloud-kms and pytest, and runs
 #      tests/python against a real `keyhold serve` process.
 # Every section runs even when an earlier one failed; the exit code is non-zero if any failed.
@@ -257,7 +258,9 @@ if [ "$mode" != python ]; then
     if run_rust_tests; then note "Rust tests passed"; else failed+=("Rust tests"); fi
 
     section "Benchmark suite, smoke mode (every scenario runs and yields numbers; no speed is asserted)"
-    if cargo build -q -p keyhold && python3 bench/suite.py --smoke; then
+    # The suite's own arithmetic (plots, ratio statistics) is unit-tested first.
+    if python3 -m unittest discover -s bench -p 'test_*.py' && cargo build -q -p keyhold \
+        && python3 bench/suite.py --smoke; then
         note "benchmark smoke run passed"
     else
         failed+=("Benchmark smoke run")

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Self-test for the arithmetic of bench/suite.py (what decides a goal's verdict).
+
+    python3 -m unittest discover -s bench -p 'test_*.py'     # from the repository root
+"""
+
+import math
+import os
+import statistics
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import suite  # noqa: E402  (bench/ is not a package)
+
+
+class PairedRatioTest(unittest.TestCase):
+    def test_geometric_mean_and_interval(self):
+        ratios = [0.9, 1.0, 1.1, 0.95, 1.05]
+        s = suite.paired_ratio_summary(ratios)
+        logs = [math.log(r) for r in ratios]
+        mean, sd = statistics.mean(logs), statistics.stdev(logs)
+        half = 2.78 * sd / math.sqrt(5)  # t(0.975, df=4)
+        self.assertEqual(s["n"], 5)
+        self.assertAlmostEqual(s["geomean"], math.exp(mean))
+        self.assertAlmostEqual(s["low"], math.exp(mean - half))
+        self.assertAlmostEqual(s["high"], math.exp(mean + half))
+        self.assertLess(s["low"], s["geomean"])
+        self.assertLess(s["geomean"], s["high"])
+
+    def test_interval_narrows_with_more_samples(self):
+        few = suite.paired_ratio_summary([0.9, 1.1] * 2)
+        many = suite.paired_ratio_summary([0.9, 1.1] * 20)
+        self.assertLess(many["high"] - many["low"], few["high"] - few["low"])
+
+    def test_identical_samples_have_no_spread(self):
+        s = suite.paired_ratio_summary([0.97] * 8)
+        self.assertAlmostEqual(s["low"], 0.97)
+        self.assertAlmostEqual(s["high"], 0.97)
+
+    def test_large_samples_use_the_normal_quantile(self):
+        ratios = [0.9, 1.1] * 40
+        s = suite.paired_ratio_summary(ratios)
+        logs = [math.log(r) for r in ratios]
+        half = 1.96 * statistics.stdev(logs) / math.sqrt(len(logs))
+        self.assertAlmostEqual(math.log(s["high"]) - math.log(s["geomean"]), half)
+
+    def test_one_sample_has_no_interval(self):
+        s = suite.paired_ratio_summary([1.02])
+        self.assertEqual(s["geomean"], 1.02)
+        self.assertTrue(math.isnan(s["low"]) and math.isnan(s["high"]))
+
+
+class CheckNumbersTest(unittest.TestCase):
+    def test_accepts_finite_numbers_and_strings(self):
+        suite.check_numbers({"a": 1, "b": [0.5, 2.0], "c": {"d": "text"}})
+
+    def test_refuses_what_is_not_a_measurement(self):
+        for bad in ({"a": float("nan")}, {"a": float("inf")}, {"a": -1}, {"a": []}, {}):
+            with self.assertRaises(AssertionError, msg=bad):
+                suite.check_numbers(bad)
+
+
+if __name__ == "__main__":
+    unittest.main()
