@@ -10,29 +10,16 @@
 #   callgrind_annotate --inclusive=yes /tmp/keyhold-callgrind.out.1 | less   # the profile
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for tool in wrk valgrind; do
-  command -v $tool >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $tool >/dev/null; }
-done
+source bench/encrypt-server.sh
+need_tools wrk valgrind
 if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/release/keyhold; fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-DATA=$(mktemp -d)
 OUT=${OUT:-/tmp/keyhold-callgrind.out}
 rm -f "$OUT" "$OUT".*
-KEYHOLD_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$OUT" --instr-atstart=no \
-  "$BIN" serve --in-memory --data-dir "$DATA" --listen 127.0.0.1:$PORT 2>/dev/null &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
-for _ in $(seq 300); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.2; done
-export KEYHOLD_TOKEN; KEYHOLD_TOKEN=$(cat "$DATA/owner.token")
-BASE=http://127.0.0.1:$PORT/v1/projects/bench/locations/global/keyRings
-curl -sf -H "Authorization: Bearer $KEYHOLD_TOKEN" -X POST "$BASE?keyRingId=r" -d '' >/dev/null
-curl -sf -H "Authorization: Bearer $KEYHOLD_TOKEN" -X POST "$BASE/r/cryptoKeys?cryptoKeyId=k" -d '{"purpose":"ENCRYPT_DECRYPT"}' >/dev/null
-ENC="$BASE/r/cryptoKeys/k:encrypt"
+WRAP="valgrind --tool=callgrind --callgrind-out-file=$OUT --instr-atstart=no" start_encrypt_server "$BIN" --in-memory
 wrk -t1 -c8 -d2s -s bench/encrypt.lua "$ENC" >/dev/null  # warm-up: caches, unsealed key
 callgrind_control -i on $PID >/dev/null
 if [ "${1:-encrypt}" = health ]; then
-  out=$(wrk -t1 -c8 -d8s "http://127.0.0.1:$PORT/healthz")
+  out=$(wrk -t1 -c8 -d8s "$HEALTH")
 else
   out=$(wrk -t1 -c8 -d8s -s bench/encrypt.lua "$ENC")
 fi

@@ -11,21 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-2}
-command -v wrk >/dev/null || { SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null; }
+source bench/encrypt-server.sh
+need_tools wrk
 if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/release/keyhold; fi
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-DATA=$(mktemp -d)
 FLAGS=(); [ "${STORAGE:-file}" = memory ] && FLAGS=(--in-memory)
-KEYHOLD_LOG=warn "$BIN" serve "${FLAGS[@]}" --data-dir "$DATA" --listen 127.0.0.1:$PORT 2>/dev/null &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
-export KEYHOLD_TOKEN; KEYHOLD_TOKEN=$(cat "$DATA/owner.token")
-BASE=http://127.0.0.1:$PORT/v1/projects/bench/locations/global/keyRings
-curl -sf -H "Authorization: Bearer $KEYHOLD_TOKEN" -X POST "$BASE?keyRingId=r" -d '' >/dev/null
-curl -sf -H "Authorization: Bearer $KEYHOLD_TOKEN" -X POST "$BASE/r/cryptoKeys?cryptoKeyId=k" -d '{"purpose":"ENCRYPT_DECRYPT"}' >/dev/null
-ENC="$BASE/r/cryptoKeys/k:encrypt"
+start_encrypt_server "$BIN" "${FLAGS[@]}"
 wrk -t2 -c64 -d2s -s bench/encrypt.lua "$ENC" >/dev/null  # warm-up
 TICK=$(getconf CLK_TCK)
 one() { # name wrk-args...
@@ -43,8 +33,8 @@ echo "== $(nproc) cores; $("$BIN" --version); storage ${STORAGE:-file}; $DURATIO
 echo "| scenario | requests/s | p99 | server CPU µs per request |"
 echo "|---|---|---|---|"
 for _ in $(seq "$ROUNDS"); do
-  one health-c64 -t2 -c64 -d"$DURATION" "http://127.0.0.1:$PORT/healthz"
+  one health-c64 -t2 -c64 -d"$DURATION" "$HEALTH"
   one encrypt-c64 -t2 -c64 -d"$DURATION" -s bench/encrypt.lua "$ENC"
-  one health-c1 -t1 -c1 -d"$DURATION" "http://127.0.0.1:$PORT/healthz"
+  one health-c1 -t1 -c1 -d"$DURATION" "$HEALTH"
   one encrypt-c1 -t1 -c1 -d"$DURATION" -s bench/encrypt.lua "$ENC"
 done

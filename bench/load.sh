@@ -11,25 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
-if ! command -v wrk >/dev/null; then
-  echo "== installing wrk (Debian package)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
-fi
+source bench/encrypt-server.sh
+need_tools wrk
 cargo build --release -p keyhold -q
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-DATA=$(mktemp -d)
 STORE_FLAGS=(); [ "${STORAGE:-file}" = memory ] && STORE_FLAGS=(--in-memory)
-KEYHOLD_LOG=warn target/release/keyhold serve "${STORE_FLAGS[@]}" --data-dir "$DATA" --listen 127.0.0.1:$PORT 2>/tmp/keyhold-bench.log &
-PID=$!
-trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
-for _ in $(seq 100); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
-export KEYHOLD_TOKEN; KEYHOLD_TOKEN=$(cat "$DATA/owner.token")
-AUTH="Authorization: Bearer $KEYHOLD_TOKEN"
-BASE=http://127.0.0.1:$PORT/v1/projects/bench/locations/global/keyRings
-curl -sf -H "$AUTH" -X POST "$BASE?keyRingId=r" -d '' >/dev/null
-curl -sf -H "$AUTH" -X POST "$BASE/r/cryptoKeys?cryptoKeyId=k" -d '{"purpose":"ENCRYPT_DECRYPT"}' >/dev/null
-ENC="$BASE/r/cryptoKeys/k:encrypt"
+start_encrypt_server target/release/keyhold "${STORE_FLAGS[@]}"
 
 # wrk prints "Requests/sec: N" and, with --latency, the 50% and 99% percentiles.
 run() { # name threads conns url [script]
@@ -43,9 +29,9 @@ run() { # name threads conns url [script]
 }
 echo "== machine: $(nproc) cores, $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); duration $DURATION per scenario; storage ${STORAGE:-file}"
 RESULTS=$(
-  run health-c1 1 1 "http://127.0.0.1:$PORT/healthz"
+  run health-c1 1 1 "$HEALTH"
   run encrypt-c1 1 1 "$ENC" bench/encrypt.lua
-  run health-c64 2 64 "http://127.0.0.1:$PORT/healthz"
+  run health-c64 2 64 "$HEALTH"
   run encrypt-c64 2 64 "$ENC" bench/encrypt.lua
 )
 echo

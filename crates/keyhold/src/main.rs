@@ -11,7 +11,8 @@ mod serve;
 use clap::{Parser, Subcommand};
 
 /// mimalloc rather than glibc's malloc: under load the server's small, short-lived allocations
-/// (requests, audit entries, SQLite's pages) spent an eighth of the CPU in glibc's arenas.
+/// (requests, responses, audit entries) spent an eighth of the CPU in glibc's arenas. (SQLite
+/// keeps calling the C library's malloc for its own pages.)
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,0 +1,37 @@
+# Sourced by bench/load.sh, bench/cpu.sh and bench/callgrind.sh: the tools they need, a server
+# on a free loopback port, and a SOFTWARE key to call :encrypt on.
+#
+#   need_tools wrk [valgrind ...]     # installs missing Debian packages
+#   start_encrypt_server BIN [serve flags...]
+#       WRAP="valgrind ..." prefixes the server's command line.
+#       Sets PORT, PID, DATA, KEYHOLD_TOKEN (exported), HEALTH (URL) and ENC (the :encrypt URL
+#       of key projects/bench/locations/global/keyRings/r/cryptoKeys/k); stops the server and
+#       deletes DATA on exit.
+
+need_tools() {
+  local missing=()
+  for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "== installing ${missing[*]} (Debian packages)" >&2
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+start_encrypt_server() {
+  local bin=$1; shift
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  DATA=$(mktemp -d)
+  # shellcheck disable=SC2086  # WRAP is a command line
+  KEYHOLD_LOG=warn ${WRAP:-} "$bin" serve "$@" --data-dir "$DATA" --listen 127.0.0.1:$PORT 2>/dev/null &
+  PID=$!
+  trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
+  HEALTH=http://127.0.0.1:$PORT/healthz
+  # Under valgrind the server takes seconds to answer.
+  for _ in $(seq 300); do curl -sf "$HEALTH" >/dev/null && break; sleep 0.1; done
+  export KEYHOLD_TOKEN; KEYHOLD_TOKEN=$(cat "$DATA/owner.token")
+  local rings=http://127.0.0.1:$PORT/v1/projects/bench/locations/global/keyRings
+  local auth="Authorization: Bearer $KEYHOLD_TOKEN"
+  curl -sf -H "$auth" -X POST "$rings?keyRingId=r" -d '' >/dev/null
+  curl -sf -H "$auth" -X POST "$rings/r/cryptoKeys?cryptoKeyId=k" -d '{"purpose":"ENCRYPT_DECRYPT"}' >/dev/null
+  ENC="$rings/r/cryptoKeys/k:encrypt"
+}
