@@ -18,11 +18,8 @@ if ! [[ $SECONDS_PER =~ ^[1-9][0-9]*$ ]]; then
   echo "SECONDS_PER must be a whole number of seconds (openssl speed -seconds), got '$SECONDS_PER'" >&2
   exit 2
 fi
-if ! command -v openssl >/dev/null; then
-  echo "== installing openssl (Debian package)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openssl >/dev/null
-fi
+source bench/lib.sh
+need_tools openssl
 # Build first, so that the two measurements below run back to back.
 cargo bench -p keyhold-cmek --bench envelope --no-run -q
 

@@ -9,14 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
-SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v softhsm2-util >/dev/null || need+=(softhsm2)
-if [ "${#need[@]}" -gt 0 ]; then
-  echo "== installing ${need[*]} (Debian packages)"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+source bench/lib.sh
+need_tools wrk softhsm2-util:softhsm2
 cargo build --release -p keyhold -q
 BIN=target/release/keyhold
 MODULE=$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | head -n 1)

@@ -10,7 +10,7 @@
 #   callgrind_annotate --inclusive=yes /tmp/keyhold-callgrind.out.1 | less   # the profile
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source bench/encrypt-server.sh
+source bench/lib.sh
 need_tools wrk valgrind
 if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/release/keyhold; fi
 OUT=${OUT:-/tmp/keyhold-callgrind.out}

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-2}
-source bench/encrypt-server.sh
+source bench/lib.sh
 need_tools wrk
 if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/release/keyhold; fi
 FLAGS=(); [ "${STORAGE:-file}" = memory ] && FLAGS=(--in-memory)

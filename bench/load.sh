@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
-source bench/encrypt-server.sh
+source bench/lib.sh
 need_tools wrk
 cargo build --release -p keyhold -q
 STORE_FLAGS=(); [ "${STORAGE:-file}" = memory ] && STORE_FLAGS=(--in-memory)

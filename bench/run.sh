@@ -11,14 +11,8 @@
 # `scripts/test.sh with-postgres` for the two-node PostgreSQL scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SUDO=(); [ "$(id -u)" = 0 ] || SUDO=(sudo)
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v openssl >/dev/null || missing+=(openssl)
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "== installing ${missing[*]} (Debian packages)"
-  "${SUDO[@]}" apt-get update -qq && DEBIAN_FRONTEND=noninteractive "${SUDO[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source bench/lib.sh
+need_tools wrk openssl
 if [[ " $* " == *" --smoke "* ]]; then
   cargo build -q -p keyhold
 else

@@ -29,11 +29,8 @@ BIG=${BIG:-5G}
 PARTS=${PARTS:-load rewrap stream copies}
 COPY_SIZE=${COPY_SIZE:-1G}
 ROUNDS=${ROUNDS:-2}
-SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-if ! command -v wrk >/dev/null; then
-  echo "== installing wrk (Debian package)"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
-fi
+source bench/lib.sh
+need_tools wrk
 cargo build --release -p keyhold -q
 
 PID=""; DATA=""

@@ -51,6 +51,17 @@ class PairedRatioTest(unittest.TestCase):
         self.assertTrue(math.isnan(s["low"]) and math.isnan(s["high"]))
 
 
+class IntervalVerdictTest(unittest.TestCase):
+    def test_the_whole_interval_decides(self):
+        self.assertEqual(suite.interval_verdict({"low": 0.96, "high": 1.02}, 0.95), "met")
+        self.assertEqual(suite.interval_verdict({"low": 0.90, "high": 0.94}, 0.95), "missed")
+        self.assertEqual(suite.interval_verdict({"low": 0.94, "high": 1.02}, 0.95), "not decided at this precision")
+
+    def test_no_interval_decides_nothing(self):
+        nan = float("nan")
+        self.assertEqual(suite.interval_verdict({"low": nan, "high": nan}, 0.95), "not decided at this precision")
+
+
 class CheckNumbersTest(unittest.TestCase):
     def test_accepts_finite_numbers_and_strings(self):
         suite.check_numbers({"a": 1, "b": [0.5, 2.0], "c": {"d": "text"}})

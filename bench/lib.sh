@@ -1,7 +1,7 @@
-# Sourced by bench/load.sh, bench/cpu.sh and bench/callgrind.sh: the tools they need, a server
-# on a free loopback port, and a SOFTWARE key to call :encrypt on.
+# Sourced by the bench/*.sh scripts: the tools they need and, for the :encrypt load scripts
+# (load.sh, cpu.sh, callgrind.sh), a server on a free loopback port with a SOFTWARE key.
 #
-#   need_tools wrk [valgrind ...]     # installs missing Debian packages
+#   need_tools wrk softhsm2-util:softhsm2   # command[:Debian package]; installs what is missing
 #   start_encrypt_server BIN [serve flags...]
 #       WRAP="valgrind ..." prefixes the server's command line.
 #       Sets PORT, PID, DATA, KEYHOLD_TOKEN (exported), HEALTH (URL) and ENC (the :encrypt URL
@@ -9,8 +9,8 @@
 #       deletes DATA on exit.
 
 need_tools() {
-  local missing=()
-  for tool in "$@"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+  local missing=() tool
+  for tool in "$@"; do command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   echo "== installing ${missing[*]} (Debian packages)" >&2
   local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
