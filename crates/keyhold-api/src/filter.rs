@@ -22,6 +22,17 @@ use serde_json::Value;
 
 use crate::wire::Timestamp;
 
+/// The longest filter accepted, in bytes. Cloud KMS documents no limit; real filters are a few
+/// dozen bytes, and this bounds the tokenizer's work and memory for a hostile one.
+pub const MAX_FILTER_LEN: usize = 2048;
+/// The deepest nesting of parentheses and `NOT`/`-` accepted. The parser is recursive descent:
+/// without this bound a filter of a few thousand `(` overflowed a worker's stack and aborted the
+/// whole server (hardening issue, finding 1).
+pub const MAX_FILTER_DEPTH: usize = 32;
+/// The most restrictions (`field op value` terms) one filter may hold. It bounds the size of the
+/// parsed tree, and so the recursion of [`Filter::matches`] and of its drop.
+pub const MAX_FILTER_TERMS: usize = 64;
+
 /// A filter or order-by that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -153,6 +164,10 @@ fn tokenize(s: &str) -> Result<Vec<Tok>, FilterError> {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    /// Current nesting of `(` and `NOT` (bounded by [`MAX_FILTER_DEPTH`]).
+    depth: usize,
+    /// Restrictions parsed so far (bounded by [`MAX_FILTER_TERMS`]).
+    terms: usize,
 }
 
 impl Parser {
@@ -191,7 +206,23 @@ impl Parser {
         }
         Ok(left)
     }
+    /// Enters one level of nesting, refusing past [`MAX_FILTER_DEPTH`].
+    fn nest(&mut self) -> Result<(), FilterError> {
+        self.depth += 1;
+        if self.depth > MAX_FILTER_DEPTH {
+            return Err(FilterError(format!(
+                "filter nests parentheses and NOT more than {MAX_FILTER_DEPTH} levels deep"
+            )));
+        }
+        Ok(())
+    }
     fn term(&mut self) -> Result<Filter, FilterError> {
+        self.nest()?;
+        let t = self.term_inner();
+        self.depth -= 1;
+        t
+    }
+    fn term_inner(&mut self) -> Result<Filter, FilterError> {
         match self.peek().cloned() {
             Some(Tok::Word(w)) if w == "NOT" => {
                 self.pos += 1;
@@ -212,6 +243,10 @@ impl Parser {
             }
             Some(Tok::Word(field)) => {
                 self.pos += 1;
+                self.terms += 1;
+                if self.terms > MAX_FILTER_TERMS {
+                    return Err(FilterError(format!("filter has more than {MAX_FILTER_TERMS} terms")));
+                }
                 let path: Vec<String> = field.split('.').map(str::to_string).collect();
                 if path.iter().any(String::is_empty) {
                     return Err(FilterError(format!("invalid field \"{field}\" in filter")));
@@ -240,7 +275,10 @@ impl Filter {
         if s.trim().is_empty() {
             return Ok(Filter::All);
         }
-        let mut p = Parser { toks: tokenize(s)?, pos: 0 };
+        if s.len() > MAX_FILTER_LEN {
+            return Err(FilterError(format!("filter is {} bytes long; at most {MAX_FILTER_LEN} are accepted", s.len())));
+        }
+        let mut p = Parser { toks: tokenize(s)?, pos: 0, depth: 0, terms: 0 };
         let f = p.expr()?;
         if p.pos != p.toks.len() {
             return Err(FilterError(format!("unexpected input at token {} of filter \"{s}\"", p.pos + 1)));
@@ -406,6 +444,32 @@ mod tests {
         }
         assert!(OrderBy::parse("name sideways").is_err());
         assert!(OrderBy::parse("").unwrap().is_none());
+    }
+
+    /// Finding 1 of the hardening issue: deep nesting aborted the server. Every shape of deep
+    /// nesting is now a parse error, well inside the default 2 MiB stack of a test thread.
+    #[test]
+    fn deep_or_long_filters_are_refused_not_overflowed() {
+        let deep_parens = format!("{}a=1{}", "(".repeat(5000), ")".repeat(5000));
+        let deep_not = format!("{}a=1", "NOT ".repeat(3000));
+        let deep_minus = format!("{}a=1", "-".repeat(3000));
+        let deep_mixed = format!("{}a=1{}", "(NOT ".repeat(1000), ")".repeat(1000));
+        for (what, f) in [("parens", &deep_parens), ("not", &deep_not), ("minus", &deep_minus), ("mixed", &deep_mixed)] {
+            let e = Filter::parse(f).expect_err(what);
+            assert!(e.0.contains("levels deep") || e.0.contains("bytes long"), "{what}: {e}");
+        }
+        // Within the length bound, nesting is what is refused.
+        let e = Filter::parse(&format!("{}a=1{}", "(".repeat(40), ")".repeat(40))).unwrap_err();
+        assert!(e.0.contains("32 levels deep"), "{e}");
+        // Exactly at the bound still parses and matches.
+        let ok = format!("{}labels.team=payments{}", "(".repeat(31), ")".repeat(31));
+        assert!(Filter::parse(&ok).unwrap().matches(&key()));
+        // Many flat terms: bounded too (the And chain is as deep as it is long).
+        let many = vec!["a=1"; 65].join(" AND ");
+        assert!(Filter::parse(&many).unwrap_err().0.contains("64 terms"));
+        assert!(Filter::parse(&vec!["labels.team=payments"; 64].join(" AND ")).unwrap().matches(&key()));
+        let long = "a".repeat(MAX_FILTER_LEN + 1);
+        assert!(Filter::parse(&long).unwrap_err().0.contains("bytes long"));
     }
 
     #[test]
