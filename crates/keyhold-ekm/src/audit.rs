@@ -23,7 +23,9 @@
 //!   its chain. A last line without its newline is a write torn by a crash: it was never
 //!   synced, so its request was never answered, and it is cut off with a warning. A complete
 //!   last line that does not verify, or a file in the older unchained format, is refused.
-//! * **0600** whatever the umask, including a file that existed with wider permissions.
+//! * **0600** whatever the umask, including a file that existed with wider permissions; a
+//!   regular file, locked (`flock`) while a manager uses it, so a second manager on the same
+//!   file is refused instead of forking the chain.
 
 use std::io::{BufRead as _, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
@@ -302,9 +304,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The last complete line of a file: where it starts, and its bytes without the newline.
+type LastLine = Option<(u64, Vec<u8>)>;
+
 /// Reads the end of the file: the offset just after its last newline (0 if none), and the last
 /// complete line.
-fn read_tail(file: &mut std::fs::File, len: u64) -> std::io::Result<(u64, Option<(u64, Vec<u8>)>)> {
+fn read_tail(file: &mut std::fs::File, len: u64) -> std::io::Result<(u64, LastLine)> {
     const CHUNK: u64 = 64 * 1024;
     let mut end_of_complete: Option<u64> = None;
     let mut collected: Vec<u8> = Vec::new(); // bytes from `pos` to the end of the file
@@ -349,6 +354,22 @@ impl AuditLog {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
         let mut file = opts.open(path)?;
+        if !file.metadata()?.is_file() {
+            return Err(AuditOpenError::Io(std::io::Error::other(
+                "the audit file must be a regular file: a chain is continued from its last line at each start",
+            )));
+        }
+        // Two managers appending to one file would fork its chain: the second is refused.
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(AuditOpenError::Io(std::io::Error::other(
+                    "another external key manager is using this audit file (it holds its lock); give each manager its \
+                     own --audit-file",
+                )));
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         // `mode` only applies to a new file: one that existed with wider permissions (or was
         // created by an older release) is restricted too.
         #[cfg(unix)]
@@ -613,6 +634,19 @@ mod tests {
         log.record(&entry(3)).unwrap();
         drop(log);
         assert!(matches!(verify_file(&p).unwrap(), AuditVerdict::Intact { entries: 3, .. }));
+    }
+
+    #[test]
+    fn a_second_manager_on_the_same_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("audit.jsonl");
+        let first = AuditLog::open(&p).unwrap();
+        let err = AuditLog::open(&p).unwrap_err().to_string();
+        assert!(err.contains("another external key manager is using this audit file"), "{err}");
+        drop(first);
+        AuditLog::open(&p).unwrap();
+        let err = AuditLog::open(dir.path()).unwrap_err().to_string();
+        assert!(!err.is_empty());
     }
 
     #[cfg(unix)]
