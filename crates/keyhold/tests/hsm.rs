@@ -436,3 +436,41 @@ async fn failed_inserts_leave_no_object_and_reconcile_finds_orphans() {
     assert_eq!(dec["plaintext"], "aHNt", "the live version still decrypts");
     terminate(server);
 }
+
+// Finding 10 (issue 15): the database itself refuses a version's insert (a trigger, as a full
+// disk or a lost privilege would), after the token generated the object: the failure is not a
+// definite "already exists", so the KMS reads the database again, finds no row, and destroys
+// the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_insert_refused_by_the_database_leaves_no_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = softhsm(d);
+    let pin_file = d.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let server = spawn_hsm_server(d, &conf, &pin_file, 1).await;
+    let port = server.port;
+    call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+    let hsm_key = json!({"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"protectionLevel": "HSM"}});
+    call(d, port, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key).await;
+    assert_eq!(token_objects(&conf).len(), 1);
+
+    let db = rusqlite::Connection::open(d.join("data/keyhold.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_versions BEFORE INSERT ON crypto_key_versions BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    let (st, body) = post(d, port, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await;
+    assert!(st >= 500, "the insert failed: {st} {body}");
+    let objects = token_objects(&conf);
+    assert_eq!(objects.len(), 1, "the object generated for the refused version is destroyed: {objects:?}");
+    assert!(objects[0].contains("/cryptoKeyVersions/1:"), "{objects:?}");
+
+    db.execute_batch("DROP TRIGGER refuse_versions;").unwrap();
+    let v = call(d, port, Method::POST, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await;
+    assert!(v["name"].as_str().unwrap().ends_with("/cryptoKeyVersions/3"), "{v}");
+    assert_eq!(token_objects(&conf).len(), 2);
+    let log = terminate(server);
+    assert!(log.contains("destroyed the HSM key object of a version that was not created"), "{log}");
+}
