@@ -281,6 +281,10 @@ async fn hsm_keys_in_a_softhsm_token() {
 
 /// `keyhold serve` with the token, on a port the kernel picks (read from its log).
 async fn spawn_hsm_server(d: &Path, conf: &Path, pin_file: &Path, n: u32) -> common::Proc {
+    spawn_hsm_server_with(d, conf, pin_file, n, &[]).await
+}
+
+async fn spawn_hsm_server_with(d: &Path, conf: &Path, pin_file: &Path, n: u32, extra: &[&str]) -> common::Proc {
     let log = d.join(format!("reconcile-serve-{n}.log"));
     let child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -288,6 +292,7 @@ async fn spawn_hsm_server(d: &Path, conf: &Path, pin_file: &Path, n: u32) -> com
         .args(["--pkcs11-module", module(), "--pkcs11-token-label", TOKEN, "--pkcs11-pin-file"])
         .arg(pin_file)
         .args(["--pkcs11-reconcile-grace", "1s"])
+        .args(extra)
         .env("SOFTHSM2_CONF", conf)
         .env("KEYHOLD_LOG", "info")
         .stdout(std::process::Stdio::null())
@@ -321,12 +326,17 @@ fn pkcs11_tool(conf: &Path, args: &[&str]) {
 }
 
 fn reconcile(d: &Path, conf: &Path, pin_file: &Path, apply: bool) -> (bool, String) {
+    reconcile_with(d, conf, pin_file, apply, &[])
+}
+
+fn reconcile_with(d: &Path, conf: &Path, pin_file: &Path, apply: bool, extra: &[&str]) -> (bool, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyhold"));
     cmd.args(["hsm", "reconcile", "--data-dir"])
         .arg(d.join("data"))
         .args(["--pkcs11-module", module(), "--pkcs11-token-label", TOKEN, "--pkcs11-pin-file"])
         .arg(pin_file)
         .args(["--grace", "0s"])
+        .args(extra)
         .env("SOFTHSM2_CONF", conf);
     if apply {
         cmd.arg("--apply");
@@ -473,4 +483,64 @@ async fn a_version_insert_refused_by_the_database_leaves_no_object() {
     assert_eq!(token_objects(&conf).len(), 2);
     let log = terminate(server);
     assert!(log.contains("destroyed the HSM key object of a version that was not created"), "{log}");
+}
+
+// Finding 10 (issue 15) on PostgreSQL: a duplicate create and an insert refused by the database
+// (a trigger) leave no object; `keyhold hsm reconcile --database` finds an orphan and removes it
+// with --apply, leaving the live versions' objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_failed_inserts_leave_no_object_and_reconcile_finds_orphans() {
+    let url = common::fresh_postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = softhsm(d);
+    let pin_file = d.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let root = d.join("root.key");
+    std::fs::write(&root, keyhold_api::wire::encode_base64(&[7u8; 32])).unwrap();
+    let db_flags = ["--database", url.as_str()];
+    let mut flags = db_flags.to_vec();
+    flags.extend(["--root-key-file", root.to_str().unwrap()]);
+    let server = spawn_hsm_server_with(d, &conf, &pin_file, 1, &flags).await;
+    let port = server.port;
+    call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+    let hsm_key = json!({"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"protectionLevel": "HSM"}});
+    call(d, port, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key.clone()).await;
+    let (st, body) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key).await;
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(token_objects(&conf).len(), 1, "the duplicate's object is destroyed");
+
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_versions() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+             CREATE TRIGGER refuse_versions BEFORE INSERT ON crypto_key_versions \
+             FOR EACH ROW EXECUTE FUNCTION refuse_versions();",
+        )
+        .await
+        .unwrap();
+    let (st, body) = post(d, port, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await;
+    assert!(st >= 500, "the insert failed: {st} {body}");
+    assert_eq!(token_objects(&conf).len(), 1, "the refused version's object is destroyed");
+    client.batch_execute("DROP TRIGGER refuse_versions ON crypto_key_versions;").await.unwrap();
+    call(d, port, Method::POST, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await;
+    let live = token_objects(&conf);
+    assert_eq!(live.len(), 2, "{live:?}");
+
+    let orphan = "keyhold:projects/p/locations/global/keyRings/r/cryptoKeys/hsm/cryptoKeyVersions/7:0badc0de";
+    pkcs11_tool(&conf, &["--keygen", "--key-type", "AES:32", "--label", orphan, "--id", "0701"]);
+    // Next to the running server: the database is only read.
+    let (ok, out) = reconcile_with(d, &conf, &pin_file, false, &db_flags);
+    assert!(!ok && out.contains("2 key objects in use by versions") && out.contains("1 orphaned key objects"), "{out}");
+    assert!(out.contains("cryptoKeyVersions/7: no such version in the database"), "{out}");
+    let (ok, out) = reconcile_with(d, &conf, &pin_file, true, &db_flags);
+    assert!(ok && out.contains("[destroyed]"), "{out}");
+    let mut after = token_objects(&conf);
+    after.sort();
+    let mut live = live;
+    live.sort();
+    assert_eq!(after, live, "exactly the orphan is gone");
+    terminate(server);
 }
