@@ -81,7 +81,7 @@ pub enum EkmServeError {
         path: String,
         /// The cause.
         #[source]
-        source: std::io::Error,
+        source: crate::audit::AuditOpenError,
     },
     /// Serving failed.
     #[error("serving failed: {0}")]

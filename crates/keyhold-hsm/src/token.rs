@@ -178,6 +178,15 @@ impl HsmToken {
         self.run("key_exists", move |call| call.exists(&key)).await
     }
 
+    /// Every AES secret-key object in the token whose label starts with `label_prefix`, as
+    /// references (label and ID; objects without an ID or with a label that is not UTF-8 are
+    /// skipped). For reconciling the token with the database: Keyhold labels the objects of
+    /// key versions `keyhold:VERSION_NAME:RANDOM`.
+    pub async fn list_keys(&self, label_prefix: &str) -> Result<Vec<HsmKeyRef>, HsmError> {
+        let prefix = label_prefix.to_owned();
+        self.run("list_keys", move |call| call.list(&prefix)).await
+    }
+
     /// `n` bytes from the token's random generator (`C_GenerateRandom`), `n` from
     /// [`MIN_RANDOM_BYTES`] to [`MAX_RANDOM_BYTES`] as in Cloud KMS.
     pub async fn random_bytes(&self, n: usize) -> Result<Secret, HsmError> {
@@ -674,6 +683,38 @@ impl Call<'_> {
             Err(e) if is_stale_handle(&e) => Err(self.not_found(key)),
             Err(e) => Err(classify(&e, "destroying a key object")),
         }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<HsmKeyRef>, HsmError> {
+        let handles = self
+            .session
+            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::AES)])
+            .map_err(|e| classify(&e, "listing the key objects"))?;
+        let mut keys = Vec::new();
+        for handle in handles {
+            let attrs = match self.session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id]) {
+                Ok(attrs) => attrs,
+                // Destroyed between the search and this call (another node): not listed.
+                Err(e) if is_stale_handle(&e) => continue,
+                Err(e) => return Err(classify(&e, "reading a key object's label and ID")),
+            };
+            let (mut label, mut id) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Label(l) => label = String::from_utf8(l).ok(),
+                    Attribute::Id(i) if !i.is_empty() => id = Some(i),
+                    _ => {}
+                }
+            }
+            if let (Some(label), Some(id)) = (label, id)
+                && label.starts_with(prefix)
+                && let Ok(key) = HsmKeyRef::new(label, id)
+            {
+                keys.push(key);
+            }
+        }
+        keys.sort_by(|a, b| (a.label(), a.id()).cmp(&(b.label(), b.id())));
+        Ok(keys)
     }
 
     fn exists(&self, key: &HsmKeyRef) -> Result<bool, HsmError> {

@@ -471,3 +471,21 @@ async fn an_empty_token_label_is_a_configuration_error() {
     let e = t.random_bytes(8).await.unwrap_err();
     assert!(matches!(e, HsmError::Config { .. }), "{e:?}");
 }
+
+// Finding 10 (issue 15): reconciliation lists the token's version objects by label prefix.
+#[tokio::test]
+async fn list_keys_finds_objects_by_label_prefix() {
+    let hsm = SoftHsm::new();
+    let t = token(hsm.config());
+    let a =
+        t.generate_key("keyhold:projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1:aa").await.unwrap();
+    let b =
+        t.generate_key("keyhold:projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/2:bb").await.unwrap();
+    let other = t.generate_key("keyhold-root").await.unwrap();
+    let listed = t.list_keys("keyhold:").await.unwrap();
+    assert_eq!(listed, vec![a.clone(), b.clone()]);
+    assert_eq!(t.list_keys("").await.unwrap().len(), 3);
+    assert!(t.list_keys("").await.unwrap().contains(&other));
+    t.destroy_key(&a).await.unwrap();
+    assert_eq!(t.list_keys("keyhold:").await.unwrap(), vec![b]);
+}

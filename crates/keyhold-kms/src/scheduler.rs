@@ -139,7 +139,10 @@ impl Kms {
         let version = self.new_version_record(&name.version(id), &template, VersionState::Enabled, None).await?;
         let call = Call::new(&system, "CreateCryptoKeyVersion", name.to_string(), AuditKind::Activity);
         call.set_key_version(version.name.to_string());
-        self.store.insert_version(&version, true, &call.success_entry()).await?;
+        if let Err(e) = self.store.insert_version(&version, true, &call.success_entry()).await {
+            self.discard_unrecorded_material(&version, &e).await;
+            return Err(e.into());
+        }
         self.key_changed(name);
         tracing::info!(key = %name, version = id, "key rotated automatically");
         Ok(true)

@@ -326,8 +326,16 @@ impl Kms {
             CryptoKeyRecord { name: name.clone(), key, primary_version: first.as_ref().map(|_| 1), revision: 0 };
         match self.store.insert_crypto_key(&record, first.as_ref(), &call.success_entry()).await {
             Ok(()) => Ok(render_key(&record, first.as_ref())),
-            Err(StoreError::AlreadyExists) => Err(KmsError::CryptoKeyExists(name)),
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                // A key created twice at once (or again) generated an HSM object for nothing.
+                if let Some(first) = &first {
+                    self.discard_unrecorded_material(first, &e).await;
+                }
+                match e {
+                    StoreError::AlreadyExists => Err(KmsError::CryptoKeyExists(name)),
+                    e => Err(e.into()),
+                }
+            }
         }
     }
 
@@ -392,10 +400,14 @@ impl Kms {
                     .generate_key(&label)
                     .await
                     .map_err(|e| KmsError::from_backend("The HSM", &name.to_string(), e))?;
-                let statement = hsm
-                    .attestation(&handle)
-                    .await
-                    .map_err(|e| KmsError::from_backend("The HSM", &name.to_string(), e))?;
+                let statement = match hsm.attestation(&handle).await {
+                    Ok(statement) => statement,
+                    Err(e) => {
+                        // No record will name the object just generated: remove it now.
+                        discard_hsm_object(hsm.as_ref(), name, &handle).await;
+                        return Err(KmsError::from_backend("The HSM", &name.to_string(), e));
+                    }
+                };
                 attestation = Some(KeyOperationAttestation {
                     format: "ATTESTATION_FORMAT_UNSPECIFIED".into(),
                     content: Some(keyhold_api::wire::Bytes(statement.into_bytes())),
@@ -433,6 +445,45 @@ impl Kms {
             material,
             revision: 0,
         })
+    }
+
+    /// After the insert of a new version failed: its HSM object, generated in the token just
+    /// before, is destroyed (best effort, logged) so that the token keeps no key object that no
+    /// version names (issue 15, finding 10). A definite refusal (`AlreadyExists`, `Conflict`)
+    /// wrote nothing. Any other failure may hide a commit whose answer was lost (a connection
+    /// dropped at COMMIT), so the object is destroyed only if the database, read again, has no
+    /// row naming it; if it cannot be read the object stays for `keyhold hsm reconcile`
+    /// (docs/operations.md, "HSM reconciliation"). Nothing to do for other protection levels.
+    pub(crate) async fn discard_unrecorded_material(&self, record: &VersionRecord, error: &StoreError) {
+        if record.version.protection_level != Some(ProtectionLevel::Hsm) {
+            return;
+        }
+        let (Ok(hsm), Some(object)) =
+            (self.hsm(), record.material.as_deref().and_then(|m| std::str::from_utf8(m).ok()))
+        else {
+            return;
+        };
+        if !matches!(error, StoreError::AlreadyExists | StoreError::Conflict) {
+            match self.store.version(&record.name).await {
+                Ok(Some(stored)) if stored.material == record.material => {
+                    tracing::warn!(
+                        version = %record.name, object,
+                        "the version's insert reported an error but was committed; its HSM key object is kept"
+                    );
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(
+                        version = %record.name, object, error = %e,
+                        "cannot tell whether the failed version insert was committed; its HSM key object is left in \
+                         the token: `keyhold hsm reconcile` finds it if it is orphaned"
+                    );
+                    return;
+                }
+            }
+        }
+        discard_hsm_object(hsm.as_ref(), &record.name, object).await;
     }
 
     /// For an EXTERNAL version, its key URI, checked; `None` for other protection levels (which
@@ -711,7 +762,10 @@ impl Kms {
             .new_version_record(&parent.version(id), &template, state, request.external_protection_level_options)
             .await?;
         call.set_key_version(record.name.to_string());
-        self.store.insert_version(&record, false, &call.success_entry()).await?;
+        if let Err(e) = self.store.insert_version(&record, false, &call.success_entry()).await {
+            self.discard_unrecorded_material(&record, &e).await;
+            return Err(e.into());
+        }
         self.key_changed(parent);
         Ok(record.version)
     }
@@ -1068,6 +1122,21 @@ fn list_page<T: Serialize>(all: Vec<T>, q: &ListQuery, parent: &str) -> Result<P
 
 /// A random suffix that keeps HSM object labels unique even if a version name is reused
 /// (a key deleted and created again is not possible in Cloud KMS, but a database restore is).
+/// Destroys an HSM object that no version names, best effort: a failure is logged with the way
+/// out (`keyhold hsm reconcile`).
+async fn discard_hsm_object(hsm: &dyn HsmBackend, name: &CryptoKeyVersionName, object: &str) {
+    match hsm.destroy_key(object).await {
+        Ok(()) | Err(BackendError::KeyNotFound(_)) => {
+            tracing::info!(version = %name, object, "destroyed the HSM key object of a version that was not created");
+        }
+        Err(e) => tracing::error!(
+            version = %name, object, error = %e,
+            "cannot destroy the HSM key object of a version that was not created; it is orphaned in the token: \
+             remove it with `keyhold hsm reconcile --apply` (docs/operations.md, \"HSM reconciliation\")"
+        ),
+    }
+}
+
 fn random_suffix() -> Result<String, KmsError> {
     let mut b = [0u8; 8];
     keyhold_crypto::random_bytes(&mut b).map_err(|e| KmsError::Internal(e.to_string()))?;

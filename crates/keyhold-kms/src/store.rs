@@ -112,6 +112,9 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
     async fn version(&self, name: &CryptoKeyVersionName) -> Result<Option<VersionRecord>, StoreError>;
     /// All versions of a key, by version ID.
     async fn list_versions(&self, key: &CryptoKeyName) -> Result<Vec<VersionRecord>, StoreError>;
+    /// Every version of every key, by name (for reconciling an HSM token with the database:
+    /// `keyhold hsm reconcile`; not for request paths).
+    async fn list_all_versions(&self) -> Result<Vec<VersionRecord>, StoreError>;
     /// Replaces a version if its revision is still `version.revision`; returns the new revision.
     /// When `material` becomes `None` the old bytes are overwritten, not merely unlinked.
     async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, StoreError>;

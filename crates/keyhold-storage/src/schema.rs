@@ -281,6 +281,8 @@ pub(crate) const GET_VERSION: &str =
     "SELECT name, resource, material, revision FROM crypto_key_versions WHERE name = $1";
 pub(crate) const LIST_VERSIONS: &str = "SELECT name, resource, material, revision FROM crypto_key_versions \
     WHERE crypto_key = $1 ORDER BY version_id";
+pub(crate) const LIST_ALL_VERSIONS: &str =
+    "SELECT name, resource, material, revision FROM crypto_key_versions ORDER BY name";
 pub(crate) const UPDATE_VERSION: &str = "UPDATE crypto_key_versions \
     SET resource = $1, material = $2, destroy_nanos = $3, revision = revision + 1 \
     WHERE name = $4 AND revision = $5 RETURNING revision";

@@ -328,6 +328,11 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         rows.iter().map(version_record).collect()
     }
 
+    async fn list_all_versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
+        let rows = self.read_rows(LIST_ALL_VERSIONS, vec![]).await?;
+        rows.iter().map(version_record).collect()
+    }
+
     async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, StoreError> {
         let erased = version.material.is_none();
         let params = vec![

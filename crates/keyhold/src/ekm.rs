@@ -1,5 +1,6 @@
 //! `keyhold ekm ...`: a small external key manager for EXTERNAL keys (`keyhold ekm serve`) and
-//! the commands that manage its keys (`keyhold ekm keys create|list|enable|disable|destroy`).
+//! the commands that manage its keys (`keyhold ekm keys create|list|enable|disable|destroy`)
+//! and check its audit file (`keyhold ekm audit verify`).
 //!
 //! The manager is meant to run on a machine its operator controls, apart from the KMS: it keeps
 //! its own keys under its own root key, decides every request with its own policy file and
@@ -28,6 +29,26 @@ enum EkmCommand {
     Serve(ServeArgs),
     /// Create, list, enable, disable and destroy the manager's keys.
     Keys(KeysArgs),
+    /// Check the manager's audit file.
+    Audit(AuditArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum AuditCommand {
+    /// Verify the audit file's hash chain. Exits 0 when intact (printing the entry count and
+    /// the head hash, to anchor elsewhere), 1 when an entry was edited, removed, reordered or
+    /// torn (naming the first such entry), or when the file cannot be read.
+    Verify {
+        /// The audit file (the manager's --audit-file; by default DATA_DIR/audit.jsonl).
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 /// Where the manager's keys live.
@@ -140,6 +161,7 @@ pub async fn run(args: EkmArgs) -> ExitCode {
             serve(a).await.inspect_err(|e| tracing::error!("{e}"))
         }
         EkmCommand::Keys(k) => keys(k.command),
+        EkmCommand::Audit(a) => audit(a.command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -178,6 +200,21 @@ fn keys(cmd: KeysCommand) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+fn audit(cmd: AuditCommand) -> Result<(), String> {
+    let AuditCommand::Verify { file } = cmd;
+    // Read directly, not through a manager (which might be what was tampered with).
+    match keyhold_ekm::audit::verify_file(&file) {
+        Ok(keyhold_ekm::audit::AuditVerdict::Intact { entries, head }) => {
+            println!("EKM audit file intact: {entries} entries; head hash {head}");
+            Ok(())
+        }
+        Ok(keyhold_ekm::audit::AuditVerdict::Broken { seq, line, reason }) => {
+            Err(format!("EKM audit file BROKEN at entry {seq} (line {line} of {}): {reason}", file.display()))
+        }
+        Err(e) => Err(format!("cannot read the audit file {}: {e}", file.display())),
+    }
 }
 
 fn print_table(keys: &[KeyRecord], base_url: &str) {

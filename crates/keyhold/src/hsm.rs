@@ -1,13 +1,21 @@
 //! The PKCS#11 token ([`keyhold_hsm::HsmToken`]) as the KMS's HSM backend and, with
-//! `--root-key pkcs11:...`, as its root key.
+//! `--root-key pkcs11:...`, as its root key; and `keyhold hsm reconcile`, which finds the key
+//! objects of the token that no version uses.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use keyhold_api::CryptoKeyVersionName;
+use keyhold_api::resources::ProtectionLevel;
+use keyhold_api::wire::ProtoDuration;
 use keyhold_crypto::{KeyBytes, Secret};
 use keyhold_hsm::{HsmError, HsmKeyRef, HsmToken};
 use keyhold_kms::root_key::RootKey;
+use keyhold_kms::store::KmsStore;
 use keyhold_kms::{BackendError, HsmBackend};
+use keyhold_storage::Database;
 
 fn backend_error(e: HsmError) -> BackendError {
     match e {
@@ -124,6 +132,297 @@ pub fn parse_root_key_uri(uri: &str) -> Result<String, String> {
         .ok_or_else(|| format!("--root-key {uri:?}: expected pkcs11:object=LABEL (the token is --pkcs11-token-label)"))
 }
 
+/// The label prefix of the objects Keyhold generates for key versions:
+/// `keyhold:VERSION_NAME:RANDOM` (see `Kms::new_version_record`).
+pub const VERSION_LABEL_PREFIX: &str = "keyhold:";
+
+/// The version a key object was generated for, from its label; `None` for objects that are not
+/// a Keyhold version's (the root key, anybody else's).
+pub fn version_of_label(label: &str) -> Option<CryptoKeyVersionName> {
+    let (name, suffix) = label.strip_prefix(VERSION_LABEL_PREFIX)?.rsplit_once(':')?;
+    if suffix.is_empty() {
+        return None;
+    }
+    name.parse().ok()
+}
+
+/// A key object in the token that no version of the database names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// The object.
+    pub key: HsmKeyRef,
+    /// The version its label names.
+    pub version: String,
+    /// Why it is orphaned.
+    pub why: String,
+}
+
+/// What [`reconcile`] found (and did).
+#[derive(Debug, Default)]
+pub struct Reconciliation {
+    /// Objects of versions that name them.
+    pub live: usize,
+    /// Objects no version names, still so after the grace period.
+    pub orphans: Vec<Orphan>,
+    /// HSM versions (not destroyed) whose object is not in the token: `(version, object)`.
+    /// Reported, never changed: the database is the record, and the object may come back (a
+    /// token restored from its backup).
+    pub missing: Vec<(String, String)>,
+    /// With `apply`: orphans destroyed.
+    pub destroyed: Vec<HsmKeyRef>,
+    /// With `apply`: orphans that could not be destroyed, and why.
+    pub failed: Vec<(HsmKeyRef, String)>,
+}
+
+/// One look at the token, then the database: the version objects no version names.
+async fn survey(token: &HsmToken, store: &dyn KmsStore) -> Result<(usize, Vec<Orphan>), String> {
+    let keys = token
+        .list_keys(VERSION_LABEL_PREFIX)
+        .await
+        .map_err(|e| format!("cannot list the key objects of the token: {e}"))?;
+    let mut live = 0;
+    let mut orphans = Vec::new();
+    for key in keys {
+        let Some(version) = version_of_label(key.label()) else { continue };
+        let stored = store
+            .version(&version)
+            .await
+            .map_err(|e| format!("cannot read version {version} from the database: {e}"))?;
+        let why = match stored {
+            None => "no such version in the database".to_string(),
+            Some(v) => {
+                let named = v.material.as_deref().and_then(|m| std::str::from_utf8(m).ok()?.parse::<HsmKeyRef>().ok());
+                match named {
+                    Some(k) if k == key => {
+                        live += 1;
+                        continue;
+                    }
+                    Some(_) => "the version uses another object of the token".to_string(),
+                    None => "the version has no key material (destroyed)".to_string(),
+                }
+            }
+        };
+        orphans.push(Orphan { key, version: version.to_string(), why });
+    }
+    Ok((live, orphans))
+}
+
+/// Compares the token's version objects with the database (issue 15, finding 10).
+///
+/// An object is orphaned when no version names it. A version being created on another node
+/// has its object before its row, so an object is only called orphaned if it is so in a first
+/// look and still so after `grace`: any create in flight has committed or failed by then.
+/// With `apply`, orphans are destroyed (they cannot hold data: no ciphertext can name them).
+/// HSM versions whose object is missing are reported only.
+pub async fn reconcile(
+    token: &HsmToken,
+    store: &dyn KmsStore,
+    grace: std::time::Duration,
+    apply: bool,
+) -> Result<Reconciliation, String> {
+    let (mut live, mut orphans) = survey(token, store).await?;
+    if !orphans.is_empty() && !grace.is_zero() {
+        tokio::time::sleep(grace).await;
+        let (live_now, again) = survey(token, store).await?;
+        orphans.retain(|o| again.iter().any(|a| a.key == o.key));
+        live = live_now;
+    }
+    let mut missing = Vec::new();
+    let versions =
+        store.list_all_versions().await.map_err(|e| format!("cannot list the versions in the database: {e}"))?;
+    for v in versions {
+        if v.version.protection_level != Some(ProtectionLevel::Hsm) {
+            continue;
+        }
+        let Some(object) = v.material.as_deref().and_then(|m| std::str::from_utf8(m).ok()) else { continue };
+        let Ok(key) = object.parse::<HsmKeyRef>() else {
+            missing.push((v.name.to_string(), format!("{object} (not a valid object reference)")));
+            continue;
+        };
+        let exists = token.key_exists(&key).await.map_err(|e| format!("cannot look up {key} in the token: {e}"))?;
+        if !exists {
+            missing.push((v.name.to_string(), key.to_string()));
+        }
+    }
+    let mut report = Reconciliation { live, orphans, missing, ..Default::default() };
+    if apply {
+        for o in &report.orphans {
+            match token.destroy_key(&o.key).await {
+                Ok(()) | Err(HsmError::KeyNotFound { .. }) => {
+                    tracing::info!(object = %o.key, version = %o.version, why = %o.why, "destroyed an orphaned HSM key object");
+                    report.destroyed.push(o.key.clone());
+                }
+                Err(e) => report.failed.push((o.key.clone(), e.to_string())),
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// At start (`keyhold serve` with an HSM): reconciles in the background and logs what it finds,
+/// changing nothing. Destroying key material is irreversible and a database restored from an
+/// older backup makes newer versions' objects look orphaned, so only the operator destroys
+/// orphans (`keyhold hsm reconcile --apply`); the usual orphan, a failed insert, is destroyed
+/// on the spot by the KMS.
+pub fn spawn_startup_check(token: HsmToken, store: Arc<dyn KmsStore>, grace: std::time::Duration) {
+    tokio::spawn(async move {
+        match reconcile(&token, store.as_ref(), grace, false).await {
+            Ok(r) => {
+                for o in &r.orphans {
+                    tracing::warn!(
+                        object = %o.key, version = %o.version, why = %o.why,
+                        "orphaned HSM key object: no version uses it; review and remove with `keyhold hsm reconcile --apply` \
+                         (docs/operations.md, \"HSM reconciliation\")"
+                    );
+                }
+                for (version, object) in &r.missing {
+                    tracing::error!(
+                        %version, %object,
+                        "the HSM key object of this version is missing from the token: the version cannot encrypt or \
+                         decrypt (was the token restored from an older backup?)"
+                    );
+                }
+                tracing::info!(
+                    live = r.live,
+                    orphaned = r.orphans.len(),
+                    missing = r.missing.len(),
+                    "HSM reconciliation at start: done"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "HSM reconciliation at start could not run; run `keyhold hsm reconcile`")
+            }
+        }
+    });
+}
+
+/// `keyhold hsm`.
+#[derive(clap::Args, Debug)]
+pub struct HsmArgs {
+    #[command(subcommand)]
+    command: HsmCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum HsmCommand {
+    /// Compare the token's key objects with the database's versions: list objects no version
+    /// uses (orphans) and HSM versions whose object is missing. Changes nothing unless --apply
+    /// is given, which destroys the orphans. Exits 0 when the token and the database agree
+    /// (or, with --apply, once every orphan is destroyed), 1 otherwise.
+    Reconcile(ReconcileArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ReconcileArgs {
+    /// The server's data directory, holding keyhold.db (as for `keyhold serve`).
+    #[arg(long, default_value = "./keyhold-data", env = "KEYHOLD_DATA_DIR")]
+    data_dir: PathBuf,
+    /// PostgreSQL URL instead of the SQLite file (as for `keyhold serve`).
+    #[arg(long, env = "KEYHOLD_DATABASE", hide_env_values = true)]
+    database: Option<String>,
+    /// The PKCS#11 module (as for `keyhold serve`).
+    #[arg(long, env = "KEYHOLD_PKCS11_MODULE")]
+    pkcs11_module: PathBuf,
+    /// The token's label (as for `keyhold serve`).
+    #[arg(long, env = "KEYHOLD_PKCS11_TOKEN_LABEL")]
+    pkcs11_token_label: String,
+    /// A file holding the token's user PIN; without it, KEYHOLD_PKCS11_PIN.
+    #[arg(long, env = "KEYHOLD_PKCS11_PIN_FILE")]
+    pkcs11_pin_file: Option<PathBuf>,
+    /// An object is orphaned only if it still is after this long (a version being created on
+    /// another node has its object a moment before its row).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    grace: ProtoDuration,
+    /// Destroy the orphaned objects (irreversible). Without it, only list them.
+    #[arg(long)]
+    apply: bool,
+}
+
+fn parse_duration(s: &str) -> Result<ProtoDuration, String> {
+    ProtoDuration::parse(s).ok_or_else(|| format!("\"{s}\" is not a duration like \"120s\""))
+}
+
+/// Opens the token as `keyhold serve` does.
+pub fn open_token(
+    module: &std::path::Path,
+    label: &str,
+    pin_file: Option<&std::path::Path>,
+) -> Result<HsmToken, String> {
+    let pin = match pin_file {
+        Some(file) => keyhold_hsm::PinSource::File(file.to_path_buf()),
+        None => keyhold_hsm::PinSource::Env("KEYHOLD_PKCS11_PIN".into()),
+    }
+    .read()
+    .map_err(|e| e.to_string())?;
+    Ok(HsmToken::new(keyhold_hsm::Pkcs11Config::new(module, label, pin)))
+}
+
+/// Runs `keyhold hsm ...`.
+pub async fn run(args: HsmArgs) -> ExitCode {
+    let HsmCommand::Reconcile(a) = args.command;
+    match reconcile_command(&a).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("ERROR: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn reconcile_command(a: &ReconcileArgs) -> Result<bool, String> {
+    let db = match a.database.as_deref().map(str::trim).filter(|d| !d.is_empty()) {
+        Some(url) => Database::Postgres(url.to_string()),
+        None => {
+            let file = a.data_dir.join("keyhold.db");
+            // Opening a missing file would create an empty database, where every object looks
+            // orphaned.
+            if !file.is_file() {
+                return Err(format!(
+                    "there is no Keyhold database at {}: give the server's --data-dir, or --database",
+                    file.display()
+                ));
+            }
+            Database::SqliteFile(file)
+        }
+    };
+    let store = keyhold_storage::open_read_only(&db).await.map_err(|e| format!("cannot open the database: {e}"))?;
+    let token = open_token(&a.pkcs11_module, &a.pkcs11_token_label, a.pkcs11_pin_file.as_deref())?;
+    token.info().await.map_err(|e| format!("cannot reach the token: {e}"))?;
+    let grace = a.grace.to_std();
+    if !grace.is_zero() {
+        eprintln!(
+            "Looking twice, {}s apart, so that a version being created is not taken for an orphan...",
+            grace.as_secs()
+        );
+    }
+    let r = reconcile(&token, store.as_ref(), grace, a.apply).await?;
+    println!("{} key objects in use by versions.", r.live);
+    if r.orphans.is_empty() {
+        println!("No orphaned key objects.");
+    } else {
+        println!("{} orphaned key objects (no version uses them):", r.orphans.len());
+        for o in &r.orphans {
+            let done = if r.destroyed.contains(&o.key) { "  [destroyed]" } else { "" };
+            println!("  {}  version {}: {}{done}", o.key, o.version, o.why);
+        }
+        if !a.apply {
+            println!("Nothing was changed; run again with --apply to destroy them.");
+        }
+    }
+    for (key, e) in &r.failed {
+        println!("  could not destroy {key}: {e}");
+    }
+    if !r.missing.is_empty() {
+        println!("{} HSM versions whose key object is missing from the token (not changed):", r.missing.len());
+        for (version, object) in &r.missing {
+            println!("  {version}: {object}");
+        }
+    }
+    let orphans_left = r.orphans.len() - r.destroyed.len();
+    Ok(orphans_left == 0 && r.missing.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +433,15 @@ mod tests {
         assert_eq!(parse_root_key_uri("pkcs11:token=t;object=r").unwrap(), "r");
         assert!(parse_root_key_uri("pkcs11:token=t").is_err());
         assert!(parse_root_key_uri("file:/x").is_err());
+    }
+
+    #[test]
+    fn version_objects_are_recognized_by_label() {
+        let v = "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/3";
+        assert_eq!(version_of_label(&format!("keyhold:{v}:0123abcd")).unwrap().to_string(), v);
+        for other in ["keyhold-root", "keyhold:", &format!("keyhold:{v}"), &format!("keyhold:{v}:"), "keyhold:x:1", v] {
+            assert!(version_of_label(other).is_none(), "{other}");
+        }
     }
 
     #[test]

@@ -32,6 +32,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run an external key manager for EXTERNAL keys (`ekm serve`), or manage its keys.
     Ekm(ekm::EkmArgs),
+    /// HSM maintenance: `hsm reconcile` compares the token's key objects with the database.
+    Hsm(hsm::HsmArgs),
     #[command(flatten)]
     Client(cli::CliCommand),
 }
@@ -75,6 +77,7 @@ fn main() -> std::process::ExitCode {
             }
         }
         Command::Ekm(args) => rt.block_on(ekm::run(args)),
+        Command::Hsm(args) => rt.block_on(hsm::run(args)),
         Command::Client(cmd) => rt.block_on(cli::run(cmd, cli.client)),
     }
 }

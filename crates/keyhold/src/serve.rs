@@ -99,6 +99,12 @@ pub struct ServeArgs {
     /// is then sealed inside the token, by a key that never leaves it.
     #[arg(long, env = "KEYHOLD_ROOT_KEY", conflicts_with_all = ["root_key_file", "in_memory"], requires = "pkcs11_module")]
     pub root_key: Option<String>,
+    /// HSM keys: at start, the token's key objects are compared with the database in the
+    /// background and orphans are logged (never destroyed: `keyhold hsm reconcile --apply`). An
+    /// object counts as orphaned only if it still is after this long, so that a version being
+    /// created on another node is not taken for one.
+    #[arg(long, default_value = "120s", value_parser = parse_duration, env = "KEYHOLD_PKCS11_RECONCILE_GRACE")]
+    pub pkcs11_reconcile_grace: ProtoDuration,
     /// EXTERNAL keys: the tokens this server presents to external key managers, one per line,
     /// `TOKEN` (any manager) or `http://host:port TOKEN` (that manager). Without it, EXTERNAL
     /// keys answer 501 UNIMPLEMENTED. See docs/ekm-protocol.md.
@@ -193,6 +199,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     let mut backends = keyhold_kms::KeyBackends::default();
+    if let Some(token) = &hsm {
+        crate::hsm::spawn_startup_check(token.clone(), opened.kms.clone(), args.pkcs11_reconcile_grace.to_std());
+    }
     if let Some(token) = hsm {
         backends.hsm = Some(Arc::new(crate::hsm::TokenBackend(token)));
     }

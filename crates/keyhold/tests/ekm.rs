@@ -221,3 +221,140 @@ async fn a_separate_manager_process_stops_dies_and_comes_back() {
         && e["reason"] == "GOOGLE_INITIATED_SYSTEM_OPERATION"));
     assert!(!audit.contains(&token) && !audit.contains(PLAINTEXT_B64));
 }
+
+/// Starts `keyhold ekm serve` on a port the kernel picks (under umask 000, to show the audit
+/// file's mode does not depend on it) and returns it with its address, read from its log.
+async fn spawn_any_port(data: &Path, n: u32) -> (Manager, String) {
+    let log = data.parent().unwrap().join(format!("ekm-any-{n}.log"));
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("umask 000; exec \"$0\" ekm serve --listen 127.0.0.1:0 --data-dir \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_keyhold"))
+        .arg(data)
+        .env("KEYHOLD_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let m = Manager { child, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&m.log).unwrap_or_default();
+        if let Some(i) = text.find("Keyhold EKM is serving on http://") {
+            let rest = &text[i + "Keyhold EKM is serving on ".len()..];
+            let base = rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap().to_string();
+            return (m, base);
+        }
+        assert!(Instant::now() < deadline, "the manager did not start: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn verify_audit(file: &Path) -> (bool, String) {
+    let out = keyhold(&["ekm", "audit", "verify", "--file", file.to_str().unwrap()]);
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+// Finding 10 (issue 15): the manager's audit file is hash-chained, synced before each answer,
+// continued across restarts (a torn tail cut off), 0600, and `keyhold ekm audit verify` finds
+// the first edited, deleted or reordered entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_file_is_a_verifiable_chain_continued_across_restarts() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("ekm-data");
+    let data_s = data.to_str().unwrap();
+    keyhold_ok(&["ekm", "keys", "create", "payroll", "--data-dir", data_s]);
+    std::fs::write(
+        data.join("policy.json"),
+        serde_json::json!({"keys": {"payroll": {
+            "allowedCallers": ["serviceAccount:*@gcp-sa-store.iam.gserviceaccount.com"],
+            "allowedReasons": ["GOOGLE_INITIATED_SYSTEM_OPERATION"]
+        }}})
+        .to_string(),
+    )
+    .unwrap();
+    let audit = data.join("audit.jsonl");
+
+    let (m, base) = spawn_any_port(&data, 1).await;
+    let uri = format!("{base}/v1/keys/payroll");
+    let client = EkmClient::new(EkmCredentials::single(SecretString::new(written_token(&data))));
+    // Concurrent wraps and unwraps (sharing syncs), and refusals, all recorded.
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (client, uri) = (client.clone(), uri.clone());
+        tasks.push(tokio::spawn(async move {
+            let aad = format!("instance {i}");
+            let blob = client.wrap(&uri, PLAINTEXT, aad.as_bytes(), &ctx()).await.unwrap();
+            client.unwrap(&uri, &blob, aad.as_bytes(), &ctx()).await.unwrap();
+            assert!(client.unwrap(&uri, &blob, b"wrong aad", &ctx()).await.is_err());
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every answered request's entry is already in the file: no wait for a flush.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(text.lines().count(), 36, "{text}");
+    assert_eq!(std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777, 0o600, "0600 under umask 000");
+    let (ok, out) = verify_audit(&audit);
+    assert!(ok && out.contains("intact: 36 entries"), "{out}");
+    let head = out.trim().rsplit(' ').next().unwrap().to_string();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!((last["seq"].as_u64(), last["hash"].as_str()), (Some(36), Some(head.as_str())));
+    assert!(text.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["keyId"] == "payroll"));
+
+    // A crash in the middle of a write, and an operator who widened the file's mode.
+    let mut m = m;
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    drop(m);
+    let complete = std::fs::read(&audit).unwrap();
+    let mut torn = complete.clone();
+    torn.extend_from_slice(br#"{"seq":37,"prevHash":"ab"#);
+    std::fs::write(&audit, &torn).unwrap();
+    std::fs::set_permissions(&audit, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, out) = verify_audit(&audit);
+    assert!(!ok && out.contains("BROKEN at entry 37") && out.contains("incomplete"), "{out}");
+
+    let (m, base) = spawn_any_port(&data, 2).await;
+    let log = std::fs::read_to_string(&m.log).unwrap();
+    assert!(log.contains("cutting it off"), "the torn tail is reported: {log}");
+    assert_eq!(std::fs::read(&audit).unwrap(), complete, "the torn tail is cut off, the rest kept");
+    assert_eq!(std::fs::metadata(&audit).unwrap().permissions().mode() & 0o777, 0o600);
+    let uri = format!("{base}/v1/keys/payroll");
+    let blob = client.wrap(&uri, PLAINTEXT, b"after restart", &ctx()).await.unwrap();
+    client.unwrap(&uri, &blob, b"after restart", &ctx()).await.unwrap();
+    let (ok, out) = verify_audit(&audit);
+    assert!(ok && out.contains("intact: 38 entries"), "the chain continues across the restart: {out}");
+    let lines: Vec<String> = std::fs::read_to_string(&audit).unwrap().lines().map(str::to_string).collect();
+    let entry37: serde_json::Value = serde_json::from_str(&lines[36]).unwrap();
+    assert_eq!((entry37["seq"].as_u64(), entry37["prevHash"].as_str()), (Some(37), Some(head.as_str())));
+    drop(m);
+
+    // Tampering, each found at the entry it touched.
+    let tampered = dir.path().join("tampered.jsonl");
+    let write = |l: &[String]| std::fs::write(&tampered, l.iter().map(|l| format!("{l}\n")).collect::<String>());
+    let mut edited = lines.clone();
+    edited[9] = edited[9].replace("\"decision\":\"ALLOWED\"", "\"decision\":\"DENIED\"");
+    edited[9] = edited[9].replace("\"decision\":\"FAILED\"", "\"decision\":\"ALLOWED\"");
+    assert_ne!(edited[9], lines[9]);
+    write(&edited).unwrap();
+    let (ok, out) = verify_audit(&tampered);
+    assert!(!ok && out.contains("BROKEN at entry 10 (line 10") && out.contains("modified"), "{out}");
+    let mut deleted = lines.clone();
+    deleted.remove(20);
+    write(&deleted).unwrap();
+    let (ok, out) = verify_audit(&tampered);
+    assert!(!ok && out.contains("BROKEN at entry 21") && out.contains("entry 21 is missing"), "{out}");
+    let mut reordered = lines.clone();
+    reordered.swap(29, 30);
+    write(&reordered).unwrap();
+    let (ok, out) = verify_audit(&tampered);
+    assert!(!ok && out.contains("BROKEN at entry 30"), "{out}");
+    let mut truncated_head = lines.clone();
+    truncated_head.remove(0);
+    write(&truncated_head).unwrap();
+    let (ok, out) = verify_audit(&tampered);
+    assert!(!ok && out.contains("BROKEN at entry 1"), "{out}");
+}

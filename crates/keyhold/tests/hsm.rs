@@ -278,3 +278,269 @@ async fn hsm_keys_in_a_softhsm_token() {
     let log = terminate(server);
     assert!(!log.contains("wrong-pin-0000") && !log.contains(PIN), "no PIN in the log");
 }
+
+/// `keyhold serve` with the token, on a port the kernel picks (read from its log).
+async fn spawn_hsm_server(d: &Path, conf: &Path, pin_file: &Path, n: u32) -> common::Proc {
+    spawn_hsm_server_with(d, conf, pin_file, n, &[]).await
+}
+
+async fn spawn_hsm_server_with(d: &Path, conf: &Path, pin_file: &Path, n: u32, extra: &[&str]) -> common::Proc {
+    let log = d.join(format!("reconcile-serve-{n}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(d.join("data"))
+        .args(["--pkcs11-module", module(), "--pkcs11-token-label", TOKEN, "--pkcs11-pin-file"])
+        .arg(pin_file)
+        .args(["--pkcs11-reconcile-grace", "1s"])
+        .args(extra)
+        .env("SOFTHSM2_CONF", conf)
+        .env("KEYHOLD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut proc = common::Proc { child, port: 0, log };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&proc.log).unwrap_or_default();
+        if let Some(i) = text.find("Cloud KMS v1 API on http://127.0.0.1:") {
+            let rest = &text[i + "Cloud KMS v1 API on http://127.0.0.1:".len()..];
+            proc.port = rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()].parse().unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server did not start: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_ready(&proc).await;
+    proc
+}
+
+fn pkcs11_tool(conf: &Path, args: &[&str]) {
+    let out = Command::new("pkcs11-tool")
+        .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN])
+        .args(args)
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pkcs11-tool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn reconcile(d: &Path, conf: &Path, pin_file: &Path, apply: bool) -> (bool, String) {
+    reconcile_with(d, conf, pin_file, apply, &[])
+}
+
+fn reconcile_with(d: &Path, conf: &Path, pin_file: &Path, apply: bool, extra: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyhold"));
+    cmd.args(["hsm", "reconcile", "--data-dir"])
+        .arg(d.join("data"))
+        .args(["--pkcs11-module", module(), "--pkcs11-token-label", TOKEN, "--pkcs11-pin-file"])
+        .arg(pin_file)
+        .args(["--grace", "0s"])
+        .args(extra)
+        .env("SOFTHSM2_CONF", conf);
+    if apply {
+        cmd.arg("--apply");
+    }
+    let out = cmd.output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+// Finding 10 (issue 15): a version insert that fails after the token generated the object
+// leaves no object behind; objects no version uses are found at start and by `keyhold hsm
+// reconcile` (listed by default, destroyed with --apply); versions whose object is missing are
+// reported, not changed; live versions' objects and foreign objects are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_inserts_leave_no_object_and_reconcile_finds_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = softhsm(d);
+    let pin_file = d.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let server = spawn_hsm_server(d, &conf, &pin_file, 1).await;
+    let port = server.port;
+    call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+    let hsm_key = json!({"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"protectionLevel": "HSM"}});
+    call(d, port, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key.clone()).await;
+    // The same key again: the token generates version 1's object, then the insert fails for
+    // real (the key's row exists) and the request is refused.
+    for _ in 0..2 {
+        let (st, body) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key.clone()).await;
+        assert_eq!(st, 409, "{body}");
+    }
+    let v1 = "keyhold:projects/p/locations/global/keyRings/r/cryptoKeys/hsm/cryptoKeyVersions/1:";
+    let objects = token_objects(&conf);
+    assert_eq!(
+        objects.iter().filter(|l| l.starts_with(v1)).count(),
+        1,
+        "only the live version's object remains after two failed inserts: {objects:?}"
+    );
+    call(d, port, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=gone"), hsm_key.clone()).await;
+    let enc = call(d, port, Method::POST, &format!("{HSM_KEY}:encrypt"), json!({"plaintext": "aHNt"})).await;
+    let log1 = terminate(server);
+    assert!(log1.contains("destroyed the HSM key object of a version that was not created"), "{log1}");
+    assert_eq!(token_objects(&conf).len(), 2, "hsm and gone, version 1 each");
+
+    // Orphans made directly in the token: one for a version that does not exist, one labelled
+    // for a live version but not the object it uses; and an object that is not Keyhold's. The
+    // object of `gone` is removed behind Keyhold's back.
+    let orphan_none = "keyhold:projects/p/locations/global/keyRings/r/cryptoKeys/hsm/cryptoKeyVersions/9:0badc0de";
+    let orphan_dup = format!("{v1}deadbeef");
+    pkcs11_tool(&conf, &["--keygen", "--key-type", "AES:32", "--label", orphan_none, "--id", "0901"]);
+    pkcs11_tool(&conf, &["--keygen", "--key-type", "AES:32", "--label", &orphan_dup, "--id", "0902"]);
+    pkcs11_tool(&conf, &["--keygen", "--key-type", "AES:32", "--label", "another-app", "--id", "0903"]);
+    let gone = token_objects(&conf).into_iter().find(|l| l.contains("cryptoKeys/gone/")).unwrap();
+    pkcs11_tool(&conf, &["--delete-object", "--type", "secrkey", "--label", &gone]);
+    let before = token_objects(&conf);
+    assert_eq!(before.len(), 4, "{before:?}");
+
+    // The dry run lists both orphans and the missing object, and changes nothing.
+    let (ok, out) = reconcile(d, &conf, &pin_file, false);
+    assert!(!ok, "orphans found: exit 1: {out}");
+    assert!(out.contains("1 key objects in use by versions"), "{out}");
+    assert!(out.contains("2 orphaned key objects"), "{out}");
+    assert!(out.contains("cryptoKeyVersions/9: no such version in the database"), "{out}");
+    assert!(out.contains("the version uses another object of the token"), "{out}");
+    assert!(out.contains("Nothing was changed"), "{out}");
+    assert!(out.contains("1 HSM versions whose key object is missing"), "{out}");
+    assert!(out.contains("cryptoKeys/gone/cryptoKeyVersions/1:"), "{out}");
+    assert_eq!(token_objects(&conf), before, "a dry run destroys nothing");
+
+    // At start the server finds the same, logs it and changes nothing.
+    let server = spawn_hsm_server(d, &conf, &pin_file, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let log = loop {
+        let log = std::fs::read_to_string(&server.log).unwrap();
+        if log.contains("HSM reconciliation at start: done") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no reconciliation at start: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(log.matches("orphaned HSM key object: no version uses it").count(), 2, "{log}");
+    assert!(log.contains("is missing from the token"), "{log}");
+    assert_eq!(token_objects(&conf), before, "the start-up check destroys nothing");
+    let dec =
+        call(d, server.port, Method::POST, &format!("{HSM_KEY}:decrypt"), json!({"ciphertext": enc["ciphertext"]}))
+            .await;
+    assert_eq!(dec["plaintext"], "aHNt");
+    terminate(server);
+
+    // --apply destroys exactly the orphans.
+    let (ok, out) = reconcile(d, &conf, &pin_file, true);
+    assert!(!ok, "the missing object is still reported: {out}");
+    assert_eq!(out.matches("[destroyed]").count(), 2, "{out}");
+    let after = token_objects(&conf);
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert!(after.iter().any(|l| l == "another-app"), "not Keyhold's: kept: {after:?}");
+    assert!(
+        after.iter().any(|l| l.starts_with(v1) && *l != orphan_dup),
+        "the live version's object is kept: {after:?}"
+    );
+    let (_, out) = reconcile(d, &conf, &pin_file, false);
+    assert!(out.contains("No orphaned key objects."), "{out}");
+
+    let server = spawn_hsm_server(d, &conf, &pin_file, 3).await;
+    let dec =
+        call(d, server.port, Method::POST, &format!("{HSM_KEY}:decrypt"), json!({"ciphertext": enc["ciphertext"]}))
+            .await;
+    assert_eq!(dec["plaintext"], "aHNt", "the live version still decrypts");
+    terminate(server);
+}
+
+// Finding 10 (issue 15): the database itself refuses a version's insert (a trigger, as a full
+// disk or a lost privilege would), after the token generated the object: the failure is not a
+// definite "already exists", so the KMS reads the database again, finds no row, and destroys
+// the object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_insert_refused_by_the_database_leaves_no_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = softhsm(d);
+    let pin_file = d.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let server = spawn_hsm_server(d, &conf, &pin_file, 1).await;
+    let port = server.port;
+    call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+    let hsm_key = json!({"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"protectionLevel": "HSM"}});
+    call(d, port, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key).await;
+    assert_eq!(token_objects(&conf).len(), 1);
+
+    let db = rusqlite::Connection::open(d.join("data/keyhold.db")).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_versions BEFORE INSERT ON crypto_key_versions BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    let (st, body) = post(d, port, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await;
+    assert!(st >= 500, "the insert failed: {st} {body}");
+    let objects = token_objects(&conf);
+    assert_eq!(objects.len(), 1, "the object generated for the refused version is destroyed: {objects:?}");
+    assert!(objects[0].contains("/cryptoKeyVersions/1:"), "{objects:?}");
+
+    db.execute_batch("DROP TRIGGER refuse_versions;").unwrap();
+    let v = call(d, port, Method::POST, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await;
+    assert!(v["name"].as_str().unwrap().ends_with("/cryptoKeyVersions/3"), "{v}");
+    assert_eq!(token_objects(&conf).len(), 2);
+    let log = terminate(server);
+    assert!(log.contains("destroyed the HSM key object of a version that was not created"), "{log}");
+}
+
+// Finding 10 (issue 15) on PostgreSQL: a duplicate create and an insert refused by the database
+// (a trigger) leave no object; `keyhold hsm reconcile --database` finds an orphan and removes it
+// with --apply, leaving the live versions' objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_failed_inserts_leave_no_object_and_reconcile_finds_orphans() {
+    let url = common::fresh_postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = softhsm(d);
+    let pin_file = d.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let root = d.join("root.key");
+    std::fs::write(&root, keyhold_api::wire::encode_base64(&[7u8; 32])).unwrap();
+    let db_flags = ["--database", url.as_str()];
+    let mut flags = db_flags.to_vec();
+    flags.extend(["--root-key-file", root.to_str().unwrap()]);
+    let server = spawn_hsm_server_with(d, &conf, &pin_file, 1, &flags).await;
+    let port = server.port;
+    call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+    let hsm_key = json!({"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"protectionLevel": "HSM"}});
+    call(d, port, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key.clone()).await;
+    let (st, body) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key).await;
+    assert_eq!(st, 409, "{body}");
+    assert_eq!(token_objects(&conf).len(), 1, "the duplicate's object is destroyed");
+
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_versions() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+             CREATE TRIGGER refuse_versions BEFORE INSERT ON crypto_key_versions \
+             FOR EACH ROW EXECUTE FUNCTION refuse_versions();",
+        )
+        .await
+        .unwrap();
+    let (st, body) = post(d, port, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await;
+    assert!(st >= 500, "the insert failed: {st} {body}");
+    assert_eq!(token_objects(&conf).len(), 1, "the refused version's object is destroyed");
+    client.batch_execute("DROP TRIGGER refuse_versions ON crypto_key_versions;").await.unwrap();
+    call(d, port, Method::POST, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await;
+    let live = token_objects(&conf);
+    assert_eq!(live.len(), 2, "{live:?}");
+
+    let orphan = "keyhold:projects/p/locations/global/keyRings/r/cryptoKeys/hsm/cryptoKeyVersions/7:0badc0de";
+    pkcs11_tool(&conf, &["--keygen", "--key-type", "AES:32", "--label", orphan, "--id", "0701"]);
+    // Next to the running server: the database is only read.
+    let (ok, out) = reconcile_with(d, &conf, &pin_file, false, &db_flags);
+    assert!(!ok && out.contains("2 key objects in use by versions") && out.contains("1 orphaned key objects"), "{out}");
+    assert!(out.contains("cryptoKeyVersions/7: no such version in the database"), "{out}");
+    let (ok, out) = reconcile_with(d, &conf, &pin_file, true, &db_flags);
+    assert!(ok && out.contains("[destroyed]"), "{out}");
+    let mut after = token_objects(&conf);
+    after.sort();
+    let mut live = live;
+    live.sort();
+    assert_eq!(after, live, "exactly the orphan is gone");
+    terminate(server);
+}
