@@ -569,6 +569,8 @@ def scenario_stream(ctx) -> dict:
 # (above anything one connection can send, so it is never refused).
 FAIRNESS_QUOTA_PER_MINUTE = 600
 FAIRNESS_QUIET_QUOTA_PER_MINUTE = 6_000_000
+# --quota-max-in-flight-per-project of the third run.
+FAIRNESS_IN_FLIGHT = 4
 
 
 def wrk_totals(out: str) -> dict:
@@ -618,20 +620,21 @@ def quiet_under_flood(ctx, flags: list[str]) -> dict:
 
 def scenario_fairness(ctx) -> dict:
     """Two projects under one flood: the quiet project's `:encrypt` throughput and latency
-    while the other floods, as ratios to its own alone in the same run, with quotas on (the
-    flooder held to --quota-crypto-per-minute, the quiet project with a raised quota of its
-    own) and, for comparison, off."""
-    on = quiet_under_flood(ctx, [
-        "--quota-crypto-per-minute", str(FAIRNESS_QUOTA_PER_MINUTE),
-        "--quota-override", f"quiet:crypto={FAIRNESS_QUIET_QUOTA_PER_MINUTE}",
-    ])
-    if on["flood"]["refused_share"] <= 0:
-        raise RuntimeError(f"the flood was never refused ({on['flood']}): quotas are not on")
+    while the other floods, as ratios to its own alone in the same server, with quotas off,
+    with rate quotas (the flooder held to --quota-crypto-per-minute, the quiet project with a
+    raised quota of its own), and with rate quotas and --quota-max-in-flight-per-project."""
+    rates = ["--quota-crypto-per-minute", str(FAIRNESS_QUOTA_PER_MINUTE),
+             "--quota-override", f"quiet:crypto={FAIRNESS_QUIET_QUOTA_PER_MINUTE}"]
     off = quiet_under_flood(ctx, [])
     if off["flood"]["refused_share"] > 0:
         raise RuntimeError(f"the flood was refused without quotas ({off['flood']})")
+    on = quiet_under_flood(ctx, rates)
+    capped = quiet_under_flood(ctx, rates + ["--quota-max-in-flight-per-project", str(FAIRNESS_IN_FLIGHT)])
+    for r in (on, capped):
+        if r["flood"]["refused_share"] <= 0:
+            raise RuntimeError(f"the flood was never refused ({r['flood']}): quotas are not on")
     return {"quota_per_minute": FAIRNESS_QUOTA_PER_MINUTE, "quiet_quota_per_minute": FAIRNESS_QUIET_QUOTA_PER_MINUTE,
-            "quotas_on": on, "quotas_off": off}
+            "in_flight": FAIRNESS_IN_FLIGHT, "quotas_off": off, "quotas_on": on, "quotas_and_cap": capped}
 
 
 # ---- report --------------------------------------------------------------------------------
@@ -780,14 +783,15 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
         f = results["fairness"]
         out += ["### Fairness: one project under another's flood", "",
                 "The quiet project sends `:encrypt` (32 B) on one connection, alone and then while another "
-                "project floods `:encrypt` at 64 connections. With quotas on, every project has "
-                f"`--quota-crypto-per-minute {f['quota_per_minute']}` and the quiet one its own "
-                f"`--quota-override quiet:crypto={f['quiet_quota_per_minute']}`; each refusal of the flood is "
-                "still authenticated, authorized and audited. The quiet project is never refused (the run fails "
-                "otherwise).", "",
+                "project floods `:encrypt` at 64 connections, on three servers: quotas off; rate quotas "
+                f"(`--quota-crypto-per-minute {f['quota_per_minute']}` for every project, the quiet one with its "
+                f"own `--quota-override quiet:crypto={f['quiet_quota_per_minute']}`); rate quotas and "
+                f"`--quota-max-in-flight-per-project {f['in_flight']}`. Each refusal of the flood is still "
+                "authenticated, authorized and audited. The quiet project is never refused (the run fails "
+                "otherwise). Ratios: under the flood / alone, same server.", "",
                 "| quotas | quiet alone req/s | under the flood req/s | ratio | p50 ratio | p99 ratio | flood req/s | flood refused |",
                 "|---|---|---|---|---|---|---|---|"]
-        for label, key in (("on", "quotas_on"), ("off", "quotas_off")):
+        for label, key in (("off", "quotas_off"), ("rates", "quotas_on"), (f"rates + {f['in_flight']} in flight", "quotas_and_cap")):
             r = f[key]
             out.append(f"| {label} | {r['alone']['rps']:.0f} | {r['flooded']['rps']:.0f} | {r['rps_ratio']:.2f} "
                        f"| {r['p50_ratio']:.2f} | {r['p99_ratio']:.2f} | {r['flood']['rps']:.0f} "

@@ -21,9 +21,11 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use keyhold_iam::Principal;
 
@@ -156,11 +158,16 @@ pub struct QuotaConfig {
     /// At most this many buckets are kept (each about 100 bytes); projects beyond share one
     /// overflow bucket per metric and service.
     pub max_tracked: usize,
+    /// At most this many Cloud KMS requests of one project are handled at once (after their
+    /// authorization); the others wait their turn, first come first served (`None`: no cap).
+    /// A flood then competes with other projects with this many requests, not with all its
+    /// connections.
+    pub max_in_flight: Option<NonZeroUsize>,
 }
 
 impl Default for QuotaConfig {
     fn default() -> Self {
-        Self { limits: [Limit::Unlimited; 3], overrides: HashMap::new(), max_tracked: 100_000 }
+        Self { limits: [Limit::Unlimited; 3], overrides: HashMap::new(), max_tracked: 100_000, max_in_flight: None }
     }
 }
 
@@ -193,7 +200,8 @@ impl QuotaConfig {
 
     /// Whether any limit is set (if not, nothing is counted and no bucket is kept).
     pub fn is_on(&self) -> bool {
-        self.limits.iter().chain(self.overrides.values().flatten().flatten()).any(|l| *l != Limit::Unlimited)
+        self.max_in_flight.is_some()
+            || self.limits.iter().chain(self.overrides.values().flatten().flatten()).any(|l| *l != Limit::Unlimited)
     }
 
     /// The limit of `metric` for `project`.
@@ -270,6 +278,10 @@ pub struct Quotas {
     shards: Vec<Mutex<Shard>>,
     /// Shared by the projects that find their shard full.
     overflow: Mutex<HashMap<(&'static str, QuotaMetric), Bucket>>,
+    /// The in-flight slots of each (project, service), when capped.
+    slots: Vec<Mutex<HashMap<(String, &'static str), Arc<Semaphore>>>>,
+    /// Shared by the projects that find their slot shard full.
+    overflow_slots: Mutex<HashMap<&'static str, Arc<Semaphore>>>,
 }
 
 impl Quotas {
@@ -281,7 +293,53 @@ impl Quotas {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             overflow: Mutex::new(HashMap::new()),
+            slots: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            overflow_slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The semaphore of `project`'s requests to `service` (`None` when in-flight requests are
+    /// not capped). Bounded like the buckets: idle semaphores (no request in flight) are
+    /// dropped when room is needed; beyond the bound, projects share one per service.
+    fn slots(&self, project: &str, service: &'static str) -> Option<Arc<Semaphore>> {
+        let cap = self.config.max_in_flight?.get();
+        let per_shard = self.config.max_tracked.div_ceil(SHARDS).max(1);
+        let key = (project.to_string(), service);
+        let shard = &self.slots[(self.hasher.hash_one(&key) as usize) % SHARDS];
+        let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = map.get(&key) {
+            return Some(s.clone());
+        }
+        if map.len() >= per_shard {
+            map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < cap);
+        }
+        if map.len() < per_shard {
+            return Some(map.entry(key).or_insert_with(|| Arc::new(Semaphore::new(cap))).clone());
+        }
+        drop(map);
+        let mut overflow = self.overflow_slots.lock().unwrap_or_else(|e| e.into_inner());
+        Some(overflow.entry(service).or_insert_with(|| Arc::new(Semaphore::new(cap))).clone())
+    }
+
+    /// Waits for one of `project`'s in-flight slots at `service` (at once when they are not
+    /// capped); the request holds it until its audit entry is written.
+    pub async fn enter(&self, project: &str, service: &'static str) -> Option<OwnedSemaphorePermit> {
+        // The semaphore is never closed, so acquiring fails only if it were.
+        self.slots(project, service)?.acquire_owned().await.ok()
+    }
+
+    /// [`Quotas::enter`] without waiting: `Err(())` if every slot is taken.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_enter(&self, project: &str, service: &'static str) -> Result<Option<OwnedSemaphorePermit>, ()> {
+        match self.slots(project, service) {
+            None => Ok(None),
+            Some(s) => s.try_acquire_owned().map(Some).map_err(|_| ()),
+        }
+    }
+
+    /// How many per-project in-flight semaphores are kept now (at most `max_tracked`).
+    pub fn tracked_slots(&self) -> usize {
+        self.slots.iter().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len()).sum()
     }
 
     /// The settings.
@@ -368,6 +426,24 @@ impl Kms {
     /// The quota buckets (how many are kept, the settings).
     pub fn quotas(&self) -> &Quotas {
         &self.quotas
+    }
+
+    /// Waits for one of `project`'s in-flight slots for Cloud KMS calls (see
+    /// [`QuotaConfig::max_in_flight`]); services acting for customers do not wait.
+    pub(crate) async fn enter_project(
+        &self,
+        caller: &Caller,
+        service: &'static str,
+        project: &str,
+    ) -> Option<OwnedSemaphorePermit> {
+        // Only Cloud KMS's own calls take a slot: they never make another call of the same
+        // caller while in flight (the store's calls may, and a nested call waiting for a slot
+        // its parent holds would wait forever).
+        if service != KMS_SERVICE || !self.quotas.is_on() || caller.principal.as_ref().is_some_and(acts_for_a_customer)
+        {
+            return None;
+        }
+        self.quotas.enter(project, service).await
     }
 
     /// Counts an authorized call of `project` against its quota, or refuses it with
@@ -468,6 +544,29 @@ mod tests {
         ] {
             assert!(!acts_for_a_customer(&Principal::parse(p).unwrap()), "{p}");
         }
+    }
+
+    #[test]
+    fn a_project_has_at_most_its_slots_in_flight() {
+        let mut c = QuotaConfig { max_in_flight: NonZeroUsize::new(2), ..QuotaConfig::default() };
+        assert!(Quotas::new(QuotaConfig::default()).try_enter("a", KMS_SERVICE).unwrap().is_none());
+        c.max_tracked = 16;
+        let q = Quotas::new(c);
+        assert!(q.is_on());
+        let one = q.try_enter("a", KMS_SERVICE).unwrap().unwrap();
+        let two = q.try_enter("a", KMS_SERVICE).unwrap().unwrap();
+        assert!(q.try_enter("a", KMS_SERVICE).is_err(), "a third request of the project waits");
+        // Other projects and other services are not held up.
+        let _b = q.try_enter("b", KMS_SERVICE).unwrap().unwrap();
+        let _store = q.try_enter("a", "store.keyhold.dev").unwrap().unwrap();
+        drop(one);
+        let _three = q.try_enter("a", KMS_SERVICE).unwrap().unwrap();
+        drop(two);
+        // Many projects: idle semaphores make room, busy ones are kept, memory stays bounded.
+        for i in 0..10_000 {
+            let _p = q.try_enter(&format!("p{i}"), KMS_SERVICE);
+        }
+        assert!(q.tracked_slots() <= 16, "{}", q.tracked_slots());
     }
 
     #[test]

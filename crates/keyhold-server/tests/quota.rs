@@ -241,3 +241,24 @@ async fn naming_many_projects_does_not_grow_memory_or_escape_the_quota() {
     assert!(s.kms.quotas().tracked() <= 16, "{}", s.kms.quotas().tracked());
     assert!(refused >= 200 - 16 - 20, "{refused} refused");
 }
+
+#[tokio::test]
+async fn a_project_over_its_in_flight_cap_waits_its_turn_and_is_served() {
+    let mut quotas = QuotaConfig::default();
+    quotas.max_in_flight = std::num::NonZeroUsize::new(1);
+    let s = Arc::new(start(KmsConfig { quotas, ..KmsConfig::default() }, Arc::new(SystemClock)).await);
+    let (a, b) = (s.with_key("a").await, s.with_key("b").await);
+    // 32 concurrent requests of A through one slot, and B's alongside: every one answered.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let (s, key) = (s.clone(), if i % 5 == 4 { b.clone() } else { a.clone() });
+        tasks.push(tokio::spawn(async move { s.encrypt(&key).await.status }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(s.audit("a", "methodName=Encrypt").await.len(), 32);
+    // Every slot was given back.
+    let slot = s.kms.quotas().try_enter("a", "cloudkms.googleapis.com").unwrap();
+    assert!(slot.is_some());
+}

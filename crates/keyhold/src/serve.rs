@@ -131,6 +131,11 @@ pub struct ServeArgs {
     /// environment variable takes a comma-separated list.
     #[arg(long, value_name = "PROJECT:METRIC=LIMIT", value_delimiter = ',', env = "KEYHOLD_QUOTA_OVERRIDES")]
     pub quota_override: Vec<String>,
+    /// Quotas: at most N Cloud KMS requests of one project are handled at once (after their
+    /// authorization); the others wait their turn. A flood of one project then competes with
+    /// the others with N requests, not with all its connections. Off unless set.
+    #[arg(long, value_name = "N", env = "KEYHOLD_QUOTA_MAX_IN_FLIGHT_PER_PROJECT")]
+    pub quota_max_in_flight_per_project: Option<std::num::NonZeroUsize>,
 }
 
 /// The quota settings of `keyhold serve`'s flags.
@@ -143,6 +148,7 @@ fn quota_config(args: &ServeArgs) -> Result<QuotaConfig, String> {
     {
         quotas.set(metric, limit.unwrap_or_default());
     }
+    quotas.max_in_flight = args.quota_max_in_flight_per_project;
     for spec in &args.quota_override {
         quotas.apply_override(spec).map_err(|e| format!("--quota-override: {e}"))?;
     }
