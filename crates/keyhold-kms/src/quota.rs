@@ -261,6 +261,9 @@ impl Bucket {
 
 type Key = (String, &'static str, QuotaMetric);
 
+/// The in-flight semaphores of (project, service).
+type SlotMap = HashMap<(String, &'static str), Arc<Semaphore>>;
+
 #[derive(Debug, Default)]
 struct Shard {
     buckets: HashMap<Key, Bucket>,
@@ -279,7 +282,7 @@ pub struct Quotas {
     /// Shared by the projects that find their shard full.
     overflow: Mutex<HashMap<(&'static str, QuotaMetric), Bucket>>,
     /// The in-flight slots of each (project, service), when capped.
-    slots: Vec<Mutex<HashMap<(String, &'static str), Arc<Semaphore>>>>,
+    slots: Vec<Mutex<SlotMap>>,
     /// Shared by the projects that find their slot shard full.
     overflow_slots: Mutex<HashMap<&'static str, Arc<Semaphore>>>,
 }
