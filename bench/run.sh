@@ -3,7 +3,7 @@
 # docs/benchmarks.md (between the suite markers) and docs/benchmarks/*.svg.
 #
 #   bash bench/run.sh                    # everything, release build (about 13 minutes on 2 cores)
-#   bash bench/run.sh --only kms,iam     # some scenarios: kms durability iam aead store rewrap enforcement startup stream
+#   bash bench/run.sh --only kms,iam     # some scenarios: kms durability iam aead store rewrap enforcement startup stream fairness
 #   bash bench/run.sh --smoke            # seconds per scenario on the debug build; checks that every
 #                                        # scenario runs and yields numbers (CI runs this); writes nothing
 #

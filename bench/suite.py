@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import plot  # noqa: E402  (bench/plot.py, stdlib only)
 
-SCENARIOS = ["kms", "durability", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream"]
+SCENARIOS = ["kms", "durability", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream", "fairness"]
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 
 
@@ -564,6 +564,79 @@ def scenario_stream(ctx) -> dict:
         }
 
 
+# Fairness (hardening issue 15): the server-wide quota (the flooder's: 10 requests/s, a burst
+# of 600 that the flood spends within a second) and the quiet project's own, raised one
+# (above anything one connection can send, so it is never refused).
+FAIRNESS_QUOTA_PER_MINUTE = 600
+FAIRNESS_QUIET_QUOTA_PER_MINUTE = 6_000_000
+# --quota-max-in-flight-per-project of the third run.
+FAIRNESS_IN_FLIGHT = 4
+
+
+def wrk_totals(out: str) -> dict:
+    """Requests sent and non-2xx answers of one wrk run (its summary lines)."""
+    sent = re.search(r"^\s*(\d+) requests in", out, re.M)
+    if not sent:
+        raise ValueError("no request count in wrk's output")
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"requests": int(sent.group(1)), "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def quiet_under_flood(ctx, flags: list[str]) -> dict:
+    """The quiet project's `:encrypt` at one connection, alone and while project `flood` sends
+    `:encrypt` at 64 connections, on one server started with `flags`."""
+    with Server(ctx.binary, flags) as s:
+        quiet_key, flood_key = encryption_key(s, "quiet"), encryption_key(s, "flood")
+        script = ctx.wrk.script("fairness", "POST", ENCRYPT_32B)
+        quiet_url, flood_url = f"{s.base}/v1/{quiet_key}:encrypt", f"{s.base}/v1/{flood_key}:encrypt"
+        alone = ctx.wrk.run(quiet_url, 1, script, s.token)
+        # The flood starts half a second before the quiet client and ends after it.
+        flood_s = parse_duration(ctx.duration) + 1
+        proc = subprocess.Popen(
+            ["wrk", "-t2", "-c64", f"-d{flood_s:g}s", "-s", str(script), flood_url],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "KEYHOLD_TOKEN": s.token},
+        )
+        try:
+            time.sleep(0.5)
+            # wrk.run fails on any non-2xx: the quiet project is never refused.
+            flooded = ctx.wrk.run(quiet_url, 1, script, s.token)
+            out, err = proc.communicate(timeout=flood_s + 60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if proc.returncode != 0:
+            raise RuntimeError(f"flood wrk failed: {err.strip()[-500:]}")
+        totals = wrk_totals(out)
+        return {
+            "alone": alone,
+            "flooded": flooded,
+            "flood": {"rps": totals["requests"] / flood_s, "refused_share": totals["non2xx"] / max(totals["requests"], 1)},
+            "rps_ratio": flooded["rps"] / alone["rps"],
+            "p50_ratio": flooded["p50"] / alone["p50"],
+            "p99_ratio": flooded["p99"] / alone["p99"],
+        }
+
+
+def scenario_fairness(ctx) -> dict:
+    """Two projects under one flood: the quiet project's `:encrypt` throughput and latency
+    while the other floods, as ratios to its own alone in the same server, with quotas off,
+    with rate quotas (the flooder held to --quota-crypto-per-minute, the quiet project with a
+    raised quota of its own), and with rate quotas and --quota-max-in-flight-per-project."""
+    rates = ["--quota-crypto-per-minute", str(FAIRNESS_QUOTA_PER_MINUTE),
+             "--quota-override", f"quiet:crypto={FAIRNESS_QUIET_QUOTA_PER_MINUTE}"]
+    off = quiet_under_flood(ctx, [])
+    if off["flood"]["refused_share"] > 0:
+        raise RuntimeError(f"the flood was refused without quotas ({off['flood']})")
+    on = quiet_under_flood(ctx, rates)
+    capped = quiet_under_flood(ctx, rates + ["--quota-max-in-flight-per-project", str(FAIRNESS_IN_FLIGHT)])
+    for r in (on, capped):
+        if r["flood"]["refused_share"] <= 0:
+            raise RuntimeError(f"the flood was never refused ({r['flood']}): quotas are not on")
+    return {"quota_per_minute": FAIRNESS_QUOTA_PER_MINUTE, "quiet_quota_per_minute": FAIRNESS_QUIET_QUOTA_PER_MINUTE,
+            "in_flight": FAIRNESS_IN_FLIGHT, "quotas_off": off, "quotas_on": on, "quotas_and_cap": capped}
+
+
 # ---- report --------------------------------------------------------------------------------
 
 
@@ -706,6 +779,24 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
                 f"| PUT {human(s['bytes'])} | {s['put_s']:.1f} | {s['bytes'] / s['put_s'] / 1e6:.0f} | {s['rss_after_put_kib'] / 1024:.0f} MiB |",
                 f"| GET {human(s['bytes'])} | {s['get_s']:.1f} | {s['bytes'] / s['get_s'] / 1e6:.0f} | {s['rss_after_get_kib'] / 1024:.0f} MiB |",
                 "", f"Goal: peak RSS < 150 MB: {peak:.0f} MiB, {verdict(peak * 1.048576 < 150)}.", ""]
+    if "fairness" in results:
+        f = results["fairness"]
+        out += ["### Fairness: one project under another's flood", "",
+                "The quiet project sends `:encrypt` (32 B) on one connection, alone and then while another "
+                "project floods `:encrypt` at 64 connections, on three servers: quotas off; rate quotas "
+                f"(`--quota-crypto-per-minute {f['quota_per_minute']}` for every project, the quiet one with its "
+                f"own `--quota-override quiet:crypto={f['quiet_quota_per_minute']}`); rate quotas and "
+                f"`--quota-max-in-flight-per-project {f['in_flight']}`. Each refusal of the flood is still "
+                "authenticated, authorized and audited. The quiet project is never refused (the run fails "
+                "otherwise). Ratios: under the flood / alone, same server.", "",
+                "| quotas | quiet alone req/s | under the flood req/s | ratio | p50 ratio | p99 ratio | flood req/s | flood refused |",
+                "|---|---|---|---|---|---|---|---|"]
+        for label, key in (("off", "quotas_off"), ("rates", "quotas_on"), (f"rates + {f['in_flight']} in flight", "quotas_and_cap")):
+            r = f[key]
+            out.append(f"| {label} | {r['alone']['rps']:.0f} | {r['flooded']['rps']:.0f} | {r['rps_ratio']:.2f} "
+                       f"| {r['p50_ratio']:.2f} | {r['p99_ratio']:.2f} | {r['flood']['rps']:.0f} "
+                       f"| {r['flood']['refused_share']:.1%} |")
+        out.append("")
     return "\n".join(out)
 
 

@@ -72,5 +72,27 @@ class CheckNumbersTest(unittest.TestCase):
                 suite.check_numbers(bad)
 
 
+class WrkTotalsTest(unittest.TestCase):
+    OUT = """Running 2s test @ http://127.0.0.1:1/v1/x:encrypt
+  2 threads and 64 connections
+  Latency Distribution
+     50%    1.00ms
+  12345 requests in 2.00s, 3.00MB read
+  Non-2xx or 3xx responses: 12000
+Requests/sec:   6172.50
+"""
+
+    def test_counts_requests_and_refusals(self):
+        self.assertEqual(suite.wrk_totals(self.OUT), {"requests": 12345, "non2xx": 12000})
+
+    def test_no_refusals_line_means_none(self):
+        out = "\n".join(l for l in self.OUT.splitlines() if "Non-2xx" not in l)
+        self.assertEqual(suite.wrk_totals(out)["non2xx"], 0)
+
+    def test_output_without_a_count_is_an_error(self):
+        with self.assertRaises(ValueError):
+            suite.wrk_totals("Requests/sec: 1\n")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -192,6 +192,40 @@ impl Status {
         self
     }
 
+    /// Adds a `google.rpc.ErrorInfo` detail (`reason`, `domain` and string `metadata`), as
+    /// Google's quota errors carry (`RATE_LIMIT_EXCEEDED`, `googleapis.com`).
+    pub fn with_error_info(mut self, reason: &str, domain: &str, metadata: &[(&str, String)]) -> Self {
+        let metadata: serde_json::Map<String, serde_json::Value> =
+            metadata.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone()))).collect();
+        self.details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": reason,
+            "domain": domain,
+            "metadata": metadata,
+        }));
+        self
+    }
+
+    /// Adds a `google.rpc.RetryInfo` detail: how long the client should wait before retrying,
+    /// rounded up to whole seconds (as `Retry-After` counts them), at least one.
+    pub fn with_retry_info(mut self, delay: std::time::Duration) -> Self {
+        let secs = (delay.as_secs() + u64::from(delay.subsec_nanos() > 0)).max(1);
+        self.details.push(serde_json::json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": format!("{secs}s"),
+        }));
+        self
+    }
+
+    /// The `retryDelay` of a `google.rpc.RetryInfo` detail, in whole seconds, if there is one
+    /// (what the HTTP layer puts in `Retry-After`).
+    pub fn retry_delay_secs(&self) -> Option<u64> {
+        self.details
+            .iter()
+            .filter(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")
+            .find_map(|d| d["retryDelay"].as_str()?.strip_suffix('s')?.parse().ok())
+    }
+
     /// The error JSON body.
     pub fn to_body(&self) -> ErrorBody {
         ErrorBody {

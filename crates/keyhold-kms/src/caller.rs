@@ -80,6 +80,8 @@ pub(crate) struct Call<'a> {
     access_decision: Mutex<Option<AccessDecision>>,
     warning: Mutex<Option<String>>,
     committed: AtomicBool,
+    /// The project's in-flight slot (quotas), held until the call is recorded.
+    in_flight: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl<'a> Call<'a> {
@@ -105,6 +107,7 @@ impl<'a> Call<'a> {
             access_decision: Mutex::new(None),
             warning: Mutex::new(None),
             committed: AtomicBool::new(false),
+            in_flight: Mutex::new(None),
         }
     }
 
@@ -197,12 +200,21 @@ impl Kms {
             None => return Err(KmsError::Unauthenticated { missing: call.caller.credential_missing }),
             Some(p) => self.iam.has_permission(self, p, call.caller.anonymous, permission, resource).await?,
         };
+        let first_check = call.permission.lock().unwrap_or_else(|e| e.into_inner()).is_none();
         call.set_permission(permission, granted);
         if !granted {
             return Err(KmsError::PermissionDenied { permission, resource: resource.to_string() });
         }
         if let Some(project) = keyhold_iam::project_of(resource) {
             self.iam.ensure_project(self, project).await?;
+            // Quotas (hardening 15): once per call, only after the caller is authenticated and
+            // allowed (so nobody spends another project's quota, and only existing projects
+            // are counted); a refusal is audited like any other outcome.
+            if first_check {
+                let slot = self.enter_project(call.caller, call.service, project).await;
+                *call.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = slot;
+                self.charge_quota(call.caller, call.service, call.method, call.kind, project).await?;
+            }
         }
         Ok(())
     }

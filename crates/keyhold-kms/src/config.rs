@@ -52,6 +52,8 @@ pub struct KmsConfig {
     /// Where HSM and EXTERNAL key versions live; without one, that protection level answers
     /// `501 UNIMPLEMENTED`.
     pub backends: KeyBackends,
+    /// Per-project request quotas (hardening issue 15); off by default.
+    pub quotas: crate::quota::QuotaConfig,
 }
 
 impl Default for KmsConfig {
@@ -68,6 +70,7 @@ impl Default for KmsConfig {
             anonymous_principal: None,
             default_token_ttl: ProtoDuration::from_secs(90 * DAY),
             backends: KeyBackends::default(),
+            quotas: crate::quota::QuotaConfig::default(),
         }
     }
 }

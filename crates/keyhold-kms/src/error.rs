@@ -172,6 +172,20 @@ pub enum KmsError {
         /// The policy's reasons, comma-separated ("none" when empty).
         allowed: String,
     },
+    /// A per-project quota ran out (hardening issue 15): Cloud KMS's words, so that clients
+    /// recognize it and back off.
+    #[error(
+        "Quota exceeded for quota metric '{metric}' and limit '{metric} per minute' of service '{service}' for consumer 'project_number:{project_number}'.",
+        metric = exhausted.metric.display_name()
+    )]
+    QuotaExceeded {
+        /// The service whose quota it is (`cloudkms.googleapis.com`, `store.keyhold.dev`, ...).
+        service: String,
+        /// The number of the project charged.
+        project_number: i64,
+        /// Which quota, its limit, and when to retry.
+        exhausted: crate::quota::Exhausted,
+    },
     /// Stored state cannot be read (corruption, or a root key that does not fit the data).
     #[error("Internal error.")]
     Internal(String),
@@ -209,6 +223,7 @@ impl KmsError {
             // manager's own, precludes the use: a precondition, not an IAM denial. CMEK
             // services treat it like a disabled key (KMS_KEY_ISSUE).
             KmsError::ExternalKeyRefused { .. } | KmsError::JustificationDenied { .. } => Code::FailedPrecondition,
+            KmsError::QuotaExceeded { .. } => Code::ResourceExhausted,
             KmsError::Internal(_) => Code::Internal,
         }
     }
@@ -219,6 +234,24 @@ impl KmsError {
         match self {
             KmsError::VersionNotEnabled { version, state } => {
                 status.with_precondition_failure(&format!("KEY_{}", state.as_str()), &version.to_string(), "")
+            }
+            KmsError::QuotaExceeded { service, project_number, exhausted } => {
+                // The detail Google's quota errors carry (hashicorp/vault-plugin-secrets-gcpkms#30).
+                let m = exhausted.metric;
+                status
+                    .with_error_info(
+                        "RATE_LIMIT_EXCEEDED",
+                        "googleapis.com",
+                        &[
+                            ("consumer", format!("projects/{project_number}")),
+                            ("quota_limit", m.limit_name().to_string()),
+                            ("quota_limit_value", exhausted.per_minute.to_string()),
+                            ("quota_location", "global".to_string()),
+                            ("quota_metric", format!("{service}/{}", m.id())),
+                            ("service", service.clone()),
+                        ],
+                    )
+                    .with_retry_info(exhausted.retry_after)
             }
             _ => status,
         }

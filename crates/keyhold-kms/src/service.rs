@@ -66,6 +66,7 @@ pub struct Kms {
     pub(crate) audit: AuditWriter,
     pub(crate) last_change: AtomicI64,
     pub(crate) events: EventBus,
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 impl Kms {
@@ -84,7 +85,9 @@ impl Kms {
         }
         let last_change = store.change_counter().await.map_err(StartupError::Store)?;
         let audit = AuditWriter::start(store.clone());
+        let quotas = crate::quota::Quotas::new(config.quotas.clone());
         Ok(Self {
+            quotas,
             store,
             root,
             config,

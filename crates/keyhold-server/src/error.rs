@@ -70,6 +70,11 @@ impl IntoResponse for ApiError {
                 axum::http::HeaderValue::from_static("Bearer realm=\"keyhold\""),
             );
         }
+        // Quotas (hardening 15): when to come back, for clients that read HTTP rather than
+        // the RetryInfo detail.
+        if let Some(secs) = self.status.retry_delay_secs() {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
         resp.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("application/json; charset=UTF-8"),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use keyhold_api::wire::ProtoDuration;
 use keyhold_kms::clock::SystemClock;
+use keyhold_kms::quota::{Limit, QuotaConfig, QuotaMetric};
 use keyhold_kms::root_key::{LocalRootKey, RootKey};
 use keyhold_kms::{Kms, KmsConfig};
 use keyhold_storage::Database;
@@ -114,6 +115,50 @@ pub struct ServeArgs {
     /// UNAVAILABLE (and CMEK services start their grace period).
     #[arg(long, default_value = "5s", value_parser = parse_duration, env = "KEYHOLD_EKM_TIMEOUT")]
     pub ekm_timeout: ProtoDuration,
+    /// Quotas: cryptographic requests (encrypt, decrypt, generateRandomBytes, ...) per minute
+    /// and project, as Cloud KMS's `crypto_requests`. Over it: 429 RESOURCE_EXHAUSTED. Quotas
+    /// are off unless set. See docs/operations.md, "Quotas".
+    #[arg(long, value_name = "N", value_parser = Limit::parse, env = "KEYHOLD_QUOTA_CRYPTO_PER_MINUTE")]
+    pub quota_crypto_per_minute: Option<Limit>,
+    /// Quotas: other reading requests (get, list, getIamPolicy, ...) per minute, project and
+    /// service, as Cloud KMS's `read_requests`.
+    #[arg(long, value_name = "N", value_parser = Limit::parse, env = "KEYHOLD_QUOTA_READ_PER_MINUTE")]
+    pub quota_read_per_minute: Option<Limit>,
+    /// Quotas: changing requests (create, update, destroy, setIamPolicy, ...) per minute,
+    /// project and service, as Cloud KMS's `write_requests`.
+    #[arg(long, value_name = "N", value_parser = Limit::parse, env = "KEYHOLD_QUOTA_WRITE_PER_MINUTE")]
+    pub quota_write_per_minute: Option<Limit>,
+    /// Quotas: both --quota-read-per-minute and --quota-write-per-minute (each flag given
+    /// separately wins).
+    #[arg(long, value_name = "N", value_parser = Limit::parse, env = "KEYHOLD_QUOTA_ADMIN_PER_MINUTE")]
+    pub quota_admin_per_minute: Option<Limit>,
+    /// Quotas: a project's own limit, PROJECT:METRIC=LIMIT with METRIC crypto, read or write and
+    /// LIMIT a number or `unlimited` (e.g. big-tenant:crypto=600000). Repeatable; the
+    /// environment variable takes a comma-separated list.
+    #[arg(long, value_name = "PROJECT:METRIC=LIMIT", value_delimiter = ',', env = "KEYHOLD_QUOTA_OVERRIDES")]
+    pub quota_override: Vec<String>,
+    /// Quotas: at most N Cloud KMS requests of one project are handled at once (after their
+    /// authorization); the others wait their turn. A flood of one project then competes with
+    /// the others with N requests, not with all its connections. Off unless set.
+    #[arg(long, value_name = "N", env = "KEYHOLD_QUOTA_MAX_IN_FLIGHT_PER_PROJECT")]
+    pub quota_max_in_flight_per_project: Option<std::num::NonZeroUsize>,
+}
+
+/// The quota settings of `keyhold serve`'s flags.
+fn quota_config(args: &ServeArgs) -> Result<QuotaConfig, String> {
+    let mut quotas = QuotaConfig::default();
+    let read = args.quota_read_per_minute.or(args.quota_admin_per_minute);
+    let write = args.quota_write_per_minute.or(args.quota_admin_per_minute);
+    for (metric, limit) in
+        [(QuotaMetric::Crypto, args.quota_crypto_per_minute), (QuotaMetric::Read, read), (QuotaMetric::Write, write)]
+    {
+        quotas.set(metric, limit.unwrap_or_default());
+    }
+    quotas.max_in_flight = args.quota_max_in_flight_per_project;
+    for spec in &args.quota_override {
+        quotas.apply_override(spec).map_err(|e| format!("--quota-override: {e}"))?;
+    }
+    Ok(quotas)
 }
 
 /// The longest an unwrapped EXTERNAL result is reused, whatever `allowedCacheDuration` the
@@ -216,7 +261,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         backends.external = Some(Arc::new(client));
         tracing::info!(timeout = ?args.ekm_timeout.to_std(), "EXTERNAL keys enabled");
     }
+    let quotas = quota_config(&args)?;
+    if quotas.is_on() {
+        tracing::info!(quotas = ?quotas, "per-project request quotas are on");
+    }
     let config = KmsConfig {
+        quotas,
         backends,
         anonymous_principal: anonymous_principal.clone(),
         locations: args.locations,
