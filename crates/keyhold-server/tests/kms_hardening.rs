@@ -1,0 +1,216 @@
+//! The KMS side of the hardening issue (#15), over real HTTP on loopback against a real SQLite
+//! file: hostile list filters and JSON bodies (finding 1), token minting for identities the
+//! server acts as (finding 5), the access-reason header checked after authentication and
+//! audited (findings 6 and 7), and what locations and unserved methods say (finding 9).
+//!
+//! Each request carries its own `x-request-id`, and its audit entries are read straight from the
+//! database (a second handle on the same file), so "exactly one entry" is checked per request.
+
+mod common;
+
+use common::*;
+use keyhold_kms::KmsConfig;
+use keyhold_kms::audit::AuditRecord;
+use keyhold_storage::Database;
+use reqwest::Method;
+use reqwest::header::{HeaderName, HeaderValue};
+use serde_json::{Value, json};
+
+const LOC: &str = "projects/p/locations/global";
+const RING: &str = "projects/p/locations/global/keyRings/r";
+const KEY: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/k";
+
+async fn with_key(s: &Server) {
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
+}
+
+/// A request with an `x-request-id` of its own and extra headers; answers (status, JSON body).
+async fn send(
+    s: &Server,
+    id: &str,
+    token: Option<&str>,
+    method: Method,
+    url: &str,
+    headers: &[(&str, HeaderValue)],
+    body: Option<String>,
+) -> (u16, Value) {
+    let mut req = s.http.request(method, url).header("x-request-id", id);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    for (name, value) in headers {
+        req = req.header(HeaderName::from_bytes(name.as_bytes()).unwrap(), value.clone());
+    }
+    if let Some(b) = body {
+        req = req.header("content-type", "application/json").body(b);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], id, "the request ID comes back");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+}
+
+/// Google's error JSON with `status` and `code`; returns the message.
+fn google_error(status: u16, body: &Value, code: &str) -> String {
+    assert_eq!(body["error"]["status"], code, "{body}");
+    assert_eq!(body["error"]["code"], status, "{body}");
+    body["error"]["message"].as_str().expect("a message").to_string()
+}
+
+/// Every audit entry of request `id`, read from the database itself.
+async fn entries_of(s: &Server, id: &str) -> Vec<AuditRecord> {
+    let opened = keyhold_storage::open_all(&Database::SqliteFile(s.db_file.clone())).await.unwrap();
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = opened.kms.audit_chain(after, 1000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        for e in page {
+            let r: AuditRecord = serde_json::from_str(&e.entry_json).unwrap();
+            if r.request_id == id {
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
+/// The one audit entry of request `id`.
+async fn only_entry(s: &Server, id: &str) -> AuditRecord {
+    let mut entries = entries_of(s, id).await;
+    assert_eq!(entries.len(), 1, "request {id} must leave exactly one audit entry: {entries:?}");
+    entries.remove(0)
+}
+
+/// Finding 1: a list filter nested thousands deep (`((((…` or `NOT NOT …`) used to overflow a
+/// worker's stack and abort the server. Every list that takes a filter now answers 400
+/// INVALID_ARGUMENT in Google's JSON, audits the refusal once, and the server answers the next
+/// request. JSON bodies are bounded by serde_json's recursion limit (128), kept on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_filters_and_bodies_are_refused_and_audited() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    let lists = [
+        "projects/p/locations".to_string(),
+        format!("{LOC}/keyRings"),
+        format!("{RING}/cryptoKeys"),
+        format!("{KEY}/cryptoKeyVersions"),
+    ];
+    let filters = [
+        // Over the 2 KiB bound: refused before parsing (the probe's 5-12 KB URLs).
+        format!("{}name:x{}", "(".repeat(5000), ")".repeat(5000)),
+        format!("{}name:x", "NOT%20".repeat(3000)),
+        format!("{}name:x", "-".repeat(5000)),
+        // Within 2 KiB but nested past the depth bound.
+        format!("{}name:x{}", "(".repeat(100), ")".repeat(100)),
+        format!("{}name:x", "NOT%20".repeat(100)),
+        // Too many terms.
+        vec!["name:x"; 100].join("%20OR%20"),
+    ];
+    let mut n = 0;
+    for list in &lists {
+        for filter in &filters {
+            n += 1;
+            let id = format!("deep-filter-{n}");
+            let url = format!("{}/{list}?filter={filter}", s.base);
+            let (st, body) = send(&s, &id, Some(&s.token), Method::GET, &url, &[], None).await;
+            assert_eq!(st, 400, "{list}: {body}");
+            let m = google_error(400, &body, "INVALID_ARGUMENT");
+            assert!(m.starts_with("Invalid filter: "), "{m}");
+            let entry = only_entry(&s, &id).await;
+            assert_eq!((entry.code, entry.principal.as_str()), (3, OWNER), "{entry:?}");
+            // The server is still there.
+            let (st, body) =
+                send(&s, &format!("{id}-after"), Some(&s.token), Method::GET, &format!("{}/{list}", s.base), &[], None)
+                    .await;
+            assert_eq!(st, 200, "{body}");
+        }
+    }
+    // A filter within every bound still works.
+    let (st, body) = send(
+        &s,
+        "sane-filter",
+        Some(&s.token),
+        Method::GET,
+        &format!("{}/{RING}/cryptoKeys?filter=(name:k%20OR%20NOT%20name:zz)%20AND%20purpose=ENCRYPT_DECRYPT", s.base),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!((st, body["cryptoKeys"].as_array().map(Vec::len)), (200, Some(1)), "{body}");
+
+    // JSON nested past serde_json's recursion limit, in a field that takes any JSON value.
+    let deep = format!("{{\"x\": {}1{}}}", "[".repeat(5000), "]".repeat(5000));
+    let url =
+        format!("{}/projects/p/services/x.example.com:generateServiceIdentity", s.base.replace("/v1", "/v1beta1"));
+    let (st, body) = send(&s, "deep-json", Some(&s.token), Method::POST, &url, &[], Some(deep)).await;
+    let m = google_error(st, &body, "INVALID_ARGUMENT");
+    assert!(m.contains("recursion limit"), "{m}");
+    assert_eq!(only_entry(&s, "deep-json").await.code, 3);
+    // ... and in a typed body.
+    let deep = format!("{{\"plaintext\": {}\"aGk=\"{}}}", "[".repeat(5000), "]".repeat(5000));
+    let url = format!("{}/{KEY}:encrypt", s.base);
+    let (st, body) = send(&s, "deep-json-2", Some(&s.token), Method::POST, &url, &[], Some(deep)).await;
+    google_error(st, &body, "INVALID_ARGUMENT");
+    assert_eq!(only_entry(&s, "deep-json-2").await.code, 3);
+    s.ok(Method::GET, KEY, None).await;
+}
+
+/// Findings 7 and 6: `X-Keyhold-Access-Reason` is read after authentication. Without a valid
+/// token the answer is 401 whatever the header says; with one, a bad value (unknown, non-ASCII,
+/// sent twice) is 400 INVALID_ARGUMENT; every one of these requests leaves exactly one audit
+/// entry, on KMS and store paths alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_reason_is_checked_after_authentication_and_audited() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    let encrypt = format!("{}/{KEY}:encrypt", s.base);
+    let instances = format!("{}/{LOC}/instances", s.base);
+    let body = || Some(json!({"plaintext": "aGk="}).to_string());
+    let reason = |v: &[u8]| ("x-keyhold-access-reason", HeaderValue::from_bytes(v).unwrap());
+    let bad_values: [&[u8]; 4] =
+        [b"NOT_A_REASON", b"REASON_UNSPECIFIED", "CUSTOMER_INITIATED_ACCESS\u{e9}".as_bytes(), b"\xff\xfe"];
+
+    let mut n = 0;
+    for (url, method) in [(&encrypt, Method::POST), (&instances, Method::GET)] {
+        let b = if method == Method::POST { body() } else { None };
+        for value in bad_values {
+            for token in [None, Some("kh1.not-a-token"), Some(s.token.as_str())] {
+                n += 1;
+                let id = format!("reason-{n}");
+                let (st, resp) = send(&s, &id, token, method.clone(), url, &[reason(value)], b.clone()).await;
+                let entry = only_entry(&s, &id).await;
+                if token == Some(s.token.as_str()) {
+                    let m = google_error(st, &resp, "INVALID_ARGUMENT");
+                    assert!(m.starts_with("X-Keyhold-Access-Reason"), "{m}");
+                    assert!(resp.get("ciphertext").is_none());
+                    assert_eq!((entry.code, entry.principal.as_str()), (3, OWNER), "{entry:?}");
+                } else {
+                    google_error(st, &resp, "UNAUTHENTICATED");
+                    assert_eq!((entry.code, entry.principal.as_str()), (16, ""), "{entry:?}");
+                }
+            }
+        }
+        // Twice, even if both are valid: which one would count?
+        n += 1;
+        let id = format!("reason-{n}");
+        let twice = [reason(b"CUSTOMER_INITIATED_ACCESS"), reason(b"GOOGLE_INITIATED_REVIEW")];
+        let (st, resp) = send(&s, &id, Some(&s.token), method.clone(), url, &twice, b.clone()).await;
+        assert!(google_error(st, &resp, "INVALID_ARGUMENT").contains("more than once"), "{resp}");
+        assert_eq!(only_entry(&s, &id).await.code, 3);
+        // A good one is used (5 is CUSTOMER_INITIATED_ACCESS).
+        n += 1;
+        let id = format!("reason-{n}");
+        let (st, resp) = send(&s, &id, Some(&s.token), method.clone(), url, &[reason(b"5")], b.clone()).await;
+        assert_eq!(st, 200, "{resp}");
+        let entry = only_entry(&s, &id).await;
+        assert_eq!(entry.code, 0);
+        if method == Method::POST {
+            let reason = entry.access_justification.as_ref().map(|d| d.reason.as_str());
+            assert_eq!(reason, Some("CUSTOMER_INITIATED_ACCESS"), "{entry:?}");
+        }
+    }
+}
