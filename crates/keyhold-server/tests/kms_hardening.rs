@@ -159,6 +159,105 @@ async fn hostile_filters_and_bodies_are_refused_and_audited() {
     s.ok(Method::GET, KEY, None).await;
 }
 
+/// Finding 5: a token admin could mint a bearer token for a service agent, the scheduler or the
+/// anonymous principal, then act as it while the audit log blamed it. Those principals are now
+/// refused with 400 INVALID_ARGUMENT (no grant could make the request valid, so it is not a
+/// PERMISSION_DENIED), whether or not the agent exists yet and however it is spelled; users,
+/// service accounts and integrated services (`service:NAME`, how a store node running apart
+/// authenticates) are still minted. Tokens minted before the fix stop working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_never_minted_for_identities_the_server_acts_as() {
+    let config = KmsConfig {
+        anonymous_principal: Some(keyhold_iam::Principal::parse("user:emulator@example.com").unwrap()),
+        ..KmsConfig::default()
+    };
+    let s = start(Backend::Sqlite, config).await;
+    with_key(&s).await;
+    let url =
+        format!("{}/projects/p/services/store.keyhold.dev:generateServiceIdentity", s.base.replace("/v1", "/v1beta1"));
+    let r = s.http.post(url).bearer_auth(&s.token).json(&json!({})).send().await.unwrap();
+    let agent = r.json::<Value>().await.unwrap()["response"]["email"].as_str().unwrap().to_string();
+    assert!(agent.contains("@gcp-sa-store."), "{agent}");
+
+    let refused = [
+        (format!("serviceAccount:{agent}"), "service agent"),
+        (
+            "serviceAccount:service-123456789012@gcp-sa-financialservices.iam.gserviceaccount.com".into(),
+            "service agent",
+        ),
+        (format!("serviceAccount:{}", agent.to_uppercase()), "service agent"),
+        ("service:scheduler.keyhold.local".into(), "identities Keyhold itself acts as"),
+        ("service:bootstrap.keyhold.local".into(), "identities Keyhold itself acts as"),
+        ("service:Scheduler.Keyhold.Local".into(), "identities Keyhold itself acts as"),
+        ("user:emulator@example.com".into(), "--allow-anonymous"),
+        ("user:anonymous@keyhold.local".into(), "--allow-anonymous"),
+    ];
+    for (i, (principal, why)) in refused.iter().enumerate() {
+        let id = format!("mint-refused-{i}");
+        let (st, body) = send(
+            &s,
+            &id,
+            Some(&s.token),
+            Method::POST,
+            &format!("{}/tokens", s.base),
+            &[],
+            Some(json!({"principal": principal, "ttl": "7776000s"}).to_string()),
+        )
+        .await;
+        assert_eq!(st, 400, "{principal}: {body}");
+        let m = google_error(400, &body, "INVALID_ARGUMENT");
+        assert!(m.starts_with(&format!("Tokens cannot be created for {principal}: ")) && m.contains(why), "{m}");
+        assert!(body.get("token").is_none());
+        let entry = only_entry(&s, &id).await;
+        assert_eq!((entry.method.as_str(), entry.code, entry.principal.as_str()), ("CreateToken", 3, OWNER));
+    }
+    let listed = s.ok(Method::GET, "tokens", None).await;
+    let principals: Vec<&str> =
+        listed["tokens"].as_array().unwrap().iter().map(|t| t["principal"].as_str().unwrap()).collect();
+    assert_eq!(principals, [OWNER], "no token was minted");
+
+    // Everyone else still gets a token, and it works.
+    for principal in
+        ["user:bob@example.com", "serviceAccount:ci@p.iam.gserviceaccount.com", "service:store.keyhold.dev"]
+    {
+        let v = s.ok(Method::POST, "tokens", Some(json!({ "principal": principal }))).await;
+        let token = v["token"].as_str().unwrap();
+        let (st, _) = s.call_as(Some(token), Method::GET, "tokens", None).await;
+        assert_eq!(st, 403, "{principal} authenticates (and holds no token role)");
+    }
+
+    // A token minted for an agent before the fix (long-lived, which generateAccessToken never
+    // gives) or for an internal identity stops working.
+    for (i, principal) in [
+        format!("serviceAccount:{agent}"),
+        "service:scheduler.keyhold.local".into(),
+        "user:emulator@example.com".into(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let label = format!("pre-fix-{i}");
+        let v = s
+            .ok(Method::POST, "tokens", Some(json!({"principal": "user:carol@example.com", "description": label})))
+            .await;
+        let token = v["token"].as_str().unwrap().to_string();
+        let conn = rusqlite::Connection::open(&s.db_file).unwrap();
+        // As the old code would have stored it (the token has not been used, so is not cached).
+        assert_eq!(
+            conn.execute("UPDATE tokens SET principal = ?1 WHERE description = ?2", [principal.as_str(), &label])
+                .unwrap(),
+            1
+        );
+        let id = format!("pre-fix-use-{i}");
+        let (st, body) = send(&s, &id, Some(&token), Method::GET, &format!("{}/{KEY}", s.base), &[], None).await;
+        // The token is refused; on this server (--allow-anonymous) the request then runs as the
+        // anonymous principal, flagged so, instead of as the principal the token names.
+        assert_eq!(st, 200, "{body}");
+        let entry = only_entry(&s, &id).await;
+        assert!(entry.anonymous && entry.principal == "user:emulator@example.com", "{principal}: {entry:?}");
+    }
+}
+
 /// Findings 7 and 6: `X-Keyhold-Access-Reason` is read after authentication. Without a valid
 /// token the answer is 401 whatever the header says; with one, a bad value (unknown, non-ASCII,
 /// sent twice) is 400 INVALID_ARGUMENT; every one of these requests leaves exactly one audit
