@@ -369,9 +369,36 @@ async fn handle(
             let _: NameOnlyRequest = body(bytes)?;
             json(&kms.restore_version(caller, &name).await?, pretty)
         }
+        (Target::KeyRing(_) | Target::CryptoKey(_) | Target::Version(_), None, Method::DELETE) => {
+            return Err(delete_not_served(path));
+        }
         (_, Some(v), _) if UNIMPLEMENTED_VERBS.contains(&v) => return Err(unimplemented(path)),
         _ => return Err(no_method(method, path)),
     })
+}
+
+/// `DELETE` on a key ring, key or version: `501 UNIMPLEMENTED` like the other methods Keyhold
+/// does not serve (finding 9: it answered 404, which reads as "no such resource"), saying what
+/// to do instead.
+fn delete_not_served(path: &str) -> ApiError {
+    let name = path.split(':').next().unwrap_or(path);
+    let message = if name.contains("/cryptoKeyVersions/") {
+        format!(
+            "DeleteCryptoKeyVersion is not implemented by Keyhold yet. To erase a version's key material, destroy it \
+             (POST /v1/{name}:destroy); see docs/api.md."
+        )
+    } else if name.contains("/cryptoKeys/") {
+        format!(
+            "DeleteCryptoKey is not implemented by Keyhold yet. To stop a key being used, disable or destroy its \
+             versions (POST /v1/{name}/cryptoKeyVersions/N:destroy); see docs/api.md."
+        )
+    } else {
+        format!(
+            "Key rings cannot be deleted, in Cloud KMS as in Keyhold: {name} and its name stay. Destroy the versions \
+             of its keys to erase their material; see docs/api.md."
+        )
+    };
+    ApiError::new(Code::Unimplemented, message)
 }
 
 /// Cloud KMS v1 methods Keyhold does not implement yet: they answer `501 UNIMPLEMENTED` (which

@@ -313,3 +313,53 @@ async fn access_reason_is_checked_after_authentication_and_audited() {
         }
     }
 }
+
+/// Finding 9: DELETE on a key ring, key or version is 501 UNIMPLEMENTED (as other methods
+/// Keyhold does not serve), not 404; the resources stay. Locations report no HSM and no key
+/// manager on a server started without them, and the EXTERNAL refusal names the real flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unserved_methods_and_locations_tell_the_truth() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    let version = format!("{KEY}/cryptoKeyVersions/1");
+    for (i, (name, says)) in [
+        (version.as_str(), "DeleteCryptoKeyVersion is not implemented by Keyhold yet."),
+        (KEY, "DeleteCryptoKey is not implemented by Keyhold yet."),
+        (RING, "Key rings cannot be deleted, in Cloud KMS as in Keyhold"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("delete-{i}");
+        let (st, body) = send(&s, &id, Some(&s.token), Method::DELETE, &format!("{}/{name}", s.base), &[], None).await;
+        let m = google_error(st, &body, "UNIMPLEMENTED");
+        assert_eq!(st, 501);
+        assert!(m.starts_with(says) && m.contains("docs/api.md"), "{m}");
+        assert_eq!(only_entry(&s, &id).await.code, 12);
+        s.ok(Method::GET, name, None).await;
+    }
+    // Unauthenticated, it is still 401 first.
+    let (st, body) = send(&s, "delete-anon", None, Method::DELETE, &format!("{}/{KEY}", s.base), &[], None).await;
+    google_error(st, &body, "UNAUTHENTICATED");
+
+    let locations = s.ok(Method::GET, "projects/p/locations", None).await;
+    for l in locations["locations"].as_array().unwrap() {
+        assert_eq!(l["metadata"]["hsmAvailable"], false, "{l}");
+        assert_eq!(l["metadata"]["ekmAvailable"], false, "{l}");
+    }
+    let external = json!({"purpose": "ENCRYPT_DECRYPT",
+        "versionTemplate": {"protectionLevel": "EXTERNAL", "algorithm": "EXTERNAL_SYMMETRIC_ENCRYPTION"}});
+    let m = s
+        .err(
+            Method::POST,
+            &format!("{RING}/cryptoKeys?cryptoKeyId=ext&skipInitialVersionCreation=true"),
+            Some(external),
+            501,
+            "UNIMPLEMENTED",
+        )
+        .await;
+    assert!(m.contains("--ekm-credentials-file") && !m.contains("--ekm-token-file"), "{m}");
+    let hsm = json!({"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"protectionLevel": "HSM"}});
+    let m = s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=h"), Some(hsm), 501, "UNIMPLEMENTED").await;
+    assert!(m.contains("--pkcs11-module"), "{m}");
+}
