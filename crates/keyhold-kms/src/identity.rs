@@ -70,7 +70,55 @@ pub fn service_agent_email(service: &str, project_number: i64) -> String {
     format!("service-{project_number}@gcp-sa-{name}.iam.gserviceaccount.com")
 }
 
+/// Whether `email` has the shape of a service agent (`service-N@gcp-sa-NAME.iam.gserviceaccount.com`,
+/// what [`service_agent_email`] makes), whether or not the agent exists yet: refusing the shape
+/// also refuses a token minted ahead of the agent's creation. Case-insensitive, so that a
+/// look-alike spelling cannot stand in for the agent in the audit log.
+fn is_service_agent_email(email: &str) -> bool {
+    let email = email.to_ascii_lowercase();
+    email.split_once('@').is_some_and(|(local, domain)| {
+        local.starts_with("service-") && domain.starts_with("gcp-sa-") && domain.ends_with(".iam.gserviceaccount.com")
+    })
+}
+
+/// The domain of the identities Keyhold itself acts as (`service:scheduler.keyhold.local`,
+/// `service:bootstrap.keyhold.local`, see [`Caller::system`]).
+const INTERNAL_SERVICE_DOMAIN: &str = ".keyhold.local";
+
+/// The principal of `--allow-anonymous` when it names none.
+const DEFAULT_ANONYMOUS: &str = "user:anonymous@keyhold.local";
+
 impl Kms {
+    /// Why no token may be minted for `principal` through `POST /v1/tokens`, if it is one the
+    /// server itself acts as (finding 5: a token admin could mint a long-lived token for a
+    /// service agent, the scheduler or the anonymous principal, act as it, and have the audit
+    /// log blame it). Service agents get tokens only through `generateAccessToken`, asked by
+    /// their own service; internal identities and the anonymous principal never get one.
+    fn unmintable(&self, principal: &Principal) -> Option<String> {
+        let p = principal.as_str();
+        if p.starts_with("serviceAccount:") && is_service_agent_email(principal.email()) {
+            return Some(format!(
+                "Tokens cannot be created for {p}: it is a service agent, and only its own service may act as it, \
+                 with short-lived tokens from generateAccessToken (see docs/api.md, Service identities)."
+            ));
+        }
+        if principal.service().is_some_and(|s| s.to_ascii_lowercase().ends_with(INTERNAL_SERVICE_DOMAIN)) {
+            return Some(format!(
+                "Tokens cannot be created for {p}: principals in {} are the identities Keyhold itself acts as \
+                 (the scheduler, the bootstrap), and nobody else may act as them.",
+                &INTERNAL_SERVICE_DOMAIN[1..]
+            ));
+        }
+        let anonymous = self.config.anonymous_principal.as_ref().map_or(DEFAULT_ANONYMOUS, Principal::as_str);
+        if p.eq_ignore_ascii_case(anonymous) || p.eq_ignore_ascii_case(DEFAULT_ANONYMOUS) {
+            return Some(format!(
+                "Tokens cannot be created for {p}: it is the principal of unauthenticated requests in emulator mode \
+                 (--allow-anonymous), which no token may carry; create a token for a named user or service account."
+            ));
+        }
+        None
+    }
+
     /// Maps a bearer token to its principal. Fails with `UNAUTHENTICATED` for unknown, expired
     /// or revoked tokens.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, KmsError> {
@@ -97,7 +145,25 @@ impl Kms {
         if record.revoke_time.is_some() || record.expire_time <= self.clock.now() {
             return Err(invalid());
         }
-        Principal::parse(&record.principal).map_err(|_| invalid())
+        let principal = Principal::parse(&record.principal).map_err(|_| invalid())?;
+        if self.minted_by_mistake(&principal, &record) {
+            return Err(invalid());
+        }
+        Ok(principal)
+    }
+
+    /// Whether `record` is a token `POST /v1/tokens` could mint before finding 5 was fixed and
+    /// may no longer: for an internal identity or the anonymous principal (never legitimate),
+    /// or for a service agent with a longer life than `generateAccessToken` gives. Such tokens
+    /// stop working at once on upgrade instead of living out their 90 days.
+    fn minted_by_mistake(&self, principal: &Principal, record: &TokenRecord) -> bool {
+        let p = principal.as_str();
+        if p.starts_with("serviceAccount:") && is_service_agent_email(principal.email()) {
+            let life = record.expire_time.unix_nanos() - record.create_time.unix_nanos();
+            return life > i128::from(MAX_AGENT_TOKEN_SECS) * 1_000_000_000;
+        }
+        principal.service().is_some_and(|s| s.to_ascii_lowercase().ends_with(INTERNAL_SERVICE_DOMAIN))
+            || self.config.anonymous_principal.as_ref().is_some_and(|a| p.eq_ignore_ascii_case(a.as_str()))
     }
 
     async fn mint_token(
@@ -143,6 +209,9 @@ impl Kms {
         let r = async {
             self.authorize(&call, role::TOKENS_CREATE, ROOT_RESOURCE).await?;
             let principal = Principal::parse(principal).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
+            if let Some(why) = self.unmintable(&principal) {
+                return Err(KmsError::InvalidArgument(why));
+            }
             let ttl = ttl.unwrap_or(self.config.default_token_ttl);
             if ttl.as_nanos() <= 0 {
                 return Err(KmsError::InvalidArgument("ttl must be positive, e.g. 86400s.".into()));

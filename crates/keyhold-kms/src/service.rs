@@ -138,8 +138,10 @@ impl Kms {
             labels: Default::default(),
             metadata: Some(serde_json::json!({
                 "@type": "type.googleapis.com/google.cloud.kms.v1.LocationMetadata",
-                "hsmAvailable": false,
-                "ekmAvailable": false,
+                // What this server can serve, from the backends it was started with (finding 9:
+                // both were always false, even with --pkcs11-module or --ekm-credentials-file).
+                "hsmAvailable": self.config.backends.hsm.is_some(),
+                "ekmAvailable": self.config.backends.external.is_some(),
             })),
         }
     }
@@ -525,7 +527,7 @@ impl Kms {
     pub(crate) fn external(&self) -> Result<&Arc<dyn ExternalKeyManager>, KmsError> {
         self.config.backends.external.as_ref().ok_or_else(|| {
             KmsError::Unimplemented(
-                "Protection level EXTERNAL is not available on this server; start it with --ekm-token-file (see docs/operations.md)."
+                "Protection level EXTERNAL is not available on this server; start it with --ekm-credentials-file (see docs/operations.md)."
                     .into(),
             )
         })

@@ -156,26 +156,52 @@ pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Call
         caller.anonymous = true;
     }
     caller.justification = header("x-goog-request-reason").map(|r| r.chars().take(MAX_REASON).collect());
-    if let Some(reason) = header(ACCESS_REASON_HEADER) {
-        caller.access_reason = Some(parse_access_reason(&reason)?);
-    }
     Ok(caller)
+}
+
+/// Reads `X-Keyhold-Access-Reason` into an authenticated caller. Called only once the caller
+/// is known (finding 7: a bad header used to be refused before authentication and before its
+/// audit entry, so it left no entry and answered 400 where 401 was due). Its error is not yet
+/// audited: the dispatcher records it like any refusal before a method ran. A value that is
+/// not visible ASCII, or a header sent twice, is refused rather than ignored (finding 6: a
+/// non-ASCII value used to be dropped silently, so the call ran as CUSTOMER_INITIATED_ACCESS).
+pub(crate) fn read_access_reason(caller: &mut Caller, headers: &HeaderMap) -> Result<(), ApiError> {
+    let mut values = headers.get_all(ACCESS_REASON_HEADER).iter();
+    let Some(value) = values.next() else { return Ok(()) };
+    if values.next().is_some() {
+        return Err(ApiError::invalid(
+            "X-Keyhold-Access-Reason is sent more than once; send it once, with one AccessReason.",
+        ));
+    }
+    let text = value.to_str().map_err(|_| {
+        ApiError::invalid(
+            "X-Keyhold-Access-Reason holds characters other than visible ASCII; send an AccessReason name (for example CUSTOMER_INITIATED_ACCESS) or its number.",
+        )
+    })?;
+    caller.access_reason = Some(parse_access_reason(text)?);
+    Ok(())
 }
 
 /// The header carrying a request's Key Access Justification reason ([K11]): an `AccessReason`
 /// name (`CUSTOMER_INITIATED_ACCESS`) or number. Absent: `CUSTOMER_INITIATED_ACCESS`.
 pub const ACCESS_REASON_HEADER: &str = "x-keyhold-access-reason";
 
-fn parse_access_reason(value: &str) -> Result<keyhold_api::resources::AccessReason, KmsError> {
+/// Longest part of a bad `X-Keyhold-Access-Reason` value quoted back (and into the audit log).
+const MAX_QUOTED_REASON: usize = 64;
+
+fn parse_access_reason(value: &str) -> Result<keyhold_api::resources::AccessReason, ApiError> {
     let v = match value.trim().parse::<i64>() {
         Ok(n) => serde_json::Value::from(n),
         Err(_) => serde_json::Value::from(value.trim()),
     };
     match serde_json::from_value::<keyhold_api::resources::AccessReason>(v) {
         Ok(r) if r != keyhold_api::resources::AccessReason::Unspecified => Ok(r),
-        _ => Err(KmsError::InvalidArgument(format!(
-            "X-Keyhold-Access-Reason: {value:?} is not an AccessReason (for example CUSTOMER_INITIATED_ACCESS)."
-        ))),
+        _ => {
+            let quoted: String = value.chars().take(MAX_QUOTED_REASON).collect();
+            Err(ApiError::invalid(format!(
+                "X-Keyhold-Access-Reason: {quoted:?} is not an AccessReason (for example CUSTOMER_INITIATED_ACCESS)."
+            )))
+        }
     }
 }
 
@@ -188,16 +214,22 @@ async fn dispatch_api(
     query: Result<axum::extract::Query<Vec<(String, String)>>, axum::extract::rejection::QueryRejection>,
     bytes: Bytes,
 ) -> Response {
-    let caller = match caller(&state, &headers).await {
+    let mut caller = match caller(&state, &headers).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let result = match (&caller.principal, query) {
-        // Authentication comes first, as at Google: no credential, no parsing.
-        (None, _) => Err(ApiError::unaudited(KmsError::Unauthenticated { missing: caller.credential_missing })),
-        (_, Err(e)) => Err(ApiError::invalid(format!("Malformed query string: {e}"))),
-        (_, Ok(axum::extract::Query(pairs))) => {
-            handle(api, &state, &caller, &method, &path, &Query::new(pairs), &bytes).await
+    // Authentication comes first, as at Google: no credential, no parsing (not even of the
+    // access-reason header); every refusal below is audited.
+    let result = if caller.principal.is_none() {
+        Err(ApiError::unaudited(KmsError::Unauthenticated { missing: caller.credential_missing }))
+    } else if let Err(e) = read_access_reason(&mut caller, &headers) {
+        Err(e)
+    } else {
+        match query {
+            Err(e) => Err(ApiError::invalid(format!("Malformed query string: {e}"))),
+            Ok(axum::extract::Query(pairs)) => {
+                handle(api, &state, &caller, &method, &path, &Query::new(pairs), &bytes).await
+            }
         }
     };
     match result {
@@ -337,9 +369,36 @@ async fn handle(
             let _: NameOnlyRequest = body(bytes)?;
             json(&kms.restore_version(caller, &name).await?, pretty)
         }
+        (Target::KeyRing(_) | Target::CryptoKey(_) | Target::Version(_), None, Method::DELETE) => {
+            return Err(delete_not_served(path));
+        }
         (_, Some(v), _) if UNIMPLEMENTED_VERBS.contains(&v) => return Err(unimplemented(path)),
         _ => return Err(no_method(method, path)),
     })
+}
+
+/// `DELETE` on a key ring, key or version: `501 UNIMPLEMENTED` like the other methods Keyhold
+/// does not serve (finding 9: it answered 404, which reads as "no such resource"), saying what
+/// to do instead.
+fn delete_not_served(path: &str) -> ApiError {
+    let name = path.split(':').next().unwrap_or(path);
+    let message = if name.contains("/cryptoKeyVersions/") {
+        format!(
+            "DeleteCryptoKeyVersion is not implemented by Keyhold yet. To erase a version's key material, destroy it \
+             (POST /v1/{name}:destroy); see docs/api.md."
+        )
+    } else if name.contains("/cryptoKeys/") {
+        format!(
+            "DeleteCryptoKey is not implemented by Keyhold yet. To stop a key being used, disable or destroy its \
+             versions (POST /v1/{name}/cryptoKeyVersions/N:destroy); see docs/api.md."
+        )
+    } else {
+        format!(
+            "Key rings cannot be deleted, in Cloud KMS as in Keyhold: {name} and its name stay. Destroy the versions \
+             of its keys to erase their material; see docs/api.md."
+        )
+    };
+    ApiError::new(Code::Unimplemented, message)
 }
 
 /// Cloud KMS v1 methods Keyhold does not implement yet: they answer `501 UNIMPLEMENTED` (which

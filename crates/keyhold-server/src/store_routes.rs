@@ -18,7 +18,7 @@ use keyhold_store::{ListRequest, Store, StoreError};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::kms_routes::caller;
+use crate::kms_routes::{caller, read_access_reason};
 
 type QueryResult = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
@@ -44,9 +44,13 @@ fn json<T: serde::Serialize>(value: &T) -> Response {
 
 /// The caller, or the 401 answer (audited) if it has no valid credential.
 async fn authenticated(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Caller, Response> {
-    let caller = caller(state, headers).await.map_err(IntoResponse::into_response)?;
+    let mut caller = caller(state, headers).await.map_err(IntoResponse::into_response)?;
     if caller.principal.is_none() {
         let e = ApiError::unaudited(KmsError::Unauthenticated { missing: caller.credential_missing });
+        return Err(refuse(state, &caller, path, e).await);
+    }
+    // After authentication, and audited when refused (finding 7).
+    if let Err(e) = read_access_reason(&mut caller, headers) {
         return Err(refuse(state, &caller, path, e).await);
     }
     Ok(caller)

@@ -128,6 +128,10 @@ async fn external_key_through_a_manager_process() {
     );
     wait_ready(&kms).await;
     let d = dir.path();
+    // Finding 9: locations report the key manager this server was started with.
+    let location = call(d, port, Method::GET, LOC, json!({})).await;
+    assert_eq!(location["metadata"]["ekmAvailable"], true, "{location}");
+    assert_eq!(location["metadata"]["hsmAvailable"], false, "{location}");
     call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
     let template = json!({"purpose": "ENCRYPT_DECRYPT",
         "versionTemplate": {"protectionLevel": "EXTERNAL", "algorithm": "EXTERNAL_SYMMETRIC_ENCRYPTION"}});

@@ -111,6 +111,12 @@ async fn hsm_keys_in_a_softhsm_token() {
     wait_ready(&server).await;
     assert!(!d.join("data/root.key").exists(), "no root key file next to the data");
     assert_eq!(token_objects(&conf), ["keyhold-root"], "the root key lives in the token");
+    // Finding 9: locations report the HSM this server was started with.
+    let locations = call(d, port, Method::GET, "projects/p/locations", json!({})).await;
+    for location in locations["locations"].as_array().unwrap() {
+        assert_eq!(location["metadata"]["hsmAvailable"], true, "{location}");
+        assert_eq!(location["metadata"]["ekmAvailable"], false, "{location}");
+    }
 
     call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
     let key = call(
