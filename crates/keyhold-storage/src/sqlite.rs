@@ -41,6 +41,7 @@ fn map_err(e: rusqlite::Error) -> StoreError {
             | ErrorCode::SystemIoFailure
             | ErrorCode::DiskFull
             | ErrorCode::CannotOpen
+            | ErrorCode::PermissionDenied
             | ErrorCode::OutOfMemory
             | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Corrupt(e.to_string()),
