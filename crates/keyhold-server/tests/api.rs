@@ -482,6 +482,39 @@ async fn crypto_and_versions(backend: Backend) {
             conn.query_row("SELECT material FROM crypto_key_versions WHERE version_id = 2", [], |r| r.get(0)).unwrap();
         assert!(live.len() > 32);
     }
+    if let Some(url) = &s.pg_url {
+        // The same on PostgreSQL (erasure was checked on SQLite only): the row's material is
+        // overwritten, and VACUUM ran on the table (docs/operations.md says what it can't do).
+        let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let material = |id: u32| {
+            let (db, name) = (&db, format!("{KEY}/cryptoKeyVersions/{id}"));
+            async move {
+                db.query_one("SELECT material FROM crypto_key_versions WHERE name = $1", &[&name])
+                    .await
+                    .unwrap()
+                    .get::<_, Option<Vec<u8>>>(0)
+            }
+        };
+        assert_eq!(material(1).await, None);
+        assert!(material(2).await.unwrap().len() > 32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let vacuumed: bool = db
+                .query_one(
+                    "SELECT last_vacuum IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'crypto_key_versions'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if vacuumed {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no VACUUM of crypto_key_versions after the erasure");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 async fn concurrency(backend: Backend) {

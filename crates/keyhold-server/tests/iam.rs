@@ -673,6 +673,51 @@ async fn removing_the_newest_audit_entries_is_detected() {
     }
 }
 
+/// Hardening (tests that would have caught these): audit tamper-evidence was checked on SQLite
+/// only. On PostgreSQL the table refuses UPDATE, DELETE and TRUNCATE; with the trigger dropped,
+/// an edited entry is found where it happened, the chain verifies again once the entry is put
+/// back, and removing the newest entry is found too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tampering_is_detected_on_postgres() {
+    let s = start(Backend::Postgres, KmsConfig::default()).await;
+    with_key(&s).await;
+    s.ok(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(b"x")}))).await;
+    assert!(matches!(s.kms.verify_audit_chain().await.unwrap(), ChainVerdict::Intact { .. }));
+    let (db, conn) = tokio_postgres::connect(s.pg_url.as_deref().unwrap(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for forbidden in [
+        "UPDATE audit_log SET entry = entry WHERE seq = 3",
+        "DELETE FROM audit_log WHERE seq = 3",
+        "TRUNCATE audit_log",
+    ] {
+        let e = db.batch_execute(forbidden).await.expect_err(forbidden);
+        assert!(e.as_db_error().unwrap().message().contains("append-only"), "{forbidden}: {e:?}");
+    }
+    db.batch_execute("DROP TRIGGER audit_log_append_only ON audit_log").await.unwrap();
+    let original: String = db.query_one("SELECT entry FROM audit_log WHERE seq = 3", &[]).await.unwrap().get(0);
+    let forged = original.replace("owner@keyhold.local", "someone@else.example");
+    assert_ne!(forged, original);
+    db.execute("UPDATE audit_log SET entry = $1 WHERE seq = 3", &[&forged]).await.unwrap();
+    match s.kms.verify_audit_chain().await.unwrap() {
+        ChainVerdict::Broken { seq, reason } => {
+            assert_eq!(seq, 3);
+            assert!(reason.contains("modified"), "{reason}");
+        }
+        intact => panic!("tampering not detected: {intact:?}"),
+    }
+    db.execute("UPDATE audit_log SET entry = $1 WHERE seq = 3", &[&original]).await.unwrap();
+    assert!(matches!(s.kms.verify_audit_chain().await.unwrap(), ChainVerdict::Intact { .. }));
+    let last: i64 = db.query_one("SELECT max(seq) FROM audit_log", &[]).await.unwrap().get(0);
+    db.execute("DELETE FROM audit_log WHERE seq = $1", &[&last]).await.unwrap();
+    match s.kms.verify_audit_chain().await.unwrap() {
+        ChainVerdict::Broken { seq, reason } => {
+            assert_eq!(seq, last);
+            assert!(reason.contains("removed"), "{reason}");
+        }
+        intact => panic!("truncation not detected: {intact:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_mode_never_reaches_server_wide_rights() {
     let config = KmsConfig {
