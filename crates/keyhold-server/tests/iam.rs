@@ -382,44 +382,36 @@ async fn etag_race_postgres() {
 }
 
 /// [K8]: a grant or revoke on one node takes effect on another node sharing the database
-/// within a second. Prints the measured propagation times.
+/// within a second: node B answers from its caches until its next poll of the change counter,
+/// and one poll is enough. Each step is driven explicitly (B's cached answer, one
+/// `sync_with_store`, B's new answer), so nothing depends on timing; the bound is then the poll
+/// interval (250 ms by default), which B's background loop is last shown to run. (It asserted
+/// "under 1 s" of wall-clock time, which flakes on a loaded machine; bench/suite.py measures.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_and_revokes_reach_other_nodes_within_a_second() {
+    assert!(KmsConfig::default().change_poll_interval <= Duration::from_millis(250));
     let root = keyhold_crypto::KeyBytes::generate().unwrap();
     let a = start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
     let url = a.pg_url.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unused.db");
     let b = start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
-    // Node B runs its background loop (the change poll); node A is the one changing things.
-    let kms_b = b.kms.clone();
-    tokio::spawn(kms_b.run_background(std::future::pending()));
     with_key(&a).await;
     let alice = a.token_for("user:alice@example.com").await;
     let enc = json!({"plaintext": b64(b"x")});
+    let on_b = async || b.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await.0;
     // Warm B's caches with a denial.
-    assert_eq!(b.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await.0, 403);
-
-    let wait_for = |want: u16| {
-        let b = &b;
-        let alice = alice.clone();
-        let enc = enc.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                let (st, _) = b.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await;
-                if st == want {
-                    return start.elapsed();
-                }
-                assert!(start.elapsed() < Duration::from_secs(1), "node B still answers {st} after 1 s");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+    assert_eq!(on_b().await, 403);
+    // B still answers `before` from its caches; one poll of the change counter, and `after`.
+    let one_poll = async |before: u16, after: u16| {
+        assert_eq!(on_b().await, before, "node B answered without polling");
+        assert!(b.kms.sync_with_store().await.unwrap(), "the change counter did not move");
+        assert_eq!(on_b().await, after, "node B after one poll");
     };
     a.grant(KEY, "roles/cloudkms.cryptoKeyEncrypterDecrypter", "user:alice@example.com").await;
-    let granted = wait_for(200).await;
+    one_poll(403, 200).await;
     a.revoke(KEY, "user:alice@example.com").await;
-    let revoked = wait_for(403).await;
+    one_poll(200, 403).await;
     // Token revocation propagates the same way.
     let id = a.ok(Method::GET, "tokens", None).await["tokens"]
         .as_array()
@@ -431,15 +423,17 @@ async fn grants_and_revokes_reach_other_nodes_within_a_second() {
         .unwrap()
         .to_string();
     a.grant(KEY, "roles/cloudkms.cryptoKeyEncrypterDecrypter", "user:alice@example.com").await;
-    wait_for(200).await;
+    one_poll(403, 200).await;
+    // The last change reaches B through its own background loop (a generous deadline: this
+    // shows the loop polls, not how fast).
+    tokio::spawn(b.kms.clone().run_background(std::future::pending()));
     a.ok(Method::DELETE, &id, None).await;
-    let token_revoked = wait_for(401).await;
-    println!(
-        "cross-node propagation: grant {} ms, revoke {} ms, token revocation {} ms",
-        granted.as_millis(),
-        revoked.as_millis(),
-        token_revoked.as_millis()
-    );
+    let start = Instant::now();
+    while on_b().await != 401 {
+        assert!(start.elapsed() < Duration::from_secs(20), "node B's loop never saw the token revocation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("cross-node token revocation through B's background loop: {} ms", start.elapsed().as_millis());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
