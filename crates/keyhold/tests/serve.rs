@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{call, cli, free_port, fresh_postgres, owner_token, spawn, terminate, wait_ready};
+use common::{call, cli, fresh_postgres, owner_token, spawn, terminate, wait_ready};
 use serde_json::{Value, json};
 
 const RING: &str = "projects/p/locations/global/keyRings/r";
@@ -17,8 +17,8 @@ async fn state_survives_restart_and_schedules_catch_up() {
     use reqwest::Method;
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--min-destroy-scheduled-duration", "1s", "--min-rotation-period", "1s"];
-    let port = free_port();
-    let p = spawn(dir.path(), port, &flags);
+    let p = spawn(dir.path(), 0, &flags);
+    let port = p.port;
     wait_ready(&p).await;
     call(dir.path(), port, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
     call(
@@ -99,14 +99,13 @@ async fn state_survives_restart_and_schedules_catch_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_root_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let p = spawn(dir.path(), port, &[]);
+    let p = spawn(dir.path(), 0, &[]);
     wait_ready(&p).await;
     terminate(p);
     let other = dir.path().join("other.key");
     std::fs::write(&other, keyhold_api::wire::encode_base64(&[9u8; 32])).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keyhold"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("data"))
         .arg("--root-key-file")
         .arg(&other)
@@ -120,8 +119,8 @@ async fn wrong_root_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_workflow_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let p = spawn(dir.path(), port, &[]);
+    let p = spawn(dir.path(), 0, &[]);
+    let port = p.port;
     wait_ready(&p).await;
     let ok = |args: &[&str]| {
         let (success, out, err) = cli(dir.path(), port, args);
@@ -265,11 +264,11 @@ async fn two_server_processes_on_postgres_agree_on_iam_within_a_second() {
     let root = dir_a.path().join("root.key");
     std::fs::write(&root, keyhold_api::wire::encode_base64(&[7u8; 32])).unwrap();
     let flags = ["--database", url.as_str(), "--root-key-file", root.to_str().unwrap()];
-    let (port_a, port_b) = (free_port(), free_port());
-    let a = spawn(dir_a.path(), port_a, &flags);
+    let a = spawn(dir_a.path(), 0, &flags);
     wait_ready(&a).await;
-    let b = spawn(dir_b.path(), port_b, &flags);
+    let b = spawn(dir_b.path(), 0, &flags);
     wait_ready(&b).await;
+    let (port_a, port_b) = (a.port, b.port);
     call(dir_a.path(), port_a, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
     call(
         dir_a.path(),

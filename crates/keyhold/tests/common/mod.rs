@@ -1,4 +1,4 @@
-//! Helpers for tests that run `keyhold` as a real process: free ports, spawning `keyhold serve`
+//! Helpers for tests that run `keyhold` as a real process: spawning `keyhold serve`
 //! with its log in the test's directory, waiting for readiness, the CLI, and PostgreSQL.
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A port that was free a moment ago. Racy (another process may take it before it is used):
+/// only for what must know its port before it starts, such as an external key manager whose
+/// key URIs embed it. A `keyhold serve` binds port 0 instead (see [`spawn`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -26,6 +29,9 @@ impl Drop for Proc {
     }
 }
 
+/// `keyhold serve` on DIR/data listening on `port`. Port 0: the server binds a free port and
+/// [`Proc::port`] is the one it logged (no port is picked, released and raced for); a fixed
+/// port is for restarting a server on the port it had.
 pub fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     spawn_with_env(dir, port, extra, &[])
 }
@@ -57,23 +63,12 @@ pub fn spawn_bound(dir: &Path, extra: &[&str], umask: Option<&str>) -> Proc {
         .spawn()
         .unwrap();
     let mut p = Proc { child, port: 0, log };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(&p.log).unwrap_or_default();
-        if let Some(port) = bound_port(&text) {
-            p.port = port;
-            return p;
-        }
-        if let Ok(Some(status)) = p.child.try_wait() {
-            panic!("keyhold serve exited ({status}) before listening: {text}");
-        }
-        assert!(Instant::now() < deadline, "keyhold serve did not log its address: {text}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    p.port = wait_for_bound_port(&mut p);
+    p
 }
 
 /// The port in the server's "Keyhold is serving ... on http://127.0.0.1:PORT" line.
-fn bound_port(log: &str) -> Option<u16> {
+pub fn bound_port(log: &str) -> Option<u16> {
     let line = log.lines().find(|l| l.contains("Keyhold is serving"))?;
     let rest = &line[line.find("http://127.0.0.1:")? + "http://127.0.0.1:".len()..];
     rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok().filter(|p| *p != 0)
@@ -122,7 +117,28 @@ pub fn spawn_with_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    Proc { child, port, log }
+    let mut p = Proc { child, port, log };
+    if port == 0 {
+        p.port = wait_for_bound_port(&mut p);
+    }
+    p
+}
+
+/// Waits (20 s at most) until the server logs the address it bound; panics with the log if it
+/// exits first.
+fn wait_for_bound_port(p: &mut Proc) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+        if let Some(port) = bound_port(&text) {
+            return port;
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("keyhold serve exited ({status}) before listening: {text}");
+        }
+        assert!(Instant::now() < deadline, "keyhold serve did not log its address: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub async fn wait_ready(p: &Proc) {
