@@ -185,7 +185,7 @@ async fn store_process_follows_a_remote_kms_and_its_outage() {
             assert!(inst["keyStatus"]["graceExpireTime"].is_string(), "{inst}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "grace never reported: {inst}");
+        assert!(start.elapsed() < Duration::from_secs(30), "grace never reported: {inst}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(served(&data)(&read(s, sp, "a.bin").await), "served during grace");
