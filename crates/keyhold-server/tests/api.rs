@@ -240,7 +240,9 @@ async fn crypto_and_versions(backend: Backend) {
         min_destroy_scheduled_duration: keyhold_api::wire::ProtoDuration::from_secs(1),
         ..Default::default()
     };
-    let s = start(backend, config).await;
+    let clock = std::sync::Arc::new(keyhold_kms::clock::ManualClock::default());
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let s = common::start_with_clock(backend, config, root, clock.clone()).await;
     s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
     s.ok(
         Method::POST,
@@ -449,7 +451,9 @@ async fn crypto_and_versions(backend: Backend) {
     assert_eq!(restored["state"], "DISABLED");
     assert!(restored.get("destroyTime").is_none());
     s.ok(Method::POST, &format!("{v1}:destroy"), None).await;
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    // Past the 1 s schedule on the KMS's manual clock, instead of sleeping through it.
+    assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 0, "not before its destroyTime");
+    clock.advance(keyhold_api::wire::ProtoDuration::from_secs(2));
     let done = s.kms.run_due_work().await.unwrap();
     assert_eq!(done.destroyed, 1);
     let gone = s.ok(Method::GET, &v1, None).await;

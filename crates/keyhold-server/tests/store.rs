@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Server, start};
@@ -717,7 +718,8 @@ async fn protected_resources_of_a_key() {
 async fn destroying_the_key_shreds_the_instance(backend: Backend) {
     let root = keyhold_crypto::KeyBytes::generate().unwrap();
     let config = quick_destroy();
-    let s = common::start_with_root(backend, config, root.clone()).await;
+    let clock = Arc::new(keyhold_kms::clock::ManualClock::default());
+    let s = common::start_with_clock(backend, config, root.clone(), clock.clone()).await;
     shreddable_key(&s).await;
     s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
     let marker = b"SHRED-ME-KNOWN-PLAINTEXT-".repeat(50_000);
@@ -742,7 +744,9 @@ async fn destroying_the_key_shreds_the_instance(backend: Backend) {
 
     // Destroy the version and let its scheduled destruction happen.
     s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions/1:destroy"), None).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the 1 s schedule on the KMS's manual clock, instead of sleeping through it.
+    assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 0, "not before its destroyTime");
+    clock.advance(keyhold_api::wire::ProtoDuration::from_secs(2));
     assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 1);
     until(|| refused(&s, "secret")).await;
     let inst = s.ok(Method::GET, INSTANCE, None).await;
@@ -822,7 +826,9 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// re-encrypted under the new version, keeps working.
 async fn backups_and_restores(backend: Backend) {
     let config = quick_destroy();
-    let s = start(backend, config).await;
+    let clock = Arc::new(keyhold_kms::clock::ManualClock::default());
+    let s =
+        common::start_with_clock(backend, config, keyhold_crypto::KeyBytes::generate().unwrap(), clock.clone()).await;
     let email = shreddable_key(&s).await;
     second_key(&s, &email).await;
     s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
@@ -923,7 +929,8 @@ async fn backups_and_restores(backend: Backend) {
 
     // v1 destroyed (after its schedule): the backup is gone for good; the source still works.
     s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions/1:destroy"), None).await;
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Past the 1 s schedule on the KMS's manual clock, instead of sleeping through it.
+    clock.advance(keyhold_api::wire::ProtoDuration::from_secs(2));
     assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 1);
     let body = json!({"instanceId": "r4", "backup": b1});
     let msg = s.err(Method::POST, &format!("{LOC}/instances:restore"), Some(body), 400, "FAILED_PRECONDITION").await;
@@ -1227,7 +1234,10 @@ async fn export_and_import() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroying_the_key_shreds_backups_and_exports() {
     let config = quick_destroy();
-    let s = start(Backend::Sqlite, config).await;
+    let clock = Arc::new(keyhold_kms::clock::ManualClock::default());
+    let s =
+        common::start_with_clock(Backend::Sqlite, config, keyhold_crypto::KeyBytes::generate().unwrap(), clock.clone())
+            .await;
     shreddable_key(&s).await;
     s.ok(Method::POST, &format!("{LOC}/instances?instanceId=db1"), Some(json!({"kmsKey": KEY}))).await;
     let marker = b"SHRED-COPIES-KNOWN-PLAINTEXT-".repeat(40_000);
@@ -1267,7 +1277,7 @@ async fn destroying_the_key_shreds_backups_and_exports() {
     for v in [1, 2] {
         s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions/{v}:destroy"), None).await;
     }
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(keyhold_api::wire::ProtoDuration::from_secs(2));
     assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 2);
 
     // No copy can be read again.
