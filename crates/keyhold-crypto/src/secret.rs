@@ -13,13 +13,24 @@ pub struct Secret(Vec<u8>);
 
 impl Zeroize for Secret {
     fn zeroize(&mut self) {
-        // Through the slice impls, which write in bulk and then fence the compiler. `Vec<u8>`'s
-        // own impl wipes byte by byte with volatile writes: on a 1 MiB chunk that cost more than
-        // the AES-GCM that decrypted it (docs/benchmarks.md).
-        self.0.spare_capacity_mut().zeroize();
-        self.0.as_mut_slice().zeroize();
+        wipe_allocation(&mut self.0);
         self.0.clear();
     }
+}
+
+/// Wipes every byte of `v`'s allocation, spare capacity included (what a `truncate` or an
+/// in-place decryption left past the end), and leaves the wiped bytes in view: afterwards
+/// `v.len()` is its capacity and every byte is zero. Bytes past `len` cannot be read without
+/// `unsafe`, so the spare capacity is first brought inside `len` (no reallocation: the length
+/// only grows up to the capacity); that is what lets a test see the wipe, where one checking
+/// `is_empty()` after `clear()` passed even if nothing was wiped (hardening, issue 15).
+///
+/// Through the slice impl, which writes and then fences the compiler. `Vec<u8>`'s own impl
+/// wipes byte by byte with volatile writes: on a 1 MiB chunk that cost more than the AES-GCM
+/// that decrypted it (docs/benchmarks.md).
+fn wipe_allocation(v: &mut Vec<u8>) {
+    v.resize(v.capacity(), 0);
+    v.as_mut_slice().zeroize();
 }
 
 impl Drop for Secret {
@@ -127,6 +138,19 @@ impl fmt::Debug for KeyBytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fails if the wipe skips the live bytes (they stay 0x41) or the spare capacity (the
+    /// length stays short of the capacity), or reallocates.
+    #[test]
+    fn wipe_zeroes_every_byte_of_the_allocation() {
+        let mut v = vec![0x41u8; 64];
+        v.truncate(14); // bytes 14..64 still hold 0x41, past the end
+        let before = v.as_ptr();
+        wipe_allocation(&mut v);
+        assert_eq!(v.as_ptr(), before, "the same allocation was wiped, not a new one");
+        assert_eq!(v.len(), 64, "the spare capacity was wiped too");
+        assert!(v.iter().all(|b| *b == 0), "{v:?}");
+    }
 
     #[test]
     fn zeroize_empties_in_place() {

@@ -26,6 +26,7 @@ pub mod events;
 pub mod iam;
 pub mod identity;
 pub mod org_policy;
+pub mod private_files;
 pub mod quota;
 pub mod root_key;
 pub mod scheduler;

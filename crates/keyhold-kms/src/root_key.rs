@@ -90,18 +90,12 @@ impl LocalRootKey {
         }
         let io = |source| RootKeyError::Io { path: path.display().to_string(), source };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            // 0700 whatever the umask (finding 4).
+            crate::private_files::create_dir_all(dir).map_err(io)?;
         }
         let key = KeyBytes::generate()?;
         let encoded = keyhold_crypto::Secret::new(keyhold_api::wire::encode_base64(key.expose()).into_bytes());
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            opts.mode(0o600);
-        }
-        let mut f = opts.open(path).map_err(io)?;
+        let mut f = crate::private_files::create_new_file(path).map_err(io)?;
         f.write_all(encoded.expose()).map_err(io)?;
         f.write_all(b"\n").map_err(io)?;
         f.sync_all().map_err(io)?;

@@ -382,44 +382,36 @@ async fn etag_race_postgres() {
 }
 
 /// [K8]: a grant or revoke on one node takes effect on another node sharing the database
-/// within a second. Prints the measured propagation times.
+/// within a second: node B answers from its caches until its next poll of the change counter,
+/// and one poll is enough. Each step is driven explicitly (B's cached answer, one
+/// `sync_with_store`, B's new answer), so nothing depends on timing; the bound is then the poll
+/// interval (250 ms by default), which B's background loop is last shown to run. (It asserted
+/// "under 1 s" of wall-clock time, which flakes on a loaded machine; bench/suite.py measures.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_and_revokes_reach_other_nodes_within_a_second() {
+    assert!(KmsConfig::default().change_poll_interval <= Duration::from_millis(250));
     let root = keyhold_crypto::KeyBytes::generate().unwrap();
     let a = start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
     let url = a.pg_url.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unused.db");
     let b = start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
-    // Node B runs its background loop (the change poll); node A is the one changing things.
-    let kms_b = b.kms.clone();
-    tokio::spawn(kms_b.run_background(std::future::pending()));
     with_key(&a).await;
     let alice = a.token_for("user:alice@example.com").await;
     let enc = json!({"plaintext": b64(b"x")});
+    let on_b = async || b.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await.0;
     // Warm B's caches with a denial.
-    assert_eq!(b.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await.0, 403);
-
-    let wait_for = |want: u16| {
-        let b = &b;
-        let alice = alice.clone();
-        let enc = enc.clone();
-        async move {
-            let start = Instant::now();
-            loop {
-                let (st, _) = b.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), Some(enc.clone())).await;
-                if st == want {
-                    return start.elapsed();
-                }
-                assert!(start.elapsed() < Duration::from_secs(1), "node B still answers {st} after 1 s");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
+    assert_eq!(on_b().await, 403);
+    // B still answers `before` from its caches; one poll of the change counter, and `after`.
+    let one_poll = async |before: u16, after: u16| {
+        assert_eq!(on_b().await, before, "node B answered without polling");
+        assert!(b.kms.sync_with_store().await.unwrap(), "the change counter did not move");
+        assert_eq!(on_b().await, after, "node B after one poll");
     };
     a.grant(KEY, "roles/cloudkms.cryptoKeyEncrypterDecrypter", "user:alice@example.com").await;
-    let granted = wait_for(200).await;
+    one_poll(403, 200).await;
     a.revoke(KEY, "user:alice@example.com").await;
-    let revoked = wait_for(403).await;
+    one_poll(200, 403).await;
     // Token revocation propagates the same way.
     let id = a.ok(Method::GET, "tokens", None).await["tokens"]
         .as_array()
@@ -431,15 +423,17 @@ async fn grants_and_revokes_reach_other_nodes_within_a_second() {
         .unwrap()
         .to_string();
     a.grant(KEY, "roles/cloudkms.cryptoKeyEncrypterDecrypter", "user:alice@example.com").await;
-    wait_for(200).await;
+    one_poll(403, 200).await;
+    // The last change reaches B through its own background loop (a generous deadline: this
+    // shows the loop polls, not how fast).
+    tokio::spawn(b.kms.clone().run_background(std::future::pending()));
     a.ok(Method::DELETE, &id, None).await;
-    let token_revoked = wait_for(401).await;
-    println!(
-        "cross-node propagation: grant {} ms, revoke {} ms, token revocation {} ms",
-        granted.as_millis(),
-        revoked.as_millis(),
-        token_revoked.as_millis()
-    );
+    let start = Instant::now();
+    while on_b().await != 401 {
+        assert!(start.elapsed() < Duration::from_secs(20), "node B's loop never saw the token revocation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("cross-node token revocation through B's background loop: {} ms", start.elapsed().as_millis());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -664,6 +658,51 @@ async fn removing_the_newest_audit_entries_is_detected() {
     conn.execute_batch("DROP TRIGGER audit_log_no_delete").unwrap();
     let last: i64 = conn.query_row("SELECT max(seq) FROM audit_log", [], |r| r.get(0)).unwrap();
     conn.execute("DELETE FROM audit_log WHERE seq = ?1", [last]).unwrap();
+    match s.kms.verify_audit_chain().await.unwrap() {
+        ChainVerdict::Broken { seq, reason } => {
+            assert_eq!(seq, last);
+            assert!(reason.contains("removed"), "{reason}");
+        }
+        intact => panic!("truncation not detected: {intact:?}"),
+    }
+}
+
+/// Hardening (tests that would have caught these): audit tamper-evidence was checked on SQLite
+/// only. On PostgreSQL the table refuses UPDATE, DELETE and TRUNCATE; with the trigger dropped,
+/// an edited entry is found where it happened, the chain verifies again once the entry is put
+/// back, and removing the newest entry is found too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tampering_is_detected_on_postgres() {
+    let s = start(Backend::Postgres, KmsConfig::default()).await;
+    with_key(&s).await;
+    s.ok(Method::POST, &format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(b"x")}))).await;
+    assert!(matches!(s.kms.verify_audit_chain().await.unwrap(), ChainVerdict::Intact { .. }));
+    let (db, conn) = tokio_postgres::connect(s.pg_url.as_deref().unwrap(), tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for forbidden in [
+        "UPDATE audit_log SET entry = entry WHERE seq = 3",
+        "DELETE FROM audit_log WHERE seq = 3",
+        "TRUNCATE audit_log",
+    ] {
+        let e = db.batch_execute(forbidden).await.expect_err(forbidden);
+        assert!(e.as_db_error().unwrap().message().contains("append-only"), "{forbidden}: {e:?}");
+    }
+    db.batch_execute("DROP TRIGGER audit_log_append_only ON audit_log").await.unwrap();
+    let original: String = db.query_one("SELECT entry FROM audit_log WHERE seq = 3", &[]).await.unwrap().get(0);
+    let forged = original.replace("owner@keyhold.local", "someone@else.example");
+    assert_ne!(forged, original);
+    db.execute("UPDATE audit_log SET entry = $1 WHERE seq = 3", &[&forged]).await.unwrap();
+    match s.kms.verify_audit_chain().await.unwrap() {
+        ChainVerdict::Broken { seq, reason } => {
+            assert_eq!(seq, 3);
+            assert!(reason.contains("modified"), "{reason}");
+        }
+        intact => panic!("tampering not detected: {intact:?}"),
+    }
+    db.execute("UPDATE audit_log SET entry = $1 WHERE seq = 3", &[&original]).await.unwrap();
+    assert!(matches!(s.kms.verify_audit_chain().await.unwrap(), ChainVerdict::Intact { .. }));
+    let last: i64 = db.query_one("SELECT max(seq) FROM audit_log", &[]).await.unwrap().get(0);
+    db.execute("DELETE FROM audit_log WHERE seq = $1", &[&last]).await.unwrap();
     match s.kms.verify_audit_chain().await.unwrap() {
         ChainVerdict::Broken { seq, reason } => {
             assert_eq!(seq, last);

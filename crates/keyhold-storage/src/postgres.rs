@@ -37,27 +37,89 @@ impl std::fmt::Debug for Postgres {
     }
 }
 
+/// What the driver knows about `e`, for the operator (finding 8: tokio-postgres's `Display` of
+/// a server error is just "db error", which sent operators looking for corrupt data when the
+/// server had said "permission denied for schema public" or "password authentication failed").
+/// The server's message, SQLSTATE and hint; for other errors the chain of causes (the refused
+/// connection, the timeout). The server's DETAIL is left out: it can quote row values.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut out = format!("PostgreSQL {}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+        if let Some(hint) = db.hint() {
+            out.push_str("; hint: ");
+            out.push_str(hint);
+        }
+        if let Some(advice) = advice(db.code()) {
+            out.push_str("; ");
+            out.push_str(advice);
+        }
+        return out;
+    }
+    let mut out = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// How to fix the misconfigurations an operator meets first.
+fn advice(code: &tokio_postgres::error::SqlState) -> Option<&'static str> {
+    let c = code.code();
+    Some(if c == "42501" || c == "3F000" {
+        "the role needs CREATE on schema public to create Keyhold's tables (PostgreSQL 15 gives it only to the \
+         database's owner): GRANT CREATE ON SCHEMA public TO the role, or make the role the database's owner \
+         (see docs/operations.md)"
+    } else if c.starts_with("28") {
+        "check the user and password in the --database URL, and pg_hba.conf on the server"
+    } else if c == "3D000" {
+        "create the database first (CREATE DATABASE ... OWNER the role), or fix its name in the --database URL"
+    } else {
+        return None;
+    })
+}
+
+/// Classifies by SQLSTATE. Only errors that say the stored data itself is wrong are "corrupt";
+/// refusals of the role, the connection or the server (finding 8) are "unavailable", with the
+/// server's own words.
 fn map_err(e: tokio_postgres::Error) -> StoreError {
     use tokio_postgres::error::SqlState;
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => StoreError::AlreadyExists,
         Some(c)
             if c.code().starts_with("08") // connection exception
+            || c.code().starts_with("28") // invalid authorization (wrong password, no such role)
+            || c.code().starts_with("3D") // no such database
+            || c.code().starts_with("3F") // no such schema (no schema to create in)
             || c.code().starts_with("53") // insufficient resources
             || c.code().starts_with("57") // operator intervention (shutdown)
+            || *c == SqlState::INSUFFICIENT_PRIVILEGE
+            || *c == SqlState::READ_ONLY_SQL_TRANSACTION
             || *c == SqlState::T_R_SERIALIZATION_FAILURE
             || *c == SqlState::T_R_DEADLOCK_DETECTED =>
         {
-            StoreError::Unavailable(e.to_string())
+            StoreError::Unavailable(describe(&e))
         }
-        Some(_) => StoreError::Corrupt(e.to_string()),
+        Some(_) => StoreError::Corrupt(describe(&e)),
         // No SQLSTATE: the connection itself failed.
-        None => StoreError::Unavailable(e.to_string()),
+        None => StoreError::Unavailable(describe(&e)),
     }
 }
 
-fn pool_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("cannot get a PostgreSQL connection: {e}"))
+/// A connection the pool could not make or hand out, with the driver's cause (deadpool's own
+/// `Display` of it reads "Error occurred while creating a new object: db error").
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    let cause = match &e {
+        deadpool_postgres::PoolError::Backend(b) => describe(b),
+        other => other.to_string(),
+    };
+    StoreError::Unavailable(format!("cannot get a PostgreSQL connection: {cause}"))
+}
+
+fn build_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("cannot set up the PostgreSQL connection pool: {e}"))
 }
 
 impl Postgres {
@@ -66,7 +128,7 @@ impl Postgres {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager).max_size(POOL_SIZE).build().map_err(pool_err)?;
+        let pool = Pool::builder(manager).max_size(POOL_SIZE).build().map_err(build_err)?;
         let db = Self { pool };
         db.migrate().await?;
         Ok(db)
@@ -77,11 +139,26 @@ impl Postgres {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-        let pool = Pool::builder(manager).max_size(2).build().map_err(pool_err)?;
+        let pool = Pool::builder(manager).max_size(2).build().map_err(build_err)?;
         Ok(Self { pool })
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
+        // Whatever fails here is a failure to create or check the schema, never "corrupt data"
+        // (finding 8); the newer-schema refusal below keeps its own words.
+        // The outer result is the driver's, the inner one the schema version check's.
+        self.migrate_inner()
+            .await
+            .map_err(|e| match e {
+                StoreError::Corrupt(m) | StoreError::Unavailable(m) => {
+                    StoreError::Unavailable(format!("cannot create or check Keyhold's tables: {m}"))
+                }
+                other => other,
+            })
+            .and_then(|checked| checked)
+    }
+
+    async fn migrate_inner(&self) -> Result<Result<(), StoreError>, StoreError> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(map_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(map_err)?;
@@ -92,15 +169,15 @@ impl Postgres {
             .map_err(map_err)?;
         let v: String = tx.query_one(schema::META_GET, &[&"schema_version"]).await.map_err(map_err)?.get(0);
         if v.parse::<i64>().unwrap_or(i64::MAX) > schema::SCHEMA_VERSION {
-            return Err(StoreError::Corrupt(format!(
+            return Ok(Err(StoreError::Corrupt(format!(
                 "the database has schema version {v}, newer than this build knows ({}); upgrade Keyhold",
                 schema::SCHEMA_VERSION
-            )));
+            ))));
         }
         tx.execute(schema::SCHEMA_VERSION_UPDATE, &[&schema::SCHEMA_VERSION.to_string(), &schema::SCHEMA_VERSION])
             .await
             .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err).map(Ok)
     }
 
     async fn conn(&self, transaction: bool) -> Result<Box<dyn SqlConn>, StoreError> {
@@ -223,7 +300,7 @@ impl SqlBackend for Postgres {
         match self.pool.get().await {
             Ok(c) => {
                 if let Err(e) = c.batch_execute("VACUUM crypto_key_versions").await {
-                    tracing::warn!(error = %e, "VACUUM after key erasure failed");
+                    tracing::warn!(error = %describe(&e), "VACUUM after key erasure failed");
                 }
             }
             Err(e) => tracing::warn!(error = %e, "VACUUM after key erasure skipped"),

@@ -41,6 +41,7 @@ fn map_err(e: rusqlite::Error) -> StoreError {
             | ErrorCode::SystemIoFailure
             | ErrorCode::DiskFull
             | ErrorCode::CannotOpen
+            | ErrorCode::PermissionDenied
             | ErrorCode::OutOfMemory
             | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
             _ => StoreError::Corrupt(e.to_string()),
@@ -53,7 +54,20 @@ impl Sqlite {
     /// Opens (creating if needed) the database file at `path` and migrates it.
     pub async fn open_file(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+            keyhold_kms::private_files::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        // Finding 4: SQLite creates the file 0644 (less the umask) and gives the WAL and SHM
+        // it creates the main file's mode, so the file is made (or tightened to) 0600 before
+        // SQLite opens it; a WAL or SHM an earlier version left readable is tightened too.
+        let private = |p: &Path, f: fn(&Path) -> std::io::Result<()>| {
+            f(p).map_err(|e| StoreError::Unavailable(format!("{}: {e}", p.display())))
+        };
+        private(path, keyhold_kms::private_files::ensure_private_file)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            private(Path::new(&side), keyhold_kms::private_files::tighten_if_exists)?;
         }
         let p = path.to_path_buf();
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
@@ -83,6 +97,38 @@ impl Sqlite {
             turn: Arc::new(tokio::sync::Mutex::new(())),
             label: path.display().to_string(),
         })
+    }
+
+    /// The `meta` value `key` of the database file at `path`, read without creating, migrating
+    /// or changing anything; `None` if the file, its schema or the value does not exist. `keyhold
+    /// serve` reads the root key fingerprint with it before it would create a root key
+    /// (finding 8: never a new root key next to data sealed under another).
+    pub async fn stored_meta(path: &Path, key: &str) -> Result<Option<String>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let p = path.to_path_buf();
+        let key = key.to_string();
+        tokio::task::spawn_blocking(move || -> Result<Option<String>, StoreError> {
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let c = Connection::open_with_flags(&p, flags).map_err(map_err)?;
+            c.execute_batch("PRAGMA busy_timeout = 5000;").map_err(map_err)?;
+            let has_meta: bool = c
+                .query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'meta'", [], |r| {
+                    r.get(0)
+                })
+                .map_err(map_err)?;
+            if !has_meta {
+                return Ok(None);
+            }
+            match c.query_row(schema::META_GET, [key], |r| r.get::<_, String>(0)) {
+                Ok(v) => Ok(Some(v)),
+                Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+                Err(e) => Err(map_err(e)),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 
     /// A private in-memory database: same schema, same statements, nothing on disk.

@@ -864,7 +864,7 @@ impl Store {
                 let mut pending = match reader.next().await? {
                     ArchiveItem::Object(o) => Some(o),
                     ArchiveItem::End(_) => None,
-                    ArchiveItem::Chunk(_) => return Err(StoreError::DataLoss("archive chunk before any object".into())),
+                    ArchiveItem::Chunk(_) => return Err(StoreError::FailedPrecondition("archive chunk before any object".into())),
                 };
                 while let Some(object) = pending.take() {
                     let count = object.chunk_count;
@@ -874,7 +874,7 @@ impl Store {
                         }
                         match reader.next().await {
                             Ok(ArchiveItem::Chunk(c)) => Some((Ok(c.expose().to_vec()), (reader, read + 1))),
-                            Ok(_) => Some((Err(StoreError::DataLoss("archive object cut short".into())), (reader, count))),
+                            Ok(_) => Some((Err(StoreError::FailedPrecondition("archive object cut short".into())), (reader, count))),
                             Err(e) => Some((Err(e), (reader, count))),
                         }
                     });
@@ -886,7 +886,7 @@ impl Store {
                     };
                     let written = self.write_object(&dest, &meta, Box::pin(chunks), COPY_CHUNKS_PER_WRITE).await?;
                     if written.size != object.size {
-                        return Err(StoreError::DataLoss(format!(
+                        return Err(StoreError::FailedPrecondition(format!(
                             "Object {} of the archive holds {} bytes, not the {} it lists.",
                             object.name, written.size, object.size
                         )));
@@ -894,7 +894,7 @@ impl Store {
                     pending = match reader.next().await? {
                         ArchiveItem::Object(o) => Some(o),
                         ArchiveItem::End(_) => None,
-                        ArchiveItem::Chunk(_) => return Err(StoreError::DataLoss("archive object has extra chunks".into())),
+                        ArchiveItem::Chunk(_) => return Err(StoreError::FailedPrecondition("archive object has extra chunks".into())),
                     };
                 }
                 Ok(())

@@ -189,10 +189,24 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => None,
     };
+    let token_file = args.owner_token_file.clone().unwrap_or_else(|| args.data_dir.join("owner.token"));
     let (db, root): (Database, Arc<dyn RootKey>) = if args.in_memory {
         tracing::warn!("--in-memory: all keys live only in this process and vanish when it exits");
+        refuse_real_servers_token_file(&token_file)?;
         (Database::InMemory, Arc::new(LocalRootKey::ephemeral()?))
     } else {
+        // Finding 4: the data directory holds the database, the default root key and the owner
+        // token; it is made 0700 whatever the umask, and tightened (with a warning) if it
+        // exists with group or other access.
+        match keyhold_kms::private_files::ensure_private_dir(&args.data_dir)
+            .map_err(|e| format!("cannot create the data directory {}: {e}", args.data_dir.display()))?
+        {
+            keyhold_kms::private_files::Tightened::No => {}
+            keyhold_kms::private_files::Tightened::From(mode) => tracing::warn!(
+                path = %args.data_dir.display(),
+                "the data directory was accessible to other users (mode {mode:o}); it is now 0700"
+            ),
+        }
         let db = match &args.database {
             Some(url) => Database::Postgres(url.clone()),
             None => Database::SqliteFile(args.data_dir.join("keyhold.db")),
@@ -215,6 +229,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
             (None, None) => {
                 let path = args.data_dir.join("root.key");
+                refuse_new_root_key_beside_sealed_data(&path, &args.data_dir.join("keyhold.db")).await?;
                 let (key, created) = LocalRootKey::load_or_create(&path)?;
                 if created {
                     tracing::warn!(
@@ -276,7 +291,6 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         ..KmsConfig::default()
     };
     let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, Arc::new(SystemClock)).await?);
-    let token_file = args.owner_token_file.clone().unwrap_or_else(|| args.data_dir.join("owner.token"));
     bootstrap_owner(&kms, &owner, &token_file).await?;
     if let Some(anon) = &anonymous_principal {
         tracing::warn!(
@@ -333,6 +347,51 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Finding 8: restarted without `--root-key-file` on a data directory whose database was
+/// sealed under a key kept elsewhere, the server used to create a new `root.key` and only then
+/// refuse (the fingerprints differ), leaving a stray key that the next start would load. The
+/// database is read first: a root key is never created next to data sealed under another.
+async fn refuse_new_root_key_beside_sealed_data(
+    key_path: &std::path::Path,
+    db_path: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if key_path.exists() {
+        return Ok(());
+    }
+    let stored = keyhold_storage::Sqlite::stored_meta(db_path, "root_key_fingerprint")
+        .await
+        .map_err(|e| format!("cannot read {}: {e}", db_path.display()))?;
+    match stored {
+        None => Ok(()),
+        Some(fingerprint) => Err(format!(
+            "{db} holds keys sealed under the root key with fingerprint {fingerprint}, and there is no {key} beside it; \
+             start with --root-key-file naming that root key (a new root key is never created next to existing data; \
+             see docs/operations.md)",
+            db = db_path.display(),
+            key = key_path.display(),
+        )
+        .into()),
+    }
+}
+
+/// Finding 8: `serve --in-memory` started in the directory of a real server overwrote that
+/// server's owner token (DATA_DIR/owner.token). An in-memory server refuses to write its token
+/// into a directory that holds a real server's database or root key; it names the way out.
+fn refuse_real_servers_token_file(token_file: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = token_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    for name in ["keyhold.db", "root.key"] {
+        if dir.join(name).exists() {
+            return Err(format!(
+                "--in-memory would write its owner token to {}, beside a real server's {name}, and overwrite that \
+                 server's token; pass --owner-token-file with another path, or another --data-dir",
+                token_file.display()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// Makes `owner` the server's owner on first start and keeps a valid owner token in
 /// `token_file` (written atomically, mode 0600). The token is never logged.
 async fn bootstrap_owner(
@@ -349,7 +408,8 @@ async fn bootstrap_owner(
         return Ok(());
     };
     if let Some(dir) = token_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        // New directories 0700 whatever the umask (finding 4).
+        keyhold_kms::private_files::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
     let tmp = token_file.with_extension("token.tmp");
     // A fresh file (never one left behind, whose mode or symlink target could be anyone's).
@@ -360,11 +420,8 @@ async fn bootstrap_owner(
     }
     {
         use std::io::Write;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        let mut f = keyhold_kms::private_files::create_new_file(&tmp)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
         f.write_all(minted.token.expose().as_bytes())?;
         f.write_all(b"\n")?;
         f.sync_all()?;

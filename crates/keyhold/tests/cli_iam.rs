@@ -30,8 +30,12 @@ const SCRUBBED_ENV: &[&str] = &[
     "KEYHOLD_ROOT_KEY_FILE",
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The port in the server's "Keyhold is serving ... on http://127.0.0.1:PORT" log line: the
+/// server binds port 0 itself (a port picked, released and passed on could be taken meanwhile).
+fn bound_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("Keyhold is serving"))?;
+    let rest = &line[line.find("http://127.0.0.1:")? + "http://127.0.0.1:".len()..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok().filter(|p| *p != 0)
 }
 
 /// A running `keyhold serve`, killed when dropped.
@@ -66,22 +70,24 @@ fn healthy(port: u16) -> bool {
 impl Server {
     fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
         let mut cmd = Command::new(BIN);
         for v in SCRUBBED_ENV {
             cmd.env_remove(v);
         }
         let child = cmd
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            // The address line is at info level.
+            .env("KEYHOLD_LOG", "info")
             .arg(dir.path().join("data"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut server = Server { child: Some(child), port, dir };
+        let mut server = Server { child: Some(child), port: 0, dir };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !healthy(port) {
+        while server.port == 0 || !healthy(server.port) {
+            server.port = bound_port(&server.log()).unwrap_or(0);
             if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
                 panic!("keyhold serve exited with {status}: {}", server.log());
             }

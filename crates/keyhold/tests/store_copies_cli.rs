@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Proc, cli, free_port, spawn, wait_ready};
+use common::{Proc, cli, spawn, wait_ready};
 use serde_json::{Value, json};
 
 /// The project `common::cli` sends (`KEYHOLD_PROJECT`).
@@ -28,7 +28,7 @@ struct Server {
 impl Server {
     async fn start() -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let proc = spawn(dir.path(), free_port(), &[]);
+        let proc = spawn(dir.path(), 0, &[]);
         wait_ready(&proc).await;
         Server { dir, proc }
     }

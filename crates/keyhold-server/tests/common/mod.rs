@@ -62,6 +62,17 @@ pub async fn start(backend: Backend, config: KmsConfig) -> Server {
 }
 
 pub async fn start_with_root(backend: Backend, config: KmsConfig, root: keyhold_crypto::KeyBytes) -> Server {
+    start_with_clock(backend, config, root, Arc::new(SystemClock)).await
+}
+
+/// [`start_with_root`] with the KMS reading `clock`: a [`keyhold_kms::clock::ManualClock`] lets
+/// a test move past a scheduled destruction instead of sleeping until it.
+pub async fn start_with_clock(
+    backend: Backend,
+    config: KmsConfig,
+    root: keyhold_crypto::KeyBytes,
+    clock: Arc<dyn keyhold_kms::clock::Clock>,
+) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db_file = dir.path().join("keyhold.db");
     let (db, pg_database, pg_url) = match backend {
@@ -71,7 +82,7 @@ pub async fn start_with_root(backend: Backend, config: KmsConfig, root: keyhold_
             (Database::Postgres(url.clone()), Some(name), Some(url))
         }
     };
-    start_on(db, pg_database, pg_url, dir, db_file, config, root).await
+    start_on_with_clock(db, pg_database, pg_url, dir, db_file, config, root, clock).await
 }
 
 /// A server on an existing database (a second node on the same PostgreSQL, for instance).
@@ -84,9 +95,23 @@ pub async fn start_on(
     config: KmsConfig,
     root: keyhold_crypto::KeyBytes,
 ) -> Server {
+    start_on_with_clock(db, pg_database, pg_url, dir, db_file, config, root, Arc::new(SystemClock)).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_on_with_clock(
+    db: Database,
+    pg_database: Option<String>,
+    pg_url: Option<String>,
+    dir: tempfile::TempDir,
+    db_file: std::path::PathBuf,
+    config: KmsConfig,
+    root: keyhold_crypto::KeyBytes,
+    clock: Arc<dyn keyhold_kms::clock::Clock>,
+) -> Server {
     let opened = keyhold_storage::open_all(&db).await.unwrap();
     let root = Arc::new(LocalRootKey::from_key(root));
-    let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, Arc::new(SystemClock)).await.unwrap());
+    let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, clock).await.unwrap());
     let store_config = keyhold_store::StoreConfig {
         require_cmek: false,
         guard: keyhold_cmek::GuardConfig::default(),

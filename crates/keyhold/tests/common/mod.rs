@@ -1,4 +1,4 @@
-//! Helpers for tests that run `keyhold` as a real process: free ports, spawning `keyhold serve`
+//! Helpers for tests that run `keyhold` as a real process: spawning `keyhold serve`
 //! with its log in the test's directory, waiting for readiness, the CLI, and PostgreSQL.
 #![allow(dead_code)] // each test file uses a different subset
 
@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// A port that was free a moment ago. Racy (another process may take it before it is used):
+/// only for what must know its port before it starts, such as an external key manager whose
+/// key URIs embed it. A `keyhold serve` binds port 0 instead (see [`spawn`]).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -26,8 +29,77 @@ impl Drop for Proc {
     }
 }
 
+/// `keyhold serve` on DIR/data listening on `port`. Port 0: the server binds a free port and
+/// [`Proc::port`] is the one it logged (no port is picked, released and raced for); a fixed
+/// port is for restarting a server on the port it had.
 pub fn spawn(dir: &Path, port: u16, extra: &[&str]) -> Proc {
     spawn_with_env(dir, port, extra, &[])
+}
+
+/// `keyhold serve` on DIR/data listening on port 0, run through `sh -c 'umask UMASK; exec ...'`
+/// when `umask` is given. The port is the one the server bound, read from its log: no port is
+/// picked, released and raced for. Waits (20 s at most) until the server logs its address;
+/// panics with the log if it exits first.
+pub fn spawn_bound(dir: &Path, extra: &[&str], umask: Option<&str>) -> Proc {
+    static STARTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = dir.join(format!("serve-bound-{n}.log"));
+    let bin = env!("CARGO_BIN_EXE_keyhold");
+    let mut cmd = match umask {
+        Some(mask) => {
+            let mut c = Command::new("sh");
+            c.arg("-c").arg(format!("umask {mask}; exec \"$0\" \"$@\"")).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let child = cmd
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(extra)
+        .env("KEYHOLD_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut p = Proc { child, port: 0, log };
+    p.port = wait_for_bound_port(&mut p);
+    p
+}
+
+/// The port in the server's "Keyhold is serving ... on http://127.0.0.1:PORT" line.
+pub fn bound_port(log: &str) -> Option<u16> {
+    let line = log.lines().find(|l| l.contains("Keyhold is serving"))?;
+    let rest = &line[line.find("http://127.0.0.1:")? + "http://127.0.0.1:".len()..];
+    rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok().filter(|p| *p != 0)
+}
+
+/// Runs `keyhold serve --data-dir DIR/data EXTRA` expecting it to refuse to start; returns its
+/// stderr. (A start that succeeds would never return: the deadline turns it into a failure.)
+pub fn serve_refused(dir: &Path, extra: &[&str]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            assert!(!status.success(), "keyhold serve {extra:?} exited 0: {err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("keyhold serve {extra:?} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// [`spawn`] with extra environment variables (SoftHSM's configuration, a PIN variable, ...).
@@ -45,7 +117,28 @@ pub fn spawn_with_env(dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    Proc { child, port, log }
+    let mut p = Proc { child, port, log };
+    if port == 0 {
+        p.port = wait_for_bound_port(&mut p);
+    }
+    p
+}
+
+/// Waits (20 s at most) until the server logs the address it bound; panics with the log if it
+/// exits first.
+fn wait_for_bound_port(p: &mut Proc) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+        if let Some(port) = bound_port(&text) {
+            return port;
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("keyhold serve exited ({status}) before listening: {text}");
+        }
+        assert!(Instant::now() < deadline, "keyhold serve did not log its address: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 pub async fn wait_ready(p: &Proc) {
