@@ -140,10 +140,7 @@ pub(crate) async fn instances(
                 let id = q.get("instanceId").or_else(|| q.get("instance_id")).cloned().unwrap_or_default();
                 Ok(json(&store.create_instance(&caller, &parent, &id, req).await?))
             }
-            _ => Err(ApiError::new(
-                keyhold_api::Code::Unimplemented,
-                format!("{method} {path} is not a method of the store."),
-            )),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -183,10 +180,7 @@ pub(crate) async fn instance(
                 let req: ExportInstanceRequest = parse_body(&bytes)?;
                 Ok(json(&store.export_instance(&caller, &name, req).await?))
             }
-            (v, m) => Err(ApiError::new(
-                keyhold_api::Code::Unimplemented,
-                format!("{m} {name}{} is not a method of the store.", v.map(|v| format!(":{v}")).unwrap_or_default()),
-            )),
+            (v, m) => Err(not_a_method(&m, &format!("{name}{}", v.map(|v| format!(":{v}")).unwrap_or_default()))),
         }
     })
     .await
@@ -208,10 +202,7 @@ pub(crate) async fn objects(
         let q = query(q)?;
         match method {
             Method::GET => Ok(json(&store.list_objects(&caller, &name, &list_request(&q)?).await?)),
-            _ => Err(ApiError::new(
-                keyhold_api::Code::Unimplemented,
-                format!("{method} {path} is not a method of the store."),
-            )),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -264,10 +255,7 @@ pub(crate) async fn object(
                 store.delete_object(&caller, &name, &object).await?;
                 Ok(json(&serde_json::json!({})))
             }
-            _ => Err(ApiError::new(
-                keyhold_api::Code::Unimplemented,
-                format!("{method} {path} is not a method of the store."),
-            )),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -293,7 +281,7 @@ pub(crate) async fn org_policies(
                 let policy: OrgPolicy = parse_body(&bytes)?;
                 Ok(json(&state.kms.set_org_policy(&caller, &policy).await?))
             }
-            _ => Err(ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {path} is not a method."))),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -328,7 +316,7 @@ pub(crate) async fn org_policy(
                 state.kms.delete_org_policy(&caller, &name).await?;
                 Ok(json(&serde_json::json!({})))
             }
-            _ => Err(ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {name} is not a method."))),
+            _ => Err(not_a_method(&method, name)),
         }
     })
     .await
@@ -433,8 +421,14 @@ where
     .await
 }
 
+/// A known path with a method it does not have: `404 NOT_FOUND`, as the KMS paths answer
+/// (finding 6; Google's front end answers an unknown method on a known path the same way),
+/// so that a client sees one behaviour whichever API it calls.
 fn not_a_method(method: &Method, path: &str) -> ApiError {
-    ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {path} is not a method of the store."))
+    ApiError::new(
+        keyhold_api::Code::NotFound,
+        format!("No method {method} {path}; see docs/api.md for the methods Keyhold serves."),
+    )
 }
 
 /// `/v1/projects/P/locations/L/instances/I/backups`: list, create ([C8]). The encryption

@@ -212,6 +212,30 @@ impl Store {
         self.call_warned(caller, op, None, f).await
     }
 
+    /// Runs `f`, a copy into project `dest_project` that reads `source` (a backup, an instance,
+    /// an archive's source instance), once the caller is found to hold `permission` on the
+    /// source too (finding 2(b)): a copy must never let a caller read what it could not read
+    /// where it is. Store permissions are granted on projects (store resources carry no policy
+    /// of their own), so within one project the destination's check already decided; across
+    /// projects the source's is a call of its own, refused with `PERMISSION_DENIED` before the
+    /// source is looked up and audited in the source's project, so that its owners see who
+    /// copied (or tried to copy) their data.
+    pub(crate) async fn on_source<T>(
+        &self,
+        caller: &Caller,
+        method: &'static str,
+        dest_project: &str,
+        source: &str,
+        permission: Permission,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if keyhold_iam::project_of(source) == Some(dest_project) {
+            return f.await;
+        }
+        let op = Op { method, resource: source.to_string(), permission, kind: AuditKind::Activity };
+        self.call(caller, op, f).await
+    }
+
     /// [`Store::call`], with a warning in the audit entry.
     pub(crate) async fn call_warned<T>(
         &self,
@@ -252,11 +276,12 @@ impl Store {
             permission: role::INSTANCES_CREATE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, self.create_instance_authorized(parent, instance_id, req)).await
+        self.call(caller, op, self.create_instance_authorized(caller, parent, instance_id, req)).await
     }
 
     async fn create_instance_authorized(
         &self,
+        caller: &Caller,
         parent: &str,
         instance_id: &str,
         req: CreateInstanceRequest,
@@ -268,7 +293,7 @@ impl Store {
         }
         let kms_key = req.kms_key.filter(|k| !k.is_empty());
         if let Some(primary) = req.replica_of.filter(|p| !p.is_empty()) {
-            return self.create_replica(name, &primary, kms_key, req.labels).await;
+            return self.create_replica(caller, name, &primary, kms_key, req.labels).await;
         }
         let wrapper = self.new_instance_wrapper(&name, kms_key.as_deref()).await?;
         let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);

@@ -1,0 +1,335 @@
+//! The store's security boundaries over real HTTP against a real server (issue 15): no copy
+//! path (restore, clone, replica, import) reads a project the caller has no role on (finding
+//! 2), exports are confined to their project's directory and plaintext archives to their
+//! project (finding 2(a)), archives and their directories are private (finding 4), a wrong
+//! method answers 404 like the KMS's paths (finding 6), and the store authorization matrix
+//! (`store_authz_matrix.tsv`): every store method × role × same or other project, the source
+//! of every copy included.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{Backend, Server, start};
+use keyhold_kms::KmsConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const ALICE: &str = "user:alice@example.com";
+
+fn ring(p: &str) -> String {
+    format!("projects/{p}/locations/global/keyRings/r")
+}
+fn key_of(p: &str) -> String {
+    format!("{}/cryptoKeys/k", ring(p))
+}
+fn loc(p: &str) -> String {
+    format!("projects/{p}/locations/global")
+}
+fn instance(p: &str, id: &str) -> String {
+    format!("{}/instances/{id}", loc(p))
+}
+
+impl Server {
+    async fn token_for(&self, principal: &str) -> String {
+        let v = self.ok(Method::POST, "tokens", Some(json!({"principal": principal}))).await;
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Adds `member` to `role` on `resource` (read-modify-write with the etag).
+    async fn grant(&self, resource: &str, role: &str, member: &str) {
+        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
+        let bindings = policy.as_object_mut().unwrap().entry("bindings").or_insert(json!([]));
+        bindings.as_array_mut().unwrap().push(json!({"role": role, "members": [member]}));
+        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
+    }
+
+    /// Removes every binding of `member` on `resource`.
+    async fn revoke(&self, resource: &str, member: &str) {
+        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
+        if let Some(bs) = policy.get_mut("bindings").and_then(Value::as_array_mut) {
+            for b in bs.iter_mut() {
+                b["members"].as_array_mut().unwrap().retain(|m| m != member);
+            }
+        }
+        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
+    }
+
+    async fn audit(&self, project: &str, method: &str) -> Vec<Value> {
+        let v = self
+            .ok(Method::GET, &format!("projects/{project}/auditLogs?pageSize=1000&methodName={method}"), None)
+            .await;
+        v["entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Project `p`'s key `k`, usable by the store's agent of `p`.
+    async fn cmek_key(&self, p: &str) -> String {
+        self.ok(Method::POST, &format!("{}/keyRings?keyRingId=r", loc(p)), Some(json!({}))).await;
+        self.ok(
+            Method::POST,
+            &format!("{}/cryptoKeys?cryptoKeyId=k", ring(p)),
+            Some(json!({"purpose": "ENCRYPT_DECRYPT"})),
+        )
+        .await;
+        let resp = self
+            .http
+            .post(format!(
+                "{}/v1beta1/projects/{p}/services/store.keyhold.dev:generateServiceIdentity",
+                self.base.trim_end_matches("/v1")
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        let email = v["response"]["email"].as_str().unwrap().to_string();
+        let policy = json!({"bindings": [{"role": "roles/cloudkms.cryptoKeyEncrypterDecrypter", "members": [format!("serviceAccount:{email}")]}]});
+        self.ok(Method::POST, &format!("{}:setIamPolicy", key_of(p)), Some(json!({ "policy": policy }))).await;
+        key_of(p)
+    }
+
+    async fn put_as(&self, token: &str, instance: &str, object: &str, data: &[u8]) -> u16 {
+        self.http
+            .put(format!("{}/{instance}/objects/{object}", self.base))
+            .bearer_auth(token)
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn media(&self, instance: &str, object: &str) -> Vec<u8> {
+        let r = self
+            .http
+            .get(format!("{}/{instance}/objects/{object}?alt=media", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap().to_vec()
+    }
+
+    fn export_dir(&self) -> std::path::PathBuf {
+        self._dir.path().join("exports")
+    }
+}
+
+fn assert_denied(status: u16, v: &Value, what: &str) {
+    assert_eq!(status, 403, "{what}: {v}");
+    assert_eq!(v["error"]["status"], "PERMISSION_DENIED", "{what}: {v}");
+}
+
+/// A secret object in B (`projects/b/.../instances/secret`, object `s`), written by the owner.
+const SECRET: &[u8] = b"B-ONLY-SECRET-DATA";
+
+async fn project_b_with_secret(s: &Server) -> String {
+    s.cmek_key("b").await;
+    s.ok(Method::POST, &format!("{}/instances?instanceId=secret", loc("b")), Some(json!({"kmsKey": key_of("b")})))
+        .await;
+    let b = instance("b", "secret");
+    assert_eq!(s.put_as(&s.token.clone(), &b, "s", SECRET).await, 200);
+    b
+}
+
+/// Finding 2(b): the owner of A, with no role on B, cannot restore B's backup into A (with A's
+/// own key, as the probe did), nor replicate B's instance; the refusal is a 403 given before B
+/// is looked up, and it is in B's audit log. With a role on B that allows restoring, it works,
+/// and both projects' logs show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_check_the_callers_permission_on_the_source() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let b = project_b_with_secret(&s).await;
+    s.ok(Method::POST, &format!("{b}/backups?backupId=b1"), Some(json!({}))).await;
+    let key_a = s.cmek_key("a").await;
+    s.grant("projects/a", "roles/owner", ALICE).await;
+    let alice = s.token_for(ALICE).await;
+
+    let restore = json!({
+        "instanceId": "stolen",
+        "backup": format!("{b}/backups/b1"),
+        "encryptionConfig": {"encryptionType": "CUSTOMER_MANAGED_ENCRYPTION", "kmsKeyName": key_a},
+    });
+    let path = format!("{}/instances:restore", loc("a"));
+    let (st, v) = s.call_as(Some(&alice), Method::POST, &path, Some(restore.clone())).await;
+    assert_denied(st, &v, "restore of B's backup into A");
+    assert!(v["error"]["message"].as_str().unwrap().contains("keyhold.backups.restore"), "{v}");
+    // Nothing was built, and a backup that does not exist is refused the same way.
+    s.err(Method::GET, &instance("a", "stolen"), None, 404, "NOT_FOUND").await;
+    let mut missing = restore.clone();
+    missing["backup"] = json!(format!("{b}/backups/nope"));
+    let (st2, v2) = s.call_as(Some(&alice), Method::POST, &path, Some(missing)).await;
+    assert_denied(st2, &v2, "restore of a backup of B that does not exist");
+    assert_eq!(
+        v["error"]["message"].as_str().unwrap().replace("b1", "nope"),
+        v2["error"]["message"].as_str().unwrap(),
+        "the refusal reveals nothing about what exists in B"
+    );
+    // B's owners see the attempt in B's log; A's log has it too.
+    let in_b = s.audit("b", "RestoreInstance").await;
+    assert!(
+        in_b.iter().any(|e| e["protoPayload"]["authenticationInfo"]["principalEmail"] == "alice@example.com"
+            && e["protoPayload"]["resourceName"] == format!("{b}/backups/b1")
+            && e["protoPayload"]["status"]["code"] == 7),
+        "{in_b:?}"
+    );
+    assert!(!s.audit("a", "RestoreInstance").await.is_empty());
+
+    // A replica of B's instance in A: refused with 403 too (not "not found", not a 400 that
+    // would tell that B's instance exists).
+    let (st, v) = s
+        .call_as(
+            Some(&alice),
+            Method::POST,
+            &format!("{}/instances?instanceId=rep", loc("a")),
+            Some(json!({"replicaOf": b})),
+        )
+        .await;
+    assert_denied(st, &v, "replica of B's instance in A");
+
+    // A viewer of B still may not restore B's backups.
+    s.grant("projects/b", "roles/viewer", ALICE).await;
+    let (st, v) = s.call_as(Some(&alice), Method::POST, &path, Some(restore.clone())).await;
+    assert_denied(st, &v, "viewer of B restoring B's backup");
+    // A store admin of B may; it is in both logs.
+    s.grant("projects/b", "roles/keyhold.storeAdmin", ALICE).await;
+    let (st, v) = s.call_as(Some(&alice), Method::POST, &path, Some(restore)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(s.media(&instance("a", "stolen"), "s").await, SECRET);
+    let ok = |e: &Value| {
+        e["protoPayload"]["authenticationInfo"]["principalEmail"] == "alice@example.com"
+            && e["protoPayload"]["status"] == json!({})
+    };
+    assert!(s.audit("b", "RestoreInstance").await.iter().any(ok));
+    assert!(s.audit("a", "RestoreInstance").await.iter().any(ok));
+    // A replica must still be in its primary's project.
+    let (st, v) = s
+        .call_as(
+            Some(&alice),
+            Method::POST,
+            &format!("{}/instances?instanceId=rep", loc("a")),
+            Some(json!({"replicaOf": b})),
+        )
+        .await;
+    assert_eq!((st, v["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{v}");
+}
+
+/// Finding 2(a): exports are written under EXPORT_DIR/PROJECT; no project can name another's
+/// archive (by name, by `..`, or by absolute path); a plaintext archive goes back only into the
+/// project that exported it, even if copied into another project's directory; an encrypted
+/// one copied there needs the caller's permission on its source, audited in the source's
+/// project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_are_confined_to_their_project() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let b = project_b_with_secret(&s).await;
+    let export = s
+        .ok(Method::POST, &format!("{b}:export"), Some(json!({"destination": "b.archive", "allowPlaintext": true})))
+        .await;
+    let file = std::path::PathBuf::from(export["destination"].as_str().unwrap());
+    assert_eq!(file, s.export_dir().join("b").join("b.archive"), "{export}");
+    let sealed = s.ok(Method::POST, &format!("{b}:export"), Some(json!({"destination": "sealed.archive"}))).await;
+    let sealed = std::path::PathBuf::from(sealed["destination"].as_str().unwrap());
+
+    s.grant("projects/a", "roles/owner", ALICE).await;
+    let alice = s.token_for(ALICE).await;
+    let import = |source: String| json!({"instanceId": "stolen", "source": source});
+    let path = format!("{}/instances:import", loc("a"));
+    // By name: there is no such file in A's directory.
+    let (st, v) = s.call_as(Some(&alice), Method::POST, &path, Some(import("b.archive".into()))).await;
+    assert_eq!((st, v["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{v}");
+    // By traversal or absolute path: refused as outside A's directory.
+    for source in ["../b/b.archive".to_string(), file.display().to_string(), format!("file://{}", file.display())] {
+        let (st, v) = s.call_as(Some(&alice), Method::POST, &path, Some(import(source.clone()))).await;
+        assert_eq!((st, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{source}: {v}");
+    }
+    s.err(Method::GET, &instance("a", "stolen"), None, 404, "NOT_FOUND").await;
+
+    // Copied into A's directory (by an operator): a plaintext archive of B is still refused.
+    let a_dir = s.export_dir().join("a");
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::copy(&file, a_dir.join("copied.archive")).unwrap();
+    let (st, v) = s.call_as(Some(&alice), Method::POST, &path, Some(import("copied.archive".into()))).await;
+    assert_eq!((st, v["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("only into the project that exported it"), "{v}");
+    // An encrypted archive of B copied there: A's owner has no permission on its source.
+    std::fs::copy(&sealed, a_dir.join("sealed.archive")).unwrap();
+    let (st, v) = s.call_as(Some(&alice), Method::POST, &path, Some(import("sealed.archive".into()))).await;
+    assert_denied(st, &v, "import of B's encrypted archive into A");
+    let in_b = s.audit("b", "ImportInstance").await;
+    assert!(
+        in_b.iter().any(|e| e["protoPayload"]["authenticationInfo"]["principalEmail"] == "alice@example.com"
+            && e["protoPayload"]["resourceName"] == b
+            && e["protoPayload"]["status"]["code"] == 7),
+        "{in_b:?}"
+    );
+    s.err(Method::GET, &instance("a", "stolen"), None, 404, "NOT_FOUND").await;
+
+    // B's own plaintext archive goes back into B, and the export and import are in B's log.
+    s.ok(
+        Method::POST,
+        &format!("{}/instances:import", loc("b")),
+        Some(json!({"instanceId": "back", "source": "b.archive"})),
+    )
+    .await;
+    assert_eq!(s.media(&instance("b", "back"), "s").await, SECRET);
+    assert!(!s.audit("b", "ExportInstance").await.is_empty());
+    assert!(s.audit("b", "ImportInstance").await.iter().any(|e| e["protoPayload"]["status"] == json!({})));
+}
+
+/// Finding 4: archives are 0600 and their directories 0700 (under the test's umask; the
+/// server binary's test in crates/keyhold/tests/store_remote.rs runs with umask 000).
+#[tokio::test]
+async fn archives_and_their_directories_are_private() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{}/instances?instanceId=i", loc("p")), Some(json!({}))).await;
+    assert_eq!(s.put_as(&s.token.clone(), &instance("p", "i"), "o", b"x").await, 200);
+    let export = s
+        .ok(
+            Method::POST,
+            &format!("{}:export", instance("p", "i")),
+            Some(json!({"destination": "sub/dir/x.archive", "allowPlaintext": true})),
+        )
+        .await;
+    let file = std::path::PathBuf::from(export["destination"].as_str().unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600, "{}", file.display());
+    for dir in
+        [s.export_dir(), s.export_dir().join("p"), s.export_dir().join("p/sub"), s.export_dir().join("p/sub/dir")]
+    {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+}
+
+/// Finding 6: a method a store or org-policy path does not have answers 404 NOT_FOUND, as the
+/// KMS's paths do (it answered 501).
+#[tokio::test]
+async fn a_wrong_method_answers_404_like_the_kms() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let kms = s.call(Method::PUT, &ring("p"), None).await;
+    assert_eq!(kms.0, 404, "{:?}", kms.1);
+    let i = instance("p", "i");
+    for (method, path) in [
+        (Method::PATCH, format!("{}/instances", loc("p"))),
+        (Method::PUT, i.clone()),
+        (Method::POST, format!("{i}:nosuchverb")),
+        (Method::PATCH, format!("{i}/objects")),
+        (Method::PATCH, format!("{i}/objects/o")),
+        (Method::PUT, format!("{i}/backups")),
+        (Method::PUT, format!("{i}/backups/b")),
+        (Method::GET, format!("{}/instances:restore", loc("p"))),
+        (Method::DELETE, format!("{}/instances:import", loc("p"))),
+    ] {
+        let (st, v) = s.call(method.clone(), &path, None).await;
+        assert_eq!((st, v["error"]["status"].as_str()), (404, Some("NOT_FOUND")), "{method} {path}: {v}");
+    }
+    let base = s.base.trim_end_matches("/v1").to_string();
+    for (method, path) in [(Method::PUT, "/v2/projects/p/policies"), (Method::POST, "/v2/projects/p/policies/c")] {
+        let r = s.http.request(method.clone(), format!("{base}{path}")).bearer_auth(&s.token).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{method} {path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["status"], "NOT_FOUND");
+    }
+}
