@@ -333,3 +333,113 @@ async fn a_wrong_method_answers_404_like_the_kms() {
         assert_eq!(v["error"]["status"], "NOT_FOUND");
     }
 }
+
+/// What a process that died in the middle left: an upload with one sealed chunk and a build,
+/// both recorded as `node`'s work.
+async fn leave_crashed_work(repo: &dyn keyhold_store::StoreRepository, node: &str) {
+    let now = keyhold_api::wire::Timestamp::now();
+    let i = instance("p", "i");
+    repo.begin_upload(&i, "half", 7, node, now).await.unwrap();
+    let chunk = keyhold_store::model::StoredChunk { wrapped_dek: vec![1; 40], ciphertext: vec![2; 64] };
+    repo.put_chunks(&i, "half", 7, 0, &[chunk]).await.unwrap();
+    repo.begin_pending(&instance("p", "half-restored"), node, now).await.unwrap();
+}
+
+/// A second store over the server's database (a restarted process, or another node).
+async fn another_store(s: &Server) -> (std::sync::Arc<keyhold_store::Store>, keyhold_storage::Opened) {
+    let db = match &s.pg_url {
+        Some(url) => keyhold_storage::Database::Postgres(url.clone()),
+        None => keyhold_storage::Database::SqliteFile(s.db_file.clone()),
+    };
+    let opened = keyhold_storage::open_all(&db).await.unwrap();
+    let config = keyhold_store::StoreConfig {
+        require_cmek: false,
+        guard: keyhold_cmek::GuardConfig::default(),
+        locations: s.kms.config().locations.clone(),
+        export_dir: Some(s.export_dir()),
+        replication_period: std::time::Duration::from_secs(60),
+    };
+    let agents = std::sync::Arc::new(keyhold_store::LocalAgents::new(s.kms.clone()));
+    (keyhold_store::Store::new(s.kms.clone(), opened.objects.clone(), agents, config), opened)
+}
+
+async fn count(s: &Server, sql: &str) -> i64 {
+    match &s.pg_url {
+        Some(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.query_one(sql, &[]).await.unwrap().get(0)
+        }
+        None => rusqlite::Connection::open(&s.db_file).unwrap().query_row(sql, [], |r| r.get(0)).unwrap(),
+    }
+}
+
+const LEFT_OVER: &str = "SELECT (SELECT count(*) FROM store_uploads) + (SELECT count(*) FROM store_chunks) \
+     + (SELECT count(*) FROM store_names WHERE state = 'BUILDING')";
+
+/// Finding 6 on SQLite (one process per database): at start, everything a crash left is
+/// deleted at once, however recent (it was kept for an hour).
+#[tokio::test]
+async fn a_crash_is_cleaned_up_at_start_sqlite() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let (_, opened) = another_store(&s).await;
+    leave_crashed_work(opened.objects.as_ref(), "crashed").await;
+    assert_eq!(count(&s, LEFT_OVER).await, 3);
+    let (restarted, _) = another_store(&s).await;
+    assert_eq!(restarted.clean_up_after_crash().await.unwrap(), 2);
+    assert_eq!(count(&s, LEFT_OVER).await, 0);
+    assert_eq!(count(&s, "SELECT count(*) FROM store_work_owners").await, 0);
+}
+
+/// Finding 6 on PostgreSQL (nodes share the database): a node starting deletes at once what a
+/// dead node left (its heartbeat stopped over a lease ago), and never an upload a live node is
+/// still writing, which then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_is_cleaned_up_at_start_but_not_a_live_nodes_upload_postgres() {
+    let s = start(Backend::Postgres, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{}/instances?instanceId=i", loc("p")), Some(json!({}))).await;
+    // A live upload on the server's node, held open mid-way.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|v| (v, rx))
+    }));
+    let upload = {
+        let request =
+            s.http.put(format!("{}/{}/objects/live", s.base, instance("p", "i"))).bearer_auth(&s.token).body(body);
+        tokio::spawn(async move { request.send().await })
+    };
+    for _ in 0..6 {
+        tx.send(Ok(vec![7u8; 1024 * 1024])).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&s, "SELECT count(*) FROM store_uploads").await != 1 {
+        assert!(std::time::Instant::now() < deadline, "the live upload was never recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let live_chunks = count(&s, "SELECT count(*) FROM store_chunks").await;
+    assert!(live_chunks > 0);
+    // A node that died a minute ago, in the middle of an upload and a restore.
+    let (_, opened) = another_store(&s).await;
+    let minute_ago = keyhold_api::wire::Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(-60));
+    opened
+        .objects
+        .heartbeat("crashed", minute_ago, minute_ago.add(keyhold_api::wire::ProtoDuration::from_secs(-60)))
+        .await
+        .unwrap();
+    leave_crashed_work(opened.objects.as_ref(), "crashed").await;
+
+    let (starting, _) = another_store(&s).await;
+    assert_eq!(starting.clean_up_after_crash().await.unwrap(), 2, "only the dead node's upload and build");
+    assert_eq!(count(&s, "SELECT count(*) FROM store_names WHERE state = 'BUILDING'").await, 0);
+    assert_eq!(count(&s, "SELECT count(*) FROM store_uploads").await, 1, "the live upload is kept");
+    assert_eq!(count(&s, "SELECT count(*) FROM store_chunks WHERE object = 'half'").await, 0);
+    assert!(count(&s, "SELECT count(*) FROM store_chunks WHERE object = 'live'").await >= live_chunks);
+    // The live upload completes.
+    tx.send(Ok(vec![7u8; 10])).await.unwrap();
+    drop(tx);
+    let resp = upload.await.unwrap().unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{:?}", resp.text().await);
+    let meta = s.ok(Method::GET, &format!("{}/objects/live", instance("p", "i")), None).await;
+    assert_eq!(meta["size"], (6 * 1024 * 1024 + 10).to_string());
+    assert_eq!(count(&s, "SELECT count(*) FROM store_work_owners").await, 0, "finished work leaves no owner row");
+}

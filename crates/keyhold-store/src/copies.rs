@@ -184,7 +184,7 @@ impl Store {
                 version_time: now,
                 create_time: now,
             };
-            match self.repo.insert_backup(&backup, &KekRecord { id: 1, wrapped: wrapped.clone(), create_time: now }).await
+            match self.repo.insert_backup(&backup, &KekRecord { id: 1, wrapped: wrapped.clone(), create_time: now }, &self.node).await
             {
                 Err(RepoError::AlreadyExists) => {
                     return Err(StoreError::AlreadyExists(format!("Backup {name} already exists.")));
@@ -476,7 +476,7 @@ impl Store {
         let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);
         let (kek, wrapped) = guard.new_kek().await.map_err(|e| guard_error(kms_key.as_deref(), e))?;
         let now = Timestamp::now();
-        match self.repo.begin_pending(&resource, now).await {
+        match self.repo.begin_pending(&resource, &self.node, now).await {
             Err(RepoError::AlreadyExists) => {
                 return Err(StoreError::AlreadyExists(format!(
                     "Instance {resource} already exists or is being created."

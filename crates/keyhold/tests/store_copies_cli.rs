@@ -222,7 +222,7 @@ async fn backups_restores_clones_exports_and_replicas_through_the_cli() {
 
     // ---- export / import -------------------------------------------------------------------
     let (out, err) = s.ok(&[&["store", "instances", "export", "db1", "--destination", "a.archive"], LOC].concat());
-    let archive = s.path().join("data").join("exports").join("a.archive");
+    let archive = s.path().join("data").join("exports").join(PROJECT).join("a.archive");
     assert_eq!(err, format!("Exported instance [db1] to [{}].\n", archive.display()));
     assert!(out.contains("encryptionType: CUSTOMER_MANAGED_ENCRYPTION") && out.contains("objectCount: '1'"), "{out}");
     assert!(out.contains(&format!("- {KEY}/cryptoKeyVersions/1")), "{out}");
