@@ -412,12 +412,14 @@ async fn a_crash_is_cleaned_up_at_start_but_not_a_live_nodes_upload_postgres() {
         tx.send(Ok(vec![7u8; 1024 * 1024])).await.unwrap();
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while count(&s, "SELECT count(*) FROM store_uploads").await != 1 {
-        assert!(std::time::Instant::now() < deadline, "the live upload was never recorded");
+    // Its first chunks are stored (a batch of four 1 MiB chunks; the sixth is held back).
+    while count(&s, "SELECT count(*) FROM store_uploads").await != 1
+        || count(&s, "SELECT count(*) FROM store_chunks").await < 4
+    {
+        assert!(std::time::Instant::now() < deadline, "the live upload's chunks were never stored");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let live_chunks = count(&s, "SELECT count(*) FROM store_chunks").await;
-    assert!(live_chunks > 0);
     // A node that died a minute ago, in the middle of an upload and a restore.
     let (_, opened) = another_store(&s).await;
     let minute_ago = keyhold_api::wire::Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(-60));
@@ -442,4 +444,171 @@ async fn a_crash_is_cleaned_up_at_start_but_not_a_live_nodes_upload_postgres() {
     let meta = s.ok(Method::GET, &format!("{}/objects/live", instance("p", "i")), None).await;
     assert_eq!(meta["size"], (6 * 1024 * 1024 + 10).to_string());
     assert_eq!(count(&s, "SELECT count(*) FROM store_work_owners").await, 0, "finished work leaves no owner row");
+}
+
+/// The store authorization matrix (`store_authz_matrix.tsv`): every store method as a
+/// principal holding one role on the resource's project, then on another project only, and the
+/// source of every copy as a principal who may write the destination and holds that role on
+/// the source's project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_authorization_matrix() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let key = s.cmek_key("p").await;
+    // Project q's agent may use p's key too, so that copies from p into q can succeed when the
+    // caller may make them.
+    s.cmek_key("q").await;
+    let q_agent = {
+        let resp = s
+            .http
+            .post(format!(
+                "{}/v1beta1/projects/q/services/store.keyhold.dev:generateServiceIdentity",
+                s.base.trim_end_matches("/v1")
+            ))
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = resp.json().await.unwrap();
+        v["response"]["email"].as_str().unwrap().to_string()
+    };
+    s.grant(&key, "roles/cloudkms.cryptoKeyEncrypterDecrypter", &format!("serviceAccount:{q_agent}")).await;
+    let i = instance("p", "i");
+    s.ok(Method::POST, &format!("{}/instances?instanceId=i", loc("p")), Some(json!({"kmsKey": key}))).await;
+    assert_eq!(s.put_as(&s.token.clone(), &i, "o", b"data").await, 200);
+    s.ok(Method::POST, &format!("{i}/backups?backupId=b"), Some(json!({}))).await;
+    let backup = format!("{i}/backups/b");
+    let base = s.ok(Method::POST, &format!("{i}:export"), Some(json!({"destination": "base.archive"}))).await;
+    std::fs::create_dir_all(s.export_dir().join("q")).unwrap();
+    std::fs::copy(base["destination"].as_str().unwrap(), s.export_dir().join("q").join("fromp.archive")).unwrap();
+
+    let table = include_str!("store_authz_matrix.tsv");
+    let mut lines = table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    let methods: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0]).collect();
+    assert_eq!(methods.len(), 20, "every store method has a row");
+    let mut n = 0;
+    let mut checked = 0;
+    for (col, role) in header.iter().enumerate().skip(2) {
+        for grant_on in ["p", "q"] {
+            let member = format!("user:{}-{grant_on}@example.com", role.replace('.', "-"));
+            if *role != "none" {
+                s.grant(&format!("projects/{grant_on}"), &format!("roles/{role}"), &member).await;
+            }
+            let token = s.token_for(&member).await;
+            for row in &rows {
+                let (method, scope) = (row[0], row[1]);
+                if scope == "source" && grant_on == "q" {
+                    continue;
+                }
+                if scope == "source" {
+                    s.grant("projects/q", "roles/keyhold.storeAdmin", &member).await;
+                }
+                n += 1;
+                let (verb, path, body) = match (method, scope) {
+                    ("CreateInstance", _) => {
+                        (Method::POST, format!("{}/instances?instanceId=c{n}", loc("p")), Some(json!({})))
+                    }
+                    ("GetInstance", _) => (Method::GET, i.clone(), None),
+                    ("ListInstances", _) => (Method::GET, format!("{}/instances", loc("p")), None),
+                    ("DeleteInstance", _) => {
+                        s.ok(Method::POST, &format!("{}/instances?instanceId=d{n}", loc("p")), Some(json!({}))).await;
+                        (Method::DELETE, instance("p", &format!("d{n}")), None)
+                    }
+                    ("RewrapInstance", _) => (Method::POST, format!("{i}:rewrap"), Some(json!({}))),
+                    ("ReencryptInstance", _) => (Method::POST, format!("{i}:reencrypt"), Some(json!({}))),
+                    ("CloneInstance", _) => {
+                        (Method::POST, format!("{i}:clone"), Some(json!({"destinationInstanceId": format!("cl{n}")})))
+                    }
+                    ("ExportInstance", _) => {
+                        (Method::POST, format!("{i}:export"), Some(json!({"destination": format!("e{n}.archive")})))
+                    }
+                    ("ImportInstance", "same") => (
+                        Method::POST,
+                        format!("{}/instances:import", loc("p")),
+                        Some(json!({"instanceId": format!("im{n}"), "source": "base.archive"})),
+                    ),
+                    ("ImportInstance", _) => (
+                        Method::POST,
+                        format!("{}/instances:import", loc("q")),
+                        Some(json!({"instanceId": format!("im{n}"), "source": "fromp.archive"})),
+                    ),
+                    ("RestoreInstance", "same") => (
+                        Method::POST,
+                        format!("{}/instances:restore", loc("p")),
+                        Some(json!({"instanceId": format!("r{n}"), "backup": backup})),
+                    ),
+                    ("RestoreInstance", _) => (
+                        Method::POST,
+                        format!("{}/instances:restore", loc("q")),
+                        Some(json!({"instanceId": format!("r{n}"), "backup": backup})),
+                    ),
+                    ("CreateReplica", "same") => (
+                        Method::POST,
+                        format!("{}/instances?instanceId=rp{n}", loc("p")),
+                        Some(json!({"replicaOf": i})),
+                    ),
+                    ("CreateReplica", _) => (
+                        Method::POST,
+                        format!("{}/instances?instanceId=rp{n}", loc("q")),
+                        Some(json!({"replicaOf": i})),
+                    ),
+                    ("InsertObject", _) => (Method::PUT, format!("{i}/objects/w{n}"), None),
+                    ("GetObject", _) => (Method::GET, format!("{i}/objects/o"), None),
+                    ("ReadObject", _) => (Method::GET, format!("{i}/objects/o?alt=media"), None),
+                    ("ListObjects", _) => (Method::GET, format!("{i}/objects"), None),
+                    ("DeleteObject", _) => {
+                        assert_eq!(s.put_as(&s.token.clone(), &i, &format!("del{n}"), b"x").await, 200);
+                        (Method::DELETE, format!("{i}/objects/del{n}"), None)
+                    }
+                    ("CreateBackup", _) => (Method::POST, format!("{i}/backups?backupId=bk{n}"), Some(json!({}))),
+                    ("GetBackup", _) => (Method::GET, backup.clone(), None),
+                    ("ListBackups", _) => (Method::GET, format!("{i}/backups"), None),
+                    ("DeleteBackup", _) => {
+                        s.ok(Method::POST, &format!("{i}/backups?backupId=db{n}"), Some(json!({}))).await;
+                        (Method::DELETE, format!("{i}/backups/db{n}"), None)
+                    }
+                    other => panic!("store_authz_matrix.tsv names an unknown method and scope {other:?}"),
+                };
+                let mut req = s.http.request(verb, format!("{}/{path}", s.base)).bearer_auth(&token);
+                if let Some(b) = body {
+                    req = req.header("content-type", "application/json").body(b.to_string());
+                } else if method == "InsertObject" {
+                    req = req.body(b"new".to_vec());
+                }
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                let text = resp.text().await.unwrap();
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                let expected = if grant_on == "q" { "N" } else { row[col] };
+                let what = format!("{role} on {grant_on}: {method} ({scope})");
+                match expected {
+                    "Y" => assert_eq!(status, 200, "{what} should be allowed: {text}"),
+                    "F" => assert_eq!(
+                        (status, v["error"]["status"].as_str()),
+                        (400, Some("FAILED_PRECONDITION")),
+                        "{what}: {text}"
+                    ),
+                    "N" => {
+                        assert_denied(status, &v, &what);
+                        let msg = v["error"]["message"].as_str().unwrap();
+                        assert!(
+                            msg.starts_with("Permission '") && msg.ends_with("' (or it may not exist)."),
+                            "Google's message shape: {msg}"
+                        );
+                    }
+                    other => panic!("bad cell {other:?} for {method}/{scope}/{role}"),
+                }
+                if scope == "source" {
+                    s.revoke("projects/q", &member).await;
+                }
+                checked += 1;
+            }
+            if *role != "none" {
+                s.revoke(&format!("projects/{grant_on}"), &member).await;
+            }
+        }
+    }
+    let same = rows.iter().filter(|r| r[1] == "same").count();
+    assert_eq!(checked, (2 * same + rows.len() - same) * (header.len() - 2));
 }
