@@ -364,6 +364,26 @@ pub(crate) async fn search_protected_resources(
     .await
 }
 
+/// `POST /v1/projects/P/exports:reconcile` (finding 10): the project's export registry
+/// against the files in its export directory.
+pub(crate) async fn reconcile_exports(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Response {
+    let path = format!("projects/{project}/exports:reconcile");
+    let (path, state, headers) = (&path, &state, &headers);
+    with_caller(state, headers, path, |caller| async move {
+        let store = store(state)?;
+        if method != Method::POST {
+            return Err(not_a_method(&method, path));
+        }
+        Ok(json(&store.reconcile_exports(&caller, &project).await?))
+    })
+    .await
+}
+
 /// `POST /v1/projects/P/locations/L/instances:restore` ([C8]).
 pub(crate) async fn restore(
     State(state): State<AppState>,

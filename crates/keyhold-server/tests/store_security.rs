@@ -612,3 +612,64 @@ async fn store_authorization_matrix() {
     let same = rows.iter().filter(|r| r[1] == "same").count();
     assert_eq!(checked, (2 * same + rows.len() - same) * (header.len() - 2));
 }
+
+/// Finding 10: the export registry against the export directory. An export whose file is gone
+/// is marked missing (no longer listed as protected by its key) and comes back with its file;
+/// a file no export wrote is reported and kept. `POST projects/P/exports:reconcile` does it on
+/// demand (and is authorized like an export), the server at start.
+#[tokio::test]
+async fn the_export_registry_is_reconciled_with_the_files() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let key = s.cmek_key("p").await;
+    let i = instance("p", "i");
+    s.ok(Method::POST, &format!("{}/instances?instanceId=i", loc("p")), Some(json!({"kmsKey": key}))).await;
+    assert_eq!(s.put_as(&s.token.clone(), &i, "o", b"data").await, 200);
+    let gone = s.ok(Method::POST, &format!("{i}:export"), Some(json!({"destination": "gone.archive"}))).await;
+    let kept = s.ok(Method::POST, &format!("{i}:export"), Some(json!({"destination": "kept.archive"}))).await;
+    let exports_of_key = || async {
+        let found = s.ok(Method::GET, &format!("projects/p/protectedResources:search?cryptoKey={key}"), None).await;
+        let mut names: Vec<String> = found["protectedResources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["resourceType"] == "store.keyhold.dev/Export")
+            .map(|r| r["name"].as_str().unwrap().trim_start_matches("//store.keyhold.dev/").to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(exports_of_key().await.len(), 2);
+    let gone_file = std::path::PathBuf::from(gone["destination"].as_str().unwrap());
+    let saved = std::fs::read(&gone_file).unwrap();
+    std::fs::remove_file(&gone_file).unwrap();
+    let stray = s.export_dir().join("p").join("stray.bin");
+    std::fs::write(&stray, b"not an export").unwrap();
+
+    // Only those who may export may reconcile.
+    s.grant("projects/p", "roles/viewer", ALICE).await;
+    let alice = s.token_for(ALICE).await;
+    let (st, v) = s.call_as(Some(&alice), Method::POST, "projects/p/exports:reconcile", Some(json!({}))).await;
+    assert_denied(st, &v, "a viewer reconciling exports");
+
+    let r = s.ok(Method::POST, "projects/p/exports:reconcile", Some(json!({}))).await;
+    assert_eq!(r["present"], json!([kept["name"]]), "{r}");
+    assert_eq!(r["missing"], json!({ gone["name"].as_str().unwrap(): gone_file.display().to_string() }), "{r}");
+    assert_eq!(r["unregistered"], json!([stray.display().to_string()]), "{r}");
+    assert!(stray.exists(), "an unregistered file is never deleted");
+    let listed = exports_of_key().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(kept["name"].as_str().unwrap().ends_with(listed[0].rsplit('/').next().unwrap()), "{listed:?}");
+
+    // The file is back: so is the export. At start, the server reconciles too.
+    std::fs::write(&gone_file, saved).unwrap();
+    let (restarted, _) = another_store(&s).await;
+    restarted.reconcile_all_exports().await.unwrap();
+    assert_eq!(exports_of_key().await.len(), 2);
+    let r = s.ok(Method::POST, "projects/p/exports:reconcile", Some(json!({}))).await;
+    assert_eq!(r["missing"], json!({}), "{r}");
+    assert_eq!(r["present"].as_array().unwrap().len(), 2, "{r}");
+    std::fs::remove_file(&gone_file).unwrap();
+    restarted.reconcile_all_exports().await.unwrap();
+    assert_eq!(exports_of_key().await.len(), 1, "marked missing at start");
+    assert_eq!(s.call(Method::GET, "projects/p/exports:reconcile", None).await.0, 404);
+}

@@ -230,6 +230,10 @@ CREATE TABLE IF NOT EXISTS store_nodes (
     node            TEXT PRIMARY KEY,
     heartbeat_nanos BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS store_exports_missing (
+    name        TEXT PRIMARY KEY,
+    since_nanos BIGINT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS store_work_owners (
     resource   TEXT NOT NULL,
     object     TEXT NOT NULL,
@@ -466,8 +470,19 @@ pub(crate) const DELETE_BACKUP: &str = "DELETE FROM store_backups WHERE name = $
 pub(crate) const INSERT_EXPORT: &str = "INSERT INTO store_exports \
      (name, instance, kms_key, key_version, destination, size_bytes, object_count, create_nanos) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// The exports under a key whose file is there (finding 10: one whose file is gone protects
+/// nothing, and is left out until its file comes back).
 pub(crate) const EXPORTS_BY_KEY: &str = "SELECT name, instance, kms_key, key_version, destination, size_bytes, \
-     object_count, create_nanos FROM store_exports WHERE kms_key = $1 ORDER BY name";
+     object_count, create_nanos FROM store_exports WHERE kms_key = $1 \
+     AND name NOT IN (SELECT name FROM store_exports_missing) ORDER BY name";
+/// Every export of instances whose name starts with `$1`, and whether its file was found gone.
+pub(crate) const EXPORTS_UNDER: &str = "SELECT e.name, e.instance, e.kms_key, e.key_version, e.destination, \
+     e.size_bytes, e.object_count, e.create_nanos, CASE WHEN m.name IS NULL THEN 0 ELSE 1 END \
+     FROM store_exports e LEFT JOIN store_exports_missing m ON m.name = e.name \
+     WHERE substr(e.instance, 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT) ORDER BY e.name";
+pub(crate) const MARK_EXPORT_MISSING: &str =
+    "INSERT INTO store_exports_missing (name, since_nanos) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+pub(crate) const MARK_EXPORT_PRESENT: &str = "DELETE FROM store_exports_missing WHERE name = $1";
 pub(crate) const DELETE_INSTANCE_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_OBJECTS: &str = "DELETE FROM store_objects WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_UPLOADS: &str = "DELETE FROM store_uploads WHERE instance = $1";

@@ -392,6 +392,20 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         self.backend().read().await?.query(EXPORTS_BY_KEY, vec![text(key)]).await?.iter().map(export_record).collect()
     }
 
+    async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, StoreError> {
+        let rows = self.backend().read().await?.query(EXPORTS_UNDER, vec![text(prefix)]).await?;
+        rows.iter().map(|r| Ok((export_record(r)?, r[8].int()? != 0))).collect()
+    }
+
+    async fn set_export_missing(&self, name: &str, missing: bool, now: Timestamp) -> Result<(), StoreError> {
+        let statement = if missing {
+            (MARK_EXPORT_MISSING, vec![text(name), Value::Int(now.unix_nanos_i64())])
+        } else {
+            (MARK_EXPORT_PRESENT, vec![text(name)])
+        };
+        self.backend().begin().await?.execute_many_and_commit(vec![statement]).await
+    }
+
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, StoreError> {
         self.backend().read().await?.query(LIST_KEKS, vec![text(instance)]).await?.iter().map(kek_record).collect()
     }

@@ -719,6 +719,124 @@ impl Store {
         Ok(dir.join(relative))
     }
 
+    /// `projects/P/exports:reconcile` (finding 10): brings the export registry of project P in
+    /// line with the files in its export directory. A registered export whose file is gone is
+    /// marked missing (and left out of what its key protects, [K12]); marked, not deleted, so
+    /// that a directory unmounted for a moment loses nothing: the mark goes when the file is
+    /// back. A file no export wrote is reported, never deleted.
+    pub async fn reconcile_exports(
+        &self,
+        caller: &Caller,
+        project: &str,
+    ) -> Result<ReconcileExportsResponse, StoreError> {
+        let op = Op {
+            method: "ReconcileExports",
+            resource: format!("projects/{project}"),
+            permission: role::INSTANCES_EXPORT,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, self.reconcile_project_exports(project)).await
+    }
+
+    async fn reconcile_project_exports(&self, project: &str) -> Result<ReconcileExportsResponse, StoreError> {
+        let dir = self.project_export_dir(project)?;
+        let mut out = ReconcileExportsResponse::default();
+        let mut registered = HashSet::new();
+        for (export, was_missing) in self.repo.exports_under(&format!("projects/{project}/")).await? {
+            let path = PathBuf::from(&export.destination);
+            registered.insert(path.clone());
+            let there = tokio::fs::try_exists(&path)
+                .await
+                .map_err(|e| StoreError::FailedPrecondition(format!("Cannot look for {}: {e}", path.display())))?;
+            match (there, was_missing) {
+                (true, false) => out.present.push(export.name),
+                (true, true) => {
+                    self.repo.set_export_missing(&export.name, false, Timestamp::now()).await?;
+                    out.returned.push(export.name);
+                }
+                (false, _) => {
+                    if !was_missing {
+                        tracing::warn!(export = %export.name, file = %path.display(), "the file of an export is gone; marked missing");
+                        self.repo.set_export_missing(&export.name, true, Timestamp::now()).await?;
+                    }
+                    out.missing.insert(export.name, export.destination);
+                }
+            }
+        }
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let mut entries = match tokio::fs::read_dir(&d).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::FailedPrecondition(format!("Cannot list {}: {e}", d.display()))),
+            };
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| StoreError::FailedPrecondition(format!("Cannot list {}: {e}", d.display())))?
+            {
+                let path = entry.path();
+                let kind = entry.file_type().await.map_err(|e| StoreError::FailedPrecondition(e.to_string()))?;
+                let partial = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".partial"));
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if partial {
+                    out.partial.push(path.display().to_string());
+                } else if !registered.contains(&path) {
+                    out.unregistered.push(path.display().to_string());
+                }
+            }
+        }
+        out.unregistered.sort();
+        out.partial.sort();
+        Ok(out)
+    }
+
+    /// Reconciles the export registry of every project with a directory or an export, at
+    /// start (finding 10); logs what it found.
+    pub async fn reconcile_all_exports(&self) -> Result<(), StoreError> {
+        let Some(root) = self.config.export_dir.as_deref() else { return Ok(()) };
+        let mut projects: std::collections::BTreeSet<String> = self
+            .repo
+            .exports_under("")
+            .await?
+            .into_iter()
+            .filter_map(|(e, _)| e.instance.parse::<InstanceName>().ok().map(|n| n.project))
+            .collect();
+        if let Ok(mut entries) = tokio::fs::read_dir(root).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().await.is_ok_and(|t| t.is_dir()) {
+                    projects.insert(name);
+                } else {
+                    tracing::warn!(file = %entry.path().display(), "a file directly in the export directory: exports are in EXPORT_DIR/PROJECT (move it into its project's directory to import it)");
+                }
+            }
+        }
+        for project in projects {
+            let r = match self.reconcile_project_exports(&project).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%project, error = %e, "cannot reconcile the project's exports");
+                    continue;
+                }
+            };
+            for (name, file) in &r.missing {
+                tracing::warn!(export = %name, %file, "export registered, but its file is gone (marked missing)");
+            }
+            for file in &r.unregistered {
+                tracing::warn!(%file, %project, "file in the export directory with no export registered (kept)");
+            }
+            for file in &r.partial {
+                tracing::info!(%file, "temporary file of an export under way or interrupted (kept)");
+            }
+        }
+        Ok(())
+    }
+
     /// `instances/ID:export` ([C9]): a snapshot of the instance in a `keyhold-archive/v1` file,
     /// sealed under a KEK that `kmsKey` (default: the instance's key) wraps; plaintext only with
     /// `allowPlaintext`, which the audit entry flags.

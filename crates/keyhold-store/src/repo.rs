@@ -82,8 +82,15 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
 
     /// Records an export written.
     async fn insert_export(&self, export: &ExportRecord) -> Result<(), RepoError>;
-    /// Every export under the customer key `key` ([K12]).
+    /// Every export under the customer key `key` whose file is there ([K12]).
     async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, RepoError>;
+
+    /// Every export of an instance whose name starts with `prefix` (`projects/P/`, or `""`
+    /// for all), with whether its file was found gone.
+    async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, RepoError>;
+    /// Records that an export's file is gone (left out of [`StoreRepository::exports_by_key`])
+    /// or there again.
+    async fn set_export_missing(&self, name: &str, missing: bool, now: Timestamp) -> Result<(), RepoError>;
 
     /// An instance's KEKs.
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, RepoError>;

@@ -260,6 +260,11 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Ok(n) => tracing::info!(count = n, "store: removed what interrupted uploads, backups and copies left"),
         Err(e) => tracing::warn!(error = %e, "store: cannot clean up interrupted uploads"),
     }
+    // Finding 10: the export registry against the export directory (`keyhold store exports
+    // reconcile` does the same on demand).
+    if let Err(e) = store.reconcile_all_exports().await {
+        tracing::warn!(error = %e, "store: cannot reconcile the export registry");
+    }
     let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

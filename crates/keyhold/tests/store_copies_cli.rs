@@ -233,6 +233,13 @@ async fn backups_restores_clones_exports_and_replicas_through_the_cli() {
     assert!(err.contains("ALREADY_EXISTS") && err.contains("never overwrite"), "{err}");
     let err = s.fails(&[&["store", "instances", "export", "db1", "--destination", "../escape.archive"], LOC].concat());
     assert!(err.contains("INVALID_ARGUMENT"), "{err}");
+    // Finding 10: the registry against the directory, on demand.
+    std::fs::write(archive.with_file_name("stray.bin"), b"x").unwrap();
+    let report = s.json(&["store", "exports", "reconcile"]);
+    assert_eq!(report["present"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(report["unregistered"], json!([archive.with_file_name("stray.bin").display().to_string()]), "{report}");
+    let (_, err) = s.ok(&["store", "exports", "reconcile"]);
+    assert!(err.starts_with(&format!("Reconciled the exports of project [{PROJECT}]: 1 present, 0 missing")), "{err}");
     let err =
         s.fails(&["store", "instances", "export", DB1, "--destination", "p", "--allow-plaintext", "--kms-key", KEY]);
     assert!(err.contains("--allow-plaintext") && err.contains("--kms-key"), "{err}");
