@@ -421,7 +421,8 @@ async fn a_crash_is_cleaned_up_at_start_but_not_a_live_nodes_upload_postgres() {
     }
     let live_chunks = count(&s, "SELECT count(*) FROM store_chunks").await;
     // A node that died a minute ago, in the middle of an upload and a restore.
-    let (_, opened) = another_store(&s).await;
+    let opened =
+        keyhold_storage::open_all(&keyhold_storage::Database::Postgres(s.pg_url.clone().unwrap())).await.unwrap();
     let minute_ago = keyhold_api::wire::Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(-60));
     opened
         .objects
@@ -430,8 +431,10 @@ async fn a_crash_is_cleaned_up_at_start_but_not_a_live_nodes_upload_postgres() {
         .unwrap();
     leave_crashed_work(opened.objects.as_ref(), "crashed").await;
 
+    // Every live node (the server's, at its heartbeats) deletes a dead node's work too, so the
+    // count this start returns may be less than 2; what matters is the state once it returns.
     let (starting, _) = another_store(&s).await;
-    assert_eq!(starting.clean_up_after_crash().await.unwrap(), 2, "only the dead node's upload and build");
+    assert!(starting.clean_up_after_crash().await.unwrap() <= 2);
     assert_eq!(count(&s, "SELECT count(*) FROM store_names WHERE state = 'BUILDING'").await, 0);
     assert_eq!(count(&s, "SELECT count(*) FROM store_uploads").await, 1, "the live upload is kept");
     assert_eq!(count(&s, "SELECT count(*) FROM store_chunks WHERE object = 'half'").await, 0);
