@@ -34,20 +34,30 @@ use crate::service::{
     page_size,
 };
 
-/// Creates `dir` and any missing parent up to the export directory `root`, and makes the export
-/// directory and every directory below it on the way to `dir` 0700 whatever the umask (finding
-/// 4: an archive's directory must not list or expose it to other users of the machine).
+/// Creates `dir` and any missing parent up to the export directory `root`, and makes every
+/// directory below the export directory on the way to `dir` (the project's, and those under it)
+/// 0700 whatever the umask (finding 4: an archive's directory must not list or expose it to
+/// other users of the machine). The export directory itself is made 0700 only when this creates
+/// it: an operator may point `--store-export-dir` at a directory whose mode is theirs to choose
+/// (the project directories below it keep the archives private either way).
 async fn private_dirs(root: Option<&Path>, dir: &Path) -> std::io::Result<()> {
+    let root_existed = match root {
+        Some(r) => tokio::fs::try_exists(r).await?,
+        None => true,
+    };
     let mut builder = tokio::fs::DirBuilder::new();
     builder.recursive(true).mode(0o700);
     builder.create(dir).await?;
     let private = std::fs::Permissions::from_mode(0o700);
     let mut at = Some(dir);
     while let Some(d) = at {
-        tokio::fs::set_permissions(d, private.clone()).await?;
-        if Some(d) == root || root.is_none() {
+        if Some(d) == root {
+            if !root_existed {
+                tokio::fs::set_permissions(d, private.clone()).await?;
+            }
             break;
         }
+        tokio::fs::set_permissions(d, private.clone()).await?;
         at = d.parent().filter(|p| root.is_some_and(|r| p.starts_with(r)));
     }
     Ok(())
