@@ -74,6 +74,7 @@ pub fn app(state: AppState) -> Router {
             get(store_routes::protected_resources_summary),
         )
         .route("/v1/projects/{project}/protectedResources:search", get(store_routes::search_protected_resources))
+        .route("/v1/projects/{project}/exports:reconcile", any(store_routes::reconcile_exports))
         .route("/v2/projects/{project}/policies", any(store_routes::org_policies))
         .route("/v2/projects/{project}/policies/{constraint}", any(store_routes::org_policy))
         .route("/v1/{*path}", any(kms_routes::dispatch))

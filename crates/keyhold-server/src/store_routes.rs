@@ -144,10 +144,7 @@ pub(crate) async fn instances(
                 let id = q.get("instanceId").or_else(|| q.get("instance_id")).cloned().unwrap_or_default();
                 Ok(json(&store.create_instance(&caller, &parent, &id, req).await?))
             }
-            _ => Err(ApiError::new(
-                keyhold_api::Code::Unimplemented,
-                format!("{method} {path} is not a method of the store."),
-            )),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -187,10 +184,7 @@ pub(crate) async fn instance(
                 let req: ExportInstanceRequest = parse_body(&bytes)?;
                 Ok(json(&store.export_instance(&caller, &name, req).await?))
             }
-            (v, m) => Err(ApiError::new(
-                keyhold_api::Code::Unimplemented,
-                format!("{m} {name}{} is not a method of the store.", v.map(|v| format!(":{v}")).unwrap_or_default()),
-            )),
+            (v, m) => Err(not_a_method(&m, &format!("{name}{}", v.map(|v| format!(":{v}")).unwrap_or_default()))),
         }
     })
     .await
@@ -212,10 +206,7 @@ pub(crate) async fn objects(
         let q = query(q)?;
         match method {
             Method::GET => Ok(json(&store.list_objects(&caller, &name, &list_request(&q)?).await?)),
-            _ => Err(ApiError::new(
-                keyhold_api::Code::Unimplemented,
-                format!("{method} {path} is not a method of the store."),
-            )),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -268,10 +259,7 @@ pub(crate) async fn object(
                 store.delete_object(&caller, &name, &object).await?;
                 Ok(json(&serde_json::json!({})))
             }
-            _ => Err(ApiError::new(
-                keyhold_api::Code::Unimplemented,
-                format!("{method} {path} is not a method of the store."),
-            )),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -297,7 +285,7 @@ pub(crate) async fn org_policies(
                 let policy: OrgPolicy = parse_body(&bytes)?;
                 Ok(json(&state.kms.set_org_policy(&caller, &policy).await?))
             }
-            _ => Err(ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {path} is not a method."))),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -332,7 +320,7 @@ pub(crate) async fn org_policy(
                 state.kms.delete_org_policy(&caller, &name).await?;
                 Ok(json(&serde_json::json!({})))
             }
-            _ => Err(ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {name} is not a method."))),
+            _ => Err(not_a_method(&method, name)),
         }
     })
     .await
@@ -376,6 +364,26 @@ pub(crate) async fn search_protected_resources(
         let next_page_token = if rest.len() > size { rest[size - 1].name.clone() } else { String::new() };
         let protected_resources = rest.into_iter().take(size).collect();
         Ok(json(&keyhold_store::model::SearchProtectedResourcesResponse { protected_resources, next_page_token }))
+    })
+    .await
+}
+
+/// `POST /v1/projects/P/exports:reconcile` (finding 10): the project's export registry
+/// against the files in its export directory.
+pub(crate) async fn reconcile_exports(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path(project): Path<String>,
+) -> Response {
+    let path = format!("projects/{project}/exports:reconcile");
+    let (path, state, headers) = (&path, &state, &headers);
+    with_caller(state, headers, path, |caller| async move {
+        let store = store(state)?;
+        if method != Method::POST {
+            return Err(not_a_method(&method, path));
+        }
+        Ok(json(&store.reconcile_exports(&caller, &project).await?))
     })
     .await
 }
@@ -437,8 +445,14 @@ where
     .await
 }
 
+/// A known path with a method it does not have: `404 NOT_FOUND`, as the KMS paths answer
+/// (finding 6; Google's front end answers an unknown method on a known path the same way),
+/// so that a client sees one behaviour whichever API it calls.
 fn not_a_method(method: &Method, path: &str) -> ApiError {
-    ApiError::new(keyhold_api::Code::Unimplemented, format!("{method} {path} is not a method of the store."))
+    ApiError::new(
+        keyhold_api::Code::NotFound,
+        format!("No method {method} {path}; see docs/api.md for the methods Keyhold serves."),
+    )
 }
 
 /// `/v1/projects/P/locations/L/instances/I/backups`: list, create ([C8]). The encryption

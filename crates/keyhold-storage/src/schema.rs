@@ -218,6 +218,31 @@ CREATE TABLE IF NOT EXISTS store_exports (
 CREATE INDEX IF NOT EXISTS store_exports_by_key ON store_exports (kms_key);
 ";
 
+/// Who is doing the store's unfinished work (hardening finding 6), so that a node starting
+/// after a crash deletes what the crash left at once without touching an upload or build that
+/// another node is still writing. Each store process is a node (a random ID per start) that
+/// records a heartbeat every few seconds; each upload and build records its node. Work whose
+/// node is gone (no heartbeat within the lease) is what a crash left. Additive tables: older
+/// builds keep working on a database that has them (their work has no owner row, and is then
+/// cleaned up only after an hour, the rule they follow themselves), so no version bump.
+const DDL_V5_OWNERS: &str = "
+CREATE TABLE IF NOT EXISTS store_nodes (
+    node            TEXT PRIMARY KEY,
+    heartbeat_nanos BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS store_exports_missing (
+    name        TEXT PRIMARY KEY,
+    since_nanos BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS store_work_owners (
+    resource   TEXT NOT NULL,
+    object     TEXT NOT NULL,
+    generation BIGINT NOT NULL,
+    node       TEXT NOT NULL,
+    PRIMARY KEY (resource, object, generation)
+);
+";
+
 /// The audit log refuses updates and deletes (tampering then needs a deliberate `DROP TRIGGER`,
 /// and still breaks the hash chain).
 pub(crate) const SQLITE_TRIGGERS: &str = "
@@ -241,7 +266,14 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 
 /// The DDL with the dialect's binary column type.
 pub(crate) fn ddl(blob_type: &str) -> String {
-    format!("{}{}{}{}", DDL_V1.replace("{blob}", blob_type), DDL_V2, DDL_V3.replace("{blob}", blob_type), DDL_V4)
+    format!(
+        "{}{}{}{}{}",
+        DDL_V1.replace("{blob}", blob_type),
+        DDL_V2,
+        DDL_V3.replace("{blob}", blob_type),
+        DDL_V4,
+        DDL_V5_OWNERS
+    )
 }
 
 /// Records the schema version after migrating an older database.
@@ -393,8 +425,6 @@ pub(crate) const NAME_CLAIMED: &str = "SELECT 1 FROM store_names WHERE resource 
 pub(crate) const DELETE_NAME: &str = "DELETE FROM store_names WHERE resource = $1";
 pub(crate) const CLAIM_NAME: &str = "INSERT INTO store_names (resource, state, start_nanos) VALUES ($1, $2, $3)";
 pub(crate) const NAME_BUILT: &str = "UPDATE store_names SET state = 'LIVE' WHERE resource = $1 AND state = 'BUILDING'";
-pub(crate) const STALE_BUILDS: &str =
-    "SELECT resource FROM store_names WHERE state = 'BUILDING' AND start_nanos < $1 ORDER BY start_nanos";
 
 /// Takes the lock that orders a snapshot (pin) against the commits that delete chunks of an
 /// instance (PostgreSQL; SQLite runs one transaction at a time). Writers share it.
@@ -442,8 +472,19 @@ pub(crate) const DELETE_BACKUP: &str = "DELETE FROM store_backups WHERE name = $
 pub(crate) const INSERT_EXPORT: &str = "INSERT INTO store_exports \
      (name, instance, kms_key, key_version, destination, size_bytes, object_count, create_nanos) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// The exports under a key whose file is there (finding 10: one whose file is gone protects
+/// nothing, and is left out until its file comes back).
 pub(crate) const EXPORTS_BY_KEY: &str = "SELECT name, instance, kms_key, key_version, destination, size_bytes, \
-     object_count, create_nanos FROM store_exports WHERE kms_key = $1 ORDER BY name";
+     object_count, create_nanos FROM store_exports WHERE kms_key = $1 \
+     AND name NOT IN (SELECT name FROM store_exports_missing) ORDER BY name";
+/// Every export of instances whose name starts with `$1`, and whether its file was found gone.
+pub(crate) const EXPORTS_UNDER: &str = "SELECT e.name, e.instance, e.kms_key, e.key_version, e.destination, \
+     e.size_bytes, e.object_count, e.create_nanos, CASE WHEN m.name IS NULL THEN 0 ELSE 1 END \
+     FROM store_exports e LEFT JOIN store_exports_missing m ON m.name = e.name \
+     WHERE substr(e.instance, 1, length(CAST($1 AS TEXT))) = CAST($1 AS TEXT) ORDER BY e.name";
+pub(crate) const MARK_EXPORT_MISSING: &str =
+    "INSERT INTO store_exports_missing (name, since_nanos) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+pub(crate) const MARK_EXPORT_PRESENT: &str = "DELETE FROM store_exports_missing WHERE name = $1";
 pub(crate) const DELETE_INSTANCE_CHUNKS: &str = "DELETE FROM store_chunks WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_OBJECTS: &str = "DELETE FROM store_objects WHERE instance = $1";
 pub(crate) const DELETE_INSTANCE_UPLOADS: &str = "DELETE FROM store_uploads WHERE instance = $1";
@@ -479,8 +520,32 @@ pub(crate) const DELETE_DEAD_CHUNKS: &str = "DELETE FROM store_chunks WHERE inst
      AND generation NOT IN (SELECT generation FROM store_pins WHERE instance = $1 AND name = $2)";
 pub(crate) const DELETE_UPLOAD_CHUNKS: &str =
     "DELETE FROM store_chunks WHERE instance = $1 AND object = $2 AND generation = $3";
-pub(crate) const STALE_UPLOADS: &str =
-    "SELECT instance, object, generation FROM store_uploads WHERE start_nanos < $1 ORDER BY start_nanos";
+/// Records which node does a piece of work: an upload (`$2` object, `$3` generation) or a
+/// build (object `''`, generation 0).
+pub(crate) const OWN_WORK: &str =
+    "INSERT INTO store_work_owners (resource, object, generation, node) VALUES ($1, $2, $3, $4)";
+pub(crate) const END_WORK: &str =
+    "DELETE FROM store_work_owners WHERE resource = $1 AND object = $2 AND generation = $3";
+pub(crate) const DELETE_RESOURCE_WORK: &str = "DELETE FROM store_work_owners WHERE resource = $1";
+pub(crate) const HEARTBEAT: &str = "INSERT INTO store_nodes (node, heartbeat_nanos) VALUES ($1, $2) \
+     ON CONFLICT (node) DO UPDATE SET heartbeat_nanos = excluded.heartbeat_nanos";
+pub(crate) const DELETE_DEAD_NODES: &str = "DELETE FROM store_nodes WHERE heartbeat_nanos < $1 AND node <> $2";
+/// Uploads no live node is writing: another node's (`$1` is this one) whose heartbeat is older
+/// than `$2` (or which never recorded one, begun before `$2`), and ownerless ones (written by
+/// an older build) begun before `$3`.
+pub(crate) const ORPHANED_UPLOADS: &str = "SELECT u.instance, u.object, u.generation FROM store_uploads u \
+     LEFT JOIN store_work_owners w ON w.resource = u.instance AND w.object = u.object AND w.generation = u.generation \
+     LEFT JOIN store_nodes n ON n.node = w.node \
+     WHERE (w.node IS NULL AND u.start_nanos < $3) \
+        OR (w.node <> $1 AND (n.heartbeat_nanos < $2 OR (n.node IS NULL AND u.start_nanos < $2))) \
+     ORDER BY u.start_nanos";
+/// The same for builds (restores, clones, imports, replicas, backups).
+pub(crate) const ORPHANED_BUILDS: &str = "SELECT b.resource FROM store_names b \
+     LEFT JOIN store_work_owners w ON w.resource = b.resource AND w.object = '' AND w.generation = 0 \
+     LEFT JOIN store_nodes n ON n.node = w.node \
+     WHERE b.state = 'BUILDING' AND ((w.node IS NULL AND b.start_nanos < $3) \
+        OR (w.node <> $1 AND (n.heartbeat_nanos < $2 OR (n.node IS NULL AND b.start_nanos < $2)))) \
+     ORDER BY b.start_nanos";
 pub(crate) const GET_OBJECT: &str = "SELECT name, generation, size, chunk_count, kek_id, content_type, create_nanos, \
      update_nanos FROM store_objects WHERE instance = $1 AND name = $2";
 pub(crate) const LIST_OBJECTS: &str = "SELECT name, generation, size, chunk_count, kek_id, content_type, create_nanos, \

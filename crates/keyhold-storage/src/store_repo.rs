@@ -194,12 +194,12 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         Ok(n > 0)
     }
 
-    async fn begin_pending(&self, name: &str, now: Timestamp) -> Result<(), StoreError> {
+    async fn begin_pending(&self, name: &str, node: &str, now: Timestamp) -> Result<(), StoreError> {
         let tx = self.backend().begin().await?;
-        tx.execute_many_and_commit(vec![(
-            CLAIM_NAME,
-            vec![text(name), text("BUILDING"), Value::Int(now.unix_nanos_i64())],
-        )])
+        tx.execute_many_and_commit(vec![
+            (CLAIM_NAME, vec![text(name), text("BUILDING"), Value::Int(now.unix_nanos_i64())]),
+            (OWN_WORK, vec![text(name), text(""), int(0), text(node)]),
+        ])
         .await
     }
 
@@ -209,7 +209,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         if tx.execute(NAME_BUILT, vec![text(&name)]).await? != 1 {
             return Err(StoreError::Conflict);
         }
-        let mut statements = vec![(INSERT_INSTANCE, instance_params(instance)?)];
+        let mut statements =
+            vec![(INSERT_INSTANCE, instance_params(instance)?), (END_WORK, vec![text(&name), text(""), int(0)])];
         if let Some(primary) = &instance.replica_of {
             statements.push((INSERT_REPLICA, vec![text(&name), text(primary)]));
         }
@@ -228,9 +229,38 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         self.backend().begin().await?.execute_many_and_commit(statements).await
     }
 
-    async fn stale_pending(&self, before: Timestamp) -> Result<Vec<String>, StoreError> {
-        let rows = self.backend().read().await?.query(STALE_BUILDS, vec![Value::Int(before.unix_nanos_i64())]).await?;
-        rows.iter().map(|r| Ok(r[0].text()?.to_string())).collect()
+    fn single_process(&self) -> bool {
+        // SQLite: one server process per database file (other nodes share PostgreSQL).
+        self.backend().serializes_transactions()
+    }
+
+    async fn heartbeat(&self, node: &str, now: Timestamp, forget_before: Timestamp) -> Result<(), StoreError> {
+        let tx = self.backend().begin().await?;
+        tx.execute_many_and_commit(vec![
+            (HEARTBEAT, vec![text(node), Value::Int(now.unix_nanos_i64())]),
+            (DELETE_DEAD_NODES, vec![Value::Int(forget_before.unix_nanos_i64()), text(node)]),
+        ])
+        .await
+    }
+
+    async fn orphaned_work(
+        &self,
+        node: &str,
+        dead_before: Timestamp,
+        ownerless_before: Timestamp,
+    ) -> Result<(Vec<(String, String, u64)>, Vec<String>), StoreError> {
+        let params = || {
+            vec![text(node), Value::Int(dead_before.unix_nanos_i64()), Value::Int(ownerless_before.unix_nanos_i64())]
+        };
+        let mut read = self.backend().read().await?;
+        let uploads = read.query(ORPHANED_UPLOADS, params()).await?;
+        let builds = read.query(ORPHANED_BUILDS, params()).await?;
+        let uploads = uploads
+            .iter()
+            .map(|r| Ok((r[0].text()?.to_string(), r[1].text()?.to_string(), r[2].int()? as u64)))
+            .collect::<Result<_, StoreError>>()?;
+        let builds = builds.iter().map(|r| Ok(r[0].text()?.to_string())).collect::<Result<_, StoreError>>()?;
+        Ok((uploads, builds))
     }
 
     async fn pin_objects(&self, instance: &str, pin: &str) -> Result<(), StoreError> {
@@ -264,7 +294,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         .await
     }
 
-    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord) -> Result<(), StoreError> {
+    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord, node: &str) -> Result<(), StoreError> {
         let params = vec![
             text(&backup.name),
             text(&backup.instance),
@@ -285,6 +315,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
                 ),
                 (INSERT_BACKUP, params),
                 (INSERT_KEK, kek_params(&backup.name, kek)),
+                (OWN_WORK, vec![text(&backup.name), text(""), int(0), text(node)]),
             ])
             .await
     }
@@ -296,6 +327,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             .execute_many_and_commit(vec![
                 (FINISH_BACKUP, vec![text(name), int(size_bytes), int(object_count)]),
                 (NAME_BUILT, vec![text(name)]),
+                (END_WORK, vec![text(name), text(""), int(0)]),
             ])
             .await
     }
@@ -360,6 +392,20 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         self.backend().read().await?.query(EXPORTS_BY_KEY, vec![text(key)]).await?.iter().map(export_record).collect()
     }
 
+    async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, StoreError> {
+        let rows = self.backend().read().await?.query(EXPORTS_UNDER, vec![text(prefix)]).await?;
+        rows.iter().map(|r| Ok((export_record(r)?, r[8].int()? != 0))).collect()
+    }
+
+    async fn set_export_missing(&self, name: &str, missing: bool, now: Timestamp) -> Result<(), StoreError> {
+        let statement = if missing {
+            (MARK_EXPORT_MISSING, vec![text(name), Value::Int(now.unix_nanos_i64())])
+        } else {
+            (MARK_EXPORT_PRESENT, vec![text(name)])
+        };
+        self.backend().begin().await?.execute_many_and_commit(vec![statement]).await
+    }
+
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, StoreError> {
         self.backend().read().await?.query(LIST_KEKS, vec![text(instance)]).await?.iter().map(kek_record).collect()
     }
@@ -395,13 +441,14 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         instance: &str,
         object: &str,
         generation: u64,
+        node: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         let tx = self.backend().begin().await?;
-        tx.execute_many_and_commit(vec![(
-            BEGIN_UPLOAD,
-            vec![text(instance), text(object), int(generation), Value::Int(now.unix_nanos_i64())],
-        )])
+        tx.execute_many_and_commit(vec![
+            (BEGIN_UPLOAD, vec![text(instance), text(object), int(generation), Value::Int(now.unix_nanos_i64())]),
+            (OWN_WORK, vec![text(instance), text(object), int(generation), text(node)]),
+        ])
         .await
     }
 
@@ -458,7 +505,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             }
         }
         let key = || vec![text(instance), text(&object.name), int(object.generation)];
-        tx.execute_many_and_commit(vec![(END_UPLOAD, key()), (DELETE_DEAD_CHUNKS, key())]).await
+        tx.execute_many_and_commit(vec![(END_UPLOAD, key()), (END_WORK, key()), (DELETE_DEAD_CHUNKS, key())]).await
     }
 
     async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), StoreError> {
@@ -466,13 +513,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         self.backend()
             .begin()
             .await?
-            .execute_many_and_commit(vec![(DELETE_UPLOAD_CHUNKS, key()), (END_UPLOAD, key())])
+            .execute_many_and_commit(vec![(DELETE_UPLOAD_CHUNKS, key()), (END_UPLOAD, key()), (END_WORK, key())])
             .await
-    }
-
-    async fn stale_uploads(&self, before: Timestamp) -> Result<Vec<(String, String, u64)>, StoreError> {
-        let rows = self.backend().read().await?.query(STALE_UPLOADS, vec![Value::Int(before.unix_nanos_i64())]).await?;
-        rows.iter().map(|r| Ok((r[0].text()?.to_string(), r[1].text()?.to_string(), r[2].int()? as u64))).collect()
     }
 
     async fn object(&self, instance: &str, name: &str) -> Result<Option<ObjectRecord>, StoreError> {
@@ -534,7 +576,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
 
 /// Everything stored under a resource's name: what deleting an instance or discarding a build
 /// or backup removes.
-const RESOURCE_DATA: [&str; 6] = [
+const RESOURCE_DATA: [&str; 7] = [
+    DELETE_RESOURCE_WORK,
     DELETE_INSTANCE_CHUNKS,
     DELETE_INSTANCE_OBJECTS,
     DELETE_INSTANCE_UPLOADS,

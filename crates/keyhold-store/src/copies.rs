@@ -15,6 +15,7 @@
 //! only when complete; a failure (or a crash, cleaned up at the next start) leaves nothing.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,6 +33,35 @@ use crate::service::{
     COPY_CHUNKS_PER_WRITE, ListRequest, ObjectMeta, Op, Store, Vault, decode_token, encode_token, guard_error,
     page_size,
 };
+
+/// Creates `dir` and any missing parent up to the export directory `root`, and makes every
+/// directory below the export directory on the way to `dir` (the project's, and those under it)
+/// 0700 whatever the umask (finding 4: an archive's directory must not list or expose it to
+/// other users of the machine). The export directory itself is made 0700 only when this creates
+/// it: an operator may point `--store-export-dir` at a directory whose mode is theirs to choose
+/// (the project directories below it keep the archives private either way).
+async fn private_dirs(root: Option<&Path>, dir: &Path) -> std::io::Result<()> {
+    let root_existed = match root {
+        Some(r) => tokio::fs::try_exists(r).await?,
+        None => true,
+    };
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    builder.create(dir).await?;
+    let private = std::fs::Permissions::from_mode(0o700);
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if Some(d) == root {
+            if !root_existed {
+                tokio::fs::set_permissions(d, private.clone()).await?;
+            }
+            break;
+        }
+        tokio::fs::set_permissions(d, private.clone()).await?;
+        at = d.parent().filter(|p| root.is_some_and(|r| p.starts_with(r)));
+    }
+    Ok(())
+}
 
 /// Objects read per page while copying.
 const PAGE: u64 = 100;
@@ -164,7 +194,7 @@ impl Store {
                 version_time: now,
                 create_time: now,
             };
-            match self.repo.insert_backup(&backup, &KekRecord { id: 1, wrapped: wrapped.clone(), create_time: now }).await
+            match self.repo.insert_backup(&backup, &KekRecord { id: 1, wrapped: wrapped.clone(), create_time: now }, &self.node).await
             {
                 Err(RepoError::AlreadyExists) => {
                     return Err(StoreError::AlreadyExists(format!("Backup {name} already exists.")));
@@ -350,7 +380,12 @@ impl Store {
             if req.backup.is_empty() {
                 return Err(StoreError::InvalidArgument("backup is required: the backup's full name.".into()));
             }
-            let backup = self.backup_record(&req.backup).await?;
+            let (_, backup_name) = parse_backup_name(&req.backup)?;
+            // Finding 2(b): the caller must be allowed to restore the backup itself, not only
+            // to create in the destination; checked before the backup is looked up.
+            let dest_project = name.project.clone();
+            self.on_source(caller, "RestoreInstance", &dest_project, &backup_name, role::BACKUPS_RESTORE, async {
+            let backup = self.backup_record(&backup_name).await?;
             if backup.state != "READY" {
                 return Err(StoreError::FailedPrecondition(format!(
                     "Backup {} is still being created; restore it when it is READY.",
@@ -379,6 +414,8 @@ impl Store {
             let store = self.clone();
             self.build_instance(name, kms_key, req.labels, None, move |dest| async move {
                 store.copy_all(&source, &dest).await
+            })
+            .await
             })
             .await
         })
@@ -449,7 +486,7 @@ impl Store {
         let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);
         let (kek, wrapped) = guard.new_kek().await.map_err(|e| guard_error(kms_key.as_deref(), e))?;
         let now = Timestamp::now();
-        match self.repo.begin_pending(&resource, now).await {
+        match self.repo.begin_pending(&resource, &self.node, now).await {
             Err(RepoError::AlreadyExists) => {
                 return Err(StoreError::AlreadyExists(format!(
                     "Instance {resource} already exists or is being created."
@@ -486,11 +523,31 @@ impl Store {
     /// location. It starts empty and catches up in the background (`lastSyncTime`).
     pub(crate) async fn create_replica(
         &self,
+        caller: &Caller,
         name: InstanceName,
         primary: &str,
         kms_key: Option<String>,
         labels: BTreeMap<String, String>,
     ) -> Result<Instance, StoreError> {
+        let primary_name: InstanceName = primary.parse().map_err(|e: StoreError| match e {
+            StoreError::InvalidArgument(m) => StoreError::InvalidArgument(format!("replicaOf: {m}")),
+            other => other,
+        })?;
+        if primary_name.project != name.project {
+            // Finding 2(b): refused before the primary is looked up, and only after the
+            // caller's permission on it is checked (audited in its project), so that nothing
+            // about another project's instances is revealed to a caller with no role there.
+            let refusal = StoreError::FailedPrecondition(format!(
+                "A replica must be in its primary's project ({}); {} is in {}.",
+                primary_name.project, name, name.project
+            ));
+            let primary = primary_name.to_string();
+            return self
+                .on_source(caller, "CreateInstance", &name.project, &primary, role::INSTANCES_CLONE, async {
+                    Err(refusal)
+                })
+                .await;
+        }
         let primary = self.instance_record(primary).await.map_err(|e| match e {
             StoreError::NotFound(m) => StoreError::FailedPrecondition(format!("replicaOf: {m}")),
             other => other,
@@ -623,39 +680,171 @@ impl Store {
 
     // ---- export / import ----------------------------------------------------------------------
 
-    /// The file an export writes or an import reads: inside the export directory, whatever the
-    /// request says.
-    fn archive_path(&self, given: &str) -> Result<PathBuf, StoreError> {
+    /// The directory of `project`'s archives: `EXPORT_DIR/PROJECT` (finding 2(a): every project
+    /// has its own, so that no project can name, read or import another's archives).
+    pub(crate) fn project_export_dir(&self, project: &str) -> Result<PathBuf, StoreError> {
         let dir = self.config.export_dir.as_deref().ok_or_else(|| {
             StoreError::FailedPrecondition(
-                "Export and import are off: start the server with --store-export-dir DIR (archives are written and read only inside DIR).".into(),
+                "Export and import are off: start the server with --store-export-dir DIR (archives are written and read only inside DIR/PROJECT).".into(),
             )
         })?;
         // Absolute, so that answers and the export registry name the file unambiguously.
-        let dir = &std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        // Project IDs are checked by the name parser; this keeps a bad one from ever being a path.
+        if project.is_empty() || project.starts_with('.') || project.contains(['/', '\\']) {
+            return Err(StoreError::InvalidArgument(format!("\"{project}\" is not a project ID.")));
+        }
+        Ok(dir.join(project))
+    }
+
+    /// The file an export of `project` writes or an import into it reads: inside the project's
+    /// export directory `EXPORT_DIR/PROJECT`, whatever the request says (finding 2(a)).
+    fn archive_path(&self, project: &str, given: &str) -> Result<PathBuf, StoreError> {
+        let dir = &self.project_export_dir(project)?;
         let given = given.strip_prefix("file://").unwrap_or(given);
         if given.is_empty() {
-            return Err(StoreError::InvalidArgument(
-                "A file name is required (relative to the export directory).".into(),
-            ));
+            return Err(StoreError::InvalidArgument(format!(
+                "A file name is required (relative to the project's export directory {}).",
+                dir.display()
+            )));
         }
         let path = Path::new(given);
         let relative = if path.is_absolute() {
             path.strip_prefix(dir).map_err(|_| {
                 StoreError::InvalidArgument(format!(
-                    "{given} is outside the export directory {}; give a path inside it (or relative to it).",
+                    "{given} is outside the export directory of project {project} ({}); give a path inside it (or relative to it).",
                     dir.display()
                 ))
             })?
         } else {
             path
         };
-        if relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        if relative.as_os_str().is_empty()
+            || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
             return Err(StoreError::InvalidArgument(format!(
-                "{given}: use a plain relative path inside the export directory (no \"..\")."
+                "{given}: use a plain relative path inside the project's export directory (no \"..\")."
             )));
         }
         Ok(dir.join(relative))
+    }
+
+    /// `projects/P/exports:reconcile` (finding 10): brings the export registry of project P in
+    /// line with the files in its export directory. A registered export whose file is gone is
+    /// marked missing (and left out of what its key protects, [K12]); marked, not deleted, so
+    /// that a directory unmounted for a moment loses nothing: the mark goes when the file is
+    /// back. A file no export wrote is reported, never deleted.
+    pub async fn reconcile_exports(
+        &self,
+        caller: &Caller,
+        project: &str,
+    ) -> Result<ReconcileExportsResponse, StoreError> {
+        let op = Op {
+            method: "ReconcileExports",
+            resource: format!("projects/{project}"),
+            permission: role::INSTANCES_EXPORT,
+            kind: AuditKind::Activity,
+        };
+        self.call(caller, op, self.reconcile_project_exports(project)).await
+    }
+
+    async fn reconcile_project_exports(&self, project: &str) -> Result<ReconcileExportsResponse, StoreError> {
+        let dir = self.project_export_dir(project)?;
+        let mut out = ReconcileExportsResponse::default();
+        let mut registered = HashSet::new();
+        for (export, was_missing) in self.repo.exports_under(&format!("projects/{project}/")).await? {
+            let path = PathBuf::from(&export.destination);
+            registered.insert(path.clone());
+            let there = tokio::fs::try_exists(&path)
+                .await
+                .map_err(|e| StoreError::FailedPrecondition(format!("Cannot look for {}: {e}", path.display())))?;
+            match (there, was_missing) {
+                (true, false) => out.present.push(export.name),
+                (true, true) => {
+                    self.repo.set_export_missing(&export.name, false, Timestamp::now()).await?;
+                    out.returned.push(export.name);
+                }
+                (false, _) => {
+                    if !was_missing {
+                        tracing::warn!(export = %export.name, file = %path.display(), "the file of an export is gone; marked missing");
+                        self.repo.set_export_missing(&export.name, true, Timestamp::now()).await?;
+                    }
+                    out.missing.insert(export.name, export.destination);
+                }
+            }
+        }
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let mut entries = match tokio::fs::read_dir(&d).await {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::FailedPrecondition(format!("Cannot list {}: {e}", d.display()))),
+            };
+            while let Some(entry) = entries
+                .next_entry()
+                .await
+                .map_err(|e| StoreError::FailedPrecondition(format!("Cannot list {}: {e}", d.display())))?
+            {
+                let path = entry.path();
+                let kind = entry.file_type().await.map_err(|e| StoreError::FailedPrecondition(e.to_string()))?;
+                let partial = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".partial"));
+                if kind.is_dir() {
+                    stack.push(path);
+                } else if partial {
+                    out.partial.push(path.display().to_string());
+                } else if !registered.contains(&path) {
+                    out.unregistered.push(path.display().to_string());
+                }
+            }
+        }
+        out.unregistered.sort();
+        out.partial.sort();
+        Ok(out)
+    }
+
+    /// Reconciles the export registry of every project with a directory or an export, at
+    /// start (finding 10); logs what it found.
+    pub async fn reconcile_all_exports(&self) -> Result<(), StoreError> {
+        let Some(root) = self.config.export_dir.as_deref() else { return Ok(()) };
+        let mut projects: std::collections::BTreeSet<String> = self
+            .repo
+            .exports_under("")
+            .await?
+            .into_iter()
+            .filter_map(|(e, _)| e.instance.parse::<InstanceName>().ok().map(|n| n.project))
+            .collect();
+        if let Ok(mut entries) = tokio::fs::read_dir(root).await {
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if entry.file_type().await.is_ok_and(|t| t.is_dir()) {
+                    projects.insert(name);
+                } else {
+                    tracing::warn!(file = %entry.path().display(), "a file directly in the export directory: exports are in EXPORT_DIR/PROJECT (move it into its project's directory to import it)");
+                }
+            }
+        }
+        for project in projects {
+            let r = match self.reconcile_project_exports(&project).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(%project, error = %e, "cannot reconcile the project's exports");
+                    continue;
+                }
+            };
+            for (name, file) in &r.missing {
+                tracing::warn!(export = %name, %file, "export registered, but its file is gone (marked missing)");
+            }
+            for file in &r.unregistered {
+                tracing::warn!(%file, %project, "file in the export directory with no export registered (kept)");
+            }
+            for file in &r.partial {
+                tracing::info!(%file, "temporary file of an export under way or interrupted (kept)");
+            }
+        }
+        Ok(())
     }
 
     /// `instances/ID:export` ([C9]): a snapshot of the instance in a `keyhold-archive/v1` file,
@@ -695,7 +884,7 @@ impl Store {
                     ))
                 })?),
             };
-            let path = self.archive_path(&req.destination)?;
+            let path = self.archive_path(&record.name.project, &req.destination)?;
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
                 return Err(StoreError::AlreadyExists(format!("{} exists; exports never overwrite a file.", path.display())));
             }
@@ -755,7 +944,9 @@ impl Store {
     ) -> Result<crate::archive::ArchiveSummary, StoreError> {
         let io = |e: std::io::Error| StoreError::FailedPrecondition(format!("Cannot write {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(io)?;
+            let root =
+                self.config.export_dir.as_deref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf()));
+            private_dirs(root.as_deref(), dir).await.map_err(io)?;
         }
         let tmp = path.with_file_name(format!(
             ".{}.{}.partial",
@@ -763,7 +954,12 @@ impl Store {
             header.id
         ));
         let result = async {
-            let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).await.map_err(io)?;
+            // Finding 4: archives hold customer data (in the clear, for a plaintext one): 0600
+            // from the first byte, whatever the umask (which can only narrow `mode`; the
+            // explicit chmod covers a umask that would take the owner's own bits).
+            let file =
+                tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).await.map_err(io)?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600)).await.map_err(io)?;
             let out = tokio::io::BufWriter::with_capacity(1 << 20, file);
             let mut writer = ArchiveWriter::start(out, header, kek).await?;
             let pin = header.resource();
@@ -831,12 +1027,30 @@ impl Store {
         };
         self.call(caller, op, async {
             let name = self.new_instance_name(parent, &req.instance_id)?;
-            let path = self.archive_path(&req.source)?;
+            let path = self.archive_path(&name.project, &req.source)?;
             let file = tokio::fs::File::open(&path)
                 .await
                 .map_err(|e| StoreError::FailedPrecondition(format!("Cannot read {}: {e}", path.display())))?;
             let mut input = tokio::io::BufReader::with_capacity(1 << 20, file);
             let header = read_header(&mut input).await?;
+            let source: InstanceName = header.source.parse().map_err(|_| {
+                StoreError::FailedPrecondition(format!(
+                    "The archive's source \"{}\" is not an instance name: this is not an archive Keyhold wrote.",
+                    header.source
+                ))
+            })?;
+            // Finding 2(a): a plaintext archive carries no key that could say who may open it,
+            // so it goes back only into the project that exported it.
+            if header.kms_key.is_none() && source.project != name.project {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "{} is a plaintext archive of project {}: a plaintext archive can be imported only into the project that exported it. \
+                     To move data across projects, export it encrypted under a key (kmsKey) that the destination project's service agent may use.",
+                    path.display(),
+                    source.project
+                )));
+            }
+            let (source, dest_project) = (source.to_string(), name.project.clone());
+            self.on_source(caller, "ImportInstance", &dest_project, &source, role::INSTANCES_EXPORT, async {
             let kek = match (&header.kms_key, &header.wrapped_kek) {
                 (None, _) => None,
                 (Some(_), None) => return Err(StoreError::FailedPrecondition("The archive names a key but holds no wrapped key.".into())),
@@ -898,6 +1112,8 @@ impl Store {
                     };
                 }
                 Ok(())
+            })
+            .await
             })
             .await
         })

@@ -545,3 +545,23 @@ impl ProtectedResourcesSummary {
         }
     }
 }
+
+/// Answer of `projects/P/exports:reconcile` (finding 10): the export registry of a project
+/// against the files in its export directory.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileExportsResponse {
+    /// Registered exports whose file is there.
+    pub present: Vec<String>,
+    /// Registered exports whose file is gone: left out of what their key protects ([K12]) until
+    /// the file is back. `name -> file`.
+    pub missing: BTreeMap<String, String>,
+    /// Registered exports found gone before and there again now.
+    pub returned: Vec<String>,
+    /// Files in the project's export directory that no export of the project wrote (copied in
+    /// by hand, say): reported, never deleted.
+    pub unregistered: Vec<String>,
+    /// Temporary files of exports under way, or of exports a crash interrupted: reported, not
+    /// deleted (another node sharing the directory may be writing one).
+    pub partial: Vec<String>,
+}

@@ -25,7 +25,8 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// Reserves `name` for a resource being built (a restore, clone, import or replica target,
     /// or a backup): its KEKs and objects are written under the name before the resource
     /// appears. `AlreadyExists` if another build holds the name.
-    async fn begin_pending(&self, name: &str, now: Timestamp) -> Result<(), RepoError>;
+    /// The build is `node`'s work until it finishes (see [`StoreRepository::orphaned_work`]).
+    async fn begin_pending(&self, name: &str, node: &str, now: Timestamp) -> Result<(), RepoError>;
     /// Makes a built instance appear (and, for a replica, records its primary), ending its
     /// reservation.
     async fn finish_pending_instance(&self, instance: &InstanceRecord) -> Result<(), RepoError>;
@@ -33,8 +34,21 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// chunks, uploads, snapshot pins, the backup row and the name's claim. Only for a name
     /// the caller holds (a build's reservation, or a backup).
     async fn discard(&self, name: &str) -> Result<(), RepoError>;
-    /// Builds reserved before `before` and never finished (their process died).
-    async fn stale_pending(&self, before: Timestamp) -> Result<Vec<String>, RepoError>;
+    /// Whether one process at most uses this database (SQLite), so that at start every
+    /// unfinished upload or build is what a crash left.
+    fn single_process(&self) -> bool;
+    /// Records that `node` is alive at `now`, and forgets nodes silent since `forget_before`.
+    async fn heartbeat(&self, node: &str, now: Timestamp, forget_before: Timestamp) -> Result<(), RepoError>;
+    /// Unfinished uploads (instance, object, generation) and builds (names) no live node is
+    /// doing: those of another node than `node` whose last heartbeat is before `dead_before`
+    /// (or which has none, begun before `dead_before`), and those with no recorded node (an
+    /// older build's) begun before `ownerless_before`.
+    async fn orphaned_work(
+        &self,
+        node: &str,
+        dead_before: Timestamp,
+        ownerless_before: Timestamp,
+    ) -> Result<(Vec<(String, String, u64)>, Vec<String>), RepoError>;
 
     /// Snapshots `instance`'s objects for the copy `pin`: their current generations (chunks
     /// and KEKs) are kept until [`StoreRepository::unpin`], whatever is written meanwhile.
@@ -46,7 +60,8 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     async fn unpin(&self, instance: &str, pin: &str) -> Result<(), RepoError>;
 
     /// Records a backup (state `CREATING`) with its KEK, and reserves its name.
-    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord) -> Result<(), RepoError>;
+    /// The backup is `node`'s work until it is finished.
+    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord, node: &str) -> Result<(), RepoError>;
     /// Marks a backup `READY`, ending its reservation.
     async fn finish_backup(&self, name: &str, size_bytes: u64, object_count: u64) -> Result<(), RepoError>;
     /// A backup by name.
@@ -67,8 +82,15 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
 
     /// Records an export written.
     async fn insert_export(&self, export: &ExportRecord) -> Result<(), RepoError>;
-    /// Every export under the customer key `key` ([K12]).
+    /// Every export under the customer key `key` whose file is there ([K12]).
     async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, RepoError>;
+
+    /// Every export of an instance whose name starts with `prefix` (`projects/P/`, or `""`
+    /// for all), with whether its file was found gone.
+    async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, RepoError>;
+    /// Records that an export's file is gone (left out of [`StoreRepository::exports_by_key`])
+    /// or there again.
+    async fn set_export_missing(&self, name: &str, missing: bool, now: Timestamp) -> Result<(), RepoError>;
 
     /// An instance's KEKs.
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, RepoError>;
@@ -79,12 +101,14 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// Deletes a KEK unless some object still uses it; returns whether it was deleted.
     async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, RepoError>;
 
-    /// Records an upload in progress (so that an interrupted one can be cleaned up).
+    /// Records an upload in progress, `node`'s work (so that an interrupted one can be cleaned
+    /// up).
     async fn begin_upload(
         &self,
         instance: &str,
         object: &str,
         generation: u64,
+        node: &str,
         now: Timestamp,
     ) -> Result<(), RepoError>;
     /// Stores chunks of an upload in progress.
@@ -110,8 +134,6 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     ) -> Result<(), RepoError>;
     /// Deletes an unfinished upload's chunks and record.
     async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), RepoError>;
-    /// Uploads begun before `before` and never finished: (instance, object, generation).
-    async fn stale_uploads(&self, before: Timestamp) -> Result<Vec<(String, String, u64)>, RepoError>;
 
     /// An object's metadata.
     async fn object(&self, instance: &str, name: &str) -> Result<Option<ObjectRecord>, RepoError>;

@@ -102,6 +102,24 @@ pub struct Store {
     pub(crate) replication: Arc<tokio::sync::Notify>,
     /// When each replica last caught up completely (on this node).
     pub(crate) sync_times: std::sync::Mutex<std::collections::HashMap<String, Timestamp>>,
+    /// This process's node ID (random per start): the owner of the uploads and builds it does,
+    /// kept alive by a heartbeat (finding 6).
+    pub(crate) node: String,
+}
+
+/// How often a node records that it is alive (and looks for work crashed nodes left).
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_secs(5);
+/// A node silent this long is dead: what it was writing is deleted by the others. Three
+/// heartbeats, so that a node busy for a moment is not taken for dead.
+pub const NODE_LEASE: Duration = Duration::from_secs(15);
+/// Work with no recorded node (written by a build before nodes were recorded) is deleted after
+/// this long, the rule that build itself follows.
+const OWNERLESS_AGE: Duration = Duration::from_secs(3600);
+/// A dead node's row is dropped after this long (node IDs are new at every start).
+const FORGET_NODES_AFTER: Duration = Duration::from_secs(86_400);
+
+fn ago(d: Duration) -> Timestamp {
+    Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_nanos(-(d.as_nanos() as i128)))
 }
 
 /// What a call was, for its authorization and audit entry.
@@ -110,6 +128,15 @@ pub(crate) struct Op {
     pub resource: String,
     pub permission: Permission,
     pub kind: AuditKind,
+}
+
+fn random_node_id() -> String {
+    let mut b = [0u8; 8];
+    // Without randomness two nodes could share an ID; the time and process ID keep them apart.
+    if keyhold_crypto::random_bytes(&mut b).is_err() {
+        b = (Timestamp::now().unix_nanos_i64() as u64 ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn random_generation() -> Result<u64, StoreError> {
@@ -162,7 +189,9 @@ impl Store {
             config,
             replication: Arc::new(tokio::sync::Notify::new()),
             sync_times: Default::default(),
+            node: random_node_id(),
         });
+        store.spawn_heartbeat();
         store.spawn_replication();
         let weak = Arc::downgrade(&store);
         let mut notices = store.kms.subscribe();
@@ -181,20 +210,56 @@ impl Store {
         store
     }
 
-    /// Deletes uploads, backups and restores (clones, imports, replicas) interrupted more than
-    /// `age` ago: a crash in the middle leaves what they had written so far.
-    pub async fn clean_interrupted_uploads(&self, age: Duration) -> Result<usize, StoreError> {
-        let before = Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_nanos(-(age.as_nanos() as i128)));
-        let stale = self.repo.stale_uploads(before).await?;
-        for (instance, object, generation) in &stale {
+    /// Deletes what a crash left (finding 6), at start: unfinished uploads, backups and
+    /// builds (restores, clones, imports, replicas). On a database only this process uses
+    /// (SQLite) that is every one not this process's; on a shared one (PostgreSQL), those of
+    /// nodes whose heartbeat stopped more than [`NODE_LEASE`] ago (the heartbeat task then
+    /// catches those of a node that died less than a lease ago within a lease), never one a
+    /// live node is writing. Returns how many were deleted.
+    pub async fn clean_up_after_crash(&self) -> Result<usize, StoreError> {
+        self.repo.heartbeat(&self.node, Timestamp::now(), ago(FORGET_NODES_AFTER)).await?;
+        if self.repo.single_process() {
+            let everything = Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(1));
+            self.clean_orphans(everything, everything).await
+        } else {
+            self.clean_orphans(ago(NODE_LEASE), ago(OWNERLESS_AGE)).await
+        }
+    }
+
+    async fn clean_orphans(&self, dead_before: Timestamp, ownerless_before: Timestamp) -> Result<usize, StoreError> {
+        let (uploads, builds) = self.repo.orphaned_work(&self.node, dead_before, ownerless_before).await?;
+        for (instance, object, generation) in &uploads {
+            tracing::warn!(%instance, %object, generation, "deleting the chunks of an upload a crash interrupted");
             self.repo.abort_upload(instance, object, *generation).await?;
         }
-        let builds = self.repo.stale_pending(before).await?;
         for name in &builds {
-            tracing::warn!(resource = %name, "deleting what an interrupted backup, restore, clone or import left");
+            tracing::warn!(resource = %name, "deleting what an interrupted backup, restore, clone, import or replica left");
             self.repo.discard(name).await?;
         }
-        Ok(stale.len() + builds.len())
+        Ok(uploads.len() + builds.len())
+    }
+
+    /// Starts the task that keeps this node alive in the database and, on a shared database,
+    /// deletes what nodes that died left.
+    fn spawn_heartbeat(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { return };
+                if let Err(e) = store.repo.heartbeat(&store.node, Timestamp::now(), ago(FORGET_NODES_AFTER)).await {
+                    tracing::warn!(error = %e, "store: cannot record this node's heartbeat");
+                    continue;
+                }
+                if !store.repo.single_process()
+                    && let Err(e) = store.clean_orphans(ago(NODE_LEASE), ago(OWNERLESS_AGE)).await
+                {
+                    tracing::warn!(error = %e, "store: cannot clean up after a node that died");
+                }
+            }
+        });
     }
 
     /// When `replica` last caught up with its primary (on this node).
@@ -210,6 +275,30 @@ impl Store {
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         self.call_warned(caller, op, None, f).await
+    }
+
+    /// Runs `f`, a copy into project `dest_project` that reads `source` (a backup, an instance,
+    /// an archive's source instance), once the caller is found to hold `permission` on the
+    /// source too (finding 2(b)): a copy must never let a caller read what it could not read
+    /// where it is. Store permissions are granted on projects (store resources carry no policy
+    /// of their own), so within one project the destination's check already decided; across
+    /// projects the source's is a call of its own, refused with `PERMISSION_DENIED` before the
+    /// source is looked up and audited in the source's project, so that its owners see who
+    /// copied (or tried to copy) their data.
+    pub(crate) async fn on_source<T>(
+        &self,
+        caller: &Caller,
+        method: &'static str,
+        dest_project: &str,
+        source: &str,
+        permission: Permission,
+        f: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if keyhold_iam::project_of(source) == Some(dest_project) {
+            return f.await;
+        }
+        let op = Op { method, resource: source.to_string(), permission, kind: AuditKind::Activity };
+        self.call(caller, op, f).await
     }
 
     /// [`Store::call`], with a warning in the audit entry.
@@ -252,11 +341,12 @@ impl Store {
             permission: role::INSTANCES_CREATE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, self.create_instance_authorized(parent, instance_id, req)).await
+        self.call(caller, op, self.create_instance_authorized(caller, parent, instance_id, req)).await
     }
 
     async fn create_instance_authorized(
         &self,
+        caller: &Caller,
         parent: &str,
         instance_id: &str,
         req: CreateInstanceRequest,
@@ -268,7 +358,7 @@ impl Store {
         }
         let kms_key = req.kms_key.filter(|k| !k.is_empty());
         if let Some(primary) = req.replica_of.filter(|p| !p.is_empty()) {
-            return self.create_replica(name, &primary, kms_key, req.labels).await;
+            return self.create_replica(caller, name, &primary, kms_key, req.labels).await;
         }
         let wrapper = self.new_instance_wrapper(&name, kms_key.as_deref()).await?;
         let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);
@@ -802,7 +892,7 @@ impl Store {
             return Ok(());
         }
         if !batch.upload_recorded {
-            self.repo.begin_upload(id.resource, id.object, id.generation, Timestamp::now()).await?;
+            self.repo.begin_upload(id.resource, id.object, id.generation, &self.node, Timestamp::now()).await?;
             batch.upload_recorded = true;
         }
         self.repo.put_chunks(id.resource, id.object, id.generation, batch.first_index, &batch.chunks).await?;

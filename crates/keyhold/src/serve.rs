@@ -326,13 +326,17 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         replication_period: args.store_replication_period.to_std().max(std::time::Duration::from_millis(100)),
     };
     let store = keyhold_store::Store::new(kms.clone(), opened.objects.clone(), agents, store_config);
-    match store.clean_interrupted_uploads(std::time::Duration::from_secs(3600)).await {
+    // Finding 6: what a crash left is deleted now, not an hour later (never what another
+    // node sharing the database is still writing).
+    match store.clean_up_after_crash().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(
-            count = n,
-            "store: removed what uploads, backups and restores interrupted over an hour ago left"
-        ),
+        Ok(n) => tracing::info!(count = n, "store: removed what interrupted uploads, backups and copies left"),
         Err(e) => tracing::warn!(error = %e, "store: cannot clean up interrupted uploads"),
+    }
+    // Finding 10: the export registry against the export directory (`keyhold store exports
+    // reconcile` does the same on demand).
+    if let Err(e) = store.reconcile_all_exports().await {
+        tracing::warn!(error = %e, "store: cannot reconcile the export registry");
     }
     let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
     axum::serve(listener, app)

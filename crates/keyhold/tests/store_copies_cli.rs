@@ -222,7 +222,7 @@ async fn backups_restores_clones_exports_and_replicas_through_the_cli() {
 
     // ---- export / import -------------------------------------------------------------------
     let (out, err) = s.ok(&[&["store", "instances", "export", "db1", "--destination", "a.archive"], LOC].concat());
-    let archive = s.path().join("data").join("exports").join("a.archive");
+    let archive = s.path().join("data").join("exports").join(PROJECT).join("a.archive");
     assert_eq!(err, format!("Exported instance [db1] to [{}].\n", archive.display()));
     assert!(out.contains("encryptionType: CUSTOMER_MANAGED_ENCRYPTION") && out.contains("objectCount: '1'"), "{out}");
     assert!(out.contains(&format!("- {KEY}/cryptoKeyVersions/1")), "{out}");
@@ -233,6 +233,13 @@ async fn backups_restores_clones_exports_and_replicas_through_the_cli() {
     assert!(err.contains("ALREADY_EXISTS") && err.contains("never overwrite"), "{err}");
     let err = s.fails(&[&["store", "instances", "export", "db1", "--destination", "../escape.archive"], LOC].concat());
     assert!(err.contains("INVALID_ARGUMENT"), "{err}");
+    // Finding 10: the registry against the directory, on demand.
+    std::fs::write(archive.with_file_name("stray.bin"), b"x").unwrap();
+    let report = s.json(&["store", "exports", "reconcile"]);
+    assert_eq!(report["present"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(report["unregistered"], json!([archive.with_file_name("stray.bin").display().to_string()]), "{report}");
+    let (_, err) = s.ok(&["store", "exports", "reconcile"]);
+    assert!(err.starts_with(&format!("Reconciled the exports of project [{PROJECT}]: 1 present, 0 missing")), "{err}");
     let err =
         s.fails(&["store", "instances", "export", DB1, "--destination", "p", "--allow-plaintext", "--kms-key", KEY]);
     assert!(err.contains("--allow-plaintext") && err.contains("--kms-key"), "{err}");
@@ -315,4 +322,71 @@ fn until_replicated(s: &Server, object: &str, want: &[u8]) -> Duration {
         assert!(start.elapsed() < Duration::from_secs(10), "{object} not replicated in 10 s; last read: {got:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Finding 4: a server started with umask 000 still writes archives 0600 in directories 0700
+/// (the export directory, the project's, and any below it). The server listens on port 0 and
+/// the test reads the address it bound from its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_are_private_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "umask 000; exec \"$0\" \"$@\"",
+            env!("CARGO_BIN_EXE_keyhold"),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("KEYHOLD_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let proc = Proc { child, port: 0, log: log.clone() };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(port) = text
+            .split("serving the Cloud KMS v1 API on http://127.0.0.1:")
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            break port;
+        }
+        assert!(Instant::now() < deadline, "server did not start: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let run = |args: &[&str]| {
+        let (ok, out, err) = cli(dir.path(), port, args);
+        assert!(ok, "keyhold {}: {out}{err}", args.join(" "));
+    };
+    run(&["store", "instances", "create", "i", "--location", "global"]);
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"contents").unwrap();
+    run(&["store", "objects", "put", "i", "o", "--location", "global", "--file", file.to_str().unwrap()]);
+    run(&[
+        "store",
+        "instances",
+        "export",
+        "i",
+        "--location",
+        "global",
+        "--destination",
+        "d/x.archive",
+        "--allow-plaintext",
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let exports = dir.path().join("data").join("exports");
+    assert_eq!(mode(&exports.join(PROJECT).join("d").join("x.archive")), 0o600);
+    for d in [exports.clone(), exports.join(PROJECT), exports.join(PROJECT).join("d")] {
+        assert_eq!(mode(&d), 0o700, "{}", d.display());
+    }
+    drop(proc);
 }

@@ -70,7 +70,31 @@ pub enum StoreCommand {
     Backups(BackupsArgs),
     /// Upload, download, list and delete the objects of an instance.
     Objects(ObjectsArgs),
+    /// The export registry of a project against the archives in its export directory.
+    Exports(ExportsArgs),
 }
+
+/// `keyhold store exports`.
+#[derive(Args, Debug)]
+pub struct ExportsArgs {
+    /// The command.
+    #[command(subcommand)]
+    pub command: ExportsCommand,
+}
+
+/// Commands under `keyhold store exports`.
+#[derive(Subcommand, Debug)]
+pub enum ExportsCommand {
+    /// Reconcile the project's export registry with the files in its export directory
+    /// (EXPORT_DIR/PROJECT): exports whose file is gone are marked missing (and no longer
+    /// listed as protected by their key until the file is back); files no export wrote are
+    /// listed, never deleted. The server does the same at every start.
+    Reconcile(ExportsReconcile),
+}
+
+/// `keyhold store exports reconcile`.
+#[derive(Args, Debug)]
+pub struct ExportsReconcile {}
 
 /// `keyhold store instances`.
 #[derive(Args, Debug)]
@@ -496,6 +520,9 @@ impl StoreCommand {
                 BackupsCommand::List(_) => "backups.list",
                 BackupsCommand::Delete(_) => "backups.delete",
             },
+            StoreCommand::Exports(a) => match a.command {
+                ExportsCommand::Reconcile(_) => "exports.reconcile",
+            },
             StoreCommand::Objects(a) => match a.command {
                 ObjectsCommand::Put(_) => "objects.put",
                 ObjectsCommand::Get(_) => "objects.get",
@@ -529,6 +556,9 @@ impl StoreCommand {
                 BackupsCommand::Describe(c) => backups_describe(ctx, &c).await,
                 BackupsCommand::List(c) => backups_list(ctx, &c).await,
                 BackupsCommand::Delete(c) => backups_delete(ctx, &c).await,
+            },
+            StoreCommand::Exports(a) => match a.command {
+                ExportsCommand::Reconcile(_) => exports_reconcile(ctx).await,
             },
             StoreCommand::Objects(a) => match a.command {
                 ObjectsCommand::Put(c) => objects_put(ctx, &media, &c).await,
@@ -1105,6 +1135,30 @@ async fn backups_delete(ctx: &Ctx, c: &BackupTarget) -> Result<(), CliError> {
     Ok(())
 }
 
+// ---- exports -------------------------------------------------------------------------------
+
+async fn exports_reconcile(ctx: &Ctx) -> Result<(), CliError> {
+    let project = ctx.project()?;
+    let mut path = String::from("projects/");
+    encode_segment(project, &mut path);
+    path.push_str("/exports:reconcile");
+    let report = ctx.client.post(&path, &[], &json!({})).await?;
+    let count = |field: &str| match &report[field] {
+        Value::Array(a) => a.len(),
+        Value::Object(o) => o.len(),
+        _ => 0,
+    };
+    print_stderr(&format!(
+        "Reconciled the exports of project [{project}]: {} present, {} missing, {} back, {} unregistered files, {} partial files.",
+        count("present"),
+        count("missing"),
+        count("returned"),
+        count("unregistered"),
+        count("partial")
+    ));
+    ctx.show(Kind::Other, &report)
+}
+
 // ---- objects: metadata ----------------------------------------------------------------------
 
 async fn objects_describe(ctx: &Ctx, c: &ObjectTarget) -> Result<(), CliError> {
@@ -1491,6 +1545,7 @@ mod tests {
             ("store backups describe projects/p/locations/l/instances/i/backups/b", "store.backups.describe"),
             ("store backups list --instance i --location l --limit 3", "store.backups.list"),
             ("store backups delete b --instance projects/p/locations/l/instances/i", "store.backups.delete"),
+            ("store exports reconcile", "store.exports.reconcile"),
         ];
         for (line, path) in lines {
             assert_eq!(store(line).path(), path, "{line}");
