@@ -749,6 +749,10 @@ async fn destroying_the_key_shreds_the_instance(backend: Backend) {
     clock.advance(keyhold_api::wire::ProtoDuration::from_secs(2));
     assert_eq!(s.kms.run_due_work().await.unwrap().destroyed, 1);
     until(|| refused(&s, "secret")).await;
+    // The object was refused already while the version was DESTROY_SCHEDULED; the instance
+    // sees DESTROYED once the destruction's event (or, across PostgreSQL nodes, the change
+    // poll) reaches its key guard: wait for that event, never a fixed time.
+    until(|| async { s.ok(Method::GET, INSTANCE, None).await["keyStatus"]["observedKeyState"] == "DESTROYED" }).await;
     let inst = s.ok(Method::GET, INSTANCE, None).await;
     assert_eq!(inst["keyStatus"]["observedKeyState"], "DESTROYED", "{inst}");
 
