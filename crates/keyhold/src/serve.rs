@@ -108,6 +108,9 @@ pub struct ServeArgs {
     /// UNAVAILABLE (and CMEK services start their grace period).
     #[arg(long, default_value = "5s", value_parser = parse_duration, env = "KEYHOLD_EKM_TIMEOUT")]
     pub ekm_timeout: ProtoDuration,
+    /// Limits of the public listener (issue 15, finding 3).
+    #[command(flatten)]
+    pub listener: crate::listen::ListenerArgs,
 }
 
 /// The longest an unwrapped EXTERNAL result is reused, whatever `allowedCacheDuration` the
@@ -262,12 +265,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => tracing::warn!(error = %e, "store: cannot clean up interrupted uploads"),
     }
     let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await?;
+    // Timeouts, a connection cap and body limits (finding 3): never plain `axum::serve`.
+    keyhold_server::listener::serve(listener, app, args.listener.limits(), async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
+    .await?;
     let _ = stop_tx.send(true);
     let _ = background.await;
     tracing::info!("stopped");
