@@ -18,10 +18,13 @@
 //! - **streamed object uploads and downloads** (the store's media, which may be large and
 //!   slow): no total deadline, but no more than [`Limits::stream_stall_timeout`] without
 //!   progress, neither in the upload's body nor in any write to the client;
-//! - **connections**: at most [`Limits::max_connections`] at once; beyond it the loop stops
-//!   accepting, new connections wait in the kernel's backlog, and those already open are
-//!   served as before. Accept errors (EMFILE, ENFILE, ...) back off and retry, never spin
-//!   and never stop the loop.
+//! - **connections**: at most [`Limits::max_connections`] at once. When the cap is reached,
+//!   connections that have no request in flight and have waited for one for at least
+//!   [`EVICTION_GRACE`] are closed (as nginx reuses idle keep-alive connections when it runs
+//!   out), so that idle or slow sockets cannot lock a normal client out; until a slot frees,
+//!   the loop stops accepting and new connections wait in the kernel's backlog. Requests in
+//!   flight are never cut for this. Accept errors (EMFILE, ENFILE, ...) back off and retry,
+//!   never spin and never stop the loop.
 //!
 //! The handlers themselves run to completion once they have their request: cancelling a key
 //! operation mid-way could leave an answer without its audit entry, and their own waits are
@@ -80,6 +83,10 @@ pub const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// `:encrypt` of 64 KiB of plaintext with 64 KiB of AAD, both base64 (about 175 KiB), or a
 /// large IAM policy; 1 MiB leaves room for both.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+/// At the connection cap, connections without a request in flight are closed once they have
+/// waited this long for one: long enough for a client that has just connected (or just had
+/// its answer) to send its request.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
 /// The most connections the default allows, whatever the file-descriptor limit.
 pub const MAX_DEFAULT_CONNECTIONS: usize = 4096;
 
@@ -145,6 +152,7 @@ pub async fn serve(
     let permits = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(permits as usize));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (evict_tx, evict_rx) = watch::channel(0u64);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut at_cap_logged = false;
@@ -161,9 +169,20 @@ pub async fn serve(
                     );
                     at_cap_logged = true;
                 }
-                tokio::select! {
-                    s = slots.clone().acquire_owned() => match s { Ok(s) => s, Err(_) => break },
-                    () = &mut shutdown => break,
+                // Ask the idle connections to make room, again every EVICTION_GRACE while the
+                // cap holds (a connection too young the first time is old enough the next).
+                let mut slot = None;
+                while slot.is_none() {
+                    evict_tx.send_modify(|n| *n += 1);
+                    tokio::select! {
+                        s = slots.clone().acquire_owned() => match s { Ok(s) => slot = Some(s), Err(_) => break },
+                        () = tokio::time::sleep(EVICTION_GRACE) => {}
+                        () = &mut shutdown => break,
+                    }
+                }
+                match slot {
+                    Some(s) => s,
+                    None => break,
                 }
             }
         };
@@ -193,7 +212,8 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, remote, app.clone(), limits.clone(), stop_rx.clone(), slot));
+        let watch = Watch { stop: stop_rx.clone(), evict: evict_rx.clone() };
+        tokio::spawn(serve_connection(stream, remote, app.clone(), limits.clone(), watch, slot));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -204,6 +224,14 @@ pub async fn serve(
 
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What the serving loop tells every connection.
+struct Watch {
+    /// Shutting down: finish the request in flight, then close.
+    stop: watch::Receiver<bool>,
+    /// The connection cap is reached: close if idle for [`EVICTION_GRACE`].
+    evict: watch::Receiver<u64>,
+}
 
 /// Errors of one incoming connection (not of the listener): skip it and accept the next.
 fn is_connection_error(e: &std::io::Error) -> bool {
@@ -265,6 +293,12 @@ impl ConnState {
         }
     }
 
+    /// Whether the connection has waited at least `grace` for a request (with none in flight).
+    fn idle_for(&self, grace: Duration) -> bool {
+        let p = self.lock();
+        p.in_flight == 0 && p.idle_since.elapsed() >= grace
+    }
+
     /// When the connection must be closed if nothing changes, and why; `None` while a request
     /// is in flight (bounded by the body and write limits instead).
     fn deadline(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
@@ -294,7 +328,7 @@ async fn serve_connection(
     remote: SocketAddr,
     app: Router,
     limits: Arc<Limits>,
-    mut stop: watch::Receiver<bool>,
+    watch: Watch,
     _slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let state = Arc::new(ConnState::new());
@@ -311,7 +345,9 @@ async fn serve_connection(
     builder.half_close(true).header_read_timeout(None);
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
-    let mut stopping = false;
+    let Watch { mut stop, mut evict } = watch;
+    evict.mark_unchanged();
+    let (mut stopping, mut evictable) = (false, true);
     loop {
         let deadline = state.deadline(&limits);
         let sleep = async {
@@ -337,6 +373,13 @@ async fn serve_connection(
                 }
             }
             () = state.changed.notified() => {}
+            r = evict.changed(), if evictable => {
+                evictable = r.is_ok(); // the loop has ended: stop watching
+                if evictable && state.idle_for(EVICTION_GRACE) {
+                    tracing::debug!(%remote, "closing an idle connection: the connection limit is reached");
+                    return;
+                }
+            }
             r = stop.changed(), if !stopping => {
                 stopping = true;
                 if r.is_ok() {
