@@ -165,7 +165,8 @@ pub async fn serve(
                 if !at_cap_logged {
                     tracing::warn!(
                         max_connections = limits.max_connections,
-                        "connection limit reached: new connections wait until open ones close (--max-connections)"
+                        "connection limit reached: closing idle connections; new ones wait until a slot frees \
+                         (--max-connections)"
                     );
                     at_cap_logged = true;
                 }
@@ -201,8 +202,10 @@ pub async fn serve(
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
                 // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of a
-                // resource that closing connections gives back. Wait, then try again.
+                // resource that closing connections gives back: ask the idle ones to make
+                // room, wait, then try again.
                 tracing::warn!(error = %e, retry_in = ?backoff, "accept error; retrying");
+                evict_tx.send_modify(|n| *n += 1);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = &mut shutdown => break,

@@ -106,6 +106,26 @@ async fn idle_sockets_beyond_the_open_file_limit_do_not_lock_a_client_out() {
     assert!(!log.contains("Too many open files"), "{log}");
 }
 
+/// A cap set above the open-file limit: accept() fails with EMFILE. The loop must neither spin
+/// nor stop, and must get descriptors back from idle connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_errors_are_waited_out_and_idle_connections_give_descriptors_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let args = ["serve", "--in-memory", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()];
+    let p = spawn(dir.path(), Some(64), &[&args[..], &["--max-connections", "1000"]].concat());
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        idle.push(TcpStream::connect(p.addr).await.unwrap());
+    }
+    let answer = healthz(p.addr).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("SERVING"), "{answer:?}");
+    drop(idle);
+    let log = terminate(p);
+    assert!(log.contains("close to or above the open-file limit"), "{log}");
+    assert!(log.contains("accept error; retrying"), "the test did not reach the descriptor limit: {log}");
+}
+
 #[tokio::test]
 async fn serve_flags_reach_the_listener_and_sigterm_still_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
