@@ -33,7 +33,7 @@ fn spawn(dir: &Path, nofile: Option<u32>, args: &[&str]) -> Proc {
         script.push_str(&format!("ulimit -n {n} && "));
     }
     script.push_str("exec \"$0\" \"$@\"");
-    let child = Command::new("sh")
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_keyhold"))
@@ -50,7 +50,11 @@ fn spawn(dir: &Path, nofile: Option<u32>, args: &[&str]) -> Proc {
             let addr: String = addr.chars().take_while(|c| !c.is_whitespace() && *c != '"').collect();
             return Proc { child, log, addr: addr.parse().unwrap() };
         }
-        assert!(Instant::now() < deadline, "the server did not start: {text}");
+        if Instant::now() > deadline || child.try_wait().is_ok_and(|s| s.is_some()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the server did not start: {text}");
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
