@@ -10,6 +10,7 @@
 
 pub mod error;
 mod kms_routes;
+pub mod listener;
 pub mod route;
 mod store_routes;
 

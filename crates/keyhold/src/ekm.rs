@@ -97,6 +97,9 @@ struct ServeArgs {
     /// The audit file: one JSON line per decision. Default: DATA_DIR/audit.jsonl.
     #[arg(long, env = "KEYHOLD_EKM_AUDIT_FILE")]
     audit_file: Option<PathBuf>,
+    /// Limits of the listener, as `keyhold serve` has them (issue 15, finding 3).
+    #[command(flatten)]
+    listener: crate::listen::ListenerArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -283,13 +286,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
     tracing::info!(%addr, data_dir = %data_dir.display(), "Keyhold EKM is serving on http://{addr}");
-    server
-        .serve(listener, async {
-            crate::serve::shutdown_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    // The same listener and limits as `keyhold serve` (finding 3); requests carry their
+    // client's address for the audit file, as `EkmServer::serve` gives them.
+    keyhold_server::listener::serve(listener, server.router(), args.listener.limits(), async {
+        crate::serve::shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -6,6 +6,7 @@
 mod cli;
 mod ekm;
 mod hsm;
+mod listen;
 mod serve;
 
 use clap::{Parser, Subcommand};

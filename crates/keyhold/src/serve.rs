@@ -142,6 +142,9 @@ pub struct ServeArgs {
     /// the others with N requests, not with all its connections. Off unless set.
     #[arg(long, value_name = "N", env = "KEYHOLD_QUOTA_MAX_IN_FLIGHT_PER_PROJECT")]
     pub quota_max_in_flight_per_project: Option<std::num::NonZeroUsize>,
+    /// Limits of the public listener (issue 15, finding 3).
+    #[command(flatten)]
+    pub listener: crate::listen::ListenerArgs,
 }
 
 /// The quota settings of `keyhold serve`'s flags.
@@ -339,12 +342,12 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         tracing::warn!(error = %e, "store: cannot reconcile the export registry");
     }
     let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await?;
+    // Timeouts, a connection cap and body limits (finding 3): never plain `axum::serve`.
+    keyhold_server::listener::serve(listener, app, args.listener.limits(), async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
+    .await?;
     let _ = stop_tx.send(true);
     let _ = background.await;
     tracing::info!("stopped");

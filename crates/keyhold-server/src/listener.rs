@@ -1,0 +1,663 @@
+//! The public-facing listener: the serving loop of `keyhold serve` and `keyhold ekm serve`,
+//! with the limits a server that anyone can reach needs (issue 15, finding 3 and the
+//! half-close item of finding 6).
+//!
+//! `axum::serve` holds every connection for as long as the client likes: an idle socket, a
+//! header sent one byte per second and a body that never arrives were all kept forever, so
+//! ~1,100 idle sockets exhausted a 1,024 file-descriptor limit and locked every client out,
+//! and a `Content-Length` of 1 TiB was waited for instead of refused. This loop drives hyper's
+//! HTTP/1 connections itself and bounds each stage of a connection's life:
+//!
+//! - **waiting for a request** (connection just opened, or between keep-alive requests):
+//!   [`Limits::idle_timeout`], then the connection is closed;
+//! - **reading the request head**, from its first byte: [`Limits::header_read_timeout`];
+//! - **reading a buffered (JSON) body**: it must be complete within
+//!   [`Limits::request_timeout`] of the head, or the request is answered 408; a
+//!   `Content-Length` above [`Limits::max_body_bytes`] is answered 413 before any of the body
+//!   is read, and a chunked body is cut at the same size;
+//! - **streamed object uploads and downloads** (the store's media, which may be large and
+//!   slow): no total deadline, but no more than [`Limits::stream_stall_timeout`] without
+//!   progress, neither in the upload's body nor in any write to the client;
+//! - **connections**: at most [`Limits::max_connections`] at once. When the cap is reached,
+//!   connections that have no request in flight and have waited for one for at least
+//!   [`EVICTION_GRACE`] are closed (as nginx reuses idle keep-alive connections when it runs
+//!   out), so that idle or slow sockets cannot lock a normal client out; until a slot frees,
+//!   the loop stops accepting and new connections wait in the kernel's backlog. Requests in
+//!   flight are never cut for this. Accept errors (EMFILE, ENFILE, ...) back off and retry,
+//!   never spin and never stop the loop.
+//!
+//! The handlers themselves run to completion once they have their request: cancelling a key
+//! operation mid-way could leave an answer without its audit entry, and their own waits are
+//! bounded elsewhere (database, HSM and key manager timeouts).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::{Instant, Sleep};
+
+/// The limits of a public listener. [`Limits::default`] holds the documented safe defaults
+/// (docs/operations.md, "Limits on a public listener").
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The longest a request head (request line and headers) may take, from its first byte.
+    pub header_read_timeout: Duration,
+    /// The longest a connection may wait for its next request (keep-alive idle time, and the
+    /// time from connecting to the first byte).
+    pub idle_timeout: Duration,
+    /// The longest a buffered request body may take to arrive, counted from the end of the
+    /// head. Streamed object bodies are bounded by `stream_stall_timeout` instead.
+    pub request_timeout: Duration,
+    /// The longest a streamed object upload may go without receiving a byte, and the longest
+    /// any write to a client may wait (a client that stops reading a download or an answer).
+    pub stream_stall_timeout: Duration,
+    /// The most connections open at once.
+    pub max_connections: usize,
+    /// The largest buffered (JSON) request body, in bytes.
+    pub max_body_bytes: u64,
+}
+
+/// Default [`Limits::header_read_timeout`].
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`Limits::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`Limits::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`Limits::stream_stall_timeout`].
+pub const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`Limits::max_body_bytes`]: 1 MiB. The largest legitimate JSON body is an
+/// `:encrypt` of 64 KiB of plaintext with 64 KiB of AAD, both base64 (about 175 KiB), or a
+/// large IAM policy; 1 MiB leaves room for both.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
+/// At the connection cap, connections without a request in flight are closed once they have
+/// waited this long for one: long enough for a client that has just connected (or just had
+/// its answer) to send its request.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
+/// The most connections the default allows, whatever the file-descriptor limit.
+pub const MAX_DEFAULT_CONNECTIONS: usize = 4096;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            stream_stall_timeout: DEFAULT_STREAM_STALL_TIMEOUT,
+            max_connections: default_max_connections(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// The process's soft limit on open files (`ulimit -n`), when it can be read.
+pub fn open_files_limit() -> Option<u64> {
+    // /proc/self/limits rather than getrlimit(2): this crate has no unsafe code and no libc.
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line.trim_start_matches("Max open files").split_whitespace().next()?;
+    if soft == "unlimited" { Some(u64::MAX) } else { soft.parse().ok() }
+}
+
+/// The default connection cap: three quarters of the open-file limit (the rest is headroom
+/// for the database, its pool, exports, the HSM and outgoing connections), at least 16 and at
+/// most [`MAX_DEFAULT_CONNECTIONS`]; [`MAX_DEFAULT_CONNECTIONS`] when the limit is unknown.
+/// Under the common limit of 1,024 this is 768: idle sockets can no longer use up every
+/// descriptor (`accept error: Too many open files`).
+pub fn default_max_connections() -> usize {
+    match open_files_limit() {
+        Some(n) => usize::try_from(n / 4 * 3).unwrap_or(usize::MAX).clamp(16, MAX_DEFAULT_CONNECTIONS),
+        None => MAX_DEFAULT_CONNECTIONS,
+    }
+}
+
+/// Whether a request's body is a streamed object upload of the store (`PUT` or `POST` on
+/// `/v1/projects/P/locations/L/instances/I/objects/O`), which is never buffered and has no
+/// size cap; every other body is buffered and capped.
+pub fn is_streamed_upload(method: &Method, path: &str) -> bool {
+    if *method != Method::PUT && *method != Method::POST {
+        return false;
+    }
+    let mut s = path.splitn(10, '/');
+    matches!(
+        (s.next(), s.next(), s.next(), s.next(), s.next(), s.next(), s.next(), s.next(), s.next(), s.next()),
+        (Some(""), Some("v1"), Some("projects"), Some(_), Some("locations"), Some(_), Some("instances"), Some(_), Some("objects"), Some(o))
+            if !o.is_empty()
+    )
+}
+
+/// Serves `app` on `listener` within `limits` until `shutdown` completes; then stops
+/// accepting, closes idle connections and waits for the requests in flight to finish.
+/// Requests carry [`ConnectInfo<SocketAddr>`] of their client.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = Arc::new(Limits { max_connections: limits.max_connections.max(1), ..limits });
+    let permits = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let slots = Arc::new(Semaphore::new(permits as usize));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (evict_tx, evict_rx) = watch::channel(0u64);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let mut at_cap_logged = false;
+    loop {
+        // A slot first, then accept: beyond the cap, connections wait in the kernel backlog
+        // rather than taking a descriptor here.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => {
+                if !at_cap_logged {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "connection limit reached: closing idle connections; new ones wait until a slot frees \
+                         (--max-connections)"
+                    );
+                    at_cap_logged = true;
+                }
+                // Ask the idle connections to make room, again every EVICTION_GRACE while the
+                // cap holds (a connection too young the first time is old enough the next).
+                let mut slot = None;
+                while slot.is_none() {
+                    evict_tx.send_modify(|n| *n += 1);
+                    tokio::select! {
+                        s = slots.clone().acquire_owned() => match s { Ok(s) => slot = Some(s), Err(_) => break },
+                        () = tokio::time::sleep(EVICTION_GRACE) => {}
+                        () = &mut shutdown => break,
+                    }
+                }
+                match slot {
+                    Some(s) => s,
+                    None => break,
+                }
+            }
+        };
+        if slots.available_permits() > permits as usize / 2 {
+            at_cap_logged = false;
+        }
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                a
+            }
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the process or the system is out of a
+                // resource that closing connections gives back: ask the idle ones to make
+                // room, wait, then try again.
+                tracing::warn!(error = %e, retry_in = ?backoff, "accept error; retrying");
+                evict_tx.send_modify(|n| *n += 1);
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => break,
+                }
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let watch = Watch { stop: stop_rx.clone(), evict: evict_rx.clone() };
+        tokio::spawn(serve_connection(stream, remote, app.clone(), limits.clone(), watch, slot));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot until it ends: having them all back means all are done.
+    let _ = slots.acquire_many(permits).await;
+    Ok(())
+}
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What the serving loop tells every connection.
+struct Watch {
+    /// Shutting down: finish the request in flight, then close.
+    stop: watch::Receiver<bool>,
+    /// The connection cap is reached: close if idle for [`EVICTION_GRACE`].
+    evict: watch::Receiver<u64>,
+}
+
+/// Errors of one incoming connection (not of the listener): skip it and accept the next.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
+}
+
+/// What one connection is doing, as the watchdog of [`serve_connection`] needs to know it.
+struct ConnState {
+    phase: Mutex<Phase>,
+    changed: Notify,
+}
+
+struct Phase {
+    /// Requests handed to the app whose answer has not been written in full.
+    in_flight: usize,
+    /// When the connection last became idle (opened, or its last answer was written).
+    idle_since: Instant,
+    /// The first byte read while idle: the start of the next request head.
+    first_byte: Option<Instant>,
+}
+
+impl ConnState {
+    fn new() -> Self {
+        Self {
+            phase: Mutex::new(Phase { in_flight: 0, idle_since: Instant::now(), first_byte: None }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
+        self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn request_started(&self) {
+        let mut p = self.lock();
+        p.in_flight += 1;
+        p.first_byte = None;
+    }
+
+    fn request_finished(&self) {
+        {
+            let mut p = self.lock();
+            p.in_flight = p.in_flight.saturating_sub(1);
+            if p.in_flight == 0 {
+                p.idle_since = Instant::now();
+                p.first_byte = None;
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    fn bytes_read(&self) {
+        let mut p = self.lock();
+        if p.in_flight == 0 && p.first_byte.is_none() {
+            p.first_byte = Some(Instant::now());
+            drop(p);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Whether the connection has waited at least `grace` for a request (with none in flight).
+    fn idle_for(&self, grace: Duration) -> bool {
+        let p = self.lock();
+        p.in_flight == 0 && p.idle_since.elapsed() >= grace
+    }
+
+    /// When the connection must be closed if nothing changes, and why; `None` while a request
+    /// is in flight (bounded by the body and write limits instead).
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
+        let p = self.lock();
+        if p.in_flight > 0 {
+            return None;
+        }
+        Some(match p.first_byte {
+            Some(t) => (t + limits.header_read_timeout, "request head not received in time"),
+            None => (p.idle_since + limits.idle_timeout, "idle"),
+        })
+    }
+}
+
+/// Ends a request's stay in flight when dropped: with its answer's body, once written (or
+/// with the handler, if the connection goes first).
+struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    app: Router,
+    limits: Arc<Limits>,
+    watch: Watch,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let state = Arc::new(ConnState::new());
+    let io = TokioIo::new(WatchedIo {
+        inner: stream,
+        state: state.clone(),
+        write_stall: limits.stream_stall_timeout,
+        stalled_since: None,
+    });
+    let service = RequestService { app, limits: limits.clone(), state: state.clone(), remote };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // Finding 6: a client that shuts down its sending side after a complete request
+    // (shutdown(SHUT_WR), `nc -N`) still gets its answer.
+    builder.half_close(true).header_read_timeout(None);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let Watch { mut stop, mut evict } = watch;
+    evict.mark_unchanged();
+    let (mut stopping, mut evictable) = (false, true);
+    loop {
+        let deadline = state.deadline(&limits);
+        let sleep = async {
+            match deadline {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = sleep => {
+                // Re-read: a request may have started since the deadline was computed.
+                if let Some((at, why)) = state.deadline(&limits)
+                    && at <= Instant::now()
+                {
+                    tracing::debug!(%remote, reason = why, "closing connection");
+                    return;
+                }
+            }
+            () = state.changed.notified() => {}
+            r = evict.changed(), if evictable => {
+                evictable = r.is_ok(); // the loop has ended: stop watching
+                if evictable && state.idle_for(EVICTION_GRACE) {
+                    tracing::debug!(%remote, "closing an idle connection: the connection limit is reached");
+                    return;
+                }
+            }
+            r = stop.changed(), if !stopping => {
+                stopping = true;
+                if r.is_ok() {
+                    // Closes the connection now if idle, after the answer in flight if not.
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// The socket, watched: the first byte of a request head is noted, and a write that cannot
+/// proceed for `write_stall` fails (a client that stops reading its answer).
+struct WatchedIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    write_stall: Duration,
+    stalled_since: Option<Pin<Box<Sleep>>>,
+}
+
+impl WatchedIo {
+    fn write_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
+        let stall = self.write_stall;
+        let sleep = self.stalled_since.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        ready!(sleep.as_mut().poll(cx));
+        Poll::Ready(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the client read nothing for {stall:?}")))
+    }
+
+    fn poll_write_op<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match op(Pin::new(&mut self.inner), cx) {
+            Poll::Ready(r) => {
+                self.stalled_since = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.write_pending(cx).map(Err),
+        }
+    }
+}
+
+impl AsyncRead for WatchedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if r.is_ok() && buf.filled().len() > before {
+            self.state.bytes_read();
+        }
+        Poll::Ready(r)
+    }
+}
+
+impl AsyncWrite for WatchedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.poll_write_op(cx, |s, cx| s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.poll_write_op(cx, |s, cx| s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_write_op(cx, |s, cx| s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_write_op(cx, |s, cx| s.poll_shutdown(cx))
+    }
+}
+
+/// hyper's service for one connection: body limits, then the app.
+#[derive(Clone)]
+struct RequestService {
+    app: Router,
+    limits: Arc<Limits>,
+    state: Arc<ConnState>,
+    remote: SocketAddr,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl hyper::service::Service<Request<Incoming>> for RequestService {
+    type Response = Response<GuardedBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.state.request_started();
+        let guard = InFlight(self.state.clone());
+        let (app, limits, remote) = (self.app.clone(), self.limits.clone(), self.remote);
+        Box::pin(async move {
+            let resp = handle(app, &limits, remote, req).await;
+            Ok(resp.map(|body| GuardedBody { inner: body, _guard: guard }))
+        })
+    }
+}
+
+async fn handle(mut app: Router, limits: &Limits, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let (mut parts, body) = req.into_parts();
+    parts.extensions.insert(ConnectInfo(remote));
+    let body = if is_streamed_upload(&parts.method, parts.uri.path()) {
+        Body::new(StallBody::new(body, limits.stream_stall_timeout))
+    } else {
+        match buffer_body(body, &parts.headers, limits).await {
+            Ok(bytes) => Body::from(bytes),
+            Err(resp) => return resp,
+        }
+    };
+    let req = Request::from_parts(parts, body);
+    match tower::Service::call(&mut app, req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}
+
+/// Reads a whole non-streamed body within the size and time limits, or the answer refusing it.
+async fn buffer_body(
+    body: Incoming,
+    headers: &axum::http::HeaderMap,
+    limits: &Limits,
+) -> Result<Bytes, Response<Body>> {
+    use hyper::body::Body as _;
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        // Refused from the header, before a byte of the body is read (finding 3).
+        return Err(too_large(limits.max_body_bytes));
+    }
+    let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    let collect = http_body_util::Limited::new(body, limit).collect();
+    match tokio::time::timeout(limits.request_timeout, collect).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limits.max_body_bytes)),
+        Ok(Err(e)) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            &format!("The request body could not be read: {e}."),
+        )),
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "DEADLINE_EXCEEDED",
+            &format!(
+                "The request body did not arrive within {}s; send the whole request at once.",
+                limits.request_timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+/// 413 in Google's words (its front ends say "Request payload size exceeds the limit").
+fn too_large(limit: u64) -> Response<Body> {
+    error_response(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "INVALID_ARGUMENT",
+        &format!("Request payload size exceeds the limit: {limit} bytes."),
+    )
+}
+
+/// Google's error JSON for refusals made before the app sees the request. The connection is
+/// closed after it: the rest of the body was not read.
+fn error_response(code: StatusCode, status: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "error": { "code": code.as_u16(), "message": message, "status": status } });
+    let mut resp = Response::new(Body::from(serde_json::to_vec_pretty(&body).unwrap_or_default()));
+    *resp.status_mut() = code;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
+/// A streamed request body that fails when no byte arrives for `stall`.
+struct StallBody {
+    inner: Incoming,
+    stall: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl StallBody {
+    fn new(inner: Incoming, stall: Duration) -> Self {
+        Self { inner, stall, sleep: Box::pin(tokio::time::sleep(stall)) }
+    }
+}
+
+impl hyper::body::Body for StallBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(f) => {
+                let next = Instant::now() + self.stall;
+                self.sleep.as_mut().reset(next);
+                Poll::Ready(f.map(|r| r.map_err(std::io::Error::other)))
+            }
+            Poll::Pending => {
+                ready!(self.sleep.as_mut().poll(cx));
+                Poll::Ready(Some(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no data for {}s", self.stall.as_secs_f64()),
+                ))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An answer's body that keeps its request in flight until it is written (or dropped).
+pub struct GuardedBody {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_object_uploads_are_streamed() {
+        let put = Method::PUT;
+        assert!(is_streamed_upload(&put, "/v1/projects/p/locations/l/instances/i/objects/a/b.txt"));
+        assert!(is_streamed_upload(&Method::POST, "/v1/projects/p/locations/l/instances/i/objects/o"));
+        assert!(!is_streamed_upload(&Method::GET, "/v1/projects/p/locations/l/instances/i/objects/o"));
+        assert!(!is_streamed_upload(&put, "/v1/projects/p/locations/l/instances/i/objects/"));
+        assert!(!is_streamed_upload(&put, "/v1/projects/p/locations/l/instances/i"));
+        assert!(!is_streamed_upload(&Method::POST, "/v1/projects/p/locations/l/keyRings/r/cryptoKeys/k:encrypt"));
+    }
+
+    #[test]
+    fn the_default_cap_leaves_descriptors_for_the_rest() {
+        let cap = default_max_connections();
+        assert!((16..=MAX_DEFAULT_CONNECTIONS).contains(&cap));
+        if let Some(n) = open_files_limit() {
+            assert!(cap as u64 <= n.max(22) / 4 * 3 || cap == 16);
+        }
+    }
+}

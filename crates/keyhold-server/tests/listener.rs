@@ -1,0 +1,386 @@
+//! The public listener's limits over real loopback sockets (issue 15, finding 3 and the
+//! half-close item of finding 6): the real app on a real SQLite file, served by
+//! `keyhold_server::listener::serve` with short limits, driven by raw TCP so that each test
+//! controls every byte. Tests wait on events with generous deadlines; none measures latency.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use keyhold_kms::clock::SystemClock;
+use keyhold_kms::root_key::LocalRootKey;
+use keyhold_kms::{Kms, KmsConfig};
+use keyhold_server::listener::{self, Limits};
+use keyhold_storage::Database;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Long enough for anything that should happen on a loaded machine.
+const PATIENCE: Duration = Duration::from_secs(20);
+/// A limit that no test reaches.
+const LONG: Duration = Duration::from_secs(3600);
+
+struct Server {
+    addr: std::net::SocketAddr,
+    token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+fn limits() -> Limits {
+    Limits {
+        header_read_timeout: LONG,
+        idle_timeout: LONG,
+        request_timeout: LONG,
+        stream_stall_timeout: LONG,
+        max_connections: 1000,
+        max_body_bytes: listener::DEFAULT_MAX_BODY_BYTES,
+    }
+}
+
+async fn start(limits: Limits) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = keyhold_storage::open_all(&Database::SqliteFile(dir.path().join("keyhold.db"))).await.unwrap();
+    let root = Arc::new(LocalRootKey::from_key(keyhold_crypto::KeyBytes::generate().unwrap()));
+    let kms = Arc::new(Kms::new(opened.kms.clone(), root, KmsConfig::default(), Arc::new(SystemClock)).await.unwrap());
+    let store = keyhold_store::Store::new(
+        kms.clone(),
+        opened.objects.clone(),
+        Arc::new(keyhold_store::LocalAgents::new(kms.clone())),
+        keyhold_store::StoreConfig {
+            require_cmek: false,
+            guard: keyhold_cmek::GuardConfig::default(),
+            locations: kms.config().locations.clone(),
+            export_dir: Some(dir.path().join("exports")),
+            replication_period: Duration::from_secs(1),
+        },
+    );
+    let owner = keyhold_iam::Principal::parse("user:owner@keyhold.local").unwrap();
+    let token = kms.bootstrap_owner(&owner, None).await.unwrap().unwrap().token.expose().to_string();
+    let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(listener::serve(tcp, app, limits, async move {
+        let _ = stopped.await;
+    }));
+    Server { addr, token, stop: Some(stop), served, _dir: dir }
+}
+
+/// Reads until the peer closes the connection (or resets it); panics after [`PATIENCE`].
+async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("the server kept the connection open; received so far: {:?}", String::from_utf8_lossy(&out))
+    });
+    out
+}
+
+/// Reads one whole answer (head and `Content-Length` body); panics after [`PATIENCE`].
+async fn read_response(s: &mut TcpStream) -> (u16, String) {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if out.len() >= end + 4 + len {
+                    break;
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before a whole answer: {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no whole answer in time; received so far: {:?}", String::from_utf8_lossy(&out)));
+    parse(&out)
+}
+
+fn parse(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("not HTTP: {text:?}"));
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+async fn healthz(s: &mut TcpStream) -> u16 {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: k\r\n\r\n").await.unwrap();
+    let (status, body) = read_response(s).await;
+    assert!(body.contains("SERVING"), "{body}");
+    status
+}
+
+/// A connected client whose connection the server has accepted and served once.
+async fn served_client(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    assert_eq!(healthz(&mut s).await, 200);
+    s
+}
+
+fn error_of(body: &str) -> Value {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
+    v["error"].clone()
+}
+
+const ENCRYPT: &str = "/v1/projects/p/locations/global/keyRings/r/cryptoKeys/k:encrypt";
+
+#[tokio::test]
+async fn a_header_sent_a_byte_at_a_time_is_cut_after_the_header_timeout() {
+    let srv = start(Limits { header_read_timeout: Duration::from_millis(300), ..limits() }).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    // One byte every 50 ms, for far longer than the header timeout: without it, forever.
+    let slow = async {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: k\r\nX-Slow: ".iter().chain(std::iter::repeat(&b'a')) {
+            if s.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, slow).await.expect("the slow header was never cut");
+    let answer = read_to_close(&mut s).await;
+    // hyper may answer 408 before closing; it must not have served the request.
+    assert!(!String::from_utf8_lossy(&answer).contains("SERVING"));
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let srv = start(Limits { idle_timeout: Duration::from_millis(300), ..limits() }).await;
+    // After an answer (keep-alive), and right after connecting without sending anything.
+    let mut kept = served_client(srv.addr).await;
+    let mut silent = TcpStream::connect(srv.addr).await.unwrap();
+    assert!(read_to_close(&mut kept).await.is_empty());
+    assert!(read_to_close(&mut silent).await.is_empty());
+    // The server still serves new clients.
+    served_client(srv.addr).await;
+}
+
+#[tokio::test]
+async fn a_content_length_of_one_tib_is_answered_413_without_sending_the_body() {
+    let srv = start(limits()).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "POST {ENCRYPT} HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1099511627776\r\n\r\n",
+        srv.token
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The request timeout is an hour: only a refusal from the header answers in time.
+    let (status, body) = read_response(&mut s).await;
+    assert_eq!(status, 413, "{body}");
+    let e = error_of(&body);
+    assert_eq!(e["code"], 413);
+    assert_eq!(e["status"], "INVALID_ARGUMENT");
+    assert_eq!(
+        e["message"],
+        format!("Request payload size exceeds the limit: {} bytes.", listener::DEFAULT_MAX_BODY_BYTES)
+    );
+}
+
+#[tokio::test]
+async fn a_chunked_body_above_the_limit_is_answered_413() {
+    let srv = start(Limits { max_body_bytes: 4096, ..limits() }).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "POST {ENCRYPT} HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n",
+        srv.token
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("1000\r\n{}\r\n", "a".repeat(4096));
+    s.write_all(chunk.as_bytes()).await.unwrap();
+    s.write_all(chunk.as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut s).await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(error_of(&body)["status"], "INVALID_ARGUMENT");
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_cut_by_the_request_deadline() {
+    let srv = start(Limits { request_timeout: Duration::from_millis(300), ..limits() }).await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "POST {ENCRYPT} HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{\"plaintext\"",
+        srv.token
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut s).await;
+    assert_eq!(status, 408, "{body}");
+    let e = error_of(&body);
+    assert_eq!(e["code"], 408);
+    assert_eq!(e["status"], "DEADLINE_EXCEEDED");
+    // And the connection is not kept: the rest of its body was never read.
+    read_to_close(&mut s).await;
+}
+
+#[tokio::test]
+async fn a_half_closed_request_gets_its_answer() {
+    let srv = start(limits()).await;
+    // A request that waits for the database, so that the end of the client's stream is read
+    // while the answer is being made (a ready answer was written before the end was seen).
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let request = format!(
+        "POST /v1/projects/p/locations/global/keyRings?keyRingId=half HTTP/1.1\r\nHost: k\r\n\
+         Authorization: Bearer {}\r\nContent-Length: 2\r\n\r\n{{}}",
+        srv.token
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    s.shutdown().await.unwrap(); // shutdown(SHUT_WR), as `nc -N` does
+    let answer = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("projects/p/locations/global/keyRings/half"), "{answer:?}");
+}
+
+/// Sends a request whose body the server then waits for: in flight until `finish`.
+async fn request_in_flight(srv: &Server, ring: &str) -> TcpStream {
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/projects/p/locations/global/keyRings?keyRingId={ring} HTTP/1.1\r\nHost: k\r\n\
+         Authorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        srv.token
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // hyper asks for the body ("100 Continue") only once the request is being handled.
+    assert_eq!(read_response(&mut s).await.0, 100);
+    s
+}
+
+async fn finish(s: &mut TcpStream) {
+    s.write_all(b"{}").await.unwrap();
+    let (status, body) = read_response(s).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_without_hurting_those_served() {
+    const CAP: usize = 8;
+    let srv = start(Limits { max_connections: CAP, ..limits() }).await;
+    let mut held = Vec::new();
+    for i in 0..CAP {
+        held.push(request_in_flight(&srv, &format!("r{i}")).await);
+    }
+    // The ninth connects (the kernel's backlog takes it) but is not served while the cap is
+    // reached by requests in flight, which are never cut for it.
+    let mut waiting = TcpStream::connect(srv.addr).await.unwrap();
+    waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: k\r\n\r\n").await.unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), waiting.peek(&mut byte)).await.is_err(),
+        "a connection beyond the cap was served"
+    );
+    // One goes away: the waiting one is served, and the others finish as if nothing happened.
+    drop(held.pop());
+    let (status, body) = read_response(&mut waiting).await;
+    assert_eq!(status, 200, "{body}");
+    for s in &mut held {
+        finish(s).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_make_room_for_a_new_client_at_the_cap() {
+    const CAP: usize = 8;
+    // The idle timeout is an hour: only the cap can close these.
+    let srv = start(Limits { max_connections: CAP, ..limits() }).await;
+    let mut idle = Vec::new();
+    for _ in 0..CAP {
+        idle.push(served_client(srv.addr).await);
+    }
+    let mut newcomer = TcpStream::connect(srv.addr).await.unwrap();
+    assert_eq!(healthz(&mut newcomer).await, 200);
+    for s in &mut idle {
+        assert!(read_to_close(s).await.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn object_uploads_are_streamed_past_the_body_limit_and_cut_when_they_stall() {
+    let srv = start(Limits {
+        max_body_bytes: 4096,
+        stream_stall_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_millis(300),
+        ..limits()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/v1/projects/p/locations/global", srv.addr);
+    let created =
+        http.post(format!("{base}/instances?instanceId=i")).bearer_auth(&srv.token).body("{}").send().await.unwrap();
+    assert_eq!(created.status(), 200, "{}", created.text().await.unwrap());
+    // 1 MiB, 256 times the body limit, sent slowly enough to outlast the request timeout
+    // (every chunk arrives well within the stall timeout).
+    let chunks = (0..8u8).map(|i| Ok::<_, std::io::Error>(vec![i; 128 * 1024]));
+    let slow = futures_util::stream::iter(chunks).then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        c
+    });
+    let put = http
+        .put(format!("{base}/instances/i/objects/big.bin"))
+        .bearer_auth(&srv.token)
+        .header("content-type", "application/octet-stream")
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+    let meta: Value = put.json().await.unwrap();
+    assert_eq!(meta["size"], "1048576");
+
+    // An upload whose body stops coming is cut after the stall timeout.
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "PUT /v1/projects/p/locations/global/instances/i/objects/stalled.bin HTTP/1.1\r\nHost: k\r\n\
+         Authorization: Bearer {}\r\nContent-Length: 1000000\r\n\r\n",
+        srv.token
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[7u8; 1000]).await.unwrap();
+    let answer = read_to_close(&mut s).await;
+    if !answer.is_empty() {
+        let (status, _) = parse(&answer);
+        assert!((400..500).contains(&status), "{:?}", String::from_utf8_lossy(&answer));
+    }
+    let got = http.get(format!("{base}/instances/i/objects/stalled.bin")).bearer_auth(&srv.token).send().await.unwrap();
+    assert_eq!(got.status(), 404, "a stalled upload left an object");
+}
+
+#[tokio::test]
+async fn shutdown_finishes_the_request_in_flight_and_closes_idle_connections() {
+    let mut srv = start(limits()).await;
+    let mut idle = served_client(srv.addr).await;
+    // A request in flight: the server has its head and is reading its body (it asks for the
+    // body with "100 Continue" only then).
+    let mut busy = TcpStream::connect(srv.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/projects/p/locations/global/keyRings?keyRingId=r HTTP/1.1\r\nHost: k\r\nAuthorization: Bearer {}\r\n\
+         Expect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        srv.token
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut busy).await.0, 100);
+    srv.stop.take().unwrap().send(()).unwrap();
+    assert!(read_to_close(&mut idle).await.is_empty());
+    assert!(!srv.served.is_finished());
+    busy.write_all(b"{}").await.unwrap();
+    let (status, answer) = read_response(&mut busy).await;
+    assert_eq!(status, 200, "{answer}");
+    tokio::time::timeout(PATIENCE, &mut srv.served).await.expect("serve did not return").unwrap().unwrap();
+    assert!(TcpStream::connect(srv.addr).await.is_err(), "still accepting after shutdown");
+}

@@ -1,0 +1,82 @@
+//! The listener limits of `keyhold serve` and `keyhold ekm serve` (issue 15, finding 3): flags
+//! and environment variables over [`keyhold_server::listener::Limits`].
+
+use std::time::Duration;
+
+use keyhold_api::wire::ProtoDuration;
+use keyhold_server::listener::{self, Limits};
+
+/// Limits of the public listener; docs/operations.md, "Limits on a public listener".
+#[derive(clap::Args, Debug, Clone)]
+pub struct ListenerArgs {
+    /// Listener: the longest a request's head (request line and headers) may take to arrive,
+    /// from its first byte; then the connection is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout, env = "KEYHOLD_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Duration,
+    /// Listener: the longest a connection may wait for its next request (keep-alive), or for
+    /// its first after connecting; then it is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout, env = "KEYHOLD_IDLE_TIMEOUT")]
+    pub idle_timeout: Duration,
+    /// Listener: the longest a request body may take to arrive after the request's head; then
+    /// the request is answered 408. Object uploads and downloads are streamed and bounded by
+    /// --stream-stall-timeout instead.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout, env = "KEYHOLD_REQUEST_TIMEOUT")]
+    pub request_timeout: Duration,
+    /// Listener: the longest an object upload may go without receiving data, and the longest
+    /// a client may leave an answer or a download unread; then the connection is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout, env = "KEYHOLD_STREAM_STALL_TIMEOUT")]
+    pub stream_stall_timeout: Duration,
+    /// Listener: the most connections open at once; beyond it new connections wait in the
+    /// kernel's backlog until some close. Default: three quarters of the open-file limit
+    /// (`ulimit -n`), at most 4096.
+    #[arg(long, env = "KEYHOLD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Listener: the largest request body in bytes, object uploads excepted; a larger
+    /// Content-Length is answered 413 before the body is read.
+    #[arg(long, default_value_t = listener::DEFAULT_MAX_BODY_BYTES, env = "KEYHOLD_MAX_BODY_BYTES",
+          value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_body_bytes: u64,
+}
+
+impl ListenerArgs {
+    /// The limits these flags describe; logs them, and warns when the connection cap leaves
+    /// too few file descriptors for the rest of the server.
+    pub fn limits(&self) -> Limits {
+        let limits = Limits {
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            stream_stall_timeout: self.stream_stall_timeout,
+            max_connections: self.max_connections.map_or_else(listener::default_max_connections, |n| n as usize),
+            max_body_bytes: self.max_body_bytes,
+        };
+        if let Some(nofile) = listener::open_files_limit()
+            && limits.max_connections as u64 + 64 > nofile
+        {
+            tracing::warn!(
+                max_connections = limits.max_connections,
+                open_files_limit = nofile,
+                "--max-connections is close to or above the open-file limit: connections can use up every descriptor \
+                 and stop the database and accept(); raise `ulimit -n` or lower --max-connections"
+            );
+        }
+        tracing::info!(
+            header_read_timeout = ?limits.header_read_timeout,
+            idle_timeout = ?limits.idle_timeout,
+            request_timeout = ?limits.request_timeout,
+            stream_stall_timeout = ?limits.stream_stall_timeout,
+            max_connections = limits.max_connections,
+            max_body_bytes = limits.max_body_bytes,
+            "listener limits"
+        );
+        limits
+    }
+}
+
+/// A positive duration like `"10s"` or `"0.5s"`: a zero timeout would close every connection.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    match ProtoDuration::parse(s) {
+        Some(d) if d.to_std() > Duration::ZERO => Ok(d.to_std()),
+        _ => Err(format!("\"{s}\" is not a positive duration like \"10s\" or \"0.5s\"")),
+    }
+}
