@@ -40,6 +40,26 @@ impl Default for GuardConfig {
     }
 }
 
+/// Where a guard reads the wall-clock time it shows (`lastCheck`, the end of a grace period) and
+/// compares the end of a grace period with. Durations (how long since the key was last usable)
+/// are measured on `tokio::time::Instant`, which tests control with `tokio::time::pause`; a
+/// test clock reads the same paused time, so both move together (`testing::TokioClock`, with
+/// the `testing` feature).
+pub trait GuardClock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system's clock: what every guard outside tests reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl GuardClock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
 /// Shortest retry while the KMS is unreachable (so service comes back soon after it does).
 const UNREACHABLE_RETRY: Duration = Duration::from_secs(2);
 
@@ -141,18 +161,23 @@ pub struct GuardStatus {
 impl GuardStatus {
     /// Whether data may be served now.
     pub fn serving(&self) -> bool {
+        self.serving_at(Timestamp::now())
+    }
+
+    /// Whether data may be served at `now`.
+    pub fn serving_at(&self, now: Timestamp) -> bool {
         match self.access {
             Access::Usable => true,
-            Access::Grace { until } => Timestamp::now() < until,
+            Access::Grace { until } => now < until,
             _ => false,
         }
     }
 }
 
-/// A grace period that has run out counts as suspended.
-fn expire_grace(mut s: GuardStatus) -> GuardStatus {
+/// A grace period that has run out (at `now`) counts as suspended.
+fn expire_grace(mut s: GuardStatus, now: Timestamp) -> GuardStatus {
     if let Access::Grace { until } = s.access
-        && Timestamp::now() >= until
+        && now >= until
     {
         s.access = Access::Suspended(SuspensionReason::KmsUnreachable);
     }
@@ -197,6 +222,7 @@ pub struct KeyGuard {
     inner: RwLock<Inner>,
     check_lock: tokio::sync::Mutex<()>,
     wake: Arc<Notify>,
+    clock: Arc<dyn GuardClock>,
 }
 
 impl std::fmt::Debug for KeyGuard {
@@ -213,6 +239,18 @@ impl KeyGuard {
         wrapper: Arc<dyn KekWrapper>,
         config: GuardConfig,
         wrapped: impl IntoIterator<Item = (u64, WrappedKek)>,
+    ) -> Arc<Self> {
+        Self::with_clock(resource, wrapper, config, wrapped, Arc::new(SystemClock))
+    }
+
+    /// [`KeyGuard::new`] reading the wall-clock time from `clock` (tests: a clock that follows
+    /// tokio's paused time, so a grace period can run out without waiting an hour).
+    pub fn with_clock(
+        resource: impl Into<String>,
+        wrapper: Arc<dyn KekWrapper>,
+        config: GuardConfig,
+        wrapped: impl IntoIterator<Item = (u64, WrappedKek)>,
+        clock: Arc<dyn GuardClock>,
     ) -> Arc<Self> {
         Arc::new(Self {
             resource: resource.into(),
@@ -232,6 +270,7 @@ impl KeyGuard {
             }),
             check_lock: tokio::sync::Mutex::new(()),
             wake: Arc::new(Notify::new()),
+            clock,
         })
     }
 
@@ -255,7 +294,7 @@ impl KeyGuard {
 
     /// What the guard knows now. A grace period that has run out shows as suspended.
     pub fn status(&self) -> GuardStatus {
-        expire_grace(self.read().status.clone())
+        expire_grace(self.read().status.clone(), self.clock.now())
     }
 
     fn inaccessible(&self, status: GuardStatus) -> GuardError {
@@ -268,16 +307,17 @@ impl KeyGuard {
     /// Fails unless data may be served now.
     pub fn require_access(&self) -> Result<(), GuardError> {
         let status = self.status();
-        if status.serving() { Ok(()) } else { Err(self.inaccessible(status)) }
+        if status.serving_at(self.clock.now()) { Ok(()) } else { Err(self.inaccessible(status)) }
     }
 
     /// The unwrapped KEK `id`, if data may be served now.
     pub fn kek(&self, id: u64) -> Result<Arc<Kek>, GuardError> {
+        let now = self.clock.now();
         let inner = self.read();
-        if !inner.status.serving() {
+        if !inner.status.serving_at(now) {
             let status = inner.status.clone();
             drop(inner);
-            return Err(self.inaccessible(expire_grace(status)));
+            return Err(self.inaccessible(expire_grace(status, now)));
         }
         match inner.keks.get(&id) {
             Some(k) => Ok(k.clone()),
@@ -336,7 +376,7 @@ impl KeyGuard {
         inner.wrapped.insert(id, wrapped);
         inner.keks.insert(id, Arc::new(kek));
         if inner.status.access == Access::Unknown {
-            let now = Timestamp::now();
+            let now = self.clock.now();
             inner.status = GuardStatus {
                 access: Access::Usable,
                 observed_key_state: Some("ENABLED".into()),
@@ -378,7 +418,7 @@ impl KeyGuard {
 
     fn record_failure(&self, e: &KmsClientError) {
         let mut inner = self.write();
-        let now = Timestamp::now();
+        let now = self.clock.now();
         inner.status.last_check = Some(now);
         inner.status.message = e.message.clone();
         match e.failure() {
@@ -429,7 +469,7 @@ impl KeyGuard {
                 }
             }
         }
-        let now = Timestamp::now();
+        let now = self.clock.now();
         let mut inner = self.write();
         if inner.status.access != Access::Usable {
             tracing::info!(resource = %self.resource, key = ?self.wrapper.key_name(), "key guard: key usable, serving");

@@ -62,6 +62,8 @@ pub mod guard;
 #[cfg(feature = "in-process")]
 pub mod local;
 pub mod rest;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use client::{AccessReason, Encrypted, KeyDescription, KmsClient};
 pub use envelope::{
@@ -69,7 +71,8 @@ pub use envelope::{
 };
 pub use error::{Failure, KmsClientError};
 pub use guard::{
-    Access, CmekWrapper, GuardConfig, GuardError, GuardRegistry, GuardStatus, KekWrapper, KeyGuard, SuspensionReason,
+    Access, CmekWrapper, GuardClock, GuardConfig, GuardError, GuardRegistry, GuardStatus, KekWrapper, KeyGuard,
+    SuspensionReason, SystemClock,
 };
 #[cfg(feature = "in-process")]
 pub use local::LocalKmsClient;
