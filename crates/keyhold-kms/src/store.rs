@@ -70,7 +70,10 @@ impl std::fmt::Debug for VersionRecord {
 }
 
 /// Persistence for the KMS. Every mutating method also advances the store-wide change counter
-/// ([`KmsStore::change_counter`]) in the same transaction.
+/// ([`KmsStore::change_counter`]) in the same transaction, except [`KmsStore::append_audit`]
+/// (audit entries are never cached, so appending them invalidates nothing).
+///
+/// `crates/keyhold-storage/tests/conformance.rs` checks these contracts on every backend.
 #[async_trait]
 pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
     /// Inserts a key ring; [`StoreError::AlreadyExists`] if the name is taken.
