@@ -4,11 +4,12 @@
 //! `KEYHOLD_TEST_POSTGRES_URL`, which `scripts/test.sh` starts; without it the PostgreSQL cases
 //! fail and say so, as the server's PostgreSQL tests do).
 //!
-//! Each check is a function of the trait object only (`Arc<dyn KmsStore>`, as the KMS holds it),
-//! so it cannot lean on one backend's details; `conformance!` instantiates it per backend. What
-//! is asserted is what the trait's docs promise: lookups, orderings, `AlreadyExists` and
-//! `Conflict`, compare-and-set revisions, the audit entry committed with each change, the chain,
-//! and the change counter.
+//! Each check is a function of the trait object only (`Arc<dyn KmsStore>` as the KMS holds it,
+//! `Arc<dyn StoreRepository>` as the store does), so it cannot lean on one backend's details;
+//! `conformance!` instantiates it per backend. What is asserted is what the traits' docs promise:
+//! lookups, orderings, `AlreadyExists` and `Conflict`, compare-and-set revisions, the audit entry
+//! committed with each change, the chain, the change counter; for the store, uploads and
+//! generations, snapshots (pins), builds, backups, replicas, exports and orphaned work.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -106,6 +107,15 @@ conformance!(
     read_audit_filters,
     org_policies,
     failed_change_leaves_no_trace,
+    repo_instances,
+    repo_keks,
+    repo_uploads_and_generations,
+    repo_list_and_delete_objects,
+    repo_pins_keep_a_snapshot,
+    repo_builds_and_backups,
+    repo_replicas,
+    repo_exports,
+    repo_orphaned_work,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------------
@@ -435,7 +445,7 @@ async fn due_for_destruction_and_rotation(db: Opened) {
     other.key.next_rotation_time = Some(t(400));
     s.insert_crypto_key(&other, None, &audit("CreateCryptoKey", "new")).await.unwrap();
     assert!(s.keys_due_for_rotation(t(399)).await.unwrap().is_empty());
-    assert_eq!(s.keys_due_for_rotation(t(400)).await.unwrap(), [rotating.clone()]);
+    assert_eq!(s.keys_due_for_rotation(t(400)).await.unwrap(), std::slice::from_ref(&rotating));
     let mut due = s.keys_due_for_rotation(t(500)).await.unwrap();
     due.sort();
     assert_eq!(due, [kn, rotating]);
@@ -753,5 +763,420 @@ async fn failed_change_leaves_no_trace(db: Opened) {
     assert!(s.set_policy(res, &Policy::default(), Some(7), &audit("SetIamPolicy", res)).await.is_err());
     let after = (s.change_counter().await.unwrap(), s.audit_head().await.unwrap());
     assert_eq!(before, after);
-    let _ = &db.objects;
+}
+
+// ---- StoreRepository ----------------------------------------------------------------------------
+
+mod repo {
+    use std::sync::Arc;
+
+    use keyhold_api::wire::Timestamp;
+    pub use keyhold_cmek::{SealedChunk, WrappedKek};
+    use keyhold_kms::store::StoreError;
+    use keyhold_store::StoreRepository;
+    use keyhold_store::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord};
+
+    use super::{Opened, t};
+
+    pub const KEY: &str = "projects/acme/locations/global/keyRings/r/cryptoKeys/k";
+
+    pub fn instance_name(id: &str) -> String {
+        format!("projects/acme/locations/us-east1/instances/{id}")
+    }
+
+    pub fn instance(id: &str, key: Option<&str>) -> InstanceRecord {
+        InstanceRecord {
+            name: instance_name(id).parse().unwrap(),
+            kms_key: key.map(str::to_string),
+            labels: Default::default(),
+            create_time: t(1),
+            replica_of: None,
+        }
+    }
+
+    pub fn kek(id: u64) -> KekRecord {
+        KekRecord {
+            id,
+            wrapped: WrappedKek {
+                ciphertext: vec![id as u8; 60],
+                key_version: Some(format!("{KEY}/cryptoKeyVersions/1")),
+            },
+            create_time: t(1),
+        }
+    }
+
+    pub fn chunk(tag: &str) -> SealedChunk {
+        SealedChunk { wrapped_dek: format!("dek-{tag}").into_bytes(), ciphertext: format!("data-{tag}").into_bytes() }
+    }
+
+    pub fn object(name: &str, generation: u64, chunk_count: u64) -> ObjectRecord {
+        ObjectRecord {
+            name: name.into(),
+            generation,
+            size: chunk_count * 10,
+            chunk_count,
+            kek_id: 1,
+            content_type: "text/plain".into(),
+            create_time: t(2),
+            update_time: t(2 + generation as i64),
+        }
+    }
+
+    /// Uploads `name` at `generation` in `chunks` chunks (all but the last through
+    /// `put_chunks`, the last with the commit).
+    pub async fn upload(
+        r: &dyn StoreRepository,
+        inst: &str,
+        name: &str,
+        generation: u64,
+        chunks: u64,
+        expected: Option<u64>,
+    ) -> Result<(), StoreError> {
+        r.begin_upload(inst, name, generation, "node-a", t(3)).await?;
+        let tag = |i: u64| format!("{name}/{generation}/{i}");
+        let early: Vec<SealedChunk> = (0..chunks - 1).map(|i| chunk(&tag(i))).collect();
+        if !early.is_empty() {
+            r.put_chunks(inst, name, generation, 0, &early).await?;
+        }
+        r.commit_upload(inst, &object(name, generation, chunks), chunks - 1, &[chunk(&tag(chunks - 1))], expected).await
+    }
+
+    pub async fn has_chunk(r: &dyn StoreRepository, inst: &str, name: &str, generation: u64, index: u64) -> bool {
+        match r.chunk(inst, name, generation, index).await.unwrap() {
+            Some(c) => {
+                assert_eq!(c.ciphertext, format!("data-{name}/{generation}/{index}").into_bytes());
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn repo(db: &Opened) -> Arc<dyn StoreRepository> {
+        db.objects.clone()
+    }
+
+    pub fn backup(name: &str, inst: &str) -> BackupRecord {
+        BackupRecord {
+            name: name.into(),
+            instance: inst.into(),
+            kms_key: Some(KEY.into()),
+            state: "CREATING".into(),
+            size_bytes: 0,
+            object_count: 0,
+            version_time: t(5),
+            create_time: t(5),
+        }
+    }
+
+    pub fn export(name: &str, inst: &str, key: Option<&str>) -> ExportRecord {
+        ExportRecord {
+            name: name.into(),
+            instance: inst.into(),
+            kms_key: key.map(str::to_string),
+            key_version: key.map(|k| format!("{k}/cryptoKeyVersions/1")),
+            destination: format!("/exports/{name}"),
+            size_bytes: 10,
+            object_count: 1,
+            create_time: t(6),
+        }
+    }
+
+    pub fn names(v: &[InstanceRecord]) -> Vec<String> {
+        v.iter().map(|i| i.name.to_string()).collect()
+    }
+
+    pub fn never() -> Timestamp {
+        t(-1_000_000)
+    }
+}
+
+async fn repo_instances(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    for (id, key) in [("b", Some(KEY)), ("a", None), ("c", Some(KEY))] {
+        r.insert_instance(&instance(id, key), &kek(1)).await.unwrap();
+    }
+    assert_eq!(r.instance(&instance_name("a")).await.unwrap(), Some(instance("a", None)));
+    assert_eq!(r.instance(&instance_name("zz")).await.unwrap(), None);
+    let listed = r.list_instances("projects/acme/locations/us-east1").await.unwrap();
+    assert_eq!(names(&listed), [instance_name("a"), instance_name("b"), instance_name("c")], "by name");
+    assert!(r.list_instances("projects/acme/locations/europe-west1").await.unwrap().is_empty());
+    assert_eq!(names(&r.instances_by_key(KEY).await.unwrap()), [instance_name("b"), instance_name("c")]);
+    assert_eq!(r.keks(&instance_name("a")).await.unwrap(), [kek(1)], "created with its first KEK");
+
+    let dup = r.insert_instance(&instance("a", Some(KEY)), &kek(1)).await;
+    assert!(matches!(dup, Err(StoreError::AlreadyExists)), "{dup:?}");
+    assert_eq!(r.instance(&instance_name("a")).await.unwrap(), Some(instance("a", None)), "unchanged");
+
+    // Deleting takes its KEKs, objects and chunks along.
+    upload(r, &instance_name("a"), "o", 1, 2, None).await.unwrap();
+    assert!(r.delete_instance(&instance_name("a")).await.unwrap());
+    assert_eq!(r.instance(&instance_name("a")).await.unwrap(), None);
+    assert!(r.keks(&instance_name("a")).await.unwrap().is_empty());
+    assert!(r.object(&instance_name("a"), "o").await.unwrap().is_none());
+    assert!(r.chunk(&instance_name("a"), "o", 1, 0).await.unwrap().is_none());
+    assert!(!r.delete_instance(&instance_name("a")).await.unwrap(), "already gone");
+    // The name can be used again, and the new instance has none of the old one's data.
+    r.insert_instance(&instance("a", None), &kek(7)).await.unwrap();
+    assert_eq!(r.keks(&instance_name("a")).await.unwrap(), [kek(7)]);
+    assert!(r.object(&instance_name("a"), "o").await.unwrap().is_none());
+}
+
+async fn repo_keks(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    let inst = instance_name("i");
+    r.insert_instance(&instance("i", Some(KEY)), &kek(1)).await.unwrap();
+    r.insert_kek(&inst, &kek(2)).await.unwrap();
+    assert_eq!(r.keks(&inst).await.unwrap().len(), 2);
+
+    let rewrapped = WrappedKek { ciphertext: vec![9; 60], key_version: Some(format!("{KEY}/cryptoKeyVersions/2")) };
+    r.update_kek(&inst, 1, &rewrapped).await.unwrap();
+    let k1 = r.keks(&inst).await.unwrap().into_iter().find(|k| k.id == 1).unwrap();
+    assert_eq!(k1.wrapped, rewrapped);
+
+    upload(r, &inst, "o", 1, 1, None).await.unwrap(); // uses KEK 1
+    assert!(!r.delete_kek_if_unused(&inst, 1).await.unwrap(), "an object still uses KEK 1");
+    assert!(r.delete_kek_if_unused(&inst, 2).await.unwrap());
+    assert_eq!(r.keks(&inst).await.unwrap().iter().map(|k| k.id).collect::<Vec<_>>(), [1]);
+    assert!(r.delete_object(&inst, "o").await.unwrap());
+    assert!(r.delete_kek_if_unused(&inst, 1).await.unwrap(), "no object left");
+    assert!(r.keks(&inst).await.unwrap().is_empty());
+}
+
+async fn repo_uploads_and_generations(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    let inst = instance_name("i");
+    r.insert_instance(&instance("i", None), &kek(1)).await.unwrap();
+
+    upload(r, &inst, "o", 1, 3, None).await.unwrap();
+    assert_eq!(r.object(&inst, "o").await.unwrap(), Some(object("o", 1, 3)));
+    for i in 0..3 {
+        assert!(has_chunk(r, &inst, "o", 1, i).await, "chunk {i}");
+    }
+    assert!(!has_chunk(r, &inst, "o", 1, 3).await);
+
+    // A new generation replaces the contents; the previous generation's chunks are deleted.
+    upload(r, &inst, "o", 2, 2, Some(1)).await.unwrap();
+    assert_eq!(r.object(&inst, "o").await.unwrap(), Some(object("o", 2, 2)));
+    assert!(has_chunk(r, &inst, "o", 2, 1).await);
+    assert!(!has_chunk(r, &inst, "o", 1, 0).await, "generation 1's chunks are gone");
+
+    // A writer expecting a generation that is no longer current loses, and changes nothing.
+    let lost = upload(r, &inst, "o", 3, 1, Some(1)).await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    assert_eq!(r.object(&inst, "o").await.unwrap(), Some(object("o", 2, 2)));
+
+    // An upload aborted leaves nothing.
+    r.begin_upload(&inst, "p", 1, "node-a", t(3)).await.unwrap();
+    r.put_chunks(&inst, "p", 1, 0, &[chunk("p/1/0")]).await.unwrap();
+    r.abort_upload(&inst, "p", 1).await.unwrap();
+    assert!(r.chunk(&inst, "p", 1, 0).await.unwrap().is_none());
+    assert!(r.object(&inst, "p").await.unwrap().is_none());
+
+    // Deleted meanwhile: the commit is refused.
+    r.begin_upload(&inst, "q", 1, "node-a", t(3)).await.unwrap();
+    assert!(r.delete_instance(&inst).await.unwrap());
+    let late = r.commit_upload(&inst, &object("q", 1, 1), 0, &[chunk("q/1/0")], None).await;
+    assert!(matches!(late, Err(StoreError::Conflict)), "{late:?}");
+    assert!(r.object(&inst, "q").await.unwrap().is_none());
+    assert!(r.chunk(&inst, "q", 1, 0).await.unwrap().is_none());
+}
+
+async fn repo_list_and_delete_objects(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    let inst = instance_name("i");
+    r.insert_instance(&instance("i", None), &kek(1)).await.unwrap();
+    for name in ["b/2", "a", "b/1", "c", "b/3"] {
+        upload(r, &inst, name, 1, 1, None).await.unwrap();
+    }
+    let i: &str = &inst;
+    let list = move |prefix: &'static str, after: &'static str, limit: u64| async move {
+        r.list_objects(i, prefix, after, limit).await.unwrap().into_iter().map(|o| o.name).collect::<Vec<_>>()
+    };
+    assert_eq!(list("", "", 100).await, ["a", "b/1", "b/2", "b/3", "c"]);
+    assert_eq!(list("b/", "", 100).await, ["b/1", "b/2", "b/3"]);
+    assert_eq!(list("b/", "b/1", 100).await, ["b/2", "b/3"], "sorting after `after`");
+    assert_eq!(list("", "", 2).await, ["a", "b/1"], "up to `limit`");
+    assert!(list("zz", "", 100).await.is_empty());
+
+    assert!(r.delete_object(&inst, "b/2").await.unwrap());
+    assert!(!r.delete_object(&inst, "b/2").await.unwrap(), "already gone");
+    assert!(r.chunk(&inst, "b/2", 1, 0).await.unwrap().is_none(), "with its chunks");
+    assert_eq!(list("b/", "", 100).await, ["b/1", "b/3"]);
+}
+
+async fn repo_pins_keep_a_snapshot(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    let inst = instance_name("i");
+    let pin = "projects/acme/locations/us-east1/backups/bk";
+    r.insert_instance(&instance("i", None), &kek(1)).await.unwrap();
+    for name in ["x", "y"] {
+        upload(r, &inst, name, 1, 2, None).await.unwrap();
+    }
+    r.pin_objects(&inst, pin).await.unwrap();
+
+    // Written after the snapshot: a new generation of x, a new object z, y deleted.
+    upload(r, &inst, "x", 2, 1, Some(1)).await.unwrap();
+    upload(r, &inst, "z", 1, 1, None).await.unwrap();
+    assert!(r.delete_object(&inst, "y").await.unwrap());
+
+    let pinned = r.pinned_objects(pin, "", 100).await.unwrap();
+    assert_eq!(pinned, [object("x", 1, 2), object("y", 1, 2)], "the snapshot, as it was");
+    assert_eq!(r.pinned_objects(pin, "x", 100).await.unwrap(), [object("y", 1, 2)]);
+    assert_eq!(r.pinned_objects(pin, "", 1).await.unwrap(), [object("x", 1, 2)]);
+    for (name, i) in [("x", 0), ("x", 1), ("y", 0), ("y", 1)] {
+        assert!(has_chunk(r, &inst, name, 1, i).await, "the pin keeps {name}/1/{i}");
+    }
+
+    r.unpin(&inst, pin).await.unwrap();
+    assert!(r.pinned_objects(pin, "", 100).await.unwrap().is_empty());
+    assert!(!has_chunk(r, &inst, "x", 1, 0).await, "only the pin kept x/1");
+    assert!(!has_chunk(r, &inst, "y", 1, 0).await, "only the pin kept y/1");
+    assert!(has_chunk(r, &inst, "x", 2, 0).await, "the live generation stays");
+    assert!(has_chunk(r, &inst, "z", 1, 0).await);
+}
+
+async fn repo_builds_and_backups(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    let target = instance_name("restored");
+
+    // A build holds its name: a second build, or a new instance of that name, is refused.
+    r.begin_pending(&target, "node-a", t(10)).await.unwrap();
+    assert!(matches!(r.begin_pending(&target, "node-b", t(10)).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(r.insert_instance(&instance("restored", None), &kek(1)).await, Err(StoreError::AlreadyExists)));
+    r.insert_kek(&target, &kek(1)).await.unwrap();
+    upload(r, &target, "o", 1, 1, None).await.unwrap();
+    assert_eq!(r.instance(&target).await.unwrap(), None, "not visible until finished");
+    r.finish_pending_instance(&instance("restored", None)).await.unwrap();
+    assert_eq!(r.instance(&target).await.unwrap(), Some(instance("restored", None)));
+    assert_eq!(r.object(&target, "o").await.unwrap(), Some(object("o", 1, 1)), "what was built under the name");
+
+    // A failed build is discarded with everything under its name, and the name is free again.
+    let failed = instance_name("failed");
+    r.begin_pending(&failed, "node-a", t(10)).await.unwrap();
+    r.insert_kek(&failed, &kek(1)).await.unwrap();
+    upload(r, &failed, "o", 1, 1, None).await.unwrap();
+    r.discard(&failed).await.unwrap();
+    assert!(r.keks(&failed).await.unwrap().is_empty());
+    assert!(r.chunk(&failed, "o", 1, 0).await.unwrap().is_none());
+    r.begin_pending(&failed, "node-a", t(11)).await.unwrap();
+
+    // Backups: CREATING with their KEK, then READY; listed by instance and by key, also
+    // after the instance is deleted.
+    let src = instance_name("src");
+    r.insert_instance(&instance("src", Some(KEY)), &kek(1)).await.unwrap();
+    let b1 = "projects/acme/locations/us-east1/backups/b1";
+    let b2 = "projects/acme/locations/us-east1/backups/b2";
+    r.insert_backup(&backup(b2, &src), &kek(1), "node-a").await.unwrap();
+    r.insert_backup(&backup(b1, &src), &kek(1), "node-a").await.unwrap();
+    assert!(matches!(r.insert_backup(&backup(b1, &src), &kek(1), "node-a").await, Err(StoreError::AlreadyExists)));
+    assert_eq!(r.backup(b1).await.unwrap(), Some(backup(b1, &src)));
+    assert_eq!(r.keks(b1).await.unwrap(), [kek(1)]);
+    r.finish_backup(b1, 1234, 5).await.unwrap();
+    let ready = r.backup(b1).await.unwrap().unwrap();
+    assert_eq!((ready.state.as_str(), ready.size_bytes, ready.object_count), ("READY", 1234, 5));
+    assert!(r.delete_instance(&src).await.unwrap());
+    let listed: Vec<String> = r.list_backups(&src).await.unwrap().into_iter().map(|b| b.name).collect();
+    assert_eq!(listed, [b1, b2], "by name, after the instance is gone");
+    let mut by_key: Vec<String> = r.backups_by_key(KEY).await.unwrap().into_iter().map(|b| b.name).collect();
+    by_key.sort();
+    assert_eq!(by_key, [b1, b2]);
+    assert!(r.backups_by_key("projects/acme/locations/global/keyRings/r/cryptoKeys/other").await.unwrap().is_empty());
+    r.discard(b2).await.unwrap();
+    assert_eq!(r.backup(b2).await.unwrap(), None);
+    assert!(r.keks(b2).await.unwrap().is_empty());
+}
+
+async fn repo_replicas(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    let primary = instance_name("primary");
+    r.insert_instance(&instance("primary", None), &kek(1)).await.unwrap();
+    for id in ["r2", "r1"] {
+        let name = instance_name(id);
+        r.begin_pending(&name, "node-a", t(10)).await.unwrap();
+        r.insert_kek(&name, &kek(1)).await.unwrap();
+        let mut rec = instance(id, None);
+        rec.replica_of = Some(primary.clone());
+        r.finish_pending_instance(&rec).await.unwrap();
+        assert_eq!(r.instance(&name).await.unwrap().unwrap().replica_of.as_deref(), Some(primary.as_str()));
+    }
+    assert_eq!(r.replicas_of(&primary).await.unwrap(), [instance_name("r1"), instance_name("r2")]);
+    assert_eq!(r.all_replicas().await.unwrap(), [instance_name("r1"), instance_name("r2")]);
+    assert!(r.replicas_of(&instance_name("r1")).await.unwrap().is_empty());
+
+    let r1 = instance_name("r1");
+    r.set_replica_source(&r1, "b", 4).await.unwrap();
+    r.set_replica_source(&r1, "a", 2).await.unwrap();
+    r.set_replica_source(&r1, "a", 3).await.unwrap();
+    let mut sources = r.replica_sources(&r1).await.unwrap();
+    sources.sort();
+    assert_eq!(sources, [("a".to_string(), 3), ("b".to_string(), 4)], "the latest source per object");
+    assert!(r.replica_sources(&instance_name("r2")).await.unwrap().is_empty());
+
+    assert!(r.delete_instance(&r1).await.unwrap());
+    assert_eq!(r.replicas_of(&primary).await.unwrap(), [instance_name("r2")]);
+}
+
+async fn repo_exports(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    let a = "projects/acme/locations/us-east1/instances/i/exports/e1";
+    let b = "projects/beta/locations/us-east1/instances/j/exports/e2";
+    let c = "projects/acme/locations/us-east1/instances/i/exports/e3";
+    r.insert_export(&export(a, &instance_name("i"), Some(KEY))).await.unwrap();
+    r.insert_export(&export(b, "projects/beta/locations/us-east1/instances/j", Some(KEY))).await.unwrap();
+    r.insert_export(&export(c, &instance_name("i"), None)).await.unwrap();
+
+    let mut by_key: Vec<String> = r.exports_by_key(KEY).await.unwrap().into_iter().map(|e| e.name).collect();
+    by_key.sort();
+    assert_eq!(by_key, [a, b]);
+    let under = |p: &'static str| async move {
+        let mut v: Vec<(String, bool)> =
+            r.exports_under(p).await.unwrap().into_iter().map(|(e, m)| (e.name, m)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(under("projects/acme/").await, [(a.into(), false), (c.into(), false)]);
+    assert_eq!(under("").await.len(), 3);
+
+    // A file found gone: out of exports_by_key, flagged in exports_under; back when found.
+    r.set_export_missing(a, true, t(20)).await.unwrap();
+    assert_eq!(r.exports_by_key(KEY).await.unwrap().into_iter().map(|e| e.name).collect::<Vec<_>>(), [b]);
+    assert_eq!(under("projects/acme/").await, [(a.into(), true), (c.into(), false)]);
+    r.set_export_missing(a, false, t(21)).await.unwrap();
+    assert_eq!(r.exports_by_key(KEY).await.unwrap().len(), 2);
+}
+
+async fn repo_orphaned_work(db: Opened) {
+    use repo::*;
+    let r = &*repo(&db);
+    let inst = instance_name("i");
+    r.insert_instance(&instance("i", None), &kek(1)).await.unwrap();
+    // node-a starts an upload and a build, and beats at t(100).
+    r.begin_upload(&inst, "o", 1, "node-a", t(50)).await.unwrap();
+    let build = instance_name("build");
+    r.begin_pending(&build, "node-a", t(50)).await.unwrap();
+    r.heartbeat("node-a", t(100), never()).await.unwrap();
+
+    let orphaned = |node: &'static str, dead_before: i64| async move {
+        r.orphaned_work(node, t(dead_before), never()).await.unwrap()
+    };
+    // node-a alive (beat after dead_before): nobody may take its work.
+    assert_eq!(orphaned("node-b", 90).await, (vec![], vec![]));
+    // Silent since before dead_before: its work is orphaned, for another node.
+    let (uploads, builds) = orphaned("node-b", 200).await;
+    assert_eq!(uploads, [(inst.clone(), "o".to_string(), 1)]);
+    assert_eq!(builds, std::slice::from_ref(&build));
+    // Never a node's own work.
+    assert_eq!(orphaned("node-a", 200).await, (vec![], vec![]));
+    // Finished work is nobody's.
+    r.abort_upload(&inst, "o", 1).await.unwrap();
+    r.discard(&build).await.unwrap();
+    assert_eq!(orphaned("node-b", 200).await, (vec![], vec![]));
 }
