@@ -15,7 +15,6 @@ use async_trait::async_trait;
 use keyhold_api::Code;
 use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_crypto::Secret;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient};
@@ -76,8 +75,6 @@ struct State {
 /// A fake KMS for unit tests: per-key switchable behaviour, counted calls. See the module docs.
 pub struct FakeKms {
     state: Mutex<State>,
-    // Bumped on every call, so a test can wait for "the guard called the KMS" without sleeping.
-    calls_made: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for FakeKms {
@@ -95,7 +92,7 @@ impl Default for FakeKms {
 impl FakeKms {
     /// A fake KMS with no keys (using an unknown key answers `NOT_FOUND`).
     pub fn new() -> Self {
-        Self { state: Mutex::new(State::default()), calls_made: watch::channel(0).0 }
+        Self { state: Mutex::new(State::default()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -112,29 +109,11 @@ impl FakeKms {
         self.lock().calls.get(key).copied().unwrap_or_default()
     }
 
-    /// Waits until `done` holds for `key`'s call counts (checked after every call). Bound it
-    /// with a timeout in the test.
-    pub async fn wait_for_calls(&self, key: &str, done: impl Fn(&CallCounts) -> bool) {
-        let mut rx = self.calls_made.subscribe();
-        loop {
-            if done(&self.calls(key)) {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return;
-            }
-        }
-    }
-
     /// Counts a call and returns the key's behaviour (`None`: no such key).
     fn enter(&self, key: &str, count: impl FnOnce(&mut CallCounts)) -> Option<KeyBehaviour> {
-        let behaviour = {
-            let mut state = self.lock();
-            count(state.calls.entry(key.to_string()).or_default());
-            state.keys.get(key).copied()
-        };
-        self.calls_made.send_modify(|n| *n += 1);
-        behaviour
+        let mut state = self.lock();
+        count(state.calls.entry(key.to_string()).or_default());
+        state.keys.get(key).copied()
     }
 
     /// Cloud KMS's answer when `key` cannot be used for `permission`, or `None` when it can.
