@@ -145,6 +145,21 @@ async fn append_entries(
     chain_statements(&head, entries)
 }
 
+/// The statements that append a store call's success entries (`audit`, possibly none) to the
+/// chain inside the open transaction `tx`, to run with the rest of the call's change, in one
+/// commit: the store's changes are audited as the KMS's are ([`SqlStore::write_audited`]).
+/// The head is locked last, after the change's own locks, in every writer.
+pub(crate) async fn audit_statements(
+    tx: &mut Box<dyn SqlConn>,
+    audit: &[AuditRecord],
+) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> {
+    if audit.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = audit.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
+    append_entries(tx, rows).await
+}
+
 fn audit_entry(row: &Row) -> Result<StoredAuditEntry, StoreError> {
     Ok(StoredAuditEntry {
         seq: row[0].int()?,
