@@ -10,7 +10,7 @@ use keyhold_store::repo::StoreRepository;
 
 use crate::schema::*;
 use crate::sql::{Row, SqlBackend, Value};
-use crate::store::{SqlStore, audit_statements};
+use crate::store::{SqlStore, commit_audited};
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_string())
@@ -141,14 +141,13 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
     ) -> Result<(), StoreError> {
         let name = instance.name.to_string();
         let claim = vec![text(&name), text("LIVE"), Value::Int(instance.create_time.unix_nanos_i64())];
-        let mut tx = self.backend().begin().await?;
-        let mut statements = vec![
+        let tx = self.backend().begin().await?;
+        let statements = vec![
             (CLAIM_NAME, claim),
             (INSERT_INSTANCE, instance_params(instance)?),
             (INSERT_KEK, kek_params(&name, kek)),
         ];
-        statements.extend(audit_statements(&mut tx, audit).await?);
-        tx.execute_many_and_commit(statements).await
+        commit_audited(tx, statements, audit).await
     }
 
     async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, StoreError> {
@@ -198,9 +197,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             tx.commit().await?;
             return Ok(false);
         }
-        let mut statements = vec![(DELETE_NAME, vec![text(name)])];
-        statements.extend(audit_statements(&mut tx, audit).await?);
-        tx.execute_many_and_commit(statements).await?;
+        let statements = vec![(DELETE_NAME, vec![text(name)])];
+        commit_audited(tx, statements, audit).await?;
         Ok(true)
     }
 
@@ -228,8 +226,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         if let Some(primary) = &instance.replica_of {
             statements.push((INSERT_REPLICA, vec![text(&name), text(primary)]));
         }
-        statements.extend(audit_statements(&mut tx, audit).await?);
-        tx.execute_many_and_commit(statements).await
+        commit_audited(tx, statements, audit).await
     }
 
     async fn discard(&self, name: &str, audit: &[AuditRecord]) -> Result<(), StoreError> {
@@ -241,9 +238,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         let mut statements: Vec<_> = RESOURCE_DATA.iter().map(|sql| (*sql, vec![text(name)])).collect();
         statements.push((DELETE_BACKUP, vec![text(name)]));
         statements.push((DELETE_NAME, vec![text(name)]));
-        let mut tx = self.backend().begin().await?;
-        statements.extend(audit_statements(&mut tx, audit).await?);
-        tx.execute_many_and_commit(statements).await
+        let tx = self.backend().begin().await?;
+        commit_audited(tx, statements, audit).await
     }
 
     fn single_process(&self) -> bool {
@@ -344,14 +340,13 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         object_count: u64,
         audit: &[AuditRecord],
     ) -> Result<(), StoreError> {
-        let mut tx = self.backend().begin().await?;
-        let mut statements = vec![
+        let tx = self.backend().begin().await?;
+        let statements = vec![
             (FINISH_BACKUP, vec![text(name), int(size_bytes), int(object_count)]),
             (NAME_BUILT, vec![text(name)]),
             (END_WORK, vec![text(name), text(""), int(0)]),
         ];
-        statements.extend(audit_statements(&mut tx, audit).await?);
-        tx.execute_many_and_commit(statements).await
+        commit_audited(tx, statements, audit).await
     }
 
     async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, StoreError> {
@@ -407,10 +402,9 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             int(export.object_count),
             Value::Int(export.create_time.unix_nanos_i64()),
         ];
-        let mut tx = self.backend().begin().await?;
-        let mut statements = vec![(INSERT_EXPORT, params)];
-        statements.extend(audit_statements(&mut tx, audit).await?);
-        tx.execute_many_and_commit(statements).await
+        let tx = self.backend().begin().await?;
+        let statements = vec![(INSERT_EXPORT, params)];
+        commit_audited(tx, statements, audit).await
     }
 
     async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, StoreError> {
@@ -446,8 +440,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         keks: &[(u64, WrappedKek)],
         audit: &[AuditRecord],
     ) -> Result<(), StoreError> {
-        let mut tx = self.backend().begin().await?;
-        let mut statements: Vec<_> = keks
+        let tx = self.backend().begin().await?;
+        let statements: Vec<_> = keks
             .iter()
             .map(|(id, wrapped)| {
                 (
@@ -461,8 +455,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
                 )
             })
             .collect();
-        statements.extend(audit_statements(&mut tx, audit).await?);
-        tx.execute_many_and_commit(statements).await
+        commit_audited(tx, statements, audit).await
     }
 
     async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, StoreError> {
@@ -542,9 +535,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             }
         }
         let key = || vec![text(instance), text(&object.name), int(object.generation)];
-        let mut statements = vec![(END_UPLOAD, key()), (END_WORK, key()), (DELETE_DEAD_CHUNKS, key())];
-        statements.extend(audit_statements(&mut tx, audit).await?);
-        tx.execute_many_and_commit(statements).await
+        let statements = vec![(END_UPLOAD, key()), (END_WORK, key()), (DELETE_DEAD_CHUNKS, key())];
+        commit_audited(tx, statements, audit).await
     }
 
     async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), StoreError> {
@@ -593,8 +585,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         tx.execute(DELETE_OBJECT_CHUNKS, vec![text(instance), text(name)]).await?;
         let n = tx.execute(DELETE_OBJECT, vec![text(instance), text(name)]).await?;
         // Nothing deleted, nothing to record with it (the call's refusal is recorded after).
-        let statements = if n > 0 { audit_statements(&mut tx, audit).await? } else { Vec::new() };
-        tx.execute_many_and_commit(statements).await?;
+        commit_audited(tx, Vec::new(), if n > 0 { audit } else { &[] }).await?;
         Ok(n > 0)
     }
 
