@@ -436,6 +436,14 @@ async fn a_failing_audit_write_fails_the_request(backend: Backend) {
         // Every kind of store change: none may be made unaudited.
         req(Owner, Method::DELETE, format!("{INSTANCE}/objects/a.bin"), None, 503, ""),
         req(Owner, Method::POST, format!("{LOC}/instances?instanceId=during"), Some(json!({})), 503, ""),
+        req(
+            Owner,
+            Method::POST,
+            format!("{LOC}/instances?instanceId=rep"),
+            Some(json!({"replicaOf": INSTANCE})),
+            503,
+            "",
+        ),
         req(Owner, Method::POST, format!("{INSTANCE}/backups?backupId=during"), Some(json!({})), 503, ""),
         req(Owner, Method::DELETE, format!("{INSTANCE}/backups/b0"), None, 503, ""),
         req(Owner, Method::POST, format!("{INSTANCE}:clone"), Some(json!({"destinationInstanceId": "cl"})), 503, ""),

@@ -838,7 +838,12 @@ impl Store {
             let guard = self.guard(&record).await?;
             let resource = record.name.to_string();
             let rewrapped = guard.rewrap().await.map_err(|e| guard_error(record.kms_key.as_deref(), e))?;
-            self.repo.update_keks(&resource, &rewrapped, &audit.entries()).await?;
+            if let Err(e) = self.repo.update_keks(&resource, &rewrapped, &audit.entries()).await {
+                // Not stored (its entry could not be written, say): the guard's new wrappings
+                // are forgotten with it, and the stored ones loaded again at the next use.
+                self.guards.remove(&resource);
+                return Err(e.into());
+            }
             self.render_instance(&record, &guard).await
         })
         .await
