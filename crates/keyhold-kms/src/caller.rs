@@ -248,12 +248,6 @@ impl ServiceCall<'_> {
     pub fn success_entry(&self) -> AuditRecord {
         self.0.success_entry()
     }
-
-    /// Undoes [`ServiceCall::success_entry`] when the transaction that carried the entry was
-    /// rolled back but the call goes on to succeed another way.
-    pub fn entry_rolled_back(&self) {
-        self.0.entry_rolled_back();
-    }
 }
 
 impl Kms {
