@@ -29,6 +29,7 @@ KEYHOLD_FUZZ_SECONDS="$seconds" \
     cargo test -p keyhold-fuzz --test fuzz -- --nocapture --test-threads "$(nproc)" "$@" 2>&1 | tee "$log" || status=$?
 echo
 echo "========== fuzz summary (${seconds}s per target) =========="
-grep -a '^fuzz ' "$log" | sort || true
-grep -a '^fuzz ' "$log" | awk '{n += $3; t += $6} END {printf "total: %d inputs, %.1f s of target time\n", n, t}'
+[ "$status" -eq 0 ] || echo "FAILED: see the shrunk input above"
+grep -a -E '^fuzz [a-z_]+: [0-9]+ inputs' "$log" | sort || true
+grep -a -E '^fuzz [a-z_]+: [0-9]+ inputs' "$log" | awk '{n += $3; t += $6} END {printf "total: %d inputs, %.1f s of target time\n", n, t}'
 exit "$status"
