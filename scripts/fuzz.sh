@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Runs every fuzz target of crates/keyhold-fuzz for longer than `cargo test` does (issue 15).
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]   each target for about SECONDS (default 60), in a
-#                                           release build, on its seed corpus, mutations of the
-#                                           seeds, arbitrary bytes and structured JSON
+#   scripts/fuzz.sh [SECONDS] [TARGET...]   each target for about SECONDS (default 60), in the
+#                                           debug build (overflow checks on), on its seed
+#                                           corpus, mutations of the seeds, arbitrary bytes and
+#                                           structured JSON (proptest)
+#   scripts/fuzz.sh --afl TARGET [SECONDS]  coverage-guided: AFL++ (cargo-afl, installed from
+#                                           crates.io if missing) on the same target function,
+#                                           from its seed corpus, for SECONDS (default 600);
+#                                           findings in target/afl/out/TARGET
 #
 # Targets (default: all): filter name route json_bodies wire_scalars page_token iam_member
 # ciphertext sealed_key archive ekm_protocol ekm_blob ekm_config hsm_key_ref.
@@ -15,6 +20,35 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+
+if [ "${1:-}" = --afl ]; then
+    name="${2:?usage: scripts/fuzz.sh --afl TARGET [SECONDS]}"
+    seconds="${3:-600}"
+    [ -d "crates/keyhold-fuzz/corpus/$name" ] || { echo "fuzz.sh: no target $name (crates/keyhold-fuzz/corpus/)" >&2; exit 2; }
+    if ! cargo afl --version >/dev/null 2>&1; then
+        cargo install --locked cargo-afl
+    fi
+    # Builds AFL++ and its LLVM runtime for this rustc once; "already built" is fine.
+    cargo afl config --build >/dev/null 2>&1 || true
+    # Its own target directory: instrumented artefacts must not replace the normal ones.
+    export CARGO_TARGET_DIR="$ROOT/target/afl"
+    cargo afl build -p keyhold-fuzz --features afl --bin keyhold-fuzz-afl
+    out="$CARGO_TARGET_DIR/out/$name"
+    rm -rf "$out"
+    mkdir -p "$CARGO_TARGET_DIR/out"
+    AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1 \
+        cargo afl fuzz -V "$seconds" -i "crates/keyhold-fuzz/corpus/$name" -o "$out" \
+        -- "$CARGO_TARGET_DIR/debug/keyhold-fuzz-afl" "$name" >"$out.log" 2>&1 || { tail -30 "$out.log"; exit 1; }
+    stats="$out/default/fuzzer_stats"
+    echo "========== AFL++ on $name =========="
+    grep -E '^(run_time|execs_done|execs_per_sec|corpus_count|edges_found|bitmap_cvg|saved_crashes|saved_hangs) ' "$stats"
+    crashes="$(awk -F: '/^saved_crashes/ {gsub(/ /, "", $2); print $2}' "$stats")"
+    if [ "${crashes:-0}" != 0 ]; then
+        echo "FAILED: $crashes crashing inputs in $out/default/crashes/" >&2
+        exit 1
+    fi
+    exit 0
+fi
 
 seconds="${1:-60}"
 case "$seconds" in '' | *[!0-9]*) echo "usage: scripts/fuzz.sh [SECONDS] [TARGET...]" >&2; exit 2 ;; esac
