@@ -13,7 +13,8 @@
 //! The same functions are driven three ways (see `tests/fuzz.rs` and `docs/operations.md`,
 //! "Fuzzing and the crash test"): the seed corpus in `corpus/<target>/`, mutations of it, and
 //! arbitrary bytes and structured JSON, for a bounded number of cases in `cargo test` and for
-//! as long as asked with `scripts/fuzz.sh SECONDS`. Crypto targets use fixed test keys so the
+//! as long as asked with `scripts/fuzz.sh SECONDS`; and coverage-guided by AFL++ with
+//! `scripts/fuzz.sh --afl TARGET` (the `keyhold-fuzz-afl` binary, feature `afl`). Crypto targets use fixed test keys so the
 //! corpus's ciphertexts stay valid; they are test keys, never a deployment's.
 
 #![forbid(unsafe_code)]
