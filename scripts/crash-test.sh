@@ -2,7 +2,7 @@
 # The crash test (issue 15): rounds of `kill -9` of a real `keyhold serve` under 32-way mixed
 # load (keys, versions, encrypts, IAM policies, object uploads), checking after every restart
 # that each acknowledged operation is there and intact, no object is torn, and
-# `keyhold audit verify` is clean (tests/crash/crash_test.py does the work).
+# `keyhold audit verify` is clean (tests/crash/crash_run.py does the work).
 #
 #   scripts/crash-test.sh [--rounds N] [--backend sqlite|postgres|both] [--release]
 #                         [--max-load SECONDS]
@@ -49,14 +49,14 @@ run_postgres() {
     psql "$KEYHOLD_TEST_POSTGRES_URL" -v ON_ERROR_STOP=1 -qAt -c "CREATE DATABASE $db" >/dev/null
     local url="${KEYHOLD_TEST_POSTGRES_URL%/*}/$db"
     local rc=0
-    python3 tests/crash/crash_test.py --binary "$bin" --rounds "$rounds" --database "$url" "${extra[@]}" || rc=$?
+    python3 tests/crash/crash_run.py --binary "$bin" --rounds "$rounds" --database "$url" "${extra[@]}" || rc=$?
     psql "$KEYHOLD_TEST_POSTGRES_URL" -qAt -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
     return "$rc"
 }
 
 rc=0
 if [ "$backend" != postgres ]; then
-    python3 tests/crash/crash_test.py --binary "$bin" --rounds "$rounds" "${extra[@]}" || rc=1
+    python3 tests/crash/crash_run.py --binary "$bin" --rounds "$rounds" "${extra[@]}" || rc=1
 fi
 if [ "$backend" != sqlite ]; then
     run_postgres || rc=1

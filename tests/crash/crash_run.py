@@ -20,7 +20,7 @@ the acknowledged operations per kind and the number lost; exits 1 if anything is
 or the audit chain is broken.
 
 Usage (scripts/crash-test.sh wraps this):
-    crash_test.py --binary target/debug/keyhold --rounds 3 [--database postgres://...]
+    crash_run.py --binary target/debug/keyhold --rounds 3 [--database postgres://...]
 """
 
 from __future__ import annotations
