@@ -17,6 +17,8 @@
 #      their own fresh databases from it); it is stopped and deleted on exit. If
 #      KEYHOLD_TEST_POSTGRES_URL is already set, that server is used instead;
 #   3. runs the Rust tests: cargo nextest (plus doc tests) when installed, else cargo test;
+#   3b. runs the crash test briefly (scripts/crash-test.sh: kill -9 under load, SQLite and
+#      PostgreSQL; nothing acknowledged may be lost);
 #   4. runs the benchmark scripts' unit tests (bench/test_*.py), then the suite in smoke mode
 #      (bench/suite.py --smoke: every scenario for about a second on the debug build, checking
 #      that each yields numbers; never a speed);
@@ -256,6 +258,16 @@ if [ "$mode" != python ]; then
 
     section "Rust tests"
     if run_rust_tests; then note "Rust tests passed"; else failed+=("Rust tests"); fi
+
+    section "Crash test: kill -9 under 32-way mixed load, 3 rounds on SQLite and 2 on PostgreSQL"
+    # scripts/crash-test.sh (docs/operations.md, "Fuzzing and the crash test"): every
+    # acknowledged key, version, ciphertext, policy and object must survive each kill, no
+    # object may be torn, and the audit chain must verify. The fuzz targets' bounded run is
+    # part of the Rust tests above (crates/keyhold-fuzz).
+    crash_ok=true
+    scripts/crash-test.sh --rounds 3 --backend sqlite || crash_ok=false
+    scripts/crash-test.sh --rounds 2 --backend postgres || crash_ok=false
+    if "$crash_ok"; then note "crash test passed: nothing acknowledged was lost"; else failed+=("Crash test"); fi
 
     section "Benchmark suite, smoke mode (every scenario runs and yields numbers; no speed is asserted)"
     # The suite's own arithmetic (plots, ratio statistics) is unit-tested first.

@@ -240,6 +240,14 @@ impl ServiceCall<'_> {
     pub fn warn(&self, warning: String) {
         *self.0.warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(warning);
     }
+
+    /// The call's success entry, for the service to commit in the same transaction as the
+    /// change that makes the call succeed (as the KMS's own changes do): a failing audit write
+    /// then leaves no change. Once handed out, [`Kms::finish_service_call`] records a success
+    /// no more (a failure still is).
+    pub fn success_entry(&self) -> AuditRecord {
+        self.0.success_entry()
+    }
 }
 
 impl Kms {
@@ -264,9 +272,13 @@ impl Kms {
     }
 
     /// Records the outcome of a service call (`code` 0 for success, else a `google.rpc.Code`
-    /// number and the message the caller was given). Fails if the entry cannot be written:
+    /// number and the message the caller was given), unless its success entry was committed
+    /// with its change ([`ServiceCall::success_entry`]). Fails if the entry cannot be written:
     /// the service must then not answer as if the call had succeeded.
     pub async fn finish_service_call(&self, call: ServiceCall<'_>, code: i32, message: String) -> Result<(), KmsError> {
+        if code == 0 && call.0.committed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let entry = call.0.record_status(code, message);
         self.audit.record(entry).await.map_err(|e| {
             tracing::error!(error = %e, "cannot write the audit log; refusing the request");

@@ -192,6 +192,23 @@ impl Run {
                 "GenerateServiceIdentity",
             ),
             req(Viewer, Method::GET, KEY, None, 200, "GetCryptoKey"),
+            // The store's changes, whose entries commit with the change itself.
+            req(Owner, Method::PUT, format!("{INSTANCE}/objects/m.bin"), None, 200, "InsertObject").with_body(b"m"),
+            req(Owner, Method::DELETE, format!("{INSTANCE}/objects/m.bin"), None, 200, "DeleteObject"),
+            req(Owner, Method::DELETE, format!("{INSTANCE}/objects/m.bin"), None, 404, "DeleteObject"),
+            req(Owner, Method::POST, format!("{LOC}/instances?instanceId=db3"), Some(json!({})), 200, "CreateInstance"),
+            req(Owner, Method::POST, format!("{LOC}/instances/db3:rewrap"), None, 200, "RewrapInstance"),
+            req(
+                Owner,
+                Method::POST,
+                format!("{LOC}/instances/db3/backups?backupId=b1"),
+                Some(json!({})),
+                200,
+                "CreateBackup",
+            ),
+            req(Owner, Method::DELETE, format!("{LOC}/instances/db3/backups/b1"), None, 200, "DeleteBackup"),
+            req(Owner, Method::DELETE, format!("{LOC}/instances/db3"), None, 200, "DeleteInstance"),
+            req(Owner, Method::DELETE, format!("{LOC}/instances/db3"), None, 404, "DeleteInstance"),
             // Denied by IAM.
             req(Viewer, Method::POST, format!("{KEY}:encrypt"), Some(enc.clone()), 403, "Encrypt"),
             req(Viewer, Method::POST, format!("{KEY}:decrypt"), Some(dec.clone()), 403, "Decrypt"),
@@ -395,6 +412,11 @@ async fn breakable_server(backend: Backend) -> (Server, AuditBreaker) {
 async fn a_failing_audit_write_fails_the_request(backend: Backend) {
     let (s, breaker) = breakable_server(backend).await;
     let run = Run::new(s).await;
+    // A backup and an export to restore, import and delete while audit writes fail.
+    run.s.ok(Method::POST, &format!("{INSTANCE}/backups?backupId=b0"), Some(json!({}))).await;
+    run.s
+        .ok(Method::POST, &format!("{INSTANCE}:export"), Some(json!({"destination": "e0", "allowPlaintext": true})))
+        .await;
     let plaintext_b64 = b64(SECRET);
     let before = run.entries().await.len();
     breaker.refuse().await;
@@ -411,6 +433,46 @@ async fn a_failing_audit_write_fails_the_request(backend: Backend) {
         req(Owner, Method::POST, format!("{KEY}/cryptoKeyVersions"), Some(json!({})), 503, ""),
         req(Owner, Method::POST, "tokens", Some(json!({"principal": "user:zed@example.com"})), 503, ""),
         req(Owner, Method::PUT, format!("{INSTANCE}/objects/during.bin"), None, 503, "").with_body(b"new content"),
+        // Every kind of store change: none may be made unaudited.
+        req(Owner, Method::DELETE, format!("{INSTANCE}/objects/a.bin"), None, 503, ""),
+        req(Owner, Method::POST, format!("{LOC}/instances?instanceId=during"), Some(json!({})), 503, ""),
+        req(
+            Owner,
+            Method::POST,
+            format!("{LOC}/instances?instanceId=rep"),
+            Some(json!({"replicaOf": INSTANCE})),
+            503,
+            "",
+        ),
+        req(Owner, Method::POST, format!("{INSTANCE}/backups?backupId=during"), Some(json!({})), 503, ""),
+        req(Owner, Method::DELETE, format!("{INSTANCE}/backups/b0"), None, 503, ""),
+        req(Owner, Method::POST, format!("{INSTANCE}:clone"), Some(json!({"destinationInstanceId": "cl"})), 503, ""),
+        req(
+            Owner,
+            Method::POST,
+            format!("{LOC}/instances:restore"),
+            Some(json!({"instanceId": "rs", "backup": format!("{INSTANCE}/backups/b0")})),
+            503,
+            "",
+        ),
+        req(
+            Owner,
+            Method::POST,
+            format!("{LOC}/instances:import"),
+            Some(json!({"instanceId": "im", "source": "e0"})),
+            503,
+            "",
+        ),
+        req(
+            Owner,
+            Method::POST,
+            format!("{INSTANCE}:export"),
+            Some(json!({"destination": "during", "allowPlaintext": true})),
+            503,
+            "",
+        ),
+        req(Owner, Method::POST, format!("{INSTANCE}:rewrap"), None, 503, ""),
+        req(Owner, Method::DELETE, INSTANCE, None, 503, ""),
         // Refusals too: a refusal that cannot be recorded is not answered either.
         req(Viewer, Method::POST, format!("{KEY}:decrypt"), Some(dec), 503, ""),
         req(Nobody, Method::GET, RING, None, 503, ""),
@@ -429,10 +491,8 @@ async fn a_failing_audit_write_fails_the_request(backend: Backend) {
     assert_eq!(run.entries().await.len(), before, "nothing was recorded");
 
     breaker.allow().await;
-    // No KMS change was made while unaudited (its entry commits in the change's transaction),
-    // and the server serves again. (The store's upload is not in one transaction with its
-    // entry: the object written during the outage exists although the client was told 503;
-    // reported to the issue rather than asserted either way here.)
+    // No change was made while unaudited (every entry commits in its change's transaction),
+    // and the server serves again.
     run.s.err(Method::GET, &format!("{LOC}/keyRings/during"), None, 404, "NOT_FOUND").await;
     let versions = run.s.ok(Method::GET, &format!("{KEY}/cryptoKeyVersions"), None).await;
     assert_eq!(versions["cryptoKeyVersions"].as_array().unwrap().len(), 1, "{versions}");
@@ -440,6 +500,24 @@ async fn a_failing_audit_write_fails_the_request(backend: Backend) {
     assert!(!tokens.contains("zed@"), "{tokens}");
     let out = run.s.ok(Method::POST, &format!("{KEY}:decrypt"), Some(json!({"ciphertext": run.ciphertext}))).await;
     assert_eq!(out["plaintext"], plaintext_b64);
+    // The store: the upload is not there, the deleted object and instance and backup are, no
+    // instance was created, restored, cloned or imported, no backup taken, no export kept.
+    run.s.err(Method::GET, &format!("{INSTANCE}/objects/during.bin"), None, 404, "NOT_FOUND").await;
+    let objects = run.s.ok(Method::GET, &format!("{INSTANCE}/objects"), None).await;
+    assert_eq!(objects["objects"].as_array().map(Vec::len), Some(1), "{objects}");
+    let r = run.s.http.get(format!("{}/{INSTANCE}/objects/a.bin?alt=media", run.s.base)).bearer_auth(&run.s.token);
+    assert_eq!(r.send().await.unwrap().bytes().await.unwrap().as_ref(), OBJECT);
+    let instances = run.s.ok(Method::GET, &format!("{LOC}/instances"), None).await;
+    let names: Vec<&str> =
+        instances["instances"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [INSTANCE], "{instances}");
+    let backups = run.s.ok(Method::GET, &format!("{INSTANCE}/backups"), None).await;
+    let names: Vec<&str> = backups["backups"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [format!("{INSTANCE}/backups/b0")], "{backups}");
+    // The export's file was not left behind: the same destination can be written now.
+    run.s
+        .ok(Method::POST, &format!("{INSTANCE}:export"), Some(json!({"destination": "during", "allowPlaintext": true})))
+        .await;
     match run.s.kms.verify_audit_chain().await.unwrap() {
         ChainVerdict::Intact { entries, .. } => assert!(entries as usize > before),
         broken => panic!("the chain broke: {broken:?}"),

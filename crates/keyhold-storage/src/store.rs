@@ -145,6 +145,25 @@ async fn append_entries(
     chain_statements(&head, entries)
 }
 
+/// Runs `statements` (a store change) in the open transaction `tx`, appends the call's success
+/// entries `audit` (possibly none) to the chain and commits, all at once: the store's changes
+/// are audited as the KMS's are ([`SqlStore::write_audited`]). The head, one lock for every
+/// audited writer on every node, is taken after the change's own statements, so that it is
+/// held only for the append (never while, say, a large object's chunks are deleted); on SQLite
+/// that is two hops to its thread.
+pub(crate) async fn commit_audited(
+    mut tx: Box<dyn SqlConn>,
+    statements: Vec<(&'static str, Vec<Value>)>,
+    audit: &[AuditRecord],
+) -> Result<(), StoreError> {
+    if audit.is_empty() {
+        return tx.execute_many_and_commit(statements).await;
+    }
+    let rows = audit.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
+    tx.execute_many(statements).await?;
+    tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows))).await
+}
+
 fn audit_entry(row: &Row) -> Result<StoredAuditEntry, StoreError> {
     Ok(StoredAuditEntry {
         seq: row[0].int()?,

@@ -3,13 +3,14 @@
 use async_trait::async_trait;
 use keyhold_api::wire::Timestamp;
 use keyhold_cmek::{SealedChunk, WrappedKek};
+use keyhold_kms::audit::AuditRecord;
 use keyhold_kms::store::StoreError;
 use keyhold_store::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
 use keyhold_store::repo::StoreRepository;
 
 use crate::schema::*;
 use crate::sql::{Row, SqlBackend, Value};
-use crate::store::SqlStore;
+use crate::store::{SqlStore, commit_audited};
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_string())
@@ -132,16 +133,21 @@ fn object_params(instance: &str, o: &ObjectRecord) -> Vec<Value> {
 
 #[async_trait]
 impl<B: SqlBackend> StoreRepository for SqlStore<B> {
-    async fn insert_instance(&self, instance: &InstanceRecord, kek: &KekRecord) -> Result<(), StoreError> {
+    async fn insert_instance(
+        &self,
+        instance: &InstanceRecord,
+        kek: &KekRecord,
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError> {
         let name = instance.name.to_string();
         let claim = vec![text(&name), text("LIVE"), Value::Int(instance.create_time.unix_nanos_i64())];
         let tx = self.backend().begin().await?;
-        tx.execute_many_and_commit(vec![
+        let statements = vec![
             (CLAIM_NAME, claim),
             (INSERT_INSTANCE, instance_params(instance)?),
             (INSERT_KEK, kek_params(&name, kek)),
-        ])
-        .await
+        ];
+        commit_audited(tx, statements, audit).await
     }
 
     async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, StoreError> {
@@ -177,7 +183,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             .collect()
     }
 
-    async fn delete_instance(&self, name: &str) -> Result<bool, StoreError> {
+    async fn delete_instance(&self, name: &str, audit: &[AuditRecord]) -> Result<bool, StoreError> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(name)]).await?;
@@ -187,11 +193,13 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         }
         tx.execute(DELETE_REPLICA, vec![text(name)]).await?;
         let n = tx.execute(DELETE_INSTANCE, vec![text(name)]).await?;
-        if n > 0 {
-            tx.execute(DELETE_NAME, vec![text(name)]).await?;
+        if n == 0 {
+            tx.commit().await?;
+            return Ok(false);
         }
-        tx.commit().await?;
-        Ok(n > 0)
+        let statements = vec![(DELETE_NAME, vec![text(name)])];
+        commit_audited(tx, statements, audit).await?;
+        Ok(true)
     }
 
     async fn begin_pending(&self, name: &str, node: &str, now: Timestamp) -> Result<(), StoreError> {
@@ -203,7 +211,11 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         .await
     }
 
-    async fn finish_pending_instance(&self, instance: &InstanceRecord) -> Result<(), StoreError> {
+    async fn finish_pending_instance(
+        &self,
+        instance: &InstanceRecord,
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError> {
         let name = instance.name.to_string();
         let mut tx = self.backend().begin().await?;
         if tx.execute(NAME_BUILT, vec![text(&name)]).await? != 1 {
@@ -214,10 +226,10 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         if let Some(primary) = &instance.replica_of {
             statements.push((INSERT_REPLICA, vec![text(&name), text(primary)]));
         }
-        tx.execute_many_and_commit(statements).await
+        commit_audited(tx, statements, audit).await
     }
 
-    async fn discard(&self, name: &str) -> Result<(), StoreError> {
+    async fn discard(&self, name: &str, audit: &[AuditRecord]) -> Result<(), StoreError> {
         // A copy's snapshot is released first, so that what only it kept goes too.
         let pinned = self.backend().read().await?.query(PINNED_INSTANCES, vec![text(name)]).await?;
         for row in pinned {
@@ -226,7 +238,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         let mut statements: Vec<_> = RESOURCE_DATA.iter().map(|sql| (*sql, vec![text(name)])).collect();
         statements.push((DELETE_BACKUP, vec![text(name)]));
         statements.push((DELETE_NAME, vec![text(name)]));
-        self.backend().begin().await?.execute_many_and_commit(statements).await
+        let tx = self.backend().begin().await?;
+        commit_audited(tx, statements, audit).await
     }
 
     fn single_process(&self) -> bool {
@@ -320,16 +333,20 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             .await
     }
 
-    async fn finish_backup(&self, name: &str, size_bytes: u64, object_count: u64) -> Result<(), StoreError> {
-        self.backend()
-            .begin()
-            .await?
-            .execute_many_and_commit(vec![
-                (FINISH_BACKUP, vec![text(name), int(size_bytes), int(object_count)]),
-                (NAME_BUILT, vec![text(name)]),
-                (END_WORK, vec![text(name), text(""), int(0)]),
-            ])
-            .await
+    async fn finish_backup(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        object_count: u64,
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError> {
+        let tx = self.backend().begin().await?;
+        let statements = vec![
+            (FINISH_BACKUP, vec![text(name), int(size_bytes), int(object_count)]),
+            (NAME_BUILT, vec![text(name)]),
+            (END_WORK, vec![text(name), text(""), int(0)]),
+        ];
+        commit_audited(tx, statements, audit).await
     }
 
     async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, StoreError> {
@@ -374,7 +391,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             .await
     }
 
-    async fn insert_export(&self, export: &ExportRecord) -> Result<(), StoreError> {
+    async fn insert_export(&self, export: &ExportRecord, audit: &[AuditRecord]) -> Result<(), StoreError> {
         let params = vec![
             text(&export.name),
             text(&export.instance),
@@ -385,7 +402,9 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             int(export.object_count),
             Value::Int(export.create_time.unix_nanos_i64()),
         ];
-        self.backend().begin().await?.execute_many_and_commit(vec![(INSERT_EXPORT, params)]).await
+        let tx = self.backend().begin().await?;
+        let statements = vec![(INSERT_EXPORT, params)];
+        commit_audited(tx, statements, audit).await
     }
 
     async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, StoreError> {
@@ -415,18 +434,28 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         tx.execute_many_and_commit(vec![(INSERT_KEK, kek_params(instance, kek))]).await
     }
 
-    async fn update_kek(&self, instance: &str, id: u64, wrapped: &WrappedKek) -> Result<(), StoreError> {
+    async fn update_keks(
+        &self,
+        instance: &str,
+        keks: &[(u64, WrappedKek)],
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError> {
         let tx = self.backend().begin().await?;
-        tx.execute_many_and_commit(vec![(
-            UPDATE_KEK,
-            vec![
-                text(instance),
-                int(id),
-                Value::OptBlob(Some(wrapped.ciphertext.clone())),
-                text(wrapped.key_version.as_deref().unwrap_or_default()),
-            ],
-        )])
-        .await
+        let statements: Vec<_> = keks
+            .iter()
+            .map(|(id, wrapped)| {
+                (
+                    UPDATE_KEK,
+                    vec![
+                        text(instance),
+                        int(*id),
+                        Value::OptBlob(Some(wrapped.ciphertext.clone())),
+                        text(wrapped.key_version.as_deref().unwrap_or_default()),
+                    ],
+                )
+            })
+            .collect();
+        commit_audited(tx, statements, audit).await
     }
 
     async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, StoreError> {
@@ -475,6 +504,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         first_index: u64,
         last_chunks: &[StoredChunk],
         expected_generation: Option<u64>,
+        audit: &[AuditRecord],
     ) -> Result<(), StoreError> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
@@ -505,7 +535,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             }
         }
         let key = || vec![text(instance), text(&object.name), int(object.generation)];
-        tx.execute_many_and_commit(vec![(END_UPLOAD, key()), (END_WORK, key()), (DELETE_DEAD_CHUNKS, key())]).await
+        let statements = vec![(END_UPLOAD, key()), (END_WORK, key()), (DELETE_DEAD_CHUNKS, key())];
+        commit_audited(tx, statements, audit).await
     }
 
     async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), StoreError> {
@@ -545,7 +576,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             .collect()
     }
 
-    async fn delete_object(&self, instance: &str, name: &str) -> Result<bool, StoreError> {
+    async fn delete_object(&self, instance: &str, name: &str, audit: &[AuditRecord]) -> Result<bool, StoreError> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_SHARED, vec![text(instance)]).await?;
@@ -553,7 +584,8 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         tx.execute(DELETE_REPLICA_SOURCE, vec![text(instance), text(name)]).await?;
         tx.execute(DELETE_OBJECT_CHUNKS, vec![text(instance), text(name)]).await?;
         let n = tx.execute(DELETE_OBJECT, vec![text(instance), text(name)]).await?;
-        tx.commit().await?;
+        // Nothing deleted, nothing to record with it (the call's refusal is recorded after).
+        commit_audited(tx, Vec::new(), if n > 0 { audit } else { &[] }).await?;
         Ok(n > 0)
     }
 

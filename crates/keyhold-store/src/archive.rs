@@ -298,8 +298,14 @@ impl<R: AsyncRead + Unpin> ArchiveReader<R> {
                     return Err(bad("an object without chunks"));
                 }
                 crate::model::check_object_name(&object.name)?;
+                // Sizes come from the file: a plaintext archive can claim any (fuzzing found
+                // two objects of u64::MAX bytes overflowing this sum, issue 15).
+                self.seen.size_bytes = self
+                    .seen
+                    .size_bytes
+                    .checked_add(object.size)
+                    .ok_or_else(|| bad("the sizes of its objects add up past 2^64 bytes"))?;
                 self.seen.object_count += 1;
-                self.seen.size_bytes += object.size;
                 self.current = Some(object.clone());
                 self.next_chunk = 0;
                 Ok(ArchiveItem::Object(object))

@@ -30,7 +30,7 @@ use crate::error::StoreError;
 use crate::model::*;
 use crate::repo::RepoError;
 use crate::service::{
-    COPY_CHUNKS_PER_WRITE, ListRequest, ObjectMeta, Op, Store, Vault, decode_token, encode_token, guard_error,
+    Audit, COPY_CHUNKS_PER_WRITE, ListRequest, ObjectMeta, Op, Store, Vault, decode_token, encode_token, guard_error,
     page_size,
 };
 
@@ -162,7 +162,7 @@ impl Store {
             permission: role::BACKUPS_CREATE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             if backup_id.is_empty() {
                 return Err(StoreError::InvalidArgument("backupId is required: POST .../backups?backupId=ID.".into()));
             }
@@ -207,13 +207,19 @@ impl Store {
             let (size, count) = match copied {
                 Ok(c) => c,
                 Err(e) => {
-                    if let Err(d) = self.repo.discard(&name).await {
+                    if let Err(d) = self.repo.discard(&name, &[]).await {
                         tracing::warn!(backup = %name, error = %d, "cannot delete a failed backup; it is retried at the next start");
                     }
                     return Err(e);
                 }
             };
-            self.repo.finish_backup(&name, size, count).await?;
+            if let Err(e) = self.repo.finish_backup(&name, size, count, &audit.entries()).await {
+                // Not finished (its entry could not be written, say): the backup is not kept.
+                if let Err(d) = self.repo.discard(&name, &[]).await {
+                    tracing::warn!(backup = %name, error = %d, "cannot delete a failed backup; it is retried at the next start");
+                }
+                return Err(e.into());
+            }
             tracing::info!(backup = %name, objects = count, bytes = size, "backup taken");
             let versions = dest.guard.key_versions();
             Ok(render_backup(&BackupRecord { state: "READY".into(), size_bytes: size, object_count: count, ..backup }, versions))
@@ -274,7 +280,7 @@ impl Store {
             create_time: obj.create_time,
             update_time: obj.update_time,
         };
-        self.write_object(dest, &meta, stream, COPY_CHUNKS_PER_WRITE).await
+        self.write_object(dest, &meta, stream, COPY_CHUNKS_PER_WRITE, None).await
     }
 
     async fn backup_record(&self, name: &str) -> Result<BackupRecord, StoreError> {
@@ -335,7 +341,7 @@ impl Store {
             permission: role::BACKUPS_DELETE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             let b = self.backup_record(name).await?;
             if b.state != "READY" {
                 return Err(StoreError::FailedPrecondition(format!(
@@ -343,7 +349,7 @@ impl Store {
                     b.name
                 )));
             }
-            self.repo.discard(&b.name).await?;
+            self.repo.discard(&b.name, &audit.entries()).await?;
             Ok(())
         })
         .await
@@ -375,7 +381,7 @@ impl Store {
             permission: role::BACKUPS_RESTORE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             let name = self.new_instance_name(parent, &req.instance_id)?;
             if req.backup.is_empty() {
                 return Err(StoreError::InvalidArgument("backup is required: the backup's full name.".into()));
@@ -384,7 +390,7 @@ impl Store {
             // Finding 2(b): the caller must be allowed to restore the backup itself, not only
             // to create in the destination; checked before the backup is looked up.
             let dest_project = name.project.clone();
-            self.on_source(caller, "RestoreInstance", &dest_project, &backup_name, role::BACKUPS_RESTORE, async {
+            self.on_source(caller, audit, "RestoreInstance", &dest_project, &backup_name, role::BACKUPS_RESTORE, async |audit| {
             let backup = self.backup_record(&backup_name).await?;
             if backup.state != "READY" {
                 return Err(StoreError::FailedPrecondition(format!(
@@ -412,7 +418,7 @@ impl Store {
                 )));
             }
             let store = self.clone();
-            self.build_instance(name, kms_key, req.labels, None, move |dest| async move {
+            self.build_instance(audit, name, kms_key, req.labels, None, move |dest| async move {
                 store.copy_all(&source, &dest).await
             })
             .await
@@ -436,7 +442,7 @@ impl Store {
             permission: role::INSTANCES_CLONE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             let record = self.instance_record(name).await?;
             if let Some(k) = req.kms_key.as_deref().filter(|k| !k.is_empty())
                 && Some(k) != record.kms_key.as_deref()
@@ -455,7 +461,7 @@ impl Store {
             let source = self.vault(&record).await?;
             source.require_access()?;
             let store = self.clone();
-            self.build_instance(dest_name, record.kms_key.clone(), req.labels, None, move |dest| async move {
+            self.build_instance(audit, dest_name, record.kms_key.clone(), req.labels, None, move |dest| async move {
                 store.copy_snapshot(&source, &dest).await.map(|_| ())
             })
             .await
@@ -468,6 +474,7 @@ impl Store {
     /// written is deleted.
     async fn build_instance<F, Fut>(
         &self,
+        audit: &Audit<'_>,
         name: InstanceName,
         kms_key: Option<String>,
         labels: BTreeMap<String, String>,
@@ -500,12 +507,12 @@ impl Store {
             self.repo.insert_kek(&resource, &KekRecord { id: 1, wrapped: wrapped.clone(), create_time: now }).await?;
             guard.insert(1, kek, wrapped);
             fill(vault).await?;
-            self.repo.finish_pending_instance(&record).await?;
+            self.repo.finish_pending_instance(&record, &audit.entries()).await?;
             Ok::<_, StoreError>(())
         }
         .await;
         if let Err(e) = built {
-            if let Err(d) = self.repo.discard(&resource).await {
+            if let Err(d) = self.repo.discard(&resource, &[]).await {
                 tracing::warn!(instance = %resource, error = %d, "cannot delete a failed build; it is retried at the next start");
             }
             return Err(e);
@@ -523,6 +530,7 @@ impl Store {
     /// location. It starts empty and catches up in the background (`lastSyncTime`).
     pub(crate) async fn create_replica(
         &self,
+        audit: &Audit<'_>,
         caller: &Caller,
         name: InstanceName,
         primary: &str,
@@ -543,9 +551,15 @@ impl Store {
             ));
             let primary = primary_name.to_string();
             return self
-                .on_source(caller, "CreateInstance", &name.project, &primary, role::INSTANCES_CLONE, async {
-                    Err(refusal)
-                })
+                .on_source(
+                    caller,
+                    audit,
+                    "CreateInstance",
+                    &name.project,
+                    &primary,
+                    role::INSTANCES_CLONE,
+                    async |_| Err(refusal),
+                )
                 .await;
         }
         let primary = self.instance_record(primary).await.map_err(|e| match e {
@@ -584,7 +598,8 @@ impl Store {
             }
         };
         let primary_name = primary.name.to_string();
-        let instance = self.build_instance(name, kms_key, labels, Some(primary_name), |_| async { Ok(()) }).await?;
+        let instance =
+            self.build_instance(audit, name, kms_key, labels, Some(primary_name), |_| async { Ok(()) }).await?;
         self.replication.notify_one();
         Ok(instance)
     }
@@ -669,7 +684,7 @@ impl Store {
             let Some(last) = page.last() else { break };
             after = last.name.clone();
             for obj in page.into_iter().filter(|o| !live.contains(&o.name)) {
-                self.repo.delete_object(replica, &obj.name).await?;
+                self.repo.delete_object(replica, &obj.name, &[]).await?;
             }
         }
         if complete {
@@ -868,7 +883,7 @@ impl Store {
                 req.destination
             )
         });
-        self.call_warned(caller, op, warning, async {
+        self.mutate_warned(caller, op, warning, async |audit| {
             let record = self.instance_record(name).await?;
             let key = req.kms_key.clone().filter(|k| !k.is_empty());
             let kms_key = match (key, req.allow_plaintext) {
@@ -926,7 +941,14 @@ impl Store {
                 object_count: written.object_count,
                 create_time: header.create_time,
             };
-            self.repo.insert_export(&export).await?;
+            if let Err(e) = self.repo.insert_export(&export, &audit.entries()).await {
+                // Not registered (its entry could not be written, say): the export did not
+                // happen, and its file is not left behind.
+                if let Err(r) = tokio::fs::remove_file(&path).await {
+                    tracing::warn!(file = %path.display(), error = %r, "cannot delete the file of an export that failed");
+                }
+                return Err(e.into());
+            }
             tracing::info!(export = %export.name, file = %export.destination, objects = export.object_count, "instance exported");
             Ok(Export::of(&export))
         })
@@ -1025,7 +1047,7 @@ impl Store {
             permission: role::INSTANCES_IMPORT,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             let name = self.new_instance_name(parent, &req.instance_id)?;
             let path = self.archive_path(&name.project, &req.source)?;
             let file = tokio::fs::File::open(&path)
@@ -1050,7 +1072,7 @@ impl Store {
                 )));
             }
             let (source, dest_project) = (source.to_string(), name.project.clone());
-            self.on_source(caller, "ImportInstance", &dest_project, &source, role::INSTANCES_EXPORT, async {
+            self.on_source(caller, audit, "ImportInstance", &dest_project, &source, role::INSTANCES_EXPORT, async |audit| {
             let kek = match (&header.kms_key, &header.wrapped_kek) {
                 (None, _) => None,
                 (Some(_), None) => return Err(StoreError::FailedPrecondition("The archive names a key but holds no wrapped key.".into())),
@@ -1074,7 +1096,7 @@ impl Store {
             };
             let kms_key = req.kms_key.clone().filter(|k| !k.is_empty());
             let mut reader = ArchiveReader::new(input, &header, kek);
-            self.build_instance(name, kms_key, req.labels, None, |dest| async move {
+            self.build_instance(audit, name, kms_key, req.labels, None, |dest| async move {
                 let mut pending = match reader.next().await? {
                     ArchiveItem::Object(o) => Some(o),
                     ArchiveItem::End(_) => None,
@@ -1098,7 +1120,7 @@ impl Store {
                         create_time: object.create_time,
                         update_time: object.update_time,
                     };
-                    let written = self.write_object(&dest, &meta, Box::pin(chunks), COPY_CHUNKS_PER_WRITE).await?;
+                    let written = self.write_object(&dest, &meta, Box::pin(chunks), COPY_CHUNKS_PER_WRITE, None).await?;
                     if written.size != object.size {
                         return Err(StoreError::FailedPrecondition(format!(
                             "Object {} of the archive holds {} bytes, not the {} it lists.",

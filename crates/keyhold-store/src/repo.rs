@@ -1,9 +1,15 @@
 //! The store's persistence boundary; `keyhold-storage` implements it for SQLite and PostgreSQL
 //! in the same database as the KMS (or the store's own, when it runs apart).
+//!
+//! The methods that make a call's change visible take `audit`: the call's success entries
+//! (none for the steps of a copy or a cleanup), appended to the audit chain in the same
+//! transaction as the change, so that a change is never visible without its entry
+//! ([K10], hardening issue #15), as the KMS's own changes are.
 
 use async_trait::async_trait;
 use keyhold_api::wire::Timestamp;
 use keyhold_cmek::WrappedKek;
+use keyhold_kms::audit::AuditRecord;
 pub use keyhold_kms::store::StoreError as RepoError;
 
 use crate::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
@@ -12,15 +18,21 @@ use crate::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, Object
 #[async_trait]
 pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// Creates an instance with its first KEK; `AlreadyExists` if the name is taken.
-    async fn insert_instance(&self, instance: &InstanceRecord, kek: &KekRecord) -> Result<(), RepoError>;
+    async fn insert_instance(
+        &self,
+        instance: &InstanceRecord,
+        kek: &KekRecord,
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError>;
     /// An instance by name.
     async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, RepoError>;
     /// Instances under `projects/P/locations/L`, by name.
     async fn list_instances(&self, parent: &str) -> Result<Vec<InstanceRecord>, RepoError>;
     /// Every instance under the customer key `key`, by name ([K12]).
     async fn instances_by_key(&self, key: &str) -> Result<Vec<InstanceRecord>, RepoError>;
-    /// Deletes an instance with its KEKs, objects and chunks; returns whether it existed.
-    async fn delete_instance(&self, name: &str) -> Result<bool, RepoError>;
+    /// Deletes an instance with its KEKs, objects and chunks; returns whether it existed
+    /// (`audit` is recorded only if it did).
+    async fn delete_instance(&self, name: &str, audit: &[AuditRecord]) -> Result<bool, RepoError>;
 
     /// Reserves `name` for a resource being built (a restore, clone, import or replica target,
     /// or a backup): its KEKs and objects are written under the name before the resource
@@ -29,11 +41,11 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     async fn begin_pending(&self, name: &str, node: &str, now: Timestamp) -> Result<(), RepoError>;
     /// Makes a built instance appear (and, for a replica, records its primary), ending its
     /// reservation.
-    async fn finish_pending_instance(&self, instance: &InstanceRecord) -> Result<(), RepoError>;
+    async fn finish_pending_instance(&self, instance: &InstanceRecord, audit: &[AuditRecord]) -> Result<(), RepoError>;
     /// Deletes everything stored under `name` (a failed build, or a backup): KEKs, objects,
     /// chunks, uploads, snapshot pins, the backup row and the name's claim. Only for a name
     /// the caller holds (a build's reservation, or a backup).
-    async fn discard(&self, name: &str) -> Result<(), RepoError>;
+    async fn discard(&self, name: &str, audit: &[AuditRecord]) -> Result<(), RepoError>;
     /// Whether one process at most uses this database (SQLite), so that at start every
     /// unfinished upload or build is what a crash left.
     fn single_process(&self) -> bool;
@@ -63,7 +75,13 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// The backup is `node`'s work until it is finished.
     async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord, node: &str) -> Result<(), RepoError>;
     /// Marks a backup `READY`, ending its reservation.
-    async fn finish_backup(&self, name: &str, size_bytes: u64, object_count: u64) -> Result<(), RepoError>;
+    async fn finish_backup(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        object_count: u64,
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError>;
     /// A backup by name.
     async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, RepoError>;
     /// An instance's backups (also after the instance is deleted), by name.
@@ -81,7 +99,7 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     async fn set_replica_source(&self, replica: &str, object: &str, generation: u64) -> Result<(), RepoError>;
 
     /// Records an export written.
-    async fn insert_export(&self, export: &ExportRecord) -> Result<(), RepoError>;
+    async fn insert_export(&self, export: &ExportRecord, audit: &[AuditRecord]) -> Result<(), RepoError>;
     /// Every export under the customer key `key` whose file is there ([K12]).
     async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, RepoError>;
 
@@ -96,8 +114,13 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, RepoError>;
     /// Adds a KEK.
     async fn insert_kek(&self, instance: &str, kek: &KekRecord) -> Result<(), RepoError>;
-    /// Stores a KEK's new wrapping (`:rewrap`).
-    async fn update_kek(&self, instance: &str, id: u64, wrapped: &WrappedKek) -> Result<(), RepoError>;
+    /// Stores KEKs' new wrappings (`:rewrap`), all at once.
+    async fn update_keks(
+        &self,
+        instance: &str,
+        keks: &[(u64, WrappedKek)],
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError>;
     /// Deletes a KEK unless some object still uses it; returns whether it was deleted.
     async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, RepoError>;
 
@@ -131,6 +154,7 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
         first_index: u64,
         last_chunks: &[StoredChunk],
         expected_generation: Option<u64>,
+        audit: &[AuditRecord],
     ) -> Result<(), RepoError>;
     /// Deletes an unfinished upload's chunks and record.
     async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), RepoError>;
@@ -145,8 +169,9 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
         after: &str,
         limit: u64,
     ) -> Result<Vec<ObjectRecord>, RepoError>;
-    /// Deletes an object and its chunks; returns whether it existed.
-    async fn delete_object(&self, instance: &str, name: &str) -> Result<bool, RepoError>;
+    /// Deletes an object and its chunks; returns whether it existed (`audit` is recorded only
+    /// if it did).
+    async fn delete_object(&self, instance: &str, name: &str, audit: &[AuditRecord]) -> Result<bool, RepoError>;
     /// One chunk of an object generation.
     async fn chunk(
         &self,

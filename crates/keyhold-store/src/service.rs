@@ -17,8 +17,8 @@ use keyhold_cmek::{
 };
 use keyhold_crypto::KeyBytes;
 use keyhold_iam::{Permission, role};
-use keyhold_kms::audit::AuditKind;
-use keyhold_kms::{Caller, Kms, KmsError};
+use keyhold_kms::audit::{AuditKind, AuditRecord};
+use keyhold_kms::{Caller, Kms, KmsError, ServiceCall};
 
 use crate::agents::AgentProvider;
 use crate::error::StoreError;
@@ -130,6 +130,28 @@ pub(crate) struct Op {
     pub kind: AuditKind,
 }
 
+/// A mutating call in progress, handed to the step that makes its change visible: that step
+/// commits [`Audit::entries`] in the same transaction as the change ([K10], hardening issue
+/// #15), so that a change is never visible without its entry and a failing audit write leaves
+/// no change (the call then answers `UNAVAILABLE`). A failure is recorded after, as for every
+/// call.
+pub(crate) struct Audit<'c> {
+    call: &'c ServiceCall<'c>,
+    /// The call this one runs inside (the destination's call around a copy's check on its
+    /// source, in another project): its entry commits with the same change.
+    outer: Option<&'c Audit<'c>>,
+}
+
+impl Audit<'_> {
+    /// The success entries of the call and of the calls it runs inside, oldest call first;
+    /// once taken, the calls' successes are not recorded again after.
+    pub(crate) fn entries(&self) -> Vec<AuditRecord> {
+        let mut entries = self.outer.map(Audit::entries).unwrap_or_default();
+        entries.push(self.call.success_entry());
+        entries
+    }
+}
+
 fn random_node_id() -> String {
     let mut b = [0u8; 8];
     // Without randomness two nodes could share an ID; the time and process ID keep them apart.
@@ -234,7 +256,7 @@ impl Store {
         }
         for name in &builds {
             tracing::warn!(resource = %name, "deleting what an interrupted backup, restore, clone, import or replica left");
-            self.repo.discard(name).await?;
+            self.repo.discard(name, &[]).await?;
         }
         Ok(uploads.len() + builds.len())
     }
@@ -267,14 +289,26 @@ impl Store {
         self.sync_times.lock().unwrap_or_else(|e| e.into_inner()).get(replica).copied()
     }
 
-    /// Runs `f` as `op` for `caller`: authorized first, audited after.
+    /// Runs `f` as `op` for `caller`: authorized first, audited after (for calls that change
+    /// nothing; see [`Store::mutate`]).
     pub(crate) async fn call<T>(
         &self,
         caller: &Caller,
         op: Op,
         f: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        self.call_warned(caller, op, None, f).await
+        self.run(caller, op, None, None, async |_| f.await).await
+    }
+
+    /// Runs `f` as `op` for `caller`, a call that changes something: authorized first; its
+    /// success entry committed by `f` with the change ([`Audit`]), a failure recorded after.
+    pub(crate) async fn mutate<T>(
+        &self,
+        caller: &Caller,
+        op: Op,
+        f: impl AsyncFnOnce(&Audit<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(caller, op, None, None, f).await
     }
 
     /// Runs `f`, a copy into project `dest_project` that reads `source` (a backup, an instance,
@@ -285,35 +319,52 @@ impl Store {
     /// projects the source's is a call of its own, refused with `PERMISSION_DENIED` before the
     /// source is looked up and audited in the source's project, so that its owners see who
     /// copied (or tried to copy) their data.
+    /// The source's entry commits with the copy's change, together with the destination's
+    /// (`audit`, the destination's call).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn on_source<T>(
         &self,
         caller: &Caller,
+        audit: &Audit<'_>,
         method: &'static str,
         dest_project: &str,
         source: &str,
         permission: Permission,
-        f: impl std::future::Future<Output = Result<T, StoreError>>,
+        f: impl AsyncFnOnce(&Audit<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if keyhold_iam::project_of(source) == Some(dest_project) {
-            return f.await;
+            return f(audit).await;
         }
         let op = Op { method, resource: source.to_string(), permission, kind: AuditKind::Activity };
-        self.call(caller, op, f).await
+        self.run(caller, op, None, Some(audit), f).await
     }
 
-    /// [`Store::call`], with a warning in the audit entry.
-    pub(crate) async fn call_warned<T>(
+    /// [`Store::mutate`], with a warning in the audit entry.
+    pub(crate) async fn mutate_warned<T>(
         &self,
         caller: &Caller,
         op: Op,
         warning: Option<String>,
-        f: impl std::future::Future<Output = Result<T, StoreError>>,
+        f: impl AsyncFnOnce(&Audit<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(caller, op, warning, None, f).await
+    }
+
+    /// Authorizes `op`, runs `f` (inside the call `outer`, if given) and records the outcome
+    /// unless `f` committed the success entry with its change.
+    async fn run<T>(
+        &self,
+        caller: &Caller,
+        op: Op,
+        warning: Option<String>,
+        outer: Option<&Audit<'_>>,
+        f: impl AsyncFnOnce(&Audit<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let call = self.kms.begin_service_call(caller, SERVICE, op.method, op.resource, op.kind, op.permission).await?;
         if let Some(w) = warning {
             call.warn(w);
         }
-        let r = f.await;
+        let r = f(&Audit { call: &call, outer }).await;
         let (code, message) = match &r {
             Ok(_) => (0, String::new()),
             Err(e) => {
@@ -341,11 +392,15 @@ impl Store {
             permission: role::INSTANCES_CREATE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, self.create_instance_authorized(caller, parent, instance_id, req)).await
+        self.mutate(caller, op, async |audit| {
+            self.create_instance_authorized(audit, caller, parent, instance_id, req).await
+        })
+        .await
     }
 
     async fn create_instance_authorized(
         &self,
+        audit: &Audit<'_>,
         caller: &Caller,
         parent: &str,
         instance_id: &str,
@@ -358,7 +413,7 @@ impl Store {
         }
         let kms_key = req.kms_key.filter(|k| !k.is_empty());
         if let Some(primary) = req.replica_of.filter(|p| !p.is_empty()) {
-            return self.create_replica(caller, name, &primary, kms_key, req.labels).await;
+            return self.create_replica(audit, caller, name, &primary, kms_key, req.labels).await;
         }
         let wrapper = self.new_instance_wrapper(&name, kms_key.as_deref()).await?;
         let guard = KeyGuard::new(resource.clone(), wrapper, self.config.guard, []);
@@ -371,7 +426,7 @@ impl Store {
             replica_of: None,
         };
         let kek_record = KekRecord { id: 1, wrapped: wrapped.clone(), create_time: record.create_time };
-        match self.repo.insert_instance(&record, &kek_record).await {
+        match self.repo.insert_instance(&record, &kek_record, &audit.entries()).await {
             Ok(()) => {}
             Err(RepoError::AlreadyExists) => {
                 return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
@@ -750,7 +805,7 @@ impl Store {
             permission: role::INSTANCES_DELETE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             let parsed: InstanceName = name.parse()?;
             let resource = parsed.to_string();
             let replicas = self.repo.replicas_of(&resource).await?;
@@ -760,7 +815,7 @@ impl Store {
                     replicas.join(", ")
                 )));
             }
-            if !self.repo.delete_instance(&resource).await? {
+            if !self.repo.delete_instance(&resource, &audit.entries()).await? {
                 return Err(StoreError::NotFound(format!("Instance {resource} not found.")));
             }
             self.guards.remove(&resource);
@@ -778,13 +833,16 @@ impl Store {
             permission: role::INSTANCES_UPDATE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             let record = self.instance_record(name).await?;
             let guard = self.guard(&record).await?;
             let resource = record.name.to_string();
             let rewrapped = guard.rewrap().await.map_err(|e| guard_error(record.kms_key.as_deref(), e))?;
-            for (id, wrapped) in &rewrapped {
-                self.repo.update_kek(&resource, *id, wrapped).await?;
+            if let Err(e) = self.repo.update_keks(&resource, &rewrapped, &audit.entries()).await {
+                // Not stored (its entry could not be written, say): the guard's new wrappings
+                // are forgotten with it, and the stored ones loaded again at the next use.
+                self.guards.remove(&resource);
+                return Err(e.into());
             }
             self.render_instance(&record, &guard).await
         })
@@ -850,7 +908,7 @@ impl Store {
                     batch.chunks.push(sealed);
                     return match self
                         .repo
-                        .commit_upload(&vault.resource, &new, first, &batch.chunks, Some(obj.generation))
+                        .commit_upload(&vault.resource, &new, first, &batch.chunks, Some(obj.generation), &[])
                         .await
                     {
                         // Overwritten meanwhile: the newer upload wins, and it used a live KEK.
@@ -956,7 +1014,7 @@ impl Store {
             permission: role::OBJECTS_CREATE,
             kind: AuditKind::DataAccess,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             check_object_name(object)?;
             let record = self.instance_record(instance).await?;
             refuse_replica_write(&record)?;
@@ -966,7 +1024,7 @@ impl Store {
             let meta = ObjectMeta { name: object, content_type, create_time, update_time: now };
             let body = body
                 .map(|part| part.map_err(|e| StoreError::InvalidArgument(format!("the upload was interrupted: {e}"))));
-            let obj = self.write_object(&vault, &meta, body, CHUNKS_PER_WRITE).await?;
+            let obj = self.write_object(&vault, &meta, body, CHUNKS_PER_WRITE, Some(audit)).await?;
             self.replication.notify_one();
             Ok(Self::render_object(&vault, &obj))
         })
@@ -975,13 +1033,15 @@ impl Store {
 
     /// Writes an object into `vault` under its newest KEK, from a stream of plaintext: the
     /// object appears whole when the last chunk is stored, or not at all (an interrupted write
-    /// leaves nothing behind).
+    /// leaves nothing behind). With `audit` (an upload; not a copy's step), the call's entry
+    /// commits with the last chunk.
     pub(crate) async fn write_object<S>(
         &self,
         vault: &Vault,
         meta: &ObjectMeta<'_>,
         body: S,
         chunks_per_write: usize,
+        audit: Option<&Audit<'_>>,
     ) -> Result<ObjectRecord, StoreError>
     where
         S: Stream<Item = Result<Vec<u8>, StoreError>> + Send + Unpin,
@@ -991,7 +1051,7 @@ impl Store {
             vault.guard.wrapped().keys().copied().max().ok_or_else(|| StoreError::Internal("no KEK".into()))?;
         let generation = random_generation()?;
         let mut batch = ChunkBatch::new(chunks_per_write);
-        let r = self.upload(vault, meta, kek_id, generation, body, &mut batch).await;
+        let r = self.upload(vault, meta, kek_id, generation, body, &mut batch, audit).await;
         if r.is_err() && batch.upload_recorded {
             if let Err(e) = self.repo.abort_upload(&vault.resource, meta.name, generation).await {
                 tracing::warn!(resource = %vault.resource, error = %e, "cannot clean up a failed upload; it is retried at the next start");
@@ -1000,6 +1060,7 @@ impl Store {
         r
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn upload<S>(
         &self,
         vault: &Vault,
@@ -1008,6 +1069,7 @@ impl Store {
         generation: u64,
         mut body: S,
         batch: &mut ChunkBatch,
+        audit: Option<&Audit<'_>>,
     ) -> Result<ObjectRecord, StoreError>
     where
         S: Stream<Item = Result<Vec<u8>, StoreError>> + Send + Unpin,
@@ -1059,7 +1121,8 @@ impl Store {
         };
         let first = if batch.chunks.is_empty() { index } else { batch.first_index };
         batch.chunks.push(sealed);
-        match self.repo.commit_upload(resource, &obj, first, &batch.chunks, None).await {
+        let entries = audit.map(Audit::entries).unwrap_or_default();
+        match self.repo.commit_upload(resource, &obj, first, &batch.chunks, None, &entries).await {
             Err(RepoError::Conflict) => {
                 return Err(StoreError::NotFound(format!("{resource} was deleted while {object} was being written.")));
             }
@@ -1220,10 +1283,10 @@ impl Store {
             permission: role::OBJECTS_DELETE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             let record = self.instance_record(instance).await?;
             refuse_replica_write(&record)?;
-            if !self.repo.delete_object(&record.name.to_string(), object).await? {
+            if !self.repo.delete_object(&record.name.to_string(), object, &audit.entries()).await? {
                 return Err(StoreError::NotFound(format!("Object {object} not found in {}.", record.name)));
             }
             self.replication.notify_one();
