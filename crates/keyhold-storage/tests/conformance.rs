@@ -116,6 +116,7 @@ conformance!(
     repo_replicas,
     repo_exports,
     repo_orphaned_work,
+    repo_changes_commit_their_audit_entries,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------------
@@ -838,7 +839,8 @@ mod repo {
         if !early.is_empty() {
             r.put_chunks(inst, name, generation, 0, &early).await?;
         }
-        r.commit_upload(inst, &object(name, generation, chunks), chunks - 1, &[chunk(&tag(chunks - 1))], expected).await
+        r.commit_upload(inst, &object(name, generation, chunks), chunks - 1, &[chunk(&tag(chunks - 1))], expected, &[])
+            .await
     }
 
     pub async fn has_chunk(r: &dyn StoreRepository, inst: &str, name: &str, generation: u64, index: u64) -> bool {
@@ -894,7 +896,7 @@ async fn repo_instances(db: Opened) {
     use repo::*;
     let r = &*repo(&db);
     for (id, key) in [("b", Some(KEY)), ("a", None), ("c", Some(KEY))] {
-        r.insert_instance(&instance(id, key), &kek(1)).await.unwrap();
+        r.insert_instance(&instance(id, key), &kek(1), &[]).await.unwrap();
     }
     assert_eq!(r.instance(&instance_name("a")).await.unwrap(), Some(instance("a", None)));
     assert_eq!(r.instance(&instance_name("zz")).await.unwrap(), None);
@@ -904,20 +906,20 @@ async fn repo_instances(db: Opened) {
     assert_eq!(names(&r.instances_by_key(KEY).await.unwrap()), [instance_name("b"), instance_name("c")]);
     assert_eq!(r.keks(&instance_name("a")).await.unwrap(), [kek(1)], "created with its first KEK");
 
-    let dup = r.insert_instance(&instance("a", Some(KEY)), &kek(1)).await;
+    let dup = r.insert_instance(&instance("a", Some(KEY)), &kek(1), &[]).await;
     assert!(matches!(dup, Err(StoreError::AlreadyExists)), "{dup:?}");
     assert_eq!(r.instance(&instance_name("a")).await.unwrap(), Some(instance("a", None)), "unchanged");
 
     // Deleting takes its KEKs, objects and chunks along.
     upload(r, &instance_name("a"), "o", 1, 2, None).await.unwrap();
-    assert!(r.delete_instance(&instance_name("a")).await.unwrap());
+    assert!(r.delete_instance(&instance_name("a"), &[]).await.unwrap());
     assert_eq!(r.instance(&instance_name("a")).await.unwrap(), None);
     assert!(r.keks(&instance_name("a")).await.unwrap().is_empty());
     assert!(r.object(&instance_name("a"), "o").await.unwrap().is_none());
     assert!(r.chunk(&instance_name("a"), "o", 1, 0).await.unwrap().is_none());
-    assert!(!r.delete_instance(&instance_name("a")).await.unwrap(), "already gone");
+    assert!(!r.delete_instance(&instance_name("a"), &[]).await.unwrap(), "already gone");
     // The name can be used again, and the new instance has none of the old one's data.
-    r.insert_instance(&instance("a", None), &kek(7)).await.unwrap();
+    r.insert_instance(&instance("a", None), &kek(7), &[]).await.unwrap();
     assert_eq!(r.keks(&instance_name("a")).await.unwrap(), [kek(7)]);
     assert!(r.object(&instance_name("a"), "o").await.unwrap().is_none());
 }
@@ -926,12 +928,12 @@ async fn repo_keks(db: Opened) {
     use repo::*;
     let r = &*repo(&db);
     let inst = instance_name("i");
-    r.insert_instance(&instance("i", Some(KEY)), &kek(1)).await.unwrap();
+    r.insert_instance(&instance("i", Some(KEY)), &kek(1), &[]).await.unwrap();
     r.insert_kek(&inst, &kek(2)).await.unwrap();
     assert_eq!(r.keks(&inst).await.unwrap().len(), 2);
 
     let rewrapped = WrappedKek { ciphertext: vec![9; 60], key_version: Some(format!("{KEY}/cryptoKeyVersions/2")) };
-    r.update_kek(&inst, 1, &rewrapped).await.unwrap();
+    r.update_keks(&inst, &[(1, rewrapped.clone())], &[]).await.unwrap();
     let k1 = r.keks(&inst).await.unwrap().into_iter().find(|k| k.id == 1).unwrap();
     assert_eq!(k1.wrapped, rewrapped);
 
@@ -939,7 +941,7 @@ async fn repo_keks(db: Opened) {
     assert!(!r.delete_kek_if_unused(&inst, 1).await.unwrap(), "an object still uses KEK 1");
     assert!(r.delete_kek_if_unused(&inst, 2).await.unwrap());
     assert_eq!(r.keks(&inst).await.unwrap().iter().map(|k| k.id).collect::<Vec<_>>(), [1]);
-    assert!(r.delete_object(&inst, "o").await.unwrap());
+    assert!(r.delete_object(&inst, "o", &[]).await.unwrap());
     assert!(r.delete_kek_if_unused(&inst, 1).await.unwrap(), "no object left");
     assert!(r.keks(&inst).await.unwrap().is_empty());
 }
@@ -948,7 +950,7 @@ async fn repo_uploads_and_generations(db: Opened) {
     use repo::*;
     let r = &*repo(&db);
     let inst = instance_name("i");
-    r.insert_instance(&instance("i", None), &kek(1)).await.unwrap();
+    r.insert_instance(&instance("i", None), &kek(1), &[]).await.unwrap();
 
     upload(r, &inst, "o", 1, 3, None).await.unwrap();
     assert_eq!(r.object(&inst, "o").await.unwrap(), Some(object("o", 1, 3)));
@@ -977,8 +979,8 @@ async fn repo_uploads_and_generations(db: Opened) {
 
     // Deleted meanwhile: the commit is refused.
     r.begin_upload(&inst, "q", 1, "node-a", t(3)).await.unwrap();
-    assert!(r.delete_instance(&inst).await.unwrap());
-    let late = r.commit_upload(&inst, &object("q", 1, 1), 0, &[chunk("q/1/0")], None).await;
+    assert!(r.delete_instance(&inst, &[]).await.unwrap());
+    let late = r.commit_upload(&inst, &object("q", 1, 1), 0, &[chunk("q/1/0")], None, &[]).await;
     assert!(matches!(late, Err(StoreError::Conflict)), "{late:?}");
     assert!(r.object(&inst, "q").await.unwrap().is_none());
     assert!(r.chunk(&inst, "q", 1, 0).await.unwrap().is_none());
@@ -988,7 +990,7 @@ async fn repo_list_and_delete_objects(db: Opened) {
     use repo::*;
     let r = &*repo(&db);
     let inst = instance_name("i");
-    r.insert_instance(&instance("i", None), &kek(1)).await.unwrap();
+    r.insert_instance(&instance("i", None), &kek(1), &[]).await.unwrap();
     for name in ["b/2", "a", "b/1", "c", "b/3"] {
         upload(r, &inst, name, 1, 1, None).await.unwrap();
     }
@@ -1002,8 +1004,8 @@ async fn repo_list_and_delete_objects(db: Opened) {
     assert_eq!(list("", "", 2).await, ["a", "b/1"], "up to `limit`");
     assert!(list("zz", "", 100).await.is_empty());
 
-    assert!(r.delete_object(&inst, "b/2").await.unwrap());
-    assert!(!r.delete_object(&inst, "b/2").await.unwrap(), "already gone");
+    assert!(r.delete_object(&inst, "b/2", &[]).await.unwrap());
+    assert!(!r.delete_object(&inst, "b/2", &[]).await.unwrap(), "already gone");
     assert!(r.chunk(&inst, "b/2", 1, 0).await.unwrap().is_none(), "with its chunks");
     assert_eq!(list("b/", "", 100).await, ["b/1", "b/3"]);
 }
@@ -1013,7 +1015,7 @@ async fn repo_pins_keep_a_snapshot(db: Opened) {
     let r = &*repo(&db);
     let inst = instance_name("i");
     let pin = "projects/acme/locations/us-east1/backups/bk";
-    r.insert_instance(&instance("i", None), &kek(1)).await.unwrap();
+    r.insert_instance(&instance("i", None), &kek(1), &[]).await.unwrap();
     for name in ["x", "y"] {
         upload(r, &inst, name, 1, 2, None).await.unwrap();
     }
@@ -1022,7 +1024,7 @@ async fn repo_pins_keep_a_snapshot(db: Opened) {
     // Written after the snapshot: a new generation of x, a new object z, y deleted.
     upload(r, &inst, "x", 2, 1, Some(1)).await.unwrap();
     upload(r, &inst, "z", 1, 1, None).await.unwrap();
-    assert!(r.delete_object(&inst, "y").await.unwrap());
+    assert!(r.delete_object(&inst, "y", &[]).await.unwrap());
 
     let pinned = r.pinned_objects(pin, "", 100).await.unwrap();
     assert_eq!(pinned, [object("x", 1, 2), object("y", 1, 2)], "the snapshot, as it was");
@@ -1048,11 +1050,14 @@ async fn repo_builds_and_backups(db: Opened) {
     // A build holds its name: a second build, or a new instance of that name, is refused.
     r.begin_pending(&target, "node-a", t(10)).await.unwrap();
     assert!(matches!(r.begin_pending(&target, "node-b", t(10)).await, Err(StoreError::AlreadyExists)));
-    assert!(matches!(r.insert_instance(&instance("restored", None), &kek(1)).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(
+        r.insert_instance(&instance("restored", None), &kek(1), &[]).await,
+        Err(StoreError::AlreadyExists)
+    ));
     r.insert_kek(&target, &kek(1)).await.unwrap();
     upload(r, &target, "o", 1, 1, None).await.unwrap();
     assert_eq!(r.instance(&target).await.unwrap(), None, "not visible until finished");
-    r.finish_pending_instance(&instance("restored", None)).await.unwrap();
+    r.finish_pending_instance(&instance("restored", None), &[]).await.unwrap();
     assert_eq!(r.instance(&target).await.unwrap(), Some(instance("restored", None)));
     assert_eq!(r.object(&target, "o").await.unwrap(), Some(object("o", 1, 1)), "what was built under the name");
 
@@ -1061,7 +1066,7 @@ async fn repo_builds_and_backups(db: Opened) {
     r.begin_pending(&failed, "node-a", t(10)).await.unwrap();
     r.insert_kek(&failed, &kek(1)).await.unwrap();
     upload(r, &failed, "o", 1, 1, None).await.unwrap();
-    r.discard(&failed).await.unwrap();
+    r.discard(&failed, &[]).await.unwrap();
     assert!(r.keks(&failed).await.unwrap().is_empty());
     assert!(r.chunk(&failed, "o", 1, 0).await.unwrap().is_none());
     r.begin_pending(&failed, "node-a", t(11)).await.unwrap();
@@ -1069,7 +1074,7 @@ async fn repo_builds_and_backups(db: Opened) {
     // Backups: CREATING with their KEK, then READY; listed by instance and by key, also
     // after the instance is deleted.
     let src = instance_name("src");
-    r.insert_instance(&instance("src", Some(KEY)), &kek(1)).await.unwrap();
+    r.insert_instance(&instance("src", Some(KEY)), &kek(1), &[]).await.unwrap();
     let b1 = "projects/acme/locations/us-east1/backups/b1";
     let b2 = "projects/acme/locations/us-east1/backups/b2";
     r.insert_backup(&backup(b2, &src), &kek(1), "node-a").await.unwrap();
@@ -1077,17 +1082,17 @@ async fn repo_builds_and_backups(db: Opened) {
     assert!(matches!(r.insert_backup(&backup(b1, &src), &kek(1), "node-a").await, Err(StoreError::AlreadyExists)));
     assert_eq!(r.backup(b1).await.unwrap(), Some(backup(b1, &src)));
     assert_eq!(r.keks(b1).await.unwrap(), [kek(1)]);
-    r.finish_backup(b1, 1234, 5).await.unwrap();
+    r.finish_backup(b1, 1234, 5, &[]).await.unwrap();
     let ready = r.backup(b1).await.unwrap().unwrap();
     assert_eq!((ready.state.as_str(), ready.size_bytes, ready.object_count), ("READY", 1234, 5));
-    assert!(r.delete_instance(&src).await.unwrap());
+    assert!(r.delete_instance(&src, &[]).await.unwrap());
     let listed: Vec<String> = r.list_backups(&src).await.unwrap().into_iter().map(|b| b.name).collect();
     assert_eq!(listed, [b1, b2], "by name, after the instance is gone");
     let mut by_key: Vec<String> = r.backups_by_key(KEY).await.unwrap().into_iter().map(|b| b.name).collect();
     by_key.sort();
     assert_eq!(by_key, [b1, b2]);
     assert!(r.backups_by_key("projects/acme/locations/global/keyRings/r/cryptoKeys/other").await.unwrap().is_empty());
-    r.discard(b2).await.unwrap();
+    r.discard(b2, &[]).await.unwrap();
     assert_eq!(r.backup(b2).await.unwrap(), None);
     assert!(r.keks(b2).await.unwrap().is_empty());
 }
@@ -1096,14 +1101,14 @@ async fn repo_replicas(db: Opened) {
     use repo::*;
     let r = &*repo(&db);
     let primary = instance_name("primary");
-    r.insert_instance(&instance("primary", None), &kek(1)).await.unwrap();
+    r.insert_instance(&instance("primary", None), &kek(1), &[]).await.unwrap();
     for id in ["r2", "r1"] {
         let name = instance_name(id);
         r.begin_pending(&name, "node-a", t(10)).await.unwrap();
         r.insert_kek(&name, &kek(1)).await.unwrap();
         let mut rec = instance(id, None);
         rec.replica_of = Some(primary.clone());
-        r.finish_pending_instance(&rec).await.unwrap();
+        r.finish_pending_instance(&rec, &[]).await.unwrap();
         assert_eq!(r.instance(&name).await.unwrap().unwrap().replica_of.as_deref(), Some(primary.as_str()));
     }
     assert_eq!(r.replicas_of(&primary).await.unwrap(), [instance_name("r1"), instance_name("r2")]);
@@ -1119,7 +1124,7 @@ async fn repo_replicas(db: Opened) {
     assert_eq!(sources, [("a".to_string(), 3), ("b".to_string(), 4)], "the latest source per object");
     assert!(r.replica_sources(&instance_name("r2")).await.unwrap().is_empty());
 
-    assert!(r.delete_instance(&r1).await.unwrap());
+    assert!(r.delete_instance(&r1, &[]).await.unwrap());
     assert_eq!(r.replicas_of(&primary).await.unwrap(), [instance_name("r2")]);
 }
 
@@ -1129,9 +1134,9 @@ async fn repo_exports(db: Opened) {
     let a = "projects/acme/locations/us-east1/instances/i/exports/e1";
     let b = "projects/beta/locations/us-east1/instances/j/exports/e2";
     let c = "projects/acme/locations/us-east1/instances/i/exports/e3";
-    r.insert_export(&export(a, &instance_name("i"), Some(KEY))).await.unwrap();
-    r.insert_export(&export(b, "projects/beta/locations/us-east1/instances/j", Some(KEY))).await.unwrap();
-    r.insert_export(&export(c, &instance_name("i"), None)).await.unwrap();
+    r.insert_export(&export(a, &instance_name("i"), Some(KEY)), &[]).await.unwrap();
+    r.insert_export(&export(b, "projects/beta/locations/us-east1/instances/j", Some(KEY)), &[]).await.unwrap();
+    r.insert_export(&export(c, &instance_name("i"), None), &[]).await.unwrap();
 
     let mut by_key: Vec<String> = r.exports_by_key(KEY).await.unwrap().into_iter().map(|e| e.name).collect();
     by_key.sort();
@@ -1157,7 +1162,7 @@ async fn repo_orphaned_work(db: Opened) {
     use repo::*;
     let r = &*repo(&db);
     let inst = instance_name("i");
-    r.insert_instance(&instance("i", None), &kek(1)).await.unwrap();
+    r.insert_instance(&instance("i", None), &kek(1), &[]).await.unwrap();
     // node-a starts an upload and a build, and beats at t(100).
     r.begin_upload(&inst, "o", 1, "node-a", t(50)).await.unwrap();
     let build = instance_name("build");
@@ -1177,6 +1182,87 @@ async fn repo_orphaned_work(db: Opened) {
     assert_eq!(orphaned("node-a", 200).await, (vec![], vec![]));
     // Finished work is nobody's.
     r.abort_upload(&inst, "o", 1).await.unwrap();
-    r.discard(&build).await.unwrap();
+    r.discard(&build, &[]).await.unwrap();
     assert_eq!(orphaned("node-b", 200).await, (vec![], vec![]));
+}
+
+async fn repo_changes_commit_their_audit_entries(db: Opened) {
+    // [K10]: a store change and its success entries are committed together, into the same chain
+    // as the KMS's; a change that does not happen records nothing.
+    use repo::*;
+    let (r, kms) = (&*repo(&db), &*db.kms);
+    let entry = |method: &str, resource: &str| {
+        let mut e = audit(method, resource);
+        e.service = "store.keyhold.dev".into();
+        e
+    };
+    let head = || async { kms.audit_head().await.unwrap().0 };
+    let inst = instance_name("i");
+
+    let h0 = head().await;
+    r.insert_instance(&instance("i", Some(KEY)), &kek(1), &[entry("CreateInstance", &inst)]).await.unwrap();
+    assert_eq!(head().await, h0 + 1);
+    assert_eq!(newest_audit(kms).await, entry("CreateInstance", &inst));
+    let dup = r.insert_instance(&instance("i", None), &kek(1), &[entry("CreateInstance", &inst)]).await;
+    assert!(matches!(dup, Err(StoreError::AlreadyExists)), "{dup:?}");
+    assert_eq!(head().await, h0 + 1, "a refused create records nothing");
+
+    // Several entries of one call, in order.
+    let (w1, w2) = (entry("WriteObject", "o#1"), entry("WriteObject", "o#2"));
+    r.begin_upload(&inst, "o", 1, "node-a", t(3)).await.unwrap();
+    r.commit_upload(&inst, &object("o", 1, 1), 0, &[chunk("o/1/0")], None, &[w1.clone(), w2.clone()]).await.unwrap();
+    assert_eq!(head().await, h0 + 3);
+    let tail = kms.audit_chain(h0 + 1, 10).await.unwrap();
+    let decoded: Vec<AuditRecord> = tail.iter().map(|e| serde_json::from_str(&e.entry_json).unwrap()).collect();
+    assert_eq!(decoded, [w1, w2]);
+    // A lost compare-and-set records nothing.
+    r.begin_upload(&inst, "o", 2, "node-a", t(3)).await.unwrap();
+    let lost =
+        r.commit_upload(&inst, &object("o", 2, 1), 0, &[chunk("o/2/0")], Some(7), &[entry("WriteObject", "o")]).await;
+    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    assert_eq!(head().await, h0 + 3);
+    r.abort_upload(&inst, "o", 2).await.unwrap();
+
+    // :rewrap: every KEK at once, one entry.
+    r.insert_kek(&inst, &kek(2)).await.unwrap();
+    let new = |b: u8| WrappedKek { ciphertext: vec![b; 60], key_version: Some(format!("{KEY}/cryptoKeyVersions/2")) };
+    r.update_keks(&inst, &[(1, new(0xa1)), (2, new(0xa2))], &[entry("RewrapInstance", &inst)]).await.unwrap();
+    assert_eq!(head().await, h0 + 4);
+    let keks = r.keks(&inst).await.unwrap();
+    assert_eq!(keks.iter().map(|k| (k.id, k.wrapped.clone())).collect::<Vec<_>>(), [(1, new(0xa1)), (2, new(0xa2))]);
+
+    // Deleting what is not there records nothing; deleting what is, one entry.
+    assert!(!r.delete_object(&inst, "missing", &[entry("DeleteObject", "missing")]).await.unwrap());
+    assert_eq!(head().await, h0 + 4);
+    assert!(r.delete_object(&inst, "o", &[entry("DeleteObject", "o")]).await.unwrap());
+    assert_eq!(head().await, h0 + 5);
+
+    // Builds, backups and exports.
+    let built = instance_name("built");
+    r.begin_pending(&built, "node-a", t(10)).await.unwrap();
+    r.insert_kek(&built, &kek(1)).await.unwrap();
+    r.finish_pending_instance(&instance("built", None), &[entry("RestoreInstance", &built)]).await.unwrap();
+    assert_eq!(head().await, h0 + 6);
+    let bk = "projects/acme/locations/us-east1/backups/bk";
+    r.insert_backup(&backup(bk, &inst), &kek(1), "node-a").await.unwrap();
+    r.finish_backup(bk, 10, 1, &[entry("CreateBackup", bk)]).await.unwrap();
+    assert_eq!(head().await, h0 + 7);
+    r.discard(bk, &[entry("DeleteBackup", bk)]).await.unwrap();
+    assert_eq!(head().await, h0 + 8);
+    let ex = "projects/acme/locations/us-east1/instances/i/exports/e";
+    r.insert_export(&export(ex, &inst, Some(KEY)), &[entry("ExportInstance", ex)]).await.unwrap();
+    assert_eq!(head().await, h0 + 9);
+    // A step without entries (a copy's, a cleanup's) records nothing.
+    assert!(r.delete_instance(&built, &[]).await.unwrap());
+    assert_eq!(head().await, h0 + 9);
+    assert!(!r.delete_instance(&built, &[entry("DeleteInstance", &built)]).await.unwrap());
+    assert_eq!(head().await, h0 + 9, "deleting a missing instance records nothing");
+    assert!(r.delete_instance(&inst, &[entry("DeleteInstance", &inst)]).await.unwrap());
+    assert_eq!(newest_audit(kms).await, entry("DeleteInstance", &inst));
+
+    let (seq, hash) = kms.audit_head().await.unwrap();
+    assert_eq!(
+        verify_chain(&kms.audit_chain(0, 1000).await.unwrap()),
+        ChainVerdict::Intact { entries: seq, head: hash }
+    );
 }
