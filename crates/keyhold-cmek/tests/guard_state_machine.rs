@@ -285,3 +285,19 @@ async fn a_kek_of_another_resource_does_not_unwrap() {
     assert_eq!(elsewhere.check().await.access, Access::Suspended(SuspensionReason::KmsKeyIssue));
     assert!(elsewhere.kek(1).is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn while_unreachable_the_monitor_retries_within_seconds_not_a_period() {
+    let f = usable().await;
+    let _monitor = f.guard.spawn_monitor();
+    f.kms.set(KEY, KeyBehaviour::Unavailable);
+    f.guard.wake();
+    assert!(run_other_tasks_until(|| matches!(f.guard.status().access, Access::Grace { .. })).await);
+
+    // The KMS is back: the next retry (seconds away, not the 5-minute period) resumes service.
+    f.kms.set(KEY, KeyBehaviour::Usable);
+    let started = tokio::time::Instant::now();
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(run_other_tasks_until(|| f.guard.status().access == Access::Usable).await, "retried after 2 s");
+    assert!(started.elapsed() < PERIOD);
+}
