@@ -218,6 +218,12 @@ impl Store {
                 if let Err(d) = self.repo.discard(&name, &[]).await {
                     tracing::warn!(backup = %name, error = %d, "cannot delete a failed backup; it is retried at the next start");
                 }
+                if let RepoError::Conflict = e {
+                    // Taken for interrupted and cleaned up by another node meanwhile.
+                    return Err(StoreError::Unavailable(format!(
+                        "The backup {name} was cleaned up as interrupted before it was complete; take it again."
+                    )));
+                }
                 return Err(e.into());
             }
             tracing::info!(backup = %name, objects = count, bytes = size, "backup taken");
