@@ -260,7 +260,8 @@ impl Status {
 /// What the body of an error answer was, as [`Status::decode_http`] found it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorBodyKind {
-    /// Google's error JSON with a known `status` name: the status is the server's own.
+    /// Google's error JSON with a known `status` name: the status is the server's own (its
+    /// message empty if the body had none).
     Google,
     /// `{"error": {"message": ...}}` without a known `status` name: the message is the
     /// server's, the code comes from the HTTP status.
@@ -306,16 +307,18 @@ impl Status {
     /// `@type` included, so [`Status::retry_delay_secs`] and the other readers work on them);
     /// `error.code` repeats the HTTP status and is not needed. No I/O: the caller reads the body.
     pub fn decode_http(http_status: u16, body: &[u8]) -> (Status, ErrorBodyKind) {
-        if let Ok(b) = serde_json::from_slice::<LooseBody>(body)
-            && let Some(message) = b.error.message
-        {
-            return match Code::from_name(&b.error.status) {
-                Some(code) => (Status { code, message, details: b.error.details }, ErrorBodyKind::Google),
-                None => (
-                    Status { code: Code::from_http(http_status), message, details: b.error.details },
-                    ErrorBodyKind::MessageOnly,
-                ),
-            };
+        if let Ok(b) = serde_json::from_slice::<LooseBody>(body) {
+            let LooseStatus { message, status, details } = b.error;
+            match (Code::from_name(&status), message) {
+                (Some(code), message) => {
+                    return (Status { code, message: message.unwrap_or_default(), details }, ErrorBodyKind::Google);
+                }
+                (None, Some(message)) => {
+                    let code = Code::from_http(http_status);
+                    return (Status { code, message, details }, ErrorBodyKind::MessageOnly);
+                }
+                (None, None) => {}
+            }
         }
         let text = String::from_utf8_lossy(body);
         let mut message: String =
@@ -485,6 +488,9 @@ mod tests {
         // JSON that is not an error body, and an `error` that is not an object.
         assert_eq!(Status::from_http(500, br#"{"ok":true}"#), Status::new(Code::Internal, r#"{"ok":true}"#));
         assert_eq!(Status::decode_http(500, br#"{"error":"x"}"#).1, ErrorBodyKind::Foreign);
+        assert_eq!(Status::decode_http(500, br#"{"error":{}}"#).1, ErrorBodyKind::Foreign);
+        let (s, kind) = Status::decode_http(400, br#"{"error":{"status":"PERMISSION_DENIED"}}"#);
+        assert_eq!((s, kind), (Status::new(Code::PermissionDenied, ""), ErrorBodyKind::Google));
         // An empty or blank body: the reason phrase.
         assert_eq!(Status::decode_http(404, b""), (Status::new(Code::NotFound, "Not Found"), ErrorBodyKind::Foreign));
         assert_eq!(Status::from_http(504, b" \n "), Status::new(Code::DeadlineExceeded, "Gateway Timeout"));

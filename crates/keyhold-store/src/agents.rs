@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use keyhold_api::Code;
+use keyhold_api::status::ErrorBodyKind;
+use keyhold_api::{Code, Status};
 use keyhold_cmek::{ImpersonatedToken, KmsClient, KmsClientError, LocalKmsClient, RestKmsClient, TokenSource};
 use keyhold_iam::Principal;
 use keyhold_kms::{Caller, Kms};
@@ -111,13 +112,21 @@ impl AgentProvider for RemoteAgents {
             .await
             .map_err(|e| KmsClientError::unreachable(format!("the KMS cannot be reached: {e}")))?;
         let status = resp.status();
-        let body: serde_json::Value =
-            resp.json().await.map_err(|e| KmsClientError::unreachable(format!("the KMS's answer was cut off: {e}")))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| KmsClientError::unreachable(format!("the KMS's answer was cut off: {e}")))?;
         if !status.is_success() {
-            let message = body["error"]["message"].as_str().unwrap_or("generateServiceIdentity failed").to_string();
-            let code = body["error"]["status"].as_str().and_then(Code::from_name).unwrap_or(Code::Internal);
-            return Err(KmsClientError::new(code, message));
+            // The one decoder of error answers (`keyhold-api`), as every client of the KMS.
+            let (decoded, kind) = Status::decode_http(status.as_u16(), &bytes);
+            let message = match kind {
+                ErrorBodyKind::Google | ErrorBodyKind::MessageOnly if !decoded.message.is_empty() => decoded.message,
+                _ => format!("generateServiceIdentity failed: the KMS answered HTTP {status}"),
+            };
+            return Err(KmsClientError::new(decoded.code, message));
         }
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| KmsClientError::new(Code::Internal, format!("the KMS's answer does not decode: {e}")))?;
         let email = body["response"]["email"]
             .as_str()
             .ok_or_else(|| KmsClientError::new(Code::Internal, "generateServiceIdentity answered without an email"))?

@@ -23,13 +23,14 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use reqwest::{Response, StatusCode, Url};
+use reqwest::{Response, Url};
 use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 
+use keyhold_api::Code;
 use keyhold_api::name::{CryptoKeyName, KeyRingName, LocationName};
-use keyhold_api::status::ErrorBody;
 
+use super::client::api_error;
 use super::credentials::Credentials;
 use super::output::{self, Kind, OutputFormat};
 use super::parse::{Labels, merge_labels, parse_labels};
@@ -1225,14 +1226,7 @@ impl Media<'_> {
         }
         // An error answer holds a google.rpc.Status, never object data.
         let body = resp.bytes().await.map_err(|e| self.request_error(&e))?;
-        let mut err = api_error(status, &body);
-        if status == StatusCode::UNAUTHORIZED
-            && let CliError::Api { message, .. } = &mut err
-        {
-            message.push('\n');
-            message.push_str(&self.credentials.unauthenticated_hint());
-        }
-        Err(err)
+        Err(api_error(status, &body, self.credentials))
     }
 
     /// The error for a request that got no answer: the server unreachable (with the hint of
@@ -1266,23 +1260,6 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
         source = next;
     }
     source.to_string()
-}
-
-/// The error for a non-2xx answer: its `google.rpc.Status`, or the HTTP status and the start of
-/// the body when it is not one (as `ctx.client` reports it).
-fn api_error(status: StatusCode, body: &[u8]) -> CliError {
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) if !b.error.status.is_empty() => CliError::Api { status: b.error.status, message: b.error.message },
-        Ok(b) => CliError::Api { status: format!("HTTP {}", status.as_u16()), message: b.error.message },
-        Err(_) => {
-            let text = String::from_utf8_lossy(body);
-            let mut snippet: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect();
-            if snippet.is_empty() {
-                snippet = status.canonical_reason().unwrap_or("no response body").to_string();
-            }
-            CliError::Api { status: format!("HTTP {}", status.as_u16()), message: snippet }
-        }
-    }
 }
 
 fn is_stdio(path: &Path) -> bool {
@@ -1357,9 +1334,7 @@ async fn objects_put(ctx: &Ctx, media: &Media<'_>, c: &ObjectPut) -> Result<(), 
 /// causes apart.
 async fn explain_cut_upload(ctx: &Ctx, instance: &InstanceName, cut: String) -> CliError {
     match ctx.client.get(&instance.path()).await {
-        Err(e @ CliError::Api { .. }) if matches!(&e, CliError::Api { status, .. } if status == "NOT_FOUND" || status == "UNAUTHENTICATED") => {
-            e
-        }
+        Err(e @ CliError::Api { code: Code::NotFound | Code::Unauthenticated, .. }) => e,
         _ => CliError::Other(format!(
             "{cut}
 The server closed the connection before the upload finished: it may have refused the upload \
@@ -1799,12 +1774,13 @@ mod tests {
 
     #[test]
     fn server_errors() {
+        use reqwest::StatusCode;
         let body = br#"{"error":{"code":400,"message":"Instance i is suspended.","status":"FAILED_PRECONDITION"}}"#;
         assert_eq!(
-            api_error(StatusCode::BAD_REQUEST, body).to_string(),
+            api_error(StatusCode::BAD_REQUEST, body, &Credentials::none()).to_string(),
             "FAILED_PRECONDITION: Instance i is suspended."
         );
-        assert_eq!(api_error(StatusCode::BAD_GATEWAY, b"").to_string(), "HTTP 502: Bad Gateway");
+        assert_eq!(api_error(StatusCode::BAD_GATEWAY, b"", &Credentials::none()).to_string(), "HTTP 502: Bad Gateway");
     }
 
     /// Chunks from a list, then an error if `fail` is set.
