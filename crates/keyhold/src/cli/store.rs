@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 
 use keyhold_api::Code;
-use keyhold_api::name::{CryptoKeyName, KeyRingName, LocationName};
+use keyhold_api::name::{CryptoKeyName, InstanceName, KeyRingName, LocationName};
 
 use super::client::api_error;
 use super::credentials::Credentials;
@@ -607,26 +607,28 @@ pub fn encode_object_name(name: &str) -> Result<String, CliError> {
     Ok(out)
 }
 
-/// A store instance: `projects/{project}/locations/{location}/instances/{instance}`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstanceName {
-    /// The project.
-    pub project: String,
-    /// The location.
-    pub location: String,
-    /// The instance ID.
-    pub instance: String,
-}
-
-impl InstanceName {
+/// What the CLI adds to the one [`InstanceName`] (`keyhold-api`): completing an `INSTANCE`
+/// argument the way gcloud does, and the percent-encoded paths of its URLs.
+pub trait InstanceArg: Sized {
     /// The instance named by an `INSTANCE` argument: a full name, or an ID completed with
     /// `--location` and the project.
-    pub fn resolve(arg: &str, location: Option<&str>, project: Option<&str>) -> Result<Self, CliError> {
+    fn resolve(arg: &str, location: Option<&str>, project: Option<&str>) -> Result<Self, CliError>;
+    /// Checks the parts: the project and location as Keyhold checks them everywhere, the
+    /// instance ID only for what would change the URL's shape (the server checks the rest).
+    fn checked(project: &str, location: &str, instance: &str) -> Result<Self, CliError>;
+    /// The path of the instance below `/v1/`, its ID percent-encoded.
+    fn path(&self) -> String;
+    /// The path of one of its objects below `/v1/`.
+    fn object_path(&self, object: &str) -> Result<String, CliError>;
+}
+
+impl InstanceArg for InstanceName {
+    fn resolve(arg: &str, location: Option<&str>, project: Option<&str>) -> Result<Self, CliError> {
         let arg = arg.trim();
         if arg.starts_with("projects/") {
             let segments: Vec<&str> = arg.split('/').collect();
             return match segments.as_slice() {
-                ["projects", p, "locations", l, "instances", i] => Self::new(p, l, i),
+                ["projects", p, "locations", l, "instances", i] => Self::checked(p, l, i),
                 _ => Err(CliError::Usage(format!(
                     "\"{arg}\" is not a valid instance name; expected {INSTANCE_PATTERN}."
                 ))),
@@ -640,12 +642,10 @@ impl InstanceName {
             )));
         };
         let project = project.ok_or_else(super::resource::missing_project)?;
-        Self::new(project, location, arg)
+        Self::checked(project, location, arg)
     }
 
-    /// Checks the parts: the project and location as Keyhold checks them everywhere, the
-    /// instance ID only for what would change the URL's shape (the server checks the rest).
-    fn new(project: &str, location: &str, instance: &str) -> Result<Self, CliError> {
+    fn checked(project: &str, location: &str, instance: &str) -> Result<Self, CliError> {
         let loc = LocationName::new(project, location).map_err(|e| CliError::Usage(e.to_string()))?;
         if instance.is_empty() || instance.contains('/') {
             return Err(CliError::Usage(format!(
@@ -655,27 +655,15 @@ impl InstanceName {
         Ok(Self { project: loc.project, location: loc.location, instance: instance.to_string() })
     }
 
-    /// The parent collection: `projects/P/locations/L/instances`.
-    pub fn collection(&self) -> String {
-        format!("projects/{}/locations/{}/instances", self.project, self.location)
-    }
-
-    /// The path of the instance below `/v1/`, its ID percent-encoded.
-    pub fn path(&self) -> String {
+    fn path(&self) -> String {
         let mut out = self.collection();
         out.push('/');
         encode_segment(&self.instance, &mut out);
         out
     }
 
-    /// The path of one of its objects below `/v1/`.
-    pub fn object_path(&self, object: &str) -> Result<String, CliError> {
+    fn object_path(&self, object: &str) -> Result<String, CliError> {
         Ok(format!("{}/objects/{}", self.path(), encode_object_name(object)?))
-    }
-
-    /// The full name as the server spells it, for request bodies (`replicaOf`).
-    pub fn full_name(&self) -> String {
-        format!("{}/{}", self.collection(), self.instance)
     }
 }
 
@@ -702,7 +690,7 @@ impl BackupName {
             let segments: Vec<&str> = arg.split('/').collect();
             return match segments.as_slice() {
                 ["projects", p, "locations", l, "instances", i, "backups", b] => {
-                    Self::new(InstanceName::new(p, l, i)?, b)
+                    Self::new(InstanceName::checked(p, l, i)?, b)
                 }
                 _ => Err(CliError::Usage(format!("\"{arg}\" is not a valid backup name; expected {BACKUP_PATTERN}."))),
             };
@@ -737,7 +725,7 @@ impl BackupName {
 
     /// The full name as the server spells it, for request bodies (`backup` of a restore).
     pub fn full_name(&self) -> String {
-        format!("{}/backups/{}", self.instance.full_name(), self.backup)
+        format!("{}/backups/{}", self.instance, self.backup)
     }
 }
 
@@ -969,14 +957,13 @@ async fn instances_create(ctx: &Ctx, c: &InstanceCreate) -> Result<(), CliError>
         Some(p) => Some(InstanceName::resolve(p, Some(&name.location), Some(&name.project))?),
         None => None,
     };
-    let body = create_body(resolve_kms_key(&c.kms, &name)?, &c.labels, primary.as_ref().map(InstanceName::full_name));
+    let body = create_body(resolve_kms_key(&c.kms, &name)?, &c.labels, primary.as_ref().map(InstanceName::to_string));
     let query = [("instanceId", name.instance.clone())];
     let instance = ctx.client.post(&name.collection(), &query, &body).await?;
     match primary {
         Some(p) => print_stderr(&format!(
             "Created instance [{}], a read replica of [{}]; it catches up in the background (see lastSyncTime).",
-            name.instance,
-            p.full_name()
+            name.instance, p
         )),
         None => print_stderr(&format!("Created instance [{}].", name.instance)),
     }
