@@ -286,4 +286,15 @@ mod tests {
             c.url("projects/p/locations/l/keyRings", &[("keyRingId", "r".into()), ("filter", "a = b".into())]).unwrap();
         assert_eq!(u.as_str(), "http://h:1/v1/projects/p/locations/l/keyRings?keyRingId=r&filter=a+%3D+b");
     }
+
+    #[test]
+    fn server_errors() {
+        use reqwest::StatusCode;
+        let body = br#"{"error":{"code":400,"message":"Instance i is suspended.","status":"FAILED_PRECONDITION"}}"#;
+        assert_eq!(
+            api_error(StatusCode::BAD_REQUEST, body, &Credentials::none()).to_string(),
+            "FAILED_PRECONDITION: Instance i is suspended."
+        );
+        assert_eq!(api_error(StatusCode::BAD_GATEWAY, b"", &Credentials::none()).to_string(), "HTTP 502: Bad Gateway");
+    }
 }

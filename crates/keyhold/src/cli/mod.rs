@@ -40,6 +40,7 @@ mod resource;
 mod services;
 mod store;
 mod tokens;
+mod transfer;
 mod yaml;
 
 use std::fmt;
