@@ -137,3 +137,64 @@ impl AgentProvider for RemoteAgents {
         Ok(agent)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyhold_cmek::StaticToken;
+    use keyhold_crypto::SecretString;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A KMS stand-in on loopback that answers every request with `status` and `body` (a real
+    /// HTTP exchange: what a proxy in front of the KMS would send).
+    async fn answering(status: &'static str, content_type: &'static str, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The request is small: read until its headers and its `{}` body have arrived.
+                while !request.ends_with(b"{}") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn agents(endpoint: &str) -> RemoteAgents {
+        RemoteAgents::new(endpoint, Arc::new(StaticToken(SecretString::new("t".into()))))
+    }
+
+    /// Error answers are decoded by `keyhold-api`'s one decoder, as every other client of the
+    /// KMS decodes them (issue 16): a proxy's HTML page is summarized by its HTTP status and
+    /// mapped to a code from it; Google's error JSON keeps the server's code and message.
+    #[tokio::test]
+    async fn error_answers_use_the_one_decoder() {
+        let html = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
+        let e = agents(&answering("502 Bad Gateway", "text/html", html).await).agent("p").await.unwrap_err();
+        assert_eq!(e.code, Code::Unavailable);
+        assert_eq!(e.message, "generateServiceIdentity failed: the KMS answered HTTP 502 Bad Gateway");
+
+        let json = r#"{"error":{"code":403,"message":"Permission 'serviceusage.services.use' denied.","status":"PERMISSION_DENIED"}}"#;
+        let e = agents(&answering("403 Forbidden", "application/json", json).await).agent("p").await.unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        assert_eq!(e.message, "Permission 'serviceusage.services.use' denied.");
+
+        let e = agents(&answering("404 Not Found", "text/plain", "").await).agent("p").await.unwrap_err();
+        assert_eq!(e.code, Code::NotFound);
+
+        let ok = r#"{"done":true,"response":{"email":"service-1@gcp-sa-store.iam.gserviceaccount.com"}}"#;
+        let a = agents(&answering("200 OK", "application/json", ok).await).agent("p").await.unwrap();
+        assert_eq!(a.email, "service-1@gcp-sa-store.iam.gserviceaccount.com");
+    }
+}
