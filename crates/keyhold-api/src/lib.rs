@@ -20,5 +20,5 @@ pub mod resources;
 pub mod status;
 pub mod wire;
 
-pub use name::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName, NameError};
-pub use status::{Code, Status};
+pub use name::{CryptoKeyName, CryptoKeyVersionName, InstanceName, KeyRingName, LocationName, NameError};
+pub use status::{Code, ErrorBodyKind, Status};

@@ -29,6 +29,12 @@ pub enum NameError {
         /// The expected pattern.
         pattern: &'static str,
     },
+    /// The string is not `projects/P/locations/L/instances/I` (an instance of the store).
+    #[error("\"{name}\" is not an instance name (projects/PROJECT/locations/LOCATION/instances/INSTANCE).")]
+    NotInstance {
+        /// The string given.
+        name: String,
+    },
 }
 
 /// Whether `id` is a valid key ring / crypto key ID: `[a-zA-Z0-9_-]{1,63}`.
@@ -228,6 +234,53 @@ impl fmt::Display for CryptoKeyVersionName {
     }
 }
 
+/// An instance of the store (`store.keyhold.dev`): `projects/P/locations/L/instances/I`.
+///
+/// The one definition, shared by the store and the CLI. Parsing checks only the shape (three
+/// non-empty IDs); the store checks a new instance's ID with its own rules, and the CLI checks
+/// what would change the shape of a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct InstanceName {
+    /// Project ID.
+    pub project: String,
+    /// Location ID.
+    pub location: String,
+    /// Instance ID.
+    pub instance: String,
+}
+
+impl InstanceName {
+    /// The parent, `projects/P/locations/L`.
+    pub fn parent(&self) -> String {
+        format!("projects/{}/locations/{}", self.project, self.location)
+    }
+
+    /// The collection it is in, `projects/P/locations/L/instances`.
+    pub fn collection(&self) -> String {
+        format!("{}/instances", self.parent())
+    }
+}
+
+impl fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "projects/{}/locations/{}/instances/{}", self.project, self.location, self.instance)
+    }
+}
+
+impl FromStr for InstanceName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        match segments::<6>(s) {
+            Some(["projects", p, "locations", l, "instances", i])
+                if !p.is_empty() && !l.is_empty() && !i.is_empty() =>
+            {
+                Ok(Self { project: p.to_string(), location: l.to_string(), instance: i.to_string() })
+            }
+            _ => Err(NameError::NotInstance { name: s.to_string() }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +309,24 @@ mod tests {
         }
         assert!(!is_valid_id("a b"));
         assert!(!is_valid_id("ключ"));
+    }
+
+    #[test]
+    fn instance_names() {
+        let n: InstanceName = "projects/p/locations/l/instances/i".parse().unwrap();
+        assert_eq!(n.to_string(), "projects/p/locations/l/instances/i");
+        assert_eq!(n.parent(), "projects/p/locations/l");
+        assert_eq!(n.collection(), "projects/p/locations/l/instances");
+        for bad in [
+            "projects/p/locations/l/instances/",
+            "projects/p/locations/l/instances",
+            "p/l/i",
+            "projects/p/locations/l/instances/i/x",
+        ] {
+            assert_eq!(
+                bad.parse::<InstanceName>().unwrap_err().to_string(),
+                format!("\"{bad}\" is not an instance name (projects/PROJECT/locations/LOCATION/instances/INSTANCE).")
+            );
+        }
     }
 }

@@ -119,6 +119,24 @@ impl Code {
     pub fn from_name(s: &str) -> Option<Code> {
         ALL_CODES.iter().copied().find(|c| c.as_str() == s)
     }
+
+    /// The code of an error answer from its HTTP status alone, for answers without Google's
+    /// error JSON (a proxy's 502, an empty 404): Google's REST mapping read backwards, where
+    /// 409 is taken as `ABORTED` (a retryable conflict) and anything unlisted as `INTERNAL`.
+    pub const fn from_http(status: u16) -> Code {
+        match status {
+            400 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            409 => Code::Aborted,
+            429 => Code::ResourceExhausted,
+            501 => Code::Unimplemented,
+            502 | 503 => Code::Unavailable,
+            504 => Code::DeadlineExceeded,
+            _ => Code::Internal,
+        }
+    }
 }
 
 const ALL_CODES: [Code; 17] = [
@@ -239,6 +257,167 @@ impl Status {
     }
 }
 
+/// What the body of an error answer was, as [`Status::decode_http`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorBodyKind {
+    /// Google's error JSON with a known `status` name: the status is the server's own (its
+    /// message empty if the body had none).
+    Google,
+    /// `{"error": {"message": ...}}` without a known `status` name: the message is the
+    /// server's, the code comes from the HTTP status.
+    MessageOnly,
+    /// Anything else (an HTML page from a proxy, plain text, nothing): the code comes from the
+    /// HTTP status, the message is the start of the body, or the HTTP reason phrase when the
+    /// body is blank.
+    Foreign,
+}
+
+/// How much of a foreign body a decoded message keeps, in characters.
+const FOREIGN_SNIPPET_CHARS: usize = 200;
+
+/// The loose shape of Google's error JSON: every field optional, so that a body with only
+/// some of them still gives what it has.
+#[derive(Deserialize)]
+struct LooseBody {
+    error: LooseStatus,
+}
+
+#[derive(Deserialize)]
+struct LooseStatus {
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<serde_json::Value>,
+}
+
+impl Status {
+    /// Decodes a non-2xx answer of a Google-style REST API (Keyhold's own, an external key
+    /// manager, or a proxy in front of either): the one decoder every client of these APIs
+    /// uses, so that they agree on what an error was. See [`Status::decode_http`].
+    pub fn from_http(http_status: u16, body: &[u8]) -> Status {
+        Self::decode_http(http_status, body).0
+    }
+
+    /// [`Status::from_http`], also saying what the body was, for clients that show a foreign
+    /// answer differently (the CLI prints `HTTP 502: ...` instead of a code name).
+    ///
+    /// Reads `error.status` (the code name), `error.message` and `error.details` (kept whole,
+    /// `@type` included, so [`Status::retry_delay_secs`] and the other readers work on them);
+    /// `error.code` repeats the HTTP status and is not needed. No I/O: the caller reads the body.
+    pub fn decode_http(http_status: u16, body: &[u8]) -> (Status, ErrorBodyKind) {
+        if let Ok(b) = serde_json::from_slice::<LooseBody>(body) {
+            let LooseStatus { message, status, details } = b.error;
+            match (Code::from_name(&status), message) {
+                (Some(code), message) => {
+                    return (Status { code, message: message.unwrap_or_default(), details }, ErrorBodyKind::Google);
+                }
+                (None, Some(message)) => {
+                    let code = Code::from_http(http_status);
+                    return (Status { code, message, details }, ErrorBodyKind::MessageOnly);
+                }
+                (None, None) => {}
+            }
+        }
+        let text = String::from_utf8_lossy(body);
+        let mut message: String =
+            text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(FOREIGN_SNIPPET_CHARS).collect();
+        if message.is_empty() {
+            message = reason_phrase(http_status).unwrap_or("no response body").to_string();
+        }
+        (Status::new(Code::from_http(http_status), message), ErrorBodyKind::Foreign)
+    }
+
+    /// The `type`s of the violations of the `google.rpc.PreconditionFailure` details
+    /// (`KEY_DISABLED`, ...): what a refused call's precondition was, as a type, not as text.
+    pub fn precondition_failure_types(&self) -> Vec<&str> {
+        self.details
+            .iter()
+            .filter(|d| d["@type"] == "type.googleapis.com/google.rpc.PreconditionFailure")
+            .filter_map(|d| d["violations"].as_array())
+            .flatten()
+            .filter_map(|v| v["type"].as_str())
+            .collect()
+    }
+
+    /// The `reason` of the `google.rpc.ErrorInfo` detail, if there is one.
+    pub fn error_info_reason(&self) -> Option<&str> {
+        self.details
+            .iter()
+            .filter(|d| d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo")
+            .find_map(|d| d["reason"].as_str())
+    }
+}
+
+/// The reason phrase of an HTTP status (RFC 9110 and the registered extensions), for the
+/// message of an error answer with an empty body.
+pub const fn reason_phrase(status: u16) -> Option<&'static str> {
+    Some(match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        102 => "Processing",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        207 => "Multi-Status",
+        208 => "Already Reported",
+        226 => "IM Used",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Payload Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        418 => "I'm a teapot",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Entity",
+        423 => "Locked",
+        424 => "Failed Dependency",
+        426 => "Upgrade Required",
+        428 => "Precondition Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        451 => "Unavailable For Legal Reasons",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        506 => "Variant Also Negotiates",
+        507 => "Insufficient Storage",
+        508 => "Loop Detected",
+        510 => "Not Extended",
+        511 => "Network Authentication Required",
+        _ => return None,
+    })
+}
+
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.code.as_str(), self.message)
@@ -259,6 +438,85 @@ mod tests {
             assert_eq!(Code::from_name(c.as_str()), Some(c));
         }
         assert_eq!(ALL_CODES.iter().map(|c| c.number()).collect::<Vec<_>>(), (0..17).collect::<Vec<_>>());
+    }
+
+    /// Keyhold's own error JSON, as `keyhold-server/src/error.rs` writes it: `Status::to_body`.
+    #[test]
+    fn decodes_keyhold_error_json() {
+        let sent = Status::new(
+            Code::FailedPrecondition,
+            "projects/p/.../cryptoKeyVersions/1 is not enabled, current state is: DISABLED.",
+        )
+        .with_precondition_failure("KEY_DISABLED", "projects/p/locations/l/keyRings/r/cryptoKeys/k", "")
+        .with_error_info("RATE_LIMIT_EXCEEDED", "googleapis.com", &[("service", "cloudkms.googleapis.com".into())])
+        .with_retry_info(std::time::Duration::from_millis(1500));
+        let body = serde_json::to_vec(&sent.to_body()).unwrap();
+        let (got, kind) = Status::decode_http(400, &body);
+        assert_eq!(kind, ErrorBodyKind::Google);
+        assert_eq!(got, sent);
+        assert_eq!(got.precondition_failure_types(), ["KEY_DISABLED"]);
+        assert_eq!(got.error_info_reason(), Some("RATE_LIMIT_EXCEEDED"));
+        assert_eq!(got.retry_delay_secs(), Some(2));
+        // The code name wins over the HTTP status (a 409 is ALREADY_EXISTS or ABORTED).
+        let body = br#"{"error":{"code":409,"message":"KeyRing r already exists.","status":"ALREADY_EXISTS"}}"#;
+        assert_eq!(Status::from_http(409, body), Status::new(Code::AlreadyExists, "KeyRing r already exists."));
+    }
+
+    #[test]
+    fn decodes_what_is_not_google_json() {
+        // A message without a known code name: the code from the HTTP status.
+        let (s, kind) = Status::decode_http(409, br#"{"error":{"code":409,"message":"busy","status":""}}"#);
+        assert_eq!((s, kind), (Status::new(Code::Aborted, "busy"), ErrorBodyKind::MessageOnly));
+        let (s, kind) = Status::decode_http(403, br#"{"error":{"message":"no","status":"NOPE"}}"#);
+        assert_eq!((s, kind), (Status::new(Code::PermissionDenied, "no"), ErrorBodyKind::MessageOnly));
+        // Plain text: its start, whitespace collapsed, at most 200 characters.
+        let long = format!("upstream   connect error\n{}", "x".repeat(500));
+        let (s, kind) = Status::decode_http(503, long.as_bytes());
+        assert_eq!(kind, ErrorBodyKind::Foreign);
+        assert_eq!(s.code, Code::Unavailable);
+        assert!(s.message.starts_with("upstream connect error x"), "{}", s.message);
+        assert_eq!(s.message.chars().count(), 200);
+        // An HTML 502 from a proxy.
+        let html = b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+        let (s, kind) = Status::decode_http(502, html);
+        assert_eq!(kind, ErrorBodyKind::Foreign);
+        assert_eq!(s.code, Code::Unavailable);
+        assert_eq!(
+            s.message,
+            "<html> <head><title>502 Bad Gateway</title></head> <body> <center><h1>502 Bad Gateway</h1></center> <hr><center>nginx</center> </body> </html>"
+        );
+        // JSON that is not an error body, and an `error` that is not an object.
+        assert_eq!(Status::from_http(500, br#"{"ok":true}"#), Status::new(Code::Internal, r#"{"ok":true}"#));
+        assert_eq!(Status::decode_http(500, br#"{"error":"x"}"#).1, ErrorBodyKind::Foreign);
+        assert_eq!(Status::decode_http(500, br#"{"error":{}}"#).1, ErrorBodyKind::Foreign);
+        let (s, kind) = Status::decode_http(400, br#"{"error":{"status":"PERMISSION_DENIED"}}"#);
+        assert_eq!((s, kind), (Status::new(Code::PermissionDenied, ""), ErrorBodyKind::Google));
+        // An empty or blank body: the reason phrase.
+        assert_eq!(Status::decode_http(404, b""), (Status::new(Code::NotFound, "Not Found"), ErrorBodyKind::Foreign));
+        assert_eq!(Status::from_http(504, b" \n "), Status::new(Code::DeadlineExceeded, "Gateway Timeout"));
+        assert_eq!(Status::from_http(599, b""), Status::new(Code::Internal, "no response body"));
+    }
+
+    #[test]
+    fn codes_from_http_status() {
+        for c in ALL_CODES {
+            // Every code but the ambiguous ones (409, 400, 500 name several) maps back.
+            if !matches!(
+                c,
+                Code::Ok
+                    | Code::Cancelled
+                    | Code::Unknown
+                    | Code::FailedPrecondition
+                    | Code::OutOfRange
+                    | Code::AlreadyExists
+                    | Code::DataLoss
+            ) {
+                assert_eq!(Code::from_http(c.http_status()), c, "{c:?}");
+            }
+        }
+        assert_eq!(Code::from_http(409), Code::Aborted);
+        assert_eq!(Code::from_http(502), Code::Unavailable);
+        assert_eq!(Code::from_http(418), Code::Internal);
     }
 
     #[test]

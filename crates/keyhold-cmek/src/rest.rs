@@ -4,9 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyhold_api::Code;
 use keyhold_api::messages::{DecryptResponse, EncryptResponse};
+use keyhold_api::status::ErrorBodyKind;
 use keyhold_api::wire::Timestamp;
+use keyhold_api::{Code, Status};
 use keyhold_crypto::{Secret, SecretString, crc32c};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -106,38 +107,14 @@ async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, Km
         return serde_json::from_slice(&body)
             .map_err(|e| KmsClientError::new(Code::Internal, format!("the KMS's answer does not decode: {e}")));
     }
-    #[derive(serde::Deserialize)]
-    struct ErrorBody {
-        error: ErrorDetail,
-    }
-    #[derive(serde::Deserialize)]
-    struct ErrorDetail {
-        #[serde(default)]
-        message: String,
-        #[serde(default)]
-        status: String,
-    }
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(b) => (Code::from_name(&b.error.status).unwrap_or_else(|| code_of_http(status.as_u16())), b.error.message),
-        Err(_) => (code_of_http(status.as_u16()), format!("the KMS answered HTTP {status}")),
+    // The one decoder of error answers (`keyhold-api`); a foreign body (a proxy's page) is
+    // summarized by its HTTP status, not quoted.
+    let (decoded, kind) = Status::decode_http(status.as_u16(), &body);
+    let message = match kind {
+        ErrorBodyKind::Google | ErrorBodyKind::MessageOnly => decoded.message,
+        ErrorBodyKind::Foreign => format!("the KMS answered HTTP {status}"),
     };
-    Err(KmsClientError::new(code, message))
-}
-
-/// Google's HTTP → code mapping, for answers without a Google error body (proxies).
-fn code_of_http(status: u16) -> Code {
-    match status {
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        409 => Code::Aborted,
-        429 => Code::ResourceExhausted,
-        501 => Code::Unimplemented,
-        503 | 502 => Code::Unavailable,
-        504 => Code::DeadlineExceeded,
-        _ => Code::Internal,
-    }
+    Err(KmsClientError::new(decoded.code, message))
 }
 
 /// Keyhold's header for the Key Access Justification reason of a request.

@@ -11,9 +11,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyhold_api::Code;
 use keyhold_api::resources::AccessReason;
+use keyhold_api::status::ErrorBodyKind;
 use keyhold_api::wire::{Bytes, SecretBytes};
+use keyhold_api::{Code, Status};
 use keyhold_crypto::{Secret, SecretString};
 use serde::de::DeserializeOwned;
 
@@ -470,38 +471,15 @@ async fn read_capped(mut resp: reqwest::Response) -> Result<Secret, EkmError> {
     }
 }
 
-/// Google's HTTP → code mapping, for error answers without Google's error JSON.
-fn code_of_http(status: u16) -> Code {
-    match status {
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        404 => Code::NotFound,
-        409 => Code::Aborted,
-        429 => Code::ResourceExhausted,
-        501 => Code::Unimplemented,
-        502 | 503 => Code::Unavailable,
-        504 => Code::DeadlineExceeded,
-        _ => Code::Internal,
-    }
-}
-
 /// The error an error answer stands for.
 fn error_of(http: u16, body: &[u8]) -> EkmError {
-    #[derive(serde::Deserialize)]
-    struct Body {
-        error: Inner,
-    }
-    #[derive(serde::Deserialize)]
-    struct Inner {
-        #[serde(default)]
-        message: String,
-        #[serde(default)]
-        status: String,
-    }
-    let (code, message) = match serde_json::from_slice::<Body>(body) {
-        Ok(b) => (Code::from_name(&b.error.status).unwrap_or_else(|| code_of_http(http)), b.error.message),
-        Err(_) => (code_of_http(http), String::new()),
+    // The one decoder of error answers (`keyhold-api`). Only a message the manager put in an
+    // error JSON is shown; a foreign body (a proxy's page) is not quoted.
+    let (decoded, kind) = Status::decode_http(http, body);
+    let code = decoded.code;
+    let message = match kind {
+        ErrorBodyKind::Google | ErrorBodyKind::MessageOnly => decoded.message,
+        ErrorBodyKind::Foreign => String::new(),
     };
     // The manager is another party: its text is bounded and stripped of control characters.
     let mut message: String = message.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE_LEN).collect();

@@ -225,6 +225,9 @@ pub async fn serve(
     Ok(())
 }
 
+/// How long after the request deadline a connection still waiting for its body is closed
+/// without an answer (the 408 is normally written before).
+const BODY_DEADLINE_SLACK: Duration = Duration::from_secs(1);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
@@ -255,12 +258,22 @@ struct Phase {
     idle_since: Instant,
     /// The first byte read while idle: the start of the next request head.
     first_byte: Option<Instant>,
+    /// Since when a request whose head has arrived is waiting for its body. Such a request is
+    /// not handed to the app yet (nobody authenticated it): it is bounded by the request
+    /// deadline and, at the connection cap, may be evicted like an idle connection, so that
+    /// silent bodies cannot hold every slot.
+    receiving_since: Option<Instant>,
 }
 
 impl ConnState {
     fn new() -> Self {
         Self {
-            phase: Mutex::new(Phase { in_flight: 0, idle_since: Instant::now(), first_byte: None }),
+            phase: Mutex::new(Phase {
+                in_flight: 0,
+                idle_since: Instant::now(),
+                first_byte: None,
+                receiving_since: None,
+            }),
             changed: Notify::new(),
         }
     }
@@ -269,10 +282,20 @@ impl ConnState {
         self.phase.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A request head has arrived; its body is being read.
+    fn body_started(&self) {
+        self.lock().receiving_since = Some(Instant::now());
+        self.changed.notify_one();
+    }
+
+    /// A request is handed to the app (its body read, or streamed to the handler).
     fn request_started(&self) {
         let mut p = self.lock();
         p.in_flight += 1;
         p.first_byte = None;
+        p.receiving_since = None;
+        drop(p);
+        self.changed.notify_one();
     }
 
     fn request_finished(&self) {
@@ -296,10 +319,11 @@ impl ConnState {
         }
     }
 
-    /// Whether the connection has waited at least `grace` for a request (with none in flight).
+    /// Whether the connection has waited at least `grace` with no request in the app: idle,
+    /// or waiting that long for a request body.
     fn idle_for(&self, grace: Duration) -> bool {
         let p = self.lock();
-        p.in_flight == 0 && p.idle_since.elapsed() >= grace
+        p.in_flight == 0 && p.receiving_since.unwrap_or(p.idle_since).elapsed() >= grace
     }
 
     /// When the connection must be closed if nothing changes, and why; `None` while a request
@@ -308,6 +332,11 @@ impl ConnState {
         let p = self.lock();
         if p.in_flight > 0 {
             return None;
+        }
+        if let Some(t) = p.receiving_since {
+            // buffer_body answers 408 at the request deadline; this is the backstop, a little
+            // later so that the 408 can be written.
+            return Some((t + limits.request_timeout + BODY_DEADLINE_SLACK, "request body not received in time"));
         }
         Some(match p.first_byte {
             Some(t) => (t + limits.header_read_timeout, "request head not received in time"),
@@ -480,17 +509,25 @@ impl hyper::service::Service<Request<Incoming>> for RequestService {
     type Future = BoxFuture<Result<Self::Response, Infallible>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.state.request_started();
-        let guard = InFlight(self.state.clone());
-        let (app, limits, remote) = (self.app.clone(), self.limits.clone(), self.remote);
+        // Not in flight yet: until its body is read, a request has reached no handler and may be
+        // evicted at the cap like an idle connection (hardening review: silent bodies held every
+        // slot for the whole request deadline).
+        self.state.body_started();
+        let (app, limits, remote, state) = (self.app.clone(), self.limits.clone(), self.remote, self.state.clone());
         Box::pin(async move {
-            let resp = handle(app, &limits, remote, req).await;
+            let (resp, guard) = handle(app, &limits, remote, req, state).await;
             Ok(resp.map(|body| GuardedBody { inner: body, _guard: guard }))
         })
     }
 }
 
-async fn handle(mut app: Router, limits: &Limits, remote: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn handle(
+    mut app: Router,
+    limits: &Limits,
+    remote: SocketAddr,
+    req: Request<Incoming>,
+    state: Arc<ConnState>,
+) -> (Response<Body>, InFlight) {
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnectInfo(remote));
     let body = if is_streamed_upload(&parts.method, parts.uri.path()) {
@@ -498,12 +535,18 @@ async fn handle(mut app: Router, limits: &Limits, remote: SocketAddr, req: Reque
     } else {
         match buffer_body(body, &parts.headers, limits).await {
             Ok(bytes) => Body::from(bytes),
-            Err(resp) => return resp,
+            Err(resp) => {
+                state.request_started();
+                return (resp, InFlight(state));
+            }
         }
     };
+    // In flight from here until its answer is written.
+    state.request_started();
+    let guard = InFlight(state);
     let req = Request::from_parts(parts, body);
     match tower::Service::call(&mut app, req).await {
-        Ok(resp) => resp,
+        Ok(resp) => (resp, guard),
         Err(never) => match never {},
     }
 }

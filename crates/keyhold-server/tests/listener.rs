@@ -248,33 +248,50 @@ async fn a_half_closed_request_gets_its_answer() {
     assert!(answer.contains("projects/p/locations/global/keyRings/half"), "{answer:?}");
 }
 
-/// Sends a request whose body the server then waits for: in flight until `finish`.
-async fn request_in_flight(srv: &Server, ring: &str) -> TcpStream {
+/// Starts an object upload that has reached its handler (authenticated, streaming its body
+/// into the store) and holds it there: in flight until `finish`. A request still waiting for
+/// its body before any handler has it is not in flight (see
+/// `silent_bodies_do_not_hold_the_slots_at_the_cap`).
+async fn request_in_flight(srv: &Server, object: &str) -> TcpStream {
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     let head = format!(
-        "POST /v1/projects/p/locations/global/keyRings?keyRingId={ring} HTTP/1.1\r\nHost: k\r\n\
-         Authorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        "PUT /v1/projects/p/locations/global/instances/i/objects/{object} HTTP/1.1\r\nHost: k\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n\
+         4\r\nabcd\r\n",
         srv.token
     );
     s.write_all(head.as_bytes()).await.unwrap();
-    // hyper asks for the body ("100 Continue") only once the request is being handled.
-    assert_eq!(read_response(&mut s).await.0, 100);
+    // The head and first chunk go at once: the handler has them within microseconds, long
+    // before the one-second grace after which the cap may close a connection that has none.
     s
 }
 
 async fn finish(s: &mut TcpStream) {
-    s.write_all(b"{}").await.unwrap();
+    s.write_all(b"0\r\n\r\n").await.unwrap();
     let (status, body) = read_response(s).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// The instance `i` that `request_in_flight` uploads into.
+async fn create_instance(srv: &Server) {
+    let created = reqwest::Client::new()
+        .post(format!("http://{}/v1/projects/p/locations/global/instances?instanceId=i", srv.addr))
+        .bearer_auth(&srv.token)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 200, "{}", created.text().await.unwrap());
 }
 
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_without_hurting_those_served() {
     const CAP: usize = 8;
     let srv = start(Limits { max_connections: CAP, ..limits() }).await;
+    create_instance(&srv).await;
     let mut held = Vec::new();
     for i in 0..CAP {
-        held.push(request_in_flight(&srv, &format!("r{i}")).await);
+        held.push(request_in_flight(&srv, &format!("o{i}")).await);
     }
     // The ninth connects (the kernel's backlog takes it) but is not served while the cap is
     // reached by requests in flight, which are never cut for it.
@@ -308,6 +325,38 @@ async fn idle_connections_make_room_for_a_new_client_at_the_cap() {
     for s in &mut idle {
         assert!(read_to_close(s).await.is_empty());
     }
+}
+
+/// Hardening review: a request whose body never comes has reached no handler (nobody has
+/// authenticated it), so at the cap it gives its slot up like an idle connection instead of
+/// holding it for the whole request deadline. Without a token, four silent bodies used to lock
+/// every client out of a server capped at four.
+#[tokio::test]
+async fn silent_bodies_do_not_hold_the_slots_at_the_cap() {
+    const CAP: usize = 4;
+    // The request deadline is an hour: only the cap can close these.
+    let srv = start(Limits { max_connections: CAP, ..limits() }).await;
+    let mut silent = Vec::new();
+    for _ in 0..CAP {
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"POST /v1/projects/p/locations/global/keyRings?keyRingId=r HTTP/1.1\r\nHost: k\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        silent.push(s);
+    }
+    let mut newcomer = TcpStream::connect(srv.addr).await.unwrap();
+    assert_eq!(healthz(&mut newcomer).await, 200);
+    // At least one silent body was closed to make room, with no answer or a 408 at most.
+    let mut closed = 0;
+    for s in &mut silent {
+        let mut buf = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(_)) => panic!("a silent body was answered before its body arrived"),
+            Err(_) => {}
+        }
+    }
+    assert!(closed >= 1, "the newcomer was served, so a silent body must have been evicted");
 }
 
 #[tokio::test]

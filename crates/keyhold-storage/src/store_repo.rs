@@ -340,13 +340,15 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         object_count: u64,
         audit: &[AuditRecord],
     ) -> Result<(), StoreError> {
-        let tx = self.backend().begin().await?;
-        let statements = vec![
-            (FINISH_BACKUP, vec![text(name), int(size_bytes), int(object_count)]),
-            (NAME_BUILT, vec![text(name)]),
-            (END_WORK, vec![text(name), text(""), int(0)]),
-        ];
-        commit_audited(tx, statements, audit).await
+        let mut tx = self.backend().begin().await?;
+        // A backup whose build was taken for orphaned (its node's heartbeat looked stale) and
+        // discarded must not be answered READY: nothing of it is left (hardening review).
+        if tx.execute(FINISH_BACKUP, vec![text(name), int(size_bytes), int(object_count)]).await? != 1
+            || tx.execute(NAME_BUILT, vec![text(name)]).await? != 1
+        {
+            return Err(StoreError::Conflict);
+        }
+        commit_audited(tx, vec![(END_WORK, vec![text(name), text(""), int(0)])], audit).await
     }
 
     async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, StoreError> {
@@ -514,6 +516,16 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         if tx.query(NAME_CLAIMED, vec![text(instance)]).await?.is_empty() {
             return Err(StoreError::Conflict);
         }
+        let key = || vec![text(instance), text(&object.name), int(object.generation)];
+        // An upload whose earlier chunks were written (`first_index > 0`; they were written
+        // under its `store_uploads` row) must still be ours: one taken for orphaned (its node's
+        // heartbeat looked stale to another node) has lost those chunks, and committing it
+        // would make a torn object visible (hardening review). Refused, the client sees a
+        // conflict and uploads again. An upload that fits in this one call has no row.
+        let ended = tx.execute(END_UPLOAD, key()).await?;
+        if first_index > 0 && ended != 1 {
+            return Err(StoreError::Conflict);
+        }
         let chunks: Vec<_> = last_chunks
             .iter()
             .enumerate()
@@ -534,8 +546,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
                 tx.execute(UPSERT_OBJECT, params).await?;
             }
         }
-        let key = || vec![text(instance), text(&object.name), int(object.generation)];
-        let statements = vec![(END_UPLOAD, key()), (END_WORK, key()), (DELETE_DEAD_CHUNKS, key())];
+        let statements = vec![(END_WORK, key()), (DELETE_DEAD_CHUNKS, key())];
         commit_audited(tx, statements, audit).await
     }
 

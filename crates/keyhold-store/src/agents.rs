@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use keyhold_api::Code;
+use keyhold_api::status::ErrorBodyKind;
+use keyhold_api::{Code, Status};
 use keyhold_cmek::{ImpersonatedToken, KmsClient, KmsClientError, LocalKmsClient, RestKmsClient, TokenSource};
 use keyhold_iam::Principal;
 use keyhold_kms::{Caller, Kms};
@@ -111,13 +112,21 @@ impl AgentProvider for RemoteAgents {
             .await
             .map_err(|e| KmsClientError::unreachable(format!("the KMS cannot be reached: {e}")))?;
         let status = resp.status();
-        let body: serde_json::Value =
-            resp.json().await.map_err(|e| KmsClientError::unreachable(format!("the KMS's answer was cut off: {e}")))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| KmsClientError::unreachable(format!("the KMS's answer was cut off: {e}")))?;
         if !status.is_success() {
-            let message = body["error"]["message"].as_str().unwrap_or("generateServiceIdentity failed").to_string();
-            let code = body["error"]["status"].as_str().and_then(Code::from_name).unwrap_or(Code::Internal);
-            return Err(KmsClientError::new(code, message));
+            // The one decoder of error answers (`keyhold-api`), as every client of the KMS.
+            let (decoded, kind) = Status::decode_http(status.as_u16(), &bytes);
+            let message = match kind {
+                ErrorBodyKind::Google | ErrorBodyKind::MessageOnly if !decoded.message.is_empty() => decoded.message,
+                _ => format!("generateServiceIdentity failed: the KMS answered HTTP {status}"),
+            };
+            return Err(KmsClientError::new(decoded.code, message));
         }
+        let body: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| KmsClientError::new(Code::Internal, format!("the KMS's answer does not decode: {e}")))?;
         let email = body["response"]["email"]
             .as_str()
             .ok_or_else(|| KmsClientError::new(Code::Internal, "generateServiceIdentity answered without an email"))?
@@ -126,5 +135,66 @@ impl AgentProvider for RemoteAgents {
         let agent = Agent { email, client: Arc::new(RestKmsClient::new(&self.endpoint, tokens)) };
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(project.to_string(), agent.clone());
         Ok(agent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyhold_cmek::StaticToken;
+    use keyhold_crypto::SecretString;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A KMS stand-in on loopback that answers every request with `status` and `body` (a real
+    /// HTTP exchange: what a proxy in front of the KMS would send).
+    async fn answering(status: &'static str, content_type: &'static str, body: &'static str) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The request is small: read until its headers and its `{}` body have arrived.
+                while !request.ends_with(b"{}") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn agents(endpoint: &str) -> RemoteAgents {
+        RemoteAgents::new(endpoint, Arc::new(StaticToken(SecretString::new("t".into()))))
+    }
+
+    /// Error answers are decoded by `keyhold-api`'s one decoder, as every other client of the
+    /// KMS decodes them (issue 16): a proxy's HTML page is summarized by its HTTP status and
+    /// mapped to a code from it; Google's error JSON keeps the server's code and message.
+    #[tokio::test]
+    async fn error_answers_use_the_one_decoder() {
+        let html = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>";
+        let e = agents(&answering("502 Bad Gateway", "text/html", html).await).agent("p").await.unwrap_err();
+        assert_eq!(e.code, Code::Unavailable);
+        assert_eq!(e.message, "generateServiceIdentity failed: the KMS answered HTTP 502 Bad Gateway");
+
+        let json = r#"{"error":{"code":403,"message":"Permission 'serviceusage.services.use' denied.","status":"PERMISSION_DENIED"}}"#;
+        let e = agents(&answering("403 Forbidden", "application/json", json).await).agent("p").await.unwrap_err();
+        assert_eq!(e.code, Code::PermissionDenied);
+        assert_eq!(e.message, "Permission 'serviceusage.services.use' denied.");
+
+        let e = agents(&answering("404 Not Found", "text/plain", "").await).agent("p").await.unwrap_err();
+        assert_eq!(e.code, Code::NotFound);
+
+        let ok = r#"{"done":true,"response":{"email":"service-1@gcp-sa-store.iam.gserviceaccount.com"}}"#;
+        let a = agents(&answering("200 OK", "application/json", ok).await).agent("p").await.unwrap();
+        assert_eq!(a.email, "service-1@gcp-sa-store.iam.gserviceaccount.com");
     }
 }

@@ -218,6 +218,12 @@ impl Store {
                 if let Err(d) = self.repo.discard(&name, &[]).await {
                     tracing::warn!(backup = %name, error = %d, "cannot delete a failed backup; it is retried at the next start");
                 }
+                if let RepoError::Conflict = e {
+                    // Taken for interrupted and cleaned up by another node meanwhile.
+                    return Err(StoreError::Unavailable(format!(
+                        "The backup {name} was cleaned up as interrupted before it was complete; take it again."
+                    )));
+                }
                 return Err(e.into());
             }
             tracing::info!(backup = %name, objects = count, bytes = size, "backup taken");
@@ -537,10 +543,9 @@ impl Store {
         kms_key: Option<String>,
         labels: BTreeMap<String, String>,
     ) -> Result<Instance, StoreError> {
-        let primary_name: InstanceName = primary.parse().map_err(|e: StoreError| match e {
-            StoreError::InvalidArgument(m) => StoreError::InvalidArgument(format!("replicaOf: {m}")),
-            other => other,
-        })?;
+        let primary_name: InstanceName = primary
+            .parse()
+            .map_err(|e: keyhold_api::NameError| StoreError::InvalidArgument(format!("replicaOf: {e}")))?;
         if primary_name.project != name.project {
             // Finding 2(b): refused before the primary is looked up, and only after the
             // caller's permission on it is checked (audited in its project), so that nothing

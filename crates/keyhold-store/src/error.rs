@@ -69,6 +69,13 @@ impl StoreError {
     }
 }
 
+/// A malformed resource name in a request (an instance name that is not one).
+impl From<keyhold_api::NameError> for StoreError {
+    fn from(e: keyhold_api::NameError) -> Self {
+        StoreError::InvalidArgument(e.to_string())
+    }
+}
+
 impl From<keyhold_kms::store::StoreError> for StoreError {
     fn from(e: keyhold_kms::store::StoreError) -> Self {
         use keyhold_kms::store::StoreError as R;

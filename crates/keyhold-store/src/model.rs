@@ -11,44 +11,8 @@ use crate::error::StoreError;
 /// The service name, as org policies and service agents spell it.
 pub const SERVICE: &str = "store.keyhold.dev";
 
-/// `projects/P/locations/L/instances/I`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct InstanceName {
-    /// Project ID.
-    pub project: String,
-    /// Location ID.
-    pub location: String,
-    /// Instance ID.
-    pub instance: String,
-}
-
-impl InstanceName {
-    /// The parent, `projects/P/locations/L`.
-    pub fn parent(&self) -> String {
-        format!("projects/{}/locations/{}", self.project, self.location)
-    }
-}
-
-impl std::fmt::Display for InstanceName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "projects/{}/locations/{}/instances/{}", self.project, self.location, self.instance)
-    }
-}
-
-impl std::str::FromStr for InstanceName {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, StoreError> {
-        let seg: Vec<&str> = s.split('/').collect();
-        match seg.as_slice() {
-            ["projects", p, "locations", l, "instances", i] if !p.is_empty() && !l.is_empty() && !i.is_empty() => {
-                Ok(Self { project: p.to_string(), location: l.to_string(), instance: i.to_string() })
-            }
-            _ => Err(StoreError::InvalidArgument(format!(
-                "\"{s}\" is not an instance name (projects/PROJECT/locations/LOCATION/instances/INSTANCE)."
-            ))),
-        }
-    }
-}
+/// `projects/P/locations/L/instances/I`: defined once, in `keyhold-api`, shared with the CLI.
+pub use keyhold_api::name::InstanceName;
 
 /// Checks an instance ID: 1-63 characters, lowercase letters, digits and hyphens, starting with
 /// a letter (Cloud SQL and Spanner rules).

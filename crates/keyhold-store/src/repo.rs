@@ -74,7 +74,8 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// Records a backup (state `CREATING`) with its KEK, and reserves its name.
     /// The backup is `node`'s work until it is finished.
     async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord, node: &str) -> Result<(), RepoError>;
-    /// Marks a backup `READY`, ending its reservation.
+    /// Marks a backup `READY`, ending its reservation; `Conflict` if it is gone (discarded as
+    /// orphaned meanwhile).
     async fn finish_backup(
         &self,
         name: &str,
@@ -146,7 +147,9 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// Makes an upload the object's contents, atomically: stores `last_chunks`, replaces the
     /// object's metadata, deletes the previous generation's chunks and the upload record. With
     /// `expected_generation`, only if the object is still at that generation (else `Conflict`).
-    /// `Conflict` too if the instance (or backup, or build) was deleted meanwhile.
+    /// `Conflict` too if the instance (or backup, or build) was deleted meanwhile, or if the
+    /// upload's earlier chunks (`first_index > 0`) are no longer recorded (it was taken for
+    /// orphaned and cleaned up).
     async fn commit_upload(
         &self,
         instance: &str,

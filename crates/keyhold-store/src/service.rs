@@ -1124,6 +1124,14 @@ impl Store {
         let entries = audit.map(Audit::entries).unwrap_or_default();
         match self.repo.commit_upload(resource, &obj, first, &batch.chunks, None, &entries).await {
             Err(RepoError::Conflict) => {
+                // Either the instance is gone, or this upload was taken for interrupted and
+                // cleaned up by another node (its heartbeat looked stale): nothing was written.
+                if self.repo.instance(resource).await?.is_some() {
+                    return Err(StoreError::Unavailable(format!(
+                        "The upload of {object} was cleaned up as interrupted before it was complete; \
+                         nothing was written. Upload it again."
+                    )));
+                }
                 return Err(StoreError::NotFound(format!("{resource} was deleted while {object} was being written.")));
             }
             r => r?,

@@ -11,7 +11,8 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use keyhold_api::status::ErrorBody;
+use keyhold_api::Status;
+use keyhold_api::status::ErrorBodyKind;
 use keyhold_crypto::Secret;
 
 use super::CliError;
@@ -32,7 +33,7 @@ pub struct ListOptions {
 
 /// The client: an endpoint, a connection pool and the bearer token, if one was found.
 #[derive(Clone, Debug)]
-pub struct KmsClient {
+pub struct ApiClient {
     http: reqwest::Client,
     /// The endpoint as given, without a trailing `/`.
     endpoint: String,
@@ -54,7 +55,7 @@ pub fn endpoint_url(endpoint: &str) -> Result<Url, CliError> {
     Ok(url)
 }
 
-impl KmsClient {
+impl ApiClient {
     /// A client for the server at `endpoint` (`http://127.0.0.1:8080`) that sends no token.
     #[cfg(test)]
     pub fn new(endpoint: &str) -> Result<Self, CliError> {
@@ -131,14 +132,7 @@ impl KmsClient {
         let bytes = resp.bytes().await.map_err(|e| self.transport_error(&e))?;
         let bytes = Secret::new(Vec::from(bytes));
         if !status.is_success() {
-            let mut err = api_error(status, bytes.expose());
-            if status == StatusCode::UNAUTHORIZED
-                && let CliError::Api { message, .. } = &mut err
-            {
-                message.push('\n');
-                message.push_str(&self.credentials.unauthenticated_hint());
-            }
-            return Err(err);
+            return Err(api_error(status, bytes.expose(), &self.credentials));
         }
         serde_json::from_slice(bytes.expose()).map_err(|e| {
             // The serde message could quote the body, which may hold plaintext: report only
@@ -179,7 +173,7 @@ impl KmsClient {
         self.list_versioned("v1", collection, field, &[], opts).await
     }
 
-    /// [`KmsClient::list`] below `/{version}/`, sending `extra` with every page.
+    /// [`ApiClient::list`] below `/{version}/`, sending `extra` with every page.
     pub async fn list_versioned(
         &self,
         version: &str,
@@ -234,50 +228,73 @@ impl KmsClient {
     }
 }
 
-/// The error for a non-2xx answer: the `google.rpc.Status` in the body, or the HTTP status
-/// and the start of the body when it is not one.
-fn api_error(status: StatusCode, body: &[u8]) -> CliError {
-    match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(b) if !b.error.status.is_empty() => CliError::Api { status: b.error.status, message: b.error.message },
-        Ok(b) => CliError::Api { status: format!("HTTP {}", status.as_u16()), message: b.error.message },
-        Err(_) => {
-            let text = String::from_utf8_lossy(body);
-            let mut snippet: String = text.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(200).collect();
-            if snippet.is_empty() {
-                snippet = status.canonical_reason().unwrap_or("no response body").to_string();
-            }
-            CliError::Api { status: format!("HTTP {}", status.as_u16()), message: snippet }
-        }
+/// The error for a non-2xx answer, for every request of the CLI (JSON calls and object data):
+/// the `google.rpc.Status` in the body, or the HTTP status and the start of the body when it is
+/// not one, both decoded by `keyhold-api`'s one decoder. A 401 adds where the token came from.
+pub(super) fn api_error(status: StatusCode, body: &[u8], credentials: &Credentials) -> CliError {
+    let (decoded, kind) = Status::decode_http(status.as_u16(), body);
+    let foreign_http_status = (kind != ErrorBodyKind::Google).then_some(status.as_u16());
+    let mut message = decoded.message;
+    if status == StatusCode::UNAUTHORIZED {
+        message.push('\n');
+        message.push_str(&credentials.unauthenticated_hint());
     }
+    CliError::Api { code: decoded.code, foreign_http_status, message }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyhold_api::Code;
 
     #[test]
     fn google_errors_are_parsed() {
         let body = br#"{"error":{"code":409,"message":"KeyRing r already exists.","status":"ALREADY_EXISTS"}}"#;
-        assert_eq!(api_error(StatusCode::CONFLICT, body).to_string(), "ALREADY_EXISTS: KeyRing r already exists.");
+        let none = Credentials::none();
         assert_eq!(
-            api_error(StatusCode::BAD_GATEWAY, b"<html>\n bad   gateway</html>").to_string(),
+            api_error(StatusCode::CONFLICT, body, &none).to_string(),
+            "ALREADY_EXISTS: KeyRing r already exists."
+        );
+        assert!(matches!(
+            api_error(StatusCode::CONFLICT, body, &none),
+            CliError::Api { code: Code::AlreadyExists, .. }
+        ));
+        assert_eq!(
+            api_error(StatusCode::BAD_GATEWAY, b"<html>\n bad   gateway</html>", &none).to_string(),
             "HTTP 502: <html> bad gateway</html>"
         );
-        assert_eq!(api_error(StatusCode::NOT_FOUND, b"").to_string(), "HTTP 404: Not Found");
+        assert!(matches!(
+            api_error(StatusCode::BAD_GATEWAY, b"<html></html>", &none),
+            CliError::Api { code: Code::Unavailable, foreign_http_status: Some(502), .. }
+        ));
+        assert_eq!(api_error(StatusCode::NOT_FOUND, b"", &none).to_string(), "HTTP 404: Not Found");
+        let no_status = br#"{"error":{"code":409,"message":"busy","status":""}}"#;
+        assert_eq!(api_error(StatusCode::CONFLICT, no_status, &none).to_string(), "HTTP 409: busy");
     }
 
     #[test]
     fn endpoints_are_checked() {
-        assert!(KmsClient::new("http://127.0.0.1:8080/").is_ok());
+        assert!(ApiClient::new("http://127.0.0.1:8080/").is_ok());
         assert_eq!(
-            KmsClient::new("http://h:1/").map(|c| c.resource_url("projects/p")).ok().as_deref(),
+            ApiClient::new("http://h:1/").map(|c| c.resource_url("projects/p")).ok().as_deref(),
             Some("http://h:1/v1/projects/p")
         );
-        assert!(KmsClient::new("127.0.0.1:8080").is_err());
-        assert!(KmsClient::new("ftp://x").is_err());
-        let c = KmsClient::new("http://h:1").unwrap();
+        assert!(ApiClient::new("127.0.0.1:8080").is_err());
+        assert!(ApiClient::new("ftp://x").is_err());
+        let c = ApiClient::new("http://h:1").unwrap();
         let u =
             c.url("projects/p/locations/l/keyRings", &[("keyRingId", "r".into()), ("filter", "a = b".into())]).unwrap();
         assert_eq!(u.as_str(), "http://h:1/v1/projects/p/locations/l/keyRings?keyRingId=r&filter=a+%3D+b");
+    }
+
+    #[test]
+    fn server_errors() {
+        use reqwest::StatusCode;
+        let body = br#"{"error":{"code":400,"message":"Instance i is suspended.","status":"FAILED_PRECONDITION"}}"#;
+        assert_eq!(
+            api_error(StatusCode::BAD_REQUEST, body, &Credentials::none()).to_string(),
+            "FAILED_PRECONDITION: Instance i is suspended."
+        );
+        assert_eq!(api_error(StatusCode::BAD_GATEWAY, b"", &Credentials::none()).to_string(), "HTTP 502: Bad Gateway");
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
+use keyhold_api::Code;
 use serde_json::{Value, json};
 
 use super::output::Kind;
@@ -172,7 +173,7 @@ pub async fn set_policy(ctx: &Ctx, subject: &IamSubject, file: &Path) -> Result<
 
 /// Whether an error is the server's answer to a stale etag (or another concurrent write).
 fn is_aborted(e: &CliError) -> bool {
-    matches!(e, CliError::Api { status, .. } if status == "ABORTED")
+    matches!(e, CliError::Api { code: Code::Aborted, .. })
 }
 
 /// Read-modify-write of a policy, retried while it races with other writers.

@@ -40,6 +40,7 @@ mod resource;
 mod services;
 mod store;
 mod tokens;
+mod transfer;
 mod yaml;
 
 use std::fmt;
@@ -47,12 +48,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use keyhold_api::Code;
 use serde_json::Value;
 
 pub use kms::KmsArgs;
 pub use output::OutputFormat;
 
-use client::KmsClient;
+use client::ApiClient;
 use credentials::Credentials;
 use output::Kind;
 use resource::ResourceArgs;
@@ -127,9 +129,13 @@ pub struct ClientOptions {
 pub enum CliError {
     /// The server answered with an error status.
     Api {
-        /// The canonical code name (`NOT_FOUND`), or `HTTP 502` for a non-Google answer.
-        status: String,
-        /// The server's message.
+        /// The canonical code: the server's own, or taken from the HTTP status of an answer
+        /// without Google's error JSON (what commands match on, never the text).
+        code: Code,
+        /// The HTTP status of an answer without Google's error JSON (shown as `HTTP 502`
+        /// instead of the code name); `None` for the server's own `google.rpc.Status`.
+        foreign_http_status: Option<u16>,
+        /// The server's message (the start of the body of a foreign answer).
         message: String,
     },
     /// The server could not be reached.
@@ -152,7 +158,8 @@ pub enum CliError {
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Api { status, message } => write!(f, "{status}: {message}"),
+            CliError::Api { code, foreign_http_status: None, message } => write!(f, "{}: {message}", code.as_str()),
+            CliError::Api { foreign_http_status: Some(http), message, .. } => write!(f, "HTTP {http}: {message}"),
             CliError::Connect { endpoint, detail } => write!(
                 f,
                 "could not connect to the Keyhold server at {endpoint}: {detail}\nIs it running? Start one with \
@@ -173,7 +180,7 @@ fn resolve_project(flag: Option<String>, gcloud_env: Option<String>) -> Option<S
 
 /// What every command needs: the client, the project and the requested format.
 pub(crate) struct Ctx {
-    client: KmsClient,
+    client: ApiClient,
     project: Option<String>,
     format: Option<OutputFormat>,
 }
@@ -263,7 +270,7 @@ pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
             opts.token_file.as_deref(),
             std::env::var_os("KEYHOLD_DATA_DIR").map(PathBuf::from),
         )?;
-        let client = KmsClient::with_credentials(&opts.endpoint, credentials.clone())?;
+        let client = ApiClient::with_credentials(&opts.endpoint, credentials.clone())?;
         let project = resolve_project(opts.project, std::env::var("CLOUDSDK_CORE_PROJECT").ok());
         let ctx = Ctx { client, project, format: opts.format };
         match cmd {
@@ -302,7 +309,8 @@ mod tests {
 
     #[test]
     fn error_messages() {
-        let e = CliError::Api { status: "NOT_FOUND".into(), message: "KeyRing r not found.".into() };
+        let e =
+            CliError::Api { code: Code::NotFound, foreign_http_status: None, message: "KeyRing r not found.".into() };
         assert_eq!(e.to_string(), "NOT_FOUND: KeyRing r not found.");
         let e = CliError::Connect { endpoint: "http://127.0.0.1:8080".into(), detail: "Connection refused".into() };
         let msg = e.to_string();
@@ -312,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_server_is_reported() {
         // Port 9 (discard) on loopback: nothing listens there on a test machine.
-        let client = KmsClient::new("http://127.0.0.1:9").unwrap();
+        let client = ApiClient::new("http://127.0.0.1:9").unwrap();
         let err = client.get("projects/p/locations/global/keyRings").await.unwrap_err();
         assert!(matches!(err, CliError::Connect { .. }), "{err}");
         assert!(err.to_string().contains("keyhold serve"));

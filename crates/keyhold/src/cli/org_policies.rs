@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::output::Kind;
-use super::store::{Column, PagingFlags, list_all, show_list, text_at};
+use super::output::{Column, PagingFlags, list_all, show_list, text_at};
 use super::{CliError, Ctx, print_stderr};
 
 /// The API version of the Organization Policy API.
@@ -296,7 +296,7 @@ mod tests {
             json!({"name": "projects/p/policies/gcp.other", "spec": {"rules": [{"enforce": true}]}}),
         ];
         assert_eq!(
-            super::super::store::table(&policies, POLICY_COLUMNS),
+            super::super::output::table(&policies, POLICY_COLUMNS),
             "CONSTRAINT                   LIST_POLICY  ETAG\n\
              gcp.restrictNonCmekServices  SET          CAE=\n\
              gcp.other                    -\n"

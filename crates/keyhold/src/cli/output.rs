@@ -6,7 +6,10 @@
 //! PyYAML, and therefore gcloud, prints them), and strings quoted exactly when a YAML reader
 //! would otherwise take them for something else.
 
+use clap::Args;
 use serde_json::{Map, Value};
+
+use super::{CliError, Ctx, print_stderr, print_stdout};
 
 /// How results are printed: `--format`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -505,6 +508,65 @@ fn looks_like_timestamp(s: &str) -> bool {
     let month = parts.next().unwrap_or("");
     let day: String = parts.next().unwrap_or("").chars().take_while(char::is_ascii_digit).collect();
     (1..=2).contains(&month.len()) && month.bytes().all(|c| c.is_ascii_digit()) && (1..=2).contains(&day.len())
+}
+
+// ---- lists shared by commands (store, org-policies) -----------------------------------------
+
+/// `--page-size` and `--limit`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PagingFlags {
+    /// Ask the server for pages of this size (every page is fetched).
+    #[arg(long, value_name = "PAGE_SIZE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub page_size: Option<u32>,
+    /// List at most this many resources.
+    #[arg(long, value_name = "LIMIT")]
+    pub limit: Option<usize>,
+}
+
+/// Fetches every page of a collection below `/{version}/`, `field` naming the array in each page;
+/// `query` is sent with every page.
+pub(super) async fn list_all(
+    ctx: &Ctx,
+    version: &str,
+    collection: &str,
+    field: &str,
+    query: &[(&'static str, String)],
+    paging: &PagingFlags,
+) -> Result<Vec<Value>, CliError> {
+    let opts = super::client::ListOptions { page_size: paging.page_size, limit: paging.limit, ..Default::default() };
+    ctx.client.list_versioned(version, collection, field, query, &opts).await
+}
+
+/// One table column: its header and how a cell is taken from a resource.
+pub(super) type Column = (&'static str, fn(&Value) -> String);
+
+/// The string at a dotted path, or empty.
+pub(super) fn text_at(v: &Value, path: &str) -> String {
+    match lookup(v, path) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Prints a list: a table of `columns` unless `--format` says otherwise.
+pub(super) fn show_list(ctx: &Ctx, items: &[Value], columns: &[Column]) -> Result<(), CliError> {
+    let format = ctx.format.clone().unwrap_or(OutputFormat::Table);
+    if items.is_empty() && !matches!(format, OutputFormat::Json | OutputFormat::None) {
+        print_stderr("Listed 0 items.");
+        return Ok(());
+    }
+    match format {
+        OutputFormat::Table => print_stdout(&table(items, columns)),
+        other => print_stdout(&render_list(&other, Kind::Other, items)),
+    }
+}
+
+/// The table of `columns` for `items`.
+pub(super) fn table(items: &[Value], columns: &[Column]) -> String {
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = items.iter().map(|i| columns.iter().map(|(_, cell)| cell(i)).collect()).collect();
+    render_table(&headers, &rows)
 }
 
 #[cfg(test)]
