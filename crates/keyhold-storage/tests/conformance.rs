@@ -977,6 +977,15 @@ async fn repo_uploads_and_generations(db: Opened) {
     assert!(r.chunk(&inst, "p", 1, 0).await.unwrap().is_none());
     assert!(r.object(&inst, "p").await.unwrap().is_none());
 
+    // Taken for orphaned and cleaned up while its writer still ran: committing the rest of it
+    // is refused, never acknowledged as an object missing its first chunks.
+    r.begin_upload(&inst, "torn", 1, "node-a", t(3)).await.unwrap();
+    r.put_chunks(&inst, "torn", 1, 0, &[chunk("torn/1/0")]).await.unwrap();
+    r.abort_upload(&inst, "torn", 1).await.unwrap();
+    let torn = r.commit_upload(&inst, &object("torn", 1, 2), 1, &[chunk("torn/1/1")], None, &[]).await;
+    assert!(matches!(torn, Err(StoreError::Conflict)), "{torn:?}");
+    assert!(r.object(&inst, "torn").await.unwrap().is_none());
+
     // Deleted meanwhile: the commit is refused.
     r.begin_upload(&inst, "q", 1, "node-a", t(3)).await.unwrap();
     assert!(r.delete_instance(&inst, &[]).await.unwrap());
@@ -1095,6 +1104,10 @@ async fn repo_builds_and_backups(db: Opened) {
     r.discard(b2, &[]).await.unwrap();
     assert_eq!(r.backup(b2).await.unwrap(), None);
     assert!(r.keks(b2).await.unwrap().is_empty());
+    // A backup discarded (as orphaned) while it was being written cannot be finished.
+    let late = r.finish_backup(b2, 1, 1, &[]).await;
+    assert!(matches!(late, Err(StoreError::Conflict)), "{late:?}");
+    assert_eq!(r.backup(b2).await.unwrap(), None);
 }
 
 async fn repo_replicas(db: Opened) {
