@@ -239,7 +239,13 @@ pub(crate) async fn object(
                 let (meta, contents) = store.read_object(&caller, &name, &object).await?;
                 let stream = contents.map(|r| {
                     r.map(Bytes::from).map_err(|e| {
-                        tracing::error!(error = %e, "object download stopped");
+                        // Overwritten under the reader (P4): expected, the client reads again;
+                        // not data loss.
+                        if matches!(e, StoreError::Aborted(_)) {
+                            tracing::warn!(error = %e, "object download cut: the object was overwritten");
+                        } else {
+                            tracing::error!(error = %e, "object download stopped");
+                        }
                         std::io::Error::other(e.to_string())
                     })
                 });

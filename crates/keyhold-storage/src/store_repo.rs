@@ -462,6 +462,12 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
 
     async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, StoreError> {
         let mut tx = self.backend().begin().await?;
+        // Ordered against every commit (which takes the shared form and checks its KEK is
+        // there): a KEK is deleted only when no committed object uses it, and no object is
+        // committed under a deleted KEK (P1, hardening review).
+        if !self.backend().serializes_transactions() {
+            tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(instance)]).await?;
+        }
         let n = tx.execute(DELETE_KEK_IF_UNUSED, vec![text(instance), int(id)]).await?;
         tx.commit().await?;
         Ok(n > 0)
@@ -514,6 +520,11 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         }
         // Deleted meanwhile (the lock orders this against the delete): write nothing.
         if tx.query(NAME_CLAIMED, vec![text(instance)]).await?.is_empty() {
+            return Err(StoreError::Conflict);
+        }
+        // Its KEK deleted meanwhile (a `:reencrypt` finished on another node, P1): the data
+        // could never be read. The lock orders this against `delete_kek_if_unused`.
+        if tx.query(KEK_EXISTS, vec![text(instance), int(object.kek_id)]).await?.is_empty() {
             return Err(StoreError::Conflict);
         }
         let key = || vec![text(instance), text(&object.name), int(object.generation)];
