@@ -418,13 +418,23 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         rows.iter().map(|r| Ok((export_record(r)?, r[8].int()? != 0))).collect()
     }
 
-    async fn set_export_missing(&self, name: &str, missing: bool, now: Timestamp) -> Result<(), StoreError> {
-        let statement = if missing {
-            (MARK_EXPORT_MISSING, vec![text(name), Value::Int(now.unix_nanos_i64())])
-        } else {
-            (MARK_EXPORT_PRESENT, vec![text(name)])
-        };
-        self.backend().begin().await?.execute_many_and_commit(vec![statement]).await
+    async fn set_exports_missing(
+        &self,
+        changes: &[(String, bool)],
+        now: Timestamp,
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError> {
+        let statements = changes
+            .iter()
+            .map(|(name, missing)| {
+                if *missing {
+                    (MARK_EXPORT_MISSING, vec![text(name), Value::Int(now.unix_nanos_i64())])
+                } else {
+                    (MARK_EXPORT_PRESENT, vec![text(name)])
+                }
+            })
+            .collect();
+        commit_audited(self.backend().begin().await?, statements, audit).await
     }
 
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, StoreError> {

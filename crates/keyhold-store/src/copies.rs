@@ -817,13 +817,21 @@ impl Store {
             permission: role::INSTANCES_EXPORT,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, self.reconcile_project_exports(project)).await
+        // It changes the registry: its entry commits with the change (R5, hardening review).
+        self.mutate(caller, op, async |audit| self.reconcile_project_exports(project, Some(audit)).await).await
     }
 
-    async fn reconcile_project_exports(&self, project: &str) -> Result<ReconcileExportsResponse, StoreError> {
+    /// Reconciles `project`'s exports; the registry changes commit with `audit`'s entries (none
+    /// at start, which is no one's call).
+    async fn reconcile_project_exports(
+        &self,
+        project: &str,
+        audit: Option<&Audit<'_>>,
+    ) -> Result<ReconcileExportsResponse, StoreError> {
         let dir = self.project_export_dir(project)?;
         let mut out = ReconcileExportsResponse::default();
         let mut registered = HashSet::new();
+        let mut changes = Vec::new();
         for (export, was_missing) in self.repo.exports_under(&format!("projects/{project}/")).await? {
             let path = PathBuf::from(&export.destination);
             registered.insert(path.clone());
@@ -833,17 +841,21 @@ impl Store {
             match (there, was_missing) {
                 (true, false) => out.present.push(export.name),
                 (true, true) => {
-                    self.repo.set_export_missing(&export.name, false, Timestamp::now()).await?;
+                    changes.push((export.name.clone(), false));
                     out.returned.push(export.name);
                 }
                 (false, _) => {
                     if !was_missing {
                         tracing::warn!(export = %export.name, file = %path.display(), "the file of an export is gone; marked missing");
-                        self.repo.set_export_missing(&export.name, true, Timestamp::now()).await?;
+                        changes.push((export.name.clone(), true));
                     }
                     out.missing.insert(export.name, export.destination);
                 }
             }
+        }
+        if !changes.is_empty() {
+            let entries = audit.map(Audit::entries).unwrap_or_default();
+            self.repo.set_exports_missing(&changes, Timestamp::now(), &entries).await?;
         }
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
@@ -899,7 +911,7 @@ impl Store {
             }
         }
         for project in projects {
-            let r = match self.reconcile_project_exports(&project).await {
+            let r = match self.reconcile_project_exports(&project, None).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(%project, error = %e, "cannot reconcile the project's exports");
