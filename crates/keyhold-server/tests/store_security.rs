@@ -725,3 +725,55 @@ async fn exports_never_follow_symlinks() {
     assert_eq!(mode(&pa), 0o755, "a directory Keyhold did not create was changed");
     assert_eq!(mode(&pa.join("sub")), 0o700);
 }
+
+/// P8 (hardening review): instance labels follow Google Cloud's rules (at most 64, keys and
+/// values at most 63 of `[a-z0-9_-]`, keys starting with a letter), as KMS keys' do; calls
+/// that take no parameters (`:rewrap`, `:reencrypt`, `exports:reconcile`,
+/// `generateServiceIdentity`) refuse any body but an empty one or `{}`.
+#[tokio::test]
+async fn labels_and_parameterless_bodies_are_checked() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let create = |id: &str| format!("{}/instances?instanceId={id}", loc("p"));
+    let many: serde_json::Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let sixty_four: serde_json::Map<String, Value> = (0..64).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for labels in [
+        Value::Object(many),
+        json!({"k": "x".repeat(1024)}),
+        json!({"k".repeat(64): "v"}),
+        json!({"Key": "v"}),
+        json!({"1k": "v"}),
+        json!({"k": "V"}),
+    ] {
+        let (st, v) = s.call(Method::POST, &create("bad"), Some(json!({ "labels": labels }))).await;
+        assert_eq!((st, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{v}");
+        assert!(v.to_string().len() < 1024, "the refusal echoes the whole label: {v}");
+    }
+    s.err(Method::GET, &instance("p", "bad"), None, 404, "NOT_FOUND").await;
+    let inst = s.ok(Method::POST, &create("i"), Some(json!({"labels": Value::Object(sixty_four)}))).await;
+    assert_eq!(inst["labels"].as_object().map(|l| l.len()), Some(64), "{inst}");
+    // A copy's labels are checked too.
+    let clone = json!({"destinationInstanceId": "c", "labels": {"Bad": "x"}});
+    let (st, v) = s.call(Method::POST, &format!("{}:clone", instance("p", "i")), Some(clone)).await;
+    assert_eq!((st, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{v}");
+
+    let base = s.base.trim_end_matches("/v1").to_string();
+    let urls = [
+        format!("{}/{}:rewrap", s.base, instance("p", "i")),
+        format!("{}/{}:reencrypt", s.base, instance("p", "i")),
+        format!("{}/projects/p/exports:reconcile", s.base),
+        format!("{base}/v1beta1/projects/p/services/store.keyhold.dev:generateServiceIdentity"),
+    ];
+    let long = format!("\"{}\"", "x".repeat(100_000));
+    for url in &urls {
+        for body in ["[[[", long.as_str(), "{\"unknown\": 1}", "[]", "7"] {
+            let r = s.http.post(url).bearer_auth(&s.token).body(body.to_string()).send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!((status, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{url}: {v}");
+        }
+        for body in ["", "{}", " {} "] {
+            let r = s.http.post(url).bearer_auth(&s.token).body(body).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url} with {body:?}");
+        }
+    }
+}

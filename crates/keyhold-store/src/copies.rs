@@ -542,6 +542,7 @@ impl Store {
         F: FnOnce(Vault) -> Fut,
         Fut: std::future::Future<Output = Result<(), StoreError>>,
     {
+        check_labels(&labels)?;
         let resource = name.to_string();
         if self.repo.instance(&resource).await?.is_some() {
             return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));

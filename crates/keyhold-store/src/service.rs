@@ -422,6 +422,7 @@ impl Store {
         instance_id: &str,
         req: CreateInstanceRequest,
     ) -> Result<Instance, StoreError> {
+        crate::model::check_labels(&req.labels)?;
         let name = self.new_instance_name(parent, instance_id)?;
         let resource = name.to_string();
         if self.repo.instance(&resource).await?.is_some() {
