@@ -186,6 +186,10 @@ async fn tokens_are_never_minted_for_identities_the_server_acts_as() {
             "service agent",
         ),
         (format!("serviceAccount:{}", agent.to_uppercase()), "service agent"),
+        // R6: the agent's email under another kind would still be its principalEmail.
+        (format!("user:{agent}"), "service agent"),
+        (format!("user:{}", agent.to_uppercase()), "service agent"),
+        ("user:service-1@gcp-sa-store.iam.gserviceaccount.com".into(), "service agent"),
         ("service:scheduler.keyhold.local".into(), "identities Keyhold itself acts as"),
         ("service:bootstrap.keyhold.local".into(), "identities Keyhold itself acts as"),
         ("service:Scheduler.Keyhold.Local".into(), "identities Keyhold itself acts as"),
@@ -232,6 +236,7 @@ async fn tokens_are_never_minted_for_identities_the_server_acts_as() {
         format!("serviceAccount:{agent}"),
         "service:scheduler.keyhold.local".into(),
         "user:emulator@example.com".into(),
+        format!("user:{agent}"),
     ]
     .iter()
     .enumerate()
