@@ -96,7 +96,7 @@ impl Kms {
     /// their own service; internal identities and the anonymous principal never get one.
     fn unmintable(&self, principal: &Principal) -> Option<String> {
         let p = principal.as_str();
-        // Whatever the principal's kind (R6): `user:service-N@gcp-sa-…` would carry the agent's
+        // Whatever the principal's kind: `user:service-N@gcp-sa-…` would carry the agent's
         // email as `principalEmail` in audit entries just as well as `serviceAccount:` does.
         if is_service_agent_email(principal.email()) {
             return Some(format!(
@@ -162,7 +162,7 @@ impl Kms {
         let p = principal.as_str();
         if is_service_agent_email(principal.email()) {
             // generateAccessToken mints only `serviceAccount:` tokens for agents; any other
-            // kind with an agent's email was minted by mistake (R6).
+            // kind with an agent's email was minted by mistake.
             if !p.starts_with("serviceAccount:") {
                 return true;
             }

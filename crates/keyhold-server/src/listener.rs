@@ -622,7 +622,7 @@ fn error_response(code: StatusCode, status: &str, message: &str) -> Response<Bod
     resp
 }
 
-/// A streamed request body that fails when no byte arrives for `stall`, or (P2) when, once
+/// A streamed request body that fails when no byte arrives for `stall`, or when, once
 /// `grace` has passed since it started, fewer than `min_rate` bytes per second have arrived on
 /// average: a client trickling a byte just inside the stall timeout is cut as soon as its
 /// average falls below the rate, not when its Content-Length is finally reached.

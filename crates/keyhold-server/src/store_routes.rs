@@ -259,7 +259,7 @@ pub(crate) async fn object(
                 let (meta, contents) = store.read_object(&caller, &name, &object).await?;
                 let stream = contents.map(|r| {
                     r.map(Bytes::from).map_err(|e| {
-                        // Overwritten under the reader (P4): expected, the client reads again;
+                        // Overwritten under the reader: expected, the client reads again;
                         // not data loss.
                         if matches!(e, StoreError::Aborted(_)) {
                             tracing::warn!(error = %e, "object download cut: the object was overwritten");

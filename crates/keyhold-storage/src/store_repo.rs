@@ -532,7 +532,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         if tx.query(NAME_CLAIMED, vec![text(instance)]).await?.is_empty() {
             return Err(StoreError::Conflict);
         }
-        // Its KEK deleted meanwhile (a `:reencrypt` finished on another node, P1): the data
+        // Its KEK deleted meanwhile (a `:reencrypt` finished on another node): the data
         // could never be read. The lock orders this against `delete_kek_if_unused`.
         if tx.query(KEK_EXISTS, vec![text(instance), int(object.kek_id)]).await?.is_empty() {
             return Err(StoreError::Conflict);

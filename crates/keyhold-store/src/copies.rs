@@ -82,7 +82,7 @@ async fn private_dirs(root: Option<&Path>, dir: &Path) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The error for a symbolic link found on an export or import path (P5).
+/// The error for a symbolic link found on an export or import path.
 fn symlink_refused(at: &Path) -> StoreError {
     StoreError::FailedPrecondition(format!(
         "{} is a symbolic link: exports and imports never follow links inside a project's export directory. \

@@ -382,7 +382,7 @@ impl Store {
         r
     }
 
-    /// Holds `instance`'s `:rewrap`/`:reencrypt` lock on this node (P1).
+    /// Holds `instance`'s `:rewrap`/`:reencrypt` lock on this node.
     async fn lock_keys(&self, instance: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.key_locks.lock().unwrap_or_else(|e| e.into_inner());
@@ -895,7 +895,7 @@ impl Store {
                 )
                 .await;
             match inserted {
-                // Another node's reencrypt took this ID at the same moment (P1).
+                // Another node's reencrypt took this ID at the same moment.
                 Err(RepoError::AlreadyExists) => return Err(concurrent_reencrypt(&resource)),
                 r => r?,
             }
@@ -914,7 +914,7 @@ impl Store {
             }
             // A newer reencrypt (another node's) may have deleted this one's KEK before its
             // objects were committed: those commits were refused, the objects kept their KEK,
-            // and this call did not do what it says (P1). Retrying does.
+            // and this call did not do what it says. Retrying does.
             let keks = self.repo.keks(&resource).await?;
             if !keks.iter().any(|k| k.id == new_id) {
                 guard.remove(new_id);
@@ -950,7 +950,7 @@ impl Store {
                     {
                         Ok(()) => Ok(()),
                         // Overwritten meanwhile (the newer upload wins, and it used a live KEK),
-                        // or this reencrypt's KEK was deleted by a newer one (P1): nothing
+                        // or this reencrypt's KEK was deleted by a newer one: nothing
                         // committed, the object keeps its KEK. Its earlier chunks go.
                         Err(RepoError::Conflict) => {
                             if batch.upload_recorded {
@@ -971,7 +971,7 @@ impl Store {
         }
         match result {
             // Overwritten (or resealed by another node's reencrypt) while being read: the
-            // newer generation used a live KEK; nothing to do (P1, P4).
+            // newer generation used a live KEK; nothing to do (P1).
             Err(StoreError::Aborted(_)) => Ok(()),
             r => r,
         }
@@ -1372,7 +1372,7 @@ impl Store {
     }
 }
 
-/// The answer to a `:reencrypt` that lost a race with another one (P1): retryable.
+/// The answer to a `:reencrypt` that lost a race with another one: retryable.
 fn concurrent_reencrypt(resource: &str) -> StoreError {
     StoreError::Aborted(format!("Another :reencrypt of {resource} ran at the same time; retry the request."))
 }
