@@ -48,7 +48,7 @@ pub enum Tightened {
 /// says so, so the caller can warn. For Keyhold's own data directory: every file in it is a
 /// secret or names one.
 ///
-/// Only a directory of our own is tightened (finding P6: a 1777 directory such as `/tmp` was
+/// Only a directory of our own is tightened (found by the hardening probe: a 1777 directory such as `/tmp` was
 /// made 0700 and lost its sticky bit, locking every other user out). A sticky directory is a
 /// shared one whoever owns it, and a group- or other-accessible directory of another user is
 /// not ours to change: both are refused ([`io::ErrorKind::PermissionDenied`], the message says

@@ -529,7 +529,7 @@ async fn iam_method(
             json(&kms.read_audit_log(caller, project, &query).await?, pretty)
         }
         (Target::Service { project, service }, Some("generateServiceIdentity"), &Method::POST) => {
-            // Its request has no fields: any is refused (P8, hardening review).
+            // Its request has no fields: any is refused (hardening review).
             let fields: serde_json::Map<String, serde_json::Value> = body(bytes)?;
             if let Some(field) = fields.keys().next() {
                 let field: String = field.chars().take(80).collect();

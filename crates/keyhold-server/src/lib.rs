@@ -88,11 +88,11 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::map_request(drop_unfit_request_id))
 }
 
-/// The longest request id taken from a client (finding P3).
+/// The longest request id taken from a client (found by the hardening probe).
 pub const MAX_CLIENT_REQUEST_ID: usize = 128;
 
 /// Removes a client's `x-request-id` unless it is one value of 1 to [`MAX_CLIENT_REQUEST_ID`]
-/// visible ASCII characters, so that the server makes its own (finding P3): the id goes into
+/// visible ASCII characters, so that the server makes its own (found by the hardening probe): the id goes into
 /// the audit entry and the logs of every request, unauthenticated ones included, so a 60 KB id
 /// made 60 KB audit rows out of 401s.
 async fn drop_unfit_request_id(mut req: Request<axum::body::Body>) -> Request<axum::body::Body> {

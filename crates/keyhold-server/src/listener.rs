@@ -67,7 +67,7 @@ pub struct Limits {
     pub stream_stall_timeout: Duration,
     /// The least average rate, in bytes per second, at which a streamed object upload must
     /// arrive once [`Limits::stream_min_rate_grace`] has passed since its body started; 0 turns
-    /// the check off (finding P2: an upload sending a byte just inside the stall timeout held
+    /// the check off (found by the hardening probe: an upload sending a byte just inside the stall timeout held
     /// its connection slot for ever, and 22 of them locked everyone out).
     pub stream_min_rate: u64,
     /// How long a streamed upload may take before [`Limits::stream_min_rate`] applies (a slow

@@ -120,7 +120,7 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result
 
 /// The body of a call that takes no parameters (`:rewrap`, `:reencrypt`,
 /// `exports:reconcile`): empty, or `{}`; anything else is refused, as the docs say of unknown
-/// fields (P8, hardening review).
+/// fields (hardening review).
 fn empty_body(bytes: &Bytes) -> Result<(), ApiError> {
     let fields: serde_json::Map<String, serde_json::Value> = parse_body(bytes)?;
     match fields.keys().next() {

@@ -677,7 +677,7 @@ async fn the_export_registry_is_reconciled_with_the_files() {
     assert_eq!(s.call(Method::GET, "projects/p/exports:reconcile", None).await.0, 404);
 }
 
-/// P5 (hardening review): an export or import never follows a symbolic link under the
+/// Hardening review: an export or import never follows a symbolic link under the
 /// project's export directory (one could lead into another project's directory or outside the
 /// export directory), and never changes a directory Keyhold did not create.
 #[tokio::test]

@@ -474,7 +474,7 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         let mut tx = self.backend().begin().await?;
         // Ordered against every commit (which takes the shared form and checks its KEK is
         // there): a KEK is deleted only when no committed object uses it, and no object is
-        // committed under a deleted KEK (P1, hardening review).
+        // committed under a deleted KEK (hardening review).
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(instance)]).await?;
         }
