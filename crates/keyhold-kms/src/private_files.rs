@@ -192,7 +192,7 @@ mod tests {
         assert!(create_new_file(&new).is_err(), "never over an existing file");
     }
 
-    /// Finding P6: a sticky directory (1777, like /tmp) is refused and left as it was, sticky
+    /// Found by the hardening probe: a sticky directory (1777, like /tmp) is refused and left as it was, sticky
     /// bit included; so is one with the sticky bit and no other access.
     #[test]
     fn a_sticky_directory_is_refused_and_left_alone() {

@@ -491,7 +491,7 @@ async fn a_failing_audit_write_fails_the_request(backend: Backend) {
             assert!(!text.contains(leak), "{} {} leaked {leak}: {text}", r.method, r.path);
         }
     }
-    // R5: exports:reconcile changes the registry (an export whose file is gone is marked
+    // Hardening review: exports:reconcile changes the registry (an export whose file is gone is marked
     // missing): unaudited, it marks nothing.
     std::fs::rename(&e0_file, &e0_aside).unwrap();
     let reconcile = req(Owner, Method::POST, "projects/p/exports:reconcile", Some(json!({})), 503, "");

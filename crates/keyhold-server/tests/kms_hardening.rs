@@ -186,7 +186,7 @@ async fn tokens_are_never_minted_for_identities_the_server_acts_as() {
             "service agent",
         ),
         (format!("serviceAccount:{}", agent.to_uppercase()), "service agent"),
-        // R6: the agent's email under another kind would still be its principalEmail.
+        // Hardening review: the agent's email under another kind would still be its principalEmail.
         (format!("user:{agent}"), "service agent"),
         (format!("user:{}", agent.to_uppercase()), "service agent"),
         ("user:service-1@gcp-sa-store.iam.gserviceaccount.com".into(), "service agent"),
@@ -369,7 +369,7 @@ async fn unserved_methods_and_locations_tell_the_truth() {
     assert!(m.contains("--pkcs11-module"), "{m}");
 }
 
-/// Finding P3: a client's `x-request-id` went into the audit entry with no length cap, so 401s
+/// Found by the hardening probe: a client's `x-request-id` went into the audit entry with no length cap, so 401s
 /// with 60 KB ids made 60 KB audit rows. An id longer than 128 bytes, with a byte that is not
 /// visible ASCII, or sent twice is replaced by one the server makes (and that one is what the
 /// answer and the audit entry carry); a fit id is still kept.

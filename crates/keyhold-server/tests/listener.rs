@@ -436,7 +436,7 @@ async fn shutdown_finishes_the_request_in_flight_and_closes_idle_connections() {
     assert!(TcpStream::connect(srv.addr).await.is_err(), "still accepting after shutdown");
 }
 
-/// Finding P2: an upload that sends a byte just inside the stall timeout was never cut (requests
+/// Found by the hardening probe: an upload that sends a byte just inside the stall timeout was never cut (requests
 /// in flight are never evicted), so a few dozen of them held every connection slot. Once the
 /// grace has passed, a streamed upload must keep a minimum average rate: a trickling one is cut
 /// with a 400 saying so (and leaves no object), while one above the rate still completes.

@@ -1308,7 +1308,7 @@ async fn destroying_the_key_shreds_backups_and_exports() {
     assert!(scanned > 3 * marker.len(), "the scan read the database and the archive ({scanned} bytes)");
 }
 
-/// P1 (hardening review): concurrent `:reencrypt`s of one instance, on one node and (on
+/// Hardening review: concurrent `:reencrypt`s of one instance, on one node and (on
 /// PostgreSQL) across two nodes, never lose data: each answers 200 or 409 `ABORTED` (retry),
 /// never 500, and every object reads back byte-exact afterwards (the old race deleted a KEK
 /// another reencrypt was still sealing under, or reused its ID).
@@ -1374,7 +1374,7 @@ async fn concurrent_reencrypts_never_lose_data_postgres() {
     concurrent_reencrypts(vec![Arc::new(a), Arc::new(b)]).await;
 }
 
-/// P4 (hardening review): reading an object while a writer keeps overwriting it is never data
+/// Hardening review: reading an object while a writer keeps overwriting it is never data
 /// loss and never a 500: a read answers one whole written version (200), `409 ABORTED` when the
 /// generation it started on was replaced before the answer began, or a cut-off stream when it
 /// was replaced during the download (never completed with wrong data).

@@ -726,7 +726,7 @@ async fn exports_never_follow_symlinks() {
     assert_eq!(mode(&pa.join("sub")), 0o700);
 }
 
-/// P8 (hardening review): instance labels follow Google Cloud's rules (at most 64, keys and
+/// Hardening review: instance labels follow Google Cloud's rules (at most 64, keys and
 /// values at most 63 of `[a-z0-9_-]`, keys starting with a letter), as KMS keys' do; calls
 /// that take no parameters (`:rewrap`, `:reencrypt`, `exports:reconcile`,
 /// `generateServiceIdentity`) refuse any body but an empty one or `{}`.

@@ -94,7 +94,7 @@ pub type StoredChunk = SealedChunk;
 /// At most this many labels on an instance, as Cloud KMS allows on a key.
 pub const MAX_LABELS: usize = 64;
 
-/// Labels as Google Cloud allows them (P8, hardening review; the rule
+/// Labels as Google Cloud allows them (hardening review; the rule
 /// `keyhold-kms`'s `validate::labels` applies to keys, which that crate keeps private): at
 /// most 64; keys start with a lowercase letter; keys and values at most 63 characters of
 /// lowercase letters, digits, `_` and `-`.
