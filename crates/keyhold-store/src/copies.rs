@@ -40,7 +40,7 @@ use crate::service::{
 /// users of the machine). The export directory itself is made 0700 only when this creates it:
 /// an operator may point `--store-export-dir` at a directory whose mode is theirs to choose.
 /// A directory this did not create is never changed, and a symbolic link below the export
-/// directory is never followed (P5, hardening review): it is refused, named in the error.
+/// directory is never followed (hardening review): it is refused, named in the error.
 async fn private_dirs(root: Option<&Path>, dir: &Path) -> Result<(), StoreError> {
     let io =
         |p: &Path, e: std::io::Error| StoreError::FailedPrecondition(format!("Cannot create {}: {e}", p.display()));
@@ -92,7 +92,7 @@ fn symlink_refused(at: &Path) -> StoreError {
 }
 
 /// Refuses `path` if the project's export directory `dir` or anything between it and `path`
-/// (`path` included) is a symbolic link (P5, hardening review): a link there could lead an
+/// (`path` included) is a symbolic link (hardening review): a link there could lead an
 /// export or import of one project into another's directory or outside the export directory.
 /// Components that do not exist yet are fine (an export creates them, never following links).
 async fn refuse_links(dir: &Path, path: &Path) -> Result<(), StoreError> {
@@ -823,7 +823,7 @@ impl Store {
             permission: role::INSTANCES_EXPORT,
             kind: AuditKind::Activity,
         };
-        // It changes the registry: its entry commits with the change (R5, hardening review).
+        // It changes the registry: its entry commits with the change (hardening review).
         self.mutate(caller, op, async |audit| self.reconcile_project_exports(project, Some(audit)).await).await
     }
 

@@ -108,7 +108,7 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// for all), with whether its file was found gone.
     async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, RepoError>;
     /// Records, for each `(export, missing)`, that an export's file is gone (left out of
-    /// [`StoreRepository::exports_by_key`]) or there again; all at once, with `audit` (R5,
+    /// [`StoreRepository::exports_by_key`]) or there again; all at once, with `audit` (hardening review,
     /// hardening review: a registry change is never visible without its entry).
     async fn set_exports_missing(
         &self,

@@ -106,7 +106,7 @@ pub struct Store {
     /// kept alive by a heartbeat (finding 6).
     pub(crate) node: String,
     /// One lock per instance, held by `:rewrap` and `:reencrypt` so that one node runs them
-    /// one at a time (P1, hardening review: concurrent reencrypts deleted each other's KEKs).
+    /// one at a time (hardening review: concurrent reencrypts deleted each other's KEKs).
     /// Across nodes, the database keeps it safe ([`StoreRepository::commit_upload`] checks
     /// the KEK, [`StoreRepository::delete_kek_if_unused`] excludes commits).
     key_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -971,7 +971,7 @@ impl Store {
         }
         match result {
             // Overwritten (or resealed by another node's reencrypt) while being read: the
-            // newer generation used a live KEK; nothing to do (P1).
+            // newer generation used a live KEK; nothing to do.
             Err(StoreError::Aborted(_)) => Ok(()),
             r => r,
         }
@@ -1249,7 +1249,7 @@ impl Store {
         })
     }
 
-    /// What a missing chunk or KEK of `obj` means (P4, hardening review): the generation being
+    /// What a missing chunk or KEK of `obj` means (hardening review): the generation being
     /// read was replaced meanwhile (an overwrite or a `:reencrypt` committed, deleting its
     /// chunks, and its KEK with a reencrypt), so `ABORTED` (read it again); or, if `obj` is
     /// still the object, data loss (`message`).

@@ -193,7 +193,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let token_file = args.owner_token_file.clone().unwrap_or_else(|| args.data_dir.join("owner.token"));
-    // `_data_dir_lock` is held until `run` returns (R3).
+    // `_data_dir_lock` is held until `run` returns.
     let (db, root, _data_dir_lock): (Database, Arc<dyn RootKey>, Option<std::fs::File>) = if args.in_memory {
         tracing::warn!("--in-memory: all keys live only in this process and vanish when it exits");
         refuse_real_servers_token_file(&token_file, args.owner_token_file.is_some())?;
@@ -213,7 +213,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         let (db, lock) = match &args.database {
             Some(url) => (Database::Postgres(url.clone()), None),
-            // Before anything reads or cleans up the SQLite file (R3).
+            // Before anything reads or cleans up the SQLite file.
             None => (Database::SqliteFile(args.data_dir.join("keyhold.db")), Some(lock_data_dir(&args.data_dir)?)),
         };
         let root: Arc<dyn RootKey> = match (&args.root_key, &args.root_key_file) {
@@ -392,7 +392,7 @@ async fn refuse_new_root_key_beside_sealed_data(
     }
 }
 
-/// Name of the lock file in the data directory (R3).
+/// Name of the lock file in the data directory.
 const LOCK_FILE: &str = "keyhold.lock";
 
 /// R3: nothing stopped two `keyhold serve` on one SQLite file (a rolling restart that starts
