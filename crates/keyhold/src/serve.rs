@@ -354,7 +354,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let _ = background.await;
     if args.in_memory && args.owner_token_file.is_none() {
         // Its token died with the keys; removed so the next `--in-memory` start in this
-        // directory is not refused for it (P7: an existing token file is never overwritten).
+        // directory is not refused for it (an existing token file is never overwritten).
         if let Err(e) = std::fs::remove_file(&token_file)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -395,7 +395,7 @@ async fn refuse_new_root_key_beside_sealed_data(
 /// Name of the lock file in the data directory.
 const LOCK_FILE: &str = "keyhold.lock";
 
-/// R3: nothing stopped two `keyhold serve` on one SQLite file (a rolling restart that starts
+/// Hardening review: nothing stopped two `keyhold serve` on one SQLite file (a rolling restart that starts
 /// the new server before the old one exits), and the second's start-up cleanup deleted the
 /// first's uploads in progress. The server takes an exclusive lock on DATA_DIR/keyhold.lock
 /// (0600) and holds it for its life; a second server on the same directory refuses to start.
@@ -421,7 +421,7 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, Box<dyn std::er
 /// Finding 8: `serve --in-memory` started in the directory of a real server overwrote that
 /// server's owner token (DATA_DIR/owner.token). An in-memory server refuses to write its token
 /// into a directory that holds a real server's database or root key; it names the way out.
-/// P7: nor over an existing token file it was not told to use (a PostgreSQL node's data
+/// Hardening review: nor over an existing token file it was not told to use (a PostgreSQL node's data
 /// directory holds only `owner.token`): only an explicit `--owner-token-file` is overwritten.
 fn refuse_real_servers_token_file(
     token_file: &std::path::Path,

@@ -111,7 +111,7 @@ async fn external_key_through_a_manager_process() {
     std::fs::write(&credentials, format!("{base} {token}\n")).unwrap();
 
     // The KMS, holding no material for the key.
-    // Port 0: the server binds a free port and logs it (R8: no port picked, released and raced
+    // Port 0: the server binds a free port and logs it (no port picked, released and raced
     // for). The manager's port must be known before it starts (key URIs embed it).
     let kms = spawn(
         dir.path(),

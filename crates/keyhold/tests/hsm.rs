@@ -106,7 +106,7 @@ async fn hsm_keys_in_a_softhsm_token() {
         "1s",
     ];
     let env = [("SOFTHSM2_CONF", conf_s.as_str())];
-    // Port 0: the server binds a free port and logs it (R8: no port picked, released and raced for).
+    // Port 0: the server binds a free port and logs it (no port picked, released and raced for).
     let server = spawn_with_env(d, 0, &args, &env);
     let mut port = server.port;
     wait_ready(&server).await;
@@ -554,7 +554,7 @@ async fn postgres_failed_inserts_leave_no_object_and_reconcile_finds_orphans() {
     terminate(server);
 }
 
-// R4: a version insert whose failure may hide a commit (here its PostgreSQL connection is
+// Hardening review: a version insert whose failure may hide a commit (here its PostgreSQL connection is
 // terminated while the insert waits on a table lock, as a connection dropped at COMMIT would
 // be) used to be followed by a re-read and, finding no row, the destruction of the object,
 // although that commit could still land after the re-read. The object is now left in the

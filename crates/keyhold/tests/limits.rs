@@ -169,7 +169,7 @@ async fn serve_flags_reach_the_listener_and_sigterm_still_stops_cleanly() {
     let _kept = TcpStream::connect(p.addr).await.unwrap();
     let log = terminate(p);
     assert!(log.contains("stopped"), "{log}");
-    // P2: the minimum upload rate and its grace reach the listener.
+    // Hardening review: the minimum upload rate and its grace reach the listener.
     assert!(log.contains("stream_min_rate=1234") && log.contains("stream_min_rate_grace=2.5s"), "{log}");
 }
 

@@ -411,7 +411,7 @@ async fn no_root_key_is_created_next_to_a_database_sealed_under_another() {
     let before = files(&dir.path().join("data"));
     let err = common::serve_refused(dir.path(), &[]);
     assert!(err.contains("holds keys sealed under the root key with fingerprint"), "{err}");
-    // P7: the refused start leaves no -wal or -shm behind (its read of the database did).
+    // Hardening review: the refused start leaves no -wal or -shm behind (its read of the database did).
     assert_eq!(files(&dir.path().join("data")), before, "{err}");
     assert!(err.contains("--root-key-file"), "{err}");
     assert!(!dir.path().join("data/root.key").exists(), "a stray root key was created: {err}");
@@ -452,7 +452,7 @@ async fn in_memory_never_overwrites_a_real_servers_owner_token() {
     assert!(!log.contains("wrote a bearer token for the server owner"), "the real token is still valid: {log}");
 }
 
-/// P7: `serve --in-memory` overwrote an owner token file standing alone (a PostgreSQL node's data
+/// Hardening review: `serve --in-memory` overwrote an owner token file standing alone (a PostgreSQL node's data
 /// directory holds only `owner.token`). It now refuses to overwrite any token file it was not
 /// named with `--owner-token-file`; a clean in-memory server removes the token it wrote, so the
 /// next in-memory start in that directory is not refused for it.
@@ -477,7 +477,7 @@ async fn in_memory_never_overwrites_an_existing_owner_token_file() {
     }
 }
 
-/// R3: two `keyhold serve` on one SQLite data directory (a rolling restart starting the new
+/// Hardening review: two `keyhold serve` on one SQLite data directory (a rolling restart starting the new
 /// server before the old one exits) used to run side by side, the second's start-up cleanup
 /// aborting the first's uploads. The first holds an exclusive lock on DATA_DIR/keyhold.lock
 /// (0600) for its life: the second refuses to start, saying why, and the first keeps serving;
@@ -506,7 +506,7 @@ async fn a_second_server_on_the_same_sqlite_data_directory_refuses_to_start() {
     terminate(second);
 }
 
-/// P6: `serve --data-dir D` on a 1777 directory (sticky, world-writable, like /tmp) made it
+/// Hardening review: `serve --data-dir D` on a 1777 directory (sticky, world-writable, like /tmp) made it
 /// 0700 and dropped the sticky bit, locking every other user out of it. It now refuses to
 /// start, names the directory and the way out, and leaves the directory as it was.
 #[cfg(unix)]
