@@ -458,8 +458,8 @@ impl Kms {
     /// database refused the insert (`AlreadyExists`, `Conflict`, or an error it answered with,
     /// `Corrupt`), so nothing was written. Any other failure (`Unavailable`: a connection
     /// dropped at COMMIT, a timeout, a busy database) may hide a commit whose answer was lost
-    /// and that PostgreSQL has not finished yet, so reading the database again cannot tell (
-    /// the re-read could run before that commit landed, and the object of a live version was
+    /// and that PostgreSQL has not finished yet, so reading the database again cannot tell
+    /// (the re-read could run before that commit landed, and the object of a live version was
     /// destroyed). The object then stays for `keyhold hsm reconcile`, whose grace period covers
     /// such a late commit (docs/operations.md, "HSM reconciliation"). Nothing to do for other
     /// protection levels.
