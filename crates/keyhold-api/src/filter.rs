@@ -276,7 +276,10 @@ impl Filter {
             return Ok(Filter::All);
         }
         if s.len() > MAX_FILTER_LEN {
-            return Err(FilterError(format!("filter is {} bytes long; at most {MAX_FILTER_LEN} are accepted", s.len())));
+            return Err(FilterError(format!(
+                "filter is {} bytes long; at most {MAX_FILTER_LEN} are accepted",
+                s.len()
+            )));
         }
         let mut p = Parser { toks: tokenize(s)?, pos: 0, depth: 0, terms: 0 };
         let f = p.expr()?;
@@ -454,7 +457,8 @@ mod tests {
         let deep_not = format!("{}a=1", "NOT ".repeat(3000));
         let deep_minus = format!("{}a=1", "-".repeat(3000));
         let deep_mixed = format!("{}a=1{}", "(NOT ".repeat(1000), ")".repeat(1000));
-        for (what, f) in [("parens", &deep_parens), ("not", &deep_not), ("minus", &deep_minus), ("mixed", &deep_mixed)] {
+        for (what, f) in [("parens", &deep_parens), ("not", &deep_not), ("minus", &deep_minus), ("mixed", &deep_mixed)]
+        {
             let e = Filter::parse(f).expect_err(what);
             assert!(e.0.contains("levels deep") || e.0.contains("bytes long"), "{what}: {e}");
         }

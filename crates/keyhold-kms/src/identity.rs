@@ -96,7 +96,9 @@ impl Kms {
     /// their own service; internal identities and the anonymous principal never get one.
     fn unmintable(&self, principal: &Principal) -> Option<String> {
         let p = principal.as_str();
-        if p.starts_with("serviceAccount:") && is_service_agent_email(principal.email()) {
+        // Whatever the principal's kind: `user:service-N@gcp-sa-…` would carry the agent's
+        // email as `principalEmail` in audit entries just as well as `serviceAccount:` does.
+        if is_service_agent_email(principal.email()) {
             return Some(format!(
                 "Tokens cannot be created for {p}: it is a service agent, and only its own service may act as it, \
                  with short-lived tokens from generateAccessToken (see docs/api.md, Service identities)."
@@ -158,7 +160,12 @@ impl Kms {
     /// stop working at once on upgrade instead of living out their 90 days.
     fn minted_by_mistake(&self, principal: &Principal, record: &TokenRecord) -> bool {
         let p = principal.as_str();
-        if p.starts_with("serviceAccount:") && is_service_agent_email(principal.email()) {
+        if is_service_agent_email(principal.email()) {
+            // generateAccessToken mints only `serviceAccount:` tokens for agents; any other
+            // kind with an agent's email was minted by mistake.
+            if !p.starts_with("serviceAccount:") {
+                return true;
+            }
             let life = record.expire_time.unix_nanos() - record.create_time.unix_nanos();
             return life > i128::from(MAX_AGENT_TOKEN_SECS) * 1_000_000_000;
         }

@@ -47,6 +47,12 @@ pub enum Tightened {
 /// Creates `dir` (0700) if missing; if it exists with group or other bits, sets it to 0700 and
 /// says so, so the caller can warn. For Keyhold's own data directory: every file in it is a
 /// secret or names one.
+///
+/// Only a directory of our own is tightened (found by the hardening probe: a 1777 directory such as `/tmp` was
+/// made 0700 and lost its sticky bit, locking every other user out). A sticky directory is a
+/// shared one whoever owns it, and a group- or other-accessible directory of another user is
+/// not ours to change: both are refused ([`io::ErrorKind::PermissionDenied`], the message says
+/// what to do), and nothing in them is touched.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<Tightened> {
     if !dir.exists() {
         create_dir_all(dir)?;
@@ -54,14 +60,43 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<Tightened> {
     }
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let meta = std::fs::metadata(dir)?;
+        let mode = meta.permissions().mode() & 0o7777;
+        let refuse = |why: &str| {
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{} {why} (mode {mode:o}); it is left as it is. Keyhold keeps secrets in its data directory: \
+                     pass a --data-dir of your own (a new path is created 0700), or make this one yours and 0700",
+                    dir.display()
+                ),
+            ))
+        };
+        if mode & 0o1000 != 0 {
+            return refuse("is a shared directory (sticky bit set)");
+        }
         if mode & 0o077 != 0 {
+            if meta.uid() != rustix::process::geteuid().as_raw() {
+                return refuse("is accessible to other users and belongs to another user");
+            }
             set_mode(dir, DIR_MODE)?;
-            return Ok(Tightened::From(mode));
+            return Ok(Tightened::From(mode & 0o777));
         }
     }
     Ok(Tightened::No)
+}
+
+/// Opens (creating it 0600 if missing) the lock file at `path`, for
+/// [`std::fs::File::try_lock`]: never truncated, tightened if loose.
+pub fn open_lock_file(path: &Path) -> io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, FILE_MODE);
+    let f = opts.open(path)?;
+    set_file_mode(&f, FILE_MODE)?;
+    Ok(f)
 }
 
 /// Opens `path` for writing as a new file, 0600, failing if it exists (never a file left
@@ -155,5 +190,22 @@ mod tests {
         create_new_file(&new).unwrap();
         assert_eq!(mode(&new), 0o600);
         assert!(create_new_file(&new).is_err(), "never over an existing file");
+    }
+
+    /// Found by the hardening probe: a sticky directory (1777, like /tmp) is refused and left as it was, sticky
+    /// bit included; so is one with the sticky bit and no other access.
+    #[test]
+    fn a_sticky_directory_is_refused_and_left_alone() {
+        let root = tempfile::tempdir().unwrap();
+        for m in [0o1777, 0o1700] {
+            let dir = root.path().join(format!("shared-{m:o}"));
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).unwrap();
+            let e = ensure_private_dir(&dir).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+            assert!(e.to_string().contains("sticky bit set") && e.to_string().contains("--data-dir"), "{e}");
+            let now = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(now, m, "the directory was changed");
+        }
     }
 }

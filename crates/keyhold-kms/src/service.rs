@@ -454,11 +454,15 @@ impl Kms {
 
     /// After the insert of a new version failed: its HSM object, generated in the token just
     /// before, is destroyed (best effort, logged) so that the token keeps no key object that no
-    /// version names (issue 15, finding 10). A definite refusal (`AlreadyExists`, `Conflict`)
-    /// wrote nothing. Any other failure may hide a commit whose answer was lost (a connection
-    /// dropped at COMMIT), so the object is destroyed only if the database, read again, has no
-    /// row naming it; if it cannot be read the object stays for `keyhold hsm reconcile`
-    /// (docs/operations.md, "HSM reconciliation"). Nothing to do for other protection levels.
+    /// version names (issue 15, finding 10), but only when the failure is definite: the
+    /// database refused the insert (`AlreadyExists`, `Conflict`, or an error it answered with,
+    /// `Corrupt`), so nothing was written. Any other failure (`Unavailable`: a connection
+    /// dropped at COMMIT, a timeout, a busy database) may hide a commit whose answer was lost
+    /// and that PostgreSQL has not finished yet, so reading the database again cannot tell
+    /// (the re-read could run before that commit landed, and the object of a live version was
+    /// destroyed). The object then stays for `keyhold hsm reconcile`, whose grace period covers
+    /// such a late commit (docs/operations.md, "HSM reconciliation"). Nothing to do for other
+    /// protection levels.
     pub(crate) async fn discard_unrecorded_material(&self, record: &VersionRecord, error: &StoreError) {
         if record.version.protection_level != Some(ProtectionLevel::Hsm) {
             return;
@@ -468,25 +472,13 @@ impl Kms {
         else {
             return;
         };
-        if !matches!(error, StoreError::AlreadyExists | StoreError::Conflict) {
-            match self.store.version(&record.name).await {
-                Ok(Some(stored)) if stored.material == record.material => {
-                    tracing::warn!(
-                        version = %record.name, object,
-                        "the version's insert reported an error but was committed; its HSM key object is kept"
-                    );
-                    return;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(
-                        version = %record.name, object, error = %e,
-                        "cannot tell whether the failed version insert was committed; its HSM key object is left in \
-                         the token: `keyhold hsm reconcile` finds it if it is orphaned"
-                    );
-                    return;
-                }
-            }
+        if !matches!(error, StoreError::AlreadyExists | StoreError::Conflict | StoreError::Corrupt(_)) {
+            tracing::warn!(
+                version = %record.name, object, error = %error,
+                "the version's insert failed in a way that may still have committed; its HSM key object is left in \
+                 the token: `keyhold hsm reconcile` removes it if no version uses it"
+            );
+            return;
         }
         discard_hsm_object(hsm.as_ref(), &record.name, object).await;
     }

@@ -529,7 +529,14 @@ async fn iam_method(
             json(&kms.read_audit_log(caller, project, &query).await?, pretty)
         }
         (Target::Service { project, service }, Some("generateServiceIdentity"), &Method::POST) => {
-            let _: serde_json::Map<String, serde_json::Value> = body(bytes)?;
+            // Its request has no fields: any is refused (hardening review).
+            let fields: serde_json::Map<String, serde_json::Value> = body(bytes)?;
+            if let Some(field) = fields.keys().next() {
+                let field: String = field.chars().take(80).collect();
+                return Err(ApiError::invalid(format!(
+                    "Invalid JSON payload received. Unknown name \"{field}\": generateServiceIdentity takes an empty body."
+                )));
+            }
             let identity = kms.generate_service_identity(caller, project, service).await?;
             json(
                 &serde_json::json!({

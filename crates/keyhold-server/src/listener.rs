@@ -65,6 +65,14 @@ pub struct Limits {
     /// The longest a streamed object upload may go without receiving a byte, and the longest
     /// any write to a client may wait (a client that stops reading a download or an answer).
     pub stream_stall_timeout: Duration,
+    /// The least average rate, in bytes per second, at which a streamed object upload must
+    /// arrive once [`Limits::stream_min_rate_grace`] has passed since its body started; 0 turns
+    /// the check off (found by the hardening probe: an upload sending a byte just inside the stall timeout held
+    /// its connection slot for ever, and 22 of them locked everyone out).
+    pub stream_min_rate: u64,
+    /// How long a streamed upload may take before [`Limits::stream_min_rate`] applies (a slow
+    /// start, a client waiting on its own disk).
+    pub stream_min_rate_grace: Duration,
     /// The most connections open at once.
     pub max_connections: usize,
     /// The largest buffered (JSON) request body, in bytes.
@@ -79,6 +87,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default [`Limits::stream_stall_timeout`].
 pub const DEFAULT_STREAM_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`Limits::stream_min_rate`]: 4 KiB/s on average, a rate any working link keeps.
+pub const DEFAULT_STREAM_MIN_RATE: u64 = 4096;
+/// Default [`Limits::stream_min_rate_grace`].
+pub const DEFAULT_STREAM_MIN_RATE_GRACE: Duration = Duration::from_secs(10);
 /// Default [`Limits::max_body_bytes`]: 1 MiB. The largest legitimate JSON body is an
 /// `:encrypt` of 64 KiB of plaintext with 64 KiB of AAD, both base64 (about 175 KiB), or a
 /// large IAM policy; 1 MiB leaves room for both.
@@ -97,6 +109,8 @@ impl Default for Limits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             stream_stall_timeout: DEFAULT_STREAM_STALL_TIMEOUT,
+            stream_min_rate: DEFAULT_STREAM_MIN_RATE,
+            stream_min_rate_grace: DEFAULT_STREAM_MIN_RATE_GRACE,
             max_connections: default_max_connections(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
@@ -531,7 +545,7 @@ async fn handle(
     let (mut parts, body) = req.into_parts();
     parts.extensions.insert(ConnectInfo(remote));
     let body = if is_streamed_upload(&parts.method, parts.uri.path()) {
-        Body::new(StallBody::new(body, limits.stream_stall_timeout))
+        Body::new(StallBody::new(body, limits))
     } else {
         match buffer_body(body, &parts.headers, limits).await {
             Ok(bytes) => Body::from(bytes),
@@ -608,16 +622,52 @@ fn error_response(code: StatusCode, status: &str, message: &str) -> Response<Bod
     resp
 }
 
-/// A streamed request body that fails when no byte arrives for `stall`.
+/// A streamed request body that fails when no byte arrives for `stall`, or when, once
+/// `grace` has passed since it started, fewer than `min_rate` bytes per second have arrived on
+/// average: a client trickling a byte just inside the stall timeout is cut as soon as its
+/// average falls below the rate, not when its Content-Length is finally reached.
 struct StallBody {
     inner: Incoming,
     stall: Duration,
+    min_rate: u64,
+    grace: Duration,
+    start: Instant,
+    last_data: Instant,
+    received: u64,
     sleep: Pin<Box<Sleep>>,
 }
 
 impl StallBody {
-    fn new(inner: Incoming, stall: Duration) -> Self {
-        Self { inner, stall, sleep: Box::pin(tokio::time::sleep(stall)) }
+    fn new(inner: Incoming, limits: &Limits) -> Self {
+        let now = Instant::now();
+        let mut body = Self {
+            inner,
+            stall: limits.stream_stall_timeout,
+            min_rate: limits.stream_min_rate,
+            grace: limits.stream_min_rate_grace,
+            start: now,
+            last_data: now,
+            received: 0,
+            sleep: Box::pin(tokio::time::sleep(limits.stream_stall_timeout)),
+        };
+        let deadline = body.deadline();
+        body.sleep.as_mut().reset(deadline);
+        body
+    }
+
+    /// When the bytes received so far stop covering the minimum rate, if it is on.
+    fn rate_deadline(&self) -> Option<Instant> {
+        let rate = self.min_rate;
+        (rate > 0).then(|| {
+            let earned = Duration::from_millis(self.received.saturating_mul(1000) / rate);
+            self.start + self.grace.max(earned)
+        })
+    }
+
+    /// The earlier of the stall deadline and the rate deadline.
+    fn deadline(&self) -> Instant {
+        let stall = self.last_data + self.stall;
+        self.rate_deadline().map_or(stall, |r| r.min(stall))
     }
 }
 
@@ -631,16 +681,31 @@ impl hyper::body::Body for StallBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(f) => {
-                let next = Instant::now() + self.stall;
+                if let Some(Ok(frame)) = &f
+                    && let Some(data) = frame.data_ref()
+                {
+                    self.received = self.received.saturating_add(data.len() as u64);
+                }
+                self.last_data = Instant::now();
+                let next = self.deadline();
                 self.sleep.as_mut().reset(next);
                 Poll::Ready(f.map(|r| r.map_err(std::io::Error::other)))
             }
             Poll::Pending => {
                 ready!(self.sleep.as_mut().poll(cx));
-                Poll::Ready(Some(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no data for {}s", self.stall.as_secs_f64()),
-                ))))
+                let now = Instant::now();
+                let message = match self.rate_deadline() {
+                    Some(r) if r <= now => format!(
+                        "the upload arrived at less than {} bytes/s on average ({} bytes in {:.1}s, checked after the \
+                         first {}s); send it faster, or ask the operator to lower --stream-min-rate",
+                        self.min_rate,
+                        self.received,
+                        (now - self.start).as_secs_f64(),
+                        self.grace.as_secs_f64()
+                    ),
+                    _ => format!("no data for {}s", self.stall.as_secs_f64()),
+                };
+                Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, message))))
             }
         }
     }

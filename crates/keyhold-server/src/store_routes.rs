@@ -118,6 +118,20 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))
 }
 
+/// The body of a call that takes no parameters (`:rewrap`, `:reencrypt`,
+/// `exports:reconcile`): empty, or `{}`; anything else is refused, as the docs say of unknown
+/// fields (hardening review).
+fn empty_body(bytes: &Bytes) -> Result<(), ApiError> {
+    let fields: serde_json::Map<String, serde_json::Value> = parse_body(bytes)?;
+    match fields.keys().next() {
+        None => Ok(()),
+        Some(field) => Err(ApiError::invalid(format!(
+            "Invalid JSON payload received. Unknown name \"{}\": this call takes an empty body.",
+            field.chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
 fn query(q: QueryResult) -> Result<HashMap<String, String>, ApiError> {
     q.map(|Query(m)| m).map_err(|e| ApiError::invalid(format!("Malformed query string: {e}")))
 }
@@ -174,8 +188,14 @@ pub(crate) async fn instance(
                 store.delete_instance(&caller, &name).await?;
                 Ok(json(&serde_json::json!({})))
             }
-            (Some("rewrap"), Method::POST) => Ok(json(&store.rewrap(&caller, &name).await?)),
-            (Some("reencrypt"), Method::POST) => Ok(json(&store.reencrypt(&caller, &name).await?)),
+            (Some("rewrap"), Method::POST) => {
+                empty_body(&bytes)?;
+                Ok(json(&store.rewrap(&caller, &name).await?))
+            }
+            (Some("reencrypt"), Method::POST) => {
+                empty_body(&bytes)?;
+                Ok(json(&store.reencrypt(&caller, &name).await?))
+            }
             (Some("clone"), Method::POST) => {
                 let req: CloneInstanceRequest = parse_body(&bytes)?;
                 Ok(json(&store.clone_instance(&caller, &name, req).await?))
@@ -239,7 +259,13 @@ pub(crate) async fn object(
                 let (meta, contents) = store.read_object(&caller, &name, &object).await?;
                 let stream = contents.map(|r| {
                     r.map(Bytes::from).map_err(|e| {
-                        tracing::error!(error = %e, "object download stopped");
+                        // Overwritten under the reader: expected, the client reads again;
+                        // not data loss.
+                        if matches!(e, StoreError::Aborted(_)) {
+                            tracing::warn!(error = %e, "object download cut: the object was overwritten");
+                        } else {
+                            tracing::error!(error = %e, "object download stopped");
+                        }
                         std::io::Error::other(e.to_string())
                     })
                 });
@@ -375,6 +401,7 @@ pub(crate) async fn reconcile_exports(
     method: Method,
     headers: HeaderMap,
     Path(project): Path<String>,
+    bytes: Bytes,
 ) -> Response {
     let path = format!("projects/{project}/exports:reconcile");
     let (path, state, headers) = (&path, &state, &headers);
@@ -383,6 +410,7 @@ pub(crate) async fn reconcile_exports(
         if method != Method::POST {
             return Err(not_a_method(&method, path));
         }
+        empty_body(&bytes)?;
         Ok(json(&store.reconcile_exports(&caller, &project).await?))
     })
     .await

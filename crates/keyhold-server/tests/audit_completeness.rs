@@ -414,9 +414,12 @@ async fn a_failing_audit_write_fails_the_request(backend: Backend) {
     let run = Run::new(s).await;
     // A backup and an export to restore, import and delete while audit writes fail.
     run.s.ok(Method::POST, &format!("{INSTANCE}/backups?backupId=b0"), Some(json!({}))).await;
-    run.s
+    let e0 = run
+        .s
         .ok(Method::POST, &format!("{INSTANCE}:export"), Some(json!({"destination": "e0", "allowPlaintext": true})))
         .await;
+    let e0_file = std::path::PathBuf::from(e0["destination"].as_str().unwrap());
+    let e0_aside = e0_file.with_file_name("e0.aside");
     let plaintext_b64 = b64(SECRET);
     let before = run.entries().await.len();
     breaker.refuse().await;
@@ -488,9 +491,20 @@ async fn a_failing_audit_write_fails_the_request(backend: Backend) {
             assert!(!text.contains(leak), "{} {} leaked {leak}: {text}", r.method, r.path);
         }
     }
+    // Hardening review: exports:reconcile changes the registry (an export whose file is gone is marked
+    // missing): unaudited, it marks nothing.
+    std::fs::rename(&e0_file, &e0_aside).unwrap();
+    let reconcile = req(Owner, Method::POST, "projects/p/exports:reconcile", Some(json!({})), 503, "");
+    let (status, body) = run.send("broken-reconcile", &reconcile).await;
+    assert_eq!(status, 503, "exports:reconcile: {}", String::from_utf8_lossy(&body));
+    std::fs::rename(&e0_aside, &e0_file).unwrap();
     assert_eq!(run.entries().await.len(), before, "nothing was recorded");
 
     breaker.allow().await;
+    // Not marked missing: its file is simply present (not "returned").
+    let r = run.s.ok(Method::POST, "projects/p/exports:reconcile", Some(json!({}))).await;
+    assert_eq!(r["present"], json!([e0["name"]]), "{r}");
+    assert!(r["returned"].as_array().is_none_or(Vec::is_empty), "marked missing without an entry: {r}");
     // No change was made while unaudited (every entry commits in its change's transaction),
     // and the server serves again.
     run.s.err(Method::GET, &format!("{LOC}/keyRings/during"), None, 404, "NOT_FOUND").await;

@@ -186,6 +186,10 @@ async fn tokens_are_never_minted_for_identities_the_server_acts_as() {
             "service agent",
         ),
         (format!("serviceAccount:{}", agent.to_uppercase()), "service agent"),
+        // Hardening review: the agent's email under another kind would still be its principalEmail.
+        (format!("user:{agent}"), "service agent"),
+        (format!("user:{}", agent.to_uppercase()), "service agent"),
+        ("user:service-1@gcp-sa-store.iam.gserviceaccount.com".into(), "service agent"),
         ("service:scheduler.keyhold.local".into(), "identities Keyhold itself acts as"),
         ("service:bootstrap.keyhold.local".into(), "identities Keyhold itself acts as"),
         ("service:Scheduler.Keyhold.Local".into(), "identities Keyhold itself acts as"),
@@ -232,6 +236,7 @@ async fn tokens_are_never_minted_for_identities_the_server_acts_as() {
         format!("serviceAccount:{agent}"),
         "service:scheduler.keyhold.local".into(),
         "user:emulator@example.com".into(),
+        format!("user:{agent}"),
     ]
     .iter()
     .enumerate()
@@ -362,4 +367,36 @@ async fn unserved_methods_and_locations_tell_the_truth() {
     let hsm = json!({"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"protectionLevel": "HSM"}});
     let m = s.err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=h"), Some(hsm), 501, "UNIMPLEMENTED").await;
     assert!(m.contains("--pkcs11-module"), "{m}");
+}
+
+/// Found by the hardening probe: a client's `x-request-id` went into the audit entry with no length cap, so 401s
+/// with 60 KB ids made 60 KB audit rows. An id longer than 128 bytes, with a byte that is not
+/// visible ASCII, or sent twice is replaced by one the server makes (and that one is what the
+/// answer and the audit entry carry); a fit id is still kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfit_client_request_ids_are_replaced() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let url = format!("{}/{KEY}", s.base);
+    let long = "a".repeat(60_000);
+    let unfit: [Vec<&[u8]>; 5] =
+        [vec![long.as_bytes()], vec![&[b'a'; 129]], vec![b"has space"], vec![b"caf\xc3\xa9"], vec![b"one", b"two"]];
+    for values in unfit {
+        let mut req = s.http.get(&url);
+        for v in &values {
+            req = req.header("x-request-id", HeaderValue::from_bytes(v).unwrap());
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert!(id.len() <= 128 && values.iter().all(|v| id.as_bytes() != *v), "{id:.200}");
+        let entry = only_entry(&s, &id).await;
+        assert_eq!(entry.code, 16, "{entry:?}");
+        for v in values {
+            assert!(entries_of(&s, &String::from_utf8_lossy(v)).await.is_empty(), "the unfit id is not stored");
+        }
+    }
+    let fit = format!("{}~!", "Z".repeat(126));
+    let (st, _) = send(&s, &fit, None, Method::GET, &url, &[], None).await;
+    assert_eq!(st, 401);
+    assert_eq!(only_entry(&s, &fit).await.code, 16);
 }

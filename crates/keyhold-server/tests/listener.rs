@@ -35,6 +35,8 @@ fn limits() -> Limits {
         idle_timeout: LONG,
         request_timeout: LONG,
         stream_stall_timeout: LONG,
+        stream_min_rate: 0,
+        stream_min_rate_grace: LONG,
         max_connections: 1000,
         max_body_bytes: listener::DEFAULT_MAX_BODY_BYTES,
     }
@@ -432,4 +434,72 @@ async fn shutdown_finishes_the_request_in_flight_and_closes_idle_connections() {
     assert_eq!(status, 200, "{answer}");
     tokio::time::timeout(PATIENCE, &mut srv.served).await.expect("serve did not return").unwrap().unwrap();
     assert!(TcpStream::connect(srv.addr).await.is_err(), "still accepting after shutdown");
+}
+
+/// Found by the hardening probe: an upload that sends a byte just inside the stall timeout was never cut (requests
+/// in flight are never evicted), so a few dozen of them held every connection slot. Once the
+/// grace has passed, a streamed upload must keep a minimum average rate: a trickling one is cut
+/// with a 400 saying so (and leaves no object), while one above the rate still completes.
+#[tokio::test]
+async fn a_trickling_upload_is_cut_below_the_minimum_rate() {
+    let srv = start(Limits {
+        stream_stall_timeout: Duration::from_secs(10),
+        stream_min_rate: 2000,
+        stream_min_rate_grace: Duration::from_millis(500),
+        ..limits()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/v1/projects/p/locations/global", srv.addr);
+    let created =
+        http.post(format!("{base}/instances?instanceId=i")).bearer_auth(&srv.token).body("{}").send().await.unwrap();
+    assert_eq!(created.status(), 200, "{}", created.text().await.unwrap());
+
+    // One byte every 50 ms (20 bytes/s), each far inside the stall timeout.
+    let s = TcpStream::connect(srv.addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let head = format!(
+        "PUT /v1/projects/p/locations/global/instances/i/objects/trickle.bin HTTP/1.1\r\nHost: k\r\n\
+         Authorization: Bearer {}\r\nContent-Length: 100000\r\n\r\n",
+        srv.token
+    );
+    wr.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        while wr.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a trickling upload was not cut");
+    trickle.abort();
+    let (status, body) = parse(&answer);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("less than 2000 bytes/s on average") && body.contains("--stream-min-rate"), "{body}");
+    let got = http.get(format!("{base}/instances/i/objects/trickle.bin")).bearer_auth(&srv.token).send().await.unwrap();
+    assert_eq!(got.status(), 404, "a cut upload left an object");
+
+    // 256 KiB in 8 KiB pieces every 20 ms (about 400 KB/s) is well above the rate: stored.
+    let chunks = (0..32u8).map(|i| Ok::<_, std::io::Error>(vec![i; 8 * 1024]));
+    let steady = futures_util::stream::iter(chunks).then(|c| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        c
+    });
+    let put = http
+        .put(format!("{base}/instances/i/objects/steady.bin"))
+        .bearer_auth(&srv.token)
+        .body(reqwest::Body::wrap_stream(steady))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
 }

@@ -676,3 +676,104 @@ async fn the_export_registry_is_reconciled_with_the_files() {
     assert_eq!(exports_of_key().await.len(), 1, "marked missing at start");
     assert_eq!(s.call(Method::GET, "projects/p/exports:reconcile", None).await.0, 404);
 }
+
+/// Hardening review: an export or import never follows a symbolic link under the
+/// project's export directory (one could lead into another project's directory or outside the
+/// export directory), and never changes a directory Keyhold did not create.
+#[tokio::test]
+async fn exports_never_follow_symlinks() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{}/instances?instanceId=i", loc("pa")), Some(json!({}))).await;
+    assert_eq!(s.put_as(&s.token.clone(), &instance("pa", "i"), "o", b"x").await, 200);
+    let (pa, pb) = (s.export_dir().join("pa"), s.export_dir().join("pb"));
+    std::fs::create_dir_all(&pa).unwrap();
+    std::fs::create_dir_all(&pb).unwrap();
+    std::fs::set_permissions(&pa, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::os::unix::fs::symlink("../pb", pa.join("bdir")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), pa.join("out")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("f.archive"), pa.join("f.archive")).unwrap();
+    let export = format!("{}:export", instance("pa", "i"));
+    for (destination, link) in
+        [("bdir/x.archive", "bdir"), ("out/x.archive", "out"), ("out/sub/x.archive", "out"), ("f.archive", "f.archive")]
+    {
+        let body = json!({"destination": destination, "allowPlaintext": true});
+        let (st, v) = s.call(Method::POST, &export, Some(body)).await;
+        assert_eq!((st, v["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{destination}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("pa/{link} is a symbolic link")), "{destination}: {v}");
+    }
+    assert_eq!(std::fs::read_dir(&pb).unwrap().count(), 0, "nothing written into pb's directory");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(outside.path()), 0o777, "a directory outside was changed");
+
+    // Import through a link: refused, even to an archive in pb's directory.
+    s.ok(Method::POST, &format!("{}/instances?instanceId=j", loc("pb")), Some(json!({}))).await;
+    let b_export = json!({"destination": "b.archive", "allowPlaintext": true});
+    s.ok(Method::POST, &format!("{}:export", instance("pb", "j")), Some(b_export)).await;
+    let import = json!({"instanceId": "k", "source": "bdir/b.archive"});
+    let (st, v) = s.call(Method::POST, &format!("{}/instances:import", loc("pa")), Some(import)).await;
+    assert_eq!((st, v["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("is a symbolic link"), "{v}");
+
+    // A plain export still works; pa (made by the operator, 0755) is left as it was, the
+    // directory Keyhold creates under it is 0700.
+    let body = json!({"destination": "sub/ok.archive", "allowPlaintext": true});
+    s.ok(Method::POST, &export, Some(body)).await;
+    assert_eq!(mode(&pa), 0o755, "a directory Keyhold did not create was changed");
+    assert_eq!(mode(&pa.join("sub")), 0o700);
+}
+
+/// Hardening review: instance labels follow Google Cloud's rules (at most 64, keys and
+/// values at most 63 of `[a-z0-9_-]`, keys starting with a letter), as KMS keys' do; calls
+/// that take no parameters (`:rewrap`, `:reencrypt`, `exports:reconcile`,
+/// `generateServiceIdentity`) refuse any body but an empty one or `{}`.
+#[tokio::test]
+async fn labels_and_parameterless_bodies_are_checked() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let create = |id: &str| format!("{}/instances?instanceId={id}", loc("p"));
+    let many: serde_json::Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let sixty_four: serde_json::Map<String, Value> = (0..64).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for labels in [
+        Value::Object(many),
+        json!({"k": "x".repeat(1024)}),
+        json!({"k".repeat(64): "v"}),
+        json!({"Key": "v"}),
+        json!({"1k": "v"}),
+        json!({"k": "V"}),
+    ] {
+        let (st, v) = s.call(Method::POST, &create("bad"), Some(json!({ "labels": labels }))).await;
+        assert_eq!((st, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{v}");
+        assert!(v.to_string().len() < 1024, "the refusal echoes the whole label: {v}");
+    }
+    s.err(Method::GET, &instance("p", "bad"), None, 404, "NOT_FOUND").await;
+    let inst = s.ok(Method::POST, &create("i"), Some(json!({"labels": Value::Object(sixty_four)}))).await;
+    assert_eq!(inst["labels"].as_object().map(|l| l.len()), Some(64), "{inst}");
+    // A copy's labels are checked too.
+    let clone = json!({"destinationInstanceId": "c", "labels": {"Bad": "x"}});
+    let (st, v) = s.call(Method::POST, &format!("{}:clone", instance("p", "i")), Some(clone)).await;
+    assert_eq!((st, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{v}");
+
+    let base = s.base.trim_end_matches("/v1").to_string();
+    let urls = [
+        format!("{}/{}:rewrap", s.base, instance("p", "i")),
+        format!("{}/{}:reencrypt", s.base, instance("p", "i")),
+        format!("{}/projects/p/exports:reconcile", s.base),
+        format!("{base}/v1beta1/projects/p/services/store.keyhold.dev:generateServiceIdentity"),
+    ];
+    let long = format!("\"{}\"", "x".repeat(100_000));
+    for url in &urls {
+        for body in ["[[[", long.as_str(), "{\"unknown\": 1}", "[]", "7"] {
+            let r = s.http.post(url).bearer_auth(&s.token).body(body.to_string()).send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!((status, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{url}: {v}");
+        }
+        for body in ["", "{}", " {} "] {
+            let r = s.http.post(url).bearer_auth(&s.token).body(body).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url} with {body:?}");
+        }
+    }
+}

@@ -496,6 +496,7 @@ pub(crate) const INSERT_KEK: &str =
     "INSERT INTO store_keks (instance, id, wrapped, key_version, create_nanos) VALUES ($1, $2, $3, $4, $5)";
 pub(crate) const UPDATE_KEK: &str =
     "UPDATE store_keks SET wrapped = $3, key_version = $4 WHERE instance = $1 AND id = $2";
+pub(crate) const KEK_EXISTS: &str = "SELECT 1 FROM store_keks WHERE instance = $1 AND id = $2";
 pub(crate) const DELETE_KEK_IF_UNUSED: &str = "DELETE FROM store_keks WHERE instance = $1 AND id = $2 \
      AND NOT EXISTS (SELECT 1 FROM store_objects WHERE instance = $1 AND kek_id = $2) \
      AND NOT EXISTS (SELECT 1 FROM store_pins WHERE instance = $1 AND kek_id = $2)";

@@ -110,7 +110,11 @@ impl Sqlite {
         let p = path.to_path_buf();
         let key = key.to_string();
         tokio::task::spawn_blocking(move || -> Result<Option<String>, StoreError> {
-            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            // Read-write (never creating): a read-only connection to a WAL database creates
+            // its -wal and -shm and cannot remove them, so a start refused after this read
+            // left them behind; the last read-write connection removes them on close.
+            // Nothing is written. The caller holds the data directory's lock.
+            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let c = Connection::open_with_flags(&p, flags).map_err(map_err)?;
             c.execute_batch("PRAGMA busy_timeout = 5000;").map_err(map_err)?;
             let has_meta: bool = c

@@ -418,13 +418,23 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         rows.iter().map(|r| Ok((export_record(r)?, r[8].int()? != 0))).collect()
     }
 
-    async fn set_export_missing(&self, name: &str, missing: bool, now: Timestamp) -> Result<(), StoreError> {
-        let statement = if missing {
-            (MARK_EXPORT_MISSING, vec![text(name), Value::Int(now.unix_nanos_i64())])
-        } else {
-            (MARK_EXPORT_PRESENT, vec![text(name)])
-        };
-        self.backend().begin().await?.execute_many_and_commit(vec![statement]).await
+    async fn set_exports_missing(
+        &self,
+        changes: &[(String, bool)],
+        now: Timestamp,
+        audit: &[AuditRecord],
+    ) -> Result<(), StoreError> {
+        let statements = changes
+            .iter()
+            .map(|(name, missing)| {
+                if *missing {
+                    (MARK_EXPORT_MISSING, vec![text(name), Value::Int(now.unix_nanos_i64())])
+                } else {
+                    (MARK_EXPORT_PRESENT, vec![text(name)])
+                }
+            })
+            .collect();
+        commit_audited(self.backend().begin().await?, statements, audit).await
     }
 
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, StoreError> {
@@ -462,6 +472,12 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
 
     async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, StoreError> {
         let mut tx = self.backend().begin().await?;
+        // Ordered against every commit (which takes the shared form and checks its KEK is
+        // there): a KEK is deleted only when no committed object uses it, and no object is
+        // committed under a deleted KEK (hardening review).
+        if !self.backend().serializes_transactions() {
+            tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(instance)]).await?;
+        }
         let n = tx.execute(DELETE_KEK_IF_UNUSED, vec![text(instance), int(id)]).await?;
         tx.commit().await?;
         Ok(n > 0)
@@ -514,6 +530,11 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
         }
         // Deleted meanwhile (the lock orders this against the delete): write nothing.
         if tx.query(NAME_CLAIMED, vec![text(instance)]).await?.is_empty() {
+            return Err(StoreError::Conflict);
+        }
+        // Its KEK deleted meanwhile (a `:reencrypt` finished on another node): the data
+        // could never be read. The lock orders this against `delete_kek_if_unused`.
+        if tx.query(KEK_EXISTS, vec![text(instance), int(object.kek_id)]).await?.is_empty() {
             return Err(StoreError::Conflict);
         }
         let key = || vec![text(instance), text(&object.name), int(object.generation)];

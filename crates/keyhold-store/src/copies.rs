@@ -35,30 +35,87 @@ use crate::service::{
 };
 
 /// Creates `dir` and any missing parent up to the export directory `root`, and makes every
-/// directory below the export directory on the way to `dir` (the project's, and those under it)
-/// 0700 whatever the umask (finding 4: an archive's directory must not list or expose it to
-/// other users of the machine). The export directory itself is made 0700 only when this creates
-/// it: an operator may point `--store-export-dir` at a directory whose mode is theirs to choose
-/// (the project directories below it keep the archives private either way).
-async fn private_dirs(root: Option<&Path>, dir: &Path) -> std::io::Result<()> {
-    let root_existed = match root {
-        Some(r) => tokio::fs::try_exists(r).await?,
-        None => true,
-    };
-    let mut builder = tokio::fs::DirBuilder::new();
-    builder.recursive(true).mode(0o700);
-    builder.create(dir).await?;
+/// directory this creates below the export directory (the project's, and those under it) 0700
+/// whatever the umask (finding 4: an archive's directory must not list or expose it to other
+/// users of the machine). The export directory itself is made 0700 only when this creates it:
+/// an operator may point `--store-export-dir` at a directory whose mode is theirs to choose.
+/// A directory this did not create is never changed, and a symbolic link below the export
+/// directory is never followed (hardening review): it is refused, named in the error.
+async fn private_dirs(root: Option<&Path>, dir: &Path) -> Result<(), StoreError> {
+    let io =
+        |p: &Path, e: std::io::Error| StoreError::FailedPrecondition(format!("Cannot create {}: {e}", p.display()));
     let private = std::fs::Permissions::from_mode(0o700);
-    let mut at = Some(dir);
-    while let Some(d) = at {
-        if Some(d) == root {
-            if !root_existed {
-                tokio::fs::set_permissions(d, private.clone()).await?;
+    let below = match root {
+        Some(r) => {
+            if !tokio::fs::try_exists(r).await.map_err(|e| io(r, e))? {
+                tokio::fs::DirBuilder::new().recursive(true).mode(0o700).create(r).await.map_err(|e| io(r, e))?;
+                tokio::fs::set_permissions(r, private.clone()).await.map_err(|e| io(r, e))?;
             }
-            break;
+            match dir.strip_prefix(r) {
+                Ok(rel) => (r.to_path_buf(), rel.to_path_buf()),
+                Err(_) => return Err(StoreError::Internal(format!("{} is outside {}", dir.display(), r.display()))),
+            }
         }
-        tokio::fs::set_permissions(d, private.clone()).await?;
-        at = d.parent().filter(|p| root.is_some_and(|r| p.starts_with(r)));
+        None => (PathBuf::new(), dir.to_path_buf()),
+    };
+    let (mut at, rel) = below;
+    for c in rel.components() {
+        at.push(c);
+        match tokio::fs::symlink_metadata(&at).await {
+            Ok(m) if m.file_type().is_symlink() => return Err(symlink_refused(&at)),
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "{} is not a directory; give a path whose directories are directories.",
+                    at.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Created here, not followed: `mkdir` never follows a link at its last
+                // component (it fails with "exists").
+                tokio::fs::DirBuilder::new().mode(0o700).create(&at).await.map_err(|e| io(&at, e))?;
+                tokio::fs::set_permissions(&at, private.clone()).await.map_err(|e| io(&at, e))?;
+            }
+            Err(e) => return Err(io(&at, e)),
+        }
+    }
+    Ok(())
+}
+
+/// The error for a symbolic link found on an export or import path.
+fn symlink_refused(at: &Path) -> StoreError {
+    StoreError::FailedPrecondition(format!(
+        "{} is a symbolic link: exports and imports never follow links inside a project's export directory. \
+         Replace it with a directory or a file.",
+        at.display()
+    ))
+}
+
+/// Refuses `path` if the project's export directory `dir` or anything between it and `path`
+/// (`path` included) is a symbolic link (hardening review): a link there could lead an
+/// export or import of one project into another's directory or outside the export directory.
+/// Components that do not exist yet are fine (an export creates them, never following links).
+async fn refuse_links(dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let Ok(rel) = path.strip_prefix(dir) else {
+        return Err(StoreError::Internal(format!("{} is outside {}", path.display(), dir.display())));
+    };
+    let mut at = dir.to_path_buf();
+    let check = |p: PathBuf| async move {
+        match tokio::fs::symlink_metadata(&p).await {
+            Ok(m) if m.file_type().is_symlink() => Err(symlink_refused(&p)),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::FailedPrecondition(format!("Cannot look at {}: {e}", p.display()))),
+        }
+    };
+    if !check(at.clone()).await? {
+        return Ok(());
+    }
+    for c in rel.components() {
+        at.push(c);
+        if !check(at.clone()).await? {
+            return Ok(());
+        }
     }
     Ok(())
 }
@@ -220,7 +277,7 @@ impl Store {
                 }
                 if let RepoError::Conflict = e {
                     // Taken for interrupted and cleaned up by another node meanwhile.
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(StoreError::Aborted(format!(
                         "The backup {name} was cleaned up as interrupted before it was complete; take it again."
                     )));
                 }
@@ -491,6 +548,7 @@ impl Store {
         F: FnOnce(Vault) -> Fut,
         Fut: std::future::Future<Output = Result<(), StoreError>>,
     {
+        check_labels(&labels)?;
         let resource = name.to_string();
         if self.repo.instance(&resource).await?.is_some() {
             return Err(StoreError::AlreadyExists(format!("Instance {resource} already exists.")));
@@ -765,13 +823,21 @@ impl Store {
             permission: role::INSTANCES_EXPORT,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, self.reconcile_project_exports(project)).await
+        // It changes the registry: its entry commits with the change (hardening review).
+        self.mutate(caller, op, async |audit| self.reconcile_project_exports(project, Some(audit)).await).await
     }
 
-    async fn reconcile_project_exports(&self, project: &str) -> Result<ReconcileExportsResponse, StoreError> {
+    /// Reconciles `project`'s exports; the registry changes commit with `audit`'s entries (none
+    /// at start, which is no one's call).
+    async fn reconcile_project_exports(
+        &self,
+        project: &str,
+        audit: Option<&Audit<'_>>,
+    ) -> Result<ReconcileExportsResponse, StoreError> {
         let dir = self.project_export_dir(project)?;
         let mut out = ReconcileExportsResponse::default();
         let mut registered = HashSet::new();
+        let mut changes = Vec::new();
         for (export, was_missing) in self.repo.exports_under(&format!("projects/{project}/")).await? {
             let path = PathBuf::from(&export.destination);
             registered.insert(path.clone());
@@ -781,17 +847,21 @@ impl Store {
             match (there, was_missing) {
                 (true, false) => out.present.push(export.name),
                 (true, true) => {
-                    self.repo.set_export_missing(&export.name, false, Timestamp::now()).await?;
+                    changes.push((export.name.clone(), false));
                     out.returned.push(export.name);
                 }
                 (false, _) => {
                     if !was_missing {
                         tracing::warn!(export = %export.name, file = %path.display(), "the file of an export is gone; marked missing");
-                        self.repo.set_export_missing(&export.name, true, Timestamp::now()).await?;
+                        changes.push((export.name.clone(), true));
                     }
                     out.missing.insert(export.name, export.destination);
                 }
             }
+        }
+        if !changes.is_empty() {
+            let entries = audit.map(Audit::entries).unwrap_or_default();
+            self.repo.set_exports_missing(&changes, Timestamp::now(), &entries).await?;
         }
         let mut stack = vec![dir];
         while let Some(d) = stack.pop() {
@@ -847,7 +917,7 @@ impl Store {
             }
         }
         for project in projects {
-            let r = match self.reconcile_project_exports(&project).await {
+            let r = match self.reconcile_project_exports(&project, None).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(%project, error = %e, "cannot reconcile the project's exports");
@@ -905,6 +975,7 @@ impl Store {
                 })?),
             };
             let path = self.archive_path(&record.name.project, &req.destination)?;
+            refuse_links(&self.project_export_dir(&record.name.project)?, &path).await?;
             if tokio::fs::try_exists(&path).await.unwrap_or(false) {
                 return Err(StoreError::AlreadyExists(format!("{} exists; exports never overwrite a file.", path.display())));
             }
@@ -973,7 +1044,7 @@ impl Store {
         if let Some(dir) = path.parent() {
             let root =
                 self.config.export_dir.as_deref().map(|d| std::path::absolute(d).unwrap_or_else(|_| d.to_path_buf()));
-            private_dirs(root.as_deref(), dir).await.map_err(io)?;
+            private_dirs(root.as_deref(), dir).await?;
         }
         let tmp = path.with_file_name(format!(
             ".{}.{}.partial",
@@ -1055,6 +1126,7 @@ impl Store {
         self.mutate(caller, op, async |audit| {
             let name = self.new_instance_name(parent, &req.instance_id)?;
             let path = self.archive_path(&name.project, &req.source)?;
+            refuse_links(&self.project_export_dir(&name.project)?, &path).await?;
             let file = tokio::fs::File::open(&path)
                 .await
                 .map_err(|e| StoreError::FailedPrecondition(format!("Cannot read {}: {e}", path.display())))?;

@@ -28,6 +28,10 @@ pub enum StoreError {
         /// What the last key check saw.
         detail: String,
     },
+    /// A concurrent change got in the way (another `:reencrypt`, an overwrite during a read);
+    /// retrying the call succeeds. The message says what happened.
+    #[error("{0}")]
+    Aborted(String),
     /// Stored data failed authentication: tampered with, moved or truncated.
     #[error("{0}")]
     DataLoss(String),
@@ -51,6 +55,7 @@ impl StoreError {
             StoreError::AlreadyExists(_) => Code::AlreadyExists,
             StoreError::FailedPrecondition(_) | StoreError::KeyInaccessible { .. } => Code::FailedPrecondition,
             StoreError::DataLoss(_) => Code::DataLoss,
+            StoreError::Aborted(_) => Code::Aborted,
             StoreError::Kms(e) => e.code(),
             StoreError::Unavailable(_) => Code::Unavailable,
             StoreError::Internal(_) => Code::Internal,

@@ -91,6 +91,39 @@ pub struct ObjectRecord {
 /// A chunk as stored.
 pub type StoredChunk = SealedChunk;
 
+/// At most this many labels on an instance, as Cloud KMS allows on a key.
+pub const MAX_LABELS: usize = 64;
+
+/// Labels as Google Cloud allows them (hardening review; the rule
+/// `keyhold-kms`'s `validate::labels` applies to keys, which that crate keeps private): at
+/// most 64; keys start with a lowercase letter; keys and values at most 63 characters of
+/// lowercase letters, digits, `_` and `-`.
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), StoreError> {
+    if labels.len() > MAX_LABELS {
+        return Err(StoreError::InvalidArgument(format!(
+            "A resource may have at most {MAX_LABELS} labels; {} were given.",
+            labels.len()
+        )));
+    }
+    let ok_chars = |s: &str| s.chars().all(|c| c.is_lowercase() || c.is_numeric() || c == '_' || c == '-');
+    for (k, v) in labels {
+        let starts_ok = k.chars().next().is_some_and(|c| c.is_lowercase());
+        if !starts_ok || k.chars().count() > 63 || !ok_chars(k) {
+            return Err(StoreError::InvalidArgument(format!(
+                "Label key \"{}\" is invalid: it must start with a lowercase letter and contain at most 63 lowercase letters, digits, underscores or dashes.",
+                k.chars().take(80).collect::<String>()
+            )));
+        }
+        if v.chars().count() > 63 || !ok_chars(v) {
+            return Err(StoreError::InvalidArgument(format!(
+                "Label value \"{}\" of key \"{k}\" is invalid: it may contain at most 63 lowercase letters, digits, underscores or dashes.",
+                v.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Body of `instances.create`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -107,9 +107,15 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
     /// Every export of an instance whose name starts with `prefix` (`projects/P/`, or `""`
     /// for all), with whether its file was found gone.
     async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, RepoError>;
-    /// Records that an export's file is gone (left out of [`StoreRepository::exports_by_key`])
-    /// or there again.
-    async fn set_export_missing(&self, name: &str, missing: bool, now: Timestamp) -> Result<(), RepoError>;
+    /// Records, for each `(export, missing)`, that an export's file is gone (left out of
+    /// [`StoreRepository::exports_by_key`]) or there again; all at once, with `audit` (hardening review,
+    /// hardening review: a registry change is never visible without its entry).
+    async fn set_exports_missing(
+        &self,
+        changes: &[(String, bool)],
+        now: Timestamp,
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError>;
 
     /// An instance's KEKs.
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, RepoError>;

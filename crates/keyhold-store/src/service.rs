@@ -105,6 +105,11 @@ pub struct Store {
     /// This process's node ID (random per start): the owner of the uploads and builds it does,
     /// kept alive by a heartbeat (finding 6).
     pub(crate) node: String,
+    /// One lock per instance, held by `:rewrap` and `:reencrypt` so that one node runs them
+    /// one at a time (hardening review: concurrent reencrypts deleted each other's KEKs).
+    /// Across nodes, the database keeps it safe ([`StoreRepository::commit_upload`] checks
+    /// the KEK, [`StoreRepository::delete_kek_if_unused`] excludes commits).
+    key_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// How often a node records that it is alive (and looks for work crashed nodes left).
@@ -212,6 +217,7 @@ impl Store {
             replication: Arc::new(tokio::sync::Notify::new()),
             sync_times: Default::default(),
             node: random_node_id(),
+            key_locks: Default::default(),
         });
         store.spawn_heartbeat();
         store.spawn_replication();
@@ -376,6 +382,16 @@ impl Store {
         r
     }
 
+    /// Holds `instance`'s `:rewrap`/`:reencrypt` lock on this node.
+    async fn lock_keys(&self, instance: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.key_locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            locks.entry(instance.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
     // ---- instances ----------------------------------------------------------------------------
 
     /// `instances.create` ([C1], [C12]).
@@ -406,6 +422,7 @@ impl Store {
         instance_id: &str,
         req: CreateInstanceRequest,
     ) -> Result<Instance, StoreError> {
+        crate::model::check_labels(&req.labels)?;
         let name = self.new_instance_name(parent, instance_id)?;
         let resource = name.to_string();
         if self.repo.instance(&resource).await?.is_some() {
@@ -834,6 +851,7 @@ impl Store {
             kind: AuditKind::Activity,
         };
         self.mutate(caller, op, async |audit| {
+            let _serialized = self.lock_keys(name).await;
             let record = self.instance_record(name).await?;
             let guard = self.guard(&record).await?;
             let resource = record.name.to_string();
@@ -859,18 +877,28 @@ impl Store {
             kind: AuditKind::Activity,
         };
         self.call(caller, op, async {
+            let _serialized = self.lock_keys(name).await;
             let record = self.instance_record(name).await?;
             let vault = self.vault(&record).await?;
             let guard = vault.guard.clone();
             let resource = record.name.to_string();
             let (kek, wrapped) = guard.new_kek().await.map_err(|e| guard_error(record.kms_key.as_deref(), e))?;
+            // KEK IDs only grow: the newest KEK has the largest ID, and a reencrypt deletes only
+            // smaller ones, so the largest ID ever given stays and an ID is never given twice
+            // (a reused ID would pair another reencrypt's sealed data with the wrong KEK).
             let new_id = self.repo.keks(&resource).await?.iter().map(|k| k.id).max().unwrap_or(0) + 1;
-            self.repo
+            let inserted = self
+                .repo
                 .insert_kek(
                     &resource,
                     &KekRecord { id: new_id, wrapped: wrapped.clone(), create_time: Timestamp::now() },
                 )
-                .await?;
+                .await;
+            match inserted {
+                // Another node's reencrypt took this ID at the same moment.
+                Err(RepoError::AlreadyExists) => return Err(concurrent_reencrypt(&resource)),
+                r => r?,
+            }
             guard.insert(new_id, kek, wrapped);
             let mut after = String::new();
             loop {
@@ -878,12 +906,21 @@ impl Store {
                 let Some(last) = batch.last() else { break };
                 after = last.name.clone();
                 for obj in batch {
-                    if obj.kek_id != new_id {
+                    // One under a newer KEK was resealed by a newer reencrypt (another node's).
+                    if obj.kek_id < new_id {
                         self.reencrypt_object(&vault, &obj, new_id).await?;
                     }
                 }
             }
-            for old in guard.wrapped().keys().copied().filter(|id| *id != new_id) {
+            // A newer reencrypt (another node's) may have deleted this one's KEK before its
+            // objects were committed: those commits were refused, the objects kept their KEK,
+            // and this call did not do what it says. Retrying does.
+            let keks = self.repo.keks(&resource).await?;
+            if !keks.iter().any(|k| k.id == new_id) {
+                guard.remove(new_id);
+                return Err(concurrent_reencrypt(&resource));
+            }
+            for old in keks.iter().map(|k| k.id).filter(|id| *id < new_id) {
                 if self.repo.delete_kek_if_unused(&resource, old).await? {
                     guard.remove(old);
                 }
@@ -911,8 +948,16 @@ impl Store {
                         .commit_upload(&vault.resource, &new, first, &batch.chunks, Some(obj.generation), &[])
                         .await
                     {
-                        // Overwritten meanwhile: the newer upload wins, and it used a live KEK.
-                        Ok(()) | Err(RepoError::Conflict) => Ok(()),
+                        Ok(()) => Ok(()),
+                        // Overwritten meanwhile (the newer upload wins, and it used a live KEK),
+                        // or this reencrypt's KEK was deleted by a newer one: nothing
+                        // committed, the object keeps its KEK. Its earlier chunks go.
+                        Err(RepoError::Conflict) => {
+                            if batch.upload_recorded {
+                                let _ = self.repo.abort_upload(&vault.resource, &obj.name, generation).await;
+                            }
+                            Ok(())
+                        }
                         Err(e) => Err(e.into()),
                     };
                 }
@@ -924,7 +969,12 @@ impl Store {
         if result.is_err() && batch.upload_recorded {
             let _ = self.repo.abort_upload(&vault.resource, &obj.name, generation).await;
         }
-        result
+        match result {
+            // Overwritten (or resealed by another node's reencrypt) while being read: the
+            // newer generation used a live KEK; nothing to do.
+            Err(StoreError::Aborted(_)) => Ok(()),
+            r => r,
+        }
     }
 
     /// Seals one chunk under KEK `kek_id` (loaded if it was made on another node).
@@ -1124,12 +1174,14 @@ impl Store {
         let entries = audit.map(Audit::entries).unwrap_or_default();
         match self.repo.commit_upload(resource, &obj, first, &batch.chunks, None, &entries).await {
             Err(RepoError::Conflict) => {
-                // Either the instance is gone, or this upload was taken for interrupted and
-                // cleaned up by another node (its heartbeat looked stale): nothing was written.
+                // The instance is still there: either its KEK was deleted (a `:reencrypt` on
+                // another node finished while this upload sealed under it), or this upload was
+                // taken for interrupted and cleaned up by another node (its heartbeat looked
+                // stale). Nothing was written either way.
                 if self.repo.instance(resource).await?.is_some() {
-                    return Err(StoreError::Unavailable(format!(
-                        "The upload of {object} was cleaned up as interrupted before it was complete; \
-                         nothing was written. Upload it again."
+                    return Err(StoreError::Aborted(format!(
+                        "{resource} was re-encrypted, or this upload was cleaned up as interrupted, while {object} \
+                         was being written; nothing was written. Upload it again."
                     )));
                 }
                 return Err(StoreError::NotFound(format!("{resource} was deleted while {object} was being written.")));
@@ -1172,14 +1224,15 @@ impl Store {
         index: u64,
     ) -> Result<keyhold_crypto::Secret, StoreError> {
         let resource = &vault.resource;
-        let kek = self.kek(vault, obj.kek_id).await?;
-        let sealed: SealedChunk =
-            self.repo.chunk(resource, &obj.name, obj.generation, index).await?.ok_or_else(|| {
-                StoreError::DataLoss(format!(
-                    "Object {} of {resource} is missing chunk {index}: the stored data was truncated.",
-                    obj.name
-                ))
-            })?;
+        let kek = match self.kek(vault, obj.kek_id).await {
+            Err(StoreError::DataLoss(m)) => return Err(self.overwritten_or(vault, obj, m).await),
+            r => r?,
+        };
+        let Some(sealed) = self.repo.chunk(resource, &obj.name, obj.generation, index).await? else {
+            let m =
+                format!("Object {} of {resource} is missing chunk {index}: the stored data was truncated.", obj.name);
+            return Err(self.overwritten_or(vault, obj, m).await);
+        };
         let id = ChunkId {
             resource,
             object: &obj.name,
@@ -1194,6 +1247,21 @@ impl Store {
                 obj.name
             ))
         })
+    }
+
+    /// What a missing chunk or KEK of `obj` means (hardening review): the generation being
+    /// read was replaced meanwhile (an overwrite or a `:reencrypt` committed, deleting its
+    /// chunks, and its KEK with a reencrypt), so `ABORTED` (read it again); or, if `obj` is
+    /// still the object, data loss (`message`).
+    async fn overwritten_or(&self, vault: &Vault, obj: &ObjectRecord, message: String) -> StoreError {
+        match self.repo.object(&vault.resource, &obj.name).await {
+            Ok(Some(now)) if now.generation == obj.generation => StoreError::DataLoss(message),
+            Ok(_) => StoreError::Aborted(format!(
+                "Object {} of {} was overwritten while being read; read it again.",
+                obj.name, vault.resource
+            )),
+            Err(e) => e.into(),
+        }
     }
 
     /// The plaintext of an object, chunk by chunk, starting with `first` (chunk 0, already
@@ -1302,6 +1370,11 @@ impl Store {
         })
         .await
     }
+}
+
+/// The answer to a `:reencrypt` that lost a race with another one: retryable.
+fn concurrent_reencrypt(resource: &str) -> StoreError {
+    StoreError::Aborted(format!("Another :reencrypt of {resource} ran at the same time; retry the request."))
 }
 
 fn inaccessible_detail(status: &GuardStatus) -> String {

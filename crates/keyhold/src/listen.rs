@@ -26,6 +26,14 @@ pub struct ListenerArgs {
     /// a client may leave an answer or a download unread; then the connection is closed.
     #[arg(long, default_value = "60s", value_parser = parse_timeout, env = "KEYHOLD_STREAM_STALL_TIMEOUT")]
     pub stream_stall_timeout: Duration,
+    /// Listener: the least average rate, in bytes per second, at which an object upload must
+    /// arrive once --stream-min-rate-grace has passed since its body started; slower uploads
+    /// are cut. 0 turns the check off.
+    #[arg(long, default_value_t = listener::DEFAULT_STREAM_MIN_RATE, env = "KEYHOLD_STREAM_MIN_RATE")]
+    pub stream_min_rate: u64,
+    /// Listener: how long an object upload may take before --stream-min-rate applies.
+    #[arg(long, default_value = "10s", value_parser = parse_timeout, env = "KEYHOLD_STREAM_MIN_RATE_GRACE")]
+    pub stream_min_rate_grace: Duration,
     /// Listener: the most connections open at once; beyond it new connections wait in the
     /// kernel's backlog until some close. Default: three quarters of the open-file limit
     /// (`ulimit -n`), at most 4096.
@@ -47,6 +55,8 @@ impl ListenerArgs {
             idle_timeout: self.idle_timeout,
             request_timeout: self.request_timeout,
             stream_stall_timeout: self.stream_stall_timeout,
+            stream_min_rate: self.stream_min_rate,
+            stream_min_rate_grace: self.stream_min_rate_grace,
             max_connections: self.max_connections.map_or_else(listener::default_max_connections, |n| n as usize),
             max_body_bytes: self.max_body_bytes,
         };
@@ -65,6 +75,8 @@ impl ListenerArgs {
             idle_timeout = ?limits.idle_timeout,
             request_timeout = ?limits.request_timeout,
             stream_stall_timeout = ?limits.stream_stall_timeout,
+            stream_min_rate = limits.stream_min_rate,
+            stream_min_rate_grace = ?limits.stream_min_rate_grace,
             max_connections = limits.max_connections,
             max_body_bytes = limits.max_body_bytes,
             "listener limits"

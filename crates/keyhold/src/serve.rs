@@ -193,16 +193,17 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         None => None,
     };
     let token_file = args.owner_token_file.clone().unwrap_or_else(|| args.data_dir.join("owner.token"));
-    let (db, root): (Database, Arc<dyn RootKey>) = if args.in_memory {
+    // `_data_dir_lock` is held until `run` returns.
+    let (db, root, _data_dir_lock): (Database, Arc<dyn RootKey>, Option<std::fs::File>) = if args.in_memory {
         tracing::warn!("--in-memory: all keys live only in this process and vanish when it exits");
-        refuse_real_servers_token_file(&token_file)?;
-        (Database::InMemory, Arc::new(LocalRootKey::ephemeral()?))
+        refuse_real_servers_token_file(&token_file, args.owner_token_file.is_some())?;
+        (Database::InMemory, Arc::new(LocalRootKey::ephemeral()?), None)
     } else {
         // Finding 4: the data directory holds the database, the default root key and the owner
         // token; it is made 0700 whatever the umask, and tightened (with a warning) if it
         // exists with group or other access.
         match keyhold_kms::private_files::ensure_private_dir(&args.data_dir)
-            .map_err(|e| format!("cannot create the data directory {}: {e}", args.data_dir.display()))?
+            .map_err(|e| format!("cannot use the data directory {}: {e}", args.data_dir.display()))?
         {
             keyhold_kms::private_files::Tightened::No => {}
             keyhold_kms::private_files::Tightened::From(mode) => tracing::warn!(
@@ -210,9 +211,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 "the data directory was accessible to other users (mode {mode:o}); it is now 0700"
             ),
         }
-        let db = match &args.database {
-            Some(url) => Database::Postgres(url.clone()),
-            None => Database::SqliteFile(args.data_dir.join("keyhold.db")),
+        let (db, lock) = match &args.database {
+            Some(url) => (Database::Postgres(url.clone()), None),
+            // Before anything reads or cleans up the SQLite file.
+            None => (Database::SqliteFile(args.data_dir.join("keyhold.db")), Some(lock_data_dir(&args.data_dir)?)),
         };
         let root: Arc<dyn RootKey> = match (&args.root_key, &args.root_key_file) {
             (Some(uri), _) => {
@@ -245,7 +247,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 Arc::new(key)
             }
         };
-        (db, root)
+        (db, root, lock)
     };
     let opened = keyhold_storage::open_all(&db).await?;
     let anonymous_principal = match &args.allow_anonymous {
@@ -350,6 +352,15 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let _ = stop_tx.send(true);
     let _ = background.await;
+    if args.in_memory && args.owner_token_file.is_none() {
+        // Its token died with the keys; removed so the next `--in-memory` start in this
+        // directory is not refused for it (an existing token file is never overwritten).
+        if let Err(e) = std::fs::remove_file(&token_file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %token_file.display(), error = %e, "cannot remove the in-memory server's owner token");
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -381,10 +392,41 @@ async fn refuse_new_root_key_beside_sealed_data(
     }
 }
 
+/// Name of the lock file in the data directory.
+const LOCK_FILE: &str = "keyhold.lock";
+
+/// Hardening review: nothing stopped two `keyhold serve` on one SQLite file (a rolling restart that starts
+/// the new server before the old one exits), and the second's start-up cleanup deleted the
+/// first's uploads in progress. The server takes an exclusive lock on DATA_DIR/keyhold.lock
+/// (0600) and holds it for its life; a second server on the same directory refuses to start.
+/// The lock goes with the process (the kernel releases it on exit or crash), so a stale lock
+/// file never blocks a restart. PostgreSQL nodes share a database on purpose and take no lock.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, Box<dyn std::error::Error>> {
+    let path = dir.join(LOCK_FILE);
+    let file = keyhold_kms::private_files::open_lock_file(&path)
+        .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another keyhold serve is using the data directory {} (it holds the lock on {}); stop it before starting \
+             this one (two servers on one SQLite database would undo each other's work), or pass another --data-dir",
+            dir.display(),
+            path.display()
+        )
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display()).into()),
+    }
+}
+
 /// Finding 8: `serve --in-memory` started in the directory of a real server overwrote that
 /// server's owner token (DATA_DIR/owner.token). An in-memory server refuses to write its token
 /// into a directory that holds a real server's database or root key; it names the way out.
-fn refuse_real_servers_token_file(token_file: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+/// Hardening review: nor over an existing token file it was not told to use (a PostgreSQL node's data
+/// directory holds only `owner.token`): only an explicit `--owner-token-file` is overwritten.
+fn refuse_real_servers_token_file(
+    token_file: &std::path::Path,
+    explicit: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let dir = token_file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     for name in ["keyhold.db", "root.key"] {
         if dir.join(name).exists() {
@@ -395,6 +437,15 @@ fn refuse_real_servers_token_file(token_file: &std::path::Path) -> Result<(), Bo
             )
             .into());
         }
+    }
+    if !explicit && token_file.exists() {
+        return Err(format!(
+            "--in-memory would overwrite the owner token in {}, which may be a real server's (a PostgreSQL node keeps \
+             only its token there); pass --owner-token-file naming where this server's token should go, or another \
+             --data-dir, or remove that file if it is a former --in-memory server's",
+            token_file.display()
+        )
+        .into());
     }
     Ok(())
 }

@@ -111,10 +111,11 @@ async fn external_key_through_a_manager_process() {
     std::fs::write(&credentials, format!("{base} {token}\n")).unwrap();
 
     // The KMS, holding no material for the key.
-    let port = free_port();
+    // Port 0: the server binds a free port and logs it (no port picked, released and raced
+    // for). The manager's port must be known before it starts (key URIs embed it).
     let kms = spawn(
         dir.path(),
-        port,
+        0,
         &[
             "--ekm-credentials-file",
             credentials.to_str().unwrap(),
@@ -126,6 +127,7 @@ async fn external_key_through_a_manager_process() {
             "1s",
         ],
     );
+    let port = kms.port;
     wait_ready(&kms).await;
     let d = dir.path();
     // Finding 9: locations report the key manager this server was started with.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{call, cli, free_port, grant_encrypter, owner_token, spawn_with_env, store_agent, terminate, wait_ready};
+use common::{call, cli, grant_encrypter, owner_token, spawn_with_env, store_agent, terminate, wait_ready};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -106,8 +106,9 @@ async fn hsm_keys_in_a_softhsm_token() {
         "1s",
     ];
     let env = [("SOFTHSM2_CONF", conf_s.as_str())];
-    let port = free_port();
-    let server = spawn_with_env(d, port, &args, &env);
+    // Port 0: the server binds a free port and logs it (no port picked, released and raced for).
+    let server = spawn_with_env(d, 0, &args, &env);
+    let mut port = server.port;
     wait_ready(&server).await;
     assert!(!d.join("data/root.key").exists(), "no root key file next to the data");
     assert_eq!(token_objects(&conf), ["keyhold-root"], "the root key lives in the token");
@@ -253,7 +254,9 @@ async fn hsm_keys_in_a_softhsm_token() {
 
     // A restart: the same token, the same root key, the same keys.
     terminate(server);
-    let server = spawn_with_env(d, port, &args, &env);
+    let server = spawn_with_env(d, 0, &args, &env);
+    port = server.port;
+    let object = format!("http://127.0.0.1:{port}/v1/{LOC}/instances/db1/objects/o");
     wait_ready(&server).await;
     let dec =
         call(d, port, Method::POST, &format!("{HSM_KEY}:decrypt"), json!({"ciphertext": enc2["ciphertext"]})).await;
@@ -267,10 +270,10 @@ async fn hsm_keys_in_a_softhsm_token() {
     // A token it cannot log in to: HSM calls answer 503 UNAVAILABLE, never 500.
     std::fs::write(&pin_file, "wrong-pin-0000\n").unwrap();
     let other = tempfile::tempdir().unwrap();
-    let port2 = free_port();
     let wrong_pin =
         ["--pkcs11-module", module(), "--pkcs11-token-label", TOKEN, "--pkcs11-pin-file", pin_file.to_str().unwrap()];
-    let server = spawn_with_env(other.path(), port2, &wrong_pin, &env);
+    let server = spawn_with_env(other.path(), 0, &wrong_pin, &env);
+    let port2 = server.port;
     wait_ready(&server).await;
     call(other.path(), port2, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
     let (st, body) = post(
@@ -549,4 +552,71 @@ async fn postgres_failed_inserts_leave_no_object_and_reconcile_finds_orphans() {
     live.sort();
     assert_eq!(after, live, "exactly the orphan is gone");
     terminate(server);
+}
+
+// Hardening review: a version insert whose failure may hide a commit (here its PostgreSQL connection is
+// terminated while the insert waits on a table lock, as a connection dropped at COMMIT would
+// be) used to be followed by a re-read and, finding no row, the destruction of the object,
+// although that commit could still land after the re-read. The object is now left in the
+// token for `keyhold hsm reconcile`, which removes it once no version uses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_failure_that_may_have_committed_leaves_the_object_for_reconcile() {
+    let url = common::fresh_postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = softhsm(d);
+    let pin_file = d.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let root = d.join("root.key");
+    std::fs::write(&root, keyhold_api::wire::encode_base64(&[7u8; 32])).unwrap();
+    let db_flags = ["--database", url.as_str()];
+    let mut flags = db_flags.to_vec();
+    flags.extend(["--root-key-file", root.to_str().unwrap()]);
+    let server = spawn_hsm_server_with(d, &conf, &pin_file, 1, &flags).await;
+    let port = server.port;
+    call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+    let hsm_key = json!({"purpose": "ENCRYPT_DECRYPT", "versionTemplate": {"protectionLevel": "HSM"}});
+    call(d, port, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=hsm"), hsm_key).await;
+    assert_eq!(token_objects(&conf).len(), 1);
+
+    // Inserts into the versions table wait (reads do not); the waiting connection is then cut.
+    let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let tx = client.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE crypto_key_versions IN EXCLUSIVE MODE").await.unwrap();
+    let dd = d.to_path_buf();
+    let create = tokio::spawn(async move { post(&dd, port, &format!("{HSM_KEY}/cryptoKeyVersions"), json!({})).await });
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND query ILIKE '%crypto_key_versions%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+        if !waiting.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the version insert never waited on the lock");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, body) = create.await.unwrap();
+    assert_eq!((st, body["error"]["status"].as_str()), (503, Some("UNAVAILABLE")), "{body}");
+    let objects = token_objects(&conf);
+    assert_eq!(objects.len(), 2, "the object of the version whose insert may have committed is kept: {objects:?}");
+    tx.rollback().await.unwrap();
+    let log = terminate(server);
+    assert!(log.contains("may still have committed; its HSM key object is left in the token"), "{log}");
+    assert!(!log.contains("destroyed the HSM key object of a version that was not created"), "{log}");
+
+    // No version uses it: reconciliation removes it, and only it.
+    let (ok, out) = reconcile_with(d, &conf, &pin_file, true, &db_flags);
+    assert!(ok && out.contains("1 orphaned key objects") && out.contains("[destroyed]"), "{out}");
+    let left = token_objects(&conf);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].contains("/cryptoKeyVersions/1:"), "{left:?}");
 }

@@ -148,6 +148,10 @@ async fn serve_flags_reach_the_listener_and_sigterm_still_stops_cleanly() {
             "0.3s",
             "--max-body-bytes",
             "2048",
+            "--stream-min-rate",
+            "1234",
+            "--stream-min-rate-grace",
+            "2.5s",
         ],
     );
     // --idle-timeout: a silent connection is closed.
@@ -165,6 +169,8 @@ async fn serve_flags_reach_the_listener_and_sigterm_still_stops_cleanly() {
     let _kept = TcpStream::connect(p.addr).await.unwrap();
     let log = terminate(p);
     assert!(log.contains("stopped"), "{log}");
+    // Hardening review: the minimum upload rate and its grace reach the listener.
+    assert!(log.contains("stream_min_rate=1234") && log.contains("stream_min_rate_grace=2.5s"), "{log}");
 }
 
 #[tokio::test]

@@ -402,8 +402,17 @@ async fn no_root_key_is_created_next_to_a_database_sealed_under_another() {
     let p = common::spawn_bound(dir.path(), &["--root-key-file", key.to_str().unwrap()], None);
     wait_ready(&p).await;
     terminate(p);
+    let files = |d: &std::path::Path| {
+        let mut v: Vec<String> =
+            std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        v.sort();
+        v
+    };
+    let before = files(&dir.path().join("data"));
     let err = common::serve_refused(dir.path(), &[]);
     assert!(err.contains("holds keys sealed under the root key with fingerprint"), "{err}");
+    // Hardening review: the refused start leaves no -wal or -shm behind (its read of the database did).
+    assert_eq!(files(&dir.path().join("data")), before, "{err}");
     assert!(err.contains("--root-key-file"), "{err}");
     assert!(!dir.path().join("data/root.key").exists(), "a stray root key was created: {err}");
     // Refused again, the same way (no stray key to load the second time either).
@@ -441,4 +450,76 @@ async fn in_memory_never_overwrites_a_real_servers_owner_token() {
     call(dir.path(), p.port, Method::GET, "projects/p/locations/global/keyRings", json!({})).await;
     let log = terminate(p);
     assert!(!log.contains("wrote a bearer token for the server owner"), "the real token is still valid: {log}");
+}
+
+/// Hardening review: `serve --in-memory` overwrote an owner token file standing alone (a PostgreSQL node's data
+/// directory holds only `owner.token`). It now refuses to overwrite any token file it was not
+/// named with `--owner-token-file`; a clean in-memory server removes the token it wrote, so the
+/// next in-memory start in that directory is not refused for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_never_overwrites_an_existing_owner_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("owner.token"), "kh1.a-postgres-nodes-token\n").unwrap();
+    let err = common::serve_refused(dir.path(), &["--in-memory"]);
+    assert!(err.contains("--in-memory would overwrite the owner token in"), "{err}");
+    assert!(err.contains("--owner-token-file"), "{err}");
+    assert_eq!(owner_token(dir.path()), "kh1.a-postgres-nodes-token");
+
+    std::fs::remove_file(data.join("owner.token")).unwrap();
+    for _ in 0..2 {
+        let p = common::spawn_bound(dir.path(), &["--in-memory"], None);
+        wait_ready(&p).await;
+        assert!(owner_token(dir.path()).starts_with("kh1."));
+        terminate(p);
+        assert!(!data.join("owner.token").exists(), "the in-memory token outlived its server");
+    }
+}
+
+/// Hardening review: two `keyhold serve` on one SQLite data directory (a rolling restart starting the new
+/// server before the old one exits) used to run side by side, the second's start-up cleanup
+/// aborting the first's uploads. The first holds an exclusive lock on DATA_DIR/keyhold.lock
+/// (0600) for its life: the second refuses to start, saying why, and the first keeps serving;
+/// once the first has exited, a server starts there again (the lock went with the process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_sqlite_data_directory_refuses_to_start() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let first = common::spawn_bound(dir.path(), &[], None);
+    wait_ready(&first).await;
+    call(dir.path(), first.port, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
+    let err = common::serve_refused(dir.path(), &[]);
+    assert!(err.contains("another keyhold serve is using the data directory"), "{err}");
+    assert!(err.contains("keyhold.lock") && err.contains("--data-dir"), "{err}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.path().join("data/keyhold.lock")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    call(dir.path(), first.port, Method::GET, "projects/p/locations/global/keyRings/r", json!({})).await;
+    terminate(first);
+    let second = common::spawn_bound(dir.path(), &[], None);
+    wait_ready(&second).await;
+    call(dir.path(), second.port, Method::GET, "projects/p/locations/global/keyRings/r", json!({})).await;
+    terminate(second);
+}
+
+/// Hardening review: `serve --data-dir D` on a 1777 directory (sticky, world-writable, like /tmp) made it
+/// 0700 and dropped the sticky bit, locking every other user out of it. It now refuses to
+/// start, names the directory and the way out, and leaves the directory as it was.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_sticky_data_directory_is_refused_and_left_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let err = common::serve_refused(dir.path(), &[]);
+    assert!(err.contains(&format!("cannot use the data directory {}", data.display())), "{err}");
+    assert!(err.contains("sticky bit set") && err.contains("--data-dir"), "{err}");
+    assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o7777, 0o1777);
+    assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "nothing was created in it");
 }
