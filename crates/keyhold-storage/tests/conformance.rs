@@ -1163,12 +1163,20 @@ async fn repo_exports(db: Opened) {
     assert_eq!(under("projects/acme/").await, [(a.into(), false), (c.into(), false)]);
     assert_eq!(under("").await.len(), 3);
 
-    // A file found gone: out of exports_by_key, flagged in exports_under; back when found.
-    r.set_export_missing(a, true, t(20)).await.unwrap();
-    assert_eq!(r.exports_by_key(KEY).await.unwrap().into_iter().map(|e| e.name).collect::<Vec<_>>(), [b]);
+    // Files found gone: out of exports_by_key, flagged in exports_under, all at once with the
+    // entry; back when found.
+    let kms = &*db.kms;
+    let h0 = kms.audit_head().await.unwrap().0;
+    let reconcile = audit("ReconcileExports", "projects/acme");
+    r.set_exports_missing(&[(a.to_string(), true), (b.to_string(), true)], t(20), &[reconcile.clone()]).await.unwrap();
+    assert!(r.exports_by_key(KEY).await.unwrap().is_empty());
     assert_eq!(under("projects/acme/").await, [(a.into(), true), (c.into(), false)]);
-    r.set_export_missing(a, false, t(21)).await.unwrap();
-    assert_eq!(r.exports_by_key(KEY).await.unwrap().len(), 2);
+    assert_eq!(kms.audit_head().await.unwrap().0, h0 + 1);
+    assert_eq!(newest_audit(kms).await, reconcile);
+    r.set_exports_missing(&[(a.to_string(), false)], t(21), &[]).await.unwrap();
+    assert_eq!(r.exports_by_key(KEY).await.unwrap().into_iter().map(|e| e.name).collect::<Vec<_>>(), [a]);
+    assert_eq!(under("projects/acme/").await, [(a.into(), false), (c.into(), false)]);
+    assert_eq!(kms.audit_head().await.unwrap().0, h0 + 1, "no entries given, none recorded");
 }
 
 async fn repo_orphaned_work(db: Opened) {
