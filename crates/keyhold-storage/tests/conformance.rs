@@ -1168,7 +1168,9 @@ async fn repo_exports(db: Opened) {
     let kms = &*db.kms;
     let h0 = kms.audit_head().await.unwrap().0;
     let reconcile = audit("ReconcileExports", "projects/acme");
-    r.set_exports_missing(&[(a.to_string(), true), (b.to_string(), true)], t(20), &[reconcile.clone()]).await.unwrap();
+    r.set_exports_missing(&[(a.to_string(), true), (b.to_string(), true)], t(20), std::slice::from_ref(&reconcile))
+        .await
+        .unwrap();
     assert!(r.exports_by_key(KEY).await.unwrap().is_empty());
     assert_eq!(under("projects/acme/").await, [(a.into(), true), (c.into(), false)]);
     assert_eq!(kms.audit_head().await.unwrap().0, h0 + 1);
