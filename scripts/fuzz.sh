@@ -32,13 +32,13 @@ if [ "${1:-}" = --afl ]; then
     cargo afl config --build >/dev/null 2>&1 || true
     # Its own target directory: instrumented artefacts must not replace the normal ones.
     export CARGO_TARGET_DIR="$ROOT/target/afl"
-    cargo afl build -p keyhold-fuzz --features afl --bin keyhold-fuzz-afl
+    cargo afl build -p keyhold-fuzz --features afl --example keyhold-fuzz-afl
     out="$CARGO_TARGET_DIR/out/$name"
     rm -rf "$out"
     mkdir -p "$CARGO_TARGET_DIR/out"
     AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1 \
         cargo afl fuzz -V "$seconds" -i "crates/keyhold-fuzz/corpus/$name" -o "$out" \
-        -- "$CARGO_TARGET_DIR/debug/keyhold-fuzz-afl" "$name" >"$out.log" 2>&1 || { tail -30 "$out.log"; exit 1; }
+        -- "$CARGO_TARGET_DIR/debug/examples/keyhold-fuzz-afl" "$name" >"$out.log" 2>&1 || { tail -30 "$out.log"; exit 1; }
     stats="$out/default/fuzzer_stats"
     echo "========== AFL++ on $name =========="
     grep -E '^(run_time|execs_done|execs_per_sec|corpus_count|edges_found|bitmap_cvg|saved_crashes|saved_hangs) ' "$stats"

@@ -14,7 +14,7 @@
 //! "Fuzzing and the crash test"): the seed corpus in `corpus/<target>/`, mutations of it, and
 //! arbitrary bytes and structured JSON, for a bounded number of cases in `cargo test` and for
 //! as long as asked with `scripts/fuzz.sh SECONDS`; and coverage-guided by AFL++ with
-//! `scripts/fuzz.sh --afl TARGET` (the `keyhold-fuzz-afl` binary, feature `afl`). Crypto targets use fixed test keys so the
+//! `scripts/fuzz.sh --afl TARGET` (the `keyhold-fuzz-afl` example, feature `afl`). Crypto targets use fixed test keys so the
 //! corpus's ciphertexts stay valid; they are test keys, never a deployment's.
 
 #![forbid(unsafe_code)]

@@ -1,5 +1,5 @@
 //! Coverage-guided fuzzing of one target with AFL++ (issue 15): built by `scripts/fuzz.sh --afl`
-//! with `cargo afl build --features afl`, run as `keyhold-fuzz-afl TARGET` under `afl-fuzz`, fed
+//! with `cargo afl build --features afl --example keyhold-fuzz-afl`, run as `keyhold-fuzz-afl TARGET` under `afl-fuzz`, fed
 //! from the target's seed corpus. Uses the same target functions as the proptest runs.
 
 #![forbid(unsafe_code)]
