@@ -214,6 +214,11 @@ prepare_venv() {
 run_python_tests() {
     note "cargo build -p keyhold"
     cargo build -p keyhold || return 1
+    # The README's first command is `cargo run --release -- serve` at the workspace root: it
+    # must find exactly one binary to run (a second one in any crate breaks it). Checked on the
+    # debug build, which is already there.
+    note "cargo run -- serve --help (the README's command finds its binary)"
+    cargo run -q -- serve --help >/dev/null || return 1
     prepare_venv || return 1
     local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyhold"
     case "$bin" in /*) ;; *) bin="$ROOT/$bin" ;; esac
