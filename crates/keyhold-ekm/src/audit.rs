@@ -84,14 +84,11 @@ impl AuditEntry {
     }
 }
 
-/// The chain hash of an entry, hex: `SHA-256(prev_hash "\n" seq "\n" entry_json)`, the formula
-/// of the KMS's audit log.
+/// The chain hash of an entry, hex: `SHA-256(prev_hash "\n" seq "\n" entry_json)`, the KMS's
+/// audit-log formula itself ([`keyhold_kms::audit::chain_hash`]), so that both chains are
+/// verified the same way. A file can never hold `i64::MAX` entries.
 pub fn chain_hash(prev_hash: &str, seq: u64, entry_json: &str) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    ctx.update(prev_hash.as_bytes());
-    ctx.update(format!("\n{seq}\n").as_bytes());
-    ctx.update(entry_json.as_bytes());
-    keyhold_crypto::hex(ctx.finish().as_ref())
+    keyhold_kms::audit::chain_hash(prev_hash, i64::try_from(seq).unwrap_or(i64::MAX), entry_json)
 }
 
 /// One line of the audit file, split into its chain fields and the entry's own JSON.
