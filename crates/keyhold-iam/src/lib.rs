@@ -12,10 +12,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod caller;
 pub mod member;
 pub mod policy;
 pub mod role;
 
+pub use caller::Caller;
 pub use member::{MemberError, Principal};
 pub use policy::{PolicyError, allows, etag_for_revision, normalize};
 pub use role::{Permission, Role};
