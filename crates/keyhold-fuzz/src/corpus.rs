@@ -10,7 +10,7 @@ use std::sync::Arc;
 use keyhold_api::wire::Timestamp;
 use keyhold_store::archive::{ArchiveHeader, ArchiveWriter, ArchivedObject};
 
-use crate::targets;
+use keyhold_crypto::{AeadKey, KeyBytes};
 
 /// Test key of the ciphertext target. Not a secret: it exists so seeds stay openable.
 pub const KMS_KEY_BYTES: [u8; 32] = [0x4b; 32];
@@ -37,6 +37,26 @@ pub const PLAINTEXTS: &[&[u8]] = &[b"", b"hello", b"a longer plaintext of the fu
 /// The objects of the sealed archive seed: name and chunks.
 pub const ARCHIVE_OBJECTS: &[(&str, &[&[u8]])] =
     &[("a.txt", &[b"hello ", b"world"]), ("dir/empty", &[b""]), ("b.bin", &[b"\x00\x01\x02"])];
+
+/// The test key of the ciphertext target (the seeds are encrypted with it).
+pub fn kms_key() -> AeadKey {
+    AeadKey::new(&KeyBytes::from_slice(&KMS_KEY_BYTES).expect("32 bytes"))
+}
+
+/// The test root key of the sealed-key target.
+pub fn root_key() -> AeadKey {
+    AeadKey::new(&KeyBytes::from_slice(&ROOT_KEY_BYTES).expect("32 bytes"))
+}
+
+/// The test key of the EKM blob target.
+pub fn ekm_key() -> AeadKey {
+    AeadKey::new(&KeyBytes::from_slice(&EKM_KEY_BYTES).expect("32 bytes"))
+}
+
+/// The test KEK of sealed archives.
+pub fn archive_kek() -> keyhold_cmek::Kek {
+    keyhold_cmek::Kek::from_bytes(KeyBytes::from_slice(&ARCHIVE_KEK_BYTES).expect("32 bytes"))
+}
 
 /// Where the committed corpus lives.
 pub fn dir() -> PathBuf {
@@ -77,7 +97,7 @@ pub fn make_archive(sealed: bool) -> Vec<u8> {
             .then(|| "projects/fuzz/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1".into()),
         wrapped_kek: sealed.then(|| "d3JhcHBlZA".into()),
     };
-    let kek = sealed.then(|| Arc::new(targets::archive_kek()));
+    let kek = sealed.then(|| Arc::new(archive_kek()));
     run(async {
         let mut w = ArchiveWriter::start(Vec::new(), &header, kek).await.expect("start");
         for (name, chunks) in ARCHIVE_OBJECTS {
@@ -177,7 +197,7 @@ pub fn generate(target: &str) -> Vec<(String, Vec<u8>)> {
             "service:cloudkms.googleapis.com",
         ]),
         "ciphertext" => {
-            let key = targets::kms_key();
+            let key = kms_key();
             let mut seeds: Vec<(String, Vec<u8>)> = PLAINTEXTS
                 .iter()
                 .enumerate()
@@ -193,7 +213,7 @@ pub fn generate(target: &str) -> Vec<(String, Vec<u8>)> {
         }
         "sealed_key" => {
             let material = keyhold_crypto::KeyBytes::from_slice(&SEALED_MATERIAL).expect("32 bytes");
-            let sealed = keyhold_crypto::sealed::seal(&targets::root_key(), &material, SEALED_CONTEXT).expect("seal");
+            let sealed = keyhold_crypto::sealed::seal(&root_key(), &material, SEALED_CONTEXT).expect("seal");
             vec![("valid-00".into(), sealed)]
         }
         "archive" => vec![("valid-sealed".into(), make_archive(true)), ("valid-plain".into(), make_archive(false))],
@@ -206,7 +226,7 @@ pub fn generate(target: &str) -> Vec<(String, Vec<u8>)> {
             "http://127.0.0.1:9090/v1/keys/fuzz-key",
         ]),
         "ekm_blob" => {
-            let key = targets::ekm_key();
+            let key = ekm_key();
             PLAINTEXTS
                 .iter()
                 .enumerate()

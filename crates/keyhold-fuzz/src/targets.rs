@@ -10,7 +10,7 @@ use keyhold_api::filter::{Filter, MAX_FILTER_LEN, OrderBy};
 use keyhold_api::name::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 use keyhold_api::page::{MAX_PAGE_SIZE, PageRequest};
 use keyhold_api::wire::{Crc32c, ProtoDuration, Timestamp, decode_base64, encode_base64};
-use keyhold_crypto::{AeadKey, KeyBytes};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -35,26 +35,6 @@ fn run<F: Future>(f: F) -> F::Output {
         Poll::Ready(v) => v,
         Poll::Pending => panic!("an in-memory read waited"),
     }
-}
-
-/// The test key of the ciphertext target (`corpus` encrypts the seeds with it).
-pub fn kms_key() -> AeadKey {
-    AeadKey::new(&KeyBytes::from_slice(&corpus::KMS_KEY_BYTES).expect("32 bytes"))
-}
-
-/// The test root key of the sealed-key target.
-pub fn root_key() -> AeadKey {
-    AeadKey::new(&KeyBytes::from_slice(&corpus::ROOT_KEY_BYTES).expect("32 bytes"))
-}
-
-/// The test key of the EKM blob target.
-pub fn ekm_key() -> AeadKey {
-    AeadKey::new(&KeyBytes::from_slice(&corpus::EKM_KEY_BYTES).expect("32 bytes"))
-}
-
-/// The test KEK of sealed archives.
-pub fn archive_kek() -> keyhold_cmek::Kek {
-    keyhold_cmek::Kek::from_bytes(KeyBytes::from_slice(&corpus::ARCHIVE_KEK_BYTES).expect("32 bytes"))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -311,7 +291,7 @@ pub fn ciphertext(data: &[u8]) -> Outcome {
     if let Ok((v, blob)) = c::backend_blob(data) {
         assert_eq!(c::frame_backend(v, blob), data, "a backend frame does not round-trip");
     }
-    match c::decrypt(&kms_key(), corpus::CRYPTO_KEY, data, corpus::AAD) {
+    match c::decrypt(&corpus::kms_key(), corpus::CRYPTO_KEY, data, corpus::AAD) {
         Ok(plaintext) => {
             assert_eq!(version.ok(), Some(corpus::CIPHERTEXT_VERSION), "opened under another version");
             assert!(
@@ -326,7 +306,7 @@ pub fn ciphertext(data: &[u8]) -> Outcome {
 
 /// Sealed key material (keyhold-crypto `sealed.rs`) as read from the database.
 pub fn sealed_key(data: &[u8]) -> Outcome {
-    match keyhold_crypto::sealed::unseal(&root_key(), data, corpus::SEALED_CONTEXT) {
+    match keyhold_crypto::sealed::unseal(&corpus::root_key(), data, corpus::SEALED_CONTEXT) {
         Ok(material) => {
             assert_eq!(material.expose(), &corpus::SEALED_MATERIAL, "sealed material opened to something else");
             Accepted
@@ -348,7 +328,7 @@ pub fn archive(data: &[u8]) -> Outcome {
         let mut input = data;
         let Ok(header) = read_header(&mut input).await else { return Rejected };
         let sealed = header.kms_key.is_some();
-        let kek = sealed.then(|| Arc::new(archive_kek()));
+        let kek = sealed.then(|| Arc::new(corpus::archive_kek()));
         let mut reader = ArchiveReader::new(input, &header, kek);
         let mut objects: Vec<(String, Vec<u8>)> = Vec::new();
         loop {
@@ -407,7 +387,7 @@ pub fn ekm_protocol(data: &[u8]) -> Outcome {
 
 /// A wrapped blob (keyhold-ekm `blob.rs`), as `:unwrap` receives it. Only a seed opens.
 pub fn ekm_blob(data: &[u8]) -> Outcome {
-    match keyhold_ekm::blob::unwrap(&ekm_key(), corpus::EKM_KEY_ID, data, corpus::AAD) {
+    match keyhold_ekm::blob::unwrap(&corpus::ekm_key(), corpus::EKM_KEY_ID, data, corpus::AAD) {
         Ok(plaintext) => {
             assert!(
                 corpus::PLAINTEXTS.iter().any(|p| plaintext.expose() == *p),

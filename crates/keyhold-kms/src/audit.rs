@@ -22,7 +22,10 @@ use keyhold_api::wire::Timestamp;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{KmsStore, StoreError};
+use keyhold_iam::{Caller, role};
+
+use crate::error::KmsError;
+use crate::store::{AuditQuery, KmsStore, StoreError};
 
 type Pending = (AuditRecord, oneshot::Sender<Result<(), StoreError>>);
 
@@ -107,152 +110,117 @@ pub struct AuditLogPage {
     pub next_page_token: String,
 }
 
-impl crate::service::Kms {
-    /// Reads the audit log of `project` ("-": every project and the server-wide entries, which
-    /// needs the permission on the whole server). Activity entries need
-    /// `logging.logEntries.list`; data-access entries also `logging.privateLogEntries.list`.
-    pub async fn read_audit_log(
-        &self,
-        caller: &crate::caller::Caller,
-        project: &str,
-        q: &AuditLogQuery,
-    ) -> Result<AuditLogPage, crate::error::KmsError> {
-        use crate::error::KmsError;
-        use keyhold_iam::role;
-        let resource =
-            if project == "-" { keyhold_iam::ROOT_RESOURCE.to_string() } else { format!("projects/{project}") };
-        let call = crate::caller::Call::for_service(
-            caller,
-            "logging.googleapis.com",
-            "ListLogEntries",
-            resource.clone(),
-            AuditKind::DataAccess,
-        );
-        let r = async {
-            if project != "-" {
-                keyhold_api::name::check_id("project", project)?;
-            }
-            self.authorize(&call, role::LOG_ENTRIES_LIST, &resource).await?;
-            let principal = self.authenticated(&call)?.clone();
-            let private = self
-                .iam
-                .has_permission(self, &principal, caller.anonymous, role::PRIVATE_LOG_ENTRIES_LIST, &resource)
-                .await?;
-            let wanted = match q.log.rsplit(['/', '.']).next().unwrap_or_default() {
-                "" => "",
-                "activity" | "2Factivity" => "activity",
-                "data_access" | "2Fdata_access" => "data_access",
-                other => {
-                    return Err(KmsError::InvalidArgument(format!(
-                        "Unknown log \"{other}\"; use activity or data_access."
-                    )));
-                }
-            };
-            let kind = match (wanted, private) {
-                ("data_access", false) => {
-                    return Err(KmsError::PermissionDenied {
-                        permission: role::PRIVATE_LOG_ENTRIES_LIST,
-                        resource: resource.clone(),
-                    });
-                }
-                ("", false) => "activity",
-                (w, _) => w,
-            };
-            let page_size = match q.page_size {
-                0 => 50,
-                n if n < 0 => return Err(KmsError::InvalidArgument("page_size must not be negative.".into())),
-                n => n.min(1000),
-            };
-            let cursor = if q.page_token.is_empty() {
-                0
-            } else {
-                q.page_token.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
-                    KmsError::InvalidArgument(
-                        "page_token is not valid; pass nextPageToken from the previous page.".into(),
-                    )
-                })?
-            };
-            let principal_filter = match q.principal.as_str() {
-                "" => String::new(),
-                p if p.contains(':') => p.to_string(),
-                p if p.contains('@') => {
-                    // An email: match either kind of principal by asking for both below.
-                    format!("user:{p}")
-                }
-                p => p.to_string(),
-            };
-            let mut query = crate::store::AuditQuery {
-                project: if project == "-" { "-".into() } else { project.to_string() },
-                start_nanos: q.start_time.map_or(i64::MIN, Timestamp::unix_nanos_i64),
-                end_nanos: q.end_time.map_or(i64::MAX, Timestamp::unix_nanos_i64),
-                method: q.method.clone(),
-                principal: principal_filter.clone(),
-                resource_prefix: q.resource_prefix.clone(),
-                kind: kind.to_string(),
-                cursor,
-                descending: q.descending,
-                limit: page_size + 1,
-            };
-            let mut rows = self.store.read_audit(&query).await?;
-            if rows.is_empty() && principal_filter.starts_with("user:") && !q.principal.contains(':') {
-                query.principal = format!("serviceAccount:{}", q.principal);
-                rows = self.store.read_audit(&query).await?;
-            }
-            let next_page_token = if rows.len() as i64 > page_size {
-                rows.truncate(page_size as usize);
-                rows.last().map(|r| r.seq.to_string()).unwrap_or_default()
-            } else {
-                String::new()
-            };
-            let mut entries = Vec::with_capacity(rows.len());
-            for row in rows {
-                let record: AuditRecord = serde_json::from_str(&row.entry_json)
-                    .map_err(|e| KmsError::Internal(format!("audit entry {} does not decode: {e}", row.seq)))?;
-                entries.push(record.to_log_entry(row.seq));
-            }
-            Ok(AuditLogPage { entries, next_page_token })
+/// One page of `project`'s entries ("-": every project and the server-wide entries) for a
+/// caller already allowed to list them; `private` says whether it may also read data-access
+/// entries (`logging.privateLogEntries.list`).
+pub(crate) async fn read_page(
+    repo: &dyn KmsStore,
+    project: &str,
+    resource: &str,
+    private: bool,
+    q: &AuditLogQuery,
+) -> Result<AuditLogPage, KmsError> {
+    let wanted = match q.log.rsplit(['/', '.']).next().unwrap_or_default() {
+        "" => "",
+        "activity" | "2Factivity" => "activity",
+        "data_access" | "2Fdata_access" => "data_access",
+        other => {
+            return Err(KmsError::InvalidArgument(format!("Unknown log \"{other}\"; use activity or data_access.")));
         }
-        .await;
-        self.finish(call, r).await
+    };
+    let kind = match (wanted, private) {
+        ("data_access", false) => {
+            return Err(KmsError::PermissionDenied {
+                permission: role::PRIVATE_LOG_ENTRIES_LIST,
+                resource: resource.to_string(),
+            });
+        }
+        ("", false) => "activity",
+        (w, _) => w,
+    };
+    let page_size = match q.page_size {
+        0 => 50,
+        n if n < 0 => return Err(KmsError::InvalidArgument("page_size must not be negative.".into())),
+        n => n.min(1000),
+    };
+    let cursor = if q.page_token.is_empty() {
+        0
+    } else {
+        q.page_token.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
+            KmsError::InvalidArgument("page_token is not valid; pass nextPageToken from the previous page.".into())
+        })?
+    };
+    let principal_filter = match q.principal.as_str() {
+        "" => String::new(),
+        p if p.contains(':') => p.to_string(),
+        p if p.contains('@') => {
+            // An email: match either kind of principal by asking for both below.
+            format!("user:{p}")
+        }
+        p => p.to_string(),
+    };
+    let mut query = AuditQuery {
+        project: if project == "-" { "-".into() } else { project.to_string() },
+        start_nanos: q.start_time.map_or(i64::MIN, Timestamp::unix_nanos_i64),
+        end_nanos: q.end_time.map_or(i64::MAX, Timestamp::unix_nanos_i64),
+        method: q.method.clone(),
+        principal: principal_filter.clone(),
+        resource_prefix: q.resource_prefix.clone(),
+        kind: kind.to_string(),
+        cursor,
+        descending: q.descending,
+        limit: page_size + 1,
+    };
+    let mut rows = repo.read_audit(&query).await?;
+    if rows.is_empty() && principal_filter.starts_with("user:") && !q.principal.contains(':') {
+        query.principal = format!("serviceAccount:{}", q.principal);
+        rows = repo.read_audit(&query).await?;
     }
-
-    /// Verifies the whole chain, reading it in pages.
-    pub async fn verify_audit_chain(&self) -> Result<ChainVerdict, crate::error::KmsError> {
-        verify_store_chain(self.store.as_ref()).await.map_err(Into::into)
+    let next_page_token = if rows.len() as i64 > page_size {
+        rows.truncate(page_size as usize);
+        rows.last().map(|r| r.seq.to_string()).unwrap_or_default()
+    } else {
+        String::new()
+    };
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let record: AuditRecord = serde_json::from_str(&row.entry_json)
+            .map_err(|e| KmsError::Internal(format!("audit entry {} does not decode: {e}", row.seq)))?;
+        entries.push(record.to_log_entry(row.seq));
     }
+    Ok(AuditLogPage { entries, next_page_token })
 }
 
-impl crate::service::Kms {
+impl AuditWriter {
     /// Records a request refused before it reached a method (no or bad credentials, a path or
     /// body that does not parse), so that the audit log holds every request.
-    pub async fn record_refused_request(
+    pub(crate) async fn record_refused(
         &self,
-        caller: &crate::caller::Caller,
+        caller: &Caller,
         resource: &str,
         status: &keyhold_api::Status,
     ) -> Result<(), StoreError> {
         let kind = AuditKind::DataAccess;
-        self.audit
-            .record(AuditRecord {
-                time: Timestamp::now(),
-                project: keyhold_iam::project_of(resource).unwrap_or_default().to_string(),
-                principal: caller.principal_str().to_string(),
-                service: "cloudkms.googleapis.com".into(),
-                method: "Unknown".into(),
-                resource: resource.to_string(),
-                kind,
-                permission: None,
-                granted: false,
-                key_version: None,
-                justification: caller.justification.clone(),
-                request_id: caller.request_id.clone(),
-                code: status.code.number(),
-                message: status.message.clone(),
-                anonymous: caller.anonymous,
-                access_justification: None,
-                warning: None,
-            })
-            .await
+        self.record(AuditRecord {
+            time: Timestamp::now(),
+            project: keyhold_iam::project_of(resource).unwrap_or_default().to_string(),
+            principal: caller.principal_str().to_string(),
+            service: "cloudkms.googleapis.com".into(),
+            method: "Unknown".into(),
+            resource: resource.to_string(),
+            kind,
+            permission: None,
+            granted: false,
+            key_version: None,
+            justification: caller.justification.clone(),
+            request_id: caller.request_id.clone(),
+            code: status.code.number(),
+            message: status.message.clone(),
+            anonymous: caller.anonymous,
+            access_justification: None,
+            warning: None,
+        })
+        .await
     }
 }
 
@@ -289,4 +257,3 @@ pub async fn verify_store_chain(store: &dyn KmsStore) -> Result<ChainVerdict, St
         verdict => Ok(verdict),
     }
 }
-

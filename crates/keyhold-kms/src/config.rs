@@ -1,6 +1,6 @@
 //! Settings of the KMS domain. Defaults are the SPEC's.
 
-use crate::backends::KeyBackends;
+use crate::backend::ports::KeyBackends;
 use std::time::Duration;
 
 use keyhold_api::wire::ProtoDuration;

@@ -1,4 +1,7 @@
-//! `:encrypt` and `:decrypt` ([K5]). No database round trip: keys come from the cache.
+//! Cryptographic operations ([K5]): `:encrypt`, `:decrypt`, `generateRandomBytes`. No database
+//! round trip: keys come from the [`Keys`] cache, and the version's protection level's
+//! [`crate::backend::KeyBackend`] does the cryptography. A part of the KMS that never sees the
+//! façade.
 
 use std::sync::Arc;
 
@@ -8,17 +11,24 @@ use keyhold_api::messages::{
 };
 use keyhold_api::resources::{AccessReason, ProtectionLevel, Purpose, VersionState};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
-use keyhold_api::{CryptoKeyName, LocationName};
-use keyhold_crypto::{AeadKey, ciphertext, crc32c};
+use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, LocationName};
+use keyhold_crypto::{ciphertext, crc32c};
 
-use keyhold_iam::role;
-
-use crate::audit::{AccessDecision, AuditKind};
-use crate::backends::{BackendError, ExternalRequest};
+use crate::audit::AccessDecision;
+use crate::backend::KeyUse;
 use crate::cache::{CachedKey, CachedVersion};
-use crate::caller::{Call, Caller};
+use crate::call::Call;
 use crate::error::KmsError;
-use crate::service::{EncryptTarget, Kms};
+use crate::keys::Keys;
+
+/// What `:encrypt` was called on: a key (its primary version is used) or one version.
+#[derive(Debug, Clone)]
+pub enum EncryptTarget {
+    /// The key's primary version.
+    Key(CryptoKeyName),
+    /// A specific version.
+    Version(CryptoKeyVersionName),
+}
 
 /// Cloud KMS limit on plaintext and on AAD for SOFTWARE and EXTERNAL keys.
 pub const MAX_PLAINTEXT: usize = 64 * 1024;
@@ -39,29 +49,19 @@ fn check_crc(field: &'static str, data: &[u8], given: Option<Crc32c>) -> Result<
     }
 }
 
-impl Kms {
-    /// `cryptoKeys.encrypt`.
-    pub async fn encrypt(
-        &self,
-        caller: &Caller,
-        target: &EncryptTarget,
-        req: &EncryptRequest,
-    ) -> Result<EncryptResponse, KmsError> {
-        let key_name = match target {
-            EncryptTarget::Key(k) => k,
-            EncryptTarget::Version(v) => &v.crypto_key,
-        };
-        let resource = key_name.to_string();
-        let call = Call::new(caller, "Encrypt", resource.clone(), AuditKind::DataAccess);
-        let r = async {
-            self.authorize(&call, role::VERSIONS_USE_TO_ENCRYPT, &resource).await?;
-            self.encrypt_authorized(&call, target, req).await
-        }
-        .await;
-        self.finish(call, r).await
+/// `:encrypt`, `:decrypt` and random bytes over the keys' cache and backends.
+#[derive(Debug)]
+pub(crate) struct CryptoOps {
+    keys: Arc<Keys>,
+}
+
+impl CryptoOps {
+    pub(crate) fn new(keys: Arc<Keys>) -> Self {
+        Self { keys }
     }
 
-    async fn encrypt_authorized(
+    /// `cryptoKeys.encrypt`.
+    pub(crate) async fn encrypt(
         &self,
         call: &Call<'_>,
         target: &EncryptTarget,
@@ -78,7 +78,7 @@ impl Kms {
             EncryptTarget::Key(k) => k,
             EncryptTarget::Version(v) => &v.crypto_key,
         };
-        let mut entry = self.cached(key_name).await?;
+        let mut entry = self.keys.cached(key_name).await?;
         require_purpose(&entry)?;
         let id = match target {
             EncryptTarget::Key(k) => {
@@ -88,40 +88,15 @@ impl Kms {
         };
         if !entry.versions.contains_key(&id) {
             // Perhaps created on another node since we cached the key.
-            entry = self.load_cached(key_name).await?;
+            entry = self.keys.load_cached(key_name).await?;
         }
         let version = entry.versions.get(&id).ok_or_else(|| KmsError::VersionNotFound(key_name.version(id)))?;
         call.set_key_version(version.record.version.name.clone());
         require_enabled(version)?;
-        let reason = self.check_justification(call, &entry)?;
-        let ad = ciphertext::associated_data(&entry.name, id, aad);
+        let reason = Self::check_justification(call, &entry)?;
         let level = version.record.version.protection_level.unwrap_or(ProtectionLevel::Software);
-        let ct = match level {
-            ProtectionLevel::Software => {
-                let aead = self.aead_for(version).await?;
-                ciphertext::encrypt(&aead, &entry.name, id, plaintext, aad)
-                    .map_err(|e| KmsError::Internal(e.to_string()))?
-            }
-            ProtectionLevel::Hsm => {
-                check_hsm_size(plaintext.len(), aad.len())?;
-                let blob = self
-                    .hsm()?
-                    .encrypt(hsm_handle(version)?, plaintext, &ad)
-                    .await
-                    .map_err(|e| KmsError::from_backend("The HSM", &version.record.version.name, e))?;
-                ciphertext::frame_backend(id, &blob)
-            }
-            ProtectionLevel::External => {
-                let uri = external_uri(version)?;
-                let blob = self
-                    .external()?
-                    .wrap(uri, plaintext, &ad, &external_request(call, version, reason))
-                    .await
-                    .map_err(|e| external_error(uri, version, e))?;
-                ciphertext::frame_backend(id, &blob)
-            }
-            other => return Err(KmsError::Unimplemented(format!("Protection level {other} is not available."))),
-        };
+        let using = KeyUse { key_name: &entry.name, version, call, reason };
+        let ct = self.keys.backends.for_level(Some(level))?.encrypt(using, plaintext, aad).await?;
         Ok(EncryptResponse {
             name: version.record.version.name.clone(),
             ciphertext_crc32c: Crc32c(crc32c(&ct)),
@@ -133,23 +108,7 @@ impl Kms {
     }
 
     /// `cryptoKeys.decrypt`: the version is read from the ciphertext.
-    pub async fn decrypt(
-        &self,
-        caller: &Caller,
-        key_name: &CryptoKeyName,
-        req: &DecryptRequest,
-    ) -> Result<DecryptResponse, KmsError> {
-        let resource = key_name.to_string();
-        let call = Call::new(caller, "Decrypt", resource.clone(), AuditKind::DataAccess);
-        let r = async {
-            self.authorize(&call, role::VERSIONS_USE_TO_DECRYPT, &resource).await?;
-            self.decrypt_authorized(&call, key_name, req).await
-        }
-        .await;
-        self.finish(call, r).await
-    }
-
-    async fn decrypt_authorized(
+    pub(crate) async fn decrypt(
         &self,
         call: &Call<'_>,
         key_name: &CryptoKeyName,
@@ -162,43 +121,21 @@ impl Kms {
         check_crc("ciphertext", ct, req.ciphertext_crc32c)?;
         check_crc("additional_authenticated_data", aad, req.additional_authenticated_data_crc32c)?;
 
-        let mut entry = self.cached(key_name).await?;
+        let mut entry = self.keys.cached(key_name).await?;
         require_purpose(&entry)?;
         let id = ciphertext::version_of(ct).map_err(|_| KmsError::DecryptFailed)?;
         if !entry.versions.contains_key(&id) {
-            entry = self.load_cached(key_name).await?;
+            entry = self.keys.load_cached(key_name).await?;
         }
         // A ciphertext naming a version this key does not have is foreign: same answer as any
         // other failure, so nothing is learned about the key's versions.
         let version = entry.versions.get(&id).ok_or(KmsError::DecryptFailed)?;
         call.set_key_version(version.record.version.name.clone());
         require_enabled(version)?;
-        let reason = self.check_justification(call, &entry)?;
+        let reason = Self::check_justification(call, &entry)?;
         let level = version.record.version.protection_level.unwrap_or(ProtectionLevel::Software);
-        let plaintext = match level {
-            ProtectionLevel::Software => {
-                let aead = self.aead_for(version).await?;
-                ciphertext::decrypt(&aead, &entry.name, ct, aad).map_err(|_| KmsError::DecryptFailed)?
-            }
-            ProtectionLevel::Hsm => {
-                check_hsm_size(0, aad.len())?;
-                let (_, blob) = ciphertext::backend_blob(ct).map_err(|_| KmsError::DecryptFailed)?;
-                self.hsm()?
-                    .decrypt(hsm_handle(version)?, blob, &ciphertext::associated_data(&entry.name, id, aad))
-                    .await
-                    .map_err(|e| KmsError::from_backend("The HSM", &version.record.version.name, e))?
-            }
-            ProtectionLevel::External => {
-                let (_, blob) = ciphertext::backend_blob(ct).map_err(|_| KmsError::DecryptFailed)?;
-                let uri = external_uri(version)?;
-                let ad = ciphertext::associated_data(&entry.name, id, aad);
-                self.external()?
-                    .unwrap(uri, blob, &ad, &external_request(call, version, reason))
-                    .await
-                    .map_err(|e| external_error(uri, version, e))?
-            }
-            other => return Err(KmsError::Unimplemented(format!("Protection level {other} is not available."))),
-        };
+        let using = KeyUse { key_name: &entry.name, version, call, reason };
+        let plaintext = self.keys.backends.for_level(Some(level))?.decrypt(using, ct, aad).await?;
         Ok(DecryptResponse {
             plaintext_crc32c: Crc32c(crc32c(plaintext.expose())),
             plaintext: SecretBytes(plaintext),
@@ -209,41 +146,29 @@ impl Kms {
 
     /// `locations.generateRandomBytes`: bytes from the HSM's random number generator. As in
     /// Cloud KMS, only protection level `HSM` is supported.
-    pub async fn generate_random_bytes(
+    pub(crate) async fn generate_random_bytes(
         &self,
-        caller: &Caller,
         location: &LocationName,
         req: &GenerateRandomBytesRequest,
     ) -> Result<GenerateRandomBytesResponse, KmsError> {
-        let resource = location.to_string();
-        let call = Call::new(caller, "GenerateRandomBytes", resource.clone(), AuditKind::DataAccess);
-        let r = async {
-            self.authorize(&call, role::LOCATIONS_GENERATE_RANDOM_BYTES, &resource).await?;
-            self.check_location(location)?;
-            if !(8..=1024).contains(&req.length_bytes) {
-                return Err(KmsError::InvalidArgument(format!(
-                    "length_bytes must be between 8 and 1024, got {}.",
-                    req.length_bytes
-                )));
-            }
-            if req.protection_level != Some(ProtectionLevel::Hsm) {
-                return Err(KmsError::InvalidArgument("protection_level must be HSM.".into()));
-            }
-            let data = self
-                .hsm()?
-                .random_bytes(req.length_bytes as usize)
-                .await
-                .map_err(|e| KmsError::from_backend("The HSM", &resource, e))?;
-            Ok(GenerateRandomBytesResponse { data_crc32c: Crc32c(crc32c(data.expose())), data: SecretBytes(data) })
+        self.keys.check_location(location)?;
+        if !(8..=1024).contains(&req.length_bytes) {
+            return Err(KmsError::InvalidArgument(format!(
+                "length_bytes must be between 8 and 1024, got {}.",
+                req.length_bytes
+            )));
         }
-        .await;
-        self.finish(call, r).await
+        if req.protection_level != Some(ProtectionLevel::Hsm) {
+            return Err(KmsError::InvalidArgument("protection_level must be HSM.".into()));
+        }
+        let data = self.keys.backends.hsm()?.random_bytes(req.length_bytes as usize, &location.to_string()).await?;
+        Ok(GenerateRandomBytesResponse { data_crc32c: Crc32c(crc32c(data.expose())), data: SecretBytes(data) })
     }
 
     /// [K11] The request's access reason against the key's `keyAccessJustificationsPolicy`
     /// (absent: every reason allowed; present and empty: none). The decision goes into the
     /// call's audit entry either way.
-    fn check_justification(&self, call: &Call<'_>, entry: &CachedKey) -> Result<AccessReason, KmsError> {
+    fn check_justification(call: &Call<'_>, entry: &CachedKey) -> Result<AccessReason, KmsError> {
         let reason = call.caller.access_reason.unwrap_or(AccessReason::CustomerInitiatedAccess);
         let policy = entry.record.key.key_access_justifications_policy.as_ref();
         let allowed = policy.is_none_or(|p| p.allowed_access_reasons.contains(&reason));
@@ -265,71 +190,6 @@ impl Kms {
             _ => Ok(reason),
         }
     }
-
-    /// The unsealed AEAD key of a cached SOFTWARE version (unsealed once, then kept in the cache).
-    async fn aead_for(&self, version: &CachedVersion) -> Result<Arc<AeadKey>, KmsError> {
-        if let Some(a) = version.aead.get() {
-            return Ok(a.clone());
-        }
-        let sealed =
-            version.record.material.as_ref().ok_or_else(|| {
-                KmsError::Internal(format!("{} is enabled but has no key material", version.record.name))
-            })?;
-        let name = version.record.name.to_string();
-        let key = self.root.unseal(sealed, &name).await.map_err(|e| match e {
-            BackendError::Unavailable(_) => KmsError::from_backend("The root key", &name, e),
-            other => KmsError::Internal(format!("cannot unseal key material of {name}: {other}")),
-        })?;
-        let aead = Arc::new(AeadKey::new(&key));
-        Ok(version.aead.get_or_init(|| aead).clone())
-    }
-}
-
-/// Cloud KMS limit for HSM keys: plaintext and AAD together at most 8 KiB.
-const MAX_HSM_INPUT: usize = 8 * 1024;
-
-fn check_hsm_size(plaintext: usize, aad: usize) -> Result<(), KmsError> {
-    if plaintext + aad > MAX_HSM_INPUT {
-        return Err(KmsError::InvalidArgument(format!(
-            "For HSM keys the plaintext and additional_authenticated_data together may be at most {MAX_HSM_INPUT} bytes; got {}.",
-            plaintext + aad
-        )));
-    }
-    Ok(())
-}
-
-/// The token object reference an HSM version keeps as its material.
-fn hsm_handle(version: &CachedVersion) -> Result<&str, KmsError> {
-    version
-        .record
-        .material
-        .as_deref()
-        .and_then(|m| std::str::from_utf8(m).ok())
-        .ok_or_else(|| KmsError::Internal(format!("{} has no HSM key reference", version.record.name)))
-}
-
-fn external_uri(version: &CachedVersion) -> Result<&str, KmsError> {
-    version
-        .record
-        .version
-        .external_protection_level_options
-        .as_ref()
-        .map(|o| o.external_key_uri.as_str())
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| KmsError::Internal(format!("{} has no external key URI", version.record.name)))
-}
-
-fn external_request(call: &Call<'_>, version: &CachedVersion, reason: AccessReason) -> ExternalRequest {
-    ExternalRequest {
-        reason,
-        key_version: version.record.version.name.clone(),
-        caller: call.caller.principal_str().to_string(),
-        request_id: call.caller.request_id.clone(),
-    }
-}
-
-fn external_error(uri: &str, version: &CachedVersion, e: BackendError) -> KmsError {
-    KmsError::from_backend(&format!("The external key manager at {uri}"), &version.record.version.name, e)
 }
 
 fn require_purpose(entry: &CachedKey) -> Result<(), KmsError> {

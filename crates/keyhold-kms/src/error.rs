@@ -4,7 +4,7 @@
 use keyhold_api::resources::{AccessReason, Purpose, VersionState};
 use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, KeyRingName, NameError, Status};
 
-use crate::backends::BackendError;
+use crate::backend::ports::BackendError;
 use crate::store::StoreError;
 
 /// What can go wrong in a KMS call.

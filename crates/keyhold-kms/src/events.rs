@@ -38,7 +38,7 @@ impl KmsEvent {
 const CAPACITY: usize = 1024;
 
 /// The sending side, owned by the KMS.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct EventBus(broadcast::Sender<KmsEvent>);
 
 impl Default for EventBus {

@@ -6,16 +6,17 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::sync::Arc;
+
 use keyhold_api::iam::{Binding, Policy};
 use keyhold_api::wire::ProtoDuration;
 use keyhold_crypto::SecretString;
-use keyhold_iam::{Principal, ROOT_RESOURCE, role};
+use keyhold_iam::{Principal, role};
 
-use crate::audit::AuditKind;
-use crate::caller::{Call, Caller};
+use crate::call::Call;
+use crate::clock::Clock;
 use crate::error::KmsError;
-use crate::service::Kms;
-use crate::store::{ServiceIdentityRecord, StoreError, TokenRecord};
+use crate::store::{KmsStore, ServiceIdentityRecord, StoreError, TokenRecord};
 
 /// Token text prefix, so a leaked token is recognisable (secret scanners, logs).
 const TOKEN_PREFIX: &str = "kh1.";
@@ -82,13 +83,39 @@ fn is_service_agent_email(email: &str) -> bool {
 }
 
 /// The domain of the identities Keyhold itself acts as (`service:scheduler.keyhold.local`,
-/// `service:bootstrap.keyhold.local`, see [`Caller::system`]).
+/// `service:bootstrap.keyhold.local`, see [`keyhold_iam::Caller::system`]).
 const INTERNAL_SERVICE_DOMAIN: &str = ".keyhold.local";
 
 /// The principal of `--allow-anonymous` when it names none.
 const DEFAULT_ANONYMOUS: &str = "user:anonymous@keyhold.local";
 
-impl Kms {
+/// The identities of the server: bearer tokens, the owner's bootstrap, service agents. A part
+/// of the KMS that never sees the façade.
+#[derive(Debug)]
+pub(crate) struct Identities {
+    repo: Arc<dyn KmsStore>,
+    clock: Arc<dyn Clock>,
+    /// `--allow-anonymous`'s principal, if named.
+    anonymous_principal: Option<Principal>,
+    default_token_ttl: ProtoDuration,
+    tokens: TokenCache,
+}
+
+impl Identities {
+    pub(crate) fn new(
+        repo: Arc<dyn KmsStore>,
+        clock: Arc<dyn Clock>,
+        anonymous_principal: Option<Principal>,
+        default_token_ttl: ProtoDuration,
+    ) -> Self {
+        Self { repo, clock, anonymous_principal, default_token_ttl, tokens: TokenCache::default() }
+    }
+
+    /// Forgets cached tokens (another node may have revoked one).
+    pub(crate) fn clear(&self) {
+        self.tokens.clear();
+    }
+
     /// Why no token may be minted for `principal` through `POST /v1/tokens`, if it is one the
     /// server itself acts as (finding 5: a token admin could mint a long-lived token for a
     /// service agent, the scheduler or the anonymous principal, act as it, and have the audit
@@ -111,7 +138,7 @@ impl Kms {
                 &INTERNAL_SERVICE_DOMAIN[1..]
             ));
         }
-        let anonymous = self.config.anonymous_principal.as_ref().map_or(DEFAULT_ANONYMOUS, Principal::as_str);
+        let anonymous = self.anonymous_principal.as_ref().map_or(DEFAULT_ANONYMOUS, Principal::as_str);
         if p.eq_ignore_ascii_case(anonymous) || p.eq_ignore_ascii_case(DEFAULT_ANONYMOUS) {
             return Some(format!(
                 "Tokens cannot be created for {p}: it is the principal of unauthenticated requests in emulator mode \
@@ -136,7 +163,7 @@ impl Kms {
                 // Unknown tokens are not cached (anyone can send random ones); a load that
                 // raced with a revocation is used once but not cached.
                 let generation = self.tokens.generation.load(Ordering::Acquire);
-                let r = self.store.token_by_hash(&hash).await?.ok_or_else(invalid)?;
+                let r = self.repo.token_by_hash(&hash).await?.ok_or_else(invalid)?;
                 let mut map = self.tokens.by_hash.write().unwrap_or_else(|e| e.into_inner());
                 if self.tokens.generation.load(Ordering::Acquire) == generation {
                     map.insert(hash, r.clone());
@@ -170,7 +197,7 @@ impl Kms {
             return life > i128::from(MAX_AGENT_TOKEN_SECS) * 1_000_000_000;
         }
         principal.service().is_some_and(|s| s.to_ascii_lowercase().ends_with(INTERNAL_SERVICE_DOMAIN))
-            || self.config.anonymous_principal.as_ref().is_some_and(|a| p.eq_ignore_ascii_case(a.as_str()))
+            || self.anonymous_principal.as_ref().is_some_and(|a| p.eq_ignore_ascii_case(a.as_str()))
     }
 
     async fn mint_token(
@@ -199,221 +226,146 @@ impl Kms {
             expire_time: now.add(ttl),
             revoke_time: None,
         };
-        self.store.insert_token(&record, &call.success_entry()).await?;
+        self.repo.insert_token(&record, &call.success_entry()).await?;
         Ok(NewToken { token, record })
     }
 
-    /// Creates a token for `principal` (needs `keyhold.tokens.create` on the server).
-    pub async fn create_token(
+    /// Creates a token for `principal` (the caller holds `keyhold.tokens.create`).
+    pub(crate) async fn create_token(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         principal: &str,
         ttl: Option<ProtoDuration>,
         description: &str,
     ) -> Result<NewToken, KmsError> {
-        let call =
-            Call::for_service(caller, "keyhold.dev", "CreateToken", ROOT_RESOURCE.to_string(), AuditKind::Activity);
-        let r = async {
-            self.authorize(&call, role::TOKENS_CREATE, ROOT_RESOURCE).await?;
-            let principal = Principal::parse(principal).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
-            if let Some(why) = self.unmintable(&principal) {
-                return Err(KmsError::InvalidArgument(why));
-            }
-            let ttl = ttl.unwrap_or(self.config.default_token_ttl);
-            if ttl.as_nanos() <= 0 {
-                return Err(KmsError::InvalidArgument("ttl must be positive, e.g. 86400s.".into()));
-            }
-            if description.len() > 256 {
-                return Err(KmsError::InvalidArgument("description is limited to 256 bytes.".into()));
-            }
-            self.mint_token(&call, &principal, ttl, description).await
+        let principal = Principal::parse(principal).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
+        if let Some(why) = self.unmintable(&principal) {
+            return Err(KmsError::InvalidArgument(why));
         }
-        .await;
-        self.finish(call, r).await
+        let ttl = ttl.unwrap_or(self.default_token_ttl);
+        if ttl.as_nanos() <= 0 {
+            return Err(KmsError::InvalidArgument("ttl must be positive, e.g. 86400s.".into()));
+        }
+        if description.len() > 256 {
+            return Err(KmsError::InvalidArgument("description is limited to 256 bytes.".into()));
+        }
+        self.mint_token(call, &principal, ttl, description).await
     }
 
     /// All tokens (never their secrets).
-    pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<TokenRecord>, KmsError> {
-        let call =
-            Call::for_service(caller, "keyhold.dev", "ListTokens", ROOT_RESOURCE.to_string(), AuditKind::DataAccess);
-        let r = async {
-            self.authorize(&call, role::TOKENS_LIST, ROOT_RESOURCE).await?;
-            Ok(self.store.list_tokens().await?)
-        }
-        .await;
-        self.finish(call, r).await
+    pub(crate) async fn list_tokens(&self) -> Result<Vec<TokenRecord>, KmsError> {
+        Ok(self.repo.list_tokens().await?)
     }
 
     /// Revokes a token; effective on the next request on this node, within the change-poll
     /// interval on the others.
-    pub async fn revoke_token(&self, caller: &Caller, id: &str) -> Result<(), KmsError> {
-        let call = Call::for_service(caller, "keyhold.dev", "RevokeToken", format!("tokens/{id}"), AuditKind::Activity);
-        let r = async {
-            self.authorize(&call, role::TOKENS_REVOKE, ROOT_RESOURCE).await?;
-            if !self.store.revoke_token(id, self.clock.now(), &call.success_entry()).await? {
-                return Err(KmsError::TokenNotFound(id.to_string()));
-            }
-            self.tokens.clear();
-            Ok(())
+    pub(crate) async fn revoke_token(&self, call: &Call<'_>, id: &str) -> Result<(), KmsError> {
+        if !self.repo.revoke_token(id, self.clock.now(), &call.success_entry()).await? {
+            return Err(KmsError::TokenNotFound(id.to_string()));
         }
-        .await;
-        self.finish(call, r).await
+        self.tokens.clear();
+        Ok(())
     }
 
-    /// First start: makes `owner` owner and token admin of the whole server (if nobody is yet)
-    /// and, unless `existing` is a valid token of the owner, mints a token for it.
-    pub async fn bootstrap_owner(
-        &self,
-        owner: &Principal,
-        existing: Option<&str>,
-    ) -> Result<Option<NewToken>, KmsError> {
-        let system = Caller::system("bootstrap");
-        if self.store.policy(ROOT_RESOURCE).await?.is_none() {
-            let policy = Policy {
-                version: 1,
-                bindings: ["roles/keyhold.tokenAdmin", "roles/orgpolicy.policyAdmin", "roles/owner"]
-                    .into_iter()
-                    .map(|r| Binding { role: r.into(), members: vec![owner.to_string()], condition: None })
-                    .collect(),
-                ..Default::default()
-            };
-            let call = Call::for_service(
-                &system,
-                "cloudresourcemanager.googleapis.com",
-                "SetIamPolicy",
-                ROOT_RESOURCE.into(),
-                AuditKind::Activity,
-            );
-            match self.store.set_policy(ROOT_RESOURCE, &policy, Some(0), &call.success_entry()).await {
-                Ok(_) | Err(StoreError::Conflict) | Err(StoreError::AlreadyExists) => {}
-                Err(e) => return Err(e.into()),
-            }
-            self.iam.clear();
+    /// The server-wide policy of the first start: `owner` is owner and token admin.
+    pub(crate) fn owner_policy(owner: &Principal) -> Policy {
+        Policy {
+            version: 1,
+            bindings: ["roles/keyhold.tokenAdmin", "roles/orgpolicy.policyAdmin", "roles/owner"]
+                .into_iter()
+                .map(|r| Binding { role: r.into(), members: vec![owner.to_string()], condition: None })
+                .collect(),
+            ..Default::default()
         }
-        if let Some(t) = existing
-            && self.authenticate(t.trim()).await.is_ok_and(|p| p == *owner)
+    }
+
+    /// Mints the owner's bootstrap token.
+    pub(crate) async fn owner_token(&self, call: &Call<'_>, owner: &Principal) -> Result<NewToken, KmsError> {
+        self.mint_token(call, owner, ProtoDuration::from_secs(OWNER_TOKEN_SECS), "owner token (bootstrap)").await
+    }
+
+    /// Checks a service's name (its DNS name) for `generateServiceIdentity`.
+    pub(crate) fn check_service_name(service: &str) -> Result<(), KmsError> {
+        if service.is_empty()
+            || service.len() > 253
+            || !service.contains('.')
+            || !service.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
         {
-            return Ok(None);
+            return Err(KmsError::InvalidArgument(format!(
+                "Service name \"{service}\" is not valid; use a service's DNS name, e.g. store.keyhold.dev."
+            )));
         }
-        let call = Call::for_service(&system, "keyhold.dev", "CreateToken", ROOT_RESOURCE.into(), AuditKind::Activity);
-        let r =
-            self.mint_token(&call, owner, ProtoDuration::from_secs(OWNER_TOKEN_SECS), "owner token (bootstrap)").await;
-        self.finish(call, r).await.map(Some)
+        Ok(())
     }
 
-    /// `services.generateServiceIdentity` ([K9]): the agent through which `service` acts for
-    /// `project`, created on first call, the same one afterwards.
-    pub async fn generate_service_identity(
+    /// The agent through which `service` acts for `project`, created on first call (the
+    /// caller is authorized, the project exists).
+    pub(crate) async fn service_identity(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
         project_id: &str,
         service: &str,
+        project_number: impl AsyncFnOnce() -> Result<i64, KmsError>,
     ) -> Result<ServiceIdentityRecord, KmsError> {
-        let resource = format!("projects/{project_id}/services/{service}");
-        let call = Call::for_service(
-            caller,
-            "serviceusage.googleapis.com",
-            "GenerateServiceIdentity",
-            resource,
-            AuditKind::Activity,
-        );
-        let r = async {
-            keyhold_api::name::check_id("project", project_id)?;
-            if service.is_empty()
-                || service.len() > 253
-                || !service.contains('.')
-                || !service
-                    .split('.')
-                    .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
-            {
-                return Err(KmsError::InvalidArgument(format!(
-                    "Service name \"{service}\" is not valid; use a service's DNS name, e.g. store.keyhold.dev."
-                )));
-            }
-            // Google requires no permission beyond being able to see the project. A service
-            // may always look up (and so create) its own agent: that is how a service running
-            // apart from the KMS learns which identity to act as.
-            let is_the_service =
-                call.caller.principal.as_ref().is_some_and(|p| p.as_str() == format!("service:{service}"));
-            if is_the_service {
-                self.iam.ensure_project(self, project_id).await?;
-            } else {
-                self.authorize(&call, role::PROJECTS_GET, &format!("projects/{project_id}")).await?;
-            }
-            if let Some(existing) = self.store.service_identity(project_id, service).await? {
-                return Ok(existing);
-            }
-            let project = self.project_record(project_id).await?;
-            let mut uid = [0u8; 8];
-            keyhold_crypto::random_bytes(&mut uid).map_err(|e| KmsError::Internal(e.to_string()))?;
-            let identity = ServiceIdentityRecord {
-                project_id: project_id.to_string(),
-                service: service.to_string(),
-                email: service_agent_email(service, project.project_number),
-                unique_id: format!("1{:020}", u64::from_be_bytes(uid)),
-                create_time: self.clock.now(),
-            };
-            match self.store.insert_service_identity(&identity, &call.success_entry()).await {
-                Ok(()) => Ok(identity),
-                Err(StoreError::AlreadyExists) => {
-                    call.entry_rolled_back();
-                    if let Some(existing) = self.store.service_identity(project_id, service).await? {
-                        // Created by a concurrent request.
-                        return Ok(existing);
-                    }
-                    // The agent name (first DNS label) is taken by another service.
-                    Err(KmsError::FailedPrecondition(format!(
-                        "The service agent name gcp-sa-{} in project {project_id} is already used by another service; Keyhold names agents after the first label of the service name.",
-                        service.split('.').next().unwrap_or(service)
-                    )))
-                }
-                Err(e) => Err(e.into()),
-            }
+        if let Some(existing) = self.repo.service_identity(project_id, service).await? {
+            return Ok(existing);
         }
-        .await;
-        self.finish(call, r).await
+        let project_number = project_number().await?;
+        let mut uid = [0u8; 8];
+        keyhold_crypto::random_bytes(&mut uid).map_err(|e| KmsError::Internal(e.to_string()))?;
+        let identity = ServiceIdentityRecord {
+            project_id: project_id.to_string(),
+            service: service.to_string(),
+            email: service_agent_email(service, project_number),
+            unique_id: format!("1{:020}", u64::from_be_bytes(uid)),
+            create_time: self.clock.now(),
+        };
+        match self.repo.insert_service_identity(&identity, &call.success_entry()).await {
+            Ok(()) => Ok(identity),
+            Err(StoreError::AlreadyExists) => {
+                call.entry_rolled_back();
+                if let Some(existing) = self.repo.service_identity(project_id, service).await? {
+                    // Created by a concurrent request.
+                    return Ok(existing);
+                }
+                // The agent name (first DNS label) is taken by another service.
+                Err(KmsError::FailedPrecondition(format!(
+                    "The service agent name gcp-sa-{} in project {project_id} is already used by another service; Keyhold names agents after the first label of the service name.",
+                    service.split('.').next().unwrap_or(service)
+                )))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// IAM Credentials `generateAccessToken` for a service agent: only the service the agent
     /// belongs to (authenticated as `service:NAME`) may mint its tokens; lifetime at most 1 h.
-    pub async fn generate_agent_token(
+    pub(crate) async fn agent_token(
         &self,
-        caller: &Caller,
+        call: &Call<'_>,
+        principal: &Principal,
         agent_email: &str,
         lifetime: Option<ProtoDuration>,
     ) -> Result<NewToken, KmsError> {
-        let resource = format!("projects/-/serviceAccounts/{agent_email}");
-        let call = Call::for_service(
-            caller,
-            "iamcredentials.googleapis.com",
-            "GenerateAccessToken",
-            resource.clone(),
-            AuditKind::DataAccess,
-        );
-        let r = async {
-            let principal = self.authenticated(&call)?;
-            if caller.anonymous {
-                return Err(KmsError::Unauthenticated { missing: true });
-            }
-            let denied = || KmsError::PermissionDenied {
-                permission: role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN,
-                resource: resource.clone(),
-            };
-            let identity = self.store.service_identity_by_email(agent_email).await?.ok_or_else(denied)?;
-            let allowed = principal.service() == Some(identity.service.as_str());
-            call.set_permission(role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN, allowed);
-            if !allowed {
-                return Err(denied());
-            }
-            let lifetime = lifetime.unwrap_or(ProtoDuration::from_secs(MAX_AGENT_TOKEN_SECS));
-            if lifetime.as_nanos() <= 0 || lifetime.as_nanos() > i128::from(MAX_AGENT_TOKEN_SECS) * 1_000_000_000 {
-                return Err(KmsError::InvalidArgument("lifetime must be between 1s and 3600s.".into()));
-            }
-            let agent = Principal::parse(&format!("serviceAccount:{agent_email}"))
-                .map_err(|e| KmsError::Internal(e.to_string()))?;
-            self.mint_token(&call, &agent, lifetime, &format!("access token minted by {principal}")).await
+        if call.caller.anonymous {
+            return Err(KmsError::Unauthenticated { missing: true });
         }
-        .await;
-        self.finish(call, r).await
+        let denied = || KmsError::PermissionDenied {
+            permission: role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN,
+            resource: format!("projects/-/serviceAccounts/{agent_email}"),
+        };
+        let identity = self.repo.service_identity_by_email(agent_email).await?.ok_or_else(denied)?;
+        let allowed = principal.service() == Some(identity.service.as_str());
+        call.set_permission(role::SERVICE_ACCOUNTS_GET_ACCESS_TOKEN, allowed);
+        if !allowed {
+            return Err(denied());
+        }
+        let lifetime = lifetime.unwrap_or(ProtoDuration::from_secs(MAX_AGENT_TOKEN_SECS));
+        if lifetime.as_nanos() <= 0 || lifetime.as_nanos() > i128::from(MAX_AGENT_TOKEN_SECS) * 1_000_000_000 {
+            return Err(KmsError::InvalidArgument("lifetime must be between 1s and 3600s.".into()));
+        }
+        let agent = Principal::parse(&format!("serviceAccount:{agent_email}"))
+            .map_err(|e| KmsError::Internal(e.to_string()))?;
+        self.mint_token(call, &agent, lifetime, &format!("access token minted by {principal}")).await
     }
 }

@@ -9,15 +9,16 @@
 //!
 //! The cryptographic hot path does not touch the database: [`cache`] keeps each crypto key's
 //! versions and unsealed material in memory, invalidated on every local change and, when several
-//! nodes share one database, by polling the store's change counter (see [`service::Kms::run_background`]).
+//! nodes share one database, by polling the store's change counter (see [`Kms::run_background`]).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod audit;
-pub mod backends;
+mod authz;
+pub mod backend;
 pub mod cache;
-pub mod caller;
+pub mod call;
 pub mod clock;
 pub mod config;
 mod crypto_ops;
@@ -25,18 +26,24 @@ pub mod error;
 pub mod events;
 pub mod iam;
 pub mod identity;
+mod keys;
+mod kms;
+pub mod material;
 pub mod org_policy;
 pub mod private_files;
 pub mod quota;
 pub mod root_key;
 pub mod scheduler;
-pub mod service;
 pub mod store;
 mod validate;
 
-pub use backends::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};
-pub use caller::{Caller, ServiceCall};
+pub use backend::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};
+pub use call::{Caller, ServiceCall};
 pub use config::KmsConfig;
+pub use crypto_ops::{EncryptTarget, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 pub use error::KmsError;
 pub use iam::IamResource;
-pub use service::{EncryptTarget, KeyFacts, Kms, ListQuery};
+pub use identity::NewToken;
+pub use keys::{KeyFacts, ListQuery};
+pub use kms::{Kms, StartupError};
+pub use material::{HsmObjectRef, VersionMaterial};

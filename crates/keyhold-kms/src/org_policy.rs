@@ -5,15 +5,14 @@ use keyhold_api::orgpolicy::{
     KNOWN_CONSTRAINTS, OrgPolicy, PolicySpec, RESTRICT_CMEK_CRYPTO_KEY_PROJECTS, RESTRICT_NON_CMEK_SERVICES,
 };
 use keyhold_api::wire::Timestamp;
-use keyhold_iam::role;
+use std::sync::Arc;
 
-use crate::audit::AuditKind;
-use crate::caller::{Call, Caller};
+use crate::call::Call;
 use crate::error::KmsError;
-use crate::service::Kms;
-use crate::store::OrgPolicyRecord;
+use crate::store::{KmsStore, OrgPolicyRecord};
 
-const SERVICE: &str = "orgpolicy.googleapis.com";
+/// The service of the organization-policy methods.
+pub(crate) const SERVICE: &str = "orgpolicy.googleapis.com";
 
 /// `projects/P/policies/C`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,97 +130,79 @@ pub fn key_project_allowed(spec: &PolicySpec, key_project: &str) -> bool {
     allowed.is_empty() || allowed.iter().any(|v| value_names_project(v, key_project))
 }
 
-impl Kms {
+/// The organization policies of projects (the two CMEK constraints). A part of the KMS that
+/// never sees the façade.
+#[derive(Debug)]
+pub(crate) struct OrgPolicies {
+    repo: Arc<dyn KmsStore>,
+}
+
+impl OrgPolicies {
+    pub(crate) fn new(repo: Arc<dyn KmsStore>) -> Self {
+        Self { repo }
+    }
+
     /// `policies.get`.
-    pub async fn get_org_policy(&self, caller: &Caller, name: &str) -> Result<OrgPolicy, KmsError> {
-        let call = Call::for_service(caller, SERVICE, "GetPolicy", name.to_string(), AuditKind::DataAccess);
-        let r = async {
-            let parsed = OrgPolicyName::parse(name)?;
-            self.authorize(&call, role::ORG_POLICY_GET, &format!("projects/{}", parsed.project)).await?;
-            match self.store.org_policy(&parsed.to_string()).await? {
-                Some(r) => Ok(render(&r)),
-                None => Err(KmsError::NotFound(format!("Policy {parsed} is not set."))),
-            }
+    pub(crate) async fn get(&self, name: &OrgPolicyName) -> Result<OrgPolicy, KmsError> {
+        match self.repo.org_policy(&name.to_string()).await? {
+            Some(r) => Ok(render(&r)),
+            None => Err(KmsError::NotFound(format!("Policy {name} is not set."))),
         }
-        .await;
-        self.finish(call, r).await
     }
 
     /// `policies.list`.
-    pub async fn list_org_policies(&self, caller: &Caller, project: &str) -> Result<Vec<OrgPolicy>, KmsError> {
-        let resource = format!("projects/{project}");
-        let call = Call::for_service(caller, SERVICE, "ListPolicies", resource.clone(), AuditKind::DataAccess);
-        let r = async {
-            self.authorize(&call, role::ORG_POLICIES_LIST, &resource).await?;
-            Ok(self.store.list_org_policies(project).await?.iter().map(render).collect())
-        }
-        .await;
-        self.finish(call, r).await
+    pub(crate) async fn list(&self, project: &str) -> Result<Vec<OrgPolicy>, KmsError> {
+        Ok(self.repo.list_org_policies(project).await?.iter().map(render).collect())
     }
 
-    /// `policies.create` / `policies.patch`: sets the policy named in `policy.name`. A non-empty
-    /// `etag` must match the stored one.
-    pub async fn set_org_policy(&self, caller: &Caller, policy: &OrgPolicy) -> Result<OrgPolicy, KmsError> {
-        let call = Call::for_service(caller, SERVICE, "UpdatePolicy", policy.name.clone(), AuditKind::Activity);
-        let r = async {
-            let parsed = OrgPolicyName::parse(&policy.name)?;
-            let project = format!("projects/{}", parsed.project);
-            self.authorize(&call, role::ORG_POLICIES_UPDATE, &project).await?;
-            let spec = policy.spec.clone().unwrap_or_default();
-            validate_spec(&spec)?;
-            let name = parsed.to_string();
-            let current = self.store.org_policy(&name).await?;
-            if !policy.etag.is_empty() {
-                let current_etag = keyhold_iam::etag_for_revision(current.as_ref().map_or(0, |c| c.revision));
-                if policy.etag != current_etag {
-                    return Err(KmsError::StaleEtag { given: policy.etag.clone(), current: current_etag });
-                }
+    /// `policies.create` / `policies.patch`: sets the policy named `parsed`. A non-empty `etag`
+    /// must match the stored one.
+    pub(crate) async fn set(
+        &self,
+        call: &Call<'_>,
+        parsed: &OrgPolicyName,
+        policy: &OrgPolicy,
+    ) -> Result<OrgPolicy, KmsError> {
+        let spec = policy.spec.clone().unwrap_or_default();
+        validate_spec(&spec)?;
+        let name = parsed.to_string();
+        let current = self.repo.org_policy(&name).await?;
+        if !policy.etag.is_empty() {
+            let current_etag = keyhold_iam::etag_for_revision(current.as_ref().map_or(0, |c| c.revision));
+            if policy.etag != current_etag {
+                return Err(KmsError::StaleEtag { given: policy.etag.clone(), current: current_etag });
             }
-            let stored_spec = PolicySpec { etag: String::new(), update_time: None, ..spec };
-            let mut record = OrgPolicyRecord {
-                name: name.clone(),
-                project: parsed.project.clone(),
-                policy: OrgPolicy { name, spec: Some(stored_spec), etag: String::new() },
-                update_time: Timestamp::now(),
-                revision: current.map_or(0, |c| c.revision),
-            };
-            record.revision = self.store.put_org_policy(&record, &call.success_entry()).await?;
-            Ok(render(&record))
         }
-        .await;
-        self.finish(call, r).await
+        let stored_spec = PolicySpec { etag: String::new(), update_time: None, ..spec };
+        let mut record = OrgPolicyRecord {
+            name: name.clone(),
+            project: parsed.project.clone(),
+            policy: OrgPolicy { name, spec: Some(stored_spec), etag: String::new() },
+            update_time: Timestamp::now(),
+            revision: current.map_or(0, |c| c.revision),
+        };
+        record.revision = self.repo.put_org_policy(&record, &call.success_entry()).await?;
+        Ok(render(&record))
     }
 
     /// `policies.delete`.
-    pub async fn delete_org_policy(&self, caller: &Caller, name: &str) -> Result<(), KmsError> {
-        let call = Call::for_service(caller, SERVICE, "DeletePolicy", name.to_string(), AuditKind::Activity);
-        let r = async {
-            let parsed = OrgPolicyName::parse(name)?;
-            self.authorize(&call, role::ORG_POLICIES_DELETE, &format!("projects/{}", parsed.project)).await?;
-            if self.store.delete_org_policy(&parsed.to_string(), &call.success_entry()).await? {
-                Ok(())
-            } else {
-                call.entry_rolled_back();
-                Err(KmsError::NotFound(format!("Policy {parsed} is not set.")))
-            }
+    pub(crate) async fn delete(&self, call: &Call<'_>, parsed: &OrgPolicyName) -> Result<(), KmsError> {
+        if self.repo.delete_org_policy(&parsed.to_string(), &call.success_entry()).await? {
+            Ok(())
+        } else {
+            call.entry_rolled_back();
+            Err(KmsError::NotFound(format!("Policy {parsed} is not set.")))
         }
-        .await;
-        self.finish(call, r).await
     }
 
     /// Checks a new resource of `service` in `project` against the project's CMEK policies:
     /// `kms_key` is the key it will use (`None`: service-managed encryption). Read as the
     /// service itself, so the caller needs no org-policy permission.
-    pub async fn check_cmek_org_policies(
-        &self,
-        project: &str,
-        service: &str,
-        kms_key: Option<&str>,
-    ) -> Result<(), KmsError> {
+    pub(crate) async fn check_cmek(&self, project: &str, service: &str, kms_key: Option<&str>) -> Result<(), KmsError> {
         let non_cmek =
-            self.store.org_policy(&format!("projects/{project}/policies/{RESTRICT_NON_CMEK_SERVICES}")).await?;
+            self.repo.org_policy(&format!("projects/{project}/policies/{RESTRICT_NON_CMEK_SERVICES}")).await?;
         let key_projects =
-            self.store.org_policy(&format!("projects/{project}/policies/{RESTRICT_CMEK_CRYPTO_KEY_PROJECTS}")).await?;
+            self.repo.org_policy(&format!("projects/{project}/policies/{RESTRICT_CMEK_CRYPTO_KEY_PROJECTS}")).await?;
         match kms_key {
             None => {
                 if non_cmek.and_then(|p| p.policy.spec).is_some_and(|s| requires_cmek(&s, service)) {

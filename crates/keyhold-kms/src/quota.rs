@@ -29,13 +29,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use keyhold_iam::Principal;
 
-use crate::audit::AuditKind;
-use crate::caller::Caller;
-use crate::error::KmsError;
-use crate::service::Kms;
+use keyhold_audit::AuditKind;
+use keyhold_iam::Caller;
 
-/// The service name of Cloud KMS, the only service with cryptographic requests.
-const KMS_SERVICE: &str = "cloudkms.googleapis.com";
+/// The service name of Cloud KMS's own methods, the only service with cryptographic requests.
+pub(crate) const KMS_SERVICE: &str = "cloudkms.googleapis.com";
 
 /// The methods Cloud KMS counts as cryptographic requests (those Keyhold serves and those it
 /// may serve later; the audit log's method names).
@@ -425,10 +423,11 @@ fn acts_for_a_customer(p: &Principal) -> bool {
                 .is_some_and(|(_, d)| d.starts_with("gcp-sa-") && d.ends_with(".iam.gserviceaccount.com")))
 }
 
-impl Kms {
-    /// The quota buckets (how many are kept, the settings).
-    pub fn quotas(&self) -> &Quotas {
-        &self.quotas
+impl Quotas {
+    /// Whether calls of `caller` are counted: never when quotas are off, nor for services
+    /// acting for their customers (the store's agents, `service:` identities).
+    pub(crate) fn counts(&self, caller: &Caller) -> bool {
+        self.is_on() && !caller.principal.as_ref().is_some_and(acts_for_a_customer)
     }
 
     /// Waits for one of `project`'s in-flight slots for Cloud KMS calls (see
@@ -442,35 +441,10 @@ impl Kms {
         // Only Cloud KMS's own calls take a slot: they never make another call of the same
         // caller while in flight (the store's calls may, and a nested call waiting for a slot
         // its parent holds would wait forever).
-        if service != KMS_SERVICE || !self.quotas.is_on() || caller.principal.as_ref().is_some_and(acts_for_a_customer)
-        {
+        if service != KMS_SERVICE || !self.counts(caller) {
             return None;
         }
-        self.quotas.enter(project, service).await
-    }
-
-    /// Counts an authorized call of `project` against its quota, or refuses it with
-    /// `RESOURCE_EXHAUSTED` (which the call's audit entry then records).
-    pub(crate) async fn charge_quota(
-        &self,
-        caller: &Caller,
-        service: &'static str,
-        method: &str,
-        kind: AuditKind,
-        project: &str,
-    ) -> Result<(), KmsError> {
-        if !self.quotas.is_on() || caller.principal.as_ref().is_some_and(acts_for_a_customer) {
-            return Ok(());
-        }
-        let metric = QuotaMetric::of_call(service, method, kind);
-        match self.quotas.take(project, service, metric, self.clock.now().unix_nanos()) {
-            Ok(()) => Ok(()),
-            Err(exhausted) => Err(KmsError::QuotaExceeded {
-                service: service.to_string(),
-                project_number: self.project_number(project).await?,
-                exhausted,
-            }),
-        }
+        self.enter(project, service).await
     }
 }
 

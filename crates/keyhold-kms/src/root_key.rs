@@ -10,7 +10,7 @@ use std::path::Path;
 
 use keyhold_crypto::{AeadKey, CryptoError, KeyBytes, sealed};
 
-use crate::backends::BackendError;
+use crate::backend::ports::BackendError;
 
 /// Seals and unseals key material for storage. Async because the root key may live in an HSM
 /// (`--root-key pkcs11:...`), whose calls block and may fail with the token.

@@ -5,17 +5,19 @@
 //! With several nodes on one database every node runs the scheduler; compare-and-set updates
 //! make each destruction and each rotation happen exactly once.
 
-use std::future::Future;
 use std::sync::Arc;
 
-use keyhold_api::resources::{ProtectionLevel, VersionState};
+use keyhold_api::resources::VersionState;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName};
+use keyhold_iam::Caller;
 
-use crate::audit::AuditKind;
-use crate::backends::BackendError;
-use crate::caller::{Call, Caller};
+use crate::backend::Erasing;
+use crate::call::{Call, Op};
+use crate::clock::Clock;
 use crate::error::KmsError;
-use crate::service::Kms;
+use crate::keys::Keys;
+use crate::material::VersionMaterial;
+use crate::store::KmsStore;
 
 /// What one scheduler pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -26,18 +28,30 @@ pub struct DueWork {
     pub rotated: usize,
 }
 
-impl Kms {
+/// Runs what is due: a part of the KMS over its keys, which never sees the façade.
+#[derive(Debug)]
+pub(crate) struct Scheduler {
+    repo: Arc<dyn KmsStore>,
+    clock: Arc<dyn Clock>,
+    keys: Arc<Keys>,
+}
+
+impl Scheduler {
+    pub(crate) fn new(repo: Arc<dyn KmsStore>, clock: Arc<dyn Clock>, keys: Arc<Keys>) -> Self {
+        Self { repo, clock, keys }
+    }
+
     /// Destroys versions whose `destroyTime` has passed and rotates keys whose
     /// `nextRotationTime` has passed.
-    pub async fn run_due_work(&self) -> Result<DueWork, KmsError> {
+    pub(crate) async fn run_due_work(&self) -> Result<DueWork, KmsError> {
         let now = self.clock.now();
         let mut done = DueWork::default();
-        for name in self.store.versions_due_for_destruction(now).await? {
+        for name in self.repo.versions_due_for_destruction(now).await? {
             if self.complete_destruction(&name).await? {
                 done.destroyed += 1;
             }
         }
-        for name in self.store.keys_due_for_rotation(now).await? {
+        for name in self.repo.keys_due_for_rotation(now).await? {
             if self.rotate_if_due(&name).await? {
                 done.rotated += 1;
             }
@@ -49,22 +63,21 @@ impl Kms {
     async fn complete_destruction(&self, name: &CryptoKeyVersionName) -> Result<bool, KmsError> {
         let now = self.clock.now();
         let mut did = false;
-        let mut hsm_object = None;
+        let mut erased = None;
         let system = Caller::system("scheduler");
-        let call = Call::new(&system, "ScheduledDestruction", name.to_string(), AuditKind::Activity);
+        let call = Call::new(&system, Op::kms_write("ScheduledDestruction"), name.to_string());
         let result = self
+            .keys
             .modify_version(&call, name, |v, _| {
                 did = false;
-                hsm_object = None;
+                erased = None;
                 let due = v.version.destroy_time.is_some_and(|t| t <= now);
                 if v.version.state == Some(VersionState::DestroyScheduled) && due {
                     v.version.state = Some(VersionState::Destroyed);
                     v.version.destroy_time = None;
                     v.version.destroy_event_time = Some(now);
-                    if v.version.protection_level == Some(ProtectionLevel::Hsm) {
-                        hsm_object = v.material.clone().and_then(|m| String::from_utf8(m).ok());
-                    }
-                    v.material = None;
+                    erased =
+                        Some((v.version.protection_level, std::mem::replace(&mut v.material, VersionMaterial::Erased)));
                     did = true;
                 }
                 Ok(())
@@ -75,8 +88,8 @@ impl Kms {
                 if did {
                     tracing::info!(version = %name, "key version destroyed; its material is erased");
                 }
-                if let Some(object) = hsm_object {
-                    self.destroy_hsm_object(name, &object).await;
+                if let Some((level, material)) = erased {
+                    self.erase(name, level, &material).await;
                 }
                 Ok(did)
             }
@@ -86,22 +99,23 @@ impl Kms {
         }
     }
 
-    /// Removes a destroyed HSM version's key object from the token. The version is already
-    /// DESTROYED in the database, so Keyhold can never use the object again; if the token is
-    /// unavailable now the object stays behind, and the log line names it for the operator.
-    async fn destroy_hsm_object(&self, name: &CryptoKeyVersionName, object: &str) {
-        let Some(hsm) = self.config.backends.hsm.as_ref() else {
-            tracing::error!(version = %name, object, "no HSM configured: the destroyed version's token object remains");
-            return;
-        };
-        match hsm.destroy_key(object).await {
-            Ok(()) | Err(BackendError::KeyNotFound(_)) => {
-                tracing::info!(version = %name, object, "HSM key object destroyed");
-            }
-            Err(e) => tracing::error!(
-                version = %name, object, error = %e,
-                "cannot remove the destroyed version's key object from the HSM; remove it by hand (docs/operations.md)"
+    /// Removes a destroyed version's material from where it lives outside the database (an
+    /// HSM object). The version is already DESTROYED in the database, so Keyhold can never use
+    /// it again; if the backend is unavailable now the object stays behind, and the log line
+    /// names it for the operator.
+    async fn erase(
+        &self,
+        name: &CryptoKeyVersionName,
+        level: Option<keyhold_api::resources::ProtectionLevel>,
+        material: &VersionMaterial,
+    ) {
+        match self.keys.backends.for_level(level) {
+            Ok(backend) => backend.erase(name, material, Erasing::Destroyed).await,
+            Err(e) if matches!(material, VersionMaterial::Hsm(_)) => tracing::error!(
+                version = %name, ?material, error = %e,
+                "no HSM configured: the destroyed version's token object remains"
             ),
+            Err(_) => {}
         }
     }
 
@@ -111,8 +125,9 @@ impl Kms {
         let now = self.clock.now();
         let mut claimed = false;
         let system = Caller::system("scheduler");
-        let call = Call::new(&system, "AutomaticRotation", name.to_string(), AuditKind::Activity);
+        let call = Call::new(&system, Op::kms_write("AutomaticRotation"), name.to_string());
         let record = self
+            .keys
             .modify_key(&call, name, |record| {
                 claimed = false;
                 let key = &mut record.key;
@@ -135,40 +150,16 @@ impl Kms {
             return Ok(false);
         }
         let template = record.key.version_template.clone().unwrap_or_default();
-        let id = self.store.allocate_version_id(name).await?;
-        let version = self.new_version_record(&name.version(id), &template, VersionState::Enabled, None).await?;
-        let call = Call::new(&system, "CreateCryptoKeyVersion", name.to_string(), AuditKind::Activity);
+        let id = self.repo.allocate_version_id(name).await?;
+        let version = self.keys.new_version_record(&name.version(id), &template, VersionState::Enabled, None).await?;
+        let call = Call::new(&system, Op::kms_write("CreateCryptoKeyVersion"), name.to_string());
         call.set_key_version(version.name.to_string());
-        if let Err(e) = self.store.insert_version(&version, true, &call.success_entry()).await {
-            self.discard_unrecorded_material(&version, &e).await;
+        if let Err(e) = self.repo.insert_version(&version, true, &call.success_entry()).await {
+            self.keys.discard_unrecorded_material(&version, &e).await;
             return Err(e.into());
         }
-        self.key_changed(name);
+        self.keys.key_changed(name);
         tracing::info!(key = %name, version = id, "key rotated automatically");
         Ok(true)
-    }
-
-    /// Runs the scheduler and the cross-node cache sync until `shutdown` resolves.
-    pub async fn run_background(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
-        let mut due = tokio::time::interval(self.config.scheduler_interval);
-        let mut sync = tokio::time::interval(self.config.change_poll_interval);
-        due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                _ = due.tick() => {
-                    if let Err(e) = self.run_due_work().await {
-                        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "scheduled key work failed; will retry");
-                    }
-                }
-                _ = sync.tick() => {
-                    if let Err(e) = self.sync_with_store().await {
-                        tracing::warn!(error = %e, "cannot poll the store for changes; will retry");
-                    }
-                }
-            }
-        }
     }
 }

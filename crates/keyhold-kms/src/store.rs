@@ -10,7 +10,9 @@ use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 
-use crate::audit::{AuditRecord, StoredAuditEntry};
+use keyhold_audit::{AuditRecord, StoredAuditEntry};
+
+use crate::material::VersionMaterial;
 
 /// Store failures, classified by kind (never by message).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,9 +53,10 @@ pub struct VersionRecord {
     pub name: CryptoKeyVersionName,
     /// The resource as returned to clients.
     pub version: CryptoKeyVersion,
-    /// Key material in its backend's at-rest form (for SOFTWARE: sealed by the root key).
-    /// `None` once destroyed: the store overwrites it.
-    pub material: Option<Vec<u8>>,
+    /// Key material in its protection level's at-rest form (SOFTWARE: sealed by the root key;
+    /// HSM: the token object's reference; EXTERNAL: the key's URI). [`VersionMaterial::Erased`]
+    /// once destroyed: the store overwrites it.
+    pub material: VersionMaterial,
     /// Compare-and-set revision (set by the store).
     pub revision: i64,
 }
@@ -63,7 +66,7 @@ impl std::fmt::Debug for VersionRecord {
         f.debug_struct("VersionRecord")
             .field("name", &self.name.to_string())
             .field("version", &self.version)
-            .field("material", &self.material.as_ref().map(|_| "[sealed]"))
+            .field("material", &self.material)
             .field("revision", &self.revision)
             .finish()
     }

@@ -375,16 +375,6 @@ pub(crate) const READ_AUDIT_DESC: &str = "SELECT seq, entry, prev_hash, hash FRO
 pub(crate) const AUDIT_CHAIN: &str =
     "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn audit_reads_share_one_filter() {
-        let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(norm(super::READ_AUDIT_ASC).contains(&norm(super::AUDIT_FILTER)));
-        assert!(norm(super::READ_AUDIT_DESC).contains(&norm(super::AUDIT_FILTER)));
-    }
-}
-
 pub(crate) const GET_ORG_POLICY: &str =
     "SELECT name, project, policy, update_nanos, revision FROM org_policies WHERE name = $1";
 pub(crate) const LIST_ORG_POLICIES: &str =
@@ -558,3 +548,13 @@ pub(crate) const DELETE_OBJECT_CHUNKS: &str = "DELETE FROM store_chunks WHERE in
 pub(crate) const DELETE_OBJECT: &str = "DELETE FROM store_objects WHERE instance = $1 AND name = $2";
 pub(crate) const GET_CHUNK: &str = "SELECT wrapped_dek, data FROM store_chunks \
      WHERE instance = $1 AND object = $2 AND generation = $3 AND idx = $4";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn audit_reads_share_one_filter() {
+        let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(norm(super::READ_AUDIT_ASC).contains(&norm(super::AUDIT_FILTER)));
+        assert!(norm(super::READ_AUDIT_DESC).contains(&norm(super::AUDIT_FILTER)));
+    }
+}

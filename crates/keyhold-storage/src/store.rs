@@ -5,6 +5,7 @@ use keyhold_api::iam::Policy;
 use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
+use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
 use keyhold_kms::store::{
     AuditQuery, CryptoKeyRecord, KmsStore, OrgPolicyRecord, PolicyRecord, ProjectRecord, ServiceIdentityRecord,
@@ -54,12 +55,9 @@ fn key_record(row: &Row) -> Result<CryptoKeyRecord, StoreError> {
 }
 
 fn version_record(row: &Row) -> Result<VersionRecord, StoreError> {
-    Ok(VersionRecord {
-        name: name(&row[0])?,
-        version: from_json::<CryptoKeyVersion>(&row[1])?,
-        material: row[2].opt_blob()?,
-        revision: row[3].int()?,
-    })
+    let version = from_json::<CryptoKeyVersion>(&row[1])?;
+    let material = VersionMaterial::from_column(&version, row[2].opt_blob()?).map_err(StoreError::Corrupt)?;
+    Ok(VersionRecord { name: name(&row[0])?, version, material, revision: row[3].int()? })
 }
 
 fn nanos(t: Option<Timestamp>) -> Value {
@@ -72,7 +70,7 @@ fn version_params(v: &VersionRecord) -> Result<Vec<Value>, StoreError> {
         Value::Text(v.name.crypto_key.to_string()),
         Value::Int(v.name.version as i64),
         to_json(&v.version)?,
-        Value::OptBlob(v.material.clone()),
+        Value::OptBlob(v.material.to_column()),
         nanos(v.version.destroy_time),
     ])
 }
@@ -353,10 +351,10 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
     }
 
     async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, StoreError> {
-        let erased = version.material.is_none();
+        let erased = version.material.is_erased();
         let params = vec![
             to_json(&version.version)?,
-            Value::OptBlob(version.material.clone()),
+            Value::OptBlob(version.material.to_column()),
             nanos(version.version.destroy_time),
             Value::Text(version.name.to_string()),
             Value::Int(version.revision),

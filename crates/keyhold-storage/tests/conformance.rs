@@ -19,6 +19,7 @@ use keyhold_api::orgpolicy::OrgPolicy;
 use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing, VersionState};
 use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
+use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditKind, AuditRecord, ChainVerdict, verify_chain};
 use keyhold_kms::store::{
     AuditQuery, CryptoKeyRecord, KmsStore, OrgPolicyRecord, ProjectRecord, ServiceIdentityRecord, StoreError,
@@ -183,7 +184,7 @@ fn version_record(key: &CryptoKeyName, id: u64, state: VersionState) -> VersionR
     VersionRecord {
         version: CryptoKeyVersion { name: name.to_string(), state: Some(state), ..Default::default() },
         name,
-        material: Some(vec![id as u8; 40]),
+        material: VersionMaterial::Sealed(vec![id as u8; 40]),
         revision: 0,
     }
 }
@@ -254,7 +255,7 @@ async fn crypto_key_with_first_version_is_atomic(db: Opened) {
     assert_eq!(key.primary_version, Some(1));
     assert_eq!(key.key.name, kn.to_string());
     let v1 = s.version(&CryptoKeyVersionName { crypto_key: kn.clone(), version: 1 }).await.unwrap().unwrap();
-    assert_eq!(v1.material, Some(vec![1u8; 40]));
+    assert_eq!(v1.material, VersionMaterial::Sealed(vec![1u8; 40]));
     assert_eq!(v1.version.state, Some(VersionState::Enabled));
 
     // Without a first version.
@@ -394,13 +395,16 @@ async fn versions_are_listed_by_id_and_updated_by_compare_and_set(db: Opened) {
     let read = s.version(&v2name).await.unwrap().unwrap();
     let mut destroyed = read.clone();
     destroyed.version.state = Some(VersionState::Destroyed);
-    destroyed.material = None;
+    destroyed.material = VersionMaterial::Erased;
     let c = s.change_counter().await.unwrap();
     let rev = s.update_version(&destroyed, &audit("DestroyCryptoKeyVersion", &v2name.to_string())).await.unwrap();
     assert_ne!(rev, read.revision);
     advanced(s, c, "update_version").await;
     let stored = s.version(&v2name).await.unwrap().unwrap();
-    assert_eq!((stored.version.state, stored.material, stored.revision), (Some(VersionState::Destroyed), None, rev));
+    assert_eq!(
+        (stored.version.state, stored.material, stored.revision),
+        (Some(VersionState::Destroyed), VersionMaterial::Erased, rev)
+    );
 
     // The stale reader loses.
     let mut stale = read;

@@ -14,7 +14,7 @@ use keyhold_crypto::{KeyBytes, Secret};
 use keyhold_hsm::{HsmError, HsmKeyRef, HsmToken};
 use keyhold_kms::root_key::RootKey;
 use keyhold_kms::store::KmsStore;
-use keyhold_kms::{BackendError, HsmBackend};
+use keyhold_kms::{BackendError, HsmBackend, HsmObjectRef, VersionMaterial};
 use keyhold_storage::Database;
 
 fn backend_error(e: HsmError) -> BackendError {
@@ -28,8 +28,8 @@ fn backend_error(e: HsmError) -> BackendError {
     }
 }
 
-fn key_ref(key: &str) -> Result<HsmKeyRef, BackendError> {
-    key.parse().map_err(|e: HsmError| BackendError::InvalidInput(format!("bad HSM key reference: {e}")))
+fn key_ref(key: &HsmObjectRef) -> Result<HsmKeyRef, BackendError> {
+    key.as_str().parse().map_err(|e: HsmError| BackendError::InvalidInput(format!("bad HSM key reference: {e}")))
 }
 
 /// HSM key versions live in this token.
@@ -38,19 +38,19 @@ pub struct TokenBackend(pub HsmToken);
 
 #[async_trait]
 impl HsmBackend for TokenBackend {
-    async fn generate_key(&self, label: &str) -> Result<String, BackendError> {
-        self.0.generate_key(label).await.map(|k| k.to_string()).map_err(backend_error)
+    async fn generate_key(&self, label: &str) -> Result<HsmObjectRef, BackendError> {
+        self.0.generate_key(label).await.map(|k| HsmObjectRef::new(k.to_string())).map_err(backend_error)
     }
 
-    async fn encrypt(&self, key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, BackendError> {
+    async fn encrypt(&self, key: &HsmObjectRef, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, BackendError> {
         self.0.encrypt(&key_ref(key)?, plaintext, aad).await.map_err(backend_error)
     }
 
-    async fn decrypt(&self, key: &str, blob: &[u8], aad: &[u8]) -> Result<Secret, BackendError> {
+    async fn decrypt(&self, key: &HsmObjectRef, blob: &[u8], aad: &[u8]) -> Result<Secret, BackendError> {
         self.0.decrypt(&key_ref(key)?, blob, aad).await.map_err(backend_error)
     }
 
-    async fn destroy_key(&self, key: &str) -> Result<(), BackendError> {
+    async fn destroy_key(&self, key: &HsmObjectRef) -> Result<(), BackendError> {
         self.0.destroy_key(&key_ref(key)?).await.map_err(backend_error)
     }
 
@@ -58,7 +58,7 @@ impl HsmBackend for TokenBackend {
         self.0.random_bytes(n).await.map_err(backend_error)
     }
 
-    async fn attestation(&self, key: &str) -> Result<String, BackendError> {
+    async fn attestation(&self, key: &HsmObjectRef) -> Result<String, BackendError> {
         let info = self.0.info().await.map_err(backend_error)?;
         let certified = if info.is_software_token() {
             "This is a software token, not a certified HSM: the key is non-extractable only as far as the software enforces it."
@@ -67,7 +67,7 @@ impl HsmBackend for TokenBackend {
         };
         Ok(serde_json::json!({
             "statement": format!("Keyhold generated this AES-256 key inside the PKCS#11 token with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false; every encrypt and decrypt runs in the token. {certified}"),
-            "keyObject": key,
+            "keyObject": key.as_str(),
             "token": info.description(),
             "tokenLabel": info.token_label,
             "manufacturer": info.token_manufacturer,
@@ -191,7 +191,10 @@ async fn survey(token: &HsmToken, store: &dyn KmsStore) -> Result<(usize, Vec<Or
         let why = match stored {
             None => "no such version in the database".to_string(),
             Some(v) => {
-                let named = v.material.as_deref().and_then(|m| std::str::from_utf8(m).ok()?.parse::<HsmKeyRef>().ok());
+                let named = match &v.material {
+                    VersionMaterial::Hsm(object) => object.as_str().parse::<HsmKeyRef>().ok(),
+                    _ => None,
+                };
                 match named {
                     Some(k) if k == key => {
                         live += 1;
@@ -234,7 +237,8 @@ pub async fn reconcile(
         if v.version.protection_level != Some(ProtectionLevel::Hsm) {
             continue;
         }
-        let Some(object) = v.material.as_deref().and_then(|m| std::str::from_utf8(m).ok()) else { continue };
+        let VersionMaterial::Hsm(object) = &v.material else { continue };
+        let object = object.as_str();
         let Ok(key) = object.parse::<HsmKeyRef>() else {
             missing.push((v.name.to_string(), format!("{object} (not a valid object reference)")));
             continue;

@@ -1,13 +1,7 @@
-//! Where key material lives for the protection levels other than SOFTWARE ([K4], [K11]).
-//!
-//! * `HSM`: the material is generated inside a PKCS#11 token and never leaves it; the database
-//!   holds only the token object's reference ([`HsmBackend`]).
-//! * `EXTERNAL`: Keyhold holds no material at all; every encrypt and decrypt is a wrap or unwrap
-//!   call to the external key manager named by the version's `externalKeyUri`
-//!   ([`ExternalKeyManager`]), which sees the access reason and may refuse.
-//!
-//! The traits live here, in the domain, so the KMS does not depend on PKCS#11 or HTTP; the
-//! `keyhold-hsm` and `keyhold-ekm` crates implement them and the binary plugs them in.
+//! The ports through which the KMS reaches key material it does not hold: a PKCS#11 token
+//! ([`HsmBackend`], implemented by the binary over `keyhold-hsm`) and an external key manager
+//! ([`ExternalKeyManager`], implemented by `keyhold-ekm`). They live here, in the domain, so the
+//! KMS depends on neither PKCS#11 nor HTTP.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,6 +9,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyhold_api::resources::AccessReason;
 use keyhold_crypto::Secret;
+
+use crate::material::HsmObjectRef;
 
 /// Why a backend could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,18 +39,18 @@ pub enum BackendError {
 pub trait HsmBackend: Send + Sync + fmt::Debug + 'static {
     /// Generates a new non-extractable AES-256 key labelled `label` inside the token; returns
     /// the reference the database keeps (no material).
-    async fn generate_key(&self, label: &str) -> Result<String, BackendError>;
+    async fn generate_key(&self, label: &str) -> Result<HsmObjectRef, BackendError>;
     /// AES-256-GCM inside the token; the output is the token's own blob.
-    async fn encrypt(&self, key: &str, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, BackendError>;
+    async fn encrypt(&self, key: &HsmObjectRef, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, BackendError>;
     /// Opens what [`HsmBackend::encrypt`] made with the same key and `aad`.
-    async fn decrypt(&self, key: &str, blob: &[u8], aad: &[u8]) -> Result<Secret, BackendError>;
+    async fn decrypt(&self, key: &HsmObjectRef, blob: &[u8], aad: &[u8]) -> Result<Secret, BackendError>;
     /// Removes the key object from the token. A key already gone is [`BackendError::KeyNotFound`].
-    async fn destroy_key(&self, key: &str) -> Result<(), BackendError>;
+    async fn destroy_key(&self, key: &HsmObjectRef) -> Result<(), BackendError>;
     /// `n` bytes from the token's random number generator.
     async fn random_bytes(&self, n: usize) -> Result<Secret, BackendError>;
     /// An honest statement of what the token is and how the key is held, for a version's
     /// `attestation` section.
-    async fn attestation(&self, key: &str) -> Result<String, BackendError>;
+    async fn attestation(&self, key: &HsmObjectRef) -> Result<String, BackendError>;
 }
 
 /// What the external key manager is told about a wrap or unwrap.

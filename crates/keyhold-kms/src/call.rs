@@ -1,15 +1,60 @@
-//! Who is calling, and the bookkeeping of one call: its authorization and its audit entry.
+//! The envelope of every call: who is calling, its authorization (IAM, then the project's
+//! quota) and its one audit entry. [`Gate::run`] is the one combinator every method of the
+//! [`crate::Kms`] façade goes through: check, run the body, record the outcome.
+//!
+//! The gate is made of parts that never see the façade: the [`Authorizer`] (IAM policies and
+//! projects), the [`Quotas`] and the [`AuditWriter`].
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use keyhold_iam::{Permission, Principal};
 
-use crate::audit::{AccessDecision, AuditKind, AuditRecord};
+use std::sync::Arc;
+
+use crate::audit::{AccessDecision, AuditKind, AuditRecord, AuditWriter};
+use crate::authz::Authorizer;
+use crate::clock::Clock;
 use crate::error::KmsError;
-use crate::service::Kms;
+use crate::quota::{KMS_SERVICE, QuotaMetric, Quotas};
 
 pub use keyhold_iam::Caller;
+
+/// What a method is, for its envelope: the service and method its audit entry names, and
+/// which audit log stream it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Op {
+    pub(crate) service: &'static str,
+    pub(crate) method: &'static str,
+    pub(crate) kind: AuditKind,
+}
+
+impl Op {
+    /// A Cloud KMS method that changes something (Admin Activity log).
+    pub(crate) const fn kms_write(method: &'static str) -> Self {
+        Self { service: KMS_SERVICE, method, kind: AuditKind::Activity }
+    }
+    /// A Cloud KMS method that reads or uses a key (Data Access log).
+    pub(crate) const fn kms_read(method: &'static str) -> Self {
+        Self { service: KMS_SERVICE, method, kind: AuditKind::DataAccess }
+    }
+    /// A method of another service the KMS hosts (Resource Manager, IAM, Logging, ...).
+    pub(crate) const fn of(service: &'static str, method: &'static str, kind: AuditKind) -> Self {
+        Self { service, method, kind }
+    }
+}
+
+/// What [`Gate::run`] checks before the body runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Check<'r> {
+    /// The caller must hold the permission on the resource (and its ancestors' policies).
+    Permission(Permission, &'r str),
+    /// The caller must be authenticated; the body decides the rest.
+    Authenticated,
+    /// The body checks (its order of checks is part of the method's contract, for example a
+    /// name validated before the permission is looked up).
+    InBody,
+}
 
 /// One call in progress: builds its audit entry and makes sure exactly one outcome is recorded.
 #[derive(Debug)]
@@ -29,23 +74,13 @@ pub(crate) struct Call<'a> {
 }
 
 impl<'a> Call<'a> {
-    pub(crate) fn new(caller: &'a Caller, method: &'static str, resource: String, kind: AuditKind) -> Self {
-        Self::for_service(caller, "cloudkms.googleapis.com", method, resource, kind)
-    }
-
-    pub(crate) fn for_service(
-        caller: &'a Caller,
-        service: &'static str,
-        method: &'static str,
-        resource: String,
-        kind: AuditKind,
-    ) -> Self {
+    pub(crate) fn new(caller: &'a Caller, op: Op, resource: String) -> Self {
         Self {
             caller,
-            service,
-            method,
+            service: op.service,
+            method: op.method,
             resource,
-            kind,
+            kind: op.kind,
             permission: Mutex::new(None),
             key_version: Mutex::new(None),
             access_decision: Mutex::new(None),
@@ -102,7 +137,7 @@ impl<'a> Call<'a> {
     }
 
     /// The entry to commit together with the call's change. Once the change commits, the call
-    /// is recorded; if the transaction fails, [`Kms::finish`] records the failure instead.
+    /// is recorded; if the transaction fails, [`Gate::finish`] records the failure instead.
     /// Undoes [`Call::success_entry`] when the transaction that carried the entry was rolled
     /// back but the call goes on to succeed another way.
     pub(crate) fn entry_rolled_back(&self) {
@@ -115,7 +150,46 @@ impl<'a> Call<'a> {
     }
 }
 
-impl Kms {
+/// The envelope of every call: authorization, quotas and the audit log.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    pub(crate) authz: Arc<Authorizer>,
+    pub(crate) quotas: Quotas,
+    pub(crate) audit: AuditWriter,
+    clock: Arc<dyn Clock>,
+}
+
+impl Gate {
+    pub(crate) fn new(authz: Arc<Authorizer>, quotas: Quotas, audit: AuditWriter, clock: Arc<dyn Clock>) -> Self {
+        Self { authz, quotas, audit, clock }
+    }
+
+    /// The one envelope: starts the call's audit entry, makes `check`, runs `body`, and
+    /// records the outcome (unless the body committed its success entry with its change).
+    /// Every public method of the façade is one `run`.
+    pub(crate) async fn run<T>(
+        &self,
+        caller: &Caller,
+        op: Op,
+        resource: String,
+        check: Check<'_>,
+        body: impl AsyncFnOnce(&Call<'_>) -> Result<T, KmsError>,
+    ) -> Result<T, KmsError> {
+        let call = Call::new(caller, op, resource);
+        let result = async {
+            match check {
+                Check::Permission(permission, on) => self.authorize(&call, permission, on).await?,
+                Check::Authenticated => {
+                    self.authenticated(&call)?;
+                }
+                Check::InBody => {}
+            }
+            body(&call).await
+        }
+        .await;
+        self.finish(call, result).await
+    }
+
     /// Records the call's outcome unless its success entry was committed with its change, and
     /// passes the result on. If the entry cannot be written the call fails: an unaudited
     /// answer is never given.
@@ -142,7 +216,7 @@ impl Kms {
     ) -> Result<(), KmsError> {
         let granted = match &call.caller.principal {
             None => return Err(KmsError::Unauthenticated { missing: call.caller.credential_missing }),
-            Some(p) => self.iam.has_permission(self, p, call.caller.anonymous, permission, resource).await?,
+            Some(p) => self.authz.has_permission(p, call.caller.anonymous, permission, resource).await?,
         };
         let first_check = call.permission.lock().unwrap_or_else(|e| e.into_inner()).is_none();
         call.set_permission(permission, granted);
@@ -150,27 +224,81 @@ impl Kms {
             return Err(KmsError::PermissionDenied { permission, resource: resource.to_string() });
         }
         if let Some(project) = keyhold_iam::project_of(resource) {
-            self.iam.ensure_project(self, project).await?;
+            self.authz.ensure_project(project).await?;
             // Quotas (hardening 15): once per call, only after the caller is authenticated and
             // allowed (so nobody spends another project's quota, and only existing projects
             // are counted); a refusal is audited like any other outcome.
             if first_check {
-                let slot = self.enter_project(call.caller, call.service, project).await;
+                let slot = self.quotas.enter_project(call.caller, call.service, project).await;
                 *call.in_flight.lock().unwrap_or_else(|e| e.into_inner()) = slot;
-                self.charge_quota(call.caller, call.service, call.method, call.kind, project).await?;
+                self.charge_quota(call, project).await?;
             }
         }
         Ok(())
+    }
+
+    /// Counts an authorized call of `project` against its quota, or refuses it with
+    /// `RESOURCE_EXHAUSTED` (which the call's audit entry then records).
+    async fn charge_quota(&self, call: &Call<'_>, project: &str) -> Result<(), KmsError> {
+        if !self.quotas.counts(call.caller) {
+            return Ok(());
+        }
+        let metric = QuotaMetric::of_call(call.service, call.method, call.kind);
+        match self.quotas.take(project, call.service, metric, self.clock.now().unix_nanos()) {
+            Ok(()) => Ok(()),
+            Err(exhausted) => Err(KmsError::QuotaExceeded {
+                service: call.service.to_string(),
+                project_number: self.authz.project_record(project).await?.project_number,
+                exhausted,
+            }),
+        }
     }
 
     /// Fails unless the caller authenticated (for calls that need no permission).
     pub(crate) fn authenticated<'c>(&self, call: &Call<'c>) -> Result<&'c Principal, KmsError> {
         call.caller.principal.as_ref().ok_or(KmsError::Unauthenticated { missing: call.caller.credential_missing })
     }
+
+    /// Starts a call to `service`: checks that the caller holds `permission` on `resource`.
+    /// A refusal is recorded at once and returned; on success the caller must hand the call
+    /// to [`Gate::finish_service_call`] with its outcome.
+    pub(crate) async fn begin_service_call<'a>(
+        &self,
+        caller: &'a Caller,
+        op: Op,
+        resource: String,
+        permission: Permission,
+    ) -> Result<ServiceCall<'a>, KmsError> {
+        let call = Call::new(caller, op, resource.clone());
+        match self.authorize(&call, permission, &resource).await {
+            Ok(()) => Ok(ServiceCall(call)),
+            Err(e) => self.finish(call, Err(e)).await,
+        }
+    }
+
+    /// Records the outcome of a service call (`code` 0 for success, else a `google.rpc.Code`
+    /// number and the message the caller was given), unless its success entry was committed
+    /// with its change ([`ServiceCall::success_entry`]). Fails if the entry cannot be written:
+    /// the service must then not answer as if the call had succeeded.
+    pub(crate) async fn finish_service_call(
+        &self,
+        call: ServiceCall<'_>,
+        code: i32,
+        message: String,
+    ) -> Result<(), KmsError> {
+        if code == 0 && call.0.committed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let entry = call.0.record_status(code, message);
+        self.audit.record(entry).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log; refusing the request");
+            KmsError::Unavailable(e)
+        })
+    }
 }
 
 /// A call to another service built on the KMS's identities, IAM and audit log (the store):
-/// authorized by [`Kms::begin_service_call`], recorded by [`Kms::finish_service_call`].
+/// authorized by [`crate::Kms::begin_service_call`], recorded by [`crate::Kms::finish_service_call`].
 #[derive(Debug)]
 pub struct ServiceCall<'a>(Call<'a>);
 
@@ -187,46 +315,9 @@ impl ServiceCall<'_> {
 
     /// The call's success entry, for the service to commit in the same transaction as the
     /// change that makes the call succeed (as the KMS's own changes do): a failing audit write
-    /// then leaves no change. Once handed out, [`Kms::finish_service_call`] records a success
+    /// then leaves no change. Once handed out, [`crate::Kms::finish_service_call`] records a success
     /// no more (a failure still is).
     pub fn success_entry(&self) -> AuditRecord {
         self.0.success_entry()
-    }
-}
-
-impl Kms {
-    /// Starts a call to `service`: checks that the caller holds `permission` on `resource`.
-    /// A refusal is recorded at once and returned; on success the caller must hand the call
-    /// to [`Kms::finish_service_call`] with its outcome.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn begin_service_call<'a>(
-        &self,
-        caller: &'a Caller,
-        service: &'static str,
-        method: &'static str,
-        resource: String,
-        kind: AuditKind,
-        permission: Permission,
-    ) -> Result<ServiceCall<'a>, KmsError> {
-        let call = Call::for_service(caller, service, method, resource.clone(), kind);
-        match self.authorize(&call, permission, &resource).await {
-            Ok(()) => Ok(ServiceCall(call)),
-            Err(e) => self.finish(call, Err(e)).await,
-        }
-    }
-
-    /// Records the outcome of a service call (`code` 0 for success, else a `google.rpc.Code`
-    /// number and the message the caller was given), unless its success entry was committed
-    /// with its change ([`ServiceCall::success_entry`]). Fails if the entry cannot be written:
-    /// the service must then not answer as if the call had succeeded.
-    pub async fn finish_service_call(&self, call: ServiceCall<'_>, code: i32, message: String) -> Result<(), KmsError> {
-        if code == 0 && call.0.committed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let entry = call.0.record_status(code, message);
-        self.audit.record(entry).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot write the audit log; refusing the request");
-            KmsError::Unavailable(e)
-        })
     }
 }
