@@ -95,3 +95,62 @@ impl fmt::Display for HsmObjectRef {
         f.write_str(&self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use keyhold_api::resources::ExternalProtectionLevelOptions;
+
+    use super::*;
+
+    fn version(level: ProtectionLevel, state: VersionState, uri: Option<&str>) -> CryptoKeyVersion {
+        CryptoKeyVersion {
+            name: "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1".into(),
+            state: Some(state),
+            protection_level: Some(level),
+            external_protection_level_options: uri.map(|u| ExternalProtectionLevelOptions {
+                external_key_uri: u.into(),
+                ekm_connection_key_path: String::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_level_round_trips_through_the_column() {
+        let cases = [
+            (version(ProtectionLevel::Software, VersionState::Enabled, None), VersionMaterial::Sealed(vec![7; 60])),
+            (
+                version(ProtectionLevel::Hsm, VersionState::Enabled, None),
+                VersionMaterial::Hsm(HsmObjectRef::new("token-1/4b2f")),
+            ),
+            (
+                version(ProtectionLevel::External, VersionState::Disabled, Some("https://ekm.example/keys/k")),
+                VersionMaterial::External("https://ekm.example/keys/k".into()),
+            ),
+            (version(ProtectionLevel::Software, VersionState::Destroyed, None), VersionMaterial::Erased),
+            (version(ProtectionLevel::Hsm, VersionState::Destroyed, None), VersionMaterial::Erased),
+        ];
+        for (v, material) in cases {
+            let column = material.to_column();
+            assert_eq!(VersionMaterial::from_column(&v, column).unwrap(), material, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_column_holds_no_uri_and_a_destroyed_external_version_has_nothing() {
+        let m = VersionMaterial::External("https://ekm.example/keys/k".into());
+        assert_eq!(m.to_column(), None, "the URI lives in the version's JSON, not in the material column");
+        let destroyed = version(ProtectionLevel::External, VersionState::Destroyed, Some("https://ekm.example/keys/k"));
+        assert!(VersionMaterial::from_column(&destroyed, None).unwrap().is_erased());
+        let no_uri = version(ProtectionLevel::External, VersionState::Enabled, Some(""));
+        assert!(VersionMaterial::from_column(&no_uri, None).unwrap().is_erased());
+    }
+
+    #[test]
+    fn a_bad_hsm_reference_is_corrupt_and_sealed_bytes_never_print() {
+        let hsm = version(ProtectionLevel::Hsm, VersionState::Enabled, None);
+        assert!(VersionMaterial::from_column(&hsm, Some(vec![0xff, 0xfe])).is_err());
+        let printed = format!("{:?}", VersionMaterial::Sealed(b"secret-sealed-bytes".to_vec()));
+        assert!(!printed.contains("secret") && printed.contains("[sealed]"), "{printed}");
+    }
+}

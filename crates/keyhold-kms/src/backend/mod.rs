@@ -85,3 +85,28 @@ impl Backends {
         &self.software
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use keyhold_api::Code;
+
+    use super::*;
+    use crate::root_key::LocalRootKey;
+
+    #[test]
+    fn each_level_is_served_by_its_backend_or_says_how_to_get_one() {
+        let root: Arc<dyn RootKey> = Arc::new(LocalRootKey::ephemeral().unwrap());
+        let backends = Backends::new(root, &KeyBackends::default());
+        assert!(backends.for_level(Some(ProtectionLevel::Software)).is_ok());
+        for (level, flag) in
+            [(ProtectionLevel::Hsm, "--pkcs11-module"), (ProtectionLevel::External, "--ekm-credentials-file")]
+        {
+            let e = backends.for_level(Some(level)).unwrap_err();
+            assert_eq!(e.code(), Code::Unimplemented, "{level}");
+            assert!(e.to_string().contains(flag), "{e}");
+        }
+        let e = backends.for_level(Some(ProtectionLevel::ExternalVpc)).unwrap_err();
+        assert_eq!(e.code(), Code::Unimplemented);
+        assert_eq!(backends.for_level(None).unwrap_err().code(), Code::Internal);
+    }
+}
