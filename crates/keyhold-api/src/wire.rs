@@ -107,6 +107,9 @@ impl Timestamp {
         i64::try_from(self.unix_nanos()).unwrap_or(i64::MAX)
     }
     /// This time plus a duration, saturating at the representable range.
+    // Not `std::ops::Add`: callers across the workspace write `t.add(d)` without importing the
+    // trait, and the saturating, never-panicking behaviour is the point of this method.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, d: ProtoDuration) -> Self {
         Self::from_unix_nanos(self.unix_nanos().saturating_add(d.as_nanos())).unwrap_or(self)
     }
@@ -363,6 +366,16 @@ mod tests {
         assert!(serde_json::from_str::<Color>("2").is_err());
         assert!(serde_json::from_str::<Color>("\"blue\"").is_err());
         assert_eq!(serde_json::to_string(&Color::Red).unwrap(), "\"RED\"");
+    }
+
+    #[test]
+    fn enums_list_every_value_with_its_number() {
+        assert_eq!(Color::ALL, &[Color::Red, Color::Blue]);
+        for c in Color::ALL {
+            assert_eq!(Color::from_number(i64::from(c.number())), Some(*c));
+            assert_eq!(Color::from_name(c.as_str()), Some(*c));
+        }
+        assert_eq!(Color::Blue.number(), 5);
     }
 
     #[test]

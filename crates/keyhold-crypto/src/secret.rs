@@ -135,6 +135,19 @@ impl fmt::Debug for KeyBytes {
     }
 }
 
+/// Mutable access for in-place decryption inside this crate only.
+pub(crate) fn as_mut_slice(s: &mut Secret) -> &mut [u8] {
+    &mut s.0
+}
+
+/// Shortens a secret in place, wiping the cut-off tail first.
+pub(crate) fn truncate(s: &mut Secret, len: usize) {
+    if len < s.0.len() {
+        s.0[len..].zeroize();
+        s.0.truncate(len);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,18 +199,5 @@ mod tests {
         assert!(s.ct_eq(b"token"));
         assert!(!s.ct_eq(b"tokem"));
         assert!(!s.ct_eq(b"toke"));
-    }
-}
-
-/// Mutable access for in-place decryption inside this crate only.
-pub(crate) fn as_mut_slice(s: &mut Secret) -> &mut [u8] {
-    &mut s.0
-}
-
-/// Shortens a secret in place, wiping the cut-off tail first.
-pub(crate) fn truncate(s: &mut Secret, len: usize) {
-    if len < s.0.len() {
-        s.0[len..].zeroize();
-        s.0.truncate(len);
     }
 }

@@ -278,7 +278,7 @@ async fn handle(
         }
         (Target::Location(name), None, Method::GET) => json(&kms.location(caller, &name).await?, pretty),
         (Target::Location(name), Some("generateRandomBytes"), Method::POST) => {
-            let req: keyhold_api::messages::GenerateRandomBytesRequest = body(&bytes)?;
+            let req: keyhold_api::messages::GenerateRandomBytesRequest = body(bytes)?;
             json(&kms.generate_random_bytes(caller, &name, &req).await?, pretty)
         }
 

@@ -149,7 +149,7 @@ pub(crate) async fn instances(
     let path = format!("{parent}/instances");
     let (path, state, headers) = (&path, &state, &headers);
     with_caller(state, headers, path, |caller| async move {
-        let store = store(&state)?;
+        let store = store(state)?;
         let q = query(q)?;
         match method {
             Method::GET => Ok(json(&store.list_instances(&caller, &parent, &list_request(&q)?).await?)),
@@ -180,29 +180,29 @@ pub(crate) async fn instance(
     let name = format!("projects/{project}/locations/{location}/instances/{id}");
     let (name, state, headers) = (&name, &state, &headers);
     with_caller(state, headers, name, |caller| async move {
-        let store = store(&state)?;
+        let store = store(state)?;
         query(q)?;
         match (verb.as_deref(), method) {
-            (None, Method::GET) => Ok(json(&store.get_instance(&caller, &name).await?)),
+            (None, Method::GET) => Ok(json(&store.get_instance(&caller, name).await?)),
             (None, Method::DELETE) => {
-                store.delete_instance(&caller, &name).await?;
+                store.delete_instance(&caller, name).await?;
                 Ok(json(&serde_json::json!({})))
             }
             (Some("rewrap"), Method::POST) => {
                 empty_body(&bytes)?;
-                Ok(json(&store.rewrap(&caller, &name).await?))
+                Ok(json(&store.rewrap(&caller, name).await?))
             }
             (Some("reencrypt"), Method::POST) => {
                 empty_body(&bytes)?;
-                Ok(json(&store.reencrypt(&caller, &name).await?))
+                Ok(json(&store.reencrypt(&caller, name).await?))
             }
             (Some("clone"), Method::POST) => {
                 let req: CloneInstanceRequest = parse_body(&bytes)?;
-                Ok(json(&store.clone_instance(&caller, &name, req).await?))
+                Ok(json(&store.clone_instance(&caller, name, req).await?))
             }
             (Some("export"), Method::POST) => {
                 let req: ExportInstanceRequest = parse_body(&bytes)?;
-                Ok(json(&store.export_instance(&caller, &name, req).await?))
+                Ok(json(&store.export_instance(&caller, name, req).await?))
             }
             (v, m) => Err(not_a_method(&m, &format!("{name}{}", v.map(|v| format!(":{v}")).unwrap_or_default()))),
         }
@@ -222,7 +222,7 @@ pub(crate) async fn objects(
     let path = format!("{name}/objects");
     let (path, state, headers) = (&path, &state, &headers);
     with_caller(state, headers, path, |caller| async move {
-        let store = store(&state)?;
+        let store = store(state)?;
         let q = query(q)?;
         match method {
             Method::GET => Ok(json(&store.list_objects(&caller, &name, &list_request(&q)?).await?)),
@@ -247,7 +247,7 @@ pub(crate) async fn object(
     let path = format!("{name}/objects/{object}");
     let (path, state, headers) = (&path, &state, &headers);
     with_caller(state, headers, path, |caller| async move {
-        let store = store(&state)?;
+        let store = store(state)?;
         let q = query(q)?;
         match method {
             Method::PUT | Method::POST => {
@@ -329,7 +329,7 @@ pub(crate) async fn org_policy(
     let (name, state, headers) = (&name, &state, &headers);
     with_caller(state, headers, name, |caller| async move {
         match method {
-            Method::GET => Ok(json(&state.kms.get_org_policy(&caller, &name).await?)),
+            Method::GET => Ok(json(&state.kms.get_org_policy(&caller, name).await?)),
             Method::PUT | Method::PATCH => {
                 let mut policy: OrgPolicy = parse_body(&bytes)?;
                 if policy.name.is_empty() {
@@ -343,7 +343,7 @@ pub(crate) async fn org_policy(
                 Ok(json(&state.kms.set_org_policy(&caller, &policy).await?))
             }
             Method::DELETE => {
-                state.kms.delete_org_policy(&caller, &name).await?;
+                state.kms.delete_org_policy(&caller, name).await?;
                 Ok(json(&serde_json::json!({})))
             }
             _ => Err(not_a_method(&method, name)),
@@ -362,8 +362,8 @@ pub(crate) async fn protected_resources_summary(
     let key = format!("projects/{project}/locations/{location}/keyRings/{ring}/cryptoKeys/{key}");
     let (key, state, headers) = (&key, &state, &headers);
     with_caller(state, headers, key, |caller| async move {
-        let found = store(&state)?.protected_resources(&caller, &key, None).await?;
-        Ok(json(&keyhold_store::model::ProtectedResourcesSummary::of(&key, &found)))
+        let found = store(state)?.protected_resources(&caller, key, None).await?;
+        Ok(json(&keyhold_store::model::ProtectedResourcesSummary::of(key, &found)))
     })
     .await
 }
@@ -384,7 +384,7 @@ pub(crate) async fn search_protected_resources(
             ApiError::new(keyhold_api::Code::InvalidArgument, "The cryptoKey query parameter is required.")
         })?;
         let page = list_request(&q)?;
-        let found = store(&state)?.protected_resources(&caller, key, Some(&project)).await?;
+        let found = store(state)?.protected_resources(&caller, key, Some(&project)).await?;
         let size = page.page_size.unwrap_or(1000).clamp(1, 1000) as usize;
         let rest: Vec<_> = found.into_iter().filter(|r| r.name > page.page_token).collect();
         let next_page_token = if rest.len() > size { rest[size - 1].name.clone() } else { String::new() };
@@ -498,7 +498,7 @@ pub(crate) async fn backups(
     let path = format!("{name}/backups");
     let (path, state, headers) = (&path, &state, &headers);
     with_caller(state, headers, path, |caller| async move {
-        let store = store(&state)?;
+        let store = store(state)?;
         let q = query(q)?;
         match method {
             Method::GET => Ok(json(&store.list_backups(&caller, &name, &list_request(&q)?).await?)),
@@ -520,7 +520,7 @@ pub(crate) async fn backups(
                 let id = q.get("backupId").or_else(|| q.get("backup_id")).cloned().unwrap_or_default();
                 Ok(json(&store.create_backup(&caller, &name, &id, req).await?))
             }
-            _ => Err(not_a_method(&method, &path)),
+            _ => Err(not_a_method(&method, path)),
         }
     })
     .await
@@ -536,14 +536,14 @@ pub(crate) async fn backup(
     let name = format!("projects/{project}/locations/{location}/instances/{instance}/backups/{backup}");
     let (name, state, headers) = (&name, &state, &headers);
     with_caller(state, headers, name, |caller| async move {
-        let store = store(&state)?;
+        let store = store(state)?;
         match method {
-            Method::GET => Ok(json(&store.get_backup(&caller, &name).await?)),
+            Method::GET => Ok(json(&store.get_backup(&caller, name).await?)),
             Method::DELETE => {
-                store.delete_backup(&caller, &name).await?;
+                store.delete_backup(&caller, name).await?;
                 Ok(json(&serde_json::json!({})))
             }
-            _ => Err(not_a_method(&method, &name)),
+            _ => Err(not_a_method(&method, name)),
         }
     })
     .await

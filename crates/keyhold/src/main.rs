@@ -30,7 +30,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server: the Cloud KMS v1 REST API on 127.0.0.1:8080, state in ./keyhold-data.
-    Serve(serve::ServeArgs),
+    // Boxed: the server's options are far larger than any other command's (clippy::large_enum_variant).
+    Serve(Box<serve::ServeArgs>),
     /// Run an external key manager for EXTERNAL keys (`ekm serve`), or manage its keys.
     Ekm(ekm::EkmArgs),
     /// HSM maintenance: `hsm reconcile` compares the token's key objects with the database.
@@ -68,7 +69,7 @@ fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Serve(args) => {
             init_logging();
-            match rt.block_on(serve::run(args)) {
+            match rt.block_on(serve::run(*args)) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
