@@ -281,6 +281,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
              unless this address is on a private link (WireGuard, SSH tunnel) or behind a TLS proxy"
         );
     }
+    let shutdown = crate::serve::shutdown_signal();
     let server = tokio::task::spawn_blocking(move || keyhold_ekm::EkmServer::open(&config))
         .await
         .map_err(|e| e.to_string())?
@@ -289,7 +290,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // The same listener and limits as `keyhold serve` (finding 3); requests carry their
     // client's address for the audit file, as `EkmServer::serve` gives them.
     keyhold_server::listener::serve(listener, server.router(), args.listener.limits(), async {
-        crate::serve::shutdown_signal().await;
+        shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
     })
     .await
