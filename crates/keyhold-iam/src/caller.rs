@@ -61,4 +61,3 @@ impl Caller {
         self.principal.as_ref().map_or("", Principal::as_str)
     }
 }
-

@@ -289,4 +289,3 @@ pub async fn verify_store_chain(store: &dyn KmsStore) -> Result<ChainVerdict, St
         verdict => Ok(verdict),
     }
 }
-

@@ -3,6 +3,8 @@
 use keyhold_api::{Code, Status};
 use keyhold_kms::KmsError;
 
+use crate::repo::RepoError;
+
 /// What the store answers when a call fails.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,12 +83,13 @@ impl From<keyhold_api::NameError> for StoreError {
     }
 }
 
-impl From<keyhold_kms::store::StoreError> for StoreError {
-    fn from(e: keyhold_kms::store::StoreError) -> Self {
-        use keyhold_kms::store::StoreError as R;
+impl From<RepoError> for StoreError {
+    fn from(e: RepoError) -> Self {
         match e {
-            R::Unavailable(m) => StoreError::Unavailable(m),
-            other => StoreError::Internal(other.to_string()),
+            RepoError::Unavailable(m) => StoreError::Unavailable(m),
+            other @ (RepoError::AlreadyExists | RepoError::Conflict | RepoError::Corrupt(_)) => {
+                StoreError::Internal(other.to_string())
+            }
         }
     }
 }
