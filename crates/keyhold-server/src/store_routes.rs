@@ -25,7 +25,7 @@ type QueryResult = Result<Query<HashMap<String, String>>, axum::extract::rejecti
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Kms(k) => ApiError::from(k),
+            StoreError::Host(h) => ApiError::from_status(h.status, h.cause, true),
             other => {
                 let status = other.to_status();
                 let cause =

@@ -1,9 +1,8 @@
 //! The store's errors, and the one place they become `google.rpc.Status`.
 
-use keyhold_api::{Code, Status};
-use keyhold_kms::KmsError;
-
+use crate::host::HostError;
 use crate::repo::RepoError;
+use keyhold_api::{Code, Status};
 
 /// What the store answers when a call fails.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +36,10 @@ pub enum StoreError {
     /// Stored data failed authentication: tampered with, moved or truncated.
     #[error("{0}")]
     DataLoss(String),
-    /// From the KMS side: authentication, permission, org policy, audit log.
+    /// From the platform ([`crate::host::ServiceHost`]): authentication, permission, quota,
+    /// org policy, audit log; carries the status as the platform renders it.
     #[error(transparent)]
-    Kms(#[from] KmsError),
+    Host(#[from] HostError),
     /// The database is unreachable; retry.
     #[error("The service is temporarily unavailable; retry the request.")]
     Unavailable(String),
@@ -58,7 +58,7 @@ impl StoreError {
             StoreError::FailedPrecondition(_) | StoreError::KeyInaccessible { .. } => Code::FailedPrecondition,
             StoreError::DataLoss(_) => Code::DataLoss,
             StoreError::Aborted(_) => Code::Aborted,
-            StoreError::Kms(e) => e.code(),
+            StoreError::Host(e) => e.code(),
             StoreError::Unavailable(_) => Code::Unavailable,
             StoreError::Internal(_) => Code::Internal,
         }
@@ -67,7 +67,7 @@ impl StoreError {
     /// The status clients see.
     pub fn to_status(&self) -> Status {
         match self {
-            StoreError::Kms(e) => e.to_status(),
+            StoreError::Host(e) => e.status.clone(),
             StoreError::KeyInaccessible { key, .. } => {
                 Status::new(self.code(), self.to_string()).with_precondition_failure("KMS_KEY_ISSUE", key, "")
             }
