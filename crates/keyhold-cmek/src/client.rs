@@ -59,8 +59,9 @@ pub struct KeyDescription {
 }
 
 /// The body of `:encrypt` for `plaintext` and `aad`, with CRC32C values when `checked` (over
-/// the network; in process there is no wire to corrupt them).
-pub(crate) fn encrypt_request(plaintext: &[u8], aad: &[u8], checked: bool) -> EncryptRequest {
+/// the network; in process there is no wire to corrupt them). For [`KmsClient`]
+/// implementations.
+pub fn encrypt_request(plaintext: &[u8], aad: &[u8], checked: bool) -> EncryptRequest {
     EncryptRequest {
         name: String::new(),
         plaintext: SecretBytes(Secret::new(plaintext.to_vec())),
@@ -71,7 +72,7 @@ pub(crate) fn encrypt_request(plaintext: &[u8], aad: &[u8], checked: bool) -> En
 }
 
 /// The body of `:decrypt`, as [`encrypt_request`].
-pub(crate) fn decrypt_request(ciphertext: &[u8], aad: &[u8], checked: bool) -> DecryptRequest {
+pub fn decrypt_request(ciphertext: &[u8], aad: &[u8], checked: bool) -> DecryptRequest {
     DecryptRequest {
         name: String::new(),
         ciphertext: Bytes(ciphertext.to_vec()),

@@ -1,6 +1,7 @@
 //! The composition root's adapters: the KMS of this process as the platform of the services
-//! hosted on it ([`KmsHost`], the store's [`ServiceHost`] port). The services depend on their
-//! ports only; this module depends on both sides.
+//! hosted on it ([`KmsHost`], the store's [`ServiceHost`] port), and as a `keyhold-cmek`
+//! [`KmsClient`] in process ([`LocalKmsClient`]). The services and the CMEK library depend on
+//! their ports only; this module depends on both sides.
 
 use std::sync::Arc;
 
@@ -13,6 +14,10 @@ use keyhold_iam::Caller;
 use keyhold_kms::events::KmsEvent;
 use keyhold_kms::{Kms, KmsError, ServiceCall};
 use keyhold_store::host::{CallSpec, HostCall, HostError, KeyNotice, KeyNotices, ServiceHost};
+
+mod local_client;
+
+pub use local_client::LocalKmsClient;
 
 /// The KMS of this process as a [`ServiceHost`].
 #[derive(Debug, Clone)]
@@ -102,7 +107,7 @@ impl ServiceHost for KmsHost {
     }
 
     fn kms_client(&self, identity: Caller) -> Arc<dyn KmsClient> {
-        Arc::new(keyhold_cmek::LocalKmsClient::new(self.0.clone(), identity))
+        Arc::new(LocalKmsClient::new(self.0.clone(), identity))
     }
 
     fn subscribe(&self) -> KeyNotices {

@@ -1,4 +1,4 @@
-//! [`KmsClient`] against Keyhold's KMS in the same process: the same IAM checks and audit
+//! `keyhold-cmek`'s [`KmsClient`] against Keyhold's KMS in the same process: the same IAM checks and audit
 //! entries as over HTTP (the calls are made as the given identity), without the network.
 
 use std::sync::Arc;
@@ -6,11 +6,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use keyhold_api::{Code, CryptoKeyName};
+use keyhold_cmek::client::{decrypt_request, encrypt_request};
+use keyhold_cmek::{AccessReason, Encrypted, KeyDescription, KmsClient, KmsClientError};
 use keyhold_crypto::Secret;
 use keyhold_kms::{Caller, EncryptTarget, IamResource, Kms, KmsError};
-
-use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient, decrypt_request, encrypt_request};
-use crate::error::KmsClientError;
 
 /// The in-process client, acting as `caller` (a service agent).
 #[derive(Debug, Clone)]
