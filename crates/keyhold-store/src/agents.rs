@@ -59,7 +59,7 @@ impl AgentProvider for LocalAgents {
             .host
             .generate_service_identity(&me, project, SERVICE)
             .await
-            .map_err(|e| KmsClientError::new(e.status.code, e.status.message))?;
+            .map_err(|e| KmsClientError::from_status(e.status))?;
         let principal = Principal::parse(&format!("serviceAccount:{email}"))
             .map_err(|e| KmsClientError::new(Code::Internal, e.to_string()))?;
         let agent = Agent { client: self.host.kms_client(Caller::new(principal, "")), email };

@@ -626,7 +626,9 @@ impl Store {
                 .await;
         }
         let primary = self.instance_record(primary).await.map_err(|e| match e {
-            StoreError::NotFound(m) => StoreError::FailedPrecondition(format!("replicaOf: {m}")),
+            e @ (StoreError::NotFound(_) | StoreError::InstanceNotFound(_)) => {
+                StoreError::FailedPrecondition(format!("replicaOf: {e}"))
+            }
             other => other,
         })?;
         if primary.replica_of.is_some() {

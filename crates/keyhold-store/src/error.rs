@@ -1,6 +1,8 @@
-//! The store's errors, and the one place they become `google.rpc.Status`.
+//! The store's errors, and the one place they become `google.rpc.Status` (code, message,
+//! details) and a log cause.
 
 use crate::host::HostError;
+use crate::model::InstanceName;
 use crate::repo::RepoError;
 use keyhold_api::{Code, Status};
 
@@ -11,7 +13,18 @@ pub enum StoreError {
     /// The request is malformed; the message says how.
     #[error("{0}")]
     InvalidArgument(String),
-    /// No such instance or object.
+    /// No such instance.
+    #[error("Instance {0} not found.")]
+    InstanceNotFound(InstanceName),
+    /// No such object in the instance.
+    #[error("Object {object} not found in {instance}.")]
+    ObjectNotFound {
+        /// The object's name.
+        object: String,
+        /// The instance.
+        instance: InstanceName,
+    },
+    /// No such resource (a backup, ...); the message says which.
     #[error("{0}")]
     NotFound(String),
     /// The name is taken.
@@ -53,7 +66,9 @@ impl StoreError {
     pub fn code(&self) -> Code {
         match self {
             StoreError::InvalidArgument(_) => Code::InvalidArgument,
-            StoreError::NotFound(_) => Code::NotFound,
+            StoreError::NotFound(_) | StoreError::InstanceNotFound(_) | StoreError::ObjectNotFound { .. } => {
+                Code::NotFound
+            }
             StoreError::AlreadyExists(_) => Code::AlreadyExists,
             StoreError::FailedPrecondition(_) | StoreError::KeyInaccessible { .. } => Code::FailedPrecondition,
             StoreError::DataLoss(_) => Code::DataLoss,
@@ -71,7 +86,33 @@ impl StoreError {
             StoreError::KeyInaccessible { key, .. } => {
                 Status::new(self.code(), self.to_string()).with_precondition_failure("KMS_KEY_ISSUE", key, "")
             }
-            _ => Status::new(self.code(), self.to_string()),
+            StoreError::InvalidArgument(_)
+            | StoreError::NotFound(_)
+            | StoreError::InstanceNotFound(_)
+            | StoreError::ObjectNotFound { .. }
+            | StoreError::AlreadyExists(_)
+            | StoreError::FailedPrecondition(_)
+            | StoreError::Aborted(_)
+            | StoreError::DataLoss(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Internal(_) => Status::new(self.code(), self.to_string()),
+        }
+    }
+
+    /// What the server log gets when this error is answered (never sent to the client): the
+    /// cause of a server-side failure, `None` for the caller's own.
+    pub fn log_cause(&self) -> Option<String> {
+        match self {
+            StoreError::Host(e) => e.cause.clone(),
+            StoreError::Internal(_) | StoreError::Unavailable(_) | StoreError::DataLoss(_) => Some(format!("{self:?}")),
+            StoreError::InvalidArgument(_)
+            | StoreError::NotFound(_)
+            | StoreError::InstanceNotFound(_)
+            | StoreError::ObjectNotFound { .. }
+            | StoreError::AlreadyExists(_)
+            | StoreError::FailedPrecondition(_)
+            | StoreError::KeyInaccessible { .. }
+            | StoreError::Aborted(_) => None,
         }
     }
 }

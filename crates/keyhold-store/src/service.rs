@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
+use keyhold_api::resources::{Purpose, VersionState};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{Code, CryptoKeyName, LocationName};
 use keyhold_audit::{AuditKind, AuditRecord};
@@ -86,7 +87,7 @@ impl KekWrapper for ServiceManaged {
 }
 
 fn kms_client_error(e: HostError) -> KmsClientError {
-    KmsClientError::new(e.status.code, e.status.message)
+    KmsClientError::from_status(e.status)
 }
 
 /// The store.
@@ -522,9 +523,9 @@ impl Store {
             Failure::Unreachable => StoreError::Unavailable(format!("the KMS cannot be reached: {}", e.message)),
             _ => StoreError::FailedPrecondition(format!("The store's service agent cannot be set up: {}", e.message)),
         })?;
-        match agent.client.describe_key(key).await {
+        match agent.client.describe_key(&key_name).await {
             Ok(Some(d)) => {
-                if d.purpose != "ENCRYPT_DECRYPT" {
+                if d.purpose != Purpose::EncryptDecrypt {
                     return Err(StoreError::FailedPrecondition(format!(
                         "The KMS key {key} has purpose {}; CMEK needs a key with purpose ENCRYPT_DECRYPT.",
                         d.purpose
@@ -536,7 +537,7 @@ impl Store {
                             "The KMS key {key} has no primary version; create one or set one as primary."
                         )));
                     }
-                    Some((v, state)) if state != "ENABLED" => {
+                    Some((v, state)) if *state != VersionState::Enabled => {
                         return Err(StoreError::FailedPrecondition(format!(
                             "The primary version {v} of the KMS key is {state}; enable it (keyhold kms keys versions enable) or make an enabled version primary."
                         )));
@@ -556,7 +557,7 @@ impl Store {
             Err(_) => {}
         }
         let wanted = [role::VERSIONS_USE_TO_ENCRYPT.as_str(), role::VERSIONS_USE_TO_DECRYPT.as_str()];
-        let held = agent.client.test_permissions(key, &wanted).await.map_err(|e| match e.failure() {
+        let held = agent.client.test_permissions(&key_name, &wanted).await.map_err(|e| match e.failure() {
             Failure::Unreachable => StoreError::Unavailable(format!("the KMS cannot be reached: {}", e.message)),
             _ => StoreError::FailedPrecondition(format!(
                 "Cannot check the service agent's access to {key}: {}",
@@ -633,10 +634,7 @@ impl Store {
 
     pub(crate) async fn instance_record(&self, name: &str) -> Result<InstanceRecord, StoreError> {
         let parsed: InstanceName = name.parse()?;
-        self.repo
-            .instance(&parsed.to_string())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("Instance {parsed} not found.")))
+        self.repo.instance(&parsed.to_string()).await?.ok_or(StoreError::InstanceNotFound(parsed))
     }
 
     pub(crate) async fn render_instance(
@@ -840,7 +838,7 @@ impl Store {
                 )));
             }
             if !self.repo.delete_instance(&resource, &audit.entries()).await? {
-                return Err(StoreError::NotFound(format!("Instance {resource} not found.")));
+                return Err(StoreError::InstanceNotFound(parsed));
             }
             self.guards.remove(&resource);
             Ok(())
@@ -1204,7 +1202,7 @@ impl Store {
         self.repo
             .object(&resource, object)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("Object {object} not found in {resource}.")))
+            .ok_or_else(|| StoreError::ObjectNotFound { object: object.to_string(), instance: record.name.clone() })
     }
 
     /// `objects.get` (metadata): works while the key is unusable.
@@ -1370,7 +1368,7 @@ impl Store {
             let record = self.instance_record(instance).await?;
             refuse_replica_write(&record)?;
             if !self.repo.delete_object(&record.name.to_string(), object, &audit.entries()).await? {
-                return Err(StoreError::NotFound(format!("Object {object} not found in {}.", record.name)));
+                return Err(StoreError::ObjectNotFound { object: object.to_string(), instance: record.name.clone() });
             }
             self.replication.notify_one();
             Ok(())
