@@ -4,7 +4,9 @@
 use async_trait::async_trait;
 use keyhold_api::messages::{DecryptRequest, EncryptRequest};
 pub use keyhold_api::resources::AccessReason;
+use keyhold_api::resources::{Purpose, VersionState};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
+use keyhold_api::{CryptoKeyName, CryptoKeyVersionName};
 use keyhold_crypto::{Secret, crc32c};
 
 use crate::error::KmsClientError;
@@ -14,11 +16,16 @@ use crate::error::KmsClientError;
 pub struct Encrypted {
     /// The ciphertext, opaque.
     pub ciphertext: Vec<u8>,
-    /// The key version that encrypted it (`.../cryptoKeyVersions/N`).
-    pub key_version: String,
+    /// The key version that encrypted it.
+    pub key_version: CryptoKeyVersionName,
 }
 
 /// A Cloud KMS v1 compatible KMS, reached with one identity (a service agent).
+///
+/// Failures are [`KmsClientError`]s: [`KmsClientError::failure`] says what one means for the
+/// protected data (refuse at once, ride out an outage, or neither), and so whether retrying
+/// later can help ([`crate::Failure::Unreachable`]); a refused key's state is in
+/// [`KmsClientError::observed_key_state`].
 #[async_trait]
 pub trait KmsClient: Send + Sync + std::fmt::Debug {
     /// `cryptoKeys.encrypt` with the key's primary version, stating why the key is used
@@ -26,7 +33,7 @@ pub trait KmsClient: Send + Sync + std::fmt::Debug {
     /// key manager sees it).
     async fn encrypt(
         &self,
-        key: &str,
+        key: &CryptoKeyName,
         plaintext: &[u8],
         aad: &[u8],
         reason: AccessReason,
@@ -35,32 +42,33 @@ pub trait KmsClient: Send + Sync + std::fmt::Debug {
     /// `cryptoKeys.decrypt`, stating why.
     async fn decrypt(
         &self,
-        key: &str,
+        key: &CryptoKeyName,
         ciphertext: &[u8],
         aad: &[u8],
         reason: AccessReason,
     ) -> Result<Secret, KmsClientError>;
 
-    /// Which of `permissions` the identity holds on `resource` (`:testIamPermissions`).
-    async fn test_permissions(&self, resource: &str, permissions: &[&str]) -> Result<Vec<String>, KmsClientError>;
+    /// Which of `permissions` the identity holds on `key` (`:testIamPermissions`).
+    async fn test_permissions(&self, key: &CryptoKeyName, permissions: &[&str]) -> Result<Vec<String>, KmsClientError>;
 
     /// The key's purpose and primary version's state, if this identity may see them; `None`
     /// when it may not (a service agent usually holds only the encrypter/decrypter role).
-    async fn describe_key(&self, key: &str) -> Result<Option<KeyDescription>, KmsClientError>;
+    async fn describe_key(&self, key: &CryptoKeyName) -> Result<Option<KeyDescription>, KmsClientError>;
 }
 
 /// What [`KmsClient::describe_key`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyDescription {
-    /// `ENCRYPT_DECRYPT`, `ASYMMETRIC_SIGN`, ...
-    pub purpose: String,
-    /// The primary version's name and state (`ENABLED`, `DISABLED`, ...), if the key has one.
-    pub primary: Option<(String, String)>,
+    /// The key's purpose (`Unspecified` if the KMS named one this library does not know).
+    pub purpose: Purpose,
+    /// The primary version's name and state, if the key has one.
+    pub primary: Option<(CryptoKeyVersionName, VersionState)>,
 }
 
 /// The body of `:encrypt` for `plaintext` and `aad`, with CRC32C values when `checked` (over
-/// the network; in process there is no wire to corrupt them).
-pub(crate) fn encrypt_request(plaintext: &[u8], aad: &[u8], checked: bool) -> EncryptRequest {
+/// the network; in process there is no wire to corrupt them). For [`KmsClient`]
+/// implementations.
+pub fn encrypt_request(plaintext: &[u8], aad: &[u8], checked: bool) -> EncryptRequest {
     EncryptRequest {
         name: String::new(),
         plaintext: SecretBytes(Secret::new(plaintext.to_vec())),
@@ -71,7 +79,7 @@ pub(crate) fn encrypt_request(plaintext: &[u8], aad: &[u8], checked: bool) -> En
 }
 
 /// The body of `:decrypt`, as [`encrypt_request`].
-pub(crate) fn decrypt_request(ciphertext: &[u8], aad: &[u8], checked: bool) -> DecryptRequest {
+pub fn decrypt_request(ciphertext: &[u8], aad: &[u8], checked: bool) -> DecryptRequest {
     DecryptRequest {
         name: String::new(),
         ciphertext: Bytes(ciphertext.to_vec()),

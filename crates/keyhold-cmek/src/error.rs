@@ -1,6 +1,6 @@
 //! What can go wrong when a service talks to its KMS, classified by what the service must do.
 
-use keyhold_api::Code;
+use keyhold_api::{Code, Status};
 
 /// An answer (or the lack of one) from the KMS.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -10,6 +10,9 @@ pub struct KmsClientError {
     pub code: Code,
     /// The KMS's message (Cloud KMS messages carry no secrets), or why it could not be reached.
     pub message: String,
+    /// The `google.rpc` details of the KMS's answer (`PreconditionFailure`, ...), `@type`
+    /// included; empty when it sent none or could not be reached.
+    pub details: Vec<serde_json::Value>,
 }
 
 /// What a failure means for data protected by the key.
@@ -27,7 +30,13 @@ pub enum Failure {
 impl KmsClientError {
     /// An error with this code and message.
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), details: Vec::new() }
+    }
+
+    /// The KMS's answer, details included.
+    pub fn from_status(status: Status) -> Self {
+        let Status { code, message, details } = status;
+        Self { code, message, details }
     }
 
     /// The KMS could not be reached.
@@ -50,14 +59,14 @@ impl KmsClientError {
         }
     }
 
-    /// The key (version) state the KMS reported, read from Cloud KMS's wording
-    /// (`... is not enabled, current state is: DISABLED.`), or the kind of refusal.
+    /// The key (version) state the KMS reported, read from the answer's
+    /// `google.rpc.PreconditionFailure` detail (a violation of type `KEY_<STATE>`, as Keyhold's
+    /// KMS and external key manager send it; never from the message's wording), or the kind of
+    /// refusal.
     pub fn observed_key_state(&self) -> Option<String> {
-        if let Some(rest) = self.message.split("current state is: ").nth(1) {
-            let state: String = rest.chars().take_while(|c| c.is_ascii_uppercase() || *c == '_').collect();
-            if !state.is_empty() {
-                return Some(state);
-            }
+        let status = Status { code: self.code, message: String::new(), details: self.details.clone() };
+        if let Some(state) = status.precondition_failure_types().into_iter().find_map(|t| t.strip_prefix("KEY_")) {
+            return Some(state.to_string());
         }
         match self.code {
             Code::PermissionDenied => Some("PERMISSION_DENIED".into()),
@@ -72,10 +81,20 @@ impl KmsClientError {
 mod tests {
     use super::*;
 
+    /// The server's answer to a use of a disabled version, as `keyhold-kms` renders it.
+    fn refused(state: &str, message: &str) -> KmsClientError {
+        let version = "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1";
+        KmsClientError::from_status(Status::new(Code::FailedPrecondition, message).with_precondition_failure(
+            &format!("KEY_{state}"),
+            version,
+            "",
+        ))
+    }
+
     #[test]
     fn classification() {
-        let e = KmsClientError::new(
-            Code::FailedPrecondition,
+        let e = refused(
+            "DISABLED",
             "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1 is not enabled, current state is: DISABLED.",
         );
         assert_eq!(e.failure(), Failure::KeyUnusable);
@@ -88,5 +107,20 @@ mod tests {
         assert_eq!(e.failure(), Failure::Unreachable);
         assert_eq!(e.observed_key_state(), None);
         assert_eq!(KmsClientError::new(Code::Internal, "x").failure(), Failure::Other);
+    }
+
+    /// The state comes from the typed detail, never from the message (review 3.4): a message
+    /// in other words still gives it, and the old wording without the detail gives none.
+    #[test]
+    fn key_state_is_read_from_the_details_not_the_message() {
+        let e = refused("DESTROY_SCHEDULED", "Die Schlüsselversion ist nicht aktiviert.");
+        assert_eq!(e.observed_key_state().as_deref(), Some("DESTROY_SCHEDULED"));
+        let e = refused("DISABLED", "");
+        assert_eq!(e.observed_key_state().as_deref(), Some("DISABLED"));
+        let e = KmsClientError::new(Code::FailedPrecondition, "v1 is not enabled, current state is: DISABLED.");
+        assert_eq!(e.observed_key_state(), None);
+        // Other precondition failures (a store's own KMS_KEY_ISSUE) are not key states.
+        let other = Status::new(Code::FailedPrecondition, "x").with_precondition_failure("KMS_KEY_ISSUE", "k", "");
+        assert_eq!(KmsClientError::from_status(other).observed_key_state(), None);
     }
 }

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keyhold_api::CryptoKeyName;
 use keyhold_api::wire::Timestamp;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -80,12 +81,25 @@ pub trait KekWrapper: Send + Sync + std::fmt::Debug {
 pub struct CmekWrapper {
     client: Arc<dyn KmsClient>,
     key: String,
+    /// `key` parsed; `None` if it is not a crypto key name (every use then fails as the KMS
+    /// would refuse it: `INVALID_ARGUMENT`, the key unusable).
+    name: Option<CryptoKeyName>,
 }
 
 impl CmekWrapper {
     /// Wraps with `key` (`projects/.../cryptoKeys/K`) through `client`.
     pub fn new(client: Arc<dyn KmsClient>, key: impl Into<String>) -> Self {
-        Self { client, key: key.into() }
+        let key = key.into();
+        Self { client, name: key.parse().ok(), key }
+    }
+
+    fn name(&self) -> Result<&CryptoKeyName, KmsClientError> {
+        self.name.as_ref().ok_or_else(|| {
+            KmsClientError::new(
+                keyhold_api::Code::InvalidArgument,
+                format!("\"{}\" is not a crypto key name", self.key),
+            )
+        })
     }
 }
 
@@ -96,12 +110,12 @@ impl KekWrapper for CmekWrapper {
     }
 
     async fn wrap(&self, resource: &str, kek: &Kek, reason: AccessReason) -> Result<WrappedKek, KmsClientError> {
-        let e = self.client.encrypt(&self.key, kek.expose(), &kek_aad(resource), reason).await?;
-        Ok(WrappedKek { ciphertext: e.ciphertext, key_version: Some(e.key_version) })
+        let e = self.client.encrypt(self.name()?, kek.expose(), &kek_aad(resource), reason).await?;
+        Ok(WrappedKek { ciphertext: e.ciphertext, key_version: Some(e.key_version.to_string()) })
     }
 
     async fn unwrap(&self, resource: &str, wrapped: &WrappedKek, reason: AccessReason) -> Result<Kek, KmsClientError> {
-        let secret = self.client.decrypt(&self.key, &wrapped.ciphertext, &kek_aad(resource), reason).await?;
+        let secret = self.client.decrypt(self.name()?, &wrapped.ciphertext, &kek_aad(resource), reason).await?;
         Kek::from_secret(&secret).map_err(|_| {
             KmsClientError::new(keyhold_api::Code::DataLoss, "the KMS unwrapped a KEK of the wrong length")
         })

@@ -4,9 +4,10 @@
 //!
 //! 1. **Reach the customer's KMS** through a [`KmsClient`]: [`RestKmsClient`] speaks Cloud KMS
 //!    v1 REST to Keyhold or any compatible endpoint, with a bearer token ([`StaticToken`], or
-//!    [`ImpersonatedToken`] for a service agent's short-lived tokens); with the `in-process`
-//!    feature, `LocalKmsClient` calls Keyhold's KMS in the same process (same IAM checks and
-//!    audit entries, no network).
+//!    [`ImpersonatedToken`] for a service agent's short-lived tokens). Keyhold's server adds an
+//!    in-process client of its own KMS (`keyhold-server`'s `host::LocalKmsClient`: same IAM
+//!    checks and audit entries, no network); this crate depends only on `keyhold-api` and
+//!    `keyhold-crypto`.
 //! 2. **Envelope-encrypt** ([`envelope`]): each chunk of at most [`CHUNK_SIZE`] bytes is sealed
 //!    with AES-256-GCM under a fresh DEK, its identity (resource, object, generation, index,
 //!    last) bound as associated data; DEKs are sealed by the resource's KEK; the KEK is wrapped
@@ -59,8 +60,6 @@ pub mod client;
 pub mod envelope;
 pub mod error;
 pub mod guard;
-#[cfg(feature = "in-process")]
-pub mod local;
 pub mod rest;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -74,6 +73,4 @@ pub use guard::{
     Access, CmekWrapper, GuardClock, GuardConfig, GuardError, GuardRegistry, GuardStatus, KekWrapper, KeyGuard,
     SuspensionReason, SystemClock,
 };
-#[cfg(feature = "in-process")]
-pub use local::LocalKmsClient;
 pub use rest::{ACCESS_REASON_HEADER, ImpersonatedToken, RestKmsClient, StaticToken, TokenSource};

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyhold_api::messages::{DecryptResponse, EncryptResponse};
+use keyhold_api::resources::{Purpose, VersionState};
 use keyhold_api::status::ErrorBodyKind;
 use keyhold_api::wire::Timestamp;
-use keyhold_api::{Code, Status};
+use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, Status};
 use keyhold_crypto::{Secret, SecretString, crc32c};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -114,7 +115,17 @@ async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, Km
         ErrorBodyKind::Google | ErrorBodyKind::MessageOnly => decoded.message,
         ErrorBodyKind::Foreign => format!("the KMS answered HTTP {status}"),
     };
-    Err(KmsClientError::new(decoded.code, message))
+    Err(KmsClientError::from_status(Status { message, ..decoded }))
+}
+
+/// A key version name in the KMS's answer.
+fn version_name(name: &str) -> Result<CryptoKeyVersionName, KmsClientError> {
+    name.parse().map_err(|_| {
+        KmsClientError::new(
+            Code::Internal,
+            format!("the KMS's answer does not decode: \"{name}\" is not a key version name"),
+        )
+    })
 }
 
 /// Keyhold's header for the Key Access Justification reason of a request.
@@ -154,7 +165,7 @@ impl RestKmsClient {
 impl KmsClient for RestKmsClient {
     async fn encrypt(
         &self,
-        key: &str,
+        key: &CryptoKeyName,
         plaintext: &[u8],
         aad: &[u8],
         reason: AccessReason,
@@ -169,12 +180,12 @@ impl KmsClient for RestKmsClient {
         {
             return Err(KmsClientError::new(Code::DataLoss, "the KMS's encrypt answer failed its CRC32C checks"));
         }
-        Ok(Encrypted { ciphertext: resp.ciphertext.0, key_version: resp.name })
+        Ok(Encrypted { ciphertext: resp.ciphertext.0, key_version: version_name(&resp.name)? })
     }
 
     async fn decrypt(
         &self,
-        key: &str,
+        key: &CryptoKeyName,
         ciphertext: &[u8],
         aad: &[u8],
         reason: AccessReason,
@@ -187,19 +198,19 @@ impl KmsClient for RestKmsClient {
         Ok(resp.plaintext.0)
     }
 
-    async fn test_permissions(&self, resource: &str, permissions: &[&str]) -> Result<Vec<String>, KmsClientError> {
+    async fn test_permissions(&self, key: &CryptoKeyName, permissions: &[&str]) -> Result<Vec<String>, KmsClientError> {
         #[derive(serde::Deserialize)]
         struct Resp {
             #[serde(default)]
             permissions: Vec<String>,
         }
         let r: Resp = self
-            .post(&format!("{resource}:testIamPermissions"), &serde_json::json!({ "permissions": permissions }), None)
+            .post(&format!("{key}:testIamPermissions"), &serde_json::json!({ "permissions": permissions }), None)
             .await?;
         Ok(r.permissions)
     }
 
-    async fn describe_key(&self, key: &str) -> Result<Option<KeyDescription>, KmsClientError> {
+    async fn describe_key(&self, key: &CryptoKeyName) -> Result<Option<KeyDescription>, KmsClientError> {
         #[derive(serde::Deserialize)]
         struct Version {
             name: String,
@@ -216,7 +227,16 @@ impl KmsClient for RestKmsClient {
         let token = self.tokens.token().await?;
         let req = self.http.get(format!("{}/v1/{key}", self.endpoint)).bearer_auth(token.expose());
         match send::<Key>(req).await {
-            Ok(k) => Ok(Some(KeyDescription { purpose: k.purpose, primary: k.primary.map(|v| (v.name, v.state)) })),
+            Ok(k) => Ok(Some(KeyDescription {
+                purpose: Purpose::from_name(&k.purpose).unwrap_or(Purpose::Unspecified),
+                primary: match k.primary {
+                    Some(v) => Some((
+                        version_name(&v.name)?,
+                        VersionState::from_name(&v.state).unwrap_or(VersionState::Unspecified),
+                    )),
+                    None => None,
+                },
+            })),
             Err(e) if e.code == Code::PermissionDenied => Ok(None),
             Err(e) => Err(e),
         }

@@ -12,8 +12,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use keyhold_api::Code;
+use keyhold_api::resources::{Purpose, VersionState};
 use keyhold_api::wire::{ProtoDuration, Timestamp};
+use keyhold_api::{Code, CryptoKeyName, Status};
 use keyhold_crypto::Secret;
 use tokio::time::Instant;
 
@@ -122,13 +123,16 @@ impl FakeKms {
         match behaviour {
             None => Some(KmsClientError::new(Code::NotFound, format!("CryptoKey {key} not found."))),
             Some(KeyBehaviour::Usable) => None,
-            Some(KeyBehaviour::Disabled) => Some(KmsClientError::new(
-                Code::FailedPrecondition,
-                format!("{version} is not enabled, current state is: DISABLED."),
+            Some(KeyBehaviour::Disabled) => Some(KmsClientError::from_status(
+                Status::new(Code::FailedPrecondition, format!("{version} is not enabled, current state is: DISABLED."))
+                    .with_precondition_failure("KEY_DISABLED", &version, ""),
             )),
-            Some(KeyBehaviour::Destroyed) => Some(KmsClientError::new(
-                Code::FailedPrecondition,
-                format!("{version} is not enabled, current state is: DESTROYED."),
+            Some(KeyBehaviour::Destroyed) => Some(KmsClientError::from_status(
+                Status::new(
+                    Code::FailedPrecondition,
+                    format!("{version} is not enabled, current state is: DESTROYED."),
+                )
+                .with_precondition_failure("KEY_DESTROYED", &version, ""),
             )),
             Some(KeyBehaviour::PermissionDenied) => Some(KmsClientError::new(
                 Code::PermissionDenied,
@@ -149,11 +153,12 @@ fn primary(key: &str) -> String {
 impl KmsClient for FakeKms {
     async fn encrypt(
         &self,
-        key: &str,
+        name: &CryptoKeyName,
         plaintext: &[u8],
         aad: &[u8],
         _reason: AccessReason,
     ) -> Result<Encrypted, KmsClientError> {
+        let key = &name.to_string();
         let behaviour = self.enter(key, |c| c.encrypt += 1);
         if let Some(e) = Self::refusal(key, behaviour, "cloudkms.cryptoKeyVersions.useToEncrypt") {
             return Err(e);
@@ -165,23 +170,24 @@ impl KmsClient for FakeKms {
             ciphertext.clone(),
             Sealed { key: key.to_string(), aad: aad.to_vec(), plaintext: Secret::new(plaintext.to_vec()) },
         );
-        Ok(Encrypted { ciphertext, key_version: primary(key) })
+        Ok(Encrypted { ciphertext, key_version: name.version(1) })
     }
 
     async fn decrypt(
         &self,
-        key: &str,
+        name: &CryptoKeyName,
         ciphertext: &[u8],
         aad: &[u8],
         _reason: AccessReason,
     ) -> Result<Secret, KmsClientError> {
+        let key = &name.to_string();
         let behaviour = self.enter(key, |c| c.decrypt += 1);
         if let Some(e) = Self::refusal(key, behaviour, "cloudkms.cryptoKeyVersions.useToDecrypt") {
             return Err(e);
         }
         let state = self.lock();
         match state.sealed.get(ciphertext) {
-            Some(s) if s.key == key && s.aad == aad => Ok(Secret::new(s.plaintext.expose().to_vec())),
+            Some(s) if s.key == *key && s.aad == aad => Ok(Secret::new(s.plaintext.expose().to_vec())),
             _ => Err(KmsClientError::new(
                 Code::InvalidArgument,
                 "Decryption failed: verify that 'name' refers to the correct CryptoKey.",
@@ -189,8 +195,8 @@ impl KmsClient for FakeKms {
         }
     }
 
-    async fn test_permissions(&self, resource: &str, permissions: &[&str]) -> Result<Vec<String>, KmsClientError> {
-        match self.enter(resource, |c| c.test_permissions += 1) {
+    async fn test_permissions(&self, key: &CryptoKeyName, permissions: &[&str]) -> Result<Vec<String>, KmsClientError> {
+        match self.enter(&key.to_string(), |c| c.test_permissions += 1) {
             Some(KeyBehaviour::Unavailable) => {
                 Err(KmsClientError::unreachable("fake KMS: connection refused (switched off by the test)"))
             }
@@ -199,17 +205,17 @@ impl KmsClient for FakeKms {
         }
     }
 
-    async fn describe_key(&self, key: &str) -> Result<Option<KeyDescription>, KmsClientError> {
-        let state = match self.enter(key, |c| c.describe_key += 1) {
+    async fn describe_key(&self, key: &CryptoKeyName) -> Result<Option<KeyDescription>, KmsClientError> {
+        let state = match self.enter(&key.to_string(), |c| c.describe_key += 1) {
             Some(KeyBehaviour::Unavailable) => {
                 return Err(KmsClientError::unreachable("fake KMS: connection refused (switched off by the test)"));
             }
             Some(KeyBehaviour::PermissionDenied) | None => return Ok(None),
-            Some(KeyBehaviour::Usable) => "ENABLED",
-            Some(KeyBehaviour::Disabled) => "DISABLED",
-            Some(KeyBehaviour::Destroyed) => "DESTROYED",
+            Some(KeyBehaviour::Usable) => VersionState::Enabled,
+            Some(KeyBehaviour::Disabled) => VersionState::Disabled,
+            Some(KeyBehaviour::Destroyed) => VersionState::Destroyed,
         };
-        Ok(Some(KeyDescription { purpose: "ENCRYPT_DECRYPT".into(), primary: Some((primary(key), state.into())) }))
+        Ok(Some(KeyDescription { purpose: Purpose::EncryptDecrypt, primary: Some((key.version(1), state)) }))
     }
 }
 
@@ -247,33 +253,44 @@ mod tests {
     use super::*;
 
     const KEY: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/k";
+    const OTHER: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/other";
+    const MISSING: &str = "projects/p/locations/global/keyRings/r/cryptoKeys/missing";
+
+    fn name(key: &str) -> CryptoKeyName {
+        key.parse().unwrap()
+    }
 
     #[tokio::test]
     async fn ciphertext_is_bound_to_key_and_aad_and_refusals_use_cloud_kms_wording() {
         let kms = FakeKms::new();
         kms.set(KEY, KeyBehaviour::Usable);
-        kms.set("other", KeyBehaviour::Usable);
-        let e = kms.encrypt(KEY, b"kek", b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap();
-        assert_eq!(e.key_version, format!("{KEY}/cryptoKeyVersions/1"));
-        let p = kms.decrypt(KEY, &e.ciphertext, b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap();
+        kms.set(OTHER, KeyBehaviour::Usable);
+        let e = kms.encrypt(&name(KEY), b"kek", b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap();
+        assert_eq!(e.key_version.to_string(), format!("{KEY}/cryptoKeyVersions/1"));
+        let p = kms.decrypt(&name(KEY), &e.ciphertext, b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap();
         assert_eq!(p.expose(), b"kek");
-        for (key, aad) in [(KEY, &b"other aad"[..]), ("other", &b"aad"[..])] {
-            let err = kms.decrypt(key, &e.ciphertext, aad, AccessReason::CustomerInitiatedAccess).await.unwrap_err();
+        for (key, aad) in [(KEY, &b"other aad"[..]), (OTHER, &b"aad"[..])] {
+            let err =
+                kms.decrypt(&name(key), &e.ciphertext, aad, AccessReason::CustomerInitiatedAccess).await.unwrap_err();
             assert_eq!(err.code, Code::InvalidArgument);
         }
 
         kms.set(KEY, KeyBehaviour::Destroyed);
-        let err = kms.decrypt(KEY, &e.ciphertext, b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap_err();
+        let err =
+            kms.decrypt(&name(KEY), &e.ciphertext, b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap_err();
         assert_eq!(err.code, Code::FailedPrecondition);
         assert_eq!(err.observed_key_state().as_deref(), Some("DESTROYED"));
         kms.set(KEY, KeyBehaviour::Unavailable);
-        let err = kms.decrypt(KEY, &e.ciphertext, b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap_err();
-        assert_eq!(err.code, Code::Unavailable);
         let err =
-            kms.decrypt("missing", &e.ciphertext, b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap_err();
+            kms.decrypt(&name(KEY), &e.ciphertext, b"aad", AccessReason::CustomerInitiatedAccess).await.unwrap_err();
+        assert_eq!(err.code, Code::Unavailable);
+        let err = kms
+            .decrypt(&name(MISSING), &e.ciphertext, b"aad", AccessReason::CustomerInitiatedAccess)
+            .await
+            .unwrap_err();
         assert_eq!(err.code, Code::NotFound);
 
         assert_eq!(kms.calls(KEY), CallCounts { encrypt: 1, decrypt: 4, test_permissions: 0, describe_key: 0 });
-        assert_eq!(kms.calls("missing").decrypt, 1);
+        assert_eq!(kms.calls(MISSING).decrypt, 1);
     }
 }

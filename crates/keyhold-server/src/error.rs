@@ -42,17 +42,20 @@ impl ApiError {
     }
 }
 
+/// What the log gets for a KMS error answered with a 5xx (never sent to the client).
+pub(crate) fn log_cause(e: &KmsError) -> Option<String> {
+    matches!(e.code(), Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown).then(|| {
+        let mut s = format!("{e:?}");
+        if let Some(src) = std::error::Error::source(e) {
+            s.push_str(&format!(": {src}"));
+        }
+        s
+    })
+}
+
 impl From<KmsError> for ApiError {
     fn from(e: KmsError) -> Self {
-        let cause =
-            matches!(e.code(), Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown).then(|| {
-                let mut s = format!("{e:?}");
-                if let Some(src) = std::error::Error::source(&e) {
-                    s.push_str(&format!(": {src}"));
-                }
-                s
-            });
-        Self { status: e.to_status(), cause, audited: true }
+        Self { cause: log_cause(&e), status: e.to_status(), audited: true }
     }
 }
 

@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod host;
 mod kms_routes;
 pub mod listener;
 pub mod route;

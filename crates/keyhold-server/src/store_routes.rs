@@ -22,18 +22,11 @@ use crate::kms_routes::{caller, read_access_reason};
 
 type QueryResult = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
+/// The status and log cause are the store's to decide ([`StoreError::to_status`],
+/// [`StoreError::log_cause`]); the store audits every outcome.
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Kms(k) => ApiError::from(k),
-            other => {
-                let status = other.to_status();
-                let cause =
-                    matches!(other, StoreError::Internal(_) | StoreError::Unavailable(_) | StoreError::DataLoss(_))
-                        .then(|| format!("{other:?}"));
-                ApiError::from_status(status, cause, true)
-            }
-        }
+        ApiError::from_status(e.to_status(), e.log_cause(), true)
     }
 }
 

@@ -47,10 +47,11 @@ async fn start(limits: Limits) -> Server {
     let opened = keyhold_storage::open_all(&Database::SqliteFile(dir.path().join("keyhold.db"))).await.unwrap();
     let root = Arc::new(LocalRootKey::from_key(keyhold_crypto::KeyBytes::generate().unwrap()));
     let kms = Arc::new(Kms::new(opened.kms.clone(), root, KmsConfig::default(), Arc::new(SystemClock)).await.unwrap());
+    let host = keyhold_server::host::KmsHost::shared(kms.clone());
     let store = keyhold_store::Store::new(
-        kms.clone(),
+        host.clone(),
         opened.objects.clone(),
-        Arc::new(keyhold_store::LocalAgents::new(kms.clone())),
+        Arc::new(keyhold_store::LocalAgents::new(host)),
         keyhold_store::StoreConfig {
             require_cmek: false,
             guard: keyhold_cmek::GuardConfig::default(),

@@ -42,10 +42,11 @@ async fn start(config: KmsConfig, clock: Arc<dyn Clock>) -> Server {
         export_dir: Some(dir.path().join("exports")),
         replication_period: std::time::Duration::from_millis(200),
     };
+    let host = keyhold_server::host::KmsHost::shared(kms.clone());
     let store = keyhold_store::Store::new(
-        kms.clone(),
+        host.clone(),
         opened.objects.clone(),
-        Arc::new(keyhold_store::LocalAgents::new(kms.clone())),
+        Arc::new(keyhold_store::LocalAgents::new(host)),
         store_config,
     );
     let owner = keyhold_iam::Principal::parse("user:owner@keyhold.local").unwrap();

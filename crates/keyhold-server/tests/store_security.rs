@@ -359,8 +359,9 @@ async fn another_store(s: &Server) -> (std::sync::Arc<keyhold_store::Store>, key
         export_dir: Some(s.export_dir()),
         replication_period: std::time::Duration::from_secs(60),
     };
-    let agents = std::sync::Arc::new(keyhold_store::LocalAgents::new(s.kms.clone()));
-    (keyhold_store::Store::new(s.kms.clone(), opened.objects.clone(), agents, config), opened)
+    let host = keyhold_server::host::KmsHost::shared(s.kms.clone());
+    let agents = std::sync::Arc::new(keyhold_store::LocalAgents::new(host.clone()));
+    (keyhold_store::Store::new(host, opened.objects.clone(), agents, config), opened)
 }
 
 async fn count(s: &Server, sql: &str) -> i64 {

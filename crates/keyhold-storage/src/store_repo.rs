@@ -2,11 +2,11 @@
 
 use async_trait::async_trait;
 use keyhold_api::wire::Timestamp;
+use keyhold_audit::AuditRecord;
 use keyhold_cmek::{SealedChunk, WrappedKek};
-use keyhold_kms::audit::AuditRecord;
 use keyhold_kms::store::StoreError;
 use keyhold_store::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
-use keyhold_store::repo::StoreRepository;
+use keyhold_store::repo::{RepoError, StoreRepository};
 
 use crate::schema::*;
 use crate::sql::{Row, SqlBackend, Value};
@@ -131,8 +131,15 @@ fn object_params(instance: &str, o: &ObjectRecord) -> Vec<Value> {
     ]
 }
 
-#[async_trait]
-impl<B: SqlBackend> StoreRepository for SqlStore<B> {
+/// The SQL behind [`StoreRepository`], in the SQL layer's own errors; the trait's impl below
+/// maps them to the store's [`RepoError`] in one place ([`repo_error`]).
+struct Sql<'a, B>(&'a SqlStore<B>);
+
+impl<B: SqlBackend> Sql<'_, B> {
+    fn backend(&self) -> &B {
+        self.0.backend()
+    }
+
     async fn insert_instance(
         &self,
         instance: &InstanceRecord,
@@ -635,6 +642,239 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
             .query(GET_CHUNK, vec![text(instance), text(object), int(generation), int(index)])
             .await?;
         rows.first().map(|r| Ok(SealedChunk { wrapped_dek: blob(&r[0])?, ciphertext: blob(&r[1])? })).transpose()
+    }
+}
+
+/// The SQL layer's error as the store's repository error: the one place they meet.
+fn repo_error(e: StoreError) -> RepoError {
+    match e {
+        StoreError::AlreadyExists => RepoError::AlreadyExists,
+        StoreError::Conflict => RepoError::Conflict,
+        StoreError::Unavailable(m) => RepoError::Unavailable(m),
+        StoreError::Corrupt(m) => RepoError::Corrupt(m),
+        other => RepoError::Corrupt(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl<B: SqlBackend> StoreRepository for SqlStore<B> {
+    async fn insert_instance(
+        &self,
+        instance: &InstanceRecord,
+        kek: &KekRecord,
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError> {
+        Sql(self).insert_instance(instance, kek, audit).await.map_err(repo_error)
+    }
+
+    async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, RepoError> {
+        Sql(self).instance(name).await.map_err(repo_error)
+    }
+
+    async fn list_instances(&self, parent: &str) -> Result<Vec<InstanceRecord>, RepoError> {
+        Sql(self).list_instances(parent).await.map_err(repo_error)
+    }
+
+    async fn instances_by_key(&self, key: &str) -> Result<Vec<InstanceRecord>, RepoError> {
+        Sql(self).instances_by_key(key).await.map_err(repo_error)
+    }
+
+    async fn delete_instance(&self, name: &str, audit: &[AuditRecord]) -> Result<bool, RepoError> {
+        Sql(self).delete_instance(name, audit).await.map_err(repo_error)
+    }
+
+    async fn begin_pending(&self, name: &str, node: &str, now: Timestamp) -> Result<(), RepoError> {
+        Sql(self).begin_pending(name, node, now).await.map_err(repo_error)
+    }
+
+    async fn finish_pending_instance(&self, instance: &InstanceRecord, audit: &[AuditRecord]) -> Result<(), RepoError> {
+        Sql(self).finish_pending_instance(instance, audit).await.map_err(repo_error)
+    }
+
+    async fn discard(&self, name: &str, audit: &[AuditRecord]) -> Result<(), RepoError> {
+        Sql(self).discard(name, audit).await.map_err(repo_error)
+    }
+
+    fn single_process(&self) -> bool {
+        Sql(self).single_process()
+    }
+
+    async fn heartbeat(&self, node: &str, now: Timestamp, forget_before: Timestamp) -> Result<(), RepoError> {
+        Sql(self).heartbeat(node, now, forget_before).await.map_err(repo_error)
+    }
+
+    async fn orphaned_work(
+        &self,
+        node: &str,
+        dead_before: Timestamp,
+        ownerless_before: Timestamp,
+    ) -> Result<(Vec<(String, String, u64)>, Vec<String>), RepoError> {
+        Sql(self).orphaned_work(node, dead_before, ownerless_before).await.map_err(repo_error)
+    }
+
+    async fn pin_objects(&self, instance: &str, pin: &str) -> Result<(), RepoError> {
+        Sql(self).pin_objects(instance, pin).await.map_err(repo_error)
+    }
+
+    async fn pinned_objects(&self, pin: &str, after: &str, limit: u64) -> Result<Vec<ObjectRecord>, RepoError> {
+        Sql(self).pinned_objects(pin, after, limit).await.map_err(repo_error)
+    }
+
+    async fn unpin(&self, instance: &str, pin: &str) -> Result<(), RepoError> {
+        Sql(self).unpin(instance, pin).await.map_err(repo_error)
+    }
+
+    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord, node: &str) -> Result<(), RepoError> {
+        Sql(self).insert_backup(backup, kek, node).await.map_err(repo_error)
+    }
+
+    async fn finish_backup(
+        &self,
+        name: &str,
+        size_bytes: u64,
+        object_count: u64,
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError> {
+        Sql(self).finish_backup(name, size_bytes, object_count, audit).await.map_err(repo_error)
+    }
+
+    async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, RepoError> {
+        Sql(self).backup(name).await.map_err(repo_error)
+    }
+
+    async fn list_backups(&self, instance: &str) -> Result<Vec<BackupRecord>, RepoError> {
+        Sql(self).list_backups(instance).await.map_err(repo_error)
+    }
+
+    async fn backups_by_key(&self, key: &str) -> Result<Vec<BackupRecord>, RepoError> {
+        Sql(self).backups_by_key(key).await.map_err(repo_error)
+    }
+
+    async fn replicas_of(&self, primary: &str) -> Result<Vec<String>, RepoError> {
+        Sql(self).replicas_of(primary).await.map_err(repo_error)
+    }
+
+    async fn all_replicas(&self) -> Result<Vec<String>, RepoError> {
+        Sql(self).all_replicas().await.map_err(repo_error)
+    }
+
+    async fn replica_sources(&self, replica: &str) -> Result<Vec<(String, u64)>, RepoError> {
+        Sql(self).replica_sources(replica).await.map_err(repo_error)
+    }
+
+    async fn set_replica_source(&self, replica: &str, object: &str, generation: u64) -> Result<(), RepoError> {
+        Sql(self).set_replica_source(replica, object, generation).await.map_err(repo_error)
+    }
+
+    async fn insert_export(&self, export: &ExportRecord, audit: &[AuditRecord]) -> Result<(), RepoError> {
+        Sql(self).insert_export(export, audit).await.map_err(repo_error)
+    }
+
+    async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, RepoError> {
+        Sql(self).exports_by_key(key).await.map_err(repo_error)
+    }
+
+    async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, RepoError> {
+        Sql(self).exports_under(prefix).await.map_err(repo_error)
+    }
+
+    async fn set_exports_missing(
+        &self,
+        changes: &[(String, bool)],
+        now: Timestamp,
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError> {
+        Sql(self).set_exports_missing(changes, now, audit).await.map_err(repo_error)
+    }
+
+    async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, RepoError> {
+        Sql(self).keks(instance).await.map_err(repo_error)
+    }
+
+    async fn insert_kek(&self, instance: &str, kek: &KekRecord) -> Result<(), RepoError> {
+        Sql(self).insert_kek(instance, kek).await.map_err(repo_error)
+    }
+
+    async fn update_keks(
+        &self,
+        instance: &str,
+        keks: &[(u64, WrappedKek)],
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError> {
+        Sql(self).update_keks(instance, keks, audit).await.map_err(repo_error)
+    }
+
+    async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, RepoError> {
+        Sql(self).delete_kek_if_unused(instance, id).await.map_err(repo_error)
+    }
+
+    async fn begin_upload(
+        &self,
+        instance: &str,
+        object: &str,
+        generation: u64,
+        node: &str,
+        now: Timestamp,
+    ) -> Result<(), RepoError> {
+        Sql(self).begin_upload(instance, object, generation, node, now).await.map_err(repo_error)
+    }
+
+    async fn put_chunks(
+        &self,
+        instance: &str,
+        object: &str,
+        generation: u64,
+        first_index: u64,
+        chunks: &[StoredChunk],
+    ) -> Result<(), RepoError> {
+        Sql(self).put_chunks(instance, object, generation, first_index, chunks).await.map_err(repo_error)
+    }
+
+    async fn commit_upload(
+        &self,
+        instance: &str,
+        object: &ObjectRecord,
+        first_index: u64,
+        last_chunks: &[StoredChunk],
+        expected_generation: Option<u64>,
+        audit: &[AuditRecord],
+    ) -> Result<(), RepoError> {
+        Sql(self)
+            .commit_upload(instance, object, first_index, last_chunks, expected_generation, audit)
+            .await
+            .map_err(repo_error)
+    }
+
+    async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), RepoError> {
+        Sql(self).abort_upload(instance, object, generation).await.map_err(repo_error)
+    }
+
+    async fn object(&self, instance: &str, name: &str) -> Result<Option<ObjectRecord>, RepoError> {
+        Sql(self).object(instance, name).await.map_err(repo_error)
+    }
+
+    async fn list_objects(
+        &self,
+        instance: &str,
+        prefix: &str,
+        after: &str,
+        limit: u64,
+    ) -> Result<Vec<ObjectRecord>, RepoError> {
+        Sql(self).list_objects(instance, prefix, after, limit).await.map_err(repo_error)
+    }
+
+    async fn delete_object(&self, instance: &str, name: &str, audit: &[AuditRecord]) -> Result<bool, RepoError> {
+        Sql(self).delete_object(instance, name, audit).await.map_err(repo_error)
+    }
+
+    async fn chunk(
+        &self,
+        instance: &str,
+        object: &str,
+        generation: u64,
+        index: u64,
+    ) -> Result<Option<StoredChunk>, RepoError> {
+        Sql(self).chunk(instance, object, generation, index).await.map_err(repo_error)
     }
 }
 

@@ -777,9 +777,9 @@ mod repo {
 
     use keyhold_api::wire::Timestamp;
     pub use keyhold_cmek::{SealedChunk, WrappedKek};
-    use keyhold_kms::store::StoreError;
     use keyhold_store::StoreRepository;
     use keyhold_store::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord};
+    pub use keyhold_store::repo::RepoError;
 
     use super::{Opened, t};
 
@@ -836,7 +836,7 @@ mod repo {
         generation: u64,
         chunks: u64,
         expected: Option<u64>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RepoError> {
         r.begin_upload(inst, name, generation, "node-a", t(3)).await?;
         let tag = |i: u64| format!("{name}/{generation}/{i}");
         let early: Vec<SealedChunk> = (0..chunks - 1).map(|i| chunk(&tag(i))).collect();
@@ -911,7 +911,7 @@ async fn repo_instances(db: Opened) {
     assert_eq!(r.keks(&instance_name("a")).await.unwrap(), [kek(1)], "created with its first KEK");
 
     let dup = r.insert_instance(&instance("a", Some(KEY)), &kek(1), &[]).await;
-    assert!(matches!(dup, Err(StoreError::AlreadyExists)), "{dup:?}");
+    assert!(matches!(dup, Err(RepoError::AlreadyExists)), "{dup:?}");
     assert_eq!(r.instance(&instance_name("a")).await.unwrap(), Some(instance("a", None)), "unchanged");
 
     // Deleting takes its KEKs, objects and chunks along.
@@ -971,7 +971,7 @@ async fn repo_uploads_and_generations(db: Opened) {
 
     // A writer expecting a generation that is no longer current loses, and changes nothing.
     let lost = upload(r, &inst, "o", 3, 1, Some(1)).await;
-    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    assert!(matches!(lost, Err(RepoError::Conflict)), "{lost:?}");
     assert_eq!(r.object(&inst, "o").await.unwrap(), Some(object("o", 2, 2)));
 
     // An upload aborted leaves nothing.
@@ -987,14 +987,14 @@ async fn repo_uploads_and_generations(db: Opened) {
     r.put_chunks(&inst, "torn", 1, 0, &[chunk("torn/1/0")]).await.unwrap();
     r.abort_upload(&inst, "torn", 1).await.unwrap();
     let torn = r.commit_upload(&inst, &object("torn", 1, 2), 1, &[chunk("torn/1/1")], None, &[]).await;
-    assert!(matches!(torn, Err(StoreError::Conflict)), "{torn:?}");
+    assert!(matches!(torn, Err(RepoError::Conflict)), "{torn:?}");
     assert!(r.object(&inst, "torn").await.unwrap().is_none());
 
     // Deleted meanwhile: the commit is refused.
     r.begin_upload(&inst, "q", 1, "node-a", t(3)).await.unwrap();
     assert!(r.delete_instance(&inst, &[]).await.unwrap());
     let late = r.commit_upload(&inst, &object("q", 1, 1), 0, &[chunk("q/1/0")], None, &[]).await;
-    assert!(matches!(late, Err(StoreError::Conflict)), "{late:?}");
+    assert!(matches!(late, Err(RepoError::Conflict)), "{late:?}");
     assert!(r.object(&inst, "q").await.unwrap().is_none());
     assert!(r.chunk(&inst, "q", 1, 0).await.unwrap().is_none());
 }
@@ -1062,10 +1062,10 @@ async fn repo_builds_and_backups(db: Opened) {
 
     // A build holds its name: a second build, or a new instance of that name, is refused.
     r.begin_pending(&target, "node-a", t(10)).await.unwrap();
-    assert!(matches!(r.begin_pending(&target, "node-b", t(10)).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(r.begin_pending(&target, "node-b", t(10)).await, Err(RepoError::AlreadyExists)));
     assert!(matches!(
         r.insert_instance(&instance("restored", None), &kek(1), &[]).await,
-        Err(StoreError::AlreadyExists)
+        Err(RepoError::AlreadyExists)
     ));
     r.insert_kek(&target, &kek(1)).await.unwrap();
     upload(r, &target, "o", 1, 1, None).await.unwrap();
@@ -1092,7 +1092,7 @@ async fn repo_builds_and_backups(db: Opened) {
     let b2 = "projects/acme/locations/us-east1/backups/b2";
     r.insert_backup(&backup(b2, &src), &kek(1), "node-a").await.unwrap();
     r.insert_backup(&backup(b1, &src), &kek(1), "node-a").await.unwrap();
-    assert!(matches!(r.insert_backup(&backup(b1, &src), &kek(1), "node-a").await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(r.insert_backup(&backup(b1, &src), &kek(1), "node-a").await, Err(RepoError::AlreadyExists)));
     assert_eq!(r.backup(b1).await.unwrap(), Some(backup(b1, &src)));
     assert_eq!(r.keks(b1).await.unwrap(), [kek(1)]);
     r.finish_backup(b1, 1234, 5, &[]).await.unwrap();
@@ -1110,7 +1110,7 @@ async fn repo_builds_and_backups(db: Opened) {
     assert!(r.keks(b2).await.unwrap().is_empty());
     // A backup discarded (as orphaned) while it was being written cannot be finished.
     let late = r.finish_backup(b2, 1, 1, &[]).await;
-    assert!(matches!(late, Err(StoreError::Conflict)), "{late:?}");
+    assert!(matches!(late, Err(RepoError::Conflict)), "{late:?}");
     assert_eq!(r.backup(b2).await.unwrap(), None);
 }
 
@@ -1231,7 +1231,7 @@ async fn repo_changes_commit_their_audit_entries(db: Opened) {
     assert_eq!(head().await, h0 + 1);
     assert_eq!(newest_audit(kms).await, entry("CreateInstance", &inst));
     let dup = r.insert_instance(&instance("i", None), &kek(1), &[entry("CreateInstance", &inst)]).await;
-    assert!(matches!(dup, Err(StoreError::AlreadyExists)), "{dup:?}");
+    assert!(matches!(dup, Err(RepoError::AlreadyExists)), "{dup:?}");
     assert_eq!(head().await, h0 + 1, "a refused create records nothing");
 
     // Several entries of one call, in order.
@@ -1246,7 +1246,7 @@ async fn repo_changes_commit_their_audit_entries(db: Opened) {
     r.begin_upload(&inst, "o", 2, "node-a", t(3)).await.unwrap();
     let lost =
         r.commit_upload(&inst, &object("o", 2, 1), 0, &[chunk("o/2/0")], Some(7), &[entry("WriteObject", "o")]).await;
-    assert!(matches!(lost, Err(StoreError::Conflict)), "{lost:?}");
+    assert!(matches!(lost, Err(RepoError::Conflict)), "{lost:?}");
     assert_eq!(head().await, h0 + 3);
     r.abort_upload(&inst, "o", 2).await.unwrap();
 

@@ -7,9 +7,10 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use keyhold_api::status::ErrorBodyKind;
 use keyhold_api::{Code, Status};
-use keyhold_cmek::{ImpersonatedToken, KmsClient, KmsClientError, LocalKmsClient, RestKmsClient, TokenSource};
-use keyhold_iam::Principal;
-use keyhold_kms::{Caller, Kms};
+use keyhold_cmek::{ImpersonatedToken, KmsClient, KmsClientError, RestKmsClient, TokenSource};
+use keyhold_iam::{Caller, Principal};
+
+use crate::host::ServiceHost;
 
 use crate::model::SERVICE;
 
@@ -33,17 +34,17 @@ fn service_principal() -> Principal {
     Principal::parse(&format!("service:{SERVICE}")).expect("valid service principal")
 }
 
-/// Agents in the KMS of this process.
+/// Agents in the KMS of this process, reached through the store's host.
 #[derive(Debug)]
 pub struct LocalAgents {
-    kms: Arc<Kms>,
+    host: Arc<dyn ServiceHost>,
     cache: Mutex<HashMap<String, Agent>>,
 }
 
 impl LocalAgents {
-    /// Agents in `kms`.
-    pub fn new(kms: Arc<Kms>) -> Self {
-        Self { kms, cache: Mutex::default() }
+    /// Agents in `host`'s KMS.
+    pub fn new(host: Arc<dyn ServiceHost>) -> Self {
+        Self { host, cache: Mutex::default() }
     }
 }
 
@@ -54,16 +55,14 @@ impl AgentProvider for LocalAgents {
             return Ok(a.clone());
         }
         let me = Caller::new(service_principal(), "");
-        let identity = self.kms.generate_service_identity(&me, project, SERVICE).await.map_err(|e| {
-            let s = e.to_status();
-            KmsClientError::new(s.code, s.message)
-        })?;
-        let principal = Principal::parse(&format!("serviceAccount:{}", identity.email))
+        let email = self
+            .host
+            .generate_service_identity(&me, project, SERVICE)
+            .await
+            .map_err(|e| KmsClientError::from_status(e.status))?;
+        let principal = Principal::parse(&format!("serviceAccount:{email}"))
             .map_err(|e| KmsClientError::new(Code::Internal, e.to_string()))?;
-        let agent = Agent {
-            email: identity.email,
-            client: Arc::new(LocalKmsClient::new(self.kms.clone(), Caller::new(principal, ""))),
-        };
+        let agent = Agent { client: self.host.kms_client(Caller::new(principal, "")), email };
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(project.to_string(), agent.clone());
         Ok(agent)
     }

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use keyhold_api::wire::Timestamp;
+use keyhold_audit::AuditKind;
 use keyhold_cmek::{AccessReason, KeyGuard, WrappedKek};
+use keyhold_iam::Caller;
 use keyhold_iam::role;
-use keyhold_kms::Caller;
-use keyhold_kms::audit::AuditKind;
 
 use crate::archive::{ArchiveHeader, ArchiveItem, ArchiveReader, ArchiveWriter, ArchivedObject, read_header};
 use crate::error::StoreError;
@@ -626,7 +626,9 @@ impl Store {
                 .await;
         }
         let primary = self.instance_record(primary).await.map_err(|e| match e {
-            StoreError::NotFound(m) => StoreError::FailedPrecondition(format!("replicaOf: {m}")),
+            e @ (StoreError::NotFound(_) | StoreError::InstanceNotFound(_)) => {
+                StoreError::FailedPrecondition(format!("replicaOf: {e}"))
+            }
             other => other,
         })?;
         if primary.replica_of.is_some() {

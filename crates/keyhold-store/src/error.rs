@@ -1,7 +1,10 @@
-//! The store's errors, and the one place they become `google.rpc.Status`.
+//! The store's errors, and the one place they become `google.rpc.Status` (code, message,
+//! details) and a log cause.
 
+use crate::host::HostError;
+use crate::model::InstanceName;
+use crate::repo::RepoError;
 use keyhold_api::{Code, Status};
-use keyhold_kms::KmsError;
 
 /// What the store answers when a call fails.
 #[derive(Debug, thiserror::Error)]
@@ -10,7 +13,18 @@ pub enum StoreError {
     /// The request is malformed; the message says how.
     #[error("{0}")]
     InvalidArgument(String),
-    /// No such instance or object.
+    /// No such instance.
+    #[error("Instance {0} not found.")]
+    InstanceNotFound(InstanceName),
+    /// No such object in the instance.
+    #[error("Object {object} not found in {instance}.")]
+    ObjectNotFound {
+        /// The object's name.
+        object: String,
+        /// The instance.
+        instance: InstanceName,
+    },
+    /// No such resource (a backup, ...); the message says which.
     #[error("{0}")]
     NotFound(String),
     /// The name is taken.
@@ -35,9 +49,10 @@ pub enum StoreError {
     /// Stored data failed authentication: tampered with, moved or truncated.
     #[error("{0}")]
     DataLoss(String),
-    /// From the KMS side: authentication, permission, org policy, audit log.
+    /// From the platform ([`crate::host::ServiceHost`]): authentication, permission, quota,
+    /// org policy, audit log; carries the status as the platform renders it.
     #[error(transparent)]
-    Kms(#[from] KmsError),
+    Host(#[from] HostError),
     /// The database is unreachable; retry.
     #[error("The service is temporarily unavailable; retry the request.")]
     Unavailable(String),
@@ -51,12 +66,14 @@ impl StoreError {
     pub fn code(&self) -> Code {
         match self {
             StoreError::InvalidArgument(_) => Code::InvalidArgument,
-            StoreError::NotFound(_) => Code::NotFound,
+            StoreError::NotFound(_) | StoreError::InstanceNotFound(_) | StoreError::ObjectNotFound { .. } => {
+                Code::NotFound
+            }
             StoreError::AlreadyExists(_) => Code::AlreadyExists,
             StoreError::FailedPrecondition(_) | StoreError::KeyInaccessible { .. } => Code::FailedPrecondition,
             StoreError::DataLoss(_) => Code::DataLoss,
             StoreError::Aborted(_) => Code::Aborted,
-            StoreError::Kms(e) => e.code(),
+            StoreError::Host(e) => e.code(),
             StoreError::Unavailable(_) => Code::Unavailable,
             StoreError::Internal(_) => Code::Internal,
         }
@@ -65,11 +82,37 @@ impl StoreError {
     /// The status clients see.
     pub fn to_status(&self) -> Status {
         match self {
-            StoreError::Kms(e) => e.to_status(),
+            StoreError::Host(e) => e.status.clone(),
             StoreError::KeyInaccessible { key, .. } => {
                 Status::new(self.code(), self.to_string()).with_precondition_failure("KMS_KEY_ISSUE", key, "")
             }
-            _ => Status::new(self.code(), self.to_string()),
+            StoreError::InvalidArgument(_)
+            | StoreError::NotFound(_)
+            | StoreError::InstanceNotFound(_)
+            | StoreError::ObjectNotFound { .. }
+            | StoreError::AlreadyExists(_)
+            | StoreError::FailedPrecondition(_)
+            | StoreError::Aborted(_)
+            | StoreError::DataLoss(_)
+            | StoreError::Unavailable(_)
+            | StoreError::Internal(_) => Status::new(self.code(), self.to_string()),
+        }
+    }
+
+    /// What the server log gets when this error is answered (never sent to the client): the
+    /// cause of a server-side failure, `None` for the caller's own.
+    pub fn log_cause(&self) -> Option<String> {
+        match self {
+            StoreError::Host(e) => e.cause.clone(),
+            StoreError::Internal(_) | StoreError::Unavailable(_) | StoreError::DataLoss(_) => Some(format!("{self:?}")),
+            StoreError::InvalidArgument(_)
+            | StoreError::NotFound(_)
+            | StoreError::InstanceNotFound(_)
+            | StoreError::ObjectNotFound { .. }
+            | StoreError::AlreadyExists(_)
+            | StoreError::FailedPrecondition(_)
+            | StoreError::KeyInaccessible { .. }
+            | StoreError::Aborted(_) => None,
         }
     }
 }
@@ -81,12 +124,13 @@ impl From<keyhold_api::NameError> for StoreError {
     }
 }
 
-impl From<keyhold_kms::store::StoreError> for StoreError {
-    fn from(e: keyhold_kms::store::StoreError) -> Self {
-        use keyhold_kms::store::StoreError as R;
+impl From<RepoError> for StoreError {
+    fn from(e: RepoError) -> Self {
         match e {
-            R::Unavailable(m) => StoreError::Unavailable(m),
-            other => StoreError::Internal(other.to_string()),
+            RepoError::Unavailable(m) => StoreError::Unavailable(m),
+            other @ (RepoError::AlreadyExists | RepoError::Conflict | RepoError::Corrupt(_)) => {
+                StoreError::Internal(other.to_string())
+            }
         }
     }
 }

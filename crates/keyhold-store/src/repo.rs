@@ -8,11 +8,29 @@
 
 use async_trait::async_trait;
 use keyhold_api::wire::Timestamp;
+use keyhold_audit::AuditRecord;
 use keyhold_cmek::WrappedKek;
-use keyhold_kms::audit::AuditRecord;
-pub use keyhold_kms::store::StoreError as RepoError;
 
 use crate::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
+
+/// Repository failures, classified by kind (never by message): what the store decides on.
+/// The implementation maps its own errors to these.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepoError {
+    /// A row with this key (a name) exists.
+    #[error("already exists")]
+    AlreadyExists,
+    /// Compare-and-set lost, or what the call needed is gone (see each method).
+    #[error("concurrent modification")]
+    Conflict,
+    /// The database cannot be reached or refused the operation transiently; retry.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data cannot be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
 
 /// Where the store keeps instances, KEKs, object metadata and sealed chunks.
 #[async_trait]

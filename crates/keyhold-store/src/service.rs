@@ -9,19 +9,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::{Stream, StreamExt};
+use keyhold_api::resources::{Purpose, VersionState};
 use keyhold_api::wire::Timestamp;
-use keyhold_api::{CryptoKeyName, LocationName};
+use keyhold_api::{Code, CryptoKeyName, LocationName};
+use keyhold_audit::{AuditKind, AuditRecord};
 use keyhold_cmek::{
     Access, AccessReason, ChunkId, CmekWrapper, Failure, GuardConfig, GuardError, GuardRegistry, GuardStatus, Kek,
     KekWrapper, KeyGuard, KmsClientError, SealedChunk, WrappedKek, open_chunk, seal_chunk,
 };
 use keyhold_crypto::KeyBytes;
+use keyhold_iam::Caller;
 use keyhold_iam::{Permission, role};
-use keyhold_kms::audit::{AuditKind, AuditRecord};
-use keyhold_kms::{Caller, Kms, KmsError, ServiceCall};
 
 use crate::agents::AgentProvider;
 use crate::error::StoreError;
+use crate::host::{CallSpec, HostCall, HostError, KeyNotice, ServiceHost};
 use crate::model::*;
 use crate::repo::{RepoError, StoreRepository};
 
@@ -56,11 +58,11 @@ pub struct ListRequest {
     pub prefix: String,
 }
 
-/// Service-managed encryption: KEKs sealed by the KMS's root key (never leaving this
+/// Service-managed encryption: KEKs sealed by the platform's root key (never leaving this
 /// process's KMS), bound to the resource. Always usable.
 #[derive(Debug)]
 struct ServiceManaged {
-    kms: Arc<Kms>,
+    host: Arc<dyn ServiceHost>,
 }
 
 #[async_trait]
@@ -71,12 +73,12 @@ impl KekWrapper for ServiceManaged {
     async fn wrap(&self, resource: &str, kek: &Kek, _: AccessReason) -> Result<WrappedKek, KmsClientError> {
         let bytes = KeyBytes::from_slice(kek.expose()).expect("a KEK is 32 bytes");
         let sealed =
-            self.kms.seal_service_key(&bytes, &format!("{SERVICE}/{resource}")).await.map_err(kms_client_error)?;
+            self.host.seal_service_key(&bytes, &format!("{SERVICE}/{resource}")).await.map_err(kms_client_error)?;
         Ok(WrappedKek { ciphertext: sealed, key_version: None })
     }
     async fn unwrap(&self, resource: &str, wrapped: &WrappedKek, _: AccessReason) -> Result<Kek, KmsClientError> {
         let bytes = self
-            .kms
+            .host
             .unseal_service_key(&wrapped.ciphertext, &format!("{SERVICE}/{resource}"))
             .await
             .map_err(kms_client_error)?;
@@ -84,15 +86,14 @@ impl KekWrapper for ServiceManaged {
     }
 }
 
-fn kms_client_error(e: KmsError) -> KmsClientError {
-    let s = e.to_status();
-    KmsClientError::new(s.code, s.message)
+fn kms_client_error(e: HostError) -> KmsClientError {
+    KmsClientError::from_status(e.status)
 }
 
 /// The store.
 #[derive(Debug)]
 pub struct Store {
-    pub(crate) kms: Arc<Kms>,
+    pub(crate) host: Arc<dyn ServiceHost>,
     pub(crate) repo: Arc<dyn StoreRepository>,
     pub(crate) agents: Arc<dyn AgentProvider>,
     pub(crate) guards: GuardRegistry,
@@ -141,7 +142,7 @@ pub(crate) struct Op {
 /// no change (the call then answers `UNAVAILABLE`). A failure is recorded after, as for every
 /// call.
 pub(crate) struct Audit<'c> {
-    call: &'c ServiceCall<'c>,
+    call: &'c dyn HostCall,
     /// The call this one runs inside (the destination's call around a copy's check on its
     /// source, in another project): its entry commits with the same change.
     outer: Option<&'c Audit<'c>>,
@@ -199,17 +200,18 @@ pub(crate) fn encode_token(last: &str) -> String {
 }
 
 impl Store {
-    /// The store over `repo`, authorizing through `kms`, reaching keys through `agents`.
-    /// Starts the task that turns the KMS's change notices into immediate key checks.
+    /// The store over `repo`, authorizing and auditing through `host`, reaching keys through
+    /// `agents`. Starts the task that turns the host's key-change notices into immediate key
+    /// checks.
     pub fn new(
-        kms: Arc<Kms>,
+        host: Arc<dyn ServiceHost>,
         repo: Arc<dyn StoreRepository>,
         agents: Arc<dyn AgentProvider>,
         config: StoreConfig,
     ) -> Arc<Self> {
         let store = Arc::new(Self {
-            service_managed: Arc::new(ServiceManaged { kms: kms.clone() }),
-            kms,
+            service_managed: Arc::new(ServiceManaged { host: host.clone() }),
+            host,
             repo,
             agents,
             guards: GuardRegistry::default(),
@@ -222,16 +224,15 @@ impl Store {
         store.spawn_heartbeat();
         store.spawn_replication();
         let weak = Arc::downgrade(&store);
-        let mut notices = store.kms.subscribe();
+        let mut notices = store.host.subscribe();
         tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
             loop {
-                let event = notices.recv().await;
+                let notice = notices.next().await;
                 let Some(store) = weak.upgrade() else { return };
-                match event {
-                    Ok(e) => store.guards.key_may_have_changed(|key| e.concerns(key)),
-                    Err(RecvError::Lagged(_)) => store.guards.wake_all(),
-                    Err(RecvError::Closed) => return,
+                match notice {
+                    Some(KeyNotice::Missed) => store.guards.wake_all(),
+                    Some(n) => store.guards.key_may_have_changed(|key| n.concerns(key)),
+                    None => return,
                 }
             }
         });
@@ -366,19 +367,26 @@ impl Store {
         outer: Option<&Audit<'_>>,
         f: impl AsyncFnOnce(&Audit<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let call = self.kms.begin_service_call(caller, SERVICE, op.method, op.resource, op.kind, op.permission).await?;
+        let spec = CallSpec {
+            service: SERVICE,
+            method: op.method,
+            resource: op.resource,
+            kind: op.kind,
+            permission: op.permission,
+        };
+        let call = self.host.begin_call(caller, spec).await?;
         if let Some(w) = warning {
             call.warn(w);
         }
-        let r = f(&Audit { call: &call, outer }).await;
+        let r = f(&Audit { call: &*call, outer }).await;
         let (code, message) = match &r {
-            Ok(_) => (0, String::new()),
+            Ok(_) => (Code::Ok, String::new()),
             Err(e) => {
                 let s = e.to_status();
-                (s.code.number(), s.message)
+                (s.code, s.message)
             }
         };
-        self.kms.finish_service_call(call, code, message).await?;
+        call.finish(code, message).await?;
         r
     }
 
@@ -490,7 +498,7 @@ impl Store {
                 "This store requires customer-managed encryption (--store-require-cmek): give kmsKey, a key in the instance's location that the store's service agent may use.".into(),
             ));
         }
-        self.kms.check_cmek_org_policies(&name.project, SERVICE, kms_key).await?;
+        self.host.check_cmek_org_policy(&name.project, SERVICE, kms_key).await?;
         match kms_key {
             None => Ok(self.service_managed.clone()),
             Some(key) => self.check_key_for_instance(name, key).await,
@@ -515,9 +523,9 @@ impl Store {
             Failure::Unreachable => StoreError::Unavailable(format!("the KMS cannot be reached: {}", e.message)),
             _ => StoreError::FailedPrecondition(format!("The store's service agent cannot be set up: {}", e.message)),
         })?;
-        match agent.client.describe_key(key).await {
+        match agent.client.describe_key(&key_name).await {
             Ok(Some(d)) => {
-                if d.purpose != "ENCRYPT_DECRYPT" {
+                if d.purpose != Purpose::EncryptDecrypt {
                     return Err(StoreError::FailedPrecondition(format!(
                         "The KMS key {key} has purpose {}; CMEK needs a key with purpose ENCRYPT_DECRYPT.",
                         d.purpose
@@ -529,7 +537,7 @@ impl Store {
                             "The KMS key {key} has no primary version; create one or set one as primary."
                         )));
                     }
-                    Some((v, state)) if state != "ENABLED" => {
+                    Some((v, state)) if *state != VersionState::Enabled => {
                         return Err(StoreError::FailedPrecondition(format!(
                             "The primary version {v} of the KMS key is {state}; enable it (keyhold kms keys versions enable) or make an enabled version primary."
                         )));
@@ -549,7 +557,7 @@ impl Store {
             Err(_) => {}
         }
         let wanted = [role::VERSIONS_USE_TO_ENCRYPT.as_str(), role::VERSIONS_USE_TO_DECRYPT.as_str()];
-        let held = agent.client.test_permissions(key, &wanted).await.map_err(|e| match e.failure() {
+        let held = agent.client.test_permissions(&key_name, &wanted).await.map_err(|e| match e.failure() {
             Failure::Unreachable => StoreError::Unavailable(format!("the KMS cannot be reached: {}", e.message)),
             _ => StoreError::FailedPrecondition(format!(
                 "Cannot check the service agent's access to {key}: {}",
@@ -626,10 +634,7 @@ impl Store {
 
     pub(crate) async fn instance_record(&self, name: &str) -> Result<InstanceRecord, StoreError> {
         let parsed: InstanceName = name.parse()?;
-        self.repo
-            .instance(&parsed.to_string())
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("Instance {parsed} not found.")))
+        self.repo.instance(&parsed.to_string()).await?.ok_or(StoreError::InstanceNotFound(parsed))
     }
 
     pub(crate) async fn render_instance(
@@ -756,7 +761,7 @@ impl Store {
                 let number = match numbers.get(&instance.project) {
                     Some(n) => *n,
                     None => {
-                        let n = self.kms.project_number(&instance.project).await?;
+                        let n = self.host.project_number(&instance.project).await?;
                         numbers.insert(instance.project.clone(), n);
                         n
                     }
@@ -833,7 +838,7 @@ impl Store {
                 )));
             }
             if !self.repo.delete_instance(&resource, &audit.entries()).await? {
-                return Err(StoreError::NotFound(format!("Instance {resource} not found.")));
+                return Err(StoreError::InstanceNotFound(parsed));
             }
             self.guards.remove(&resource);
             Ok(())
@@ -1197,7 +1202,7 @@ impl Store {
         self.repo
             .object(&resource, object)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("Object {object} not found in {resource}.")))
+            .ok_or_else(|| StoreError::ObjectNotFound { object: object.to_string(), instance: record.name.clone() })
     }
 
     /// `objects.get` (metadata): works while the key is unusable.
@@ -1363,7 +1368,7 @@ impl Store {
             let record = self.instance_record(instance).await?;
             refuse_replica_write(&record)?;
             if !self.repo.delete_object(&record.name.to_string(), object, &audit.entries()).await? {
-                return Err(StoreError::NotFound(format!("Object {object} not found in {}.", record.name)));
+                return Err(StoreError::ObjectNotFound { object: object.to_string(), instance: record.name.clone() });
             }
             self.replication.notify_one();
             Ok(())

@@ -311,6 +311,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, database = ?db, "Keyhold is serving the Cloud KMS v1 API on http://{addr}");
+    let host = keyhold_server::host::KmsHost::shared(kms.clone());
     let agents: Arc<dyn keyhold_store::AgentProvider> = match (&args.kms_endpoint, &args.kms_token_file) {
         (Some(endpoint), Some(file)) => {
             let token = std::fs::read_to_string(file)
@@ -319,7 +320,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             tracing::info!(%endpoint, "store: instance keys are used through the KMS at {endpoint}");
             Arc::new(keyhold_store::RemoteAgents::new(endpoint, Arc::new(token)))
         }
-        _ => Arc::new(keyhold_store::LocalAgents::new(kms.clone())),
+        _ => Arc::new(keyhold_store::LocalAgents::new(host.clone())),
     };
     let store_config = keyhold_store::StoreConfig {
         require_cmek: args.store_require_cmek,
@@ -331,7 +332,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         export_dir: Some(args.store_export_dir.clone().unwrap_or_else(|| args.data_dir.join("exports"))),
         replication_period: args.store_replication_period.to_std().max(std::time::Duration::from_millis(100)),
     };
-    let store = keyhold_store::Store::new(kms.clone(), opened.objects.clone(), agents, store_config);
+    let store = keyhold_store::Store::new(host, opened.objects.clone(), agents, store_config);
     // Finding 6: what a crash left is deleted now, not an hour later (never what another
     // node sharing the database is still writing).
     match store.clean_up_after_crash().await {
