@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyhold_api::resources::AccessReason;
+use keyhold_api::resources::{AccessReason, VersionState};
 use keyhold_api::status::ErrorBodyKind;
 use keyhold_api::wire::{Bytes, SecretBytes};
 use keyhold_api::{Code, Status};
@@ -67,6 +67,10 @@ pub enum EkmError {
         /// The manager's message (names the key, the caller and the reason for a policy
         /// refusal).
         message: String,
+        /// The state of the manager's key when it refused because of it (the `KEY_<STATE>`
+        /// violation of its `google.rpc.PreconditionFailure`), so that the KMS can pass it on
+        /// typed to CMEK services.
+        key_state: Option<VersionState>,
     },
     /// The manager could not be reached, did not answer within the timeout, or answered with
     /// a server error (5xx, 429). Retrying later may succeed; the KMS answers 503 UNAVAILABLE.
@@ -478,7 +482,7 @@ fn error_of(http: u16, body: &[u8]) -> EkmError {
     let (decoded, kind) = Status::decode_http(http, body);
     let code = decoded.code;
     let message = match kind {
-        ErrorBodyKind::Google | ErrorBodyKind::MessageOnly => decoded.message,
+        ErrorBodyKind::Google | ErrorBodyKind::MessageOnly => decoded.message.clone(),
         ErrorBodyKind::Foreign => String::new(),
     };
     // The manager is another party: its text is bounded and stripped of control characters.
@@ -495,7 +499,11 @@ fn error_of(http: u16, body: &[u8]) -> EkmError {
     if transient {
         EkmError::Unavailable { detail: format!("HTTP {http} {}: {message}", code.as_str()) }
     } else {
-        EkmError::Refused { code, message }
+        let key_state = decoded
+            .precondition_failure_types()
+            .into_iter()
+            .find_map(|t| t.strip_prefix("KEY_").and_then(VersionState::from_name));
+        EkmError::Refused { code, message, key_state }
     }
 }
 
@@ -663,13 +671,27 @@ mod tests {
     #[test]
     fn error_mapping() {
         let body = br#"{"error": {"code": 403, "message": "denied", "status": "PERMISSION_DENIED"}}"#;
-        assert_eq!(error_of(403, body), EkmError::Refused { code: Code::PermissionDenied, message: "denied".into() });
+        assert_eq!(
+            error_of(403, body),
+            EkmError::Refused { code: Code::PermissionDenied, message: "denied".into(), key_state: None }
+        );
+        let disabled = Status::new(Code::FailedPrecondition, "Key k is not enabled.")
+            .with_precondition_failure("KEY_DISABLED", "k", "")
+            .to_body();
+        let EkmError::Refused { key_state, .. } = error_of(400, &serde_json::to_vec(&disabled).unwrap()) else {
+            panic!()
+        };
+        assert_eq!(key_state, Some(VersionState::Disabled), "the state comes from the details, typed");
         assert!(matches!(error_of(503, b"<html>"), EkmError::Unavailable { .. }));
         assert!(matches!(error_of(500, b""), EkmError::Unavailable { .. }));
         assert!(matches!(error_of(429, b""), EkmError::Unavailable { .. }));
         assert_eq!(
             error_of(404, b"nope"),
-            EkmError::Refused { code: Code::NotFound, message: "the manager answered HTTP 404".into() }
+            EkmError::Refused {
+                code: Code::NotFound,
+                message: "the manager answered HTTP 404".into(),
+                key_state: None
+            }
         );
         let evil = format!(r#"{{"error": {{"message": "a\nb{}", "status": "INVALID_ARGUMENT"}}}}"#, "x".repeat(5000));
         let EkmError::Refused { message, .. } = error_of(400, evil.as_bytes()) else { panic!() };

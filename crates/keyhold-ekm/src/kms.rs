@@ -25,10 +25,10 @@ fn context(req: &ExternalRequest, operation: &str) -> RequestContext {
 /// the CMEK grace period). A blob the manager cannot unwrap is a failed decryption.
 fn backend_error(e: EkmError, unwrapping: bool) -> BackendError {
     match e {
-        EkmError::Refused { code: Code::NotFound, message } => BackendError::KeyNotFound(message),
+        EkmError::Refused { code: Code::NotFound, message, .. } => BackendError::KeyNotFound(message),
         EkmError::Refused { code: Code::InvalidArgument, .. } if unwrapping => BackendError::DecryptFailed,
-        EkmError::Refused { code: Code::InvalidArgument, message } => BackendError::InvalidInput(message),
-        EkmError::Refused { message, .. } => BackendError::Refused(message),
+        EkmError::Refused { code: Code::InvalidArgument, message, .. } => BackendError::InvalidInput(message),
+        EkmError::Refused { message, key_state, .. } => BackendError::Refused { detail: message, key_state },
         EkmError::InvalidUri { .. } => BackendError::InvalidInput(e.to_string()),
         other => BackendError::Unavailable(other.to_string()),
     }
@@ -64,9 +64,15 @@ mod tests {
 
     #[test]
     fn manager_answers_map_to_kms_outcomes() {
-        let refused = |code| EkmError::Refused { code, message: "no".into() };
-        assert_eq!(backend_error(refused(Code::PermissionDenied), false), BackendError::Refused("no".into()));
-        assert_eq!(backend_error(refused(Code::FailedPrecondition), true), BackendError::Refused("no".into()));
+        let refused = |code| EkmError::Refused { code, message: "no".into(), key_state: None };
+        assert_eq!(
+            backend_error(refused(Code::PermissionDenied), false),
+            BackendError::Refused { detail: "no".into(), key_state: None }
+        );
+        assert_eq!(
+            backend_error(refused(Code::FailedPrecondition), true),
+            BackendError::Refused { detail: "no".into(), key_state: None }
+        );
         assert_eq!(backend_error(refused(Code::NotFound), true), BackendError::KeyNotFound("no".into()));
         assert_eq!(backend_error(refused(Code::InvalidArgument), true), BackendError::DecryptFailed);
         assert!(matches!(backend_error(refused(Code::InvalidArgument), false), BackendError::InvalidInput(_)));

@@ -123,7 +123,7 @@ fn alice() -> RequestContext {
 
 fn refused(r: Result<impl std::fmt::Debug, EkmError>) -> (Code, String) {
     match r {
-        Err(EkmError::Refused { code, message }) => (code, message),
+        Err(EkmError::Refused { code, message, .. }) => (code, message),
         other => panic!("expected a refusal, got {other:?}"),
     }
 }

@@ -159,6 +159,9 @@ pub enum KmsError {
         version: String,
         /// The manager's words.
         detail: String,
+        /// The manager's key state, when that is why it refused: answered as the
+        /// `KEY_<STATE>` precondition violation, like a version that is not enabled.
+        key_state: Option<VersionState>,
     },
     /// The request's access reason is not allowed by the key's `keyAccessJustificationsPolicy`.
     #[error(
@@ -235,6 +238,9 @@ impl KmsError {
             KmsError::VersionNotEnabled { version, state } => {
                 status.with_precondition_failure(&format!("KEY_{}", state.as_str()), &version.to_string(), "")
             }
+            KmsError::ExternalKeyRefused { version, key_state: Some(state), .. } => {
+                status.with_precondition_failure(&format!("KEY_{}", state.as_str()), version, "")
+            }
             KmsError::QuotaExceeded { service, project_number, exhausted } => {
                 // The detail Google's quota errors carry (hashicorp/vault-plugin-secrets-gcpkms#30).
                 let m = exhausted.metric;
@@ -264,7 +270,9 @@ impl KmsError {
     pub fn from_backend(what: &str, version: &str, e: BackendError) -> Self {
         match e {
             BackendError::Unavailable(detail) => KmsError::KeyBackendUnavailable { what: what.to_string(), detail },
-            BackendError::Refused(detail) => KmsError::ExternalKeyRefused { version: version.to_string(), detail },
+            BackendError::Refused { detail, key_state } => {
+                KmsError::ExternalKeyRefused { version: version.to_string(), detail, key_state }
+            }
             BackendError::KeyNotFound(detail) => KmsError::FailedPrecondition(format!(
                 "The key material of {version} is gone from its backend: {detail}"
             )),
@@ -312,9 +320,23 @@ mod tests {
             KmsError::from_backend("The HSM", &v1, BackendError::Unavailable("token removed".into())).code(),
             Code::Unavailable
         );
-        let refused = KmsError::from_backend("x", &v1, BackendError::Refused("reason not allowed".into()));
+        let refused = KmsError::from_backend(
+            "x",
+            &v1,
+            BackendError::Refused { detail: "reason not allowed".into(), key_state: None },
+        );
         assert_eq!(refused.code(), Code::FailedPrecondition);
         assert!(refused.to_string().contains("reason not allowed"));
+        assert!(refused.to_status().precondition_failure_types().is_empty(), "no state, no KEY_ detail");
+        let disabled = KmsError::from_backend(
+            "x",
+            &v1,
+            BackendError::Refused {
+                detail: "the manager's key is off".into(),
+                key_state: Some(VersionState::Disabled),
+            },
+        );
+        assert_eq!(disabled.to_status().precondition_failure_types(), ["KEY_DISABLED"]);
         assert_eq!(KmsError::from_backend("x", &v1, BackendError::DecryptFailed).code(), Code::InvalidArgument);
         let denied = KmsError::JustificationDenied {
             key: v.crypto_key.to_string(),

@@ -10,7 +10,7 @@ use keyhold_api::Code;
 use keyhold_audit::AuditRecord;
 use keyhold_cmek::KmsClient;
 use keyhold_crypto::KeyBytes;
-use keyhold_iam::Caller;
+use keyhold_kms::Caller;
 use keyhold_kms::events::KmsEvent;
 use keyhold_kms::{Kms, KmsError, ServiceCall};
 use keyhold_store::host::{CallSpec, HostCall, HostError, KeyNotice, KeyNotices, ServiceHost};

@@ -153,7 +153,7 @@ async fn a_separate_manager_process_stops_dies_and_comes_back() {
     other_resource.key_version_name =
         "projects/q/locations/global/keyRings/r/cryptoKeys/ext/cryptoKeyVersions/1".into();
     match client.unwrap(&uri, &blob, b"instance db1", &other_resource).await {
-        Err(EkmError::Refused { code: Code::PermissionDenied, message }) => {
+        Err(EkmError::Refused { code: Code::PermissionDenied, message, .. }) => {
             assert!(message.contains("allowedResources"), "{message}")
         }
         other => panic!("{other:?}"),

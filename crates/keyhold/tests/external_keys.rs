@@ -254,8 +254,11 @@ async fn external_key_through_a_manager_process() {
     keyhold(&["ekm", "keys", "disable", "db-key", "--data-dir", ekm_data.to_str().unwrap()]);
     let (st, body) = send(d, port, Method::POST, &format!("{KEY}:encrypt"), json!({"plaintext": "eA=="}), None).await;
     assert_eq!((st, body["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{body}");
+    // The manager's key state travels typed: its KEY_DISABLED violation becomes the KMS's.
+    assert_eq!(body["error"]["details"][0]["violations"][0]["type"], "KEY_DISABLED", "{body}");
     until("store suspended by the manager", async || read(d, port).await == Err(400)).await;
     let inst = call(d, port, Method::GET, INSTANCE, json!(null)).await;
     assert_eq!(inst["suspensionReason"], "KMS_KEY_ISSUE", "{inst}");
+    assert_eq!(inst["keyStatus"]["observedKeyState"], "DISABLED", "{inst}");
     println!("external key: store offline {offline:?} after the manager stopped, back {back:?} after it resumed");
 }

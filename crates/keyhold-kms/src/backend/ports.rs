@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keyhold_api::resources::AccessReason;
+use keyhold_api::resources::{AccessReason, VersionState};
 use keyhold_crypto::Secret;
 
 use crate::material::HsmObjectRef;
@@ -21,8 +21,14 @@ pub enum BackendError {
     #[error("{0}")]
     Unavailable(String),
     /// The external key manager (or its policy) said no: `400 FAILED_PRECONDITION`.
-    #[error("{0}")]
-    Refused(String),
+    #[error("{detail}")]
+    Refused {
+        /// The manager's words.
+        detail: String,
+        /// The state of the manager's key, when that is why it refused (CMEK services read it
+        /// from the KMS's answer as the key's state).
+        key_state: Option<VersionState>,
+    },
     /// The key object is gone from the token or the manager.
     #[error("{0}")]
     KeyNotFound(String),
