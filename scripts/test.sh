@@ -186,66 +186,17 @@ trap 'exit 143' TERM
 # for it).
 CARGO_DENY_VERSION=0.20.2
 
-# Crates being reshaped on other branches whose rustfmt/clippy findings are reported here but
-# do not fail the gates yet (the list of them is for whoever cleans those crates). Remove a
-# crate once it is clean; with the list empty, the gates are exactly the commands above.
-LINT_REPORT_ONLY=(keyhold-kms keyhold-store keyhold-storage)
-
-# Reads findings ("path:line:..." lines) on stdin; prints those in LINT_REPORT_ONLY crates as
-# notes and the others as they are; fails if any of the others is there.
-split_findings() {
-    local what="$1" line crate blocking=0 reported=0
-    while IFS= read -r line; do
-        crate="$(sed -n 's#^\(.*/\)\{0,1\}crates/\([^/]*\)/.*#\2#p' <<<"$line")"
-        if [ -n "$crate" ] && [[ " ${LINT_REPORT_ONLY[*]} " == *" $crate "* ]]; then
-            reported=$((reported + 1))
-        else
-            printf '%s\n' "$line"
-            blocking=$((blocking + 1))
-        fi
-    done
-    if [ "$reported" -gt 0 ]; then
-        note "$what: $reported finding(s) in report-only crates (${LINT_REPORT_ONLY[*]}), not failing"
-    fi
-    [ "$blocking" -eq 0 ]
-}
-
 lint_fmt() {
-    if [ "${#LINT_REPORT_ONLY[@]}" -eq 0 ]; then
-        note "cargo fmt --all --check"
-        cargo fmt --all --check
-        return
-    fi
-    note "cargo fmt --all --check (report only for: ${LINT_REPORT_ONLY[*]})"
-    local out rc=0
-    out="$(cargo fmt --all --check 2>&1)" || rc=$?
-    [ "$rc" -eq 0 ] && return 0
-    if ! grep -q '^Diff in ' <<<"$out"; then
-        printf '%s\n' "$out" # rustfmt itself failed (a parse error, a missing component)
-        return 1
-    fi
-    grep '^Diff in ' <<<"$out" | sed 's/^Diff in //' | split_findings rustfmt || {
+    note "cargo fmt --all --check"
+    cargo fmt --all --check || {
         note "run 'cargo fmt --all' to fix"
         return 1
     }
 }
 
 lint_clippy() {
-    if [ "${#LINT_REPORT_ONLY[@]}" -eq 0 ]; then
-        note "cargo clippy --workspace --all-targets -- -D warnings"
-        cargo clippy --workspace --all-targets -- -D warnings
-        return
-    fi
-    # One run over everything (a second one would check the report-only crates again), its
-    # findings sorted afterwards.
-    note "cargo clippy --workspace --all-targets (-D warnings, except report only for: ${LINT_REPORT_ONLY[*]})"
-    local out rc=0
-    out="$(cargo clippy --workspace --all-targets --message-format=short 2>&1)" || rc=$?
-    if [ "$rc" -ne 0 ]; then
-        printf '%s\n' "$out"
-        return 1
-    fi
-    grep -E '^[^ :]+:[0-9]+:[0-9]+: (warning|error)' <<<"$out" | sort -u | split_findings clippy
+    note "cargo clippy --workspace --all-targets -- -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings
 }
 
 lint_deny() {

@@ -22,6 +22,12 @@ pub use member::{MemberError, Principal};
 pub use policy::{PolicyError, allows, etag_for_revision, normalize};
 pub use role::{Permission, Role};
 
+/// Whether a change of the IAM policy on `changed` can change what is allowed on `resource`:
+/// it is the resource itself or one of its ancestors.
+pub fn policy_change_affects(changed: &str, resource: &str) -> bool {
+    resource == changed || policy_ancestors(resource).iter().any(|a| a == changed)
+}
+
 /// The resource at the top of the hierarchy: the whole Keyhold server. Its policy is where the
 /// server's owner is bound (Google's equivalent is an organization).
 pub const ROOT_RESOURCE: &str = "organizations/keyhold";

@@ -276,20 +276,17 @@ impl Gate {
         }
     }
 
-    /// Records the outcome of a service call (`code` 0 for success, else a `google.rpc.Code`
-    /// number and the message the caller was given), unless its success entry was committed
-    /// with its change ([`ServiceCall::success_entry`]). Fails if the entry cannot be written:
-    /// the service must then not answer as if the call had succeeded.
+    /// Records the outcome of a service call (see [`crate::Kms::finish_service_call`]).
     pub(crate) async fn finish_service_call(
         &self,
         call: ServiceCall<'_>,
-        code: i32,
+        code: keyhold_api::Code,
         message: String,
     ) -> Result<(), KmsError> {
-        if code == 0 && call.0.committed.load(Ordering::Acquire) {
+        if code == keyhold_api::Code::Ok && call.0.committed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let entry = call.0.record_status(code, message);
+        let entry = call.0.record_status(code.number(), message);
         self.audit.record(entry).await.map_err(|e| {
             tracing::error!(error = %e, "cannot write the audit log; refusing the request");
             KmsError::Unavailable(e)

@@ -25,9 +25,7 @@ impl KmsEvent {
     pub fn concerns(&self, key: &str) -> bool {
         match self {
             KmsEvent::KeyChanged(k) => k.to_string() == key,
-            KmsEvent::PolicyChanged(resource) => {
-                key == resource || keyhold_iam::policy_ancestors(key).iter().any(|a| a == resource)
-            }
+            KmsEvent::PolicyChanged(resource) => keyhold_iam::policy_change_affects(resource, key),
             KmsEvent::StoreChanged => true,
         }
     }

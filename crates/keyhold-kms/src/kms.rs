@@ -750,11 +750,16 @@ impl Kms {
         self.gate.begin_service_call(caller, Op::of(service, method, kind), resource, permission).await
     }
 
-    /// Records the outcome of a service call (`code` 0 for success, else a `google.rpc.Code`
-    /// number and the message the caller was given), unless its success entry was committed
-    /// with its change ([`ServiceCall::success_entry`]). Fails if the entry cannot be written:
-    /// the service must then not answer as if the call had succeeded.
-    pub async fn finish_service_call(&self, call: ServiceCall<'_>, code: i32, message: String) -> Result<(), KmsError> {
+    /// Records the outcome of a service call (`Code::Ok` for success, else the code and the
+    /// message the caller was given), unless its success entry was committed with its change
+    /// ([`ServiceCall::success_entry`]). Fails if the entry cannot be written: the service must
+    /// then not answer as if the call had succeeded.
+    pub async fn finish_service_call(
+        &self,
+        call: ServiceCall<'_>,
+        code: keyhold_api::Code,
+        message: String,
+    ) -> Result<(), KmsError> {
         self.gate.finish_service_call(call, code, message).await
     }
 

@@ -63,7 +63,7 @@ impl HostCall for KmsCall<'_> {
 
     async fn finish(self: Box<Self>, code: Code, message: String) -> Result<(), HostError> {
         let KmsCall { kms, call } = *self;
-        kms.finish_service_call(call, code.number(), message).await.map_err(host_error)
+        kms.finish_service_call(call, code, message).await.map_err(host_error)
     }
 }
 

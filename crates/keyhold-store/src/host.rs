@@ -93,9 +93,7 @@ impl KeyNotice {
     pub fn concerns(&self, key: &str) -> bool {
         match self {
             KeyNotice::KeyChanged(k) => k.to_string() == key,
-            KeyNotice::PolicyChanged(resource) => {
-                key == resource || keyhold_iam::policy_ancestors(key).iter().any(|a| a == resource)
-            }
+            KeyNotice::PolicyChanged(resource) => keyhold_iam::policy_change_affects(resource, key),
             KeyNotice::AnythingChanged | KeyNotice::Missed => true,
         }
     }

@@ -476,7 +476,7 @@ impl Store {
             ));
         }
         check_instance_id(instance_id)?;
-        if !self.config.locations.iter().any(|l| *l == parent.location) {
+        if !self.config.locations.contains(&parent.location) {
             return Err(StoreError::InvalidArgument(format!(
                 "Location {} is not offered; use one of: {}.",
                 parent.location,
@@ -1107,10 +1107,11 @@ impl Store {
         let generation = random_generation()?;
         let mut batch = ChunkBatch::new(chunks_per_write);
         let r = self.upload(vault, meta, kek_id, generation, body, &mut batch, audit).await;
-        if r.is_err() && batch.upload_recorded {
-            if let Err(e) = self.repo.abort_upload(&vault.resource, meta.name, generation).await {
-                tracing::warn!(resource = %vault.resource, error = %e, "cannot clean up a failed upload; it is retried at the next start");
-            }
+        if r.is_err()
+            && batch.upload_recorded
+            && let Err(e) = self.repo.abort_upload(&vault.resource, meta.name, generation).await
+        {
+            tracing::warn!(resource = %vault.resource, error = %e, "cannot clean up a failed upload; it is retried at the next start");
         }
         r
     }
