@@ -8,7 +8,7 @@
 #   scripts/test.sh python               only the official-client tests in tests/python
 #   scripts/test.sh with-postgres CMD..  run CMD with a throwaway PostgreSQL and
 #                                        KEYHOLD_TEST_POSTGRES_URL set, e.g.
-#                                        scripts/test.sh with-postgres cargo test -p keyhold-storage
+#                                        scripts/test.sh with-postgres cargo test -p keyhold-sql
 #
 # What it does:
 #   0. the lint gates, each on its own (docs/development.md):

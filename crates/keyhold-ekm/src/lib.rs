@@ -13,7 +13,7 @@
 //!   opt-in [`UnwrapCache`] that honours the manager's `allowedCacheDuration`.
 //! * [`kms`]: [`EkmClient`] as the KMS domain's `ExternalKeyManager`.
 //! * [`server`]: the manager itself (`keyhold ekm serve`): an axum router over its own
-//!   [`store`], a reloadable [`policy`] file and bearer [`tokens`] file, and an [`audit`] file.
+//!   [`key_store`], a reloadable [`policy`] file and bearer [`tokens`] file, and an [`audit`] file.
 //! * [`blob`]: the format of wrapped blobs.
 
 #![forbid(unsafe_code)]
@@ -22,16 +22,16 @@
 pub mod audit;
 pub mod blob;
 pub mod client;
+pub mod key_store;
 pub mod kms;
 pub mod policy;
 pub mod protocol;
 mod reload;
 pub mod server;
-pub mod store;
 pub mod tokens;
 
 pub use client::{
     DEFAULT_TIMEOUT, EkmClient, EkmCredentials, EkmError, ExternalKeyUri, RequestContext, UnwrapCache, Unwrapped,
 };
+pub use key_store::{KeyRecord, KeyStore, KeyStoreError};
 pub use server::{EkmServeError, EkmServer, EkmServerConfig, serve};
-pub use store::{KeyRecord, KeyStore, StoreError};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use keyhold_crypto::Secret;
 
-use crate::store::FileSignature;
+use crate::key_store::FileSignature;
 
 struct State<T> {
     signature: Option<FileSignature>,

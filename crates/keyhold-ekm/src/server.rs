@@ -26,13 +26,13 @@ use keyhold_api::{Code, Status};
 use keyhold_crypto::{CryptoError, SecretString};
 
 use crate::audit::{AuditEntry, AuditLog};
+use crate::key_store::{KeyStore, KeyStoreError};
 use crate::policy::{AccessRequest, Decision, Policy};
 use crate::protocol::{
     AdditionalContext, KeyMetadata, KeyState, MAX_AAD_BYTES, MAX_NAME_LEN, MAX_PLAINTEXT_BYTES, MAX_REQUEST_BODY_BYTES,
     RequestMetadata, UnwrapRequest, UnwrapResponse, WrapRequest, WrapResponse, is_valid_key_id,
 };
 use crate::reload::Reloading;
-use crate::store::{KeyStore, StoreError};
 use crate::tokens::Tokens;
 
 /// Where a manager keeps its state and finds its configuration.
@@ -70,7 +70,7 @@ impl EkmServerConfig {
 pub enum EkmServeError {
     /// The key store cannot be opened.
     #[error("key store: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] KeyStoreError),
     /// The policy or tokens file is missing or invalid.
     #[error("{0}")]
     Config(String),
@@ -323,11 +323,11 @@ fn aad_of(b: Option<Bytes>) -> Result<Vec<u8>, Status> {
     Ok(aad)
 }
 
-fn store_status(e: StoreError) -> Status {
+fn store_status(e: KeyStoreError) -> Status {
     match e {
-        StoreError::NotFound(id) => Status::new(Code::NotFound, format!("Key {id} not found.")),
-        StoreError::InvalidKeyId(_) => Status::new(Code::InvalidArgument, e.to_string()),
-        StoreError::Io { .. } => {
+        KeyStoreError::NotFound(id) => Status::new(Code::NotFound, format!("Key {id} not found.")),
+        KeyStoreError::InvalidKeyId(_) => Status::new(Code::InvalidArgument, e.to_string()),
+        KeyStoreError::Io { .. } => {
             tracing::error!(error = %e, "the key store cannot be read");
             Status::new(Code::Unavailable, "The external key manager cannot read its key store.")
         }

@@ -114,9 +114,9 @@ pub fn create_tokens_file(path: &Path, label: &str) -> std::io::Result<SecretStr
     }
     let token = generate_token().map_err(std::io::Error::other)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        crate::store::create_private_dirs(dir)?;
+        crate::key_store::create_private_dirs(dir)?;
     }
-    let mut f = crate::store::create_private_file(path)?;
+    let mut f = crate::key_store::create_private_file(path)?;
     let line = Secret::new(
         format!(
             "# Bearer tokens accepted by this external key manager: one a line, \"LABEL TOKEN\" or \"TOKEN\".\n\

@@ -25,9 +25,9 @@ use tokio::sync::{mpsc, oneshot};
 use keyhold_iam::{Caller, role};
 
 use crate::error::KmsError;
-use crate::store::{AuditQuery, KmsStore, StoreError};
+use crate::repo::{AuditQuery, KmsRepository, RepoError};
 
-type Pending = (AuditRecord, oneshot::Sender<Result<(), StoreError>>);
+type Pending = (AuditRecord, oneshot::Sender<Result<(), RepoError>>);
 
 /// Most entries one group commit writes.
 const MAX_BATCH: usize = 512;
@@ -41,11 +41,11 @@ pub struct AuditWriter {
 impl AuditWriter {
     /// Starts the writer task on the current Tokio runtime. It ends when every clone of the
     /// writer is dropped.
-    pub fn start(store: Arc<dyn KmsStore>) -> Self {
+    pub fn start(store: Arc<dyn KmsRepository>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
         tokio::spawn(async move {
             let mut records: Vec<AuditRecord> = Vec::new();
-            let mut waiting: Vec<oneshot::Sender<Result<(), StoreError>>> = Vec::new();
+            let mut waiting: Vec<oneshot::Sender<Result<(), RepoError>>> = Vec::new();
             while let Some((first, done)) = rx.recv().await {
                 records.push(first);
                 waiting.push(done);
@@ -69,10 +69,10 @@ impl AuditWriter {
     }
 
     /// Records `entry`; returns once it is durable.
-    pub async fn record(&self, entry: AuditRecord) -> Result<(), StoreError> {
+    pub async fn record(&self, entry: AuditRecord) -> Result<(), RepoError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send((entry, done)).map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?;
-        wait.await.map_err(|_| StoreError::Unavailable("the audit writer has stopped".into()))?
+        self.tx.send((entry, done)).map_err(|_| RepoError::Unavailable("the audit writer has stopped".into()))?;
+        wait.await.map_err(|_| RepoError::Unavailable("the audit writer has stopped".into()))?
     }
 }
 
@@ -114,7 +114,7 @@ pub struct AuditLogPage {
 /// caller already allowed to list them; `private` says whether it may also read data-access
 /// entries (`logging.privateLogEntries.list`).
 pub(crate) async fn read_page(
-    repo: &dyn KmsStore,
+    repo: &dyn KmsRepository,
     project: &str,
     resource: &str,
     private: bool,
@@ -199,7 +199,7 @@ impl AuditWriter {
         caller: &Caller,
         resource: &str,
         status: &keyhold_api::Status,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RepoError> {
         let kind = AuditKind::DataAccess;
         self.record(AuditRecord {
             time: Timestamp::now(),
@@ -226,7 +226,7 @@ impl AuditWriter {
 
 /// Verifies the audit chain of a store (used by `keyhold audit verify`, which opens the
 /// database directly rather than asking a server that might be the one tampered with).
-pub async fn verify_store_chain(store: &dyn KmsStore) -> Result<ChainVerdict, StoreError> {
+pub async fn verify_store_chain(store: &dyn KmsRepository) -> Result<ChainVerdict, RepoError> {
     // Read the head first: entries appended while verifying come after it.
     let (head_seq, head_hash) = store.audit_head().await?;
     let mut verifier = ChainVerifier::default();

@@ -14,12 +14,12 @@ use keyhold_iam::{Principal, policy_ancestors};
 
 use crate::clock::Clock;
 use crate::error::KmsError;
-use crate::store::{KmsStore, PolicyRecord, ProjectRecord, StoreError};
+use crate::repo::{KmsRepository, PolicyRecord, ProjectRecord, RepoError};
 
 /// Decides whether a principal holds a permission on a resource.
 #[derive(Debug)]
 pub(crate) struct Authorizer {
-    repo: Arc<dyn KmsStore>,
+    repo: Arc<dyn KmsRepository>,
     clock: Arc<dyn Clock>,
     /// Policies by resource (including "none set"), cleared whenever the store changes; a
     /// generation guard keeps a slow load that raced with a change from being cached.
@@ -30,7 +30,7 @@ pub(crate) struct Authorizer {
 }
 
 impl Authorizer {
-    pub(crate) fn new(repo: Arc<dyn KmsStore>, clock: Arc<dyn Clock>) -> Self {
+    pub(crate) fn new(repo: Arc<dyn KmsRepository>, clock: Arc<dyn Clock>) -> Self {
         Self { repo, clock, policies: RwLock::default(), projects: RwLock::default(), generation: AtomicU64::new(0) }
     }
 
@@ -108,7 +108,7 @@ impl Authorizer {
             match self.repo.insert_project(&p).await {
                 Ok(()) => return Ok(p),
                 // Another request created it, or the number is taken: look again.
-                Err(StoreError::AlreadyExists) => continue,
+                Err(RepoError::AlreadyExists) => continue,
                 Err(e) => return Err(e.into()),
             }
         }

@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use keyhold_api::CryptoKeyName;
 use keyhold_crypto::AeadKey;
 
-use crate::store::{CryptoKeyRecord, VersionRecord};
+use crate::repo::{CryptoKeyRecord, VersionRecord};
 
 /// One version in the cache.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use keyhold_api::resources::{AccessReason, Purpose, VersionState};
 use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, KeyRingName, NameError, Status};
 
 use crate::backend::ports::BackendError;
-use crate::store::StoreError;
+use crate::repo::RepoError;
 
 /// What can go wrong in a KMS call.
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +143,7 @@ pub enum KmsError {
     Contention(String),
     /// The database (or another dependency) is unreachable: retryable.
     #[error("The service is temporarily unavailable; retry the request.")]
-    Unavailable(#[source] StoreError),
+    Unavailable(#[source] RepoError),
     /// The HSM or external key manager holding the key cannot be reached or is failing.
     #[error("{what} is not available: {detail}. Retry the request.")]
     KeyBackendUnavailable {
@@ -282,11 +282,11 @@ impl KmsError {
     }
 }
 
-impl From<StoreError> for KmsError {
-    fn from(e: StoreError) -> Self {
+impl From<RepoError> for KmsError {
+    fn from(e: RepoError) -> Self {
         match e {
-            StoreError::Unavailable(_) => KmsError::Unavailable(e),
-            StoreError::Corrupt(msg) => KmsError::Internal(msg),
+            RepoError::Unavailable(_) => KmsError::Unavailable(e),
+            RepoError::Corrupt(msg) => KmsError::Internal(msg),
             // AlreadyExists and Conflict are handled where they can happen; reaching here means
             // an invariant broke.
             other => KmsError::Internal(other.to_string()),
@@ -345,7 +345,7 @@ mod tests {
         };
         assert_eq!(denied.code().http_status(), 400);
         assert!(denied.to_string().contains("GOOGLE_INITIATED_REVIEW"), "{denied}");
-        let u = KmsError::Unavailable(StoreError::Unavailable("db down".into()));
+        let u = KmsError::Unavailable(RepoError::Unavailable("db down".into()));
         assert_eq!(u.code().http_status(), 503);
         assert!(!u.to_status().message.contains("db down"), "causes stay out of the body");
         assert_eq!(KmsError::Internal("secret detail".into()).to_status().message, "Internal error.");

@@ -13,7 +13,7 @@ use crate::authz::Authorizer;
 use crate::call::{Call, Op};
 use crate::error::KmsError;
 use crate::events::{EventBus, KmsEvent};
-use crate::store::{KmsStore, PolicyRecord, StoreError};
+use crate::repo::{KmsRepository, PolicyRecord, RepoError};
 
 /// A resource that carries an IAM policy.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,13 +70,13 @@ impl IamResource {
 /// The IAM policies of KMS resources: reads and compare-and-set writes.
 #[derive(Debug)]
 pub(crate) struct Policies {
-    repo: Arc<dyn KmsStore>,
+    repo: Arc<dyn KmsRepository>,
     authz: Arc<Authorizer>,
     events: EventBus,
 }
 
 impl Policies {
-    pub(crate) fn new(repo: Arc<dyn KmsStore>, authz: Arc<Authorizer>, events: EventBus) -> Self {
+    pub(crate) fn new(repo: Arc<dyn KmsRepository>, authz: Arc<Authorizer>, events: EventBus) -> Self {
         Self { repo, authz, events }
     }
 
@@ -151,7 +151,7 @@ impl Policies {
                 self.events.send(KmsEvent::PolicyChanged(name.clone()));
                 Ok(Self::render_policy(Some(&PolicyRecord { policy: normalized, revision })))
             }
-            Err(StoreError::Conflict) => {
+            Err(RepoError::Conflict) => {
                 let now = self.repo.policy(&name).await?.map_or(0, |c| c.revision);
                 Err(KmsError::StaleEtag { given: asked.etag.clone(), current: keyhold_iam::etag_for_revision(now) })
             }
@@ -197,7 +197,7 @@ impl Policies {
     ) -> Result<(), KmsError> {
         if self.repo.policy(ROOT_RESOURCE).await?.is_none() {
             match self.repo.set_policy(ROOT_RESOURCE, policy, Some(0), entry).await {
-                Ok(_) | Err(StoreError::Conflict) | Err(StoreError::AlreadyExists) => {}
+                Ok(_) | Err(RepoError::Conflict) | Err(RepoError::AlreadyExists) => {}
                 Err(e) => return Err(e.into()),
             }
             self.authz.clear();

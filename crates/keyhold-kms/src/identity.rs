@@ -16,7 +16,7 @@ use keyhold_iam::{Principal, role};
 use crate::call::Call;
 use crate::clock::Clock;
 use crate::error::KmsError;
-use crate::store::{KmsStore, ServiceIdentityRecord, StoreError, TokenRecord};
+use crate::repo::{KmsRepository, RepoError, ServiceIdentityRecord, TokenRecord};
 
 /// Token text prefix, so a leaked token is recognisable (secret scanners, logs).
 const TOKEN_PREFIX: &str = "kh1.";
@@ -93,7 +93,7 @@ const DEFAULT_ANONYMOUS: &str = "user:anonymous@keyhold.local";
 /// of the KMS that never sees the façade.
 #[derive(Debug)]
 pub(crate) struct Identities {
-    repo: Arc<dyn KmsStore>,
+    repo: Arc<dyn KmsRepository>,
     clock: Arc<dyn Clock>,
     /// `--allow-anonymous`'s principal, if named.
     anonymous_principal: Option<Principal>,
@@ -103,7 +103,7 @@ pub(crate) struct Identities {
 
 impl Identities {
     pub(crate) fn new(
-        repo: Arc<dyn KmsStore>,
+        repo: Arc<dyn KmsRepository>,
         clock: Arc<dyn Clock>,
         anonymous_principal: Option<Principal>,
         default_token_ttl: ProtoDuration,
@@ -322,7 +322,7 @@ impl Identities {
         };
         match self.repo.insert_service_identity(&identity, &call.success_entry()).await {
             Ok(()) => Ok(identity),
-            Err(StoreError::AlreadyExists) => {
+            Err(RepoError::AlreadyExists) => {
                 call.entry_rolled_back();
                 if let Some(existing) = self.repo.service_identity(project_id, service).await? {
                     // Created by a concurrent request.

@@ -23,7 +23,7 @@ use crate::config::KmsConfig;
 use crate::error::KmsError;
 use crate::events::{EventBus, KmsEvent};
 use crate::material::VersionMaterial;
-use crate::store::{CryptoKeyRecord, KmsStore, StoreError, VersionRecord};
+use crate::repo::{CryptoKeyRecord, KmsRepository, RepoError, VersionRecord};
 use crate::validate;
 
 /// How many times a compare-and-set update is retried before answering `ABORTED`.
@@ -43,7 +43,7 @@ pub struct ListQuery {
 /// Key rings, keys and versions.
 #[derive(Debug)]
 pub(crate) struct Keys {
-    repo: Arc<dyn KmsStore>,
+    repo: Arc<dyn KmsRepository>,
     clock: Arc<dyn Clock>,
     config: Arc<KmsConfig>,
     cache: KeyCache,
@@ -53,7 +53,7 @@ pub(crate) struct Keys {
 
 impl Keys {
     pub(crate) fn new(
-        repo: Arc<dyn KmsStore>,
+        repo: Arc<dyn KmsRepository>,
         clock: Arc<dyn Clock>,
         config: Arc<KmsConfig>,
         backends: Backends,
@@ -128,7 +128,7 @@ impl Keys {
         let ring = KeyRing { name: name.to_string(), create_time: Some(self.clock.now()) };
         match self.repo.insert_key_ring(&name, &ring, &call.success_entry()).await {
             Ok(()) => Ok(ring),
-            Err(StoreError::AlreadyExists) => Err(KmsError::KeyRingExists(name)),
+            Err(RepoError::AlreadyExists) => Err(KmsError::KeyRingExists(name)),
             Err(e) => Err(e.into()),
         }
     }
@@ -229,7 +229,7 @@ impl Keys {
                     self.discard_unrecorded_material(first, &e).await;
                 }
                 match e {
-                    StoreError::AlreadyExists => Err(KmsError::CryptoKeyExists(name)),
+                    RepoError::AlreadyExists => Err(KmsError::CryptoKeyExists(name)),
                     e => Err(e.into()),
                 }
             }
@@ -301,13 +301,13 @@ impl Keys {
     /// destroyed). The object then stays for `keyhold hsm reconcile`, whose grace period covers
     /// such a late commit (docs/operations.md, "HSM reconciliation"). Nothing to do for other
     /// protection levels.
-    pub(crate) async fn discard_unrecorded_material(&self, record: &VersionRecord, error: &StoreError) {
+    pub(crate) async fn discard_unrecorded_material(&self, record: &VersionRecord, error: &RepoError) {
         // Only an HSM object lives outside the database.
         if !matches!(record.material, VersionMaterial::Hsm(_)) {
             return;
         }
         let Ok(backend) = self.backends.for_level(record.version.protection_level) else { return };
-        if !matches!(error, StoreError::AlreadyExists | StoreError::Conflict | StoreError::Corrupt(_)) {
+        if !matches!(error, RepoError::AlreadyExists | RepoError::Conflict | RepoError::Corrupt(_)) {
             tracing::warn!(
                 version = %record.name, material = ?record.material, error = %error,
                 "the version's insert failed in a way that may still have committed; its HSM key object is left in \
@@ -465,7 +465,7 @@ impl Keys {
                     self.key_changed(name);
                     return Ok(record);
                 }
-                Err(StoreError::Conflict) => continue,
+                Err(RepoError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -648,7 +648,7 @@ impl Keys {
                     self.key_changed(key_name);
                     return Ok(v);
                 }
-                Err(StoreError::Conflict) => continue,
+                Err(RepoError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
             }
         }

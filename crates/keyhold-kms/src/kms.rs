@@ -46,9 +46,9 @@ use crate::identity::{Identities, NewToken};
 use crate::keys::{KeyFacts, Keys, ListQuery};
 use crate::org_policy::{self, OrgPolicies, OrgPolicyName};
 use crate::quota::Quotas;
+use crate::repo::{KmsRepository, ProjectRecord, RepoError, ServiceIdentityRecord, TokenRecord};
 use crate::root_key::RootKey;
 use crate::scheduler::{DueWork, Scheduler};
-use crate::store::{KmsStore, ProjectRecord, ServiceIdentityRecord, StoreError, TokenRecord};
 
 /// The service of Keyhold's own methods (tokens).
 const KEYHOLD: &str = "keyhold.dev";
@@ -58,7 +58,7 @@ const RESOURCE_MANAGER: &str = "cloudresourcemanager.googleapis.com";
 /// The KMS.
 #[derive(Debug)]
 pub struct Kms {
-    repo: Arc<dyn KmsStore>,
+    repo: Arc<dyn KmsRepository>,
     config: Arc<KmsConfig>,
     gate: Gate,
     identities: Identities,
@@ -75,7 +75,7 @@ impl Kms {
     /// Opens the KMS on `store`. Refuses to start if the store was sealed under another root key
     /// (every SOFTWARE key would fail to unseal).
     pub async fn new(
-        store: Arc<dyn KmsStore>,
+        store: Arc<dyn KmsRepository>,
         root: Arc<dyn RootKey>,
         config: KmsConfig,
         clock: Arc<dyn Clock>,
@@ -729,7 +729,7 @@ impl Kms {
         caller: &Caller,
         resource: &str,
         status: &keyhold_api::Status,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RepoError> {
         self.gate.audit.record_refused(caller, resource, status).await
     }
 
@@ -833,7 +833,7 @@ impl Kms {
 pub enum StartupError {
     /// The database refused.
     #[error("cannot open the KMS store: {0}")]
-    Store(#[source] StoreError),
+    Store(#[source] RepoError),
     /// The store's keys were sealed by a different root key.
     #[error(
         "this database was sealed with the root key whose fingerprint is {stored}, but the root key given has fingerprint {given}; start with the root key the data was created with (see docs/operations.md)"

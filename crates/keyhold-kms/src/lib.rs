@@ -2,8 +2,8 @@
 //! and scheduled destruction, and the symmetric `:encrypt` / `:decrypt` of Cloud KMS v1.
 //!
 //! This crate knows nothing of HTTP or SQL. It speaks the Cloud KMS resource model of
-//! `keyhold-api` and reaches its database through the [`store::KmsStore`] trait, which the
-//! `keyhold-storage` crate implements for SQLite and PostgreSQL (dependencies point *toward*
+//! `keyhold-api` and reaches its database through the [`repo::KmsRepository`] trait, which the
+//! `keyhold-sql` crate implements for SQLite and PostgreSQL (dependencies point *toward*
 //! this crate). SOFTWARE key material is sealed by a [`root_key::RootKey`] before it reaches the
 //! store, so the database never holds a usable key.
 //!
@@ -32,9 +32,9 @@ pub mod material;
 pub mod org_policy;
 pub mod private_files;
 pub mod quota;
+pub mod repo;
 pub mod root_key;
 pub mod scheduler;
-pub mod store;
 mod validate;
 
 pub use backend::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::call::Call;
 use crate::error::KmsError;
-use crate::store::{KmsStore, OrgPolicyRecord};
+use crate::repo::{KmsRepository, OrgPolicyRecord};
 
 /// The service of the organization-policy methods.
 pub(crate) const SERVICE: &str = "orgpolicy.googleapis.com";
@@ -134,11 +134,11 @@ pub fn key_project_allowed(spec: &PolicySpec, key_project: &str) -> bool {
 /// never sees the façade.
 #[derive(Debug)]
 pub(crate) struct OrgPolicies {
-    repo: Arc<dyn KmsStore>,
+    repo: Arc<dyn KmsRepository>,
 }
 
 impl OrgPolicies {
-    pub(crate) fn new(repo: Arc<dyn KmsStore>) -> Self {
+    pub(crate) fn new(repo: Arc<dyn KmsRepository>) -> Self {
         Self { repo }
     }
 

@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::error::KmsError;
 use crate::keys::Keys;
 use crate::material::VersionMaterial;
-use crate::store::KmsStore;
+use crate::repo::KmsRepository;
 
 /// What one scheduler pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +31,13 @@ pub struct DueWork {
 /// Runs what is due: a part of the KMS over its keys, which never sees the façade.
 #[derive(Debug)]
 pub(crate) struct Scheduler {
-    repo: Arc<dyn KmsStore>,
+    repo: Arc<dyn KmsRepository>,
     clock: Arc<dyn Clock>,
     keys: Arc<Keys>,
 }
 
 impl Scheduler {
-    pub(crate) fn new(repo: Arc<dyn KmsStore>, clock: Arc<dyn Clock>, keys: Arc<Keys>) -> Self {
+    pub(crate) fn new(repo: Arc<dyn KmsRepository>, clock: Arc<dyn Clock>, keys: Arc<Keys>) -> Self {
         Self { repo, clock, keys }
     }
 

@@ -621,7 +621,7 @@ struct CreateTokenRequest {
     description: String,
 }
 
-fn token_json(t: &keyhold_kms::store::TokenRecord) -> serde_json::Value {
+fn token_json(t: &keyhold_kms::repo::TokenRecord) -> serde_json::Value {
     let mut v = serde_json::json!({
         "name": format!("tokens/{}", t.id),
         "principal": t.principal,

@@ -21,7 +21,7 @@ use common::*;
 use keyhold_api::Code;
 use keyhold_kms::KmsConfig;
 use keyhold_kms::audit::{AuditRecord, ChainVerdict};
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 use reqwest::Method;
 use reqwest::header::HeaderValue;
 use serde_json::{Value, json};
@@ -135,7 +135,7 @@ impl Run {
 
     /// Every audit entry, read from the database through a handle of its own.
     async fn entries(&self) -> Vec<AuditRecord> {
-        let opened = keyhold_storage::open_all(&self.db).await.unwrap();
+        let opened = keyhold_sql::open_all(&self.db).await.unwrap();
         let mut out = Vec::new();
         let mut after = 0;
         loop {

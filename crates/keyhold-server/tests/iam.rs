@@ -395,7 +395,7 @@ async fn grants_and_revokes_reach_other_nodes_within_a_second() {
     let url = a.pg_url.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unused.db");
-    let b = start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    let b = start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
     with_key(&a).await;
     let alice = a.token_for("user:alice@example.com").await;
     let enc = json!({"plaintext": b64(b"x")});
@@ -602,7 +602,7 @@ async fn audit_chain_holds_across_two_nodes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unused.db");
     let b = std::sync::Arc::new(
-        start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await,
+        start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await,
     );
     with_key(&a).await;
     // Both nodes append concurrently: the chain stays one unbroken line.

@@ -11,7 +11,7 @@ mod common;
 use common::*;
 use keyhold_kms::KmsConfig;
 use keyhold_kms::audit::AuditRecord;
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 use reqwest::Method;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
@@ -61,7 +61,7 @@ fn google_error(status: u16, body: &Value, code: &str) -> String {
 
 /// Every audit entry of request `id`, read from the database itself.
 async fn entries_of(s: &Server, id: &str) -> Vec<AuditRecord> {
-    let opened = keyhold_storage::open_all(&Database::SqliteFile(s.db_file.clone())).await.unwrap();
+    let opened = keyhold_sql::open_all(&Database::SqliteFile(s.db_file.clone())).await.unwrap();
     let mut out = Vec::new();
     let mut after = 0;
     loop {

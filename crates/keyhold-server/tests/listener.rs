@@ -11,7 +11,7 @@ use keyhold_kms::clock::SystemClock;
 use keyhold_kms::root_key::LocalRootKey;
 use keyhold_kms::{Kms, KmsConfig};
 use keyhold_server::listener::{self, Limits};
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,7 +44,7 @@ fn limits() -> Limits {
 
 async fn start(limits: Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let opened = keyhold_storage::open_all(&Database::SqliteFile(dir.path().join("keyhold.db"))).await.unwrap();
+    let opened = keyhold_sql::open_all(&Database::SqliteFile(dir.path().join("keyhold.db"))).await.unwrap();
     let root = Arc::new(LocalRootKey::from_key(keyhold_crypto::KeyBytes::generate().unwrap()));
     let kms = Arc::new(Kms::new(opened.kms.clone(), root, KmsConfig::default(), Arc::new(SystemClock)).await.unwrap());
     let host = keyhold_server::host::KmsHost::shared(kms.clone());

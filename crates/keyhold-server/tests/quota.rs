@@ -10,7 +10,7 @@ use keyhold_kms::clock::{Clock, ManualClock, SystemClock};
 use keyhold_kms::quota::{Limit, QuotaConfig, QuotaMetric};
 use keyhold_kms::root_key::LocalRootKey;
 use keyhold_kms::{Kms, KmsConfig};
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -32,7 +32,7 @@ struct Answer {
 async fn start(config: KmsConfig, clock: Arc<dyn Clock>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::SqliteFile(dir.path().join("keyhold.db"));
-    let opened = keyhold_storage::open_all(&db).await.unwrap();
+    let opened = keyhold_sql::open_all(&db).await.unwrap();
     let root = Arc::new(LocalRootKey::from_key(keyhold_crypto::KeyBytes::generate().unwrap()));
     let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, clock).await.unwrap());
     let store_config = keyhold_store::StoreConfig {

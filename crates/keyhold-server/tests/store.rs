@@ -603,8 +603,7 @@ async fn disable_on_one_node_is_enforced_on_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unused.db");
     let b =
-        common::start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root)
-            .await;
+        common::start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
     let kms_b = b.kms.clone();
     tokio::spawn(async move {
         loop {
@@ -1369,8 +1368,7 @@ async fn concurrent_reencrypts_never_lose_data_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unused.db");
     let b =
-        common::start_on(keyhold_storage::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root)
-            .await;
+        common::start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
     concurrent_reencrypts(vec![Arc::new(a), Arc::new(b)]).await;
 }
 

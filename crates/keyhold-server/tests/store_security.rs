@@ -346,12 +346,12 @@ async fn leave_crashed_work(repo: &dyn keyhold_store::StoreRepository, node: &st
 }
 
 /// A second store over the server's database (a restarted process, or another node).
-async fn another_store(s: &Server) -> (std::sync::Arc<keyhold_store::Store>, keyhold_storage::Opened) {
+async fn another_store(s: &Server) -> (std::sync::Arc<keyhold_store::Store>, keyhold_sql::Opened) {
     let db = match &s.pg_url {
-        Some(url) => keyhold_storage::Database::Postgres(url.clone()),
-        None => keyhold_storage::Database::SqliteFile(s.db_file.clone()),
+        Some(url) => keyhold_sql::Database::Postgres(url.clone()),
+        None => keyhold_sql::Database::SqliteFile(s.db_file.clone()),
     };
-    let opened = keyhold_storage::open_all(&db).await.unwrap();
+    let opened = keyhold_sql::open_all(&db).await.unwrap();
     let config = keyhold_store::StoreConfig {
         require_cmek: false,
         guard: keyhold_cmek::GuardConfig::default(),
@@ -422,8 +422,7 @@ async fn a_crash_is_cleaned_up_at_start_but_not_a_live_nodes_upload_postgres() {
     }
     let live_chunks = count(&s, "SELECT count(*) FROM store_chunks").await;
     // A node that died a minute ago, in the middle of an upload and a restore.
-    let opened =
-        keyhold_storage::open_all(&keyhold_storage::Database::Postgres(s.pg_url.clone().unwrap())).await.unwrap();
+    let opened = keyhold_sql::open_all(&keyhold_sql::Database::Postgres(s.pg_url.clone().unwrap())).await.unwrap();
     let minute_ago = keyhold_api::wire::Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(-60));
     opened
         .objects

@@ -3,7 +3,7 @@
 //! the key away ([C1]–[C7], [C12]). Built on `keyhold-cmek`; reaches keys only through its
 //! service agent ([`agents`]); authorizes and audits through its platform's IAM and audit log,
 //! reached through the port it owns ([`host::ServiceHost`]);
-//! persists through [`repo::StoreRepository`] (implemented by `keyhold-storage`).
+//! persists through [`repo::StoreRepository`] (implemented by `keyhold-sql`).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -1,4 +1,4 @@
-//! The store's persistence boundary; `keyhold-storage` implements it for SQLite and PostgreSQL
+//! The store's persistence boundary; `keyhold-sql` implements it for SQLite and PostgreSQL
 //! in the same database as the KMS (or the store's own, when it runs apart).
 //!
 //! The methods that make a call's change visible take `audit`: the call's success entries

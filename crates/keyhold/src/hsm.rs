@@ -12,10 +12,10 @@ use keyhold_api::resources::ProtectionLevel;
 use keyhold_api::wire::ProtoDuration;
 use keyhold_crypto::{KeyBytes, Secret};
 use keyhold_hsm::{HsmError, HsmKeyRef, HsmToken};
+use keyhold_kms::repo::KmsRepository;
 use keyhold_kms::root_key::RootKey;
-use keyhold_kms::store::KmsStore;
 use keyhold_kms::{BackendError, HsmBackend, HsmObjectRef, VersionMaterial};
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 
 fn backend_error(e: HsmError) -> BackendError {
     match e {
@@ -175,7 +175,7 @@ pub struct Reconciliation {
 }
 
 /// One look at the token, then the database: the version objects no version names.
-async fn survey(token: &HsmToken, store: &dyn KmsStore) -> Result<(usize, Vec<Orphan>), String> {
+async fn survey(token: &HsmToken, store: &dyn KmsRepository) -> Result<(usize, Vec<Orphan>), String> {
     let keys = token
         .list_keys(VERSION_LABEL_PREFIX)
         .await
@@ -219,7 +219,7 @@ async fn survey(token: &HsmToken, store: &dyn KmsStore) -> Result<(usize, Vec<Or
 /// HSM versions whose object is missing are reported only.
 pub async fn reconcile(
     token: &HsmToken,
-    store: &dyn KmsStore,
+    store: &dyn KmsRepository,
     grace: std::time::Duration,
     apply: bool,
 ) -> Result<Reconciliation, String> {
@@ -268,7 +268,7 @@ pub async fn reconcile(
 /// older backup makes newer versions' objects look orphaned, so only the operator destroys
 /// orphans (`keyhold hsm reconcile --apply`); the usual orphan, a failed insert, is destroyed
 /// on the spot by the KMS.
-pub fn spawn_startup_check(token: HsmToken, store: Arc<dyn KmsStore>, grace: std::time::Duration) {
+pub fn spawn_startup_check(token: HsmToken, store: Arc<dyn KmsRepository>, grace: std::time::Duration) {
     tokio::spawn(async move {
         match reconcile(&token, store.as_ref(), grace, false).await {
             Ok(r) => {
@@ -390,7 +390,7 @@ async fn reconcile_command(a: &ReconcileArgs) -> Result<bool, String> {
             Database::SqliteFile(file)
         }
     };
-    let store = keyhold_storage::open_read_only(&db).await.map_err(|e| format!("cannot open the database: {e}"))?;
+    let store = keyhold_sql::open_read_only(&db).await.map_err(|e| format!("cannot open the database: {e}"))?;
     let token = open_token(&a.pkcs11_module, &a.pkcs11_token_label, a.pkcs11_pin_file.as_deref())?;
     token.info().await.map_err(|e| format!("cannot reach the token: {e}"))?;
     let grace = a.grace.to_std();

@@ -9,7 +9,7 @@ use keyhold_kms::clock::SystemClock;
 use keyhold_kms::quota::{Limit, QuotaConfig, QuotaMetric};
 use keyhold_kms::root_key::{LocalRootKey, RootKey};
 use keyhold_kms::{Kms, KmsConfig};
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 
 /// Options of `keyhold serve`.
 #[derive(clap::Args, Debug)]
@@ -249,7 +249,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         };
         (db, root, lock)
     };
-    let opened = keyhold_storage::open_all(&db).await?;
+    let opened = keyhold_sql::open_all(&db).await?;
     let anonymous_principal = match &args.allow_anonymous {
         Some(p) => Some(keyhold_iam::Principal::parse(p).map_err(|e| format!("--allow-anonymous: {e}"))?),
         None => None,
@@ -378,7 +378,7 @@ async fn refuse_new_root_key_beside_sealed_data(
     if key_path.exists() {
         return Ok(());
     }
-    let stored = keyhold_storage::Sqlite::stored_meta(db_path, "root_key_fingerprint")
+    let stored = keyhold_sql::Sqlite::stored_meta(db_path, "root_key_fingerprint")
         .await
         .map_err(|e| format!("cannot read {}: {e}", db_path.display()))?;
     match stored {

@@ -10,7 +10,7 @@
 
 mod common;
 
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 
 /// A random suffix for names of roles.
 fn suffix() -> String {
@@ -33,7 +33,7 @@ async fn admin(url: &str) -> tokio_postgres::Client {
 }
 
 async fn open_error(url: &str) -> String {
-    match keyhold_storage::open(&Database::Postgres(url.to_string())).await {
+    match keyhold_sql::open(&Database::Postgres(url.to_string())).await {
         Ok(_) => panic!("opened {url}"),
         Err(e) => e.to_string(),
     }
@@ -98,7 +98,7 @@ async fn connection_failures_name_their_cause() {
     assert!(err.contains("error connecting to server") && err.contains("No such file or directory"), "{err}");
 
     // The same through `keyhold audit verify`'s read-only open, which connects at its first read.
-    let store = keyhold_storage::open_read_only(&Database::Postgres(as_user(&url, &nobody))).await.unwrap();
+    let store = keyhold_sql::open_read_only(&Database::Postgres(as_user(&url, &nobody))).await.unwrap();
     let err = store.audit_head().await.unwrap_err().to_string();
     assert!(err.contains(&format!("role \"{nobody}\" does not exist")), "{err}");
 }

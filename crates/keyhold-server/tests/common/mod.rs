@@ -9,7 +9,7 @@ use std::sync::Arc;
 use keyhold_kms::clock::SystemClock;
 use keyhold_kms::root_key::LocalRootKey;
 use keyhold_kms::{Kms, KmsConfig};
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 use reqwest::Method;
 use serde_json::Value;
 
@@ -109,7 +109,7 @@ async fn start_on_with_clock(
     root: keyhold_crypto::KeyBytes,
     clock: Arc<dyn keyhold_kms::clock::Clock>,
 ) -> Server {
-    let opened = keyhold_storage::open_all(&db).await.unwrap();
+    let opened = keyhold_sql::open_all(&db).await.unwrap();
     let root = Arc::new(LocalRootKey::from_key(root));
     let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, clock).await.unwrap());
     let store_config = keyhold_store::StoreConfig {

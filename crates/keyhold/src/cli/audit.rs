@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use keyhold_kms::audit::{ChainVerdict, verify_store_chain};
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 
 use super::credentials::DEFAULT_DATA_DIR;
 use super::{CliError, print_stderr, print_stdout};
@@ -102,7 +102,7 @@ fn database(v: &AuditVerify) -> Result<Database, CliError> {
 
 async fn verify(v: &AuditVerify) -> Result<ChainVerdict, CliError> {
     let db = database(v)?;
-    let store = keyhold_storage::open_read_only(&db)
+    let store = keyhold_sql::open_read_only(&db)
         .await
         .map_err(|e| CliError::Other(format!("Unable to open the database {db:?}: {e}")))?;
     verify_store_chain(store.as_ref())

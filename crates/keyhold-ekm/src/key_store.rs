@@ -29,7 +29,7 @@ use crate::protocol::{KeyState, is_valid_key_id};
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum StoreError {
+pub enum KeyStoreError {
     /// The key ID does not follow the key ID syntax.
     #[error("invalid key ID {0:?}: use 1 to 128 characters from A-Z, a-z, 0-9, '.', '_' and '-'")]
     InvalidKeyId(String),
@@ -173,8 +173,8 @@ impl std::fmt::Debug for KeyStore {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.display().to_string(), source }
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeyStoreError + '_ {
+    move |source| KeyStoreError::Io { path: path.display().to_string(), source }
 }
 
 fn seal_context(key_id: &str) -> String {
@@ -186,7 +186,7 @@ impl KeyStore {
     /// from `root_key_file`, or from `DATA_DIR/root.key`, created (mode 0600) on first use;
     /// [`KeyStore::root_key_created`] tells whether it was. Every existing key must have been
     /// sealed by this root key.
-    pub fn open(data_dir: &Path, root_key_file: Option<&Path>) -> Result<Self, StoreError> {
+    pub fn open(data_dir: &Path, root_key_file: Option<&Path>) -> Result<Self, KeyStoreError> {
         create_private_dir(data_dir)?;
         let keys_dir = data_dir.join("keys");
         create_private_dir(&keys_dir)?;
@@ -209,7 +209,7 @@ impl KeyStore {
         for id in store.key_ids()? {
             let file = store.read_file(&id)?;
             if file.root_key_fingerprint != store.root_fingerprint {
-                return Err(StoreError::RootKeyMismatch {
+                return Err(KeyStoreError::RootKeyMismatch {
                     key_id: id,
                     root_key_file: store.root_key_file.display().to_string(),
                 });
@@ -233,10 +233,10 @@ impl KeyStore {
     }
 
     /// Creates an enabled key with fresh random material, under `key_id` or a random UUID.
-    pub fn create(&self, key_id: Option<&str>) -> Result<KeyRecord, StoreError> {
+    pub fn create(&self, key_id: Option<&str>) -> Result<KeyRecord, KeyStoreError> {
         let key_id = match key_id {
             Some(id) if is_valid_key_id(id) => id.to_string(),
-            Some(id) => return Err(StoreError::InvalidKeyId(id.to_string())),
+            Some(id) => return Err(KeyStoreError::InvalidKeyId(id.to_string())),
             None => random_uuid()?,
         };
         let material = KeyBytes::generate()?;
@@ -256,7 +256,7 @@ impl KeyStore {
     }
 
     /// Every key, tombstones included, oldest first.
-    pub fn list(&self) -> Result<Vec<KeyRecord>, StoreError> {
+    pub fn list(&self) -> Result<Vec<KeyRecord>, KeyStoreError> {
         let mut out = Vec::new();
         for id in self.key_ids()? {
             out.push(self.read_file(&id)?.record());
@@ -266,17 +266,17 @@ impl KeyStore {
     }
 
     /// One key's record.
-    pub fn get(&self, key_id: &str) -> Result<KeyRecord, StoreError> {
+    pub fn get(&self, key_id: &str) -> Result<KeyRecord, KeyStoreError> {
         check_id(key_id)?;
         Ok(self.read_file(key_id)?.record())
     }
 
     /// Enables (`true`) or disables (`false`) a key. Refused for a destroyed key.
-    pub fn set_enabled(&self, key_id: &str, enabled: bool) -> Result<KeyRecord, StoreError> {
+    pub fn set_enabled(&self, key_id: &str, enabled: bool) -> Result<KeyRecord, KeyStoreError> {
         check_id(key_id)?;
         let mut file = self.read_file(key_id)?;
         if file.state == KeyState::Destroyed {
-            return Err(StoreError::Destroyed(key_id.to_string()));
+            return Err(KeyStoreError::Destroyed(key_id.to_string()));
         }
         let state = if enabled { KeyState::Enabled } else { KeyState::Disabled };
         if file.state != state {
@@ -290,7 +290,7 @@ impl KeyStore {
     /// Destroys a key: its sealed material is removed from its file, irreversibly. Blobs it
     /// wrapped can never be unwrapped again. The file remains as a tombstone that keeps the ID
     /// taken. Destroying a destroyed key is a no-op.
-    pub fn destroy(&self, key_id: &str) -> Result<KeyRecord, StoreError> {
+    pub fn destroy(&self, key_id: &str) -> Result<KeyRecord, KeyStoreError> {
         check_id(key_id)?;
         let mut file = self.read_file(key_id)?;
         if file.state != KeyState::Destroyed {
@@ -306,14 +306,14 @@ impl KeyStore {
 
     /// The key's current record and, if it is enabled, its AEAD key. The file is stat'ed on
     /// every call and read again only when it changed.
-    pub(crate) fn key_for_use(&self, key_id: &str) -> Result<(KeyRecord, Option<Arc<AeadKey>>), StoreError> {
+    pub(crate) fn key_for_use(&self, key_id: &str) -> Result<(KeyRecord, Option<Arc<AeadKey>>), KeyStoreError> {
         check_id(key_id)?;
         let path = self.key_path(key_id);
         let meta = match std::fs::metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.lock_cache().remove(key_id);
-                return Err(StoreError::NotFound(key_id.to_string()));
+                return Err(KeyStoreError::NotFound(key_id.to_string()));
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
@@ -325,7 +325,7 @@ impl KeyStore {
         }
         let file = self.read_file(key_id)?;
         if file.root_key_fingerprint != self.root_fingerprint {
-            return Err(StoreError::RootKeyMismatch {
+            return Err(KeyStoreError::RootKeyMismatch {
                 key_id: key_id.to_string(),
                 root_key_file: self.root_key_file.display().to_string(),
             });
@@ -336,7 +336,7 @@ impl KeyStore {
                 Some(Arc::new(AeadKey::new(&material)))
             }
             (KeyState::Enabled, None) => {
-                return Err(StoreError::Corrupt {
+                return Err(KeyStoreError::Corrupt {
                     path: path.display().to_string(),
                     detail: "an enabled key without material".into(),
                 });
@@ -355,7 +355,7 @@ impl KeyStore {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn key_ids(&self) -> Result<Vec<String>, StoreError> {
+    fn key_ids(&self) -> Result<Vec<String>, KeyStoreError> {
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(&self.keys_dir).map_err(io_err(&self.keys_dir))? {
             let entry = entry.map_err(io_err(&self.keys_dir))?;
@@ -371,19 +371,19 @@ impl KeyStore {
         Ok(ids)
     }
 
-    fn read_file(&self, key_id: &str) -> Result<KeyFile, StoreError> {
+    fn read_file(&self, key_id: &str) -> Result<KeyFile, KeyStoreError> {
         let path = self.key_path(key_id);
         let text = match std::fs::read(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(key_id.to_string()));
+                return Err(KeyStoreError::NotFound(key_id.to_string()));
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
         let file: KeyFile = serde_json::from_slice(&text)
-            .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), detail: e.to_string() })?;
+            .map_err(|e| KeyStoreError::Corrupt { path: path.display().to_string(), detail: e.to_string() })?;
         if file.key_id != key_id {
-            return Err(StoreError::Corrupt {
+            return Err(KeyStoreError::Corrupt {
                 path: path.display().to_string(),
                 detail: format!("the file names key {:?}", file.key_id),
             });
@@ -391,27 +391,27 @@ impl KeyStore {
         Ok(file)
     }
 
-    fn write_file(&self, file: &KeyFile, create: bool) -> Result<(), StoreError> {
+    fn write_file(&self, file: &KeyFile, create: bool) -> Result<(), KeyStoreError> {
         let path = self.key_path(&file.key_id);
-        let mut bytes = serde_json::to_vec_pretty(file).map_err(|e| StoreError::Corrupt {
+        let mut bytes = serde_json::to_vec_pretty(file).map_err(|e| KeyStoreError::Corrupt {
             path: path.display().to_string(),
             detail: format!("cannot encode: {e}"),
         })?;
         bytes.push(b'\n');
         match write_atomic(&self.keys_dir, &path, &bytes, create) {
             Err(e) if create && e.kind() == std::io::ErrorKind::AlreadyExists => {
-                Err(StoreError::AlreadyExists(file.key_id.clone()))
+                Err(KeyStoreError::AlreadyExists(file.key_id.clone()))
             }
             other => other.map_err(io_err(&path)),
         }
     }
 }
 
-fn check_id(key_id: &str) -> Result<(), StoreError> {
-    if is_valid_key_id(key_id) { Ok(()) } else { Err(StoreError::InvalidKeyId(key_id.to_string())) }
+fn check_id(key_id: &str) -> Result<(), KeyStoreError> {
+    if is_valid_key_id(key_id) { Ok(()) } else { Err(KeyStoreError::InvalidKeyId(key_id.to_string())) }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+fn create_private_dir(dir: &Path) -> Result<(), KeyStoreError> {
     create_private_dirs(dir).map_err(io_err(dir))
 }
 
@@ -457,15 +457,15 @@ pub(crate) fn write_atomic(dir: &Path, path: &Path, bytes: &[u8], exclusive: boo
     Ok(())
 }
 
-fn load_root_key(path: &Path) -> Result<KeyBytes, StoreError> {
+fn load_root_key(path: &Path) -> Result<KeyBytes, KeyStoreError> {
     let text = Secret::new(std::fs::read(path).map_err(io_err(path))?);
-    let format = || StoreError::RootKeyFormat(path.display().to_string());
+    let format = || KeyStoreError::RootKeyFormat(path.display().to_string());
     let trimmed = std::str::from_utf8(text.expose()).map_err(|_| format())?.trim();
     let bytes = Secret::new(decode_base64(trimmed).map_err(|_| format())?);
     KeyBytes::from_slice(bytes.expose()).ok_or_else(format)
 }
 
-fn load_or_create_root_key(path: &Path) -> Result<(KeyBytes, bool), StoreError> {
+fn load_or_create_root_key(path: &Path) -> Result<(KeyBytes, bool), KeyStoreError> {
     if path.exists() {
         return Ok((load_root_key(path)?, false));
     }
@@ -506,8 +506,8 @@ mod tests {
         assert_eq!(a.state, KeyState::Enabled);
         let b = store.create(None).unwrap();
         assert_eq!(b.key_id.len(), 36);
-        assert!(matches!(store.create(Some("k1")), Err(StoreError::AlreadyExists(_))));
-        assert!(matches!(store.create(Some("bad/id")), Err(StoreError::InvalidKeyId(_))));
+        assert!(matches!(store.create(Some("k1")), Err(KeyStoreError::AlreadyExists(_))));
+        assert!(matches!(store.create(Some("bad/id")), Err(KeyStoreError::InvalidKeyId(_))));
         let (_, aead) = store.key_for_use("k1").unwrap();
         let blob = crate::blob::wrap(&aead.unwrap(), "k1", b"pt", b"").unwrap();
 
@@ -529,10 +529,10 @@ mod tests {
         assert!(d.destroy_time.is_some());
         let text = std::fs::read_to_string(dir.path().join("keys/k1.json")).unwrap();
         assert!(!text.contains("sealedMaterial"), "{text}");
-        assert!(matches!(store.set_enabled("k1", true), Err(StoreError::Destroyed(_))));
-        assert!(matches!(store.create(Some("k1")), Err(StoreError::AlreadyExists(_))), "the ID stays taken");
-        assert!(matches!(store.get("nope"), Err(StoreError::NotFound(_))));
-        assert!(matches!(store.key_for_use("nope"), Err(StoreError::NotFound(_))));
+        assert!(matches!(store.set_enabled("k1", true), Err(KeyStoreError::Destroyed(_))));
+        assert!(matches!(store.create(Some("k1")), Err(KeyStoreError::AlreadyExists(_))), "the ID stays taken");
+        assert!(matches!(store.get("nope"), Err(KeyStoreError::NotFound(_))));
+        assert!(matches!(store.key_for_use("nope"), Err(KeyStoreError::NotFound(_))));
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("keys"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -557,8 +557,8 @@ mod tests {
         let other = dir.path().join("other.key");
         std::fs::write(&other, format!("{}\n", encode_base64(&[7u8; 32]))).unwrap();
         let err = KeyStore::open(dir.path(), Some(&other)).unwrap_err();
-        assert!(matches!(err, StoreError::RootKeyMismatch { .. }), "{err}");
+        assert!(matches!(err, KeyStoreError::RootKeyMismatch { .. }), "{err}");
         std::fs::write(&other, "short").unwrap();
-        assert!(matches!(KeyStore::open(dir.path(), Some(&other)), Err(StoreError::RootKeyFormat(_))));
+        assert!(matches!(KeyStore::open(dir.path(), Some(&other)), Err(KeyStoreError::RootKeyFormat(_))));
     }
 }

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::sql::SqlError;
 use async_trait::async_trait;
-use keyhold_kms::store::StoreError;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode};
 
@@ -32,10 +32,10 @@ impl std::fmt::Debug for Sqlite {
     }
 }
 
-fn map_err(e: rusqlite::Error) -> StoreError {
+fn map_err(e: rusqlite::Error) -> SqlError {
     match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
-            ErrorCode::ConstraintViolation => StoreError::AlreadyExists,
+            ErrorCode::ConstraintViolation => SqlError::AlreadyExists,
             ErrorCode::DatabaseBusy
             | ErrorCode::DatabaseLocked
             | ErrorCode::SystemIoFailure
@@ -43,25 +43,25 @@ fn map_err(e: rusqlite::Error) -> StoreError {
             | ErrorCode::CannotOpen
             | ErrorCode::PermissionDenied
             | ErrorCode::OutOfMemory
-            | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
-            _ => StoreError::Corrupt(e.to_string()),
+            | ErrorCode::ReadOnly => SqlError::Unavailable(e.to_string()),
+            _ => SqlError::Corrupt(e.to_string()),
         },
-        _ => StoreError::Corrupt(e.to_string()),
+        _ => SqlError::Corrupt(e.to_string()),
     }
 }
 
 impl Sqlite {
     /// Opens (creating if needed) the database file at `path` and migrates it.
-    pub async fn open_file(path: &Path) -> Result<Self, StoreError> {
+    pub async fn open_file(path: &Path) -> Result<Self, SqlError> {
         if let Some(dir) = path.parent() {
             keyhold_kms::private_files::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+                .map_err(|e| SqlError::Unavailable(format!("{}: {e}", dir.display())))?;
         }
         // Finding 4: SQLite creates the file 0644 (less the umask) and gives the WAL and SHM
         // it creates the main file's mode, so the file is made (or tightened to) 0600 before
         // SQLite opens it; a WAL or SHM an earlier version left readable is tightened too.
         let private = |p: &Path, f: fn(&Path) -> std::io::Result<()>| {
-            f(p).map_err(|e| StoreError::Unavailable(format!("{}: {e}", p.display())))
+            f(p).map_err(|e| SqlError::Unavailable(format!("{}: {e}", p.display())))
         };
         private(path, keyhold_kms::private_files::ensure_private_file)?;
         for suffix in ["-wal", "-shm"] {
@@ -70,28 +70,28 @@ impl Sqlite {
             private(Path::new(&side), keyhold_kms::private_files::tighten_if_exists)?;
         }
         let p = path.to_path_buf();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, SqlError> {
             let c = Connection::open(&p).map_err(map_err)?;
             c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;").map_err(map_err)?;
             Ok(c)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        .map_err(|e| SqlError::Unavailable(e.to_string()))??;
         Self::init(conn, path.display().to_string()).await
     }
 
     /// Opens an existing database file read-only, without migrating it (for `keyhold audit
     /// verify`, which must work on a copy, with a read-only role, and change nothing).
-    pub async fn open_file_read_only(path: &Path) -> Result<Self, StoreError> {
+    pub async fn open_file_read_only(path: &Path) -> Result<Self, SqlError> {
         let p = path.to_path_buf();
-        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, StoreError> {
+        let conn = tokio::task::spawn_blocking(move || -> Result<Connection, SqlError> {
             let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
             let c = Connection::open_with_flags(&p, flags).map_err(map_err)?;
             c.execute_batch("PRAGMA busy_timeout = 5000;").map_err(map_err)?;
             Ok(c)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        .map_err(|e| SqlError::Unavailable(e.to_string()))??;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             turn: Arc::new(tokio::sync::Mutex::new(())),
@@ -103,13 +103,13 @@ impl Sqlite {
     /// or changing anything; `None` if the file, its schema or the value does not exist. `keyhold
     /// serve` reads the root key fingerprint with it before it would create a root key
     /// (finding 8: never a new root key next to data sealed under another).
-    pub async fn stored_meta(path: &Path, key: &str) -> Result<Option<String>, StoreError> {
+    pub async fn stored_meta(path: &Path, key: &str) -> Result<Option<String>, SqlError> {
         if !path.exists() {
             return Ok(None);
         }
         let p = path.to_path_buf();
         let key = key.to_string();
-        tokio::task::spawn_blocking(move || -> Result<Option<String>, StoreError> {
+        tokio::task::spawn_blocking(move || -> Result<Option<String>, SqlError> {
             // Read-write (never creating): a read-only connection to a WAL database creates
             // its -wal and -shm and cannot remove them, so a start refused after this read
             // left them behind; the last read-write connection removes them on close.
@@ -132,16 +132,16 @@ impl Sqlite {
             }
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        .map_err(|e| SqlError::Unavailable(e.to_string()))?
     }
 
     /// A private in-memory database: same schema, same statements, nothing on disk.
-    pub async fn open_in_memory() -> Result<Self, StoreError> {
+    pub async fn open_in_memory() -> Result<Self, SqlError> {
         let conn = Connection::open_in_memory().map_err(map_err)?;
         Self::init(conn, ":memory:".into()).await
     }
 
-    async fn init(conn: Connection, label: String) -> Result<Self, StoreError> {
+    async fn init(conn: Connection, label: String) -> Result<Self, SqlError> {
         conn.execute_batch("PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(map_err)?;
         let db = Self { conn: Arc::new(Mutex::new(conn)), turn: Arc::new(tokio::sync::Mutex::new(())), label };
@@ -149,9 +149,9 @@ impl Sqlite {
         Ok(db)
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate(&self) -> Result<(), SqlError> {
         let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        tokio::task::spawn_blocking(move || -> Result<(), SqlError> {
             let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
             let tx = c.transaction().map_err(map_err)?;
             tx.execute_batch(&schema::ddl("BLOB")).map_err(map_err)?;
@@ -159,7 +159,7 @@ impl Sqlite {
             tx.execute(schema::META_INSERT, ("schema_version", schema::SCHEMA_VERSION.to_string())).map_err(map_err)?;
             let v: String = tx.query_row(schema::META_GET, ["schema_version"], |r| r.get(0)).map_err(map_err)?;
             if v.parse::<i64>().unwrap_or(i64::MAX) > schema::SCHEMA_VERSION {
-                return Err(StoreError::Corrupt(format!(
+                return Err(SqlError::Corrupt(format!(
                     "the database has schema version {v}, newer than this build knows ({}); upgrade Keyhold",
                     schema::SCHEMA_VERSION
                 )));
@@ -169,10 +169,10 @@ impl Sqlite {
             tx.commit().map_err(map_err)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        .map_err(|e| SqlError::Unavailable(e.to_string()))?
     }
 
-    async fn conn(&self, transaction: bool) -> Result<Box<dyn SqlConn>, StoreError> {
+    async fn conn(&self, transaction: bool) -> Result<Box<dyn SqlConn>, SqlError> {
         let guard = self.turn.clone().lock_owned().await;
         // BEGIN is sent with the first statement, saving a thread hop per transaction.
         let c = SqliteConn {
@@ -253,7 +253,7 @@ impl SqliteConn {
         sql: &'static str,
         params: Vec<Value>,
         want_rows: bool,
-    ) -> Result<(Vec<Row>, u64), StoreError> {
+    ) -> Result<(Vec<Row>, u64), SqlError> {
         self.blocking(move |c| run(c, sql, &params, want_rows).map_err(map_err)).await
     }
 
@@ -261,15 +261,15 @@ impl SqliteConn {
     /// to run if the connection was dropped (request cancelled) before `f` got its turn.
     async fn blocking<R: Send + 'static>(
         &mut self,
-        f: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
+        f: impl FnOnce(&Connection) -> Result<R, SqlError> + Send + 'static,
+    ) -> Result<R, SqlError> {
         let conn = self.conn.clone();
         let dropped = self.dropped.clone();
         let begin = std::mem::take(&mut self.begin_pending);
         tokio::task::spawn_blocking(move || {
             let c = conn.lock().unwrap_or_else(|e| e.into_inner());
             if dropped.load(Ordering::Acquire) {
-                return Err(StoreError::Unavailable("request cancelled".into()));
+                return Err(SqlError::Unavailable("request cancelled".into()));
             }
             if begin {
                 c.execute_batch("BEGIN IMMEDIATE").map_err(map_err)?;
@@ -277,19 +277,19 @@ impl SqliteConn {
             f(&c)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        .map_err(|e| SqlError::Unavailable(e.to_string()))?
     }
 }
 
 #[async_trait]
 impl SqlConn for SqliteConn {
-    async fn query(&mut self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+    async fn query(&mut self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, SqlError> {
         Ok(self.call(sql, params, true).await?.0)
     }
-    async fn execute(&mut self, sql: &'static str, params: Vec<Value>) -> Result<u64, StoreError> {
+    async fn execute(&mut self, sql: &'static str, params: Vec<Value>) -> Result<u64, SqlError> {
         Ok(self.call(sql, params, false).await?.1)
     }
-    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), StoreError> {
+    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), SqlError> {
         self.blocking(move |c| {
             for (sql, params) in &statements {
                 run(c, sql, params, false).map_err(map_err)?;
@@ -301,7 +301,7 @@ impl SqlConn for SqliteConn {
     async fn execute_many_and_commit(
         mut self: Box<Self>,
         mut statements: Vec<(&'static str, Vec<Value>)>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         statements.push(("COMMIT", vec![]));
         self.execute_many(statements).await?;
         self.open_tx = false;
@@ -312,7 +312,7 @@ impl SqlConn for SqliteConn {
         sql: &'static str,
         params: Vec<Value>,
         then: ThenStatements,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         self.blocking(move |c| {
             let (rows, _) = run(c, sql, &params, true).map_err(map_err)?;
             for (sql, params) in then(rows)? {
@@ -325,7 +325,7 @@ impl SqlConn for SqliteConn {
         self.open_tx = false;
         Ok(())
     }
-    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
         if self.begin_pending {
             // Nothing was run: nothing to commit.
             self.begin_pending = false;
@@ -356,10 +356,10 @@ impl Drop for SqliteConn {
 
 #[async_trait]
 impl SqlBackend for Sqlite {
-    async fn begin(&self) -> Result<Box<dyn SqlConn>, StoreError> {
+    async fn begin(&self) -> Result<Box<dyn SqlConn>, SqlError> {
         self.conn(true).await
     }
-    async fn read(&self) -> Result<Box<dyn SqlConn>, StoreError> {
+    async fn read(&self) -> Result<Box<dyn SqlConn>, SqlError> {
         self.conn(false).await
     }
     fn serializes_transactions(&self) -> bool {

@@ -4,7 +4,7 @@
 //! `KEYHOLD_TEST_POSTGRES_URL`, which `scripts/test.sh` starts; without it the PostgreSQL cases
 //! fail and say so, as the server's PostgreSQL tests do).
 //!
-//! Each check is a function of the trait object only (`Arc<dyn KmsStore>` as the KMS holds it,
+//! Each check is a function of the trait object only (`Arc<dyn KmsRepository>` as the KMS holds it,
 //! `Arc<dyn StoreRepository>` as the store does), so it cannot lean on one backend's details;
 //! `conformance!` instantiates it per backend. What is asserted is what the traits' docs promise:
 //! lookups, orderings, `AlreadyExists` and `Conflict`, compare-and-set revisions, the audit entry
@@ -21,11 +21,11 @@ use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditKind, AuditRecord, ChainVerdict, verify_chain};
-use keyhold_kms::store::{
-    AuditQuery, CryptoKeyRecord, KmsStore, OrgPolicyRecord, ProjectRecord, ServiceIdentityRecord, StoreError,
+use keyhold_kms::repo::{
+    AuditQuery, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, ProjectRecord, RepoError, ServiceIdentityRecord,
     TokenRecord, VersionRecord,
 };
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 
 // ---- backends ---------------------------------------------------------------------------------
 
@@ -37,7 +37,7 @@ enum Backend {
 }
 
 struct Opened {
-    kms: Arc<dyn KmsStore>,
+    kms: Arc<dyn KmsRepository>,
     objects: Arc<dyn keyhold_store::StoreRepository>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -51,7 +51,7 @@ async fn open(backend: Backend) -> Opened {
         Backend::SqliteMemory => (Database::InMemory, None),
         Backend::Postgres => (Database::Postgres(fresh_postgres().await), None),
     };
-    let opened = keyhold_storage::open_all(&db).await.expect("open and migrate the database");
+    let opened = keyhold_sql::open_all(&db).await.expect("open and migrate the database");
     Opened { kms: opened.kms, objects: opened.objects, _dir: dir }
 }
 
@@ -59,7 +59,7 @@ async fn open(backend: Backend) -> Opened {
 async fn fresh_postgres() -> String {
     let url = std::env::var("KEYHOLD_TEST_POSTGRES_URL").expect(
         "KEYHOLD_TEST_POSTGRES_URL is not set: run the tests with `scripts/test.sh with-postgres cargo test -p \
-         keyhold-storage`, which starts PostgreSQL",
+         keyhold-sql`, which starts PostgreSQL",
     );
     let (client, conn) =
         tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to the test PostgreSQL");
@@ -190,7 +190,7 @@ fn version_record(key: &CryptoKeyName, id: u64, state: VersionState) -> VersionR
 }
 
 /// A key ring with one key (`k`) whose first version (1) is its primary.
-async fn ring_with_key(s: &dyn KmsStore, ring_id: &str) -> CryptoKeyName {
+async fn ring_with_key(s: &dyn KmsRepository, ring_id: &str) -> CryptoKeyName {
     let rn = ring_name(ring_id);
     s.insert_key_ring(&rn, &ring(&rn), &audit("CreateKeyRing", &rn.to_string())).await.unwrap();
     let kn = key_name(ring_id, "k");
@@ -202,14 +202,14 @@ async fn ring_with_key(s: &dyn KmsStore, ring_id: &str) -> CryptoKeyName {
 }
 
 /// Fails unless the change counter moved since `before`; returns the new value.
-async fn advanced(s: &dyn KmsStore, before: i64, what: &str) -> i64 {
+async fn advanced(s: &dyn KmsRepository, before: i64, what: &str) -> i64 {
     let now = s.change_counter().await.unwrap();
     assert_ne!(now, before, "{what} did not advance the change counter");
     now
 }
 
 /// The newest audit entry, decoded.
-async fn newest_audit(s: &dyn KmsStore) -> AuditRecord {
+async fn newest_audit(s: &dyn KmsRepository) -> AuditRecord {
     let (seq, _) = s.audit_head().await.unwrap();
     let e = s.audit_chain(seq - 1, 1).await.unwrap();
     assert_eq!(e.len(), 1, "the head entry {seq} is readable");
@@ -220,7 +220,7 @@ fn all_audit() -> AuditQuery {
     AuditQuery { project: "-".into(), start_nanos: 0, end_nanos: i64::MAX, limit: 1000, ..Default::default() }
 }
 
-// ---- KmsStore ---------------------------------------------------------------------------------
+// ---- KmsRepository ---------------------------------------------------------------------------------
 
 async fn key_rings(db: Opened) {
     let s = &*db.kms;
@@ -243,7 +243,7 @@ async fn key_rings(db: Opened) {
     assert!(s.list_key_rings(&elsewhere).await.unwrap().is_empty());
 
     let dup = s.insert_key_ring(&ring_name("a"), &ring(&ring_name("a")), &audit("CreateKeyRing", "dup")).await;
-    assert!(matches!(dup, Err(StoreError::AlreadyExists)), "{dup:?}");
+    assert!(matches!(dup, Err(RepoError::AlreadyExists)), "{dup:?}");
     assert_eq!(s.change_counter().await.unwrap(), c1, "a refused insert changes nothing");
     assert_eq!(s.audit_head().await.unwrap().0, seq1, "nor appends its audit entry");
 }
@@ -269,14 +269,14 @@ async fn crypto_key_with_first_version_is_atomic(db: Opened) {
     assert!(s.list_crypto_keys(&ring_name("other")).await.unwrap().is_empty());
 
     let dup = s.insert_crypto_key(&key_record(&kn, None), None, &audit("CreateCryptoKey", "dup")).await;
-    assert!(matches!(dup, Err(StoreError::AlreadyExists)), "{dup:?}");
+    assert!(matches!(dup, Err(RepoError::AlreadyExists)), "{dup:?}");
 
     // Atomic: when the first version cannot be inserted (its name is taken), the key is not
     // inserted either.
     let orphan = key_name("r", "orphan");
     let clash = version_record(&kn, 1, VersionState::Enabled);
     let r = s.insert_crypto_key(&key_record(&orphan, Some(1)), Some(&clash), &audit("CreateCryptoKey", "x")).await;
-    assert!(matches!(r, Err(StoreError::AlreadyExists)), "{r:?}");
+    assert!(matches!(r, Err(RepoError::AlreadyExists)), "{r:?}");
     assert!(s.crypto_key(&orphan).await.unwrap().is_none(), "the key was rolled back with its version");
 }
 
@@ -301,7 +301,7 @@ async fn crypto_key_updates_are_compare_and_set(db: Opened) {
     stale.key.labels.insert("team".into(), "lost-update".into());
     let (seq, _) = s.audit_head().await.unwrap();
     let r = s.update_crypto_key(&stale, &audit("UpdateCryptoKey", &kn.to_string())).await;
-    assert!(matches!(r, Err(StoreError::Conflict)), "{r:?}");
+    assert!(matches!(r, Err(RepoError::Conflict)), "{r:?}");
     assert_eq!(s.crypto_key(&kn).await.unwrap().unwrap().key.labels.get("team").unwrap(), "payments");
     assert_eq!(s.audit_head().await.unwrap().0, seq, "the lost update's audit entry was not committed");
 
@@ -314,7 +314,7 @@ async fn crypto_key_updates_are_compare_and_set(db: Opened) {
 
     // A key that is gone: Conflict too.
     let gone = key_record(&key_name("r", "gone"), None);
-    assert!(matches!(s.update_crypto_key(&gone, &audit("UpdateCryptoKey", "gone")).await, Err(StoreError::Conflict)));
+    assert!(matches!(s.update_crypto_key(&gone, &audit("UpdateCryptoKey", "gone")).await, Err(RepoError::Conflict)));
 }
 
 async fn concurrent_updates_of_one_key_serialize(db: Opened) {
@@ -333,7 +333,7 @@ async fn concurrent_updates_of_one_key_serialize(db: Opened) {
     for (i, task) in tasks.into_iter().enumerate() {
         match task.await.unwrap() {
             Ok(_) => won.push(i),
-            Err(StoreError::Conflict) => {}
+            Err(RepoError::Conflict) => {}
             Err(e) => panic!("writer {i}: {e}"),
         }
     }
@@ -410,7 +410,7 @@ async fn versions_are_listed_by_id_and_updated_by_compare_and_set(db: Opened) {
     let mut stale = read;
     stale.version.state = Some(VersionState::Disabled);
     let r = s.update_version(&stale, &audit("UpdateCryptoKeyVersion", &v2name.to_string())).await;
-    assert!(matches!(r, Err(StoreError::Conflict)), "{r:?}");
+    assert!(matches!(r, Err(RepoError::Conflict)), "{r:?}");
     assert_eq!(s.version(&v2name).await.unwrap().unwrap().version.state, Some(VersionState::Destroyed));
     let missing = CryptoKeyVersionName { crypto_key: kn, version: 99 };
     assert!(s.version(&missing).await.unwrap().is_none());
@@ -486,7 +486,7 @@ async fn iam_policies_are_compare_and_set(db: Opened) {
     // "No policy yet" is stale now; so is any other revision.
     for stale in [0, r1 + 100] {
         let r = s.set_policy(res, &policy("user:x@example.com"), Some(stale), &audit("SetIamPolicy", res)).await;
-        assert!(matches!(r, Err(StoreError::Conflict)), "expected revision {stale}: {r:?}");
+        assert!(matches!(r, Err(RepoError::Conflict)), "expected revision {stale}: {r:?}");
     }
     assert_eq!(s.policy(res).await.unwrap().unwrap().policy, policy("user:a@example.com"));
 
@@ -512,9 +512,9 @@ async fn projects(db: Opened) {
     assert_eq!(s.project("acme").await.unwrap(), Some(p.clone()));
     assert_eq!(s.project("other").await.unwrap(), None);
     let same_id = ProjectRecord { project_number: 999999999999, ..p.clone() };
-    assert!(matches!(s.insert_project(&same_id).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(s.insert_project(&same_id).await, Err(RepoError::AlreadyExists)));
     let same_number = ProjectRecord { project_id: "other".into(), ..p.clone() };
-    assert!(matches!(s.insert_project(&same_number).await, Err(StoreError::AlreadyExists)));
+    assert!(matches!(s.insert_project(&same_number).await, Err(RepoError::AlreadyExists)));
     assert_eq!(s.project("other").await.unwrap(), None);
 }
 
@@ -573,7 +573,7 @@ async fn service_identities(db: Opened) {
     assert_eq!(s.service_identity_by_email("nobody@example.com").await.unwrap(), None);
     let again = ServiceIdentityRecord { email: "x@example.com".into(), unique_id: "2".into(), ..id.clone() };
     let r = s.insert_service_identity(&again, &audit("GenerateServiceIdentity", "acme")).await;
-    assert!(matches!(r, Err(StoreError::AlreadyExists)), "{r:?}");
+    assert!(matches!(r, Err(RepoError::AlreadyExists)), "{r:?}");
 }
 
 async fn audit_append_and_chain(db: Opened) {
@@ -760,7 +760,7 @@ async fn failed_change_leaves_no_trace(db: Opened) {
     let v = version_record(&kn, 1, VersionState::Enabled);
     assert!(matches!(
         s.insert_version(&v, true, &audit("CreateCryptoKeyVersion", "v")).await,
-        Err(StoreError::AlreadyExists)
+        Err(RepoError::AlreadyExists)
     ));
     let rn = ring_name("r");
     assert!(s.insert_key_ring(&rn, &ring(&rn), &audit("CreateKeyRing", "r")).await.is_err());

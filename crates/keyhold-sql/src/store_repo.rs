@@ -1,16 +1,16 @@
 //! [`StoreRepository`] (the store's instances, KEKs, objects and chunks) over every SQL driver.
 
+use crate::sql::SqlError;
 use async_trait::async_trait;
 use keyhold_api::wire::Timestamp;
 use keyhold_audit::AuditRecord;
 use keyhold_cmek::{SealedChunk, WrappedKek};
-use keyhold_kms::store::StoreError;
 use keyhold_store::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
 use keyhold_store::repo::{RepoError, StoreRepository};
 
+use crate::kms_repo::{SqlStore, commit_audited};
 use crate::schema::*;
 use crate::sql::{Row, SqlBackend, Value};
-use crate::store::{SqlStore, commit_audited};
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_string())
@@ -20,26 +20,26 @@ fn int(v: u64) -> Value {
     Value::Int(v as i64)
 }
 
-fn ts(nanos: i64) -> Result<Timestamp, StoreError> {
-    Timestamp::from_unix_nanos(nanos.into()).ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {nanos}")))
+fn ts(nanos: i64) -> Result<Timestamp, SqlError> {
+    Timestamp::from_unix_nanos(nanos.into()).ok_or_else(|| SqlError::Corrupt(format!("bad timestamp {nanos}")))
 }
 
-fn blob(v: &Value) -> Result<Vec<u8>, StoreError> {
-    v.opt_blob()?.ok_or_else(|| StoreError::Corrupt("a required blob is NULL".into()))
+fn blob(v: &Value) -> Result<Vec<u8>, SqlError> {
+    v.opt_blob()?.ok_or_else(|| SqlError::Corrupt("a required blob is NULL".into()))
 }
 
-fn instance_record(row: &Row) -> Result<InstanceRecord, StoreError> {
+fn instance_record(row: &Row) -> Result<InstanceRecord, SqlError> {
     let key = row[1].text()?;
     Ok(InstanceRecord {
-        name: row[0].text()?.parse().map_err(|_| StoreError::Corrupt("stored instance name does not parse".into()))?,
+        name: row[0].text()?.parse().map_err(|_| SqlError::Corrupt("stored instance name does not parse".into()))?,
         kms_key: (!key.is_empty()).then(|| key.to_string()),
-        labels: serde_json::from_str(row[2].text()?).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        labels: serde_json::from_str(row[2].text()?).map_err(|e| SqlError::Corrupt(e.to_string()))?,
         create_time: ts(row[3].int()?)?,
         replica_of: Some(row[4].text()?).filter(|p| !p.is_empty()).map(str::to_string),
     })
 }
 
-fn backup_record(row: &Row) -> Result<BackupRecord, StoreError> {
+fn backup_record(row: &Row) -> Result<BackupRecord, SqlError> {
     let key = row[2].text()?;
     Ok(BackupRecord {
         name: row[0].text()?.to_string(),
@@ -53,8 +53,8 @@ fn backup_record(row: &Row) -> Result<BackupRecord, StoreError> {
     })
 }
 
-fn export_record(row: &Row) -> Result<ExportRecord, StoreError> {
-    let opt = |v: &Value| -> Result<Option<String>, StoreError> {
+fn export_record(row: &Row) -> Result<ExportRecord, SqlError> {
+    let opt = |v: &Value| -> Result<Option<String>, SqlError> {
         let t = v.text()?;
         Ok((!t.is_empty()).then(|| t.to_string()))
     };
@@ -70,8 +70,8 @@ fn export_record(row: &Row) -> Result<ExportRecord, StoreError> {
     })
 }
 
-fn instance_params(instance: &InstanceRecord) -> Result<Vec<Value>, StoreError> {
-    let labels = serde_json::to_string(&instance.labels).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+fn instance_params(instance: &InstanceRecord) -> Result<Vec<Value>, SqlError> {
+    let labels = serde_json::to_string(&instance.labels).map_err(|e| SqlError::Corrupt(e.to_string()))?;
     Ok(vec![
         text(&instance.name.to_string()),
         text(&instance.name.parent()),
@@ -81,7 +81,7 @@ fn instance_params(instance: &InstanceRecord) -> Result<Vec<Value>, StoreError> 
     ])
 }
 
-fn kek_record(row: &Row) -> Result<KekRecord, StoreError> {
+fn kek_record(row: &Row) -> Result<KekRecord, SqlError> {
     let version = row[2].text()?;
     Ok(KekRecord {
         id: row[0].int()? as u64,
@@ -93,7 +93,7 @@ fn kek_record(row: &Row) -> Result<KekRecord, StoreError> {
     })
 }
 
-fn object_record(row: &Row) -> Result<ObjectRecord, StoreError> {
+fn object_record(row: &Row) -> Result<ObjectRecord, SqlError> {
     Ok(ObjectRecord {
         name: row[0].text()?.to_string(),
         generation: row[1].int()? as u64,
@@ -145,7 +145,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         instance: &InstanceRecord,
         kek: &KekRecord,
         audit: &[AuditRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         let name = instance.name.to_string();
         let claim = vec![text(&name), text("LIVE"), Value::Int(instance.create_time.unix_nanos_i64())];
         let tx = self.backend().begin().await?;
@@ -157,7 +157,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         commit_audited(tx, statements, audit).await
     }
 
-    async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, StoreError> {
+    async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, SqlError> {
         self.backend()
             .read()
             .await?
@@ -168,7 +168,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             .transpose()
     }
 
-    async fn list_instances(&self, parent: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+    async fn list_instances(&self, parent: &str) -> Result<Vec<InstanceRecord>, SqlError> {
         self.backend()
             .read()
             .await?
@@ -179,7 +179,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             .collect()
     }
 
-    async fn instances_by_key(&self, key: &str) -> Result<Vec<InstanceRecord>, StoreError> {
+    async fn instances_by_key(&self, key: &str) -> Result<Vec<InstanceRecord>, SqlError> {
         self.backend()
             .read()
             .await?
@@ -190,7 +190,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             .collect()
     }
 
-    async fn delete_instance(&self, name: &str, audit: &[AuditRecord]) -> Result<bool, StoreError> {
+    async fn delete_instance(&self, name: &str, audit: &[AuditRecord]) -> Result<bool, SqlError> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(name)]).await?;
@@ -209,7 +209,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         Ok(true)
     }
 
-    async fn begin_pending(&self, name: &str, node: &str, now: Timestamp) -> Result<(), StoreError> {
+    async fn begin_pending(&self, name: &str, node: &str, now: Timestamp) -> Result<(), SqlError> {
         let tx = self.backend().begin().await?;
         tx.execute_many_and_commit(vec![
             (CLAIM_NAME, vec![text(name), text("BUILDING"), Value::Int(now.unix_nanos_i64())]),
@@ -218,15 +218,11 @@ impl<B: SqlBackend> Sql<'_, B> {
         .await
     }
 
-    async fn finish_pending_instance(
-        &self,
-        instance: &InstanceRecord,
-        audit: &[AuditRecord],
-    ) -> Result<(), StoreError> {
+    async fn finish_pending_instance(&self, instance: &InstanceRecord, audit: &[AuditRecord]) -> Result<(), SqlError> {
         let name = instance.name.to_string();
         let mut tx = self.backend().begin().await?;
         if tx.execute(NAME_BUILT, vec![text(&name)]).await? != 1 {
-            return Err(StoreError::Conflict);
+            return Err(SqlError::Conflict);
         }
         let mut statements =
             vec![(INSERT_INSTANCE, instance_params(instance)?), (END_WORK, vec![text(&name), text(""), int(0)])];
@@ -236,7 +232,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         commit_audited(tx, statements, audit).await
     }
 
-    async fn discard(&self, name: &str, audit: &[AuditRecord]) -> Result<(), StoreError> {
+    async fn discard(&self, name: &str, audit: &[AuditRecord]) -> Result<(), SqlError> {
         // A copy's snapshot is released first, so that what only it kept goes too.
         let pinned = self.backend().read().await?.query(PINNED_INSTANCES, vec![text(name)]).await?;
         for row in pinned {
@@ -254,7 +250,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         self.backend().serializes_transactions()
     }
 
-    async fn heartbeat(&self, node: &str, now: Timestamp, forget_before: Timestamp) -> Result<(), StoreError> {
+    async fn heartbeat(&self, node: &str, now: Timestamp, forget_before: Timestamp) -> Result<(), SqlError> {
         let tx = self.backend().begin().await?;
         tx.execute_many_and_commit(vec![
             (HEARTBEAT, vec![text(node), Value::Int(now.unix_nanos_i64())]),
@@ -268,7 +264,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         node: &str,
         dead_before: Timestamp,
         ownerless_before: Timestamp,
-    ) -> Result<(Vec<(String, String, u64)>, Vec<String>), StoreError> {
+    ) -> Result<(Vec<(String, String, u64)>, Vec<String>), SqlError> {
         let params = || {
             vec![text(node), Value::Int(dead_before.unix_nanos_i64()), Value::Int(ownerless_before.unix_nanos_i64())]
         };
@@ -278,12 +274,12 @@ impl<B: SqlBackend> Sql<'_, B> {
         let uploads = uploads
             .iter()
             .map(|r| Ok((r[0].text()?.to_string(), r[1].text()?.to_string(), r[2].int()? as u64)))
-            .collect::<Result<_, StoreError>>()?;
-        let builds = builds.iter().map(|r| Ok(r[0].text()?.to_string())).collect::<Result<_, StoreError>>()?;
+            .collect::<Result<_, SqlError>>()?;
+        let builds = builds.iter().map(|r| Ok(r[0].text()?.to_string())).collect::<Result<_, SqlError>>()?;
         Ok((uploads, builds))
     }
 
-    async fn pin_objects(&self, instance: &str, pin: &str) -> Result<(), StoreError> {
+    async fn pin_objects(&self, instance: &str, pin: &str) -> Result<(), SqlError> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(instance)]).await?;
@@ -291,7 +287,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         tx.execute_many_and_commit(vec![(PIN_OBJECTS, vec![text(instance), text(pin)])]).await
     }
 
-    async fn pinned_objects(&self, pin: &str, after: &str, limit: u64) -> Result<Vec<ObjectRecord>, StoreError> {
+    async fn pinned_objects(&self, pin: &str, after: &str, limit: u64) -> Result<Vec<ObjectRecord>, SqlError> {
         self.backend()
             .read()
             .await?
@@ -302,7 +298,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             .collect()
     }
 
-    async fn unpin(&self, instance: &str, pin: &str) -> Result<(), StoreError> {
+    async fn unpin(&self, instance: &str, pin: &str) -> Result<(), SqlError> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_EXCLUSIVE, vec![text(instance)]).await?;
@@ -314,7 +310,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         .await
     }
 
-    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord, node: &str) -> Result<(), StoreError> {
+    async fn insert_backup(&self, backup: &BackupRecord, kek: &KekRecord, node: &str) -> Result<(), SqlError> {
         let params = vec![
             text(&backup.name),
             text(&backup.instance),
@@ -346,23 +342,23 @@ impl<B: SqlBackend> Sql<'_, B> {
         size_bytes: u64,
         object_count: u64,
         audit: &[AuditRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         let mut tx = self.backend().begin().await?;
         // A backup whose build was taken for orphaned (its node's heartbeat looked stale) and
         // discarded must not be answered READY: nothing of it is left (hardening review).
         if tx.execute(FINISH_BACKUP, vec![text(name), int(size_bytes), int(object_count)]).await? != 1
             || tx.execute(NAME_BUILT, vec![text(name)]).await? != 1
         {
-            return Err(StoreError::Conflict);
+            return Err(SqlError::Conflict);
         }
         commit_audited(tx, vec![(END_WORK, vec![text(name), text(""), int(0)])], audit).await
     }
 
-    async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, StoreError> {
+    async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, SqlError> {
         self.backend().read().await?.query(GET_BACKUP, vec![text(name)]).await?.first().map(backup_record).transpose()
     }
 
-    async fn list_backups(&self, instance: &str) -> Result<Vec<BackupRecord>, StoreError> {
+    async fn list_backups(&self, instance: &str) -> Result<Vec<BackupRecord>, SqlError> {
         self.backend()
             .read()
             .await?
@@ -373,26 +369,26 @@ impl<B: SqlBackend> Sql<'_, B> {
             .collect()
     }
 
-    async fn backups_by_key(&self, key: &str) -> Result<Vec<BackupRecord>, StoreError> {
+    async fn backups_by_key(&self, key: &str) -> Result<Vec<BackupRecord>, SqlError> {
         self.backend().read().await?.query(BACKUPS_BY_KEY, vec![text(key)]).await?.iter().map(backup_record).collect()
     }
 
-    async fn replicas_of(&self, primary: &str) -> Result<Vec<String>, StoreError> {
+    async fn replicas_of(&self, primary: &str) -> Result<Vec<String>, SqlError> {
         let rows = self.backend().read().await?.query(REPLICAS_OF, vec![text(primary)]).await?;
         rows.iter().map(|r| Ok(r[0].text()?.to_string())).collect()
     }
 
-    async fn all_replicas(&self) -> Result<Vec<String>, StoreError> {
+    async fn all_replicas(&self) -> Result<Vec<String>, SqlError> {
         let rows = self.backend().read().await?.query(ALL_REPLICAS, vec![]).await?;
         rows.iter().map(|r| Ok(r[0].text()?.to_string())).collect()
     }
 
-    async fn replica_sources(&self, replica: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn replica_sources(&self, replica: &str) -> Result<Vec<(String, u64)>, SqlError> {
         let rows = self.backend().read().await?.query(REPLICA_SOURCES, vec![text(replica)]).await?;
         rows.iter().map(|r| Ok((r[0].text()?.to_string(), r[1].int()? as u64))).collect()
     }
 
-    async fn set_replica_source(&self, replica: &str, object: &str, generation: u64) -> Result<(), StoreError> {
+    async fn set_replica_source(&self, replica: &str, object: &str, generation: u64) -> Result<(), SqlError> {
         self.backend()
             .begin()
             .await?
@@ -400,7 +396,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             .await
     }
 
-    async fn insert_export(&self, export: &ExportRecord, audit: &[AuditRecord]) -> Result<(), StoreError> {
+    async fn insert_export(&self, export: &ExportRecord, audit: &[AuditRecord]) -> Result<(), SqlError> {
         let params = vec![
             text(&export.name),
             text(&export.instance),
@@ -416,11 +412,11 @@ impl<B: SqlBackend> Sql<'_, B> {
         commit_audited(tx, statements, audit).await
     }
 
-    async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, StoreError> {
+    async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, SqlError> {
         self.backend().read().await?.query(EXPORTS_BY_KEY, vec![text(key)]).await?.iter().map(export_record).collect()
     }
 
-    async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, StoreError> {
+    async fn exports_under(&self, prefix: &str) -> Result<Vec<(ExportRecord, bool)>, SqlError> {
         let rows = self.backend().read().await?.query(EXPORTS_UNDER, vec![text(prefix)]).await?;
         rows.iter().map(|r| Ok((export_record(r)?, r[8].int()? != 0))).collect()
     }
@@ -430,7 +426,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         changes: &[(String, bool)],
         now: Timestamp,
         audit: &[AuditRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         let statements = changes
             .iter()
             .map(|(name, missing)| {
@@ -444,11 +440,11 @@ impl<B: SqlBackend> Sql<'_, B> {
         commit_audited(self.backend().begin().await?, statements, audit).await
     }
 
-    async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, StoreError> {
+    async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, SqlError> {
         self.backend().read().await?.query(LIST_KEKS, vec![text(instance)]).await?.iter().map(kek_record).collect()
     }
 
-    async fn insert_kek(&self, instance: &str, kek: &KekRecord) -> Result<(), StoreError> {
+    async fn insert_kek(&self, instance: &str, kek: &KekRecord) -> Result<(), SqlError> {
         let tx = self.backend().begin().await?;
         tx.execute_many_and_commit(vec![(INSERT_KEK, kek_params(instance, kek))]).await
     }
@@ -458,7 +454,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         instance: &str,
         keks: &[(u64, WrappedKek)],
         audit: &[AuditRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         let tx = self.backend().begin().await?;
         let statements: Vec<_> = keks
             .iter()
@@ -477,7 +473,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         commit_audited(tx, statements, audit).await
     }
 
-    async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, StoreError> {
+    async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, SqlError> {
         let mut tx = self.backend().begin().await?;
         // Ordered against every commit (which takes the shared form and checks its KEK is
         // there): a KEK is deleted only when no committed object uses it, and no object is
@@ -497,7 +493,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         generation: u64,
         node: &str,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         let tx = self.backend().begin().await?;
         tx.execute_many_and_commit(vec![
             (BEGIN_UPLOAD, vec![text(instance), text(object), int(generation), Value::Int(now.unix_nanos_i64())]),
@@ -513,7 +509,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         generation: u64,
         first_index: u64,
         chunks: &[StoredChunk],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         let statements = chunks
             .iter()
             .enumerate()
@@ -530,19 +526,19 @@ impl<B: SqlBackend> Sql<'_, B> {
         last_chunks: &[StoredChunk],
         expected_generation: Option<u64>,
         audit: &[AuditRecord],
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_SHARED, vec![text(instance)]).await?;
         }
         // Deleted meanwhile (the lock orders this against the delete): write nothing.
         if tx.query(NAME_CLAIMED, vec![text(instance)]).await?.is_empty() {
-            return Err(StoreError::Conflict);
+            return Err(SqlError::Conflict);
         }
         // Its KEK deleted meanwhile (a `:reencrypt` finished on another node): the data
         // could never be read. The lock orders this against `delete_kek_if_unused`.
         if tx.query(KEK_EXISTS, vec![text(instance), int(object.kek_id)]).await?.is_empty() {
-            return Err(StoreError::Conflict);
+            return Err(SqlError::Conflict);
         }
         let key = || vec![text(instance), text(&object.name), int(object.generation)];
         // An upload whose earlier chunks were written (`first_index > 0`; they were written
@@ -552,7 +548,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         // conflict and uploads again. An upload that fits in this one call has no row.
         let ended = tx.execute(END_UPLOAD, key()).await?;
         if first_index > 0 && ended != 1 {
-            return Err(StoreError::Conflict);
+            return Err(SqlError::Conflict);
         }
         let chunks: Vec<_> = last_chunks
             .iter()
@@ -567,7 +563,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             Some(expected) => {
                 params.push(int(expected));
                 if tx.execute(REPLACE_OBJECT_IF_GENERATION, params).await? == 0 {
-                    return Err(StoreError::Conflict);
+                    return Err(SqlError::Conflict);
                 }
             }
             None => {
@@ -578,7 +574,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         commit_audited(tx, statements, audit).await
     }
 
-    async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), StoreError> {
+    async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), SqlError> {
         let key = || vec![text(instance), text(object), int(generation)];
         self.backend()
             .begin()
@@ -587,7 +583,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             .await
     }
 
-    async fn object(&self, instance: &str, name: &str) -> Result<Option<ObjectRecord>, StoreError> {
+    async fn object(&self, instance: &str, name: &str) -> Result<Option<ObjectRecord>, SqlError> {
         self.backend()
             .read()
             .await?
@@ -604,7 +600,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         prefix: &str,
         after: &str,
         limit: u64,
-    ) -> Result<Vec<ObjectRecord>, StoreError> {
+    ) -> Result<Vec<ObjectRecord>, SqlError> {
         self.backend()
             .read()
             .await?
@@ -615,7 +611,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             .collect()
     }
 
-    async fn delete_object(&self, instance: &str, name: &str, audit: &[AuditRecord]) -> Result<bool, StoreError> {
+    async fn delete_object(&self, instance: &str, name: &str, audit: &[AuditRecord]) -> Result<bool, SqlError> {
         let mut tx = self.backend().begin().await?;
         if !self.backend().serializes_transactions() {
             tx.execute(PG_LOCK_OBJECTS_SHARED, vec![text(instance)]).await?;
@@ -634,7 +630,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         object: &str,
         generation: u64,
         index: u64,
-    ) -> Result<Option<StoredChunk>, StoreError> {
+    ) -> Result<Option<StoredChunk>, SqlError> {
         let rows = self
             .backend()
             .read()
@@ -646,12 +642,12 @@ impl<B: SqlBackend> Sql<'_, B> {
 }
 
 /// The SQL layer's error as the store's repository error: the one place they meet.
-fn repo_error(e: StoreError) -> RepoError {
+fn repo_error(e: SqlError) -> RepoError {
     match e {
-        StoreError::AlreadyExists => RepoError::AlreadyExists,
-        StoreError::Conflict => RepoError::Conflict,
-        StoreError::Unavailable(m) => RepoError::Unavailable(m),
-        StoreError::Corrupt(m) => RepoError::Corrupt(m),
+        SqlError::AlreadyExists => RepoError::AlreadyExists,
+        SqlError::Conflict => RepoError::Conflict,
+        SqlError::Unavailable(m) => RepoError::Unavailable(m),
+        SqlError::Corrupt(m) => RepoError::Corrupt(m),
         other => RepoError::Corrupt(other.to_string()),
     }
 }

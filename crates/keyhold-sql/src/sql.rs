@@ -1,7 +1,10 @@
 //! The minimal SQL interface the generic store is written against.
 
 use async_trait::async_trait;
-use keyhold_kms::store::StoreError;
+/// What the SQL layer reports: the KMS repository's error (`AlreadyExists`, `Conflict`,
+/// `Unavailable`, `Corrupt`), which the KMS's repository returns as it is and the store's
+/// repository maps to its own `RepoError` in one place (`store_repo.rs`).
+pub(crate) use keyhold_kms::repo::RepoError as SqlError;
 
 /// A parameter or a column value.
 #[derive(Clone, PartialEq)]
@@ -36,60 +39,60 @@ impl std::fmt::Debug for Value {
 pub type Row = Vec<Value>;
 
 impl Value {
-    pub(crate) fn int(&self) -> Result<i64, StoreError> {
+    pub(crate) fn int(&self) -> Result<i64, SqlError> {
         match self {
             Value::Int(i) | Value::OptInt(Some(i)) => Ok(*i),
-            other => Err(StoreError::Corrupt(format!("expected an integer, found {other:?}"))),
+            other => Err(SqlError::Corrupt(format!("expected an integer, found {other:?}"))),
         }
     }
-    pub(crate) fn opt_int(&self) -> Result<Option<i64>, StoreError> {
+    pub(crate) fn opt_int(&self) -> Result<Option<i64>, SqlError> {
         match self {
             Value::Null | Value::OptInt(None) => Ok(None),
             other => other.int().map(Some),
         }
     }
-    pub(crate) fn text(&self) -> Result<&str, StoreError> {
+    pub(crate) fn text(&self) -> Result<&str, SqlError> {
         match self {
             Value::Text(t) => Ok(t),
-            other => Err(StoreError::Corrupt(format!("expected text, found {other:?}"))),
+            other => Err(SqlError::Corrupt(format!("expected text, found {other:?}"))),
         }
     }
-    pub(crate) fn opt_blob(&self) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn opt_blob(&self) -> Result<Option<Vec<u8>>, SqlError> {
         match self {
             Value::Null | Value::OptBlob(None) => Ok(None),
             Value::OptBlob(Some(b)) => Ok(Some(b.clone())),
-            other => Err(StoreError::Corrupt(format!("expected a blob, found {other:?}"))),
+            other => Err(SqlError::Corrupt(format!("expected a blob, found {other:?}"))),
         }
     }
 }
 
 /// Builds, from the rows of a query, the statements to run after it (see
 /// [`SqlConn::query_then_commit`]).
-pub type ThenStatements = Box<dyn FnOnce(Vec<Row>) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> + Send>;
+pub type ThenStatements = Box<dyn FnOnce(Vec<Row>) -> Result<Vec<(&'static str, Vec<Value>)>, SqlError> + Send>;
 
 /// A connection, inside a transaction when obtained from [`SqlBackend::begin`]. Dropping it
 /// without [`SqlConn::commit`] rolls the transaction back.
 #[async_trait]
 pub trait SqlConn: Send {
     /// Runs a statement that returns rows.
-    async fn query(&mut self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, StoreError>;
+    async fn query(&mut self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, SqlError>;
     /// Runs a statement; returns the number of rows affected.
-    async fn execute(&mut self, sql: &'static str, params: Vec<Value>) -> Result<u64, StoreError>;
+    async fn execute(&mut self, sql: &'static str, params: Vec<Value>) -> Result<u64, SqlError>;
     /// Runs several statements in order, stopping at the first error. Drivers that pay a
     /// thread hop per call (SQLite) run them in one.
-    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), StoreError> {
+    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), SqlError> {
         for (sql, params) in statements {
             self.execute(sql, params).await?;
         }
         Ok(())
     }
     /// Commits the transaction.
-    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+    async fn commit(self: Box<Self>) -> Result<(), SqlError>;
     /// [`SqlConn::execute_many`] then [`SqlConn::commit`]; SQLite does both in one thread hop.
     async fn execute_many_and_commit(
         mut self: Box<Self>,
         statements: Vec<(&'static str, Vec<Value>)>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         self.execute_many(statements).await?;
         self.commit().await
     }
@@ -100,7 +103,7 @@ pub trait SqlConn: Send {
         sql: &'static str,
         params: Vec<Value>,
         then: ThenStatements,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), SqlError> {
         let rows = self.query(sql, params).await?;
         let statements = then(rows)?;
         self.execute_many_and_commit(statements).await
@@ -111,9 +114,9 @@ pub trait SqlConn: Send {
 #[async_trait]
 pub trait SqlBackend: Send + Sync + std::fmt::Debug + 'static {
     /// A connection with a transaction open.
-    async fn begin(&self) -> Result<Box<dyn SqlConn>, StoreError>;
+    async fn begin(&self) -> Result<Box<dyn SqlConn>, SqlError>;
     /// A connection in autocommit mode, for single-statement reads.
-    async fn read(&self) -> Result<Box<dyn SqlConn>, StoreError>;
+    async fn read(&self) -> Result<Box<dyn SqlConn>, SqlError>;
     /// Whether transactions never overlap (SQLite's one connection), so that no lock is needed
     /// to order them.
     fn serializes_transactions(&self) -> bool {

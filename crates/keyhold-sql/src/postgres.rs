@@ -11,9 +11,9 @@
 
 use std::str::FromStr;
 
+use crate::sql::SqlError;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
-use keyhold_kms::store::StoreError;
 use tokio_postgres::NoTls;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -84,10 +84,10 @@ fn advice(code: &tokio_postgres::error::SqlState) -> Option<&'static str> {
 /// Classifies by SQLSTATE. Only errors that say the stored data itself is wrong are "corrupt";
 /// refusals of the role, the connection or the server (finding 8) are "unavailable", with the
 /// server's own words.
-fn map_err(e: tokio_postgres::Error) -> StoreError {
+fn map_err(e: tokio_postgres::Error) -> SqlError {
     use tokio_postgres::error::SqlState;
     match e.code() {
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION => StoreError::AlreadyExists,
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => SqlError::AlreadyExists,
         Some(c)
             if c.code().starts_with("08") // connection exception
             || c.code().starts_with("28") // invalid authorization (wrong password, no such role)
@@ -100,33 +100,33 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
             || *c == SqlState::T_R_SERIALIZATION_FAILURE
             || *c == SqlState::T_R_DEADLOCK_DETECTED =>
         {
-            StoreError::Unavailable(describe(&e))
+            SqlError::Unavailable(describe(&e))
         }
-        Some(_) => StoreError::Corrupt(describe(&e)),
+        Some(_) => SqlError::Corrupt(describe(&e)),
         // No SQLSTATE: the connection itself failed.
-        None => StoreError::Unavailable(describe(&e)),
+        None => SqlError::Unavailable(describe(&e)),
     }
 }
 
 /// A connection the pool could not make or hand out, with the driver's cause (deadpool's own
 /// `Display` of it reads "Error occurred while creating a new object: db error").
-fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+fn pool_err(e: deadpool_postgres::PoolError) -> SqlError {
     let cause = match &e {
         deadpool_postgres::PoolError::Backend(b) => describe(b),
         other => other.to_string(),
     };
-    StoreError::Unavailable(format!("cannot get a PostgreSQL connection: {cause}"))
+    SqlError::Unavailable(format!("cannot get a PostgreSQL connection: {cause}"))
 }
 
-fn build_err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("cannot set up the PostgreSQL connection pool: {e}"))
+fn build_err(e: impl std::fmt::Display) -> SqlError {
+    SqlError::Unavailable(format!("cannot set up the PostgreSQL connection pool: {e}"))
 }
 
 impl Postgres {
     /// Connects to `url` (`postgres://user:password@host:port/db`) and migrates the schema.
-    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str) -> Result<Self, SqlError> {
         let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| SqlError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(POOL_SIZE).build().map_err(build_err)?;
         let db = Self { pool };
@@ -135,30 +135,30 @@ impl Postgres {
     }
 
     /// Connects without migrating (read-only use: `keyhold audit verify`).
-    pub async fn connect_without_migration(url: &str) -> Result<Self, StoreError> {
+    pub async fn connect_without_migration(url: &str) -> Result<Self, SqlError> {
         let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| SqlError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager).max_size(2).build().map_err(build_err)?;
         Ok(Self { pool })
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate(&self) -> Result<(), SqlError> {
         // Whatever fails here is a failure to create or check the schema, never "corrupt data"
         // (finding 8); the newer-schema refusal below keeps its own words.
         // The outer result is the driver's, the inner one the schema version check's.
         self.migrate_inner()
             .await
             .map_err(|e| match e {
-                StoreError::Corrupt(m) | StoreError::Unavailable(m) => {
-                    StoreError::Unavailable(format!("cannot create or check Keyhold's tables: {m}"))
+                SqlError::Corrupt(m) | SqlError::Unavailable(m) => {
+                    SqlError::Unavailable(format!("cannot create or check Keyhold's tables: {m}"))
                 }
                 other => other,
             })
             .and_then(|checked| checked)
     }
 
-    async fn migrate_inner(&self) -> Result<Result<(), StoreError>, StoreError> {
+    async fn migrate_inner(&self) -> Result<Result<(), SqlError>, SqlError> {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(map_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(map_err)?;
@@ -169,7 +169,7 @@ impl Postgres {
             .map_err(map_err)?;
         let v: String = tx.query_one(schema::META_GET, &[&"schema_version"]).await.map_err(map_err)?.get(0);
         if v.parse::<i64>().unwrap_or(i64::MAX) > schema::SCHEMA_VERSION {
-            return Ok(Err(StoreError::Corrupt(format!(
+            return Ok(Err(SqlError::Corrupt(format!(
                 "the database has schema version {v}, newer than this build knows ({}); upgrade Keyhold",
                 schema::SCHEMA_VERSION
             ))));
@@ -180,7 +180,7 @@ impl Postgres {
         tx.commit().await.map_err(map_err).map(Ok)
     }
 
-    async fn conn(&self, transaction: bool) -> Result<Box<dyn SqlConn>, StoreError> {
+    async fn conn(&self, transaction: bool) -> Result<Box<dyn SqlConn>, SqlError> {
         let client = self.pool.get().await.map_err(pool_err)?;
         let mut c = PgConn { client: Some(client), open_tx: false };
         if transaction {
@@ -212,7 +212,7 @@ fn params(values: &[Value]) -> Vec<Box<dyn ToSql + Sync + Send>> {
         .collect()
 }
 
-fn decode(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
+fn decode(row: &tokio_postgres::Row) -> Result<Row, SqlError> {
     let mut out = Vec::with_capacity(row.len());
     for (i, col) in row.columns().iter().enumerate() {
         let ty = col.type_();
@@ -225,20 +225,20 @@ fn decode(row: &tokio_postgres::Row) -> Result<Row, StoreError> {
         } else {
             row.try_get::<_, Option<String>>(i).map(|v| v.map_or(Value::Null, Value::Text))
         };
-        out.push(v.map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        out.push(v.map_err(|e| SqlError::Corrupt(e.to_string()))?);
     }
     Ok(out)
 }
 
 impl PgConn {
-    fn client(&self) -> Result<&Object, StoreError> {
-        self.client.as_ref().ok_or_else(|| StoreError::Unavailable("connection already released".into()))
+    fn client(&self) -> Result<&Object, SqlError> {
+        self.client.as_ref().ok_or_else(|| SqlError::Unavailable("connection already released".into()))
     }
 }
 
 #[async_trait]
 impl SqlConn for PgConn {
-    async fn query(&mut self, sql: &'static str, values: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+    async fn query(&mut self, sql: &'static str, values: Vec<Value>) -> Result<Vec<Row>, SqlError> {
         let client = self.client()?;
         let stmt = client.prepare_cached(sql).await.map_err(map_err)?;
         let p = params(&values);
@@ -246,14 +246,14 @@ impl SqlConn for PgConn {
         let rows = client.query(&stmt, &refs).await.map_err(map_err)?;
         rows.iter().map(decode).collect()
     }
-    async fn execute(&mut self, sql: &'static str, values: Vec<Value>) -> Result<u64, StoreError> {
+    async fn execute(&mut self, sql: &'static str, values: Vec<Value>) -> Result<u64, SqlError> {
         let client = self.client()?;
         let stmt = client.prepare_cached(sql).await.map_err(map_err)?;
         let p = params(&values);
         let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|b| b.as_ref() as &(dyn ToSql + Sync)).collect();
         client.execute(&stmt, &refs).await.map_err(map_err)
     }
-    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), StoreError> {
+    async fn execute_many(&mut self, statements: Vec<(&'static str, Vec<Value>)>) -> Result<(), SqlError> {
         // Sent together: tokio-postgres pipelines concurrent queries on one connection, so a
         // batch of audit entries costs one round trip, not one per entry, while the chain's
         // head lock is held.
@@ -269,7 +269,7 @@ impl SqlConn for PgConn {
         futures_util::future::try_join_all(runs).await.map_err(map_err)?;
         Ok(())
     }
-    async fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+    async fn commit(mut self: Box<Self>) -> Result<(), SqlError> {
         self.client()?.batch_execute("COMMIT").await.map_err(map_err)?;
         self.open_tx = false;
         Ok(())
@@ -290,10 +290,10 @@ impl Drop for PgConn {
 
 #[async_trait]
 impl SqlBackend for Postgres {
-    async fn begin(&self) -> Result<Box<dyn SqlConn>, StoreError> {
+    async fn begin(&self) -> Result<Box<dyn SqlConn>, SqlError> {
         self.conn(true).await
     }
-    async fn read(&self) -> Result<Box<dyn SqlConn>, StoreError> {
+    async fn read(&self) -> Result<Box<dyn SqlConn>, SqlError> {
         self.conn(false).await
     }
     async fn after_erase(&self) {

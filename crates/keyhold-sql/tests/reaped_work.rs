@@ -8,7 +8,7 @@
 
 use keyhold_api::wire::Timestamp;
 use keyhold_cmek::envelope::{SealedChunk, WrappedKek};
-use keyhold_storage::Database;
+use keyhold_sql::Database;
 use keyhold_store::StoreRepository;
 use keyhold_store::model::{BackupRecord, InstanceRecord, KekRecord, ObjectRecord};
 use keyhold_store::repo::RepoError;
@@ -41,7 +41,7 @@ fn object(generation: u64, chunk_count: u64) -> ObjectRecord {
 }
 
 async fn repo_with_instance(db: &Database) -> std::sync::Arc<dyn StoreRepository> {
-    let repo = keyhold_storage::open_all(db).await.unwrap().objects;
+    let repo = keyhold_sql::open_all(db).await.unwrap().objects;
     let instance = InstanceRecord {
         name: INSTANCE.parse().unwrap(),
         kms_key: None,

@@ -1,6 +1,6 @@
 //! The persistence boundary of the KMS domain.
 //!
-//! `keyhold-storage` implements [`KmsStore`] for SQLite and PostgreSQL with the same schema and
+//! `keyhold-sql` implements [`KmsRepository`] for SQLite and PostgreSQL with the same schema and
 //! the same behaviour. Records carry a `revision`: updates are compare-and-set on it, so two
 //! nodes (or two requests) changing the same key serialize instead of losing an update.
 
@@ -17,7 +17,7 @@ use crate::material::VersionMaterial;
 /// Store failures, classified by kind (never by message).
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
-pub enum StoreError {
+pub enum RepoError {
     /// A row with this primary key exists.
     #[error("already exists")]
     AlreadyExists,
@@ -73,39 +73,39 @@ impl std::fmt::Debug for VersionRecord {
 }
 
 /// Persistence for the KMS. Every mutating method also advances the store-wide change counter
-/// ([`KmsStore::change_counter`]) in the same transaction, except [`KmsStore::append_audit`]
+/// ([`KmsRepository::change_counter`]) in the same transaction, except [`KmsRepository::append_audit`]
 /// (audit entries are never cached, so appending them invalidates nothing).
 ///
-/// `crates/keyhold-storage/tests/conformance.rs` checks these contracts on every backend.
+/// `crates/keyhold-sql/tests/conformance.rs` checks these contracts on every backend.
 #[async_trait]
-pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Inserts a key ring; [`StoreError::AlreadyExists`] if the name is taken.
+pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
+    /// Inserts a key ring; [`RepoError::AlreadyExists`] if the name is taken.
     ///
     /// Every method that changes something takes the audit entry of that change and appends it
     /// in the same transaction ([K10]).
-    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), StoreError>;
+    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), RepoError>;
     /// A key ring by name.
-    async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, StoreError>;
+    async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, RepoError>;
     /// All key rings of a location, by name.
-    async fn list_key_rings(&self, parent: &LocationName) -> Result<Vec<KeyRing>, StoreError>;
+    async fn list_key_rings(&self, parent: &LocationName) -> Result<Vec<KeyRing>, RepoError>;
 
     /// Inserts a crypto key and, atomically with it, its first version (which then is its
-    /// primary). [`StoreError::AlreadyExists`] if the name is taken.
+    /// primary). [`RepoError::AlreadyExists`] if the name is taken.
     async fn insert_crypto_key(
         &self,
         key: &CryptoKeyRecord,
         first: Option<&VersionRecord>,
         audit: &AuditRecord,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), RepoError>;
     /// A crypto key by name.
-    async fn crypto_key(&self, name: &CryptoKeyName) -> Result<Option<CryptoKeyRecord>, StoreError>;
+    async fn crypto_key(&self, name: &CryptoKeyName) -> Result<Option<CryptoKeyRecord>, RepoError>;
     /// All crypto keys of a key ring, by name.
-    async fn list_crypto_keys(&self, parent: &KeyRingName) -> Result<Vec<CryptoKeyRecord>, StoreError>;
+    async fn list_crypto_keys(&self, parent: &KeyRingName) -> Result<Vec<CryptoKeyRecord>, RepoError>;
     /// Replaces a crypto key if its revision is still `key.revision`; returns the new revision.
-    async fn update_crypto_key(&self, key: &CryptoKeyRecord, audit: &AuditRecord) -> Result<i64, StoreError>;
+    async fn update_crypto_key(&self, key: &CryptoKeyRecord, audit: &AuditRecord) -> Result<i64, RepoError>;
 
     /// Reserves the next version ID of a key (1, 2, ...; never handed out twice).
-    async fn allocate_version_id(&self, key: &CryptoKeyName) -> Result<u64, StoreError>;
+    async fn allocate_version_id(&self, key: &CryptoKeyName) -> Result<u64, RepoError>;
     /// Inserts a version; with `make_primary`, also makes it the key's primary in the same
     /// transaction.
     async fn insert_version(
@@ -113,35 +113,35 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
         version: &VersionRecord,
         make_primary: bool,
         audit: &AuditRecord,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), RepoError>;
     /// A version by name.
-    async fn version(&self, name: &CryptoKeyVersionName) -> Result<Option<VersionRecord>, StoreError>;
+    async fn version(&self, name: &CryptoKeyVersionName) -> Result<Option<VersionRecord>, RepoError>;
     /// All versions of a key, by version ID.
-    async fn list_versions(&self, key: &CryptoKeyName) -> Result<Vec<VersionRecord>, StoreError>;
+    async fn list_versions(&self, key: &CryptoKeyName) -> Result<Vec<VersionRecord>, RepoError>;
     /// Every version of every key, by name (for reconciling an HSM token with the database:
     /// `keyhold hsm reconcile`; not for request paths).
-    async fn list_all_versions(&self) -> Result<Vec<VersionRecord>, StoreError>;
+    async fn list_all_versions(&self) -> Result<Vec<VersionRecord>, RepoError>;
     /// Replaces a version if its revision is still `version.revision`; returns the new revision.
     /// When `material` becomes `None` the old bytes are overwritten, not merely unlinked.
-    async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, StoreError>;
+    async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, RepoError>;
 
     /// `DESTROY_SCHEDULED` versions whose `destroyTime` is at or before `now`.
-    async fn versions_due_for_destruction(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, StoreError>;
+    async fn versions_due_for_destruction(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, RepoError>;
     /// Keys whose `nextRotationTime` is at or before `now`.
-    async fn keys_due_for_rotation(&self, now: Timestamp) -> Result<Vec<CryptoKeyName>, StoreError>;
+    async fn keys_due_for_rotation(&self, now: Timestamp) -> Result<Vec<CryptoKeyName>, RepoError>;
 
     /// A number that changes whenever anything in the store changes (used to invalidate caches
     /// of nodes sharing the database).
-    async fn change_counter(&self) -> Result<i64, StoreError>;
+    async fn change_counter(&self) -> Result<i64, RepoError>;
     /// Sets a metadata value unless one is set; returns the value now stored.
-    async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String, StoreError>;
+    async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String, RepoError>;
 
     // ---- IAM ([K8]) --------------------------------------------------------------------------
 
     /// The IAM policy set on `resource`, if one was ever set.
-    async fn policy(&self, resource: &str) -> Result<Option<PolicyRecord>, StoreError>;
+    async fn policy(&self, resource: &str) -> Result<Option<PolicyRecord>, RepoError>;
     /// Stores a policy. With `expected_revision` `Some(r)` only if the stored revision is still
-    /// `r` (0: no policy yet), else [`StoreError::Conflict`]; with `None` unconditionally.
+    /// `r` (0: no policy yet), else [`RepoError::Conflict`]; with `None` unconditionally.
     /// Returns the new revision.
     async fn set_policy(
         &self,
@@ -149,59 +149,59 @@ pub trait KmsStore: Send + Sync + std::fmt::Debug + 'static {
         policy: &Policy,
         expected_revision: Option<i64>,
         audit: &AuditRecord,
-    ) -> Result<i64, StoreError>;
+    ) -> Result<i64, RepoError>;
 
     // ---- projects, tokens, service identities ---------------------------------------------------
 
     /// A project by ID.
-    async fn project(&self, project_id: &str) -> Result<Option<ProjectRecord>, StoreError>;
-    /// Inserts a project; [`StoreError::AlreadyExists`] if the ID or the number is taken.
-    async fn insert_project(&self, project: &ProjectRecord) -> Result<(), StoreError>;
+    async fn project(&self, project_id: &str) -> Result<Option<ProjectRecord>, RepoError>;
+    /// Inserts a project; [`RepoError::AlreadyExists`] if the ID or the number is taken.
+    async fn insert_project(&self, project: &ProjectRecord) -> Result<(), RepoError>;
     /// Inserts a bearer token (its hash; the token itself is never stored).
-    async fn insert_token(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), StoreError>;
+    async fn insert_token(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), RepoError>;
     /// A token by the hash of its secret.
-    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError>;
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, RepoError>;
     /// All tokens, newest first.
-    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, RepoError>;
     /// Marks a token revoked at `when`; returns whether a live token with that ID existed.
-    async fn revoke_token(&self, id: &str, when: Timestamp, audit: &AuditRecord) -> Result<bool, StoreError>;
-    /// Inserts a service identity; [`StoreError::AlreadyExists`] if the project already has one
+    async fn revoke_token(&self, id: &str, when: Timestamp, audit: &AuditRecord) -> Result<bool, RepoError>;
+    /// Inserts a service identity; [`RepoError::AlreadyExists`] if the project already has one
     /// for that service.
     async fn insert_service_identity(
         &self,
         identity: &ServiceIdentityRecord,
         audit: &AuditRecord,
-    ) -> Result<(), StoreError>;
+    ) -> Result<(), RepoError>;
     /// The identity of `service` in `project`.
     async fn service_identity(
         &self,
         project_id: &str,
         service: &str,
-    ) -> Result<Option<ServiceIdentityRecord>, StoreError>;
+    ) -> Result<Option<ServiceIdentityRecord>, RepoError>;
     /// A service identity by its email.
-    async fn service_identity_by_email(&self, email: &str) -> Result<Option<ServiceIdentityRecord>, StoreError>;
+    async fn service_identity_by_email(&self, email: &str) -> Result<Option<ServiceIdentityRecord>, RepoError>;
 
     // ---- audit log ([K10]) -----------------------------------------------------------------------
 
     /// Appends entries to the chain, in order, in one transaction.
-    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError>;
+    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), RepoError>;
     /// Entries matching `query`, in `seq` order (descending if `query.descending`).
-    async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<StoredAuditEntry>, StoreError>;
+    async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<StoredAuditEntry>, RepoError>;
     /// The chain head as recorded beside the log: the newest entry's `seq` and hash.
-    async fn audit_head(&self) -> Result<(i64, String), StoreError>;
+    async fn audit_head(&self) -> Result<(i64, String), RepoError>;
     /// Up to `limit` entries with `seq > after`, ascending, for chain verification.
-    async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError>;
+    async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, RepoError>;
 
     // ---- organization policies ([C12]) ----------------------------------------------------------
 
     /// An organization policy by name (`projects/P/policies/C`).
-    async fn org_policy(&self, name: &str) -> Result<Option<OrgPolicyRecord>, StoreError>;
+    async fn org_policy(&self, name: &str) -> Result<Option<OrgPolicyRecord>, RepoError>;
     /// A project's organization policies, by name.
-    async fn list_org_policies(&self, project: &str) -> Result<Vec<OrgPolicyRecord>, StoreError>;
+    async fn list_org_policies(&self, project: &str) -> Result<Vec<OrgPolicyRecord>, RepoError>;
     /// Creates or replaces a policy; returns the new revision.
-    async fn put_org_policy(&self, record: &OrgPolicyRecord, audit: &AuditRecord) -> Result<i64, StoreError>;
+    async fn put_org_policy(&self, record: &OrgPolicyRecord, audit: &AuditRecord) -> Result<i64, RepoError>;
     /// Deletes a policy; returns whether it existed.
-    async fn delete_org_policy(&self, name: &str, audit: &AuditRecord) -> Result<bool, StoreError>;
+    async fn delete_org_policy(&self, name: &str, audit: &AuditRecord) -> Result<bool, RepoError>;
 }
 
 /// A stored organization policy.

@@ -1,4 +1,4 @@
-//! [`KmsStore`] implemented once for every SQL driver.
+//! [`KmsRepository`] implemented once for every SQL driver.
 
 use async_trait::async_trait;
 use keyhold_api::iam::Policy;
@@ -7,9 +7,9 @@ use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
-use keyhold_kms::store::{
-    AuditQuery, CryptoKeyRecord, KmsStore, OrgPolicyRecord, PolicyRecord, ProjectRecord, ServiceIdentityRecord,
-    StoreError, TokenRecord, VersionRecord,
+use keyhold_kms::repo::{
+    AuditQuery, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, PolicyRecord, ProjectRecord, RepoError,
+    ServiceIdentityRecord, TokenRecord, VersionRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -33,19 +33,19 @@ impl<B> SqlStore<B> {
     }
 }
 
-fn to_json<T: Serialize>(v: &T) -> Result<Value, StoreError> {
-    serde_json::to_string(v).map(Value::Text).map_err(|e| StoreError::Corrupt(e.to_string()))
+fn to_json<T: Serialize>(v: &T) -> Result<Value, RepoError> {
+    serde_json::to_string(v).map(Value::Text).map_err(|e| RepoError::Corrupt(e.to_string()))
 }
 
-fn from_json<T: DeserializeOwned>(v: &Value) -> Result<T, StoreError> {
-    serde_json::from_str(v.text()?).map_err(|e| StoreError::Corrupt(format!("stored resource does not decode: {e}")))
+fn from_json<T: DeserializeOwned>(v: &Value) -> Result<T, RepoError> {
+    serde_json::from_str(v.text()?).map_err(|e| RepoError::Corrupt(format!("stored resource does not decode: {e}")))
 }
 
-fn name<T: std::str::FromStr>(v: &Value) -> Result<T, StoreError> {
-    v.text()?.parse().map_err(|_| StoreError::Corrupt(format!("stored name {:?} does not parse", v.text())))
+fn name<T: std::str::FromStr>(v: &Value) -> Result<T, RepoError> {
+    v.text()?.parse().map_err(|_| RepoError::Corrupt(format!("stored name {:?} does not parse", v.text())))
 }
 
-fn key_record(row: &Row) -> Result<CryptoKeyRecord, StoreError> {
+fn key_record(row: &Row) -> Result<CryptoKeyRecord, RepoError> {
     Ok(CryptoKeyRecord {
         name: name(&row[0])?,
         key: from_json::<CryptoKey>(&row[1])?,
@@ -54,9 +54,9 @@ fn key_record(row: &Row) -> Result<CryptoKeyRecord, StoreError> {
     })
 }
 
-fn version_record(row: &Row) -> Result<VersionRecord, StoreError> {
+fn version_record(row: &Row) -> Result<VersionRecord, RepoError> {
     let version = from_json::<CryptoKeyVersion>(&row[1])?;
-    let material = VersionMaterial::from_column(&version, row[2].opt_blob()?).map_err(StoreError::Corrupt)?;
+    let material = VersionMaterial::from_column(&version, row[2].opt_blob()?).map_err(RepoError::Corrupt)?;
     Ok(VersionRecord { name: name(&row[0])?, version, material, revision: row[3].int()? })
 }
 
@@ -64,7 +64,7 @@ fn nanos(t: Option<Timestamp>) -> Value {
     Value::OptInt(t.map(Timestamp::unix_nanos_i64))
 }
 
-fn version_params(v: &VersionRecord) -> Result<Vec<Value>, StoreError> {
+fn version_params(v: &VersionRecord) -> Result<Vec<Value>, RepoError> {
     Ok(vec![
         Value::Text(v.name.to_string()),
         Value::Text(v.name.crypto_key.to_string()),
@@ -88,7 +88,7 @@ struct AuditRow {
     json: String,
 }
 
-fn audit_row(record: &AuditRecord) -> Result<AuditRow, StoreError> {
+fn audit_row(record: &AuditRecord) -> Result<AuditRow, RepoError> {
     Ok(AuditRow {
         time: record.time.unix_nanos_i64(),
         project: record.project.clone(),
@@ -96,14 +96,14 @@ fn audit_row(record: &AuditRecord) -> Result<AuditRow, StoreError> {
         method: record.method.clone(),
         resource: record.resource.clone(),
         kind: record.kind.as_str(),
-        json: serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        json: serde_json::to_string(record).map_err(|e| RepoError::Corrupt(e.to_string()))?,
     })
 }
 
 /// The statements that append `entries` to the chain whose head is `head` (the row of
 /// [`LOCK_AUDIT_HEAD`]) and move the head.
-fn chain_statements(head: &[Row], entries: Vec<AuditRow>) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> {
-    let head = head.first().ok_or_else(|| StoreError::Corrupt("audit head row missing".into()))?;
+fn chain_statements(head: &[Row], entries: Vec<AuditRow>) -> Result<Vec<(&'static str, Vec<Value>)>, RepoError> {
+    let head = head.first().ok_or_else(|| RepoError::Corrupt("audit head row missing".into()))?;
     let mut seq = head[0].int()?;
     let mut prev = head[1].text()?.to_string();
     let mut statements = Vec::with_capacity(entries.len() + 2);
@@ -138,7 +138,7 @@ fn chain_statements(head: &[Row], entries: Vec<AuditRow>) -> Result<Vec<(&'stati
 async fn append_entries(
     tx: &mut Box<dyn SqlConn>,
     entries: Vec<AuditRow>,
-) -> Result<Vec<(&'static str, Vec<Value>)>, StoreError> {
+) -> Result<Vec<(&'static str, Vec<Value>)>, RepoError> {
     let head = tx.query(LOCK_AUDIT_HEAD, vec![]).await?;
     chain_statements(&head, entries)
 }
@@ -153,7 +153,7 @@ pub(crate) async fn commit_audited(
     mut tx: Box<dyn SqlConn>,
     statements: Vec<(&'static str, Vec<Value>)>,
     audit: &[AuditRecord],
-) -> Result<(), StoreError> {
+) -> Result<(), RepoError> {
     if audit.is_empty() {
         return tx.execute_many_and_commit(statements).await;
     }
@@ -162,7 +162,7 @@ pub(crate) async fn commit_audited(
     tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows))).await
 }
 
-fn audit_entry(row: &Row) -> Result<StoredAuditEntry, StoreError> {
+fn audit_entry(row: &Row) -> Result<StoredAuditEntry, RepoError> {
     Ok(StoredAuditEntry {
         seq: row[0].int()?,
         entry_json: row[1].text()?.to_string(),
@@ -171,11 +171,11 @@ fn audit_entry(row: &Row) -> Result<StoredAuditEntry, StoreError> {
     })
 }
 
-fn ts(nanos: i64) -> Result<Timestamp, StoreError> {
-    Timestamp::from_unix_nanos(nanos.into()).ok_or_else(|| StoreError::Corrupt(format!("bad timestamp {nanos}")))
+fn ts(nanos: i64) -> Result<Timestamp, RepoError> {
+    Timestamp::from_unix_nanos(nanos.into()).ok_or_else(|| RepoError::Corrupt(format!("bad timestamp {nanos}")))
 }
 
-fn token_record(row: &Row) -> Result<TokenRecord, StoreError> {
+fn token_record(row: &Row) -> Result<TokenRecord, RepoError> {
     Ok(TokenRecord {
         id: row[0].text()?.to_string(),
         hash: row[1].text()?.to_string(),
@@ -187,7 +187,7 @@ fn token_record(row: &Row) -> Result<TokenRecord, StoreError> {
     })
 }
 
-fn identity_record(row: &Row) -> Result<ServiceIdentityRecord, StoreError> {
+fn identity_record(row: &Row) -> Result<ServiceIdentityRecord, RepoError> {
     Ok(ServiceIdentityRecord {
         project_id: row[0].text()?.to_string(),
         service: row[1].text()?.to_string(),
@@ -201,8 +201,8 @@ impl<B: SqlBackend> SqlStore<B> {
     /// Runs `f` in a transaction that also advances the change counter; commits on success.
     async fn write<R>(
         &self,
-        f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, StoreError>>,
-    ) -> Result<R, StoreError> {
+        f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, RepoError>>,
+    ) -> Result<R, RepoError> {
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
         tx.execute(BUMP_CHANGES, vec![]).await?;
@@ -214,8 +214,8 @@ impl<B: SqlBackend> SqlStore<B> {
     async fn write_audited<R>(
         &self,
         audit: &AuditRecord,
-        f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, StoreError>>,
-    ) -> Result<R, StoreError> {
+        f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, RepoError>>,
+    ) -> Result<R, RepoError> {
         let entry = vec![audit_row(audit)?];
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
@@ -225,25 +225,25 @@ impl<B: SqlBackend> SqlStore<B> {
         Ok(r)
     }
 
-    async fn read_rows(&self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, StoreError> {
+    async fn read_rows(&self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, RepoError> {
         self.backend.read().await?.query(sql, params).await
     }
 }
 
 #[async_trait]
-impl<B: SqlBackend> KmsStore for SqlStore<B> {
-    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), StoreError> {
+impl<B: SqlBackend> KmsRepository for SqlStore<B> {
+    async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), RepoError> {
         let params = vec![Value::Text(name.to_string()), Value::Text(name.location.to_string()), to_json(ring)?];
         self.write_audited(audit, |tx| Box::pin(async move { tx.execute(INSERT_KEY_RING, params).await.map(|_| ()) }))
             .await
     }
 
-    async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, StoreError> {
+    async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, RepoError> {
         let rows = self.read_rows(GET_KEY_RING, vec![Value::Text(name.to_string())]).await?;
         rows.first().map(|r| from_json(&r[0])).transpose()
     }
 
-    async fn list_key_rings(&self, parent: &LocationName) -> Result<Vec<KeyRing>, StoreError> {
+    async fn list_key_rings(&self, parent: &LocationName) -> Result<Vec<KeyRing>, RepoError> {
         let rows = self.read_rows(LIST_KEY_RINGS, vec![Value::Text(parent.to_string())]).await?;
         rows.iter().map(|r| from_json(&r[0])).collect()
     }
@@ -253,7 +253,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         key: &CryptoKeyRecord,
         first: Option<&VersionRecord>,
         audit: &AuditRecord,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RepoError> {
         let key_params = vec![
             Value::Text(key.name.to_string()),
             Value::Text(key.name.key_ring.to_string()),
@@ -275,17 +275,17 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         .await
     }
 
-    async fn crypto_key(&self, name: &CryptoKeyName) -> Result<Option<CryptoKeyRecord>, StoreError> {
+    async fn crypto_key(&self, name: &CryptoKeyName) -> Result<Option<CryptoKeyRecord>, RepoError> {
         let rows = self.read_rows(GET_CRYPTO_KEY, vec![Value::Text(name.to_string())]).await?;
         rows.first().map(key_record).transpose()
     }
 
-    async fn list_crypto_keys(&self, parent: &KeyRingName) -> Result<Vec<CryptoKeyRecord>, StoreError> {
+    async fn list_crypto_keys(&self, parent: &KeyRingName) -> Result<Vec<CryptoKeyRecord>, RepoError> {
         let rows = self.read_rows(LIST_CRYPTO_KEYS, vec![Value::Text(parent.to_string())]).await?;
         rows.iter().map(key_record).collect()
     }
 
-    async fn update_crypto_key(&self, key: &CryptoKeyRecord, audit: &AuditRecord) -> Result<i64, StoreError> {
+    async fn update_crypto_key(&self, key: &CryptoKeyRecord, audit: &AuditRecord) -> Result<i64, RepoError> {
         let params = vec![
             to_json(&key.key)?,
             Value::OptInt(key.primary_version.map(|v| v as i64)),
@@ -296,18 +296,18 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         self.write_audited(audit, |tx| {
             Box::pin(async move {
                 let rows = tx.query(UPDATE_CRYPTO_KEY, params).await?;
-                rows.first().ok_or(StoreError::Conflict)?[0].int()
+                rows.first().ok_or(RepoError::Conflict)?[0].int()
             })
         })
         .await
     }
 
-    async fn allocate_version_id(&self, key: &CryptoKeyName) -> Result<u64, StoreError> {
+    async fn allocate_version_id(&self, key: &CryptoKeyName) -> Result<u64, RepoError> {
         let params = vec![Value::Text(key.to_string())];
         self.write(|tx| {
             Box::pin(async move {
                 let rows = tx.query(ALLOCATE_VERSION_ID, params).await?;
-                Ok(rows.first().ok_or(StoreError::Conflict)?[0].int()? as u64)
+                Ok(rows.first().ok_or(RepoError::Conflict)?[0].int()? as u64)
             })
         })
         .await
@@ -318,7 +318,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         version: &VersionRecord,
         make_primary: bool,
         audit: &AuditRecord,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RepoError> {
         let params = version_params(version)?;
         let primary = make_primary.then(|| {
             vec![Value::OptInt(Some(version.name.version as i64)), Value::Text(version.name.crypto_key.to_string())]
@@ -335,22 +335,22 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         .await
     }
 
-    async fn version(&self, name: &CryptoKeyVersionName) -> Result<Option<VersionRecord>, StoreError> {
+    async fn version(&self, name: &CryptoKeyVersionName) -> Result<Option<VersionRecord>, RepoError> {
         let rows = self.read_rows(GET_VERSION, vec![Value::Text(name.to_string())]).await?;
         rows.first().map(version_record).transpose()
     }
 
-    async fn list_versions(&self, key: &CryptoKeyName) -> Result<Vec<VersionRecord>, StoreError> {
+    async fn list_versions(&self, key: &CryptoKeyName) -> Result<Vec<VersionRecord>, RepoError> {
         let rows = self.read_rows(LIST_VERSIONS, vec![Value::Text(key.to_string())]).await?;
         rows.iter().map(version_record).collect()
     }
 
-    async fn list_all_versions(&self) -> Result<Vec<VersionRecord>, StoreError> {
+    async fn list_all_versions(&self) -> Result<Vec<VersionRecord>, RepoError> {
         let rows = self.read_rows(LIST_ALL_VERSIONS, vec![]).await?;
         rows.iter().map(version_record).collect()
     }
 
-    async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, StoreError> {
+    async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, RepoError> {
         let erased = version.material.is_erased();
         let params = vec![
             to_json(&version.version)?,
@@ -363,7 +363,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             .write_audited(audit, |tx| {
                 Box::pin(async move {
                     let rows = tx.query(UPDATE_VERSION, params).await?;
-                    rows.first().ok_or(StoreError::Conflict)?[0].int()
+                    rows.first().ok_or(RepoError::Conflict)?[0].int()
                 })
             })
             .await?;
@@ -373,35 +373,35 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         Ok(rev)
     }
 
-    async fn versions_due_for_destruction(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, StoreError> {
+    async fn versions_due_for_destruction(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, RepoError> {
         let rows = self.read_rows(VERSIONS_DUE_FOR_DESTRUCTION, vec![Value::Int(now.unix_nanos_i64())]).await?;
         rows.iter().map(|r| name(&r[0])).collect()
     }
 
-    async fn keys_due_for_rotation(&self, now: Timestamp) -> Result<Vec<CryptoKeyName>, StoreError> {
+    async fn keys_due_for_rotation(&self, now: Timestamp) -> Result<Vec<CryptoKeyName>, RepoError> {
         let rows = self.read_rows(KEYS_DUE_FOR_ROTATION, vec![Value::Int(now.unix_nanos_i64())]).await?;
         rows.iter().map(|r| name(&r[0])).collect()
     }
 
-    async fn change_counter(&self) -> Result<i64, StoreError> {
+    async fn change_counter(&self) -> Result<i64, RepoError> {
         let rows = self.read_rows(CHANGE_COUNTER, vec![]).await?;
-        rows.first().ok_or_else(|| StoreError::Corrupt("change counter row missing".into()))?[0].int()
+        rows.first().ok_or_else(|| RepoError::Corrupt("change counter row missing".into()))?[0].int()
     }
 
-    async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String, StoreError> {
+    async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String, RepoError> {
         let insert = vec![Value::Text(key.to_string()), Value::Text(value.to_string())];
         let get = vec![Value::Text(key.to_string())];
         self.write(|tx| {
             Box::pin(async move {
                 tx.execute(META_INSERT, insert).await?;
                 let rows = tx.query(META_GET, get).await?;
-                Ok(rows.first().ok_or_else(|| StoreError::Corrupt("meta row missing".into()))?[0].text()?.to_string())
+                Ok(rows.first().ok_or_else(|| RepoError::Corrupt("meta row missing".into()))?[0].text()?.to_string())
             })
         })
         .await
     }
 
-    async fn policy(&self, resource: &str) -> Result<Option<PolicyRecord>, StoreError> {
+    async fn policy(&self, resource: &str) -> Result<Option<PolicyRecord>, RepoError> {
         let rows = self.read_rows(GET_POLICY, vec![Value::Text(resource.to_string())]).await?;
         rows.first()
             .map(|r| Ok(PolicyRecord { policy: from_json::<Policy>(&r[0])?, revision: r[1].int()? }))
@@ -414,7 +414,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         policy: &Policy,
         expected_revision: Option<i64>,
         audit: &AuditRecord,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<i64, RepoError> {
         let json = to_json(policy)?;
         let resource = Value::Text(resource.to_string());
         self.write_audited(audit, |tx| {
@@ -422,16 +422,16 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
                 match expected_revision {
                     None => {
                         let rows = tx.query(UPSERT_POLICY, vec![resource, json]).await?;
-                        rows.first().ok_or(StoreError::Conflict)?[0].int()
+                        rows.first().ok_or(RepoError::Conflict)?[0].int()
                     }
                     Some(0) => match tx.execute(INSERT_POLICY, vec![resource, json]).await {
                         Ok(_) => Ok(1),
-                        Err(StoreError::AlreadyExists) => Err(StoreError::Conflict),
+                        Err(RepoError::AlreadyExists) => Err(RepoError::Conflict),
                         Err(e) => Err(e),
                     },
                     Some(rev) => {
                         let rows = tx.query(UPDATE_POLICY, vec![json, resource, Value::Int(rev)]).await?;
-                        rows.first().ok_or(StoreError::Conflict)?[0].int()
+                        rows.first().ok_or(RepoError::Conflict)?[0].int()
                     }
                 }
             })
@@ -439,7 +439,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         .await
     }
 
-    async fn project(&self, project_id: &str) -> Result<Option<ProjectRecord>, StoreError> {
+    async fn project(&self, project_id: &str) -> Result<Option<ProjectRecord>, RepoError> {
         let rows = self.read_rows(GET_PROJECT, vec![Value::Text(project_id.to_string())]).await?;
         rows.first()
             .map(|r| {
@@ -452,7 +452,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             .transpose()
     }
 
-    async fn insert_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
+    async fn insert_project(&self, project: &ProjectRecord) -> Result<(), RepoError> {
         let params = vec![
             Value::Text(project.project_id.clone()),
             Value::Int(project.project_number),
@@ -461,7 +461,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         self.write(|tx| Box::pin(async move { tx.execute(INSERT_PROJECT, params).await.map(|_| ()) })).await
     }
 
-    async fn insert_token(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), StoreError> {
+    async fn insert_token(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), RepoError> {
         let params = vec![
             Value::Text(token.id.clone()),
             Value::Text(token.hash.clone()),
@@ -477,23 +477,23 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         .await
     }
 
-    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, StoreError> {
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRecord>, RepoError> {
         let rows = self.read_rows(TOKEN_BY_HASH, vec![Value::Text(hash.to_string())]).await?;
         rows.first().map(token_record).transpose()
     }
 
-    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+    async fn list_tokens(&self) -> Result<Vec<TokenRecord>, RepoError> {
         self.read_rows(LIST_TOKENS, vec![]).await?.iter().map(token_record).collect()
     }
 
-    async fn revoke_token(&self, id: &str, when: Timestamp, audit: &AuditRecord) -> Result<bool, StoreError> {
+    async fn revoke_token(&self, id: &str, when: Timestamp, audit: &AuditRecord) -> Result<bool, RepoError> {
         let params = vec![Value::Int(when.unix_nanos_i64()), Value::Text(id.to_string())];
         // Nothing revoked: roll back, so the success entry is not committed.
         let result = self
             .write_audited(audit, |tx| {
                 Box::pin(async move {
                     match tx.execute(REVOKE_TOKEN, params).await? {
-                        0 => Err(StoreError::Conflict),
+                        0 => Err(RepoError::Conflict),
                         n => Ok(n),
                     }
                 })
@@ -501,7 +501,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             .await;
         match result {
             Ok(_) => Ok(true),
-            Err(StoreError::Conflict) => Ok(false),
+            Err(RepoError::Conflict) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -510,7 +510,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         &self,
         identity: &ServiceIdentityRecord,
         audit: &AuditRecord,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), RepoError> {
         let params = vec![
             Value::Text(identity.project_id.clone()),
             Value::Text(identity.service.clone()),
@@ -528,7 +528,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         &self,
         project_id: &str,
         service: &str,
-    ) -> Result<Option<ServiceIdentityRecord>, StoreError> {
+    ) -> Result<Option<ServiceIdentityRecord>, RepoError> {
         let rows = self
             .read_rows(
                 GET_SERVICE_IDENTITY,
@@ -538,12 +538,12 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         rows.first().map(identity_record).transpose()
     }
 
-    async fn service_identity_by_email(&self, email: &str) -> Result<Option<ServiceIdentityRecord>, StoreError> {
+    async fn service_identity_by_email(&self, email: &str) -> Result<Option<ServiceIdentityRecord>, RepoError> {
         let rows = self.read_rows(SERVICE_IDENTITY_BY_EMAIL, vec![Value::Text(email.to_string())]).await?;
         rows.first().map(identity_record).transpose()
     }
 
-    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), StoreError> {
+    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), RepoError> {
         let rows = entries.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
         // One round trip to the driver: the head is read, the entries chained to it and the
         // transaction committed together (for SQLite, one hop to its thread per group commit).
@@ -551,7 +551,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows))).await
     }
 
-    async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<StoredAuditEntry>, StoreError> {
+    async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<StoredAuditEntry>, RepoError> {
         let params = vec![
             Value::Text(q.project.clone()),
             Value::Int(q.start_nanos),
@@ -567,17 +567,17 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         self.read_rows(sql, params).await?.iter().map(audit_entry).collect()
     }
 
-    async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+    async fn audit_head(&self) -> Result<(i64, String), RepoError> {
         let rows = self.read_rows(GET_AUDIT_HEAD, vec![]).await?;
-        let row = rows.first().ok_or_else(|| StoreError::Corrupt("audit head row missing".into()))?;
+        let row = rows.first().ok_or_else(|| RepoError::Corrupt("audit head row missing".into()))?;
         Ok((row[0].int()?, row[1].text()?.to_string()))
     }
 
-    async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, StoreError> {
+    async fn audit_chain(&self, after: i64, limit: i64) -> Result<Vec<StoredAuditEntry>, RepoError> {
         self.read_rows(AUDIT_CHAIN, vec![Value::Int(after), Value::Int(limit)]).await?.iter().map(audit_entry).collect()
     }
 
-    async fn org_policy(&self, name: &str) -> Result<Option<OrgPolicyRecord>, StoreError> {
+    async fn org_policy(&self, name: &str) -> Result<Option<OrgPolicyRecord>, RepoError> {
         self.read_rows(GET_ORG_POLICY, vec![Value::Text(name.to_string())])
             .await?
             .first()
@@ -585,7 +585,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             .transpose()
     }
 
-    async fn list_org_policies(&self, project: &str) -> Result<Vec<OrgPolicyRecord>, StoreError> {
+    async fn list_org_policies(&self, project: &str) -> Result<Vec<OrgPolicyRecord>, RepoError> {
         self.read_rows(LIST_ORG_POLICIES, vec![Value::Text(project.to_string())])
             .await?
             .iter()
@@ -593,7 +593,7 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             .collect()
     }
 
-    async fn put_org_policy(&self, record: &OrgPolicyRecord, audit: &AuditRecord) -> Result<i64, StoreError> {
+    async fn put_org_policy(&self, record: &OrgPolicyRecord, audit: &AuditRecord) -> Result<i64, RepoError> {
         let params = vec![
             Value::Text(record.name.clone()),
             Value::Text(record.project.clone()),
@@ -603,20 +603,20 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
         self.write_audited(audit, |tx| {
             Box::pin(async move {
                 let rows = tx.query(UPSERT_ORG_POLICY, params).await?;
-                rows.first().ok_or_else(|| StoreError::Corrupt("upsert returned no revision".into()))?[0].int()
+                rows.first().ok_or_else(|| RepoError::Corrupt("upsert returned no revision".into()))?[0].int()
             })
         })
         .await
     }
 
-    async fn delete_org_policy(&self, name: &str, audit: &AuditRecord) -> Result<bool, StoreError> {
+    async fn delete_org_policy(&self, name: &str, audit: &AuditRecord) -> Result<bool, RepoError> {
         let params = vec![Value::Text(name.to_string())];
         // Nothing deleted: roll back, so the call's success entry is not committed either.
         let r = self
             .write_audited(audit, |tx| {
                 Box::pin(async move {
                     match tx.execute(DELETE_ORG_POLICY, params).await? {
-                        0 => Err(StoreError::Conflict),
+                        0 => Err(RepoError::Conflict),
                         _ => Ok(()),
                     }
                 })
@@ -624,13 +624,13 @@ impl<B: SqlBackend> KmsStore for SqlStore<B> {
             .await;
         match r {
             Ok(()) => Ok(true),
-            Err(StoreError::Conflict) => Ok(false),
+            Err(RepoError::Conflict) => Ok(false),
             Err(e) => Err(e),
         }
     }
 }
 
-fn org_policy_record(row: &Row) -> Result<OrgPolicyRecord, StoreError> {
+fn org_policy_record(row: &Row) -> Result<OrgPolicyRecord, RepoError> {
     Ok(OrgPolicyRecord {
         name: row[0].text()?.to_string(),
         project: row[1].text()?.to_string(),

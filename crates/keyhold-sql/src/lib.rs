@@ -1,4 +1,4 @@
-//! Storage backends for the KMS: the [`keyhold_kms::store::KmsStore`] trait implemented once, in
+//! Storage backends for the KMS: the [`keyhold_kms::repo::KmsRepository`] trait implemented once, in
 //! [`SqlStore`], over a minimal SQL connection interface that two drivers provide:
 //!
 //! * [`sqlite`]: an embedded SQLite file (the default) or an in-memory database (`--in-memory`);
@@ -12,21 +12,21 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod kms_repo;
 pub mod postgres;
 mod schema;
 #[doc(hidden)]
 pub mod sql;
 pub mod sqlite;
-mod store;
 mod store_repo;
 
+pub use kms_repo::SqlStore;
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
-pub use store::SqlStore;
 
 use std::sync::Arc;
 
-use keyhold_kms::store::{KmsStore, StoreError};
+use keyhold_kms::repo::{KmsRepository, RepoError};
 
 /// Where the KMS keeps its state.
 #[derive(Clone)]
@@ -52,18 +52,18 @@ impl std::fmt::Debug for Database {
 
 /// Opens an existing database for reading only: no migration, no writes (what `keyhold audit
 /// verify` uses, so it works on copies and with read-only credentials).
-pub async fn open_read_only(db: &Database) -> Result<Arc<dyn KmsStore>, StoreError> {
+pub async fn open_read_only(db: &Database) -> Result<Arc<dyn KmsRepository>, RepoError> {
     Ok(match db {
         Database::SqliteFile(path) => Arc::new(SqlStore::new(sqlite::Sqlite::open_file_read_only(path).await?)),
         Database::InMemory => {
-            return Err(StoreError::Unavailable("an in-memory database cannot be opened from outside".into()));
+            return Err(RepoError::Unavailable("an in-memory database cannot be opened from outside".into()));
         }
         Database::Postgres(url) => Arc::new(SqlStore::new(postgres::Postgres::connect_without_migration(url).await?)),
     })
 }
 
 /// Opens (and migrates) the database.
-pub async fn open(db: &Database) -> Result<Arc<dyn KmsStore>, StoreError> {
+pub async fn open(db: &Database) -> Result<Arc<dyn KmsRepository>, RepoError> {
     Ok(open_all(db).await?.kms)
 }
 
@@ -71,7 +71,7 @@ pub async fn open(db: &Database) -> Result<Arc<dyn KmsStore>, StoreError> {
 #[derive(Clone)]
 pub struct Opened {
     /// The KMS's state.
-    pub kms: Arc<dyn KmsStore>,
+    pub kms: Arc<dyn KmsRepository>,
     /// The store's instances, objects and chunks.
     pub objects: Arc<dyn keyhold_store::StoreRepository>,
 }
@@ -82,7 +82,7 @@ fn both<B: sql::SqlBackend>(backend: B) -> Opened {
 }
 
 /// Opens (and migrates) the database, for the KMS and the store.
-pub async fn open_all(db: &Database) -> Result<Opened, StoreError> {
+pub async fn open_all(db: &Database) -> Result<Opened, RepoError> {
     Ok(match db {
         Database::SqliteFile(path) => both(sqlite::Sqlite::open_file(path).await?),
         Database::InMemory => both(sqlite::Sqlite::open_in_memory().await?),
