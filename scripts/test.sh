@@ -11,7 +11,8 @@
 #                                        scripts/test.sh with-postgres cargo test -p keyhold-sql
 #
 # What it does:
-#   0. the lint gates, each on its own (docs/development.md):
+#   0. the lint gates, each on its own (docs/development.md), after the packages of step 1:
+#        scripts/check-layers.py                     (the crate layers of docs/architecture.md)
 #        cargo fmt --all --check
 #        cargo clippy --workspace --all-targets -- -D warnings
 #        cargo deny check licenses bans sources      (deny.toml; cargo-deny is installed if missing)
@@ -210,6 +211,8 @@ lint_deny() {
 
 run_lint() {
     local failed_gates=()
+    note "scripts/check-layers.py (the crate layers of docs/architecture.md)"
+    python3 "$ROOT/scripts/check-layers.py" || failed_gates+=(layers)
     lint_fmt || failed_gates+=(rustfmt)
     lint_clippy || failed_gates+=(clippy)
     lint_deny || failed_gates+=("cargo deny")
@@ -281,7 +284,12 @@ mode="${1:-all}"
 case "$mode" in
     all | rust | python) ;;
     lint)
-        section "Lint: rustfmt, clippy, cargo deny"
+        # The layer check is a Python script; a fresh machine may have no Python yet.
+        if ! command -v python3 >/dev/null 2>&1; then
+            section "Setup: system packages"
+            install_packages
+        fi
+        section "Lint: crate layers, rustfmt, clippy, cargo deny"
         start=$SECONDS
         rc=0
         run_lint || rc=$?
@@ -309,15 +317,15 @@ esac
 
 failed=()
 
+section "Setup: system packages"
+install_packages
+
 if [ "$mode" = all ]; then
-    section "Lint: rustfmt, clippy, cargo deny"
+    section "Lint: crate layers, rustfmt, clippy, cargo deny"
     lint_start=$SECONDS
     if run_lint; then note "lint gates passed"; else failed+=("Lint"); fi
     note "lint took $((SECONDS - lint_start)) s"
 fi
-
-section "Setup: system packages"
-install_packages
 
 if [ "$mode" != python ]; then
     section "Setup: PostgreSQL"
