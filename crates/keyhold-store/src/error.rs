@@ -2,8 +2,7 @@
 //! details) and a log cause.
 
 use crate::host::HostError;
-use crate::model::InstanceName;
-use crate::repo::RepoError;
+use keyhold_api::name::InstanceName;
 use keyhold_api::{Code, Status};
 
 /// What the store answers when a call fails.
@@ -121,16 +120,5 @@ impl StoreError {
 impl From<keyhold_api::NameError> for StoreError {
     fn from(e: keyhold_api::NameError) -> Self {
         StoreError::InvalidArgument(e.to_string())
-    }
-}
-
-impl From<RepoError> for StoreError {
-    fn from(e: RepoError) -> Self {
-        match e {
-            RepoError::Unavailable(m) => StoreError::Unavailable(m),
-            other @ (RepoError::AlreadyExists | RepoError::Conflict | RepoError::Corrupt(_)) => {
-                StoreError::Internal(other.to_string())
-            }
-        }
     }
 }

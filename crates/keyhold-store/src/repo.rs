@@ -11,6 +11,7 @@ use keyhold_api::wire::Timestamp;
 use keyhold_audit::AuditRecord;
 use keyhold_cmek::WrappedKek;
 
+use crate::error::StoreError;
 use crate::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
 
 /// Repository failures, classified by kind (never by message): what the store decides on.
@@ -207,4 +208,17 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
         generation: u64,
         index: u64,
     ) -> Result<Option<StoredChunk>, RepoError>;
+}
+
+/// A repository failure as the store's callers see it: unavailable stays unavailable (503);
+/// the rest is an invariant broken below the store (500).
+impl From<RepoError> for StoreError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::Unavailable(m) => StoreError::Unavailable(m),
+            other @ (RepoError::AlreadyExists | RepoError::Conflict | RepoError::Corrupt(_)) => {
+                StoreError::Internal(other.to_string())
+            }
+        }
+    }
 }

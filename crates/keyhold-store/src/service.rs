@@ -416,13 +416,12 @@ impl Store {
             permission: role::INSTANCES_CREATE,
             kind: AuditKind::Activity,
         };
-        self.mutate(caller, op, async |audit| {
-            self.create_instance_authorized(audit, caller, parent, instance_id, req).await
-        })
-        .await
+        self.mutate(caller, op, async |audit| self.provision_instance(audit, caller, parent, instance_id, req).await)
+            .await
     }
 
-    async fn create_instance_authorized(
+    /// The work of `instances.create`, once the caller is authorized.
+    async fn provision_instance(
         &self,
         audit: &Audit<'_>,
         caller: &Caller,
