@@ -3,7 +3,7 @@
 //! An entry records who did what to which resource with which key version, and how it ended;
 //! never plaintext, ciphertext or key material. Entries for changes are committed in the same
 //! transaction as the change (the store appends them); entries for reads, cryptographic calls
-//! and refusals go through [`AuditWriter`], which commits them in batches (group commit) and
+//! and refusals go through the KMS's `AuditWriter` (`keyhold_kms::audit`), which commits them in batches (group commit) and
 //! answers each request only once its entry is durable.
 //!
 //! Each stored entry carries `hash = SHA-256(prev_hash "\n" seq "\n" entry_json)`, so editing,

@@ -3,13 +3,13 @@
 //! the rest of the KMS never matches on the level.
 //!
 //! * `SOFTWARE` ([`software`]): generated here, sealed by the [`crate::root_key::RootKey`]
-//!   before it reaches the database ([`VersionMaterial::Sealed`]).
+//!   before it reaches the database ([`crate::VersionMaterial::Sealed`]).
 //! * `HSM` ([`hsm`]): generated inside a PKCS#11 token and never leaves it; the database holds
-//!   only the token object's reference ([`VersionMaterial::Hsm`]). The token is reached through
+//!   only the token object's reference ([`crate::VersionMaterial::Hsm`]). The token is reached through
 //!   the [`HsmBackend`] port.
 //! * `EXTERNAL` ([`external`]): Keyhold holds no material at all; every encrypt and decrypt is a
 //!   wrap or unwrap call to the external key manager named by the version's `externalKeyUri`
-//!   ([`VersionMaterial::External`]), through the [`ExternalKeyManager`] port, which sees the
+//!   ([`crate::VersionMaterial::External`]), through the [`ExternalKeyManager`] port, which sees the
 //!   access reason and may refuse.
 //!
 //! The ports ([`HsmBackend`], [`ExternalKeyManager`]) live here, in the domain, so the KMS does
@@ -17,7 +17,7 @@
 //! `keyhold-ekm` the second, and both are plugged in through [`KeyBackends`].
 //!
 //! Adding a protection level: a new module with a type implementing [`KeyBackend`], a variant
-//! of [`VersionMaterial`] if its material has a new shape, and one arm in
+//! of [`crate::VersionMaterial`] if its material has a new shape, and one arm in
 //! [`Backends::for_level`]. The key purposes still to come (signing, MAC, public keys) add
 //! methods to [`KeyBackend`] beside `encrypt` / `decrypt`.
 
