@@ -77,9 +77,10 @@ impl ClientTls {
         match &self.ca_file {
             Some(path) => {
                 for cert in load_certs(path)? {
-                    roots
-                        .add(cert)
-                        .map_err(|e| TlsError::File { path: path.clone(), detail: format!("not a CA certificate: {e}") })?;
+                    roots.add(cert).map_err(|e| TlsError::File {
+                        path: path.clone(),
+                        detail: format!("not a CA certificate: {e}"),
+                    })?;
                 }
             }
             None => {
