@@ -69,12 +69,21 @@ impl Query {
     }
 }
 
-/// Parses a JSON body; an empty body is `{}` (curl's `-d ""`).
+/// Parses a JSON body; an empty body is `{}` (curl's `-d ""`), and so is the JSON string `""`,
+/// which Google's Node.js client (google-gax's REST transport) sends whenever the body message
+/// is empty or absent (`createKeyRing` with `keyRing: {}`, `destroyCryptoKeyVersion`, ...) and
+/// which Google's front end accepts as the empty message.
 fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if is_empty_body(bytes) {
         return Ok(T::default());
     }
     serde_json::from_slice(bytes).map_err(|e| ApiError::invalid(format!("Invalid JSON payload received. {e}")))
+}
+
+/// Nothing but whitespace, or the empty JSON string `""` (surrounded by whitespace or not).
+fn is_empty_body(bytes: &[u8]) -> bool {
+    let trimmed = bytes.trim_ascii();
+    trimmed.is_empty() || trimmed == b"\"\""
 }
 
 fn json<T: Serialize>(value: &T, pretty: bool) -> Response {

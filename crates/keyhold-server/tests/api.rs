@@ -700,3 +700,69 @@ async fn key_access_justifications() {
     let (status, _) = encrypt(Some("REASON_UNSPECIFIED")).await;
     assert_eq!(status, 400, "the unspecified reason is not a reason");
 }
+
+/// Requests exactly as Google's Node.js client (`@google-cloud/kms` 6.x, google-gax's REST
+/// transport, `fallback: true`) sends them (issue 17: its first call, `createKeyRing`, was
+/// refused with `400 INVALID_ARGUMENT`). When the body message is empty or absent, google-gax
+/// sends the JSON string `""` as the body (with `Content-Type: application/json`), which Google's
+/// front end reads as the empty message; every call also carries `$alt=json;enum-encoding=int`
+/// and sends enums as numbers. tests/node runs the whole workflow with the client itself.
+#[tokio::test]
+async fn node_client_empty_message_body() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let send = async |method: Method, path: &str, body: &str| -> (u16, serde_json::Value) {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let resp = s
+            .http
+            .request(method, format!("{}/{path}{sep}$alt=json%3Benum-encoding=int", s.base))
+            .bearer_auth(&s.token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    };
+
+    // createKeyRing({parent, keyRingId, keyRing: {}}): body `""`.
+    let (status, ring) = send(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), "\"\"").await;
+    assert_eq!(status, 200, "{ring}");
+    assert_eq!(ring["name"], RING);
+    // The same with whitespace around it, and a second ring with the key-ring body `{}`.
+    let (status, v) = send(Method::POST, &format!("{LOC}/keyRings?keyRingId=r2"), " \"\"\n").await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = send(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), "\"\"").await;
+    assert_eq!((status, v["error"]["status"].as_str()), (409, Some("ALREADY_EXISTS")), "{v}");
+
+    // createCryptoKey: the body is the CryptoKey, with its enum as a number.
+    let (status, key) = send(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), r#"{"purpose":1}"#).await;
+    assert_eq!(status, 200, "{key}");
+    assert_eq!(key["purpose"], "ENCRYPT_DECRYPT");
+
+    // createCryptoKeyVersion({parent, cryptoKeyVersion: {}}): body `""`.
+    let (status, v2) = send(Method::POST, &format!("{KEY}/cryptoKeyVersions"), "\"\"").await;
+    assert_eq!(status, 200, "{v2}");
+    assert_eq!(v2["name"], format!("{KEY}/cryptoKeyVersions/2"));
+    assert_eq!(v2["state"], "ENABLED");
+
+    // destroyCryptoKeyVersion / restoreCryptoKeyVersion({name}): `body: "*"` with only path
+    // fields left, so `""` again.
+    let v1 = format!("{KEY}/cryptoKeyVersions/1");
+    let (status, v) = send(Method::POST, &format!("{KEY}:updatePrimaryVersion"), r#"{"cryptoKeyVersionId":"2"}"#).await;
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = send(Method::POST, &format!("{v1}:destroy"), "\"\"").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "DESTROY_SCHEDULED");
+    let (status, v) = send(Method::POST, &format!("{v1}:restore"), "\"\"").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["state"], "DISABLED");
+
+    // Any other JSON string is still not a message.
+    for body in ["\"x\"", "\"{}\"", "\"\"\"\""] {
+        let (status, v) = send(Method::POST, &format!("{LOC}/keyRings?keyRingId=r3"), body).await;
+        assert_eq!((status, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().starts_with("Invalid JSON payload received."), "{v}");
+    }
+    let (status, v) = send(Method::GET, &format!("{LOC}/keyRings/r3"), "").await;
+    assert_eq!(status, 404, "{v}");
+}
