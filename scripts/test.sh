@@ -2,10 +2,12 @@
 # Keyhold's one command for "run all the tests". Runnable from any directory; CI runs it
 # through .ci/run in a fresh clone.
 #
-#   scripts/test.sh                      everything: lint gates, Rust (SQLite + PostgreSQL), Python
+#   scripts/test.sh                      everything: lint gates, Rust (SQLite + PostgreSQL), Python,
+#                                        Node.js
 #   scripts/test.sh lint                 only the lint gates (rustfmt, clippy, cargo deny)
 #   scripts/test.sh rust                 only the Rust workspace tests (with PostgreSQL)
 #   scripts/test.sh python               only the official-client tests in tests/python
+#   scripts/test.sh node                 only the official-client tests in tests/node
 #   scripts/test.sh with-postgres CMD..  run CMD with a throwaway PostgreSQL and
 #                                        KEYHOLD_TEST_POSTGRES_URL set, e.g.
 #                                        scripts/test.sh with-postgres cargo test -p keyhold-sql
@@ -18,7 +20,7 @@
 #        cargo deny check licenses bans sources      (deny.toml; cargo-deny is installed if missing)
 #      `cargo deny check advisories` needs the RustSec database from the network and is not run;
 #   1. installs missing Debian packages (PostgreSQL server, SoftHSM2, OpenSC, Python venv
-#      support, wrk, openssl);
+#      support, Node.js and npm, wrk, openssl);
 #   2. starts a throwaway PostgreSQL cluster on a free loopback port in a temp dir and exports
 #      KEYHOLD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/keyhold_test (tests create
 #      their own fresh databases from it); it is stopped and deleted on exit. If
@@ -30,7 +32,12 @@
 #      (bench/suite.py --smoke: every scenario for about a second on the debug build, checking
 #      that each yields numbers; never a speed);
 #   5. builds target/debug/keyhold, prepares .venv with google-cloud-kms and pytest, and runs
-#      tests/python against a real `keyhold serve` process.
+#      tests/python against a real `keyhold serve` process;
+#   6. installs tests/node's locked packages (`npm ci`: @google-cloud/kms 6.x and
+#      google-auth-library, into tests/node/node_modules) and runs tests/node (`node --test`)
+#      against a real `keyhold serve` process, the same workflow through Google's Node.js client
+#      over REST. @google-cloud/kms 6.x declares Node.js >= 22; npm only warns on an older one,
+#      and the tests pass on Node.js 20.
 # Every section runs even when an earlier one failed; the exit code is non-zero if any failed.
 
 set -euo pipefail
@@ -74,8 +81,15 @@ install_packages() {
     elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
         missing+=(python3-venv)
     fi
+    # The Node.js official-client tests (tests/node): node and npm.
+    if ! command -v node >/dev/null 2>&1; then
+        missing+=(nodejs)
+        command -v npm >/dev/null 2>&1 || missing+=(npm)
+    elif ! command -v npm >/dev/null 2>&1; then
+        missing+=(npm)
+    fi
     if [ "${#missing[@]}" -eq 0 ]; then
-        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3, wrk, openssl)"
+        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3, node $(node --version), wrk, openssl)"
         return
     fi
     note "installing: ${missing[*]}"
@@ -277,12 +291,30 @@ run_python_tests() {
 }
 
 # ------------------------------------------------------------------------------------------
+# 6. Node.js: the official client against a real server
+# ------------------------------------------------------------------------------------------
+
+NODE_DIR="$ROOT/tests/node"
+
+run_node_tests() {
+    note "cargo build -p keyhold"
+    cargo build -p keyhold || return 1
+    # Exactly the locked versions (tests/node/package-lock.json), into tests/node/node_modules.
+    note "npm ci (tests/node, node $(node --version), npm $(npm --version))"
+    (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) || return 1
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyhold"
+    case "$bin" in /*) ;; *) bin="$ROOT/$bin" ;; esac
+    note "node --test tests/node (KEYHOLD_BIN=$bin)"
+    (cd "$NODE_DIR" && KEYHOLD_BIN="$bin" node --test --test-reporter=spec)
+}
+
+# ------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------
 
 mode="${1:-all}"
 case "$mode" in
-    all | rust | python) ;;
+    all | rust | python | node) ;;
     lint)
         # The layer check is a Python script; a fresh machine may have no Python yet.
         if ! command -v python3 >/dev/null 2>&1; then
@@ -312,7 +344,7 @@ case "$mode" in
         sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
-    *) die "unknown mode '$mode' (expected: all, lint, rust, python, with-postgres CMD...)" ;;
+    *) die "unknown mode '$mode' (expected: all, lint, rust, python, node, with-postgres CMD...)" ;;
 esac
 
 failed=()
@@ -327,7 +359,7 @@ if [ "$mode" = all ]; then
     note "lint took $((SECONDS - lint_start)) s"
 fi
 
-if [ "$mode" != python ]; then
+if [ "$mode" = all ] || [ "$mode" = rust ]; then
     section "Setup: PostgreSQL"
     start_postgres
 
@@ -358,9 +390,16 @@ if [ "$mode" != python ]; then
     note "stopped"
 fi
 
-if [ "$mode" != rust ]; then
+if [ "$mode" = all ] || [ "$mode" = python ]; then
     section "Python tests: official google-cloud-kms client"
     if run_python_tests; then note "Python tests passed"; else failed+=("Python tests"); fi
+fi
+
+if [ "$mode" = all ] || [ "$mode" = node ]; then
+    section "Node.js tests: official @google-cloud/kms client"
+    node_start=$SECONDS
+    if run_node_tests; then note "Node.js tests passed"; else failed+=("Node.js tests"); fi
+    note "Node.js tests took $((SECONDS - node_start)) s"
 fi
 
 section "Summary"

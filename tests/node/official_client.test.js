@@ -27,7 +27,7 @@
 
 const {test, before, after} = require('node:test');
 const assert = require('node:assert/strict');
-const {spawn} = require('node:child_process');
+const {execFileSync, spawn} = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const net = require('node:net');
@@ -75,8 +75,9 @@ const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
 
 /** A `keyhold serve --in-memory` child process, its log and its owner token. */
 class KeyholdServer {
-  constructor(extraArgs = []) {
+  constructor(extraArgs = [], extraEnv = {}) {
     this.extraArgs = extraArgs;
+    this.extraEnv = extraEnv;
     this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyhold-node-'));
     this.tokenFile = path.join(this.dir, 'owner.token');
     this.logFile = path.join(this.dir, 'keyhold.log');
@@ -104,7 +105,13 @@ class KeyholdServer {
       this.tokenFile,
       ...this.extraArgs,
     ];
-    const env = {...process.env, NO_COLOR: '1', KEYHOLD_LOG: process.env.KEYHOLD_LOG || 'info,keyhold_server=debug'};
+    const env = {
+      ...process.env,
+      NO_COLOR: '1',
+      // One line per request (method, path, status), shown when a test fails.
+      KEYHOLD_LOG: process.env.KEYHOLD_LOG || 'info,keyhold_server=debug',
+      ...this.extraEnv,
+    };
     // The token file must come from this server, not from a variable of the caller's shell.
     delete env.KEYHOLD_OWNER_TOKEN_FILE;
     const log = fs.openSync(this.logFile, 'w');
@@ -458,6 +465,34 @@ serverTest('create a crypto key with the defaults', async () => {
   );
 });
 
+serverTest('create a key with rotation, skip the first version, encrypt with a given version', async () => {
+  const ring = await createRing();
+  const [key] = await client.createCryptoKey({
+    parent: ring.name,
+    cryptoKeyId: unique('key'),
+    cryptoKey: {
+      purpose: 'ENCRYPT_DECRYPT',
+      rotationPeriod: {seconds: 30 * 86400},
+      nextRotationTime: {seconds: Math.floor(Date.parse('2030-01-01T00:00:00Z') / 1000)},
+      destroyScheduledDuration: {seconds: 2 * 86400},
+      labels: {team: 'payments'},
+    },
+    skipInitialVersionCreation: true,
+  });
+  assert.equal(key.primary, null);
+  assert.equal(Number(key.rotationPeriod.seconds), 30 * 86400);
+  assert.equal(Number(key.nextRotationTime.seconds), Date.parse('2030-01-01T00:00:00Z') / 1000);
+  assert.equal(Number(key.destroyScheduledDuration.seconds), 2 * 86400);
+  const [versions] = await client.listCryptoKeyVersions({parent: key.name});
+  assert.deepEqual(versions, []);
+
+  const [v1] = await client.createCryptoKeyVersion({parent: key.name, cryptoKeyVersion: {}});
+  // Encrypting with a version's name uses that version.
+  const enc = await encrypt(client, v1.name, Buffer.from('pinned'));
+  assert.equal(enc.name, v1.name);
+  assert.equal(Buffer.from((await decrypt(client, key.name, enc.ciphertext)).plaintext).toString(), 'pinned');
+});
+
 serverTest('update a crypto key\'s labels', async () => {
   const ring = await createRing();
   const key = await createKey(client, ring.name, undefined, {labels: {team: 'a'}});
@@ -747,6 +782,10 @@ serverTest('--allow-anonymous: emulator mode needs no credentials', async () => 
   assert.equal(enc.name, `${key.name}/cryptoKeyVersions/1`);
   assert.equal(Buffer.from((await decrypt(anonymous, key.name, enc.ciphertext, aad)).plaintext).toString(), 'no token needed');
 
+  // A token the server never issued is not an error there either: it acts as anonymous.
+  const forged = makeClient(anonymousServer, bearer('kh1.0000000000000000.not-a-real-secret'));
+  assert.equal(Buffer.from((await decrypt(forged, key.name, enc.ciphertext, aad)).plaintext).toString(), 'no token needed');
+
   // The owner's token works there too, and sees the same data.
   const owner = makeClient(anonymousServer, bearer(anonymousServer.ownerToken));
   assert.equal(Buffer.from((await decrypt(owner, key.name, enc.ciphertext, aad)).plaintext).toString(), 'no token needed');
@@ -786,6 +825,9 @@ serverTest('an IAM policy grants and revokes the use of a key', async () => {
   const [policy] = await client.getIamPolicy({resource: key.name});
   assert.ok(Buffer.isBuffer(policy.etag) && policy.etag.length > 0);
   assert.deepEqual(policy.bindings, []);
+  // GetPolicyOptions travel as query parameters (options.requestedPolicyVersion=3).
+  const [v3] = await client.getIamPolicy({resource: key.name, options: {requestedPolicyVersion: 3}});
+  assert.ok(v3.etag.equals(policy.etag));
 
   assert.deepEqual(await granted(client, key.name), [...ASKED_PERMISSIONS].sort());
   assert.deepEqual(await granted(bob, key.name), []);
@@ -861,4 +903,64 @@ serverTest('a key ring\'s policy is inherited by its keys', async () => {
     Code.PERMISSION_DENIED,
     denied('cloudkms.keyRings.get', ring.name)
   );
+});
+
+// --------------------------------------------------------------------------------------------
+// HSM keys (SoftHSM2) through the official client
+// --------------------------------------------------------------------------------------------
+
+const SOFTHSM_MODULES = ['/usr/lib/softhsm/libsofthsm2.so', '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so'];
+
+test('HSM key and random bytes', async () => {
+  const module = SOFTHSM_MODULES.find(m => fs.existsSync(m));
+  assert.ok(module, 'SoftHSM2 is not installed: scripts/test.sh installs the softhsm2 package');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyhold-node-hsm-'));
+  const tokens = path.join(dir, 'tokens');
+  fs.mkdirSync(tokens);
+  const conf = path.join(dir, 'softhsm2.conf');
+  fs.writeFileSync(conf, `directories.tokendir = ${tokens}\nobjectstore.backend = file\nlog.level = ERROR\n`);
+  const env = {SOFTHSM2_CONF: conf};
+  execFileSync('softhsm2-util', ['--init-token', '--free', '--label', 'node', '--so-pin', '5678', '--pin', 'node-pin-1234'], {
+    env: {...process.env, ...env},
+    stdio: 'pipe',
+  });
+  const pin = path.join(dir, 'pin');
+  fs.writeFileSync(pin, 'node-pin-1234\n');
+  const hsm = new KeyholdServer(
+    ['--pkcs11-module', module, '--pkcs11-token-label', 'node', '--pkcs11-pin-file', pin],
+    env
+  );
+  try {
+    await hsm.start();
+    const c = makeClient(hsm, bearer(hsm.ownerToken));
+    const ring = await createRing(c);
+    const key = await createKey(c, ring.name, undefined, {versionTemplate: {protectionLevel: 'HSM'}});
+    assert.equal(key.primary.protectionLevel, 'HSM');
+    assert.equal(key.versionTemplate.protectionLevel, 'HSM');
+    assert.equal(JSON.parse(Buffer.from(key.primary.attestation.content).toString()).softwareToken, true);
+
+    const aad = Buffer.from('aad');
+    const enc = await encrypt(c, key.name, Buffer.from('in the token'), aad);
+    assert.equal(enc.protectionLevel, 'HSM');
+    assert.equal(int64(enc.ciphertextCrc32c), crc32c(enc.ciphertext));
+    const dec = await decrypt(c, key.name, enc.ciphertext, aad);
+    assert.equal(Buffer.from(dec.plaintext).toString(), 'in the token');
+    assert.equal(dec.protectionLevel, 'HSM');
+    await assert.rejects(encrypt(c, key.name, Buffer.alloc(8 * 1024 + 1)), err => err.code === Code.INVALID_ARGUMENT && /8192/.test(err.message));
+
+    const [random] = await c.generateRandomBytes({location: LOCATION_NAME, lengthBytes: 64, protectionLevel: 'HSM'});
+    assert.equal(random.data.length, 64);
+    assert.equal(int64(random.dataCrc32c), crc32c(random.data));
+    await assert.rejects(
+      c.generateRandomBytes({location: LOCATION_NAME, lengthBytes: 4, protectionLevel: 'HSM'}),
+      err => err.code === Code.INVALID_ARGUMENT
+    );
+  } catch (e) {
+    process.stderr.write(`--- keyhold (HSM) output ---\n${hsm.output()}\n`);
+    throw e;
+  } finally {
+    await hsm.stop();
+    hsm.cleanup();
+    fs.rmSync(dir, {recursive: true, force: true});
+  }
 });
