@@ -266,6 +266,15 @@ const EXAMPLE_POLICY: &str = r#"{
 }"#;
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // First: plain HTTP beyond loopback, or TLS files that do not load, are refused at once.
+    let tls = crate::listen::TlsSettings {
+        cert_file: args.tls_cert_file.clone(),
+        key_file: args.tls_key_file.clone(),
+        client_ca_file: args.tls_client_ca_file.clone(),
+        client_principal: keyhold_tls::ClientPrincipal::None,
+        allow_plaintext: args.allow_plaintext,
+    }
+    .listener_tls(args.listen, "keyhold ekm serve")?;
     let data_dir = &args.store.data_dir;
     let mut config = EkmServerConfig::new(data_dir);
     config.root_key_file = args.store.root_key_file.clone();
@@ -283,14 +292,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             EXAMPLE_POLICY
         ));
     }
-    let tls = crate::listen::TlsSettings {
-        cert_file: args.tls_cert_file.clone(),
-        key_file: args.tls_key_file.clone(),
-        client_ca_file: args.tls_client_ca_file.clone(),
-        client_principal: keyhold_tls::ClientPrincipal::None,
-        allow_plaintext: args.allow_plaintext,
-    }
-    .listener_tls(args.listen, "keyhold ekm serve")?;
     ensure_tokens_file(&config.tokens_file)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
