@@ -26,7 +26,8 @@ pub struct EkmArgs {
 enum EkmCommand {
     /// Run the external key manager: wrap/unwrap for a KMS's EXTERNAL keys, decided by a
     /// policy file, recorded in an audit file.
-    Serve(ServeArgs),
+    // Boxed: its options are far larger than the other commands' (clippy::large_enum_variant).
+    Serve(Box<ServeArgs>),
     /// Create, list, enable, disable and destroy the manager's keys.
     Keys(KeysArgs),
     /// Check the manager's audit file.
@@ -175,7 +176,7 @@ pub async fn run(args: EkmArgs) -> ExitCode {
     let result = match args.command {
         EkmCommand::Serve(a) => {
             crate::init_logging();
-            serve(a).await.inspect_err(|e| tracing::error!("{e}"))
+            serve(*a).await.inspect_err(|e| tracing::error!("{e}"))
         }
         EkmCommand::Keys(k) => keys(k.command),
         EkmCommand::Audit(a) => audit(a.command),
