@@ -497,6 +497,17 @@ async fn handshake(
             let _ = io.write_all(head.as_bytes()).await;
             let _ = io.write_all(&body).await;
             let _ = io.shutdown().await;
+            // Read what the client sent (a little of it) before closing: closing a socket with
+            // unread data resets the connection, and the client could lose the answer. Bounded
+            // by the header deadline of the loop below.
+            let mut sink = [0u8; 4096];
+            let mut left = 64 * 1024usize;
+            while left > 0 {
+                match tokio::io::AsyncReadExt::read(&mut io, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
             tracing::debug!(%remote, "plain HTTP on the TLS port: answered 400");
             return None;
         }
