@@ -151,11 +151,18 @@ pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Call
         },
         // No token: the principal of the connection's verified client certificate, when the
         // listener maps certificates to principals (a token, even an invalid one, wins).
+        // It may not stand for a principal no token may be created for (a service agent, ...).
         None => match crate::listener::client_certificate_principal().map(|p| Principal::parse(&p)) {
-            Some(Ok(p)) => Caller::new(p, request_id),
+            Some(Ok(p)) => match state.kms.check_external_principal(&p) {
+                Ok(()) => Caller::new(p, request_id),
+                Err(why) => {
+                    tracing::warn!(principal = %p, "a client certificate names a reserved principal, refused: {why}");
+                    Caller::unauthenticated(false, request_id)
+                }
+            },
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "the client certificate's identity is not a principal");
-                Caller::unauthenticated(true, request_id)
+                Caller::unauthenticated(false, request_id)
             }
             None => Caller::unauthenticated(true, request_id),
         },

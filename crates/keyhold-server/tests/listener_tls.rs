@@ -77,8 +77,13 @@ fn write_certs(dir: &Path, certs: &DevCerts) {
 /// The server, with mTLS (client certificates of the development CA required, mapped by
 /// their SAN email) when `mtls`.
 async fn start(limits: Limits, mtls: bool) -> Server {
+    start_with_client(limits, mtls, CLIENT_EMAIL).await
+}
+
+/// [`start`], the development client certificate's SAN email being `client_email`.
+async fn start_with_client(limits: Limits, mtls: bool, client_email: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let certs = DevCerts::generate(CLIENT_EMAIL).unwrap();
+    let certs = DevCerts::generate(client_email).unwrap();
     write_certs(dir.path(), &certs);
     let opened = keyhold_sql::open_all(&Database::SqliteFile(dir.path().join("keyhold.db"))).await.unwrap();
     let root = Arc::new(LocalRootKey::from_key(keyhold_crypto::KeyBytes::generate().unwrap()));
@@ -325,6 +330,38 @@ async fn a_client_certificate_is_its_principal_for_iam_and_audit_and_a_token_win
         .filter_map(|e| e["protoPayload"]["authenticationInfo"]["principalSubject"].as_str())
         .collect();
     assert_eq!(subjects.iter().filter(|s| **s == CLIENT_PRINCIPAL).count(), 2, "{body}");
+    // The key ring was created with the owner's token over the same certificate: the owner's.
+    let (status, body) = https(
+        srv.addr,
+        srv.client(true),
+        "GET",
+        "/v1/projects/p/auditLogs?pageSize=1000&methodName=CreateKeyRing",
+        owner,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let log: Value = serde_json::from_str(&body).unwrap();
+    let entries = log["entries"].as_array().unwrap_or_else(|| panic!("{body}"));
+    assert_eq!(entries.len(), 1, "{body}");
+    assert_eq!(entries[0]["protoPayload"]["authenticationInfo"]["principalSubject"], "user:owner@keyhold.local");
+}
+
+/// Like a token (finding 5), a certificate cannot stand for a service agent: only its own
+/// service may act as it.
+#[tokio::test]
+async fn a_client_certificate_cannot_stand_for_a_service_agent() {
+    let srv = start_with_client(limits(), true, "service-1@gcp-sa-store.iam.gserviceaccount.com").await;
+    let (status, body) =
+        https(srv.addr, srv.client(true), "GET", "/v1/projects/p/locations/global/keyRings", None, None).await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    // A token still works over it.
+    let (status, body) =
+        https(srv.addr, srv.client(true), "GET", "/v1/projects/p/locations/global/keyRings", Some(&srv.token), None)
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
