@@ -209,6 +209,17 @@ fn plain_http_beyond_loopback_is_refused_without_allow_plaintext() {
         "/nonexistent/server.key",
     ]);
     assert!(err.contains("/nonexistent/server.pem"), "{err}");
+    let err = refused(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--in-memory",
+        "--data-dir",
+        data,
+        "--tls-client-principal",
+        "san-email",
+    ]);
+    assert!(err.contains("--tls-client-principal needs --tls-client-ca-file"), "{err}");
 
     // With --allow-plaintext it starts (and warns).
     let log_path = dir.path().join("plain.log");
