@@ -121,7 +121,7 @@ impl Identities {
     /// service agent, the scheduler or the anonymous principal, act as it, and have the audit
     /// log blame it). Service agents get tokens only through `generateAccessToken`, asked by
     /// their own service; internal identities and the anonymous principal never get one.
-    fn unmintable(&self, principal: &Principal) -> Option<String> {
+    pub(crate) fn unmintable(&self, principal: &Principal) -> Option<String> {
         let p = principal.as_str();
         // Whatever the principal's kind: `user:service-N@gcp-sa-…` would carry the agent's
         // email as `principalEmail` in audit entries just as well as `serviceAccount:` does.

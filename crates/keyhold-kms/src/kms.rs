@@ -506,6 +506,14 @@ impl Kms {
         self.identities.authenticate(token).await
     }
 
+    /// Whether a credential Keyhold did not mint (a client certificate verified by the
+    /// listener) may stand for `principal`: not for the principals no token may be created for
+    /// either (a service agent, an identity Keyhold itself acts as, the anonymous principal),
+    /// since only their own service, or Keyhold, may act as them. `Err` says why.
+    pub fn check_external_principal(&self, principal: &Principal) -> Result<(), String> {
+        self.identities.unmintable(principal).map_or(Ok(()), Err)
+    }
+
     /// Creates a token for `principal` (needs `keyhold.tokens.create` on the server).
     pub async fn create_token(
         &self,

@@ -44,6 +44,8 @@ pub use crypto_ops::{EncryptTarget, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 pub use error::KmsError;
 pub use iam::IamResource;
 pub use identity::NewToken;
+/// A principal, as the front ends build one from a credential (a client certificate's identity).
+pub use keyhold_iam::Principal;
 pub use keys::{KeyFacts, ListQuery};
 pub use kms::{Kms, StartupError};
 pub use material::{HsmObjectRef, VersionMaterial};

@@ -21,7 +21,7 @@ use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
 use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{Code, NameError};
 use keyhold_kms::audit::AuditLogQuery;
-use keyhold_kms::{Caller, EncryptTarget, IamResource, KmsError, ListQuery};
+use keyhold_kms::{Caller, EncryptTarget, IamResource, KmsError, ListQuery, Principal};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -141,8 +141,10 @@ pub(crate) async fn dispatch_v1beta1(
 /// Longest `X-Goog-Request-Reason` recorded.
 const MAX_REASON: usize = 512;
 
-/// Authenticates the request: a valid bearer token, else the anonymous principal of emulator
-/// mode, else an unauthenticated caller (whose every call is refused and audited).
+/// Authenticates the request: a valid bearer token; without a token, the principal of the
+/// connection's verified client certificate (mTLS with `--tls-client-principal`); else the
+/// anonymous principal of emulator mode; else an unauthenticated caller (whose every call is
+/// refused and audited).
 pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let request_id = header(crate::REQUEST_ID_HEADER).unwrap_or_default().to_string();
@@ -156,7 +158,23 @@ pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Call
             Err(e @ KmsError::Unavailable(_)) => return Err(e.into()),
             Err(_) => Caller::unauthenticated(false, request_id),
         },
-        None => Caller::unauthenticated(true, request_id),
+        // No token: the principal of the connection's verified client certificate, when the
+        // listener maps certificates to principals (a token, even an invalid one, wins).
+        // It may not stand for a principal no token may be created for (a service agent, ...).
+        None => match crate::listener::client_certificate_principal().map(|p| Principal::parse(&p)) {
+            Some(Ok(p)) => match state.kms.check_external_principal(&p) {
+                Ok(()) => Caller::new(p, request_id),
+                Err(why) => {
+                    tracing::warn!(principal = %p, "a client certificate names a reserved principal, refused: {why}");
+                    Caller::unauthenticated(false, request_id)
+                }
+            },
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "the client certificate's identity is not a principal");
+                Caller::unauthenticated(false, request_id)
+            }
+            None => Caller::unauthenticated(true, request_id),
+        },
     };
     if caller.principal.is_none()
         && let Some(anon) = &state.kms.config().anonymous_principal

@@ -26,6 +26,16 @@
 //!   flight are never cut for this. Accept errors (EMFILE, ENFILE, ...) back off and retry,
 //!   never spin and never stop the loop.
 //!
+//! **TLS** ([`serve_with`] and a [`Tls`]): the same loop and the same limits. A connection in
+//! its handshake holds a connection slot like any other and may be evicted at the cap like an
+//! idle one; until the client's first byte it is bounded by the idle timeout, and from that
+//! byte (the start of its ClientHello) the header read timeout covers the handshake and the
+//! first request's head together. A plain HTTP request sent to a TLS port is answered 400 in
+//! clear, saying to use `https://`. The certificate is reloaded when its files change
+//! ([`keyhold_tls::ServerTls::current`], checked as connections arrive); with a client CA,
+//! client certificates are required and verified, and a verified certificate may stand for a
+//! principal ([`client_certificate_principal`]).
+//!
 //! The handlers themselves run to completion once they have their request: cancelling a key
 //! operation mid-way could leave an answer without its audit entry, and their own waits are
 //! bounded elsewhere (database, HSM and key manager timeouts).
@@ -49,6 +59,37 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
+
+pub use keyhold_tls::{ClientPrincipal, ServerTls, ServerTlsFiles};
+
+/// The ALPN protocols the listener advertises under TLS: what hyper serves here. Only
+/// HTTP/1.1 today (the `http1` feature); `keyhold_tls::server::ALPN_H2` goes first in this
+/// list when the listener serves HTTP/2 (gRPC, issue 17), never before.
+pub const ALPN_PROTOCOLS: &[&[u8]] = &[keyhold_tls::server::ALPN_HTTP1];
+
+/// TLS on a listener: the (reloading) certificate configuration and what a verified client
+/// certificate stands for.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The configuration; built with [`ALPN_PROTOCOLS`].
+    pub config: Arc<ServerTls>,
+    /// Which identity of a verified client certificate becomes the principal of requests
+    /// without a bearer token.
+    pub client_principal: ClientPrincipal,
+}
+
+tokio::task_local! {
+    static CLIENT_CERT_PRINCIPAL: Option<Arc<str>>;
+}
+
+/// The principal (`user:…`, `serviceAccount:…`) of the verified client certificate of the
+/// connection the current request came on, when the listener maps certificates to principals
+/// ([`Tls::client_principal`]). Set by the listener around each request's handler; `None`
+/// outside it, over plain HTTP, and when no mapping is configured or the certificate has no
+/// usable identity. Only the listener sets it: no request header can.
+pub fn client_certificate_principal() -> Option<Arc<str>> {
+    CLIENT_CERT_PRINCIPAL.try_with(Clone::clone).ok().flatten()
+}
 
 /// The limits of a public listener. [`Limits::default`] holds the documented safe defaults
 /// (docs/operations.md, "Limits on a public listener").
@@ -162,6 +203,18 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, app, limits, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    tls: Option<Tls>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let tls = tls.map(Arc::new);
     let limits = Arc::new(Limits { max_connections: limits.max_connections.max(1), ..limits });
     let permits = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let slots = Arc::new(Semaphore::new(permits as usize));
@@ -230,7 +283,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let watch = Watch { stop: stop_rx.clone(), evict: evict_rx.clone() };
-        tokio::spawn(serve_connection(stream, remote, app.clone(), limits.clone(), watch, slot));
+        tokio::spawn(serve_connection(stream, remote, app.clone(), limits.clone(), tls.clone(), watch, slot));
     }
     drop(listener);
     let _ = stop_tx.send(true);
@@ -374,17 +427,142 @@ async fn serve_connection(
     remote: SocketAddr,
     app: Router,
     limits: Arc<Limits>,
-    watch: Watch,
+    tls: Option<Arc<Tls>>,
+    mut watch: Watch,
     _slot: tokio::sync::OwnedSemaphorePermit,
 ) {
     let state = Arc::new(ConnState::new());
-    let io = TokioIo::new(WatchedIo {
+    let io = WatchedIo {
         inner: stream,
         state: state.clone(),
         write_stall: limits.stream_stall_timeout,
         stalled_since: None,
-    });
-    let service = RequestService { app, limits: limits.clone(), state: state.clone(), remote };
+    };
+    watch.evict.mark_unchanged();
+    match tls {
+        None => {
+            let service = RequestService { app, limits: limits.clone(), state: state.clone(), remote, principal: None };
+            drive(TokioIo::new(io), service, remote, &state, &limits, watch).await;
+        }
+        Some(tls) => {
+            let Some(stream) = handshake(io, &tls, remote, &state, &limits, &mut watch).await else { return };
+            let principal = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|cert| tls.client_principal.principal(cert))
+                .map(Arc::<str>::from);
+            if let Some(p) = &principal {
+                tracing::debug!(%remote, principal = %p, "client certificate verified");
+            }
+            let service = RequestService { app, limits: limits.clone(), state: state.clone(), remote, principal };
+            drive(TokioIo::new(stream), service, remote, &state, &limits, watch).await;
+        }
+    }
+}
+
+/// What a plain HTTP request on a TLS port is answered (the first byte of a TLS connection is
+/// 0x16, a handshake record; anything else is not TLS).
+const PLAIN_HTTP_ON_TLS_PORT: &str = "This port serves HTTPS: the request was sent in plain HTTP. Use an https:// URL.";
+
+/// The TLS handshake of a new connection, within the listener's limits: the idle timeout until
+/// the first byte, then the header read timeout from it (which goes on to cover the first
+/// request's head); evicted at the cap like an idle connection; abandoned at shutdown.
+async fn handshake(
+    io: WatchedIo,
+    tls: &Tls,
+    remote: SocketAddr,
+    state: &ConnState,
+    limits: &Limits,
+    watch: &mut Watch,
+) -> Option<keyhold_tls::server::TlsStream<WatchedIo>> {
+    use tokio::io::AsyncWriteExt as _;
+    let acceptor = tls.config.acceptor();
+    let accept = async move {
+        let mut io = io;
+        let mut first = [0u8; 1];
+        if io.inner.peek(&mut first).await.ok()? == 0 {
+            return None;
+        }
+        io.state.bytes_read();
+        if first[0] != 0x16 {
+            let body = serde_json::json!({ "error": { "code": 400, "message": PLAIN_HTTP_ON_TLS_PORT, "status": "INVALID_ARGUMENT" } });
+            let body = serde_json::to_vec_pretty(&body).unwrap_or_default();
+            let head = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json; charset=UTF-8\r\nconnection: close\r\n\
+                 content-length: {}\r\n\r\n",
+                body.len()
+            );
+            let _ = io.write_all(head.as_bytes()).await;
+            let _ = io.write_all(&body).await;
+            let _ = io.shutdown().await;
+            // Read what the client sent (a little of it) before closing: closing a socket with
+            // unread data resets the connection, and the client could lose the answer. Bounded
+            // by the header deadline of the loop below.
+            let mut sink = [0u8; 4096];
+            let mut left = 64 * 1024usize;
+            while left > 0 {
+                match tokio::io::AsyncReadExt::read(&mut io, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+            tracing::debug!(%remote, "plain HTTP on the TLS port: answered 400");
+            return None;
+        }
+        match acceptor.accept(io).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                None
+            }
+        }
+    };
+    let mut accept = std::pin::pin!(accept);
+    let mut evictable = true;
+    loop {
+        let deadline = state.deadline(limits);
+        let sleep = async {
+            match deadline {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = accept.as_mut() => return r,
+            () = sleep => {
+                if let Some((at, why)) = state.deadline(limits)
+                    && at <= Instant::now()
+                {
+                    tracing::debug!(%remote, reason = why, "closing connection during the TLS handshake");
+                    return None;
+                }
+            }
+            () = state.changed.notified() => {}
+            r = watch.evict.changed(), if evictable => {
+                evictable = r.is_ok();
+                if evictable && state.idle_for(EVICTION_GRACE) {
+                    tracing::debug!(%remote, "closing a connection in its TLS handshake: the connection limit is reached");
+                    return None;
+                }
+            }
+            _ = watch.stop.changed() => return None,
+        }
+    }
+}
+
+/// Serves one connection's requests (HTTP/1.1) within the limits.
+async fn drive<I>(
+    io: TokioIo<I>,
+    service: RequestService,
+    remote: SocketAddr,
+    state: &ConnState,
+    limits: &Limits,
+    watch: Watch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Finding 6: a client that shuts down its sending side after a complete request
     // (shutdown(SHUT_WR), `nc -N`) still gets its answer.
@@ -392,10 +570,9 @@ async fn serve_connection(
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let Watch { mut stop, mut evict } = watch;
-    evict.mark_unchanged();
     let (mut stopping, mut evictable) = (false, true);
     loop {
-        let deadline = state.deadline(&limits);
+        let deadline = state.deadline(limits);
         let sleep = async {
             match deadline {
                 Some((at, _)) => tokio::time::sleep_until(at).await,
@@ -411,7 +588,7 @@ async fn serve_connection(
             }
             () = sleep => {
                 // Re-read: a request may have started since the deadline was computed.
-                if let Some((at, why)) = state.deadline(&limits)
+                if let Some((at, why)) = state.deadline(limits)
                     && at <= Instant::now()
                 {
                     tracing::debug!(%remote, reason = why, "closing connection");
@@ -513,6 +690,8 @@ struct RequestService {
     limits: Arc<Limits>,
     state: Arc<ConnState>,
     remote: SocketAddr,
+    /// The principal of the connection's verified client certificate, if mapped.
+    principal: Option<Arc<str>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -528,8 +707,9 @@ impl hyper::service::Service<Request<Incoming>> for RequestService {
         // slot for the whole request deadline).
         self.state.body_started();
         let (app, limits, remote, state) = (self.app.clone(), self.limits.clone(), self.remote, self.state.clone());
+        let principal = self.principal.clone();
         Box::pin(async move {
-            let (resp, guard) = handle(app, &limits, remote, req, state).await;
+            let (resp, guard) = CLIENT_CERT_PRINCIPAL.scope(principal, handle(app, &limits, remote, req, state)).await;
             Ok(resp.map(|body| GuardedBody { inner: body, _guard: guard }))
         })
     }

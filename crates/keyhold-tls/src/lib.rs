@@ -18,6 +18,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+pub mod server;
+pub use server::{ClientPrincipal, DevCerts, ServerTls, ServerTlsFiles};
+
 /// Why a TLS configuration cannot be built.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

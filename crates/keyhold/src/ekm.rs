@@ -26,7 +26,8 @@ pub struct EkmArgs {
 enum EkmCommand {
     /// Run the external key manager: wrap/unwrap for a KMS's EXTERNAL keys, decided by a
     /// policy file, recorded in an audit file.
-    Serve(ServeArgs),
+    // Boxed: its options are far larger than the other commands' (clippy::large_enum_variant).
+    Serve(Box<ServeArgs>),
     /// Create, list, enable, disable and destroy the manager's keys.
     Keys(KeysArgs),
     /// Check the manager's audit file.
@@ -80,10 +81,24 @@ impl StoreArgs {
 
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Address to listen on. Anything but loopback should be a private link or sit behind a TLS
-    /// proxy: tokens travel in plain HTTP (docs/ekm-protocol.md).
+    /// Address to listen on. Plain HTTP only on a loopback address (or with
+    /// --allow-plaintext); anywhere else, serve HTTPS with --tls-cert-file and --tls-key-file.
     #[arg(long, default_value = "127.0.0.1:9090", env = "KEYHOLD_EKM_LISTEN")]
     listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); reloaded when it changes.
+    #[arg(long, env = "KEYHOLD_EKM_TLS_CERT_FILE", requires = "tls_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM); reloaded with it.
+    #[arg(long, env = "KEYHOLD_EKM_TLS_KEY_FILE", requires = "tls_cert_file")]
+    tls_key_file: Option<PathBuf>,
+    /// Require and verify client certificates issued by these CAs (PEM): the KMS's client
+    /// certificate, as Google's Cloud EKM requires mutual TLS. Bearer tokens are still checked.
+    #[arg(long, env = "KEYHOLD_EKM_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    tls_client_ca_file: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (a private link, or behind a TLS proxy).
+    /// Without it, `ekm serve` refuses to listen in clear beyond loopback.
+    #[arg(long, env = "KEYHOLD_EKM_ALLOW_PLAINTEXT")]
+    allow_plaintext: bool,
     #[command(flatten)]
     store: StoreArgs,
     /// The policy file (JSON): per key, the allowed callers, reasons, resources and clients,
@@ -161,7 +176,7 @@ pub async fn run(args: EkmArgs) -> ExitCode {
     let result = match args.command {
         EkmCommand::Serve(a) => {
             crate::init_logging();
-            serve(a).await.inspect_err(|e| tracing::error!("{e}"))
+            serve(*a).await.inspect_err(|e| tracing::error!("{e}"))
         }
         EkmCommand::Keys(k) => keys(k.command),
         EkmCommand::Audit(a) => audit(a.command),
@@ -252,6 +267,15 @@ const EXAMPLE_POLICY: &str = r#"{
 }"#;
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
+    // First: plain HTTP beyond loopback, or TLS files that do not load, are refused at once.
+    let tls = crate::listen::TlsSettings {
+        cert_file: args.tls_cert_file.clone(),
+        key_file: args.tls_key_file.clone(),
+        client_ca_file: args.tls_client_ca_file.clone(),
+        client_principal: keyhold_tls::ClientPrincipal::None,
+        allow_plaintext: args.allow_plaintext,
+    }
+    .listener_tls(args.listen, "keyhold ekm serve")?;
     let data_dir = &args.store.data_dir;
     let mut config = EkmServerConfig::new(data_dir);
     config.root_key_file = args.store.root_key_file.clone();
@@ -274,22 +298,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    if !addr.ip().is_loopback() {
-        tracing::warn!(
-            %addr,
-            "listening beyond loopback over plain HTTP: bearer tokens and key material cross the network in clear \
-             unless this address is on a private link (WireGuard, SSH tunnel) or behind a TLS proxy"
-        );
-    }
     let shutdown = crate::serve::shutdown_signal();
     let server = tokio::task::spawn_blocking(move || keyhold_ekm::EkmServer::open(&config))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
-    tracing::info!(%addr, data_dir = %data_dir.display(), "Keyhold EKM is serving on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, data_dir = %data_dir.display(), "Keyhold EKM is serving on {scheme}://{addr}");
     // The same listener and limits as `keyhold serve` (finding 3); requests carry their
     // client's address for the audit file, as `EkmServer::serve` gives them.
-    keyhold_server::listener::serve(listener, server.router(), args.listener.limits(), async {
+    keyhold_server::listener::serve_with(listener, server.router(), args.listener.limits(), tls, async {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
     })

@@ -1,6 +1,8 @@
 //! The listener limits of `keyhold serve` and `keyhold ekm serve` (issue 15, finding 3): flags
-//! and environment variables over [`keyhold_server::listener::Limits`].
+//! and environment variables over [`keyhold_server::listener::Limits`]; TLS and the plaintext
+//! rule (issue 17).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use keyhold_api::wire::ProtoDuration;
@@ -90,5 +92,80 @@ fn parse_timeout(s: &str) -> Result<Duration, String> {
     match ProtoDuration::parse(s) {
         Some(d) if d.to_std() > Duration::ZERO => Ok(d.to_std()),
         _ => Err(format!("\"{s}\" is not a positive duration like \"10s\" or \"0.5s\"")),
+    }
+}
+
+/// What a verified client certificate stands for (`--tls-client-principal`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientPrincipalArg {
+    /// Nothing: the certificate admits the connection; requests still need a bearer token.
+    #[default]
+    None,
+    /// The certificate's first SAN email: `serviceAccount:EMAIL` for a `…gserviceaccount.com`
+    /// address, `user:EMAIL` otherwise, for requests without a bearer token.
+    SanEmail,
+}
+
+impl From<ClientPrincipalArg> for keyhold_tls::ClientPrincipal {
+    fn from(a: ClientPrincipalArg) -> Self {
+        match a {
+            ClientPrincipalArg::None => keyhold_tls::ClientPrincipal::None,
+            ClientPrincipalArg::SanEmail => keyhold_tls::ClientPrincipal::SanEmail,
+        }
+    }
+}
+
+/// A listener's TLS settings, whichever command's flags they came from.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    /// `--tls-cert-file`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// `--tls-key-file`.
+    pub key_file: Option<std::path::PathBuf>,
+    /// `--tls-client-ca-file`.
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// `--tls-client-principal`.
+    pub client_principal: keyhold_tls::ClientPrincipal,
+    /// `--allow-plaintext`.
+    pub allow_plaintext: bool,
+}
+
+impl TlsSettings {
+    /// The listener's TLS (`None`: plain HTTP), after the plaintext rule: plain HTTP is served
+    /// on a loopback address, or anywhere with `--allow-plaintext`, never otherwise.
+    /// `command` names the command in messages (`keyhold serve`).
+    pub fn listener_tls(&self, listen: SocketAddr, command: &str) -> Result<Option<listener::Tls>, String> {
+        let (cert_file, key_file) = match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            (None, None) => {
+                if self.client_ca_file.is_some() {
+                    return Err("--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into());
+                }
+                if !listen.ip().is_loopback() {
+                    if !self.allow_plaintext {
+                        return Err(format!(
+                            "{command}: refusing to serve plain HTTP on {listen}, which is not a loopback address: \
+                             bearer tokens and key material would cross the network in clear. Serve HTTPS with \
+                             --tls-cert-file and --tls-key-file (`keyhold tls dev-certs` makes development \
+                             certificates), or, on a private link or behind a TLS-terminating proxy, pass \
+                             --allow-plaintext"
+                        ));
+                    }
+                    tracing::warn!(
+                        %listen,
+                        "--allow-plaintext: serving plain HTTP beyond loopback; bearer tokens and key material cross \
+                         the network in clear unless this address is on a private link or behind a TLS proxy"
+                    );
+                }
+                return Ok(None);
+            }
+            _ => return Err("--tls-cert-file and --tls-key-file go together".into()),
+        };
+        let files = keyhold_tls::ServerTlsFiles { cert_file, key_file, client_ca_file: self.client_ca_file.clone() };
+        let config = keyhold_tls::ServerTls::new(files, listener::ALPN_PROTOCOLS).map_err(|e| format!("TLS: {e}"))?;
+        if self.client_ca_file.is_some() {
+            tracing::info!(client_principal = ?self.client_principal, "TLS: client certificates are required (mTLS)");
+        }
+        Ok(Some(listener::Tls { config: std::sync::Arc::new(config), client_principal: self.client_principal }))
     }
 }

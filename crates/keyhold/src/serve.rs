@@ -14,9 +14,30 @@ use keyhold_sql::Database;
 /// Options of `keyhold serve`.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on. Plain HTTP only on a loopback address (or with
+    /// --allow-plaintext); anywhere else, serve HTTPS with --tls-cert-file and --tls-key-file.
     #[arg(long, default_value = "127.0.0.1:8080", env = "KEYHOLD_LISTEN")]
     pub listen: SocketAddr,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first). Reloaded without a restart
+    /// when the file changes. `keyhold tls dev-certs` makes development certificates.
+    #[arg(long, env = "KEYHOLD_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of --tls-cert-file (PEM: PKCS#8, PKCS#1 or SEC1). Reloaded with it.
+    #[arg(long, env = "KEYHOLD_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Require client certificates issued by these CAs (PEM) and verify them (mutual TLS).
+    #[arg(long, env = "KEYHOLD_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// What a verified client certificate stands for in requests without a bearer token (a
+    /// bearer token always wins): `none` (requests still need a token) or `san-email` (the
+    /// certificate's first SAN email as `serviceAccount:EMAIL` for a service account's address,
+    /// `user:EMAIL` otherwise). It gets the same IAM checks and audit entries as a token's.
+    #[arg(long, value_enum, default_value = "none", env = "KEYHOLD_TLS_CLIENT_PRINCIPAL")]
+    pub tls_client_principal: crate::listen::ClientPrincipalArg,
+    /// Serve plain HTTP on a non-loopback address (a private link, or behind a
+    /// TLS-terminating proxy). Without it, `serve` refuses to listen in clear beyond loopback.
+    #[arg(long, env = "KEYHOLD_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: bool,
     /// Directory for the embedded SQLite database and, by default, the root key.
     #[arg(long, default_value = "./keyhold-data", env = "KEYHOLD_DATA_DIR")]
     pub data_dir: PathBuf,
@@ -174,6 +195,19 @@ fn parse_duration(s: &str) -> Result<ProtoDuration, String> {
 
 /// Runs the server until SIGTERM or Ctrl-C.
 pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    if args.tls_client_ca_file.is_none() && args.tls_client_principal != crate::listen::ClientPrincipalArg::None {
+        return Err("--tls-client-principal needs --tls-client-ca-file (client certificates to map)".into());
+    }
+    // Before anything is opened: TLS files that do not load, or plain HTTP beyond loopback,
+    // are refused at once.
+    let tls = crate::listen::TlsSettings {
+        cert_file: args.tls_cert_file.clone(),
+        key_file: args.tls_key_file.clone(),
+        client_ca_file: args.tls_client_ca_file.clone(),
+        client_principal: args.tls_client_principal.into(),
+        allow_plaintext: args.allow_plaintext,
+    }
+    .listener_tls(args.listen, "keyhold serve")?;
     let hsm = match &args.pkcs11_module {
         Some(module) => {
             let pin = match &args.pkcs11_pin_file {
@@ -310,7 +344,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let shutdown = shutdown_signal();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, database = ?db, "Keyhold is serving the Cloud KMS v1 API on http://{addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, database = ?db, "Keyhold is serving the Cloud KMS v1 API on {scheme}://{addr}");
     let host = keyhold_server::host::KmsHost::shared(kms.clone());
     let agents: Arc<dyn keyhold_store::AgentProvider> = match (&args.kms_endpoint, &args.kms_token_file) {
         (Some(endpoint), Some(file)) => {
@@ -347,7 +382,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
     // Timeouts, a connection cap and body limits (finding 3): never plain `axum::serve`.
-    keyhold_server::listener::serve(listener, app, args.listener.limits(), async move {
+    keyhold_server::listener::serve_with(listener, app, args.listener.limits(), tls, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
     })

@@ -39,6 +39,7 @@ mod projects;
 mod resource;
 mod services;
 mod store;
+mod tls;
 mod tokens;
 mod transfer;
 mod yaml;
@@ -83,6 +84,8 @@ pub enum CliCommand {
     Store(store::StoreArgs),
     /// Manage organization policies on projects, as `gcloud org-policies` does.
     OrgPolicies(org_policies::OrgPoliciesArgs),
+    /// TLS helpers: `tls dev-certs` creates development certificates for HTTPS and mTLS.
+    Tls(tls::TlsArgs),
 }
 
 impl CliCommand {
@@ -98,6 +101,7 @@ impl CliCommand {
             CliCommand::Audit(a) => a.command.path(),
             CliCommand::Store(s) => s.command.path(),
             CliCommand::OrgPolicies(o) => o.command.path(),
+            CliCommand::Tls(t) => t.command.path(),
         };
         format!("keyhold.{tail}")
     }
@@ -260,6 +264,8 @@ pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
     let cmd = match cmd {
         // Reads the database, not the server: no endpoint or token involved.
         CliCommand::Audit(a) => return a.command.run(&path).await,
+        // Writes local files: no server involved.
+        CliCommand::Tls(t) => return t.command.run(&path).await,
         other => other,
     };
     let result = async {
@@ -282,7 +288,7 @@ pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
             CliCommand::Logging(l) => l.command.run(&ctx).await,
             CliCommand::Store(s) => s.command.run(&ctx, &opts.endpoint, &credentials).await,
             CliCommand::OrgPolicies(o) => o.command.run(&ctx).await,
-            CliCommand::Audit(_) => unreachable!("handled above"),
+            CliCommand::Audit(_) | CliCommand::Tls(_) => unreachable!("handled above"),
         }
     }
     .await;

@@ -67,10 +67,11 @@ pub fn spawn_bound(dir: &Path, extra: &[&str], umask: Option<&str>) -> Proc {
     p
 }
 
-/// The port in the server's "Keyhold is serving ... on http://127.0.0.1:PORT" line.
+/// The port in the server's "Keyhold is serving ... on http://127.0.0.1:PORT" line (or
+/// https://).
 pub fn bound_port(log: &str) -> Option<u16> {
     let line = log.lines().find(|l| l.contains("Keyhold is serving"))?;
-    let rest = &line[line.find("http://127.0.0.1:")? + "http://127.0.0.1:".len()..];
+    let rest = &line[line.find("://127.0.0.1:")? + "://127.0.0.1:".len()..];
     rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len())].parse().ok().filter(|p| *p != 0)
 }
 
