@@ -103,6 +103,21 @@ impl ClientTls {
 
     /// The rustls client configuration (ALPN is left to the HTTP client).
     pub fn config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let roots = self.roots()?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots);
+        match &self.identity {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+                .map_err(|e| TlsError::Config(format!("client certificate {}: {e}", cert.display()))),
+        }
+    }
+
+    /// The trusted roots: the CA file's certificates, else the system's.
+    pub fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         match &self.ca_file {
             Some(path) => {
@@ -124,16 +139,7 @@ impl ClientTls {
                 }
             }
         }
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots);
-        match &self.identity {
-            None => Ok(builder.with_no_client_auth()),
-            Some((cert, key)) => builder
-                .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-                .map_err(|e| TlsError::Config(format!("client certificate {}: {e}", cert.display()))),
-        }
+        Ok(roots)
     }
 }
 
