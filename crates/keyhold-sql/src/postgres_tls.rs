@@ -77,12 +77,10 @@ pub fn split(url: &str) -> Result<(String, PgTls), String> {
         mode = SslMode::VerifyCa; // libpq: a root certificate given turns require into verify-ca
     }
     if system_roots {
-        if matches!(mode, SslMode::Disable | SslMode::Prefer | SslMode::Require | SslMode::VerifyCa) {
-            if mode == SslMode::Disable {
-                return Err("sslrootcert=system needs TLS, but sslmode=disable".into());
-            }
-            mode = SslMode::VerifyFull; // libpq 16: sslrootcert=system implies verify-full
+        if mode == SslMode::Disable {
+            return Err("sslrootcert=system needs TLS, but sslmode=disable".into());
         }
+        mode = SslMode::VerifyFull; // libpq 16: sslrootcert=system implies verify-full
     }
     let identity = match (get("sslcert"), get("sslkey")) {
         (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
