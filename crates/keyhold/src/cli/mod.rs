@@ -209,7 +209,7 @@ impl fmt::Display for CliError {
                  `keyhold serve`, or point --endpoint (or KEYHOLD_ENDPOINT) at a running server."
             ),
             CliError::Tls { endpoint, failure } => {
-                write!(f, "could not connect to the Keyhold server at {endpoint}: {failure}\n")?;
+                writeln!(f, "could not connect to the Keyhold server at {endpoint}: {failure}")?;
                 match failure {
                     keyhold_tls::TlsFailure::ServerNotTrusted(_) => f.write_str(
                         "If the server's certificate comes from your own CA (such as `keyhold tls dev-certs`), \
