@@ -155,8 +155,21 @@ pub fn transport_error(what: &str, e: &reqwest::Error) -> KmsClientError {
              certificate (the CA file of the client) or the client certificate it expects"
         )),
         Some(tls) => KmsClientError::unreachable(format!("{what}: {tls}")),
+        None if closed_after_tls_handshake(e) => KmsClientError::unreachable(format!(
+            "{what}: {e}: the KMS closed the TLS connection without answering; if it requires mutual TLS, give \
+             the client certificate it trusts"
+        )),
         None => KmsClientError::unreachable(format!("{what}: {e}")),
     }
+}
+
+/// Whether `e` is an `https://` request that got no answer on a connection that was made: the
+/// server closed it. With TLS 1.3 a server that refuses the client's certificate (or its
+/// absence) does so after the client has finished its handshake, and its alert may be lost in
+/// the race with sending the request; this is what remains of it. It may also be a server that
+/// closed for another reason, so callers only add a hint to their message.
+pub fn closed_after_tls_handshake(e: &reqwest::Error) -> bool {
+    e.url().is_some_and(|u| u.scheme() == "https") && e.is_request() && !e.is_connect() && !e.is_timeout()
 }
 
 /// Sends a request and decodes a JSON answer or a Google error body.

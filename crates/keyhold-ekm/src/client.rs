@@ -492,6 +492,10 @@ fn unavailable(e: &reqwest::Error) -> EkmError {
         };
         return EkmError::Tls { detail: format!("{tls}; {hint}") };
     }
+    // TLS 1.3: a manager that refuses the client's certificate does so after the client's
+    // handshake, and its alert may be lost in the race with sending the request.
+    let closed_after_handshake =
+        e.url().is_some_and(|u| u.scheme() == "https") && e.is_request() && !e.is_connect() && !e.is_timeout();
     // The whole chain: "error sending request ... : client error (Connect): ... Connection refused".
     let mut detail = if e.is_timeout() { format!("timed out: {e}") } else { e.to_string() };
     let mut source = std::error::Error::source(e);
@@ -499,6 +503,12 @@ fn unavailable(e: &reqwest::Error) -> EkmError {
         detail.push_str(": ");
         detail.push_str(&s.to_string());
         source = s.source();
+    }
+    if closed_after_handshake {
+        detail.push_str(
+            "; the manager closed the TLS connection without answering: if it requires mutual TLS, give the client \
+             certificate and key it trusts (--ekm-client-cert-file, --ekm-client-key-file)",
+        );
     }
     EkmError::Unavailable { detail }
 }

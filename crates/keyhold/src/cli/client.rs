@@ -239,11 +239,25 @@ impl ApiClient {
         while let Some(next) = source.source() {
             source = next;
         }
-        if let Some(failure) = keyhold_tls::diagnose(e).filter(keyhold_tls::TlsFailure::is_configuration) {
+        if let Some(failure) = tls_failure(e) {
             return CliError::Tls { endpoint: self.endpoint.clone(), failure };
         }
         let detail = if e.is_timeout() { "the request timed out".to_string() } else { source.to_string() };
         CliError::Connect { endpoint: self.endpoint.clone(), detail }
+    }
+}
+
+/// The TLS failure behind a request's error, if it was one: a certificate the CLI does not
+/// trust, or the server refusing the handshake. With TLS 1.3 a server refuses a client
+/// certificate (or its absence) after the client's handshake, and its alert may be lost in the
+/// race with sending the request: an https connection closed without an answer counts as that.
+pub(super) fn tls_failure(e: &reqwest::Error) -> Option<keyhold_tls::TlsFailure> {
+    match keyhold_tls::diagnose(e) {
+        Some(f) if f.is_configuration() => Some(f),
+        Some(_) => None,
+        None => keyhold_cmek::rest::closed_after_tls_handshake(e).then(|| {
+            keyhold_tls::TlsFailure::Refused("the server closed the connection right after the handshake".into())
+        }),
     }
 }
 

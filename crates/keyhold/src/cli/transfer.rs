@@ -69,7 +69,7 @@ impl Media<'_> {
     /// every other command), or the transfer cut off.
     pub(super) fn request_error(&self, e: &reqwest::Error) -> CliError {
         let detail = innermost(e);
-        if let Some(failure) = keyhold_tls::diagnose(e).filter(keyhold_tls::TlsFailure::is_configuration) {
+        if let Some(failure) = super::client::tls_failure(e) {
             CliError::Tls { endpoint: self.endpoint.to_string(), failure }
         } else if e.is_connect() {
             CliError::Connect { endpoint: self.endpoint.to_string(), detail }
