@@ -141,7 +141,7 @@ pub fn http_client(endpoint: &str, tls: &ClientTls) -> Result<reqwest::Client, T
 /// loaded, every TLS handshake fails (as "not trusted"), and plain HTTP works.
 fn default_http_client(endpoint: &str) -> reqwest::Client {
     http_client(endpoint, &ClientTls::default()).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "the KMS client cannot use the system's root certificates; TLS servers will not be trusted");
+        tracing::warn!(error = %e, "no system root certificates: the KMS client trusts no TLS server");
         http_client("http://", &ClientTls::default()).expect("a client that trusts no root always builds")
     })
 }

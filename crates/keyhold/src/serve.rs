@@ -280,8 +280,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
         let credentials = keyhold_ekm::client::EkmCredentials::parse(text.expose())
             .map_err(|e| format!("--ekm-credentials-file {}: {e}", file.display()))?;
-        let client = keyhold_ekm::client::EkmClient::with_tls(credentials, args.ekm_timeout.to_std(), &args.ekm_tls.client_tls())
-            .map_err(|e| format!("EXTERNAL keys: the EKM client's TLS settings (--ekm-ca-file, --ekm-client-cert-file, --ekm-client-key-file): {e}"))?
+        let tls = args.ekm_tls.client_tls();
+        let client = keyhold_ekm::client::EkmClient::with_tls(credentials, args.ekm_timeout.to_std(), &tls)
+            .map_err(|e| format!("EXTERNAL keys: --ekm-ca-file/--ekm-client-cert-file/--ekm-client-key-file: {e}"))?
             .with_unwrap_cache(Arc::new(keyhold_ekm::client::UnwrapCache::new(10_000, EKM_CACHE_MAX)));
         backends.external = Some(Arc::new(client));
         tracing::info!(timeout = ?args.ekm_timeout.to_std(), "EXTERNAL keys enabled");
@@ -323,9 +324,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("cannot read --kms-token-file {}: {e}", file.display()))?;
             let token = keyhold_cmek::StaticToken(keyhold_crypto::SecretString::new(token.trim().to_string()));
             tracing::info!(%endpoint, "store: instance keys are used through the KMS at {endpoint}");
+            let tls = args.kms_tls.client_tls();
             Arc::new(
-                keyhold_store::RemoteAgents::with_tls(endpoint, Arc::new(token), &args.kms_tls.client_tls())
-                    .map_err(|e| format!("--kms-endpoint's TLS settings (--kms-ca-file, --kms-client-cert-file, --kms-client-key-file): {e}"))?,
+                keyhold_store::RemoteAgents::with_tls(endpoint, Arc::new(token), &tls)
+                    .map_err(|e| format!("--kms-ca-file/--kms-client-cert-file/--kms-client-key-file: {e}"))?,
             )
         }
         _ => Arc::new(keyhold_store::LocalAgents::new(host.clone())),

@@ -2,7 +2,8 @@
 //! or gcloud's CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE), client certificates for mutual TLS, and a
 //! clear error naming the option to use when the handshake fails over certificates. The
 //! server is a real HTTPS server on loopback standing in for Keyhold (a fixed answer per
-//! request kind; the CLI runs as a child process, so the server runs on its own worker threads); both clients of the CLI are exercised: JSON calls and object downloads.
+//! request kind; the CLI runs as a child process, so the server runs on its own worker
+//! threads). Both clients of the CLI are exercised: JSON calls and object downloads.
 
 #[path = "../../keyhold-cmek/tests/support/tls.rs"]
 mod support;
