@@ -15,6 +15,9 @@ pub struct KmsClientError {
     pub details: Vec<serde_json::Value>,
 }
 
+/// The `google.rpc.ErrorInfo` reason of [`KmsClientError::tls_configuration`].
+pub const TLS_CONFIGURATION_REASON: &str = "TLS_CONFIGURATION";
+
 /// What a failure means for data protected by the key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -42,6 +45,28 @@ impl KmsClientError {
     /// The KMS could not be reached.
     pub fn unreachable(message: impl Into<String>) -> Self {
         Self::new(Code::Unavailable, message)
+    }
+
+    /// A TLS handshake with the KMS failed because of the configuration of one side or the
+    /// other (its certificate is not trusted, or it refused ours): `INTERNAL` with a
+    /// `google.rpc.ErrorInfo` of reason [`TLS_CONFIGURATION_REASON`], so that it is told apart
+    /// from an outage ([`Failure::Other`], not [`Failure::Unreachable`]: creating a resource
+    /// fails with the message instead of "unavailable"). A key guard still treats it as it
+    /// treats any failure that says nothing about the key: cached keys serve for the grace
+    /// period, then the resource is suspended as unreachable. Trying again will not help until
+    /// the CA file or the client certificate is fixed.
+    pub fn tls_configuration(message: impl Into<String>) -> Self {
+        Self::from_status(Status::new(Code::Internal, message).with_error_info(
+            TLS_CONFIGURATION_REASON,
+            "keyhold.dev",
+            &[],
+        ))
+    }
+
+    /// Whether this is a [`KmsClientError::tls_configuration`] error.
+    pub fn is_tls_configuration(&self) -> bool {
+        let status = Status { code: self.code, message: String::new(), details: self.details.clone() };
+        status.error_info_reason() == Some(TLS_CONFIGURATION_REASON)
     }
 
     /// What the failure means for the protected data.
@@ -107,6 +132,10 @@ mod tests {
         assert_eq!(e.failure(), Failure::Unreachable);
         assert_eq!(e.observed_key_state(), None);
         assert_eq!(KmsClientError::new(Code::Internal, "x").failure(), Failure::Other);
+        // A certificate the client does not trust is a configuration error, not an outage.
+        let tls = KmsClientError::tls_configuration("the KMS's TLS certificate is not trusted");
+        assert_eq!(tls.failure(), Failure::Other);
+        assert!(tls.is_tls_configuration() && !KmsClientError::unreachable("x").is_tls_configuration());
     }
 
     /// The state comes from the typed detail, never from the message (review 3.4): a message

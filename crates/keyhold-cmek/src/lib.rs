@@ -4,7 +4,9 @@
 //!
 //! 1. **Reach the customer's KMS** through a [`KmsClient`]: [`RestKmsClient`] speaks Cloud KMS
 //!    v1 REST to Keyhold or any compatible endpoint, with a bearer token ([`StaticToken`], or
-//!    [`ImpersonatedToken`] for a service agent's short-lived tokens). Keyhold's server adds an
+//!    [`ImpersonatedToken`] for a service agent's short-lived tokens), over `http://` or
+//!    `https://`: [`RestKmsClient::with_tls`] takes a [`rest::ClientTls`] (a CA file to trust
+//!    instead of the system's roots, a client certificate for mutual TLS; see [`rest`]). Keyhold's server adds an
 //!    in-process client of its own KMS (`keyhold-server`'s `host::LocalKmsClient`: same IAM
 //!    checks and audit entries, no network); this crate depends only on `keyhold-api` and
 //!    `keyhold-crypto`.

@@ -1,4 +1,23 @@
 //! [`KmsClient`] over Cloud KMS v1 REST: Keyhold's own server or any compatible endpoint.
+//!
+//! Both `http://` and `https://` endpoints work. TLS is Keyhold's one stack (`keyhold-tls`:
+//! rustls on ring): the system's root certificates by default, or only the certificates of a
+//! CA file, and a client certificate for mutual TLS, given as a [`ClientTls`]:
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use keyhold_cmek::{RestKmsClient, StaticToken};
+//! # fn example(token: StaticToken) -> Result<(), keyhold_tls::TlsError> {
+//! let tls = keyhold_tls::ClientTls {
+//!     ca_file: Some("/etc/keyhold/kms-ca.pem".into()),
+//!     identity: Some(("/etc/keyhold/client.pem".into(), "/etc/keyhold/client.key".into())),
+//! };
+//! let kms = RestKmsClient::with_tls("https://kms.example:8443", Arc::new(token), &tls)?;
+//! # let _ = kms; Ok(()) }
+//! ```
+//!
+//! A handshake that fails because of certificates (the server's is not trusted, or the server
+//! refused the client's) is [`KmsClientError::tls_configuration`], not an outage.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +31,8 @@ use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, Status};
 use keyhold_crypto::{Secret, SecretString, crc32c};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
+
+pub use keyhold_tls::{ClientTls, TlsError};
 
 use crate::client::{AccessReason, Encrypted, KeyDescription, KmsClient, decrypt_request, encrypt_request};
 use crate::error::KmsClientError;
@@ -52,8 +73,14 @@ pub struct ImpersonatedToken {
 impl ImpersonatedToken {
     /// Tokens of `service_account` (an email), minted at `endpoint` with `base`'s token.
     pub fn new(endpoint: &str, base: Arc<dyn TokenSource>, service_account: &str) -> Self {
+        Self::with_http(endpoint, base, service_account, default_http_client(endpoint))
+    }
+
+    /// As [`ImpersonatedToken::new`], over `http` (from [`http_client`]: TLS settings, pooled
+    /// connections shared with other clients of the same KMS).
+    pub fn with_http(endpoint: &str, base: Arc<dyn TokenSource>, service_account: &str, http: reqwest::Client) -> Self {
         Self {
-            http: http_client(),
+            http,
             endpoint: endpoint.trim_end_matches('/').to_string(),
             base,
             service_account: service_account.to_string(),
@@ -90,20 +117,66 @@ impl TokenSource for ImpersonatedToken {
     }
 }
 
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// A reqwest client builder for `endpoint` whose TLS is Keyhold's (`tls`: trusted roots and
+/// client identity; plain `http://` endpoints keep working, and need no root certificates).
+/// Every Keyhold HTTP client is built from one of these.
+pub fn http_client_builder(endpoint: &str, tls: &ClientTls) -> Result<reqwest::ClientBuilder, TlsError> {
+    let mut config = tls.config_for(endpoint)?;
+    // As reqwest's own TLS set-up offers: HTTP/2 when the server agrees, else HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(reqwest::Client::builder().tls_backend_preconfigured(config))
+}
+
+/// The HTTP client of [`RestKmsClient`] and [`ImpersonatedToken`] for the KMS at `endpoint`
+/// ([`REQUEST_TIMEOUT`] per request); one may be shared by every client of that KMS.
+pub fn http_client(endpoint: &str, tls: &ClientTls) -> Result<reqwest::Client, TlsError> {
+    http_client_builder(endpoint, tls)?
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(Duration::from_secs(3))
         .build()
-        .expect("an HTTP client with default TLS-less settings always builds")
+        .map_err(|e| TlsError::Config(format!("the HTTP client cannot be set up: {e}")))
+}
+
+/// The client of the constructors without TLS settings: the system's roots. If they cannot be
+/// loaded, every TLS handshake fails (as "not trusted"), and plain HTTP works.
+fn default_http_client(endpoint: &str) -> reqwest::Client {
+    http_client(endpoint, &ClientTls::default()).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "no system root certificates: the KMS client trusts no TLS server");
+        http_client("http://", &ClientTls::default()).expect("a client that trusts no root always builds")
+    })
+}
+
+/// The error of a request that got no (complete) answer: a TLS configuration error when the
+/// handshake failed over certificates, else the KMS counts as unreachable.
+pub fn transport_error(what: &str, e: &reqwest::Error) -> KmsClientError {
+    match keyhold_tls::diagnose(e) {
+        Some(tls) if tls.is_configuration() => KmsClientError::tls_configuration(format!(
+            "the KMS cannot be used: {tls}. This is a configuration error, not an outage: give the KMS's CA \
+             certificate (the CA file of the client) or the client certificate it expects"
+        )),
+        Some(tls) => KmsClientError::unreachable(format!("{what}: {tls}")),
+        None if closed_after_tls_handshake(e) => KmsClientError::unreachable(format!(
+            "{what}: {e}: the KMS closed the TLS connection without answering; if it requires mutual TLS, give \
+             the client certificate it trusts"
+        )),
+        None => KmsClientError::unreachable(format!("{what}: {e}")),
+    }
+}
+
+/// Whether `e` is an `https://` request that got no answer on a connection that was made: the
+/// server closed it. With TLS 1.3 a server that refuses the client's certificate (or its
+/// absence) does so after the client has finished its handshake, and its alert may be lost in
+/// the race with sending the request; this is what remains of it. It may also be a server that
+/// closed for another reason, so callers only add a hint to their message.
+pub fn closed_after_tls_handshake(e: &reqwest::Error) -> bool {
+    e.url().is_some_and(|u| u.scheme() == "https") && e.is_request() && !e.is_connect() && !e.is_timeout()
 }
 
 /// Sends a request and decodes a JSON answer or a Google error body.
 async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, KmsClientError> {
-    let resp = req.send().await.map_err(|e| KmsClientError::unreachable(format!("the KMS cannot be reached: {e}")))?;
+    let resp = req.send().await.map_err(|e| transport_error("the KMS cannot be reached", &e))?;
     let status = resp.status();
-    let body =
-        resp.bytes().await.map_err(|e| KmsClientError::unreachable(format!("the KMS's answer was cut off: {e}")))?;
+    let body = resp.bytes().await.map_err(|e| transport_error("the KMS's answer was cut off", &e))?;
     if status.is_success() {
         return serde_json::from_slice(&body)
             .map_err(|e| KmsClientError::new(Code::Internal, format!("the KMS's answer does not decode: {e}")));
@@ -140,10 +213,22 @@ pub struct RestKmsClient {
 }
 
 impl RestKmsClient {
-    /// A client of the KMS at `endpoint` (e.g. `http://127.0.0.1:8080`), authenticating with
-    /// `tokens`.
+    /// A client of the KMS at `endpoint` (e.g. `http://127.0.0.1:8080`, or an `https://` URL
+    /// whose certificate the system's roots trust), authenticating with `tokens`.
     pub fn new(endpoint: &str, tokens: Arc<dyn TokenSource>) -> Self {
-        Self { http: http_client(), endpoint: endpoint.trim_end_matches('/').to_string(), tokens }
+        Self::with_http(endpoint, tokens, default_http_client(endpoint))
+    }
+
+    /// A client of the KMS at `endpoint` with TLS settings: a CA file to trust instead of the
+    /// system's roots, a client certificate for mutual TLS. Fails if a file cannot be read.
+    pub fn with_tls(endpoint: &str, tokens: Arc<dyn TokenSource>, tls: &ClientTls) -> Result<Self, TlsError> {
+        Ok(Self::with_http(endpoint, tokens, http_client(endpoint, tls)?))
+    }
+
+    /// A client of the KMS at `endpoint` over `http` (from [`http_client`]; one may serve every
+    /// client of that KMS, whatever identity each acts as).
+    pub fn with_http(endpoint: &str, tokens: Arc<dyn TokenSource>, http: reqwest::Client) -> Self {
+        Self { http, endpoint: endpoint.trim_end_matches('/').to_string(), tokens }
     }
 
     async fn post<T: DeserializeOwned>(

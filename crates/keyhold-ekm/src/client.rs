@@ -5,6 +5,11 @@
 //! the timeout, which the KMS answers as `503 UNAVAILABLE` (Google's clients retry that). A
 //! manager that answers with an error is [`EkmError::Refused`] with the manager's code and
 //! message. Plaintext, AAD and tokens never appear in an error or a log line.
+//!
+//! Managers are reached over `http://` or `https://`. Over TLS the client trusts the system's
+//! roots or only a CA file, and presents a client certificate when one is configured (mutual
+//! TLS, as Cloud EKM authenticates to its managers): [`EkmClient::with_tls`]. A handshake that
+//! fails over certificates is [`EkmError::Tls`], with a message saying what to fix.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,6 +22,8 @@ use keyhold_api::wire::{Bytes, SecretBytes};
 use keyhold_api::{Code, Status};
 use keyhold_crypto::{Secret, SecretString};
 use serde::de::DeserializeOwned;
+
+pub use keyhold_tls::{ClientTls, TlsError};
 
 use crate::protocol::{
     AccessReasonContext, AdditionalContext, KeyMetadata, RequestMetadata, UnwrapRequest, UnwrapResponse, WrapRequest,
@@ -79,6 +86,15 @@ pub enum EkmError {
         /// What happened.
         detail: String,
     },
+    /// The TLS handshake with the manager failed over certificates: the manager's is not
+    /// trusted (a CA file is needed, or the wrong one is configured), or the manager refused
+    /// the client's (mutual TLS). A configuration error: trying again unchanged will not help.
+    /// The KMS still answers it as unavailable (503), as an outage of the manager.
+    #[error("the external key manager cannot be used: {detail}")]
+    Tls {
+        /// What failed and what to configure.
+        detail: String,
+    },
     /// The manager answered 2xx with a body that is not the expected message.
     #[error("the external key manager's answer is invalid: {detail}")]
     InvalidResponse {
@@ -94,11 +110,9 @@ impl EkmError {
     }
 }
 
-/// A validated external key URI: `http://host[:port][/prefix]/v1/keys/{keyId}`.
+/// A validated external key URI: `http[s]://host[:port][/prefix]/v1/keys/{keyId}`.
 ///
-/// Only `http` is accepted: this build of Keyhold has no TLS client. Across machines, carry the
-/// traffic over a private link or a local TLS tunnel (`docs/ekm-protocol.md`, "Running the
-/// manager on another machine").
+/// `https` is reached with the client's TLS settings ([`EkmClient::with_tls`]).
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ExternalKeyUri {
     url: String,
@@ -111,15 +125,8 @@ impl ExternalKeyUri {
     pub fn parse(uri: &str) -> Result<Self, EkmError> {
         let invalid = |reason: &str| EkmError::InvalidUri { uri: uri.to_string(), reason: reason.to_string() };
         let url = reqwest::Url::parse(uri).map_err(|e| invalid(&format!("not a URL ({e})")))?;
-        match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(invalid(
-                    "https is not supported by this build; reach the manager over http through a private link or a \
-                     local TLS tunnel (docs/ekm-protocol.md)",
-                ));
-            }
-            _ => return Err(invalid("the scheme must be http")),
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("the scheme must be http or https"));
         }
         if url.host_str().is_none_or(str::is_empty) {
             return Err(invalid("the URL has no host"));
@@ -151,7 +158,7 @@ impl ExternalKeyUri {
         &self.key_id
     }
 
-    /// `http://host:port` (the port only when it is not 80).
+    /// `http[s]://host:port` (the port only when it is not the scheme's default).
     pub fn origin(&self) -> &str {
         &self.origin
     }
@@ -306,14 +313,24 @@ impl EkmClient {
 
     /// A client that gives up on a manager after `timeout` (connecting, sending and reading
     /// the whole answer).
+    ///
+    /// `https` managers are trusted through the system's roots; if there are none, only plain
+    /// `http` managers can be reached (use [`EkmClient::with_tls`] and a CA file).
     pub fn with_timeout(credentials: EkmCredentials, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .build()
-            // Invariant: without TLS backends there is nothing that can fail to initialize.
-            .expect("a plain-HTTP client always builds");
+        let http = http_client(&ClientTls::default(), timeout).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "no system root certificates: https managers need a CA file");
+            http_client_for_plain_http(timeout)
+        });
         Self { http, credentials: Arc::new(credentials), timeout, cache: None }
+    }
+
+    /// A client that reaches `https` managers with `tls`: trust only the certificates of its CA
+    /// file (else the system's roots) and present its client certificate (mutual TLS, as Cloud
+    /// EKM does). Plain `http` managers keep working. Fails if a file cannot be read or the
+    /// key does not match the certificate.
+    pub fn with_tls(credentials: EkmCredentials, timeout: Duration, tls: &ClientTls) -> Result<Self, TlsError> {
+        let http = http_client(tls, timeout)?;
+        Ok(Self { http, credentials: Arc::new(credentials), timeout, cache: None })
     }
 
     /// Serves repeated unwraps from `cache` for as long as the manager allowed
@@ -439,7 +456,46 @@ impl EkmClient {
     }
 }
 
+/// The HTTP client: Keyhold's TLS stack (`keyhold-tls`) with `tls`, ALPN for HTTP/2 and 1.1.
+fn http_client(tls: &ClientTls, timeout: Duration) -> Result<reqwest::Client, TlsError> {
+    let mut config = tls.config()?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    build(reqwest::Client::builder().tls_backend_preconfigured(config), timeout)
+}
+
+/// A client for `http` managers only (every TLS handshake fails: no root is trusted).
+fn http_client_for_plain_http(timeout: Duration) -> reqwest::Client {
+    let config = ClientTls::default().config_for("http://").expect("a configuration without roots always builds");
+    build(reqwest::Client::builder().tls_backend_preconfigured(config), timeout)
+        .expect("an HTTP client without TLS settings always builds")
+}
+
+fn build(builder: reqwest::ClientBuilder, timeout: Duration) -> Result<reqwest::Client, TlsError> {
+    builder
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| TlsError::Config(format!("the HTTP client cannot be set up: {e}")))
+}
+
 fn unavailable(e: &reqwest::Error) -> EkmError {
+    if let Some(tls) = keyhold_tls::diagnose(e)
+        && tls.is_configuration()
+    {
+        let hint = match tls {
+            keyhold_tls::TlsFailure::ServerNotTrusted(_) => {
+                "give the manager's CA certificate (--ekm-ca-file) or check the manager's certificate"
+            }
+            _ => {
+                "give the client certificate and key the manager trusts (--ekm-client-cert-file, --ekm-client-key-file)"
+            }
+        };
+        return EkmError::Tls { detail: format!("{tls}; {hint}") };
+    }
+    // TLS 1.3: a manager that refuses the client's certificate does so after the client's
+    // handshake, and its alert may be lost in the race with sending the request.
+    let closed_after_handshake =
+        e.url().is_some_and(|u| u.scheme() == "https") && e.is_request() && !e.is_connect() && !e.is_timeout();
     // The whole chain: "error sending request ... : client error (Connect): ... Connection refused".
     let mut detail = if e.is_timeout() { format!("timed out: {e}") } else { e.to_string() };
     let mut source = std::error::Error::source(e);
@@ -447,6 +503,12 @@ fn unavailable(e: &reqwest::Error) -> EkmError {
         detail.push_str(": ");
         detail.push_str(&s.to_string());
         source = s.source();
+    }
+    if closed_after_handshake {
+        detail.push_str(
+            "; the manager closed the TLS connection without answering: if it requires mutual TLS, give the client \
+             certificate and key it trusts (--ekm-client-cert-file, --ekm-client-key-file)",
+        );
     }
     EkmError::Unavailable { detail }
 }
@@ -634,10 +696,11 @@ mod tests {
         let u = ExternalKeyUri::parse("http://EKM.example:80/tenant-a/v1/keys/abc").unwrap();
         assert_eq!(u.as_str(), "http://ekm.example/tenant-a/v1/keys/abc");
         assert_eq!(u.origin(), "http://ekm.example");
+        let u = ExternalKeyUri::parse("https://ekm.example:443/v1/keys/k").unwrap();
+        assert_eq!((u.as_str(), u.origin()), ("https://ekm.example/v1/keys/k", "https://ekm.example"));
         for bad in [
             "",
             "not a url",
-            "https://ekm.example/v1/keys/k",
             "ftp://ekm.example/v1/keys/k",
             "http://ekm.example/v1/keys/",
             "http://ekm.example/v1/keys/a:b",

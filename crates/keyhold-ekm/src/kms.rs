@@ -30,6 +30,9 @@ fn backend_error(e: EkmError, unwrapping: bool) -> BackendError {
         EkmError::Refused { code: Code::InvalidArgument, message, .. } => BackendError::InvalidInput(message),
         EkmError::Refused { message, key_state, .. } => BackendError::Refused { detail: message, key_state },
         EkmError::InvalidUri { .. } => BackendError::InvalidInput(e.to_string()),
+        // A TLS configuration error (the manager's certificate not trusted, ours refused) is
+        // answered as an unreachable manager, with the message naming what to configure.
+        other @ EkmError::Tls { .. } => BackendError::Unavailable(other.to_string()),
         other => BackendError::Unavailable(other.to_string()),
     }
 }

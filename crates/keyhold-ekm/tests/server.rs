@@ -97,7 +97,7 @@ async fn start(policy: Value) -> Manager {
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+        if http_client().get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
             break;
         }
         assert!(Instant::now() < deadline, "the manager did not start");
@@ -189,7 +189,7 @@ async fn unknown_key_is_not_found() {
     assert_eq!((code, msg.as_str()), (Code::NotFound, "Key nope not found."));
     assert_eq!(refused(c.unwrap(&m.uri("nope"), &[1; 40], b"", &alice()).await).0, Code::NotFound);
     assert_eq!(refused(c.key_metadata(&m.uri("nope")).await).0, Code::NotFound);
-    let raw = reqwest::Client::new()
+    let raw = http_client()
         .post(format!("{}:wrap", m.uri("nope")))
         .bearer_auth(TOKEN)
         .json(&json!({"plaintext": "eA==", "additionalContext": {"relativeResourceName": VERSION},
@@ -258,7 +258,7 @@ async fn bad_or_missing_token_is_unauthenticated() {
     assert_eq!(code, Code::Unauthenticated);
     assert_eq!(refused(wrong.key_metadata(&m.uri("k1")).await).0, Code::Unauthenticated);
 
-    let raw = reqwest::Client::new().post(format!("{}:wrap", m.uri("k1"))).body("{}").send().await.unwrap();
+    let raw = http_client().post(format!("{}:wrap", m.uri("k1"))).body("{}").send().await.unwrap();
     assert_eq!(raw.status(), 401);
     assert_eq!(raw.headers()["www-authenticate"], "Bearer realm=\"keyhold-ekm\"");
     let body: Value = raw.json().await.unwrap();
@@ -335,7 +335,7 @@ async fn allowed_cache_duration_is_returned_and_honoured_by_the_cache() {
     assert_eq!(out.allowed_cache_duration, Some(Duration::from_secs(300)));
     let blob2 = plain.wrap(&m.uri("k2"), b"dek", b"", &alice()).await.unwrap();
     assert_eq!(plain.unwrap(&m.uri("k2"), &blob2, b"", &alice()).await.unwrap().allowed_cache_duration, None);
-    let raw: Value = reqwest::Client::new()
+    let raw: Value = http_client()
         .post(format!("{}:unwrap", m.uri("k1")))
         .bearer_auth(TOKEN)
         .json(&json!({
@@ -420,16 +420,17 @@ async fn connection_refused_is_unavailable() {
     .unwrap_err();
     let EkmError::Unavailable { detail } = &err else { panic!("{err:?}") };
     assert!(!detail.contains("secret-plaintext") && !detail.contains(TOKEN), "{detail}");
+    // https is reached too (issue 17): nothing listens there, so the manager is unavailable.
     assert!(matches!(
         c.wrap("https://127.0.0.1:1/v1/keys/k", b"x", b"", &alice()).await,
-        Err(EkmError::InvalidUri { .. })
+        Err(EkmError::Unavailable { .. })
     ));
 }
 
 #[tokio::test]
 async fn garbage_input_gets_errors_not_panics() {
     let m = start(default_policy()).await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let wrap = format!("{}:wrap", m.uri("k1"));
     let unwrap = format!("{}:unwrap", m.uri("k1"));
     let good_ctx =
@@ -476,4 +477,11 @@ async fn garbage_input_gets_errors_not_panics() {
     // Still serving.
     m.client().wrap(&m.uri("k1"), b"x", b"", &alice()).await.unwrap();
     m.stop().await;
+}
+
+/// A plain HTTP client. reqwest builds its TLS with rustls and no bundled crypto provider
+/// (Keyhold's clients pass their own configuration): one is installed for `Client::new()`.
+fn http_client() -> reqwest::Client {
+    keyhold_tls::install_default_provider();
+    reqwest::Client::new()
 }

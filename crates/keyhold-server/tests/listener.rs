@@ -277,7 +277,7 @@ async fn finish(s: &mut TcpStream) {
 
 /// The instance `i` that `request_in_flight` uploads into.
 async fn create_instance(srv: &Server) {
-    let created = reqwest::Client::new()
+    let created = http_client()
         .post(format!("http://{}/v1/projects/p/locations/global/instances?instanceId=i", srv.addr))
         .bearer_auth(&srv.token)
         .body("{}")
@@ -371,7 +371,7 @@ async fn object_uploads_are_streamed_past_the_body_limit_and_cut_when_they_stall
         ..limits()
     })
     .await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let base = format!("http://{}/v1/projects/p/locations/global", srv.addr);
     let created =
         http.post(format!("{base}/instances?instanceId=i")).bearer_auth(&srv.token).body("{}").send().await.unwrap();
@@ -450,7 +450,7 @@ async fn a_trickling_upload_is_cut_below_the_minimum_rate() {
         ..limits()
     })
     .await;
-    let http = reqwest::Client::new();
+    let http = http_client();
     let base = format!("http://{}/v1/projects/p/locations/global", srv.addr);
     let created =
         http.post(format!("{base}/instances?instanceId=i")).bearer_auth(&srv.token).body("{}").send().await.unwrap();
@@ -503,4 +503,11 @@ async fn a_trickling_upload_is_cut_below_the_minimum_rate() {
         .await
         .unwrap();
     assert_eq!(put.status(), 200, "{}", put.text().await.unwrap());
+}
+
+/// A plain HTTP client. reqwest builds its TLS with rustls and no bundled crypto provider
+/// (Keyhold's clients pass their own configuration): one is installed for `Client::new()`.
+fn http_client() -> reqwest::Client {
+    keyhold_tls::install_default_provider();
+    reqwest::Client::new()
 }

@@ -55,7 +55,7 @@ async fn start(config: KmsConfig, clock: Arc<dyn Clock>) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    Server { base: format!("http://{addr}/v1"), http: reqwest::Client::new(), kms, token, _dir: dir }
+    Server { base: format!("http://{addr}/v1"), http: http_client(), kms, token, _dir: dir }
 }
 
 impl Server {
@@ -262,4 +262,11 @@ async fn a_project_over_its_in_flight_cap_waits_its_turn_and_is_served() {
     // Every slot was given back.
     let slot = s.kms.quotas().try_enter("a", "cloudkms.googleapis.com").unwrap();
     assert!(slot.is_some());
+}
+
+/// A plain HTTP client. reqwest builds its TLS with rustls and no bundled crypto provider
+/// (Keyhold's clients pass their own configuration): one is installed for `Client::new()`.
+fn http_client() -> reqwest::Client {
+    keyhold_tls::install_default_provider();
+    reqwest::Client::new()
 }

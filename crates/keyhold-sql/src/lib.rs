@@ -14,6 +14,7 @@
 
 mod kms_repo;
 pub mod postgres;
+pub mod postgres_tls;
 mod schema;
 #[doc(hidden)]
 pub mod sql;

@@ -62,6 +62,12 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         out.push_str(&c.to_string());
         cause = c.source();
     }
+    if keyhold_tls::diagnose(e).is_some() {
+        out.push_str(
+            "; a TLS failure: check sslmode, sslrootcert (the CA file) and sslcert/sslkey in the --database URL \
+             (docs/operations.md, \"TLS for clients\")",
+        );
+    }
     out
 }
 
@@ -118,16 +124,29 @@ fn pool_err(e: deadpool_postgres::PoolError) -> SqlError {
     SqlError::Unavailable(format!("cannot get a PostgreSQL connection: {cause}"))
 }
 
+/// The pool's connection manager for `url`: plain TCP, or TLS as its `sslmode` asks.
+fn manager(url: &str) -> Result<Manager, SqlError> {
+    let invalid = |e: String| SqlError::Unavailable(format!("invalid PostgreSQL URL: {e}"));
+    let (url, tls) = crate::postgres_tls::split(url).map_err(invalid)?;
+    let config = tokio_postgres::Config::from_str(&url).map_err(|e| invalid(e.to_string()))?;
+    let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    Ok(if tls.uses_tls() {
+        let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls.client_config().map_err(invalid)?);
+        Manager::from_config(config, connector, recycling)
+    } else {
+        Manager::from_config(config, NoTls, recycling)
+    })
+}
+
 fn build_err(e: impl std::fmt::Display) -> SqlError {
     SqlError::Unavailable(format!("cannot set up the PostgreSQL connection pool: {e}"))
 }
 
 impl Postgres {
     /// Connects to `url` (`postgres://user:password@host:port/db`) and migrates the schema.
+    /// TLS as the URL's `sslmode` and `sslrootcert` say ([`crate::postgres_tls`]).
     pub async fn connect(url: &str) -> Result<Self, SqlError> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| SqlError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = manager(url)?;
         let pool = Pool::builder(manager).max_size(POOL_SIZE).build().map_err(build_err)?;
         let db = Self { pool };
         db.migrate().await?;
@@ -136,9 +155,7 @@ impl Postgres {
 
     /// Connects without migrating (read-only use: `keyhold audit verify`).
     pub async fn connect_without_migration(url: &str) -> Result<Self, SqlError> {
-        let config = tokio_postgres::Config::from_str(url)
-            .map_err(|e| SqlError::Unavailable(format!("invalid PostgreSQL URL: {e}")))?;
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = manager(url)?;
         let pool = Pool::builder(manager).max_size(2).build().map_err(build_err)?;
         Ok(Self { pool })
     }

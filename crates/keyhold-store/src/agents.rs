@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use keyhold_api::status::ErrorBodyKind;
 use keyhold_api::{Code, Status};
+use keyhold_cmek::rest::{ClientTls, TlsError};
 use keyhold_cmek::{ImpersonatedToken, KmsClient, KmsClientError, RestKmsClient, TokenSource};
 use keyhold_iam::{Caller, Principal};
 
@@ -80,17 +81,25 @@ pub struct RemoteAgents {
 }
 
 impl RemoteAgents {
-    /// Agents at the KMS `endpoint`, found with the service's `token`.
+    /// Agents at the KMS `endpoint` (`http://` or `https://`; TLS with the system's roots),
+    /// found with the service's `token`.
     pub fn new(endpoint: &str, token: Arc<dyn TokenSource>) -> Self {
-        Self {
-            endpoint: endpoint.trim_end_matches('/').to_string(),
-            token,
-            http: reqwest::Client::builder()
-                .timeout(keyhold_cmek::rest::REQUEST_TIMEOUT)
-                .build()
-                .expect("a plain HTTP client always builds"),
-            cache: Mutex::default(),
-        }
+        let http = keyhold_cmek::rest::http_client(endpoint, &ClientTls::default()).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the store's KMS client cannot use the system's root certificates");
+            keyhold_cmek::rest::http_client("http://", &ClientTls::default())
+                .expect("a client that trusts no root always builds")
+        });
+        Self::with_http(endpoint, token, http)
+    }
+
+    /// Agents at the KMS `endpoint` with TLS settings (a CA file, a client certificate for
+    /// mutual TLS): every request of the store to that KMS, its agents' included, uses them.
+    pub fn with_tls(endpoint: &str, token: Arc<dyn TokenSource>, tls: &ClientTls) -> Result<Self, TlsError> {
+        Ok(Self::with_http(endpoint, token, keyhold_cmek::rest::http_client(endpoint, tls)?))
+    }
+
+    fn with_http(endpoint: &str, token: Arc<dyn TokenSource>, http: reqwest::Client) -> Self {
+        Self { endpoint: endpoint.trim_end_matches('/').to_string(), token, http, cache: Mutex::default() }
     }
 }
 
@@ -109,12 +118,10 @@ impl AgentProvider for RemoteAgents {
             .json(&serde_json::json!({}))
             .send()
             .await
-            .map_err(|e| KmsClientError::unreachable(format!("the KMS cannot be reached: {e}")))?;
+            .map_err(|e| keyhold_cmek::rest::transport_error("the KMS cannot be reached", &e))?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| KmsClientError::unreachable(format!("the KMS's answer was cut off: {e}")))?;
+        let bytes =
+            resp.bytes().await.map_err(|e| keyhold_cmek::rest::transport_error("the KMS's answer was cut off", &e))?;
         if !status.is_success() {
             // The one decoder of error answers (`keyhold-api`), as every client of the KMS.
             let (decoded, kind) = Status::decode_http(status.as_u16(), &bytes);
@@ -130,8 +137,10 @@ impl AgentProvider for RemoteAgents {
             .as_str()
             .ok_or_else(|| KmsClientError::new(Code::Internal, "generateServiceIdentity answered without an email"))?
             .to_string();
-        let tokens = Arc::new(ImpersonatedToken::new(&self.endpoint, self.token.clone(), &email));
-        let agent = Agent { email, client: Arc::new(RestKmsClient::new(&self.endpoint, tokens)) };
+        let tokens =
+            Arc::new(ImpersonatedToken::with_http(&self.endpoint, self.token.clone(), &email, self.http.clone()));
+        let agent =
+            Agent { email, client: Arc::new(RestKmsClient::with_http(&self.endpoint, tokens, self.http.clone())) };
         self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(project.to_string(), agent.clone());
         Ok(agent)
     }

@@ -14,6 +14,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use rustls;
+
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -46,6 +48,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Makes ring the process-wide default crypto provider (a no-op when one is installed). Every
+/// Keyhold client passes its own configuration ([`ClientTls::config`]); this only keeps an HTTP
+/// client built without one (reqwest's `Client::new()`) from failing for want of a provider.
+pub fn install_default_provider() {
+    if CryptoProvider::get_default().is_none() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
 /// Every certificate in a PEM file, in order (a chain: leaf first).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file = |detail: String| TlsError::File { path: path.to_path_buf(), detail };
@@ -74,8 +85,42 @@ pub struct ClientTls {
 }
 
 impl ClientTls {
+    /// Whether nothing is configured (system roots, no client identity).
+    pub fn is_default(&self) -> bool {
+        self.ca_file.is_none() && self.identity.is_none()
+    }
+
+    /// The configuration of a client of `url`: [`ClientTls::config`], except that for a plain
+    /// `http://` URL with nothing configured, a system without root certificates is no error
+    /// (the client then trusts no server, and never needs to).
+    pub fn config_for(&self, url: &str) -> Result<rustls::ClientConfig, TlsError> {
+        match self.config() {
+            Err(TlsError::NoRoots) if !is_https(url) => Ok(rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TlsError::Config(e.to_string()))?
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()),
+            other => other,
+        }
+    }
+
     /// The rustls client configuration (ALPN is left to the HTTP client).
     pub fn config(&self) -> Result<rustls::ClientConfig, TlsError> {
+        let roots = self.roots()?;
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Config(e.to_string()))?
+            .with_root_certificates(roots);
+        match &self.identity {
+            None => Ok(builder.with_no_client_auth()),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
+                .map_err(|e| TlsError::Config(format!("client certificate {}: {e}", cert.display()))),
+        }
+    }
+
+    /// The trusted roots: the CA file's certificates, else the system's.
+    pub fn roots(&self) -> Result<rustls::RootCertStore, TlsError> {
         let mut roots = rustls::RootCertStore::empty();
         match &self.ca_file {
             Some(path) => {
@@ -97,15 +142,121 @@ impl ClientTls {
                 }
             }
         }
-        let builder = rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
-            .with_root_certificates(roots);
-        match &self.identity {
-            None => Ok(builder.with_no_client_auth()),
-            Some((cert, key)) => builder
-                .with_client_auth_cert(load_certs(cert)?, load_key(key)?)
-                .map_err(|e| TlsError::Config(format!("client certificate {}: {e}", cert.display()))),
+        Ok(roots)
+    }
+}
+
+fn is_https(url: &str) -> bool {
+    url.trim_start().get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+}
+
+/// What went wrong in a TLS handshake, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The server's certificate was refused: not issued by a trusted CA (a CA file is needed,
+    /// or the wrong one is configured), expired, or for another name. A configuration error,
+    /// not an outage: trying again will not help.
+    ServerNotTrusted(String),
+    /// The server refused the connection during the handshake, typically because it requires
+    /// a client certificate (mutual TLS) that was not presented or that it does not trust.
+    Refused(String),
+    /// Any other TLS failure (the server does not speak TLS, no common protocol version, ...).
+    Other(String),
+}
+
+impl TlsFailure {
+    /// Whether this failure comes from the configuration of one side or the other (certificates,
+    /// trust), rather than from the network: trying again unchanged will not help.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, TlsFailure::ServerNotTrusted(_) | TlsFailure::Refused(_))
+    }
+}
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsFailure::ServerNotTrusted(d) => write!(f, "the server's TLS certificate is not trusted: {d}"),
+            TlsFailure::Refused(d) => write!(
+                f,
+                "the server refused the TLS handshake ({d}); it may require a client certificate that was not \
+                 presented or that it does not trust"
+            ),
+            TlsFailure::Other(d) => write!(f, "TLS failure: {d}"),
         }
+    }
+}
+
+/// The TLS failure somewhere in an error's chain of causes (an HTTP client's connection error,
+/// an I/O error from a TLS stream), if there is one.
+pub fn diagnose(error: &(dyn std::error::Error + 'static)) -> Option<TlsFailure> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(found) = as_rustls(e) {
+            return Some(classify(found));
+        }
+        // `io::Error::source` skips the error it wraps: look inside it too.
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && let Some(inner) = io.get_ref()
+        {
+            if let Some(found) = as_rustls(inner) {
+                return Some(classify(found));
+            }
+            if let Some(found) = diagnose(inner) {
+                return Some(found);
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
+fn as_rustls<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    e.downcast_ref::<rustls::Error>()
+}
+
+fn classify(e: &rustls::Error) -> TlsFailure {
+    use rustls::AlertDescription as A;
+    match e {
+        rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented => {
+            TlsFailure::ServerNotTrusted(e.to_string())
+        }
+        rustls::Error::AlertReceived(
+            A::CertificateRequired
+            | A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::CertificateRevoked
+            | A::CertificateExpired
+            | A::UnsupportedCertificate
+            | A::AccessDenied
+            | A::HandshakeFailure,
+        ) => TlsFailure::Refused(e.to_string()),
+        _ => TlsFailure::Other(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_found_through_io_errors() {
+        let rustls_error = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, rustls_error);
+        let outer = std::io::Error::other(io);
+        match diagnose(&outer) {
+            Some(TlsFailure::ServerNotTrusted(d)) => assert!(d.contains("UnknownIssuer"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        let alert = std::io::Error::other(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired));
+        assert!(matches!(diagnose(&alert), Some(TlsFailure::Refused(_))));
+        assert_eq!(diagnose(&std::io::Error::other("connection refused")), None);
+    }
+
+    #[test]
+    fn plain_http_needs_no_roots() {
+        assert!(is_https("HTTPS://x") && !is_https("http://x"));
+        ClientTls::default().config_for("http://127.0.0.1:1").unwrap();
     }
 }

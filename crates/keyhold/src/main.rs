@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod client_tls;
 mod ekm;
 mod hsm;
 mod listen;

@@ -105,6 +105,8 @@ pub struct ServeArgs {
     /// Bearer token of service:store.keyhold.dev at --kms-endpoint.
     #[arg(long, env = "KEYHOLD_KMS_TOKEN_FILE")]
     pub kms_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub kms_tls: crate::client_tls::KmsLinkTls,
     /// HSM keys: the PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
     /// Without it, HSM keys answer 501 UNIMPLEMENTED.
     #[arg(long, env = "KEYHOLD_PKCS11_MODULE", requires = "pkcs11_token_label")]
@@ -136,6 +138,8 @@ pub struct ServeArgs {
     /// UNAVAILABLE (and CMEK services start their grace period).
     #[arg(long, default_value = "5s", value_parser = parse_duration, env = "KEYHOLD_EKM_TIMEOUT")]
     pub ekm_timeout: ProtoDuration,
+    #[command(flatten)]
+    pub ekm_tls: crate::client_tls::EkmTls,
     /// Quotas: cryptographic requests (encrypt, decrypt, generateRandomBytes, ...) per minute
     /// and project, as Cloud KMS's `crypto_requests`. Over it: 429 RESOURCE_EXHAUSTED. Quotas
     /// are off unless set. See docs/operations.md, "Quotas".
@@ -310,7 +314,9 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
         let credentials = keyhold_ekm::client::EkmCredentials::parse(text.expose())
             .map_err(|e| format!("--ekm-credentials-file {}: {e}", file.display()))?;
-        let client = keyhold_ekm::client::EkmClient::with_timeout(credentials, args.ekm_timeout.to_std())
+        let tls = args.ekm_tls.client_tls();
+        let client = keyhold_ekm::client::EkmClient::with_tls(credentials, args.ekm_timeout.to_std(), &tls)
+            .map_err(|e| format!("EXTERNAL keys: --ekm-ca-file/--ekm-client-cert-file/--ekm-client-key-file: {e}"))?
             .with_unwrap_cache(Arc::new(keyhold_ekm::client::UnwrapCache::new(10_000, EKM_CACHE_MAX)));
         backends.external = Some(Arc::new(client));
         tracing::info!(timeout = ?args.ekm_timeout.to_std(), "EXTERNAL keys enabled");
@@ -353,7 +359,11 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
                 .map_err(|e| format!("cannot read --kms-token-file {}: {e}", file.display()))?;
             let token = keyhold_cmek::StaticToken(keyhold_crypto::SecretString::new(token.trim().to_string()));
             tracing::info!(%endpoint, "store: instance keys are used through the KMS at {endpoint}");
-            Arc::new(keyhold_store::RemoteAgents::new(endpoint, Arc::new(token)))
+            let tls = args.kms_tls.client_tls();
+            Arc::new(
+                keyhold_store::RemoteAgents::with_tls(endpoint, Arc::new(token), &tls)
+                    .map_err(|e| format!("--kms-ca-file/--kms-client-cert-file/--kms-client-key-file: {e}"))?,
+            )
         }
         _ => Arc::new(keyhold_store::LocalAgents::new(host.clone())),
     };

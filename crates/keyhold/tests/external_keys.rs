@@ -40,7 +40,7 @@ fn keyhold(args: &[&str]) -> String {
 
 /// Sends a request as the KMS owner, with an optional access reason; returns (status, body).
 async fn send(dir: &Path, port: u16, method: Method, path: &str, body: Value, reason: Option<&str>) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = common::http_client()
         .request(method, format!("http://127.0.0.1:{port}/v1/{path}"))
         .bearer_auth(owner_token(dir))
         .body(body.to_string());
@@ -53,7 +53,7 @@ async fn send(dir: &Path, port: u16, method: Method, path: &str, body: Value, re
 }
 
 async fn read(dir: &Path, port: u16) -> Result<Vec<u8>, u16> {
-    let resp = reqwest::Client::new()
+    let resp = common::http_client()
         .get(format!("http://127.0.0.1:{port}/v1/{INSTANCE}/objects/o?alt=media"))
         .bearer_auth(owner_token(dir))
         .send()
@@ -104,7 +104,7 @@ async fn external_key_through_a_manager_process() {
             .spawn()
             .unwrap(),
     );
-    until("manager up", async || reqwest::get(format!("{base}/healthz")).await.is_ok()).await;
+    until("manager up", async || common::http_client().get(format!("{base}/healthz")).send().await.is_ok()).await;
     let tokens = std::fs::read_to_string(ekm_data.join("tokens")).unwrap();
     let token = tokens.lines().find_map(|l| l.strip_prefix("keyhold-kms ")).unwrap().trim().to_string();
     let credentials = dir.path().join("ekm-credentials");
@@ -222,7 +222,7 @@ async fn external_key_through_a_manager_process() {
     let agent = store_agent(port, &owner_token(d)).await;
     grant_encrypter(d, port, KEY, &[&agent]).await;
     call(d, port, Method::POST, &format!("{LOC}/instances?instanceId=db1"), json!({"kmsKey": KEY})).await;
-    let resp = reqwest::Client::new()
+    let resp = common::http_client()
         .put(format!("http://127.0.0.1:{port}/v1/{INSTANCE}/objects/o"))
         .bearer_auth(owner_token(d))
         .body(b"under an external key".to_vec())

@@ -74,7 +74,7 @@ fn token_objects(conf: &Path) -> Vec<String> {
 }
 
 async fn post(dir: &Path, port: u16, path: &str, body: Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = common::http_client()
         .post(format!("http://127.0.0.1:{port}/v1/{path}"))
         .bearer_auth(owner_token(dir))
         .body(body.to_string())
@@ -230,7 +230,7 @@ async fn hsm_keys_in_a_softhsm_token() {
         call(d, port, Method::POST, &format!("{LOC}/instances?instanceId=db1"), json!({"kmsKey": HSM_KEY})).await;
     assert_eq!(inst["encryptionInfo"]["kmsKeyVersions"], json!([format!("{HSM_KEY}/cryptoKeyVersions/2")]), "{inst}");
     let object = format!("http://127.0.0.1:{port}/v1/{LOC}/instances/db1/objects/o");
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let put =
         http.put(&object).bearer_auth(owner_token(d)).body(b"kept under an HSM key".to_vec()).send().await.unwrap();
     assert!(put.status().is_success());

@@ -280,7 +280,7 @@ async fn two_server_processes_on_postgres_agree_on_iam_within_a_second() {
     .await;
     let bob = call(dir_a.path(), port_a, Method::POST, "tokens", json!({"principal": "user:bob@example.com"})).await;
     let bob_token = bob["token"].as_str().unwrap().to_string();
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let encrypt_on_b = || {
         http.post(format!("http://127.0.0.1:{port_b}/v1/{KEY}:encrypt"))
             .bearer_auth(&bob_token)

@@ -30,7 +30,7 @@ enum Read {
 }
 
 async fn read(dir: &Path, port: u16, object: &str) -> Read {
-    let resp = reqwest::Client::new()
+    let resp = common::http_client()
         .get(format!("http://127.0.0.1:{port}/v1/{INSTANCE}/objects/{object}?alt=media"))
         .bearer_auth(owner_token(dir))
         .send()
@@ -66,7 +66,7 @@ fn refused(r: &Read) -> bool {
 }
 
 async fn instance(dir: &Path, port: u16) -> Value {
-    let resp = reqwest::Client::new()
+    let resp = common::http_client()
         .get(format!("http://127.0.0.1:{port}/v1/{INSTANCE}"))
         .bearer_auth(owner_token(dir))
         .send()
@@ -123,7 +123,7 @@ async fn store_process_follows_a_remote_kms_and_its_outage() {
     let (s, sp) = (store_dir.path(), store.port);
 
     // [C1] through the remote KMS: refused until the agent holds the role.
-    let resp = reqwest::Client::new()
+    let resp = common::http_client()
         .post(format!("http://127.0.0.1:{sp}/v1/{LOC}/instances?instanceId=db1"))
         .bearer_auth(owner_token(s))
         .body(json!({"kmsKey": KEY}).to_string())
@@ -139,7 +139,7 @@ async fn store_process_follows_a_remote_kms_and_its_outage() {
     assert_eq!(inst["encryptionInfo"]["kmsKeyVersions"], json!([format!("{KEY}/cryptoKeyVersions/1")]));
 
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let resp = reqwest::Client::new()
+    let resp = common::http_client()
         .put(format!("http://127.0.0.1:{sp}/v1/{INSTANCE}/objects/a.bin"))
         .bearer_auth(owner_token(s))
         .body(data.clone())

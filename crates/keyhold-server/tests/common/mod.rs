@@ -134,7 +134,7 @@ async fn start_on_with_clock(
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     Server {
         base: format!("http://{addr}/v1"),
-        http: reqwest::Client::new(),
+        http: http_client(),
         kms,
         _dir: dir,
         db_file,
@@ -177,4 +177,11 @@ impl Server {
         assert_eq!(v["error"]["code"], status);
         v["error"]["message"].as_str().unwrap().to_string()
     }
+}
+
+/// A plain HTTP client. reqwest builds its TLS with rustls and no bundled crypto provider
+/// (Keyhold's clients pass their own configuration): one is installed for `Client::new()`.
+pub fn http_client() -> reqwest::Client {
+    keyhold_tls::install_default_provider();
+    reqwest::Client::new()
 }

@@ -35,6 +35,8 @@ pub struct ListOptions {
 #[derive(Clone, Debug)]
 pub struct ApiClient {
     http: reqwest::Client,
+    /// The TLS configuration of `http` (for the streaming client of object data).
+    tls: keyhold_tls::rustls::ClientConfig,
     /// The endpoint as given, without a trailing `/`.
     endpoint: String,
     /// The token sent with every request and where it came from (its `Debug` is redacted).
@@ -49,7 +51,7 @@ pub fn endpoint_url(endpoint: &str) -> Result<Url, CliError> {
     })?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(CliError::Usage(format!(
-            "invalid --endpoint \"{endpoint}\": expected an http:// URL such as http://127.0.0.1:8080"
+            "invalid --endpoint \"{endpoint}\": expected an http:// or https:// URL such as http://127.0.0.1:8080"
         )));
     }
     Ok(url)
@@ -63,16 +65,30 @@ impl ApiClient {
     }
 
     /// A client for the server at `endpoint` that authenticates with `credentials`.
+    #[cfg(test)]
     pub fn with_credentials(endpoint: &str, credentials: Credentials) -> Result<Self, CliError> {
+        Self::with_tls(endpoint, credentials, &keyhold_tls::ClientTls::default())
+    }
+
+    /// A client for the server at `endpoint` that authenticates with `credentials` and, for an
+    /// `https://` endpoint, trusts and presents what `tls` says.
+    pub fn with_tls(endpoint: &str, credentials: Credentials, tls: &keyhold_tls::ClientTls) -> Result<Self, CliError> {
         endpoint_url(endpoint)?;
         let endpoint = endpoint.trim().trim_end_matches('/').to_string();
+        let config = keyhold_tls_config(&endpoint, tls)?;
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(config.clone())
             .user_agent(concat!("keyhold-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(120))
             .build()
             .map_err(|e| CliError::Other(format!("cannot set up the HTTP client: {e}")))?;
-        Ok(Self { http, endpoint, credentials })
+        Ok(Self { http, tls: config, endpoint, credentials })
+    }
+
+    /// The TLS configuration of the client.
+    pub fn tls(&self) -> &keyhold_tls::rustls::ClientConfig {
+        &self.tls
     }
 
     /// The URL of `/v1/{path}`: what `--uri` prints.
@@ -223,9 +239,42 @@ impl ApiClient {
         while let Some(next) = source.source() {
             source = next;
         }
+        if let Some(failure) = tls_failure(e) {
+            return CliError::Tls { endpoint: self.endpoint.clone(), failure };
+        }
         let detail = if e.is_timeout() { "the request timed out".to_string() } else { source.to_string() };
         CliError::Connect { endpoint: self.endpoint.clone(), detail }
     }
+}
+
+/// The TLS failure behind a request's error, if it was one: a certificate the CLI does not
+/// trust, or the server refusing the handshake. With TLS 1.3 a server refuses a client
+/// certificate (or its absence) after the client's handshake, and its alert may be lost in the
+/// race with sending the request: an https connection closed without an answer counts as that.
+pub(super) fn tls_failure(e: &reqwest::Error) -> Option<keyhold_tls::TlsFailure> {
+    match keyhold_tls::diagnose(e) {
+        Some(f) if f.is_configuration() => Some(f),
+        Some(_) => None,
+        None => keyhold_cmek::rest::closed_after_tls_handshake(e).then(|| {
+            keyhold_tls::TlsFailure::Refused("the server closed the connection right after the handshake".into())
+        }),
+    }
+}
+
+/// The TLS configuration of the CLI's clients of `endpoint` (ALPN: HTTP/2, else HTTP/1.1).
+fn keyhold_tls_config(
+    endpoint: &str,
+    tls: &keyhold_tls::ClientTls,
+) -> Result<keyhold_tls::rustls::ClientConfig, CliError> {
+    let mut config = tls.config_for(endpoint).map_err(|e| match e {
+        keyhold_tls::TlsError::NoRoots => CliError::Usage(format!(
+            "cannot reach {endpoint}: this system has no trusted root certificates; give the server's CA certificate with \
+             --ca-file PATH (or KEYHOLD_CA_FILE)"
+        )),
+        other => CliError::Usage(format!("TLS settings (--ca-file, --client-cert-file, --client-key-file): {other}")),
+    })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// The error for a non-2xx answer, for every request of the CLI (JSON calls and object data):

@@ -126,6 +126,42 @@ pub struct ClientOptions {
     /// owner token from KEYHOLD_DATA_DIR/owner.token (default ./keyhold-data/owner.token).
     #[arg(long, global = true, env = "KEYHOLD_TOKEN_FILE", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// For an https:// endpoint: trust only the CA certificate(s) in this PEM file instead of
+    /// the system's roots (also read from CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE, as gcloud's
+    /// core/custom_ca_certs_file).
+    #[arg(long, global = true, env = "KEYHOLD_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// For an https:// endpoint that requires mutual TLS: the client certificate (PEM, leaf
+    /// first) to present, with --client-key-file.
+    #[arg(long, global = true, env = "KEYHOLD_CLIENT_CERT_FILE", value_name = "PATH")]
+    pub client_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --client-cert-file.
+    #[arg(long, global = true, env = "KEYHOLD_CLIENT_KEY_FILE", value_name = "PATH")]
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// The environment variable of gcloud's `core/custom_ca_certs_file`, honoured when neither
+/// `--ca-file` nor `KEYHOLD_CA_FILE` is set.
+pub const GCLOUD_CA_FILE_ENV: &str = "CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE";
+
+impl ClientOptions {
+    /// The TLS settings of the client: `--ca-file` (else gcloud's `gcloud_ca_file`) and the
+    /// client identity, which takes both files or neither.
+    pub fn tls(&self, gcloud_ca_file: Option<PathBuf>) -> Result<keyhold_tls::ClientTls, CliError> {
+        let ca_file = self.ca_file.clone().or(gcloud_ca_file.filter(|p| !p.as_os_str().is_empty()));
+        let identity = match (&self.client_cert_file, &self.client_key_file) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(CliError::Usage(
+                    "--client-cert-file and --client-key-file (KEYHOLD_CLIENT_CERT_FILE, KEYHOLD_CLIENT_KEY_FILE) go \
+                     together: give both or neither"
+                        .into(),
+                ));
+            }
+        };
+        Ok(keyhold_tls::ClientTls { ca_file, identity })
+    }
 }
 
 /// Why a client command failed.
@@ -149,6 +185,13 @@ pub enum CliError {
         /// What went wrong.
         detail: String,
     },
+    /// The TLS handshake with the server failed over certificates.
+    Tls {
+        /// The endpoint tried.
+        endpoint: String,
+        /// What failed.
+        failure: keyhold_tls::TlsFailure,
+    },
     /// The command line is incomplete or inconsistent in a way clap cannot check.
     Usage(String),
     /// A file could not be read or written.
@@ -169,6 +212,22 @@ impl fmt::Display for CliError {
                 "could not connect to the Keyhold server at {endpoint}: {detail}\nIs it running? Start one with \
                  `keyhold serve`, or point --endpoint (or KEYHOLD_ENDPOINT) at a running server."
             ),
+            CliError::Tls { endpoint, failure } => {
+                writeln!(f, "could not connect to the Keyhold server at {endpoint}: {failure}")?;
+                match failure {
+                    keyhold_tls::TlsFailure::ServerNotTrusted(_) => f.write_str(
+                        "If the server's certificate comes from your own CA (such as `keyhold tls dev-certs`), \
+                         trust that CA with --ca-file PATH (or KEYHOLD_CA_FILE, or gcloud's \
+                         CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE); check also that --endpoint names the host the \
+                         certificate is for.",
+                    ),
+                    _ => f.write_str(
+                        "If the server requires mutual TLS, present a client certificate it trusts with \
+                         --client-cert-file and --client-key-file (or KEYHOLD_CLIENT_CERT_FILE and \
+                         KEYHOLD_CLIENT_KEY_FILE).",
+                    ),
+                }
+            }
             CliError::Usage(m) | CliError::Io(m) | CliError::Integrity(m) | CliError::Other(m) => f.write_str(m),
         }
     }
@@ -276,7 +335,8 @@ pub async fn run(cmd: CliCommand, opts: ClientOptions) -> ExitCode {
             opts.token_file.as_deref(),
             std::env::var_os("KEYHOLD_DATA_DIR").map(PathBuf::from),
         )?;
-        let client = ApiClient::with_credentials(&opts.endpoint, credentials.clone())?;
+        let tls = opts.tls(std::env::var_os(GCLOUD_CA_FILE_ENV).map(PathBuf::from))?;
+        let client = ApiClient::with_tls(&opts.endpoint, credentials.clone(), &tls)?;
         let project = resolve_project(opts.project, std::env::var("CLOUDSDK_CORE_PROJECT").ok());
         let ctx = Ctx { client, project, format: opts.format };
         match cmd {

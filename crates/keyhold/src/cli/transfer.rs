@@ -27,6 +27,8 @@ pub(super) struct Media<'a> {
     pub(super) endpoint: &'a str,
     /// The token to send.
     pub(super) credentials: &'a Credentials,
+    /// The TLS configuration of `ctx.client`.
+    pub(super) tls: &'a keyhold_tls::rustls::ClientConfig,
 }
 
 impl Media<'_> {
@@ -34,6 +36,7 @@ impl Media<'_> {
     /// response body (not usable for uploads: it would also run while the body is being sent).
     pub(super) fn http(&self, idle_timeout: Option<Duration>) -> Result<reqwest::Client, CliError> {
         let mut b = reqwest::Client::builder()
+            .tls_backend_preconfigured(self.tls.clone())
             .user_agent(concat!("keyhold-cli/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10));
         if let Some(t) = idle_timeout {
@@ -66,7 +69,9 @@ impl Media<'_> {
     /// every other command), or the transfer cut off.
     pub(super) fn request_error(&self, e: &reqwest::Error) -> CliError {
         let detail = innermost(e);
-        if e.is_connect() {
+        if let Some(failure) = super::client::tls_failure(e) {
+            CliError::Tls { endpoint: self.endpoint.to_string(), failure }
+        } else if e.is_connect() {
             CliError::Connect { endpoint: self.endpoint.to_string(), detail }
         } else if e.is_timeout() {
             CliError::Other(format!("the request to {} timed out", self.endpoint))

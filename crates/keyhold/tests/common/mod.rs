@@ -145,7 +145,12 @@ fn wait_for_bound_port(p: &mut Proc) -> u16 {
 pub async fn wait_ready(p: &Proc) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if reqwest::get(format!("http://127.0.0.1:{}/healthz", p.port)).await.is_ok_and(|r| r.status().is_success()) {
+        if http_client()
+            .get(format!("http://127.0.0.1:{}/healthz", p.port))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -168,7 +173,7 @@ pub fn owner_token(dir: &Path) -> String {
 }
 
 pub async fn call(dir: &Path, port: u16, method: reqwest::Method, path: &str, body: Value) -> Value {
-    let resp = reqwest::Client::new()
+    let resp = http_client()
         .request(method, format!("http://127.0.0.1:{port}/v1/{path}"))
         .bearer_auth(owner_token(dir))
         .body(body.to_string())
@@ -212,7 +217,7 @@ pub async fn fresh_postgres() -> String {
 /// The store's service agent in project `p` (`serviceAccount:service-N@gcp-sa-store...`), looked
 /// up with `token` (the owner's, or the store service's own).
 pub async fn store_agent(port: u16, token: &str) -> String {
-    let identity: Value = reqwest::Client::new()
+    let identity: Value = http_client()
         .post(format!("http://127.0.0.1:{port}/v1beta1/projects/p/services/store.keyhold.dev:generateServiceIdentity"))
         .bearer_auth(token)
         .send()
@@ -233,4 +238,11 @@ pub async fn grant_encrypter(dir: &Path, port: u16, key: &str, members: &[&str])
     };
     let policy = serde_json::json!({"policy": {"bindings": bindings}});
     call(dir, port, reqwest::Method::POST, &format!("{key}:setIamPolicy"), policy).await;
+}
+
+/// A plain HTTP client. reqwest builds its TLS with rustls and no bundled crypto provider
+/// (Keyhold's clients pass their own configuration): one is installed for `Client::new()`.
+pub fn http_client() -> reqwest::Client {
+    keyhold_tls::install_default_provider();
+    reqwest::Client::new()
 }

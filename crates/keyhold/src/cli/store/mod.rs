@@ -87,7 +87,7 @@ impl StoreCommand {
     /// Runs the command. `endpoint` and `credentials` are those of `ctx.client`: object data
     /// goes through a streaming client built from them.
     pub async fn run(self, ctx: &Ctx, endpoint: &str, credentials: &Credentials) -> Result<(), CliError> {
-        let media = Media { endpoint: endpoint.trim().trim_end_matches('/'), credentials };
+        let media = Media { endpoint: endpoint.trim().trim_end_matches('/'), credentials, tls: ctx.client.tls() };
         match self {
             StoreCommand::Instances(a) => match a.command {
                 InstancesCommand::Create(c) => instances::instances_create(ctx, &c).await,
