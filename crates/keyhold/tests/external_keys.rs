@@ -262,3 +262,92 @@ async fn external_key_through_a_manager_process() {
     assert_eq!(inst["keyStatus"]["observedKeyState"], "DISABLED", "{inst}");
     println!("external key: store offline {offline:?} after the manager stopped, back {back:?} after it resumed");
 }
+
+/// Issue 17: the KMS reaches an `https://` manager with mutual TLS, as Cloud EKM does. Both
+/// ends are the real binaries: `keyhold ekm serve --tls-… --tls-client-ca-file` requires the
+/// KMS's client certificate, and `keyhold serve --ekm-ca-file --ekm-client-{cert,key}-file`
+/// presents it. A KMS without the client certificate cannot use the key (503, never the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_key_through_a_manager_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    keyhold(&["tls", "dev-certs", "--out", pki.to_str().unwrap()]);
+    let pem = |f: &str| pki.join(f).to_str().unwrap().to_string();
+
+    let ekm_data = dir.path().join("ekm");
+    let ekm_port = free_port();
+    let base = format!("https://127.0.0.1:{ekm_port}");
+    let uri =
+        keyhold(&["ekm", "keys", "create", "db-key", "--data-dir", ekm_data.to_str().unwrap(), "--base-url", &base]);
+    let uri = uri.trim().to_string();
+    assert!(uri.starts_with("https://"), "{uri}");
+    std::fs::write(
+        ekm_data.join("policy.json"),
+        json!({"keys": {"db-key": {"allowedCallers": ["*"], "allowedReasons": ["CUSTOMER_INITIATED_ACCESS"]}}})
+            .to_string(),
+    )
+    .unwrap();
+    let ekm_log = dir.path().join("ekm.log");
+    let _manager = Manager(
+        Command::new(env!("CARGO_BIN_EXE_keyhold"))
+            .args(["ekm", "serve", "--listen", &format!("127.0.0.1:{ekm_port}"), "--data-dir"])
+            .arg(&ekm_data)
+            .args(["--tls-cert-file", &pem("server.pem"), "--tls-key-file", &pem("server.key")])
+            .args(["--tls-client-ca-file", &pem("ca.pem")])
+            .env("KEYHOLD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&ekm_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    until("manager serving over https", async || {
+        std::fs::read_to_string(&ekm_log).unwrap_or_default().contains("Keyhold EKM is serving on https://")
+    })
+    .await;
+    let tokens = std::fs::read_to_string(ekm_data.join("tokens")).unwrap();
+    let token = tokens.lines().find_map(|l| l.strip_prefix("keyhold-kms ")).unwrap().trim().to_string();
+    let credentials = dir.path().join("ekm-credentials");
+    std::fs::write(&credentials, format!("{base} {token}\n")).unwrap();
+    let (ca, cert, key) = (pem("ca.pem"), pem("client.pem"), pem("client.key"));
+    let ekm_flags = ["--ekm-credentials-file", credentials.to_str().unwrap(), "--ekm-timeout", "2s"];
+
+    // A KMS presenting the client certificate: the whole round trip works.
+    let kms_dir = dir.path().join("kms");
+    std::fs::create_dir_all(&kms_dir).unwrap();
+    let mut flags = ekm_flags.to_vec();
+    flags.extend(["--ekm-ca-file", &ca, "--ekm-client-cert-file", &cert, "--ekm-client-key-file", &key]);
+    let kms = spawn(&kms_dir, 0, &flags);
+    wait_ready(&kms).await;
+    let (d, port) = (kms_dir.as_path(), kms.port);
+    let template = json!({"purpose": "ENCRYPT_DECRYPT",
+        "versionTemplate": {"protectionLevel": "EXTERNAL", "algorithm": "EXTERNAL_SYMMETRIC_ENCRYPTION"}});
+    let create_key = async |d: &Path, port: u16| {
+        call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+        let path = format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=ext&skipInitialVersionCreation=true");
+        call(d, port, Method::POST, &path, template.clone()).await;
+        let options = json!({"externalProtectionLevelOptions": {"externalKeyUri": uri}});
+        call(d, port, Method::POST, &format!("{KEY}/cryptoKeyVersions"), options).await;
+        call(d, port, Method::POST, &format!("{KEY}:updatePrimaryVersion"), json!({"cryptoKeyVersionId": "1"})).await;
+    };
+    create_key(d, port).await;
+    let enc = call(d, port, Method::POST, &format!("{KEY}:encrypt"), json!({"plaintext": "c2VjcmV0"})).await;
+    assert_eq!(enc["protectionLevel"], "EXTERNAL", "{enc}");
+    let dec = call(d, port, Method::POST, &format!("{KEY}:decrypt"), json!({"ciphertext": enc["ciphertext"]})).await;
+    assert_eq!(dec["plaintext"], "c2VjcmV0");
+    let manager_audit = std::fs::read_to_string(ekm_data.join("audit.jsonl")).unwrap();
+    assert!(manager_audit.contains("CUSTOMER_INITIATED_ACCESS"), "{manager_audit}");
+
+    // A KMS that trusts the manager but presents no client certificate is turned away at the
+    // handshake: the key cannot be used through it.
+    let other_dir = dir.path().join("kms-without-certificate");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let mut flags = ekm_flags.to_vec();
+    flags.extend(["--ekm-ca-file", &ca]);
+    let other = spawn(&other_dir, 0, &flags);
+    wait_ready(&other).await;
+    create_key(&other_dir, other.port).await;
+    let (st, body) =
+        send(&other_dir, other.port, Method::POST, &format!("{KEY}:encrypt"), json!({"plaintext": "eA=="}), None).await;
+    assert_eq!((st, body["error"]["status"].as_str()), (503, Some("UNAVAILABLE")), "{body}");
+    assert!(body.get("ciphertext").is_none(), "{body}");
+}

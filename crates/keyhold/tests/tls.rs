@@ -180,6 +180,20 @@ async fn serve_speaks_https_and_maps_a_client_certificate_to_its_principal() {
     .unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"principalSubject\": \"user:dev-client@keyhold.local\""), "{body}");
+    // The CLI against the real HTTPS server: the dev CA and the client certificate as flags.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(["kms", "keyrings", "list", "--location", "global", "--format", "value(name)"])
+        .args(["--ca-file", &ca, "--client-cert-file", &certs(dir.path(), "client.pem")])
+        .args(["--client-key-file", &certs(dir.path(), "client.key")])
+        .env("KEYHOLD_ENDPOINT", format!("https://127.0.0.1:{}", p.port))
+        .env("KEYHOLD_TOKEN", &owner)
+        .env("KEYHOLD_PROJECT", "p")
+        .env_remove("KEYHOLD_CA_FILE")
+        .env_remove("CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("keyRings/r"), "{stdout}{stderr}");
     common::terminate(p);
 }
 
