@@ -3,13 +3,14 @@
 //! `keyhold_server::listener::serve` with short limits, driven by raw TCP so that each test
 //! controls every byte. Tests wait on events with generous deadlines; none measures latency.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use keyhold_kms::KmsConfig;
 use keyhold_kms::clock::SystemClock;
-use keyhold_kms::root_key::LocalRootKey;
-use keyhold_kms::{Kms, KmsConfig};
 use keyhold_server::listener::{self, Limits};
 use keyhold_sql::Database;
 use serde_json::Value;
@@ -44,25 +45,10 @@ fn limits() -> Limits {
 
 async fn start(limits: Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let opened = keyhold_sql::open_all(&Database::SqliteFile(dir.path().join("keyhold.db"))).await.unwrap();
-    let root = Arc::new(LocalRootKey::from_key(keyhold_crypto::KeyBytes::generate().unwrap()));
-    let kms = Arc::new(Kms::new(opened.kms.clone(), root, KmsConfig::default(), Arc::new(SystemClock)).await.unwrap());
-    let host = keyhold_server::host::KmsHost::shared(kms.clone());
-    let store = keyhold_store::Store::new(
-        host.clone(),
-        opened.objects.clone(),
-        Arc::new(keyhold_store::LocalAgents::new(host)),
-        keyhold_store::StoreConfig {
-            require_cmek: false,
-            guard: keyhold_cmek::GuardConfig::default(),
-            locations: kms.config().locations.clone(),
-            export_dir: Some(dir.path().join("exports")),
-            replication_period: Duration::from_secs(1),
-        },
-    );
-    let owner = keyhold_iam::Principal::parse("user:owner@keyhold.local").unwrap();
-    let token = kms.bootstrap_owner(&owner, None).await.unwrap().unwrap().token.expose().to_string();
-    let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
+    let db = Database::SqliteFile(dir.path().join("keyhold.db"));
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let common::Built { app, token, .. } =
+        common::build(&db, dir.path(), KmsConfig::default(), root, Arc::new(SystemClock)).await;
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = tcp.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -2,13 +2,14 @@
 //! file. The KMS reads a manual clock, so that refills are tested by moving time rather than
 //! by sleeping.
 
+mod common;
+
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use keyhold_api::wire::ProtoDuration;
 use keyhold_kms::clock::{Clock, ManualClock, SystemClock};
 use keyhold_kms::quota::{Limit, QuotaConfig, QuotaMetric};
-use keyhold_kms::root_key::LocalRootKey;
 use keyhold_kms::{Kms, KmsConfig};
 use keyhold_sql::Database;
 use reqwest::Method;
@@ -32,26 +33,8 @@ struct Answer {
 async fn start(config: KmsConfig, clock: Arc<dyn Clock>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db = Database::SqliteFile(dir.path().join("keyhold.db"));
-    let opened = keyhold_sql::open_all(&db).await.unwrap();
-    let root = Arc::new(LocalRootKey::from_key(keyhold_crypto::KeyBytes::generate().unwrap()));
-    let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, clock).await.unwrap());
-    let store_config = keyhold_store::StoreConfig {
-        require_cmek: false,
-        guard: keyhold_cmek::GuardConfig::default(),
-        locations: kms.config().locations.clone(),
-        export_dir: Some(dir.path().join("exports")),
-        replication_period: std::time::Duration::from_millis(200),
-    };
-    let host = keyhold_server::host::KmsHost::shared(kms.clone());
-    let store = keyhold_store::Store::new(
-        host.clone(),
-        opened.objects.clone(),
-        Arc::new(keyhold_store::LocalAgents::new(host)),
-        store_config,
-    );
-    let owner = keyhold_iam::Principal::parse("user:owner@keyhold.local").unwrap();
-    let token = kms.bootstrap_owner(&owner, None).await.unwrap().unwrap().token.expose().to_string();
-    let app = keyhold_server::app(keyhold_server::AppState { kms: kms.clone(), store: Some(store) });
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let common::Built { kms, app, token } = common::build(&db, dir.path(), config, root, clock).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

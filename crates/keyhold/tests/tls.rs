@@ -79,31 +79,6 @@ async fn wait_https(port: u16, config: Arc<tokio_rustls::rustls::ClientConfig>, 
     panic!("no HTTPS answer: {}", std::fs::read_to_string(log).unwrap_or_default());
 }
 
-/// Runs `keyhold ARGS` expecting it to refuse to start; its stderr.
-fn refused(args: &[&str]) -> String {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            assert!(!status.success(), "keyhold {args:?} exited 0: {err}");
-            return err;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("keyhold {args:?} started instead of refusing");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn dev_certs_are_private_files_and_are_not_overwritten_without_force() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,15 +177,24 @@ fn plain_http_beyond_loopback_is_refused_without_allow_plaintext() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let err = refused(&["serve", "--listen", "0.0.0.0:0", "--in-memory", "--data-dir", data]);
+    let err = common::refused(&["serve", "--listen", "0.0.0.0:0", "--in-memory", "--data-dir", data]);
     assert!(err.contains("refusing to serve plain HTTP on 0.0.0.0:0") && err.contains("--allow-plaintext"), "{err}");
     let ekm = dir.path().join("ekm");
-    let err = refused(&["ekm", "serve", "--listen", "0.0.0.0:0", "--data-dir", ekm.to_str().unwrap()]);
+    let err = common::refused(&["ekm", "serve", "--listen", "0.0.0.0:0", "--data-dir", ekm.to_str().unwrap()]);
     assert!(err.contains("refusing to serve plain HTTP on 0.0.0.0:0") && err.contains("--allow-plaintext"), "{err}");
     // TLS flags that do not go together, or files that do not load: refused too.
-    let err = refused(&["serve", "--listen", "127.0.0.1:0", "--in-memory", "--data-dir", data, "--tls-cert-file", "x"]);
+    let err = common::refused(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--in-memory",
+        "--data-dir",
+        data,
+        "--tls-cert-file",
+        "x",
+    ]);
     assert!(err.contains("--tls-key-file"), "{err}");
-    let err = refused(&[
+    let err = common::refused(&[
         "serve",
         "--listen",
         "127.0.0.1:0",
@@ -223,7 +207,7 @@ fn plain_http_beyond_loopback_is_refused_without_allow_plaintext() {
         "/nonexistent/server.key",
     ]);
     assert!(err.contains("/nonexistent/server.pem"), "{err}");
-    let err = refused(&[
+    let err = common::refused(&[
         "serve",
         "--listen",
         "127.0.0.1:0",

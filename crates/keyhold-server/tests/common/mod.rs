@@ -109,26 +109,7 @@ async fn start_on_with_clock(
     root: keyhold_crypto::KeyBytes,
     clock: Arc<dyn keyhold_kms::clock::Clock>,
 ) -> Server {
-    let opened = keyhold_sql::open_all(&db).await.unwrap();
-    let root = Arc::new(LocalRootKey::from_key(root));
-    let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, clock).await.unwrap());
-    let store_config = keyhold_store::StoreConfig {
-        require_cmek: false,
-        guard: keyhold_cmek::GuardConfig::default(),
-        locations: kms.config().locations.clone(),
-        export_dir: Some(dir.path().join("exports")),
-        replication_period: std::time::Duration::from_millis(200),
-    };
-    let host = keyhold_server::host::KmsHost::shared(kms.clone());
-    let store = keyhold_store::Store::new(
-        host.clone(),
-        opened.objects.clone(),
-        Arc::new(keyhold_store::LocalAgents::new(host)),
-        store_config,
-    );
-    let owner = keyhold_iam::Principal::parse(OWNER).unwrap();
-    let token = kms.bootstrap_owner(&owner, None).await.unwrap().unwrap().token.expose().to_string();
-    let app = keyhold_server::app(keyhold_server::AppState { kms: kms.clone(), store: Some(store) });
+    let Built { kms, app, token } = build(&db, dir.path(), config, root, clock).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -142,6 +123,46 @@ async fn start_on_with_clock(
         pg_url,
         token,
     }
+}
+
+/// What [`build`] makes: the KMS, the whole API (KMS and store) as one router, and the owner's
+/// token.
+pub struct Built {
+    pub kms: Arc<Kms>,
+    pub app: axum::Router,
+    pub token: String,
+}
+
+/// The KMS and the store on `db` (exports under `dir`), the owner bootstrapped, and the router
+/// `keyhold serve` runs; the caller chooses how to listen.
+pub async fn build(
+    db: &Database,
+    dir: &std::path::Path,
+    config: KmsConfig,
+    root: keyhold_crypto::KeyBytes,
+    clock: Arc<dyn keyhold_kms::clock::Clock>,
+) -> Built {
+    let opened = keyhold_sql::open_all(db).await.unwrap();
+    let root = Arc::new(LocalRootKey::from_key(root));
+    let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, clock).await.unwrap());
+    let store_config = keyhold_store::StoreConfig {
+        require_cmek: false,
+        guard: keyhold_cmek::GuardConfig::default(),
+        locations: kms.config().locations.clone(),
+        export_dir: Some(dir.join("exports")),
+        replication_period: std::time::Duration::from_millis(200),
+    };
+    let host = keyhold_server::host::KmsHost::shared(kms.clone());
+    let store = keyhold_store::Store::new(
+        host.clone(),
+        opened.objects.clone(),
+        Arc::new(keyhold_store::LocalAgents::new(host)),
+        store_config,
+    );
+    let owner = keyhold_iam::Principal::parse(OWNER).unwrap();
+    let token = kms.bootstrap_owner(&owner, None).await.unwrap().unwrap().token.expose().to_string();
+    let app = keyhold_server::app(keyhold_server::AppState { kms: kms.clone(), store: Some(store) });
+    Built { kms, app, token }
 }
 
 /// The principal the servers are bootstrapped with.

@@ -78,10 +78,16 @@ pub fn bound_port(log: &str) -> Option<u16> {
 /// Runs `keyhold serve --data-dir DIR/data EXTRA` expecting it to refuse to start; returns its
 /// stderr. (A start that succeeds would never return: the deadline turns it into a failure.)
 pub fn serve_refused(dir: &Path, extra: &[&str]) -> String {
+    let data = dir.join("data");
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    refused(&args)
+}
+
+/// Runs `keyhold ARGS` expecting it to refuse to start (exit non-zero within 30 s); its stderr.
+pub fn refused(args: &[&str]) -> String {
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyhold"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("data"))
-        .args(extra)
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -91,13 +97,13 @@ pub fn serve_refused(dir: &Path, extra: &[&str]) -> String {
         if let Some(status) = child.try_wait().unwrap() {
             let mut err = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            assert!(!status.success(), "keyhold serve {extra:?} exited 0: {err}");
+            assert!(!status.success(), "keyhold {args:?} exited 0: {err}");
             return err;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("keyhold serve {extra:?} started instead of refusing");
+            panic!("keyhold {args:?} started instead of refusing");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
