@@ -58,25 +58,6 @@ async fn start(limits: Limits) -> Server {
     Server { addr, token, stop: Some(stop), served, _dir: dir }
 }
 
-/// Reads until the peer closes the connection (or resets it); panics after [`PATIENCE`].
-async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| {
-        panic!("the server kept the connection open; received so far: {:?}", String::from_utf8_lossy(&out))
-    });
-    out
-}
-
 /// Reads one whole answer (head and `Content-Length` body); panics after [`PATIENCE`].
 async fn read_response(s: &mut TcpStream) -> (u16, String) {
     let mut out = Vec::new();
@@ -145,7 +126,7 @@ async fn a_header_sent_a_byte_at_a_time_is_cut_after_the_header_timeout() {
         }
     };
     tokio::time::timeout(PATIENCE, slow).await.expect("the slow header was never cut");
-    let answer = read_to_close(&mut s).await;
+    let answer = common::read_to_close(&mut s).await;
     // hyper may answer 408 before closing; it must not have served the request.
     assert!(!String::from_utf8_lossy(&answer).contains("SERVING"));
 }
@@ -156,8 +137,8 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // After an answer (keep-alive), and right after connecting without sending anything.
     let mut kept = served_client(srv.addr).await;
     let mut silent = TcpStream::connect(srv.addr).await.unwrap();
-    assert!(read_to_close(&mut kept).await.is_empty());
-    assert!(read_to_close(&mut silent).await.is_empty());
+    assert!(common::read_to_close(&mut kept).await.is_empty());
+    assert!(common::read_to_close(&mut silent).await.is_empty());
     // The server still serves new clients.
     served_client(srv.addr).await;
 }
@@ -216,7 +197,7 @@ async fn a_body_that_never_arrives_is_cut_by_the_request_deadline() {
     assert_eq!(e["code"], 408);
     assert_eq!(e["status"], "DEADLINE_EXCEEDED");
     // And the connection is not kept: the rest of its body was never read.
-    read_to_close(&mut s).await;
+    common::read_to_close(&mut s).await;
 }
 
 #[tokio::test]
@@ -232,7 +213,7 @@ async fn a_half_closed_request_gets_its_answer() {
     );
     s.write_all(request.as_bytes()).await.unwrap();
     s.shutdown().await.unwrap(); // shutdown(SHUT_WR), as `nc -N` does
-    let answer = String::from_utf8_lossy(&read_to_close(&mut s).await).into_owned();
+    let answer = String::from_utf8_lossy(&common::read_to_close(&mut s).await).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     assert!(answer.contains("projects/p/locations/global/keyRings/half"), "{answer:?}");
 }
@@ -312,7 +293,7 @@ async fn idle_connections_make_room_for_a_new_client_at_the_cap() {
     let mut newcomer = TcpStream::connect(srv.addr).await.unwrap();
     assert_eq!(healthz(&mut newcomer).await, 200);
     for s in &mut idle {
-        assert!(read_to_close(s).await.is_empty());
+        assert!(common::read_to_close(s).await.is_empty());
     }
 }
 
@@ -390,7 +371,7 @@ async fn object_uploads_are_streamed_past_the_body_limit_and_cut_when_they_stall
     );
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&[7u8; 1000]).await.unwrap();
-    let answer = read_to_close(&mut s).await;
+    let answer = common::read_to_close(&mut s).await;
     if !answer.is_empty() {
         let (status, _) = parse(&answer);
         assert!((400..500).contains(&status), "{:?}", String::from_utf8_lossy(&answer));
@@ -414,7 +395,7 @@ async fn shutdown_finishes_the_request_in_flight_and_closes_idle_connections() {
     busy.write_all(head.as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut busy).await.0, 100);
     srv.stop.take().unwrap().send(()).unwrap();
-    assert!(read_to_close(&mut idle).await.is_empty());
+    assert!(common::read_to_close(&mut idle).await.is_empty());
     assert!(!srv.served.is_finished());
     busy.write_all(b"{}").await.unwrap();
     let (status, answer) = read_response(&mut busy).await;

@@ -158,23 +158,6 @@ async fn exchange(
     Ok((status, body))
 }
 
-/// Reads until the peer closes the connection (or resets it); panics after [`PATIENCE`].
-async fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the server kept the connection open"));
-    out
-}
-
 fn error_of(body: &str) -> Value {
     let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"));
     v["error"].clone()
@@ -209,7 +192,7 @@ async fn plain_http_on_the_tls_port_is_refused_in_words() {
     let srv = start(limits(), false).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: k\r\n\r\n").await.unwrap();
-    let raw = String::from_utf8_lossy(&read_to_close(&mut s).await).to_string();
+    let raw = String::from_utf8_lossy(&common::read_to_close(&mut s).await).to_string();
     assert!(raw.starts_with("HTTP/1.1 400 "), "{raw}");
     let body = raw.split_once("\r\n\r\n").unwrap().1;
     assert!(error_of(body)["message"].as_str().unwrap().contains("https://"), "{body}");
@@ -356,7 +339,7 @@ async fn a_handshake_that_stalls_is_cut_by_the_header_timeout() {
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
     s.write_all(PARTIAL_CLIENT_HELLO).await.unwrap();
     // The idle timeout is an hour: only the header timeout can close it.
-    assert!(read_to_close(&mut s).await.is_empty());
+    assert!(common::read_to_close(&mut s).await.is_empty());
     // The server still serves.
     assert_eq!(https(srv.addr, srv.client(false), "GET", "/healthz", None, None).await.unwrap().0, 200);
 }
@@ -365,7 +348,7 @@ async fn a_handshake_that_stalls_is_cut_by_the_header_timeout() {
 async fn a_silent_connection_is_closed_by_the_idle_timeout_before_its_handshake() {
     let srv = start(Limits { idle_timeout: Duration::from_millis(500), ..limits() }, false).await;
     let mut s = TcpStream::connect(srv.addr).await.unwrap();
-    assert!(read_to_close(&mut s).await.is_empty());
+    assert!(common::read_to_close(&mut s).await.is_empty());
 }
 
 #[tokio::test]
@@ -382,6 +365,6 @@ async fn handshakes_count_against_the_connection_cap_and_make_room_when_it_is_re
     let (status, _) = https(srv.addr, srv.client(false), "GET", "/healthz", None, None).await.unwrap();
     assert_eq!(status, 200);
     for s in &mut stalled {
-        assert!(read_to_close(s).await.is_empty());
+        assert!(common::read_to_close(s).await.is_empty());
     }
 }

@@ -206,3 +206,26 @@ pub fn http_client() -> reqwest::Client {
     keyhold_tls::install_default_provider();
     reqwest::Client::new()
 }
+
+/// How long the listener tests wait for the server to answer or close.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Reads until the peer closes the connection (or resets it); panics after [`PATIENCE`].
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("the server kept the connection open; received so far: {:?}", String::from_utf8_lossy(&out))
+    });
+    out
+}
