@@ -522,13 +522,7 @@ async fn handshake(
     let mut accept = std::pin::pin!(accept);
     let mut evictable = true;
     loop {
-        let deadline = state.deadline(limits);
-        let sleep = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until(state.deadline(limits));
         tokio::select! {
             r = accept.as_mut() => return r,
             () = sleep => {
@@ -552,6 +546,14 @@ async fn handshake(
     }
 }
 
+/// Sleeps until the connection's deadline, or forever when it has none (a request in flight).
+async fn sleep_until(deadline: Option<(Instant, &'static str)>) {
+    match deadline {
+        Some((at, _)) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves one connection's requests (HTTP/1.1) within the limits.
 async fn drive<I>(
     io: TokioIo<I>,
@@ -572,13 +574,7 @@ async fn drive<I>(
     let Watch { mut stop, mut evict } = watch;
     let (mut stopping, mut evictable) = (false, true);
     loop {
-        let deadline = state.deadline(limits);
-        let sleep = async {
-            match deadline {
-                Some((at, _)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = sleep_until(state.deadline(limits));
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
