@@ -3,7 +3,8 @@
 #
 #   need_tools wrk softhsm2-util:softhsm2   # command[:Debian package]; installs what is missing
 #   start_encrypt_server BIN [serve flags...]
-#       WRAP="valgrind ..." prefixes the server's command line.
+#       WRAP="valgrind ..." prefixes the server's command line. TLS=1 serves HTTPS with a
+#       development certificate (`keyhold tls dev-certs`); HEALTH and ENC are then https URLs.
 #       Sets PORT, PID, DATA, KEYHOLD_TOKEN (exported), HEALTH (URL) and ENC (the :encrypt URL
 #       of key projects/bench/locations/global/keyRings/r/cryptoKeys/k); stops the server and
 #       deletes DATA on exit.
@@ -21,17 +22,24 @@ start_encrypt_server() {
   local bin=$1; shift
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   DATA=$(mktemp -d)
+  local scheme=http tls_flags=() curl_tls=()
+  if [ "${TLS:-0}" = 1 ]; then
+    "$bin" tls dev-certs --out "$DATA/tls" >/dev/null
+    scheme=https
+    tls_flags=(--tls-cert-file "$DATA/tls/server.pem" --tls-key-file "$DATA/tls/server.key")
+    curl_tls=(--cacert "$DATA/tls/ca.pem")
+  fi
   # shellcheck disable=SC2086  # WRAP is a command line
-  KEYHOLD_LOG=warn ${WRAP:-} "$bin" serve "$@" --data-dir "$DATA" --listen 127.0.0.1:$PORT 2>/dev/null &
+  KEYHOLD_LOG=warn ${WRAP:-} "$bin" serve "$@" "${tls_flags[@]}" --data-dir "$DATA/data" --listen 127.0.0.1:$PORT 2>/dev/null &
   PID=$!
   trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
-  HEALTH=http://127.0.0.1:$PORT/healthz
+  HEALTH=$scheme://127.0.0.1:$PORT/healthz
   # Under valgrind the server takes seconds to answer.
-  for _ in $(seq 300); do curl -sf "$HEALTH" >/dev/null && break; sleep 0.1; done
-  export KEYHOLD_TOKEN; KEYHOLD_TOKEN=$(cat "$DATA/owner.token")
-  local rings=http://127.0.0.1:$PORT/v1/projects/bench/locations/global/keyRings
+  for _ in $(seq 300); do curl -sf "${curl_tls[@]}" "$HEALTH" >/dev/null && break; sleep 0.1; done
+  export KEYHOLD_TOKEN; KEYHOLD_TOKEN=$(cat "$DATA/data/owner.token")
+  local rings=$scheme://127.0.0.1:$PORT/v1/projects/bench/locations/global/keyRings
   local auth="Authorization: Bearer $KEYHOLD_TOKEN"
-  curl -sf -H "$auth" -X POST "$rings?keyRingId=r" -d '' >/dev/null
-  curl -sf -H "$auth" -X POST "$rings/r/cryptoKeys?cryptoKeyId=k" -d '{"purpose":"ENCRYPT_DECRYPT"}' >/dev/null
+  curl -sf "${curl_tls[@]}" -H "$auth" -X POST "$rings?keyRingId=r" -d '' >/dev/null
+  curl -sf "${curl_tls[@]}" -H "$auth" -X POST "$rings/r/cryptoKeys?cryptoKeyId=k" -d '{"purpose":"ENCRYPT_DECRYPT"}' >/dev/null
   ENC="$rings/r/cryptoKeys/k:encrypt"
 }

@@ -8,6 +8,7 @@
 #   bash bench/load.sh            # 10 s per scenario
 #   DURATION=3s bash bench/load.sh
 #   STORAGE=memory bash bench/load.sh   # --in-memory: the same checks, audit without fsync
+#   TLS=1 bash bench/load.sh            # over HTTPS (a development certificate; wrk does not verify it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -27,7 +28,7 @@ run() { # name threads conns url [script]
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   printf '%s %s %s %s\n' "$1" "$rps" "$p50" "$p99"
 }
-echo "== machine: $(nproc) cores, $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); duration $DURATION per scenario; storage ${STORAGE:-file}"
+echo "== machine: $(nproc) cores, $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); duration $DURATION per scenario; storage ${STORAGE:-file}; transport $([ "${TLS:-0}" = 1 ] && echo HTTPS || echo HTTP)"
 RESULTS=$(
   run health-c1 1 1 "$HEALTH"
   run encrypt-c1 1 1 "$ENC" bench/encrypt.lua
