@@ -36,9 +36,27 @@ impl ApiError {
         Self { audited: false, ..Self::from(e) }
     }
 
+    /// This error, its audit entry written.
+    pub(crate) fn now_audited(self) -> Self {
+        Self { audited: true, ..self }
+    }
+
     /// The status this error carries.
     pub fn status(&self) -> &Status {
         &self.status
+    }
+
+    /// The status to send, once the cause of a server error is logged (it never goes to the
+    /// client): what a front end other than REST answers with.
+    pub fn into_status(self) -> Status {
+        self.log_cause();
+        self.status
+    }
+
+    fn log_cause(&self) {
+        if let Some(cause) = &self.cause {
+            tracing::error!(status = self.status.code.as_str(), cause = %cause, "request failed");
+        }
     }
 }
 
@@ -62,9 +80,7 @@ impl From<KmsError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.status.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        if let Some(cause) = &self.cause {
-            tracing::error!(status = self.status.code.as_str(), cause = %cause, "request failed");
-        }
+        self.log_cause();
         let body = serde_json::to_vec_pretty(&self.status.to_body()).unwrap_or_default();
         let mut resp = (code, body).into_response();
         if self.status.code == Code::Unauthenticated {

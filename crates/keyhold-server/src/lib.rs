@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod front;
 pub mod host;
 mod kms_routes;
 pub mod listener;
@@ -49,13 +50,20 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-/// The application router.
+/// The application router: the REST surface.
 pub fn app(state: AppState) -> Router {
+    app_with(state, None)
+}
+
+/// The application router, with a gRPC front end beside REST on the same port: a request
+/// whose `content-type` is `application/grpc…` goes to `grpc` (`keyhold-grpc`), every other
+/// request to REST. Both share the request IDs and the request log.
+pub fn app_with(state: AppState, grpc: Option<Router>) -> Router {
     let mut prefix = [0u8; 4];
     let _ = keyhold_crypto::random_bytes(&mut prefix);
     let ids = RequestIds { prefix: u32::from_be_bytes(prefix), next: Arc::default() };
     let header = HeaderName::from_static(REQUEST_ID_HEADER);
-    Router::new()
+    let rest = Router::new()
         .route("/healthz", get(health))
         .route("/v1/projects/{project}/locations/{location}/instances", any(store_routes::instances))
         .route("/v1/projects/{project}/locations/{location}/instances:restore", any(store_routes::restore))
@@ -82,11 +90,32 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/{*path}", any(kms_routes::dispatch))
         .route("/v1beta1/{*path}", any(kms_routes::dispatch_v1beta1))
         .fallback(kms_routes::not_found)
-        .with_state(state)
+        .with_state(state);
+    let routed = match grpc {
+        Some(grpc) => rest.layer(axum::middleware::from_fn_with_state(grpc, to_grpc)),
+        None => rest,
+    };
+    routed
         .layer(PropagateRequestIdLayer::new(header.clone()))
         .layer(axum::middleware::from_fn(kms_routes::log_request))
         .layer(SetRequestIdLayer::new(header, ids))
         .layer(axum::middleware::map_request(drop_unfit_request_id))
+}
+
+/// Hands gRPC calls to the gRPC front end.
+async fn to_grpc(
+    axum::extract::State(mut grpc): axum::extract::State<Router>,
+    req: Request<axum::body::Body>,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if listener::is_grpc(req.headers()) {
+        match tower::Service::call(&mut grpc, req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    } else {
+        next.run(req).await
+    }
 }
 
 /// The longest request id taken from a client (found by the hardening probe).

@@ -55,6 +55,7 @@ use axum::http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use keyhold_api::Code;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -62,10 +63,18 @@ use tokio::time::{Instant, Sleep};
 
 pub use keyhold_tls::{ClientPrincipal, ServerTls, ServerTlsFiles};
 
-/// The ALPN protocols the listener advertises under TLS: what hyper serves here. Only
-/// HTTP/1.1 today (the `http1` feature); `keyhold_tls::server::ALPN_H2` goes first in this
-/// list when the listener serves HTTP/2 (gRPC, issue 17), never before.
-pub const ALPN_PROTOCOLS: &[&[u8]] = &[keyhold_tls::server::ALPN_HTTP1];
+/// The ALPN protocols the listener advertises under TLS, preferred first: HTTP/2 (gRPC needs
+/// it; REST clients may use it) and HTTP/1.1.
+pub const ALPN_PROTOCOLS: &[&[u8]] = &[keyhold_tls::server::ALPN_H2, keyhold_tls::server::ALPN_HTTP1];
+
+/// The most requests (streams) one HTTP/2 connection may have open at once. Beyond it the
+/// client waits (HTTP/2 flow control, `SETTINGS_MAX_CONCURRENT_STREAMS`); the total across
+/// connections is bounded by [`Limits::max_connections`] times this.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// The largest HTTP/2 header list (all of a request's headers, decoded), as
+/// `SETTINGS_MAX_HEADER_LIST_SIZE`: 64 KiB, what HTTP/1.1 allows here too.
+pub const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 /// TLS on a listener: the (reloading) certificate configuration and what a verified client
 /// certificate stands for.
@@ -554,7 +563,10 @@ async fn sleep_until(deadline: Option<(Instant, &'static str)>) {
     }
 }
 
-/// Serves one connection's requests (HTTP/1.1) within the limits.
+/// Serves one connection's requests within the limits: HTTP/1.1, or HTTP/2 when the client
+/// starts with its preface (ALPN `h2` under TLS, prior knowledge in clear: "h2c"), as gRPC
+/// clients do. Under HTTP/2 each stream is one request, counted in flight like an HTTP/1.1
+/// request, so the same idle, head and body limits apply to the connection.
 async fn drive<I>(
     io: TokioIo<I>,
     service: RequestService,
@@ -565,10 +577,17 @@ async fn drive<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     // Finding 6: a client that shuts down its sending side after a complete request
     // (shutdown(SHUT_WR), `nc -N`) still gets its answer.
-    builder.half_close(true).header_read_timeout(None);
+    builder.http1().half_close(true).header_read_timeout(None);
+    // HTTP/2: bounded streams and headers; hyper's defaults bound the rest (reset floods:
+    // at most 20 streams reset before the server accepted them; frames of 16 KiB).
+    builder
+        .http2()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_send_buf_size(1 << 20);
     let conn = builder.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let Watch { mut stop, mut evict } = watch;
@@ -723,7 +742,7 @@ async fn handle(
     let body = if is_streamed_upload(&parts.method, parts.uri.path()) {
         Body::new(StallBody::new(body, limits))
     } else {
-        match buffer_body(body, &parts.headers, limits).await {
+        match buffer_body(body, &parts, limits).await {
             Ok(bytes) => Body::from(bytes),
             Err(resp) => {
                 state.request_started();
@@ -744,31 +763,33 @@ async fn handle(
 /// Reads a whole non-streamed body within the size and time limits, or the answer refusing it.
 async fn buffer_body(
     body: Incoming,
-    headers: &axum::http::HeaderMap,
+    parts: &axum::http::request::Parts,
     limits: &Limits,
 ) -> Result<Bytes, Response<Body>> {
     use hyper::body::Body as _;
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         // Refused from the header, before a byte of the body is read (finding 3).
-        return Err(too_large(limits.max_body_bytes));
+        return Err(too_large(parts, limits.max_body_bytes));
     }
     let limit = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
     let collect = http_body_util::Limited::new(body, limit).collect();
     match tokio::time::timeout(limits.request_timeout, collect).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limits.max_body_bytes)),
-        Ok(Err(e)) => Err(error_response(
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(parts, limits.max_body_bytes)),
+        Ok(Err(e)) => Err(refusal(
+            parts,
             StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
+            Code::InvalidArgument,
             &format!("The request body could not be read: {e}."),
         )),
-        Err(_) => Err(error_response(
+        Err(_) => Err(refusal(
+            parts,
             StatusCode::REQUEST_TIMEOUT,
-            "DEADLINE_EXCEEDED",
+            Code::DeadlineExceeded,
             &format!(
                 "The request body did not arrive within {}s; send the whole request at once.",
                 limits.request_timeout.as_secs_f64()
@@ -777,13 +798,59 @@ async fn buffer_body(
     }
 }
 
-/// 413 in Google's words (its front ends say "Request payload size exceeds the limit").
-fn too_large(limit: u64) -> Response<Body> {
-    error_response(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "INVALID_ARGUMENT",
-        &format!("Request payload size exceeds the limit: {limit} bytes."),
-    )
+/// 413 in Google's words (its front ends say "Request payload size exceeds the limit"); to a
+/// gRPC client, `RESOURCE_EXHAUSTED` as gRPC answers a message above its limit.
+fn too_large(parts: &axum::http::request::Parts, limit: u64) -> Response<Body> {
+    let message = format!("Request payload size exceeds the limit: {limit} bytes.");
+    if is_grpc(&parts.headers) {
+        return grpc_refusal(Code::ResourceExhausted, &message);
+    }
+    refusal(parts, StatusCode::PAYLOAD_TOO_LARGE, Code::InvalidArgument, &message)
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc`, `application/grpc+proto`, ...).
+pub fn is_grpc(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A refusal made before the app sees the request: Google's error JSON, or to a gRPC client
+/// a gRPC status (trailers-only), so that it reads the reason rather than "HTTP 413". Over
+/// HTTP/1.1 the connection is closed after it: the rest of the body was not read.
+fn refusal(parts: &axum::http::request::Parts, code: StatusCode, status: Code, message: &str) -> Response<Body> {
+    if is_grpc(&parts.headers) {
+        return grpc_refusal(status, message);
+    }
+    let mut resp = error_response(code, status.as_str(), message);
+    if parts.version >= axum::http::Version::HTTP_2 {
+        resp.headers_mut().remove(header::CONNECTION);
+    }
+    resp
+}
+
+/// A trailers-only gRPC answer: HTTP 200, `grpc-status` and `grpc-message` in the headers.
+fn grpc_refusal(status: Code, message: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from(status.number()));
+    if let Ok(v) = HeaderValue::from_str(&grpc_message_encode(message)) {
+        h.insert("grpc-message", v);
+    }
+    resp
+}
+
+/// `grpc-message` is percent-encoded: every byte outside printable ASCII, and `%`, as `%XX`
+/// (the gRPC over HTTP/2 specification).
+fn grpc_message_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for b in message.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Google's error JSON for refusals made before the app sees the request. The connection is

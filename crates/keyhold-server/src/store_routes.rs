@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use keyhold_api::orgpolicy::{ListOrgPoliciesResponse, OrgPolicy};
-use keyhold_kms::{Caller, KmsError};
+use keyhold_kms::Caller;
 use keyhold_store::model::{
     CloneInstanceRequest, CreateBackupRequest, CreateInstanceRequest, EncryptionConfig, ExportInstanceRequest,
     ImportInstanceRequest, RestoreInstanceRequest,
@@ -18,7 +18,6 @@ use keyhold_store::{ListRequest, Store, StoreError};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::kms_routes::{caller, read_access_reason};
 
 type QueryResult = Result<Query<HashMap<String, String>>, axum::extract::rejection::QueryRejection>;
 
@@ -37,27 +36,12 @@ fn json<T: serde::Serialize>(value: &T) -> Response {
 
 /// The caller, or the 401 answer (audited) if it has no valid credential.
 async fn authenticated(state: &AppState, headers: &HeaderMap, path: &str) -> Result<Caller, Response> {
-    let mut caller = caller(state, headers).await.map_err(IntoResponse::into_response)?;
-    if caller.principal.is_none() {
-        let e = ApiError::unaudited(KmsError::Unauthenticated { missing: caller.credential_missing });
-        return Err(refuse(state, &caller, path, e).await);
-    }
-    // After authentication, and audited when refused (finding 7).
-    if let Err(e) = read_access_reason(&mut caller, headers) {
-        return Err(refuse(state, &caller, path, e).await);
-    }
-    Ok(caller)
+    crate::front::authenticate(state, headers, path).await.map_err(IntoResponse::into_response)
 }
 
 /// Answers an error raised before any method ran, with its audit entry.
 async fn refuse(state: &AppState, caller: &Caller, path: &str, e: ApiError) -> Response {
-    if !e.audited
-        && let Err(audit) = state.kms.record_refused_request(caller, path, e.status()).await
-    {
-        tracing::error!(error = %audit, "cannot write the audit log; refusing the request");
-        return ApiError::from(KmsError::Unavailable(audit)).into_response();
-    }
-    e.into_response()
+    crate::front::refused(state, caller, path, e).await.into_response()
 }
 
 /// Authenticates the caller of `path` (a 401 is answered and audited here), runs `f` for it,
@@ -378,11 +362,7 @@ pub(crate) async fn search_protected_resources(
         })?;
         let page = list_request(&q)?;
         let found = store(state)?.protected_resources(&caller, key, Some(&project)).await?;
-        let size = page.page_size.unwrap_or(1000).clamp(1, 1000) as usize;
-        let rest: Vec<_> = found.into_iter().filter(|r| r.name > page.page_token).collect();
-        let next_page_token = if rest.len() > size { rest[size - 1].name.clone() } else { String::new() };
-        let protected_resources = rest.into_iter().take(size).collect();
-        Ok(json(&keyhold_store::model::SearchProtectedResourcesResponse { protected_resources, next_page_token }))
+        Ok(json(&keyhold_store::model::SearchProtectedResourcesResponse::page(found, page.page_size, &page.page_token)))
     })
     .await
 }

@@ -503,6 +503,18 @@ pub struct SearchProtectedResourcesResponse {
     pub next_page_token: String,
 }
 
+impl SearchProtectedResourcesResponse {
+    /// One page of `found` (sorted by name): at most `page_size` resources (1 to 1,000;
+    /// absent or 0: 1,000) after the one named `page_token`.
+    pub fn page(found: Vec<ProtectedResource>, page_size: Option<i64>, page_token: &str) -> Self {
+        let size = page_size.filter(|n| *n != 0).unwrap_or(1000).clamp(1, 1000) as usize;
+        let rest: Vec<_> = found.into_iter().filter(|r| r.name.as_str() > page_token).collect();
+        let next_page_token = if rest.len() > size { rest[size - 1].name.clone() } else { String::new() };
+        let protected_resources = rest.into_iter().take(size).collect();
+        Self { protected_resources, next_page_token }
+    }
+}
+
 /// `protectedResourcesSummary` of a key, in the shape of the Cloud KMS Inventory API.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

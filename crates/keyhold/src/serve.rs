@@ -390,9 +390,14 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Err(e) = store.reconcile_all_exports().await {
         tracing::warn!(error = %e, "store: cannot reconcile the export registry");
     }
-    let app = keyhold_server::app(keyhold_server::AppState { kms, store: Some(store) });
+    let state = keyhold_server::AppState { kms, store: Some(store) };
+    let limits = args.listener.limits();
+    // gRPC on the same port (issue 17): its messages bounded like REST bodies.
+    let max_message = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
+    let grpc = keyhold_grpc::router(state.clone(), max_message).await;
+    let app = keyhold_server::app_with(state, Some(grpc));
     // Timeouts, a connection cap and body limits (finding 3): never plain `axum::serve`.
-    keyhold_server::listener::serve_with(listener, app, args.listener.limits(), tls, async move {
+    keyhold_server::listener::serve_with(listener, app, limits, tls, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight requests");
     })

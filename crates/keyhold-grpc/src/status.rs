@@ -1,0 +1,94 @@
+//! Keyhold's errors as gRPC statuses: the code and message REST sends, and the same
+//! `google.rpc` details (`PreconditionFailure`, `ErrorInfo`, `RetryInfo`, ...) packed as a
+//! `google.rpc.Status` in `grpc-status-details-bin`, where Google's clients read them.
+
+use keyhold_api::Status;
+use prost::Message as _;
+
+use crate::pb::google::rpc;
+
+/// The gRPC status of a Keyhold status.
+pub fn to_grpc(status: &Status) -> tonic::Status {
+    let code = tonic::Code::from_i32(status.code.number());
+    let details: Vec<pbjson_types::Any> = status.details.iter().filter_map(detail_any).collect();
+    if details.is_empty() {
+        return tonic::Status::new(code, status.message.clone());
+    }
+    let body = rpc::Status { code: status.code.number(), message: status.message.clone(), details };
+    tonic::Status::with_details(code, status.message.clone(), body.encode_to_vec().into())
+}
+
+/// One detail of the error JSON (`{"@type": "type.googleapis.com/google.rpc.ErrorInfo", ...}`)
+/// as a packed `Any`; `None` for a type Keyhold does not send (never expected: a test packs
+/// every detail the KMS and the store produce).
+fn detail_any(detail: &serde_json::Value) -> Option<pbjson_types::Any> {
+    let type_url = detail.get("@type")?.as_str()?.to_string();
+    let mut fields = detail.as_object()?.clone();
+    fields.remove("@type");
+    let fields = serde_json::Value::Object(fields);
+    let value = match type_url.strip_prefix("type.googleapis.com/")? {
+        "google.rpc.ErrorInfo" => encode::<rpc::ErrorInfo>(fields),
+        "google.rpc.PreconditionFailure" => encode::<rpc::PreconditionFailure>(fields),
+        "google.rpc.RetryInfo" => encode::<rpc::RetryInfo>(fields),
+        "google.rpc.QuotaFailure" => encode::<rpc::QuotaFailure>(fields),
+        "google.rpc.BadRequest" => encode::<rpc::BadRequest>(fields),
+        "google.rpc.ResourceInfo" => encode::<rpc::ResourceInfo>(fields),
+        "google.rpc.Help" => encode::<rpc::Help>(fields),
+        "google.rpc.LocalizedMessage" => encode::<rpc::LocalizedMessage>(fields),
+        "google.rpc.DebugInfo" => encode::<rpc::DebugInfo>(fields),
+        _ => None,
+    };
+    match value {
+        Some(value) => Some(pbjson_types::Any { type_url, value: value.into() }),
+        None => {
+            tracing::warn!(%type_url, "an error detail could not be packed for gRPC; left out");
+            None
+        }
+    }
+}
+
+fn encode<M: prost::Message + serde::de::DeserializeOwned>(fields: serde_json::Value) -> Option<Vec<u8>> {
+    serde_json::from_value::<M>(fields).ok().map(|m| m.encode_to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyhold_api::Code;
+
+    #[test]
+    fn details_are_packed_in_a_google_rpc_status() {
+        let s = Status::new(Code::FailedPrecondition, "The key is disabled.")
+            .with_precondition_failure("KEY_DISABLED", "projects/p/locations/l/keyRings/r/cryptoKeys/k", "disabled")
+            .with_error_info("KEY_DISABLED", "cloudkms.googleapis.com", &[("key", "k".to_string())])
+            .with_retry_info(std::time::Duration::from_secs(3));
+        let g = to_grpc(&s);
+        assert_eq!(g.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(g.message(), "The key is disabled.");
+        let body = rpc::Status::decode(g.details()).unwrap();
+        assert_eq!(body.code, 9);
+        let types: Vec<_> = body.details.iter().map(|a| a.type_url.as_str()).collect();
+        assert_eq!(
+            types,
+            [
+                "type.googleapis.com/google.rpc.PreconditionFailure",
+                "type.googleapis.com/google.rpc.ErrorInfo",
+                "type.googleapis.com/google.rpc.RetryInfo"
+            ]
+        );
+        let pf = rpc::PreconditionFailure::decode(body.details[0].value.as_ref()).unwrap();
+        assert_eq!(pf.violations[0].r#type, "KEY_DISABLED");
+        let info = rpc::ErrorInfo::decode(body.details[1].value.as_ref()).unwrap();
+        assert_eq!(info.reason, "KEY_DISABLED");
+        assert_eq!(info.metadata.get("key").map(String::as_str), Some("k"));
+        let retry = rpc::RetryInfo::decode(body.details[2].value.as_ref()).unwrap();
+        assert_eq!(retry.retry_delay.unwrap().seconds, 3);
+    }
+
+    #[test]
+    fn no_details_no_details_header() {
+        let g = to_grpc(&Status::new(Code::NotFound, "KeyRing projects/p/locations/l/keyRings/r not found."));
+        assert_eq!(g.code(), tonic::Code::NotFound);
+        assert!(g.details().is_empty());
+    }
+}
