@@ -49,6 +49,11 @@ impl inv::key_tracking_service_server::KeyTrackingService for Front {
                     ));
                 }
             };
+            if !r.resource_types.is_empty() {
+                return Err(ApiError::invalid(
+                    "resource_types is not supported by Keyhold: search without it and filter the results.",
+                ));
+            }
             if r.crypto_key.is_empty() {
                 return Err(ApiError::invalid("The crypto_key field is required."));
             }

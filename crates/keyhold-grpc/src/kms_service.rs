@@ -20,11 +20,6 @@ fn list_query(page_size: i32, page_token: String, filter: String, order_by: Stri
     ListQuery { page: PageRequest { page_size: i64::from(page_size), page_token }, filter, order_by }
 }
 
-/// `update_mask` as REST's `updateMask` query parameter (`a,b`).
-fn mask(m: Option<pbjson_types::FieldMask>) -> String {
-    m.map(|m| m.paths.join(",")).unwrap_or_default()
-}
-
 /// A method Keyhold does not serve: `UNIMPLEMENTED`, after authentication and with its audit
 /// entry, as over REST.
 async fn not_served<T>(front: &Front, request: Request<impl Send>, resource: &str, message: String) -> Answer<T> {
@@ -268,7 +263,7 @@ impl KeyManagementService for Front {
             let n: CryptoKeyName = name("crypto_key.name", &key.name)?;
             key.name.clear();
             let patch: CryptoKey = from_wire(&key)?;
-            to_wire(&self.state.kms.update_crypto_key(caller, &n, patch, &mask(r.update_mask)).await?)
+            to_wire(&self.state.kms.update_crypto_key(caller, &n, patch, &convert::field_mask(r.update_mask)).await?)
         })
         .await
     }
@@ -284,7 +279,7 @@ impl KeyManagementService for Front {
             let n: CryptoKeyVersionName = name("crypto_key_version.name", &version.name)?;
             version.name.clear();
             let patch: CryptoKeyVersion = from_wire(&version)?;
-            to_wire(&self.state.kms.update_version(caller, &n, patch, &mask(r.update_mask)).await?)
+            to_wire(&self.state.kms.update_version(caller, &n, patch, &convert::field_mask(r.update_mask)).await?)
         })
         .await
     }

@@ -64,6 +64,20 @@ pub async fn router(state: AppState, max_message_bytes: usize) -> Router {
         .add_service(health_service)
         .into_axum_router()
         .fallback(not_served)
+        .layer(axum::middleware::from_fn(explain_unimplemented))
+}
+
+/// tonic answers a method a served service does not have (`KeyManagementService/Nope`)
+/// `UNIMPLEMENTED` without a message: it gets [`not_served`]'s.
+async fn explain_unimplemented(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let uri = req.uri().clone();
+    let resp = next.run(req).await;
+    let h = resp.headers();
+    let unimplemented = h.get("grpc-status").is_some_and(|v| v.as_bytes() == b"12");
+    if unimplemented && h.get("grpc-message").is_none_or(|m| m.is_empty()) {
+        return not_served(uri).await;
+    }
+    resp
 }
 
 /// Any other gRPC method: `UNIMPLEMENTED`, saying which, never a transport error.

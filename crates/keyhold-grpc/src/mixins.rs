@@ -43,7 +43,8 @@ impl iam::iam_policy_server::IamPolicy for Front {
         let resource = std::mem::take(&mut r.resource);
         self.call(metadata, &resource, async |caller| {
             let on = iam_resource(&resource)?;
-            let req: SetIamPolicyRequest = from_wire(&r)?;
+            let policy = r.policy.as_ref().map(from_wire).transpose()?;
+            let req = SetIamPolicyRequest { policy, update_mask: convert::field_mask(r.update_mask) };
             to_wire(&self.state.kms.set_iam_policy(caller, &on, &req).await?)
         })
         .await
