@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Load benchmark of the KMS over gRPC: Encrypt (32-byte plaintext) next to the cheapest gRPC
+# call (grpc.health.v1.Health/Check), at 1 and 64 connections (one call in flight on each, as
+# wrk's keep-alive connections in load.sh), in one run, on the same port and server as REST.
+# h2load (Debian's nghttp2-client) sends the framed protobuf requests: h2c in clear, h2 by ALPN
+# over TLS. Figures are ratios against that run's health check: shared machines drift.
+#
+#   bash bench/grpc-load.sh            # 10 s per scenario
+#   DURATION=5 bash bench/grpc-load.sh # seconds
+#   TLS=1 bash bench/grpc-load.sh      # over TLS (a development certificate; h2load does not verify it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}; DURATION=${DURATION%s}
+source bench/lib.sh
+need_tools h2load:nghttp2-client curl
+cargo build --release -p keyhold -q
+start_encrypt_server target/release/keyhold
+BASE=${HEALTH%/healthz}
+KEY=projects/bench/locations/global/keyRings/r/cryptoKeys/k
+BODIES=$(mktemp -d); trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA" "$BODIES"' EXIT
+# gRPC frames: a 0 flag byte, the message length (4 bytes, big-endian), the protobuf message.
+python3 - "$BODIES" "$KEY" <<'PY'
+import struct, sys
+out, key = sys.argv[1], sys.argv[2].encode()
+def frame(msg): return b"\0" + struct.pack(">I", len(msg)) + msg
+def field(tag, data): return bytes([tag << 3 | 2, len(data)]) + data   # lengths < 128 here
+open(f"{out}/health.bin", "wb").write(frame(b""))
+open(f"{out}/encrypt.bin", "wb").write(frame(field(1, key) + field(2, b"0123456789abcdef0123456789abcdef")))
+PY
+HDRS=(-H 'content-type: application/grpc' -H 'te: trailers' -H "authorization: Bearer $KEYHOLD_TOKEN")
+# One call of each first: both must answer grpc-status 0 (h2load counts HTTP statuses only).
+for call in "grpc.health.v1.Health/Check health" "google.cloud.kms.v1.KeyManagementService/Encrypt encrypt"; do
+  set -- $call
+  status=$(curl -s --http2-prior-knowledge -k "${HDRS[@]}" --data-binary @"$BODIES/$2.bin" -o /dev/null -v "$BASE/$1" 2>&1 \
+    | awk 'tolower($0) ~ /^< grpc-status:/ {print $3}' | tr -d '\r')
+  [ "$status" = 0 ] || { echo "$1 answered grpc-status '$status', not 0" >&2; exit 1; }
+done
+run() { # name conns path body
+  local out
+  out=$(h2load -D "$DURATION" -c "$2" -t "$(( $2 > 1 ? 2 : 1 ))" -m 1 "${HDRS[@]}" -d "$BODIES/$4.bin" "$BASE/$3")
+  grep -q ' 0 failed, 0 errored' <<<"$out" || { echo "$out" >&2; exit 1; }
+  local rps mean
+  rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+  mean=$(awk '/^time for request:/ {print $6}' <<<"$out")
+  printf '%s %s %s\n' "$1" "$rps" "$mean"
+}
+echo "== machine: $(nproc) cores, $(uname -r); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); $DURATION s per scenario; transport gRPC $([ "${TLS:-0}" = 1 ] && echo 'over TLS (h2)' || echo 'in clear (h2c)')"
+RESULTS=$(
+  run health-c1 1 grpc.health.v1.Health/Check health
+  run encrypt-c1 1 google.cloud.kms.v1.KeyManagementService/Encrypt encrypt
+  run health-c64 64 grpc.health.v1.Health/Check health
+  run encrypt-c64 64 google.cloud.kms.v1.KeyManagementService/Encrypt encrypt
+)
+echo
+printf '| scenario | calls/s | mean latency | ratio to health check |\n|---|---|---|---|\n'
+awk '{rps[$1]=$2; mean[$1]=$3; order[NR]=$1}
+     END {for (i=1;i<=NR;i++) {n=order[i]; split(n,a,"-"); b=rps["health-" a[2]];
+          printf "| %s | %.0f | %s | %.2f |\n", n, rps[n], mean[n], rps[n]/b}}' <<<"$RESULTS"
