@@ -24,6 +24,9 @@
  * (`keyRing: {}`, createCryptoKeyVersion, destroy, restore), which Google's front end reads as
  * the empty message; Keyhold now does too (crates/keyhold-server/tests/api.rs pins it).
  *
+ * The server process is keyhold_server.js's KeyholdServer, shared with
+ * official_client_grpc.test.js (the same workflow over gRPC).
+ *
  * Environment:
  *   KEYHOLD_BIN  path of the keyhold binary (default: <repo>/target/debug/keyhold)
  *
@@ -32,17 +35,16 @@
 
 const {test, before, after} = require('node:test');
 const assert = require('node:assert/strict');
-const {execFileSync, spawn} = require('node:child_process');
+const {execFileSync} = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
 const {KeyManagementServiceClient} = require('@google-cloud/kms');
 const {OAuth2Client, PassThroughClient} = require('google-auth-library');
 
-const REPO_ROOT = path.resolve(__dirname, '..', '..');
+const {KeyholdServer, serverTestFor, sleep} = require('./keyhold_server');
 const PROJECT = 'keyhold-node';
 const LOCATION = 'us-central1';
 const LOCATION_NAME = `projects/${PROJECT}/locations/${LOCATION}`;
@@ -59,136 +61,6 @@ const Code = {
   UNIMPLEMENTED: 12,
   UNAUTHENTICATED: 16,
 };
-
-// --------------------------------------------------------------------------------------------
-// The server process
-// --------------------------------------------------------------------------------------------
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const {port} = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
-
-/** A `keyhold serve --in-memory` child process, its log and its owner token. */
-class KeyholdServer {
-  constructor(extraArgs = [], extraEnv = {}) {
-    this.extraArgs = extraArgs;
-    this.extraEnv = extraEnv;
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyhold-node-'));
-    this.tokenFile = path.join(this.dir, 'owner.token');
-    this.logFile = path.join(this.dir, 'keyhold.log');
-    this.proc = null;
-    this.ownerToken = null;
-  }
-
-  async start(timeoutMs = 30000) {
-    const binary = process.env.KEYHOLD_BIN || path.join(REPO_ROOT, 'target', 'debug', 'keyhold');
-    if (!fs.existsSync(binary)) {
-      throw new Error(`keyhold binary not found at ${binary}; run \`cargo build -p keyhold\` or set KEYHOLD_BIN`);
-    }
-    this.port = await freePort();
-    this.host = `127.0.0.1:${this.port}`;
-    this.url = `http://${this.host}`;
-    const args = [
-      'serve',
-      '--in-memory',
-      '--listen',
-      this.host,
-      '--min-destroy-scheduled-duration',
-      '1s',
-      // Without this the token would go to DATA_DIR/owner.token, i.e. ./keyhold-data in the repo.
-      '--owner-token-file',
-      this.tokenFile,
-      ...this.extraArgs,
-    ];
-    const env = {
-      ...process.env,
-      NO_COLOR: '1',
-      // One line per request (method, path, status), shown when a test fails.
-      KEYHOLD_LOG: process.env.KEYHOLD_LOG || 'info,keyhold_server=debug',
-      ...this.extraEnv,
-    };
-    // The token file must come from this server, not from a variable of the caller's shell.
-    delete env.KEYHOLD_OWNER_TOKEN_FILE;
-    const log = fs.openSync(this.logFile, 'w');
-    this.proc = spawn(binary, args, {cwd: REPO_ROOT, env, stdio: ['ignore', log, log]});
-    fs.closeSync(log);
-    let exited = null;
-    this.proc.on('exit', code => {
-      exited = code;
-    });
-    const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
-      if (exited !== null) {
-        throw new Error(
-          `keyhold exited with code ${exited} before it was healthy\n--- keyhold output ---\n${this.output()}`
-        );
-      }
-      let healthy = false;
-      try {
-        healthy = (await fetch(`${this.url}/healthz`, {signal: AbortSignal.timeout(1000)})).status === 200;
-      } catch {
-        healthy = false;
-      }
-      if (healthy) {
-        // The token is written before the server listens, so it is there once healthy.
-        this.ownerToken = fs.readFileSync(this.tokenFile, 'utf8').trim();
-        assert.ok(this.ownerToken, `keyhold wrote an empty owner token to ${this.tokenFile}`);
-        return;
-      }
-      await sleep(50);
-    }
-    await this.stop();
-    throw new Error(
-      `keyhold did not answer GET /healthz within ${timeoutMs} ms\n--- keyhold output ---\n${this.output()}`
-    );
-  }
-
-  output() {
-    try {
-      return fs.readFileSync(this.logFile, 'utf8');
-    } catch {
-      return '';
-    }
-  }
-
-  async stop() {
-    if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) {
-      const exited = new Promise(resolve => this.proc.once('exit', resolve));
-      this.proc.kill('SIGTERM');
-      const timer = setTimeout(() => this.proc.kill('SIGKILL'), 10000);
-      await exited;
-      clearTimeout(timer);
-    }
-  }
-
-  cleanup() {
-    fs.rmSync(this.dir, {recursive: true, force: true});
-  }
-
-  /** A bearer token for `principal`, minted by the owner through `POST /v1/tokens`. */
-  async mintToken(principal) {
-    const r = await fetch(`${this.url}/v1/tokens`, {
-      method: 'POST',
-      headers: {Authorization: `Bearer ${this.ownerToken}`, 'Content-Type': 'application/json'},
-      body: JSON.stringify({principal}),
-    });
-    assert.equal(r.status, 200);
-    const body = await r.json();
-    assert.equal(body.principal, principal);
-    assert.ok(body.token);
-    return body.token;
-  }
-}
 
 // --------------------------------------------------------------------------------------------
 // Clients
@@ -232,20 +104,7 @@ after(async () => {
 });
 
 /** Runs a test body; on failure, prints what the servers logged while it ran. */
-function serverTest(name, fn) {
-  test(name, async t => {
-    const starts = [server, anonymousServer].map(s => s.output().length);
-    try {
-      await fn(t);
-    } catch (e) {
-      [server, anonymousServer].forEach((s, i) => {
-        const out = s.output().slice(starts[i]);
-        if (out) process.stderr.write(`--- keyhold (${s.url}) output during "${name}" ---\n${out}\n`);
-      });
-      throw e;
-    }
-  });
-}
+const serverTest = serverTestFor(() => [server, anonymousServer]);
 
 // --------------------------------------------------------------------------------------------
 // Helpers
