@@ -32,11 +32,12 @@
 #      (bench/suite.py --smoke: every scenario for about a second on the debug build, checking
 #      that each yields numbers; never a speed);
 #   5. builds target/debug/keyhold, prepares .venv with google-cloud-kms and pytest, and runs
-#      tests/python against a real `keyhold serve` process;
+#      tests/python against a real `keyhold serve` process: Google's Python client over REST,
+#      gRPC in clear and gRPC over TLS (its default transport, trusting a dev CA);
 #   6. installs tests/node's locked packages (`npm ci`: @google-cloud/kms 6.x and
 #      google-auth-library, into tests/node/node_modules) and runs tests/node (`node --test`)
 #      against a real `keyhold serve` process, the same workflow through Google's Node.js client
-#      over REST. @google-cloud/kms 6.x declares Node.js >= 22; npm only warns on an older one,
+#      over REST and over gRPC (in clear and over TLS). @google-cloud/kms 6.x declares Node.js >= 22; npm only warns on an older one,
 #      and the tests pass on Node.js 20.
 # Every section runs even when an earlier one failed; the exit code is non-zero if any failed.
 
