@@ -16,7 +16,12 @@ const PROTOS: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(PROTOS, ["proto"])?;
+    let mut fds = protox::compile(PROTOS, ["proto"])?;
+    // Without the protos' comments: they hold examples in other languages, which rustdoc would
+    // run as Rust doc tests (the protos under proto/ are the reference).
+    for file in &mut fds.file {
+        file.source_code_info = None;
+    }
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let desc = out.join("descriptor.bin");
     std::fs::write(&desc, fds.encode_to_vec())?;
