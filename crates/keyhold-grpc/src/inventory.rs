@@ -11,15 +11,6 @@ use crate::pb::google::cloud::kms::inventory::v1 as inv;
 
 type Answer<T> = Result<Response<T>, Status>;
 
-impl Front {
-    fn store(&self) -> Result<&std::sync::Arc<keyhold_store::Store>, ApiError> {
-        self.state
-            .store
-            .as_ref()
-            .ok_or_else(|| ApiError::new(keyhold_api::Code::Unimplemented, "This server does not run the store."))
-    }
-}
-
 #[tonic::async_trait]
 impl inv::key_tracking_service_server::KeyTrackingService for Front {
     async fn get_protected_resources_summary(
@@ -29,7 +20,7 @@ impl inv::key_tracking_service_server::KeyTrackingService for Front {
         let (metadata, _, r) = request.into_parts();
         let key = r.name.strip_suffix("/protectedResourcesSummary").unwrap_or(&r.name).to_string();
         self.call(metadata, &key, async |caller| {
-            let found = self.store()?.protected_resources(caller, &key, None).await?;
+            let found = self.state.store()?.protected_resources(caller, &key, None).await?;
             to_wire(&ProtectedResourcesSummary::of(&key, &found))
         })
         .await
@@ -57,7 +48,7 @@ impl inv::key_tracking_service_server::KeyTrackingService for Front {
             if r.crypto_key.is_empty() {
                 return Err(ApiError::invalid("The crypto_key field is required."));
             }
-            let found = self.store()?.protected_resources(caller, &r.crypto_key, Some(project)).await?;
+            let found = self.state.store()?.protected_resources(caller, &r.crypto_key, Some(project)).await?;
             let size = (r.page_size != 0).then_some(i64::from(r.page_size));
             to_wire(&SearchProtectedResourcesResponse::page(found, size, &r.page_token))
         })

@@ -3,11 +3,10 @@
 
 use keyhold_api::LocationName;
 use keyhold_api::iam::{Policy, SetIamPolicyRequest};
-use keyhold_api::messages::ListLocationsResponse;
 use keyhold_api::page::PageRequest;
 use keyhold_kms::{IamResource, ListQuery};
 use keyhold_server::error::ApiError;
-use keyhold_server::route::{self, Target};
+use keyhold_server::route;
 use tonic::{Request, Response, Status};
 
 use crate::call::{Front, name};
@@ -22,18 +21,18 @@ fn iam_resource(resource: &str) -> Result<IamResource, ApiError> {
     if resource.is_empty() {
         return Err(ApiError::invalid("The resource field is required."));
     }
-    match route::parse(resource) {
-        Ok((Target::Organization, None)) => Ok(IamResource::Root),
-        Ok((Target::Project(p), None)) => Ok(IamResource::Project(p)),
-        Ok((Target::KeyRing(r), None)) => Ok(IamResource::KeyRing(r)),
-        Ok((Target::CryptoKey(k), None)) => Ok(IamResource::CryptoKey(k)),
-        Err(route::RouteError::BadName(e)) => Err(ApiError::invalid(e.to_string())),
-        _ => Err(ApiError::invalid(format!(
+    let held = match route::parse(resource) {
+        Ok((target, None)) => target.iam_resource(),
+        Err(route::RouteError::BadName(e)) => return Err(ApiError::invalid(e.to_string())),
+        _ => None,
+    };
+    held.ok_or_else(|| {
+        ApiError::invalid(format!(
             "{} has no IAM policy in Keyhold: policies are held by organizations/keyhold, projects, key rings and \
              crypto keys.",
             resource.chars().take(300).collect::<String>()
-        ))),
-    }
+        ))
+    })
 }
 
 #[tonic::async_trait]
@@ -90,10 +89,8 @@ impl loc::locations_server::Locations for Front {
                 order_by: String::new(),
             };
             let page = self.state.kms.list_locations(caller, project, &q).await?;
-            let ListLocationsResponse { locations, next_page_token } =
-                ListLocationsResponse { locations: page.items, next_page_token: page.next_page_token };
-            let locations = locations.into_iter().map(convert::location).collect::<Result<_, _>>()?;
-            Ok(loc::ListLocationsResponse { locations, next_page_token })
+            let locations = page.items.into_iter().map(convert::location).collect::<Result<_, _>>()?;
+            Ok(loc::ListLocationsResponse { locations, next_page_token: page.next_page_token })
         })
         .await
     }

@@ -21,7 +21,7 @@ use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
 use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{Code, NameError};
 use keyhold_kms::audit::AuditLogQuery;
-use keyhold_kms::{Caller, EncryptTarget, IamResource, KmsError, ListQuery, Principal};
+use keyhold_kms::{Caller, EncryptTarget, KmsError, ListQuery, Principal};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -480,13 +480,7 @@ async fn iam_method(
 ) -> Result<Option<Response>, ApiError> {
     let kms = &state.kms;
     let pretty = q.pretty();
-    let iam_resource = match target {
-        Target::Organization => Some(IamResource::Root),
-        Target::Project(p) => Some(IamResource::Project(p.clone())),
-        Target::KeyRing(r) => Some(IamResource::KeyRing(r.clone())),
-        Target::CryptoKey(k) => Some(IamResource::CryptoKey(k.clone())),
-        _ => None,
-    };
+    let iam_resource = target.iam_resource();
     if let (Some(resource), Some(v)) = (&iam_resource, verb) {
         let r = match (v, method) {
             ("getIamPolicy", &Method::GET) => json(&kms.get_iam_policy(caller, resource).await?, pretty),

@@ -34,6 +34,15 @@ pub struct AppState {
     pub store: Option<Arc<keyhold_store::Store>>,
 }
 
+impl AppState {
+    /// The store, or `UNIMPLEMENTED` when this server does not run it.
+    pub fn store(&self) -> Result<&Arc<keyhold_store::Store>, error::ApiError> {
+        self.store.as_ref().ok_or_else(|| {
+            error::ApiError::new(keyhold_api::Code::Unimplemented, "This server does not run the store.")
+        })
+    }
+}
+
 /// Header carrying the request ID (taken from the client if it sent one).
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 

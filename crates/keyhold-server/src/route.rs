@@ -44,6 +44,21 @@ pub enum Target {
     Token(String),
 }
 
+impl Target {
+    /// The resource whose IAM policy this target is, if it holds one: the server, a project,
+    /// a key ring or a crypto key.
+    pub fn iam_resource(&self) -> Option<keyhold_kms::IamResource> {
+        use keyhold_kms::IamResource;
+        match self {
+            Target::Organization => Some(IamResource::Root),
+            Target::Project(p) => Some(IamResource::Project(p.clone())),
+            Target::KeyRing(r) => Some(IamResource::KeyRing(r.clone())),
+            Target::CryptoKey(k) => Some(IamResource::CryptoKey(k.clone())),
+            _ => None,
+        }
+    }
+}
+
 /// Why a path is not served.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RouteError {

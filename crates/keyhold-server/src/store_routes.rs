@@ -68,10 +68,7 @@ async fn answer(state: &AppState, caller: &Caller, path: &str, r: Result<Respons
 }
 
 fn store(state: &AppState) -> Result<&std::sync::Arc<Store>, ApiError> {
-    state
-        .store
-        .as_ref()
-        .ok_or_else(|| ApiError::new(keyhold_api::Code::Unimplemented, "This server does not run the store."))
+    state.store()
 }
 
 fn list_request(q: &HashMap<String, String>) -> Result<ListRequest, ApiError> {
