@@ -22,8 +22,9 @@ ALLOWED = {
     "keyhold-store": {"keyhold-api", "keyhold-crypto", "keyhold-iam", "keyhold-audit", "keyhold-cmek", "keyhold-tls"},
     "keyhold-ekm": {"keyhold-api", "keyhold-crypto", "keyhold-kms", "keyhold-tls"},
     "keyhold-sql": {"keyhold-api", "keyhold-crypto", "keyhold-audit", "keyhold-cmek", "keyhold-kms", "keyhold-store", "keyhold-tls"},
-    "keyhold-grpc": {"keyhold-api", "keyhold-crypto", "keyhold-kms", "keyhold-server", "keyhold-store"},
-    "keyhold-server": {"keyhold-api", "keyhold-crypto", "keyhold-audit", "keyhold-cmek", "keyhold-kms", "keyhold-store", "keyhold-tls"},
+    "keyhold-proto": {"keyhold-api", "keyhold-crypto"},
+    "keyhold-grpc": {"keyhold-api", "keyhold-crypto", "keyhold-kms", "keyhold-proto", "keyhold-server", "keyhold-store"},
+    "keyhold-server": {"keyhold-api", "keyhold-crypto", "keyhold-audit", "keyhold-cmek", "keyhold-kms", "keyhold-proto", "keyhold-store", "keyhold-tls"},
     "keyhold": None,
     "keyhold-fuzz": None,
 }

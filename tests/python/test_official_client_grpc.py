@@ -456,8 +456,9 @@ def test_locations(target, client):
     assert loc.metadata.Unpack(metadata)
     status, body = target.rest("GET", LOCATION_NAME)
     assert status == 200 and body["metadata"]["@type"] == loc.metadata.type_url
-    assert metadata.hsm_available == body["metadata"]["hsmAvailable"]
-    assert metadata.ekm_available == body["metadata"]["ekmAvailable"]
+    # proto3 JSON leaves out a false field, as Google's REST does.
+    assert metadata.hsm_available == body["metadata"].get("hsmAvailable", False)
+    assert metadata.ekm_available == body["metadata"].get("ekmAvailable", False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,34 +61,6 @@ pub struct SetIamPolicyRequest {
     pub update_mask: String,
 }
 
-/// Body of `:getIamPolicy` when sent as a POST (Resource Manager style).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct GetIamPolicyRequest {
-    /// `{"requestedPolicyVersion": 3}`; accepted, versions above 1 change nothing because
-    /// Keyhold policies never carry conditions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub options: Option<serde_json::Value>,
-}
-
-/// Body of `:testIamPermissions`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct TestIamPermissionsRequest {
-    /// Permissions to test, e.g. `cloudkms.cryptoKeyVersions.useToEncrypt`.
-    #[serde(default)]
-    pub permissions: Vec<String>,
-}
-
-/// Answer of `:testIamPermissions`: the subset the caller holds.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TestIamPermissionsResponse {
-    /// Permissions held (omitted when none, as proto3 JSON does).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub permissions: Vec<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,6 @@
-//! The wire model of Keyhold: the vocabulary every other crate and the CLI share.
+//! The model of Keyhold's API: the vocabulary every other crate and the CLI share. (The wire
+//! messages themselves are `keyhold-proto`'s, generated from Google's protos; it converts them
+//! to and from these types.)
 //!
 //! No I/O happens here. This crate knows how Cloud KMS v1 spells things in JSON (camelCase
 //! fields, enums as names, durations as `"86400s"`, bytes as base64, int64 values as decimal

@@ -1,8 +1,11 @@
-//! Request and response messages of the Cloud KMS v1 methods Keyhold serves.
+//! The key operations' requests and answers as the KMS domain takes and gives them (plaintext
+//! in wiping buffers, CRC32C values checked). On the wire, REST and gRPC alike, they are the
+//! generated messages of `keyhold-proto`, converted field by field; their serde form here is
+//! what Keyhold's own REST clients (the CMEK library, the CLI) send and read.
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{CryptoKey, CryptoKeyVersion, KeyRing, Location, ProtectionLevel};
+use crate::resources::ProtectionLevel;
 use crate::wire::{Bytes, Crc32c, SecretBytes, is_false};
 
 /// `EncryptRequest` (the `name` comes from the URL; a copy in the body is accepted).
@@ -105,82 +108,4 @@ pub struct GenerateRandomBytesResponse {
     pub data: SecretBytes,
     /// CRC32C of `data`.
     pub data_crc32c: Crc32c,
-}
-
-/// `UpdateCryptoKeyPrimaryVersionRequest`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct UpdatePrimaryVersionRequest {
-    /// Key name (ignored: the URL names it).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
-    /// The version ID to make primary.
-    #[serde(default)]
-    pub crypto_key_version_id: String,
-}
-
-/// Body of `:destroy` / `:restore` (empty; a `name` copy is accepted).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct NameOnlyRequest {
-    /// Ignored: the URL names the resource.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub name: String,
-}
-
-/// `ListKeyRingsResponse`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListKeyRingsResponse {
-    /// This page.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub key_rings: Vec<KeyRing>,
-    /// Token of the next page; absent on the last.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub next_page_token: String,
-    /// Number of matching resources across all pages.
-    #[serde(default)]
-    pub total_size: i32,
-}
-
-/// `ListCryptoKeysResponse`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListCryptoKeysResponse {
-    /// This page.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub crypto_keys: Vec<CryptoKey>,
-    /// Token of the next page; absent on the last.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub next_page_token: String,
-    /// Number of matching resources across all pages.
-    #[serde(default)]
-    pub total_size: i32,
-}
-
-/// `ListCryptoKeyVersionsResponse`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListCryptoKeyVersionsResponse {
-    /// This page.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub crypto_key_versions: Vec<CryptoKeyVersion>,
-    /// Token of the next page; absent on the last.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub next_page_token: String,
-    /// Number of matching resources across all pages.
-    #[serde(default)]
-    pub total_size: i32,
-}
-
-/// `ListLocationsResponse`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListLocationsResponse {
-    /// This page.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub locations: Vec<Location>,
-    /// Token of the next page; absent on the last.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub next_page_token: String,
 }

@@ -1,8 +1,11 @@
-//! Cloud KMS v1 resources, field for field as Google's REST reference spells them.
+//! Cloud KMS v1 resources as the KMS domain holds them, field for field as Google's reference
+//! spells them, with typed enums and names.
 //!
-//! These structs are both the request bodies and the responses, so what a client set is echoed
-//! back exactly (infrastructure-as-code tools see no drift). Unknown fields are rejected, as
-//! Google's servers reject them, so a typo in a request is an error rather than silently ignored.
+//! On the wire (REST and gRPC alike) a resource is `keyhold-proto`'s generated message; its
+//! conversions cross to these structs through the proto3 JSON form, which these structs' serde
+//! mirrors exactly (Keyhold's own REST clients read it too). Unknown fields are rejected on both
+//! sides, so a field the wire has and the model lacks is an error rather than silently dropped,
+//! and what a client set is echoed back exactly (infrastructure-as-code tools see no drift).
 
 use std::collections::BTreeMap;
 

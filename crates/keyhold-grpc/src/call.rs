@@ -16,6 +16,19 @@ pub struct Front {
 }
 
 impl Front {
+    /// Serves `request` with `method` (one of `keyhold_server::methods`, which REST runs too),
+    /// its refusals audited on the resource `resource` names.
+    pub(crate) async fn serve<R, T>(
+        &self,
+        request: tonic::Request<R>,
+        resource: impl FnOnce(&R) -> String,
+        method: impl AsyncFnOnce(&AppState, &Caller, R) -> Result<T, ApiError>,
+    ) -> Result<tonic::Response<T>, tonic::Status> {
+        let (metadata, _, message) = request.into_parts();
+        let on = resource(&message);
+        self.call(metadata, &on, async |caller| method(&self.state, caller, message).await).await
+    }
+
     /// Runs `method` for the caller the metadata authenticate, on `resource` (the name the
     /// audit entry of a refusal records): `UNAUTHENTICATED` without a valid credential, and
     /// every error as REST sends it.
@@ -35,15 +48,4 @@ impl Front {
             Err(e) => Err(to_grpc(&front::refused(&self.state, &caller, resource, e).await.into_status())),
         }
     }
-}
-
-/// A resource name from a request field, parsed as REST parses the same name in a path.
-pub(crate) fn name<N: std::str::FromStr<Err = keyhold_api::NameError>>(
-    field: &str,
-    value: &str,
-) -> Result<N, ApiError> {
-    if value.is_empty() {
-        return Err(ApiError::invalid(format!("The {field} field is required.")));
-    }
-    value.parse().map_err(|e: keyhold_api::NameError| ApiError::invalid(e.to_string()))
 }

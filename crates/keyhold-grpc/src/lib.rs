@@ -12,13 +12,13 @@
 //! messages, with REST's `google.rpc` error details in `grpc-status-details-bin`. A method
 //! Keyhold does not serve answers `UNIMPLEMENTED` saying so.
 //!
-//! The messages are generated from Google's protos at build time ([`pb`]); the KMS domain
-//! speaks `keyhold-api`'s types, and [`convert`] crosses between the two.
+//! The services are generated from Google's protos at build time ([`pb`]), over the messages
+//! `keyhold-proto` generates from the same protos, which the REST surface reads and writes
+//! too; each served method is `keyhold_server::methods`' implementation, the one REST runs.
 
 #![forbid(unsafe_code)]
 
 mod call;
-pub mod convert;
 mod inventory;
 mod kms_service;
 mod mixins;

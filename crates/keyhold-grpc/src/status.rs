@@ -10,7 +10,7 @@ use crate::pb::google::rpc;
 /// The gRPC status of a Keyhold status.
 pub fn to_grpc(status: &Status) -> tonic::Status {
     let code = tonic::Code::from_i32(status.code.number());
-    let details: Vec<pbjson_types::Any> = status.details.iter().filter_map(detail_any).collect();
+    let details: Vec<keyhold_proto::wkt::Any> = status.details.iter().filter_map(detail_any).collect();
     if details.is_empty() {
         return tonic::Status::new(code, status.message.clone());
     }
@@ -21,7 +21,7 @@ pub fn to_grpc(status: &Status) -> tonic::Status {
 /// One detail of the error JSON (`{"@type": "type.googleapis.com/google.rpc.ErrorInfo", ...}`)
 /// as a packed `Any`; `None` for a type Keyhold does not send (never expected: a test packs
 /// every detail the KMS and the store produce).
-fn detail_any(detail: &serde_json::Value) -> Option<pbjson_types::Any> {
+fn detail_any(detail: &serde_json::Value) -> Option<keyhold_proto::wkt::Any> {
     let type_url = detail.get("@type")?.as_str()?.to_string();
     let mut fields = detail.as_object()?.clone();
     fields.remove("@type");
@@ -39,7 +39,7 @@ fn detail_any(detail: &serde_json::Value) -> Option<pbjson_types::Any> {
         _ => None,
     };
     match value {
-        Some(value) => Some(pbjson_types::Any { type_url, value: value.into() }),
+        Some(value) => Some(keyhold_proto::wkt::Any { type_url, value }),
         None => {
             tracing::warn!(%type_url, "an error detail could not be packed for gRPC; left out");
             None

@@ -66,7 +66,7 @@ async fn seed_workflow_over_h2c_matches_rest() {
     assert_eq!(primary.state, pb::crypto_key_version::CryptoKeyVersionState::Enabled as i32);
 
     // The same resource read over both wire forms is the same message: the gRPC answer, in
-    // proto3 JSON, equals the REST body.
+    // proto3 JSON, equals the REST body, timestamps Z-normalized on both.
     let got = c
         .get_crypto_key(with_token(pb::GetCryptoKeyRequest { name: key.name.clone() }, Some(&token)))
         .await
@@ -74,7 +74,8 @@ async fn seed_workflow_over_h2c_matches_rest() {
         .into_inner();
     let (s, rest) = server.rest(Method::GET, &key.name, None).await;
     assert_eq!(s, 200);
-    assert_eq!(serde_json::to_value(&got).unwrap(), normalize_times(rest));
+    assert!(rest["createTime"].as_str().unwrap().ends_with('Z'), "{rest}");
+    assert_eq!(serde_json::to_value(&got).unwrap(), rest);
 
     // Encrypt and decrypt, with AAD and checksums.
     let plaintext = b"attack at dawn".to_vec();
@@ -167,7 +168,7 @@ async fn seed_workflow_over_h2c_matches_rest() {
                     labels: [("team".to_string(), "blue".to_string())].into(),
                     ..Default::default()
                 }),
-                update_mask: Some(pbjson_types::FieldMask { paths: vec!["labels".into()] }),
+                update_mask: Some(keyhold_proto::wkt::FieldMask { paths: vec!["labels".into()] }),
             },
             Some(&token),
         ))
@@ -183,7 +184,7 @@ async fn seed_workflow_over_h2c_matches_rest() {
                     state: pb::crypto_key_version::CryptoKeyVersionState::Disabled as i32,
                     ..Default::default()
                 }),
-                update_mask: Some(pbjson_types::FieldMask { paths: vec!["state".into()] }),
+                update_mask: Some(keyhold_proto::wkt::FieldMask { paths: vec!["state".into()] }),
             },
             Some(&token),
         ))
@@ -290,28 +291,64 @@ async fn seed_workflow_over_h2c_matches_rest() {
     assert!(!audit_entries(&server, "CreateKeyRing").await.is_empty());
 }
 
+/// REST reads its bodies into the generated messages gRPC carries, and writes its answers from
+/// them: what proto3 JSON allows (proto field names, int64 as a number, a FieldMask as one
+/// string) works over REST, what the message lacks is refused, and a REST answer read as the
+/// gRPC message and written again is the same JSON.
+#[tokio::test]
+async fn rest_speaks_the_generated_messages() {
+    let server = common::start(Mode::Clear).await;
+    let token = server.token.clone();
+    let mut c = client(&server).await;
+    let key = ring_and_key(&mut c, &token, "same").await;
+
+    // The proto's own field names and an int64 given as a JSON number.
+    let body = json!({"plaintext": b64(b"hi"), "plaintext_crc32c": crc32c_of(b"hi"), "additionalAuthenticatedData": b64(b"a")});
+    let (s, enc) = server.rest(Method::POST, &format!("{}:encrypt", key.name), Some(body)).await;
+    assert_eq!(s, 200, "{enc}");
+    assert_eq!(enc["verifiedPlaintextCrc32c"], true, "{enc}");
+    // The answer is the message gRPC sends: read as pb::EncryptResponse and written again, the
+    // same JSON (int64 as a string, defaults left out).
+    let message: pb::EncryptResponse = serde_json::from_value(enc.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&message).unwrap(), enc);
+    assert!(enc["ciphertextCrc32c"].is_string(), "{enc}");
+    assert!(enc.get("verifiedAdditionalAuthenticatedDataCrc32c").is_none(), "false is left out: {enc}");
+    let body = json!({"ciphertext": enc["ciphertext"], "additional_authenticated_data": b64(b"a")});
+    let (s, dec) = server.rest(Method::POST, &format!("{}:decrypt", key.name), Some(body)).await;
+    assert_eq!((s, dec["plaintext"].as_str()), (200, Some(b64(b"hi").as_str())), "{dec}");
+
+    // A field the message does not have: refused, nothing done.
+    let (s, e) = server
+        .rest(Method::POST, &format!("{}:encrypt", key.name), Some(json!({"plaintext": "aGk=", "plaintxet": 1})))
+        .await;
+    assert_eq!(s, 400, "{e}");
+    let m = e["error"]["message"].as_str().unwrap();
+    assert!(m.starts_with("Invalid JSON payload received.") && m.contains("plaintxet"), "{m}");
+
+    // setIamPolicy's updateMask is a FieldMask: one comma-separated string in JSON.
+    let (s, policy) = server.rest(Method::GET, &format!("{}:getIamPolicy", key.name), None).await;
+    assert_eq!(s, 200, "{policy}");
+    let binding = json!({"role": "roles/cloudkms.viewer", "members": ["user:v@example.com"]});
+    let body = json!({"policy": {"bindings": [binding], "etag": policy["etag"]}, "updateMask": "bindings,etag"});
+    let (s, set) = server.rest(Method::POST, &format!("{}:setIamPolicy", key.name), Some(body)).await;
+    assert_eq!(s, 200, "{set}");
+    assert!(set["bindings"].as_array().unwrap().contains(&binding), "{set}");
+    let (s, e) = server
+        .rest(
+            Method::POST,
+            &format!("{}:setIamPolicy", key.name),
+            Some(json!({"policy": {}, "updateMask": {"paths": ["bindings"]}})),
+        )
+        .await;
+    assert_eq!(s, 400, "a FieldMask is not an object in proto3 JSON: {e}");
+}
+
 fn crc32c_of(b: &[u8]) -> u32 {
     keyhold_crypto::crc32c(b)
 }
 
 fn b64(b: &[u8]) -> String {
     keyhold_api::wire::encode_base64(b)
-}
-
-/// REST writes times with `Z`, pbjson with `+00:00`: the same instants, written alike.
-fn normalize_times(v: Value) -> Value {
-    match v {
-        Value::String(s) => match keyhold_api::wire::Timestamp::parse(&s) {
-            Some(_) if s.ends_with('Z') && s.len() >= 20 => {
-                let t: pbjson_types::Timestamp = serde_json::from_value(Value::String(s)).unwrap();
-                serde_json::to_value(t).unwrap()
-            }
-            _ => Value::String(s),
-        },
-        Value::Array(a) => Value::Array(a.into_iter().map(normalize_times).collect()),
-        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, normalize_times(v))).collect()),
-        other => other,
-    }
 }
 
 #[tokio::test]
@@ -537,8 +574,10 @@ async fn iam_and_locations_mixins() {
     assert_eq!(meta.type_url, "type.googleapis.com/google.cloud.kms.v1.LocationMetadata");
     let (_, rest) = server.rest(Method::GET, LOCATION, None).await;
     let decoded = pb::LocationMetadata::decode(meta.value.as_ref()).unwrap();
-    assert_eq!(decoded.hsm_available, rest["metadata"]["hsmAvailable"].as_bool().unwrap());
-    assert_eq!(decoded.ekm_available, rest["metadata"]["ekmAvailable"].as_bool().unwrap());
+    // REST writes the same message in proto3 JSON: `@type` and the fields not at their default.
+    assert_eq!(rest["metadata"], serde_json::to_value(&meta).unwrap());
+    assert_eq!(rest["metadata"]["@type"], "type.googleapis.com/google.cloud.kms.v1.LocationMetadata");
+    assert_eq!(decoded.ekm_available, rest["metadata"]["ekmAvailable"].as_bool().unwrap_or(false));
 }
 
 #[tokio::test]

@@ -77,6 +77,16 @@ impl From<KmsError> for ApiError {
     }
 }
 
+/// A status raised by the server itself (a request message that does not cross to the model):
+/// not yet audited. A server error's message goes to the log as its cause.
+impl From<Status> for ApiError {
+    fn from(status: Status) -> Self {
+        let cause = matches!(status.code, Code::Internal | Code::Unavailable | Code::DataLoss | Code::Unknown)
+            .then(|| status.message.clone());
+        Self { status, cause, audited: false }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.status.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

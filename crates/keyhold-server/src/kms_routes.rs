@@ -9,24 +9,21 @@ use axum::http::HeaderMap;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use keyhold_api::iam::{
-    GetIamPolicyRequest, SetIamPolicyRequest, TestIamPermissionsRequest, TestIamPermissionsResponse,
-};
-use keyhold_api::messages::{
-    DecryptRequest, EncryptRequest, ListCryptoKeyVersionsResponse, ListCryptoKeysResponse, ListKeyRingsResponse,
-    ListLocationsResponse, NameOnlyRequest, UpdatePrimaryVersionRequest,
-};
-use keyhold_api::page::PageRequest;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
 use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{Code, NameError};
 use keyhold_kms::audit::AuditLogQuery;
-use keyhold_kms::{Caller, EncryptTarget, KmsError, ListQuery, Principal};
+use keyhold_kms::{Caller, KmsError, Principal};
+use keyhold_proto::google::cloud::kms::v1 as pb;
+use keyhold_proto::google::cloud::location as loc;
+use keyhold_proto::google::iam::v1 as iam;
+use keyhold_proto::wkt::FieldMask;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use zeroize::Zeroize as _;
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::methods;
 use crate::route::{self, RouteError, Target};
 
 /// Query parameters, looked up by either spelling (`keyRingId` or `key_ring_id`).
@@ -48,21 +45,28 @@ impl Query {
             }
         }
     }
-    fn list(&self) -> Result<ListQuery, ApiError> {
+    /// `pageSize`, `pageToken` and `filter`, as a list request message holds them.
+    fn page(&self) -> Result<(i32, String, String), ApiError> {
         let page_size = match self.get("pageSize", "page_size") {
             None | Some("") => 0,
             Some(s) => {
-                s.parse::<i64>().map_err(|_| ApiError::invalid(format!("Invalid value for pageSize: \"{s}\".")))?
+                s.parse::<i32>().map_err(|_| ApiError::invalid(format!("Invalid value for pageSize: \"{s}\".")))?
             }
         };
-        Ok(ListQuery {
-            page: PageRequest {
-                page_size,
-                page_token: self.get("pageToken", "page_token").unwrap_or_default().to_string(),
-            },
-            filter: self.get("filter", "filter").unwrap_or_default().to_string(),
-            order_by: self.get("orderBy", "order_by").unwrap_or_default().to_string(),
-        })
+        let token = self.get("pageToken", "page_token").unwrap_or_default().to_string();
+        Ok((page_size, token, self.get("filter", "filter").unwrap_or_default().to_string()))
+    }
+    /// [`Self::page`] and `orderBy`.
+    fn list(&self) -> Result<(i32, String, String, String), ApiError> {
+        let (page_size, page_token, filter) = self.page()?;
+        Ok((page_size, page_token, filter, self.get("orderBy", "order_by").unwrap_or_default().to_string()))
+    }
+    /// `updateMask` (`a,b`) as the `FieldMask` of an update request; absent or empty: `None`.
+    fn update_mask(&self) -> Option<FieldMask> {
+        match self.get("updateMask", "update_mask") {
+            None | Some("") => None,
+            Some(m) => Some(FieldMask { paths: m.split(',').map(str::to_string).collect() }),
+        }
     }
     fn pretty(&self) -> bool {
         !matches!(self.get("prettyPrint", "pretty_print"), Some("false") | Some("0"))
@@ -289,112 +293,140 @@ async fn handle(
         Err(RouteError::BadName(e)) => return Err(name_error(e)),
     };
     let pretty = q.pretty();
-    let kms = &state.kms;
     let m = method.clone();
     let beta = matches!(target, Target::Service { .. });
     if beta != (api == Api::V1Beta1) {
         return Err(no_method(method, path));
     }
-    if let Some(r) = iam_method(state, caller, &target, verb, method, q, bytes).await? {
+    if let Some(r) = iam_method(state, caller, (&target, verb), Parts { method, path, q, bytes }).await? {
         return Ok(r);
     }
+    // Each method's path, query and body become its request message, as Google's front ends
+    // transcode REST by the protos' `google.api.http` rules (the path's name wins over a name
+    // in the body); the method is the one gRPC calls (`crate::methods`).
+    let s = state;
     Ok(match (target, verb, m) {
         (Target::Locations(project), None, Method::GET) => {
-            let page = kms.list_locations(caller, &project, &q.list()?).await?;
-            json(&ListLocationsResponse { locations: page.items, next_page_token: page.next_page_token }, pretty)
+            let (page_size, page_token, filter) = q.page()?;
+            let r = loc::ListLocationsRequest { name: format!("projects/{project}"), filter, page_size, page_token };
+            json(&methods::list_locations(s, caller, r).await?, pretty)
         }
-        (Target::Location(name), None, Method::GET) => json(&kms.location(caller, &name).await?, pretty),
+        (Target::Location(name), None, Method::GET) => {
+            json(&methods::get_location(s, caller, loc::GetLocationRequest { name: name.to_string() }).await?, pretty)
+        }
         (Target::Location(name), Some("generateRandomBytes"), Method::POST) => {
-            let req: keyhold_api::messages::GenerateRandomBytesRequest = body(bytes)?;
-            json(&kms.generate_random_bytes(caller, &name, &req).await?, pretty)
+            let r = pb::GenerateRandomBytesRequest { location: name.to_string(), ..body(bytes)? };
+            json(&methods::generate_random_bytes(s, caller, r).await?, pretty)
         }
 
         (Target::KeyRings(parent), None, Method::POST) => {
-            let _: KeyRing = body(bytes)?;
+            let key_ring: pb::KeyRing = body(bytes)?;
             let id = required_id(q.get("keyRingId", "key_ring_id"), "keyRingId")?;
-            json(&kms.create_key_ring(caller, &parent, id).await?, pretty)
+            let r = pb::CreateKeyRingRequest {
+                parent: parent.to_string(),
+                key_ring_id: id.into(),
+                key_ring: Some(key_ring),
+            };
+            json(&methods::create_key_ring(s, caller, r).await?, pretty)
         }
         (Target::KeyRings(parent), None, Method::GET) => {
-            let page = kms.list_key_rings(caller, &parent, &q.list()?).await?;
-            json(
-                &ListKeyRingsResponse {
-                    key_rings: page.items,
-                    next_page_token: page.next_page_token,
-                    total_size: page.total_size,
-                },
-                pretty,
-            )
+            let (page_size, page_token, filter, order_by) = q.list()?;
+            let r = pb::ListKeyRingsRequest { parent: parent.to_string(), page_size, page_token, filter, order_by };
+            json(&methods::list_key_rings(s, caller, r).await?, pretty)
         }
-        (Target::KeyRing(name), None, Method::GET) => json(&kms.key_ring(caller, &name).await?, pretty),
+        (Target::KeyRing(name), None, Method::GET) => {
+            json(&methods::get_key_ring(s, caller, pb::GetKeyRingRequest { name: name.to_string() }).await?, pretty)
+        }
 
         (Target::CryptoKeys(parent), None, Method::POST) => {
-            let key: CryptoKey = body(bytes)?;
+            let key: pb::CryptoKey = body(bytes)?;
             let id = required_id(q.get("cryptoKeyId", "crypto_key_id"), "cryptoKeyId")?;
-            let skip = q.flag("skipInitialVersionCreation", "skip_initial_version_creation")?;
-            json(&kms.create_crypto_key(caller, &parent, id, key, skip).await?, pretty)
+            let r = pb::CreateCryptoKeyRequest {
+                parent: parent.to_string(),
+                crypto_key_id: id.into(),
+                crypto_key: Some(key),
+                skip_initial_version_creation: q.flag("skipInitialVersionCreation", "skip_initial_version_creation")?,
+                trusted_wrapping_enabled: false,
+            };
+            json(&methods::create_crypto_key(s, caller, r).await?, pretty)
         }
         (Target::CryptoKeys(parent), None, Method::GET) => {
-            let page = kms.list_crypto_keys(caller, &parent, &q.list()?).await?;
-            json(
-                &ListCryptoKeysResponse {
-                    crypto_keys: page.items,
-                    next_page_token: page.next_page_token,
-                    total_size: page.total_size,
-                },
-                pretty,
-            )
+            let (page_size, page_token, filter, order_by) = q.list()?;
+            let r = pb::ListCryptoKeysRequest {
+                parent: parent.to_string(),
+                page_size,
+                page_token,
+                filter,
+                order_by,
+                ..Default::default()
+            };
+            json(&methods::list_crypto_keys(s, caller, r).await?, pretty)
         }
-        (Target::CryptoKey(name), None, Method::GET) => json(&kms.crypto_key(caller, &name).await?, pretty),
+        (Target::CryptoKey(name), None, Method::GET) => {
+            let r = pb::GetCryptoKeyRequest { name: name.to_string() };
+            json(&methods::get_crypto_key(s, caller, r).await?, pretty)
+        }
         (Target::CryptoKey(name), None, Method::PATCH) => {
-            let patch: CryptoKey = body(bytes)?;
-            let mask = q.get("updateMask", "update_mask").unwrap_or_default();
-            json(&kms.update_crypto_key(caller, &name, patch, mask).await?, pretty)
+            let key = pb::CryptoKey { name: name.to_string(), ..body(bytes)? };
+            let r = pb::UpdateCryptoKeyRequest { crypto_key: Some(key), update_mask: q.update_mask() };
+            json(&methods::update_crypto_key(s, caller, r).await?, pretty)
         }
         (Target::CryptoKey(name), Some("encrypt"), Method::POST) => {
-            let req: EncryptRequest = body(bytes)?;
-            json(&kms.encrypt(caller, &EncryptTarget::Key(name), &req).await?, pretty)
+            let r = pb::EncryptRequest { name: name.to_string(), ..body(bytes)? };
+            json(&methods::encrypt(s, caller, r).await?, pretty)
         }
         (Target::Version(name), Some("encrypt"), Method::POST) => {
-            let req: EncryptRequest = body(bytes)?;
-            json(&kms.encrypt(caller, &EncryptTarget::Version(name), &req).await?, pretty)
+            let r = pb::EncryptRequest { name: name.to_string(), ..body(bytes)? };
+            json(&methods::encrypt(s, caller, r).await?, pretty)
         }
         (Target::CryptoKey(name), Some("decrypt"), Method::POST) => {
-            let req: DecryptRequest = body(bytes)?;
-            json(&kms.decrypt(caller, &name, &req).await?, pretty)
+            let r = pb::DecryptRequest { name: name.to_string(), ..body(bytes)? };
+            let mut answer = methods::decrypt(s, caller, r).await?;
+            let response = json(&answer, pretty);
+            answer.plaintext.zeroize();
+            response
         }
         (Target::CryptoKey(name), Some("updatePrimaryVersion"), Method::POST) => {
-            let req: UpdatePrimaryVersionRequest = body(bytes)?;
-            json(&kms.update_primary_version(caller, &name, &req.crypto_key_version_id).await?, pretty)
+            let r = pb::UpdateCryptoKeyPrimaryVersionRequest { name: name.to_string(), ..body(bytes)? };
+            json(&methods::update_crypto_key_primary_version(s, caller, r).await?, pretty)
         }
 
         (Target::Versions(parent), None, Method::POST) => {
-            let v: CryptoKeyVersion = body(bytes)?;
-            json(&kms.create_version(caller, &parent, v).await?, pretty)
+            let version: pb::CryptoKeyVersion = body(bytes)?;
+            let r = pb::CreateCryptoKeyVersionRequest { parent: parent.to_string(), crypto_key_version: Some(version) };
+            json(&methods::create_crypto_key_version(s, caller, r).await?, pretty)
         }
         (Target::Versions(parent), None, Method::GET) => {
-            let page = kms.list_versions(caller, &parent, &q.list()?).await?;
-            json(
-                &ListCryptoKeyVersionsResponse {
-                    crypto_key_versions: page.items,
-                    next_page_token: page.next_page_token,
-                    total_size: page.total_size,
-                },
-                pretty,
-            )
+            let (page_size, page_token, filter, order_by) = q.list()?;
+            let r = pb::ListCryptoKeyVersionsRequest {
+                parent: parent.to_string(),
+                page_size,
+                page_token,
+                filter,
+                order_by,
+                ..Default::default()
+            };
+            json(&methods::list_crypto_key_versions(s, caller, r).await?, pretty)
         }
-        (Target::Version(name), None, Method::GET) => json(&kms.version(caller, &name).await?, pretty),
+        (Target::Version(name), None, Method::GET) => {
+            let r = pb::GetCryptoKeyVersionRequest { name: name.to_string() };
+            json(&methods::get_crypto_key_version(s, caller, r).await?, pretty)
+        }
         (Target::Version(name), None, Method::PATCH) => {
-            let patch: CryptoKeyVersion = body(bytes)?;
-            let mask = q.get("updateMask", "update_mask").unwrap_or_default();
-            json(&kms.update_version(caller, &name, patch, mask).await?, pretty)
+            let version = pb::CryptoKeyVersion { name: name.to_string(), ..body(bytes)? };
+            let r =
+                pb::UpdateCryptoKeyVersionRequest { crypto_key_version: Some(version), update_mask: q.update_mask() };
+            json(&methods::update_crypto_key_version(s, caller, r).await?, pretty)
         }
         (Target::Version(name), Some("destroy"), Method::POST) => {
-            let _: NameOnlyRequest = body(bytes)?;
-            json(&kms.destroy_version(caller, &name).await?, pretty)
+            let mut r: pb::DestroyCryptoKeyVersionRequest = body(bytes)?;
+            r.name = name.to_string();
+            json(&methods::destroy_crypto_key_version(s, caller, r).await?, pretty)
         }
         (Target::Version(name), Some("restore"), Method::POST) => {
-            let _: NameOnlyRequest = body(bytes)?;
-            json(&kms.restore_version(caller, &name).await?, pretty)
+            let mut r: pb::RestoreCryptoKeyVersionRequest = body(bytes)?;
+            r.name = name.to_string();
+            json(&methods::restore_crypto_key_version(s, caller, r).await?, pretty)
         }
         (Target::KeyRing(_) | Target::CryptoKey(_) | Target::Version(_), None, Method::DELETE) => {
             return Err(delete_not_served(path));
@@ -467,35 +499,43 @@ fn unimplemented(path: &str) -> ApiError {
     )
 }
 
+/// What a request brings besides its caller and route.
+struct Parts<'a> {
+    method: &'a Method,
+    path: &'a str,
+    q: &'a Query,
+    bytes: &'a Bytes,
+}
+
 /// IAM, projects, service identities, agent tokens, bearer tokens and the audit log.
 /// `Ok(None)`: not one of these; the KMS methods handle the request.
 async fn iam_method(
     state: &AppState,
     caller: &Caller,
-    target: &Target,
-    verb: Option<&str>,
-    method: &Method,
-    q: &Query,
-    bytes: &Bytes,
+    (target, verb): (&Target, Option<&str>),
+    Parts { method, path, q, bytes }: Parts<'_>,
 ) -> Result<Option<Response>, ApiError> {
     let kms = &state.kms;
     let pretty = q.pretty();
-    let iam_resource = target.iam_resource();
-    if let (Some(resource), Some(v)) = (&iam_resource, verb) {
+    if let (Some(_), Some(v)) = (target.iam_resource(), verb) {
+        // The resource is the path before the verb; methods::iam_resource reads it again.
+        let resource = path.rsplit_once(':').map_or(path, |(r, _)| r).to_string();
         let r = match (v, method) {
-            ("getIamPolicy", &Method::GET) => json(&kms.get_iam_policy(caller, resource).await?, pretty),
+            ("getIamPolicy", &Method::GET) => {
+                let r = iam::GetIamPolicyRequest { resource, options: None };
+                json(&methods::get_iam_policy(state, caller, r).await?, pretty)
+            }
             ("getIamPolicy", &Method::POST) => {
-                let _: GetIamPolicyRequest = body(bytes)?;
-                json(&kms.get_iam_policy(caller, resource).await?, pretty)
+                let r = iam::GetIamPolicyRequest { resource, ..body(bytes)? };
+                json(&methods::get_iam_policy(state, caller, r).await?, pretty)
             }
             ("setIamPolicy", &Method::POST) => {
-                let req: SetIamPolicyRequest = body(bytes)?;
-                json(&kms.set_iam_policy(caller, resource, &req).await?, pretty)
+                let r = iam::SetIamPolicyRequest { resource, ..body(bytes)? };
+                json(&methods::set_iam_policy(state, caller, r).await?, pretty)
             }
             ("testIamPermissions", &Method::POST) => {
-                let req: TestIamPermissionsRequest = body(bytes)?;
-                let permissions = kms.test_iam_permissions(caller, resource, &req.permissions).await?;
-                json(&TestIamPermissionsResponse { permissions }, pretty)
+                let r = iam::TestIamPermissionsRequest { resource, ..body(bytes)? };
+                json(&methods::test_iam_permissions(state, caller, r).await?, pretty)
             }
             _ => return Ok(None),
         };
@@ -535,7 +575,7 @@ async fn iam_method(
                     )));
                 }
             };
-            let list = q.list()?;
+            let (page_size, page_token, _) = q.page()?;
             let query = AuditLogQuery {
                 start_time: parse_time("startTime", "start_time")?,
                 end_time: parse_time("endTime", "end_time")?,
@@ -544,8 +584,8 @@ async fn iam_method(
                 principal: q.get("principal", "principal").unwrap_or_default().to_string(),
                 log: q.get("logName", "log_name").unwrap_or_default().to_string(),
                 descending,
-                page_size: list.page.page_size,
-                page_token: list.page.page_token,
+                page_size: i64::from(page_size),
+                page_token,
             };
             json(&kms.read_audit_log(caller, project, &query).await?, pretty)
         }

@@ -13,6 +13,7 @@ pub mod front;
 pub mod host;
 mod kms_routes;
 pub mod listener;
+pub mod methods;
 pub mod route;
 mod store_routes;
 

@@ -16,6 +16,8 @@ use keyhold_store::model::{
 };
 use keyhold_store::{ListRequest, Store, StoreError};
 
+use keyhold_proto::google::cloud::kms::inventory::v1 as inv;
+
 use crate::AppState;
 use crate::error::ApiError;
 
@@ -336,8 +338,8 @@ pub(crate) async fn protected_resources_summary(
     let key = format!("projects/{project}/locations/{location}/keyRings/{ring}/cryptoKeys/{key}");
     let (key, state, headers) = (&key, &state, &headers);
     with_caller(state, headers, key, |caller| async move {
-        let found = store(state)?.protected_resources(&caller, key, None).await?;
-        Ok(json(&keyhold_store::model::ProtectedResourcesSummary::of(key, &found)))
+        let r = inv::GetProtectedResourcesSummaryRequest { name: format!("{key}/protectedResourcesSummary") };
+        Ok(json(&crate::methods::get_protected_resources_summary(state, &caller, r).await?))
     })
     .await
 }
@@ -358,8 +360,19 @@ pub(crate) async fn search_protected_resources(
             ApiError::new(keyhold_api::Code::InvalidArgument, "The cryptoKey query parameter is required.")
         })?;
         let page = list_request(&q)?;
-        let found = store(state)?.protected_resources(&caller, key, Some(&project)).await?;
-        Ok(json(&keyhold_store::model::SearchProtectedResourcesResponse::page(found, page.page_size, &page.page_token)))
+        let page_size = match page.page_size.map(i32::try_from) {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(_)) => return Err(ApiError::invalid("pageSize is out of range.")),
+        };
+        let r = inv::SearchProtectedResourcesRequest {
+            scope: scope.clone(),
+            crypto_key: key.clone(),
+            page_size,
+            page_token: page.page_token,
+            resource_types: Vec::new(),
+        };
+        Ok(json(&crate::methods::search_protected_resources(state, &caller, r).await?))
     })
     .await
 }

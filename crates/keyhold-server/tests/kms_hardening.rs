@@ -349,8 +349,10 @@ async fn unserved_methods_and_locations_tell_the_truth() {
 
     let locations = s.ok(Method::GET, "projects/p/locations", None).await;
     for l in locations["locations"].as_array().unwrap() {
-        assert_eq!(l["metadata"]["hsmAvailable"], false, "{l}");
-        assert_eq!(l["metadata"]["ekmAvailable"], false, "{l}");
+        // proto3 JSON: false is the default, so absent (never `true` without an HSM or EKM).
+        assert_eq!(l["metadata"]["@type"], "type.googleapis.com/google.cloud.kms.v1.LocationMetadata", "{l}");
+        assert!(l["metadata"].get("hsmAvailable").is_none(), "{l}");
+        assert!(l["metadata"].get("ekmAvailable").is_none(), "{l}");
     }
     let external = json!({"purpose": "ENCRYPT_DECRYPT",
         "versionTemplate": {"protectionLevel": "EXTERNAL", "algorithm": "EXTERNAL_SYMMETRIC_ENCRYPTION"}});

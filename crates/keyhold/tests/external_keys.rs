@@ -133,7 +133,8 @@ async fn external_key_through_a_manager_process() {
     // Finding 9: locations report the key manager this server was started with.
     let location = call(d, port, Method::GET, LOC, json!({})).await;
     assert_eq!(location["metadata"]["ekmAvailable"], true, "{location}");
-    assert_eq!(location["metadata"]["hsmAvailable"], false, "{location}");
+    // proto3 JSON leaves out a false field.
+    assert!(location["metadata"].get("hsmAvailable").is_none(), "{location}");
     call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
     let template = json!({"purpose": "ENCRYPT_DECRYPT",
         "versionTemplate": {"protectionLevel": "EXTERNAL", "algorithm": "EXTERNAL_SYMMETRIC_ENCRYPTION"}});

@@ -1,58 +1,59 @@
-//! Between the generated wire messages and Keyhold's own (`keyhold-api`), which the KMS
-//! domain speaks.
+//! Between the wire messages (generated) and `keyhold-api`'s model, which the KMS domain speaks.
+//! Both front ends cross here, REST and gRPC alike, so a request means the same on either.
 //!
 //! Most messages cross by their proto3 JSON form: the generated type's JSON (pbjson, Google's
-//! JSON mapping) is read by the `keyhold-api` type, which is what the REST surface reads, and
-//! the other way round. Neither side ignores a field it does not know, so a message REST and
-//! gRPC would understand differently fails here instead of being silently changed; the tests
-//! of this module cross every message of every method both ways.
+//! JSON mapping) is read by the `keyhold-api` type, and the other way round. Neither side
+//! ignores a field it does not know, so a field the wire has and the model lacks is refused
+//! (`INVALID_ARGUMENT` on the way in; `INTERNAL`, a bug, on the way out) rather than dropped;
+//! the tests of this module cross every resource both ways.
 //!
 //! The key operations' messages (`Encrypt`, `Decrypt`, `GenerateRandomBytes`) are converted
 //! field by field, for speed and so that plaintext goes straight from the decoded message into
-//! a wiping buffer ([`keyhold_crypto::Secret`]) without a base64 copy; `Location`, whose metadata
-//! is an `Any`, too.
+//! a wiping buffer ([`keyhold_crypto::Secret`]) without a base64 copy.
 
-use keyhold_api::Code;
 use keyhold_api::messages as api;
 use keyhold_api::resources::{Location, ProtectionLevel};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
-use keyhold_server::error::ApiError;
-use prost::Message as _;
+use keyhold_api::{Code, Status};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::pb::google::cloud::kms::v1 as pb;
-use crate::pb::google::cloud::location as loc;
+use crate::google::cloud::kms::v1 as pb;
+use crate::google::cloud::location as loc;
+
+/// `INVALID_ARGUMENT`.
+fn invalid(message: impl Into<String>) -> Status {
+    Status::new(Code::InvalidArgument, message)
+}
 
 /// A request message (or part of one) from the wire, as Keyhold's type. A field Keyhold does
 /// not take is refused `INVALID_ARGUMENT`, as REST refuses it in JSON.
-pub fn from_wire<P: Serialize, A: DeserializeOwned>(message: &P) -> Result<A, ApiError> {
+pub fn from_wire<P: Serialize, A: DeserializeOwned>(message: &P) -> Result<A, Status> {
     // Writing the JSON fails on a value the proto does not define (an enum number unknown to
     // it): the client's doing too.
-    let json =
-        serde_json::to_value(message).map_err(|e| ApiError::invalid(format!("Invalid request message: {e}.")))?;
-    serde_json::from_value(json).map_err(|e| ApiError::invalid(format!("Invalid request message: {e}.")))
+    let json = serde_json::to_value(message).map_err(|e| invalid(format!("Invalid request message: {e}.")))?;
+    serde_json::from_value(json).map_err(|e| invalid(format!("Invalid request message: {e}.")))
 }
 
 /// An answer of Keyhold's as the wire message. Failing is a bug of Keyhold's (a field the
 /// proto does not have): `INTERNAL`.
-pub fn to_wire<A: Serialize, P: DeserializeOwned>(message: &A) -> Result<P, ApiError> {
+pub fn to_wire<A: Serialize, P: DeserializeOwned>(message: &A) -> Result<P, Status> {
     let json = serde_json::to_value(message)
-        .map_err(|e| ApiError::new(Code::Internal, format!("cannot write the answer: {e}")))?;
-    serde_json::from_value(json).map_err(|e| ApiError::new(Code::Internal, format!("cannot write the answer: {e}")))
+        .map_err(|e| Status::new(Code::Internal, format!("cannot write the answer: {e}")))?;
+    serde_json::from_value(json).map_err(|e| Status::new(Code::Internal, format!("cannot write the answer: {e}")))
 }
 
 /// An `update_mask` as REST's `updateMask` query parameter (`a,b`).
-pub fn field_mask(m: Option<pbjson_types::FieldMask>) -> String {
+pub fn field_mask(m: Option<crate::wkt::FieldMask>) -> String {
     m.map(|m| m.paths.join(",")).unwrap_or_default()
 }
 
-fn crc32c(field: &str, v: Option<pbjson_types::Int64Value>) -> Result<Option<Crc32c>, ApiError> {
+fn crc32c(field: &str, v: Option<pbjson_types::Int64Value>) -> Result<Option<Crc32c>, Status> {
     match v {
         None => Ok(None),
         Some(v) => u32::try_from(v.value)
             .map(|n| Some(Crc32c(n)))
-            .map_err(|_| ApiError::invalid(format!("Invalid {field}: {} is not a CRC32C (0 to 4294967295).", v.value))),
+            .map_err(|_| invalid(format!("Invalid {field}: {} is not a CRC32C (0 to 4294967295).", v.value))),
     }
 }
 
@@ -65,7 +66,7 @@ fn optional_bytes(b: Vec<u8>) -> Option<Bytes> {
 }
 
 /// `EncryptRequest`: the plaintext moves into a wiping buffer, uncopied.
-pub fn encrypt_request(message: pb::EncryptRequest) -> Result<api::EncryptRequest, ApiError> {
+pub fn encrypt_request(message: pb::EncryptRequest) -> Result<api::EncryptRequest, Status> {
     let pb::EncryptRequest {
         name,
         plaintext,
@@ -106,7 +107,7 @@ pub fn encrypt_response(r: api::EncryptResponse) -> pb::EncryptResponse {
 }
 
 /// `DecryptRequest`.
-pub fn decrypt_request(message: pb::DecryptRequest) -> Result<api::DecryptRequest, ApiError> {
+pub fn decrypt_request(message: pb::DecryptRequest) -> Result<api::DecryptRequest, Status> {
     let pb::DecryptRequest {
         name,
         ciphertext,
@@ -140,13 +141,13 @@ pub fn decrypt_response(r: &api::DecryptResponse) -> pb::DecryptResponse {
 /// `GenerateRandomBytesRequest`.
 pub fn generate_random_bytes_request(
     message: pb::GenerateRandomBytesRequest,
-) -> Result<api::GenerateRandomBytesRequest, ApiError> {
+) -> Result<api::GenerateRandomBytesRequest, Status> {
     let pb::GenerateRandomBytesRequest { location, length_bytes, protection_level } = message;
     let protection_level = match protection_level {
         0 => None,
         n => Some(
             ProtectionLevel::from_number(i64::from(n))
-                .ok_or_else(|| ApiError::invalid(format!("Invalid protection_level: {n} is not a ProtectionLevel.")))?,
+                .ok_or_else(|| invalid(format!("Invalid protection_level: {n} is not a ProtectionLevel.")))?,
         ),
     };
     Ok(api::GenerateRandomBytesRequest { location, length_bytes, protection_level })
@@ -157,23 +158,10 @@ pub fn generate_random_bytes_response(r: &api::GenerateRandomBytesResponse) -> p
     pb::GenerateRandomBytesResponse { data: r.data.0.expose().to_vec(), data_crc32c: int64(r.data_crc32c) }
 }
 
-/// `google.cloud.location.Location`, its metadata (`{"@type": ...LocationMetadata, ...}` in
-/// JSON) packed as an `Any`.
-pub fn location(l: Location) -> Result<loc::Location, ApiError> {
-    let Location { name, location_id, display_name, labels, metadata } = l;
-    let metadata = match metadata {
-        None => None,
-        Some(serde_json::Value::Object(mut fields)) => {
-            let type_url = match fields.remove("@type") {
-                Some(serde_json::Value::String(t)) => t,
-                _ => return Err(ApiError::new(Code::Internal, "location metadata without its @type")),
-            };
-            let m: pb::LocationMetadata = to_wire(&fields)?;
-            Some(pbjson_types::Any { type_url, value: m.encode_to_vec().into() })
-        }
-        Some(_) => return Err(ApiError::new(Code::Internal, "location metadata is not an object")),
-    };
-    Ok(loc::Location { name, location_id, display_name, labels: labels.into_iter().collect(), metadata })
+/// `google.cloud.location.Location`: its metadata (`{"@type": ...LocationMetadata, ...}` in
+/// JSON) is packed as an `Any` ([`crate::wkt::Any`] reads the JSON form).
+pub fn location(l: &Location) -> Result<loc::Location, Status> {
+    to_wire(l)
 }
 
 #[cfg(test)]
@@ -184,8 +172,9 @@ mod tests {
     use keyhold_api::iam::{Binding, Policy};
     use keyhold_api::resources::*;
     use keyhold_api::wire::{ProtoDuration, Timestamp};
+    use prost::Message as _;
 
-    use crate::pb::google::iam::v1 as iam;
+    use crate::google::iam::v1 as iam;
 
     fn t(s: &str) -> Option<Timestamp> {
         Some(Timestamp::parse(s).unwrap())
@@ -248,10 +237,10 @@ mod tests {
         A: Serialize + DeserializeOwned,
         P: Serialize + DeserializeOwned + prost::Message + Default,
     {
-        let wire: P = to_wire(a).unwrap_or_else(|e| panic!("{}", e.status().message));
+        let wire: P = to_wire(a).unwrap_or_else(|e| panic!("{}", e.message));
         // Through the binary form too, as gRPC sends it.
         let wire = P::decode(wire.encode_to_vec().as_slice()).unwrap();
-        from_wire(&wire).unwrap_or_else(|e| panic!("{}", e.status().message))
+        from_wire(&wire).unwrap_or_else(|e| panic!("{}", e.message))
     }
 
     #[test]
@@ -279,21 +268,10 @@ mod tests {
 
     #[test]
     fn lists_and_requests_cross() {
-        let list = api::ListCryptoKeysResponse { crypto_keys: vec![key()], next_page_token: "t".into(), total_size: 7 };
-        let wire: pb::ListCryptoKeysResponse = to_wire(&list).unwrap();
-        assert_eq!(wire.total_size, 7);
-        assert_eq!(wire.crypto_keys[0].name, key().name);
-        let versions = api::ListCryptoKeyVersionsResponse {
-            crypto_key_versions: vec![version()],
-            next_page_token: String::new(),
-            total_size: 1,
-        };
-        let wire: pb::ListCryptoKeyVersionsResponse = to_wire(&versions).unwrap();
-        assert!(wire.crypto_key_versions[0].reimport_eligible);
         let wire: iam::Policy = to_wire(&Policy { version: 1, ..Default::default() }).unwrap();
         let back: Policy = from_wire(&wire).unwrap();
         assert_eq!(back.version, 1);
-        let mask = Some(pbjson_types::FieldMask { paths: vec!["bindings".into(), "etag".into()] });
+        let mask = Some(crate::wkt::FieldMask { paths: vec!["bindings".into(), "etag".into()] });
         assert_eq!(field_mask(mask), "bindings,etag");
         assert_eq!(field_mask(None), "");
     }
@@ -307,7 +285,7 @@ mod tests {
         assert!(serde_json::from_value::<pb::CryptoKeyVersion>(json).is_err(), "pbjson refuses unknown fields too");
         let key = pb::CryptoKey { purpose: 99, ..Default::default() };
         let e = from_wire::<_, CryptoKey>(&key).unwrap_err();
-        assert_eq!(e.status().code, Code::InvalidArgument);
+        assert_eq!(e.code, Code::InvalidArgument);
     }
 
     #[test]
@@ -329,7 +307,7 @@ mod tests {
             ..Default::default()
         })
         .unwrap_err();
-        assert_eq!(e.status().code, Code::InvalidArgument);
+        assert_eq!(e.code, Code::InvalidArgument);
         let resp = encrypt_response(api::EncryptResponse {
             name: "v".into(),
             ciphertext: Bytes(vec![9]),
@@ -367,7 +345,7 @@ mod tests {
                 serde_json::json!({"@type": "type.googleapis.com/google.cloud.kms.v1.LocationMetadata", "hsmAvailable": true, "ekmAvailable": false}),
             ),
         };
-        let wire = location(l).unwrap();
+        let wire = location(&l).unwrap();
         let any = wire.metadata.unwrap();
         assert_eq!(any.type_url, "type.googleapis.com/google.cloud.kms.v1.LocationMetadata");
         let m = pb::LocationMetadata::decode(any.value.as_ref()).unwrap();
