@@ -3,7 +3,8 @@
 # docs/benchmarks.md (between the suite markers) and docs/benchmarks/*.svg.
 #
 #   bash bench/run.sh                    # everything, release build (about 13 minutes on 2 cores)
-#   bash bench/run.sh --only kms,iam     # some scenarios: kms durability iam aead store rewrap enforcement startup stream fairness
+#   bash bench/run.sh --only kms,iam     # some scenarios: kms durability iam aead store rewrap enforcement startup stream fairness scale
+#   SCALE_KEYS=100000 bash bench/run.sh --only scale   # the scale scenario over more keys (default 20,000; 200 in --smoke)
 #   bash bench/run.sh --smoke            # seconds per scenario on the debug build; checks that every
 #                                        # scenario runs and yields numbers (CI runs this); writes nothing
 #

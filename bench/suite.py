@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 import plot  # noqa: E402  (bench/plot.py, stdlib only)
 
-SCENARIOS = ["kms", "durability", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream", "fairness"]
+SCENARIOS = ["kms", "durability", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream", "fairness", "scale"]
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 
 
@@ -638,6 +638,80 @@ def scenario_fairness(ctx) -> dict:
             "in_flight": FAIRNESS_IN_FLIGHT, "quotas_off": off, "quotas_on": on, "quotas_and_cap": capped}
 
 
+# Scale (issue 18): `:encrypt` over one key, then spread at random over many keys of one ring
+# (each request names a key; all warm after the first pass), then spread while another
+# principal changes one other key a second (a PATCH of its labels). Before the change log, every
+# change emptied every cache of every node, its own included; and the key cache had no bound.
+SCALE_LUA = """
+local n = tonumber(os.getenv("SCALE_KEYS"))
+local prefix = os.getenv("KEY_PREFIX")
+local headers = {["Authorization"] = "Bearer " .. os.getenv("KEYHOLD_TOKEN"), ["Content-Type"] = "application/json"}
+local body = '{"plaintext":"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}'
+request = function()
+  return wrk.format("POST", prefix .. math.random(0, n - 1) .. ":encrypt", headers, body)
+end
+"""
+
+
+def each_key(s: Server, ring: str, n: int, call, threads: int = 8):
+    """`call(s, key_name)` for keys k0..k{n-1} of `ring`, over `threads` connections."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda i: call(s, f"{ring}/cryptoKeys/k{i}"), range(n)))
+
+
+def create_keys(s: Server, ring: str, n: int):
+    """Keys k0..k{n-1} in `ring`."""
+    each_key(s, ring, n, lambda s, key: s.ok("POST", f"{ring}/cryptoKeys?cryptoKeyId={key.rsplit('/', 1)[1]}",
+                                              {"purpose": "ENCRYPT_DECRYPT"}))
+
+
+def scenario_scale(ctx) -> dict:
+    """`:encrypt` on one key, spread over many keys, and spread while one other key changes a second."""
+    import threading
+
+    n = ctx.scale_keys
+    with Server(ctx.binary) as s:
+        loc = "projects/bench/locations/global"
+        s.ok("POST", f"{loc}/keyRings?keyRingId=r", {})
+        ring = f"{loc}/keyRings/r"
+        t0 = time.perf_counter()
+        create_keys(s, ring, n + 1)
+        created_s = time.perf_counter() - t0
+        lua = ctx.tmp / "scale.lua"
+        lua.write_text(SCALE_LUA)
+        env = {"SCALE_KEYS": str(n), "KEY_PREFIX": f"/v1/{ring}/cryptoKeys/k"}
+        conns = max(ctx.connections)
+        one = ctx.wrk.script("scale-one", "POST", ENCRYPT_32B)
+        rows = {"health": ctx.wrk.run(f"{s.base}/healthz", conns)}
+        rows["one key"] = ctx.wrk.run(f"{s.base}/v1/{ring}/cryptoKeys/k0:encrypt", conns, one, token=s.token)
+        # One :encrypt per key warms every cache entry (not reported).
+        each_key(s, ring, n, lambda s, key: s.ok("POST", f"{key}:encrypt", json.loads(ENCRYPT_32B)))
+        rows["spread"] = ctx.wrk.run(f"{s.base}/", conns, lua, token=s.token, env=env)
+        stop = threading.Event()
+        changes = []
+
+        def changer():
+            while not stop.is_set():
+                s.ok("PATCH", f"{ring}/cryptoKeys/k{n}?updateMask=labels", {"labels": {"v": str(len(changes))}})
+                changes.append(time.monotonic())
+                stop.wait(1.0)
+
+        thread = threading.Thread(target=changer)
+        thread.start()
+        try:
+            rows["spread, one change a second"] = ctx.wrk.run(f"{s.base}/", conns, lua, token=s.token, env=env)
+        finally:
+            stop.set()
+            thread.join()
+        base = rows["one key"]["rps"]
+        for r in rows.values():
+            r["ratio_to_one_key"] = r["rps"] / base
+        return {"keys": n, "connections": conns, "create_s": created_s, "changes": len(changes), "rows": rows,
+                "rss_peak_kib": s.rss_peak_kib()}
+
+
 # ---- report --------------------------------------------------------------------------------
 
 
@@ -798,6 +872,18 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
                        f"| {r['p50_ratio']:.2f} | {r['p99_ratio']:.2f} | {r['flood']['rps']:.0f} "
                        f"| {r['flood']['refused_share']:.1%} |")
         out.append("")
+    if "scale" in results:
+        sc = results["scale"]
+        out += [f"### Scale: `:encrypt` over {sc['keys']:,} keys, and while another key changes", "",
+                f"{sc['keys']:,} keys in one ring (created in {sc['create_s']:.0f} s over 8 connections), "
+                f"{sc['connections']} connections, 32 B. \"spread\": each request names a key at random, all "
+                "warm; \"one change a second\": meanwhile another principal PATCHes one other key's labels "
+                f"every second ({sc['changes']} changes during the run). Peak RSS of the server: "
+                f"{sc['rss_peak_kib'] / 1024:.0f} MiB. Ratios to the one-key run of the same server.", "",
+                "| run | requests/s | p50 | p99 | ratio to one key |", "|---|---|---|---|---|"]
+        for name, r in sc["rows"].items():
+            out.append(f"| {name} | {r['rps']:.0f} | {fmt_s(r['p50'])} | {fmt_s(r['p99'])} | {r['ratio_to_one_key']:.2f} |")
+        out.append("")
     return "\n".join(out)
 
 
@@ -870,6 +956,7 @@ def main() -> int:
     ctx.rewrap_repeats = 1 if args.smoke else 5
     ctx.startup_repeats = 2 if args.smoke else 7
     ctx.stream_bytes = (64 << 20) if args.smoke else (5 << 30)
+    ctx.scale_keys = int(os.environ.get("SCALE_KEYS", 200 if args.smoke else 20_000))
     ctx.machine = machine()
     ctx.commit = commit()
     ctx.command = "bash bench/run.sh --smoke" if args.smoke else "bash bench/run.sh"

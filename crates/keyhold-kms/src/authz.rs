@@ -1,5 +1,5 @@
 //! Authorization: evaluates IAM policies along the resource hierarchy ([K8]) with a cache that
-//! follows every change (locally at once, from other nodes through the store's change counter),
+//! follows every change (locally at once, from other nodes through the store's change log),
 //! and keeps the projects the server has seen (each created with its number on first use).
 //!
 //! A part of the KMS that never sees the façade: it reads policies and projects from the
@@ -21,8 +21,9 @@ use crate::repo::{KmsRepository, PolicyRecord, ProjectRecord, RepoError};
 pub(crate) struct Authorizer {
     repo: Arc<dyn KmsRepository>,
     clock: Arc<dyn Clock>,
-    /// Policies by resource (including "none set"), cleared whenever the store changes; a
-    /// generation guard keeps a slow load that raced with a change from being cached.
+    /// Policies by resource (including "none set"), each forgotten when its policy changes (and
+    /// all when the store changed in a way the change log does not name); a generation guard
+    /// keeps a slow load that raced with a change from being cached.
     policies: RwLock<HashMap<String, Option<Arc<PolicyRecord>>>>,
     /// The projects known to exist.
     projects: RwLock<HashSet<String>>,
@@ -40,6 +41,14 @@ impl Authorizer {
         self.generation.fetch_add(1, Ordering::AcqRel);
         p.clear();
         self.projects.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Forgets the cached policy of one resource (its policy changed, here or on another node);
+    /// the chains of its descendants read it again.
+    pub(crate) fn invalidate_policy(&self, resource: &str) {
+        let mut p = self.policies.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        p.remove(resource);
     }
 
     /// The policies of `resource` and its ancestors, root first.

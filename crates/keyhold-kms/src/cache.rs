@@ -1,12 +1,21 @@
 //! In-memory view of crypto keys for the cryptographic hot path.
 //!
 //! An entry holds a key's record, its versions and, unsealed on first use, each version's AEAD
-//! key. Entries are dropped whenever the key changes locally, and all of them when the store's
-//! change counter moves (another node changed something). A generation number guards against
-//! the race where a slow load of old state lands after an invalidation: such a load is used
-//! once but not cached.
+//! key. Three properties hold whatever the number of keys and the load:
+//!
+//! * **Bounded.** Entries are weighed (an estimate of the bytes each holds, [`CachedKey::weight`])
+//!   and the cache keeps at most its byte budget (`KmsConfig::key_cache_bytes`, 64 MiB by
+//!   default), evicting the entries least worth keeping (quick_cache's S3-FIFO: a key used once
+//!   goes before a key in steady use).
+//! * **One load per miss.** However many requests miss the same key at once, one of them loads
+//!   it from the store and the others wait for that load ([`KeyCache::get_or_load`]).
+//! * **Never stale.** An entry is dropped when its key changes, here at once or on another node
+//!   through the change log, and everything is dropped when the store changed in a way the log
+//!   does not name. A generation number guards against a slow load of old state landing after
+//!   an invalidation: such a load is used once but not cached.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -14,6 +23,19 @@ use keyhold_api::CryptoKeyName;
 use keyhold_crypto::AeadKey;
 
 use crate::repo::{CryptoKeyRecord, VersionRecord};
+
+/// The default byte budget of the key cache.
+pub const DEFAULT_KEY_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What one version costs on the heap besides its slot in the map and its record's strings:
+/// the sealed material and, once unsealed, the AEAD key with its expanded schedule (an estimate,
+/// on the generous side).
+const VERSION_HEAP: u64 = 768;
+/// Slots in one node of a `BTreeMap` (std's `B` is 6: 2B - 1 slots), allocated in full even for
+/// one version.
+const BTREE_SLOTS: u64 = 11;
+/// The typical weight of an entry (a key with a version or two), to size the cache's tables.
+const TYPICAL_WEIGHT: u64 = 4096;
 
 /// One version in the cache.
 #[derive(Debug)]
@@ -33,45 +55,277 @@ pub struct CachedKey {
     pub record: CryptoKeyRecord,
     /// Versions by ID.
     pub versions: BTreeMap<u64, CachedVersion>,
+    weight: u64,
+}
+
+impl CachedKey {
+    /// An entry for `record` and its versions, weighed once.
+    pub fn new(record: CryptoKeyRecord, versions: BTreeMap<u64, CachedVersion>) -> Self {
+        let name = record.name.to_string();
+        let slot = std::mem::size_of::<(u64, CachedVersion)>() as u64;
+        let nodes = (versions.len() as u64).div_ceil(BTREE_SLOTS).max(1);
+        let mut weight = std::mem::size_of::<CachedKey>() as u64
+            + 2 * name.len() as u64
+            + json_len(&record.key)
+            + nodes * BTREE_SLOTS * slot;
+        for v in versions.values() {
+            weight += VERSION_HEAP + json_len(&v.record.version);
+        }
+        Self { name, record, versions, weight }
+    }
+
+    /// The bytes this entry is counted for against the cache's budget: an estimate from its
+    /// structs' sizes, the map nodes its versions take, the size of its records in JSON (for
+    /// their strings) and a fixed cost per version for its material and AEAD key.
+    pub fn weight(&self) -> u64 {
+        self.weight
+    }
+}
+
+/// The length of a record's JSON, which stands for the heap its strings and lists take.
+fn json_len(record: &impl serde::Serialize) -> u64 {
+    serde_json::to_vec(record).map_or(0, |v| v.len() as u64)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ByWeight;
+
+impl quick_cache::Weighter<CryptoKeyName, Arc<CachedKey>> for ByWeight {
+    fn weight(&self, _: &CryptoKeyName, entry: &Arc<CachedKey>) -> u64 {
+        entry.weight
+    }
 }
 
 /// The cache.
-#[derive(Debug, Default)]
 pub struct KeyCache {
-    entries: RwLock<HashMap<CryptoKeyName, Arc<CachedKey>>>,
+    entries: quick_cache::sync::Cache<CryptoKeyName, Arc<CachedKey>, ByWeight>,
+    /// Bumped by every invalidation; a load caches its result only if it did not move.
     generation: AtomicU64,
+    /// Held for writing while an invalidation bumps the generation and drops entries, and for
+    /// reading while a load checks the generation and inserts, so that no invalidation falls
+    /// between the two.
+    turn: RwLock<()>,
+    capacity: u64,
+}
+
+impl std::fmt::Debug for KeyCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCache")
+            .field("entries", &self.entries.len())
+            .field("weight", &self.entries.weight())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+impl Default for KeyCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_KEY_CACHE_BYTES)
+    }
 }
 
 impl KeyCache {
+    /// A cache holding at most `capacity` bytes (by [`CachedKey::weight`]).
+    pub fn new(capacity: u64) -> Self {
+        let items = usize::try_from((capacity / TYPICAL_WEIGHT).max(16)).unwrap_or(usize::MAX);
+        Self {
+            entries: quick_cache::sync::Cache::with_weighter(items, capacity, ByWeight),
+            generation: AtomicU64::new(0),
+            turn: RwLock::new(()),
+            capacity,
+        }
+    }
+
     /// A cached entry, if present.
     pub fn get(&self, name: &CryptoKeyName) -> Option<Arc<CachedKey>> {
-        self.entries.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        self.entries.get(name)
     }
 
-    /// The generation to pass to [`KeyCache::insert`] for a load that starts now.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Caches `entry` unless an invalidation happened since `generation` was read.
-    pub fn insert(&self, name: CryptoKeyName, entry: Arc<CachedKey>, generation: u64) {
-        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+    /// The cached entry, or the one `load` reads from the store. Concurrent misses of the same
+    /// key wait for one load; if it fails, the next waiter loads in turn. A load that an
+    /// invalidation overtook is answered but not cached.
+    pub async fn get_or_load<E, F, Fut>(&self, name: &CryptoKeyName, load: F) -> Result<Arc<CachedKey>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedKey, E>>,
+    {
+        let guard = match self.entries.get_value_or_guard_async(name).await {
+            Ok(entry) => return Ok(entry),
+            Err(guard) => guard,
+        };
+        let generation = self.generation.load(Ordering::Acquire);
+        let entry = Arc::new(load().await?);
+        let _turn = self.turn.read().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::Acquire) == generation {
-            map.insert(name, entry);
+            // Refused only when the entry outweighs the whole budget: then it is not cached.
+            let _ = guard.insert(entry.clone());
         }
+        Ok(entry)
+    }
+
+    /// Reads the key again even though an entry is cached (a version it lacks may have been
+    /// created on another node since), and caches what was read unless an invalidation
+    /// overtook the read.
+    pub async fn refresh<E, F, Fut>(&self, name: &CryptoKeyName, load: F) -> Result<Arc<CachedKey>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<CachedKey, E>>,
+    {
+        let generation = self.generation.load(Ordering::Acquire);
+        let entry = Arc::new(load().await?);
+        let _turn = self.turn.read().unwrap_or_else(|e| e.into_inner());
+        if self.generation.load(Ordering::Acquire) == generation {
+            self.entries.insert(name.clone(), entry.clone());
+        }
+        Ok(entry)
     }
 
     /// Forgets one key.
     pub fn invalidate(&self, name: &CryptoKeyName) {
-        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let _turn = self.turn.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
-        map.remove(name);
+        self.entries.remove(name);
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
-        let mut map = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let _turn = self.turn.write().unwrap_or_else(|e| e.into_inner());
         self.generation.fetch_add(1, Ordering::AcqRel);
-        map.clear();
+        self.entries.clear();
+    }
+
+    /// The entries held and their total weight in bytes (for tests and metrics).
+    pub fn usage(&self) -> (usize, u64) {
+        (self.entries.len(), self.entries.weight())
+    }
+
+    /// The byte budget.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use keyhold_api::resources::{CryptoKey, CryptoKeyVersion};
+
+    use super::*;
+    use crate::material::VersionMaterial;
+
+    fn name(i: usize) -> CryptoKeyName {
+        format!("projects/p/locations/global/keyRings/r/cryptoKeys/k{i}").parse().unwrap()
+    }
+
+    fn entry(name: &CryptoKeyName, versions: u64) -> CachedKey {
+        let record =
+            CryptoKeyRecord { name: name.clone(), key: CryptoKey::default(), primary_version: None, revision: 1 };
+        let versions = (1..=versions)
+            .map(|id| {
+                let record = VersionRecord {
+                    name: name.version(id),
+                    version: CryptoKeyVersion { name: name.version(id).to_string(), ..Default::default() },
+                    material: VersionMaterial::Erased,
+                    revision: 1,
+                };
+                (id, CachedVersion { record, aead: OnceLock::new() })
+            })
+            .collect();
+        CachedKey::new(record, versions)
+    }
+
+    /// Loads `n` through the cache with a loader that counts its calls and takes `slow` (so
+    /// that concurrent misses overlap).
+    async fn load_slowly(cache: &KeyCache, n: &CryptoKeyName, loads: &AtomicUsize, slow: Duration) -> Arc<CachedKey> {
+        cache
+            .get_or_load(n, || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(slow).await;
+                Ok::<_, ()>(entry(n, 1))
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn load(cache: &KeyCache, n: &CryptoKeyName, loads: &AtomicUsize) -> Arc<CachedKey> {
+        load_slowly(cache, n, loads, Duration::ZERO).await
+    }
+
+    #[test]
+    fn an_entry_weighs_more_with_more_versions() {
+        let one = entry(&name(0), 1).weight();
+        let many = entry(&name(0), 100).weight();
+        assert!(one >= BTREE_SLOTS * std::mem::size_of::<CachedVersion>() as u64 + VERSION_HEAP, "{one}");
+        assert!(many > one + 99 * VERSION_HEAP, "{many} vs {one}");
+    }
+
+    #[tokio::test]
+    async fn the_weight_stays_within_the_budget_whatever_the_number_of_keys() {
+        let budget = 256 * 1024;
+        let cache = KeyCache::new(budget);
+        let loads = AtomicUsize::new(0);
+        let per_key = entry(&name(0), 1).weight();
+        for i in 0..2_000 {
+            load(&cache, &name(i), &loads).await;
+            assert!(cache.usage().1 <= budget, "over budget after {i} keys: {:?}", cache.usage());
+        }
+        let (held, weight) = cache.usage();
+        assert!(held > 0 && held < 2_000, "{held} entries held");
+        // Most of the budget is used: it evicts only what does not fit.
+        assert!(weight + 2 * per_key > budget / 2, "{weight} of {budget}");
+        assert_eq!(loads.load(Ordering::SeqCst), 2_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_of_one_key_load_it_once() {
+        let cache = Arc::new(KeyCache::default());
+        let loads = Arc::new(AtomicUsize::new(0));
+        let n = name(1);
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (cache, loads, n) = (cache.clone(), loads.clone(), n.clone());
+                tokio::spawn(async move { load_slowly(&cache, &n, &loads, Duration::from_millis(50)).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().name, n.to_string());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1, "64 requests missing one key load it once");
+        // A failed load leaves no entry: the next request loads again.
+        let other = name(2);
+        let failed = cache.get_or_load(&other, || async { Err::<CachedKey, _>("unavailable") }).await;
+        assert_eq!(failed.unwrap_err(), "unavailable");
+        assert!(cache.get(&other).is_none());
+        load(&cache, &other, &loads).await;
+        assert!(cache.get(&other).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_load_overtaken_by_an_invalidation_is_answered_but_not_cached() {
+        let cache = KeyCache::default();
+        let n = name(3);
+        let got = cache
+            .get_or_load(&n, || async {
+                // The key changes while it is being read.
+                cache.invalidate(&name(99));
+                Ok::<_, ()>(entry(&n, 1))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got.name, n.to_string());
+        assert!(cache.get(&n).is_none(), "a load that raced with a change must not be cached");
+        let loads = AtomicUsize::new(0);
+        load(&cache, &n, &loads).await;
+        assert!(cache.get(&n).is_some());
+        cache.invalidate(&n);
+        assert!(cache.get(&n).is_none());
+        load(&cache, &n, &loads).await;
+        let refreshed = cache.refresh(&n, || async { Ok::<_, ()>(entry(&n, 2)) }).await.unwrap();
+        assert_eq!(refreshed.versions.len(), 2);
+        assert_eq!(cache.get(&n).unwrap().versions.len(), 2, "a refresh replaces the entry");
+        cache.clear();
+        assert_eq!(cache.usage(), (0, 0));
     }
 }

@@ -40,9 +40,12 @@ pub struct KmsConfig {
     pub max_rotation_period: ProtoDuration,
     /// How often due destructions and rotations are looked for.
     pub scheduler_interval: Duration,
-    /// How often the store's change counter is polled so that changes made by other nodes
-    /// reach this node's cache (bounded staleness across nodes).
+    /// How often the store's change log is polled so that changes made by other nodes reach
+    /// this node's caches (bounded staleness across nodes).
     pub change_poll_interval: Duration,
+    /// The key cache's budget in bytes (estimated per entry; 64 MiB by default): the memory it
+    /// takes stays under it whatever the number of keys.
+    pub key_cache_bytes: u64,
     /// Emulator mode (`--allow-anonymous`): requests without a valid token act as this
     /// principal, which is treated as owner of every project. `None` (the default): such
     /// requests are refused with `401 UNAUTHENTICATED`.
@@ -67,6 +70,7 @@ impl Default for KmsConfig {
             max_rotation_period: ProtoDuration::from_secs(876_000 * HOUR),
             scheduler_interval: Duration::from_secs(1),
             change_poll_interval: Duration::from_millis(250),
+            key_cache_bytes: crate::cache::DEFAULT_KEY_CACHE_BYTES,
             anonymous_principal: None,
             default_token_ttl: ProtoDuration::from_secs(90 * DAY),
             backends: KeyBackends::default(),

@@ -1,10 +1,11 @@
 //! Change notices for services that enforce key state (the CMEK key guards [C5]).
 //!
 //! The KMS announces, in process, every change that can make a key usable or unusable: a key
-//! or version update (enable, disable, destroy, restore, rotation), an IAM policy change, and
-//! any change another node made to the shared database (noticed by the change-counter poll, so
-//! across nodes a notice follows a change within the poll period, 250 ms). Notices carry no
-//! secrets and say only *what* may have changed; listeners re-check the key themselves.
+//! or version update (enable, disable, destroy, restore, rotation) and an IAM policy change,
+//! made on this node or, read from the database's change log, on another node sharing it (so
+//! across nodes a notice follows a change within the poll period, 250 ms); and a change it
+//! cannot name (`StoreChanged`). Notices carry no secrets and say only *what* may have
+//! changed; listeners re-check the key themselves.
 
 use keyhold_api::CryptoKeyName;
 use tokio::sync::broadcast;
@@ -16,7 +17,8 @@ pub enum KmsEvent {
     KeyChanged(CryptoKeyName),
     /// An IAM policy changed on this resource (and so on everything below it).
     PolicyChanged(String),
-    /// Another node changed the shared store; anything may have changed.
+    /// The shared store changed in a way the change log does not name (or this node fell too
+    /// far behind it); anything may have changed.
     StoreChanged,
 }
 

@@ -59,12 +59,18 @@ impl Keys {
         backends: Backends,
         events: EventBus,
     ) -> Self {
-        Self { repo, clock, config, cache: KeyCache::default(), backends, events }
+        let cache = KeyCache::new(config.key_cache_bytes);
+        Self { repo, clock, config, cache, backends, events }
     }
 
     /// Forgets every cached key (another node changed the store).
     pub(crate) fn clear_cache(&self) {
         self.cache.clear();
+    }
+
+    /// The key cache's entries and their weight in bytes.
+    pub(crate) fn cache_usage(&self) -> (usize, u64) {
+        self.cache.usage()
     }
 
     /// Drops a key from the cache and tells listeners it changed.
@@ -657,17 +663,20 @@ impl Keys {
 
     // ---- cache ----------------------------------------------------------------------------
 
-    /// The cached view of a key, loading it if needed.
+    /// The cached view of a key, loading it if needed (one load however many requests miss it
+    /// at once).
     pub(crate) async fn cached(&self, name: &CryptoKeyName) -> Result<Arc<CachedKey>, KmsError> {
-        match self.cache.get(name) {
-            Some(entry) => Ok(entry),
-            None => self.load_cached(name).await,
-        }
+        self.cache.get_or_load(name, || self.load(name)).await
     }
 
-    /// Loads a key and its versions from the store into the cache.
-    pub(crate) async fn load_cached(&self, name: &CryptoKeyName) -> Result<Arc<CachedKey>, KmsError> {
-        let generation = self.cache.generation();
+    /// The key read again from the store, cached in place of the entry held (which lacks a
+    /// version: perhaps created on another node since it was loaded).
+    pub(crate) async fn refresh_cached(&self, name: &CryptoKeyName) -> Result<Arc<CachedKey>, KmsError> {
+        self.cache.refresh(name, || self.load(name)).await
+    }
+
+    /// Reads a key and its versions from the store.
+    async fn load(&self, name: &CryptoKeyName) -> Result<CachedKey, KmsError> {
         let record = self.repo.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
         let versions = self
             .repo
@@ -676,9 +685,7 @@ impl Keys {
             .into_iter()
             .map(|v| (v.name.version, CachedVersion { record: v, aead: OnceLock::new() }))
             .collect();
-        let entry = Arc::new(CachedKey { name: name.to_string(), record, versions });
-        self.cache.insert(name.clone(), entry.clone(), generation);
-        Ok(entry)
+        Ok(CachedKey::new(record, versions))
     }
 
     /// What an in-process service protecting data with `name` (the store) learns of the key

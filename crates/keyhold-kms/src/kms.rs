@@ -46,12 +46,14 @@ use crate::identity::{Identities, NewToken};
 use crate::keys::{KeyFacts, Keys, ListQuery};
 use crate::org_policy::{self, OrgPolicies, OrgPolicyName};
 use crate::quota::Quotas;
-use crate::repo::{KmsRepository, ProjectRecord, RepoError, ServiceIdentityRecord, TokenRecord};
+use crate::repo::{Change, KmsRepository, ProjectRecord, RepoError, ServiceIdentityRecord, TokenRecord};
 use crate::root_key::RootKey;
 use crate::scheduler::{DueWork, Scheduler};
 
 /// The service of Keyhold's own methods (tokens).
 const KEYHOLD: &str = "keyhold.dev";
+/// Most change-log entries one poll applies one by one; after more, every cache is dropped.
+pub const CHANGES_PER_POLL: i64 = 1024;
 /// Resource Manager (projects, the server-wide policy).
 const RESOURCE_MANAGER: &str = "cloudresourcemanager.googleapis.com";
 
@@ -797,17 +799,58 @@ impl Kms {
         self.scheduler.run_due_work().await
     }
 
-    /// Drops cached state if another node changed the store. Returns whether it did.
+    /// The key cache's entries and their weight in bytes (for tests and metrics).
+    pub fn key_cache_usage(&self) -> (usize, u64) {
+        self.keys.cache_usage()
+    }
+
+    /// Follows what other nodes changed in the shared store, from its change log: a changed key
+    /// is dropped from the key cache, a changed policy from the policy cache, a token change
+    /// empties the token cache, each with its event for the key guards. Only when the log cannot
+    /// say what changed (more than [`CHANGES_PER_POLL`] entries since the last poll, entries
+    /// pruned, an entry of a kind this build does not know, or a change by a node that does not
+    /// log) is every cache dropped, as before the log existed. Returns whether anything changed.
+    /// This node's own writes come back too; they were applied locally at once, and dropping the
+    /// same entries again is harmless.
     pub async fn sync_with_store(&self) -> Result<bool, KmsError> {
         let now = self.repo.change_counter().await?;
-        if self.last_change.swap(now, Ordering::AcqRel) != now {
+        let last = self.last_change.load(Ordering::Acquire);
+        if now == last {
+            return Ok(false);
+        }
+        let changes = self.repo.changes_since(last, CHANGES_PER_POLL + 1).await?;
+        let gapless = changes.iter().zip(last + 1..).all(|((seq, _), want)| *seq == want);
+        let upto = changes.last().map_or(last, |(seq, _)| *seq);
+        let named = changes.iter().all(|(_, c)| *c != Change::Other);
+        if gapless && upto >= now && changes.len() as i64 <= CHANGES_PER_POLL && named {
+            for (_, change) in &changes {
+                self.apply_change(change);
+            }
+            self.last_change.store(upto, Ordering::Release);
+        } else {
             self.keys.clear_cache();
             self.gate.authz.clear();
             self.identities.clear();
             self.events.send(KmsEvent::StoreChanged);
-            return Ok(true);
+            self.last_change.store(now.max(upto), Ordering::Release);
         }
-        Ok(false)
+        Ok(true)
+    }
+
+    /// Drops what one logged change makes stale.
+    fn apply_change(&self, change: &Change) {
+        match change {
+            Change::Key(name) => self.keys.key_changed(name),
+            Change::Policy(resource) => {
+                self.gate.authz.invalidate_policy(resource);
+                self.events.send(KmsEvent::PolicyChanged(resource.clone()));
+            }
+            Change::Tokens => self.identities.clear(),
+            // Nothing cached holds key rings, nor projects that do not exist yet.
+            Change::KeyRing(_) | Change::Project(_) => {}
+            // `sync_with_store` drops everything instead.
+            Change::Other => {}
+        }
     }
 
     /// Runs the scheduler and the cross-node cache sync until `shutdown` resolves.

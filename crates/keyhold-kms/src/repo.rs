@@ -72,6 +72,55 @@ impl std::fmt::Debug for VersionRecord {
     }
 }
 
+/// What one write changed, as the change log records it for the other nodes' caches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A crypto key or one of its versions (created, updated, rotated, destroyed, ...).
+    Key(CryptoKeyName),
+    /// A key ring was created (no cache holds key rings).
+    KeyRing(String),
+    /// A project was recorded (caches hold only projects known to exist).
+    Project(String),
+    /// The IAM policy held by this resource.
+    Policy(String),
+    /// Bearer tokens (minted or revoked).
+    Tokens,
+    /// Anything else (an org policy, a service identity, server metadata): readers drop every
+    /// cache, as for a kind they do not know.
+    Other,
+}
+
+impl Change {
+    /// The change log's `(kind, resource)` columns.
+    pub fn to_columns(&self) -> (&'static str, String) {
+        match self {
+            Change::Key(k) => ("key", k.to_string()),
+            Change::KeyRing(r) => ("key_ring", r.clone()),
+            Change::Project(p) => ("project", p.clone()),
+            Change::Policy(r) => ("policy", r.clone()),
+            Change::Tokens => ("tokens", String::new()),
+            Change::Other => ("other", String::new()),
+        }
+    }
+
+    /// From the change log's columns; an unknown kind, or a key name that does not parse (a
+    /// newer node's entry), is [`Change::Other`].
+    pub fn from_columns(kind: &str, resource: &str) -> Self {
+        match kind {
+            "key" => resource.parse().map_or(Change::Other, Change::Key),
+            "key_ring" => Change::KeyRing(resource.to_string()),
+            "project" => Change::Project(resource.to_string()),
+            "policy" => Change::Policy(resource.to_string()),
+            "tokens" => Change::Tokens,
+            _ => Change::Other,
+        }
+    }
+}
+
+/// How many change-log entries a backend keeps at least; a node that falls further behind
+/// (it was stopped, or the database was busy) drops every cache instead.
+pub const CHANGE_LOG_KEPT: i64 = 4096;
+
 /// Persistence for the KMS. Every mutating method also advances the store-wide change counter
 /// ([`KmsRepository::change_counter`]) in the same transaction, except [`KmsRepository::append_audit`]
 /// (audit entries are never cached, so appending them invalidates nothing).
@@ -131,8 +180,14 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
     async fn keys_due_for_rotation(&self, now: Timestamp) -> Result<Vec<CryptoKeyName>, RepoError>;
 
     /// A number that changes whenever anything in the store changes (used to invalidate caches
-    /// of nodes sharing the database).
+    /// of nodes sharing the database): the sequence number of the last [`Change`].
     async fn change_counter(&self) -> Result<i64, RepoError>;
+    /// What changed after sequence number `after`, in order, at most `limit` entries: each
+    /// mutating method records its [`Change`] under the change counter's new value, in its own
+    /// transaction, so the log has no gaps. Old entries are pruned (the log keeps at least the
+    /// last [`CHANGE_LOG_KEPT`]); a reader that finds the entry after `after` gone must assume
+    /// anything changed.
+    async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<(i64, Change)>, RepoError>;
     /// Sets a metadata value unless one is set; returns the value now stored.
     async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String, RepoError>;
 

@@ -436,6 +436,59 @@ async fn grants_and_revokes_reach_other_nodes_within_a_second() {
     println!("cross-node token revocation through B's background loop: {} ms", start.elapsed().as_millis());
 }
 
+/// Issue 18, finding 1: a change on one node drops, on the others, only what it changed. A
+/// PATCH of one key leaves every other cached key in place on node B, a disabled version is
+/// refused by B after one poll all the same, and a change the log does not name (an org policy)
+/// still drops everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_drops_only_what_it_changed_on_other_nodes() {
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let a = start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
+    let url = a.pg_url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unused.db");
+    let b = start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    with_key(&a).await;
+    let other = format!("{RING}/cryptoKeys/other");
+    a.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=other"), Some(json!({"purpose": "ENCRYPT_DECRYPT"})))
+        .await;
+    b.kms.sync_with_store().await.unwrap();
+    let enc = json!({"plaintext": b64(b"x")});
+    let on_b = async |key: &str| b.call(Method::POST, &format!("{key}:encrypt"), Some(enc.clone())).await.0;
+    assert_eq!((on_b(KEY).await, on_b(&other).await), (200, 200));
+    let (held, weight) = b.kms.key_cache_usage();
+    assert_eq!(held, 2, "both keys cached on B");
+    println!("key cache: {held} keys weigh {weight} bytes");
+    // The estimate is of the order measured from outside (issue 18: ~8.7 KB per cached key).
+    assert!((2 * 4096..=2 * 16384).contains(&weight), "an entry is counted several KiB: {weight} for 2");
+
+    // A's PATCH of `other`: after one poll B has dropped `other` and kept KEY.
+    a.ok(Method::PATCH, &format!("{other}?updateMask=labels"), Some(json!({"labels": {"team": "a"}}))).await;
+    assert!(b.kms.sync_with_store().await.unwrap());
+    assert_eq!(b.kms.key_cache_usage().0, 1, "only the changed key was dropped");
+    assert_eq!(on_b(KEY).await, 200);
+    assert_eq!(b.kms.key_cache_usage().0, 1, "KEY answered from the cache it kept");
+
+    // Revocation stays enforced: A disables KEY's primary; B, after one poll, refuses it.
+    let primary = a.ok(Method::GET, KEY, None).await["primary"]["name"].as_str().unwrap().to_string();
+    a.ok(Method::PATCH, &format!("{primary}?updateMask=state"), Some(json!({"state": "DISABLED"}))).await;
+    assert_eq!(on_b(KEY).await, 200, "B answers from its cache until it polls");
+    assert!(b.kms.sync_with_store().await.unwrap());
+    assert_eq!(on_b(KEY).await, 400, "a disabled version is refused after one poll");
+
+    // A change the log does not name by resource drops every cache.
+    assert_eq!(on_b(&other).await, 200);
+    assert!(b.kms.key_cache_usage().0 >= 1);
+    let name = "projects/p/policies/gcp.restrictNonCmekServices";
+    let body = json!({"name": name, "spec": {"rules": [{"values": {"deniedValues": ["store.keyhold.dev"]}}]}});
+    let v2 = a.base.trim_end_matches("/v1").to_string() + "/v2";
+    let resp = a.http.put(format!("{v2}/{name}")).bearer_auth(&a.token).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert!(b.kms.sync_with_store().await.unwrap());
+    assert_eq!(b.kms.key_cache_usage().0, 0, "everything dropped");
+    assert!(!b.kms.sync_with_store().await.unwrap(), "nothing new");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_identities_and_agent_tokens() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;

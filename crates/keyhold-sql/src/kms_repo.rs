@@ -8,8 +8,8 @@ use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName
 use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
 use keyhold_kms::repo::{
-    AuditQuery, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, PolicyRecord, ProjectRecord, RepoError,
-    ServiceIdentityRecord, TokenRecord, VersionRecord,
+    AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, PolicyRecord, ProjectRecord,
+    RepoError, ServiceIdentityRecord, TokenRecord, VersionRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -197,15 +197,30 @@ fn identity_record(row: &Row) -> Result<ServiceIdentityRecord, RepoError> {
     })
 }
 
+/// The statements that record `change`: the counter advances, the log gets the entry under
+/// the counter's new value, and the entry that fell out of the kept window goes.
+fn change_statements(change: &Change) -> [(&'static str, Vec<Value>); 3] {
+    let (kind, resource) = change.to_columns();
+    [
+        (BUMP_CHANGES, vec![]),
+        (LOG_CHANGE, vec![Value::Text(kind.to_string()), Value::Text(resource)]),
+        (PRUNE_CHANGES, vec![Value::Int(CHANGE_LOG_KEPT)]),
+    ]
+}
+
 impl<B: SqlBackend> SqlStore<B> {
-    /// Runs `f` in a transaction that also advances the change counter; commits on success.
+    /// Runs `f` in a transaction that also records `change` (advancing the change counter);
+    /// commits on success.
     async fn write<R>(
         &self,
+        change: Change,
         f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, RepoError>>,
     ) -> Result<R, RepoError> {
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
-        tx.execute(BUMP_CHANGES, vec![]).await?;
+        for (sql, params) in change_statements(&change) {
+            tx.execute(sql, params).await?;
+        }
         tx.commit().await?;
         Ok(r)
     }
@@ -213,6 +228,7 @@ impl<B: SqlBackend> SqlStore<B> {
     /// [`Self::write`], appending `audit` to the audit chain in the same transaction.
     async fn write_audited<R>(
         &self,
+        change: Change,
         audit: &AuditRecord,
         f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, RepoError>>,
     ) -> Result<R, RepoError> {
@@ -220,7 +236,7 @@ impl<B: SqlBackend> SqlStore<B> {
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
         let mut statements = append_entries(&mut tx, entry).await?;
-        statements.push((BUMP_CHANGES, vec![]));
+        statements.extend(change_statements(&change));
         tx.execute_many_and_commit(statements).await?;
         Ok(r)
     }
@@ -234,8 +250,10 @@ impl<B: SqlBackend> SqlStore<B> {
 impl<B: SqlBackend> KmsRepository for SqlStore<B> {
     async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), RepoError> {
         let params = vec![Value::Text(name.to_string()), Value::Text(name.location.to_string()), to_json(ring)?];
-        self.write_audited(audit, |tx| Box::pin(async move { tx.execute(INSERT_KEY_RING, params).await.map(|_| ()) }))
-            .await
+        self.write_audited(Change::KeyRing(name.to_string()), audit, |tx| {
+            Box::pin(async move { tx.execute(INSERT_KEY_RING, params).await.map(|_| ()) })
+        })
+        .await
     }
 
     async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, RepoError> {
@@ -263,7 +281,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             nanos(key.key.next_rotation_time),
         ];
         let version_params = first.map(version_params).transpose()?;
-        self.write_audited(audit, |tx| {
+        self.write_audited(Change::Key(key.name.clone()), audit, |tx| {
             Box::pin(async move {
                 tx.execute(INSERT_CRYPTO_KEY, key_params).await?;
                 if let Some(p) = version_params {
@@ -293,7 +311,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             Value::Text(key.name.to_string()),
             Value::Int(key.revision),
         ];
-        self.write_audited(audit, |tx| {
+        self.write_audited(Change::Key(key.name.clone()), audit, |tx| {
             Box::pin(async move {
                 let rows = tx.query(UPDATE_CRYPTO_KEY, params).await?;
                 rows.first().ok_or(RepoError::Conflict)?[0].int()
@@ -304,7 +322,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
 
     async fn allocate_version_id(&self, key: &CryptoKeyName) -> Result<u64, RepoError> {
         let params = vec![Value::Text(key.to_string())];
-        self.write(|tx| {
+        self.write(Change::Key(key.clone()), |tx| {
             Box::pin(async move {
                 let rows = tx.query(ALLOCATE_VERSION_ID, params).await?;
                 Ok(rows.first().ok_or(RepoError::Conflict)?[0].int()? as u64)
@@ -323,7 +341,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         let primary = make_primary.then(|| {
             vec![Value::OptInt(Some(version.name.version as i64)), Value::Text(version.name.crypto_key.to_string())]
         });
-        self.write_audited(audit, |tx| {
+        self.write_audited(Change::Key(version.name.crypto_key.clone()), audit, |tx| {
             Box::pin(async move {
                 tx.execute(INSERT_VERSION, params).await?;
                 if let Some(p) = primary {
@@ -360,7 +378,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             Value::Int(version.revision),
         ];
         let rev = self
-            .write_audited(audit, |tx| {
+            .write_audited(Change::Key(version.name.crypto_key.clone()), audit, |tx| {
                 Box::pin(async move {
                     let rows = tx.query(UPDATE_VERSION, params).await?;
                     rows.first().ok_or(RepoError::Conflict)?[0].int()
@@ -388,10 +406,15 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         rows.first().ok_or_else(|| RepoError::Corrupt("change counter row missing".into()))?[0].int()
     }
 
+    async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<(i64, Change)>, RepoError> {
+        let rows = self.read_rows(CHANGES_SINCE, vec![Value::Int(after), Value::Int(limit)]).await?;
+        rows.iter().map(|r| Ok((r[0].int()?, Change::from_columns(r[1].text()?, r[2].text()?)))).collect()
+    }
+
     async fn meta_set_if_absent(&self, key: &str, value: &str) -> Result<String, RepoError> {
         let insert = vec![Value::Text(key.to_string()), Value::Text(value.to_string())];
         let get = vec![Value::Text(key.to_string())];
-        self.write(|tx| {
+        self.write(Change::Other, |tx| {
             Box::pin(async move {
                 tx.execute(META_INSERT, insert).await?;
                 let rows = tx.query(META_GET, get).await?;
@@ -416,8 +439,9 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         audit: &AuditRecord,
     ) -> Result<i64, RepoError> {
         let json = to_json(policy)?;
+        let change = Change::Policy(resource.to_string());
         let resource = Value::Text(resource.to_string());
-        self.write_audited(audit, |tx| {
+        self.write_audited(change, audit, |tx| {
             Box::pin(async move {
                 match expected_revision {
                     None => {
@@ -458,7 +482,8 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             Value::Int(project.project_number),
             Value::Int(project.create_time.unix_nanos_i64()),
         ];
-        self.write(|tx| Box::pin(async move { tx.execute(INSERT_PROJECT, params).await.map(|_| ()) })).await
+        let change = Change::Project(project.project_id.clone());
+        self.write(change, |tx| Box::pin(async move { tx.execute(INSERT_PROJECT, params).await.map(|_| ()) })).await
     }
 
     async fn insert_token(&self, token: &TokenRecord, audit: &AuditRecord) -> Result<(), RepoError> {
@@ -471,7 +496,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             Value::Int(token.expire_time.unix_nanos_i64()),
             nanos(token.revoke_time),
         ];
-        self.write_audited(audit, |tx| {
+        self.write_audited(Change::Tokens, audit, |tx| {
             Box::pin(async move { tx.execute(TOKEN_COLUMNS_INSERT, params).await.map(|_| ()) })
         })
         .await
@@ -490,7 +515,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         let params = vec![Value::Int(when.unix_nanos_i64()), Value::Text(id.to_string())];
         // Nothing revoked: roll back, so the success entry is not committed.
         let result = self
-            .write_audited(audit, |tx| {
+            .write_audited(Change::Tokens, audit, |tx| {
                 Box::pin(async move {
                     match tx.execute(REVOKE_TOKEN, params).await? {
                         0 => Err(RepoError::Conflict),
@@ -518,7 +543,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             Value::Text(identity.unique_id.clone()),
             Value::Int(identity.create_time.unix_nanos_i64()),
         ];
-        self.write_audited(audit, |tx| {
+        self.write_audited(Change::Other, audit, |tx| {
             Box::pin(async move { tx.execute(INSERT_SERVICE_IDENTITY, params).await.map(|_| ()) })
         })
         .await
@@ -600,7 +625,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             to_json(&record.policy)?,
             Value::Int(record.update_time.unix_nanos_i64()),
         ];
-        self.write_audited(audit, |tx| {
+        self.write_audited(Change::Other, audit, |tx| {
             Box::pin(async move {
                 let rows = tx.query(UPSERT_ORG_POLICY, params).await?;
                 rows.first().ok_or_else(|| RepoError::Corrupt("upsert returned no revision".into()))?[0].int()
@@ -613,7 +638,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         let params = vec![Value::Text(name.to_string())];
         // Nothing deleted: roll back, so the call's success entry is not committed either.
         let r = self
-            .write_audited(audit, |tx| {
+            .write_audited(Change::Other, audit, |tx| {
                 Box::pin(async move {
                     match tx.execute(DELETE_ORG_POLICY, params).await? {
                         0 => Err(RepoError::Conflict),

@@ -17,6 +17,11 @@ CREATE TABLE IF NOT EXISTS changes (
     counter BIGINT NOT NULL
 );
 INSERT INTO changes (id, counter) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
+CREATE TABLE IF NOT EXISTS change_log (
+    seq      BIGINT PRIMARY KEY,
+    kind     TEXT NOT NULL,
+    resource TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS key_rings (
     name     TEXT PRIMARY KEY,
     location TEXT NOT NULL,
@@ -282,6 +287,14 @@ pub(crate) const SCHEMA_VERSION_UPDATE: &str =
 
 pub(crate) const BUMP_CHANGES: &str = "UPDATE changes SET counter = counter + 1 WHERE id = 1";
 pub(crate) const CHANGE_COUNTER: &str = "SELECT counter FROM changes WHERE id = 1";
+/// After [`BUMP_CHANGES`], in the same transaction: what changed, under the new counter value.
+pub(crate) const LOG_CHANGE: &str =
+    "INSERT INTO change_log (seq, kind, resource) SELECT counter, $1, $2 FROM changes WHERE id = 1";
+/// After [`LOG_CHANGE`]: the entry that fell out of the kept window (`$1` = CHANGE_LOG_KEPT).
+pub(crate) const PRUNE_CHANGES: &str =
+    "DELETE FROM change_log WHERE seq <= (SELECT counter FROM changes WHERE id = 1) - $1";
+pub(crate) const CHANGES_SINCE: &str =
+    "SELECT seq, kind, resource FROM change_log WHERE seq > $1 ORDER BY seq LIMIT $2";
 pub(crate) const META_INSERT: &str = "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 pub(crate) const META_GET: &str = "SELECT value FROM meta WHERE key = $1";
 

@@ -22,8 +22,8 @@ use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName
 use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditKind, AuditRecord, ChainVerdict, verify_chain};
 use keyhold_kms::repo::{
-    AuditQuery, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, ProjectRecord, RepoError, ServiceIdentityRecord,
-    TokenRecord, VersionRecord,
+    AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, ProjectRecord, RepoError,
+    ServiceIdentityRecord, TokenRecord, VersionRecord,
 };
 use keyhold_sql::Database;
 
@@ -118,6 +118,7 @@ conformance!(
     repo_exports,
     repo_orphaned_work,
     repo_changes_commit_their_audit_entries,
+    the_change_log_names_each_change_without_gaps,
 );
 
 // ---- fixtures ---------------------------------------------------------------------------------
@@ -221,6 +222,53 @@ fn all_audit() -> AuditQuery {
 }
 
 // ---- KmsRepository ---------------------------------------------------------------------------------
+
+/// Issue 18: every change is logged under the change counter's new value, in order and without
+/// gaps, naming what changed; a refused change logs nothing; the log keeps at least the last
+/// `CHANGE_LOG_KEPT` entries and prunes older ones.
+async fn the_change_log_names_each_change_without_gaps(db: Opened) {
+    let s = &*db.kms;
+    let c0 = s.change_counter().await.unwrap();
+    let kn = ring_with_key(s, "log").await;
+    let mut record = s.crypto_key(&kn).await.unwrap().unwrap();
+    record.key.labels.insert("a".into(), "b".into());
+    s.update_crypto_key(&record, &audit("UpdateCryptoKey", &kn.to_string())).await.unwrap();
+    let res = "projects/acme";
+    let policy = Policy { bindings: vec![], ..Default::default() };
+    s.set_policy(res, &policy, None, &audit("SetIamPolicy", res)).await.unwrap();
+    s.insert_token(&token("logged", 1), &audit("CreateToken", "logged")).await.unwrap();
+    let stale = s.update_crypto_key(&record, &audit("UpdateCryptoKey", &kn.to_string())).await;
+    assert!(matches!(stale, Err(RepoError::Conflict)), "{stale:?}");
+
+    let now = s.change_counter().await.unwrap();
+    let log = s.changes_since(c0, 100).await.unwrap();
+    let seqs: Vec<i64> = log.iter().map(|(seq, _)| *seq).collect();
+    assert_eq!(seqs, (c0 + 1..=now).collect::<Vec<_>>(), "one entry per change, under the counter, no gaps");
+    let changes: Vec<Change> = log.into_iter().map(|(_, c)| c).collect();
+    assert_eq!(
+        changes,
+        [
+            Change::KeyRing(ring_name("log").to_string()),
+            Change::Key(kn.clone()),
+            Change::Key(kn.clone()),
+            Change::Policy(res.into()),
+            Change::Tokens,
+        ],
+        "the refused update logged nothing"
+    );
+    assert_eq!(s.changes_since(now, 100).await.unwrap(), [], "nothing after the counter");
+    assert_eq!(s.changes_since(c0, 2).await.unwrap().len(), 2, "at most `limit` entries");
+
+    // Older entries go: after CHANGE_LOG_KEPT more changes, the first of them is pruned.
+    for _ in 0..CHANGE_LOG_KEPT {
+        s.allocate_version_id(&kn).await.unwrap();
+    }
+    let first = s.changes_since(0, 1).await.unwrap();
+    assert!(first[0].0 > now, "entries before the kept window are pruned: {first:?}");
+    let last = s.change_counter().await.unwrap();
+    let kept = s.changes_since(last - CHANGE_LOG_KEPT, CHANGE_LOG_KEPT + 1).await.unwrap();
+    assert_eq!(kept.len() as i64, CHANGE_LOG_KEPT, "the last CHANGE_LOG_KEPT entries stay");
+}
 
 async fn key_rings(db: Opened) {
     let s = &*db.kms;

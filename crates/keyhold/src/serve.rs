@@ -167,6 +167,11 @@ pub struct ServeArgs {
     /// the others with N requests, not with all its connections. Off unless set.
     #[arg(long, value_name = "N", env = "KEYHOLD_QUOTA_MAX_IN_FLIGHT_PER_PROJECT")]
     pub quota_max_in_flight_per_project: Option<std::num::NonZeroUsize>,
+    /// Memory the key cache may take, in MiB (an estimate per key: its records and versions).
+    /// Keys beyond it are read from the database again when used; raise it when many more
+    /// keys are in steady use than fit.
+    #[arg(long, value_name = "MIB", default_value_t = 64, env = "KEYHOLD_KEY_CACHE_MB")]
+    pub key_cache_mb: u64,
     /// Limits of the public listener (issue 15, finding 3).
     #[command(flatten)]
     pub listener: crate::listen::ListenerArgs,
@@ -333,6 +338,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         default_destroy_scheduled_duration: args.default_destroy_scheduled_duration,
         min_destroy_scheduled_duration: args.min_destroy_scheduled_duration,
         min_rotation_period: args.min_rotation_period,
+        key_cache_bytes: args.key_cache_mb.saturating_mul(1024 * 1024),
         ..KmsConfig::default()
     };
     let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, Arc::new(SystemClock)).await?);
