@@ -16,8 +16,9 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use keyhold_api::CryptoKeyName;
 use keyhold_crypto::AeadKey;
@@ -34,6 +35,11 @@ const VERSION_HEAP: u64 = 768;
 /// Slots in one node of a `BTreeMap` (std's `B` is 6: 2B - 1 slots), allocated in full even for
 /// one version.
 const BTREE_SLOTS: u64 = 11;
+/// How young an entry may be and still be read again for a version it lacks: a request naming
+/// a version the cached key does not have (created on another node since, or never) reads the
+/// key again at most once per this interval, however many such requests arrive. Another node's
+/// new version is also announced by the change log within its poll (250 ms).
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
 /// The typical weight of an entry (a key with a version or two), to size the cache's tables.
 const TYPICAL_WEIGHT: u64 = 4096;
 
@@ -56,6 +62,9 @@ pub struct CachedKey {
     /// Versions by ID.
     pub versions: BTreeMap<u64, CachedVersion>,
     weight: u64,
+    loaded: Instant,
+    /// Set by the one request that reads this key again ([`KeyCache::refresh`]).
+    refreshing: AtomicBool,
 }
 
 impl CachedKey {
@@ -71,7 +80,7 @@ impl CachedKey {
         for v in versions.values() {
             weight += VERSION_HEAP + json_len(&v.record.version);
         }
-        Self { name, record, versions, weight }
+        Self { name, record, versions, weight, loaded: Instant::now(), refreshing: AtomicBool::new(false) }
     }
 
     /// The bytes this entry is counted for against the cache's budget: an estimate from its
@@ -163,16 +172,32 @@ impl KeyCache {
         Ok(entry)
     }
 
-    /// Reads the key again even though an entry is cached (a version it lacks may have been
-    /// created on another node since), and caches what was read unless an invalidation
-    /// overtook the read.
-    pub async fn refresh<E, F, Fut>(&self, name: &CryptoKeyName, load: F) -> Result<Arc<CachedKey>, E>
+    /// Reads the key again although `held` is cached (it lacks a version, perhaps created on
+    /// another node since), and caches what was read unless an invalidation overtook the read.
+    /// Only one request reads, and only once `held` is [`MIN_REFRESH_INTERVAL`] old; any other
+    /// gets `held` back, so requests naming versions that do not exist cannot make every
+    /// request a database read.
+    pub async fn refresh<E, F, Fut>(
+        &self,
+        name: &CryptoKeyName,
+        held: &Arc<CachedKey>,
+        load: F,
+    ) -> Result<Arc<CachedKey>, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<CachedKey, E>>,
     {
+        if held.loaded.elapsed() < MIN_REFRESH_INTERVAL || held.refreshing.swap(true, Ordering::AcqRel) {
+            return Ok(held.clone());
+        }
         let generation = self.generation.load(Ordering::Acquire);
-        let entry = Arc::new(load().await?);
+        let entry = match load().await {
+            Ok(entry) => Arc::new(entry),
+            Err(e) => {
+                held.refreshing.store(false, Ordering::Release);
+                return Err(e);
+            }
+        };
         let _turn = self.turn.read().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::Acquire) == generation {
             self.entries.insert(name.clone(), entry.clone());
@@ -321,11 +346,45 @@ mod tests {
         assert!(cache.get(&n).is_some());
         cache.invalidate(&n);
         assert!(cache.get(&n).is_none());
-        load(&cache, &n, &loads).await;
-        let refreshed = cache.refresh(&n, || async { Ok::<_, ()>(entry(&n, 2)) }).await.unwrap();
-        assert_eq!(refreshed.versions.len(), 2);
-        assert_eq!(cache.get(&n).unwrap().versions.len(), 2, "a refresh replaces the entry");
         cache.clear();
         assert_eq!(cache.usage(), (0, 0));
+    }
+
+    /// A refresh whose read counts in `loads` and takes a moment, answering two versions.
+    async fn again(cache: &KeyCache, n: &CryptoKeyName, held: &Arc<CachedKey>, loads: &AtomicUsize) -> Arc<CachedKey> {
+        cache
+            .refresh(n, held, || async {
+                loads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok::<_, ()>(entry(n, 2))
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn requests_for_a_missing_version_read_the_key_again_once_per_interval() {
+        let cache = Arc::new(KeyCache::default());
+        let n = name(4);
+        let loads = Arc::new(AtomicUsize::new(0));
+        let held = load(&cache, &n, &loads).await;
+        // Too young: the held entry, no read.
+        assert_eq!(again(&cache, &n, &held, &loads).await.versions.len(), 1);
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(MIN_REFRESH_INTERVAL + Duration::from_millis(10)).await;
+        // 32 requests at once: one reads, the others get the held entry.
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let (cache, n, held, loads) = (cache.clone(), n.clone(), held.clone(), loads.clone());
+                tokio::spawn(async move { again(&cache, &n, &held, &loads).await.versions.len() })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.unwrap());
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "one read for 32 requests");
+        assert_eq!(got.iter().filter(|&&v| v == 2).count(), 1, "{got:?}");
+        assert_eq!(cache.get(&n).unwrap().versions.len(), 2, "the read replaced the entry");
     }
 }

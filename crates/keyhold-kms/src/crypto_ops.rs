@@ -88,7 +88,7 @@ impl CryptoOps {
         };
         if !entry.versions.contains_key(&id) {
             // Perhaps created on another node since we cached the key.
-            entry = self.keys.refresh_cached(key_name).await?;
+            entry = self.keys.refresh_cached(key_name, &entry).await?;
         }
         let version = entry.versions.get(&id).ok_or_else(|| KmsError::VersionNotFound(key_name.version(id)))?;
         call.set_key_version(version.record.version.name.clone());
@@ -125,7 +125,7 @@ impl CryptoOps {
         require_purpose(&entry)?;
         let id = ciphertext::version_of(ct).map_err(|_| KmsError::DecryptFailed)?;
         if !entry.versions.contains_key(&id) {
-            entry = self.keys.refresh_cached(key_name).await?;
+            entry = self.keys.refresh_cached(key_name, &entry).await?;
         }
         // A ciphertext naming a version this key does not have is foreign: same answer as any
         // other failure, so nothing is learned about the key's versions.

@@ -669,10 +669,15 @@ impl Keys {
         self.cache.get_or_load(name, || self.load(name)).await
     }
 
-    /// The key read again from the store, cached in place of the entry held (which lacks a
-    /// version: perhaps created on another node since it was loaded).
-    pub(crate) async fn refresh_cached(&self, name: &CryptoKeyName) -> Result<Arc<CachedKey>, KmsError> {
-        self.cache.refresh(name, || self.load(name)).await
+    /// The key read again from the store in place of `held`, which lacks a version (perhaps
+    /// created on another node since it was loaded); at most once per
+    /// [`crate::cache::MIN_REFRESH_INTERVAL`] per key, else `held` itself.
+    pub(crate) async fn refresh_cached(
+        &self,
+        name: &CryptoKeyName,
+        held: &Arc<CachedKey>,
+    ) -> Result<Arc<CachedKey>, KmsError> {
+        self.cache.refresh(name, held, || self.load(name)).await
     }
 
     /// Reads a key and its versions from the store.

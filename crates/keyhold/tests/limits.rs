@@ -81,6 +81,18 @@ async fn read_to_close(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The server's log once it holds `text` (within 20 s).
+async fn log_once_it_has(log: &std::path::Path, text: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let now = std::fs::read_to_string(log).unwrap_or_default();
+        if now.contains(text) || start.elapsed() > std::time::Duration::from_secs(20) {
+            return now;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 fn terminate(mut p: Proc) -> String {
     assert!(Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status().unwrap().success());
     let exit = p.child.wait().unwrap();
@@ -97,7 +109,8 @@ async fn idle_sockets_beyond_the_open_file_limit_do_not_lock_a_client_out() {
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
     let p = spawn(dir.path(), Some(256), &["serve", "--in-memory", "--listen", "127.0.0.1:0", "--data-dir", data]);
-    let log = std::fs::read_to_string(&p.log).unwrap();
+    // The limits are logged just after the "serving" line `spawn` waits for.
+    let log = log_once_it_has(&p.log, "listener limits").await;
     assert!(log.contains("max_connections=192"), "default cap is 3/4 of ulimit -n: {log}");
     let mut idle = Vec::new();
     for _ in 0..400 {
