@@ -201,6 +201,9 @@ impl KeyCache {
         let _turn = self.turn.read().unwrap_or_else(|e| e.into_inner());
         if self.generation.load(Ordering::Acquire) == generation {
             self.entries.insert(name.clone(), entry.clone());
+        } else {
+            // Not cached: `held` may still be, and may be read again later.
+            held.refreshing.store(false, Ordering::Release);
         }
         Ok(entry)
     }
