@@ -23,7 +23,7 @@ ALLOWED = {
     "keyhold-ekm": {"keyhold-api", "keyhold-crypto", "keyhold-kms", "keyhold-tls"},
     "keyhold-sql": {"keyhold-api", "keyhold-crypto", "keyhold-audit", "keyhold-cmek", "keyhold-kms", "keyhold-store", "keyhold-tls"},
     "keyhold-proto": {"keyhold-api", "keyhold-crypto"},
-    "keyhold-grpc": {"keyhold-api", "keyhold-crypto", "keyhold-kms", "keyhold-proto", "keyhold-server", "keyhold-store"},
+    "keyhold-grpc": {"keyhold-api", "keyhold-kms", "keyhold-proto", "keyhold-server"},
     "keyhold-server": {"keyhold-api", "keyhold-crypto", "keyhold-audit", "keyhold-cmek", "keyhold-kms", "keyhold-proto", "keyhold-store", "keyhold-tls"},
     "keyhold": None,
     "keyhold-fuzz": None,

@@ -3,6 +3,7 @@
 //! `google.rpc.Status` in `grpc-status-details-bin`, where Google's clients read them.
 
 use keyhold_api::Status;
+use keyhold_proto::wkt::Any;
 use prost::Message as _;
 
 use crate::pb::google::rpc;
@@ -10,7 +11,7 @@ use crate::pb::google::rpc;
 /// The gRPC status of a Keyhold status.
 pub fn to_grpc(status: &Status) -> tonic::Status {
     let code = tonic::Code::from_i32(status.code.number());
-    let details: Vec<keyhold_proto::wkt::Any> = status.details.iter().filter_map(detail_any).collect();
+    let details: Vec<Any> = status.details.iter().filter_map(detail_any).collect();
     if details.is_empty() {
         return tonic::Status::new(code, status.message.clone());
     }
@@ -19,36 +20,17 @@ pub fn to_grpc(status: &Status) -> tonic::Status {
 }
 
 /// One detail of the error JSON (`{"@type": "type.googleapis.com/google.rpc.ErrorInfo", ...}`)
-/// as a packed `Any`; `None` for a type Keyhold does not send (never expected: a test packs
-/// every detail the KMS and the store produce).
-fn detail_any(detail: &serde_json::Value) -> Option<keyhold_proto::wkt::Any> {
-    let type_url = detail.get("@type")?.as_str()?.to_string();
-    let mut fields = detail.as_object()?.clone();
-    fields.remove("@type");
-    let fields = serde_json::Value::Object(fields);
-    let value = match type_url.strip_prefix("type.googleapis.com/")? {
-        "google.rpc.ErrorInfo" => encode::<rpc::ErrorInfo>(fields),
-        "google.rpc.PreconditionFailure" => encode::<rpc::PreconditionFailure>(fields),
-        "google.rpc.RetryInfo" => encode::<rpc::RetryInfo>(fields),
-        "google.rpc.QuotaFailure" => encode::<rpc::QuotaFailure>(fields),
-        "google.rpc.BadRequest" => encode::<rpc::BadRequest>(fields),
-        "google.rpc.ResourceInfo" => encode::<rpc::ResourceInfo>(fields),
-        "google.rpc.Help" => encode::<rpc::Help>(fields),
-        "google.rpc.LocalizedMessage" => encode::<rpc::LocalizedMessage>(fields),
-        "google.rpc.DebugInfo" => encode::<rpc::DebugInfo>(fields),
-        _ => None,
-    };
-    match value {
-        Some(value) => Some(keyhold_proto::wkt::Any { type_url, value }),
-        None => {
-            tracing::warn!(%type_url, "an error detail could not be packed for gRPC; left out");
+/// as a packed `Any` (read by `keyhold-proto`'s `Any`, which knows every `google.rpc` detail
+/// type); `None` for a type Keyhold does not send (never expected: a test packs every detail
+/// the KMS and the store produce).
+fn detail_any(detail: &serde_json::Value) -> Option<Any> {
+    match Any::from_json(detail.clone()) {
+        Ok(any) => Some(any),
+        Err(why) => {
+            tracing::warn!(%why, "an error detail could not be packed for gRPC; left out");
             None
         }
     }
-}
-
-fn encode<M: prost::Message + serde::de::DeserializeOwned>(fields: serde_json::Value) -> Option<Vec<u8>> {
-    serde_json::from_value::<M>(fields).ok().map(|m| m.encode_to_vec())
 }
 
 #[cfg(test)]

@@ -114,7 +114,6 @@ pub struct KeyCache {
     /// reading while a load checks the generation and inserts, so that no invalidation falls
     /// between the two.
     turn: RwLock<()>,
-    capacity: u64,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -122,7 +121,7 @@ impl std::fmt::Debug for KeyCache {
         f.debug_struct("KeyCache")
             .field("entries", &self.entries.len())
             .field("weight", &self.entries.weight())
-            .field("capacity", &self.capacity)
+            .field("capacity", &self.entries.capacity())
             .finish()
     }
 }
@@ -141,7 +140,6 @@ impl KeyCache {
             entries: quick_cache::sync::Cache::with_weighter(items, capacity, ByWeight),
             generation: AtomicU64::new(0),
             turn: RwLock::new(()),
-            capacity,
         }
     }
 
@@ -225,11 +223,6 @@ impl KeyCache {
     /// The entries held and their total weight in bytes (for tests and metrics).
     pub fn usage(&self) -> (usize, u64) {
         (self.entries.len(), self.entries.weight())
-    }
-
-    /// The byte budget.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
     }
 }
 
