@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Self-test for the arithmetic of bench/suite.py (what decides a goal's verdict).
+"""Self-test for the arithmetic of bench/suite.py (what decides a goal's verdict), its report
+and its nginx baseline.
 
     python3 -m unittest discover -s bench -p 'test_*.py'     # from the repository root
 """
@@ -7,8 +8,12 @@
 import math
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import unittest
+import urllib.request
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402  (bench/ is not a package)
@@ -92,6 +97,109 @@ Requests/sec:   6172.50
     def test_output_without_a_count_is_an_error(self):
         with self.assertRaises(ValueError):
             suite.wrk_totals("Requests/sec: 1\n")
+
+
+def nginx_unescape(quoted: str) -> str:
+    """What nginx's configuration parser makes of a single-quoted string."""
+    assert quoted[0] == quoted[-1] == "'"
+    out, i, s = [], 0, quoted[1:-1]
+    while i < len(s):
+        if s[i] == "\\" and i + 1 < len(s) and s[i + 1] in "\"'\\tnr":
+            out.append({"t": "\t", "n": "\n", "r": "\r"}.get(s[i + 1], s[i + 1]))
+            i += 2
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+class NginxConfTest(unittest.TestCase):
+    def test_the_answer_survives_quoting(self):
+        for text in (suite.NGINX_ANSWER, "it's {\"a\": \"b\\\\c\"}\n\ttab"):
+            quoted = suite.nginx_conf_string(text)
+            self.assertNotIn("\n", quoted)
+            self.assertEqual(nginx_unescape(quoted), text)
+
+    def test_a_variable_is_refused(self):
+        with self.assertRaises(ValueError):
+            suite.nginx_conf_string('{"a": "$host"}')
+
+    def test_the_answer_is_keyholds_encrypt_answer_size(self):
+        self.assertEqual(len(suite.NGINX_ANSWER.encode()), 272)
+
+    def test_everything_nginx_writes_is_under_the_prefix(self):
+        conf = suite.nginx_conf(Path("/tmp/p"), 4321, 3, "{}", without=("uwsgi",))
+        self.assertIn("listen 127.0.0.1:4321;", conf)
+        self.assertIn("worker_processes 3;", conf)
+        self.assertIn("access_log off;", conf)
+        self.assertIn('pid "/tmp/p/nginx.pid";', conf)
+        self.assertIn('error_log "/tmp/p/error.log" warn;', conf)
+        for m in ("client_body", "proxy", "fastcgi", "scgi"):
+            self.assertIn(f'{m}_temp_path "/tmp/p/tmp/{m}";', conf)
+        self.assertNotIn("uwsgi", conf)
+        self.assertIn("keepalive_timeout 60s;", conf)
+
+    def test_nginx_answers_and_stops(self):
+        with suite.Nginx() as ng:
+            req = urllib.request.Request(ng.base + "/v1/x:encrypt", data=b'{"plaintext": ""}', method="POST")
+            with urllib.request.urlopen(req, timeout=5) as r:
+                self.assertEqual(r.status, 200)
+                self.assertEqual(r.headers["Content-Type"], "application/json; charset=UTF-8")
+                self.assertEqual(r.read().decode(), suite.NGINX_ANSWER)
+            pgid, prefix = ng.proc.pid, ng.prefix
+        self.assertIsNotNone(ng.proc.poll())
+        left = subprocess.run(["ps", "-o", "pid=", "--sid", str(pgid)], capture_output=True, text=True).stdout.split()
+        self.assertEqual(left, [], "nginx processes left running")
+        self.assertFalse(prefix.exists())
+
+
+def wrk_row(rps, p99=0.002):
+    return {"rps": rps, "p50": p99 / 2, "p90": p99 * 0.8, "p99": p99}
+
+
+class ReportTest(unittest.TestCase):
+    class Ctx:
+        machine, commit, command, duration = "2 cores", "abc1234", "bash bench/run.sh", "5s"
+
+    def setUp(self):
+        self._dir = tempfile.TemporaryDirectory()
+        self.plots = Path(self._dir.name)
+
+    def tearDown(self):
+        self._dir.cleanup()
+
+    def test_kms_ratios_to_health_and_nginx(self):
+        rows = {}
+        for c in (1, 64):
+            rows[f"health-c{c}"] = wrk_row(40000.0 if c == 64 else 20000.0, 0.0001)
+            rows[f"nginx-c{c}"] = wrk_row(50000.0 if c == 64 else 25000.0, 0.0001)
+            rows[f"encrypt-32B-c{c}"] = wrk_row(30000.0 if c == 64 else 2000.0, 0.0009)
+            rows[f"decrypt-32B-c{c}"] = wrk_row(20000.0 if c == 64 else 2000.0, 0.0012)
+        results = {"kms": {"rows": rows, "connections": [1, 64], "nginx": "nginx/1.22.1", "nginx_workers": 2}}
+        text = suite.report(results, self.Ctx(), self.plots)
+        self.assertIn("| scenario | requests/s | p50 | p99 | ratio to health check | ratio to nginx |", text)
+        self.assertIn("| encrypt-32B-c64 | 30000 | 450 µs | 900 µs | 0.75 | 0.60 |", text)
+        self.assertIn("| nginx-c64 | 50000 | 50 µs | 100 µs | 1.25 | 1.00 |", text)
+        self.assertIn("≥ 0.60 of the health check: 0.75, met", text)
+        self.assertIn("≥ 0.50 of nginx: `:encrypt` 0.60, met; `:decrypt` 0.40, **missed**", text)
+        self.assertIn("< 1 ms: `:encrypt` 900 µs, met; `:decrypt` 1.20 ms, **missed**", text)
+        self.assertTrue((self.plots / "throughput-vs-connections.svg").exists())
+
+    def test_durability_goals_to_nginx(self):
+        rows = {}
+        for storage, enc, dec in (("file", 24000.0, 26000.0), ("memory", 31000.0, 29000.0)):
+            for c in (1, 64):
+                rows[f"{storage}-health-c{c}"] = wrk_row(40000.0)
+                rows[f"{storage}-nginx-c{c}"] = wrk_row(50000.0)
+                rows[f"{storage}-encrypt-c{c}"] = wrk_row(enc)
+                rows[f"{storage}-decrypt-c{c}"] = wrk_row(dec)
+        results = {"durability": {"rows": rows, "nginx": "nginx/1.22.1", "nginx_workers": 2}}
+        text = suite.report(results, self.Ctx(), self.plots)
+        self.assertIn("| memory | 64 | `:encrypt` | 31000 | 1.00 ms | 2.00 ms | 0.78 | 0.62 |", text)
+        self.assertIn("| file | 1 | nginx | 50000 | 1.00 ms | 2.00 ms | 1.25 | 1.00 |", text)
+        self.assertIn("| file | 1 | health check | 40000 | 1.00 ms | 2.00 ms | 1.00 | 0.80 |", text)
+        self.assertIn("- default server (SQLite file) ≥ 0.50: `:encrypt` 0.48, **missed**; `:decrypt` 0.52, met;", text)
+        self.assertIn("- `--in-memory` ≥ 0.60: `:encrypt` 0.62, met; `:decrypt` 0.58, **missed**.", text)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@
 #        cargo deny check licenses bans sources      (deny.toml; cargo-deny is installed if missing)
 #      `cargo deny check advisories` needs the RustSec database from the network and is not run;
 #   1. installs missing Debian packages (PostgreSQL server, SoftHSM2, OpenSC, Python venv
-#      support, Node.js and npm, wrk, openssl);
+#      support, Node.js and npm, wrk, openssl, nginx), starting none of their system services
+#      (a policy-rc.d refuses them during the install; the tests run their own PostgreSQL and
+#      the benchmark suite its own nginx);
 #   2. starts a throwaway PostgreSQL cluster on a free loopback port in a temp dir and exports
 #      KEYHOLD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:PORT/keyhold_test (tests create
 #      their own fresh databases from it); it is stopped and deleted on exit. If
@@ -68,6 +70,28 @@ pg_bindir() {
     fi
 }
 
+# Debian's packages start their system service when installed (nginx on port 80, PostgreSQL
+# on 5432). None is wanted: the tests start their own PostgreSQL, the suite its own nginx. While
+# apt-get runs, a /usr/sbin/policy-rc.d refuses every start (invoke-rc.d and deb-systemd-invoke
+# ask it), unless the machine already has one (containers usually do), which is left alone.
+# On a machine booted with systemd the new services stay enabled for the next boot
+# (`sudo systemctl disable nginx` if that is unwanted).
+POLICY_RC_D=/usr/sbin/policy-rc.d
+POLICY_RC_D_OURS=""
+
+no_service_starts() {
+    [ -e "$POLICY_RC_D" ] && return 0
+    printf '#!/bin/sh\n# scripts/test.sh: no service starts while it installs packages\nexit 101\n' |
+        "${SUDO[@]}" tee "$POLICY_RC_D" >/dev/null && "${SUDO[@]}" chmod 755 "$POLICY_RC_D" && POLICY_RC_D_OURS=1
+}
+
+allow_service_starts() {
+    if [ -n "$POLICY_RC_D_OURS" ]; then
+        "${SUDO[@]}" rm -f "$POLICY_RC_D"
+        POLICY_RC_D_OURS=""
+    fi
+}
+
 install_packages() {
     local missing=()
     [ -n "$(pg_bindir)" ] || missing+=(postgresql)
@@ -77,6 +101,8 @@ install_packages() {
     # The benchmark suite's smoke run: wrk for HTTP load, openssl for the AES-GCM baseline.
     if ! command -v wrk >/dev/null 2>&1; then missing+=(wrk); fi
     if ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
+    # nginx: the suite's fixed-answer baseline, run as its own process on a free port.
+    if ! PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null 2>&1; then missing+=(nginx); fi
     if ! command -v python3 >/dev/null 2>&1; then
         missing+=(python3 python3-venv)
     elif ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
@@ -90,19 +116,22 @@ install_packages() {
         missing+=(npm)
     fi
     if [ "${#missing[@]}" -eq 0 ]; then
-        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3, node $(node --version), wrk, openssl)"
+        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3, node $(node --version), wrk, openssl, nginx)"
         return
     fi
     note "installing: ${missing[*]}"
     local log
     log="$(mktemp "${TMPDIR:-/tmp}/keyhold-apt.XXXXXX")"
+    no_service_starts
     if ! { "${SUDO[@]}" apt-get update -qq &&
         "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
         >"$log" 2>&1; then
+        allow_service_starts
         cat "$log" >&2
         rm -f "$log"
         die "apt-get install ${missing[*]} failed"
     fi
+    allow_service_starts
     rm -f "$log"
     [ -n "$(pg_bindir)" ] || die "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin after install"
 }
@@ -187,6 +216,7 @@ start_postgres() {
 
 on_exit() {
     local rc=$?
+    allow_service_starts
     stop_postgres
     exit "$rc"
 }

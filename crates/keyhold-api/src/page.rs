@@ -1,6 +1,11 @@
 //! Paging as Cloud KMS lists do it: `pageSize` / `pageToken` in, `nextPageToken` / `totalSize`
-//! out. Tokens are opaque to clients; ours encode the offset and a checksum of the query they
-//! belong to, so a token reused with another filter is refused instead of skipping results.
+//! out. Tokens are opaque to clients and carry a checksum of the query they belong to, so a
+//! token reused with another filter is refused instead of skipping results. Two kinds:
+//!
+//! * keyset tokens ([`KeysetCursor`]): the last item's place in the list's own order, so the
+//!   database starts the next page there, whatever the page's position (lists in their natural
+//!   order, issue 18);
+//! * offset tokens ([`PageRequest::apply`]): a place in a list sorted in memory (`orderBy`).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -56,17 +61,57 @@ fn decode(token: &str, query: &str) -> Option<usize> {
     offset.parse().ok()
 }
 
+/// Where a keyset page starts: after the item whose key (a resource name, or a version ID) is
+/// `after`, in the list's own order. `total` is the list's size as the first page counted it,
+/// for lists whose size is not a cheap count (filtered ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeysetCursor {
+    /// The last item of the previous page.
+    pub after: String,
+    /// The size reported with the first page, if carried.
+    pub total: Option<i32>,
+}
+
+impl KeysetCursor {
+    /// The token that continues `query` after this cursor.
+    pub fn token(&self, query: &str) -> String {
+        let total = self.total.map(|t| t.to_string()).unwrap_or_default();
+        URL_SAFE_NO_PAD.encode(format!("k{total}.{}.{}", query_tag(query), self.after))
+    }
+
+    fn decode(token: &str, query: &str) -> Option<KeysetCursor> {
+        let raw = String::from_utf8(URL_SAFE_NO_PAD.decode(token).ok()?).ok()?;
+        let mut parts = raw.strip_prefix('k')?.splitn(3, '.');
+        let (total, tag, after) = (parts.next()?, parts.next()?, parts.next()?);
+        (tag.parse::<u32>().ok()? == query_tag(query)).then_some(())?;
+        let total = if total.is_empty() { None } else { Some(total.parse().ok().filter(|t: &i32| *t >= 0)?) };
+        Some(KeysetCursor { after: after.to_string(), total })
+    }
+}
+
 impl PageRequest {
+    /// The page's size: `pageSize`, or [`MAX_PAGE_SIZE`] when 0 or larger.
+    pub fn size(&self) -> Result<usize, PageError> {
+        match self.page_size {
+            n if n < 0 => Err(PageError::NegativeSize),
+            0 => Ok(MAX_PAGE_SIZE),
+            n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+        }
+    }
+
+    /// Where a keyset page of `query` starts: `None` for the first page.
+    pub fn keyset_cursor(&self, query: &str) -> Result<Option<KeysetCursor>, PageError> {
+        self.size()?;
+        if self.page_token.is_empty() {
+            return Ok(None);
+        }
+        KeysetCursor::decode(&self.page_token, query).map(Some).ok_or(PageError::BadToken)
+    }
+
     /// Cuts the page out of `all`. `query` identifies the list (parent, filter, order) so tokens
     /// cannot be replayed against a different one.
     pub fn apply<T>(&self, all: Vec<T>, query: &str) -> Result<Page<T>, PageError> {
-        if self.page_size < 0 {
-            return Err(PageError::NegativeSize);
-        }
-        let size = match self.page_size {
-            0 => MAX_PAGE_SIZE,
-            n => (n as usize).min(MAX_PAGE_SIZE),
-        };
+        let size = self.size()?;
         let offset =
             if self.page_token.is_empty() { 0 } else { decode(&self.page_token, query).ok_or(PageError::BadToken)? };
         let total = all.len();
@@ -99,6 +144,30 @@ mod tests {
             req.page_token = p.next_page_token;
         }
         assert_eq!(seen, all);
+    }
+
+    #[test]
+    fn keyset_tokens_round_trip_and_belong_to_their_query() {
+        for cursor in [
+            KeysetCursor { after: "projects/p/locations/l/keyRings/r/cryptoKeys/a.b".into(), total: None },
+            KeysetCursor { after: "17".into(), total: Some(250) },
+        ] {
+            let token = cursor.token("q");
+            let req = PageRequest { page_size: 5, page_token: token.clone() };
+            assert_eq!(req.keyset_cursor("q").unwrap(), Some(cursor));
+            assert_eq!(req.keyset_cursor("other").unwrap_err(), PageError::BadToken);
+            // An offset token is not a keyset token, nor the reverse.
+            assert_eq!(req.apply(vec![1, 2], "q").unwrap_err(), PageError::BadToken);
+        }
+        let offset = PageRequest { page_size: 1, page_token: String::new() }.apply(vec![1, 2], "q").unwrap();
+        let req = PageRequest { page_size: 1, page_token: offset.next_page_token };
+        assert_eq!(req.keyset_cursor("q").unwrap_err(), PageError::BadToken);
+        assert_eq!(PageRequest::default().keyset_cursor("q").unwrap(), None);
+        let negative = URL_SAFE_NO_PAD.encode(format!("k-3.{}.x", query_tag("q")));
+        assert_eq!(
+            PageRequest { page_size: 1, page_token: negative }.keyset_cursor("q").unwrap_err(),
+            PageError::BadToken
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use keyhold_iam::{Caller, role};
 
 use crate::error::KmsError;
-use crate::repo::{AuditQuery, KmsRepository, RepoError};
+use crate::repo::{AuditPosition, AuditQuery, KmsRepository, RepoError};
 
 type Pending = (AuditRecord, oneshot::Sender<Result<(), RepoError>>);
 
@@ -143,12 +143,12 @@ pub(crate) async fn read_page(
         n if n < 0 => return Err(KmsError::InvalidArgument("page_size must not be negative.".into())),
         n => n.min(1000),
     };
-    let cursor = if q.page_token.is_empty() {
-        0
+    let after = if q.page_token.is_empty() {
+        None
     } else {
-        q.page_token.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
+        Some(parse_page_token(&q.page_token).ok_or_else(|| {
             KmsError::InvalidArgument("page_token is not valid; pass nextPageToken from the previous page.".into())
-        })?
+        })?)
     };
     let principal_filter = match q.principal.as_str() {
         "" => String::new(),
@@ -167,7 +167,7 @@ pub(crate) async fn read_page(
         principal: principal_filter.clone(),
         resource_prefix: q.resource_prefix.clone(),
         kind: kind.to_string(),
-        cursor,
+        after,
         descending: q.descending,
         limit: page_size + 1,
     };
@@ -176,19 +176,30 @@ pub(crate) async fn read_page(
         query.principal = format!("serviceAccount:{}", q.principal);
         rows = repo.read_audit(&query).await?;
     }
-    let next_page_token = if rows.len() as i64 > page_size {
-        rows.truncate(page_size as usize);
-        rows.last().map(|r| r.seq.to_string()).unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let more = rows.len() as i64 > page_size;
+    rows.truncate(page_size as usize);
     let mut entries = Vec::with_capacity(rows.len());
+    let mut next_page_token = String::new();
     for row in rows {
         let record: AuditRecord = serde_json::from_str(&row.entry_json)
             .map_err(|e| KmsError::Internal(format!("audit entry {} does not decode: {e}", row.seq)))?;
+        if more {
+            next_page_token = page_token(AuditPosition { time_nanos: record.time.unix_nanos_i64(), seq: row.seq });
+        }
         entries.push(record.to_log_entry(row.seq));
     }
     Ok(AuditLogPage { entries, next_page_token })
+}
+
+/// A page token: the last entry's position, `TIME_NANOS.SEQ`.
+fn page_token(p: AuditPosition) -> String {
+    format!("{}.{}", p.time_nanos, p.seq)
+}
+
+fn parse_page_token(token: &str) -> Option<AuditPosition> {
+    let (time, seq) = token.split_once('.')?;
+    let p = AuditPosition { time_nanos: time.parse().ok()?, seq: seq.parse().ok()? };
+    (p.seq > 0).then_some(p)
 }
 
 impl AuditWriter {

@@ -6,14 +6,12 @@
 use std::sync::Arc;
 use std::sync::OnceLock;
 
-use keyhold_api::filter::{Filter, OrderBy};
 use keyhold_api::page::{Page, PageError, PageRequest};
 use keyhold_api::resources::{
     CryptoKey, CryptoKeyVersion, ExternalProtectionLevelOptions, KeyRing, Location, ProtectionLevel, Purpose,
     VersionState, VersionTemplate,
 };
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
-use serde::Serialize;
 
 use crate::backend::{Backends, Erasing};
 use crate::cache::{CachedKey, CachedVersion, KeyCache};
@@ -22,6 +20,7 @@ use crate::clock::Clock;
 use crate::config::KmsConfig;
 use crate::error::KmsError;
 use crate::events::{EventBus, KmsEvent};
+use crate::listing::{self, Listing};
 use crate::material::VersionMaterial;
 use crate::repo::{CryptoKeyRecord, KmsRepository, RepoError, VersionRecord};
 use crate::validate;
@@ -111,7 +110,7 @@ impl Keys {
     /// `locations.list`: every location this server serves.
     pub(crate) fn list_locations(&self, project: &str, q: &ListQuery) -> Result<Page<Location>, KmsError> {
         let all = self.config.locations.iter().map(|l| self.location_resource(project, l)).collect();
-        list_page(all, q, &format!("projects/{project}/locations"))
+        listing::in_memory_page(all, q, &format!("projects/{project}/locations"))
     }
 
     /// `locations.get`.
@@ -142,8 +141,7 @@ impl Keys {
     /// `keyRings.list`.
     pub(crate) async fn list_key_rings(&self, parent: &LocationName, q: &ListQuery) -> Result<Page<KeyRing>, KmsError> {
         self.check_location(parent)?;
-        let all = self.repo.list_key_rings(parent).await?;
-        list_page(all, q, &parent.to_string())
+        listing::page(&KeyRings { repo: &*self.repo, parent }, q, &parent.to_string()).await
     }
 
     /// `keyRings.get`.
@@ -348,15 +346,7 @@ impl Keys {
         q: &ListQuery,
     ) -> Result<Page<CryptoKey>, KmsError> {
         self.key_ring(parent).await?;
-        let mut all = Vec::new();
-        for record in self.repo.list_crypto_keys(parent).await? {
-            let primary = match record.primary_version {
-                Some(id) => self.repo.version(&record.name.version(id)).await?,
-                None => None,
-            };
-            all.push(render_key(&record, primary.as_ref()));
-        }
-        list_page(all, q, &parent.to_string())
+        listing::page(&CryptoKeys { repo: &*self.repo, parent }, q, &parent.to_string()).await
     }
 
     /// `cryptoKeys.patch` with an `updateMask`.
@@ -539,8 +529,7 @@ impl Keys {
         q: &ListQuery,
     ) -> Result<Page<CryptoKeyVersion>, KmsError> {
         self.repo.crypto_key(parent).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(parent.clone()))?;
-        let all = self.repo.list_versions(parent).await?.into_iter().map(|v| v.version).collect();
-        list_page(all, q, &parent.to_string())
+        listing::page(&Versions { repo: &*self.repo, key: parent }, q, &parent.to_string()).await
     }
 
     /// `cryptoKeyVersions.patch`: only `state`, between ENABLED and DISABLED ([K7]).
@@ -685,7 +674,7 @@ impl Keys {
         let record = self.repo.crypto_key(name).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(name.clone()))?;
         let versions = self
             .repo
-            .list_versions(name)
+            .list_versions(name, 0, i64::MAX)
             .await?
             .into_iter()
             .map(|v| (v.name.version, CachedVersion { record: v, aead: OnceLock::new() }))
@@ -741,23 +730,65 @@ pub(crate) fn render_key(record: &CryptoKeyRecord, primary: Option<&VersionRecor
     key
 }
 
-/// Filters, orders and pages a complete list.
-fn list_page<T: Serialize>(all: Vec<T>, q: &ListQuery, parent: &str) -> Result<Page<T>, KmsError> {
-    let filter = Filter::parse(&q.filter).map_err(|e| KmsError::InvalidArgument(format!("Invalid filter: {e}")))?;
-    let order = OrderBy::parse(&q.order_by).map_err(|e| KmsError::InvalidArgument(e.to_string()))?;
-    let mut rows: Vec<(serde_json::Value, T)> = Vec::with_capacity(all.len());
-    for item in all {
-        let json = serde_json::to_value(&item).map_err(|e| KmsError::Internal(e.to_string()))?;
-        if filter.matches(&json) {
-            rows.push((json, item));
-        }
+/// The database's limit for a batch of `limit` items.
+fn limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// A location's key rings, by name.
+struct KeyRings<'a> {
+    repo: &'a dyn KmsRepository,
+    parent: &'a LocationName,
+}
+
+impl Listing for KeyRings<'_> {
+    type Item = KeyRing;
+    async fn fetch(&self, after: &str, n: usize) -> Result<Vec<(String, KeyRing)>, KmsError> {
+        let rings = self.repo.list_key_rings(self.parent, after, limit(n)).await?;
+        Ok(rings.into_iter().map(|r| (r.name.clone(), r)).collect())
     }
-    if let Some(order) = order {
-        order.sort(&mut rows);
+    async fn count(&self) -> Result<i64, KmsError> {
+        Ok(self.repo.count_key_rings(self.parent).await?)
     }
-    let query = format!("{parent}\n{}\n{}", q.filter, q.order_by);
-    q.page.apply(rows.into_iter().map(|(_, t)| t).collect(), &query).map_err(|e| match e {
-        PageError::NegativeSize => KmsError::InvalidArgument("page_size must not be negative.".into()),
-        other => KmsError::InvalidArgument(other.to_string()),
-    })
+}
+
+/// A key ring's keys, by name, each with its primary version.
+struct CryptoKeys<'a> {
+    repo: &'a dyn KmsRepository,
+    parent: &'a KeyRingName,
+}
+
+impl Listing for CryptoKeys<'_> {
+    type Item = CryptoKey;
+    async fn fetch(&self, after: &str, n: usize) -> Result<Vec<(String, CryptoKey)>, KmsError> {
+        let keys = self.repo.list_crypto_keys(self.parent, after, limit(n)).await?;
+        Ok(keys
+            .iter()
+            .map(|(record, primary)| (record.name.to_string(), render_key(record, primary.as_ref())))
+            .collect())
+    }
+    async fn count(&self) -> Result<i64, KmsError> {
+        Ok(self.repo.count_crypto_keys(self.parent).await?)
+    }
+}
+
+/// A key's versions, by ID (the key: the ID in decimal).
+struct Versions<'a> {
+    repo: &'a dyn KmsRepository,
+    key: &'a CryptoKeyName,
+}
+
+impl Listing for Versions<'_> {
+    type Item = CryptoKeyVersion;
+    async fn fetch(&self, after: &str, n: usize) -> Result<Vec<(String, CryptoKeyVersion)>, KmsError> {
+        let after = match after {
+            "" => 0,
+            id => id.parse().map_err(|_| KmsError::InvalidArgument(PageError::BadToken.to_string()))?,
+        };
+        let versions = self.repo.list_versions(self.key, after, limit(n)).await?;
+        Ok(versions.into_iter().map(|v| (v.name.version.to_string(), v.version)).collect())
+    }
+    async fn count(&self) -> Result<i64, KmsError> {
+        Ok(self.repo.count_versions(self.key).await?)
+    }
 }

@@ -28,6 +28,7 @@ pub mod iam;
 pub mod identity;
 mod keys;
 mod kms;
+mod listing;
 pub mod material;
 pub mod org_policy;
 pub mod private_files;

@@ -135,8 +135,11 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
     async fn insert_key_ring(&self, name: &KeyRingName, ring: &KeyRing, audit: &AuditRecord) -> Result<(), RepoError>;
     /// A key ring by name.
     async fn key_ring(&self, name: &KeyRingName) -> Result<Option<KeyRing>, RepoError>;
-    /// All key rings of a location, by name.
-    async fn list_key_rings(&self, parent: &LocationName) -> Result<Vec<KeyRing>, RepoError>;
+    /// Up to `limit` key rings of a location whose names follow `after` ("" for the first), by
+    /// name: one index range, wherever the page is.
+    async fn list_key_rings(&self, parent: &LocationName, after: &str, limit: i64) -> Result<Vec<KeyRing>, RepoError>;
+    /// How many key rings a location has.
+    async fn count_key_rings(&self, parent: &LocationName) -> Result<i64, RepoError>;
 
     /// Inserts a crypto key and, atomically with it, its first version (which then is its
     /// primary). [`RepoError::AlreadyExists`] if the name is taken.
@@ -148,8 +151,16 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), RepoError>;
     /// A crypto key by name.
     async fn crypto_key(&self, name: &CryptoKeyName) -> Result<Option<CryptoKeyRecord>, RepoError>;
-    /// All crypto keys of a key ring, by name.
-    async fn list_crypto_keys(&self, parent: &KeyRingName) -> Result<Vec<CryptoKeyRecord>, RepoError>;
+    /// Up to `limit` crypto keys of a key ring whose names follow `after` ("" for the first), by
+    /// name, each with its primary version (read in the same statement).
+    async fn list_crypto_keys(
+        &self,
+        parent: &KeyRingName,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(CryptoKeyRecord, Option<VersionRecord>)>, RepoError>;
+    /// How many crypto keys a key ring has.
+    async fn count_crypto_keys(&self, parent: &KeyRingName) -> Result<i64, RepoError>;
     /// Replaces a crypto key if its revision is still `key.revision`; returns the new revision.
     async fn update_crypto_key(&self, key: &CryptoKeyRecord, audit: &AuditRecord) -> Result<i64, RepoError>;
 
@@ -165,8 +176,11 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), RepoError>;
     /// A version by name.
     async fn version(&self, name: &CryptoKeyVersionName) -> Result<Option<VersionRecord>, RepoError>;
-    /// All versions of a key, by version ID.
-    async fn list_versions(&self, key: &CryptoKeyName) -> Result<Vec<VersionRecord>, RepoError>;
+    /// Up to `limit` versions of a key with IDs above `after` (0 for the first), by version ID.
+    async fn list_versions(&self, key: &CryptoKeyName, after: u64, limit: i64)
+    -> Result<Vec<VersionRecord>, RepoError>;
+    /// How many versions a key has.
+    async fn count_versions(&self, key: &CryptoKeyName) -> Result<i64, RepoError>;
     /// Every version of every key, by name (for reconciling an HSM token with the database:
     /// `keyhold hsm reconcile`; not for request paths).
     async fn list_all_versions(&self) -> Result<Vec<VersionRecord>, RepoError>;
@@ -240,7 +254,9 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
 
     /// Appends entries to the chain, in order, in one transaction.
     async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), RepoError>;
-    /// Entries matching `query`, in `seq` order (descending if `query.descending`).
+    /// Entries matching `query`, in [`AuditPosition`] order (descending if `query.descending`).
+    /// Every filter is answered from an index (see `docs/operations.md`), so the cost follows
+    /// the page, not the log.
     async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<StoredAuditEntry>, RepoError>;
     /// The chain head as recorded beside the log: the newest entry's `seq` and hash.
     async fn audit_head(&self) -> Result<(i64, String), RepoError>;
@@ -339,7 +355,18 @@ pub struct ServiceIdentityRecord {
     pub create_time: Timestamp,
 }
 
-/// Which audit entries to read. Empty strings match everything.
+/// An entry's place in the order audit reads return: its time, then its `seq` (entries from
+/// several nodes may reach the chain slightly out of time order; reads follow the time, as
+/// Cloud Logging does). Pages continue from the last entry's position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AuditPosition {
+    /// The entry's time, Unix nanoseconds.
+    pub time_nanos: i64,
+    /// Its place in the chain.
+    pub seq: i64,
+}
+
+/// Which audit entries to read, ordered by [`AuditPosition`]. Empty strings match everything.
 #[derive(Debug, Clone, Default)]
 pub struct AuditQuery {
     /// Project ID; "-" for every project and server-wide entries.
@@ -356,8 +383,8 @@ pub struct AuditQuery {
     pub resource_prefix: String,
     /// `activity` or `data_access`; "" for both.
     pub kind: String,
-    /// Entries after this `seq` (ascending) or before it (descending); 0 for no bound.
-    pub cursor: i64,
+    /// Entries after this position (ascending) or before it (descending); `None` for no bound.
+    pub after: Option<AuditPosition>,
     /// Newest first.
     pub descending: bool,
     /// Most entries returned.

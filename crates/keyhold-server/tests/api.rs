@@ -559,6 +559,94 @@ async fn concurrency(backend: Backend) {
     }
 }
 
+/// Every page of `path` (`?` already in it), following the tokens: the names, and each page's
+/// totalSize.
+async fn all_pages(s: &Server, path: &str, field: &str) -> (Vec<String>, Vec<i64>) {
+    let (mut names, mut totals, mut token) = (Vec::new(), Vec::new(), String::new());
+    loop {
+        let page = s.ok(Method::GET, &format!("{path}&pageToken={token}"), None).await;
+        totals.push(page["totalSize"].as_i64().unwrap_or(0));
+        let items = page[field].as_array().map(Vec::as_slice).unwrap_or_default();
+        names.extend(items.iter().map(|k| k["name"].as_str().unwrap().rsplit('/').next().unwrap().to_string()));
+        match page["nextPageToken"].as_str() {
+            Some(t) => token = t.to_string(),
+            None => return (names, totals),
+        }
+    }
+}
+
+/// Lists in their natural order page in the database (issue 18): each page continues after the
+/// last name it returned, so keys created before that point during a listing are neither
+/// repeated nor make another key skipped; filtered pages carry the first page's count.
+async fn keyset_paging(backend: Backend) {
+    let s = start(backend, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    for i in 0..23 {
+        let labels = json!({"parity": if i % 2 == 0 { "even" } else { "odd" }});
+        let body = json!({"purpose": "ENCRYPT_DECRYPT", "labels": labels});
+        s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k{i:02}"), Some(body)).await;
+    }
+    let expected: Vec<String> = (0..23).map(|i| format!("k{i:02}")).collect();
+    let (names, totals) = all_pages(&s, &format!("{RING}/cryptoKeys?pageSize=5"), "cryptoKeys").await;
+    assert_eq!(names, expected);
+    assert_eq!(totals, [23; 5]);
+    // Every key comes with its primary version.
+    let first = s.ok(Method::GET, &format!("{RING}/cryptoKeys?pageSize=1"), None).await;
+    assert_eq!(first["cryptoKeys"][0]["primary"]["name"], format!("{RING}/cryptoKeys/k00/cryptoKeyVersions/1"));
+
+    // A key created before the cursor mid-listing: the next page neither repeats nor skips.
+    let page1 = s.ok(Method::GET, &format!("{RING}/cryptoKeys?pageSize=5"), None).await;
+    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=a-new"), Some(json!({"purpose": "ENCRYPT_DECRYPT"})))
+        .await;
+    let token = page1["nextPageToken"].as_str().unwrap();
+    let page2 = s.ok(Method::GET, &format!("{RING}/cryptoKeys?pageSize=5&pageToken={token}"), None).await;
+    assert_eq!(page2["cryptoKeys"][0]["name"], format!("{RING}/cryptoKeys/k05"));
+    assert_eq!(page2["totalSize"], 24, "an unfiltered list counts now");
+
+    // Filtered: the matches in order, the first page's count carried on.
+    let (odd, totals) =
+        all_pages(&s, &format!("{RING}/cryptoKeys?pageSize=4&filter=labels.parity%3Dodd"), "cryptoKeys").await;
+    assert_eq!(odd, (0..23).filter(|i| i % 2 == 1).map(|i| format!("k{i:02}")).collect::<Vec<_>>());
+    assert_eq!(totals, [11; 3]);
+    let (none, totals) =
+        all_pages(&s, &format!("{RING}/cryptoKeys?pageSize=4&filter=labels.parity%3Dnone"), "cryptoKeys").await;
+    assert!(none.is_empty());
+    assert_eq!(totals, [0]);
+    // A token belongs to its query.
+    let filtered = s.ok(Method::GET, &format!("{RING}/cryptoKeys?pageSize=4&filter=labels.parity%3Dodd"), None).await;
+    let token = filtered["nextPageToken"].as_str().unwrap();
+    s.err(Method::GET, &format!("{RING}/cryptoKeys?pageSize=4&pageToken={token}"), None, 400, "INVALID_ARGUMENT").await;
+    // orderBy still sorts the whole list (offset tokens).
+    let (desc, _) = all_pages(&s, &format!("{RING}/cryptoKeys?pageSize=7&orderBy=name%20desc"), "cryptoKeys").await;
+    let mut reversed = expected.clone();
+    reversed.push("a-new".into());
+    reversed.sort_by(|a, b| b.cmp(a));
+    assert_eq!(desc, reversed);
+
+    // Versions page by ID: 10 after 9, not after 1.
+    for _ in 0..11 {
+        s.ok(Method::POST, &format!("{RING}/cryptoKeys/k00/cryptoKeyVersions"), Some(json!({}))).await;
+    }
+    let (ids, totals) =
+        all_pages(&s, &format!("{RING}/cryptoKeys/k00/cryptoKeyVersions?pageSize=5"), "cryptoKeyVersions").await;
+    assert_eq!(ids, (1..=12).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(totals, [12; 3]);
+    // Key rings too.
+    for r in ["r2", "r3"] {
+        s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId={r}"), None).await;
+    }
+    let (rings, totals) = all_pages(&s, &format!("{LOC}/keyRings?pageSize=2"), "keyRings").await;
+    assert_eq!((rings, totals), (vec!["r".to_string(), "r2".into(), "r3".into()], vec![3, 3]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyset_paging_sqlite() {
+    keyset_paging(Backend::Sqlite).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyset_paging_postgres() {
+    keyset_paging(Backend::Postgres).await;
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_rings_and_keys_sqlite() {
     key_rings_and_keys(Backend::Sqlite).await;

@@ -8,8 +8,8 @@ use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName
 use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
 use keyhold_kms::repo::{
-    AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, PolicyRecord, ProjectRecord,
-    RepoError, ServiceIdentityRecord, TokenRecord, VersionRecord,
+    AuditPosition, AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, PolicyRecord,
+    ProjectRecord, RepoError, ServiceIdentityRecord, TokenRecord, VersionRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -21,15 +21,30 @@ use crate::sql::{Row, SqlBackend, SqlConn, Value};
 #[derive(Debug)]
 pub struct SqlStore<B> {
     backend: B,
+    /// How many audit entries are kept (`--in-memory` only: the newest, and up to a 64th more
+    /// between prunings; the others are deleted as new ones are appended). `None`: all, as the
+    /// append-only triggers require.
+    audit_kept: Option<i64>,
 }
 
 impl<B> SqlStore<B> {
     pub(crate) fn new(backend: B) -> Self {
-        Self { backend }
+        Self { backend, audit_kept: None }
+    }
+
+    /// Keeps only the newest `entries` audit entries (a database without the no-delete trigger
+    /// and without the audit read indexes: the in-memory one).
+    pub(crate) fn keeping_audit_entries(mut self, entries: u64) -> Self {
+        self.audit_kept = Some(i64::try_from(entries).unwrap_or(i64::MAX).max(1));
+        self
     }
 
     pub(crate) fn backend(&self) -> &B {
         &self.backend
+    }
+
+    pub(crate) fn audit_kept(&self) -> Option<i64> {
+        self.audit_kept
     }
 }
 
@@ -54,7 +69,7 @@ fn key_record(row: &Row) -> Result<CryptoKeyRecord, RepoError> {
     })
 }
 
-fn version_record(row: &Row) -> Result<VersionRecord, RepoError> {
+fn version_record(row: &[Value]) -> Result<VersionRecord, RepoError> {
     let version = from_json::<CryptoKeyVersion>(&row[1])?;
     let material = VersionMaterial::from_column(&version, row[2].opt_blob()?).map_err(RepoError::Corrupt)?;
     Ok(VersionRecord { name: name(&row[0])?, version, material, revision: row[3].int()? })
@@ -102,9 +117,14 @@ fn audit_row(record: &AuditRecord) -> Result<AuditRow, RepoError> {
 
 /// The statements that append `entries` to the chain whose head is `head` (the row of
 /// [`LOCK_AUDIT_HEAD`]) and move the head.
-fn chain_statements(head: &[Row], entries: Vec<AuditRow>) -> Result<Vec<(&'static str, Vec<Value>)>, RepoError> {
+fn chain_statements(
+    head: &[Row],
+    entries: Vec<AuditRow>,
+    kept: Option<i64>,
+) -> Result<Vec<(&'static str, Vec<Value>)>, RepoError> {
     let head = head.first().ok_or_else(|| RepoError::Corrupt("audit head row missing".into()))?;
     let mut seq = head[0].int()?;
+    let old_head = seq;
     let mut prev = head[1].text()?.to_string();
     let mut statements = Vec::with_capacity(entries.len() + 2);
     for e in entries {
@@ -128,6 +148,15 @@ fn chain_statements(head: &[Row], entries: Vec<AuditRow>) -> Result<Vec<(&'stati
         prev = hash;
     }
     statements.push((SET_AUDIT_HEAD, vec![Value::Int(seq), Value::Text(prev)]));
+    if let Some(kept) = kept {
+        // Pruned a chunk at a time (a 64th of what is kept), so that most appends carry no
+        // delete; the log holds between `kept` and `kept + chunk` entries.
+        let chunk = (kept / 64).clamp(1, 4096);
+        let (before, now) = ((old_head - kept).max(0) / chunk, (seq - kept).max(0) / chunk);
+        if now > before {
+            statements.push((PRUNE_AUDIT, vec![Value::Int(seq - kept)]));
+        }
+    }
     Ok(statements)
 }
 
@@ -138,9 +167,10 @@ fn chain_statements(head: &[Row], entries: Vec<AuditRow>) -> Result<Vec<(&'stati
 async fn append_entries(
     tx: &mut Box<dyn SqlConn>,
     entries: Vec<AuditRow>,
+    kept: Option<i64>,
 ) -> Result<Vec<(&'static str, Vec<Value>)>, RepoError> {
     let head = tx.query(LOCK_AUDIT_HEAD, vec![]).await?;
-    chain_statements(&head, entries)
+    chain_statements(&head, entries, kept)
 }
 
 /// Runs `statements` (a store change) in the open transaction `tx`, appends the call's success
@@ -153,13 +183,14 @@ pub(crate) async fn commit_audited(
     mut tx: Box<dyn SqlConn>,
     statements: Vec<(&'static str, Vec<Value>)>,
     audit: &[AuditRecord],
+    kept: Option<i64>,
 ) -> Result<(), RepoError> {
     if audit.is_empty() {
         return tx.execute_many_and_commit(statements).await;
     }
     let rows = audit.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
     tx.execute_many(statements).await?;
-    tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows))).await
+    tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows, kept))).await
 }
 
 fn audit_entry(row: &Row) -> Result<StoredAuditEntry, RepoError> {
@@ -235,7 +266,7 @@ impl<B: SqlBackend> SqlStore<B> {
         let entry = vec![audit_row(audit)?];
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
-        let mut statements = append_entries(&mut tx, entry).await?;
+        let mut statements = append_entries(&mut tx, entry, self.audit_kept).await?;
         statements.extend(change_statements(&change));
         tx.execute_many_and_commit(statements).await?;
         Ok(r)
@@ -243,6 +274,12 @@ impl<B: SqlBackend> SqlStore<B> {
 
     async fn read_rows(&self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, RepoError> {
         self.backend.read().await?.query(sql, params).await
+    }
+
+    /// The single number a `count(*)` of `parent`'s children answers.
+    async fn count(&self, sql: &'static str, parent: String) -> Result<i64, RepoError> {
+        let rows = self.read_rows(sql, vec![Value::Text(parent)]).await?;
+        rows.first().ok_or_else(|| RepoError::Corrupt("count(*) returned no row".into()))?[0].int()
     }
 }
 
@@ -261,9 +298,14 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         rows.first().map(|r| from_json(&r[0])).transpose()
     }
 
-    async fn list_key_rings(&self, parent: &LocationName) -> Result<Vec<KeyRing>, RepoError> {
-        let rows = self.read_rows(LIST_KEY_RINGS, vec![Value::Text(parent.to_string())]).await?;
+    async fn list_key_rings(&self, parent: &LocationName, after: &str, limit: i64) -> Result<Vec<KeyRing>, RepoError> {
+        let params = vec![Value::Text(parent.to_string()), Value::Text(after.to_string()), Value::Int(limit)];
+        let rows = self.read_rows(LIST_KEY_RINGS, params).await?;
         rows.iter().map(|r| from_json(&r[0])).collect()
+    }
+
+    async fn count_key_rings(&self, parent: &LocationName) -> Result<i64, RepoError> {
+        self.count(COUNT_KEY_RINGS, parent.to_string()).await
     }
 
     async fn insert_crypto_key(
@@ -298,9 +340,27 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         rows.first().map(key_record).transpose()
     }
 
-    async fn list_crypto_keys(&self, parent: &KeyRingName) -> Result<Vec<CryptoKeyRecord>, RepoError> {
-        let rows = self.read_rows(LIST_CRYPTO_KEYS, vec![Value::Text(parent.to_string())]).await?;
-        rows.iter().map(key_record).collect()
+    async fn list_crypto_keys(
+        &self,
+        parent: &KeyRingName,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<(CryptoKeyRecord, Option<VersionRecord>)>, RepoError> {
+        let params = vec![Value::Text(parent.to_string()), Value::Text(after.to_string()), Value::Int(limit)];
+        let rows = self.read_rows(LIST_CRYPTO_KEYS, params).await?;
+        rows.iter()
+            .map(|row| {
+                let primary = match row[4] {
+                    Value::Null => None,
+                    _ => Some(version_record(&row[4..8])?),
+                };
+                Ok((key_record(row)?, primary))
+            })
+            .collect()
+    }
+
+    async fn count_crypto_keys(&self, parent: &KeyRingName) -> Result<i64, RepoError> {
+        self.count(COUNT_CRYPTO_KEYS, parent.to_string()).await
     }
 
     async fn update_crypto_key(&self, key: &CryptoKeyRecord, audit: &AuditRecord) -> Result<i64, RepoError> {
@@ -355,17 +415,28 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
 
     async fn version(&self, name: &CryptoKeyVersionName) -> Result<Option<VersionRecord>, RepoError> {
         let rows = self.read_rows(GET_VERSION, vec![Value::Text(name.to_string())]).await?;
-        rows.first().map(version_record).transpose()
+        rows.first().map(|r| version_record(r)).transpose()
     }
 
-    async fn list_versions(&self, key: &CryptoKeyName) -> Result<Vec<VersionRecord>, RepoError> {
-        let rows = self.read_rows(LIST_VERSIONS, vec![Value::Text(key.to_string())]).await?;
-        rows.iter().map(version_record).collect()
+    async fn list_versions(
+        &self,
+        key: &CryptoKeyName,
+        after: u64,
+        limit: i64,
+    ) -> Result<Vec<VersionRecord>, RepoError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let params = vec![Value::Text(key.to_string()), Value::Int(after), Value::Int(limit)];
+        let rows = self.read_rows(LIST_VERSIONS, params).await?;
+        rows.iter().map(|r| version_record(r)).collect()
+    }
+
+    async fn count_versions(&self, key: &CryptoKeyName) -> Result<i64, RepoError> {
+        self.count(COUNT_VERSIONS, key.to_string()).await
     }
 
     async fn list_all_versions(&self) -> Result<Vec<VersionRecord>, RepoError> {
         let rows = self.read_rows(LIST_ALL_VERSIONS, vec![]).await?;
-        rows.iter().map(version_record).collect()
+        rows.iter().map(|r| version_record(r)).collect()
     }
 
     async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, RepoError> {
@@ -573,23 +644,70 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         // One round trip to the driver: the head is read, the entries chained to it and the
         // transaction committed together (for SQLite, one hop to its thread per group commit).
         let tx = self.backend.begin().await?;
-        tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows))).await
+        let kept = self.audit_kept;
+        tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows, kept))).await
     }
 
     async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<StoredAuditEntry>, RepoError> {
-        let params = vec![
-            Value::Text(q.project.clone()),
-            Value::Int(q.start_nanos),
-            Value::Int(q.end_nanos),
-            Value::Text(q.method.clone()),
-            Value::Text(q.principal.clone()),
-            Value::Text(q.resource_prefix.clone()),
-            Value::Text(q.kind.clone()),
-            Value::Int(q.cursor),
-            Value::Int(q.limit),
-        ];
-        let sql = if q.descending { READ_AUDIT_DESC } else { READ_AUDIT_ASC };
-        self.read_rows(sql, params).await?.iter().map(audit_entry).collect()
+        // One statement per kind and resource match, each an index range in order (see
+        // `AuditRead`); their pages are merged here.
+        let kinds: &[&str] = if q.kind.is_empty() { &["activity", "data_access"] } else { &[q.kind.as_str()] };
+        let resources: &[ResourceMatch] = if q.resource_prefix.is_empty() {
+            &[ResourceMatch::Any]
+        } else {
+            &[ResourceMatch::Exact, ResourceMatch::Below]
+        };
+        let after = q.after.unwrap_or(if q.descending {
+            AuditPosition { time_nanos: i64::MAX, seq: i64::MAX }
+        } else {
+            AuditPosition { time_nanos: i64::MIN, seq: i64::MIN }
+        });
+        let dialect = self.backend.dialect();
+        let mut found = Vec::new();
+        for kind in kinds {
+            for &resource in resources {
+                let shape = AuditRead {
+                    project: q.project != "-",
+                    method: !q.method.is_empty(),
+                    principal: !q.principal.is_empty(),
+                    resource,
+                    descending: q.descending,
+                };
+                let mut params = vec![
+                    Value::Text((*kind).to_string()),
+                    Value::Int(q.start_nanos),
+                    Value::Int(q.end_nanos),
+                    Value::Int(after.time_nanos),
+                    Value::Int(after.seq),
+                ];
+                for (on, value) in
+                    [(shape.project, &q.project), (shape.method, &q.method), (shape.principal, &q.principal)]
+                {
+                    if on {
+                        params.push(Value::Text(value.clone()));
+                    }
+                }
+                match resource {
+                    ResourceMatch::Any => {}
+                    ResourceMatch::Exact => params.push(Value::Text(q.resource_prefix.clone())),
+                    ResourceMatch::Below => {
+                        params.push(Value::Text(q.resource_prefix.clone()));
+                        params.push(Value::Text(format!("{}{}", q.resource_prefix, char::MAX)));
+                    }
+                }
+                params.push(Value::Int(q.limit));
+                let sql = shape.statement(dialect, self.audit_kept.is_none());
+                for row in self.read_rows(sql, params).await? {
+                    found.push((AuditPosition { time_nanos: row[4].int()?, seq: row[0].int()? }, audit_entry(&row)?));
+                }
+            }
+        }
+        found.sort_by_key(|(position, _)| *position);
+        if q.descending {
+            found.reverse();
+        }
+        found.truncate(usize::try_from(q.limit).unwrap_or(0));
+        Ok(found.into_iter().map(|(_, entry)| entry).collect())
     }
 
     async fn audit_head(&self) -> Result<(i64, String), RepoError> {

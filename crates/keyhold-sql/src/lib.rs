@@ -29,13 +29,21 @@ use std::sync::Arc;
 
 use keyhold_kms::repo::{KmsRepository, RepoError};
 
+/// How many audit entries `keyhold serve --in-memory` keeps unless told otherwise (about 90 MB at
+/// the ~0.9 KB an entry takes in memory).
+pub const DEFAULT_IN_MEMORY_AUDIT_ENTRIES: u64 = 100_000;
+
 /// Where the KMS keeps its state.
 #[derive(Clone)]
 pub enum Database {
     /// A SQLite file at this path.
     SqliteFile(std::path::PathBuf),
-    /// A private in-memory SQLite database (gone when the process exits).
-    InMemory,
+    /// A private in-memory SQLite database (gone when the process exits) that keeps the newest
+    /// `audit_entries` audit entries, so that its memory stays bounded however long it serves.
+    InMemory {
+        /// How many audit entries to keep (at least 1).
+        audit_entries: u64,
+    },
     /// A PostgreSQL connection URL (`postgres://user@host:port/db`).
     Postgres(String),
 }
@@ -44,7 +52,7 @@ impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Database::SqliteFile(p) => write!(f, "SqliteFile({})", p.display()),
-            Database::InMemory => f.write_str("InMemory"),
+            Database::InMemory { audit_entries } => write!(f, "InMemory(keeping {audit_entries} audit entries)"),
             // The URL may carry a password.
             Database::Postgres(_) => f.write_str("Postgres([redacted url])"),
         }
@@ -56,7 +64,7 @@ impl std::fmt::Debug for Database {
 pub async fn open_read_only(db: &Database) -> Result<Arc<dyn KmsRepository>, RepoError> {
     Ok(match db {
         Database::SqliteFile(path) => Arc::new(SqlStore::new(sqlite::Sqlite::open_file_read_only(path).await?)),
-        Database::InMemory => {
+        Database::InMemory { .. } => {
             return Err(RepoError::Unavailable("an in-memory database cannot be opened from outside".into()));
         }
         Database::Postgres(url) => Arc::new(SqlStore::new(postgres::Postgres::connect_without_migration(url).await?)),
@@ -77,16 +85,18 @@ pub struct Opened {
     pub objects: Arc<dyn keyhold_store::StoreRepository>,
 }
 
-fn both<B: sql::SqlBackend>(backend: B) -> Opened {
-    let store = Arc::new(SqlStore::new(backend));
+fn both<B: sql::SqlBackend>(store: SqlStore<B>) -> Opened {
+    let store = Arc::new(store);
     Opened { kms: store.clone(), objects: store }
 }
 
 /// Opens (and migrates) the database, for the KMS and the store.
 pub async fn open_all(db: &Database) -> Result<Opened, RepoError> {
     Ok(match db {
-        Database::SqliteFile(path) => both(sqlite::Sqlite::open_file(path).await?),
-        Database::InMemory => both(sqlite::Sqlite::open_in_memory().await?),
-        Database::Postgres(url) => both(postgres::Postgres::connect(url).await?),
+        Database::SqliteFile(path) => both(SqlStore::new(sqlite::Sqlite::open_file(path).await?)),
+        Database::InMemory { audit_entries } => {
+            both(SqlStore::new(sqlite::Sqlite::open_in_memory().await?).keeping_audit_entries(*audit_entries))
+        }
+        Database::Postgres(url) => both(SqlStore::new(postgres::Postgres::connect(url).await?)),
     })
 }

@@ -179,7 +179,7 @@ impl Postgres {
         let mut client = self.pool.get().await.map_err(pool_err)?;
         let tx = client.transaction().await.map_err(map_err)?;
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await.map_err(map_err)?;
-        tx.batch_execute(&schema::ddl("BYTEA")).await.map_err(map_err)?;
+        tx.batch_execute(&schema::ddl(crate::sql::Dialect::Postgres, true)).await.map_err(map_err)?;
         tx.batch_execute(schema::POSTGRES_TRIGGERS).await.map_err(map_err)?;
         tx.execute(schema::META_INSERT, &[&"schema_version", &schema::SCHEMA_VERSION.to_string()])
             .await
@@ -307,6 +307,10 @@ impl Drop for PgConn {
 
 #[async_trait]
 impl SqlBackend for Postgres {
+    fn dialect(&self) -> crate::sql::Dialect {
+        crate::sql::Dialect::Postgres
+    }
+
     async fn begin(&self) -> Result<Box<dyn SqlConn>, SqlError> {
         self.conn(true).await
     }

@@ -1,7 +1,11 @@
-//! Schema and statements. The DDL differs only in column types; every statement is shared.
+//! Schema and statements. The DDL differs only in column types and collations; every statement
+//! is shared, except the audit reads' resource comparisons, which name PostgreSQL's byte-order
+//! collation (see [`AuditRead`]).
 //!
 //! Resources are stored as their Cloud KMS JSON (`resource` columns), so what a client set is
 //! returned exactly; the columns beside it exist for lookups, scheduling and compare-and-set.
+
+use crate::sql::Dialect;
 
 /// Schema version written by this build. A database with a newer version is refused.
 pub(crate) const SCHEMA_VERSION: i64 = 4;
@@ -93,7 +97,6 @@ CREATE TABLE IF NOT EXISTS audit_log (
     prev_hash  TEXT NOT NULL,
     hash       TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS audit_by_project ON audit_log (project, seq);
 CREATE TABLE IF NOT EXISTS audit_head (
     id   BIGINT PRIMARY KEY,
     seq  BIGINT NOT NULL,
@@ -248,12 +251,33 @@ CREATE TABLE IF NOT EXISTS store_work_owners (
 );
 ";
 
+/// Version 4 (additive): the audit log's read indexes. Every audit read has a `kind` and a time
+/// range and is ordered by (time, seq); each index ends in those columns after the equality it
+/// serves, so a page is one index range read in order, whatever the log's size (issue 18).
+/// `{bytes}` is the collation that orders the resource column byte by byte (PostgreSQL's "C";
+/// SQLite's default already does), so that a resource prefix is an index range under any
+/// database collation.
+const DDL_AUDIT_INDEXES: &str = "
+DROP INDEX IF EXISTS audit_by_project;
+CREATE INDEX IF NOT EXISTS audit_by_project_kind ON audit_log (project, kind, time_nanos, seq);
+CREATE INDEX IF NOT EXISTS audit_by_kind ON audit_log (kind, time_nanos, seq);
+CREATE INDEX IF NOT EXISTS audit_by_resource ON audit_log (kind, resource{bytes}, time_nanos, seq);
+CREATE INDEX IF NOT EXISTS audit_by_principal ON audit_log (principal, kind, time_nanos, seq);
+CREATE INDEX IF NOT EXISTS audit_by_method ON audit_log (project, method, time_nanos, seq);
+";
+
 /// The audit log refuses updates and deletes (tampering then needs a deliberate `DROP TRIGGER`,
 /// and still breaks the hash chain).
 pub(crate) const SQLITE_TRIGGERS: &str = "
 CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+";
+/// The in-memory database's: entries are never changed, and the oldest are deleted as new ones
+/// arrive (`--in-memory-audit-entries`). Nothing outside the process can reach it.
+pub(crate) const SQLITE_IN_MEMORY_TRIGGERS: &str = "
+CREATE TRIGGER IF NOT EXISTS audit_log_no_update BEFORE UPDATE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 ";
 
@@ -269,15 +293,20 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION keyhold_audit_log_append_only();
 ";
 
-/// The DDL with the dialect's binary column type.
-pub(crate) fn ddl(blob_type: &str) -> String {
+/// The DDL in the dialect's types; with `audit_read_indexes`, the audit log's read indexes
+/// (every database but the in-memory one, whose log is bounded by its retention: there a read
+/// scans at most that many entries, and appends skip five index inserts and as many deletes).
+pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
+    let blob = dialect.blob_type();
+    let indexes = if audit_read_indexes { DDL_AUDIT_INDEXES } else { "DROP INDEX IF EXISTS audit_by_project;" };
     format!(
-        "{}{}{}{}{}",
-        DDL_V1.replace("{blob}", blob_type),
+        "{}{}{}{}{}{}",
+        DDL_V1.replace("{blob}", blob),
         DDL_V2,
-        DDL_V3.replace("{blob}", blob_type),
+        DDL_V3.replace("{blob}", blob),
         DDL_V4,
-        DDL_V5_OWNERS
+        DDL_V5_OWNERS,
+        indexes.replace("{bytes}", dialect.bytes_collation()),
     )
 }
 
@@ -300,15 +329,21 @@ pub(crate) const META_GET: &str = "SELECT value FROM meta WHERE key = $1";
 
 pub(crate) const INSERT_KEY_RING: &str = "INSERT INTO key_rings (name, location, resource) VALUES ($1, $2, $3)";
 pub(crate) const GET_KEY_RING: &str = "SELECT resource FROM key_rings WHERE name = $1";
-pub(crate) const LIST_KEY_RINGS: &str = "SELECT resource FROM key_rings WHERE location = $1 ORDER BY name";
+pub(crate) const LIST_KEY_RINGS: &str =
+    "SELECT resource FROM key_rings WHERE location = $1 AND name > $2 ORDER BY name LIMIT $3";
+pub(crate) const COUNT_KEY_RINGS: &str = "SELECT count(*) FROM key_rings WHERE location = $1";
 
 pub(crate) const INSERT_CRYPTO_KEY: &str = "INSERT INTO crypto_keys \
     (name, key_ring, resource, primary_version, next_version_id, next_rotation_nanos, revision) \
     VALUES ($1, $2, $3, $4, $5, $6, 1)";
 pub(crate) const GET_CRYPTO_KEY: &str =
     "SELECT name, resource, primary_version, revision FROM crypto_keys WHERE name = $1";
-pub(crate) const LIST_CRYPTO_KEYS: &str =
-    "SELECT name, resource, primary_version, revision FROM crypto_keys WHERE key_ring = $1 ORDER BY name";
+/// A page of a ring's keys with their primary versions (columns 4-7, NULL without one).
+pub(crate) const LIST_CRYPTO_KEYS: &str = "SELECT k.name, k.resource, k.primary_version, k.revision, \
+    v.name, v.resource, v.material, v.revision FROM crypto_keys k \
+    LEFT JOIN crypto_key_versions v ON v.crypto_key = k.name AND v.version_id = k.primary_version \
+    WHERE k.key_ring = $1 AND k.name > $2 ORDER BY k.name LIMIT $3";
+pub(crate) const COUNT_CRYPTO_KEYS: &str = "SELECT count(*) FROM crypto_keys WHERE key_ring = $1";
 pub(crate) const UPDATE_CRYPTO_KEY: &str = "UPDATE crypto_keys \
     SET resource = $1, primary_version = $2, next_rotation_nanos = $3, revision = revision + 1 \
     WHERE name = $4 AND revision = $5 RETURNING revision";
@@ -325,7 +360,8 @@ pub(crate) const INSERT_VERSION: &str = "INSERT INTO crypto_key_versions \
 pub(crate) const GET_VERSION: &str =
     "SELECT name, resource, material, revision FROM crypto_key_versions WHERE name = $1";
 pub(crate) const LIST_VERSIONS: &str = "SELECT name, resource, material, revision FROM crypto_key_versions \
-    WHERE crypto_key = $1 ORDER BY version_id";
+    WHERE crypto_key = $1 AND version_id > $2 ORDER BY version_id LIMIT $3";
+pub(crate) const COUNT_VERSIONS: &str = "SELECT count(*) FROM crypto_key_versions WHERE crypto_key = $1";
 pub(crate) const LIST_ALL_VERSIONS: &str =
     "SELECT name, resource, material, revision FROM crypto_key_versions ORDER BY name";
 pub(crate) const UPDATE_VERSION: &str = "UPDATE crypto_key_versions \
@@ -370,21 +406,131 @@ pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = 
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
     (seq, time_nanos, project, principal, method, resource, kind, entry, prev_hash, hash) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-/// Filters of the audit read. Parameters are cast so PostgreSQL infers their types.
-#[cfg(test)]
-const AUDIT_FILTER: &str = "(CAST($1 AS TEXT) = '-' OR project = $1) AND time_nanos >= $2 AND time_nanos < $3 \
-    AND (CAST($4 AS TEXT) = '' OR method = $4) AND (CAST($5 AS TEXT) = '' OR principal = $5) \
-    AND substr(resource, 1, length(CAST($6 AS TEXT))) = CAST($6 AS TEXT) AND (CAST($7 AS TEXT) = '' OR kind = $7)";
-pub(crate) const READ_AUDIT_ASC: &str = "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE \
-    (CAST($1 AS TEXT) = '-' OR project = $1) AND time_nanos >= $2 AND time_nanos < $3 \
-    AND (CAST($4 AS TEXT) = '' OR method = $4) AND (CAST($5 AS TEXT) = '' OR principal = $5) \
-    AND substr(resource, 1, length(CAST($6 AS TEXT))) = CAST($6 AS TEXT) AND (CAST($7 AS TEXT) = '' OR kind = $7) \
-    AND seq > $8 ORDER BY seq LIMIT $9";
-pub(crate) const READ_AUDIT_DESC: &str = "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE \
-    (CAST($1 AS TEXT) = '-' OR project = $1) AND time_nanos >= $2 AND time_nanos < $3 \
-    AND (CAST($4 AS TEXT) = '' OR method = $4) AND (CAST($5 AS TEXT) = '' OR principal = $5) \
-    AND substr(resource, 1, length(CAST($6 AS TEXT))) = CAST($6 AS TEXT) AND (CAST($7 AS TEXT) = '' OR kind = $7) \
-    AND (CAST($8 AS BIGINT) = 0 OR seq < $8) ORDER BY seq DESC LIMIT $9";
+/// How an audit read matches the resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum ResourceMatch {
+    /// Any resource.
+    Any,
+    /// Exactly the prefix (an index range in order).
+    Exact,
+    /// Longer names starting with the prefix (an index range, sorted by time: its cost is the
+    /// number of entries under the prefix).
+    Below,
+}
+
+/// The shape of one audit read: which filters it has. Each shape is one statement, built once
+/// from fixed fragments (no caller text is ever spliced in). Parameters, in order: kind, start,
+/// end, cursor time, cursor seq, then project, method, principal and resource when present, and
+/// the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct AuditRead {
+    pub project: bool,
+    pub method: bool,
+    pub principal: bool,
+    pub resource: ResourceMatch,
+    pub descending: bool,
+}
+
+impl AuditRead {
+    /// Every shape (48).
+    fn all() -> impl Iterator<Item = AuditRead> {
+        (0..16u8).flat_map(|bits| {
+            [ResourceMatch::Any, ResourceMatch::Exact, ResourceMatch::Below].into_iter().map(move |resource| {
+                AuditRead {
+                    project: bits & 1 != 0,
+                    method: bits & 2 != 0,
+                    principal: bits & 4 != 0,
+                    resource,
+                    descending: bits & 8 != 0,
+                }
+            })
+        })
+    }
+
+    /// The index that serves this shape: the most selective filter it has.
+    fn index(self) -> &'static str {
+        if self.resource != ResourceMatch::Any {
+            "audit_by_resource"
+        } else if self.principal {
+            "audit_by_principal"
+        } else if self.method && self.project {
+            "audit_by_method"
+        } else if self.project {
+            "audit_by_project_kind"
+        } else {
+            // Server-wide reads by method too: entries of one method across every project.
+            "audit_by_kind"
+        }
+    }
+
+    fn build(self, dialect: Dialect, indexed: bool) -> String {
+        let (cmp, dir) = if self.descending { ("<", " DESC") } else { (">", "") };
+        // SQLite plans without statistics and would rather walk the (kind, time) index in order
+        // than sort a resource range, however few entries the range holds: it is told which
+        // index serves the shape. PostgreSQL chooses from its statistics.
+        let pin = match (dialect, indexed) {
+            (Dialect::Sqlite, true) => format!(" INDEXED BY {}", self.index()),
+            _ => String::new(),
+        };
+        let mut sql = format!(
+            "SELECT seq, entry, prev_hash, hash, time_nanos FROM audit_log{pin} WHERE kind = CAST($1 AS TEXT) \
+             AND time_nanos >= CAST($2 AS BIGINT) AND time_nanos < CAST($3 AS BIGINT) \
+             AND (time_nanos, seq) {cmp} (CAST($4 AS BIGINT), CAST($5 AS BIGINT))"
+        );
+        let mut n = 5;
+        let mut param = || {
+            n += 1;
+            n
+        };
+        if self.project {
+            sql += &format!(" AND project = CAST(${} AS TEXT)", param());
+        }
+        if self.method {
+            sql += &format!(" AND method = CAST(${} AS TEXT)", param());
+        }
+        if self.principal {
+            sql += &format!(" AND principal = CAST(${} AS TEXT)", param());
+        }
+        let bytes = dialect.bytes_collation();
+        match self.resource {
+            ResourceMatch::Any => {}
+            ResourceMatch::Exact => sql += &format!(" AND resource{bytes} = CAST(${} AS TEXT)", param()),
+            ResourceMatch::Below => {
+                // The range finds the candidates in the index; the prefix test decides (the
+                // range's upper bound is the prefix followed by the highest code point).
+                let (prefix, upper) = (param(), param());
+                sql += &format!(
+                    " AND resource{bytes} > CAST(${prefix} AS TEXT) AND resource{bytes} < CAST(${upper} AS TEXT) \
+                     AND substr(resource, 1, length(CAST(${prefix} AS TEXT))) = CAST(${prefix} AS TEXT)"
+                );
+            }
+        }
+        sql += &format!(" ORDER BY time_nanos{dir}, seq{dir} LIMIT CAST(${} AS BIGINT)", param());
+        sql
+    }
+
+    /// This shape's statement in `dialect`, for a database with the read indexes (`indexed`)
+    /// or without them (the in-memory one).
+    pub(crate) fn statement(self, dialect: Dialect, indexed: bool) -> &'static str {
+        type Statements = std::collections::HashMap<(Dialect, bool, AuditRead), &'static str>;
+        static STATEMENTS: std::sync::LazyLock<Statements> = std::sync::LazyLock::new(|| {
+            let mut all = Statements::new();
+            for shape in AuditRead::all() {
+                for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+                    for indexed in [true, false] {
+                        let sql = Box::leak(shape.build(dialect, indexed).into_boxed_str());
+                        all.insert((dialect, indexed, shape), sql);
+                    }
+                }
+            }
+            all
+        });
+        STATEMENTS[&(dialect, indexed, self)]
+    }
+}
+
+/// Deletes the entries at or before `$1` (the in-memory database's retention).
+pub(crate) const PRUNE_AUDIT: &str = "DELETE FROM audit_log WHERE seq <= $1";
 pub(crate) const AUDIT_CHAIN: &str =
     "SELECT seq, entry, prev_hash, hash FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2";
 
@@ -564,10 +710,30 @@ pub(crate) const GET_CHUNK: &str = "SELECT wrapped_dek, data FROM store_chunks \
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// SQLite's plan for every audit read shape: an index search, never a scan of the log, and
+    /// no sort except for the prefix's longer names (PostgreSQL's plans: `tests/conformance.rs`).
     #[test]
-    fn audit_reads_share_one_filter() {
-        let norm = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(norm(super::READ_AUDIT_ASC).contains(&norm(super::AUDIT_FILTER)));
-        assert!(norm(super::READ_AUDIT_DESC).contains(&norm(super::AUDIT_FILTER)));
+    fn every_audit_read_is_an_index_range() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(&ddl(Dialect::Sqlite, true)).unwrap();
+        for shape in AuditRead::all() {
+            assert!(!shape.statement(Dialect::Sqlite, false).contains("INDEXED BY"));
+            let sql = shape.statement(Dialect::Sqlite, true);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let params = stmt.parameter_count();
+            let values: Vec<rusqlite::types::Value> = (0..params).map(|_| rusqlite::types::Value::Integer(1)).collect();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(values), |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let plan = plan.join(" | ");
+            assert!(plan.contains(&format!("SEARCH audit_log USING INDEX {} (", shape.index())), "{shape:?}: {plan}");
+            assert!(!plan.contains("SCAN"), "{shape:?}: {plan}");
+            let sorts = plan.contains("TEMP B-TREE");
+            assert_eq!(sorts, shape.resource == ResourceMatch::Below, "{shape:?}: {plan}");
+        }
     }
 }

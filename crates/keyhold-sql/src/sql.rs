@@ -110,9 +110,37 @@ pub trait SqlConn: Send {
     }
 }
 
+/// The SQL spoken by a driver, where the two differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Dialect {
+    pub(crate) fn blob_type(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BLOB",
+            Dialect::Postgres => "BYTEA",
+        }
+    }
+
+    /// The collation clause that makes text compare byte by byte.
+    pub(crate) fn bytes_collation(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => " COLLATE \"C\"",
+        }
+    }
+}
+
 /// A database driver.
 #[async_trait]
 pub trait SqlBackend: Send + Sync + std::fmt::Debug + 'static {
+    /// The SQL it speaks.
+    fn dialect(&self) -> Dialect;
     /// A connection with a transaction open.
     async fn begin(&self) -> Result<Box<dyn SqlConn>, SqlError>;
     /// A connection in autocommit mode, for single-statement reads.

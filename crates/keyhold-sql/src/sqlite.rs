@@ -77,7 +77,8 @@ impl Sqlite {
         })
         .await
         .map_err(|e| SqlError::Unavailable(e.to_string()))??;
-        Self::init(conn, path.display().to_string()).await
+        let schema = schema::ddl(crate::sql::Dialect::Sqlite, true);
+        Self::init(conn, path.display().to_string(), schema, schema::SQLITE_TRIGGERS).await
     }
 
     /// Opens an existing database file read-only, without migrating it (for `keyhold audit
@@ -138,24 +139,25 @@ impl Sqlite {
     /// A private in-memory database: same schema, same statements, nothing on disk.
     pub async fn open_in_memory() -> Result<Self, SqlError> {
         let conn = Connection::open_in_memory().map_err(map_err)?;
-        Self::init(conn, ":memory:".into()).await
+        let schema = schema::ddl(crate::sql::Dialect::Sqlite, false);
+        Self::init(conn, ":memory:".into(), schema, schema::SQLITE_IN_MEMORY_TRIGGERS).await
     }
 
-    async fn init(conn: Connection, label: String) -> Result<Self, SqlError> {
+    async fn init(conn: Connection, label: String, ddl: String, triggers: &'static str) -> Result<Self, SqlError> {
         conn.execute_batch("PRAGMA secure_delete = ON; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
             .map_err(map_err)?;
         let db = Self { conn: Arc::new(Mutex::new(conn)), turn: Arc::new(tokio::sync::Mutex::new(())), label };
-        db.migrate().await?;
+        db.migrate(ddl, triggers).await?;
         Ok(db)
     }
 
-    async fn migrate(&self) -> Result<(), SqlError> {
+    async fn migrate(&self, ddl: String, triggers: &'static str) -> Result<(), SqlError> {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SqlError> {
             let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
             let tx = c.transaction().map_err(map_err)?;
-            tx.execute_batch(&schema::ddl("BLOB")).map_err(map_err)?;
-            tx.execute_batch(schema::SQLITE_TRIGGERS).map_err(map_err)?;
+            tx.execute_batch(&ddl).map_err(map_err)?;
+            tx.execute_batch(triggers).map_err(map_err)?;
             tx.execute(schema::META_INSERT, ("schema_version", schema::SCHEMA_VERSION.to_string())).map_err(map_err)?;
             let v: String = tx.query_row(schema::META_GET, ["schema_version"], |r| r.get(0)).map_err(map_err)?;
             if v.parse::<i64>().unwrap_or(i64::MAX) > schema::SCHEMA_VERSION {
@@ -356,6 +358,10 @@ impl Drop for SqliteConn {
 
 #[async_trait]
 impl SqlBackend for Sqlite {
+    fn dialect(&self) -> crate::sql::Dialect {
+        crate::sql::Dialect::Sqlite
+    }
+
     async fn begin(&self) -> Result<Box<dyn SqlConn>, SqlError> {
         self.conn(true).await
     }

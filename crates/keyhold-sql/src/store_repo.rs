@@ -136,6 +136,10 @@ fn object_params(instance: &str, o: &ObjectRecord) -> Vec<Value> {
 struct Sql<'a, B>(&'a SqlStore<B>);
 
 impl<B: SqlBackend> Sql<'_, B> {
+    fn audit_kept(&self) -> Option<i64> {
+        self.0.audit_kept()
+    }
+
     fn backend(&self) -> &B {
         self.0.backend()
     }
@@ -154,7 +158,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             (INSERT_INSTANCE, instance_params(instance)?),
             (INSERT_KEK, kek_params(&name, kek)),
         ];
-        commit_audited(tx, statements, audit).await
+        commit_audited(tx, statements, audit, self.audit_kept()).await
     }
 
     async fn instance(&self, name: &str) -> Result<Option<InstanceRecord>, SqlError> {
@@ -205,7 +209,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             return Ok(false);
         }
         let statements = vec![(DELETE_NAME, vec![text(name)])];
-        commit_audited(tx, statements, audit).await?;
+        commit_audited(tx, statements, audit, self.audit_kept()).await?;
         Ok(true)
     }
 
@@ -229,7 +233,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         if let Some(primary) = &instance.replica_of {
             statements.push((INSERT_REPLICA, vec![text(&name), text(primary)]));
         }
-        commit_audited(tx, statements, audit).await
+        commit_audited(tx, statements, audit, self.audit_kept()).await
     }
 
     async fn discard(&self, name: &str, audit: &[AuditRecord]) -> Result<(), SqlError> {
@@ -242,7 +246,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         statements.push((DELETE_BACKUP, vec![text(name)]));
         statements.push((DELETE_NAME, vec![text(name)]));
         let tx = self.backend().begin().await?;
-        commit_audited(tx, statements, audit).await
+        commit_audited(tx, statements, audit, self.audit_kept()).await
     }
 
     fn single_process(&self) -> bool {
@@ -351,7 +355,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         {
             return Err(SqlError::Conflict);
         }
-        commit_audited(tx, vec![(END_WORK, vec![text(name), text(""), int(0)])], audit).await
+        commit_audited(tx, vec![(END_WORK, vec![text(name), text(""), int(0)])], audit, self.audit_kept()).await
     }
 
     async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, SqlError> {
@@ -409,7 +413,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         ];
         let tx = self.backend().begin().await?;
         let statements = vec![(INSERT_EXPORT, params)];
-        commit_audited(tx, statements, audit).await
+        commit_audited(tx, statements, audit, self.audit_kept()).await
     }
 
     async fn exports_by_key(&self, key: &str) -> Result<Vec<ExportRecord>, SqlError> {
@@ -437,7 +441,7 @@ impl<B: SqlBackend> Sql<'_, B> {
                 }
             })
             .collect();
-        commit_audited(self.backend().begin().await?, statements, audit).await
+        commit_audited(self.backend().begin().await?, statements, audit, self.audit_kept()).await
     }
 
     async fn keks(&self, instance: &str) -> Result<Vec<KekRecord>, SqlError> {
@@ -470,7 +474,7 @@ impl<B: SqlBackend> Sql<'_, B> {
                 )
             })
             .collect();
-        commit_audited(tx, statements, audit).await
+        commit_audited(tx, statements, audit, self.audit_kept()).await
     }
 
     async fn delete_kek_if_unused(&self, instance: &str, id: u64) -> Result<bool, SqlError> {
@@ -571,7 +575,7 @@ impl<B: SqlBackend> Sql<'_, B> {
             }
         }
         let statements = vec![(END_WORK, key()), (DELETE_DEAD_CHUNKS, key())];
-        commit_audited(tx, statements, audit).await
+        commit_audited(tx, statements, audit, self.audit_kept()).await
     }
 
     async fn abort_upload(&self, instance: &str, object: &str, generation: u64) -> Result<(), SqlError> {
@@ -620,7 +624,7 @@ impl<B: SqlBackend> Sql<'_, B> {
         tx.execute(DELETE_OBJECT_CHUNKS, vec![text(instance), text(name)]).await?;
         let n = tx.execute(DELETE_OBJECT, vec![text(instance), text(name)]).await?;
         // Nothing deleted, nothing to record with it (the call's refusal is recorded after).
-        commit_audited(tx, Vec::new(), if n > 0 { audit } else { &[] }).await?;
+        commit_audited(tx, Vec::new(), if n > 0 { audit } else { &[] }, self.audit_kept()).await?;
         Ok(n > 0)
     }
 

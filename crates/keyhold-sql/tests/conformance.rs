@@ -22,8 +22,8 @@ use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName
 use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditKind, AuditRecord, ChainVerdict, verify_chain};
 use keyhold_kms::repo::{
-    AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, ProjectRecord, RepoError,
-    ServiceIdentityRecord, TokenRecord, VersionRecord,
+    AuditPosition, AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, ProjectRecord,
+    RepoError, ServiceIdentityRecord, TokenRecord, VersionRecord,
 };
 use keyhold_sql::Database;
 
@@ -48,7 +48,7 @@ async fn open(backend: Backend) -> Opened {
             let dir = tempfile::tempdir().unwrap();
             (Database::SqliteFile(dir.path().join("keyhold.db")), Some(dir))
         }
-        Backend::SqliteMemory => (Database::InMemory, None),
+        Backend::SqliteMemory => (Database::InMemory { audit_entries: u64::MAX }, None),
         Backend::Postgres => (Database::Postgres(fresh_postgres().await), None),
     };
     let opened = keyhold_sql::open_all(&db).await.expect("open and migrate the database");
@@ -285,10 +285,22 @@ async fn key_rings(db: Opened) {
 
     assert_eq!(s.key_ring(&ring_name("a")).await.unwrap(), Some(ring(&ring_name("a"))));
     assert_eq!(s.key_ring(&ring_name("missing")).await.unwrap(), None);
-    let names: Vec<String> = s.list_key_rings(&location()).await.unwrap().into_iter().map(|r| r.name).collect();
+    let names: Vec<String> =
+        s.list_key_rings(&location(), "", i64::MAX).await.unwrap().into_iter().map(|r| r.name).collect();
     assert_eq!(names, [ring_name("a"), ring_name("b"), ring_name("c")].map(|n| n.to_string()), "by name");
+    // A page: after a name, at most `limit`.
+    let page: Vec<String> = s
+        .list_key_rings(&location(), &ring_name("a").to_string(), 1)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(page, [ring_name("b").to_string()]);
+    assert_eq!(s.count_key_rings(&location()).await.unwrap(), 3);
     let elsewhere: LocationName = "projects/acme/locations/europe-west1".parse().unwrap();
-    assert!(s.list_key_rings(&elsewhere).await.unwrap().is_empty());
+    assert!(s.list_key_rings(&elsewhere, "", i64::MAX).await.unwrap().is_empty());
+    assert_eq!(s.count_key_rings(&elsewhere).await.unwrap(), 0);
 
     let dup = s.insert_key_ring(&ring_name("a"), &ring(&ring_name("a")), &audit("CreateKeyRing", "dup")).await;
     assert!(matches!(dup, Err(RepoError::AlreadyExists)), "{dup:?}");
@@ -310,11 +322,19 @@ async fn crypto_key_with_first_version_is_atomic(db: Opened) {
     let bare = key_name("r", "a-bare");
     s.insert_crypto_key(&key_record(&bare, None), None, &audit("CreateCryptoKey", &bare.to_string())).await.unwrap();
     assert_eq!(s.crypto_key(&bare).await.unwrap().unwrap().primary_version, None);
-    assert!(s.list_versions(&bare).await.unwrap().is_empty());
-    let names: Vec<String> =
-        s.list_crypto_keys(&ring_name("r")).await.unwrap().into_iter().map(|k| k.name.to_string()).collect();
+    assert!(s.list_versions(&bare, 0, i64::MAX).await.unwrap().is_empty());
+    assert_eq!(s.count_versions(&bare).await.unwrap(), 0);
+    let listed = s.list_crypto_keys(&ring_name("r"), "", i64::MAX).await.unwrap();
+    let names: Vec<String> = listed.iter().map(|(k, _)| k.name.to_string()).collect();
     assert_eq!(names, [bare.to_string(), kn.to_string()], "by name");
-    assert!(s.list_crypto_keys(&ring_name("other")).await.unwrap().is_empty());
+    // Each with its primary version, read with it.
+    assert!(listed[0].1.is_none());
+    let primary = listed[1].1.as_ref().expect("k's primary");
+    assert_eq!((primary.name.version, &primary.material), (1, &VersionMaterial::Sealed(vec![1u8; 40])));
+    let after_bare = s.list_crypto_keys(&ring_name("r"), &bare.to_string(), 5).await.unwrap();
+    assert_eq!(after_bare.iter().map(|(k, _)| k.name.to_string()).collect::<Vec<_>>(), [kn.to_string()]);
+    assert_eq!(s.count_crypto_keys(&ring_name("r")).await.unwrap(), 2);
+    assert!(s.list_crypto_keys(&ring_name("other"), "", i64::MAX).await.unwrap().is_empty());
 
     let dup = s.insert_crypto_key(&key_record(&kn, None), None, &audit("CreateCryptoKey", "dup")).await;
     assert!(matches!(dup, Err(RepoError::AlreadyExists)), "{dup:?}");
@@ -425,8 +445,11 @@ async fn versions_are_listed_by_id_and_updated_by_compare_and_set(db: Opened) {
         s.insert_version(&v, id == 11, &audit("CreateCryptoKeyVersion", &v.name.to_string())).await.unwrap();
         advanced(s, c, "insert_version").await;
     }
-    let ids: Vec<u64> = s.list_versions(&kn).await.unwrap().iter().map(|v| v.name.version).collect();
+    let ids: Vec<u64> = s.list_versions(&kn, 0, i64::MAX).await.unwrap().iter().map(|v| v.name.version).collect();
     assert_eq!(ids, (1..=11).collect::<Vec<u64>>());
+    let page: Vec<u64> = s.list_versions(&kn, 2, 8).await.unwrap().iter().map(|v| v.name.version).collect();
+    assert_eq!(page, (3..=10).collect::<Vec<u64>>(), "after an ID, by ID");
+    assert_eq!(s.count_versions(&kn).await.unwrap(), 11);
     assert_eq!(s.crypto_key(&kn).await.unwrap().unwrap().primary_version, Some(11), "make_primary");
     assert_eq!(newest_audit(s).await.method, "CreateCryptoKeyVersion");
 
@@ -694,6 +717,7 @@ async fn concurrent_audit_appends_keep_one_chain(db: Opened) {
 
 async fn read_audit_filters(db: Opened) {
     let s = &*db.kms;
+    let base = 1000;
     let mut entries = Vec::new();
     for (i, (project, principal, method, resource, kind)) in [
         ("acme", "user:a@x.com", "Encrypt", "projects/acme/k1", AuditKind::DataAccess),
@@ -701,11 +725,15 @@ async fn read_audit_filters(db: Opened) {
         ("beta", "user:a@x.com", "CreateKeyRing", "projects/beta/r", AuditKind::Activity),
         ("acme", "user:a@x.com", "Encrypt", "projects/acme/k2", AuditKind::DataAccess),
         ("", "user:root@x.com", "CreateToken", "tokens/t", AuditKind::Activity),
+        ("acme", "user:a@x.com", "UpdateCryptoKey", "projects/acme/k2/v/1", AuditKind::Activity),
     ]
     .into_iter()
     .enumerate()
     {
-        let mut e = audit_at(method, resource, t(10 * i as i64));
+        // The last entry reaches the chain last but happened first (another node's clock):
+        // reads follow the time.
+        let at = if i == 5 { base - 5 } else { base + 10 * i as i64 };
+        let mut e = audit_at(method, resource, t(at));
         e.project = project.into();
         e.principal = principal.into();
         e.kind = kind;
@@ -713,50 +741,75 @@ async fn read_audit_filters(db: Opened) {
     }
     s.append_audit(&entries).await.unwrap();
     let (head, _) = s.audit_head().await.unwrap();
-    let first = head - 4;
 
     let resources = |v: Vec<keyhold_kms::audit::StoredAuditEntry>| -> Vec<String> {
         v.iter().map(|e| serde_json::from_str::<AuditRecord>(&e.entry_json).unwrap().resource).collect()
     };
+    // Only this test's entries: the database may hold others, all earlier than `base - 5`.
     let q = |f: fn(&mut AuditQuery)| {
         let mut q = all_audit();
-        q.cursor = first - 1;
+        q.start_nanos = t(base - 5).unix_nanos_i64();
         f(&mut q);
         q
     };
-    let all = resources(s.read_audit(&q(|_| {})).await.unwrap());
-    assert_eq!(all, ["projects/acme/k1", "projects/acme/k2", "projects/beta/r", "projects/acme/k2", "tokens/t"]);
-    let by_project = resources(s.read_audit(&q(|q| q.project = "acme".into())).await.unwrap());
-    assert_eq!(by_project, ["projects/acme/k1", "projects/acme/k2", "projects/acme/k2"]);
-    let by_method = resources(s.read_audit(&q(|q| q.method = "Encrypt".into())).await.unwrap());
-    assert_eq!(by_method, ["projects/acme/k1", "projects/acme/k2"]);
-    let by_principal = resources(s.read_audit(&q(|q| q.principal = "user:b@x.com".into())).await.unwrap());
-    assert_eq!(by_principal, ["projects/acme/k2"]);
-    let by_prefix = resources(s.read_audit(&q(|q| q.resource_prefix = "projects/acme/k2".into())).await.unwrap());
-    assert_eq!(by_prefix, ["projects/acme/k2", "projects/acme/k2"]);
-    let by_kind = resources(s.read_audit(&q(|q| q.kind = "activity".into())).await.unwrap());
-    assert_eq!(by_kind, ["projects/beta/r", "tokens/t"]);
-    // Start inclusive, end exclusive.
-    let window = resources(
-        s.read_audit(&q(|q| {
-            q.start_nanos = t(10).unix_nanos_i64();
-            q.end_nanos = t(30).unix_nanos_i64();
-        }))
-        .await
-        .unwrap(),
+    let read = |q: AuditQuery| async move { resources(s.read_audit(&q).await.unwrap()) };
+    assert_eq!(
+        read(q(|_| {})).await,
+        [
+            "projects/acme/k2/v/1",
+            "projects/acme/k1",
+            "projects/acme/k2",
+            "projects/beta/r",
+            "projects/acme/k2",
+            "tokens/t"
+        ]
     );
+    assert_eq!(
+        read(q(|q| q.project = "acme".into())).await,
+        ["projects/acme/k2/v/1", "projects/acme/k1", "projects/acme/k2", "projects/acme/k2"]
+    );
+    assert_eq!(read(q(|q| q.method = "Encrypt".into())).await, ["projects/acme/k1", "projects/acme/k2"]);
+    assert_eq!(read(q(|q| q.principal = "user:b@x.com".into())).await, ["projects/acme/k2"]);
+    // A prefix matches the resource itself and longer names, merged in time order.
+    assert_eq!(
+        read(q(|q| q.resource_prefix = "projects/acme/k2".into())).await,
+        ["projects/acme/k2/v/1", "projects/acme/k2", "projects/acme/k2"]
+    );
+    assert_eq!(
+        read(q(|q| q.resource_prefix = "projects/acme/k".into())).await,
+        ["projects/acme/k2/v/1", "projects/acme/k1", "projects/acme/k2", "projects/acme/k2"]
+    );
+    assert!(read(q(|q| q.resource_prefix = "projects/acme/k3".into())).await.is_empty());
+    assert_eq!(read(q(|q| q.kind = "activity".into())).await, ["projects/acme/k2/v/1", "projects/beta/r", "tokens/t"]);
+    assert_eq!(
+        read(q(|q| {
+            q.project = "acme".into();
+            q.kind = "data_access".into();
+            q.principal = "user:a@x.com".into();
+            q.resource_prefix = "projects/acme/k2".into();
+        }))
+        .await,
+        ["projects/acme/k2"]
+    );
+    // Start inclusive, end exclusive.
+    let window = read(q(|q| {
+        q.start_nanos = t(1010).unix_nanos_i64();
+        q.end_nanos = t(1030).unix_nanos_i64();
+    }))
+    .await;
     assert_eq!(window, ["projects/acme/k2", "projects/beta/r"]);
-    // Newest first, before the cursor; and the limit.
-    let mut desc = all_audit();
+    // Newest first, after a position; and the limit.
+    let mut desc = q(|_| {});
     desc.descending = true;
-    desc.cursor = head;
     desc.limit = 2;
     let newest = s.read_audit(&desc).await.unwrap();
     assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), [head - 1, head - 2]);
+    desc.after = Some(AuditPosition { time_nanos: t(base + 30).unix_nanos_i64(), seq: head - 2 });
+    assert_eq!(read(desc.clone()).await, ["projects/beta/r", "projects/acme/k2"]);
     let mut asc = q(|_| {});
-    asc.cursor = first + 1;
+    asc.after = Some(AuditPosition { time_nanos: t(base).unix_nanos_i64(), seq: head - 5 });
     asc.limit = 2;
-    assert_eq!(s.read_audit(&asc).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(), [first + 2, first + 3]);
+    assert_eq!(read(asc).await, ["projects/acme/k2", "projects/beta/r"]);
 }
 
 async fn org_policies(db: Opened) {
@@ -1340,4 +1393,40 @@ async fn repo_changes_commit_their_audit_entries(db: Opened) {
         verify_chain(&kms.audit_chain(0, 1000).await.unwrap()),
         ChainVerdict::Intact { entries: seq, head: hash }
     );
+}
+
+/// `--in-memory` keeps the newest N audit entries (issue 18, finding 5): however many requests
+/// it serves, its log stays that long, and the entries it keeps still chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_database_keeps_the_newest_audit_entries() {
+    let s = keyhold_sql::open(&Database::InMemory { audit_entries: 10 }).await.unwrap();
+    for batch in 0..5i64 {
+        let entries: Vec<AuditRecord> =
+            (0..7).map(|i| audit_at("Encrypt", &format!("r{}", batch * 7 + i), t(batch * 7 + i))).collect();
+        s.append_audit(&entries).await.unwrap();
+    }
+    // Changes committing their own entry prune too.
+    let rn = ring_name("kept");
+    s.insert_key_ring(&rn, &ring(&rn), &audit_at("CreateKeyRing", &rn.to_string(), t(100))).await.unwrap();
+    let (head, _) = s.audit_head().await.unwrap();
+    assert_eq!(head, 36, "the chain's positions go on");
+    let kept = s.read_audit(&all_audit()).await.unwrap();
+    assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), (27..=36).collect::<Vec<_>>());
+    for pair in kept.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash, "entry {} names the one before", pair[1].seq);
+    }
+    assert_eq!(newest_audit(&*s).await.method, "CreateKeyRing");
+}
+
+/// A file's log is never pruned: its triggers refuse every delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_database_keeps_every_audit_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyhold.db");
+    let s = keyhold_sql::open(&Database::SqliteFile(path.clone())).await.unwrap();
+    s.append_audit(&[audit("Encrypt", "r")]).await.unwrap();
+    drop(s);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let err = conn.execute("DELETE FROM audit_log", []).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
 }

@@ -49,6 +49,17 @@ pub struct ServeArgs {
     /// root key is used.
     #[arg(long)]
     pub in_memory: bool,
+    /// With --in-memory: how many audit entries to keep (the newest; older ones are dropped as
+    /// new ones arrive, so memory stays bounded: about 0.9 KB an entry).
+    #[arg(
+        long,
+        env = "KEYHOLD_IN_MEMORY_AUDIT_ENTRIES",
+        requires = "in_memory",
+        default_value_t = keyhold_sql::DEFAULT_IN_MEMORY_AUDIT_ENTRIES,
+        value_parser = clap::value_parser!(u64).range(1..),
+        value_name = "N"
+    )]
+    pub in_memory_audit_entries: u64,
     /// Root key file (32 random bytes, base64). Default: DATA_DIR/root.key, created on first
     /// start with a warning. Required with --database.
     #[arg(long, env = "KEYHOLD_ROOT_KEY_FILE")]
@@ -240,7 +251,8 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (db, root, _data_dir_lock): (Database, Arc<dyn RootKey>, Option<std::fs::File>) = if args.in_memory {
         tracing::warn!("--in-memory: all keys live only in this process and vanish when it exits");
         refuse_real_servers_token_file(&token_file, args.owner_token_file.is_some())?;
-        (Database::InMemory, Arc::new(LocalRootKey::ephemeral()?), None)
+        let db = Database::InMemory { audit_entries: args.in_memory_audit_entries };
+        (db, Arc::new(LocalRootKey::ephemeral()?), None)
     } else {
         // Finding 4: the data directory holds the database, the default root key and the owner
         // token; it is made 0700 whatever the umask, and tightened (with a warning) if it

@@ -523,3 +523,32 @@ async fn a_shared_sticky_data_directory_is_refused_and_left_alone() {
     assert_eq!(std::fs::metadata(&data).unwrap().permissions().mode() & 0o7777, 0o1777);
     assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "nothing was created in it");
 }
+
+/// Issue 18, finding 5: `--in-memory` keeps the newest `--in-memory-audit-entries` audit
+/// entries, so it cannot grow without bound; the flag means nothing without `--in-memory` and is
+/// refused there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_keeps_the_newest_audit_entries() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let err = common::serve_refused(dir.path(), &["--in-memory-audit-entries", "5"]);
+    assert!(err.contains("--in-memory"), "{err}");
+    let err = common::serve_refused(dir.path(), &["--in-memory", "--in-memory-audit-entries", "0"]);
+    assert!(err.contains("--in-memory-audit-entries"), "{err}");
+
+    let p = common::spawn_bound(dir.path(), &["--in-memory", "--in-memory-audit-entries", "20"], None);
+    wait_ready(&p).await;
+    call(dir.path(), p.port, Method::POST, "projects/p/locations/global/keyRings?keyRingId=r", json!({})).await;
+    call(dir.path(), p.port, Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), json!({"purpose": 1})).await;
+    for _ in 0..40 {
+        call(dir.path(), p.port, Method::POST, &format!("{KEY}:encrypt"), json!({"plaintext": "AAAA"})).await;
+    }
+    let page = call(dir.path(), p.port, Method::GET, "projects/-/auditLogs?pageSize=1000", json!({})).await;
+    let positions: Vec<i64> =
+        page["entries"].as_array().unwrap().iter().map(|e| e["insertId"].as_str().unwrap().parse().unwrap()).collect();
+    assert_eq!(positions.len(), 20, "{page}");
+    let newest = *positions.iter().max().unwrap();
+    assert!(newest >= 42, "the chain's positions go on: {positions:?}");
+    assert_eq!(*positions.iter().min().unwrap(), newest - 19, "the newest are kept: {positions:?}");
+    terminate(p);
+}
