@@ -134,7 +134,8 @@ def reads(entries: int) -> dict[str, tuple[str, str]]:
         "one principal, newest first": ("-", q(principal="u7@example.com", logName="data_access", orderBy="timestamp desc", pageSize=100)),
         "one method in one project": ("p3", q(methodName="Decrypt", logName="data_access", pageSize=100)),
         "one minute in the middle": ("p5", q(startTime=rfc3339(mid), endTime=rfc3339(mid + 60_000_000_000), logName="data_access", pageSize=100)),
-        "a project's activity, newest first": ("p9", q(orderBy="timestamp desc", pageSize=100)),
+        "a project's entries (both logs), newest first": ("p9", q(orderBy="timestamp desc", pageSize=100)),
+        "a project's activity, newest first": ("p9", q(logName="activity", orderBy="timestamp desc", pageSize=100)),
         "both logs of a project, oldest first": ("p9", q(pageSize=100)),
     }
 

@@ -180,11 +180,11 @@ pub(crate) async fn read_page(
     rows.truncate(page_size as usize);
     let mut entries = Vec::with_capacity(rows.len());
     let mut next_page_token = String::new();
-    for row in rows {
+    for (position, row) in rows {
         let record: AuditRecord = serde_json::from_str(&row.entry_json)
             .map_err(|e| KmsError::Internal(format!("audit entry {} does not decode: {e}", row.seq)))?;
         if more {
-            next_page_token = page_token(AuditPosition { time_nanos: record.time.unix_nanos_i64(), seq: row.seq });
+            next_page_token = page_token(position);
         }
         entries.push(record.to_log_entry(row.seq));
     }

@@ -254,10 +254,11 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
 
     /// Appends entries to the chain, in order, in one transaction.
     async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), RepoError>;
-    /// Entries matching `query`, in [`AuditPosition`] order (descending if `query.descending`).
+    /// Entries matching `query` with their positions (the stored time and `seq` that page tokens
+    /// continue from), in [`AuditPosition`] order (descending if `query.descending`).
     /// Every filter is answered from an index (see `docs/operations.md`), so the cost follows
     /// the page, not the log.
-    async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<StoredAuditEntry>, RepoError>;
+    async fn read_audit(&self, query: &AuditQuery) -> Result<Vec<(AuditPosition, StoredAuditEntry)>, RepoError>;
     /// The chain head as recorded beside the log: the newest entry's `seq` and hash.
     async fn audit_head(&self) -> Result<(i64, String), RepoError>;
     /// Up to `limit` entries with `seq > after`, ascending, for chain verification.

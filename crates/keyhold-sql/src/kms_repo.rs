@@ -648,12 +648,17 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows, kept))).await
     }
 
-    async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<StoredAuditEntry>, RepoError> {
+    async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<(AuditPosition, StoredAuditEntry)>, RepoError> {
         // One statement per kind and resource match, each an index range in order (see
         // `AuditRead`); their pages are merged here.
         let kinds: &[&str] = if q.kind.is_empty() { &["activity", "data_access"] } else { &[q.kind.as_str()] };
+        // The resource index is not partitioned by project: a project's read uses it only for a
+        // prefix inside the project's names (`projects/P/...`, which no other project's resource
+        // begins with), and otherwise tests the prefix on the project's own entries.
         let resources: &[ResourceMatch] = if q.resource_prefix.is_empty() {
             &[ResourceMatch::Any]
+        } else if q.project != "-" && !q.resource_prefix.starts_with(&format!("projects/{}/", q.project)) {
+            &[ResourceMatch::Within]
         } else {
             &[ResourceMatch::Exact, ResourceMatch::Below]
         };
@@ -689,10 +694,11 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
                 }
                 match resource {
                     ResourceMatch::Any => {}
-                    ResourceMatch::Exact => params.push(Value::Text(q.resource_prefix.clone())),
+                    ResourceMatch::Exact | ResourceMatch::Within => params.push(Value::Text(q.resource_prefix.clone())),
                     ResourceMatch::Below => {
                         params.push(Value::Text(q.resource_prefix.clone()));
-                        params.push(Value::Text(format!("{}{}", q.resource_prefix, char::MAX)));
+                        // Resource names are ASCII: DEL sorts after every character they hold.
+                        params.push(Value::Text(format!("{}\u{7f}", q.resource_prefix)));
                     }
                 }
                 params.push(Value::Int(q.limit));
@@ -707,7 +713,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             found.reverse();
         }
         found.truncate(usize::try_from(q.limit).unwrap_or(0));
-        Ok(found.into_iter().map(|(_, entry)| entry).collect())
+        Ok(found)
     }
 
     async fn audit_head(&self) -> Result<(i64, String), RepoError> {

@@ -742,8 +742,8 @@ async fn read_audit_filters(db: Opened) {
     s.append_audit(&entries).await.unwrap();
     let (head, _) = s.audit_head().await.unwrap();
 
-    let resources = |v: Vec<keyhold_kms::audit::StoredAuditEntry>| -> Vec<String> {
-        v.iter().map(|e| serde_json::from_str::<AuditRecord>(&e.entry_json).unwrap().resource).collect()
+    let resources = |v: Vec<(AuditPosition, keyhold_kms::audit::StoredAuditEntry)>| -> Vec<String> {
+        v.iter().map(|(_, e)| serde_json::from_str::<AuditRecord>(&e.entry_json).unwrap().resource).collect()
     };
     // Only this test's entries: the database may hold others, all earlier than `base - 5`.
     let q = |f: fn(&mut AuditQuery)| {
@@ -780,6 +780,19 @@ async fn read_audit_filters(db: Opened) {
         ["projects/acme/k2/v/1", "projects/acme/k1", "projects/acme/k2", "projects/acme/k2"]
     );
     assert!(read(q(|q| q.resource_prefix = "projects/acme/k3".into())).await.is_empty());
+    // A project's read with a prefix wider than the project: tested on the project's own entries.
+    for wide in ["projects/", "projects/acme", "p"] {
+        let mut scoped = q(|q| q.project = "acme".into());
+        scoped.resource_prefix = wide.into();
+        assert_eq!(
+            read(scoped).await,
+            ["projects/acme/k2/v/1", "projects/acme/k1", "projects/acme/k2", "projects/acme/k2"],
+            "{wide}"
+        );
+    }
+    let mut elsewhere = q(|q| q.project = "acme".into());
+    elsewhere.resource_prefix = "projects/beta/".into();
+    assert!(read(elsewhere).await.is_empty());
     assert_eq!(read(q(|q| q.kind = "activity".into())).await, ["projects/acme/k2/v/1", "projects/beta/r", "tokens/t"]);
     assert_eq!(
         read(q(|q| {
@@ -803,7 +816,9 @@ async fn read_audit_filters(db: Opened) {
     desc.descending = true;
     desc.limit = 2;
     let newest = s.read_audit(&desc).await.unwrap();
-    assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), [head - 1, head - 2]);
+    assert_eq!(newest.iter().map(|(_, e)| e.seq).collect::<Vec<_>>(), [head - 1, head - 2]);
+    // Each comes with its stored position, which a page continues from.
+    assert_eq!(newest[0].0, AuditPosition { time_nanos: t(base + 40).unix_nanos_i64(), seq: head - 1 });
     desc.after = Some(AuditPosition { time_nanos: t(base + 30).unix_nanos_i64(), seq: head - 2 });
     assert_eq!(read(desc.clone()).await, ["projects/beta/r", "projects/acme/k2"]);
     let mut asc = q(|_| {});
@@ -1410,12 +1425,27 @@ async fn the_in_memory_database_keeps_the_newest_audit_entries() {
     s.insert_key_ring(&rn, &ring(&rn), &audit_at("CreateKeyRing", &rn.to_string(), t(100))).await.unwrap();
     let (head, _) = s.audit_head().await.unwrap();
     assert_eq!(head, 36, "the chain's positions go on");
-    let kept = s.read_audit(&all_audit()).await.unwrap();
+    let kept: Vec<_> = s.read_audit(&all_audit()).await.unwrap().into_iter().map(|(_, e)| e).collect();
     assert_eq!(kept.iter().map(|e| e.seq).collect::<Vec<_>>(), (27..=36).collect::<Vec<_>>());
     for pair in kept.windows(2) {
         assert_eq!(pair[1].prev_hash, pair[0].hash, "entry {} names the one before", pair[1].seq);
     }
     assert_eq!(newest_audit(&*s).await.method, "CreateKeyRing");
+}
+
+/// Larger limits prune a 64th at a time: the log holds from `kept` to `kept + chunk - 1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_database_prunes_a_chunk_at_a_time() {
+    let s = keyhold_sql::open(&Database::InMemory { audit_entries: 256 }).await.unwrap();
+    let mut sizes = Vec::new();
+    for i in 0..300i64 {
+        s.append_audit(&[audit_at("Encrypt", "r", t(i))]).await.unwrap();
+        sizes.push(s.read_audit(&all_audit()).await.unwrap().len());
+    }
+    // With a chunk of 4, between 256 and 259 kept once full.
+    assert_eq!(sizes[254], 255, "not full yet");
+    assert!(sizes[255..].iter().all(|n| (256..=259).contains(n)), "{sizes:?}");
+    assert!(sizes[255..].iter().any(|n| *n > 256), "pruned a chunk at a time, not on every append: {sizes:?}");
 }
 
 /// A file's log is never pruned: its triggers refuse every delete.
