@@ -390,12 +390,7 @@ async fn etag_race_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_and_revokes_reach_other_nodes_within_a_second() {
     assert!(KmsConfig::default().change_poll_interval <= Duration::from_millis(250));
-    let root = keyhold_crypto::KeyBytes::generate().unwrap();
-    let a = start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
-    let url = a.pg_url.clone().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("unused.db");
-    let b = start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    let (a, b) = two_postgres_nodes().await;
     with_key(&a).await;
     let alice = a.token_for("user:alice@example.com").await;
     let enc = json!({"plaintext": b64(b"x")});
@@ -442,12 +437,7 @@ async fn grants_and_revokes_reach_other_nodes_within_a_second() {
 /// still drops everything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_drops_only_what_it_changed_on_other_nodes() {
-    let root = keyhold_crypto::KeyBytes::generate().unwrap();
-    let a = start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
-    let url = a.pg_url.clone().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("unused.db");
-    let b = start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    let (a, b) = two_postgres_nodes().await;
     with_key(&a).await;
     let other = format!("{RING}/cryptoKeys/other");
     a.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=other"), Some(json!({"purpose": "ENCRYPT_DECRYPT"})))
@@ -649,14 +639,8 @@ async fn audit_log_records_allowed_and_denied_calls_and_detects_tampering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_chain_holds_across_two_nodes() {
-    let root = keyhold_crypto::KeyBytes::generate().unwrap();
-    let a = std::sync::Arc::new(start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await);
-    let url = a.pg_url.clone().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("unused.db");
-    let b = std::sync::Arc::new(
-        start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await,
-    );
+    let (a, b) = two_postgres_nodes().await;
+    let (a, b) = (std::sync::Arc::new(a), std::sync::Arc::new(b));
     with_key(&a).await;
     // Both nodes append concurrently: the chain stays one unbroken line.
     let mut tasks = Vec::new();

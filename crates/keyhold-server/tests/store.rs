@@ -597,13 +597,7 @@ async fn unauthenticated_and_unauthorized_callers_are_refused() {
 /// by the other within a second (its change poll runs every 250 ms, as `keyhold serve` does).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disable_on_one_node_is_enforced_on_the_other() {
-    let root = keyhold_crypto::KeyBytes::generate().unwrap();
-    let a = common::start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
-    let url = a.pg_url.clone().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("unused.db");
-    let b =
-        common::start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    let (a, b) = common::two_postgres_nodes().await;
     let kms_b = b.kms.clone();
     tokio::spawn(async move {
         loop {
@@ -1363,13 +1357,7 @@ async fn concurrent_reencrypts_never_lose_data_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_reencrypts_never_lose_data_postgres() {
-    let root = keyhold_crypto::KeyBytes::generate().unwrap();
-    let a = common::start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
-    let url = a.pg_url.clone().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("unused.db");
-    let b =
-        common::start_on(keyhold_sql::Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    let (a, b) = common::two_postgres_nodes().await;
     concurrent_reencrypts(vec![Arc::new(a), Arc::new(b)]).await;
 }
 

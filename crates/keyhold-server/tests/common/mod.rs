@@ -98,6 +98,17 @@ pub async fn start_on(
     start_on_with_clock(db, pg_database, pg_url, dir, db_file, config, root, Arc::new(SystemClock)).await
 }
 
+/// Two nodes on one fresh PostgreSQL database, sharing a root key.
+pub async fn two_postgres_nodes() -> (Server, Server) {
+    let root = keyhold_crypto::KeyBytes::generate().unwrap();
+    let a = start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
+    let url = a.pg_url.clone().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unused.db");
+    let b = start_on(Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    (a, b)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn start_on_with_clock(
     db: Database,
