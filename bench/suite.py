@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import plot  # noqa: E402  (bench/plot.py, stdlib only)
 
 SCENARIOS = ["kms", "durability", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream", "fairness", "scale",
-             "audit"]
+             "audit", "copies"]
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 
 
@@ -309,6 +309,19 @@ def encryption_key(s: Server, project: str = "bench", key: str = "k") -> str:
     return f"{loc}/keyRings/r/cryptoKeys/{key}"
 
 
+def wait_operation(s: Server, op: dict, timeout: float = 3600.0) -> dict:
+    """Polls a long-running operation (what copies answer with) until it is done; its response."""
+    deadline = time.monotonic() + timeout
+    while not op.get("done"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"operation {op.get('name')} did not finish")
+        time.sleep(0.05)
+        op = s.ok("GET", op["name"])
+    if "error" in op:
+        raise RuntimeError(f"operation {op['name']} failed: {op['error']}")
+    return op["response"]
+
+
 def key_for_store(s: Server, project: str = "bench", key: str = "k") -> str:
     """[`encryption_key`], usable by the store's service agent."""
     name = encryption_key(s, project, key)
@@ -562,10 +575,21 @@ def scenario_rewrap(ctx) -> dict:
                 t0 = time.perf_counter()
                 s.ok("POST", f"{loc}/instances/{inst}:rewrap", {})
                 times.append(time.perf_counter() - t0)
+            # Copies answer with a long-running operation at once (issue 18, finding 7): the
+            # answer's latency and the time to the end, for :reencrypt and a backup.
             t0 = time.perf_counter()
-            s.ok("POST", f"{loc}/instances/{inst}:reencrypt", {})
+            op = s.ok("POST", f"{loc}/instances/{inst}:reencrypt", {})
+            reencrypt_answer = time.perf_counter() - t0
+            wait_operation(s, op)
             reencrypt = time.perf_counter() - t0
-            rows.append({"bytes": size, "rewrap_s": statistics.median(times), "reencrypt_s": reencrypt})
+            t0 = time.perf_counter()
+            op = s.ok("POST", f"{loc}/instances/{inst}/backups?backupId=b", {})
+            backup_answer = time.perf_counter() - t0
+            backup = wait_operation(s, op)
+            assert backup["state"] == "READY", backup
+            rows.append({"bytes": size, "rewrap_s": statistics.median(times), "reencrypt_s": reencrypt,
+                         "reencrypt_answer_s": reencrypt_answer, "backup_s": time.perf_counter() - t0,
+                         "backup_answer_s": backup_answer})
         return {"rows": rows}
 
 
@@ -854,6 +878,50 @@ def scenario_scale(ctx) -> dict:
                 "rss_peak_kib": s.rss_peak_kib()}
 
 
+def scenario_copies(ctx) -> dict:
+    """Copies of many objects as long-running operations (issue 18, finding 7): how long the
+    request takes to answer, how long the copy runs, and a read of the instance while it runs,
+    against the same read with no copy running."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = ctx.copy_objects
+    loc = "projects/bench/locations/global"
+    with Server(ctx.binary) as s:
+        s.ok("POST", f"{loc}/instances?instanceId=many", {})
+        body = b"x" * 1024
+
+        def put(i):
+            status, value = s.call("PUT", f"{loc}/instances/many/objects/o{i:06d}", raw=body)
+            if status != 200:
+                raise RuntimeError(f"upload {i}: {status} {value}")
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(put, range(n)))
+
+        def read_ms() -> float:
+            t0 = time.perf_counter()
+            s.ok("GET", f"{loc}/instances/many/objects/o000000")
+            return (time.perf_counter() - t0) * 1000
+
+        idle = statistics.median(read_ms() for _ in range(20))
+        rows = {}
+        for what, path in (("backup", f"{loc}/instances/many/backups?backupId=b"),
+                           (":reencrypt", f"{loc}/instances/many:reencrypt")):
+            t0 = time.perf_counter()
+            op = s.ok("POST", path, {})
+            answered = time.perf_counter() - t0
+            reads = []
+            while not op.get("done"):
+                reads.append(read_ms())
+                op = s.ok("GET", op["name"])
+            done = time.perf_counter() - t0
+            if "error" in op:
+                raise RuntimeError(f"{what} failed: {op['error']}")
+            rows[what] = {"answered_s": answered, "done_s": done,
+                          "read_ms": statistics.median(reads) if reads else idle}
+        return {"objects": n, "idle_read_ms": idle, "rows": rows}
+
+
 def scenario_audit(ctx) -> dict:
     """Audit reads on a log of many entries (bench/audit_scale.py), and `--in-memory`'s memory
     under load with its audit retention: peak RSS after one run of load and after a second,
@@ -1018,10 +1086,14 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
 
     if "rewrap" in results:
         rows = results["rewrap"]["rows"]
-        out += ["### `:rewrap` and `:reencrypt` against the data size", "",
-                "| data | :rewrap | :reencrypt |", "|---|---|---|"]
+        out += ["### `:rewrap`, `:reencrypt` and backups against the data size", "",
+                "`:reencrypt` and backups run as long-running operations: *answered* is the request's latency "
+                "(the operation, at once), *done* the time until the operation finished.", "",
+                "| data | :rewrap | :reencrypt answered | :reencrypt done | backup answered | backup done |",
+                "|---|---|---|---|---|---|"]
         for r in rows:
-            out.append(f"| {human(r['bytes'])} | {fmt_s(r['rewrap_s'])} | {fmt_s(r['reencrypt_s'])} |")
+            out.append(f"| {human(r['bytes'])} | {fmt_s(r['rewrap_s'])} | {fmt_s(r['reencrypt_answer_s'])} "
+                       f"| {fmt_s(r['reencrypt_s'])} | {fmt_s(r['backup_answer_s'])} | {fmt_s(r['backup_s'])} |")
         flat = rows[-1]["rewrap_s"] / rows[0]["rewrap_s"]
         out += ["", f"Goal: `:rewrap` flat: largest / smallest = {flat:.2f} (noise at these durations is about "
                 f"±50%), {verdict(flat < 2.0)}.", "", f"![rewrap time against data size]({rel}/rewrap.svg)", ""]
@@ -1085,6 +1157,19 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
         for name, r in sc["rows"].items():
             out.append(f"| {name} | {r['rps']:.0f} | {fmt_s(r['p50'])} | {fmt_s(r['p99'])} | {r['ratio_to_one_key']:.2f} |")
         out.append("")
+    if "copies" in results:
+        c = results["copies"]
+        out += [f"### Copies of {c['objects']:,} objects as long-running operations", "",
+                f"An instance of {c['objects']:,} objects of 1 KiB. Each copy answers with an operation; *answered* is "
+                "the request's latency, *done* the time until `operations.get` said done. *Read during* is the median "
+                "latency of a metadata read of the same instance while the copy ran, against the same read with no "
+                f"copy running ({c['idle_read_ms']:.1f} ms).", "",
+                "| copy | answered | done | read during | read during / idle |", "|---|---|---|---|---|"]
+        for what, r in c["rows"].items():
+            out.append(f"| {what} | {fmt_s(r['answered_s'])} | {fmt_s(r['done_s'])} | {r['read_ms']:.1f} ms "
+                       f"| {r['read_ms'] / c['idle_read_ms']:.2f} |")
+        out.append("")
+
     if "audit" in results:
         log, mem = results["audit"]["log"], results["audit"]["memory"]
         out += [f"### Audit reads at scale: {log['entries']:,} entries", "",
@@ -1185,6 +1270,7 @@ def main() -> int:
     ctx.scale_keys = int(os.environ.get("SCALE_KEYS", 200 if args.smoke else 20_000))
     ctx.audit_entries = int(os.environ.get("AUDIT_ENTRIES", 20_000 if args.smoke else 10_000_000))
     ctx.memory_audit_entries = int(os.environ.get("MEMORY_AUDIT_ENTRIES", 2_000 if args.smoke else 100_000))
+    ctx.copy_objects = int(os.environ.get("COPY_OBJECTS", 200 if args.smoke else 10_000))
     ctx.machine = machine()
     ctx.commit = commit()
     ctx.command = "bash bench/run.sh --smoke" if args.smoke else "bash bench/run.sh"

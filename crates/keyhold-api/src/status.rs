@@ -69,6 +69,31 @@ impl Code {
         }
     }
 
+    /// The code of a numeric `google/rpc/code.proto` value (a `google.rpc.Status.code`, as in
+    /// a long-running operation's error); `None` for a number it does not define.
+    pub const fn from_number(n: i32) -> Option<Code> {
+        Some(match n {
+            0 => Code::Ok,
+            1 => Code::Cancelled,
+            2 => Code::Unknown,
+            3 => Code::InvalidArgument,
+            4 => Code::DeadlineExceeded,
+            5 => Code::NotFound,
+            6 => Code::AlreadyExists,
+            7 => Code::PermissionDenied,
+            8 => Code::ResourceExhausted,
+            9 => Code::FailedPrecondition,
+            10 => Code::Aborted,
+            11 => Code::OutOfRange,
+            12 => Code::Unimplemented,
+            13 => Code::Internal,
+            14 => Code::Unavailable,
+            15 => Code::DataLoss,
+            16 => Code::Unauthenticated,
+            _ => return None,
+        })
+    }
+
     /// The HTTP status Google's REST mapping gives this code.
     pub const fn http_status(self) -> u16 {
         match self {
@@ -436,7 +461,10 @@ mod tests {
         assert_eq!(Code::ResourceExhausted.http_status(), 429);
         for c in ALL_CODES {
             assert_eq!(Code::from_name(c.as_str()), Some(c));
+            assert_eq!(Code::from_number(c.number()), Some(c));
         }
+        assert_eq!(Code::from_number(17), None);
+        assert_eq!(Code::from_number(-1), None);
         assert_eq!(ALL_CODES.iter().map(|c| c.number()).collect::<Vec<_>>(), (0..17).collect::<Vec<_>>());
     }
 

@@ -91,6 +91,28 @@ pub struct AuditRecord {
     /// export, for one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// The long-running operation the call ran as, if it did: Cloud Audit Logs records such a
+    /// call twice, when it starts (`first`) and when it ends (`last`), under the operation's
+    /// name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<AuditOperation>,
+}
+
+/// `LogEntry.operation`: which long-running operation an entry belongs to, and whether it is
+/// the operation's first or last entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditOperation {
+    /// The operation's name.
+    pub id: String,
+    /// The service that runs it.
+    pub producer: String,
+    /// The entry written when the operation started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub first: bool,
+    /// The entry written when it ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub last: bool,
 }
 
 /// The access reason a cryptographic call carried, and what the key's
@@ -263,7 +285,7 @@ impl AuditRecord {
             7 | 16 => "WARNING",
             _ => "ERROR",
         };
-        serde_json::json!({
+        let mut entry = serde_json::json!({
             "logName": format!("projects/{project}/logs/{log}"),
             "insertId": seq.to_string(),
             "timestamp": self.time,
@@ -271,7 +293,11 @@ impl AuditRecord {
             "severity": if self.kind == AuditKind::DataAccess && self.code == 0 { "INFO" } else { severity },
             "resource": resource_labels(&self.resource, project),
             "protoPayload": payload,
-        })
+        });
+        if let Some(op) = &self.operation {
+            entry["operation"] = serde_json::to_value(op).unwrap_or_default();
+        }
+        entry
     }
 }
 
@@ -313,6 +339,7 @@ mod tests {
             anonymous: false,
             access_justification: None,
             warning: None,
+            operation: None,
         }
     }
 

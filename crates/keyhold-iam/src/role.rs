@@ -90,6 +90,9 @@ permissions! {
     BACKUPS_LIST = "keyhold.backups.list";
     BACKUPS_DELETE = "keyhold.backups.delete";
     BACKUPS_RESTORE = "keyhold.backups.restore";
+    OPERATIONS_GET = "keyhold.operations.get";
+    OPERATIONS_LIST = "keyhold.operations.list";
+    OPERATIONS_CANCEL = "keyhold.operations.cancel";
     ORG_POLICY_GET = "orgpolicy.policy.get";
     ORG_POLICIES_LIST = "orgpolicy.policies.list";
     ORG_POLICIES_CREATE = "orgpolicy.policies.create";
@@ -139,6 +142,9 @@ const STORE_ALL: &[Permission] = &[
     BACKUPS_LIST,
     BACKUPS_DELETE,
     BACKUPS_RESTORE,
+    OPERATIONS_GET,
+    OPERATIONS_LIST,
+    OPERATIONS_CANCEL,
     PROJECTS_GET,
 ];
 
@@ -207,6 +213,9 @@ pub static ROLES: &[Role] = &[
             BACKUPS_LIST,
             BACKUPS_DELETE,
             BACKUPS_RESTORE,
+            OPERATIONS_GET,
+            OPERATIONS_LIST,
+            OPERATIONS_CANCEL,
             ORG_POLICY_GET,
             ORG_POLICIES_LIST,
         ],
@@ -252,6 +261,9 @@ pub static ROLES: &[Role] = &[
             BACKUPS_LIST,
             BACKUPS_DELETE,
             BACKUPS_RESTORE,
+            OPERATIONS_GET,
+            OPERATIONS_LIST,
+            OPERATIONS_CANCEL,
             ORG_POLICY_GET,
             ORG_POLICIES_LIST,
         ],
@@ -280,6 +292,8 @@ pub static ROLES: &[Role] = &[
             OBJECTS_LIST,
             BACKUPS_GET,
             BACKUPS_LIST,
+            OPERATIONS_GET,
+            OPERATIONS_LIST,
             ORG_POLICY_GET,
             ORG_POLICIES_LIST,
         ],

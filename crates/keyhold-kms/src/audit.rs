@@ -230,6 +230,7 @@ impl AuditWriter {
             anonymous: caller.anonymous,
             access_justification: None,
             warning: None,
+            operation: None,
         })
         .await
     }

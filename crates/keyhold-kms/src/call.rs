@@ -12,7 +12,7 @@ use keyhold_iam::{Permission, Principal};
 
 use std::sync::Arc;
 
-use crate::audit::{AccessDecision, AuditKind, AuditRecord, AuditWriter};
+use crate::audit::{AccessDecision, AuditKind, AuditOperation, AuditRecord, AuditWriter};
 use crate::authz::Authorizer;
 use crate::clock::Clock;
 use crate::error::KmsError;
@@ -68,6 +68,8 @@ pub(crate) struct Call<'a> {
     key_version: Mutex<Option<String>>,
     access_decision: Mutex<Option<AccessDecision>>,
     warning: Mutex<Option<String>>,
+    /// The long-running operation the call runs as (a store copy), once it has one.
+    operation: Mutex<Option<String>>,
     committed: AtomicBool,
     /// The project's in-flight slot (quotas), held until the call is recorded.
     in_flight: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
@@ -85,6 +87,7 @@ impl<'a> Call<'a> {
             key_version: Mutex::new(None),
             access_decision: Mutex::new(None),
             warning: Mutex::new(None),
+            operation: Mutex::new(None),
             committed: AtomicBool::new(false),
             in_flight: Mutex::new(None),
         }
@@ -133,6 +136,12 @@ impl<'a> Call<'a> {
             anonymous: self.caller.anonymous,
             access_justification: self.access_decision.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             warning: self.warning.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            operation: self.operation.lock().unwrap_or_else(|e| e.into_inner()).clone().map(|id| AuditOperation {
+                id,
+                producer: self.service.to_string(),
+                first: false,
+                last: true,
+            }),
         }
     }
 
@@ -292,6 +301,26 @@ impl Gate {
             KmsError::Unavailable(e)
         })
     }
+
+    /// Records that a service call now runs on as long-running operation `operation`: its
+    /// first entry, written before the operation is answered. The call's last entry (its
+    /// outcome) follows when it ends, under the same operation.
+    pub(crate) async fn record_service_call_start(
+        &self,
+        call: &ServiceCall<'_>,
+        operation: String,
+    ) -> Result<(), KmsError> {
+        *call.0.operation.lock().unwrap_or_else(|e| e.into_inner()) = Some(operation);
+        let mut entry = call.0.record_status(0, String::new());
+        if let Some(op) = &mut entry.operation {
+            op.first = true;
+            op.last = false;
+        }
+        self.audit.record(entry).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot write the audit log; refusing the request");
+            KmsError::Unavailable(e)
+        })
+    }
 }
 
 /// A call to another service built on the KMS's identities, IAM and audit log (the store):
@@ -316,5 +345,11 @@ impl ServiceCall<'_> {
     /// no more (a failure still is).
     pub fn success_entry(&self) -> AuditRecord {
         self.0.success_entry()
+    }
+
+    /// Marks the call as running as long-running operation `operation` without a first entry
+    /// (an operation resumed after a crash: its first entry was written when it started).
+    pub fn set_operation(&self, operation: String) {
+        *self.0.operation.lock().unwrap_or_else(|e| e.into_inner()) = Some(operation);
     }
 }

@@ -773,6 +773,12 @@ impl Kms {
         self.gate.finish_service_call(call, code, message).await
     }
 
+    /// Records that a service call runs on as long-running operation `operation` (its first
+    /// entry); its outcome, recorded by [`Kms::finish_service_call`], is the operation's last.
+    pub async fn record_service_call_start(&self, call: &ServiceCall<'_>, operation: String) -> Result<(), KmsError> {
+        self.gate.record_service_call_start(call, operation).await
+    }
+
     /// Seals a key of an in-process service (service-managed encryption) with the KMS's root
     /// key, bound to `context`. The service stores the result; only this KMS can unseal it.
     pub async fn seal_service_key(&self, key: &KeyBytes, context: &str) -> Result<Vec<u8>, KmsError> {

@@ -65,6 +65,14 @@ impl HostCall for KmsCall<'_> {
         let KmsCall { kms, call } = *self;
         kms.finish_service_call(call, code, message).await.map_err(host_error)
     }
+
+    async fn start_operation(&self, operation: String) -> Result<(), HostError> {
+        self.kms.record_service_call_start(&self.call, operation).await.map_err(host_error)
+    }
+
+    fn continue_operation(&self, operation: String) {
+        self.call.set_operation(operation);
+    }
 }
 
 #[async_trait]

@@ -93,6 +93,8 @@ pub fn app_with(state: AppState, grpc: Option<Router>) -> Router {
             "/v1/projects/{project}/locations/{location}/keyRings/{ring}/cryptoKeys/{key}/protectedResourcesSummary",
             get(store_routes::protected_resources_summary),
         )
+        .route("/v1/projects/{project}/locations/{location}/operations", any(store_routes::operations))
+        .route("/v1/projects/{project}/locations/{location}/operations/{operation}", any(store_routes::operation))
         .route("/v1/projects/{project}/protectedResources:search", get(store_routes::search_protected_resources))
         .route("/v1/projects/{project}/exports:reconcile", any(store_routes::reconcile_exports))
         .route("/v2/projects/{project}/policies", any(store_routes::org_policies))

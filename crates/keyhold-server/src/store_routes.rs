@@ -14,7 +14,7 @@ use keyhold_store::model::{
     CloneInstanceRequest, CreateBackupRequest, CreateInstanceRequest, EncryptionConfig, ExportInstanceRequest,
     ImportInstanceRequest, RestoreInstanceRequest,
 };
-use keyhold_store::{ListRequest, Store, StoreError};
+use keyhold_store::{ListRequest, OperationRequest, Store, StoreError};
 
 use keyhold_proto::google::cloud::kms::inventory::v1 as inv;
 
@@ -170,15 +170,18 @@ pub(crate) async fn instance(
             }
             (Some("reencrypt"), Method::POST) => {
                 empty_body(&bytes)?;
-                Ok(json(&store.reencrypt(&caller, name).await?))
+                let op = OperationRequest::ReencryptInstance { instance: name.clone() };
+                Ok(json(&store.start_operation(&caller, op).await?))
             }
             (Some("clone"), Method::POST) => {
                 let req: CloneInstanceRequest = parse_body(&bytes)?;
-                Ok(json(&store.clone_instance(&caller, name, req).await?))
+                let op = OperationRequest::CloneInstance { instance: name.clone(), request: req };
+                Ok(json(&store.start_operation(&caller, op).await?))
             }
             (Some("export"), Method::POST) => {
                 let req: ExportInstanceRequest = parse_body(&bytes)?;
-                Ok(json(&store.export_instance(&caller, name, req).await?))
+                let op = OperationRequest::ExportInstance { instance: name.clone(), request: req };
+                Ok(json(&store.start_operation(&caller, op).await?))
             }
             (v, m) => Err(not_a_method(&m, &format!("{name}{}", v.map(|v| format!(":{v}")).unwrap_or_default()))),
         }
@@ -410,7 +413,8 @@ pub(crate) async fn restore(
     let parent = format!("projects/{project}/locations/{location}");
     collection_verb(&state, &method, &headers, &parent, "restore", |store, caller, parent| async move {
         let req: RestoreInstanceRequest = parse_body(&bytes)?;
-        Ok(json(&store.restore_instance(&caller, &parent, req).await?))
+        let op = OperationRequest::RestoreInstance { parent, request: req };
+        Ok(json(&store.start_operation(&caller, op).await?))
     })
     .await
 }
@@ -426,7 +430,8 @@ pub(crate) async fn import(
     let parent = format!("projects/{project}/locations/{location}");
     collection_verb(&state, &method, &headers, &parent, "import", |store, caller, parent| async move {
         let req: ImportInstanceRequest = parse_body(&bytes)?;
-        Ok(json(&store.import_instance(&caller, &parent, req).await?))
+        let op = OperationRequest::ImportInstance { parent, request: req };
+        Ok(json(&store.start_operation(&caller, op).await?))
     })
     .await
 }
@@ -501,7 +506,8 @@ pub(crate) async fn backups(
                     });
                 }
                 let id = q.get("backupId").or_else(|| q.get("backup_id")).cloned().unwrap_or_default();
-                Ok(json(&store.create_backup(&caller, &name, &id, req).await?))
+                let op = OperationRequest::CreateBackup { instance: name.clone(), backup_id: id, request: req };
+                Ok(json(&store.start_operation(&caller, op).await?))
             }
             _ => Err(not_a_method(&method, path)),
         }
@@ -527,6 +533,59 @@ pub(crate) async fn backup(
                 Ok(json(&serde_json::json!({})))
             }
             _ => Err(not_a_method(&method, name)),
+        }
+    })
+    .await
+}
+
+/// `/v1/projects/P/locations/L/operations`: list (issue 18, finding 7).
+pub(crate) async fn operations(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location)): Path<(String, String)>,
+    q: QueryResult,
+) -> Response {
+    let parent = format!("projects/{project}/locations/{location}");
+    let path = format!("{parent}/operations");
+    let (path, state, headers) = (&path, &state, &headers);
+    with_caller(state, headers, path, |caller| async move {
+        let store = store(state)?;
+        let q = query(q)?;
+        match method {
+            Method::GET => Ok(json(&store.list_operations(&caller, &parent, &list_request(&q)?).await?)),
+            _ => Err(not_a_method(&method, path)),
+        }
+    })
+    .await
+}
+
+/// `/v1/projects/P/locations/L/operations/ID[:cancel]`: get, cancel.
+pub(crate) async fn operation(
+    State(state): State<AppState>,
+    method: Method,
+    headers: HeaderMap,
+    Path((project, location, operation)): Path<(String, String, String)>,
+    q: QueryResult,
+    bytes: Bytes,
+) -> Response {
+    let (id, verb) = match operation.split_once(':') {
+        Some((i, v)) => (i.to_string(), Some(v.to_string())),
+        None => (operation.clone(), None),
+    };
+    let name = format!("projects/{project}/locations/{location}/operations/{id}");
+    let (name, state, headers) = (&name, &state, &headers);
+    with_caller(state, headers, name, |caller| async move {
+        let store = store(state)?;
+        query(q)?;
+        match (verb.as_deref(), method) {
+            (None, Method::GET) => Ok(json(&store.get_operation(&caller, name).await?)),
+            (Some("cancel"), Method::POST) => {
+                empty_body(&bytes)?;
+                store.cancel_operation(&caller, name).await?;
+                Ok(json(&serde_json::json!({})))
+            }
+            (v, m) => Err(not_a_method(&m, &format!("{name}{}", v.map(|v| format!(":{v}")).unwrap_or_default()))),
         }
     })
     .await

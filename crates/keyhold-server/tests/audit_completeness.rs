@@ -116,11 +116,14 @@ impl Run {
     async fn send(&self, id: &str, r: &Req) -> (u16, Vec<u8>) {
         let url = if r.path.starts_with("http") { r.path.clone() } else { format!("{}/{}", self.s.base, r.path) };
         let mut b = self.s.http.request(r.method.clone(), url).header("x-request-id", id);
-        match r.who {
-            As::Owner => b = b.bearer_auth(&self.s.token),
-            As::Viewer => b = b.bearer_auth(&self.viewer),
-            As::Nobody => {}
-            As::Forged => b = b.bearer_auth("kh1.0000000000000000.forged"),
+        let token = match r.who {
+            As::Owner => Some(self.s.token.clone()),
+            As::Viewer => Some(self.viewer.clone()),
+            As::Nobody => None,
+            As::Forged => Some("kh1.0000000000000000.forged".to_string()),
+        };
+        if let Some(t) = &token {
+            b = b.bearer_auth(t);
         }
         if let Some(v) = r.reason {
             b = b.header("x-keyhold-access-reason", HeaderValue::from_bytes(v).unwrap());
@@ -130,7 +133,16 @@ impl Run {
         }
         let resp = b.send().await.unwrap();
         assert_eq!(resp.headers()["x-request-id"], id);
-        (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec())
+        let (status, body) = (resp.status().as_u16(), resp.bytes().await.unwrap().to_vec());
+        // A copy answers with a long-running operation: its outcome is the call's (the polls
+        // carry request IDs of their own).
+        match serde_json::from_slice::<Value>(&body).ok().and_then(|v| operation_name(status, &v)) {
+            Some(name) => {
+                let (status, answer) = self.s.operation_result(token.as_deref(), &name).await;
+                (status, answer.to_string().into_bytes())
+            }
+            None => (status, body),
+        }
     }
 
     /// Every audit entry, read from the database through a handle of its own.
@@ -312,17 +324,31 @@ async fn every_request_has_exactly_one_entry(backend: Backend) {
     }
 
     let entries = run.entries().await;
+    let is_first = |e: &AuditRecord| e.operation.as_ref().is_some_and(|o| o.first);
     for (id, method, code) in &expected {
-        let mine: Vec<&AuditRecord> = entries.iter().filter(|e| e.request_id == *id).collect();
-        assert_eq!(mine.len(), 1, "request {id} ({method}) must leave exactly one audit entry: {mine:?}");
+        // A call that ran as a long-running operation also has the operation's first entry,
+        // written when it was answered (as Cloud Audit Logs does).
+        let (starts, mine): (Vec<&AuditRecord>, Vec<&AuditRecord>) =
+            entries.iter().filter(|e| e.request_id == *id).partition(|e| is_first(e));
+        assert_eq!(mine.len(), 1, "request {id} ({method}) must leave exactly one outcome entry: {mine:?}");
         let e = mine[0];
         assert_eq!((e.method.as_str(), e.code), (*method, *code), "request {id}: {e:?}");
+        assert!(starts.len() <= 1, "request {id}: {starts:?}");
+        if let Some(start) = starts.first() {
+            let (first, last) = (start.operation.as_ref().unwrap(), e.operation.as_ref().unwrap());
+            assert!(last.last && !last.first && first.id == last.id, "request {id}: {start:?} {e:?}");
+            assert_eq!((start.method.as_str(), start.code), (*method, 0), "request {id}: {start:?}");
+        }
     }
     // And nothing else was written in between: every other entry is the set-up's (owner token,
     // no request ID of ours) or a service's own call.
-    let ours =
-        entries.iter().filter(|e| e.request_id.starts_with("serial-") || e.request_id.starts_with("concurrent-"));
+    let ours = entries
+        .iter()
+        .filter(|e| e.request_id.starts_with("serial-") || e.request_id.starts_with("concurrent-"))
+        .filter(|e| !is_first(e));
     assert_eq!(ours.count(), expected.len());
+    // The copies among the requests did run as operations.
+    assert!(entries.iter().any(is_first), "no operation's first entry");
     assert!(matches!(run.s.kms.verify_audit_chain().await.unwrap(), ChainVerdict::Intact { .. }));
 }
 

@@ -1215,7 +1215,14 @@ async fn export_and_import() {
         .iter()
         .filter(|e| e["protoPayload"]["metadata"]["warning"].as_str().is_some_and(|w| w.contains("Plaintext export")))
         .collect();
-    assert_eq!(warned.len(), 1, "{entries}");
+    // The export ran as an operation: its first entry (when it started) and its last (its
+    // outcome) both carry the warning.
+    assert_eq!(warned.len(), 2, "{entries}");
+    assert_eq!(
+        (warned[0]["operation"]["first"].as_bool(), warned[1]["operation"]["last"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(warned[0]["operation"]["id"], warned[1]["operation"]["id"]);
     assert_eq!(warned[0]["severity"], "WARNING");
     s.ok(
         Method::POST,

@@ -358,6 +358,7 @@ async fn another_store(s: &Server) -> (std::sync::Arc<keyhold_store::Store>, key
         locations: s.kms.config().locations.clone(),
         export_dir: Some(s.export_dir()),
         replication_period: std::time::Duration::from_secs(60),
+        copy_bytes_per_second: None,
     };
     let host = keyhold_server::host::KmsHost::shared(s.kms.clone());
     let agents = std::sync::Arc::new(keyhold_store::LocalAgents::new(host.clone()));

@@ -20,6 +20,7 @@ mod schema;
 #[doc(hidden)]
 pub mod sql;
 pub mod sqlite;
+mod store_operations;
 mod store_repo;
 
 pub use kms_repo::SqlStore;

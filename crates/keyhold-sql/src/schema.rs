@@ -251,6 +251,32 @@ CREATE TABLE IF NOT EXISTS store_work_owners (
 );
 ";
 
+/// The store's long-running operations (issue 18, finding 7): copies that answer at once and
+/// run on. A running one (`done` 0) belongs to `node`; when that node's heartbeat lapses,
+/// another takes it over and runs its `request` again as `caller`. Additive, so no version
+/// bump.
+const DDL_OPERATIONS: &str = "
+CREATE TABLE IF NOT EXISTS store_operations (
+    name             TEXT PRIMARY KEY,
+    parent           TEXT NOT NULL,
+    target           TEXT NOT NULL,
+    request          TEXT NOT NULL,
+    caller           TEXT NOT NULL,
+    node             TEXT NOT NULL,
+    done             BIGINT NOT NULL,
+    cancel_requested BIGINT NOT NULL,
+    objects_done     BIGINT NOT NULL,
+    objects_total    BIGINT NOT NULL,
+    bytes_done       BIGINT NOT NULL,
+    result           TEXT NOT NULL,
+    create_nanos     BIGINT NOT NULL,
+    end_nanos        BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS store_operations_by_parent ON store_operations (parent, name);
+CREATE INDEX IF NOT EXISTS store_operations_running ON store_operations (done, node);
+CREATE INDEX IF NOT EXISTS store_operations_by_end ON store_operations (done, end_nanos);
+";
+
 /// The audit log's read indexes (added to version 4's schema without a version change: they
 /// are only created and dropped). Every audit read has a `kind` and a time
 /// range and is ordered by (time, seq); each index ends in those columns after the equality it
@@ -304,12 +330,13 @@ pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
     let blob = dialect.blob_type();
     let indexes = if audit_read_indexes { DDL_AUDIT_INDEXES } else { "DROP INDEX IF EXISTS audit_by_project;" };
     format!(
-        "{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}",
         DDL_V1.replace("{blob}", blob),
         DDL_V2,
         DDL_V3.replace("{blob}", blob),
         DDL_V4,
         DDL_V5_OWNERS,
+        DDL_OPERATIONS,
         indexes.replace("{bytes}", dialect.bytes_collation()),
     )
 }
@@ -719,6 +746,41 @@ pub(crate) const DELETE_OBJECT_CHUNKS: &str = "DELETE FROM store_chunks WHERE in
 pub(crate) const DELETE_OBJECT: &str = "DELETE FROM store_objects WHERE instance = $1 AND name = $2";
 pub(crate) const GET_CHUNK: &str = "SELECT wrapped_dek, data FROM store_chunks \
      WHERE instance = $1 AND object = $2 AND generation = $3 AND idx = $4";
+
+pub(crate) const COUNT_PINNED: &str = "SELECT count(*) FROM store_pins WHERE pin = $1";
+pub(crate) const COUNT_OBJECTS: &str = "SELECT count(*) FROM store_objects WHERE instance = $1";
+/// The columns of an operation, in [`crate::store_repo`]'s order.
+macro_rules! operation_columns {
+    () => {
+        "name, target, request, caller, node, done, cancel_requested, objects_done, objects_total, bytes_done, \
+         result, create_nanos, end_nanos"
+    };
+}
+pub(crate) const INSERT_OPERATION: &str = "INSERT INTO store_operations (name, parent, target, request, caller, node, \
+     done, cancel_requested, objects_done, objects_total, bytes_done, result, create_nanos, end_nanos) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+pub(crate) const GET_OPERATION: &str =
+    concat!("SELECT ", operation_columns!(), " FROM store_operations WHERE name = $1");
+pub(crate) const LIST_OPERATIONS: &str = concat!(
+    "SELECT ",
+    operation_columns!(),
+    " FROM store_operations WHERE parent = $1 AND name > $2 ORDER BY name LIMIT $3"
+);
+/// Saves progress of `$1` if it is still running on node `$2`.
+pub(crate) const OPERATION_PROGRESS: &str = "UPDATE store_operations SET objects_done = $3, objects_total = $4, \
+     bytes_done = $5 WHERE name = $1 AND node = $2 AND done = 0";
+pub(crate) const OPERATION_CANCEL_REQUESTED: &str = "SELECT cancel_requested FROM store_operations WHERE name = $1";
+pub(crate) const FINISH_OPERATION: &str = "UPDATE store_operations SET done = 1, result = $3, end_nanos = $4 \
+     WHERE name = $1 AND node = $2 AND done = 0";
+pub(crate) const CANCEL_OPERATION: &str =
+    "UPDATE store_operations SET cancel_requested = 1 WHERE name = $1 AND done = 0";
+/// Running operations of nodes other than `$1` with no heartbeat since `$2`: taken over by `$1`.
+pub(crate) const CLAIM_OPERATIONS: &str = concat!(
+    "UPDATE store_operations SET node = $1 WHERE done = 0 AND node <> $1 \
+     AND node NOT IN (SELECT node FROM store_nodes WHERE heartbeat_nanos >= $2) RETURNING ",
+    operation_columns!()
+);
+pub(crate) const PRUNE_OPERATIONS: &str = "DELETE FROM store_operations WHERE done = 1 AND end_nanos < $1";
 
 #[cfg(test)]
 mod tests {

@@ -5,12 +5,15 @@ use async_trait::async_trait;
 use keyhold_api::wire::Timestamp;
 use keyhold_audit::AuditRecord;
 use keyhold_cmek::{SealedChunk, WrappedKek};
-use keyhold_store::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
+use keyhold_store::model::{
+    BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, OperationRecord, StoredChunk,
+};
 use keyhold_store::repo::{RepoError, StoreRepository};
 
 use crate::kms_repo::{SqlStore, commit_audited};
 use crate::schema::*;
 use crate::sql::{Row, SqlBackend, Value};
+use crate::store_operations;
 
 fn text(s: &str) -> Value {
     Value::Text(s.to_string())
@@ -138,6 +141,23 @@ struct Sql<'a, B>(&'a SqlStore<B>);
 impl<B: SqlBackend> Sql<'_, B> {
     fn audit_kept(&self) -> Option<i64> {
         self.0.audit_kept()
+    }
+
+    /// `SELECT count(*) ... WHERE key = $1`.
+    async fn count(&self, sql: &'static str, key: &str) -> Result<u64, SqlError> {
+        let rows = self.backend().read().await?.query(sql, vec![text(key)]).await?;
+        Ok(rows.first().map(|r| r[0].int()).transpose()?.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Flags a running operation cancelled, committed with the cancel call's entry.
+    async fn cancel_operation(&self, name: &str, audit: &[AuditRecord]) -> Result<bool, SqlError> {
+        let mut tx = self.backend().begin().await?;
+        if tx.execute(CANCEL_OPERATION, vec![text(name)]).await? == 0 {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        commit_audited(tx, vec![], audit, self.audit_kept()).await?;
+        Ok(true)
     }
 
     fn backend(&self) -> &B {
@@ -740,6 +760,55 @@ impl<B: SqlBackend> StoreRepository for SqlStore<B> {
 
     async fn backup(&self, name: &str) -> Result<Option<BackupRecord>, RepoError> {
         Sql(self).backup(name).await.map_err(repo_error)
+    }
+
+    async fn count_pinned(&self, pin: &str) -> Result<u64, RepoError> {
+        Sql(self).count(COUNT_PINNED, pin).await.map_err(repo_error)
+    }
+
+    async fn count_objects(&self, instance: &str) -> Result<u64, RepoError> {
+        Sql(self).count(COUNT_OBJECTS, instance).await.map_err(repo_error)
+    }
+
+    async fn insert_operation(&self, record: &OperationRecord) -> Result<(), RepoError> {
+        store_operations::insert(self.backend(), record).await.map_err(repo_error)
+    }
+
+    async fn operation(&self, name: &str) -> Result<Option<OperationRecord>, RepoError> {
+        store_operations::get(self.backend(), name).await.map_err(repo_error)
+    }
+
+    async fn list_operations(&self, parent: &str, after: &str, limit: u64) -> Result<Vec<OperationRecord>, RepoError> {
+        store_operations::list(self.backend(), parent, after, limit).await.map_err(repo_error)
+    }
+
+    async fn operation_progress(
+        &self,
+        name: &str,
+        node: &str,
+        objects_done: u64,
+        objects_total: Option<u64>,
+        bytes_done: u64,
+    ) -> Result<bool, RepoError> {
+        store_operations::progress(self.backend(), name, node, objects_done, objects_total, bytes_done)
+            .await
+            .map_err(repo_error)
+    }
+
+    async fn finish_operation(&self, name: &str, node: &str, result: &str, end: Timestamp) -> Result<(), RepoError> {
+        store_operations::finish(self.backend(), name, node, result, end).await.map_err(repo_error)
+    }
+
+    async fn cancel_operation(&self, name: &str, audit: &[AuditRecord]) -> Result<bool, RepoError> {
+        Sql(self).cancel_operation(name, audit).await.map_err(repo_error)
+    }
+
+    async fn claim_operations(&self, node: &str, dead_before: Timestamp) -> Result<Vec<OperationRecord>, RepoError> {
+        store_operations::claim(self.backend(), node, dead_before).await.map_err(repo_error)
+    }
+
+    async fn prune_operations(&self, before: Timestamp) -> Result<u64, RepoError> {
+        store_operations::prune(self.backend(), before).await.map_err(repo_error)
     }
 
     async fn list_backups(&self, instance: &str) -> Result<Vec<BackupRecord>, RepoError> {

@@ -117,6 +117,7 @@ conformance!(
     repo_replicas,
     repo_exports,
     repo_orphaned_work,
+    repo_operations,
     repo_changes_commit_their_audit_entries,
     the_change_log_names_each_change_without_gaps,
 );
@@ -164,6 +165,7 @@ fn audit_at(method: &str, resource: &str, time: Timestamp) -> AuditRecord {
         anonymous: false,
         access_justification: None,
         warning: None,
+        operation: None,
     }
 }
 
@@ -1299,6 +1301,80 @@ async fn repo_exports(db: Opened) {
     assert_eq!(r.exports_by_key(KEY).await.unwrap().into_iter().map(|e| e.name).collect::<Vec<_>>(), [a]);
     assert_eq!(under("projects/acme/").await, [(a.into(), false), (c.into(), false)]);
     assert_eq!(kms.audit_head().await.unwrap().0, h0 + 1, "no entries given, none recorded");
+}
+
+/// Long-running operations (issue 18, finding 7): progress and the end are saved only by the
+/// node running the operation; a dead node's running operations are taken over by one node.
+async fn repo_operations(db: Opened) {
+    use keyhold_store::model::OperationRecord;
+    use repo::*;
+    let r = &*repo(&db);
+    let op = |id: &str, node: &str| OperationRecord {
+        name: format!("projects/acme/locations/global/operations/{id}"),
+        target: "projects/acme/locations/global/instances/i/backups/b".into(),
+        request: "{}".into(),
+        caller: "{}".into(),
+        node: node.into(),
+        done: false,
+        cancel_requested: false,
+        objects_done: 0,
+        objects_total: None,
+        bytes_done: 0,
+        result: String::new(),
+        create_time: t(10),
+        end_time: None,
+    };
+    let (a1, a2, b1) = (op("op-1", "node-a"), op("op-2", "node-a"), op("op-3", "node-b"));
+    for o in [&a1, &a2, &b1] {
+        r.insert_operation(o).await.unwrap();
+    }
+    assert!(matches!(r.insert_operation(&a1).await, Err(RepoError::AlreadyExists)));
+    assert_eq!(r.operation(&a1.name).await.unwrap().as_ref(), Some(&a1));
+    // Progress by its node only; the cancel flag comes back with it.
+    assert!(!r.operation_progress(&a1.name, "node-a", 3, Some(10), 300).await.unwrap());
+    assert!(matches!(r.operation_progress(&a1.name, "node-b", 4, None, 0).await, Err(RepoError::Conflict)));
+    let head = db.kms.audit_head().await.unwrap().0;
+    assert!(r.cancel_operation(&a1.name, &[audit("CancelOperation", &a1.name)]).await.unwrap());
+    assert_eq!(db.kms.audit_head().await.unwrap().0, head + 1, "the cancel commits its entry");
+    assert!(r.operation_progress(&a1.name, "node-a", 4, Some(10), 400).await.unwrap());
+    let saved = r.operation(&a1.name).await.unwrap().unwrap();
+    assert_eq!(
+        (saved.objects_done, saved.objects_total, saved.bytes_done, saved.cancel_requested),
+        (4, Some(10), 400, true)
+    );
+    // The end, once, by its node; then it cannot be cancelled or moved on.
+    assert!(matches!(r.finish_operation(&a1.name, "node-b", "{}", t(20)).await, Err(RepoError::Conflict)));
+    r.finish_operation(&a1.name, "node-a", r#"{"error":{"code":1}}"#, t(20)).await.unwrap();
+    assert!(matches!(r.finish_operation(&a1.name, "node-a", "{}", t(21)).await, Err(RepoError::Conflict)));
+    assert!(!r.cancel_operation(&a1.name, &[audit("CancelOperation", &a1.name)]).await.unwrap());
+    assert_eq!(db.kms.audit_head().await.unwrap().0, head + 1, "a refused cancel records nothing here");
+    let ended = r.operation(&a1.name).await.unwrap().unwrap();
+    assert_eq!((ended.done, ended.end_time, ended.result.as_str()), (true, Some(t(20)), r#"{"error":{"code":1}}"#));
+    // Listing: by name within the location, after a name.
+    let names = |v: Vec<OperationRecord>| v.into_iter().map(|o| o.name).collect::<Vec<String>>();
+    let parent = "projects/acme/locations/global";
+    assert_eq!(
+        names(r.list_operations(parent, "", 10).await.unwrap()),
+        [a1.name.as_str(), a2.name.as_str(), b1.name.as_str()]
+    );
+    assert_eq!(names(r.list_operations(parent, &a1.name, 1).await.unwrap()), [a2.name.as_str()]);
+    assert!(r.list_operations("projects/other/locations/global", "", 10).await.unwrap().is_empty());
+
+    // node-a and node-c beat at t(100), node-b never: node-c takes over node-b's running one.
+    r.heartbeat("node-a", t(100), never()).await.unwrap();
+    r.heartbeat("node-c", t(100), never()).await.unwrap();
+    let claimed = r.claim_operations("node-c", t(90)).await.unwrap();
+    assert_eq!(names(claimed), [b1.name.as_str()]);
+    assert_eq!(r.operation(&b1.name).await.unwrap().unwrap().node, "node-c");
+    assert!(matches!(r.operation_progress(&b1.name, "node-b", 1, None, 0).await, Err(RepoError::Conflict)));
+    assert!(r.claim_operations("node-d", t(90)).await.unwrap().is_empty(), "live nodes keep their operations");
+    // Once node-a is silent too, its running operation (not the finished one) is taken.
+    let claimed = r.claim_operations("node-c", t(200)).await.unwrap();
+    assert_eq!(names(claimed), [a2.name.as_str()]);
+    // Old finished operations are deleted; running ones never.
+    assert_eq!(r.prune_operations(t(30)).await.unwrap(), 1);
+    assert_eq!(r.operation(&a1.name).await.unwrap(), None);
+    assert_eq!(names(r.list_operations(parent, "", 10).await.unwrap()), [a2.name.as_str(), b1.name.as_str()]);
 }
 
 async fn repo_orphaned_work(db: Opened) {

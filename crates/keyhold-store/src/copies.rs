@@ -28,6 +28,7 @@ use keyhold_iam::role;
 use crate::archive::{ArchiveHeader, ArchiveItem, ArchiveReader, ArchiveWriter, ArchivedObject, read_header};
 use crate::error::StoreError;
 use crate::model::*;
+use crate::operations::Job;
 use crate::repo::RepoError;
 use crate::service::{
     Audit, COPY_CHUNKS_PER_WRITE, ListRequest, ObjectMeta, Op, Store, Vault, decode_token, encode_token, guard_error,
@@ -212,6 +213,7 @@ impl Store {
         instance: &str,
         backup_id: &str,
         req: CreateBackupRequest,
+        job: &Job,
     ) -> Result<Backup, StoreError> {
         let op = Op {
             method: "CreateBackup",
@@ -260,7 +262,11 @@ impl Store {
             }
             guard.insert(1, kek, wrapped);
             let dest = Vault { resource: name.clone(), kms_key, guard };
-            let copied = self.copy_snapshot(&source, &dest).await;
+            let copied = async {
+                job.accept(audit).await?;
+                self.copy_snapshot(&source, &dest, job).await
+            }
+            .await;
             let (size, count) = match copied {
                 Ok(c) => c,
                 Err(e) => {
@@ -291,17 +297,23 @@ impl Store {
     }
 
     /// Copies a snapshot of `source`'s objects into `dest`; returns (bytes, objects).
-    async fn copy_snapshot(self: &Arc<Self>, source: &Vault, dest: &Vault) -> Result<(u64, u64), StoreError> {
+    async fn copy_snapshot(
+        self: &Arc<Self>,
+        source: &Vault,
+        dest: &Vault,
+        job: &Job,
+    ) -> Result<(u64, u64), StoreError> {
         self.repo.pin_objects(&source.resource, &dest.resource).await?;
-        let copied = self.copy_pinned(source, dest).await;
+        let copied = self.copy_pinned(source, dest, job).await;
         let released = self.repo.unpin(&source.resource, &dest.resource).await;
         let copied = copied?;
         released?;
         Ok(copied)
     }
 
-    async fn copy_pinned(self: &Arc<Self>, source: &Vault, dest: &Vault) -> Result<(u64, u64), StoreError> {
+    async fn copy_pinned(self: &Arc<Self>, source: &Vault, dest: &Vault, job: &Job) -> Result<(u64, u64), StoreError> {
         let (mut size, mut count) = (0, 0);
+        job.set_total(self.repo.count_pinned(&dest.resource).await?);
         let mut after = String::new();
         loop {
             let page = self.repo.pinned_objects(&dest.resource, &after, PAGE).await?;
@@ -311,20 +323,23 @@ impl Store {
                 self.copy_object(source, &obj, dest).await?;
                 size += obj.size;
                 count += 1;
+                job.step(obj.size).await?;
             }
         }
+        job.fence()?;
         Ok((size, count))
     }
 
     /// Copies every object of `source` (a backup: it does not change) into `dest`.
-    async fn copy_all(self: &Arc<Self>, source: &Vault, dest: &Vault) -> Result<(), StoreError> {
+    async fn copy_all(self: &Arc<Self>, source: &Vault, dest: &Vault, job: &Job) -> Result<(), StoreError> {
         let mut after = String::new();
         loop {
             let page = self.repo.list_objects(&source.resource, "", &after, PAGE).await?;
-            let Some(last) = page.last() else { return Ok(()) };
+            let Some(last) = page.last() else { return job.fence() };
             after = last.name.clone();
             for obj in page {
                 self.copy_object(source, &obj, dest).await?;
+                job.step(obj.size).await?;
             }
         }
     }
@@ -437,6 +452,7 @@ impl Store {
         caller: &Caller,
         parent: &str,
         req: RestoreInstanceRequest,
+        job: &Job,
     ) -> Result<Instance, StoreError> {
         let op = Op {
             method: "RestoreInstance",
@@ -481,8 +497,10 @@ impl Store {
                 )));
             }
             let store = self.clone();
+            job.set_total(backup.object_count);
             self.build_instance(audit, name, kms_key, req.labels, None, move |dest| async move {
-                store.copy_all(&source, &dest).await
+                job.accept(audit).await?;
+                store.copy_all(&source, &dest, job).await
             })
             .await
             })
@@ -498,6 +516,7 @@ impl Store {
         caller: &Caller,
         name: &str,
         req: CloneInstanceRequest,
+        job: &Job,
     ) -> Result<Instance, StoreError> {
         let op = Op {
             method: "CloneInstance",
@@ -525,7 +544,8 @@ impl Store {
             source.require_access()?;
             let store = self.clone();
             self.build_instance(audit, dest_name, record.kms_key.clone(), req.labels, None, move |dest| async move {
-                store.copy_snapshot(&source, &dest).await.map(|_| ())
+                job.accept(audit).await?;
+                store.copy_snapshot(&source, &dest, job).await.map(|_| ())
             })
             .await
         })
@@ -779,7 +799,7 @@ impl Store {
 
     /// The file an export of `project` writes or an import into it reads: inside the project's
     /// export directory `EXPORT_DIR/PROJECT`, whatever the request says (finding 2(a)).
-    fn archive_path(&self, project: &str, given: &str) -> Result<PathBuf, StoreError> {
+    pub(crate) fn archive_path(&self, project: &str, given: &str) -> Result<PathBuf, StoreError> {
         let dir = &self.project_export_dir(project)?;
         let given = given.strip_prefix("file://").unwrap_or(given);
         if given.is_empty() {
@@ -947,6 +967,7 @@ impl Store {
         caller: &Caller,
         name: &str,
         req: ExportInstanceRequest,
+        job: &Job,
     ) -> Result<Export, StoreError> {
         let op = Op {
             method: "ExportInstance",
@@ -1008,7 +1029,8 @@ impl Store {
                     Some(Arc::new(kek))
                 }
             };
-            let written = self.write_archive(&source, &header, kek, &path).await?;
+            job.accept(audit).await?;
+            let written = self.write_archive(&source, &header, kek, &path, job).await?;
             let export = ExportRecord {
                 name: resource,
                 instance: record.name.to_string(),
@@ -1041,6 +1063,7 @@ impl Store {
         header: &ArchiveHeader,
         kek: Option<Arc<keyhold_cmek::Kek>>,
         path: &Path,
+        job: &Job,
     ) -> Result<crate::archive::ArchiveSummary, StoreError> {
         let io = |e: std::io::Error| StoreError::FailedPrecondition(format!("Cannot write {}: {e}", path.display()));
         if let Some(dir) = path.parent() {
@@ -1065,6 +1088,7 @@ impl Store {
             let pin = header.resource();
             self.repo.pin_objects(&source.resource, &pin).await?;
             let copied = async {
+                job.set_total(self.repo.count_pinned(&pin).await?);
                 let mut after = String::new();
                 loop {
                     let page = self.repo.pinned_objects(&pin, &after, PAGE).await?;
@@ -1085,6 +1109,7 @@ impl Store {
                             let data = self.open_stored_chunk(source, &obj, index).await?;
                             writer.chunk(index, data.expose()).await?;
                         }
+                        job.step(obj.size).await?;
                     }
                 }
                 Ok::<_, StoreError>(())
@@ -1097,6 +1122,7 @@ impl Store {
             let file = out.into_inner();
             file.sync_all().await.map_err(io)?;
             drop(file);
+            job.fence()?;
             tokio::fs::hard_link(&tmp, path).await.map_err(|e| {
                 if e.kind() == std::io::ErrorKind::AlreadyExists {
                     StoreError::AlreadyExists(format!("{} exists; exports never overwrite a file.", path.display()))
@@ -1118,6 +1144,7 @@ impl Store {
         caller: &Caller,
         parent: &str,
         req: ImportInstanceRequest,
+        job: &Job,
     ) -> Result<Instance, StoreError> {
         let op = Op {
             method: "ImportInstance",
@@ -1176,6 +1203,7 @@ impl Store {
             let kms_key = req.kms_key.clone().filter(|k| !k.is_empty());
             let mut reader = ArchiveReader::new(input, &header, kek);
             self.build_instance(audit, name, kms_key, req.labels, None, |dest| async move {
+                job.accept(audit).await?;
                 let mut pending = match reader.next().await? {
                     ArchiveItem::Object(o) => Some(o),
                     ArchiveItem::End(_) => None,
@@ -1206,13 +1234,14 @@ impl Store {
                             object.name, written.size, object.size
                         )));
                     }
+                    job.step(written.size).await?;
                     pending = match reader.next().await? {
                         ArchiveItem::Object(o) => Some(o),
                         ArchiveItem::End(_) => None,
                         ArchiveItem::Chunk(_) => return Err(StoreError::FailedPrecondition("archive object has extra chunks".into())),
                     };
                 }
-                Ok(())
+                job.fence()
             })
             .await
             })

@@ -45,6 +45,9 @@ pub enum StoreError {
     /// retrying the call succeeds. The message says what happened.
     #[error("{0}")]
     Aborted(String),
+    /// The caller cancelled the long-running operation this call ran as.
+    #[error("{0}")]
+    Cancelled(String),
     /// Stored data failed authentication: tampered with, moved or truncated.
     #[error("{0}")]
     DataLoss(String),
@@ -72,6 +75,7 @@ impl StoreError {
             StoreError::FailedPrecondition(_) | StoreError::KeyInaccessible { .. } => Code::FailedPrecondition,
             StoreError::DataLoss(_) => Code::DataLoss,
             StoreError::Aborted(_) => Code::Aborted,
+            StoreError::Cancelled(_) => Code::Cancelled,
             StoreError::Host(e) => e.code(),
             StoreError::Unavailable(_) => Code::Unavailable,
             StoreError::Internal(_) => Code::Internal,
@@ -92,6 +96,7 @@ impl StoreError {
             | StoreError::AlreadyExists(_)
             | StoreError::FailedPrecondition(_)
             | StoreError::Aborted(_)
+            | StoreError::Cancelled(_)
             | StoreError::DataLoss(_)
             | StoreError::Unavailable(_)
             | StoreError::Internal(_) => Status::new(self.code(), self.to_string()),
@@ -111,7 +116,8 @@ impl StoreError {
             | StoreError::AlreadyExists(_)
             | StoreError::FailedPrecondition(_)
             | StoreError::KeyInaccessible { .. }
-            | StoreError::Aborted(_) => None,
+            | StoreError::Aborted(_)
+            | StoreError::Cancelled(_) => None,
         }
     }
 }

@@ -72,6 +72,14 @@ pub trait HostCall: Send + Sync {
     /// caller was given. Fails if the entry cannot be written: the service must then not
     /// answer as if the call had succeeded.
     async fn finish(self: Box<Self>, code: Code, message: String) -> Result<(), HostError>;
+    /// The call runs on as long-running operation `operation`: records its first entry now
+    /// (its outcome, recorded by [`HostCall::finish`] or committed with its change, is the
+    /// operation's last). Fails if the entry cannot be written: the operation must then not
+    /// start.
+    async fn start_operation(&self, operation: String) -> Result<(), HostError>;
+    /// The call continues long-running operation `operation` (resumed after a crash): its
+    /// outcome is recorded as the operation's last entry; no first entry is written again.
+    fn continue_operation(&self, operation: String);
 }
 
 /// What may have changed about keys, as the platform announces it (the key guards re-check

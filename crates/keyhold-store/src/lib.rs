@@ -14,6 +14,7 @@ mod copies;
 pub mod error;
 pub mod host;
 pub mod model;
+pub mod operations;
 pub mod repo;
 pub mod service;
 
@@ -21,5 +22,6 @@ pub use agents::{AgentProvider, LocalAgents, RemoteAgents};
 pub use error::StoreError;
 pub use host::{CallSpec, HostCall, HostError, KeyNotice, KeyNotices, ServiceHost};
 pub use model::SERVICE;
+pub use operations::{Job, OperationRequest};
 pub use repo::StoreRepository;
 pub use service::{ContentStream, ListRequest, Store, StoreConfig};

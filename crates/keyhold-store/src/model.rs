@@ -157,7 +157,7 @@ pub struct EncryptionConfig {
 }
 
 /// Body of `backups.create`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateBackupRequest {
     /// Output-only, accepted and ignored.
@@ -169,7 +169,7 @@ pub struct CreateBackupRequest {
 }
 
 /// Body of `instances:restore`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RestoreInstanceRequest {
     /// The new instance's ID.
@@ -187,7 +187,7 @@ pub struct RestoreInstanceRequest {
 }
 
 /// Body of `instances/ID:clone`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CloneInstanceRequest {
     /// The new instance's ID, in the source's location.
@@ -202,7 +202,7 @@ pub struct CloneInstanceRequest {
 }
 
 /// Body of `instances/ID:export`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExportInstanceRequest {
     /// A file under the server's export directory (a relative path, or an absolute path or
@@ -218,7 +218,7 @@ pub struct ExportInstanceRequest {
 }
 
 /// Body of `instances:import`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ImportInstanceRequest {
     /// The new instance's ID.
@@ -573,4 +573,106 @@ pub struct ReconcileExportsResponse {
     /// Temporary files of exports under way, or of exports a crash interrupted: reported, not
     /// deleted (another node sharing the directory may be writing one).
     pub partial: Vec<String>,
+}
+
+/// A long-running operation as stored (issue 18, finding 7): a copy that answered at once and
+/// runs on. `request` and `caller` are what a node needs to run it again after a crash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationRecord {
+    /// `projects/P/locations/L/operations/ID`.
+    pub name: String,
+    /// What the operation makes or changes (the backup, the new instance, the archive's
+    /// instance, the re-encrypted instance).
+    pub target: String,
+    /// The call as made (`OperationRequest` JSON): method and request body.
+    pub request: String,
+    /// Who made it (principal, request ID, justification) as JSON.
+    pub caller: String,
+    /// The node running it.
+    pub node: String,
+    /// Finished, successfully or not.
+    pub done: bool,
+    /// `:cancel` was asked for.
+    pub cancel_requested: bool,
+    /// Objects copied (or re-encrypted) so far.
+    pub objects_done: u64,
+    /// Objects to copy, once known.
+    pub objects_total: Option<u64>,
+    /// Bytes of those objects.
+    pub bytes_done: u64,
+    /// When done: `{"response": ...}` or `{"error": ...}` (JSON); empty before.
+    pub result: String,
+    /// When it began.
+    pub create_time: Timestamp,
+    /// When it finished.
+    pub end_time: Option<Timestamp>,
+}
+
+/// Where an operation got to, in its metadata (Spanner's `OperationProgress`, with counts).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationProgress {
+    /// 0-100, once the number of objects is known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_percent: Option<u32>,
+    /// Objects done (int64 as a string, as Google renders them).
+    pub objects_done: String,
+    /// Objects in all, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objects_total: Option<String>,
+    /// Bytes of the objects done.
+    pub bytes_done: String,
+    /// When it began.
+    pub start_time: Timestamp,
+    /// When it finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_time: Option<Timestamp>,
+}
+
+/// `metadata` of an operation: `keyhold.store.v1.OperationMetadata`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationMetadata {
+    /// `type.googleapis.com/keyhold.store.v1.OperationMetadata`.
+    #[serde(rename = "@type")]
+    pub type_url: &'static str,
+    /// The call: `CreateBackup`, `RestoreInstance`, `CloneInstance`, `ExportInstance`,
+    /// `ImportInstance`, `ReencryptInstance`.
+    pub method: String,
+    /// What it makes or changes.
+    pub target: String,
+    /// How far it got.
+    pub progress: OperationProgress,
+    /// Whether `:cancel` was asked for (Spanner's `cancelTime`, as a flag).
+    pub cancel_requested: bool,
+}
+
+/// A `google.longrunning.Operation` in its JSON form.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// `projects/P/locations/L/operations/ID`.
+    pub name: String,
+    /// [`OperationMetadata`].
+    pub metadata: OperationMetadata,
+    /// Finished (then exactly one of `error` and `response` is set).
+    pub done: bool,
+    /// A `google.rpc.Status`: why it failed (`code` 1, `CANCELLED`, when cancelled).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<serde_json::Value>,
+    /// What the call answers when it succeeds (a `Backup`, an `Instance`, an `Export`), with
+    /// its `@type`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<serde_json::Value>,
+}
+
+/// A page of `operations.list`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListOperationsResponse {
+    /// Oldest first.
+    pub operations: Vec<Operation>,
+    /// Token for the next page; absent on the last.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
 }

@@ -12,7 +12,7 @@ use keyhold_audit::AuditRecord;
 use keyhold_cmek::WrappedKek;
 
 use crate::error::StoreError;
-use crate::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, StoredChunk};
+use crate::model::{BackupRecord, ExportRecord, InstanceRecord, KekRecord, ObjectRecord, OperationRecord, StoredChunk};
 
 /// Repository failures, classified by kind (never by message): what the store decides on.
 /// The implementation maps its own errors to these.
@@ -80,6 +80,40 @@ pub trait StoreRepository: Send + Sync + std::fmt::Debug {
         dead_before: Timestamp,
         ownerless_before: Timestamp,
     ) -> Result<(Vec<(String, String, u64)>, Vec<String>), RepoError>;
+    /// How many objects the snapshot `pin` holds.
+    async fn count_pinned(&self, pin: &str) -> Result<u64, RepoError>;
+    /// How many objects `instance` holds.
+    async fn count_objects(&self, instance: &str) -> Result<u64, RepoError>;
+    /// Records a long-running operation (running, owned by `record.node`); `AlreadyExists`
+    /// if the name is taken.
+    async fn insert_operation(&self, record: &OperationRecord) -> Result<(), RepoError>;
+    /// An operation by name.
+    async fn operation(&self, name: &str) -> Result<Option<OperationRecord>, RepoError>;
+    /// Operations under `projects/P/locations/L` named after `after`, by name (oldest first:
+    /// names begin with their creation time), at most `limit`.
+    async fn list_operations(&self, parent: &str, after: &str, limit: u64) -> Result<Vec<OperationRecord>, RepoError>;
+    /// Saves a running operation's progress; returns whether `:cancel` was asked for.
+    /// `Conflict` if it is finished or no longer `node`'s (another node took it over after
+    /// this one's heartbeat lapsed).
+    async fn operation_progress(
+        &self,
+        name: &str,
+        node: &str,
+        objects_done: u64,
+        objects_total: Option<u64>,
+        bytes_done: u64,
+    ) -> Result<bool, RepoError>;
+    /// Marks a running operation of `node` done with `result`; `Conflict` as for
+    /// [`StoreRepository::operation_progress`].
+    async fn finish_operation(&self, name: &str, node: &str, result: &str, end: Timestamp) -> Result<(), RepoError>;
+    /// Asks a running operation to stop, with `audit` (the cancel call's entry) in the same
+    /// transaction; returns false (and records nothing) if it is finished or not there.
+    async fn cancel_operation(&self, name: &str, audit: &[AuditRecord]) -> Result<bool, RepoError>;
+    /// Takes over the running operations of nodes other than `node` whose heartbeat is older
+    /// than `dead_before` (or gone): they become `node`'s, and are returned to be run again.
+    async fn claim_operations(&self, node: &str, dead_before: Timestamp) -> Result<Vec<OperationRecord>, RepoError>;
+    /// Deletes operations that finished before `before`; returns how many.
+    async fn prune_operations(&self, before: Timestamp) -> Result<u64, RepoError>;
 
     /// Snapshots `instance`'s objects for the copy `pin`: their current generations (chunks
     /// and KEKs) are kept until [`StoreRepository::unpin`], whatever is written meanwhile.

@@ -25,6 +25,7 @@ use crate::agents::AgentProvider;
 use crate::error::StoreError;
 use crate::host::{CallSpec, HostCall, HostError, KeyNotice, ServiceHost};
 use crate::model::*;
+use crate::operations::Job;
 use crate::repo::{RepoError, StoreRepository};
 
 /// Settings of the store.
@@ -42,6 +43,9 @@ pub struct StoreConfig {
     /// How often replicas catch up with their primaries besides right after a write on this
     /// node (writes made on other nodes are seen at the next round).
     pub replication_period: Duration,
+    /// Most bytes a second each copy (backup, restore, clone, export, import, `:reencrypt`)
+    /// reads (`--store-copy-bytes-per-second`); `None` for as fast as it goes.
+    pub copy_bytes_per_second: Option<std::num::NonZeroU64>,
 }
 
 /// A stream of object contents.
@@ -111,6 +115,10 @@ pub struct Store {
     /// Across nodes, the database keeps it safe ([`StoreRepository::commit_upload`] checks
     /// the KEK, [`StoreRepository::delete_kek_if_unused`] excludes commits).
     key_locks: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The long-running operations this node runs (to cancel them at once).
+    pub(crate) running: crate::operations::Running,
+    /// When this node last recorded its heartbeat: its copies stop if that grows old.
+    pub(crate) liveness: Arc<crate::operations::Liveness>,
 }
 
 /// How often a node records that it is alive (and looks for work crashed nodes left).
@@ -121,6 +129,11 @@ pub const NODE_LEASE: Duration = Duration::from_secs(15);
 /// Work with no recorded node (written by a build before nodes were recorded) is deleted after
 /// this long, the rule that build itself follows.
 const OWNERLESS_AGE: Duration = Duration::from_secs(3600);
+/// On a shared database, a node silent this long has its running operations taken over and run
+/// again by another. Much longer than [`NODE_LEASE`]: a node that cannot record its heartbeat
+/// stops its own copies after [`crate::operations::FENCE_AFTER`], long before another node
+/// starts them again, so one operation never runs on two nodes at once.
+pub const OPERATION_TAKEOVER_AFTER: Duration = Duration::from_secs(300);
 /// A dead node's row is dropped after this long (node IDs are new at every start).
 const FORGET_NODES_AFTER: Duration = Duration::from_secs(86_400);
 
@@ -149,6 +162,23 @@ pub(crate) struct Audit<'c> {
 }
 
 impl Audit<'_> {
+    /// The call now runs on as long-running operation `name`: the first entry of the call the
+    /// request is about (the outermost) is written now; every call's outcome will carry the
+    /// operation. On a resumed operation (`resumed`), no first entry is written again.
+    pub(crate) async fn start_operation(&self, name: &str, resumed: bool) -> Result<(), StoreError> {
+        match self.outer {
+            Some(outer) => {
+                self.call.continue_operation(name.to_string());
+                Box::pin(outer.start_operation(name, resumed)).await
+            }
+            None if resumed => {
+                self.call.continue_operation(name.to_string());
+                Ok(())
+            }
+            None => Ok(self.call.start_operation(name.to_string()).await?),
+        }
+    }
+
     /// The success entries of the call and of the calls it runs inside, oldest call first;
     /// once taken, the calls' successes are not recorded again after.
     pub(crate) fn entries(&self) -> Vec<AuditRecord> {
@@ -220,6 +250,8 @@ impl Store {
             sync_times: Default::default(),
             node: random_node_id(),
             key_locks: Default::default(),
+            running: Default::default(),
+            liveness: Default::default(),
         });
         store.spawn_heartbeat();
         store.spawn_replication();
@@ -245,14 +277,21 @@ impl Store {
     /// nodes whose heartbeat stopped more than [`NODE_LEASE`] ago (the heartbeat task then
     /// catches those of a node that died less than a lease ago within a lease), never one a
     /// live node is writing. Returns how many were deleted.
-    pub async fn clean_up_after_crash(&self) -> Result<usize, StoreError> {
+    /// The operations those copies ran as are then taken over and run again
+    /// ([`Store::resume_operations`]); they are not counted.
+    pub async fn clean_up_after_crash(self: &Arc<Self>) -> Result<usize, StoreError> {
         self.repo.heartbeat(&self.node, Timestamp::now(), ago(FORGET_NODES_AFTER)).await?;
-        if self.repo.single_process() {
+        let (cleaned, dead_before) = if self.repo.single_process() {
             let everything = Timestamp::now().add(keyhold_api::wire::ProtoDuration::from_secs(1));
-            self.clean_orphans(everything, everything).await
+            (self.clean_orphans(everything, everything).await?, everything)
         } else {
-            self.clean_orphans(ago(NODE_LEASE), ago(OWNERLESS_AGE)).await
-        }
+            (self.clean_orphans(ago(NODE_LEASE), ago(OWNERLESS_AGE)).await?, ago(NODE_LEASE))
+        };
+        // On a shared database a node's operations wait for OPERATION_TAKEOVER_AFTER (see
+        // there); at start on SQLite every earlier process is gone.
+        let takeover = if self.repo.single_process() { dead_before } else { ago(OPERATION_TAKEOVER_AFTER) };
+        self.resume_operations(takeover).await?;
+        Ok(cleaned)
     }
 
     async fn clean_orphans(&self, dead_before: Timestamp, ownerless_before: Timestamp) -> Result<usize, StoreError> {
@@ -268,8 +307,10 @@ impl Store {
         Ok(uploads.len() + builds.len())
     }
 
-    /// Starts the task that keeps this node alive in the database and, on a shared database,
-    /// deletes what nodes that died left.
+    /// Starts the task that keeps this node alive in the database, and the one that, on a
+    /// shared database, deletes what nodes that died left and takes their operations over.
+    /// Apart, so that a long cleanup never delays this node's own heartbeat (it would then
+    /// look dead to the others).
     fn spawn_heartbeat(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -278,14 +319,31 @@ impl Store {
             loop {
                 tick.tick().await;
                 let Some(store) = weak.upgrade() else { return };
-                if let Err(e) = store.repo.heartbeat(&store.node, Timestamp::now(), ago(FORGET_NODES_AFTER)).await {
-                    tracing::warn!(error = %e, "store: cannot record this node's heartbeat");
-                    continue;
+                match store.repo.heartbeat(&store.node, Timestamp::now(), ago(FORGET_NODES_AFTER)).await {
+                    Ok(()) => store.liveness.beat(),
+                    Err(e) => tracing::warn!(error = %e, "store: cannot record this node's heartbeat"),
                 }
-                if !store.repo.single_process()
-                    && let Err(e) = store.clean_orphans(ago(NODE_LEASE), ago(OWNERLESS_AGE)).await
-                {
-                    tracing::warn!(error = %e, "store: cannot clean up after a node that died");
+            }
+        });
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = weak.upgrade() else { return };
+                if !store.repo.single_process() {
+                    // What a dead node left is deleted long before its operations are run
+                    // again (OPERATION_TAKEOVER_AFTER against NODE_LEASE).
+                    if let Err(e) = store.clean_orphans(ago(NODE_LEASE), ago(OWNERLESS_AGE)).await {
+                        tracing::warn!(error = %e, "store: cannot clean up after a node that died");
+                    }
+                    if let Err(e) = store.resume_operations(ago(OPERATION_TAKEOVER_AFTER)).await {
+                        tracing::warn!(error = %e, "store: cannot take over the operations of a node that died");
+                    }
+                }
+                if let Err(e) = store.repo.prune_operations(ago(crate::operations::KEEP_FINISHED)).await {
+                    tracing::warn!(error = %e, "store: cannot delete old finished operations");
                 }
             }
         });
@@ -873,20 +931,22 @@ impl Store {
 
     /// `:reencrypt` ([C4]): a new KEK under the current primary version, every object's data
     /// sealed again under fresh DEKs, the old KEKs deleted. Cost grows with the data.
-    pub async fn reencrypt(&self, caller: &Caller, name: &str) -> Result<Instance, StoreError> {
+    pub async fn reencrypt(&self, caller: &Caller, name: &str, job: &Job) -> Result<Instance, StoreError> {
         let op = Op {
             method: "ReencryptInstance",
             resource: name.to_string(),
             permission: role::INSTANCES_UPDATE,
             kind: AuditKind::Activity,
         };
-        self.call(caller, op, async {
+        self.mutate(caller, op, async |audit| {
             let _serialized = self.lock_keys(name).await;
             let record = self.instance_record(name).await?;
             let vault = self.vault(&record).await?;
             let guard = vault.guard.clone();
             let resource = record.name.to_string();
             let (kek, wrapped) = guard.new_kek().await.map_err(|e| guard_error(record.kms_key.as_deref(), e))?;
+            job.accept(audit).await?;
+            job.set_total(self.repo.count_objects(&resource).await?);
             // KEK IDs only grow: the newest KEK has the largest ID, and a reencrypt deletes only
             // smaller ones, so the largest ID ever given stays and an ID is never given twice
             // (a reused ID would pair another reencrypt's sealed data with the wrong KEK).
@@ -911,11 +971,14 @@ impl Store {
                 after = last.name.clone();
                 for obj in batch {
                     // One under a newer KEK was resealed by a newer reencrypt (another node's).
-                    if obj.kek_id < new_id {
+                    let resealed = obj.kek_id < new_id;
+                    if resealed {
                         self.reencrypt_object(&vault, &obj, new_id).await?;
                     }
+                    job.step(if resealed { obj.size } else { 0 }).await?;
                 }
             }
+            job.fence()?;
             // A newer reencrypt (another node's) may have deleted this one's KEK before its
             // objects were committed: those commits were refused, the objects kept their KEK,
             // and this call did not do what it says. Retrying does.

@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// every write made through this node).
     #[arg(long, default_value = "2s", value_parser = parse_duration, env = "KEYHOLD_STORE_REPLICATION_PERIOD")]
     pub store_replication_period: ProtoDuration,
+    /// Store: most bytes a second each background copy (backup, restore, clone, export,
+    /// import, :reencrypt) reads, so that copies leave the disk to live traffic. Default:
+    /// unlimited.
+    #[arg(long, env = "KEYHOLD_STORE_COPY_BYTES_PER_SECOND")]
+    pub store_copy_bytes_per_second: Option<std::num::NonZeroU64>,
     /// Store: use the KMS at this URL for instance keys instead of the one in this process.
     /// The store then authenticates there as service:store.keyhold.dev (--kms-token-file) and
     /// acts through its service agents' short-lived tokens.
@@ -394,10 +399,11 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         locations: kms.config().locations.clone(),
         export_dir: Some(args.store_export_dir.clone().unwrap_or_else(|| args.data_dir.join("exports"))),
         replication_period: args.store_replication_period.to_std().max(std::time::Duration::from_millis(100)),
+        copy_bytes_per_second: args.store_copy_bytes_per_second,
     };
     let store = keyhold_store::Store::new(host, opened.objects.clone(), agents, store_config);
     // Finding 6: what a crash left is deleted now, not an hour later (never what another
-    // node sharing the database is still writing).
+    // node sharing the database is still writing), and the operations it interrupted run again.
     match store.clean_up_after_crash().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(count = n, "store: removed what interrupted uploads, backups and copies left"),

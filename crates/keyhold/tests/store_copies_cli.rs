@@ -152,7 +152,7 @@ async fn backups_restores_clones_exports_and_replicas_through_the_cli() {
         "--encryption-type",
         "google-default-encryption",
     ]);
-    assert_eq!(err, "Created backup [b2].\n");
+    assert_eq!(waited(&err), "Created backup [b2].\n");
     assert!(out.contains("encryptionType: GOOGLE_DEFAULT_ENCRYPTION") && out.contains("state: READY"), "{out}");
     assert!(!out.contains("kmsKey:"), "a Keyhold-managed backup names no key: {out}");
 
@@ -200,7 +200,7 @@ async fn backups_restores_clones_exports_and_replicas_through_the_cli() {
         LOC,
     ]
     .concat());
-    assert_eq!(err, format!("Created instance [db3] from backup [{DB1}/backups/b1].\n"));
+    assert_eq!(waited(&err), format!("Created instance [db3] from backup [{DB1}/backups/b1].\n"));
     assert!(out.contains(&format!("kmsKey: {KEY2}")) && out.contains("from: b1"), "{out}");
     assert_eq!(s.get_object("db3", "reports/q1.txt").unwrap(), data, "re-encrypted under k2 and readable");
 
@@ -209,7 +209,7 @@ async fn backups_restores_clones_exports_and_replicas_through_the_cli() {
 
     // ---- clone -----------------------------------------------------------------------------
     let (out, err) = s.ok(&[&["store", "instances", "clone", "db1", "db1-clone"], LOC].concat());
-    assert_eq!(err, "Created instance [db1-clone], a clone of [db1].\n");
+    assert_eq!(waited(&err), "Created instance [db1-clone], a clone of [db1].\n");
     assert!(out.contains(&format!("kmsKey: {KEY}")), "a clone keeps its source's key: {out}");
     assert_eq!(s.get_object("db1-clone", "reports/q1.txt").unwrap(), data);
 
@@ -223,7 +223,7 @@ async fn backups_restores_clones_exports_and_replicas_through_the_cli() {
     // ---- export / import -------------------------------------------------------------------
     let (out, err) = s.ok(&[&["store", "instances", "export", "db1", "--destination", "a.archive"], LOC].concat());
     let archive = s.path().join("data").join("exports").join(PROJECT).join("a.archive");
-    assert_eq!(err, format!("Exported instance [db1] to [{}].\n", archive.display()));
+    assert_eq!(waited(&err), format!("Exported instance [db1] to [{}].\n", archive.display()));
     assert!(out.contains("encryptionType: CUSTOMER_MANAGED_ENCRYPTION") && out.contains("objectCount: '1'"), "{out}");
     assert!(out.contains(&format!("- {KEY}/cryptoKeyVersions/1")), "{out}");
     let bytes = std::fs::read(&archive).unwrap_or_else(|e| panic!("{}: {e}", archive.display()));
@@ -389,4 +389,17 @@ async fn archives_are_private_whatever_the_umask() {
         assert_eq!(mode(&d), 0o700, "{}", d.display());
     }
     drop(proc);
+}
+
+/// What a copy command wrote to stderr after waiting for its operation: the first line says
+/// which operation it waited for (as gcloud does).
+fn waited(err: &str) -> &str {
+    let (first, rest) = err.split_once('\n').unwrap_or((err, ""));
+    assert!(
+        first.starts_with("Waiting for operation [projects/my-project/locations/")
+            && first.ends_with("] to complete..."),
+        "{err}"
+    );
+    assert!(first.contains("/operations/op-"), "{err}");
+    rest
 }

@@ -73,6 +73,7 @@ pub async fn start(mode: Mode) -> Server {
             locations: kms.config().locations.clone(),
             export_dir: Some(dir.path().join("exports")),
             replication_period: Duration::from_millis(200),
+            copy_bytes_per_second: None,
         },
     );
     let owner = keyhold_iam::Principal::parse(OWNER).unwrap();

@@ -162,6 +162,7 @@ pub async fn build(
         locations: kms.config().locations.clone(),
         export_dir: Some(dir.join("exports")),
         replication_period: std::time::Duration::from_millis(200),
+        copy_bytes_per_second: None,
     };
     let host = keyhold_server::host::KmsHost::shared(kms.clone());
     let store = keyhold_store::Store::new(
@@ -183,8 +184,43 @@ impl Server {
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
         self.call_as(Some(&self.token.clone()), method, path, body).await
     }
-    /// A request with `token` (or none).
+    /// A request with `token` (or none). A call that answers with a long-running operation is
+    /// followed to its end, as Google's clients' `operation.result()` does: the answer is the
+    /// operation's response, or its error as the call would have answered it.
     pub async fn call_as(&self, token: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, answer) = self.call_raw_as(token, method, path, body).await;
+        match operation_name(status, &answer) {
+            Some(name) => self.operation_result(token, &name).await,
+            None => (status, answer),
+        }
+    }
+    /// [`Server::call`], answering a long-running operation as it is.
+    pub async fn call_raw(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_raw_as(Some(&self.token.clone()), method, path, body).await
+    }
+    /// Polls operation `name` until it is done; its response or its error as a call's answer.
+    pub async fn operation_result(&self, token: Option<&str>, name: &str) -> (u16, Value) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (status, op) = self.call_raw_as(token, Method::GET, name, None).await;
+            assert_eq!(status, 200, "{name}: {op}");
+            if op["done"] == true {
+                if let Some(error) = op.get("error") {
+                    let code = keyhold_api::Code::from_number(error["code"].as_i64().unwrap() as i32).unwrap();
+                    let mut error = error.clone();
+                    error["code"] = code.http_status().into();
+                    error["status"] = code.as_str().into();
+                    return (code.http_status(), serde_json::json!({ "error": error }));
+                }
+                let mut response = op["response"].clone();
+                response.as_object_mut().unwrap().remove("@type");
+                return (200, response);
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} did not finish: {op}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    async fn call_raw_as(&self, token: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}/{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
@@ -209,6 +245,12 @@ impl Server {
         assert_eq!(v["error"]["code"], status);
         v["error"]["message"].as_str().unwrap().to_string()
     }
+}
+
+/// The name of the long-running operation a call answered with, if it did.
+pub fn operation_name(status: u16, answer: &Value) -> Option<String> {
+    let name = answer["name"].as_str()?;
+    (status == 200 && name.contains("/operations/") && answer.get("done").is_some()).then(|| name.to_string())
 }
 
 /// A plain HTTP client. reqwest builds its TLS with rustls and no bundled crypto provider

@@ -28,6 +28,68 @@ pub enum StoreCommand {
     Objects(ObjectsArgs),
     /// The export registry of a project against the archives in its export directory.
     Exports(ExportsArgs),
+    /// Follow, list and cancel the long-running operations that copies run as (backups,
+    /// restores, clones, exports, imports, re-encryptions).
+    Operations(OperationsArgs),
+}
+
+/// `keyhold store operations`.
+#[derive(Args, Debug)]
+pub struct OperationsArgs {
+    /// The command.
+    #[command(subcommand)]
+    pub command: OperationsCommand,
+}
+
+/// Commands under `keyhold store operations`.
+#[derive(Subcommand, Debug)]
+pub enum OperationsCommand {
+    /// Show an operation: what it does, how far it got, and how it ended.
+    Describe(OperationTarget),
+    /// List the operations in a location, oldest first.
+    List(OperationList),
+    /// Ask a running operation to stop: what it built is deleted and it ends CANCELLED.
+    Cancel(OperationTarget),
+    /// Wait for an operation to finish, then show what it made (or why it failed).
+    Wait(OperationTarget),
+}
+
+/// A command on one operation.
+#[derive(Args, Debug)]
+pub struct OperationTarget {
+    /// The operation ID, or its full name projects/P/locations/L/operations/ID.
+    #[arg(value_name = "OPERATION")]
+    pub operation: String,
+    #[command(flatten)]
+    pub location: StoreLocationFlag,
+}
+
+/// `keyhold store operations list`.
+#[derive(Args, Debug)]
+pub struct OperationList {
+    /// Location to list the operations of.
+    #[arg(long, value_name = "LOCATION")]
+    pub location: String,
+    #[command(flatten)]
+    pub paging: PagingFlags,
+}
+
+/// `--async`, of the commands that run as long-running operations.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AsyncFlag {
+    /// Return at once with the operation instead of waiting for it to finish (follow it with
+    /// `keyhold store operations describe|wait`).
+    #[arg(long = "async")]
+    pub run_async: bool,
+}
+
+/// `keyhold store instances reencrypt`.
+#[derive(Args, Debug)]
+pub struct InstanceReencrypt {
+    #[command(flatten)]
+    pub target: InstanceTarget,
+    #[command(flatten)]
+    pub wait: AsyncFlag,
 }
 
 /// `keyhold store exports`.
@@ -73,8 +135,9 @@ pub enum InstancesCommand {
     Delete(InstanceTarget),
     /// Re-wrap the instance's data keys with the primary version of its key.
     Rewrap(InstanceTarget),
-    /// Re-encrypt every object of the instance under new data keys.
-    Reencrypt(InstanceTarget),
+    /// Re-encrypt every object of the instance under new data keys (a long-running operation:
+    /// waited for unless --async).
+    Reencrypt(InstanceReencrypt),
     /// Create an instance from a backup, under the backup's key unless --encryption-type or
     /// --kms-key says otherwise.
     Restore(InstanceRestore),
@@ -231,6 +294,8 @@ pub struct InstanceRestore {
     /// Labels of the new instance, as KEY=VALUE pairs separated by commas.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_labels)]
     pub labels: Vec<Labels>,
+    #[command(flatten)]
+    pub wait: AsyncFlag,
 }
 
 /// `keyhold store instances clone`.
@@ -250,6 +315,8 @@ pub struct InstanceClone {
     /// Labels of the new instance, as KEY=VALUE pairs separated by commas.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_labels)]
     pub labels: Vec<Labels>,
+    #[command(flatten)]
+    pub wait: AsyncFlag,
 }
 
 /// `keyhold store instances export`.
@@ -268,6 +335,8 @@ pub struct InstanceExport {
     /// export's audit entry carries a warning.
     #[arg(long, conflicts_with = "kms_key")]
     pub allow_plaintext: bool,
+    #[command(flatten)]
+    pub wait: AsyncFlag,
 }
 
 /// `keyhold store instances import`.
@@ -284,6 +353,8 @@ pub struct InstanceImport {
     /// Labels of the new instance, as KEY=VALUE pairs separated by commas.
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_labels)]
     pub labels: Vec<Labels>,
+    #[command(flatten)]
+    pub wait: AsyncFlag,
 }
 
 /// `keyhold store backups`.
@@ -341,6 +412,8 @@ pub struct BackupCreate {
     pub encryption_type: Option<BackupEncryptionType>,
     #[command(flatten)]
     pub kms: KmsKeyFlags,
+    #[command(flatten)]
+    pub wait: AsyncFlag,
 }
 
 /// `keyhold store backups list`.

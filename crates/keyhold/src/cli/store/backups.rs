@@ -38,7 +38,8 @@ pub(super) async fn backups_create(ctx: &Ctx, c: &BackupCreate) -> Result<(), Cl
         None => json!({}),
     };
     let query = [("backupId", name.backup.clone())];
-    let backup = ctx.client.post(&format!("{}/backups", name.instance.path()), &query, &body).await?;
+    let answer = ctx.client.post(&format!("{}/backups", name.instance.path()), &query, &body).await?;
+    let Some(backup) = super::operations::complete(ctx, answer, &c.wait).await? else { return Ok(()) };
     print_stderr(&format!("Created backup [{}].", name.backup));
     ctx.show(Kind::Other, &backup)
 }

@@ -9,6 +9,7 @@ use super::super::parse::{Labels, merge_labels};
 use super::super::{CliError, Ctx, print_stderr};
 use super::args::*;
 use super::names::{BackupName, InstanceArg, encode_segment, resolve_kms_key};
+use super::operations::complete;
 use super::{BACKUP_PATTERN, CUSTOMER_MANAGED, basename};
 
 pub(super) const INSTANCE_COLUMNS: &[Column] = &[
@@ -171,6 +172,14 @@ pub(super) async fn instances_action(ctx: &Ctx, c: &InstanceTarget, verb: &str) 
     ctx.show(Kind::Other, &instance)
 }
 
+pub(super) async fn instances_reencrypt(ctx: &Ctx, c: &InstanceReencrypt) -> Result<(), CliError> {
+    let name = instance_of(ctx, &c.target.instance, &c.target.location)?;
+    let answer = ctx.client.post(&format!("{}:reencrypt", name.path()), &[], &json!({})).await?;
+    let Some(instance) = complete(ctx, answer, &c.wait).await? else { return Ok(()) };
+    print_stderr(&format!("Re-encrypted instance [{}].", name.instance));
+    ctx.show(Kind::Other, &instance)
+}
+
 pub(super) async fn instances_restore(ctx: &Ctx, c: &InstanceRestore) -> Result<(), CliError> {
     let name = instance_of(ctx, &c.target.instance, &c.target.location)?;
     // A backup instance given by ID is in the new instance's project and location.
@@ -190,7 +199,8 @@ pub(super) async fn instances_restore(ctx: &Ctx, c: &InstanceRestore) -> Result<
     })?;
     let encryption = encryption_config(c.encryption_type.map(|t| t.wire_name()), resolve_kms_key(&c.kms, &name)?)?;
     let body = restore_body(&name, &backup, encryption, &c.labels);
-    let instance = ctx.client.post(&format!("{}:restore", name.collection()), &[], &body).await?;
+    let answer = ctx.client.post(&format!("{}:restore", name.collection()), &[], &body).await?;
+    let Some(instance) = complete(ctx, answer, &c.wait).await? else { return Ok(()) };
     print_stderr(&format!("Created instance [{}] from backup [{}].", name.instance, backup.full_name()));
     ctx.show(Kind::Other, &instance)
 }
@@ -205,7 +215,8 @@ pub(super) async fn instances_clone(ctx: &Ctx, c: &InstanceClone) -> Result<(), 
         )));
     }
     let body = copy_body("destinationInstanceId", destination, None, resolve_kms_key(&c.kms, &source)?, &c.labels);
-    let instance = ctx.client.post(&format!("{}:clone", source.path()), &[], &body).await?;
+    let answer = ctx.client.post(&format!("{}:clone", source.path()), &[], &body).await?;
+    let Some(instance) = complete(ctx, answer, &c.wait).await? else { return Ok(()) };
     print_stderr(&format!("Created instance [{destination}], a clone of [{}].", source.instance));
     ctx.show(Kind::Other, &instance)
 }
@@ -220,7 +231,8 @@ pub(super) async fn instances_export(ctx: &Ctx, c: &InstanceExport) -> Result<()
         ));
     }
     let body = export_body(destination, resolve_kms_key(&c.kms, &name)?, c.allow_plaintext);
-    let export = ctx.client.post(&format!("{}:export", name.path()), &[], &body).await?;
+    let answer = ctx.client.post(&format!("{}:export", name.path()), &[], &body).await?;
+    let Some(export) = complete(ctx, answer, &c.wait).await? else { return Ok(()) };
     let written = text_at(&export, "destination");
     print_stderr(&format!(
         "Exported instance [{}] to [{}].",
@@ -243,7 +255,8 @@ pub(super) async fn instances_import(ctx: &Ctx, c: &InstanceImport) -> Result<()
     }
     let body =
         copy_body("instanceId", &name.instance, Some(("source", source)), resolve_kms_key(&c.kms, &name)?, &c.labels);
-    let instance = ctx.client.post(&format!("{}:import", name.collection()), &[], &body).await?;
+    let answer = ctx.client.post(&format!("{}:import", name.collection()), &[], &body).await?;
+    let Some(instance) = complete(ctx, answer, &c.wait).await? else { return Ok(()) };
     print_stderr(&format!("Created instance [{}] from archive [{source}].", name.instance));
     ctx.show(Kind::Other, &instance)
 }

@@ -9,6 +9,9 @@
 //!   `POST /v1/projects/P/locations/L/instances:import` (archive files in the server's export
 //!   directory), `POST /v1/projects/P/locations/L/instances:restore` (from a backup);
 //! * backups: `POST|GET|DELETE /v1/.../instances/ID/backups[/BACKUP]`;
+//! * operations: copies (backups, restores, clones, exports, imports, `:reencrypt`) answer
+//!   with a long-running operation, followed by the command until it is done (`--async`
+//!   returns at once); `GET /v1/projects/P/locations/L/operations[/ID]`, `POST ...:cancel`;
 //! * objects: `PUT|GET|DELETE /v1/.../instances/ID/objects/NAME` (`?alt=media` for the data),
 //!   `GET .../objects?prefix=`.
 //!
@@ -19,7 +22,7 @@
 //! never appears in a message.
 //!
 //! The module is split by command group: [`args`] (the clap tree), [`names`] (resource names
-//! and URL paths), [`instances`] (with exports), [`backups`] and [`objects`]; list and table
+//! and URL paths), [`instances`] (with exports), [`backups`], [`objects`] and [`operations`]; list and table
 //! helpers shared with other commands are in `cli::output`, the streaming transfer of object
 //! data in `cli::transfer`.
 
@@ -28,6 +31,7 @@ mod backups;
 mod instances;
 mod names;
 mod objects;
+mod operations;
 
 pub use args::*;
 
@@ -73,6 +77,12 @@ impl StoreCommand {
             StoreCommand::Exports(a) => match a.command {
                 ExportsCommand::Reconcile(_) => "exports.reconcile",
             },
+            StoreCommand::Operations(a) => match a.command {
+                OperationsCommand::Describe(_) => "operations.describe",
+                OperationsCommand::List(_) => "operations.list",
+                OperationsCommand::Cancel(_) => "operations.cancel",
+                OperationsCommand::Wait(_) => "operations.wait",
+            },
             StoreCommand::Objects(a) => match a.command {
                 ObjectsCommand::Put(_) => "objects.put",
                 ObjectsCommand::Get(_) => "objects.get",
@@ -95,7 +105,7 @@ impl StoreCommand {
                 InstancesCommand::List(c) => instances::instances_list(ctx, &c).await,
                 InstancesCommand::Delete(c) => instances::instances_delete(ctx, &c).await,
                 InstancesCommand::Rewrap(c) => instances::instances_action(ctx, &c, "rewrap").await,
-                InstancesCommand::Reencrypt(c) => instances::instances_action(ctx, &c, "reencrypt").await,
+                InstancesCommand::Reencrypt(c) => instances::instances_reencrypt(ctx, &c).await,
                 InstancesCommand::Restore(c) => instances::instances_restore(ctx, &c).await,
                 InstancesCommand::Clone(c) => instances::instances_clone(ctx, &c).await,
                 InstancesCommand::Export(c) => instances::instances_export(ctx, &c).await,
@@ -109,6 +119,12 @@ impl StoreCommand {
             },
             StoreCommand::Exports(a) => match a.command {
                 ExportsCommand::Reconcile(_) => instances::exports_reconcile(ctx).await,
+            },
+            StoreCommand::Operations(a) => match a.command {
+                OperationsCommand::Describe(c) => operations::operations_describe(ctx, &c).await,
+                OperationsCommand::List(c) => operations::operations_list(ctx, &c).await,
+                OperationsCommand::Cancel(c) => operations::operations_cancel(ctx, &c).await,
+                OperationsCommand::Wait(c) => operations::operations_wait(ctx, &c).await,
             },
             StoreCommand::Objects(a) => match a.command {
                 ObjectsCommand::Put(c) => objects::objects_put(ctx, &media, &c).await,
@@ -174,6 +190,12 @@ mod tests {
             ("store instances delete projects/p/locations/l/instances/i", "store.instances.delete"),
             ("store instances rewrap i --location l", "store.instances.rewrap"),
             ("store instances reencrypt i --location l", "store.instances.reencrypt"),
+            ("store instances reencrypt i --location l --async", "store.instances.reencrypt"),
+            ("store backups create b --instance i --location l --async", "store.backups.create"),
+            ("store operations describe op-1 --location l", "store.operations.describe"),
+            ("store operations list --location l --page-size 3", "store.operations.list"),
+            ("store operations cancel projects/p/locations/l/operations/op-1", "store.operations.cancel"),
+            ("store operations wait op-1 --location l", "store.operations.wait"),
             ("store objects put i a/b.txt --file f --content-type text/plain --location l", "store.objects.put"),
             ("store objects get i a/b.txt --output-file out --location l", "store.objects.get"),
             ("store objects describe i a/b.txt --location l", "store.objects.describe"),

@@ -197,6 +197,41 @@ pub fn resolve_kms_key(flags: &KmsKeyFlags, instance: &InstanceName) -> Result<O
     Ok(Some(CryptoKeyName::new(&ring, key).map_err(invalid)?.to_string()))
 }
 
+/// `projects/P/locations/L` of the current project and `location`, checked.
+pub(super) fn location_path(ctx: &super::super::Ctx, location: &str) -> Result<String, CliError> {
+    let loc = LocationName::new(ctx.project()?, location).map_err(|e| CliError::Usage(e.to_string()))?;
+    Ok(format!("projects/{}/locations/{}", loc.project, loc.location))
+}
+
+/// An operation named by an `OPERATION` argument: its full name
+/// `projects/P/locations/L/operations/ID`, or an ID completed with `--location` and the project.
+pub(super) fn operation_name(ctx: &super::super::Ctx, c: &super::args::OperationTarget) -> Result<String, CliError> {
+    const PATTERN: &str = "projects/PROJECT/locations/LOCATION/operations/OPERATION";
+    let arg = c.operation.trim();
+    let valid_id = |id: &str| !id.is_empty() && id.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-');
+    if arg.starts_with("projects/") {
+        let segments: Vec<&str> = arg.split('/').collect();
+        return match segments.as_slice() {
+            ["projects", p, "locations", l, "operations", id] if valid_id(id) => {
+                let loc = LocationName::new(p, l).map_err(|e| CliError::Usage(e.to_string()))?;
+                Ok(format!("projects/{}/locations/{}/operations/{id}", loc.project, loc.location))
+            }
+            _ => Err(CliError::Usage(format!("\"{arg}\" is not a valid operation name; expected {PATTERN}."))),
+        };
+    }
+    if !valid_id(arg) {
+        return Err(CliError::Usage(format!(
+            "Invalid operation ID \"{arg}\": give the ID (letters, digits and hyphens), or a full name {PATTERN}."
+        )));
+    }
+    let Some(location) = c.location.location.as_deref() else {
+        return Err(CliError::Usage(format!(
+            "The [--location] flag is required with an operation ID, or give a full name ({PATTERN})."
+        )));
+    };
+    Ok(format!("{}/operations/{arg}", location_path(ctx, location)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::instance;
