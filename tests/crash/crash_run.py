@@ -130,8 +130,9 @@ class Client:
         self.server = server
         self.conn = http.client.HTTPConnection(server.host, timeout=60)
 
-    def call(self, method: str, path: str, body: bytes | dict | None = None, ctype: str = "application/json"):
-        headers = {"Authorization": f"Bearer {self.server.token}"}
+    def call(self, method: str, path: str, body: bytes | dict | None = None, ctype: str = "application/json",
+             extra: dict | None = None):
+        headers = {"Authorization": f"Bearer {self.server.token}", **(extra or {})}
         if isinstance(body, dict):
             body = json.dumps(body).encode()
         if body is not None:
@@ -141,8 +142,8 @@ class Client:
         data = r.read()
         return r.status, data
 
-    def json(self, method: str, path: str, body=None):
-        status, data = self.call(method, path, body)
+    def json(self, method: str, path: str, body=None, extra: dict | None = None):
+        status, data = self.call(method, path, body, extra=extra)
         try:
             return status, json.loads(data) if data else {}
         except ValueError:
@@ -167,6 +168,7 @@ class Ledger:
         self.attempted_objects: set[str] = set()
         self.durable_objects: set[str] = set()  # unacknowledged, but found complete after a restart
         self.refused: dict[str, int] = {}  # "kind status" -> count (answered, not acknowledged)
+        self.encrypt_ids: set[str] = set()  # request IDs of acknowledged encrypts: each must be audited
 
 
 def worker(server: Server, ledger: Ledger, rnd: int, idx: int, stop: threading.Event, acked: dict) -> None:
@@ -218,14 +220,19 @@ def worker(server: Server, ledger: Ledger, rnd: int, idx: int, stop: threading.E
             elif op < 0.60:
                 key = rng.choice(my_keys)
                 plaintext = rng.randbytes(rng.randint(0, 2048))
+                rid = f"crash-{rnd}-{idx}-{n}"
                 status, body = client.json(
-                    "POST", f"/v1/{key}:encrypt", {"plaintext": base64.b64encode(plaintext).decode()}
+                    "POST",
+                    f"/v1/{key}:encrypt",
+                    {"plaintext": base64.b64encode(plaintext).decode()},
+                    extra={"x-request-id": rid},
                 )
                 if status != 200:
                     refused("encrypt", status)
                     continue
                 with ledger.lock:
                     ledger.ciphertexts.append((key, body["ciphertext"], plaintext))
+                    ledger.encrypt_ids.add(rid)
                 ack("ciphertexts")
             elif op < 0.75:
                 key = rng.choice(my_keys)
@@ -368,6 +375,27 @@ def verify(server: Server, ledger: Ledger) -> list[str]:
             token = body.get("nextPageToken", "")
             if not token:
                 break
+        # Every acknowledged encrypt has its audit entry (issue 18: whatever --audit-sync says,
+        # a kill of the process loses none).
+        audited: set[str] = set()
+        token = ""
+        while True:
+            status, body = client.json(
+                "GET",
+                f"/v1/projects/{PROJECT}/auditLogs?logName=data_access&methodName=Encrypt&pageSize=1000&pageToken={token}",
+            )
+            if status != 200:
+                problems.append(f"reading the audit log answered {status} {body}")
+                break
+            for e in body.get("entries", []):
+                audited.add(e["protoPayload"]["requestMetadata"]["requestAttributes"]["id"])
+            token = body.get("nextPageToken", "")
+            if not token:
+                break
+        with ledger.lock:
+            missing = sorted(ledger.encrypt_ids - audited)
+        if missing:
+            problems.append(f"{len(missing)} acknowledged encrypts have no audit entry, e.g. {missing[:5]}")
     finally:
         client.close()
     return problems
