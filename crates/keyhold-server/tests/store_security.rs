@@ -484,13 +484,17 @@ async fn store_authorization_matrix() {
     let base = s.ok(Method::POST, &format!("{i}:export"), Some(json!({"destination": "base.archive"}))).await;
     std::fs::create_dir_all(s.export_dir().join("q")).unwrap();
     std::fs::copy(base["destination"].as_str().unwrap(), s.export_dir().join("q").join("fromp.archive")).unwrap();
+    // A finished operation of p's (cancelling it is refused for everyone allowed to try).
+    let (status, op) = s.call_raw(Method::POST, &format!("{i}/backups?backupId=opb"), Some(json!({}))).await;
+    let operation = common::operation_name(status, &op).unwrap_or_else(|| panic!("not an operation: {op}"));
+    assert_eq!(s.operation_result(Some(&s.token.clone()), &operation).await.0, 200);
 
     let table = include_str!("store_authz_matrix.tsv");
     let mut lines = table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
     let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
     let methods: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[0]).collect();
-    assert_eq!(methods.len(), 20, "every store method has a row");
+    assert_eq!(methods.len(), 23, "every store method has a row");
     let mut n = 0;
     let mut checked = 0;
     for (col, role) in header.iter().enumerate().skip(2) {
@@ -572,6 +576,9 @@ async fn store_authorization_matrix() {
                         s.ok(Method::POST, &format!("{i}/backups?backupId=db{n}"), Some(json!({}))).await;
                         (Method::DELETE, format!("{i}/backups/db{n}"), None)
                     }
+                    ("GetOperation", _) => (Method::GET, operation.clone(), None),
+                    ("ListOperations", _) => (Method::GET, format!("{}/operations", loc("p")), None),
+                    ("CancelOperation", _) => (Method::POST, format!("{operation}:cancel"), Some(json!({}))),
                     other => panic!("store_authz_matrix.tsv names an unknown method and scope {other:?}"),
                 };
                 let mut req = s.http.request(verb, format!("{}/{path}", s.base)).bearer_auth(&token);
