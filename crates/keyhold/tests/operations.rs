@@ -290,6 +290,37 @@ async fn the_cli_waits_for_an_operation_or_returns_at_once_with_async() {
     assert!(okay, "{err}");
     let (okay, _, err) = cli(dir.path(), port, &["store", "operations", "wait", name]);
     assert!(!okay && err.contains("CANCELLED"), "{err}");
+    // A plaintext export started with --async still says it is not encrypted.
+    let (okay, out, err) = cli(
+        dir.path(),
+        port,
+        &[
+            "store",
+            "instances",
+            "export",
+            "db",
+            "--location",
+            "global",
+            "--destination",
+            "p.archive",
+            "--allow-plaintext",
+            "--async",
+            "--format",
+            "json",
+        ],
+    );
+    assert!(okay, "{err}");
+    assert!(err.contains("WARNING: The archive is not encrypted"), "{err}");
+    let op: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(op["metadata"]["method"], "ExportInstance", "{op}");
+    let (okay, out, err) =
+        cli(dir.path(), port, &["store", "operations", "wait", op["name"].as_str().unwrap(), "--format", "json"]);
+    assert!(okay, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["encryptionInfo"]["encryptionType"],
+        "NO_ENCRYPTION",
+        "{out}"
+    );
     // Re-encryption stopped half-way leaves every object readable.
     let obj = common::http_client()
         .get(format!("http://127.0.0.1:{port}/v1/{INSTANCE}/objects/o39?alt=media"))

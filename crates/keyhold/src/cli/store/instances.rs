@@ -232,16 +232,23 @@ pub(super) async fn instances_export(ctx: &Ctx, c: &InstanceExport) -> Result<()
     }
     let body = export_body(destination, resolve_kms_key(&c.kms, &name)?, c.allow_plaintext);
     let answer = ctx.client.post(&format!("{}:export", name.path()), &[], &body).await?;
-    let Some(export) = complete(ctx, answer, &c.wait).await? else { return Ok(()) };
+    let plaintext_warning = || {
+        if c.allow_plaintext {
+            print_stderr("WARNING: The archive is not encrypted: anyone who can read the file can read its objects.");
+        }
+    };
+    let Some(export) = complete(ctx, answer, &c.wait).await? else {
+        // Started (--async): the warning holds as much as for a finished export.
+        plaintext_warning();
+        return Ok(());
+    };
     let written = text_at(&export, "destination");
     print_stderr(&format!(
         "Exported instance [{}] to [{}].",
         name.instance,
         if written.is_empty() { destination } else { &written }
     ));
-    if c.allow_plaintext {
-        print_stderr("WARNING: The archive is not encrypted: anyone who can read the file can read its objects.");
-    }
+    plaintext_warning();
     ctx.show(Kind::Other, &export)
 }
 
