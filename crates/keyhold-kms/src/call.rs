@@ -205,11 +205,7 @@ impl Gate {
     pub(crate) async fn finish<T>(&self, call: Call<'_>, result: Result<T, KmsError>) -> Result<T, KmsError> {
         let committed = call.committed.load(Ordering::Acquire) && result.is_ok();
         if !committed {
-            let entry = call.record(result.as_ref().map(|_| ()));
-            if let Err(e) = self.audit.record(entry).await {
-                tracing::error!(error = %e, "cannot write the audit log; refusing the request");
-                return Err(KmsError::Unavailable(e));
-            }
+            self.write(call.record(result.as_ref().map(|_| ()))).await?;
         }
         result
     }
@@ -295,11 +291,7 @@ impl Gate {
         if code == keyhold_api::Code::Ok && call.0.committed.load(Ordering::Acquire) {
             return Ok(());
         }
-        let entry = call.0.record_status(code.number(), message);
-        self.audit.record(entry).await.map_err(|e| {
-            tracing::error!(error = %e, "cannot write the audit log; refusing the request");
-            KmsError::Unavailable(e)
-        })
+        self.write(call.0.record_status(code.number(), message)).await
     }
 
     /// Records that a service call now runs on as long-running operation `operation`: its
@@ -316,6 +308,12 @@ impl Gate {
             op.first = true;
             op.last = false;
         }
+        self.write(entry).await
+    }
+
+    /// Writes `entry`; if it cannot be written the call fails: an unaudited answer is never
+    /// given.
+    async fn write(&self, entry: AuditRecord) -> Result<(), KmsError> {
         self.audit.record(entry).await.map_err(|e| {
             tracing::error!(error = %e, "cannot write the audit log; refusing the request");
             KmsError::Unavailable(e)

@@ -143,43 +143,28 @@ impl OperationRequest {
 
     /// `projects/P/locations/L` the operation is named under, and what it makes or changes.
     fn parent_and_target(&self) -> Result<(String, String), StoreError> {
-        let instance = |name: &str| -> Result<InstanceNameParts, StoreError> {
-            let n: keyhold_api::name::InstanceName = name.parse()?;
-            Ok(InstanceNameParts { parent: n.parent(), name: n.to_string() })
-        };
-        let location = |parent: &str| -> Result<String, StoreError> { Ok(parse_location(parent)?.to_string()) };
+        use keyhold_api::name::InstanceName;
         Ok(match self {
-            OperationRequest::CreateBackup { instance: i, backup_id, .. } => {
-                let i = instance(i)?;
-                (i.parent, format!("{}/backups/{backup_id}", i.name))
+            OperationRequest::CreateBackup { instance, backup_id, .. } => {
+                let i: InstanceName = instance.parse()?;
+                (i.parent(), format!("{i}/backups/{backup_id}"))
             }
-            OperationRequest::CloneInstance { instance: i, request } => {
-                let i = instance(i)?;
-                let target = format!("{}/instances/{}", i.parent, request.destination_instance_id);
-                (i.parent, target)
+            OperationRequest::CloneInstance { instance, request } => {
+                let i: InstanceName = instance.parse()?;
+                (i.parent(), format!("{}/instances/{}", i.parent(), request.destination_instance_id))
             }
-            OperationRequest::ExportInstance { instance: i, .. }
-            | OperationRequest::ReencryptInstance { instance: i } => {
-                let i = instance(i)?;
-                (i.parent, i.name)
+            OperationRequest::ExportInstance { instance, .. } | OperationRequest::ReencryptInstance { instance } => {
+                let i: InstanceName = instance.parse()?;
+                (i.parent(), i.to_string())
             }
-            OperationRequest::RestoreInstance { parent, request } => {
-                let parent = location(parent)?;
-                let target = format!("{parent}/instances/{}", request.instance_id);
-                (parent, target)
-            }
-            OperationRequest::ImportInstance { parent, request } => {
-                let parent = location(parent)?;
-                let target = format!("{parent}/instances/{}", request.instance_id);
+            OperationRequest::RestoreInstance { parent, request: RestoreInstanceRequest { instance_id, .. } }
+            | OperationRequest::ImportInstance { parent, request: ImportInstanceRequest { instance_id, .. } } => {
+                let parent = parse_location(parent)?.to_string();
+                let target = format!("{parent}/instances/{instance_id}");
                 (parent, target)
             }
         })
     }
-}
-
-struct InstanceNameParts {
-    parent: String,
-    name: String,
 }
 
 /// The caller an operation runs as, kept to resume it.

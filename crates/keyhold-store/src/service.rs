@@ -312,39 +312,44 @@ impl Store {
     /// Apart, so that a long cleanup never delays this node's own heartbeat (it would then
     /// look dead to the others).
     fn spawn_heartbeat(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(store) = weak.upgrade() else { return };
-                match store.repo.heartbeat(&store.node, Timestamp::now(), ago(FORGET_NODES_AFTER)).await {
-                    Ok(()) => store.liveness.beat(),
-                    Err(e) => tracing::warn!(error = %e, "store: cannot record this node's heartbeat"),
-                }
+        self.every(HEARTBEAT_PERIOD, |store| async move {
+            match store.repo.heartbeat(&store.node, Timestamp::now(), ago(FORGET_NODES_AFTER)).await {
+                Ok(()) => store.liveness.beat(),
+                Err(e) => tracing::warn!(error = %e, "store: cannot record this node's heartbeat"),
             }
         });
+        self.every(HEARTBEAT_PERIOD, |store| async move {
+            if !store.repo.single_process() {
+                // What a dead node left is deleted long before its operations are run again
+                // (OPERATION_TAKEOVER_AFTER against NODE_LEASE).
+                if let Err(e) = store.clean_orphans(ago(NODE_LEASE), ago(OWNERLESS_AGE)).await {
+                    tracing::warn!(error = %e, "store: cannot clean up after a node that died");
+                }
+                if let Err(e) = store.resume_operations(ago(OPERATION_TAKEOVER_AFTER)).await {
+                    tracing::warn!(error = %e, "store: cannot take over the operations of a node that died");
+                }
+            }
+            if let Err(e) = store.repo.prune_operations(ago(crate::operations::KEEP_FINISHED)).await {
+                tracing::warn!(error = %e, "store: cannot delete old finished operations");
+            }
+        });
+    }
+
+    /// Runs `tick` every `period` (the first at once; a late one delays the next) until the
+    /// store is dropped.
+    fn every<F, Fut>(self: &Arc<Self>, period: Duration, tick: F)
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(HEARTBEAT_PERIOD);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                interval.tick().await;
                 let Some(store) = weak.upgrade() else { return };
-                if !store.repo.single_process() {
-                    // What a dead node left is deleted long before its operations are run
-                    // again (OPERATION_TAKEOVER_AFTER against NODE_LEASE).
-                    if let Err(e) = store.clean_orphans(ago(NODE_LEASE), ago(OWNERLESS_AGE)).await {
-                        tracing::warn!(error = %e, "store: cannot clean up after a node that died");
-                    }
-                    if let Err(e) = store.resume_operations(ago(OPERATION_TAKEOVER_AFTER)).await {
-                        tracing::warn!(error = %e, "store: cannot take over the operations of a node that died");
-                    }
-                }
-                if let Err(e) = store.repo.prune_operations(ago(crate::operations::KEEP_FINISHED)).await {
-                    tracing::warn!(error = %e, "store: cannot delete old finished operations");
-                }
+                tick(store).await;
             }
         });
     }
