@@ -187,7 +187,7 @@ class ReportTest(unittest.TestCase):
 
     def test_durability_goals_to_nginx(self):
         rows = {}
-        for storage, enc, dec in (("file", 24000.0, 26000.0), ("memory", 31000.0, 29000.0)):
+        for storage, enc, dec in (("file", 24000.0, 26000.0), ("journal", 27000.0, 25500.0), ("memory", 31000.0, 29000.0)):
             for c in (1, 64):
                 rows[f"{storage}-health-c{c}"] = wrk_row(40000.0)
                 rows[f"{storage}-nginx-c{c}"] = wrk_row(50000.0)
@@ -199,7 +199,10 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| file | 1 | nginx | 50000 | 1.00 ms | 2.00 ms | 1.25 | 1.00 |", text)
         self.assertIn("| file | 1 | health check | 40000 | 1.00 ms | 2.00 ms | 1.00 | 0.80 |", text)
         self.assertIn("- default server (SQLite file) ≥ 0.50: `:encrypt` 0.48, **missed**; `:decrypt` 0.52, met;", text)
+        self.assertIn("- `--audit-sync 100ms` ≥ 0.50: `:encrypt` 0.54, met; `:decrypt` 0.51, met;", text)
         self.assertIn("- `--in-memory` ≥ 0.60: `:encrypt` 0.62, met; `:decrypt` 0.58, **missed**.", text)
+        self.assertIn("| journal | 64 | `:decrypt` | 25500 |", text)
+        self.assertIn("Goal: p99 at one connection < 1 ms:\n- file: `:encrypt` 2.00 ms, **missed**", text)
 
 
 if __name__ == "__main__":

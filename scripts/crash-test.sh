@@ -5,7 +5,7 @@
 # `keyhold audit verify` is clean (tests/crash/crash_run.py does the work).
 #
 #   scripts/crash-test.sh [--rounds N] [--backend sqlite|postgres|both] [--release]
-#                         [--max-load SECONDS]
+#                         [--max-load SECONDS] [--audit-sync strict|INTERVAL]
 #
 # Defaults: 10 rounds on both backends, the debug binary, a kill 1 to 4 s into each round's
 # load. PostgreSQL: uses KEYHOLD_TEST_POSTGRES_URL when set (a fresh database is created from
@@ -26,6 +26,7 @@ while [ "$#" -gt 0 ]; do
         --backend) backend="$2"; shift 2 ;;
         --release) profile=release; shift ;;
         --max-load) extra+=(--max-load "$2"); shift 2 ;;
+        --audit-sync) extra+=(--audit-sync "$2"); shift 2 ;;
         -h | --help) sed -n '2,/^$/p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "crash-test.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac

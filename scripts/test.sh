@@ -397,7 +397,7 @@ if [ "$mode" = all ] || [ "$mode" = rust ]; then
     section "Rust tests"
     if run_rust_tests; then note "Rust tests passed"; else failed+=("Rust tests"); fi
 
-    section "Crash test: kill -9 under 32-way mixed load, 3 rounds on SQLite and 2 on PostgreSQL"
+    section "Crash test: kill -9 under 32-way mixed load, 3 rounds on SQLite, 2 on PostgreSQL, 2 with the audit journal"
     # scripts/crash-test.sh (docs/operations.md, "Fuzzing and the crash test"): every
     # acknowledged key, version, ciphertext, policy and object must survive each kill, no
     # object may be torn, and the audit chain must verify. The fuzz targets' bounded run is
@@ -405,6 +405,8 @@ if [ "$mode" = all ] || [ "$mode" = rust ]; then
     crash_ok=true
     scripts/crash-test.sh --rounds 3 --backend sqlite || crash_ok=false
     scripts/crash-test.sh --rounds 2 --backend postgres || crash_ok=false
+    # The same with the audit journal (--audit-sync): acknowledged entries survive the kill.
+    scripts/crash-test.sh --rounds 2 --backend both --audit-sync 100ms || crash_ok=false
     if "$crash_ok"; then note "crash test passed: nothing acknowledged was lost"; else failed+=("Crash test"); fi
 
     section "Benchmark suite, smoke mode (every scenario runs and yields numbers; no speed is asserted)"

@@ -18,6 +18,8 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod journal;
+
 use keyhold_api::wire::Timestamp;
 use serde::{Deserialize, Serialize};
 

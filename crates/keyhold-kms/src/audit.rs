@@ -24,18 +24,23 @@ use tokio::sync::{mpsc, oneshot};
 
 use keyhold_iam::{Caller, role};
 
+use crate::audit_journal::{AuditJournalConfig, JournalProgress};
 use crate::error::KmsError;
 use crate::repo::{AuditPosition, AuditQuery, KmsRepository, RepoError};
 
-type Pending = (AuditRecord, oneshot::Sender<Result<(), RepoError>>);
+/// An entry and the request waiting for it to be recorded.
+pub(crate) type Pending = (AuditRecord, oneshot::Sender<Result<(), RepoError>>);
 
 /// Most entries one group commit writes.
 const MAX_BATCH: usize = 512;
 
-/// Appends entries in batches: every request waiting at the same moment shares one commit.
+/// Appends entries in batches: every request waiting at the same moment shares one commit
+/// (or, with a journal, one write: see [`crate::audit_journal`]).
 #[derive(Debug, Clone)]
 pub struct AuditWriter {
     tx: mpsc::UnboundedSender<Pending>,
+    /// With a journal: how far entries are written and in the log.
+    journal: Option<Arc<JournalProgress>>,
 }
 
 impl AuditWriter {
@@ -65,10 +70,45 @@ impl AuditWriter {
                 }
             }
         });
-        Self { tx }
+        Self { tx, journal: None }
     }
 
-    /// Records `entry`; returns once it is durable.
+    /// Starts a writer that answers once an entry is in the journal of `config` (after moving
+    /// into the log whatever a previous run left there).
+    /// With no interval in `config` (strict), the writer is [`AuditWriter::start`]'s, once
+    /// whatever a journaled run left in the directory is in the log.
+    pub async fn start_journaled(
+        store: Arc<dyn KmsRepository>,
+        config: &AuditJournalConfig,
+    ) -> Result<Self, RepoError> {
+        let Some(interval) = config.sync_interval else {
+            crate::audit_journal::drain(store.as_ref(), &config.dir).await?;
+            return Ok(Self::start(store));
+        };
+        let (tx, progress) = crate::audit_journal::start(store, &config.dir, interval).await?;
+        Ok(Self { tx, journal: Some(progress) })
+    }
+
+    /// At shutdown, once no request is in flight: with a journal, waits for the log to take
+    /// every entry written and fsyncs the journal (nothing to do without one).
+    pub async fn finish(&self) -> Result<(), RepoError> {
+        match &self.journal {
+            Some(journal) => journal.finish().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every entry recorded before the call is in the audit log, so that a read of
+    /// the log shows the reader's own requests (at once without a journal).
+    pub async fn settle(&self) -> Result<(), RepoError> {
+        match &self.journal {
+            Some(journal) => journal.settle().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Records `entry`; returns once it is durable (with a journal: in the journal, see
+    /// [`crate::audit_journal`] for what that means).
     pub async fn record(&self, entry: AuditRecord) -> Result<(), RepoError> {
         let (done, wait) = oneshot::channel();
         self.tx.send((entry, done)).map_err(|_| RepoError::Unavailable("the audit writer has stopped".into()))?;

@@ -57,6 +57,11 @@ pub struct KmsConfig {
     pub backends: KeyBackends,
     /// Per-project request quotas (hardening issue 15); off by default.
     pub quotas: crate::quota::QuotaConfig,
+    /// `None`: no journal (in memory); a request is answered once its audit entry is
+    /// committed. `Some`: where the node's journal is; with an interval, entries of reads and
+    /// cryptographic calls go through it ([`crate::audit_journal`]), without one (strict) it is
+    /// only emptied at start.
+    pub audit_journal: Option<crate::audit_journal::AuditJournalConfig>,
 }
 
 impl Default for KmsConfig {
@@ -75,6 +80,7 @@ impl Default for KmsConfig {
             default_token_ttl: ProtoDuration::from_secs(90 * DAY),
             backends: KeyBackends::default(),
             quotas: crate::quota::QuotaConfig::default(),
+            audit_journal: None,
         }
     }
 }

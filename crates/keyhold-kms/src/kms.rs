@@ -91,12 +91,13 @@ impl Kms {
         let config = Arc::new(config);
         let events = EventBus::default();
         let authz = Arc::new(Authorizer::new(store.clone(), clock.clone()));
-        let gate = Gate::new(
-            authz.clone(),
-            Quotas::new(config.quotas.clone()),
-            AuditWriter::start(store.clone()),
-            clock.clone(),
-        );
+        let audit = match &config.audit_journal {
+            None => AuditWriter::start(store.clone()),
+            Some(journal) => {
+                AuditWriter::start_journaled(store.clone(), journal).await.map_err(StartupError::AuditJournal)?
+            }
+        };
+        let gate = Gate::new(authz.clone(), Quotas::new(config.quotas.clone()), audit, clock.clone());
         let backends = Backends::new(root, &config.backends);
         let keys = Arc::new(Keys::new(store.clone(), clock.clone(), config.clone(), backends, events.clone()));
         Ok(Self {
@@ -722,13 +723,22 @@ impl Kms {
                     .authz
                     .has_permission(principal, caller.anonymous, role::PRIVATE_LOG_ENTRIES_LIST, &resource)
                     .await?;
+                // The entries written before this read (the caller's own included) first.
+                self.gate.audit.settle().await?;
                 audit::read_page(self.repo.as_ref(), project, &resource, private, q).await
             })
             .await
     }
 
+    /// At shutdown, once no request is in flight: the audit journal's entries into the log and
+    /// the journal fsynced (see [`AuditWriter::finish`]).
+    pub async fn finish_audit(&self) -> Result<(), KmsError> {
+        self.gate.audit.finish().await.map_err(Into::into)
+    }
+
     /// Verifies the whole chain, reading it in pages.
     pub async fn verify_audit_chain(&self) -> Result<ChainVerdict, KmsError> {
+        self.gate.audit.settle().await?;
         audit::verify_store_chain(self.repo.as_ref()).await.map_err(Into::into)
     }
 
@@ -891,6 +901,9 @@ pub enum StartupError {
     /// The database refused.
     #[error("cannot open the KMS store: {0}")]
     Store(#[source] RepoError),
+    /// The audit journal (`--audit-sync`) cannot be opened or replayed.
+    #[error("cannot open the audit journal: {0}")]
+    AuditJournal(#[source] RepoError),
     /// The store's keys were sealed by a different root key.
     #[error(
         "this database was sealed with the root key whose fingerprint is {stored}, but the root key given has fingerprint {given}; start with the root key the data was created with (see docs/operations.md)"

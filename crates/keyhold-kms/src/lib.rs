@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod audit;
+pub mod audit_journal;
 mod authz;
 pub mod backend;
 pub mod cache;

@@ -99,6 +99,17 @@ pub fn open_lock_file(path: &Path) -> io::Result<std::fs::File> {
     Ok(f)
 }
 
+/// Opens `path` for appending, creating it 0600 if missing (tightened if loose).
+pub fn open_append_file(path: &Path) -> io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, FILE_MODE);
+    let f = opts.open(path)?;
+    set_file_mode(&f, FILE_MODE)?;
+    Ok(f)
+}
+
 /// Opens `path` for writing as a new file, 0600, failing if it exists (never a file left
 /// behind, whose mode or symlink target could be anyone's).
 pub fn create_new_file(path: &Path) -> io::Result<std::fs::File> {

@@ -254,6 +254,17 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
 
     /// Appends entries to the chain, in order, in one transaction.
     async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), RepoError>;
+    /// Appends entries moved from this node's audit journal `journal` (see
+    /// `keyhold_audit::journal`) and records, in the same transaction, that its entries up to
+    /// number `through` are in the log: a replay after a crash appends exactly the rest.
+    async fn append_journaled_audit(
+        &self,
+        entries: &[AuditRecord],
+        journal: &str,
+        through: i64,
+    ) -> Result<(), RepoError>;
+    /// How far journal `journal` has been appended (0: not at all).
+    async fn audit_journal_through(&self, journal: &str) -> Result<i64, RepoError>;
     /// Entries matching `query` with their positions (the stored time and `seq` that page tokens
     /// continue from), in [`AuditPosition`] order (descending if `query.descending`).
     /// Every filter is answered from an index (see `docs/operations.md`), so the cost follows

@@ -648,6 +648,33 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows, kept))).await
     }
 
+    async fn append_journaled_audit(
+        &self,
+        entries: &[AuditRecord],
+        journal: &str,
+        through: i64,
+    ) -> Result<(), RepoError> {
+        let rows = entries.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
+        let tx = self.backend.begin().await?;
+        let kept = self.audit_kept;
+        let mark = vec![Value::Text(journal.to_string()), Value::Int(through)];
+        tx.query_then_commit(
+            LOCK_AUDIT_HEAD,
+            vec![],
+            Box::new(move |head| {
+                let mut statements = chain_statements(&head, rows, kept)?;
+                statements.push((SET_JOURNAL_MARK, mark));
+                Ok(statements)
+            }),
+        )
+        .await
+    }
+
+    async fn audit_journal_through(&self, journal: &str) -> Result<i64, RepoError> {
+        let rows = self.read_rows(GET_JOURNAL_MARK, vec![Value::Text(journal.to_string())]).await?;
+        rows.first().map_or(Ok(0), |row| row[0].int())
+    }
+
     async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<(AuditPosition, StoredAuditEntry)>, RepoError> {
         // One statement per kind and resource match, each an index range in order (see
         // `AuditRead`); their pages are merged here.

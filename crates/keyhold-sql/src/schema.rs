@@ -277,6 +277,16 @@ CREATE INDEX IF NOT EXISTS store_operations_running ON store_operations (done, n
 CREATE INDEX IF NOT EXISTS store_operations_by_end ON store_operations (done, end_nanos);
 ";
 
+/// How far each node's audit journal (`--audit-sync INTERVAL`) has been moved into the audit
+/// log: entries `1..=ingested_through` of `journal` are in `audit_log`, committed with this row,
+/// so that a replay after a crash appends exactly the rest. Additive, so no version bump.
+const DDL_AUDIT_JOURNALS: &str = "
+CREATE TABLE IF NOT EXISTS audit_journals (
+    journal          TEXT PRIMARY KEY,
+    ingested_through BIGINT NOT NULL
+);
+";
+
 /// The audit log's read indexes (added to version 4's schema without a version change: they
 /// are only created and dropped). Every audit read has a `kind` and a time
 /// range and is ordered by (time, seq); each index ends in those columns after the equality it
@@ -330,13 +340,14 @@ pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
     let blob = dialect.blob_type();
     let indexes = if audit_read_indexes { DDL_AUDIT_INDEXES } else { "DROP INDEX IF EXISTS audit_by_project;" };
     format!(
-        "{}{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}{}",
         DDL_V1.replace("{blob}", blob),
         DDL_V2,
         DDL_V3.replace("{blob}", blob),
         DDL_V4,
         DDL_V5_OWNERS,
         DDL_OPERATIONS,
+        DDL_AUDIT_JOURNALS,
         indexes.replace("{bytes}", dialect.bytes_collation()),
     )
 }
@@ -434,6 +445,10 @@ pub(crate) const SERVICE_IDENTITY_BY_EMAIL: &str = "SELECT project_id, service, 
 pub(crate) const LOCK_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash";
 pub(crate) const GET_AUDIT_HEAD: &str = "SELECT seq, hash FROM audit_head WHERE id = 1";
 pub(crate) const SET_AUDIT_HEAD: &str = "UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1";
+/// Records how far a node's audit journal is in the log (in the transaction that appends it).
+pub(crate) const SET_JOURNAL_MARK: &str = "INSERT INTO audit_journals (journal, ingested_through) VALUES ($1, $2) \
+    ON CONFLICT (journal) DO UPDATE SET ingested_through = excluded.ingested_through";
+pub(crate) const GET_JOURNAL_MARK: &str = "SELECT ingested_through FROM audit_journals WHERE journal = $1";
 pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
     (seq, time_nanos, project, principal, method, resource, kind, entry, prev_hash, hash) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";

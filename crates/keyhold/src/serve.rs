@@ -188,9 +188,47 @@ pub struct ServeArgs {
     /// keys are in steady use than fit.
     #[arg(long, value_name = "MIB", default_value_t = 64, env = "KEYHOLD_KEY_CACHE_MB")]
     pub key_cache_mb: u64,
+    /// How the audit entries of reads, cryptographic calls and refusals are made durable.
+    /// `strict` (the default): a request is answered once its entry is committed to the
+    /// database. An interval such as `100ms` (1ms to 10s): once its entry is in this node's
+    /// journal (DATA_DIR/audit-journal), which is fsynced every interval and moved into the
+    /// log behind the requests: a killed process loses nothing, a power loss at most the last
+    /// interval's entries. Entries of changes always commit with their change. See
+    /// docs/operations.md, "Audit durability".
+    #[arg(long, value_name = "strict|INTERVAL", default_value = "strict", value_parser = AuditSync::parse, env = "KEYHOLD_AUDIT_SYNC")]
+    pub audit_sync: AuditSync,
     /// Limits of the public listener (issue 15, finding 3).
     #[command(flatten)]
     pub listener: crate::listen::ListenerArgs,
+}
+
+/// The audit journal's directory inside the data directory.
+const AUDIT_JOURNAL_DIR: &str = "audit-journal";
+
+/// `--audit-sync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditSync {
+    /// Answer once the entry is committed.
+    Strict,
+    /// Answer once the entry is in the journal, fsynced this often.
+    Interval(std::time::Duration),
+}
+
+impl AuditSync {
+    fn parse(s: &str) -> Result<Self, String> {
+        if s == "strict" {
+            return Ok(AuditSync::Strict);
+        }
+        let interval = match s.strip_suffix("ms") {
+            Some(ms) => ms.parse::<u64>().ok().map(std::time::Duration::from_millis),
+            None => ProtoDuration::parse(s).map(ProtoDuration::to_std),
+        }
+        .ok_or_else(|| format!("\"{s}\" is neither strict nor an interval like 100ms or 0.5s"))?;
+        if !(std::time::Duration::from_millis(1)..=std::time::Duration::from_secs(10)).contains(&interval) {
+            return Err(format!("the interval must be between 1ms and 10s, not {s}"));
+        }
+        Ok(AuditSync::Interval(interval))
+    }
 }
 
 /// The quota settings of `keyhold serve`'s flags.
@@ -356,6 +394,25 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         min_destroy_scheduled_duration: args.min_destroy_scheduled_duration,
         min_rotation_period: args.min_rotation_period,
         key_cache_bytes: args.key_cache_mb.saturating_mul(1024 * 1024),
+        audit_journal: match args.audit_sync {
+            AuditSync::Strict if args.in_memory => None,
+            AuditSync::Interval(_) if args.in_memory => {
+                return Err(
+                    "--audit-sync INTERVAL needs a data directory for its journal; an in-memory server's audit log \
+                            lives in memory (leave --audit-sync at strict)"
+                        .into(),
+                );
+            }
+            // Strict still empties a journal a journaled run left behind.
+            AuditSync::Strict => Some(keyhold_kms::audit_journal::AuditJournalConfig {
+                dir: args.data_dir.join(AUDIT_JOURNAL_DIR),
+                sync_interval: None,
+            }),
+            AuditSync::Interval(interval) => Some(keyhold_kms::audit_journal::AuditJournalConfig {
+                dir: args.data_dir.join(AUDIT_JOURNAL_DIR),
+                sync_interval: Some(interval),
+            }),
+        },
         ..KmsConfig::default()
     };
     let kms = Arc::new(Kms::new(opened.kms.clone(), root, config, Arc::new(SystemClock)).await?);
@@ -414,7 +471,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     if let Err(e) = store.reconcile_all_exports().await {
         tracing::warn!(error = %e, "store: cannot reconcile the export registry");
     }
-    let state = keyhold_server::AppState { kms, store: Some(store) };
+    let state = keyhold_server::AppState { kms: kms.clone(), store: Some(store) };
     let limits = args.listener.limits();
     // gRPC on the same port (issue 17): its messages bounded like REST bodies.
     let max_message = usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX);
@@ -426,6 +483,10 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("shutting down: finishing in-flight requests");
     })
     .await?;
+    // No request is in flight now: the journal's entries into the log, the journal fsynced.
+    if let Err(e) = kms.finish_audit().await {
+        tracing::error!(error = %e, "audit journal: not every entry reached the log before the stop; the next start moves the rest");
+    }
     let _ = stop_tx.send(true);
     let _ = background.await;
     if args.in_memory && args.owner_token_file.is_none() {
