@@ -8,13 +8,15 @@
 #   bash bench/grpc-load.sh            # 10 s per scenario
 #   DURATION=5 bash bench/grpc-load.sh # seconds
 #   TLS=1 bash bench/grpc-load.sh      # over TLS (a development certificate; h2load does not verify it)
+#   SERVE_FLAGS="--audit-sync 100ms" bash bench/grpc-load.sh   # extra `keyhold serve` flags
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}; DURATION=${DURATION%s}
 source bench/lib.sh
 need_tools h2load:nghttp2-client curl
 cargo build --release -p keyhold -q
-start_encrypt_server target/release/keyhold
+# shellcheck disable=SC2086 # SERVE_FLAGS is a list of flags
+start_encrypt_server target/release/keyhold ${SERVE_FLAGS:-}
 BASE=${HEALTH%/healthz}
 KEY=projects/bench/locations/global/keyRings/r/cryptoKeys/k
 BODIES=$(mktemp -d); trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA" "$BODIES"' EXIT
