@@ -8,7 +8,7 @@
 //! A journal is a directory of segments. A segment is
 //!
 //! ```text
-//! "keyhold-audit-journal/1\n"                      the version line
+//! "keyhold-audit-journal/1 " NAME "\n"              the version line and the journal's name
 //! frame*                                           each:
 //!     len   u32 little-endian                      length of `entry`
 //!     crc   u32 little-endian                      CRC-32C of `seq` and `entry`
@@ -16,15 +16,42 @@
 //!     entry `len` bytes                            the [`AuditRecord`] as JSON
 //! ```
 //!
-//! Numbers rise by one from frame to frame and across segments. A process killed in the middle
-//! of an append leaves a torn last frame: [`read_segment`] returns the frames before it and says
-//! where and why it stopped, and the writer never appends after a defect (it starts a new
-//! segment).
+//! NAME (1 to 64 of `0-9 a-z -`) is the writing process's own, drawn at its start: the log
+//! records, per name, how far that journal is in it, so that two processes never share a mark
+//! (not even two nodes started from copies of one data directory). Numbers rise by one from
+//! frame to frame and across segments. A process killed in the middle of an append leaves a torn
+//! last frame: [`read_segment`] returns the frames before it and says where and why it stopped,
+//! and the writer never appends after a defect (it starts a new segment).
 
 use crate::AuditRecord;
 
-/// The first line of every segment: the format and its version.
-pub const SEGMENT_HEADER: &[u8] = b"keyhold-audit-journal/1\n";
+/// The first line of every segment begins so (the format and its version), then the journal's
+/// name and a newline ([`segment_header`]).
+pub const SEGMENT_MAGIC: &[u8] = b"keyhold-audit-journal/1 ";
+/// The longest journal name.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// Whether `name` can name a journal: 1 to [`MAX_NAME_BYTES`] of `0-9 a-z -`.
+pub fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_BYTES).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-')
+}
+
+/// The first line of a segment of journal `name` (a name that is not [`valid_name`] is refused).
+pub fn segment_header(name: &str) -> Option<Vec<u8>> {
+    valid_name(name).then(|| [SEGMENT_MAGIC, name.as_bytes(), b"\n"].concat())
+}
+
+/// Whether `bytes` is the beginning of a version line cut short (a process killed while it
+/// created the segment), as opposed to something else.
+pub fn is_cut_header(bytes: &[u8]) -> bool {
+    if bytes.len() <= SEGMENT_MAGIC.len() {
+        return SEGMENT_MAGIC.starts_with(bytes);
+    }
+    bytes.starts_with(SEGMENT_MAGIC)
+        && bytes.len() - SEGMENT_MAGIC.len() <= MAX_NAME_BYTES
+        && bytes[SEGMENT_MAGIC.len()..].iter().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || *b == b'-')
+}
 /// The largest entry a frame may hold (an entry is a few hundred bytes; anything near this is
 /// damage, not an entry).
 pub const MAX_ENTRY_BYTES: usize = 1 << 20;
@@ -64,8 +91,8 @@ fn frame_crc(seq: u64, entry_json: &[u8]) -> u32 {
 /// Why [`read_segment`] stopped before the end of a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SegmentDefect {
-    /// The segment does not begin with [`SEGMENT_HEADER`] (another format or version, or a
-    /// file cut inside its first line).
+    /// The segment does not begin with a version line of this format naming a journal
+    /// (another format or version, or a file cut inside its first line).
     Header,
     /// The last frame is cut short at this offset: a write the process did not finish.
     Torn {
@@ -92,9 +119,12 @@ impl std::fmt::Display for SegmentDefect {
     }
 }
 
-/// A segment read back: its entries in order, and why reading stopped early, if it did.
+/// A segment read back: its journal, its entries in order, and why reading stopped early, if
+/// it did.
 #[derive(Debug, Default)]
 pub struct Segment {
+    /// The journal's name ("" when the version line is missing or damaged).
+    pub journal: String,
     /// `(seq, entry)` of every whole frame before the first defect.
     pub entries: Vec<(u64, AuditRecord)>,
     /// What ended the read before the end of the bytes.
@@ -105,12 +135,18 @@ pub struct Segment {
 /// (`None`: whatever the first frame says).
 pub fn read_segment(bytes: &[u8], first_seq: Option<u64>) -> Segment {
     let mut segment = Segment::default();
-    let Some(mut rest) = bytes.strip_prefix(SEGMENT_HEADER) else {
+    let header = bytes.strip_prefix(SEGMENT_MAGIC).and_then(|after| {
+        let end = after.iter().take(MAX_NAME_BYTES + 1).position(|b| *b == b'\n')?;
+        let name = std::str::from_utf8(&after[..end]).ok().filter(|n| valid_name(n))?;
+        Some((name.to_string(), &after[end + 1..]))
+    });
+    let Some((journal, mut rest)) = header else {
         segment.defect = Some(SegmentDefect::Header);
         return segment;
     };
+    let mut offset = bytes.len() - rest.len();
+    segment.journal = journal;
     let mut expected = first_seq;
-    let mut offset = SEGMENT_HEADER.len();
     while !rest.is_empty() {
         let corrupt = |reason: String| Some(SegmentDefect::Corrupt { offset, reason });
         if rest.len() < FRAME_HEADER_BYTES {
@@ -191,8 +227,10 @@ mod tests {
         }
     }
 
+    const HEADER_LEN: usize = SEGMENT_MAGIC.len() + 4;
+
     fn segment(first: u64, methods: &[&str]) -> Vec<u8> {
-        let mut out = SEGMENT_HEADER.to_vec();
+        let mut out = segment_header("j-1").unwrap();
         for (i, m) in methods.iter().enumerate() {
             encode_frame(&mut out, first + i as u64, &serde_json::to_vec(&record(m)).unwrap()).unwrap();
         }
@@ -207,13 +245,13 @@ mod tests {
         let got: Vec<_> = read.entries.iter().map(|(s, r)| (*s, r.method.as_str())).collect();
         assert_eq!(got, [(7, "Encrypt"), (8, "Decrypt"), (9, "GetCryptoKey")]);
         assert_eq!(read.entries[0].1, record("Encrypt"));
+        assert_eq!(read.journal, "j-1");
     }
 
     #[test]
     fn a_cut_at_every_byte_of_the_last_frame_keeps_the_whole_frames() {
         let whole = segment(1, &["Encrypt", "Decrypt"]);
-        let first_end =
-            SEGMENT_HEADER.len() + FRAME_HEADER_BYTES + serde_json::to_vec(&record("Encrypt")).unwrap().len();
+        let first_end = HEADER_LEN + FRAME_HEADER_BYTES + serde_json::to_vec(&record("Encrypt")).unwrap().len();
         for cut in first_end + 1..whole.len() {
             let read = read_segment(&whole[..cut], Some(1));
             assert_eq!(read.entries.len(), 1, "cut at {cut}");
@@ -225,7 +263,7 @@ mod tests {
     #[test]
     fn damage_stops_the_read_at_the_damaged_frame() {
         let whole = segment(1, &["Encrypt", "Decrypt", "Encrypt"]);
-        let second = SEGMENT_HEADER.len() + FRAME_HEADER_BYTES + serde_json::to_vec(&record("Encrypt")).unwrap().len();
+        let second = HEADER_LEN + FRAME_HEADER_BYTES + serde_json::to_vec(&record("Encrypt")).unwrap().len();
         // A flipped bit in the second entry.
         let mut flipped = whole.clone();
         flipped[second + FRAME_HEADER_BYTES + 3] ^= 0x20;
@@ -238,10 +276,12 @@ mod tests {
         assert!(matches!(read_segment(&long, Some(1)).defect, Some(SegmentDefect::Corrupt { .. })));
         // Out of sequence.
         assert!(
-            matches!(read_segment(&whole, Some(2)).defect, Some(SegmentDefect::Corrupt { offset, .. }) if offset == SEGMENT_HEADER.len())
+            matches!(read_segment(&whole, Some(2)).defect, Some(SegmentDefect::Corrupt { offset, .. }) if offset == HEADER_LEN)
         );
         // Not a journal.
-        assert_eq!(read_segment(b"keyhold-audit-journal/2\n", None).defect, Some(SegmentDefect::Header));
+        assert_eq!(read_segment(b"keyhold-audit-journal/2 j-1\n", None).defect, Some(SegmentDefect::Header));
+        assert_eq!(read_segment(b"keyhold-audit-journal/1 J\n", None).defect, Some(SegmentDefect::Header));
+        assert_eq!(read_segment(b"keyhold-audit-journal/1 \n", None).defect, Some(SegmentDefect::Header));
         assert_eq!(read_segment(b"", None).defect, Some(SegmentDefect::Header));
     }
 
@@ -255,6 +295,20 @@ mod tests {
         assert!(out.is_empty());
         assert_eq!(encode_frame(&mut out, 1, b"{}"), Ok(()));
         assert_eq!(out.len(), FRAME_HEADER_BYTES + 2);
+    }
+
+    #[test]
+    fn journal_names_and_cut_version_lines() {
+        assert!(valid_name("0a-f") && !valid_name("") && !valid_name("A") && !valid_name(&"a".repeat(65)));
+        assert_eq!(segment_header("x/y"), None);
+        let header = segment_header("abc").unwrap();
+        assert_eq!(read_segment(&header, None).journal, "abc");
+        for cut in 0..header.len() {
+            assert!(is_cut_header(&header[..cut]), "cut at {cut}");
+            assert_eq!(read_segment(&header[..cut], None).defect, Some(SegmentDefect::Header));
+        }
+        assert!(!is_cut_header(b"keyhold-audit-journal/2"));
+        assert!(!is_cut_header(b"something else entirely"));
     }
 
     #[test]

@@ -33,7 +33,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyhold_audit::journal::{
-    SEGMENT_HEADER, SegmentDefect, encode_frame, parse_segment_file_name, read_segment, segment_file_name,
+    SegmentDefect, encode_frame, is_cut_header, parse_segment_file_name, read_segment, segment_file_name,
+    segment_header,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -67,8 +68,6 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Failed attempts at a batch, with the database answering, before its entries are tried one
 /// at a time (and those refused on their own set aside).
 const REFUSALS_BEFORE_SINGLES: u32 = 3;
-/// The journal's name in the database, created with the directory.
-const ID_FILE: &str = "ID";
 /// Held (flock) while a server uses the directory.
 const LOCK_FILE: &str = "LOCK";
 /// Entries the database refused on their own, one JSON object a line.
@@ -112,10 +111,14 @@ impl JournalProgress {
 /// What the writer thread owns besides its channel.
 struct Segments {
     dir: PathBuf,
+    /// This process's journal name, in every segment's version line.
+    name: String,
     /// The open segment: its first entry's number, its file and how many bytes it holds.
     first: u64,
     file: std::fs::File,
     len: u64,
+    /// The length of its version line.
+    header_len: u64,
     /// After a failed write that could not be undone: start a new segment before the next
     /// (never append after damage).
     broken: bool,
@@ -128,18 +131,19 @@ fn io_error(what: &str, path: &Path, e: std::io::Error) -> RepoError {
     RepoError::Unavailable(format!("audit journal: cannot {what} {}: {e}", path.display()))
 }
 
-/// Creates segment `first` (0600, its version line written and fsynced, the directory too);
-/// on failure nothing is left behind, so that a retry can create it.
-fn create_segment(dir: &Path, first: u64) -> Result<std::fs::File, RepoError> {
+/// Creates segment `first` of journal `name` (0600, its version line written and fsynced, the
+/// directory too); on failure nothing is left behind, so that a retry can create it. Returns
+/// the file and its length.
+fn create_segment(dir: &Path, first: u64, name: &str) -> Result<(std::fs::File, u64), RepoError> {
+    let header = segment_header(name).ok_or_else(|| RepoError::Corrupt(format!("audit journal: bad name {name}")))?;
     let path = dir.join(segment_file_name(first));
     let mut file = private_files::create_new_file(&path).map_err(|e| io_error("create", &path, e))?;
-    let written =
-        file.write_all(SEGMENT_HEADER).and_then(|()| file.sync_data()).map_err(|e| io_error("write", &path, e));
+    let written = file.write_all(&header).and_then(|()| file.sync_data()).map_err(|e| io_error("write", &path, e));
     if let Err(e) = written.and_then(|()| sync_dir(dir)) {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
-    Ok(file)
+    Ok((file, header.len() as u64))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), RepoError> {
@@ -152,14 +156,15 @@ impl Segments {
     fn rotate(&mut self, first: u64) -> Result<(), RepoError> {
         let old = self.dir.join(segment_file_name(self.first));
         self.file.sync_data().map_err(|e| io_error("sync", &old, e))?;
-        let file = create_segment(&self.dir, first)?;
+        let (file, len) = create_segment(&self.dir, first, &self.name)?;
         let handle = file.try_clone().map_err(|e| io_error("open", &self.dir, e))?;
         // The old segment's entries end just before `first`.
         lock(&self.closed).push_back((first - 1, old));
         *lock(&self.progress.current) = handle;
         self.file = file;
         self.first = first;
-        self.len = SEGMENT_HEADER.len() as u64;
+        self.len = len;
+        self.header_len = len;
         self.broken = false;
         Ok(())
     }
@@ -169,7 +174,7 @@ impl Segments {
     /// whole frame and the next write goes there; if that fails too, to a new segment (which the
     /// replay reads in place of the damaged tail: see [`replay`]).
     fn append(&mut self, first: u64, bytes: &[u8]) -> Result<(), RepoError> {
-        if self.broken || (self.len + bytes.len() as u64 > SEGMENT_BYTES && self.len > SEGMENT_HEADER.len() as u64) {
+        if self.broken || (self.len + bytes.len() as u64 > SEGMENT_BYTES && self.len > self.header_len) {
             self.rotate(first)?;
         }
         if let Err(e) = self.file.write_all(bytes) {
@@ -190,14 +195,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The directory made private and locked (for as long as the returned file is open), and the
-/// journal's name.
-fn open_dir(dir: &Path) -> Result<(std::fs::File, String), RepoError> {
+/// The directory made private and locked (for as long as the returned file is open).
+fn open_dir(dir: &Path) -> Result<std::fs::File, RepoError> {
     private_files::ensure_private_dir(dir).map_err(|e| io_error("create", dir, e))?;
     let lock_path = dir.join(LOCK_FILE);
     let lock_file = private_files::open_lock_file(&lock_path).map_err(|e| io_error("open", &lock_path, e))?;
     match lock_file.try_lock() {
-        Ok(()) => Ok((lock_file, journal_id(dir)?)),
+        Ok(()) => Ok(lock_file),
         Err(std::fs::TryLockError::WouldBlock) => Err(RepoError::Unavailable(format!(
             "audit journal: another server is using {} (each node needs a journal of its own: give it its own --data-dir)",
             dir.display()
@@ -214,8 +218,8 @@ pub(crate) async fn drain(store: &dyn KmsRepository, dir: &Path) -> Result<(), R
     if !has_segments {
         return Ok(());
     }
-    let (_lock, id) = open_dir(dir)?;
-    replay(store, dir, &id).await.map(|_| ())
+    let _lock = open_dir(dir)?;
+    replay(store, dir).await.map(|_| ())
 }
 
 /// Opens the journal in `config.dir`: moves every entry a previous run left in it into the log,
@@ -225,10 +229,11 @@ pub(crate) async fn start(
     dir: &Path,
     sync_interval: Duration,
 ) -> Result<(mpsc::UnboundedSender<Pending>, Arc<JournalProgress>), RepoError> {
-    let (lock_file, id) = open_dir(dir)?;
-    let last = replay(store.as_ref(), dir, &id).await?;
+    let lock_file = open_dir(dir)?;
+    let last = replay(store.as_ref(), dir).await?;
     let first = last.checked_add(1).ok_or_else(|| RepoError::Corrupt("audit journal: numbers exhausted".into()))?;
-    let file = create_segment(dir, first)?;
+    let id = fresh_name()?;
+    let (file, len) = create_segment(dir, first, &id)?;
     let progress = Arc::new(JournalProgress {
         written: AtomicU64::new(last),
         ingested: watch::Sender::new(last),
@@ -237,9 +242,11 @@ pub(crate) async fn start(
     let closed = Arc::new(Mutex::new(VecDeque::new()));
     let segments = Segments {
         dir: dir.to_path_buf(),
+        name: id.clone(),
         first,
         file,
-        len: SEGMENT_HEADER.len() as u64,
+        len,
+        header_len: len,
         broken: false,
         closed: closed.clone(),
         progress: progress.clone(),
@@ -265,31 +272,20 @@ pub(crate) async fn start(
     Ok((tx, progress))
 }
 
-/// The journal's name: random, made once and kept in the directory.
-fn journal_id(dir: &Path) -> Result<String, RepoError> {
-    let path = dir.join(ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_error("read", &path, e)),
-    }
+/// A journal name of this process's own: random, so that no two processes (not even two nodes
+/// started from copies of one data directory) ever share a mark in the log.
+fn fresh_name() -> Result<String, RepoError> {
     let mut bytes = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| RepoError::Unavailable("audit journal: no randomness for its name".into()))?;
-    let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    // An empty ID file (a crash while creating it) is replaced.
-    let _ = std::fs::remove_file(&path);
-    let mut file = private_files::create_new_file(&path).map_err(|e| io_error("create", &path, e))?;
-    file.write_all(id.as_bytes()).and_then(|()| file.sync_all()).map_err(|e| io_error("write", &path, e))?;
-    sync_dir(dir)?;
-    Ok(id)
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Appends to the log every entry of the journal's segments that is not in it yet, then removes
-/// the segments (a damaged one is kept, renamed `.damaged`). Returns the newest entry's number.
-async fn replay(store: &dyn KmsRepository, dir: &Path, id: &str) -> Result<u64, RepoError> {
-    let through = u64::try_from(store.audit_journal_through(id).await?).unwrap_or(0);
+/// Appends to the log every entry of the directory's segments that is not in it yet (each
+/// segment names its journal, whose mark the log keeps), then removes the segments (a damaged
+/// one is kept, renamed `.damaged`). Returns the highest entry number found (0 if none), after
+/// which the next journal numbers its entries.
+async fn replay(store: &dyn KmsRepository, dir: &Path) -> Result<u64, RepoError> {
     let mut segments = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_error("read", dir, e))? {
         let entry = entry.map_err(|e| io_error("read", dir, e))?;
@@ -298,7 +294,9 @@ async fn replay(store: &dyn KmsRepository, dir: &Path, id: &str) -> Result<u64, 
         }
     }
     segments.sort();
-    let (mut last, mut replayed) = (through, 0usize);
+    // Per journal: how far the log has it (its mark, then what this replay appended).
+    let mut done: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let (mut highest, mut replayed) = (0u64, 0usize);
     for (i, (first, path)) in segments.iter().enumerate() {
         let bytes = std::fs::read(path).map_err(|e| io_error("read", path, e))?;
         let segment = read_segment(&bytes, Some(*first));
@@ -308,7 +306,7 @@ async fn replay(store: &dyn KmsRepository, dir: &Path, id: &str) -> Result<u64, 
             // A write the process did not finish (never acknowledged), or a segment whose
             // version line it did not finish.
             Some(SegmentDefect::Torn { .. }) => false,
-            Some(SegmentDefect::Header) if is_last && SEGMENT_HEADER.starts_with(&bytes) => false,
+            Some(SegmentDefect::Header) if is_last && is_cut_header(&bytes) => false,
             Some(defect) => {
                 tracing::error!(
                     segment = %path.display(),
@@ -317,17 +315,26 @@ async fn replay(store: &dyn KmsRepository, dir: &Path, id: &str) -> Result<u64, 
                 true
             }
         };
-        // A write that failed and could not be cut back left frames that were never
-        // acknowledged; the writer went on with a new segment from the same number, which
-        // holds the acknowledged ones: a segment's entries end where the next one begins.
-        let next = segments.get(i + 1).map_or(u64::MAX, |(n, _)| *n);
-        let fresh: Vec<(u64, AuditRecord)> =
-            segment.entries.into_iter().filter(|(seq, _)| *seq > last && *seq < next).collect();
-        for chunk in fresh.chunks(INGEST_BATCH) {
-            let (seqs, records): (Vec<u64>, Vec<AuditRecord>) = chunk.iter().cloned().unzip();
-            replayed += records.len();
-            last = seqs.last().copied().unwrap_or(last);
-            ingest_batch(store, id, dir, seqs, records).await;
+        highest = highest.max(segment.entries.last().map_or(0, |(seq, _)| *seq)).max(first.saturating_sub(1));
+        if !segment.entries.is_empty() {
+            let mark = match done.get(&segment.journal) {
+                Some(mark) => *mark,
+                None => u64::try_from(store.audit_journal_through(&segment.journal).await?).unwrap_or(0),
+            };
+            // A write that failed and could not be cut back left frames that were never
+            // acknowledged; the writer went on with a new segment from the same number, which
+            // holds the acknowledged ones: a segment's entries end where the next one begins.
+            let next = segments.get(i + 1).map_or(u64::MAX, |(n, _)| *n);
+            let fresh: Vec<(u64, AuditRecord)> =
+                segment.entries.into_iter().filter(|(seq, _)| *seq > mark && *seq < next).collect();
+            let mut last = mark;
+            for chunk in fresh.chunks(INGEST_BATCH) {
+                let (seqs, records): (Vec<u64>, Vec<AuditRecord>) = chunk.iter().cloned().unzip();
+                replayed += records.len();
+                last = seqs.last().copied().unwrap_or(last);
+                ingest_batch(store, &segment.journal, dir, seqs, records).await;
+            }
+            done.insert(segment.journal, last);
         }
         if damaged {
             let kept = path.with_extension("damaged");
@@ -339,7 +346,7 @@ async fn replay(store: &dyn KmsRepository, dir: &Path, id: &str) -> Result<u64, 
     if replayed > 0 {
         tracing::warn!(entries = replayed, "audit journal: moved entries left by the previous run into the log");
     }
-    Ok(last)
+    Ok(highest)
 }
 
 fn write_loop(
@@ -617,10 +624,12 @@ mod tests {
     fn a_segment_that_cannot_be_made_leaves_no_file() {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone");
-        assert!(create_segment(&gone, 1).is_err());
-        create_segment(dir.path(), 1).unwrap();
+        assert!(create_segment(&gone, 1, "abc").is_err());
+        create_segment(dir.path(), 1, "abc").unwrap();
         // Made once; a second attempt is refused, never truncating the first.
-        assert!(create_segment(dir.path(), 1).is_err());
-        assert_eq!(std::fs::read(dir.path().join(segment_file_name(1))).unwrap(), SEGMENT_HEADER);
+        assert!(create_segment(dir.path(), 1, "abc").is_err());
+        let bytes = std::fs::read(dir.path().join(segment_file_name(1))).unwrap();
+        assert_eq!(bytes, segment_header("abc").unwrap());
+        assert!(create_segment(dir.path(), 2, "Not A Name").is_err());
     }
 }

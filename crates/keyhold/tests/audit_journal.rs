@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::{owner_token, spawn, terminate, wait_ready};
-use keyhold_kms::audit::journal::{SEGMENT_HEADER, encode_frame, segment_file_name};
+use keyhold_kms::audit::journal::{encode_frame, segment_file_name, segment_header};
 use keyhold_kms::audit::{AuditKind, AuditRecord};
 use reqwest::Method;
 use serde_json::json;
@@ -165,12 +165,11 @@ async fn entries_left_in_the_journal_reach_the_log_at_the_next_start_once() {
     wait_ready(&p).await;
     terminate(p);
     let journal = dir.path().join("data/audit-journal");
-    assert!(!std::fs::read_to_string(journal.join("ID")).unwrap().trim().is_empty());
 
     // What a process killed before moving its entries leaves: a segment of three whole
     // entries and a fourth cut short. Its numbers follow the previous run's (none: it logged
     // only its start), so they start at 1 in a segment of their own.
-    let mut bytes = SEGMENT_HEADER.to_vec();
+    let mut bytes = segment_header("killed-run").unwrap();
     for (seq, id) in [(1, "left-1"), (2, "left-2"), (3, "left-3")] {
         encode_frame(&mut bytes, seq, &serde_json::to_vec(&entry(id)).unwrap()).unwrap();
     }
@@ -205,6 +204,21 @@ async fn entries_left_in_the_journal_reach_the_log_at_the_next_start_once() {
     let seen = data_access_request_ids(dir.path(), port).await;
     for id in ["left-1", "left-2", "left-3"] {
         assert_eq!(seen.get(id), Some(&1), "{id} appended twice: {seen:?}");
+    }
+    // Another process's journal (a node started from a copy of this data directory, say) has a
+    // name of its own: its entries are not taken for those of the first, whose numbers they
+    // share.
+    terminate(p);
+    std::fs::write(
+        journal.join(segment_file_name(1)),
+        planted_segment("copy-run", &[(1, "copy-1"), (2, "copy-2")], None),
+    )
+    .unwrap();
+    let p = spawn(dir.path(), port, &flags);
+    wait_ready(&p).await;
+    let seen = data_access_request_ids(dir.path(), port).await;
+    for id in ["left-1", "left-2", "left-3", "copy-1", "copy-2"] {
+        assert_eq!(seen.get(id), Some(&1), "{id}: {seen:?}");
     }
     // New entries after the replayed ones are numbered after them and reach the log too.
     make_key(dir.path(), port).await;
@@ -267,10 +281,10 @@ async fn a_read_of_the_log_shows_the_requests_answered_before_it() {
     }
 }
 
-/// A segment of `entries` (number, request ID) beginning at the first one's number; the frame
-/// of `damaged` (a request ID) gets a flipped bit.
-fn planted_segment(entries: &[(u64, &str)], damaged: Option<&str>) -> Vec<u8> {
-    let mut bytes = SEGMENT_HEADER.to_vec();
+/// A segment of journal `journal` holding `entries` (number, request ID); the frame of
+/// `damaged` (a request ID) gets a flipped bit.
+fn planted_segment(journal: &str, entries: &[(u64, &str)], damaged: Option<&str>) -> Vec<u8> {
+    let mut bytes = segment_header(journal).unwrap();
     for (seq, id) in entries {
         let start = bytes.len();
         encode_frame(&mut bytes, *seq, &serde_json::to_vec(&entry(id)).unwrap()).unwrap();
@@ -303,13 +317,14 @@ async fn a_strict_start_empties_what_a_journaled_run_left() {
     // acknowledged); the writer went on in segment 3.
     std::fs::write(
         journal.join(segment_file_name(1)),
-        planted_segment(&[(1, "a-1"), (2, "a-2"), (3, "stray-3")], None),
+        planted_segment("killed", &[(1, "a-1"), (2, "a-2"), (3, "stray-3")], None),
     )
     .unwrap();
     // Segment 3: damaged at its third frame.
-    let third = planted_segment(&[(3, "b-3"), (4, "b-4"), (5, "damaged-5"), (6, "lost-6")], Some("damaged-5"));
+    let third =
+        planted_segment("killed", &[(3, "b-3"), (4, "b-4"), (5, "damaged-5"), (6, "lost-6")], Some("damaged-5"));
     std::fs::write(journal.join(segment_file_name(3)), third).unwrap();
-    std::fs::write(journal.join(segment_file_name(7)), planted_segment(&[(7, "c-7")], None)).unwrap();
+    std::fs::write(journal.join(segment_file_name(7)), planted_segment("killed", &[(7, "c-7")], None)).unwrap();
 
     let p = spawn(dir.path(), port, &[]);
     wait_ready(&p).await;
