@@ -73,10 +73,9 @@ impl AuditWriter {
         Self { tx, journal: None }
     }
 
-    /// Starts a writer that answers once an entry is in the journal of `config` (after moving
-    /// into the log whatever a previous run left there).
-    /// With no interval in `config` (strict), the writer is [`AuditWriter::start`]'s, once
-    /// whatever a journaled run left in the directory is in the log.
+    /// Starts a writer on the journal directory of `config`, once whatever a previous run left
+    /// there is in the log. With an interval, it answers once an entry is in the journal; without
+    /// one (strict), it is [`AuditWriter::start`]'s.
     pub async fn start_journaled(
         store: Arc<dyn KmsRepository>,
         config: &AuditJournalConfig,
