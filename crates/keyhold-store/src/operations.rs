@@ -652,14 +652,54 @@ impl Store {
             },
             OperationRequest::ExportInstance { instance, request } => {
                 let name: keyhold_api::name::InstanceName = instance.parse()?;
-                let path = self.archive_path(&name.project, &request.destination)?.display().to_string();
+                let path = self.archive_path(&name.project, &request.destination)?;
+                let shown = path.display().to_string();
                 let exports = self.repo.exports_under(&format!("{instance}/exports/")).await?;
-                let found = exports.into_iter().find(|(e, _)| e.destination == path && e.create_time >= began);
+                let found = exports.into_iter().find(|(e, _)| e.destination == shown && e.create_time >= began);
+                if found.is_none() {
+                    self.remove_unregistered_archive(instance, &path, began).await?;
+                }
                 found.map(|(e, _)| packed("Export", &Export::of(&e))).transpose()
             }
             // Running it again does what is left (objects already resealed are skipped).
             OperationRequest::ReencryptInstance { .. } => Ok(None),
         }
+    }
+
+    /// An export interrupted after its archive was linked at `path` but before the export was
+    /// registered left a file that would make the run again fail with `ALREADY_EXISTS`. The
+    /// path was free when the operation began (it is checked before), so an archive there of
+    /// `instance` taken since `began` and registered by no export is that run's own: it is
+    /// removed, and the run writes it again. Anything else at the path is left alone.
+    async fn remove_unregistered_archive(
+        &self,
+        instance: &str,
+        path: &std::path::Path,
+        began: Timestamp,
+    ) -> Result<(), StoreError> {
+        let Ok(meta) = tokio::fs::symlink_metadata(path).await else { return Ok(()) };
+        if !meta.file_type().is_file() {
+            return Ok(());
+        }
+        let header = match tokio::fs::File::open(path).await {
+            Ok(file) => crate::archive::read_header(&mut tokio::io::BufReader::new(file)).await,
+            Err(_) => return Ok(()),
+        };
+        let Ok(header) = header else { return Ok(()) };
+        if header.source != instance || header.create_time < began {
+            return Ok(());
+        }
+        let registered = self.repo.exports_under(&format!("{instance}/exports/")).await?;
+        if registered.iter().any(|(e, _)| e.destination == path.display().to_string()) {
+            return Ok(());
+        }
+        tracing::warn!(
+            path = %path.display(),
+            "an interrupted export had written its archive but not registered it; the archive is written again"
+        );
+        tokio::fs::remove_file(path)
+            .await
+            .map_err(|e| StoreError::Internal(format!("cannot remove {}: {e}", path.display())))
     }
 
     /// Takes over the operations that nodes silent since `dead_before` were running (at start

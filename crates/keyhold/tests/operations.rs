@@ -330,3 +330,62 @@ async fn the_cli_waits_for_an_operation_or_returns_at_once_with_async() {
         .unwrap();
     assert_eq!(obj.bytes().await.unwrap().to_vec(), vec![39u8; OBJECT_BYTES]);
 }
+
+/// A crash after an export's archive was linked at its destination but before the export was
+/// registered (emulated: a finished export's registration and end taken back in the database).
+/// Run again, the export used to fail with ALREADY_EXISTS in its own way; now the unregistered
+/// archive of this operation is written again and the operation ends with its export. A file
+/// at the destination that is not such an archive is left alone.
+#[tokio::test]
+async fn an_export_linked_but_not_registered_before_a_crash_is_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = spawn(dir.path(), 0, &[]);
+    let port = p.port;
+    wait_ready(&p).await;
+    instance_with_objects(dir.path(), port).await;
+    let body = json!({"destination": "linked.archive", "allowPlaintext": true});
+    let op = ok(dir.path(), port, Method::POST, &format!("{INSTANCE}:export"), Some(body)).await;
+    let name = op["name"].as_str().unwrap().to_string();
+    let done = poll(dir.path(), port, &name, |op| op["done"] == true).await;
+    assert!(done.get("error").is_none(), "{done}");
+    let destination = done["response"]["destination"].as_str().unwrap().to_string();
+    let first = std::fs::metadata(&destination).unwrap().modified().unwrap();
+
+    // A second export to another file, whose destination then holds something else: not an
+    // archive of this instance, so it is never removed (the run again fails as before).
+    let body = json!({"destination": "other.archive", "allowPlaintext": true});
+    let other = ok(dir.path(), port, Method::POST, &format!("{INSTANCE}:export"), Some(body)).await;
+    let other_name = other["name"].as_str().unwrap().to_string();
+    let other_done = poll(dir.path(), port, &other_name, |op| op["done"] == true).await;
+    let other_destination = other_done["response"]["destination"].as_str().unwrap().to_string();
+
+    common::terminate(p);
+    let db = rusqlite::Connection::open(dir.path().join("data/keyhold.db")).unwrap();
+    let unregistered = db
+        .execute("DELETE FROM store_exports WHERE destination IN (?1, ?2)", [&destination, &other_destination])
+        .unwrap();
+    assert_eq!(unregistered, 2);
+    let undone = db
+        .execute(
+            "UPDATE store_operations SET done = 0, result = '', end_nanos = 0, node = 'gone' WHERE name IN (?1, ?2)",
+            [&name, &other_name],
+        )
+        .unwrap();
+    assert_eq!(undone, 2);
+    drop(db);
+    std::fs::write(&other_destination, b"not an archive").unwrap();
+
+    let p = spawn(dir.path(), port, &[]);
+    wait_ready(&p).await;
+    let again = poll(dir.path(), port, &name, |op| op["done"] == true).await;
+    assert!(again.get("error").is_none(), "{again}");
+    assert_eq!(again["response"]["destination"], destination.as_str(), "{again}");
+    assert_eq!(again["response"]["objectCount"], OBJECTS.to_string(), "{again}");
+    assert!(std::fs::metadata(&destination).unwrap().modified().unwrap() >= first);
+    let log = std::fs::read_to_string(&p.log).unwrap();
+    assert!(log.contains("had written its archive but not registered it"), "{log}");
+    // The stranger at the other destination is untouched; that run fails as it did.
+    let other_again = poll(dir.path(), port, &other_name, |op| op["done"] == true).await;
+    assert_eq!(other_again["error"]["code"], 6, "{other_again}");
+    assert_eq!(std::fs::read(&other_destination).unwrap(), b"not an archive");
+}
