@@ -201,31 +201,7 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::AuditKind;
-    use keyhold_api::wire::Timestamp;
-
-    fn record(method: &str) -> AuditRecord {
-        AuditRecord {
-            time: Timestamp::from_unix_nanos(1_700_000_000_000_000_000).unwrap(),
-            project: "p".into(),
-            principal: "user:a@example.com".into(),
-            service: "cloudkms.googleapis.com".into(),
-            method: method.into(),
-            resource: "projects/p/locations/global/keyRings/r/cryptoKeys/k".into(),
-            kind: AuditKind::DataAccess,
-            permission: Some("cloudkms.cryptoKeyVersions.useToEncrypt".into()),
-            granted: true,
-            key_version: None,
-            justification: None,
-            request_id: "r1".into(),
-            code: 0,
-            message: String::new(),
-            anonymous: false,
-            access_justification: None,
-            warning: None,
-            operation: None,
-        }
-    }
+    use crate::tests::record;
 
     const HEADER_LEN: usize = SEGMENT_MAGIC.len() + 4;
 

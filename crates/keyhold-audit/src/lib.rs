@@ -319,10 +319,11 @@ fn resource_labels(name: &str, project: &str) -> serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn record(method: &str) -> AuditRecord {
+    /// An `Encrypt`-like data-access entry calling `method` (also the journal format's tests').
+    pub(crate) fn record(method: &str) -> AuditRecord {
         AuditRecord {
             time: Timestamp::from_unix_nanos(1_700_000_000_000_000_000).unwrap(),
             project: "p".into(),

@@ -87,52 +87,39 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<Tightened> {
     Ok(Tightened::No)
 }
 
-/// Opens (creating it 0600 if missing) the lock file at `path`, for
-/// [`std::fs::File::try_lock`]: never truncated, tightened if loose.
-pub fn open_lock_file(path: &Path) -> io::Result<std::fs::File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.read(true).write(true).create(true).truncate(false);
+/// Opens `path` with `opts`, a file created so being 0600 from the start, and then 0600 in
+/// any case (tightened if an earlier version left it loose).
+fn open_private(opts: &mut std::fs::OpenOptions, path: &Path) -> io::Result<std::fs::File> {
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, FILE_MODE);
+    std::os::unix::fs::OpenOptionsExt::mode(opts, FILE_MODE);
     let f = opts.open(path)?;
     set_file_mode(&f, FILE_MODE)?;
     Ok(f)
 }
 
+/// Opens (creating it 0600 if missing) the lock file at `path`, for
+/// [`std::fs::File::try_lock`]: never truncated, tightened if loose.
+pub fn open_lock_file(path: &Path) -> io::Result<std::fs::File> {
+    // Not truncating, never following to a fresh file elsewhere than `path` names.
+    open_private(std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false), path)
+}
+
 /// Opens `path` for appending, creating it 0600 if missing (tightened if loose).
 pub fn open_append_file(path: &Path) -> io::Result<std::fs::File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.append(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, FILE_MODE);
-    let f = opts.open(path)?;
-    set_file_mode(&f, FILE_MODE)?;
-    Ok(f)
+    open_private(std::fs::OpenOptions::new().append(true).create(true), path)
 }
 
 /// Opens `path` for writing as a new file, 0600, failing if it exists (never a file left
 /// behind, whose mode or symlink target could be anyone's).
 pub fn create_new_file(path: &Path) -> io::Result<std::fs::File> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, FILE_MODE);
-    let f = opts.open(path)?;
-    set_file_mode(&f, FILE_MODE)?;
-    Ok(f)
+    open_private(std::fs::OpenOptions::new().write(true).create_new(true), path)
 }
 
 /// Makes sure the file at `path` exists and is 0600: created empty if missing, tightened if
 /// an earlier version left it group- or other-readable. Used for the SQLite file before SQLite
 /// opens it, because SQLite gives its WAL and SHM the main file's mode.
 pub fn ensure_private_file(path: &Path) -> io::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    // Not truncating, never following to a fresh file elsewhere than `path` names.
-    opts.read(true).write(true).create(true).truncate(false);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, FILE_MODE);
-    let f = opts.open(path)?;
-    set_file_mode(&f, FILE_MODE)
+    open_lock_file(path).map(drop)
 }
 
 /// Sets the mode of an existing file to 0600 if it has group or other bits (a WAL or SHM left

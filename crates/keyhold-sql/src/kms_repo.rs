@@ -190,7 +190,23 @@ pub(crate) async fn commit_audited(
     }
     let rows = audit.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
     tx.execute_many(statements).await?;
-    tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows, kept))).await
+    chain_and_commit(tx, rows, kept, None).await
+}
+
+/// Locks the head in `tx`, appends `rows` after it, runs `after` (if any) and commits, in one
+/// round trip to the driver (for SQLite, one hop to its thread).
+async fn chain_and_commit(
+    tx: Box<dyn SqlConn>,
+    rows: Vec<AuditRow>,
+    kept: Option<i64>,
+    after: Option<(&'static str, Vec<Value>)>,
+) -> Result<(), RepoError> {
+    let then = move |head: Vec<Row>| {
+        let mut statements = chain_statements(&head, rows, kept)?;
+        statements.extend(after);
+        Ok(statements)
+    };
+    tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(then)).await
 }
 
 fn audit_entry(row: &Row) -> Result<StoredAuditEntry, RepoError> {
@@ -641,11 +657,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
 
     async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), RepoError> {
         let rows = entries.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
-        // One round trip to the driver: the head is read, the entries chained to it and the
-        // transaction committed together (for SQLite, one hop to its thread per group commit).
-        let tx = self.backend.begin().await?;
-        let kept = self.audit_kept;
-        tx.query_then_commit(LOCK_AUDIT_HEAD, vec![], Box::new(move |head| chain_statements(&head, rows, kept))).await
+        chain_and_commit(self.backend.begin().await?, rows, self.audit_kept, None).await
     }
 
     async fn append_journaled_audit(
@@ -655,19 +667,8 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         through: i64,
     ) -> Result<(), RepoError> {
         let rows = entries.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
-        let tx = self.backend.begin().await?;
-        let kept = self.audit_kept;
-        let mark = vec![Value::Text(journal.to_string()), Value::Int(through)];
-        tx.query_then_commit(
-            LOCK_AUDIT_HEAD,
-            vec![],
-            Box::new(move |head| {
-                let mut statements = chain_statements(&head, rows, kept)?;
-                statements.push((SET_JOURNAL_MARK, mark));
-                Ok(statements)
-            }),
-        )
-        .await
+        let mark = (SET_JOURNAL_MARK, vec![Value::Text(journal.to_string()), Value::Int(through)]);
+        chain_and_commit(self.backend.begin().await?, rows, self.audit_kept, Some(mark)).await
     }
 
     async fn audit_journal_through(&self, journal: &str) -> Result<i64, RepoError> {

@@ -655,11 +655,11 @@ impl Store {
                 let path = self.archive_path(&name.project, &request.destination)?;
                 let shown = path.display().to_string();
                 let exports = self.repo.exports_under(&format!("{instance}/exports/")).await?;
-                let found = exports.into_iter().find(|(e, _)| e.destination == shown && e.create_time >= began);
-                if found.is_none() {
+                let found = exports.iter().find(|(e, _)| e.destination == shown && e.create_time >= began);
+                if found.is_none() && !exports.iter().any(|(e, _)| e.destination == shown) {
                     self.remove_unregistered_archive(instance, &path, began).await?;
                 }
-                found.map(|(e, _)| packed("Export", &Export::of(&e))).transpose()
+                found.map(|(e, _)| packed("Export", &Export::of(e))).transpose()
             }
             // Running it again does what is left (objects already resealed are skipped).
             OperationRequest::ReencryptInstance { .. } => Ok(None),
@@ -669,8 +669,9 @@ impl Store {
     /// An export interrupted after its archive was linked at `path` but before the export was
     /// registered left a file that would make the run again fail with `ALREADY_EXISTS`. The
     /// path was free when the operation began (it is checked before), so an archive there of
-    /// `instance` taken since `began` and registered by no export is that run's own: it is
-    /// removed, and the run writes it again. Anything else at the path is left alone.
+    /// `instance` taken since `began` (the caller has found no export registered at `path`) is
+    /// that run's own: it is removed, and the run writes it again. Anything else at the path is
+    /// left alone.
     async fn remove_unregistered_archive(
         &self,
         instance: &str,
@@ -687,10 +688,6 @@ impl Store {
         };
         let Ok(header) = header else { return Ok(()) };
         if header.source != instance || header.create_time < began {
-            return Ok(());
-        }
-        let registered = self.repo.exports_under(&format!("{instance}/exports/")).await?;
-        if registered.iter().any(|(e, _)| e.destination == path.display().to_string()) {
             return Ok(());
         }
         tracing::warn!(

@@ -215,6 +215,14 @@ pub enum AuditSync {
 }
 
 impl AuditSync {
+    /// How often the journal is fsynced; `None` when strict.
+    fn interval(self) -> Option<std::time::Duration> {
+        match self {
+            AuditSync::Strict => None,
+            AuditSync::Interval(interval) => Some(interval),
+        }
+    }
+
     fn parse(s: &str) -> Result<Self, String> {
         if s == "strict" {
             return Ok(AuditSync::Strict);
@@ -395,22 +403,18 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         min_rotation_period: args.min_rotation_period,
         key_cache_bytes: args.key_cache_mb.saturating_mul(1024 * 1024),
         audit_journal: match args.audit_sync {
-            AuditSync::Strict if args.in_memory => None,
             AuditSync::Interval(_) if args.in_memory => {
                 return Err(
                     "--audit-sync INTERVAL needs a data directory for its journal; an in-memory server's audit log \
-                            lives in memory (leave --audit-sync at strict)"
+                     lives in memory (leave --audit-sync at strict)"
                         .into(),
                 );
             }
+            _ if args.in_memory => None,
             // Strict still empties a journal a journaled run left behind.
-            AuditSync::Strict => Some(keyhold_kms::audit_journal::AuditJournalConfig {
+            sync => Some(keyhold_kms::audit_journal::AuditJournalConfig {
                 dir: args.data_dir.join(AUDIT_JOURNAL_DIR),
-                sync_interval: None,
-            }),
-            AuditSync::Interval(interval) => Some(keyhold_kms::audit_journal::AuditJournalConfig {
-                dir: args.data_dir.join(AUDIT_JOURNAL_DIR),
-                sync_interval: Some(interval),
+                sync_interval: sync.interval(),
             }),
         },
         ..KmsConfig::default()

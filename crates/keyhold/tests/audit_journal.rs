@@ -56,6 +56,25 @@ async fn make_key(dir: &Path, port: u16) {
     .await;
 }
 
+/// One `:encrypt` of a short plaintext with key [`KEY`].
+async fn encrypt(http: &reqwest::Client, port: u16, token: &str) -> reqwest::Result<reqwest::Response> {
+    http.post(format!("http://127.0.0.1:{port}/v1/{KEY}:encrypt"))
+        .bearer_auth(token)
+        .body(json!({"plaintext": "aGk="}).to_string())
+        .send()
+        .await
+}
+
+/// Removes the segments a run left in `journal` (before planting others).
+fn clear_segments(journal: &Path) {
+    for old in std::fs::read_dir(journal).unwrap() {
+        let old = old.unwrap().path();
+        if old.extension().is_some_and(|e| e == "journal") {
+            std::fs::remove_file(old).unwrap();
+        }
+    }
+}
+
 fn verify_chain(dir: &Path) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyhold"))
         .args(["audit", "verify", "--data-dir"])
@@ -90,15 +109,7 @@ async fn every_answered_request_has_its_entry_after_a_sigkill() {
             let http = common::http_client();
             let mut answered = Vec::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let Ok(resp) = http
-                    .post(format!("http://127.0.0.1:{port}/v1/{KEY}:encrypt"))
-                    .bearer_auth(&token)
-                    .body(json!({"plaintext": "aGVsbG8="}).to_string())
-                    .send()
-                    .await
-                else {
-                    break;
-                };
+                let Ok(resp) = encrypt(&http, port, &token).await else { break };
                 let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
                 if resp.status().is_success() && resp.bytes().await.is_ok() {
                     answered.push(id);
@@ -159,7 +170,7 @@ fn entry(request_id: &str) -> AuditRecord {
 async fn entries_left_in_the_journal_reach_the_log_at_the_next_start_once() {
     let dir = tempfile::tempdir().unwrap();
     let flags = ["--audit-sync", "50ms"];
-    // A first run creates the journal and its name.
+    // A first run creates the journal's directory.
     let p = spawn(dir.path(), 0, &flags);
     let port = p.port;
     wait_ready(&p).await;
@@ -169,19 +180,11 @@ async fn entries_left_in_the_journal_reach_the_log_at_the_next_start_once() {
     // What a process killed before moving its entries leaves: a segment of three whole
     // entries and a fourth cut short. Its numbers follow the previous run's (none: it logged
     // only its start), so they start at 1 in a segment of their own.
-    let mut bytes = segment_header("killed-run").unwrap();
-    for (seq, id) in [(1, "left-1"), (2, "left-2"), (3, "left-3")] {
-        encode_frame(&mut bytes, seq, &serde_json::to_vec(&entry(id)).unwrap()).unwrap();
-    }
+    let mut bytes = planted_segment("killed-run", &[(1, "left-1"), (2, "left-2"), (3, "left-3")], None);
     let mut torn = Vec::new();
     encode_frame(&mut torn, 4, &serde_json::to_vec(&entry("left-4")).unwrap()).unwrap();
     bytes.extend_from_slice(&torn[..torn.len() - 5]);
-    for old in std::fs::read_dir(&journal).unwrap() {
-        let old = old.unwrap().path();
-        if old.extension().is_some_and(|e| e == "journal") {
-            std::fs::remove_file(old).unwrap();
-        }
-    }
+    clear_segments(&journal);
     std::fs::write(journal.join(segment_file_name(1)), &bytes).unwrap();
 
     let p = spawn(dir.path(), port, &flags);
@@ -259,13 +262,7 @@ async fn a_read_of_the_log_shows_the_requests_answered_before_it() {
         let calls = (0..32).map(|_| {
             let token = token.clone();
             tokio::spawn(async move {
-                let resp = common::http_client()
-                    .post(format!("http://127.0.0.1:{port}/v1/{KEY}:encrypt"))
-                    .bearer_auth(token)
-                    .body(json!({"plaintext": "aGk="}).to_string())
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = encrypt(&common::http_client(), port, &token).await.unwrap();
                 assert!(resp.status().is_success());
                 resp.headers()["x-request-id"].to_str().unwrap().to_string()
             })
@@ -307,12 +304,7 @@ async fn a_strict_start_empties_what_a_journaled_run_left() {
     wait_ready(&p).await;
     terminate(p);
     let journal = dir.path().join("data/audit-journal");
-    for old in std::fs::read_dir(&journal).unwrap() {
-        let old = old.unwrap().path();
-        if old.extension().is_some_and(|e| e == "journal") {
-            std::fs::remove_file(old).unwrap();
-        }
-    }
+    clear_segments(&journal);
     // Segment 1: two acknowledged entries, then a frame of a batch whose write failed (never
     // acknowledged); the writer went on in segment 3.
     std::fs::write(

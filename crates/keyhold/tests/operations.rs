@@ -68,6 +68,18 @@ async fn poll(dir: &Path, port: u16, name: &str, until: impl Fn(&Value) -> bool)
     }
 }
 
+/// Takes two finished operations' ends back in the database, as if their node had died
+/// before recording them (run on a stopped server's file).
+fn take_back_ends(db: &rusqlite::Connection, names: [&String; 2]) {
+    let undone = db
+        .execute(
+            "UPDATE store_operations SET done = 0, result = '', end_nanos = 0, node = 'gone' WHERE name IN (?1, ?2)",
+            names,
+        )
+        .unwrap();
+    assert_eq!(undone, 2);
+}
+
 fn objects_done(op: &Value) -> u64 {
     op["metadata"]["progress"]["objectsDone"].as_str().unwrap().parse().unwrap()
 }
@@ -144,13 +156,7 @@ async fn a_backup_killed_half_way_is_finished_by_the_next_process() {
     let restore_op = op["name"].as_str().unwrap().to_string();
     common::terminate(p);
     let db = rusqlite::Connection::open(dir.path().join("data/keyhold.db")).unwrap();
-    let undone = db
-        .execute(
-            "UPDATE store_operations SET done = 0, result = '', end_nanos = 0, node = 'gone' WHERE name IN (?1, ?2)",
-            [&name, &restore_op],
-        )
-        .unwrap();
-    assert_eq!(undone, 2);
+    take_back_ends(&db, [&name, &restore_op]);
     drop(db);
     let p = spawn(dir.path(), port, &flags);
     wait_ready(&p).await;
@@ -365,13 +371,7 @@ async fn an_export_linked_but_not_registered_before_a_crash_is_written_again() {
         .execute("DELETE FROM store_exports WHERE destination IN (?1, ?2)", [&destination, &other_destination])
         .unwrap();
     assert_eq!(unregistered, 2);
-    let undone = db
-        .execute(
-            "UPDATE store_operations SET done = 0, result = '', end_nanos = 0, node = 'gone' WHERE name IN (?1, ?2)",
-            [&name, &other_name],
-        )
-        .unwrap();
-    assert_eq!(undone, 2);
+    take_back_ends(&db, [&name, &other_name]);
     drop(db);
     std::fs::write(&other_destination, b"not an archive").unwrap();
 
