@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import plot  # noqa: E402  (bench/plot.py, stdlib only)
 
 SCENARIOS = ["kms", "durability", "iam", "aead", "store", "rewrap", "enforcement", "startup", "stream", "fairness", "scale",
-             "audit", "copies"]
+             "audit", "copies", "purposes"]
 ENCRYPTER = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
 
 
@@ -432,6 +432,55 @@ def scenario_durability(ctx) -> dict:
                         url = f"{s.base}/v1/{key}:{op}"
                         rows[f"{storage}-{op}-c{conns}"] = ctx.wrk.run(url, conns, scripts[op], s.token)
     return {"rows": rows, "nginx": ng.version, "nginx_workers": ng.workers}
+
+
+PURPOSE_KEYS = (("sign-p256", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256"),
+                ("sign-rsa2048", "ASYMMETRIC_SIGN", "RSA_SIGN_PKCS1_2048_SHA256"),
+                ("mac-sha256", "MAC", "HMAC_SHA256"),
+                ("decrypt-oaep2048", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"))
+
+
+def scenario_purposes(ctx) -> dict:
+    """The key operations of the other purposes (issue 19) against `:encrypt` 32 B on the same
+    server (default SQLite file, durable audit entry, SOFTWARE keys): `:asymmetricSign` of a
+    SHA-256 digest with EC P-256 and with RSA-2048 PKCS#1, `:macSign` of 32 B with HMAC-SHA256,
+    and `:asymmetricDecrypt` of an RSA-OAEP-2048 ciphertext of 32 B made by openssl."""
+    import base64
+    import hashlib
+
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    with Server(ctx.binary) as s:
+        enc = encryption_key(s)
+        keys = "projects/bench/locations/global/keyRings/r/cryptoKeys"
+        bodies = {"encrypt": (f"{enc}:encrypt", ENCRYPT_32B)}
+        for key, purpose, algorithm in PURPOSE_KEYS:
+            s.ok("POST", f"{keys}?cryptoKeyId={key}", {"purpose": purpose, "versionTemplate": {"algorithm": algorithm}})
+            version = f"{keys}/{key}/cryptoKeyVersions/1"
+            deadline = time.monotonic() + 60
+            while s.ok("GET", version)["state"] != "ENABLED":  # PENDING_GENERATION, as in Cloud KMS
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{version} was not generated")
+                time.sleep(0.02)
+            if purpose == "ASYMMETRIC_SIGN":
+                body = {"digest": {"sha256": b64(hashlib.sha256(os.urandom(32)).digest())}}
+                bodies[key] = (f"{version}:asymmetricSign", json.dumps(body))
+            elif purpose == "MAC":
+                bodies[key] = (f"{version}:macSign", json.dumps({"data": b64(os.urandom(32))}))
+            else:
+                pem = ctx.tmp / f"{key}.pem"
+                pem.write_text(s.ok("GET", f"{version}/publicKey")["pem"])
+                (ctx.tmp / "dek").write_bytes(os.urandom(32))
+                sh("openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", str(pem), "-in", str(ctx.tmp / "dek"), "-out",
+                   str(ctx.tmp / "dek.enc"), "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256",
+                   "-pkeyopt", "rsa_mgf1_md:sha256")
+                body = {"ciphertext": b64((ctx.tmp / "dek.enc").read_bytes())}
+                bodies[key] = (f"{version}:asymmetricDecrypt", json.dumps(body))
+        rows = {}
+        for conns in (1, max(ctx.connections)):
+            for op, (path, body) in bodies.items():
+                script = ctx.wrk.script(f"purposes-{op}", "POST", body)
+                rows[f"{op}-c{conns}"] = ctx.wrk.run(f"{s.base}/v1/{path}", conns, script, s.token)
+    return {"rows": rows}
 
 
 def scenario_iam(ctx) -> dict:
@@ -1045,6 +1094,26 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
                     f"`:{op}` {fmt_s(r[f'{storage}-{op}-c1']['p99'])}, {verdict(r[f'{storage}-{op}-c1']['p99'] < 1e-3)}"
                     for op in ("encrypt", "decrypt")))
             out += ["Goal: p99 at one connection < 1 ms:", ";\n".join(p99) + ".", ""]
+
+    if "purposes" in results:
+        r = results["purposes"]["rows"]
+        conns = sorted({int(k.rsplit("-c", 1)[1]) for k in r})
+        out += ["### Signing, asymmetric decryption and MACs against `:encrypt`", "",
+                "The same server (default SQLite file, every call's audit entry committed before the answer, "
+                "SOFTWARE keys): `:asymmetricSign` of a SHA-256 digest (EC P-256; RSA-2048 PKCS#1 v1.5), "
+                "`:macSign` of 32 B (HMAC-SHA256), `:asymmetricDecrypt` of an RSA-OAEP-2048 ciphertext (32 B), "
+                "each against `:encrypt` 32 B at the same connection count.", "",
+                "| call | connections | requests/s | p50 | p99 | ratio to `:encrypt` |", "|---|---|---|---|---|---|"]
+        labels = {"encrypt": "`:encrypt` 32 B", "sign-p256": "`:asymmetricSign` EC P-256",
+                  "sign-rsa2048": "`:asymmetricSign` RSA-2048", "mac-sha256": "`:macSign` HMAC-SHA256",
+                  "decrypt-oaep2048": "`:asymmetricDecrypt` RSA-OAEP-2048"}
+        for c in conns:
+            base = r[f"encrypt-c{c}"]["rps"]
+            for op, label in labels.items():
+                e = r[f"{op}-c{c}"]
+                out.append(f"| {label} | {c} | {e['rps']:.0f} | {fmt_s(e['p50'])} | {fmt_s(e['p99'])} "
+                           f"| {e['rps'] / base:.2f} |")
+        out.append("")
 
     if "iam" in results:
         r = results["iam"]["rows"]

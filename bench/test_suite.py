@@ -204,6 +204,17 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| journal | 64 | `:decrypt` | 25500 |", text)
         self.assertIn("Goal: p99 at one connection < 1 ms:\n- file: `:encrypt` 2.00 ms, **missed**", text)
 
+    def test_purposes_ratios_to_encrypt(self):
+        rows = {}
+        for c in (1, 64):
+            for op, rps in (("encrypt", 20000.0), ("sign-p256", 15000.0), ("sign-rsa2048", 2000.0),
+                            ("mac-sha256", 19000.0), ("decrypt-oaep2048", 1000.0)):
+                rows[f"{op}-c{c}"] = wrk_row(rps if c == 64 else rps / 10, 0.0005)
+        text = suite.report({"purposes": {"rows": rows}}, self.Ctx(), self.plots)
+        self.assertIn("| `:asymmetricSign` RSA-2048 | 64 | 2000 | 250 µs | 500 µs | 0.10 |", text)
+        self.assertIn("| `:macSign` HMAC-SHA256 | 1 | 1900 | 250 µs | 500 µs | 0.95 |", text)
+        self.assertIn("| `:encrypt` 32 B | 64 | 20000 | 250 µs | 500 µs | 1.00 |", text)
+
 
 if __name__ == "__main__":
     unittest.main()

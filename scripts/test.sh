@@ -55,7 +55,7 @@ die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
 
-PYTHON_PACKAGES=(google-cloud-kms google-crc32c pytest)
+PYTHON_PACKAGES=(google-cloud-kms google-crc32c pytest cryptography)
 
 # ------------------------------------------------------------------------------------------
 # 1. System packages
@@ -298,7 +298,7 @@ prepare_venv() {
         note "creating $VENV"
         python3 -m venv --clear "$VENV"
     fi
-    if "$VENV/bin/python" -c 'import google.cloud.kms_v1, google_crc32c, pytest' >/dev/null 2>&1; then
+    if "$VENV/bin/python" -c 'import google.cloud.kms_v1, google_crc32c, pytest, cryptography' >/dev/null 2>&1; then
         note "python packages already installed in .venv"
     else
         note "pip install ${PYTHON_PACKAGES[*]}"

@@ -64,7 +64,7 @@
  * Errors arrive as gRPC statuses: `error.code` (e.g. 5 NOT_FOUND), `error.details` (the server's
  * message, the same text as REST's `error.message`) and `error.message` ("5 NOT_FOUND: " +
  * details). One difference from REST: an unimplemented method's message names the gRPC method
- * ("GetPublicKey (asymmetric keys) is not implemented by Keyhold yet; ..."), where REST names the
+ * ("RawEncrypt is not implemented by Keyhold yet; ..."), where REST names the
  * URL path ("The Cloud KMS method addressed by /v1/... is not implemented by Keyhold yet; ...").
  *
  * Environment:
@@ -679,9 +679,9 @@ function workflowTests(t, serverTest) {
     const ring = await createRing(client);
     const key = await createKey(client, ring.name);
     await assertGrpcError(
-      client.getPublicKey({name: key.primary.name}),
+      client.rawEncrypt({name: key.primary.name}),
       Code.UNIMPLEMENTED,
-      'GetPublicKey (asymmetric keys) is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
+      'RawEncrypt is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
     );
     await assertGrpcError(
       client.listImportJobs({parent: ring.name}),
@@ -855,16 +855,16 @@ describe('gRPC in clear (h2c)', () => {
     }
 
     // One difference: an unimplemented method's message names the gRPC method, not the URL.
-    const viaRest = await failure(rest.getPublicKey({name: key.primary.name}));
-    const viaGrpc = await failure(grpcClient.getPublicKey({name: key.primary.name}));
+    const viaRest = await failure(rest.rawEncrypt({name: key.primary.name}));
+    const viaGrpc = await failure(grpcClient.rawEncrypt({name: key.primary.name}));
     assert.equal(viaRest.code, Code.UNIMPLEMENTED);
     assert.equal(viaGrpc.code, Code.UNIMPLEMENTED);
     assert.equal(
       viaRest.message,
-      `The Cloud KMS method addressed by /v1/${key.primary.name}/publicKey ` +
+      `The Cloud KMS method addressed by /v1/${key.primary.name}:rawEncrypt ` +
         'is not implemented by Keyhold yet; see docs/api.md.'
     );
-    assert.match(viaGrpc.details, /^GetPublicKey \(asymmetric keys\) is not implemented by Keyhold yet/);
+    assert.match(viaGrpc.details, /^RawEncrypt is not implemented by Keyhold yet/);
   });
 
   test('HSM key and location metadata over gRPC (SoftHSM2)', async () => {

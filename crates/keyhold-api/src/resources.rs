@@ -82,9 +82,9 @@ wire_enum! {
 }
 
 wire_enum! {
-    /// `CryptoKeyVersion.CryptoKeyVersionAlgorithm`. Keyhold implements the symmetric ones it
-    /// lists in `docs/api.md`; the rest parse so that requests naming them get a clear
-    /// `UNIMPLEMENTED` rather than a JSON error.
+    /// `CryptoKeyVersion.CryptoKeyVersionAlgorithm`. Keyhold implements the ones
+    /// `docs/api.md` lists; the rest parse so that requests naming them get a clear error
+    /// rather than a JSON error.
     pub enum Algorithm {
         /// Unspecified.
         Unspecified = "CRYPTO_KEY_VERSION_ALGORITHM_UNSPECIFIED" => 0,
@@ -118,6 +118,12 @@ wire_enum! {
         RsaSignPkcs14096Sha256 = "RSA_SIGN_PKCS1_4096_SHA256" => 7,
         /// RSA PKCS#1 4096 SHA-512.
         RsaSignPkcs14096Sha512 = "RSA_SIGN_PKCS1_4096_SHA512" => 16,
+        /// RSA PKCS#1 v1.5 over the raw data (no DigestInfo), 2048 bits.
+        RsaSignRawPkcs12048 = "RSA_SIGN_RAW_PKCS1_2048" => 28,
+        /// RSA PKCS#1 v1.5 over the raw data, 3072 bits.
+        RsaSignRawPkcs13072 = "RSA_SIGN_RAW_PKCS1_3072" => 29,
+        /// RSA PKCS#1 v1.5 over the raw data, 4096 bits.
+        RsaSignRawPkcs14096 = "RSA_SIGN_RAW_PKCS1_4096" => 30,
         /// RSA-OAEP 2048 SHA-256.
         RsaDecryptOaep2048Sha256 = "RSA_DECRYPT_OAEP_2048_SHA256" => 8,
         /// RSA-OAEP 3072 SHA-256.
@@ -126,18 +132,78 @@ wire_enum! {
         RsaDecryptOaep4096Sha256 = "RSA_DECRYPT_OAEP_4096_SHA256" => 10,
         /// RSA-OAEP 4096 SHA-512.
         RsaDecryptOaep4096Sha512 = "RSA_DECRYPT_OAEP_4096_SHA512" => 17,
+        /// RSA-OAEP 2048 SHA-1.
+        RsaDecryptOaep2048Sha1 = "RSA_DECRYPT_OAEP_2048_SHA1" => 37,
+        /// RSA-OAEP 3072 SHA-1.
+        RsaDecryptOaep3072Sha1 = "RSA_DECRYPT_OAEP_3072_SHA1" => 38,
+        /// RSA-OAEP 4096 SHA-1.
+        RsaDecryptOaep4096Sha1 = "RSA_DECRYPT_OAEP_4096_SHA1" => 39,
         /// ECDSA P-256 SHA-256.
         EcSignP256Sha256 = "EC_SIGN_P256_SHA256" => 12,
         /// ECDSA P-384 SHA-384.
         EcSignP384Sha384 = "EC_SIGN_P384_SHA384" => 13,
+        /// ECDSA secp256k1 SHA-256.
+        EcSignSecp256k1Sha256 = "EC_SIGN_SECP256K1_SHA256" => 31,
         /// Ed25519.
         EcSignEd25519 = "EC_SIGN_ED25519" => 40,
         /// HMAC-SHA256.
         HmacSha256 = "HMAC_SHA256" => 32,
+        /// HMAC-SHA1.
+        HmacSha1 = "HMAC_SHA1" => 33,
+        /// HMAC-SHA384.
+        HmacSha384 = "HMAC_SHA384" => 34,
+        /// HMAC-SHA512.
+        HmacSha512 = "HMAC_SHA512" => 35,
+        /// HMAC-SHA224.
+        HmacSha224 = "HMAC_SHA224" => 36,
+        /// ML-KEM-768 (FIPS 203).
+        MlKem768 = "ML_KEM_768" => 47,
+        /// ML-KEM-1024 (FIPS 203).
+        MlKem1024 = "ML_KEM_1024" => 48,
         /// Symmetric encryption by an external key manager.
         ExternalSymmetricEncryption = "EXTERNAL_SYMMETRIC_ENCRYPTION" => 18,
         /// AES-256 key wrap with padding.
         Aes256Kwp = "AES_256_KWP" => 73,
+    }
+}
+
+impl Algorithm {
+    /// The purpose the algorithm belongs to (Cloud KMS's "Key purposes" table); `None` for
+    /// `CRYPTO_KEY_VERSION_ALGORITHM_UNSPECIFIED`.
+    pub fn purpose(self) -> Option<Purpose> {
+        use Algorithm as A;
+        Some(match self {
+            A::Unspecified => return None,
+            A::GoogleSymmetricEncryption | A::ExternalSymmetricEncryption => Purpose::EncryptDecrypt,
+            A::Aes128Gcm | A::Aes256Gcm | A::Aes128Cbc | A::Aes256Cbc | A::Aes128Ctr | A::Aes256Ctr => {
+                Purpose::RawEncryptDecrypt
+            }
+            A::RsaSignPss2048Sha256
+            | A::RsaSignPss3072Sha256
+            | A::RsaSignPss4096Sha256
+            | A::RsaSignPss4096Sha512
+            | A::RsaSignPkcs12048Sha256
+            | A::RsaSignPkcs13072Sha256
+            | A::RsaSignPkcs14096Sha256
+            | A::RsaSignPkcs14096Sha512
+            | A::RsaSignRawPkcs12048
+            | A::RsaSignRawPkcs13072
+            | A::RsaSignRawPkcs14096
+            | A::EcSignP256Sha256
+            | A::EcSignP384Sha384
+            | A::EcSignSecp256k1Sha256
+            | A::EcSignEd25519 => Purpose::AsymmetricSign,
+            A::RsaDecryptOaep2048Sha256
+            | A::RsaDecryptOaep3072Sha256
+            | A::RsaDecryptOaep4096Sha256
+            | A::RsaDecryptOaep4096Sha512
+            | A::RsaDecryptOaep2048Sha1
+            | A::RsaDecryptOaep3072Sha1
+            | A::RsaDecryptOaep4096Sha1 => Purpose::AsymmetricDecrypt,
+            A::HmacSha1 | A::HmacSha224 | A::HmacSha256 | A::HmacSha384 | A::HmacSha512 => Purpose::Mac,
+            A::MlKem768 | A::MlKem1024 => Purpose::KeyEncapsulation,
+            A::Aes256Kwp => Purpose::AesWrapping,
+        })
     }
 }
 

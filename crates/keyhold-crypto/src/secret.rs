@@ -52,6 +52,19 @@ impl Secret {
         &self.0
     }
 
+    /// The secret bytes, to be filled in place (a buffer a library decrypts into).
+    pub fn expose_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+
+    /// Shortens the secret to `len` bytes, wiping the bytes cut off first.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.0.len() {
+            self.0[len..].zeroize();
+            self.0.truncate(len);
+        }
+    }
+
     /// Length in bytes (not secret).
     pub fn len(&self) -> usize {
         self.0.len()

@@ -77,8 +77,7 @@ impl KeyManagementService for Front {
     }
 
     async fn get_public_key(&self, request: Request<pb::GetPublicKeyRequest>) -> Answer<pb::PublicKey> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("GetPublicKey (asymmetric keys)")).await
+        self.serve(request, |r| r.name.clone(), methods::get_public_key).await
     }
 
     async fn get_import_job(&self, request: Request<pb::GetImportJobRequest>) -> Answer<pb::ImportJob> {
@@ -223,26 +222,22 @@ impl KeyManagementService for Front {
     }
 
     async fn asymmetric_sign(&self, request: Request<pb::AsymmetricSignRequest>) -> Answer<pb::AsymmetricSignResponse> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("AsymmetricSign")).await
+        self.serve(request, |r| r.name.clone(), methods::asymmetric_sign).await
     }
 
     async fn asymmetric_decrypt(
         &self,
         request: Request<pb::AsymmetricDecryptRequest>,
     ) -> Answer<pb::AsymmetricDecryptResponse> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("AsymmetricDecrypt")).await
+        self.serve(request, |r| r.name.clone(), methods::asymmetric_decrypt).await
     }
 
     async fn mac_sign(&self, request: Request<pb::MacSignRequest>) -> Answer<pb::MacSignResponse> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("MacSign")).await
+        self.serve(request, |r| r.name.clone(), methods::mac_sign).await
     }
 
     async fn mac_verify(&self, request: Request<pb::MacVerifyRequest>) -> Answer<pb::MacVerifyResponse> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("MacVerify")).await
+        self.serve(request, |r| r.name.clone(), methods::mac_verify).await
     }
 
     async fn decapsulate(&self, request: Request<pb::DecapsulateRequest>) -> Answer<pb::DecapsulateResponse> {

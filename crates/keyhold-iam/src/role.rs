@@ -62,6 +62,8 @@ permissions! {
     VERSIONS_USE_TO_ENCRYPT = "cloudkms.cryptoKeyVersions.useToEncrypt";
     VERSIONS_USE_TO_DECRYPT = "cloudkms.cryptoKeyVersions.useToDecrypt";
     VERSIONS_VIEW_PUBLIC_KEY = "cloudkms.cryptoKeyVersions.viewPublicKey";
+    VERSIONS_USE_TO_SIGN = "cloudkms.cryptoKeyVersions.useToSign";
+    VERSIONS_USE_TO_VERIFY = "cloudkms.cryptoKeyVersions.useToVerify";
     PROJECTS_GET = "resourcemanager.projects.get";
     PROJECTS_GET_IAM_POLICY = "resourcemanager.projects.getIamPolicy";
     PROJECTS_SET_IAM_POLICY = "resourcemanager.projects.setIamPolicy";
@@ -189,6 +191,8 @@ pub static ROLES: &[Role] = &[
             VERSIONS_USE_TO_ENCRYPT,
             VERSIONS_USE_TO_DECRYPT,
             VERSIONS_VIEW_PUBLIC_KEY,
+            VERSIONS_USE_TO_SIGN,
+            VERSIONS_USE_TO_VERIFY,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             PROJECTS_SET_IAM_POLICY,
@@ -322,7 +326,6 @@ pub static ROLES: &[Role] = &[
             VERSIONS_UPDATE,
             VERSIONS_DESTROY,
             VERSIONS_RESTORE,
-            VERSIONS_VIEW_PUBLIC_KEY,
             PROJECTS_GET,
         ],
     },
@@ -348,12 +351,41 @@ pub static ROLES: &[Role] = &[
         permissions: &[
             VERSIONS_USE_TO_ENCRYPT,
             VERSIONS_USE_TO_DECRYPT,
+            VERSIONS_USE_TO_SIGN,
+            VERSIONS_USE_TO_VERIFY,
             VERSIONS_VIEW_PUBLIC_KEY,
             LOCATIONS_GET,
             LOCATIONS_GENERATE_RANDOM_BYTES,
             LOCATIONS_LIST,
             PROJECTS_GET,
         ],
+    },
+    Role {
+        name: "roles/cloudkms.signer",
+        title: "Cloud KMS CryptoKey Signer",
+        permissions: &[VERSIONS_USE_TO_SIGN, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.signerVerifier",
+        title: "Cloud KMS CryptoKey Signer/Verifier",
+        permissions: &[
+            VERSIONS_USE_TO_SIGN,
+            VERSIONS_USE_TO_VERIFY,
+            VERSIONS_VIEW_PUBLIC_KEY,
+            LOCATIONS_GET,
+            LOCATIONS_LIST,
+            PROJECTS_GET,
+        ],
+    },
+    Role {
+        name: "roles/cloudkms.verifier",
+        title: "Cloud KMS CryptoKey Verifier",
+        permissions: &[VERSIONS_USE_TO_VERIFY, VERSIONS_VIEW_PUBLIC_KEY, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.publicKeyViewer",
+        title: "Cloud KMS CryptoKey Public Key Viewer",
+        permissions: &[VERSIONS_VIEW_PUBLIC_KEY, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
     },
     Role { name: "roles/logging.viewer", title: "Logs Viewer", permissions: &[LOG_ENTRIES_LIST] },
     Role {

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use keyhold_api::CryptoKeyName;
 use keyhold_crypto::AeadKey;
+use keyhold_crypto::asymmetric::PrivateKey;
 
+use crate::material::VersionMaterial;
 use crate::repo::{CryptoKeyRecord, VersionRecord};
 
 /// The default byte budget of the key cache.
@@ -50,6 +52,16 @@ pub struct CachedVersion {
     pub record: VersionRecord,
     /// The unsealed key, filled on first use.
     pub aead: OnceLock<Arc<AeadKey>>,
+    /// The unsealed private (or MAC) key of a signing, asymmetric decryption or MAC version,
+    /// parsed on first use.
+    pub private: OnceLock<Arc<PrivateKey>>,
+}
+
+impl CachedVersion {
+    /// A version as loaded, nothing unsealed yet.
+    pub fn new(record: VersionRecord) -> Self {
+        Self { record, aead: OnceLock::new(), private: OnceLock::new() }
+    }
 }
 
 /// One crypto key in the cache.
@@ -78,7 +90,15 @@ impl CachedKey {
             + json_len(&record.key)
             + nodes * BTREE_SLOTS * slot;
         for v in versions.values() {
-            weight += VERSION_HEAP + json_len(&v.record.version);
+            // Private keys: the sealed envelope, its PKCS#8 once opened, and the parsed key, each
+            // about as long as the envelope.
+            let private = match &v.record.material {
+                VersionMaterial::Sealed(b) if b.first() == Some(&keyhold_crypto::sealed::ENVELOPE_V2) => {
+                    3 * b.len() as u64
+                }
+                _ => 0,
+            };
+            weight += VERSION_HEAP + json_len(&v.record.version) + private;
         }
         Self { name, record, versions, weight, loaded: Instant::now(), refreshing: AtomicBool::new(false) }
     }
@@ -251,7 +271,7 @@ mod tests {
                     material: VersionMaterial::Erased,
                     revision: 1,
                 };
-                (id, CachedVersion { record, aead: OnceLock::new() })
+                (id, CachedVersion::new(record))
             })
             .collect();
         CachedKey::new(record, versions)

@@ -36,12 +36,12 @@ pub const MAX_PLAINTEXT: usize = 64 * 1024;
 /// our format or of an HSM's or external manager's blob.
 pub const MAX_CIPHERTEXT: usize = MAX_PLAINTEXT + 1024;
 
-fn check_size(field: &'static str, len: usize, max: usize) -> Result<(), KmsError> {
+pub(crate) fn check_size(field: &'static str, len: usize, max: usize) -> Result<(), KmsError> {
     if len > max { Err(KmsError::TooLarge { field, max, actual: len }) } else { Ok(()) }
 }
 
 /// Checks an optional client CRC32C; returns whether one was given (the `verified*` flag).
-fn check_crc(field: &'static str, data: &[u8], given: Option<Crc32c>) -> Result<bool, KmsError> {
+pub(crate) fn check_crc(field: &'static str, data: &[u8], given: Option<Crc32c>) -> Result<bool, KmsError> {
     match given {
         None => Ok(false),
         Some(Crc32c(c)) if c == crc32c(data) => Ok(true),
@@ -93,7 +93,7 @@ impl CryptoOps {
         let version = entry.versions.get(&id).ok_or_else(|| KmsError::VersionNotFound(key_name.version(id)))?;
         call.set_key_version(version.record.version.name.clone());
         require_enabled(version)?;
-        let reason = Self::check_justification(call, &entry)?;
+        let reason = check_justification(call, &entry)?;
         let level = version.record.version.protection_level.unwrap_or(ProtectionLevel::Software);
         let using = KeyUse { key_name: &entry.name, version, call, reason };
         let ct = self.keys.backends.for_level(Some(level))?.encrypt(using, plaintext, aad).await?;
@@ -132,7 +132,7 @@ impl CryptoOps {
         let version = entry.versions.get(&id).ok_or(KmsError::DecryptFailed)?;
         call.set_key_version(version.record.version.name.clone());
         require_enabled(version)?;
-        let reason = Self::check_justification(call, &entry)?;
+        let reason = check_justification(call, &entry)?;
         let level = version.record.version.protection_level.unwrap_or(ProtectionLevel::Software);
         let using = KeyUse { key_name: &entry.name, version, call, reason };
         let plaintext = self.keys.backends.for_level(Some(level))?.decrypt(using, ct, aad).await?;
@@ -164,32 +164,6 @@ impl CryptoOps {
         let data = self.keys.backends.hsm()?.random_bytes(req.length_bytes as usize, &location.to_string()).await?;
         Ok(GenerateRandomBytesResponse { data_crc32c: Crc32c(crc32c(data.expose())), data: SecretBytes(data) })
     }
-
-    /// [K11] The request's access reason against the key's `keyAccessJustificationsPolicy`
-    /// (absent: every reason allowed; present and empty: none). The decision goes into the
-    /// call's audit entry either way.
-    fn check_justification(call: &Call<'_>, entry: &CachedKey) -> Result<AccessReason, KmsError> {
-        let reason = call.caller.access_reason.unwrap_or(AccessReason::CustomerInitiatedAccess);
-        let policy = entry.record.key.key_access_justifications_policy.as_ref();
-        let allowed = policy.is_none_or(|p| p.allowed_access_reasons.contains(&reason));
-        call.set_access_decision(AccessDecision {
-            reason: reason.as_str().to_string(),
-            policy_enforced: policy.is_some(),
-            allowed,
-        });
-        match policy {
-            Some(p) if !allowed => Err(KmsError::JustificationDenied {
-                key: entry.name.clone(),
-                reason,
-                allowed: if p.allowed_access_reasons.is_empty() {
-                    "none".into()
-                } else {
-                    p.allowed_access_reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
-                },
-            }),
-            _ => Ok(reason),
-        }
-    }
 }
 
 fn require_purpose(entry: &CachedKey) -> Result<(), KmsError> {
@@ -203,12 +177,38 @@ fn require_purpose(entry: &CachedKey) -> Result<(), KmsError> {
     }
 }
 
-fn require_enabled(v: &CachedVersion) -> Result<(), KmsError> {
+pub(crate) fn require_enabled(v: &CachedVersion) -> Result<(), KmsError> {
     match v.record.version.state {
         Some(VersionState::Enabled) => Ok(()),
         other => Err(KmsError::VersionNotEnabled {
             version: v.record.name.clone(),
             state: other.unwrap_or(VersionState::Unspecified),
         }),
+    }
+}
+
+/// [K11] The request's access reason against the key's `keyAccessJustificationsPolicy`
+/// (absent: every reason allowed; present and empty: none). The decision goes into the
+/// call's audit entry either way.
+pub(crate) fn check_justification(call: &Call<'_>, entry: &CachedKey) -> Result<AccessReason, KmsError> {
+    let reason = call.caller.access_reason.unwrap_or(AccessReason::CustomerInitiatedAccess);
+    let policy = entry.record.key.key_access_justifications_policy.as_ref();
+    let allowed = policy.is_none_or(|p| p.allowed_access_reasons.contains(&reason));
+    call.set_access_decision(AccessDecision {
+        reason: reason.as_str().to_string(),
+        policy_enforced: policy.is_some(),
+        allowed,
+    });
+    match policy {
+        Some(p) if !allowed => Err(KmsError::JustificationDenied {
+            key: entry.name.clone(),
+            reason,
+            allowed: if p.allowed_access_reasons.is_empty() {
+                "none".into()
+            } else {
+                p.allowed_access_reasons.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+            },
+        }),
+        _ => Ok(reason),
     }
 }

@@ -1,7 +1,7 @@
 //! Errors of the KMS domain, each mapped to a `google.rpc.Code` in exactly one place
 //! ([`KmsError::code`]) and rendered with Cloud KMS's own messages where Cloud KMS has one.
 
-use keyhold_api::resources::{AccessReason, Purpose, VersionState};
+use keyhold_api::resources::{AccessReason, Algorithm, Purpose, VersionState};
 use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, KeyRingName, NameError, Status};
 
 use crate::backend::ports::BackendError;
@@ -63,6 +63,20 @@ pub enum KmsError {
         /// The purpose required.
         required: Purpose,
     },
+    /// The version's algorithm is not one the operation takes (a signing key asked to
+    /// decrypt, a symmetric key asked for its public key).
+    #[error("{version} has algorithm {algorithm}, which may not be used for {operation}.")]
+    WrongAlgorithm {
+        /// The version.
+        version: CryptoKeyVersionName,
+        /// Its algorithm.
+        algorithm: Algorithm,
+        /// What was attempted ("signing", "asymmetric decryption", ...).
+        operation: &'static str,
+    },
+    /// RSA-OAEP decryption failed (wrong key, wrong length, tampered): Cloud KMS's words.
+    #[error("Decryption failed.")]
+    AsymmetricDecryptFailed,
     /// A state change the state machine does not allow.
     #[error("CryptoKeyVersion {version} is in state {state}; {action} requires {allowed}.")]
     IllegalTransition {
@@ -202,6 +216,7 @@ impl KmsError {
             KmsError::InvalidArgument(_)
             | KmsError::InvalidName(_)
             | KmsError::DecryptFailed
+            | KmsError::AsymmetricDecryptFailed
             | KmsError::ChecksumMismatch { .. }
             | KmsError::TooLarge { .. } => Code::InvalidArgument,
             KmsError::UnsupportedLocation { .. } => Code::InvalidArgument,
@@ -212,6 +227,7 @@ impl KmsError {
             KmsError::VersionNotEnabled { .. }
             | KmsError::NoPrimaryVersion(_)
             | KmsError::WrongPurpose { .. }
+            | KmsError::WrongAlgorithm { .. }
             | KmsError::IllegalTransition { .. } => Code::FailedPrecondition,
             KmsError::InvalidPolicy(_) => Code::InvalidArgument,
             KmsError::TokenNotFound(_) | KmsError::NotFound(_) => Code::NotFound,

@@ -4,18 +4,19 @@
 //! has authorized it. Key material is made and erased by the version's [`crate::backend`].
 
 use std::sync::Arc;
-use std::sync::OnceLock;
 
 use keyhold_api::page::{Page, PageError, PageRequest};
 use keyhold_api::resources::{
-    CryptoKey, CryptoKeyVersion, ExternalProtectionLevelOptions, KeyRing, Location, ProtectionLevel, Purpose,
-    VersionState, VersionTemplate,
+    Algorithm, CryptoKey, CryptoKeyVersion, ExternalProtectionLevelOptions, KeyRing, Location, ProtectionLevel,
+    Purpose, VersionState, VersionTemplate,
 };
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
+use keyhold_iam::Caller;
 
-use crate::backend::{Backends, Erasing};
+use crate::algorithm;
+use crate::backend::{Backends, Erasing, NewMaterial};
 use crate::cache::{CachedKey, CachedVersion, KeyCache};
-use crate::call::Call;
+use crate::call::{Call, Op};
 use crate::clock::Clock;
 use crate::config::KmsConfig;
 use crate::error::KmsError;
@@ -221,10 +222,11 @@ impl Keys {
         let first = if skip_initial_version_creation {
             None
         } else {
-            Some(self.new_version_record(&name.version(1), &template, VersionState::Enabled, None).await?)
+            Some(self.new_version_record(&name.version(1), &key, VersionState::Enabled, None).await?)
         };
-        let record =
-            CryptoKeyRecord { name: name.clone(), key, primary_version: first.as_ref().map(|_| 1), revision: 0 };
+        // Only ENCRYPT_DECRYPT keys have a primary version.
+        let primary_version = first.as_ref().filter(|_| purpose == Purpose::EncryptDecrypt).map(|_| 1);
+        let record = CryptoKeyRecord { name: name.clone(), key, primary_version, revision: 0 };
         match self.repo.insert_crypto_key(&record, first.as_ref(), &call.success_entry()).await {
             Ok(()) => Ok(render_key(&record, first.as_ref())),
             Err(e) => {
@@ -240,15 +242,20 @@ impl Keys {
         }
     }
 
+    /// Whether this server has the template's protection level, and that level makes keys of
+    /// its algorithm.
     fn check_protection_level(&self, t: &VersionTemplate) -> Result<(), KmsError> {
-        self.backends.for_level(t.protection_level).map(|_| ())
+        self.backends.for_level(t.protection_level)?.check_algorithm(template_algorithm(t))
     }
 
     fn check_rotation(&self, key: &CryptoKey) -> Result<(), KmsError> {
+        let scheduled = key.rotation_period.is_some() || key.next_rotation_time.is_some();
+        if scheduled && key.purpose != Some(Purpose::EncryptDecrypt) {
+            return Err(KmsError::InvalidArgument(
+                "Only ENCRYPT_DECRYPT keys support automatic rotation: rotationPeriod and nextRotationTime must be omitted for other purposes.".into(),
+            ));
+        }
         if let Some(p) = key.rotation_period {
-            if key.purpose != Some(Purpose::EncryptDecrypt) {
-                return Err(KmsError::InvalidArgument("Only ENCRYPT_DECRYPT keys support automatic rotation.".into()));
-            }
             validate::duration_in(
                 "rotation_period",
                 p,
@@ -264,34 +271,122 @@ impl Keys {
         Ok(())
     }
 
-    /// Makes the material of a new version where its protection level keeps it (see
-    /// [`crate::backend`]).
+    /// A new version of `key`, in `state`, with the material its protection level makes (see
+    /// [`crate::backend`]). Asymmetric keys start `PENDING_GENERATION` without material instead:
+    /// [`Keys::generate_pending`] makes it in the background and enables them.
     pub(crate) async fn new_version_record(
         &self,
         name: &CryptoKeyVersionName,
-        template: &VersionTemplate,
+        key: &CryptoKey,
         state: VersionState,
         external: Option<ExternalProtectionLevelOptions>,
     ) -> Result<VersionRecord, KmsError> {
-        let level = template.protection_level.unwrap_or(ProtectionLevel::Software);
-        let made = self.backends.for_level(Some(level))?.create(name, external.as_ref()).await?;
+        let template = key.version_template.clone().unwrap_or_default();
         let now = self.clock.now();
-        Ok(VersionRecord {
-            name: name.clone(),
-            version: CryptoKeyVersion {
-                name: name.to_string(),
-                state: Some(state),
-                protection_level: template.protection_level,
-                algorithm: template.algorithm,
-                create_time: Some(now),
-                generate_time: Some(now),
-                attestation: made.attestation,
-                external_protection_level_options: made.external_options,
-                ..Default::default()
-            },
-            material: made.material,
-            revision: 0,
-        })
+        let mut version = CryptoKeyVersion {
+            name: name.to_string(),
+            state: Some(state),
+            protection_level: template.protection_level,
+            algorithm: template.algorithm,
+            create_time: Some(now),
+            ..Default::default()
+        };
+        if algorithm::generated_in_background(key.purpose) {
+            version.state = Some(VersionState::PendingGeneration);
+            return Ok(VersionRecord { name: name.clone(), version, material: VersionMaterial::Erased, revision: 0 });
+        }
+        let made = self.make_material(name, &template, external.as_ref()).await?;
+        version.generate_time = Some(now);
+        version.attestation = made.attestation;
+        version.external_protection_level_options = made.external_options;
+        Ok(VersionRecord { name: name.clone(), version, material: made.material, revision: 0 })
+    }
+
+    async fn make_material(
+        &self,
+        name: &CryptoKeyVersionName,
+        template: &VersionTemplate,
+        external: Option<&ExternalProtectionLevelOptions>,
+    ) -> Result<NewMaterial, KmsError> {
+        let level = template.protection_level.unwrap_or(ProtectionLevel::Software);
+        self.backends.for_level(Some(level))?.create(name, template_algorithm(template), external).await
+    }
+
+    /// Generates the key of a `PENDING_GENERATION` version and enables it (compare-and-set: with
+    /// several nodes, one generation wins and the others' material is discarded). A generation
+    /// the backend refuses for good leaves the version `GENERATION_FAILED` with the reason.
+    /// Returns whether this call enabled (or failed) the version.
+    pub(crate) async fn generate_pending(&self, name: &CryptoKeyVersionName) -> Result<bool, KmsError> {
+        let Some(pending) = self.repo.version(name).await? else { return Ok(false) };
+        if pending.version.state != Some(VersionState::PendingGeneration) {
+            return Ok(false);
+        }
+        let template = VersionTemplate {
+            protection_level: pending.version.protection_level,
+            algorithm: pending.version.algorithm,
+        };
+        let made = match self.make_material(name, &template, None).await {
+            // Retried at the next pass: the HSM or root key may be back by then.
+            Err(e @ (KmsError::KeyBackendUnavailable { .. } | KmsError::Unavailable(_))) => return Err(e),
+            other => other,
+        };
+        let system = Caller::system("scheduler");
+        let call = Call::new(&system, Op::kms_write("GenerateCryptoKeyVersion"), name.to_string());
+        call.set_key_version(name.to_string());
+        let now = self.clock.now();
+        let mut won = false;
+        let result = self
+            .modify_version(&call, name, |v, _| {
+                if v.version.state != Some(VersionState::PendingGeneration) {
+                    return Err(KmsError::IllegalTransition {
+                        version: name.clone(),
+                        state: v.version.state.unwrap_or(VersionState::Unspecified),
+                        action: "generation",
+                        allowed: "PENDING_GENERATION",
+                    });
+                }
+                match &made {
+                    Ok(m) => {
+                        v.version.state = Some(VersionState::Enabled);
+                        v.version.generate_time = Some(now);
+                        v.version.attestation = m.attestation.clone();
+                        v.material = m.material.clone();
+                    }
+                    Err(e) => {
+                        v.version.state = Some(VersionState::GenerationFailed);
+                        v.version.generation_failure_reason = e.to_string();
+                    }
+                }
+                won = true;
+                Ok(())
+            })
+            .await;
+        match (result, made) {
+            (Ok(_), Ok(_)) => {
+                tracing::info!(version = %name, "key generated; version enabled");
+                Ok(won)
+            }
+            (Ok(_), Err(e)) => {
+                tracing::error!(version = %name, error = %e, "key generation failed; version GENERATION_FAILED");
+                Ok(won)
+            }
+            // Generated on another node (or gone) meanwhile: this material was never recorded.
+            (Err(KmsError::IllegalTransition { .. } | KmsError::VersionNotFound(_)), made) => {
+                if let Ok(m) = made {
+                    let level = pending.version.protection_level;
+                    if let Ok(backend) = self.backends.for_level(level) {
+                        backend.erase(name, &m.material, Erasing::NotCreated).await;
+                    }
+                }
+                Ok(false)
+            }
+            // The write may have committed (the database went away mid-answer): the material is
+            // kept (an HSM object is left for `keyhold hsm reconcile`), and the next pass sees.
+            (Err(e), _) => {
+                tracing::warn!(version = %name, error = %e, "cannot record a generated key; will retry");
+                Err(e)
+            }
+        }
     }
 
     /// After the insert of a new version failed: its HSM object, generated in the token just
@@ -386,8 +481,9 @@ impl Keys {
                                 ));
                             }
                             let t = VersionTemplate { protection_level: current.protection_level, algorithm: asked.algorithm };
-                            key.version_template =
-                                Some(validate::template(key.purpose.unwrap_or(Purpose::EncryptDecrypt), Some(t))?);
+                            let t = validate::template(key.purpose.unwrap_or(Purpose::EncryptDecrypt), Some(t))?;
+                            self.check_protection_level(&t)?;
+                            key.version_template = Some(t);
                         }
                         "keyAccessJustificationsPolicy" => {
                             key.key_access_justifications_policy = patch.key_access_justifications_policy.clone()
@@ -487,6 +583,11 @@ impl Keys {
                 )));
             }
         };
+        if state == VersionState::Disabled && algorithm::generated_in_background(key.key.purpose) {
+            return Err(KmsError::InvalidArgument(
+                "A new version of an asymmetric key starts PENDING_GENERATION and is enabled once its key is generated; create it without state, then disable it.".into(),
+            ));
+        }
         let template = key.key.version_template.clone().unwrap_or_default();
         self.check_protection_level(&template)?;
         // Checked before an ID is used up, so a refused request leaves no gap.
@@ -496,7 +597,7 @@ impl Keys {
         )?;
         let id = self.repo.allocate_version_id(parent).await?;
         let record = self
-            .new_version_record(&parent.version(id), &template, state, request.external_protection_level_options)
+            .new_version_record(&parent.version(id), &key.key, state, request.external_protection_level_options)
             .await?;
         call.set_key_version(record.name.to_string());
         if let Err(e) = self.repo.insert_version(&record, false, &call.success_entry()).await {
@@ -677,7 +778,7 @@ impl Keys {
             .list_versions(name, 0, i64::MAX)
             .await?
             .into_iter()
-            .map(|v| (v.name.version, CachedVersion { record: v, aead: OnceLock::new() }))
+            .map(|v| (v.name.version, CachedVersion::new(v)))
             .collect();
         Ok(CachedKey::new(record, versions))
     }
@@ -718,6 +819,18 @@ fn require_encrypt_decrypt(record: &CryptoKeyRecord) -> Result<(), KmsError> {
             purpose: other.unwrap_or(Purpose::Unspecified),
             required: Purpose::EncryptDecrypt,
         }),
+    }
+}
+
+/// A template's algorithm (always set by [`validate::template`]; the level's symmetric
+/// default for a record written before it was).
+fn template_algorithm(t: &VersionTemplate) -> Algorithm {
+    match (t.algorithm, t.protection_level) {
+        (Some(a), _) => a,
+        (None, Some(ProtectionLevel::External | ProtectionLevel::ExternalVpc)) => {
+            Algorithm::ExternalSymmetricEncryption
+        }
+        (None, _) => Algorithm::GoogleSymmetricEncryption,
     }
 }
 

@@ -10,7 +10,8 @@
 //! | [`OrgPolicies`] (`org_policy.rs`) | the CMEK organization policies |
 //! | [`Keys`] (`keys.rs`) | key rings, keys, versions, the key cache, the [`crate::backend`]s |
 //! | [`CryptoOps`] (`crypto_ops.rs`) | `:encrypt`, `:decrypt`, random bytes |
-//! | [`Scheduler`] (`scheduler.rs`) | scheduled destruction and rotation |
+//! | [`VersionOps`] (`version_ops.rs`) | signing, asymmetric decryption, public keys, MACs |
+//! | [`Scheduler`] (`scheduler.rs`) | key generation, scheduled destruction, rotation |
 //!
 //! A method here says what it is (its audit name, its log stream, the permission it needs and
 //! on what) and which part serves it; nothing else.
@@ -21,17 +22,19 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use keyhold_api::iam::{Policy, SetIamPolicyRequest};
 use keyhold_api::messages::{
-    DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse, GenerateRandomBytesRequest,
-    GenerateRandomBytesResponse,
+    AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse, DecryptRequest,
+    DecryptResponse, EncryptRequest, EncryptResponse, GenerateRandomBytesRequest, GenerateRandomBytesResponse,
+    MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, PublicKeyFormat,
 };
 use keyhold_api::orgpolicy::OrgPolicy;
 use keyhold_api::page::Page;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing, Location};
+use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing, Location, VersionState};
 use keyhold_api::wire::ProtoDuration;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 use keyhold_crypto::KeyBytes;
 use keyhold_iam::{Caller, Permission, Principal, ROOT_RESOURCE, role};
 
+use crate::algorithm;
 use crate::audit::{self, AuditKind, AuditLogPage, AuditLogQuery, AuditWriter, ChainVerdict};
 use crate::authz::Authorizer;
 use crate::backend::Backends;
@@ -49,6 +52,7 @@ use crate::quota::Quotas;
 use crate::repo::{Change, KmsRepository, ProjectRecord, RepoError, ServiceIdentityRecord, TokenRecord};
 use crate::root_key::RootKey;
 use crate::scheduler::{DueWork, Scheduler};
+use crate::version_ops::VersionOps;
 
 /// The service of Keyhold's own methods (tokens).
 const KEYHOLD: &str = "keyhold.dev";
@@ -68,7 +72,10 @@ pub struct Kms {
     org_policies: OrgPolicies,
     keys: Arc<Keys>,
     crypto: CryptoOps,
+    versions: VersionOps,
     scheduler: Scheduler,
+    /// Wakes the scheduler at once (a key is waiting for its generation).
+    due_now: tokio::sync::Notify,
     events: EventBus,
     last_change: AtomicI64,
 }
@@ -110,6 +117,8 @@ impl Kms {
             policies: Policies::new(store.clone(), authz, events.clone()),
             org_policies: OrgPolicies::new(store.clone()),
             crypto: CryptoOps::new(keys.clone()),
+            versions: VersionOps::new(keys.clone()),
+            due_now: tokio::sync::Notify::new(),
             scheduler: Scheduler::new(store.clone(), clock, keys.clone()),
             keys,
             gate,
@@ -239,11 +248,17 @@ impl Kms {
         let on = parent.to_string();
         let check = Check::Permission(role::CRYPTO_KEYS_CREATE, &on);
         let resource = format!("{parent}/cryptoKeys/{crypto_key_id}");
-        self.gate
+        let generated_later = algorithm::generated_in_background(request.purpose) && !skip_initial_version_creation;
+        let created = self
+            .gate
             .run(caller, Op::kms_write("CreateCryptoKey"), resource, check, async |call| {
                 self.keys.create_crypto_key(call, parent, crypto_key_id, request, skip_initial_version_creation).await
             })
-            .await
+            .await?;
+        if generated_later {
+            self.due_now.notify_one();
+        }
+        Ok(created)
     }
 
     /// `cryptoKeys.get`.
@@ -342,6 +357,86 @@ impl Kms {
             .await
     }
 
+    /// `cryptoKeyVersions.asymmetricSign`.
+    pub async fn asymmetric_sign(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        req: &AsymmetricSignRequest,
+    ) -> Result<AsymmetricSignResponse, KmsError> {
+        let resource = name.crypto_key.to_string();
+        let check = Check::Permission(role::VERSIONS_USE_TO_SIGN, &resource);
+        self.gate
+            .run(caller, Op::kms_read("AsymmetricSign"), resource.clone(), check, async |call| {
+                self.versions.asymmetric_sign(call, name, req).await
+            })
+            .await
+    }
+
+    /// `cryptoKeyVersions.asymmetricDecrypt`.
+    pub async fn asymmetric_decrypt(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        req: &AsymmetricDecryptRequest,
+    ) -> Result<AsymmetricDecryptResponse, KmsError> {
+        let resource = name.crypto_key.to_string();
+        let check = Check::Permission(role::VERSIONS_USE_TO_DECRYPT, &resource);
+        self.gate
+            .run(caller, Op::kms_read("AsymmetricDecrypt"), resource.clone(), check, async |call| {
+                self.versions.asymmetric_decrypt(call, name, req).await
+            })
+            .await
+    }
+
+    /// `cryptoKeyVersions.getPublicKey`.
+    pub async fn public_key(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        format: Option<PublicKeyFormat>,
+    ) -> Result<PublicKey, KmsError> {
+        let resource = name.crypto_key.to_string();
+        let check = Check::Permission(role::VERSIONS_VIEW_PUBLIC_KEY, &resource);
+        self.gate
+            .run(caller, Op::kms_read("GetPublicKey"), resource.clone(), check, async |call| {
+                self.versions.public_key(call, name, format).await
+            })
+            .await
+    }
+
+    /// `cryptoKeyVersions.macSign`.
+    pub async fn mac_sign(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        req: &MacSignRequest,
+    ) -> Result<MacSignResponse, KmsError> {
+        let resource = name.crypto_key.to_string();
+        let check = Check::Permission(role::VERSIONS_USE_TO_SIGN, &resource);
+        self.gate
+            .run(caller, Op::kms_read("MacSign"), resource.clone(), check, async |call| {
+                self.versions.mac_sign(call, name, req).await
+            })
+            .await
+    }
+
+    /// `cryptoKeyVersions.macVerify`.
+    pub async fn mac_verify(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        req: &MacVerifyRequest,
+    ) -> Result<MacVerifyResponse, KmsError> {
+        let resource = name.crypto_key.to_string();
+        let check = Check::Permission(role::VERSIONS_USE_TO_VERIFY, &resource);
+        self.gate
+            .run(caller, Op::kms_read("MacVerify"), resource.clone(), check, async |call| {
+                self.versions.mac_verify(call, name, req).await
+            })
+            .await
+    }
+
     // ---- versions -------------------------------------------------------------------------
 
     /// `cryptoKeyVersions.create` ([K6]): a new version with the next ID, not primary.
@@ -353,11 +448,16 @@ impl Kms {
     ) -> Result<CryptoKeyVersion, KmsError> {
         let resource = parent.to_string();
         let check = Check::Permission(role::VERSIONS_CREATE, &resource);
-        self.gate
+        let created = self
+            .gate
             .run(caller, Op::kms_write("CreateCryptoKeyVersion"), resource.clone(), check, async |call| {
                 self.keys.create_version(call, parent, request).await
             })
-            .await
+            .await?;
+        if created.state == Some(VersionState::PendingGeneration) {
+            self.due_now.notify_one();
+        }
+        Ok(created)
     }
 
     /// `cryptoKeyVersions.get`.
@@ -869,28 +969,41 @@ impl Kms {
         }
     }
 
-    /// Runs the scheduler and the cross-node cache sync until `shutdown` resolves.
+    /// Runs the scheduler and the cross-node cache sync until `shutdown` resolves. The sync has
+    /// its own task, so that a long scheduler pass (keys being generated) never delays another
+    /// node's disable, destroy or revoke reaching this one.
     pub async fn run_background(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let syncing = self.clone();
+        let sync_task = tokio::spawn(async move {
+            let mut sync = tokio::time::interval(syncing.config.change_poll_interval);
+            sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    _ = sync.tick() => {
+                        if let Err(e) = syncing.sync_with_store().await {
+                            tracing::warn!(error = %e, "cannot poll the store for changes; will retry");
+                        }
+                    }
+                }
+            }
+        });
         let mut due = tokio::time::interval(self.config.scheduler_interval);
-        let mut sync = tokio::time::interval(self.config.change_poll_interval);
         due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                _ = due.tick() => {
-                    if let Err(e) = self.run_due_work().await {
-                        tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "scheduled key work failed; will retry");
-                    }
-                }
-                _ = sync.tick() => {
-                    if let Err(e) = self.sync_with_store().await {
-                        tracing::warn!(error = %e, "cannot poll the store for changes; will retry");
-                    }
-                }
+                _ = self.due_now.notified() => {}
+                _ = due.tick() => {}
+            }
+            if let Err(e) = self.run_due_work().await {
+                tracing::warn!(error = %e, cause = ?std::error::Error::source(&e), "scheduled key work failed; will retry");
             }
         }
+        let _ = stop.send(true);
+        let _ = sync_task.await;
     }
 }
 

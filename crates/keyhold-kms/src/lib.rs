@@ -1,5 +1,7 @@
 //! The KMS domain: key rings, crypto keys, crypto key versions, their state machine, rotation
-//! and scheduled destruction, and the symmetric `:encrypt` / `:decrypt` of Cloud KMS v1.
+//! and scheduled destruction, and the key operations of Cloud KMS v1: `:encrypt` / `:decrypt`,
+//! and on one version `:asymmetricSign`, `:asymmetricDecrypt`, `publicKey`, `:macSign` and
+//! `:macVerify`.
 //!
 //! This crate knows nothing of HTTP or SQL. It speaks the Cloud KMS resource model of
 //! `keyhold-api` and reaches its database through the [`repo::KmsRepository`] trait, which the
@@ -14,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod algorithm;
 pub mod audit;
 pub mod audit_journal;
 mod authz;
@@ -38,6 +41,7 @@ pub mod repo;
 pub mod root_key;
 pub mod scheduler;
 mod validate;
+mod version_ops;
 
 pub use backend::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};
 pub use call::{Caller, ServiceCall};

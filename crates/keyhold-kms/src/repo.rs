@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 use keyhold_api::iam::Policy;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
+use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing, VersionState};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 
@@ -59,6 +59,18 @@ pub struct VersionRecord {
     pub material: VersionMaterial,
     /// Compare-and-set revision (set by the store).
     pub revision: i64,
+}
+
+impl VersionRecord {
+    /// When the scheduler must next act on this version, the time stores index: a
+    /// `DESTROY_SCHEDULED` version at its `destroyTime` (to destroy it), a `PENDING_GENERATION`
+    /// one from its `createTime` (to generate its key and enable it); otherwise never.
+    pub fn due_time(&self) -> Option<Timestamp> {
+        match self.version.state {
+            Some(VersionState::PendingGeneration) => self.version.create_time,
+            _ => self.version.destroy_time,
+        }
+    }
 }
 
 impl std::fmt::Debug for VersionRecord {
@@ -188,8 +200,8 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
     /// When `material` becomes `None` the old bytes are overwritten, not merely unlinked.
     async fn update_version(&self, version: &VersionRecord, audit: &AuditRecord) -> Result<i64, RepoError>;
 
-    /// `DESTROY_SCHEDULED` versions whose `destroyTime` is at or before `now`.
-    async fn versions_due_for_destruction(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, RepoError>;
+    /// Versions whose [`VersionRecord::due_time`] is at or before `now`: the scheduler's work.
+    async fn versions_due(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, RepoError>;
     /// Keys whose `nextRotationTime` is at or before `now`.
     async fn keys_due_for_rotation(&self, now: Timestamp) -> Result<Vec<CryptoKeyName>, RepoError>;
 

@@ -1,4 +1,5 @@
-//! Work that happens by itself: scheduled destruction ([K7]) and automatic rotation ([K6]).
+//! Work that happens by itself: the generation of asymmetric keys created `PENDING_GENERATION`,
+//! scheduled destruction ([K7]) and automatic rotation ([K6]).
 //!
 //! Both are driven by times stored in the database, so a server restarted in the middle of a
 //! `destroyScheduledDuration` still destroys on time: the first pass after start catches up.
@@ -22,6 +23,8 @@ use crate::repo::KmsRepository;
 /// What one scheduler pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DueWork {
+    /// Versions whose key was generated (or whose generation failed for good).
+    pub generated: usize,
     /// Versions destroyed.
     pub destroyed: usize,
     /// Keys rotated.
@@ -41,22 +44,54 @@ impl Scheduler {
         Self { repo, clock, keys }
     }
 
-    /// Destroys versions whose `destroyTime` has passed and rotates keys whose
-    /// `nextRotationTime` has passed.
+    /// Destroys versions whose `destroyTime` has passed, rotates keys whose `nextRotationTime`
+    /// has passed, then generates the keys of `PENDING_GENERATION` versions (last: an RSA-4096
+    /// key takes up to a second, and destruction must keep its deadline). One item's failure
+    /// is logged and does not hold up the others; the pass then answers the first failure.
     pub(crate) async fn run_due_work(&self) -> Result<DueWork, KmsError> {
         let now = self.clock.now();
         let mut done = DueWork::default();
-        for name in self.repo.versions_due_for_destruction(now).await? {
-            if self.complete_destruction(&name).await? {
-                done.destroyed += 1;
+        let mut first_failure = None;
+        let mut failed = |what: &str, name: &dyn std::fmt::Display, e: KmsError| {
+            tracing::warn!(%name, error = %e, "scheduled {what} failed; will retry");
+            first_failure.get_or_insert(e);
+        };
+        let mut pending = Vec::new();
+        for name in self.repo.versions_due(now).await? {
+            // Read once and act by state: a version generated or restored meanwhile is left alone.
+            let state = match self.repo.version(&name).await {
+                Ok(Some(v)) => v.version.state,
+                Ok(None) => continue,
+                Err(e) => {
+                    failed("destruction", &name, e.into());
+                    continue;
+                }
+            };
+            match state {
+                Some(VersionState::PendingGeneration) => pending.push(name),
+                Some(VersionState::DestroyScheduled) => match self.complete_destruction(&name).await {
+                    Ok(did) => done.destroyed += usize::from(did),
+                    Err(e) => failed("destruction", &name, e),
+                },
+                _ => {}
             }
         }
         for name in self.repo.keys_due_for_rotation(now).await? {
-            if self.rotate_if_due(&name).await? {
-                done.rotated += 1;
+            match self.rotate_if_due(&name).await {
+                Ok(did) => done.rotated += usize::from(did),
+                Err(e) => failed("rotation", &name, e),
             }
         }
-        Ok(done)
+        for name in pending {
+            match self.keys.generate_pending(&name).await {
+                Ok(did) => done.generated += usize::from(did),
+                Err(e) => failed("key generation", &name, e),
+            }
+        }
+        match first_failure {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
     }
 
     /// DESTROY_SCHEDULED -> DESTROYED, erasing the material. Returns whether this call did it.
@@ -72,14 +107,21 @@ impl Scheduler {
                 did = false;
                 erased = None;
                 let due = v.version.destroy_time.is_some_and(|t| t <= now);
-                if v.version.state == Some(VersionState::DestroyScheduled) && due {
-                    v.version.state = Some(VersionState::Destroyed);
-                    v.version.destroy_time = None;
-                    v.version.destroy_event_time = Some(now);
-                    erased =
-                        Some((v.version.protection_level, std::mem::replace(&mut v.material, VersionMaterial::Erased)));
-                    did = true;
+                if v.version.state != Some(VersionState::DestroyScheduled) || !due {
+                    // Restored, or destroyed elsewhere, meanwhile: nothing to write.
+                    return Err(KmsError::IllegalTransition {
+                        version: name.clone(),
+                        state: v.version.state.unwrap_or(VersionState::Unspecified),
+                        action: "scheduled destruction",
+                        allowed: "DESTROY_SCHEDULED past its destroyTime",
+                    });
                 }
+                v.version.state = Some(VersionState::Destroyed);
+                v.version.destroy_time = None;
+                v.version.destroy_event_time = Some(now);
+                erased =
+                    Some((v.version.protection_level, std::mem::replace(&mut v.material, VersionMaterial::Erased)));
+                did = true;
                 Ok(())
             })
             .await;
@@ -94,7 +136,7 @@ impl Scheduler {
                 Ok(did)
             }
             // Restored or already handled elsewhere in the meantime.
-            Err(KmsError::VersionNotFound(_)) => Ok(false),
+            Err(KmsError::VersionNotFound(_) | KmsError::IllegalTransition { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -131,6 +173,13 @@ impl Scheduler {
             .modify_key(&call, name, |record| {
                 claimed = false;
                 let key = &mut record.key;
+                if key.purpose != Some(keyhold_api::resources::Purpose::EncryptDecrypt) {
+                    // Only ENCRYPT_DECRYPT keys rotate (and have a primary): a schedule on another
+                    // key (refused since; written by an older build) is cleared, not followed.
+                    key.next_rotation_time = None;
+                    key.rotation_period = None;
+                    return Ok(());
+                }
                 let Some(next) = key.next_rotation_time.filter(|t| *t <= now) else { return Ok(()) };
                 key.next_rotation_time = match key.rotation_period {
                     Some(p) if p.as_nanos() > 0 => {
@@ -149,9 +198,8 @@ impl Scheduler {
         if !claimed {
             return Ok(false);
         }
-        let template = record.key.version_template.clone().unwrap_or_default();
         let id = self.repo.allocate_version_id(name).await?;
-        let version = self.keys.new_version_record(&name.version(id), &template, VersionState::Enabled, None).await?;
+        let version = self.keys.new_version_record(&name.version(id), &record.key, VersionState::Enabled, None).await?;
         let call = Call::new(&system, Op::kms_write("CreateCryptoKeyVersion"), name.to_string());
         call.set_key_version(version.name.to_string());
         if let Err(e) = self.repo.insert_version(&version, true, &call.success_entry()).await {

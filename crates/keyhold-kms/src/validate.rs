@@ -59,8 +59,9 @@ pub(crate) fn duration_in(
     Ok(())
 }
 
-/// Fills in and checks a version template for an ENCRYPT_DECRYPT key. Returns the template as
-/// it will be stored and echoed (both fields set, as Cloud KMS echoes them).
+/// Fills in and checks a version template for a key of `purpose`: the algorithm is required
+/// except for ENCRYPT_DECRYPT, and must be one of the purpose's. Returns the template as it will
+/// be stored and echoed (both fields set, as Cloud KMS echoes them).
 pub(crate) fn template(purpose: Purpose, t: Option<VersionTemplate>) -> Result<VersionTemplate, KmsError> {
     let t = t.unwrap_or_default();
     let level = match t.protection_level {
@@ -78,10 +79,12 @@ pub(crate) fn template(purpose: Purpose, t: Option<VersionTemplate>) -> Result<V
         }
         Some(a) => a,
     };
+    if alg.purpose() != Some(purpose) {
+        return Err(KmsError::InvalidArgument(format!("Algorithm {alg} is not valid for purpose {purpose}.")));
+    }
     if purpose != Purpose::EncryptDecrypt {
-        return Err(KmsError::Unimplemented(format!(
-            "Keyhold implements purpose ENCRYPT_DECRYPT; purpose {purpose} is not supported yet."
-        )));
+        // Which levels serve which algorithm is each backend's to say (`KeyBackend::check_algorithm`).
+        return Ok(VersionTemplate { protection_level: Some(level), algorithm: Some(alg) });
     }
     match (level, alg) {
         (ProtectionLevel::Software | ProtectionLevel::Hsm, Algorithm::GoogleSymmetricEncryption) => {}
@@ -150,5 +153,13 @@ mod tests {
         let bad = VersionTemplate { protection_level: None, algorithm: Some(Algorithm::RsaSignPss2048Sha256) };
         assert!(template(Purpose::EncryptDecrypt, Some(bad)).is_err());
         assert!(matches!(template(Purpose::AsymmetricSign, None), Err(KmsError::InvalidArgument(_))));
+        let sign = VersionTemplate { protection_level: None, algorithm: Some(Algorithm::EcSignP256Sha256) };
+        let t = template(Purpose::AsymmetricSign, Some(sign.clone())).unwrap();
+        assert_eq!(t.protection_level, Some(ProtectionLevel::Software));
+        let e = template(Purpose::AsymmetricDecrypt, Some(sign)).unwrap_err();
+        assert_eq!(e.to_string(), "Algorithm EC_SIGN_P256_SHA256 is not valid for purpose ASYMMETRIC_DECRYPT.");
+        let mac = VersionTemplate { protection_level: None, algorithm: Some(Algorithm::HmacSha256) };
+        assert!(template(Purpose::Mac, Some(mac.clone())).is_ok());
+        assert!(matches!(template(Purpose::AsymmetricSign, Some(mac)), Err(KmsError::InvalidArgument(_))));
     }
 }

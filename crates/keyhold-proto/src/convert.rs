@@ -7,7 +7,8 @@
 //! (`INVALID_ARGUMENT` on the way in; `INTERNAL`, a bug, on the way out) rather than dropped;
 //! the tests of this module cross every resource both ways.
 //!
-//! The key operations' messages (`Encrypt`, `Decrypt`, `GenerateRandomBytes`) are converted
+//! The key operations' messages (`Encrypt`, `Decrypt`, `AsymmetricSign`, `AsymmetricDecrypt`,
+//! `MacSign`, `MacVerify`, `PublicKey`, `GenerateRandomBytes`) are converted
 //! field by field, for speed and so that plaintext goes straight from the decoded message into
 //! a wiping buffer ([`keyhold_crypto::Secret`]) without a base64 copy.
 
@@ -135,6 +136,141 @@ pub fn decrypt_response(r: &api::DecryptResponse) -> pb::DecryptResponse {
         plaintext_crc32c: int64(r.plaintext_crc32c),
         used_primary: r.used_primary,
         protection_level: r.protection_level.number(),
+    }
+}
+
+/// `AsymmetricSignRequest`. A digest in `externalMu` (ML-DSA's external-μ form) is refused:
+/// no algorithm Keyhold serves takes one.
+pub fn asymmetric_sign_request(message: pb::AsymmetricSignRequest) -> Result<api::AsymmetricSignRequest, Status> {
+    let pb::AsymmetricSignRequest { name, digest, digest_crc32c, data, data_crc32c } = message;
+    let digest = match digest.and_then(|d| d.digest) {
+        None => None,
+        Some(pb::digest::Digest::Sha256(b)) => Some(api::Digest { sha256: Some(Bytes(b)), ..Default::default() }),
+        Some(pb::digest::Digest::Sha384(b)) => Some(api::Digest { sha384: Some(Bytes(b)), ..Default::default() }),
+        Some(pb::digest::Digest::Sha512(b)) => Some(api::Digest { sha512: Some(Bytes(b)), ..Default::default() }),
+        Some(pb::digest::Digest::ExternalMu(_)) => {
+            return Err(invalid("digest.external_mu is for ML-DSA external-mu keys, which Keyhold does not serve."));
+        }
+    };
+    Ok(api::AsymmetricSignRequest {
+        name,
+        digest,
+        digest_crc32c: crc32c("digest_crc32c", digest_crc32c)?,
+        data: Bytes(data),
+        data_crc32c: crc32c("data_crc32c", data_crc32c)?,
+    })
+}
+
+/// `AsymmetricSignResponse`.
+pub fn asymmetric_sign_response(r: api::AsymmetricSignResponse) -> pb::AsymmetricSignResponse {
+    let api::AsymmetricSignResponse {
+        signature,
+        signature_crc32c,
+        verified_digest_crc32c,
+        name,
+        verified_data_crc32c,
+        protection_level,
+    } = r;
+    pb::AsymmetricSignResponse {
+        signature: signature.0,
+        signature_crc32c: int64(signature_crc32c),
+        verified_digest_crc32c,
+        name,
+        verified_data_crc32c,
+        protection_level: protection_level.number(),
+    }
+}
+
+/// `AsymmetricDecryptRequest`.
+pub fn asymmetric_decrypt_request(
+    message: pb::AsymmetricDecryptRequest,
+) -> Result<api::AsymmetricDecryptRequest, Status> {
+    let pb::AsymmetricDecryptRequest { name, ciphertext, ciphertext_crc32c } = message;
+    Ok(api::AsymmetricDecryptRequest {
+        name,
+        ciphertext: Bytes(ciphertext),
+        ciphertext_crc32c: crc32c("ciphertext_crc32c", ciphertext_crc32c)?,
+    })
+}
+
+/// `AsymmetricDecryptResponse` (the plaintext is copied into the message, as for `Decrypt`).
+pub fn asymmetric_decrypt_response(r: &api::AsymmetricDecryptResponse) -> pb::AsymmetricDecryptResponse {
+    pb::AsymmetricDecryptResponse {
+        plaintext: r.plaintext.0.expose().to_vec(),
+        plaintext_crc32c: int64(r.plaintext_crc32c),
+        verified_ciphertext_crc32c: r.verified_ciphertext_crc32c,
+        protection_level: r.protection_level.number(),
+    }
+}
+
+/// `MacSignRequest`: the data moves into a wiping buffer, uncopied.
+pub fn mac_sign_request(message: pb::MacSignRequest) -> Result<api::MacSignRequest, Status> {
+    let pb::MacSignRequest { name, data, data_crc32c } = message;
+    Ok(api::MacSignRequest {
+        name,
+        data: SecretBytes(keyhold_crypto::Secret::new(data)),
+        data_crc32c: crc32c("data_crc32c", data_crc32c)?,
+    })
+}
+
+/// `MacSignResponse`.
+pub fn mac_sign_response(r: api::MacSignResponse) -> pb::MacSignResponse {
+    let api::MacSignResponse { name, mac, mac_crc32c, verified_data_crc32c, protection_level } = r;
+    pb::MacSignResponse {
+        name,
+        mac: mac.0,
+        mac_crc32c: int64(mac_crc32c),
+        verified_data_crc32c,
+        protection_level: protection_level.number(),
+    }
+}
+
+/// `MacVerifyRequest`.
+pub fn mac_verify_request(message: pb::MacVerifyRequest) -> Result<api::MacVerifyRequest, Status> {
+    let pb::MacVerifyRequest { name, data, data_crc32c, mac, mac_crc32c } = message;
+    Ok(api::MacVerifyRequest {
+        name,
+        data: SecretBytes(keyhold_crypto::Secret::new(data)),
+        data_crc32c: crc32c("data_crc32c", data_crc32c)?,
+        mac: Bytes(mac),
+        mac_crc32c: crc32c("mac_crc32c", mac_crc32c)?,
+    })
+}
+
+/// `MacVerifyResponse`.
+pub fn mac_verify_response(r: api::MacVerifyResponse) -> pb::MacVerifyResponse {
+    pb::MacVerifyResponse {
+        name: r.name,
+        success: r.success,
+        verified_data_crc32c: r.verified_data_crc32c,
+        verified_mac_crc32c: r.verified_mac_crc32c,
+        verified_success_integrity: r.verified_success_integrity,
+        protection_level: r.protection_level.number(),
+    }
+}
+
+/// `GetPublicKeyRequest`'s format (0: none asked for).
+pub fn public_key_format(n: i32) -> Result<Option<api::PublicKeyFormat>, Status> {
+    match n {
+        0 => Ok(None),
+        n => api::PublicKeyFormat::from_number(i64::from(n))
+            .map(Some)
+            .ok_or_else(|| invalid(format!("Invalid public_key_format: {n} is not a PublicKeyFormat."))),
+    }
+}
+
+/// `PublicKey`.
+pub fn public_key(r: api::PublicKey) -> pb::PublicKey {
+    let api::PublicKey { pem, algorithm, pem_crc32c, name, protection_level, public_key_format, public_key } = r;
+    pb::PublicKey {
+        pem,
+        algorithm: algorithm.number(),
+        pem_crc32c: pem_crc32c.and_then(int64),
+        name,
+        protection_level: protection_level.number(),
+        public_key_format: public_key_format.map_or(0, |f| f.number()),
+        public_key: public_key
+            .map(|c| pb::ChecksummedData { data: c.data.0, crc32c_checksum: int64(c.crc32c_checksum) }),
     }
 }
 

@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use keyhold_api::messages::PublicKeyFormat;
 use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{Code, NameError};
 use keyhold_kms::audit::AuditLogQuery;
@@ -418,6 +419,36 @@ async fn handle(
                 pb::UpdateCryptoKeyVersionRequest { crypto_key_version: Some(version), update_mask: q.update_mask() };
             json(&methods::update_crypto_key_version(s, caller, r).await?, pretty)
         }
+        (Target::Version(name), Some("asymmetricSign"), Method::POST) => {
+            let r = pb::AsymmetricSignRequest { name: name.to_string(), ..body(bytes)? };
+            json(&methods::asymmetric_sign(s, caller, r).await?, pretty)
+        }
+        (Target::Version(name), Some("asymmetricDecrypt"), Method::POST) => {
+            let r = pb::AsymmetricDecryptRequest { name: name.to_string(), ..body(bytes)? };
+            let mut answer = methods::asymmetric_decrypt(s, caller, r).await?;
+            let response = json(&answer, pretty);
+            answer.plaintext.zeroize();
+            response
+        }
+        (Target::Version(name), Some("macSign"), Method::POST) => {
+            let r = pb::MacSignRequest { name: name.to_string(), ..body(bytes)? };
+            json(&methods::mac_sign(s, caller, r).await?, pretty)
+        }
+        (Target::Version(name), Some("macVerify"), Method::POST) => {
+            let r = pb::MacVerifyRequest { name: name.to_string(), ..body(bytes)? };
+            json(&methods::mac_verify(s, caller, r).await?, pretty)
+        }
+        (Target::PublicKey(name), None, Method::GET) => {
+            let public_key_format = match q.get("publicKeyFormat", "public_key_format") {
+                None => 0,
+                Some(f) => PublicKeyFormat::from_name(f)
+                    .or_else(|| f.parse().ok().and_then(PublicKeyFormat::from_number))
+                    .map(|f| f.number())
+                    .ok_or_else(|| ApiError::new(Code::InvalidArgument, format!("Invalid publicKeyFormat: {f}.")))?,
+            };
+            let r = pb::GetPublicKeyRequest { name: name.to_string(), public_key_format };
+            json(&methods::get_public_key(s, caller, r).await?, pretty)
+        }
         (Target::Version(name), Some("destroy"), Method::POST) => {
             let mut r: pb::DestroyCryptoKeyVersionRequest = body(bytes)?;
             r.name = name.to_string();
@@ -465,10 +496,6 @@ fn delete_not_served(path: &str) -> ApiError {
 const UNIMPLEMENTED_VERBS: &[&str] = &[
     "rawEncrypt",
     "rawDecrypt",
-    "asymmetricSign",
-    "asymmetricDecrypt",
-    "macSign",
-    "macVerify",
     "decapsulate",
     "import",
     "importTrustedKeyWrappedCryptoKeyVersion",
@@ -479,17 +506,9 @@ const UNIMPLEMENTED_VERBS: &[&str] = &[
 fn is_unimplemented_cloud_kms_path(path: &str) -> bool {
     let path = path.split(':').next().unwrap_or(path);
     path.starts_with("projects/")
-        && [
-            "/publicKey",
-            "/importJobs",
-            "/ekmConnections",
-            "/ekmConfig",
-            "/keyHandles",
-            "/retiredResources",
-            "/operations",
-        ]
-        .iter()
-        .any(|p| path.contains(p))
+        && ["/importJobs", "/ekmConnections", "/ekmConfig", "/keyHandles", "/retiredResources", "/operations"]
+            .iter()
+            .any(|p| path.contains(p))
 }
 
 fn unimplemented(path: &str) -> ApiError {

@@ -232,6 +232,49 @@ pub async fn decrypt(s: &AppState, caller: &Caller, r: pb::DecryptRequest) -> An
     Ok(convert::decrypt_response(&s.kms.decrypt(caller, &n, &req).await?))
 }
 
+/// `AsymmetricSign`.
+pub async fn asymmetric_sign(
+    s: &AppState,
+    caller: &Caller,
+    r: pb::AsymmetricSignRequest,
+) -> Answer<pb::AsymmetricSignResponse> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    let req = convert::asymmetric_sign_request(r)?;
+    Ok(convert::asymmetric_sign_response(s.kms.asymmetric_sign(caller, &n, &req).await?))
+}
+
+/// `AsymmetricDecrypt`.
+pub async fn asymmetric_decrypt(
+    s: &AppState,
+    caller: &Caller,
+    r: pb::AsymmetricDecryptRequest,
+) -> Answer<pb::AsymmetricDecryptResponse> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    let req = convert::asymmetric_decrypt_request(r)?;
+    Ok(convert::asymmetric_decrypt_response(&s.kms.asymmetric_decrypt(caller, &n, &req).await?))
+}
+
+/// `GetPublicKey`.
+pub async fn get_public_key(s: &AppState, caller: &Caller, r: pb::GetPublicKeyRequest) -> Answer<pb::PublicKey> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    let format = convert::public_key_format(r.public_key_format)?;
+    Ok(convert::public_key(s.kms.public_key(caller, &n, format).await?))
+}
+
+/// `MacSign`.
+pub async fn mac_sign(s: &AppState, caller: &Caller, r: pb::MacSignRequest) -> Answer<pb::MacSignResponse> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    let req = convert::mac_sign_request(r)?;
+    Ok(convert::mac_sign_response(s.kms.mac_sign(caller, &n, &req).await?))
+}
+
+/// `MacVerify`.
+pub async fn mac_verify(s: &AppState, caller: &Caller, r: pb::MacVerifyRequest) -> Answer<pb::MacVerifyResponse> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    let req = convert::mac_verify_request(r)?;
+    Ok(convert::mac_verify_response(s.kms.mac_verify(caller, &n, &req).await?))
+}
+
 /// `GenerateRandomBytes`.
 pub async fn generate_random_bytes(
     s: &AppState,

@@ -23,6 +23,8 @@ pub enum Target {
     Versions(CryptoKeyName),
     /// `.../cryptoKeyVersions/{v}`.
     Version(CryptoKeyVersionName),
+    /// `.../cryptoKeyVersions/{v}/publicKey`.
+    PublicKey(CryptoKeyVersionName),
     /// `projects/{p}` (Resource Manager: describe, IAM).
     Project(String),
     /// `projects/{p}/auditLogs` (`p` may be `-`: every project).
@@ -124,14 +126,20 @@ pub fn parse(path: &str) -> Result<(Target, Option<&str>), RouteError> {
         [_, _, "locations", _, "keyRings", _, "cryptoKeys"] => Target::CryptoKeys(ring()?),
         [_, _, "locations", _, "keyRings", _, "cryptoKeys", _] => Target::CryptoKey(key()?),
         [_, _, "locations", _, "keyRings", _, "cryptoKeys", _, "cryptoKeyVersions"] => Target::Versions(key()?),
-        [_, _, "locations", _, "keyRings", _, "cryptoKeys", _, "cryptoKeyVersions", v] => {
+        [_, _, "locations", _, "keyRings", _, "cryptoKeys", _, "cryptoKeyVersions", v, rest @ ..]
+            if rest.is_empty() || rest == ["publicKey"] =>
+        {
             let key = key()?;
             let version = parse_version_id(v).ok_or_else(|| NameError::Malformed {
                 kind: "CryptoKeyVersion",
                 name: format!("{key}/cryptoKeyVersions/{v}"),
                 pattern: "version IDs are positive integers",
             })?;
-            Target::Version(key.version(version))
+            if rest.is_empty() {
+                Target::Version(key.version(version))
+            } else {
+                Target::PublicKey(key.version(version))
+            }
         }
         _ => return Err(RouteError::Unknown),
     };
@@ -157,6 +165,11 @@ mod tests {
         let (t, v) = parse("projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/3:destroy").unwrap();
         assert!(matches!(t, Target::Version(ref n) if n.version == 3));
         assert_eq!(v, Some("destroy"));
+        let (t, v) =
+            parse("projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/3/publicKey").unwrap();
+        assert!(matches!(t, Target::PublicKey(ref n) if n.version == 3));
+        assert_eq!(v, None);
+        assert!(parse("projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/3/other").is_err());
         let (t, v) = parse("projects/p/locations/us-east1/keyRings").unwrap();
         assert!(matches!(t, Target::KeyRings(_)));
         assert_eq!(v, None);

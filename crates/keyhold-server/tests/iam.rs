@@ -21,31 +21,6 @@ fn b64(b: &[u8]) -> String {
 }
 
 impl Server {
-    /// A token for `principal`, minted by the owner.
-    async fn token_for(&self, principal: &str) -> String {
-        let v = self.ok(Method::POST, "tokens", Some(json!({"principal": principal}))).await;
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    /// Adds `member` to `role` on `resource` (read-modify-write with the etag).
-    async fn grant(&self, resource: &str, role: &str, member: &str) -> Value {
-        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
-        let bindings = policy.as_object_mut().unwrap().entry("bindings").or_insert(json!([]));
-        bindings.as_array_mut().unwrap().push(json!({"role": role, "members": [member]}));
-        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await
-    }
-
-    /// Removes every binding of `member` on `resource`.
-    async fn revoke(&self, resource: &str, member: &str) {
-        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
-        if let Some(bs) = policy.get_mut("bindings").and_then(Value::as_array_mut) {
-            for b in bs.iter_mut() {
-                b["members"].as_array_mut().unwrap().retain(|m| m != member);
-            }
-        }
-        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
-    }
-
     async fn status_as(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
         self.call_as(Some(token), method, path, body).await
     }
@@ -62,11 +37,35 @@ async fn with_key(s: &Server) {
     s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
 }
 
+/// Keys of the other purposes beside `k`: `sign` (EC P-256), `dec` (RSA-OAEP 2048), `mac`
+/// (HMAC-SHA256), generated and enabled. Returns a ciphertext for `dec`'s public key.
+async fn with_other_purposes(s: &Server) -> String {
+    for (id, purpose, algorithm) in [
+        ("sign", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256"),
+        ("dec", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"),
+        ("mac", "MAC", "HMAC_SHA256"),
+    ] {
+        let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm}});
+        s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId={id}"), Some(body)).await;
+    }
+    s.kms.run_due_work().await.unwrap();
+    let pk = s
+        .ok(Method::GET, &format!("{RING}/cryptoKeys/dec/cryptoKeyVersions/1/publicKey?publicKeyFormat=DER"), None)
+        .await;
+    let der = keyhold_api::wire::decode_base64(pk["publicKey"]["data"].as_str().unwrap()).unwrap();
+    let public = aws_lc_rs::rsa::PublicEncryptingKey::from_der(&der).unwrap();
+    let public = aws_lc_rs::rsa::OaepPublicEncryptingKey::new(public).unwrap();
+    let mut out = vec![0u8; public.ciphertext_size()];
+    let ct = public.encrypt(&aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256, b"hi", &mut out, None).unwrap();
+    b64(ct)
+}
+
 /// One row of `authz_matrix.tsv`: what to call for a method.
 fn request(
     method: &str,
     n: usize,
     ciphertext: &str,
+    oaep_ciphertext: &str,
     key_policy: &Value,
     ring_policy: &Value,
     project_policy: &Value,
@@ -92,6 +91,27 @@ fn request(
         }
         "Encrypt" => (Method::POST, format!("{KEY}:encrypt"), Some(json!({"plaintext": b64(b"hi")}))),
         "Decrypt" => (Method::POST, format!("{KEY}:decrypt"), Some(json!({ "ciphertext": ciphertext }))),
+        "AsymmetricSign" => (
+            Method::POST,
+            format!("{RING}/cryptoKeys/sign/cryptoKeyVersions/1:asymmetricSign"),
+            Some(json!({"data": b64(b"hi")})),
+        ),
+        "AsymmetricDecrypt" => (
+            Method::POST,
+            format!("{RING}/cryptoKeys/dec/cryptoKeyVersions/1:asymmetricDecrypt"),
+            Some(json!({ "ciphertext": oaep_ciphertext })),
+        ),
+        "GetPublicKey" => (Method::GET, format!("{RING}/cryptoKeys/sign/cryptoKeyVersions/1/publicKey"), None),
+        "MacSign" => (
+            Method::POST,
+            format!("{RING}/cryptoKeys/mac/cryptoKeyVersions/1:macSign"),
+            Some(json!({"data": b64(b"hi")})),
+        ),
+        "MacVerify" => (
+            Method::POST,
+            format!("{RING}/cryptoKeys/mac/cryptoKeyVersions/1:macVerify"),
+            Some(json!({"data": b64(b"hi"), "mac": b64(&[0; 32])})),
+        ),
         "CreateCryptoKeyVersion" => (Method::POST, format!("{KEY}/cryptoKeyVersions"), Some(json!({}))),
         "GetCryptoKeyVersion" => (Method::GET, v2, None),
         "ListCryptoKeyVersions" => (Method::GET, format!("{KEY}/cryptoKeyVersions"), None),
@@ -121,6 +141,7 @@ fn without_etag(mut v: Value) -> Value {
 async fn authorization_matrix() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;
     with_key(&s).await;
+    let oaep_ciphertext = with_other_purposes(&s).await;
     let table = include_str!("authz_matrix.tsv");
     let mut lines = table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
     let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
@@ -144,8 +165,15 @@ async fn authorization_matrix() {
         for (n, row) in rows.iter().enumerate() {
             let method = row[0];
             let expected = row[col];
-            let (verb, path, body) =
-                request(method, col * 100 + n, &ciphertext, &key_policy, &ring_policy, &project_policy);
+            let (verb, path, body) = request(
+                method,
+                col * 100 + n,
+                &ciphertext,
+                &oaep_ciphertext,
+                &key_policy,
+                &ring_policy,
+                &project_policy,
+            );
             if method == "RestoreCryptoKeyVersion" {
                 // Restoring needs a version scheduled for destruction.
                 let _ = s.call(Method::POST, &format!("{KEY}/cryptoKeyVersions/2:destroy"), Some(json!({}))).await;

@@ -31,30 +31,6 @@ fn instance(p: &str, id: &str) -> String {
 }
 
 impl Server {
-    async fn token_for(&self, principal: &str) -> String {
-        let v = self.ok(Method::POST, "tokens", Some(json!({"principal": principal}))).await;
-        v["token"].as_str().unwrap().to_string()
-    }
-
-    /// Adds `member` to `role` on `resource` (read-modify-write with the etag).
-    async fn grant(&self, resource: &str, role: &str, member: &str) {
-        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
-        let bindings = policy.as_object_mut().unwrap().entry("bindings").or_insert(json!([]));
-        bindings.as_array_mut().unwrap().push(json!({"role": role, "members": [member]}));
-        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
-    }
-
-    /// Removes every binding of `member` on `resource`.
-    async fn revoke(&self, resource: &str, member: &str) {
-        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
-        if let Some(bs) = policy.get_mut("bindings").and_then(Value::as_array_mut) {
-            for b in bs.iter_mut() {
-                b["members"].as_array_mut().unwrap().retain(|m| m != member);
-            }
-        }
-        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
-    }
-
     async fn audit(&self, project: &str, method: &str) -> Vec<Value> {
         let v = self
             .ok(Method::GET, &format!("projects/{project}/auditLogs?pageSize=1000&methodName={method}"), None)

@@ -86,7 +86,7 @@ fn version_params(v: &VersionRecord) -> Result<Vec<Value>, RepoError> {
         Value::Int(v.name.version as i64),
         to_json(&v.version)?,
         Value::OptBlob(v.material.to_column()),
-        nanos(v.version.destroy_time),
+        nanos(v.due_time()),
     ])
 }
 
@@ -460,7 +460,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         let params = vec![
             to_json(&version.version)?,
             Value::OptBlob(version.material.to_column()),
-            nanos(version.version.destroy_time),
+            nanos(version.due_time()),
             Value::Text(version.name.to_string()),
             Value::Int(version.revision),
         ];
@@ -478,8 +478,8 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         Ok(rev)
     }
 
-    async fn versions_due_for_destruction(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, RepoError> {
-        let rows = self.read_rows(VERSIONS_DUE_FOR_DESTRUCTION, vec![Value::Int(now.unix_nanos_i64())]).await?;
+    async fn versions_due(&self, now: Timestamp) -> Result<Vec<CryptoKeyVersionName>, RepoError> {
+        let rows = self.read_rows(VERSIONS_DUE, vec![Value::Int(now.unix_nanos_i64())]).await?;
         rows.iter().map(|r| name(&r[0])).collect()
     }
 

@@ -409,7 +409,8 @@ pub(crate) const LIST_ALL_VERSIONS: &str =
 pub(crate) const UPDATE_VERSION: &str = "UPDATE crypto_key_versions \
     SET resource = $1, material = $2, destroy_nanos = $3, revision = revision + 1 \
     WHERE name = $4 AND revision = $5 RETURNING revision";
-pub(crate) const VERSIONS_DUE_FOR_DESTRUCTION: &str = "SELECT name FROM crypto_key_versions \
+/// `destroy_nanos` holds `VersionRecord::due_time`: a destruction or a pending generation.
+pub(crate) const VERSIONS_DUE: &str = "SELECT name FROM crypto_key_versions \
     WHERE destroy_nanos IS NOT NULL AND destroy_nanos <= $1 ORDER BY name";
 
 pub(crate) const GET_POLICY: &str = "SELECT policy, revision FROM iam_policies WHERE resource = $1";

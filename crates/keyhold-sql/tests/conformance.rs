@@ -501,16 +501,16 @@ async fn due_for_destruction_and_rotation(db: Opened) {
         s.insert_version(&v, false, &audit("CreateCryptoKeyVersion", "v")).await.unwrap();
     }
     let v = |id| CryptoKeyVersionName { crypto_key: kn.clone(), version: id };
-    assert!(s.versions_due_for_destruction(t(99)).await.unwrap().is_empty());
-    assert_eq!(s.versions_due_for_destruction(t(100)).await.unwrap(), [v(2)], "at destroyTime: due");
-    assert_eq!(s.versions_due_for_destruction(t(1000)).await.unwrap(), [v(2), v(3)]);
+    assert!(s.versions_due(t(99)).await.unwrap().is_empty());
+    assert_eq!(s.versions_due(t(100)).await.unwrap(), [v(2)], "at destroyTime: due");
+    assert_eq!(s.versions_due(t(1000)).await.unwrap(), [v(2), v(3)]);
 
     // Restored: no longer due.
     let mut restored = s.version(&v(2)).await.unwrap().unwrap();
     restored.version.state = Some(VersionState::Disabled);
     restored.version.destroy_time = None;
     s.update_version(&restored, &audit("RestoreCryptoKeyVersion", "v2")).await.unwrap();
-    assert_eq!(s.versions_due_for_destruction(t(1000)).await.unwrap(), [v(3)]);
+    assert_eq!(s.versions_due(t(1000)).await.unwrap(), [v(3)]);
 
     // Rotation: keys whose nextRotationTime is at or before now.
     let mut key = s.crypto_key(&kn).await.unwrap().unwrap();

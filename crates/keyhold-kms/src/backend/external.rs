@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
-use keyhold_api::resources::ExternalProtectionLevelOptions;
+use keyhold_api::resources::{Algorithm, ExternalProtectionLevelOptions};
 use keyhold_crypto::{Secret, ciphertext};
 
 use super::key_backend::{KeyBackend, KeyUse, NewMaterial};
@@ -49,6 +49,19 @@ impl ExternalKeys {
 
 #[async_trait]
 impl KeyBackend for ExternalKeys {
+    fn level(&self) -> &'static str {
+        "EXTERNAL"
+    }
+
+    fn check_algorithm(&self, algorithm: Algorithm) -> Result<(), KmsError> {
+        match algorithm {
+            Algorithm::ExternalSymmetricEncryption => Ok(()),
+            a => Err(KmsError::Unimplemented(format!(
+                "Algorithm {a} is not served at protection level EXTERNAL by Keyhold yet; EXTERNAL keys are EXTERNAL_SYMMETRIC_ENCRYPTION (see docs/api.md)."
+            ))),
+        }
+    }
+
     fn check_options(&self, options: Option<&ExternalProtectionLevelOptions>) -> Result<(), KmsError> {
         let uri = options.map(|o| o.external_key_uri.as_str()).filter(|u| !u.is_empty()).ok_or_else(|| {
             KmsError::InvalidArgument(
@@ -63,6 +76,7 @@ impl KeyBackend for ExternalKeys {
     async fn create(
         &self,
         _name: &CryptoKeyVersionName,
+        _algorithm: Algorithm,
         options: Option<&ExternalProtectionLevelOptions>,
     ) -> Result<NewMaterial, KmsError> {
         self.check_options(options)?;

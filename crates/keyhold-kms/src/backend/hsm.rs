@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
-use keyhold_api::resources::{ExternalProtectionLevelOptions, KeyOperationAttestation};
+use keyhold_api::resources::{Algorithm, ExternalProtectionLevelOptions, KeyOperationAttestation};
 use keyhold_crypto::{Secret, ciphertext};
 
 use super::key_backend::{Erasing, KeyBackend, KeyUse, NewMaterial};
@@ -81,9 +81,23 @@ fn random_suffix() -> Result<String, KmsError> {
 
 #[async_trait]
 impl KeyBackend for HsmKeys {
+    fn level(&self) -> &'static str {
+        "HSM"
+    }
+
+    fn check_algorithm(&self, algorithm: Algorithm) -> Result<(), KmsError> {
+        match algorithm {
+            Algorithm::GoogleSymmetricEncryption => Ok(()),
+            a => Err(KmsError::Unimplemented(format!(
+                "Algorithm {a} is not served at protection level HSM by Keyhold yet; HSM keys are GOOGLE_SYMMETRIC_ENCRYPTION (see docs/api.md)."
+            ))),
+        }
+    }
+
     async fn create(
         &self,
         name: &CryptoKeyVersionName,
+        _algorithm: Algorithm,
         _options: Option<&ExternalProtectionLevelOptions>,
     ) -> Result<NewMaterial, KmsError> {
         let label = format!("keyhold:{name}:{}", random_suffix()?);

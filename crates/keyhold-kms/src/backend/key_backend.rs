@@ -4,7 +4,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
-use keyhold_api::resources::{AccessReason, ExternalProtectionLevelOptions, KeyOperationAttestation};
+use keyhold_api::resources::{AccessReason, Algorithm, ExternalProtectionLevelOptions, KeyOperationAttestation};
 use keyhold_crypto::Secret;
 
 use crate::cache::CachedVersion;
@@ -52,9 +52,29 @@ pub(crate) enum Erasing {
     NotCreated,
 }
 
+/// What `asymmetricSign` signs: a digest the caller computed, or the data itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SignInput<'a> {
+    /// A digest of the algorithm's hash, of the right length (checked by the caller).
+    Digest(&'a [u8]),
+    /// The data: hashed here first, unless the algorithm signs data as it is (Ed25519).
+    Data(&'a [u8]),
+}
+
+/// The error of a key operation a protection level does not serve (yet); keys of that kind
+/// cannot be created there either ([`KeyBackend::check_algorithm`]), so only a version made by
+/// another build reaches it.
+fn not_served(level: &str, operation: &str) -> KmsError {
+    KmsError::Unimplemented(format!("{operation} is not served for protection level {level} by this server."))
+}
+
 /// What a protection level does with key material.
 #[async_trait]
 pub(crate) trait KeyBackend: Send + Sync + fmt::Debug {
+    /// The level's name, for messages.
+    fn level(&self) -> &'static str;
+    /// Checks that this level makes keys of `algorithm`, before a version ID is used up.
+    fn check_algorithm(&self, algorithm: Algorithm) -> Result<(), KmsError>;
     /// Checks the options a new version of this level is created with, before a version ID
     /// is used up (so a refused request leaves no gap).
     fn check_options(&self, options: Option<&ExternalProtectionLevelOptions>) -> Result<(), KmsError> {
@@ -65,12 +85,38 @@ pub(crate) trait KeyBackend: Send + Sync + fmt::Debug {
     async fn create(
         &self,
         name: &CryptoKeyVersionName,
+        algorithm: Algorithm,
         options: Option<&ExternalProtectionLevelOptions>,
     ) -> Result<NewMaterial, KmsError>;
     /// Encrypts `plaintext`, binding `aad`; the result is the ciphertext clients see.
     async fn encrypt(&self, using: KeyUse<'_>, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KmsError>;
     /// Decrypts what [`KeyBackend::encrypt`] made with the same version and `aad`.
     async fn decrypt(&self, using: KeyUse<'_>, ciphertext: &[u8], aad: &[u8]) -> Result<Secret, KmsError>;
+    /// `asymmetricSign`: the signature in Cloud KMS's encoding for the version's algorithm.
+    async fn sign(&self, using: KeyUse<'_>, input: SignInput<'_>) -> Result<Vec<u8>, KmsError> {
+        let _ = (using, input);
+        Err(not_served(self.level(), "AsymmetricSign"))
+    }
+    /// `asymmetricDecrypt`: RSA-OAEP with the version's private key.
+    async fn asymmetric_decrypt(&self, using: KeyUse<'_>, ciphertext: &[u8]) -> Result<Secret, KmsError> {
+        let _ = (using, ciphertext);
+        Err(not_served(self.level(), "AsymmetricDecrypt"))
+    }
+    /// `getPublicKey`: the version's public key as DER `SubjectPublicKeyInfo`.
+    async fn public_key(&self, using: KeyUse<'_>) -> Result<Vec<u8>, KmsError> {
+        let _ = using;
+        Err(not_served(self.level(), "GetPublicKey"))
+    }
+    /// `macSign`: the tag of `data`.
+    async fn mac_sign(&self, using: KeyUse<'_>, data: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let _ = (using, data);
+        Err(not_served(self.level(), "MacSign"))
+    }
+    /// `macVerify`: whether `mac` is the tag of `data`, compared in constant time.
+    async fn mac_verify(&self, using: KeyUse<'_>, data: &[u8], mac: &[u8]) -> Result<bool, KmsError> {
+        let _ = (using, data, mac);
+        Err(not_served(self.level(), "MacVerify"))
+    }
     /// Removes material that lives outside the database (an HSM object); best effort, logged.
     /// Nothing to do for material the database holds.
     async fn erase(&self, name: &CryptoKeyVersionName, material: &VersionMaterial, why: Erasing) {

@@ -18,8 +18,9 @@
 //!
 //! Adding a protection level: a new module with a type implementing [`KeyBackend`], a variant
 //! of [`crate::VersionMaterial`] if its material has a new shape, and one arm in
-//! [`Backends::for_level`]. The key purposes still to come (signing, MAC, public keys) add
-//! methods to [`KeyBackend`] beside `encrypt` / `decrypt`.
+//! [`Backends::for_level`]. Each level says which algorithms it makes keys of
+//! ([`KeyBackend::check_algorithm`]); signing, asymmetric decryption, public keys and MACs are
+//! methods of [`KeyBackend`] beside `encrypt` / `decrypt`, served today by `SOFTWARE`.
 
 mod external;
 mod hsm;
@@ -34,7 +35,7 @@ use keyhold_api::resources::ProtectionLevel;
 use crate::error::KmsError;
 use crate::root_key::RootKey;
 
-pub(crate) use key_backend::{Erasing, KeyBackend, KeyUse};
+pub(crate) use key_backend::{Erasing, KeyBackend, KeyUse, NewMaterial, SignInput};
 pub use ports::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};
 
 /// The backend of each protection level this server was started with.

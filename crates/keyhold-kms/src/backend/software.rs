@@ -1,15 +1,19 @@
-//! `SOFTWARE` keys: AES-256 generated here, sealed by the root key before the database sees
-//! it, unsealed once into the key cache on first use.
+//! `SOFTWARE` keys: generated here, sealed by the root key before the database sees them,
+//! unsealed once into the key cache on first use. AES-256 keys (GOOGLE_SYMMETRIC_ENCRYPTION)
+//! are sealed directly (format 1); private and MAC keys, of any length, as an envelope under a
+//! data key the root key seals (format 2, `docs/formats.md`).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
-use keyhold_api::resources::ExternalProtectionLevelOptions;
-use keyhold_crypto::{AeadKey, KeyBytes, Secret, ciphertext};
+use keyhold_api::resources::{Algorithm, ExternalProtectionLevelOptions};
+use keyhold_crypto::asymmetric::{AsymmetricError, KeySpec, PrivateKey};
+use keyhold_crypto::{AeadKey, KeyBytes, Secret, ciphertext, sealed};
 
-use super::key_backend::{KeyBackend, KeyUse, NewMaterial};
+use super::key_backend::{KeyBackend, KeyUse, NewMaterial, SignInput};
 use super::ports::BackendError;
+use crate::algorithm::key_spec;
 use crate::cache::CachedVersion;
 use crate::error::KmsError;
 use crate::material::VersionMaterial;
@@ -58,21 +62,125 @@ impl SoftwareKeys {
         let aead = Arc::new(AeadKey::new(&key));
         Ok(version.aead.get_or_init(|| aead).clone())
     }
+
+    /// Seals new private material of `name` as an envelope (format 2), bound to the version and
+    /// its algorithm.
+    async fn seal_private(&self, name: &str, algorithm: Algorithm, material: &Secret) -> Result<Vec<u8>, KmsError> {
+        let data_key = KeyBytes::generate().map_err(|e| KmsError::Internal(e.to_string()))?;
+        let sealed_key = self
+            .root
+            .seal(&data_key, &sealed::envelope_key_context(name))
+            .await
+            .map_err(|e| KmsError::from_backend("The root key", name, e))?;
+        sealed::seal_envelope(&data_key, &sealed_key, material.expose(), &private_context(name, algorithm))
+            .map_err(|e| KmsError::Internal(format!("cannot seal the private key of {name}: {e}")))
+    }
+
+    /// The unsealed, parsed private key of a cached version (unsealed once, then kept in the
+    /// cache).
+    async fn private_for(&self, version: &CachedVersion) -> Result<Arc<PrivateKey>, KmsError> {
+        if let Some(k) = version.private.get() {
+            return Ok(k.clone());
+        }
+        let name = version.record.name.to_string();
+        let algorithm = version.record.version.algorithm;
+        let (VersionMaterial::Sealed(envelope), Some(algorithm), Some(spec)) =
+            (&version.record.material, algorithm, algorithm.and_then(key_spec))
+        else {
+            return Err(KmsError::Internal(format!("{name} is enabled but has no private key material")));
+        };
+        let corrupt =
+            |e: &dyn std::fmt::Display| KmsError::Internal(format!("cannot unseal the private key of {name}: {e}"));
+        let sealed_key = sealed::envelope_data_key(envelope).map_err(|e| corrupt(&e))?;
+        let data_key =
+            self.root.unseal(sealed_key, &sealed::envelope_key_context(&name)).await.map_err(|e| match e {
+                BackendError::Unavailable(_) => KmsError::from_backend("The root key", &name, e),
+                other => corrupt(&other),
+            })?;
+        let material =
+            sealed::open_envelope(&data_key, envelope, &private_context(&name, algorithm)).map_err(|e| corrupt(&e))?;
+        let key = Arc::new(PrivateKey::from_material(spec, &material).map_err(|e| corrupt(&e))?);
+        Ok(version.private.get_or_init(|| key).clone())
+    }
+}
+
+/// What an envelope's material is bound to: the version, and its algorithm (so that a stored
+/// algorithm changed behind Keyhold's back, say RSA-PSS to RSA-OAEP, does not open the key for
+/// another use).
+fn private_context(name: &str, algorithm: Algorithm) -> String {
+    format!("{name}#{algorithm}")
+}
+
+/// Runs RSA's private-key operations (milliseconds at 4096 bits) off the async workers; the
+/// others (microseconds) inline.
+async fn compute<T: Send + 'static>(
+    key: Arc<PrivateKey>,
+    op: impl FnOnce(&PrivateKey) -> Result<T, AsymmetricError> + Send + 'static,
+) -> Result<Result<T, AsymmetricError>, KmsError> {
+    match key.spec() {
+        KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) => {
+            tokio::task::spawn_blocking(move || op(&key))
+                .await
+                .map_err(|e| KmsError::Internal(format!("a key operation failed: {e}")))
+        }
+        _ => Ok(op(&key)),
+    }
+}
+
+/// An error of the library on a key Keyhold made itself: internal, never the caller's.
+fn internal(name: &str, e: AsymmetricError) -> KmsError {
+    KmsError::Internal(format!("{name}: {e}"))
 }
 
 #[async_trait]
 impl KeyBackend for SoftwareKeys {
+    fn level(&self) -> &'static str {
+        "SOFTWARE"
+    }
+
+    fn check_algorithm(&self, algorithm: Algorithm) -> Result<(), KmsError> {
+        match algorithm {
+            Algorithm::GoogleSymmetricEncryption => Ok(()),
+            // As Cloud KMS: secp256k1 keys are HSM keys only.
+            Algorithm::EcSignSecp256k1Sha256 => Err(KmsError::InvalidArgument(
+                "Algorithm EC_SIGN_SECP256K1_SHA256 is only supported for protection level HSM.".into(),
+            )),
+            a if key_spec(a).is_some() => Ok(()),
+            a => Err(KmsError::Unimplemented(format!(
+                "Algorithm {a} is not served at protection level SOFTWARE by Keyhold yet; see docs/api.md for the algorithms served."
+            ))),
+        }
+    }
+
     async fn create(
         &self,
         name: &CryptoKeyVersionName,
+        algorithm: Algorithm,
         _options: Option<&ExternalProtectionLevelOptions>,
     ) -> Result<NewMaterial, KmsError> {
-        let material = KeyBytes::generate().map_err(|e| KmsError::Internal(e.to_string()))?;
-        let sealed = self
-            .root
-            .seal(&material, &name.to_string())
-            .await
-            .map_err(|e| KmsError::from_backend("The root key", &name.to_string(), e))?;
+        let context = name.to_string();
+        let sealed = match (algorithm, key_spec(algorithm)) {
+            (Algorithm::GoogleSymmetricEncryption, _) => {
+                let material = KeyBytes::generate().map_err(|e| KmsError::Internal(e.to_string()))?;
+                self.root
+                    .seal(&material, &context)
+                    .await
+                    .map_err(|e| KmsError::from_backend("The root key", &context, e))?
+            }
+            (_, Some(spec)) => {
+                // RSA generation takes up to a second at 4096 bits: off the async workers.
+                let material = tokio::task::spawn_blocking(move || spec.generate())
+                    .await
+                    .map_err(|e| KmsError::Internal(format!("key generation failed: {e}")))?
+                    .map_err(|e| internal(&context, e))?;
+                self.seal_private(&context, algorithm, &material).await?
+            }
+            (a, None) => {
+                return Err(KmsError::Unimplemented(format!(
+                    "Algorithm {a} is not served at protection level SOFTWARE."
+                )));
+            }
+        };
         Ok(NewMaterial { material: VersionMaterial::Sealed(sealed), attestation: None, external_options: None })
     }
 
@@ -85,5 +193,45 @@ impl KeyBackend for SoftwareKeys {
     async fn decrypt(&self, using: KeyUse<'_>, ct: &[u8], aad: &[u8]) -> Result<Secret, KmsError> {
         let aead = self.aead_for(using.version).await?;
         ciphertext::decrypt(&aead, using.key_name, ct, aad).map_err(|_| KmsError::DecryptFailed)
+    }
+
+    async fn sign(&self, using: KeyUse<'_>, input: SignInput<'_>) -> Result<Vec<u8>, KmsError> {
+        let key = self.private_for(using.version).await?;
+        let result = match input {
+            SignInput::Digest(d) => {
+                let d = d.to_vec();
+                compute(key, move |k| k.sign_digest(&d)).await?
+            }
+            SignInput::Data(d) => {
+                let d = d.to_vec();
+                compute(key, move |k| k.sign_data(&d)).await?
+            }
+        };
+        result.map_err(|e| internal(using.version_name(), e))
+    }
+
+    async fn asymmetric_decrypt(&self, using: KeyUse<'_>, ciphertext: &[u8]) -> Result<Secret, KmsError> {
+        let key = self.private_for(using.version).await?;
+        let ct = ciphertext.to_vec();
+        match compute(key, move |k| k.decrypt(&ct)).await? {
+            Ok(plaintext) => Ok(plaintext),
+            Err(AsymmetricError::Decrypt) => Err(KmsError::AsymmetricDecryptFailed),
+            Err(e) => Err(internal(using.version_name(), e)),
+        }
+    }
+
+    async fn public_key(&self, using: KeyUse<'_>) -> Result<Vec<u8>, KmsError> {
+        let key = self.private_for(using.version).await?;
+        key.public_key_der().map_err(|e| internal(using.version_name(), e))
+    }
+
+    async fn mac_sign(&self, using: KeyUse<'_>, data: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let key = self.private_for(using.version).await?;
+        key.mac(data).map_err(|e| internal(using.version_name(), e))
+    }
+
+    async fn mac_verify(&self, using: KeyUse<'_>, data: &[u8], mac: &[u8]) -> Result<bool, KmsError> {
+        let key = self.private_for(using.version).await?;
+        key.mac_verify(data, mac).map_err(|e| internal(using.version_name(), e))
     }
 }

@@ -11,7 +11,7 @@ use keyhold_kms::root_key::LocalRootKey;
 use keyhold_kms::{Kms, KmsConfig};
 use keyhold_sql::Database;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub struct Server {
     pub base: String,
@@ -233,6 +233,31 @@ impl Server {
         let text = resp.text().await.unwrap();
         (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
     }
+    /// A token for `principal`, minted by the owner.
+    pub async fn token_for(&self, principal: &str) -> String {
+        let v = self.ok(Method::POST, "tokens", Some(json!({"principal": principal}))).await;
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// Adds `member` to `role` on `resource` (read-modify-write with the etag).
+    pub async fn grant(&self, resource: &str, role: &str, member: &str) -> Value {
+        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
+        let bindings = policy.as_object_mut().unwrap().entry("bindings").or_insert(json!([]));
+        bindings.as_array_mut().unwrap().push(json!({"role": role, "members": [member]}));
+        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await
+    }
+
+    /// Removes every binding of `member` on `resource`.
+    pub async fn revoke(&self, resource: &str, member: &str) {
+        let mut policy = self.ok(Method::GET, &format!("{resource}:getIamPolicy"), None).await;
+        if let Some(bs) = policy.get_mut("bindings").and_then(Value::as_array_mut) {
+            for b in bs.iter_mut() {
+                b["members"].as_array_mut().unwrap().retain(|m| m != member);
+            }
+        }
+        self.ok(Method::POST, &format!("{resource}:setIamPolicy"), Some(json!({ "policy": policy }))).await;
+    }
+
     pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
         let (s, v) = self.call(method, path, body).await;
         assert_eq!(s, 200, "{path}: {v}");

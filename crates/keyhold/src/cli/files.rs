@@ -44,6 +44,26 @@ pub fn read_input(path: &Path, max: usize) -> Result<Secret, CliError> {
     Ok(data)
 }
 
+/// The digest of the whole of `path` (or stdin), read piece by piece: any size.
+pub fn digest_input(path: &Path, hash: keyhold_crypto::asymmetric::Hash) -> Result<Vec<u8>, CliError> {
+    let err = |e: std::io::Error| CliError::Io(format!("Unable to read file [{}]: {e}", shown(path)));
+    let mut reader: Box<dyn Read> = if is_stdio(path) {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::fs::File::open(path).map_err(err)?)
+    };
+    let mut hasher = hash.hasher();
+    let mut piece = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut piece) {
+            Ok(0) => return Ok(hasher.finish()),
+            Ok(n) => hasher.update(&piece[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(e)),
+        }
+    }
+}
+
 /// Writes `data` to `path` (or stdout), replacing the file. A `private` file (decrypted
 /// plaintext) is created readable by its owner only.
 pub fn write_output(path: &Path, data: &[u8], private: bool) -> Result<(), CliError> {

@@ -18,6 +18,7 @@ use keyhold_crypto::crc32c;
 use super::client::ListOptions;
 use super::files::{self, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 use super::iam::{self, BindingFlags, IamSubject, PolicyFileArg};
+use super::key_ops::{self, AsymmetricDecryptArgs, AsymmetricSignArgs, GetPublicKeyArgs, MacSignArgs, MacVerifyArgs};
 use super::output::Kind;
 use super::parse::{
     Labels, ProtectionLevelArg, PurposeArg, algorithm_fits_purpose, algorithms_for, apply_label_changes, kebab,
@@ -47,6 +48,14 @@ pub enum KmsCommand {
     Encrypt(EncryptArgs),
     /// Decrypt a ciphertext file using a key.
     Decrypt(DecryptArgs),
+    /// Sign a file (or its digest) with an asymmetric signing key version.
+    AsymmetricSign(AsymmetricSignArgs),
+    /// Decrypt a file encrypted (RSA-OAEP) to an asymmetric decryption key version's public key.
+    AsymmetricDecrypt(AsymmetricDecryptArgs),
+    /// Compute the MAC (HMAC) of a file with a MAC key version.
+    MacSign(MacSignArgs),
+    /// Check the MAC of a file with a MAC key version.
+    MacVerify(MacVerifyArgs),
     /// What keys protect: resources and the key versions protecting them (Cloud KMS Inventory).
     Inventory(InventoryArgs),
 }
@@ -446,6 +455,8 @@ pub enum VersionsCommand {
     Destroy(VersionTarget),
     /// Cancel the scheduled destruction of a version (it is restored disabled).
     Restore(VersionTarget),
+    /// Write the public key of an asymmetric key version (PEM or DER).
+    GetPublicKey(GetPublicKeyArgs),
 }
 
 /// `keyhold kms keys versions create`.
@@ -565,10 +576,15 @@ impl KmsCommand {
                     VersionsCommand::Disable(_) => "keys.versions.disable",
                     VersionsCommand::Destroy(_) => "keys.versions.destroy",
                     VersionsCommand::Restore(_) => "keys.versions.restore",
+                    VersionsCommand::GetPublicKey(_) => "keys.versions.get-public-key",
                 },
             },
             KmsCommand::Encrypt(_) => "encrypt",
             KmsCommand::Decrypt(_) => "decrypt",
+            KmsCommand::AsymmetricSign(_) => "asymmetric-sign",
+            KmsCommand::AsymmetricDecrypt(_) => "asymmetric-decrypt",
+            KmsCommand::MacSign(_) => "mac-sign",
+            KmsCommand::MacVerify(_) => "mac-verify",
             KmsCommand::Inventory(a) => match a.command {
                 InventoryCommand::GetProtectedResourcesSummary(_) => "inventory.get-protected-resources-summary",
                 InventoryCommand::SearchProtectedResources(_) => "inventory.search-protected-resources",
@@ -623,10 +639,15 @@ impl KmsCommand {
                     VersionsCommand::Disable(c) => versions_set_state(ctx, &c, "DISABLED").await,
                     VersionsCommand::Destroy(c) => versions_action(ctx, &c, "destroy").await,
                     VersionsCommand::Restore(c) => versions_action(ctx, &c, "restore").await,
+                    VersionsCommand::GetPublicKey(c) => key_ops::get_public_key(ctx, &c).await,
                 },
             },
             KmsCommand::Encrypt(c) => encrypt(ctx, &c).await,
             KmsCommand::Decrypt(c) => decrypt(ctx, &c).await,
+            KmsCommand::AsymmetricSign(c) => key_ops::asymmetric_sign(ctx, &c).await,
+            KmsCommand::AsymmetricDecrypt(c) => key_ops::asymmetric_decrypt(ctx, &c).await,
+            KmsCommand::MacSign(c) => key_ops::mac_sign(ctx, &c).await,
+            KmsCommand::MacVerify(c) => key_ops::mac_verify(ctx, &c).await,
             KmsCommand::Inventory(a) => match a.command {
                 InventoryCommand::GetProtectedResourcesSummary(c) => inventory_summary(ctx, &c).await,
                 InventoryCommand::SearchProtectedResources(c) => inventory_search(ctx, &c).await,
@@ -941,9 +962,9 @@ async fn versions_action(ctx: &Ctx, c: &VersionTarget, verb: &str) -> Result<(),
 
 // ---- encrypt / decrypt ----------------------------------------------------------------------
 
-const REQUEST_CORRUPTED: &str =
+pub(super) const REQUEST_CORRUPTED: &str =
     "An error occurred in-transit: the request sent to the KMS was corrupted. Please retry this operation.";
-const RESPONSE_CORRUPTED: &str =
+pub(super) const RESPONSE_CORRUPTED: &str =
     "An error occurred in-transit: the response received from the KMS was corrupted. Please retry this operation.";
 
 /// Refuses to read two inputs from standard input.

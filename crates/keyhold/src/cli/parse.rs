@@ -105,26 +105,7 @@ pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 /// Whether `algorithm` can be the algorithm of a key with `purpose` (gcloud checks this before
 /// sending the request).
 pub fn algorithm_fits_purpose(purpose: Purpose, algorithm: Algorithm) -> bool {
-    let name = algorithm.as_str();
-    match purpose {
-        Purpose::EncryptDecrypt => {
-            matches!(algorithm, Algorithm::GoogleSymmetricEncryption | Algorithm::ExternalSymmetricEncryption)
-        }
-        Purpose::RawEncryptDecrypt => matches!(
-            algorithm,
-            Algorithm::Aes128Gcm
-                | Algorithm::Aes256Gcm
-                | Algorithm::Aes128Cbc
-                | Algorithm::Aes256Cbc
-                | Algorithm::Aes128Ctr
-                | Algorithm::Aes256Ctr
-        ),
-        Purpose::AsymmetricSign => name.starts_with("RSA_SIGN_") || name.starts_with("EC_SIGN_"),
-        Purpose::AsymmetricDecrypt => name.starts_with("RSA_DECRYPT_"),
-        Purpose::Mac => name.starts_with("HMAC_"),
-        Purpose::AesWrapping => algorithm == Algorithm::Aes256Kwp,
-        Purpose::KeyEncapsulation | Purpose::Unspecified => false,
-    }
+    algorithm.purpose() == Some(purpose)
 }
 
 /// The algorithms gcloud offers for `purpose`, in gcloud spelling.
@@ -493,7 +474,11 @@ mod tests {
         assert!(algorithm_fits_purpose(Purpose::AsymmetricSign, Algorithm::EcSignEd25519));
         assert!(algorithm_fits_purpose(Purpose::AsymmetricDecrypt, Algorithm::RsaDecryptOaep2048Sha256));
         assert!(!algorithm_fits_purpose(Purpose::AsymmetricDecrypt, Algorithm::RsaSignPss2048Sha256));
-        assert_eq!(algorithms_for(Purpose::Mac), vec!["hmac-sha256"]);
+        assert_eq!(
+            algorithms_for(Purpose::Mac),
+            ["hmac-sha256", "hmac-sha1", "hmac-sha384", "hmac-sha512", "hmac-sha224"]
+        );
+        assert_eq!(algorithms_for(Purpose::KeyEncapsulation), ["ml-kem-768", "ml-kem-1024"]);
     }
 
     #[test]

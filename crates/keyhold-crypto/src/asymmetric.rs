@@ -1,0 +1,556 @@
+//! Signing, asymmetric decryption and MACs with keys that never leave the KMS: what
+//! `asymmetricSign`, `asymmetricDecrypt`, `getPublicKey`, `macSign` and `macVerify` compute.
+//!
+//! The primitives are `aws-lc-rs`'s (AWS-LC, the library behind AWS KMS's own software paths):
+//! unlike `ring` it signs a digest the client computed (`Digest::import_less_safe`), and it has
+//! HMAC-SHA224 and RSA-OAEP with SHA-1 and SHA-512. This module only chooses the parameters of
+//! each algorithm Cloud KMS names and keeps the private material in zeroizing types; it never
+//! pads, hashes or encodes a key by hand.
+//!
+//! Private material at rest is PKCS#8 v1 DER (RSA, EC, Ed25519) or the raw HMAC key, held in a
+//! [`Secret`]; [`KeySpec::generate`] makes it and [`PrivateKey::from_material`] reads it back.
+//! AWS-LC frees its own copies of key structures with `OPENSSL_free`, which wipes them.
+
+use std::fmt;
+
+use aws_lc_rs::digest::{self, Digest};
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+use aws_lc_rs::rsa::{
+    KeySize, OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OAEP_SHA512_MGF1SHA512, OaepAlgorithm,
+    OaepPrivateDecryptingKey, PrivateDecryptingKey,
+};
+use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use aws_lc_rs::{constant_time, hmac};
+use base64::Engine as _;
+
+use crate::secret::Secret;
+
+/// A hash function, as an algorithm names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hash {
+    /// SHA-1 (HMAC and OAEP only).
+    Sha1,
+    /// SHA-224 (HMAC only).
+    Sha224,
+    /// SHA-256.
+    Sha256,
+    /// SHA-384.
+    Sha384,
+    /// SHA-512.
+    Sha512,
+}
+
+impl Hash {
+    /// The digest's length in bytes.
+    pub fn output_len(self) -> usize {
+        self.digest().output_len()
+    }
+
+    fn digest(self) -> &'static digest::Algorithm {
+        match self {
+            Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+            Hash::Sha224 => &digest::SHA224,
+            Hash::Sha256 => &digest::SHA256,
+            Hash::Sha384 => &digest::SHA384,
+            Hash::Sha512 => &digest::SHA512,
+        }
+    }
+
+    /// The digest of `data`.
+    pub fn hash(self, data: &[u8]) -> Vec<u8> {
+        digest::digest(self.digest(), data).as_ref().to_vec()
+    }
+
+    /// A digest computed piece by piece (of a file too large to hold).
+    pub fn hasher(self) -> Hasher {
+        Hasher(digest::Context::new(self.digest()))
+    }
+}
+
+/// A digest being computed: [`Hasher::update`] with each piece, then [`Hasher::finish`].
+pub struct Hasher(digest::Context);
+
+impl Hasher {
+    /// Adds the next piece.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// The digest of everything added.
+    pub fn finish(self) -> Vec<u8> {
+        self.0.finish().as_ref().to_vec()
+    }
+}
+
+impl fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Hasher")
+    }
+}
+
+/// An RSA modulus size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RsaBits {
+    /// 2048 bits.
+    B2048,
+    /// 3072 bits.
+    B3072,
+    /// 4096 bits.
+    B4096,
+}
+
+impl RsaBits {
+    fn size(self) -> KeySize {
+        match self {
+            RsaBits::B2048 => KeySize::Rsa2048,
+            RsaBits::B3072 => KeySize::Rsa3072,
+            RsaBits::B4096 => KeySize::Rsa4096,
+        }
+    }
+}
+
+/// What a key is and does: one per Cloud KMS algorithm served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySpec {
+    /// ECDSA on NIST P-256 with SHA-256; DER signatures.
+    EcdsaP256Sha256,
+    /// ECDSA on NIST P-384 with SHA-384; DER signatures.
+    EcdsaP384Sha384,
+    /// ECDSA on secp256k1 with SHA-256; DER signatures.
+    EcdsaSecp256k1Sha256,
+    /// Ed25519 in pure mode: signs the data, never a digest.
+    Ed25519,
+    /// RSASSA-PSS, MGF1 with the same hash, salt as long as the hash.
+    RsaPss(RsaBits, Hash),
+    /// RSASSA-PKCS1-v1_5 with a DigestInfo.
+    RsaPkcs1(RsaBits, Hash),
+    /// RSAES-OAEP, MGF1 with the same hash, empty label.
+    RsaOaep(RsaBits, Hash),
+    /// HMAC; the key is as long as the hash's output.
+    Hmac(Hash),
+}
+
+/// Why an operation could not be done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AsymmetricError {
+    /// The key cannot do this (a MAC key asked to sign, an Ed25519 key given a digest).
+    #[error("the key cannot do this")]
+    WrongKind,
+    /// The digest is not as long as the algorithm's hash.
+    #[error("the digest is {actual} bytes; the algorithm's hash makes {expected}")]
+    DigestLength {
+        /// What the hash makes.
+        expected: usize,
+        /// What was given.
+        actual: usize,
+    },
+    /// RSA-OAEP decryption failed: wrong key, wrong length, tampered, other padding.
+    #[error("decryption failed")]
+    Decrypt,
+    /// The stored material does not read as this kind of key.
+    #[error("the key material is not a valid {0:?} key")]
+    Material(KeySpec),
+    /// The library failed to generate, sign or encode.
+    #[error("the cryptographic library failed: {0}")]
+    Library(&'static str),
+}
+
+impl KeySpec {
+    /// The hash a digest for this key must come from, or `None` if it signs data only.
+    pub fn prehash(self) -> Option<Hash> {
+        match self {
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaSecp256k1Sha256 => Some(Hash::Sha256),
+            KeySpec::EcdsaP384Sha384 => Some(Hash::Sha384),
+            KeySpec::RsaPss(_, h) | KeySpec::RsaPkcs1(_, h) => Some(h),
+            KeySpec::Ed25519 | KeySpec::RsaOaep(..) | KeySpec::Hmac(_) => None,
+        }
+    }
+
+    /// Whether this key signs (ECDSA, EdDSA, RSA signatures).
+    pub fn signs(self) -> bool {
+        matches!(
+            self,
+            KeySpec::EcdsaP256Sha256
+                | KeySpec::EcdsaP384Sha384
+                | KeySpec::EcdsaSecp256k1Sha256
+                | KeySpec::Ed25519
+                | KeySpec::RsaPss(..)
+                | KeySpec::RsaPkcs1(..)
+        )
+    }
+
+    fn ecdsa(self) -> Option<&'static EcdsaSigningAlgorithm> {
+        match self {
+            KeySpec::EcdsaP256Sha256 => Some(&sig::ECDSA_P256_SHA256_ASN1_SIGNING),
+            KeySpec::EcdsaP384Sha384 => Some(&sig::ECDSA_P384_SHA384_ASN1_SIGNING),
+            KeySpec::EcdsaSecp256k1Sha256 => Some(&sig::ECDSA_P256K1_SHA256_ASN1_SIGNING),
+            _ => None,
+        }
+    }
+
+    /// New private material for this key: PKCS#8 v1 DER, or the raw HMAC key.
+    pub fn generate(self) -> Result<Secret, AsymmetricError> {
+        let lib = |what| move |_| AsymmetricError::Library(what);
+        let der: Vec<u8> = match self {
+            KeySpec::Hmac(h) => {
+                let mut key = vec![0u8; h.output_len()];
+                crate::random_bytes(&mut key).map_err(|_| AsymmetricError::Library("random bytes"))?;
+                return Ok(Secret::new(key));
+            }
+            KeySpec::Ed25519 => {
+                let pair = Ed25519KeyPair::generate().map_err(lib("Ed25519 generation"))?;
+                let der: Pkcs8V1Der = pair.as_der().map_err(lib("PKCS#8 encoding"))?;
+                der.as_ref().to_vec()
+            }
+            KeySpec::RsaOaep(bits, _) => {
+                let key = PrivateDecryptingKey::generate(bits.size()).map_err(lib("RSA generation"))?;
+                let der: Pkcs8V1Der = key.as_der().map_err(lib("PKCS#8 encoding"))?;
+                der.as_ref().to_vec()
+            }
+            KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) => {
+                let pair = RsaKeyPair::generate(bits.size()).map_err(lib("RSA generation"))?;
+                let der: Pkcs8V1Der = pair.as_der().map_err(lib("PKCS#8 encoding"))?;
+                der.as_ref().to_vec()
+            }
+            ec => {
+                let alg = ec.ecdsa().ok_or(AsymmetricError::WrongKind)?;
+                let pair = EcdsaKeyPair::generate(alg).map_err(lib("EC generation"))?;
+                pair.to_pkcs8v1().map_err(lib("PKCS#8 encoding"))?.as_ref().to_vec()
+            }
+        };
+        Ok(Secret::new(der))
+    }
+}
+
+enum Inner {
+    Ecdsa(EcdsaKeyPair),
+    Ed25519(Ed25519KeyPair),
+    RsaSign(RsaKeyPair),
+    /// The decrypting key, and its public key's DER (the OAEP wrapper does not give it back).
+    RsaOaep(OaepPrivateDecryptingKey, Vec<u8>),
+    Hmac(Box<hmac::Key>),
+}
+
+/// A private (or MAC) key ready for use, parsed once from its material. Prints as `[redacted]`.
+pub struct PrivateKey {
+    spec: KeySpec,
+    inner: Inner,
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PrivateKey({:?}, [redacted])", self.spec)
+    }
+}
+
+impl PrivateKey {
+    /// Reads material made by [`KeySpec::generate`] (or imported in the same form).
+    pub fn from_material(spec: KeySpec, material: &Secret) -> Result<Self, AsymmetricError> {
+        let bytes = material.expose();
+        let bad = |_| AsymmetricError::Material(spec);
+        let inner = match spec {
+            KeySpec::Hmac(h) => {
+                if bytes.is_empty() {
+                    return Err(AsymmetricError::Material(spec));
+                }
+                let alg = match h {
+                    Hash::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                    Hash::Sha224 => hmac::HMAC_SHA224,
+                    Hash::Sha256 => hmac::HMAC_SHA256,
+                    Hash::Sha384 => hmac::HMAC_SHA384,
+                    Hash::Sha512 => hmac::HMAC_SHA512,
+                };
+                Inner::Hmac(Box::new(hmac::Key::new(alg, bytes)))
+            }
+            KeySpec::Ed25519 => Inner::Ed25519(Ed25519KeyPair::from_pkcs8(bytes).map_err(bad)?),
+            KeySpec::RsaOaep(bits, _) => {
+                let key = PrivateDecryptingKey::from_pkcs8(bytes).map_err(bad)?;
+                if key.key_size_bits() != bits.size().len() * 8 {
+                    return Err(AsymmetricError::Material(spec));
+                }
+                let public: PublicKeyX509Der =
+                    key.public_key().as_der().map_err(|_| AsymmetricError::Library("public key encoding"))?;
+                let public = public.as_ref().to_vec();
+                Inner::RsaOaep(OaepPrivateDecryptingKey::new(key).map_err(|_| AsymmetricError::Material(spec))?, public)
+            }
+            KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) => {
+                let pair = RsaKeyPair::from_pkcs8(bytes).map_err(bad)?;
+                if pair.public_modulus_len() != bits.size().len() {
+                    return Err(AsymmetricError::Material(spec));
+                }
+                Inner::RsaSign(pair)
+            }
+            ec => {
+                let alg = ec.ecdsa().ok_or(AsymmetricError::WrongKind)?;
+                Inner::Ecdsa(EcdsaKeyPair::from_pkcs8(alg, bytes).map_err(bad)?)
+            }
+        };
+        Ok(Self { spec, inner })
+    }
+
+    /// What this key is.
+    pub fn spec(&self) -> KeySpec {
+        self.spec
+    }
+
+    /// The public key as DER `SubjectPublicKeyInfo` (RFC 5280; RFC 8410 for Ed25519).
+    pub fn public_key_der(&self) -> Result<Vec<u8>, AsymmetricError> {
+        let lib = |_| AsymmetricError::Library("public key encoding");
+        let der: PublicKeyX509Der = match &self.inner {
+            Inner::Ecdsa(k) => k.public_key().as_der().map_err(lib)?,
+            Inner::Ed25519(k) => k.public_key().as_der().map_err(lib)?,
+            Inner::RsaSign(k) => k.public_key().as_der().map_err(lib)?,
+            Inner::RsaOaep(_, public) => return Ok(public.clone()),
+            Inner::Hmac(_) => return Err(AsymmetricError::WrongKind),
+        };
+        Ok(der.as_ref().to_vec())
+    }
+
+    /// Signs a digest the caller computed with [`KeySpec::prehash`]'s hash.
+    pub fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, AsymmetricError> {
+        let hash = self.spec.prehash().filter(|_| self.spec.signs()).ok_or(AsymmetricError::WrongKind)?;
+        let d = Digest::import_less_safe(digest, hash.digest())
+            .map_err(|_| AsymmetricError::DigestLength { expected: hash.output_len(), actual: digest.len() })?;
+        match &self.inner {
+            Inner::Ecdsa(k) => {
+                Ok(k.sign_digest(&d).map_err(|_| AsymmetricError::Library("ECDSA signing"))?.as_ref().to_vec())
+            }
+            Inner::RsaSign(k) => {
+                let mut out = vec![0u8; k.public_modulus_len()];
+                k.sign_digest(rsa_encoding(self.spec)?, &d, &mut out)
+                    .map_err(|_| AsymmetricError::Library("RSA signing"))?;
+                Ok(out)
+            }
+            _ => Err(AsymmetricError::WrongKind),
+        }
+    }
+
+    /// Signs `data`: hashed with the algorithm's hash first, except for Ed25519, which signs it
+    /// as it is.
+    pub fn sign_data(&self, data: &[u8]) -> Result<Vec<u8>, AsymmetricError> {
+        match (&self.inner, self.spec.prehash()) {
+            (Inner::Ed25519(k), _) => Ok(k.sign(data).as_ref().to_vec()),
+            (Inner::Ecdsa(_) | Inner::RsaSign(_), Some(h)) => self.sign_digest(&h.hash(data)),
+            _ => Err(AsymmetricError::WrongKind),
+        }
+    }
+
+    /// RSA-OAEP decryption (empty label).
+    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Secret, AsymmetricError> {
+        let Inner::RsaOaep(k, _) = &self.inner else { return Err(AsymmetricError::WrongKind) };
+        let KeySpec::RsaOaep(_, hash) = self.spec else { return Err(AsymmetricError::WrongKind) };
+        let alg: &'static OaepAlgorithm = match hash {
+            Hash::Sha1 => &OAEP_SHA1_MGF1SHA1,
+            Hash::Sha256 => &OAEP_SHA256_MGF1SHA256,
+            Hash::Sha512 => &OAEP_SHA512_MGF1SHA512,
+            _ => return Err(AsymmetricError::WrongKind),
+        };
+        if ciphertext.len() != k.key_size_bytes() {
+            return Err(AsymmetricError::Decrypt);
+        }
+        let mut out = Secret::new(vec![0u8; k.min_output_size()]);
+        let len = k.decrypt(alg, ciphertext, out.expose_mut(), None).map_err(|_| AsymmetricError::Decrypt)?.len();
+        out.truncate(len);
+        Ok(out)
+    }
+
+    /// The HMAC tag of `data`.
+    pub fn mac(&self, data: &[u8]) -> Result<Vec<u8>, AsymmetricError> {
+        let Inner::Hmac(k) = &self.inner else { return Err(AsymmetricError::WrongKind) };
+        Ok(hmac::sign(k, data).as_ref().to_vec())
+    }
+
+    /// Whether `tag` is the HMAC tag of `data`, compared in constant time.
+    pub fn mac_verify(&self, data: &[u8], tag: &[u8]) -> Result<bool, AsymmetricError> {
+        let expected = self.mac(data)?;
+        Ok(constant_time::verify_slices_are_equal(&expected, tag).is_ok())
+    }
+}
+
+fn rsa_encoding(spec: KeySpec) -> Result<&'static sig::RsaSignatureEncoding, AsymmetricError> {
+    Ok(match spec {
+        KeySpec::RsaPss(_, Hash::Sha256) => &sig::RSA_PSS_SHA256,
+        KeySpec::RsaPss(_, Hash::Sha384) => &sig::RSA_PSS_SHA384,
+        KeySpec::RsaPss(_, Hash::Sha512) => &sig::RSA_PSS_SHA512,
+        KeySpec::RsaPkcs1(_, Hash::Sha256) => &sig::RSA_PKCS1_SHA256,
+        KeySpec::RsaPkcs1(_, Hash::Sha384) => &sig::RSA_PKCS1_SHA384,
+        KeySpec::RsaPkcs1(_, Hash::Sha512) => &sig::RSA_PKCS1_SHA512,
+        _ => return Err(AsymmetricError::WrongKind),
+    })
+}
+
+/// A DER `SubjectPublicKeyInfo` as RFC 7468 PEM: `-----BEGIN PUBLIC KEY-----`, base64 in lines
+/// of 64, and a final newline, as Cloud KMS writes it.
+pub fn public_key_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(b64.len() + b64.len() / 64 + 60);
+    out.push_str("-----BEGIN PUBLIC KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        // base64 is ASCII.
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END PUBLIC KEY-----\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_lc_rs::rsa::{OaepPublicEncryptingKey, PublicEncryptingKey};
+    use aws_lc_rs::signature::UnparsedPublicKey;
+
+    use super::*;
+
+    fn verify(alg: &'static dyn sig::VerificationAlgorithm, key: &PrivateKey, msg: &[u8], signature: &[u8]) {
+        // Verification from the SPKI: the way a client holding only getPublicKey's answer does.
+        let raw = spki_key_bits(&key.public_key_der().unwrap());
+        UnparsedPublicKey::new(alg, raw).verify(msg, signature).unwrap_or_else(|_| panic!("{:?}", key.spec()));
+    }
+
+    /// The BIT STRING of a SubjectPublicKeyInfo (what ring-style verifiers take).
+    fn spki_key_bits(der: &[u8]) -> Vec<u8> {
+        // SEQUENCE { SEQUENCE alg, BIT STRING key }: skip the outer header, the algorithm
+        // sequence, the bit string's header and its unused-bits byte.
+        fn header(b: &[u8]) -> (usize, usize) {
+            let first = b[1];
+            if first < 0x80 {
+                (2, first as usize)
+            } else {
+                let n = (first & 0x7f) as usize;
+                let len = b[2..2 + n].iter().fold(0usize, |a, x| a << 8 | *x as usize);
+                (2 + n, len)
+            }
+        }
+        let (h, _) = header(der);
+        let rest = &der[h..];
+        let (ah, alen) = header(rest);
+        let bits = &rest[ah + alen..];
+        let (bh, blen) = header(bits);
+        bits[bh + 1..bh + blen].to_vec()
+    }
+
+    #[test]
+    fn each_signing_key_signs_digests_and_data_that_verify_with_its_public_key() {
+        let cases: [(KeySpec, &'static dyn sig::VerificationAlgorithm); 6] = [
+            (KeySpec::EcdsaP256Sha256, &sig::ECDSA_P256_SHA256_ASN1),
+            (KeySpec::EcdsaP384Sha384, &sig::ECDSA_P384_SHA384_ASN1),
+            (KeySpec::EcdsaSecp256k1Sha256, &sig::ECDSA_P256K1_SHA256_ASN1),
+            (KeySpec::Ed25519, &sig::ED25519),
+            (KeySpec::RsaPss(RsaBits::B2048, Hash::Sha256), &sig::RSA_PSS_2048_8192_SHA256),
+            (KeySpec::RsaPkcs1(RsaBits::B2048, Hash::Sha256), &sig::RSA_PKCS1_2048_8192_SHA256),
+        ];
+        let msg = b"release v1.2.3";
+        for (spec, alg) in cases {
+            let material = spec.generate().unwrap();
+            let key = PrivateKey::from_material(spec, &material).unwrap();
+            verify(alg, &key, msg, &key.sign_data(msg).unwrap());
+            match spec.prehash() {
+                Some(h) => {
+                    verify(alg, &key, msg, &key.sign_digest(&h.hash(msg)).unwrap());
+                    let short = key.sign_digest(&h.hash(msg)[1..]).unwrap_err();
+                    assert!(matches!(short, AsymmetricError::DigestLength { .. }), "{spec:?}");
+                    // A signature over another message does not verify.
+                    let other = key.sign_digest(&h.hash(b"other")).unwrap();
+                    let der = key.public_key_der().unwrap();
+                    assert!(UnparsedPublicKey::new(alg, spki_key_bits(&der)).verify(msg, &other).is_err());
+                }
+                None => assert_eq!(key.sign_digest(&[0; 32]).unwrap_err(), AsymmetricError::WrongKind),
+            }
+            assert_eq!(key.decrypt(&[0; 256]).unwrap_err(), AsymmetricError::WrongKind);
+            assert_eq!(key.mac(msg).unwrap_err(), AsymmetricError::WrongKind);
+        }
+    }
+
+    #[test]
+    fn oaep_decrypts_what_the_public_key_encrypted_and_nothing_else() {
+        for hash in [Hash::Sha1, Hash::Sha256, Hash::Sha512] {
+            let spec = KeySpec::RsaOaep(RsaBits::B2048, hash);
+            let key = PrivateKey::from_material(spec, &spec.generate().unwrap()).unwrap();
+            let public = PublicEncryptingKey::from_der(&key.public_key_der().unwrap()).unwrap();
+            let public = OaepPublicEncryptingKey::new(public).unwrap();
+            let alg: &'static OaepAlgorithm = match hash {
+                Hash::Sha1 => &OAEP_SHA1_MGF1SHA1,
+                Hash::Sha256 => &OAEP_SHA256_MGF1SHA256,
+                _ => &OAEP_SHA512_MGF1SHA512,
+            };
+            let mut ct = vec![0u8; public.ciphertext_size()];
+            let ct = public.encrypt(alg, b"a data key", &mut ct, None).unwrap().to_vec();
+            assert_eq!(key.decrypt(&ct).unwrap().expose(), b"a data key");
+            let mut bad = ct.clone();
+            bad[10] ^= 1;
+            assert_eq!(key.decrypt(&bad).unwrap_err(), AsymmetricError::Decrypt);
+            assert_eq!(key.decrypt(&ct[1..]).unwrap_err(), AsymmetricError::Decrypt);
+            assert_eq!(key.sign_data(b"x").unwrap_err(), AsymmetricError::WrongKind);
+        }
+    }
+
+    #[test]
+    fn hmac_tags_verify_and_a_changed_tag_or_message_does_not() {
+        for hash in [Hash::Sha1, Hash::Sha224, Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+            let spec = KeySpec::Hmac(hash);
+            let material = spec.generate().unwrap();
+            assert_eq!(material.len(), hash.output_len());
+            let key = PrivateKey::from_material(spec, &material).unwrap();
+            let tag = key.mac(b"token").unwrap();
+            assert_eq!(tag.len(), hash.output_len());
+            let expected = hmac::sign(
+                &hmac::Key::new(
+                    match hash {
+                        Hash::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
+                        Hash::Sha224 => hmac::HMAC_SHA224,
+                        Hash::Sha256 => hmac::HMAC_SHA256,
+                        Hash::Sha384 => hmac::HMAC_SHA384,
+                        Hash::Sha512 => hmac::HMAC_SHA512,
+                    },
+                    material.expose(),
+                ),
+                b"token",
+            );
+            assert_eq!(tag, expected.as_ref());
+            assert!(key.mac_verify(b"token", &tag).unwrap());
+            assert!(!key.mac_verify(b"tokeN", &tag).unwrap());
+            let mut bad = tag.clone();
+            bad[0] ^= 1;
+            assert!(!key.mac_verify(b"token", &bad).unwrap());
+            assert!(!key.mac_verify(b"token", &tag[1..]).unwrap());
+            assert_eq!(key.public_key_der().unwrap_err(), AsymmetricError::WrongKind);
+        }
+    }
+
+    #[test]
+    fn material_of_another_kind_or_size_is_refused_and_keys_never_print() {
+        let p256 = KeySpec::EcdsaP256Sha256.generate().unwrap();
+        assert!(PrivateKey::from_material(KeySpec::EcdsaP384Sha384, &p256).is_err());
+        assert!(PrivateKey::from_material(KeySpec::RsaPss(RsaBits::B2048, Hash::Sha256), &p256).is_err());
+        let rsa = KeySpec::RsaPss(RsaBits::B2048, Hash::Sha256).generate().unwrap();
+        assert!(PrivateKey::from_material(KeySpec::RsaPss(RsaBits::B3072, Hash::Sha256), &rsa).is_err());
+        assert!(PrivateKey::from_material(KeySpec::Hmac(Hash::Sha256), &Secret::new(vec![])).is_err());
+        let key = PrivateKey::from_material(KeySpec::EcdsaP256Sha256, &p256).unwrap();
+        assert_eq!(format!("{key:?}"), "PrivateKey(EcdsaP256Sha256, [redacted])");
+    }
+
+    #[test]
+    fn a_digest_in_pieces_is_the_digest_of_the_whole() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for h in [Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+            let mut hasher = h.hasher();
+            for piece in data.chunks(4096) {
+                hasher.update(piece);
+            }
+            assert_eq!(hasher.finish(), h.hash(&data));
+            assert_ne!(h.hash(&data), h.hash(&data[1..]));
+        }
+    }
+
+    #[test]
+    fn pem_is_rfc_7468_with_64_character_lines() {
+        let der: Vec<u8> = (0..=255).collect();
+        let pem = public_key_pem(&der);
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n") && pem.ends_with("\n-----END PUBLIC KEY-----\n"));
+        let body: Vec<&str> = pem.lines().skip(1).take_while(|l| !l.starts_with("-----")).collect();
+        assert!(body[..body.len() - 1].iter().all(|l| l.len() == 64));
+        let joined: String = body.concat();
+        assert_eq!(base64::engine::general_purpose::STANDARD.decode(joined).unwrap(), der);
+    }
+}

@@ -1,0 +1,76 @@
+//! Which key each Cloud KMS algorithm Keyhold computes itself is: the one table between
+//! `keyhold-api`'s [`Algorithm`] (whose purpose is [`Algorithm::purpose`]) and
+//! `keyhold-crypto`'s [`KeySpec`].
+
+use keyhold_api::resources::{Algorithm, Purpose};
+use keyhold_crypto::asymmetric::{Hash, KeySpec, RsaBits};
+
+/// The key of an algorithm Keyhold signs, decrypts or MACs with itself; `None` for the
+/// symmetric encryption algorithms and those not served yet.
+pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
+    use Algorithm as A;
+    use RsaBits::*;
+    Some(match alg {
+        A::EcSignP256Sha256 => KeySpec::EcdsaP256Sha256,
+        A::EcSignP384Sha384 => KeySpec::EcdsaP384Sha384,
+        A::EcSignSecp256k1Sha256 => KeySpec::EcdsaSecp256k1Sha256,
+        A::EcSignEd25519 => KeySpec::Ed25519,
+        A::RsaSignPss2048Sha256 => KeySpec::RsaPss(B2048, Hash::Sha256),
+        A::RsaSignPss3072Sha256 => KeySpec::RsaPss(B3072, Hash::Sha256),
+        A::RsaSignPss4096Sha256 => KeySpec::RsaPss(B4096, Hash::Sha256),
+        A::RsaSignPss4096Sha512 => KeySpec::RsaPss(B4096, Hash::Sha512),
+        A::RsaSignPkcs12048Sha256 => KeySpec::RsaPkcs1(B2048, Hash::Sha256),
+        A::RsaSignPkcs13072Sha256 => KeySpec::RsaPkcs1(B3072, Hash::Sha256),
+        A::RsaSignPkcs14096Sha256 => KeySpec::RsaPkcs1(B4096, Hash::Sha256),
+        A::RsaSignPkcs14096Sha512 => KeySpec::RsaPkcs1(B4096, Hash::Sha512),
+        A::RsaDecryptOaep2048Sha256 => KeySpec::RsaOaep(B2048, Hash::Sha256),
+        A::RsaDecryptOaep3072Sha256 => KeySpec::RsaOaep(B3072, Hash::Sha256),
+        A::RsaDecryptOaep4096Sha256 => KeySpec::RsaOaep(B4096, Hash::Sha256),
+        A::RsaDecryptOaep4096Sha512 => KeySpec::RsaOaep(B4096, Hash::Sha512),
+        A::RsaDecryptOaep2048Sha1 => KeySpec::RsaOaep(B2048, Hash::Sha1),
+        A::RsaDecryptOaep3072Sha1 => KeySpec::RsaOaep(B3072, Hash::Sha1),
+        A::RsaDecryptOaep4096Sha1 => KeySpec::RsaOaep(B4096, Hash::Sha1),
+        A::HmacSha1 => KeySpec::Hmac(Hash::Sha1),
+        A::HmacSha224 => KeySpec::Hmac(Hash::Sha224),
+        A::HmacSha256 => KeySpec::Hmac(Hash::Sha256),
+        A::HmacSha384 => KeySpec::Hmac(Hash::Sha384),
+        A::HmacSha512 => KeySpec::Hmac(Hash::Sha512),
+        _ => return None,
+    })
+}
+
+/// Whether new versions of `purpose` start `PENDING_GENERATION` and are enabled once their key
+/// is generated in the background, as Cloud KMS does for asymmetric keys (its contract tests:
+/// `TestCreateCryptoKeyVersionAsync`); other purposes are `ENABLED` at once.
+pub(crate) fn generated_in_background(purpose: Option<Purpose>) -> bool {
+    matches!(purpose, Some(Purpose::AsymmetricSign | Purpose::AsymmetricDecrypt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_algorithm_but_unspecified_has_a_purpose_and_every_served_key_matches_it() {
+        for &alg in Algorithm::ALL {
+            let purpose = alg.purpose();
+            assert_eq!(purpose.is_none(), alg == Algorithm::Unspecified, "{alg}");
+            if let Some(spec) = key_spec(alg) {
+                let expected = match spec {
+                    KeySpec::RsaOaep(..) => Purpose::AsymmetricDecrypt,
+                    KeySpec::Hmac(_) => Purpose::Mac,
+                    _ => Purpose::AsymmetricSign,
+                };
+                assert_eq!(purpose, Some(expected), "{alg}");
+                // The name's hash is the key's.
+                if let Some(h) = spec.prehash() {
+                    assert!(alg.as_str().ends_with(&format!("SHA{}", h.output_len() * 8)), "{alg} {h:?}");
+                }
+            }
+        }
+        assert_eq!(key_spec(Algorithm::GoogleSymmetricEncryption), None);
+        assert!(generated_in_background(Some(Purpose::AsymmetricSign)));
+        assert!(!generated_in_background(Some(Purpose::Mac)));
+        assert!(!generated_in_background(Some(Purpose::EncryptDecrypt)));
+    }
+}

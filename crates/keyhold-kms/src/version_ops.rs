@@ -1,0 +1,310 @@
+//! The key operations addressed to one version, for the purposes other than ENCRYPT_DECRYPT:
+//! `asymmetricSign`, `asymmetricDecrypt`, `getPublicKey`, `macSign` and `macVerify`. Like
+//! [`crate::crypto_ops`], no database round trip: the version comes from the key cache and its
+//! protection level's [`crate::backend::KeyBackend`] does the cryptography.
+//!
+//! Checks run in the order Cloud KMS's contract tests fix (kms-integrations,
+//! `fakekms/contract/`): the version exists (`NOT_FOUND`), is `ENABLED` (`FAILED_PRECONDITION`),
+//! has an algorithm of the method's purpose (`FAILED_PRECONDITION`); then the request's fields
+//! and their CRC32C (`INVALID_ARGUMENT`), so a request with no body to a disabled version says
+//! "disabled", not "field missing".
+
+use std::sync::Arc;
+
+use keyhold_api::CryptoKeyVersionName;
+use keyhold_api::messages::{
+    AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse,
+    ChecksummedData, MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, PublicKeyFormat,
+};
+use keyhold_api::resources::{Algorithm, ProtectionLevel, Purpose, VersionState};
+use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
+use keyhold_crypto::asymmetric::{self, Hash, KeySpec};
+use keyhold_crypto::crc32c;
+
+use crate::algorithm::key_spec;
+use crate::backend::{KeyBackend, KeyUse, SignInput};
+use crate::cache::{CachedKey, CachedVersion};
+use crate::call::Call;
+use crate::crypto_ops::{MAX_PLAINTEXT, check_crc, check_justification, check_size, require_enabled};
+use crate::error::KmsError;
+use crate::keys::Keys;
+
+/// Largest `asymmetricDecrypt` ciphertext: an RSA-4096 block is 512 bytes; anything far longer
+/// is refused before it reaches the key.
+const MAX_RSA_CIPHERTEXT: usize = 1024;
+
+/// A version found, enabled and of the right purpose, with its key's cache entry.
+struct Usable {
+    entry: Arc<CachedKey>,
+    id: u64,
+    algorithm: Algorithm,
+    level: ProtectionLevel,
+}
+
+impl Usable {
+    fn version(&self) -> &CachedVersion {
+        // `usable` found it in this very entry.
+        &self.entry.versions[&self.id]
+    }
+
+    /// The key of a served algorithm (every algorithm its backend let be created).
+    fn spec(&self) -> Result<KeySpec, KmsError> {
+        key_spec(self.algorithm).ok_or_else(|| {
+            KmsError::Unimplemented(format!("Algorithm {} is not served by this server.", self.algorithm))
+        })
+    }
+}
+
+/// `asymmetricSign`, `asymmetricDecrypt`, `getPublicKey`, `macSign`, `macVerify`.
+#[derive(Debug)]
+pub(crate) struct VersionOps {
+    keys: Arc<Keys>,
+}
+
+impl VersionOps {
+    pub(crate) fn new(keys: Arc<Keys>) -> Self {
+        Self { keys }
+    }
+
+    /// The version `name`, if it exists, is `ENABLED` and has an algorithm of one of `purposes`
+    /// (else `operation` names what it may not be used for).
+    async fn usable(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        purposes: &[Purpose],
+        operation: &'static str,
+    ) -> Result<Usable, KmsError> {
+        let key_name = &name.crypto_key;
+        let mut entry = self.keys.cached(key_name).await?;
+        let stale = |e: &CachedKey| {
+            e.versions
+                .get(&name.version)
+                .is_none_or(|v| v.record.version.state == Some(VersionState::PendingGeneration))
+        };
+        if stale(&entry) {
+            // Perhaps created, or generated, on another node since we cached the key.
+            entry = self.keys.refresh_cached(key_name, &entry).await?;
+        }
+        let version = entry.versions.get(&name.version).ok_or_else(|| KmsError::VersionNotFound(name.clone()))?;
+        call.set_key_version(version.record.version.name.clone());
+        require_enabled(version)?;
+        let algorithm = version.record.version.algorithm.unwrap_or(Algorithm::GoogleSymmetricEncryption);
+        if !algorithm.purpose().is_some_and(|p| purposes.contains(&p)) {
+            return Err(KmsError::WrongAlgorithm { version: name.clone(), algorithm, operation });
+        }
+        let level = version.record.version.protection_level.unwrap_or(ProtectionLevel::Software);
+        Ok(Usable { entry, id: name.version, algorithm, level })
+    }
+
+    fn backend(&self, u: &Usable) -> Result<&dyn KeyBackend, KmsError> {
+        self.keys.backends.for_level(Some(u.level))
+    }
+
+    /// `cryptoKeyVersions.asymmetricSign`: a digest of the algorithm's hash, or the data (which
+    /// Ed25519 signs as it is and the others hash first).
+    pub(crate) async fn asymmetric_sign(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        req: &AsymmetricSignRequest,
+    ) -> Result<AsymmetricSignResponse, KmsError> {
+        let u = self.usable(call, name, &[Purpose::AsymmetricSign], "signing").await?;
+        let spec = u.spec()?;
+        let data = req.data.0.as_slice();
+        let digest = req.digest.as_ref().filter(|d| d.sha256.is_some() || d.sha384.is_some() || d.sha512.is_some());
+        if req.digest_crc32c.is_some() && req.data_crc32c.is_some() {
+            return Err(KmsError::InvalidArgument("Only one of digest_crc32c and data_crc32c may be set.".into()));
+        }
+        let input = match (digest, data.is_empty()) {
+            (Some(_), false) => {
+                return Err(KmsError::InvalidArgument("Only one of digest and data may be set.".into()));
+            }
+            (None, true) => return Err(KmsError::InvalidArgument("One of digest or data must be set.".into())),
+            (None, false) => {
+                if req.digest_crc32c.is_some() {
+                    return Err(KmsError::InvalidArgument("digest_crc32c is set but digest is not.".into()));
+                }
+                check_size("data", data.len(), MAX_PLAINTEXT)?;
+                check_crc("data", data, req.data_crc32c)?;
+                SignInput::Data(data)
+            }
+            (Some(d), true) => {
+                if req.data_crc32c.is_some() {
+                    return Err(KmsError::InvalidArgument("data_crc32c is set but data is not.".into()));
+                }
+                let Some(hash) = spec.prehash() else {
+                    return Err(KmsError::InvalidArgument(format!(
+                        "Algorithm {} signs the data itself, not a digest: send data.",
+                        u.algorithm
+                    )));
+                };
+                let (field, given) = match hash {
+                    Hash::Sha256 => ("sha256", &d.sha256),
+                    Hash::Sha384 => ("sha384", &d.sha384),
+                    _ => ("sha512", &d.sha512),
+                };
+                let Some(given) = given else {
+                    return Err(KmsError::InvalidArgument(format!(
+                        "Algorithm {} takes a {field} digest: set digest.{field}.",
+                        u.algorithm
+                    )));
+                };
+                if given.0.len() != hash.output_len() {
+                    return Err(KmsError::InvalidArgument(format!(
+                        "The {field} digest must be {} bytes long; got {}.",
+                        hash.output_len(),
+                        given.0.len()
+                    )));
+                }
+                check_crc("digest", &given.0, req.digest_crc32c)?;
+                SignInput::Digest(&given.0)
+            }
+        };
+        let reason = check_justification(call, &u.entry)?;
+        let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
+        let signature = self.backend(&u)?.sign(using, input).await?;
+        Ok(AsymmetricSignResponse {
+            signature_crc32c: Crc32c(crc32c(&signature)),
+            signature: Bytes(signature),
+            verified_digest_crc32c: matches!(input, SignInput::Digest(_)) && req.digest_crc32c.is_some(),
+            name: name.to_string(),
+            verified_data_crc32c: matches!(input, SignInput::Data(_)) && req.data_crc32c.is_some(),
+            protection_level: u.level,
+        })
+    }
+
+    /// `cryptoKeyVersions.asymmetricDecrypt`: RSA-OAEP with the version's private key.
+    pub(crate) async fn asymmetric_decrypt(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        req: &AsymmetricDecryptRequest,
+    ) -> Result<AsymmetricDecryptResponse, KmsError> {
+        let u = self.usable(call, name, &[Purpose::AsymmetricDecrypt], "asymmetric decryption").await?;
+        let ct = req.ciphertext.0.as_slice();
+        if ct.is_empty() {
+            return Err(KmsError::InvalidArgument("ciphertext is required.".into()));
+        }
+        check_size("ciphertext", ct.len(), MAX_RSA_CIPHERTEXT)?;
+        let verified = check_crc("ciphertext", ct, req.ciphertext_crc32c)?;
+        let reason = check_justification(call, &u.entry)?;
+        let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
+        let plaintext = self.backend(&u)?.asymmetric_decrypt(using, ct).await?;
+        Ok(AsymmetricDecryptResponse {
+            plaintext_crc32c: Crc32c(crc32c(plaintext.expose())),
+            plaintext: SecretBytes(plaintext),
+            verified_ciphertext_crc32c: verified,
+            protection_level: u.level,
+        })
+    }
+
+    /// `cryptoKeyVersions.getPublicKey`: PEM in `pem` when no format is asked for; else the key
+    /// in that format in `publicKey` (and, for `PEM`, in `pem` too).
+    pub(crate) async fn public_key(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        format: Option<PublicKeyFormat>,
+    ) -> Result<PublicKey, KmsError> {
+        let purposes = [Purpose::AsymmetricSign, Purpose::AsymmetricDecrypt];
+        let u = self.usable(call, name, &purposes, "getPublicKey (it has no public key)").await?;
+        let format = format.filter(|f| *f != PublicKeyFormat::Unspecified);
+        if let Some(f @ (PublicKeyFormat::NistPqc | PublicKeyFormat::XwingRawBytes)) = format {
+            return Err(KmsError::InvalidArgument(format!(
+                "Public key format {f} is for post-quantum keys; {} keys give PEM or DER.",
+                u.algorithm
+            )));
+        }
+        // Reading a public key uses no private key: no access reason is checked.
+        let reason = keyhold_api::resources::AccessReason::ReasonNotExpected;
+        let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
+        let der = self.backend(&u)?.public_key(using).await?;
+        let pem = asymmetric::public_key_pem(&der);
+        let public_key = format.map(|f| {
+            let data = if f == PublicKeyFormat::Der { der } else { pem.clone().into_bytes() };
+            ChecksummedData { crc32c_checksum: Crc32c(crc32c(&data)), data: Bytes(data) }
+        });
+        let with_pem = matches!(format, None | Some(PublicKeyFormat::Pem));
+        Ok(PublicKey {
+            pem_crc32c: with_pem.then(|| Crc32c(crc32c(pem.as_bytes()))),
+            pem: if with_pem { pem } else { String::new() },
+            algorithm: u.algorithm,
+            name: name.to_string(),
+            protection_level: u.level,
+            public_key_format: format,
+            public_key,
+        })
+    }
+
+    /// `cryptoKeyVersions.macSign`.
+    pub(crate) async fn mac_sign(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        req: &MacSignRequest,
+    ) -> Result<MacSignResponse, KmsError> {
+        let u = self.usable(call, name, &[Purpose::Mac], "MAC signing").await?;
+        let data = req.data.0.expose();
+        let verified = check_mac_data(data, req.data_crc32c)?;
+        let reason = check_justification(call, &u.entry)?;
+        let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
+        let mac = self.backend(&u)?.mac_sign(using, data).await?;
+        Ok(MacSignResponse {
+            name: name.to_string(),
+            mac_crc32c: Crc32c(crc32c(&mac)),
+            mac: Bytes(mac),
+            verified_data_crc32c: verified,
+            protection_level: u.level,
+        })
+    }
+
+    /// `cryptoKeyVersions.macVerify`: `success` and `verifiedSuccessIntegrity` both say whether
+    /// the tag is right (Cloud KMS's clients compare the two).
+    pub(crate) async fn mac_verify(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        req: &MacVerifyRequest,
+    ) -> Result<MacVerifyResponse, KmsError> {
+        let u = self.usable(call, name, &[Purpose::Mac], "MAC verification").await?;
+        let data = req.data.0.expose();
+        let verified_data = check_mac_data(data, req.data_crc32c)?;
+        let mac = req.mac.0.as_slice();
+        if mac.is_empty() {
+            return Err(KmsError::InvalidArgument("mac is required.".into()));
+        }
+        let KeySpec::Hmac(hash) = u.spec()? else {
+            return Err(KmsError::Internal(format!("{name}: a MAC algorithm without an HMAC key")));
+        };
+        if mac.len() != hash.output_len() {
+            return Err(KmsError::InvalidArgument(format!(
+                "The mac must be {} bytes long for algorithm {}; got {}.",
+                hash.output_len(),
+                u.algorithm,
+                mac.len()
+            )));
+        }
+        let verified_mac = check_crc("mac", mac, req.mac_crc32c)?;
+        let reason = check_justification(call, &u.entry)?;
+        let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
+        let success = self.backend(&u)?.mac_verify(using, data, mac).await?;
+        Ok(MacVerifyResponse {
+            name: name.to_string(),
+            success,
+            verified_data_crc32c: verified_data,
+            verified_mac_crc32c: verified_mac,
+            verified_success_integrity: success,
+            protection_level: u.level,
+        })
+    }
+}
+
+/// `data` of `macSign` / `macVerify`: required, at most 64 KiB, its CRC32C if given.
+fn check_mac_data(data: &[u8], crc: Option<Crc32c>) -> Result<bool, KmsError> {
+    if data.is_empty() {
+        return Err(KmsError::InvalidArgument("data is required.".into()));
+    }
+    check_size("data", data.len(), MAX_PLAINTEXT)?;
+    check_crc("data", data, crc)
+}

@@ -1,0 +1,575 @@
+//! Signing, asymmetric decryption and MAC keys (issue 19) over the REST surface, on a real
+//! SQLite file and a real PostgreSQL server. Every signature is verified, and every value for
+//! `asymmetricDecrypt` encrypted, by the `openssl` command against the PEM that `getPublicKey`
+//! hands out: nothing is checked with Keyhold's own code.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use keyhold_kms::KmsConfig;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const LOC: &str = "projects/p/locations/us-central1";
+const RING: &str = "projects/p/locations/us-central1/keyRings/r";
+
+fn b64(b: &[u8]) -> String {
+    keyhold_api::wire::encode_base64(b)
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    keyhold_api::wire::decode_base64(v.as_str().unwrap()).unwrap()
+}
+
+fn crc(b: &[u8]) -> String {
+    keyhold_crypto::crc32c(b).to_string()
+}
+
+fn sha(bits: u32, data: &[u8]) -> Vec<u8> {
+    let alg = match bits {
+        256 => &aws_lc_rs::digest::SHA256,
+        384 => &aws_lc_rs::digest::SHA384,
+        _ => &aws_lc_rs::digest::SHA512,
+    };
+    aws_lc_rs::digest::digest(alg, data).as_ref().to_vec()
+}
+
+/// Runs `openssl` with `args` in `dir`; whether it succeeded, and what it printed.
+fn openssl(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out =
+        Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed by scripts/test.sh");
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Creates key `id` of `algorithm` (purpose from the algorithm), lets the scheduler generate
+/// its first version, and returns the version's name.
+async fn create_key(s: &Server, id: &str, purpose: &str, algorithm: &str) -> String {
+    let key = s
+        .ok(
+            Method::POST,
+            &format!("{RING}/cryptoKeys?cryptoKeyId={id}"),
+            Some(json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm}})),
+        )
+        .await;
+    assert_eq!(key["versionTemplate"]["algorithm"], algorithm);
+    assert_eq!(key["versionTemplate"]["protectionLevel"], "SOFTWARE");
+    assert!(key.get("primary").is_none(), "only ENCRYPT_DECRYPT keys have a primary: {key}");
+    let name = format!("{RING}/cryptoKeys/{id}/cryptoKeyVersions/1");
+    let v = s.ok(Method::GET, &name, None).await;
+    let asymmetric = purpose.starts_with("ASYMMETRIC");
+    if asymmetric {
+        // As Cloud KMS: asymmetric versions start PENDING_GENERATION, without generateTime.
+        assert_eq!(v["state"], "PENDING_GENERATION", "{v}");
+        assert!(v.get("generateTime").is_none(), "{v}");
+        let e = s
+            .err(
+                Method::POST,
+                &format!("{name}:asymmetricSign"),
+                Some(json!({"data": b64(b"x")})),
+                400,
+                "FAILED_PRECONDITION",
+            )
+            .await;
+        assert_eq!(e, format!("{name} is not enabled, current state is: PENDING_GENERATION."));
+        let done = s.kms.run_due_work().await.unwrap();
+        assert_eq!(done.generated, 1);
+    }
+    let v = s.ok(Method::GET, &name, None).await;
+    assert_eq!(v["state"], "ENABLED", "{v}");
+    assert_eq!(v["algorithm"], algorithm);
+    assert!(v["generateTime"].as_str().is_some(), "{v}");
+    name
+}
+
+/// The version's public key: PEM with its CRC32C, written to `pub.pem` in `dir`.
+async fn public_key(s: &Server, version: &str, algorithm: &str, dir: &Path) -> String {
+    let pk = s.ok(Method::GET, &format!("{version}/publicKey"), None).await;
+    let pem = pk["pem"].as_str().unwrap().to_string();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n") && pem.ends_with("-----END PUBLIC KEY-----\n"), "{pem}");
+    assert_eq!(pk["pemCrc32c"], crc(pem.as_bytes()));
+    assert_eq!(pk["algorithm"], algorithm);
+    assert_eq!(pk["name"], version);
+    assert_eq!(pk["protectionLevel"], "SOFTWARE");
+    std::fs::write(dir.join("pub.pem"), &pem).unwrap();
+    // The same key in DER, asked for by format.
+    let der = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=DER"), None).await;
+    assert_eq!(der["publicKeyFormat"], "DER");
+    assert!(der.get("pem").is_none(), "{der}");
+    let bytes = unb64(&der["publicKey"]["data"]);
+    assert_eq!(der["publicKey"]["crc32cChecksum"], crc(&bytes));
+    std::fs::write(dir.join("pub.der"), &bytes).unwrap();
+    let (ok, out) = openssl(dir, &["pkey", "-pubin", "-inform", "DER", "-in", "pub.der", "-out", "from-der.pem"]);
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read_to_string(dir.join("from-der.pem")).unwrap(), pem, "PEM and DER are the same key");
+    pem
+}
+
+async fn signing_keys_sign_what_openssl_verifies(backend: Backend) {
+    let s = start(backend, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let message = b"release v1.2.3 of something worth signing";
+    std::fs::write(d.join("data"), message).unwrap();
+    // (algorithm, hash bits (0: signs the data as it is), openssl's verification options)
+    let cases: &[(&str, u32, &[&str])] = &[
+        ("EC_SIGN_P256_SHA256", 256, &[]),
+        ("EC_SIGN_P384_SHA384", 384, &[]),
+        ("EC_SIGN_ED25519", 0, &[]),
+        ("RSA_SIGN_PSS_2048_SHA256", 256, &["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"]),
+        ("RSA_SIGN_PKCS1_2048_SHA256", 256, &[]),
+        ("RSA_SIGN_PKCS1_3072_SHA256", 256, &[]),
+        ("RSA_SIGN_PSS_4096_SHA512", 512, &["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"]),
+    ];
+    for (n, (alg, bits, opts)) in cases.iter().enumerate() {
+        let version = create_key(&s, &format!("sign{n}"), "ASYMMETRIC_SIGN", alg).await;
+        public_key(&s, &version, alg, d).await;
+        let verify = |sig: &[u8]| {
+            std::fs::write(d.join("sig"), sig).unwrap();
+            if *bits == 0 {
+                openssl(
+                    d,
+                    &["pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "data", "-sigfile", "sig"],
+                )
+            } else {
+                let md = format!("-sha{bits}");
+                let mut args = vec!["dgst", md.as_str(), "-verify", "pub.pem", "-signature", "sig"];
+                args.extend_from_slice(opts);
+                args.push("data");
+                openssl(d, &args)
+            }
+        };
+        // The data itself, with its CRC32C.
+        let r = s
+            .ok(
+                Method::POST,
+                &format!("{version}:asymmetricSign"),
+                Some(json!({"data": b64(message), "dataCrc32c": crc(message)})),
+            )
+            .await;
+        let sig = unb64(&r["signature"]);
+        assert_eq!(r["signatureCrc32c"], crc(&sig));
+        assert_eq!(r["verifiedDataCrc32c"], true);
+        assert!(r.get("verifiedDigestCrc32c").is_none());
+        assert_eq!(r["name"], version);
+        assert_eq!(r["protectionLevel"], "SOFTWARE");
+        let (ok, out) = verify(&sig);
+        assert!(ok, "{alg}: openssl refused the signature of the data: {out}");
+        // A signature of other data does not verify: the check can fail.
+        let other =
+            s.ok(Method::POST, &format!("{version}:asymmetricSign"), Some(json!({"data": b64(b"other")}))).await;
+        assert!(!verify(&unb64(&other["signature"])).0, "{alg}");
+        if *bits == 0 {
+            let m = s
+                .err(
+                    Method::POST,
+                    &format!("{version}:asymmetricSign"),
+                    Some(json!({"digest": {"sha256": b64(&sha(256, message))}})),
+                    400,
+                    "INVALID_ARGUMENT",
+                )
+                .await;
+            assert!(m.contains("signs the data itself"), "{m}");
+            continue;
+        }
+        // A digest the client computed, in the field of the algorithm's hash.
+        let digest = sha(*bits, message);
+        let field = format!("sha{bits}");
+        let r = s
+            .ok(
+                Method::POST,
+                &format!("{version}:asymmetricSign"),
+                Some(json!({"digest": {field.clone(): b64(&digest)}, "digestCrc32c": crc(&digest)})),
+            )
+            .await;
+        assert_eq!(r["verifiedDigestCrc32c"], true);
+        let (ok, out) = verify(&unb64(&r["signature"]));
+        assert!(ok, "{alg}: openssl refused the signature of the digest: {out}");
+        // The wrong hash's field, a digest of the wrong length, a bad checksum, both inputs.
+        let wrong = if *bits == 256 { "sha384" } else { "sha256" };
+        for body in [
+            json!({"digest": {wrong: b64(&sha(if *bits == 256 { 384 } else { 256 }, message))}}),
+            json!({"digest": {field.clone(): b64(&digest[1..])}}),
+            json!({"digest": {field.clone(): b64(&digest)}, "digestCrc32c": crc(b"cosmic ray")}),
+            json!({"digest": {field.clone(): b64(&digest)}, "data": b64(message)}),
+            json!({}),
+        ] {
+            s.err(Method::POST, &format!("{version}:asymmetricSign"), Some(body), 400, "INVALID_ARGUMENT").await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_sign_what_openssl_verifies_sqlite() {
+    signing_keys_sign_what_openssl_verifies(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_sign_what_openssl_verifies_postgres() {
+    signing_keys_sign_what_openssl_verifies(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decryption_keys_decrypt_what_openssl_encrypted_to_their_public_key() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let secret = b"a 32-byte data encryption key!!!";
+    std::fs::write(d.join("plain"), secret).unwrap();
+    for (n, (alg, md)) in [
+        ("RSA_DECRYPT_OAEP_2048_SHA256", "sha256"),
+        ("RSA_DECRYPT_OAEP_3072_SHA256", "sha256"),
+        ("RSA_DECRYPT_OAEP_2048_SHA1", "sha1"),
+        ("RSA_DECRYPT_OAEP_4096_SHA512", "sha512"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let version = create_key(&s, &format!("dec{n}"), "ASYMMETRIC_DECRYPT", alg).await;
+        public_key(&s, &version, alg, d).await;
+        let padding = ["-pkeyopt", "rsa_padding_mode:oaep"];
+        let oaep_md = format!("rsa_oaep_md:{md}");
+        let mgf1_md = format!("rsa_mgf1_md:{md}");
+        let (ok, out) = openssl(
+            d,
+            &[
+                "pkeyutl", "-encrypt", "-pubin", "-inkey", "pub.pem", "-in", "plain", "-out", "ct", padding[0],
+                padding[1], "-pkeyopt", &oaep_md, "-pkeyopt", &mgf1_md,
+            ],
+        );
+        assert!(ok, "{out}");
+        let ct = std::fs::read(d.join("ct")).unwrap();
+        let r = s
+            .ok(
+                Method::POST,
+                &format!("{version}:asymmetricDecrypt"),
+                Some(json!({"ciphertext": b64(&ct), "ciphertextCrc32c": crc(&ct)})),
+            )
+            .await;
+        assert_eq!(unb64(&r["plaintext"]), secret, "{alg}");
+        assert_eq!(r["plaintextCrc32c"], crc(secret));
+        assert_eq!(r["verifiedCiphertextCrc32c"], true);
+        assert_eq!(r["protectionLevel"], "SOFTWARE");
+        // Tampered, truncated, or made for another hash: Cloud KMS's one answer.
+        let mut bad = ct.clone();
+        bad[7] ^= 1;
+        for body in [json!({"ciphertext": b64(&bad)}), json!({"ciphertext": b64(&ct[1..])})] {
+            let m =
+                s.err(Method::POST, &format!("{version}:asymmetricDecrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+            assert_eq!(m, "Decryption failed.");
+        }
+        s.err(
+            Method::POST,
+            &format!("{version}:asymmetricDecrypt"),
+            Some(json!({"ciphertext": b64(&ct), "ciphertextCrc32c": crc(b"x")})),
+            400,
+            "INVALID_ARGUMENT",
+        )
+        .await;
+        s.err(Method::POST, &format!("{version}:asymmetricDecrypt"), Some(json!({})), 400, "INVALID_ARGUMENT").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mac_keys_sign_and_verify_with_every_integrity_field() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let data = b"user=42;exp=1767225600";
+    for (n, (alg, len)) in
+        [("HMAC_SHA256", 32), ("HMAC_SHA1", 20), ("HMAC_SHA224", 28), ("HMAC_SHA384", 48), ("HMAC_SHA512", 64)]
+            .into_iter()
+            .enumerate()
+    {
+        // MAC versions are ENABLED at once (create_key checks), as Cloud KMS's.
+        let version = create_key(&s, &format!("mac{n}"), "MAC", alg).await;
+        let r = s
+            .ok(Method::POST, &format!("{version}:macSign"), Some(json!({"data": b64(data), "dataCrc32c": crc(data)})))
+            .await;
+        let mac = unb64(&r["mac"]);
+        assert_eq!(mac.len(), len, "{alg}");
+        assert_eq!(r["macCrc32c"], crc(&mac));
+        assert_eq!(r["verifiedDataCrc32c"], true);
+        assert_eq!(r["name"], version);
+        // Deterministic: the same data, the same tag.
+        let again = s.ok(Method::POST, &format!("{version}:macSign"), Some(json!({"data": b64(data)}))).await;
+        assert_eq!(unb64(&again["mac"]), mac);
+        assert!(again.get("verifiedDataCrc32c").is_none());
+        let ok = s
+            .ok(
+                Method::POST,
+                &format!("{version}:macVerify"),
+                Some(json!({"data": b64(data), "dataCrc32c": crc(data), "mac": b64(&mac), "macCrc32c": crc(&mac)})),
+            )
+            .await;
+        assert_eq!(ok["success"], true);
+        assert_eq!(ok["verifiedSuccessIntegrity"], true);
+        assert_eq!(ok["verifiedDataCrc32c"], true);
+        assert_eq!(ok["verifiedMacCrc32c"], true);
+        let mut bad = mac.clone();
+        bad[0] ^= 1;
+        for (d, m) in [(&data[..], &bad), (&b"user=43;exp=1767225600"[..], &mac)] {
+            let no =
+                s.ok(Method::POST, &format!("{version}:macVerify"), Some(json!({"data": b64(d), "mac": b64(m)}))).await;
+            assert!(no.get("success").is_none() && no.get("verifiedSuccessIntegrity").is_none(), "{no}");
+        }
+        for body in [
+            json!({"data": b64(data), "mac": b64(&mac[1..])}),
+            json!({"data": b64(data), "mac": b64(&mac), "macCrc32c": crc(b"x")}),
+            json!({"data": b64(data), "dataCrc32c": crc(b"x"), "mac": b64(&mac)}),
+            json!({"mac": b64(&mac)}),
+            json!({"data": b64(data)}),
+        ] {
+            s.err(Method::POST, &format!("{version}:macVerify"), Some(body), 400, "INVALID_ARGUMENT").await;
+        }
+        s.err(Method::POST, &format!("{version}:macSign"), Some(json!({})), 400, "INVALID_ARGUMENT").await;
+        let big = vec![0u8; 64 * 1024 + 1];
+        s.err(Method::POST, &format!("{version}:macSign"), Some(json!({"data": b64(&big)})), 400, "INVALID_ARGUMENT")
+            .await;
+    }
+}
+
+/// The contract tests' order: NOT_FOUND before anything; then not ENABLED, then the wrong
+/// purpose (FAILED_PRECONDITION) even with no body at all; and creation refuses algorithms of
+/// another purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_come_in_cloud_kms_order_with_its_codes() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let sign = create_key(&s, "sign", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256").await;
+    let mac = create_key(&s, "mac", "MAC", "HMAC_SHA256").await;
+    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=sym"), Some(json!({"purpose": "ENCRYPT_DECRYPT"})))
+        .await;
+    let sym = format!("{RING}/cryptoKeys/sym/cryptoKeyVersions/1");
+    let missing = format!("{RING}/cryptoKeys/nope/cryptoKeyVersions/1");
+    for verb in ["asymmetricSign", "asymmetricDecrypt", "macSign", "macVerify"] {
+        s.err(Method::POST, &format!("{missing}:{verb}"), Some(json!({})), 404, "NOT_FOUND").await;
+        s.err(Method::POST, &format!("{sign}9:{verb}"), Some(json!({})), 404, "NOT_FOUND").await;
+    }
+    s.err(Method::GET, &format!("{missing}/publicKey"), None, 404, "NOT_FOUND").await;
+    // Wrong purpose: each method on a key of another purpose.
+    for (version, verb) in [
+        (&sym, "asymmetricSign"),
+        (&mac, "asymmetricSign"),
+        (&sign, "asymmetricDecrypt"),
+        (&sign, "macSign"),
+        (&sym, "macVerify"),
+    ] {
+        let m = s.err(Method::POST, &format!("{version}:{verb}"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
+        assert!(m.contains("which may not be used for"), "{m}");
+    }
+    for version in [&sym, &mac] {
+        s.err(Method::GET, &format!("{version}/publicKey"), None, 400, "FAILED_PRECONDITION").await;
+    }
+    s.err(Method::GET, &format!("{sign}/publicKey?publicKeyFormat=NIST_PQC"), None, 400, "INVALID_ARGUMENT").await;
+    s.err(Method::GET, &format!("{sign}/publicKey?publicKeyFormat=SIDEWAYS"), None, 400, "INVALID_ARGUMENT").await;
+    // Disabled: FAILED_PRECONDITION with Cloud KMS's words, before the (empty) body is read.
+    for version in [&sign, &mac] {
+        s.ok(Method::PATCH, &format!("{version}?updateMask=state"), Some(json!({"state": "DISABLED"}))).await;
+    }
+    for (version, verb) in [(&sign, "asymmetricSign"), (&mac, "macSign"), (&mac, "macVerify")] {
+        let m = s.err(Method::POST, &format!("{version}:{verb}"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
+        assert_eq!(m, format!("{version} is not enabled, current state is: DISABLED."));
+    }
+    s.err(Method::GET, &format!("{sign}/publicKey"), None, 400, "FAILED_PRECONDITION").await;
+    // Creation: the algorithm is required and must be one of the purpose's.
+    for (purpose, template) in [
+        ("ASYMMETRIC_SIGN", json!({})),
+        ("ASYMMETRIC_DECRYPT", json!({"algorithm": "EC_SIGN_P256_SHA256"})),
+        ("MAC", json!({"algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION"})),
+        ("ENCRYPT_DECRYPT", json!({"algorithm": "HMAC_SHA256"})),
+        // As Cloud KMS: secp256k1 is an HSM-only algorithm.
+        ("ASYMMETRIC_SIGN", json!({"algorithm": "EC_SIGN_SECP256K1_SHA256"})),
+    ] {
+        s.err(
+            Method::POST,
+            &format!("{RING}/cryptoKeys?cryptoKeyId=bad"),
+            Some(json!({"purpose": purpose, "versionTemplate": template})),
+            400,
+            "INVALID_ARGUMENT",
+        )
+        .await;
+    }
+    // Asymmetric and MAC keys do not rotate (not even once, by nextRotationTime alone) and have
+    // no primary.
+    for (purpose, algorithm, schedule) in [
+        (
+            "ASYMMETRIC_SIGN",
+            "EC_SIGN_P256_SHA256",
+            json!({"rotationPeriod": "86400s", "nextRotationTime": "2030-01-01T00:00:00Z"}),
+        ),
+        ("ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256", json!({"nextRotationTime": "2030-01-01T00:00:00Z"})),
+        ("MAC", "HMAC_SHA256", json!({"nextRotationTime": "2030-01-01T00:00:00Z"})),
+    ] {
+        let mut body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm}});
+        body.as_object_mut().unwrap().extend(schedule.as_object().unwrap().clone());
+        let m = s
+            .err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=rot"), Some(body), 400, "INVALID_ARGUMENT")
+            .await;
+        assert!(m.contains("Only ENCRYPT_DECRYPT keys support automatic rotation"), "{m}");
+    }
+    s.err(
+        Method::PATCH,
+        &format!("{RING}/cryptoKeys/mac?updateMask=nextRotationTime"),
+        Some(json!({"nextRotationTime": "2030-01-01T00:00:00Z"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    // The default algorithm can change within the purpose, to one this level serves.
+    let k = s
+        .ok(
+            Method::PATCH,
+            &format!("{RING}/cryptoKeys/sign?updateMask=versionTemplate.algorithm"),
+            Some(json!({"versionTemplate": {"algorithm": "EC_SIGN_P384_SHA384"}})),
+        )
+        .await;
+    assert_eq!(k["versionTemplate"]["algorithm"], "EC_SIGN_P384_SHA384");
+    for algorithm in ["EC_SIGN_SECP256K1_SHA256", "HMAC_SHA256"] {
+        s.err(
+            Method::PATCH,
+            &format!("{RING}/cryptoKeys/sign?updateMask=versionTemplate.algorithm"),
+            Some(json!({"versionTemplate": {"algorithm": algorithm}})),
+            400,
+            "INVALID_ARGUMENT",
+        )
+        .await;
+    }
+    // A new asymmetric version cannot be asked for DISABLED: it is generated, then enabled.
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys/sign/cryptoKeyVersions"),
+        Some(json!({"state": "DISABLED"})),
+        400,
+        "INVALID_ARGUMENT",
+    )
+    .await;
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys/sign:updatePrimaryVersion"),
+        Some(json!({"cryptoKeyVersionId": "1"})),
+        400,
+        "FAILED_PRECONDITION",
+    )
+    .await;
+    // A second version of a signing key starts PENDING_GENERATION too, then is enabled.
+    let v2 = s.ok(Method::POST, &format!("{RING}/cryptoKeys/sign/cryptoKeyVersions"), Some(json!({}))).await;
+    assert_eq!(v2["state"], "PENDING_GENERATION");
+    assert_eq!(v2["name"], format!("{RING}/cryptoKeys/sign/cryptoKeyVersions/2"));
+    // While pending it can be neither destroyed nor disabled.
+    s.err(
+        Method::POST,
+        &format!("{RING}/cryptoKeys/sign/cryptoKeyVersions/2:destroy"),
+        Some(json!({})),
+        400,
+        "FAILED_PRECONDITION",
+    )
+    .await;
+    assert_eq!(s.kms.run_due_work().await.unwrap().generated, 1);
+    assert_eq!(s.kms.run_due_work().await.unwrap().generated, 0, "generated once");
+    let v2 = s.ok(Method::GET, &format!("{RING}/cryptoKeys/sign/cryptoKeyVersions/2"), None).await;
+    assert_eq!(v2["state"], "ENABLED");
+    assert_eq!(v2["algorithm"], "EC_SIGN_P384_SHA384", "made with the key's current default algorithm");
+    // The scheduler's pass wrote nothing for versions it had no work on: no destruction entry.
+    let log = s.ok(Method::GET, "projects/p/auditLogs?pageSize=1000", None).await;
+    let entries = log["entries"].as_array().unwrap();
+    assert!(!entries.iter().any(|e| e["protoPayload"]["methodName"] == "ScheduledDestruction"));
+    let generated: Vec<&Value> =
+        entries.iter().filter(|e| e["protoPayload"]["methodName"] == "GenerateCryptoKeyVersion").collect();
+    assert_eq!(generated.len(), 2, "one entry per generated key (versions 1 and 2 of `sign`)");
+}
+
+/// Two nodes on one PostgreSQL database both run their scheduler on a pending version: one
+/// generation is recorded, and the other node then signs with that key (its cache follows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_generation_wins_across_nodes() {
+    let (a, b) = two_postgres_nodes().await;
+    a.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let body = json!({"purpose": "ASYMMETRIC_SIGN", "versionTemplate": {"algorithm": "RSA_SIGN_PSS_2048_SHA256"}});
+    a.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k"), Some(body)).await;
+    let version = format!("{RING}/cryptoKeys/k/cryptoKeyVersions/1");
+    // Node b caches the key while its version is pending.
+    b.err(
+        Method::POST,
+        &format!("{version}:asymmetricSign"),
+        Some(json!({"data": b64(b"x")})),
+        400,
+        "FAILED_PRECONDITION",
+    )
+    .await;
+    let (da, db) = tokio::join!(a.kms.run_due_work(), b.kms.run_due_work());
+    assert_eq!(da.unwrap().generated + db.unwrap().generated, 1, "exactly one node's key is recorded");
+    let dir = tempfile::tempdir().unwrap();
+    public_key(&a, &version, "RSA_SIGN_PSS_2048_SHA256", dir.path()).await;
+    std::fs::write(dir.path().join("data"), b"x").unwrap();
+    // Node b sees the enabled version at once (a pending version is read again), and its
+    // signature verifies with the public key node a hands out: the same key.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let sig = b.ok(Method::POST, &format!("{version}:asymmetricSign"), Some(json!({"data": b64(b"x")}))).await;
+    std::fs::write(dir.path().join("sig"), unb64(&sig["signature"])).unwrap();
+    let (ok, out) = openssl(
+        dir.path(),
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "pub.pem",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:digest",
+            "-signature",
+            "sig",
+            "data",
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
+/// Who may call the new methods, and that each call leaves its audit entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_grant_each_method_and_every_call_is_audited() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let sign = create_key(&s, "sign", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256").await;
+    let mac = create_key(&s, "mac", "MAC", "HMAC_SHA256").await;
+    let tag = s.ok(Method::POST, &format!("{mac}:macSign"), Some(json!({"data": b64(b"d")}))).await["mac"].clone();
+    let calls = [
+        ("AsymmetricSign", Method::POST, format!("{sign}:asymmetricSign"), Some(json!({"data": b64(b"d")}))),
+        ("GetPublicKey", Method::GET, format!("{sign}/publicKey"), None),
+        ("MacSign", Method::POST, format!("{mac}:macSign"), Some(json!({"data": b64(b"d")}))),
+        ("MacVerify", Method::POST, format!("{mac}:macVerify"), Some(json!({"data": b64(b"d"), "mac": tag}))),
+    ];
+    // (role, which of the four calls it may make)
+    let roles = [
+        ("roles/cloudkms.signer", [true, false, true, false]),
+        ("roles/cloudkms.verifier", [false, true, false, true]),
+        ("roles/cloudkms.signerVerifier", [true, true, true, true]),
+        ("roles/cloudkms.publicKeyViewer", [false, true, false, false]),
+        ("roles/cloudkms.cryptoKeyEncrypterDecrypter", [false, false, false, false]),
+        ("roles/cloudkms.admin", [false, false, false, false]),
+    ];
+    for (role, allowed) in roles {
+        let member = format!("user:{}@example.com", role.trim_start_matches("roles/cloudkms."));
+        s.grant("projects/p", role, &member).await;
+        let token = s.token_for(&member).await;
+        for ((method, verb, path, body), may) in calls.iter().zip(allowed) {
+            let (status, v) = s.call_as(Some(&token), verb.clone(), path, body.clone()).await;
+            assert_eq!(status, if may { 200 } else { 403 }, "{role} {method}: {v}");
+        }
+        s.revoke("projects/p", &member).await;
+    }
+    let log = s.ok(Method::GET, "projects/p/auditLogs?pageSize=1000", None).await;
+    let entries = log["entries"].as_array().unwrap();
+    for (method, ..) in &calls {
+        let of_method: Vec<&Value> = entries.iter().filter(|e| e["protoPayload"]["methodName"] == *method).collect();
+        assert!(
+            of_method.iter().any(|e| e["protoPayload"]["status"].get("code").is_none()),
+            "{method}: a call that succeeded"
+        );
+        assert!(of_method.iter().any(|e| e["protoPayload"]["status"]["code"] == 7), "{method}: a denied call too");
+    }
+}

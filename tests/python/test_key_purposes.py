@@ -1,0 +1,191 @@
+"""Signing, asymmetric decryption and MAC keys (issue 19) through Google's official Python client,
+over REST and over gRPC (the `kms` fixture, parametrized), against a real `keyhold serve`.
+
+Every signature Keyhold makes is verified, and every ciphertext for `asymmetric_decrypt` is made,
+by pyca/cryptography with the public key `get_public_key` returns: the check a user's verifier
+does, with nothing of Keyhold's on that side. Versions are polled out of PENDING_GENERATION the
+way Google's own contract tests do (`CreateTestCKVAndWait`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from google.api_core import exceptions as gexc
+from google.cloud import kms_v1
+
+from test_official_client import (
+    LOCATION_NAME,
+    Algorithm,
+    Purpose,
+    State,
+    _start_server,
+    bearer,
+    crc32c,
+    make_client,
+    unique,
+)
+from test_official_client_grpc import h2c_client
+
+
+@pytest.fixture(scope="module")
+def purposes_server():
+    srv = _start_server()
+    yield srv
+    srv.stop()
+    srv.cleanup()
+
+
+@pytest.fixture(scope="module", params=["rest", "grpc"])
+def kms(request, purposes_server) -> kms_v1.KeyManagementServiceClient:
+    if request.param == "rest":
+        client = make_client(purposes_server, bearer(purposes_server.owner_token))
+    else:
+        client = h2c_client(purposes_server, purposes_server.owner_token)
+    yield client
+    client.transport.close()
+
+
+@pytest.fixture
+def ring(kms) -> str:
+    return kms.create_key_ring(
+        request={"parent": LOCATION_NAME, "key_ring_id": unique("ring"), "key_ring": {}}
+    ).name
+
+
+def create_version(kms, ring: str, purpose, algorithm) -> kms_v1.CryptoKeyVersion:
+    """A key of `algorithm`, and its first version once generated (polled like Google's contract
+    tests poll: every few milliseconds while PENDING_GENERATION)."""
+    key = kms.create_crypto_key(
+        request={
+            "parent": ring,
+            "crypto_key_id": unique("key"),
+            "crypto_key": {"purpose": purpose, "version_template": {"algorithm": algorithm}},
+        }
+    )
+    assert not key.primary.name, "only ENCRYPT_DECRYPT keys have a primary"
+    name = f"{key.name}/cryptoKeyVersions/1"
+    deadline = time.monotonic() + 30
+    while True:
+        version = kms.get_crypto_key_version(request={"name": name})
+        if version.state != State.PENDING_GENERATION or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert version.state == State.ENABLED, version
+    assert version.algorithm == algorithm
+    assert version.generate_time
+    return version
+
+
+def public_key(kms, name: str):
+    pk = kms.get_public_key(request={"name": name})
+    assert pk.pem.startswith("-----BEGIN PUBLIC KEY-----\n")
+    assert pk.pem_crc32c == crc32c(pk.pem.encode())
+    assert pk.name == name
+    assert pk.protection_level == kms_v1.ProtectionLevel.SOFTWARE
+    return serialization.load_pem_public_key(pk.pem.encode())
+
+
+SIGNING = [
+    (Algorithm.EC_SIGN_P256_SHA256, "sha256", lambda h: ec.ECDSA(h)),
+    (Algorithm.EC_SIGN_P384_SHA384, "sha384", lambda h: ec.ECDSA(h)),
+    (
+        Algorithm.RSA_SIGN_PSS_2048_SHA256,
+        "sha256",
+        lambda h: (padding.PSS(mgf=padding.MGF1(h), salt_length=h.digest_size), h),
+    ),
+    (Algorithm.RSA_SIGN_PKCS1_2048_SHA256, "sha256", lambda h: (padding.PKCS1v15(), h)),
+    (Algorithm.EC_SIGN_ED25519, None, None),
+]
+
+
+@pytest.mark.parametrize("algorithm,hash_name,scheme", SIGNING, ids=[a.name for a, _, _ in SIGNING])
+def test_signatures_verify_with_cryptography(kms, ring, algorithm, hash_name, scheme):
+    version = create_version(kms, ring, Purpose.ASYMMETRIC_SIGN, algorithm)
+    public = public_key(kms, version.name)
+    data = b"artifact sha: 6f1ed002ab5595859014ebf0951522d9"
+
+    def verify(signature: bytes, message: bytes) -> None:
+        if isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, message)
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, message, scheme(getattr(hashes, hash_name.upper())()))
+        else:
+            assert isinstance(public, rsa.RSAPublicKey)
+            pad, h = scheme(getattr(hashes, hash_name.upper())())
+            public.verify(signature, message, pad, h)
+
+    if hash_name is None:
+        resp = kms.asymmetric_sign(request={"name": version.name, "data": data, "data_crc32c": crc32c(data)})
+        assert resp.verified_data_crc32c
+    else:
+        digest = hashlib.new(hash_name, data).digest()
+        resp = kms.asymmetric_sign(
+            request={"name": version.name, "digest": {hash_name: digest}, "digest_crc32c": crc32c(digest)}
+        )
+        assert resp.verified_digest_crc32c and not resp.verified_data_crc32c
+    assert resp.signature_crc32c == crc32c(resp.signature)
+    assert resp.name == version.name
+    verify(resp.signature, data)
+    with pytest.raises(InvalidSignature):
+        verify(resp.signature, data + b"!")
+
+
+def test_asymmetric_decrypt_opens_what_cryptography_encrypted(kms, ring):
+    version = create_version(kms, ring, Purpose.ASYMMETRIC_DECRYPT, Algorithm.RSA_DECRYPT_OAEP_2048_SHA256)
+    public = public_key(kms, version.name)
+    secret = b"wrapped data key, 32 bytes long."
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    ciphertext = public.encrypt(secret, oaep)
+    resp = kms.asymmetric_decrypt(
+        request={"name": version.name, "ciphertext": ciphertext, "ciphertext_crc32c": crc32c(ciphertext)}
+    )
+    assert resp.plaintext == secret
+    assert resp.plaintext_crc32c == crc32c(secret)
+    assert resp.verified_ciphertext_crc32c
+    with pytest.raises((gexc.BadRequest, gexc.InvalidArgument)) as e:
+        kms.asymmetric_decrypt(request={"name": version.name, "ciphertext": ciphertext[:-1] + b"\0"})
+    assert "Decryption failed." in str(e.value)
+
+
+def test_mac_sign_and_verify(kms, ring):
+    version = create_version(kms, ring, Purpose.MAC, Algorithm.HMAC_SHA256)
+    data = b"session=7f3a; exp=1767225600"
+    signed = kms.mac_sign(request={"name": version.name, "data": data, "data_crc32c": crc32c(data)})
+    assert len(signed.mac) == 32 and signed.mac_crc32c == crc32c(signed.mac) and signed.verified_data_crc32c
+    ok = kms.mac_verify(
+        request={
+            "name": version.name,
+            "data": data,
+            "data_crc32c": crc32c(data),
+            "mac": signed.mac,
+            "mac_crc32c": crc32c(signed.mac),
+        }
+    )
+    assert ok.success and ok.verified_success_integrity and ok.verified_data_crc32c and ok.verified_mac_crc32c
+    bad = kms.mac_verify(request={"name": version.name, "data": data + b"x", "mac": signed.mac})
+    assert not bad.success and not bad.verified_success_integrity
+
+
+def test_wrong_purpose_and_disabled_versions_are_failed_preconditions(kms, ring):
+    sign = create_version(kms, ring, Purpose.ASYMMETRIC_SIGN, Algorithm.EC_SIGN_P256_SHA256)
+    mac = create_version(kms, ring, Purpose.MAC, Algorithm.HMAC_SHA256)
+    # REST clients raise the class of the HTTP status (400), gRPC clients the code's.
+    refused = (gexc.BadRequest, gexc.FailedPrecondition)
+    with pytest.raises(refused) as e:
+        kms.mac_sign(request={"name": sign.name, "data": b"x"})
+    assert "may not be used for MAC signing" in str(e.value)
+    with pytest.raises(refused) as e:
+        kms.get_public_key(request={"name": mac.name})
+    assert "getPublicKey" in str(e.value)
+    kms.update_crypto_key_version(
+        request={"crypto_key_version": {"name": sign.name, "state": State.DISABLED}, "update_mask": {"paths": ["state"]}}
+    )
+    with pytest.raises(refused) as e:
+        kms.asymmetric_sign(request={"name": sign.name, "data": b"x"})
+    assert "is not enabled, current state is: DISABLED." in str(e.value)
