@@ -189,3 +189,55 @@ def test_wrong_purpose_and_disabled_versions_are_failed_preconditions(kms, ring)
     with pytest.raises(refused) as e:
         kms.asymmetric_sign(request={"name": sign.name, "data": b"x"})
     assert "is not enabled, current state is: DISABLED." in str(e.value)
+
+
+def test_raw_encrypt_and_decrypt(kms, ring):
+    # AES-GCM: the server's nonce, AAD bound; the checksums of empty fields are checked too, as
+    # gcloud sends them.
+    gcm = create_version(kms, ring, Purpose.RAW_ENCRYPT_DECRYPT, Algorithm.AES_256_GCM)
+    data, aad = b"a record written elsewhere", b"row 7"
+    sealed = kms.raw_encrypt(
+        request={
+            "name": gcm.name,
+            "plaintext": data,
+            "plaintext_crc32c": crc32c(data),
+            "additional_authenticated_data": aad,
+            "additional_authenticated_data_crc32c": crc32c(aad),
+            "initialization_vector_crc32c": crc32c(b""),
+        }
+    )
+    assert sealed.tag_length == 16 and len(sealed.initialization_vector) == 12
+    assert sealed.verified_plaintext_crc32c and sealed.verified_additional_authenticated_data_crc32c
+    assert sealed.verified_initialization_vector_crc32c
+    assert sealed.ciphertext_crc32c == crc32c(sealed.ciphertext)
+    opened = kms.raw_decrypt(
+        request={
+            "name": gcm.name,
+            "ciphertext": sealed.ciphertext,
+            "initialization_vector": sealed.initialization_vector,
+            "additional_authenticated_data": aad,
+            "tag_length": 16,
+        }
+    )
+    assert opened.plaintext == data and opened.plaintext_crc32c == crc32c(data)
+    with pytest.raises((gexc.BadRequest, gexc.InvalidArgument)) as e:
+        kms.raw_decrypt(
+            request={
+                "name": gcm.name,
+                "ciphertext": sealed.ciphertext,
+                "initialization_vector": sealed.initialization_vector,
+                "additional_authenticated_data": b"row 8",
+            }
+        )
+    assert "Decryption failed." in str(e.value)
+    # AES-CBC with the caller's IV: no padding, the same IV gives the same ciphertext.
+    cbc = create_version(kms, ring, Purpose.RAW_ENCRYPT_DECRYPT, Algorithm.AES_128_CBC)
+    block, iv = b"sixteen byte blk" * 2, bytes(range(16))
+    first = kms.raw_encrypt(request={"name": cbc.name, "plaintext": block, "initialization_vector": iv})
+    again = kms.raw_encrypt(request={"name": cbc.name, "plaintext": block, "initialization_vector": iv})
+    assert first.ciphertext == again.ciphertext and first.initialization_vector == iv and not first.tag_length
+    back = kms.raw_decrypt(request={"name": cbc.name, "ciphertext": first.ciphertext, "initialization_vector": iv})
+    assert back.plaintext == block
+    with pytest.raises((gexc.BadRequest, gexc.InvalidArgument)) as e:
+        kms.raw_encrypt(request={"name": cbc.name, "plaintext": block[:15]})
+    assert "multiple of 16" in str(e.value)

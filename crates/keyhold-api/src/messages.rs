@@ -323,3 +323,115 @@ pub struct PublicKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public_key: Option<ChecksummedData>,
 }
+
+/// `RawEncryptRequest` (`POST …/cryptoKeyVersions/N:rawEncrypt`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawEncryptRequest {
+    /// Version name (ignored: the URL names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The data to encrypt.
+    #[serde(default)]
+    pub plaintext: SecretBytes,
+    /// Additional authenticated data (AES-GCM only).
+    #[serde(default, skip_serializing_if = "Bytes::is_empty")]
+    pub additional_authenticated_data: Bytes,
+    /// Optional CRC32C of `plaintext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plaintext_crc32c: Option<Crc32c>,
+    /// Optional CRC32C of the AAD (of the empty AAD too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_authenticated_data_crc32c: Option<Crc32c>,
+    /// The caller's IV (AES-CBC and AES-CTR only, 16 bytes); else one is drawn.
+    #[serde(default, skip_serializing_if = "Bytes::is_empty")]
+    pub initialization_vector: Bytes,
+    /// Optional CRC32C of the IV (of the empty IV too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialization_vector_crc32c: Option<Crc32c>,
+}
+
+/// `RawEncryptResponse`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawEncryptResponse {
+    /// The ciphertext; for AES-GCM followed by its `tagLength`-byte tag.
+    pub ciphertext: Bytes,
+    /// The IV used (AES-GCM: the 12-byte nonce).
+    pub initialization_vector: Bytes,
+    /// The tag's length (16 for AES-GCM, else 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tag_length: i32,
+    /// CRC32C of `ciphertext`.
+    pub ciphertext_crc32c: Crc32c,
+    /// CRC32C of `initializationVector`.
+    pub initialization_vector_crc32c: Crc32c,
+    /// Whether `plaintextCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_plaintext_crc32c: bool,
+    /// Whether `additionalAuthenticatedDataCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_additional_authenticated_data_crc32c: bool,
+    /// Whether `initializationVectorCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_initialization_vector_crc32c: bool,
+    /// The version used.
+    pub name: String,
+    /// Protection level of the version used.
+    pub protection_level: ProtectionLevel,
+}
+
+/// `RawDecryptRequest` (`POST …/cryptoKeyVersions/N:rawDecrypt`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RawDecryptRequest {
+    /// Version name (ignored: the URL names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The ciphertext (with the tag for AES-GCM).
+    #[serde(default)]
+    pub ciphertext: Bytes,
+    /// The AAD given to `rawEncrypt` (AES-GCM only).
+    #[serde(default, skip_serializing_if = "Bytes::is_empty")]
+    pub additional_authenticated_data: Bytes,
+    /// The IV `rawEncrypt` used (required).
+    #[serde(default)]
+    pub initialization_vector: Bytes,
+    /// The tag's length: 0 (the algorithm's default) or 16 for AES-GCM; 0 otherwise.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tag_length: i32,
+    /// Optional CRC32C of `ciphertext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciphertext_crc32c: Option<Crc32c>,
+    /// Optional CRC32C of the AAD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_authenticated_data_crc32c: Option<Crc32c>,
+    /// Optional CRC32C of the IV.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialization_vector_crc32c: Option<Crc32c>,
+}
+
+/// `RawDecryptResponse`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RawDecryptResponse {
+    /// The decrypted data.
+    pub plaintext: SecretBytes,
+    /// CRC32C of `plaintext`.
+    pub plaintext_crc32c: Crc32c,
+    /// Protection level of the version used.
+    pub protection_level: ProtectionLevel,
+    /// Whether `ciphertextCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_ciphertext_crc32c: bool,
+    /// Whether `additionalAuthenticatedDataCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_additional_authenticated_data_crc32c: bool,
+    /// Whether `initializationVectorCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_initialization_vector_crc32c: bool,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}

@@ -7,7 +7,7 @@
 //!
 //! * [`secret`]: types for key material and plaintext that zeroize on drop and never print.
 //! * [`aead`]: AES-256-GCM with a fresh random nonce per seal.
-//! * [`asymmetric`]: signing, RSA-OAEP decryption and HMAC with `aws-lc-rs`, public keys as PEM.
+//! * [`keys`]: the keys that never leave the KMS (signing, RSA-OAEP, HMAC, raw AES) with `aws-lc-rs`, public keys as PEM.
 //! * [`ciphertext`]: the versioned ciphertext format of `:encrypt` (it names the key version).
 //! * [`sealed`]: the format in which the root key seals SOFTWARE key material at rest.
 //! * [`crc32c()`]: the integrity checksum Cloud KMS uses on every byte field.
@@ -16,8 +16,8 @@
 #![deny(missing_docs)]
 
 pub mod aead;
-pub mod asymmetric;
 pub mod ciphertext;
+pub mod keys;
 pub mod sealed;
 pub mod secret;
 

@@ -212,13 +212,11 @@ impl KeyManagementService for Front {
     }
 
     async fn raw_encrypt(&self, request: Request<pb::RawEncryptRequest>) -> Answer<pb::RawEncryptResponse> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("RawEncrypt")).await
+        self.serve(request, |r| r.name.clone(), methods::raw_encrypt).await
     }
 
     async fn raw_decrypt(&self, request: Request<pb::RawDecryptRequest>) -> Answer<pb::RawDecryptResponse> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("RawDecrypt")).await
+        self.serve(request, |r| r.name.clone(), methods::raw_decrypt).await
     }
 
     async fn asymmetric_sign(&self, request: Request<pb::AsymmetricSignRequest>) -> Answer<pb::AsymmetricSignResponse> {

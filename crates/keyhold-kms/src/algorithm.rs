@@ -3,7 +3,7 @@
 //! `keyhold-crypto`'s [`KeySpec`].
 
 use keyhold_api::resources::{Algorithm, Purpose};
-use keyhold_crypto::asymmetric::{Hash, KeySpec, RsaBits};
+use keyhold_crypto::keys::{AesBits, AesMode, Hash, KeySpec, RsaBits};
 
 /// The key of an algorithm Keyhold signs, decrypts or MACs with itself; `None` for the
 /// symmetric encryption algorithms and those not served yet.
@@ -35,6 +35,12 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
         A::HmacSha256 => KeySpec::Hmac(Hash::Sha256),
         A::HmacSha384 => KeySpec::Hmac(Hash::Sha384),
         A::HmacSha512 => KeySpec::Hmac(Hash::Sha512),
+        A::Aes128Gcm => KeySpec::Aes(AesBits::B128, AesMode::Gcm),
+        A::Aes256Gcm => KeySpec::Aes(AesBits::B256, AesMode::Gcm),
+        A::Aes128Cbc => KeySpec::Aes(AesBits::B128, AesMode::Cbc),
+        A::Aes256Cbc => KeySpec::Aes(AesBits::B256, AesMode::Cbc),
+        A::Aes128Ctr => KeySpec::Aes(AesBits::B128, AesMode::Ctr),
+        A::Aes256Ctr => KeySpec::Aes(AesBits::B256, AesMode::Ctr),
         _ => return None,
     })
 }
@@ -59,6 +65,7 @@ mod tests {
                 let expected = match spec {
                     KeySpec::RsaOaep(..) => Purpose::AsymmetricDecrypt,
                     KeySpec::Hmac(_) => Purpose::Mac,
+                    KeySpec::Aes(..) => Purpose::RawEncryptDecrypt,
                     _ => Purpose::AsymmetricSign,
                 };
                 assert_eq!(purpose, Some(expected), "{alg}");

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use keyhold_api::CryptoKeyName;
 use keyhold_crypto::AeadKey;
-use keyhold_crypto::asymmetric::PrivateKey;
+use keyhold_crypto::keys::LoadedKey;
 
 use crate::material::VersionMaterial;
 use crate::repo::{CryptoKeyRecord, VersionRecord};
@@ -54,7 +54,7 @@ pub struct CachedVersion {
     pub aead: OnceLock<Arc<AeadKey>>,
     /// The unsealed private (or MAC) key of a signing, asymmetric decryption or MAC version,
     /// parsed on first use.
-    pub private: OnceLock<Arc<PrivateKey>>,
+    pub private: OnceLock<Arc<LoadedKey>>,
 }
 
 impl CachedVersion {

@@ -74,9 +74,10 @@ pub enum KmsError {
         /// What was attempted ("signing", "asymmetric decryption", ...).
         operation: &'static str,
     },
-    /// RSA-OAEP decryption failed (wrong key, wrong length, tampered): Cloud KMS's words.
+    /// RSA-OAEP or raw AES-GCM decryption failed (wrong key, wrong length, tampered): Cloud
+    /// KMS's words.
     #[error("Decryption failed.")]
-    AsymmetricDecryptFailed,
+    DecryptionFailed,
     /// A state change the state machine does not allow.
     #[error("CryptoKeyVersion {version} is in state {state}; {action} requires {allowed}.")]
     IllegalTransition {
@@ -216,7 +217,7 @@ impl KmsError {
             KmsError::InvalidArgument(_)
             | KmsError::InvalidName(_)
             | KmsError::DecryptFailed
-            | KmsError::AsymmetricDecryptFailed
+            | KmsError::DecryptionFailed
             | KmsError::ChecksumMismatch { .. }
             | KmsError::TooLarge { .. } => Code::InvalidArgument,
             KmsError::UnsupportedLocation { .. } => Code::InvalidArgument,

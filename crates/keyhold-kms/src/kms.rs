@@ -25,6 +25,7 @@ use keyhold_api::messages::{
     AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse, DecryptRequest,
     DecryptResponse, EncryptRequest, EncryptResponse, GenerateRandomBytesRequest, GenerateRandomBytesResponse,
     MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, PublicKeyFormat,
+    RawDecryptRequest, RawDecryptResponse, RawEncryptRequest, RawEncryptResponse,
 };
 use keyhold_api::orgpolicy::OrgPolicy;
 use keyhold_api::page::Page;
@@ -433,6 +434,38 @@ impl Kms {
         self.gate
             .run(caller, Op::kms_read("MacVerify"), resource.clone(), check, async |call| {
                 self.versions.mac_verify(call, name, req).await
+            })
+            .await
+    }
+
+    /// `cryptoKeyVersions.rawEncrypt`.
+    pub async fn raw_encrypt(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        req: &RawEncryptRequest,
+    ) -> Result<RawEncryptResponse, KmsError> {
+        let resource = name.crypto_key.to_string();
+        let check = Check::Permission(role::VERSIONS_USE_TO_ENCRYPT, &resource);
+        self.gate
+            .run(caller, Op::kms_read("RawEncrypt"), resource.clone(), check, async |call| {
+                self.versions.raw_encrypt(call, name, req).await
+            })
+            .await
+    }
+
+    /// `cryptoKeyVersions.rawDecrypt`.
+    pub async fn raw_decrypt(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        req: &RawDecryptRequest,
+    ) -> Result<RawDecryptResponse, KmsError> {
+        let resource = name.crypto_key.to_string();
+        let check = Check::Permission(role::VERSIONS_USE_TO_DECRYPT, &resource);
+        self.gate
+            .run(caller, Op::kms_read("RawDecrypt"), resource.clone(), check, async |call| {
+                self.versions.raw_decrypt(call, name, req).await
             })
             .await
     }

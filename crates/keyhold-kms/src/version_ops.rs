@@ -1,5 +1,6 @@
 //! The key operations addressed to one version, for the purposes other than ENCRYPT_DECRYPT:
-//! `asymmetricSign`, `asymmetricDecrypt`, `getPublicKey`, `macSign` and `macVerify`. Like
+//! `asymmetricSign`, `asymmetricDecrypt`, `getPublicKey`, `macSign`, `macVerify`, `rawEncrypt`
+//! and `rawDecrypt`. Like
 //! [`crate::crypto_ops`], no database round trip: the version comes from the key cache and its
 //! protection level's [`crate::backend::KeyBackend`] does the cryptography.
 //!
@@ -15,11 +16,12 @@ use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::messages::{
     AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse,
     ChecksummedData, MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, PublicKeyFormat,
+    RawDecryptRequest, RawDecryptResponse, RawEncryptRequest, RawEncryptResponse,
 };
 use keyhold_api::resources::{Algorithm, ProtectionLevel, Purpose, VersionState};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
-use keyhold_crypto::asymmetric::{self, Hash, KeySpec};
 use keyhold_crypto::crc32c;
+use keyhold_crypto::keys::{AES_BLOCK_LEN, AesMode, GCM_TAG_LEN, Hash, KeySpec};
 
 use crate::algorithm::key_spec;
 use crate::backend::{KeyBackend, KeyUse, SignInput};
@@ -220,7 +222,7 @@ impl VersionOps {
         let reason = keyhold_api::resources::AccessReason::ReasonNotExpected;
         let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
         let der = self.backend(&u)?.public_key(using).await?;
-        let pem = asymmetric::public_key_pem(&der);
+        let pem = keyhold_crypto::keys::public_key_pem(&der);
         let public_key = format.map(|f| {
             let data = if f == PublicKeyFormat::Der { der } else { pem.clone().into_bytes() };
             ChecksummedData { crc32c_checksum: Crc32c(crc32c(&data)), data: Bytes(data) }
@@ -298,6 +300,143 @@ impl VersionOps {
             protection_level: u.level,
         })
     }
+}
+
+impl VersionOps {
+    /// `cryptoKeyVersions.rawEncrypt`: AES-GCM with a nonce drawn here (no caller IV), or
+    /// AES-CBC (no padding) / AES-CTR with the caller's 16-byte IV or one drawn here (no AAD).
+    pub(crate) async fn raw_encrypt(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        req: &RawEncryptRequest,
+    ) -> Result<RawEncryptResponse, KmsError> {
+        let u = self.usable(call, name, &[Purpose::RawEncryptDecrypt], "raw encryption").await?;
+        let mode = aes_mode(&u)?;
+        let plaintext = req.plaintext.0.expose();
+        if plaintext.is_empty() {
+            return Err(KmsError::InvalidArgument("plaintext is required.".into()));
+        }
+        check_size("plaintext", plaintext.len(), MAX_PLAINTEXT)?;
+        let verified_plaintext = check_crc("plaintext", plaintext, req.plaintext_crc32c)?;
+        let aad = req.additional_authenticated_data.0.as_slice();
+        let iv = req.initialization_vector.0.as_slice();
+        check_size("additional_authenticated_data", aad.len(), MAX_PLAINTEXT)?;
+        if mode == AesMode::Gcm && !iv.is_empty() {
+            return Err(KmsError::InvalidArgument(format!(
+                "An initialization_vector cannot be given for {}: its nonce is chosen by the server.",
+                u.algorithm
+            )));
+        }
+        check_raw_shape(&u, mode, aad, (!iv.is_empty()).then_some(iv))?;
+        if mode == AesMode::Cbc && !plaintext.len().is_multiple_of(AES_BLOCK_LEN) {
+            return Err(KmsError::InvalidArgument(format!(
+                "For {} the plaintext must be a multiple of {AES_BLOCK_LEN} bytes long (there is no padding); got {}.",
+                u.algorithm,
+                plaintext.len()
+            )));
+        }
+        let verified_aad = check_crc("additional_authenticated_data", aad, req.additional_authenticated_data_crc32c)?;
+        let verified_iv = check_crc("initialization_vector", iv, req.initialization_vector_crc32c)?;
+        let reason = check_justification(call, &u.entry)?;
+        let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
+        let sealed = self.backend(&u)?.raw_encrypt(using, plaintext, aad, (!iv.is_empty()).then_some(iv)).await?;
+        Ok(RawEncryptResponse {
+            ciphertext_crc32c: Crc32c(crc32c(&sealed.ciphertext)),
+            initialization_vector_crc32c: Crc32c(crc32c(&sealed.iv)),
+            ciphertext: Bytes(sealed.ciphertext),
+            initialization_vector: Bytes(sealed.iv),
+            tag_length: i32::try_from(mode.tag_len()).unwrap_or_default(),
+            verified_plaintext_crc32c: verified_plaintext,
+            verified_additional_authenticated_data_crc32c: verified_aad,
+            verified_initialization_vector_crc32c: verified_iv,
+            name: name.to_string(),
+            protection_level: u.level,
+        })
+    }
+
+    /// `cryptoKeyVersions.rawDecrypt`: the IV `rawEncrypt` answered is required; `tagLength`
+    /// is 0 (the default) or 16 for AES-GCM and 0 otherwise.
+    pub(crate) async fn raw_decrypt(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        req: &RawDecryptRequest,
+    ) -> Result<RawDecryptResponse, KmsError> {
+        let u = self.usable(call, name, &[Purpose::RawEncryptDecrypt], "raw decryption").await?;
+        let mode = aes_mode(&u)?;
+        let ct = req.ciphertext.0.as_slice();
+        if ct.is_empty() {
+            return Err(KmsError::InvalidArgument("ciphertext is required.".into()));
+        }
+        check_size("ciphertext", ct.len(), MAX_PLAINTEXT + GCM_TAG_LEN)?;
+        let verified_ct = check_crc("ciphertext", ct, req.ciphertext_crc32c)?;
+        let iv = req.initialization_vector.0.as_slice();
+        if iv.is_empty() {
+            return Err(KmsError::InvalidArgument(
+                "initialization_vector is required: the one rawEncrypt answered with.".into(),
+            ));
+        }
+        let aad = req.additional_authenticated_data.0.as_slice();
+        check_size("additional_authenticated_data", aad.len(), MAX_PLAINTEXT)?;
+        check_raw_shape(&u, mode, aad, Some(iv))?;
+        let verified_iv = check_crc("initialization_vector", iv, req.initialization_vector_crc32c)?;
+        let verified_aad = check_crc("additional_authenticated_data", aad, req.additional_authenticated_data_crc32c)?;
+        if usize::try_from(req.tag_length).ok().filter(|t| *t == 0 || *t == mode.tag_len()).is_none() {
+            return Err(KmsError::InvalidArgument(format!(
+                "tag_length must be 0 or {} for {}; got {}.",
+                mode.tag_len(),
+                u.algorithm,
+                req.tag_length
+            )));
+        }
+        let shape_ok = match mode {
+            AesMode::Gcm => ct.len() >= GCM_TAG_LEN,
+            AesMode::Cbc => ct.len().is_multiple_of(AES_BLOCK_LEN),
+            AesMode::Ctr => true,
+        };
+        if !shape_ok {
+            return Err(KmsError::DecryptionFailed);
+        }
+        let reason = check_justification(call, &u.entry)?;
+        let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
+        let plaintext = self.backend(&u)?.raw_decrypt(using, ct, aad, iv).await?;
+        Ok(RawDecryptResponse {
+            plaintext_crc32c: Crc32c(crc32c(plaintext.expose())),
+            plaintext: SecretBytes(plaintext),
+            protection_level: u.level,
+            verified_ciphertext_crc32c: verified_ct,
+            verified_additional_authenticated_data_crc32c: verified_aad,
+            verified_initialization_vector_crc32c: verified_iv,
+        })
+    }
+}
+
+/// The AES mode of a raw version.
+fn aes_mode(u: &Usable) -> Result<AesMode, KmsError> {
+    match u.spec()? {
+        KeySpec::Aes(_, mode) => Ok(mode),
+        _ => Err(KmsError::Internal(format!("{}: a raw algorithm without an AES key", u.algorithm))),
+    }
+}
+
+/// What CBC and CTR refuse (AAD) and every mode's IV length.
+fn check_raw_shape(u: &Usable, mode: AesMode, aad: &[u8], iv: Option<&[u8]>) -> Result<(), KmsError> {
+    if mode != AesMode::Gcm && !aad.is_empty() {
+        return Err(KmsError::InvalidArgument(format!(
+            "additional_authenticated_data cannot be used with {}: only AES-GCM authenticates it.",
+            u.algorithm
+        )));
+    }
+    if let Some(iv) = iv.filter(|iv| iv.len() != mode.iv_len()) {
+        return Err(KmsError::InvalidArgument(format!(
+            "The initialization_vector must be {} bytes long for {}; got {}.",
+            mode.iv_len(),
+            u.algorithm,
+            iv.len()
+        )));
+    }
+    Ok(())
 }
 
 /// `data` of `macSign` / `macVerify`: required, at most 64 KiB, its CRC32C if given.

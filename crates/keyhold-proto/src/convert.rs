@@ -8,7 +8,8 @@
 //! the tests of this module cross every resource both ways.
 //!
 //! The key operations' messages (`Encrypt`, `Decrypt`, `AsymmetricSign`, `AsymmetricDecrypt`,
-//! `MacSign`, `MacVerify`, `PublicKey`, `GenerateRandomBytes`) are converted
+//! `MacSign`, `MacVerify`, `RawEncrypt`, `RawDecrypt`, `PublicKey`, `GenerateRandomBytes`) are
+//! converted
 //! field by field, for speed and so that plaintext goes straight from the decoded message into
 //! a wiping buffer ([`keyhold_crypto::Secret`]) without a base64 copy.
 
@@ -246,6 +247,86 @@ pub fn mac_verify_response(r: api::MacVerifyResponse) -> pb::MacVerifyResponse {
         verified_mac_crc32c: r.verified_mac_crc32c,
         verified_success_integrity: r.verified_success_integrity,
         protection_level: r.protection_level.number(),
+    }
+}
+
+/// `RawEncryptRequest`: the plaintext moves into a wiping buffer, uncopied.
+pub fn raw_encrypt_request(message: pb::RawEncryptRequest) -> Result<api::RawEncryptRequest, Status> {
+    let pb::RawEncryptRequest {
+        name,
+        plaintext,
+        additional_authenticated_data,
+        plaintext_crc32c,
+        additional_authenticated_data_crc32c,
+        initialization_vector,
+        initialization_vector_crc32c,
+    } = message;
+    Ok(api::RawEncryptRequest {
+        name,
+        plaintext: SecretBytes(keyhold_crypto::Secret::new(plaintext)),
+        additional_authenticated_data: Bytes(additional_authenticated_data),
+        plaintext_crc32c: crc32c("plaintext_crc32c", plaintext_crc32c)?,
+        additional_authenticated_data_crc32c: crc32c(
+            "additional_authenticated_data_crc32c",
+            additional_authenticated_data_crc32c,
+        )?,
+        initialization_vector: Bytes(initialization_vector),
+        initialization_vector_crc32c: crc32c("initialization_vector_crc32c", initialization_vector_crc32c)?,
+    })
+}
+
+/// `RawEncryptResponse`.
+pub fn raw_encrypt_response(r: api::RawEncryptResponse) -> pb::RawEncryptResponse {
+    pb::RawEncryptResponse {
+        ciphertext: r.ciphertext.0,
+        initialization_vector: r.initialization_vector.0,
+        tag_length: r.tag_length,
+        ciphertext_crc32c: int64(r.ciphertext_crc32c),
+        initialization_vector_crc32c: int64(r.initialization_vector_crc32c),
+        verified_plaintext_crc32c: r.verified_plaintext_crc32c,
+        verified_additional_authenticated_data_crc32c: r.verified_additional_authenticated_data_crc32c,
+        verified_initialization_vector_crc32c: r.verified_initialization_vector_crc32c,
+        name: r.name,
+        protection_level: r.protection_level.number(),
+    }
+}
+
+/// `RawDecryptRequest`.
+pub fn raw_decrypt_request(message: pb::RawDecryptRequest) -> Result<api::RawDecryptRequest, Status> {
+    let pb::RawDecryptRequest {
+        name,
+        ciphertext,
+        additional_authenticated_data,
+        initialization_vector,
+        tag_length,
+        ciphertext_crc32c,
+        additional_authenticated_data_crc32c,
+        initialization_vector_crc32c,
+    } = message;
+    Ok(api::RawDecryptRequest {
+        name,
+        ciphertext: Bytes(ciphertext),
+        additional_authenticated_data: Bytes(additional_authenticated_data),
+        initialization_vector: Bytes(initialization_vector),
+        tag_length,
+        ciphertext_crc32c: crc32c("ciphertext_crc32c", ciphertext_crc32c)?,
+        additional_authenticated_data_crc32c: crc32c(
+            "additional_authenticated_data_crc32c",
+            additional_authenticated_data_crc32c,
+        )?,
+        initialization_vector_crc32c: crc32c("initialization_vector_crc32c", initialization_vector_crc32c)?,
+    })
+}
+
+/// `RawDecryptResponse` (the plaintext is copied into the message, as for `Decrypt`).
+pub fn raw_decrypt_response(r: &api::RawDecryptResponse) -> pb::RawDecryptResponse {
+    pb::RawDecryptResponse {
+        plaintext: r.plaintext.0.expose().to_vec(),
+        plaintext_crc32c: int64(r.plaintext_crc32c),
+        protection_level: r.protection_level.number(),
+        verified_ciphertext_crc32c: r.verified_ciphertext_crc32c,
+        verified_additional_authenticated_data_crc32c: r.verified_additional_authenticated_data_crc32c,
+        verified_initialization_vector_crc32c: r.verified_initialization_vector_crc32c,
     }
 }
 

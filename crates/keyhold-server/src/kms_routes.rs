@@ -430,6 +430,17 @@ async fn handle(
             answer.plaintext.zeroize();
             response
         }
+        (Target::Version(name), Some("rawEncrypt"), Method::POST) => {
+            let r = pb::RawEncryptRequest { name: name.to_string(), ..body(bytes)? };
+            json(&methods::raw_encrypt(s, caller, r).await?, pretty)
+        }
+        (Target::Version(name), Some("rawDecrypt"), Method::POST) => {
+            let r = pb::RawDecryptRequest { name: name.to_string(), ..body(bytes)? };
+            let mut answer = methods::raw_decrypt(s, caller, r).await?;
+            let response = json(&answer, pretty);
+            answer.plaintext.zeroize();
+            response
+        }
         (Target::Version(name), Some("macSign"), Method::POST) => {
             let r = pb::MacSignRequest { name: name.to_string(), ..body(bytes)? };
             json(&methods::mac_sign(s, caller, r).await?, pretty)
@@ -494,8 +505,6 @@ fn delete_not_served(path: &str) -> ApiError {
 /// Cloud KMS v1 methods Keyhold does not implement yet: they answer `501 UNIMPLEMENTED` (which
 /// Google's clients surface as "not implemented"), not `404`.
 const UNIMPLEMENTED_VERBS: &[&str] = &[
-    "rawEncrypt",
-    "rawDecrypt",
     "decapsulate",
     "import",
     "importTrustedKeyWrappedCryptoKeyVersion",

@@ -275,6 +275,20 @@ pub async fn mac_verify(s: &AppState, caller: &Caller, r: pb::MacVerifyRequest) 
     Ok(convert::mac_verify_response(s.kms.mac_verify(caller, &n, &req).await?))
 }
 
+/// `RawEncrypt`.
+pub async fn raw_encrypt(s: &AppState, caller: &Caller, r: pb::RawEncryptRequest) -> Answer<pb::RawEncryptResponse> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    let req = convert::raw_encrypt_request(r)?;
+    Ok(convert::raw_encrypt_response(s.kms.raw_encrypt(caller, &n, &req).await?))
+}
+
+/// `RawDecrypt`.
+pub async fn raw_decrypt(s: &AppState, caller: &Caller, r: pb::RawDecryptRequest) -> Answer<pb::RawDecryptResponse> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    let req = convert::raw_decrypt_request(r)?;
+    Ok(convert::raw_decrypt_response(&s.kms.raw_decrypt(caller, &n, &req).await?))
+}
+
 /// `GenerateRandomBytes`.
 pub async fn generate_random_bytes(
     s: &AppState,

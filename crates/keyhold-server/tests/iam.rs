@@ -37,13 +37,22 @@ async fn with_key(s: &Server) {
     s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
 }
 
+/// What the calls on the keys of the other purposes need, prepared by the owner.
+struct Prepared {
+    /// A ciphertext for `dec`'s public key.
+    oaep_ciphertext: String,
+    /// A `rawDecrypt` body for `raw`.
+    raw_decrypt: Value,
+}
+
 /// Keys of the other purposes beside `k`: `sign` (EC P-256), `dec` (RSA-OAEP 2048), `mac`
-/// (HMAC-SHA256), generated and enabled. Returns a ciphertext for `dec`'s public key.
-async fn with_other_purposes(s: &Server) -> String {
+/// (HMAC-SHA256), `raw` (AES-256-GCM), generated and enabled.
+async fn with_other_purposes(s: &Server) -> Prepared {
     for (id, purpose, algorithm) in [
         ("sign", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256"),
         ("dec", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"),
         ("mac", "MAC", "HMAC_SHA256"),
+        ("raw", "RAW_ENCRYPT_DECRYPT", "AES_256_GCM"),
     ] {
         let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm}});
         s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId={id}"), Some(body)).await;
@@ -57,7 +66,17 @@ async fn with_other_purposes(s: &Server) -> String {
     let public = aws_lc_rs::rsa::OaepPublicEncryptingKey::new(public).unwrap();
     let mut out = vec![0u8; public.ciphertext_size()];
     let ct = public.encrypt(&aws_lc_rs::rsa::OAEP_SHA256_MGF1SHA256, b"hi", &mut out, None).unwrap();
-    b64(ct)
+    let raw = s
+        .ok(
+            Method::POST,
+            &format!("{RING}/cryptoKeys/raw/cryptoKeyVersions/1:rawEncrypt"),
+            Some(json!({"plaintext": b64(b"hi")})),
+        )
+        .await;
+    Prepared {
+        oaep_ciphertext: b64(ct),
+        raw_decrypt: json!({"ciphertext": raw["ciphertext"], "initializationVector": raw["initializationVector"]}),
+    }
 }
 
 /// One row of `authz_matrix.tsv`: what to call for a method.
@@ -65,7 +84,7 @@ fn request(
     method: &str,
     n: usize,
     ciphertext: &str,
-    oaep_ciphertext: &str,
+    prepared: &Prepared,
     key_policy: &Value,
     ring_policy: &Value,
     project_policy: &Value,
@@ -99,7 +118,17 @@ fn request(
         "AsymmetricDecrypt" => (
             Method::POST,
             format!("{RING}/cryptoKeys/dec/cryptoKeyVersions/1:asymmetricDecrypt"),
-            Some(json!({ "ciphertext": oaep_ciphertext })),
+            Some(json!({ "ciphertext": prepared.oaep_ciphertext })),
+        ),
+        "RawEncrypt" => (
+            Method::POST,
+            format!("{RING}/cryptoKeys/raw/cryptoKeyVersions/1:rawEncrypt"),
+            Some(json!({"plaintext": b64(b"hi")})),
+        ),
+        "RawDecrypt" => (
+            Method::POST,
+            format!("{RING}/cryptoKeys/raw/cryptoKeyVersions/1:rawDecrypt"),
+            Some(prepared.raw_decrypt.clone()),
         ),
         "GetPublicKey" => (Method::GET, format!("{RING}/cryptoKeys/sign/cryptoKeyVersions/1/publicKey"), None),
         "MacSign" => (
@@ -141,7 +170,7 @@ fn without_etag(mut v: Value) -> Value {
 async fn authorization_matrix() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;
     with_key(&s).await;
-    let oaep_ciphertext = with_other_purposes(&s).await;
+    let prepared = with_other_purposes(&s).await;
     let table = include_str!("authz_matrix.tsv");
     let mut lines = table.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty());
     let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
@@ -165,15 +194,8 @@ async fn authorization_matrix() {
         for (n, row) in rows.iter().enumerate() {
             let method = row[0];
             let expected = row[col];
-            let (verb, path, body) = request(
-                method,
-                col * 100 + n,
-                &ciphertext,
-                &oaep_ciphertext,
-                &key_policy,
-                &ring_policy,
-                &project_policy,
-            );
+            let (verb, path, body) =
+                request(method, col * 100 + n, &ciphertext, &prepared, &key_policy, &ring_policy, &project_policy);
             if method == "RestoreCryptoKeyVersion" {
                 // Restoring needs a version scheduled for destruction.
                 let _ = s.call(Method::POST, &format!("{KEY}/cryptoKeyVersions/2:destroy"), Some(json!({}))).await;

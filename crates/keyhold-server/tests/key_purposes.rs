@@ -573,3 +573,126 @@ async fn roles_grant_each_method_and_every_call_is_audited() {
         assert!(of_method.iter().any(|e| e["protoPayload"]["status"]["code"] == 7), "{method}: a denied call too");
     }
 }
+
+/// Raw AES keys: every algorithm round-trips with every integrity field (sent for empty fields
+/// too, as gcloud does), AES-GCM authenticates its AAD and chooses its nonce, AES-CBC and
+/// AES-CTR take the caller's IV (the same IV, the same ciphertext) and no AAD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_keys_encrypt_and_decrypt_with_every_integrity_field() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let plaintext = [0x42u8; 48];
+    for (n, alg) in ["AES_128_GCM", "AES_256_GCM", "AES_128_CBC", "AES_256_CBC", "AES_128_CTR", "AES_256_CTR"]
+        .into_iter()
+        .enumerate()
+    {
+        let version = create_key(&s, &format!("raw{n}"), "RAW_ENCRYPT_DECRYPT", alg).await;
+        let gcm = alg.ends_with("GCM");
+        let aad: &[u8] = if gcm { b"record 7" } else { b"" };
+        let r = s
+            .ok(
+                Method::POST,
+                &format!("{version}:rawEncrypt"),
+                Some(json!({"plaintext": b64(&plaintext), "plaintextCrc32c": crc(&plaintext),
+                    "additionalAuthenticatedData": b64(aad), "additionalAuthenticatedDataCrc32c": crc(aad),
+                    "initializationVectorCrc32c": crc(b"")})),
+            )
+            .await;
+        let ct = unb64(&r["ciphertext"]);
+        let iv = unb64(&r["initializationVector"]);
+        assert_eq!(r["ciphertextCrc32c"], crc(&ct));
+        assert_eq!(r["initializationVectorCrc32c"], crc(&iv));
+        for f in [
+            "verifiedPlaintextCrc32c",
+            "verifiedAdditionalAuthenticatedDataCrc32c",
+            "verifiedInitializationVectorCrc32c",
+        ] {
+            assert_eq!(r[f], true, "{alg} {f}: {r}");
+        }
+        assert_eq!(r["name"], version);
+        assert_eq!(iv.len(), if gcm { 12 } else { 16 }, "{alg}");
+        assert_eq!(ct.len(), plaintext.len() + if gcm { 16 } else { 0 }, "{alg}");
+        assert_eq!(r.get("tagLength").and_then(Value::as_i64).unwrap_or(0), if gcm { 16 } else { 0 });
+        let d = s
+            .ok(
+                Method::POST,
+                &format!("{version}:rawDecrypt"),
+                Some(json!({"ciphertext": b64(&ct), "initializationVector": b64(&iv),
+                    "additionalAuthenticatedData": b64(aad), "ciphertextCrc32c": crc(&ct),
+                    "initializationVectorCrc32c": crc(&iv), "additionalAuthenticatedDataCrc32c": crc(aad)})),
+            )
+            .await;
+        assert_eq!(unb64(&d["plaintext"]), plaintext, "{alg}");
+        assert_eq!(d["plaintextCrc32c"], crc(&plaintext));
+        for f in [
+            "verifiedCiphertextCrc32c",
+            "verifiedInitializationVectorCrc32c",
+            "verifiedAdditionalAuthenticatedDataCrc32c",
+        ] {
+            assert_eq!(d[f], true, "{alg} {f}");
+        }
+        let decrypt = |ct: &[u8], iv: &[u8], aad: &[u8]| json!({"ciphertext": b64(ct), "initializationVector": b64(iv), "additionalAuthenticatedData": b64(aad)});
+        let mut tampered = ct.clone();
+        tampered[0] ^= 1;
+        if gcm {
+            // Authenticated: another AAD or a flipped bit fails, with one message.
+            for body in [decrypt(&ct, &iv, b"record 8"), decrypt(&tampered, &iv, aad)] {
+                let m =
+                    s.err(Method::POST, &format!("{version}:rawDecrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+                assert_eq!(m, "Decryption failed.");
+            }
+            // The nonce is the server's, never the caller's.
+            let body = json!({"plaintext": b64(&plaintext), "initializationVector": b64(&[1; 16])});
+            s.err(Method::POST, &format!("{version}:rawEncrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+            let mut body = decrypt(&ct, &iv, aad);
+            body["tagLength"] = json!(12);
+            s.err(Method::POST, &format!("{version}:rawDecrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+        } else {
+            // Not authenticated: a flipped bit decrypts to something else.
+            let d = s.ok(Method::POST, &format!("{version}:rawDecrypt"), Some(decrypt(&tampered, &iv, b""))).await;
+            assert_ne!(unb64(&d["plaintext"]), plaintext);
+            // The caller's IV is used: the same IV and plaintext, the same ciphertext.
+            let fixed = [7u8; 16];
+            let body = json!({"plaintext": b64(&plaintext), "initializationVector": b64(&fixed)});
+            let a = s.ok(Method::POST, &format!("{version}:rawEncrypt"), Some(body.clone())).await;
+            let b = s.ok(Method::POST, &format!("{version}:rawEncrypt"), Some(body)).await;
+            assert_eq!(a["ciphertext"], b["ciphertext"]);
+            assert_eq!(unb64(&a["initializationVector"]), fixed);
+            for body in [
+                json!({"plaintext": b64(&plaintext), "additionalAuthenticatedData": b64(b"x")}),
+                json!({"plaintext": b64(&plaintext), "initializationVector": b64(&[1; 12])}),
+            ] {
+                s.err(Method::POST, &format!("{version}:rawEncrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+            }
+            if alg.contains("CBC") {
+                let m = s
+                    .err(
+                        Method::POST,
+                        &format!("{version}:rawEncrypt"),
+                        Some(json!({"plaintext": b64(&plaintext[..15])})),
+                        400,
+                        "INVALID_ARGUMENT",
+                    )
+                    .await;
+                assert!(m.contains("multiple of 16"), "{m}");
+            }
+        }
+        // Required fields and integrity fields, both ways.
+        for body in [
+            json!({"ciphertext": b64(&ct)}),
+            json!({"ciphertext": b64(&ct), "initializationVector": b64(&iv), "ciphertextCrc32c": crc(b"x")}),
+            json!({"initializationVector": b64(&iv)}),
+        ] {
+            s.err(Method::POST, &format!("{version}:rawDecrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+        }
+        for body in [json!({}), json!({"plaintext": b64(&plaintext), "plaintextCrc32c": crc(b"x")})] {
+            s.err(Method::POST, &format!("{version}:rawEncrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+        }
+    }
+    // Wrong purpose both ways.
+    let mac = create_key(&s, "mac", "MAC", "HMAC_SHA256").await;
+    let raw = format!("{RING}/cryptoKeys/raw0/cryptoKeyVersions/1");
+    s.err(Method::POST, &format!("{mac}:rawEncrypt"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
+    s.err(Method::POST, &format!("{raw}:macSign"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
+    s.err(Method::GET, &format!("{raw}/publicKey"), None, 400, "FAILED_PRECONDITION").await;
+}

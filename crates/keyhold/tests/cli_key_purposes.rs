@@ -1,7 +1,8 @@
 //! The CLI's commands for signing, asymmetric decryption and MAC keys (issue 19), in gcloud's
 //! words, against a real `keyhold serve`: `kms keys create --purpose asymmetric-signing ...`,
 //! `kms keys versions get-public-key`, `kms asymmetric-sign`, `kms asymmetric-decrypt`,
-//! `kms mac-sign`, `kms mac-verify`. Signatures are checked, and ciphertexts made, by `openssl`.
+//! `kms mac-sign`, `kms mac-verify`, `kms raw-encrypt`, `kms raw-decrypt`. Signatures are checked,
+//! and ciphertexts made, by `openssl`.
 
 mod common;
 
@@ -230,4 +231,72 @@ async fn gcloud_words_sign_decrypt_and_mac() {
     assert_eq!(good["verifiedSuccessIntegrity"], true);
     std::fs::write(d.join("forged"), b"user=43").unwrap();
     assert_eq!(verify("forged")["success"], false);
+
+    // Raw AES-GCM: the server's IV is written, as gcloud does, to ./initialization_vector_*
+    // (in the working directory: here the test's own) and named on stderr.
+    create_key(d, port, "raw", "raw-encryption", "aes-256-gcm");
+    std::fs::write(d.join("record"), b"a record stored elsewhere").unwrap();
+    std::fs::write(d.join("aad"), b"row 7").unwrap();
+    let mut args: Vec<String> = [
+        "kms",
+        "raw-encrypt",
+        "--plaintext-file",
+        "record",
+        "--ciphertext-file",
+        "record.enc",
+        "--additional-authenticated-data-file",
+        "aad",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(at("raw"));
+    let out = Command::new(env!("CARGO_BIN_EXE_keyhold"))
+        .args(&args)
+        .current_dir(d)
+        .env("KEYHOLD_TOKEN_FILE", d.join("data").join("owner.token"))
+        .env("KEYHOLD_ENDPOINT", format!("http://127.0.0.1:{port}"))
+        .env("KEYHOLD_PROJECT", "my-project")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let iv_file = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("initialization_vector_"))
+        .expect("the IV file");
+    assert!(stderr.contains(&*iv_file.file_name().unwrap().to_string_lossy()), "{stderr}");
+    assert_eq!(std::fs::read(&iv_file).unwrap().len(), 12);
+    let (success, _, stderr) = run(
+        &[
+            "kms",
+            "raw-decrypt",
+            "--ciphertext-file",
+            d.join("record.enc").to_str().unwrap(),
+            "--plaintext-file",
+            d.join("record.out").to_str().unwrap(),
+            "--initialization-vector-file",
+            iv_file.to_str().unwrap(),
+            "--additional-authenticated-data-file",
+            d.join("aad").to_str().unwrap(),
+        ],
+        "raw",
+    );
+    assert!(success, "{stderr}");
+    assert_eq!(std::fs::read(d.join("record.out")).unwrap(), b"a record stored elsewhere");
+    // Without the AAD it does not open.
+    let (success, _, stderr) = run(
+        &[
+            "kms",
+            "raw-decrypt",
+            "--ciphertext-file",
+            d.join("record.enc").to_str().unwrap(),
+            "--plaintext-file",
+            "-",
+            "--initialization-vector-file",
+            iv_file.to_str().unwrap(),
+        ],
+        "raw",
+    );
+    assert!(!success && stderr.contains("Decryption failed."), "{stderr}");
 }

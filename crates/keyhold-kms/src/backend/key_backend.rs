@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::resources::{AccessReason, Algorithm, ExternalProtectionLevelOptions, KeyOperationAttestation};
 use keyhold_crypto::Secret;
+use keyhold_crypto::keys::RawCiphertext;
 
 use crate::cache::CachedVersion;
 use crate::call::Call;
@@ -116,6 +117,28 @@ pub(crate) trait KeyBackend: Send + Sync + fmt::Debug {
     async fn mac_verify(&self, using: KeyUse<'_>, data: &[u8], mac: &[u8]) -> Result<bool, KmsError> {
         let _ = (using, data, mac);
         Err(not_served(self.level(), "MacVerify"))
+    }
+    /// `rawEncrypt`: raw AES with the version's key; `iv` for CBC and CTR, else one is drawn.
+    async fn raw_encrypt(
+        &self,
+        using: KeyUse<'_>,
+        plaintext: &[u8],
+        aad: &[u8],
+        iv: Option<&[u8]>,
+    ) -> Result<RawCiphertext, KmsError> {
+        let _ = (using, plaintext, aad, iv);
+        Err(not_served(self.level(), "RawEncrypt"))
+    }
+    /// `rawDecrypt`: raw AES with the version's key.
+    async fn raw_decrypt(
+        &self,
+        using: KeyUse<'_>,
+        ciphertext: &[u8],
+        aad: &[u8],
+        iv: &[u8],
+    ) -> Result<Secret, KmsError> {
+        let _ = (using, ciphertext, aad, iv);
+        Err(not_served(self.level(), "RawDecrypt"))
     }
     /// Removes material that lives outside the database (an HSM object); best effort, logged.
     /// Nothing to do for material the database holds.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::resources::{Algorithm, ExternalProtectionLevelOptions};
-use keyhold_crypto::asymmetric::{AsymmetricError, KeySpec, PrivateKey};
+use keyhold_crypto::keys::{KeyError, KeySpec, LoadedKey, RawCiphertext};
 use keyhold_crypto::{AeadKey, KeyBytes, Secret, ciphertext, sealed};
 
 use super::key_backend::{KeyBackend, KeyUse, NewMaterial, SignInput};
@@ -78,7 +78,7 @@ impl SoftwareKeys {
 
     /// The unsealed, parsed private key of a cached version (unsealed once, then kept in the
     /// cache).
-    async fn private_for(&self, version: &CachedVersion) -> Result<Arc<PrivateKey>, KmsError> {
+    async fn private_for(&self, version: &CachedVersion) -> Result<Arc<LoadedKey>, KmsError> {
         if let Some(k) = version.private.get() {
             return Ok(k.clone());
         }
@@ -99,7 +99,7 @@ impl SoftwareKeys {
             })?;
         let material =
             sealed::open_envelope(&data_key, envelope, &private_context(&name, algorithm)).map_err(|e| corrupt(&e))?;
-        let key = Arc::new(PrivateKey::from_material(spec, &material).map_err(|e| corrupt(&e))?);
+        let key = Arc::new(LoadedKey::from_material(spec, &material).map_err(|e| corrupt(&e))?);
         Ok(version.private.get_or_init(|| key).clone())
     }
 }
@@ -114,9 +114,9 @@ fn private_context(name: &str, algorithm: Algorithm) -> String {
 /// Runs RSA's private-key operations (milliseconds at 4096 bits) off the async workers; the
 /// others (microseconds) inline.
 async fn compute<T: Send + 'static>(
-    key: Arc<PrivateKey>,
-    op: impl FnOnce(&PrivateKey) -> Result<T, AsymmetricError> + Send + 'static,
-) -> Result<Result<T, AsymmetricError>, KmsError> {
+    key: Arc<LoadedKey>,
+    op: impl FnOnce(&LoadedKey) -> Result<T, KeyError> + Send + 'static,
+) -> Result<Result<T, KeyError>, KmsError> {
     match key.spec() {
         KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) => {
             tokio::task::spawn_blocking(move || op(&key))
@@ -128,7 +128,7 @@ async fn compute<T: Send + 'static>(
 }
 
 /// An error of the library on a key Keyhold made itself: internal, never the caller's.
-fn internal(name: &str, e: AsymmetricError) -> KmsError {
+fn internal(name: &str, e: KeyError) -> KmsError {
     KmsError::Internal(format!("{name}: {e}"))
 }
 
@@ -215,7 +215,7 @@ impl KeyBackend for SoftwareKeys {
         let ct = ciphertext.to_vec();
         match compute(key, move |k| k.decrypt(&ct)).await? {
             Ok(plaintext) => Ok(plaintext),
-            Err(AsymmetricError::Decrypt) => Err(KmsError::AsymmetricDecryptFailed),
+            Err(KeyError::Decrypt) => Err(KmsError::DecryptionFailed),
             Err(e) => Err(internal(using.version_name(), e)),
         }
     }
@@ -228,6 +228,31 @@ impl KeyBackend for SoftwareKeys {
     async fn mac_sign(&self, using: KeyUse<'_>, data: &[u8]) -> Result<Vec<u8>, KmsError> {
         let key = self.private_for(using.version).await?;
         key.mac(data).map_err(|e| internal(using.version_name(), e))
+    }
+
+    async fn raw_encrypt(
+        &self,
+        using: KeyUse<'_>,
+        plaintext: &[u8],
+        aad: &[u8],
+        iv: Option<&[u8]>,
+    ) -> Result<RawCiphertext, KmsError> {
+        let key = self.private_for(using.version).await?;
+        key.raw_encrypt(plaintext, aad, iv).map_err(|e| internal(using.version_name(), e))
+    }
+
+    async fn raw_decrypt(
+        &self,
+        using: KeyUse<'_>,
+        ciphertext: &[u8],
+        aad: &[u8],
+        iv: &[u8],
+    ) -> Result<Secret, KmsError> {
+        let key = self.private_for(using.version).await?;
+        key.raw_decrypt(ciphertext, aad, iv).map_err(|e| match e {
+            KeyError::Decrypt => KmsError::DecryptionFailed,
+            e => internal(using.version_name(), e),
+        })
     }
 
     async fn mac_verify(&self, using: KeyUse<'_>, data: &[u8], mac: &[u8]) -> Result<bool, KmsError> {

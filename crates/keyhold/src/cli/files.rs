@@ -45,7 +45,7 @@ pub fn read_input(path: &Path, max: usize) -> Result<Secret, CliError> {
 }
 
 /// The digest of the whole of `path` (or stdin), read piece by piece: any size.
-pub fn digest_input(path: &Path, hash: keyhold_crypto::asymmetric::Hash) -> Result<Vec<u8>, CliError> {
+pub fn digest_input(path: &Path, hash: keyhold_crypto::keys::Hash) -> Result<Vec<u8>, CliError> {
     let err = |e: std::io::Error| CliError::Io(format!("Unable to read file [{}]: {e}", shown(path)));
     let mut reader: Box<dyn Read> = if is_stdio(path) {
         Box::new(std::io::stdin().lock())

@@ -1,5 +1,6 @@
 //! The key operations of the other purposes, in gcloud's words: `keyhold kms asymmetric-sign`,
-//! `asymmetric-decrypt`, `mac-sign`, `mac-verify` and `keys versions get-public-key`. Like
+//! `asymmetric-decrypt`, `mac-sign`, `mac-verify`, `raw-encrypt`, `raw-decrypt` and
+//! `keys versions get-public-key`. Like
 //! `kms encrypt`, each sends CRC32C checksums and checks the answer's unless
 //! `--skip-integrity-verification` is given.
 
@@ -11,11 +12,12 @@ use reqwest::Method;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::messages::{
     AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse, Digest,
-    MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey,
+    MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, RawDecryptRequest,
+    RawDecryptResponse, RawEncryptRequest, RawEncryptResponse,
 };
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
-use keyhold_crypto::asymmetric::Hash;
 use keyhold_crypto::crc32c;
+use keyhold_crypto::keys::Hash;
 
 use super::files::{self, MAX_PLAINTEXT};
 use super::kms::{KeyRingFlags, REQUEST_CORRUPTED, RESPONSE_CORRUPTED, VersionTarget};
@@ -113,6 +115,48 @@ pub struct MacVerifyArgs {
     /// File holding the tag to check.
     #[arg(long, value_name = "PATH")]
     pub signature_file: PathBuf,
+}
+
+/// `keyhold kms raw-encrypt`.
+#[derive(Args, Debug)]
+pub struct RawEncryptArgs {
+    #[command(flatten)]
+    pub target: VersionFlags,
+    /// File to encrypt (`-` for standard input); at most 64 KiB (a multiple of 16 bytes for
+    /// AES-CBC: there is no padding).
+    #[arg(long, value_name = "PATH")]
+    pub plaintext_file: PathBuf,
+    /// File to write the ciphertext to (`-` for standard output); for AES-GCM the tag follows.
+    #[arg(long, value_name = "PATH")]
+    pub ciphertext_file: PathBuf,
+    /// File holding additional authenticated data (AES-GCM only); at most 64 KiB.
+    #[arg(long, value_name = "PATH")]
+    pub additional_authenticated_data_file: Option<PathBuf>,
+    /// File holding the 16-byte IV (AES-CBC and AES-CTR only). Without it the server draws one,
+    /// and it is written, as gcloud does, to a new file `./initialization_vector_XXXXXXXX`
+    /// (named on standard error).
+    #[arg(long, value_name = "PATH")]
+    pub initialization_vector_file: Option<PathBuf>,
+}
+
+/// `keyhold kms raw-decrypt`.
+#[derive(Args, Debug)]
+pub struct RawDecryptArgs {
+    #[command(flatten)]
+    pub target: VersionFlags,
+    /// File to decrypt (`-` for standard input).
+    #[arg(long, value_name = "PATH")]
+    pub ciphertext_file: PathBuf,
+    /// File to write the plaintext to (`-` for standard output); created readable by its owner
+    /// only.
+    #[arg(long, value_name = "PATH")]
+    pub plaintext_file: PathBuf,
+    /// File holding the IV that raw-encrypt used.
+    #[arg(long, value_name = "PATH")]
+    pub initialization_vector_file: PathBuf,
+    /// File holding the additional authenticated data given to raw-encrypt (AES-GCM only).
+    #[arg(long, value_name = "PATH")]
+    pub additional_authenticated_data_file: Option<PathBuf>,
 }
 
 /// `--public-key-format`.
@@ -267,6 +311,111 @@ pub async fn mac_verify(ctx: &Ctx, c: &MacVerifyArgs) -> Result<(), CliError> {
     // proto3 JSON leaves `false` out; say it.
     shown["success"] = resp.success.into();
     ctx.show(Kind::Other, &shown)
+}
+
+/// At most one of `paths` may be standard input.
+fn one_stdin(paths: &[Option<&PathBuf>]) -> Result<(), CliError> {
+    if paths.iter().flatten().filter(|p| files::is_stdio(p)).count() > 1 {
+        return Err(CliError::Usage("multiple parameters cannot be read from stdin.".into()));
+    }
+    Ok(())
+}
+
+fn read_optional(path: Option<&PathBuf>, max: usize) -> Result<Vec<u8>, CliError> {
+    Ok(match path {
+        Some(p) => files::read_input(p, max)?.expose().to_vec(),
+        None => Vec::new(),
+    })
+}
+
+/// `kms raw-encrypt`. Like gcloud, it sends the checksums of the AAD and IV even when they are
+/// empty, and expects each verified.
+pub async fn raw_encrypt(ctx: &Ctx, c: &RawEncryptArgs) -> Result<(), CliError> {
+    one_stdin(&[
+        Some(&c.plaintext_file),
+        c.additional_authenticated_data_file.as_ref(),
+        c.initialization_vector_file.as_ref(),
+    ])?;
+    let name = c.target.name(ctx)?;
+    let check = !c.target.skip_integrity_verification;
+    let plaintext = files::read_input(&c.plaintext_file, MAX_PLAINTEXT)?;
+    let aad = read_optional(c.additional_authenticated_data_file.as_ref(), MAX_PLAINTEXT)?;
+    let iv = read_optional(c.initialization_vector_file.as_ref(), 16)?;
+    if c.initialization_vector_file.is_some() && iv.len() != 16 {
+        return Err(CliError::Usage("--initialization-vector-file: the IV size must be 16 bytes.".into()));
+    }
+    let req = RawEncryptRequest {
+        name: String::new(),
+        plaintext_crc32c: check.then(|| Crc32c(crc32c(plaintext.expose()))),
+        additional_authenticated_data_crc32c: check.then(|| Crc32c(crc32c(&aad))),
+        initialization_vector_crc32c: check.then(|| Crc32c(crc32c(&iv))),
+        plaintext: SecretBytes(plaintext),
+        additional_authenticated_data: Bytes(aad),
+        initialization_vector: Bytes(iv),
+    };
+    let resp: RawEncryptResponse =
+        ctx.client.call(Method::POST, &format!("{name}:rawEncrypt"), &[], Some(body(&req)?)).await?;
+    if check {
+        let verified = resp.verified_plaintext_crc32c
+            && resp.verified_additional_authenticated_data_crc32c
+            && resp.verified_initialization_vector_crc32c;
+        if !verified {
+            return Err(CliError::Integrity(REQUEST_CORRUPTED.to_string()));
+        }
+        if crc32c(&resp.ciphertext.0) != resp.ciphertext_crc32c.0
+            || crc32c(&resp.initialization_vector.0) != resp.initialization_vector_crc32c.0
+        {
+            return Err(response_corrupted());
+        }
+    }
+    files::write_output(&c.ciphertext_file, &resp.ciphertext.0, false)?;
+    if c.initialization_vector_file.is_none() && !resp.initialization_vector.is_empty() {
+        let mut suffix = [0u8; 4];
+        keyhold_crypto::random_bytes(&mut suffix).map_err(|e| CliError::Other(e.to_string()))?;
+        let path = PathBuf::from(format!("./initialization_vector_{}", keyhold_crypto::hex(&suffix)));
+        files::write_output(&path, &resp.initialization_vector.0, false)?;
+        eprintln!("The initialization vector was written to [{}]; raw-decrypt needs it.", path.display());
+    }
+    Ok(())
+}
+
+/// `kms raw-decrypt`.
+pub async fn raw_decrypt(ctx: &Ctx, c: &RawDecryptArgs) -> Result<(), CliError> {
+    one_stdin(&[
+        Some(&c.ciphertext_file),
+        c.additional_authenticated_data_file.as_ref(),
+        Some(&c.initialization_vector_file),
+    ])?;
+    let name = c.target.name(ctx)?;
+    let check = !c.target.skip_integrity_verification;
+    let ciphertext = files::read_input(&c.ciphertext_file, MAX_PLAINTEXT + 16)?;
+    let aad = read_optional(c.additional_authenticated_data_file.as_ref(), MAX_PLAINTEXT)?;
+    let iv = files::read_input(&c.initialization_vector_file, 16)?;
+    let req = RawDecryptRequest {
+        name: String::new(),
+        ciphertext_crc32c: check.then(|| Crc32c(crc32c(ciphertext.expose()))),
+        additional_authenticated_data_crc32c: check.then(|| Crc32c(crc32c(&aad))),
+        initialization_vector_crc32c: check.then(|| Crc32c(crc32c(iv.expose()))),
+        ciphertext: Bytes(ciphertext.expose().to_vec()),
+        additional_authenticated_data: Bytes(aad),
+        initialization_vector: Bytes(iv.expose().to_vec()),
+        tag_length: 0,
+    };
+    let resp: RawDecryptResponse =
+        ctx.client.call(Method::POST, &format!("{name}:rawDecrypt"), &[], Some(body(&req)?)).await?;
+    let plaintext = resp.plaintext.0.expose();
+    if check {
+        let verified = resp.verified_ciphertext_crc32c
+            && resp.verified_additional_authenticated_data_crc32c
+            && resp.verified_initialization_vector_crc32c;
+        if !verified {
+            return Err(CliError::Integrity(REQUEST_CORRUPTED.to_string()));
+        }
+        if crc32c(plaintext) != resp.plaintext_crc32c.0 {
+            return Err(response_corrupted());
+        }
+    }
+    files::write_output(&c.plaintext_file, plaintext, true)
 }
 
 /// `kms keys versions get-public-key`.

@@ -18,7 +18,10 @@ use keyhold_crypto::crc32c;
 use super::client::ListOptions;
 use super::files::{self, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 use super::iam::{self, BindingFlags, IamSubject, PolicyFileArg};
-use super::key_ops::{self, AsymmetricDecryptArgs, AsymmetricSignArgs, GetPublicKeyArgs, MacSignArgs, MacVerifyArgs};
+use super::key_ops::{
+    self, AsymmetricDecryptArgs, AsymmetricSignArgs, GetPublicKeyArgs, MacSignArgs, MacVerifyArgs, RawDecryptArgs,
+    RawEncryptArgs,
+};
 use super::output::Kind;
 use super::parse::{
     Labels, ProtectionLevelArg, PurposeArg, algorithm_fits_purpose, algorithms_for, apply_label_changes, kebab,
@@ -56,6 +59,10 @@ pub enum KmsCommand {
     MacSign(MacSignArgs),
     /// Check the MAC of a file with a MAC key version.
     MacVerify(MacVerifyArgs),
+    /// Encrypt a file with a raw AES key version (AES-GCM, AES-CBC, AES-CTR).
+    RawEncrypt(RawEncryptArgs),
+    /// Decrypt a file with a raw AES key version.
+    RawDecrypt(RawDecryptArgs),
     /// What keys protect: resources and the key versions protecting them (Cloud KMS Inventory).
     Inventory(InventoryArgs),
 }
@@ -585,6 +592,8 @@ impl KmsCommand {
             KmsCommand::AsymmetricDecrypt(_) => "asymmetric-decrypt",
             KmsCommand::MacSign(_) => "mac-sign",
             KmsCommand::MacVerify(_) => "mac-verify",
+            KmsCommand::RawEncrypt(_) => "raw-encrypt",
+            KmsCommand::RawDecrypt(_) => "raw-decrypt",
             KmsCommand::Inventory(a) => match a.command {
                 InventoryCommand::GetProtectedResourcesSummary(_) => "inventory.get-protected-resources-summary",
                 InventoryCommand::SearchProtectedResources(_) => "inventory.search-protected-resources",
@@ -648,6 +657,8 @@ impl KmsCommand {
             KmsCommand::AsymmetricDecrypt(c) => key_ops::asymmetric_decrypt(ctx, &c).await,
             KmsCommand::MacSign(c) => key_ops::mac_sign(ctx, &c).await,
             KmsCommand::MacVerify(c) => key_ops::mac_verify(ctx, &c).await,
+            KmsCommand::RawEncrypt(c) => key_ops::raw_encrypt(ctx, &c).await,
+            KmsCommand::RawDecrypt(c) => key_ops::raw_decrypt(ctx, &c).await,
             KmsCommand::Inventory(a) => match a.command {
                 InventoryCommand::GetProtectedResourcesSummary(c) => inventory_summary(ctx, &c).await,
                 InventoryCommand::SearchProtectedResources(c) => inventory_search(ctx, &c).await,

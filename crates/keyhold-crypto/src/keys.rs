@@ -1,5 +1,6 @@
-//! Signing, asymmetric decryption and MACs with keys that never leave the KMS: what
-//! `asymmetricSign`, `asymmetricDecrypt`, `getPublicKey`, `macSign` and `macVerify` compute.
+//! The keys that never leave the KMS, other than `:encrypt`'s: what `asymmetricSign`,
+//! `asymmetricDecrypt`, `getPublicKey`, `macSign`, `macVerify`, `rawEncrypt` and `rawDecrypt`
+//! compute.
 //!
 //! The primitives are `aws-lc-rs`'s (AWS-LC, the library behind AWS KMS's own software paths):
 //! unlike `ring` it signs a digest the client computed (`Digest::import_less_safe`), and it has
@@ -7,8 +8,8 @@
 //! each algorithm Cloud KMS names and keeps the private material in zeroizing types; it never
 //! pads, hashes or encodes a key by hand.
 //!
-//! Private material at rest is PKCS#8 v1 DER (RSA, EC, Ed25519) or the raw HMAC key, held in a
-//! [`Secret`]; [`KeySpec::generate`] makes it and [`PrivateKey::from_material`] reads it back.
+//! Private material at rest is PKCS#8 v1 DER (RSA, EC, Ed25519) or the raw HMAC or AES key, held in a
+//! [`Secret`]; [`KeySpec::generate`] makes it and [`LoadedKey::from_material`] reads it back.
 //! AWS-LC frees its own copies of key structures with `OPENSSL_free`, which wipes them.
 
 use std::fmt;
@@ -20,7 +21,7 @@ use aws_lc_rs::rsa::{
     OaepPrivateDecryptingKey, PrivateDecryptingKey,
 };
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair, RsaKeyPair};
-use aws_lc_rs::{constant_time, hmac};
+use aws_lc_rs::{aead, cipher, constant_time, hmac};
 use base64::Engine as _;
 
 use crate::secret::Secret;
@@ -109,6 +110,69 @@ impl RsaBits {
     }
 }
 
+/// The length of an AES key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AesBits {
+    /// AES-128.
+    B128,
+    /// AES-256.
+    B256,
+}
+
+impl AesBits {
+    fn key_len(self) -> usize {
+        match self {
+            AesBits::B128 => 16,
+            AesBits::B256 => 32,
+        }
+    }
+}
+
+/// How raw AES encrypts (Cloud KMS's `RAW_ENCRYPT_DECRYPT` algorithms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AesMode {
+    /// GCM: a 12-byte nonce chosen here, a 16-byte tag appended, AAD.
+    Gcm,
+    /// CBC without padding: a 16-byte IV, the plaintext a multiple of 16 bytes.
+    Cbc,
+    /// CTR: a 16-byte initial counter block.
+    Ctr,
+}
+
+impl AesMode {
+    /// The length of the IV (GCM: its nonce).
+    pub fn iv_len(self) -> usize {
+        match self {
+            AesMode::Gcm => GCM_NONCE_LEN,
+            AesMode::Cbc | AesMode::Ctr => AES_BLOCK_LEN,
+        }
+    }
+
+    /// The length of the tag appended to the ciphertext (GCM: 16; else none).
+    pub fn tag_len(self) -> usize {
+        match self {
+            AesMode::Gcm => GCM_TAG_LEN,
+            AesMode::Cbc | AesMode::Ctr => 0,
+        }
+    }
+}
+
+/// AES's block, and the IV of CBC and CTR.
+pub const AES_BLOCK_LEN: usize = 16;
+/// The nonce of AES-GCM.
+pub const GCM_NONCE_LEN: usize = 12;
+/// The tag of AES-GCM.
+pub const GCM_TAG_LEN: usize = 16;
+
+/// What `rawEncrypt` made: the ciphertext (with the tag for GCM), and the IV it used.
+#[derive(Debug)]
+pub struct RawCiphertext {
+    /// Ciphertext, followed by the tag for GCM.
+    pub ciphertext: Vec<u8>,
+    /// The IV (GCM: the nonce) used.
+    pub iv: Vec<u8>,
+}
+
 /// What a key is and does: one per Cloud KMS algorithm served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeySpec {
@@ -128,12 +192,14 @@ pub enum KeySpec {
     RsaOaep(RsaBits, Hash),
     /// HMAC; the key is as long as the hash's output.
     Hmac(Hash),
+    /// Raw AES (`RAW_ENCRYPT_DECRYPT`).
+    Aes(AesBits, AesMode),
 }
 
 /// Why an operation could not be done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum AsymmetricError {
+pub enum KeyError {
     /// The key cannot do this (a MAC key asked to sign, an Ed25519 key given a digest).
     #[error("the key cannot do this")]
     WrongKind,
@@ -148,6 +214,10 @@ pub enum AsymmetricError {
     /// RSA-OAEP decryption failed: wrong key, wrong length, tampered, other padding.
     #[error("decryption failed")]
     Decrypt,
+    /// The input does not fit the algorithm (an IV or a CBC plaintext of the wrong length);
+    /// the caller checks these first and says why in Cloud KMS's words.
+    #[error("the input does not fit the algorithm: {0}")]
+    Input(&'static str),
     /// The stored material does not read as this kind of key.
     #[error("the key material is not a valid {0:?} key")]
     Material(KeySpec),
@@ -163,7 +233,7 @@ impl KeySpec {
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaSecp256k1Sha256 => Some(Hash::Sha256),
             KeySpec::EcdsaP384Sha384 => Some(Hash::Sha384),
             KeySpec::RsaPss(_, h) | KeySpec::RsaPkcs1(_, h) => Some(h),
-            KeySpec::Ed25519 | KeySpec::RsaOaep(..) | KeySpec::Hmac(_) => None,
+            KeySpec::Ed25519 | KeySpec::RsaOaep(..) | KeySpec::Hmac(_) | KeySpec::Aes(..) => None,
         }
     }
 
@@ -190,14 +260,11 @@ impl KeySpec {
     }
 
     /// New private material for this key: PKCS#8 v1 DER, or the raw HMAC key.
-    pub fn generate(self) -> Result<Secret, AsymmetricError> {
-        let lib = |what| move |_| AsymmetricError::Library(what);
+    pub fn generate(self) -> Result<Secret, KeyError> {
+        let lib = |what| move |_| KeyError::Library(what);
         let der: Vec<u8> = match self {
-            KeySpec::Hmac(h) => {
-                let mut key = vec![0u8; h.output_len()];
-                crate::random_bytes(&mut key).map_err(|_| AsymmetricError::Library("random bytes"))?;
-                return Ok(Secret::new(key));
-            }
+            KeySpec::Hmac(h) => return random_key(h.output_len()),
+            KeySpec::Aes(bits, _) => return random_key(bits.key_len()),
             KeySpec::Ed25519 => {
                 let pair = Ed25519KeyPair::generate().map_err(lib("Ed25519 generation"))?;
                 let der: Pkcs8V1Der = pair.as_der().map_err(lib("PKCS#8 encoding"))?;
@@ -214,13 +281,19 @@ impl KeySpec {
                 der.as_ref().to_vec()
             }
             ec => {
-                let alg = ec.ecdsa().ok_or(AsymmetricError::WrongKind)?;
+                let alg = ec.ecdsa().ok_or(KeyError::WrongKind)?;
                 let pair = EcdsaKeyPair::generate(alg).map_err(lib("EC generation"))?;
                 pair.to_pkcs8v1().map_err(lib("PKCS#8 encoding"))?.as_ref().to_vec()
             }
         };
         Ok(Secret::new(der))
     }
+}
+
+fn random_key(len: usize) -> Result<Secret, KeyError> {
+    let mut key = Secret::new(vec![0u8; len]);
+    crate::random_bytes(key.expose_mut()).map_err(|_| KeyError::Library("random bytes"))?;
+    Ok(key)
 }
 
 enum Inner {
@@ -230,29 +303,31 @@ enum Inner {
     /// The decrypting key, and its public key's DER (the OAEP wrapper does not give it back).
     RsaOaep(OaepPrivateDecryptingKey, Vec<u8>),
     Hmac(Box<hmac::Key>),
+    /// The raw AES key: the library's keys are made per call from it.
+    Aes(Secret),
 }
 
 /// A private (or MAC) key ready for use, parsed once from its material. Prints as `[redacted]`.
-pub struct PrivateKey {
+pub struct LoadedKey {
     spec: KeySpec,
     inner: Inner,
 }
 
-impl fmt::Debug for PrivateKey {
+impl fmt::Debug for LoadedKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PrivateKey({:?}, [redacted])", self.spec)
+        write!(f, "LoadedKey({:?}, [redacted])", self.spec)
     }
 }
 
-impl PrivateKey {
+impl LoadedKey {
     /// Reads material made by [`KeySpec::generate`] (or imported in the same form).
-    pub fn from_material(spec: KeySpec, material: &Secret) -> Result<Self, AsymmetricError> {
+    pub fn from_material(spec: KeySpec, material: &Secret) -> Result<Self, KeyError> {
         let bytes = material.expose();
-        let bad = |_| AsymmetricError::Material(spec);
+        let bad = |_| KeyError::Material(spec);
         let inner = match spec {
             KeySpec::Hmac(h) => {
                 if bytes.is_empty() {
-                    return Err(AsymmetricError::Material(spec));
+                    return Err(KeyError::Material(spec));
                 }
                 let alg = match h {
                     Hash::Sha1 => hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY,
@@ -263,26 +338,32 @@ impl PrivateKey {
                 };
                 Inner::Hmac(Box::new(hmac::Key::new(alg, bytes)))
             }
+            KeySpec::Aes(bits, _) => {
+                if bytes.len() != bits.key_len() {
+                    return Err(KeyError::Material(spec));
+                }
+                Inner::Aes(Secret::new(bytes.to_vec()))
+            }
             KeySpec::Ed25519 => Inner::Ed25519(Ed25519KeyPair::from_pkcs8(bytes).map_err(bad)?),
             KeySpec::RsaOaep(bits, _) => {
                 let key = PrivateDecryptingKey::from_pkcs8(bytes).map_err(bad)?;
                 if key.key_size_bits() != bits.size().len() * 8 {
-                    return Err(AsymmetricError::Material(spec));
+                    return Err(KeyError::Material(spec));
                 }
                 let public: PublicKeyX509Der =
-                    key.public_key().as_der().map_err(|_| AsymmetricError::Library("public key encoding"))?;
+                    key.public_key().as_der().map_err(|_| KeyError::Library("public key encoding"))?;
                 let public = public.as_ref().to_vec();
-                Inner::RsaOaep(OaepPrivateDecryptingKey::new(key).map_err(|_| AsymmetricError::Material(spec))?, public)
+                Inner::RsaOaep(OaepPrivateDecryptingKey::new(key).map_err(|_| KeyError::Material(spec))?, public)
             }
             KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) => {
                 let pair = RsaKeyPair::from_pkcs8(bytes).map_err(bad)?;
                 if pair.public_modulus_len() != bits.size().len() {
-                    return Err(AsymmetricError::Material(spec));
+                    return Err(KeyError::Material(spec));
                 }
                 Inner::RsaSign(pair)
             }
             ec => {
-                let alg = ec.ecdsa().ok_or(AsymmetricError::WrongKind)?;
+                let alg = ec.ecdsa().ok_or(KeyError::WrongKind)?;
                 Inner::Ecdsa(EcdsaKeyPair::from_pkcs8(alg, bytes).map_err(bad)?)
             }
         };
@@ -295,80 +376,183 @@ impl PrivateKey {
     }
 
     /// The public key as DER `SubjectPublicKeyInfo` (RFC 5280; RFC 8410 for Ed25519).
-    pub fn public_key_der(&self) -> Result<Vec<u8>, AsymmetricError> {
-        let lib = |_| AsymmetricError::Library("public key encoding");
+    pub fn public_key_der(&self) -> Result<Vec<u8>, KeyError> {
+        let lib = |_| KeyError::Library("public key encoding");
         let der: PublicKeyX509Der = match &self.inner {
             Inner::Ecdsa(k) => k.public_key().as_der().map_err(lib)?,
             Inner::Ed25519(k) => k.public_key().as_der().map_err(lib)?,
             Inner::RsaSign(k) => k.public_key().as_der().map_err(lib)?,
             Inner::RsaOaep(_, public) => return Ok(public.clone()),
-            Inner::Hmac(_) => return Err(AsymmetricError::WrongKind),
+            Inner::Hmac(_) | Inner::Aes(_) => return Err(KeyError::WrongKind),
         };
         Ok(der.as_ref().to_vec())
     }
 
     /// Signs a digest the caller computed with [`KeySpec::prehash`]'s hash.
-    pub fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, AsymmetricError> {
-        let hash = self.spec.prehash().filter(|_| self.spec.signs()).ok_or(AsymmetricError::WrongKind)?;
+    pub fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let hash = self.spec.prehash().filter(|_| self.spec.signs()).ok_or(KeyError::WrongKind)?;
         let d = Digest::import_less_safe(digest, hash.digest())
-            .map_err(|_| AsymmetricError::DigestLength { expected: hash.output_len(), actual: digest.len() })?;
+            .map_err(|_| KeyError::DigestLength { expected: hash.output_len(), actual: digest.len() })?;
         match &self.inner {
-            Inner::Ecdsa(k) => {
-                Ok(k.sign_digest(&d).map_err(|_| AsymmetricError::Library("ECDSA signing"))?.as_ref().to_vec())
-            }
+            Inner::Ecdsa(k) => Ok(k.sign_digest(&d).map_err(|_| KeyError::Library("ECDSA signing"))?.as_ref().to_vec()),
             Inner::RsaSign(k) => {
                 let mut out = vec![0u8; k.public_modulus_len()];
-                k.sign_digest(rsa_encoding(self.spec)?, &d, &mut out)
-                    .map_err(|_| AsymmetricError::Library("RSA signing"))?;
+                k.sign_digest(rsa_encoding(self.spec)?, &d, &mut out).map_err(|_| KeyError::Library("RSA signing"))?;
                 Ok(out)
             }
-            _ => Err(AsymmetricError::WrongKind),
+            _ => Err(KeyError::WrongKind),
         }
     }
 
     /// Signs `data`: hashed with the algorithm's hash first, except for Ed25519, which signs it
     /// as it is.
-    pub fn sign_data(&self, data: &[u8]) -> Result<Vec<u8>, AsymmetricError> {
+    pub fn sign_data(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
         match (&self.inner, self.spec.prehash()) {
             (Inner::Ed25519(k), _) => Ok(k.sign(data).as_ref().to_vec()),
             (Inner::Ecdsa(_) | Inner::RsaSign(_), Some(h)) => self.sign_digest(&h.hash(data)),
-            _ => Err(AsymmetricError::WrongKind),
+            _ => Err(KeyError::WrongKind),
         }
     }
 
     /// RSA-OAEP decryption (empty label).
-    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Secret, AsymmetricError> {
-        let Inner::RsaOaep(k, _) = &self.inner else { return Err(AsymmetricError::WrongKind) };
-        let KeySpec::RsaOaep(_, hash) = self.spec else { return Err(AsymmetricError::WrongKind) };
+    pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Secret, KeyError> {
+        let Inner::RsaOaep(k, _) = &self.inner else { return Err(KeyError::WrongKind) };
+        let KeySpec::RsaOaep(_, hash) = self.spec else { return Err(KeyError::WrongKind) };
         let alg: &'static OaepAlgorithm = match hash {
             Hash::Sha1 => &OAEP_SHA1_MGF1SHA1,
             Hash::Sha256 => &OAEP_SHA256_MGF1SHA256,
             Hash::Sha512 => &OAEP_SHA512_MGF1SHA512,
-            _ => return Err(AsymmetricError::WrongKind),
+            _ => return Err(KeyError::WrongKind),
         };
         if ciphertext.len() != k.key_size_bytes() {
-            return Err(AsymmetricError::Decrypt);
+            return Err(KeyError::Decrypt);
         }
         let mut out = Secret::new(vec![0u8; k.min_output_size()]);
-        let len = k.decrypt(alg, ciphertext, out.expose_mut(), None).map_err(|_| AsymmetricError::Decrypt)?.len();
+        let len = k.decrypt(alg, ciphertext, out.expose_mut(), None).map_err(|_| KeyError::Decrypt)?.len();
         out.truncate(len);
         Ok(out)
     }
 
     /// The HMAC tag of `data`.
-    pub fn mac(&self, data: &[u8]) -> Result<Vec<u8>, AsymmetricError> {
-        let Inner::Hmac(k) = &self.inner else { return Err(AsymmetricError::WrongKind) };
+    pub fn mac(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let Inner::Hmac(k) = &self.inner else { return Err(KeyError::WrongKind) };
         Ok(hmac::sign(k, data).as_ref().to_vec())
     }
 
+    /// Raw AES encryption. GCM draws a fresh 12-byte nonce and appends its 16-byte tag, binding
+    /// `aad`; CBC (no padding: `plaintext` a multiple of 16 bytes) and CTR take `iv` (16 bytes)
+    /// or draw one, and take no `aad`.
+    pub fn raw_encrypt(&self, plaintext: &[u8], aad: &[u8], iv: Option<&[u8]>) -> Result<RawCiphertext, KeyError> {
+        let (Inner::Aes(key), KeySpec::Aes(bits, mode)) = (&self.inner, self.spec) else {
+            return Err(KeyError::WrongKind);
+        };
+        let mut buf = plaintext.to_vec();
+        match mode {
+            AesMode::Gcm => {
+                if iv.is_some() {
+                    return Err(KeyError::Input("AES-GCM chooses its own nonce"));
+                }
+                let mut nonce = [0u8; GCM_NONCE_LEN];
+                crate::random_bytes(&mut nonce).map_err(|_| KeyError::Library("random bytes"))?;
+                gcm_key(bits, key)?
+                    .seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), &mut buf)
+                    .map_err(|_| KeyError::Library("AES-GCM"))?;
+                Ok(RawCiphertext { ciphertext: buf, iv: nonce.to_vec() })
+            }
+            AesMode::Cbc | AesMode::Ctr => {
+                if !aad.is_empty() {
+                    return Err(KeyError::Input("AES-CBC and AES-CTR take no additional authenticated data"));
+                }
+                if mode == AesMode::Cbc && !buf.len().is_multiple_of(AES_BLOCK_LEN) {
+                    return Err(KeyError::Input("an AES-CBC plaintext is a multiple of 16 bytes"));
+                }
+                let iv: [u8; AES_BLOCK_LEN] = match iv {
+                    Some(given) => given.try_into().map_err(|_| KeyError::Input("the IV is 16 bytes"))?,
+                    None => {
+                        let mut fresh = [0u8; AES_BLOCK_LEN];
+                        crate::random_bytes(&mut fresh).map_err(|_| KeyError::Library("random bytes"))?;
+                        fresh
+                    }
+                };
+                let unbound = cipher_key(bits, key)?;
+                let encrypting = match mode {
+                    AesMode::Cbc => cipher::EncryptingKey::cbc(unbound),
+                    _ => cipher::EncryptingKey::ctr(unbound),
+                }
+                .map_err(|_| KeyError::Library("AES key"))?;
+                encrypting
+                    .less_safe_encrypt(&mut buf, cipher::EncryptionContext::Iv128(iv.into()))
+                    .map_err(|_| KeyError::Library("AES encryption"))?;
+                Ok(RawCiphertext { ciphertext: buf, iv: iv.to_vec() })
+            }
+        }
+    }
+
+    /// Raw AES decryption of what [`LoadedKey::raw_encrypt`] (or anyone with the key) made with
+    /// `iv` and `aad`. A GCM ciphertext that does not authenticate is [`KeyError::Decrypt`];
+    /// CBC and CTR authenticate nothing.
+    pub fn raw_decrypt(&self, ciphertext: &[u8], aad: &[u8], iv: &[u8]) -> Result<Secret, KeyError> {
+        let (Inner::Aes(key), KeySpec::Aes(bits, mode)) = (&self.inner, self.spec) else {
+            return Err(KeyError::WrongKind);
+        };
+        let mut buf = Secret::new(ciphertext.to_vec());
+        match mode {
+            AesMode::Gcm => {
+                let nonce =
+                    aead::Nonce::try_assume_unique_for_key(iv).map_err(|_| KeyError::Input("the nonce is 12 bytes"))?;
+                let len = gcm_key(bits, key)?
+                    .open_in_place(nonce, aead::Aad::from(aad), buf.expose_mut())
+                    .map_err(|_| KeyError::Decrypt)?
+                    .len();
+                buf.truncate(len);
+                Ok(buf)
+            }
+            AesMode::Cbc | AesMode::Ctr => {
+                if !aad.is_empty() {
+                    return Err(KeyError::Input("AES-CBC and AES-CTR take no additional authenticated data"));
+                }
+                let iv: [u8; AES_BLOCK_LEN] = iv.try_into().map_err(|_| KeyError::Input("the IV is 16 bytes"))?;
+                if mode == AesMode::Cbc && !ciphertext.len().is_multiple_of(AES_BLOCK_LEN) {
+                    return Err(KeyError::Input("an AES-CBC ciphertext is a multiple of 16 bytes"));
+                }
+                let unbound = cipher_key(bits, key)?;
+                let decrypting = match mode {
+                    AesMode::Cbc => cipher::DecryptingKey::cbc(unbound),
+                    _ => cipher::DecryptingKey::ctr(unbound),
+                }
+                .map_err(|_| KeyError::Library("AES key"))?;
+                decrypting
+                    .decrypt(buf.expose_mut(), cipher::DecryptionContext::Iv128(iv.into()))
+                    .map_err(|_| KeyError::Decrypt)?;
+                Ok(buf)
+            }
+        }
+    }
+
     /// Whether `tag` is the HMAC tag of `data`, compared in constant time.
-    pub fn mac_verify(&self, data: &[u8], tag: &[u8]) -> Result<bool, AsymmetricError> {
+    pub fn mac_verify(&self, data: &[u8], tag: &[u8]) -> Result<bool, KeyError> {
         let expected = self.mac(data)?;
         Ok(constant_time::verify_slices_are_equal(&expected, tag).is_ok())
     }
 }
 
-fn rsa_encoding(spec: KeySpec) -> Result<&'static sig::RsaSignatureEncoding, AsymmetricError> {
+fn gcm_key(bits: AesBits, key: &Secret) -> Result<aead::LessSafeKey, KeyError> {
+    let alg = match bits {
+        AesBits::B128 => &aead::AES_128_GCM,
+        AesBits::B256 => &aead::AES_256_GCM,
+    };
+    Ok(aead::LessSafeKey::new(aead::UnboundKey::new(alg, key.expose()).map_err(|_| KeyError::Library("AES key"))?))
+}
+
+fn cipher_key(bits: AesBits, key: &Secret) -> Result<cipher::UnboundCipherKey, KeyError> {
+    let alg = match bits {
+        AesBits::B128 => &cipher::AES_128,
+        AesBits::B256 => &cipher::AES_256,
+    };
+    cipher::UnboundCipherKey::new(alg, key.expose()).map_err(|_| KeyError::Library("AES key"))
+}
+
+fn rsa_encoding(spec: KeySpec) -> Result<&'static sig::RsaSignatureEncoding, KeyError> {
     Ok(match spec {
         KeySpec::RsaPss(_, Hash::Sha256) => &sig::RSA_PSS_SHA256,
         KeySpec::RsaPss(_, Hash::Sha384) => &sig::RSA_PSS_SHA384,
@@ -376,7 +560,7 @@ fn rsa_encoding(spec: KeySpec) -> Result<&'static sig::RsaSignatureEncoding, Asy
         KeySpec::RsaPkcs1(_, Hash::Sha256) => &sig::RSA_PKCS1_SHA256,
         KeySpec::RsaPkcs1(_, Hash::Sha384) => &sig::RSA_PKCS1_SHA384,
         KeySpec::RsaPkcs1(_, Hash::Sha512) => &sig::RSA_PKCS1_SHA512,
-        _ => return Err(AsymmetricError::WrongKind),
+        _ => return Err(KeyError::WrongKind),
     })
 }
 
@@ -402,7 +586,7 @@ mod tests {
 
     use super::*;
 
-    fn verify(alg: &'static dyn sig::VerificationAlgorithm, key: &PrivateKey, msg: &[u8], signature: &[u8]) {
+    fn verify(alg: &'static dyn sig::VerificationAlgorithm, key: &LoadedKey, msg: &[u8], signature: &[u8]) {
         // Verification from the SPKI: the way a client holding only getPublicKey's answer does.
         let raw = spki_key_bits(&key.public_key_der().unwrap());
         UnparsedPublicKey::new(alg, raw).verify(msg, signature).unwrap_or_else(|_| panic!("{:?}", key.spec()));
@@ -443,22 +627,22 @@ mod tests {
         let msg = b"release v1.2.3";
         for (spec, alg) in cases {
             let material = spec.generate().unwrap();
-            let key = PrivateKey::from_material(spec, &material).unwrap();
+            let key = LoadedKey::from_material(spec, &material).unwrap();
             verify(alg, &key, msg, &key.sign_data(msg).unwrap());
             match spec.prehash() {
                 Some(h) => {
                     verify(alg, &key, msg, &key.sign_digest(&h.hash(msg)).unwrap());
                     let short = key.sign_digest(&h.hash(msg)[1..]).unwrap_err();
-                    assert!(matches!(short, AsymmetricError::DigestLength { .. }), "{spec:?}");
+                    assert!(matches!(short, KeyError::DigestLength { .. }), "{spec:?}");
                     // A signature over another message does not verify.
                     let other = key.sign_digest(&h.hash(b"other")).unwrap();
                     let der = key.public_key_der().unwrap();
                     assert!(UnparsedPublicKey::new(alg, spki_key_bits(&der)).verify(msg, &other).is_err());
                 }
-                None => assert_eq!(key.sign_digest(&[0; 32]).unwrap_err(), AsymmetricError::WrongKind),
+                None => assert_eq!(key.sign_digest(&[0; 32]).unwrap_err(), KeyError::WrongKind),
             }
-            assert_eq!(key.decrypt(&[0; 256]).unwrap_err(), AsymmetricError::WrongKind);
-            assert_eq!(key.mac(msg).unwrap_err(), AsymmetricError::WrongKind);
+            assert_eq!(key.decrypt(&[0; 256]).unwrap_err(), KeyError::WrongKind);
+            assert_eq!(key.mac(msg).unwrap_err(), KeyError::WrongKind);
         }
     }
 
@@ -466,7 +650,7 @@ mod tests {
     fn oaep_decrypts_what_the_public_key_encrypted_and_nothing_else() {
         for hash in [Hash::Sha1, Hash::Sha256, Hash::Sha512] {
             let spec = KeySpec::RsaOaep(RsaBits::B2048, hash);
-            let key = PrivateKey::from_material(spec, &spec.generate().unwrap()).unwrap();
+            let key = LoadedKey::from_material(spec, &spec.generate().unwrap()).unwrap();
             let public = PublicEncryptingKey::from_der(&key.public_key_der().unwrap()).unwrap();
             let public = OaepPublicEncryptingKey::new(public).unwrap();
             let alg: &'static OaepAlgorithm = match hash {
@@ -479,9 +663,9 @@ mod tests {
             assert_eq!(key.decrypt(&ct).unwrap().expose(), b"a data key");
             let mut bad = ct.clone();
             bad[10] ^= 1;
-            assert_eq!(key.decrypt(&bad).unwrap_err(), AsymmetricError::Decrypt);
-            assert_eq!(key.decrypt(&ct[1..]).unwrap_err(), AsymmetricError::Decrypt);
-            assert_eq!(key.sign_data(b"x").unwrap_err(), AsymmetricError::WrongKind);
+            assert_eq!(key.decrypt(&bad).unwrap_err(), KeyError::Decrypt);
+            assert_eq!(key.decrypt(&ct[1..]).unwrap_err(), KeyError::Decrypt);
+            assert_eq!(key.sign_data(b"x").unwrap_err(), KeyError::WrongKind);
         }
     }
 
@@ -491,7 +675,7 @@ mod tests {
             let spec = KeySpec::Hmac(hash);
             let material = spec.generate().unwrap();
             assert_eq!(material.len(), hash.output_len());
-            let key = PrivateKey::from_material(spec, &material).unwrap();
+            let key = LoadedKey::from_material(spec, &material).unwrap();
             let tag = key.mac(b"token").unwrap();
             assert_eq!(tag.len(), hash.output_len());
             let expected = hmac::sign(
@@ -514,20 +698,77 @@ mod tests {
             bad[0] ^= 1;
             assert!(!key.mac_verify(b"token", &bad).unwrap());
             assert!(!key.mac_verify(b"token", &tag[1..]).unwrap());
-            assert_eq!(key.public_key_der().unwrap_err(), AsymmetricError::WrongKind);
+            assert_eq!(key.public_key_der().unwrap_err(), KeyError::WrongKind);
         }
     }
 
     #[test]
     fn material_of_another_kind_or_size_is_refused_and_keys_never_print() {
         let p256 = KeySpec::EcdsaP256Sha256.generate().unwrap();
-        assert!(PrivateKey::from_material(KeySpec::EcdsaP384Sha384, &p256).is_err());
-        assert!(PrivateKey::from_material(KeySpec::RsaPss(RsaBits::B2048, Hash::Sha256), &p256).is_err());
+        assert!(LoadedKey::from_material(KeySpec::EcdsaP384Sha384, &p256).is_err());
+        assert!(LoadedKey::from_material(KeySpec::RsaPss(RsaBits::B2048, Hash::Sha256), &p256).is_err());
         let rsa = KeySpec::RsaPss(RsaBits::B2048, Hash::Sha256).generate().unwrap();
-        assert!(PrivateKey::from_material(KeySpec::RsaPss(RsaBits::B3072, Hash::Sha256), &rsa).is_err());
-        assert!(PrivateKey::from_material(KeySpec::Hmac(Hash::Sha256), &Secret::new(vec![])).is_err());
-        let key = PrivateKey::from_material(KeySpec::EcdsaP256Sha256, &p256).unwrap();
-        assert_eq!(format!("{key:?}"), "PrivateKey(EcdsaP256Sha256, [redacted])");
+        assert!(LoadedKey::from_material(KeySpec::RsaPss(RsaBits::B3072, Hash::Sha256), &rsa).is_err());
+        assert!(LoadedKey::from_material(KeySpec::Hmac(Hash::Sha256), &Secret::new(vec![])).is_err());
+        let key = LoadedKey::from_material(KeySpec::EcdsaP256Sha256, &p256).unwrap();
+        assert_eq!(format!("{key:?}"), "LoadedKey(EcdsaP256Sha256, [redacted])");
+    }
+
+    #[test]
+    fn raw_aes_round_trips_and_interoperates_with_the_standard_modes() {
+        for bits in [AesBits::B128, AesBits::B256] {
+            for mode in [AesMode::Gcm, AesMode::Cbc, AesMode::Ctr] {
+                let spec = KeySpec::Aes(bits, mode);
+                let material = spec.generate().unwrap();
+                assert_eq!(material.len(), bits.key_len());
+                let key = LoadedKey::from_material(spec, &material).unwrap();
+                let plaintext = [7u8; 48];
+                let aad: &[u8] = if mode == AesMode::Gcm { b"context" } else { b"" };
+                let sealed = key.raw_encrypt(&plaintext, aad, None).unwrap();
+                assert_eq!(sealed.iv.len(), mode.iv_len());
+                assert_eq!(sealed.ciphertext.len(), plaintext.len() + mode.tag_len());
+                assert_ne!(&sealed.ciphertext[..48], &plaintext[..]);
+                assert_eq!(key.raw_decrypt(&sealed.ciphertext, aad, &sealed.iv).unwrap().expose(), &plaintext[..]);
+                // Fresh IVs: the same plaintext encrypts differently.
+                assert_ne!(key.raw_encrypt(&plaintext, aad, None).unwrap().ciphertext, sealed.ciphertext);
+                let mut bad = sealed.ciphertext.clone();
+                bad[0] ^= 1;
+                match mode {
+                    // GCM authenticates: a flipped bit, or other AAD, fails.
+                    AesMode::Gcm => {
+                        assert_eq!(key.raw_decrypt(&bad, aad, &sealed.iv).unwrap_err(), KeyError::Decrypt);
+                        assert_eq!(
+                            key.raw_decrypt(&sealed.ciphertext, b"other", &sealed.iv).unwrap_err(),
+                            KeyError::Decrypt
+                        );
+                        assert!(key.raw_encrypt(&plaintext, aad, Some(&[0; 16])).is_err());
+                    }
+                    // CBC and CTR do not, and take a caller's IV: the same IV, the same ciphertext.
+                    _ => {
+                        assert_ne!(key.raw_decrypt(&bad, b"", &sealed.iv).unwrap().expose(), &plaintext[..]);
+                        let iv = [9u8; 16];
+                        let a = key.raw_encrypt(&plaintext, b"", Some(&iv)).unwrap();
+                        assert_eq!(a.iv, iv);
+                        assert_eq!(a.ciphertext, key.raw_encrypt(&plaintext, b"", Some(&iv)).unwrap().ciphertext);
+                        assert!(key.raw_encrypt(&plaintext, b"aad", None).is_err());
+                        assert!(key.raw_encrypt(&plaintext, b"", Some(&[0; 12])).is_err());
+                    }
+                }
+                if mode == AesMode::Cbc {
+                    assert!(matches!(key.raw_encrypt(&[1; 15], b"", None), Err(KeyError::Input(_))));
+                }
+            }
+        }
+        // CTR against the standard: NIST SP 800-38A F.5.1 (AES-128-CTR), first block.
+        let key = hex_bytes("2b7e151628aed2a6abf7158809cf4f3c");
+        let ctr = LoadedKey::from_material(KeySpec::Aes(AesBits::B128, AesMode::Ctr), &Secret::new(key)).unwrap();
+        let iv = hex_bytes("f0f1f2f3f4f5f6f7f8f9fafbfcfdfeff");
+        let out = ctr.raw_encrypt(&hex_bytes("6bc1bee22e409f96e93d7e117393172a"), b"", Some(&iv)).unwrap();
+        assert_eq!(out.ciphertext, hex_bytes("874d6191b620e3261bef6864990db6ce"));
+    }
+
+    fn hex_bytes(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
     }
 
     #[test]
