@@ -23,6 +23,7 @@ use aws_lc_rs::rsa::{
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use aws_lc_rs::{aead, cipher, constant_time, hmac};
 use base64::Engine as _;
+use zeroize::Zeroizing;
 
 use crate::secret::Secret;
 
@@ -446,7 +447,10 @@ impl LoadedKey {
         let (Inner::Aes(key), KeySpec::Aes(bits, mode)) = (&self.inner, self.spec) else {
             return Err(KeyError::WrongKind);
         };
-        let mut buf = plaintext.to_vec();
+        // A wiping buffer with room for the tag: GCM appends its tag in place, so the buffer never
+        // moves (a move would leave a copy of the plaintext behind), and an error wipes it.
+        let mut buf = Zeroizing::new(Vec::with_capacity(plaintext.len() + mode.tag_len()));
+        buf.extend_from_slice(plaintext);
         match mode {
             AesMode::Gcm => {
                 if iv.is_some() {
@@ -455,9 +459,13 @@ impl LoadedKey {
                 let mut nonce = [0u8; GCM_NONCE_LEN];
                 crate::random_bytes(&mut nonce).map_err(|_| KeyError::Library("random bytes"))?;
                 gcm_key(bits, key)?
-                    .seal_in_place_append_tag(aead::Nonce::assume_unique_for_key(nonce), aead::Aad::from(aad), &mut buf)
+                    .seal_in_place_append_tag(
+                        aead::Nonce::assume_unique_for_key(nonce),
+                        aead::Aad::from(aad),
+                        &mut *buf,
+                    )
                     .map_err(|_| KeyError::Library("AES-GCM"))?;
-                Ok(RawCiphertext { ciphertext: buf, iv: nonce.to_vec() })
+                Ok(RawCiphertext { ciphertext: std::mem::take(&mut *buf), iv: nonce.to_vec() })
             }
             AesMode::Cbc | AesMode::Ctr => {
                 if !aad.is_empty() {
@@ -483,7 +491,7 @@ impl LoadedKey {
                 encrypting
                     .less_safe_encrypt(&mut buf, cipher::EncryptionContext::Iv128(iv.into()))
                     .map_err(|_| KeyError::Library("AES encryption"))?;
-                Ok(RawCiphertext { ciphertext: buf, iv: iv.to_vec() })
+                Ok(RawCiphertext { ciphertext: std::mem::take(&mut *buf), iv: iv.to_vec() })
             }
         }
     }
@@ -759,6 +767,18 @@ mod tests {
                 }
             }
         }
+        // CBC against the standard: NIST SP 800-38A F.2.1 (AES-128-CBC), first block.
+        let key = hex_bytes("2b7e151628aed2a6abf7158809cf4f3c");
+        let cbc = LoadedKey::from_material(KeySpec::Aes(AesBits::B128, AesMode::Cbc), &Secret::new(key)).unwrap();
+        let iv = hex_bytes("000102030405060708090a0b0c0d0e0f");
+        let out = cbc.raw_encrypt(&hex_bytes("6bc1bee22e409f96e93d7e117393172a"), b"", Some(&iv)).unwrap();
+        assert_eq!(out.ciphertext, hex_bytes("7649abac8119b246cee98e9b12e9197d"));
+        // GCM against the standard: McGrew and Viega's test case 2 (AES-128, zero key and IV):
+        // the ciphertext followed by its tag opens to 16 zero bytes.
+        let gcm =
+            LoadedKey::from_material(KeySpec::Aes(AesBits::B128, AesMode::Gcm), &Secret::new(vec![0; 16])).unwrap();
+        let sealed = hex_bytes("0388dace60b6a392f328c2b971b2fe78ab6e47d42cec13bdf53a67b21257bddf");
+        assert_eq!(gcm.raw_decrypt(&sealed, b"", &[0; 12]).unwrap().expose(), &[0u8; 16][..]);
         // CTR against the standard: NIST SP 800-38A F.5.1 (AES-128-CTR), first block.
         let key = hex_bytes("2b7e151628aed2a6abf7158809cf4f3c");
         let ctr = LoadedKey::from_material(KeySpec::Aes(AesBits::B128, AesMode::Ctr), &Secret::new(key)).unwrap();

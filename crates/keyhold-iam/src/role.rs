@@ -64,6 +64,8 @@ permissions! {
     VERSIONS_VIEW_PUBLIC_KEY = "cloudkms.cryptoKeyVersions.viewPublicKey";
     VERSIONS_USE_TO_SIGN = "cloudkms.cryptoKeyVersions.useToSign";
     VERSIONS_USE_TO_VERIFY = "cloudkms.cryptoKeyVersions.useToVerify";
+    VERSIONS_MANAGE_RAW_AES_CBC_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCbcKeys";
+    VERSIONS_MANAGE_RAW_AES_CTR_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCtrKeys";
     PROJECTS_GET = "resourcemanager.projects.get";
     PROJECTS_GET_IAM_POLICY = "resourcemanager.projects.getIamPolicy";
     PROJECTS_SET_IAM_POLICY = "resourcemanager.projects.setIamPolicy";
@@ -193,6 +195,8 @@ pub static ROLES: &[Role] = &[
             VERSIONS_VIEW_PUBLIC_KEY,
             VERSIONS_USE_TO_SIGN,
             VERSIONS_USE_TO_VERIFY,
+            VERSIONS_MANAGE_RAW_AES_CBC_KEYS,
+            VERSIONS_MANAGE_RAW_AES_CTR_KEYS,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             PROJECTS_SET_IAM_POLICY,
@@ -381,6 +385,16 @@ pub static ROLES: &[Role] = &[
         name: "roles/cloudkms.verifier",
         title: "Cloud KMS CryptoKey Verifier",
         permissions: &[VERSIONS_USE_TO_VERIFY, VERSIONS_VIEW_PUBLIC_KEY, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.expertRawAesCbc",
+        title: "Cloud KMS Expert Raw AES-CBC Key Manager",
+        permissions: &[VERSIONS_MANAGE_RAW_AES_CBC_KEYS, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.expertRawAesCtr",
+        title: "Cloud KMS Expert Raw AES-CTR Key Manager",
+        permissions: &[VERSIONS_MANAGE_RAW_AES_CTR_KEYS, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
     },
     Role {
         name: "roles/cloudkms.publicKeyViewer",

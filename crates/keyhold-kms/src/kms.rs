@@ -449,6 +449,9 @@ impl Kms {
         let check = Check::Permission(role::VERSIONS_USE_TO_ENCRYPT, &resource);
         self.gate
             .run(caller, Op::kms_read("RawEncrypt"), resource.clone(), check, async |call| {
+                if let Some(expert) = self.versions.raw_expert_permission(name).await {
+                    self.gate.authorize(call, expert, &resource).await?;
+                }
                 self.versions.raw_encrypt(call, name, req).await
             })
             .await
@@ -465,6 +468,9 @@ impl Kms {
         let check = Check::Permission(role::VERSIONS_USE_TO_DECRYPT, &resource);
         self.gate
             .run(caller, Op::kms_read("RawDecrypt"), resource.clone(), check, async |call| {
+                if let Some(expert) = self.versions.raw_expert_permission(name).await {
+                    self.gate.authorize(call, expert, &resource).await?;
+                }
                 self.versions.raw_decrypt(call, name, req).await
             })
             .await

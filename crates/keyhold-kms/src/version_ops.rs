@@ -22,6 +22,7 @@ use keyhold_api::resources::{Algorithm, ProtectionLevel, Purpose, VersionState};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
 use keyhold_crypto::crc32c;
 use keyhold_crypto::keys::{AES_BLOCK_LEN, AesMode, GCM_TAG_LEN, Hash, KeySpec};
+use keyhold_iam::{Permission, role};
 
 use crate::algorithm::key_spec;
 use crate::backend::{KeyBackend, KeyUse, SignInput};
@@ -369,7 +370,7 @@ impl VersionOps {
         if ct.is_empty() {
             return Err(KmsError::InvalidArgument("ciphertext is required.".into()));
         }
-        check_size("ciphertext", ct.len(), MAX_PLAINTEXT + GCM_TAG_LEN)?;
+        check_size("ciphertext", ct.len(), MAX_PLAINTEXT + mode.tag_len())?;
         let verified_ct = check_crc("ciphertext", ct, req.ciphertext_crc32c)?;
         let iv = req.initialization_vector.0.as_slice();
         if iv.is_empty() {
@@ -409,6 +410,22 @@ impl VersionOps {
             verified_additional_authenticated_data_crc32c: verified_aad,
             verified_initialization_vector_crc32c: verified_iv,
         })
+    }
+}
+
+impl VersionOps {
+    /// The extra permission Cloud KMS requires to use a raw AES-CBC or AES-CTR version
+    /// (`manageRawAesCbcKeys`, `manageRawAesCtrKeys`: with CTR, encryption is decryption, so
+    /// `useToEncrypt` alone would decrypt), or `None` (another algorithm, or no such version:
+    /// the operation then answers why).
+    pub(crate) async fn raw_expert_permission(&self, name: &CryptoKeyVersionName) -> Option<Permission> {
+        let entry = self.keys.cached(&name.crypto_key).await.ok()?;
+        let algorithm = entry.versions.get(&name.version)?.record.version.algorithm?;
+        match key_spec(algorithm)? {
+            KeySpec::Aes(_, AesMode::Cbc) => Some(role::VERSIONS_MANAGE_RAW_AES_CBC_KEYS),
+            KeySpec::Aes(_, AesMode::Ctr) => Some(role::VERSIONS_MANAGE_RAW_AES_CTR_KEYS),
+            _ => None,
+        }
     }
 }
 

@@ -642,8 +642,9 @@ async fn raw_keys_encrypt_and_decrypt_with_every_integrity_field() {
                 assert_eq!(m, "Decryption failed.");
             }
             // The nonce is the server's, never the caller's.
-            let body = json!({"plaintext": b64(&plaintext), "initializationVector": b64(&[1; 16])});
-            s.err(Method::POST, &format!("{version}:rawEncrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+            let body = json!({"plaintext": b64(&plaintext), "initializationVector": b64(&[1; 12])});
+            let m = s.err(Method::POST, &format!("{version}:rawEncrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+            assert!(m.contains("chosen by the server"), "{m}");
             let mut body = decrypt(&ct, &iv, aad);
             body["tagLength"] = json!(12);
             s.err(Method::POST, &format!("{version}:rawDecrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
@@ -678,17 +679,55 @@ async fn raw_keys_encrypt_and_decrypt_with_every_integrity_field() {
             }
         }
         // Required fields and integrity fields, both ways.
-        for body in [
-            json!({"ciphertext": b64(&ct)}),
-            json!({"ciphertext": b64(&ct), "initializationVector": b64(&iv), "ciphertextCrc32c": crc(b"x")}),
-            json!({"initializationVector": b64(&iv)}),
+        for (body, says) in [
+            (
+                json!({"ciphertext": b64(&ct), "additionalAuthenticatedData": b64(aad)}),
+                "initialization_vector is required",
+            ),
+            (
+                json!({"ciphertext": b64(&ct), "initializationVector": b64(&iv), "additionalAuthenticatedData": b64(aad),
+                    "ciphertextCrc32c": crc(b"x")}),
+                "did not match",
+            ),
+            (
+                json!({"ciphertext": b64(&ct), "initializationVector": b64(&iv), "additionalAuthenticatedData": b64(aad),
+                    "initializationVectorCrc32c": crc(b"x")}),
+                "did not match",
+            ),
+            (json!({"initializationVector": b64(&iv)}), "ciphertext is required"),
         ] {
-            s.err(Method::POST, &format!("{version}:rawDecrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+            let m = s.err(Method::POST, &format!("{version}:rawDecrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+            assert!(m.contains(says), "{alg}: {m}");
         }
-        for body in [json!({}), json!({"plaintext": b64(&plaintext), "plaintextCrc32c": crc(b"x")})] {
-            s.err(Method::POST, &format!("{version}:rawEncrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+        for (body, says) in [
+            (json!({}), "plaintext is required"),
+            (json!({"plaintext": b64(&plaintext), "plaintextCrc32c": crc(b"x")}), "did not match"),
+        ] {
+            let m = s.err(Method::POST, &format!("{version}:rawEncrypt"), Some(body), 400, "INVALID_ARGUMENT").await;
+            assert!(m.contains(says), "{alg}: {m}");
         }
     }
+    // As Cloud KMS: AES-CBC and AES-CTR also need manageRawAesCbcKeys / manageRawAesCtrKeys (with
+    // CTR, encrypting a ciphertext decrypts it); AES-GCM needs only useToEncrypt / useToDecrypt.
+    let member = "user:raw-user@example.com";
+    s.grant("projects/p", "roles/cloudkms.cryptoKeyEncrypterDecrypter", member).await;
+    let token = s.token_for(member).await;
+    let versions = [0, 2, 4].map(|n| format!("{RING}/cryptoKeys/raw{n}/cryptoKeyVersions/1"));
+    let attempt = |v: &str| {
+        let (path, body) = (format!("{v}:rawEncrypt"), json!({"plaintext": b64(&plaintext)}));
+        let token = token.clone();
+        let s = &s;
+        async move { s.call_as(Some(&token), Method::POST, &path, Some(body)).await }
+    };
+    let (gcm, cbc, ctr) = (attempt(&versions[0]).await, attempt(&versions[1]).await, attempt(&versions[2]).await);
+    assert_eq!(gcm.0, 200, "{}", gcm.1);
+    for ((status, v), permission) in [(cbc, "manageRawAesCbcKeys"), (ctr, "manageRawAesCtrKeys")] {
+        assert_eq!(status, 403, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(permission), "{v}");
+    }
+    s.grant("projects/p", "roles/cloudkms.expertRawAesCtr", member).await;
+    assert_eq!(attempt(&versions[2]).await.0, 200, "the expert role adds CTR");
+    assert_eq!(attempt(&versions[1]).await.0, 403, "and CBC still needs its own");
     // Wrong purpose both ways.
     let mac = create_key(&s, "mac", "MAC", "HMAC_SHA256").await;
     let raw = format!("{RING}/cryptoKeys/raw0/cryptoKeyVersions/1");

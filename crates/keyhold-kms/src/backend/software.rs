@@ -238,7 +238,10 @@ impl KeyBackend for SoftwareKeys {
         iv: Option<&[u8]>,
     ) -> Result<RawCiphertext, KmsError> {
         let key = self.private_for(using.version).await?;
-        key.raw_encrypt(plaintext, aad, iv).map_err(|e| internal(using.version_name(), e))
+        key.raw_encrypt(plaintext, aad, iv).map_err(|e| match e {
+            KeyError::Input(why) => KmsError::InvalidArgument(format!("{why}.")),
+            e => internal(using.version_name(), e),
+        })
     }
 
     async fn raw_decrypt(
@@ -251,6 +254,7 @@ impl KeyBackend for SoftwareKeys {
         let key = self.private_for(using.version).await?;
         key.raw_decrypt(ciphertext, aad, iv).map_err(|e| match e {
             KeyError::Decrypt => KmsError::DecryptionFailed,
+            KeyError::Input(why) => KmsError::InvalidArgument(format!("{why}.")),
             e => internal(using.version_name(), e),
         })
     }

@@ -373,7 +373,13 @@ pub async fn raw_encrypt(ctx: &Ctx, c: &RawEncryptArgs) -> Result<(), CliError> 
         let mut suffix = [0u8; 4];
         keyhold_crypto::random_bytes(&mut suffix).map_err(|e| CliError::Other(e.to_string()))?;
         let path = PathBuf::from(format!("./initialization_vector_{}", keyhold_crypto::hex(&suffix)));
-        files::write_output(&path, &resp.initialization_vector.0, false)?;
+        // A new file: an existing one is never overwritten.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &resp.initialization_vector.0))
+            .map_err(|e| CliError::Io(format!("Unable to write file [{}]: {e}", path.display())))?;
         eprintln!("The initialization vector was written to [{}]; raw-decrypt needs it.", path.display());
     }
     Ok(())
