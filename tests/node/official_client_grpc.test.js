@@ -64,7 +64,7 @@
  * Errors arrive as gRPC statuses: `error.code` (e.g. 5 NOT_FOUND), `error.details` (the server's
  * message, the same text as REST's `error.message`) and `error.message` ("5 NOT_FOUND: " +
  * details). One difference from REST: an unimplemented method's message names the gRPC method
- * ("Decapsulate is not implemented by Keyhold yet; ..."), where REST names the
+ * ("ImportCryptoKeyVersion is not implemented by Keyhold yet; ..."), where REST names the
  * URL path ("The Cloud KMS method addressed by /v1/... is not implemented by Keyhold yet; ...").
  *
  * Environment:
@@ -679,9 +679,9 @@ function workflowTests(t, serverTest) {
     const ring = await createRing(client);
     const key = await createKey(client, ring.name);
     await assertGrpcError(
-      client.decapsulate({name: key.primary.name}),
+      client.importCryptoKeyVersion({parent: key.name}),
       Code.UNIMPLEMENTED,
-      'Decapsulate is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
+      'ImportCryptoKeyVersion is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
     );
     await assertGrpcError(
       client.listImportJobs({parent: ring.name}),
@@ -855,16 +855,16 @@ describe('gRPC in clear (h2c)', () => {
     }
 
     // One difference: an unimplemented method's message names the gRPC method, not the URL.
-    const viaRest = await failure(rest.decapsulate({name: key.primary.name}));
-    const viaGrpc = await failure(grpcClient.decapsulate({name: key.primary.name}));
+    const viaRest = await failure(rest.importCryptoKeyVersion({parent: key.name}));
+    const viaGrpc = await failure(grpcClient.importCryptoKeyVersion({parent: key.name}));
     assert.equal(viaRest.code, Code.UNIMPLEMENTED);
     assert.equal(viaGrpc.code, Code.UNIMPLEMENTED);
     assert.equal(
       viaRest.message,
-      `The Cloud KMS method addressed by /v1/${key.primary.name}:decapsulate ` +
+      `The Cloud KMS method addressed by /v1/${key.name}/cryptoKeyVersions:import ` +
         'is not implemented by Keyhold yet; see docs/api.md.'
     );
-    assert.match(viaGrpc.details, /^Decapsulate is not implemented by Keyhold yet/);
+    assert.match(viaGrpc.details, /^ImportCryptoKeyVersion is not implemented by Keyhold yet/);
   });
 
   test('HSM key and location metadata over gRPC (SoftHSM2)', async () => {

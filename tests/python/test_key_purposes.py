@@ -241,3 +241,25 @@ def test_raw_encrypt_and_decrypt(kms, ring):
     with pytest.raises((gexc.BadRequest, gexc.InvalidArgument)) as e:
         kms.raw_encrypt(request={"name": cbc.name, "plaintext": block[:15]})
     assert "multiple of 16" in str(e.value)
+
+
+def test_ml_kem_decapsulates_what_cryptography_encapsulated(kms, ring):
+    from cryptography.hazmat.primitives.asymmetric import mlkem
+
+    version = create_version(kms, ring, Purpose.KEY_ENCAPSULATION, Algorithm.ML_KEM_768)
+    Format = kms_v1.PublicKey.PublicKeyFormat
+    raw = kms.get_public_key(request={"name": version.name, "public_key_format": Format.NIST_PQC})
+    assert raw.public_key.crc32c_checksum == crc32c(raw.public_key.data)
+    from_raw = mlkem.MLKEM768PublicKey.from_public_bytes(raw.public_key.data)
+    # The PEM is a SubjectPublicKeyInfo pyca/cryptography reads as the same ML-KEM-768 key.
+    pem = kms.get_public_key(request={"name": version.name, "public_key_format": Format.PEM})
+    from_pem = serialization.load_pem_public_key(pem.public_key.data)
+    assert isinstance(from_pem, mlkem.MLKEM768PublicKey)
+    assert from_pem.public_bytes_raw() == from_raw.public_bytes_raw()
+    shared, ciphertext = from_raw.encapsulate()
+    resp = kms.decapsulate(
+        request={"name": version.name, "ciphertext": ciphertext, "ciphertext_crc32c": crc32c(ciphertext)}
+    )
+    assert resp.shared_secret == shared
+    assert resp.shared_secret_crc32c == crc32c(shared)
+    assert resp.verified_ciphertext_crc32c

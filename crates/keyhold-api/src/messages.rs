@@ -432,6 +432,38 @@ pub struct RawDecryptResponse {
     pub verified_initialization_vector_crc32c: bool,
 }
 
+/// `DecapsulateRequest` (`POST …/cryptoKeyVersions/N:decapsulate`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DecapsulateRequest {
+    /// Version name (ignored: the URL names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The KEM ciphertext made with the version's public key.
+    #[serde(default)]
+    pub ciphertext: Bytes,
+    /// Optional CRC32C of `ciphertext`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ciphertext_crc32c: Option<Crc32c>,
+}
+
+/// `DecapsulateResponse`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecapsulateResponse {
+    /// The version used.
+    pub name: String,
+    /// The shared secret.
+    pub shared_secret: SecretBytes,
+    /// CRC32C of `sharedSecret`.
+    pub shared_secret_crc32c: Crc32c,
+    /// Whether `ciphertextCrc32c` was received and verified.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub verified_ciphertext_crc32c: bool,
+    /// Protection level of the version used.
+    pub protection_level: ProtectionLevel,
+}
+
 fn is_zero(n: &i32) -> bool {
     *n == 0
 }

@@ -21,7 +21,7 @@ use aws_lc_rs::rsa::{
     OaepPrivateDecryptingKey, PrivateDecryptingKey,
 };
 use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair, RsaKeyPair};
-use aws_lc_rs::{aead, cipher, constant_time, hmac};
+use aws_lc_rs::{aead, cipher, constant_time, hmac, kem};
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
@@ -195,6 +195,50 @@ pub enum KeySpec {
     Hmac(Hash),
     /// Raw AES (`RAW_ENCRYPT_DECRYPT`).
     Aes(AesBits, AesMode),
+    /// ML-KEM (FIPS 203) key encapsulation.
+    MlKem(MlKemLevel),
+}
+
+/// An ML-KEM parameter set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlKemLevel {
+    /// ML-KEM-768.
+    K768,
+    /// ML-KEM-1024.
+    K1024,
+}
+
+impl MlKemLevel {
+    /// FIPS 203's sizes of the decapsulation key and of the encapsulation (public) key.
+    fn key_sizes(self) -> (usize, usize) {
+        match self {
+            MlKemLevel::K768 => (2400, 1184),
+            MlKemLevel::K1024 => (3168, 1568),
+        }
+    }
+
+    fn algorithm(self) -> &'static kem::Algorithm {
+        match self {
+            MlKemLevel::K768 => &kem::ML_KEM_768,
+            MlKemLevel::K1024 => &kem::ML_KEM_1024,
+        }
+    }
+
+    /// The DER head of the `SubjectPublicKeyInfo` of a raw ML-KEM public key: SEQUENCE {
+    /// SEQUENCE { OID id-alg-ml-kem-768 (2.16.840.1.101.3.4.4.2) or -1024 (.3) }, BIT STRING },
+    /// fixed for the key's fixed length (the prefix Google's encapsulation guide shows).
+    fn spki_head(self) -> &'static [u8] {
+        match self {
+            MlKemLevel::K768 => &[
+                0x30, 0x82, 0x04, 0xb2, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x04, 0x02,
+                0x03, 0x82, 0x04, 0xa1, 0x00,
+            ],
+            MlKemLevel::K1024 => &[
+                0x30, 0x82, 0x06, 0x32, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x04, 0x03,
+                0x03, 0x82, 0x06, 0x21, 0x00,
+            ],
+        }
+    }
 }
 
 /// Why an operation could not be done.
@@ -234,7 +278,7 @@ impl KeySpec {
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaSecp256k1Sha256 => Some(Hash::Sha256),
             KeySpec::EcdsaP384Sha384 => Some(Hash::Sha384),
             KeySpec::RsaPss(_, h) | KeySpec::RsaPkcs1(_, h) => Some(h),
-            KeySpec::Ed25519 | KeySpec::RsaOaep(..) | KeySpec::Hmac(_) | KeySpec::Aes(..) => None,
+            KeySpec::Ed25519 | KeySpec::RsaOaep(..) | KeySpec::Hmac(_) | KeySpec::Aes(..) | KeySpec::MlKem(_) => None,
         }
     }
 
@@ -266,6 +310,14 @@ impl KeySpec {
         let der: Vec<u8> = match self {
             KeySpec::Hmac(h) => return random_key(h.output_len()),
             KeySpec::Aes(bits, _) => return random_key(bits.key_len()),
+            KeySpec::MlKem(level) => {
+                // The decapsulation key, then the encapsulation key: AWS-LC cannot derive the
+                // public key of a decapsulation key read back from its bytes.
+                let key = kem::DecapsulationKey::generate(level.algorithm()).map_err(lib("ML-KEM generation"))?;
+                let private = key.key_bytes().map_err(lib("ML-KEM encoding"))?;
+                let public = key.encapsulation_key().and_then(|k| k.key_bytes()).map_err(lib("ML-KEM encoding"))?;
+                [private.as_ref(), public.as_ref()].concat()
+            }
             KeySpec::Ed25519 => {
                 let pair = Ed25519KeyPair::generate().map_err(lib("Ed25519 generation"))?;
                 let der: Pkcs8V1Der = pair.as_der().map_err(lib("PKCS#8 encoding"))?;
@@ -306,6 +358,8 @@ enum Inner {
     Hmac(Box<hmac::Key>),
     /// The raw AES key: the library's keys are made per call from it.
     Aes(Secret),
+    /// An ML-KEM decapsulation key, and its encapsulation key's raw bytes.
+    MlKem(kem::DecapsulationKey, Vec<u8>),
 }
 
 /// A private (or MAC) key ready for use, parsed once from its material. Prints as `[redacted]`.
@@ -344,6 +398,16 @@ impl LoadedKey {
                     return Err(KeyError::Material(spec));
                 }
                 Inner::Aes(Secret::new(bytes.to_vec()))
+            }
+            KeySpec::MlKem(level) => {
+                let (private_len, public_len) = level.key_sizes();
+                if bytes.len() != private_len + public_len {
+                    return Err(KeyError::Material(spec));
+                }
+                let (private, public) = bytes.split_at(private_len);
+                let key = kem::DecapsulationKey::new(level.algorithm(), private).map_err(bad)?;
+                kem::EncapsulationKey::new(level.algorithm(), public).map_err(bad)?;
+                Inner::MlKem(key, public.to_vec())
             }
             KeySpec::Ed25519 => Inner::Ed25519(Ed25519KeyPair::from_pkcs8(bytes).map_err(bad)?),
             KeySpec::RsaOaep(bits, _) => {
@@ -384,6 +448,10 @@ impl LoadedKey {
             Inner::Ed25519(k) => k.public_key().as_der().map_err(lib)?,
             Inner::RsaSign(k) => k.public_key().as_der().map_err(lib)?,
             Inner::RsaOaep(_, public) => return Ok(public.clone()),
+            Inner::MlKem(_, raw) => {
+                let KeySpec::MlKem(level) = self.spec else { return Err(KeyError::WrongKind) };
+                return Ok([level.spki_head(), raw.as_slice()].concat());
+            }
             Inner::Hmac(_) | Inner::Aes(_) => return Err(KeyError::WrongKind),
         };
         Ok(der.as_ref().to_vec())
@@ -438,6 +506,24 @@ impl LoadedKey {
     pub fn mac(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
         let Inner::Hmac(k) = &self.inner else { return Err(KeyError::WrongKind) };
         Ok(hmac::sign(k, data).as_ref().to_vec())
+    }
+
+    /// The public key in its raw NIST encoding (FIPS 203's encapsulation key), for post-quantum
+    /// keys only.
+    pub fn public_key_raw(&self) -> Result<Vec<u8>, KeyError> {
+        match &self.inner {
+            Inner::MlKem(_, raw) => Ok(raw.clone()),
+            _ => Err(KeyError::WrongKind),
+        }
+    }
+
+    /// ML-KEM decapsulation: the shared secret of `ciphertext`. A ciphertext of the wrong length
+    /// is [`KeyError::Decrypt`]; a wrong one of the right length gives another secret (ML-KEM's
+    /// implicit rejection), never an error.
+    pub fn decapsulate(&self, ciphertext: &[u8]) -> Result<Secret, KeyError> {
+        let Inner::MlKem(key, _) = &self.inner else { return Err(KeyError::WrongKind) };
+        let secret = key.decapsulate(kem::Ciphertext::from(ciphertext)).map_err(|_| KeyError::Decrypt)?;
+        Ok(Secret::new(secret.as_ref().to_vec()))
     }
 
     /// Raw AES encryption. GCM draws a fresh 12-byte nonce and appends its 16-byte tag, binding
@@ -789,6 +875,27 @@ mod tests {
 
     fn hex_bytes(s: &str) -> Vec<u8> {
         (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn ml_kem_decapsulates_what_its_public_key_encapsulated() {
+        for (level, public_len) in [(MlKemLevel::K768, 1184), (MlKemLevel::K1024, 1568)] {
+            let spec = KeySpec::MlKem(level);
+            let key = LoadedKey::from_material(spec, &spec.generate().unwrap()).unwrap();
+            let raw = key.public_key_raw().unwrap();
+            assert_eq!(raw.len(), public_len);
+            let der = key.public_key_der().unwrap();
+            assert_eq!(&der[der.len() - raw.len()..], raw.as_slice());
+            // The DER lengths in the head are the key's: the whole, and the BIT STRING's.
+            assert_eq!(usize::from(der[2]) << 8 | usize::from(der[3]), der.len() - 4);
+            let sender = kem::EncapsulationKey::new(level.algorithm(), &raw).unwrap();
+            let (ct, shared) = sender.encapsulate().unwrap();
+            assert_eq!(key.decapsulate(ct.as_ref()).unwrap().expose(), shared.as_ref());
+            let mut other = ct.as_ref().to_vec();
+            other[0] ^= 1;
+            assert_ne!(key.decapsulate(&other).unwrap().expose(), shared.as_ref(), "implicit rejection");
+            assert_eq!(key.decapsulate(&other[1..]).unwrap_err(), KeyError::Decrypt);
+        }
     }
 
     #[test]

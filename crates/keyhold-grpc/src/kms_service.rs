@@ -239,8 +239,7 @@ impl KeyManagementService for Front {
     }
 
     async fn decapsulate(&self, request: Request<pb::DecapsulateRequest>) -> Answer<pb::DecapsulateResponse> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("Decapsulate")).await
+        self.serve(request, |r| r.name.clone(), methods::decapsulate).await
     }
 
     async fn generate_random_bytes(

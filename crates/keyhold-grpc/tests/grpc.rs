@@ -586,9 +586,9 @@ async fn unserved_methods_and_services_are_unimplemented_and_health_serves() {
     let token = server.token.clone();
     let mut c = client(&server).await;
     let e = c
-        .decapsulate(with_token(
-            pb::DecapsulateRequest {
-                name: format!("{LOCATION}/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"),
+        .import_crypto_key_version(with_token(
+            pb::ImportCryptoKeyVersionRequest {
+                parent: format!("{LOCATION}/keyRings/r/cryptoKeys/k"),
                 ..Default::default()
             },
             Some(&token),
@@ -597,7 +597,7 @@ async fn unserved_methods_and_services_are_unimplemented_and_health_serves() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(
-        e.message().contains("Decapsulate") && e.message().contains("not implemented by Keyhold"),
+        e.message().contains("ImportCryptoKeyVersion") && e.message().contains("not implemented by Keyhold"),
         "{}",
         e.message()
     );

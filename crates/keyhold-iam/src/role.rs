@@ -64,6 +64,7 @@ permissions! {
     VERSIONS_VIEW_PUBLIC_KEY = "cloudkms.cryptoKeyVersions.viewPublicKey";
     VERSIONS_USE_TO_SIGN = "cloudkms.cryptoKeyVersions.useToSign";
     VERSIONS_USE_TO_VERIFY = "cloudkms.cryptoKeyVersions.useToVerify";
+    VERSIONS_USE_TO_DECAPSULATE = "cloudkms.cryptoKeyVersions.useToDecapsulate";
     VERSIONS_MANAGE_RAW_AES_CBC_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCbcKeys";
     VERSIONS_MANAGE_RAW_AES_CTR_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCtrKeys";
     PROJECTS_GET = "resourcemanager.projects.get";
@@ -197,6 +198,7 @@ pub static ROLES: &[Role] = &[
             VERSIONS_USE_TO_VERIFY,
             VERSIONS_MANAGE_RAW_AES_CBC_KEYS,
             VERSIONS_MANAGE_RAW_AES_CTR_KEYS,
+            VERSIONS_USE_TO_DECAPSULATE,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             PROJECTS_SET_IAM_POLICY,
@@ -357,6 +359,7 @@ pub static ROLES: &[Role] = &[
             VERSIONS_USE_TO_DECRYPT,
             VERSIONS_USE_TO_SIGN,
             VERSIONS_USE_TO_VERIFY,
+            VERSIONS_USE_TO_DECAPSULATE,
             VERSIONS_VIEW_PUBLIC_KEY,
             LOCATIONS_GET,
             LOCATIONS_GENERATE_RANDOM_BYTES,
@@ -385,6 +388,17 @@ pub static ROLES: &[Role] = &[
         name: "roles/cloudkms.verifier",
         title: "Cloud KMS CryptoKey Verifier",
         permissions: &[VERSIONS_USE_TO_VERIFY, VERSIONS_VIEW_PUBLIC_KEY, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.decapsulator",
+        title: "Cloud KMS CryptoKey Decapsulator",
+        permissions: &[
+            VERSIONS_USE_TO_DECAPSULATE,
+            VERSIONS_VIEW_PUBLIC_KEY,
+            LOCATIONS_GET,
+            LOCATIONS_LIST,
+            PROJECTS_GET,
+        ],
     },
     Role {
         name: "roles/cloudkms.expertRawAesCbc",

@@ -3,7 +3,7 @@
 //! `keyhold-crypto`'s [`KeySpec`].
 
 use keyhold_api::resources::{Algorithm, Purpose};
-use keyhold_crypto::keys::{AesBits, AesMode, Hash, KeySpec, RsaBits};
+use keyhold_crypto::keys::{AesBits, AesMode, Hash, KeySpec, MlKemLevel, RsaBits};
 
 /// The key of an algorithm Keyhold signs, decrypts or MACs with itself; `None` for the
 /// symmetric encryption algorithms and those not served yet.
@@ -41,15 +41,18 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
         A::Aes256Cbc => KeySpec::Aes(AesBits::B256, AesMode::Cbc),
         A::Aes128Ctr => KeySpec::Aes(AesBits::B128, AesMode::Ctr),
         A::Aes256Ctr => KeySpec::Aes(AesBits::B256, AesMode::Ctr),
+        A::MlKem768 => KeySpec::MlKem(MlKemLevel::K768),
+        A::MlKem1024 => KeySpec::MlKem(MlKemLevel::K1024),
         _ => return None,
     })
 }
 
 /// Whether new versions of `purpose` start `PENDING_GENERATION` and are enabled once their key
 /// is generated in the background, as Cloud KMS does for asymmetric keys (its contract tests:
-/// `TestCreateCryptoKeyVersionAsync`); other purposes are `ENABLED` at once.
+/// `TestCreateCryptoKeyVersionAsync`; KEY_ENCAPSULATION keys are asymmetric too); other purposes
+/// are `ENABLED` at once.
 pub(crate) fn generated_in_background(purpose: Option<Purpose>) -> bool {
-    matches!(purpose, Some(Purpose::AsymmetricSign | Purpose::AsymmetricDecrypt))
+    matches!(purpose, Some(Purpose::AsymmetricSign | Purpose::AsymmetricDecrypt | Purpose::KeyEncapsulation))
 }
 
 #[cfg(test)]
@@ -66,6 +69,7 @@ mod tests {
                     KeySpec::RsaOaep(..) => Purpose::AsymmetricDecrypt,
                     KeySpec::Hmac(_) => Purpose::Mac,
                     KeySpec::Aes(..) => Purpose::RawEncryptDecrypt,
+                    KeySpec::MlKem(_) => Purpose::KeyEncapsulation,
                     _ => Purpose::AsymmetricSign,
                 };
                 assert_eq!(purpose, Some(expected), "{alg}");

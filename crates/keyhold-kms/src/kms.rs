@@ -22,10 +22,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use keyhold_api::iam::{Policy, SetIamPolicyRequest};
 use keyhold_api::messages::{
-    AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse, DecryptRequest,
-    DecryptResponse, EncryptRequest, EncryptResponse, GenerateRandomBytesRequest, GenerateRandomBytesResponse,
-    MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, PublicKeyFormat,
-    RawDecryptRequest, RawDecryptResponse, RawEncryptRequest, RawEncryptResponse,
+    AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse,
+    DecapsulateRequest, DecapsulateResponse, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse,
+    GenerateRandomBytesRequest, GenerateRandomBytesResponse, MacSignRequest, MacSignResponse, MacVerifyRequest,
+    MacVerifyResponse, PublicKey, PublicKeyFormat, RawDecryptRequest, RawDecryptResponse, RawEncryptRequest,
+    RawEncryptResponse,
 };
 use keyhold_api::orgpolicy::OrgPolicy;
 use keyhold_api::page::Page;
@@ -434,6 +435,22 @@ impl Kms {
         self.gate
             .run(caller, Op::kms_read("MacVerify"), resource.clone(), check, async |call| {
                 self.versions.mac_verify(call, name, req).await
+            })
+            .await
+    }
+
+    /// `cryptoKeyVersions.decapsulate`.
+    pub async fn decapsulate(
+        &self,
+        caller: &Caller,
+        name: &CryptoKeyVersionName,
+        req: &DecapsulateRequest,
+    ) -> Result<DecapsulateResponse, KmsError> {
+        let resource = name.crypto_key.to_string();
+        let check = Check::Permission(role::VERSIONS_USE_TO_DECAPSULATE, &resource);
+        self.gate
+            .run(caller, Op::kms_read("Decapsulate"), resource.clone(), check, async |call| {
+                self.versions.decapsulate(call, name, req).await
             })
             .await
     }

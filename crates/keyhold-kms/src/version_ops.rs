@@ -15,8 +15,9 @@ use std::sync::Arc;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::messages::{
     AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse,
-    ChecksummedData, MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, PublicKeyFormat,
-    RawDecryptRequest, RawDecryptResponse, RawEncryptRequest, RawEncryptResponse,
+    ChecksummedData, DecapsulateRequest, DecapsulateResponse, MacSignRequest, MacSignResponse, MacVerifyRequest,
+    MacVerifyResponse, PublicKey, PublicKeyFormat, RawDecryptRequest, RawDecryptResponse, RawEncryptRequest,
+    RawEncryptResponse,
 };
 use keyhold_api::resources::{Algorithm, ProtectionLevel, Purpose, VersionState};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
@@ -31,6 +32,9 @@ use crate::call::Call;
 use crate::crypto_ops::{MAX_PLAINTEXT, check_crc, check_justification, check_size, require_enabled};
 use crate::error::KmsError;
 use crate::keys::Keys;
+
+/// Largest `decapsulate` ciphertext: ML-KEM-1024's is 1,568 bytes.
+const MAX_KEM_CIPHERTEXT: usize = 2048;
 
 /// Largest `asymmetricDecrypt` ciphertext: an RSA-4096 block is 512 bytes; anything far longer
 /// is refused before it reaches the key.
@@ -210,24 +214,38 @@ impl VersionOps {
         name: &CryptoKeyVersionName,
         format: Option<PublicKeyFormat>,
     ) -> Result<PublicKey, KmsError> {
-        let purposes = [Purpose::AsymmetricSign, Purpose::AsymmetricDecrypt];
+        let purposes = [Purpose::AsymmetricSign, Purpose::AsymmetricDecrypt, Purpose::KeyEncapsulation];
         let u = self.usable(call, name, &purposes, "getPublicKey (it has no public key)").await?;
         let format = format.filter(|f| *f != PublicKeyFormat::Unspecified);
-        if let Some(f @ (PublicKeyFormat::NistPqc | PublicKeyFormat::XwingRawBytes)) = format {
-            return Err(KmsError::InvalidArgument(format!(
-                "Public key format {f} is for post-quantum keys; {} keys give PEM or DER.",
-                u.algorithm
-            )));
+        let post_quantum = matches!(u.spec()?, KeySpec::MlKem(_));
+        match (post_quantum, format) {
+            (false, Some(f @ (PublicKeyFormat::NistPqc | PublicKeyFormat::XwingRawBytes))) => {
+                return Err(KmsError::InvalidArgument(format!(
+                    "Public key format {f} is for post-quantum keys; {} keys give PEM or DER.",
+                    u.algorithm
+                )));
+            }
+            (true, None | Some(PublicKeyFormat::XwingRawBytes)) => {
+                return Err(KmsError::InvalidArgument(format!(
+                    "publicKeyFormat is required for {}: NIST_PQC (the raw FIPS 203 key), PEM or DER.",
+                    u.algorithm
+                )));
+            }
+            _ => {}
         }
         // Reading a public key uses no private key: no access reason is checked.
         let reason = keyhold_api::resources::AccessReason::ReasonNotExpected;
         let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
-        let der = self.backend(&u)?.public_key(using).await?;
+        let backend = self.backend(&u)?;
+        let der = backend.public_key(using).await?;
         let pem = keyhold_crypto::keys::public_key_pem(&der);
-        let public_key = format.map(|f| {
-            let data = if f == PublicKeyFormat::Der { der } else { pem.clone().into_bytes() };
-            ChecksummedData { crc32c_checksum: Crc32c(crc32c(&data)), data: Bytes(data) }
-        });
+        let data = match format {
+            None => None,
+            Some(PublicKeyFormat::Der) => Some(der),
+            Some(PublicKeyFormat::NistPqc) => Some(backend.public_key_raw(using).await?),
+            Some(_) => Some(pem.clone().into_bytes()),
+        };
+        let public_key = data.map(|data| ChecksummedData { crc32c_checksum: Crc32c(crc32c(&data)), data: Bytes(data) });
         let with_pem = matches!(format, None | Some(PublicKeyFormat::Pem));
         Ok(PublicKey {
             pem_crc32c: with_pem.then(|| Crc32c(crc32c(pem.as_bytes()))),
@@ -304,6 +322,33 @@ impl VersionOps {
 }
 
 impl VersionOps {
+    /// `cryptoKeyVersions.decapsulate`: the shared secret of an ML-KEM ciphertext made with the
+    /// version's public key.
+    pub(crate) async fn decapsulate(
+        &self,
+        call: &Call<'_>,
+        name: &CryptoKeyVersionName,
+        req: &DecapsulateRequest,
+    ) -> Result<DecapsulateResponse, KmsError> {
+        let u = self.usable(call, name, &[Purpose::KeyEncapsulation], "decapsulation").await?;
+        let ct = req.ciphertext.0.as_slice();
+        if ct.is_empty() {
+            return Err(KmsError::InvalidArgument("ciphertext is required.".into()));
+        }
+        check_size("ciphertext", ct.len(), MAX_KEM_CIPHERTEXT)?;
+        let verified = check_crc("ciphertext", ct, req.ciphertext_crc32c)?;
+        let reason = check_justification(call, &u.entry)?;
+        let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
+        let secret = self.backend(&u)?.decapsulate(using, ct).await?;
+        Ok(DecapsulateResponse {
+            name: name.to_string(),
+            shared_secret_crc32c: Crc32c(crc32c(secret.expose())),
+            shared_secret: SecretBytes(secret),
+            verified_ciphertext_crc32c: verified,
+            protection_level: u.level,
+        })
+    }
+
     /// `cryptoKeyVersions.rawEncrypt`: AES-GCM with a nonce drawn here (no caller IV), or
     /// AES-CBC (no padding) / AES-CTR with the caller's 16-byte IV or one drawn here (no AAD).
     pub(crate) async fn raw_encrypt(

@@ -330,6 +330,28 @@ pub fn raw_decrypt_response(r: &api::RawDecryptResponse) -> pb::RawDecryptRespon
     }
 }
 
+/// `DecapsulateRequest`.
+pub fn decapsulate_request(message: pb::DecapsulateRequest) -> Result<api::DecapsulateRequest, Status> {
+    let pb::DecapsulateRequest { name, ciphertext, ciphertext_crc32c } = message;
+    Ok(api::DecapsulateRequest {
+        name,
+        ciphertext: Bytes(ciphertext),
+        ciphertext_crc32c: crc32c("ciphertext_crc32c", ciphertext_crc32c)?,
+    })
+}
+
+/// `DecapsulateResponse` (the shared secret is copied into the message, as for `Decrypt`; its
+/// CRC32C is a plain int64 in this message, not a wrapper).
+pub fn decapsulate_response(r: &api::DecapsulateResponse) -> pb::DecapsulateResponse {
+    pb::DecapsulateResponse {
+        name: r.name.clone(),
+        shared_secret: r.shared_secret.0.expose().to_vec(),
+        shared_secret_crc32c: Some(i64::from(r.shared_secret_crc32c.0)),
+        verified_ciphertext_crc32c: r.verified_ciphertext_crc32c,
+        protection_level: r.protection_level.number(),
+    }
+}
+
 /// `GetPublicKeyRequest`'s format (0: none asked for).
 pub fn public_key_format(n: i32) -> Result<Option<api::PublicKeyFormat>, Status> {
     match n {

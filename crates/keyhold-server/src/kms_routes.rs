@@ -430,6 +430,13 @@ async fn handle(
             answer.plaintext.zeroize();
             response
         }
+        (Target::Version(name), Some("decapsulate"), Method::POST) => {
+            let r = pb::DecapsulateRequest { name: name.to_string(), ..body(bytes)? };
+            let mut answer = methods::decapsulate(s, caller, r).await?;
+            let response = json(&answer, pretty);
+            answer.shared_secret.zeroize();
+            response
+        }
         (Target::Version(name), Some("rawEncrypt"), Method::POST) => {
             let r = pb::RawEncryptRequest { name: name.to_string(), ..body(bytes)? };
             json(&methods::raw_encrypt(s, caller, r).await?, pretty)
@@ -505,7 +512,6 @@ fn delete_not_served(path: &str) -> ApiError {
 /// Cloud KMS v1 methods Keyhold does not implement yet: they answer `501 UNIMPLEMENTED` (which
 /// Google's clients surface as "not implemented"), not `404`.
 const UNIMPLEMENTED_VERBS: &[&str] = &[
-    "decapsulate",
     "import",
     "importTrustedKeyWrappedCryptoKeyVersion",
     "exportTrustedKeyWrappedCryptoKeyVersion",

@@ -275,6 +275,13 @@ pub async fn mac_verify(s: &AppState, caller: &Caller, r: pb::MacVerifyRequest) 
     Ok(convert::mac_verify_response(s.kms.mac_verify(caller, &n, &req).await?))
 }
 
+/// `Decapsulate`.
+pub async fn decapsulate(s: &AppState, caller: &Caller, r: pb::DecapsulateRequest) -> Answer<pb::DecapsulateResponse> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    let req = convert::decapsulate_request(r)?;
+    Ok(convert::decapsulate_response(&s.kms.decapsulate(caller, &n, &req).await?))
+}
+
 /// `RawEncrypt`.
 pub async fn raw_encrypt(s: &AppState, caller: &Caller, r: pb::RawEncryptRequest) -> Answer<pb::RawEncryptResponse> {
     let n: CryptoKeyVersionName = name("name", &r.name)?;

@@ -264,7 +264,7 @@ impl Run {
             req(Owner, Method::PUT, KEY, None, 404, "Unknown"),
             req(Owner, Method::GET, "projects/p/nothing/here", None, 404, "Unknown"),
             req(Owner, Method::DELETE, KEY, None, 501, "Unknown"),
-            req(Owner, Method::POST, format!("{KEY}/cryptoKeyVersions/1:decapsulate"), Some(json!({})), 501, "Unknown"),
+            req(Owner, Method::POST, format!("{KEY}/cryptoKeyVersions:import"), Some(json!({})), 501, "Unknown"),
             // A served verb on the wrong kind of resource (a key, not a version).
             req(Owner, Method::POST, format!("{KEY}:asymmetricSign"), Some(json!({})), 404, "Unknown"),
         ];

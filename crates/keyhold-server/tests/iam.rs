@@ -43,6 +43,8 @@ struct Prepared {
     oaep_ciphertext: String,
     /// A `rawDecrypt` body for `raw`.
     raw_decrypt: Value,
+    /// An ML-KEM-768 ciphertext for `kem`'s public key.
+    kem_ciphertext: String,
 }
 
 /// Keys of the other purposes beside `k`: `sign` (EC P-256), `dec` (RSA-OAEP 2048), `mac`
@@ -53,6 +55,7 @@ async fn with_other_purposes(s: &Server) -> Prepared {
         ("dec", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"),
         ("mac", "MAC", "HMAC_SHA256"),
         ("raw", "RAW_ENCRYPT_DECRYPT", "AES_256_GCM"),
+        ("kem", "KEY_ENCAPSULATION", "ML_KEM_768"),
     ] {
         let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm}});
         s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId={id}"), Some(body)).await;
@@ -73,7 +76,14 @@ async fn with_other_purposes(s: &Server) -> Prepared {
             Some(json!({"plaintext": b64(b"hi")})),
         )
         .await;
+    let pk = s
+        .ok(Method::GET, &format!("{RING}/cryptoKeys/kem/cryptoKeyVersions/1/publicKey?publicKeyFormat=NIST_PQC"), None)
+        .await;
+    let raw_kem = keyhold_api::wire::decode_base64(pk["publicKey"]["data"].as_str().unwrap()).unwrap();
+    let (kem_ct, _) =
+        aws_lc_rs::kem::EncapsulationKey::new(&aws_lc_rs::kem::ML_KEM_768, &raw_kem).unwrap().encapsulate().unwrap();
     Prepared {
+        kem_ciphertext: b64(kem_ct.as_ref()),
         oaep_ciphertext: b64(ct),
         raw_decrypt: json!({"ciphertext": raw["ciphertext"], "initializationVector": raw["initializationVector"]}),
     }
@@ -119,6 +129,11 @@ fn request(
             Method::POST,
             format!("{RING}/cryptoKeys/dec/cryptoKeyVersions/1:asymmetricDecrypt"),
             Some(json!({ "ciphertext": prepared.oaep_ciphertext })),
+        ),
+        "Decapsulate" => (
+            Method::POST,
+            format!("{RING}/cryptoKeys/kem/cryptoKeyVersions/1:decapsulate"),
+            Some(json!({ "ciphertext": prepared.kem_ciphertext })),
         ),
         "RawEncrypt" => (
             Method::POST,

@@ -59,7 +59,7 @@ async fn create_key(s: &Server, id: &str, purpose: &str, algorithm: &str) -> Str
     assert!(key.get("primary").is_none(), "only ENCRYPT_DECRYPT keys have a primary: {key}");
     let name = format!("{RING}/cryptoKeys/{id}/cryptoKeyVersions/1");
     let v = s.ok(Method::GET, &name, None).await;
-    let asymmetric = purpose.starts_with("ASYMMETRIC");
+    let asymmetric = purpose.starts_with("ASYMMETRIC") || purpose == "KEY_ENCAPSULATION";
     if asymmetric {
         // As Cloud KMS: asymmetric versions start PENDING_GENERATION, without generateTime.
         assert_eq!(v["state"], "PENDING_GENERATION", "{v}");
@@ -734,4 +734,56 @@ async fn raw_keys_encrypt_and_decrypt_with_every_integrity_field() {
     s.err(Method::POST, &format!("{mac}:rawEncrypt"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
     s.err(Method::POST, &format!("{raw}:macSign"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
     s.err(Method::GET, &format!("{raw}/publicKey"), None, 400, "FAILED_PRECONDITION").await;
+}
+
+/// ML-KEM keys: the public key as FIPS 203 raw bytes (`NIST_PQC`) and as a SubjectPublicKeyInfo
+/// that openssl-style tools read (PEM, DER); `decapsulate` gives the secret the sender derived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ml_kem_keys_decapsulate_what_their_public_key_encapsulated() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    for (n, (alg, kem, public_len)) in
+        [("ML_KEM_768", &aws_lc_rs::kem::ML_KEM_768, 1184), ("ML_KEM_1024", &aws_lc_rs::kem::ML_KEM_1024, 1568)]
+            .into_iter()
+            .enumerate()
+    {
+        let version = create_key(&s, &format!("kem{n}"), "KEY_ENCAPSULATION", alg).await;
+        // Post-quantum public keys need a format, as Cloud KMS says.
+        let m = s.err(Method::GET, &format!("{version}/publicKey"), None, 400, "INVALID_ARGUMENT").await;
+        assert!(m.contains("publicKeyFormat is required"), "{m}");
+        let raw = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=NIST_PQC"), None).await;
+        let public = unb64(&raw["publicKey"]["data"]);
+        assert_eq!(public.len(), public_len);
+        assert_eq!(raw["publicKey"]["crc32cChecksum"], crc(&public));
+        let der = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=DER"), None).await;
+        let der = unb64(&der["publicKey"]["data"]);
+        assert!(der.ends_with(&public) && der.len() == public.len() + 22, "SPKI = the fixed head + the raw key");
+        let pem = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=PEM"), None).await;
+        assert!(pem["pem"].as_str().unwrap().starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        // A sender encapsulates to the raw public key; the KMS recovers the same secret.
+        let sender = aws_lc_rs::kem::EncapsulationKey::new(kem, &public).unwrap();
+        let (ct, shared) = sender.encapsulate().unwrap();
+        let r = s
+            .ok(
+                Method::POST,
+                &format!("{version}:decapsulate"),
+                Some(json!({"ciphertext": b64(ct.as_ref()), "ciphertextCrc32c": crc(ct.as_ref())})),
+            )
+            .await;
+        assert_eq!(unb64(&r["sharedSecret"]), shared.as_ref(), "{alg}");
+        assert_eq!(r["sharedSecretCrc32c"], crc(shared.as_ref()));
+        assert_eq!(r["verifiedCiphertextCrc32c"], true);
+        assert_eq!(r["name"], version);
+        for body in [
+            json!({}),
+            json!({"ciphertext": b64(&ct.as_ref()[1..])}),
+            json!({"ciphertext": b64(ct.as_ref()), "ciphertextCrc32c": crc(b"x")}),
+        ] {
+            s.err(Method::POST, &format!("{version}:decapsulate"), Some(body), 400, "INVALID_ARGUMENT").await;
+        }
+        s.err(Method::POST, &format!("{version}:asymmetricDecrypt"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
+    }
+    let sign = create_key(&s, "sign", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256").await;
+    s.err(Method::POST, &format!("{sign}:decapsulate"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
+    s.err(Method::GET, &format!("{sign}/publicKey?publicKeyFormat=NIST_PQC"), None, 400, "INVALID_ARGUMENT").await;
 }

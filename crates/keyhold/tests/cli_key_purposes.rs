@@ -284,6 +284,47 @@ async fn gcloud_words_sign_decrypt_and_mac() {
     );
     assert!(success, "{stderr}");
     assert_eq!(std::fs::read(d.join("record.out")).unwrap(), b"a record stored elsewhere");
+    // ML-KEM: the raw public key, and the secret of a ciphertext made for it (by aws-lc-rs here:
+    // the openssl installed has no ML-KEM).
+    create_key(d, port, "kem", "key-encapsulation", "ml-kem-768");
+    ok(
+        d,
+        port,
+        &[
+            "kms",
+            "keys",
+            "versions",
+            "get-public-key",
+            "1",
+            "--key",
+            "kem",
+            "--keyring",
+            "r",
+            "--location",
+            "global",
+            "--public-key-format",
+            "nist-pqc",
+            "--output-file",
+            d.join("kem.pub").to_str().unwrap(),
+        ],
+    );
+    let public = std::fs::read(d.join("kem.pub")).unwrap();
+    let (ct, shared) =
+        aws_lc_rs::kem::EncapsulationKey::new(&aws_lc_rs::kem::ML_KEM_768, &public).unwrap().encapsulate().unwrap();
+    std::fs::write(d.join("kem.ct"), ct.as_ref()).unwrap();
+    let (success, _, stderr) = run(
+        &[
+            "kms",
+            "decapsulate",
+            "--ciphertext-file",
+            d.join("kem.ct").to_str().unwrap(),
+            "--shared-secret-file",
+            d.join("kem.secret").to_str().unwrap(),
+        ],
+        "kem",
+    );
+    assert!(success, "{stderr}");
+    assert_eq!(std::fs::read(d.join("kem.secret")).unwrap(), shared.as_ref());
     // Without the AAD it does not open.
     let (success, _, stderr) = run(
         &[

@@ -108,6 +108,16 @@ pub(crate) trait KeyBackend: Send + Sync + fmt::Debug {
         let _ = using;
         Err(not_served(self.level(), "GetPublicKey"))
     }
+    /// The public key in its raw NIST encoding (`publicKeyFormat=NIST_PQC`, post-quantum keys).
+    async fn public_key_raw(&self, using: KeyUse<'_>) -> Result<Vec<u8>, KmsError> {
+        let _ = using;
+        Err(not_served(self.level(), "GetPublicKey (NIST_PQC)"))
+    }
+    /// `decapsulate`: the shared secret of a KEM ciphertext.
+    async fn decapsulate(&self, using: KeyUse<'_>, ciphertext: &[u8]) -> Result<Secret, KmsError> {
+        let _ = (using, ciphertext);
+        Err(not_served(self.level(), "Decapsulate"))
+    }
     /// `macSign`: the tag of `data`.
     async fn mac_sign(&self, using: KeyUse<'_>, data: &[u8]) -> Result<Vec<u8>, KmsError> {
         let _ = (using, data);

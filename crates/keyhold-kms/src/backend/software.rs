@@ -225,6 +225,22 @@ impl KeyBackend for SoftwareKeys {
         key.public_key_der().map_err(|e| internal(using.version_name(), e))
     }
 
+    async fn public_key_raw(&self, using: KeyUse<'_>) -> Result<Vec<u8>, KmsError> {
+        let key = self.private_for(using.version).await?;
+        key.public_key_raw().map_err(|e| internal(using.version_name(), e))
+    }
+
+    async fn decapsulate(&self, using: KeyUse<'_>, ciphertext: &[u8]) -> Result<Secret, KmsError> {
+        let key = self.private_for(using.version).await?;
+        key.decapsulate(ciphertext).map_err(|e| match e {
+            KeyError::Decrypt => KmsError::InvalidArgument(format!(
+                "The ciphertext is not a ciphertext of {}: wrong length.",
+                using.version.record.version.algorithm.map_or("this algorithm", |a| a.as_str())
+            )),
+            e => internal(using.version_name(), e),
+        })
+    }
+
     async fn mac_sign(&self, using: KeyUse<'_>, data: &[u8]) -> Result<Vec<u8>, KmsError> {
         let key = self.private_for(using.version).await?;
         key.mac(data).map_err(|e| internal(using.version_name(), e))

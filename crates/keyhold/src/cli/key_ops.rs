@@ -1,6 +1,6 @@
 //! The key operations of the other purposes, in gcloud's words: `keyhold kms asymmetric-sign`,
-//! `asymmetric-decrypt`, `mac-sign`, `mac-verify`, `raw-encrypt`, `raw-decrypt` and
-//! `keys versions get-public-key`. Like
+//! `asymmetric-decrypt`, `mac-sign`, `mac-verify`, `raw-encrypt`, `raw-decrypt`, `decapsulate`
+//! and `keys versions get-public-key`. Like
 //! `kms encrypt`, each sends CRC32C checksums and checks the answer's unless
 //! `--skip-integrity-verification` is given.
 
@@ -11,9 +11,9 @@ use reqwest::Method;
 
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::messages::{
-    AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse, Digest,
-    MacSignRequest, MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, RawDecryptRequest,
-    RawDecryptResponse, RawEncryptRequest, RawEncryptResponse,
+    AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse,
+    DecapsulateRequest, DecapsulateResponse, Digest, MacSignRequest, MacSignResponse, MacVerifyRequest,
+    MacVerifyResponse, PublicKey, RawDecryptRequest, RawDecryptResponse, RawEncryptRequest, RawEncryptResponse,
 };
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
 use keyhold_crypto::crc32c;
@@ -159,6 +159,20 @@ pub struct RawDecryptArgs {
     pub additional_authenticated_data_file: Option<PathBuf>,
 }
 
+/// `keyhold kms decapsulate`.
+#[derive(Args, Debug)]
+pub struct DecapsulateArgs {
+    #[command(flatten)]
+    pub target: VersionFlags,
+    /// File holding the KEM ciphertext (`-` for standard input).
+    #[arg(long, value_name = "PATH")]
+    pub ciphertext_file: PathBuf,
+    /// File to write the shared secret to (`-` for standard output); created readable by its
+    /// owner only.
+    #[arg(long, value_name = "PATH")]
+    pub shared_secret_file: PathBuf,
+}
+
 /// `--public-key-format`.
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum PublicKeyFormatArg {
@@ -166,6 +180,8 @@ pub enum PublicKeyFormatArg {
     Pem,
     /// DER.
     Der,
+    /// The raw FIPS 203 encoding (post-quantum keys).
+    NistPqc,
 }
 
 /// `keyhold kms keys versions get-public-key`.
@@ -424,6 +440,30 @@ pub async fn raw_decrypt(ctx: &Ctx, c: &RawDecryptArgs) -> Result<(), CliError> 
     files::write_output(&c.plaintext_file, plaintext, true)
 }
 
+/// `kms decapsulate`.
+pub async fn decapsulate(ctx: &Ctx, c: &DecapsulateArgs) -> Result<(), CliError> {
+    let name = c.target.name(ctx)?;
+    let check = !c.target.skip_integrity_verification;
+    let ciphertext = files::read_input(&c.ciphertext_file, MAX_PLAINTEXT)?;
+    let req = DecapsulateRequest {
+        name: String::new(),
+        ciphertext_crc32c: check.then(|| Crc32c(crc32c(ciphertext.expose()))),
+        ciphertext: Bytes(ciphertext.expose().to_vec()),
+    };
+    let resp: DecapsulateResponse =
+        ctx.client.call(Method::POST, &format!("{name}:decapsulate"), &[], Some(body(&req)?)).await?;
+    let secret = resp.shared_secret.0.expose();
+    if check {
+        if !resp.verified_ciphertext_crc32c {
+            return Err(CliError::Integrity(REQUEST_CORRUPTED.to_string()));
+        }
+        if crc32c(secret) != resp.shared_secret_crc32c.0 {
+            return Err(response_corrupted());
+        }
+    }
+    files::write_output(&c.shared_secret_file, secret, true)
+}
+
 /// `kms keys versions get-public-key`.
 pub async fn get_public_key(ctx: &Ctx, c: &GetPublicKeyArgs) -> Result<(), CliError> {
     let t = &c.target;
@@ -433,6 +473,7 @@ pub async fn get_public_key(ctx: &Ctx, c: &GetPublicKeyArgs) -> Result<(), CliEr
     let format = match c.public_key_format {
         PublicKeyFormatArg::Pem => "PEM",
         PublicKeyFormatArg::Der => "DER",
+        PublicKeyFormatArg::NistPqc => "NIST_PQC",
     };
     let resp: PublicKey = ctx
         .client

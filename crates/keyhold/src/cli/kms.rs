@@ -19,8 +19,8 @@ use super::client::ListOptions;
 use super::files::{self, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 use super::iam::{self, BindingFlags, IamSubject, PolicyFileArg};
 use super::key_ops::{
-    self, AsymmetricDecryptArgs, AsymmetricSignArgs, GetPublicKeyArgs, MacSignArgs, MacVerifyArgs, RawDecryptArgs,
-    RawEncryptArgs,
+    self, AsymmetricDecryptArgs, AsymmetricSignArgs, DecapsulateArgs, GetPublicKeyArgs, MacSignArgs, MacVerifyArgs,
+    RawDecryptArgs, RawEncryptArgs,
 };
 use super::output::Kind;
 use super::parse::{
@@ -63,6 +63,8 @@ pub enum KmsCommand {
     RawEncrypt(RawEncryptArgs),
     /// Decrypt a file with a raw AES key version.
     RawDecrypt(RawDecryptArgs),
+    /// Recover the shared secret of a KEM ciphertext with a key encapsulation (ML-KEM) version.
+    Decapsulate(DecapsulateArgs),
     /// What keys protect: resources and the key versions protecting them (Cloud KMS Inventory).
     Inventory(InventoryArgs),
 }
@@ -594,6 +596,7 @@ impl KmsCommand {
             KmsCommand::MacVerify(_) => "mac-verify",
             KmsCommand::RawEncrypt(_) => "raw-encrypt",
             KmsCommand::RawDecrypt(_) => "raw-decrypt",
+            KmsCommand::Decapsulate(_) => "decapsulate",
             KmsCommand::Inventory(a) => match a.command {
                 InventoryCommand::GetProtectedResourcesSummary(_) => "inventory.get-protected-resources-summary",
                 InventoryCommand::SearchProtectedResources(_) => "inventory.search-protected-resources",
@@ -659,6 +662,7 @@ impl KmsCommand {
             KmsCommand::MacVerify(c) => key_ops::mac_verify(ctx, &c).await,
             KmsCommand::RawEncrypt(c) => key_ops::raw_encrypt(ctx, &c).await,
             KmsCommand::RawDecrypt(c) => key_ops::raw_decrypt(ctx, &c).await,
+            KmsCommand::Decapsulate(c) => key_ops::decapsulate(ctx, &c).await,
             KmsCommand::Inventory(a) => match a.command {
                 InventoryCommand::GetProtectedResourcesSummary(c) => inventory_summary(ctx, &c).await,
                 InventoryCommand::SearchProtectedResources(c) => inventory_search(ctx, &c).await,

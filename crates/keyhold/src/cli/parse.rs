@@ -27,6 +27,8 @@ pub enum PurposeArg {
     RawEncryption,
     /// MAC signing (`MAC`).
     Mac,
+    /// Key encapsulation, ML-KEM (`KEY_ENCAPSULATION`).
+    KeyEncapsulation,
 }
 
 impl PurposeArg {
@@ -38,6 +40,7 @@ impl PurposeArg {
             PurposeArg::AsymmetricEncryption => Purpose::AsymmetricDecrypt,
             PurposeArg::RawEncryption => Purpose::RawEncryptDecrypt,
             PurposeArg::Mac => Purpose::Mac,
+            PurposeArg::KeyEncapsulation => Purpose::KeyEncapsulation,
         }
     }
 
@@ -49,6 +52,7 @@ impl PurposeArg {
             PurposeArg::AsymmetricEncryption => "asymmetric-encryption",
             PurposeArg::RawEncryption => "raw-encryption",
             PurposeArg::Mac => "mac",
+            PurposeArg::KeyEncapsulation => "key-encapsulation",
         }
     }
 }
@@ -442,6 +446,7 @@ mod tests {
             ("asymmetric-encryption", "ASYMMETRIC_DECRYPT"),
             ("raw-encryption", "RAW_ENCRYPT_DECRYPT"),
             ("mac", "MAC"),
+            ("key-encapsulation", "KEY_ENCAPSULATION"),
         ];
         assert_eq!(PurposeArg::value_variants().len(), expect.len());
         for (flag, wire) in expect {
