@@ -315,9 +315,10 @@ impl Keys {
     /// Generates the key of a `PENDING_GENERATION` version and enables it (compare-and-set: with
     /// several nodes, one generation wins and the others' material is discarded). A generation
     /// the backend refuses for good leaves the version `GENERATION_FAILED` with the reason.
+    /// `pending` is the version as the caller just read it; the compare-and-set reads it again.
     /// Returns whether this call enabled (or failed) the version.
-    pub(crate) async fn generate_pending(&self, name: &CryptoKeyVersionName) -> Result<bool, KmsError> {
-        let Some(pending) = self.repo.version(name).await? else { return Ok(false) };
+    pub(crate) async fn generate_pending(&self, pending: &VersionRecord) -> Result<bool, KmsError> {
+        let name = &pending.name;
         if pending.version.state != Some(VersionState::PendingGeneration) {
             return Ok(false);
         }

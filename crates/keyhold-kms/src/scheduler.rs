@@ -59,16 +59,16 @@ impl Scheduler {
         let mut pending = Vec::new();
         for name in self.repo.versions_due(now).await? {
             // Read once and act by state: a version generated or restored meanwhile is left alone.
-            let state = match self.repo.version(&name).await {
-                Ok(Some(v)) => v.version.state,
+            let version = match self.repo.version(&name).await {
+                Ok(Some(v)) => v,
                 Ok(None) => continue,
                 Err(e) => {
                     failed("destruction", &name, e.into());
                     continue;
                 }
             };
-            match state {
-                Some(VersionState::PendingGeneration) => pending.push(name),
+            match version.version.state {
+                Some(VersionState::PendingGeneration) => pending.push(version),
                 Some(VersionState::DestroyScheduled) => match self.complete_destruction(&name).await {
                     Ok(did) => done.destroyed += usize::from(did),
                     Err(e) => failed("destruction", &name, e),
@@ -82,10 +82,10 @@ impl Scheduler {
                 Err(e) => failed("rotation", &name, e),
             }
         }
-        for name in pending {
-            match self.keys.generate_pending(&name).await {
+        for version in pending {
+            match self.keys.generate_pending(&version).await {
                 Ok(did) => done.generated += usize::from(did),
-                Err(e) => failed("key generation", &name, e),
+                Err(e) => failed("key generation", &version.name, e),
             }
         }
         match first_failure {
