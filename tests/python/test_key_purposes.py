@@ -263,3 +263,33 @@ def test_ml_kem_decapsulates_what_cryptography_encapsulated(kms, ring):
     assert resp.shared_secret == shared
     assert resp.shared_secret_crc32c == crc32c(shared)
     assert resp.verified_ciphertext_crc32c
+
+
+@pytest.mark.parametrize(
+    "algorithm, key_class",
+    [
+        (Algorithm.PQ_SIGN_ML_DSA_44, "MLDSA44PublicKey"),
+        (Algorithm.PQ_SIGN_ML_DSA_65, "MLDSA65PublicKey"),
+        (Algorithm.PQ_SIGN_ML_DSA_87, "MLDSA87PublicKey"),
+    ],
+)
+def test_ml_dsa_signatures_verify_with_cryptography(kms, ring, algorithm, key_class):
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+
+    version = create_version(kms, ring, Purpose.ASYMMETRIC_SIGN, algorithm)
+    Format = kms_v1.PublicKey.PublicKeyFormat
+    raw = kms.get_public_key(request={"name": version.name, "public_key_format": Format.NIST_PQC})
+    assert raw.public_key.crc32c_checksum == crc32c(raw.public_key.data)
+    public = getattr(mldsa, key_class).from_public_bytes(raw.public_key.data)
+    # The PEM is a SubjectPublicKeyInfo pyca/cryptography reads as the same key.
+    pem = kms.get_public_key(request={"name": version.name, "public_key_format": Format.PEM})
+    from_pem = serialization.load_pem_public_key(pem.public_key.data)
+    assert isinstance(from_pem, getattr(mldsa, key_class))
+    assert from_pem.public_bytes_raw() == public.public_bytes_raw()
+    data = b"a release to sign"
+    resp = kms.asymmetric_sign(request={"name": version.name, "data": data, "data_crc32c": crc32c(data)})
+    assert resp.verified_data_crc32c
+    assert resp.signature_crc32c == crc32c(resp.signature)
+    public.verify(resp.signature, data)
+    with pytest.raises(InvalidSignature):
+        public.verify(resp.signature, b"another release")

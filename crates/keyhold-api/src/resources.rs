@@ -160,6 +160,12 @@ wire_enum! {
         MlKem768 = "ML_KEM_768" => 47,
         /// ML-KEM-1024 (FIPS 203).
         MlKem1024 = "ML_KEM_1024" => 48,
+        /// ML-DSA-44 (FIPS 204), pure and randomized.
+        PqSignMlDsa44 = "PQ_SIGN_ML_DSA_44" => 68,
+        /// ML-DSA-65 (FIPS 204), pure and randomized.
+        PqSignMlDsa65 = "PQ_SIGN_ML_DSA_65" => 56,
+        /// ML-DSA-87 (FIPS 204), pure and randomized.
+        PqSignMlDsa87 = "PQ_SIGN_ML_DSA_87" => 69,
         /// Symmetric encryption by an external key manager.
         ExternalSymmetricEncryption = "EXTERNAL_SYMMETRIC_ENCRYPTION" => 18,
         /// AES-256 key wrap with padding.
@@ -192,7 +198,10 @@ impl Algorithm {
             | A::EcSignP256Sha256
             | A::EcSignP384Sha384
             | A::EcSignSecp256k1Sha256
-            | A::EcSignEd25519 => Purpose::AsymmetricSign,
+            | A::EcSignEd25519
+            | A::PqSignMlDsa44
+            | A::PqSignMlDsa65
+            | A::PqSignMlDsa87 => Purpose::AsymmetricSign,
             A::RsaDecryptOaep2048Sha256
             | A::RsaDecryptOaep3072Sha256
             | A::RsaDecryptOaep4096Sha256

@@ -8,7 +8,7 @@
 //! each algorithm Cloud KMS names and keeps the private material in zeroizing types; it never
 //! pads, hashes or encodes a key by hand.
 //!
-//! Private material at rest is PKCS#8 v1 DER (RSA, EC, Ed25519) or the raw HMAC or AES key, held in a
+//! Private material at rest is PKCS#8 v1 DER (RSA, EC, Ed25519, ML-DSA) or the raw HMAC or AES key, held in a
 //! [`Secret`]; [`KeySpec::generate`] makes it and [`LoadedKey::from_material`] reads it back.
 //! AWS-LC frees its own copies of key structures with `OPENSSL_free`, which wipes them.
 
@@ -20,7 +20,10 @@ use aws_lc_rs::rsa::{
     KeySize, OAEP_SHA1_MGF1SHA1, OAEP_SHA256_MGF1SHA256, OAEP_SHA512_MGF1SHA512, OaepAlgorithm,
     OaepPrivateDecryptingKey, PrivateDecryptingKey,
 };
-use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use aws_lc_rs::signature::{
+    self as sig, EcdsaKeyPair, EcdsaSigningAlgorithm, Ed25519KeyPair, KeyPair, PqdsaKeyPair, PqdsaSigningAlgorithm,
+    RsaKeyPair,
+};
 use aws_lc_rs::{aead, cipher, constant_time, hmac, kem};
 use base64::Engine as _;
 use zeroize::Zeroizing;
@@ -197,6 +200,29 @@ pub enum KeySpec {
     Aes(AesBits, AesMode),
     /// ML-KEM (FIPS 203) key encapsulation.
     MlKem(MlKemLevel),
+    /// ML-DSA (FIPS 204) in pure mode, randomized, with an empty context: signs the data.
+    MlDsa(MlDsaLevel),
+}
+
+/// An ML-DSA parameter set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MlDsaLevel {
+    /// ML-DSA-44 (security category 2).
+    D44,
+    /// ML-DSA-65 (security category 3).
+    D65,
+    /// ML-DSA-87 (security category 5).
+    D87,
+}
+
+impl MlDsaLevel {
+    fn algorithm(self) -> &'static PqdsaSigningAlgorithm {
+        match self {
+            MlDsaLevel::D44 => &sig::ML_DSA_44_SIGNING,
+            MlDsaLevel::D65 => &sig::ML_DSA_65_SIGNING,
+            MlDsaLevel::D87 => &sig::ML_DSA_87_SIGNING,
+        }
+    }
 }
 
 /// An ML-KEM parameter set.
@@ -278,11 +304,16 @@ impl KeySpec {
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaSecp256k1Sha256 => Some(Hash::Sha256),
             KeySpec::EcdsaP384Sha384 => Some(Hash::Sha384),
             KeySpec::RsaPss(_, h) | KeySpec::RsaPkcs1(_, h) => Some(h),
-            KeySpec::Ed25519 | KeySpec::RsaOaep(..) | KeySpec::Hmac(_) | KeySpec::Aes(..) | KeySpec::MlKem(_) => None,
+            KeySpec::Ed25519
+            | KeySpec::MlDsa(_)
+            | KeySpec::RsaOaep(..)
+            | KeySpec::Hmac(_)
+            | KeySpec::Aes(..)
+            | KeySpec::MlKem(_) => None,
         }
     }
 
-    /// Whether this key signs (ECDSA, EdDSA, RSA signatures).
+    /// Whether this key signs (ECDSA, EdDSA, RSA and ML-DSA signatures).
     pub fn signs(self) -> bool {
         matches!(
             self,
@@ -290,9 +321,16 @@ impl KeySpec {
                 | KeySpec::EcdsaP384Sha384
                 | KeySpec::EcdsaSecp256k1Sha256
                 | KeySpec::Ed25519
+                | KeySpec::MlDsa(_)
                 | KeySpec::RsaPss(..)
                 | KeySpec::RsaPkcs1(..)
         )
+    }
+
+    /// Whether this is a post-quantum key, whose public key Cloud KMS gives only in a format the
+    /// caller names (`publicKeyFormat`), with `NIST_PQC` for the raw FIPS encoding.
+    pub fn post_quantum(self) -> bool {
+        matches!(self, KeySpec::MlKem(_) | KeySpec::MlDsa(_))
     }
 
     fn ecdsa(self) -> Option<&'static EcdsaSigningAlgorithm> {
@@ -317,6 +355,10 @@ impl KeySpec {
                 let private = key.key_bytes().map_err(lib("ML-KEM encoding"))?;
                 let public = key.encapsulation_key().and_then(|k| k.key_bytes()).map_err(lib("ML-KEM encoding"))?;
                 [private.as_ref(), public.as_ref()].concat()
+            }
+            KeySpec::MlDsa(level) => {
+                let pair = PqdsaKeyPair::generate(level.algorithm()).map_err(lib("ML-DSA generation"))?;
+                pair.to_pkcs8v1().map_err(lib("PKCS#8 encoding"))?.as_ref().to_vec()
             }
             KeySpec::Ed25519 => {
                 let pair = Ed25519KeyPair::generate().map_err(lib("Ed25519 generation"))?;
@@ -352,6 +394,7 @@ fn random_key(len: usize) -> Result<Secret, KeyError> {
 enum Inner {
     Ecdsa(EcdsaKeyPair),
     Ed25519(Ed25519KeyPair),
+    MlDsa(PqdsaKeyPair),
     RsaSign(RsaKeyPair),
     /// The decrypting key, and its public key's DER (the OAEP wrapper does not give it back).
     RsaOaep(OaepPrivateDecryptingKey, Vec<u8>),
@@ -410,6 +453,7 @@ impl LoadedKey {
                 Inner::MlKem(key, public.to_vec())
             }
             KeySpec::Ed25519 => Inner::Ed25519(Ed25519KeyPair::from_pkcs8(bytes).map_err(bad)?),
+            KeySpec::MlDsa(level) => Inner::MlDsa(PqdsaKeyPair::from_pkcs8(level.algorithm(), bytes).map_err(bad)?),
             KeySpec::RsaOaep(bits, _) => {
                 let key = PrivateDecryptingKey::from_pkcs8(bytes).map_err(bad)?;
                 if key.key_size_bits() != bits.size().len() * 8 {
@@ -440,12 +484,14 @@ impl LoadedKey {
         self.spec
     }
 
-    /// The public key as DER `SubjectPublicKeyInfo` (RFC 5280; RFC 8410 for Ed25519).
+    /// The public key as DER `SubjectPublicKeyInfo` (RFC 5280; RFC 8410 for Ed25519; the
+    /// `id-ml-dsa-*` and `id-alg-ml-kem-*` OIDs of the IETF LAMPS drafts for ML-DSA and ML-KEM).
     pub fn public_key_der(&self) -> Result<Vec<u8>, KeyError> {
         let lib = |_| KeyError::Library("public key encoding");
         let der: PublicKeyX509Der = match &self.inner {
             Inner::Ecdsa(k) => k.public_key().as_der().map_err(lib)?,
             Inner::Ed25519(k) => k.public_key().as_der().map_err(lib)?,
+            Inner::MlDsa(k) => k.public_key().as_der().map_err(lib)?,
             Inner::RsaSign(k) => k.public_key().as_der().map_err(lib)?,
             Inner::RsaOaep(_, public) => return Ok(public.clone()),
             Inner::MlKem(_, raw) => {
@@ -473,11 +519,17 @@ impl LoadedKey {
         }
     }
 
-    /// Signs `data`: hashed with the algorithm's hash first, except for Ed25519, which signs it
-    /// as it is.
+    /// Signs `data`: hashed with the algorithm's hash first, except for Ed25519 and ML-DSA,
+    /// which sign it as it is.
     pub fn sign_data(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
         match (&self.inner, self.spec.prehash()) {
             (Inner::Ed25519(k), _) => Ok(k.sign(data).as_ref().to_vec()),
+            (Inner::MlDsa(k), _) => {
+                let mut out = vec![0u8; k.algorithm().signature_len()];
+                let len = k.sign(data, &mut out).map_err(|_| KeyError::Library("ML-DSA signing"))?;
+                out.truncate(len);
+                Ok(out)
+            }
             (Inner::Ecdsa(_) | Inner::RsaSign(_), Some(h)) => self.sign_digest(&h.hash(data)),
             _ => Err(KeyError::WrongKind),
         }
@@ -508,11 +560,12 @@ impl LoadedKey {
         Ok(hmac::sign(k, data).as_ref().to_vec())
     }
 
-    /// The public key in its raw NIST encoding (FIPS 203's encapsulation key), for post-quantum
-    /// keys only.
+    /// The public key in its raw NIST encoding (FIPS 203's encapsulation key, FIPS 204's public
+    /// key), for post-quantum keys only.
     pub fn public_key_raw(&self) -> Result<Vec<u8>, KeyError> {
         match &self.inner {
             Inner::MlKem(_, raw) => Ok(raw.clone()),
+            Inner::MlDsa(k) => Ok(k.public_key().as_ref().to_vec()),
             _ => Err(KeyError::WrongKind),
         }
     }
@@ -895,6 +948,37 @@ mod tests {
             other[0] ^= 1;
             assert_ne!(key.decapsulate(&other).unwrap().expose(), shared.as_ref(), "implicit rejection");
             assert_eq!(key.decapsulate(&other[1..]).unwrap_err(), KeyError::Decrypt);
+        }
+    }
+
+    #[test]
+    fn ml_dsa_signs_data_that_verifies_with_its_raw_and_its_spki_public_key() {
+        let cases: [(MlDsaLevel, &'static dyn sig::VerificationAlgorithm, usize, usize); 3] = [
+            (MlDsaLevel::D44, &sig::ML_DSA_44, 1312, 2420),
+            (MlDsaLevel::D65, &sig::ML_DSA_65, 1952, 3309),
+            (MlDsaLevel::D87, &sig::ML_DSA_87, 2592, 4627),
+        ];
+        let msg = b"release v1.2.3";
+        for (level, alg, public_len, sig_len) in cases {
+            let spec = KeySpec::MlDsa(level);
+            assert!(spec.signs() && spec.post_quantum() && spec.prehash().is_none());
+            let key = LoadedKey::from_material(spec, &spec.generate().unwrap()).unwrap();
+            let raw = key.public_key_raw().unwrap();
+            assert_eq!(raw.len(), public_len, "{level:?}");
+            let der = key.public_key_der().unwrap();
+            assert_eq!(spki_key_bits(&der), raw, "the SPKI wraps the raw key");
+            let signature = key.sign_data(msg).unwrap();
+            assert_eq!(signature.len(), sig_len, "{level:?}");
+            verify(alg, &key, msg, &signature);
+            assert!(UnparsedPublicKey::new(alg, &raw).verify(b"other", &signature).is_err());
+            // Randomized signing: two signatures of one message differ, and both verify.
+            let again = key.sign_data(msg).unwrap();
+            assert_ne!(again, signature);
+            verify(alg, &key, msg, &again);
+            assert_eq!(key.sign_digest(&[0; 32]).unwrap_err(), KeyError::WrongKind);
+            // Material of another level is refused.
+            let other = KeySpec::MlDsa(if level == MlDsaLevel::D65 { MlDsaLevel::D44 } else { MlDsaLevel::D65 });
+            assert!(LoadedKey::from_material(other, &spec.generate().unwrap()).is_err());
         }
     }
 

@@ -3,7 +3,7 @@
 //! `keyhold-crypto`'s [`KeySpec`].
 
 use keyhold_api::resources::{Algorithm, Purpose};
-use keyhold_crypto::keys::{AesBits, AesMode, Hash, KeySpec, MlKemLevel, RsaBits};
+use keyhold_crypto::keys::{AesBits, AesMode, Hash, KeySpec, MlDsaLevel, MlKemLevel, RsaBits};
 
 /// The key of an algorithm Keyhold signs, decrypts or MACs with itself; `None` for the
 /// symmetric encryption algorithms and those not served yet.
@@ -43,6 +43,9 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
         A::Aes256Ctr => KeySpec::Aes(AesBits::B256, AesMode::Ctr),
         A::MlKem768 => KeySpec::MlKem(MlKemLevel::K768),
         A::MlKem1024 => KeySpec::MlKem(MlKemLevel::K1024),
+        A::PqSignMlDsa44 => KeySpec::MlDsa(MlDsaLevel::D44),
+        A::PqSignMlDsa65 => KeySpec::MlDsa(MlDsaLevel::D65),
+        A::PqSignMlDsa87 => KeySpec::MlDsa(MlDsaLevel::D87),
         _ => return None,
     })
 }

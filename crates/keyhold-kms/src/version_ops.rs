@@ -217,7 +217,7 @@ impl VersionOps {
         let purposes = [Purpose::AsymmetricSign, Purpose::AsymmetricDecrypt, Purpose::KeyEncapsulation];
         let u = self.usable(call, name, &purposes, "getPublicKey (it has no public key)").await?;
         let format = format.filter(|f| *f != PublicKeyFormat::Unspecified);
-        let post_quantum = matches!(u.spec()?, KeySpec::MlKem(_));
+        let post_quantum = u.spec()?.post_quantum();
         match (post_quantum, format) {
             (false, Some(f @ (PublicKeyFormat::NistPqc | PublicKeyFormat::XwingRawBytes))) => {
                 return Err(KmsError::InvalidArgument(format!(
@@ -227,7 +227,7 @@ impl VersionOps {
             }
             (true, None | Some(PublicKeyFormat::XwingRawBytes)) => {
                 return Err(KmsError::InvalidArgument(format!(
-                    "publicKeyFormat is required for {}: NIST_PQC (the raw FIPS 203 key), PEM or DER.",
+                    "publicKeyFormat is required for {}: NIST_PQC (the raw FIPS 203 or 204 key), PEM or DER.",
                     u.algorithm
                 )));
             }

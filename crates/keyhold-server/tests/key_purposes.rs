@@ -787,3 +787,45 @@ async fn ml_kem_keys_decapsulate_what_their_public_key_encapsulated() {
     s.err(Method::POST, &format!("{sign}:decapsulate"), Some(json!({})), 400, "FAILED_PRECONDITION").await;
     s.err(Method::GET, &format!("{sign}/publicKey?publicKeyFormat=NIST_PQC"), None, 400, "INVALID_ARGUMENT").await;
 }
+
+#[tokio::test]
+async fn ml_dsa_keys_sign_data_that_verifies_with_the_public_key_handed_out() {
+    use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let cases: [(&str, &'static dyn sig::VerificationAlgorithm, usize, usize); 3] = [
+        ("PQ_SIGN_ML_DSA_44", &sig::ML_DSA_44, 1312, 2420),
+        ("PQ_SIGN_ML_DSA_65", &sig::ML_DSA_65, 1952, 3309),
+        ("PQ_SIGN_ML_DSA_87", &sig::ML_DSA_87, 2592, 4627),
+    ];
+    for (n, (alg, verifier, public_len, sig_len)) in cases.into_iter().enumerate() {
+        let version = create_key(&s, &format!("dsa{n}"), "ASYMMETRIC_SIGN", alg).await;
+        let m = s.err(Method::GET, &format!("{version}/publicKey"), None, 400, "INVALID_ARGUMENT").await;
+        assert!(m.contains("publicKeyFormat is required"), "{m}");
+        let raw = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=NIST_PQC"), None).await;
+        let public = unb64(&raw["publicKey"]["data"]);
+        assert_eq!(public.len(), public_len, "{alg}");
+        assert_eq!(raw["publicKey"]["crc32cChecksum"], crc(&public));
+        let der = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=DER"), None).await;
+        let der = unb64(&der["publicKey"]["data"]);
+        assert!(der.ends_with(&public), "the SPKI wraps the raw key");
+        // Pure ML-DSA signs the data; a digest is refused, as for Ed25519.
+        let data = b"release v1.2.3";
+        let r = s
+            .ok(
+                Method::POST,
+                &format!("{version}:asymmetricSign"),
+                Some(json!({"data": b64(data), "dataCrc32c": crc(data)})),
+            )
+            .await;
+        let signature = unb64(&r["signature"]);
+        assert_eq!(signature.len(), sig_len, "{alg}");
+        assert_eq!(r["signatureCrc32c"], crc(&signature));
+        assert_eq!(r["verifiedDataCrc32c"], true);
+        assert_eq!(r["name"], version);
+        UnparsedPublicKey::new(verifier, &public).verify(data, &signature).expect(alg);
+        assert!(UnparsedPublicKey::new(verifier, &public).verify(b"other data", &signature).is_err());
+        let digest = json!({"digest": {"sha256": b64(&sha(256, data))}});
+        s.err(Method::POST, &format!("{version}:asymmetricSign"), Some(digest), 400, "INVALID_ARGUMENT").await;
+    }
+}
