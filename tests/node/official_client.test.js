@@ -642,7 +642,8 @@ serverTest('list versions with a state filter', async () => {
 
 serverTest('an unimplemented method is UNIMPLEMENTED', async () => {
   const ring = await createRing();
-  await assert.rejects(client.listImportJobs({parent: ring.name}), err => err.code === Code.UNIMPLEMENTED);
+  const location = ring.name.split('/keyRings/')[0];
+  await assert.rejects(client.listRetiredResources({parent: location}), err => err.code === Code.UNIMPLEMENTED);
 });
 
 // --------------------------------------------------------------------------------------------

@@ -64,7 +64,7 @@
  * Errors arrive as gRPC statuses: `error.code` (e.g. 5 NOT_FOUND), `error.details` (the server's
  * message, the same text as REST's `error.message`) and `error.message` ("5 NOT_FOUND: " +
  * details). One difference from REST: an unimplemented method's message names the gRPC method
- * ("ImportCryptoKeyVersion is not implemented by Keyhold yet; ..."), where REST names the
+ * ("ImportTrustedKeyWrappedCryptoKeyVersion is not implemented by Keyhold yet; ..."), where REST names the
  * URL path ("The Cloud KMS method addressed by /v1/... is not implemented by Keyhold yet; ...").
  *
  * Environment:
@@ -679,14 +679,14 @@ function workflowTests(t, serverTest) {
     const ring = await createRing(client);
     const key = await createKey(client, ring.name);
     await assertGrpcError(
-      client.importCryptoKeyVersion({parent: key.name}),
+      client.importTrustedKeyWrappedCryptoKeyVersion({parent: key.name}),
       Code.UNIMPLEMENTED,
-      'ImportCryptoKeyVersion is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
+      'ImportTrustedKeyWrappedCryptoKeyVersion is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
     );
     await assertGrpcError(
-      client.listImportJobs({parent: ring.name}),
+      client.listRetiredResources({parent: ring.name.split('/keyRings/')[0]}),
       Code.UNIMPLEMENTED,
-      'ListImportJobs is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
+      'ListRetiredResources is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
     );
   });
 
@@ -855,16 +855,16 @@ describe('gRPC in clear (h2c)', () => {
     }
 
     // One difference: an unimplemented method's message names the gRPC method, not the URL.
-    const viaRest = await failure(rest.importCryptoKeyVersion({parent: key.name}));
-    const viaGrpc = await failure(grpcClient.importCryptoKeyVersion({parent: key.name}));
+    const viaRest = await failure(rest.importTrustedKeyWrappedCryptoKeyVersion({parent: key.name}));
+    const viaGrpc = await failure(grpcClient.importTrustedKeyWrappedCryptoKeyVersion({parent: key.name}));
     assert.equal(viaRest.code, Code.UNIMPLEMENTED);
     assert.equal(viaGrpc.code, Code.UNIMPLEMENTED);
     assert.equal(
       viaRest.message,
-      `The Cloud KMS method addressed by /v1/${key.name}/cryptoKeyVersions:import ` +
+      `The Cloud KMS method addressed by /v1/${key.name}/cryptoKeyVersions:importTrustedKeyWrappedCryptoKeyVersion ` +
         'is not implemented by Keyhold yet; see docs/api.md.'
     );
-    assert.match(viaGrpc.details, /^ImportCryptoKeyVersion is not implemented by Keyhold yet/);
+    assert.match(viaGrpc.details, /^ImportTrustedKeyWrappedCryptoKeyVersion is not implemented by Keyhold yet/);
   });
 
   test('HSM key and location metadata over gRPC (SoftHSM2)', async () => {

@@ -293,3 +293,69 @@ def test_ml_dsa_signatures_verify_with_cryptography(kms, ring, algorithm, key_cl
     public.verify(resp.signature, data)
     with pytest.raises(InvalidSignature):
         public.verify(resp.signature, b"another release")
+
+
+def test_import_a_key_wrapped_with_cryptography(kms, ring):
+    """An import job, and an EC key wrapped for it the way Google's guide wraps with Python:
+    RSA-OAEP (SHA-256) of a fresh AES-256 key, then AES key wrap with padding of the key."""
+    import os
+
+    from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+    Method = kms_v1.ImportJob.ImportMethod
+    job = kms.create_import_job(
+        request={
+            "parent": ring,
+            "import_job_id": unique("job"),
+            "import_job": {
+                "import_method": Method.RSA_OAEP_3072_SHA256_AES_256,
+                "protection_level": kms_v1.ProtectionLevel.SOFTWARE,
+            },
+        }
+    )
+    assert job.state == kms_v1.ImportJob.ImportJobState.ACTIVE
+    assert kms.get_import_job(request={"name": job.name}).public_key.pem == job.public_key.pem
+    assert job.name in [j.name for j in kms.list_import_jobs(request={"parent": ring})]
+    key = kms.create_crypto_key(
+        request={
+            "parent": ring,
+            "crypto_key_id": unique("key"),
+            "crypto_key": {
+                "purpose": Purpose.ASYMMETRIC_SIGN,
+                "version_template": {"algorithm": Algorithm.EC_SIGN_P256_SHA256},
+                "import_only": True,
+            },
+            "skip_initial_version_creation": True,
+        }
+    )
+    private = ec.generate_private_key(ec.SECP256R1())
+    pkcs8 = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    kek = os.urandom(32)
+    wrapping = serialization.load_pem_public_key(job.public_key.pem.encode())
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+    wrapped = wrapping.encrypt(kek, oaep) + aes_key_wrap_with_padding(kek, pkcs8)
+    version = kms.import_crypto_key_version(
+        request={
+            "parent": key.name,
+            "algorithm": Algorithm.EC_SIGN_P256_SHA256,
+            "import_job": job.name,
+            "wrapped_key": wrapped,
+        }
+    )
+    assert version.state == State.ENABLED
+    assert version.import_job == job.name
+    assert version.reimport_eligible
+    data = b"signed by an imported key"
+    signature = kms.asymmetric_sign(request={"name": version.name, "data": data}).signature
+    private.public_key().verify(signature, data, ec.ECDSA(hashes.SHA256()))
+    with pytest.raises((gexc.BadRequest, gexc.InvalidArgument)):
+        kms.import_crypto_key_version(
+            request={
+                "parent": key.name,
+                "algorithm": Algorithm.EC_SIGN_P256_SHA256,
+                "import_job": job.name,
+                "wrapped_key": wrapped[:-8],
+            }
+        )

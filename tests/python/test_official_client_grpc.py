@@ -720,12 +720,12 @@ def test_iam_policy_grants_a_second_principal(target, client, key_ring):
 def test_unimplemented_methods_say_so(target, client, key_ring):
     key = create_key(client, key_ring.name)
     with pytest.raises(gexc.MethodNotImplemented) as excinfo:
-        client.import_crypto_key_version(request={"parent": key.name})
+        client.import_trusted_key_wrapped_crypto_key_version(request={"parent": key.name})
     err = excinfo.value
     assert err.grpc_status_code == grpc.StatusCode.UNIMPLEMENTED
-    assert err.message.startswith("ImportCryptoKeyVersion is not implemented by Keyhold"), err.message
+    assert err.message.startswith("ImportTrustedKeyWrappedCryptoKeyVersion is not implemented by Keyhold"), err.message
     # REST refuses it with the same code (its message names the URL instead of the method).
-    status, body = target.rest("POST", f"{key.name}/cryptoKeyVersions:import", {})
+    status, body = target.rest("POST", f"{key.name}/cryptoKeyVersions:importTrustedKeyWrappedCryptoKeyVersion", {})
     assert (status, body["error"]["status"]) == (501, "UNIMPLEMENTED"), body
     assert "not implemented by Keyhold" in body["error"]["message"]
 

@@ -22,5 +22,7 @@ pub mod resources;
 pub mod status;
 pub mod wire;
 
-pub use name::{CryptoKeyName, CryptoKeyVersionName, InstanceName, KeyRingName, LocationName, NameError};
+pub use name::{
+    CryptoKeyName, CryptoKeyVersionName, ImportJobName, InstanceName, KeyRingName, LocationName, NameError,
+};
 pub use status::{Code, ErrorBodyKind, Status};

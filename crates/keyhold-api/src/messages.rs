@@ -467,3 +467,17 @@ pub struct DecapsulateResponse {
 fn is_zero(n: &i32) -> bool {
     *n == 0
 }
+
+/// `ImportCryptoKeyVersionRequest` (`POST …/cryptoKeys/K/cryptoKeyVersions:import`), with
+/// `wrappedKey` or its older spelling `rsaAesWrappedKey` in `wrapped_key`.
+#[derive(Clone, Debug, Default)]
+pub struct ImportCryptoKeyVersionRequest {
+    /// The version to import into again (empty: a new version).
+    pub crypto_key_version: String,
+    /// The algorithm of the material (required; need not be the key's template's).
+    pub algorithm: Option<Algorithm>,
+    /// The import job the material is wrapped for (required).
+    pub import_job: String,
+    /// The material, wrapped for the import job's public key by its import method.
+    pub wrapped_key: Bytes,
+}

@@ -115,6 +115,23 @@ impl KeyRingName {
     }
 }
 
+/// `.../keyRings/{r}/importJobs/{import_job}`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImportJobName {
+    /// The parent key ring.
+    pub key_ring: KeyRingName,
+    /// Import job ID.
+    pub import_job: String,
+}
+
+impl ImportJobName {
+    /// An import job name under `key_ring`, validating the ID.
+    pub fn new(key_ring: &KeyRingName, import_job: &str) -> Result<Self, NameError> {
+        check_id("ImportJob", import_job)?;
+        Ok(Self { key_ring: key_ring.clone(), import_job: import_job.into() })
+    }
+}
+
 impl CryptoKeyName {
     /// A crypto key name under `key_ring`, validating the ID.
     pub fn new(key_ring: &KeyRingName, crypto_key: &str) -> Result<Self, NameError> {
@@ -138,6 +155,10 @@ impl Kind for LocationName {
 impl Kind for KeyRingName {
     const KIND: &'static str = "KeyRing";
     const PATTERN: &'static str = "projects/{project}/locations/{location}/keyRings/{keyRing}";
+}
+impl Kind for ImportJobName {
+    const KIND: &'static str = "ImportJob";
+    const PATTERN: &'static str = "projects/{project}/locations/{location}/keyRings/{keyRing}/importJobs/{importJob}";
 }
 impl Kind for CryptoKeyName {
     const KIND: &'static str = "CryptoKey";
@@ -195,6 +216,19 @@ impl FromStr for CryptoKeyName {
     }
 }
 
+impl FromStr for ImportJobName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        match s.rsplit_once("/importJobs/") {
+            Some((ring, job)) if !job.contains('/') => {
+                let ring: KeyRingName = ring.parse().map_err(|_| malformed::<Self>(s))?;
+                Self::new(&ring, job)
+            }
+            _ => Err(malformed::<Self>(s)),
+        }
+    }
+}
+
 impl FromStr for CryptoKeyVersionName {
     type Err = NameError;
     fn from_str(s: &str) -> Result<Self, NameError> {
@@ -221,6 +255,11 @@ impl fmt::Display for LocationName {
 impl fmt::Display for KeyRingName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/keyRings/{}", self.location, self.key_ring)
+    }
+}
+impl fmt::Display for ImportJobName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/importJobs/{}", self.key_ring, self.import_job)
     }
 }
 impl fmt::Display for CryptoKeyName {

@@ -400,6 +400,101 @@ pub struct CryptoKeyVersion {
     pub reimport_eligible: bool,
 }
 
+wire_enum! {
+    /// `ImportJob.ImportMethod`: how key material is wrapped for an import job.
+    pub enum ImportMethod {
+        /// Unspecified.
+        Unspecified = "IMPORT_METHOD_UNSPECIFIED" => 0,
+        /// RSA-OAEP-3072 (SHA-1) of an AES-256 key, then AES-KWP of the material.
+        RsaOaep3072Sha1Aes256 = "RSA_OAEP_3072_SHA1_AES_256" => 1,
+        /// RSA-OAEP-4096 (SHA-1) of an AES-256 key, then AES-KWP of the material.
+        RsaOaep4096Sha1Aes256 = "RSA_OAEP_4096_SHA1_AES_256" => 2,
+        /// RSA-OAEP-3072 (SHA-256) of an AES-256 key, then AES-KWP of the material.
+        RsaOaep3072Sha256Aes256 = "RSA_OAEP_3072_SHA256_AES_256" => 3,
+        /// RSA-OAEP-4096 (SHA-256) of an AES-256 key, then AES-KWP of the material.
+        RsaOaep4096Sha256Aes256 = "RSA_OAEP_4096_SHA256_AES_256" => 4,
+        /// RSA-OAEP-3072 (SHA-256) of the material itself.
+        RsaOaep3072Sha256 = "RSA_OAEP_3072_SHA256" => 5,
+        /// RSA-OAEP-4096 (SHA-256) of the material itself.
+        RsaOaep4096Sha256 = "RSA_OAEP_4096_SHA256" => 6,
+        /// HPKE with ML-KEM-768 (not served by Keyhold).
+        HpkeKemMlKem768HkdfSha256Aes256Gcm = "HPKE_KEM_ML_KEM_768_HKDF_SHA256_AES_256_GCM" => 8,
+        /// HPKE with ML-KEM-1024 (not served by Keyhold).
+        HpkeKemMlKem1024HkdfSha256Aes256Gcm = "HPKE_KEM_ML_KEM_1024_HKDF_SHA256_AES_256_GCM" => 9,
+        /// HPKE with X-Wing (not served by Keyhold).
+        HpkeKemXwingHkdfSha256Aes256Gcm = "HPKE_KEM_XWING_HKDF_SHA256_AES_256_GCM" => 10,
+    }
+}
+
+wire_enum! {
+    /// `ImportJob.ImportJobState`.
+    pub enum ImportJobState {
+        /// Unspecified.
+        Unspecified = "IMPORT_JOB_STATE_UNSPECIFIED" => 0,
+        /// The wrapping key is being generated.
+        PendingGeneration = "PENDING_GENERATION" => 1,
+        /// Usable for imports.
+        Active = "ACTIVE" => 2,
+        /// Expired (3 days after creation): can no longer be used.
+        Expired = "EXPIRED" => 3,
+    }
+}
+
+/// `ImportJob.WrappingPublicKey`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WrappingPublicKey {
+    /// The wrapping key's `SubjectPublicKeyInfo` in PEM.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pem: String,
+    /// The key in `publicKeyFormat` (HPKE jobs only; never set by Keyhold).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Bytes>,
+}
+
+/// `ImportJob`: an RSA wrapping key that key material is wrapped for, to be imported with
+/// `cryptoKeyVersions:import`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImportJob {
+    /// Output only. Resource name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Required, immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import_method: Option<ImportMethod>,
+    /// Required, immutable: must match the protection level of the keys imported into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection_level: Option<ProtectionLevel>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<Timestamp>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate_time: Option<Timestamp>,
+    /// Output only: 3 days after `createTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_time: Option<Timestamp>,
+    /// Output only: when it expired (only once `EXPIRED`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_event_time: Option<Timestamp>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ImportJobState>,
+    /// Output only: the wrapping key (only while `ACTIVE`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<WrappingPublicKey>,
+    /// The format of `publicKey.data` (HPKE jobs only; not supported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_format: Option<crate::messages::PublicKeyFormat>,
+    /// Output only: HSM attestation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<KeyOperationAttestation>,
+    /// Immutable: EKM connection (not supported).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub crypto_key_backend: String,
+}
+
 /// `Location` (google.cloud.location).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -51,6 +51,15 @@ impl Hash {
         self.digest().output_len()
     }
 
+    pub(crate) fn oaep(self) -> Option<&'static OaepAlgorithm> {
+        match self {
+            Hash::Sha1 => Some(&OAEP_SHA1_MGF1SHA1),
+            Hash::Sha256 => Some(&OAEP_SHA256_MGF1SHA256),
+            Hash::Sha512 => Some(&OAEP_SHA512_MGF1SHA512),
+            Hash::Sha224 | Hash::Sha384 => None,
+        }
+    }
+
     fn digest(self) -> &'static digest::Algorithm {
         match self {
             Hash::Sha1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
@@ -105,6 +114,11 @@ pub enum RsaBits {
 }
 
 impl RsaBits {
+    /// The modulus length in bytes: the length of every signature and OAEP ciphertext.
+    pub fn modulus_len(self) -> usize {
+        self.size().len()
+    }
+
     fn size(self) -> KeySize {
         match self {
             RsaBits::B2048 => KeySize::Rsa2048,
@@ -539,12 +553,7 @@ impl LoadedKey {
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<Secret, KeyError> {
         let Inner::RsaOaep(k, _) = &self.inner else { return Err(KeyError::WrongKind) };
         let KeySpec::RsaOaep(_, hash) = self.spec else { return Err(KeyError::WrongKind) };
-        let alg: &'static OaepAlgorithm = match hash {
-            Hash::Sha1 => &OAEP_SHA1_MGF1SHA1,
-            Hash::Sha256 => &OAEP_SHA256_MGF1SHA256,
-            Hash::Sha512 => &OAEP_SHA512_MGF1SHA512,
-            _ => return Err(KeyError::WrongKind),
-        };
+        let alg = hash.oaep().ok_or(KeyError::WrongKind)?;
         if ciphertext.len() != k.key_size_bytes() {
             return Err(KeyError::Decrypt);
         }

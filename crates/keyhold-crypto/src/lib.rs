@@ -9,6 +9,7 @@
 //! * [`aead`]: AES-256-GCM with a fresh random nonce per seal.
 //! * [`keys`]: the keys that never leave the KMS (signing, RSA-OAEP, HMAC, raw AES) with `aws-lc-rs`, public keys as PEM.
 //! * [`ciphertext`]: the versioned ciphertext format of `:encrypt` (it names the key version).
+//! * [`import`]: key material wrapped for an import job (RSA-OAEP and AES-KWP), both ways.
 //! * [`sealed`]: the format in which the root key seals SOFTWARE key material at rest.
 //! * [`crc32c()`]: the integrity checksum Cloud KMS uses on every byte field.
 
@@ -17,6 +18,7 @@
 
 pub mod aead;
 pub mod ciphertext;
+pub mod import;
 pub mod keys;
 pub mod sealed;
 pub mod secret;

@@ -49,8 +49,7 @@ impl KeyManagementService for Front {
         &self,
         request: Request<pb::ListImportJobsRequest>,
     ) -> Answer<pb::ListImportJobsResponse> {
-        let parent = request.get_ref().parent.clone();
-        not_served(self, request, &parent, not_yet("ListImportJobs")).await
+        self.serve(request, |r| r.parent.clone(), methods::list_import_jobs).await
     }
 
     async fn list_retired_resources(
@@ -81,8 +80,7 @@ impl KeyManagementService for Front {
     }
 
     async fn get_import_job(&self, request: Request<pb::GetImportJobRequest>) -> Answer<pb::ImportJob> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("GetImportJob")).await
+        self.serve(request, |r| r.name.clone(), methods::get_import_job).await
     }
 
     async fn get_retired_resource(
@@ -136,8 +134,7 @@ impl KeyManagementService for Front {
         &self,
         request: Request<pb::ImportCryptoKeyVersionRequest>,
     ) -> Answer<pb::CryptoKeyVersion> {
-        let n = request.get_ref().parent.clone();
-        not_served(self, request, &n, not_yet("ImportCryptoKeyVersion")).await
+        self.serve(request, |r| r.parent.clone(), methods::import_crypto_key_version).await
     }
 
     async fn import_trusted_key_wrapped_crypto_key_version(
@@ -157,8 +154,7 @@ impl KeyManagementService for Front {
     }
 
     async fn create_import_job(&self, request: Request<pb::CreateImportJobRequest>) -> Answer<pb::ImportJob> {
-        let n = request.get_ref().parent.clone();
-        not_served(self, request, &n, not_yet("CreateImportJob")).await
+        self.serve(request, |r| r.parent.clone(), methods::create_import_job).await
     }
 
     async fn update_crypto_key(&self, request: Request<pb::UpdateCryptoKeyRequest>) -> Answer<pb::CryptoKey> {

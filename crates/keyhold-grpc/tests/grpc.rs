@@ -586,8 +586,8 @@ async fn unserved_methods_and_services_are_unimplemented_and_health_serves() {
     let token = server.token.clone();
     let mut c = client(&server).await;
     let e = c
-        .import_crypto_key_version(with_token(
-            pb::ImportCryptoKeyVersionRequest {
+        .import_trusted_key_wrapped_crypto_key_version(with_token(
+            pb::ImportTrustedKeyWrappedCryptoKeyVersionRequest {
                 parent: format!("{LOCATION}/keyRings/r/cryptoKeys/k"),
                 ..Default::default()
             },
@@ -597,7 +597,8 @@ async fn unserved_methods_and_services_are_unimplemented_and_health_serves() {
         .unwrap_err();
     assert_eq!(e.code(), Code::Unimplemented);
     assert!(
-        e.message().contains("ImportCryptoKeyVersion") && e.message().contains("not implemented by Keyhold"),
+        e.message().contains("ImportTrustedKeyWrappedCryptoKeyVersion")
+            && e.message().contains("not implemented by Keyhold"),
         "{}",
         e.message()
     );

@@ -67,6 +67,12 @@ permissions! {
     VERSIONS_USE_TO_DECAPSULATE = "cloudkms.cryptoKeyVersions.useToDecapsulate";
     VERSIONS_MANAGE_RAW_AES_CBC_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCbcKeys";
     VERSIONS_MANAGE_RAW_AES_CTR_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCtrKeys";
+    IMPORT_JOBS_CREATE = "cloudkms.importJobs.create";
+    IMPORT_JOBS_GET = "cloudkms.importJobs.get";
+    IMPORT_JOBS_LIST = "cloudkms.importJobs.list";
+    IMPORT_JOBS_USE_TO_IMPORT = "cloudkms.importJobs.useToImport";
+    IMPORT_JOBS_GET_IAM_POLICY = "cloudkms.importJobs.getIamPolicy";
+    IMPORT_JOBS_SET_IAM_POLICY = "cloudkms.importJobs.setIamPolicy";
     PROJECTS_GET = "resourcemanager.projects.get";
     PROJECTS_GET_IAM_POLICY = "resourcemanager.projects.getIamPolicy";
     PROJECTS_SET_IAM_POLICY = "resourcemanager.projects.setIamPolicy";
@@ -162,6 +168,8 @@ const KMS_READ: &[Permission] = &[
     CRYPTO_KEYS_LIST,
     VERSIONS_GET,
     VERSIONS_LIST,
+    IMPORT_JOBS_GET,
+    IMPORT_JOBS_LIST,
     PROJECTS_GET,
 ];
 
@@ -199,6 +207,12 @@ pub static ROLES: &[Role] = &[
             VERSIONS_MANAGE_RAW_AES_CBC_KEYS,
             VERSIONS_MANAGE_RAW_AES_CTR_KEYS,
             VERSIONS_USE_TO_DECAPSULATE,
+            IMPORT_JOBS_CREATE,
+            IMPORT_JOBS_GET,
+            IMPORT_JOBS_LIST,
+            IMPORT_JOBS_USE_TO_IMPORT,
+            IMPORT_JOBS_GET_IAM_POLICY,
+            IMPORT_JOBS_SET_IAM_POLICY,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             PROJECTS_SET_IAM_POLICY,
@@ -251,6 +265,11 @@ pub static ROLES: &[Role] = &[
             VERSIONS_LIST,
             VERSIONS_UPDATE,
             VERSIONS_VIEW_PUBLIC_KEY,
+            IMPORT_JOBS_CREATE,
+            IMPORT_JOBS_GET,
+            IMPORT_JOBS_LIST,
+            IMPORT_JOBS_USE_TO_IMPORT,
+            IMPORT_JOBS_GET_IAM_POLICY,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             LOG_ENTRIES_LIST,
@@ -293,6 +312,9 @@ pub static ROLES: &[Role] = &[
             VERSIONS_GET,
             VERSIONS_LIST,
             VERSIONS_VIEW_PUBLIC_KEY,
+            IMPORT_JOBS_GET,
+            IMPORT_JOBS_LIST,
+            IMPORT_JOBS_GET_IAM_POLICY,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             LOG_ENTRIES_LIST,
@@ -332,10 +354,29 @@ pub static ROLES: &[Role] = &[
             VERSIONS_UPDATE,
             VERSIONS_DESTROY,
             VERSIONS_RESTORE,
+            IMPORT_JOBS_CREATE,
+            IMPORT_JOBS_GET,
+            IMPORT_JOBS_LIST,
+            IMPORT_JOBS_USE_TO_IMPORT,
+            IMPORT_JOBS_GET_IAM_POLICY,
+            IMPORT_JOBS_SET_IAM_POLICY,
             PROJECTS_GET,
         ],
     },
     Role { name: "roles/cloudkms.viewer", title: "Cloud KMS Viewer", permissions: KMS_READ },
+    Role {
+        name: "roles/cloudkms.importer",
+        title: "Cloud KMS Importer",
+        permissions: &[
+            IMPORT_JOBS_CREATE,
+            IMPORT_JOBS_GET,
+            IMPORT_JOBS_LIST,
+            IMPORT_JOBS_USE_TO_IMPORT,
+            LOCATIONS_GET,
+            LOCATIONS_LIST,
+            PROJECTS_GET,
+        ],
+    },
     Role {
         name: "roles/cloudkms.cryptoKeyEncrypterDecrypter",
         title: "Cloud KMS CryptoKey Encrypter/Decrypter",

@@ -3,7 +3,10 @@
 //! `keyhold-crypto`'s [`KeySpec`].
 
 use keyhold_api::resources::{Algorithm, Purpose};
-use keyhold_crypto::keys::{AesBits, AesMode, Hash, KeySpec, MlDsaLevel, MlKemLevel, RsaBits};
+use keyhold_crypto::Secret;
+use keyhold_crypto::keys::{AesBits, AesMode, Hash, KeySpec, LoadedKey, MlDsaLevel, MlKemLevel, RsaBits};
+
+use crate::error::KmsError;
 
 /// The key of an algorithm Keyhold signs, decrypts or MACs with itself; `None` for the
 /// symmetric encryption algorithms and those not served yet.
@@ -48,6 +51,39 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
         A::PqSignMlDsa87 => KeySpec::MlDsa(MlDsaLevel::D87),
         _ => return None,
     })
+}
+
+/// Checks that imported `material` is a key of `algorithm`, in the form Cloud KMS's "Formatting
+/// keys for import" asks: 32 bytes for `GOOGLE_SYMMETRIC_ENCRYPTION`, the key's length for raw
+/// AES, the hash's output length for HMAC, PKCS#8 DER of a key of the algorithm's curve or size
+/// for EC, Ed25519 and RSA. Post-quantum keys cannot be imported.
+pub(crate) fn check_imported_material(algorithm: Algorithm, material: &Secret) -> Result<(), KmsError> {
+    let len = material.expose().len();
+    let wrong = |why: String| {
+        KmsError::InvalidArgument(format!("The imported key material is not a valid {algorithm} key: {why}."))
+    };
+    let spec = match (algorithm, key_spec(algorithm)) {
+        (Algorithm::GoogleSymmetricEncryption, _) if len == 32 => return Ok(()),
+        (Algorithm::GoogleSymmetricEncryption, _) => {
+            return Err(wrong(format!("symmetric keys are 32 bytes of binary data, not {len}")));
+        }
+        (_, Some(spec)) if spec.post_quantum() => {
+            return Err(KmsError::InvalidArgument(format!("Keys of algorithm {algorithm} cannot be imported.")));
+        }
+        (_, Some(spec)) => spec,
+        (a, None) => return Err(KmsError::InvalidArgument(format!("Keys of algorithm {a} cannot be imported."))),
+    };
+    match spec {
+        KeySpec::Hmac(h) if len != h.output_len() => {
+            Err(wrong(format!("HMAC keys must be as long as the hash's output, {} bytes, not {len}", h.output_len())))
+        }
+        KeySpec::Aes(..) | KeySpec::Hmac(_) => {
+            LoadedKey::from_material(spec, material).map(|_| ()).map_err(|_| wrong(format!("{len} bytes")))
+        }
+        _ => LoadedKey::from_material(spec, material).map(|_| ()).map_err(|_| {
+            wrong("expected a DER PKCS#8 PrivateKeyInfo (RFC 5208) of the algorithm's key type and size".into())
+        }),
+    }
 }
 
 /// Whether new versions of `purpose` start `PENDING_GENERATION` and are enabled once their key

@@ -2,7 +2,7 @@
 //! ([`KmsError::code`]) and rendered with Cloud KMS's own messages where Cloud KMS has one.
 
 use keyhold_api::resources::{AccessReason, Algorithm, Purpose, VersionState};
-use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, KeyRingName, NameError, Status};
+use keyhold_api::{Code, CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, NameError, Status};
 
 use crate::backend::ports::BackendError;
 use crate::repo::RepoError;
@@ -34,6 +34,12 @@ pub enum KmsError {
     /// No such crypto key version.
     #[error("CryptoKeyVersion {0} not found.")]
     VersionNotFound(CryptoKeyVersionName),
+    /// No such import job.
+    #[error("ImportJob {0} not found.")]
+    ImportJobNotFound(ImportJobName),
+    /// The import job ID is taken.
+    #[error("ImportJob {0} already exists.")]
+    ImportJobExists(ImportJobName),
     /// The key ring ID is taken.
     #[error("KeyRing {0} already exists.")]
     KeyRingExists(KeyRingName),
@@ -221,10 +227,13 @@ impl KmsError {
             | KmsError::ChecksumMismatch { .. }
             | KmsError::TooLarge { .. } => Code::InvalidArgument,
             KmsError::UnsupportedLocation { .. } => Code::InvalidArgument,
-            KmsError::KeyRingNotFound(_) | KmsError::CryptoKeyNotFound(_) | KmsError::VersionNotFound(_) => {
-                Code::NotFound
+            KmsError::KeyRingNotFound(_)
+            | KmsError::CryptoKeyNotFound(_)
+            | KmsError::VersionNotFound(_)
+            | KmsError::ImportJobNotFound(_) => Code::NotFound,
+            KmsError::KeyRingExists(_) | KmsError::CryptoKeyExists(_) | KmsError::ImportJobExists(_) => {
+                Code::AlreadyExists
             }
-            KmsError::KeyRingExists(_) | KmsError::CryptoKeyExists(_) => Code::AlreadyExists,
             KmsError::VersionNotEnabled { .. }
             | KmsError::NoPrimaryVersion(_)
             | KmsError::WrongPurpose { .. }

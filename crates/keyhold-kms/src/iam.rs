@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use keyhold_api::iam::{Policy, SetIamPolicyRequest};
-use keyhold_api::{CryptoKeyName, KeyRingName};
+use keyhold_api::{CryptoKeyName, ImportJobName, KeyRingName};
 use keyhold_iam::role::{self, Permission};
 use keyhold_iam::{Principal, ROOT_RESOURCE};
 
@@ -26,6 +26,8 @@ pub enum IamResource {
     KeyRing(KeyRingName),
     /// A crypto key.
     CryptoKey(CryptoKeyName),
+    /// An import job.
+    ImportJob(ImportJobName),
 }
 
 impl IamResource {
@@ -36,6 +38,7 @@ impl IamResource {
             IamResource::Project(p) => format!("projects/{p}"),
             IamResource::KeyRing(r) => r.to_string(),
             IamResource::CryptoKey(k) => k.to_string(),
+            IamResource::ImportJob(j) => j.to_string(),
         }
     }
 
@@ -45,6 +48,7 @@ impl IamResource {
             IamResource::Project(_) => role::PROJECTS_GET_IAM_POLICY,
             IamResource::KeyRing(_) => role::KEY_RINGS_GET_IAM_POLICY,
             IamResource::CryptoKey(_) => role::CRYPTO_KEYS_GET_IAM_POLICY,
+            IamResource::ImportJob(_) => role::IMPORT_JOBS_GET_IAM_POLICY,
         }
     }
 
@@ -54,6 +58,7 @@ impl IamResource {
             IamResource::Project(_) => role::PROJECTS_SET_IAM_POLICY,
             IamResource::KeyRing(_) => role::KEY_RINGS_SET_IAM_POLICY,
             IamResource::CryptoKey(_) => role::CRYPTO_KEYS_SET_IAM_POLICY,
+            IamResource::ImportJob(_) => role::IMPORT_JOBS_SET_IAM_POLICY,
         }
     }
 
@@ -89,6 +94,9 @@ impl Policies {
             }
             IamResource::CryptoKey(k) => {
                 self.repo.crypto_key(k).await?.map(|_| ()).ok_or_else(|| KmsError::CryptoKeyNotFound(k.clone()))
+            }
+            IamResource::ImportJob(j) => {
+                self.repo.import_job(j).await?.map(|_| ()).ok_or_else(|| KmsError::ImportJobNotFound(j.clone()))
             }
         }
     }

@@ -188,9 +188,11 @@ impl Keys {
             }
         }
         validate::labels(&request.labels)?;
-        if request.import_only {
-            return Err(KmsError::Unimplemented(
-                "importOnly keys are not supported: Keyhold has no import jobs yet.".into(),
+        if request.import_only && !skip_initial_version_creation {
+            return Err(KmsError::InvalidArgument(
+                "An importOnly CryptoKey must be created with skipInitialVersionCreation=true: its versions are \
+                 imported with cryptoKeyVersions:import."
+                    .into(),
             ));
         }
         if !request.crypto_key_backend.is_empty() {
@@ -213,7 +215,7 @@ impl Keys {
             rotation_period: request.rotation_period,
             version_template: Some(template.clone()),
             labels: request.labels,
-            import_only: false,
+            import_only: request.import_only,
             destroy_scheduled_duration: Some(destroy),
             crypto_key_backend: String::new(),
             key_access_justifications_policy: request.key_access_justifications_policy,
@@ -250,6 +252,13 @@ impl Keys {
 
     fn check_rotation(&self, key: &CryptoKey) -> Result<(), KmsError> {
         let scheduled = key.rotation_period.is_some() || key.next_rotation_time.is_some();
+        if scheduled && key.import_only {
+            return Err(KmsError::InvalidArgument(
+                "An importOnly CryptoKey cannot rotate automatically: rotationPeriod and nextRotationTime must be \
+                 omitted."
+                    .into(),
+            ));
+        }
         if scheduled && key.purpose != Some(Purpose::EncryptDecrypt) {
             return Err(KmsError::InvalidArgument(
                 "Only ENCRYPT_DECRYPT keys support automatic rotation: rotationPeriod and nextRotationTime must be omitted for other purposes.".into(),
@@ -575,6 +584,11 @@ impl Keys {
         request: CryptoKeyVersion,
     ) -> Result<CryptoKeyVersion, KmsError> {
         let key = self.repo.crypto_key(parent).await?.ok_or_else(|| KmsError::CryptoKeyNotFound(parent.clone()))?;
+        if key.key.import_only {
+            return Err(KmsError::FailedPrecondition(format!(
+                "CryptoKey {parent} is importOnly: its versions are imported with cryptoKeyVersions:import."
+            )));
+        }
         let state = match request.state {
             None | Some(VersionState::Unspecified) | Some(VersionState::Enabled) => VersionState::Enabled,
             Some(VersionState::Disabled) => VersionState::Disabled,

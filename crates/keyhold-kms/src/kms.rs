@@ -24,15 +24,15 @@ use keyhold_api::iam::{Policy, SetIamPolicyRequest};
 use keyhold_api::messages::{
     AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse,
     DecapsulateRequest, DecapsulateResponse, DecryptRequest, DecryptResponse, EncryptRequest, EncryptResponse,
-    GenerateRandomBytesRequest, GenerateRandomBytesResponse, MacSignRequest, MacSignResponse, MacVerifyRequest,
-    MacVerifyResponse, PublicKey, PublicKeyFormat, RawDecryptRequest, RawDecryptResponse, RawEncryptRequest,
-    RawEncryptResponse,
+    GenerateRandomBytesRequest, GenerateRandomBytesResponse, ImportCryptoKeyVersionRequest, MacSignRequest,
+    MacSignResponse, MacVerifyRequest, MacVerifyResponse, PublicKey, PublicKeyFormat, RawDecryptRequest,
+    RawDecryptResponse, RawEncryptRequest, RawEncryptResponse,
 };
 use keyhold_api::orgpolicy::OrgPolicy;
 use keyhold_api::page::Page;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing, Location, VersionState};
+use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing, Location, VersionState};
 use keyhold_api::wire::ProtoDuration;
-use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
+use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName};
 use keyhold_crypto::KeyBytes;
 use keyhold_iam::{Caller, Permission, Principal, ROOT_RESOURCE, role};
 
@@ -48,6 +48,7 @@ use crate::error::KmsError;
 use crate::events::{EventBus, KmsEvent};
 use crate::iam::{IamResource, Policies};
 use crate::identity::{Identities, NewToken};
+use crate::import::Imports;
 use crate::keys::{KeyFacts, Keys, ListQuery};
 use crate::org_policy::{self, OrgPolicies, OrgPolicyName};
 use crate::quota::Quotas;
@@ -75,6 +76,7 @@ pub struct Kms {
     keys: Arc<Keys>,
     crypto: CryptoOps,
     versions: VersionOps,
+    imports: Imports,
     scheduler: Scheduler,
     /// Wakes the scheduler at once (a key is waiting for its generation).
     due_now: tokio::sync::Notify,
@@ -120,6 +122,7 @@ impl Kms {
             org_policies: OrgPolicies::new(store.clone()),
             crypto: CryptoOps::new(keys.clone()),
             versions: VersionOps::new(keys.clone()),
+            imports: Imports::new(store.clone(), clock.clone(), keys.clone()),
             due_now: tokio::sync::Notify::new(),
             scheduler: Scheduler::new(store.clone(), clock, keys.clone()),
             keys,
@@ -591,6 +594,92 @@ impl Kms {
             .await
     }
 
+    // ---- import ---------------------------------------------------------------------------
+
+    /// `importJobs.create`.
+    pub async fn create_import_job(
+        &self,
+        caller: &Caller,
+        parent: &KeyRingName,
+        import_job_id: &str,
+        request: ImportJob,
+    ) -> Result<ImportJob, KmsError> {
+        let on = parent.to_string();
+        let check = Check::Permission(role::IMPORT_JOBS_CREATE, &on);
+        let resource = format!("{parent}/importJobs/{import_job_id}");
+        self.gate
+            .run(caller, Op::kms_write("CreateImportJob"), resource, check, async |call| {
+                self.imports.create_job(call, parent, import_job_id, request).await
+            })
+            .await
+    }
+
+    /// `importJobs.get`.
+    pub async fn import_job(&self, caller: &Caller, name: &ImportJobName) -> Result<ImportJob, KmsError> {
+        let resource = name.to_string();
+        let check = Check::Permission(role::IMPORT_JOBS_GET, &resource);
+        self.gate
+            .run(caller, Op::kms_read("GetImportJob"), resource.clone(), check, async |_| self.imports.job(name).await)
+            .await
+    }
+
+    /// `importJobs.list`.
+    pub async fn list_import_jobs(
+        &self,
+        caller: &Caller,
+        parent: &KeyRingName,
+        q: &ListQuery,
+    ) -> Result<Page<ImportJob>, KmsError> {
+        let resource = parent.to_string();
+        let check = Check::Permission(role::IMPORT_JOBS_LIST, &resource);
+        self.gate
+            .run(caller, Op::kms_read("ListImportJobs"), resource.clone(), check, async |_| {
+                self.imports.list_jobs(parent, q).await
+            })
+            .await
+    }
+
+    /// `cryptoKeyVersions.import`: needs `cryptoKeyVersions.create` on the key (or
+    /// `cryptoKeyVersions.update` on the version imported into again) and
+    /// `importJobs.useToImport` on the job, as Cloud KMS.
+    pub async fn import_version(
+        &self,
+        caller: &Caller,
+        parent: &CryptoKeyName,
+        request: &ImportCryptoKeyVersionRequest,
+    ) -> Result<CryptoKeyVersion, KmsError> {
+        let target: Option<CryptoKeyVersionName> = match request.crypto_key_version.as_str() {
+            "" => None,
+            v => Some(v.parse()?),
+        };
+        if let Some(t) = &target
+            && t.crypto_key != *parent
+        {
+            return Err(KmsError::InvalidArgument(format!("crypto_key_version {t} is not a version of {parent}.")));
+        }
+        if request.import_job.is_empty() {
+            return Err(KmsError::InvalidArgument("import_job is required.".into()));
+        }
+        let job: ImportJobName = request.import_job.parse()?;
+        let (permission, on) = match &target {
+            None => (role::VERSIONS_CREATE, parent.to_string()),
+            Some(t) => (role::VERSIONS_UPDATE, t.to_string()),
+        };
+        let job_resource = job.to_string();
+        self.gate
+            .run(
+                caller,
+                Op::kms_write("ImportCryptoKeyVersion"),
+                parent.to_string(),
+                Check::Permission(permission, &on),
+                async |call| {
+                    self.gate.authorize(call, role::IMPORT_JOBS_USE_TO_IMPORT, &job_resource).await?;
+                    self.imports.import_version(call, parent, &job, target.as_ref(), request).await
+                },
+            )
+            .await
+    }
+
     // ---- IAM ------------------------------------------------------------------------------
 
     /// `:getIamPolicy`.
@@ -1019,7 +1108,7 @@ impl Kms {
             }
             Change::Tokens => self.identities.clear(),
             // Nothing cached holds key rings, nor projects that do not exist yet.
-            Change::KeyRing(_) | Change::Project(_) => {}
+            Change::KeyRing(_) | Change::ImportJob(_) | Change::Project(_) => {}
             // `sync_with_store` drops everything instead.
             Change::Other => {}
         }

@@ -30,6 +30,7 @@ pub mod error;
 pub mod events;
 pub mod iam;
 pub mod identity;
+mod import;
 mod keys;
 mod kms;
 mod listing;
@@ -50,6 +51,7 @@ pub use crypto_ops::{EncryptTarget, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 pub use error::KmsError;
 pub use iam::IamResource;
 pub use identity::NewToken;
+pub use import::method_parameters as import_wrapping;
 /// A principal, as the front ends build one from a credential (a client certificate's identity).
 pub use keyhold_iam::Principal;
 pub use keys::{KeyFacts, ListQuery};

@@ -6,9 +6,9 @@
 
 use async_trait::async_trait;
 use keyhold_api::iam::Policy;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing, VersionState};
+use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing, VersionState};
 use keyhold_api::wire::Timestamp;
-use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
+use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName};
 
 use keyhold_audit::{AuditRecord, StoredAuditEntry};
 
@@ -44,6 +44,28 @@ pub struct CryptoKeyRecord {
     pub primary_version: Option<u64>,
     /// Compare-and-set revision (set by the store).
     pub revision: i64,
+}
+
+/// An import job as stored: the resource as clients see it (its state as of creation; the
+/// domain derives `EXPIRED` from `expireTime`) and the private half of its wrapping key, sealed
+/// by the root key.
+#[derive(Clone)]
+pub struct ImportJobRecord {
+    /// The job's name.
+    pub name: ImportJobName,
+    /// The resource.
+    pub job: ImportJob,
+    /// The wrapping key's private material, sealed (an envelope of the root key).
+    pub wrapping_key: Vec<u8>,
+}
+
+impl std::fmt::Debug for ImportJobRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportJobRecord")
+            .field("name", &self.name.to_string())
+            .field("job", &self.job)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A crypto key version as stored.
@@ -91,6 +113,8 @@ pub enum Change {
     Key(CryptoKeyName),
     /// A key ring was created (no cache holds key rings).
     KeyRing(String),
+    /// An import job was created (no cache holds import jobs).
+    ImportJob(String),
     /// A project was recorded (caches hold only projects known to exist).
     Project(String),
     /// The IAM policy held by this resource.
@@ -108,6 +132,7 @@ impl Change {
         match self {
             Change::Key(k) => ("key", k.to_string()),
             Change::KeyRing(r) => ("key_ring", r.clone()),
+            Change::ImportJob(j) => ("import_job", j.clone()),
             Change::Project(p) => ("project", p.clone()),
             Change::Policy(r) => ("policy", r.clone()),
             Change::Tokens => ("tokens", String::new()),
@@ -121,6 +146,7 @@ impl Change {
         match kind {
             "key" => resource.parse().map_or(Change::Other, Change::Key),
             "key_ring" => Change::KeyRing(resource.to_string()),
+            "import_job" => Change::ImportJob(resource.to_string()),
             "project" => Change::Project(resource.to_string()),
             "policy" => Change::Policy(resource.to_string()),
             "tokens" => Change::Tokens,
@@ -152,6 +178,20 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
     async fn list_key_rings(&self, parent: &LocationName, after: &str, limit: i64) -> Result<Vec<KeyRing>, RepoError>;
     /// How many key rings a location has.
     async fn count_key_rings(&self, parent: &LocationName) -> Result<i64, RepoError>;
+
+    /// Inserts an import job; [`RepoError::AlreadyExists`] if the name is taken.
+    async fn insert_import_job(&self, record: &ImportJobRecord, audit: &AuditRecord) -> Result<(), RepoError>;
+    /// Reads an import job.
+    async fn import_job(&self, name: &ImportJobName) -> Result<Option<ImportJobRecord>, RepoError>;
+    /// Import jobs of a key ring by name, after `after` ("" for the first).
+    async fn list_import_jobs(
+        &self,
+        parent: &KeyRingName,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<ImportJobRecord>, RepoError>;
+    /// How many import jobs a key ring has.
+    async fn count_import_jobs(&self, parent: &KeyRingName) -> Result<i64, RepoError>;
 
     /// Inserts a crypto key and, atomically with it, its first version (which then is its
     /// primary). [`RepoError::AlreadyExists`] if the name is taken.

@@ -14,7 +14,7 @@
 //! a wiping buffer ([`keyhold_crypto::Secret`]) without a base64 copy.
 
 use keyhold_api::messages as api;
-use keyhold_api::resources::{Location, ProtectionLevel};
+use keyhold_api::resources::{Algorithm, Location, ProtectionLevel};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
 use keyhold_api::{Code, Status};
 use serde::Serialize;
@@ -349,6 +349,51 @@ pub fn decapsulate_response(r: &api::DecapsulateResponse) -> pb::DecapsulateResp
         shared_secret_crc32c: Some(i64::from(r.shared_secret_crc32c.0)),
         verified_ciphertext_crc32c: r.verified_ciphertext_crc32c,
         protection_level: r.protection_level.number(),
+    }
+}
+
+/// `ImportCryptoKeyVersionRequest` (its `parent` is taken by the caller).
+pub fn import_request(
+    message: pb::ImportCryptoKeyVersionRequest,
+) -> Result<api::ImportCryptoKeyVersionRequest, Status> {
+    use pb::import_crypto_key_version_request::WrappedKeyMaterial;
+    let pb::ImportCryptoKeyVersionRequest {
+        parent: _,
+        crypto_key_version,
+        algorithm,
+        import_job,
+        wrapped_key,
+        trusted_wrapping_enabled,
+        wrapped_key_material,
+    } = message;
+    if trusted_wrapping_enabled {
+        return Err(invalid("trusted_wrapping_enabled is not supported by Keyhold."));
+    }
+    let Some(WrappedKeyMaterial::RsaAesWrappedKey(legacy)) = wrapped_key_material else {
+        return Ok(api::ImportCryptoKeyVersionRequest {
+            crypto_key_version,
+            algorithm: algorithm_field(algorithm)?,
+            import_job,
+            wrapped_key: Bytes(wrapped_key),
+        });
+    };
+    if !wrapped_key.is_empty() {
+        return Err(invalid("Only one of wrapped_key and rsa_aes_wrapped_key may be set."));
+    }
+    Ok(api::ImportCryptoKeyVersionRequest {
+        crypto_key_version,
+        algorithm: algorithm_field(algorithm)?,
+        import_job,
+        wrapped_key: Bytes(legacy),
+    })
+}
+
+fn algorithm_field(n: i32) -> Result<Option<Algorithm>, Status> {
+    match n {
+        0 => Ok(None),
+        n => Algorithm::from_number(i64::from(n))
+            .map(Some)
+            .ok_or_else(|| invalid(format!("Invalid algorithm: {n} is not a CryptoKeyVersionAlgorithm."))),
     }
 }
 

@@ -339,6 +339,30 @@ async fn handle(
             json(&methods::get_key_ring(s, caller, pb::GetKeyRingRequest { name: name.to_string() }).await?, pretty)
         }
 
+        (Target::ImportJobs(parent), None, Method::POST) => {
+            let job: pb::ImportJob = body(bytes)?;
+            let id = required_id(q.get("importJobId", "import_job_id"), "importJobId")?;
+            let r = pb::CreateImportJobRequest {
+                parent: parent.to_string(),
+                import_job_id: id.into(),
+                import_job: Some(job),
+            };
+            json(&methods::create_import_job(s, caller, r).await?, pretty)
+        }
+        (Target::ImportJobs(parent), None, Method::GET) => {
+            let (page_size, page_token, filter, order_by) = q.list()?;
+            let r = pb::ListImportJobsRequest { parent: parent.to_string(), page_size, page_token, filter, order_by };
+            json(&methods::list_import_jobs(s, caller, r).await?, pretty)
+        }
+        (Target::ImportJob(name), None, Method::GET) => {
+            let r = pb::GetImportJobRequest { name: name.to_string(), ..Default::default() };
+            json(&methods::get_import_job(s, caller, r).await?, pretty)
+        }
+        (Target::Versions(parent), Some("import"), Method::POST) => {
+            let r = pb::ImportCryptoKeyVersionRequest { parent: parent.to_string(), ..body(bytes)? };
+            json(&methods::import_crypto_key_version(s, caller, r).await?, pretty)
+        }
+
         (Target::CryptoKeys(parent), None, Method::POST) => {
             let key: pb::CryptoKey = body(bytes)?;
             let id = required_id(q.get("cryptoKeyId", "crypto_key_id"), "cryptoKeyId")?;
@@ -511,17 +535,13 @@ fn delete_not_served(path: &str) -> ApiError {
 
 /// Cloud KMS v1 methods Keyhold does not implement yet: they answer `501 UNIMPLEMENTED` (which
 /// Google's clients surface as "not implemented"), not `404`.
-const UNIMPLEMENTED_VERBS: &[&str] = &[
-    "import",
-    "importTrustedKeyWrappedCryptoKeyVersion",
-    "exportTrustedKeyWrappedCryptoKeyVersion",
-    "verifyConnectivity",
-];
+const UNIMPLEMENTED_VERBS: &[&str] =
+    &["importTrustedKeyWrappedCryptoKeyVersion", "exportTrustedKeyWrappedCryptoKeyVersion", "verifyConnectivity"];
 
 fn is_unimplemented_cloud_kms_path(path: &str) -> bool {
     let path = path.split(':').next().unwrap_or(path);
     path.starts_with("projects/")
-        && ["/importJobs", "/ekmConnections", "/ekmConfig", "/keyHandles", "/retiredResources", "/operations"]
+        && ["/ekmConnections", "/ekmConfig", "/keyHandles", "/retiredResources", "/operations"]
             .iter()
             .any(|p| path.contains(p))
 }

@@ -7,8 +7,8 @@
 //! wire forms accept the same fields, answer the same messages and fail the same way.
 
 use keyhold_api::page::PageRequest;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
-use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName, NameError};
+use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing};
+use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName, NameError};
 use keyhold_kms::{Caller, EncryptTarget, IamResource, ListQuery};
 use keyhold_proto::convert::{self, from_wire, to_wire};
 use keyhold_proto::google::cloud::kms::inventory::v1 as inv;
@@ -44,8 +44,8 @@ pub fn iam_resource(resource: &str) -> Answer<IamResource> {
     };
     held.ok_or_else(|| {
         ApiError::invalid(format!(
-            "{} has no IAM policy in Keyhold: policies are held by organizations/keyhold, projects, key rings and \
-             crypto keys.",
+            "{} has no IAM policy in Keyhold: policies are held by organizations/keyhold, projects, key rings, \
+             crypto keys and import jobs.",
             resource.chars().take(300).collect::<String>()
         ))
     })
@@ -149,6 +149,53 @@ pub async fn create_crypto_key(s: &AppState, caller: &Caller, r: pb::CreateCrypt
     let created =
         s.kms.create_crypto_key(caller, &parent, &r.crypto_key_id, key, r.skip_initial_version_creation).await?;
     Ok(to_wire(&created)?)
+}
+
+/// `CreateImportJob`: output-only fields a client echoes back are ignored, as Cloud KMS does.
+pub async fn create_import_job(s: &AppState, caller: &Caller, r: pb::CreateImportJobRequest) -> Answer<pb::ImportJob> {
+    let parent: KeyRingName = name("parent", &r.parent)?;
+    let mut job: ImportJob = from_wire(&r.import_job.unwrap_or_default())?;
+    if r.import_job_id.is_empty() {
+        return Err(ApiError::invalid("The import_job_id field is required."));
+    }
+    if job.public_key_format.is_some_and(|f| f != keyhold_api::messages::PublicKeyFormat::Unspecified) {
+        return Err(ApiError::invalid("public_key_format is for HPKE import jobs, which Keyhold does not serve."));
+    }
+    job.public_key_format = None;
+    Ok(to_wire(&s.kms.create_import_job(caller, &parent, &r.import_job_id, job).await?)?)
+}
+
+/// `GetImportJob`.
+pub async fn get_import_job(s: &AppState, caller: &Caller, r: pb::GetImportJobRequest) -> Answer<pb::ImportJob> {
+    let n: ImportJobName = name("name", &r.name)?;
+    Ok(to_wire(&s.kms.import_job(caller, &n).await?)?)
+}
+
+/// `ListImportJobs`.
+pub async fn list_import_jobs(
+    s: &AppState,
+    caller: &Caller,
+    r: pb::ListImportJobsRequest,
+) -> Answer<pb::ListImportJobsResponse> {
+    let parent: KeyRingName = name("parent", &r.parent)?;
+    let q = list_query(r.page_size, r.page_token, r.filter, r.order_by);
+    let page = s.kms.list_import_jobs(caller, &parent, &q).await?;
+    Ok(pb::ListImportJobsResponse {
+        import_jobs: page.items.iter().map(to_wire).collect::<Result<_, _>>()?,
+        next_page_token: page.next_page_token,
+        total_size: page.total_size,
+    })
+}
+
+/// `ImportCryptoKeyVersion`.
+pub async fn import_crypto_key_version(
+    s: &AppState,
+    caller: &Caller,
+    r: pb::ImportCryptoKeyVersionRequest,
+) -> Answer<pb::CryptoKeyVersion> {
+    let parent: CryptoKeyName = name("parent", &r.parent)?;
+    let req = convert::import_request(r)?;
+    Ok(to_wire(&s.kms.import_version(caller, &parent, &req).await?)?)
 }
 
 /// `CreateCryptoKeyVersion`.

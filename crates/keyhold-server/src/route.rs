@@ -2,7 +2,7 @@
 //! (`projects/p/locations/l/keyRings/r/cryptoKeys/k:encrypt`).
 
 use keyhold_api::name::{check_id, parse_version_id};
-use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName, NameError};
+use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName, NameError};
 
 /// What a path addresses.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +17,10 @@ pub enum Target {
     KeyRing(KeyRingName),
     /// `.../keyRings/{r}/cryptoKeys`.
     CryptoKeys(KeyRingName),
+    /// `.../keyRings/{r}/importJobs`.
+    ImportJobs(KeyRingName),
+    /// `.../importJobs/{j}`.
+    ImportJob(ImportJobName),
     /// `.../cryptoKeys/{k}`.
     CryptoKey(CryptoKeyName),
     /// `.../cryptoKeys/{k}/cryptoKeyVersions`.
@@ -56,6 +60,7 @@ impl Target {
             Target::Project(p) => Some(IamResource::Project(p.clone())),
             Target::KeyRing(r) => Some(IamResource::KeyRing(r.clone())),
             Target::CryptoKey(k) => Some(IamResource::CryptoKey(k.clone())),
+            Target::ImportJob(j) => Some(IamResource::ImportJob(j.clone())),
             _ => None,
         }
     }
@@ -124,6 +129,8 @@ pub fn parse(path: &str) -> Result<(Target, Option<&str>), RouteError> {
         [_, _, "locations", _, "keyRings"] => Target::KeyRings(location()?),
         [_, _, "locations", _, "keyRings", _] => Target::KeyRing(ring()?),
         [_, _, "locations", _, "keyRings", _, "cryptoKeys"] => Target::CryptoKeys(ring()?),
+        [_, _, "locations", _, "keyRings", _, "importJobs"] => Target::ImportJobs(ring()?),
+        [_, _, "locations", _, "keyRings", _, "importJobs", j] => Target::ImportJob(ImportJobName::new(&ring()?, j)?),
         [_, _, "locations", _, "keyRings", _, "cryptoKeys", _] => Target::CryptoKey(key()?),
         [_, _, "locations", _, "keyRings", _, "cryptoKeys", _, "cryptoKeyVersions"] => Target::Versions(key()?),
         [_, _, "locations", _, "keyRings", _, "cryptoKeys", _, "cryptoKeyVersions", v, rest @ ..]
@@ -174,6 +181,11 @@ mod tests {
         assert!(matches!(t, Target::KeyRings(_)));
         assert_eq!(v, None);
         assert!(matches!(parse("projects/p/locations").unwrap().0, Target::Locations(_)));
+        let (t, v) = parse("projects/p/locations/global/keyRings/r/importJobs/j:getIamPolicy").unwrap();
+        assert!(matches!(t, Target::ImportJob(ref j) if j.import_job == "j"));
+        assert_eq!(v, Some("getIamPolicy"));
+        assert!(matches!(parse("projects/p/locations/global/keyRings/r/importJobs").unwrap().0, Target::ImportJobs(_)));
+        assert!(matches!(parse("projects/p/locations/l/keyRings/r/importJobs/a.b"), Err(RouteError::BadName(_))));
         assert_eq!(parse("projects/p:getIamPolicy").unwrap(), (Target::Project("p".into()), Some("getIamPolicy")));
         assert_eq!(parse("projects/-/auditLogs").unwrap().0, Target::AuditLogs("-".into()));
         assert_eq!(

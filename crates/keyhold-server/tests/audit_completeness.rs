@@ -182,6 +182,28 @@ impl Run {
             req(
                 Owner,
                 Method::POST,
+                format!("{RING}/importJobs?importJobId=ij"),
+                Some(json!({"importMethod": "RSA_OAEP_3072_SHA256", "protectionLevel": "SOFTWARE"})),
+                200,
+                "CreateImportJob",
+            ),
+            req(Owner, Method::GET, format!("{RING}/importJobs"), None, 200, "ListImportJobs"),
+            req(Owner, Method::GET, format!("{RING}/importJobs/nope"), None, 404, "GetImportJob"),
+            req(
+                Owner,
+                Method::POST,
+                format!("{KEY}/cryptoKeyVersions:import"),
+                Some(json!({
+                    "algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION",
+                    "importJob": format!("{RING}/importJobs/nope"),
+                    "wrappedKey": b64(b"x"),
+                })),
+                404,
+                "ImportCryptoKeyVersion",
+            ),
+            req(
+                Owner,
+                Method::POST,
                 format!("{KEY}/cryptoKeyVersions"),
                 Some(json!({})),
                 200,
@@ -264,7 +286,14 @@ impl Run {
             req(Owner, Method::PUT, KEY, None, 404, "Unknown"),
             req(Owner, Method::GET, "projects/p/nothing/here", None, 404, "Unknown"),
             req(Owner, Method::DELETE, KEY, None, 501, "Unknown"),
-            req(Owner, Method::POST, format!("{KEY}/cryptoKeyVersions:import"), Some(json!({})), 501, "Unknown"),
+            req(
+                Owner,
+                Method::POST,
+                format!("{KEY}/cryptoKeyVersions:importTrustedKeyWrappedCryptoKeyVersion"),
+                Some(json!({})),
+                501,
+                "Unknown",
+            ),
             // A served verb on the wrong kind of resource (a key, not a version).
             req(Owner, Method::POST, format!("{KEY}:asymmetricSign"), Some(json!({})), 404, "Unknown"),
         ];

@@ -45,6 +45,8 @@ struct Prepared {
     raw_decrypt: Value,
     /// An ML-KEM-768 ciphertext for `kem`'s public key.
     kem_ciphertext: String,
+    /// A 32-byte HMAC key wrapped for import job `ij`, for the import-only key `imp`.
+    wrapped_key: String,
 }
 
 /// Keys of the other purposes beside `k`: `sign` (EC P-256), `dec` (RSA-OAEP 2048), `mac`
@@ -82,7 +84,23 @@ async fn with_other_purposes(s: &Server) -> Prepared {
     let raw_kem = keyhold_api::wire::decode_base64(pk["publicKey"]["data"].as_str().unwrap()).unwrap();
     let (kem_ct, _) =
         aws_lc_rs::kem::EncapsulationKey::new(&aws_lc_rs::kem::ML_KEM_768, &raw_kem).unwrap().encapsulate().unwrap();
+    // An import job `ij`, and an import-only MAC key `imp` to import into.
+    let job = s
+        .ok(
+            Method::POST,
+            &format!("{RING}/importJobs?importJobId=ij"),
+            Some(json!({"importMethod": "RSA_OAEP_3072_SHA256_AES_256", "protectionLevel": "SOFTWARE"})),
+        )
+        .await;
+    let body = json!({"purpose": "MAC", "versionTemplate": {"algorithm": "HMAC_SHA256"}, "importOnly": true});
+    s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=imp&skipInitialVersionCreation=true"), Some(body)).await;
+    let pem = job["publicKey"]["pem"].as_str().unwrap();
+    let der =
+        keyhold_api::wire::decode_base64(&pem.lines().filter(|l| !l.starts_with("-----")).collect::<String>()).unwrap();
+    let how = keyhold_crypto::import::Wrapping { hash: keyhold_crypto::keys::Hash::Sha256, aes_kwp: true };
+    let wrapped = keyhold_crypto::import::wrap(&der, how, &[7; 32]).unwrap();
     Prepared {
+        wrapped_key: b64(&wrapped),
         kem_ciphertext: b64(kem_ct.as_ref()),
         oaep_ciphertext: b64(ct),
         raw_decrypt: json!({"ciphertext": raw["ciphertext"], "initializationVector": raw["initializationVector"]}),
@@ -157,6 +175,26 @@ fn request(
             Some(json!({"data": b64(b"hi"), "mac": b64(&[0; 32])})),
         ),
         "CreateCryptoKeyVersion" => (Method::POST, format!("{KEY}/cryptoKeyVersions"), Some(json!({}))),
+        "CreateImportJob" => (
+            Method::POST,
+            format!("{RING}/importJobs?importJobId=m{n}"),
+            Some(json!({"importMethod": "RSA_OAEP_3072_SHA256", "protectionLevel": "SOFTWARE"})),
+        ),
+        "GetImportJob" => (Method::GET, format!("{RING}/importJobs/ij"), None),
+        "ListImportJobs" => (Method::GET, format!("{RING}/importJobs"), None),
+        "ImportCryptoKeyVersion" => (
+            Method::POST,
+            format!("{RING}/cryptoKeys/imp/cryptoKeyVersions:import"),
+            Some(json!({
+                "algorithm": "HMAC_SHA256",
+                "importJob": format!("{RING}/importJobs/ij"),
+                "wrappedKey": prepared.wrapped_key,
+            })),
+        ),
+        "GetIamPolicy(importJob)" => (Method::GET, format!("{RING}/importJobs/ij:getIamPolicy"), None),
+        "SetIamPolicy(importJob)" => {
+            (Method::POST, format!("{RING}/importJobs/ij:setIamPolicy"), Some(json!({"policy": {}})))
+        }
         "GetCryptoKeyVersion" => (Method::GET, v2, None),
         "ListCryptoKeyVersions" => (Method::GET, format!("{KEY}/cryptoKeyVersions"), None),
         "UpdateCryptoKeyVersion" => {

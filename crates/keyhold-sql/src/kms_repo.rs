@@ -2,14 +2,14 @@
 
 use async_trait::async_trait;
 use keyhold_api::iam::Policy;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing};
+use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing};
 use keyhold_api::wire::Timestamp;
-use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
+use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName};
 use keyhold_kms::VersionMaterial;
 use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
 use keyhold_kms::repo::{
-    AuditPosition, AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, PolicyRecord,
-    ProjectRecord, RepoError, ServiceIdentityRecord, TokenRecord, VersionRecord,
+    AuditPosition, AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, ImportJobRecord, KmsRepository,
+    OrgPolicyRecord, PolicyRecord, ProjectRecord, RepoError, ServiceIdentityRecord, TokenRecord, VersionRecord,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -67,6 +67,12 @@ fn key_record(row: &Row) -> Result<CryptoKeyRecord, RepoError> {
         primary_version: row[2].opt_int()?.map(|v| v as u64),
         revision: row[3].int()?,
     })
+}
+
+fn import_job_record(row: &[Value]) -> Result<ImportJobRecord, RepoError> {
+    let wrapping_key =
+        row[2].opt_blob()?.ok_or_else(|| RepoError::Corrupt("an import job has no wrapping key".into()))?;
+    Ok(ImportJobRecord { name: name(&row[0])?, job: from_json::<ImportJob>(&row[1])?, wrapping_key })
 }
 
 fn version_record(row: &[Value]) -> Result<VersionRecord, RepoError> {
@@ -322,6 +328,39 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
 
     async fn count_key_rings(&self, parent: &LocationName) -> Result<i64, RepoError> {
         self.count(COUNT_KEY_RINGS, parent.to_string()).await
+    }
+
+    async fn insert_import_job(&self, record: &ImportJobRecord, audit: &AuditRecord) -> Result<(), RepoError> {
+        let params = vec![
+            Value::Text(record.name.to_string()),
+            Value::Text(record.name.key_ring.to_string()),
+            to_json(&record.job)?,
+            Value::OptBlob(Some(record.wrapping_key.clone())),
+        ];
+        self.write_audited(Change::ImportJob(record.name.to_string()), audit, |tx| {
+            Box::pin(async move { tx.execute(INSERT_IMPORT_JOB, params).await.map(|_| ()) })
+        })
+        .await
+    }
+
+    async fn import_job(&self, name: &ImportJobName) -> Result<Option<ImportJobRecord>, RepoError> {
+        let rows = self.read_rows(GET_IMPORT_JOB, vec![Value::Text(name.to_string())]).await?;
+        rows.first().map(|r| import_job_record(r)).transpose()
+    }
+
+    async fn list_import_jobs(
+        &self,
+        parent: &KeyRingName,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<ImportJobRecord>, RepoError> {
+        let params = vec![Value::Text(parent.to_string()), Value::Text(after.to_string()), Value::Int(limit)];
+        let rows = self.read_rows(LIST_IMPORT_JOBS, params).await?;
+        rows.iter().map(|r| import_job_record(r)).collect()
+    }
+
+    async fn count_import_jobs(&self, parent: &KeyRingName) -> Result<i64, RepoError> {
+        self.count(COUNT_IMPORT_JOBS, parent.to_string()).await
     }
 
     async fn insert_crypto_key(

@@ -277,6 +277,18 @@ CREATE INDEX IF NOT EXISTS store_operations_running ON store_operations (done, n
 CREATE INDEX IF NOT EXISTS store_operations_by_end ON store_operations (done, end_nanos);
 ";
 
+/// Import jobs (issue 19): the resource, and the private half of its wrapping key sealed by the
+/// root key. Additive, so no version bump.
+const DDL_IMPORT_JOBS: &str = "
+CREATE TABLE IF NOT EXISTS import_jobs (
+    name         TEXT PRIMARY KEY,
+    key_ring     TEXT NOT NULL REFERENCES key_rings (name),
+    resource     TEXT NOT NULL,
+    wrapping_key {blob} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS import_jobs_by_ring ON import_jobs (key_ring, name);
+";
+
 /// How far each node's audit journal (`--audit-sync INTERVAL`) has been moved into the audit
 /// log: entries `1..=ingested_through` of `journal` are in `audit_log`, committed with this row,
 /// so that a replay after a crash appends exactly the rest. Additive, so no version bump.
@@ -340,7 +352,7 @@ pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
     let blob = dialect.blob_type();
     let indexes = if audit_read_indexes { DDL_AUDIT_INDEXES } else { "DROP INDEX IF EXISTS audit_by_project;" };
     format!(
-        "{}{}{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}{}{}",
         DDL_V1.replace("{blob}", blob),
         DDL_V2,
         DDL_V3.replace("{blob}", blob),
@@ -348,6 +360,7 @@ pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
         DDL_V5_OWNERS,
         DDL_OPERATIONS,
         DDL_AUDIT_JOURNALS,
+        DDL_IMPORT_JOBS.replace("{blob}", blob),
         indexes.replace("{bytes}", dialect.bytes_collation()),
     )
 }
@@ -374,6 +387,13 @@ pub(crate) const GET_KEY_RING: &str = "SELECT resource FROM key_rings WHERE name
 pub(crate) const LIST_KEY_RINGS: &str =
     "SELECT resource FROM key_rings WHERE location = $1 AND name > $2 ORDER BY name LIMIT $3";
 pub(crate) const COUNT_KEY_RINGS: &str = "SELECT count(*) FROM key_rings WHERE location = $1";
+
+pub(crate) const INSERT_IMPORT_JOB: &str =
+    "INSERT INTO import_jobs (name, key_ring, resource, wrapping_key) VALUES ($1, $2, $3, $4)";
+pub(crate) const GET_IMPORT_JOB: &str = "SELECT name, resource, wrapping_key FROM import_jobs WHERE name = $1";
+pub(crate) const LIST_IMPORT_JOBS: &str = "SELECT name, resource, wrapping_key FROM import_jobs \
+    WHERE key_ring = $1 AND name > $2 ORDER BY name LIMIT $3";
+pub(crate) const COUNT_IMPORT_JOBS: &str = "SELECT count(*) FROM import_jobs WHERE key_ring = $1";
 
 pub(crate) const INSERT_CRYPTO_KEY: &str = "INSERT INTO crypto_keys \
     (name, key_ring, resource, primary_version, next_version_id, next_rotation_nanos, revision) \

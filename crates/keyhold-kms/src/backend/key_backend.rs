@@ -89,6 +89,18 @@ pub(crate) trait KeyBackend: Send + Sync + fmt::Debug {
         algorithm: Algorithm,
         options: Option<&ExternalProtectionLevelOptions>,
     ) -> Result<NewMaterial, KmsError>;
+    /// Makes the material of a version from imported key material (the raw key for
+    /// symmetric and HMAC keys, PKCS#8 DER for asymmetric ones) that
+    /// [`crate::algorithm::check_imported_material`] accepted for `algorithm`.
+    async fn import(
+        &self,
+        name: &CryptoKeyVersionName,
+        algorithm: Algorithm,
+        material: &Secret,
+    ) -> Result<NewMaterial, KmsError> {
+        let _ = (name, algorithm, material);
+        Err(not_served(self.level(), "ImportCryptoKeyVersion"))
+    }
     /// Encrypts `plaintext`, binding `aad`; the result is the ciphertext clients see.
     async fn encrypt(&self, using: KeyUse<'_>, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KmsError>;
     /// Decrypts what [`KeyBackend::encrypt`] made with the same version and `aad`.

@@ -66,14 +66,51 @@ impl SoftwareKeys {
     /// Seals new private material of `name` as an envelope (format 2), bound to the version and
     /// its algorithm.
     async fn seal_private(&self, name: &str, algorithm: Algorithm, material: &Secret) -> Result<Vec<u8>, KmsError> {
+        self.seal_envelope(name, &private_context(name, algorithm), material).await
+    }
+
+    /// Seals `material` of the resource `name` as an envelope (format 2) bound to `context`.
+    async fn seal_envelope(&self, name: &str, context: &str, material: &Secret) -> Result<Vec<u8>, KmsError> {
         let data_key = KeyBytes::generate().map_err(|e| KmsError::Internal(e.to_string()))?;
         let sealed_key = self
             .root
             .seal(&data_key, &sealed::envelope_key_context(name))
             .await
             .map_err(|e| KmsError::from_backend("The root key", name, e))?;
-        sealed::seal_envelope(&data_key, &sealed_key, material.expose(), &private_context(name, algorithm))
+        sealed::seal_envelope(&data_key, &sealed_key, material.expose(), context)
             .map_err(|e| KmsError::Internal(format!("cannot seal the private key of {name}: {e}")))
+    }
+
+    /// Opens what [`SoftwareKeys::seal_envelope`] sealed for `name` and `context`.
+    async fn open_envelope(&self, name: &str, context: &str, envelope: &[u8]) -> Result<Secret, KmsError> {
+        let corrupt =
+            |e: &dyn std::fmt::Display| KmsError::Internal(format!("cannot unseal the private key of {name}: {e}"));
+        let sealed_key = sealed::envelope_data_key(envelope).map_err(|e| corrupt(&e))?;
+        let data_key =
+            self.root.unseal(sealed_key, &sealed::envelope_key_context(name)).await.map_err(|e| match e {
+                BackendError::Unavailable(_) => KmsError::from_backend("The root key", name, e),
+                other => corrupt(&other),
+            })?;
+        sealed::open_envelope(&data_key, envelope, context).map_err(|e| corrupt(&e))
+    }
+
+    /// Seals the private half of import job `job`'s wrapping key (format 2), bound to the job.
+    pub(crate) async fn seal_wrapping_key(&self, job: &str, material: &Secret) -> Result<Vec<u8>, KmsError> {
+        self.seal_envelope(job, &wrapping_key_context(job), material).await
+    }
+
+    /// The wrapping key of import job `job`, from what [`SoftwareKeys::seal_wrapping_key`] sealed.
+    pub(crate) async fn open_wrapping_key(
+        &self,
+        job: &str,
+        spec: KeySpec,
+        envelope: &[u8],
+    ) -> Result<LoadedKey, KmsError> {
+        let material = self.open_envelope(job, &wrapping_key_context(job), envelope).await?;
+        tokio::task::spawn_blocking(move || LoadedKey::from_material(spec, &material))
+            .await
+            .map_err(|e| KmsError::Internal(format!("reading a wrapping key failed: {e}")))?
+            .map_err(|e| internal(job, e))
     }
 
     /// The unsealed, parsed private key of a cached version (unsealed once, then kept in the
@@ -89,17 +126,11 @@ impl SoftwareKeys {
         else {
             return Err(KmsError::Internal(format!("{name} is enabled but has no private key material")));
         };
-        let corrupt =
-            |e: &dyn std::fmt::Display| KmsError::Internal(format!("cannot unseal the private key of {name}: {e}"));
-        let sealed_key = sealed::envelope_data_key(envelope).map_err(|e| corrupt(&e))?;
-        let data_key =
-            self.root.unseal(sealed_key, &sealed::envelope_key_context(&name)).await.map_err(|e| match e {
-                BackendError::Unavailable(_) => KmsError::from_backend("The root key", &name, e),
-                other => corrupt(&other),
-            })?;
-        let material =
-            sealed::open_envelope(&data_key, envelope, &private_context(&name, algorithm)).map_err(|e| corrupt(&e))?;
-        let key = Arc::new(LoadedKey::from_material(spec, &material).map_err(|e| corrupt(&e))?);
+        let material = self.open_envelope(&name, &private_context(&name, algorithm), envelope).await?;
+        let key = Arc::new(
+            LoadedKey::from_material(spec, &material)
+                .map_err(|e| KmsError::Internal(format!("cannot unseal the private key of {name}: {e}")))?,
+        );
         Ok(version.private.get_or_init(|| key).clone())
     }
 }
@@ -109,6 +140,12 @@ impl SoftwareKeys {
 /// another use).
 fn private_context(name: &str, algorithm: Algorithm) -> String {
     format!("{name}#{algorithm}")
+}
+
+/// What an import job's wrapping key is bound to: the job (whose name never reads as a
+/// version's, so the envelope opens for nothing else).
+fn wrapping_key_context(job: &str) -> String {
+    format!("{job}#import-wrapping-key")
 }
 
 /// Runs RSA's private-key operations (milliseconds at 4096 bits) off the async workers; the
@@ -180,6 +217,23 @@ impl KeyBackend for SoftwareKeys {
                     "Algorithm {a} is not served at protection level SOFTWARE."
                 )));
             }
+        };
+        Ok(NewMaterial { material: VersionMaterial::Sealed(sealed), attestation: None, external_options: None })
+    }
+
+    async fn import(
+        &self,
+        name: &CryptoKeyVersionName,
+        algorithm: Algorithm,
+        material: &Secret,
+    ) -> Result<NewMaterial, KmsError> {
+        let context = name.to_string();
+        let sealed = if algorithm == Algorithm::GoogleSymmetricEncryption {
+            let key = KeyBytes::from_slice(material.expose())
+                .ok_or_else(|| KmsError::Internal(format!("{context}: imported material is not 32 bytes")))?;
+            self.root.seal(&key, &context).await.map_err(|e| KmsError::from_backend("The root key", &context, e))?
+        } else {
+            self.seal_private(&context, algorithm, material).await?
         };
         Ok(NewMaterial { material: VersionMaterial::Sealed(sealed), attestation: None, external_options: None })
     }

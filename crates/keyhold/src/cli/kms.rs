@@ -18,6 +18,7 @@ use keyhold_crypto::crc32c;
 use super::client::ListOptions;
 use super::files::{self, MAX_CIPHERTEXT, MAX_PLAINTEXT};
 use super::iam::{self, BindingFlags, IamSubject, PolicyFileArg};
+use super::import::{self, ImportJobsArgs, ImportJobsCommand, VersionImport};
 use super::key_ops::{
     self, AsymmetricDecryptArgs, AsymmetricSignArgs, DecapsulateArgs, GetPublicKeyArgs, MacSignArgs, MacVerifyArgs,
     RawDecryptArgs, RawEncryptArgs,
@@ -65,6 +66,8 @@ pub enum KmsCommand {
     RawDecrypt(RawDecryptArgs),
     /// Recover the shared secret of a KEM ciphertext with a key encapsulation (ML-KEM) version.
     Decapsulate(DecapsulateArgs),
+    /// Create and manage import jobs, which keys are imported with.
+    ImportJobs(ImportJobsArgs),
     /// What keys protect: resources and the key versions protecting them (Cloud KMS Inventory).
     Inventory(InventoryArgs),
 }
@@ -164,7 +167,7 @@ pub struct ListFlags {
 }
 
 impl ListFlags {
-    fn options(&self) -> ListOptions {
+    pub(super) fn options(&self) -> ListOptions {
         ListOptions {
             page_size: self.page_size,
             filter: self.filter.clone(),
@@ -466,6 +469,9 @@ pub enum VersionsCommand {
     Restore(VersionTarget),
     /// Write the public key of an asymmetric key version (PEM or DER).
     GetPublicKey(GetPublicKeyArgs),
+    /// Import a key (wrapped here for the import job, or wrapped already) as a new version, or
+    /// into a destroyed imported version.
+    Import(VersionImport),
 }
 
 /// `keyhold kms keys versions create`.
@@ -586,6 +592,7 @@ impl KmsCommand {
                     VersionsCommand::Destroy(_) => "keys.versions.destroy",
                     VersionsCommand::Restore(_) => "keys.versions.restore",
                     VersionsCommand::GetPublicKey(_) => "keys.versions.get-public-key",
+                    VersionsCommand::Import(_) => "keys.versions.import",
                 },
             },
             KmsCommand::Encrypt(_) => "encrypt",
@@ -597,6 +604,11 @@ impl KmsCommand {
             KmsCommand::RawEncrypt(_) => "raw-encrypt",
             KmsCommand::RawDecrypt(_) => "raw-decrypt",
             KmsCommand::Decapsulate(_) => "decapsulate",
+            KmsCommand::ImportJobs(a) => match a.command {
+                ImportJobsCommand::Create(_) => "import-jobs.create",
+                ImportJobsCommand::Describe(_) => "import-jobs.describe",
+                ImportJobsCommand::List(_) => "import-jobs.list",
+            },
             KmsCommand::Inventory(a) => match a.command {
                 InventoryCommand::GetProtectedResourcesSummary(_) => "inventory.get-protected-resources-summary",
                 InventoryCommand::SearchProtectedResources(_) => "inventory.search-protected-resources",
@@ -652,6 +664,7 @@ impl KmsCommand {
                     VersionsCommand::Destroy(c) => versions_action(ctx, &c, "destroy").await,
                     VersionsCommand::Restore(c) => versions_action(ctx, &c, "restore").await,
                     VersionsCommand::GetPublicKey(c) => key_ops::get_public_key(ctx, &c).await,
+                    VersionsCommand::Import(c) => import::import_version(ctx, &c).await,
                 },
             },
             KmsCommand::Encrypt(c) => encrypt(ctx, &c).await,
@@ -663,6 +676,11 @@ impl KmsCommand {
             KmsCommand::RawEncrypt(c) => key_ops::raw_encrypt(ctx, &c).await,
             KmsCommand::RawDecrypt(c) => key_ops::raw_decrypt(ctx, &c).await,
             KmsCommand::Decapsulate(c) => key_ops::decapsulate(ctx, &c).await,
+            KmsCommand::ImportJobs(a) => match a.command {
+                ImportJobsCommand::Create(c) => import::create(ctx, &c).await,
+                ImportJobsCommand::Describe(c) => import::describe(ctx, &c).await,
+                ImportJobsCommand::List(c) => import::list(ctx, &c).await,
+            },
             KmsCommand::Inventory(a) => match a.command {
                 InventoryCommand::GetProtectedResourcesSummary(c) => inventory_summary(ctx, &c).await,
                 InventoryCommand::SearchProtectedResources(c) => inventory_search(ctx, &c).await,

@@ -30,6 +30,7 @@ mod client;
 mod credentials;
 mod files;
 mod iam;
+mod import;
 mod key_ops;
 mod kms;
 mod logging;

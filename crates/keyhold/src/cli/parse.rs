@@ -90,7 +90,7 @@ pub fn kebab(wire_name: &str) -> String {
 
 /// The proto enum name of a gcloud spelling: `google-symmetric-encryption` ->
 /// `GOOGLE_SYMMETRIC_ENCRYPTION` (the enum name itself is accepted too).
-fn wire_name(arg: &str) -> String {
+pub(super) fn wire_name(arg: &str) -> String {
     arg.trim().replace('-', "_").to_ascii_uppercase()
 }
 
