@@ -56,14 +56,16 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
 /// Checks that imported `material` is a key of `algorithm`, in the form Cloud KMS's "Formatting
 /// keys for import" asks: 32 bytes for `GOOGLE_SYMMETRIC_ENCRYPTION`, the key's length for raw
 /// AES, the hash's output length for HMAC, PKCS#8 DER of a key of the algorithm's curve or size
-/// for EC, Ed25519 and RSA. Post-quantum keys cannot be imported.
-pub(crate) fn check_imported_material(algorithm: Algorithm, material: &Secret) -> Result<(), KmsError> {
+/// for EC, Ed25519 and RSA. Post-quantum keys cannot be imported. Returns the key's identity: the
+/// key itself for symmetric and HMAC keys, the public key (DER) for asymmetric ones, whatever
+/// their PKCS#8 encoding.
+pub(crate) fn check_imported_material(algorithm: Algorithm, material: &Secret) -> Result<Secret, KmsError> {
     let len = material.expose().len();
     let wrong = |why: String| {
         KmsError::InvalidArgument(format!("The imported key material is not a valid {algorithm} key: {why}."))
     };
     let spec = match (algorithm, key_spec(algorithm)) {
-        (Algorithm::GoogleSymmetricEncryption, _) if len == 32 => return Ok(()),
+        (Algorithm::GoogleSymmetricEncryption, _) if len == 32 => return Ok(material.clone()),
         (Algorithm::GoogleSymmetricEncryption, _) => {
             return Err(wrong(format!("symmetric keys are 32 bytes of binary data, not {len}")));
         }
@@ -77,12 +79,15 @@ pub(crate) fn check_imported_material(algorithm: Algorithm, material: &Secret) -
         KeySpec::Hmac(h) if len != h.output_len() => {
             Err(wrong(format!("HMAC keys must be as long as the hash's output, {} bytes, not {len}", h.output_len())))
         }
-        KeySpec::Aes(..) | KeySpec::Hmac(_) => {
-            LoadedKey::from_material(spec, material).map(|_| ()).map_err(|_| wrong(format!("{len} bytes")))
+        KeySpec::Aes(..) | KeySpec::Hmac(_) => LoadedKey::from_material(spec, material)
+            .map(|_| material.clone())
+            .map_err(|_| wrong(format!("{len} bytes"))),
+        _ => {
+            let not_pkcs8 =
+                || wrong("expected a DER PKCS#8 PrivateKeyInfo (RFC 5208) of the algorithm's key type and size".into());
+            let key = LoadedKey::from_material(spec, material).map_err(|_| not_pkcs8())?;
+            key.public_key_der().map(Secret::new).map_err(|_| not_pkcs8())
         }
-        _ => LoadedKey::from_material(spec, material).map(|_| ()).map_err(|_| {
-            wrong("expected a DER PKCS#8 PrivateKeyInfo (RFC 5208) of the algorithm's key type and size".into())
-        }),
     }
 }
 

@@ -7,7 +7,14 @@
 //! version that was destroyed, given the very same material again.
 //!
 //! A job is `ACTIVE` from its creation (the wrapping key is generated before the answer), and
-//! `EXPIRED` from its `expireTime` on, derived when it is read; the store keeps it as created.
+//! `EXPIRED` from its `expireTime` on, derived when it is read; the scheduler then erases its
+//! wrapping key.
+//!
+//! Each imported version keeps a fingerprint of its material: HMAC-SHA256, under a key the root
+//! key seals (kept in the server's metadata), of the material's identity (the raw key of a
+//! symmetric or HMAC key, the public key of an asymmetric one, so any encoding of the same
+//! private key matches). Only material with the same fingerprint goes back into a destroyed
+//! imported version; the fingerprint reveals nothing without the root key.
 
 use std::sync::Arc;
 
@@ -19,9 +26,10 @@ use keyhold_api::resources::{
 };
 use keyhold_api::wire::ProtoDuration;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName};
-use keyhold_crypto::Secret;
 use keyhold_crypto::import::{self as wrapping, MAX_WRAPPED_KEY, Wrapping};
 use keyhold_crypto::keys::{self, Hash, KeySpec, LoadedKey, RsaBits};
+use keyhold_crypto::{KeyBytes, Secret};
+use tokio::sync::OnceCell;
 
 use crate::algorithm;
 use crate::call::Call;
@@ -50,24 +58,24 @@ pub fn method_parameters(method: ImportMethod) -> Option<(RsaBits, Wrapping)> {
     Some((bits, Wrapping { hash, aes_kwp }))
 }
 
-/// The key stored material of an imported version is fingerprinted under (in the server's
-/// metadata), so that only the same material can be imported into it again.
-fn fingerprint_key(version: &CryptoKeyVersionName) -> String {
-    format!("import-fingerprint/{version}")
-}
+/// The server metadata entry holding the fingerprint key, sealed by the root key.
+const FINGERPRINT_KEY: &str = "import_fingerprint_key";
+/// The root key's context for it.
+const FINGERPRINT_KEY_CONTEXT: &str = "import-fingerprint-key";
 
-/// SHA-256 of the material with its algorithm and version: a key's material is never stored
-/// in the clear, and a fingerprint does not reveal it (imported keys are full-length random
-/// keys, or private keys).
-fn fingerprint(version: &CryptoKeyVersionName, algorithm: &str, material: &Secret) -> String {
-    let mut h = Hash::Sha256.hasher();
-    h.update(b"keyhold/import-fingerprint/v1\0");
-    h.update(version.to_string().as_bytes());
-    h.update(b"\0");
-    h.update(algorithm.as_bytes());
-    h.update(b"\0");
-    h.update(material.expose());
-    keyhold_crypto::hex(&h.finish())
+/// HMAC-SHA256 under `key` of the version, the algorithm and the material's identity.
+fn fingerprint(key: &LoadedKey, version: &CryptoKeyVersionName, algorithm: &str, identity: &Secret) -> String {
+    let message = [
+        b"keyhold/import-fingerprint/v1\0".as_slice(),
+        version.to_string().as_bytes(),
+        b"\0",
+        algorithm.as_bytes(),
+        b"\0",
+        identity.expose(),
+    ]
+    .concat();
+    let tag = key.mac(&message).unwrap_or_default();
+    keyhold_crypto::hex(&tag)
 }
 
 /// Import jobs and imports.
@@ -76,11 +84,31 @@ pub(crate) struct Imports {
     repo: Arc<dyn KmsRepository>,
     clock: Arc<dyn Clock>,
     keys: Arc<Keys>,
+    /// The fingerprint key, unsealed once.
+    fingerprint_key: OnceCell<LoadedKey>,
 }
 
 impl Imports {
     pub(crate) fn new(repo: Arc<dyn KmsRepository>, clock: Arc<dyn Clock>, keys: Arc<Keys>) -> Self {
-        Self { repo, clock, keys }
+        Self { repo, clock, keys, fingerprint_key: OnceCell::new() }
+    }
+
+    /// The fingerprint key: made and sealed by the first node that needs it (the first write
+    /// wins; the others read it back), unsealed once per process.
+    async fn fingerprint_key(&self) -> Result<&LoadedKey, KmsError> {
+        self.fingerprint_key
+            .get_or_try_init(|| async {
+                let software = self.keys.backends.software();
+                let fresh = KeyBytes::generate().map_err(|e| KmsError::Internal(e.to_string()))?;
+                let sealed = software.seal_service_key(&fresh, FINGERPRINT_KEY_CONTEXT).await?;
+                let stored = self.repo.meta_set_if_absent(FINGERPRINT_KEY, &keyhold_crypto::hex(&sealed)).await?;
+                let sealed = unhex(&stored)
+                    .ok_or_else(|| KmsError::Internal("the stored import fingerprint key is not hex".into()))?;
+                let key = software.unseal_service_key(&sealed, FINGERPRINT_KEY_CONTEXT).await?;
+                LoadedKey::from_material(KeySpec::Hmac(Hash::Sha256), &Secret::new(key.expose().to_vec()))
+                    .map_err(|e| KmsError::Internal(format!("the import fingerprint key: {e}")))
+            })
+            .await
     }
 
     /// `importJobs.create`: generates the wrapping key and answers the job `ACTIVE`.
@@ -130,6 +158,11 @@ impl Imports {
         if !request.crypto_key_backend.is_empty() {
             return Err(KmsError::Unimplemented("cryptoKeyBackend (EKM connections) is not supported.".into()));
         }
+        // Before the generation, so that creating a taken name again costs no RSA key (the
+        // insert still refuses a name taken meanwhile).
+        if self.repo.import_job(&name).await?.is_some() {
+            return Err(KmsError::ImportJobExists(name));
+        }
         let spec = KeySpec::RsaOaep(bits, how.hash);
         // RSA generation takes up to a second at 4096 bits: off the async workers.
         let (material, public) = tokio::task::spawn_blocking(move || {
@@ -153,7 +186,7 @@ impl Imports {
             public_key: Some(WrappingPublicKey { pem: keys::public_key_pem(&public), data: None }),
             ..Default::default()
         };
-        let record = ImportJobRecord { name: name.clone(), job, wrapping_key };
+        let record = ImportJobRecord { name: name.clone(), job, wrapping_key: Some(wrapping_key) };
         match self.repo.insert_import_job(&record, &call.success_entry()).await {
             Ok(()) => Ok(self.render(&record)),
             Err(RepoError::AlreadyExists) => Err(KmsError::ImportJobExists(name)),
@@ -189,8 +222,8 @@ impl Imports {
     }
 
     /// `cryptoKeyVersions.import`: the material wrapped for `request.import_job`, as a new
-    /// version of `parent` or into the imported version `request.crypto_key_version`. The
-    /// caller has been authorized to create (or update) versions and to use the job.
+    /// version of `parent` or into the imported version `target`. The caller has been
+    /// authorized to create (or update) versions and to use the job.
     pub(crate) async fn import_version(
         &self,
         call: &Call<'_>,
@@ -212,6 +245,12 @@ impl Imports {
             }
             Some(a) => a,
         };
+        // The version imported into again: everything about it is checked before the job's
+        // private key is used (and again in the compare-and-set).
+        if let Some(name) = target {
+            let existing = self.repo.version(name).await?.ok_or_else(|| KmsError::VersionNotFound(name.clone()))?;
+            check_reimport(name, &existing.version, algorithm)?;
+        }
         let job = self.record(job_name).await?;
         if job_name.key_ring.location != parent.key_ring.location {
             return Err(KmsError::InvalidArgument(format!(
@@ -219,12 +258,19 @@ impl Imports {
             )));
         }
         let rendered = self.render(&job);
-        if rendered.state != Some(ImportJobState::Active) {
-            return Err(KmsError::FailedPrecondition(format!(
-                "ImportJob {job_name} is {}; only ACTIVE import jobs can be used: create a new one.",
-                rendered.state.unwrap_or(ImportJobState::Unspecified)
-            )));
-        }
+        let sealed_job_key = match (&job.wrapping_key, rendered.state) {
+            (Some(k), Some(ImportJobState::Active)) => k,
+            _ => {
+                return Err(KmsError::FailedPrecondition(format!(
+                    "ImportJob {job_name} is {}; only ACTIVE import jobs can be used: create a new one.",
+                    if rendered.state == Some(ImportJobState::Active) {
+                        ImportJobState::Expired
+                    } else {
+                        rendered.state.unwrap_or(ImportJobState::Unspecified)
+                    }
+                )));
+            }
+        };
         let template = key.key.version_template.clone().unwrap_or_default();
         let level = template.protection_level.unwrap_or(ProtectionLevel::Software);
         if job.job.protection_level != Some(level) {
@@ -249,34 +295,33 @@ impl Imports {
             .keys
             .backends
             .software()
-            .open_wrapping_key(&job_name.to_string(), KeySpec::RsaOaep(bits, how.hash), &job.wrapping_key)
+            .open_wrapping_key(&job_name.to_string(), KeySpec::RsaOaep(bits, how.hash), sealed_job_key)
             .await?;
         let wrapped = wrapped.to_vec();
-        let material = tokio::task::spawn_blocking(move || {
-            let material = wrapping::unwrap(&job_key, how, &wrapped)?;
-            Ok::<_, keys::KeyError>(material)
+        // RSA private-key operations and RSA key parsing take milliseconds: off the async
+        // workers. The material's identity comes back with it, for the fingerprint.
+        let (material, identity) = tokio::task::spawn_blocking(move || {
+            let material = wrapping::unwrap(&job_key, how, &wrapped).map_err(|_| None)?;
+            let identity = algorithm::check_imported_material(algorithm, &material).map_err(Some)?;
+            Ok::<_, Option<KmsError>>((material, identity))
         })
         .await
         .map_err(|e| KmsError::Internal(format!("unwrapping failed: {e}")))?
-        .map_err(|_| {
-            KmsError::InvalidArgument(format!(
-                "wrapped_key cannot be unwrapped with ImportJob {job_name}: wrap the key material for this job's \
-                 public key with import method {method}."
-            ))
+        .map_err(|e| {
+            e.unwrap_or_else(|| {
+                KmsError::InvalidArgument(format!(
+                    "wrapped_key cannot be unwrapped with ImportJob {job_name}: wrap the key material for this job's \
+                     public key with import method {method}."
+                ))
+            })
         })?;
-        // Parsing an RSA key takes milliseconds: off the async workers too.
-        let material = tokio::task::spawn_blocking(move || {
-            algorithm::check_imported_material(algorithm, &material).map(|()| material)
-        })
-        .await
-        .map_err(|e| KmsError::Internal(format!("checking imported material failed: {e}")))??;
+        let fingerprint_key = self.fingerprint_key().await?;
         let now = self.clock.now();
         let version = match target {
             None => {
                 let id = self.repo.allocate_version_id(parent).await?;
                 let name = parent.version(id);
-                let print = fingerprint(&name, algorithm.as_str(), &material);
-                self.repo.meta_set_if_absent(&fingerprint_key(&name), &print).await?;
+                let print = fingerprint(fingerprint_key, &name, algorithm.as_str(), &identity);
                 let made = backend.import(&name, algorithm, &material).await?;
                 let record = VersionRecord {
                     name: name.clone(),
@@ -297,7 +342,7 @@ impl Imports {
                     revision: 0,
                 };
                 call.set_key_version(name.to_string());
-                if let Err(e) = self.repo.insert_version(&record, false, &call.success_entry()).await {
+                if let Err(e) = self.repo.insert_imported_version(&record, &print, &call.success_entry()).await {
                     self.keys.discard_unrecorded_material(&record, &e).await;
                     return Err(e.into());
                 }
@@ -305,14 +350,11 @@ impl Imports {
                 record.version
             }
             Some(name) => {
-                let existing = self.repo.version(name).await?.ok_or_else(|| KmsError::VersionNotFound(name.clone()))?;
-                check_reimport(name, &existing.version, algorithm)?;
-                let print = fingerprint(name, algorithm.as_str(), &material);
-                let recorded = self.repo.meta_set_if_absent(&fingerprint_key(name), &print).await?;
-                if recorded != print {
+                let print = fingerprint(fingerprint_key, name, algorithm.as_str(), &identity);
+                if self.repo.import_fingerprint(name).await?.as_deref() != Some(print.as_str()) {
                     return Err(KmsError::InvalidArgument(format!(
                         "The key material does not match the material previously imported into {name}; a version \
-                         can only be imported again with the same key material."
+                         can only be imported into again with the same key material."
                     )));
                 }
                 let made = backend.import(name, algorithm, &material).await?;
@@ -337,6 +379,13 @@ impl Imports {
         };
         Ok(version)
     }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// Whether `version` may be imported into again with material of `algorithm`: it was imported,
@@ -407,16 +456,21 @@ mod tests {
     }
 
     #[test]
-    fn fingerprints_bind_the_material_the_algorithm_and_the_version() {
+    fn fingerprints_bind_the_material_the_algorithm_and_the_version_under_a_key() {
+        let key = |b: u8| LoadedKey::from_material(KeySpec::Hmac(Hash::Sha256), &Secret::new(vec![b; 32])).unwrap();
         let v1: CryptoKeyVersionName =
             "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1".parse().unwrap();
         let v2 = v1.crypto_key.version(2);
         let m = Secret::new(vec![1; 32]);
-        let f = fingerprint(&v1, "GOOGLE_SYMMETRIC_ENCRYPTION", &m);
-        assert_eq!(f, fingerprint(&v1, "GOOGLE_SYMMETRIC_ENCRYPTION", &Secret::new(vec![1; 32])));
-        assert_ne!(f, fingerprint(&v2, "GOOGLE_SYMMETRIC_ENCRYPTION", &m));
-        assert_ne!(f, fingerprint(&v1, "AES_256_GCM", &m));
-        assert_ne!(f, fingerprint(&v1, "GOOGLE_SYMMETRIC_ENCRYPTION", &Secret::new(vec![2; 32])));
-        assert!(!f.contains(&keyhold_crypto::hex(&[1; 32])));
+        let f = fingerprint(&key(9), &v1, "GOOGLE_SYMMETRIC_ENCRYPTION", &m);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f, fingerprint(&key(9), &v1, "GOOGLE_SYMMETRIC_ENCRYPTION", &Secret::new(vec![1; 32])));
+        assert_ne!(f, fingerprint(&key(8), &v1, "GOOGLE_SYMMETRIC_ENCRYPTION", &m), "keyed");
+        assert_ne!(f, fingerprint(&key(9), &v2, "GOOGLE_SYMMETRIC_ENCRYPTION", &m));
+        assert_ne!(f, fingerprint(&key(9), &v1, "AES_256_GCM", &m));
+        assert_ne!(f, fingerprint(&key(9), &v1, "GOOGLE_SYMMETRIC_ENCRYPTION", &Secret::new(vec![2; 32])));
+        assert_eq!(unhex(&f).map(|b| keyhold_crypto::hex(&b)), Some(f.clone()));
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
     }
 }

@@ -639,44 +639,41 @@ impl Kms {
             .await
     }
 
-    /// `cryptoKeyVersions.import`: needs `cryptoKeyVersions.create` on the key (or
-    /// `cryptoKeyVersions.update` on the version imported into again) and
-    /// `importJobs.useToImport` on the job, as Cloud KMS.
+    /// `cryptoKeyVersions.import`: needs `cloudkms.cryptoKeyVersions.create` on the key (or
+    /// `cloudkms.cryptoKeyVersions.update` on the version imported into again) and
+    /// `importJobs.useToImport` on the job, as Cloud KMS. The names in the body are read inside
+    /// the call, so that a malformed one is audited like any refusal.
     pub async fn import_version(
         &self,
         caller: &Caller,
         parent: &CryptoKeyName,
         request: &ImportCryptoKeyVersionRequest,
     ) -> Result<CryptoKeyVersion, KmsError> {
-        let target: Option<CryptoKeyVersionName> = match request.crypto_key_version.as_str() {
-            "" => None,
-            v => Some(v.parse()?),
-        };
-        if let Some(t) = &target
-            && t.crypto_key != *parent
-        {
-            return Err(KmsError::InvalidArgument(format!("crypto_key_version {t} is not a version of {parent}.")));
-        }
-        if request.import_job.is_empty() {
-            return Err(KmsError::InvalidArgument("import_job is required.".into()));
-        }
-        let job: ImportJobName = request.import_job.parse()?;
-        let (permission, on) = match &target {
-            None => (role::VERSIONS_CREATE, parent.to_string()),
-            Some(t) => (role::VERSIONS_UPDATE, t.to_string()),
-        };
-        let job_resource = job.to_string();
+        let op = Op::kms_write("ImportCryptoKeyVersion");
         self.gate
-            .run(
-                caller,
-                Op::kms_write("ImportCryptoKeyVersion"),
-                parent.to_string(),
-                Check::Permission(permission, &on),
-                async |call| {
-                    self.gate.authorize(call, role::IMPORT_JOBS_USE_TO_IMPORT, &job_resource).await?;
-                    self.imports.import_version(call, parent, &job, target.as_ref(), request).await
-                },
-            )
+            .run(caller, op, parent.to_string(), Check::Authenticated, async |call| {
+                let target: Option<CryptoKeyVersionName> = match request.crypto_key_version.as_str() {
+                    "" => None,
+                    v => Some(v.parse()?),
+                };
+                if let Some(t) = &target
+                    && t.crypto_key != *parent
+                {
+                    return Err(KmsError::InvalidArgument(format!(
+                        "crypto_key_version {t} is not a version of {parent}."
+                    )));
+                }
+                if request.import_job.is_empty() {
+                    return Err(KmsError::InvalidArgument("import_job is required.".into()));
+                }
+                let job: ImportJobName = request.import_job.parse()?;
+                match &target {
+                    None => self.gate.authorize(call, role::VERSIONS_CREATE, &parent.to_string()).await?,
+                    Some(t) => self.gate.authorize(call, role::VERSIONS_UPDATE, &t.to_string()).await?,
+                }
+                self.gate.authorize(call, role::IMPORT_JOBS_USE_TO_IMPORT, &job.to_string()).await?;
+                self.imports.import_version(call, parent, &job, target.as_ref(), request).await
+            })
             .await
     }
 

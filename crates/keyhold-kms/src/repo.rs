@@ -48,7 +48,7 @@ pub struct CryptoKeyRecord {
 
 /// An import job as stored: the resource as clients see it (its state as of creation; the
 /// domain derives `EXPIRED` from `expireTime`) and the private half of its wrapping key, sealed
-/// by the root key.
+/// by the root key (`None` once the job has expired: the store erases it).
 #[derive(Clone)]
 pub struct ImportJobRecord {
     /// The job's name.
@@ -56,7 +56,7 @@ pub struct ImportJobRecord {
     /// The resource.
     pub job: ImportJob,
     /// The wrapping key's private material, sealed (an envelope of the root key).
-    pub wrapping_key: Vec<u8>,
+    pub wrapping_key: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ImportJobRecord {
@@ -192,6 +192,18 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<ImportJobRecord>, RepoError>;
     /// How many import jobs a key ring has.
     async fn count_import_jobs(&self, parent: &KeyRingName) -> Result<i64, RepoError>;
+    /// Erases the wrapping keys of the jobs that have expired by `now`; how many it erased.
+    async fn erase_expired_wrapping_keys(&self, now: Timestamp) -> Result<u64, RepoError>;
+    /// Inserts an imported version (never primary) with the fingerprint of its material, in
+    /// one transaction.
+    async fn insert_imported_version(
+        &self,
+        version: &VersionRecord,
+        fingerprint: &str,
+        audit: &AuditRecord,
+    ) -> Result<(), RepoError>;
+    /// The fingerprint of the material imported into a version, if it was imported.
+    async fn import_fingerprint(&self, version: &CryptoKeyVersionName) -> Result<Option<String>, RepoError>;
 
     /// Inserts a crypto key and, atomically with it, its first version (which then is its
     /// primary). [`RepoError::AlreadyExists`] if the name is taken.

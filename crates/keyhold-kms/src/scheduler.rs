@@ -29,6 +29,8 @@ pub struct DueWork {
     pub destroyed: usize,
     /// Keys rotated.
     pub rotated: usize,
+    /// Expired import jobs whose wrapping key was erased.
+    pub wrapping_keys_erased: usize,
 }
 
 /// Runs what is due: a part of the KMS over its keys, which never sees the façade.
@@ -81,6 +83,12 @@ impl Scheduler {
                 Ok(did) => done.rotated += usize::from(did),
                 Err(e) => failed("rotation", &name, e),
             }
+        }
+        // An expired import job's wrapping key goes, as Cloud KMS destroys it: wrapped key
+        // material captured in transit can no longer be unwrapped with it.
+        match self.repo.erase_expired_wrapping_keys(now).await {
+            Ok(n) => done.wrapping_keys_erased += usize::try_from(n).unwrap_or(usize::MAX),
+            Err(e) => failed("wrapping key erasure", &"expired import jobs", e.into()),
         }
         for version in pending {
             match self.keys.generate_pending(&version).await {

@@ -204,6 +204,14 @@ impl Run {
             req(
                 Owner,
                 Method::POST,
+                format!("{KEY}/cryptoKeyVersions:import"),
+                Some(json!({"algorithm": "GOOGLE_SYMMETRIC_ENCRYPTION", "importJob": "bad", "wrappedKey": b64(b"x")})),
+                400,
+                "ImportCryptoKeyVersion",
+            ),
+            req(
+                Owner,
+                Method::POST,
                 format!("{KEY}/cryptoKeyVersions"),
                 Some(json!({})),
                 200,

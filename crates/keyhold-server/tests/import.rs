@@ -365,8 +365,14 @@ async fn expired_jobs_refuse_and_destroyed_imports_take_back_only_their_own_mate
         .err(Method::POST, &format!("{key}/cryptoKeyVersions:import"), Some(again("b")), 400, "INVALID_ARGUMENT")
         .await;
     assert!(m.contains("does not match"), "{m}");
+    // The target is checked before anything is unwrapped: its algorithm, then that it exists.
     let wrong_alg = json!({"algorithm": "HMAC_SHA512", "importJob": job, "wrappedKey": b64(&[0; 400]), "cryptoKeyVersion": version});
-    s.err(Method::POST, &format!("{key}/cryptoKeyVersions:import"), Some(wrong_alg), 400, "INVALID_ARGUMENT").await;
+    let m =
+        s.err(Method::POST, &format!("{key}/cryptoKeyVersions:import"), Some(wrong_alg), 400, "INVALID_ARGUMENT").await;
+    assert!(m.contains("same algorithm"), "{m}");
+    let missing = json!({"algorithm": "HMAC_SHA256", "importJob": job, "wrappedKey": b64(&[0; 400]), "cryptoKeyVersion": format!("{key}/cryptoKeyVersions/9")});
+    let m = s.err(Method::POST, &format!("{key}/cryptoKeyVersions:import"), Some(missing), 404, "NOT_FOUND").await;
+    assert_eq!(m, format!("CryptoKeyVersion {key}/cryptoKeyVersions/9 not found."));
     let back = s.ok(Method::POST, &format!("{key}/cryptoKeyVersions:import"), Some(again("a"))).await;
     assert_eq!((back["name"].as_str().unwrap(), back["state"].as_str().unwrap()), (version.as_str(), "ENABLED"));
     assert!(back.get("destroyEventTime").is_none(), "{back}");
@@ -381,7 +387,63 @@ async fn expired_jobs_refuse_and_destroyed_imports_take_back_only_their_own_mate
     assert_eq!(expired["expireEventTime"], expired["expireTime"]);
     assert!(expired.get("publicKey").is_none(), "{expired}");
     let body = json!({"algorithm": "HMAC_SHA256", "importJob": job, "wrappedKey": b64(&wrap(dir, "j.pem", "b", "sha256", true))});
+    let m = s
+        .err(Method::POST, &format!("{key}/cryptoKeyVersions:import"), Some(body.clone()), 400, "FAILED_PRECONDITION")
+        .await;
+    assert!(m.contains("EXPIRED"), "{m}");
+    // The scheduler then erases its wrapping key, once.
+    let wrapping_key = || {
+        let conn = rusqlite::Connection::open(&s.db_file).unwrap();
+        conn.query_row("SELECT wrapping_key IS NOT NULL FROM import_jobs WHERE name = ?1", [&job], |r| {
+            r.get::<_, bool>(0)
+        })
+        .unwrap()
+    };
+    assert!(wrapping_key());
+    assert_eq!(s.kms.run_due_work().await.unwrap().wrapping_keys_erased, 1);
+    assert!(!wrapping_key(), "the expired job's wrapping key is gone");
+    assert_eq!(s.kms.run_due_work().await.unwrap().wrapping_keys_erased, 0);
     let m =
         s.err(Method::POST, &format!("{key}/cryptoKeyVersions:import"), Some(body), 400, "FAILED_PRECONDITION").await;
     assert!(m.contains("EXPIRED"), "{m}");
+}
+
+/// Importing needs `cloudkms.importJobs.useToImport` on the job besides the right to create
+/// versions of the key: an admin of the key alone is refused, until granted the importer role
+/// on the job.
+#[tokio::test]
+async fn importing_needs_use_of_the_job_as_well_as_the_key() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    create_job(&s, "j", "RSA_OAEP_3072_SHA256_AES_256", dir).await;
+    let job = format!("{RING}/importJobs/j");
+    let key = create_key(&s, "k", "MAC", "HMAC_SHA256").await;
+    let alice = "user:alice@example.com";
+    s.grant(&key, "roles/cloudkms.admin", alice).await;
+    let token = s.token_for(alice).await;
+    std::fs::write(dir.join("m"), [3u8; 32]).unwrap();
+    let body = json!({"algorithm": "HMAC_SHA256", "importJob": job, "wrappedKey": b64(&wrap(dir, "j.pem", "m", "sha256", true))});
+    let path = format!("{key}/cryptoKeyVersions:import");
+    let (status, v) = s.call_as(Some(&token), Method::POST, &path, Some(body.clone())).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().starts_with("Permission 'cloudkms.importJobs.useToImport' denied"),
+        "{v}"
+    );
+    s.grant(&job, "roles/cloudkms.importer", alice).await;
+    let (status, v) = s.call_as(Some(&token), Method::POST, &path, Some(body)).await;
+    assert_eq!(status, 200, "{v}");
+    // The importer alone may use the job but not create versions of the key.
+    let bob = "user:bob@example.com";
+    s.grant(&job, "roles/cloudkms.importer", bob).await;
+    let token = s.token_for(bob).await;
+    let body = json!({"algorithm": "HMAC_SHA256", "importJob": job, "wrappedKey": b64(&wrap(dir, "j.pem", "m", "sha256", true))});
+    let (status, v) = s.call_as(Some(&token), Method::POST, &path, Some(body)).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().starts_with("Permission 'cloudkms.cryptoKeyVersions.create' denied"),
+        "{v}"
+    );
 }

@@ -70,9 +70,11 @@ fn key_record(row: &Row) -> Result<CryptoKeyRecord, RepoError> {
 }
 
 fn import_job_record(row: &[Value]) -> Result<ImportJobRecord, RepoError> {
-    let wrapping_key =
-        row[2].opt_blob()?.ok_or_else(|| RepoError::Corrupt("an import job has no wrapping key".into()))?;
-    Ok(ImportJobRecord { name: name(&row[0])?, job: from_json::<ImportJob>(&row[1])?, wrapping_key })
+    Ok(ImportJobRecord {
+        name: name(&row[0])?,
+        job: from_json::<ImportJob>(&row[1])?,
+        wrapping_key: row[2].opt_blob()?,
+    })
 }
 
 fn version_record(row: &[Value]) -> Result<VersionRecord, RepoError> {
@@ -331,11 +333,14 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
     }
 
     async fn insert_import_job(&self, record: &ImportJobRecord, audit: &AuditRecord) -> Result<(), RepoError> {
+        let expire =
+            record.job.expire_time.ok_or_else(|| RepoError::Corrupt("an import job has no expireTime".into()))?;
         let params = vec![
             Value::Text(record.name.to_string()),
             Value::Text(record.name.key_ring.to_string()),
             to_json(&record.job)?,
-            Value::OptBlob(Some(record.wrapping_key.clone())),
+            Value::OptBlob(record.wrapping_key.clone()),
+            Value::Int(expire.unix_nanos_i64()),
         ];
         self.write_audited(Change::ImportJob(record.name.to_string()), audit, |tx| {
             Box::pin(async move { tx.execute(INSERT_IMPORT_JOB, params).await.map(|_| ()) })
@@ -361,6 +366,47 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
 
     async fn count_import_jobs(&self, parent: &KeyRingName) -> Result<i64, RepoError> {
         self.count(COUNT_IMPORT_JOBS, parent.to_string()).await
+    }
+
+    async fn erase_expired_wrapping_keys(&self, now: Timestamp) -> Result<u64, RepoError> {
+        // Read first: most passes find nothing, and write (and log) nothing.
+        let params = vec![Value::Int(now.unix_nanos_i64())];
+        let due = self.read_rows(COUNT_EXPIRED_WRAPPING_KEYS, params.clone()).await?;
+        if due.first().map(|r| r[0].int()).transpose()?.unwrap_or(0) == 0 {
+            return Ok(0);
+        }
+        let erased = self
+            .write(Change::ImportJob(String::new()), |tx| {
+                Box::pin(async move { Ok(tx.execute(ERASE_EXPIRED_WRAPPING_KEYS, params).await?) })
+            })
+            .await?;
+        if erased > 0 {
+            self.backend.after_erase().await;
+        }
+        Ok(erased)
+    }
+
+    async fn insert_imported_version(
+        &self,
+        version: &VersionRecord,
+        fingerprint: &str,
+        audit: &AuditRecord,
+    ) -> Result<(), RepoError> {
+        let params = version_params(version)?;
+        let print = vec![Value::Text(version.name.to_string()), Value::Text(fingerprint.to_string())];
+        self.write_audited(Change::Key(version.name.crypto_key.clone()), audit, |tx| {
+            Box::pin(async move {
+                tx.execute(INSERT_VERSION, params).await?;
+                tx.execute(INSERT_IMPORT_FINGERPRINT, print).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn import_fingerprint(&self, version: &CryptoKeyVersionName) -> Result<Option<String>, RepoError> {
+        let rows = self.read_rows(GET_IMPORT_FINGERPRINT, vec![Value::Text(version.to_string())]).await?;
+        rows.first().map(|r| Ok(r[0].text()?.to_string())).transpose()
     }
 
     async fn insert_crypto_key(

@@ -278,15 +278,23 @@ CREATE INDEX IF NOT EXISTS store_operations_by_end ON store_operations (done, en
 ";
 
 /// Import jobs (issue 19): the resource, and the private half of its wrapping key sealed by the
-/// root key. Additive, so no version bump.
+/// root key until the job expires (`expire_nanos`; then NULL). Imported versions' fingerprints
+/// (an HMAC of their material under a key sealed by the root key), so that a destroyed imported
+/// version takes back only its own material. Additive, so no version bump.
 const DDL_IMPORT_JOBS: &str = "
 CREATE TABLE IF NOT EXISTS import_jobs (
     name         TEXT PRIMARY KEY,
     key_ring     TEXT NOT NULL REFERENCES key_rings (name),
     resource     TEXT NOT NULL,
-    wrapping_key {blob} NOT NULL
+    wrapping_key {blob},
+    expire_nanos BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS import_jobs_by_ring ON import_jobs (key_ring, name);
+CREATE INDEX IF NOT EXISTS import_jobs_by_expiry ON import_jobs (expire_nanos);
+CREATE TABLE IF NOT EXISTS import_fingerprints (
+    version     TEXT PRIMARY KEY,
+    fingerprint TEXT NOT NULL
+);
 ";
 
 /// How far each node's audit journal (`--audit-sync INTERVAL`) has been moved into the audit
@@ -389,7 +397,14 @@ pub(crate) const LIST_KEY_RINGS: &str =
 pub(crate) const COUNT_KEY_RINGS: &str = "SELECT count(*) FROM key_rings WHERE location = $1";
 
 pub(crate) const INSERT_IMPORT_JOB: &str =
-    "INSERT INTO import_jobs (name, key_ring, resource, wrapping_key) VALUES ($1, $2, $3, $4)";
+    "INSERT INTO import_jobs (name, key_ring, resource, wrapping_key, expire_nanos) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const COUNT_EXPIRED_WRAPPING_KEYS: &str =
+    "SELECT count(*) FROM import_jobs WHERE expire_nanos <= $1 AND wrapping_key IS NOT NULL";
+pub(crate) const ERASE_EXPIRED_WRAPPING_KEYS: &str =
+    "UPDATE import_jobs SET wrapping_key = NULL WHERE expire_nanos <= $1 AND wrapping_key IS NOT NULL";
+pub(crate) const INSERT_IMPORT_FINGERPRINT: &str =
+    "INSERT INTO import_fingerprints (version, fingerprint) VALUES ($1, $2)";
+pub(crate) const GET_IMPORT_FINGERPRINT: &str = "SELECT fingerprint FROM import_fingerprints WHERE version = $1";
 pub(crate) const GET_IMPORT_JOB: &str = "SELECT name, resource, wrapping_key FROM import_jobs WHERE name = $1";
 pub(crate) const LIST_IMPORT_JOBS: &str = "SELECT name, resource, wrapping_key FROM import_jobs \
     WHERE key_ring = $1 AND name > $2 ORDER BY name LIMIT $3";
