@@ -377,7 +377,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         }
         let erased = self
             .write(Change::ImportJob(String::new()), |tx| {
-                Box::pin(async move { Ok(tx.execute(ERASE_EXPIRED_WRAPPING_KEYS, params).await?) })
+                Box::pin(async move { tx.execute(ERASE_EXPIRED_WRAPPING_KEYS, params).await })
             })
             .await?;
         if erased > 0 {
