@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "google/cloud/kms/inventory/v1/key_tracking_service.proto",
     "google/cloud/location/locations.proto",
     "google/iam/v1/iam_policy.proto",
+    "google/longrunning/operations.proto",
 ];
 
 /// Where `keyhold-proto` keeps the protos.

@@ -642,8 +642,10 @@ serverTest('list versions with a state filter', async () => {
 
 serverTest('an unimplemented method is UNIMPLEMENTED', async () => {
   const ring = await createRing();
-  const location = ring.name.split('/keyRings/')[0];
-  await assert.rejects(client.listRetiredResources({parent: location}), err => err.code === Code.UNIMPLEMENTED);
+  await assert.rejects(
+    client.exportTrustedKeyWrappedCryptoKeyVersion({name: `${ring.name}/cryptoKeys/k/cryptoKeyVersions/1`}),
+    err => err.code === Code.UNIMPLEMENTED
+  );
 });
 
 // --------------------------------------------------------------------------------------------

@@ -684,9 +684,9 @@ function workflowTests(t, serverTest) {
       'ImportTrustedKeyWrappedCryptoKeyVersion is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
     );
     await assertGrpcError(
-      client.listRetiredResources({parent: ring.name.split('/keyRings/')[0]}),
+      client.exportTrustedKeyWrappedCryptoKeyVersion({name: `${key.name}/cryptoKeyVersions/1`}),
       Code.UNIMPLEMENTED,
-      'ListRetiredResources is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
+      'ExportTrustedKeyWrappedCryptoKeyVersion is not implemented by Keyhold yet; see docs/api.md for the methods it serves.'
     );
   });
 

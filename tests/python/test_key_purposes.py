@@ -359,3 +359,46 @@ def test_import_a_key_wrapped_with_cryptography(kms, ring):
                 "wrapped_key": wrapped[:-8],
             }
         )
+
+
+def test_delete_versions_and_keys_as_long_running_operations(kms, ring):
+    """DeleteCryptoKeyVersion and DeleteCryptoKey as the official client calls them: operations
+    it follows with .result(), that get_operation reads back, and a retired resource."""
+    key_id = unique("key")
+    key = kms.create_crypto_key(
+        request={
+            "parent": ring,
+            "crypto_key_id": key_id,
+            "crypto_key": {"purpose": Purpose.ENCRYPT_DECRYPT, "destroy_scheduled_duration": {"seconds": 1}},
+        }
+    )
+    version = f"{key.name}/cryptoKeyVersions/1"
+    with pytest.raises((gexc.BadRequest, gexc.FailedPrecondition)):
+        kms.delete_crypto_key_version(request={"name": version})
+    kms.destroy_crypto_key_version(request={"name": version})
+    deadline = time.monotonic() + 30
+    while kms.get_crypto_key_version(request={"name": version}).state != State.DESTROYED:
+        assert time.monotonic() < deadline, "the version was not destroyed"
+        time.sleep(0.1)
+    with pytest.raises((gexc.BadRequest, gexc.FailedPrecondition)):
+        kms.delete_crypto_key(request={"name": key.name})
+    op = kms.delete_crypto_key_version(request={"name": version})
+    op.result(timeout=30)
+    assert op.done()
+    fetched = kms.get_operation(request={"name": op.operation.name})
+    assert fetched.done and fetched.name == op.operation.name
+    with pytest.raises(gexc.NotFound):
+        kms.get_crypto_key_version(request={"name": version})
+    op = kms.delete_crypto_key(request={"name": key.name})
+    op.result(timeout=30)
+    retired_name = op.metadata.retired_resource
+    retired = kms.get_retired_resource(request={"name": retired_name})
+    assert retired.original_resource == key.name
+    assert retired.resource_type == "cloudkms.googleapis.com/CryptoKey"
+    assert retired_name in [r.name for r in kms.list_retired_resources(request={"parent": LOCATION_NAME})]
+    with pytest.raises(gexc.NotFound):
+        kms.get_crypto_key(request={"name": key.name})
+    with pytest.raises((gexc.Conflict, gexc.AlreadyExists)):
+        kms.create_crypto_key(
+            request={"parent": ring, "crypto_key_id": key_id, "crypto_key": {"purpose": Purpose.ENCRYPT_DECRYPT}}
+        )

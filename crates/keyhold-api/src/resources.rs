@@ -495,6 +495,43 @@ pub struct ImportJob {
     pub crypto_key_backend: String,
 }
 
+/// `RetiredResource`: the record a deleted crypto key leaves, so that its name is never used
+/// again.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetiredResource {
+    /// `projects/P/locations/L/retiredResources/ID`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The deleted resource's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub original_resource: String,
+    /// Its type, `cloudkms.googleapis.com/CryptoKey`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource_type: String,
+    /// When it was deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_time: Option<Timestamp>,
+}
+
+/// A Cloud KMS `google.longrunning.Operation` (`DeleteCryptoKey`, `DeleteCryptoKeyVersion`):
+/// `metadata` and `response` are packed messages in their JSON form, with their `@type`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Operation {
+    /// `projects/P/locations/L/operations/ID`.
+    pub name: String,
+    /// The method's metadata (`DeleteCryptoKeyMetadata`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// Whether it has finished.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub done: bool,
+    /// The answer once done (`google.protobuf.Empty` for the deletions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<serde_json::Value>,
+}
+
 /// `Location` (google.cloud.location).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -13,7 +13,12 @@ type Answer<T> = Result<Response<T>, Status>;
 
 /// A method Keyhold does not serve: `UNIMPLEMENTED`, after authentication and with its audit
 /// entry, as over REST.
-async fn not_served<T>(front: &Front, request: Request<impl Send>, resource: &str, message: String) -> Answer<T> {
+pub(crate) async fn not_served<T>(
+    front: &Front,
+    request: Request<impl Send>,
+    resource: &str,
+    message: String,
+) -> Answer<T> {
     front
         .call(request.into_parts().0, resource, async |_| {
             Err::<T, _>(ApiError::new(keyhold_api::Code::Unimplemented, message))
@@ -21,7 +26,7 @@ async fn not_served<T>(front: &Front, request: Request<impl Send>, resource: &st
         .await
 }
 
-fn not_yet(method: &str) -> String {
+pub(crate) fn not_yet(method: &str) -> String {
     format!("{method} is not implemented by Keyhold yet; see docs/api.md for the methods it serves.")
 }
 
@@ -56,8 +61,7 @@ impl KeyManagementService for Front {
         &self,
         request: Request<pb::ListRetiredResourcesRequest>,
     ) -> Answer<pb::ListRetiredResourcesResponse> {
-        let parent = request.get_ref().parent.clone();
-        not_served(self, request, &parent, not_yet("ListRetiredResources")).await
+        self.serve(request, |r| r.parent.clone(), methods::list_retired_resources).await
     }
 
     async fn get_key_ring(&self, request: Request<pb::GetKeyRingRequest>) -> Answer<pb::KeyRing> {
@@ -87,8 +91,7 @@ impl KeyManagementService for Front {
         &self,
         request: Request<pb::GetRetiredResourceRequest>,
     ) -> Answer<pb::RetiredResource> {
-        let n = request.get_ref().name.clone();
-        not_served(self, request, &n, not_yet("GetRetiredResource")).await
+        self.serve(request, |r| r.name.clone(), methods::get_retired_resource).await
     }
 
     async fn create_key_ring(&self, request: Request<pb::CreateKeyRingRequest>) -> Answer<pb::KeyRing> {
@@ -110,24 +113,14 @@ impl KeyManagementService for Front {
         &self,
         request: Request<pb::DeleteCryptoKeyRequest>,
     ) -> Answer<crate::pb::google::longrunning::Operation> {
-        let n = request.get_ref().name.clone();
-        let message = format!(
-            "DeleteCryptoKey is not implemented by Keyhold yet. To stop a key being used, disable or destroy its \
-             versions (DestroyCryptoKeyVersion on {n}/cryptoKeyVersions/N); see docs/api.md."
-        );
-        not_served(self, request, &n, message).await
+        self.serve(request, |r| r.name.clone(), methods::delete_crypto_key).await
     }
 
     async fn delete_crypto_key_version(
         &self,
         request: Request<pb::DeleteCryptoKeyVersionRequest>,
     ) -> Answer<crate::pb::google::longrunning::Operation> {
-        let n = request.get_ref().name.clone();
-        let message = format!(
-            "DeleteCryptoKeyVersion is not implemented by Keyhold yet. To erase a version's key material, destroy it \
-             (DestroyCryptoKeyVersion on {n}); see docs/api.md."
-        );
-        not_served(self, request, &n, message).await
+        self.serve(request, |r| r.name.clone(), methods::delete_crypto_key_version).await
     }
 
     async fn import_crypto_key_version(

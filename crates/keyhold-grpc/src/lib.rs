@@ -34,6 +34,7 @@ use pb::google::cloud::kms::inventory::v1::key_tracking_service_server::KeyTrack
 use pb::google::cloud::kms::v1::key_management_service_server::KeyManagementServiceServer;
 use pb::google::cloud::location::locations_server::LocationsServer;
 use pb::google::iam::v1::iam_policy_server::IamPolicyServer;
+use pb::google::longrunning::operations_server::OperationsServer;
 
 /// The gRPC services served, by full name (the health service reports each as `SERVING`).
 pub const SERVICES: &[&str] = &[
@@ -41,6 +42,7 @@ pub const SERVICES: &[&str] = &[
     "google.iam.v1.IAMPolicy",
     "google.cloud.location.Locations",
     "google.cloud.kms.inventory.v1.KeyTrackingService",
+    "google.longrunning.Operations",
 ];
 
 /// The gRPC front end, as a router for [`keyhold_server::app_with`]. `max_message_bytes`
@@ -60,6 +62,7 @@ pub async fn router(state: AppState, max_message_bytes: usize) -> Router {
     tonic::service::Routes::new(limited!(KeyManagementServiceServer::new(front.clone())))
         .add_service(limited!(IamPolicyServer::new(front.clone())))
         .add_service(limited!(LocationsServer::new(front.clone())))
+        .add_service(limited!(OperationsServer::new(front.clone())))
         .add_service(limited!(KeyTrackingServiceServer::new(front)))
         .add_service(health_service)
         .into_axum_router()

@@ -4,7 +4,13 @@
 
 /// `google.*`
 pub mod google {
-    pub use keyhold_proto::google::{api, longrunning, rpc, r#type};
+    pub use keyhold_proto::google::{api, rpc, r#type};
+
+    /// `google.longrunning`
+    pub mod longrunning {
+        pub use keyhold_proto::google::longrunning::*;
+        include!(concat!(env!("OUT_DIR"), "/google.longrunning.rs"));
+    }
 
     /// `google.iam.v1`
     pub mod iam {

@@ -67,6 +67,11 @@ permissions! {
     VERSIONS_USE_TO_DECAPSULATE = "cloudkms.cryptoKeyVersions.useToDecapsulate";
     VERSIONS_MANAGE_RAW_AES_CBC_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCbcKeys";
     VERSIONS_MANAGE_RAW_AES_CTR_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCtrKeys";
+    CRYPTO_KEYS_DELETE = "cloudkms.cryptoKeys.delete";
+    VERSIONS_DELETE = "cloudkms.cryptoKeyVersions.delete";
+    RETIRED_RESOURCES_GET = "cloudkms.retiredResources.get";
+    RETIRED_RESOURCES_LIST = "cloudkms.retiredResources.list";
+    KMS_OPERATIONS_GET = "cloudkms.operations.get";
     IMPORT_JOBS_CREATE = "cloudkms.importJobs.create";
     IMPORT_JOBS_GET = "cloudkms.importJobs.get";
     IMPORT_JOBS_LIST = "cloudkms.importJobs.list";
@@ -170,6 +175,9 @@ const KMS_READ: &[Permission] = &[
     VERSIONS_LIST,
     IMPORT_JOBS_GET,
     IMPORT_JOBS_LIST,
+    RETIRED_RESOURCES_GET,
+    RETIRED_RESOURCES_LIST,
+    KMS_OPERATIONS_GET,
     PROJECTS_GET,
 ];
 
@@ -213,6 +221,11 @@ pub static ROLES: &[Role] = &[
             IMPORT_JOBS_USE_TO_IMPORT,
             IMPORT_JOBS_GET_IAM_POLICY,
             IMPORT_JOBS_SET_IAM_POLICY,
+            CRYPTO_KEYS_DELETE,
+            VERSIONS_DELETE,
+            RETIRED_RESOURCES_GET,
+            RETIRED_RESOURCES_LIST,
+            KMS_OPERATIONS_GET,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             PROJECTS_SET_IAM_POLICY,
@@ -270,6 +283,11 @@ pub static ROLES: &[Role] = &[
             IMPORT_JOBS_LIST,
             IMPORT_JOBS_USE_TO_IMPORT,
             IMPORT_JOBS_GET_IAM_POLICY,
+            CRYPTO_KEYS_DELETE,
+            VERSIONS_DELETE,
+            RETIRED_RESOURCES_GET,
+            RETIRED_RESOURCES_LIST,
+            KMS_OPERATIONS_GET,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             LOG_ENTRIES_LIST,
@@ -315,6 +333,9 @@ pub static ROLES: &[Role] = &[
             IMPORT_JOBS_GET,
             IMPORT_JOBS_LIST,
             IMPORT_JOBS_GET_IAM_POLICY,
+            RETIRED_RESOURCES_GET,
+            RETIRED_RESOURCES_LIST,
+            KMS_OPERATIONS_GET,
             PROJECTS_GET,
             PROJECTS_GET_IAM_POLICY,
             LOG_ENTRIES_LIST,
@@ -360,6 +381,11 @@ pub static ROLES: &[Role] = &[
             IMPORT_JOBS_USE_TO_IMPORT,
             IMPORT_JOBS_GET_IAM_POLICY,
             IMPORT_JOBS_SET_IAM_POLICY,
+            CRYPTO_KEYS_DELETE,
+            VERSIONS_DELETE,
+            RETIRED_RESOURCES_GET,
+            RETIRED_RESOURCES_LIST,
+            KMS_OPERATIONS_GET,
             PROJECTS_GET,
         ],
     },

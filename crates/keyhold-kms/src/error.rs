@@ -46,6 +46,16 @@ pub enum KmsError {
     /// The crypto key ID is taken.
     #[error("CryptoKey {0} already exists.")]
     CryptoKeyExists(CryptoKeyName),
+    /// The crypto key ID was a deleted key's: its name is never used again.
+    #[error(
+        "CryptoKey {key} was deleted, and the names of deleted CryptoKeys cannot be used again (RetiredResource {retired})."
+    )]
+    CryptoKeyRetired {
+        /// The name asked for.
+        key: CryptoKeyName,
+        /// The retired resource the deletion left.
+        retired: String,
+    },
     /// The version exists but is not `ENABLED` ([K7]).
     #[error("{version} is not enabled, current state is: {state}.")]
     VersionNotEnabled {
@@ -231,9 +241,10 @@ impl KmsError {
             | KmsError::CryptoKeyNotFound(_)
             | KmsError::VersionNotFound(_)
             | KmsError::ImportJobNotFound(_) => Code::NotFound,
-            KmsError::KeyRingExists(_) | KmsError::CryptoKeyExists(_) | KmsError::ImportJobExists(_) => {
-                Code::AlreadyExists
-            }
+            KmsError::KeyRingExists(_)
+            | KmsError::CryptoKeyExists(_)
+            | KmsError::CryptoKeyRetired { .. }
+            | KmsError::ImportJobExists(_) => Code::AlreadyExists,
             KmsError::VersionNotEnabled { .. }
             | KmsError::NoPrimaryVersion(_)
             | KmsError::WrongPurpose { .. }

@@ -163,6 +163,9 @@ impl Keys {
     ) -> Result<CryptoKey, KmsError> {
         let name = CryptoKeyName::new(parent, crypto_key_id)?;
         self.key_ring(parent).await?;
+        if let Some(retired) = self.repo.retired_resource_of(&name.to_string()).await? {
+            return Err(KmsError::CryptoKeyRetired { key: name, retired: retired.name });
+        }
         let purpose = match request.purpose {
             None | Some(Purpose::Unspecified) => {
                 return Err(KmsError::InvalidArgument(

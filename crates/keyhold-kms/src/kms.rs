@@ -30,7 +30,9 @@ use keyhold_api::messages::{
 };
 use keyhold_api::orgpolicy::OrgPolicy;
 use keyhold_api::page::Page;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing, Location, VersionState};
+use keyhold_api::resources::{
+    CryptoKey, CryptoKeyVersion, ImportJob, KeyRing, Location, Operation, RetiredResource, VersionState,
+};
 use keyhold_api::wire::ProtoDuration;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName};
 use keyhold_crypto::KeyBytes;
@@ -44,6 +46,7 @@ use crate::call::{Call, Check, Gate, Op, ServiceCall};
 use crate::clock::Clock;
 use crate::config::KmsConfig;
 use crate::crypto_ops::{CryptoOps, EncryptTarget};
+use crate::deletion::Deletions;
 use crate::error::KmsError;
 use crate::events::{EventBus, KmsEvent};
 use crate::iam::{IamResource, Policies};
@@ -77,6 +80,7 @@ pub struct Kms {
     crypto: CryptoOps,
     versions: VersionOps,
     imports: Imports,
+    deletions: Deletions,
     scheduler: Scheduler,
     /// Wakes the scheduler at once (a key is waiting for its generation).
     due_now: tokio::sync::Notify,
@@ -123,6 +127,7 @@ impl Kms {
             crypto: CryptoOps::new(keys.clone()),
             versions: VersionOps::new(keys.clone()),
             imports: Imports::new(store.clone(), clock.clone(), keys.clone()),
+            deletions: Deletions::new(store.clone(), clock.clone(), keys.clone()),
             due_now: tokio::sync::Notify::new(),
             scheduler: Scheduler::new(store.clone(), clock, keys.clone()),
             keys,
@@ -590,6 +595,66 @@ impl Kms {
         self.gate
             .run(caller, Op::kms_write("RestoreCryptoKeyVersion"), resource.clone(), check, async |call| {
                 self.keys.restore_version(call, name).await
+            })
+            .await
+    }
+
+    // ---- deletion -------------------------------------------------------------------------
+
+    /// `cryptoKeyVersions.delete`: a finished long-running operation.
+    pub async fn delete_version(&self, caller: &Caller, name: &CryptoKeyVersionName) -> Result<Operation, KmsError> {
+        let resource = name.to_string();
+        let check = Check::Permission(role::VERSIONS_DELETE, &resource);
+        self.gate
+            .run(caller, Op::kms_write("DeleteCryptoKeyVersion"), resource.clone(), check, async |call| {
+                self.deletions.delete_version(call, name).await
+            })
+            .await
+    }
+
+    /// `cryptoKeys.delete`: a finished long-running operation.
+    pub async fn delete_crypto_key(&self, caller: &Caller, name: &CryptoKeyName) -> Result<Operation, KmsError> {
+        let resource = name.to_string();
+        let check = Check::Permission(role::CRYPTO_KEYS_DELETE, &resource);
+        self.gate
+            .run(caller, Op::kms_write("DeleteCryptoKey"), resource.clone(), check, async |call| {
+                self.deletions.delete_key(call, name).await
+            })
+            .await
+    }
+
+    /// `retiredResources.get`.
+    pub async fn retired_resource(&self, caller: &Caller, name: &str) -> Result<RetiredResource, KmsError> {
+        let check = Check::Permission(role::RETIRED_RESOURCES_GET, name);
+        self.gate
+            .run(caller, Op::kms_read("GetRetiredResource"), name.to_string(), check, async |_| {
+                self.deletions.retired_resource(name).await
+            })
+            .await
+    }
+
+    /// `retiredResources.list`.
+    pub async fn list_retired_resources(
+        &self,
+        caller: &Caller,
+        parent: &LocationName,
+        q: &ListQuery,
+    ) -> Result<Page<RetiredResource>, KmsError> {
+        let resource = parent.to_string();
+        let check = Check::Permission(role::RETIRED_RESOURCES_LIST, &resource);
+        self.gate
+            .run(caller, Op::kms_read("ListRetiredResources"), resource.clone(), check, async |_| {
+                self.deletions.list_retired(parent, q).await
+            })
+            .await
+    }
+
+    /// `operations.get` of the KMS's operations (IDs beginning with `kms-`).
+    pub async fn operation(&self, caller: &Caller, name: &str) -> Result<Operation, KmsError> {
+        let check = Check::Permission(role::KMS_OPERATIONS_GET, name);
+        self.gate
+            .run(caller, Op::kms_read("GetOperation"), name.to_string(), check, async |_| {
+                self.deletions.operation(name).await
             })
             .await
     }

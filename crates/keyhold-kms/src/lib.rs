@@ -26,6 +26,7 @@ pub mod call;
 pub mod clock;
 pub mod config;
 mod crypto_ops;
+mod deletion;
 pub mod error;
 pub mod events;
 pub mod iam;
@@ -48,6 +49,7 @@ pub use backend::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend,
 pub use call::{Caller, ServiceCall};
 pub use config::KmsConfig;
 pub use crypto_ops::{EncryptTarget, MAX_CIPHERTEXT, MAX_PLAINTEXT};
+pub use deletion::OPERATION_PREFIX as KMS_OPERATION_PREFIX;
 pub use error::KmsError;
 pub use iam::IamResource;
 pub use identity::NewToken;

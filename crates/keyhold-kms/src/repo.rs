@@ -6,7 +6,9 @@
 
 use async_trait::async_trait;
 use keyhold_api::iam::Policy;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing, VersionState};
+use keyhold_api::resources::{
+    CryptoKey, CryptoKeyVersion, ImportJob, KeyRing, Operation, RetiredResource, VersionState,
+};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName};
 
@@ -204,6 +206,40 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<(), RepoError>;
     /// The fingerprint of the material imported into a version, if it was imported.
     async fn import_fingerprint(&self, version: &CryptoKeyVersionName) -> Result<Option<String>, RepoError>;
+
+    /// Deletes a version as read at `version.revision` ([`RepoError::Conflict`] if it changed
+    /// or is gone); the key loses it as its primary; records `operation`, finished.
+    async fn delete_version(
+        &self,
+        version: &VersionRecord,
+        operation: &Operation,
+        audit: &AuditRecord,
+    ) -> Result<(), RepoError>;
+    /// Deletes a key as read at `key.revision` that has no versions left
+    /// ([`RepoError::Conflict`] otherwise), with its IAM policy; records `retired`, whose name
+    /// no key may take again, and `operation`, finished.
+    async fn delete_crypto_key(
+        &self,
+        key: &CryptoKeyRecord,
+        retired: &RetiredResource,
+        operation: &Operation,
+        audit: &AuditRecord,
+    ) -> Result<(), RepoError>;
+    /// A retired resource by its name.
+    async fn retired_resource(&self, name: &str) -> Result<Option<RetiredResource>, RepoError>;
+    /// The retired resource a deleted key left, by the key's name.
+    async fn retired_resource_of(&self, original: &str) -> Result<Option<RetiredResource>, RepoError>;
+    /// Retired resources of a location by name, after `after` ("" for the first).
+    async fn list_retired_resources(
+        &self,
+        location: &LocationName,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<RetiredResource>, RepoError>;
+    /// How many retired resources a location has.
+    async fn count_retired_resources(&self, location: &LocationName) -> Result<i64, RepoError>;
+    /// A Cloud KMS long-running operation by name.
+    async fn kms_operation(&self, name: &str) -> Result<Option<Operation>, RepoError>;
 
     /// Inserts a crypto key and, atomically with it, its first version (which then is its
     /// primary). [`RepoError::AlreadyExists`] if the name is taken.

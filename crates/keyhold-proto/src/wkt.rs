@@ -116,6 +116,9 @@ macro_rules! packed_types {
 
 packed_types! {
     "google.cloud.kms.v1.LocationMetadata" => kms::LocationMetadata,
+    "google.cloud.kms.v1.DeleteCryptoKeyMetadata" => kms::DeleteCryptoKeyMetadata,
+    "google.cloud.kms.v1.DeleteCryptoKeyVersionMetadata" => kms::DeleteCryptoKeyVersionMetadata,
+    "google.protobuf.Empty" => pbjson_types::Empty,
     "google.rpc.ErrorInfo" => rpc::ErrorInfo,
     "google.rpc.PreconditionFailure" => rpc::PreconditionFailure,
     "google.rpc.RetryInfo" => rpc::RetryInfo,

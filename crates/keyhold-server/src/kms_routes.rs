@@ -501,7 +501,24 @@ async fn handle(
             r.name = name.to_string();
             json(&methods::restore_crypto_key_version(s, caller, r).await?, pretty)
         }
-        (Target::KeyRing(_) | Target::CryptoKey(_) | Target::Version(_), None, Method::DELETE) => {
+        (Target::CryptoKey(name), None, Method::DELETE) => {
+            let r = pb::DeleteCryptoKeyRequest { name: name.to_string() };
+            json(&methods::delete_crypto_key(s, caller, r).await?, pretty)
+        }
+        (Target::Version(name), None, Method::DELETE) => {
+            let r = pb::DeleteCryptoKeyVersionRequest { name: name.to_string() };
+            json(&methods::delete_crypto_key_version(s, caller, r).await?, pretty)
+        }
+        (Target::RetiredResources(parent), None, Method::GET) => {
+            let (page_size, page_token, _, _) = q.list()?;
+            let r = pb::ListRetiredResourcesRequest { parent: parent.to_string(), page_size, page_token };
+            json(&methods::list_retired_resources(s, caller, r).await?, pretty)
+        }
+        (Target::RetiredResource(name), None, Method::GET) => {
+            let r = pb::GetRetiredResourceRequest { name };
+            json(&methods::get_retired_resource(s, caller, r).await?, pretty)
+        }
+        (Target::KeyRing(_), None, Method::DELETE) => {
             return Err(delete_not_served(path));
         }
         (_, Some(v), _) if UNIMPLEMENTED_VERBS.contains(&v) => return Err(unimplemented(path)),
@@ -509,28 +526,17 @@ async fn handle(
     })
 }
 
-/// `DELETE` on a key ring, key or version: `501 UNIMPLEMENTED` like the other methods Keyhold
-/// does not serve (finding 9: it answered 404, which reads as "no such resource"), saying what
-/// to do instead.
+/// `DELETE` on a key ring: `501 UNIMPLEMENTED` like the other methods Keyhold does not serve
+/// (finding 9: it answered 404, which reads as "no such resource"), saying what to do instead.
 fn delete_not_served(path: &str) -> ApiError {
     let name = path.split(':').next().unwrap_or(path);
-    let message = if name.contains("/cryptoKeyVersions/") {
+    ApiError::new(
+        Code::Unimplemented,
         format!(
-            "DeleteCryptoKeyVersion is not implemented by Keyhold yet. To erase a version's key material, destroy it \
-             (POST /v1/{name}:destroy); see docs/api.md."
-        )
-    } else if name.contains("/cryptoKeys/") {
-        format!(
-            "DeleteCryptoKey is not implemented by Keyhold yet. To stop a key being used, disable or destroy its \
-             versions (POST /v1/{name}/cryptoKeyVersions/N:destroy); see docs/api.md."
-        )
-    } else {
-        format!(
-            "Key rings cannot be deleted, in Cloud KMS as in Keyhold: {name} and its name stay. Destroy the versions \
-             of its keys to erase their material; see docs/api.md."
-        )
-    };
-    ApiError::new(Code::Unimplemented, message)
+            "DeleteKeyRing is not implemented by Keyhold: {name} and its name stay. Delete its keys (once their \
+             versions are destroyed and deleted) to retire them; see docs/api.md."
+        ),
+    )
 }
 
 /// Cloud KMS v1 methods Keyhold does not implement yet: they answer `501 UNIMPLEMENTED` (which
@@ -541,9 +547,7 @@ const UNIMPLEMENTED_VERBS: &[&str] =
 fn is_unimplemented_cloud_kms_path(path: &str) -> bool {
     let path = path.split(':').next().unwrap_or(path);
     path.starts_with("projects/")
-        && ["/ekmConnections", "/ekmConfig", "/keyHandles", "/retiredResources", "/operations"]
-            .iter()
-            .any(|p| path.contains(p))
+        && ["/ekmConnections", "/ekmConfig", "/keyHandles", "/operations"].iter().any(|p| path.contains(p))
 }
 
 fn unimplemented(path: &str) -> ApiError {

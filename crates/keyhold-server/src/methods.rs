@@ -151,6 +151,84 @@ pub async fn create_crypto_key(s: &AppState, caller: &Caller, r: pb::CreateCrypt
     Ok(to_wire(&created)?)
 }
 
+/// `DeleteCryptoKeyVersion`: a finished `google.longrunning.Operation`.
+pub async fn delete_crypto_key_version(
+    s: &AppState,
+    caller: &Caller,
+    r: pb::DeleteCryptoKeyVersionRequest,
+) -> Answer<keyhold_proto::google::longrunning::Operation> {
+    let n: CryptoKeyVersionName = name("name", &r.name)?;
+    Ok(to_wire(&s.kms.delete_version(caller, &n).await?)?)
+}
+
+/// `DeleteCryptoKey`: a finished `google.longrunning.Operation`.
+pub async fn delete_crypto_key(
+    s: &AppState,
+    caller: &Caller,
+    r: pb::DeleteCryptoKeyRequest,
+) -> Answer<keyhold_proto::google::longrunning::Operation> {
+    let n: CryptoKeyName = name("name", &r.name)?;
+    Ok(to_wire(&s.kms.delete_crypto_key(caller, &n).await?)?)
+}
+
+/// `GetOperation` over gRPC: the KMS's operations (its deletions). The store's copies are
+/// long-running operations of another API, served over REST (`GET /v1/{name}`).
+pub async fn get_operation(
+    s: &AppState,
+    caller: &Caller,
+    r: keyhold_proto::google::longrunning::GetOperationRequest,
+) -> Answer<keyhold_proto::google::longrunning::Operation> {
+    let parts: Vec<&str> = r.name.split('/').collect();
+    match parts.as_slice() {
+        ["projects", p, "locations", l, "operations", id] if LocationName::new(p, l).is_ok() => {
+            if id.starts_with(keyhold_kms::KMS_OPERATION_PREFIX) {
+                Ok(to_wire(&s.kms.operation(caller, &r.name).await?)?)
+            } else {
+                Err(ApiError::new(
+                    keyhold_api::Code::Unimplemented,
+                    format!("The store's operations are served over REST: GET /v1/{}.", r.name),
+                ))
+            }
+        }
+        _ => Err(ApiError::invalid(format!(
+            "Invalid operation name {:?}: expected projects/P/locations/L/operations/ID.",
+            r.name.chars().take(300).collect::<String>()
+        ))),
+    }
+}
+
+/// `GetRetiredResource`.
+pub async fn get_retired_resource(
+    s: &AppState,
+    caller: &Caller,
+    r: pb::GetRetiredResourceRequest,
+) -> Answer<pb::RetiredResource> {
+    match route::parse(&r.name) {
+        Ok((route::Target::RetiredResource(n), None)) => Ok(to_wire(&s.kms.retired_resource(caller, &n).await?)?),
+        Err(route::RouteError::BadName(e)) => Err(ApiError::invalid(e.to_string())),
+        _ => Err(ApiError::invalid(format!(
+            "Invalid retired resource name {:?}: expected projects/P/locations/L/retiredResources/ID.",
+            r.name.chars().take(300).collect::<String>()
+        ))),
+    }
+}
+
+/// `ListRetiredResources`.
+pub async fn list_retired_resources(
+    s: &AppState,
+    caller: &Caller,
+    r: pb::ListRetiredResourcesRequest,
+) -> Answer<pb::ListRetiredResourcesResponse> {
+    let parent: LocationName = name("parent", &r.parent)?;
+    let q = list_query(r.page_size, r.page_token, String::new(), String::new());
+    let page = s.kms.list_retired_resources(caller, &parent, &q).await?;
+    Ok(pb::ListRetiredResourcesResponse {
+        retired_resources: page.items.iter().map(to_wire).collect::<Result<_, _>>()?,
+        next_page_token: page.next_page_token,
+        total_size: i64::from(page.total_size),
+    })
+}
+
 /// `CreateImportJob`: output-only fields a client echoes back are ignored, as Cloud KMS does.
 pub async fn create_import_job(s: &AppState, caller: &Caller, r: pb::CreateImportJobRequest) -> Answer<pb::ImportJob> {
     let parent: KeyRingName = name("parent", &r.parent)?;

@@ -21,6 +21,10 @@ pub enum Target {
     ImportJobs(KeyRingName),
     /// `.../importJobs/{j}`.
     ImportJob(ImportJobName),
+    /// `.../locations/{l}/retiredResources`.
+    RetiredResources(LocationName),
+    /// `.../locations/{l}/retiredResources/{id}` (the full name).
+    RetiredResource(String),
     /// `.../cryptoKeys/{k}`.
     CryptoKey(CryptoKeyName),
     /// `.../cryptoKeys/{k}/cryptoKeyVersions`.
@@ -127,6 +131,11 @@ pub fn parse(path: &str) -> Result<(Target, Option<&str>), RouteError> {
         }
         [_, _, "locations", _] => Target::Location(location()?),
         [_, _, "locations", _, "keyRings"] => Target::KeyRings(location()?),
+        [_, _, "locations", _, "retiredResources"] => Target::RetiredResources(location()?),
+        [_, _, "locations", _, "retiredResources", id] => {
+            check_id("RetiredResource", id)?;
+            Target::RetiredResource(format!("{}/retiredResources/{id}", location()?))
+        }
         [_, _, "locations", _, "keyRings", _] => Target::KeyRing(ring()?),
         [_, _, "locations", _, "keyRings", _, "cryptoKeys"] => Target::CryptoKeys(ring()?),
         [_, _, "locations", _, "keyRings", _, "importJobs"] => Target::ImportJobs(ring()?),

@@ -575,9 +575,17 @@ pub(crate) async fn operation(
     };
     let name = format!("projects/{project}/locations/{location}/operations/{id}");
     let (name, state, headers) = (&name, &state, &headers);
+    let kms_operation = id.starts_with(keyhold_kms::KMS_OPERATION_PREFIX);
     with_caller(state, headers, name, |caller| async move {
-        let store = store(state)?;
         query(q)?;
+        if kms_operation {
+            // The KMS's own operations (its deletions), whether or not the store runs.
+            return match (verb.as_deref(), method) {
+                (None, Method::GET) => Ok(json(&state.kms.operation(&caller, name).await?)),
+                (v, m) => Err(not_a_method(&m, &format!("{name}{}", v.map(|v| format!(":{v}")).unwrap_or_default()))),
+            };
+        }
+        let store = store(state)?;
         match (verb.as_deref(), method) {
             (None, Method::GET) => Ok(json(&store.get_operation(&caller, name).await?)),
             (Some("cancel"), Method::POST) => {

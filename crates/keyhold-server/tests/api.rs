@@ -222,7 +222,8 @@ async fn key_rings_and_keys(backend: Backend) {
     s.err(Method::GET, "projects/p/nothing", None, 404, "NOT_FOUND").await;
     let m = s.err(Method::POST, &format!("{LOC}/keyRings"), None, 400, "INVALID_ARGUMENT").await;
     assert_eq!(m, "The keyRingId query parameter is required.");
-    s.err(Method::GET, &format!("{LOC}/retiredResources"), None, 501, "UNIMPLEMENTED").await;
+    assert_eq!(s.ok(Method::GET, &format!("{LOC}/retiredResources"), None).await, json!({}));
+    s.err(Method::GET, &format!("{LOC}/ekmConnections"), None, 501, "UNIMPLEMENTED").await;
     // generateRandomBytes exists, checks its input, and needs an HSM (none configured here).
     let m = s.err(Method::POST, &format!("{LOC}:generateRandomBytes"), Some(json!({})), 400, "INVALID_ARGUMENT").await;
     assert!(m.contains("between 8 and 1024"), "{m}");

@@ -293,7 +293,8 @@ impl Run {
             // Paths and methods that do not exist, or that Keyhold does not serve.
             req(Owner, Method::PUT, KEY, None, 404, "Unknown"),
             req(Owner, Method::GET, "projects/p/nothing/here", None, 404, "Unknown"),
-            req(Owner, Method::DELETE, KEY, None, 501, "Unknown"),
+            req(Owner, Method::DELETE, KEY, None, 400, "DeleteCryptoKey"),
+            req(Owner, Method::DELETE, RING, None, 501, "Unknown"),
             req(
                 Owner,
                 Method::POST,

@@ -181,6 +181,7 @@ fn request(
             Some(json!({"importMethod": "RSA_OAEP_3072_SHA256", "protectionLevel": "SOFTWARE"})),
         ),
         "GetImportJob" => (Method::GET, format!("{RING}/importJobs/ij"), None),
+        "ListRetiredResources" => (Method::GET, format!("{LOC}/retiredResources"), None),
         "ListImportJobs" => (Method::GET, format!("{RING}/importJobs"), None),
         "ImportCryptoKeyVersion" => (
             Method::POST,

@@ -361,6 +361,9 @@ async fn expired_jobs_refuse_and_destroyed_imports_take_back_only_their_own_mate
     clock.advance(ProtoDuration::from_secs(2));
     s.kms.run_due_work().await.unwrap();
     assert_eq!(s.ok(Method::GET, &version, None).await["state"], "DESTROYED");
+    // A destroyed imported version can be imported into again, so it cannot be deleted.
+    let m = s.err(Method::DELETE, &version, None, 400, "FAILED_PRECONDITION").await;
+    assert!(m.contains("imported key material"), "{m}");
     let m = s
         .err(Method::POST, &format!("{key}/cryptoKeyVersions:import"), Some(again("b")), 400, "INVALID_ARGUMENT")
         .await;

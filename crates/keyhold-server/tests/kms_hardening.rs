@@ -319,28 +319,29 @@ async fn access_reason_is_checked_after_authentication_and_audited() {
     }
 }
 
-/// Finding 9: DELETE on a key ring, key or version is 501 UNIMPLEMENTED (as other methods
-/// Keyhold does not serve), not 404; the resources stay. Locations report no HSM and no key
+/// Finding 9: DELETE on a key ring is 501 UNIMPLEMENTED (as other methods Keyhold does not
+/// serve), not 404; DELETE on a key or version that Cloud KMS would not delete yet (a version
+/// not destroyed, a key with versions) is 400 FAILED_PRECONDITION; the resources stay. Locations report no HSM and no key
 /// manager on a server started without them, and the EXTERNAL refusal names the real flag.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unserved_methods_and_locations_tell_the_truth() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;
     with_key(&s).await;
     let version = format!("{KEY}/cryptoKeyVersions/1");
-    for (i, (name, says)) in [
-        (version.as_str(), "DeleteCryptoKeyVersion is not implemented by Keyhold yet."),
-        (KEY, "DeleteCryptoKey is not implemented by Keyhold yet."),
-        (RING, "Key rings cannot be deleted, in Cloud KMS as in Keyhold"),
+    for (i, (name, status, code, number, says)) in [
+        (version.as_str(), 400, "FAILED_PRECONDITION", 9, "requires DESTROYED, IMPORT_FAILED or GENERATION_FAILED"),
+        (KEY, 400, "FAILED_PRECONDITION", 9, "delete each with DeleteCryptoKeyVersion"),
+        (RING, 501, "UNIMPLEMENTED", 12, "docs/api.md"),
     ]
     .into_iter()
     .enumerate()
     {
         let id = format!("delete-{i}");
         let (st, body) = send(&s, &id, Some(&s.token), Method::DELETE, &format!("{}/{name}", s.base), &[], None).await;
-        let m = google_error(st, &body, "UNIMPLEMENTED");
-        assert_eq!(st, 501);
-        assert!(m.starts_with(says) && m.contains("docs/api.md"), "{m}");
-        assert_eq!(only_entry(&s, &id).await.code, 12);
+        let m = google_error(st, &body, code);
+        assert_eq!(st, status);
+        assert!(m.contains(says), "{m}");
+        assert_eq!(only_entry(&s, &id).await.code, number);
         s.ok(Method::GET, name, None).await;
     }
     // Unauthenticated, it is still 401 first.

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use keyhold_api::iam::Policy;
-use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing};
+use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing, Operation, RetiredResource};
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName};
 use keyhold_kms::VersionMaterial;
@@ -404,6 +404,99 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         .await
     }
 
+    async fn delete_version(
+        &self,
+        version: &VersionRecord,
+        operation: &Operation,
+        audit: &AuditRecord,
+    ) -> Result<(), RepoError> {
+        let name = version.name.to_string();
+        let delete = vec![Value::Text(name.clone()), Value::Int(version.revision)];
+        let primary =
+            vec![Value::Text(version.name.crypto_key.to_string()), Value::OptInt(Some(version.name.version as i64))];
+        let print = vec![Value::Text(name)];
+        let op = vec![Value::Text(operation.name.clone()), to_json(operation)?];
+        self.write_audited(Change::Key(version.name.crypto_key.clone()), audit, |tx| {
+            Box::pin(async move {
+                if tx.execute(DELETE_VERSION, delete).await? == 0 {
+                    return Err(RepoError::Conflict);
+                }
+                tx.execute(CLEAR_PRIMARY_IF, primary).await?;
+                tx.execute(DELETE_IMPORT_FINGERPRINT, print).await?;
+                tx.execute(INSERT_KMS_OPERATION, op).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn delete_crypto_key(
+        &self,
+        key: &CryptoKeyRecord,
+        retired: &RetiredResource,
+        operation: &Operation,
+        audit: &AuditRecord,
+    ) -> Result<(), RepoError> {
+        let name = key.name.to_string();
+        let delete = vec![Value::Text(name.clone()), Value::Int(key.revision)];
+        let retire = vec![
+            Value::Text(retired.name.clone()),
+            Value::Text(key.name.key_ring.location.to_string()),
+            Value::Text(name.clone()),
+            to_json(retired)?,
+        ];
+        let op = vec![Value::Text(operation.name.clone()), to_json(operation)?];
+        let policy = vec![Value::Text(name.clone())];
+        let policy_change = change_statements(&Change::Policy(name));
+        self.write_audited(Change::Key(key.name.clone()), audit, |tx| {
+            Box::pin(async move {
+                if tx.execute(DELETE_CRYPTO_KEY, delete).await? == 0 {
+                    return Err(RepoError::Conflict);
+                }
+                tx.execute(INSERT_RETIRED, retire).await?;
+                if tx.execute(DELETE_POLICY, policy).await? > 0 {
+                    // Other nodes drop their cached copy of the key's policy.
+                    for (sql, params) in policy_change {
+                        tx.execute(sql, params).await?;
+                    }
+                }
+                tx.execute(INSERT_KMS_OPERATION, op).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn retired_resource(&self, name: &str) -> Result<Option<RetiredResource>, RepoError> {
+        let rows = self.read_rows(GET_RETIRED, vec![Value::Text(name.to_string())]).await?;
+        rows.first().map(|r| from_json(&r[0])).transpose()
+    }
+
+    async fn retired_resource_of(&self, original: &str) -> Result<Option<RetiredResource>, RepoError> {
+        let rows = self.read_rows(GET_RETIRED_OF, vec![Value::Text(original.to_string())]).await?;
+        rows.first().map(|r| from_json(&r[0])).transpose()
+    }
+
+    async fn list_retired_resources(
+        &self,
+        location: &LocationName,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<RetiredResource>, RepoError> {
+        let params = vec![Value::Text(location.to_string()), Value::Text(after.to_string()), Value::Int(limit)];
+        let rows = self.read_rows(LIST_RETIRED, params).await?;
+        rows.iter().map(|r| from_json(&r[0])).collect()
+    }
+
+    async fn count_retired_resources(&self, location: &LocationName) -> Result<i64, RepoError> {
+        self.count(COUNT_RETIRED, location.to_string()).await
+    }
+
+    async fn kms_operation(&self, name: &str) -> Result<Option<Operation>, RepoError> {
+        let rows = self.read_rows(GET_KMS_OPERATION, vec![Value::Text(name.to_string())]).await?;
+        rows.first().map(|r| from_json(&r[0])).transpose()
+    }
+
     async fn import_fingerprint(&self, version: &CryptoKeyVersionName) -> Result<Option<String>, RepoError> {
         let rows = self.read_rows(GET_IMPORT_FINGERPRINT, vec![Value::Text(version.to_string())]).await?;
         rows.first().map(|r| Ok(r[0].text()?.to_string())).transpose()
@@ -426,7 +519,10 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         let version_params = first.map(version_params).transpose()?;
         self.write_audited(Change::Key(key.name.clone()), audit, |tx| {
             Box::pin(async move {
-                tx.execute(INSERT_CRYPTO_KEY, key_params).await?;
+                if tx.execute(INSERT_CRYPTO_KEY, key_params).await? == 0 {
+                    // The name of a deleted key (a retired resource).
+                    return Err(RepoError::AlreadyExists);
+                }
                 if let Some(p) = version_params {
                     tx.execute(INSERT_VERSION, p).await?;
                 }

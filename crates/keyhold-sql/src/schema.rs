@@ -297,6 +297,23 @@ CREATE TABLE IF NOT EXISTS import_fingerprints (
 );
 ";
 
+/// Deletion (issue 19): the retired resources deleted crypto keys leave (their names are never
+/// used again: `crypto_keys` inserts check `original`), and the long-running operations of the
+/// deletions, finished when recorded. Additive, so no version bump.
+const DDL_DELETION: &str = "
+CREATE TABLE IF NOT EXISTS retired_resources (
+    name     TEXT PRIMARY KEY,
+    location TEXT NOT NULL,
+    original TEXT NOT NULL UNIQUE,
+    resource TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS retired_resources_by_location ON retired_resources (location, name);
+CREATE TABLE IF NOT EXISTS kms_operations (
+    name     TEXT PRIMARY KEY,
+    resource TEXT NOT NULL
+);
+";
+
 /// How far each node's audit journal (`--audit-sync INTERVAL`) has been moved into the audit
 /// log: entries `1..=ingested_through` of `journal` are in `audit_log`, committed with this row,
 /// so that a replay after a crash appends exactly the rest. Additive, so no version bump.
@@ -360,7 +377,7 @@ pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
     let blob = dialect.blob_type();
     let indexes = if audit_read_indexes { DDL_AUDIT_INDEXES } else { "DROP INDEX IF EXISTS audit_by_project;" };
     format!(
-        "{}{}{}{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}{}{}{}",
         DDL_V1.replace("{blob}", blob),
         DDL_V2,
         DDL_V3.replace("{blob}", blob),
@@ -369,6 +386,7 @@ pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
         DDL_OPERATIONS,
         DDL_AUDIT_JOURNALS,
         DDL_IMPORT_JOBS.replace("{blob}", blob),
+        DDL_DELETION,
         indexes.replace("{bytes}", dialect.bytes_collation()),
     )
 }
@@ -410,9 +428,27 @@ pub(crate) const LIST_IMPORT_JOBS: &str = "SELECT name, resource, wrapping_key F
     WHERE key_ring = $1 AND name > $2 ORDER BY name LIMIT $3";
 pub(crate) const COUNT_IMPORT_JOBS: &str = "SELECT count(*) FROM import_jobs WHERE key_ring = $1";
 
+/// Inserts nothing (0 rows) for the name of a deleted key: retired names are never used again.
 pub(crate) const INSERT_CRYPTO_KEY: &str = "INSERT INTO crypto_keys \
     (name, key_ring, resource, primary_version, next_version_id, next_rotation_nanos, revision) \
-    VALUES ($1, $2, $3, $4, $5, $6, 1)";
+    SELECT CAST($1 AS TEXT), CAST($2 AS TEXT), CAST($3 AS TEXT), CAST($4 AS BIGINT), CAST($5 AS BIGINT), \
+    CAST($6 AS BIGINT), 1 WHERE NOT EXISTS (SELECT 1 FROM retired_resources WHERE original = $1)";
+pub(crate) const DELETE_CRYPTO_KEY: &str = "DELETE FROM crypto_keys WHERE name = $1 AND revision = $2 \
+    AND NOT EXISTS (SELECT 1 FROM crypto_key_versions WHERE crypto_key = $1)";
+pub(crate) const DELETE_VERSION: &str = "DELETE FROM crypto_key_versions WHERE name = $1 AND revision = $2";
+pub(crate) const CLEAR_PRIMARY_IF: &str = "UPDATE crypto_keys SET primary_version = NULL, revision = revision + 1 \
+    WHERE name = $1 AND primary_version = $2";
+pub(crate) const DELETE_IMPORT_FINGERPRINT: &str = "DELETE FROM import_fingerprints WHERE version = $1";
+pub(crate) const DELETE_POLICY: &str = "DELETE FROM iam_policies WHERE resource = $1";
+pub(crate) const INSERT_RETIRED: &str =
+    "INSERT INTO retired_resources (name, location, original, resource) VALUES ($1, $2, $3, $4)";
+pub(crate) const GET_RETIRED: &str = "SELECT resource FROM retired_resources WHERE name = $1";
+pub(crate) const GET_RETIRED_OF: &str = "SELECT resource FROM retired_resources WHERE original = $1";
+pub(crate) const LIST_RETIRED: &str =
+    "SELECT resource FROM retired_resources WHERE location = $1 AND name > $2 ORDER BY name LIMIT $3";
+pub(crate) const COUNT_RETIRED: &str = "SELECT count(*) FROM retired_resources WHERE location = $1";
+pub(crate) const INSERT_KMS_OPERATION: &str = "INSERT INTO kms_operations (name, resource) VALUES ($1, $2)";
+pub(crate) const GET_KMS_OPERATION: &str = "SELECT resource FROM kms_operations WHERE name = $1";
 pub(crate) const GET_CRYPTO_KEY: &str =
     "SELECT name, resource, primary_version, revision FROM crypto_keys WHERE name = $1";
 /// A page of a ring's keys with their primary versions (columns 4-7, NULL without one).

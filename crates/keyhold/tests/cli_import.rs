@@ -192,3 +192,46 @@ async fn gcloud_words_import_keys() {
     let (success, _, stderr) = cli(d, port, &bad);
     assert!(!success && stderr.contains("32 bytes"), "{stderr}");
 }
+
+/// `kms keys versions delete` and `kms keys delete`, in gcloud's words: a destroyed version is
+/// deleted, then the key, whose name is retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcloud_words_delete_versions_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let server = spawn(d, 0, &["--min-destroy-scheduled-duration", "1s"]);
+    wait_ready(&server).await;
+    let port = server.port;
+    ok(d, port, &["kms", "keyrings", "create", "r", "--location", "global"]);
+    let create =
+        with_ring(&["kms", "keys", "create", "k", "--purpose", "encryption", "--destroy-scheduled-duration", "1s"]);
+    ok(d, port, &create);
+    let (success, _, stderr) = cli(d, port, &with_ring(&["kms", "keys", "versions", "delete", "1", "--key", "k"]));
+    assert!(!success && stderr.contains("FAILED_PRECONDITION"), "{stderr}");
+    ok(d, port, &with_ring(&["kms", "keys", "versions", "destroy", "1", "--key", "k"]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let describe =
+            with_ring(&["kms", "keys", "versions", "describe", "1", "--key", "k", "--format", "value(state)"]);
+        if ok(d, port, &describe).trim() == "DESTROYED" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "version 1 was not destroyed");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (success, _, stderr) = cli(d, port, &with_ring(&["kms", "keys", "versions", "delete", "1", "--key", "k"]));
+    assert!(
+        success
+            && stderr.contains(
+                "Deleted [projects/my-project/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1]."
+            ),
+        "{stderr}"
+    );
+    let (success, _, stderr) = cli(d, port, &with_ring(&["kms", "keys", "delete", "k"]));
+    assert!(
+        success && stderr.contains("its name is retired as [projects/my-project/locations/global/retiredResources/"),
+        "{stderr}"
+    );
+    let (success, _, stderr) = cli(d, port, &create);
+    assert!(!success && stderr.contains("cannot be used again"), "{stderr}");
+}

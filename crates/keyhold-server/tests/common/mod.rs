@@ -220,7 +220,13 @@ impl Server {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    async fn call_raw_as(&self, token: Option<&str>, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call_raw_as(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut req = self.http.request(method, format!("{}/{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);

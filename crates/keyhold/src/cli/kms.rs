@@ -301,6 +301,8 @@ pub enum KeysCommand {
     Update(KeyUpdate),
     /// Make a version the key's primary version.
     SetPrimaryVersion(KeySetPrimaryVersion),
+    /// Delete a key whose versions are all deleted; its name is never used again.
+    Delete(KeyTarget),
     /// Create and manage the versions of a key.
     Versions(VersionsArgs),
     /// Grant a role to a principal on a key.
@@ -472,6 +474,8 @@ pub enum VersionsCommand {
     /// Import a key (wrapped here for the import job, or wrapped already) as a new version, or
     /// into a destroyed imported version.
     Import(VersionImport),
+    /// Delete a destroyed version (one never imported) for good.
+    Delete(VersionTarget),
 }
 
 /// `keyhold kms keys versions create`.
@@ -579,6 +583,7 @@ impl KmsCommand {
                 KeysCommand::Describe(_) => "keys.describe",
                 KeysCommand::Update(_) => "keys.update",
                 KeysCommand::SetPrimaryVersion(_) => "keys.set-primary-version",
+                KeysCommand::Delete(_) => "keys.delete",
                 KeysCommand::AddIamPolicyBinding(_) => "keys.add-iam-policy-binding",
                 KeysCommand::RemoveIamPolicyBinding(_) => "keys.remove-iam-policy-binding",
                 KeysCommand::GetIamPolicy(_) => "keys.get-iam-policy",
@@ -593,6 +598,7 @@ impl KmsCommand {
                     VersionsCommand::Restore(_) => "keys.versions.restore",
                     VersionsCommand::GetPublicKey(_) => "keys.versions.get-public-key",
                     VersionsCommand::Import(_) => "keys.versions.import",
+                    VersionsCommand::Delete(_) => "keys.versions.delete",
                 },
             },
             KmsCommand::Encrypt(_) => "encrypt",
@@ -645,6 +651,7 @@ impl KmsCommand {
                 KeysCommand::Describe(c) => keys_describe(ctx, &c).await,
                 KeysCommand::Update(c) => keys_update(ctx, &c).await,
                 KeysCommand::SetPrimaryVersion(c) => keys_set_primary_version(ctx, &c).await,
+                KeysCommand::Delete(c) => keys_delete(ctx, &c).await,
                 KeysCommand::AddIamPolicyBinding(c) => {
                     iam::add_binding(ctx, &key_subject(ctx, &c.target)?, &c.binding).await
                 }
@@ -665,6 +672,7 @@ impl KmsCommand {
                     VersionsCommand::Restore(c) => versions_action(ctx, &c, "restore").await,
                     VersionsCommand::GetPublicKey(c) => key_ops::get_public_key(ctx, &c).await,
                     VersionsCommand::Import(c) => import::import_version(ctx, &c).await,
+                    VersionsCommand::Delete(c) => versions_delete(ctx, &c).await,
                 },
             },
             KmsCommand::Encrypt(c) => encrypt(ctx, &c).await,
@@ -985,6 +993,32 @@ async fn versions_set_state(ctx: &Ctx, c: &VersionTarget, state: &str) -> Result
     let query = [("updateMask", "state".to_string())];
     let version = ctx.client.patch(&name.to_string(), &query, &json!({ "state": state })).await?;
     ctx.show(Kind::CryptoKeyVersion, &version)
+}
+
+/// Runs a deletion and says what it did, as gcloud does for a finished operation; with
+/// `--format` the operation itself is printed.
+async fn delete(ctx: &Ctx, name: &str) -> Result<(), CliError> {
+    let operation = ctx.client.delete(name).await?;
+    if ctx.format.is_some() {
+        return ctx.show(Kind::Other, &operation);
+    }
+    if let Some(retired) = operation["metadata"]["retiredResource"].as_str() {
+        eprintln!("Deleted [{name}]; its name is retired as [{retired}].");
+    } else {
+        eprintln!("Deleted [{name}].");
+    }
+    Ok(())
+}
+
+async fn keys_delete(ctx: &Ctx, c: &KeyTarget) -> Result<(), CliError> {
+    let name =
+        ctx.resources(c.ring.location.as_deref(), c.ring.keyring.as_deref(), Some(&c.key_id)).crypto_key_name("key")?;
+    delete(ctx, &name.to_string()).await
+}
+
+async fn versions_delete(ctx: &Ctx, c: &VersionTarget) -> Result<(), CliError> {
+    let name = key_of(ctx, &c.parent).version_name(&c.version_id, "version")?;
+    delete(ctx, &name.to_string()).await
 }
 
 async fn versions_action(ctx: &Ctx, c: &VersionTarget, verb: &str) -> Result<(), CliError> {
