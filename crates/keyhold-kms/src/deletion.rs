@@ -96,7 +96,11 @@ impl Deletions {
         match self.repo.delete_version(&version, &operation, &call.success_entry()).await {
             Ok(()) => {}
             Err(RepoError::Conflict) => {
-                return Err(KmsError::Contention(format!("{name} changed while it was being deleted; retry")));
+                // Deleted by another request meanwhile, or changed (then retrying may do).
+                return Err(match self.repo.version(name).await? {
+                    None => KmsError::VersionNotFound(name.clone()),
+                    Some(_) => KmsError::Contention(format!("{name} changed while it was being deleted; retry")),
+                });
             }
             Err(e) => return Err(e.into()),
         }
@@ -132,9 +136,14 @@ impl Deletions {
         match self.repo.delete_crypto_key(&key, &retired, &operation, &call.success_entry()).await {
             Ok(()) => {}
             Err(RepoError::Conflict) => {
-                return Err(KmsError::FailedPrecondition(format!(
-                    "CryptoKey {name} changed while it was being deleted (a version was added?); retry."
-                )));
+                // Deleted by another request meanwhile, or given a version meanwhile.
+                return Err(match self.repo.crypto_key(name).await? {
+                    None => KmsError::CryptoKeyNotFound(name.clone()),
+                    Some(_) => KmsError::FailedPrecondition(format!(
+                        "CryptoKey {name} changed while it was being deleted (a version was added); delete its \
+                         versions first."
+                    )),
+                });
             }
             Err(e) => return Err(e.into()),
         }

@@ -160,6 +160,8 @@ impl Policies {
                 Ok(Self::render_policy(Some(&PolicyRecord { policy: normalized, revision })))
             }
             Err(RepoError::Conflict) => {
+                // The resource was deleted meanwhile (a key), or the policy changed.
+                self.require_exists(resource).await?;
                 let now = self.repo.policy(&name).await?.map_or(0, |c| c.revision);
                 Err(KmsError::StaleEtag { given: asked.etag.clone(), current: keyhold_iam::etag_for_revision(now) })
             }

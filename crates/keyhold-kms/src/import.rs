@@ -344,7 +344,11 @@ impl Imports {
                 call.set_key_version(name.to_string());
                 if let Err(e) = self.repo.insert_imported_version(&record, &print, &call.success_entry()).await {
                     self.keys.discard_unrecorded_material(&record, &e).await;
-                    return Err(e.into());
+                    return Err(match e {
+                        // The key was deleted while this request ran.
+                        RepoError::Conflict => KmsError::CryptoKeyNotFound(parent.clone()),
+                        e => e.into(),
+                    });
                 }
                 self.keys.key_changed(parent);
                 record.version

@@ -240,7 +240,11 @@ impl Keys {
                     self.discard_unrecorded_material(first, &e).await;
                 }
                 match e {
-                    RepoError::AlreadyExists => Err(KmsError::CryptoKeyExists(name)),
+                    RepoError::AlreadyExists => match self.repo.retired_resource_of(&name.to_string()).await? {
+                        // Deleted (and retired) while this request ran.
+                        Some(retired) => Err(KmsError::CryptoKeyRetired { key: name, retired: retired.name }),
+                        None => Err(KmsError::CryptoKeyExists(name)),
+                    },
                     e => Err(e.into()),
                 }
             }
@@ -620,7 +624,11 @@ impl Keys {
         call.set_key_version(record.name.to_string());
         if let Err(e) = self.repo.insert_version(&record, false, &call.success_entry()).await {
             self.discard_unrecorded_material(&record, &e).await;
-            return Err(e.into());
+            return Err(match e {
+                // The key was deleted while this request ran.
+                RepoError::Conflict => KmsError::CryptoKeyNotFound(parent.clone()),
+                e => e.into(),
+            });
         }
         self.key_changed(parent);
         Ok(record.version)

@@ -18,7 +18,7 @@ use crate::clock::Clock;
 use crate::error::KmsError;
 use crate::keys::Keys;
 use crate::material::VersionMaterial;
-use crate::repo::KmsRepository;
+use crate::repo::{KmsRepository, RepoError};
 
 /// What one scheduler pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +212,11 @@ impl Scheduler {
         call.set_key_version(version.name.to_string());
         if let Err(e) = self.repo.insert_version(&version, true, &call.success_entry()).await {
             self.keys.discard_unrecorded_material(&version, &e).await;
-            return Err(e.into());
+            return Err(match e {
+                // The key was deleted meanwhile: nothing to rotate.
+                RepoError::Conflict => KmsError::CryptoKeyNotFound(name.clone()),
+                e => e.into(),
+            });
         }
         self.keys.key_changed(name);
         tracing::info!(key = %name, version = id, "key rotated automatically");

@@ -81,6 +81,12 @@ async fn versions_then_key(backend: Backend) {
         destroyed(&s, &clock, v).await;
         raw_ok(&s, Method::DELETE, v).await;
     }
+    // With its highest version deleted too, the next is still new.
+    let v4 = s.ok(Method::POST, &format!("{KEY}/cryptoKeyVersions"), Some(json!({}))).await;
+    assert_eq!(v4["name"], format!("{KEY}/cryptoKeyVersions/4"));
+    let v4 = v4["name"].as_str().unwrap().to_string();
+    destroyed(&s, &clock, &v4).await;
+    raw_ok(&s, Method::DELETE, &v4).await;
     s.ok(
         Method::POST,
         &format!("{KEY}:setIamPolicy"),
@@ -121,6 +127,19 @@ async fn versions_then_key(backend: Backend) {
     // Its IAM policy went with it.
     let (status, _) = s.call(Method::GET, &format!("{KEY}:getIamPolicy"), None).await;
     assert_eq!(status, 404);
+    let policies = match backend {
+        Backend::Sqlite => rusqlite::Connection::open(&s.db_file)
+            .unwrap()
+            .query_row("SELECT count(*) FROM iam_policies WHERE resource = ?1", [KEY], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        Backend::Postgres => {
+            let url = s.pg_url.clone().unwrap();
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.query_one("SELECT count(*) FROM iam_policies WHERE resource = $1", &[&KEY]).await.unwrap().get(0)
+        }
+    };
+    assert_eq!(policies, 0, "the deleted key's policy row is gone");
     s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k2"), Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
     s.err(Method::GET, &format!("{LOC}/retiredResources/nope"), None, 404, "NOT_FOUND").await;
     s.err(Method::GET, &format!("{LOC}/operations/kms-nope"), None, 404, "NOT_FOUND").await;
@@ -176,4 +195,27 @@ async fn deleting_needs_the_delete_permissions() {
     let (st, v) = s.call_as(Some(&nobody), Method::GET, &format!("{LOC}/retiredResources"), None).await;
     assert_eq!(st, 403);
     denied(v, "cloudkms.retiredResources.list");
+}
+
+/// A deletion racing a creation of the same name (PostgreSQL, read committed, where the two
+/// transactions really overlap): whichever wins, a retired name never comes back as a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_name_is_never_recreated_under_a_race() {
+    let s = start(Backend::Postgres, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    for i in 0..20 {
+        let key = format!("{RING}/cryptoKeys/race{i}");
+        let create = format!("{RING}/cryptoKeys?cryptoKeyId=race{i}&skipInitialVersionCreation=true");
+        s.ok(Method::POST, &create, Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
+        let (deleted, created) = tokio::join!(
+            s.call_raw(Method::DELETE, &key, None),
+            s.call_raw(Method::POST, &create, Some(json!({"purpose": "ENCRYPT_DECRYPT"}))),
+        );
+        assert_eq!(deleted.0, 200, "{deleted:?}");
+        assert_eq!(created.0, 409, "the name is taken, then retired: {created:?}");
+        s.err(Method::GET, &key, None, 404, "NOT_FOUND").await;
+        let (status, again) = s.call_raw(Method::POST, &create, Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
+        assert_eq!(status, 409, "{again}");
+        assert!(again["error"]["message"].as_str().unwrap().contains("cannot be used again"), "{again}");
+    }
 }

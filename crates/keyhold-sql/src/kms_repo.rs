@@ -287,11 +287,25 @@ impl<B: SqlBackend> SqlStore<B> {
         audit: &AuditRecord,
         f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, RepoError>>,
     ) -> Result<R, RepoError> {
+        self.write_audited_changes(std::slice::from_ref(&change), audit, f).await
+    }
+
+    /// [`SqlStore::write_audited`] recording several changes; like every writer, it takes the
+    /// audit head before the change counter (after `f`), so writers never wait on each other in
+    /// opposite orders.
+    async fn write_audited_changes<R>(
+        &self,
+        changes: &[Change],
+        audit: &AuditRecord,
+        f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, RepoError>>,
+    ) -> Result<R, RepoError> {
         let entry = vec![audit_row(audit)?];
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
         let mut statements = append_entries(&mut tx, entry, self.audit_kept).await?;
-        statements.extend(change_statements(&change));
+        for change in changes {
+            statements.extend(change_statements(change));
+        }
         tx.execute_many_and_commit(statements).await?;
         Ok(r)
     }
@@ -447,19 +461,15 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         ];
         let op = vec![Value::Text(operation.name.clone()), to_json(operation)?];
         let policy = vec![Value::Text(name.clone())];
-        let policy_change = change_statements(&Change::Policy(name));
-        self.write_audited(Change::Key(key.name.clone()), audit, |tx| {
+        // Other nodes drop their cached copy of the key and of its policy.
+        let changes = [Change::Key(key.name.clone()), Change::Policy(name)];
+        self.write_audited_changes(&changes, audit, |tx| {
             Box::pin(async move {
                 if tx.execute(DELETE_CRYPTO_KEY, delete).await? == 0 {
                     return Err(RepoError::Conflict);
                 }
                 tx.execute(INSERT_RETIRED, retire).await?;
-                if tx.execute(DELETE_POLICY, policy).await? > 0 {
-                    // Other nodes drop their cached copy of the key's policy.
-                    for (sql, params) in policy_change {
-                        tx.execute(sql, params).await?;
-                    }
-                }
+                tx.execute(DELETE_POLICY, policy).await?;
                 tx.execute(INSERT_KMS_OPERATION, op).await?;
                 Ok(())
             })
@@ -517,10 +527,17 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             nanos(key.key.next_rotation_time),
         ];
         let version_params = first.map(version_params).transpose()?;
+        let retired_check = Value::Text(key.name.to_string());
         self.write_audited(Change::Key(key.name.clone()), audit, |tx| {
             Box::pin(async move {
                 if tx.execute(INSERT_CRYPTO_KEY, key_params).await? == 0 {
                     // The name of a deleted key (a retired resource).
+                    return Err(RepoError::AlreadyExists);
+                }
+                // Again, now that the insert has waited for any deletion of the same name: on
+                // PostgreSQL (read committed) this statement sees a retirement committed since
+                // the insert's own snapshot was taken.
+                if !tx.query(RETIRED_EXISTS, vec![retired_check]).await?.is_empty() {
                     return Err(RepoError::AlreadyExists);
                 }
                 if let Some(p) = version_params {
@@ -708,9 +725,18 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
     ) -> Result<i64, RepoError> {
         let json = to_json(policy)?;
         let change = Change::Policy(resource.to_string());
+        // A key's policy is written only while the key exists: its row is locked (and must be
+        // there) in the same transaction, so a deletion cannot slip between the check and the
+        // write and leave the policy behind.
+        let key_lock = resource.parse::<CryptoKeyName>().is_ok().then(|| vec![Value::Text(resource.to_string())]);
         let resource = Value::Text(resource.to_string());
         self.write_audited(change, audit, |tx| {
             Box::pin(async move {
+                if let Some(key) = key_lock
+                    && tx.execute(LOCK_CRYPTO_KEY, key).await? == 0
+                {
+                    return Err(RepoError::Conflict);
+                }
                 match expected_revision {
                     None => {
                         let rows = tx.query(UPSERT_POLICY, vec![resource, json]).await?;

@@ -94,6 +94,9 @@ fn map_err(e: tokio_postgres::Error) -> SqlError {
     use tokio_postgres::error::SqlState;
     match e.code() {
         Some(c) if *c == SqlState::UNIQUE_VIOLATION => SqlError::AlreadyExists,
+        // A row refers to one deleted meanwhile (a version of a key being deleted), or a row
+        // being deleted is still referred to: the write lost a race, as a compare-and-set does.
+        Some(c) if *c == SqlState::FOREIGN_KEY_VIOLATION => SqlError::Conflict,
         Some(c)
             if c.code().starts_with("08") // connection exception
             || c.code().starts_with("28") // invalid authorization (wrong password, no such role)

@@ -435,6 +435,8 @@ pub(crate) const INSERT_CRYPTO_KEY: &str = "INSERT INTO crypto_keys \
     CAST($6 AS BIGINT), 1 WHERE NOT EXISTS (SELECT 1 FROM retired_resources WHERE original = $1)";
 pub(crate) const DELETE_CRYPTO_KEY: &str = "DELETE FROM crypto_keys WHERE name = $1 AND revision = $2 \
     AND NOT EXISTS (SELECT 1 FROM crypto_key_versions WHERE crypto_key = $1)";
+pub(crate) const LOCK_CRYPTO_KEY: &str = "UPDATE crypto_keys SET revision = revision WHERE name = $1";
+pub(crate) const RETIRED_EXISTS: &str = "SELECT 1 FROM retired_resources WHERE original = $1";
 pub(crate) const DELETE_VERSION: &str = "DELETE FROM crypto_key_versions WHERE name = $1 AND revision = $2";
 pub(crate) const CLEAR_PRIMARY_IF: &str = "UPDATE crypto_keys SET primary_version = NULL, revision = revision + 1 \
     WHERE name = $1 AND primary_version = $2";

@@ -34,6 +34,11 @@ impl std::fmt::Debug for Sqlite {
 
 fn map_err(e: rusqlite::Error) -> SqlError {
     match &e {
+        // A foreign key refused (a version of a key deleted meanwhile): a lost race, as for
+        // PostgreSQL's FOREIGN_KEY_VIOLATION.
+        rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY => {
+            SqlError::Conflict
+        }
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
             ErrorCode::ConstraintViolation => SqlError::AlreadyExists,
             ErrorCode::DatabaseBusy
