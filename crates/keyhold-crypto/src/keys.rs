@@ -720,6 +720,117 @@ fn rsa_encoding(spec: KeySpec) -> Result<&'static sig::RsaSignatureEncoding, Key
     })
 }
 
+/// The encodings a key held elsewhere (a PKCS#11 token) needs to answer as Cloud KMS does:
+/// tokens sign a digest and give back raw values; Cloud KMS answers DER and `SubjectPublicKeyInfo`.
+impl KeySpec {
+    /// The DER head of the `SubjectPublicKeyInfo` of an uncompressed EC point of this curve:
+    /// SEQUENCE { SEQUENCE { id-ecPublicKey, the curve's OID }, BIT STRING }, and the point's
+    /// length (fixed per curve).
+    fn ec_spki_head(self) -> Option<(&'static [u8], usize)> {
+        Some(match self {
+            KeySpec::EcdsaP256Sha256 => (
+                &[
+                    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+                    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+                ],
+                65,
+            ),
+            KeySpec::EcdsaP384Sha384 => (
+                &[
+                    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
+                    0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
+                ],
+                97,
+            ),
+            KeySpec::EcdsaSecp256k1Sha256 => (
+                &[
+                    0x30, 0x56, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
+                    0x81, 0x04, 0x00, 0x0a, 0x03, 0x42, 0x00,
+                ],
+                65,
+            ),
+            _ => return None,
+        })
+    }
+
+    /// The curve's OID in DER (PKCS#11's `CKA_EC_PARAMS`), for EC keys.
+    pub fn ec_params_der(self) -> Option<&'static [u8]> {
+        Some(match self {
+            KeySpec::EcdsaP256Sha256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
+            KeySpec::EcdsaP384Sha384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+            KeySpec::EcdsaSecp256k1Sha256 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a],
+            _ => return None,
+        })
+    }
+
+    /// The `SubjectPublicKeyInfo` of an EC public key given as its uncompressed point.
+    pub fn ec_public_key_der(self, point: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let (head, len) = self.ec_spki_head().ok_or(KeyError::WrongKind)?;
+        if point.len() != len || point.first() != Some(&0x04) {
+            return Err(KeyError::Input("not an uncompressed point of the curve"));
+        }
+        Ok([head, point].concat())
+    }
+
+    /// An ECDSA signature given as r || s (PKCS#11's `CKM_ECDSA` output), as the DER
+    /// `ECDSA-Sig-Value` Cloud KMS answers.
+    pub fn ecdsa_signature_der(self, fixed: &[u8]) -> Result<Vec<u8>, KeyError> {
+        use der::Encode;
+        let (_, point_len) = self.ec_spki_head().ok_or(KeyError::WrongKind)?;
+        let scalar = (point_len - 1) / 2;
+        if fixed.len() != 2 * scalar {
+            return Err(KeyError::Input("an ECDSA signature of the wrong length"));
+        }
+        let (r, s) = fixed.split_at(scalar);
+        let bad = |_| KeyError::Library("DER encoding");
+        let mut seq = der::asn1::SequenceOf::<der::asn1::UintRef<'_>, 2>::new();
+        seq.add(der::asn1::UintRef::new(r).map_err(bad)?).map_err(bad)?;
+        seq.add(der::asn1::UintRef::new(s).map_err(bad)?).map_err(bad)?;
+        seq.to_der().map_err(bad)
+    }
+
+    /// The PKCS#1 v1.5 `DigestInfo` of a digest (what `CKM_RSA_PKCS` signs for
+    /// `RSA_SIGN_PKCS1_*`): the hash's fixed DER prefix (RFC 8017, 9.2), then the digest.
+    pub fn digest_info(hash: Hash, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if digest.len() != hash.output_len() {
+            return Err(KeyError::DigestLength { expected: hash.output_len(), actual: digest.len() });
+        }
+        let prefix: &[u8] = match hash {
+            Hash::Sha1 => &[0x30, 0x21, 0x30, 0x09, 0x06, 0x05, 0x2b, 0x0e, 0x03, 0x02, 0x1a, 0x05, 0x00, 0x04, 0x14],
+            Hash::Sha224 => &[
+                0x30, 0x2d, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x04, 0x05, 0x00,
+                0x04, 0x1c,
+            ],
+            Hash::Sha256 => &[
+                0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
+                0x04, 0x20,
+            ],
+            Hash::Sha384 => &[
+                0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x02, 0x05, 0x00,
+                0x04, 0x30,
+            ],
+            Hash::Sha512 => &[
+                0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x03, 0x05, 0x00,
+                0x04, 0x40,
+            ],
+        };
+        Ok([prefix, digest].concat())
+    }
+}
+
+/// The `SubjectPublicKeyInfo` of an RSA public key given as its modulus and public exponent
+/// (PKCS#11's `CKA_MODULUS` and `CKA_PUBLIC_EXPONENT`, big-endian).
+pub fn rsa_public_key_der(modulus: &[u8], exponent: &[u8]) -> Result<Vec<u8>, KeyError> {
+    let components = aws_lc_rs::rsa::PublicKeyComponents { n: modulus, e: exponent };
+    let der: PublicKeyX509Der = components.as_der().map_err(|_| KeyError::Input("not an RSA public key"))?;
+    Ok(der.as_ref().to_vec())
+}
+
+/// Whether two MACs are equal, in constant time.
+pub fn mac_equal(a: &[u8], b: &[u8]) -> bool {
+    constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 /// A DER `SubjectPublicKeyInfo` as RFC 7468 PEM: `-----BEGIN PUBLIC KEY-----`, base64 in lines
 /// of 64, and a final newline, as Cloud KMS writes it.
 pub fn public_key_pem(der: &[u8]) -> String {
@@ -989,6 +1100,64 @@ mod tests {
             let other = KeySpec::MlDsa(if level == MlDsaLevel::D65 { MlDsaLevel::D44 } else { MlDsaLevel::D65 });
             assert!(LoadedKey::from_material(other, &spec.generate().unwrap()).is_err());
         }
+    }
+
+    #[test]
+    fn encodings_for_keys_held_elsewhere_match_the_library() {
+        // EC: the SPKI of the raw point is the library's own; r || s becomes a DER signature
+        // that verifies.
+        for (spec, alg) in [
+            (KeySpec::EcdsaP256Sha256, &sig::ECDSA_P256_SHA256_ASN1),
+            (KeySpec::EcdsaP384Sha384, &sig::ECDSA_P384_SHA384_ASN1),
+            (KeySpec::EcdsaSecp256k1Sha256, &sig::ECDSA_P256K1_SHA256_ASN1),
+        ] {
+            let key = LoadedKey::from_material(spec, &spec.generate().unwrap()).unwrap();
+            let der = key.public_key_der().unwrap();
+            let point = spki_key_bits(&der);
+            assert_eq!(spec.ec_public_key_der(&point).unwrap(), der, "{spec:?}");
+            assert!(spec.ec_public_key_der(&point[1..]).is_err());
+            let signature = key.sign_data(b"m").unwrap();
+            // The DER signature back to r || s (each scalar left-padded), and again to DER.
+            let (_, point_len) = spec.ec_spki_head().unwrap();
+            let scalar = (point_len - 1) / 2;
+            let fixed = fixed_of(&signature, scalar);
+            let again = spec.ecdsa_signature_der(&fixed).unwrap();
+            UnparsedPublicKey::new(alg, &point).verify(b"m", &again).unwrap();
+            assert!(spec.ecdsa_signature_der(&fixed[1..]).is_err());
+        }
+        // RSA: modulus and exponent give the library's SPKI; a DigestInfo signed raw verifies.
+        let spec = KeySpec::RsaPkcs1(RsaBits::B2048, Hash::Sha256);
+        let pair = RsaKeyPair::from_pkcs8(spec.generate().unwrap().expose()).unwrap();
+        let der: PublicKeyX509Der = pair.public_key().as_der().unwrap();
+        // The SPKI's RSAPublicKey: SEQUENCE { INTEGER n, INTEGER e }.
+        let rsa_key = spki_key_bits(der.as_ref());
+        let parts: der::asn1::SequenceOf<der::asn1::UintRef<'_>, 2> = der::Decode::from_der(&rsa_key).unwrap();
+        let (n, e) = (parts.get(0).unwrap().as_bytes(), parts.get(1).unwrap().as_bytes());
+        assert_eq!(rsa_public_key_der(n, e).unwrap(), der.as_ref());
+        for h in [Hash::Sha1, Hash::Sha224, Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+            let info = KeySpec::digest_info(h, &h.hash(b"m")).unwrap();
+            assert_eq!(usize::from(info[1]) + 2, info.len(), "{h:?}: the DER length covers it all");
+            assert!(KeySpec::digest_info(h, &[0; 3]).is_err());
+        }
+        assert!(mac_equal(b"abc", b"abc") && !mac_equal(b"abc", b"abd") && !mac_equal(b"abc", b"ab"));
+    }
+
+    /// r || s of a DER `ECDSA-Sig-Value`, each `scalar` bytes.
+    fn fixed_of(der: &[u8], scalar: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 2;
+        for _ in 0..2 {
+            let len = usize::from(der[i + 1]);
+            let mut v = der[i + 2..i + 2 + len].to_vec();
+            while v.len() > scalar {
+                v.remove(0);
+            }
+            let mut padded = vec![0u8; scalar - v.len()];
+            padded.extend(v);
+            out.extend(padded);
+            i += 2 + len;
+        }
+        out
     }
 
     #[test]

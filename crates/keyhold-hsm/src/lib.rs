@@ -78,4 +78,4 @@ pub use config::{HsmOptions, PinSource, Pkcs11Config};
 pub use error::HsmError;
 pub use info::TokenInfo;
 pub use key_ref::{HsmKeyRef, MAX_LABEL_LEN};
-pub use token::{HsmToken, KEY_ID_LEN, MAX_RANDOM_BYTES, MIN_RANDOM_BYTES};
+pub use token::{HsmToken, KEY_ID_LEN, MAX_RANDOM_BYTES, MIN_RANDOM_BYTES, supports};

@@ -23,6 +23,9 @@ use crate::key_ref::validate_label;
 use crate::module::{self, Module, ModuleState};
 use crate::{HsmError, HsmKeyRef, HsmOptions, Pkcs11Config, TokenInfo, format};
 
+mod keys;
+pub use keys::supports;
+
 /// Fewest bytes [`HsmToken::random_bytes`] returns (Cloud KMS `generateRandomBytes`).
 pub const MIN_RANDOM_BYTES: usize = 8;
 /// Most bytes [`HsmToken::random_bytes`] returns (Cloud KMS `generateRandomBytes`).
@@ -672,17 +675,22 @@ impl Call<'_> {
         }
     }
 
+    /// Destroys every object of the key: the AES or HMAC key, or both halves of a pair.
     fn destroy(&self, key: &HsmKeyRef) -> Result<(), HsmError> {
-        lock(&self.conn.handles).remove(key);
-        let handle = self.find(key)?.ok_or_else(|| self.not_found(key))?;
-        match self.session.destroy_object(handle) {
-            Ok(()) => {
-                tracing::info!(key = %key, "destroyed a key in the HSM token");
-                Ok(())
-            }
-            Err(e) if is_stale_handle(&e) => Err(self.not_found(key)),
-            Err(e) => Err(classify(&e, "destroying a key object")),
+        let handles = self.objects_of(key)?;
+        if handles.is_empty() {
+            return Err(self.not_found(key));
         }
+        for handle in handles {
+            match self.session.destroy_object(handle) {
+                Ok(()) => {}
+                // Destroyed meanwhile (another node): gone either way.
+                Err(e) if is_stale_handle(&e) => {}
+                Err(e) => return Err(classify(&e, "destroying a key object")),
+            }
+        }
+        tracing::info!(key = %key, "destroyed a key in the HSM token");
+        Ok(())
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<HsmKeyRef>, HsmError> {

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::resources::ProtectionLevel;
 use keyhold_api::wire::ProtoDuration;
+use keyhold_crypto::keys::KeySpec;
 use keyhold_crypto::{KeyBytes, Secret};
 use keyhold_hsm::{HsmError, HsmKeyRef, HsmToken};
 use keyhold_kms::repo::KmsRepository;
@@ -58,6 +59,26 @@ impl HsmBackend for TokenBackend {
         self.0.random_bytes(n).await.map_err(backend_error)
     }
 
+    fn supports(&self, spec: KeySpec) -> bool {
+        keyhold_hsm::supports(spec)
+    }
+
+    async fn generate_key_of(&self, spec: KeySpec, label: &str) -> Result<HsmObjectRef, BackendError> {
+        self.0.generate_key_of(spec, label).await.map(|k| HsmObjectRef::new(k.to_string())).map_err(backend_error)
+    }
+
+    async fn sign(&self, key: &HsmObjectRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, BackendError> {
+        self.0.sign(&key_ref(key)?, spec, input).await.map_err(backend_error)
+    }
+
+    async fn decrypt_oaep(&self, key: &HsmObjectRef, spec: KeySpec, ciphertext: &[u8]) -> Result<Secret, BackendError> {
+        self.0.decrypt_oaep(&key_ref(key)?, spec, ciphertext).await.map_err(backend_error)
+    }
+
+    async fn public_key(&self, key: &HsmObjectRef, spec: KeySpec) -> Result<Vec<u8>, BackendError> {
+        self.0.public_key(&key_ref(key)?, spec).await.map_err(backend_error)
+    }
+
     async fn attestation(&self, key: &HsmObjectRef) -> Result<String, BackendError> {
         let info = self.0.info().await.map_err(backend_error)?;
         let certified = if info.is_software_token() {
@@ -66,7 +87,7 @@ impl HsmBackend for TokenBackend {
             "Keyhold has no vendor attestation for this token; this statement is what the token reports about itself."
         };
         Ok(serde_json::json!({
-            "statement": format!("Keyhold generated this AES-256 key inside the PKCS#11 token with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false; every encrypt and decrypt runs in the token. {certified}"),
+            "statement": format!("Keyhold generated this key inside the PKCS#11 token with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false; every operation with its private or secret part runs in the token. {certified}"),
             "keyObject": key.as_str(),
             "token": info.description(),
             "tokenLabel": info.token_label,

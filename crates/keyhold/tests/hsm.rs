@@ -621,3 +621,171 @@ async fn an_insert_failure_that_may_have_committed_leaves_the_object_for_reconci
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].contains("/cryptoKeyVersions/1:"), "{left:?}");
 }
+
+fn openssl(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl is installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn b64(b: &[u8]) -> String {
+    keyhold_api::wire::encode_base64(b)
+}
+
+fn unb64(v: &Value) -> Vec<u8> {
+    keyhold_api::wire::decode_base64(v.as_str().unwrap()).unwrap()
+}
+
+/// Issue 19 on HSM keys: EC and RSA signing keys, RSA-OAEP and HMAC keys generated in the
+/// SoftHSM2 token (a private and a public object per pair, found with `pkcs11-tool`); their
+/// signatures verify with OpenSSL against the public key `getPublicKey` reads from the token;
+/// what OpenSSL encrypts to it decrypts; MACs verify; destroying a version removes its objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_signing_decryption_and_mac_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = softhsm(d);
+    let pin_file = d.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let server = spawn_hsm_server_with(d, &conf, &pin_file, 0, &["--min-destroy-scheduled-duration", "1s"]).await;
+    let port = server.port;
+    call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+    std::fs::write(d.join("input.txt"), b"signed inside the token").unwrap();
+    let cases = [
+        ("ec256", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256", "sha256", &[][..]),
+        ("ec384", "ASYMMETRIC_SIGN", "EC_SIGN_P384_SHA384", "sha384", &[][..]),
+        ("k1", "ASYMMETRIC_SIGN", "EC_SIGN_SECP256K1_SHA256", "sha256", &[][..]),
+        ("pkcs1", "ASYMMETRIC_SIGN", "RSA_SIGN_PKCS1_2048_SHA256", "sha256", &[][..]),
+        (
+            "pss",
+            "ASYMMETRIC_SIGN",
+            "RSA_SIGN_PSS_2048_SHA256",
+            "sha256",
+            &["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"][..],
+        ),
+        ("oaep1", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA1", "sha1", &[][..]),
+        ("mac", "MAC", "HMAC_SHA256", "sha256", &[][..]),
+    ];
+    for (id, purpose, algorithm, md, sigopts) in cases {
+        let key = format!("{LOC}/keyRings/r/cryptoKeys/{id}");
+        let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm, "protectionLevel": "HSM"}, "destroyScheduledDuration": "1s"});
+        call(d, port, Method::POST, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId={id}"), body).await;
+        let version = format!("{key}/cryptoKeyVersions/1");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = call(d, port, Method::GET, &version, json!({})).await;
+            if v["state"] == "ENABLED" {
+                assert_eq!(v["protectionLevel"], "HSM", "{v}");
+                break;
+            }
+            assert_eq!(v["state"], "PENDING_GENERATION", "{algorithm}: {v}");
+            assert!(Instant::now() < deadline, "{algorithm} was not generated: {v}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if purpose == "MAC" {
+            let tag = call(d, port, Method::POST, &format!("{version}:macSign"), json!({"data": b64(b"m")})).await;
+            let tag = unb64(&tag["mac"]);
+            assert_eq!(tag.len(), 32);
+            let ok = call(
+                d,
+                port,
+                Method::POST,
+                &format!("{version}:macVerify"),
+                json!({"data": b64(b"m"), "mac": b64(&tag)}),
+            )
+            .await;
+            assert_eq!(ok["success"], true);
+            let no = call(
+                d,
+                port,
+                Method::POST,
+                &format!("{version}:macVerify"),
+                json!({"data": b64(b"n"), "mac": b64(&tag)}),
+            )
+            .await;
+            assert!(no.get("success").is_none(), "{no}");
+            continue;
+        }
+        let pk = call(d, port, Method::GET, &format!("{version}/publicKey"), json!({})).await;
+        assert_eq!(pk["protectionLevel"], "HSM");
+        std::fs::write(d.join("pub.pem"), pk["pem"].as_str().unwrap()).unwrap();
+        if purpose == "ASYMMETRIC_SIGN" {
+            let sig = call(
+                d,
+                port,
+                Method::POST,
+                &format!("{version}:asymmetricSign"),
+                json!({"data": b64(b"signed inside the token")}),
+            )
+            .await;
+            assert_eq!(sig["protectionLevel"], "HSM");
+            std::fs::write(d.join("sig"), unb64(&sig["signature"])).unwrap();
+            let mut args = vec!["dgst", &format!("-{md}")[..], "-verify", "pub.pem", "-signature", "sig"]
+                .into_iter()
+                .map(String::from)
+                .collect::<Vec<_>>();
+            args.extend(sigopts.iter().map(|s| s.to_string()));
+            args.push("input.txt".into());
+            openssl(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
+        } else {
+            let mdopt = format!("rsa_oaep_md:{md}");
+            let mgfopt = format!("rsa_mgf1_md:{md}");
+            openssl(
+                d,
+                &[
+                    "pkeyutl",
+                    "-encrypt",
+                    "-pubin",
+                    "-inkey",
+                    "pub.pem",
+                    "-in",
+                    "input.txt",
+                    "-out",
+                    "ct",
+                    "-pkeyopt",
+                    "rsa_padding_mode:oaep",
+                    "-pkeyopt",
+                    &mdopt,
+                    "-pkeyopt",
+                    &mgfopt,
+                ],
+            );
+            let ct = std::fs::read(d.join("ct")).unwrap();
+            let pt =
+                call(d, port, Method::POST, &format!("{version}:asymmetricDecrypt"), json!({"ciphertext": b64(&ct)}))
+                    .await;
+            assert_eq!(unb64(&pt["plaintext"]), b"signed inside the token");
+            let mut bad = ct.clone();
+            bad[5] ^= 1;
+            let (status, v) =
+                post(d, port, &format!("{version}:asymmetricDecrypt"), json!({"ciphertext": b64(&bad)})).await;
+            assert_eq!((status, v["error"]["message"].as_str()), (400, Some("Decryption failed.")), "{v}");
+        }
+    }
+    // RSA-OAEP with SHA-256 is refused on HSM keys (SoftHSM2 has OAEP with SHA-1 only).
+    let body = json!({"purpose": "ASYMMETRIC_DECRYPT", "versionTemplate": {"algorithm": "RSA_DECRYPT_OAEP_2048_SHA256", "protectionLevel": "HSM"}});
+    let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=oaep256"), body).await;
+    assert_eq!((status, v["error"]["status"].as_str()), (501, Some("UNIMPLEMENTED")), "{v}");
+    // Each pair is two objects in the token; destroying a version removes both.
+    let labels = |conf: &Path| -> Vec<String> {
+        let out = Command::new("pkcs11-tool")
+            .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
+            .env("SOFTHSM2_CONF", conf)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("label:").map(|s| s.trim().to_string()))
+            .collect()
+    };
+    let ec = format!("{LOC}/keyRings/r/cryptoKeys/ec256/cryptoKeyVersions/1");
+    let of_ec = |all: Vec<String>| all.into_iter().filter(|l| l.contains("cryptoKeys/ec256/")).count();
+    assert_eq!(of_ec(labels(&conf)), 2, "a private and a public object");
+    call(d, port, Method::POST, &format!("{ec}:destroy"), json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while of_ec(labels(&conf)) != 0 {
+        assert!(Instant::now() < deadline, "the destroyed version's objects stayed in the token");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(server);
+}

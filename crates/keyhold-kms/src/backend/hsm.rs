@@ -7,10 +7,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::resources::{Algorithm, ExternalProtectionLevelOptions, KeyOperationAttestation};
+use keyhold_crypto::keys::KeySpec;
 use keyhold_crypto::{Secret, ciphertext};
 
-use super::key_backend::{Erasing, KeyBackend, KeyUse, NewMaterial};
+use super::key_backend::{Erasing, KeyBackend, KeyUse, NewMaterial, SignInput};
 use super::ports::{BackendError, HsmBackend};
+use crate::algorithm::key_spec;
 use crate::error::KmsError;
 use crate::material::{HsmObjectRef, VersionMaterial};
 
@@ -41,6 +43,15 @@ impl HsmKeys {
     /// `n` bytes from the token's random number generator (`generateRandomBytes`).
     pub(crate) async fn random_bytes(&self, n: usize, resource: &str) -> Result<Secret, KmsError> {
         self.token.random_bytes(n).await.map_err(|e| KmsError::from_backend("The HSM", resource, e))
+    }
+
+    /// The key of a version of another purpose than `ENCRYPT_DECRYPT`, and its object.
+    fn keyed<'m>(using: &'m KeyUse<'_>) -> Result<(&'m HsmObjectRef, KeySpec), KmsError> {
+        let spec =
+            using.version.record.version.algorithm.and_then(key_spec).ok_or_else(|| {
+                KmsError::Internal(format!("{} has no HSM key of a known kind", using.version_name()))
+            })?;
+        Ok((Self::object(using)?, spec))
     }
 
     fn object<'m>(using: &'m KeyUse<'_>) -> Result<&'m HsmObjectRef, KmsError> {
@@ -86,10 +97,11 @@ impl KeyBackend for HsmKeys {
     }
 
     fn check_algorithm(&self, algorithm: Algorithm) -> Result<(), KmsError> {
-        match algorithm {
-            Algorithm::GoogleSymmetricEncryption => Ok(()),
-            a => Err(KmsError::Unimplemented(format!(
-                "Algorithm {a} is not served at protection level HSM by Keyhold yet; HSM keys are GOOGLE_SYMMETRIC_ENCRYPTION (see docs/api.md)."
+        match (algorithm, key_spec(algorithm)) {
+            (Algorithm::GoogleSymmetricEncryption, _) => Ok(()),
+            (_, Some(spec)) if self.token.supports(spec) => Ok(()),
+            (a, _) => Err(KmsError::Unimplemented(format!(
+                "Algorithm {a} is not served at protection level HSM by Keyhold yet; HSM keys are GOOGLE_SYMMETRIC_ENCRYPTION, EC and RSA signing, RSA-OAEP and HMAC (see docs/api.md)."
             ))),
         }
     }
@@ -97,15 +109,18 @@ impl KeyBackend for HsmKeys {
     async fn create(
         &self,
         name: &CryptoKeyVersionName,
-        _algorithm: Algorithm,
+        algorithm: Algorithm,
         _options: Option<&ExternalProtectionLevelOptions>,
     ) -> Result<NewMaterial, KmsError> {
         let label = format!("keyhold:{name}:{}", random_suffix()?);
-        let object = self
-            .token
-            .generate_key(&label)
-            .await
-            .map_err(|e| KmsError::from_backend("The HSM", &name.to_string(), e))?;
+        let made = match (algorithm, key_spec(algorithm)) {
+            (Algorithm::GoogleSymmetricEncryption, _) => self.token.generate_key(&label).await,
+            (_, Some(spec)) if self.token.supports(spec) => self.token.generate_key_of(spec, &label).await,
+            (a, _) => {
+                return Err(KmsError::Unimplemented(format!("Algorithm {a} is not served at protection level HSM.")));
+            }
+        };
+        let object = made.map_err(|e| KmsError::from_backend("The HSM", &name.to_string(), e))?;
         let statement = match self.token.attestation(&object).await {
             Ok(statement) => statement,
             Err(e) => {
@@ -143,6 +158,56 @@ impl KeyBackend for HsmKeys {
             .decrypt(Self::object(&using)?, blob, &ad)
             .await
             .map_err(|e| KmsError::from_backend("The HSM", using.version_name(), e))
+    }
+
+    async fn sign(&self, using: KeyUse<'_>, input: SignInput<'_>) -> Result<Vec<u8>, KmsError> {
+        let (object, spec) = Self::keyed(&using)?;
+        // The token signs the digest: data is hashed here first (the HSM keys served all hash).
+        let hashed;
+        let digest = match (input, spec.prehash()) {
+            (SignInput::Digest(d), _) => d,
+            (SignInput::Data(d), Some(h)) => {
+                hashed = h.hash(d);
+                &hashed
+            }
+            (SignInput::Data(_), None) => {
+                return Err(KmsError::Unimplemented(format!("{spec:?} keys do not sign in the HSM.")));
+            }
+        };
+        self.token
+            .sign(object, spec, digest)
+            .await
+            .map_err(|e| KmsError::from_backend("The HSM", using.version_name(), e))
+    }
+
+    async fn asymmetric_decrypt(&self, using: KeyUse<'_>, ciphertext: &[u8]) -> Result<Secret, KmsError> {
+        let (object, spec) = Self::keyed(&using)?;
+        match self.token.decrypt_oaep(object, spec, ciphertext).await {
+            Ok(plaintext) => Ok(plaintext),
+            Err(BackendError::DecryptFailed) => Err(KmsError::DecryptionFailed),
+            Err(e) => Err(KmsError::from_backend("The HSM", using.version_name(), e)),
+        }
+    }
+
+    async fn public_key(&self, using: KeyUse<'_>) -> Result<Vec<u8>, KmsError> {
+        let (object, spec) = Self::keyed(&using)?;
+        self.token
+            .public_key(object, spec)
+            .await
+            .map_err(|e| KmsError::from_backend("The HSM", using.version_name(), e))
+    }
+
+    async fn mac_sign(&self, using: KeyUse<'_>, data: &[u8]) -> Result<Vec<u8>, KmsError> {
+        let (object, spec) = Self::keyed(&using)?;
+        self.token
+            .sign(object, spec, data)
+            .await
+            .map_err(|e| KmsError::from_backend("The HSM", using.version_name(), e))
+    }
+
+    async fn mac_verify(&self, using: KeyUse<'_>, data: &[u8], mac: &[u8]) -> Result<bool, KmsError> {
+        let expected = self.mac_sign(using, data).await?;
+        Ok(keyhold_crypto::keys::mac_equal(&expected, mac))
     }
 
     async fn erase(&self, name: &CryptoKeyVersionName, material: &VersionMaterial, why: Erasing) {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyhold_api::resources::{AccessReason, VersionState};
 use keyhold_crypto::Secret;
+use keyhold_crypto::keys::KeySpec;
 
 use crate::material::HsmObjectRef;
 
@@ -57,6 +58,19 @@ pub trait HsmBackend: Send + Sync + fmt::Debug + 'static {
     /// An honest statement of what the token is and how the key is held, for a version's
     /// `attestation` section.
     async fn attestation(&self, key: &HsmObjectRef) -> Result<String, BackendError>;
+    /// Whether the token makes keys of `spec` (signing, RSA-OAEP and HMAC keys).
+    fn supports(&self, spec: KeySpec) -> bool;
+    /// Generates a non-extractable key of `spec` (an EC or RSA pair, an HMAC key) labelled
+    /// `label` inside the token.
+    async fn generate_key_of(&self, spec: KeySpec, label: &str) -> Result<HsmObjectRef, BackendError>;
+    /// Signs `input` (the digest of the algorithm's hash; the data for HMAC) in the token, in
+    /// Cloud KMS's encoding (DER for ECDSA).
+    async fn sign(&self, key: &HsmObjectRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, BackendError>;
+    /// RSA-OAEP decryption in the token; a ciphertext the key does not open is
+    /// [`BackendError::DecryptFailed`].
+    async fn decrypt_oaep(&self, key: &HsmObjectRef, spec: KeySpec, ciphertext: &[u8]) -> Result<Secret, BackendError>;
+    /// The public key of a pair, as DER `SubjectPublicKeyInfo`.
+    async fn public_key(&self, key: &HsmObjectRef, spec: KeySpec) -> Result<Vec<u8>, BackendError>;
 }
 
 /// What the external key manager is told about a wrap or unwrap.

@@ -1,0 +1,304 @@
+//! The keys of the other Cloud KMS purposes inside the token (issue 19): EC and RSA key pairs
+//! that sign and decrypt, and HMAC keys. The private (or secret) object is sensitive and never
+//! extractable; a pair's public object carries the same label and `CKA_ID`. The token signs the
+//! digest the KMS hands it (`CKM_ECDSA`, `CKM_RSA_PKCS` over a `DigestInfo`, `CKM_RSA_PKCS_PSS`)
+//! and returns raw values, which `keyhold_crypto` turns into Cloud KMS's encodings.
+
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use keyhold_crypto::Secret;
+use keyhold_crypto::keys::{Hash, KeySpec};
+
+use super::{Call, HsmToken, KEY_ID_LEN, lock};
+use crate::error::{classify, is_stale_handle};
+use crate::key_ref::validate_label;
+use crate::{HsmError, HsmKeyRef};
+
+/// Whether the token holds keys of `spec` (what [`HsmToken::generate_key_of`] makes).
+/// RSA-OAEP only with SHA-1: SoftHSM2 (the token Keyhold is tested against) refuses the OAEP
+/// parameters of SHA-256 and SHA-512 (`CKR_ARGUMENTS_BAD`), so those keys are not offered
+/// rather than failing at their first use.
+pub fn supports(spec: KeySpec) -> bool {
+    matches!(
+        spec,
+        KeySpec::EcdsaP256Sha256
+            | KeySpec::EcdsaP384Sha384
+            | KeySpec::EcdsaSecp256k1Sha256
+            | KeySpec::RsaPss(..)
+            | KeySpec::RsaPkcs1(..)
+            | KeySpec::RsaOaep(_, Hash::Sha1)
+            | KeySpec::Hmac(_)
+    )
+}
+
+fn unsupported(spec: KeySpec) -> HsmError {
+    HsmError::invalid(format!("keys of kind {spec:?} are not made in the token"))
+}
+
+fn hash_mechanism(h: Hash) -> MechanismType {
+    match h {
+        Hash::Sha1 => MechanismType::SHA1,
+        Hash::Sha224 => MechanismType::SHA224,
+        Hash::Sha256 => MechanismType::SHA256,
+        Hash::Sha384 => MechanismType::SHA384,
+        Hash::Sha512 => MechanismType::SHA512,
+    }
+}
+
+fn mgf(h: Hash) -> PkcsMgfType {
+    match h {
+        Hash::Sha1 => PkcsMgfType::MGF1_SHA1,
+        Hash::Sha224 => PkcsMgfType::MGF1_SHA224,
+        Hash::Sha256 => PkcsMgfType::MGF1_SHA256,
+        Hash::Sha384 => PkcsMgfType::MGF1_SHA384,
+        Hash::Sha512 => PkcsMgfType::MGF1_SHA512,
+    }
+}
+
+fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
+    match h {
+        Hash::Sha1 => Mechanism::Sha1Hmac,
+        Hash::Sha224 => Mechanism::Sha224Hmac,
+        Hash::Sha256 => Mechanism::Sha256Hmac,
+        Hash::Sha384 => Mechanism::Sha384Hmac,
+        Hash::Sha512 => Mechanism::Sha512Hmac,
+    }
+}
+
+impl HsmToken {
+    /// Generates a key of `spec` inside the token (an EC or RSA pair, or an HMAC key as long as
+    /// its hash's output), labelled `label`, with a random `CKA_ID`. Returns the reference to
+    /// store; [`HsmToken::destroy_key`] removes every object of it.
+    pub async fn generate_key_of(&self, spec: KeySpec, label: &str) -> Result<HsmKeyRef, HsmError> {
+        validate_label(label)?;
+        if !supports(spec) {
+            return Err(unsupported(spec));
+        }
+        let label = label.to_owned();
+        self.run("generate_key_of", move |call| call.generate_of(spec, &label)).await
+    }
+
+    /// Signs with the key's private (or HMAC) object: `input` is the digest of the algorithm's
+    /// hash for EC and RSA keys, the data for HMAC keys. The answer is Cloud KMS's encoding
+    /// (a DER `ECDSA-Sig-Value`, an RSA signature, the MAC).
+    pub async fn sign(&self, key: &HsmKeyRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let key = key.clone();
+        let input = Secret::new(input.to_vec());
+        self.run("sign", move |call| call.sign(&key, spec, input.expose())).await
+    }
+
+    /// RSA-OAEP decryption (MGF1 with the key's hash, empty label) inside the token.
+    pub async fn decrypt_oaep(&self, key: &HsmKeyRef, spec: KeySpec, ciphertext: &[u8]) -> Result<Secret, HsmError> {
+        let KeySpec::RsaOaep(_, hash) = spec else { return Err(unsupported(spec)) };
+        let key = key.clone();
+        let ciphertext = ciphertext.to_vec();
+        self.run("decrypt_oaep", move |call| call.decrypt_oaep(&key, hash, &ciphertext)).await
+    }
+
+    /// The public key of an EC or RSA pair, as DER `SubjectPublicKeyInfo`.
+    pub async fn public_key(&self, key: &HsmKeyRef, spec: KeySpec) -> Result<Vec<u8>, HsmError> {
+        let key = key.clone();
+        self.run("public_key", move |call| call.public_key(&key, spec)).await
+    }
+}
+
+impl Call<'_> {
+    fn generate_of(&self, spec: KeySpec, label: &str) -> Result<HsmKeyRef, HsmError> {
+        let id = self
+            .session
+            .generate_random_vec(KEY_ID_LEN as u32)
+            .map_err(|e| classify(&e, "drawing a key ID from the token"))?;
+        let key = HsmKeyRef::new(label, id)?;
+        let named = [Attribute::Label(key.label().as_bytes().to_vec()), Attribute::Id(key.id().to_vec())];
+        let private = |signs: bool| {
+            let mut t = vec![
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Modifiable(false),
+                Attribute::Sign(signs),
+                Attribute::Decrypt(!signs),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+            ];
+            t.extend_from_slice(&named);
+            t
+        };
+        let public = |signs: bool| {
+            let mut t = vec![
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Modifiable(false),
+                Attribute::Verify(signs),
+                Attribute::Encrypt(!signs),
+                Attribute::Wrap(false),
+            ];
+            t.extend_from_slice(&named);
+            t
+        };
+        let what = format!("generating a {spec:?} key in the token");
+        match spec {
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
+                let params = spec.ec_params_der().ok_or_else(|| unsupported(spec))?;
+                let mut pub_t = public(true);
+                pub_t.push(Attribute::EcParams(params.to_vec()));
+                let mut priv_t = private(true);
+                priv_t.push(Attribute::KeyType(KeyType::EC));
+                self.session
+                    .generate_key_pair(&Mechanism::EccKeyPairGen, &pub_t, &priv_t)
+                    .map_err(|e| classify(&e, &what))?;
+            }
+            KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) | KeySpec::RsaOaep(bits, _) => {
+                let signs = !matches!(spec, KeySpec::RsaOaep(..));
+                let mut pub_t = public(signs);
+                pub_t.push(Attribute::ModulusBits(((bits.modulus_len() * 8) as u64).into()));
+                pub_t.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                let mut priv_t = private(signs);
+                priv_t.push(Attribute::KeyType(KeyType::RSA));
+                self.session
+                    .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t)
+                    .map_err(|e| classify(&e, &what))?;
+            }
+            KeySpec::Hmac(h) => {
+                let mut t = private(true);
+                t.retain(|a| !matches!(a, Attribute::Decrypt(_)));
+                t.extend([
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    Attribute::ValueLen((h.output_len() as u64).into()),
+                    Attribute::Verify(true),
+                    Attribute::Encrypt(false),
+                    Attribute::Decrypt(false),
+                    Attribute::Wrap(false),
+                ]);
+                self.session.generate_key(&Mechanism::GenericSecretKeyGen, &t).map_err(|e| classify(&e, &what))?;
+            }
+            other => return Err(unsupported(other)),
+        }
+        tracing::info!(key = %key, ?spec, "generated a key in the HSM token");
+        Ok(key)
+    }
+
+    /// The object of `key` of `class` (a pair's private or public half, or a secret key).
+    fn object(&self, key: &HsmKeyRef, class: ObjectClass) -> Result<ObjectHandle, HsmError> {
+        let found = self
+            .session
+            .find_objects(&[
+                Attribute::Class(class),
+                Attribute::Id(key.id().to_vec()),
+                Attribute::Label(key.label().as_bytes().to_vec()),
+            ])
+            .map_err(|e| classify(&e, "looking up a key"))?;
+        match found.as_slice() {
+            [handle] => Ok(*handle),
+            [] => Err(self.not_found(key)),
+            many => Err(HsmError::config(format!("{} objects in the token match {key}; expected one", many.len()))),
+        }
+    }
+
+    fn sign(&self, key: &HsmKeyRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let fail = |e: &cryptoki::error::Error| {
+            if is_stale_handle(e) { self.not_found(key) } else { classify(e, "signing in the token") }
+        };
+        let encoding = |e: keyhold_crypto::keys::KeyError| HsmError::invalid(e.to_string());
+        match spec {
+            KeySpec::Hmac(h) => {
+                let handle = self.object(key, ObjectClass::SECRET_KEY)?;
+                self.session.sign(&hmac_mechanism(h), handle, input).map_err(|e| fail(&e))
+            }
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
+                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
+                let fixed = self.session.sign(&Mechanism::Ecdsa, handle, input).map_err(|e| fail(&e))?;
+                spec.ecdsa_signature_der(&fixed).map_err(encoding)
+            }
+            KeySpec::RsaPkcs1(_, h) => {
+                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
+                let info = KeySpec::digest_info(h, input).map_err(encoding)?;
+                self.session.sign(&Mechanism::RsaPkcs, handle, &info).map_err(|e| fail(&e))
+            }
+            KeySpec::RsaPss(_, h) => {
+                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
+                let params =
+                    PkcsPssParams { hash_alg: hash_mechanism(h), mgf: mgf(h), s_len: (h.output_len() as u64).into() };
+                self.session.sign(&Mechanism::RsaPkcsPss(params), handle, input).map_err(|e| fail(&e))
+            }
+            other => Err(unsupported(other)),
+        }
+    }
+
+    fn decrypt_oaep(&self, key: &HsmKeyRef, hash: Hash, ciphertext: &[u8]) -> Result<Secret, HsmError> {
+        let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
+        let params = PkcsOaepParams::new(hash_mechanism(hash), mgf(hash), PkcsOaepSource::empty());
+        match self.session.decrypt(&Mechanism::RsaPkcsOaep(params), handle, ciphertext) {
+            Ok(plaintext) => Ok(Secret::new(plaintext)),
+            Err(e) if is_stale_handle(&e) => Err(self.not_found(key)),
+            Err(e) => {
+                // A ciphertext the key does not open: refused by the token with one of these.
+                let bad = matches!(
+                    &e,
+                    cryptoki::error::Error::Pkcs11(
+                        cryptoki::error::RvError::EncryptedDataInvalid
+                            | cryptoki::error::RvError::EncryptedDataLenRange
+                            | cryptoki::error::RvError::DataInvalid
+                            | cryptoki::error::RvError::DataLenRange
+                            | cryptoki::error::RvError::GeneralError
+                            | cryptoki::error::RvError::FunctionFailed,
+                        _
+                    )
+                );
+                match (bad, self.probe()) {
+                    (true, Ok(())) => Err(HsmError::Decrypt { reason: "RSA-OAEP decryption failed" }),
+                    (_, Err(unavailable)) => Err(unavailable),
+                    (false, Ok(())) => Err(classify(&e, "decrypting in the token")),
+                }
+            }
+        }
+    }
+
+    fn public_key(&self, key: &HsmKeyRef, spec: KeySpec) -> Result<Vec<u8>, HsmError> {
+        let handle = self.object(key, ObjectClass::PUBLIC_KEY)?;
+        let encoding = |e: keyhold_crypto::keys::KeyError| HsmError::invalid(e.to_string());
+        let read = |types: &[AttributeType]| {
+            self.session.get_attributes(handle, types).map_err(|e| classify(&e, "reading a public key"))
+        };
+        match spec {
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
+                let point = read(&[AttributeType::EcPoint])?.into_iter().find_map(|a| match a {
+                    Attribute::EcPoint(p) => Some(p),
+                    _ => None,
+                });
+                let point = point.ok_or_else(|| HsmError::invalid("the public key has no CKA_EC_POINT"))?;
+                // CKA_EC_POINT is the DER OCTET STRING of the point (PKCS#11 2.40); some tokens
+                // give the point itself.
+                let raw = match point.as_slice() {
+                    [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && rest.first() == Some(&0x04) => rest,
+                    other => other,
+                };
+                spec.ec_public_key_der(raw).map_err(encoding)
+            }
+            KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) => {
+                let (mut n, mut e) = (None, None);
+                for a in read(&[AttributeType::Modulus, AttributeType::PublicExponent])? {
+                    match a {
+                        Attribute::Modulus(m) => n = Some(m),
+                        Attribute::PublicExponent(x) => e = Some(x),
+                        _ => {}
+                    }
+                }
+                let (n, e) = n.zip(e).ok_or_else(|| HsmError::invalid("the public key has no modulus or exponent"))?;
+                keyhold_crypto::keys::rsa_public_key_der(&n, &e).map_err(encoding)
+            }
+            other => Err(unsupported(other)),
+        }
+    }
+
+    /// Every object of `key`, whatever its class (a pair's two halves, or one secret key).
+    pub(super) fn objects_of(&self, key: &HsmKeyRef) -> Result<Vec<ObjectHandle>, HsmError> {
+        lock(&self.conn.handles).remove(key);
+        self.session
+            .find_objects(&[Attribute::Id(key.id().to_vec()), Attribute::Label(key.label().as_bytes().to_vec())])
+            .map_err(|e| classify(&e, "looking up a key"))
+    }
+}
