@@ -725,12 +725,15 @@ impl Call<'_> {
         Ok(keys)
     }
 
+    /// Whether the token holds the key: its AES key, or the private half or secret key of a
+    /// key of another kind (signing, RSA-OAEP, HMAC).
     fn exists(&self, key: &HsmKeyRef) -> Result<bool, HsmError> {
         match self.find(key)? {
             Some(handle) => {
                 lock(&self.conn.handles).insert(key.clone(), handle);
                 Ok(true)
             }
+            None if self.holds_key_of_other_kind(key)? => Ok(true),
             None => {
                 self.probe()?;
                 Ok(false)

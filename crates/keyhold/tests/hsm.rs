@@ -656,6 +656,7 @@ async fn hsm_signing_decryption_and_mac_keys() {
         ("ec384", "ASYMMETRIC_SIGN", "EC_SIGN_P384_SHA384", "sha384", &[][..]),
         ("k1", "ASYMMETRIC_SIGN", "EC_SIGN_SECP256K1_SHA256", "sha256", &[][..]),
         ("pkcs1", "ASYMMETRIC_SIGN", "RSA_SIGN_PKCS1_2048_SHA256", "sha256", &[][..]),
+        ("pkcs1-512", "ASYMMETRIC_SIGN", "RSA_SIGN_PKCS1_4096_SHA512", "sha512", &[][..]),
         (
             "pss",
             "ASYMMETRIC_SIGN",
@@ -773,11 +774,15 @@ async fn hsm_signing_decryption_and_mac_keys() {
             .env("SOFTHSM2_CONF", conf)
             .output()
             .unwrap();
+        assert!(out.status.success(), "pkcs11-tool: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.trim().strip_prefix("label:").map(|s| s.trim().to_string()))
             .collect()
     };
+    // Reconciliation finds every version's key in the token (none missing, none orphaned).
+    let (agree, report) = reconcile(d, &conf, &pin_file, false);
+    assert!(agree, "token and database agree: {report}");
     let ec = format!("{LOC}/keyRings/r/cryptoKeys/ec256/cryptoKeyVersions/1");
     let of_ec = |all: Vec<String>| all.into_iter().filter(|l| l.contains("cryptoKeys/ec256/")).count();
     assert_eq!(of_ec(labels(&conf)), 2, "a private and a public object");

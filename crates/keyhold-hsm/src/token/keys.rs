@@ -56,6 +56,35 @@ fn mgf(h: Hash) -> PkcsMgfType {
     }
 }
 
+fn hmac_mechanism_type(h: Hash) -> MechanismType {
+    match h {
+        Hash::Sha1 => MechanismType::SHA1_HMAC,
+        Hash::Sha224 => MechanismType::SHA224_HMAC,
+        Hash::Sha256 => MechanismType::SHA256_HMAC,
+        Hash::Sha384 => MechanismType::SHA384_HMAC,
+        Hash::Sha512 => MechanismType::SHA512_HMAC,
+    }
+}
+
+/// The one mechanism a key of `spec` is used with (`CKA_ALLOWED_MECHANISMS`): a key that signs
+/// with PSS cannot be used for a raw RSA operation, nor an OAEP key as a PKCS#1 v1.5 oracle.
+fn allowed_mechanism(spec: KeySpec) -> Option<MechanismType> {
+    Some(match spec {
+        KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => MechanismType::ECDSA,
+        KeySpec::RsaPkcs1(..) => MechanismType::RSA_PKCS,
+        KeySpec::RsaPss(..) => MechanismType::RSA_PKCS_PSS,
+        KeySpec::RsaOaep(..) => MechanismType::RSA_PKCS_OAEP,
+        KeySpec::Hmac(h) => hmac_mechanism_type(h),
+        _ => return None,
+    })
+}
+
+/// A malformed answer of the token (a signature or public key the KMS cannot encode): the
+/// token's fault, not the caller's.
+fn token_answer(e: keyhold_crypto::keys::KeyError) -> HsmError {
+    HsmError::Unsupported { detail: format!("the token's answer cannot be used: {e}") }
+}
+
 fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
     match h {
         Hash::Sha1 => Mechanism::Sha1Hmac,
@@ -110,7 +139,12 @@ impl Call<'_> {
             .generate_random_vec(KEY_ID_LEN as u32)
             .map_err(|e| classify(&e, "drawing a key ID from the token"))?;
         let key = HsmKeyRef::new(label, id)?;
-        let named = [Attribute::Label(key.label().as_bytes().to_vec()), Attribute::Id(key.id().to_vec())];
+        let allowed = allowed_mechanism(spec).ok_or_else(|| unsupported(spec))?;
+        let named = [
+            Attribute::Label(key.label().as_bytes().to_vec()),
+            Attribute::Id(key.id().to_vec()),
+            Attribute::AllowedMechanisms(vec![allowed]),
+        ];
         let private = |signs: bool| {
             let mut t = vec![
                 Attribute::Token(true),
@@ -119,6 +153,7 @@ impl Call<'_> {
                 Attribute::Extractable(false),
                 Attribute::Modifiable(false),
                 Attribute::Sign(signs),
+                Attribute::SignRecover(false),
                 Attribute::Decrypt(!signs),
                 Attribute::Unwrap(false),
                 Attribute::Derive(false),
@@ -132,6 +167,7 @@ impl Call<'_> {
                 Attribute::Private(false),
                 Attribute::Modifiable(false),
                 Attribute::Verify(signs),
+                Attribute::VerifyRecover(false),
                 Attribute::Encrypt(!signs),
                 Attribute::Wrap(false),
             ];
@@ -163,7 +199,8 @@ impl Call<'_> {
             }
             KeySpec::Hmac(h) => {
                 let mut t = private(true);
-                t.retain(|a| !matches!(a, Attribute::Decrypt(_)));
+                // Secret keys have no CKA_SIGN_RECOVER (the token refuses it in the template).
+                t.retain(|a| !matches!(a, Attribute::Decrypt(_) | Attribute::SignRecover(_)));
                 t.extend([
                     Attribute::Class(ObjectClass::SECRET_KEY),
                     Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -202,7 +239,6 @@ impl Call<'_> {
         let fail = |e: &cryptoki::error::Error| {
             if is_stale_handle(e) { self.not_found(key) } else { classify(e, "signing in the token") }
         };
-        let encoding = |e: keyhold_crypto::keys::KeyError| HsmError::invalid(e.to_string());
         match spec {
             KeySpec::Hmac(h) => {
                 let handle = self.object(key, ObjectClass::SECRET_KEY)?;
@@ -211,11 +247,11 @@ impl Call<'_> {
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
                 let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
                 let fixed = self.session.sign(&Mechanism::Ecdsa, handle, input).map_err(|e| fail(&e))?;
-                spec.ecdsa_signature_der(&fixed).map_err(encoding)
+                spec.ecdsa_signature_der(&fixed).map_err(token_answer)
             }
             KeySpec::RsaPkcs1(_, h) => {
                 let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
-                let info = KeySpec::digest_info(h, input).map_err(encoding)?;
+                let info = KeySpec::digest_info(h, input).map_err(|e| HsmError::invalid(e.to_string()))?;
                 self.session.sign(&Mechanism::RsaPkcs, handle, &info).map_err(|e| fail(&e))
             }
             KeySpec::RsaPss(_, h) => {
@@ -245,7 +281,7 @@ impl Call<'_> {
                             | cryptoki::error::RvError::DataLenRange
                             | cryptoki::error::RvError::GeneralError
                             | cryptoki::error::RvError::FunctionFailed,
-                        _
+                        cryptoki::context::Function::Decrypt
                     )
                 );
                 match (bad, self.probe()) {
@@ -259,7 +295,7 @@ impl Call<'_> {
 
     fn public_key(&self, key: &HsmKeyRef, spec: KeySpec) -> Result<Vec<u8>, HsmError> {
         let handle = self.object(key, ObjectClass::PUBLIC_KEY)?;
-        let encoding = |e: keyhold_crypto::keys::KeyError| HsmError::invalid(e.to_string());
+        let missing = |what: &str| HsmError::Unsupported { detail: format!("the public key has no {what}") };
         let read = |types: &[AttributeType]| {
             self.session.get_attributes(handle, types).map_err(|e| classify(&e, "reading a public key"))
         };
@@ -269,14 +305,14 @@ impl Call<'_> {
                     Attribute::EcPoint(p) => Some(p),
                     _ => None,
                 });
-                let point = point.ok_or_else(|| HsmError::invalid("the public key has no CKA_EC_POINT"))?;
+                let point = point.ok_or_else(|| missing("CKA_EC_POINT"))?;
                 // CKA_EC_POINT is the DER OCTET STRING of the point (PKCS#11 2.40); some tokens
                 // give the point itself.
                 let raw = match point.as_slice() {
                     [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && rest.first() == Some(&0x04) => rest,
                     other => other,
                 };
-                spec.ec_public_key_der(raw).map_err(encoding)
+                spec.ec_public_key_der(raw).map_err(token_answer)
             }
             KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) => {
                 let (mut n, mut e) = (None, None);
@@ -287,11 +323,30 @@ impl Call<'_> {
                         _ => {}
                     }
                 }
-                let (n, e) = n.zip(e).ok_or_else(|| HsmError::invalid("the public key has no modulus or exponent"))?;
-                keyhold_crypto::keys::rsa_public_key_der(&n, &e).map_err(encoding)
+                let (n, e) = n.zip(e).ok_or_else(|| missing("modulus or public exponent"))?;
+                keyhold_crypto::keys::rsa_public_key_der(&n, &e).map_err(token_answer)
             }
             other => Err(unsupported(other)),
         }
+    }
+
+    /// Whether the token holds the usable object of `key` of another kind than AES: its
+    /// private half, or its (HMAC) secret key.
+    pub(super) fn holds_key_of_other_kind(&self, key: &HsmKeyRef) -> Result<bool, HsmError> {
+        for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY] {
+            let found = self
+                .session
+                .find_objects(&[
+                    Attribute::Class(class),
+                    Attribute::Id(key.id().to_vec()),
+                    Attribute::Label(key.label().as_bytes().to_vec()),
+                ])
+                .map_err(|e| classify(&e, "looking up a key"))?;
+            if !found.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Every object of `key`, whatever its class (a pair's two halves, or one secret key).
