@@ -438,43 +438,78 @@ PURPOSE_KEYS = (("sign-p256", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256"),
                 ("sign-rsa2048", "ASYMMETRIC_SIGN", "RSA_SIGN_PKCS1_2048_SHA256"),
                 ("mac-sha256", "MAC", "HMAC_SHA256"),
                 ("decrypt-oaep2048", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"))
+# On SoftHSM2 RSA-OAEP is SHA-1 only (Keyhold refuses the others on HSM keys).
+HSM_ALGORITHMS = {"decrypt-oaep2048": "RSA_DECRYPT_OAEP_2048_SHA1"}
 
 
-def scenario_purposes(ctx) -> dict:
-    """The key operations of the other purposes (issue 19) against `:encrypt` 32 B on the same
-    server (default SQLite file, durable audit entry, SOFTWARE keys): `:asymmetricSign` of a
-    SHA-256 digest with EC P-256 and with RSA-2048 PKCS#1, `:macSign` of 32 B with HMAC-SHA256,
-    and `:asymmetricDecrypt` of an RSA-OAEP-2048 ciphertext of 32 B made by openssl."""
+def softhsm_token(tmp: Path) -> tuple[list[str], dict]:
+    """A fresh SoftHSM2 token under `tmp`: the `keyhold serve` flags and environment to use it."""
+    module = next((m for m in ("/usr/lib/softhsm/libsofthsm2.so", "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so")
+                   if Path(m).exists()), None)
+    if module is None:
+        raise RuntimeError("SoftHSM2 is not installed (scripts/test.sh installs the softhsm2 package)")
+    tokens = tmp / "softhsm-tokens"
+    tokens.mkdir(parents=True, exist_ok=True)
+    conf = tmp / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
+    env = {"SOFTHSM2_CONF": str(conf)}
+    sh("softhsm2-util", "--init-token", "--free", "--label", "bench", "--so-pin", "5678", "--pin", "1234", env=env)
+    pin = tmp / "softhsm-pin"
+    pin.write_text("1234\n")
+    return ["--pkcs11-module", module, "--pkcs11-token-label", "bench", "--pkcs11-pin-file", str(pin)], env
+
+
+def purpose_bodies(ctx, s, level: str) -> dict:
+    """One key per row of PURPOSE_KEYS at `level` on server `s`, generated and enabled, and the
+    request each row's call sends (prefixed `hsm-` for HSM keys)."""
     import base64
     import hashlib
 
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    with Server(ctx.binary) as s:
+    keys = "projects/bench/locations/global/keyRings/r/cryptoKeys"
+    prefix = "" if level == "SOFTWARE" else "hsm-"
+    bodies = {}
+    for key, purpose, algorithm in PURPOSE_KEYS:
+        if level == "HSM":
+            algorithm = HSM_ALGORITHMS.get(key, algorithm)
+        template = {"algorithm": algorithm, "protectionLevel": level}
+        s.ok("POST", f"{keys}?cryptoKeyId={prefix}{key}", {"purpose": purpose, "versionTemplate": template})
+        version = f"{keys}/{prefix}{key}/cryptoKeyVersions/1"
+        deadline = time.monotonic() + 120
+        while s.ok("GET", version)["state"] != "ENABLED":  # PENDING_GENERATION, as in Cloud KMS
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{version} was not generated")
+            time.sleep(0.02)
+        if purpose == "ASYMMETRIC_SIGN":
+            body = {"digest": {"sha256": b64(hashlib.sha256(os.urandom(32)).digest())}}
+            bodies[prefix + key] = (f"{version}:asymmetricSign", json.dumps(body))
+        elif purpose == "MAC":
+            bodies[prefix + key] = (f"{version}:macSign", json.dumps({"data": b64(os.urandom(32))}))
+        else:
+            md = "sha1" if algorithm.endswith("SHA1") else "sha256"
+            pem = ctx.tmp / f"{prefix}{key}.pem"
+            pem.write_text(s.ok("GET", f"{version}/publicKey")["pem"])
+            (ctx.tmp / "dek").write_bytes(os.urandom(32))
+            sh("openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", str(pem), "-in", str(ctx.tmp / "dek"), "-out",
+               str(ctx.tmp / "dek.enc"), "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", f"rsa_oaep_md:{md}",
+               "-pkeyopt", f"rsa_mgf1_md:{md}")
+            body = {"ciphertext": b64((ctx.tmp / "dek.enc").read_bytes())}
+            bodies[prefix + key] = (f"{version}:asymmetricDecrypt", json.dumps(body))
+    return bodies
+
+
+def scenario_purposes(ctx) -> dict:
+    """The key operations of the other purposes (issue 19) against `:encrypt` 32 B on the same
+    server (default SQLite file, durable audit entry): `:asymmetricSign` of a SHA-256 digest with
+    EC P-256 and with RSA-2048 PKCS#1, `:macSign` of 32 B with HMAC-SHA256, and
+    `:asymmetricDecrypt` of an RSA-OAEP-2048 ciphertext of 32 B made by openssl; with SOFTWARE
+    keys, and the same with HSM keys in a SoftHSM2 token (OAEP with SHA-1 there)."""
+    flags, env = softhsm_token(ctx.tmp)
+    with Server(ctx.binary, flags, env=env) as s:
         enc = encryption_key(s)
-        keys = "projects/bench/locations/global/keyRings/r/cryptoKeys"
         bodies = {"encrypt": (f"{enc}:encrypt", ENCRYPT_32B)}
-        for key, purpose, algorithm in PURPOSE_KEYS:
-            s.ok("POST", f"{keys}?cryptoKeyId={key}", {"purpose": purpose, "versionTemplate": {"algorithm": algorithm}})
-            version = f"{keys}/{key}/cryptoKeyVersions/1"
-            deadline = time.monotonic() + 60
-            while s.ok("GET", version)["state"] != "ENABLED":  # PENDING_GENERATION, as in Cloud KMS
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{version} was not generated")
-                time.sleep(0.02)
-            if purpose == "ASYMMETRIC_SIGN":
-                body = {"digest": {"sha256": b64(hashlib.sha256(os.urandom(32)).digest())}}
-                bodies[key] = (f"{version}:asymmetricSign", json.dumps(body))
-            elif purpose == "MAC":
-                bodies[key] = (f"{version}:macSign", json.dumps({"data": b64(os.urandom(32))}))
-            else:
-                pem = ctx.tmp / f"{key}.pem"
-                pem.write_text(s.ok("GET", f"{version}/publicKey")["pem"])
-                (ctx.tmp / "dek").write_bytes(os.urandom(32))
-                sh("openssl", "pkeyutl", "-encrypt", "-pubin", "-inkey", str(pem), "-in", str(ctx.tmp / "dek"), "-out",
-                   str(ctx.tmp / "dek.enc"), "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", "rsa_oaep_md:sha256",
-                   "-pkeyopt", "rsa_mgf1_md:sha256")
-                body = {"ciphertext": b64((ctx.tmp / "dek.enc").read_bytes())}
-                bodies[key] = (f"{version}:asymmetricDecrypt", json.dumps(body))
+        bodies.update(purpose_bodies(ctx, s, "SOFTWARE"))
+        bodies.update(purpose_bodies(ctx, s, "HSM"))
         rows = {}
         for conns in (1, max(ctx.connections)):
             for op, (path, body) in bodies.items():
@@ -1100,16 +1135,22 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
         conns = sorted({int(k.rsplit("-c", 1)[1]) for k in r})
         out += ["### Signing, asymmetric decryption and MACs against `:encrypt`", "",
                 "The same server (default SQLite file, every call's audit entry committed before the answer, "
-                "SOFTWARE keys): `:asymmetricSign` of a SHA-256 digest (EC P-256; RSA-2048 PKCS#1 v1.5), "
+                "SOFTWARE keys, then HSM keys in a SoftHSM2 token): `:asymmetricSign` of a SHA-256 digest (EC P-256; RSA-2048 PKCS#1 v1.5), "
                 "`:macSign` of 32 B (HMAC-SHA256), `:asymmetricDecrypt` of an RSA-OAEP-2048 ciphertext (32 B), "
                 "each against `:encrypt` 32 B at the same connection count.", "",
                 "| call | connections | requests/s | p50 | p99 | ratio to `:encrypt` |", "|---|---|---|---|---|---|"]
         labels = {"encrypt": "`:encrypt` 32 B", "sign-p256": "`:asymmetricSign` EC P-256",
                   "sign-rsa2048": "`:asymmetricSign` RSA-2048", "mac-sha256": "`:macSign` HMAC-SHA256",
-                  "decrypt-oaep2048": "`:asymmetricDecrypt` RSA-OAEP-2048"}
+                  "decrypt-oaep2048": "`:asymmetricDecrypt` RSA-OAEP-2048",
+                  "hsm-sign-p256": "`:asymmetricSign` EC P-256, SoftHSM2",
+                  "hsm-sign-rsa2048": "`:asymmetricSign` RSA-2048, SoftHSM2",
+                  "hsm-mac-sha256": "`:macSign` HMAC-SHA256, SoftHSM2",
+                  "hsm-decrypt-oaep2048": "`:asymmetricDecrypt` RSA-OAEP-2048 (SHA-1), SoftHSM2"}
         for c in conns:
             base = r[f"encrypt-c{c}"]["rps"]
             for op, label in labels.items():
+                if f"{op}-c{c}" not in r:  # a run from before the SoftHSM2 rows
+                    continue
                 e = r[f"{op}-c{c}"]
                 out.append(f"| {label} | {c} | {e['rps']:.0f} | {fmt_s(e['p50'])} | {fmt_s(e['p99'])} "
                            f"| {e['rps'] / base:.2f} |")

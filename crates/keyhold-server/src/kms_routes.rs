@@ -510,7 +510,11 @@ async fn handle(
             json(&methods::delete_crypto_key_version(s, caller, r).await?, pretty)
         }
         (Target::RetiredResources(parent), None, Method::GET) => {
-            let (page_size, page_token, _, _) = q.list()?;
+            let (page_size, page_token, filter, order_by) = q.list()?;
+            if !filter.is_empty() || !order_by.is_empty() {
+                // ListRetiredResourcesRequest has neither field.
+                return Err(ApiError::invalid("retiredResources.list takes no filter and no orderBy."));
+            }
             let r = pb::ListRetiredResourcesRequest { parent: parent.to_string(), page_size, page_token };
             json(&methods::list_retired_resources(s, caller, r).await?, pretty)
         }

@@ -142,6 +142,7 @@ async fn versions_then_key(backend: Backend) {
     assert_eq!(policies, 0, "the deleted key's policy row is gone");
     s.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=k2"), Some(json!({"purpose": "ENCRYPT_DECRYPT"}))).await;
     s.err(Method::GET, &format!("{LOC}/retiredResources/nope"), None, 404, "NOT_FOUND").await;
+    s.err(Method::GET, &format!("{LOC}/retiredResources?filter=x"), None, 400, "INVALID_ARGUMENT").await;
     s.err(Method::GET, &format!("{LOC}/operations/kms-nope"), None, 404, "NOT_FOUND").await;
 }
 
