@@ -33,7 +33,7 @@ pub const MAX_RANDOM_BYTES: usize = 1024;
 /// Length of the random `CKA_ID` given to generated keys.
 pub const KEY_ID_LEN: usize = 16;
 
-/// One PKCS#11 token: AES-256 keys generated and used inside it.
+/// One PKCS#11 token: AES-256 keys, and EC, RSA and HMAC keys, generated and used inside it.
 ///
 /// Cheap to clone (an `Arc` inside); clones share the session pool. Creating one does not
 /// touch the module: it connects on first use and reconnects after failures (see the crate

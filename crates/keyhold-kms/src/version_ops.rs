@@ -109,7 +109,7 @@ impl VersionOps {
     }
 
     /// `cryptoKeyVersions.asymmetricSign`: a digest of the algorithm's hash, or the data (which
-    /// Ed25519 signs as it is and the others hash first).
+    /// Ed25519 and ML-DSA sign as it is and the others hash first).
     pub(crate) async fn asymmetric_sign(
         &self,
         call: &Call<'_>,

@@ -290,6 +290,11 @@ async fn idle_connections_make_room_for_a_new_client_at_the_cap() {
     for _ in 0..CAP {
         idle.push(served_client(srv.addr).await);
     }
+    // Every idle connection old enough to be evicted before the newcomer comes: the first
+    // eviction round then closes all of them. (Sooner, a round may close only the oldest; the
+    // slot it frees lets the newcomer in, the rounds stop, and a younger one stays open: a
+    // flake on a loaded machine, where serving the eight clients takes most of a grace.)
+    tokio::time::sleep(listener::EVICTION_GRACE + Duration::from_millis(200)).await;
     let mut newcomer = TcpStream::connect(srv.addr).await.unwrap();
     assert_eq!(healthz(&mut newcomer).await, 200);
     for s in &mut idle {

@@ -474,7 +474,8 @@ pub enum VersionsCommand {
     /// Import a key (wrapped here for the import job, or wrapped already) as a new version, or
     /// into a destroyed imported version.
     Import(VersionImport),
-    /// Delete a destroyed version (one never imported) for good.
+    /// Delete a version whose material is gone (DESTROYED, IMPORT_FAILED or GENERATION_FAILED;
+    /// not one holding imported material) for good.
     Delete(VersionTarget),
 }
 
