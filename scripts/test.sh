@@ -55,7 +55,9 @@ die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
 SUDO=()
 if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
 
-PYTHON_PACKAGES=(google-cloud-kms google-crc32c pytest cryptography)
+# slh-dsa (imported as slhdsa): an independent FIPS 205 verifier for Keyhold's SLH-DSA signatures
+# (pyca/cryptography has none yet)
+PYTHON_PACKAGES=(google-cloud-kms google-crc32c pytest cryptography slh-dsa)
 
 # ------------------------------------------------------------------------------------------
 # 1. System packages
@@ -298,7 +300,7 @@ prepare_venv() {
         note "creating $VENV"
         python3 -m venv --clear "$VENV"
     fi
-    if "$VENV/bin/python" -c 'import google.cloud.kms_v1, google_crc32c, pytest, cryptography' >/dev/null 2>&1; then
+    if "$VENV/bin/python" -c 'import google.cloud.kms_v1, google_crc32c, pytest, cryptography, slhdsa' >/dev/null 2>&1; then
         note "python packages already installed in .venv"
     else
         note "pip install ${PYTHON_PACKAGES[*]}"

@@ -295,6 +295,32 @@ def test_ml_dsa_signatures_verify_with_cryptography(kms, ring, algorithm, key_cl
         public.verify(resp.signature, b"another release")
 
 
+def test_slh_dsa_signatures_verify_with_an_independent_fips_205_implementation(kms, ring, tmp_path):
+    """SLH-DSA-SHA2-128s: verified by the `slh-dsa` package (pure Python FIPS 205), which reads
+    the PEM SubjectPublicKeyInfo Keyhold hands out."""
+    import slhdsa
+
+    version = create_version(kms, ring, Purpose.ASYMMETRIC_SIGN, Algorithm.PQ_SIGN_SLH_DSA_SHA2_128S)
+    Format = kms_v1.PublicKey.PublicKeyFormat
+    raw = kms.get_public_key(request={"name": version.name, "public_key_format": Format.NIST_PQC})
+    assert len(raw.public_key.data) == 32
+    assert raw.public_key.crc32c_checksum == crc32c(raw.public_key.data)
+    pem = kms.get_public_key(request={"name": version.name, "public_key_format": Format.PEM})
+    pem_file = tmp_path / "slh-dsa.pem"
+    pem_file.write_bytes(pem.public_key.data)
+    public = slhdsa.PublicKey.from_pkcs(str(pem_file))
+    assert public.digest() == raw.public_key.data
+    data = b"a release to sign"
+    resp = kms.asymmetric_sign(request={"name": version.name, "data": data, "data_crc32c": crc32c(data)})
+    assert resp.verified_data_crc32c
+    assert len(resp.signature) == 7856
+    assert public.verify_pure(data, resp.signature)
+    assert not public.verify_pure(b"another release", resp.signature)
+    # Pure SLH-DSA signs the data, never a digest.
+    with pytest.raises(gexc.BadRequest):
+        kms.asymmetric_sign(request={"name": version.name, "digest": {"sha256": hashlib.sha256(data).digest()}})
+
+
 def test_import_a_key_wrapped_with_cryptography(kms, ring):
     """An import job, and an EC key wrapped for it the way Google's guide wraps with Python:
     RSA-OAEP (SHA-256) of a fresh AES-256 key, then AES key wrap with padding of the key."""

@@ -166,6 +166,18 @@ wire_enum! {
         PqSignMlDsa65 = "PQ_SIGN_ML_DSA_65" => 56,
         /// ML-DSA-87 (FIPS 204), pure and randomized.
         PqSignMlDsa87 = "PQ_SIGN_ML_DSA_87" => 69,
+        /// ML-DSA-44 over an external mu (FIPS 204's μ computed by the caller).
+        PqSignMlDsa44ExternalMu = "PQ_SIGN_ML_DSA_44_EXTERNAL_MU" => 70,
+        /// ML-DSA-65 over an external mu.
+        PqSignMlDsa65ExternalMu = "PQ_SIGN_ML_DSA_65_EXTERNAL_MU" => 67,
+        /// ML-DSA-87 over an external mu.
+        PqSignMlDsa87ExternalMu = "PQ_SIGN_ML_DSA_87_EXTERNAL_MU" => 71,
+        /// SLH-DSA-SHA2-128s (FIPS 205), pure.
+        PqSignSlhDsaSha2128s = "PQ_SIGN_SLH_DSA_SHA2_128S" => 57,
+        /// HashSLH-DSA-SHA2-128s over a SHA-256 digest (FIPS 205, pre-hash).
+        PqSignHashSlhDsaSha2128sSha256 = "PQ_SIGN_HASH_SLH_DSA_SHA2_128S_SHA256" => 60,
+        /// X-Wing (ML-KEM-768 with X25519) key encapsulation.
+        KemXwing = "KEM_XWING" => 63,
         /// Symmetric encryption by an external key manager.
         ExternalSymmetricEncryption = "EXTERNAL_SYMMETRIC_ENCRYPTION" => 18,
         /// AES-256 key wrap with padding.
@@ -201,7 +213,12 @@ impl Algorithm {
             | A::EcSignEd25519
             | A::PqSignMlDsa44
             | A::PqSignMlDsa65
-            | A::PqSignMlDsa87 => Purpose::AsymmetricSign,
+            | A::PqSignMlDsa87
+            | A::PqSignMlDsa44ExternalMu
+            | A::PqSignMlDsa65ExternalMu
+            | A::PqSignMlDsa87ExternalMu
+            | A::PqSignSlhDsaSha2128s
+            | A::PqSignHashSlhDsaSha2128sSha256 => Purpose::AsymmetricSign,
             A::RsaDecryptOaep2048Sha256
             | A::RsaDecryptOaep3072Sha256
             | A::RsaDecryptOaep4096Sha256
@@ -210,7 +227,7 @@ impl Algorithm {
             | A::RsaDecryptOaep3072Sha1
             | A::RsaDecryptOaep4096Sha1 => Purpose::AsymmetricDecrypt,
             A::HmacSha1 | A::HmacSha224 | A::HmacSha256 | A::HmacSha384 | A::HmacSha512 => Purpose::Mac,
-            A::MlKem768 | A::MlKem1024 => Purpose::KeyEncapsulation,
+            A::MlKem768 | A::MlKem1024 | A::KemXwing => Purpose::KeyEncapsulation,
             A::Aes256Kwp => Purpose::AesWrapping,
         })
     }

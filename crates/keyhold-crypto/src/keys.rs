@@ -8,9 +8,13 @@
 //! each algorithm Cloud KMS names and keeps the private material in zeroizing types; it never
 //! pads, hashes or encodes a key by hand.
 //!
-//! Private material at rest is PKCS#8 v1 DER (RSA, EC, Ed25519, ML-DSA) or the raw HMAC or AES key, held in a
-//! [`Secret`]; [`KeySpec::generate`] makes it and [`LoadedKey::from_material`] reads it back.
-//! AWS-LC frees its own copies of key structures with `OPENSSL_free`, which wipes them.
+//! SLH-DSA (FIPS 205), which AWS-LC here lacks, is RustCrypto's `slh-dsa`, whose signing keys
+//! wipe themselves on drop.
+//!
+//! Private material at rest is PKCS#8 v1 DER (RSA, EC, Ed25519, ML-DSA), FIPS 205's 64-byte
+//! private key (SLH-DSA), or the raw HMAC or AES key, held in a [`Secret`];
+//! [`KeySpec::generate`] makes it and [`LoadedKey::from_material`] reads it back. AWS-LC frees
+//! its own copies of key structures with `OPENSSL_free`, which wipes them.
 
 use std::fmt;
 
@@ -26,6 +30,8 @@ use aws_lc_rs::signature::{
 };
 use aws_lc_rs::{aead, cipher, constant_time, hmac, kem};
 use base64::Engine as _;
+use slh_dsa::Sha2_128s;
+use spki::EncodePublicKey as _;
 use zeroize::Zeroizing;
 
 use crate::secret::Secret;
@@ -138,7 +144,8 @@ pub enum AesBits {
 }
 
 impl AesBits {
-    fn key_len(self) -> usize {
+    /// The key's length in bytes.
+    pub fn key_len(self) -> usize {
         match self {
             AesBits::B128 => 16,
             AesBits::B256 => 32,
@@ -206,6 +213,10 @@ pub enum KeySpec {
     RsaPss(RsaBits, Hash),
     /// RSASSA-PKCS1-v1_5 with a DigestInfo.
     RsaPkcs1(RsaBits, Hash),
+    /// PKCS#1 v1.5 type-1 padding of the caller's data, no DigestInfo and no hashing
+    /// (`RSA_SIGN_RAW_PKCS1_*`): signed by a token's `CKM_RSA_PKCS` only (AWS-LC has no such
+    /// signature), so [`LoadedKey`] refuses to sign with it.
+    RsaRawPkcs1(RsaBits),
     /// RSAES-OAEP, MGF1 with the same hash, empty label.
     RsaOaep(RsaBits, Hash),
     /// HMAC; the key is as long as the hash's output.
@@ -216,7 +227,15 @@ pub enum KeySpec {
     MlKem(MlKemLevel),
     /// ML-DSA (FIPS 204) in pure mode, randomized, with an empty context: signs the data.
     MlDsa(MlDsaLevel),
+    /// SLH-DSA-SHA2-128s (FIPS 205) in pure mode, hedged (a fresh random `opt_rand`), with an
+    /// empty context: signs the data.
+    SlhDsaSha2S128,
 }
+
+/// The lengths of SLH-DSA-SHA2-128s's private key (`SK.seed || SK.prf || PK.seed || PK.root`)
+/// and of each of its seeds (FIPS 205, table 2: n = 16).
+const SLH_DSA_128S_KEY_LEN: usize = 64;
+const SLH_DSA_128S_N: usize = 16;
 
 /// An ML-DSA parameter set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,6 +339,8 @@ impl KeySpec {
             KeySpec::RsaPss(_, h) | KeySpec::RsaPkcs1(_, h) => Some(h),
             KeySpec::Ed25519
             | KeySpec::MlDsa(_)
+            | KeySpec::SlhDsaSha2S128
+            | KeySpec::RsaRawPkcs1(_)
             | KeySpec::RsaOaep(..)
             | KeySpec::Hmac(_)
             | KeySpec::Aes(..)
@@ -336,15 +357,17 @@ impl KeySpec {
                 | KeySpec::EcdsaSecp256k1Sha256
                 | KeySpec::Ed25519
                 | KeySpec::MlDsa(_)
+                | KeySpec::SlhDsaSha2S128
                 | KeySpec::RsaPss(..)
                 | KeySpec::RsaPkcs1(..)
+                | KeySpec::RsaRawPkcs1(_)
         )
     }
 
     /// Whether this is a post-quantum key, whose public key Cloud KMS gives only in a format the
     /// caller names (`publicKeyFormat`), with `NIST_PQC` for the raw FIPS encoding.
     pub fn post_quantum(self) -> bool {
-        matches!(self, KeySpec::MlKem(_) | KeySpec::MlDsa(_))
+        matches!(self, KeySpec::MlKem(_) | KeySpec::MlDsa(_) | KeySpec::SlhDsaSha2S128)
     }
 
     fn ecdsa(self) -> Option<&'static EcdsaSigningAlgorithm> {
@@ -374,6 +397,17 @@ impl KeySpec {
                 let pair = PqdsaKeyPair::generate(level.algorithm()).map_err(lib("ML-DSA generation"))?;
                 pair.to_pkcs8v1().map_err(lib("PKCS#8 encoding"))?.as_ref().to_vec()
             }
+            KeySpec::SlhDsaSha2S128 => {
+                // FIPS 205's slh_keygen (algorithm 21): three n-byte seeds from the approved
+                // generator, then slh_keygen_internal, which computes PK.root.
+                let mut seeds = Zeroizing::new([0u8; 3 * SLH_DSA_128S_N]);
+                crate::random_bytes(&mut *seeds).map_err(|_| KeyError::Library("random bytes"))?;
+                let (sk_seed, rest) = seeds.split_at(SLH_DSA_128S_N);
+                let (sk_prf, pk_seed) = rest.split_at(SLH_DSA_128S_N);
+                let key = slh_dsa::SigningKey::<Sha2_128s>::slh_keygen_internal(sk_seed, sk_prf, pk_seed);
+                let bytes = Zeroizing::new(key.to_bytes());
+                return Ok(Secret::new(bytes.to_vec()));
+            }
             KeySpec::Ed25519 => {
                 let pair = Ed25519KeyPair::generate().map_err(lib("Ed25519 generation"))?;
                 let der: Pkcs8V1Der = pair.as_der().map_err(lib("PKCS#8 encoding"))?;
@@ -384,7 +418,7 @@ impl KeySpec {
                 let der: Pkcs8V1Der = key.as_der().map_err(lib("PKCS#8 encoding"))?;
                 der.as_ref().to_vec()
             }
-            KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) => {
+            KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) | KeySpec::RsaRawPkcs1(bits) => {
                 let pair = RsaKeyPair::generate(bits.size()).map_err(lib("RSA generation"))?;
                 let der: Pkcs8V1Der = pair.as_der().map_err(lib("PKCS#8 encoding"))?;
                 der.as_ref().to_vec()
@@ -409,6 +443,9 @@ enum Inner {
     Ecdsa(EcdsaKeyPair),
     Ed25519(Ed25519KeyPair),
     MlDsa(PqdsaKeyPair),
+    /// Wipes its seeds on drop (`slh-dsa`'s `zeroize` feature). Its `Debug` prints the seeds:
+    /// never format it (`Inner` has no `Debug`; `LoadedKey`'s prints `[redacted]`).
+    SlhDsa(Box<slh_dsa::SigningKey<Sha2_128s>>),
     RsaSign(RsaKeyPair),
     /// The decrypting key, and its public key's DER (the OAEP wrapper does not give it back).
     RsaOaep(OaepPrivateDecryptingKey, Vec<u8>),
@@ -468,6 +505,12 @@ impl LoadedKey {
             }
             KeySpec::Ed25519 => Inner::Ed25519(Ed25519KeyPair::from_pkcs8(bytes).map_err(bad)?),
             KeySpec::MlDsa(level) => Inner::MlDsa(PqdsaKeyPair::from_pkcs8(level.algorithm(), bytes).map_err(bad)?),
+            KeySpec::SlhDsaSha2S128 => {
+                if bytes.len() != SLH_DSA_128S_KEY_LEN {
+                    return Err(KeyError::Material(spec));
+                }
+                Inner::SlhDsa(Box::new(slh_dsa::SigningKey::try_from(bytes).map_err(|_| KeyError::Material(spec))?))
+            }
             KeySpec::RsaOaep(bits, _) => {
                 let key = PrivateDecryptingKey::from_pkcs8(bytes).map_err(bad)?;
                 if key.key_size_bits() != bits.size().len() * 8 {
@@ -478,7 +521,7 @@ impl LoadedKey {
                 let public = public.as_ref().to_vec();
                 Inner::RsaOaep(OaepPrivateDecryptingKey::new(key).map_err(|_| KeyError::Material(spec))?, public)
             }
-            KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) => {
+            KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) | KeySpec::RsaRawPkcs1(bits) => {
                 let pair = RsaKeyPair::from_pkcs8(bytes).map_err(bad)?;
                 if pair.public_modulus_len() != bits.size().len() {
                     return Err(KeyError::Material(spec));
@@ -506,6 +549,13 @@ impl LoadedKey {
             Inner::Ecdsa(k) => k.public_key().as_der().map_err(lib)?,
             Inner::Ed25519(k) => k.public_key().as_der().map_err(lib)?,
             Inner::MlDsa(k) => k.public_key().as_der().map_err(lib)?,
+            Inner::SlhDsa(k) => {
+                let public: &slh_dsa::VerifyingKey<Sha2_128s> = k.as_ref().as_ref();
+                return Ok(public
+                    .to_public_key_der()
+                    .map_err(|_| KeyError::Library("public key encoding"))?
+                    .into_vec());
+            }
             Inner::RsaSign(k) => k.public_key().as_der().map_err(lib)?,
             Inner::RsaOaep(_, public) => return Ok(public.clone()),
             Inner::MlKem(_, raw) => {
@@ -533,8 +583,8 @@ impl LoadedKey {
         }
     }
 
-    /// Signs `data`: hashed with the algorithm's hash first, except for Ed25519 and ML-DSA,
-    /// which sign it as it is.
+    /// Signs `data`: hashed with the algorithm's hash first, except for Ed25519, ML-DSA and
+    /// SLH-DSA, which sign it as it is.
     pub fn sign_data(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
         match (&self.inner, self.spec.prehash()) {
             (Inner::Ed25519(k), _) => Ok(k.sign(data).as_ref().to_vec()),
@@ -543,6 +593,14 @@ impl LoadedKey {
                 let len = k.sign(data, &mut out).map_err(|_| KeyError::Library("ML-DSA signing"))?;
                 out.truncate(len);
                 Ok(out)
+            }
+            (Inner::SlhDsa(k), _) => {
+                let mut opt_rand = [0u8; SLH_DSA_128S_N];
+                crate::random_bytes(&mut opt_rand).map_err(|_| KeyError::Library("random bytes"))?;
+                let signature = k
+                    .try_sign_with_context(data, &[], Some(&opt_rand))
+                    .map_err(|_| KeyError::Library("SLH-DSA signing"))?;
+                Ok(signature.to_vec())
             }
             (Inner::Ecdsa(_) | Inner::RsaSign(_), Some(h)) => self.sign_digest(&h.hash(data)),
             _ => Err(KeyError::WrongKind),
@@ -575,6 +633,10 @@ impl LoadedKey {
         match &self.inner {
             Inner::MlKem(_, raw) => Ok(raw.clone()),
             Inner::MlDsa(k) => Ok(k.public_key().as_ref().to_vec()),
+            Inner::SlhDsa(k) => {
+                let public: &slh_dsa::VerifyingKey<Sha2_128s> = k.as_ref().as_ref();
+                Ok(public.to_vec())
+            }
             _ => Err(KeyError::WrongKind),
         }
     }
@@ -759,8 +821,23 @@ impl KeySpec {
             KeySpec::EcdsaP256Sha256 => &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07],
             KeySpec::EcdsaP384Sha384 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
             KeySpec::EcdsaSecp256k1Sha256 => &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a],
+            // id-Ed25519 (RFC 8410), as PKCS#11 3.0 names Edwards curves.
+            KeySpec::Ed25519 => &[0x06, 0x03, 0x2b, 0x65, 0x70],
             _ => return None,
         })
+    }
+
+    /// The `SubjectPublicKeyInfo` (RFC 8410) of a raw 32-byte Ed25519 public key: SEQUENCE {
+    /// SEQUENCE { id-Ed25519 }, BIT STRING }, a head fixed for the key's fixed length.
+    pub fn ed25519_public_key_der(self, raw: &[u8]) -> Result<Vec<u8>, KeyError> {
+        const HEAD: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        if self != KeySpec::Ed25519 {
+            return Err(KeyError::WrongKind);
+        }
+        if raw.len() != 32 {
+            return Err(KeyError::Input("an Ed25519 public key is 32 bytes"));
+        }
+        Ok([HEAD.as_slice(), raw].concat())
     }
 
     /// The `SubjectPublicKeyInfo` of an EC public key given as its uncompressed point.
@@ -783,9 +860,8 @@ impl KeySpec {
         }
         let (r, s) = fixed.split_at(scalar);
         let bad = |_| KeyError::Library("DER encoding");
-        let mut seq = der::asn1::SequenceOf::<der::asn1::UintRef<'_>, 2>::new();
-        seq.add(der::asn1::UintRef::new(r).map_err(bad)?).map_err(bad)?;
-        seq.add(der::asn1::UintRef::new(s).map_err(bad)?).map_err(bad)?;
+        // SEQUENCE { INTEGER r, INTEGER s }: a fixed array encodes as a SEQUENCE OF.
+        let seq = [der::asn1::UintRef::new(r).map_err(bad)?, der::asn1::UintRef::new(s).map_err(bad)?];
         seq.to_der().map_err(bad)
     }
 
@@ -1103,6 +1179,39 @@ mod tests {
     }
 
     #[test]
+    fn slh_dsa_signs_data_that_verifies_with_its_raw_and_its_spki_public_key() {
+        use slh_dsa::signature::Verifier as _;
+        let spec = KeySpec::SlhDsaSha2S128;
+        assert!(spec.signs() && spec.post_quantum() && spec.prehash().is_none());
+        let material = spec.generate().unwrap();
+        assert_eq!(material.expose().len(), 64);
+        let key = LoadedKey::from_material(spec, &material).unwrap();
+        let raw = key.public_key_raw().unwrap();
+        assert_eq!(raw, material.expose()[32..], "PK.seed || PK.root ends the private key");
+        let der = key.public_key_der().unwrap();
+        // SEQUENCE { SEQUENCE { id-slh-dsa-sha2-128s (2.16.840.1.101.3.4.3.20) }, BIT STRING }.
+        assert_eq!(
+            der[..18],
+            [
+                0x30, 0x30, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x14, 0x03, 0x21,
+                0x00
+            ]
+        );
+        assert_eq!(der[18..], raw[..]);
+        let msg = b"release v1.2.3";
+        let signature = key.sign_data(msg).unwrap();
+        assert_eq!(signature.len(), 7856, "FIPS 205, table 2");
+        let public = slh_dsa::VerifyingKey::<Sha2_128s>::try_from(raw.as_slice()).unwrap();
+        let parsed = slh_dsa::Signature::<Sha2_128s>::try_from(signature.as_slice()).unwrap();
+        public.verify(msg, &parsed).unwrap();
+        assert!(public.verify(b"other", &parsed).is_err());
+        // Hedged: two signatures of one message differ.
+        assert_ne!(key.sign_data(msg).unwrap(), signature);
+        assert_eq!(key.sign_digest(&[0; 32]).unwrap_err(), KeyError::WrongKind);
+        assert!(LoadedKey::from_material(spec, &Secret::new(vec![7; 63])).is_err());
+    }
+
+    #[test]
     fn encodings_for_keys_held_elsewhere_match_the_library() {
         // EC: the SPKI of the raw point is the library's own; r || s becomes a DER signature
         // that verifies.
@@ -1125,14 +1234,22 @@ mod tests {
             UnparsedPublicKey::new(alg, &point).verify(b"m", &again).unwrap();
             assert!(spec.ecdsa_signature_der(&fixed[1..]).is_err());
         }
+        // Ed25519: the SPKI of the raw key is the library's own.
+        let key = LoadedKey::from_material(KeySpec::Ed25519, &KeySpec::Ed25519.generate().unwrap()).unwrap();
+        let der = key.public_key_der().unwrap();
+        let raw = spki_key_bits(&der);
+        assert_eq!(KeySpec::Ed25519.ed25519_public_key_der(&raw).unwrap(), der);
+        assert!(KeySpec::Ed25519.ed25519_public_key_der(&raw[1..]).is_err());
+        assert_eq!(KeySpec::EcdsaP256Sha256.ed25519_public_key_der(&raw).unwrap_err(), KeyError::WrongKind);
         // RSA: modulus and exponent give the library's SPKI; a DigestInfo signed raw verifies.
         let spec = KeySpec::RsaPkcs1(RsaBits::B2048, Hash::Sha256);
         let pair = RsaKeyPair::from_pkcs8(spec.generate().unwrap().expose()).unwrap();
         let der: PublicKeyX509Der = pair.public_key().as_der().unwrap();
         // The SPKI's RSAPublicKey: SEQUENCE { INTEGER n, INTEGER e }.
         let rsa_key = spki_key_bits(der.as_ref());
-        let parts: der::asn1::SequenceOf<der::asn1::UintRef<'_>, 2> = der::Decode::from_der(&rsa_key).unwrap();
-        let (n, e) = (parts.get(0).unwrap().as_bytes(), parts.get(1).unwrap().as_bytes());
+        let parts: Vec<der::asn1::UintRef<'_>> = der::Decode::from_der(&rsa_key).unwrap();
+        assert_eq!(parts.len(), 2);
+        let [n, e] = [parts[0].as_bytes(), parts[1].as_bytes()];
         assert_eq!(rsa_public_key_der(n, e).unwrap(), der.as_ref());
         for h in [Hash::Sha1, Hash::Sha224, Hash::Sha256, Hash::Sha384, Hash::Sha512] {
             let info = KeySpec::digest_info(h, &h.hash(b"m")).unwrap();

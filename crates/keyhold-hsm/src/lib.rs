@@ -7,10 +7,11 @@
 //!   (`C_GenerateKey`) as a token object that is `CKA_SENSITIVE`, not `CKA_EXTRACTABLE` and
 //!   not `CKA_MODIFIABLE`, allowed only to encrypt and decrypt. Every encryption and
 //!   decryption runs in the token (`CKM_AES_GCM`). The KMS root key may be such an object too
-//!   ([`HsmToken::find_or_generate_key`]). Versions of the other purposes are an EC or RSA key
-//!   pair (a private and a public object with one label and `CKA_ID`) or an HMAC secret key,
-//!   made the same way and limited to their one mechanism ([`HsmToken::generate_key_of`]):
-//!   signatures, RSA-OAEP decryptions and MACs run in the token.
+//!   ([`HsmToken::find_or_generate_key`]). Versions of the other purposes are an EC, Ed25519 or
+//!   RSA key pair (a private and a public object with one label and `CKA_ID`), an HMAC secret
+//!   key or a raw AES key, made the same way and limited to their one mechanism
+//!   ([`HsmToken::generate_key_of`]): signatures, RSA-OAEP decryptions, MACs and raw AES
+//!   encryptions run in the token.
 //! * **In the database**: only an [`HsmKeyRef`], the object's label and random `CKA_ID`,
 //!   written as a PKCS#11 URI (`pkcs11:object=...;type=secret-key;id=...`). Never material,
 //!   never an object handle (handles are per process and change after a restart).

@@ -33,7 +33,8 @@ pub const MAX_RANDOM_BYTES: usize = 1024;
 /// Length of the random `CKA_ID` given to generated keys.
 pub const KEY_ID_LEN: usize = 16;
 
-/// One PKCS#11 token: AES-256 keys, and EC, RSA and HMAC keys, generated and used inside it.
+/// One PKCS#11 token: AES-256 keys, and EC, Ed25519, RSA, HMAC and raw AES keys, generated and
+/// used inside it.
 ///
 /// Cheap to clone (an `Arc` inside); clones share the session pool. Creating one does not
 /// touch the module: it connects on first use and reconnects after failures (see the crate
@@ -181,9 +182,9 @@ impl HsmToken {
         self.run("key_exists", move |call| call.exists(&key)).await
     }
 
-    /// Every AES secret-key object in the token whose label starts with `label_prefix`, as
-    /// references (label and ID; objects without an ID or with a label that is not UTF-8 are
-    /// skipped). For reconciling the token with the database: Keyhold labels the objects of
+    /// Every key in the token whose label starts with `label_prefix` (its AES or HMAC secret key,
+    /// or the private half of its pair), as references (label and ID; objects without an ID or
+    /// with a label that is not UTF-8 are skipped). For reconciling the token with the database: Keyhold labels the objects of
     /// key versions `keyhold:VERSION_NAME:RANDOM`.
     pub async fn list_keys(&self, label_prefix: &str) -> Result<Vec<HsmKeyRef>, HsmError> {
         let prefix = label_prefix.to_owned();
@@ -694,10 +695,16 @@ impl Call<'_> {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<HsmKeyRef>, HsmError> {
-        let handles = self
-            .session
-            .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY), Attribute::KeyType(KeyType::AES)])
-            .map_err(|e| classify(&e, "listing the key objects"))?;
+        // Secret keys (AES, HMAC) and the private halves of pairs: one object per key (a pair's
+        // public half carries the same label and ID, and is destroyed with it).
+        let mut handles = Vec::new();
+        for class in [ObjectClass::SECRET_KEY, ObjectClass::PRIVATE_KEY] {
+            handles.extend(
+                self.session
+                    .find_objects(&[Attribute::Class(class)])
+                    .map_err(|e| classify(&e, "listing the key objects"))?,
+            );
+        }
         let mut keys = Vec::new();
         for handle in handles {
             let attrs = match self.session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id]) {
@@ -722,6 +729,7 @@ impl Call<'_> {
             }
         }
         keys.sort_by(|a, b| (a.label(), a.id()).cmp(&(b.label(), b.id())));
+        keys.dedup();
         Ok(keys)
     }
 

@@ -67,6 +67,7 @@ permissions! {
     VERSIONS_USE_TO_DECAPSULATE = "cloudkms.cryptoKeyVersions.useToDecapsulate";
     VERSIONS_MANAGE_RAW_AES_CBC_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCbcKeys";
     VERSIONS_MANAGE_RAW_AES_CTR_KEYS = "cloudkms.cryptoKeyVersions.manageRawAesCtrKeys";
+    VERSIONS_MANAGE_RAW_PKCS1_KEYS = "cloudkms.cryptoKeyVersions.manageRawPKCS1Keys";
     CRYPTO_KEYS_DELETE = "cloudkms.cryptoKeys.delete";
     VERSIONS_DELETE = "cloudkms.cryptoKeyVersions.delete";
     RETIRED_RESOURCES_GET = "cloudkms.retiredResources.get";
@@ -214,6 +215,7 @@ pub static ROLES: &[Role] = &[
             VERSIONS_USE_TO_VERIFY,
             VERSIONS_MANAGE_RAW_AES_CBC_KEYS,
             VERSIONS_MANAGE_RAW_AES_CTR_KEYS,
+            VERSIONS_MANAGE_RAW_PKCS1_KEYS,
             VERSIONS_USE_TO_DECAPSULATE,
             IMPORT_JOBS_CREATE,
             IMPORT_JOBS_GET,
@@ -476,6 +478,11 @@ pub static ROLES: &[Role] = &[
         name: "roles/cloudkms.expertRawAesCtr",
         title: "Cloud KMS Expert Raw AES-CTR Key Manager",
         permissions: &[VERSIONS_MANAGE_RAW_AES_CTR_KEYS, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
+    },
+    Role {
+        name: "roles/cloudkms.expertRawPKCS1",
+        title: "Cloud KMS Expert Raw PKCS#1 Key Manager",
+        permissions: &[VERSIONS_MANAGE_RAW_PKCS1_KEYS, LOCATIONS_GET, LOCATIONS_LIST, PROJECTS_GET],
     },
     Role {
         name: "roles/cloudkms.publicKeyViewer",

@@ -26,6 +26,9 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
         A::RsaSignPkcs13072Sha256 => KeySpec::RsaPkcs1(B3072, Hash::Sha256),
         A::RsaSignPkcs14096Sha256 => KeySpec::RsaPkcs1(B4096, Hash::Sha256),
         A::RsaSignPkcs14096Sha512 => KeySpec::RsaPkcs1(B4096, Hash::Sha512),
+        A::RsaSignRawPkcs12048 => KeySpec::RsaRawPkcs1(B2048),
+        A::RsaSignRawPkcs13072 => KeySpec::RsaRawPkcs1(B3072),
+        A::RsaSignRawPkcs14096 => KeySpec::RsaRawPkcs1(B4096),
         A::RsaDecryptOaep2048Sha256 => KeySpec::RsaOaep(B2048, Hash::Sha256),
         A::RsaDecryptOaep3072Sha256 => KeySpec::RsaOaep(B3072, Hash::Sha256),
         A::RsaDecryptOaep4096Sha256 => KeySpec::RsaOaep(B4096, Hash::Sha256),
@@ -49,6 +52,7 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
         A::PqSignMlDsa44 => KeySpec::MlDsa(MlDsaLevel::D44),
         A::PqSignMlDsa65 => KeySpec::MlDsa(MlDsaLevel::D65),
         A::PqSignMlDsa87 => KeySpec::MlDsa(MlDsaLevel::D87),
+        A::PqSignSlhDsaSha2128s => KeySpec::SlhDsaSha2S128,
         _ => return None,
     })
 }

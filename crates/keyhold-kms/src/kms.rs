@@ -378,6 +378,9 @@ impl Kms {
         let check = Check::Permission(role::VERSIONS_USE_TO_SIGN, &resource);
         self.gate
             .run(caller, Op::kms_read("AsymmetricSign"), resource.clone(), check, async |call| {
+                if let Some(expert) = self.versions.raw_expert_permission(name).await {
+                    self.gate.authorize(call, expert, &resource).await?;
+                }
                 self.versions.asymmetric_sign(call, name, req).await
             })
             .await

@@ -134,6 +134,16 @@ impl VersionOps {
                 }
                 check_size("data", data.len(), MAX_PLAINTEXT)?;
                 check_crc("data", data, req.data_crc32c)?;
+                if let KeySpec::RsaRawPkcs1(bits) = spec
+                    && data.len() > bits.modulus_len() - 11
+                {
+                    return Err(KmsError::InvalidArgument(format!(
+                        "For {} the data may be at most {} bytes long (PKCS#1 v1.5 padding needs 11); got {}.",
+                        u.algorithm,
+                        bits.modulus_len() - 11,
+                        data.len()
+                    )));
+                }
                 SignInput::Data(data)
             }
             (Some(d), true) => {
@@ -227,7 +237,7 @@ impl VersionOps {
             }
             (true, None | Some(PublicKeyFormat::XwingRawBytes)) => {
                 return Err(KmsError::InvalidArgument(format!(
-                    "publicKeyFormat is required for {}: NIST_PQC (the raw FIPS 203 or 204 key), PEM or DER.",
+                    "publicKeyFormat is required for {}: NIST_PQC (the raw FIPS 203, 204 or 205 key), PEM or DER.",
                     u.algorithm
                 )));
             }
@@ -461,14 +471,16 @@ impl VersionOps {
 impl VersionOps {
     /// The extra permission Cloud KMS requires to use a raw AES-CBC or AES-CTR version
     /// (`manageRawAesCbcKeys`, `manageRawAesCtrKeys`: with CTR, encryption is decryption, so
-    /// `useToEncrypt` alone would decrypt), or `None` (another algorithm, or no such version:
-    /// the operation then answers why).
+    /// `useToEncrypt` alone would decrypt) or a raw PKCS#1 signing version (`manageRawPKCS1Keys`:
+    /// it signs whatever bytes it is given, a DigestInfo of any hash or none), or `None`
+    /// (another algorithm, or no such version: the operation then answers why).
     pub(crate) async fn raw_expert_permission(&self, name: &CryptoKeyVersionName) -> Option<Permission> {
         let entry = self.keys.cached(&name.crypto_key).await.ok()?;
         let algorithm = entry.versions.get(&name.version)?.record.version.algorithm?;
         match key_spec(algorithm)? {
             KeySpec::Aes(_, AesMode::Cbc) => Some(role::VERSIONS_MANAGE_RAW_AES_CBC_KEYS),
             KeySpec::Aes(_, AesMode::Ctr) => Some(role::VERSIONS_MANAGE_RAW_AES_CTR_KEYS),
+            KeySpec::RsaRawPkcs1(_) => Some(role::VERSIONS_MANAGE_RAW_PKCS1_KEYS),
             _ => None,
         }
     }

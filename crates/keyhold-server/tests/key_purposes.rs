@@ -829,3 +829,53 @@ async fn ml_dsa_keys_sign_data_that_verifies_with_the_public_key_handed_out() {
         s.err(Method::POST, &format!("{version}:asymmetricSign"), Some(digest), 400, "INVALID_ARGUMENT").await;
     }
 }
+
+/// SLH-DSA-SHA2-128s (FIPS 205) signs data; its 32-byte public key comes raw (`NIST_PQC`) or as a
+/// SubjectPublicKeyInfo with FIPS 205's OID. The signature is checked here for shape; the Python
+/// test verifies it with an independent FIPS 205 implementation. The post-quantum algorithms
+/// Keyhold does not make (HashSLH-DSA, ML-DSA over an external mu, X-Wing) are 501, not 400.
+#[tokio::test]
+async fn slh_dsa_keys_sign_data_and_the_other_post_quantum_algorithms_are_unimplemented() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let version = create_key(&s, "slh", "ASYMMETRIC_SIGN", "PQ_SIGN_SLH_DSA_SHA2_128S").await;
+    let m = s.err(Method::GET, &format!("{version}/publicKey"), None, 400, "INVALID_ARGUMENT").await;
+    assert!(m.contains("publicKeyFormat is required"), "{m}");
+    let raw = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=NIST_PQC"), None).await;
+    let public = unb64(&raw["publicKey"]["data"]);
+    assert_eq!(public.len(), 32);
+    let der = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=DER"), None).await;
+    let der = unb64(&der["publicKey"]["data"]);
+    // SEQUENCE { SEQUENCE { OID 2.16.840.1.101.3.4.3.20 }, BIT STRING { the raw key } }.
+    assert_eq!(der[4..15], [0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x14]);
+    assert!(der.ends_with(&public));
+    let pem = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=PEM"), None).await;
+    assert!(pem["pem"].as_str().unwrap().starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    let data = b"release v1.2.3";
+    let body = json!({"data": b64(data), "dataCrc32c": crc(data)});
+    let r = s.ok(Method::POST, &format!("{version}:asymmetricSign"), Some(body.clone())).await;
+    let signature = unb64(&r["signature"]);
+    assert_eq!(signature.len(), 7856, "FIPS 205, table 2");
+    assert_eq!(r["signatureCrc32c"], crc(&signature));
+    assert_eq!(r["verifiedDataCrc32c"], true);
+    // Hedged signing: a second signature of the same data differs.
+    let again = s.ok(Method::POST, &format!("{version}:asymmetricSign"), Some(body)).await;
+    assert_ne!(again["signature"], r["signature"]);
+    let digest = json!({"digest": {"sha256": b64(&sha(256, data))}});
+    s.err(Method::POST, &format!("{version}:asymmetricSign"), Some(digest), 400, "INVALID_ARGUMENT").await;
+
+    for (n, (purpose, algorithm)) in [
+        ("ASYMMETRIC_SIGN", "PQ_SIGN_HASH_SLH_DSA_SHA2_128S_SHA256"),
+        ("ASYMMETRIC_SIGN", "PQ_SIGN_ML_DSA_65_EXTERNAL_MU"),
+        ("KEY_ENCAPSULATION", "KEM_XWING"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm}});
+        let m = s
+            .err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=pq{n}"), Some(body), 501, "UNIMPLEMENTED")
+            .await;
+        assert!(m.contains(algorithm), "{m}");
+    }
+}

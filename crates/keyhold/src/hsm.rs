@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::resources::ProtectionLevel;
 use keyhold_api::wire::ProtoDuration;
-use keyhold_crypto::keys::KeySpec;
+use keyhold_crypto::keys::{KeySpec, RawCiphertext};
 use keyhold_crypto::{KeyBytes, Secret};
 use keyhold_hsm::{HsmError, HsmKeyRef, HsmToken};
 use keyhold_kms::repo::KmsRepository;
@@ -77,6 +77,28 @@ impl HsmBackend for TokenBackend {
 
     async fn public_key(&self, key: &HsmObjectRef, spec: KeySpec) -> Result<Vec<u8>, BackendError> {
         self.0.public_key(&key_ref(key)?, spec).await.map_err(backend_error)
+    }
+
+    async fn raw_encrypt(
+        &self,
+        key: &HsmObjectRef,
+        spec: KeySpec,
+        plaintext: &[u8],
+        aad: &[u8],
+        iv: Option<&[u8]>,
+    ) -> Result<RawCiphertext, BackendError> {
+        self.0.raw_encrypt(&key_ref(key)?, spec, plaintext, aad, iv).await.map_err(backend_error)
+    }
+
+    async fn raw_decrypt(
+        &self,
+        key: &HsmObjectRef,
+        spec: KeySpec,
+        ciphertext: &[u8],
+        aad: &[u8],
+        iv: &[u8],
+    ) -> Result<Secret, BackendError> {
+        self.0.raw_decrypt(&key_ref(key)?, spec, ciphertext, aad, iv).await.map_err(backend_error)
     }
 
     async fn attestation(&self, key: &HsmObjectRef) -> Result<String, BackendError> {
@@ -146,11 +168,22 @@ fn root_aad(context: &str) -> Vec<u8> {
 pub fn parse_root_key_uri(uri: &str) -> Result<String, String> {
     let rest =
         uri.strip_prefix("pkcs11:").ok_or_else(|| format!("--root-key {uri:?}: expected pkcs11:object=LABEL"))?;
-    rest.split(';')
+    let label = rest
+        .split(';')
         .find_map(|part| part.strip_prefix("object="))
         .filter(|l| !l.is_empty())
         .map(str::to_string)
-        .ok_or_else(|| format!("--root-key {uri:?}: expected pkcs11:object=LABEL (the token is --pkcs11-token-label)"))
+        .ok_or_else(|| {
+            format!("--root-key {uri:?}: expected pkcs11:object=LABEL (the token is --pkcs11-token-label)")
+        })?;
+    // A version's object (a raw AES-GCM key, whose users choose nonce and AAD) must never be
+    // taken for the root key, nor the root key be listed among versions' objects.
+    if label.starts_with(VERSION_LABEL_PREFIX) {
+        return Err(format!(
+            "--root-key {uri:?}: labels starting with {VERSION_LABEL_PREFIX:?} are the objects of key versions; name the root key otherwise"
+        ));
+    }
+    Ok(label)
 }
 
 /// The label prefix of the objects Keyhold generates for key versions:
@@ -458,6 +491,7 @@ mod tests {
         assert_eq!(parse_root_key_uri("pkcs11:token=t;object=r").unwrap(), "r");
         assert!(parse_root_key_uri("pkcs11:token=t").is_err());
         assert!(parse_root_key_uri("file:/x").is_err());
+        assert!(parse_root_key_uri("pkcs11:object=keyhold:projects/p/x:1").unwrap_err().contains("key versions"));
     }
 
     #[test]

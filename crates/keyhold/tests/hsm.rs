@@ -74,9 +74,13 @@ fn token_objects(conf: &Path) -> Vec<String> {
 }
 
 async fn post(dir: &Path, port: u16, path: &str, body: Value) -> (u16, Value) {
+    post_as(&owner_token(dir), port, path, body).await
+}
+
+async fn post_as(token: &str, port: u16, path: &str, body: Value) -> (u16, Value) {
     let resp = common::http_client()
         .post(format!("http://127.0.0.1:{port}/v1/{path}"))
-        .bearer_auth(owner_token(dir))
+        .bearer_auth(token)
         .body(body.to_string())
         .send()
         .await
@@ -664,8 +668,12 @@ async fn hsm_signing_decryption_and_mac_keys() {
             "sha256",
             &["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:digest"][..],
         ),
+        ("ed", "ASYMMETRIC_SIGN", "EC_SIGN_ED25519", "", &[][..]),
+        ("raw", "ASYMMETRIC_SIGN", "RSA_SIGN_RAW_PKCS1_2048", "", &[][..]),
         ("oaep1", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA1", "sha1", &[][..]),
         ("mac", "MAC", "HMAC_SHA256", "sha256", &[][..]),
+        ("gcm", "RAW_ENCRYPT_DECRYPT", "AES_256_GCM", "", &[][..]),
+        ("cbc", "RAW_ENCRYPT_DECRYPT", "AES_128_CBC", "", &[][..]),
     ];
     for (id, purpose, algorithm, md, sigopts) in cases {
         let key = format!("{LOC}/keyRings/r/cryptoKeys/{id}");
@@ -707,6 +715,10 @@ async fn hsm_signing_decryption_and_mac_keys() {
             assert!(no.get("success").is_none(), "{no}");
             continue;
         }
+        if purpose == "RAW_ENCRYPT_DECRYPT" {
+            hsm_raw_round_trip(d, port, &version, algorithm).await;
+            continue;
+        }
         let pk = call(d, port, Method::GET, &format!("{version}/publicKey"), json!({})).await;
         assert_eq!(pk["protectionLevel"], "HSM");
         std::fs::write(d.join("pub.pem"), pk["pem"].as_str().unwrap()).unwrap();
@@ -721,6 +733,44 @@ async fn hsm_signing_decryption_and_mac_keys() {
             .await;
             assert_eq!(sig["protectionLevel"], "HSM");
             std::fs::write(d.join("sig"), unb64(&sig["signature"])).unwrap();
+            if algorithm == "EC_SIGN_ED25519" {
+                // Pure Ed25519 signs the data itself: OpenSSL verifies it with -rawin.
+                openssl(
+                    d,
+                    &[
+                        "pkeyutl",
+                        "-verify",
+                        "-pubin",
+                        "-inkey",
+                        "pub.pem",
+                        "-rawin",
+                        "-in",
+                        "input.txt",
+                        "-sigfile",
+                        "sig",
+                    ],
+                );
+                std::fs::write(d.join("other.txt"), b"not what was signed").unwrap();
+                let refused = Command::new("openssl")
+                    .args(["pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "other.txt"])
+                    .args(["-sigfile", "sig"])
+                    .current_dir(d)
+                    .output()
+                    .unwrap();
+                assert!(!refused.status.success(), "a signature of other data verified");
+                continue;
+            }
+            if algorithm.starts_with("RSA_SIGN_RAW_PKCS1") {
+                // Type-1 padding of the data itself, no DigestInfo: what `openssl pkeyutl
+                // -verify` checks by default (PKCS#1 padding, no digest), byte for byte.
+                openssl(
+                    d,
+                    &["pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-in", "input.txt", "-sigfile", "sig"],
+                );
+                let recovered = openssl(d, &["pkeyutl", "-verifyrecover", "-pubin", "-inkey", "pub.pem", "-in", "sig"]);
+                assert_eq!(recovered, b"signed inside the token");
+                continue;
+            }
             let mut args = vec!["dgst", &format!("-{md}")[..], "-verify", "pub.pem", "-signature", "sig"]
                 .into_iter()
                 .map(String::from)
@@ -763,10 +813,47 @@ async fn hsm_signing_decryption_and_mac_keys() {
             assert_eq!((status, v["error"]["message"].as_str()), (400, Some("Decryption failed.")), "{v}");
         }
     }
-    // RSA-OAEP with SHA-256 is refused on HSM keys (SoftHSM2 has OAEP with SHA-1 only).
-    let body = json!({"purpose": "ASYMMETRIC_DECRYPT", "versionTemplate": {"algorithm": "RSA_DECRYPT_OAEP_2048_SHA256", "protectionLevel": "HSM"}});
-    let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=oaep256"), body).await;
+    // Raw PKCS#1 signing: at most k - 11 bytes of data, no digest, and (as Cloud KMS) the expert
+    // permission manageRawPKCS1Keys on top of useToSign.
+    let raw = format!("{LOC}/keyRings/r/cryptoKeys/raw");
+    let raw_v1 = format!("{raw}/cryptoKeyVersions/1");
+    let (status, v) = post(d, port, &format!("{raw_v1}:asymmetricSign"), json!({"data": b64(&[1u8; 246])})).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("at most 245 bytes"), "{v}");
+    let digest = json!({"digest": {"sha256": b64(&[0u8; 32])}});
+    assert_eq!(post(d, port, &format!("{raw_v1}:asymmetricSign"), digest).await.0, 400);
+    let (ok, bob, err) =
+        cli(d, port, &["auth", "tokens", "create", "--principal", "user:bob@example.com", "--ttl", "1d"]);
+    assert!(ok, "{err}");
+    let bob = bob.trim().to_string();
+    let bind = |roles: &[&str]| {
+        let bindings: Vec<Value> =
+            roles.iter().map(|r| json!({"role": r, "members": ["user:bob@example.com"]})).collect();
+        json!({"policy": {"bindings": bindings}})
+    };
+    call(d, port, Method::POST, &format!("{raw}:setIamPolicy"), bind(&["roles/cloudkms.signer"])).await;
+    let sign = json!({"data": b64(b"m")});
+    let (status, v) = post_as(&bob, port, &format!("{raw_v1}:asymmetricSign"), sign.clone()).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("cloudkms.cryptoKeyVersions.manageRawPKCS1Keys"), "{v}");
+    let roles = ["roles/cloudkms.signer", "roles/cloudkms.expertRawPKCS1"];
+    call(d, port, Method::POST, &format!("{raw}:setIamPolicy"), bind(&roles)).await;
+    let (status, v) = post_as(&bob, port, &format!("{raw_v1}:asymmetricSign"), sign).await;
+    assert_eq!(status, 200, "{v}");
+    // On SOFTWARE keys raw PKCS#1 is not served (AWS-LC has no such signature).
+    let body = json!({"purpose": "ASYMMETRIC_SIGN", "versionTemplate": {"algorithm": "RSA_SIGN_RAW_PKCS1_2048"}});
+    let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=rawsw"), body).await;
     assert_eq!((status, v["error"]["status"].as_str()), (501, Some("UNIMPLEMENTED")), "{v}");
+    // RSA-OAEP with SHA-256 is refused on HSM keys (SoftHSM2 has OAEP with SHA-1 only), and so is
+    // AES-CTR (no CKM_AES_CTR parameters in cryptoki).
+    for (id, purpose, algorithm) in [
+        ("oaep256", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"),
+        ("ctr", "RAW_ENCRYPT_DECRYPT", "AES_128_CTR"),
+    ] {
+        let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm, "protectionLevel": "HSM"}});
+        let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId={id}"), body).await;
+        assert_eq!((status, v["error"]["status"].as_str()), (501, Some("UNIMPLEMENTED")), "{v}");
+    }
     // Each pair is two objects in the token; destroying a version removes both.
     let labels = |conf: &Path| -> Vec<String> {
         let out = Command::new("pkcs11-tool")
@@ -783,6 +870,19 @@ async fn hsm_signing_decryption_and_mac_keys() {
     // Reconciliation finds every version's key in the token (none missing, none orphaned).
     let (agree, report) = reconcile(d, &conf, &pin_file, false);
     assert!(agree, "token and database agree: {report}");
+    assert!(report.contains("12 key objects in use by versions"), "every kind of key is counted: {report}");
+    // Orphans of every kind are found, and --apply destroys each with all its objects: an EC
+    // pair (two objects) and an HMAC key no version names.
+    let ghost = |n: u32| format!("keyhold:{LOC}/keyRings/r/cryptoKeys/ghost/cryptoKeyVersions/{n}:0badc0de");
+    pkcs11_tool(&conf, &["--keypairgen", "--key-type", "EC:prime256v1", "--label", &ghost(1), "--id", "0a01"]);
+    pkcs11_tool(&conf, &["--keygen", "--key-type", "GENERIC:32", "--label", &ghost(2), "--id", "0a02"]);
+    let ghosts = |all: Vec<String>| all.into_iter().filter(|l| l.contains("cryptoKeys/ghost/")).count();
+    assert_eq!(ghosts(labels(&conf)), 3);
+    let (agree, report) = reconcile(d, &conf, &pin_file, false);
+    assert!(!agree && report.contains("2 orphaned key objects"), "{report}");
+    let (agree, report) = reconcile(d, &conf, &pin_file, true);
+    assert!(agree && report.contains("[destroyed]"), "{report}");
+    assert_eq!(ghosts(labels(&conf)), 0, "both halves of the pair and the HMAC key are gone");
     let ec = format!("{LOC}/keyRings/r/cryptoKeys/ec256/cryptoKeyVersions/1");
     let of_ec = |all: Vec<String>| all.into_iter().filter(|l| l.contains("cryptoKeys/ec256/")).count();
     assert_eq!(of_ec(labels(&conf)), 2, "a private and a public object");
@@ -793,4 +893,55 @@ async fn hsm_signing_decryption_and_mac_keys() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     drop(server);
+}
+
+/// `rawEncrypt` and `rawDecrypt` with an AES key that never leaves the token: GCM binds its
+/// additional data and refuses a changed ciphertext; CBC under a caller's IV is deterministic and
+/// needs that IV back.
+async fn hsm_raw_round_trip(d: &Path, port: u16, version: &str, algorithm: &str) {
+    let plaintext = b"sixteen byte blk thirty-two bytes";
+    let plaintext = &plaintext[..32];
+    let gcm = algorithm.ends_with("GCM");
+    let (aad, iv) = if gcm { (&b"context"[..], None) } else { (&b""[..], Some([7u8; 16])) };
+    let mut body = json!({"plaintext": b64(plaintext), "additionalAuthenticatedData": b64(aad)});
+    if let Some(iv) = iv {
+        body["initializationVector"] = json!(b64(&iv));
+    }
+    let e = call(d, port, Method::POST, &format!("{version}:rawEncrypt"), body.clone()).await;
+    assert_eq!(e["protectionLevel"], "HSM", "{e}");
+    let ct = unb64(&e["ciphertext"]);
+    let used_iv = unb64(&e["initializationVector"]);
+    assert_eq!(ct.len(), plaintext.len() + if gcm { 16 } else { 0 }, "{algorithm}");
+    assert_eq!(used_iv.len(), if gcm { 12 } else { 16 }, "{algorithm}");
+    assert_ne!(&ct[..plaintext.len()], plaintext);
+    let decrypt = |ct: &[u8], iv: &[u8]| json!({"ciphertext": b64(ct), "initializationVector": b64(iv), "additionalAuthenticatedData": b64(aad)});
+    let pt = call(d, port, Method::POST, &format!("{version}:rawDecrypt"), decrypt(&ct, &used_iv)).await;
+    assert_eq!(unb64(&pt["plaintext"]), plaintext, "{algorithm}");
+    if gcm {
+        // A fresh nonce each time; a changed ciphertext does not authenticate.
+        let again = call(d, port, Method::POST, &format!("{version}:rawEncrypt"), body).await;
+        assert_ne!(unb64(&again["initializationVector"]), used_iv);
+        let mut bad = ct.clone();
+        bad[0] ^= 1;
+        let (status, v) = post(d, port, &format!("{version}:rawDecrypt"), decrypt(&bad, &used_iv)).await;
+        assert_eq!((status, v["error"]["message"].as_str()), (400, Some("Decryption failed.")), "{v}");
+        // The AAD reaches the token: other AAD does not authenticate either.
+        let other_aad = json!({"ciphertext": b64(&ct), "initializationVector": b64(&used_iv), "additionalAuthenticatedData": b64(b"other")});
+        let (status, v) = post(d, port, &format!("{version}:rawDecrypt"), other_aad).await;
+        assert_eq!((status, v["error"]["message"].as_str()), (400, Some("Decryption failed.")), "{v}");
+        // As Cloud KMS for HSM keys: plaintext and AAD together at most 8 KiB.
+        let big = json!({"plaintext": b64(&[0u8; 8 * 1024]), "additionalAuthenticatedData": b64(b"x")});
+        let (status, v) = post(d, port, &format!("{version}:rawEncrypt"), big).await;
+        assert_eq!(status, 400, "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("at most 8192 bytes"), "{v}");
+    } else {
+        // The caller's IV is used: the same input gives the same ciphertext; another IV opens
+        // to other bytes.
+        assert_eq!(used_iv, [7u8; 16]);
+        let again = call(d, port, Method::POST, &format!("{version}:rawEncrypt"), body).await;
+        assert_eq!(unb64(&again["ciphertext"]), ct);
+        let other = call(d, port, Method::POST, &format!("{version}:rawDecrypt"), decrypt(&ct, &[8u8; 16])).await;
+        assert_ne!(unb64(&other["plaintext"]), plaintext);
+        assert_eq!(unb64(&other["plaintext"])[16..], plaintext[16..], "CBC: only the first block depends on the IV");
+    }
 }

@@ -1,14 +1,17 @@
-//! The keys of the other Cloud KMS purposes inside the token (issue 19): EC and RSA key pairs
-//! that sign and decrypt, and HMAC keys. The private (or secret) object is sensitive and never
-//! extractable; a pair's public object carries the same label and `CKA_ID`. The token signs the
-//! digest the KMS hands it (`CKM_ECDSA`, `CKM_RSA_PKCS` over a `DigestInfo`, `CKM_RSA_PKCS_PSS`)
-//! and returns raw values, which `keyhold_crypto` turns into Cloud KMS's encodings.
+//! The keys of the other Cloud KMS purposes inside the token (issue 19): EC, Ed25519 and RSA key
+//! pairs that sign and decrypt, HMAC keys, and raw AES keys. The private (or secret) object is
+//! sensitive and never extractable; a pair's public object carries the same label and `CKA_ID`.
+//! The token signs the digest the KMS hands it (`CKM_ECDSA`, `CKM_RSA_PKCS` over a `DigestInfo`,
+//! `CKM_RSA_PKCS_PSS`) or the data (`CKM_EDDSA`, HMAC) and returns raw values, which
+//! `keyhold_crypto` turns into Cloud KMS's encodings.
 
+use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use keyhold_crypto::Secret;
-use keyhold_crypto::keys::{Hash, KeySpec};
+use keyhold_crypto::keys::{AES_BLOCK_LEN, AesMode, GCM_NONCE_LEN, GCM_TAG_LEN, Hash, KeySpec, RawCiphertext};
 
 use super::{Call, HsmToken, KEY_ID_LEN, lock};
 use crate::error::{classify, is_stale_handle};
@@ -18,17 +21,21 @@ use crate::{HsmError, HsmKeyRef};
 /// Whether the token holds keys of `spec` (what [`HsmToken::generate_key_of`] makes).
 /// RSA-OAEP only with SHA-1: SoftHSM2 (the token Keyhold is tested against) refuses the OAEP
 /// parameters of SHA-256 and SHA-512 (`CKR_ARGUMENTS_BAD`), so those keys are not offered
-/// rather than failing at their first use.
+/// rather than failing at their first use. Raw AES in GCM and CBC only: `cryptoki` has no
+/// `CKM_AES_CTR` parameters.
 pub fn supports(spec: KeySpec) -> bool {
     matches!(
         spec,
         KeySpec::EcdsaP256Sha256
             | KeySpec::EcdsaP384Sha384
             | KeySpec::EcdsaSecp256k1Sha256
+            | KeySpec::Ed25519
             | KeySpec::RsaPss(..)
             | KeySpec::RsaPkcs1(..)
+            | KeySpec::RsaRawPkcs1(_)
             | KeySpec::RsaOaep(_, Hash::Sha1)
             | KeySpec::Hmac(_)
+            | KeySpec::Aes(_, AesMode::Gcm | AesMode::Cbc)
     )
 }
 
@@ -71,7 +78,10 @@ fn hmac_mechanism_type(h: Hash) -> MechanismType {
 fn allowed_mechanism(spec: KeySpec) -> Option<MechanismType> {
     Some(match spec {
         KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => MechanismType::ECDSA,
-        KeySpec::RsaPkcs1(..) => MechanismType::RSA_PKCS,
+        KeySpec::Ed25519 => MechanismType::EDDSA,
+        KeySpec::Aes(_, AesMode::Gcm) => MechanismType::AES_GCM,
+        KeySpec::Aes(_, AesMode::Cbc) => MechanismType::AES_CBC,
+        KeySpec::RsaPkcs1(..) | KeySpec::RsaRawPkcs1(_) => MechanismType::RSA_PKCS,
         KeySpec::RsaPss(..) => MechanismType::RSA_PKCS_PSS,
         KeySpec::RsaOaep(..) => MechanismType::RSA_PKCS_OAEP,
         KeySpec::Hmac(h) => hmac_mechanism_type(h),
@@ -96,8 +106,8 @@ fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
 }
 
 impl HsmToken {
-    /// Generates a key of `spec` inside the token (an EC or RSA pair, or an HMAC key as long as
-    /// its hash's output), labelled `label`, with a random `CKA_ID`. Returns the reference to
+    /// Generates a key of `spec` inside the token (an EC, Ed25519 or RSA pair, an HMAC key as
+    /// long as its hash's output, or a raw AES key), labelled `label`, with a random `CKA_ID`. Returns the reference to
     /// store; [`HsmToken::destroy_key`] removes every object of it.
     pub async fn generate_key_of(&self, spec: KeySpec, label: &str) -> Result<HsmKeyRef, HsmError> {
         validate_label(label)?;
@@ -109,8 +119,8 @@ impl HsmToken {
     }
 
     /// Signs with the key's private (or HMAC) object: `input` is the digest of the algorithm's
-    /// hash for EC and RSA keys, the data for HMAC keys. The answer is Cloud KMS's encoding
-    /// (a DER `ECDSA-Sig-Value`, an RSA signature, the MAC).
+    /// hash for EC and RSA keys, the data for Ed25519 and HMAC keys. The answer is Cloud KMS's
+    /// encoding (a DER `ECDSA-Sig-Value`, an RSA or Ed25519 signature, the MAC).
     pub async fn sign(&self, key: &HsmKeyRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, HsmError> {
         let key = key.clone();
         let input = Secret::new(input.to_vec());
@@ -125,10 +135,44 @@ impl HsmToken {
         self.run("decrypt_oaep", move |call| call.decrypt_oaep(&key, hash, &ciphertext)).await
     }
 
-    /// The public key of an EC or RSA pair, as DER `SubjectPublicKeyInfo`.
+    /// The public key of an EC, Ed25519 or RSA pair, as DER `SubjectPublicKeyInfo`.
     pub async fn public_key(&self, key: &HsmKeyRef, spec: KeySpec) -> Result<Vec<u8>, HsmError> {
         let key = key.clone();
         self.run("public_key", move |call| call.public_key(&key, spec)).await
+    }
+
+    /// Raw AES encryption inside the token (`rawEncrypt`): AES-GCM under a nonce drawn from the
+    /// token, with `aad` and a 16-byte tag appended; AES-CBC without padding under `iv` (16
+    /// bytes) or one drawn from the token. The caller has checked the shapes.
+    pub async fn raw_encrypt(
+        &self,
+        key: &HsmKeyRef,
+        spec: KeySpec,
+        plaintext: &[u8],
+        aad: &[u8],
+        iv: Option<&[u8]>,
+    ) -> Result<RawCiphertext, HsmError> {
+        let KeySpec::Aes(_, mode) = spec else { return Err(unsupported(spec)) };
+        let key = key.clone();
+        let plaintext = Secret::new(plaintext.to_vec());
+        let (aad, iv) = (aad.to_vec(), iv.map(<[u8]>::to_vec));
+        self.run("raw_encrypt", move |call| call.raw_encrypt(&key, mode, plaintext.expose(), &aad, iv)).await
+    }
+
+    /// Raw AES decryption inside the token of what [`HsmToken::raw_encrypt`] made with `iv`
+    /// and `aad`; a GCM ciphertext that does not authenticate is [`HsmError::Decrypt`].
+    pub async fn raw_decrypt(
+        &self,
+        key: &HsmKeyRef,
+        spec: KeySpec,
+        ciphertext: &[u8],
+        aad: &[u8],
+        iv: &[u8],
+    ) -> Result<Secret, HsmError> {
+        let KeySpec::Aes(_, mode) = spec else { return Err(unsupported(spec)) };
+        let key = key.clone();
+        let (ciphertext, aad, iv) = (ciphertext.to_vec(), aad.to_vec(), iv.to_vec());
+        self.run("raw_decrypt", move |call| call.raw_decrypt(&key, mode, &ciphertext, &aad, &iv)).await
     }
 }
 
@@ -175,6 +219,8 @@ impl Call<'_> {
             t
         };
         let what = format!("generating a {spec:?} key in the token");
+        // Secret keys have no CKA_SIGN_RECOVER (the token refuses it in the template).
+        let secret = |t: &mut Vec<Attribute>| t.retain(|a| !matches!(a, Attribute::SignRecover(_)));
         match spec {
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
                 let params = spec.ec_params_der().ok_or_else(|| unsupported(spec))?;
@@ -186,7 +232,33 @@ impl Call<'_> {
                     .generate_key_pair(&Mechanism::EccKeyPairGen, &pub_t, &priv_t)
                     .map_err(|e| classify(&e, &what))?;
             }
-            KeySpec::RsaPss(bits, _) | KeySpec::RsaPkcs1(bits, _) | KeySpec::RsaOaep(bits, _) => {
+            KeySpec::Ed25519 => {
+                let params = spec.ec_params_der().ok_or_else(|| unsupported(spec))?;
+                let mut pub_t = public(true);
+                pub_t.push(Attribute::EcParams(params.to_vec()));
+                let mut priv_t = private(true);
+                priv_t.push(Attribute::KeyType(KeyType::EC_EDWARDS));
+                self.session
+                    .generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &pub_t, &priv_t)
+                    .map_err(|e| classify(&e, &what))?;
+            }
+            KeySpec::Aes(bits, _) => {
+                let mut t = private(false);
+                secret(&mut t);
+                t.extend([
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::AES),
+                    Attribute::ValueLen((bits.key_len() as u64).into()),
+                    Attribute::Encrypt(true),
+                    Attribute::Verify(false),
+                    Attribute::Wrap(false),
+                ]);
+                self.session.generate_key(&Mechanism::AesKeyGen, &t).map_err(|e| classify(&e, &what))?;
+            }
+            KeySpec::RsaPss(bits, _)
+            | KeySpec::RsaPkcs1(bits, _)
+            | KeySpec::RsaRawPkcs1(bits)
+            | KeySpec::RsaOaep(bits, _) => {
                 let signs = !matches!(spec, KeySpec::RsaOaep(..));
                 let mut pub_t = public(signs);
                 pub_t.push(Attribute::ModulusBits(((bits.modulus_len() * 8) as u64).into()));
@@ -199,8 +271,8 @@ impl Call<'_> {
             }
             KeySpec::Hmac(h) => {
                 let mut t = private(true);
-                // Secret keys have no CKA_SIGN_RECOVER (the token refuses it in the template).
-                t.retain(|a| !matches!(a, Attribute::Decrypt(_) | Attribute::SignRecover(_)));
+                secret(&mut t);
+                t.retain(|a| !matches!(a, Attribute::Decrypt(_)));
                 t.extend([
                     Attribute::Class(ObjectClass::SECRET_KEY),
                     Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -249,10 +321,27 @@ impl Call<'_> {
                 let fixed = self.session.sign(&Mechanism::Ecdsa, handle, input).map_err(|e| fail(&e))?;
                 spec.ecdsa_signature_der(&fixed).map_err(token_answer)
             }
+            KeySpec::Ed25519 => {
+                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
+                let pure = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+                self.session.sign(&pure, handle, input).map_err(|e| fail(&e))
+            }
             KeySpec::RsaPkcs1(_, h) => {
                 let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
                 let info = KeySpec::digest_info(h, input).map_err(|e| HsmError::invalid(e.to_string()))?;
                 self.session.sign(&Mechanism::RsaPkcs, handle, &info).map_err(|e| fail(&e))
+            }
+            KeySpec::RsaRawPkcs1(bits) => {
+                // Type-1 padding of the data as given (the caller's own encoding, if any).
+                if input.len() > bits.modulus_len() - 11 {
+                    return Err(HsmError::invalid(format!(
+                        "the data is {} bytes; PKCS#1 v1.5 signs at most {} with this key",
+                        input.len(),
+                        bits.modulus_len() - 11
+                    )));
+                }
+                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
+                self.session.sign(&Mechanism::RsaPkcs, handle, input).map_err(|e| fail(&e))
             }
             KeySpec::RsaPss(_, h) => {
                 let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
@@ -314,7 +403,20 @@ impl Call<'_> {
                 };
                 spec.ec_public_key_der(raw).map_err(token_answer)
             }
-            KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) => {
+            KeySpec::Ed25519 => {
+                let point = read(&[AttributeType::EcPoint])?.into_iter().find_map(|a| match a {
+                    Attribute::EcPoint(p) => Some(p),
+                    _ => None,
+                });
+                let point = point.ok_or_else(|| missing("CKA_EC_POINT"))?;
+                // The DER OCTET STRING of the 32-byte key, or the key itself.
+                let raw = match point.as_slice() {
+                    [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
+                    other => other,
+                };
+                spec.ed25519_public_key_der(raw).map_err(token_answer)
+            }
+            KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaRawPkcs1(_) | KeySpec::RsaOaep(..) => {
                 let (mut n, mut e) = (None, None);
                 for a in read(&[AttributeType::Modulus, AttributeType::PublicExponent])? {
                     match a {
@@ -327,6 +429,91 @@ impl Call<'_> {
                 keyhold_crypto::keys::rsa_public_key_der(&n, &e).map_err(token_answer)
             }
             other => Err(unsupported(other)),
+        }
+    }
+
+    fn raw_encrypt(
+        &self,
+        key: &HsmKeyRef,
+        mode: AesMode,
+        plaintext: &[u8],
+        aad: &[u8],
+        iv: Option<Vec<u8>>,
+    ) -> Result<RawCiphertext, HsmError> {
+        // The shapes the KMS checks first, checked again here for any other caller: a GCM nonce
+        // is never the caller's (a reused one breaks GCM), and CBC authenticates no AAD.
+        match mode {
+            AesMode::Gcm if iv.is_some() => return Err(HsmError::invalid("AES-GCM chooses its own nonce")),
+            AesMode::Cbc if !aad.is_empty() => {
+                return Err(HsmError::invalid("AES-CBC takes no additional authenticated data"));
+            }
+            _ => {}
+        }
+        let handle = self.object(key, ObjectClass::SECRET_KEY)?;
+        let fail = |e: &cryptoki::error::Error| {
+            if is_stale_handle(e) { self.not_found(key) } else { classify(e, "encrypting in the token") }
+        };
+        let mut iv = match iv {
+            Some(given) => given,
+            None => self
+                .session
+                .generate_random_vec(mode.iv_len() as u32)
+                .map_err(|e| classify(&e, "drawing an IV from the token"))?,
+        };
+        let ciphertext = match mode {
+            AesMode::Gcm => {
+                let params = GcmParams::new(&mut iv, aad, ((GCM_TAG_LEN * 8) as u64).into())
+                    .map_err(|e| classify(&e, "encrypting in the token"))?;
+                // A token that makes its own IVs (FIPS mode) writes it back into the buffer: the
+                // nonce answered is the one the token used.
+                self.session.encrypt(&Mechanism::AesGcm(params), handle, plaintext).map_err(|e| fail(&e))?
+            }
+            AesMode::Cbc => {
+                let block: [u8; AES_BLOCK_LEN] =
+                    iv.as_slice().try_into().map_err(|_| HsmError::invalid("the IV is 16 bytes"))?;
+                self.session.encrypt(&Mechanism::AesCbc(block), handle, plaintext).map_err(|e| fail(&e))?
+            }
+            AesMode::Ctr => return Err(HsmError::invalid("AES-CTR is not served in the token")),
+        };
+        if ciphertext.len() != plaintext.len() + mode.tag_len() || iv.len() != mode.iv_len() {
+            return Err(HsmError::Unsupported {
+                detail: format!(
+                    "the token returned {} bytes of {mode:?} output for {} bytes of plaintext",
+                    ciphertext.len(),
+                    plaintext.len()
+                ),
+            });
+        }
+        Ok(RawCiphertext { ciphertext, iv })
+    }
+
+    fn raw_decrypt(
+        &self,
+        key: &HsmKeyRef,
+        mode: AesMode,
+        ciphertext: &[u8],
+        aad: &[u8],
+        iv: &[u8],
+    ) -> Result<Secret, HsmError> {
+        let handle = self.object(key, ObjectClass::SECRET_KEY)?;
+        let answer = match mode {
+            AesMode::Gcm => {
+                let mut nonce: [u8; GCM_NONCE_LEN] =
+                    iv.try_into().map_err(|_| HsmError::invalid("the nonce is 12 bytes"))?;
+                let params = GcmParams::new(&mut nonce, aad, ((GCM_TAG_LEN * 8) as u64).into())
+                    .map_err(|e| classify(&e, "decrypting in the token"))?;
+                self.session.decrypt(&Mechanism::AesGcm(params), handle, ciphertext)
+            }
+            AesMode::Cbc => {
+                let block: [u8; AES_BLOCK_LEN] = iv.try_into().map_err(|_| HsmError::invalid("the IV is 16 bytes"))?;
+                self.session.decrypt(&Mechanism::AesCbc(block), handle, ciphertext)
+            }
+            AesMode::Ctr => return Err(HsmError::invalid("AES-CTR is not served in the token")),
+        };
+        match answer {
+            Ok(plaintext) => Ok(Secret::new(plaintext)),
+            Err(e) if is_stale_handle(&e) => Err(self.not_found(key)),
+            Err(e) => Err(self.decrypt_error(&e)),
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::resources::{Algorithm, ExternalProtectionLevelOptions, KeyOperationAttestation};
-use keyhold_crypto::keys::KeySpec;
+use keyhold_crypto::keys::{KeySpec, RawCiphertext};
 use keyhold_crypto::{Secret, ciphertext};
 
 use super::key_backend::{Erasing, KeyBackend, KeyUse, NewMaterial, SignInput};
@@ -52,6 +52,18 @@ impl HsmKeys {
                 KmsError::Internal(format!("{} has no HSM key of a known kind", using.version_name()))
             })?;
         Ok((Self::object(using)?, spec))
+    }
+
+    /// `:encrypt` and `:decrypt` use `GOOGLE_SYMMETRIC_ENCRYPTION` keys only: a raw AES-GCM key is
+    /// an AES object too, and must never seal what the KMS's own ciphertexts carry.
+    fn symmetric(using: &KeyUse<'_>) -> Result<(), KmsError> {
+        match using.version.record.version.algorithm {
+            Some(Algorithm::GoogleSymmetricEncryption) | None => Ok(()),
+            Some(other) => Err(KmsError::Internal(format!(
+                "{} is {other}, not a GOOGLE_SYMMETRIC_ENCRYPTION key",
+                using.version_name()
+            ))),
+        }
     }
 
     fn object<'m>(using: &'m KeyUse<'_>) -> Result<&'m HsmObjectRef, KmsError> {
@@ -101,7 +113,7 @@ impl KeyBackend for HsmKeys {
             (Algorithm::GoogleSymmetricEncryption, _) => Ok(()),
             (_, Some(spec)) if self.token.supports(spec) => Ok(()),
             (a, _) => Err(KmsError::Unimplemented(format!(
-                "Algorithm {a} is not served at protection level HSM by Keyhold yet; HSM keys are GOOGLE_SYMMETRIC_ENCRYPTION, EC and RSA signing, RSA-OAEP and HMAC (see docs/api.md)."
+                "Algorithm {a} is not served at protection level HSM by Keyhold yet; HSM keys are GOOGLE_SYMMETRIC_ENCRYPTION, EC, Ed25519 and RSA signing, RSA-OAEP (SHA-1), HMAC and raw AES-GCM and AES-CBC (see docs/api.md)."
             ))),
         }
     }
@@ -140,6 +152,7 @@ impl KeyBackend for HsmKeys {
     }
 
     async fn encrypt(&self, using: KeyUse<'_>, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KmsError> {
+        Self::symmetric(&using)?;
         check_hsm_size(plaintext.len(), aad.len())?;
         let ad = ciphertext::associated_data(using.key_name, using.id(), aad);
         let blob = self
@@ -151,6 +164,7 @@ impl KeyBackend for HsmKeys {
     }
 
     async fn decrypt(&self, using: KeyUse<'_>, ct: &[u8], aad: &[u8]) -> Result<Secret, KmsError> {
+        Self::symmetric(&using)?;
         check_hsm_size(0, aad.len())?;
         let (_, blob) = ciphertext::backend_blob(ct).map_err(|_| KmsError::DecryptFailed)?;
         let ad = ciphertext::associated_data(using.key_name, using.id(), aad);
@@ -162,20 +176,19 @@ impl KeyBackend for HsmKeys {
 
     async fn sign(&self, using: KeyUse<'_>, input: SignInput<'_>) -> Result<Vec<u8>, KmsError> {
         let (object, spec) = Self::keyed(&using)?;
-        // The token signs the digest: data is hashed here first (the HSM keys served all hash).
+        // The token signs the digest: data is hashed here first, except for Ed25519, which the
+        // token signs over the data itself.
         let hashed;
-        let digest = match (input, spec.prehash()) {
+        let input = match (input, spec.prehash()) {
             (SignInput::Digest(d), _) => d,
             (SignInput::Data(d), Some(h)) => {
                 hashed = h.hash(d);
                 &hashed
             }
-            (SignInput::Data(_), None) => {
-                return Err(KmsError::Unimplemented(format!("{spec:?} keys do not sign in the HSM.")));
-            }
+            (SignInput::Data(d), None) => d,
         };
         self.token
-            .sign(object, spec, digest)
+            .sign(object, spec, input)
             .await
             .map_err(|e| KmsError::from_backend("The HSM", using.version_name(), e))
     }
@@ -208,6 +221,41 @@ impl KeyBackend for HsmKeys {
     async fn mac_verify(&self, using: KeyUse<'_>, data: &[u8], mac: &[u8]) -> Result<bool, KmsError> {
         let expected = self.mac_sign(using, data).await?;
         Ok(keyhold_crypto::keys::mac_equal(&expected, mac))
+    }
+
+    async fn raw_encrypt(
+        &self,
+        using: KeyUse<'_>,
+        plaintext: &[u8],
+        aad: &[u8],
+        iv: Option<&[u8]>,
+    ) -> Result<RawCiphertext, KmsError> {
+        check_hsm_size(plaintext.len(), aad.len())?;
+        let (object, spec) = Self::keyed(&using)?;
+        self.token
+            .raw_encrypt(object, spec, plaintext, aad, iv)
+            .await
+            .map_err(|e| KmsError::from_backend("The HSM", using.version_name(), e))
+    }
+
+    async fn raw_decrypt(
+        &self,
+        using: KeyUse<'_>,
+        ciphertext: &[u8],
+        aad: &[u8],
+        iv: &[u8],
+    ) -> Result<Secret, KmsError> {
+        let (object, spec) = Self::keyed(&using)?;
+        let tag = match spec {
+            KeySpec::Aes(_, mode) => mode.tag_len(),
+            _ => 0,
+        };
+        check_hsm_size(ciphertext.len().saturating_sub(tag), aad.len())?;
+        match self.token.raw_decrypt(object, spec, ciphertext, aad, iv).await {
+            Ok(plaintext) => Ok(plaintext),
+            Err(BackendError::DecryptFailed) => Err(KmsError::DecryptionFailed),
+            Err(e) => Err(KmsError::from_backend("The HSM", using.version_name(), e)),
+        }
     }
 
     async fn erase(&self, name: &CryptoKeyVersionName, material: &VersionMaterial, why: Erasing) {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyhold_api::resources::{AccessReason, VersionState};
 use keyhold_crypto::Secret;
-use keyhold_crypto::keys::KeySpec;
+use keyhold_crypto::keys::{KeySpec, RawCiphertext};
 
 use crate::material::HsmObjectRef;
 
@@ -58,19 +58,39 @@ pub trait HsmBackend: Send + Sync + fmt::Debug + 'static {
     /// An honest statement of what the token is and how the key is held, for a version's
     /// `attestation` section.
     async fn attestation(&self, key: &HsmObjectRef) -> Result<String, BackendError>;
-    /// Whether the token makes keys of `spec` (signing, RSA-OAEP and HMAC keys).
+    /// Whether the token makes keys of `spec` (signing, RSA-OAEP, HMAC and raw AES keys).
     fn supports(&self, spec: KeySpec) -> bool;
-    /// Generates a non-extractable key of `spec` (an EC or RSA pair, an HMAC key) labelled
-    /// `label` inside the token.
+    /// Generates a non-extractable key of `spec` (an EC, Ed25519 or RSA pair, an HMAC or raw
+    /// AES key) labelled `label` inside the token.
     async fn generate_key_of(&self, spec: KeySpec, label: &str) -> Result<HsmObjectRef, BackendError>;
-    /// Signs `input` (the digest of the algorithm's hash; the data for HMAC) in the token, in
-    /// Cloud KMS's encoding (DER for ECDSA).
+    /// Signs `input` (the digest of the algorithm's hash; the data for Ed25519 and HMAC) in the
+    /// token, in Cloud KMS's encoding (DER for ECDSA).
     async fn sign(&self, key: &HsmObjectRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, BackendError>;
     /// RSA-OAEP decryption in the token; a ciphertext the key does not open is
     /// [`BackendError::DecryptFailed`].
     async fn decrypt_oaep(&self, key: &HsmObjectRef, spec: KeySpec, ciphertext: &[u8]) -> Result<Secret, BackendError>;
     /// The public key of a pair, as DER `SubjectPublicKeyInfo`.
     async fn public_key(&self, key: &HsmObjectRef, spec: KeySpec) -> Result<Vec<u8>, BackendError>;
+    /// Raw AES encryption in the token (`rawEncrypt`): GCM under a nonce the token draws, CBC
+    /// under `iv` or one the token draws.
+    async fn raw_encrypt(
+        &self,
+        key: &HsmObjectRef,
+        spec: KeySpec,
+        plaintext: &[u8],
+        aad: &[u8],
+        iv: Option<&[u8]>,
+    ) -> Result<RawCiphertext, BackendError>;
+    /// Raw AES decryption in the token; a GCM ciphertext that does not authenticate is
+    /// [`BackendError::DecryptFailed`].
+    async fn raw_decrypt(
+        &self,
+        key: &HsmObjectRef,
+        spec: KeySpec,
+        ciphertext: &[u8],
+        aad: &[u8],
+        iv: &[u8],
+    ) -> Result<Secret, BackendError>;
 }
 
 /// What the external key manager is told about a wrap or unwrap.

@@ -3,7 +3,7 @@
 //! are sealed directly (format 1); private and MAC keys, of any length, as an envelope under a
 //! data key the root key seals (format 2, `docs/formats.md`).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use keyhold_api::CryptoKeyVersionName;
@@ -148,14 +148,26 @@ fn wrapping_key_context(job: &str) -> String {
     format!("{job}#import-wrapping-key")
 }
 
-/// Runs RSA's private-key operations (milliseconds at 4096 bits) off the async workers; the
-/// others (microseconds) inline.
+/// How many slow private-key operations run at once: one per core. More would only share the
+/// cores, and would take the blocking threads the database and the HSM use, so a flood of
+/// SLH-DSA signatures queues here instead.
+static SLOW_OPERATIONS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+});
+
+/// Runs RSA's private-key operations (milliseconds at 4096 bits) and SLH-DSA signing (a tenth
+/// of a second) off the async workers, at most [`SLOW_OPERATIONS`] at once; the others
+/// (microseconds) inline.
 async fn compute<T: Send + 'static>(
     key: Arc<LoadedKey>,
     op: impl FnOnce(&LoadedKey) -> Result<T, KeyError> + Send + 'static,
 ) -> Result<Result<T, KeyError>, KmsError> {
     match key.spec() {
-        KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) => {
+        KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) | KeySpec::SlhDsaSha2S128 => {
+            let _turn = SLOW_OPERATIONS
+                .acquire()
+                .await
+                .map_err(|e| KmsError::Internal(format!("a key operation failed: {e}")))?;
             tokio::task::spawn_blocking(move || op(&key))
                 .await
                 .map_err(|e| KmsError::Internal(format!("a key operation failed: {e}")))
@@ -182,6 +194,12 @@ impl KeyBackend for SoftwareKeys {
             Algorithm::EcSignSecp256k1Sha256 => Err(KmsError::InvalidArgument(
                 "Algorithm EC_SIGN_SECP256K1_SHA256 is only supported for protection level HSM.".into(),
             )),
+            // AWS-LC signs PKCS#1 v1.5 with a DigestInfo only; a token's CKM_RSA_PKCS signs raw.
+            a @ (Algorithm::RsaSignRawPkcs12048 | Algorithm::RsaSignRawPkcs13072 | Algorithm::RsaSignRawPkcs14096) => {
+                Err(KmsError::Unimplemented(format!(
+                    "Algorithm {a} is served at protection level HSM only by Keyhold: its software library has no PKCS#1 v1.5 signature without a DigestInfo."
+                )))
+            }
             a if key_spec(a).is_some() => Ok(()),
             a => Err(KmsError::Unimplemented(format!(
                 "Algorithm {a} is not served at protection level SOFTWARE by Keyhold yet; see docs/api.md for the algorithms served."
