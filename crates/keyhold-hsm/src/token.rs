@@ -70,6 +70,9 @@ struct Connection {
     idle: Mutex<Vec<Session>>,
     /// Object handles by key: valid only within this epoch of the module.
     handles: Mutex<HashMap<HsmKeyRef, ObjectHandle>>,
+    /// The same for keys of the other purposes (signing, RSA-OAEP, HMAC, raw AES): their
+    /// private, public and secret objects (`token/keys.rs`), so a signature costs no search.
+    parts: Mutex<HashMap<HsmKeyRef, keys::KeyParts>>,
     /// Set when a call failed in a way that suggests the token or session is gone.
     broken: AtomicBool,
 }
@@ -427,6 +430,7 @@ fn connect(config: &Pkcs11Config, module: &Arc<Module>, guard: &ModuleState) -> 
         slot,
         idle: Mutex::new(Vec::new()),
         handles: Mutex::new(HashMap::new()),
+        parts: Mutex::new(HashMap::new()),
         broken: AtomicBool::new(false),
     };
     let session = conn.open_session(guard, config).map_err(|error| ConnectError { error, reinit: false })?;

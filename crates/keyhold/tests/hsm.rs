@@ -883,6 +883,16 @@ async fn hsm_signing_decryption_and_mac_keys() {
     let (agree, report) = reconcile(d, &conf, &pin_file, true);
     assert!(agree && report.contains("[destroyed]"), "{report}");
     assert_eq!(ghosts(labels(&conf)), 0, "both halves of the pair and the HMAC key are gone");
+    // Handles are cached per connection: a key whose object is removed behind Keyhold's back
+    // (its handle now stale) is reported gone, not signed with another object.
+    let mac = format!("{LOC}/keyRings/r/cryptoKeys/mac/cryptoKeyVersions/1");
+    let mac_label = labels(&conf).into_iter().find(|l| l.contains("cryptoKeys/mac/")).unwrap();
+    pkcs11_tool(&conf, &["--delete-object", "--type", "secrkey", "--label", &mac_label]);
+    for _ in 0..2 {
+        let (status, v) = post(d, port, &format!("{mac}:macSign"), json!({"data": b64(b"m")})).await;
+        assert_eq!((status, v["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("is gone from its backend"), "{v}");
+    }
     let ec = format!("{LOC}/keyRings/r/cryptoKeys/ec256/cryptoKeyVersions/1");
     let of_ec = |all: Vec<String>| all.into_iter().filter(|l| l.contains("cryptoKeys/ec256/")).count();
     assert_eq!(of_ec(labels(&conf)), 2, "a private and a public object");

@@ -39,6 +39,19 @@ pub fn supports(spec: KeySpec) -> bool {
     )
 }
 
+/// Where a key's object of `class` sits in [`KeyParts`].
+fn part_slot(class: ObjectClass) -> Option<usize> {
+    match class {
+        ObjectClass::PRIVATE_KEY => Some(0),
+        ObjectClass::PUBLIC_KEY => Some(1),
+        ObjectClass::SECRET_KEY => Some(2),
+        _ => None,
+    }
+}
+
+/// The cached handles of one key's objects: its private half, public half and secret key.
+pub(super) type KeyParts = [Option<ObjectHandle>; 3];
+
 fn unsupported(spec: KeySpec) -> HsmError {
     HsmError::invalid(format!("keys of kind {spec:?} are not made in the token"))
 }
@@ -107,8 +120,8 @@ fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
 
 impl HsmToken {
     /// Generates a key of `spec` inside the token (an EC, Ed25519 or RSA pair, an HMAC key as
-    /// long as its hash's output, or a raw AES key), labelled `label`, with a random `CKA_ID`. Returns the reference to
-    /// store; [`HsmToken::destroy_key`] removes every object of it.
+    /// long as its hash's output, or a raw AES key), labelled `label`, with a random `CKA_ID`.
+    /// Returns the reference to store; [`HsmToken::destroy_key`] removes every object of it.
     pub async fn generate_key_of(&self, spec: KeySpec, label: &str) -> Result<HsmKeyRef, HsmError> {
         validate_label(label)?;
         if !supports(spec) {
@@ -290,8 +303,14 @@ impl Call<'_> {
         Ok(key)
     }
 
-    /// The object of `key` of `class` (a pair's private or public half, or a secret key).
+    /// The object of `key` of `class` (a pair's private or public half, or a secret key), from
+    /// the connection's cache or looked up (and cached). A handle found stale by an operation is
+    /// dropped from the cache by [`Call::stale`].
     fn object(&self, key: &HsmKeyRef, class: ObjectClass) -> Result<ObjectHandle, HsmError> {
+        let slot = part_slot(class);
+        if let Some(handle) = slot.and_then(|i| lock(&self.conn.parts).get(key).and_then(|parts| parts[i])) {
+            return Ok(handle);
+        }
         let found = self
             .session
             .find_objects(&[
@@ -301,15 +320,27 @@ impl Call<'_> {
             ])
             .map_err(|e| classify(&e, "looking up a key"))?;
         match found.as_slice() {
-            [handle] => Ok(*handle),
+            [handle] => {
+                if let Some(i) = slot {
+                    lock(&self.conn.parts).entry(key.clone()).or_default()[i] = Some(*handle);
+                }
+                Ok(*handle)
+            }
             [] => Err(self.not_found(key)),
             many => Err(HsmError::config(format!("{} objects in the token match {key}; expected one", many.len()))),
         }
     }
 
+    /// A handle of `key` the token no longer knows: the object was destroyed (by another node,
+    /// or by hand). Forgets the key's cached handles; the key is missing unless the token is.
+    fn stale(&self, key: &HsmKeyRef) -> HsmError {
+        lock(&self.conn.parts).remove(key);
+        self.not_found(key)
+    }
+
     fn sign(&self, key: &HsmKeyRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, HsmError> {
         let fail = |e: &cryptoki::error::Error| {
-            if is_stale_handle(e) { self.not_found(key) } else { classify(e, "signing in the token") }
+            if is_stale_handle(e) { self.stale(key) } else { classify(e, "signing in the token") }
         };
         match spec {
             KeySpec::Hmac(h) => {
@@ -358,7 +389,7 @@ impl Call<'_> {
         let params = PkcsOaepParams::new(hash_mechanism(hash), mgf(hash), PkcsOaepSource::empty());
         match self.session.decrypt(&Mechanism::RsaPkcsOaep(params), handle, ciphertext) {
             Ok(plaintext) => Ok(Secret::new(plaintext)),
-            Err(e) if is_stale_handle(&e) => Err(self.not_found(key)),
+            Err(e) if is_stale_handle(&e) => Err(self.stale(key)),
             Err(e) => {
                 // A ciphertext the key does not open: refused by the token with one of these.
                 let bad = matches!(
@@ -386,7 +417,9 @@ impl Call<'_> {
         let handle = self.object(key, ObjectClass::PUBLIC_KEY)?;
         let missing = |what: &str| HsmError::Unsupported { detail: format!("the public key has no {what}") };
         let read = |types: &[AttributeType]| {
-            self.session.get_attributes(handle, types).map_err(|e| classify(&e, "reading a public key"))
+            self.session
+                .get_attributes(handle, types)
+                .map_err(|e| if is_stale_handle(&e) { self.stale(key) } else { classify(&e, "reading a public key") })
         };
         match spec {
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
@@ -451,7 +484,7 @@ impl Call<'_> {
         }
         let handle = self.object(key, ObjectClass::SECRET_KEY)?;
         let fail = |e: &cryptoki::error::Error| {
-            if is_stale_handle(e) { self.not_found(key) } else { classify(e, "encrypting in the token") }
+            if is_stale_handle(e) { self.stale(key) } else { classify(e, "encrypting in the token") }
         };
         let mut iv = match iv {
             Some(given) => given,
@@ -512,7 +545,7 @@ impl Call<'_> {
         };
         match answer {
             Ok(plaintext) => Ok(Secret::new(plaintext)),
-            Err(e) if is_stale_handle(&e) => Err(self.not_found(key)),
+            Err(e) if is_stale_handle(&e) => Err(self.stale(key)),
             Err(e) => Err(self.decrypt_error(&e)),
         }
     }
@@ -539,6 +572,7 @@ impl Call<'_> {
     /// Every object of `key`, whatever its class (a pair's two halves, or one secret key).
     pub(super) fn objects_of(&self, key: &HsmKeyRef) -> Result<Vec<ObjectHandle>, HsmError> {
         lock(&self.conn.handles).remove(key);
+        lock(&self.conn.parts).remove(key);
         self.session
             .find_objects(&[Attribute::Id(key.id().to_vec()), Attribute::Label(key.label().as_bytes().to_vec())])
             .map_err(|e| classify(&e, "looking up a key"))

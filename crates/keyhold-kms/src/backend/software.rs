@@ -148,11 +148,11 @@ fn wrapping_key_context(job: &str) -> String {
     format!("{job}#import-wrapping-key")
 }
 
-/// How many slow private-key operations run at once: one per core. More would only share the
-/// cores, and would take the blocking threads the database and the HSM use, so a flood of
-/// SLH-DSA signatures queues here instead.
+/// How many slow private-key operations run at once: two per core, so that one waiting on a
+/// core never leaves it idle. More would only share the cores, and would take the blocking
+/// threads the database and the HSM use, so a flood of SLH-DSA signatures queues here instead.
 static SLOW_OPERATIONS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
-    tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
+    tokio::sync::Semaphore::new(2 * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
 });
 
 /// Runs RSA's private-key operations (milliseconds at 4096 bits) and SLH-DSA signing (a tenth
