@@ -500,6 +500,10 @@ impl Connection {
             }
             _ => {
                 let _ = session.close();
+                // Some tokens (SoftHSM2) renumber object handles once the last session of the
+                // slot closes: the cached handles may now name nothing, or another object.
+                lock(&self.handles).clear();
+                lock(&self.parts).clear();
             }
         }
     }
@@ -694,6 +698,9 @@ impl Call<'_> {
                 Err(e) => return Err(classify(&e, "destroying a key object")),
             }
         }
+        // Again after: a call that looked the key up meanwhile may have cached a handle.
+        lock(&self.conn.handles).remove(key);
+        lock(&self.conn.parts).remove(key);
         tracing::info!(key = %key, "destroyed a key in the HSM token");
         Ok(())
     }

@@ -32,6 +32,7 @@ use keyhold_crypto::{KeyBytes, Secret};
 use tokio::sync::OnceCell;
 
 use crate::algorithm;
+use crate::backend::run_slow;
 use crate::call::Call;
 use crate::clock::Clock;
 use crate::error::KmsError;
@@ -165,13 +166,12 @@ impl Imports {
         }
         let spec = KeySpec::RsaOaep(bits, how.hash);
         // RSA generation takes up to a second at 4096 bits: off the async workers.
-        let (material, public) = tokio::task::spawn_blocking(move || {
+        let (material, public) = run_slow(move || {
             let material = spec.generate()?;
             let public = LoadedKey::from_material(spec, &material)?.public_key_der()?;
             Ok::<_, keys::KeyError>((material, public))
         })
-        .await
-        .map_err(|e| KmsError::Internal(format!("wrapping key generation failed: {e}")))?
+        .await?
         .map_err(|e| KmsError::Internal(format!("{name}: {e}")))?;
         let wrapping_key = self.keys.backends.software().seal_wrapping_key(&name.to_string(), &material).await?;
         let now = self.clock.now();
@@ -300,13 +300,12 @@ impl Imports {
         let wrapped = wrapped.to_vec();
         // RSA private-key operations and RSA key parsing take milliseconds: off the async
         // workers. The material's identity comes back with it, for the fingerprint.
-        let (material, identity) = tokio::task::spawn_blocking(move || {
+        let (material, identity) = run_slow(move || {
             let material = wrapping::unwrap(&job_key, how, &wrapped).map_err(|_| None)?;
             let identity = algorithm::check_imported_material(algorithm, &material).map_err(Some)?;
             Ok::<_, Option<KmsError>>((material, identity))
         })
-        .await
-        .map_err(|e| KmsError::Internal(format!("unwrapping failed: {e}")))?
+        .await?
         .map_err(|e| {
             e.unwrap_or_else(|| {
                 KmsError::InvalidArgument(format!(

@@ -378,7 +378,7 @@ impl Kms {
         let check = Check::Permission(role::VERSIONS_USE_TO_SIGN, &resource);
         self.gate
             .run(caller, Op::kms_read("AsymmetricSign"), resource.clone(), check, async |call| {
-                if let Some(expert) = self.versions.raw_expert_permission(name).await {
+                if let Some(expert) = self.versions.raw_expert_permission(name).await? {
                     self.gate.authorize(call, expert, &resource).await?;
                 }
                 self.versions.asymmetric_sign(call, name, req).await
@@ -477,7 +477,7 @@ impl Kms {
         let check = Check::Permission(role::VERSIONS_USE_TO_ENCRYPT, &resource);
         self.gate
             .run(caller, Op::kms_read("RawEncrypt"), resource.clone(), check, async |call| {
-                if let Some(expert) = self.versions.raw_expert_permission(name).await {
+                if let Some(expert) = self.versions.raw_expert_permission(name).await? {
                     self.gate.authorize(call, expert, &resource).await?;
                 }
                 self.versions.raw_encrypt(call, name, req).await
@@ -496,7 +496,7 @@ impl Kms {
         let check = Check::Permission(role::VERSIONS_USE_TO_DECRYPT, &resource);
         self.gate
             .run(caller, Op::kms_read("RawDecrypt"), resource.clone(), check, async |call| {
-                if let Some(expert) = self.versions.raw_expert_permission(name).await {
+                if let Some(expert) = self.versions.raw_expert_permission(name).await? {
                     self.gate.authorize(call, expert, &resource).await?;
                 }
                 self.versions.raw_decrypt(call, name, req).await

@@ -474,15 +474,33 @@ impl VersionOps {
     /// `useToEncrypt` alone would decrypt) or a raw PKCS#1 signing version (`manageRawPKCS1Keys`:
     /// it signs whatever bytes it is given, a DigestInfo of any hash or none), or `None`
     /// (another algorithm, or no such version: the operation then answers why).
-    pub(crate) async fn raw_expert_permission(&self, name: &CryptoKeyVersionName) -> Option<Permission> {
-        let entry = self.keys.cached(&name.crypto_key).await.ok()?;
-        let algorithm = entry.versions.get(&name.version)?.record.version.algorithm?;
-        match key_spec(algorithm)? {
-            KeySpec::Aes(_, AesMode::Cbc) => Some(role::VERSIONS_MANAGE_RAW_AES_CBC_KEYS),
-            KeySpec::Aes(_, AesMode::Ctr) => Some(role::VERSIONS_MANAGE_RAW_AES_CTR_KEYS),
-            KeySpec::RsaRawPkcs1(_) => Some(role::VERSIONS_MANAGE_RAW_PKCS1_KEYS),
-            _ => None,
+    ///
+    /// The version is looked up as the operation will look it up (the key read again if this
+    /// node has not seen the version yet), so a version created on another node cannot slip
+    /// past the check; a key that cannot be read is an error, never "no extra permission".
+    pub(crate) async fn raw_expert_permission(
+        &self,
+        name: &CryptoKeyVersionName,
+    ) -> Result<Option<Permission>, KmsError> {
+        let mut entry = match self.keys.cached(&name.crypto_key).await {
+            Ok(entry) => entry,
+            // No such key: the operation answers NOT_FOUND after the check of its own permission.
+            Err(KmsError::CryptoKeyNotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if !entry.versions.contains_key(&name.version) {
+            entry = self.keys.refresh_cached(&name.crypto_key, &entry).await?;
         }
+        // Still unknown: NOT_FOUND now, as the operation would answer (were it to find the
+        // version a moment later, it would have skipped this check).
+        let version = entry.versions.get(&name.version).ok_or_else(|| KmsError::VersionNotFound(name.clone()))?;
+        let Some(algorithm) = version.record.version.algorithm else { return Ok(None) };
+        Ok(match key_spec(algorithm) {
+            Some(KeySpec::Aes(_, AesMode::Cbc)) => Some(role::VERSIONS_MANAGE_RAW_AES_CBC_KEYS),
+            Some(KeySpec::Aes(_, AesMode::Ctr)) => Some(role::VERSIONS_MANAGE_RAW_AES_CTR_KEYS),
+            Some(KeySpec::RsaRawPkcs1(_)) => Some(role::VERSIONS_MANAGE_RAW_PKCS1_KEYS),
+            _ => None,
+        })
     }
 }
 

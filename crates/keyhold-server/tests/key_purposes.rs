@@ -736,6 +736,46 @@ async fn raw_keys_encrypt_and_decrypt_with_every_integrity_field() {
     s.err(Method::GET, &format!("{raw}/publicKey"), None, 400, "FAILED_PRECONDITION").await;
 }
 
+/// The expert permission of a raw AES-CBC version is checked on a version this node has not
+/// seen yet (created on another node a moment ago) as on any other: the check reads the key
+/// again, as the operation does, instead of letting the unknown version pass. Node b does not
+/// poll for changes here, so only that reading can show it the new version.
+#[tokio::test]
+async fn raw_expert_permission_holds_for_a_version_made_on_another_node() {
+    let quiet = KmsConfig { change_poll_interval: std::time::Duration::from_secs(3600), ..KmsConfig::default() };
+    let (a, b) = two_postgres_nodes_with(quiet).await;
+    a.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let body = json!({"purpose": "RAW_ENCRYPT_DECRYPT", "versionTemplate": {"algorithm": "AES_128_CBC"}});
+    a.ok(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=cbc"), Some(body)).await;
+    let member = "user:raw-user@example.com";
+    a.grant("projects/p", "roles/cloudkms.cryptoKeyEncrypterDecrypter", member).await;
+    let token = a.token_for(member).await;
+    let plaintext = [7u8; 16];
+    let attempt = |v: u32| {
+        let path = format!("{RING}/cryptoKeys/cbc/cryptoKeyVersions/{v}:rawEncrypt");
+        let (token, b) = (token.clone(), &b);
+        async move { b.call_as(Some(&token), Method::POST, &path, Some(json!({"plaintext": b64(&plaintext)}))).await }
+    };
+    // Node b caches the key with its one version.
+    let (status, v) = attempt(1).await;
+    assert_eq!(status, 403, "{v}");
+    a.ok(Method::POST, &format!("{RING}/cryptoKeys/cbc/cryptoKeyVersions"), Some(json!({}))).await;
+    // Past the cache's minimum interval between two readings of one key.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let (status, v) = attempt(2).await;
+    assert_eq!(status, 403, "version 2, new to node b, needs the permission too: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("manageRawAesCbcKeys"), "{v}");
+    // The owner, on node b, encrypts with it: the version is there.
+    let ok = b
+        .ok(
+            Method::POST,
+            &format!("{RING}/cryptoKeys/cbc/cryptoKeyVersions/2:rawEncrypt"),
+            Some(json!({"plaintext": b64(&plaintext)})),
+        )
+        .await;
+    assert_eq!(unb64(&ok["initializationVector"]).len(), 16);
+}
+
 /// ML-KEM keys: the public key as FIPS 203 raw bytes (`NIST_PQC`) and as a SubjectPublicKeyInfo
 /// that openssl-style tools read (PEM, DER); `decapsulate` gives the secret the sender derived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

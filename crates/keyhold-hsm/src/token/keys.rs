@@ -303,14 +303,31 @@ impl Call<'_> {
         Ok(key)
     }
 
-    /// The object of `key` of `class` (a pair's private or public half, or a secret key), from
-    /// the connection's cache or looked up (and cached). A handle found stale by an operation is
-    /// dropped from the cache by [`Call::stale`].
-    fn object(&self, key: &HsmKeyRef, class: ObjectClass) -> Result<ObjectHandle, HsmError> {
+    /// Runs `f` with the handle of `key`'s object of `class` (a pair's private or public half,
+    /// or a secret key), cached for the connection. A cached handle the token no longer knows
+    /// (the object destroyed, or the handles renumbered after the token's sessions all closed)
+    /// is forgotten, looked up again and tried once more, as [`Call::with_key`] does for AES
+    /// keys. `f`'s own failure comes back as it is, for the caller to map.
+    fn with_object<T>(
+        &self,
+        key: &HsmKeyRef,
+        class: ObjectClass,
+        mut f: impl FnMut(ObjectHandle) -> Result<T, cryptoki::error::Error>,
+    ) -> Result<Result<T, cryptoki::error::Error>, HsmError> {
         let slot = part_slot(class);
         if let Some(handle) = slot.and_then(|i| lock(&self.conn.parts).get(key).and_then(|parts| parts[i])) {
-            return Ok(handle);
+            match f(handle) {
+                Err(e) if is_stale_handle(&e) => lock(&self.conn.parts).remove(key),
+                answer => return Ok(answer),
+            };
         }
+        let handle = self.object(key, class)?;
+        Ok(f(handle))
+    }
+
+    /// Looks up the object of `key` of `class` and caches its handle.
+    fn object(&self, key: &HsmKeyRef, class: ObjectClass) -> Result<ObjectHandle, HsmError> {
+        let slot = part_slot(class);
         let found = self
             .session
             .find_objects(&[
@@ -331,8 +348,9 @@ impl Call<'_> {
         }
     }
 
-    /// A handle of `key` the token no longer knows: the object was destroyed (by another node,
-    /// or by hand). Forgets the key's cached handles; the key is missing unless the token is.
+    /// A handle of `key` the token no longer knows even when just looked up: the object was
+    /// destroyed (by another node, or by hand). Forgets the key's cached handles; the key is
+    /// missing unless the token is.
     fn stale(&self, key: &HsmKeyRef) -> HsmError {
         lock(&self.conn.parts).remove(key);
         self.not_found(key)
@@ -343,24 +361,30 @@ impl Call<'_> {
             if is_stale_handle(e) { self.stale(key) } else { classify(e, "signing in the token") }
         };
         match spec {
-            KeySpec::Hmac(h) => {
-                let handle = self.object(key, ObjectClass::SECRET_KEY)?;
-                self.session.sign(&hmac_mechanism(h), handle, input).map_err(|e| fail(&e))
-            }
+            KeySpec::Hmac(h) => self
+                .with_object(key, ObjectClass::SECRET_KEY, |handle| {
+                    self.session.sign(&hmac_mechanism(h), handle, input)
+                })?
+                .map_err(|e| fail(&e)),
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
-                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
-                let fixed = self.session.sign(&Mechanism::Ecdsa, handle, input).map_err(|e| fail(&e))?;
+                let fixed = self
+                    .with_object(key, ObjectClass::PRIVATE_KEY, |handle| {
+                        self.session.sign(&Mechanism::Ecdsa, handle, input)
+                    })?
+                    .map_err(|e| fail(&e))?;
                 spec.ecdsa_signature_der(&fixed).map_err(token_answer)
             }
             KeySpec::Ed25519 => {
-                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
                 let pure = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-                self.session.sign(&pure, handle, input).map_err(|e| fail(&e))
+                self.with_object(key, ObjectClass::PRIVATE_KEY, |handle| self.session.sign(&pure, handle, input))?
+                    .map_err(|e| fail(&e))
             }
             KeySpec::RsaPkcs1(_, h) => {
-                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
                 let info = KeySpec::digest_info(h, input).map_err(|e| HsmError::invalid(e.to_string()))?;
-                self.session.sign(&Mechanism::RsaPkcs, handle, &info).map_err(|e| fail(&e))
+                self.with_object(key, ObjectClass::PRIVATE_KEY, |handle| {
+                    self.session.sign(&Mechanism::RsaPkcs, handle, &info)
+                })?
+                .map_err(|e| fail(&e))
             }
             KeySpec::RsaRawPkcs1(bits) => {
                 // Type-1 padding of the data as given (the caller's own encoding, if any).
@@ -371,23 +395,28 @@ impl Call<'_> {
                         bits.modulus_len() - 11
                     )));
                 }
-                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
-                self.session.sign(&Mechanism::RsaPkcs, handle, input).map_err(|e| fail(&e))
+                self.with_object(key, ObjectClass::PRIVATE_KEY, |handle| {
+                    self.session.sign(&Mechanism::RsaPkcs, handle, input)
+                })?
+                .map_err(|e| fail(&e))
             }
             KeySpec::RsaPss(_, h) => {
-                let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
                 let params =
                     PkcsPssParams { hash_alg: hash_mechanism(h), mgf: mgf(h), s_len: (h.output_len() as u64).into() };
-                self.session.sign(&Mechanism::RsaPkcsPss(params), handle, input).map_err(|e| fail(&e))
+                let pss = Mechanism::RsaPkcsPss(params);
+                self.with_object(key, ObjectClass::PRIVATE_KEY, |handle| self.session.sign(&pss, handle, input))?
+                    .map_err(|e| fail(&e))
             }
             other => Err(unsupported(other)),
         }
     }
 
     fn decrypt_oaep(&self, key: &HsmKeyRef, hash: Hash, ciphertext: &[u8]) -> Result<Secret, HsmError> {
-        let handle = self.object(key, ObjectClass::PRIVATE_KEY)?;
         let params = PkcsOaepParams::new(hash_mechanism(hash), mgf(hash), PkcsOaepSource::empty());
-        match self.session.decrypt(&Mechanism::RsaPkcsOaep(params), handle, ciphertext) {
+        let oaep = Mechanism::RsaPkcsOaep(params);
+        match self
+            .with_object(key, ObjectClass::PRIVATE_KEY, |handle| self.session.decrypt(&oaep, handle, ciphertext))?
+        {
             Ok(plaintext) => Ok(Secret::new(plaintext)),
             Err(e) if is_stale_handle(&e) => Err(self.stale(key)),
             Err(e) => {
@@ -414,11 +443,9 @@ impl Call<'_> {
     }
 
     fn public_key(&self, key: &HsmKeyRef, spec: KeySpec) -> Result<Vec<u8>, HsmError> {
-        let handle = self.object(key, ObjectClass::PUBLIC_KEY)?;
         let missing = |what: &str| HsmError::Unsupported { detail: format!("the public key has no {what}") };
         let read = |types: &[AttributeType]| {
-            self.session
-                .get_attributes(handle, types)
+            self.with_object(key, ObjectClass::PUBLIC_KEY, |handle| self.session.get_attributes(handle, types))?
                 .map_err(|e| if is_stale_handle(&e) { self.stale(key) } else { classify(&e, "reading a public key") })
         };
         match spec {
@@ -482,7 +509,6 @@ impl Call<'_> {
             }
             _ => {}
         }
-        let handle = self.object(key, ObjectClass::SECRET_KEY)?;
         let fail = |e: &cryptoki::error::Error| {
             if is_stale_handle(e) { self.stale(key) } else { classify(e, "encrypting in the token") }
         };
@@ -494,17 +520,21 @@ impl Call<'_> {
                 .map_err(|e| classify(&e, "drawing an IV from the token"))?,
         };
         let ciphertext = match mode {
-            AesMode::Gcm => {
-                let params = GcmParams::new(&mut iv, aad, ((GCM_TAG_LEN * 8) as u64).into())
-                    .map_err(|e| classify(&e, "encrypting in the token"))?;
-                // A token that makes its own IVs (FIPS mode) writes it back into the buffer: the
-                // nonce answered is the one the token used.
-                self.session.encrypt(&Mechanism::AesGcm(params), handle, plaintext).map_err(|e| fail(&e))?
-            }
+            AesMode::Gcm => self
+                .with_object(key, ObjectClass::SECRET_KEY, |handle| {
+                    // A token that makes its own IVs (FIPS mode) writes it back into the
+                    // buffer: the nonce answered is the one the token used.
+                    let params = GcmParams::new(&mut iv, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
+                    self.session.encrypt(&Mechanism::AesGcm(params), handle, plaintext)
+                })?
+                .map_err(|e| fail(&e))?,
             AesMode::Cbc => {
                 let block: [u8; AES_BLOCK_LEN] =
                     iv.as_slice().try_into().map_err(|_| HsmError::invalid("the IV is 16 bytes"))?;
-                self.session.encrypt(&Mechanism::AesCbc(block), handle, plaintext).map_err(|e| fail(&e))?
+                self.with_object(key, ObjectClass::SECRET_KEY, |handle| {
+                    self.session.encrypt(&Mechanism::AesCbc(block), handle, plaintext)
+                })?
+                .map_err(|e| fail(&e))?
             }
             AesMode::Ctr => return Err(HsmError::invalid("AES-CTR is not served in the token")),
         };
@@ -528,18 +558,21 @@ impl Call<'_> {
         aad: &[u8],
         iv: &[u8],
     ) -> Result<Secret, HsmError> {
-        let handle = self.object(key, ObjectClass::SECRET_KEY)?;
         let answer = match mode {
             AesMode::Gcm => {
-                let mut nonce: [u8; GCM_NONCE_LEN] =
+                let nonce: [u8; GCM_NONCE_LEN] =
                     iv.try_into().map_err(|_| HsmError::invalid("the nonce is 12 bytes"))?;
-                let params = GcmParams::new(&mut nonce, aad, ((GCM_TAG_LEN * 8) as u64).into())
-                    .map_err(|e| classify(&e, "decrypting in the token"))?;
-                self.session.decrypt(&Mechanism::AesGcm(params), handle, ciphertext)
+                self.with_object(key, ObjectClass::SECRET_KEY, |handle| {
+                    let mut nonce = nonce;
+                    let params = GcmParams::new(&mut nonce, aad, ((GCM_TAG_LEN * 8) as u64).into())?;
+                    self.session.decrypt(&Mechanism::AesGcm(params), handle, ciphertext)
+                })?
             }
             AesMode::Cbc => {
                 let block: [u8; AES_BLOCK_LEN] = iv.try_into().map_err(|_| HsmError::invalid("the IV is 16 bytes"))?;
-                self.session.decrypt(&Mechanism::AesCbc(block), handle, ciphertext)
+                self.with_object(key, ObjectClass::SECRET_KEY, |handle| {
+                    self.session.decrypt(&Mechanism::AesCbc(block), handle, ciphertext)
+                })?
             }
             AesMode::Ctr => return Err(HsmError::invalid("AES-CTR is not served in the token")),
         };

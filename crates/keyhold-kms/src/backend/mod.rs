@@ -37,6 +37,7 @@ use crate::root_key::RootKey;
 
 pub(crate) use key_backend::{Erasing, KeyBackend, KeyUse, NewMaterial, SignInput};
 pub use ports::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};
+pub(crate) use software::run_slow;
 
 /// The backend of each protection level this server was started with.
 #[derive(Debug)]

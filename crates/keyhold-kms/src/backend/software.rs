@@ -155,22 +155,29 @@ static SLOW_OPERATIONS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
     tokio::sync::Semaphore::new(2 * std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get))
 });
 
+/// Runs `op` (a slow private-key operation or key generation) on the blocking pool, at most
+/// [`SLOW_OPERATIONS`] at once. The turn is held by the blocking task itself, so a request
+/// dropped while it runs (its client gone) does not free a turn before the work ends.
+pub(crate) async fn run_slow<T: Send + 'static>(op: impl FnOnce() -> T + Send + 'static) -> Result<T, KmsError> {
+    let turn =
+        SLOW_OPERATIONS.acquire().await.map_err(|e| KmsError::Internal(format!("a key operation failed: {e}")))?;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        op()
+    })
+    .await
+    .map_err(|e| KmsError::Internal(format!("a key operation failed: {e}")))
+}
+
 /// Runs RSA's private-key operations (milliseconds at 4096 bits) and SLH-DSA signing (a tenth
-/// of a second) off the async workers, at most [`SLOW_OPERATIONS`] at once; the others
-/// (microseconds) inline.
+/// of a second) through [`run_slow`]; the others (microseconds) inline.
 async fn compute<T: Send + 'static>(
     key: Arc<LoadedKey>,
     op: impl FnOnce(&LoadedKey) -> Result<T, KeyError> + Send + 'static,
 ) -> Result<Result<T, KeyError>, KmsError> {
     match key.spec() {
         KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) | KeySpec::SlhDsaSha2S128 => {
-            let _turn = SLOW_OPERATIONS
-                .acquire()
-                .await
-                .map_err(|e| KmsError::Internal(format!("a key operation failed: {e}")))?;
-            tokio::task::spawn_blocking(move || op(&key))
-                .await
-                .map_err(|e| KmsError::Internal(format!("a key operation failed: {e}")))
+            run_slow(move || op(&key)).await
         }
         _ => Ok(op(&key)),
     }
@@ -224,10 +231,7 @@ impl KeyBackend for SoftwareKeys {
             }
             (_, Some(spec)) => {
                 // RSA generation takes up to a second at 4096 bits: off the async workers.
-                let material = tokio::task::spawn_blocking(move || spec.generate())
-                    .await
-                    .map_err(|e| KmsError::Internal(format!("key generation failed: {e}")))?
-                    .map_err(|e| internal(&context, e))?;
+                let material = run_slow(move || spec.generate()).await?.map_err(|e| internal(&context, e))?;
                 self.seal_private(&context, algorithm, &material).await?
             }
             (a, None) => {

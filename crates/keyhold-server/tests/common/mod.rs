@@ -100,12 +100,17 @@ pub async fn start_on(
 
 /// Two nodes on one fresh PostgreSQL database, sharing a root key.
 pub async fn two_postgres_nodes() -> (Server, Server) {
+    two_postgres_nodes_with(KmsConfig::default()).await
+}
+
+/// [`two_postgres_nodes`], the second node with its own configuration.
+pub async fn two_postgres_nodes_with(b_config: KmsConfig) -> (Server, Server) {
     let root = keyhold_crypto::KeyBytes::generate().unwrap();
     let a = start_with_root(Backend::Postgres, KmsConfig::default(), root.clone()).await;
     let url = a.pg_url.clone().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("unused.db");
-    let b = start_on(Database::Postgres(url), None, None, dir, file, KmsConfig::default(), root).await;
+    let b = start_on(Database::Postgres(url), None, None, dir, file, b_config, root).await;
     (a, b)
 }
 
