@@ -187,8 +187,8 @@ impl HsmToken {
 
     /// Every key in the token whose label starts with `label_prefix` (its AES or HMAC secret key,
     /// or the private half of its pair), as references (label and ID; objects without an ID or
-    /// with a label that is not UTF-8 are skipped). For reconciling the token with the database: Keyhold labels the objects of
-    /// key versions `keyhold:VERSION_NAME:RANDOM`.
+    /// with a label that is not UTF-8 are skipped). For reconciling the token with the database:
+    /// Keyhold labels the objects of key versions `keyhold:VERSION_NAME:RANDOM`.
     pub async fn list_keys(&self, label_prefix: &str) -> Result<Vec<HsmKeyRef>, HsmError> {
         let prefix = label_prefix.to_owned();
         self.run("list_keys", move |call| call.list(&prefix)).await

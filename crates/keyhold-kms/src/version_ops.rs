@@ -473,7 +473,7 @@ impl VersionOps {
     /// (`manageRawAesCbcKeys`, `manageRawAesCtrKeys`: with CTR, encryption is decryption, so
     /// `useToEncrypt` alone would decrypt) or a raw PKCS#1 signing version (`manageRawPKCS1Keys`:
     /// it signs whatever bytes it is given, a DigestInfo of any hash or none), or `None`
-    /// (another algorithm, or no such version: the operation then answers why).
+    /// (another algorithm, or no such key: the operation then answers why).
     ///
     /// The version is looked up as the operation will look it up (the key read again if this
     /// node has not seen the version yet), so a version created on another node cannot slip
