@@ -235,25 +235,17 @@ impl Call<'_> {
         // Secret keys have no CKA_SIGN_RECOVER (the token refuses it in the template).
         let secret = |t: &mut Vec<Attribute>| t.retain(|a| !matches!(a, Attribute::SignRecover(_)));
         match spec {
-            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 | KeySpec::Ed25519 => {
+                let (mechanism, key_type) = match spec {
+                    KeySpec::Ed25519 => (Mechanism::EccEdwardsKeyPairGen, KeyType::EC_EDWARDS),
+                    _ => (Mechanism::EccKeyPairGen, KeyType::EC),
+                };
                 let params = spec.ec_params_der().ok_or_else(|| unsupported(spec))?;
                 let mut pub_t = public(true);
                 pub_t.push(Attribute::EcParams(params.to_vec()));
                 let mut priv_t = private(true);
-                priv_t.push(Attribute::KeyType(KeyType::EC));
-                self.session
-                    .generate_key_pair(&Mechanism::EccKeyPairGen, &pub_t, &priv_t)
-                    .map_err(|e| classify(&e, &what))?;
-            }
-            KeySpec::Ed25519 => {
-                let params = spec.ec_params_der().ok_or_else(|| unsupported(spec))?;
-                let mut pub_t = public(true);
-                pub_t.push(Attribute::EcParams(params.to_vec()));
-                let mut priv_t = private(true);
-                priv_t.push(Attribute::KeyType(KeyType::EC_EDWARDS));
-                self.session
-                    .generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &pub_t, &priv_t)
-                    .map_err(|e| classify(&e, &what))?;
+                priv_t.push(Attribute::KeyType(key_type));
+                self.session.generate_key_pair(&mechanism, &pub_t, &priv_t).map_err(|e| classify(&e, &what))?;
             }
             KeySpec::Aes(bits, _) => {
                 let mut t = private(false);
@@ -283,16 +275,15 @@ impl Call<'_> {
                     .map_err(|e| classify(&e, &what))?;
             }
             KeySpec::Hmac(h) => {
+                // A signing key's template, which already says CKA_DECRYPT false.
                 let mut t = private(true);
                 secret(&mut t);
-                t.retain(|a| !matches!(a, Attribute::Decrypt(_)));
                 t.extend([
                     Attribute::Class(ObjectClass::SECRET_KEY),
                     Attribute::KeyType(KeyType::GENERIC_SECRET),
                     Attribute::ValueLen((h.output_len() as u64).into()),
                     Attribute::Verify(true),
                     Attribute::Encrypt(false),
-                    Attribute::Decrypt(false),
                     Attribute::Wrap(false),
                 ]);
                 self.session.generate_key(&Mechanism::GenericSecretKeyGen, &t).map_err(|e| classify(&e, &what))?;
@@ -357,34 +348,18 @@ impl Call<'_> {
     }
 
     fn sign(&self, key: &HsmKeyRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let fail = |e: &cryptoki::error::Error| {
-            if is_stale_handle(e) { self.stale(key) } else { classify(e, "signing in the token") }
-        };
-        match spec {
-            KeySpec::Hmac(h) => self
-                .with_object(key, ObjectClass::SECRET_KEY, |handle| {
-                    self.session.sign(&hmac_mechanism(h), handle, input)
-                })?
-                .map_err(|e| fail(&e)),
+        let info;
+        let (class, mechanism, signed) = match spec {
+            KeySpec::Hmac(h) => (ObjectClass::SECRET_KEY, hmac_mechanism(h), input),
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
-                let fixed = self
-                    .with_object(key, ObjectClass::PRIVATE_KEY, |handle| {
-                        self.session.sign(&Mechanism::Ecdsa, handle, input)
-                    })?
-                    .map_err(|e| fail(&e))?;
-                spec.ecdsa_signature_der(&fixed).map_err(token_answer)
+                (ObjectClass::PRIVATE_KEY, Mechanism::Ecdsa, input)
             }
             KeySpec::Ed25519 => {
-                let pure = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-                self.with_object(key, ObjectClass::PRIVATE_KEY, |handle| self.session.sign(&pure, handle, input))?
-                    .map_err(|e| fail(&e))
+                (ObjectClass::PRIVATE_KEY, Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)), input)
             }
             KeySpec::RsaPkcs1(_, h) => {
-                let info = KeySpec::digest_info(h, input).map_err(|e| HsmError::invalid(e.to_string()))?;
-                self.with_object(key, ObjectClass::PRIVATE_KEY, |handle| {
-                    self.session.sign(&Mechanism::RsaPkcs, handle, &info)
-                })?
-                .map_err(|e| fail(&e))
+                info = KeySpec::digest_info(h, input).map_err(|e| HsmError::invalid(e.to_string()))?;
+                (ObjectClass::PRIVATE_KEY, Mechanism::RsaPkcs, info.as_slice())
             }
             KeySpec::RsaRawPkcs1(bits) => {
                 // Type-1 padding of the data as given (the caller's own encoding, if any).
@@ -395,19 +370,24 @@ impl Call<'_> {
                         bits.modulus_len() - 11
                     )));
                 }
-                self.with_object(key, ObjectClass::PRIVATE_KEY, |handle| {
-                    self.session.sign(&Mechanism::RsaPkcs, handle, input)
-                })?
-                .map_err(|e| fail(&e))
+                (ObjectClass::PRIVATE_KEY, Mechanism::RsaPkcs, input)
             }
             KeySpec::RsaPss(_, h) => {
                 let params =
                     PkcsPssParams { hash_alg: hash_mechanism(h), mgf: mgf(h), s_len: (h.output_len() as u64).into() };
-                let pss = Mechanism::RsaPkcsPss(params);
-                self.with_object(key, ObjectClass::PRIVATE_KEY, |handle| self.session.sign(&pss, handle, input))?
-                    .map_err(|e| fail(&e))
+                (ObjectClass::PRIVATE_KEY, Mechanism::RsaPkcsPss(params), input)
             }
-            other => Err(unsupported(other)),
+            other => return Err(unsupported(other)),
+        };
+        let signature = self
+            .with_object(key, class, |handle| self.session.sign(&mechanism, handle, signed))?
+            .map_err(|e| if is_stale_handle(&e) { self.stale(key) } else { classify(&e, "signing in the token") })?;
+        match spec {
+            // The token answers r || s; Cloud KMS, DER.
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
+                spec.ecdsa_signature_der(&signature).map_err(token_answer)
+            }
+            _ => Ok(signature),
         }
     }
 
@@ -449,32 +429,26 @@ impl Call<'_> {
                 .map_err(|e| if is_stale_handle(&e) { self.stale(key) } else { classify(&e, "reading a public key") })
         };
         match spec {
-            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => {
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 | KeySpec::Ed25519 => {
                 let point = read(&[AttributeType::EcPoint])?.into_iter().find_map(|a| match a {
                     Attribute::EcPoint(p) => Some(p),
                     _ => None,
                 });
                 let point = point.ok_or_else(|| missing("CKA_EC_POINT"))?;
-                // CKA_EC_POINT is the DER OCTET STRING of the point (PKCS#11 2.40); some tokens
-                // give the point itself.
+                let ed25519 = spec == KeySpec::Ed25519;
+                // CKA_EC_POINT is the DER OCTET STRING of the point, or of Ed25519's 32-byte key
+                // (PKCS#11 2.40, 3.0); some tokens give the point itself (an uncompressed EC
+                // point starts with 0x04 too, hence its second 0x04 checked).
                 let raw = match point.as_slice() {
-                    [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && rest.first() == Some(&0x04) => rest,
+                    [0x04, len, rest @ ..]
+                        if usize::from(*len) == rest.len() && (ed25519 || rest.first() == Some(&0x04)) =>
+                    {
+                        rest
+                    }
                     other => other,
                 };
-                spec.ec_public_key_der(raw).map_err(token_answer)
-            }
-            KeySpec::Ed25519 => {
-                let point = read(&[AttributeType::EcPoint])?.into_iter().find_map(|a| match a {
-                    Attribute::EcPoint(p) => Some(p),
-                    _ => None,
-                });
-                let point = point.ok_or_else(|| missing("CKA_EC_POINT"))?;
-                // The DER OCTET STRING of the 32-byte key, or the key itself.
-                let raw = match point.as_slice() {
-                    [0x04, 0x20, rest @ ..] if rest.len() == 32 => rest,
-                    other => other,
-                };
-                spec.ed25519_public_key_der(raw).map_err(token_answer)
+                if ed25519 { spec.ed25519_public_key_der(raw) } else { spec.ec_public_key_der(raw) }
+                    .map_err(token_answer)
             }
             KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaRawPkcs1(_) | KeySpec::RsaOaep(..) => {
                 let (mut n, mut e) = (None, None);
