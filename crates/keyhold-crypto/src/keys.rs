@@ -36,6 +36,9 @@ use zeroize::Zeroizing;
 
 use crate::secret::Secret;
 
+mod parts;
+pub use parts::{PrivateParts, RsaParts};
+
 /// A hash function, as an algorithm names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hash {

@@ -143,6 +143,19 @@ impl HsmToken {
         self.run("generate_key", move |call| call.generate(&label)).await
     }
 
+    /// Puts an imported AES-256 key (`material`, 32 bytes) into the token as an object like the
+    /// ones [`HsmToken::generate_key`] makes (`C_CreateObject`), labelled `label`, with a random
+    /// `CKA_ID`. The token's copy of `material` is wiped once the token has it.
+    pub async fn import_key(&self, label: &str, material: &Secret) -> Result<HsmKeyRef, HsmError> {
+        validate_label(label)?;
+        if material.expose().len() != 32 {
+            return Err(HsmError::invalid(format!("an AES-256 key is 32 bytes, not {}", material.expose().len())));
+        }
+        let label = label.to_owned();
+        let material = material.clone();
+        self.run("import_key", move |call| call.import(&label, &material)).await
+    }
+
     /// The key labelled `label` if the token holds exactly one, else a new one (for the KMS
     /// root key living in the token). Two servers starting for the first time at the same
     /// moment could both generate; start one first.
@@ -545,38 +558,79 @@ impl Drop for Connection {
     }
 }
 
+/// The attributes of a KMS AES-256 key object, generated or imported: a token object, sensitive
+/// and never extractable, usable only to encrypt and decrypt.
+fn aes_template(key: &HsmKeyRef) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Encrypt(true),
+        Attribute::Decrypt(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::Label(key.label().as_bytes().to_vec()),
+        Attribute::Id(key.id().to_vec()),
+    ]
+}
+
+/// Wipes the secret values of a template once the token has its copy (`cryptoki`'s attributes
+/// are plain vectors).
+fn wipe(template: &mut [Attribute]) {
+    use zeroize::Zeroize as _;
+    for a in template {
+        match a {
+            Attribute::Value(v)
+            | Attribute::PrivateExponent(v)
+            | Attribute::Prime1(v)
+            | Attribute::Prime2(v)
+            | Attribute::Exponent1(v)
+            | Attribute::Exponent2(v)
+            | Attribute::Coefficient(v) => v.zeroize(),
+            _ => {}
+        }
+    }
+}
+
 impl Call<'_> {
-    fn generate(&self, label: &str) -> Result<HsmKeyRef, HsmError> {
+    /// A reference labelled `label` with a fresh `CKA_ID` from the token's generator.
+    fn new_key_ref(&self, label: &str) -> Result<HsmKeyRef, HsmError> {
         let id = self
             .session
             .generate_random_vec(KEY_ID_LEN as u32)
             .map_err(|e| classify(&e, "drawing a key ID from the token"))?;
-        let key = HsmKeyRef::new(label, id)?;
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::AES),
-            Attribute::ValueLen(32.into()),
-            Attribute::Token(true),
-            Attribute::Private(true),
-            Attribute::Sensitive(true),
-            Attribute::Extractable(false),
-            Attribute::Modifiable(false),
-            Attribute::Encrypt(true),
-            Attribute::Decrypt(true),
-            Attribute::Wrap(false),
-            Attribute::Unwrap(false),
-            Attribute::Sign(false),
-            Attribute::Verify(false),
-            Attribute::Derive(false),
-            Attribute::Label(key.label().as_bytes().to_vec()),
-            Attribute::Id(key.id().to_vec()),
-        ];
+        HsmKeyRef::new(label, id)
+    }
+
+    fn generate(&self, label: &str) -> Result<HsmKeyRef, HsmError> {
+        let key = self.new_key_ref(label)?;
+        let mut template = aes_template(&key);
+        template.push(Attribute::ValueLen(32.into()));
         let handle = self
             .session
             .generate_key(&Mechanism::AesKeyGen, &template)
             .map_err(|e| classify(&e, "generating an AES-256 key in the token"))?;
         lock(&self.conn.handles).insert(key.clone(), handle);
         tracing::info!(key = %key, "generated an AES-256 key in the HSM token");
+        Ok(key)
+    }
+
+    fn import(&self, label: &str, material: &Secret) -> Result<HsmKeyRef, HsmError> {
+        let key = self.new_key_ref(label)?;
+        let mut template = aes_template(&key);
+        template.push(Attribute::Value(material.expose().to_vec()));
+        let created = self.session.create_object(&template);
+        wipe(&mut template);
+        let handle = created.map_err(|e| classify(&e, "importing an AES-256 key into the token"))?;
+        lock(&self.conn.handles).insert(key.clone(), handle);
+        tracing::info!(key = %key, "imported an AES-256 key into the HSM token");
         Ok(key)
     }
 

@@ -21,8 +21,8 @@ use std::sync::Arc;
 use keyhold_api::messages::ImportCryptoKeyVersionRequest;
 use keyhold_api::page::Page;
 use keyhold_api::resources::{
-    CryptoKeyVersion, ImportJob, ImportJobState, ImportMethod, ProtectionLevel, Purpose, VersionState,
-    WrappingPublicKey,
+    CryptoKeyVersion, ImportJob, ImportJobState, ImportMethod, KeyOperationAttestation, ProtectionLevel, Purpose,
+    VersionState, WrappingPublicKey,
 };
 use keyhold_api::wire::ProtoDuration;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName};
@@ -32,7 +32,7 @@ use keyhold_crypto::{KeyBytes, Secret};
 use tokio::sync::OnceCell;
 
 use crate::algorithm;
-use crate::backend::run_slow;
+use crate::backend::{Erasing, run_slow};
 use crate::call::Call;
 use crate::clock::Clock;
 use crate::error::KmsError;
@@ -138,16 +138,16 @@ impl Imports {
                 "ImportMethod {method} is not served by Keyhold; use one of the RSA_OAEP methods (docs/api.md)."
             )));
         };
-        match request.protection_level {
-            Some(ProtectionLevel::Software) => {}
+        let level = match request.protection_level {
+            Some(ProtectionLevel::Software) => ProtectionLevel::Software,
+            // Refused (501) on a server without a token.
+            Some(ProtectionLevel::Hsm) => {
+                self.keys.backends.hsm()?;
+                ProtectionLevel::Hsm
+            }
             None | Some(ProtectionLevel::Unspecified) => {
                 return Err(KmsError::InvalidArgument(
                     "protection_level is required: the protection level of the keys the job imports into.".into(),
-                ));
-            }
-            Some(ProtectionLevel::Hsm) => {
-                return Err(KmsError::Unimplemented(
-                    "Import jobs of protection level HSM are not served by Keyhold yet; SOFTWARE jobs are.".into(),
                 ));
             }
             Some(level) => {
@@ -155,7 +155,7 @@ impl Imports {
                     "Import jobs are for SOFTWARE and HSM keys; keys of protection level {level} cannot be imported."
                 )));
             }
-        }
+        };
         if !request.crypto_key_backend.is_empty() {
             return Err(KmsError::Unimplemented("cryptoKeyBackend (EKM connections) is not supported.".into()));
         }
@@ -178,7 +178,8 @@ impl Imports {
         let job = ImportJob {
             name: name.to_string(),
             import_method: Some(method),
-            protection_level: Some(ProtectionLevel::Software),
+            protection_level: Some(level),
+            attestation: (level == ProtectionLevel::Hsm).then(hsm_job_statement),
             create_time: Some(now),
             generate_time: Some(now),
             expire_time: Some(now.add(IMPORT_JOB_LIFETIME)),
@@ -363,9 +364,14 @@ impl Imports {
                 let made = backend.import(name, algorithm, &material).await?;
                 call.set_key_version(name.to_string());
                 let job = job_name.to_string();
-                self.keys
+                // Whether the last attempt's update was tried: only then may it have committed.
+                let mut written = false;
+                let updated = self
+                    .keys
                     .modify_version(call, name, |v, _| {
+                        written = false;
                         check_reimport(name, &v.version, algorithm)?;
+                        written = true;
                         v.version.state = Some(VersionState::Enabled);
                         v.version.import_job = job.clone();
                         v.version.import_time = Some(now);
@@ -376,11 +382,44 @@ impl Imports {
                         v.material = made.material.clone();
                         Ok(())
                     })
-                    .await?
-                    .version
+                    .await;
+                match updated {
+                    Ok(v) => v.version,
+                    Err(e) => {
+                        // New material no version uses (an HSM object) goes at once, unless
+                        // the update may have committed: then `keyhold hsm reconcile` decides.
+                        if !written || matches!(e, KmsError::Contention(_)) {
+                            backend.erase(name, &made.material, Erasing::NotCreated).await;
+                        } else {
+                            tracing::warn!(
+                                version = %name, material = ?made.material, error = %e,
+                                "a re-import's update failed in a way that may still have committed; its new key \
+                                 material is left: `keyhold hsm reconcile` removes it if no version uses it"
+                            );
+                        }
+                        return Err(e);
+                    }
+                }
             }
         };
         Ok(version)
+    }
+}
+
+/// What an HSM import job's `attestation` says. Cloud KMS generates an HSM job's wrapping key in
+/// its HSM and attests it with the HSM vendor's signature; Keyhold's wrapping key is a SOFTWARE
+/// key, and the statement says so rather than pretend.
+fn hsm_job_statement() -> KeyOperationAttestation {
+    let statement = serde_json::json!({
+        "statement": "This import job's wrapping key is not held in the HSM: Keyhold generated it and keeps its private \
+                      half sealed by the root key. Key material wrapped for it is unwrapped in Keyhold's memory and \
+                      created in the PKCS#11 token as a key with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false; the \
+                      imported version's own attestation describes the token.",
+        "wrappingKeyProtectionLevel": "SOFTWARE",
+    });
+    KeyOperationAttestation {
+        format: "ATTESTATION_FORMAT_UNSPECIFIED".into(),
+        content: Some(keyhold_api::wire::Bytes(statement.to_string().into_bytes())),
     }
 }
 

@@ -45,7 +45,7 @@ pub mod scheduler;
 mod validate;
 mod version_ops;
 
-pub use backend::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};
+pub use backend::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends, KeyOrigin};
 pub use call::{Caller, ServiceCall};
 pub use config::KmsConfig;
 pub use crypto_ops::{EncryptTarget, MAX_CIPHERTEXT, MAX_PLAINTEXT};

@@ -15,7 +15,7 @@ use keyhold_crypto::{KeyBytes, Secret};
 use keyhold_hsm::{HsmError, HsmKeyRef, HsmToken};
 use keyhold_kms::repo::KmsRepository;
 use keyhold_kms::root_key::RootKey;
-use keyhold_kms::{BackendError, HsmBackend, HsmObjectRef, VersionMaterial};
+use keyhold_kms::{BackendError, HsmBackend, HsmObjectRef, KeyOrigin, VersionMaterial};
 use keyhold_sql::Database;
 
 fn backend_error(e: HsmError) -> BackendError {
@@ -43,6 +43,10 @@ impl HsmBackend for TokenBackend {
         self.0.generate_key(label).await.map(|k| HsmObjectRef::new(k.to_string())).map_err(backend_error)
     }
 
+    async fn import_key(&self, label: &str, material: &Secret) -> Result<HsmObjectRef, BackendError> {
+        self.0.import_key(label, material).await.map(|k| HsmObjectRef::new(k.to_string())).map_err(backend_error)
+    }
+
     async fn encrypt(&self, key: &HsmObjectRef, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, BackendError> {
         self.0.encrypt(&key_ref(key)?, plaintext, aad).await.map_err(backend_error)
     }
@@ -65,6 +69,14 @@ impl HsmBackend for TokenBackend {
 
     async fn generate_key_of(&self, spec: KeySpec, label: &str) -> Result<HsmObjectRef, BackendError> {
         self.0.generate_key_of(spec, label).await.map(|k| HsmObjectRef::new(k.to_string())).map_err(backend_error)
+    }
+
+    async fn import_key_of(&self, spec: KeySpec, label: &str, material: &Secret) -> Result<HsmObjectRef, BackendError> {
+        self.0
+            .import_key_of(spec, label, material)
+            .await
+            .map(|k| HsmObjectRef::new(k.to_string()))
+            .map_err(backend_error)
     }
 
     async fn sign(&self, key: &HsmObjectRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, BackendError> {
@@ -101,15 +113,24 @@ impl HsmBackend for TokenBackend {
         self.0.raw_decrypt(&key_ref(key)?, spec, ciphertext, aad, iv).await.map_err(backend_error)
     }
 
-    async fn attestation(&self, key: &HsmObjectRef) -> Result<String, BackendError> {
+    async fn attestation(&self, key: &HsmObjectRef, origin: KeyOrigin) -> Result<String, BackendError> {
         let info = self.0.info().await.map_err(backend_error)?;
         let certified = if info.is_software_token() {
             "This is a software token, not a certified HSM: the key is non-extractable only as far as the software enforces it."
         } else {
             "Keyhold has no vendor attestation for this token; this statement is what the token reports about itself."
         };
+        let how = match origin {
+            KeyOrigin::Generated => {
+                "Keyhold generated this key inside the PKCS#11 token with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false;"
+            }
+            KeyOrigin::Imported => {
+                "Keyhold imported this key: it unwrapped the key material from the import job's wrapping in its own memory (not in the token) and created the key in the PKCS#11 token with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false, wiping its copy;"
+            }
+        };
         Ok(serde_json::json!({
-            "statement": format!("Keyhold generated this key inside the PKCS#11 token with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false; every operation with its private or secret part runs in the token. {certified}"),
+            "statement": format!("{how} every operation with its private or secret part runs in the token. {certified}"),
+            "origin": match origin { KeyOrigin::Generated => "GENERATED", KeyOrigin::Imported => "IMPORTED" },
             "keyObject": key.as_str(),
             "token": info.description(),
             "tokenLabel": info.token_label,

@@ -955,3 +955,346 @@ async fn hsm_raw_round_trip(d: &Path, port: u16, version: &str, algorithm: &str)
         assert_eq!(unb64(&other["plaintext"])[16..], plaintext[16..], "CBC: only the first block depends on the IV");
     }
 }
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Wraps the file `key` in `d` for the import job whose public key is in `job.pem`, as Google's
+/// guide does with OpenSSL: RSA-OAEP (SHA-256) of a fresh AES key, then AES key wrap with
+/// padding of the key (`aes_kwp`), or RSA-OAEP of the key itself.
+fn wrap(d: &Path, key: &str, aes_kwp: bool) -> Vec<u8> {
+    let rsa = |input: &str, out: &str| {
+        openssl(
+            d,
+            &[
+                "pkeyutl",
+                "-encrypt",
+                "-pubin",
+                "-inkey",
+                "job.pem",
+                "-in",
+                input,
+                "-out",
+                out,
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-pkeyopt",
+                "rsa_oaep_md:sha256",
+                "-pkeyopt",
+                "rsa_mgf1_md:sha256",
+            ],
+        );
+    };
+    if !aes_kwp {
+        rsa(key, "wrapped");
+        return std::fs::read(d.join("wrapped")).unwrap();
+    }
+    openssl(d, &["rand", "-out", "temp_aes", "32"]);
+    rsa("temp_aes", "wrapped_aes");
+    let kek = hex(&std::fs::read(d.join("temp_aes")).unwrap());
+    openssl(d, &["enc", "-id-aes256-wrap-pad", "-iv", "A65959A6", "-K", &kek, "-in", key, "-out", "wrapped_key"]);
+    [std::fs::read(d.join("wrapped_aes")).unwrap(), std::fs::read(d.join("wrapped_key")).unwrap()].concat()
+}
+
+/// Issue 19, import into HSM keys: an HSM import job (its wrapping key a SOFTWARE key, which
+/// its attestation says), and keys of every kind the token holds, made by OpenSSL and wrapped
+/// for the job as Google's guide does, imported into the SoftHSM2 token: what the token then
+/// signs verifies with OpenSSL against OpenSSL's own public key, what OpenSSL encrypts to it
+/// decrypts, its MACs and raw AES ciphertexts are OpenSSL's. The objects are sensitive and
+/// not extractable (read with `pkcs11-tool`); a destroyed imported version's object leaves the
+/// token, and the same material imported again makes a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsm_import_jobs_put_imported_keys_into_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf = softhsm(d);
+    let pin_file = d.join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let server = spawn_hsm_server_with(d, &conf, &pin_file, 0, &["--min-destroy-scheduled-duration", "1s"]).await;
+    let port = server.port;
+    let ring = format!("{LOC}/keyRings/r");
+    call(d, port, Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), json!({})).await;
+
+    // The job: HSM, with a statement that its wrapping key is not in the HSM.
+    let job = call(
+        d,
+        port,
+        Method::POST,
+        &format!("{ring}/importJobs?importJobId=kwp"),
+        json!({"importMethod": "RSA_OAEP_3072_SHA256_AES_256", "protectionLevel": "HSM"}),
+    )
+    .await;
+    assert_eq!((job["protectionLevel"].as_str(), job["state"].as_str()), (Some("HSM"), Some("ACTIVE")), "{job}");
+    let statement = String::from_utf8(unb64(&job["attestation"]["content"])).unwrap();
+    assert!(statement.contains("wrapping key is not held in the HSM"), "{statement}");
+    std::fs::write(d.join("job.pem"), job["publicKey"]["pem"].as_str().unwrap()).unwrap();
+    let job = format!("{ring}/importJobs/kwp");
+    // A SOFTWARE job does not import into HSM keys.
+    call(
+        d,
+        port,
+        Method::POST,
+        &format!("{ring}/importJobs?importJobId=sw"),
+        json!({"importMethod": "RSA_OAEP_3072_SHA256", "protectionLevel": "SOFTWARE"}),
+    )
+    .await;
+
+    std::fs::write(d.join("input.txt"), b"signed by an imported key").unwrap();
+    let genpkey = |file: &str, args: &[&str]| {
+        let mut a = vec!["genpkey"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["-out", file]);
+        openssl(d, &a);
+        let der = file.replace(".pem", ".der");
+        openssl(d, &["pkcs8", "-topk8", "-nocrypt", "-in", file, "-outform", "DER", "-out", &der]);
+        der
+    };
+    let cases = [
+        (
+            "ec256",
+            "ASYMMETRIC_SIGN",
+            "EC_SIGN_P256_SHA256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"][..],
+        ),
+        (
+            "ec384",
+            "ASYMMETRIC_SIGN",
+            "EC_SIGN_P384_SHA384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"][..],
+        ),
+        (
+            "k1",
+            "ASYMMETRIC_SIGN",
+            "EC_SIGN_SECP256K1_SHA256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:secp256k1"][..],
+        ),
+        ("ed", "ASYMMETRIC_SIGN", "EC_SIGN_ED25519", &["-algorithm", "ED25519"][..]),
+        (
+            "rsa",
+            "ASYMMETRIC_SIGN",
+            "RSA_SIGN_PKCS1_2048_SHA256",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+        ),
+        (
+            "oaep",
+            "ASYMMETRIC_DECRYPT",
+            "RSA_DECRYPT_OAEP_2048_SHA1",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"][..],
+        ),
+    ];
+    let mut versions = Vec::new();
+    for (id, purpose, algorithm, gen_args) in cases {
+        let pem = format!("{id}.pem");
+        let der = genpkey(&pem, gen_args);
+        let key = format!("{ring}/cryptoKeys/{id}");
+        let body = json!({"purpose": purpose, "importOnly": true, "destroyScheduledDuration": "1s",
+            "versionTemplate": {"algorithm": algorithm, "protectionLevel": "HSM"}});
+        call(
+            d,
+            port,
+            Method::POST,
+            &format!("{ring}/cryptoKeys?cryptoKeyId={id}&skipInitialVersionCreation=true"),
+            body,
+        )
+        .await;
+        let wrapped = wrap(d, &der, true);
+        let import = json!({"algorithm": algorithm, "importJob": job, "wrappedKey": b64(&wrapped)});
+        if id == "ec256" {
+            // The SOFTWARE job is refused for an HSM key, before anything is unwrapped.
+            let sw = json!({"algorithm": algorithm, "importJob": format!("{ring}/importJobs/sw"), "wrappedKey": b64(&wrapped)});
+            let (status, v) = post(d, port, &format!("{key}/cryptoKeyVersions:import"), sw).await;
+            assert_eq!((status, v["error"]["status"].as_str()), (400, Some("FAILED_PRECONDITION")), "{v}");
+        }
+        let v = call(d, port, Method::POST, &format!("{key}/cryptoKeyVersions:import"), import).await;
+        assert_eq!((v["state"].as_str(), v["protectionLevel"].as_str()), (Some("ENABLED"), Some("HSM")), "{v}");
+        let attestation = String::from_utf8(unb64(&v["attestation"]["content"])).unwrap();
+        assert!(attestation.contains("\"origin\":\"IMPORTED\""), "{attestation}");
+        let version = v["name"].as_str().unwrap().to_string();
+        check_imported_pair(d, port, &version, &pem, algorithm).await;
+        versions.push((version, pem, algorithm, wrapped));
+    }
+
+    // Secret keys: HMAC and the symmetric key wrapped by RSA-OAEP alone, raw AES-CBC with KWP.
+    call(
+        d,
+        port,
+        Method::POST,
+        &format!("{ring}/importJobs?importJobId=direct"),
+        json!({"importMethod": "RSA_OAEP_3072_SHA256", "protectionLevel": "HSM"}),
+    )
+    .await;
+    let direct = call(d, port, Method::GET, &format!("{ring}/importJobs/direct"), json!({})).await;
+    let kwp_pem = std::fs::read(d.join("job.pem")).unwrap();
+    std::fs::write(d.join("job.pem"), direct["publicKey"]["pem"].as_str().unwrap()).unwrap();
+    let secret: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+    std::fs::write(d.join("secret.key"), &secret).unwrap();
+    let wrapped_secret = wrap(d, "secret.key", false);
+    std::fs::write(d.join("job.pem"), kwp_pem).unwrap();
+    let aes128: Vec<u8> = (0..16u8).map(|i| i * 3 + 1).collect();
+    std::fs::write(d.join("aes128.key"), &aes128).unwrap();
+    let wrapped_aes = wrap(d, "aes128.key", true);
+    let direct = format!("{ring}/importJobs/direct");
+    for (id, purpose, algorithm, import_job, wrapped) in [
+        ("mac", "MAC", "HMAC_SHA256", &direct, &wrapped_secret),
+        ("sym", "ENCRYPT_DECRYPT", "GOOGLE_SYMMETRIC_ENCRYPTION", &direct, &wrapped_secret),
+        ("cbc", "RAW_ENCRYPT_DECRYPT", "AES_128_CBC", &job, &wrapped_aes),
+    ] {
+        let key = format!("{ring}/cryptoKeys/{id}");
+        let body = json!({"purpose": purpose, "importOnly": true,
+            "versionTemplate": {"algorithm": algorithm, "protectionLevel": "HSM"}});
+        call(
+            d,
+            port,
+            Method::POST,
+            &format!("{ring}/cryptoKeys?cryptoKeyId={id}&skipInitialVersionCreation=true"),
+            body,
+        )
+        .await;
+        let import = json!({"algorithm": algorithm, "importJob": import_job, "wrappedKey": b64(wrapped)});
+        let v = call(d, port, Method::POST, &format!("{key}/cryptoKeyVersions:import"), import).await;
+        assert_eq!(v["protectionLevel"], "HSM", "{v}");
+        let version = v["name"].as_str().unwrap().to_string();
+        match purpose {
+            "MAC" => {
+                let tag = call(d, port, Method::POST, &format!("{version}:macSign"), json!({"data": b64(b"m")})).await;
+                std::fs::write(d.join("m"), b"m").unwrap();
+                let macopt = format!("hexkey:{}", hex(&secret));
+                let theirs = openssl(d, &["dgst", "-sha256", "-mac", "HMAC", "-macopt", &macopt, "-binary", "m"]);
+                assert_eq!(unb64(&tag["mac"]), theirs, "the token's HMAC key is the imported one");
+            }
+            "ENCRYPT_DECRYPT" => {
+                call(d, port, Method::POST, &format!("{key}:updatePrimaryVersion"), json!({"cryptoKeyVersionId": "1"}))
+                    .await;
+                let ct =
+                    call(d, port, Method::POST, &format!("{key}:encrypt"), json!({"plaintext": b64(b"hello")})).await;
+                assert_eq!(ct["protectionLevel"], "HSM", "{ct}");
+                let pt =
+                    call(d, port, Method::POST, &format!("{key}:decrypt"), json!({"ciphertext": ct["ciphertext"]}))
+                        .await;
+                assert_eq!(unb64(&pt["plaintext"]), b"hello");
+            }
+            _ => {
+                let plaintext = [0x42u8; 32];
+                let iv = [9u8; 16];
+                let body = json!({"plaintext": b64(&plaintext), "initializationVector": b64(&iv)});
+                let e = call(d, port, Method::POST, &format!("{version}:rawEncrypt"), body).await;
+                std::fs::write(d.join("pt"), plaintext).unwrap();
+                let theirs =
+                    openssl(d, &["enc", "-aes-128-cbc", "-nopad", "-K", &hex(&aes128), "-iv", &hex(&iv), "-in", "pt"]);
+                assert_eq!(unb64(&e["ciphertext"]), theirs, "the token's AES key is the imported one");
+            }
+        }
+    }
+
+    // In the token: a private and a public object per pair, one secret object per secret key,
+    // all sensitive and none extractable.
+    let out = Command::new("pkcs11-tool")
+        .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
+        .env("SOFTHSM2_CONF", &conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    // One block per object: a heading line ("Private Key Object; EC ..."), then indented lines.
+    let mut objects: Vec<String> = Vec::new();
+    for line in listing.lines() {
+        match objects.last_mut() {
+            Some(o) if line.starts_with(' ') => o.push_str(&format!("\n{line}")),
+            _ => objects.push(line.to_string()),
+        }
+    }
+    objects.retain(|o| o.contains("label:      keyhold:"));
+    let kinds = |kind: &str| objects.iter().filter(|o| o.starts_with(kind)).count();
+    assert_eq!((kinds("Private Key"), kinds("Public Key"), kinds("Secret Key")), (6, 6, 3), "{listing}");
+    for o in objects.iter().filter(|o| !o.starts_with("Public Key")) {
+        let access = o.lines().find(|l| l.trim_start().starts_with("Access:")).unwrap_or_default();
+        assert!(
+            access.contains("sensitive") && !access.replace("never extractable", "").contains("extractable"),
+            "{o}"
+        );
+    }
+
+    // A destroyed imported version's objects leave the token; the same material imported into
+    // it again makes new ones that sign as before.
+    let (version, pem, algorithm, wrapped) = versions.swap_remove(0);
+    let label = format!("keyhold:{version}:");
+    call(d, port, Method::POST, &format!("{version}:destroy"), json!({})).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = call(d, port, Method::GET, &version, json!({})).await;
+        if v["state"] == "DESTROYED" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not destroyed: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pairs = |conf: &Path| {
+        let out = Command::new("pkcs11-tool")
+            .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
+            .env("SOFTHSM2_CONF", conf)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).matches(label.as_str()).count()
+    };
+    assert_eq!(pairs(&conf), 0, "the destroyed version's objects are gone");
+    let key = version.split("/cryptoKeyVersions/").next().unwrap();
+    let again =
+        json!({"algorithm": algorithm, "importJob": job, "wrappedKey": b64(&wrapped), "cryptoKeyVersion": version});
+    let v = call(d, port, Method::POST, &format!("{key}/cryptoKeyVersions:import"), again).await;
+    assert_eq!((v["name"].as_str(), v["state"].as_str()), (Some(version.as_str()), Some("ENABLED")), "{v}");
+    assert_eq!(pairs(&conf), 2, "a new private and public object");
+    check_imported_pair(d, port, &version, &pem, algorithm).await;
+    drop(server);
+}
+
+/// The imported pair's public key is OpenSSL's own (`pem` holds the private key), and what the
+/// token signs verifies with it, or what OpenSSL encrypts to it decrypts.
+async fn check_imported_pair(d: &Path, port: u16, version: &str, pem: &str, algorithm: &str) {
+    let pk = call(d, port, Method::GET, &format!("{version}/publicKey"), json!({})).await;
+    let theirs = String::from_utf8(openssl(d, &["pkey", "-in", pem, "-pubout"])).unwrap();
+    assert_eq!(pk["pem"].as_str(), Some(theirs.as_str()), "{algorithm}");
+    std::fs::write(d.join("pub.pem"), &theirs).unwrap();
+    if algorithm.starts_with("RSA_DECRYPT") {
+        openssl(
+            d,
+            &[
+                "pkeyutl",
+                "-encrypt",
+                "-pubin",
+                "-inkey",
+                "pub.pem",
+                "-in",
+                "input.txt",
+                "-out",
+                "ct",
+                "-pkeyopt",
+                "rsa_padding_mode:oaep",
+                "-pkeyopt",
+                "rsa_oaep_md:sha1",
+            ],
+        );
+        let ct = std::fs::read(d.join("ct")).unwrap();
+        let pt =
+            call(d, port, Method::POST, &format!("{version}:asymmetricDecrypt"), json!({"ciphertext": b64(&ct)})).await;
+        assert_eq!(unb64(&pt["plaintext"]), b"signed by an imported key");
+        return;
+    }
+    let sig = call(
+        d,
+        port,
+        Method::POST,
+        &format!("{version}:asymmetricSign"),
+        json!({"data": b64(b"signed by an imported key")}),
+    )
+    .await;
+    std::fs::write(d.join("sig"), unb64(&sig["signature"])).unwrap();
+    let args: Vec<&str> = match algorithm {
+        "EC_SIGN_ED25519" => {
+            vec!["pkeyutl", "-verify", "-pubin", "-inkey", "pub.pem", "-rawin", "-in", "input.txt", "-sigfile", "sig"]
+        }
+        a if a.ends_with("SHA384") => vec!["dgst", "-sha384", "-verify", "pub.pem", "-signature", "sig", "input.txt"],
+        _ => vec!["dgst", "-sha256", "-verify", "pub.pem", "-signature", "sig", "input.txt"],
+    };
+    openssl(d, &args);
+}

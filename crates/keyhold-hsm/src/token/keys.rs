@@ -11,9 +11,11 @@ use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, Pkcs
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use keyhold_crypto::Secret;
-use keyhold_crypto::keys::{AES_BLOCK_LEN, AesMode, GCM_NONCE_LEN, GCM_TAG_LEN, Hash, KeySpec, RawCiphertext};
+use keyhold_crypto::keys::{
+    AES_BLOCK_LEN, AesMode, GCM_NONCE_LEN, GCM_TAG_LEN, Hash, KeySpec, PrivateParts, RawCiphertext,
+};
 
-use super::{Call, HsmToken, KEY_ID_LEN, lock};
+use super::{Call, HsmToken, lock, wipe};
 use crate::error::{classify, is_stale_handle};
 use crate::key_ref::validate_label;
 use crate::{HsmError, HsmKeyRef};
@@ -118,6 +120,95 @@ fn hmac_mechanism(h: Hash) -> Mechanism<'static> {
     }
 }
 
+/// The templates of a key's objects, generated or imported alike: a token object labelled and
+/// identified as `key`, usable with its one mechanism; the private (or secret) object private,
+/// sensitive and never extractable, signing or decrypting only; the public object verifying or
+/// encrypting only.
+struct Templates {
+    named: [Attribute; 3],
+    signs: bool,
+    spec: KeySpec,
+}
+
+impl Templates {
+    fn new(key: &HsmKeyRef, spec: KeySpec) -> Result<Self, HsmError> {
+        let allowed = allowed_mechanism(spec).ok_or_else(|| unsupported(spec))?;
+        let named = [
+            Attribute::Label(key.label().as_bytes().to_vec()),
+            Attribute::Id(key.id().to_vec()),
+            Attribute::AllowedMechanisms(vec![allowed]),
+        ];
+        let signs = !matches!(spec, KeySpec::RsaOaep(..) | KeySpec::Aes(..));
+        Ok(Self { named, signs, spec })
+    }
+
+    fn private(&self) -> Vec<Attribute> {
+        let mut t = vec![
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Modifiable(false),
+            Attribute::Sign(self.signs),
+            Attribute::Decrypt(!self.signs),
+            Attribute::Unwrap(false),
+            Attribute::Derive(false),
+        ];
+        t.extend_from_slice(&self.named);
+        t
+    }
+
+    /// A pair's public and private templates, with the key type and curve where they are
+    /// needed (`None` for a secret key).
+    fn pair(&self) -> Option<(Vec<Attribute>, Vec<Attribute>)> {
+        let mut public = vec![
+            Attribute::Token(true),
+            Attribute::Private(false),
+            Attribute::Modifiable(false),
+            Attribute::Verify(self.signs),
+            Attribute::VerifyRecover(false),
+            Attribute::Encrypt(!self.signs),
+            Attribute::Wrap(false),
+        ];
+        public.extend_from_slice(&self.named);
+        let mut private = self.private();
+        private.push(Attribute::SignRecover(false));
+        let key_type = match self.spec {
+            KeySpec::Ed25519 => KeyType::EC_EDWARDS,
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 => KeyType::EC,
+            KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaRawPkcs1(_) | KeySpec::RsaOaep(..) => {
+                KeyType::RSA
+            }
+            _ => return None,
+        };
+        private.push(Attribute::KeyType(key_type));
+        if let Some(params) = self.spec.ec_params_der() {
+            public.push(Attribute::EcParams(params.to_vec()));
+        }
+        Some((public, private))
+    }
+
+    /// A secret key's template (an AES key, or an HMAC key that signs and verifies), without
+    /// its length or value; `None` for a pair.
+    fn secret(&self) -> Option<Vec<Attribute>> {
+        let (key_type, encrypts) = match self.spec {
+            KeySpec::Aes(..) => (KeyType::AES, true),
+            KeySpec::Hmac(_) => (KeyType::GENERIC_SECRET, false),
+            _ => return None,
+        };
+        // Secret keys have no CKA_SIGN_RECOVER (the token refuses it in the template).
+        let mut t = self.private();
+        t.extend([
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(key_type),
+            Attribute::Encrypt(encrypts),
+            Attribute::Verify(!encrypts),
+            Attribute::Wrap(false),
+        ]);
+        Some(t)
+    }
+}
+
 impl HsmToken {
     /// Generates a key of `spec` inside the token (an EC, Ed25519 or RSA pair, an HMAC key as
     /// long as its hash's output, or a raw AES key), labelled `label`, with a random `CKA_ID`.
@@ -129,6 +220,21 @@ impl HsmToken {
         }
         let label = label.to_owned();
         self.run("generate_key_of", move |call| call.generate_of(spec, &label)).await
+    }
+
+    /// Puts an imported key of `spec` into the token (`C_CreateObject`) as objects like the ones
+    /// [`HsmToken::generate_key_of`] makes, labelled `label`, with a random `CKA_ID`:
+    /// `material` is the raw key of an HMAC or raw AES key, or the DER PKCS#8 `PrivateKeyInfo`
+    /// of a pair (whose public object is made from it too). The copies handed to the token are
+    /// wiped once it has them.
+    pub async fn import_key_of(&self, spec: KeySpec, label: &str, material: &Secret) -> Result<HsmKeyRef, HsmError> {
+        validate_label(label)?;
+        if !supports(spec) {
+            return Err(unsupported(spec));
+        }
+        let label = label.to_owned();
+        let material = material.clone();
+        self.run("import_key_of", move |call| call.import_of(spec, &label, &material)).await
     }
 
     /// Signs with the key's private (or HMAC) object: `input` is the digest of the algorithm's
@@ -191,106 +297,114 @@ impl HsmToken {
 
 impl Call<'_> {
     fn generate_of(&self, spec: KeySpec, label: &str) -> Result<HsmKeyRef, HsmError> {
-        let id = self
-            .session
-            .generate_random_vec(KEY_ID_LEN as u32)
-            .map_err(|e| classify(&e, "drawing a key ID from the token"))?;
-        let key = HsmKeyRef::new(label, id)?;
-        let allowed = allowed_mechanism(spec).ok_or_else(|| unsupported(spec))?;
-        let named = [
-            Attribute::Label(key.label().as_bytes().to_vec()),
-            Attribute::Id(key.id().to_vec()),
-            Attribute::AllowedMechanisms(vec![allowed]),
-        ];
-        let private = |signs: bool| {
-            let mut t = vec![
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Modifiable(false),
-                Attribute::Sign(signs),
-                Attribute::SignRecover(false),
-                Attribute::Decrypt(!signs),
-                Attribute::Unwrap(false),
-                Attribute::Derive(false),
-            ];
-            t.extend_from_slice(&named);
-            t
-        };
-        let public = |signs: bool| {
-            let mut t = vec![
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Modifiable(false),
-                Attribute::Verify(signs),
-                Attribute::VerifyRecover(false),
-                Attribute::Encrypt(!signs),
-                Attribute::Wrap(false),
-            ];
-            t.extend_from_slice(&named);
-            t
-        };
+        let key = self.new_key_ref(label)?;
+        let t = Templates::new(&key, spec)?;
         let what = format!("generating a {spec:?} key in the token");
-        // Secret keys have no CKA_SIGN_RECOVER (the token refuses it in the template).
-        let secret = |t: &mut Vec<Attribute>| t.retain(|a| !matches!(a, Attribute::SignRecover(_)));
         match spec {
             KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaP384Sha384 | KeySpec::EcdsaSecp256k1Sha256 | KeySpec::Ed25519 => {
-                let (mechanism, key_type) = match spec {
-                    KeySpec::Ed25519 => (Mechanism::EccEdwardsKeyPairGen, KeyType::EC_EDWARDS),
-                    _ => (Mechanism::EccKeyPairGen, KeyType::EC),
+                let mechanism = match spec {
+                    KeySpec::Ed25519 => Mechanism::EccEdwardsKeyPairGen,
+                    _ => Mechanism::EccKeyPairGen,
                 };
-                let params = spec.ec_params_der().ok_or_else(|| unsupported(spec))?;
-                let mut pub_t = public(true);
-                pub_t.push(Attribute::EcParams(params.to_vec()));
-                let mut priv_t = private(true);
-                priv_t.push(Attribute::KeyType(key_type));
-                self.session.generate_key_pair(&mechanism, &pub_t, &priv_t).map_err(|e| classify(&e, &what))?;
-            }
-            KeySpec::Aes(bits, _) => {
-                let mut t = private(false);
-                secret(&mut t);
-                t.extend([
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::AES),
-                    Attribute::ValueLen((bits.key_len() as u64).into()),
-                    Attribute::Encrypt(true),
-                    Attribute::Verify(false),
-                    Attribute::Wrap(false),
-                ]);
-                self.session.generate_key(&Mechanism::AesKeyGen, &t).map_err(|e| classify(&e, &what))?;
+                let (public, private) = t.pair().ok_or_else(|| unsupported(spec))?;
+                self.session.generate_key_pair(&mechanism, &public, &private).map_err(|e| classify(&e, &what))?;
             }
             KeySpec::RsaPss(bits, _)
             | KeySpec::RsaPkcs1(bits, _)
             | KeySpec::RsaRawPkcs1(bits)
             | KeySpec::RsaOaep(bits, _) => {
-                let signs = !matches!(spec, KeySpec::RsaOaep(..));
-                let mut pub_t = public(signs);
-                pub_t.push(Attribute::ModulusBits(((bits.modulus_len() * 8) as u64).into()));
-                pub_t.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
-                let mut priv_t = private(signs);
-                priv_t.push(Attribute::KeyType(KeyType::RSA));
+                let (mut public, private) = t.pair().ok_or_else(|| unsupported(spec))?;
+                public.push(Attribute::ModulusBits(((bits.modulus_len() * 8) as u64).into()));
+                public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
                 self.session
-                    .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t)
+                    .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
                     .map_err(|e| classify(&e, &what))?;
             }
-            KeySpec::Hmac(h) => {
-                // A signing key's template, which already says CKA_DECRYPT false.
-                let mut t = private(true);
-                secret(&mut t);
-                t.extend([
-                    Attribute::Class(ObjectClass::SECRET_KEY),
-                    Attribute::KeyType(KeyType::GENERIC_SECRET),
-                    Attribute::ValueLen((h.output_len() as u64).into()),
-                    Attribute::Verify(true),
-                    Attribute::Encrypt(false),
-                    Attribute::Wrap(false),
-                ]);
-                self.session.generate_key(&Mechanism::GenericSecretKeyGen, &t).map_err(|e| classify(&e, &what))?;
+            KeySpec::Aes(..) | KeySpec::Hmac(_) => {
+                let (mechanism, len) = match spec {
+                    KeySpec::Aes(bits, _) => (Mechanism::AesKeyGen, bits.key_len()),
+                    KeySpec::Hmac(h) => (Mechanism::GenericSecretKeyGen, h.output_len()),
+                    other => return Err(unsupported(other)),
+                };
+                let mut secret = t.secret().ok_or_else(|| unsupported(spec))?;
+                secret.push(Attribute::ValueLen((len as u64).into()));
+                self.session.generate_key(&mechanism, &secret).map_err(|e| classify(&e, &what))?;
             }
             other => return Err(unsupported(other)),
         }
         tracing::info!(key = %key, ?spec, "generated a key in the HSM token");
+        Ok(key)
+    }
+
+    fn import_of(&self, spec: KeySpec, label: &str, material: &Secret) -> Result<HsmKeyRef, HsmError> {
+        let key = self.new_key_ref(label)?;
+        let t = Templates::new(&key, spec)?;
+        let what = format!("importing a {spec:?} key into the token");
+        // The private (or secret) object's template with its secret values, and the public
+        // object's.
+        let (mut private, public) = match spec {
+            KeySpec::Aes(..) | KeySpec::Hmac(_) => {
+                let mut secret = t.secret().ok_or_else(|| unsupported(spec))?;
+                secret.push(Attribute::Value(material.expose().to_vec()));
+                (secret, None)
+            }
+            _ => {
+                let (mut public, mut private) = t.pair().ok_or_else(|| unsupported(spec))?;
+                let parts = PrivateParts::from_pkcs8(spec, material).map_err(|e| HsmError::invalid(e.to_string()))?;
+                let key_type = match &parts {
+                    PrivateParts::Ec { .. } => KeyType::EC,
+                    PrivateParts::Ed25519 { .. } => KeyType::EC_EDWARDS,
+                    PrivateParts::Rsa(_) => KeyType::RSA,
+                };
+                public.extend([Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::KeyType(key_type)]);
+                private.push(Attribute::Class(ObjectClass::PRIVATE_KEY));
+                // A generated pair's private object takes its curve from the public template;
+                // a created one names it.
+                if let Some(params) = spec.ec_params_der() {
+                    private.push(Attribute::EcParams(params.to_vec()));
+                }
+                match parts {
+                    PrivateParts::Ec { scalar: value, point }
+                    | PrivateParts::Ed25519 { seed: value, public: point } => {
+                        // CKA_EC_POINT is the DER OCTET STRING of the point (PKCS#11 3.0).
+                        let len =
+                            u8::try_from(point.len()).ok().filter(|l| *l < 0x80).ok_or_else(|| unsupported(spec))?;
+                        public.push(Attribute::EcPoint([&[0x04, len][..], &point].concat()));
+                        private.push(Attribute::Value(value.expose().to_vec()));
+                    }
+                    PrivateParts::Rsa(rsa) => {
+                        public.extend([
+                            Attribute::Modulus(rsa.modulus.clone()),
+                            Attribute::PublicExponent(rsa.public_exponent.clone()),
+                        ]);
+                        private.extend([
+                            Attribute::Modulus(rsa.modulus),
+                            Attribute::PublicExponent(rsa.public_exponent),
+                            Attribute::PrivateExponent(rsa.private_exponent.expose().to_vec()),
+                            Attribute::Prime1(rsa.prime_1.expose().to_vec()),
+                            Attribute::Prime2(rsa.prime_2.expose().to_vec()),
+                            Attribute::Exponent1(rsa.exponent_1.expose().to_vec()),
+                            Attribute::Exponent2(rsa.exponent_2.expose().to_vec()),
+                            Attribute::Coefficient(rsa.coefficient.expose().to_vec()),
+                        ]);
+                    }
+                }
+                (private, Some(public))
+            }
+        };
+        let created = self.session.create_object(&private);
+        wipe(&mut private);
+        let handle = created.map_err(|e| classify(&e, &what))?;
+        if let Some(public) = public
+            && let Err(e) = self.session.create_object(&public)
+        {
+            // No half pair is left behind (best effort: reconcile finds it otherwise).
+            if let Err(d) = self.session.destroy_object(handle) {
+                tracing::error!(key = %key, error = %d, "cannot remove the private half of a key whose import failed");
+            }
+            return Err(classify(&e, &what));
+        }
+        tracing::info!(key = %key, ?spec, "imported a key into the HSM token");
         Ok(key)
     }
 

@@ -11,7 +11,7 @@ use keyhold_crypto::keys::{KeySpec, RawCiphertext};
 use keyhold_crypto::{Secret, ciphertext};
 
 use super::key_backend::{Erasing, KeyBackend, KeyUse, NewMaterial, SignInput};
-use super::ports::{BackendError, HsmBackend};
+use super::ports::{BackendError, HsmBackend, KeyOrigin};
 use crate::algorithm::key_spec;
 use crate::error::KmsError;
 use crate::material::{HsmObjectRef, VersionMaterial};
@@ -71,6 +71,31 @@ impl HsmKeys {
             VersionMaterial::Hsm(r) => Ok(r),
             _ => Err(KmsError::Internal(format!("{} has no HSM key reference", using.version.record.name))),
         }
+    }
+
+    /// A new version's material: `object`, with the token's statement about it. Without the
+    /// statement no record will name the object, so it is removed.
+    async fn attested(
+        &self,
+        name: &CryptoKeyVersionName,
+        object: HsmObjectRef,
+        origin: KeyOrigin,
+    ) -> Result<NewMaterial, KmsError> {
+        let statement = match self.token.attestation(&object, origin).await {
+            Ok(statement) => statement,
+            Err(e) => {
+                self.destroy_object(name, &object, Erasing::NotCreated).await;
+                return Err(KmsError::from_backend("The HSM", &name.to_string(), e));
+            }
+        };
+        Ok(NewMaterial {
+            material: VersionMaterial::Hsm(object),
+            attestation: Some(KeyOperationAttestation {
+                format: "ATTESTATION_FORMAT_UNSPECIFIED".into(),
+                content: Some(keyhold_api::wire::Bytes(statement.into_bytes())),
+            }),
+            external_options: None,
+        })
     }
 
     async fn destroy_object(&self, name: &CryptoKeyVersionName, object: &HsmObjectRef, why: Erasing) {
@@ -133,22 +158,28 @@ impl KeyBackend for HsmKeys {
             }
         };
         let object = made.map_err(|e| KmsError::from_backend("The HSM", &name.to_string(), e))?;
-        let statement = match self.token.attestation(&object).await {
-            Ok(statement) => statement,
-            Err(e) => {
-                // No record will name the object just generated: remove it now.
-                self.destroy_object(name, &object, Erasing::NotCreated).await;
-                return Err(KmsError::from_backend("The HSM", &name.to_string(), e));
+        self.attested(name, object, KeyOrigin::Generated).await
+    }
+
+    /// Imported material goes into the token as objects like generated ones; Keyhold has
+    /// unwrapped it from the import job's wrapping (SoftHSM2, the tested token, cannot unwrap
+    /// RSA-OAEP with SHA-256 nor AES key wrap with padding itself).
+    async fn import(
+        &self,
+        name: &CryptoKeyVersionName,
+        algorithm: Algorithm,
+        material: &Secret,
+    ) -> Result<NewMaterial, KmsError> {
+        let label = format!("keyhold:{name}:{}", random_suffix()?);
+        let made = match (algorithm, key_spec(algorithm)) {
+            (Algorithm::GoogleSymmetricEncryption, _) => self.token.import_key(&label, material).await,
+            (_, Some(spec)) if self.token.supports(spec) => self.token.import_key_of(spec, &label, material).await,
+            (a, _) => {
+                return Err(KmsError::Unimplemented(format!("Algorithm {a} is not served at protection level HSM.")));
             }
         };
-        Ok(NewMaterial {
-            material: VersionMaterial::Hsm(object),
-            attestation: Some(KeyOperationAttestation {
-                format: "ATTESTATION_FORMAT_UNSPECIFIED".into(),
-                content: Some(keyhold_api::wire::Bytes(statement.into_bytes())),
-            }),
-            external_options: None,
-        })
+        let object = made.map_err(|e| KmsError::from_backend("The HSM", &name.to_string(), e))?;
+        self.attested(name, object, KeyOrigin::Imported).await
     }
 
     async fn encrypt(&self, using: KeyUse<'_>, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KmsError> {

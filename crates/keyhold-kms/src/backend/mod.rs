@@ -20,7 +20,8 @@
 //! of [`crate::VersionMaterial`] if its material has a new shape, and one arm in
 //! [`Backends::for_level`]. Each level says which algorithms it makes keys of
 //! ([`KeyBackend::check_algorithm`]); signing, asymmetric decryption, public keys and MACs are
-//! methods of [`KeyBackend`] beside `encrypt` / `decrypt`, served today by `SOFTWARE`.
+//! methods of [`KeyBackend`] beside `encrypt` / `decrypt`, served by `SOFTWARE` and `HSM`, as is
+//! [`KeyBackend::import`] of key material unwrapped from an import job's wrapping.
 
 mod external;
 mod hsm;
@@ -36,7 +37,7 @@ use crate::error::KmsError;
 use crate::root_key::RootKey;
 
 pub(crate) use key_backend::{Erasing, KeyBackend, KeyUse, NewMaterial, SignInput};
-pub use ports::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends};
+pub use ports::{BackendError, ExternalKeyManager, ExternalRequest, HsmBackend, KeyBackends, KeyOrigin};
 pub(crate) use software::run_slow;
 
 /// The backend of each protection level this server was started with.

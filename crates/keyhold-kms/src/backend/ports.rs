@@ -41,6 +41,15 @@ pub enum BackendError {
     InvalidInput(String),
 }
 
+/// How a key came into the token, for its attestation statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Generated inside the token.
+    Generated,
+    /// Imported: unwrapped by Keyhold from an import job's wrapping and created in the token.
+    Imported,
+}
+
 /// A PKCS#11 token holding HSM key versions (and possibly the root key).
 #[async_trait]
 pub trait HsmBackend: Send + Sync + fmt::Debug + 'static {
@@ -55,14 +64,21 @@ pub trait HsmBackend: Send + Sync + fmt::Debug + 'static {
     async fn destroy_key(&self, key: &HsmObjectRef) -> Result<(), BackendError>;
     /// `n` bytes from the token's random number generator.
     async fn random_bytes(&self, n: usize) -> Result<Secret, BackendError>;
-    /// An honest statement of what the token is and how the key is held, for a version's
-    /// `attestation` section.
-    async fn attestation(&self, key: &HsmObjectRef) -> Result<String, BackendError>;
+    /// Puts an imported AES-256 key (32 bytes) into the token as a non-extractable object like
+    /// the ones [`HsmBackend::generate_key`] makes, labelled `label`.
+    async fn import_key(&self, label: &str, material: &Secret) -> Result<HsmObjectRef, BackendError>;
+    /// An honest statement of what the token is and how the key came to be held there, for a
+    /// version's `attestation` section.
+    async fn attestation(&self, key: &HsmObjectRef, origin: KeyOrigin) -> Result<String, BackendError>;
     /// Whether the token makes keys of `spec` (signing, RSA-OAEP, HMAC and raw AES keys).
     fn supports(&self, spec: KeySpec) -> bool;
     /// Generates a non-extractable key of `spec` (an EC, Ed25519 or RSA pair, an HMAC or raw
     /// AES key) labelled `label` inside the token.
     async fn generate_key_of(&self, spec: KeySpec, label: &str) -> Result<HsmObjectRef, BackendError>;
+    /// Puts an imported key of `spec` into the token as non-extractable objects like the ones
+    /// [`HsmBackend::generate_key_of`] makes, labelled `label`: `material` is the raw key of an
+    /// HMAC or raw AES key, the DER PKCS#8 `PrivateKeyInfo` of a pair.
+    async fn import_key_of(&self, spec: KeySpec, label: &str, material: &Secret) -> Result<HsmObjectRef, BackendError>;
     /// Signs `input` (the digest of the algorithm's hash; the data for Ed25519 and HMAC) in the
     /// token, in Cloud KMS's encoding (DER for ECDSA).
     async fn sign(&self, key: &HsmObjectRef, spec: KeySpec, input: &[u8]) -> Result<Vec<u8>, BackendError>;
