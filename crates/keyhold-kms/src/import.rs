@@ -380,6 +380,7 @@ impl Imports {
                         v.version.destroy_event_time = None;
                         v.version.import_failure_reason.clear();
                         v.material = made.material.clone();
+                        v.version.attestation = made.attestation.clone();
                         Ok(())
                     })
                     .await;

@@ -674,6 +674,7 @@ async fn hsm_signing_decryption_and_mac_keys() {
         ("mac", "MAC", "HMAC_SHA256", "sha256", &[][..]),
         ("gcm", "RAW_ENCRYPT_DECRYPT", "AES_256_GCM", "", &[][..]),
         ("cbc", "RAW_ENCRYPT_DECRYPT", "AES_128_CBC", "", &[][..]),
+        ("ctr", "RAW_ENCRYPT_DECRYPT", "AES_256_CTR", "", &[][..]),
     ];
     for (id, purpose, algorithm, md, sigopts) in cases {
         let key = format!("{LOC}/keyRings/r/cryptoKeys/{id}");
@@ -844,12 +845,8 @@ async fn hsm_signing_decryption_and_mac_keys() {
     let body = json!({"purpose": "ASYMMETRIC_SIGN", "versionTemplate": {"algorithm": "RSA_SIGN_RAW_PKCS1_2048"}});
     let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=rawsw"), body).await;
     assert_eq!((status, v["error"]["status"].as_str()), (501, Some("UNIMPLEMENTED")), "{v}");
-    // RSA-OAEP with SHA-256 is refused on HSM keys (SoftHSM2 has OAEP with SHA-1 only), and so is
-    // AES-CTR (no CKM_AES_CTR parameters in cryptoki).
-    for (id, purpose, algorithm) in [
-        ("oaep256", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"),
-        ("ctr", "RAW_ENCRYPT_DECRYPT", "AES_128_CTR"),
-    ] {
+    // RSA-OAEP with SHA-256 is refused on HSM keys (SoftHSM2 has OAEP with SHA-1 only).
+    for (id, purpose, algorithm) in [("oaep256", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256")] {
         let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm, "protectionLevel": "HSM"}});
         let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId={id}"), body).await;
         assert_eq!((status, v["error"]["status"].as_str()), (501, Some("UNIMPLEMENTED")), "{v}");
@@ -870,7 +867,7 @@ async fn hsm_signing_decryption_and_mac_keys() {
     // Reconciliation finds every version's key in the token (none missing, none orphaned).
     let (agree, report) = reconcile(d, &conf, &pin_file, false);
     assert!(agree, "token and database agree: {report}");
-    assert!(report.contains("12 key objects in use by versions"), "every kind of key is counted: {report}");
+    assert!(report.contains("13 key objects in use by versions"), "every kind of key is counted: {report}");
     // Orphans of every kind are found, and --apply destroys each with all its objects: an EC
     // pair (two objects) and an HMAC key no version names.
     let ghost = |n: u32| format!("keyhold:{LOC}/keyRings/r/cryptoKeys/ghost/cryptoKeyVersions/{n}:0badc0de");
@@ -946,13 +943,22 @@ async fn hsm_raw_round_trip(d: &Path, port: u16, version: &str, algorithm: &str)
         assert!(v["error"]["message"].as_str().unwrap().contains("at most 8192 bytes"), "{v}");
     } else {
         // The caller's IV is used: the same input gives the same ciphertext; another IV opens
-        // to other bytes.
+        // to other bytes (with CBC, only the first block; with CTR, every block).
         assert_eq!(used_iv, [7u8; 16]);
         let again = call(d, port, Method::POST, &format!("{version}:rawEncrypt"), body).await;
         assert_eq!(unb64(&again["ciphertext"]), ct);
         let other = call(d, port, Method::POST, &format!("{version}:rawDecrypt"), decrypt(&ct, &[8u8; 16])).await;
-        assert_ne!(unb64(&other["plaintext"]), plaintext);
-        assert_eq!(unb64(&other["plaintext"])[16..], plaintext[16..], "CBC: only the first block depends on the IV");
+        let other = unb64(&other["plaintext"]);
+        assert_ne!(other[..16], plaintext[..16]);
+        if algorithm.ends_with("CBC") {
+            assert_eq!(other[16..], plaintext[16..], "CBC: only the first block depends on the IV");
+        } else {
+            assert_ne!(other[16..], plaintext[16..], "CTR: every block depends on the IV");
+        }
+        // Neither mode takes AAD (refused before the token is asked).
+        let with_aad = json!({"plaintext": b64(plaintext), "initializationVector": b64(&[7u8; 16]), "additionalAuthenticatedData": b64(b"x")});
+        let (status, v) = post(d, port, &format!("{version}:rawEncrypt"), with_aad).await;
+        assert_eq!((status, v["error"]["status"].as_str()), (400, Some("INVALID_ARGUMENT")), "{v}");
     }
 }
 
@@ -1134,11 +1140,13 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
     let aes128: Vec<u8> = (0..16u8).map(|i| i * 3 + 1).collect();
     std::fs::write(d.join("aes128.key"), &aes128).unwrap();
     let wrapped_aes = wrap(d, "aes128.key", true);
+    let wrapped_ctr = wrap(d, "secret.key", true);
     let direct = format!("{ring}/importJobs/direct");
     for (id, purpose, algorithm, import_job, wrapped) in [
         ("mac", "MAC", "HMAC_SHA256", &direct, &wrapped_secret),
         ("sym", "ENCRYPT_DECRYPT", "GOOGLE_SYMMETRIC_ENCRYPTION", &direct, &wrapped_secret),
         ("cbc", "RAW_ENCRYPT_DECRYPT", "AES_128_CBC", &job, &wrapped_aes),
+        ("ctr", "RAW_ENCRYPT_DECRYPT", "AES_256_CTR", &job, &wrapped_ctr),
     ] {
         let key = format!("{ring}/cryptoKeys/{id}");
         let body = json!({"purpose": purpose, "importOnly": true,
@@ -1173,8 +1181,21 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
                     call(d, port, Method::POST, &format!("{key}:decrypt"), json!({"ciphertext": ct["ciphertext"]}))
                         .await;
                 assert_eq!(unb64(&pt["plaintext"]), b"hello");
+                // The token's object is the imported key: one block encrypted by it directly
+                // (AES-ECB through pkcs11-tool) is OpenSSL's under the imported bytes.
+                let label = token_labels(&conf).into_iter().find(|l| l.contains("/cryptoKeys/sym/")).unwrap();
+                std::fs::write(d.join("block"), [0x24u8; 16]).unwrap();
+                pkcs11_tool(
+                    &conf,
+                    &["--encrypt", "-m", "AES-ECB", "--label", &label, "-i"]
+                        .into_iter()
+                        .chain([d.join("block").to_str().unwrap(), "-o", d.join("block.enc").to_str().unwrap()])
+                        .collect::<Vec<_>>(),
+                );
+                let theirs = openssl(d, &["enc", "-aes-256-ecb", "-nopad", "-K", &hex(&secret), "-in", "block"]);
+                assert_eq!(std::fs::read(d.join("block.enc")).unwrap(), theirs);
             }
-            _ => {
+            _ if algorithm == "AES_128_CBC" => {
                 let plaintext = [0x42u8; 32];
                 let iv = [9u8; 16];
                 let body = json!({"plaintext": b64(&plaintext), "initializationVector": b64(&iv)});
@@ -1183,6 +1204,21 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
                 let theirs =
                     openssl(d, &["enc", "-aes-128-cbc", "-nopad", "-K", &hex(&aes128), "-iv", &hex(&iv), "-in", "pt"]);
                 assert_eq!(unb64(&e["ciphertext"]), theirs, "the token's AES key is the imported one");
+            }
+            _ => {
+                // AES-CTR over 40 bytes (not a whole number of blocks) from a counter block whose
+                // low 64 bits are all ones: the token counts with all 128 bits, as OpenSSL (and
+                // Cloud KMS) do, so the second block's counter carries into the high half.
+                let plaintext: Vec<u8> = (0..40u8).collect();
+                let iv = [[0u8; 8], [0xff; 8]].concat();
+                let body = json!({"plaintext": b64(&plaintext), "initializationVector": b64(&iv)});
+                let e = call(d, port, Method::POST, &format!("{version}:rawEncrypt"), body).await;
+                std::fs::write(d.join("pt"), &plaintext).unwrap();
+                let theirs = openssl(d, &["enc", "-aes-256-ctr", "-K", &hex(&secret), "-iv", &hex(&iv), "-in", "pt"]);
+                assert_eq!(unb64(&e["ciphertext"]), theirs, "the token's AES-CTR is OpenSSL's");
+                let body = json!({"ciphertext": b64(&theirs), "initializationVector": b64(&iv)});
+                let pt = call(d, port, Method::POST, &format!("{version}:rawDecrypt"), body).await;
+                assert_eq!(unb64(&pt["plaintext"]), plaintext);
             }
         }
     }
@@ -1206,7 +1242,7 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
     }
     objects.retain(|o| o.contains("label:      keyhold:"));
     let kinds = |kind: &str| objects.iter().filter(|o| o.starts_with(kind)).count();
-    assert_eq!((kinds("Private Key"), kinds("Public Key"), kinds("Secret Key")), (6, 6, 3), "{listing}");
+    assert_eq!((kinds("Private Key"), kinds("Public Key"), kinds("Secret Key")), (6, 6, 4), "{listing}");
     for o in objects.iter().filter(|o| !o.starts_with("Public Key")) {
         let access = o.lines().find(|l| l.trim_start().starts_with("Access:")).unwrap_or_default();
         assert!(
@@ -1235,17 +1271,40 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
             .env("SOFTHSM2_CONF", conf)
             .output()
             .unwrap();
+        assert!(out.status.success(), "pkcs11-tool: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).matches(label.as_str()).count()
     };
     assert_eq!(pairs(&conf), 0, "the destroyed version's objects are gone");
     let key = version.split("/cryptoKeyVersions/").next().unwrap();
+    let before = call(d, port, Method::GET, &version, json!({})).await;
     let again =
         json!({"algorithm": algorithm, "importJob": job, "wrappedKey": b64(&wrapped), "cryptoKeyVersion": version});
     let v = call(d, port, Method::POST, &format!("{key}/cryptoKeyVersions:import"), again).await;
     assert_eq!((v["name"].as_str(), v["state"].as_str()), (Some(version.as_str()), Some("ENABLED")), "{v}");
     assert_eq!(pairs(&conf), 2, "a new private and public object");
+    // The attestation names the new object, not the destroyed one.
+    let object = |v: &Value| {
+        let statement: Value = serde_json::from_slice(&unb64(&v["attestation"]["content"])).unwrap();
+        statement["keyObject"].as_str().unwrap().to_string()
+    };
+    assert_ne!(object(&v), object(&before), "{v}");
+    assert_eq!(call(d, port, Method::GET, &version, json!({})).await["attestation"], v["attestation"]);
     check_imported_pair(d, port, &version, &pem, algorithm).await;
     drop(server);
+}
+
+/// The labels of every object in the token.
+fn token_labels(conf: &Path) -> Vec<String> {
+    let out = Command::new("pkcs11-tool")
+        .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
+        .env("SOFTHSM2_CONF", conf)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pkcs11-tool: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("label:").map(|s| s.trim().to_string()))
+        .collect()
 }
 
 /// The imported pair's public key is OpenSSL's own (`pem` holds the private key), and what the

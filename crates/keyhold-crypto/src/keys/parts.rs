@@ -4,7 +4,7 @@
 //! seeds; RSA's CRT values come from the `RSAPrivateKey` (RFC 8017, A.1.2) inside the PKCS#8,
 //! read with the `pkcs8` and `der` crates.
 
-use aws_lc_rs::encoding::AsBigEndian;
+use aws_lc_rs::encoding::AsBigEndian as _;
 use aws_lc_rs::signature::KeyPair as _;
 use der::asn1::UintRef;
 use der::{Decode, Reader, SliceReader};
@@ -71,12 +71,9 @@ impl PrivateParts {
                 })
             }
             Inner::Ed25519(pair) => {
-                let seed = pair.seed().map_err(lib)?;
-                let seed = AsBigEndian::as_be_bytes(&seed).map_err(lib)?;
-                Ok(Self::Ed25519 {
-                    seed: Secret::new(seed.as_ref().to_vec()),
-                    public: pair.public_key().as_ref().to_vec(),
-                })
+                // From the PKCS#8 itself: AWS-LC's `Seed` is not wiped on drop.
+                let seed = ed25519_seed(pkcs8.expose()).map_err(|_| KeyError::Material(spec))?;
+                Ok(Self::Ed25519 { seed, public: pair.public_key().as_ref().to_vec() })
             }
             Inner::RsaSign(_) | Inner::RsaOaep(..) => {
                 rsa_parts(pkcs8.expose()).map(Self::Rsa).map_err(|_| KeyError::Material(spec))
@@ -84,6 +81,17 @@ impl PrivateParts {
             _ => Err(KeyError::WrongKind),
         }
     }
+}
+
+/// The 32-byte private key of an Ed25519 PKCS#8 `PrivateKeyInfo` that AWS-LC has already read:
+/// its `privateKey` holds a `CurvePrivateKey`, an OCTET STRING (RFC 8410, 7).
+fn ed25519_seed(pkcs8: &[u8]) -> Result<Secret, der::Error> {
+    let info = pkcs8::PrivateKeyInfoRef::from_der(pkcs8)?;
+    let seed = <&der::asn1::OctetStringRef>::from_der(info.private_key.as_bytes())?;
+    if seed.as_bytes().len() != 32 {
+        return Err(der::Error::from(der::ErrorKind::Length { tag: der::Tag::OctetString }));
+    }
+    Ok(Secret::new(seed.as_bytes().to_vec()))
 }
 
 /// The `RSAPrivateKey` of a PKCS#8 `PrivateKeyInfo` that AWS-LC has already read as an RSA key:
@@ -135,6 +143,9 @@ mod tests {
                 PrivateParts::Ed25519 { seed, public } => {
                     assert_eq!((seed.expose().len(), public.len()), (scalar_len, point_len));
                     assert_eq!(spec.ed25519_public_key_der(&public).unwrap(), spki);
+                    // The seed read from the PKCS#8 is the key's: it makes the same public key.
+                    let again = aws_lc_rs::signature::Ed25519KeyPair::from_seed_unchecked(seed.expose()).unwrap();
+                    assert_eq!(aws_lc_rs::signature::KeyPair::public_key(&again).as_ref(), public.as_slice());
                 }
                 PrivateParts::Rsa(_) => panic!("{spec:?} split as RSA"),
             }

@@ -8,8 +8,10 @@
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource, PkcsPssParams};
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki_sys::CK_AES_CTR_PARAMS;
 use keyhold_crypto::Secret;
 use keyhold_crypto::keys::{
     AES_BLOCK_LEN, AesMode, GCM_NONCE_LEN, GCM_TAG_LEN, Hash, KeySpec, PrivateParts, RawCiphertext,
@@ -23,8 +25,7 @@ use crate::{HsmError, HsmKeyRef};
 /// Whether the token holds keys of `spec` (what [`HsmToken::generate_key_of`] makes).
 /// RSA-OAEP only with SHA-1: SoftHSM2 (the token Keyhold is tested against) refuses the OAEP
 /// parameters of SHA-256 and SHA-512 (`CKR_ARGUMENTS_BAD`), so those keys are not offered
-/// rather than failing at their first use. Raw AES in GCM and CBC only: `cryptoki` has no
-/// `CKM_AES_CTR` parameters.
+/// rather than failing at their first use.
 pub fn supports(spec: KeySpec) -> bool {
     matches!(
         spec,
@@ -37,7 +38,7 @@ pub fn supports(spec: KeySpec) -> bool {
             | KeySpec::RsaRawPkcs1(_)
             | KeySpec::RsaOaep(_, Hash::Sha1)
             | KeySpec::Hmac(_)
-            | KeySpec::Aes(_, AesMode::Gcm | AesMode::Cbc)
+            | KeySpec::Aes(..)
     )
 }
 
@@ -96,12 +97,26 @@ fn allowed_mechanism(spec: KeySpec) -> Option<MechanismType> {
         KeySpec::Ed25519 => MechanismType::EDDSA,
         KeySpec::Aes(_, AesMode::Gcm) => MechanismType::AES_GCM,
         KeySpec::Aes(_, AesMode::Cbc) => MechanismType::AES_CBC,
+        KeySpec::Aes(_, AesMode::Ctr) => MechanismType::AES_CTR,
         KeySpec::RsaPkcs1(..) | KeySpec::RsaRawPkcs1(_) => MechanismType::RSA_PKCS,
         KeySpec::RsaPss(..) => MechanismType::RSA_PKCS_PSS,
         KeySpec::RsaOaep(..) => MechanismType::RSA_PKCS_OAEP,
         KeySpec::Hmac(h) => hmac_mechanism_type(h),
         _ => return None,
     })
+}
+
+/// `CKM_AES_CTR`'s parameters (PKCS#11 3.0, 2.10.5): the IV is the whole 16-byte counter block,
+/// incremented as one 128-bit big-endian number, as Cloud KMS's (and OpenSSL's) AES-CTR does.
+fn ctr_params(iv: &[u8]) -> Result<CK_AES_CTR_PARAMS, HsmError> {
+    let cb: [u8; AES_BLOCK_LEN] = iv.try_into().map_err(|_| HsmError::invalid("the IV is 16 bytes"))?;
+    Ok(CK_AES_CTR_PARAMS { ulCounterBits: 128, cb })
+}
+
+/// The `CKM_AES_CTR` mechanism with `params`. `cryptoki` 0.12 has no typed `AesCtr` mechanism;
+/// its generic constructor passes the PKCS#11 structure (from `cryptoki-sys`) as it is.
+fn ctr_mechanism(params: &CK_AES_CTR_PARAMS) -> Mechanism<'_> {
+    Mechanism::VendorDefined(VendorDefinedMechanism::new(MechanismType::AES_CTR, Some(params)))
 }
 
 /// A malformed answer of the token (a signature or public key the KMS cannot encode): the
@@ -261,8 +276,9 @@ impl HsmToken {
     }
 
     /// Raw AES encryption inside the token (`rawEncrypt`): AES-GCM under a nonce drawn from the
-    /// token, with `aad` and a 16-byte tag appended; AES-CBC without padding under `iv` (16
-    /// bytes) or one drawn from the token. The caller has checked the shapes.
+    /// token, with `aad` and a 16-byte tag appended; AES-CBC without padding, or AES-CTR (a
+    /// 128-bit counter), under `iv` (16 bytes) or one drawn from the token. The caller has
+    /// checked the shapes.
     pub async fn raw_encrypt(
         &self,
         key: &HsmKeyRef,
@@ -592,8 +608,8 @@ impl Call<'_> {
         // is never the caller's (a reused one breaks GCM), and CBC authenticates no AAD.
         match mode {
             AesMode::Gcm if iv.is_some() => return Err(HsmError::invalid("AES-GCM chooses its own nonce")),
-            AesMode::Cbc if !aad.is_empty() => {
-                return Err(HsmError::invalid("AES-CBC takes no additional authenticated data"));
+            AesMode::Cbc | AesMode::Ctr if !aad.is_empty() => {
+                return Err(HsmError::invalid("AES-CBC and AES-CTR take no additional authenticated data"));
             }
             _ => {}
         }
@@ -624,7 +640,13 @@ impl Call<'_> {
                 })?
                 .map_err(|e| fail(&e))?
             }
-            AesMode::Ctr => return Err(HsmError::invalid("AES-CTR is not served in the token")),
+            AesMode::Ctr => {
+                let params = ctr_params(&iv)?;
+                self.with_object(key, ObjectClass::SECRET_KEY, |handle| {
+                    self.session.encrypt(&ctr_mechanism(&params), handle, plaintext)
+                })?
+                .map_err(|e| fail(&e))?
+            }
         };
         if ciphertext.len() != plaintext.len() + mode.tag_len() || iv.len() != mode.iv_len() {
             return Err(HsmError::Unsupported {
@@ -662,7 +684,12 @@ impl Call<'_> {
                     self.session.decrypt(&Mechanism::AesCbc(block), handle, ciphertext)
                 })?
             }
-            AesMode::Ctr => return Err(HsmError::invalid("AES-CTR is not served in the token")),
+            AesMode::Ctr => {
+                let params = ctr_params(iv)?;
+                self.with_object(key, ObjectClass::SECRET_KEY, |handle| {
+                    self.session.decrypt(&ctr_mechanism(&params), handle, ciphertext)
+                })?
+            }
         };
         match answer {
             Ok(plaintext) => Ok(Secret::new(plaintext)),

@@ -138,7 +138,7 @@ impl KeyBackend for HsmKeys {
             (Algorithm::GoogleSymmetricEncryption, _) => Ok(()),
             (_, Some(spec)) if self.token.supports(spec) => Ok(()),
             (a, _) => Err(KmsError::Unimplemented(format!(
-                "Algorithm {a} is not served at protection level HSM by Keyhold yet; HSM keys are GOOGLE_SYMMETRIC_ENCRYPTION, EC, Ed25519 and RSA (PSS, PKCS#1, raw PKCS#1) signing, RSA-OAEP (SHA-1), HMAC and raw AES-GCM and AES-CBC (see docs/api.md)."
+                "Algorithm {a} is not served at protection level HSM by Keyhold yet; HSM keys are GOOGLE_SYMMETRIC_ENCRYPTION, EC, Ed25519 and RSA (PSS, PKCS#1, raw PKCS#1) signing, RSA-OAEP (SHA-1), HMAC and raw AES-GCM, AES-CBC and AES-CTR (see docs/api.md)."
             ))),
         }
     }
