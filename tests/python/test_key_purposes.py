@@ -265,6 +265,35 @@ def test_ml_kem_decapsulates_what_cryptography_encapsulated(kms, ring):
     assert resp.verified_ciphertext_crc32c
 
 
+def test_x_wing_decapsulates_what_an_independent_sender_encapsulated(kms, ring):
+    """X-Wing (draft-connolly-cfrg-xwing-kem-06) built here from pyca/cryptography's ML-KEM-768
+    and X25519 and hashlib's SHA3-256: the KMS recovers the sender's shared secret."""
+    from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+
+    version = create_version(kms, ring, Purpose.KEY_ENCAPSULATION, Algorithm.KEM_XWING)
+    Format = kms_v1.PublicKey.PublicKeyFormat
+    raw = kms.get_public_key(request={"name": version.name, "public_key_format": Format.XWING_RAW_BYTES})
+    assert raw.public_key.crc32c_checksum == crc32c(raw.public_key.data)
+    public = raw.public_key.data
+    assert len(public) == 1216 and not raw.pem
+    pk_m, pk_x = public[:1184], public[1184:]
+    ss_m, ct_m = mlkem.MLKEM768PublicKey.from_public_bytes(pk_m).encapsulate()
+    ephemeral = x25519.X25519PrivateKey.generate()
+    ct_x = ephemeral.public_key().public_bytes_raw()
+    ss_x = ephemeral.exchange(x25519.X25519PublicKey.from_public_bytes(pk_x))
+    shared = hashlib.sha3_256(ss_m + ss_x + ct_x + pk_x + b"\\.//^\\").digest()
+    ciphertext = ct_m + ct_x
+    resp = kms.decapsulate(
+        request={"name": version.name, "ciphertext": ciphertext, "ciphertext_crc32c": crc32c(ciphertext)}
+    )
+    assert resp.shared_secret == shared
+    assert resp.verified_ciphertext_crc32c
+    # Its public key has no PEM (X-Wing has no standard SubjectPublicKeyInfo).
+    with pytest.raises((gexc.BadRequest, gexc.InvalidArgument)) as e:
+        kms.get_public_key(request={"name": version.name, "public_key_format": Format.PEM})
+    assert "XWING_RAW_BYTES is required" in str(e.value)
+
+
 @pytest.mark.parametrize(
     "algorithm, key_class",
     [

@@ -228,6 +228,9 @@ pub enum KeySpec {
     Aes(AesBits, AesMode),
     /// ML-KEM (FIPS 203) key encapsulation.
     MlKem(MlKemLevel),
+    /// X-Wing key encapsulation (ML-KEM-768 and X25519, draft-connolly-cfrg-xwing-kem-06): a
+    /// 32-byte decapsulation key, a 1216-byte public key, 1120-byte ciphertexts.
+    XWing,
     /// ML-DSA (FIPS 204) in pure mode, randomized, with an empty context: signs the data.
     MlDsa(MlDsaLevel),
     /// SLH-DSA-SHA2-128s (FIPS 205) in pure mode, hedged (a fresh random `opt_rand`), with an
@@ -347,7 +350,8 @@ impl KeySpec {
             | KeySpec::RsaOaep(..)
             | KeySpec::Hmac(_)
             | KeySpec::Aes(..)
-            | KeySpec::MlKem(_) => None,
+            | KeySpec::MlKem(_)
+            | KeySpec::XWing => None,
         }
     }
 
@@ -370,7 +374,7 @@ impl KeySpec {
     /// Whether this is a post-quantum key, whose public key Cloud KMS gives only in a format the
     /// caller names (`publicKeyFormat`), with `NIST_PQC` for the raw FIPS encoding.
     pub fn post_quantum(self) -> bool {
-        matches!(self, KeySpec::MlKem(_) | KeySpec::MlDsa(_) | KeySpec::SlhDsaSha2S128)
+        matches!(self, KeySpec::MlKem(_) | KeySpec::XWing | KeySpec::MlDsa(_) | KeySpec::SlhDsaSha2S128)
     }
 
     fn ecdsa(self) -> Option<&'static EcdsaSigningAlgorithm> {
@@ -388,6 +392,8 @@ impl KeySpec {
         let der: Vec<u8> = match self {
             KeySpec::Hmac(h) => return random_key(h.output_len()),
             KeySpec::Aes(bits, _) => return random_key(bits.key_len()),
+            // The draft's decapsulation key: 32 random bytes, expanded at each use.
+            KeySpec::XWing => return random_key(x_wing::DECAPSULATION_KEY_SIZE),
             KeySpec::MlKem(level) => {
                 // The decapsulation key, then the encapsulation key: AWS-LC cannot derive the
                 // public key of a decapsulation key read back from its bytes.
@@ -457,6 +463,9 @@ enum Inner {
     Aes(Secret),
     /// An ML-KEM decapsulation key, and its encapsulation key's raw bytes.
     MlKem(kem::DecapsulationKey, Vec<u8>),
+    /// An X-Wing decapsulation key; wipes its seed on drop (`x-wing`'s `zeroize` feature), and
+    /// prints only its public key.
+    XWing(Box<x_wing::DecapsulationKey>),
 }
 
 /// A private (or MAC) key ready for use, parsed once from its material. Prints as `[redacted]`.
@@ -505,6 +514,11 @@ impl LoadedKey {
                 let key = kem::DecapsulationKey::new(level.algorithm(), private).map_err(bad)?;
                 kem::EncapsulationKey::new(level.algorithm(), public).map_err(bad)?;
                 Inner::MlKem(key, public.to_vec())
+            }
+            KeySpec::XWing => {
+                let seed: Zeroizing<[u8; x_wing::DECAPSULATION_KEY_SIZE]> =
+                    Zeroizing::new(bytes.try_into().map_err(|_| KeyError::Material(spec))?);
+                Inner::XWing(Box::new(x_wing::DecapsulationKey::from(*seed)))
             }
             KeySpec::Ed25519 => Inner::Ed25519(Ed25519KeyPair::from_pkcs8(bytes).map_err(bad)?),
             KeySpec::MlDsa(level) => Inner::MlDsa(PqdsaKeyPair::from_pkcs8(level.algorithm(), bytes).map_err(bad)?),
@@ -565,7 +579,8 @@ impl LoadedKey {
                 let KeySpec::MlKem(level) = self.spec else { return Err(KeyError::WrongKind) };
                 return Ok([level.spki_head(), raw.as_slice()].concat());
             }
-            Inner::Hmac(_) | Inner::Aes(_) => return Err(KeyError::WrongKind),
+            // X-Wing public keys are given raw (`XWING_RAW_BYTES`) only.
+            Inner::Hmac(_) | Inner::Aes(_) | Inner::XWing(_) => return Err(KeyError::WrongKind),
         };
         Ok(der.as_ref().to_vec())
     }
@@ -635,6 +650,10 @@ impl LoadedKey {
     pub fn public_key_raw(&self) -> Result<Vec<u8>, KeyError> {
         match &self.inner {
             Inner::MlKem(_, raw) => Ok(raw.clone()),
+            Inner::XWing(k) => {
+                use x_wing::{Decapsulator as _, KeyExport as _};
+                Ok(k.encapsulation_key().to_bytes().to_vec())
+            }
             Inner::MlDsa(k) => Ok(k.public_key().as_ref().to_vec()),
             Inner::SlhDsa(k) => {
                 let public: &slh_dsa::VerifyingKey<Sha2_128s> = k.as_ref().as_ref();
@@ -644,13 +663,25 @@ impl LoadedKey {
         }
     }
 
-    /// ML-KEM decapsulation: the shared secret of `ciphertext`. A ciphertext of the wrong length
-    /// is [`KeyError::Decrypt`]; a wrong one of the right length gives another secret (ML-KEM's
-    /// implicit rejection), never an error.
+    /// ML-KEM or X-Wing decapsulation: the shared secret of `ciphertext`. A ciphertext of the
+    /// wrong length is [`KeyError::Decrypt`]; a wrong one of the right length gives another
+    /// secret (ML-KEM's implicit rejection), never an error.
     pub fn decapsulate(&self, ciphertext: &[u8]) -> Result<Secret, KeyError> {
-        let Inner::MlKem(key, _) = &self.inner else { return Err(KeyError::WrongKind) };
-        let secret = key.decapsulate(kem::Ciphertext::from(ciphertext)).map_err(|_| KeyError::Decrypt)?;
-        Ok(Secret::new(secret.as_ref().to_vec()))
+        match &self.inner {
+            Inner::MlKem(key, _) => {
+                let secret = key.decapsulate(kem::Ciphertext::from(ciphertext)).map_err(|_| KeyError::Decrypt)?;
+                Ok(Secret::new(secret.as_ref().to_vec()))
+            }
+            Inner::XWing(key) => {
+                use x_wing::Decapsulate as _;
+                let ct = x_wing::Ciphertext::try_from(ciphertext).map_err(|_| KeyError::Decrypt)?;
+                let mut secret = key.decapsulate(&ct);
+                let out = Secret::new(secret.to_vec());
+                zeroize::Zeroize::zeroize(secret.as_mut_slice());
+                Ok(out)
+            }
+            _ => Err(KeyError::WrongKind),
+        }
     }
 
     /// Raw AES encryption. GCM draws a fresh 12-byte nonce and appends its 16-byte tag, binding
@@ -1148,6 +1179,34 @@ mod tests {
             assert_ne!(key.decapsulate(&other).unwrap().expose(), shared.as_ref(), "implicit rejection");
             assert_eq!(key.decapsulate(&other[1..]).unwrap_err(), KeyError::Decrypt);
         }
+    }
+
+    #[test]
+    fn x_wing_keys_are_a_seed_that_decapsulates_what_their_public_key_encapsulated() {
+        use x_wing::KeyExport as _;
+        let spec = KeySpec::XWing;
+        assert!(spec.post_quantum() && !spec.signs() && spec.prehash().is_none());
+        let material = spec.generate().unwrap();
+        assert_eq!(material.expose().len(), 32, "the draft's decapsulation key is a 32-byte seed");
+        let key = LoadedKey::from_material(spec, &material).unwrap();
+        let raw = key.public_key_raw().unwrap();
+        assert_eq!(raw.len(), 1216);
+        // The same seed makes the same key; another seed another.
+        let again = LoadedKey::from_material(spec, &material).unwrap().public_key_raw().unwrap();
+        assert_eq!(again, raw);
+        let other = LoadedKey::from_material(spec, &spec.generate().unwrap()).unwrap();
+        assert_ne!(other.public_key_raw().unwrap(), raw);
+        assert_eq!(key.public_key_der().unwrap_err(), KeyError::WrongKind, "no standard SPKI");
+        let sender = x_wing::EncapsulationKey::try_from(raw.as_slice()).unwrap();
+        assert_eq!(sender.to_bytes().as_slice(), raw.as_slice());
+        // The sender's randomness, drawn here (the crate's own generator needs `rand_core`).
+        let mut randomness = [0u8; 64];
+        crate::random_bytes(&mut randomness).unwrap();
+        let (ct, shared) = sender.encapsulate_deterministic(&randomness.into());
+        assert_eq!(key.decapsulate(&ct).unwrap().expose(), shared.as_slice());
+        assert_ne!(other.decapsulate(&ct).unwrap().expose(), shared.as_slice());
+        assert_eq!(key.decapsulate(&ct[1..]).unwrap_err(), KeyError::Decrypt);
+        assert!(LoadedKey::from_material(spec, &Secret::new(vec![1; 31])).is_err());
     }
 
     #[test]

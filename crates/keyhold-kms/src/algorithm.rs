@@ -49,6 +49,7 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
         A::Aes256Ctr => KeySpec::Aes(AesBits::B256, AesMode::Ctr),
         A::MlKem768 => KeySpec::MlKem(MlKemLevel::K768),
         A::MlKem1024 => KeySpec::MlKem(MlKemLevel::K1024),
+        A::KemXwing => KeySpec::XWing,
         A::PqSignMlDsa44 => KeySpec::MlDsa(MlDsaLevel::D44),
         A::PqSignMlDsa65 => KeySpec::MlDsa(MlDsaLevel::D65),
         A::PqSignMlDsa87 => KeySpec::MlDsa(MlDsaLevel::D87),
@@ -117,7 +118,7 @@ mod tests {
                     KeySpec::RsaOaep(..) => Purpose::AsymmetricDecrypt,
                     KeySpec::Hmac(_) => Purpose::Mac,
                     KeySpec::Aes(..) => Purpose::RawEncryptDecrypt,
-                    KeySpec::MlKem(_) => Purpose::KeyEncapsulation,
+                    KeySpec::MlKem(_) | KeySpec::XWing => Purpose::KeyEncapsulation,
                     _ => Purpose::AsymmetricSign,
                 };
                 assert_eq!(purpose, Some(expected), "{alg}");

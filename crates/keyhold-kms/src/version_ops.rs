@@ -227,15 +227,25 @@ impl VersionOps {
         let purposes = [Purpose::AsymmetricSign, Purpose::AsymmetricDecrypt, Purpose::KeyEncapsulation];
         let u = self.usable(call, name, &purposes, "getPublicKey (it has no public key)").await?;
         let format = format.filter(|f| *f != PublicKeyFormat::Unspecified);
-        let post_quantum = u.spec()?.post_quantum();
-        match (post_quantum, format) {
-            (false, Some(f @ (PublicKeyFormat::NistPqc | PublicKeyFormat::XwingRawBytes))) => {
+        let spec = u.spec()?;
+        let xwing = spec == KeySpec::XWing;
+        match (spec.post_quantum(), xwing, format) {
+            (false, _, Some(f @ (PublicKeyFormat::NistPqc | PublicKeyFormat::XwingRawBytes))) => {
                 return Err(KmsError::InvalidArgument(format!(
                     "Public key format {f} is for post-quantum keys; {} keys give PEM or DER.",
                     u.algorithm
                 )));
             }
-            (true, None | Some(PublicKeyFormat::XwingRawBytes)) => {
+            // X-Wing has no standard SubjectPublicKeyInfo nor NIST encoding: raw bytes only.
+            (_, true, Some(PublicKeyFormat::XwingRawBytes)) => {}
+            (_, true, _) => {
+                return Err(KmsError::InvalidArgument(format!(
+                    "publicKeyFormat XWING_RAW_BYTES is required for {}: the ML-KEM-768 encapsulation key then the \
+                     X25519 public key, 1216 bytes.",
+                    u.algorithm
+                )));
+            }
+            (true, false, None | Some(PublicKeyFormat::XwingRawBytes)) => {
                 return Err(KmsError::InvalidArgument(format!(
                     "publicKeyFormat is required for {}: NIST_PQC (the raw FIPS 203, 204 or 205 key), PEM or DER.",
                     u.algorithm
@@ -247,6 +257,18 @@ impl VersionOps {
         let reason = keyhold_api::resources::AccessReason::ReasonNotExpected;
         let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
         let backend = self.backend(&u)?;
+        if xwing {
+            let data = backend.public_key_raw(using).await?;
+            return Ok(PublicKey {
+                pem: String::new(),
+                pem_crc32c: None,
+                algorithm: u.algorithm,
+                name: name.to_string(),
+                protection_level: u.level,
+                public_key_format: format,
+                public_key: Some(ChecksummedData { crc32c_checksum: Crc32c(crc32c(&data)), data: Bytes(data) }),
+            });
+        }
         let der = backend.public_key(using).await?;
         let pem = keyhold_crypto::keys::public_key_pem(&der);
         let data = match format {
@@ -332,8 +354,8 @@ impl VersionOps {
 }
 
 impl VersionOps {
-    /// `cryptoKeyVersions.decapsulate`: the shared secret of an ML-KEM ciphertext made with the
-    /// version's public key.
+    /// `cryptoKeyVersions.decapsulate`: the shared secret of an ML-KEM or X-Wing ciphertext made
+    /// with the version's public key.
     pub(crate) async fn decapsulate(
         &self,
         call: &Call<'_>,

@@ -325,6 +325,20 @@ async fn gcloud_words_sign_decrypt_and_mac() {
     );
     assert!(success, "{stderr}");
     assert_eq!(std::fs::read(d.join("kem.secret")).unwrap(), shared.as_ref());
+    // An X-Wing key's public key, in its one format; PEM is refused.
+    create_key(d, port, "xwing", "key-encapsulation", "kem-xwing");
+    let xwing_pub = d.join("xwing.pub");
+    let get = |format: &str| {
+        let args = ["kms", "keys", "versions", "get-public-key", "1", "--key", "xwing", "--keyring", "r"];
+        let rest =
+            ["--location", "global", "--public-key-format", format, "--output-file", xwing_pub.to_str().unwrap()];
+        cli(d, port, &[&args[..], &rest[..]].concat())
+    };
+    let (success, _, stderr) = get("xwing-raw-bytes");
+    assert!(success, "{stderr}");
+    assert_eq!(std::fs::read(&xwing_pub).unwrap().len(), 1216);
+    let (success, _, stderr) = get("pem");
+    assert!(!success && stderr.contains("XWING_RAW_BYTES is required"), "{stderr}");
     // Without the AAD it does not open.
     let (success, _, stderr) = run(
         &[

@@ -180,8 +180,10 @@ pub enum PublicKeyFormatArg {
     Pem,
     /// DER.
     Der,
-    /// The raw FIPS 203 encoding (post-quantum keys).
+    /// The raw FIPS 203, 204 or 205 encoding (post-quantum keys).
     NistPqc,
+    /// The raw X-Wing public key (`KEM_XWING` keys): ML-KEM-768's, then X25519's.
+    XwingRawBytes,
 }
 
 /// `keyhold kms keys versions get-public-key`.
@@ -474,6 +476,7 @@ pub async fn get_public_key(ctx: &Ctx, c: &GetPublicKeyArgs) -> Result<(), CliEr
         PublicKeyFormatArg::Pem => "PEM",
         PublicKeyFormatArg::Der => "DER",
         PublicKeyFormatArg::NistPqc => "NIST_PQC",
+        PublicKeyFormatArg::XwingRawBytes => "XWING_RAW_BYTES",
     };
     let resp: PublicKey = ctx
         .client
