@@ -287,6 +287,7 @@ def test_x_wing_decapsulates_what_an_independent_sender_encapsulated(kms, ring):
         request={"name": version.name, "ciphertext": ciphertext, "ciphertext_crc32c": crc32c(ciphertext)}
     )
     assert resp.shared_secret == shared
+    assert resp.shared_secret_crc32c == crc32c(shared)
     assert resp.verified_ciphertext_crc32c
     # Its public key has no PEM (X-Wing has no standard SubjectPublicKeyInfo).
     with pytest.raises((gexc.BadRequest, gexc.InvalidArgument)) as e:
@@ -348,6 +349,28 @@ def test_slh_dsa_signatures_verify_with_an_independent_fips_205_implementation(k
     # Pure SLH-DSA signs the data, never a digest.
     with pytest.raises(gexc.BadRequest):
         kms.asymmetric_sign(request={"name": version.name, "digest": {"sha256": hashlib.sha256(data).digest()}})
+
+
+def test_hash_slh_dsa_signatures_verify_with_an_independent_fips_205_implementation(kms, ring):
+    """HashSLH-DSA-SHA2-128s with SHA-256: what Keyhold signs, from the data or from the caller's
+    digest, verifies with the `slh-dsa` package's `verify_hash` (FIPS 205, algorithm 25)."""
+    import slhdsa
+
+    version = create_version(kms, ring, Purpose.ASYMMETRIC_SIGN, Algorithm.PQ_SIGN_HASH_SLH_DSA_SHA2_128S_SHA256)
+    Format = kms_v1.PublicKey.PublicKeyFormat
+    raw = kms.get_public_key(request={"name": version.name, "public_key_format": Format.NIST_PQC})
+    public = slhdsa.PublicKey.from_digest(raw.public_key.data, slhdsa.sha2_128s)
+    data = b"a release to sign"
+    by_data = kms.asymmetric_sign(request={"name": version.name, "data": data})
+    digest = hashlib.sha256(data).digest()
+    by_digest = kms.asymmetric_sign(
+        request={"name": version.name, "digest": {"sha256": digest}, "digest_crc32c": crc32c(digest)}
+    )
+    assert by_digest.verified_digest_crc32c
+    for signature in (by_data.signature, by_digest.signature):
+        assert public.verify_hash(data, signature)
+        assert not public.verify_hash(b"another release", signature)
+        assert not public.verify_pure(data, signature)
 
 
 def test_import_a_key_wrapped_with_cryptography(kms, ring):

@@ -236,6 +236,26 @@ pub enum KeySpec {
     /// SLH-DSA-SHA2-128s (FIPS 205) in pure mode, hedged (a fresh random `opt_rand`), with an
     /// empty context: signs the data.
     SlhDsaSha2S128,
+    /// HashSLH-DSA-SHA2-128s with SHA-256 (FIPS 205, 10.2.2), hedged, with an empty context:
+    /// signs the SHA-256 digest of the data (the caller's, or computed here). The same key as
+    /// [`KeySpec::SlhDsaSha2S128`]'s, with its own public key OID.
+    HashSlhDsaSha2S128Sha256,
+}
+
+/// The DER of SHA-256's OID (2.16.840.1.101.3.4.2.1), as HashSLH-DSA's M' carries it.
+const SHA256_OID_DER: [u8; 11] = [0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+
+/// The `SubjectPublicKeyInfo` of a HashSLH-DSA-SHA2-128s-with-SHA-256 public key:
+/// `id-hash-slh-dsa-sha2-128s-with-sha256` (2.16.840.1.101.3.4.3.35, NIST's registry and
+/// RFC 9909), no parameters, the raw 32-byte key.
+fn hash_slh_dsa_spki(raw: &[u8]) -> Result<Vec<u8>, der::Error> {
+    use der::Encode as _;
+    let oid = spki::ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.3.35");
+    let info = spki::SubjectPublicKeyInfoRef {
+        algorithm: spki::AlgorithmIdentifierRef { oid, parameters: None },
+        subject_public_key: der::asn1::BitStringRef::from_bytes(raw)?,
+    };
+    info.to_der()
 }
 
 /// The lengths of SLH-DSA-SHA2-128s's private key (`SK.seed || SK.prf || PK.seed || PK.root`)
@@ -340,7 +360,9 @@ impl KeySpec {
     /// The hash a digest for this key must come from, or `None` if it signs data only.
     pub fn prehash(self) -> Option<Hash> {
         match self {
-            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaSecp256k1Sha256 => Some(Hash::Sha256),
+            KeySpec::EcdsaP256Sha256 | KeySpec::EcdsaSecp256k1Sha256 | KeySpec::HashSlhDsaSha2S128Sha256 => {
+                Some(Hash::Sha256)
+            }
             KeySpec::EcdsaP384Sha384 => Some(Hash::Sha384),
             KeySpec::RsaPss(_, h) | KeySpec::RsaPkcs1(_, h) => Some(h),
             KeySpec::Ed25519
@@ -365,6 +387,7 @@ impl KeySpec {
                 | KeySpec::Ed25519
                 | KeySpec::MlDsa(_)
                 | KeySpec::SlhDsaSha2S128
+                | KeySpec::HashSlhDsaSha2S128Sha256
                 | KeySpec::RsaPss(..)
                 | KeySpec::RsaPkcs1(..)
                 | KeySpec::RsaRawPkcs1(_)
@@ -372,9 +395,17 @@ impl KeySpec {
     }
 
     /// Whether this is a post-quantum key, whose public key Cloud KMS gives only in a format the
-    /// caller names (`publicKeyFormat`), with `NIST_PQC` for the raw FIPS encoding.
+    /// caller names (`publicKeyFormat`): `NIST_PQC` for the raw FIPS encoding, `XWING_RAW_BYTES`
+    /// for X-Wing.
     pub fn post_quantum(self) -> bool {
-        matches!(self, KeySpec::MlKem(_) | KeySpec::XWing | KeySpec::MlDsa(_) | KeySpec::SlhDsaSha2S128)
+        matches!(
+            self,
+            KeySpec::MlKem(_)
+                | KeySpec::XWing
+                | KeySpec::MlDsa(_)
+                | KeySpec::SlhDsaSha2S128
+                | KeySpec::HashSlhDsaSha2S128Sha256
+        )
     }
 
     fn ecdsa(self) -> Option<&'static EcdsaSigningAlgorithm> {
@@ -386,7 +417,9 @@ impl KeySpec {
         }
     }
 
-    /// New private material for this key: PKCS#8 v1 DER, or the raw HMAC key.
+    /// New private material for this key: PKCS#8 v1 DER; the raw key of an HMAC or AES key; the
+    /// FIPS 205 private key of SLH-DSA; ML-KEM's decapsulation then encapsulation key; X-Wing's
+    /// 32-byte seed.
     pub fn generate(self) -> Result<Secret, KeyError> {
         let lib = |what| move |_| KeyError::Library(what);
         let der: Vec<u8> = match self {
@@ -406,7 +439,7 @@ impl KeySpec {
                 let pair = PqdsaKeyPair::generate(level.algorithm()).map_err(lib("ML-DSA generation"))?;
                 pair.to_pkcs8v1().map_err(lib("PKCS#8 encoding"))?.as_ref().to_vec()
             }
-            KeySpec::SlhDsaSha2S128 => {
+            KeySpec::SlhDsaSha2S128 | KeySpec::HashSlhDsaSha2S128Sha256 => {
                 // FIPS 205's slh_keygen (algorithm 21): three n-byte seeds from the approved
                 // generator, then slh_keygen_internal, which computes PK.root.
                 let mut seeds = Zeroizing::new([0u8; 3 * SLH_DSA_128S_N]);
@@ -516,13 +549,14 @@ impl LoadedKey {
                 Inner::MlKem(key, public.to_vec())
             }
             KeySpec::XWing => {
-                let seed: Zeroizing<[u8; x_wing::DECAPSULATION_KEY_SIZE]> =
-                    Zeroizing::new(bytes.try_into().map_err(|_| KeyError::Material(spec))?);
-                Inner::XWing(Box::new(x_wing::DecapsulationKey::from(*seed)))
+                // Borrowed in place: no copy of the seed is left behind here.
+                let seed: &x_wing::Key<x_wing::DecapsulationKey> =
+                    bytes.try_into().map_err(|_| KeyError::Material(spec))?;
+                Inner::XWing(Box::new(<x_wing::DecapsulationKey as x_wing::KeyInit>::new(seed)))
             }
             KeySpec::Ed25519 => Inner::Ed25519(Ed25519KeyPair::from_pkcs8(bytes).map_err(bad)?),
             KeySpec::MlDsa(level) => Inner::MlDsa(PqdsaKeyPair::from_pkcs8(level.algorithm(), bytes).map_err(bad)?),
-            KeySpec::SlhDsaSha2S128 => {
+            KeySpec::SlhDsaSha2S128 | KeySpec::HashSlhDsaSha2S128Sha256 => {
                 if bytes.len() != SLH_DSA_128S_KEY_LEN {
                     return Err(KeyError::Material(spec));
                 }
@@ -568,10 +602,11 @@ impl LoadedKey {
             Inner::MlDsa(k) => k.public_key().as_der().map_err(lib)?,
             Inner::SlhDsa(k) => {
                 let public: &slh_dsa::VerifyingKey<Sha2_128s> = k.as_ref().as_ref();
-                return Ok(public
-                    .to_public_key_der()
-                    .map_err(|_| KeyError::Library("public key encoding"))?
-                    .into_vec());
+                let encoding = || KeyError::Library("public key encoding");
+                return match self.spec {
+                    KeySpec::HashSlhDsaSha2S128Sha256 => hash_slh_dsa_spki(&public.to_vec()).map_err(|_| encoding()),
+                    _ => public.to_public_key_der().map(|d| d.into_vec()).map_err(|_| encoding()),
+                };
             }
             Inner::RsaSign(k) => k.public_key().as_der().map_err(lib)?,
             Inner::RsaOaep(_, public) => return Ok(public.clone()),
@@ -597,6 +632,15 @@ impl LoadedKey {
                 k.sign_digest(rsa_encoding(self.spec)?, &d, &mut out).map_err(|_| KeyError::Library("RSA signing"))?;
                 Ok(out)
             }
+            Inner::SlhDsa(k) => {
+                // FIPS 205, algorithm 23 (hash_slh_sign) with an empty context: slh_sign_internal
+                // over M' = 1 || |ctx| || ctx || OID(SHA-256) || PH(M), hedged.
+                let mut opt_rand = [0u8; SLH_DSA_128S_N];
+                crate::random_bytes(&mut opt_rand).map_err(|_| KeyError::Library("random bytes"))?;
+                let prefix = [1u8, 0];
+                let signature = k.slh_sign_internal(&[&prefix, &SHA256_OID_DER, d.as_ref()], Some(&opt_rand));
+                Ok(signature.to_vec())
+            }
             _ => Err(KeyError::WrongKind),
         }
     }
@@ -612,7 +656,7 @@ impl LoadedKey {
                 out.truncate(len);
                 Ok(out)
             }
-            (Inner::SlhDsa(k), _) => {
+            (Inner::SlhDsa(k), None) => {
                 let mut opt_rand = [0u8; SLH_DSA_128S_N];
                 crate::random_bytes(&mut opt_rand).map_err(|_| KeyError::Library("random bytes"))?;
                 let signature = k
@@ -620,7 +664,7 @@ impl LoadedKey {
                     .map_err(|_| KeyError::Library("SLH-DSA signing"))?;
                 Ok(signature.to_vec())
             }
-            (Inner::Ecdsa(_) | Inner::RsaSign(_), Some(h)) => self.sign_digest(&h.hash(data)),
+            (Inner::Ecdsa(_) | Inner::RsaSign(_) | Inner::SlhDsa(_), Some(h)) => self.sign_digest(&h.hash(data)),
             _ => Err(KeyError::WrongKind),
         }
     }
@@ -645,8 +689,8 @@ impl LoadedKey {
         Ok(hmac::sign(k, data).as_ref().to_vec())
     }
 
-    /// The public key in its raw NIST encoding (FIPS 203's encapsulation key, FIPS 204's public
-    /// key), for post-quantum keys only.
+    /// The public key in its raw encoding, for post-quantum keys only: FIPS 203's encapsulation
+    /// key, FIPS 204's or 205's public key, X-Wing's `pk_M || pk_X`.
     pub fn public_key_raw(&self) -> Result<Vec<u8>, KeyError> {
         match &self.inner {
             Inner::MlKem(_, raw) => Ok(raw.clone()),
@@ -1271,6 +1315,37 @@ mod tests {
         assert_ne!(key.sign_data(msg).unwrap(), signature);
         assert_eq!(key.sign_digest(&[0; 32]).unwrap_err(), KeyError::WrongKind);
         assert!(LoadedKey::from_material(spec, &Secret::new(vec![7; 63])).is_err());
+    }
+
+    #[test]
+    fn hash_slh_dsa_signs_the_sha256_digest_as_fips_205_prescribes() {
+        let spec = KeySpec::HashSlhDsaSha2S128Sha256;
+        assert!(spec.signs() && spec.post_quantum() && spec.prehash() == Some(Hash::Sha256));
+        let material = spec.generate().unwrap();
+        let key = LoadedKey::from_material(spec, &material).unwrap();
+        let raw = key.public_key_raw().unwrap();
+        // The same key as pure SLH-DSA's, under id-hash-slh-dsa-sha2-128s-with-sha256 (….3.35).
+        let pure = LoadedKey::from_material(KeySpec::SlhDsaSha2S128, &material).unwrap();
+        assert_eq!(pure.public_key_raw().unwrap(), raw);
+        let der = key.public_key_der().unwrap();
+        let head = [
+            0x30, 0x30, 0x30, 0x0b, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x23, 0x03, 0x21, 0x00,
+        ];
+        assert_eq!((&der[..18], &der[18..]), (&head[..], &raw[..]));
+        let msg = b"release v1.2.3";
+        let digest = Hash::Sha256.hash(msg);
+        let public = slh_dsa::VerifyingKey::<Sha2_128s>::try_from(raw.as_slice()).unwrap();
+        // M' = 0x01 || 0x00 (empty context) || DER(OID of SHA-256) || SHA-256(M) (FIPS 205, 10.2.2).
+        let oid = [0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+        for signature in [key.sign_data(msg).unwrap(), key.sign_digest(&digest).unwrap()] {
+            assert_eq!(signature.len(), 7856);
+            let parsed = slh_dsa::Signature::<Sha2_128s>::try_from(signature.as_slice()).unwrap();
+            public.slh_verify_internal(&[&[1, 0], &oid, &digest], &parsed).unwrap();
+            // Not a pure signature of the message, nor of the digest.
+            assert!(public.try_verify_with_context(msg, &[], &parsed).is_err());
+            assert!(public.try_verify_with_context(&digest, &[], &parsed).is_err());
+        }
+        assert!(matches!(key.sign_digest(&digest[..31]), Err(KeyError::DigestLength { expected: 32, actual: 31 })));
     }
 
     #[test]

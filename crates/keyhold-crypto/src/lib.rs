@@ -23,6 +23,9 @@ pub mod keys;
 pub mod sealed;
 pub mod secret;
 
+// Named only for their `zeroize` feature, which wipes x-wing's hash states (see Cargo.toml).
+use {sha3 as _, shake as _};
+
 pub use aead::{AeadKey, CryptoError};
 pub use secret::{KeyBytes, Secret, SecretString};
 

@@ -54,6 +54,7 @@ pub(crate) fn key_spec(alg: Algorithm) -> Option<KeySpec> {
         A::PqSignMlDsa65 => KeySpec::MlDsa(MlDsaLevel::D65),
         A::PqSignMlDsa87 => KeySpec::MlDsa(MlDsaLevel::D87),
         A::PqSignSlhDsaSha2128s => KeySpec::SlhDsaSha2S128,
+        A::PqSignHashSlhDsaSha2128sSha256 => KeySpec::HashSlhDsaSha2S128Sha256,
         _ => return None,
     })
 }

@@ -245,7 +245,13 @@ impl VersionOps {
                     u.algorithm
                 )));
             }
-            (true, false, None | Some(PublicKeyFormat::XwingRawBytes)) => {
+            (true, false, Some(PublicKeyFormat::XwingRawBytes)) => {
+                return Err(KmsError::InvalidArgument(format!(
+                    "Public key format XWING_RAW_BYTES is for KEM_XWING keys; {} keys give NIST_PQC, PEM or DER.",
+                    u.algorithm
+                )));
+            }
+            (true, false, None) => {
                 return Err(KmsError::InvalidArgument(format!(
                     "publicKeyFormat is required for {}: NIST_PQC (the raw FIPS 203, 204 or 205 key), PEM or DER.",
                     u.algorithm

@@ -929,10 +929,10 @@ async fn ml_dsa_keys_sign_data_that_verifies_with_the_public_key_handed_out() {
 
 /// SLH-DSA-SHA2-128s (FIPS 205) signs data; its 32-byte public key comes raw (`NIST_PQC`) or as a
 /// SubjectPublicKeyInfo with FIPS 205's OID. The signature is checked here for shape; the Python
-/// test verifies it with an independent FIPS 205 implementation. The post-quantum algorithms
-/// Keyhold does not make (HashSLH-DSA, ML-DSA over an external mu, X-Wing) are 501, not 400.
+/// test verifies it with an independent FIPS 205 implementation. HashSLH-DSA signs the SHA-256
+/// digest. ML-DSA over an external mu, which Keyhold does not make, is 501, not 400.
 #[tokio::test]
-async fn slh_dsa_keys_sign_data_and_the_other_post_quantum_algorithms_are_unimplemented() {
+async fn slh_dsa_keys_sign_data_or_its_digest_and_external_mu_is_unimplemented() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;
     s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
     let version = create_key(&s, "slh", "ASYMMETRIC_SIGN", "PQ_SIGN_SLH_DSA_SHA2_128S").await;
@@ -961,13 +961,23 @@ async fn slh_dsa_keys_sign_data_and_the_other_post_quantum_algorithms_are_unimpl
     let digest = json!({"digest": {"sha256": b64(&sha(256, data))}});
     s.err(Method::POST, &format!("{version}:asymmetricSign"), Some(digest), 400, "INVALID_ARGUMENT").await;
 
-    for (n, (purpose, algorithm)) in [
-        ("ASYMMETRIC_SIGN", "PQ_SIGN_HASH_SLH_DSA_SHA2_128S_SHA256"),
-        ("ASYMMETRIC_SIGN", "PQ_SIGN_ML_DSA_65_EXTERNAL_MU"),
-    ]
-    .into_iter()
-    .enumerate()
+    // HashSLH-DSA: the same kind of key, signing the SHA-256 digest (the caller's or computed
+    // here); its SPKI names id-hash-slh-dsa-sha2-128s-with-sha256 (….3.35).
+    let hashed = create_key(&s, "hslh", "ASYMMETRIC_SIGN", "PQ_SIGN_HASH_SLH_DSA_SHA2_128S_SHA256").await;
+    let der = s.ok(Method::GET, &format!("{hashed}/publicKey?publicKeyFormat=DER"), None).await;
+    let der = unb64(&der["publicKey"]["data"]);
+    assert_eq!(der[4..15], [0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x03, 0x23]);
+    let digest = sha(256, data);
+    for body in [json!({"data": b64(data)}), json!({"digest": {"sha256": b64(&digest)}})] {
+        let r = s.ok(Method::POST, &format!("{hashed}:asymmetricSign"), Some(body)).await;
+        assert_eq!(unb64(&r["signature"]).len(), 7856);
+    }
+    for body in [json!({"digest": {"sha256": b64(&digest[..31])}}), json!({"digest": {"sha384": b64(&sha(384, data))}})]
     {
+        s.err(Method::POST, &format!("{hashed}:asymmetricSign"), Some(body), 400, "INVALID_ARGUMENT").await;
+    }
+
+    for (n, (purpose, algorithm)) in [("ASYMMETRIC_SIGN", "PQ_SIGN_ML_DSA_65_EXTERNAL_MU")].into_iter().enumerate() {
         let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm}});
         let m = s
             .err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=pq{n}"), Some(body), 501, "UNIMPLEMENTED")

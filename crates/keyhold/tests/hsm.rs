@@ -845,8 +845,13 @@ async fn hsm_signing_decryption_and_mac_keys() {
     let body = json!({"purpose": "ASYMMETRIC_SIGN", "versionTemplate": {"algorithm": "RSA_SIGN_RAW_PKCS1_2048"}});
     let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId=rawsw"), body).await;
     assert_eq!((status, v["error"]["status"].as_str()), (501, Some("UNIMPLEMENTED")), "{v}");
-    // RSA-OAEP with SHA-256 is refused on HSM keys (SoftHSM2 has OAEP with SHA-1 only).
-    for (id, purpose, algorithm) in [("oaep256", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256")] {
+    // RSA-OAEP with SHA-256 is refused on HSM keys (SoftHSM2 has OAEP with SHA-1 only), and so
+    // are the post-quantum keys (SoftHSM2 has no post-quantum mechanism).
+    for (id, purpose, algorithm) in [
+        ("oaep256", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"),
+        ("xwing", "KEY_ENCAPSULATION", "KEM_XWING"),
+        ("mlkem", "KEY_ENCAPSULATION", "ML_KEM_768"),
+    ] {
         let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm, "protectionLevel": "HSM"}});
         let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId={id}"), body).await;
         assert_eq!((status, v["error"]["status"].as_str()), (501, Some("UNIMPLEMENTED")), "{v}");
@@ -1183,11 +1188,12 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
                 assert_eq!(unb64(&pt["plaintext"]), b"hello");
                 // The token's object is the imported key: one block encrypted by it directly
                 // (AES-ECB through pkcs11-tool) is OpenSSL's under the imported bytes.
-                let label = token_labels(&conf).into_iter().find(|l| l.contains("/cryptoKeys/sym/")).unwrap();
+                // pkcs11-tool finds the secret key to encrypt with by its ID (it ignores --label).
+                let id = token_id(&conf, "/cryptoKeys/sym/");
                 std::fs::write(d.join("block"), [0x24u8; 16]).unwrap();
                 pkcs11_tool(
                     &conf,
-                    &["--encrypt", "-m", "AES-ECB", "--label", &label, "-i"]
+                    &["--encrypt", "-m", "AES-ECB", "--id", &id, "-i"]
                         .into_iter()
                         .chain([d.join("block").to_str().unwrap(), "-o", d.join("block.enc").to_str().unwrap()])
                         .collect::<Vec<_>>(),
@@ -1293,18 +1299,27 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
     drop(server);
 }
 
-/// The labels of every object in the token.
-fn token_labels(conf: &Path) -> Vec<String> {
+/// The `CKA_ID` (hex, as pkcs11-tool lists it) of the one object whose label contains `part`.
+fn token_id(conf: &Path, part: &str) -> String {
     let out = Command::new("pkcs11-tool")
         .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
         .env("SOFTHSM2_CONF", conf)
         .output()
         .unwrap();
     assert!(out.status.success(), "pkcs11-tool: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("label:").map(|s| s.trim().to_string()))
-        .collect()
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut ids = Vec::new();
+    let mut in_match = false;
+    for line in listing.lines() {
+        let line = line.trim();
+        if let Some(label) = line.strip_prefix("label:") {
+            in_match = label.contains(part);
+        } else if let Some(id) = line.strip_prefix("ID:").filter(|_| in_match) {
+            ids.push(id.trim().to_string());
+        }
+    }
+    assert_eq!(ids.len(), 1, "one object labelled *{part}*: {listing}");
+    ids.remove(0)
 }
 
 /// The imported pair's public key is OpenSSL's own (`pem` holds the private key), and what the

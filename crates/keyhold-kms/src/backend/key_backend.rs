@@ -120,7 +120,8 @@ pub(crate) trait KeyBackend: Send + Sync + fmt::Debug {
         let _ = using;
         Err(not_served(self.level(), "GetPublicKey"))
     }
-    /// The public key in its raw NIST encoding (`publicKeyFormat=NIST_PQC`, post-quantum keys).
+    /// The public key in its raw encoding (`publicKeyFormat=NIST_PQC`, or `XWING_RAW_BYTES` for
+    /// X-Wing), post-quantum keys only.
     async fn public_key_raw(&self, using: KeyUse<'_>) -> Result<Vec<u8>, KmsError> {
         let _ = using;
         Err(not_served(self.level(), "GetPublicKey (NIST_PQC)"))

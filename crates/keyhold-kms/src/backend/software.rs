@@ -176,9 +176,11 @@ async fn compute<T: Send + 'static>(
     op: impl FnOnce(&LoadedKey) -> Result<T, KeyError> + Send + 'static,
 ) -> Result<Result<T, KeyError>, KmsError> {
     match key.spec() {
-        KeySpec::RsaPss(..) | KeySpec::RsaPkcs1(..) | KeySpec::RsaOaep(..) | KeySpec::SlhDsaSha2S128 => {
-            run_slow(move || op(&key)).await
-        }
+        KeySpec::RsaPss(..)
+        | KeySpec::RsaPkcs1(..)
+        | KeySpec::RsaOaep(..)
+        | KeySpec::SlhDsaSha2S128
+        | KeySpec::HashSlhDsaSha2S128Sha256 => run_slow(move || op(&key)).await,
         _ => Ok(op(&key)),
     }
 }
