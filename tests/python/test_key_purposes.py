@@ -373,6 +373,25 @@ def test_hash_slh_dsa_signatures_verify_with_an_independent_fips_205_implementat
         assert not public.verify_pure(data, signature)
 
 
+def test_ml_dsa_external_mu_signatures_verify_with_cryptography(kms, ring):
+    """ML-DSA-65 over a caller's mu: the client computes FIPS 204's mu with hashlib's SHAKE256
+    and pyca/cryptography verifies the signature as a pure ML-DSA signature of the message."""
+    from cryptography.hazmat.primitives.asymmetric import mldsa
+
+    version = create_version(kms, ring, Purpose.ASYMMETRIC_SIGN, Algorithm.PQ_SIGN_ML_DSA_65_EXTERNAL_MU)
+    Format = kms_v1.PublicKey.PublicKeyFormat
+    raw = kms.get_public_key(request={"name": version.name, "public_key_format": Format.NIST_PQC})
+    public = mldsa.MLDSA65PublicKey.from_public_bytes(raw.public_key.data)
+    data = b"a release to sign"
+    tr = hashlib.shake_256(raw.public_key.data).digest(64)
+    mu = hashlib.shake_256(tr + b"\x00\x00" + data).digest(64)
+    resp = kms.asymmetric_sign(request={"name": version.name, "digest": {"external_mu": mu}, "digest_crc32c": crc32c(mu)})
+    assert resp.verified_digest_crc32c
+    public.verify(resp.signature, data)
+    with pytest.raises(InvalidSignature):
+        public.verify(resp.signature, b"another release")
+
+
 def test_import_a_key_wrapped_with_cryptography(kms, ring):
     """An import job, and an EC key wrapped for it the way Google's guide wraps with Python:
     RSA-OAEP (SHA-256) of a fresh AES-256 key, then AES key wrap with padding of the key."""

@@ -124,6 +124,9 @@ pub struct Digest {
     /// A SHA-512 digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha512: Option<Bytes>,
+    /// FIPS 204's μ (64 bytes of SHAKE256), for ML-DSA external-μ keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_mu: Option<Bytes>,
 }
 
 /// `AsymmetricSignRequest` (`POST …/cryptoKeyVersions/N:asymmetricSign`): a `digest` or the

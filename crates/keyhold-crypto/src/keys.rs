@@ -36,7 +36,9 @@ use zeroize::Zeroizing;
 
 use crate::secret::Secret;
 
+mod ml_dsa_mu;
 mod parts;
+pub use ml_dsa_mu::MU_LEN;
 pub use parts::{PrivateParts, RsaParts};
 
 /// A hash function, as an algorithm names it.
@@ -233,6 +235,9 @@ pub enum KeySpec {
     XWing,
     /// ML-DSA (FIPS 204) in pure mode, randomized, with an empty context: signs the data.
     MlDsa(MlDsaLevel),
+    /// ML-DSA over a caller's μ (Cloud KMS's `*_EXTERNAL_MU`), hedged; `data` is signed as by
+    /// [`KeySpec::MlDsa`]. The key is FIPS 204's 32-byte seed.
+    MlDsaExternalMu(MlDsaLevel),
     /// SLH-DSA-SHA2-128s (FIPS 205) in pure mode, hedged (a fresh random `opt_rand`), with an
     /// empty context: signs the data.
     SlhDsaSha2S128,
@@ -367,6 +372,7 @@ impl KeySpec {
             KeySpec::RsaPss(_, h) | KeySpec::RsaPkcs1(_, h) => Some(h),
             KeySpec::Ed25519
             | KeySpec::MlDsa(_)
+            | KeySpec::MlDsaExternalMu(_)
             | KeySpec::SlhDsaSha2S128
             | KeySpec::RsaRawPkcs1(_)
             | KeySpec::RsaOaep(..)
@@ -386,6 +392,7 @@ impl KeySpec {
                 | KeySpec::EcdsaSecp256k1Sha256
                 | KeySpec::Ed25519
                 | KeySpec::MlDsa(_)
+                | KeySpec::MlDsaExternalMu(_)
                 | KeySpec::SlhDsaSha2S128
                 | KeySpec::HashSlhDsaSha2S128Sha256
                 | KeySpec::RsaPss(..)
@@ -403,6 +410,7 @@ impl KeySpec {
             KeySpec::MlKem(_)
                 | KeySpec::XWing
                 | KeySpec::MlDsa(_)
+                | KeySpec::MlDsaExternalMu(_)
                 | KeySpec::SlhDsaSha2S128
                 | KeySpec::HashSlhDsaSha2S128Sha256
         )
@@ -427,6 +435,8 @@ impl KeySpec {
             KeySpec::Aes(bits, _) => return random_key(bits.key_len()),
             // The draft's decapsulation key: 32 random bytes, expanded at each use.
             KeySpec::XWing => return random_key(x_wing::DECAPSULATION_KEY_SIZE),
+            // FIPS 204's seed ξ, expanded (ML-DSA.KeyGen_internal) when the key is loaded.
+            KeySpec::MlDsaExternalMu(_) => return random_key(ml_dsa_mu::SEED_LEN),
             KeySpec::MlKem(level) => {
                 // The decapsulation key, then the encapsulation key: AWS-LC cannot derive the
                 // public key of a decapsulation key read back from its bytes.
@@ -494,6 +504,8 @@ enum Inner {
     Hmac(Box<hmac::Key>),
     /// The raw AES key: the library's keys are made per call from it.
     Aes(Secret),
+    /// An ML-DSA key that signs a caller's μ.
+    MlDsaMu(ml_dsa_mu::MuSigningKey),
     /// An ML-KEM decapsulation key, and its encapsulation key's raw bytes.
     MlKem(kem::DecapsulationKey, Vec<u8>),
     /// An X-Wing decapsulation key; wipes its seed on drop (`x-wing`'s `zeroize` feature), and
@@ -556,6 +568,9 @@ impl LoadedKey {
             }
             KeySpec::Ed25519 => Inner::Ed25519(Ed25519KeyPair::from_pkcs8(bytes).map_err(bad)?),
             KeySpec::MlDsa(level) => Inner::MlDsa(PqdsaKeyPair::from_pkcs8(level.algorithm(), bytes).map_err(bad)?),
+            KeySpec::MlDsaExternalMu(level) => {
+                Inner::MlDsaMu(ml_dsa_mu::MuSigningKey::from_seed(level, bytes).ok_or(KeyError::Material(spec))?)
+            }
             KeySpec::SlhDsaSha2S128 | KeySpec::HashSlhDsaSha2S128Sha256 => {
                 if bytes.len() != SLH_DSA_128S_KEY_LEN {
                     return Err(KeyError::Material(spec));
@@ -600,6 +615,7 @@ impl LoadedKey {
             Inner::Ecdsa(k) => k.public_key().as_der().map_err(lib)?,
             Inner::Ed25519(k) => k.public_key().as_der().map_err(lib)?,
             Inner::MlDsa(k) => k.public_key().as_der().map_err(lib)?,
+            Inner::MlDsaMu(k) => return k.public_key_der(),
             Inner::SlhDsa(k) => {
                 let public: &slh_dsa::VerifyingKey<Sha2_128s> = k.as_ref().as_ref();
                 let encoding = || KeyError::Library("public key encoding");
@@ -620,8 +636,12 @@ impl LoadedKey {
         Ok(der.as_ref().to_vec())
     }
 
-    /// Signs a digest the caller computed with [`KeySpec::prehash`]'s hash.
+    /// Signs a digest the caller computed with [`KeySpec::prehash`]'s hash, or the μ of an
+    /// external-μ ML-DSA key.
     pub fn sign_digest(&self, digest: &[u8]) -> Result<Vec<u8>, KeyError> {
+        if let Inner::MlDsaMu(k) = &self.inner {
+            return k.sign_mu(digest);
+        }
         let hash = self.spec.prehash().filter(|_| self.spec.signs()).ok_or(KeyError::WrongKind)?;
         let d = Digest::import_less_safe(digest, hash.digest())
             .map_err(|_| KeyError::DigestLength { expected: hash.output_len(), actual: digest.len() })?;
@@ -650,6 +670,7 @@ impl LoadedKey {
     pub fn sign_data(&self, data: &[u8]) -> Result<Vec<u8>, KeyError> {
         match (&self.inner, self.spec.prehash()) {
             (Inner::Ed25519(k), _) => Ok(k.sign(data).as_ref().to_vec()),
+            (Inner::MlDsaMu(k), _) => k.sign_data(data),
             (Inner::MlDsa(k), _) => {
                 let mut out = vec![0u8; k.algorithm().signature_len()];
                 let len = k.sign(data, &mut out).map_err(|_| KeyError::Library("ML-DSA signing"))?;
@@ -699,6 +720,7 @@ impl LoadedKey {
                 Ok(k.encapsulation_key().to_bytes().to_vec())
             }
             Inner::MlDsa(k) => Ok(k.public_key().as_ref().to_vec()),
+            Inner::MlDsaMu(k) => Ok(k.public_key_raw()),
             Inner::SlhDsa(k) => {
                 let public: &slh_dsa::VerifyingKey<Sha2_128s> = k.as_ref().as_ref();
                 Ok(public.to_vec())

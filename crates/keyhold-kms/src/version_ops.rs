@@ -15,14 +15,14 @@ use std::sync::Arc;
 use keyhold_api::CryptoKeyVersionName;
 use keyhold_api::messages::{
     AsymmetricDecryptRequest, AsymmetricDecryptResponse, AsymmetricSignRequest, AsymmetricSignResponse,
-    ChecksummedData, DecapsulateRequest, DecapsulateResponse, MacSignRequest, MacSignResponse, MacVerifyRequest,
-    MacVerifyResponse, PublicKey, PublicKeyFormat, RawDecryptRequest, RawDecryptResponse, RawEncryptRequest,
-    RawEncryptResponse,
+    ChecksummedData, DecapsulateRequest, DecapsulateResponse, Digest, MacSignRequest, MacSignResponse,
+    MacVerifyRequest, MacVerifyResponse, PublicKey, PublicKeyFormat, RawDecryptRequest, RawDecryptResponse,
+    RawEncryptRequest, RawEncryptResponse,
 };
 use keyhold_api::resources::{Algorithm, ProtectionLevel, Purpose, VersionState};
 use keyhold_api::wire::{Bytes, Crc32c, SecretBytes};
 use keyhold_crypto::crc32c;
-use keyhold_crypto::keys::{AES_BLOCK_LEN, AesMode, GCM_TAG_LEN, Hash, KeySpec};
+use keyhold_crypto::keys::{AES_BLOCK_LEN, AesMode, GCM_TAG_LEN, Hash, KeySpec, MU_LEN};
 use keyhold_iam::{Permission, role};
 
 use crate::algorithm::key_spec;
@@ -119,7 +119,10 @@ impl VersionOps {
         let u = self.usable(call, name, &[Purpose::AsymmetricSign], "signing").await?;
         let spec = u.spec()?;
         let data = req.data.0.as_slice();
-        let digest = req.digest.as_ref().filter(|d| d.sha256.is_some() || d.sha384.is_some() || d.sha512.is_some());
+        let digest = req
+            .digest
+            .as_ref()
+            .filter(|d| d.sha256.is_some() || d.sha384.is_some() || d.sha512.is_some() || d.external_mu.is_some());
         if req.digest_crc32c.is_some() && req.data_crc32c.is_some() {
             return Err(KmsError::InvalidArgument("Only one of digest_crc32c and data_crc32c may be set.".into()));
         }
@@ -150,32 +153,31 @@ impl VersionOps {
                 if req.data_crc32c.is_some() {
                     return Err(KmsError::InvalidArgument("data_crc32c is set but data is not.".into()));
                 }
-                let Some(hash) = spec.prehash() else {
-                    return Err(KmsError::InvalidArgument(format!(
-                        "Algorithm {} signs the data itself, not a digest: send data.",
-                        u.algorithm
-                    )));
-                };
-                let (field, given) = match hash {
-                    Hash::Sha256 => ("sha256", &d.sha256),
-                    Hash::Sha384 => ("sha384", &d.sha384),
-                    _ => ("sha512", &d.sha512),
-                };
-                let Some(given) = given else {
-                    return Err(KmsError::InvalidArgument(format!(
-                        "Algorithm {} takes a {field} digest: set digest.{field}.",
-                        u.algorithm
-                    )));
-                };
-                if given.0.len() != hash.output_len() {
-                    return Err(KmsError::InvalidArgument(format!(
-                        "The {field} digest must be {} bytes long; got {}.",
-                        hash.output_len(),
-                        given.0.len()
-                    )));
+                match (matches!(spec, KeySpec::MlDsaExternalMu(_)), &d.external_mu) {
+                    (true, Some(mu)) => {
+                        if mu.0.len() != MU_LEN {
+                            return Err(KmsError::InvalidArgument(format!(
+                                "The external_mu digest must be {MU_LEN} bytes long; got {}.",
+                                mu.0.len()
+                            )));
+                        }
+                        check_crc("digest", &mu.0, req.digest_crc32c)?;
+                        SignInput::Digest(&mu.0)
+                    }
+                    (true, None) => {
+                        return Err(KmsError::InvalidArgument(format!(
+                            "Algorithm {} takes FIPS 204's mu: set digest.external_mu, or send data.",
+                            u.algorithm
+                        )));
+                    }
+                    (false, Some(_)) => {
+                        return Err(KmsError::InvalidArgument(format!(
+                            "digest.external_mu is for the ML-DSA external-mu algorithms, not {}.",
+                            u.algorithm
+                        )));
+                    }
+                    (false, None) => Self::sha_digest(&u, spec, d, req)?,
                 }
-                check_crc("digest", &given.0, req.digest_crc32c)?;
-                SignInput::Digest(&given.0)
             }
         };
         let reason = check_justification(call, &u.entry)?;
@@ -189,6 +191,42 @@ impl VersionOps {
             verified_data_crc32c: matches!(input, SignInput::Data(_)) && req.data_crc32c.is_some(),
             protection_level: u.level,
         })
+    }
+
+    /// The SHA-2 digest of `d` that the key of `spec` signs: in the field of its hash, of that
+    /// hash's length.
+    fn sha_digest<'r>(
+        u: &Usable,
+        spec: KeySpec,
+        d: &'r Digest,
+        req: &AsymmetricSignRequest,
+    ) -> Result<SignInput<'r>, KmsError> {
+        let Some(hash) = spec.prehash() else {
+            return Err(KmsError::InvalidArgument(format!(
+                "Algorithm {} signs the data itself, not a digest: send data.",
+                u.algorithm
+            )));
+        };
+        let (field, given) = match hash {
+            Hash::Sha256 => ("sha256", &d.sha256),
+            Hash::Sha384 => ("sha384", &d.sha384),
+            _ => ("sha512", &d.sha512),
+        };
+        let Some(given) = given else {
+            return Err(KmsError::InvalidArgument(format!(
+                "Algorithm {} takes a {field} digest: set digest.{field}.",
+                u.algorithm
+            )));
+        };
+        if given.0.len() != hash.output_len() {
+            return Err(KmsError::InvalidArgument(format!(
+                "The {field} digest must be {} bytes long; got {}.",
+                hash.output_len(),
+                given.0.len()
+            )));
+        }
+        check_crc("digest", &given.0, req.digest_crc32c)?;
+        Ok(SignInput::Digest(&given.0))
     }
 
     /// `cryptoKeyVersions.asymmetricDecrypt`: RSA-OAEP with the version's private key.

@@ -140,8 +140,7 @@ pub fn decrypt_response(r: &api::DecryptResponse) -> pb::DecryptResponse {
     }
 }
 
-/// `AsymmetricSignRequest`. A digest in `externalMu` (ML-DSA's external-μ form) is refused:
-/// no algorithm Keyhold serves takes one.
+/// `AsymmetricSignRequest`.
 pub fn asymmetric_sign_request(message: pb::AsymmetricSignRequest) -> Result<api::AsymmetricSignRequest, Status> {
     let pb::AsymmetricSignRequest { name, digest, digest_crc32c, data, data_crc32c } = message;
     let digest = match digest.and_then(|d| d.digest) {
@@ -149,8 +148,8 @@ pub fn asymmetric_sign_request(message: pb::AsymmetricSignRequest) -> Result<api
         Some(pb::digest::Digest::Sha256(b)) => Some(api::Digest { sha256: Some(Bytes(b)), ..Default::default() }),
         Some(pb::digest::Digest::Sha384(b)) => Some(api::Digest { sha384: Some(Bytes(b)), ..Default::default() }),
         Some(pb::digest::Digest::Sha512(b)) => Some(api::Digest { sha512: Some(Bytes(b)), ..Default::default() }),
-        Some(pb::digest::Digest::ExternalMu(_)) => {
-            return Err(invalid("digest.external_mu is for ML-DSA external-mu keys, which Keyhold does not serve."));
+        Some(pb::digest::Digest::ExternalMu(b)) => {
+            Some(api::Digest { external_mu: Some(Bytes(b)), ..Default::default() })
         }
     };
     Ok(api::AsymmetricSignRequest {

@@ -930,9 +930,9 @@ async fn ml_dsa_keys_sign_data_that_verifies_with_the_public_key_handed_out() {
 /// SLH-DSA-SHA2-128s (FIPS 205) signs data; its 32-byte public key comes raw (`NIST_PQC`) or as a
 /// SubjectPublicKeyInfo with FIPS 205's OID. The signature is checked here for shape; the Python
 /// test verifies it with an independent FIPS 205 implementation. HashSLH-DSA signs the SHA-256
-/// digest. ML-DSA over an external mu, which Keyhold does not make, is 501, not 400.
+/// digest.
 #[tokio::test]
-async fn slh_dsa_keys_sign_data_or_its_digest_and_external_mu_is_unimplemented() {
+async fn slh_dsa_keys_sign_data_or_its_digest() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;
     s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
     let version = create_key(&s, "slh", "ASYMMETRIC_SIGN", "PQ_SIGN_SLH_DSA_SHA2_128S").await;
@@ -976,12 +976,63 @@ async fn slh_dsa_keys_sign_data_or_its_digest_and_external_mu_is_unimplemented()
     {
         s.err(Method::POST, &format!("{hashed}:asymmetricSign"), Some(body), 400, "INVALID_ARGUMENT").await;
     }
+}
 
-    for (n, (purpose, algorithm)) in [("ASYMMETRIC_SIGN", "PQ_SIGN_ML_DSA_65_EXTERNAL_MU")].into_iter().enumerate() {
-        let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm}});
-        let m = s
-            .err(Method::POST, &format!("{RING}/cryptoKeys?cryptoKeyId=pq{n}"), Some(body), 501, "UNIMPLEMENTED")
-            .await;
-        assert!(m.contains(algorithm), "{m}");
+/// FIPS 204's μ of `message` for the ML-DSA public key `pk` (pure mode, empty context), as a
+/// client of an external-μ key computes it: SHAKE256(SHAKE256(pk, 64) || 0 || 0 || M, 64).
+fn ml_dsa_mu(pk: &[u8], message: &[u8]) -> Vec<u8> {
+    use shake::digest::{ExtendableOutput, Update, XofReader};
+    let mut tr = [0u8; 64];
+    shake::Shake256::default().chain(pk).finalize_xof().read(&mut tr);
+    let mut mu = vec![0u8; 64];
+    shake::Shake256::default().chain(tr).chain([0u8, 0]).chain(message).finalize_xof().read(&mut mu);
+    mu
+}
+
+/// ML-DSA external-μ keys sign the μ a client computed (`digest.externalMu`), or the data; both
+/// verify with AWS-LC as pure ML-DSA signatures of the message. Other digests are refused, and
+/// `externalMu` is refused for every other algorithm.
+#[tokio::test]
+async fn ml_dsa_external_mu_keys_sign_a_callers_mu() {
+    use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    s.ok(Method::POST, &format!("{LOC}/keyRings?keyRingId=r"), None).await;
+    let data = b"release v1.2.3";
+    let cases: [(&str, &'static dyn sig::VerificationAlgorithm); 3] = [
+        ("PQ_SIGN_ML_DSA_44_EXTERNAL_MU", &sig::ML_DSA_44),
+        ("PQ_SIGN_ML_DSA_65_EXTERNAL_MU", &sig::ML_DSA_65),
+        ("PQ_SIGN_ML_DSA_87_EXTERNAL_MU", &sig::ML_DSA_87),
+    ];
+    for (n, (algorithm, verifier)) in cases.into_iter().enumerate() {
+        let version = create_key(&s, &format!("mu{n}"), "ASYMMETRIC_SIGN", algorithm).await;
+        let raw = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=NIST_PQC"), None).await;
+        let pk = unb64(&raw["publicKey"]["data"]);
+        let der = s.ok(Method::GET, &format!("{version}/publicKey?publicKeyFormat=DER"), None).await;
+        assert!(unb64(&der["publicKey"]["data"]).ends_with(&pk));
+        let mu = ml_dsa_mu(&pk, data);
+        let by_mu = json!({"digest": {"externalMu": b64(&mu)}, "digestCrc32c": crc(&mu)});
+        let r = s.ok(Method::POST, &format!("{version}:asymmetricSign"), Some(by_mu)).await;
+        assert_eq!(r["verifiedDigestCrc32c"], true);
+        let r2 = s.ok(Method::POST, &format!("{version}:asymmetricSign"), Some(json!({"data": b64(data)}))).await;
+        for signature in [unb64(&r["signature"]), unb64(&r2["signature"])] {
+            UnparsedPublicKey::new(verifier, &pk).verify(data, &signature).unwrap();
+            assert!(UnparsedPublicKey::new(verifier, &pk).verify(b"other", &signature).is_err());
+        }
+        for (body, words) in [
+            (json!({"digest": {"externalMu": b64(&mu[..63])}}), "must be 64 bytes"),
+            (json!({"digest": {"sha256": b64(&sha(256, data))}}), "set digest.external_mu"),
+        ] {
+            let m =
+                s.err(Method::POST, &format!("{version}:asymmetricSign"), Some(body), 400, "INVALID_ARGUMENT").await;
+            assert!(m.contains(words), "{m}");
+        }
+    }
+    // μ is for these keys only.
+    let pure = create_key(&s, "pure", "ASYMMETRIC_SIGN", "PQ_SIGN_ML_DSA_65").await;
+    let ec = create_key(&s, "ec", "ASYMMETRIC_SIGN", "EC_SIGN_P256_SHA256").await;
+    for version in [pure, ec] {
+        let body = json!({"digest": {"externalMu": b64(&[0; 64])}});
+        let m = s.err(Method::POST, &format!("{version}:asymmetricSign"), Some(body), 400, "INVALID_ARGUMENT").await;
+        assert!(m.contains("external_mu is for the ML-DSA external-mu algorithms"), "{m}");
     }
 }
