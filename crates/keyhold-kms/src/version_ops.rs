@@ -108,8 +108,9 @@ impl VersionOps {
         self.keys.backends.for_level(Some(u.level))
     }
 
-    /// `cryptoKeyVersions.asymmetricSign`: a digest of the algorithm's hash, or the data (which
-    /// Ed25519 and ML-DSA sign as it is and the others hash first).
+    /// `cryptoKeyVersions.asymmetricSign`: a digest of the algorithm's hash (or an external-μ ML-DSA
+    /// key's μ), or the data (which Ed25519, ML-DSA and pure SLH-DSA sign as it is and the others
+    /// hash first).
     pub(crate) async fn asymmetric_sign(
         &self,
         call: &Call<'_>,
@@ -123,6 +124,14 @@ impl VersionOps {
             .digest
             .as_ref()
             .filter(|d| d.sha256.is_some() || d.sha384.is_some() || d.sha512.is_some() || d.external_mu.is_some());
+        if let Some(d) = digest {
+            let set = [d.sha256.is_some(), d.sha384.is_some(), d.sha512.is_some(), d.external_mu.is_some()];
+            if set.into_iter().filter(|s| *s).count() > 1 {
+                return Err(KmsError::InvalidArgument(
+                    "Only one of digest.sha256, digest.sha384, digest.sha512 and digest.external_mu may be set.".into(),
+                ));
+            }
+        }
         if req.digest_crc32c.is_some() && req.data_crc32c.is_some() {
             return Err(KmsError::InvalidArgument("Only one of digest_crc32c and data_crc32c may be set.".into()));
         }
@@ -166,7 +175,7 @@ impl VersionOps {
                     }
                     (true, None) => {
                         return Err(KmsError::InvalidArgument(format!(
-                            "Algorithm {} takes FIPS 204's mu: set digest.external_mu, or send data.",
+                            "Algorithm {} takes an external mu: set digest.external_mu, or send data.",
                             u.algorithm
                         )));
                     }

@@ -1021,6 +1021,11 @@ async fn ml_dsa_external_mu_keys_sign_a_callers_mu() {
         for (body, words) in [
             (json!({"digest": {"externalMu": b64(&mu[..63])}}), "must be 64 bytes"),
             (json!({"digest": {"sha256": b64(&sha(256, data))}}), "set digest.external_mu"),
+            // Refused by the JSON parser already (`digest` is a proto oneof).
+            (json!({"digest": {"externalMu": b64(&mu), "sha256": b64(&sha(256, data))}}), "duplicate field `sha256`"),
+            (json!({"digest": {"externalMu": b64(&mu)}, "data": b64(data)}), "Only one of digest and data"),
+            (json!({"digest": {"externalMu": b64(&mu)}, "dataCrc32c": crc(data)}), "data_crc32c is set"),
+            (json!({"digest": {"externalMu": b64(&mu)}, "digestCrc32c": crc(b"x")}), "digest_crc32c did not match"),
         ] {
             let m =
                 s.err(Method::POST, &format!("{version}:asymmetricSign"), Some(body), 400, "INVALID_ARGUMENT").await;

@@ -77,7 +77,11 @@ impl Sqlite {
         let p = path.to_path_buf();
         let conn = tokio::task::spawn_blocking(move || -> Result<Connection, SqlError> {
             let c = Connection::open(&p).map_err(map_err)?;
-            c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;").map_err(map_err)?;
+            // The busy timeout first: switching to WAL takes a lock, and a database another
+            // process is writing (a second node, `keyhold` tools) must wait for it, not fail
+            // at once with "database is locked".
+            c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
+                .map_err(map_err)?;
             Ok(c)
         })
         .await
@@ -160,7 +164,11 @@ impl Sqlite {
         let conn = self.conn.clone();
         tokio::task::spawn_blocking(move || -> Result<(), SqlError> {
             let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
-            let tx = c.transaction().map_err(map_err)?;
+            // IMMEDIATE: the write lock is taken (waiting for the busy timeout) before the schema
+            // is read. A deferred transaction would read first, and if another connection wrote
+            // meanwhile, SQLite refuses its upgrade to a writer at once ("database is locked")
+            // without waiting: a second process opening a busy database failed at random.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(map_err)?;
             tx.execute_batch(&ddl).map_err(map_err)?;
             tx.execute_batch(triggers).map_err(map_err)?;
             tx.execute(schema::META_INSERT, ("schema_version", schema::SCHEMA_VERSION.to_string())).map_err(map_err)?;

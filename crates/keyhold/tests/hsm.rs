@@ -851,6 +851,10 @@ async fn hsm_signing_decryption_and_mac_keys() {
         ("oaep256", "ASYMMETRIC_DECRYPT", "RSA_DECRYPT_OAEP_2048_SHA256"),
         ("xwing", "KEY_ENCAPSULATION", "KEM_XWING"),
         ("mlkem", "KEY_ENCAPSULATION", "ML_KEM_768"),
+        ("mldsa", "ASYMMETRIC_SIGN", "PQ_SIGN_ML_DSA_65"),
+        ("mu", "ASYMMETRIC_SIGN", "PQ_SIGN_ML_DSA_65_EXTERNAL_MU"),
+        ("slh", "ASYMMETRIC_SIGN", "PQ_SIGN_SLH_DSA_SHA2_128S"),
+        ("hslh", "ASYMMETRIC_SIGN", "PQ_SIGN_HASH_SLH_DSA_SHA2_128S_SHA256"),
     ] {
         let body = json!({"purpose": purpose, "versionTemplate": {"algorithm": algorithm, "protectionLevel": "HSM"}});
         let (status, v) = post(d, port, &format!("{LOC}/keyRings/r/cryptoKeys?cryptoKeyId={id}"), body).await;

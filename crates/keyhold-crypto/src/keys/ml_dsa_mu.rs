@@ -16,8 +16,10 @@ pub const MU_LEN: usize = 64;
 /// The seed ξ the key is made from.
 pub const SEED_LEN: usize = 32;
 
-/// A signing key of one ML-DSA parameter set. Wipes itself on drop (`ml-dsa`'s `zeroize`); its
-/// `Debug` prints nothing of it.
+/// A signing key of one ML-DSA parameter set. Its seed and expanded key are wiped on drop
+/// (`ml-dsa`'s `zeroize`); it has no `Debug`. Some of `ml-dsa`'s intermediate values while it
+/// expands a seed or signs (ρ′, the per-signature ρ″) stay on the stack unwiped: nothing on this
+/// side can reach them.
 pub(super) enum MuSigningKey {
     D44(Box<SigningKey<MlDsa44>>),
     D65(Box<SigningKey<MlDsa65>>),
@@ -99,7 +101,7 @@ impl MuSigningKey {
 
 #[cfg(test)]
 mod tests {
-    use aws_lc_rs::signature::{self as sig, UnparsedPublicKey};
+    use aws_lc_rs::signature::{self as sig, KeyPair as _, UnparsedPublicKey};
     use sha3::digest::Update as _;
     use shake::{ExtendableOutput as _, Shake256, XofReader as _};
 
@@ -114,6 +116,14 @@ mod tests {
         let mut mu = [0u8; MU_LEN];
         Shake256::default().chain(tr).chain([0u8, 0]).chain(message).finalize_xof().read(&mut mu);
         mu
+    }
+
+    fn aws_lc_signing(level: MlDsaLevel) -> &'static aws_lc_rs::signature::PqdsaSigningAlgorithm {
+        match level {
+            MlDsaLevel::D44 => &aws_lc_rs::signature::ML_DSA_44_SIGNING,
+            MlDsaLevel::D65 => &aws_lc_rs::signature::ML_DSA_65_SIGNING,
+            MlDsaLevel::D87 => &aws_lc_rs::signature::ML_DSA_87_SIGNING,
+        }
     }
 
     #[test]
@@ -132,9 +142,12 @@ mod tests {
             let key = LoadedKey::from_material(spec, &material).unwrap();
             let pk = key.public_key_raw().unwrap();
             assert_eq!(pk.len(), public_len);
-            // The SPKI is AWS-LC's own for this key: it ends with the raw key and AWS-LC reads it.
+            // AWS-LC expands the same seed into the same key, and encodes the same SPKI.
+            let aws_lc =
+                aws_lc_rs::signature::PqdsaKeyPair::from_seed(aws_lc_signing(level), material.expose()).unwrap();
+            assert_eq!(aws_lc.public_key().as_ref(), pk.as_slice(), "{level:?}");
             let der = key.public_key_der().unwrap();
-            assert!(der.ends_with(&pk), "{level:?}");
+            assert_eq!(der.as_slice(), aws_lc_rs::encoding::AsDer::as_der(aws_lc.public_key()).unwrap().as_ref());
             let verify =
                 |signature: &[u8], message: &[u8]| UnparsedPublicKey::new(verifier, &pk).verify(message, signature);
             let by_mu = key.sign_digest(&mu(&pk, message)).unwrap();
