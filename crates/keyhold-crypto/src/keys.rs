@@ -247,6 +247,13 @@ pub enum KeySpec {
     HashSlhDsaSha2S128Sha256,
 }
 
+/// A fresh `opt_rand` for hedged SLH-DSA signing (FIPS 205, n bytes).
+fn slh_dsa_opt_rand() -> Result<[u8; SLH_DSA_128S_N], KeyError> {
+    let mut opt_rand = [0u8; SLH_DSA_128S_N];
+    crate::random_bytes(&mut opt_rand).map_err(|_| KeyError::Library("random bytes"))?;
+    Ok(opt_rand)
+}
+
 /// The DER of SHA-256's OID (2.16.840.1.101.3.4.2.1), as HashSLH-DSA's M' carries it.
 const SHA256_OID_DER: [u8; 11] = [0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
 
@@ -655,8 +662,7 @@ impl LoadedKey {
             Inner::SlhDsa(k) => {
                 // FIPS 205, algorithm 23 (hash_slh_sign) with an empty context: slh_sign_internal
                 // over M' = 1 || |ctx| || ctx || OID(SHA-256) || PH(M), hedged.
-                let mut opt_rand = [0u8; SLH_DSA_128S_N];
-                crate::random_bytes(&mut opt_rand).map_err(|_| KeyError::Library("random bytes"))?;
+                let opt_rand = slh_dsa_opt_rand()?;
                 let prefix = [1u8, 0];
                 let signature = k.slh_sign_internal(&[&prefix, &SHA256_OID_DER, d.as_ref()], Some(&opt_rand));
                 Ok(signature.to_vec())
@@ -678,8 +684,7 @@ impl LoadedKey {
                 Ok(out)
             }
             (Inner::SlhDsa(k), None) => {
-                let mut opt_rand = [0u8; SLH_DSA_128S_N];
-                crate::random_bytes(&mut opt_rand).map_err(|_| KeyError::Library("random bytes"))?;
+                let opt_rand = slh_dsa_opt_rand()?;
                 let signature = k
                     .try_sign_with_context(data, &[], Some(&opt_rand))
                     .map_err(|_| KeyError::Library("SLH-DSA signing"))?;

@@ -145,7 +145,7 @@ impl HsmToken {
 
     /// Puts an imported AES-256 key (`material`, 32 bytes) into the token as an object like the
     /// ones [`HsmToken::generate_key`] makes (`C_CreateObject`), labelled `label`, with a random
-    /// `CKA_ID`. The token's copy of `material` is wiped once the token has it.
+    /// `CKA_ID`. The template's copy of `material` is wiped once the token has it.
     pub async fn import_key(&self, label: &str, material: &Secret) -> Result<HsmKeyRef, HsmError> {
         validate_label(label)?;
         if material.expose().len() != 32 {

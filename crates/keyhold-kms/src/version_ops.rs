@@ -310,25 +310,21 @@ impl VersionOps {
         let reason = keyhold_api::resources::AccessReason::ReasonNotExpected;
         let using = KeyUse { key_name: &u.entry.name, version: u.version(), call, reason };
         let backend = self.backend(&u)?;
-        if xwing {
-            let data = backend.public_key_raw(using).await?;
-            return Ok(PublicKey {
-                pem: String::new(),
-                pem_crc32c: None,
-                algorithm: u.algorithm,
-                name: name.to_string(),
-                protection_level: u.level,
-                public_key_format: format,
-                public_key: Some(ChecksummedData { crc32c_checksum: Crc32c(crc32c(&data)), data: Bytes(data) }),
-            });
-        }
-        let der = backend.public_key(using).await?;
-        let pem = keyhold_crypto::keys::public_key_pem(&der);
-        let data = match format {
-            None => None,
-            Some(PublicKeyFormat::Der) => Some(der),
-            Some(PublicKeyFormat::NistPqc) => Some(backend.public_key_raw(using).await?),
-            Some(_) => Some(pem.clone().into_bytes()),
+        // The raw formats come from the key itself; the others from its SubjectPublicKeyInfo.
+        let (data, pem) = match format {
+            Some(PublicKeyFormat::NistPqc | PublicKeyFormat::XwingRawBytes) => {
+                (Some(backend.public_key_raw(using).await?), String::new())
+            }
+            _ => {
+                let der = backend.public_key(using).await?;
+                let pem = keyhold_crypto::keys::public_key_pem(&der);
+                let data = match format {
+                    None => None,
+                    Some(PublicKeyFormat::Der) => Some(der),
+                    Some(_) => Some(pem.clone().into_bytes()),
+                };
+                (data, pem)
+            }
         };
         let public_key = data.map(|data| ChecksummedData { crc32c_checksum: Crc32c(crc32c(&data)), data: Bytes(data) });
         let with_pem = matches!(format, None | Some(PublicKeyFormat::Pem));

@@ -780,28 +780,7 @@ async fn hsm_signing_decryption_and_mac_keys() {
             args.push("input.txt".into());
             openssl(d, &args.iter().map(String::as_str).collect::<Vec<_>>());
         } else {
-            let mdopt = format!("rsa_oaep_md:{md}");
-            let mgfopt = format!("rsa_mgf1_md:{md}");
-            openssl(
-                d,
-                &[
-                    "pkeyutl",
-                    "-encrypt",
-                    "-pubin",
-                    "-inkey",
-                    "pub.pem",
-                    "-in",
-                    "input.txt",
-                    "-out",
-                    "ct",
-                    "-pkeyopt",
-                    "rsa_padding_mode:oaep",
-                    "-pkeyopt",
-                    &mdopt,
-                    "-pkeyopt",
-                    &mgfopt,
-                ],
-            );
+            oaep_encrypt(d, "pub.pem", "input.txt", "ct", md);
             let ct = std::fs::read(d.join("ct")).unwrap();
             let pt =
                 call(d, port, Method::POST, &format!("{version}:asymmetricDecrypt"), json!({"ciphertext": b64(&ct)}))
@@ -862,13 +841,7 @@ async fn hsm_signing_decryption_and_mac_keys() {
     }
     // Each pair is two objects in the token; destroying a version removes both.
     let labels = |conf: &Path| -> Vec<String> {
-        let out = Command::new("pkcs11-tool")
-            .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
-            .env("SOFTHSM2_CONF", conf)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pkcs11-tool: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout)
+        list_objects(conf)
             .lines()
             .filter_map(|l| l.trim().strip_prefix("label:").map(|s| s.trim().to_string()))
             .collect()
@@ -979,28 +952,7 @@ fn hex(b: &[u8]) -> String {
 /// guide does with OpenSSL: RSA-OAEP (SHA-256) of a fresh AES key, then AES key wrap with
 /// padding of the key (`aes_kwp`), or RSA-OAEP of the key itself.
 fn wrap(d: &Path, key: &str, aes_kwp: bool) -> Vec<u8> {
-    let rsa = |input: &str, out: &str| {
-        openssl(
-            d,
-            &[
-                "pkeyutl",
-                "-encrypt",
-                "-pubin",
-                "-inkey",
-                "job.pem",
-                "-in",
-                input,
-                "-out",
-                out,
-                "-pkeyopt",
-                "rsa_padding_mode:oaep",
-                "-pkeyopt",
-                "rsa_oaep_md:sha256",
-                "-pkeyopt",
-                "rsa_mgf1_md:sha256",
-            ],
-        );
-    };
+    let rsa = |input: &str, out: &str| oaep_encrypt(d, "job.pem", input, out, "sha256");
     if !aes_kwp {
         rsa(key, "wrapped");
         return std::fs::read(d.join("wrapped")).unwrap();
@@ -1235,13 +1187,7 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
 
     // In the token: a private and a public object per pair, one secret object per secret key,
     // all sensitive and none extractable.
-    let out = Command::new("pkcs11-tool")
-        .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let listing = list_objects(&conf);
     // One block per object: a heading line ("Private Key Object; EC ..."), then indented lines.
     let mut objects: Vec<String> = Vec::new();
     for line in listing.lines() {
@@ -1275,15 +1221,7 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
         assert!(Instant::now() < deadline, "not destroyed: {v}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pairs = |conf: &Path| {
-        let out = Command::new("pkcs11-tool")
-            .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
-            .env("SOFTHSM2_CONF", conf)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pkcs11-tool: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).matches(label.as_str()).count()
-    };
+    let pairs = |conf: &Path| list_objects(conf).matches(label.as_str()).count();
     assert_eq!(pairs(&conf), 0, "the destroyed version's objects are gone");
     let key = version.split("/cryptoKeyVersions/").next().unwrap();
     let before = call(d, port, Method::GET, &version, json!({})).await;
@@ -1303,15 +1241,29 @@ async fn hsm_import_jobs_put_imported_keys_into_the_token() {
     drop(server);
 }
 
-/// The `CKA_ID` (hex, as pkcs11-tool lists it) of the one object whose label contains `part`.
-fn token_id(conf: &Path, part: &str) -> String {
+/// Every object in the token, as `pkcs11-tool --list-objects` describes them (logged in).
+fn list_objects(conf: &Path) -> String {
     let out = Command::new("pkcs11-tool")
         .args(["--module", module(), "--token-label", TOKEN, "--login", "--pin", PIN, "--list-objects"])
         .env("SOFTHSM2_CONF", conf)
         .output()
         .unwrap();
     assert!(out.status.success(), "pkcs11-tool: {}", String::from_utf8_lossy(&out.stderr));
-    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// RSA-OAEP (MGF1 with the same hash, empty label) of the file `input` to the public key in the
+/// file `public`, by OpenSSL, into the file `out` (all in `d`).
+fn oaep_encrypt(d: &Path, public: &str, input: &str, out: &str, md: &str) {
+    let (md_opt, mgf_opt) = (format!("rsa_oaep_md:{md}"), format!("rsa_mgf1_md:{md}"));
+    let args = ["pkeyutl", "-encrypt", "-pubin", "-inkey", public, "-in", input, "-out", out];
+    let options = ["-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt", &md_opt, "-pkeyopt", &mgf_opt];
+    openssl(d, &[&args[..], &options[..]].concat());
+}
+
+/// The `CKA_ID` (hex, as pkcs11-tool lists it) of the one object whose label contains `part`.
+fn token_id(conf: &Path, part: &str) -> String {
+    let listing = list_objects(conf);
     let mut ids = Vec::new();
     let mut in_match = false;
     for line in listing.lines() {
@@ -1334,24 +1286,7 @@ async fn check_imported_pair(d: &Path, port: u16, version: &str, pem: &str, algo
     assert_eq!(pk["pem"].as_str(), Some(theirs.as_str()), "{algorithm}");
     std::fs::write(d.join("pub.pem"), &theirs).unwrap();
     if algorithm.starts_with("RSA_DECRYPT") {
-        openssl(
-            d,
-            &[
-                "pkeyutl",
-                "-encrypt",
-                "-pubin",
-                "-inkey",
-                "pub.pem",
-                "-in",
-                "input.txt",
-                "-out",
-                "ct",
-                "-pkeyopt",
-                "rsa_padding_mode:oaep",
-                "-pkeyopt",
-                "rsa_oaep_md:sha1",
-            ],
-        );
+        oaep_encrypt(d, "pub.pem", "input.txt", "ct", "sha1");
         let ct = std::fs::read(d.join("ct")).unwrap();
         let pt =
             call(d, port, Method::POST, &format!("{version}:asymmetricDecrypt"), json!({"ciphertext": b64(&ct)})).await;
