@@ -8,8 +8,9 @@
 #                         [--max-load SECONDS] [--audit-sync strict|INTERVAL]
 #
 # Defaults: 10 rounds on both backends, the debug binary, a kill 1 to 4 s into each round's
-# load. PostgreSQL: uses KEYHOLD_TEST_POSTGRES_URL when set (a fresh database is created from
-# it), else starts a throwaway cluster through `scripts/test.sh with-postgres`.
+# load. KEYHOLD_BIN names a binary to use instead of building one. PostgreSQL: uses
+# KEYHOLD_TEST_POSTGRES_URL when set (a fresh database is created from it), else starts a
+# throwaway cluster through `scripts/test.sh with-postgres`.
 # Exits non-zero if anything acknowledged was lost or torn, or the audit chain is broken.
 
 set -euo pipefail
@@ -33,9 +34,14 @@ while [ "$#" -gt 0 ]; do
 done
 case "$backend" in sqlite | postgres | both) ;; *) echo "crash-test.sh: --backend sqlite|postgres|both" >&2; exit 2 ;; esac
 
-if [ "$profile" = release ]; then cargo build -q --release -p keyhold; else cargo build -q -p keyhold; fi
-bin="${CARGO_TARGET_DIR:-$ROOT/target}/$profile/keyhold"
-case "$bin" in /*) ;; *) bin="$ROOT/$bin" ;; esac
+if [ -n "${KEYHOLD_BIN:-}" ]; then
+    # A binary already built (scripts/test.sh passes the one its Rust tests compiled).
+    bin="$KEYHOLD_BIN"
+else
+    if [ "$profile" = release ]; then cargo build -q --release -p keyhold; else cargo build -q -p keyhold; fi
+    bin="${CARGO_TARGET_DIR:-$ROOT/target}/$profile/keyhold"
+    case "$bin" in /*) ;; *) bin="$ROOT/$bin" ;; esac
+fi
 
 run_postgres() {
     if [ -z "${KEYHOLD_TEST_POSTGRES_URL:-}" ]; then

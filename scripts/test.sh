@@ -42,8 +42,16 @@
 #      over REST and over gRPC (in clear and over TLS). @google-cloud/kms 6.x declares Node.js >= 22; npm only warns on an older one,
 #      and the tests pass on Node.js 20.
 # Every section runs even when an earlier one failed; the exit code is non-zero if any failed.
+# Steps 3b to 6 run the binary step 3 compiled (one debug build of the workspace, not two).
+# With CI=true, incremental compilation is off and debug info is line tables only.
 
 set -euo pipefail
+
+# CI builds once, in a fresh clone: incremental caches (half of target/) and full debug info
+# would only fill its disk. Line tables keep file:line in panics and backtraces.
+if [ "${CI:-}" = true ]; then
+    export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=line-tables-only
+fi
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -273,6 +281,24 @@ run_lint() {
 # 3. Rust
 # ------------------------------------------------------------------------------------------
 
+# Builds target/debug/keyhold for the sections that run a real server and prints its absolute
+# path. In a full run it comes out of the Rust tests' own build: `cargo test --no-run` is what
+# nextest compiles, so it is a no-op there. `cargo build -p keyhold` would resolve features
+# without the dev-dependencies (tokio's test-util, ...) and compile some 65 crates a second
+# time, with the whole workspace, doubling target/ (a CI run ran out of disk that way).
+debug_binary() {
+    if [ "$mode" = all ] || [ "$mode" = rust ]; then
+        note "cargo test --workspace --no-run (the Rust tests' build, with target/debug/keyhold)" >&2
+        cargo test -q --workspace --no-run >&2 || return 1
+    else
+        note "cargo build -p keyhold" >&2
+        cargo build -q -p keyhold >&2 || return 1
+    fi
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyhold"
+    case "$bin" in /*) ;; *) bin="$ROOT/$bin" ;; esac
+    printf '%s\n' "$bin"
+}
+
 run_rust_tests() {
     if cargo nextest --version >/dev/null 2>&1; then
         note "cargo nextest run --workspace --no-fail-fast"
@@ -309,16 +335,19 @@ prepare_venv() {
 }
 
 run_python_tests() {
-    note "cargo build -p keyhold"
-    cargo build -p keyhold || return 1
+    local bin
+    bin="$(debug_binary)" || return 1
     # The README's first command is `cargo run --release -- serve` at the workspace root: it
-    # must find exactly one binary to run (a second one in any crate breaks it). Checked on the
-    # debug build, which is already there.
-    note "cargo run -- serve --help (the README's command finds its binary)"
-    cargo run -q -- serve --help >/dev/null || return 1
+    # must find exactly one binary to run (a second one in any crate breaks it). Read from the
+    # workspace's metadata: `cargo run` itself would compile the binary's dependencies once more
+    # (see debug_binary).
+    note "the workspace has exactly one binary, keyhold (the README's cargo run finds it)"
+    cargo metadata -q --no-deps --format-version 1 | python3 -c '
+import json, sys
+bins = [t["name"] for p in json.load(sys.stdin)["packages"] for t in p["targets"] if "bin" in t["kind"]]
+sys.exit(0 if bins == ["keyhold"] else f"binaries in the workspace: {bins}; `cargo run` needs exactly one")
+' || return 1
     prepare_venv || return 1
-    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyhold"
-    case "$bin" in /*) ;; *) bin="$ROOT/$bin" ;; esac
     note "pytest tests/python (KEYHOLD_BIN=$bin)"
     KEYHOLD_BIN="$bin" "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
 }
@@ -330,13 +359,11 @@ run_python_tests() {
 NODE_DIR="$ROOT/tests/node"
 
 run_node_tests() {
-    note "cargo build -p keyhold"
-    cargo build -p keyhold || return 1
+    local bin
+    bin="$(debug_binary)" || return 1
     # Exactly the locked versions (tests/node/package-lock.json), into tests/node/node_modules.
     note "npm ci (tests/node, node $(node --version), npm $(npm --version))"
     (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error) || return 1
-    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/debug/keyhold"
-    case "$bin" in /*) ;; *) bin="$ROOT/$bin" ;; esac
     note "node --test tests/node (KEYHOLD_BIN=$bin)"
     (cd "$NODE_DIR" && KEYHOLD_BIN="$bin" node --test --test-reporter=spec)
 }
@@ -405,16 +432,21 @@ if [ "$mode" = all ] || [ "$mode" = rust ]; then
     # object may be torn, and the audit chain must verify. The fuzz targets' bounded run is
     # part of the Rust tests above (crates/keyhold-fuzz).
     crash_ok=true
-    scripts/crash-test.sh --rounds 3 --backend sqlite || crash_ok=false
-    scripts/crash-test.sh --rounds 2 --backend postgres || crash_ok=false
-    # The same with the audit journal (--audit-sync): acknowledged entries survive the kill.
-    scripts/crash-test.sh --rounds 2 --backend both --audit-sync 100ms || crash_ok=false
+    if KEYHOLD_BIN="$(debug_binary)"; then
+        export KEYHOLD_BIN
+        scripts/crash-test.sh --rounds 3 --backend sqlite || crash_ok=false
+        scripts/crash-test.sh --rounds 2 --backend postgres || crash_ok=false
+        # The same with the audit journal (--audit-sync): acknowledged entries survive the kill.
+        scripts/crash-test.sh --rounds 2 --backend both --audit-sync 100ms || crash_ok=false
+    else
+        crash_ok=false
+    fi
     if "$crash_ok"; then note "crash test passed: nothing acknowledged was lost"; else failed+=("Crash test"); fi
 
     section "Benchmark suite, smoke mode (every scenario runs and yields numbers; no speed is asserted)"
     # The suite's own arithmetic (plots, ratio statistics) is unit-tested first.
-    if python3 -m unittest discover -s bench -p 'test_*.py' && cargo build -q -p keyhold \
-        && python3 bench/suite.py --smoke; then
+    if python3 -m unittest discover -s bench -p 'test_*.py' && bench_bin="$(debug_binary)" \
+        && python3 bench/suite.py --smoke --binary "$bench_bin"; then
         note "benchmark smoke run passed"
     else
         failed+=("Benchmark smoke run")
