@@ -1,6 +1,6 @@
-//! The audit journal: `keyhold serve --audit-sync INTERVAL` (issue 18).
+//! The audit journal: `keyhold serve --audit-sync INTERVAL` (issue 18; 100 ms by default).
 //!
-//! By default (`--audit-sync strict`) a request is answered once its entry is committed to the
+//! With `--audit-sync strict` a request is answered once its entry is committed to the
 //! database, fsync included: the audit commit is the hot path's cost. With an interval, the
 //! entries of reads, cryptographic calls and refusals take another way, the one database WAL
 //! writers and Vault's file audit device take:
