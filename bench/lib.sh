@@ -30,7 +30,7 @@ need_tools() {
 start_encrypt_server() {
   local bin=$1; shift
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  DATA=$(mktemp -d)
+  DATA=$(mktemp -d ${BENCH_TMP:+-p $BENCH_TMP})
   local scheme=http tls_flags=() curl_tls=()
   if [ "${TLS:-0}" = 1 ]; then
     "$bin" tls dev-certs --out "$DATA/tls" >/dev/null

@@ -8,14 +8,14 @@
 #   bash bench/run.sh --smoke            # seconds per scenario on the debug build; checks that every
 #                                        # scenario runs and yields numbers (CI runs this); writes nothing
 #
-# It installs wrk, openssl and nginx (Debian packages; nginx is the kms and durability
+# It installs wrk, h2load (nghttp2-client: one connection's latencies), openssl and nginx (Debian packages; nginx is the kms and durability
 # scenarios' fixed-answer baseline, which the suite starts itself on a free loopback port, never
 # the system service) when missing, and runs bench/suite.py under `scripts/test.sh with-postgres`
 # for the two-node PostgreSQL scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
-need_tools wrk openssl nginx
+need_tools wrk h2load:nghttp2-client openssl nginx
 if [[ " $* " == *" --smoke "* ]]; then
   cargo build -q -p keyhold
 else

@@ -19,6 +19,56 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402  (bench/ is not a package)
 
 
+class PercentileTest(unittest.TestCase):
+    def test_nearest_rank(self):
+        values = [i / 1000 for i in range(1, 101)]  # 1 ms .. 100 ms
+        self.assertEqual(suite.percentile(values, 0.5), 0.05)
+        self.assertEqual(suite.percentile(values, 0.99), 0.099)
+        self.assertEqual(suite.percentile(values, 1.0), 0.1)
+        self.assertEqual(suite.percentile([0.2], 0.99), 0.2)
+        # One slow request in a hundred is the 100th value, not the 99th percentile's.
+        self.assertEqual(suite.percentile([0.001] * 99 + [0.5], 0.99), 0.001)
+
+
+class OneConnectionTest(unittest.TestCase):
+    """`Wrk.run` at one connection goes to h2load, whose per-request log must add up."""
+
+    def test_h2load_against_a_local_server(self):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                ok = body == b'{"a": 1}' and self.headers["Authorization"] == "Bearer t0k"
+                answer = b"{}"
+                self.send_response(200 if ok else 400)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                wrk = suite.Wrk("1s", Path(tmp))
+                script = wrk.script("t", "POST", '{"a": 1}')
+                url = f"http://127.0.0.1:{server.server_port}/x"
+                r = wrk.run(url, 1, script, "t0k")
+                self.assertGreater(r["rps"], 0)
+                self.assertTrue(0 < r["p50"] <= r["p90"] <= r["p99"], r)
+                # A refused request (a wrong token: 400) fails the run instead of counting.
+                with self.assertRaises(RuntimeError):
+                    wrk.run(url, 1, script, "wrong")
+        finally:
+            server.shutdown()
+
+
 class PairedRatioTest(unittest.TestCase):
     def test_geometric_mean_and_interval(self):
         ratios = [0.9, 1.0, 1.1, 0.95, 1.05]

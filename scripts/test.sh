@@ -20,7 +20,7 @@
 #        cargo deny check licenses bans sources      (deny.toml; cargo-deny is installed if missing)
 #      `cargo deny check advisories` needs the RustSec database from the network and is not run;
 #   1. installs missing Debian packages (PostgreSQL server, SoftHSM2, OpenSC, Python venv
-#      support, Node.js and npm, wrk, openssl, nginx), starting none of their system services
+#      support, Node.js and npm, wrk, h2load, openssl, nginx), starting none of their system services
 #      (a policy-rc.d refuses them during the install; the tests run their own PostgreSQL and
 #      the benchmark suite its own nginx);
 #   2. starts a throwaway PostgreSQL cluster on a free loopback port in a temp dir and exports
@@ -108,8 +108,10 @@ install_packages() {
     if ! command -v softhsm2-util >/dev/null 2>&1; then missing+=(softhsm2); fi
     # pkcs11-tool: the HSM tests look into the token with it, as an operator would.
     if ! command -v pkcs11-tool >/dev/null 2>&1; then missing+=(opensc); fi
-    # The benchmark suite's smoke run: wrk for HTTP load, openssl for the AES-GCM baseline.
+    # The benchmark suite's smoke run: wrk for HTTP load, h2load (nghttp2-client) for one
+    # connection's latencies, openssl for the AES-GCM baseline.
     if ! command -v wrk >/dev/null 2>&1; then missing+=(wrk); fi
+    if ! command -v h2load >/dev/null 2>&1; then missing+=(nghttp2-client); fi
     if ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
     # nginx: the suite's fixed-answer baseline, run as its own process on a free port.
     if ! PATH="$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null 2>&1; then missing+=(nginx); fi
@@ -126,7 +128,7 @@ install_packages() {
         missing+=(npm)
     fi
     if [ "${#missing[@]}" -eq 0 ]; then
-        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3, node $(node --version), wrk, openssl, nginx)"
+        note "system packages present (PostgreSQL in $(pg_bindir), softhsm2, opensc, python3, node $(node --version), wrk, h2load, openssl, nginx)"
         return
     fi
     note "installing: ${missing[*]}"
