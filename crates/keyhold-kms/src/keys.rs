@@ -804,7 +804,7 @@ impl Keys {
             .list_versions(name, 0, i64::MAX)
             .await?
             .into_iter()
-            .map(|v| (v.name.version, CachedVersion::new(v)))
+            .map(|v| (v.name.version, Box::new(CachedVersion::new(v))))
             .collect();
         Ok(CachedKey::new(record, versions))
     }
