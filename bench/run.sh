@@ -2,7 +2,7 @@
 # The benchmark suite (issue 7): every scenario next to its same-run baseline, written to
 # docs/benchmarks.md (between the suite markers) and docs/benchmarks/*.svg.
 #
-#   bash bench/run.sh                    # everything, release build (about 13 minutes on 2 cores)
+#   bash bench/run.sh                    # everything, release build (about 20 minutes on 2 cores)
 #   bash bench/run.sh --only kms,iam     # some scenarios: kms durability iam aead store rewrap enforcement startup stream fairness scale
 #   SCALE_KEYS=100000 bash bench/run.sh --only scale   # the scale scenario over more keys (default 20,000; 200 in --smoke)
 #   bash bench/run.sh --smoke            # seconds per scenario on the debug build; checks that every
