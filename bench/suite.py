@@ -1101,9 +1101,9 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
         top = max(k["connections"])
         out += ["### KMS `:encrypt` / `:decrypt` against the health check and nginx", "",
                 f"nginx ({k['nginx']}, {k['nginx_workers']} workers, keep-alive, no logging) answers every request "
-                "with a fixed JSON of the size of Keyhold's `:encrypt` answer (272 bytes); wrk sends it the same "
-                "request as `:encrypt` 32 B, with the same settings, at each connection count right after the "
-                "health check.", "",
+                "with a fixed JSON of the size of Keyhold's `:encrypt` answer (272 bytes); wrk (h2load at one "
+                "connection) sends it the same request as `:encrypt` 32 B, with the same settings, at each "
+                "connection count right after the health check.", "",
                 "| scenario | requests/s | p50 | p99 | ratio to health check | ratio to nginx |",
                 "|---|---|---|---|---|---|"]
         for name, r in rows.items():

@@ -8,7 +8,8 @@
 #                         [--max-load SECONDS] [--audit-sync strict|INTERVAL]
 #
 # Defaults: 10 rounds on both backends, the debug binary, a kill 1 to 4 s into each round's
-# load. KEYHOLD_BIN names a binary to use instead of building one. PostgreSQL: uses
+# load. KEYHOLD_BIN names a binary to use instead of building one (then --release does not
+# choose the build: that binary is run). PostgreSQL: uses
 # KEYHOLD_TEST_POSTGRES_URL when set (a fresh database is created from it), else starts a
 # throwaway cluster through `scripts/test.sh with-postgres`.
 # Exits non-zero if anything acknowledged was lost or torn, or the audit chain is broken.

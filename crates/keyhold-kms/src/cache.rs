@@ -72,7 +72,7 @@ pub struct CachedKey {
     /// The stored record.
     pub record: CryptoKeyRecord,
     /// Versions by ID, each boxed: a map node has room for 11 entries even when it holds one,
-    /// and a `CachedVersion` inline (480 bytes) made that node 5.4 KiB for every key.
+    /// and a `CachedVersion` inline (480 bytes) made that node 5.2 KiB for every key.
     pub versions: BTreeMap<u64, Box<CachedVersion>>,
     weight: u64,
     loaded: Instant,
