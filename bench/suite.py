@@ -455,8 +455,9 @@ def scenario_durability(ctx) -> dict:
     check and nginx's fixed answer on the SQLite file with `--audit-sync strict` (every entry
     committed with fsync before the answer), on the default server (`journal`: the entry in the
     node's journal before the answer, fsynced every 100 ms, moved into the log behind the
-    requests) and with `--in-memory` (the entry committed in memory, no fsync, nothing on disk). nginx runs throughout
-    and is measured next to each server, so that each has a baseline from the same minute."""
+    requests) and with `--in-memory` (the entry committed in memory, no fsync, nothing on
+    disk). nginx runs throughout and is measured next to each server, so that each has a
+    baseline from the same minute."""
     rows = {}
     with Nginx() as ng:
         for storage, extra in (("file", ["--audit-sync", "strict"]), ("journal", []), ("memory", ["--in-memory"])):

@@ -120,18 +120,19 @@ impl VersionOps {
         let u = self.usable(call, name, &[Purpose::AsymmetricSign], "signing").await?;
         let spec = u.spec()?;
         let data = req.data.0.as_slice();
-        let digest = req
-            .digest
-            .as_ref()
-            .filter(|d| d.sha256.is_some() || d.sha384.is_some() || d.sha512.is_some() || d.external_mu.is_some());
-        if let Some(d) = digest {
-            let set = [d.sha256.is_some(), d.sha384.is_some(), d.sha512.is_some(), d.external_mu.is_some()];
-            if set.into_iter().filter(|s| *s).count() > 1 {
-                return Err(KmsError::InvalidArgument(
-                    "Only one of digest.sha256, digest.sha384, digest.sha512 and digest.external_mu may be set.".into(),
-                ));
-            }
+        // How many of the digest's fields are set: none is no digest, two or more are refused.
+        let set = req.digest.as_ref().map_or(0, |d| {
+            [d.sha256.is_some(), d.sha384.is_some(), d.sha512.is_some(), d.external_mu.is_some()]
+                .into_iter()
+                .filter(|s| *s)
+                .count()
+        });
+        if set > 1 {
+            return Err(KmsError::InvalidArgument(
+                "Only one of digest.sha256, digest.sha384, digest.sha512 and digest.external_mu may be set.".into(),
+            ));
         }
+        let digest = req.digest.as_ref().filter(|_| set == 1);
         if req.digest_crc32c.is_some() && req.data_crc32c.is_some() {
             return Err(KmsError::InvalidArgument("Only one of digest_crc32c and data_crc32c may be set.".into()));
         }

@@ -1,9 +1,9 @@
 //! `keyhold serve --audit-sync INTERVAL` (issue 18; 100ms unless told otherwise): the entries
-//! of reads and cryptographic calls go through a journal on the node's disk. On real server processes: every request
-//! answered before a SIGKILL has its entry in the log after the restart, once; entries a
-//! previous run left in the journal are moved into the log at start (a torn last frame is not an
-//! entry, and nothing already in the log is appended twice); the chain stays whole; the flag's
-//! values are checked.
+//! of reads and cryptographic calls go through a journal on the node's disk. On real server
+//! processes: every request answered before a SIGKILL has its entry in the log after the
+//! restart, once; entries a previous run left in the journal are moved into the log at start (a
+//! torn last frame is not an entry, and nothing already in the log is appended twice); the chain
+//! stays whole; the flag's values are checked.
 
 mod common;
 
