@@ -9,9 +9,9 @@
 #                                        # scenario runs and yields numbers (CI runs this); writes nothing
 #
 # It installs wrk, h2load (nghttp2-client: one connection's latencies), openssl and nginx
-# (Debian packages; nginx is the kms and durability scenarios' fixed-answer baseline, which the suite starts itself on a free loopback port, never
-# the system service) when missing, and runs bench/suite.py under `scripts/test.sh with-postgres`
-# for the two-node PostgreSQL scenario.
+# (Debian packages; nginx is the kms and durability scenarios' fixed-answer baseline, which the
+# suite starts itself on a free loopback port, never the system service) when missing, and runs
+# bench/suite.py under `scripts/test.sh with-postgres` for the two-node PostgreSQL scenario.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
