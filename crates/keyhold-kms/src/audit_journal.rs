@@ -10,15 +10,17 @@
 //!    batch's requests once the kernel has the bytes: a killed process loses nothing;
 //! 2. the flusher thread fsyncs the segment every INTERVAL: a power loss (or a kernel crash)
 //!    can cost at most the entries of the last INTERVAL;
-//! 3. the ingest task moves the entries into the audit log in large batches, where they are
-//!    chained like any other, and records in the same transaction how far the journal is in
-//!    the log (`audit_journals`), so that the replay at the next start appends exactly the rest;
-//!    segments wholly in the log are deleted.
+//! 3. the ingest task moves the entries into the audit log in large batches (one commit per
+//!    [`INGEST_INTERVAL`] at most, unless a read waits), where they are chained like any other,
+//!    and records in the same transaction how far the journal is in the log (`audit_journals`),
+//!    so that the replay at the next start appends exactly the rest; segments wholly in the log
+//!    are deleted.
 //!
 //! Entries of changes still commit with their change. A read of the log first waits for the
 //! entries written before it ([`crate::audit::AuditWriter::settle`]), so a caller always reads
-//! its own requests. If the database stops taking entries, the journal holds them (retrying),
-//! and requests wait once [`MAX_LAG`] entries are behind (and fail after [`LAG_TIMEOUT`]), so
+//! its own requests (and has the ingest task commit at once). If the database stops taking
+//! entries, or takes them slower than they come, the journal holds them (retrying), and
+//! requests wait once [`MAX_LAG`] entries are behind (and fail after [`LAG_TIMEOUT`]), so
 //! memory stays bounded. An entry the database refuses on its own while it takes others is set
 //! aside in `quarantine.jsonl` beside the segments, loudly, rather than holding up the log.
 //!
@@ -58,9 +60,14 @@ const SEGMENT_BYTES: u64 = 64 << 20;
 /// Most entries the writer appends in one write.
 const WRITE_BATCH: usize = 1024;
 /// Most entries one ingest transaction appends to the log.
-const INGEST_BATCH: usize = 4096;
+const INGEST_BATCH: usize = 16384;
+/// How long the ingest task gathers entries before it commits them (unless a read of the log
+/// waits, or the batch is full).
+const INGEST_INTERVAL: Duration = Duration::from_millis(200);
 /// Most entries written but not yet in the log; beyond it the writer waits for the ingest task.
-pub const MAX_LAG: u64 = 65_536;
+pub const MAX_LAG: u64 = 131_072;
+/// How often, at most, the writer says that requests wait for the log.
+const LAG_WARNING_EVERY: Duration = Duration::from_secs(10);
 /// How long the writer waits for the log to catch up before failing a batch's requests.
 pub const LAG_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a read of the log waits for entries to reach it.
@@ -82,6 +89,8 @@ pub(crate) struct JournalProgress {
     ingested: watch::Sender<u64>,
     /// A handle on the open segment, for the flusher and the final sync.
     current: Mutex<std::fs::File>,
+    /// Set by a read waiting for entries: the ingest task commits what it has at once.
+    hurry: tokio::sync::Notify,
 }
 
 impl JournalProgress {
@@ -89,6 +98,9 @@ impl JournalProgress {
     pub(crate) async fn settle(&self) -> Result<(), RepoError> {
         let target = self.written.load(Ordering::Acquire);
         let mut ingested = self.ingested.subscribe();
+        if *ingested.borrow() < target {
+            self.hurry.notify_one();
+        }
         match tokio::time::timeout(SETTLE_TIMEOUT, ingested.wait_for(|n| *n >= target)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(RepoError::Unavailable("the audit journal has stopped".into())),
@@ -238,6 +250,7 @@ pub(crate) async fn start(
         written: AtomicU64::new(last),
         ingested: watch::Sender::new(last),
         current: Mutex::new(file.try_clone().map_err(|e| io_error("open", dir, e))?),
+        hurry: tokio::sync::Notify::new(),
     });
     let closed = Arc::new(Mutex::new(VecDeque::new()));
     let segments = Segments {
@@ -356,6 +369,7 @@ fn write_loop(
     to_ingest: &mpsc::UnboundedSender<(Vec<u64>, Vec<AuditRecord>)>,
 ) {
     let mut bytes = Vec::new();
+    let mut last_warned: Option<Instant> = None;
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < WRITE_BATCH {
@@ -368,6 +382,15 @@ fn write_loop(
         // and fail them if it stays behind.
         let waiting_since = Instant::now();
         let mut behind = false;
+        if seq.saturating_sub(*segments.progress.ingested.borrow()) > MAX_LAG
+            && last_warned.is_none_or(|t| t.elapsed() > LAG_WARNING_EVERY)
+        {
+            last_warned = Some(waiting_since);
+            tracing::warn!(
+                behind = MAX_LAG,
+                "audit journal: the audit log is behind; requests wait for it (the database cannot take entries as fast as they come)"
+            );
+        }
         while seq.saturating_sub(*segments.progress.ingested.borrow()) > MAX_LAG {
             if waiting_since.elapsed() > LAG_TIMEOUT {
                 behind = true;
@@ -412,9 +435,11 @@ fn write_loop(
         match &result {
             Ok(()) => {
                 seq = next;
-                segments.progress.written.store(seq, Ordering::Release);
-                // Sent before answering, so that a read right after the answer waits for it.
+                // Queued for the ingest task before `written` says they exist (a read that waits
+                // for them finds them queued), and both before answering (a read right after the
+                // answer waits for them).
                 let _ = to_ingest.send((seqs, records));
+                segments.progress.written.store(seq, Ordering::Release);
             }
             Err(e) => tracing::error!(error = %e, "audit journal: write failed; the batch's requests fail"),
         }
@@ -459,17 +484,11 @@ async fn ingest_loop(
     progress: Arc<JournalProgress>,
     closed: Arc<Mutex<VecDeque<(u64, PathBuf)>>>,
 ) {
+    let mut last_commit = tokio::time::Instant::now();
     while let Some((mut seqs, mut records)) = rx.recv().await {
-        while records.len() < INGEST_BATCH {
-            match rx.try_recv() {
-                Ok((more_seqs, more)) => {
-                    seqs.extend(more_seqs);
-                    records.extend(more);
-                }
-                Err(_) => break,
-            }
-        }
+        gather(&mut rx, &progress.hurry, last_commit + INGEST_INTERVAL, &mut seqs, &mut records).await;
         let Some(&through) = seqs.last() else { continue };
+        last_commit = tokio::time::Instant::now();
         ingest_batch(store.as_ref(), &id, &dir, seqs, records).await;
         progress.ingested.send_replace(through);
         let done: Vec<PathBuf> = {
@@ -484,6 +503,40 @@ async fn ingest_loop(
             if let Err(e) = std::fs::remove_file(&path) {
                 tracing::warn!(segment = %path.display(), error = %e, "audit journal: cannot remove a segment already in the log");
             }
+        }
+    }
+}
+
+/// Adds to `seqs` and `records` (one batch of the writer's already) what the writer sends until
+/// `due`, until they hold [`INGEST_BATCH`] entries, or until a read of the log waits (`hurry`;
+/// what is queued then is taken too, the read's own entries among it): fewer, larger commits
+/// write each page of the log's indexes once for many entries instead of once for a few.
+async fn gather<T>(
+    rx: &mut mpsc::UnboundedReceiver<(Vec<u64>, Vec<T>)>,
+    hurry: &tokio::sync::Notify,
+    due: tokio::time::Instant,
+    seqs: &mut Vec<u64>,
+    records: &mut Vec<T>,
+) {
+    while records.len() < INGEST_BATCH {
+        tokio::select! {
+            biased;
+            () = hurry.notified() => {
+                while records.len() < INGEST_BATCH {
+                    let Ok((more_seqs, more)) = rx.try_recv() else { break };
+                    seqs.extend(more_seqs);
+                    records.extend(more);
+                }
+                return;
+            }
+            more = rx.recv() => match more {
+                Some((more_seqs, more)) => {
+                    seqs.extend(more_seqs);
+                    records.extend(more);
+                }
+                None => return,
+            },
+            () = tokio::time::sleep_until(due) => return,
         }
     }
 }
@@ -589,6 +642,7 @@ mod tests {
             written: AtomicU64::new(written),
             ingested: watch::Sender::new(ingested),
             current: Mutex::new(std::fs::File::create(dir.join("segment")).unwrap()),
+            hurry: tokio::sync::Notify::new(),
         }
     }
 
@@ -602,6 +656,8 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "entries 4 and 5 are not in the log yet");
+        let hurried = tokio::time::timeout(Duration::ZERO, p.hurry.notified()).await;
+        assert!(hurried.is_ok(), "the waiting read asks the ingest task to commit at once");
         p.ingested.send_replace(4);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "entry 5 is not in the log yet");
@@ -609,8 +665,86 @@ mod tests {
         p.written.store(9, Ordering::Release);
         p.ingested.send_replace(5);
         waiting.await.unwrap().unwrap();
-        // Already there: at once.
-        progress(2, 2, dir.path()).settle().await.unwrap();
+        // Already there: at once, and without hurrying the ingest task.
+        let there = progress(2, 2, dir.path());
+        there.settle().await.unwrap();
+        assert!(tokio::time::timeout(Duration::ZERO, there.hurry.notified()).await.is_err());
+    }
+
+    /// What the writer would send: entries `first..first + n`.
+    fn batch(first: u64, n: u64) -> (Vec<u64>, Vec<u64>) {
+        let seqs: Vec<u64> = (first..first + n).collect();
+        (seqs.clone(), seqs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ingest_gathers_entries_until_the_interval_is_over() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hurry = tokio::sync::Notify::new();
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            for i in 0..3 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                tx.send(batch(2 + i * 10, 10)).unwrap();
+            }
+            // Kept open, as the writer keeps it: only the interval ends the gathering.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        let (mut seqs, mut records) = batch(1, 1);
+        gather(&mut rx, &hurry, start + INGEST_INTERVAL, &mut seqs, &mut records).await;
+        assert_eq!(start.elapsed(), INGEST_INTERVAL, "gathered until the interval was over");
+        assert_eq!(records.len(), 31, "the first batch and the three sent meanwhile: {records:?}");
+        assert_eq!(seqs, records);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_read_has_the_ingest_commit_at_once_with_what_is_queued() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hurry = tokio::sync::Notify::new();
+        let start = tokio::time::Instant::now();
+        // A read asked while the last commit ran: its entries are queued, and the gathering
+        // that follows stops at once, with them.
+        tx.send(batch(2, 5)).unwrap();
+        hurry.notify_one();
+        let (mut seqs, mut records) = batch(1, 1);
+        gather(&mut rx, &hurry, start + INGEST_INTERVAL, &mut seqs, &mut records).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "did not wait for the interval");
+        assert_eq!(seqs, (1..7).collect::<Vec<_>>());
+        // A read asked during the gathering stops it too.
+        let notified = std::sync::Arc::new(hurry);
+        let later = notified.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            tx.send(batch(7, 3)).unwrap();
+            later.notify_one();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        let (mut seqs, mut records) = (Vec::new(), Vec::new());
+        let start = tokio::time::Instant::now();
+        gather(&mut rx, &notified, start + INGEST_INTERVAL, &mut seqs, &mut records).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(30));
+        assert_eq!(seqs, vec![7, 8, 9]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_or_the_writer_gone_ends_the_gathering() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hurry = tokio::sync::Notify::new();
+        let start = tokio::time::Instant::now();
+        let full = u64::try_from(INGEST_BATCH).unwrap();
+        tx.send(batch(2, full)).unwrap();
+        tx.send(batch(2 + full, 7)).unwrap();
+        let (mut seqs, mut records) = batch(1, 1);
+        gather(&mut rx, &hurry, start + INGEST_INTERVAL, &mut seqs, &mut records).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(records.len(), INGEST_BATCH + 1, "stopped once full; the rest waits for the next commit");
+        drop(tx);
+        let (mut seqs, mut records) = (Vec::new(), Vec::new());
+        gather(&mut rx, &hurry, start + INGEST_INTERVAL, &mut seqs, &mut records).await;
+        assert_eq!(seqs.len(), 7);
+        assert_eq!(start.elapsed(), Duration::ZERO, "the writer is gone: nothing more will come");
     }
 
     #[tokio::test(start_paused = true)]
