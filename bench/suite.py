@@ -1364,7 +1364,7 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
                 f"Runs of {su['seconds']:.0f} s back to back, {su['connections']} connections, 32 B, each request "
                 "naming one of the keys at random; every request adds an audit entry. *Entries before*: the log's "
                 "size when the run began (about). The server said \"" + LAG_WARNING + "\" (requests waiting for "
-                f"the log's ingest; at most once every 10 s) {su['lag_warnings']} times.", "",
+                f"the log's ingest; at most once every 10 s) {times(su['lag_warnings'])}.", "",
                 "| run | entries before | requests/s | p50 | p99 | ratio to the first run |", "|---|---|---|---|---|---|"]
         for i, r in enumerate(su["runs"], 1):
             out.append(f"| {i} | {r['entries_before']:,} | {r['rps']:.0f} | {fmt_s(r['p50'])} | {fmt_s(r['p99'])} "
@@ -1418,6 +1418,11 @@ def human(n: int) -> str:
     if n >= 1_000_000:
         return f"{n / 1e6:g} MB"
     return f"{n} B"
+
+
+def times(n: int) -> str:
+    """0 -> 'no times', 1 -> 'once', n -> 'n times'."""
+    return {0: "no times", 1: "once"}.get(n, f"{n} times")
 
 
 def check_numbers(value, path="results"):

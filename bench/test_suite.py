@@ -117,6 +117,11 @@ class IntervalVerdictTest(unittest.TestCase):
         self.assertEqual(suite.interval_verdict({"low": nan, "high": nan}, 0.95), "not decided at this precision")
 
 
+class TimesTest(unittest.TestCase):
+    def test_counts_in_words(self):
+        self.assertEqual([suite.times(n) for n in (0, 1, 2, 11)], ["no times", "once", "2 times", "11 times"])
+
+
 class CheckNumbersTest(unittest.TestCase):
     def test_accepts_finite_numbers_and_strings(self):
         suite.check_numbers({"a": 1, "b": [0.5, 2.0], "c": {"d": "text"}})
