@@ -10,8 +10,9 @@
 //!    batch's requests once the kernel has the bytes: a killed process loses nothing;
 //! 2. the flusher thread fsyncs the segment every INTERVAL: a power loss (or a kernel crash)
 //!    can cost at most the entries of the last INTERVAL;
-//! 3. the ingest task moves the entries into the audit log in large batches (one commit per
-//!    [`INGEST_INTERVAL`] at most, unless a read waits), where they are chained like any other,
+//! 3. the ingest task moves the entries into the audit log in large batches (it gathers until
+//!    [`INGEST_INTERVAL`] after the last commit began, or until a read waits or the batch is
+//!    full), where they are chained like any other,
 //!    and records in the same transaction how far the journal is in the log (`audit_journals`),
 //!    so that the replay at the next start appends exactly the rest; segments wholly in the log
 //!    are deleted.
@@ -98,11 +99,17 @@ impl JournalProgress {
     pub(crate) async fn settle(&self) -> Result<(), RepoError> {
         let target = self.written.load(Ordering::Acquire);
         let mut ingested = self.ingested.subscribe();
-        if *ingested.borrow() < target {
-            self.hurry.notify_one();
-        }
-        match tokio::time::timeout(SETTLE_TIMEOUT, ingested.wait_for(|n| *n >= target)).await {
-            Ok(Ok(_)) => Ok(()),
+        // Hurries the ingest task again after each commit that fell short (a full batch
+        // leaves the rest queued), so that no commit waits for the interval meanwhile.
+        let caught_up = async {
+            while *ingested.borrow_and_update() < target {
+                self.hurry.notify_one();
+                ingested.changed().await?;
+            }
+            Ok::<(), watch::error::RecvError>(())
+        };
+        match tokio::time::timeout(SETTLE_TIMEOUT, caught_up).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(RepoError::Unavailable("the audit journal has stopped".into())),
             Err(_) => Err(RepoError::Unavailable(
                 "audit entries are still being moved from the journal into the log; try again".into(),
@@ -382,12 +389,11 @@ fn write_loop(
         // and fail them if it stays behind.
         let waiting_since = Instant::now();
         let mut behind = false;
-        if seq.saturating_sub(*segments.progress.ingested.borrow()) > MAX_LAG
-            && last_warned.is_none_or(|t| t.elapsed() > LAG_WARNING_EVERY)
-        {
+        let lag = seq.saturating_sub(*segments.progress.ingested.borrow());
+        if lag > MAX_LAG && last_warned.is_none_or(|t| t.elapsed() > LAG_WARNING_EVERY) {
             last_warned = Some(waiting_since);
             tracing::warn!(
-                behind = MAX_LAG,
+                behind = lag,
                 "audit journal: the audit log is behind; requests wait for it (the database cannot take entries as fast as they come)"
             );
         }
@@ -661,6 +667,8 @@ mod tests {
         p.ingested.send_replace(4);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "entry 5 is not in the log yet");
+        let hurried = tokio::time::timeout(Duration::ZERO, p.hurry.notified()).await;
+        assert!(hurried.is_ok(), "a commit that fell short is followed by another hurry");
         // Entries written after the read began are not waited for.
         p.written.store(9, Ordering::Release);
         p.ingested.send_replace(5);

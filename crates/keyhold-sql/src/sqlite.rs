@@ -89,7 +89,13 @@ impl Sqlite {
             // log's commits each touch thousands of pages (one of the resource index per key
             // used), so at 4 MiB every commit is followed by a checkpoint that writes them all
             // into the file again; at 64 MiB a page rewritten by several commits is copied once.
-            c.execute_batch(&format!("PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES};")).map_err(map_err)?;
+            // A checkpoint runs after the commit that passes the threshold, so the WAL can grow
+            // past it by a commit; once reset it is truncated back to the threshold's size.
+            c.execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}; PRAGMA journal_size_limit = {};",
+                u64::from(WAL_AUTOCHECKPOINT_PAGES) * 4096
+            ))
+            .map_err(map_err)?;
             Ok(c)
         })
         .await
@@ -428,6 +434,7 @@ mod tests {
         assert_eq!(pragma("journal_mode"), "wal");
         assert_eq!(pragma("synchronous"), "2", "FULL");
         assert_eq!(pragma("wal_autocheckpoint"), WAL_AUTOCHECKPOINT_PAGES.to_string());
+        assert_eq!(pragma("journal_size_limit"), (64 << 20).to_string());
         assert_eq!(u64::from(WAL_AUTOCHECKPOINT_PAGES) * 4096, 64 << 20);
         assert_eq!(pragma("page_size"), "4096", "the threshold's size assumes SQLite's default page");
     }
