@@ -12,10 +12,9 @@
 //!    can cost at most the entries of the last INTERVAL;
 //! 3. the ingest task moves the entries into the audit log in large batches (it gathers until
 //!    [`INGEST_INTERVAL`] after the last commit began, or until a read waits or the batch is
-//!    full), where they are chained like any other,
-//!    and records in the same transaction how far the journal is in the log (`audit_journals`),
-//!    so that the replay at the next start appends exactly the rest; segments wholly in the log
-//!    are deleted.
+//!    full), where they are chained like any other, and records in the same transaction how far
+//!    the journal is in the log (`audit_journals`), so that the replay at the next start appends
+//!    exactly the rest; segments wholly in the log are deleted.
 //!
 //! Entries of changes still commit with their change. A read of the log first waits for the
 //! entries written before it ([`crate::audit::AuditWriter::settle`]), so a caller always reads

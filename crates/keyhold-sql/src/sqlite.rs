@@ -19,7 +19,7 @@ use crate::schema;
 use crate::sql::{Row, SqlBackend, SqlConn, ThenStatements, Value};
 
 /// Pages (4 KiB each) the WAL holds before SQLite checkpoints it into the file.
-pub const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+pub(crate) const WAL_AUTOCHECKPOINT_PAGES: u32 = 16_384;
 
 /// A SQLite database.
 #[derive(Clone)]
