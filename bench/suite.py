@@ -954,6 +954,13 @@ def each_key(s: Server, ring: str, n: int, call, threads: int = 8):
         list(pool.map(lambda i: call(s, f"{ring}/cryptoKeys/k{i}"), range(n)))
 
 
+def spread_load(ctx, ring: str, n: int, name: str) -> tuple[Path, dict]:
+    """wrk's script and environment for `:encrypt` on keys k0..k{n-1} of `ring`, one at random a request."""
+    lua = ctx.tmp / f"{name}.lua"
+    lua.write_text(SCALE_LUA)
+    return lua, {"SCALE_KEYS": str(n), "KEY_PREFIX": f"/v1/{ring}/cryptoKeys/k"}
+
+
 def create_keys(s: Server, ring: str, n: int):
     """Keys k0..k{n-1} in `ring`."""
     each_key(s, ring, n, lambda s, key: s.ok("POST", f"{ring}/cryptoKeys?cryptoKeyId={key.rsplit('/', 1)[1]}",
@@ -972,9 +979,7 @@ def scenario_scale(ctx) -> dict:
         t0 = time.perf_counter()
         create_keys(s, ring, n + 1)
         created_s = time.perf_counter() - t0
-        lua = ctx.tmp / "scale.lua"
-        lua.write_text(SCALE_LUA)
-        env = {"SCALE_KEYS": str(n), "KEY_PREFIX": f"/v1/{ring}/cryptoKeys/k"}
+        lua, env = spread_load(ctx, ring, n, "scale")
         conns = max(ctx.connections)
         one = ctx.wrk.script("scale-one", "POST", ENCRYPT_32B)
         rows = {"health": ctx.wrk.run(f"{s.base}/healthz", conns)}
@@ -1023,9 +1028,7 @@ def scenario_sustained(ctx) -> dict:
         ring = f"{loc}/keyRings/r"
         create_keys(s, ring, n)
         each_key(s, ring, n, lambda s, key: s.ok("POST", f"{key}:encrypt", json.loads(ENCRYPT_32B)))
-        lua = ctx.tmp / "sustained.lua"
-        lua.write_text(SCALE_LUA)
-        env = {"SCALE_KEYS": str(n), "KEY_PREFIX": f"/v1/{ring}/cryptoKeys/k"}
+        lua, env = spread_load(ctx, ring, n, "sustained")
         seconds = parse_duration(ctx.duration)
         runs, entries = [], 2 * n
         for _ in range(ctx.sustained_runs):
