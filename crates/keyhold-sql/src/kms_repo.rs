@@ -310,7 +310,7 @@ impl<B: SqlBackend> SqlStore<B> {
         Ok(r)
     }
 
-    async fn read_rows(&self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, RepoError> {
+    pub(crate) async fn read_rows(&self, sql: &'static str, params: Vec<Value>) -> Result<Vec<Row>, RepoError> {
         self.backend.read().await?.query(sql, params).await
     }
 
@@ -903,16 +903,33 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             AuditPosition { time_nanos: i64::MIN, seq: i64::MIN }
         });
         let dialect = self.backend.dialect();
+        let indexed = self.audit_kept.is_none();
+        // A read by resource takes the entries up to the resource index's mark from the index
+        // and the rest from the log: both statements with the mark read here once, so that a
+        // fill moving it in between changes nothing (the index only grows, and the log keeps
+        // every entry after any mark).
+        let mark = if indexed && resources.contains(&ResourceMatch::Exact) {
+            let rows = self.read_rows(AUDIT_RESOURCES_MARK, vec![]).await?;
+            rows.first().ok_or_else(|| RepoError::Corrupt("audit_resources_mark row missing".into()))?[0].int()?
+        } else {
+            0
+        };
+        let shapes = resources.iter().flat_map(|&resource| {
+            let shape = AuditRead {
+                project: q.project != "-",
+                method: !q.method.is_empty(),
+                principal: !q.principal.is_empty(),
+                resource,
+                descending: q.descending,
+                tail: false,
+            };
+            let sides = if shape.split(indexed) { 2 } else { 1 };
+            [shape, AuditRead { tail: true, ..shape }].into_iter().take(sides)
+        });
+        let shapes: Vec<AuditRead> = shapes.collect();
         let mut found = Vec::new();
         for kind in kinds {
-            for &resource in resources {
-                let shape = AuditRead {
-                    project: q.project != "-",
-                    method: !q.method.is_empty(),
-                    principal: !q.principal.is_empty(),
-                    resource,
-                    descending: q.descending,
-                };
+            for &shape in &shapes {
                 let mut params = vec![
                     Value::Text((*kind).to_string()),
                     Value::Int(q.start_nanos),
@@ -927,7 +944,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
                         params.push(Value::Text(value.clone()));
                     }
                 }
-                match resource {
+                match shape.resource {
                     ResourceMatch::Any => {}
                     ResourceMatch::Exact | ResourceMatch::Within => params.push(Value::Text(q.resource_prefix.clone())),
                     ResourceMatch::Below => {
@@ -936,8 +953,11 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
                         params.push(Value::Text(format!("{}\u{7f}", q.resource_prefix)));
                     }
                 }
+                if shape.split(indexed) {
+                    params.push(Value::Int(mark));
+                }
                 params.push(Value::Int(q.limit));
-                let sql = shape.statement(dialect, self.audit_kept.is_none());
+                let sql = shape.statement(dialect, indexed);
                 for row in self.read_rows(sql, params).await? {
                     found.push((AuditPosition { time_nanos: row[4].int()?, seq: row[0].int()? }, audit_entry(&row)?));
                 }

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod audit_index;
 mod kms_repo;
 pub mod postgres;
 pub mod postgres_tls;
@@ -23,6 +24,7 @@ pub mod sqlite;
 mod store_operations;
 mod store_repo;
 
+pub use audit_index::AUDIT_RESOURCE_WINDOW;
 pub use kms_repo::SqlStore;
 pub use postgres::Postgres;
 pub use sqlite::Sqlite;
@@ -92,13 +94,23 @@ fn both<B: sql::SqlBackend>(store: SqlStore<B>) -> Opened {
     Opened { kms: store.clone(), objects: store }
 }
 
+/// [`both`], for a database with the audit read indexes: its resource index is caught up if
+/// the log is more than a window ahead (a log written before the index existed), then filled
+/// in the background while the store is open (`audit_index`).
+async fn indexed<B: sql::SqlBackend>(store: SqlStore<B>) -> Result<Opened, RepoError> {
+    let store = Arc::new(store);
+    store.catch_up_resource_index(AUDIT_RESOURCE_WINDOW).await?;
+    audit_index::fill_in_background(&store, AUDIT_RESOURCE_WINDOW);
+    Ok(Opened { kms: store.clone(), objects: store })
+}
+
 /// Opens (and migrates) the database, for the KMS and the store.
 pub async fn open_all(db: &Database) -> Result<Opened, RepoError> {
     Ok(match db {
-        Database::SqliteFile(path) => both(SqlStore::new(sqlite::Sqlite::open_file(path).await?)),
+        Database::SqliteFile(path) => indexed(SqlStore::new(sqlite::Sqlite::open_file(path).await?)).await?,
         Database::InMemory { audit_entries } => {
             both(SqlStore::new(sqlite::Sqlite::open_in_memory().await?).keeping_audit_entries(*audit_entries))
         }
-        Database::Postgres(url) => both(SqlStore::new(postgres::Postgres::connect(url).await?)),
+        Database::Postgres(url) => indexed(SqlStore::new(postgres::Postgres::connect(url).await?)).await?,
     })
 }

@@ -325,17 +325,38 @@ CREATE TABLE IF NOT EXISTS audit_journals (
 ";
 
 /// The audit log's read indexes (added to version 4's schema without a version change: they
-/// are only created and dropped). Every audit read has a `kind` and a time
-/// range and is ordered by (time, seq); each index ends in those columns after the equality it
-/// serves, so a page is one index range read in order, whatever the log's size (issue 18).
-/// `{bytes}` is the collation that orders the resource column byte by byte (PostgreSQL's "C";
-/// SQLite's default already does), so that a resource prefix is an index range under any
-/// database collation.
+/// are only created and dropped, and the resource index's table is filled from the log). Every
+/// audit read has a `kind` and a time range and is ordered by (time, seq); each index ends in
+/// those columns after the equality it serves, so a page is one index range read in order,
+/// whatever the log's size (issue 18). `{bytes}` is the collation that orders the resource
+/// column byte by byte (PostgreSQL's "C"; SQLite's default already does), so that a resource
+/// prefix is an index range under any database collation.
+///
+/// The resource index is not kept by the appends (issue 18, sixth part): with load spread over
+/// many keys every entry lands on its own key's page of it, so a commit of N entries wrote up
+/// to N pages of it. It is the table `audit_resources`, which the node fills behind the log in
+/// large windows sorted by resource (`crate::audit_index`): entries `1..=indexed_through` of
+/// `audit_resources_mark` are in it. A read by resource takes those from the table and the
+/// entries after the mark from the log through `audit_tail`, a right-edge index whose
+/// columns are the ones that read tests.
 const DDL_AUDIT_INDEXES: &str = "
 DROP INDEX IF EXISTS audit_by_project;
 CREATE INDEX IF NOT EXISTS audit_by_project_kind ON audit_log (project, kind, time_nanos, seq);
 CREATE INDEX IF NOT EXISTS audit_by_kind ON audit_log (kind, time_nanos, seq);
-CREATE INDEX IF NOT EXISTS audit_by_resource ON audit_log (kind, resource{bytes}, time_nanos, seq);
+DROP INDEX IF EXISTS audit_by_resource;
+CREATE INDEX IF NOT EXISTS audit_tail ON audit_log (seq, kind, resource{bytes});
+CREATE TABLE IF NOT EXISTS audit_resources (
+    kind       TEXT NOT NULL,
+    resource   TEXT{bytes} NOT NULL,
+    time_nanos BIGINT NOT NULL,
+    seq        BIGINT NOT NULL,
+    PRIMARY KEY (kind, resource, time_nanos, seq)
+){without_rowid};
+CREATE TABLE IF NOT EXISTS audit_resources_mark (
+    id              BIGINT PRIMARY KEY,
+    indexed_through BIGINT NOT NULL
+);
+INSERT INTO audit_resources_mark (id, indexed_through) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 CREATE INDEX IF NOT EXISTS audit_by_principal ON audit_log (principal, kind, time_nanos, seq);
 CREATE INDEX IF NOT EXISTS audit_by_project_principal ON audit_log (project, principal, kind, time_nanos, seq);
 DROP INDEX IF EXISTS audit_by_method;
@@ -387,7 +408,7 @@ pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
         DDL_AUDIT_JOURNALS,
         DDL_IMPORT_JOBS.replace("{blob}", blob),
         DDL_DELETION,
-        indexes.replace("{bytes}", dialect.bytes_collation()),
+        indexes.replace("{bytes}", dialect.bytes_collation()).replace("{without_rowid}", dialect.without_rowid()),
     )
 }
 
@@ -544,7 +565,8 @@ pub(crate) enum ResourceMatch {
 
 /// The shape of one audit read: which filters it has. Each shape is one statement, built once
 /// from fixed fragments (no caller text is ever spliced in). Parameters, in order: kind, start,
-/// end, cursor time, cursor seq, then project, method, principal and resource when present, and
+/// end, cursor time, cursor seq, then project, method, principal and resource when present,
+/// the resource index's mark when the shape reads one side of it ([`AuditRead::split`]), and
 /// the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct AuditRead {
@@ -553,30 +575,52 @@ pub(crate) struct AuditRead {
     pub principal: bool,
     pub resource: ResourceMatch,
     pub descending: bool,
+    /// With the read indexes, a read by resource (`Exact` or `Below`) is two statements: the
+    /// entries up to the mark from `audit_resources` (`false`), and those after it from the log
+    /// (`true`). Ignored by every other shape and without the read indexes.
+    pub tail: bool,
 }
 
 impl AuditRead {
-    /// Every shape (64).
+    /// Every shape (96: the resource index's shapes twice, one for each side of the mark).
     fn all() -> impl Iterator<Item = AuditRead> {
         (0..16u8).flat_map(|bits| {
-            [ResourceMatch::Any, ResourceMatch::Exact, ResourceMatch::Below, ResourceMatch::Within].into_iter().map(
-                move |resource| AuditRead {
-                    project: bits & 1 != 0,
-                    method: bits & 2 != 0,
-                    principal: bits & 4 != 0,
-                    resource,
-                    descending: bits & 8 != 0,
-                },
-            )
+            [ResourceMatch::Any, ResourceMatch::Exact, ResourceMatch::Below, ResourceMatch::Within]
+                .into_iter()
+                .flat_map(move |resource| {
+                    let shape = AuditRead {
+                        project: bits & 1 != 0,
+                        method: bits & 2 != 0,
+                        principal: bits & 4 != 0,
+                        resource,
+                        descending: bits & 8 != 0,
+                        tail: false,
+                    };
+                    let sides = if shape.uses_resource_index() { 2 } else { 1 };
+                    [shape, AuditRead { tail: true, ..shape }].into_iter().take(sides)
+                })
         })
     }
 
-    /// The index that serves this shape: the most selective filter it has.
+    /// Whether the resource index serves this shape (a project's reads name a prefix inside the
+    /// project, which `keyhold_kms::audit` narrows them to, so its range stays within the
+    /// project's own resources).
+    pub(crate) fn uses_resource_index(self) -> bool {
+        matches!(self.resource, ResourceMatch::Exact | ResourceMatch::Below)
+    }
+
+    /// Whether, on a database with the read indexes, this shape reads one side of the resource
+    /// index's mark (and takes the mark as a parameter).
+    pub(crate) fn split(self, indexed: bool) -> bool {
+        indexed && self.uses_resource_index()
+    }
+
+    /// The index of `audit_log` that serves this shape: the most selective filter it has. The
+    /// resource index's side before the mark reads `audit_resources` instead.
     fn index(self) -> &'static str {
         match self {
-            // A project's reads name a prefix inside the project (`keyhold_kms::audit` narrows
-            // it), so this range stays within the project's own resources.
-            AuditRead { resource: ResourceMatch::Exact | ResourceMatch::Below, .. } => "audit_by_resource",
+            AuditRead { tail: true, .. } if self.uses_resource_index() => "audit_tail",
+            _ if self.uses_resource_index() => "audit_resources",
             AuditRead { principal: true, project: true, .. } => "audit_by_project_principal",
             AuditRead { principal: true, .. } => "audit_by_principal",
             AuditRead { method: true, project: true, .. } => "audit_by_project_method",
@@ -588,36 +632,48 @@ impl AuditRead {
 
     fn build(self, dialect: Dialect, indexed: bool) -> String {
         let (cmp, dir) = if self.descending { ("<", " DESC") } else { (">", "") };
+        let split = self.split(indexed);
+        // The side before the mark walks `audit_resources` (`r`) in order and looks each entry
+        // up in the log (`l`) by its seq; its filters on kind, time and resource are on `r`,
+        // the others on `l`. Elsewhere there is only the log.
+        let indexed_side = split && !self.tail;
+        let (key, row) = if indexed_side { ("r.", "l.") } else { ("", "") };
         // SQLite plans without statistics and would rather walk the (kind, time) index in order
         // than sort a resource range, however few entries the range holds: it is told which
-        // index serves the shape. PostgreSQL chooses from its statistics.
-        let pin = match (dialect, indexed) {
-            (Dialect::Sqlite, true) => format!(" INDEXED BY {}", self.index()),
-            _ => String::new(),
+        // index serves the shape (and, with CROSS JOIN, which table is the outer loop).
+        // PostgreSQL chooses from its statistics.
+        let from = match (dialect, indexed) {
+            _ if indexed_side => "audit_resources r CROSS JOIN audit_log l".to_string(),
+            (Dialect::Sqlite, true) => format!("audit_log INDEXED BY {}", self.index()),
+            _ => "audit_log".to_string(),
         };
         let mut sql = format!(
-            "SELECT seq, entry, prev_hash, hash, time_nanos FROM audit_log{pin} WHERE kind = CAST($1 AS TEXT) \
-             AND time_nanos >= CAST($2 AS BIGINT) AND time_nanos < CAST($3 AS BIGINT) \
-             AND (time_nanos, seq) {cmp} (CAST($4 AS BIGINT), CAST($5 AS BIGINT))"
+            "SELECT {row}seq, {row}entry, {row}prev_hash, {row}hash, {row}time_nanos FROM {from} \
+             WHERE {key}kind = CAST($1 AS TEXT) \
+             AND {key}time_nanos >= CAST($2 AS BIGINT) AND {key}time_nanos < CAST($3 AS BIGINT) \
+             AND ({key}time_nanos, {key}seq) {cmp} (CAST($4 AS BIGINT), CAST($5 AS BIGINT))"
         );
+        if indexed_side {
+            sql += " AND l.seq = r.seq";
+        }
         let mut n = 5;
         let mut param = || {
             n += 1;
             n
         };
         if self.project {
-            sql += &format!(" AND project = CAST(${} AS TEXT)", param());
+            sql += &format!(" AND {row}project = CAST(${} AS TEXT)", param());
         }
         if self.method {
-            sql += &format!(" AND method = CAST(${} AS TEXT)", param());
+            sql += &format!(" AND {row}method = CAST(${} AS TEXT)", param());
         }
         if self.principal {
-            sql += &format!(" AND principal = CAST(${} AS TEXT)", param());
+            sql += &format!(" AND {row}principal = CAST(${} AS TEXT)", param());
         }
         let bytes = dialect.bytes_collation();
         match self.resource {
             ResourceMatch::Any => {}
-            ResourceMatch::Exact => sql += &format!(" AND resource{bytes} = CAST(${} AS TEXT)", param()),
+            ResourceMatch::Exact => sql += &format!(" AND {key}resource{bytes} = CAST(${} AS TEXT)", param()),
             ResourceMatch::Within => {
                 let prefix = param();
                 sql += &format!(" AND substr(resource, 1, length(CAST(${prefix} AS TEXT))) = CAST(${prefix} AS TEXT)");
@@ -628,12 +684,16 @@ impl AuditRead {
                 // resource name).
                 let (prefix, upper) = (param(), param());
                 sql += &format!(
-                    " AND resource{bytes} > CAST(${prefix} AS TEXT) AND resource{bytes} < CAST(${upper} AS TEXT) \
-                     AND substr(resource, 1, length(CAST(${prefix} AS TEXT))) = CAST(${prefix} AS TEXT)"
+                    " AND {key}resource{bytes} > CAST(${prefix} AS TEXT) AND {key}resource{bytes} < CAST(${upper} AS TEXT) \
+                     AND substr({key}resource, 1, length(CAST(${prefix} AS TEXT))) = CAST(${prefix} AS TEXT)"
                 );
             }
         }
-        sql += &format!(" ORDER BY time_nanos{dir}, seq{dir} LIMIT CAST(${} AS BIGINT)", param());
+        if split {
+            let side = if self.tail { ">" } else { "<=" };
+            sql += &format!(" AND {key}seq {side} CAST(${} AS BIGINT)", param());
+        }
+        sql += &format!(" ORDER BY {key}time_nanos{dir}, {key}seq{dir} LIMIT CAST(${} AS BIGINT)", param());
         sql
     }
 
@@ -654,6 +714,42 @@ impl AuditRead {
             all
         });
         STATEMENTS[&(dialect, indexed, self)]
+    }
+}
+
+/// How far the resource index has been filled: entries `1..=indexed_through` are in
+/// `audit_resources`.
+pub(crate) const AUDIT_RESOURCES_MARK: &str = "SELECT indexed_through FROM audit_resources_mark WHERE id = 1";
+/// Moves the mark forward (never back: another node may have filled further).
+pub(crate) const SET_AUDIT_RESOURCES_MARK: &str =
+    "UPDATE audit_resources_mark SET indexed_through = $1 WHERE id = 1 AND indexed_through < $1";
+/// One resource-index row (it may be there already: another node, or a fill a crash cut short).
+pub(crate) const INSERT_AUDIT_RESOURCE: &str = "INSERT INTO audit_resources (kind, resource, time_nanos, seq) \
+     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+
+/// The resource-index columns of entries `$1 < seq <= $2`, read from `audit_tail` alone.
+pub(crate) fn audit_resources_window(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "SELECT kind, resource, time_nanos, seq FROM audit_log INDEXED BY audit_tail WHERE seq > $1 AND seq <= $2"
+        }
+        Dialect::Postgres => "SELECT kind, resource, time_nanos, seq FROM audit_log WHERE seq > $1 AND seq <= $2",
+    }
+}
+
+/// Adds entries `$1 < seq <= $2` to the resource index in one statement, in the index's order.
+pub(crate) fn catch_up_audit_resources(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => {
+            "INSERT INTO audit_resources (kind, resource, time_nanos, seq) SELECT kind, resource, time_nanos, seq \
+             FROM audit_log WHERE seq > $1 AND seq <= $2 ORDER BY kind, resource, time_nanos, seq \
+             ON CONFLICT DO NOTHING"
+        }
+        Dialect::Postgres => {
+            "INSERT INTO audit_resources (kind, resource, time_nanos, seq) SELECT kind, resource, time_nanos, seq \
+             FROM audit_log WHERE seq > $1 AND seq <= $2 ORDER BY kind, resource COLLATE \"C\", time_nanos, seq \
+             ON CONFLICT DO NOTHING"
+        }
     }
 }
 
@@ -876,8 +972,8 @@ mod tests {
     use super::*;
 
     /// SQLite's plan for every audit read shape: an index search, never a scan of the log, and
-    /// no sort except for the prefix's longer names. (PostgreSQL plans from its statistics;
-    /// `bench/audit_scale.py` measures SQLite's.)
+    /// no sort except for the prefix's longer names and the resource index's unindexed tail.
+    /// (PostgreSQL plans from its statistics; `bench/audit_scale.py` measures SQLite's.)
     #[test]
     fn every_audit_read_is_an_index_range() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
@@ -894,12 +990,29 @@ mod tests {
                 .map(Result::unwrap)
                 .collect();
             let plan = plan.join(" | ");
-            assert!(plan.contains(&format!("SEARCH audit_log USING INDEX {} (", shape.index())), "{shape:?}: {plan}");
-            assert!(!plan.contains("SCAN"), "{shape:?}: {plan}");
             let sorts = plan.contains("TEMP B-TREE");
-            assert_eq!(sorts, shape.resource == ResourceMatch::Below, "{shape:?}: {plan}");
+            if shape.uses_resource_index() && !shape.tail {
+                // The index's range in order, each entry looked up in the log by its seq.
+                assert!(plan.starts_with("SEARCH r USING PRIMARY KEY (kind=? AND resource"), "{shape:?}: {plan}");
+                assert!(
+                    plan.contains("SEARCH l USING INDEX sqlite_autoindex_audit_log_1 (seq=?)"),
+                    "{shape:?}: {plan}"
+                );
+                assert_eq!(sorts, shape.resource == ResourceMatch::Below, "{shape:?}: {plan}");
+            } else {
+                assert!(
+                    plan.contains(&format!("SEARCH audit_log USING INDEX {} (", shape.index())),
+                    "{shape:?}: {plan}"
+                );
+                let tail = shape.uses_resource_index();
+                assert_eq!(sorts, shape.resource == ResourceMatch::Below || tail, "{shape:?}: {plan}");
+                if tail {
+                    assert!(plan.contains("(seq>?)"), "{shape:?}: {plan}");
+                }
+            }
+            assert!(!plan.contains("SCAN"), "{shape:?}: {plan}");
             if shape.resource == ResourceMatch::Within {
-                assert!(!plan.contains("audit_by_resource"), "{shape:?}: {plan}");
+                assert!(!plan.contains("audit_tail") && !plan.contains("audit_resources"), "{shape:?}: {plan}");
             }
         }
     }

@@ -127,6 +127,15 @@ impl Dialect {
         }
     }
 
+    /// What ends a `CREATE TABLE` whose rows are its primary key (SQLite then stores no rowid
+    /// and no second copy of the key).
+    pub(crate) fn without_rowid(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => " WITHOUT ROWID",
+            Dialect::Postgres => "",
+        }
+    }
+
     /// The collation clause that makes text compare byte by byte.
     pub(crate) fn bytes_collation(self) -> &'static str {
         match self {

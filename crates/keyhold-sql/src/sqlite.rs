@@ -86,9 +86,10 @@ impl Sqlite {
             c.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")
                 .map_err(map_err)?;
             // Checkpoint once the WAL holds 64 MiB, not SQLite's 4 MiB (issue 18): the audit
-            // log's commits each touch thousands of pages (one of the resource index per key
-            // used), so at 4 MiB every commit is followed by a checkpoint that writes them all
-            // into the file again; at 64 MiB a page rewritten by several commits is copied once.
+            // log's large commits (and the resource index's fills, `audit_index`, one page per
+            // key used) each touch thousands of pages, so at 4 MiB every such commit is followed
+            // by a checkpoint that writes them all into the file again; at 64 MiB a page
+            // rewritten by several commits is copied once.
             // A checkpoint runs after the commit that passes the threshold, so the WAL can grow
             // past it by a commit; once reset it is truncated back to the threshold's size.
             c.execute_batch(&format!(
