@@ -11,9 +11,9 @@ WAL checkpoint threshold.
   the log as the server fills it (`crates/keyhold-sql/src/audit_index.rs`): every `--window`
   entries, read back through `audit_tail`, sorted by resource and inserted 16,384 to a
   transaction. The fills' time is in the figures.
-- `--indexes inline-resource`: the server's indexes and, instead of the fills, the resource
-  index as it was before (an index of `audit_log` that every append keeps, each entry then
-  touching its own key's page of it).
+- `--indexes inline-resource`: the indexes before (e750cca): the server's but `audit_tail`, and
+  instead of the fills the resource index that every append kept, each entry touching its own
+  key's page of it.
 - `--indexes none`: Python's own share (building the rows, `executemany`).
 
     python3 bench/audit_ingest.py --binary target/release/keyhold --rows 1200000 --keys 5000
@@ -99,6 +99,7 @@ def main() -> int:
     tables, indexes = server_schema(Path(args.binary))
     keep = {} if args.indexes == "none" else dict(indexes)
     if args.indexes == "inline-resource":
+        keep.pop("audit_tail")
         keep["audit_by_resource"] = INLINE_RESOURCE_INDEX
     fills = args.indexes == "server"
     with tempfile.TemporaryDirectory(prefix="keyhold-ingest-", dir=args.dir) as d:

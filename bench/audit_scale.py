@@ -89,8 +89,10 @@ def fill(data: Path, entries: int, batch: int = 200_000) -> float:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = OFF")
         # Written without the read indexes, which the server builds when it opens the file (as
-        # it does when an existing log meets a build that adds them): far quicker than keeping
-        # five indexes in order row by row.
+        # it does when an existing log meets a build that adds them), and without the resource
+        # index's rows, which it adds in its open too (the log is then more than a window ahead
+        # of that index): far quicker than keeping them in order row by row. `audit_tail` grows
+        # at its right edge and stays.
         for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_log' "
                                   "AND name LIKE 'audit_by_%'").fetchall():
             db.execute(f'DROP INDEX "{name}"')

@@ -884,8 +884,8 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
     }
 
     async fn read_audit(&self, q: &AuditQuery) -> Result<Vec<(AuditPosition, StoredAuditEntry)>, RepoError> {
-        // One statement per kind and resource match, each an index range in order (see
-        // `AuditRead`); their pages are merged here.
+        // One statement per kind and resource match (see `AuditRead`), each an index range in
+        // order but the resource index's tail; their pages are merged here.
         let kinds: &[&str] = if q.kind.is_empty() { &["activity", "data_access"] } else { &[q.kind.as_str()] };
         // The resource index is not partitioned by project: a project's read uses it only for a
         // prefix inside the project's names (`projects/P/...`, which no other project's resource
@@ -904,63 +904,59 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         });
         let dialect = self.backend.dialect();
         let indexed = self.audit_kept.is_none();
-        // A read by resource takes the entries up to the resource index's mark from the index
-        // and the rest from the log: both statements with the mark read here once, so that a
-        // fill moving it in between changes nothing (the index only grows, and the log keeps
-        // every entry after any mark).
-        let mark = if indexed && resources.contains(&ResourceMatch::Exact) {
-            let rows = self.read_rows(AUDIT_RESOURCES_MARK, vec![]).await?;
-            rows.first().ok_or_else(|| RepoError::Corrupt("audit_resources_mark row missing".into()))?[0].int()?
-        } else {
-            0
+        let shape = |resource| AuditRead {
+            project: q.project != "-",
+            method: !q.method.is_empty(),
+            principal: !q.principal.is_empty(),
+            resource,
+            descending: q.descending,
         };
-        let shapes = resources.iter().flat_map(|&resource| {
-            let shape = AuditRead {
-                project: q.project != "-",
-                method: !q.method.is_empty(),
-                principal: !q.principal.is_empty(),
-                resource,
-                descending: q.descending,
-                tail: false,
-            };
-            let sides = if shape.split(indexed) { 2 } else { 1 };
-            [shape, AuditRead { tail: true, ..shape }].into_iter().take(sides)
-        });
-        let shapes: Vec<AuditRead> = shapes.collect();
+        // (kind, shape) of each statement.
+        let mut statements: Vec<(&str, AuditRead)> =
+            kinds.iter().flat_map(|&kind| resources.iter().map(move |&resource| (kind, shape(resource)))).collect();
+        // A read by resource takes the entries up to the resource index's mark from the index
+        // and the rest from the log, in one walk of the tail for both kinds and the prefix's
+        // whole range: every statement with the mark read here once, so that a fill moving it
+        // in between changes nothing (the index only grows, and the log keeps every entry
+        // after any mark).
+        let mut mark = 0;
+        if indexed && resources.contains(&ResourceMatch::Exact) {
+            let rows = self.read_rows(AUDIT_RESOURCES_MARK, vec![]).await?;
+            mark =
+                rows.first().ok_or_else(|| RepoError::Corrupt("audit_resources_mark row missing".into()))?[0].int()?;
+            statements.push((q.kind.as_str(), shape(ResourceMatch::Tail)));
+        }
         let mut found = Vec::new();
-        for kind in kinds {
-            for &shape in &shapes {
-                let mut params = vec![
-                    Value::Text((*kind).to_string()),
-                    Value::Int(q.start_nanos),
-                    Value::Int(q.end_nanos),
-                    Value::Int(after.time_nanos),
-                    Value::Int(after.seq),
-                ];
-                for (on, value) in
-                    [(shape.project, &q.project), (shape.method, &q.method), (shape.principal, &q.principal)]
-                {
-                    if on {
-                        params.push(Value::Text(value.clone()));
-                    }
+        for (kind, shape) in statements {
+            let mut params = vec![
+                Value::Text(kind.to_string()),
+                Value::Int(q.start_nanos),
+                Value::Int(q.end_nanos),
+                Value::Int(after.time_nanos),
+                Value::Int(after.seq),
+            ];
+            for (on, value) in [(shape.project, &q.project), (shape.method, &q.method), (shape.principal, &q.principal)]
+            {
+                if on {
+                    params.push(Value::Text(value.clone()));
                 }
-                match shape.resource {
-                    ResourceMatch::Any => {}
-                    ResourceMatch::Exact | ResourceMatch::Within => params.push(Value::Text(q.resource_prefix.clone())),
-                    ResourceMatch::Below => {
-                        params.push(Value::Text(q.resource_prefix.clone()));
-                        // Resource names are ASCII: DEL sorts after every character they hold.
-                        params.push(Value::Text(format!("{}\u{7f}", q.resource_prefix)));
-                    }
+            }
+            match shape.resource {
+                ResourceMatch::Any => {}
+                ResourceMatch::Exact | ResourceMatch::Within => params.push(Value::Text(q.resource_prefix.clone())),
+                ResourceMatch::Below | ResourceMatch::Tail => {
+                    params.push(Value::Text(q.resource_prefix.clone()));
+                    // Resource names are ASCII: DEL sorts after every character they hold.
+                    params.push(Value::Text(format!("{}\u{7f}", q.resource_prefix)));
                 }
-                if shape.split(indexed) {
-                    params.push(Value::Int(mark));
-                }
-                params.push(Value::Int(q.limit));
-                let sql = shape.statement(dialect, indexed);
-                for row in self.read_rows(sql, params).await? {
-                    found.push((AuditPosition { time_nanos: row[4].int()?, seq: row[0].int()? }, audit_entry(&row)?));
-                }
+            }
+            if shape.split(indexed) {
+                params.push(Value::Int(mark));
+            }
+            params.push(Value::Int(q.limit));
+            let sql = shape.statement(dialect, indexed);
+            for row in self.read_rows(sql, params).await? {
+                found.push((AuditPosition { time_nanos: row[4].int()?, seq: row[0].int()? }, audit_entry(&row)?));
             }
         }
         found.sort_by_key(|(position, _)| *position);

@@ -6,8 +6,9 @@
 //!
 //! Both run the same statements (written with `$1`-style placeholders, which SQLite also
 //! accepts) against the same tables, so behaviour cannot drift between them; only the DDL's
-//! column types and, in the audit reads, an index hint (SQLite) or a byte-order collation
-//! (PostgreSQL) differ (`schema::AuditRead`). Concurrency control is compare-and-set on a
+//! column types (and SQLite's `WITHOUT ROWID`) and, in the audit reads and the resource index's
+//! fills, an index hint (SQLite) or a byte-order collation (PostgreSQL) differ
+//! (`schema::AuditRead`, `audit_index`). Concurrency control is compare-and-set on a
 //! `revision` column, which works the same on both.
 
 #![forbid(unsafe_code)]

@@ -326,9 +326,9 @@ CREATE TABLE IF NOT EXISTS audit_journals (
 
 /// The audit log's read indexes (added to version 4's schema without a version change: they
 /// are only created and dropped, and the resource index's table is filled from the log). Every
-/// audit read has a `kind` and a time range and is ordered by (time, seq); each index ends in
-/// those columns after the equality it serves, so a page is one index range read in order,
-/// whatever the log's size (issue 18). `{bytes}` is the collation that orders the resource
+/// audit read has a `kind` and a time range and is ordered by (time, seq); each index but
+/// `audit_tail` ends in those columns after the equality it serves, so a page is one index
+/// range read in order, whatever the log's size (issue 18). `{bytes}` is the collation that orders the resource
 /// column byte by byte (PostgreSQL's "C"; SQLite's default already does), so that a resource
 /// prefix is an index range under any database collation.
 ///
@@ -354,7 +354,9 @@ CREATE TABLE IF NOT EXISTS audit_resources (
 ){without_rowid};
 CREATE TABLE IF NOT EXISTS audit_resources_mark (
     id              BIGINT PRIMARY KEY,
-    indexed_through BIGINT NOT NULL
+    indexed_through BIGINT NOT NULL,
+    claimed_through BIGINT NOT NULL DEFAULT 0,
+    claim_nanos     BIGINT NOT NULL DEFAULT 0
 );
 INSERT INTO audit_resources_mark (id, indexed_through) VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 CREATE INDEX IF NOT EXISTS audit_by_principal ON audit_log (principal, kind, time_nanos, seq);
@@ -393,7 +395,7 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 
 /// The DDL in the dialect's types; with `audit_read_indexes`, the audit log's read indexes
 /// (every database but the in-memory one, whose log is bounded by its retention: there a read
-/// scans at most that many entries, and appends skip five index inserts and as many deletes).
+/// scans at most that many entries, and appends skip seven index inserts and as many deletes).
 pub(crate) fn ddl(dialect: Dialect, audit_read_indexes: bool) -> String {
     let blob = dialect.blob_type();
     let indexes = if audit_read_indexes { DDL_AUDIT_INDEXES } else { "DROP INDEX IF EXISTS audit_by_project;" };
@@ -552,11 +554,16 @@ pub(crate) const INSERT_AUDIT: &str = "INSERT INTO audit_log \
 pub(crate) enum ResourceMatch {
     /// Any resource.
     Any,
-    /// Exactly the prefix (an index range in order).
+    /// Exactly the prefix (an index range in order: of `audit_resources`, up to its mark, with
+    /// the read indexes).
     Exact,
     /// Longer names starting with the prefix (an index range, sorted by time: its cost is the
     /// number of entries under the prefix).
     Below,
+    /// The prefix and longer names, among the entries after the resource index's mark (the
+    /// rest of an `Exact` and `Below` read, with the read indexes), of either kind when the
+    /// kind is '': one walk of `audit_tail` from the mark, whose cost is the entries after it.
+    Tail,
     /// Names starting with the prefix, tested on each entry the other filters' index yields: a
     /// project's read with a prefix outside `projects/PROJECT/` (which could otherwise walk other
     /// projects' entries in the resource index) stays within the project's own entries.
@@ -568,6 +575,12 @@ pub(crate) enum ResourceMatch {
 /// end, cursor time, cursor seq, then project, method, principal and resource when present,
 /// the resource index's mark when the shape reads one side of it ([`AuditRead::split`]), and
 /// the limit.
+///
+/// With the read indexes, a read by resource is the `Exact` and `Below` shapes over
+/// `audit_resources`, for the entries up to its mark, and one `Tail` shape over the log for the
+/// entries after it. (A project's reads name a prefix inside the project, which
+/// `keyhold_kms::audit` narrows them to, so these ranges stay within the project's own
+/// resources; every shape also tests the project on the log's row.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct AuditRead {
     pub project: bool,
@@ -575,52 +588,36 @@ pub(crate) struct AuditRead {
     pub principal: bool,
     pub resource: ResourceMatch,
     pub descending: bool,
-    /// With the read indexes, a read by resource (`Exact` or `Below`) is two statements: the
-    /// entries up to the mark from `audit_resources` (`false`), and those after it from the log
-    /// (`true`). Ignored by every other shape and without the read indexes.
-    pub tail: bool,
 }
 
 impl AuditRead {
-    /// Every shape (96: the resource index's shapes twice, one for each side of the mark).
+    /// Every shape (80).
     fn all() -> impl Iterator<Item = AuditRead> {
         (0..16u8).flat_map(|bits| {
-            [ResourceMatch::Any, ResourceMatch::Exact, ResourceMatch::Below, ResourceMatch::Within]
+            [ResourceMatch::Any, ResourceMatch::Exact, ResourceMatch::Below, ResourceMatch::Within, ResourceMatch::Tail]
                 .into_iter()
-                .flat_map(move |resource| {
-                    let shape = AuditRead {
-                        project: bits & 1 != 0,
-                        method: bits & 2 != 0,
-                        principal: bits & 4 != 0,
-                        resource,
-                        descending: bits & 8 != 0,
-                        tail: false,
-                    };
-                    let sides = if shape.uses_resource_index() { 2 } else { 1 };
-                    [shape, AuditRead { tail: true, ..shape }].into_iter().take(sides)
+                .map(move |resource| AuditRead {
+                    project: bits & 1 != 0,
+                    method: bits & 2 != 0,
+                    principal: bits & 4 != 0,
+                    resource,
+                    descending: bits & 8 != 0,
                 })
         })
     }
 
-    /// Whether the resource index serves this shape (a project's reads name a prefix inside the
-    /// project, which `keyhold_kms::audit` narrows them to, so its range stays within the
-    /// project's own resources).
-    pub(crate) fn uses_resource_index(self) -> bool {
-        matches!(self.resource, ResourceMatch::Exact | ResourceMatch::Below)
-    }
-
-    /// Whether, on a database with the read indexes, this shape reads one side of the resource
-    /// index's mark (and takes the mark as a parameter).
+    /// Whether, on a database with the read indexes (`indexed`), this shape reads one side of
+    /// the resource index's mark (and takes the mark as a parameter).
     pub(crate) fn split(self, indexed: bool) -> bool {
-        indexed && self.uses_resource_index()
+        indexed && matches!(self.resource, ResourceMatch::Exact | ResourceMatch::Below | ResourceMatch::Tail)
     }
 
-    /// The index of `audit_log` that serves this shape: the most selective filter it has. The
-    /// resource index's side before the mark reads `audit_resources` instead.
+    /// What serves this shape with the read indexes: the resource index's table, or the index
+    /// of `audit_log` for the most selective filter it has.
     fn index(self) -> &'static str {
         match self {
-            AuditRead { tail: true, .. } if self.uses_resource_index() => "audit_tail",
-            _ if self.uses_resource_index() => "audit_resources",
+            AuditRead { resource: ResourceMatch::Exact | ResourceMatch::Below, .. } => "audit_resources",
+            AuditRead { resource: ResourceMatch::Tail, .. } => "audit_tail",
             AuditRead { principal: true, project: true, .. } => "audit_by_project_principal",
             AuditRead { principal: true, .. } => "audit_by_principal",
             AuditRead { method: true, project: true, .. } => "audit_by_project_method",
@@ -636,7 +633,7 @@ impl AuditRead {
         // The side before the mark walks `audit_resources` (`r`) in order and looks each entry
         // up in the log (`l`) by its seq; its filters on kind, time and resource are on `r`,
         // the others on `l`. Elsewhere there is only the log.
-        let indexed_side = split && !self.tail;
+        let indexed_side = split && self.resource != ResourceMatch::Tail;
         let (key, row) = if indexed_side { ("r.", "l.") } else { ("", "") };
         // SQLite plans without statistics and would rather walk the (kind, time) index in order
         // than sort a resource range, however few entries the range holds: it is told which
@@ -647,9 +644,15 @@ impl AuditRead {
             (Dialect::Sqlite, true) => format!("audit_log INDEXED BY {}", self.index()),
             _ => "audit_log".to_string(),
         };
+        // The tail reads both kinds at once when the kind is ''.
+        let kind = if self.resource == ResourceMatch::Tail {
+            "(CAST($1 AS TEXT) = '' OR kind = CAST($1 AS TEXT))".to_string()
+        } else {
+            format!("{key}kind = CAST($1 AS TEXT)")
+        };
         let mut sql = format!(
             "SELECT {row}seq, {row}entry, {row}prev_hash, {row}hash, {row}time_nanos FROM {from} \
-             WHERE {key}kind = CAST($1 AS TEXT) \
+             WHERE {kind} \
              AND {key}time_nanos >= CAST($2 AS BIGINT) AND {key}time_nanos < CAST($3 AS BIGINT) \
              AND ({key}time_nanos, {key}seq) {cmp} (CAST($4 AS BIGINT), CAST($5 AS BIGINT))"
         );
@@ -678,19 +681,21 @@ impl AuditRead {
                 let prefix = param();
                 sql += &format!(" AND substr(resource, 1, length(CAST(${prefix} AS TEXT))) = CAST(${prefix} AS TEXT)");
             }
-            ResourceMatch::Below => {
+            ResourceMatch::Below | ResourceMatch::Tail => {
                 // The range finds the candidates in the index; the prefix test decides (the
                 // range's upper bound is the prefix followed by DEL, above every character of a
-                // resource name).
+                // resource name). The tail includes the prefix itself.
                 let (prefix, upper) = (param(), param());
+                let lower = if self.resource == ResourceMatch::Tail { ">=" } else { ">" };
                 sql += &format!(
-                    " AND {key}resource{bytes} > CAST(${prefix} AS TEXT) AND {key}resource{bytes} < CAST(${upper} AS TEXT) \
+                    " AND {key}resource{bytes} {lower} CAST(${prefix} AS TEXT) \
+                     AND {key}resource{bytes} < CAST(${upper} AS TEXT) \
                      AND substr({key}resource, 1, length(CAST(${prefix} AS TEXT))) = CAST(${prefix} AS TEXT)"
                 );
             }
         }
         if split {
-            let side = if self.tail { ">" } else { "<=" };
+            let side = if self.resource == ResourceMatch::Tail { ">" } else { "<=" };
             sql += &format!(" AND {key}seq {side} CAST(${} AS BIGINT)", param());
         }
         sql += &format!(" ORDER BY {key}time_nanos{dir}, {key}seq{dir} LIMIT CAST(${} AS BIGINT)", param());
@@ -720,6 +725,11 @@ impl AuditRead {
 /// How far the resource index has been filled: entries `1..=indexed_through` are in
 /// `audit_resources`.
 pub(crate) const AUDIT_RESOURCES_MARK: &str = "SELECT indexed_through FROM audit_resources_mark WHERE id = 1";
+/// Claims the window ending at `$1` for this node's fill, at time `$2`, unless it is filled or
+/// another node claimed it (or a later one) after `$3` (a claim older than that was left by a
+/// node that stopped). One row changed: the fill goes ahead.
+pub(crate) const CLAIM_AUDIT_RESOURCES_WINDOW: &str = "UPDATE audit_resources_mark SET claimed_through = $1, \
+     claim_nanos = $2 WHERE id = 1 AND indexed_through < $1 AND (claimed_through < $1 OR claim_nanos < $3)";
 /// Moves the mark forward (never back: another node may have filled further).
 pub(crate) const SET_AUDIT_RESOURCES_MARK: &str =
     "UPDATE audit_resources_mark SET indexed_through = $1 WHERE id = 1 AND indexed_through < $1";
@@ -727,7 +737,7 @@ pub(crate) const SET_AUDIT_RESOURCES_MARK: &str =
 pub(crate) const INSERT_AUDIT_RESOURCE: &str = "INSERT INTO audit_resources (kind, resource, time_nanos, seq) \
      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
 
-/// The resource-index columns of entries `$1 < seq <= $2`, read from `audit_tail` alone.
+/// The resource-index columns of entries `$1 < seq <= $2`, found through `audit_tail`.
 pub(crate) fn audit_resources_window(dialect: Dialect) -> &'static str {
     match dialect {
         Dialect::Sqlite => {
@@ -991,7 +1001,7 @@ mod tests {
                 .collect();
             let plan = plan.join(" | ");
             let sorts = plan.contains("TEMP B-TREE");
-            if shape.uses_resource_index() && !shape.tail {
+            if matches!(shape.resource, ResourceMatch::Exact | ResourceMatch::Below) {
                 // The index's range in order, each entry looked up in the log by its seq.
                 assert!(plan.starts_with("SEARCH r USING PRIMARY KEY (kind=? AND resource"), "{shape:?}: {plan}");
                 assert!(
@@ -1004,7 +1014,7 @@ mod tests {
                     plan.contains(&format!("SEARCH audit_log USING INDEX {} (", shape.index())),
                     "{shape:?}: {plan}"
                 );
-                let tail = shape.uses_resource_index();
+                let tail = shape.resource == ResourceMatch::Tail;
                 assert_eq!(sorts, shape.resource == ResourceMatch::Below || tail, "{shape:?}: {plan}");
                 if tail {
                     assert!(plan.contains("(seq>?)"), "{shape:?}: {plan}");
