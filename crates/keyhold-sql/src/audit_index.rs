@@ -1,4 +1,4 @@
-//! The audit log's resource index, filled behind the log (issue 18, sixth part).
+//! The audit log's resource index, filled behind the log (issue 18, seventh part).
 //!
 //! Every other read index of `audit_log` grows at its right edge: a commit of many entries
 //! writes a few pages of each. An index by resource cannot: with load spread over many keys

@@ -328,11 +328,11 @@ CREATE TABLE IF NOT EXISTS audit_journals (
 /// are only created and dropped, and the resource index's table is filled from the log). Every
 /// audit read has a `kind` and a time range and is ordered by (time, seq); each index but
 /// `audit_tail` ends in those columns after the equality it serves, so a page is one index
-/// range read in order, whatever the log's size (issue 18). `{bytes}` is the collation that orders the resource
-/// column byte by byte (PostgreSQL's "C"; SQLite's default already does), so that a resource
-/// prefix is an index range under any database collation.
+/// range read in order, whatever the log's size (issue 18). `{bytes}` is the collation that
+/// orders the resource column byte by byte (PostgreSQL's "C"; SQLite's default already does),
+/// so that a resource prefix is an index range under any database collation.
 ///
-/// The resource index is not kept by the appends (issue 18, sixth part): with load spread over
+/// The resource index is not kept by the appends (issue 18, seventh part): with load spread over
 /// many keys every entry lands on its own key's page of it, so a commit of N entries wrote up
 /// to N pages of it. It is the table `audit_resources`, which the node fills behind the log in
 /// large windows sorted by resource (`crate::audit_index`): entries `1..=indexed_through` of
