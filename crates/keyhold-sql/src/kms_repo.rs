@@ -920,7 +920,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         // in between changes nothing (the index only grows, and the log keeps every entry
         // after any mark).
         let mut mark = 0;
-        if indexed && resources.contains(&ResourceMatch::Exact) {
+        if resources.iter().any(|&resource| shape(resource).split(indexed)) {
             let rows = self.read_rows(AUDIT_RESOURCES_MARK, vec![]).await?;
             mark =
                 rows.first().ok_or_else(|| RepoError::Corrupt("audit_resources_mark row missing".into()))?[0].int()?;

@@ -739,27 +739,32 @@ pub(crate) const INSERT_AUDIT_RESOURCE: &str = "INSERT INTO audit_resources (kin
 
 /// The resource-index columns of entries `$1 < seq <= $2`, found through `audit_tail`.
 pub(crate) fn audit_resources_window(dialect: Dialect) -> &'static str {
+    macro_rules! window {
+        ($from:literal) => {
+            concat!("SELECT kind, resource, time_nanos, seq FROM ", $from, " WHERE seq > $1 AND seq <= $2")
+        };
+    }
     match dialect {
-        Dialect::Sqlite => {
-            "SELECT kind, resource, time_nanos, seq FROM audit_log INDEXED BY audit_tail WHERE seq > $1 AND seq <= $2"
-        }
-        Dialect::Postgres => "SELECT kind, resource, time_nanos, seq FROM audit_log WHERE seq > $1 AND seq <= $2",
+        Dialect::Sqlite => window!("audit_log INDEXED BY audit_tail"),
+        Dialect::Postgres => window!("audit_log"),
     }
 }
 
 /// Adds entries `$1 < seq <= $2` to the resource index in one statement, in the index's order.
 pub(crate) fn catch_up_audit_resources(dialect: Dialect) -> &'static str {
+    macro_rules! catch_up {
+        ($resource:literal) => {
+            concat!(
+                "INSERT INTO audit_resources (kind, resource, time_nanos, seq) SELECT kind, resource, time_nanos, seq \
+                 FROM audit_log WHERE seq > $1 AND seq <= $2 ORDER BY kind, ",
+                $resource,
+                ", time_nanos, seq ON CONFLICT DO NOTHING"
+            )
+        };
+    }
     match dialect {
-        Dialect::Sqlite => {
-            "INSERT INTO audit_resources (kind, resource, time_nanos, seq) SELECT kind, resource, time_nanos, seq \
-             FROM audit_log WHERE seq > $1 AND seq <= $2 ORDER BY kind, resource, time_nanos, seq \
-             ON CONFLICT DO NOTHING"
-        }
-        Dialect::Postgres => {
-            "INSERT INTO audit_resources (kind, resource, time_nanos, seq) SELECT kind, resource, time_nanos, seq \
-             FROM audit_log WHERE seq > $1 AND seq <= $2 ORDER BY kind, resource COLLATE \"C\", time_nanos, seq \
-             ON CONFLICT DO NOTHING"
-        }
+        Dialect::Sqlite => catch_up!("resource"),
+        Dialect::Postgres => catch_up!("resource COLLATE \"C\""),
     }
 }
 
