@@ -270,6 +270,45 @@ class ReportTest(unittest.TestCase):
         self.assertIn("| `:macSign` HMAC-SHA256 | 1 | 1900 | 250 µs | 500 µs | 0.95 |", text)
         self.assertIn("| `:encrypt` 32 B | 64 | 20000 | 250 µs | 500 µs | 1.00 |", text)
 
+    def test_scale_rounds_pair_each_spread_run_with_its_own_one_key_run(self):
+        # Three rounds: one key at 40,000 then 44,000 then 42,000; spread 0.95, 0.85, 0.90 of it.
+        rounds = []
+        for order, one, spread, change in zip(suite.scale_orders(3), (40000.0, 44000.0, 42000.0),
+                                              (0.95, 0.85, 0.90), (0.80, 0.82, 0.84)):
+            runs = {"one key": wrk_row(one), "spread": wrk_row(one * spread),
+                    "spread, one change a second": wrk_row(one * change)}
+            for r in runs.values():
+                r["ratio_to_one_key"] = r["rps"] / one
+            rounds.append({"order": list(order), "runs": runs})
+        sc = {"keys": 20000, "connections": 64, "create_s": 18.0, "changes": 15, "health": wrk_row(130000.0),
+              "rounds": rounds, "summary": suite.scale_summary(rounds), "rss_peak_kib": 200 * 1024}
+        spread = sc["summary"]["spread"]
+        self.assertAlmostEqual(spread["geomean"], (0.95 * 0.85 * 0.90) ** (1 / 3))
+        self.assertEqual(spread["verdict"], "not decided at this precision")
+        self.assertEqual(sc["summary"]["spread, one change a second"]["verdict"], "missed")
+        text = suite.report({"scale": sc}, self.Ctx(), self.plots)
+        self.assertIn("| 1 | one, spread, change | 40000 | 38000 (0.95) | 32000 (0.80) |", text)
+        self.assertIn("| 2 | spread, change, one | 44000 | 37400 (0.85) | 36080 (0.82) |", text)
+        self.assertIn("| 3 | change, one, spread | 42000 | 37800 (0.90) | 35280 (0.84) |", text)
+        self.assertIn(f"- spread: {spread['geomean']:.3f}, 95% interval {spread['low']:.3f}-{spread['high']:.3f}, "
+                      "**not decided at this precision**;", text)
+        self.assertIn("- spread, one change a second: 0.820, 95% interval", text)
+        self.assertTrue(text.rstrip().endswith("**missed**."), text[-200:])
+
+    def test_scale_orders_rotate_every_run_through_every_place(self):
+        orders = suite.scale_orders(3)
+        for place in range(3):
+            self.assertEqual(sorted(o[place] for o in orders), sorted(suite.SCALE_RUNS))
+        self.assertEqual(suite.scale_orders(4)[3], suite.SCALE_RUNS)
+
+    def test_one_scale_round_decides_on_its_ratio_alone(self):
+        runs = {"one key": wrk_row(100.0), "spread": wrk_row(91.0), "spread, one change a second": wrk_row(89.0)}
+        for r in runs.values():
+            r["ratio_to_one_key"] = r["rps"] / 100.0
+        summary = suite.scale_summary([{"order": list(suite.SCALE_RUNS), "runs": runs}])
+        self.assertEqual(summary["spread"]["verdict"], "met (one round)")
+        self.assertEqual(summary["spread, one change a second"]["verdict"], "missed (one round)")
+
 
 if __name__ == "__main__":
     unittest.main()

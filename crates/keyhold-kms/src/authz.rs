@@ -5,50 +5,102 @@
 //! A part of the KMS that never sees the façade: it reads policies and projects from the
 //! repository and nothing else.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
+use keyhold_api::iam::Policy;
 use keyhold_iam::role::{self, Permission};
 use keyhold_iam::{Principal, policy_ancestors};
 
+use crate::bounded_cache::BoundedCache;
 use crate::clock::Clock;
 use crate::error::KmsError;
 use crate::repo::{KmsRepository, PolicyRecord, ProjectRecord, RepoError};
 
+/// The default byte budget of the IAM policy cache: about 180,000 resources with no policy of
+/// their own (keys named like `projects/P/locations/L/keyRings/R/cryptoKeys/K`), fewer with
+/// policies.
+pub const DEFAULT_POLICY_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// What an entry costs besides its name's bytes and its policy's strings: the name's `String`,
+/// the `Arc`, the slot and quick_cache's bookkeeping (an estimate, on the generous side).
+const ENTRY_OVERHEAD: u64 = 112;
+/// What a binding and a member cost besides their strings.
+const BINDING_OVERHEAD: u64 = 96;
+const MEMBER_OVERHEAD: u64 = 32;
+/// An audit config (accepted and returned, not interpreted): at most a few hundred bytes.
+const AUDIT_CONFIG_WEIGHT: u64 = 512;
+
+/// The weight of a cached policy: the bytes its entry holds, estimated from its strings.
+#[derive(Clone, Copy, Debug)]
+struct PolicyWeight;
+
+impl quick_cache::Weighter<String, Option<Arc<PolicyRecord>>> for PolicyWeight {
+    fn weight(&self, resource: &String, policy: &Option<Arc<PolicyRecord>>) -> u64 {
+        ENTRY_OVERHEAD + resource.len() as u64 + policy.as_ref().map_or(0, |p| policy_weight(&p.policy))
+    }
+}
+
+fn policy_weight(policy: &Policy) -> u64 {
+    let bindings: u64 = policy
+        .bindings
+        .iter()
+        .map(|b| {
+            BINDING_OVERHEAD
+                + b.role.len() as u64
+                + b.members.iter().map(|m| MEMBER_OVERHEAD + m.len() as u64).sum::<u64>()
+        })
+        .sum();
+    bindings + AUDIT_CONFIG_WEIGHT * policy.audit_configs.len() as u64
+}
+
 /// Decides whether a principal holds a permission on a resource.
-#[derive(Debug)]
 pub(crate) struct Authorizer {
     repo: Arc<dyn KmsRepository>,
     clock: Arc<dyn Clock>,
-    /// Policies by resource (including "none set"), each forgotten when its policy changes (and
-    /// all when the store changed in a way the change log does not name); a generation guard
-    /// keeps a slow load that raced with a change from being cached.
-    policies: RwLock<HashMap<String, Option<Arc<PolicyRecord>>>>,
+    /// Policies by resource (including "none set"), within a byte budget: each forgotten when
+    /// its policy changes (and all when the store changed in a way the change log does not
+    /// name). A request may name any resource, existing or not; the budget is what keeps a
+    /// client naming millions of them from growing this without end.
+    policies: BoundedCache<String, Option<Arc<PolicyRecord>>, PolicyWeight>,
     /// The projects known to exist.
     projects: RwLock<HashSet<String>>,
-    generation: AtomicU64,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (held, weight) = self.policies.usage();
+        f.debug_struct("Authorizer").field("policies", &held).field("policy_bytes", &weight).finish_non_exhaustive()
+    }
 }
 
 impl Authorizer {
-    pub(crate) fn new(repo: Arc<dyn KmsRepository>, clock: Arc<dyn Clock>) -> Self {
-        Self { repo, clock, policies: RwLock::default(), projects: RwLock::default(), generation: AtomicU64::new(0) }
+    /// An authorizer whose policy cache holds at most `policy_cache_bytes`.
+    pub(crate) fn new(repo: Arc<dyn KmsRepository>, clock: Arc<dyn Clock>, policy_cache_bytes: u64) -> Self {
+        let typical = ENTRY_OVERHEAD + 64;
+        Self {
+            repo,
+            clock,
+            policies: BoundedCache::new(policy_cache_bytes, typical, PolicyWeight),
+            projects: RwLock::default(),
+        }
     }
 
-    /// Forgets every cached policy and project (after a policy change, or another node's change).
+    /// Forgets every cached policy and project (after another node's change the log does not
+    /// name).
     pub(crate) fn clear(&self) {
-        let mut p = self.policies.write().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        p.clear();
+        self.policies.clear();
         self.projects.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     /// Forgets the cached policy of one resource (its policy changed, here or on another node);
     /// the chains of its descendants read it again.
     pub(crate) fn invalidate_policy(&self, resource: &str) {
-        let mut p = self.policies.write().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        p.remove(resource);
+        self.policies.invalidate(resource);
+    }
+
+    /// The policies held and their weight in bytes (for tests and metrics).
+    pub(crate) fn policy_cache_usage(&self) -> (usize, u64) {
+        self.policies.usage()
     }
 
     /// The policies of `resource` and its ancestors, root first.
@@ -62,17 +114,9 @@ impl Authorizer {
         Ok(out)
     }
 
+    /// One resource's policy: from the cache, or read once however many requests miss it.
     async fn policy(&self, resource: &str) -> Result<Option<Arc<PolicyRecord>>, KmsError> {
-        if let Some(hit) = self.policies.read().unwrap_or_else(|e| e.into_inner()).get(resource) {
-            return Ok(hit.clone());
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        let loaded = self.repo.policy(resource).await?.map(Arc::new);
-        let mut map = self.policies.write().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) == generation {
-            map.insert(resource.to_string(), loaded.clone());
-        }
-        Ok(loaded)
+        self.policies.get_or_load(resource, || async { Ok(self.repo.policy(resource).await?.map(Arc::new)) }).await
     }
 
     /// Whether `principal` holds `permission` on `resource`.

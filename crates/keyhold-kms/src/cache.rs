@@ -1,7 +1,8 @@
 //! In-memory view of crypto keys for the cryptographic hot path.
 //!
 //! An entry holds a key's record, its versions and, unsealed on first use, each version's AEAD
-//! key. Three properties hold whatever the number of keys and the load:
+//! key. Three properties hold whatever the number of keys and the load (their shared core is
+//! `bounded_cache`, which the IAM policy cache uses too):
 //!
 //! * **Bounded.** Entries are weighed (an estimate of the bytes each holds, [`CachedKey::weight`])
 //!   and the cache keeps at most its byte budget (`KmsConfig::key_cache_bytes`, 64 MiB by
@@ -16,14 +17,15 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use keyhold_api::CryptoKeyName;
 use keyhold_crypto::AeadKey;
 use keyhold_crypto::keys::LoadedKey;
 
+use crate::bounded_cache::BoundedCache;
 use crate::material::VersionMaterial;
 use crate::repo::{CryptoKeyRecord, VersionRecord};
 
@@ -129,20 +131,15 @@ impl quick_cache::Weighter<CryptoKeyName, Arc<CachedKey>> for ByWeight {
 
 /// The cache.
 pub struct KeyCache {
-    entries: quick_cache::sync::Cache<CryptoKeyName, Arc<CachedKey>, ByWeight>,
-    /// Bumped by every invalidation; a load caches its result only if it did not move.
-    generation: AtomicU64,
-    /// Held for writing while an invalidation bumps the generation and drops entries, and for
-    /// reading while a load checks the generation and inserts, so that no invalidation falls
-    /// between the two.
-    turn: RwLock<()>,
+    entries: BoundedCache<CryptoKeyName, Arc<CachedKey>, ByWeight>,
 }
 
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (held, weight) = self.entries.usage();
         f.debug_struct("KeyCache")
-            .field("entries", &self.entries.len())
-            .field("weight", &self.entries.weight())
+            .field("entries", &held)
+            .field("weight", &weight)
             .field("capacity", &self.entries.capacity())
             .finish()
     }
@@ -157,12 +154,7 @@ impl Default for KeyCache {
 impl KeyCache {
     /// A cache holding at most `capacity` bytes (by [`CachedKey::weight`]).
     pub fn new(capacity: u64) -> Self {
-        let items = usize::try_from((capacity / TYPICAL_WEIGHT).max(16)).unwrap_or(usize::MAX);
-        Self {
-            entries: quick_cache::sync::Cache::with_weighter(items, capacity, ByWeight),
-            generation: AtomicU64::new(0),
-            turn: RwLock::new(()),
-        }
+        Self { entries: BoundedCache::new(capacity, TYPICAL_WEIGHT, ByWeight) }
     }
 
     /// A cached entry, if present.
@@ -178,18 +170,7 @@ impl KeyCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<CachedKey, E>>,
     {
-        let guard = match self.entries.get_value_or_guard_async(name).await {
-            Ok(entry) => return Ok(entry),
-            Err(guard) => guard,
-        };
-        let generation = self.generation.load(Ordering::Acquire);
-        let entry = Arc::new(load().await?);
-        let _turn = self.turn.read().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) == generation {
-            // Refused only when the entry outweighs the whole budget: then it is not cached.
-            let _ = guard.insert(entry.clone());
-        }
-        Ok(entry)
+        self.entries.get_or_load(name, || async move { Ok(Arc::new(load().await?)) }).await
     }
 
     /// Reads the key again although `held` is cached (it lacks a version, perhaps created on
@@ -210,7 +191,7 @@ impl KeyCache {
         if held.loaded.elapsed() < MIN_REFRESH_INTERVAL || held.refreshing.swap(true, Ordering::AcqRel) {
             return Ok(held.clone());
         }
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.entries.generation();
         let entry = match load().await {
             Ok(entry) => Arc::new(entry),
             Err(e) => {
@@ -218,10 +199,7 @@ impl KeyCache {
                 return Err(e);
             }
         };
-        let _turn = self.turn.read().unwrap_or_else(|e| e.into_inner());
-        if self.generation.load(Ordering::Acquire) == generation {
-            self.entries.insert(name.clone(), entry.clone());
-        } else {
+        if !self.entries.insert_if_current(name.clone(), entry.clone(), generation) {
             // Not cached: `held` may still be, and may be read again later.
             held.refreshing.store(false, Ordering::Release);
         }
@@ -230,21 +208,17 @@ impl KeyCache {
 
     /// Forgets one key.
     pub fn invalidate(&self, name: &CryptoKeyName) {
-        let _turn = self.turn.write().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.entries.remove(name);
+        self.entries.invalidate(name);
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
-        let _turn = self.turn.write().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
         self.entries.clear();
     }
 
     /// The entries held and their total weight in bytes (for tests and metrics).
     pub fn usage(&self) -> (usize, u64) {
-        (self.entries.len(), self.entries.weight())
+        self.entries.usage()
     }
 }
 

@@ -46,6 +46,9 @@ pub struct KmsConfig {
     /// The key cache's budget in bytes (estimated per entry; 64 MiB by default): the memory it
     /// takes stays under it whatever the number of keys.
     pub key_cache_bytes: u64,
+    /// The IAM policy cache's budget in bytes (32 MiB by default): policies by resource, "none
+    /// set" included, estimated per entry. Resources beyond it are read again when named.
+    pub policy_cache_bytes: u64,
     /// Emulator mode (`--allow-anonymous`): requests without a valid token act as this
     /// principal, which is treated as owner of every project. `None` (the default): such
     /// requests are refused with `401 UNAUTHENTICATED`.
@@ -76,6 +79,7 @@ impl Default for KmsConfig {
             scheduler_interval: Duration::from_secs(1),
             change_poll_interval: Duration::from_millis(250),
             key_cache_bytes: crate::cache::DEFAULT_KEY_CACHE_BYTES,
+            policy_cache_bytes: crate::authz::DEFAULT_POLICY_CACHE_BYTES,
             anonymous_principal: None,
             default_token_ttl: ProtoDuration::from_secs(90 * DAY),
             backends: KeyBackends::default(),

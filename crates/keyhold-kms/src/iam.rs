@@ -155,7 +155,8 @@ impl Policies {
         };
         match self.repo.set_policy(&name, &normalized, expected, &call.success_entry()).await {
             Ok(revision) => {
-                self.authz.clear();
+                // Only this resource's policy: the chains of its descendants read it again.
+                self.authz.invalidate_policy(&name);
                 self.events.send(KmsEvent::PolicyChanged(name.clone()));
                 Ok(Self::render_policy(Some(&PolicyRecord { policy: normalized, revision })))
             }

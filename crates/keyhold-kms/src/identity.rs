@@ -2,10 +2,6 @@
 //! revocable), the server owner's bootstrap, service identities ([K9]) and the short-lived
 //! tokens a service mints for its own agent.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use std::sync::Arc;
 
 use keyhold_api::iam::{Binding, Policy};
@@ -13,6 +9,7 @@ use keyhold_api::wire::ProtoDuration;
 use keyhold_crypto::SecretString;
 use keyhold_iam::{Principal, role};
 
+use crate::bounded_cache::BoundedCache;
 use crate::call::Call;
 use crate::clock::Clock;
 use crate::error::KmsError;
@@ -25,19 +22,45 @@ const MAX_AGENT_TOKEN_SECS: i64 = 3600;
 /// Lifetime of the owner's bootstrap token.
 const OWNER_TOKEN_SECS: i64 = 365 * 24 * 3600;
 
-/// Valid tokens looked up recently, by hash. Cleared with every store change, so a
-/// revocation on any node takes effect within the change-poll interval.
-#[derive(Debug, Default)]
+/// The token cache's budget: about 20,000 tokens in use at once.
+const TOKEN_CACHE_BYTES: u64 = 8 * 1024 * 1024;
+/// What a cached token costs besides its strings (an estimate, on the generous side).
+const TOKEN_ENTRY_OVERHEAD: u64 = 192;
+
+/// The weight of a cached token: its strings and a fixed overhead.
+#[derive(Clone, Copy, Debug)]
+struct TokenWeight;
+
+impl quick_cache::Weighter<String, Arc<TokenRecord>> for TokenWeight {
+    fn weight(&self, hash: &String, r: &Arc<TokenRecord>) -> u64 {
+        let strings = hash.len() + r.id.len() + r.hash.len() + r.principal.len() + r.description.len();
+        TOKEN_ENTRY_OVERHEAD + strings as u64
+    }
+}
+
+/// Valid tokens looked up recently, by hash, within a byte budget. Cleared with every token
+/// change in the store, so a revocation on any node takes effect within the change-poll
+/// interval.
 pub(crate) struct TokenCache {
-    by_hash: RwLock<HashMap<String, TokenRecord>>,
-    generation: AtomicU64,
+    by_hash: BoundedCache<String, Arc<TokenRecord>, TokenWeight>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self { by_hash: BoundedCache::new(TOKEN_CACHE_BYTES, TOKEN_ENTRY_OVERHEAD + 256, TokenWeight) }
+    }
+}
+
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (held, weight) = self.by_hash.usage();
+        f.debug_struct("TokenCache").field("tokens", &held).field("weight", &weight).finish()
+    }
 }
 
 impl TokenCache {
     pub(crate) fn clear(&self) {
-        let mut map = self.by_hash.write().unwrap_or_else(|e| e.into_inner());
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        map.clear();
+        self.by_hash.clear();
     }
 }
 
@@ -156,21 +179,15 @@ impl Identities {
             return Err(invalid());
         }
         let hash = token_hash(token);
-        let cached = self.tokens.by_hash.read().unwrap_or_else(|e| e.into_inner()).get(&hash).cloned();
-        let record = match cached {
-            Some(r) => r,
-            None => {
-                // Unknown tokens are not cached (anyone can send random ones); a load that
-                // raced with a revocation is used once but not cached.
-                let generation = self.tokens.generation.load(Ordering::Acquire);
-                let r = self.repo.token_by_hash(&hash).await?.ok_or_else(invalid)?;
-                let mut map = self.tokens.by_hash.write().unwrap_or_else(|e| e.into_inner());
-                if self.tokens.generation.load(Ordering::Acquire) == generation {
-                    map.insert(hash, r.clone());
-                }
-                r
-            }
-        };
+        // Unknown tokens are not cached (anyone can send random ones): their load fails. A load
+        // that raced with a revocation is used once but not cached.
+        let record = self
+            .tokens
+            .by_hash
+            .get_or_load(hash.as_str(), || async {
+                Ok::<_, KmsError>(Arc::new(self.repo.token_by_hash(&hash).await?.ok_or_else(invalid)?))
+            })
+            .await?;
         if record.revoke_time.is_some() || record.expire_time <= self.clock.now() {
             return Err(invalid());
         }

@@ -105,7 +105,7 @@ impl Kms {
         let last_change = store.change_counter().await.map_err(StartupError::Store)?;
         let config = Arc::new(config);
         let events = EventBus::default();
-        let authz = Arc::new(Authorizer::new(store.clone(), clock.clone()));
+        let authz = Arc::new(Authorizer::new(store.clone(), clock.clone(), config.policy_cache_bytes));
         let audit = match &config.audit_journal {
             None => AuditWriter::start(store.clone()),
             Some(journal) => {
@@ -1128,6 +1128,11 @@ impl Kms {
     /// The key cache's entries and their weight in bytes (for tests and metrics).
     pub fn key_cache_usage(&self) -> (usize, u64) {
         self.keys.cache_usage()
+    }
+
+    /// The IAM policy cache's entries and their weight in bytes (for tests and metrics).
+    pub fn policy_cache_usage(&self) -> (usize, u64) {
+        self.gate.authz.policy_cache_usage()
     }
 
     /// Follows what other nodes changed in the shared store, from its change log: a changed key

@@ -21,6 +21,7 @@ pub mod audit;
 pub mod audit_journal;
 mod authz;
 pub mod backend;
+mod bounded_cache;
 pub mod cache;
 pub mod call;
 pub mod clock;

@@ -584,6 +584,47 @@ async fn a_change_drops_only_what_it_changed_on_other_nodes() {
     assert!(!b.kms.sync_with_store().await.unwrap(), "nothing new");
 }
 
+/// Issue 18: the IAM policy cache stays within its budget whatever resources requests name (a
+/// viewer naming thousands of keys that do not exist: before, each name stayed cached for good),
+/// and a policy it evicted or holds is read again when it changes: a grant and a revocation on
+/// one key are enforced at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_cache_stays_within_its_budget_whatever_names_requests_carry() {
+    let budget = 64 * 1024;
+    let s = start(Backend::Sqlite, KmsConfig { policy_cache_bytes: budget, ..KmsConfig::default() }).await;
+    with_key(&s).await;
+    let alice = s.token_for("user:alice@example.com").await;
+    s.grant(P, "roles/cloudkms.viewer", "user:alice@example.com").await;
+    let flood = async |from: usize| {
+        for i in from..from + 1_500 {
+            let (status, v) = s.status_as(&alice, Method::GET, &format!("{RING}/cryptoKeys/missing-{i}"), None).await;
+            assert_eq!(status, 404, "{v}");
+            let (held, weight) = s.kms.policy_cache_usage();
+            assert!(weight <= budget, "over budget after {i} names: {held} policies weigh {weight}");
+        }
+    };
+    flood(0).await;
+    let (held, weight) = s.kms.policy_cache_usage();
+    assert!((100..1_500).contains(&held), "{held} policies held");
+    assert!(weight > budget / 2, "it keeps what fits: {weight} of {budget}");
+
+    let encrypt = async || {
+        let body = Some(json!({"plaintext": b64(b"x")}));
+        s.status_as(&alice, Method::POST, &format!("{KEY}:encrypt"), body).await.0
+    };
+    assert_eq!(encrypt().await, 403, "a viewer may not encrypt");
+    s.grant(KEY, "roles/cloudkms.cryptoKeyEncrypter", "user:alice@example.com").await;
+    assert_eq!(encrypt().await, 200, "the grant holds at once");
+    flood(1_500).await;
+    assert_eq!(encrypt().await, 200, "and after the key's policy was evicted or kept");
+    s.revoke(KEY, "user:alice@example.com").await;
+    assert_eq!(encrypt().await, 403, "the revocation holds at once");
+    s.grant(RING, "roles/cloudkms.cryptoKeyEncrypter", "user:alice@example.com").await;
+    assert_eq!(encrypt().await, 200, "a grant on the key ring reaches the key at once");
+    s.revoke(RING, "user:alice@example.com").await;
+    assert_eq!(encrypt().await, 403, "and its revocation");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_identities_and_agent_tokens() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;

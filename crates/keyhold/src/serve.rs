@@ -188,6 +188,11 @@ pub struct ServeArgs {
     /// keys are in steady use than fit.
     #[arg(long, value_name = "MIB", default_value_t = 64, env = "KEYHOLD_KEY_CACHE_MB")]
     pub key_cache_mb: u64,
+    /// Memory the IAM policy cache may take, in MiB: the policy of every resource a request
+    /// names, "none set" included (about 180 bytes for a key with no policy of its own, so the
+    /// default holds about 180,000). Resources beyond it have their policies read again.
+    #[arg(long, value_name = "MIB", default_value_t = 32, env = "KEYHOLD_POLICY_CACHE_MB")]
+    pub policy_cache_mb: u64,
     /// How the audit entries of reads, cryptographic calls and refusals are made durable.
     /// An interval (1ms to 10s; the default, 100ms): a request is answered once its entry is
     /// in this node's journal (DATA_DIR/audit-journal), which is fsynced every interval and
@@ -407,6 +412,7 @@ pub async fn run(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         min_destroy_scheduled_duration: args.min_destroy_scheduled_duration,
         min_rotation_period: args.min_rotation_period,
         key_cache_bytes: args.key_cache_mb.saturating_mul(1024 * 1024),
+        policy_cache_bytes: args.policy_cache_mb.saturating_mul(1024 * 1024),
         audit_journal: match args.audit_sync {
             Some(AuditSync::Interval(_)) if args.in_memory => {
                 return Err(
