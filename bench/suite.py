@@ -1033,14 +1033,23 @@ def scenario_scale(ctx) -> dict:
                 "rounds": rounds, "summary": scale_summary(rounds), "rss_peak_kib": s.rss_peak_kib()}
 
 
+def plural(n: int, word: str) -> str:
+    """`1 round`, `4 rounds`."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def scale_summary(rounds: list[dict]) -> dict:
     """Per spread run: the geometric mean of its rounds' ratios to one key, its 95% interval and
     the verdict against the goal."""
     out = {}
     for name in SCALE_RUNS[1:]:
         summary = paired_ratio_summary([r["runs"][name]["ratio_to_one_key"] for r in rounds])
-        summary["verdict"] = interval_verdict(summary, SCALE_GOAL) if summary["n"] > 1 else (
-            "met" if summary["geomean"] >= SCALE_GOAL else "missed") + " (one round)"
+        if summary["n"] > 1:
+            summary["verdict"] = interval_verdict(summary, SCALE_GOAL)
+        else:
+            # One round has no interval: no bounds rather than NaN ones.
+            del summary["low"], summary["high"]
+            summary["verdict"] = ("met" if summary["geomean"] >= SCALE_GOAL else "missed") + " (one round)"
         out[name] = summary
     return out
 
@@ -1390,7 +1399,7 @@ def report(results: dict, ctx, plots_dir: Path) -> str:
                 f"{sc['keys']:,} keys in one ring (created in {sc['create_s']:.0f} s over 8 connections), "
                 f"{sc['connections']} connections, 32 B. \"spread\": each request names a key at random, all "
                 "warm; \"one change a second\": meanwhile another principal PATCHes one other key's labels "
-                f"every second ({sc['changes']} changes in all). {len(sc['rounds'])} rounds of the three runs, "
+                f"every second ({plural(sc['changes'], 'change')} in all). {plural(len(sc['rounds']), 'round')} of the three runs, "
                 "their order rotated a place a round (the log grows run after run); each round's spread runs "
                 "against its own one-key run are paired samples. The health check answered "
                 f"{sc['health']['rps']:.0f} requests/s before the rounds. Peak RSS of the server: "

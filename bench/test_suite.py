@@ -308,6 +308,8 @@ class ReportTest(unittest.TestCase):
         summary = suite.scale_summary([{"order": list(suite.SCALE_RUNS), "runs": runs}])
         self.assertEqual(summary["spread"]["verdict"], "met (one round)")
         self.assertEqual(summary["spread, one change a second"]["verdict"], "missed (one round)")
+        self.assertNotIn("low", summary["spread"])
+        suite.check_numbers(summary)  # what --smoke asks of every result: no NaN bounds
 
 
 if __name__ == "__main__":

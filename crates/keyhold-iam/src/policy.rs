@@ -1,6 +1,6 @@
 //! Policies: validation, normalisation, etags and evaluation.
 
-use keyhold_api::iam::{Binding, EMPTY_POLICY_ETAG, Policy};
+use keyhold_api::iam::{AuditConfig, Binding, EMPTY_POLICY_ETAG, LogType, Policy};
 
 use crate::member::{MemberError, Principal, validate_member};
 use crate::role::{Permission, role};
@@ -24,13 +24,21 @@ pub enum PolicyError {
         /// The binding's role.
         role: String,
     },
-    /// Too many members overall (Google's limit is 1,500 principals per policy).
+    /// Too many members overall (Google's limit is 1,500 principals per policy), counting the
+    /// members audit configs exempt.
     #[error("A policy may contain at most 1500 members; this one has {0}.")]
     TooManyMembers(usize),
+    /// An audit config Keyhold cannot keep.
+    #[error("Invalid auditConfigs: {0}")]
+    AuditConfig(&'static str),
 }
 
 /// Google's limit on principals per allow policy.
 const MAX_MEMBERS: usize = 1500;
+/// Audit configs a policy may carry (one per service is all they mean).
+pub const MAX_AUDIT_CONFIGS: usize = 100;
+/// The longest service name an audit config may carry.
+pub const MAX_SERVICE_NAME: usize = 256;
 
 /// Validates `policy` for `resource` and puts it in canonical form: one binding per role, roles
 /// sorted, members sorted and de-duplicated, empty bindings dropped, `version` 1, no etag.
@@ -50,6 +58,7 @@ pub fn normalize(resource: &str, policy: &Policy) -> Result<Policy, PolicyError>
         }
         by_role.entry(b.role.clone()).or_default().extend(b.members.iter().cloned());
     }
+    count += check_audit_configs(&policy.audit_configs)?;
     if count > MAX_MEMBERS {
         return Err(PolicyError::TooManyMembers(count));
     }
@@ -63,6 +72,42 @@ pub fn normalize(resource: &str, policy: &Policy) -> Result<Policy, PolicyError>
         audit_configs: policy.audit_configs.clone(),
         etag: String::new(),
     })
+}
+
+/// Checks audit configs as Google shapes them (each names a service and logs each kind of
+/// access at most once, exempting valid members) within Keyhold's limits; the members they
+/// exempt, to count against [`MAX_MEMBERS`].
+fn check_audit_configs(configs: &[AuditConfig]) -> Result<usize, PolicyError> {
+    use PolicyError::AuditConfig as Bad;
+    if configs.len() > MAX_AUDIT_CONFIGS {
+        return Err(Bad("a policy may carry at most 100 audit configs."));
+    }
+    let mut members = 0;
+    for c in configs {
+        if c.service.is_empty() || c.service.len() > MAX_SERVICE_NAME {
+            return Err(Bad(
+                "each needs a service (allServices or a name like cloudkms.googleapis.com), at most 256 bytes.",
+            ));
+        }
+        if c.audit_log_configs.is_empty() {
+            return Err(Bad("each needs at least one auditLogConfig."));
+        }
+        let mut seen = Vec::with_capacity(3);
+        for l in &c.audit_log_configs {
+            if l.log_type == LogType::LogTypeUnspecified {
+                return Err(Bad("logType must be ADMIN_READ, DATA_WRITE or DATA_READ."));
+            }
+            if seen.contains(&l.log_type) {
+                return Err(Bad("a service names each logType at most once."));
+            }
+            seen.push(l.log_type);
+            for m in &l.exempted_members {
+                validate_member(m)?;
+                members += 1;
+            }
+        }
+    }
+    Ok(members)
 }
 
 /// Whether a role may be bound on a resource: basic and service roles on the root and on
@@ -155,6 +200,48 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn audit_configs_are_checked_and_kept() {
+        use keyhold_api::iam::AuditLogConfig;
+        let log = |t: LogType, exempt: &[&str]| AuditLogConfig {
+            log_type: t,
+            exempted_members: exempt.iter().map(|s| s.to_string()).collect(),
+        };
+        let config =
+            |service: &str, logs: Vec<AuditLogConfig>| AuditConfig { service: service.into(), audit_log_configs: logs };
+        let with = |configs: Vec<AuditConfig>| {
+            normalize("projects/p", &Policy { audit_configs: configs, ..Default::default() })
+        };
+        let good = vec![config(
+            "allServices",
+            vec![log(LogType::DataRead, &["user:jose@x.io"]), log(LogType::AdminRead, &[])],
+        )];
+        assert_eq!(with(good.clone()).unwrap().audit_configs, good, "kept as given");
+        let bad = |configs: Vec<AuditConfig>| with(configs).unwrap_err().to_string();
+        assert!(bad(vec![config("", vec![log(LogType::DataRead, &[])])]).contains("needs a service"));
+        assert!(bad(vec![config(&"s".repeat(257), vec![log(LogType::DataRead, &[])])]).contains("at most 256"));
+        assert!(bad(vec![config("allServices", vec![])]).contains("at least one"));
+        assert!(bad(vec![config("allServices", vec![log(LogType::LogTypeUnspecified, &[])])]).contains("logType must"));
+        assert!(
+            bad(vec![config("a", vec![log(LogType::DataRead, &[]), log(LogType::DataRead, &[])])])
+                .contains("at most once")
+        );
+        assert!(bad(vec![config("a", vec![log(LogType::DataRead, &[]); 1]); 101]).contains("at most 100"));
+        assert!(matches!(
+            with(vec![config("a", vec![log(LogType::DataRead, &["jose"])])]).unwrap_err(),
+            PolicyError::Member(_)
+        ));
+        // Exempted members count against the 1,500 as bound ones do.
+        let many: Vec<String> = (0..1_000).map(|i| format!("user:u{i}@x.io")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let p = Policy {
+            bindings: vec![binding("roles/cloudkms.viewer", &many[..600])],
+            audit_configs: vec![config("a", vec![log(LogType::DataRead, &many)])],
+            ..Default::default()
+        };
+        assert_eq!(normalize("projects/p", &p).unwrap_err(), PolicyError::TooManyMembers(1_600));
     }
 
     #[test]

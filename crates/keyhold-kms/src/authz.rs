@@ -27,8 +27,11 @@ const ENTRY_OVERHEAD: u64 = 112;
 /// What a binding and a member cost besides their strings.
 const BINDING_OVERHEAD: u64 = 96;
 const MEMBER_OVERHEAD: u64 = 32;
-/// An audit config (accepted and returned, not interpreted): at most a few hundred bytes.
-const AUDIT_CONFIG_WEIGHT: u64 = 512;
+/// What an audit config and one of its log configs cost besides their strings.
+const AUDIT_CONFIG_OVERHEAD: u64 = 48;
+const LOG_CONFIG_OVERHEAD: u64 = 32;
+/// The shared record behind a set policy: the `Arc`'s counts, the revision, the vectors.
+const RECORD_OVERHEAD: u64 = 96;
 
 /// The weight of a cached policy: the bytes its entry holds, estimated from its strings.
 #[derive(Clone, Copy, Debug)]
@@ -36,7 +39,9 @@ struct PolicyWeight;
 
 impl quick_cache::Weighter<String, Option<Arc<PolicyRecord>>> for PolicyWeight {
     fn weight(&self, resource: &String, policy: &Option<Arc<PolicyRecord>>) -> u64 {
-        ENTRY_OVERHEAD + resource.len() as u64 + policy.as_ref().map_or(0, |p| policy_weight(&p.policy))
+        ENTRY_OVERHEAD
+            + resource.len() as u64
+            + policy.as_ref().map_or(0, |p| RECORD_OVERHEAD + policy_weight(&p.policy))
     }
 }
 
@@ -50,7 +55,22 @@ fn policy_weight(policy: &Policy) -> u64 {
                 + b.members.iter().map(|m| MEMBER_OVERHEAD + m.len() as u64).sum::<u64>()
         })
         .sum();
-    bindings + AUDIT_CONFIG_WEIGHT * policy.audit_configs.len() as u64
+    let audit_configs: u64 = policy
+        .audit_configs
+        .iter()
+        .map(|c| {
+            AUDIT_CONFIG_OVERHEAD
+                + c.service.len() as u64
+                + c.audit_log_configs
+                    .iter()
+                    .map(|l| {
+                        LOG_CONFIG_OVERHEAD
+                            + l.exempted_members.iter().map(|m| MEMBER_OVERHEAD + m.len() as u64).sum::<u64>()
+                    })
+                    .sum::<u64>()
+        })
+        .sum();
+    bindings + audit_configs
 }
 
 /// Decides whether a principal holds a permission on a resource.
@@ -85,8 +105,8 @@ impl Authorizer {
         }
     }
 
-    /// Forgets every cached policy and project (after another node's change the log does not
-    /// name).
+    /// Forgets every cached policy and project: after another node's change the log does not
+    /// name, and when the root policy is first set.
     pub(crate) fn clear(&self) {
         self.policies.clear();
         self.projects.write().unwrap_or_else(|e| e.into_inner()).clear();
@@ -98,7 +118,7 @@ impl Authorizer {
         self.policies.invalidate(resource);
     }
 
-    /// The policies held and their weight in bytes (for tests and metrics).
+    /// The policies held and their weight in bytes.
     pub(crate) fn policy_cache_usage(&self) -> (usize, u64) {
         self.policies.usage()
     }
@@ -174,4 +194,37 @@ fn random_project_number() -> Result<i64, KmsError> {
     let mut b = [0u8; 8];
     keyhold_crypto::random_bytes(&mut b).map_err(|e| KmsError::Internal(e.to_string()))?;
     Ok(100_000_000_000 + (u64::from_be_bytes(b) % 900_000_000_000) as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use keyhold_api::iam::{AuditConfig, AuditLogConfig, Binding, LogType};
+
+    use super::*;
+
+    /// A policy weighs at least the bytes of every string it holds, audit configs' included.
+    #[test]
+    fn a_policy_weighs_what_its_strings_and_audit_configs_hold() {
+        let members: Vec<String> = (0..1_000).map(|i| format!("user:member-{i:04}@example.com")).collect();
+        let strings: u64 = members.iter().map(|m| m.len() as u64).sum();
+        let exempting = Policy {
+            audit_configs: vec![AuditConfig {
+                service: "allServices".into(),
+                audit_log_configs: vec![AuditLogConfig {
+                    log_type: LogType::DataRead,
+                    exempted_members: members.clone(),
+                }],
+            }],
+            ..Default::default()
+        };
+        let binding = Policy {
+            bindings: vec![Binding { role: "roles/cloudkms.viewer".into(), members, condition: None }],
+            ..Default::default()
+        };
+        for p in [exempting, binding] {
+            let w = policy_weight(&p);
+            assert!(w > strings + 1_000 * MEMBER_OVERHEAD, "{w} for {strings} bytes of members");
+            assert!(w < 2 * (strings + 1_000 * MEMBER_OVERHEAD), "{w}: not wildly over either");
+        }
+    }
 }

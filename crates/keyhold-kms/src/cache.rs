@@ -2,7 +2,7 @@
 //!
 //! An entry holds a key's record, its versions and, unsealed on first use, each version's AEAD
 //! key. Three properties hold whatever the number of keys and the load (their shared core is
-//! `bounded_cache`, which the IAM policy cache uses too):
+//! `bounded_cache`, which the IAM policy and token caches use too):
 //!
 //! * **Bounded.** Entries are weighed (an estimate of the bytes each holds, [`CachedKey::weight`])
 //!   and the cache keeps at most its byte budget (`KmsConfig::key_cache_bytes`, 64 MiB by

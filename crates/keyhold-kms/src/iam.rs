@@ -137,10 +137,14 @@ impl Policies {
             }
         }
         let current = self.repo.policy(&name).await?;
+        // Only the fields the mask names change (no mask: bindings and etag); the others keep
+        // what is stored.
         let mut wanted = asked.clone();
         if !mask.is_empty() && !mask.iter().any(|m| m.starts_with("audit")) {
-            // Not asked to change audit configs: keep the stored ones.
             wanted.audit_configs = current.as_ref().map(|c| c.policy.audit_configs.clone()).unwrap_or_default();
+        }
+        if !mask.is_empty() && !mask.contains(&"bindings") {
+            wanted.bindings = current.as_ref().map(|c| c.policy.bindings.clone()).unwrap_or_default();
         }
         let normalized = keyhold_iam::normalize(&name, &wanted)?;
         let expected = if asked.etag.is_empty() {

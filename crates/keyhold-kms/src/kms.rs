@@ -1125,12 +1125,12 @@ impl Kms {
         self.scheduler.run_due_work().await
     }
 
-    /// The key cache's entries and their weight in bytes (for tests and metrics).
+    /// The key cache's entries and their weight in bytes.
     pub fn key_cache_usage(&self) -> (usize, u64) {
         self.keys.cache_usage()
     }
 
-    /// The IAM policy cache's entries and their weight in bytes (for tests and metrics).
+    /// The IAM policy cache's entries and their weight in bytes.
     pub fn policy_cache_usage(&self) -> (usize, u64) {
         self.gate.authz.policy_cache_usage()
     }

@@ -452,7 +452,7 @@ mod tests {
     //! Every message crosses both ways with every field Keyhold sets: a field one side has and
     //! the other lacks, or writes differently, fails here.
     use super::*;
-    use keyhold_api::iam::{Binding, Policy};
+    use keyhold_api::iam::{AuditConfig, AuditLogConfig, Binding, LogType, Policy};
     use keyhold_api::resources::*;
     use keyhold_api::wire::{ProtoDuration, Timestamp};
     use prost::Message as _;
@@ -543,7 +543,13 @@ mod tests {
                     serde_json::json!({"title": "t", "expression": "request.time < timestamp(\"2030-01-01T00:00:00Z\")"}),
                 ),
             }],
-            audit_configs: vec![],
+            audit_configs: vec![AuditConfig {
+                service: "allServices".into(),
+                audit_log_configs: vec![
+                    AuditLogConfig { log_type: LogType::DataRead, exempted_members: vec!["user:j@example.com".into()] },
+                    AuditLogConfig { log_type: LogType::AdminRead, exempted_members: vec![] },
+                ],
+            }],
             etag: "BwYCq0Sq4Ho=".into(),
         };
         assert_eq!(round_trip::<_, iam::Policy>(&policy), policy);

@@ -625,6 +625,45 @@ async fn the_policy_cache_stays_within_its_budget_whatever_names_requests_carry(
     assert_eq!(encrypt().await, 403, "and its revocation");
 }
 
+/// Audit configs are kept in Google's shape only, within limits, and their exempted members
+/// count against a policy's 1,500; a refused one changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_configs_are_kept_in_googles_shape_and_refused_otherwise() {
+    let s = start(Backend::Sqlite, KmsConfig::default()).await;
+    with_key(&s).await;
+    let set = format!("{KEY}:setIamPolicy");
+    let configs = json!([{"service": "allServices", "auditLogConfigs": [
+        {"logType": "DATA_READ", "exemptedMembers": ["user:jose@example.com"]}, {"logType": "ADMIN_READ"}]}]);
+    let body = json!({"updateMask": "bindings,auditConfigs", "policy": {
+        "bindings": [{"role": "roles/cloudkms.viewer", "members": ["user:a@example.com"]}], "auditConfigs": configs}});
+    let set_policy = s.ok(Method::POST, &set, Some(body)).await;
+    assert_eq!(set_policy["auditConfigs"], configs);
+    let before = s.ok(Method::GET, &format!("{KEY}:getIamPolicy"), None).await;
+    assert_eq!(before["auditConfigs"], configs, "kept as set");
+
+    let many: Vec<String> = (0..1_500).map(|i| format!("user:u{i}@example.com")).collect();
+    for (bad, status) in [
+        (json!([[0, 0, 0]]), "INVALID_ARGUMENT"),
+        (json!([{"service": "s", "auditLogConfigs": [{"logType": "DATA_READ"}], "deep": [[[1]]]}]), "INVALID_ARGUMENT"),
+        (json!([{"service": "", "auditLogConfigs": [{"logType": "DATA_READ"}]}]), "INVALID_ARGUMENT"),
+        (
+            json!([{"service": "s", "auditLogConfigs": [{"logType": "DATA_READ", "exemptedMembers": many}]}]),
+            "INVALID_ARGUMENT",
+        ),
+        (json!(vec![json!({"service": "s", "auditLogConfigs": [{"logType": "DATA_READ"}]}); 101]), "INVALID_ARGUMENT"),
+    ] {
+        let body = json!({"updateMask": "auditConfigs", "policy": {"etag": before["etag"], "auditConfigs": bad}});
+        s.err(Method::POST, &set, Some(body), 400, status).await;
+    }
+    assert_eq!(s.ok(Method::GET, &format!("{KEY}:getIamPolicy"), None).await, before, "nothing changed");
+
+    // A mask of auditConfigs alone changes them and keeps the bindings.
+    let fewer = json!([{"service": "cloudkms.googleapis.com", "auditLogConfigs": [{"logType": "DATA_WRITE"}]}]);
+    let body = json!({"updateMask": "auditConfigs", "policy": {"auditConfigs": fewer}});
+    let after = s.ok(Method::POST, &set, Some(body)).await;
+    assert_eq!((&after["auditConfigs"], &after["bindings"]), (&fewer, &before["bindings"]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_identities_and_agent_tokens() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;

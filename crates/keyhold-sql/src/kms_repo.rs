@@ -56,6 +56,22 @@ fn from_json<T: DeserializeOwned>(v: &Value) -> Result<T, RepoError> {
     serde_json::from_str(v.text()?).map_err(|e| RepoError::Corrupt(format!("stored resource does not decode: {e}")))
 }
 
+/// A stored policy. Releases before 2026-12-05 kept `auditConfigs` as any JSON; one that is not
+/// in Google's shape (which `:setIamPolicy` now requires) is left out, with a warning, so the
+/// resource stays usable and its bindings hold.
+fn stored_policy(resource: &str, v: &Value) -> Result<Policy, RepoError> {
+    from_json::<Policy>(v).or_else(|e| {
+        let mut raw: serde_json::Map<String, serde_json::Value> = from_json(v).map_err(|_| e.clone())?;
+        raw.remove("auditConfigs").ok_or_else(|| e.clone())?;
+        let policy = serde_json::from_value(raw.into()).map_err(|_| e)?;
+        tracing::warn!(
+            resource,
+            "the stored policy's auditConfigs are not in Google's shape; left out until it is set again"
+        );
+        Ok(policy)
+    })
+}
+
 fn name<T: std::str::FromStr>(v: &Value) -> Result<T, RepoError> {
     v.text()?.parse().map_err(|_| RepoError::Corrupt(format!("stored name {:?} does not parse", v.text())))
 }
@@ -712,7 +728,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
     async fn policy(&self, resource: &str) -> Result<Option<PolicyRecord>, RepoError> {
         let rows = self.read_rows(GET_POLICY, vec![Value::Text(resource.to_string())]).await?;
         rows.first()
-            .map(|r| Ok(PolicyRecord { policy: from_json::<Policy>(&r[0])?, revision: r[1].int()? }))
+            .map(|r| Ok(PolicyRecord { policy: stored_policy(resource, &r[0])?, revision: r[1].int()? }))
             .transpose()
     }
 
@@ -1038,4 +1054,24 @@ fn org_policy_record(row: &Row) -> Result<OrgPolicyRecord, RepoError> {
         update_time: ts(row[3].int()?)?,
         revision: row[4].int()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_policy_keeps_its_bindings_when_its_old_audit_configs_no_longer_parse() {
+        let binding = r#""bindings":[{"role":"roles/cloudkms.viewer","members":["user:a@x.io"]}]"#;
+        let old = Value::Text(format!(r#"{{"version":1,{binding},"auditConfigs":[[0,0],{{"x":1}}]}}"#));
+        let p = stored_policy("projects/p", &old).unwrap();
+        assert_eq!(p.bindings[0].members, ["user:a@x.io"]);
+        assert!(p.audit_configs.is_empty());
+        let good = Value::Text(format!(
+            r#"{{"version":1,{binding},"auditConfigs":[{{"service":"allServices","auditLogConfigs":[{{"logType":"DATA_READ"}}]}}]}}"#
+        ));
+        assert_eq!(stored_policy("projects/p", &good).unwrap().audit_configs[0].service, "allServices");
+        let broken = Value::Text(r#"{"bindings":[{"role":7}],"auditConfigs":[]}"#.into());
+        assert!(matches!(stored_policy("projects/p", &broken), Err(RepoError::Corrupt(_))));
+    }
 }
