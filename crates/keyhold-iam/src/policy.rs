@@ -24,8 +24,7 @@ pub enum PolicyError {
         /// The binding's role.
         role: String,
     },
-    /// Too many members overall (Google's limit is 1,500 principals per policy), counting the
-    /// members audit configs exempt.
+    /// Too many members overall (Google's limit is 1,500 principals per policy).
     #[error("A policy may contain at most 1500 members; this one has {0}.")]
     TooManyMembers(usize),
     /// An audit config Keyhold cannot keep.
@@ -39,6 +38,10 @@ const MAX_MEMBERS: usize = 1500;
 pub const MAX_AUDIT_CONFIGS: usize = 100;
 /// The longest service name an audit config may carry.
 pub const MAX_SERVICE_NAME: usize = 256;
+/// Members audit configs may exempt, in all.
+pub const MAX_EXEMPTED_MEMBERS: usize = 1500;
+/// The longest exempted member.
+pub const MAX_EXEMPTED_MEMBER: usize = 512;
 
 /// Validates `policy` for `resource` and puts it in canonical form: one binding per role, roles
 /// sorted, members sorted and de-duplicated, empty bindings dropped, `version` 1, no etag.
@@ -58,7 +61,7 @@ pub fn normalize(resource: &str, policy: &Policy) -> Result<Policy, PolicyError>
         }
         by_role.entry(b.role.clone()).or_default().extend(b.members.iter().cloned());
     }
-    count += check_audit_configs(&policy.audit_configs)?;
+    check_audit_configs(&policy.audit_configs)?;
     if count > MAX_MEMBERS {
         return Err(PolicyError::TooManyMembers(count));
     }
@@ -75,9 +78,10 @@ pub fn normalize(resource: &str, policy: &Policy) -> Result<Policy, PolicyError>
 }
 
 /// Checks audit configs as Google shapes them (each names a service and logs each kind of
-/// access at most once, exempting valid members) within Keyhold's limits; the members they
-/// exempt, to count against [`MAX_MEMBERS`].
-fn check_audit_configs(configs: &[AuditConfig]) -> Result<usize, PolicyError> {
+/// access at most once) within Keyhold's limits. Keyhold audits everyone, so an exemption
+/// changes nothing: any member Google writes (`group:`, `deleted:`, `principal://...`) is kept,
+/// checked only for its form and size.
+fn check_audit_configs(configs: &[AuditConfig]) -> Result<(), PolicyError> {
     use PolicyError::AuditConfig as Bad;
     if configs.len() > MAX_AUDIT_CONFIGS {
         return Err(Bad("a policy may carry at most 100 audit configs."));
@@ -102,12 +106,20 @@ fn check_audit_configs(configs: &[AuditConfig]) -> Result<usize, PolicyError> {
             }
             seen.push(l.log_type);
             for m in &l.exempted_members {
-                validate_member(m)?;
+                if m.is_empty()
+                    || m.len() > MAX_EXEMPTED_MEMBER
+                    || m.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(Bad("each exempted member is a member string of at most 512 bytes, without spaces."));
+                }
                 members += 1;
             }
         }
     }
-    Ok(members)
+    if members > MAX_EXEMPTED_MEMBERS {
+        return Err(Bad("audit configs may exempt at most 1500 members in all."));
+    }
+    Ok(())
 }
 
 /// Whether a role may be bound on a resource: basic and service roles on the root and on
@@ -229,19 +241,28 @@ mod tests {
                 .contains("at most once")
         );
         assert!(bad(vec![config("a", vec![log(LogType::DataRead, &[]); 1]); 101]).contains("at most 100"));
-        assert!(matches!(
-            with(vec![config("a", vec![log(LogType::DataRead, &["jose"])])]).unwrap_err(),
-            PolicyError::Member(_)
-        ));
-        // Exempted members count against the 1,500 as bound ones do.
-        let many: Vec<String> = (0..1_000).map(|i| format!("user:u{i}@x.io")).collect();
+        // Whatever Google writes is kept; only the form and size are checked.
+        let google = vec![config(
+            "allServices",
+            vec![log(
+                LogType::DataRead,
+                &["group:admins@x.io", "deleted:user:old@x.io?uid=1", "principal://iam.googleapis.com/x"],
+            )],
+        )];
+        assert_eq!(with(google.clone()).unwrap().audit_configs, google);
+        assert!(bad(vec![config("a", vec![log(LogType::DataRead, &["user: a@x.io"])])]).contains("without spaces"));
+        assert!(bad(vec![config("a", vec![log(LogType::DataRead, &[&"u".repeat(513)])])]).contains("512 bytes"));
+        // At most 1,500 exempted in all, apart from the 1,500 bound.
+        let many: Vec<String> = (0..1_500).map(|i| format!("user:u{i}@x.io")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        let p = Policy {
-            bindings: vec![binding("roles/cloudkms.viewer", &many[..600])],
-            audit_configs: vec![config("a", vec![log(LogType::DataRead, &many)])],
+        let p = |exempted: &[&str]| Policy {
+            bindings: vec![binding("roles/cloudkms.viewer", &many)],
+            audit_configs: vec![config("a", vec![log(LogType::DataRead, exempted)])],
             ..Default::default()
         };
-        assert_eq!(normalize("projects/p", &p).unwrap_err(), PolicyError::TooManyMembers(1_600));
+        assert!(normalize("projects/p", &p(&many)).is_ok());
+        let more = [&many[..], &["user:one-more@x.io"]].concat();
+        assert!(normalize("projects/p", &p(&more)).unwrap_err().to_string().contains("at most 1500 members in all"));
     }
 
     #[test]

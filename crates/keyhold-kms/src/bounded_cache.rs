@@ -22,8 +22,9 @@ use quick_cache::sync::DefaultLifecycle;
 use quick_cache::{DefaultHashBuilder, Equivalent, OptionsBuilder, Weighter};
 
 /// The least share of the budget a shard gets: entries up to about this weight (the heaviest
-/// policy a request can set, 1,500 members of at most 270 bytes, weighs about 0.5 MiB; a key
-/// with 1,000 versions about 1.7 MiB) are kept whatever the number of cores.
+/// policy a request can set, 1,500 bound members of at most 270 bytes and 1,500 exempted ones of
+/// at most 512, weighs about 1.3 MiB; a key with 1,000 versions about 1.7 MiB) are kept
+/// whatever the number of cores.
 pub(crate) const MIN_SHARD_BYTES: u64 = 4 << 20;
 
 /// A weighed cache whose entries are dropped when what they hold changes.
@@ -49,7 +50,9 @@ where
         let items = usize::try_from((capacity / typical_weight.max(1)).max(16)).unwrap_or(usize::MAX);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         // quick_cache's own default is four shards a core; fewer when the shares would be small.
+        // It rounds the count up to a power of two, so round it down here.
         let shards = usize::try_from(capacity / MIN_SHARD_BYTES).unwrap_or(usize::MAX).clamp(1, 4 * cores);
+        let shards = 1 << shards.ilog2();
         let options = OptionsBuilder::new()
             .estimated_items_capacity(items)
             .weight_capacity(capacity)
@@ -167,6 +170,10 @@ mod tests {
             assert!(cache.usage().1 <= 8 << 20, "over budget at {i}");
         }
         assert!(cache.usage().0 < 99, "some were evicted");
+        // 12 MiB is three shares of 4 MiB: two shards of 6 MiB, not four of 3 MiB.
+        let odd = BoundedCache::new(12 << 20, 1024, Len);
+        odd.get_or_load(&1, || async { Ok::<_, ()>(vec![0u8; 3584 << 10]) }).await.unwrap();
+        assert!(odd.get(&1).is_some(), "a 3.5 MiB entry is kept in a 12 MiB cache");
         let small = BoundedCache::new(1 << 20, 1024, Len);
         small.get_or_load(&1, || async { Ok::<_, ()>(vec![0u8; 900 << 10]) }).await.unwrap();
         assert!(small.get(&1).is_some(), "a budget below a shard's minimum is one shard");

@@ -114,21 +114,27 @@ impl Policies {
         Ok(Self::render_policy(self.repo.policy(&resource.name()).await?.as_ref()))
     }
 
-    /// `:setIamPolicy`: replaces the policy; a stale `etag` fails with `ABORTED`, no etag
-    /// overwrites. Takes effect on the next request on every node.
+    /// `:setIamPolicy`: changes the fields `update_mask` names (without one, `bindings` and
+    /// `etag`, as in Cloud IAM); the others keep what is stored. A stale `etag` fails with
+    /// `ABORTED`; without one the change applies to whatever is stored when it is written: the
+    /// fields kept are written only if the policy has not changed since they were read, and read
+    /// again if it has, so a concurrent change (a revocation) is never written back over.
+    /// Takes effect on the next request on every node.
     pub(crate) async fn set(
         &self,
         call: &Call<'_>,
         resource: &IamResource,
         request: &SetIamPolicyRequest,
     ) -> Result<Policy, KmsError> {
+        /// How often a set without an etag reads again after a concurrent change.
+        const ATTEMPTS: usize = 16;
         let name = resource.name();
         self.require_exists(resource).await?;
         let asked = request
             .policy
             .as_ref()
             .ok_or_else(|| KmsError::InvalidArgument("policy is required: send {\"policy\": {...}}.".into()))?;
-        let mask: Vec<&str> = request.update_mask.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+        let mut mask: Vec<&str> = request.update_mask.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
         for m in &mask {
             if !matches!(*m, "bindings" | "etag" | "auditConfigs" | "audit_configs" | "version") {
                 return Err(KmsError::InvalidArgument(format!(
@@ -136,42 +142,64 @@ impl Policies {
                 )));
             }
         }
-        let current = self.repo.policy(&name).await?;
-        // Only the fields the mask names change (no mask: bindings and etag); the others keep
-        // what is stored.
-        let mut wanted = asked.clone();
-        if !mask.is_empty() && !mask.iter().any(|m| m.starts_with("audit")) {
-            wanted.audit_configs = current.as_ref().map(|c| c.policy.audit_configs.clone()).unwrap_or_default();
+        if mask.is_empty() {
+            mask = vec!["bindings", "etag"];
         }
-        if !mask.is_empty() && !mask.contains(&"bindings") {
-            wanted.bindings = current.as_ref().map(|c| c.policy.bindings.clone()).unwrap_or_default();
-        }
-        let normalized = keyhold_iam::normalize(&name, &wanted)?;
-        let expected = if asked.etag.is_empty() {
-            None
-        } else {
+        let set_bindings = mask.contains(&"bindings");
+        let set_audit_configs = mask.iter().any(|m| m.starts_with("audit"));
+        // What the request sets is checked once; what is kept was checked when it was set.
+        let checked = keyhold_iam::normalize(
+            &name,
+            &Policy {
+                bindings: if set_bindings { asked.bindings.clone() } else { vec![] },
+                audit_configs: if set_audit_configs { asked.audit_configs.clone() } else { vec![] },
+                ..asked.clone()
+            },
+        )?;
+        for _ in 0..ATTEMPTS {
+            let current = self.repo.policy(&name).await?;
             let current_rev = current.as_ref().map_or(0, |c| c.revision);
             let current_etag = keyhold_iam::etag_for_revision(current_rev);
-            if asked.etag != current_etag {
+            if !asked.etag.is_empty() && asked.etag != current_etag {
                 return Err(KmsError::StaleEtag { given: asked.etag.clone(), current: current_etag });
             }
-            Some(current_rev)
-        };
-        match self.repo.set_policy(&name, &normalized, expected, &call.success_entry()).await {
-            Ok(revision) => {
-                // Only this resource's policy: the chains of its descendants read it again.
-                self.authz.invalidate_policy(&name);
-                self.events.send(KmsEvent::PolicyChanged(name.clone()));
-                Ok(Self::render_policy(Some(&PolicyRecord { policy: normalized, revision })))
+            let kept = current.as_ref().map(|c| &c.policy);
+            let policy = Policy {
+                bindings: if set_bindings {
+                    checked.bindings.clone()
+                } else {
+                    kept.map(|p| p.bindings.clone()).unwrap_or_default()
+                },
+                audit_configs: if set_audit_configs {
+                    checked.audit_configs.clone()
+                } else {
+                    kept.map(|p| p.audit_configs.clone()).unwrap_or_default()
+                },
+                ..checked.clone()
+            };
+            match self.repo.set_policy(&name, &policy, Some(current_rev), &call.success_entry()).await {
+                Ok(revision) => {
+                    // Only this resource's policy: the chains of its descendants read it again.
+                    self.authz.invalidate_policy(&name);
+                    self.events.send(KmsEvent::PolicyChanged(name.clone()));
+                    return Ok(Self::render_policy(Some(&PolicyRecord { policy, revision })));
+                }
+                Err(RepoError::Conflict) => {
+                    // The resource was deleted meanwhile (a key), or the policy changed: with an
+                    // etag that is the caller's to resolve, without one read it again.
+                    self.require_exists(resource).await?;
+                    if !asked.etag.is_empty() {
+                        let now = self.repo.policy(&name).await?.map_or(0, |c| c.revision);
+                        return Err(KmsError::StaleEtag {
+                            given: asked.etag.clone(),
+                            current: keyhold_iam::etag_for_revision(now),
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(RepoError::Conflict) => {
-                // The resource was deleted meanwhile (a key), or the policy changed.
-                self.require_exists(resource).await?;
-                let now = self.repo.policy(&name).await?.map_or(0, |c| c.revision);
-                Err(KmsError::StaleEtag { given: asked.etag.clone(), current: keyhold_iam::etag_for_revision(now) })
-            }
-            Err(e) => Err(e.into()),
         }
+        Err(KmsError::Contention(name))
     }
 
     /// `:testIamPermissions`: which of `permissions` `principal` holds on the resource (none,

@@ -625,43 +625,95 @@ async fn the_policy_cache_stays_within_its_budget_whatever_names_requests_carry(
     assert_eq!(encrypt().await, 403, "and its revocation");
 }
 
-/// Audit configs are kept in Google's shape only, within limits, and their exempted members
-/// count against a policy's 1,500; a refused one changes nothing.
+/// Audit configs are kept in Google's shape only, within limits; a refused one changes nothing.
+/// `updateMask` changes the fields it names (by default bindings and etag) and keeps the rest,
+/// including stored audit configs that today's checks would refuse.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_configs_are_kept_in_googles_shape_and_refused_otherwise() {
     let s = start(Backend::Sqlite, KmsConfig::default()).await;
     with_key(&s).await;
     let set = format!("{KEY}:setIamPolicy");
+    let get = format!("{KEY}:getIamPolicy");
     let configs = json!([{"service": "allServices", "auditLogConfigs": [
-        {"logType": "DATA_READ", "exemptedMembers": ["user:jose@example.com"]}, {"logType": "ADMIN_READ"}]}]);
+        {"logType": "DATA_READ", "exemptedMembers": ["user:jose@example.com", "group:admins@example.com"]},
+        {"logType": "ADMIN_READ"}]}]);
     let body = json!({"updateMask": "bindings,auditConfigs", "policy": {
         "bindings": [{"role": "roles/cloudkms.viewer", "members": ["user:a@example.com"]}], "auditConfigs": configs}});
     let set_policy = s.ok(Method::POST, &set, Some(body)).await;
     assert_eq!(set_policy["auditConfigs"], configs);
-    let before = s.ok(Method::GET, &format!("{KEY}:getIamPolicy"), None).await;
+    let before = s.ok(Method::GET, &get, None).await;
     assert_eq!(before["auditConfigs"], configs, "kept as set");
 
-    let many: Vec<String> = (0..1_500).map(|i| format!("user:u{i}@example.com")).collect();
-    for (bad, status) in [
-        (json!([[0, 0, 0]]), "INVALID_ARGUMENT"),
-        (json!([{"service": "s", "auditLogConfigs": [{"logType": "DATA_READ"}], "deep": [[[1]]]}]), "INVALID_ARGUMENT"),
-        (json!([{"service": "", "auditLogConfigs": [{"logType": "DATA_READ"}]}]), "INVALID_ARGUMENT"),
-        (
-            json!([{"service": "s", "auditLogConfigs": [{"logType": "DATA_READ", "exemptedMembers": many}]}]),
-            "INVALID_ARGUMENT",
-        ),
-        (json!(vec![json!({"service": "s", "auditLogConfigs": [{"logType": "DATA_READ"}]}); 101]), "INVALID_ARGUMENT"),
+    let many: Vec<String> = (0..1_501).map(|i| format!("user:u{i}@example.com")).collect();
+    for bad in [
+        json!([[0, 0, 0]]),
+        json!([{"service": "s", "auditLogConfigs": [{"logType": "DATA_READ"}], "deep": [[[1]]]}]),
+        json!([{"service": "", "auditLogConfigs": [{"logType": "DATA_READ"}]}]),
+        json!([{"service": "s", "auditLogConfigs": [{"exemptedMembers": ["user:b@example.com"]}]}]),
+        json!([{"service": "s", "auditLogConfigs": [{"logType": "DATA_READ", "exemptedMembers": many}]}]),
+        json!(vec![json!({"service": "s", "auditLogConfigs": [{"logType": "DATA_READ"}]}); 101]),
     ] {
         let body = json!({"updateMask": "auditConfigs", "policy": {"etag": before["etag"], "auditConfigs": bad}});
-        s.err(Method::POST, &set, Some(body), 400, status).await;
+        s.err(Method::POST, &set, Some(body), 400, "INVALID_ARGUMENT").await;
     }
-    assert_eq!(s.ok(Method::GET, &format!("{KEY}:getIamPolicy"), None).await, before, "nothing changed");
+    assert_eq!(s.ok(Method::GET, &get, None).await, before, "nothing changed");
 
+    // No mask is bindings and etag: the audit configs stay.
+    let viewers = json!([{"role": "roles/cloudkms.viewer", "members": ["user:b@example.com"]}]);
+    let after = s.ok(Method::POST, &set, Some(json!({"policy": {"bindings": viewers}}))).await;
+    assert_eq!((&after["bindings"], &after["auditConfigs"]), (&viewers, &configs));
     // A mask of auditConfigs alone changes them and keeps the bindings.
     let fewer = json!([{"service": "cloudkms.googleapis.com", "auditLogConfigs": [{"logType": "DATA_WRITE"}]}]);
     let body = json!({"updateMask": "auditConfigs", "policy": {"auditConfigs": fewer}});
     let after = s.ok(Method::POST, &set, Some(body)).await;
-    assert_eq!((&after["auditConfigs"], &after["bindings"]), (&fewer, &before["bindings"]));
+    assert_eq!((&after["auditConfigs"], &after["bindings"]), (&fewer, &viewers));
+
+    // Configs stored by an earlier release that today's checks refuse (no service, no log
+    // type) are kept by a set that does not name them, and do not block it.
+    let stored = json!([{"service": "", "auditLogConfigs": [{"exemptedMembers": ["x"]}, {"logType": "DATA_READ"}, {"logType": "DATA_READ"}]}]);
+    let policy = json!({"version": 1, "bindings": viewers, "auditConfigs": stored}).to_string();
+    let db = rusqlite::Connection::open(&s.db_file).unwrap();
+    assert_eq!(db.execute("UPDATE iam_policies SET policy = ?1 WHERE resource = ?2", (&policy, KEY)).unwrap(), 1);
+    let owners = json!([{"role": "roles/cloudkms.admin", "members": ["user:c@example.com"]}]);
+    let etag = s.ok(Method::GET, &get, None).await["etag"].clone();
+    let body = json!({"updateMask": "bindings,etag", "policy": {"bindings": owners, "etag": etag}});
+    let after = s.ok(Method::POST, &set, Some(body)).await;
+    assert_eq!(after["bindings"], owners);
+    assert_eq!(
+        s.ok(Method::GET, &get, None).await["auditConfigs"],
+        json!([{"auditLogConfigs": [
+        {"exemptedMembers": ["x"]}, {"logType": "DATA_READ"}, {"logType": "DATA_READ"}]}])
+    );
+}
+
+/// A set without an etag that keeps fields it does not name never writes back what a
+/// concurrent set replaced: each set of bindings races one of audit configs alone, and the
+/// bindings left are always those of the last set of bindings, never the ones before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_without_an_etag_never_writes_back_what_another_replaced() {
+    let s = std::sync::Arc::new(start(Backend::Sqlite, KmsConfig::default()).await);
+    with_key(&s).await;
+    let set = format!("{KEY}:setIamPolicy");
+    for round in 0..30 {
+        let mine = json!([{"role": "roles/cloudkms.viewer", "members": [format!("user:r{round}@example.com")]}]);
+        let configs =
+            json!([{"service": format!("s{round}.example.com"), "auditLogConfigs": [{"logType": "DATA_READ"}]}]);
+        let bindings = {
+            let (s, set, mine) = (s.clone(), set.clone(), mine.clone());
+            tokio::spawn(async move { s.call(Method::POST, &set, Some(json!({"policy": {"bindings": mine}}))).await })
+        };
+        let audit = {
+            let (s, set, configs) = (s.clone(), set.clone(), configs.clone());
+            tokio::spawn(async move {
+                let body = json!({"updateMask": "auditConfigs", "policy": {"auditConfigs": configs}});
+                s.call(Method::POST, &set, Some(body)).await
+            })
+        };
+        let (b, a) = (bindings.await.unwrap(), audit.await.unwrap());
+        assert_eq!((b.0, a.0), (200, 200), "{b:?} {a:?}");
+        let now = s.ok(Method::GET, &format!("{KEY}:getIamPolicy"), None).await;
+        assert_eq!((&now["bindings"], &now["auditConfigs"]), (&mine, &configs), "round {round}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

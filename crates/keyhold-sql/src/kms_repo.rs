@@ -56,9 +56,9 @@ fn from_json<T: DeserializeOwned>(v: &Value) -> Result<T, RepoError> {
     serde_json::from_str(v.text()?).map_err(|e| RepoError::Corrupt(format!("stored resource does not decode: {e}")))
 }
 
-/// A stored policy. Releases before 2026-12-05 kept `auditConfigs` as any JSON; one that is not
-/// in Google's shape (which `:setIamPolicy` now requires) is left out, with a warning, so the
-/// resource stays usable and its bindings hold.
+/// A stored policy. Releases before 2026-12-02 kept `auditConfigs` as any JSON; configs that
+/// are not in Google's shape are left out, with a warning, so the resource stays usable and its
+/// bindings hold.
 fn stored_policy(resource: &str, v: &Value) -> Result<Policy, RepoError> {
     from_json::<Policy>(v).or_else(|e| {
         let mut raw: serde_json::Map<String, serde_json::Value> = from_json(v).map_err(|_| e.clone())?;
