@@ -23,7 +23,8 @@ pub struct Policy {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub audit_configs: Vec<AuditConfig>,
     /// Optimistic-concurrency token (base64). A `:setIamPolicy` carrying a stale etag fails
-    /// with `ABORTED`; one without an etag overwrites unconditionally.
+    /// with `ABORTED`; one without an etag overwrites, whatever is stored, the fields its
+    /// update mask names.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub etag: String,
 }
