@@ -62,6 +62,10 @@ impl TokenCache {
     pub(crate) fn clear(&self) {
         self.by_hash.clear();
     }
+
+    fn usage(&self) -> (usize, u64) {
+        self.by_hash.usage()
+    }
 }
 
 fn token_hash(token: &str) -> String {
@@ -132,6 +136,11 @@ impl Identities {
         default_token_ttl: ProtoDuration,
     ) -> Self {
         Self { repo, clock, anonymous_principal, default_token_ttl, tokens: TokenCache::default() }
+    }
+
+    /// The tokens held and their weight in bytes.
+    pub(crate) fn token_cache_usage(&self) -> (usize, u64) {
+        self.tokens.usage()
     }
 
     /// Forgets cached tokens (another node may have revoked one).

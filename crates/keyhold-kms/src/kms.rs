@@ -1135,6 +1135,11 @@ impl Kms {
         self.gate.authz.policy_cache_usage()
     }
 
+    /// The token cache's entries and their weight in bytes.
+    pub fn token_cache_usage(&self) -> (usize, u64) {
+        self.identities.token_cache_usage()
+    }
+
     /// Follows what other nodes changed in the shared store, from its change log: a changed key
     /// is dropped from the key cache, a changed policy from the policy cache, a token change
     /// empties the token cache, each with its event for the key guards. Only when the log cannot
@@ -1177,8 +1182,9 @@ impl Kms {
                 self.events.send(KmsEvent::PolicyChanged(resource.clone()));
             }
             Change::Tokens => self.identities.clear(),
-            // Nothing cached holds key rings, nor projects that do not exist yet.
-            Change::KeyRing(_) | Change::ImportJob(_) | Change::Project(_) => {}
+            // Nothing cached holds key rings, nor projects that do not exist yet, nor tokens
+            // not yet known.
+            Change::KeyRing(_) | Change::ImportJob(_) | Change::Project(_) | Change::TokenMinted => {}
             // `sync_with_store` drops everything instead.
             Change::Other => {}
         }

@@ -121,8 +121,12 @@ pub enum Change {
     Project(String),
     /// The IAM policy held by this resource.
     Policy(String),
-    /// Bearer tokens (minted or revoked).
+    /// A bearer token was revoked (the change log does not say which: readers drop every
+    /// cached token).
     Tokens,
+    /// A bearer token was minted: nothing cached holds a token not yet known, so readers drop
+    /// nothing.
+    TokenMinted,
     /// Anything else (an org policy, a service identity, server metadata): readers drop every
     /// cache, as for a kind they do not know.
     Other,
@@ -138,6 +142,7 @@ impl Change {
             Change::Project(p) => ("project", p.clone()),
             Change::Policy(r) => ("policy", r.clone()),
             Change::Tokens => ("tokens", String::new()),
+            Change::TokenMinted => ("token_minted", String::new()),
             Change::Other => ("other", String::new()),
         }
     }
@@ -152,6 +157,7 @@ impl Change {
             "project" => Change::Project(resource.to_string()),
             "policy" => Change::Policy(resource.to_string()),
             "tokens" => Change::Tokens,
+            "token_minted" => Change::TokenMinted,
             _ => Change::Other,
         }
     }

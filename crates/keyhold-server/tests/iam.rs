@@ -550,6 +550,12 @@ async fn a_change_drops_only_what_it_changed_on_other_nodes() {
     let enc = json!({"plaintext": b64(b"x")});
     let on_b = async |key: &str| b.call(Method::POST, &format!("{key}:encrypt"), Some(enc.clone())).await.0;
     assert_eq!((on_b(KEY).await, on_b(&other).await), (200, 200));
+    // A token minted on A leaves B's cached tokens in place (a revocation drops them: above).
+    let tokens = b.kms.token_cache_usage().0;
+    assert!(tokens >= 1, "B's caller's token is cached");
+    a.token_for("user:zed@example.com").await;
+    assert!(b.kms.sync_with_store().await.unwrap());
+    assert_eq!(b.kms.token_cache_usage().0, tokens, "a mint drops no cached token");
     let (held, weight) = b.kms.key_cache_usage();
     assert_eq!(held, 2, "both keys cached on B");
     println!("key cache: {held} keys weigh {weight} bytes");

@@ -806,7 +806,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
             Value::Int(token.expire_time.unix_nanos_i64()),
             nanos(token.revoke_time),
         ];
-        self.write_audited(Change::Tokens, audit, |tx| {
+        self.write_audited(Change::TokenMinted, audit, |tx| {
             Box::pin(async move { tx.execute(TOKEN_COLUMNS_INSERT, params).await.map(|_| ()) })
         })
         .await

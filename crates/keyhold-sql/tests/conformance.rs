@@ -254,7 +254,7 @@ async fn the_change_log_names_each_change_without_gaps(db: Opened) {
             Change::Key(kn.clone()),
             Change::Key(kn.clone()),
             Change::Policy(res.into()),
-            Change::Tokens,
+            Change::TokenMinted,
         ],
         "the refused update logged nothing"
     );
