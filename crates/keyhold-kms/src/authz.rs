@@ -46,31 +46,19 @@ impl quick_cache::Weighter<String, Option<Arc<PolicyRecord>>> for PolicyWeight {
 }
 
 fn policy_weight(policy: &Policy) -> u64 {
-    let bindings: u64 = policy
-        .bindings
-        .iter()
-        .map(|b| {
-            BINDING_OVERHEAD
-                + b.role.len() as u64
-                + b.members.iter().map(|m| MEMBER_OVERHEAD + m.len() as u64).sum::<u64>()
-        })
-        .sum();
-    let audit_configs: u64 = policy
-        .audit_configs
-        .iter()
-        .map(|c| {
-            AUDIT_CONFIG_OVERHEAD
-                + c.service.len() as u64
-                + c.audit_log_configs
-                    .iter()
-                    .map(|l| {
-                        LOG_CONFIG_OVERHEAD
-                            + l.exempted_members.iter().map(|m| MEMBER_OVERHEAD + m.len() as u64).sum::<u64>()
-                    })
-                    .sum::<u64>()
-        })
-        .sum();
+    let bindings: u64 =
+        policy.bindings.iter().map(|b| BINDING_OVERHEAD + b.role.len() as u64 + members_weight(&b.members)).sum();
+    let log_configs = |c: &keyhold_api::iam::AuditConfig| -> u64 {
+        c.audit_log_configs.iter().map(|l| LOG_CONFIG_OVERHEAD + members_weight(&l.exempted_members)).sum()
+    };
+    let audit_configs: u64 =
+        policy.audit_configs.iter().map(|c| AUDIT_CONFIG_OVERHEAD + c.service.len() as u64 + log_configs(c)).sum();
     bindings + audit_configs
+}
+
+/// Members, bound or exempted: their strings and what each costs besides.
+fn members_weight(members: &[String]) -> u64 {
+    members.iter().map(|m| MEMBER_OVERHEAD + m.len() as u64).sum()
 }
 
 /// Decides whether a principal holds a permission on a resource.

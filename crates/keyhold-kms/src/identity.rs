@@ -38,9 +38,9 @@ impl quick_cache::Weighter<String, Arc<TokenRecord>> for TokenWeight {
     }
 }
 
-/// Valid tokens looked up recently, by hash, within a byte budget. Cleared with every token
-/// change in the store, so a revocation on any node takes effect within the change-poll
-/// interval.
+/// Valid tokens looked up recently, by hash, within a byte budget. Cleared when a token is
+/// revoked (on another node: through the change log), so a revocation on any node takes effect
+/// within the change-poll interval.
 pub(crate) struct TokenCache {
     by_hash: BoundedCache<String, Arc<TokenRecord>, TokenWeight>,
 }

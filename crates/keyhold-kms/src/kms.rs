@@ -1141,7 +1141,7 @@ impl Kms {
     }
 
     /// Follows what other nodes changed in the shared store, from its change log: a changed key
-    /// is dropped from the key cache, a changed policy from the policy cache, a token change
+    /// is dropped from the key cache, a changed policy from the policy cache, a token revocation
     /// empties the token cache, each with its event for the key guards. Only when the log cannot
     /// say what changed (more than [`CHANGES_PER_POLL`] entries since the last poll, entries
     /// pruned, an entry of a kind this build does not know, or a change by a node that does not
