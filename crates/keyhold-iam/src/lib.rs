@@ -25,7 +25,7 @@ pub use role::{Permission, Role};
 /// Whether a change of the IAM policy on `changed` can change what is allowed on `resource`:
 /// it is the resource itself or one of its ancestors.
 pub fn policy_change_affects(changed: &str, resource: &str) -> bool {
-    resource == changed || policy_ancestors(resource).iter().any(|a| a == changed)
+    resource == changed || policy_ancestors(resource).contains(&changed)
 }
 
 /// The resource at the top of the hierarchy: the whole Keyhold server. Its policy is where the
@@ -40,19 +40,26 @@ const POLICY_COLLECTIONS: &[&str] = &["keyRings", "cryptoKeys", "importJobs", "i
 ///
 /// `projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1` gives the root,
 /// `projects/p`, the key ring and the key: versions have no policy of their own, as in Cloud KMS.
-pub fn policy_ancestors(resource: &str) -> Vec<String> {
-    let mut out = vec![ROOT_RESOURCE.to_string()];
-    let seg: Vec<&str> = resource.split('/').collect();
-    if seg.len() < 2 || seg[0] != "projects" || seg[1].is_empty() {
+/// Every name but the root's is a prefix of `resource`, borrowed from it: this runs for every
+/// authorized call.
+pub fn policy_ancestors(resource: &str) -> Vec<&str> {
+    let mut out = Vec::with_capacity(4);
+    out.push(ROOT_RESOURCE);
+    let mut segments = resource.split('/');
+    if segments.next() != Some("projects") {
         return out;
     }
-    out.push(format!("projects/{}", seg[1]));
-    let mut i = 2;
-    while i + 1 < seg.len() {
-        if POLICY_COLLECTIONS.contains(&seg[i]) {
-            out.push(seg[..i + 2].join("/"));
+    // `end` is where the segment just read ends in `resource`; ids follow their collection.
+    let (mut end, mut collection) = ("projects".len(), "projects");
+    for (n, segment) in segments.enumerate() {
+        end += 1 + segment.len();
+        if n % 2 == 1 {
+            collection = segment;
+        } else if n == 0 && segment.is_empty() {
+            return out;
+        } else if n == 0 || POLICY_COLLECTIONS.contains(&collection) {
+            out.push(&resource[..end]);
         }
-        i += 2;
     }
     out
 }
@@ -83,6 +90,13 @@ mod tests {
         assert_eq!(policy_ancestors("projects/p/locations/l"), [ROOT_RESOURCE, "projects/p"]);
         assert_eq!(policy_ancestors("projects/p/locations/l/keyRings/r/cryptoKeys").len(), 3);
         assert_eq!(policy_ancestors(ROOT_RESOURCE), [ROOT_RESOURCE]);
+        assert_eq!(policy_ancestors("projects/"), [ROOT_RESOURCE]);
+        assert_eq!(policy_ancestors("projects"), [ROOT_RESOURCE]);
+        assert_eq!(
+            policy_ancestors("projects/p/instances/i/objects/o"),
+            [ROOT_RESOURCE, "projects/p", "projects/p/instances/i"]
+        );
+        assert_eq!(policy_ancestors("keyRings/r/cryptoKeys/k"), [ROOT_RESOURCE]);
         assert_eq!(project_of(v), Some("p"));
         assert_eq!(project_of("organizations/keyhold"), None);
     }

@@ -115,7 +115,7 @@ impl Authorizer {
     async fn chain(&self, resource: &str) -> Result<Vec<Arc<PolicyRecord>>, KmsError> {
         let mut out = Vec::with_capacity(4);
         for name in policy_ancestors(resource) {
-            if let Some(p) = self.policy(&name).await? {
+            if let Some(p) = self.policy(name).await? {
                 out.push(p);
             }
         }

@@ -1,13 +1,11 @@
 //! Dispatch of Cloud KMS v1 REST calls to the KMS domain.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keyhold_api::messages::PublicKeyFormat;
 use keyhold_api::wire::{ProtoDuration, Timestamp};
@@ -774,20 +772,4 @@ fn name_error(e: NameError) -> ApiError {
 /// Unknown paths outside `/v1/`.
 pub(crate) async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     ApiError::new(Code::NotFound, format!("No method {method} {}; see docs/api.md.", uri.path())).into_response()
-}
-
-/// One log line per request: method, path (never the query or body), status, latency, and the
-/// request ID. At `debug` so that a busy server does not spend its time logging; 5xx answers
-/// are also logged at `error` by [`ApiError`].
-pub(crate) async fn log_request(req: Request, next: Next) -> Response {
-    if !tracing::enabled!(tracing::Level::DEBUG) {
-        return next.run(req).await;
-    }
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let id = req.headers().get(crate::REQUEST_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let resp = next.run(req).await;
-    tracing::debug!(request_id = %id, %method, %path, status = resp.status().as_u16(), micros = start.elapsed().as_micros() as u64, "request");
-    resp
 }

@@ -58,7 +58,7 @@ use hyper_util::rt::TokioIo;
 use keyhold_api::Code;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
 pub use keyhold_tls::{ClientPrincipal, ServerTls, ServerTlsFiles};
@@ -151,6 +151,16 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1 << 20;
 pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
 /// The most connections the default allows, whatever the file-descriptor limit.
 pub const MAX_DEFAULT_CONNECTIONS: usize = 4096;
+
+impl Limits {
+    /// The shortest time from a connection's change (opened, a byte read, a head read, an
+    /// answer written) to the deadline it sets; at least a millisecond, so that limits of zero
+    /// (which `keyhold serve` refuses) cannot make the watchdog spin.
+    fn shortest(&self) -> Duration {
+        let shortest = self.header_read_timeout.min(self.idle_timeout).min(self.request_timeout + BODY_DEADLINE_SLACK);
+        shortest.max(Duration::from_millis(1))
+    }
+}
 
 impl Default for Limits {
     fn default() -> Self {
@@ -322,9 +332,16 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// What one connection is doing, as the watchdog of [`serve_connection`] needs to know it.
+///
+/// The watchdog is never woken by a change: it looks at the deadline when its alarm rings, and
+/// sets the alarm no later than the shortest limit ahead ([`ConnState::next_look`]). Every
+/// deadline is the time of a change plus one limit, so the watchdog always looks again before
+/// a deadline set since its last look, and closes the connection at the deadline itself. Each
+/// request moves the deadline; waking the watchdog for each cost about a tenth of a health
+/// check's CPU (2026-12-05 profile). Now it wakes about once per shortest limit.
 struct ConnState {
     phase: Mutex<Phase>,
-    changed: Notify,
+    limits: Arc<Limits>,
 }
 
 struct Phase {
@@ -341,8 +358,27 @@ struct Phase {
     receiving_since: Option<Instant>,
 }
 
+impl Phase {
+    /// When the connection must be closed if nothing changes, and why; `None` while a request
+    /// is in flight (bounded by the body and write limits instead).
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
+        if self.in_flight > 0 {
+            return None;
+        }
+        if let Some(t) = self.receiving_since {
+            // buffer_body answers 408 at the request deadline; this is the backstop, a little
+            // later so that the 408 can be written.
+            return Some((t + limits.request_timeout + BODY_DEADLINE_SLACK, "request body not received in time"));
+        }
+        Some(match self.first_byte {
+            Some(t) => (t + limits.header_read_timeout, "request head not received in time"),
+            None => (self.idle_since + limits.idle_timeout, "idle"),
+        })
+    }
+}
+
 impl ConnState {
-    fn new() -> Self {
+    fn new(limits: Arc<Limits>) -> Self {
         Self {
             phase: Mutex::new(Phase {
                 in_flight: 0,
@@ -350,7 +386,7 @@ impl ConnState {
                 first_byte: None,
                 receiving_since: None,
             }),
-            changed: Notify::new(),
+            limits,
         }
     }
 
@@ -361,7 +397,6 @@ impl ConnState {
     /// A request head has arrived; its body is being read.
     fn body_started(&self) {
         self.lock().receiving_since = Some(Instant::now());
-        self.changed.notify_one();
     }
 
     /// A request is handed to the app (its body read, or streamed to the handler).
@@ -370,28 +405,21 @@ impl ConnState {
         p.in_flight += 1;
         p.first_byte = None;
         p.receiving_since = None;
-        drop(p);
-        self.changed.notify_one();
     }
 
     fn request_finished(&self) {
-        {
-            let mut p = self.lock();
-            p.in_flight = p.in_flight.saturating_sub(1);
-            if p.in_flight == 0 {
-                p.idle_since = Instant::now();
-                p.first_byte = None;
-            }
+        let mut p = self.lock();
+        p.in_flight = p.in_flight.saturating_sub(1);
+        if p.in_flight == 0 {
+            p.idle_since = Instant::now();
+            p.first_byte = None;
         }
-        self.changed.notify_one();
     }
 
     fn bytes_read(&self) {
         let mut p = self.lock();
         if p.in_flight == 0 && p.first_byte.is_none() {
             p.first_byte = Some(Instant::now());
-            drop(p);
-            self.changed.notify_one();
         }
     }
 
@@ -402,22 +430,16 @@ impl ConnState {
         p.in_flight == 0 && p.receiving_since.unwrap_or(p.idle_since).elapsed() >= grace
     }
 
-    /// When the connection must be closed if nothing changes, and why; `None` while a request
-    /// is in flight (bounded by the body and write limits instead).
-    fn deadline(&self, limits: &Limits) -> Option<(Instant, &'static str)> {
-        let p = self.lock();
-        if p.in_flight > 0 {
-            return None;
+    /// The watchdog's look: when it must look next (the deadline, or sooner), or, when the
+    /// deadline has passed, the reason to close the connection.
+    fn next_look(&self) -> Result<Instant, &'static str> {
+        let now = Instant::now();
+        let deadline = self.lock().deadline(&self.limits);
+        match deadline {
+            Some((at, why)) if at <= now => Err(why),
+            // A change after now sets a deadline no sooner than now plus the shortest limit.
+            _ => Ok(deadline.map_or(now + self.limits.shortest(), |(at, _)| at.min(now + self.limits.shortest()))),
         }
-        if let Some(t) = p.receiving_since {
-            // buffer_body answers 408 at the request deadline; this is the backstop, a little
-            // later so that the 408 can be written.
-            return Some((t + limits.request_timeout + BODY_DEADLINE_SLACK, "request body not received in time"));
-        }
-        Some(match p.first_byte {
-            Some(t) => (t + limits.header_read_timeout, "request head not received in time"),
-            None => (p.idle_since + limits.idle_timeout, "idle"),
-        })
     }
 }
 
@@ -440,7 +462,7 @@ async fn serve_connection(
     mut watch: Watch,
     _slot: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(limits.clone()));
     let io = WatchedIo {
         inner: stream,
         state: state.clone(),
@@ -451,10 +473,10 @@ async fn serve_connection(
     match tls {
         None => {
             let service = RequestService { app, limits: limits.clone(), state: state.clone(), remote, principal: None };
-            drive(TokioIo::new(io), service, remote, &state, &limits, watch).await;
+            drive(TokioIo::new(io), service, remote, &state, watch).await;
         }
         Some(tls) => {
-            let Some(stream) = handshake(io, &tls, remote, &state, &limits, &mut watch).await else { return };
+            let Some(stream) = handshake(io, &tls, remote, &state, &mut watch).await else { return };
             let principal = stream
                 .get_ref()
                 .1
@@ -466,7 +488,7 @@ async fn serve_connection(
                 tracing::debug!(%remote, principal = %p, "client certificate verified");
             }
             let service = RequestService { app, limits: limits.clone(), state: state.clone(), remote, principal };
-            drive(TokioIo::new(stream), service, remote, &state, &limits, watch).await;
+            drive(TokioIo::new(stream), service, remote, &state, watch).await;
         }
     }
 }
@@ -483,7 +505,6 @@ async fn handshake(
     tls: &Tls,
     remote: SocketAddr,
     state: &ConnState,
-    limits: &Limits,
     watch: &mut Watch,
 ) -> Option<keyhold_tls::server::TlsStream<WatchedIo>> {
     use tokio::io::AsyncWriteExt as _;
@@ -531,18 +552,16 @@ async fn handshake(
     let mut accept = std::pin::pin!(accept);
     let mut evictable = true;
     loop {
-        let sleep = sleep_until(state.deadline(limits));
+        let alarm = match state.next_look() {
+            Ok(alarm) => alarm,
+            Err(why) => {
+                tracing::debug!(%remote, reason = why, "closing connection during the TLS handshake");
+                return None;
+            }
+        };
         tokio::select! {
             r = accept.as_mut() => return r,
-            () = sleep => {
-                if let Some((at, why)) = state.deadline(limits)
-                    && at <= Instant::now()
-                {
-                    tracing::debug!(%remote, reason = why, "closing connection during the TLS handshake");
-                    return None;
-                }
-            }
-            () = state.changed.notified() => {}
+            () = tokio::time::sleep_until(alarm) => {}
             r = watch.evict.changed(), if evictable => {
                 evictable = r.is_ok();
                 if evictable && state.idle_for(EVICTION_GRACE) {
@@ -555,26 +574,12 @@ async fn handshake(
     }
 }
 
-/// Sleeps until the connection's deadline, or forever when it has none (a request in flight).
-async fn sleep_until(deadline: Option<(Instant, &'static str)>) {
-    match deadline {
-        Some((at, _)) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Serves one connection's requests within the limits: HTTP/1.1, or HTTP/2 when the client
 /// starts with its preface (ALPN `h2` under TLS, prior knowledge in clear: "h2c"), as gRPC
 /// clients do. Under HTTP/2 each stream is one request, counted in flight like an HTTP/1.1
 /// request, so the same idle, head and body limits apply to the connection.
-async fn drive<I>(
-    io: TokioIo<I>,
-    service: RequestService,
-    remote: SocketAddr,
-    state: &ConnState,
-    limits: &Limits,
-    watch: Watch,
-) where
+async fn drive<I>(io: TokioIo<I>, service: RequestService, remote: SocketAddr, state: &ConnState, watch: Watch)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -593,7 +598,13 @@ async fn drive<I>(
     let Watch { mut stop, mut evict } = watch;
     let (mut stopping, mut evictable) = (false, true);
     loop {
-        let sleep = sleep_until(state.deadline(limits));
+        let alarm = match state.next_look() {
+            Ok(alarm) => alarm,
+            Err(why) => {
+                tracing::debug!(%remote, reason = why, "closing connection");
+                return;
+            }
+        };
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -601,16 +612,8 @@ async fn drive<I>(
                 }
                 return;
             }
-            () = sleep => {
-                // Re-read: a request may have started since the deadline was computed.
-                if let Some((at, why)) = state.deadline(limits)
-                    && at <= Instant::now()
-                {
-                    tracing::debug!(%remote, reason = why, "closing connection");
-                    return;
-                }
-            }
-            () = state.changed.notified() => {}
+            // The next turn looks at the deadline again.
+            () = tokio::time::sleep_until(alarm) => {}
             r = evict.changed(), if evictable => {
                 evictable = r.is_ok(); // the loop has ended: stop watching
                 if evictable && state.idle_for(EVICTION_GRACE) {

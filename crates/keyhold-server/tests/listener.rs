@@ -143,6 +143,30 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     served_client(srv.addr).await;
 }
 
+/// The watchdog wakes early only for a deadline that moved earlier; one that moved later is
+/// found when its alarm rings (2026-12-05). A connection in steady use must outlive any number
+/// of those alarms, and still be closed once it falls silent.
+#[tokio::test]
+async fn a_connection_in_steady_use_outlives_its_timeouts_and_is_closed_once_idle() {
+    let srv = start(Limits {
+        idle_timeout: Duration::from_millis(800),
+        header_read_timeout: Duration::from_millis(400),
+        ..limits()
+    })
+    .await;
+    let mut s = TcpStream::connect(srv.addr).await.unwrap();
+    // A request every 40 ms for about 4 s: five idle timeouts and ten head timeouts, each
+    // request moving the deadline later.
+    let start = std::time::Instant::now();
+    let mut served = 0;
+    while start.elapsed() < Duration::from_secs(4) {
+        assert_eq!(healthz(&mut s).await, 200, "closed after {served} requests, {:?}", start.elapsed());
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(common::read_to_close(&mut s).await.is_empty());
+}
+
 #[tokio::test]
 async fn a_content_length_of_one_tib_is_answered_413_without_sending_the_body() {
     let srv = start(limits()).await;

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Where Keyhold's throughput stands against the HTTP floor, in one run: nginx's fixed answer
+# (the issue's baseline), the same answer from hyper alone and from an axum router
+# (bench/http-floor, the crate versions and runtime Keyhold uses), Keyhold's GET /healthz, and
+# :encrypt of 32 B on the default server (SQLite file, audit journal) and with --in-memory.
+# wrk, 64 keep-alive connections; the order of the scenarios rotates each round, and each
+# figure is also given as a ratio to nginx's in the same round.
+#
+#   bash bench/http-floor.sh                 # 3 rounds of 5 s per scenario
+#   ROUNDS=5 DURATION=10s bash bench/http-floor.sh
+#   BIN=/path/to/keyhold bash bench/http-floor.sh   # another build of Keyhold
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-64}
+source bench/lib.sh
+need_tools wrk nginx
+if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/release/keyhold; fi
+cargo build --release -q --manifest-path bench/http-floor/Cargo.toml --target-dir target/http-floor
+FLOOR=target/http-floor/release/http-floor
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+WORK=$(mktemp -d)
+PIDS=()
+DATA_DIRS=()
+cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK" "${DATA_DIRS[@]}"; }
+trap cleanup EXIT
+
+# nginx: two workers (one per core), the answer of http-floor, every path under $WORK.
+NGINX_PORT=$(free_port)
+mkdir -p "$WORK/nginx"
+ANSWER=$(sed -n 's/^const ANSWER: &str = "\(.*\)";$/\1/p' bench/http-floor/src/main.rs | sed 's/\\"/"/g')
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes $(nproc);
+daemon off;
+error_log $WORK/nginx/error.log;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fastcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
+  keepalive_requests 100000000;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { default_type application/json; return 200 '$ANSWER'; }
+  }
+}
+CONF
+PATH="$PATH:/usr/sbin:/sbin" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
+PIDS+=($!)
+HYPER_PORT=$(free_port); "$FLOOR" hyper "$HYPER_PORT" & PIDS+=($!)
+AXUM_PORT=$(free_port); "$FLOOR" axum "$AXUM_PORT" & PIDS+=($!)
+
+# Two Keyhold servers. start_encrypt_server sets a trap that stops only the latest one: ours,
+# set again after each, stops them all.
+start_encrypt_server "$BIN" --in-memory
+MEM_ENC=$ENC MEM_TOKEN=$KEYHOLD_TOKEN; PIDS+=("$PID"); DATA_DIRS+=("$DATA")
+trap cleanup EXIT
+start_encrypt_server "$BIN"
+PIDS+=("$PID"); DATA_DIRS+=("$DATA")
+trap cleanup EXIT
+for url in "http://127.0.0.1:$NGINX_PORT/" "http://127.0.0.1:$HYPER_PORT/" "http://127.0.0.1:$AXUM_PORT/"; do
+  for _ in $(seq 50); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
+  curl -sf "$url" | grep -q '"protectionLevel"' || { echo "no fixed answer from $url" >&2; exit 1; }
+done
+
+rps() { # url [wrk script] [token]
+  local out
+  if [ -n "${2:-}" ]; then
+    out=$(KEYHOLD_TOKEN=$3 wrk -t2 -c"$CONNS" -d"$DURATION" -s "$2" "$1")
+  else
+    out=$(wrk -t2 -c"$CONNS" -d"$DURATION" "$1")
+  fi
+  grep -q "Non-2xx" <<<"$out" && { echo "non-2xx answers from $1" >&2; exit 1; }
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
+}
+NAMES=(nginx hyper axum health encrypt encrypt-in-memory)
+one() { # name
+  case $1 in
+    nginx) rps "http://127.0.0.1:$NGINX_PORT/v1/x" ;;
+    hyper) rps "http://127.0.0.1:$HYPER_PORT/v1/x" ;;
+    axum) rps "http://127.0.0.1:$AXUM_PORT/v1/x" ;;
+    health) rps "$HEALTH" ;;
+    encrypt) rps "$ENC" bench/encrypt.lua "$KEYHOLD_TOKEN" ;;
+    encrypt-in-memory) rps "$MEM_ENC" bench/encrypt.lua "$MEM_TOKEN" ;;
+  esac
+}
+rps "$ENC" bench/encrypt.lua "$KEYHOLD_TOKEN" >/dev/null  # warm-up
+rps "$MEM_ENC" bench/encrypt.lua "$MEM_TOKEN" >/dev/null
+echo "== $(nproc) cores; $("$BIN" --version); $ROUNDS rounds, $DURATION per scenario, $CONNS connections"
+RESULTS=$WORK/results
+for r in $(seq "$ROUNDS"); do
+  n=${#NAMES[@]}
+  for i in $(seq 0 $((n - 1))); do
+    name=${NAMES[$(((i + r - 1) % n))]}
+    echo "$r $name $(one "$name")" >>"$RESULTS"
+  done
+done
+echo "| scenario | requests/s, each round | ratio to nginx, each round | median ratio |"
+echo "|---|---|---|---|"
+for name in "${NAMES[@]}"; do
+  awk -v want="$name" '
+    { v[$1, $2] = $3; if ($1 > rounds) rounds = $1 }
+    END {
+      for (r = 1; r <= rounds; r++) {
+        ratio[r] = v[r, want] / v[r, "nginx"]
+        all = all (r > 1 ? ", " : "") sprintf("%.0f", v[r, want])
+        rat = rat (r > 1 ? ", " : "") sprintf("%.2f", ratio[r])
+      }
+      # median of the ratios (insertion sort: a handful of rounds)
+      for (i = 2; i <= rounds; i++) { x = ratio[i]; j = i - 1; while (j >= 1 && ratio[j] > x) { ratio[j + 1] = ratio[j]; j-- } ratio[j + 1] = x }
+      med = rounds % 2 ? ratio[(rounds + 1) / 2] : (ratio[rounds / 2] + ratio[rounds / 2 + 1]) / 2
+      printf "| %s | %s | %s | %.2f |\n", want, all, rat, med
+    }' "$RESULTS"
+done
