@@ -6,18 +6,17 @@
 #   bash bench/ab.sh OLD_BINARY NEW_BINARY [serve flags...]     # e.g. --in-memory
 #   ROUNDS=5 DURATION=5s bash bench/ab.sh old/keyhold target/release/keyhold
 set -euo pipefail
-cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n '2,7p' "$0" >&2; exit 2; }
-OLD=$1 NEW=$2; shift 2
+OLD=$(realpath "$1") NEW=$(realpath "$2"); shift 2
+cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-4s}
 source bench/lib.sh
 need_tools wrk
 start_encrypt_server "$OLD" "$@"
-O_PID=$PID O_HEALTH=$HEALTH O_ENC=$ENC O_TOKEN=$KEYHOLD_TOKEN O_DATA=$DATA
+O_HEALTH=$HEALTH O_ENC=$ENC O_TOKEN=$KEYHOLD_TOKEN
 start_encrypt_server "$NEW" "$@"
-N_PID=$PID N_HEALTH=$HEALTH N_ENC=$ENC N_TOKEN=$KEYHOLD_TOKEN N_DATA=$DATA
-trap 'kill $O_PID $N_PID 2>/dev/null || true; rm -rf "$O_DATA" "$N_DATA"' EXIT
+N_HEALTH=$HEALTH N_ENC=$ENC N_TOKEN=$KEYHOLD_TOKEN
 rps() { # url [token: then :encrypt]
   local out
   if [ -n "${2:-}" ]; then

@@ -20,7 +20,7 @@ cargo build --release -p keyhold -q
 start_encrypt_server target/release/keyhold ${SERVE_FLAGS:-}
 BASE=${HEALTH%/healthz}
 KEY=projects/bench/locations/global/keyRings/r/cryptoKeys/k
-BODIES=$(mktemp -d); trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA" "$BODIES"' EXIT
+BODIES=$(mktemp -d); BENCH_DIRS+=("$BODIES")  # removed on exit with the server's data
 CIPHERTEXT=$(curl -sfk -H "authorization: Bearer $KEYHOLD_TOKEN" -H 'content-type: application/json' \
   -d '{"plaintext": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="}' "$BASE/v1/$KEY:encrypt" \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["ciphertext"])')

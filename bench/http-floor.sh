@@ -15,17 +15,17 @@ DURATION=${DURATION:-5s}
 ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 source bench/lib.sh
-need_tools wrk nginx
+need_tools wrk nginx curl python3
 if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/release/keyhold; fi
 cargo build --release -q --manifest-path bench/http-floor/Cargo.toml --target-dir target/http-floor
 FLOOR=target/http-floor/release/http-floor
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Every process started here and every directory made here is in lib.sh's BENCH_PIDS and
+# BENCH_DIRS, which its bench_cleanup stops and removes on exit, whatever fails first.
 WORK=$(mktemp -d)
-PIDS=()
-DATA_DIRS=()
-cleanup() { kill "${PIDS[@]}" 2>/dev/null || true; rm -rf "$WORK" "${DATA_DIRS[@]}"; }
-trap cleanup EXIT
+BENCH_DIRS+=("$WORK")
+trap bench_cleanup EXIT
 
 # nginx: two workers (one per core), the answer of http-floor, every path under $WORK.
 NGINX_PORT=$(free_port)
@@ -49,18 +49,13 @@ http {
 }
 CONF
 PATH="$PATH:/usr/sbin:/sbin" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
-PIDS+=($!)
-HYPER_PORT=$(free_port); "$FLOOR" hyper "$HYPER_PORT" & PIDS+=($!)
-AXUM_PORT=$(free_port); "$FLOOR" axum "$AXUM_PORT" & PIDS+=($!)
+BENCH_PIDS+=($!)
+HYPER_PORT=$(free_port); "$FLOOR" hyper "$HYPER_PORT" & BENCH_PIDS+=($!)
+AXUM_PORT=$(free_port); "$FLOOR" axum "$AXUM_PORT" & BENCH_PIDS+=($!)
 
-# Two Keyhold servers. start_encrypt_server sets a trap that stops only the latest one: ours,
-# set again after each, stops them all.
 start_encrypt_server "$BIN" --in-memory
-MEM_ENC=$ENC MEM_TOKEN=$KEYHOLD_TOKEN; PIDS+=("$PID"); DATA_DIRS+=("$DATA")
-trap cleanup EXIT
+MEM_ENC=$ENC MEM_TOKEN=$KEYHOLD_TOKEN
 start_encrypt_server "$BIN"
-PIDS+=("$PID"); DATA_DIRS+=("$DATA")
-trap cleanup EXIT
 for url in "http://127.0.0.1:$NGINX_PORT/" "http://127.0.0.1:$HYPER_PORT/" "http://127.0.0.1:$AXUM_PORT/"; do
   for _ in $(seq 50); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
   curl -sf "$url" | grep -q '"protectionLevel"' || { echo "no fixed answer from $url" >&2; exit 1; }
@@ -95,7 +90,9 @@ for r in $(seq "$ROUNDS"); do
   n=${#NAMES[@]}
   for i in $(seq 0 $((n - 1))); do
     name=${NAMES[$(((i + r - 1) % n))]}
-    echo "$r $name $(one "$name")" >>"$RESULTS"
+    # An assignment, so that a failed run (rps exits) stops the script.
+    value=$(one "$name")
+    echo "$r $name $value" >>"$RESULTS"
   done
 done
 echo "| scenario | requests/s, each round | ratio to nginx, each round | median ratio |"

@@ -7,7 +7,9 @@
 #       development certificate (`keyhold tls dev-certs`); HEALTH and ENC are then https URLs.
 #       Sets PORT, PID, DATA, KEYHOLD_TOKEN (exported), HEALTH (URL) and ENC (the :encrypt URL
 #       of key projects/bench/locations/global/keyRings/r/cryptoKeys/k); stops the server and
-#       deletes DATA on exit.
+#       deletes DATA on exit, with every other server it started and whatever the script put
+#       in BENCH_PIDS (processes) and BENCH_DIRS (directories): a script running several
+#       servers leaks none of them when one fails to start.
 
 need_tools() {
   local missing=() tool
@@ -27,10 +29,19 @@ need_tools() {
   return $rc
 }
 
+BENCH_PIDS=()
+BENCH_DIRS=()
+bench_cleanup() {
+  [ ${#BENCH_PIDS[@]} -eq 0 ] || kill "${BENCH_PIDS[@]}" 2>/dev/null || true
+  [ ${#BENCH_DIRS[@]} -eq 0 ] || rm -rf "${BENCH_DIRS[@]}"
+}
+
 start_encrypt_server() {
   local bin=$1; shift
+  trap bench_cleanup EXIT
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   DATA=$(mktemp -d ${BENCH_TMP:+-p $BENCH_TMP})
+  BENCH_DIRS+=("$DATA")
   local scheme=http tls_flags=() curl_tls=()
   if [ "${TLS:-0}" = 1 ]; then
     "$bin" tls dev-certs --out "$DATA/tls" >/dev/null
@@ -41,7 +52,7 @@ start_encrypt_server() {
   # shellcheck disable=SC2086  # WRAP is a command line
   KEYHOLD_LOG=warn ${WRAP:-} "$bin" serve "$@" "${tls_flags[@]}" --data-dir "$DATA/data" --listen 127.0.0.1:$PORT 2>/dev/null &
   PID=$!
-  trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
+  BENCH_PIDS+=("$PID")
   HEALTH=$scheme://127.0.0.1:$PORT/healthz
   # Under valgrind the server takes seconds to answer.
   for _ in $(seq 300); do curl -sf "${curl_tls[@]}" "$HEALTH" >/dev/null && break; sleep 0.1; done

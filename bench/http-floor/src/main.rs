@@ -23,6 +23,11 @@ fn main() {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
         match mode.as_str() {
             "axum" => {
+                // As Keyhold's listener and the hyper floor do (axum::serve does not).
+                use axum::serve::ListenerExt as _;
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 let app = axum::Router::new()
                     .fallback(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], ANSWER) });
                 axum::serve(listener, app).await.expect("serve");

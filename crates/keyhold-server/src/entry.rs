@@ -5,7 +5,7 @@
 //! These were four tower layers and a middleware function. `Router::layer` wraps every route
 //! in each of them, so a request went through nine nested futures and three boxed clones of
 //! services before its handler; the profile of 2026-12-05 counted that at about a tenth of a
-//! health check's CPU. One service does the same work with one boxed future.
+//! health check's CPU. One service does the same work with one boxed future of its own.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -335,10 +335,13 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 ///
 /// The watchdog is never woken by a change: it looks at the deadline when its alarm rings, and
 /// sets the alarm no later than the shortest limit ahead ([`ConnState::next_look`]). Every
-/// deadline is the time of a change plus one limit, so the watchdog always looks again before
-/// a deadline set since its last look, and closes the connection at the deadline itself. Each
-/// request moves the deadline; waking the watchdog for each cost about a tenth of a health
-/// check's CPU (2026-12-05 profile). Now it wakes about once per shortest limit.
+/// deadline is the time of a change plus one limit, so the watchdog looks again by the time a
+/// deadline set since its last look passes, and closes the connection at the deadline itself.
+/// One exception, under HTTP/2: the body deadline of a stream that is waiting while another is
+/// in flight may be seen up to the shortest limit late. It is only the backstop: `buffer_body`
+/// answers 408 at that deadline. Each request moves the deadline; waking the watchdog for each
+/// cost about a tenth of a health check's CPU (2026-12-05 profile). Now it wakes about once per
+/// shortest limit.
 struct ConnState {
     phase: Mutex<Phase>,
     limits: Arc<Limits>,
