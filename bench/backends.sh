@@ -14,7 +14,6 @@ need_tools wrk softhsm2-util:softhsm2
 cargo build --release -p keyhold -q
 BIN=target/release/keyhold
 MODULE=$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | head -n 1)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 WORK=$(mktemp -d)
 PIDS=()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Where Keyhold's throughput stands against the HTTP floor, in one run: nginx's fixed answer
-# (the issue's baseline), the same answer from hyper alone and from an axum router
+# (the suite's baseline), the same answer from hyper alone and from an axum router
 # (bench/http-floor, the crate versions and runtime Keyhold uses), Keyhold's GET /healthz, and
 # :encrypt of 32 B on the default server (SQLite file, audit journal) and with --in-memory.
 # wrk, 64 keep-alive connections; the order of the scenarios rotates each round, and each
@@ -20,38 +20,32 @@ if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/relea
 cargo build --release -q --manifest-path bench/http-floor/Cargo.toml --target-dir target/http-floor
 FLOOR=target/http-floor/release/http-floor
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Every process started here and every directory made here is in lib.sh's BENCH_PIDS and
 # BENCH_DIRS, which its bench_cleanup stops and removes on exit, whatever fails first.
 WORK=$(mktemp -d)
 BENCH_DIRS+=("$WORK")
 trap bench_cleanup EXIT
 
-# nginx: two workers (one per core), the answer of http-floor, every path under $WORK.
+# nginx as the suite runs its baseline (bench/suite.py: the same nginx.conf and the same
+# answer, a Keyhold :encrypt answer in shape and size); the floor servers give that answer too.
 NGINX_PORT=$(free_port)
-mkdir -p "$WORK/nginx"
-ANSWER=$(sed -n 's/^const ANSWER: &str = "\(.*\)";$/\1/p' bench/http-floor/src/main.rs | sed 's/\\"/"/g')
-cat > "$WORK/nginx/nginx.conf" <<CONF
-worker_processes $(nproc);
-daemon off;
-error_log $WORK/nginx/error.log;
-pid $WORK/nginx/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
-  fastcgi_temp_path $WORK/nginx/fastcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
-  keepalive_requests 100000000;
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / { default_type application/json; return 200 '$ANSWER'; }
-  }
-}
-CONF
-PATH="$PATH:/usr/sbin:/sbin" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 2>"$WORK/nginx/stderr" &
+python3 - "$WORK" "$NGINX_PORT" <<'PY'
+import os, sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+import suite
+work, port = Path(sys.argv[1]), int(sys.argv[2])
+(work / "nginx" / "tmp").mkdir(parents=True)
+without, _ = suite.nginx_missing_modules(suite.nginx_binary())
+workers = len(os.sched_getaffinity(0))
+(work / "nginx" / "nginx.conf").write_text(suite.nginx_conf(work / "nginx", port, workers, suite.NGINX_ANSWER, without))
+(work / "answer.json").write_text(suite.NGINX_ANSWER)
+PY
+PATH="$PATH:/usr/sbin:/sbin" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
+  -g 'daemon off;' 2>"$WORK/nginx/stderr" &
 BENCH_PIDS+=($!)
-HYPER_PORT=$(free_port); "$FLOOR" hyper "$HYPER_PORT" & BENCH_PIDS+=($!)
-AXUM_PORT=$(free_port); "$FLOOR" axum "$AXUM_PORT" & BENCH_PIDS+=($!)
+HYPER_PORT=$(free_port); "$FLOOR" hyper "$HYPER_PORT" "$WORK/answer.json" & BENCH_PIDS+=($!)
+AXUM_PORT=$(free_port); "$FLOOR" axum "$AXUM_PORT" "$WORK/answer.json" & BENCH_PIDS+=($!)
 
 start_encrypt_server "$BIN" --in-memory
 MEM_ENC=$ENC MEM_TOKEN=$KEYHOLD_TOKEN

@@ -29,6 +29,9 @@ need_tools() {
   return $rc
 }
 
+# A free port on 127.0.0.1.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 BENCH_PIDS=()
 BENCH_DIRS=()
 bench_cleanup() {
@@ -39,7 +42,7 @@ bench_cleanup() {
 start_encrypt_server() {
   local bin=$1; shift
   trap bench_cleanup EXIT
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  PORT=$(free_port)
   DATA=$(mktemp -d ${BENCH_TMP:+-p $BENCH_TMP})
   BENCH_DIRS+=("$DATA")
   local scheme=http tls_flags=() curl_tls=()

@@ -39,7 +39,7 @@ trap cleanup EXIT
 
 start_server() {
   cleanup
-  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  PORT=$(free_port)
   DATA=$(mktemp -d)
   KEYHOLD_LOG=warn target/release/keyhold serve --data-dir "$DATA" --listen 127.0.0.1:$PORT 2>/tmp/keyhold-store-bench.log &
   PID=$!

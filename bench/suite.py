@@ -224,6 +224,14 @@ http {{
 """
 
 
+def nginx_missing_modules(binary: str) -> tuple:
+    """The temp-file modules this nginx build lacks (`nginx -V`: --without-http_X_module), for
+    `nginx_conf`'s `without`; and the build's version line."""
+    build = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
+    version = build.splitlines()[0].split(":", 1)[-1].strip() if build else "nginx"
+    return tuple(m for m in ("proxy", "fastcgi", "uwsgi", "scgi") if f"--without-http_{m}_module" in build), version
+
+
 class Nginx:
     """nginx answering every request with NGINX_ANSWER: what an HTTP server does when a request
     costs nothing. Its own configuration, pid file, error log and temp files in a temp dir, a
@@ -232,9 +240,7 @@ class Nginx:
 
     def __init__(self, answer: str = NGINX_ANSWER):
         binary = nginx_binary()
-        build = subprocess.run([binary, "-V"], capture_output=True, text=True).stderr
-        self.version = build.splitlines()[0].split(":", 1)[-1].strip() if build else "nginx"
-        without = tuple(m for m in ("proxy", "fastcgi", "uwsgi", "scgi") if f"--without-http_{m}_module" in build)
+        without, self.version = nginx_missing_modules(binary)
         self.workers = len(os.sched_getaffinity(0))
         self.answer = answer
         self.port = free_port()

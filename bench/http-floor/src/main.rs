@@ -1,23 +1,29 @@
-//! `http-floor hyper|axum PORT`: answers every request with a fixed JSON body, the shape of a
-//! Keyhold `:encrypt` answer, on 127.0.0.1:PORT. `hyper` serves HTTP/1.1 with hyper alone;
-//! `axum` through an axum router with one fallback handler. Both on a multi-threaded tokio
-//! runtime with a worker per core, as `keyhold serve` runs. What an HTTP request costs
-//! before any work of Keyhold's: the floor its health check and `:encrypt` stand on.
+//! `http-floor hyper|axum PORT ANSWER_FILE`: answers every request on 127.0.0.1:PORT with the
+//! bytes of ANSWER_FILE as `application/json` (bench/http-floor.sh gives it the nginx
+//! baseline's answer from bench/suite.py). `hyper` serves HTTP/1.1 with hyper alone; `axum`
+//! through an axum router with one fallback handler. Both on a multi-threaded tokio runtime
+//! with a worker per core and `TCP_NODELAY`, as `keyhold serve` runs. What an HTTP request
+//! costs before any work of Keyhold's: the floor its health check and `:encrypt` stand on.
 
 use std::convert::Infallible;
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response};
 
-const ANSWER: &str = "{\n  \"name\": \"projects/bench/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1\",\n  \"ciphertext\": \"AQAAAAAAAAABj08Zzr/mnNvXV9vFLiR+c8y0IPizGaM4mVYuTHU1MoZD\",\n  \"ciphertextCrc32c\": \"815134736\",\n  \"protectionLevel\": \"SOFTWARE\"\n}";
+/// The content type of nginx's baseline answer (bench/suite.py).
+const JSON: &str = "application/json; charset=UTF-8";
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (Some(mode), Some(port)) = (args.next(), args.next().and_then(|p| p.parse::<u16>().ok())) else {
-        eprintln!("usage: http-floor hyper|axum PORT");
+    let (Some(mode), Some(port), Some(answer)) =
+        (args.next(), args.next().and_then(|p| p.parse::<u16>().ok()), args.next().and_then(|f| std::fs::read(f).ok()))
+    else {
+        eprintln!("usage: http-floor hyper|axum PORT ANSWER_FILE");
         std::process::exit(2);
     };
+    let answer = Bytes::from(answer);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
@@ -28,21 +34,21 @@ fn main() {
                 let listener = listener.tap_io(|tcp| {
                     let _ = tcp.set_nodelay(true);
                 });
-                let app = axum::Router::new()
-                    .fallback(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], ANSWER) });
+                let app = axum::Router::new().fallback(move || {
+                    let answer = answer.clone();
+                    async move { ([(CONTENT_TYPE, JSON)], answer) }
+                });
                 axum::serve(listener, app).await.expect("serve");
             }
             "hyper" => loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let _ = stream.set_nodelay(true);
+                let answer = answer.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_: Request<hyper::body::Incoming>| async {
-                        let mut resp = Response::new(Full::new(Bytes::from_static(ANSWER.as_bytes())));
-                        resp.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("application/json"),
-                        );
-                        Ok::<_, Infallible>(resp)
+                    let service = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+                        let mut resp = Response::new(Full::new(answer.clone()));
+                        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+                        async move { Ok::<_, Infallible>(resp) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
