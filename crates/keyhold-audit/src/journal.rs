@@ -13,7 +13,7 @@
 //!     len   u32 little-endian                      length of `entry`
 //!     crc   u32 little-endian                      CRC-32C of `seq` and `entry`
 //!     seq   u64 little-endian                      the entry's number in this journal (1, 2, ...)
-//!     entry `len` bytes                            the [`AuditRecord`] as JSON
+//!     entry `len` bytes                            the [`crate::AuditRecord`] as JSON
 //! ```
 //!
 //! NAME (1 to 64 of `0-9 a-z -`) is the writing process's own, drawn at its start: the log
@@ -23,7 +23,7 @@
 //! last frame: [`read_segment`] returns the frames before it and says where and why it stopped,
 //! and the writer never appends after a defect (it starts a new segment).
 
-use crate::AuditRecord;
+use crate::EncodedRecord;
 
 /// The first line of every segment begins so (the format and its version), then the journal's
 /// name and a newline ([`segment_header`]).
@@ -126,7 +126,7 @@ pub struct Segment {
     /// The journal's name ("" when the version line is missing or damaged).
     pub journal: String,
     /// `(seq, entry)` of every whole frame before the first defect.
-    pub entries: Vec<(u64, AuditRecord)>,
+    pub entries: Vec<(u64, EncodedRecord)>,
     /// What ended the read before the end of the bytes.
     pub defect: Option<SegmentDefect>,
 }
@@ -172,7 +172,7 @@ pub fn read_segment(bytes: &[u8], first_seq: Option<u64>) -> Segment {
             segment.defect = corrupt(format!("it is entry {seq}, expected {}", expected.unwrap_or_default()));
             return segment;
         }
-        match serde_json::from_slice::<AuditRecord>(entry) {
+        match EncodedRecord::decode(entry) {
             Ok(record) => segment.entries.push((seq, record)),
             Err(e) => {
                 segment.defect = corrupt(format!("its entry does not decode: {e}"));
@@ -218,9 +218,10 @@ mod tests {
         let bytes = segment(7, &["Encrypt", "Decrypt", "GetCryptoKey"]);
         let read = read_segment(&bytes, Some(7));
         assert_eq!(read.defect, None);
-        let got: Vec<_> = read.entries.iter().map(|(s, r)| (*s, r.method.as_str())).collect();
+        let got: Vec<_> = read.entries.iter().map(|(s, r)| (*s, r.method())).collect();
         assert_eq!(got, [(7, "Encrypt"), (8, "Decrypt"), (9, "GetCryptoKey")]);
-        assert_eq!(read.entries[0].1, record("Encrypt"));
+        assert_eq!(read.entries[0].1, crate::EncodedRecord::new(record("Encrypt")).unwrap());
+        assert_eq!(read.entries[0].1.json(), serde_json::to_string(&record("Encrypt")).unwrap(), "the framed text");
         assert_eq!(read.journal, "j-1");
     }
 

@@ -130,6 +130,77 @@ pub struct AccessDecision {
     pub allowed: bool,
 }
 
+/// An entry serialized once, on its way to the log: its JSON, which the journal frames and the
+/// log stores and chains as it is, and the fields the log indexes it by. The request that makes
+/// the entry serializes it (on its own core), not the single writer every entry passes
+/// through; the rest of the record is dropped then, so a queue of these holds each entry's
+/// text about once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncodedRecord {
+    time: Timestamp,
+    project: String,
+    principal: String,
+    method: String,
+    resource: String,
+    kind: AuditKind,
+    json: String,
+}
+
+impl EncodedRecord {
+    /// Serializes `record`.
+    pub fn new(record: AuditRecord) -> Result<Self, serde_json::Error> {
+        let json = serde_json::to_string(&record)?;
+        Ok(Self::with_json(record, json))
+    }
+
+    /// An entry read back from its JSON (a journal frame), whose text is kept as it is: what
+    /// the log stores and chains is what was written and acknowledged.
+    pub fn decode(json: &[u8]) -> Result<Self, serde_json::Error> {
+        let record: AuditRecord = serde_json::from_slice(json)?;
+        match std::str::from_utf8(json) {
+            Ok(text) => Ok(Self::with_json(record, text.to_owned())),
+            // serde_json does not check the strings of fields it skips (a newer build's), so
+            // a frame can parse and still not be UTF-8: the entry is then stored as this build
+            // writes it, without the fields it does not know.
+            Err(_) => Self::new(record),
+        }
+    }
+
+    fn with_json(record: AuditRecord, json: String) -> Self {
+        let AuditRecord { time, project, principal, method, resource, kind, .. } = record;
+        Self { time, project, principal, method, resource, kind, json }
+    }
+
+    /// Its JSON.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+    /// [`AuditRecord::time`].
+    pub fn time(&self) -> Timestamp {
+        self.time
+    }
+    /// [`AuditRecord::project`].
+    pub fn project(&self) -> &str {
+        &self.project
+    }
+    /// [`AuditRecord::principal`].
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+    /// [`AuditRecord::method`].
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+    /// [`AuditRecord::resource`].
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+    /// [`AuditRecord::kind`].
+    pub fn kind(&self) -> AuditKind {
+        self.kind
+    }
+}
+
 /// An entry as stored, with its place in the chain.
 #[derive(Clone, Debug)]
 pub struct StoredAuditEntry {
@@ -357,6 +428,34 @@ pub(crate) mod tests {
                 e
             })
             .collect()
+    }
+
+    #[test]
+    fn an_encoded_record_is_serialized_once_and_read_back_as_written() {
+        let r = record("Encrypt");
+        let e = EncodedRecord::new(r.clone()).unwrap();
+        assert_eq!(e.json(), serde_json::to_string(&r).unwrap());
+        assert_eq!(
+            (e.time(), e.project(), e.principal(), e.method(), e.resource(), e.kind()),
+            (r.time, r.project.as_str(), r.principal.as_str(), "Encrypt", r.resource.as_str(), r.kind)
+        );
+        // The text read back is kept, spacing and a newer build's fields and all, as it was
+        // written and acknowledged.
+        let mut newer = serde_json::to_value(record("Decrypt")).unwrap();
+        newer["fieldOfANewerBuild"] = "x".into();
+        let spaced = serde_json::to_string_pretty(&newer).unwrap();
+        let back = EncodedRecord::decode(spaced.as_bytes()).unwrap();
+        assert_eq!(back.json(), spaced);
+        assert_eq!(back.method(), "Decrypt");
+        // A skipped field's string is not checked for UTF-8: such a frame is stored as this
+        // build writes the entry.
+        let plain = serde_json::to_string(&record("Decrypt")).unwrap();
+        let mut bad = plain.trim_end_matches('}').as_bytes().to_vec();
+        bad.extend_from_slice(b",\"fieldOfANewerBuild\":\"\xff\"}");
+        let back = EncodedRecord::decode(&bad).unwrap();
+        assert_eq!(back.json(), plain);
+        assert!(EncodedRecord::decode(b"{\"method\": 1}").is_err());
+        assert!(EncodedRecord::decode(b"\xff").is_err());
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::error::KmsError;
 use crate::repo::{AuditPosition, AuditQuery, KmsRepository, RepoError};
 
 /// An entry and the request waiting for it to be recorded.
-pub(crate) type Pending = (AuditRecord, oneshot::Sender<Result<(), RepoError>>);
+pub(crate) type Pending = (EncodedRecord, oneshot::Sender<Result<(), RepoError>>);
 
 /// Most entries one group commit writes.
 const MAX_BATCH: usize = 512;
@@ -49,7 +49,7 @@ impl AuditWriter {
     pub fn start(store: Arc<dyn KmsRepository>) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
         tokio::spawn(async move {
-            let mut records: Vec<AuditRecord> = Vec::new();
+            let mut records: Vec<EncodedRecord> = Vec::new();
             let mut waiting: Vec<oneshot::Sender<Result<(), RepoError>>> = Vec::new();
             while let Some((first, done)) = rx.recv().await {
                 records.push(first);
@@ -109,6 +109,10 @@ impl AuditWriter {
     /// Records `entry`; returns once it is durable (with a journal: in the journal, see
     /// [`crate::audit_journal`] for what that means).
     pub async fn record(&self, entry: AuditRecord) -> Result<(), RepoError> {
+        // Serialized here, on the request's own task, once: the journal frames this text and
+        // the log stores and chains it.
+        let entry = EncodedRecord::new(entry)
+            .map_err(|e| RepoError::Corrupt(format!("audit entry not recorded: it does not serialize: {e}")))?;
         let (done, wait) = oneshot::channel();
         self.tx.send((entry, done)).map_err(|_| RepoError::Unavailable("the audit writer has stopped".into()))?;
         wait.await.map_err(|_| RepoError::Unavailable("the audit writer has stopped".into()))?

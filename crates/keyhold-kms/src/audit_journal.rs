@@ -40,7 +40,7 @@ use keyhold_audit::journal::{
 };
 use tokio::sync::{mpsc, watch};
 
-use crate::audit::{AuditRecord, Pending};
+use crate::audit::{EncodedRecord, Pending};
 use crate::private_files;
 use crate::repo::{KmsRepository, RepoError};
 
@@ -344,11 +344,11 @@ async fn replay(store: &dyn KmsRepository, dir: &Path) -> Result<u64, RepoError>
             // acknowledged; the writer went on with a new segment from the same number, which
             // holds the acknowledged ones: a segment's entries end where the next one begins.
             let next = segments.get(i + 1).map_or(u64::MAX, |(n, _)| *n);
-            let fresh: Vec<(u64, AuditRecord)> =
+            let fresh: Vec<(u64, EncodedRecord)> =
                 segment.entries.into_iter().filter(|(seq, _)| *seq > mark && *seq < next).collect();
             let mut last = mark;
             for chunk in fresh.chunks(INGEST_BATCH) {
-                let (seqs, records): (Vec<u64>, Vec<AuditRecord>) = chunk.iter().cloned().unzip();
+                let (seqs, records): (Vec<u64>, Vec<EncodedRecord>) = chunk.iter().cloned().unzip();
                 replayed += records.len();
                 last = seqs.last().copied().unwrap_or(last);
                 ingest_batch(store, &segment.journal, dir, seqs, records).await;
@@ -372,7 +372,7 @@ fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     mut segments: Segments,
     mut seq: u64,
-    to_ingest: &mpsc::UnboundedSender<(Vec<u64>, Vec<AuditRecord>)>,
+    to_ingest: &mpsc::UnboundedSender<(Vec<u64>, Vec<EncodedRecord>)>,
 ) {
     let mut bytes = Vec::new();
     let mut last_warned: Option<Instant> = None;
@@ -416,10 +416,7 @@ fn write_loop(
         let mut waiting = Vec::with_capacity(batch.len());
         let mut next = seq;
         for (record, done) in batch {
-            let framed = serde_json::to_vec(&record)
-                .map_err(|e| e.to_string())
-                .and_then(|json| encode_frame(&mut bytes, next + 1, &json).map_err(|e| e.to_string()));
-            match framed {
+            match encode_frame(&mut bytes, next + 1, record.json().as_bytes()) {
                 Ok(()) => {
                     next += 1;
                     seqs.push(next);
@@ -485,7 +482,7 @@ async fn ingest_loop(
     store: Arc<dyn KmsRepository>,
     id: String,
     dir: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<(Vec<u64>, Vec<AuditRecord>)>,
+    mut rx: mpsc::UnboundedReceiver<(Vec<u64>, Vec<EncodedRecord>)>,
     progress: Arc<JournalProgress>,
     closed: Arc<Mutex<VecDeque<(u64, PathBuf)>>>,
 ) {
@@ -551,7 +548,7 @@ fn as_mark(seq: u64) -> i64 {
 }
 
 /// Drops the entries the log already has (the journal's mark is at or past them).
-fn drop_done(mark: i64, seqs: &mut Vec<u64>, records: &mut Vec<AuditRecord>) {
+fn drop_done(mark: i64, seqs: &mut Vec<u64>, records: &mut Vec<EncodedRecord>) {
     let done = seqs.partition_point(|s| as_mark(*s) <= mark);
     seqs.drain(..done);
     records.drain(..done);
@@ -567,7 +564,7 @@ async fn ingest_batch(
     id: &str,
     dir: &Path,
     mut seqs: Vec<u64>,
-    mut records: Vec<AuditRecord>,
+    mut records: Vec<EncodedRecord>,
 ) {
     let mut delay = Duration::from_millis(10);
     let mut refusals = 0;
@@ -590,7 +587,7 @@ async fn ingest_batch(
 }
 
 /// One entry of a batch the database refused: appended, or (refused on its own) set aside.
-async fn ingest_single(store: &dyn KmsRepository, id: &str, dir: &Path, seq: u64, record: AuditRecord) {
+async fn ingest_single(store: &dyn KmsRepository, id: &str, dir: &Path, seq: u64, record: EncodedRecord) {
     let mut delay = Duration::from_millis(10);
     let mut set_aside = false;
     loop {
@@ -622,7 +619,7 @@ async fn ingest_single(store: &dyn KmsRepository, id: &str, dir: &Path, seq: u64
     }
 }
 
-fn quarantine(dir: &Path, seq: u64, record: &AuditRecord, error: &RepoError) {
+fn quarantine(dir: &Path, seq: u64, record: &EncodedRecord, error: &RepoError) {
     let path = dir.join(QUARANTINE_FILE);
     tracing::error!(
         seq,
@@ -630,7 +627,10 @@ fn quarantine(dir: &Path, seq: u64, record: &AuditRecord, error: &RepoError) {
         file = %path.display(),
         "audit journal: the database refuses this audit entry; it is set aside in the quarantine file, not in the log"
     );
-    let line = serde_json::json!({"seq": seq, "error": error.to_string(), "entry": record});
+    // The entry as its frame holds it (parsed back into a value, so it is one JSON line).
+    let entry = serde_json::from_str::<serde_json::Value>(record.json())
+        .unwrap_or_else(|_| serde_json::Value::String(record.json().to_owned()));
+    let line = serde_json::json!({"seq": seq, "error": error.to_string(), "entry": entry});
     let written = private_files::open_append_file(&path)
         .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()).and_then(|()| f.sync_data()));
     if let Err(e) = written {

@@ -12,7 +12,7 @@ use keyhold_api::resources::{
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName};
 
-use keyhold_audit::{AuditRecord, StoredAuditEntry};
+use keyhold_audit::{AuditRecord, EncodedRecord, StoredAuditEntry};
 
 use crate::material::VersionMaterial;
 
@@ -358,14 +358,15 @@ pub trait KmsRepository: Send + Sync + std::fmt::Debug + 'static {
 
     // ---- audit log ([K10]) -----------------------------------------------------------------------
 
-    /// Appends entries to the chain, in order, in one transaction.
-    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), RepoError>;
+    /// Appends entries to the chain, in order, in one transaction (each stored as its JSON
+    /// is, serialized once by whoever made it).
+    async fn append_audit(&self, entries: &[EncodedRecord]) -> Result<(), RepoError>;
     /// Appends entries moved from this node's audit journal `journal` (see
     /// `keyhold_audit::journal`) and records, in the same transaction, that its entries up to
     /// number `through` are in the log: a replay after a crash appends exactly the rest.
     async fn append_journaled_audit(
         &self,
-        entries: &[AuditRecord],
+        entries: &[EncodedRecord],
         journal: &str,
         through: i64,
     ) -> Result<(), RepoError>;

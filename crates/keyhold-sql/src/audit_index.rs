@@ -163,7 +163,7 @@ pub(crate) fn fill_in_background<B: SqlBackend>(store: &Arc<SqlStore<B>>, window
 #[cfg(test)]
 mod tests {
     use keyhold_api::wire::Timestamp;
-    use keyhold_kms::audit::{AuditKind, AuditRecord};
+    use keyhold_kms::audit::{AuditKind, AuditRecord, EncodedRecord};
     use keyhold_kms::repo::{AuditQuery, KmsRepository};
 
     use super::*;
@@ -264,7 +264,7 @@ mod tests {
     }
 
     async fn append(s: &dyn KmsRepository, from: i64, to: i64) {
-        s.append_audit(&(from..to).map(entry).collect::<Vec<_>>()).await.unwrap();
+        s.append_audit(&(from..to).map(|i| EncodedRecord::new(entry(i)).unwrap()).collect::<Vec<_>>()).await.unwrap();
     }
 
     /// Runs one statement in its own transaction.

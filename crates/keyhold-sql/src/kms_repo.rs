@@ -6,7 +6,7 @@ use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, ImportJob, KeyRing, Op
 use keyhold_api::wire::Timestamp;
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, ImportJobName, KeyRingName, LocationName};
 use keyhold_kms::VersionMaterial;
-use keyhold_kms::audit::{AuditRecord, StoredAuditEntry, chain_hash};
+use keyhold_kms::audit::{AuditRecord, EncodedRecord, StoredAuditEntry, chain_hash};
 use keyhold_kms::repo::{
     AuditPosition, AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, ImportJobRecord, KmsRepository,
     OrgPolicyRecord, PolicyRecord, ProjectRecord, RepoError, ServiceIdentityRecord, TokenRecord, VersionRecord,
@@ -127,16 +127,23 @@ struct AuditRow {
     json: String,
 }
 
+/// The row of an entry a change carries (serialized here).
 fn audit_row(record: &AuditRecord) -> Result<AuditRow, RepoError> {
-    Ok(AuditRow {
-        time: record.time.unix_nanos_i64(),
-        project: record.project.clone(),
-        principal: record.principal.clone(),
-        method: record.method.clone(),
-        resource: record.resource.clone(),
-        kind: record.kind.as_str(),
-        json: serde_json::to_string(record).map_err(|e| RepoError::Corrupt(e.to_string()))?,
-    })
+    let entry = EncodedRecord::new(record.clone()).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+    Ok(encoded_row(&entry))
+}
+
+/// The row of an entry serialized by whoever made it.
+fn encoded_row(entry: &EncodedRecord) -> AuditRow {
+    AuditRow {
+        time: entry.time().unix_nanos_i64(),
+        project: entry.project().to_owned(),
+        principal: entry.principal().to_owned(),
+        method: entry.method().to_owned(),
+        resource: entry.resource().to_owned(),
+        kind: entry.kind().as_str(),
+        json: entry.json().to_owned(),
+    }
 }
 
 /// The statements that append `entries` to the chain whose head is `head` (the row of
@@ -878,18 +885,18 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         rows.first().map(identity_record).transpose()
     }
 
-    async fn append_audit(&self, entries: &[AuditRecord]) -> Result<(), RepoError> {
-        let rows = entries.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
+    async fn append_audit(&self, entries: &[EncodedRecord]) -> Result<(), RepoError> {
+        let rows = entries.iter().map(encoded_row).collect();
         chain_and_commit(self.backend.begin().await?, rows, self.audit_kept, None).await
     }
 
     async fn append_journaled_audit(
         &self,
-        entries: &[AuditRecord],
+        entries: &[EncodedRecord],
         journal: &str,
         through: i64,
     ) -> Result<(), RepoError> {
-        let rows = entries.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
+        let rows = entries.iter().map(encoded_row).collect();
         let mark = (SET_JOURNAL_MARK, vec![Value::Text(journal.to_string()), Value::Int(through)]);
         chain_and_commit(self.backend.begin().await?, rows, self.audit_kept, Some(mark)).await
     }

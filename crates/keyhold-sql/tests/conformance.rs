@@ -20,7 +20,7 @@ use keyhold_api::resources::{CryptoKey, CryptoKeyVersion, KeyRing, VersionState}
 use keyhold_api::wire::{ProtoDuration, Timestamp};
 use keyhold_api::{CryptoKeyName, CryptoKeyVersionName, KeyRingName, LocationName};
 use keyhold_kms::VersionMaterial;
-use keyhold_kms::audit::{AuditKind, AuditRecord, ChainVerdict, verify_chain};
+use keyhold_kms::audit::{AuditKind, AuditRecord, ChainVerdict, EncodedRecord, verify_chain};
 use keyhold_kms::repo::{
     AuditPosition, AuditQuery, CHANGE_LOG_KEPT, Change, CryptoKeyRecord, KmsRepository, OrgPolicyRecord, ProjectRecord,
     RepoError, ServiceIdentityRecord, TokenRecord, VersionRecord,
@@ -140,6 +140,11 @@ fn ring_name(id: &str) -> KeyRingName {
 
 fn key_name(ring: &str, id: &str) -> CryptoKeyName {
     format!("projects/acme/locations/global/keyRings/{ring}/cryptoKeys/{id}").parse().unwrap()
+}
+
+/// Entries as the audit writer hands them to the store: serialized once.
+fn encoded(records: &[AuditRecord]) -> Vec<EncodedRecord> {
+    records.iter().map(|r| EncodedRecord::new(r.clone()).unwrap()).collect()
 }
 
 fn audit(method: &str, resource: &str) -> AuditRecord {
@@ -653,8 +658,8 @@ async fn audit_append_and_chain(db: Opened) {
     let s = &*db.kms;
     let (seq0, _) = s.audit_head().await.unwrap();
     let batch: Vec<AuditRecord> = (0..5).map(|i| audit_at("Encrypt", &format!("res/{i}"), t(i))).collect();
-    s.append_audit(&batch).await.unwrap();
-    s.append_audit(&batch[..2]).await.unwrap();
+    s.append_audit(&encoded(&batch)).await.unwrap();
+    s.append_audit(&encoded(&batch[..2])).await.unwrap();
     s.append_audit(&[]).await.unwrap();
 
     let chain = s.audit_chain(0, 1000).await.unwrap();
@@ -692,7 +697,7 @@ async fn concurrent_audit_appends_keep_one_chain(db: Opened) {
         tasks.push(tokio::spawn(async move {
             for i in 0..5 {
                 let e = audit_at("Decrypt", &format!("w{w}/{i}"), t(i));
-                s.append_audit(&[e.clone(), e]).await.unwrap();
+                s.append_audit(&encoded(&[e.clone(), e])).await.unwrap();
             }
         }));
     }
@@ -741,7 +746,7 @@ async fn read_audit_filters(db: Opened) {
         e.kind = kind;
         entries.push(e);
     }
-    s.append_audit(&entries).await.unwrap();
+    s.append_audit(&encoded(&entries)).await.unwrap();
     let (head, _) = s.audit_head().await.unwrap();
 
     let resources = |v: Vec<(AuditPosition, keyhold_kms::audit::StoredAuditEntry)>| -> Vec<String> {
@@ -1494,7 +1499,7 @@ async fn the_in_memory_database_keeps_the_newest_audit_entries() {
     for batch in 0..5i64 {
         let entries: Vec<AuditRecord> =
             (0..7).map(|i| audit_at("Encrypt", &format!("r{}", batch * 7 + i), t(batch * 7 + i))).collect();
-        s.append_audit(&entries).await.unwrap();
+        s.append_audit(&encoded(&entries)).await.unwrap();
     }
     // Changes committing their own entry prune too.
     let rn = ring_name("kept");
@@ -1515,7 +1520,7 @@ async fn the_in_memory_database_prunes_a_chunk_at_a_time() {
     let s = keyhold_sql::open(&Database::InMemory { audit_entries: 256 }).await.unwrap();
     let mut sizes = Vec::new();
     for i in 0..300i64 {
-        s.append_audit(&[audit_at("Encrypt", "r", t(i))]).await.unwrap();
+        s.append_audit(&encoded(&[audit_at("Encrypt", "r", t(i))])).await.unwrap();
         sizes.push(s.read_audit(&all_audit()).await.unwrap().len());
     }
     // With a chunk of 4, between 256 and 259 kept once full.
@@ -1530,7 +1535,7 @@ async fn a_file_database_keeps_every_audit_entry() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyhold.db");
     let s = keyhold_sql::open(&Database::SqliteFile(path.clone())).await.unwrap();
-    s.append_audit(&[audit("Encrypt", "r")]).await.unwrap();
+    s.append_audit(&encoded(&[audit("Encrypt", "r")])).await.unwrap();
     drop(s);
     let conn = rusqlite::Connection::open(&path).unwrap();
     let err = conn.execute("DELETE FROM audit_log", []).unwrap_err();
