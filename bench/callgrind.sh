@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Instructions executed per request, counted by valgrind's callgrind: unlike times, the counts
 # do not drift with the load of a shared machine, so two builds compare even days apart.
-# The server runs --in-memory under callgrind; counting is switched on only around a wrk run
-# of :encrypt (or the health check) at 8 connections, then divided by the requests served.
+# The server runs --in-memory under callgrind (STORAGE=file: the default server, SQLite file and
+# audit journal, every thread counted); counting is switched on only around a wrk run of
+# :encrypt (or the health check) at 8 connections, then divided by the requests served.
 #
 #   bash bench/callgrind.sh                  # :encrypt, release build
 #   bash bench/callgrind.sh health           # GET /healthz
+#   STORAGE=file bash bench/callgrind.sh     # on the default server
 #   BIN=/path/to/keyhold bash bench/callgrind.sh
 #   callgrind_annotate --inclusive=yes /tmp/keyhold-callgrind.out.1 | less   # the profile
 set -euo pipefail
@@ -15,7 +17,8 @@ need_tools wrk valgrind
 if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/release/keyhold; fi
 OUT=${OUT:-/tmp/keyhold-callgrind.out}
 rm -f "$OUT" "$OUT".*
-WRAP="valgrind --tool=callgrind --callgrind-out-file=$OUT --instr-atstart=no" start_encrypt_server "$BIN" --in-memory
+FLAGS=(--in-memory); [ "${STORAGE:-memory}" = file ] && FLAGS=()
+WRAP="valgrind --tool=callgrind --callgrind-out-file=$OUT --instr-atstart=no" start_encrypt_server "$BIN" "${FLAGS[@]}"
 wrk -t1 -c8 -d2s -s bench/encrypt.lua "$ENC" >/dev/null  # warm-up: caches, unsealed key
 callgrind_control -i on $PID >/dev/null
 if [ "${1:-encrypt}" = health ]; then

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Where Keyhold's throughput stands against the HTTP floor, in one run: nginx's fixed answer
 # (the suite's baseline), the same answer from hyper alone and from an axum router
-# (bench/http-floor, the crate versions and runtime Keyhold uses), Keyhold's GET /healthz, and
-# :encrypt of 32 B on the default server (SQLite file, audit journal) and with --in-memory.
+# (bench/http-floor, the crate versions and runtime Keyhold uses), Keyhold's GET /healthz, a bare
+# :encrypt of 32 B on the same crates (JSON in, AES-256-GCM, JSON out; no token, IAM, key lookup
+# or audit entry), and Keyhold's :encrypt of 32 B on the default server (SQLite file, audit
+# journal) and with --in-memory.
 # wrk, 64 keep-alive connections; the order of the scenarios rotates each round, and each
 # figure is also given as a ratio to nginx's in the same round.
 #
@@ -46,6 +48,8 @@ PATH="$PATH:/usr/sbin:/sbin" nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" 
 BENCH_PIDS+=($!)
 HYPER_PORT=$(free_port); "$FLOOR" hyper "$HYPER_PORT" "$WORK/answer.json" & BENCH_PIDS+=($!)
 AXUM_PORT=$(free_port); "$FLOOR" axum "$AXUM_PORT" "$WORK/answer.json" & BENCH_PIDS+=($!)
+BARE_PORT=$(free_port); "$FLOOR" encrypt "$BARE_PORT" & BENCH_PIDS+=($!)
+BARE_ENC=http://127.0.0.1:$BARE_PORT/v1/projects/bench/locations/global/keyRings/r/cryptoKeys/k:encrypt
 
 start_encrypt_server "$BIN" --in-memory
 MEM_ENC=$ENC MEM_TOKEN=$KEYHOLD_TOKEN
@@ -54,6 +58,8 @@ for url in "http://127.0.0.1:$NGINX_PORT/" "http://127.0.0.1:$HYPER_PORT/" "http
   for _ in $(seq 50); do curl -sf "$url" >/dev/null && break; sleep 0.1; done
   curl -sf "$url" | grep -q '"protectionLevel"' || { echo "no fixed answer from $url" >&2; exit 1; }
 done
+for _ in $(seq 50); do curl -sf -d '{"plaintext":"AA=="}' "$BARE_ENC" >/dev/null && break; sleep 0.1; done
+curl -sf -d '{"plaintext":"AA=="}' "$BARE_ENC" | grep -q '"ciphertext"' || { echo "no ciphertext from $BARE_ENC" >&2; exit 1; }
 
 rps() { # url [wrk script] [token]
   local out
@@ -65,18 +71,20 @@ rps() { # url [wrk script] [token]
   grep -q "Non-2xx" <<<"$out" && { echo "non-2xx answers from $1" >&2; exit 1; }
   awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
-NAMES=(nginx hyper axum health encrypt encrypt-in-memory)
+NAMES=(nginx hyper axum health bare-encrypt encrypt encrypt-in-memory)
 one() { # name
   case $1 in
     nginx) rps "http://127.0.0.1:$NGINX_PORT/v1/x" ;;
     hyper) rps "http://127.0.0.1:$HYPER_PORT/v1/x" ;;
     axum) rps "http://127.0.0.1:$AXUM_PORT/v1/x" ;;
     health) rps "$HEALTH" ;;
+    bare-encrypt) rps "$BARE_ENC" bench/encrypt.lua "$KEYHOLD_TOKEN" ;;  # the same request (but the Host port)
     encrypt) rps "$ENC" bench/encrypt.lua "$KEYHOLD_TOKEN" ;;
     encrypt-in-memory) rps "$MEM_ENC" bench/encrypt.lua "$MEM_TOKEN" ;;
   esac
 }
 rps "$ENC" bench/encrypt.lua "$KEYHOLD_TOKEN" >/dev/null  # warm-up
+rps "$BARE_ENC" bench/encrypt.lua "$KEYHOLD_TOKEN" >/dev/null
 rps "$MEM_ENC" bench/encrypt.lua "$MEM_TOKEN" >/dev/null
 echo "== $(nproc) cores; $("$BIN" --version); $ROUNDS rounds, $DURATION per scenario, $CONNS connections"
 RESULTS=$WORK/results
