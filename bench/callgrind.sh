@@ -17,7 +17,11 @@ need_tools wrk valgrind
 if [ -z "${BIN:-}" ]; then cargo build --release -p keyhold -q; BIN=target/release/keyhold; fi
 OUT=${OUT:-/tmp/keyhold-callgrind.out}
 rm -f "$OUT" "$OUT".*
-FLAGS=(--in-memory); [ "${STORAGE:-memory}" = file ] && FLAGS=()
+case ${STORAGE:-memory} in
+  memory) FLAGS=(--in-memory) ;;
+  file) FLAGS=() ;;
+  *) echo "STORAGE is memory or file" >&2; exit 2 ;;
+esac
 WRAP="valgrind --tool=callgrind --callgrind-out-file=$OUT --instr-atstart=no" start_encrypt_server "$BIN" "${FLAGS[@]}"
 wrk -t1 -c8 -d2s -s bench/encrypt.lua "$ENC" >/dev/null  # warm-up: caches, unsealed key
 callgrind_control -i on $PID >/dev/null

@@ -133,8 +133,8 @@ pub struct AccessDecision {
 /// An entry serialized once, on its way to the log: its JSON, which the journal frames and the
 /// log stores and chains as it is, and the fields the log indexes it by. The request that makes
 /// the entry serializes it (on its own core), not the single writer every entry passes
-/// through; the rest of the record is dropped then, so a queue of these holds each entry's
-/// text about once.
+/// through; the rest of the record is dropped then, so a queue of these holds an entry's text
+/// once, and its indexed fields beside it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EncodedRecord {
     time: Timestamp,
@@ -153,8 +153,10 @@ impl EncodedRecord {
         Ok(Self::with_json(record, json))
     }
 
-    /// An entry read back from its JSON (a journal frame), whose text is kept as it is: what
-    /// the log stores and chains is what was written and acknowledged.
+    /// An entry read back from its JSON (a journal frame), whose text is kept as it is (a newer
+    /// build's fields included): what the log stores and chains is what was written and
+    /// acknowledged. The one exception is a text that parses but is not UTF-8 (possible in a
+    /// field serde skips), which is stored as this build serializes the entry.
     pub fn decode(json: &[u8]) -> Result<Self, serde_json::Error> {
         let record: AuditRecord = serde_json::from_slice(json)?;
         match std::str::from_utf8(json) {

@@ -627,7 +627,8 @@ fn quarantine(dir: &Path, seq: u64, record: &EncodedRecord, error: &RepoError) {
         file = %path.display(),
         "audit journal: the database refuses this audit entry; it is set aside in the quarantine file, not in the log"
     );
-    // The entry as its frame holds it (parsed back into a value, so it is one JSON line).
+    // The entry's JSON from its frame, parsed back into a value so that the line stays one JSON
+    // object (its keys then sorted); as a string if it does not parse back.
     let entry = serde_json::from_str::<serde_json::Value>(record.json())
         .unwrap_or_else(|_| serde_json::Value::String(record.json().to_owned()));
     let line = serde_json::json!({"seq": seq, "error": error.to_string(), "entry": entry});
