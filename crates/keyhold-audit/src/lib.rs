@@ -177,6 +177,10 @@ impl EncodedRecord {
     pub fn json(&self) -> &str {
         &self.json
     }
+    /// Its JSON, taken (the log's insert moves the text instead of copying it).
+    pub fn into_json(self) -> String {
+        self.json
+    }
     /// [`AuditRecord::time`].
     pub fn time(&self) -> Timestamp {
         self.time

@@ -114,43 +114,19 @@ fn version_params(v: &VersionRecord) -> Result<Vec<Value>, RepoError> {
     ])
 }
 
-/// An audit record as it is stored: its indexed columns and the exact JSON text that is hashed.
-/// Owned, so that a driver can build the insert statements wherever it runs them (SQLite: on
-/// its thread, in the same hop as the query of the chain's head).
-struct AuditRow {
-    time: i64,
-    project: String,
-    principal: String,
-    method: String,
-    resource: String,
-    kind: &'static str,
-    json: String,
-}
-
-/// The row of an entry a change carries (serialized here).
-fn audit_row(record: &AuditRecord) -> Result<AuditRow, RepoError> {
-    let entry = EncodedRecord::new(record.clone()).map_err(|e| RepoError::Corrupt(e.to_string()))?;
-    Ok(encoded_row(&entry))
-}
-
-/// The row of an entry serialized by whoever made it.
-fn encoded_row(entry: &EncodedRecord) -> AuditRow {
-    AuditRow {
-        time: entry.time().unix_nanos_i64(),
-        project: entry.project().to_owned(),
-        principal: entry.principal().to_owned(),
-        method: entry.method().to_owned(),
-        resource: entry.resource().to_owned(),
-        kind: entry.kind().as_str(),
-        json: entry.json().to_owned(),
-    }
+/// The entry a change carries, serialized here (the others come serialized by the writer).
+/// [`EncodedRecord`] is what is stored: its indexed fields and the exact JSON text that is
+/// hashed, owned, so that a driver can build the insert statements wherever it runs them
+/// (SQLite: on its thread, in the same hop as the query of the chain's head).
+fn encode(record: &AuditRecord) -> Result<EncodedRecord, RepoError> {
+    EncodedRecord::new(record.clone()).map_err(|e| RepoError::Corrupt(e.to_string()))
 }
 
 /// The statements that append `entries` to the chain whose head is `head` (the row of
 /// [`LOCK_AUDIT_HEAD`]) and move the head.
 fn chain_statements(
     head: &[Row],
-    entries: Vec<AuditRow>,
+    entries: Vec<EncodedRecord>,
     kept: Option<i64>,
 ) -> Result<Vec<(&'static str, Vec<Value>)>, RepoError> {
     let head = head.first().ok_or_else(|| RepoError::Corrupt("audit head row missing".into()))?;
@@ -160,18 +136,18 @@ fn chain_statements(
     let mut statements = Vec::with_capacity(entries.len() + 2);
     for e in entries {
         seq += 1;
-        let hash = chain_hash(&prev, seq, &e.json);
+        let hash = chain_hash(&prev, seq, e.json());
         statements.push((
             INSERT_AUDIT,
             vec![
                 Value::Int(seq),
-                Value::Int(e.time),
-                Value::Text(e.project),
-                Value::Text(e.principal),
-                Value::Text(e.method),
-                Value::Text(e.resource),
-                Value::Text(e.kind.to_string()),
-                Value::Text(e.json),
+                Value::Int(e.time().unix_nanos_i64()),
+                Value::Text(e.project().to_owned()),
+                Value::Text(e.principal().to_owned()),
+                Value::Text(e.method().to_owned()),
+                Value::Text(e.resource().to_owned()),
+                Value::Text(e.kind().as_str().to_owned()),
+                Value::Text(e.into_json()),
                 Value::Text(prev),
                 Value::Text(hash.clone()),
             ],
@@ -197,7 +173,7 @@ fn chain_statements(
 /// whatever else ends its transaction, in one go.
 async fn append_entries(
     tx: &mut Box<dyn SqlConn>,
-    entries: Vec<AuditRow>,
+    entries: Vec<EncodedRecord>,
     kept: Option<i64>,
 ) -> Result<Vec<(&'static str, Vec<Value>)>, RepoError> {
     let head = tx.query(LOCK_AUDIT_HEAD, vec![]).await?;
@@ -219,7 +195,7 @@ pub(crate) async fn commit_audited(
     if audit.is_empty() {
         return tx.execute_many_and_commit(statements).await;
     }
-    let rows = audit.iter().map(audit_row).collect::<Result<Vec<_>, _>>()?;
+    let rows = audit.iter().map(encode).collect::<Result<Vec<_>, _>>()?;
     tx.execute_many(statements).await?;
     chain_and_commit(tx, rows, kept, None).await
 }
@@ -228,7 +204,7 @@ pub(crate) async fn commit_audited(
 /// round trip to the driver (for SQLite, one hop to its thread).
 async fn chain_and_commit(
     tx: Box<dyn SqlConn>,
-    rows: Vec<AuditRow>,
+    rows: Vec<EncodedRecord>,
     kept: Option<i64>,
     after: Option<(&'static str, Vec<Value>)>,
 ) -> Result<(), RepoError> {
@@ -322,7 +298,7 @@ impl<B: SqlBackend> SqlStore<B> {
         audit: &AuditRecord,
         f: impl for<'c> FnOnce(&'c mut Box<dyn SqlConn>) -> crate::sql::BoxFuture<'c, Result<R, RepoError>>,
     ) -> Result<R, RepoError> {
-        let entry = vec![audit_row(audit)?];
+        let entry = vec![encode(audit)?];
         let mut tx = self.backend.begin().await?;
         let r = f(&mut tx).await?;
         let mut statements = append_entries(&mut tx, entry, self.audit_kept).await?;
@@ -886,7 +862,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
     }
 
     async fn append_audit(&self, entries: &[EncodedRecord]) -> Result<(), RepoError> {
-        let rows = entries.iter().map(encoded_row).collect();
+        let rows = entries.to_vec();
         chain_and_commit(self.backend.begin().await?, rows, self.audit_kept, None).await
     }
 
@@ -896,7 +872,7 @@ impl<B: SqlBackend> KmsRepository for SqlStore<B> {
         journal: &str,
         through: i64,
     ) -> Result<(), RepoError> {
-        let rows = entries.iter().map(encoded_row).collect();
+        let rows = entries.to_vec();
         let mark = (SET_JOURNAL_MARK, vec![Value::Text(journal.to_string()), Value::Int(through)]);
         chain_and_commit(self.backend.begin().await?, rows, self.audit_kept, Some(mark)).await
     }
